@@ -1,0 +1,75 @@
+"""The ``vidhash`` command.
+
+    vidhash --help
+    vidhash bench hashhop --sizes 1000,10000
+
+Each subcommand lives in its own module, which exposes ``add_arguments(parser)`` and
+``run(args) -> int``; this file only maps names to modules (imported lazily, so ``vidhash
+--help`` stays fast). A subcommand is listed here only once it works.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# name -> (module, one-line help). Grouped commands ("bench") map to a dict of the same shape.
+COMMANDS: dict[str, tuple[str, str] | dict[str, tuple[str, str]]] = {
+    "bench": {
+        "hashhop": ("vidhash.bench.hashhop", "HashHop retrieval from a fixed-size HashedMemory vs dense attention"),
+    },
+}
+
+
+def _add(sub: argparse._SubParsersAction, name: str, spec: tuple[str, str]) -> None:
+    module_name, help_text = spec
+    module = importlib.import_module(module_name)
+    p = sub.add_parser(name, help=help_text, description=(module.__doc__ or help_text).strip().splitlines()[0])
+    module.add_arguments(p)
+    p.set_defaults(_run=module.run)
+
+
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vidhash", description="Long video generation with hash attention.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    argv = sys.argv[1:] if argv is None else argv
+    wanted = argv[0] if argv else None
+    for name, spec in COMMANDS.items():
+        if isinstance(spec, dict):
+            group = sub.add_parser(name, help=f"{name} subcommands: {', '.join(spec)}")
+            gsub = group.add_subparsers(dest=f"{name}_command", metavar="WHAT")
+            for sname, sspec in spec.items():
+                if wanted == name:
+                    _add(gsub, sname, sspec)
+                else:
+                    gsub.add_parser(sname, help=sspec[1])
+        elif wanted == name:
+            _add(sub, name, spec)
+        else:
+            sub.add_parser(name, help=spec[1])
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(argv)
+    args = parser.parse_args(argv)
+    run = getattr(args, "_run", None)
+    if run is None:
+        # `vidhash` or `vidhash bench` alone: show the relevant help.
+        if args.command and isinstance(COMMANDS.get(args.command), dict):
+            parser.parse_args([args.command, "--help"])
+        parser.print_help()
+        return 2
+    try:
+        return int(run(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, FileNotFoundError, PermissionError, OSError) as err:
+        print(f"vidhash {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
