@@ -1,0 +1,319 @@
+"""``HashedMemory``: a fixed-size store of keys and values searched by bit signatures.
+
+Letters: b batch, h heads, t tokens written, n queries, u buckets, s slots per bucket,
+c = u·s entries, d head_dim, w signature words.
+
+Layout, per batch element and head: ``num_buckets × slots`` entries, each holding a key, a
+value, the key's signature, the frame index it came from and a count (0 = empty). Every
+buffer is allocated at construction, so ``nbytes`` depends on the configuration only.
+
+**Routing.** A key's signature (``n_bits`` SimHash bits, per-head planes) is computed once. Its
+first ``route_bits`` bits are an LSH code, which the keyed mixing hash
+(:func:`~vidhash.hashing.bucket_index`) maps to a bucket: similar keys share a bucket, and
+bucket codes spread evenly over the table.
+
+**Eviction** (``policy``):
+
+* ``"fifo"`` — each bucket is a ring of ``slots`` entries; a token written to a full bucket
+  replaces that bucket's oldest entry. Tokens of one ``write`` enter in token order.
+* ``"merge"`` — a bucket fills in order; once full, a new token is merged into the entry with
+  the most similar signature (ties to the lower slot): key and value become the running mean,
+  the count grows, the signature is that of the merged key and the frame index the newest.
+  Reads weight a merged entry by ``log(count)``, as if it were ``count`` equal keys.
+
+**Reads.** :meth:`HashedMemory.attend` scores all entries by Hamming similarity to the
+query's signature, keeps the ``top_k`` best (ties to the lower entry index) and returns exact
+softmax attention over them with its log-sum-exp, ready for
+:func:`~vidhash.attention.merge_attention`. With capacity for every token written and
+``top_k`` ≥ entries, it equals dense attention over everything written.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+from .hashing import SimHash, bucket_index, hamming_similarity, num_words, pack_bits, unpack_bits
+
+POLICIES = ("fifo", "merge")
+_CHUNK_ELEMS = 1 << 23
+
+
+@dataclass(frozen=True)
+class MemoryConfig:
+    """Everything that fixes a memory's size and behaviour."""
+
+    num_buckets: int = 256
+    slots: int = 16
+    heads: int = 1
+    head_dim: int = 64
+    n_bits: int = 32
+    route_bits: int | None = None
+    policy: str = "fifo"
+    batch_size: int = 1
+    seed: int = 0
+
+    def __post_init__(self):
+        for name in ("num_buckets", "slots", "heads", "head_dim", "batch_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be a positive int (a memory needs capacity), got {value!r}")
+        num_words(self.n_bits)  # validates n_bits
+        if self.route_bits is not None and not 1 <= self.route_bits <= self.n_bits:
+            raise ValueError(f"route_bits must be in [1, n_bits={self.n_bits}], got {self.route_bits}")
+        if self.policy not in POLICIES:
+            raise ValueError(f"policy must be one of {POLICIES}, got {self.policy!r}")
+
+    @property
+    def capacity(self) -> int:
+        return self.num_buckets * self.slots
+
+    @property
+    def resolved_route_bits(self) -> int:
+        if self.route_bits is not None:
+            return self.route_bits
+        return min(self.n_bits, max(1, math.ceil(math.log2(self.num_buckets)) + 2))
+
+
+class HashedMemory(nn.Module):
+    """Fixed-capacity hashed key/value memory for one attention layer.
+
+    >>> mem = HashedMemory(num_buckets=64, slots=8, heads=4, head_dim=32)
+    >>> k, v = torch.randn(1, 4, 100, 32), torch.randn(1, 4, 100, 32)
+    >>> mem.write(k, v, frame_idx=0)
+    >>> out, lse = mem.attend(torch.randn(1, 4, 10, 32), top_k=16)
+    >>> out.shape, lse.shape
+    (torch.Size([1, 4, 10, 32]), torch.Size([1, 4, 10]))
+    """
+
+    def __init__(
+        self,
+        num_buckets: int = 256,
+        slots: int = 16,
+        heads: int = 1,
+        head_dim: int = 64,
+        *,
+        n_bits: int = 32,
+        route_bits: int | None = None,
+        policy: str = "fifo",
+        batch_size: int = 1,
+        seed: int = 0,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str | None = None,
+    ):
+        super().__init__()
+        if not dtype.is_floating_point:
+            raise ValueError(f"dtype must be a floating-point dtype, got {dtype}")
+        self.config = MemoryConfig(num_buckets, slots, heads, head_dim, n_bits, route_bits, policy, batch_size, seed)
+        cfg = self.config
+        self.hasher = SimHash(head_dim, n_bits, heads=heads, seed=seed)
+        shape = (batch_size, heads, num_buckets, slots)
+        w = num_words(n_bits)
+        self.register_buffer("keys", torch.zeros(*shape, head_dim, dtype=dtype, device=device))
+        self.register_buffer("values", torch.zeros(*shape, head_dim, dtype=dtype, device=device))
+        self.register_buffer("signatures", torch.zeros(*shape, w, dtype=torch.int32, device=device))
+        self.register_buffer("frames", torch.full(shape, -1, dtype=torch.int64, device=device))
+        self.register_buffer("counts", torch.zeros(shape, dtype=torch.int32, device=device))
+        self.register_buffer("bucket_writes", torch.zeros(shape[:3], dtype=torch.int64, device=device))
+        self.hasher.planes = self.hasher.planes.to(device)
+        self._route_bits = cfg.resolved_route_bits
+
+    # ------------------------------------------------------------------ size and bookkeeping
+    @property
+    def capacity(self) -> int:
+        """Entries per batch element and head (``num_buckets × slots``)."""
+        return self.config.capacity
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of every buffer (hashing planes included); fixed by the configuration."""
+        return sum(t.numel() * t.element_size() for t in self.buffers())
+
+    def num_entries(self) -> torch.Tensor:
+        """Occupied entries ``(b, h)``."""
+        return (self.counts > 0).sum((-1, -2))
+
+    @torch.no_grad()
+    def reset(self) -> None:
+        """Empty the memory (sizes unchanged)."""
+        self.keys.zero_()
+        self.values.zero_()
+        self.signatures.zero_()
+        self.frames.fill_(-1)
+        self.counts.zero_()
+        self.bucket_writes.zero_()
+
+    def get_extra_state(self) -> dict:
+        return {"config": asdict(self.config)}
+
+    def set_extra_state(self, state: dict) -> None:
+        theirs = state.get("config") if isinstance(state, dict) else None
+        if theirs != asdict(self.config):
+            raise ValueError(f"state was saved from a HashedMemory with config {theirs}, this one has {asdict(self.config)}")
+
+    # ------------------------------------------------------------------ validation
+    def _check(self, x: torch.Tensor, name: str) -> None:
+        cfg = self.config
+        if not torch.is_tensor(x) or x.ndim != 4:
+            raise ValueError(f"{name} must be 4-D (batch, heads, tokens, head_dim), got {getattr(x, 'shape', type(x))}")
+        if not x.is_floating_point():
+            raise ValueError(f"{name} must be floating point, got {x.dtype}")
+        if tuple(x.shape[:2]) != (cfg.batch_size, cfg.heads) or x.shape[-1] != cfg.head_dim:
+            raise ValueError(
+                f"{name} has shape {tuple(x.shape)}; this memory holds (batch={cfg.batch_size}, heads={cfg.heads}, *, head_dim={cfg.head_dim})"
+            )
+        if x.device != self.keys.device:
+            raise ValueError(f"{name} is on {x.device}, the memory on {self.keys.device}")
+
+    def route(self, signatures: torch.Tensor) -> torch.Tensor:
+        """Bucket of each signature ``(..., w)`` → int64 ``(...)``."""
+        code = pack_bits(unpack_bits(signatures, self.config.n_bits)[..., : self._route_bits])
+        return bucket_index(code, self.config.num_buckets, key=self.config.seed)
+
+    # ------------------------------------------------------------------ write
+    @torch.no_grad()
+    def write(self, k: torch.Tensor, v: torch.Tensor, frame_idx: int | torch.Tensor) -> None:
+        """Store keys ``k`` and values ``v`` ``(b, h, t, d)`` that came from ``frame_idx``
+        (an int for all tokens, or a LongTensor ``(t,)``)."""
+        self._check(k, "k")
+        self._check(v, "v")
+        if k.shape != v.shape:
+            raise ValueError(f"k and v must have one shape, got {tuple(k.shape)} and {tuple(v.shape)}")
+        t = k.shape[-2]
+        if t == 0:
+            return
+        if isinstance(frame_idx, int) and not isinstance(frame_idx, bool):
+            frames = torch.full((t,), frame_idx, dtype=torch.int64, device=k.device)
+        elif torch.is_tensor(frame_idx) and frame_idx.shape == (t,) and not frame_idx.is_floating_point():
+            frames = frame_idx.to(device=k.device, dtype=torch.int64)
+        else:
+            raise ValueError(f"frame_idx must be an int or an integer tensor of shape ({t},), got {frame_idx!r}")
+        sig = self.hasher(k, role="key")  # (b, h, t, w)
+        bucket = self.route(sig)  # (b, h, t)
+        if self.config.policy == "fifo":
+            self._write_fifo(k, v, sig, bucket, frames)
+        else:
+            self._write_merge(k, v, sig, bucket, frames)
+
+    def _ranks(self, bucket: torch.Tensor):
+        """Rank of each token among the tokens of this write routed to its bucket (token
+        order), and the number of such tokens per bucket ``(b, h, u)``."""
+        u, t = self.config.num_buckets, bucket.shape[-1]
+        order = torch.sort(bucket, dim=-1, stable=True).indices
+        sorted_b = bucket.gather(-1, order)
+        n_in = torch.zeros(*bucket.shape[:2], u, dtype=torch.int64, device=bucket.device)
+        n_in.scatter_add_(-1, bucket, torch.ones_like(bucket))
+        start = torch.cumsum(n_in, -1) - n_in
+        rank_sorted = torch.arange(t, device=bucket.device) - start.gather(-1, sorted_b)
+        rank = torch.empty_like(rank_sorted).scatter_(-1, order, rank_sorted)
+        return rank, n_in
+
+    def _scatter(self, flat_idx: torch.Tensor, keep: torch.Tensor, **values: torch.Tensor) -> None:
+        """Write per-token ``values`` into flattened entry ``flat_idx`` where ``keep``."""
+        bh = flat_idx.shape[0] * flat_idx.shape[1]
+        sel = keep.reshape(-1)
+        row = torch.arange(bh, device=flat_idx.device).repeat_interleave(flat_idx.shape[-1])[sel]
+        col = flat_idx.reshape(-1)[sel]
+        c = self.capacity
+        for name, val in values.items():
+            buf = getattr(self, name)
+            view = buf.view(bh, c, *buf.shape[4:])
+            view[row, col] = val.reshape(bh * flat_idx.shape[-1], *val.shape[3:])[sel].to(buf.dtype)
+
+    def _write_fifo(self, k, v, sig, bucket, frames) -> None:
+        s = self.config.slots
+        rank, n_in = self._ranks(bucket)
+        n_tok = n_in.gather(-1, bucket)
+        keep = rank >= n_tok - s  # only the last `slots` tokens of a bucket survive this write
+        slot = (self.bucket_writes.gather(-1, bucket) + rank) % s
+        flat = bucket * s + slot
+        b, h, t = bucket.shape
+        fr = frames.view(1, 1, t).expand(b, h, t)
+        ones = torch.ones(b, h, t, dtype=torch.int32, device=k.device)
+        self._scatter(flat, keep, keys=k, values=v, signatures=sig, frames=fr, counts=ones)
+        self.bucket_writes += n_in
+
+    def _write_merge(self, k, v, sig, bucket, frames) -> None:
+        s, c = self.config.slots, self.capacity
+        b, h, t = bucket.shape
+        rank, _ = self._ranks(bucket)
+        bh = b * h
+        keys, vals = self.keys.view(bh, c, -1), self.values.view(bh, c, -1)
+        sigs, frs, cnts = self.signatures.view(bh, c, -1), self.frames.view(bh, c), self.counts.view(bh, c)
+        writes = self.bucket_writes.view(bh, -1)
+        kf, vf, sf = k.reshape(bh, t, -1), v.reshape(bh, t, -1), sig.reshape(bh, t, -1)
+        bf, rf = bucket.reshape(bh, t), rank.reshape(bh, t)
+        for r in range(int(rank.max()) + 1):  # one token per bucket per round: no conflicts
+            row, tok = torch.nonzero(rf == r, as_tuple=True)
+            bkt = bf[row, tok]
+            filled = writes[row, bkt]
+            entries = bkt.unsqueeze(-1) * s + torch.arange(s, device=k.device)  # (m, s)
+            sim = hamming_similarity(sf[row, tok].unsqueeze(-2), sigs[row.unsqueeze(-1), entries], self.config.n_bits).squeeze(-2)
+            best = (sim.to(torch.int64) * (s + 1) + (s - torch.arange(s, device=k.device))).argmax(-1)
+            slot = torch.where(filled < s, filled, best)
+            e = bkt * s + slot
+            acc = torch.float64 if keys.dtype == torch.float64 else torch.float32
+            old = cnts[row, e].to(acc).unsqueeze(-1)
+            new_k = (keys[row, e].to(acc) * old + kf[row, tok].to(acc)) / (old + 1)
+            new_v = (vals[row, e].to(acc) * old + vf[row, tok].to(acc)) / (old + 1)
+            keys[row, e] = new_k.to(keys.dtype)
+            vals[row, e] = new_v.to(vals.dtype)
+            sig_new = self.hasher(new_k.to(k.dtype).view(-1, 1, 1, k.shape[-1]).expand(-1, h, 1, -1), role="key")
+            head = row % h
+            sigs[row, e] = sig_new[torch.arange(row.numel(), device=k.device), head, 0]
+            frs[row, e] = torch.maximum(frs[row, e], frames[tok])
+            cnts[row, e] += 1
+            writes[row, bkt] += 1
+
+    # ------------------------------------------------------------------ read
+    def attend(self, q: torch.Tensor, top_k: int, *, scale: float | None = None, return_indices: bool = False):
+        """Attention of ``q (b, h, n, d)`` over its ``top_k`` most similar entries.
+
+        Returns ``(out (b, h, n, d), lse (b, h, n))`` with lse in float32 (float64 for
+        float64 queries); a query that finds no entry
+        (empty memory) gets ``out = 0`` and ``lse = -inf``. Gradients flow to ``q``.
+        """
+        self._check(q, "q")
+        if not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1:
+            raise ValueError(f"top_k must be a positive int, got {top_k!r}")
+        b, h, n, d = q.shape
+        c = self.capacity
+        kk = min(top_k, c)
+        sc = 1.0 / math.sqrt(d) if scale is None else float(scale)
+        keys, vals = self.keys.view(b, h, c, d), self.values.view(b, h, c, d)
+        sigs = self.signatures.view(b, h, c, -1)
+        counts = self.counts.view(b, h, c)
+        valid = counts > 0
+        bias = torch.log(counts.clamp(min=1).float())
+        tie = c - torch.arange(c, device=q.device, dtype=torch.int64)
+        with torch.no_grad():
+            q_sig = self.hasher(q, role="query")
+        outs, lses, idxs = [], [], []
+        chunk = max(1, _CHUNK_ELEMS // max(1, b * h * c))
+        acc = torch.float64 if q.dtype == torch.float64 else torch.float32
+        for start in range(0, n, chunk):
+            qs = q[:, :, start : start + chunk]
+            with torch.no_grad():
+                sim = hamming_similarity(q_sig[:, :, start : start + chunk], sigs, self.config.n_bits)  # (b, h, m, c)
+                rank = torch.where(valid.unsqueeze(-2), sim.to(torch.int64) * (c + 1) + tie, -1)
+                top = rank.topk(kk, dim=-1)
+                idx = top.indices  # (b, h, m, kk)
+                ok = top.values >= 0
+            m = qs.shape[-2]
+            g = idx.reshape(b, h, m * kk, 1)
+            kg = torch.gather(keys, 2, g.expand(b, h, m * kk, d)).reshape(b, h, m, kk, d).to(acc)
+            vg = torch.gather(vals, 2, g.expand(b, h, m * kk, d)).reshape(b, h, m, kk, d).to(acc)
+            s = torch.einsum("bhmd,bhmkd->bhmk", qs.to(acc), kg) * sc + bias.gather(2, idx.reshape(b, h, -1)).reshape(b, h, m, kk).to(acc)
+            s = s.masked_fill(~ok, float("-inf"))
+            lse = torch.logsumexp(s, dim=-1)
+            p = torch.exp(s - lse.masked_fill(torch.isinf(lse), 0.0).unsqueeze(-1))
+            outs.append(torch.einsum("bhmk,bhmkd->bhmd", p, vg))
+            lses.append(lse)
+            idxs.append(torch.where(ok, idx, -1))
+        out = torch.cat(outs, 2).to(q.dtype)
+        lse = torch.cat(lses, 2)
+        if return_indices:
+            return out, lse, torch.cat(idxs, 2)
+        return out, lse
