@@ -73,15 +73,30 @@ def unpack_bits(words: torch.Tensor, n_bits: int) -> torch.Tensor:
     return bits.reshape(*words.shape[:-1], -1)[..., :n_bits].bool()
 
 
+_POPCOUNT16: dict[torch.device, torch.Tensor] = {}
+
+
+def _popcount16(device: torch.device) -> torch.Tensor:
+    """Set bits of every 16-bit value, as a uint8 lookup table on ``device``."""
+    if device not in _POPCOUNT16:
+        v = torch.arange(1 << 16, dtype=torch.int64)
+        c = torch.zeros_like(v)
+        for i in range(16):
+            c += (v >> i) & 1
+        _POPCOUNT16[device] = c.to(torch.uint8).to(device)
+    return _POPCOUNT16[device]
+
+
+def _halves(x: torch.Tensor) -> torch.Tensor:
+    """The two 16-bit halves of each int32 word as int64 indices ``(..., 2)``."""
+    return x.contiguous().view(torch.uint16).to(torch.int64).view(*x.shape, 2)
+
+
 def popcount(x: torch.Tensor) -> torch.Tensor:
     """Number of set bits of each int32 word (as int32), bit 31 included."""
     if x.dtype != torch.int32:
         raise ValueError(f"popcount takes int32 words, got {x.dtype}")
-    v = x.to(torch.int64) & _MASK32
-    v = v - ((v >> 1) & 0x55555555)
-    v = (v & 0x33333333) + ((v >> 2) & 0x33333333)
-    v = (v + (v >> 4)) & 0x0F0F0F0F
-    return (((v * 0x01010101) & _MASK32) >> 24).to(torch.int32)
+    return _popcount16(x.device)[_halves(x)].sum(-1, dtype=torch.int32)
 
 
 def hamming_similarity(a: torch.Tensor, b: torch.Tensor, n_bits: int) -> torch.Tensor:
@@ -94,8 +109,9 @@ def hamming_similarity(a: torch.Tensor, b: torch.Tensor, n_bits: int) -> torch.T
         raise ValueError(f"signatures must be int32, got {a.dtype} and {b.dtype}")
     if a.shape[-1] != b.shape[-1]:
         raise ValueError(f"signature widths differ: {a.shape[-1]} vs {b.shape[-1]} words")
-    x = torch.bitwise_xor(a.unsqueeze(-2), b.unsqueeze(-3))
-    return n_bits - popcount(x).sum(-1, dtype=torch.int32)
+    x = torch.bitwise_xor(a.unsqueeze(-2), b.unsqueeze(-3))  # (..., na, nb, w)
+    counts = _popcount16(x.device)[_halves(x).flatten(-2)]
+    return n_bits - counts.sum(-1, dtype=torch.int32)
 
 
 # --------------------------------------------------------------------------------------------
@@ -330,7 +346,7 @@ class LearnedHash(nn.Module):
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            loss_val = float(loss)
+            loss_val = loss.item()
         self.train(was_training)
         return {"recall_before": recall_before, "recall_after": self.topk_recall(q, k, top_k, causal=causal), "loss": loss_val}
 

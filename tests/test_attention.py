@@ -1,0 +1,301 @@
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from vidhash import (
+    LearnedHash,
+    SimHash,
+    block_sparse_attention,
+    bucket_attention,
+    dense_attention,
+    hash_attention,
+    merge_attention,
+    multi_hop_attention,
+    select_blocks,
+    selection_recall,
+)
+from vidhash.attention import _CHUNK_ELEMS
+
+TOL = {torch.float32: 2e-5, torch.bfloat16: 2e-2, torch.float64: 1e-10}
+
+
+def rel_err(a, b):
+    return float((a.detach().double() - b.detach().double()).norm() / b.double().norm().clamp(min=1e-30))
+
+
+def qkv(b, h, nq, d, nk=None, dtype=torch.float32, grad=False):
+    nk = nq if nk is None else nk
+    t = [torch.randn(b, h, n, d, dtype=dtype) for n in (nq, nk, nk)]
+    if grad:
+        for x in t:
+            x.requires_grad_(True)
+    return t
+
+
+CASES = [
+    pytest.param(2, 3, 77, 40, 16, None, False, id="B2-H3-N77-D40-bs16"),
+    pytest.param(1, 2, 1, 64, 64, None, False, id="B1-H2-N1-D64-bs64"),
+    pytest.param(1, 2, 130, 64, 1, None, True, id="B1-H2-N130-D64-bs1-causal"),
+    pytest.param(2, 1, 200, 128, 32, 64, True, id="B2-H1-N200-D128-bs32-qb64-causal"),
+    pytest.param(1, 4, 129, 64, 128, None, False, id="B1-H4-N129-D64-bs128"),
+    pytest.param(1, 1, 50, 40, 7, 3, False, id="B1-H1-N50-D40-bs7-qb3"),
+]
+
+
+@pytest.mark.parametrize("b,h,n,d,bs,qbs,causal", CASES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_density_one_equals_sdpa(b, h, n, d, bs, qbs, causal, dtype):
+    q, k, v = qkv(b, h, n, d, dtype=dtype)
+    ref = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), is_causal=causal)
+    out = hash_attention(q, k, v, density=1.0, block_size=bs, query_block_size=qbs, causal=causal)
+    assert out.dtype == dtype and out.shape == q.shape
+    assert rel_err(out, ref) < TOL[dtype]
+
+
+@pytest.mark.parametrize("b,h,n,d,bs,qbs,causal", CASES[:4])
+def test_density_one_gradients_match_dense(b, h, n, d, bs, qbs, causal):
+    q, k, v = qkv(b, h, n, d, grad=True)
+    g = torch.randn(b, h, n, d)
+    (hash_attention(q, k, v, density=1.0, block_size=bs, query_block_size=qbs, causal=causal) * g).sum().backward()
+    grads = [x.grad.clone() for x in (q, k, v)]
+    for x in (q, k, v):
+        x.grad = None
+    (F.scaled_dot_product_attention(q, k, v, is_causal=causal) * g).sum().backward()
+    for mine, ref in zip(grads, (q.grad, k.grad, v.grad)):
+        # (with one key, dq is exactly 0 and SDPA returns rounding noise: compare absolutely)
+        assert float((mine - ref).norm()) <= 1e-5 * max(float(ref.norm()), 1.0)
+
+
+def test_cross_attention_lengths_and_value_dim():
+    q = torch.randn(1, 2, 33, 16)
+    k = torch.randn(1, 2, 70, 16)
+    v = torch.randn(1, 2, 70, 24)
+    out, lse = hash_attention(q, k, v, density=1.0, block_size=8, return_lse=True)
+    ref, ref_lse = dense_attention(q, k, v, return_lse=True)
+    assert out.shape == (1, 2, 33, 24)
+    assert rel_err(out, ref) < 1e-5 and rel_err(lse, ref_lse) < 1e-5
+
+
+def brute_force_selection(q, k, sel, hasher, local_blocks, sink_blocks):
+    """Independent per-query-block rebuild of the selection rule with Python loops."""
+    from vidhash.attention import block_signatures
+    from vidhash.hashing import hamming_similarity
+
+    bk, bq, nq, nk = sel.block_size, sel.query_block_size, sel.num_queries, sel.num_keys
+    nkb = math.ceil(nk / bk)
+    qs, ks = block_signatures(q, bq, hasher, "query"), block_signatures(k, bk, hasher, "key")
+    sim = hamming_similarity(qs, ks, hasher.n_bits)
+    expected = torch.full_like(sel.indices, -1)
+    for i in range(sel.num_query_blocks):
+        q_lo, q_hi = i * bq + nk - nq, min(i * bq + bq, nq) - 1 + nk - nq
+        cands = []
+        for j in range(nkb):
+            k_lo, k_hi = j * bk, min(j * bk + bk, nk) - 1
+            if sel.causal and k_lo > q_hi:
+                continue
+            lo = q_lo - (local_blocks - 1) * bk
+            hi = q_hi + (0 if sel.causal else (local_blocks - 1) * bk)
+            forced = j < sink_blocks or (local_blocks > 0 and k_hi >= lo and k_lo <= hi)
+            cands.append((j, forced))
+        for bb in range(q.shape[0]):
+            for hh in range(q.shape[1]):
+                ranked = sorted(cands, key=lambda c: (-(hasher.n_bits + 1 if c[1] else int(sim[bb, hh, i, c[0]])), c[0]))
+                keep = sorted(j for j, _ in ranked[: sel.kept])
+                expected[bb, hh, i, : len(keep)] = torch.tensor(keep, dtype=torch.int32)
+    return expected
+
+
+@pytest.mark.parametrize(
+    "n,bs,qbs,density,local,sink,causal",
+    [
+        pytest.param(300, 32, None, 0.25, 1, 1, False, id="N300-bs32-d.25"),
+        pytest.param(300, 16, 64, 0.2, 2, 1, True, id="N300-bs16-qb64-d.2-L2-causal"),
+        pytest.param(61, 1, 1, 0.1, 0, 0, False, id="N61-bs1-no-forced"),
+        pytest.param(97, 8, 8, 0.3, 3, 2, False, id="N97-bs8-L3-S2"),
+    ],
+)
+def test_selection_rule_matches_brute_force(n, bs, qbs, density, local, sink, causal):
+    torch.manual_seed(1)
+    q, k, _ = qkv(2, 2, n, 24)
+    hasher = SimHash(24, 16, seed=3)
+    sel = select_blocks(q, k, density=density, block_size=bs, query_block_size=qbs, local_blocks=local, sink_blocks=sink, causal=causal, hasher=hasher)
+    assert sel.indices.dtype == torch.int32
+    assert torch.equal(sel.indices, brute_force_selection(q, k, sel, hasher, local, sink))
+
+
+def test_sparse_attention_equals_dense_over_kept_keys():
+    torch.manual_seed(2)
+    q, k, v = qkv(1, 2, 90, 32, dtype=torch.float64)
+    sel = select_blocks(q, k, density=0.3, block_size=10, causal=True)
+    out, lse = block_sparse_attention(q, k, v, sel, return_lse=True)
+    # Build the dense mask of kept keys and compare with masked dense attention.
+    mask = torch.zeros(1, 2, 90, 90, dtype=torch.bool)
+    for h in range(2):
+        for i in range(sel.num_query_blocks):
+            for j in sel.indices[0, h, i].tolist():
+                if j >= 0:
+                    mask[0, h, i * 10 : i * 10 + 10, j * 10 : j * 10 + 10] = True
+    mask &= torch.ones(90, 90, dtype=torch.bool).tril()
+    s = (q @ k.transpose(-1, -2)) / math.sqrt(32)
+    s = s.masked_fill(~mask, float("-inf"))
+    ref = torch.softmax(s, -1) @ v
+    assert rel_err(out, ref) < 1e-12
+    assert rel_err(lse, torch.logsumexp(s, -1)) < 1e-12
+
+
+def test_sparse_path_never_builds_n_by_n(monkeypatch):
+    """At density < 1 the largest temporary stays at the chunk budget, not N×N."""
+    import vidhash.attention as A
+
+    monkeypatch.setattr(A, "_CHUNK_ELEMS", 1 << 14)
+    n = 1024
+    q, k, v = qkv(1, 1, n, 16)
+    biggest = 0
+    real_matmul = torch.matmul
+
+    def spy(a, b, *args, **kw):
+        nonlocal biggest
+        r = real_matmul(a, b, *args, **kw)
+        biggest = max(biggest, r.numel())
+        return r
+
+    monkeypatch.setattr(torch, "matmul", spy)
+    hash_attention(q, k, v, density=0.125, block_size=16)
+    assert 0 < biggest < n * n // 4
+
+
+def test_lse_and_empty_rows():
+    q, k, v = qkv(1, 1, 4, 8, nk=6)
+    # causal with nq < nk sees keys; with nk < nq the first queries see none
+    q2 = torch.randn(1, 1, 8, 8)
+    out, lse = hash_attention(q2, k[:, :, :3], v[:, :, :3], density=1.0, block_size=2, causal=True, return_lse=True)
+    assert torch.isneginf(lse[0, 0, :5]).all() and torch.isfinite(lse[0, 0, 5:]).all()
+    assert (out[0, 0, :5] == 0).all()
+
+
+def test_recall_is_one_at_full_density_and_drops_when_sparse():
+    torch.manual_seed(0)
+    q, k, _ = qkv(1, 2, 256, 32)
+    full = select_blocks(q, k, density=1.0, block_size=16)
+    assert selection_recall(q, k, full) == pytest.approx(1.0, abs=1e-6)
+    sparse = select_blocks(q, k, density=0.25, block_size=16)
+    r = selection_recall(q, k, sparse)
+    assert 0.2 < r < 0.9
+    assert selection_recall(q, k, sparse, max_query_blocks=4) > 0
+
+
+def test_hash_selection_beats_random_on_structured_data():
+    """On data with locality (keys near their query), Hamming selection holds more mass than
+    a same-size selection of the worst-scoring blocks."""
+    torch.manual_seed(0)
+    centres = torch.randn(16, 64) * 3
+    assign = torch.arange(512) // 32  # 16 groups of 32 tokens
+    k = (centres[assign] + 0.5 * torch.randn(512, 64)).view(1, 1, 512, 64)
+    q = (centres[assign.flip(0)] + 0.5 * torch.randn(512, 64)).view(1, 1, 512, 64)
+    sel = select_blocks(q, k, density=1 / 16, block_size=32, local_blocks=0, sink_blocks=0)
+    assert selection_recall(q, k, sel, scale=0.2) > 0.8
+
+
+def test_merge_is_exact_and_handles_empty():
+    torch.manual_seed(0)
+    q, k, v = qkv(2, 2, 9, 16, nk=30, dtype=torch.float64)
+    o1, l1 = dense_attention(q, k[:, :, :12], v[:, :, :12], return_lse=True)
+    o2, l2 = dense_attention(q, k[:, :, 12:], v[:, :, 12:], return_lse=True)
+    o, l = merge_attention(o1, l1, o2, l2)
+    ref, ref_l = dense_attention(q, k, v, return_lse=True)
+    assert rel_err(o, ref) < 1e-13 and rel_err(l, ref_l) < 1e-13
+    empty_o, empty_l = torch.zeros_like(o1), torch.full_like(l1, float("-inf"))
+    o3, l3 = merge_attention(o1, l1, empty_o, empty_l)
+    assert torch.equal(o3, o1) and torch.equal(l3, l1)
+    o4, l4 = merge_attention(empty_o, empty_l, empty_o, empty_l)
+    assert (o4 == 0).all() and torch.isneginf(l4).all()
+
+
+def test_bucket_attention_one_bucket_is_mean_and_shapes():
+    q, k, v = qkv(1, 2, 10, 8, nk=40)
+    out = bucket_attention(q, k, v, num_buckets=1, num_tables=1)
+    assert torch.allclose(out, v.mean(2, keepdim=True).expand_as(out), atol=1e-6)
+    out, lse = bucket_attention(q, k, v, num_buckets=16, num_tables=3, return_lse=True)
+    assert out.shape == (1, 2, 10, 8) and torch.isfinite(lse).all()
+    q.requires_grad_(True)
+    bucket_attention(q, k, v, num_buckets=16, num_tables=3).sum().backward()
+    assert q.grad is not None
+
+
+def test_bucket_attention_retrieves_exact_copies():
+    # A query equal to a stored key lands in that key's bucket in every table.
+    torch.manual_seed(0)
+    k = torch.randn(1, 1, 64, 32)
+    v = torch.eye(64).view(1, 1, 64, 64)
+    out = bucket_attention(k * 8, k, v, num_buckets=4096, num_tables=4, lsh_bits=24, scale=1.0)
+    assert (out[0, 0].argmax(-1) == torch.arange(64)).float().mean() > 0.95
+
+
+def test_multi_hop_follows_chains():
+    torch.manual_seed(0)
+    n, d = 50, 64
+    keys = torch.nn.functional.normalize(torch.randn(1, 1, n, d), dim=-1)
+    nxt = torch.randperm(n)
+    values = keys[:, :, nxt]  # value of pair i is the key of pair nxt[i]
+    start = keys[:, :, :5]
+    out, reads = multi_hop_attention(start, keys, values, hops=3, scale=50.0, return_all=True)
+    assert len(reads) == 3
+    target = keys[:, :, nxt[nxt[nxt[:5]]]]
+    assert torch.allclose(out, target, atol=1e-3)
+    # a projection between hops is applied
+    out2 = multi_hop_attention(start, keys, values, hops=2, proj=lambda x: -x, scale=50.0)
+    assert not torch.allclose(out2, keys[:, :, nxt[nxt[:5]]], atol=1e-2)
+
+
+def test_learned_hasher_plugs_in():
+    q, k, v = qkv(1, 2, 64, 16)
+    lh = LearnedHash(16, n_bits=8, heads=2, hidden=16)
+    out = hash_attention(q, k, v, density=0.5, block_size=8, hasher=lh)
+    assert out.shape == q.shape and torch.isfinite(out).all()
+
+
+def test_deterministic():
+    q, k, v = qkv(1, 2, 100, 16)
+    a = hash_attention(q, k, v, density=0.3, block_size=8)
+    b = hash_attention(q, k, v, density=0.3, block_size=8)
+    assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        pytest.param(dict(density=0.0), "density", id="density0"),
+        pytest.param(dict(density=1.5), "density", id="density>1"),
+        pytest.param(dict(density=float("nan")), "density", id="density-nan"),
+        pytest.param(dict(block_size=0), "block_size", id="block0"),
+        pytest.param(dict(block_size=129), "block_size", id="block129"),
+        pytest.param(dict(query_block_size=2.5), "query_block_size", id="qblock-float"),
+        pytest.param(dict(local_blocks=-1), "local_blocks", id="local-neg"),
+        pytest.param(dict(backend="cuda"), "backend", id="backend"),
+    ],
+)
+def test_bad_arguments(kwargs, match):
+    q, k, v = qkv(1, 1, 16, 8)
+    with pytest.raises(ValueError, match=match):
+        hash_attention(q, k, v, **kwargs)
+
+
+def test_bad_tensors():
+    q, k, v = qkv(1, 2, 16, 8)
+    with pytest.raises(ValueError, match="4-D"):
+        hash_attention(q[0], k, v)
+    with pytest.raises(ValueError, match="dtype"):
+        hash_attention(q, k.double(), v)
+    with pytest.raises(ValueError, match="head_dim"):
+        hash_attention(q, torch.randn(1, 2, 16, 9), v)
+    with pytest.raises(ValueError, match="heads"):
+        hash_attention(q, torch.randn(1, 3, 16, 8), torch.randn(1, 3, 16, 8))
+    with pytest.raises(ValueError, match="tokens"):
+        hash_attention(q, k, torch.randn(1, 2, 15, 8))
+    with pytest.raises(ValueError, match="floating"):
+        hash_attention(q.long(), k.long(), v.long())
+    with pytest.raises(ValueError, match="merge_attention"):
+        merge_attention(q, q[..., 0], q[..., :4], q[..., 0])
+    assert _CHUNK_ELEMS > 0

@@ -1,0 +1,181 @@
+import pytest
+import torch
+
+from vidhash import HashedMemory, dense_attention, merge_attention
+
+
+def rel_err(a, b):
+    return float((a.detach().double() - b.detach().double()).norm() / b.double().norm().clamp(min=1e-30))
+
+
+def make(policy="fifo", **kw):
+    cfg = dict(num_buckets=32, slots=8, heads=3, head_dim=40, batch_size=2, policy=policy, dtype=torch.float64)
+    cfg.update(kw)
+    return HashedMemory(**cfg)
+
+
+@pytest.mark.parametrize("policy", ["fifo", "merge"])
+def test_attend_equals_dense_when_everything_fits(policy):
+    torch.manual_seed(0)
+    mem = make(policy, num_buckets=64, slots=32)
+    ks, vs = [], []
+    for f in range(4):
+        k, v = torch.randn(2, 3, 23, 40, dtype=torch.float64), torch.randn(2, 3, 23, 40, dtype=torch.float64)
+        mem.write(k, v, frame_idx=f)
+        ks.append(k)
+        vs.append(v)
+    assert (mem.num_entries() == 92).all(), "nothing may be evicted or merged when capacity suffices"
+    q = torch.randn(2, 3, 11, 40, dtype=torch.float64, requires_grad=True)
+    out, lse = mem.attend(q, top_k=mem.capacity)
+    ref, ref_lse = dense_attention(q, torch.cat(ks, 2), torch.cat(vs, 2), return_lse=True)
+    assert rel_err(out, ref) < 1e-12 and rel_err(lse, ref_lse) < 1e-12
+    g = torch.randn_like(out)
+    (gq,) = torch.autograd.grad((out * g).sum(), q)
+    (gref,) = torch.autograd.grad((ref * g).sum(), q)
+    assert rel_err(gq, gref) < 1e-10
+
+
+def test_window_plus_memory_merge_equals_full_history():
+    """Contract 1: memory read merged with an exact window == full attention over history."""
+    torch.manual_seed(1)
+    mem = make(num_buckets=64, slots=16, batch_size=1)
+    old_k, old_v = torch.randn(1, 3, 50, 40, dtype=torch.float64), torch.randn(1, 3, 50, 40, dtype=torch.float64)
+    win_k, win_v = torch.randn(1, 3, 20, 40, dtype=torch.float64), torch.randn(1, 3, 20, 40, dtype=torch.float64)
+    mem.write(old_k, old_v, torch.arange(50))
+    q = torch.randn(1, 3, 7, 40, dtype=torch.float64)
+    o1, l1 = dense_attention(q, win_k, win_v, return_lse=True)
+    o2, l2 = mem.attend(q, top_k=10_000)
+    out, _ = merge_attention(o1, l1, o2, l2)
+    ref = dense_attention(q, torch.cat([old_k, win_k], 2), torch.cat([old_v, win_v], 2))
+    assert rel_err(out, ref) < 1e-12
+
+
+def test_empty_memory_reads_nothing():
+    mem = make()
+    out, lse = mem.attend(torch.randn(2, 3, 5, 40, dtype=torch.float64), top_k=4)
+    assert (out == 0).all() and torch.isneginf(lse).all()
+
+
+def test_top_k_selects_by_signature_with_low_index_ties():
+    torch.manual_seed(2)
+    mem = make(num_buckets=16, slots=8, batch_size=1, heads=1)
+    k = torch.randn(1, 1, 60, 40, dtype=torch.float64)
+    mem.write(k, k.clone(), 0)
+    q = k[:, :, :5]
+    _, _, idx = mem.attend(q, top_k=3, return_indices=True)
+    sigs = mem.signatures.view(1, 1, -1, 1)
+    from vidhash.hashing import hamming_similarity
+
+    sim = hamming_similarity(mem.hasher(q), sigs[0, 0].unsqueeze(0).unsqueeze(0), 32)
+    valid = mem.counts.view(1, 1, -1) > 0
+    for i in range(5):
+        cands = [(int(sim[0, 0, i, e]), e) for e in range(mem.capacity) if valid[0, 0, e]]
+        best = sorted(cands, key=lambda c: (-c[0], c[1]))[:3]
+        assert sorted(idx[0, 0, i].tolist()) == sorted(e for _, e in best)
+        # a stored copy of the query is always among its best entries
+        assert max(s for s, _ in cands) == 32
+
+
+@pytest.mark.parametrize("policy", ["fifo", "merge"])
+def test_nbytes_fixed_after_many_writes(policy):
+    mem = make(policy)
+    before = mem.nbytes
+    expected = 2 * 3 * 32 * 8 * (40 * 8 * 2 + 4 + 8 + 4) + 2 * 3 * 32 * 8 + 3 * 40 * 32 * 4
+    assert before == expected
+    for f in range(40):  # 40 × 2 × 3 × 25 tokens ≫ 10× capacity
+        mem.write(torch.randn(2, 3, 25, 40, dtype=torch.float64), torch.randn(2, 3, 25, 40, dtype=torch.float64), f)
+    assert mem.nbytes == before
+    assert (mem.num_entries() <= mem.capacity).all()
+
+
+def test_fifo_evicts_oldest_per_bucket():
+    torch.manual_seed(3)
+    mem = make(num_buckets=1, slots=4, batch_size=1, heads=1)
+    k = torch.randn(1, 1, 10, 40, dtype=torch.float64)
+    for f in range(10):
+        mem.write(k[:, :, f : f + 1], k[:, :, f : f + 1], f)
+    assert sorted(mem.frames.flatten().tolist()) == [6, 7, 8, 9]
+    # the same in one write: token order decides
+    mem2 = make(num_buckets=1, slots=4, batch_size=1, heads=1)
+    mem2.write(k, k, torch.arange(10))
+    assert torch.equal(mem.frames.sort(-1).values, mem2.frames.sort(-1).values)
+    assert torch.equal(mem.keys, mem2.keys)
+
+
+def test_merge_policy_keeps_running_means():
+    torch.manual_seed(4)
+    mem = make("merge", num_buckets=1, slots=2, batch_size=1, heads=1)
+    base = torch.randn(40, dtype=torch.float64)
+    toks = torch.stack([base + 0.01 * torch.randn(40, dtype=torch.float64) for _ in range(6)]).view(1, 1, 6, 40)
+    mem.write(toks, toks, torch.arange(6))
+    assert int(mem.counts.sum()) == 6 and int((mem.counts > 0).sum()) == 2
+    # the sum of count-weighted keys is preserved by merging
+    total = (mem.keys * mem.counts.unsqueeze(-1)).sum((0, 1, 2, 3))
+    assert torch.allclose(total, toks.sum((0, 1, 2)), atol=1e-10)
+    assert mem.frames.max() == 5
+
+
+def test_state_dict_round_trip_exact():
+    torch.manual_seed(5)
+    mem = make("merge")
+    for f in range(5):
+        mem.write(torch.randn(2, 3, 30, 40, dtype=torch.float64), torch.randn(2, 3, 30, 40, dtype=torch.float64), f)
+    other = make("merge")
+    other.load_state_dict(mem.state_dict())
+    for (name, a), (_, b) in zip(mem.named_buffers(), other.named_buffers()):
+        assert torch.equal(a, b), name
+    q = torch.randn(2, 3, 4, 40, dtype=torch.float64)
+    assert torch.equal(mem.attend(q, 8)[0], other.attend(q, 8)[0])
+    wrong = make("fifo")
+    with pytest.raises(ValueError, match="config"):
+        wrong.load_state_dict(mem.state_dict())
+
+
+def test_determinism_same_seed_same_buckets():
+    k = torch.randn(2, 3, 40, 40, dtype=torch.float64)
+    a, b = make(seed=7), make(seed=7)
+    a.write(k, k, 0)
+    b.write(k, k, 0)
+    assert torch.equal(a.frames, b.frames) and torch.equal(a.keys, b.keys)
+    c = make(seed=8)
+    c.write(k, k, 0)
+    assert not torch.equal(a.signatures, c.signatures)
+
+
+def test_reset():
+    mem = make()
+    mem.write(torch.randn(2, 3, 5, 40, dtype=torch.float64), torch.randn(2, 3, 5, 40, dtype=torch.float64), 0)
+    mem.reset()
+    assert int(mem.num_entries().sum()) == 0
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        pytest.param(dict(num_buckets=0), "num_buckets", id="zero-buckets"),
+        pytest.param(dict(slots=0), "slots", id="zero-slots"),
+        pytest.param(dict(n_bits=300), "n_bits", id="bits"),
+        pytest.param(dict(policy="lru"), "policy", id="policy"),
+        pytest.param(dict(route_bits=40), "route_bits", id="route-bits"),
+    ],
+)
+def test_bad_config(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        make(**kwargs)
+
+
+def test_bad_writes_and_reads():
+    mem = make()
+    good = torch.randn(2, 3, 5, 40, dtype=torch.float64)
+    with pytest.raises(ValueError, match="heads=3"):
+        mem.write(torch.randn(2, 4, 5, 40, dtype=torch.float64), good, 0)
+    with pytest.raises(ValueError, match="one shape"):
+        mem.write(good, good[:, :, :4], 0)
+    with pytest.raises(ValueError, match="frame_idx"):
+        mem.write(good, good, torch.arange(4))
+    with pytest.raises(ValueError, match="frame_idx"):
+        mem.write(good, good, 1.5)
+    with pytest.raises(ValueError, match="top_k"):
+        mem.attend(good, top_k=0)
+    with pytest.raises(ValueError, match="4-D"):
+        mem.attend(good[0], top_k=1)
