@@ -17,7 +17,9 @@ import sys
 COMMANDS: dict[str, tuple[str, str] | dict[str, tuple[str, str]]] = {
     "bench": {
         "hashhop": ("vidhash.bench.hashhop", "HashHop retrieval from a fixed-size HashedMemory vs dense attention"),
+        "coherence": ("vidhash.bench.coherence", "speed of the coherence metrics (analysed frames/s) on synthetic video"),
     },
+    "coherence": ("vidhash.metrics.cli", "temporal coherence of any video: flicker, warping error, drift over minutes, revisits"),
 }
 
 
@@ -30,16 +32,18 @@ def _add(sub: argparse._SubParsersAction, name: str, spec: tuple[str, str]) -> N
 
 
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """Only the module of the command being run is imported; the others are listed by name."""
     parser = argparse.ArgumentParser(prog="vidhash", description="Long video generation with hash attention.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     argv = sys.argv[1:] if argv is None else argv
     wanted = argv[0] if argv else None
+    wanted_sub = argv[1] if len(argv) > 1 else None
     for name, spec in COMMANDS.items():
         if isinstance(spec, dict):
             group = sub.add_parser(name, help=f"{name} subcommands: {', '.join(spec)}")
             gsub = group.add_subparsers(dest=f"{name}_command", metavar="WHAT")
             for sname, sspec in spec.items():
-                if wanted == name:
+                if wanted == name and wanted_sub == sname:
                     _add(gsub, sname, sspec)
                 else:
                     gsub.add_parser(sname, help=sspec[1])
