@@ -1,0 +1,233 @@
+"""Streaming video decode for the coherence metrics.
+
+    with VideoReader("clip.mp4", analysis_fps=8, size=128) as reader:
+        for frame in reader:          # Frame(index, t, rgb (height, width, 3) uint8)
+            ...
+
+Frames are decoded one at a time with PyAV and only the sampled ones are converted and
+resized (by swscale, area filter), so memory does not depend on the length of the video.
+
+Sampling: for a constant-frame-rate source the reader keeps every ``stride``-th frame with
+``stride = round(source_fps / analysis_fps)``, so analysed frames are evenly spaced and the
+effective rate is ``source_fps / stride`` (30 fps asked at 8 → 7.5). For a variable-frame-rate
+source the reader picks the first frame at or after each tick of a clock at that rate and
+records a warning, since frame-to-frame metrics then compare unequal time steps.
+
+Working size: the longer side becomes ``size`` (aspect kept, both sides even), so the same
+``--size`` gives comparable numbers for videos of any resolution.
+
+Every problem with the input is a :class:`VideoError` (a ``ValueError``) whose message names
+the file and says what is wrong; problems that still leave something to analyse (truncated
+file, variable frame rate, fewer frames than the container lists) are collected in
+``reader.warnings`` instead.
+"""
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import numpy as np
+
+__all__ = ["Frame", "VideoError", "VideoInfo", "VideoReader", "working_size"]
+
+
+class VideoError(ValueError):
+    """A video that cannot be read; the message names the file and the problem."""
+
+
+@dataclass
+class VideoInfo:
+    """What the container says about the video stream (before decoding)."""
+
+    path: str
+    width: int
+    height: int
+    fps: float  # nominal source rate (average_rate, else guessed)
+    frames: int  # frame count listed by the container; 0 when unknown
+    duration_s: float  # container duration; 0.0 when unknown
+    codec: str
+
+
+@dataclass
+class Frame:
+    """One analysed frame: its index among analysed frames, time in seconds from the first
+    decoded frame, and pixels as ``(height, width, 3)`` uint8 RGB at the working size."""
+
+    index: int
+    t: float
+    rgb: np.ndarray
+
+
+def working_size(width: int, height: int, size: int) -> tuple[int, int]:
+    """(width, height) with the longer side ``size`` and both sides even (at least 16)."""
+    if size < 16:
+        raise ValueError(f"--size must be at least 16 pixels, got {size}")
+    scale = size / max(width, height)
+    w = max(16, int(round(width * scale / 2)) * 2)
+    h = max(16, int(round(height * scale / 2)) * 2)
+    return w, h
+
+
+def _open(path: str):
+    import av
+
+    if not os.path.exists(path):
+        raise VideoError(f"{path}: no such file")
+    if os.path.isdir(path):
+        raise VideoError(f"{path}: is a directory, not a video file")
+    if os.path.getsize(path) == 0:
+        raise VideoError(f"{path}: empty file (0 bytes)")
+    try:
+        container = av.open(path, mode="r")
+    except av.error.FFmpegError as err:
+        raise VideoError(
+            f"{path}: not a readable video ({_ffmpeg_reason(err)}); "
+            "it may not be a video, or it may be truncated (an mp4 cut short loses its index)"
+        ) from None
+    if not container.streams.video:
+        container.close()
+        raise VideoError(f"{path}: contains no video stream")
+    return container
+
+
+def _ffmpeg_reason(err: Exception) -> str:
+    text = getattr(err, "strerror", None) or str(err)
+    return str(text).split(":")[0].strip() or type(err).__name__
+
+
+@dataclass
+class VideoReader:
+    """Iterate over the analysed frames of one video, decoding as it goes.
+
+    Args:
+        path: any file FFmpeg can read (mp4, mkv, webm, avi, ...).
+        analysis_fps: frames per second to analyse; ``0`` keeps every source frame.
+        size: longer side of the working size in pixels.
+
+    After iteration: ``source_frames`` (decoded), ``source_duration_s``, ``fps`` (effective
+    analysis rate), ``vfr`` and ``warnings``.
+    """
+
+    path: str
+    analysis_fps: float = 8.0
+    size: int = 128
+    warnings: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.analysis_fps < 0 or not math.isfinite(self.analysis_fps):
+            raise ValueError(f"--analysis-fps must be a positive number (or 0 for every frame), got {self.analysis_fps}")
+        self.path = os.fspath(self.path)
+        self._container = _open(self.path)
+        stream = self._container.streams.video[0]
+        rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+        src_fps = float(rate) if rate else 0.0
+        ctx = stream.codec_context
+        width, height = int(ctx.width or 0), int(ctx.height or 0)
+        if width <= 0 or height <= 0:
+            self._container.close()
+            raise VideoError(f"{self.path}: the video stream has no frame size (corrupt header?)")
+        duration = 0.0
+        if stream.duration is not None and stream.time_base is not None:
+            duration = float(stream.duration * stream.time_base)
+        elif self._container.duration is not None:
+            duration = self._container.duration / 1_000_000
+        self.info = VideoInfo(
+            path=self.path, width=width, height=height, fps=src_fps,
+            frames=int(stream.frames or 0), duration_s=max(duration, 0.0), codec=ctx.name or "?",
+        )
+        if src_fps <= 0:
+            # No rate in the container: fall back to timestamps with the asked-for clock.
+            self.stride = 1
+            self.fps = float(self.analysis_fps or 8.0)
+            self.warnings.append(f"{self.path}: the container gives no frame rate; sampling by timestamps at {self.fps:g} fps")
+        elif self.analysis_fps == 0 or self.analysis_fps >= src_fps:
+            if self.analysis_fps > src_fps:
+                self.warnings.append(f"--analysis-fps {self.analysis_fps:g} is above the source rate; analysing every frame at {src_fps:g} fps")
+            self.stride, self.fps = 1, src_fps
+        else:
+            self.stride = max(1, int(round(src_fps / self.analysis_fps)))
+            self.fps = src_fps / self.stride
+        self.width, self.height = working_size(width, height, self.size)
+        self.source_frames = 0
+        self.source_duration_s = 0.0
+        self.vfr = False
+        self._stream = stream
+
+    # Expected number of analysed frames (for the progress bar), from the container.
+    @property
+    def expected_frames(self) -> int | None:
+        n = self.info.frames or (int(round(self.info.duration_s * self.info.fps)) if self.info.fps else 0)
+        return int(math.ceil(n / self.stride)) if n else None
+
+    def __iter__(self) -> Iterator[Frame]:
+        import av
+
+        stream = self._stream
+        stream.thread_type = "AUTO"
+        src_fps = self.info.fps
+        period = 1.0 / self.fps
+        half = 0.5 / src_fps if src_fps > 0 else 0.5 * period
+        t0 = None
+        next_tick = 0.0
+        last_t = None
+        min_dt, max_dt = math.inf, 0.0
+        index = 0
+        interp = av.video.reformatter.Interpolation.AREA
+        try:
+            for frame in self._container.decode(stream):
+                k = self.source_frames
+                self.source_frames += 1
+                t_abs = frame.time if frame.time is not None else (k / src_fps if src_fps else k * period)
+                if t0 is None:
+                    t0 = t_abs
+                t = t_abs - t0
+                if last_t is not None:
+                    dt = t - last_t
+                    if dt > 0:
+                        min_dt, max_dt = min(min_dt, dt), max(max_dt, dt)
+                last_t = t
+                # Constant rate: keep every stride-th frame; otherwise follow the clock.
+                if self.vfr or src_fps <= 0:
+                    keep = t >= next_tick - half
+                else:
+                    keep = k % self.stride == 0
+                if min_dt < math.inf and max_dt > 1.5 * min_dt and max_dt - min_dt > 1e-3 and not self.vfr:
+                    self.vfr = True
+                    self.warnings.append(
+                        f"{self.path}: variable frame rate (frame intervals from {min_dt * 1000:.1f} to {max_dt * 1000:.1f} ms); "
+                        "frames are sampled by timestamp and adjacent-frame metrics compare unequal time steps"
+                    )
+                    next_tick = index * period
+                    keep = t >= next_tick - half
+                if not keep:
+                    continue
+                next_tick = max(next_tick + period, t + half)
+                rgb = frame.reformat(width=self.width, height=self.height, format="rgb24", interpolation=interp).to_ndarray()
+                yield Frame(index=index, t=t, rgb=rgb)
+                index += 1
+        except av.error.FFmpegError as err:
+            self.warnings.append(
+                f"{self.path}: decoding stopped after {self.source_frames} frames ({_ffmpeg_reason(err)}); "
+                "the file looks truncated or corrupt; the report covers what was readable"
+            )
+        finally:
+            if last_t is not None:
+                step = 1.0 / src_fps if src_fps else period
+                self.source_duration_s = last_t + step
+        listed = self.info.frames
+        if listed and self.source_frames < listed - 1 and not any("decoding stopped" in w for w in self.warnings):
+            self.warnings.append(
+                f"{self.path}: decoded {self.source_frames} of the {listed} frames the container lists; "
+                "the file may be truncated; the report covers what was readable"
+            )
+
+    def close(self) -> None:
+        self._container.close()
+
+    def __enter__(self) -> "VideoReader":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
