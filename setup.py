@@ -3,6 +3,8 @@
 Metadata lives in pyproject.toml; this file only maps the folders, which pyproject's
 ``packages.find`` cannot do for subpackages of a remapped folder.
 """
+import os
+
 from setuptools import find_packages, setup
 
 MAPPED = {"kernels": "vidhash.kernels", "pipelines": "vidhash.pipelines"}
@@ -16,8 +18,9 @@ for folder, name in MAPPED.items():
         package_dir[dotted] = sub.replace(".", "/")
 
 # configs/ (YAML only) ships as vidhash.configs so installed copies find their presets.
-packages.append("vidhash.configs")
-package_dir["vidhash.configs"] = "configs"
+if os.path.isdir("configs"):
+    packages.append("vidhash.configs")
+    package_dir["vidhash.configs"] = "configs"
 
 setup(
     packages=packages,
