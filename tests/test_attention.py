@@ -22,7 +22,7 @@ TOL = {torch.float32: 2e-5, torch.bfloat16: 2e-2, torch.float64: 1e-10}
 
 
 def rel_err(a, b):
-    return float((a.detach().double() - b.detach().double()).norm() / b.double().norm().clamp(min=1e-30))
+    return float((a.detach().double() - b.detach().double()).norm() / b.detach().double().norm().clamp(min=1e-30))
 
 
 def qkv(b, h, nq, d, nk=None, dtype=torch.float32, grad=False):

@@ -5,7 +5,7 @@ from vidhash import HashedMemory, dense_attention, merge_attention
 
 
 def rel_err(a, b):
-    return float((a.detach().double() - b.detach().double()).norm() / b.double().norm().clamp(min=1e-30))
+    return float((a.detach().double() - b.detach().double()).norm() / b.detach().double().norm().clamp(min=1e-30))
 
 
 def make(policy="fifo", **kw):
