@@ -181,7 +181,7 @@ def measure_coherence(
                 bar.close()
         warnings = list(reader.warnings)
         if not times:
-            raise VideoError(f"{path}: no frames could be decoded")
+            raise VideoError(f"{path}: no frames could be decoded (the video stream is empty, truncated or damaged)")
         if len(times) == 1:
             warnings.append(f"{path}: only one frame; frame-to-frame metrics need two and are null")
         if poses is not None:

@@ -175,8 +175,9 @@ class VideoReader:
         min_dt, max_dt = math.inf, 0.0
         index = 0
         interp = av.video.reformatter.Interpolation.AREA
+        scaler = av.video.reformatter.VideoReformatter()  # keeps its swscale context across frames
         try:
-            for frame in self._container.decode(stream):
+            for frame in self._decode(stream):
                 k = self.source_frames
                 self.source_frames += 1
                 t_abs = frame.time if frame.time is not None else (k / src_fps if src_fps else k * period)
@@ -204,7 +205,7 @@ class VideoReader:
                 if not keep:
                     continue
                 next_tick = max(next_tick + period, t + half)
-                rgb = frame.reformat(width=self.width, height=self.height, format="rgb24", interpolation=interp).to_ndarray()
+                rgb = scaler.reformat(frame, width=self.width, height=self.height, format="rgb24", interpolation=interp).to_ndarray()
                 yield Frame(index=index, t=t, rgb=rgb)
                 index += 1
         except av.error.FFmpegError as err:
@@ -217,10 +218,29 @@ class VideoReader:
                 step = 1.0 / src_fps if src_fps else period
                 self.source_duration_s = last_t + step
         listed = self.info.frames
-        if listed and self.source_frames < listed - 1 and not any("decoding stopped" in w for w in self.warnings):
+        if listed and self.source_frames < listed - 1 and not any("the report covers" in w for w in self.warnings):
             self.warnings.append(
                 f"{self.path}: decoded {self.source_frames} of the {listed} frames the container lists; "
                 "the file may be truncated; the report covers what was readable"
+            )
+
+    def _decode(self, stream):
+        """Decoded frames; a packet that fails to decode is skipped and counted, so damage in
+        the middle of a file costs only the frames it touches."""
+        import av
+
+        bad, reason = 0, ""
+        for packet in self._container.demux(stream):
+            try:
+                frames = packet.decode()
+            except av.error.FFmpegError as err:
+                bad, reason = bad + 1, _ffmpeg_reason(err)
+                continue
+            yield from frames
+        if bad:
+            self.warnings.append(
+                f"{self.path}: skipped {bad} undecodable packet(s) ({reason}); the file is damaged; "
+                "the report covers what was readable"
             )
 
     def close(self) -> None:
