@@ -265,3 +265,22 @@ def test_attention_mask_in_self_attention_raises():
     mask = torch.ones(1, 7 + 48, 7 + 48, dtype=torch.bool)
     with pytest.raises(ValueError, match="attention_mask"):
         model(**inputs, attention_kwargs={"attention_mask": mask})
+
+
+# --------------------------------------------------------------------------------------------
+# CUDA: bf16 models on the GPU, the reference path and whatever "auto" picks
+# --------------------------------------------------------------------------------------------
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["reference", "auto"])
+@pytest.mark.parametrize("make, kw", [MODELS[1], MODELS[4]])
+def test_cuda_bf16(make, kw, backend):
+    model, inputs = make(**kw)
+    model = model.to("cuda", torch.bfloat16)
+    inputs = {k: v.to("cuda") if torch.is_tensor(v) else tuple(t.to("cuda") for t in v) for k, v in cast(inputs, torch.bfloat16).items()}
+    ref = run(model, inputs)
+    vidhash.enable_hash_attention(model, density=1.0, block_size=16, backend=backend)
+    out = run(model, inputs)
+    assert out.dtype == torch.bfloat16 and out.device == ref.device
+    assert rel_err(out, ref) < TOL[torch.bfloat16]
+    vidhash.enable_hash_attention(model, density=0.25, block_size=16, backend=backend)
+    assert torch.isfinite(run(model, inputs)).all()
