@@ -30,8 +30,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "  vidhash coherence clip.mp4 --poses clip.poses.json\n\n"
         "poses file: a JSON list with one pose per video frame ([[x, y], ...]), or\n"
         '{"poses": [...], "fps": 8} when the poses have their own rate.\n'
-        "learned features (off by default, never downloaded): --features-weights ENCODER.ts.pt,\n"
-        "a TorchScript image encoder taking (batch, 3, 224, 224); see vidhash.metrics.features."
+        "learned features (off by default, never downloaded): --features-weights ENCODER.pt2,\n"
+        "a local torch.export (.pt2) or TorchScript image encoder taking (batch, 3, 224, 224);\n"
+        "see vidhash.metrics.features for how to export DINOv2 or CLIP once."
     )
     p.add_argument("videos", nargs="+", metavar="VIDEO", help="video files (mp4, mkv, webm, ...)")
     p.add_argument("--poses", metavar="JSON", help="per-frame poses of the video(s), to score revisits of the same place")
@@ -45,7 +46,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="two frames are at the same pose when every pose component differs by at most D (default 0.5)")
     p.add_argument("--min-revisit-gap", type=float, default=1.0, metavar="S",
                    help="shortest time gap of a revisit pair in seconds (default 1)")
-    p.add_argument("--features-weights", metavar="PATH", help="local TorchScript image encoder (DINOv2 or CLIP) for VBench-style consistency")
+    p.add_argument("--features-weights", metavar="PATH", help="local exported image encoder (DINOv2 or CLIP; .pt2 or TorchScript) for VBench-style consistency")
     p.add_argument("--features-kind", choices=("dino", "clip"), default="dino", help="input normalisation of the encoder (default dino)")
     p.add_argument("--threads", type=int, default=2, metavar="N", help="OpenCV threads (default 2; 0 = OpenCV's choice)")
     bar = p.add_mutually_exclusive_group()

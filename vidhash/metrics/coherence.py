@@ -94,9 +94,8 @@ def _summary(values: list[float], *, low: bool = False, suffix: str = "") -> dic
     return {"mean" + suffix: float(v.mean()), "p95" + suffix: float(np.percentile(v, 95)), "max" + suffix: float(v.max())}
 
 
-def _per_second(t: np.ndarray, values: list[float]) -> list[float | None]:
-    """Mean of ``values`` (one per time in t) in each whole second."""
-    n = int(math.floor(t[-1])) + 1 if t.size else 0
+def _per_second(t: np.ndarray, values: list[float], n: int) -> list[float | None]:
+    """Mean of ``values`` (one per time in t) in each of ``n`` whole seconds."""
     out: list[float | None] = [None] * n
     if not values:
         return out
@@ -225,13 +224,14 @@ def measure_coherence(
             report["revisit"] = revisit.result()
         if features is not None:
             report["features"] = features.result()
+        n_s = int(math.floor(t[-1])) + 1
         report["series"] = {
-            "t_s": [float(s) for s in range(int(math.floor(t[-1])) + 1)],
-            "flicker": _per_second(pair_t, short.flicker),
-            "warp_error": _per_second(pair_t, short.warp_error),
-            "motion": _per_second(pair_t, short.motion),
-            "ssim_adjacent": _per_second(pair_t, short.ssim),
-            "smoothness": _per_second(t[1:-1], short.smoothness),
+            "t_s": [float(s) for s in range(n_s)],
+            "flicker": _per_second(pair_t, short.flicker, n_s),
+            "warp_error": _per_second(pair_t, short.warp_error, n_s),
+            "motion": _per_second(pair_t, short.motion, n_s),
+            "ssim_adjacent": _per_second(pair_t, short.ssim, n_s),
+            "smoothness": _per_second(t[1:-1], short.smoothness, n_s),
         }
         report["timing"] = {
             "decode_s": max(0.0, total - t_short - t_long), "short_range_s": t_short, "long_range_s": t_long,

@@ -2,13 +2,18 @@
 
     vidhash coherence clip.mp4 --features-weights dinov2_vits14.ts.pt
 
-Nothing is downloaded. ``--features-weights`` must name a TorchScript file holding an image
-encoder that maps a ``(batch, 3, 224, 224)`` float tensor, normalised with ImageNet (DINO) or
-CLIP statistics, to features ``(batch, dim)`` (or ``(batch, tokens, dim)``, whose first token
-is used). Export one once, wherever the model is at hand::
+Nothing is downloaded. ``--features-weights`` must name a local file holding a whole image
+encoder — a ``torch.export`` program (``.pt2``) or a TorchScript file (other suffixes) — that
+maps a ``(batch, 3, 224, 224)`` float tensor, normalised with ImageNet (DINO) or CLIP
+statistics, to features ``(batch, dim)`` (or ``(batch, tokens, dim)``, whose first token is
+used). Export one once, wherever the model is at hand::
 
     model = torch.hub.load("facebookresearch/dinov2", "dinov2_vits14").eval()
-    torch.jit.trace(model, torch.randn(1, 3, 224, 224)).save("dinov2_vits14.ts.pt")
+    x = torch.randn(1, 3, 224, 224)
+    torch.export.save(torch.export.export(model, (x,)), "dinov2_vits14.pt2")   # or:
+    torch.jit.trace(model, x).save("dinov2_vits14.ts.pt")
+
+An exported program is run one frame at a time unless it was exported with a dynamic batch.
 
 Score, as VBench defines it: for each frame t ≥ 1, the mean of max(0, cos(f_t, f_{t−1})) and
 max(0, cos(f_t, f_0)), averaged over frames. ``first_frame_similarity`` is cos(f_t, f_0) per
@@ -17,6 +22,7 @@ keyframe (once a second), which shows slow drift over minutes.
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass, field
 
 import cv2
@@ -31,24 +37,31 @@ _NORM = {
 
 
 def load_feature_model(path: str):
-    """Load a local TorchScript image encoder; a clear ValueError for anything else."""
+    """Load a local image encoder (``.pt2`` torch.export program, else TorchScript); a clear
+    ValueError for anything else. Returns ``(module, batch)``: the largest batch it accepts
+    (None = any)."""
     if not path or not os.path.exists(path):
         raise ValueError(
             f"--features-weights {path}: no such file. Learned features are optional and never downloaded; "
-            "point to a local TorchScript image encoder (see `vidhash coherence --help`)"
+            "point to a local exported image encoder (see vidhash.metrics.features)"
         )
     import torch
 
     if path.endswith(".safetensors"):
         raise ValueError(
-            f"{path}: a .safetensors file holds weights without the network; export the encoder as TorchScript "
-            "(torch.jit.trace(model, torch.randn(1, 3, 224, 224)).save('encoder.ts.pt')) and pass that file"
+            f"{path}: a .safetensors file holds weights without the network; export the whole encoder with "
+            "torch.export (.pt2) or as TorchScript and pass that file (see vidhash.metrics.features)"
         )
     try:
-        model = torch.jit.load(path, map_location="cpu")
-    except Exception as err:  # torch raises RuntimeError / pickle errors of many kinds
-        raise ValueError(f"{path}: not a TorchScript image encoder ({str(err).splitlines()[0][:120]})") from None
-    return model.eval()
+        if path.endswith(".pt2"):
+            return torch.export.load(path).module(), 1
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            return torch.jit.load(path, map_location="cpu").eval(), None
+    except Exception as err:  # torch raises RuntimeError / pickle / zip errors of many kinds
+        raise ValueError(
+            f"{path}: not a torch.export program or TorchScript image encoder ({str(err).splitlines()[0][:120]})"
+        ) from None
 
 
 @dataclass
@@ -65,6 +78,10 @@ class FeatureMeter:
 
     def __post_init__(self) -> None:
         import torch
+
+        if isinstance(self.model, tuple):  # what load_feature_model returns
+            self.model, max_batch = self.model
+            self.batch = min(self.batch, max_batch or self.batch)
 
         if self.kind not in _NORM:
             raise ValueError(f"--features-kind must be one of {sorted(_NORM)}, got {self.kind!r}")

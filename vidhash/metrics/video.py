@@ -137,11 +137,17 @@ class VideoReader:
             path=self.path, width=width, height=height, fps=src_fps,
             frames=int(stream.frames or 0), duration_s=max(duration, 0.0), codec=ctx.name or "?",
         )
+        base = float(stream.base_rate or stream.guessed_rate or 0)
+        self._half = 0.5 / max(src_fps, base) if max(src_fps, base) > 0 else 0.0
         if src_fps <= 0:
-            # No rate in the container: fall back to timestamps with the asked-for clock.
+            # No rate in the container: follow the timestamps with the asked-for clock.
             self.stride = 1
             self.fps = float(self.analysis_fps or 8.0)
             self.warnings.append(f"{self.path}: the container gives no frame rate; sampling by timestamps at {self.fps:g} fps")
+        elif base > 0 and abs(base - src_fps) > 0.01 * src_fps:
+            # Average and nominal rates disagree: variable frame rate; a clock at the asked rate.
+            self.stride = 1
+            self.fps = float(self.analysis_fps) if 0 < self.analysis_fps < base else src_fps
         elif self.analysis_fps == 0 or self.analysis_fps >= src_fps:
             if self.analysis_fps > src_fps:
                 self.warnings.append(f"--analysis-fps {self.analysis_fps:g} is above the source rate; analysing every frame at {src_fps:g} fps")
@@ -158,8 +164,9 @@ class VideoReader:
     # Expected number of analysed frames (for the progress bar), from the container.
     @property
     def expected_frames(self) -> int | None:
-        n = self.info.frames or (int(round(self.info.duration_s * self.info.fps)) if self.info.fps else 0)
-        return int(math.ceil(n / self.stride)) if n else None
+        if self.info.duration_s > 0:
+            return int(math.ceil(self.info.duration_s * self.fps - 1e-6))
+        return int(math.ceil(self.info.frames / self.stride)) if self.info.frames else None
 
     def __iter__(self) -> Iterator[Frame]:
         import av
@@ -168,7 +175,7 @@ class VideoReader:
         stream.thread_type = "AUTO"
         src_fps = self.info.fps
         period = 1.0 / self.fps
-        half = 0.5 / src_fps if src_fps > 0 else 0.5 * period
+        half = self._half or 0.5 * period
         t0 = None
         next_tick = 0.0
         last_t = None
@@ -189,22 +196,19 @@ class VideoReader:
                     if dt > 0:
                         min_dt, max_dt = min(min_dt, dt), max(max_dt, dt)
                 last_t = t
-                # Constant rate: keep every stride-th frame; otherwise follow the clock.
-                if self.vfr or src_fps <= 0:
-                    keep = t >= next_tick - half
-                else:
-                    keep = k % self.stride == 0
                 if min_dt < math.inf and max_dt > 1.5 * min_dt and max_dt - min_dt > 1e-3 and not self.vfr:
                     self.vfr = True
                     self.warnings.append(
                         f"{self.path}: variable frame rate (frame intervals from {min_dt * 1000:.1f} to {max_dt * 1000:.1f} ms); "
                         "frames are sampled by timestamp and adjacent-frame metrics compare unequal time steps"
                     )
-                    next_tick = index * period
-                    keep = t >= next_tick - half
-                if not keep:
+                # Keep the first frame at or after each tick of the analysis clock (for a
+                # constant rate: exactly every stride-th frame); ticks missed in a gap are skipped.
+                if t < next_tick - half:
                     continue
-                next_tick = max(next_tick + period, t + half)
+                next_tick += period
+                while next_tick - half <= t:
+                    next_tick += period
                 rgb = scaler.reformat(frame, width=self.width, height=self.height, format="rgb24", interpolation=interp).to_ndarray()
                 yield Frame(index=index, t=t, rgb=rgb)
                 index += 1
