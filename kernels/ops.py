@@ -1,0 +1,9 @@
+"""Public Triton ops of vidhash (``vidhash.kernels.ops``): one import line per op folder.
+
+``vidhash.attention.hash_attention(..., backend="triton")`` calls :func:`hash_attention` here.
+"""
+from vidhash.kernels.block_select.ops import select_blocks_triton
+from vidhash.kernels.sparse_attention.ops import block_sparse_attention_triton
+from vidhash.kernels.sparse_attention.ops import hash_attention_triton as hash_attention
+
+__all__ = ["block_sparse_attention_triton", "hash_attention", "select_blocks_triton"]

@@ -1,0 +1,272 @@
+"""Triton kernels: block-sparse flash attention over a per-query-block index list.
+
+Letters: b batch, h heads, c query blocks, j kept key blocks, d head_dim, e value dim.
+
+Layout: ``q (b, h, nq, d)``, ``k (b, h, nk, d)``, ``v (b, h, nk, e)`` (last dim contiguous);
+``idx (b, h, c, kept)`` int32, ascending key-block indices, ``-1`` = padding. Query block ``c``
+covers queries ``[c * BQ, (c + 1) * BQ)``, key block ``j`` keys ``[j * BK, (j + 1) * BK)``.
+
+* :func:`sparse_attn_fwd_kernel` — one program per (query block, b·h): online softmax over the
+  kept blocks, ``BLOCK_N // BK_PAD`` kept blocks per step gathered into one tile of keys by
+  pointer arithmetic (small key blocks cost no more steps than large ones); writes ``out`` and
+  ``lse`` (natural log, float32, ``-inf`` for a query that sees no key).
+* :func:`sparse_attn_bwd_delta_kernel` — ``delta = rowsum(dO · O) - dlse``.
+* :func:`sparse_attn_bwd_dq_kernel` — dq over the same index list.
+* :func:`sparse_attn_bwd_dkdv_kernel` — dk, dv per key block over the transposed list (CSR:
+  ``ptr (b·h·key_blocks + 1)``, ``qlist`` query blocks), programs visited longest list first.
+
+Scores live in the log2 domain (``qk · scale · log2 e``) so the kernels use ``exp2``.
+Masks: padding blocks, keys past ``nk``, query rows past the block or ``nq``, and (causal)
+key ``j`` > query ``i + nk - nq`` (bottom-right aligned).
+"""
+import os
+
+import triton
+import triton.language as tl
+
+_INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def _tile_configs(with_block_n: bool):
+    """Bounded autotune space (8 configs; 1 under the interpreter, where timing means nothing)."""
+    if _INTERPRET:
+        return [triton.Config({"BLOCK_N": n} if with_block_n else {}, num_warps=4, num_stages=1) for n in ((32, 64, 128) if with_block_n else (0,))]
+    cfgs = []
+    for n in ((64, 128) if with_block_n else (None,)):
+        for w in (4, 8):
+            for s in (2, 3):
+                cfgs.append(triton.Config({"BLOCK_N": n} if n else {}, num_warps=w, num_stages=s))
+    return cfgs
+
+
+def _prune_block_n(configs, named_args, **kwargs):
+    """A step gathers ``BLOCK_N // BK_PAD`` whole key blocks: drop tiles smaller than a block;
+    under the interpreter keep only the smallest tile that fits."""
+    bk_pad = kwargs.get("BK_PAD", named_args.get("BK_PAD"))
+    ok = [c for c in configs if c.kwargs.get("BLOCK_N", bk_pad) >= bk_pad]
+    return ok[:1] if _INTERPRET else ok
+
+
+_AUTOTUNE_KEY = ["BQ", "BK", "D", "E", "CAUSAL", "PREC"]
+# triton 3.6's interpreter multiplies bf16 operands as raw integers: upcast there (only there).
+_UPCAST_DOTS = tl.constexpr(_INTERPRET)
+
+
+@triton.jit
+def _dot(a, b, PREC: tl.constexpr):
+    if _UPCAST_DOTS:
+        return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
+    else:
+        return tl.dot(a, b, input_precision=PREC)
+
+
+@triton.jit
+def _dot_acc(a, b, acc, PREC: tl.constexpr):
+    if _UPCAST_DOTS:
+        return tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")
+    else:
+        return tl.dot(a, b, acc, input_precision=PREC)
+
+
+@triton.jit
+def _gather_keys(IDX_ROW, it, KEPT, NK, BK: tl.constexpr, BK_PAD: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Key token index and validity of the ``BLOCK_N`` lanes of step ``it``."""
+    lanes = tl.arange(0, BLOCK_N)
+    slot = it * (BLOCK_N // BK_PAD) + lanes // BK_PAD
+    within = lanes % BK_PAD
+    blk = tl.load(IDX_ROW + slot, mask=slot < KEPT, other=-1)
+    tok = blk * BK + within
+    valid = (blk >= 0) & (tok < NK)
+    if BK_PAD != BK:
+        valid = valid & (within < BK)
+    return tok, valid
+
+
+@triton.autotune(configs=_tile_configs(True), key=_AUTOTUNE_KEY, prune_configs_by={"early_config_prune": _prune_block_n})
+@triton.jit
+def sparse_attn_fwd_kernel(
+    Q, K, V, IDX, O, LSE,
+    sm_scale_log2,
+    stride_qb, stride_qh, stride_qn,
+    stride_kb, stride_kh, stride_kn,
+    stride_vb, stride_vh, stride_vn,
+    stride_ob, stride_oh, stride_on,
+    stride_ib, stride_ih, stride_ic,
+    H, NQ, NK, KEPT,
+    BQ: tl.constexpr, BLOCK_M: tl.constexpr, BK: tl.constexpr, BK_PAD: tl.constexpr,
+    D: tl.constexpr, E: tl.constexpr, CAUSAL: tl.constexpr, PREC: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
+    qb = tl.program_id(0)
+    bh = tl.program_id(1)
+    b = (bh // H).to(tl.int64)
+    h = (bh % H).to(tl.int64)
+    rows = tl.arange(0, BLOCK_M)
+    qpos = qb * BQ + rows
+    qmask = (rows < BQ) & (qpos < NQ)
+    dcol = tl.arange(0, D)
+    ecol = tl.arange(0, E)
+    q = tl.load(Q + b * stride_qb + h * stride_qh + qpos[:, None] * stride_qn + dcol[None, :], mask=qmask[:, None], other=0.0)
+    k_base = K + b * stride_kb + h * stride_kh
+    v_base = V + b * stride_vb + h * stride_vh
+    idx_row = IDX + b * stride_ib + h * stride_ih + qb.to(tl.int64) * stride_ic
+    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, E], dtype=tl.float32)
+    qlim = qpos + NK - NQ
+    for it in range(0, tl.cdiv(KEPT, BLOCK_N // BK_PAD)):
+        tok, kval = _gather_keys(idx_row, it, KEPT, NK, BK, BK_PAD, BLOCK_N)
+        kt = tl.load(k_base + tok[None, :] * stride_kn + dcol[:, None], mask=kval[None, :], other=0.0)
+        s = _dot(q, kt, PREC)
+        valid = kval[None, :]
+        if CAUSAL:
+            valid = valid & (tok[None, :] <= qlim[:, None])
+        s = tl.where(valid, s * sm_scale_log2, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        p = tl.math.exp2(s - m_safe[:, None])
+        alpha = tl.math.exp2(m_i - m_safe)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        vt = tl.load(v_base + tok[:, None] * stride_vn + ecol[None, :], mask=kval[:, None], other=0.0)
+        acc = acc * alpha[:, None]
+        acc = _dot_acc(p.to(vt.dtype), vt, acc, PREC)
+        m_i = m_new
+    has_key = l_i > 0.0
+    out = acc / tl.where(has_key, l_i, 1.0)[:, None]
+    tl.store(O + b * stride_ob + h * stride_oh + qpos[:, None] * stride_on + ecol[None, :], out.to(O.dtype.element_ty), mask=qmask[:, None])
+    lse = tl.where(has_key, (m_i + tl.math.log2(tl.where(has_key, l_i, 1.0))) * 0.6931471805599453, float("-inf"))
+    tl.store(LSE + bh.to(tl.int64) * NQ + qpos, lse, mask=qmask)
+
+
+@triton.jit
+def sparse_attn_bwd_delta_kernel(
+    O, DO, DLSE, DELTA,
+    stride_ob, stride_oh, stride_on,
+    stride_db, stride_dh, stride_dn,
+    H, NQ,
+    E: tl.constexpr, HAS_DLSE: tl.constexpr, BLOCK_M: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    bh = tl.program_id(1)
+    b = (bh // H).to(tl.int64)
+    h = (bh % H).to(tl.int64)
+    rows = pid * BLOCK_M + tl.arange(0, BLOCK_M)
+    rmask = rows < NQ
+    ecol = tl.arange(0, E)
+    o = tl.load(O + b * stride_ob + h * stride_oh + rows[:, None] * stride_on + ecol[None, :], mask=rmask[:, None], other=0.0)
+    do = tl.load(DO + b * stride_db + h * stride_dh + rows[:, None] * stride_dn + ecol[None, :], mask=rmask[:, None], other=0.0)
+    delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
+    if HAS_DLSE:
+        delta -= tl.load(DLSE + bh.to(tl.int64) * NQ + rows, mask=rmask, other=0.0)
+    tl.store(DELTA + bh.to(tl.int64) * NQ + rows, delta, mask=rmask)
+
+
+@triton.autotune(configs=_tile_configs(True), key=_AUTOTUNE_KEY, prune_configs_by={"early_config_prune": _prune_block_n})
+@triton.jit
+def sparse_attn_bwd_dq_kernel(
+    Q, K, V, IDX, DO, LSE, DELTA, DQ,
+    sm_scale, sm_scale_log2,
+    stride_qb, stride_qh, stride_qn,
+    stride_kb, stride_kh, stride_kn,
+    stride_vb, stride_vh, stride_vn,
+    stride_db, stride_dh, stride_dn,
+    stride_ib, stride_ih, stride_ic,
+    H, NQ, NK, KEPT,
+    BQ: tl.constexpr, BLOCK_M: tl.constexpr, BK: tl.constexpr, BK_PAD: tl.constexpr,
+    D: tl.constexpr, E: tl.constexpr, CAUSAL: tl.constexpr, PREC: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
+    """dq of one query block; ``DQ`` has ``q``'s strides."""
+    qb = tl.program_id(0)
+    bh = tl.program_id(1)
+    b = (bh // H).to(tl.int64)
+    h = (bh % H).to(tl.int64)
+    rows = tl.arange(0, BLOCK_M)
+    qpos = qb * BQ + rows
+    qmask = (rows < BQ) & (qpos < NQ)
+    dcol = tl.arange(0, D)
+    ecol = tl.arange(0, E)
+    q_off = b * stride_qb + h * stride_qh + qpos[:, None] * stride_qn + dcol[None, :]
+    q = tl.load(Q + q_off, mask=qmask[:, None], other=0.0)
+    do = tl.load(DO + b * stride_db + h * stride_dh + qpos[:, None] * stride_dn + ecol[None, :], mask=qmask[:, None], other=0.0)
+    lse2 = tl.load(LSE + bh.to(tl.int64) * NQ + qpos, mask=qmask, other=0.0) * 1.4426950408889634
+    delta = tl.load(DELTA + bh.to(tl.int64) * NQ + qpos, mask=qmask, other=0.0)
+    k_base = K + b * stride_kb + h * stride_kh
+    v_base = V + b * stride_vb + h * stride_vh
+    idx_row = IDX + b * stride_ib + h * stride_ih + qb.to(tl.int64) * stride_ic
+    dq = tl.zeros([BLOCK_M, D], dtype=tl.float32)
+    qlim = qpos + NK - NQ
+    for it in range(0, tl.cdiv(KEPT, BLOCK_N // BK_PAD)):
+        tok, kval = _gather_keys(idx_row, it, KEPT, NK, BK, BK_PAD, BLOCK_N)
+        kt = tl.load(k_base + tok[None, :] * stride_kn + dcol[:, None], mask=kval[None, :], other=0.0)
+        vt = tl.load(v_base + tok[None, :] * stride_vn + ecol[:, None], mask=kval[None, :], other=0.0)
+        s = _dot(q, kt, PREC)
+        valid = kval[None, :] & qmask[:, None]
+        if CAUSAL:
+            valid = valid & (tok[None, :] <= qlim[:, None])
+        p = tl.where(valid, tl.math.exp2(s * sm_scale_log2 - lse2[:, None]), 0.0)
+        dp = _dot(do, vt, PREC)
+        ds = p * (dp - delta[:, None])
+        dq = _dot_acc(ds.to(kt.dtype), tl.trans(kt), dq, PREC)
+    dq = dq * sm_scale
+    tl.store(DQ + q_off, dq.to(DQ.dtype.element_ty), mask=qmask[:, None])
+
+
+@triton.autotune(configs=_tile_configs(False), key=_AUTOTUNE_KEY, reset_to_zero=None)
+@triton.jit
+def sparse_attn_bwd_dkdv_kernel(
+    Q, K, V, DO, LSE, DELTA, PTR, QLIST, ORDER, DK, DV,
+    sm_scale, sm_scale_log2,
+    stride_qb, stride_qh, stride_qn,
+    stride_kb, stride_kh, stride_kn,
+    stride_vb, stride_vh, stride_vn,
+    stride_db, stride_dh, stride_dn,
+    H, NQ, NK, NKB,
+    BQ: tl.constexpr, BLOCK_M: tl.constexpr, BK: tl.constexpr, BK_PAD: tl.constexpr,
+    D: tl.constexpr, E: tl.constexpr, CAUSAL: tl.constexpr, PREC: tl.constexpr,
+):
+    """dk, dv of one key block over the query blocks that kept it; ``DK``/``DV`` have
+    ``k``/``v``'s strides."""
+    j = tl.load(ORDER + tl.program_id(0))
+    bh = j // NKB
+    kb = j % NKB
+    b = (bh // H).to(tl.int64)
+    h = (bh % H).to(tl.int64)
+    krow = tl.arange(0, BK_PAD)
+    kpos = kb * BK + krow
+    kmask = (krow < BK) & (kpos < NK)
+    dcol = tl.arange(0, D)
+    ecol = tl.arange(0, E)
+    k_off = b * stride_kb + h * stride_kh + kpos[:, None] * stride_kn + dcol[None, :]
+    v_off = b * stride_vb + h * stride_vh + kpos[:, None] * stride_vn + ecol[None, :]
+    k = tl.load(K + k_off, mask=kmask[:, None], other=0.0)
+    v = tl.load(V + v_off, mask=kmask[:, None], other=0.0)
+    dk = tl.zeros([BK_PAD, D], dtype=tl.float32)
+    dv = tl.zeros([BK_PAD, E], dtype=tl.float32)
+    q_base = Q + b * stride_qb + h * stride_qh
+    do_base = DO + b * stride_db + h * stride_dh
+    lse_base = LSE + bh.to(tl.int64) * NQ
+    delta_base = DELTA + bh.to(tl.int64) * NQ
+    rows = tl.arange(0, BLOCK_M)
+    start = tl.load(PTR + j)
+    end = tl.load(PTR + j + 1)
+    for e in range(start, end):
+        qb = tl.load(QLIST + e)
+        qpos = qb * BQ + rows
+        qmask = (rows < BQ) & (qpos < NQ)
+        qt = tl.load(q_base + qpos[None, :] * stride_qn + dcol[:, None], mask=qmask[None, :], other=0.0)
+        do = tl.load(do_base + qpos[:, None] * stride_dn + ecol[None, :], mask=qmask[:, None], other=0.0)
+        lse2 = tl.load(lse_base + qpos, mask=qmask, other=0.0) * 1.4426950408889634
+        delta = tl.load(delta_base + qpos, mask=qmask, other=0.0)
+        st = _dot(k, qt, PREC)  # (BK_PAD, BLOCK_M)
+        valid = kmask[:, None] & qmask[None, :]
+        if CAUSAL:
+            valid = valid & (kpos[:, None] <= (qpos + NK - NQ)[None, :])
+        pt = tl.where(valid, tl.math.exp2(st * sm_scale_log2 - lse2[None, :]), 0.0)
+        dv = _dot_acc(pt.to(do.dtype), do, dv, PREC)
+        dpt = _dot(v, tl.trans(do), PREC)
+        dst = pt * (dpt - delta[None, :])
+        dk = _dot_acc(dst.to(qt.dtype), tl.trans(qt), dk, PREC)
+    dk = dk * sm_scale
+    tl.store(DK + k_off, dk.to(DK.dtype.element_ty), mask=kmask[:, None])
+    tl.store(DV + v_off, dv.to(DV.dtype.element_ty), mask=kmask[:, None])

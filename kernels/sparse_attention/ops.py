@@ -1,0 +1,257 @@
+"""Launchers, autograd Function and public functions for block-sparse flash attention.
+
+Letters: b batch, h heads, c query blocks, j key blocks, d head_dim, e value dim.
+
+* :func:`block_sparse_attention_triton` — :func:`vidhash.attention.block_sparse_attention` on
+  the Triton kernels (forward and backward).
+* :func:`hash_attention_triton` — selection kernel + sparse attention, the fast path behind
+  ``vidhash.attention.hash_attention(..., backend="triton")``.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+
+from vidhash.attention import (
+    BlockSelection,
+    _check_qkv,
+    _scale,
+    block_sparse_attention,
+    select_blocks,
+)
+from vidhash.kernels.block_select.ops import select_blocks_triton
+
+from .kernel import (
+    _INTERPRET,
+    _prune_block_n,
+    sparse_attn_bwd_delta_kernel,
+    sparse_attn_bwd_dkdv_kernel,
+    sparse_attn_bwd_dq_kernel,
+    sparse_attn_fwd_kernel,
+)
+
+SUPPORTED_HEAD_DIMS = (64, 128)
+SUPPORTED_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
+_LOG2E = 1.4426950408889634
+
+
+# --------------------------------------------------------------------------------------------
+# checks
+# --------------------------------------------------------------------------------------------
+def _check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, selection: BlockSelection) -> None:
+    _check_qkv(q, k, v)
+    if not isinstance(selection, BlockSelection):
+        raise ValueError(f"selection must be a BlockSelection, got {type(selection).__name__}")
+    b, h, nq, d = q.shape
+    nk, e = k.shape[-2], v.shape[-1]
+    if v.shape[:2] != q.shape[:2]:
+        raise ValueError(f"v has (batch, heads) {tuple(v.shape[:2])}, q has {(b, h)}")
+    if q.dtype not in SUPPORTED_DTYPES:
+        raise ValueError(f"the Triton kernels take {[str(t) for t in SUPPORTED_DTYPES]}, got {q.dtype}")
+    if d not in SUPPORTED_HEAD_DIMS or e not in SUPPORTED_HEAD_DIMS:
+        raise ValueError(f"the Triton kernels take head_dim in {SUPPORTED_HEAD_DIMS} for q/k and v, got {d} and {e}")
+    if selection.num_queries != nq or selection.num_keys != nk or tuple(selection.indices.shape[:2]) != (b, h):
+        raise ValueError(
+            f"selection was made for {selection.num_queries} queries / {selection.num_keys} keys / "
+            f"(b, h)={tuple(selection.indices.shape[:2])}, got {nq} / {nk} / {(b, h)}"
+        )
+    idx = selection.indices
+    if idx.dtype != torch.int32 or idx.ndim != 4 or idx.shape[2] != -(-nq // selection.query_block_size):
+        raise ValueError(f"selection.indices must be int32 (b, h, query_blocks, kept), got {idx.dtype} {tuple(idx.shape)}")
+    if idx.device != q.device:
+        raise ValueError(f"selection.indices is on {idx.device} but q is on {q.device}")
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if t.shape[-2] * t.stride(-2) >= 2**31:
+            raise ValueError(f"{name} is too long for 32-bit offsets: {t.shape[-2]} tokens × stride {t.stride(-2)}")
+
+
+def _launch(kernel, grid, *args, **meta):
+    """Launch an autotuned kernel; under the interpreter (no timer) run the smallest config
+    that fits directly."""
+    if not _INTERPRET:
+        return kernel[grid](*args, **meta)
+    cfg = _prune_block_n(kernel.configs, {}, **meta)[0]
+    return kernel.fn[grid](*args, **meta, **cfg.all_kwargs())
+
+
+def _last_dim_contiguous(t: torch.Tensor) -> torch.Tensor:
+    """The kernels take any (b, h, n) strides but need unit stride along head_dim."""
+    return t if t.stride(-1) == 1 else t.contiguous()
+
+
+def _tile_sizes(selection: BlockSelection) -> tuple[int, int, int, int]:
+    bq, bk = selection.query_block_size, selection.block_size
+    return bq, max(16, triton.next_power_of_2(bq)), bk, max(16, triton.next_power_of_2(bk))
+
+
+def _precision(dtype: torch.dtype) -> str:
+    return "ieee" if dtype == torch.float32 else "tf32"  # bf16/fp16 dots ignore it
+
+
+# --------------------------------------------------------------------------------------------
+# launchers
+# --------------------------------------------------------------------------------------------
+def sparse_attention_forward(q, k, v, selection: BlockSelection, sm_scale: float):
+    """Run the forward kernel; returns ``out (b, h, nq, e)`` (q's dtype) and ``lse (b, h, nq)``."""
+    b, h, nq, d = q.shape
+    nk, e = k.shape[-2], v.shape[-1]
+    idx = selection.indices.contiguous()
+    bq, block_m, bk, bk_pad = _tile_sizes(selection)
+    out = torch.empty(b, h, nq, e, dtype=q.dtype, device=q.device)
+    lse = torch.empty(b, h, nq, dtype=torch.float32, device=q.device)
+    grid = (selection.num_query_blocks, b * h)
+    _launch(
+        sparse_attn_fwd_kernel, grid,
+        q, k, v, idx, out, lse,
+        sm_scale * _LOG2E,
+        *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *out.stride()[:3], *idx.stride()[:3],
+        h, nq, nk, selection.kept,
+        BQ=bq, BLOCK_M=block_m, BK=bk, BK_PAD=bk_pad, D=d, E=e,
+        CAUSAL=bool(selection.causal), PREC=_precision(q.dtype),
+    )
+    return out, lse
+
+
+def transpose_selection(selection: BlockSelection):
+    """Transposed index list for dk/dv: for every (b·h, key block), the query blocks that kept it.
+
+    Returns ``ptr`` int32 ``(b·h·key_blocks + 1)`` (CSR row starts), ``qlist`` int32 (query
+    blocks, ascending per key block) and ``order`` int32 ``(b·h·key_blocks)`` (key blocks by
+    descending list length, so the longest lists start first). A stable sort on the GPU; no
+    ``query blocks × key blocks`` tensor.
+    """
+    idx = selection.indices
+    b, h, nqb, kept = idx.shape
+    nkb = selection.num_key_blocks
+    rows = b * h * nkb
+    flat = idx.reshape(b * h, nqb * kept).to(torch.int64)
+    bh_base = (torch.arange(b * h, device=idx.device, dtype=torch.int64) * nkb).unsqueeze(-1)
+    key = torch.where(flat >= 0, flat + bh_base, rows).flatten()  # padding sorts last
+    sorted_key, perm = torch.sort(key, stable=True)
+    qlist = torch.div(perm % (nqb * kept), kept, rounding_mode="floor").to(torch.int32)
+    counts = torch.bincount(key, minlength=rows + 1)[:rows]
+    ptr = torch.zeros(rows + 1, dtype=torch.int64, device=idx.device)
+    torch.cumsum(counts, 0, out=ptr[1:])
+    order = torch.argsort(counts, descending=True, stable=True).to(torch.int32)
+    return ptr.to(torch.int32), qlist, order
+
+
+def sparse_attention_backward(do, q, k, v, out, lse, dlse, selection: BlockSelection, sm_scale: float):
+    """dq, dk, dv (the inputs' dtypes); ``dlse`` may be ``None``."""
+    b, h, nq, d = q.shape
+    nk, e = k.shape[-2], v.shape[-1]
+    bq, block_m, bk, bk_pad = _tile_sizes(selection)
+    prec = _precision(q.dtype)
+    do = _last_dim_contiguous(do)
+    delta = torch.empty(b, h, nq, dtype=torch.float32, device=q.device)
+    dl = dlse.contiguous().float() if dlse is not None else delta
+    sparse_attn_bwd_delta_kernel[(triton.cdiv(nq, 64), b * h)](
+        out, do, dl, delta, *out.stride()[:3], *do.stride()[:3], h, nq,
+        E=e, HAS_DLSE=dlse is not None, BLOCK_M=64,
+    )
+    idx = selection.indices.contiguous()
+    dq = torch.empty_like(q)
+    _launch(
+        sparse_attn_bwd_dq_kernel, (selection.num_query_blocks, b * h),
+        q, k, v, idx, do, lse, delta, dq,
+        sm_scale, sm_scale * _LOG2E,
+        *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *do.stride()[:3], *idx.stride()[:3],
+        h, nq, nk, selection.kept,
+        BQ=bq, BLOCK_M=block_m, BK=bk, BK_PAD=bk_pad, D=d, E=e, CAUSAL=bool(selection.causal), PREC=prec,
+    )
+    ptr, qlist, order = transpose_selection(selection)
+    dk, dv = torch.empty_like(k), torch.empty_like(v)
+    _launch(
+        sparse_attn_bwd_dkdv_kernel, (order.numel(),),
+        q, k, v, do, lse, delta, ptr, qlist, order, dk, dv,
+        sm_scale, sm_scale * _LOG2E,
+        *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *do.stride()[:3],
+        h, nq, nk, selection.num_key_blocks,
+        BQ=bq, BLOCK_M=block_m, BK=bk, BK_PAD=bk_pad, D=d, E=e, CAUSAL=bool(selection.causal), PREC=prec,
+    )
+    return dq, dk, dv
+
+
+class _BlockSparseAttention(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, selection, sm_scale):
+        out, lse = sparse_attention_forward(q, k, v, selection, sm_scale)
+        ctx.save_for_backward(q, k, v, out, lse)
+        ctx.selection, ctx.sm_scale = selection, sm_scale
+        return out, lse
+
+    @staticmethod
+    def backward(ctx, dout, dlse):
+        q, k, v, out, lse = ctx.saved_tensors
+        if dout is None:
+            dout = torch.zeros_like(out)
+        dq, dk, dv = sparse_attention_backward(dout, q, k, v, out, lse, dlse, ctx.selection, ctx.sm_scale)
+        return dq, dk, dv, None, None
+
+
+# --------------------------------------------------------------------------------------------
+# public functions
+# --------------------------------------------------------------------------------------------
+def block_sparse_attention_triton(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    selection: BlockSelection,
+    *,
+    scale: float | None = None,
+    return_lse: bool = False,
+):
+    """:func:`vidhash.attention.block_sparse_attention` on the Triton kernels.
+
+    Exact softmax of each query block over its kept key blocks (``-1`` padding skipped, causal
+    bottom-right aligned); ``lse (b, h, nq)`` float32, ``-inf`` for a query that sees no key.
+    Differentiable in ``q, k, v`` (and through ``lse``). Takes bf16/fp16/fp32 with head_dim
+    64 or 128 and any length (lengths are runtime arguments: no recompilation per length);
+    anything else raises ``ValueError``. Tensors need not be contiguous: any (batch, head,
+    token) strides are used as they are; a tensor whose head_dim is strided is copied.
+    fp32 runs its dots in full fp32 (no tf32).
+    """
+    _check_inputs(q, k, v, selection)
+    q, k, v = (_last_dim_contiguous(t) for t in (q, k, v))
+    out, lse = _BlockSparseAttention.apply(q, k, v, selection, _scale(scale, q.shape[-1]))
+    return (out, lse) if return_lse else out
+
+
+def hash_attention_triton(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    density: float = 0.125,
+    block_size: int = 64,
+    query_block_size: int | None = None,
+    local_blocks: int = 1,
+    sink_blocks: int = 1,
+    causal: bool = False,
+    hasher=None,
+    scale: float | None = None,
+    return_lse: bool = False,
+):
+    """:func:`vidhash.attention.hash_attention` on the Triton kernels (same arguments, same
+    result up to rounding): :func:`select_blocks_triton` then
+    :func:`block_sparse_attention_triton`.
+
+    ``block_size=1`` (per-token selection) on a GPU falls back to the reference path
+    (:func:`vidhash.attention.select_blocks` + :func:`vidhash.attention.block_sparse_attention`):
+    one-token key blocks would waste 15 of 16 rows of every backward tile. Under the Triton
+    interpreter (CPU) the kernels run at every block size.
+    """
+    _check_qkv(q, k, v)
+    if block_size == 1 and q.is_cuda:
+        sel = select_blocks(
+            q, k, density=density, block_size=block_size, query_block_size=query_block_size,
+            local_blocks=local_blocks, sink_blocks=sink_blocks, causal=causal, hasher=hasher,
+        )
+        return block_sparse_attention(q, k, v, sel, scale=scale, return_lse=return_lse)
+    sel = select_blocks_triton(
+        q, k, density=density, block_size=block_size, query_block_size=query_block_size,
+        local_blocks=local_blocks, sink_blocks=sink_blocks, causal=causal, hasher=hasher,
+    )
+    return block_sparse_attention_triton(q, k, v, sel, scale=scale, return_lse=return_lse)

@@ -1,0 +1,180 @@
+"""Block-sparse flash attention kernels == ``vidhash.attention.block_sparse_attention``
+(forward, lse and gradients), and ``hash_attention(backend="triton")`` == the reference.
+
+On CPU the kernels run under ``TRITON_INTERPRET=1`` (see conftest.py) with tiny shapes.
+"""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from vidhash.attention import block_sparse_attention, hash_attention, select_blocks
+from vidhash.kernels import ops
+from vidhash.kernels.sparse_attention.ops import block_sparse_attention_triton, transpose_selection
+
+DEV = "cuda" if torch.cuda.is_available() else "cpu"
+# relative error ‖out − ref‖ / ‖ref‖ allowed per dtype (the reference accumulates in fp32)
+TOL = {torch.float32: 1e-5, torch.bfloat16: 2e-2, torch.float16: 5e-3}
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.detach().double(), b.detach().double()
+    return float((a - b).norm() / b.norm().clamp_min(1e-30))
+
+
+def _inputs(b, h, nq, nk, d, dtype, e=None):
+    e = e or d
+    mk = lambda n, c: torch.randn(b, h, n, c, device=DEV, dtype=dtype).requires_grad_(True)
+    return mk(nq, d), mk(nk, d), mk(nk, e)
+
+
+def _check(q, k, v, sel, dtype, scale=None):
+    out_r, lse_r = block_sparse_attention(q, k, v, sel, scale=scale, return_lse=True)
+    out_t, lse_t = block_sparse_attention_triton(q, k, v, sel, scale=scale, return_lse=True)
+    assert out_t.dtype == q.dtype and lse_t.dtype == torch.float32 and out_t.shape == out_r.shape
+    assert torch.isfinite(out_t).all()
+    assert torch.equal(torch.isinf(lse_t), torch.isinf(lse_r))  # -inf exactly where no key is seen
+    fin = torch.isfinite(lse_r)
+    assert _rel(out_t, out_r) < TOL[dtype]
+    assert _rel(lse_t[fin], lse_r[fin]) < 1e-5
+    # gradients through out and lse
+    dout = torch.randn_like(out_r, dtype=torch.float32)
+    dlse = torch.randn_like(lse_r)
+    loss = lambda o, l: (o.float() * dout).sum() + (l[fin] * dlse[fin]).sum()
+    g_r = torch.autograd.grad(loss(out_r, lse_r), (q, k, v))
+    g_t = torch.autograd.grad(loss(out_t, lse_t), (q, k, v))
+    for name, a, r in zip("qkv", g_t, g_r):
+        assert a.dtype == r.dtype and a.shape == r.shape
+        assert _rel(a, r) < TOL[dtype] * 2, f"d{name}: {_rel(a, r):.2e}"
+
+
+# (b, h, nq, nk, d, block_size, query_block_size, causal, density, dtype)
+CASES = [
+    pytest.param(2, 3, 77, 77, 64, 16, 64, False, 0.3, torch.float32, id="B2-H3-N77-D64-bk16-bq64-fp32"),
+    pytest.param(1, 2, 77, 77, 64, 16, 64, True, 0.3, torch.float32, id="B1-H2-N77-D64-bk16-bq64-causal-fp32"),
+    pytest.param(1, 2, 1, 90, 64, 16, 64, True, 0.3, torch.float32, id="B1-H2-Nq1-Nk90-D64-bk16-causal-fp32"),
+    pytest.param(1, 1, 90, 1, 64, 16, 64, False, 1.0, torch.float32, id="B1-H1-Nq90-Nk1-D64-bk16-fp32"),
+    pytest.param(1, 2, 130, 60, 64, 32, 64, True, 0.5, torch.float32, id="B1-H2-Nq130-Nk60-D64-bk32-causal-fp32"),
+    pytest.param(2, 1, 100, 130, 64, 7, 32, True, 0.3, torch.float32, id="B2-H1-Nq100-Nk130-D64-bk7-bq32-causal-fp32"),
+    pytest.param(1, 2, 150, 150, 128, 64, 128, False, 0.5, torch.bfloat16, id="B1-H2-N150-D128-bk64-bq128-bf16"),
+    pytest.param(1, 2, 200, 200, 64, 16, 128, True, 0.25, torch.bfloat16, id="B1-H2-N200-D64-bk16-bq128-causal-bf16"),
+    pytest.param(1, 1, 150, 150, 64, 128, 64, False, 1.0, torch.float16, id="B1-H1-N150-D64-bk128-bq64-fp16"),
+    pytest.param(1, 1, 40, 40, 64, 1, 16, False, 0.2, torch.float32, id="B1-H1-N40-D64-bk1-bq16-fp32"),
+]
+
+
+@pytest.mark.parametrize("b,h,nq,nk,d,bk,bq,causal,density,dtype", CASES)
+def test_block_sparse_attention_matches_reference(b, h, nq, nk, d, bk, bq, causal, density, dtype):
+    q, k, v = _inputs(b, h, nq, nk, d, dtype)
+    sel = select_blocks(q, k, density=density, block_size=bk, query_block_size=bq, causal=causal)
+    _check(q, k, v, sel, dtype)
+
+
+def test_value_dim_differs_and_custom_scale():
+    q, k, _ = _inputs(1, 2, 70, 70, 128, torch.float32)
+    v = torch.randn(1, 2, 70, 64, device=DEV, requires_grad=True)
+    sel = select_blocks(q, k, density=0.4, block_size=16, query_block_size=32)
+    _check(q, k, v, sel, torch.float32, scale=0.3)
+
+
+def test_strided_inputs_are_used_as_they_are():
+    """(b, n, h, d) memory viewed as (b, h, n, d): any token/head strides work."""
+    base = torch.randn(3, 1, 70, 2, 64, device=DEV)
+    q, k, v = (base[i].transpose(1, 2).requires_grad_(True) for i in range(3))
+    assert not q.is_contiguous()
+    sel = select_blocks(q, k, density=0.5, block_size=16, query_block_size=32)
+    _check(q, k, v, sel, torch.float32)
+
+
+def test_hand_made_selection_with_padding_rows():
+    """-1 padding everywhere in one query block: its rows see no key (out 0, lse -inf)."""
+    q, k, v = _inputs(1, 1, 64, 64, 64, torch.float32)
+    sel = select_blocks(q, k, density=0.5, block_size=16, query_block_size=32)
+    sel.indices[:, :, 1] = -1
+    sel.indices[:, :, 0, 1] = -1
+    out, lse = block_sparse_attention_triton(q, k, v, sel, return_lse=True)
+    assert torch.isinf(lse[..., 32:]).all() and (out[..., 32:, :] == 0).all()
+    _check(q, k, v, sel, torch.float32)
+
+
+def test_transpose_selection_is_the_inverse_list():
+    q = torch.randn(2, 2, 100, 64, device=DEV)
+    sel = select_blocks(q, q, density=0.3, block_size=16, query_block_size=32, causal=True)
+    ptr, qlist, order = transpose_selection(sel)
+    nkb, nqb = sel.num_key_blocks, sel.num_query_blocks
+    idx = sel.indices.reshape(4, nqb, -1)
+    for bh in range(4):
+        for kb in range(nkb):
+            got = qlist[ptr[bh * nkb + kb] : ptr[bh * nkb + kb + 1]].tolist()
+            want = [c for c in range(nqb) if (idx[bh, c] == kb).any()]
+            assert got == want
+    counts = (ptr[1:] - ptr[:-1])[order.long()]
+    assert (counts[:-1] >= counts[1:]).all() and sorted(order.tolist()) == list(range(4 * nkb))
+
+
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+def test_hash_attention_triton_backend_matches_reference(causal):
+    q, k, v = _inputs(1, 2, 90, 90, 64, torch.float32)
+    kw = dict(density=0.3, block_size=16, query_block_size=32, causal=causal, return_lse=True)
+    out_r, lse_r = hash_attention(q, k, v, backend="reference", **kw)
+    out_t, lse_t = hash_attention(q, k, v, backend="triton", **kw)
+    out_o, _ = ops.hash_attention(q, k, v, **kw)
+    assert _rel(out_t, out_r) < 1e-5 and _rel(out_o, out_r) < 1e-5
+    fin = torch.isfinite(lse_r)
+    assert torch.equal(torch.isinf(lse_t), ~fin) and _rel(lse_t[fin], lse_r[fin]) < 1e-5
+    g_r = torch.autograd.grad(out_r.sum(), (q, k, v))
+    g_t = torch.autograd.grad(out_t.sum(), (q, k, v))
+    assert all(_rel(a, r) < 1e-5 for a, r in zip(g_t, g_r))
+
+
+def test_density_one_is_sdpa():
+    q, k, v = _inputs(1, 2, 70, 70, 64, torch.float32)
+    out = ops.hash_attention(q, k, v, density=1.0, block_size=16, query_block_size=32)
+    assert _rel(out, F.scaled_dot_product_attention(q, k, v)) < 1e-5
+
+
+@pytest.mark.parametrize("what", ["head_dim", "dtype", "mismatch", "selection", "device_kind"])
+def test_bad_inputs_raise(what):
+    q, k, v = (torch.randn(1, 2, 64, 64, device=DEV) for _ in range(3))
+    sel = select_blocks(q, k, density=0.5, block_size=16, query_block_size=32)
+    if what == "head_dim":
+        q, k, v = (torch.randn(1, 2, 64, 48, device=DEV) for _ in range(3))
+    elif what == "dtype":
+        q, k, v = (t.double() for t in (q, k, v))
+    elif what == "mismatch":
+        k = k.half()
+    elif what == "selection":
+        sel = select_blocks(q[:, :, :32], k, density=0.5, block_size=16, query_block_size=32)
+    elif what == "device_kind":
+        sel = "not a selection"
+    with pytest.raises(ValueError):
+        block_sparse_attention_triton(q, k, v, sel)
+
+
+# --------------------------------------------------------------------------------------------
+# GPU: realistic sizes, every dtype and head_dim, small and large key blocks
+# --------------------------------------------------------------------------------------------
+GPU_CASES = [
+    pytest.param(2, 4, 4096, 4096, 64, 64, 128, False, 1 / 32, torch.bfloat16, id="B2-H4-N4096-D64-bk64-bq128-bf16"),
+    pytest.param(1, 4, 4000, 4000, 64, 16, 128, False, 1 / 32, torch.bfloat16, id="B1-H4-N4000-D64-bk16-bq128-bf16"),
+    pytest.param(1, 4, 3000, 5000, 128, 32, 64, True, 0.1, torch.float16, id="B1-H4-Nq3000-Nk5000-D128-bk32-bq64-causal-fp16"),
+    pytest.param(1, 2, 2049, 2049, 128, 128, 128, True, 0.25, torch.bfloat16, id="B1-H2-N2049-D128-bk128-bq128-causal-bf16"),
+    pytest.param(1, 2, 1500, 1500, 64, 16, 64, True, 0.2, torch.float32, id="B1-H2-N1500-D64-bk16-bq64-causal-fp32"),
+]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("b,h,nq,nk,d,bk,bq,causal,density,dtype", GPU_CASES)
+def test_block_sparse_attention_gpu(b, h, nq, nk, d, bk, bq, causal, density, dtype):
+    q, k, v = _inputs(b, h, nq, nk, d, dtype)
+    sel = select_blocks(q, k, density=density, block_size=bk, query_block_size=bq, causal=causal)
+    _check(q, k, v, sel, dtype)
+
+
+@pytest.mark.gpu
+def test_auto_backend_picks_triton_on_cuda_and_block_size_one_falls_back():
+    q, k, v = _inputs(1, 2, 1024, 1024, 64, torch.bfloat16)
+    kw = dict(density=1 / 16, block_size=16, query_block_size=64)
+    ref = hash_attention(q, k, v, backend="reference", **kw)
+    assert _rel(hash_attention(q, k, v, **kw), ref) < TOL[torch.bfloat16]
+    kw1 = dict(density=1 / 16, block_size=1, query_block_size=64)
+    assert _rel(ops.hash_attention(q, k, v, **kw1), hash_attention(q, k, v, backend="reference", **kw1)) < 1e-6
