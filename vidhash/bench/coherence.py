@@ -53,6 +53,17 @@ def _best(fn, repeats: int) -> float:
     return best
 
 
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def run(args: argparse.Namespace) -> int:
     threads = [int(t) for t in str(args.threads).split(",") if t.strip()]
     seconds = args.frames / args.fps
@@ -93,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
                 s = _best(lambda: reports.append(measure_coherence(path, opts)), args.repeats)
                 k = reports[-1]["frames"]
                 rows.append({"stage": stage, "source": source, "threads": th, "frames": k, "seconds": s, "frames_per_s": k / s})
-    device = f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores"
+    device = f"{_cpu_name()}, {os.cpu_count()} CPU cores"
     print(f"coherence metrics speed — working size {args.size}px, device: {device}, OpenCV {cv2.__version__}")
     head = f"{'stage':<12} {'source':<22} {'threads':>7} {'frames':>7} {'seconds':>8} {'frames/s':>9}"
     print(head)
