@@ -17,6 +17,7 @@ import sys
 COMMANDS: dict[str, tuple[str, str] | dict[str, tuple[str, str]]] = {
     "bench": {
         "hashhop": ("vidhash.bench.hashhop", "HashHop retrieval from a fixed-size HashedMemory vs dense attention"),
+        "attention": ("vidhash.bench.attention", "hash-attention kernels vs dense SDPA and FlexAttention, with selection recall"),
         "coherence": ("vidhash.bench.coherence", "speed of the coherence metrics (analysed frames/s) on synthetic video"),
     },
     "coherence": ("vidhash.metrics.cli", "temporal coherence of any video: flicker, warping error, drift over minutes, revisits"),
