@@ -76,14 +76,22 @@ def num_kept_blocks(nq: int, nk: int, *, density: float, block_size: int, query_
     return kept
 
 
-def _signatures(x: torch.Tensor, block_size: int, hasher, role: str) -> torch.Tensor:
-    """Block signatures ``(b, h, blocks, w)`` int32: the signature kernel when it is installed
-    and matches the reference semantics, else :func:`vidhash.attention.block_signatures`."""
-    try:  # the signature kernel lives in kernels/signature (another op's folder)
-        from vidhash.kernels.signature.ops import block_signatures_triton
-    except ImportError:
-        return block_signatures(x, block_size, hasher, role)
-    return block_signatures_triton(x, block_size, hasher, role)
+def block_signatures_fast(x: torch.Tensor, block_size: int, hasher, role: str, exact: bool = False) -> torch.Tensor:
+    """Block signatures ``(b, h, blocks, w)`` int32.
+
+    On CUDA, unless ``exact``, the signature kernel (``kernels/signature``) when it is installed:
+    one pass over bf16 ``x`` instead of the reference's fp32 copy, projection and pooling; its
+    bits equal the reference's except where a pooled projection is within float rounding of 0.
+    Otherwise :func:`vidhash.attention.block_signatures` itself.
+    """
+    if x.is_cuda and not exact:
+        try:  # the signature kernel lives in kernels/signature (another op's folder)
+            from vidhash.kernels.signature.ops import block_signatures_triton
+        except ImportError:
+            pass
+        else:
+            return block_signatures_triton(x, block_size, hasher, role)
+    return block_signatures(x, block_size, hasher, role)
 
 
 def select_from_signatures(
@@ -151,13 +159,16 @@ def select_blocks_triton(
     sink_blocks: int = 1,
     causal: bool = False,
     hasher=None,
+    exact_signatures: bool = False,
 ) -> BlockSelection:
     """:func:`vidhash.attention.select_blocks` with the top-k done by the Triton kernel.
 
-    Same arguments, same :class:`~vidhash.attention.BlockSelection` (indices equal to the
-    reference's). Block signatures come from the signature kernel when installed, else from
-    the reference (one small projection matmul); the ranking never sorts and never builds a
-    ``query blocks × key blocks`` tensor.
+    Same arguments, same :class:`~vidhash.attention.BlockSelection`. Given the same block
+    signatures the indices equal the reference's exactly (ranking by histogram threshold and
+    prefix-sum compaction: no sort, no ``query blocks × key blocks`` tensor). On CUDA the block
+    signatures come from the signature kernel when installed (see
+    :func:`block_signatures_fast`: a bit can differ where a pooled projection rounds to 0);
+    ``exact_signatures=True`` uses the reference's :func:`vidhash.attention.block_signatures`.
     """
     _check_qkv(q, k)
     density = _check_density(density)
@@ -171,8 +182,8 @@ def select_blocks_triton(
                            local_blocks=local_blocks, sink_blocks=sink_blocks, causal=causal)
     nkb = -(-nk // bk)
     if kept < nkb:
-        q_sig = _signatures(q, bq, hasher, "query")
-        k_sig = _signatures(k, bk, hasher, "key")
+        q_sig = block_signatures_fast(q, bq, hasher, "query", exact_signatures)
+        k_sig = block_signatures_fast(k, bk, hasher, "key", exact_signatures)
     else:
         q_sig, k_sig = q[..., :1, :1], None  # shape (b, h, ...) only
     idx = select_from_signatures(

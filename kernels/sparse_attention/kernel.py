@@ -39,6 +39,15 @@ def _tile_configs(with_block_n: bool):
     return cfgs
 
 
+def default_config(BK_PAD: int, D: int, BLOCK_M: int, with_block_n: bool) -> triton.Config:
+    """The config used without autotuning (``VIDHASH_AUTOTUNE=0``, and the interpreter)."""
+    meta = {"BLOCK_N": max(64, BK_PAD)} if with_block_n else {}
+    if _INTERPRET:
+        meta = {"BLOCK_N": max(32, BK_PAD)} if with_block_n else {}
+        return triton.Config(meta, num_warps=4, num_stages=1)
+    return triton.Config(meta, num_warps=8 if BLOCK_M >= 128 else 4, num_stages=3 if D <= 64 else 2)
+
+
 def _prune_block_n(configs, named_args, **kwargs):
     """A step gathers ``BLOCK_N // BK_PAD`` whole key blocks: drop tiles smaller than a block;
     under the interpreter keep only the smallest tile that fits."""

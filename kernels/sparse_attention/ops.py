@@ -9,7 +9,7 @@ Letters: b batch, h heads, c query blocks, j key blocks, d head_dim, e value dim
 """
 from __future__ import annotations
 
-import math
+import os
 
 import torch
 import triton
@@ -25,7 +25,7 @@ from vidhash.kernels.block_select.ops import select_blocks_triton
 
 from .kernel import (
     _INTERPRET,
-    _prune_block_n,
+    default_config,
     sparse_attn_bwd_delta_kernel,
     sparse_attn_bwd_dkdv_kernel,
     sparse_attn_bwd_dq_kernel,
@@ -67,12 +67,17 @@ def _check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, selection: 
             raise ValueError(f"{name} is too long for 32-bit offsets: {t.shape[-2]} tokens × stride {t.stride(-2)}")
 
 
+def autotuning() -> bool:
+    """Autotune the attention kernels (bounded lists in kernel.py) unless ``VIDHASH_AUTOTUNE=0``
+    or under the interpreter, where one default config runs."""
+    return not _INTERPRET and os.environ.get("VIDHASH_AUTOTUNE", "1") != "0"
+
+
 def _launch(kernel, grid, *args, **meta):
-    """Launch an autotuned kernel; under the interpreter (no timer) run the smallest config
-    that fits directly."""
-    if not _INTERPRET:
+    if autotuning():
         return kernel[grid](*args, **meta)
-    cfg = _prune_block_n(kernel.configs, {}, **meta)[0]
+    with_block_n = "BLOCK_N" in kernel.configs[0].kwargs
+    cfg = default_config(meta["BK_PAD"], meta["D"], meta["BLOCK_M"], with_block_n)
     return kernel.fn[grid](*args, **meta, **cfg.all_kwargs())
 
 

@@ -1,0 +1,280 @@
+"""Hash-attention kernels against dense SDPA and FlexAttention, with the recall of every selection.
+
+    vidhash bench attention --sizes 16384,65536,131072,262144 --block-sizes 64,16 --json attention.json
+
+One process, one device. For each size (12 heads, head_dim 64, bf16, non-causal by default)
+and Wan 1.3B's self-attention at 81 frames 480p (latent 21×60×104, patch (1,2,2) → 21·30·52 =
+32,760 tokens, 12 heads, head_dim 128; ``--no-wan`` skips it) it times with
+``triton.testing.do_bench`` (median, L2 flushed between runs):
+
+* dense SDPA forward and forward+backward;
+* FlexAttention on the same selected blocks: ``BlockMask.from_kv_blocks`` built from the
+  vidhash indices (build time) and the compiled kernel (kernel time) — errors are reported;
+* vidhash: selection alone, attention alone, selection+attention forward, forward+backward;
+* for each key-block size in ``--block-sizes`` at one density (default 1/32).
+
+Next to each row: the recall of the selection (share of the exact attention mass the kept
+blocks hold, ``vidhash.attention.selection_recall`` over ``--recall-blocks`` query blocks).
+
+Inputs (``q, k``) have video-like structure, since random Gaussian q/k make any selection
+meaningless (recall ≈ density): tokens sit on a (frames, height, width) grid; each token's
+feature is a random Fourier embedding of its position (smooth in space and time, with
+repeats far apart), mixed per head by one random matrix for both q and k, plus Gaussian
+noise (q = 3·(f·W + 0.5·n₁), k = f·W + 0.5·n₂); v is Gaussian.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+
+import torch
+import torch.nn.functional as F
+
+from vidhash.attention import selection_recall
+
+# Wan 2.1 1.3B at 81 frames, 480×832: VAE 4× time (1 + 80/4 = 21), 8× space; patch (1, 2, 2)
+WAN_1_3B_GRID = (21, 30, 52)
+WAN_1_3B_HEADS, WAN_1_3B_HEAD_DIM = 12, 128
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--sizes", default="16384,65536,131072,262144", help="comma-separated token counts N")
+    p.add_argument("--no-wan", action="store_true", help="skip the Wan 1.3B 81-frame 480p shape")
+    p.add_argument("--heads", type=int, default=12)
+    p.add_argument("--head-dim", type=int, default=64)
+    p.add_argument("--density", type=float, default=1 / 32, help="share of key blocks kept")
+    p.add_argument("--block-sizes", default="64,16", help="comma-separated key-block sizes")
+    p.add_argument("--query-block", type=int, default=128, help="query-block size")
+    p.add_argument("--dtype", default="bf16", choices=["bf16", "fp16"])
+    p.add_argument("--causal", action="store_true")
+    p.add_argument("--no-flex", action="store_true", help="skip FlexAttention")
+    p.add_argument("--flex-block-sizes", default="64", help="key-block sizes also run through FlexAttention")
+    p.add_argument("--no-backward", action="store_true", help="skip forward+backward rows")
+    p.add_argument("--recall-blocks", type=int, default=16, help="query blocks evaluated for recall")
+    p.add_argument("--rep-ms", type=int, default=100, help="do_bench rep (ms) per measurement")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", default=None, help="write results to this JSON file")
+
+
+# --------------------------------------------------------------------------------------------
+# inputs
+# --------------------------------------------------------------------------------------------
+def grid_for(n: int) -> tuple[int, int, int]:
+    """A (frames, height, width) grid of exactly ``n`` tokens: 32×32 frames when possible."""
+    if n % 1024 == 0:
+        return (n // 1024, 32, 32)
+    return (1, 1, n)
+
+
+def video_like_qkv(grid, heads: int, d: int, dtype, device, seed: int = 0):
+    """q, k, v ``(1, heads, t·h·w, d)`` with positional structure (see the module docstring)."""
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    t, hh, ww = grid
+    pos = torch.stack(torch.meshgrid(
+        torch.arange(t, dtype=torch.float32), torch.arange(hh, dtype=torch.float32),
+        torch.arange(ww, dtype=torch.float32), indexing="ij"), -1).reshape(-1, 3).to(device)
+    n = pos.shape[0]
+    # frequencies: a few cycles over ~8-64 tokens of each axis
+    freq = (torch.randn(3, d // 2, generator=g) * torch.tensor([0.15, 0.25, 0.25]).unsqueeze(-1)).to(device)
+    phase = (torch.rand(d // 2, generator=g) * 2 * math.pi).to(device)
+    ang = pos @ freq + phase
+    feat = torch.cat([ang.cos(), ang.sin()], -1) * math.sqrt(2.0)  # (n, d), unit variance
+    mix = (torch.randn(heads, d, d, generator=g) / math.sqrt(d)).to(device)
+    base = torch.einsum("nd,hde->hne", feat, mix)  # (heads, n, d)
+    gen = torch.Generator(device=device).manual_seed(seed + 1)
+    noise = lambda: torch.randn(heads, n, d, device=device, generator=gen)
+    q = 3.0 * (base + 0.5 * noise())
+    k = base + 0.5 * noise()
+    v = noise()
+    return tuple(x.unsqueeze(0).to(dtype).contiguous() for x in (q, k, v))
+
+
+# --------------------------------------------------------------------------------------------
+# timing
+# --------------------------------------------------------------------------------------------
+def _bench(fn, rep_ms: int) -> float:
+    import triton.testing
+
+    return float(triton.testing.do_bench(fn, warmup=max(10, rep_ms // 4), rep=rep_ms, return_mode="median"))
+
+
+def _try(fn):
+    try:
+        return fn(), None
+    except Exception as err:  # noqa: BLE001 - reported in the table
+        return None, f"{type(err).__name__}: {str(err).splitlines()[0][:160] if str(err) else ''}"
+
+
+def _flex_mask(sel):
+    """FlexAttention BlockMask holding exactly the selected blocks (all full, no mask_mod)."""
+    from torch.nn.attention.flex_attention import BlockMask
+
+    idx = sel.indices
+    nkb = sel.num_key_blocks
+    num = (idx >= 0).sum(-1, dtype=torch.int32)
+    cols = torch.zeros(*idx.shape[:-1], nkb, dtype=torch.int32, device=idx.device)
+    cols[..., : idx.shape[-1]] = idx.clamp(min=0)
+    zero = torch.zeros_like(num)
+    return BlockMask.from_kv_blocks(
+        zero, cols, full_kv_num_blocks=num, full_kv_indices=cols,
+        BLOCK_SIZE=(sel.query_block_size, sel.block_size), seq_lengths=(sel.num_queries, sel.num_keys),
+    )
+
+
+_FLEX = {}
+
+
+def _flex_fn():
+    if "fn" not in _FLEX:
+        from torch.nn.attention.flex_attention import flex_attention
+
+        _FLEX["fn"] = torch.compile(flex_attention, dynamic=False)
+    return _FLEX["fn"]
+
+
+def run_shape(name: str, grid, heads: int, d: int, args) -> list[dict]:
+    from vidhash.kernels.ops import block_sparse_attention_triton, hash_attention, select_blocks_triton
+
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
+    q, k, v = video_like_qkv(grid, heads, d, dtype, "cuda", args.seed)
+    n = q.shape[-2]
+    rep = args.rep_ms
+    rows = []
+    base = dict(shape=name, n=n, heads=heads, head_dim=d, causal=args.causal)
+
+    # 1. dense SDPA
+    sdpa = lambda: F.scaled_dot_product_attention(q, k, v, is_causal=args.causal)
+    dense_fwd, err = _try(lambda: _bench(sdpa, rep))
+    rows.append({**base, "method": "dense SDPA", "what": "fwd", "ms": dense_fwd, "error": err, "recall": 1.0})
+    dense_fb = None
+    if not args.no_backward:
+        qg, kg, vg = (x.detach().requires_grad_(True) for x in (q, k, v))
+        do = torch.randn_like(q)
+
+        def sdpa_fb():
+            F.scaled_dot_product_attention(qg, kg, vg, is_causal=args.causal).backward(do)
+
+        dense_fb, err = _try(lambda: _bench(sdpa_fb, rep))
+        rows.append({**base, "method": "dense SDPA", "what": "fwd+bwd", "ms": dense_fb, "error": err, "recall": 1.0})
+        del qg, kg, vg
+    torch.cuda.empty_cache()
+
+    for bk in [int(x) for x in args.block_sizes.split(",")]:
+        kw = dict(density=args.density, block_size=bk, query_block_size=args.query_block, causal=args.causal)
+        tag = dict(base, block_size=bk, query_block_size=args.query_block, density=args.density)
+        sel = select_blocks_triton(q, k, **kw)
+        recall = selection_recall(q, k, sel, max_query_blocks=args.recall_blocks)
+        sel_exact = select_blocks_triton(q, k, exact_signatures=True, **kw)
+        agree = float((sel_exact.indices == sel.indices).float().mean())
+        tag.update(kept=sel.kept, key_blocks=sel.num_key_blocks)
+
+        def add(method, what, ms, err=None, **extra):
+            row = {**tag, "method": method, "what": what, "ms": ms, "error": err, "recall": recall, **extra}
+            if ms:
+                row["x_dense"] = (dense_fb if what == "fwd+bwd" else dense_fwd) / ms if (dense_fb if what == "fwd+bwd" else dense_fwd) else None
+            rows.append(row)
+            return row
+
+        ms, err = _try(lambda: _bench(lambda: select_blocks_triton(q, k, **kw), rep))
+        add("vidhash", "selection", ms, err, signature_agreement=agree)
+        ms, err = _try(lambda: _bench(lambda: select_blocks_triton(q, k, exact_signatures=True, **kw), rep))
+        add("vidhash", "selection (reference signatures)", ms, err)
+        attn_ms, err = _try(lambda: _bench(lambda: block_sparse_attention_triton(q, k, v, sel), rep))
+        add("vidhash", "attention", attn_ms, err)
+        ms, err = _try(lambda: _bench(lambda: hash_attention(q, k, v, **kw), rep))
+        fwd_row = add("vidhash", "select+attn fwd", ms, err)
+        if not args.no_backward:
+            qg, kg, vg = (x.detach().requires_grad_(True) for x in (q, k, v))
+            do = torch.randn_like(q)
+
+            def fb():
+                hash_attention(qg, kg, vg, **kw).backward(do)
+
+            ms, err = _try(lambda: _bench(fb, rep))
+            add("vidhash", "fwd+bwd", ms, err)
+
+            def attn_fb():
+                block_sparse_attention_triton(qg, kg, vg, sel).backward(do)
+
+            ms, err = _try(lambda: _bench(attn_fb, rep))
+            add("vidhash", "attention fwd+bwd", ms, err)
+            del qg, kg, vg
+
+        flex_ms = None
+        if not args.no_flex and str(bk) in args.flex_block_sizes.split(","):
+            t0 = time.perf_counter()
+            bm, err = _try(lambda: _flex_mask(sel))
+            torch.cuda.synchronize()
+            if bm is not None:
+                build, _ = _try(lambda: _bench(lambda: _flex_mask(sel), rep))
+                add("FlexAttention", "BlockMask build", build, None)
+                fn = _flex_fn()
+                out, err = _try(lambda: fn(q, k, v, block_mask=bm))
+                compile_s = time.perf_counter() - t0
+                if err is None:
+                    flex_ms, err = _try(lambda: _bench(lambda: fn(q, k, v, block_mask=bm), rep))
+                    ref = block_sparse_attention_triton(q, k, v, sel)
+                    diff = float((out.float() - ref.float()).norm() / ref.float().norm())
+                    add("FlexAttention", "kernel", flex_ms, err, compile_s=compile_s, rel_diff_vs_vidhash=diff)
+                else:
+                    add("FlexAttention", "kernel", None, err)
+            else:
+                add("FlexAttention", "BlockMask build", None, err)
+        if flex_ms and fwd_row.get("ms"):
+            fwd_row["x_flex_kernel"] = flex_ms / fwd_row["ms"]
+        if flex_ms and attn_ms:
+            rows[-1]["attention_vs_flex"] = flex_ms / attn_ms
+        del sel, sel_exact
+        torch.cuda.empty_cache()
+    return rows
+
+
+def print_table(rows: list[dict]) -> None:
+    print(f"\n{'shape':>16} {'bk':>4} {'method':>13} {'what':>34} {'ms':>9} {'×dense':>8} {'×flex':>6} {'recall':>7}")
+    for r in rows:
+        ms = f"{r['ms']:.3f}" if r.get("ms") else "—"
+        xd = f"{r['x_dense']:.1f}" if r.get("x_dense") else ""
+        xf = f"{r['x_flex_kernel']:.2f}" if r.get("x_flex_kernel") else ""
+        rec = f"{r['recall']:.3f}" if r.get("recall") is not None else ""
+        print(f"{r['shape']:>16} {r.get('block_size', ''):>4} {r['method']:>13} {r['what']:>34} {ms:>9} {xd:>8} {xf:>6} {rec:>7}")
+        if r.get("error"):
+            print(f"{'':>16}      error: {r['error']}")
+
+
+def run(args) -> int:
+    if not torch.cuda.is_available():
+        raise ValueError("vidhash bench attention needs a CUDA device")
+    try:
+        sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
+    except ValueError as err:
+        raise ValueError(f"--sizes must be comma-separated integers, got {args.sizes!r}") from err
+    shapes = [(f"N={n}", grid_for(n), args.heads, args.head_dim) for n in sizes]
+    if not args.no_wan:
+        shapes.append(("Wan1.3B-81f-480p", WAN_1_3B_GRID, WAN_1_3B_HEADS, WAN_1_3B_HEAD_DIM))
+    device = torch.cuda.get_device_name()
+    print(f"attention bench on {device}: {args.dtype}, density {args.density:.4g}, query blocks {args.query_block}, "
+          f"{'causal' if args.causal else 'non-causal'}, torch {torch.__version__}")
+    rows = []
+    for name, grid, heads, d in shapes:
+        t0 = time.perf_counter()
+        rows.extend(run_shape(name, grid, heads, d, args))
+        print(f"  {name}: {time.perf_counter() - t0:.1f} s", flush=True)
+    print_table(rows)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"device": device, "date": time.strftime("%Y-%m-%d"), "torch": torch.__version__,
+                       "config": {k: v for k, v in vars(args).items() if not k.startswith("_")}, "rows": rows}, f, indent=2)
+        print(f"wrote {args.json}")
+    return 0
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_arguments(p)
+    return run(p.parse_args(argv))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
