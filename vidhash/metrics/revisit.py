@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from bisect import bisect_left, bisect_right
+from bisect import bisect_right
 from dataclasses import dataclass, field
 
 import numpy as np
