@@ -226,7 +226,7 @@ def run_shape(name: str, grid, heads: int, d: int, args) -> list[dict]:
             fwd_row["x_flex_kernel"] = flex_ms / fwd_row["ms"]
         if flex_ms and attn_ms:
             rows[-1]["attention_vs_flex"] = flex_ms / attn_ms
-        del sel, sel_exact
+        sel = sel_exact = None
         torch.cuda.empty_cache()
     return rows
 
@@ -262,9 +262,16 @@ def run(args) -> int:
         rows.extend(run_shape(name, grid, heads, d, args))
         print(f"  {name}: {time.perf_counter() - t0:.1f} s", flush=True)
     print_table(rows)
+    from vidhash.kernels.sparse_attention import kernel as sk
+
+    tuned = {name: {str(key): str(cfg) for key, cfg in getattr(getattr(sk, name), "cache", {}).items()}
+             for name in ("sparse_attn_fwd_kernel", "sparse_attn_bwd_dq_kernel", "sparse_attn_bwd_dkdv_kernel")}
+    for name, cfgs in tuned.items():
+        for key, cfg in cfgs.items():
+            print(f"autotuned {name} {key}: {cfg}")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"device": device, "date": time.strftime("%Y-%m-%d"), "torch": torch.__version__,
+            json.dump({"device": device, "date": time.strftime("%Y-%m-%d"), "torch": torch.__version__, "autotuned": tuned,
                        "config": {k: v for k, v in vars(args).items() if not k.startswith("_")}, "rows": rows}, f, indent=2)
         print(f"wrote {args.json}")
     return 0
