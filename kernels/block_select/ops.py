@@ -8,6 +8,7 @@ import functools
 import os
 
 import torch
+import torch.nn.functional as F
 import triton
 
 from vidhash.attention import (
@@ -20,6 +21,7 @@ from vidhash.attention import (
     block_signatures,
     default_hasher,
 )
+from vidhash.hashing import SimHash, pack_bits
 
 from .kernel import block_select_kernel
 
@@ -76,15 +78,40 @@ def num_kept_blocks(nq: int, nk: int, *, density: float, block_size: int, query_
     return kept
 
 
-def block_signatures_fast(x: torch.Tensor, block_size: int, hasher, role: str, exact: bool = False) -> torch.Tensor:
-    """Block signatures ``(b, h, blocks, w)`` int32.
+SIGNATURE_METHODS = ("pooled", "kernel", "reference")
 
-    On CUDA, unless ``exact``, the signature kernel (``kernels/signature``) when it is installed:
-    one pass over bf16 ``x`` instead of the reference's fp32 copy, projection and pooling; its
-    bits equal the reference's except where a pooled projection is within float rounding of 0.
-    Otherwise :func:`vidhash.attention.block_signatures` itself.
+
+def block_signatures_fast(x: torch.Tensor, block_size: int, hasher, role: str, method: str = "auto") -> torch.Tensor:
+    """Block signatures ``(b, h, blocks, w)`` int32, three ways:
+
+    * ``"reference"`` — :func:`vidhash.attention.block_signatures` (fp32 copy of ``x``, project
+      every token, sum the projections of a block);
+    * ``"pooled"`` — SimHash only: sum each block of ``x`` in fp32 (one read of ``x``), then
+      project the sums (projection is linear);
+    * ``"kernel"`` — the signature kernel of ``kernels/signature`` (one pass over ``x``);
+    * ``"auto"`` — on CUDA, ``"pooled"`` for SimHash, else ``"kernel"`` when installed; on CPU
+      ``"reference"``.
+
+    ``pooled`` and ``kernel`` sum in another order than the reference: a bit can differ where a
+    block's projection is within float rounding of 0.
     """
-    if x.is_cuda and not exact:
+    if method == "auto":
+        if not x.is_cuda:
+            method = "reference"
+        elif isinstance(hasher, SimHash):
+            method = "pooled"
+        else:
+            method = "kernel"
+    if method not in SIGNATURE_METHODS:
+        raise ValueError(f"method must be 'auto' or one of {SIGNATURE_METHODS}, got {method!r}")
+    if method == "pooled" and isinstance(hasher, SimHash):
+        b, h, n, d = x.shape
+        nb = -(-n // block_size)
+        if nb * block_size != n:
+            x = F.pad(x, (0, 0, 0, nb * block_size - n))
+        pooled = x.reshape(b, h, nb, block_size, d).sum(-2, dtype=torch.float32)
+        return pack_bits(hasher.project(pooled, role) > 0)
+    if method == "kernel":
         try:  # the signature kernel lives in kernels/signature (another op's folder)
             from vidhash.kernels.signature.ops import block_signatures_triton
         except ImportError:
@@ -166,9 +193,9 @@ def select_blocks_triton(
     Same arguments, same :class:`~vidhash.attention.BlockSelection`. Given the same block
     signatures the indices equal the reference's exactly (ranking by histogram threshold and
     prefix-sum compaction: no sort, no ``query blocks × key blocks`` tensor). On CUDA the block
-    signatures come from the signature kernel when installed (see
-    :func:`block_signatures_fast`: a bit can differ where a pooled projection rounds to 0);
-    ``exact_signatures=True`` uses the reference's :func:`vidhash.attention.block_signatures`.
+    signatures are computed in one pass over ``q``/``k`` (:func:`block_signatures_fast`, a bit
+    can differ where a block's projection rounds to 0); ``exact_signatures=True`` uses the
+    reference's :func:`vidhash.attention.block_signatures`.
     """
     _check_qkv(q, k)
     density = _check_density(density)
@@ -182,8 +209,9 @@ def select_blocks_triton(
                            local_blocks=local_blocks, sink_blocks=sink_blocks, causal=causal)
     nkb = -(-nk // bk)
     if kept < nkb:
-        q_sig = block_signatures_fast(q, bq, hasher, "query", exact_signatures)
-        k_sig = block_signatures_fast(k, bk, hasher, "key", exact_signatures)
+        method = "reference" if exact_signatures else "auto"
+        q_sig = block_signatures_fast(q, bq, hasher, "query", method)
+        k_sig = block_signatures_fast(k, bk, hasher, "key", method)
     else:
         q_sig, k_sig = q[..., :1, :1], None  # shape (b, h, ...) only
     idx = select_from_signatures(

@@ -12,8 +12,9 @@ covers queries ``[c * BQ, (c + 1) * BQ)``, key block ``j`` keys ``[j * BK, (j + 
   ``lse`` (natural log, float32, ``-inf`` for a query that sees no key).
 * :func:`sparse_attn_bwd_delta_kernel` — ``delta = rowsum(dO · O) - dlse``.
 * :func:`sparse_attn_bwd_dq_kernel` — dq over the same index list.
-* :func:`sparse_attn_bwd_dkdv_kernel` — dk, dv per key block over the transposed list (CSR:
-  ``ptr (b·h·key_blocks + 1)``, ``qlist`` query blocks), programs visited longest list first.
+* :func:`sparse_attn_bwd_dkdv_kernel` — dk, dv per group of consecutive key blocks (≥ 64
+  rows) over the transposed list (CSR: ``ptr (b·h·groups + 1)``, ``qlist`` query blocks,
+  ``qbits`` which blocks of the group each kept), programs visited longest list first.
 
 Scores live in the log2 domain (``qk · scale · log2 e``) so the kernels use ``exp2``.
 Masks: padding blocks, keys past ``nk``, query rows past the block or ``nq``, and (causal)
@@ -41,17 +42,17 @@ def _tile_configs(with_block_n: bool):
 
 def default_config(BK_PAD: int, D: int, BLOCK_M: int, with_block_n: bool) -> triton.Config:
     """The config used without autotuning (``VIDHASH_AUTOTUNE=0``, and the interpreter)."""
-    meta = {"BLOCK_N": max(64, BK_PAD)} if with_block_n else {}
+    meta = {"BLOCK_N": max(128 if D <= 64 else 64, BK_PAD)} if with_block_n else {}
     if _INTERPRET:
         meta = {"BLOCK_N": max(32, BK_PAD)} if with_block_n else {}
         return triton.Config(meta, num_warps=4, num_stages=1)
-    return triton.Config(meta, num_warps=8 if BLOCK_M >= 128 else 4, num_stages=3 if D <= 64 else 2)
+    return triton.Config(meta, num_warps=4, num_stages=3 if D <= 64 else 2)
 
 
 def _prune_block_n(configs, named_args, **kwargs):
     """A step gathers ``BLOCK_N // BK_PAD`` whole key blocks: drop tiles smaller than a block;
     under the interpreter keep only the smallest tile that fits."""
-    bk_pad = kwargs.get("BK_PAD", named_args.get("BK_PAD"))
+    bk_pad = kwargs.get("BK_PAD", named_args.get("BK_PAD", 1))
     ok = [c for c in configs if c.kwargs.get("BLOCK_N", bk_pad) >= bk_pad]
     return ok[:1] if _INTERPRET else ok
 
@@ -119,7 +120,8 @@ def sparse_attn_fwd_kernel(
     k_base = K + b * stride_kb + h * stride_kh
     v_base = V + b * stride_vb + h * stride_vh
     idx_row = IDX + b * stride_ib + h * stride_ih + qb.to(tl.int64) * stride_ic
-    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    # running max starts finite (scale > 0), so rows that have seen no key yet need no guard
+    m_i = tl.full([BLOCK_M], -1.0e30, dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, E], dtype=tl.float32)
     qlim = qpos + NK - NQ
@@ -130,11 +132,10 @@ def sparse_attn_fwd_kernel(
         valid = kval[None, :]
         if CAUSAL:
             valid = valid & (tok[None, :] <= qlim[:, None])
-        s = tl.where(valid, s * sm_scale_log2, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-        p = tl.math.exp2(s - m_safe[:, None])
-        alpha = tl.math.exp2(m_i - m_safe)
+        s = tl.where(valid, s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1) * sm_scale_log2)
+        p = tl.math.exp2(s * sm_scale_log2 - m_new[:, None])  # one FMA per score
+        alpha = tl.math.exp2(m_i - m_new)
         l_i = l_i * alpha + tl.sum(p, 1)
         vt = tl.load(v_base + tok[:, None] * stride_vn + ecol[None, :], mask=kval[:, None], other=0.0)
         acc = acc * alpha[:, None]
@@ -221,37 +222,42 @@ def sparse_attn_bwd_dq_kernel(
     tl.store(DQ + q_off, dq.to(DQ.dtype.element_ty), mask=qmask[:, None])
 
 
-@triton.autotune(configs=_tile_configs(False), key=_AUTOTUNE_KEY, reset_to_zero=None)
+@triton.autotune(configs=_tile_configs(False), key=_AUTOTUNE_KEY + ["G"])
 @triton.jit
 def sparse_attn_bwd_dkdv_kernel(
-    Q, K, V, DO, LSE, DELTA, PTR, QLIST, ORDER, DK, DV,
+    Q, K, V, DO, LSE, DELTA, PTR, QLIST, QBITS, ORDER, DK, DV,
     sm_scale, sm_scale_log2,
     stride_qb, stride_qh, stride_qn,
     stride_kb, stride_kh, stride_kn,
     stride_vb, stride_vh, stride_vn,
     stride_db, stride_dh, stride_dn,
-    H, NQ, NK, NKB,
-    BQ: tl.constexpr, BLOCK_M: tl.constexpr, BK: tl.constexpr, BK_PAD: tl.constexpr,
+    H, NQ, NK, NGRP,
+    BQ: tl.constexpr, BLOCK_M: tl.constexpr, BK: tl.constexpr, BK_SUB: tl.constexpr, G: tl.constexpr,
     D: tl.constexpr, E: tl.constexpr, CAUSAL: tl.constexpr, PREC: tl.constexpr,
 ):
-    """dk, dv of one key block over the query blocks that kept it; ``DK``/``DV`` have
-    ``k``/``v``'s strides."""
+    """dk, dv of one group of ``G`` consecutive key blocks (``G · BK_SUB`` rows, so small key
+    blocks still fill an MMA tile) over the query blocks that kept any of them; ``QBITS`` says
+    which of the ``G`` blocks each query block kept. ``DK``/``DV`` have ``k``/``v``'s strides."""
     j = tl.load(ORDER + tl.program_id(0))
-    bh = j // NKB
-    kb = j % NKB
+    bh = j // NGRP
+    grp = j % NGRP
     b = (bh // H).to(tl.int64)
     h = (bh % H).to(tl.int64)
-    krow = tl.arange(0, BK_PAD)
-    kpos = kb * BK + krow
-    kmask = (krow < BK) & (kpos < NK)
+    krow = tl.arange(0, G * BK_SUB)
+    sub = krow // BK_SUB
+    within = krow % BK_SUB
+    kpos = (grp * G + sub) * BK + within
+    kmask = kpos < NK
+    if BK_SUB != BK:
+        kmask = kmask & (within < BK)
     dcol = tl.arange(0, D)
     ecol = tl.arange(0, E)
     k_off = b * stride_kb + h * stride_kh + kpos[:, None] * stride_kn + dcol[None, :]
     v_off = b * stride_vb + h * stride_vh + kpos[:, None] * stride_vn + ecol[None, :]
     k = tl.load(K + k_off, mask=kmask[:, None], other=0.0)
     v = tl.load(V + v_off, mask=kmask[:, None], other=0.0)
-    dk = tl.zeros([BK_PAD, D], dtype=tl.float32)
-    dv = tl.zeros([BK_PAD, E], dtype=tl.float32)
+    dk = tl.zeros([G * BK_SUB, D], dtype=tl.float32)
+    dv = tl.zeros([G * BK_SUB, E], dtype=tl.float32)
     q_base = Q + b * stride_qb + h * stride_qh
     do_base = DO + b * stride_db + h * stride_dh
     lse_base = LSE + bh.to(tl.int64) * NQ
@@ -267,8 +273,12 @@ def sparse_attn_bwd_dkdv_kernel(
         do = tl.load(do_base + qpos[:, None] * stride_dn + ecol[None, :], mask=qmask[:, None], other=0.0)
         lse2 = tl.load(lse_base + qpos, mask=qmask, other=0.0) * 1.4426950408889634
         delta = tl.load(delta_base + qpos, mask=qmask, other=0.0)
-        st = _dot(k, qt, PREC)  # (BK_PAD, BLOCK_M)
-        valid = kmask[:, None] & qmask[None, :]
+        st = _dot(k, qt, PREC)  # (G * BK_SUB, BLOCK_M)
+        kept_rows = kmask
+        if G > 1:
+            bits = tl.load(QBITS + e)
+            kept_rows = kept_rows & (((bits >> sub) & 1) != 0)
+        valid = kept_rows[:, None] & qmask[None, :]
         if CAUSAL:
             valid = valid & (kpos[:, None] <= (qpos + NK - NQ)[None, :])
         pt = tl.where(valid, tl.math.exp2(st * sm_scale_log2 - lse2[None, :]), 0.0)

@@ -77,7 +77,7 @@ def _launch(kernel, grid, *args, **meta):
     if autotuning():
         return kernel[grid](*args, **meta)
     with_block_n = "BLOCK_N" in kernel.configs[0].kwargs
-    cfg = default_config(meta["BK_PAD"], meta["D"], meta["BLOCK_M"], with_block_n)
+    cfg = default_config(meta.get("BK_PAD", 1), meta["D"], meta["BLOCK_M"], with_block_n)
     return kernel.fn[grid](*args, **meta, **cfg.all_kwargs())
 
 
@@ -86,9 +86,19 @@ def _last_dim_contiguous(t: torch.Tensor) -> torch.Tensor:
     return t if t.stride(-1) == 1 else t.contiguous()
 
 
+# rows of one dk/dv program: consecutive key blocks are grouped up to this many rows
+DKDV_GROUP_ROWS = 64
+
+
 def _tile_sizes(selection: BlockSelection) -> tuple[int, int, int, int]:
+    """``BQ``, ``BLOCK_M`` (query rows, a power of two ≥ 16), ``BK``, ``BK_PAD`` (power of two)."""
     bq, bk = selection.query_block_size, selection.block_size
-    return bq, max(16, triton.next_power_of_2(bq)), bk, max(16, triton.next_power_of_2(bk))
+    return bq, max(16, triton.next_power_of_2(bq)), bk, triton.next_power_of_2(bk)
+
+
+def _group(bk_pad: int, rows: int = DKDV_GROUP_ROWS) -> int:
+    """Key blocks per dk/dv program (at most 32: one int32 bit mask per list entry)."""
+    return max(1, min(32, rows // bk_pad))
 
 
 def _precision(dtype: torch.dtype) -> str:
@@ -119,28 +129,37 @@ def sparse_attention_forward(q, k, v, selection: BlockSelection, sm_scale: float
     return out, lse
 
 
-def transpose_selection(selection: BlockSelection):
-    """Transposed index list for dk/dv: for every (b·h, key block), the query blocks that kept it.
+def transpose_selection(selection: BlockSelection, group: int = 1):
+    """Transposed index list for dk/dv: for every (b·h, group of ``group`` consecutive key
+    blocks), the query blocks that kept any block of the group.
 
-    Returns ``ptr`` int32 ``(b·h·key_blocks + 1)`` (CSR row starts), ``qlist`` int32 (query
-    blocks, ascending per key block) and ``order`` int32 ``(b·h·key_blocks)`` (key blocks by
-    descending list length, so the longest lists start first). A stable sort on the GPU; no
-    ``query blocks × key blocks`` tensor.
+    Returns ``ptr`` int32 ``(b·h·groups + 1)`` (CSR row starts), ``qlist`` int32 (query blocks,
+    ascending per group), ``qbits`` int32 (bit ``i`` set: that query block kept block ``i`` of
+    the group) and ``order`` int32 ``(b·h·groups)`` (groups by descending list length, so the
+    longest lists start first). One sort on the GPU; no ``query blocks × key blocks`` tensor.
     """
     idx = selection.indices
     b, h, nqb, kept = idx.shape
-    nkb = selection.num_key_blocks
-    rows = b * h * nkb
+    ngrp = -(-selection.num_key_blocks // group)
+    rows = b * h * ngrp
     flat = idx.reshape(b * h, nqb * kept).to(torch.int64)
-    bh_base = (torch.arange(b * h, device=idx.device, dtype=torch.int64) * nkb).unsqueeze(-1)
-    key = torch.where(flat >= 0, flat + bh_base, rows).flatten()  # padding sorts last
-    sorted_key, perm = torch.sort(key, stable=True)
-    qlist = torch.div(perm % (nqb * kept), kept, rounding_mode="floor").to(torch.int32)
-    counts = torch.bincount(key, minlength=rows + 1)[:rows]
+    bh = torch.arange(b * h, device=idx.device, dtype=torch.int64).unsqueeze(-1)
+    qb = torch.arange(nqb, device=idx.device, dtype=torch.int64).repeat_interleave(kept)
+    grp = torch.div(flat, group, rounding_mode="floor")
+    key = torch.where(flat >= 0, (bh * ngrp + grp) * nqb + qb, rows * nqb).flatten()  # padding: past the end
+    bits = torch.where(flat >= 0, torch.bitwise_left_shift(torch.ones_like(flat), flat % group), 0).flatten()
+    uniq, inverse = torch.unique(key, sorted=True, return_inverse=True)
+    qbits = torch.zeros(uniq.numel(), dtype=torch.int64, device=idx.device).scatter_add_(0, inverse, bits)
+    if uniq.numel() and int(uniq[-1]) == rows * nqb:
+        uniq, qbits = uniq[:-1], qbits[:-1]
+    row = torch.div(uniq, nqb, rounding_mode="floor")
+    qlist = (uniq % nqb).to(torch.int32)
+    counts = torch.bincount(row, minlength=rows)
     ptr = torch.zeros(rows + 1, dtype=torch.int64, device=idx.device)
     torch.cumsum(counts, 0, out=ptr[1:])
     order = torch.argsort(counts, descending=True, stable=True).to(torch.int32)
-    return ptr.to(torch.int32), qlist, order
+    qbits = torch.where(qbits >= 2**31, qbits - 2**32, qbits).to(torch.int32)  # bit 31 → sign
+    return ptr.to(torch.int32), qlist, qbits, order
 
 
 def sparse_attention_backward(do, q, k, v, out, lse, dlse, selection: BlockSelection, sm_scale: float):
@@ -166,15 +185,16 @@ def sparse_attention_backward(do, q, k, v, out, lse, dlse, selection: BlockSelec
         h, nq, nk, selection.kept,
         BQ=bq, BLOCK_M=block_m, BK=bk, BK_PAD=bk_pad, D=d, E=e, CAUSAL=bool(selection.causal), PREC=prec,
     )
-    ptr, qlist, order = transpose_selection(selection)
+    group = _group(bk_pad)
+    ptr, qlist, qbits, order = transpose_selection(selection, group)
     dk, dv = torch.empty_like(k), torch.empty_like(v)
     _launch(
         sparse_attn_bwd_dkdv_kernel, (order.numel(),),
-        q, k, v, do, lse, delta, ptr, qlist, order, dk, dv,
+        q, k, v, do, lse, delta, ptr, qlist, qbits, order, dk, dv,
         sm_scale, sm_scale * _LOG2E,
         *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *do.stride()[:3],
-        h, nq, nk, selection.num_key_blocks,
-        BQ=bq, BLOCK_M=block_m, BK=bk, BK_PAD=bk_pad, D=d, E=e, CAUSAL=bool(selection.causal), PREC=prec,
+        h, nq, nk, -(-selection.num_key_blocks // group),
+        BQ=bq, BLOCK_M=block_m, BK=bk, BK_SUB=bk_pad, G=group, D=d, E=e, CAUSAL=bool(selection.causal), PREC=prec,
     )
     return dq, dk, dv
 
@@ -214,13 +234,16 @@ def block_sparse_attention_triton(
     bottom-right aligned); ``lse (b, h, nq)`` float32, ``-inf`` for a query that sees no key.
     Differentiable in ``q, k, v`` (and through ``lse``). Takes bf16/fp16/fp32 with head_dim
     64 or 128 and any length (lengths are runtime arguments: no recompilation per length);
-    anything else raises ``ValueError``. Tensors need not be contiguous: any (batch, head,
+    anything else (and a scale ≤ 0) raises ``ValueError``. Tensors need not be contiguous: any (batch, head,
     token) strides are used as they are; a tensor whose head_dim is strided is copied.
     fp32 runs its dots in full fp32 (no tf32).
     """
     _check_inputs(q, k, v, selection)
+    sm_scale = _scale(scale, q.shape[-1])
+    if not sm_scale > 0 or sm_scale == float("inf"):
+        raise ValueError(f"the Triton kernels need a positive finite scale, got {scale!r}")
     q, k, v = (_last_dim_contiguous(t) for t in (q, k, v))
-    out, lse = _BlockSparseAttention.apply(q, k, v, selection, _scale(scale, q.shape[-1]))
+    out, lse = _BlockSparseAttention.apply(q, k, v, selection, sm_scale)
     return (out, lse) if return_lse else out
 
 

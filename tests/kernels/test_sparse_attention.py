@@ -96,19 +96,25 @@ def test_hand_made_selection_with_padding_rows():
     _check(q, k, v, sel, torch.float32)
 
 
-def test_transpose_selection_is_the_inverse_list():
+@pytest.mark.parametrize("group", [1, 4], ids=["group1", "group4"])
+def test_transpose_selection_is_the_inverse_list(group):
     q = torch.randn(2, 2, 100, 64, device=DEV)
     sel = select_blocks(q, q, density=0.3, block_size=16, query_block_size=32, causal=True)
-    ptr, qlist, order = transpose_selection(sel)
+    ptr, qlist, qbits, order = transpose_selection(sel, group)
     nkb, nqb = sel.num_key_blocks, sel.num_query_blocks
+    ngrp = -(-nkb // group)
     idx = sel.indices.reshape(4, nqb, -1)
     for bh in range(4):
-        for kb in range(nkb):
-            got = qlist[ptr[bh * nkb + kb] : ptr[bh * nkb + kb + 1]].tolist()
-            want = [c for c in range(nqb) if (idx[bh, c] == kb).any()]
-            assert got == want
+        for g in range(ngrp):
+            lo, hi = int(ptr[bh * ngrp + g]), int(ptr[bh * ngrp + g + 1])
+            want = {}
+            for c in range(nqb):
+                bits = sum(1 << i for i in range(group) if (idx[bh, c] == g * group + i).any())
+                if bits:
+                    want[c] = bits
+            assert qlist[lo:hi].tolist() == list(want) and qbits[lo:hi].tolist() == list(want.values())
     counts = (ptr[1:] - ptr[:-1])[order.long()]
-    assert (counts[:-1] >= counts[1:]).all() and sorted(order.tolist()) == list(range(4 * nkb))
+    assert (counts[:-1] >= counts[1:]).all() and sorted(order.tolist()) == list(range(4 * ngrp))
 
 
 @pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
@@ -132,7 +138,7 @@ def test_density_one_is_sdpa():
     assert _rel(out, F.scaled_dot_product_attention(q, k, v)) < 1e-5
 
 
-@pytest.mark.parametrize("what", ["head_dim", "dtype", "mismatch", "selection", "device_kind"])
+@pytest.mark.parametrize("what", ["head_dim", "dtype", "mismatch", "selection", "not_selection", "scale"])
 def test_bad_inputs_raise(what):
     q, k, v = (torch.randn(1, 2, 64, 64, device=DEV) for _ in range(3))
     sel = select_blocks(q, k, density=0.5, block_size=16, query_block_size=32)
@@ -144,10 +150,10 @@ def test_bad_inputs_raise(what):
         k = k.half()
     elif what == "selection":
         sel = select_blocks(q[:, :, :32], k, density=0.5, block_size=16, query_block_size=32)
-    elif what == "device_kind":
+    elif what == "not_selection":
         sel = "not a selection"
     with pytest.raises(ValueError):
-        block_sparse_attention_triton(q, k, v, sel)
+        block_sparse_attention_triton(q, k, v, sel, scale=-1.0 if what == "scale" else None)
 
 
 # --------------------------------------------------------------------------------------------

@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import time
 
 import torch
@@ -55,6 +56,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--recall-blocks", type=int, default=16, help="query blocks evaluated for recall")
     p.add_argument("--rep-ms", type=int, default=100, help="do_bench rep (ms) per measurement")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cuda", help="cuda; cpu only for smoke runs under TRITON_INTERPRET=1")
     p.add_argument("--json", default=None, help="write results to this JSON file")
 
 
@@ -95,6 +97,10 @@ def video_like_qkv(grid, heads: int, d: int, dtype, device, seed: int = 0):
 # timing
 # --------------------------------------------------------------------------------------------
 def _bench(fn, rep_ms: int) -> float:
+    if not torch.cuda.is_available():  # CPU smoke runs (interpreter): one call, wall clock
+        t0 = time.perf_counter()
+        fn()
+        return (time.perf_counter() - t0) * 1e3
     import triton.testing
 
     return float(triton.testing.do_bench(fn, warmup=max(10, rep_ms // 4), rep=rep_ms, return_mode="median"))
@@ -134,11 +140,21 @@ def _flex_fn():
     return _FLEX["fn"]
 
 
+def _flex_options(sel) -> dict:
+    """Flex's tiles must divide the sparse blocks (its default BLOCK_N of 128 does not divide 64)."""
+    return {"BLOCK_M": min(128, sel.query_block_size), "BLOCK_N": min(64, sel.block_size)}
+
+
 def run_shape(name: str, grid, heads: int, d: int, args) -> list[dict]:
+    import triton
+
+    from vidhash.attention import default_hasher
+    from vidhash.kernels.block_select.ops import SIGNATURE_METHODS, block_signatures_fast, select_from_signatures
     from vidhash.kernels.ops import block_sparse_attention_triton, hash_attention, select_blocks_triton
+    from vidhash.kernels.sparse_attention.ops import _group, transpose_selection
 
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
-    q, k, v = video_like_qkv(grid, heads, d, dtype, "cuda", args.seed)
+    q, k, v = video_like_qkv(grid, heads, d, dtype, args.device, args.seed)
     n = q.shape[-2]
     rep = args.rep_ms
     rows = []
@@ -159,7 +175,8 @@ def run_shape(name: str, grid, heads: int, d: int, args) -> list[dict]:
         dense_fb, err = _try(lambda: _bench(sdpa_fb, rep))
         rows.append({**base, "method": "dense SDPA", "what": "fwd+bwd", "ms": dense_fb, "error": err, "recall": 1.0})
         del qg, kg, vg
-    torch.cuda.empty_cache()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
     for bk in [int(x) for x in args.block_sizes.split(",")]:
         kw = dict(density=args.density, block_size=bk, query_block_size=args.query_block, causal=args.causal)
@@ -172,8 +189,9 @@ def run_shape(name: str, grid, heads: int, d: int, args) -> list[dict]:
 
         def add(method, what, ms, err=None, **extra):
             row = {**tag, "method": method, "what": what, "ms": ms, "error": err, "recall": recall, **extra}
-            if ms:
-                row["x_dense"] = (dense_fb if what == "fwd+bwd" else dense_fwd) / ms if (dense_fb if what == "fwd+bwd" else dense_fwd) else None
+            dense = dense_fb if "fwd+bwd" in what else dense_fwd
+            if ms and dense:
+                row["x_dense"] = dense / ms
             rows.append(row)
             return row
 
@@ -181,6 +199,23 @@ def run_shape(name: str, grid, heads: int, d: int, args) -> list[dict]:
         add("vidhash", "selection", ms, err, signature_agreement=agree)
         ms, err = _try(lambda: _bench(lambda: select_blocks_triton(q, k, exact_signatures=True, **kw), rep))
         add("vidhash", "selection (reference signatures)", ms, err)
+        # parts of the selection: block signatures of q and k (three ways), the kernel alone
+        hasher = default_hasher(d)
+        for method in SIGNATURE_METHODS:
+            def sigs(method=method):
+                block_signatures_fast(q, args.query_block, hasher, "query", method)
+                block_signatures_fast(k, bk, hasher, "key", method)
+
+            ms, err = _try(lambda: _bench(sigs, rep))
+            add("vidhash", f"  signatures q+k ({method})", ms, err)
+        q_sig = block_signatures_fast(q, args.query_block, hasher, "query", "reference")
+        k_sig = block_signatures_fast(k, bk, hasher, "key", "reference")
+        sel_kw = dict(n_bits=hasher.n_bits, kept=sel.kept, num_queries=n, num_keys=n, block_size=bk,
+                      query_block_size=args.query_block, local_blocks=1, sink_blocks=1, causal=args.causal)
+        ms, err = _try(lambda: _bench(lambda: select_from_signatures(q_sig, k_sig, **sel_kw), rep))
+        add("vidhash", "  selection kernel alone", ms, err)
+        ms, err = _try(lambda: _bench(lambda: transpose_selection(sel, _group(triton.next_power_of_2(bk))), rep))
+        add("vidhash", "  transposed list (bwd prep)", ms, err)
         attn_ms, err = _try(lambda: _bench(lambda: block_sparse_attention_triton(q, k, v, sel), rep))
         add("vidhash", "attention", attn_ms, err)
         ms, err = _try(lambda: _bench(lambda: hash_attention(q, k, v, **kw), rep))
@@ -206,15 +241,15 @@ def run_shape(name: str, grid, heads: int, d: int, args) -> list[dict]:
         if not args.no_flex and str(bk) in args.flex_block_sizes.split(","):
             t0 = time.perf_counter()
             bm, err = _try(lambda: _flex_mask(sel))
-            torch.cuda.synchronize()
             if bm is not None:
                 build, _ = _try(lambda: _bench(lambda: _flex_mask(sel), rep))
                 add("FlexAttention", "BlockMask build", build, None)
                 fn = _flex_fn()
-                out, err = _try(lambda: fn(q, k, v, block_mask=bm))
+                opts = _flex_options(sel)
+                out, err = _try(lambda: fn(q, k, v, block_mask=bm, kernel_options=opts))
                 compile_s = time.perf_counter() - t0
                 if err is None:
-                    flex_ms, err = _try(lambda: _bench(lambda: fn(q, k, v, block_mask=bm), rep))
+                    flex_ms, err = _try(lambda: _bench(lambda: fn(q, k, v, block_mask=bm, kernel_options=opts), rep))
                     ref = block_sparse_attention_triton(q, k, v, sel)
                     diff = float((out.float() - ref.float()).norm() / ref.float().norm())
                     add("FlexAttention", "kernel", flex_ms, err, compile_s=compile_s, rel_diff_vs_vidhash=diff)
@@ -227,7 +262,8 @@ def run_shape(name: str, grid, heads: int, d: int, args) -> list[dict]:
         if flex_ms and attn_ms:
             rows[-1]["attention_vs_flex"] = flex_ms / attn_ms
         sel = sel_exact = None
-        torch.cuda.empty_cache()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
     return rows
 
 
@@ -244,8 +280,8 @@ def print_table(rows: list[dict]) -> None:
 
 
 def run(args) -> int:
-    if not torch.cuda.is_available():
-        raise ValueError("vidhash bench attention needs a CUDA device")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("vidhash bench attention needs a CUDA device (--device cpu only for smoke runs under TRITON_INTERPRET=1)")
     try:
         sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
     except ValueError as err:
@@ -253,14 +289,19 @@ def run(args) -> int:
     shapes = [(f"N={n}", grid_for(n), args.heads, args.head_dim) for n in sizes]
     if not args.no_wan:
         shapes.append(("Wan1.3B-81f-480p", WAN_1_3B_GRID, WAN_1_3B_HEADS, WAN_1_3B_HEAD_DIM))
-    device = torch.cuda.get_device_name()
+    device = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"
     print(f"attention bench on {device}: {args.dtype}, density {args.density:.4g}, query blocks {args.query_block}, "
           f"{'causal' if args.causal else 'non-causal'}, torch {torch.__version__}")
     rows = []
     for name, grid, heads, d in shapes:
         t0 = time.perf_counter()
-        rows.extend(run_shape(name, grid, heads, d, args))
+        new = run_shape(name, grid, heads, d, args)
+        rows.extend(new)
         print(f"  {name}: {time.perf_counter() - t0:.1f} s", flush=True)
+        print_table(new)
+        if args.json:  # after every shape, so a cut-off run keeps what it measured
+            _write(args.json, device, args, rows, {})
+    print("\nall shapes:")
     print_table(rows)
     from vidhash.kernels.sparse_attention import kernel as sk
 
@@ -270,11 +311,17 @@ def run(args) -> int:
         for key, cfg in cfgs.items():
             print(f"autotuned {name} {key}: {cfg}")
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"device": device, "date": time.strftime("%Y-%m-%d"), "torch": torch.__version__, "autotuned": tuned,
-                       "config": {k: v for k, v in vars(args).items() if not k.startswith("_")}, "rows": rows}, f, indent=2)
+        _write(args.json, device, args, rows, tuned)
         print(f"wrote {args.json}")
     return 0
+
+
+def _write(path, device, args, rows, tuned) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump({"device": device, "date": time.strftime("%Y-%m-%d"), "torch": torch.__version__, "autotuned": tuned,
+                   "config": {k: v for k, v in vars(args).items() if not k.startswith("_")}, "rows": rows}, f, indent=2)
+    os.replace(tmp, path)
 
 
 def main(argv=None) -> int:
