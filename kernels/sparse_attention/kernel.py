@@ -12,7 +12,7 @@ covers queries ``[c * BQ, (c + 1) * BQ)``, key block ``j`` keys ``[j * BK, (j + 
   ``lse`` (natural log, float32, ``-inf`` for a query that sees no key).
 * :func:`sparse_attn_bwd_delta_kernel` — ``delta = rowsum(dO · O) - dlse``.
 * :func:`sparse_attn_bwd_dq_kernel` — dq over the same index list.
-* :func:`sparse_attn_bwd_dkdv_kernel` — dk, dv per group of consecutive key blocks (≥ 64
+* :func:`sparse_attn_bwd_dkdv_kernel` — dk, dv per group of consecutive key blocks (≥ 16
   rows) over the transposed list (CSR: ``ptr (b·h·groups + 1)``, ``qlist`` query blocks,
   ``qbits`` which blocks of the group each kept), programs visited longest list first.
 
@@ -28,14 +28,14 @@ import triton.language as tl
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
-def _tile_configs(with_block_n: bool):
-    """Bounded autotune space (8 configs; 1 under the interpreter, where timing means nothing)."""
+def _tile_configs(with_block_n: bool, stages=(2, 3)):
+    """Bounded autotune space (≤ 12 configs; 1 under the interpreter, where timing means nothing)."""
     if _INTERPRET:
         return [triton.Config({"BLOCK_N": n} if with_block_n else {}, num_warps=4, num_stages=1) for n in ((32, 64, 128) if with_block_n else (0,))]
     cfgs = []
     for n in ((64, 128) if with_block_n else (None,)):
         for w in (4, 8):
-            for s in (2, 3):
+            for s in stages:
                 cfgs.append(triton.Config({"BLOCK_N": n} if n else {}, num_warps=w, num_stages=s))
     return cfgs
 
@@ -92,7 +92,7 @@ def _gather_keys(IDX_ROW, it, KEPT, NK, BK: tl.constexpr, BK_PAD: tl.constexpr, 
     return tok, valid
 
 
-@triton.autotune(configs=_tile_configs(True), key=_AUTOTUNE_KEY, prune_configs_by={"early_config_prune": _prune_block_n})
+@triton.autotune(configs=_tile_configs(True, stages=(2, 3, 4)), key=_AUTOTUNE_KEY, prune_configs_by={"early_config_prune": _prune_block_n})
 @triton.jit
 def sparse_attn_fwd_kernel(
     Q, K, V, IDX, O, LSE,
