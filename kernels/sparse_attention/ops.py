@@ -289,8 +289,10 @@ def hash_attention_triton(
 
     ``block_size=1`` (per-token selection) on a GPU falls back to the reference path
     (:func:`vidhash.attention.select_blocks` + :func:`vidhash.attention.block_sparse_attention`):
-    one-token key blocks would waste 15 of 16 rows of every backward tile. Under the Triton
-    interpreter (CPU) the kernels run at every block size.
+    the kernels handle one-token blocks (tested under the interpreter; the backward groups 16
+    of them per tile) but that path has not been tuned or timed on a GPU. Under the Triton
+    interpreter (CPU) the kernels run at every block size. Call
+    :func:`block_sparse_attention_triton` on a ``block_size=1`` selection to use them anyway.
     """
     _check_qkv(q, k, v)
     if block_size == 1 and q.is_cuda:
