@@ -1,0 +1,367 @@
+"""Triton kernels of :class:`vidhash.memory.HashedMemory`: FIFO write, top-k read.
+
+Letters: r = b·h rows of the memory, t tokens written, n queries, c = u·s entries (u buckets,
+s slots), d head_dim, w signature words (wp: w rounded up to a power of two), k top_k.
+
+**Write** (policy ``"fifo"``), after the signature kernel gave each token its signature and
+bucket:
+
+* :func:`fifo_rank_kernel` — each token's rank among this write's tokens of its bucket (token
+  order) and their number, by comparing bucket ids tile against tile (``t²/2`` compares per
+  row, no sort); from them its slot ``(bucket_writes + rank) % s``; only the last ``s`` tokens
+  of a bucket are kept, so kept tokens of one bucket never share a slot.
+* :func:`fifo_scatter_kernel` — key, value, signature, frame and count of kept tokens into
+  their entries; the last token of each bucket advances ``bucket_writes`` (one writer per
+  bucket, after every slot was read in the previous launch: no race).
+
+**Read**, per query, exactly ``HashedMemory.attend``: Hamming similarity to all ``c`` entries,
+the ``k`` best (ties to the lower entry), exact softmax over them with ``log(count)``.
+
+* :func:`candidates_kernel` — per tile of ``BQ`` queries, scores every entry with tensor
+  cores (±1 bits, ``q·e = 2·sim − n_bits``, exact in fp32). A probe pass over every
+  ``PROBE_STRIDE``-th chunk keeps, per query, the best score of each of ``BC`` column
+  partitions; the ``k``-th largest of those maxima, ``θ``, is a lower bound of the final
+  threshold (``k`` disjoint partitions hold an entry scoring ``≥ θ``). A second pass stores
+  the entries scoring ``≥ θ`` ("candidates"), in entry order, up to ``CAP`` per query.
+* :func:`select_kernel` — per query, a histogram of the candidates' similarities (bins are
+  the ``n_bits + 1`` similarity values: no sort) gives the threshold ``T`` and how many
+  score above it; entries above ``T`` and the first entries at ``T`` (entry order) make the
+  ``k`` selected, written in entry order. A query with more than ``CAP`` candidates scans all
+  entries instead (same code, exact, slower).
+* :func:`attend_fwd_kernel` / :func:`attend_bwd_kernel` — exact attention over the selected
+  entries (online softmax, fp32) with ``log(count)``; backward gives ``dq`` including the
+  gradient through ``lse``.
+"""
+import triton
+import triton.language as tl
+from triton.language.extra import libdevice
+
+NEG_BIG = tl.constexpr(-16384.0)  # added to an empty entry's score: below every real score (>= -256)
+
+
+# --------------------------------------------------------------------------------------------
+# write
+# --------------------------------------------------------------------------------------------
+@triton.jit
+def fifo_rank_kernel(
+    bucket_ptr, writes_ptr, rank_ptr, total_ptr, entry_ptr,
+    T, U, S,
+    BLOCK_T: tl.constexpr, BLOCK_J: tl.constexpr,
+):
+    pid_t = tl.program_id(0)
+    row = tl.program_id(1).to(tl.int64)
+    offs_t = pid_t * BLOCK_T + tl.arange(0, BLOCK_T)
+    t_ok = offs_t < T
+    bi = tl.load(bucket_ptr + row * T + offs_t, mask=t_ok, other=-1)
+    before = tl.zeros((BLOCK_T,), dtype=tl.int32)
+    total = tl.zeros((BLOCK_T,), dtype=tl.int32)
+    for j0 in range(0, T, BLOCK_J):
+        offs_j = j0 + tl.arange(0, BLOCK_J)
+        bj = tl.load(bucket_ptr + row * T + offs_j, mask=offs_j < T, other=-2)
+        eq = bi[:, None] == bj[None, :]
+        total += tl.sum(eq.to(tl.int32), 1)
+        before += tl.sum((eq & (offs_j[None, :] < offs_t[:, None])).to(tl.int32), 1)
+    old = tl.load(writes_ptr + row * U + bi, mask=t_ok, other=0)
+    slot = (old + before) % S
+    entry = bi.to(tl.int64) * S + slot
+    tl.store(rank_ptr + row * T + offs_t, before, mask=t_ok)
+    tl.store(total_ptr + row * T + offs_t, total, mask=t_ok)
+    tl.store(entry_ptr + row * T + offs_t, entry, mask=t_ok)
+
+
+@triton.jit
+def fifo_scatter_kernel(
+    k_ptr, v_ptr, sig_ptr, bucket_ptr, rank_ptr, total_ptr, entry_ptr, frames_ptr,
+    mk_ptr, mv_ptr, msig_ptr, mframes_ptr, mcounts_ptr, writes_ptr,
+    H, T, U, S, D,
+    stride_kb, stride_kh, stride_kt, stride_kd,
+    stride_vb, stride_vh, stride_vt, stride_vd,
+    NW: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    pid_t = tl.program_id(0)
+    pid_r = tl.program_id(1)
+    b = pid_r // H
+    h = pid_r % H
+    row = pid_r.to(tl.int64)
+    c = U * S
+    offs_t = pid_t * BLOCK_T + tl.arange(0, BLOCK_T)
+    t_ok = offs_t < T
+    rank = tl.load(rank_ptr + row * T + offs_t, mask=t_ok, other=0)
+    total = tl.load(total_ptr + row * T + offs_t, mask=t_ok, other=0)
+    entry = tl.load(entry_ptr + row * T + offs_t, mask=t_ok, other=0)
+    keep = t_ok & (rank >= total - S)  # only the last `s` tokens of a bucket survive this write
+    dst = row * c + entry  # (BLOCK_T,) int64
+
+    offs_d = tl.arange(0, BLOCK_D)
+    d_ok = offs_d < D
+    m2 = keep[:, None] & d_ok[None, :]
+    kx = tl.load(k_ptr + b.to(tl.int64) * stride_kb + h * stride_kh + offs_t[:, None].to(tl.int64) * stride_kt
+                 + offs_d[None, :] * stride_kd, mask=m2, other=0.0)
+    tl.store(mk_ptr + dst[:, None] * D + offs_d[None, :], kx.to(mk_ptr.dtype.element_ty), mask=m2)
+    vx = tl.load(v_ptr + b.to(tl.int64) * stride_vb + h * stride_vh + offs_t[:, None].to(tl.int64) * stride_vt
+                 + offs_d[None, :] * stride_vd, mask=m2, other=0.0)
+    tl.store(mv_ptr + dst[:, None] * D + offs_d[None, :], vx.to(mv_ptr.dtype.element_ty), mask=m2)
+    for j in tl.static_range(NW):
+        word = tl.load(sig_ptr + (row * T + offs_t) * NW + j, mask=keep, other=0)
+        tl.store(msig_ptr + dst * NW + j, word, mask=keep)
+    fr = tl.load(frames_ptr + offs_t, mask=keep, other=0)
+    tl.store(mframes_ptr + dst, fr, mask=keep)
+    tl.store(mcounts_ptr + dst, tl.full((BLOCK_T,), 1, tl.int32), mask=keep)
+
+    # the last token of each bucket advances its write counter by the bucket's tokens
+    last = t_ok & (rank == total - 1)
+    bi = tl.load(bucket_ptr + row * T + offs_t, mask=last, other=0)
+    old = tl.load(writes_ptr + row * U + bi, mask=last, other=0)
+    tl.store(writes_ptr + row * U + bi, old + total, mask=last)
+
+
+# --------------------------------------------------------------------------------------------
+# read: candidates
+# --------------------------------------------------------------------------------------------
+@triton.jit
+def _unpack_queries(qsig_ptr, rows, r_ok, n_bits, NW: tl.constexpr, NWP: tl.constexpr):
+    """±1 bits of the queries' signatures as fp16 ``(BQ, 32·NWP)``, 0 past ``n_bits``."""
+    bit = tl.arange(0, NWP * 32)
+    words = tl.load(qsig_ptr + rows[:, None] * NW + (bit // 32)[None, :],
+                    mask=r_ok[:, None] & (bit < NW * 32)[None, :], other=0)
+    on = ((words >> (bit % 32)[None, :]) & 1) == 1
+    val = tl.where(on, 1.0, -1.0)
+    return tl.where((bit < n_bits)[None, :], val, 0.0).to(tl.float16)
+
+
+@triton.jit
+def _entry_scores(qf, sig_ptr, counts_ptr, rbase, c0, C,
+                  NW: tl.constexpr, NWP: tl.constexpr, BC: tl.constexpr):
+    """Scores ``2·sim − n_bits`` of the queries against entries ``c0 .. c0+BC`` ``(BQ, BC)`` fp32;
+    empty entries (and those past ``C``) score ``NEG_BIG`` lower."""
+    cols = c0 + tl.arange(0, BC)
+    c_ok = cols < C
+    wi = tl.arange(0, NWP)
+    words = tl.load(sig_ptr + (rbase + cols)[None, :] * NW + wi[:, None],
+                    mask=c_ok[None, :] & (wi < NW)[:, None], other=0)  # (NWP, BC)
+    sh = tl.arange(0, 32)
+    bits = (words[:, None, :] >> sh[None, :, None]) & 1  # (NWP, 32, BC)
+    ef = tl.reshape(tl.where(bits == 1, 1.0, -1.0).to(tl.float16), (NWP * 32, BC))
+    cnt = tl.load(counts_ptr + rbase + cols, mask=c_ok, other=0)
+    bias = tl.where(cnt > 0, 0.0, NEG_BIG)
+    s = tl.dot(qf, ef, out_dtype=tl.float32)
+    return s + bias[None, :], cols
+
+
+@triton.jit
+def candidates_kernel(
+    qsig_ptr, sig_ptr, counts_ptr, cand_ptr, ncand_ptr,
+    N, C, n_bits, top_k, CAP,
+    NW: tl.constexpr, NWP: tl.constexpr,
+    BQ: tl.constexpr, BC: tl.constexpr,
+    PROBE: tl.constexpr, PROBE_STRIDE: tl.constexpr,
+):
+    pid_q = tl.program_id(0)
+    r = tl.program_id(1).to(tl.int64)
+    rows = pid_q * BQ + tl.arange(0, BQ)
+    r_ok = rows < N
+    qrow = r * N + rows  # global query row
+    rbase = r * C
+    qf = _unpack_queries(qsig_ptr, qrow, r_ok, n_bits, NW, NWP)
+
+    # 1. probe: per query, best score of each of BC column partitions → θ (lower bound of T)
+    floor = 0.0 - n_bits
+    if PROBE:
+        best = tl.full((BQ, BC), 2 * NEG_BIG, tl.float32)
+        for c0 in range(0, C, BC * PROBE_STRIDE):
+            s, cols = _entry_scores(qf, sig_ptr, counts_ptr, rbase, c0, C, NW, NWP, BC)
+            best = tl.maximum(best, s)
+        ranked = tl.sort(best, dim=1, descending=True)
+        col = tl.arange(0, BC)
+        theta = tl.sum(tl.where(col[None, :] == top_k - 1, ranked, 0.0), 1)
+        theta = tl.maximum(theta, floor)  # never below a real score: empty entries stay out
+    else:
+        theta = tl.zeros((BQ,), tl.float32) + floor
+
+    # 2. candidates: every entry scoring >= θ, in entry order
+    base = tl.zeros((BQ,), dtype=tl.int32)
+    out = cand_ptr + qrow[:, None] * CAP
+    for c0 in range(0, C, BC):
+        s, cols = _entry_scores(qf, sig_ptr, counts_ptr, rbase, c0, C, NW, NWP, BC)
+        hot = (s >= theta[:, None]).to(tl.int32)
+        pos = base[:, None] + tl.cumsum(hot, 1) - 1
+        tl.store(out + pos, cols[None, :] + tl.zeros((BQ, BC), tl.int32), mask=(hot == 1) & (pos < CAP) & r_ok[:, None])
+        base += tl.sum(hot, 1)
+    tl.store(ncand_ptr + qrow, base, mask=r_ok)
+
+
+# --------------------------------------------------------------------------------------------
+# read: exact top-k among the candidates
+# --------------------------------------------------------------------------------------------
+@triton.jit
+def _popcount(x, USE_POPC: tl.constexpr):
+    if USE_POPC:
+        return libdevice.popc(x)
+    else:  # SWAR popcount on uint32 (the interpreter has no libdevice)
+        u = x.to(tl.uint32, bitcast=True)
+        u = u - ((u >> 1) & 0x55555555)
+        u = (u & 0x33333333) + ((u >> 2) & 0x33333333)
+        u = (u + (u >> 4)) & 0x0F0F0F0F
+        return ((u * 0x01010101) >> 24).to(tl.int32)
+
+
+@triton.jit
+def _lanes(qsig_ptr, sig_ptr, counts_ptr, cand_ptr, qrow, rbase, l0, L, from_buf, CAP, n_bits,
+           NW: tl.constexpr, BL: tl.constexpr, USE_POPC: tl.constexpr):
+    """Entry index, similarity and validity of lanes ``l0 .. l0+BL`` of one query's candidates
+    (the whole memory when ``from_buf`` is false)."""
+    lanes = l0 + tl.arange(0, BL)
+    l_ok = lanes < L
+    e = tl.load(cand_ptr + qrow * CAP + lanes, mask=l_ok & from_buf, other=0)
+    e = tl.where(from_buf, e, lanes)
+    ok = l_ok & (tl.load(counts_ptr + rbase + e, mask=l_ok, other=0) > 0)
+    diff = tl.zeros((BL,), dtype=tl.int32)
+    for j in tl.static_range(NW):
+        qw = tl.load(qsig_ptr + qrow * NW + j)
+        ew = tl.load(sig_ptr + (rbase + e) * NW + j, mask=ok, other=0)
+        diff += _popcount(ew ^ qw, USE_POPC)
+    return e, n_bits - diff, ok
+
+
+@triton.jit
+def select_kernel(
+    qsig_ptr, sig_ptr, counts_ptr, cand_ptr, ncand_ptr, idx_ptr,
+    N, C, n_bits, top_k, CAP,
+    NW: tl.constexpr, BL: tl.constexpr, NBINS: tl.constexpr, USE_POPC: tl.constexpr,
+):
+    qrow = tl.program_id(0).to(tl.int64)
+    rbase = (qrow // N) * C
+    ncand = tl.load(ncand_ptr + qrow)
+    from_buf = ncand <= CAP
+    L = tl.where(from_buf, ncand, C)
+
+    # 1. histogram of similarities → threshold T and how many score above it
+    hist = tl.zeros((NBINS,), dtype=tl.int32)
+    for l0 in range(0, L, BL):
+        e, sim, ok = _lanes(qsig_ptr, sig_ptr, counts_ptr, cand_ptr, qrow, rbase, l0, L, from_buf, CAP, n_bits,
+                            NW, BL, USE_POPC)
+        hist += tl.histogram(sim, NBINS, mask=ok)
+    level = tl.arange(0, NBINS)
+    at_least = tl.cumsum(hist, 0, reverse=True)  # entries with similarity >= level
+    thr = tl.max(tl.where((at_least >= top_k) & (level <= n_bits), level, -1), 0)
+    above = tl.sum(tl.where(level > thr, hist, 0), 0)
+    need_eq = top_k - above  # entries at the threshold to take, lowest index first
+
+    # 2. selected entries in entry order
+    out = idx_ptr + qrow * top_k
+    n_eq = 0
+    n_sel = 0
+    for l0 in range(0, L, BL):
+        e, sim, ok = _lanes(qsig_ptr, sig_ptr, counts_ptr, cand_ptr, qrow, rbase, l0, L, from_buf, CAP, n_bits,
+                            NW, BL, USE_POPC)
+        eq = (ok & (sim == thr)).to(tl.int32)
+        eq_rank = n_eq + tl.cumsum(eq, 0) - 1
+        sel = (ok & (sim > thr)) | ((eq == 1) & (eq_rank < need_eq))
+        sel_i = sel.to(tl.int32)
+        pos = n_sel + tl.cumsum(sel_i, 0) - 1
+        tl.store(out + pos, e, mask=sel)
+        n_eq += tl.sum(eq, 0)
+        n_sel += tl.sum(sel_i, 0)
+    for p0 in range(0, top_k, BL):  # fewer than k entries: pad with -1
+        p = p0 + tl.arange(0, BL)
+        tl.store(out + p, tl.full((BL,), -1, tl.int32), mask=(p >= n_sel) & (p < top_k))
+
+
+# --------------------------------------------------------------------------------------------
+# read: attention over the selected entries
+# --------------------------------------------------------------------------------------------
+@triton.jit
+def attend_fwd_kernel(
+    q_ptr, keys_ptr, values_ptr, counts_ptr, idx_ptr, out_ptr, lse_ptr,
+    H, N, C, D, top_k, scale,
+    stride_qb, stride_qh, stride_qn, stride_qd,
+    BJ: tl.constexpr, BD: tl.constexpr,
+):
+    qrow = tl.program_id(0).to(tl.int64)
+    r = qrow // N
+    i = qrow % N
+    b = r // H
+    h = r % H
+    offs_d = tl.arange(0, BD)
+    d_ok = offs_d < D
+    q = tl.load(q_ptr + b * stride_qb + h * stride_qh + i * stride_qn + offs_d * stride_qd, mask=d_ok, other=0.0).to(tl.float32)
+    m = -float("inf")
+    lsum = 0.0
+    acc = tl.zeros((BD,), dtype=tl.float32)
+    for j0 in range(0, top_k, BJ):
+        offs_j = j0 + tl.arange(0, BJ)
+        e = tl.load(idx_ptr + qrow * top_k + offs_j, mask=offs_j < top_k, other=-1)
+        ok = e >= 0
+        ent = r * C + e
+        m2 = ok[:, None] & d_ok[None, :]
+        kt = tl.load(keys_ptr + ent[:, None] * D + offs_d[None, :], mask=m2, other=0.0).to(tl.float32)
+        cnt = tl.load(counts_ptr + ent, mask=ok, other=1)
+        s = tl.sum(kt * q[None, :], 1) * scale + tl.log(tl.maximum(cnt, 1).to(tl.float32))
+        s = tl.where(ok, s, -float("inf"))
+        m_new = tl.maximum(m, tl.max(s, 0))
+        m_safe = tl.where(m_new == -float("inf"), 0.0, m_new)
+        p = tl.exp(s - m_safe)
+        alpha = tl.exp(m - m_safe)
+        vt = tl.load(values_ptr + ent[:, None] * D + offs_d[None, :], mask=m2, other=0.0).to(tl.float32)
+        lsum = lsum * alpha + tl.sum(p, 0)
+        acc = acc * alpha + tl.sum(p[:, None] * vt, 0)
+        m = m_new
+    has = lsum > 0
+    lse = tl.where(has, m + tl.log(tl.where(has, lsum, 1.0)), -float("inf"))
+    out = tl.where(has, acc / tl.where(has, lsum, 1.0), 0.0)
+    tl.store(out_ptr + qrow * D + offs_d, out.to(out_ptr.dtype.element_ty), mask=d_ok)
+    tl.store(lse_ptr + qrow, lse)
+
+
+@triton.jit
+def attend_bwd_kernel(
+    q_ptr, keys_ptr, values_ptr, counts_ptr, idx_ptr, lse_ptr, dout_ptr, dlse_ptr, dq_ptr,
+    H, N, C, D, top_k, scale,
+    stride_qb, stride_qh, stride_qn, stride_qd,
+    BJ: tl.constexpr, BD: tl.constexpr,
+):
+    """``dq = scale · Σ_j p_j (dO·v_j − δ + dlse) k_j`` with ``δ = Σ_j p_j dO·v_j``."""
+    qrow = tl.program_id(0).to(tl.int64)
+    r = qrow // N
+    i = qrow % N
+    b = r // H
+    h = r % H
+    offs_d = tl.arange(0, BD)
+    d_ok = offs_d < D
+    q = tl.load(q_ptr + b * stride_qb + h * stride_qh + i * stride_qn + offs_d * stride_qd, mask=d_ok, other=0.0).to(tl.float32)
+    do = tl.load(dout_ptr + qrow * D + offs_d, mask=d_ok, other=0.0).to(tl.float32)
+    lse = tl.load(lse_ptr + qrow)
+    dlse = tl.load(dlse_ptr + qrow).to(tl.float32)
+    lse_safe = tl.where(lse == -float("inf"), 0.0, lse)
+    pdk = tl.zeros((BD,), dtype=tl.float32)  # Σ p (dO·v) k
+    pk = tl.zeros((BD,), dtype=tl.float32)   # Σ p k
+    delta = 0.0
+    for j0 in range(0, top_k, BJ):
+        offs_j = j0 + tl.arange(0, BJ)
+        e = tl.load(idx_ptr + qrow * top_k + offs_j, mask=offs_j < top_k, other=-1)
+        ok = e >= 0
+        ent = r * C + e
+        m2 = ok[:, None] & d_ok[None, :]
+        kt = tl.load(keys_ptr + ent[:, None] * D + offs_d[None, :], mask=m2, other=0.0).to(tl.float32)
+        vt = tl.load(values_ptr + ent[:, None] * D + offs_d[None, :], mask=m2, other=0.0).to(tl.float32)
+        cnt = tl.load(counts_ptr + ent, mask=ok, other=1)
+        s = tl.sum(kt * q[None, :], 1) * scale + tl.log(tl.maximum(cnt, 1).to(tl.float32))
+        p = tl.where(ok, tl.exp(s - lse_safe), 0.0)
+        dov = tl.sum(vt * do[None, :], 1)
+        pdk += tl.sum((p * dov)[:, None] * kt, 0)
+        pk += tl.sum(p[:, None] * kt, 0)
+        delta += tl.sum(p * dov, 0)
+    dq = scale * (pdk + (dlse - delta) * pk)
+    tl.store(dq_ptr + qrow * D + offs_d, dq.to(dq_ptr.dtype.element_ty), mask=d_ok)
+
+
+# Bounded autotune list for the scoring pass (the only heavy kernel): query tile and warps.
+# BC is fixed by the launcher (≥ top_k: the probe needs k column partitions).
+CANDIDATE_CONFIGS = [
+    triton.Config({"BQ": 64}, num_warps=4, num_stages=2),
+    triton.Config({"BQ": 64}, num_warps=8, num_stages=2),
+    triton.Config({"BQ": 32}, num_warps=4, num_stages=2),
+]
+candidates_kernel_tuned = triton.autotune(configs=CANDIDATE_CONFIGS, key=["C", "NW", "BC", "PROBE", "PROBE_STRIDE"])(
+    candidates_kernel
+)

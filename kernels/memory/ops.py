@@ -1,0 +1,215 @@
+"""Launchers, autograd Function and public functions of the HashedMemory kernels.
+
+Letters: b batch, h heads, r = b·h memory rows, t tokens written, n queries, u buckets,
+s slots, c = u·s entries, d head_dim, w signature words, k top_k.
+
+* :func:`memory_write_fifo` — :meth:`HashedMemory.write` for ``policy="fifo"`` (three launches:
+  signature + bucket, rank + slot, scatter + write counters). ``policy="merge"`` has no kernel:
+  it stays on the reference path.
+* :func:`memory_select` — per query, the ``k`` entries :meth:`HashedMemory.attend` keeps,
+  int32 ``(b, h, n, k)`` in entry order, ``-1`` where fewer than ``k`` entries exist.
+* :func:`memory_attend` — :meth:`HashedMemory.attend`: ``(out, lse)`` with gradients to ``q``
+  (``return_indices=True`` adds the indices in the reference's order).
+
+The query signatures come from the signature kernel; where a query's projection is within
+float rounding of 0 its bit may differ from the reference's, and so may its selection (pass
+``q_sig`` to :func:`memory_select` to use given signatures).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+
+from vidhash.hashing import popcount
+from vidhash.kernels.signature.ops import check_device, interpreting, signatures_and_buckets, signatures_triton
+
+from .kernel import (
+    attend_bwd_kernel,
+    attend_fwd_kernel,
+    candidates_kernel,
+    candidates_kernel_tuned,
+    fifo_rank_kernel,
+    fifo_scatter_kernel,
+    select_kernel,
+)
+
+SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+PROBE_MAX_K = 256  # larger top_k: no probe, every query scans all entries in the select kernel
+
+
+def _rows(memory):
+    """The memory's buffers as ``(r, c, ...)`` / ``(r, u)`` views (no copies)."""
+    cfg = memory.config
+    r, c = cfg.batch_size * cfg.heads, memory.capacity
+    bufs = (memory.keys, memory.values, memory.signatures, memory.frames, memory.counts, memory.bucket_writes)
+    if not all(t.is_contiguous() for t in bufs):
+        raise ValueError("HashedMemory buffers must be contiguous for the Triton kernels")
+    return (
+        memory.keys.view(r, c, cfg.head_dim), memory.values.view(r, c, cfg.head_dim),
+        memory.signatures.view(r, c, -1), memory.frames.view(r, c), memory.counts.view(r, c),
+        memory.bucket_writes.view(r, cfg.num_buckets),
+    )
+
+
+def check_dtypes(memory, *tensors: torch.Tensor) -> None:
+    for t in (memory.keys, *tensors):
+        if t.dtype not in SUPPORTED_DTYPES:
+            raise ValueError(f"the memory kernels support {SUPPORTED_DTYPES}, got {t.dtype} (use backend='reference')")
+
+
+# --------------------------------------------------------------------------------------------
+# write
+# --------------------------------------------------------------------------------------------
+@torch.no_grad()
+def memory_write_fifo(memory, k: torch.Tensor, v: torch.Tensor, frames: torch.Tensor) -> None:
+    """Store ``k, v (b, h, t, d)`` from ``frames`` (int64 ``(t,)``) as ``HashedMemory._write_fifo``
+    does: ring buffers per bucket, tokens of one write in token order."""
+    cfg = memory.config
+    if cfg.policy != "fifo":
+        raise ValueError(f"memory_write_fifo needs policy='fifo', this memory has {cfg.policy!r}")
+    check_device(k, v)
+    check_dtypes(memory, k, v)
+    b, h, t, d = k.shape
+    if t == 0:
+        return
+    keys, values, sigs, mframes, counts, writes = _rows(memory)
+    r = b * h
+    sig, bucket = signatures_and_buckets(k, memory.hasher, memory._route_bits, cfg.num_buckets, cfg.seed)
+    rank = torch.empty(r, t, dtype=torch.int32, device=k.device)
+    total = torch.empty_like(rank)
+    entry = torch.empty(r, t, dtype=torch.int64, device=k.device)
+    frames = frames.to(device=k.device, dtype=torch.int64).contiguous()
+    bt = 32 if interpreting() else 64
+    grid = (triton.cdiv(t, bt), r)
+    fifo_rank_kernel[grid](bucket, writes, rank, total, entry, t, cfg.num_buckets, cfg.slots,
+                           BLOCK_T=bt, BLOCK_J=bt if interpreting() else 128, num_warps=4)
+    fifo_scatter_kernel[grid](
+        k, v, sig, bucket, rank, total, entry, frames,
+        keys, values, sigs, mframes, counts, writes,
+        h, t, cfg.num_buckets, cfg.slots, d,
+        *k.stride(), *v.stride(),
+        NW=sig.shape[-1], BLOCK_T=bt, BLOCK_D=max(16, triton.next_power_of_2(d)), num_warps=4,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# read
+# --------------------------------------------------------------------------------------------
+@torch.no_grad()
+def memory_select(memory, q: torch.Tensor, top_k: int, *, q_sig: torch.Tensor | None = None,
+                  probe_stride: int = 2, cap: int | None = None) -> torch.Tensor:
+    """Indices (int32 ``(b, h, n, min(top_k, c))``, entry order, ``-1`` padded) of the entries
+    :meth:`HashedMemory.attend` keeps for each query: highest Hamming similarity, ties to the
+    lower entry, empty entries never.
+
+    ``probe_stride`` (≥ 1) and ``cap`` (candidates kept per query before it falls back to a
+    full scan) change the speed, never the result.
+    """
+    cfg = memory.config
+    check_device(q)
+    b, h, n, d = q.shape
+    c = memory.capacity
+    kk = min(int(top_k), c)
+    if q_sig is None:
+        q_sig = signatures_triton(q, memory.hasher, role="query")
+    q_sig = q_sig.contiguous()
+    _, _, sigs, _, counts, _ = _rows(memory)
+    nw = sigs.shape[-1]
+    rows = b * h * n
+    idx = torch.empty(b, h, n, kk, dtype=torch.int32, device=q.device)
+    if rows == 0:
+        return idx
+    if cap is None:
+        cap = max(1024, 8 * kk)
+    cap = max(1, min(int(cap), c))
+    cand = torch.empty(rows, cap, dtype=torch.int32, device=q.device)
+    ncand = torch.empty(rows, dtype=torch.int32, device=q.device)
+    probe = kk <= PROBE_MAX_K
+    nwp = triton.next_power_of_2(nw)
+    if interpreting():
+        bc = max(16, triton.next_power_of_2(kk)) if probe else 16
+        grid = (triton.cdiv(n, 16), b * h)
+        candidates_kernel[grid](q_sig, sigs, counts, cand, ncand, n, c, cfg.n_bits, kk, cap,
+                                NW=nw, NWP=nwp, BQ=16, BC=bc, PROBE=probe, PROBE_STRIDE=probe_stride)
+        bl = 32
+    else:
+        bc = max(128, triton.next_power_of_2(kk)) if probe else 128
+        grid = lambda meta: (triton.cdiv(n, meta["BQ"]), b * h)  # noqa: E731
+        candidates_kernel_tuned[grid](q_sig, sigs, counts, cand, ncand, n, c, cfg.n_bits, kk, cap,
+                                      NW=nw, NWP=nwp, BC=bc, PROBE=probe, PROBE_STRIDE=probe_stride)
+        bl = 256
+    select_kernel[(rows,)](q_sig, sigs, counts, cand, ncand, idx, n, c, cfg.n_bits, kk, cap,
+                           NW=nw, BL=bl, NBINS=max(2, triton.next_power_of_2(cfg.n_bits + 1)),
+                           USE_POPC=not interpreting(), num_warps=4)
+    return idx
+
+
+def _attend_launch(kernel, q, keys, values, counts, idx, scale, *extra):
+    b, h, n, d = q.shape
+    c = keys.shape[1]
+    kk = idx.shape[-1]
+    kernel[(b * h * n,)](
+        q, keys, values, counts, idx, *extra,
+        h, n, c, d, kk, scale, *q.stride(),
+        BJ=16 if interpreting() else 64, BD=max(16, triton.next_power_of_2(d)), num_warps=4,
+    )
+
+
+class _MemoryAttend(torch.autograd.Function):
+    """Exact attention of ``q`` over the entries ``idx`` (gradients to ``q`` only)."""
+
+    @staticmethod
+    def forward(ctx, q, keys, values, counts, idx, scale):
+        b, h, n, d = q.shape
+        out = torch.empty(b, h, n, d, dtype=q.dtype, device=q.device)
+        lse = torch.empty(b, h, n, dtype=torch.float32, device=q.device)
+        _attend_launch(attend_fwd_kernel, q, keys, values, counts, idx, scale, out, lse)
+        ctx.save_for_backward(q, keys, values, counts, idx, lse)
+        ctx.scale = scale
+        return out, lse
+
+    @staticmethod
+    def backward(ctx, dout, dlse):
+        q, keys, values, counts, idx, lse = ctx.saved_tensors
+        b, h, n, d = q.shape
+        dout = torch.zeros(b, h, n, d, dtype=torch.float32, device=q.device) if dout is None else dout.contiguous()
+        dlse = torch.zeros(b, h, n, dtype=torch.float32, device=q.device) if dlse is None else dlse.contiguous()
+        dq = torch.empty(b, h, n, d, dtype=q.dtype, device=q.device)
+        _attend_launch(attend_bwd_kernel, q, keys, values, counts, idx, ctx.scale, lse, dout, dlse, dq)
+        return dq, None, None, None, None, None
+
+
+def _reference_order(memory, q_sig: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """``idx`` (entry order) reordered as the reference returns it: by similarity, then entry;
+    int64, ``-1`` for missing entries last."""
+    b, h, n, kk = idx.shape
+    c = memory.capacity
+    sigs = memory.signatures.view(b, h, c, -1)
+    ok = idx >= 0
+    safe = idx.clamp(min=0).long()
+    sel = torch.gather(sigs, 2, safe.reshape(b, h, n * kk, 1).expand(-1, -1, -1, sigs.shape[-1])).reshape(b, h, n, kk, -1)
+    sim = memory.config.n_bits - popcount(torch.bitwise_xor(sel, q_sig.unsqueeze(-2))).sum(-1).long()
+    rank = torch.where(ok, sim * (c + 1) + (c - safe), -1)
+    order = rank.argsort(dim=-1, descending=True, stable=True)
+    out = safe.gather(-1, order)
+    return torch.where(rank.gather(-1, order) >= 0, out, -1)
+
+
+def memory_attend(memory, q: torch.Tensor, top_k: int, *, scale: float | None = None, return_indices: bool = False,
+                  q_sig: torch.Tensor | None = None):
+    """:meth:`HashedMemory.attend` with the kernels: ``(out (b, h, n, d), lse (b, h, n))`` in
+    float32 lse, gradients to ``q``; ``return_indices`` adds int64 ``(b, h, n, k)``."""
+    check_device(q)
+    check_dtypes(memory, q)
+    b, h, n, d = q.shape
+    if q_sig is None:
+        q_sig = signatures_triton(q, memory.hasher, role="query")
+    idx = memory_select(memory, q, top_k, q_sig=q_sig)
+    keys, values, _, _, counts, _ = _rows(memory)
+    sc = 1.0 / math.sqrt(d) if scale is None else float(scale)
+    out, lse = _MemoryAttend.apply(q, keys, values, counts, idx, sc)
+    if return_indices:
+        return out, lse, _reference_order(memory, q_sig, idx)
+    return out, lse
