@@ -7,3 +7,5 @@ from vidhash.kernels.sparse_attention.ops import block_sparse_attention_triton
 from vidhash.kernels.sparse_attention.ops import hash_attention_triton as hash_attention
 
 __all__ = ["block_sparse_attention_triton", "hash_attention", "select_blocks_triton"]
+from vidhash.kernels.memory.ops import memory_attend, memory_select, memory_write_fifo  # noqa: E402
+from vidhash.kernels.signature.ops import block_signatures_triton, signatures_triton  # noqa: E402

@@ -35,6 +35,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
+from .attention import _triton_ops, resolve_backend
 from .hashing import SimHash, bucket_index, hamming_similarity, num_words, pack_bits, unpack_bits
 
 POLICIES = ("fifo", "merge")
@@ -167,6 +168,24 @@ class HashedMemory(nn.Module):
         if x.device != self.keys.device:
             raise ValueError(f"{name} is on {x.device}, the memory on {self.keys.device}")
 
+    def _backend(self, backend: str, op: str, *tensors: torch.Tensor) -> str:
+        """``auto`` → ``triton`` for CUDA tensors when the kernels import and cover the case
+        (FIFO writes; float32/bfloat16/float16), else ``reference``; a forced ``triton`` that the
+        kernels do not cover is an error."""
+        which = resolve_backend(backend, *tensors, self.keys)
+        if which != "triton":
+            return which
+        why = None
+        if op == "write" and self.config.policy != "fifo":
+            why = f"policy {self.config.policy!r} has no Triton write kernel (only 'fifo')"
+        elif any(t.dtype not in (torch.float32, torch.bfloat16, torch.float16) for t in (*tensors, self.keys)):
+            why = "the memory kernels support float32, bfloat16 and float16"
+        if why is None:
+            return "triton"
+        if backend == "auto":
+            return "reference"
+        raise ValueError(f"backend='triton' is unavailable here: {why}; use backend='auto' or 'reference'")
+
     def route(self, signatures: torch.Tensor) -> torch.Tensor:
         """Bucket of each signature ``(..., w)`` → int64 ``(...)``."""
         code = pack_bits(unpack_bits(signatures, self.config.n_bits)[..., : self._route_bits])
@@ -174,9 +193,12 @@ class HashedMemory(nn.Module):
 
     # ------------------------------------------------------------------ write
     @torch.no_grad()
-    def write(self, k: torch.Tensor, v: torch.Tensor, frame_idx: int | torch.Tensor) -> None:
+    def write(self, k: torch.Tensor, v: torch.Tensor, frame_idx: int | torch.Tensor, *, backend: str = "auto") -> None:
         """Store keys ``k`` and values ``v`` ``(b, h, t, d)`` that came from ``frame_idx``
-        (an int for all tokens, or a LongTensor ``(t,)``)."""
+        (an int for all tokens, or a LongTensor ``(t,)``).
+
+        ``backend``: ``"auto"`` (Triton for CUDA tensors with policy ``"fifo"``, else the
+        reference), ``"reference"`` or ``"triton"``."""
         self._check(k, "k")
         self._check(v, "v")
         if k.shape != v.shape:
@@ -190,6 +212,9 @@ class HashedMemory(nn.Module):
             frames = frame_idx.to(device=k.device, dtype=torch.int64)
         else:
             raise ValueError(f"frame_idx must be an int or an integer tensor of shape ({t},), got {frame_idx!r}")
+        if self._backend(backend, "write", k, v) == "triton":
+            _triton_ops().memory_write_fifo(self, k, v, frames)
+            return
         sig = self.hasher(k, role="key")  # (b, h, t, w)
         bucket = self.route(sig)  # (b, h, t)
         if self.config.policy == "fifo":
@@ -268,16 +293,21 @@ class HashedMemory(nn.Module):
             writes[row, bkt] += 1
 
     # ------------------------------------------------------------------ read
-    def attend(self, q: torch.Tensor, top_k: int, *, scale: float | None = None, return_indices: bool = False):
+    def attend(self, q: torch.Tensor, top_k: int, *, scale: float | None = None, return_indices: bool = False,
+               backend: str = "auto"):
         """Attention of ``q (b, h, n, d)`` over its ``top_k`` most similar entries.
 
         Returns ``(out (b, h, n, d), lse (b, h, n))`` with lse in float32 (float64 for
         float64 queries); a query that finds no entry
         (empty memory) gets ``out = 0`` and ``lse = -inf``. Gradients flow to ``q``.
+        ``backend``: ``"auto"`` (Triton for CUDA tensors that are not float64, else the
+        reference), ``"reference"`` or ``"triton"``.
         """
         self._check(q, "q")
         if not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1:
             raise ValueError(f"top_k must be a positive int, got {top_k!r}")
+        if self._backend(backend, "attend", q) == "triton":
+            return _triton_ops().memory_attend(self, q, top_k, scale=scale, return_indices=return_indices)
         b, h, n, d = q.shape
         c = self.capacity
         kk = min(top_k, c)
