@@ -17,17 +17,20 @@ bucket:
 **Read**, per query, exactly ``HashedMemory.attend``: Hamming similarity to all ``c`` entries,
 the ``k`` best (ties to the lower entry), exact softmax over them with ``log(count)``.
 
-* :func:`candidates_kernel` — per tile of ``BQ`` queries, scores every entry with tensor
-  cores (±1 bits, ``q·e = 2·sim − n_bits``, exact in fp32). A probe pass over every
+* :func:`candidates_kernel` — per tile of ``BQ`` queries, scores every entry on the int8 tensor
+  cores: with 0/1 bits, ``2·|q∧e| − |e| = sim − n_bits + |q|`` (exact; one constant per query,
+  so each query ranks entries as the similarity does). A probe pass over every
   ``PROBE_STRIDE``-th chunk keeps, per query, the best score of each of ``BC`` column
   partitions; the ``k``-th largest of those maxima, ``θ``, is a lower bound of the final
-  threshold (``k`` disjoint partitions hold an entry scoring ``≥ θ``). A second pass stores
-  the entries scoring ``≥ θ`` ("candidates"), in entry order, up to ``CAP`` per query.
-* :func:`select_kernel` — per query, a histogram of the candidates' similarities (bins are
-  the ``n_bits + 1`` similarity values: no sort) gives the threshold ``T`` and how many
-  score above it; entries above ``T`` and the first entries at ``T`` (entry order) make the
-  ``k`` selected, written in entry order. A query with more than ``CAP`` candidates scans all
-  entries instead (same code, exact, slower).
+  threshold (``k`` disjoint partitions hold an entry scoring ``≥ θ``). A second pass keeps,
+  per query and chunk of ``BC`` entries, a bitmask of its groups of ``G`` entries whose best
+  score is ``≥ θ``; nonzero masks are appended as one item (``chunk << 16 | mask``) — one store
+  per query and chunk, no scan over entries.
+* :func:`select_kernel` — per query: expands its items into a list of candidate groups, then
+  a histogram of the candidates' similarities (bins are the ``n_bits + 1`` similarity values:
+  no sort) gives the threshold ``T`` and how many score above it; entries above ``T`` and the
+  first entries at ``T`` (entry order) make the ``k`` selected, written in entry order. A query
+  with more candidates than its buffers hold scans all entries instead (same code, exact).
 * :func:`attend_fwd_kernel` / :func:`attend_bwd_kernel` — exact attention over the selected
   entries (online softmax, fp32) with ``log(count)``; backward gives ``dq`` including the
   gradient through ``lse``.
@@ -36,7 +39,7 @@ import triton
 import triton.language as tl
 from triton.language.extra import libdevice
 
-NEG_BIG = tl.constexpr(-16384.0)  # added to an empty entry's score: below every real score (>= -256)
+NEG_BIG = tl.constexpr(-(1 << 20))  # score of an empty entry: below every real score (>= -256)
 
 
 # --------------------------------------------------------------------------------------------
@@ -119,81 +122,6 @@ def fifo_scatter_kernel(
 # read: candidates
 # --------------------------------------------------------------------------------------------
 @triton.jit
-def _unpack_queries(qsig_ptr, rows, r_ok, n_bits, NW: tl.constexpr, NWP: tl.constexpr):
-    """±1 bits of the queries' signatures as fp16 ``(BQ, 32·NWP)``, 0 past ``n_bits``."""
-    bit = tl.arange(0, NWP * 32)
-    words = tl.load(qsig_ptr + rows[:, None] * NW + (bit // 32)[None, :],
-                    mask=r_ok[:, None] & (bit < NW * 32)[None, :], other=0)
-    on = ((words >> (bit % 32)[None, :]) & 1) == 1
-    val = tl.where(on, 1.0, -1.0)
-    return tl.where((bit < n_bits)[None, :], val, 0.0).to(tl.float16)
-
-
-@triton.jit
-def _entry_scores(qf, sig_ptr, counts_ptr, rbase, c0, C,
-                  NW: tl.constexpr, NWP: tl.constexpr, BC: tl.constexpr):
-    """Scores ``2·sim − n_bits`` of the queries against entries ``c0 .. c0+BC`` ``(BQ, BC)`` fp32;
-    empty entries (and those past ``C``) score ``NEG_BIG`` lower."""
-    cols = c0 + tl.arange(0, BC)
-    c_ok = cols < C
-    wi = tl.arange(0, NWP)
-    words = tl.load(sig_ptr + (rbase + cols)[None, :] * NW + wi[:, None],
-                    mask=c_ok[None, :] & (wi < NW)[:, None], other=0)  # (NWP, BC)
-    sh = tl.arange(0, 32)
-    bits = (words[:, None, :] >> sh[None, :, None]) & 1  # (NWP, 32, BC)
-    ef = tl.reshape(tl.where(bits == 1, 1.0, -1.0).to(tl.float16), (NWP * 32, BC))
-    cnt = tl.load(counts_ptr + rbase + cols, mask=c_ok, other=0)
-    bias = tl.where(cnt > 0, 0.0, NEG_BIG)
-    s = tl.dot(qf, ef, out_dtype=tl.float32)
-    return s + bias[None, :], cols
-
-
-@triton.jit
-def candidates_kernel(
-    qsig_ptr, sig_ptr, counts_ptr, cand_ptr, ncand_ptr,
-    N, C, n_bits, top_k, CAP,
-    NW: tl.constexpr, NWP: tl.constexpr,
-    BQ: tl.constexpr, BC: tl.constexpr,
-    PROBE: tl.constexpr, PROBE_STRIDE: tl.constexpr,
-):
-    pid_q = tl.program_id(0)
-    r = tl.program_id(1).to(tl.int64)
-    rows = pid_q * BQ + tl.arange(0, BQ)
-    r_ok = rows < N
-    qrow = r * N + rows  # global query row
-    rbase = r * C
-    qf = _unpack_queries(qsig_ptr, qrow, r_ok, n_bits, NW, NWP)
-
-    # 1. probe: per query, best score of each of BC column partitions → θ (lower bound of T)
-    floor = 0.0 - n_bits
-    if PROBE:
-        best = tl.full((BQ, BC), 2 * NEG_BIG, tl.float32)
-        for c0 in range(0, C, BC * PROBE_STRIDE):
-            s, cols = _entry_scores(qf, sig_ptr, counts_ptr, rbase, c0, C, NW, NWP, BC)
-            best = tl.maximum(best, s)
-        ranked = tl.sort(best, dim=1, descending=True)
-        col = tl.arange(0, BC)
-        theta = tl.sum(tl.where(col[None, :] == top_k - 1, ranked, 0.0), 1)
-        theta = tl.maximum(theta, floor)  # never below a real score: empty entries stay out
-    else:
-        theta = tl.zeros((BQ,), tl.float32) + floor
-
-    # 2. candidates: every entry scoring >= θ, in entry order
-    base = tl.zeros((BQ,), dtype=tl.int32)
-    out = cand_ptr + qrow[:, None] * CAP
-    for c0 in range(0, C, BC):
-        s, cols = _entry_scores(qf, sig_ptr, counts_ptr, rbase, c0, C, NW, NWP, BC)
-        hot = (s >= theta[:, None]).to(tl.int32)
-        pos = base[:, None] + tl.cumsum(hot, 1) - 1
-        tl.store(out + pos, cols[None, :] + tl.zeros((BQ, BC), tl.int32), mask=(hot == 1) & (pos < CAP) & r_ok[:, None])
-        base += tl.sum(hot, 1)
-    tl.store(ncand_ptr + qrow, base, mask=r_ok)
-
-
-# --------------------------------------------------------------------------------------------
-# read: exact top-k among the candidates
-# --------------------------------------------------------------------------------------------
-@triton.jit
 def _popcount(x, USE_POPC: tl.constexpr):
     if USE_POPC:
         return libdevice.popc(x)
@@ -206,14 +134,95 @@ def _popcount(x, USE_POPC: tl.constexpr):
 
 
 @triton.jit
-def _lanes(qsig_ptr, sig_ptr, counts_ptr, cand_ptr, qrow, rbase, l0, L, from_buf, CAP, n_bits,
-           NW: tl.constexpr, BL: tl.constexpr, USE_POPC: tl.constexpr):
-    """Entry index, similarity and validity of lanes ``l0 .. l0+BL`` of one query's candidates
-    (the whole memory when ``from_buf`` is false)."""
+def _unpack_queries(qsig_ptr, rows, r_ok, n_bits, NW: tl.constexpr, NWP: tl.constexpr):
+    """0/1 bits of the queries' signatures as int8 ``(BQ, 32·NWP)``, 0 past ``n_bits``."""
+    bit = tl.arange(0, NWP * 32)
+    words = tl.load(qsig_ptr + rows[:, None] * NW + (bit // 32)[None, :],
+                    mask=r_ok[:, None] & (bit < NW * 32)[None, :], other=0)
+    on = ((words >> (bit % 32)[None, :]) & 1) & (bit < n_bits)[None, :].to(tl.int32)
+    return on.to(tl.int8)
+
+
+@triton.jit
+def _entry_scores(qb, sig_ptr, counts_ptr, rbase, c0, C,
+                  NW: tl.constexpr, NWP: tl.constexpr, BC: tl.constexpr, USE_POPC: tl.constexpr):
+    """Scores of the queries against entries ``c0 .. c0+BC``: int32 ``(BQ, BC)``
+    ``2·|q∧e| − |e|`` = ``sim − n_bits + |q|`` (one constant per query, so each query ranks its
+    entries as the similarity does); empty entries (and those past ``C``) get ``NEG_BIG``."""
+    cols = c0 + tl.arange(0, BC)
+    c_ok = cols < C
+    wi = tl.arange(0, NWP)
+    words = tl.load(sig_ptr + (rbase + cols)[None, :] * NW + wi[:, None],
+                    mask=c_ok[None, :] & (wi < NW)[:, None], other=0)  # (NWP, BC)
+    sh = tl.arange(0, 32)
+    bits = ((words[:, None, :] >> sh[None, :, None]) & 1).to(tl.int8)  # (NWP, 32, BC)
+    eb = tl.reshape(bits, (NWP * 32, BC))
+    ones = tl.sum(_popcount(words, USE_POPC), 0)  # |e| (BC,)
+    cnt = tl.load(counts_ptr + rbase + cols, mask=c_ok, other=0)
+    bias = tl.where(cnt > 0, -ones, NEG_BIG)
+    s = tl.dot(qb, eb, out_dtype=tl.int32)
+    return 2 * s + bias[None, :], cols
+
+
+@triton.jit
+def candidates_kernel(
+    qsig_ptr, sig_ptr, counts_ptr, cand_ptr, ncand_ptr,
+    N, C, n_bits, top_k, CAP,
+    NW: tl.constexpr, NWP: tl.constexpr,
+    BQ: tl.constexpr, BC: tl.constexpr, GPC: tl.constexpr,
+    PROBE: tl.constexpr, PROBE_STRIDE: tl.constexpr, USE_POPC: tl.constexpr,
+):
+    pid_q = tl.program_id(0)
+    r = tl.program_id(1).to(tl.int64)
+    rows = pid_q * BQ + tl.arange(0, BQ)
+    r_ok = rows < N
+    qrow = r * N + rows  # global query row
+    rbase = r * C
+    qb = _unpack_queries(qsig_ptr, qrow, r_ok, n_bits, NW, NWP)
+
+    # 1. probe: per query, best score of each of BC column partitions → θ (lower bound of T)
+    floor = 0 - n_bits  # below no real score (>= -n_bits), above every empty entry
+    if PROBE:
+        best = tl.full((BQ, BC), 2 * NEG_BIG, tl.int32)
+        for c0 in range(0, C, BC * PROBE_STRIDE):
+            s, cols = _entry_scores(qb, sig_ptr, counts_ptr, rbase, c0, C, NW, NWP, BC, USE_POPC)
+            best = tl.maximum(best, s)
+        ranked = tl.sort(best, dim=1, descending=True)
+        col = tl.arange(0, BC)
+        theta = tl.sum(tl.where(col[None, :] == top_k - 1, ranked, 0), 1)
+        theta = tl.maximum(theta, floor)
+    else:
+        theta = tl.zeros((BQ,), tl.int32) + floor
+
+    # 2. candidates: one item per query and chunk holding an entry scoring >= θ:
+    #    chunk << 16 | bitmask of its GPC groups (G entries each) that do, in entry order
+    G: tl.constexpr = BC // GPC
+    base = tl.zeros((BQ,), dtype=tl.int32)
+    gbit = tl.arange(0, GPC)
+    for c0 in range(0, C, BC):
+        s, cols = _entry_scores(qb, sig_ptr, counts_ptr, rbase, c0, C, NW, NWP, BC, USE_POPC)
+        gmax = tl.max(tl.reshape(s, (BQ, GPC, G)), 2)  # (BQ, GPC)
+        mask = tl.sum(tl.where(gmax >= theta[:, None], 1 << gbit[None, :], 0), 1)  # (BQ,)
+        item = ((c0 // BC) << 16) | mask
+        tl.store(cand_ptr + qrow * CAP + base, item, mask=(mask != 0) & (base < CAP) & r_ok)
+        base += (mask != 0).to(tl.int32)
+    tl.store(ncand_ptr + qrow, base, mask=r_ok)
+
+
+# --------------------------------------------------------------------------------------------
+# read: exact top-k among the candidates
+# --------------------------------------------------------------------------------------------
+@triton.jit
+def _lanes(qsig_ptr, sig_ptr, counts_ptr, grp_ptr, qrow, rbase, l0, L, from_buf, C, CAPG, n_bits,
+           NW: tl.constexpr, G: tl.constexpr, BL: tl.constexpr, USE_POPC: tl.constexpr):
+    """Entry index, similarity and validity of lanes ``l0 .. l0+BL`` of one query's candidates:
+    lane ``l`` is entry ``l % G`` of candidate group ``l // G`` (entry ``l`` of the memory when
+    ``from_buf`` is false)."""
     lanes = l0 + tl.arange(0, BL)
     l_ok = lanes < L
-    e = tl.load(cand_ptr + qrow * CAP + lanes, mask=l_ok & from_buf, other=0)
-    e = tl.where(from_buf, e, lanes)
+    grp = tl.load(grp_ptr + qrow * CAPG + lanes // G, mask=l_ok & from_buf, other=0)
+    e = tl.where(from_buf, grp * G + lanes % G, lanes)
+    l_ok = l_ok & (e < C)
     ok = l_ok & (tl.load(counts_ptr + rbase + e, mask=l_ok, other=0) > 0)
     diff = tl.zeros((BL,), dtype=tl.int32)
     for j in tl.static_range(NW):
@@ -225,21 +234,37 @@ def _lanes(qsig_ptr, sig_ptr, counts_ptr, cand_ptr, qrow, rbase, l0, L, from_buf
 
 @triton.jit
 def select_kernel(
-    qsig_ptr, sig_ptr, counts_ptr, cand_ptr, ncand_ptr, idx_ptr,
-    N, C, n_bits, top_k, CAP,
-    NW: tl.constexpr, BL: tl.constexpr, NBINS: tl.constexpr, USE_POPC: tl.constexpr,
+    qsig_ptr, sig_ptr, counts_ptr, cand_ptr, ncand_ptr, grp_ptr, idx_ptr,
+    N, C, n_bits, top_k, CAP, CAPG,
+    NW: tl.constexpr, GPC: tl.constexpr, G: tl.constexpr, BI: tl.constexpr, BL: tl.constexpr,
+    NBINS: tl.constexpr, USE_POPC: tl.constexpr,
 ):
     qrow = tl.program_id(0).to(tl.int64)
     rbase = (qrow // N) * C
-    ncand = tl.load(ncand_ptr + qrow)
-    from_buf = ncand <= CAP
-    L = tl.where(from_buf, ncand, C)
+    n_items = tl.load(ncand_ptr + qrow)
+
+    # 0. expand the candidate chunks into a list of candidate groups (entry order)
+    n_grp = 0
+    if n_items <= CAP:
+        gbit = tl.arange(0, GPC)
+        for i0 in range(0, n_items, BI):
+            it = i0 + tl.arange(0, BI)
+            item = tl.load(cand_ptr + qrow * CAP + it, mask=it < n_items, other=0)
+            on = (((item[:, None] & 0xFFFF) >> gbit[None, :]) & 1).to(tl.int32)  # (BI, GPC)
+            gid = (item[:, None] >> 16) * GPC + gbit[None, :]
+            flat_on = tl.reshape(on, (BI * GPC,))
+            pos = n_grp + tl.cumsum(flat_on, 0) - 1
+            tl.store(grp_ptr + qrow * CAPG + pos, tl.reshape(gid, (BI * GPC,)), mask=(flat_on == 1) & (pos < CAPG))
+            n_grp += tl.sum(flat_on, 0)
+        tl.debug_barrier()  # the group list is read back by other threads of this program
+    from_buf = (n_items <= CAP) & (n_grp <= CAPG)
+    L = tl.where(from_buf, n_grp * G, C)
 
     # 1. histogram of similarities → threshold T and how many score above it
     hist = tl.zeros((NBINS,), dtype=tl.int32)
     for l0 in range(0, L, BL):
-        e, sim, ok = _lanes(qsig_ptr, sig_ptr, counts_ptr, cand_ptr, qrow, rbase, l0, L, from_buf, CAP, n_bits,
-                            NW, BL, USE_POPC)
+        e, sim, ok = _lanes(qsig_ptr, sig_ptr, counts_ptr, grp_ptr, qrow, rbase, l0, L, from_buf, C, CAPG, n_bits,
+                            NW, G, BL, USE_POPC)
         hist += tl.histogram(sim, NBINS, mask=ok)
     level = tl.arange(0, NBINS)
     at_least = tl.cumsum(hist, 0, reverse=True)  # entries with similarity >= level
@@ -252,8 +277,8 @@ def select_kernel(
     n_eq = 0
     n_sel = 0
     for l0 in range(0, L, BL):
-        e, sim, ok = _lanes(qsig_ptr, sig_ptr, counts_ptr, cand_ptr, qrow, rbase, l0, L, from_buf, CAP, n_bits,
-                            NW, BL, USE_POPC)
+        e, sim, ok = _lanes(qsig_ptr, sig_ptr, counts_ptr, grp_ptr, qrow, rbase, l0, L, from_buf, C, CAPG, n_bits,
+                            NW, G, BL, USE_POPC)
         eq = (ok & (sim == thr)).to(tl.int32)
         eq_rank = n_eq + tl.cumsum(eq, 0) - 1
         sel = (ok & (sim > thr)) | ((eq == 1) & (eq_rank < need_eq))
@@ -360,8 +385,9 @@ def attend_bwd_kernel(
 CANDIDATE_CONFIGS = [
     triton.Config({"BQ": 64}, num_warps=4, num_stages=2),
     triton.Config({"BQ": 64}, num_warps=8, num_stages=2),
+    triton.Config({"BQ": 128}, num_warps=8, num_stages=2),
     triton.Config({"BQ": 32}, num_warps=4, num_stages=2),
 ]
-candidates_kernel_tuned = triton.autotune(configs=CANDIDATE_CONFIGS, key=["C", "NW", "BC", "PROBE", "PROBE_STRIDE"])(
+candidates_kernel_tuned = triton.autotune(configs=CANDIDATE_CONFIGS, key=["C", "NW", "BC", "GPC", "PROBE", "PROBE_STRIDE"])(
     candidates_kernel
 )

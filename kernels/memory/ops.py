@@ -37,6 +37,7 @@ from .kernel import (
 
 SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 PROBE_MAX_K = 256  # larger top_k: no probe, every query scans all entries in the select kernel
+GROUP = 16  # entries per candidate group on the GPU (a chunk of BC entries holds BC // GROUP)
 
 
 def _rows(memory):
@@ -104,8 +105,8 @@ def memory_select(memory, q: torch.Tensor, top_k: int, *, q_sig: torch.Tensor | 
     :meth:`HashedMemory.attend` keeps for each query: highest Hamming similarity, ties to the
     lower entry, empty entries never.
 
-    ``probe_stride`` (≥ 1) and ``cap`` (candidates kept per query before it falls back to a
-    full scan) change the speed, never the result.
+    ``probe_stride`` (≥ 1) and ``cap`` (candidate chunks and groups kept per query before it
+    falls back to scanning every entry) change the speed, never the result.
     """
     cfg = memory.config
     check_device(q)
@@ -121,27 +122,33 @@ def memory_select(memory, q: torch.Tensor, top_k: int, *, q_sig: torch.Tensor | 
     idx = torch.empty(b, h, n, kk, dtype=torch.int32, device=q.device)
     if rows == 0:
         return idx
-    if cap is None:
-        cap = max(1024, 8 * kk)
-    cap = max(1, min(int(cap), c))
-    cand = torch.empty(rows, cap, dtype=torch.int32, device=q.device)
-    ncand = torch.empty(rows, dtype=torch.int32, device=q.device)
     probe = kk <= PROBE_MAX_K
-    nwp = triton.next_power_of_2(nw)
-    if interpreting():
-        bc = max(16, triton.next_power_of_2(kk)) if probe else 16
-        grid = (triton.cdiv(n, 16), b * h)
-        candidates_kernel[grid](q_sig, sigs, counts, cand, ncand, n, c, cfg.n_bits, kk, cap,
-                                NW=nw, NWP=nwp, BQ=16, BC=bc, PROBE=probe, PROBE_STRIDE=probe_stride)
-        bl = 32
+    if interpreting():  # tiny tiles: the interpreter's cost grows with the tile
+        bc, gpc, bq, bl, bi = (max(16, triton.next_power_of_2(kk)) if probe else 16), 4, 16, 32, 4
     else:
         bc = max(128, triton.next_power_of_2(kk)) if probe else 128
+        gpc, bq, bl, bi = bc // GROUP, None, 256, 64
+    group = bc // gpc
+    chunks, groups = triton.cdiv(c, bc), triton.cdiv(c, group)
+    if chunks > 1 << 15:
+        raise ValueError(f"the memory read kernel handles at most {(1 << 15) * bc} entries per head, this memory has {c}")
+    if cap is None:
+        cap = max(512, 4 * kk)
+    cap_items, cap_groups = max(1, min(int(cap), chunks)), max(1, min(int(cap), groups))
+    cand = torch.empty(rows, cap_items, dtype=torch.int32, device=q.device)  # candidate chunks
+    ncand = torch.empty(rows, dtype=torch.int32, device=q.device)
+    grp = torch.empty(rows, cap_groups, dtype=torch.int32, device=q.device)  # candidate groups
+    nwp = triton.next_power_of_2(nw)
+    args = (q_sig, sigs, counts, cand, ncand, n, c, cfg.n_bits, kk, cap_items)
+    consts = dict(NW=nw, NWP=nwp, BC=bc, GPC=gpc, PROBE=probe, PROBE_STRIDE=probe_stride, USE_POPC=not interpreting())
+    if bq is not None:
+        candidates_kernel[(triton.cdiv(n, bq), b * h)](*args, BQ=bq, **consts)
+    else:
         grid = lambda meta: (triton.cdiv(n, meta["BQ"]), b * h)  # noqa: E731
-        candidates_kernel_tuned[grid](q_sig, sigs, counts, cand, ncand, n, c, cfg.n_bits, kk, cap,
-                                      NW=nw, NWP=nwp, BC=bc, PROBE=probe, PROBE_STRIDE=probe_stride)
-        bl = 256
-    select_kernel[(rows,)](q_sig, sigs, counts, cand, ncand, idx, n, c, cfg.n_bits, kk, cap,
-                           NW=nw, BL=bl, NBINS=max(2, triton.next_power_of_2(cfg.n_bits + 1)),
+        candidates_kernel_tuned[grid](*args, **consts)
+    select_kernel[(rows,)](q_sig, sigs, counts, cand, ncand, grp, idx, n, c, cfg.n_bits, kk, cap_items, cap_groups,
+                           NW=nw, GPC=gpc, G=group, BI=bi, BL=bl,
+                           NBINS=max(2, triton.next_power_of_2(cfg.n_bits + 1)),
                            USE_POPC=not interpreting(), num_warps=4)
     return idx
 

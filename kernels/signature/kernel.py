@@ -77,7 +77,7 @@ def signature_kernel(
     shifts = tl.arange(0, 32)
     if ROUTE_BITS > 0:
         hsh = tl.full((BLOCK_G,), ROUTE_SEED, tl.uint32)
-    for j in tl.static_range(NW):
+    for j in range(0, NW):  # a loop, not unrolled: one (BLOCK_G, 32) tile live at a time
         offs_m = j * 32 + shifts
         m_ok = offs_m < M
         w = tl.load(w_base + offs_k[:, None] * M + offs_m[None, :], mask=k_ok[:, None] & m_ok[None, :], other=0.0)
@@ -88,13 +88,12 @@ def signature_kernel(
         bits = ((z > 0) & m_ok[None, :]).to(tl.int32)
         word = tl.reduce(bits << shifts[None, :], 1, _or)  # (BLOCK_G,) int32, bit 31 = sign
         tl.store(out_ptr + (pid_bh.to(tl.int64) * G + offs_g) * NW + j, word, mask=g_ok)
-        if ROUTE_BITS > j * 32:
-            if ROUTE_BITS >= (j + 1) * 32:
-                code = word.to(tl.uint32, bitcast=True)
-            else:
-                code = word.to(tl.uint32, bitcast=True) & ((1 << (ROUTE_BITS - j * 32)) - 1)
-            hsh = _mix32(hsh ^ code)
-            hsh = _mix32(hsh + (0x27D4EB2F + j))
+        if ROUTE_BITS > 0:  # fold this word's routing bits into the bucket hash
+            rem = tl.full((), ROUTE_BITS, tl.int32) - j * 32
+            low = (tl.full((), 1, tl.uint32) << tl.minimum(tl.maximum(rem, 0), 31).to(tl.uint32)) - 1
+            keep = tl.where(rem >= 32, tl.full((), 0xFFFFFFFF, tl.uint32), low)
+            mixed = _mix32(_mix32(hsh ^ (word.to(tl.uint32, bitcast=True) & keep)) + 0x27D4EB2F + j)
+            hsh = tl.where(rem > 0, mixed, hsh)
     if ROUTE_BITS > 0:
         bucket = (hsh % NUM_BUCKETS).to(tl.int32)
         tl.store(bucket_ptr + pid_bh.to(tl.int64) * G + offs_g, bucket, mask=g_ok)
