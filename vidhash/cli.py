@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str] | dict[str, tuple[str, str]]] = {
         "hashhop": ("vidhash.bench.hashhop", "HashHop retrieval from a fixed-size HashedMemory vs dense attention"),
         "attention": ("vidhash.bench.attention", "hash-attention kernels vs dense SDPA and FlexAttention, with selection recall"),
         "coherence": ("vidhash.bench.coherence", "speed of the coherence metrics (analysed frames/s) on synthetic video"),
+        "memory": ("vidhash.bench.memory", "HashedMemory read/write kernels vs the reference and dense SDPA, with recall"),
     },
     "coherence": ("vidhash.metrics.cli", "temporal coherence of any video: flicker, warping error, drift over minutes, revisits"),
 }

@@ -1,0 +1,213 @@
+"""Speed and recall of the HashedMemory kernels (read and write) against the reference path
+and dense attention, in one run.
+
+    vidhash bench memory --json memory.json
+
+Default shape (issue 4's target): 2,048 queries against a full memory of 65,536 entries
+(4,096 buckets × 16 slots), 12 heads, head_dim 64, 32-bit SimHash, bfloat16, top_k 64 and
+256; the write is one frame of ``--frame-tokens`` tokens. Rows:
+
+* ``read triton`` — ``HashedMemory.attend(backend="triton")``: query signatures, candidate
+  scoring, exact top-k, attention over the k entries. ``sig`` / ``select`` / ``attend``
+  time its three stages alone; ``read triton fwd+bwd`` adds the gradient to q.
+* ``read reference`` — the same call on the PyTorch reference path.
+* ``dense SDPA`` — ``scaled_dot_product_attention`` over all 65,536 entries (no selection).
+* ``write triton`` / ``write reference`` — ``HashedMemory.write`` of one frame.
+
+Recall: the share of the exact attention mass over all entries (softmax of
+``q·k·scale + log(count)``) that the selected top-k hold, averaged over ``--recall-queries``
+queries and all heads; ``oracle`` is the most any k entries could hold (the exact top-k by
+score). Data: keys and queries drawn around ``--clusters`` random centres per head (so
+attention is peaked, as for real tokens), values Gaussian.
+
+Timing: ``triton.testing.do_bench`` (median, device events, L2 flushed between runs) on CUDA;
+a host clock around synchronised calls elsewhere (the CPU path exists only to check the
+script under ``TRITON_INTERPRET=1`` with tiny sizes: its times mean nothing).
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import platform
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+
+from vidhash.memory import HashedMemory
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--queries", type=int, default=2048, help="queries per head")
+    p.add_argument("--buckets", type=int, default=4096, help="memory buckets")
+    p.add_argument("--slots", type=int, default=16, help="slots per bucket")
+    p.add_argument("--heads", type=int, default=12)
+    p.add_argument("--head-dim", type=int, default=64)
+    p.add_argument("--bits", type=int, default=32, help="signature bits")
+    p.add_argument("--top-k", default="64,256", help="comma-separated top_k values")
+    p.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32"])
+    p.add_argument("--frame-tokens", type=int, default=1560, help="tokens of one written frame (Wan 1.3B 480p latent frame)")
+    p.add_argument("--fill", type=float, default=1.5, help="tokens written before timing, as a multiple of the capacity")
+    p.add_argument("--clusters", type=int, default=512, help="key/query cluster centres per head")
+    p.add_argument("--recall-queries", type=int, default=256, help="queries per head used for recall")
+    p.add_argument("--rep-ms", type=int, default=100, help="do_bench rep (ms) per measurement")
+    p.add_argument("--no-reference", action="store_true", help="skip the reference read and write")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", default=None, help="write results to this JSON file")
+
+
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+def _timer(device: str, rep_ms: int):
+    if device.startswith("cuda"):
+        import triton.testing
+
+        def bench(fn, rep=rep_ms):
+            return float(triton.testing.do_bench(fn, warmup=max(10, rep // 4), rep=rep, return_mode="median"))
+    else:
+
+        def bench(fn, rep=rep_ms):
+            fn()
+            times = []
+            for _ in range(3):
+                t0 = time.perf_counter()
+                fn()
+                times.append((time.perf_counter() - t0) * 1e3)
+            return statistics.median(times)
+    return bench
+
+
+def _clustered(centres: torch.Tensor, n: int, noise: float, g: torch.Generator) -> torch.Tensor:
+    """``n`` vectors per head around random centres ``(h, m, d)`` → ``(1, h, n, d)``."""
+    h, m, d = centres.shape
+    pick = torch.randint(0, m, (h, n), generator=g, device=centres.device)
+    x = centres.gather(1, pick.unsqueeze(-1).expand(h, n, d))
+    return (x + noise * torch.randn(h, n, d, generator=g, device=centres.device)).unsqueeze(0)
+
+
+@torch.no_grad()
+def _recall(mem: HashedMemory, q: torch.Tensor, idx: torch.Tensor, scale: float) -> tuple[float, float]:
+    """Mean share of the exact attention mass held by ``idx`` (and by the exact top-k)."""
+    b, h, n, d = q.shape
+    c = mem.capacity
+    keys = mem.keys.view(b, h, c, d).float()
+    counts = mem.counts.view(b, h, c)
+    bias = torch.where(counts > 0, torch.log(counts.clamp(min=1).float()), float("-inf"))
+    kk = idx.shape[-1]
+    got, best = [], []
+    for hh in range(h):
+        s = (q[:, hh].float() @ keys[:, hh].transpose(-1, -2)) * scale + bias[:, hh].unsqueeze(-2)  # (b, n, c)
+        p = torch.softmax(s, -1)
+        sel = idx[:, hh].long()
+        got.append(torch.where(sel >= 0, p.gather(-1, sel.clamp(min=0)), 0.0).sum(-1))
+        best.append(p.topk(kk, dim=-1).values.sum(-1))
+    return float(torch.stack(got).mean()), float(torch.stack(best).mean())
+
+
+def run(args) -> int:
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError("--device cuda asked for, but no CUDA device is available")
+    top_ks = [int(x) for x in str(args.top_k).split(",") if x]
+    if not top_ks or min(top_ks) < 1:
+        raise ValueError(f"--top-k needs positive integers, got {args.top_k!r}")
+    from vidhash.kernels.memory import ops as mops
+    from vidhash.kernels.signature.ops import signatures_triton
+
+    dev, dt, h, d = args.device, DTYPES[args.dtype], args.heads, args.head_dim
+    bench = _timer(dev, args.rep_ms)
+    g = torch.Generator(device=dev).manual_seed(args.seed)
+    mem = HashedMemory(args.buckets, args.slots, h, d, n_bits=args.bits, dtype=dt, device=dev, seed=args.seed)
+    centres = torch.randn(h, args.clusters, d, generator=g, device=dev)
+    t = args.frame_tokens
+    frames = max(1, math.ceil(args.fill * mem.capacity / t))
+    for f in range(frames):
+        k = _clustered(centres, t, 0.6, g).to(dt)
+        mem.write(k, torch.randn(k.shape, generator=g, device=dev).to(dt), f, backend="triton")
+    filled = float(mem.num_entries().float().mean()) / mem.capacity
+    q = _clustered(centres, args.queries, 0.6, g).to(dt)
+    scale = 1.0 / math.sqrt(d)
+    name = torch.cuda.get_device_name() if dev.startswith("cuda") else platform.processor() or "cpu"
+    print(f"memory bench on {name}: {args.queries} queries × {mem.capacity:,} entries ({filled:.1%} full), "
+          f"{h} heads, head_dim {d}, {args.bits}-bit, {args.dtype}; write = {t} tokens")
+
+    rows: list[dict] = []
+
+    def add(label, k, fn, rep=None, **extra):
+        ms = bench(fn, rep or args.rep_ms)
+        rows.append({"name": label, "top_k": k, "ms": ms, **extra})
+        print(f"  {label:26s} k={k!s:>4}  {ms:9.3f} ms", flush=True)
+        return ms
+
+    keys_all = mem.keys.view(1, h, mem.capacity, d)
+    vals_all = mem.values.view(1, h, mem.capacity, d)
+    dense_ms = add("dense SDPA (all entries)", "-", lambda: F.scaled_dot_product_attention(q, keys_all, vals_all))
+    q_sig = signatures_triton(q, mem.hasher, role="query")
+    for kk in top_ks:
+        idx = mops.memory_select(mem, q, kk, q_sig=q_sig)
+        sel_recall, oracle = _recall(mem, q[:, :, :: max(1, args.queries // args.recall_queries)],
+                                     idx[:, :, :: max(1, args.queries // args.recall_queries)], scale)
+        ms = add("read triton", kk, lambda: mem.attend(q, kk, backend="triton"), recall=sel_recall, oracle=oracle)
+        read_row = rows[-1]
+        read_row["vs_dense"] = dense_ms / ms
+        add("  sig (queries)", kk, lambda: signatures_triton(q, mem.hasher, role="query"))
+        add("  select (score + top-k)", kk, lambda: mops.memory_select(mem, q, kk, q_sig=q_sig))
+        keys, values, _, _, counts, _ = mops._rows(mem)
+        add("  attend (k entries)", kk, lambda: mops._MemoryAttend.apply(q, keys, values, counts, idx, scale))
+        qg = q.detach().clone().requires_grad_(True)
+
+        def fwd_bwd():
+            out, lse = mem.attend(qg, kk, backend="triton")
+            torch.autograd.grad((out.float().square().sum() + lse.sum()), qg)
+
+        add("read triton fwd+bwd", kk, fwd_bwd)
+        if not args.no_reference:
+            ref_ms = add("read reference", kk, lambda: mem.attend(q, kk, backend="reference"), rep=1)
+            read_row["vs_reference"] = ref_ms / ms
+        print(f"  {'':26s} recall {sel_recall:.3f} of the exact attention mass (oracle top-{kk}: {oracle:.3f})")
+
+    k1 = _clustered(centres, t, 0.6, g).to(dt)
+    v1 = torch.randn(k1.shape, generator=g, device=dev).to(dt)
+    wms = add("write triton (1 frame)", "-", lambda: mem.write(k1, v1, frames, backend="triton"))
+    write_row = rows[-1]
+    if not args.no_reference:
+        rms = add("write reference (1 frame)", "-", lambda: mem.write(k1, v1, frames, backend="reference"), rep=max(10, args.rep_ms // 4))
+        write_row["vs_reference"] = rms / wms
+
+    print_table(rows)
+    if args.json:
+        meta = {
+            "device": name, "date": datetime.date.today().isoformat(), "torch": torch.__version__,
+            "triton": __import__("triton").__version__, "memory_filled": filled, "frames_written": frames + 1,
+        }
+        with open(args.json, "w") as f:
+            json.dump({"meta": meta, "config": {k: v for k, v in vars(args).items() if not k.startswith("_")}, "rows": rows}, f, indent=2)
+        print(f"wrote {args.json}")
+    return 0
+
+
+def print_table(rows: list[dict]) -> None:
+    print()
+    print("(vs dense, vs reference: how many times faster the Triton row is)")
+    print(f"| {'what':26s} | top_k | {'ms':>9s} | vs dense | vs reference | recall | oracle |")
+    print(f"|{'-' * 28}|------:|{'-' * 10}:|---------:|-------------:|-------:|-------:|")
+    for r in rows:
+        vd = f"{r['vs_dense']:.2f}×" if "vs_dense" in r else ""
+        vr = f"{r['vs_reference']:.1f}×" if "vs_reference" in r else ""
+        rc = f"{r['recall']:.3f}" if "recall" in r else ""
+        oc = f"{r['oracle']:.3f}" if "oracle" in r else ""
+        print(f"| {r['name'].strip():26s} | {r['top_k']!s:>5} | {r['ms']:9.3f} | {vd:>8s} | {vr:>12s} | {rc:>6s} | {oc:>6s} |")
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_arguments(p)
+    return run(p.parse_args(argv))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
