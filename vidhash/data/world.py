@@ -1,0 +1,298 @@
+"""A seeded procedural 2D world seen through a moving camera.
+
+    python -c "from vidhash.data.world import ProceduralWorld, RandomTrajectory; \
+w = ProceduralWorld(seed=0); a, p = RandomTrajectory(w.size, seed=0).take(480); print(w.render_many(p).shape)"
+
+The world is a torus of ``size × size`` pixels (1024² by default): terrain (water, sand, grass,
+forest, rock, snow from two band-limited noise fields) plus a few hundred distinct landmarks
+(shape × colour × size), so every place is recognisable. It is drawn once per seed with numpy;
+a frame is then a slice of a wrap-padded copy of that texture, which makes rendering cost a
+64×64×3 copy (tens of thousands of frames per second on one core).
+
+Poses are ``(x, y)`` world pixel coordinates of the view's centre, wrapped into ``[0, size)``.
+Actions move the camera by ``step`` pixels: ``ACTIONS = ("stay", "up", "down", "left", "right")``;
+``actions[t]`` is the action that brought the camera to frame ``t`` (``"stay"`` for the first).
+
+``RandomTrajectory`` wanders between waypoints and, with probability ``revisit``, walks back to
+one it reached earlier (seconds to minutes ago), so clips contain returns to known places. Its
+full state (numpy RNG included) is a small JSON-able dict of bounded size, so a generation run
+can carry it in a saved state and continue exactly.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import cv2
+import numpy as np
+
+ACTIONS: tuple[str, ...] = ("stay", "up", "down", "left", "right")
+# (dx, dy) per action; y grows downwards (image rows).
+ACTION_DELTAS = np.array([[0, 0], [0, -1], [0, 1], [-1, 0], [1, 0]], dtype=np.int64)
+# Index the model uses when a frame has no action (videos from folders, unconditional frames).
+NULL_ACTION = len(ACTIONS)
+
+
+def action_ids(actions: Sequence[str | int]) -> np.ndarray:
+    """Names or ids -> int64 ids; unknown names or out-of-range ids raise ValueError naming them."""
+    ids = []
+    for i, a in enumerate(actions):
+        if isinstance(a, str):
+            if a not in ACTIONS:
+                raise ValueError(f"unknown action {a!r} at position {i}; known actions: {', '.join(ACTIONS)}")
+            ids.append(ACTIONS.index(a))
+        elif isinstance(a, (int, np.integer)) and not isinstance(a, bool):
+            if not 0 <= int(a) < len(ACTIONS):
+                raise ValueError(f"action id {a} at position {i} is out of range 0..{len(ACTIONS) - 1}")
+            ids.append(int(a))
+        else:
+            raise ValueError(f"action at position {i} must be a name or an int, got {type(a).__name__}")
+    return np.asarray(ids, dtype=np.int64)
+
+
+def integrate_actions(actions: np.ndarray, start: Sequence[float], step: int, size: int) -> np.ndarray:
+    """Poses (T, 2) float64 reached by applying ``actions`` (T,) from ``start`` (the pose before frame 0)."""
+    deltas = ACTION_DELTAS[np.asarray(actions, dtype=np.int64)] * step
+    return np.mod(np.asarray(start, dtype=np.float64)[None] + np.cumsum(deltas, axis=0), size)
+
+
+# ----------------------------------------------------------------------------------- world
+
+_ELEV_STOPS = np.array([0.00, 0.30, 0.40, 0.44, 0.60, 0.75, 0.86, 1.00])
+_ELEV_RGB = np.array(
+    [  # deep water, shallow water, shallow, sand, grass, hills, rock, snow
+        [10, 30, 110], [30, 80, 170], [60, 130, 200], [215, 200, 140],
+        [90, 170, 70], [110, 140, 60], [120, 110, 100], [245, 245, 250],
+    ],
+    dtype=np.float64,
+)
+_FOREST_RGB = np.array([25, 95, 40], dtype=np.float64)
+_LANDMARK_RGB = np.array(
+    [
+        [230, 25, 75], [255, 225, 25], [0, 130, 200], [245, 130, 48], [145, 30, 180], [70, 240, 240],
+        [240, 50, 230], [250, 190, 212], [0, 0, 128], [128, 0, 0], [255, 255, 255], [0, 0, 0],
+    ],
+    dtype=np.uint8,
+)
+_SHAPES = ("disc", "square", "triangle", "cross", "ring", "diamond")
+
+
+def _noise_field(rng: np.random.Generator, size: int, beta: float, lowcut: float) -> np.ndarray:
+    """Periodic band-limited noise in [0, 1] (power spectrum ~ 1/f^beta, frequencies below lowcut removed)."""
+    white = rng.standard_normal((size, size))
+    f = np.fft.rfft2(white)
+    fy = np.fft.fftfreq(size)[:, None] * size
+    fx = np.fft.rfftfreq(size)[None, :] * size
+    freq = np.sqrt(fx**2 + fy**2)
+    amp = np.where(freq >= lowcut, 1.0 / np.maximum(freq, 1.0) ** (beta / 2), 0.0)
+    field = np.fft.irfft2(f * amp, s=(size, size))
+    lo, hi = np.percentile(field, [1, 99])
+    return np.clip((field - lo) / (hi - lo), 0.0, 1.0)
+
+
+class ProceduralWorld:
+    """A seeded toroidal world texture; ``render(pose)`` returns the (view, view, 3) uint8 frame centred on pose.
+
+    Args:
+        seed: world seed (terrain and landmarks are a function of it only).
+        size: side of the square world in pixels (poses wrap modulo ``size``).
+        view: side of the rendered frame in pixels.
+        num_landmarks: landmark count; default one per 48×48 pixels.
+    """
+
+    def __init__(self, seed: int = 0, size: int = 1024, view: int = 64, num_landmarks: int | None = None):
+        if size < 2 * view:
+            raise ValueError(f"world size {size} must be at least twice the view {view}")
+        self.seed, self.size, self.view = int(seed), int(size), int(view)
+        rng = np.random.default_rng([self.seed, 0x5EED])
+        # 1. terrain: elevation decides the band, moisture turns grass into forest
+        elev = _noise_field(rng, size, beta=3.0, lowcut=2.0)
+        moist = _noise_field(rng, size, beta=3.0, lowcut=2.0)
+        rgb = np.stack([np.interp(elev, _ELEV_STOPS, _ELEV_RGB[:, c]) for c in range(3)], axis=-1)
+        forest = ((elev > 0.46) & (elev < 0.74) & (moist > 0.55))[..., None]
+        rgb = np.where(forest, 0.35 * rgb + 0.65 * _FOREST_RGB, rgb)
+        rgb += rng.normal(0.0, 6.0, size=rgb.shape)  # fine grain, so flat regions still have texture
+        texture = np.clip(rgb, 0, 255).astype(np.uint8)
+        # 2. landmarks: distinct (shape, colour, size) drawn with a dark outline, wrapped at the seams
+        n = num_landmarks if num_landmarks is not None else (size * size) // (48 * 48)
+        self.landmarks = []
+        for _ in range(n):
+            x, y = rng.integers(0, size, size=2)
+            shape = _SHAPES[int(rng.integers(len(_SHAPES)))]
+            colour = _LANDMARK_RGB[int(rng.integers(len(_LANDMARK_RGB)))]
+            radius = int(rng.integers(3, 9))
+            self.landmarks.append((int(x), int(y), shape, tuple(int(c) for c in colour), radius))
+            for ox in (-size, 0, size):
+                for oy in (-size, 0, size):
+                    if -radius - 2 <= x + ox < size + radius + 2 and -radius - 2 <= y + oy < size + radius + 2:
+                        _draw(texture, int(x + ox), int(y + oy), shape, colour, radius)
+        self.texture = texture
+        # 3. wrap-pad by one view so any view is a plain slice
+        self._padded = np.pad(texture, ((0, view), (0, view), (0, 0)), mode="wrap")
+
+    def _corner(self, pose: Sequence[float]) -> tuple[int, int]:
+        x0 = int(math.floor(pose[0])) - self.view // 2
+        y0 = int(math.floor(pose[1])) - self.view // 2
+        return x0 % self.size, y0 % self.size
+
+    def render(self, pose: Sequence[float]) -> np.ndarray:
+        """Frame (view, view, 3) uint8 centred on ``pose`` = (x, y); a read-only view into the texture."""
+        x0, y0 = self._corner(pose)
+        return self._padded[y0 : y0 + self.view, x0 : x0 + self.view]
+
+    def render_many(self, poses: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """Frames (T, view, view, 3) uint8 for poses (T, 2)."""
+        poses = np.asarray(poses)
+        if out is None:
+            out = np.empty((len(poses), self.view, self.view, 3), dtype=np.uint8)
+        for t, pose in enumerate(poses):
+            out[t] = self.render(pose)
+        return out
+
+
+def _draw(img: np.ndarray, x: int, y: int, shape: str, colour: np.ndarray, r: int) -> None:
+    col = tuple(int(c) for c in colour)
+    dark = (20, 20, 20) if sum(col) > 200 else (235, 235, 235)
+    if shape == "disc":
+        cv2.circle(img, (x, y), r + 1, dark, -1)
+        cv2.circle(img, (x, y), r, col, -1)
+    elif shape == "ring":
+        cv2.circle(img, (x, y), r, dark, 3)
+        cv2.circle(img, (x, y), r, col, 1)
+    elif shape == "square":
+        cv2.rectangle(img, (x - r - 1, y - r - 1), (x + r + 1, y + r + 1), dark, -1)
+        cv2.rectangle(img, (x - r, y - r), (x + r, y + r), col, -1)
+    elif shape == "cross":
+        cv2.line(img, (x - r, y), (x + r, y), dark, 4)
+        cv2.line(img, (x, y - r), (x, y + r), dark, 4)
+        cv2.line(img, (x - r, y), (x + r, y), col, 2)
+        cv2.line(img, (x, y - r), (x, y + r), col, 2)
+    else:  # triangle, diamond
+        if shape == "triangle":
+            pts = np.array([[x, y - r], [x - r, y + r], [x + r, y + r]], dtype=np.int32)
+        else:
+            pts = np.array([[x, y - r], [x + r, y], [x, y + r], [x - r, y]], dtype=np.int32)
+        cv2.polylines(img, [pts], True, dark, 2)
+        cv2.fillPoly(img, [pts], col)
+
+
+# ------------------------------------------------------------------------------ trajectories
+
+
+class RandomTrajectory:
+    """Seeded wandering camera: walks to waypoints, pauses, and often returns to earlier waypoints.
+
+    Args:
+        size: world size (poses wrap modulo it).
+        step: pixels per move.
+        seed: trajectory seed.
+        start: pose before the first frame; random (on the step grid) when None.
+        reach: new waypoints lie within ± reach pixels of the current pose.
+        revisit: probability that the next waypoint is one reached before.
+        history: how many reached waypoints are remembered (bounds the state size).
+        max_pause: pauses at a waypoint last 0..max_pause frames.
+    """
+
+    def __init__(
+        self,
+        size: int = 1024,
+        step: int = 4,
+        seed: int = 0,
+        start: Sequence[float] | None = None,
+        reach: int = 192,
+        revisit: float = 0.5,
+        history: int = 32,
+        max_pause: int = 6,
+    ):
+        if step <= 0 or size % step:
+            raise ValueError(f"step {step} must be positive and divide the world size {size}")
+        self.size, self.step, self.reach, self.revisit = int(size), int(step), int(reach), float(revisit)
+        self.history_len, self.max_pause = int(history), int(max_pause)
+        self.rng = np.random.default_rng(seed)
+        if start is None:
+            start = self.rng.integers(0, size // step, size=2) * step
+        self.pos = [int(round(start[0])) % size, int(round(start[1])) % size]
+        self.target: list[int] | None = None
+        self.pause = 0
+        self.history: list[list[int]] = [list(self.pos)]
+
+    # -- state (small, JSON-able, bounded) ---------------------------------------------------
+    def state_dict(self) -> dict:
+        return {
+            "size": self.size, "step": self.step, "reach": self.reach, "revisit": self.revisit,
+            "history_len": self.history_len, "max_pause": self.max_pause,
+            "rng": self.rng.bit_generator.state, "pos": list(self.pos),
+            "target": None if self.target is None else list(self.target),
+            "pause": self.pause, "history": [list(h) for h in self.history],
+        }
+
+    @classmethod
+    def from_state_dict(cls, state: dict) -> RandomTrajectory:
+        traj = cls(state["size"], state["step"], seed=0, start=state["pos"], reach=state["reach"],
+                   revisit=state["revisit"], history=state["history_len"], max_pause=state["max_pause"])
+        traj.rng.bit_generator.state = state["rng"]
+        traj.target = None if state["target"] is None else list(state["target"])
+        traj.pause = int(state["pause"])
+        traj.history = [list(h) for h in state["history"]]
+        return traj
+
+    # -- stepping -----------------------------------------------------------------------------
+    def _delta(self, a: int, b: int) -> int:
+        """Shortest signed distance from a to b on the torus."""
+        return (b - a + self.size // 2) % self.size - self.size // 2
+
+    def _new_target(self) -> list[int]:
+        if len(self.history) > 1 and self.rng.random() < self.revisit:
+            return list(self.history[int(self.rng.integers(len(self.history) - 1))])  # not the last one
+        off = self.rng.integers(-self.reach // self.step, self.reach // self.step + 1, size=2) * self.step
+        return [int((self.pos[0] + off[0]) % self.size), int((self.pos[1] + off[1]) % self.size)]
+
+    def next_action(self) -> int:
+        """Advance one frame; return the action id taken."""
+        if self.pause > 0:
+            self.pause -= 1
+            return 0
+        if self.target is None:
+            self.target = self._new_target()
+        dx, dy = self._delta(self.pos[0], self.target[0]), self._delta(self.pos[1], self.target[1])
+        if dx == 0 and dy == 0:  # arrived: remember the place, pause a little
+            self.history.append(list(self.target))
+            self.history = self.history[-self.history_len :]
+            self.target = None
+            self.pause = int(self.rng.integers(0, self.max_pause + 1))
+            return 0
+        # mostly reduce the larger gap, sometimes the other one (paths that are not straight lines)
+        along_x = abs(dx) >= abs(dy)
+        if dx != 0 and dy != 0 and self.rng.random() < 0.3:
+            along_x = not along_x
+        if along_x:
+            action = 4 if dx > 0 else 3
+        else:
+            action = 2 if dy > 0 else 1
+        d = ACTION_DELTAS[action] * self.step
+        self.pos = [int((self.pos[0] + d[0]) % self.size), int((self.pos[1] + d[1]) % self.size)]
+        return action
+
+    def take(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """The next ``n`` frames: actions (n,) int64 and poses (n, 2) float64."""
+        actions = np.empty(n, dtype=np.int64)
+        poses = np.empty((n, 2), dtype=np.float64)
+        for t in range(n):
+            actions[t] = self.next_action()
+            poses[t] = self.pos
+        return actions, poses
+
+
+def revisits(poses: np.ndarray, min_gap: int, radius: float = 0.0, size: int | None = None) -> list[tuple[int, int]]:
+    """Pairs (earlier, later) with ``later - earlier >= min_gap`` whose poses lie within ``radius``
+    (torus distance when ``size`` is given); one pair per later frame (its latest such earlier frame)."""
+    poses = np.asarray(poses, dtype=np.float64)
+    pairs = []
+    for t in range(len(poses)):
+        d = np.abs(poses[: max(t - min_gap + 1, 0)] - poses[t])
+        if size is not None:
+            d = np.minimum(d, size - d)
+        hit = np.nonzero(np.max(d, axis=-1) <= radius)[0]
+        if len(hit):
+            pairs.append((int(hit[-1]), t))
+    return pairs
