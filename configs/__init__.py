@@ -1,0 +1,1 @@
+"""YAML presets (model sizes, generation); loaded by vidhash.config through importlib.resources."""

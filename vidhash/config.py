@@ -1,0 +1,197 @@
+"""Structured configs: dataclasses behind the YAML presets in ``configs/`` (shipped as ``vidhash.configs``).
+
+    python -c "from vidhash.config import generate_config; print(generate_config(['chunk_frames=2']))"
+
+OmegaConf builds every config from its dataclass, so an unknown key or a value of the wrong type
+is an error that names the key. Presets (``models.yaml``, ``generation.yaml``) hold one named
+entry per model size (``tiny``, ``small``, ``base``).
+
+* ``ModelConfig`` — the ``VidHashTransformer3DModel`` constructor arguments.
+* ``TemporalMemoryConfig`` — what temporal attention sees beyond the chunk: ``mode`` ``hashed``
+  (window + fixed-size ``HashedMemory``), ``window`` (window only) or ``full`` (every past frame,
+  dense; the growing baseline), and the memory's size and read width.
+* ``GenerationConfig`` — frame size, chunk and window lengths, steps, camera step, memory.
+* ``GenerateConfig`` — one ``vidhash generate`` run: model, length, output, seed, files, and
+  its ``generation`` settings. ``key=value`` overrides may name generation keys without the
+  ``generation.`` prefix (``chunk_frames=2``, ``memory.top_k=16``).
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass, field, fields
+from importlib.resources import files
+from pathlib import Path
+from typing import Any, Optional
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+PRESETS = ("tiny", "small", "base")
+MEMORY_MODES = ("hashed", "window", "full")
+
+
+@dataclass
+class ModelConfig:
+    """``VidHashTransformer3DModel`` arguments (see its docstring)."""
+
+    in_channels: int = 3
+    patch_size: int = 8
+    hidden_dim: int = 128
+    num_layers: int = 3
+    num_heads: int = 4
+    mlp_ratio: float = 2.0
+    num_actions: int = 5
+    pos_freqs: int = 8
+    pos_period: float = 1024.0
+    sample_size: int = 64
+    qk_norm: bool = True
+
+
+@dataclass
+class TemporalMemoryConfig:
+    mode: str = "hashed"
+    num_buckets: int = 64
+    slots: int = 16
+    n_bits: int = 32
+    policy: str = "fifo"
+    top_k: int = 32
+    seed: int = 0
+
+
+@dataclass
+class GenerationConfig:
+    height: int = 64
+    width: int = 64
+    chunk_frames: int = 4
+    window_frames: int = 8
+    num_inference_steps: int = 4
+    action_step: int = 4
+    memory: TemporalMemoryConfig = field(default_factory=TemporalMemoryConfig)
+
+
+@dataclass
+class GenerateConfig:
+    model: Optional[str] = None  # a saved pipeline folder, or random-tiny / random-small / random-base
+    seconds: float = 10.0
+    fps: int = 8
+    out: str = "clip.mp4"
+    seed: int = 0
+    actions: Optional[str] = None  # JSON file: ["up", "left", ...] or {"actions": [...]}
+    resume: Optional[str] = None
+    save_state: Optional[str] = None
+    device: str = "auto"
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
+
+
+# ------------------------------------------------------------------------------- loading
+
+
+def _config_error(err: Exception, what: str) -> ValueError:
+    key = getattr(err, "full_key", None) or getattr(err, "key", None)
+    msg = str(err).splitlines()[0]
+    return ValueError(f"{what}: bad key {key!r}: {msg}" if key else f"{what}: {msg}")
+
+
+def _preset_file(name: str) -> dict:
+    text = files("vidhash.configs").joinpath(name).read_text()
+    return OmegaConf.to_container(OmegaConf.create(text), resolve=True)
+
+
+def _structured(cls: type, data: Any, what: str) -> Any:
+    try:
+        cfg = OmegaConf.merge(OmegaConf.structured(cls), data)
+        return OmegaConf.to_object(cfg)
+    except OmegaConfBaseException as err:
+        raise _config_error(err, what) from None
+
+
+def model_config(preset: str = "tiny") -> ModelConfig:
+    """The model size ``preset`` from ``configs/models.yaml``."""
+    presets = _preset_file("models.yaml")
+    if preset not in presets:
+        raise ValueError(f"unknown model preset {preset!r}; known: {', '.join(presets)}")
+    return _structured(ModelConfig, presets[preset], f"models.yaml:{preset}")
+
+
+def generation_config(preset: str = "tiny", overrides: list[str] | None = None) -> GenerationConfig:
+    """The generation preset for model size ``preset`` from ``configs/generation.yaml``, with overrides."""
+    presets = _preset_file("generation.yaml")
+    if preset not in presets:
+        raise ValueError(f"unknown generation preset {preset!r}; known: {', '.join(presets)}")
+    cfg = _structured(GenerationConfig, presets[preset], f"generation.yaml:{preset}")
+    cfg = apply_overrides(cfg, overrides or [])
+    check_generation(cfg)
+    return cfg
+
+
+def apply_overrides(cfg: Any, overrides: list[str], prefix_for: dict[str, str] | None = None) -> Any:
+    """Apply ``key=value`` strings to a dataclass instance; unknown keys and wrong types raise
+    ValueError naming the key. ``prefix_for`` maps a top-level name to the prefix it lives under."""
+    dotlist = []
+    for item in overrides:
+        if "=" not in item:
+            raise ValueError(f"override {item!r} is not key=value")
+        key, value = item.split("=", 1)
+        first = key.split(".", 1)[0]
+        if prefix_for and first in prefix_for:
+            key = f"{prefix_for[first]}.{key}"
+        dotlist.append(f"{key}={value}")
+    base = OmegaConf.structured(cfg)
+    try:
+        merged = OmegaConf.merge(base, OmegaConf.from_dotlist(dotlist))
+        return OmegaConf.to_object(merged)
+    except OmegaConfBaseException as err:
+        raise _config_error(err, "override") from None
+
+
+def check_generation(cfg: GenerationConfig) -> None:
+    """Values a type check cannot catch; ValueError naming the key."""
+    for key in ("height", "width", "chunk_frames", "window_frames", "num_inference_steps", "action_step"):
+        if getattr(cfg, key) <= 0:
+            raise ValueError(f"{key} must be positive, got {getattr(cfg, key)}")
+    m = cfg.memory
+    if m.mode not in MEMORY_MODES:
+        raise ValueError(f"memory.mode must be one of {', '.join(MEMORY_MODES)}, got {m.mode!r}")
+    for key in ("num_buckets", "slots", "n_bits", "top_k"):
+        if getattr(m, key) <= 0:
+            raise ValueError(f"memory.{key} must be positive, got {getattr(m, key)}")
+    if m.mode != "full" and cfg.chunk_frames > cfg.window_frames:
+        raise ValueError(f"chunk_frames ({cfg.chunk_frames}) is larger than window_frames ({cfg.window_frames})")
+
+
+_GENERATION_KEYS = {f.name: "generation" for f in fields(GenerationConfig)}
+
+
+def generate_config(overrides: list[str] | None = None, preset: str = "tiny", **values: Any) -> GenerateConfig:
+    """A ``vidhash generate`` run: generation preset, then ``values`` (flags), then ``key=value`` overrides."""
+    data = {"generation": OmegaConf.structured(generation_config(preset))}
+    data.update({key: value for key, value in values.items() if value is not None})
+    cfg = _structured(GenerateConfig, data, "run settings")  # type-checks the flags
+    cfg = apply_overrides(cfg, overrides or [], prefix_for=_GENERATION_KEYS)
+    check_generation(cfg.generation)
+    return cfg
+
+
+def to_yaml(cfg: Any) -> str:
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg) if not isinstance(cfg, DictConfig) else cfg)
+
+
+def save_config(cfg: Any, path: str | os.PathLike) -> Path:
+    """Write ``cfg`` as YAML atomically (temp file in the same folder, then rename)."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(to_yaml(cfg))
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def load_config(cls: type, path: str | os.PathLike) -> Any:
+    """Read YAML into dataclass ``cls`` (unknown keys and wrong types raise ValueError naming the key)."""
+    return _structured(cls, OmegaConf.load(str(path)), str(path))
