@@ -1,0 +1,342 @@
+"""``VidHashPipeline``: long clips chunk by chunk against a fixed-size hashed memory.
+
+    python -c "from vidhash.pipelines import VidHashPipeline; pipe = VidHashPipeline.random('tiny'); \
+print(pipe(num_frames=16, generator=__import__('torch').Generator().manual_seed(0)).frames.shape)"
+
+For each chunk of ``chunk_frames`` frames:
+
+1. draw the chunk's noise from the state's generator;
+2. denoise it with ``FlowMatchEulerDiscreteScheduler`` — the transformer sees the chunk (noisy,
+   one timestep for all its frames) and, per layer, the window cache (clean K/V of the last
+   ``window_frames`` frames, exact) merged with a ``HashedMemory`` read for everything older;
+3. run one clean commit pass (t = 0) to get the chunk's K/V; push them into the window cache;
+   frames leaving the window are written to the memory;
+4. yield the frames.
+
+Memory and window sizes come from the config, never from the clip length, so ``pipe.stream``
+runs any length at constant memory; ``pipe(...)`` collects the chunks. Everything that
+continues a clip — window, memories, RNG, frame counter, pose, trajectory — is a
+``VidHashState``: ``pipe(..., state=state)`` picks up where it stopped (N frames, save, load,
+N more == 2N frames straight, bitwise on CPU, when N is a multiple of ``chunk_frames``).
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict
+from typing import Any
+
+import numpy as np
+import torch
+from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
+from diffusers.pipelines.pipeline_utils import DiffusionPipeline
+from diffusers.schedulers import FlowMatchEulerDiscreteScheduler
+from diffusers.utils.torch_utils import randn_tensor
+
+from vidhash.config import GenerationConfig, TemporalMemoryConfig, check_generation, generation_config
+from vidhash.data.world import NULL_ACTION, RandomTrajectory, action_ids, integrate_actions
+from vidhash.models.transformer_vidhash import VidHashTransformer3DModel, random_model
+
+from .pipeline_output import VidHashPipelineOutput
+from .state import VidHashState, state_config
+
+OUTPUT_TYPES = ("np", "pt", "pil")
+
+
+class VidHashPipeline(DiffusionPipeline):
+    r"""Chunked long-video generation with a hashed temporal memory.
+
+    Components:
+        transformer: ``VidHashTransformer3DModel``.
+        scheduler: ``FlowMatchEulerDiscreteScheduler``.
+    """
+
+    model_cpu_offload_seq = "transformer"
+    _callback_tensor_inputs = ["latents"]
+
+    def __init__(self, transformer: VidHashTransformer3DModel, scheduler: FlowMatchEulerDiscreteScheduler):
+        super().__init__()
+        self.register_modules(transformer=transformer, scheduler=scheduler)
+
+    @classmethod
+    def random(cls, preset: str = "tiny", seed: int = 0) -> VidHashPipeline:
+        """An untrained pipeline of model size ``preset`` with seeded random weights (smoke tests, benchmarks)."""
+        return cls(random_model(preset, seed=seed), FlowMatchEulerDiscreteScheduler())
+
+    # ------------------------------------------------------------------ properties for callbacks
+    @property
+    def interrupt(self) -> bool:
+        return self._interrupt
+
+    @property
+    def chunk_index(self) -> int:
+        """Chunk being denoised (0-based, within this call)."""
+        return self._chunk_index
+
+    @property
+    def num_timesteps(self) -> int:
+        return self._num_timesteps
+
+    # ------------------------------------------------------------------ state
+    def init_state(
+        self, height: int | None = None, width: int | None = None, window_frames: int = 8,
+        memory: TemporalMemoryConfig | dict | None = None, generator: torch.Generator | None = None,
+    ) -> VidHashState:
+        """A fresh state for this transformer (empty window and memories)."""
+        cfg = self.transformer.config
+        height = height or cfg.sample_size
+        width = width or cfg.sample_size
+        self.transformer.tokens_per_frame(height, width)
+        memory = _memory_config(memory)
+        config = state_config(cfg, height, width, window_frames, memory, 1, self.transformer.dtype)
+        state = VidHashState(config, generator=_cpu_generator(generator), device=self.transformer.device)
+        state.top_k = memory.top_k
+        return state
+
+    # ------------------------------------------------------------------ checks
+    def check_inputs(self, num_frames, height, width, fps, actions, poses, chunk_frames, window_frames, memory,
+                     num_inference_steps, output_type, state, callback_on_step_end_tensor_inputs):
+        """Every argument that can be checked before work starts; ValueError naming the problem."""
+        if not isinstance(num_frames, (int, np.integer)) or isinstance(num_frames, bool) or num_frames <= 0:
+            raise ValueError(f"num_frames must be a positive int, got {num_frames!r}")
+        self.transformer.tokens_per_frame(height, width)
+        if fps is not None and fps <= 0:
+            raise ValueError(f"fps must be positive, got {fps}")
+        gen = GenerationConfig(height=height, width=width, chunk_frames=chunk_frames, window_frames=window_frames,
+                               num_inference_steps=num_inference_steps, memory=memory)
+        check_generation(gen)
+        if output_type not in OUTPUT_TYPES:
+            raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
+        ids = None
+        if actions is not None:
+            ids = action_ids(actions)
+            if len(ids) != num_frames:
+                raise ValueError(f"got {len(ids)} actions for {num_frames} frames")
+        if poses is not None:
+            poses = np.asarray(poses, dtype=np.float64)
+            if poses.shape != (num_frames, 2):
+                raise ValueError(f"poses must have shape (num_frames, 2) = ({num_frames}, 2), got {poses.shape}")
+            if not np.isfinite(poses).all():
+                raise ValueError("poses contain NaN or infinity")
+        if state is not None:
+            want = state_config(self.transformer.config, height, width, window_frames, memory, 1, self.transformer.dtype)
+            if want != state.config:
+                diff = _config_diff(state.config, want)
+                raise ValueError(f"the state was made for another model or generation config ({diff})")
+        bad = [k for k in callback_on_step_end_tensor_inputs or [] if k not in self._callback_tensor_inputs]
+        if bad:
+            raise ValueError(f"callback_on_step_end_tensor_inputs {bad} not in {self._callback_tensor_inputs}")
+        return ids, poses
+
+    # ------------------------------------------------------------------ generation
+    @torch.no_grad()
+    def stream(
+        self,
+        num_frames: int = 16,
+        height: int | None = None,
+        width: int | None = None,
+        fps: int | None = 8,
+        actions: Sequence[str | int] | None = None,
+        poses: np.ndarray | Sequence[Sequence[float]] | None = None,
+        trajectory_seed: int | None = None,
+        chunk_frames: int = 4,
+        window_frames: int | None = None,
+        memory: TemporalMemoryConfig | dict | None = None,
+        num_inference_steps: int = 4,
+        action_step: int = 4,
+        generator: torch.Generator | None = None,
+        output_type: str = "np",
+        callback_on_step_end: Callable | PipelineCallback | MultiPipelineCallbacks | None = None,
+        callback_on_step_end_tensor_inputs: list[str] = ("latents",),
+        state: VidHashState | None = None,
+    ) -> Iterator[VidHashPipelineOutput]:
+        r"""Generate ``num_frames`` frames, yielding a ``VidHashPipelineOutput`` per finished chunk.
+
+        Args:
+            num_frames: frames to generate in this call (> 0).
+            height, width: frame size (multiples of the patch size); default ``sample_size``.
+            fps: frames per second of the clip (recorded only).
+            actions: one action (name or id, see ``vidhash.data.ACTIONS``) per frame; the camera
+                pose follows them by ``action_step`` pixels per move.
+            poses: one world (x, y) per frame (the camera path itself).
+            trajectory_seed: with neither actions nor poses, a seeded random trajectory (that
+                wanders and returns) is used; its seed is this or drawn from the generator. A
+                state continues its own trajectory.
+            chunk_frames: frames denoised together (≤ window_frames unless memory mode is full).
+            window_frames: recent frames attended exactly; with a state, the state's.
+            memory: ``TemporalMemoryConfig`` (or dict): mode ``hashed`` / ``window`` / ``full``,
+                size, read width ``top_k``; with a state, the state's (``top_k`` may differ).
+            num_inference_steps: flow-matching Euler steps per chunk.
+            generator: CPU ``torch.Generator`` for all noise (carried in the state); with a
+                state, replaces the state's generator.
+            output_type: ``"np"``, ``"pt"`` or ``"pil"``.
+            callback_on_step_end: ``fn(pipe, step, timestep, callback_kwargs) -> dict`` after each
+                denoising step (``pipe.chunk_index`` says which chunk); setting
+                ``pipe._interrupt = True`` stops generation: the current chunk is dropped and the
+                state stays at the last finished chunk.
+            callback_on_step_end_tensor_inputs: tensors passed in ``callback_kwargs``.
+            state: a ``VidHashState`` to continue (updated in place); None starts a new clip.
+        """
+        # 1. defaults and checks (all before any work)
+        cfg = self.transformer.config
+        if state is not None:
+            height = height or state.config["height"]
+            width = width or state.config["width"]
+            window_frames = window_frames or state.config["window_frames"]
+            if memory is None:
+                memory = TemporalMemoryConfig(**state.config["memory"], top_k=state.top_k)
+        height, width = height or cfg.sample_size, width or cfg.sample_size
+        window_frames = window_frames or generation_config("tiny").window_frames
+        memory = _memory_config(memory)
+        if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
+            callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
+        ids, poses = self.check_inputs(num_frames, height, width, fps, actions, poses, chunk_frames, window_frames,
+                                       memory, num_inference_steps, output_type, state,
+                                       callback_on_step_end_tensor_inputs)
+        if state is None:
+            state = self.init_state(height, width, window_frames, memory, generator)
+        elif generator is not None:
+            state.generator = _cpu_generator(generator)
+        device, dtype = self.transformer.device, self.transformer.dtype
+        if state.device != device:
+            state.to(device)
+        period, n_act = int(cfg.pos_period), cfg.num_actions
+        self._interrupt, self._chunk_index = False, 0
+
+        # 2. chunks
+        num_chunks = -(-num_frames // chunk_frames)
+        with self.progress_bar(total=num_chunks) as bar:
+            for chunk in range(num_chunks):
+                self._chunk_index = chunk
+                start = chunk * chunk_frames
+                c = min(chunk_frames, num_frames - start)
+                # 2a. camera path of this chunk (committed to the state only when the chunk is)
+                trajectory = None
+                if ids is not None:
+                    chunk_ids = ids[start : start + c]
+                    chunk_poses = (poses[start : start + c] if poses is not None
+                                   else integrate_actions(chunk_ids, state.pose, action_step, period))
+                elif poses is not None:
+                    chunk_ids = np.full(c, NULL_ACTION, dtype=np.int64)
+                    chunk_poses = poses[start : start + c]
+                else:
+                    trajectory = self._trajectory(state, trajectory_seed, action_step, period)
+                    chunk_ids, chunk_poses = trajectory.take(c)
+                act = torch.as_tensor(chunk_ids, device=device).unsqueeze(0).clamp(max=n_act)
+                pos = torch.as_tensor(chunk_poses, device=device, dtype=torch.float32).unsqueeze(0)
+                # 2b. denoise the chunk against window + memory
+                latents = randn_tensor((1, c, cfg.in_channels, height, width), generator=state.generator,
+                                       device=torch.device("cpu"), dtype=torch.float32).to(device, dtype)
+                self.scheduler.set_timesteps(num_inference_steps, device=device)
+                timesteps = self.scheduler.timesteps
+                self._num_timesteps = len(timesteps)
+                context = state.context(memory.top_k)
+                for i, t in enumerate(timesteps):
+                    if self.interrupt:
+                        break
+                    velocity = self.transformer(latents, t.expand(1, c).to(dtype), act, pos, context=context).sample
+                    latents = self.scheduler.step(velocity, t, latents, generator=state.generator,
+                                                  return_dict=False)[0]
+                    if callback_on_step_end is not None:
+                        kwargs = {k: locals()[k] for k in callback_on_step_end_tensor_inputs}
+                        outputs = callback_on_step_end(self, i, t, kwargs) or {}
+                        latents = outputs.pop("latents", latents)
+                if self.interrupt:
+                    return
+                # 2c. commit pass on the clean chunk (t = 0): its K/V enter the window, old frames the memory
+                zero = torch.zeros(1, c, device=device, dtype=dtype)
+                kv = self.transformer(latents, zero, act, pos, context=context, return_kv=True).kv
+                state.push(kv, state.frame_index)
+                state.top_k = memory.top_k
+                state.frame_index += c
+                state.pose = [float(chunk_poses[-1][0]), float(chunk_poses[-1][1])]
+                if trajectory is not None:
+                    state.trajectory = trajectory.state_dict()
+                bar.update()
+                yield VidHashPipelineOutput(
+                    frames=self._postprocess(latents, output_type), state=state, poses=np.asarray(chunk_poses),
+                    actions=np.asarray(chunk_ids), frame_start=state.frame_index - c,
+                )
+        self.maybe_free_model_hooks()
+
+    def __call__(self, num_frames: int = 16, *args, return_dict: bool = True, **kwargs):
+        r"""Generate ``num_frames`` frames and return them all (see :meth:`stream` for the arguments).
+
+        Returns ``VidHashPipelineOutput(frames, state, poses, actions)``, or ``(frames, state)``
+        with ``return_dict=False``. A callback that stops generation returns the frames of the
+        chunks finished so far (possibly none).
+        """
+        output_type = kwargs.get("output_type", "np")
+        chunks = list(self.stream(num_frames, *args, **kwargs))
+        state = chunks[-1].state if chunks else kwargs.get("state")
+        if output_type == "np":
+            frames = np.concatenate([c.frames for c in chunks], axis=1) if chunks else None
+        elif output_type == "pt":
+            frames = torch.cat([c.frames for c in chunks], dim=1) if chunks else None
+        else:
+            frames = [sum((c.frames[0] for c in chunks), [])]
+        poses = np.concatenate([c.poses for c in chunks]) if chunks else np.zeros((0, 2))
+        actions = np.concatenate([c.actions for c in chunks]) if chunks else np.zeros((0,), np.int64)
+        start = chunks[0].frame_start if chunks else (state.frame_index if state is not None else 0)
+        if not return_dict:
+            return frames, state
+        return VidHashPipelineOutput(frames=frames, state=state, poses=poses, actions=actions, frame_start=start)
+
+    # ------------------------------------------------------------------ helpers
+    @staticmethod
+    def _trajectory(state: VidHashState, seed: int | None, step: int, period: int) -> RandomTrajectory:
+        if state.trajectory is not None:
+            return RandomTrajectory.from_state_dict(state.trajectory)
+        if seed is None:
+            seed = int(torch.randint(0, 2**62, (1,), generator=state.generator))
+        start = state.pose if state.frame_index > 0 else None
+        return RandomTrajectory(period, step, seed=seed, start=start)
+
+    @staticmethod
+    def _postprocess(latents: torch.Tensor, output_type: str):
+        video = (latents.float() / 2 + 0.5).clamp(0, 1)  # (b, f, c, h, w)
+        if output_type == "pt":
+            return video.cpu()
+        array = video.permute(0, 1, 3, 4, 2).cpu().numpy()
+        if output_type == "np":
+            return array
+        from PIL import Image
+
+        return [[Image.fromarray((f * 255).round().astype(np.uint8)) for f in clip] for clip in array]
+
+
+def _memory_config(memory: TemporalMemoryConfig | dict | None) -> TemporalMemoryConfig:
+    if memory is None:
+        return generation_config("tiny").memory
+    if isinstance(memory, TemporalMemoryConfig):
+        return memory
+    if isinstance(memory, dict):
+        unknown = set(memory) - set(asdict(TemporalMemoryConfig()))
+        if unknown:
+            raise ValueError(f"unknown memory config keys: {sorted(unknown)}")
+        return TemporalMemoryConfig(**{**asdict(generation_config("tiny").memory), **memory})
+    raise ValueError(f"memory must be a TemporalMemoryConfig or dict, got {type(memory).__name__}")
+
+
+def _cpu_generator(generator: torch.Generator | None) -> torch.Generator:
+    """A CPU generator carrying ``generator``'s stream (copied for CPU, seeded from it otherwise)."""
+    out = torch.Generator()
+    if generator is None:
+        out.seed()
+    elif generator.device.type == "cpu":
+        out.set_state(generator.get_state())
+    else:
+        out.manual_seed(int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device)))
+    return out
+
+
+def _config_diff(have: dict, want: dict, prefix: str = "") -> str:
+    diffs = []
+    for key in sorted(set(have) | set(want)):
+        a, b = have.get(key), want.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            inner = _config_diff(a, b, f"{prefix}{key}.")
+            if inner:
+                diffs.append(inner)
+        elif a != b:
+            diffs.append(f"{prefix}{key}: state {a!r}, here {b!r}")
+    return "; ".join(diffs)

@@ -1,0 +1,263 @@
+"""``VidHashState``: everything generation needs to continue a clip, in fixed-size buffers.
+
+    python -c "from vidhash.pipelines import VidHashState; print(VidHashState.load('state.pt'))"
+
+Letters: l layers, b batch, h heads, w window frames, n tokens per frame, e head_dim.
+
+* the window cache: temporal K/V of the last ``window_frames`` frames, per layer
+  ``(l, b, h, w, n, e)``, preallocated;
+* one ``HashedMemory`` per layer (``mode="hashed"``), which receives frames leaving the window;
+* the random generator (one CPU ``torch.Generator``: all noise comes from it, so a saved and
+  reloaded state continues exactly as a straight run would);
+* frame counter, camera pose, random-trajectory state, and a fingerprint of the configuration
+  (model, frame size, window, memory) that a pipeline checks before using the state.
+
+``nbytes`` is fixed by the configuration (modes ``hashed`` and ``window``); mode ``full`` keeps
+every frame's K/V (the dense baseline) and grows.
+
+Files are safetensors (tensors + JSON metadata, no pickle), written atomically (temp file in the
+same folder, fsync, rename). Loading a truncated or foreign file raises ValueError saying so.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from vidhash.config import MEMORY_MODES, TemporalMemoryConfig
+from vidhash.memory import HashedMemory
+from vidhash.models.transformer_vidhash import TemporalContext
+
+FORMAT = "vidhash-state/1"
+# Model config keys that shape or change the K/V a state holds.
+MODEL_KEYS = ("in_channels", "patch_size", "hidden_dim", "num_layers", "num_heads", "mlp_ratio", "num_actions",
+              "pos_freqs", "pos_period", "qk_norm")
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
+
+
+def state_config(model_config: Any, height: int, width: int, window_frames: int,
+                 memory: TemporalMemoryConfig, batch_size: int = 1, dtype: torch.dtype = torch.float32) -> dict:
+    """The JSON-able configuration a state is built from (and fingerprinted by)."""
+    mem = asdict(memory)
+    mem.pop("top_k")  # a read setting: may change between runs without touching the state
+    return {
+        "model": {k: (float(model_config[k]) if isinstance(model_config[k], float) else model_config[k])
+                  for k in MODEL_KEYS},
+        "height": int(height), "width": int(width), "window_frames": int(window_frames),
+        "memory": mem, "batch_size": int(batch_size), "dtype": str(dtype).removeprefix("torch."),
+    }
+
+
+def fingerprint(config: dict) -> str:
+    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
+
+
+class VidHashState:
+    """Window cache + hashed memories + RNG + counters of one generation run (see module docstring).
+
+    Build one with ``VidHashPipeline.init_state(...)`` (or let the pipeline make it), save it with
+    ``state.save(path)``, continue with ``pipe(..., state=VidHashState.load(path))``.
+    """
+
+    def __init__(self, config: dict, generator: torch.Generator | None = None, device: torch.device | str = "cpu"):
+        self.config = config
+        self.fingerprint = fingerprint(config)
+        m, mem = config["model"], config["memory"]
+        if mem["mode"] not in MEMORY_MODES:
+            raise ValueError(f"memory mode must be one of {MEMORY_MODES}, got {mem['mode']!r}")
+        self.num_layers, self.heads = m["num_layers"], m["num_heads"]
+        self.head_dim = m["hidden_dim"] // m["num_heads"]
+        p = m["patch_size"]
+        self.tokens_per_frame = (config["height"] // p) * (config["width"] // p)
+        self.window_frames, self.mode = config["window_frames"], mem["mode"]
+        self.batch_size, self.dtype = config["batch_size"], _DTYPES[config["dtype"]]
+        device = torch.device(device)
+        # 1. window cache (preallocated; mode "full" grows it instead)
+        frames = 0 if self.mode == "full" else self.window_frames
+        shape = (self.num_layers, self.batch_size, self.heads, frames, self.tokens_per_frame, self.head_dim)
+        self.window_k = torch.zeros(shape, dtype=self.dtype, device=device)
+        self.window_v = torch.zeros(shape, dtype=self.dtype, device=device)
+        self.window_index = torch.full((frames,), -1, dtype=torch.int64, device=device)
+        self.window_filled = 0
+        # 2. memories
+        self.memories: list[HashedMemory] = []
+        if self.mode == "hashed":
+            self.memories = [
+                HashedMemory(mem["num_buckets"], mem["slots"], self.heads, self.head_dim, n_bits=mem["n_bits"],
+                             policy=mem["policy"], batch_size=self.batch_size, seed=mem["seed"] + layer,
+                             dtype=self.dtype, device=device)
+                for layer in range(self.num_layers)
+            ]
+        # 3. RNG and counters
+        self.generator = generator if generator is not None else torch.Generator().manual_seed(0)
+        if self.generator.device.type != "cpu":
+            raise ValueError("the state's generator must be a CPU torch.Generator (noise is drawn on the CPU)")
+        self.frame_index = 0
+        self.pose = [0.0, 0.0]
+        self.trajectory: dict | None = None
+        self.top_k = 0  # memory read width last used (a read setting, not part of the fingerprint)
+
+    # ------------------------------------------------------------------ size
+    @property
+    def device(self) -> torch.device:
+        return self.window_k.device
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held: window cache, memories, RNG state (fixed by the config except in mode ``full``)."""
+        n = sum(t.numel() * t.element_size() for t in (self.window_k, self.window_v, self.window_index))
+        n += sum(mem.nbytes for mem in self.memories)
+        return n + self.generator.get_state().numel()
+
+    def to(self, device: torch.device | str) -> VidHashState:
+        device = torch.device(device)
+        self.window_k, self.window_v = self.window_k.to(device), self.window_v.to(device)
+        self.window_index = self.window_index.to(device)
+        for mem in self.memories:
+            mem.to(device)
+        return self
+
+    # ------------------------------------------------------------------ attention context
+    def context(self, top_k: int) -> list[TemporalContext]:
+        """Per layer: window K/V (exact) and the memory to read with ``top_k`` keys per query."""
+        f = self.window_filled
+        out = []
+        for layer in range(self.num_layers):
+            k = v = None
+            if f:
+                k = self.window_k[layer, :, :, :f].reshape(self.batch_size, self.heads, f * self.tokens_per_frame, -1)
+                v = self.window_v[layer, :, :, :f].reshape(self.batch_size, self.heads, f * self.tokens_per_frame, -1)
+            mem = self.memories[layer] if self.memories else None
+            out.append(TemporalContext(k=k, v=v, memory=mem, top_k=top_k if mem is not None else 0))
+        return out
+
+    @torch.no_grad()
+    def push(self, kv: list[tuple[torch.Tensor, torch.Tensor]], first_frame: int) -> None:
+        """Add a chunk's clean K/V (per layer ``(b, h, frames·n, e)``) to the window; frames that
+        leave the window go to the memory (mode ``hashed``) or are dropped (mode ``window``)."""
+        n = self.tokens_per_frame
+        k_new = torch.stack([k for k, _ in kv]).unflatten(3, (-1, n)).to(self.dtype)  # (l, b, h, c, n, e)
+        v_new = torch.stack([v for _, v in kv]).unflatten(3, (-1, n)).to(self.dtype)
+        c = k_new.shape[3]
+        idx_new = torch.arange(first_frame, first_frame + c, device=self.device)
+        f = self.window_filled
+        if self.mode == "full":
+            self.window_k = torch.cat([self.window_k, k_new], dim=3)
+            self.window_v = torch.cat([self.window_v, v_new], dim=3)
+            self.window_index = torch.cat([self.window_index, idx_new])
+            self.window_filled += c
+            return
+        if c > self.window_frames:
+            raise ValueError(f"a chunk of {c} frames does not fit a window of {self.window_frames}")
+        if f + c <= self.window_frames:
+            self.window_k[:, :, :, f : f + c] = k_new
+            self.window_v[:, :, :, f : f + c] = v_new
+            self.window_index[f : f + c] = idx_new
+            self.window_filled = f + c
+            return
+        evict = f + c - self.window_frames
+        old_k, old_v = self.window_k[:, :, :, :evict].clone(), self.window_v[:, :, :, :evict].clone()
+        old_idx = self.window_index[:evict].clone()
+        keep = f - evict
+        self.window_k[:, :, :, :keep] = self.window_k[:, :, :, evict:f].clone()
+        self.window_v[:, :, :, :keep] = self.window_v[:, :, :, evict:f].clone()
+        self.window_index[:keep] = self.window_index[evict:f].clone()
+        self.window_k[:, :, :, keep:] = k_new
+        self.window_v[:, :, :, keep:] = v_new
+        self.window_index[keep:] = idx_new
+        self.window_filled = self.window_frames
+        if self.memories:
+            token_frames = old_idx.repeat_interleave(n)
+            for layer, mem in enumerate(self.memories):
+                mem.write(old_k[layer].flatten(2, 3), old_v[layer].flatten(2, 3), token_frames)
+
+    # ------------------------------------------------------------------ save / load
+    def _meta(self) -> dict:
+        return {
+            "format": FORMAT, "fingerprint": self.fingerprint, "config": self.config,
+            "frame_index": self.frame_index, "window_filled": self.window_filled,
+            "pose": [float(x) for x in self.pose], "trajectory": self.trajectory,
+            "top_k": self.top_k,
+        }
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the state atomically (temp file + rename); returns the path."""
+        path = Path(path)
+        tensors = {
+            "window.k": self.window_k, "window.v": self.window_v, "window.index": self.window_index,
+            "rng": self.generator.get_state(),
+        }
+        for layer, mem in enumerate(self.memories):
+            for name, t in mem.state_dict().items():
+                if torch.is_tensor(t):
+                    tensors[f"memory.{layer}.{name}"] = t
+        tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+        parent = path.parent if str(path.parent) else Path(".")
+        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=parent)
+        os.close(fd)
+        try:
+            save_file(tensors, tmp, metadata={"vidhash": json.dumps(self._meta())})
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, device: torch.device | str = "cpu") -> VidHashState:
+        """Read a state written by :meth:`save`. Raises FileNotFoundError for a missing file and
+        ValueError for a truncated, corrupt or foreign one."""
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"state file {path} does not exist")
+        try:
+            with safe_open(str(path), framework="pt", device="cpu") as f:
+                raw = (f.metadata() or {}).get("vidhash")
+                tensors = {k: f.get_tensor(k) for k in f.keys()}
+        except Exception as err:  # safetensors raises its own error types for bad headers and short files
+            raise ValueError(f"state file {path} is truncated or not a safetensors file ({err})") from None
+        try:
+            meta = json.loads(raw)
+        except (TypeError, json.JSONDecodeError):
+            raise ValueError(f"state file {path} has no vidhash metadata (not a VidHashState file)") from None
+        if meta.get("format") != FORMAT:
+            raise ValueError(f"state file {path} has format {meta.get('format')!r}, expected {FORMAT!r}")
+        if fingerprint(meta["config"]) != meta["fingerprint"]:
+            raise ValueError(f"state file {path}: metadata does not match its fingerprint (corrupt)")
+        generator = torch.Generator()
+        generator.set_state(tensors["rng"])
+        state = cls(meta["config"], generator=generator, device="cpu")
+        expected = {"window.k": state.window_k.shape, "window.v": state.window_v.shape}
+        if state.mode == "full":
+            expected = {k: (*s[:3], meta["window_filled"], *s[4:]) for k, s in expected.items()}
+        for key, shape in expected.items():
+            if tuple(tensors[key].shape) != tuple(shape):
+                raise ValueError(f"state file {path}: {key} has shape {tuple(tensors[key].shape)}, expected {tuple(shape)}")
+        state.window_k, state.window_v = tensors["window.k"].to(state.dtype), tensors["window.v"].to(state.dtype)
+        state.window_index = tensors["window.index"]
+        for layer, mem in enumerate(state.memories):
+            prefix = f"memory.{layer}."
+            sd = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+            sd.update({k: v for k, v in mem.state_dict().items() if not torch.is_tensor(v)})  # extra state
+            mem.load_state_dict(sd)
+        state.window_filled = int(meta["window_filled"])
+        state.frame_index = int(meta["frame_index"])
+        state.pose = list(meta["pose"])
+        state.trajectory = meta["trajectory"]
+        state.top_k = int(meta.get("top_k", 0))
+        return state.to(device)
+
+    def __repr__(self) -> str:
+        return (f"VidHashState(frames={self.frame_index}, mode={self.mode!r}, window={self.window_filled}/"
+                f"{self.window_frames}, layers={self.num_layers}, nbytes={self.nbytes}, fingerprint={self.fingerprint})")

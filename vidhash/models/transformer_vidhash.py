@@ -1,0 +1,358 @@
+"""``VidHashTransformer3DModel``: a pixel-space video DiT whose temporal attention is exact over
+recent frames and reads a fixed-size ``HashedMemory`` for everything older.
+
+    python -c "from vidhash.models import VidHashTransformer3DModel; m = VidHashTransformer3DModel(); print(m.num_parameters())"
+
+Letters: b batch, f frames, n tokens per frame, d hidden dim, h heads, e head dim,
+y x patch rows and columns, p q pixels inside a patch, c channels, m context tokens.
+
+Each block: spatial attention (dense within a frame) → temporal attention (the chunk's tokens
+attend exactly to every token of the context frames and of the chunk, merged by log-sum-exp
+with a ``HashedMemory`` read for everything older) → MLP; each sub-layer is modulated by
+adaLN-Zero on a per-frame condition = diffusion time + action + pose (diffusion forcing: every
+frame has its own timestep).
+
+Position: every token carries a Fourier embedding of the world coordinates of its patch centre
+(the frame's pose (x, y) is the view centre; ``pos_period`` is the world size, so the embedding
+is periodic on the world torus). Without poses it is the patch position within the frame. The
+same place therefore gives similar keys whenever it is seen, which is what memory reads use.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.embeddings import TimestepEmbedding, Timesteps
+from diffusers.models.modeling_utils import ModelMixin
+from diffusers.utils import BaseOutput
+from einops import rearrange
+from torch import nn
+
+from ..attention import dense_attention, merge_attention
+from ..memory import HashedMemory
+
+
+@dataclass
+class TemporalContext:
+    """What one layer's temporal attention sees besides the chunk itself.
+
+    ``k``, ``v``: ``(batch, heads, tokens, head_dim)`` keys/values of the context frames (the
+    window), attended exactly; None for none. ``memory``: read with ``top_k`` keys per query
+    and merged by log-sum-exp; None for none.
+    """
+
+    k: torch.Tensor | None = None
+    v: torch.Tensor | None = None
+    memory: HashedMemory | None = None
+    top_k: int = 0
+
+
+@dataclass
+class VidHashTransformerOutput(BaseOutput):
+    """``sample`` (batch, frames, channels, height, width): the predicted velocity (noise − data).
+    ``kv``: per layer, the temporal keys and values of these frames ``(batch, heads, frames·tokens, head_dim)``
+    (only with ``return_kv=True``)."""
+
+    sample: torch.Tensor
+    kv: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+
+
+def fourier_features(x: torch.Tensor, num_freqs: int, period: float) -> torch.Tensor:
+    """``x (..., k)`` → ``(..., 2·k·num_freqs)``: sin/cos at periods ``period / 2^i``."""
+    freqs = 2 * math.pi * (2.0 ** torch.arange(num_freqs, device=x.device, dtype=torch.float32)) / period
+    angles = x.float().unsqueeze(-1) * freqs  # (..., k, num_freqs)
+    return torch.cat([angles.sin(), angles.cos()], dim=-1).flatten(-2)
+
+
+def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    return x * (1 + scale) + shift
+
+
+class QKV(nn.Module):
+    """Projection to queries, keys, values ``(…, h, tokens, e)`` with optional RMS q/k norm."""
+
+    def __init__(self, dim: int, heads: int, qk_norm: bool):
+        super().__init__()
+        self.heads, self.head_dim = heads, dim // heads
+        self.to_qkv = nn.Linear(dim, 3 * dim)
+        self.norm_q = nn.RMSNorm(self.head_dim, eps=1e-6) if qk_norm else nn.Identity()
+        self.norm_k = nn.RMSNorm(self.head_dim, eps=1e-6) if qk_norm else nn.Identity()
+
+    def forward(self, x: torch.Tensor, pattern: str):
+        q, k, v = rearrange(self.to_qkv(x), f"{pattern} -> three {_OUT}", three=3, h=self.heads)
+        return self.norm_q(q), self.norm_k(k), v
+
+
+_OUT = "b h n e"  # every attention call below works on (b, h, tokens, e)
+
+
+class SpatialAttention(nn.Module):
+    """Dense attention among the tokens of each frame."""
+
+    def __init__(self, dim: int, heads: int, qk_norm: bool):
+        super().__init__()
+        self.qkv = QKV(dim, heads, qk_norm)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x (b, f, n, d)
+        b = x.shape[0]
+        q, k, v = self.qkv(rearrange(x, "b f n d -> (b f) n d"), "b n (three h e)")
+        out = dense_attention(q, k, v)
+        return self.proj(rearrange(out, "(b f) h n e -> b f n (h e)", b=b))
+
+
+class TemporalAttention(nn.Module):
+    """The chunk's tokens attend exactly to context + chunk tokens, merged with a memory read.
+
+    ``causal_frames`` (training without a context): frames are grouped in chunks of that many and
+    a chunk attends to itself and earlier chunks only, as at generation time.
+    """
+
+    def __init__(self, dim: int, heads: int, qk_norm: bool):
+        super().__init__()
+        self.heads, self.head_dim = heads, dim // heads
+        self.qkv = QKV(dim, heads, qk_norm)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor, ctx: TemporalContext | None, causal_frames: int | None = None):
+        b, f, n, _ = x.shape
+        q, k, v = self.qkv(rearrange(x, "b f n d -> b (f n) d"), "b n (three h e)")
+        scale = self.head_dim**-0.5
+        # 1. exact part: context frames (window) + the chunk's own frames
+        k_all = k if ctx is None or ctx.k is None else torch.cat([ctx.k.to(k.dtype), k], dim=2)
+        v_all = v if ctx is None or ctx.v is None else torch.cat([ctx.v.to(v.dtype), v], dim=2)
+        if causal_frames is None:
+            out, lse = dense_attention(q, k_all, v_all, scale=scale, return_lse=True)
+        else:
+            out, lse = self._chunk_causal(q, k_all, v_all, n * causal_frames, scale)
+        # 2. hashed memory: everything older than the context, merged by log-sum-exp
+        if ctx is not None and ctx.memory is not None and ctx.top_k > 0:
+            m_out, m_lse = ctx.memory.attend(q, ctx.top_k, scale=scale)
+            out, lse = merge_attention(out, lse, m_out, m_lse)
+        return self.proj(rearrange(out, "b h (f n) e -> b f n (h e)", f=f)), (k, v)
+
+    @staticmethod
+    def _chunk_causal(q, k, v, chunk_tokens: int, scale: float):
+        nq, nk = q.shape[2], k.shape[2]
+        outs, lses = [], []
+        for start in range(0, nq, chunk_tokens):
+            stop = min(start + chunk_tokens, nq)
+            o, l = dense_attention(q[:, :, start:stop], k[:, :, : nk - nq + stop], v[:, :, : nk - nq + stop],
+                                   scale=scale, return_lse=True)
+            outs.append(o)
+            lses.append(l)
+        return torch.cat(outs, 2), torch.cat(lses, 2)
+
+
+class VidHashBlock(nn.Module):
+    """Spatial attention → temporal attention → MLP, each with adaLN-Zero on the per-frame condition."""
+
+    def __init__(self, dim: int, heads: int, mlp_ratio: float, qk_norm: bool):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.spatial = SpatialAttention(dim, heads, qk_norm)
+        self.norm2 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.temporal = TemporalAttention(dim, heads, qk_norm)
+        self.norm3 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        hidden = int(dim * mlp_ratio)
+        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, dim))
+        self.ada = nn.Sequential(nn.SiLU(), nn.Linear(dim, 9 * dim))
+
+    def forward(self, x, cond, ctx: TemporalContext | None = None, causal_frames: int | None = None):
+        # x (b, f, n, d); cond (b, f, d)
+        mods = self.ada(cond).unsqueeze(2).chunk(9, dim=-1)  # each (b, f, 1, d)
+        x = x + mods[2] * self.spatial(modulate(self.norm1(x), mods[0], mods[1]))
+        h, kv = self.temporal(modulate(self.norm2(x), mods[3], mods[4]), ctx, causal_frames)
+        x = x + mods[5] * h
+        x = x + mods[8] * self.mlp(modulate(self.norm3(x), mods[6], mods[7]))
+        return x, kv
+
+
+class VidHashTransformer3DModel(ModelMixin, ConfigMixin):
+    r"""Pixel-space video diffusion transformer with hashed temporal memory.
+
+    Args:
+        in_channels: frame channels (3 for RGB pixels).
+        patch_size: side of a square patch; height and width must be multiples of it.
+        hidden_dim: token width; must be divisible by ``num_heads``.
+        num_layers: blocks.
+        num_heads: attention heads (spatial and temporal).
+        mlp_ratio: MLP hidden width / hidden_dim.
+        num_actions: discrete actions; id ``num_actions`` means "no action".
+        pos_freqs: Fourier frequencies per axis for token and pose positions.
+        pos_period: the longest period of the position embedding (the world size in pixels).
+        sample_size: default frame side for generation.
+        qk_norm: RMS-normalise queries and keys per head.
+    """
+
+    _supports_gradient_checkpointing = True
+    _no_split_modules = ["VidHashBlock"]
+    _skip_layerwise_casting_patterns = ["pos_embed", "norm", "time_proj"]
+
+    @register_to_config
+    def __init__(
+        self,
+        in_channels: int = 3,
+        patch_size: int = 8,
+        hidden_dim: int = 128,
+        num_layers: int = 3,
+        num_heads: int = 4,
+        mlp_ratio: float = 2.0,
+        num_actions: int = 5,
+        pos_freqs: int = 8,
+        pos_period: float = 1024.0,
+        sample_size: int = 64,
+        qk_norm: bool = True,
+    ):
+        super().__init__()
+        if hidden_dim % num_heads:
+            raise ValueError(f"hidden_dim ({hidden_dim}) must be divisible by num_heads ({num_heads})")
+        d = hidden_dim
+        # 1. patch embedding and token positions
+        self.patch_embed = nn.Linear(in_channels * patch_size**2, d)
+        self.pos_embed = nn.Linear(4 * pos_freqs, d)
+        # 2. per-frame condition: diffusion time + action + pose
+        self.time_proj = Timesteps(d, flip_sin_to_cos=True, downscale_freq_shift=0)
+        self.time_embed = TimestepEmbedding(d, d)
+        self.action_embed = nn.Embedding(num_actions + 1, d)
+        self.pose_embed = nn.Sequential(nn.Linear(4 * pos_freqs, d), nn.SiLU(), nn.Linear(d, d))
+        # 3. blocks
+        self.blocks = nn.ModuleList([VidHashBlock(d, num_heads, mlp_ratio, qk_norm) for _ in range(num_layers)])
+        # 4. output: adaLN-modulated norm, then pixels of each patch
+        self.norm_out = nn.LayerNorm(d, elementwise_affine=False, eps=1e-6)
+        self.ada_out = nn.Sequential(nn.SiLU(), nn.Linear(d, 2 * d))
+        self.proj_out = nn.Linear(d, patch_size**2 * in_channels)
+        self.gradient_checkpointing = False
+        self._init_weights()
+
+    # ------------------------------------------------------------------ init
+    def _init_weights(self) -> None:
+        """DiT init: xavier linears, adaLN modulations and the output projection at zero."""
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.xavier_uniform_(module.weight)
+                nn.init.zeros_(module.bias)
+        nn.init.normal_(self.action_embed.weight, std=0.02)
+        for ada in [b.ada for b in self.blocks] + [self.ada_out]:
+            nn.init.zeros_(ada[-1].weight)
+            nn.init.zeros_(ada[-1].bias)
+        nn.init.zeros_(self.proj_out.weight)
+        nn.init.zeros_(self.proj_out.bias)
+
+    @torch.no_grad()
+    def randomize_(self, seed: int = 0, std: float = 0.02) -> VidHashTransformer3DModel:
+        """Give the zero-initialised layers (adaLN, output) seeded random weights, so an untrained
+        model exercises every path (smoke tests, benchmarks). Returns self."""
+        g = torch.Generator().manual_seed(seed)
+        for ada in [b.ada for b in self.blocks] + [self.ada_out]:
+            w = ada[-1].weight
+            w.copy_(torch.randn(w.shape, generator=g) * std)
+        self.proj_out.weight.copy_(torch.randn(self.proj_out.weight.shape, generator=g) * std)
+        return self
+
+    # ------------------------------------------------------------------ helpers
+    @property
+    def head_dim(self) -> int:
+        return self.config.hidden_dim // self.config.num_heads
+
+    def tokens_per_frame(self, height: int, width: int) -> int:
+        p = self.config.patch_size
+        if height % p or width % p:
+            raise ValueError(f"height and width ({height}×{width}) must be divisible by the patch size {p}")
+        return (height // p) * (width // p)
+
+    def token_positions(self, poses: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        """World (x, y) of each patch centre ``(b, f, n, 2)`` for frame poses ``(b, f, 2)`` (view centres)."""
+        p = self.config.patch_size
+        ys = (torch.arange(height // p, device=poses.device, dtype=torch.float32) + 0.5) * p - height / 2
+        xs = (torch.arange(width // p, device=poses.device, dtype=torch.float32) + 0.5) * p - width / 2
+        offsets = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), dim=-1).reshape(-1, 2)  # (n, 2) as (x, y)
+        return poses.float().unsqueeze(2) + offsets
+
+    # ------------------------------------------------------------------ forward
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        timestep: torch.Tensor,
+        actions: torch.Tensor | None = None,
+        poses: torch.Tensor | None = None,
+        context: list[TemporalContext] | None = None,
+        causal_frames: int | None = None,
+        return_kv: bool = False,
+        return_dict: bool = True,
+    ):
+        r"""
+        Args:
+            hidden_states: noisy frames ``(batch, frames, channels, height, width)``.
+            timestep: per-frame diffusion time ``(batch, frames)`` in ``[0, 1000]`` (0 = clean).
+            actions: ``(batch, frames)`` int ids, ``num_actions`` = none; None for none.
+            poses: ``(batch, frames, 2)`` world (x, y) of each view centre; None for positions within the frame.
+            context: per layer, what temporal attention sees besides these frames (window K/V, memory).
+            causal_frames: without a context, make temporal attention chunk-causal in chunks of this many frames.
+            return_kv: also return each layer's temporal K/V of these frames (for the window cache).
+
+        Returns:
+            ``VidHashTransformerOutput(sample, kv)`` or a tuple.
+        """
+        b, f, c, height, width = hidden_states.shape
+        cfg = self.config
+        self.tokens_per_frame(height, width)
+        if timestep.shape != (b, f):
+            raise ValueError(f"timestep must be (batch, frames) = {(b, f)}, got {tuple(timestep.shape)}")
+        if context is not None and len(context) != cfg.num_layers:
+            raise ValueError(f"context must have one entry per layer ({cfg.num_layers}), got {len(context)}")
+        dtype = self.patch_embed.weight.dtype
+        if poses is None:
+            poses = torch.zeros(b, f, 2, device=hidden_states.device)
+        if actions is None:
+            actions = torch.full((b, f), cfg.num_actions, dtype=torch.long, device=hidden_states.device)
+
+        # 1. patchify and add token positions
+        x = rearrange(hidden_states, "b f c (y p) (x q) -> b f (y x) (p q c)", p=cfg.patch_size, q=cfg.patch_size)
+        x = self.patch_embed(x.to(dtype))
+        pos = fourier_features(self.token_positions(poses, height, width), cfg.pos_freqs, cfg.pos_period)
+        x = x + self.pos_embed(pos.to(dtype))
+
+        # 2. per-frame condition
+        t = self.time_proj(timestep.reshape(-1)).to(dtype)
+        cond = self.time_embed(t).reshape(b, f, -1)
+        cond = cond + self.action_embed(actions) + self.pose_embed(fourier_features(poses, cfg.pos_freqs, cfg.pos_period).to(dtype))
+
+        # 3. blocks
+        kvs = []
+        for i, block in enumerate(self.blocks):
+            ctx = None if context is None else context[i]
+            if torch.is_grad_enabled() and self.gradient_checkpointing:
+                x, kv = self._gradient_checkpointing_func(block, x, cond, ctx, causal_frames)
+            else:
+                x, kv = block(x, cond, ctx, causal_frames)
+            if return_kv:
+                kvs.append(kv)
+
+        # 4. output and unpatchify
+        shift, scale = self.ada_out(cond).unsqueeze(2).chunk(2, dim=-1)
+        x = self.proj_out(modulate(self.norm_out(x), shift, scale))
+        out = rearrange(x, "b f (y x) (p q c) -> b f c (y p) (x q)", y=height // cfg.patch_size, p=cfg.patch_size,
+                        q=cfg.patch_size)
+        kv_out = kvs if return_kv else None
+        if not return_dict:
+            return (out, kv_out)
+        return VidHashTransformerOutput(sample=out, kv=kv_out)
+
+
+def random_model(preset: str = "tiny", seed: int = 0, **overrides) -> VidHashTransformer3DModel:
+    """An untrained model of size ``preset`` (configs/models.yaml) with seeded random weights everywhere."""
+    from dataclasses import asdict
+
+    from ..config import model_config
+
+    kwargs = {**asdict(model_config(preset)), **overrides}
+    torch_state = torch.random.get_rng_state()
+    try:
+        torch.manual_seed(seed)
+        model = VidHashTransformer3DModel(**kwargs)
+    finally:
+        torch.random.set_rng_state(torch_state)
+    return model.randomize_(seed).eval()
