@@ -73,6 +73,12 @@ class VidHashPipeline(DiffusionPipeline):
         return self._chunk_index
 
     @property
+    def committing(self) -> bool:
+        """True while a chunk's commit (window push, memory write, counters) is under way; a state
+        taken from a generation stopped there is inconsistent."""
+        return getattr(self, "_committing", False)
+
+    @property
     def num_timesteps(self) -> int:
         return self._num_timesteps
 
@@ -200,7 +206,7 @@ class VidHashPipeline(DiffusionPipeline):
         if state.device != device:
             state.to(device)
         period, n_act = int(cfg.pos_period), cfg.num_actions
-        self._interrupt, self._chunk_index = False, 0
+        self._interrupt, self._chunk_index, self._committing = False, 0, False
 
         # 2. chunks
         num_chunks = -(-num_frames // chunk_frames)
@@ -243,6 +249,7 @@ class VidHashPipeline(DiffusionPipeline):
                 if self.interrupt:
                     return
                 # 2c. commit pass on the clean chunk (t = 0): its K/V enter the window, old frames the memory
+                self._committing = True
                 zero = torch.zeros(1, c, device=device, dtype=dtype)
                 kv = self.transformer(latents, zero, act, pos, context=context, return_kv=True).kv
                 state.push(kv, state.frame_index)
@@ -251,6 +258,7 @@ class VidHashPipeline(DiffusionPipeline):
                 state.pose = [float(chunk_poses[-1][0]), float(chunk_poses[-1][1])]
                 if trajectory is not None:
                     state.trajectory = trajectory.state_dict()
+                self._committing = False
                 bar.update()
                 yield VidHashPipelineOutput(
                     frames=self._postprocess(latents, output_type), state=state, poses=np.asarray(chunk_poses),

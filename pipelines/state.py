@@ -207,6 +207,9 @@ class VidHashState:
             save_file(tensors, tmp, metadata={"vidhash": json.dumps(self._meta())})
             with open(tmp, "rb+") as f:
                 os.fsync(f.fileno())
+            mask = os.umask(0)
+            os.umask(mask)
+            os.chmod(tmp, 0o666 & ~mask)  # mkstemp makes 0600; give the file the usual permissions
             os.replace(tmp, path)
         except BaseException:
             if os.path.exists(tmp):

@@ -20,7 +20,9 @@ COMMANDS: dict[str, tuple[str, str] | dict[str, tuple[str, str]]] = {
         "attention": ("vidhash.bench.attention", "hash-attention kernels vs dense SDPA and FlexAttention, with selection recall"),
         "coherence": ("vidhash.bench.coherence", "speed of the coherence metrics (analysed frames/s) on synthetic video"),
         "memory": ("vidhash.bench.memory", "HashedMemory read/write kernels vs the reference and dense SDPA, with recall"),
+        "generation": ("vidhash.bench.generation", "time per frame and peak memory vs clip length: hashed memory, full context, window only"),
     },
+    "generate": ("vidhash.generate_cli", "generate a long clip to mp4 chunk by chunk (constant memory; resumable)"),
     "coherence": ("vidhash.metrics.cli", "temporal coherence of any video: flicker, warping error, drift over minutes, revisits"),
 }
 

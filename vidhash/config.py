@@ -184,12 +184,19 @@ def save_config(cfg: Any, path: str | os.PathLike) -> Path:
     try:
         with os.fdopen(fd, "w") as f:
             f.write(to_yaml(cfg))
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual permissions
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
     return path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def load_config(cls: type, path: str | os.PathLike) -> Any:
