@@ -243,7 +243,8 @@ class VidHashPipeline(DiffusionPipeline):
                     latents = self.scheduler.step(velocity, t, latents, generator=state.generator,
                                                   return_dict=False)[0]
                     if callback_on_step_end is not None:
-                        kwargs = {k: locals()[k] for k in callback_on_step_end_tensor_inputs}
+                        tensors = {"latents": latents}
+                        kwargs = {k: tensors[k] for k in callback_on_step_end_tensor_inputs}
                         outputs = callback_on_step_end(self, i, t, kwargs) or {}
                         latents = outputs.pop("latents", latents)
                 if self.interrupt:

@@ -1,0 +1,126 @@
+"""VidHashTransformer3DModel: shapes, exactness of window/memory context, save/load, errors."""
+import pytest
+import torch
+
+from vidhash.memory import HashedMemory
+from vidhash.models import TemporalContext, VidHashTransformer3DModel, random_model
+
+
+@pytest.fixture(scope="module")
+def model():
+    return random_model("tiny", seed=0)
+
+
+def _inputs(b=1, f=4, h=64, w=64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(b, f, 3, h, w, generator=g)
+    t = torch.rand(b, f, generator=g) * 1000
+    actions = torch.randint(0, 6, (b, f), generator=g)
+    poses = torch.rand(b, f, 2, generator=g) * 1024
+    return x, t, actions, poses
+
+
+def test_tiny_preset_size(model):
+    assert 0.5e6 < model.num_parameters() < 2e6
+    assert model.config.patch_size == 8 and model.tokens_per_frame(64, 64) == 64
+
+
+@pytest.mark.parametrize("b,f,h,w", [(1, 4, 64, 64), (2, 3, 48, 80), (1, 1, 8, 8)], ids=["B1-F4-64", "B2-F3-48x80", "B1-F1-8"])
+def test_shapes(model, b, f, h, w):
+    x, t, a, p = _inputs(b, f, h, w)
+    out = model(x, t, a, p, return_kv=True)
+    assert out.sample.shape == (b, f, 3, h, w)
+    n = (h // 8) * (w // 8)
+    assert len(out.kv) == 3 and out.kv[0][0].shape == (b, 4, f * n, 32)
+    assert model(x, t).sample.shape == x.shape  # no actions, no poses
+
+
+def test_zero_init_then_randomized():
+    fresh = VidHashTransformer3DModel(hidden_dim=32, num_heads=2, num_layers=1)
+    x, t, a, p = _inputs()
+    assert fresh(x, t, a, p).sample.abs().max() == 0  # adaLN-Zero / zero output layer (DiT init)
+    assert fresh.randomize_(0)(x, t, a, p).sample.abs().max() > 0
+
+
+def test_conditioning_matters(model):
+    x, t, a, p = _inputs()
+    base = model(x, t, a, p).sample
+    assert not torch.allclose(base, model(x, t.flip(-1), a, p).sample)
+    assert not torch.allclose(base, model(x, t, (a + 1) % 5, p).sample)
+    assert not torch.allclose(base, model(x, t, a, p + 64).sample)
+
+
+@torch.no_grad()
+def test_chunked_with_window_equals_chunk_causal_pass(model):
+    x, _, a, p = _inputs(f=12)
+    t = torch.zeros(1, 12)
+    full = model(x, t, a, p, causal_frames=4).sample
+    kvs, outs = [], []
+    for i in range(3):
+        s = slice(4 * i, 4 * i + 4)
+        ctx = None if i == 0 else [
+            TemporalContext(k=torch.cat([kv[l][0] for kv in kvs], 2), v=torch.cat([kv[l][1] for kv in kvs], 2))
+            for l in range(3)
+        ]
+        o = model(x[:, s], t[:, s], a[:, s], p[:, s], context=ctx, return_kv=True)
+        kvs.append(o.kv)
+        outs.append(o.sample)
+    torch.testing.assert_close(torch.cat(outs, 1), full, rtol=1e-5, atol=1e-5)
+
+
+@torch.no_grad()
+def test_window_plus_big_memory_equals_full_context(model):
+    """Frames 0-3 in a memory that holds them all (top_k ≥ entries) + frames 4-7 in the window
+    == frames 0-7 all in the window (exact attention over the whole history)."""
+    x, _, a, p = _inputs(f=12)
+    t = torch.zeros(1, 12)
+    kv_a = model(x[:, :4], t[:, :4], a[:, :4], p[:, :4], return_kv=True).kv
+    ctx_a = [TemporalContext(k=kv_a[l][0], v=kv_a[l][1]) for l in range(3)]
+    kv_b = model(x[:, 4:8], t[:, 4:8], a[:, 4:8], p[:, 4:8], context=ctx_a, return_kv=True).kv
+    full_ctx = [TemporalContext(k=torch.cat([kv_a[l][0], kv_b[l][0]], 2), v=torch.cat([kv_a[l][1], kv_b[l][1]], 2))
+                for l in range(3)]
+    reference = model(x[:, 8:], t[:, 8:], a[:, 8:], p[:, 8:], context=full_ctx).sample
+    mems = []
+    for l in range(3):
+        mem = HashedMemory(1, 256, heads=4, head_dim=32, seed=l)  # capacity 256: every token fits
+        mem.write(kv_a[l][0], kv_a[l][1], 0)
+        mems.append(mem)
+    ctx = [TemporalContext(k=kv_b[l][0], v=kv_b[l][1], memory=mems[l], top_k=256) for l in range(3)]
+    torch.testing.assert_close(model(x[:, 8:], t[:, 8:], a[:, 8:], p[:, 8:], context=ctx).sample, reference,
+                               rtol=1e-5, atol=1e-5)
+    # and a memory read with few keys is an approximation, not the same thing
+    ctx_small = [TemporalContext(k=kv_b[l][0], v=kv_b[l][1], memory=mems[l], top_k=4) for l in range(3)]
+    assert not torch.allclose(model(x[:, 8:], t[:, 8:], a[:, 8:], p[:, 8:], context=ctx_small).sample, reference)
+
+
+def test_save_and_load_pretrained(model, tmp_path):
+    model.save_pretrained(tmp_path)
+    assert (tmp_path / "diffusion_pytorch_model.safetensors").exists()
+    loaded = VidHashTransformer3DModel.from_pretrained(tmp_path)
+    x, t, a, p = _inputs()
+    with torch.no_grad():
+        assert torch.equal(loaded(x, t, a, p).sample, model(x, t, a, p).sample)
+
+
+def test_backward_and_gradient_checkpointing():
+    m = random_model("tiny", seed=1, num_layers=2).train()
+    x, t, a, p = _inputs(f=4)
+    m(x, t, a, p, causal_frames=2).sample.square().mean().backward()
+    grads = {n: q.grad.clone() for n, q in m.named_parameters() if q.grad is not None}
+    assert len(grads) == sum(1 for _ in m.parameters())
+    m.zero_grad()
+    m.enable_gradient_checkpointing()
+    m(x, t, a, p, causal_frames=2).sample.square().mean().backward()
+    for n, q in m.named_parameters():
+        torch.testing.assert_close(q.grad, grads[n], rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("call,match", [
+    (lambda m: m(torch.zeros(1, 2, 3, 60, 64), torch.zeros(1, 2)), "divisible by the patch size 8"),
+    (lambda m: m(torch.zeros(1, 2, 3, 64, 64), torch.zeros(1, 3)), r"timestep must be \(batch, frames\)"),
+    (lambda m: m(torch.zeros(1, 2, 3, 64, 64), torch.zeros(1, 2), context=[TemporalContext()]), "one entry per layer"),
+    (lambda m: VidHashTransformer3DModel(hidden_dim=30, num_heads=4), "divisible by num_heads"),
+], ids=["height-not-multiple-of-patch", "timestep-shape", "context-length", "heads-divide-dim"])
+def test_bad_inputs(model, call, match):
+    with pytest.raises(ValueError, match=match):
+        call(model)
