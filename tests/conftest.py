@@ -1,7 +1,16 @@
+"""Shared test set-up.
+
+Without a CUDA device the Triton kernels run under the interpreter (``TRITON_INTERPRET=1``).
+Triton reads that variable when it is first imported, and diffusers/torch import triton as a
+side effect, so it must be set here, before any test module is collected."""
 import os
 
-import pytest
 import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
 
 
 def pytest_collection_modifyitems(config, items):
