@@ -12,7 +12,7 @@ Frames are encoded (H.264 through PyAV) as chunks finish. While the clip is bein
 file carries ``.partial`` in its name (``clip.partial.mp4``, ...); only a finished run renames
 them to the final names, so a file named ``clip.mp4`` is always complete. On Ctrl-C (or
 SIGTERM) the current chunk is dropped, ``clip.partial.mp4`` is finalised (playable, every
-finished frame in it) and the state is saved — to ``--save-state`` or ``clip.partial.state.pt``
+finished frame in it; a later run refuses to overwrite it) and the state is saved — to ``--save-state`` or ``clip.partial.state.pt``
 — so ``--resume`` continues exactly where the file stops. A second Ctrl-C stops at once (the
 file is still finalised; the state is saved only if it matches the frames written). The mp4 is
 fragmented, so even a killed process leaves a playable ``clip.partial.mp4``.
@@ -34,6 +34,7 @@ import json
 import os
 import signal
 import sys
+import threading
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -149,6 +150,8 @@ def main(cfg: GenerateConfig, progress: bool = True) -> int:
     num_frames = int(round(cfg.seconds * cfg.fps))
     if num_frames <= 0:
         raise ValueError(f"--seconds {cfg.seconds} at --fps {cfg.fps} is {num_frames} frames; need at least one")
+    if partial_path(out).exists():
+        raise ValueError(f"{partial_path(out)} exists (an interrupted earlier run); move it away or pick another --out")
     if cfg.save_state:
         check_writable(cfg.save_state)
     actions = _read_actions(cfg.actions, num_frames) if cfg.actions else None
@@ -185,7 +188,9 @@ def main(cfg: GenerateConfig, progress: bool = True) -> int:
         pipe._interrupt = True
         print("\nstopping after the current step (Ctrl-C again to stop at once)", file=sys.stderr)
 
-    handlers = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    handlers = {}
+    if threading.current_thread() is threading.main_thread():  # signals can only be caught there
+        handlers = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     pending, written_before, last_state = None, 0, state
     t0 = time.perf_counter()
     try:

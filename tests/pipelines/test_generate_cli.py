@@ -107,11 +107,14 @@ def test_crash_while_writing_keeps_frames_and_consistent_state(tmp_path, monkeyp
     (["--resume", "{tmp}/trunc.pt"], "truncated"),
     (["--model", "random-huge"], "unknown model 'random-huge'"),
     (["--model", "{tmp}"], "not a saved pipeline folder"),
+    (["--out", "{tmp}/old.mp4"], "old.partial.mp4 exists"),
 ], ids=["missing-folder", "not-mp4", "zero-seconds", "negative-fps", "chunk-gt-window", "unknown-key",
-        "wrong-type", "height", "unknown-action", "truncated-state", "unknown-random-model", "not-a-model"])
+        "wrong-type", "height", "unknown-action", "truncated-state", "unknown-random-model", "not-a-model",
+        "earlier-partial-kept"])
 def test_bad_input_is_a_clear_error(tmp_path, capsys, args, match):
     (tmp_path / "actions.json").write_text('["up", "jump"]')
     (tmp_path / "trunc.pt").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{")
+    (tmp_path / "old.partial.mp4").write_bytes(b"frames of an interrupted run")
     args = [a.replace("{tmp}", str(tmp_path)) for a in args]
     base = ["generate", "--model", "random-tiny", "--seconds", "1", "--out", str(tmp_path / "ok.mp4"), "--quiet"]
     assert main(base + args) == 2
@@ -120,7 +123,8 @@ def test_bad_input_is_a_clear_error(tmp_path, capsys, args, match):
     import re
 
     assert re.search(match, err), err
-    assert not any(p.suffix == ".mp4" for p in tmp_path.iterdir())  # no work started, no file left
+    assert sorted(p.name for p in tmp_path.iterdir() if p.suffix == ".mp4") == ["old.partial.mp4"]  # nothing new
+    assert (tmp_path / "old.partial.mp4").read_bytes() == b"frames of an interrupted run"
 
 
 def test_model_is_required(tmp_path, capsys):

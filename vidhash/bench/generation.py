@@ -1,0 +1,265 @@
+"""Time per generated frame and peak memory against clip length: hashed memory vs full context vs window only.
+
+    vidhash bench generation --preset tiny --seconds 10,60,600 --fps 8 --json generation.json
+
+Each (mode, clip length) runs in its own process, so peak host memory (``ru_maxrss``) and peak
+device memory (``torch.cuda.max_memory_allocated``) belong to that run alone. A run builds the
+random model of ``--preset``, generates one warm-up chunk on a throwaway state, then streams the
+clip (no frames kept, no video written) and times every chunk. Per-frame time is reported over
+the FIRST and the LAST 10% of the clip's chunks (at least 3), so a cost that grows with the clip
+shows up in the last column instead of being averaged away.
+
+Modes (same model, same seed, same chunk/window settings):
+
+* ``hashed`` — window + per-layer ``HashedMemory`` (fixed size): the method;
+* ``full`` — every past frame's K/V kept and attended densely (the growing baseline). It is
+  capped at ``--full-max-seconds`` of video (default 60 s); longer rows say "skipped (cap)";
+* ``window`` — window only (fixed size, no memory).
+
+The verdict lines check the issue's flatness targets for ``hashed``: per-frame time over the
+last chunks of the longest clip within 10% of the shortest clip's, and peak memory within 5%.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+
+MODES = ("hashed", "full", "window")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--preset", default="tiny", help="model size and generation preset (tiny, small, base)")
+    p.add_argument("--seconds", default="10,60,600", help="comma-separated clip lengths in seconds of video")
+    p.add_argument("--fps", type=int, default=8, help="frames per second of video (default 8)")
+    p.add_argument("--modes", default=",".join(MODES), help="comma-separated: hashed, full, window")
+    p.add_argument("--steps", type=int, default=None, help="inference steps per chunk (default: the preset's)")
+    p.add_argument("--full-max-seconds", type=float, default=60.0,
+                   help="longest clip the full-context baseline runs (default 60; it grows without bound)")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="model dtype")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", default=None, help="write all rows (with per-chunk times) to this JSON file")
+
+
+# ---------------------------------------------------------------------------------- worker
+
+
+def _worker(spec: dict) -> dict:
+    """One clip in this process; returns timings and memory."""
+    import torch
+
+    from vidhash.config import generation_config
+    from vidhash.pipelines import VidHashPipeline
+
+    if spec["threads"]:
+        torch.set_num_threads(spec["threads"])
+    device = torch.device(spec["device"])
+    dtype = getattr(torch, spec["dtype"])
+    gen = generation_config(spec["preset"], [f"memory.mode={spec['mode']}"])
+    pipe = VidHashPipeline.random(spec["preset"], seed=0).to(device)
+    if dtype != torch.float32:
+        pipe.transformer.to(dtype)
+    pipe.set_progress_bar_config(disable=True)
+    kwargs = dict(height=gen.height, width=gen.width, chunk_frames=gen.chunk_frames, window_frames=gen.window_frames,
+                  memory=gen.memory, num_inference_steps=spec["steps"] or gen.num_inference_steps,
+                  action_step=gen.action_step, output_type="pt")
+
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    # 1. warm-up on a throwaway state, long enough that frames leave the window (memory writes
+    #    and reads on a non-empty memory): kernels, allocator, lookup tables
+    warm = gen.window_frames + 2 * gen.chunk_frames
+    for _ in pipe.stream(warm, generator=torch.Generator().manual_seed(spec["seed"] + 1), **kwargs):
+        pass
+    sync()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    rss_after_warmup = _rss_now()
+    # 2. the clip, timed per chunk
+    times, frames = [], []
+    t0 = time.perf_counter()
+    state = None
+    for chunk in pipe.stream(spec["frames"], generator=torch.Generator().manual_seed(spec["seed"]), **kwargs):
+        sync()
+        t1 = time.perf_counter()
+        times.append(t1 - t0)
+        frames.append(chunk.frames.shape[1])
+        state = chunk.state
+        t0 = t1
+    return {
+        **spec,
+        "chunk_seconds": times, "chunk_frames": frames,
+        "state_bytes": state.nbytes,
+        "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        "rss_after_warmup_bytes": rss_after_warmup,
+        "peak_device_bytes": torch.cuda.max_memory_allocated() if device.type == "cuda" else None,
+        "torch_threads": torch.get_num_threads(),
+        "memory_config": {k: getattr(gen.memory, k) for k in ("num_buckets", "slots", "n_bits", "top_k", "policy")},
+        "chunk": gen.chunk_frames, "window": gen.window_frames, "height": gen.height, "width": gen.width,
+        "steps_used": kwargs["num_inference_steps"],
+    }
+
+
+def _rss_now() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+# ---------------------------------------------------------------------------------- driver
+
+
+def _edge_ms_per_frame(row: dict, last: bool) -> float:
+    """Median ms per frame over the first or last 10% of the chunks (at least 5): the median
+    keeps one scheduler hiccup on a shared machine from moving the number."""
+    per_frame = [1000 * t / f for t, f in zip(row["chunk_seconds"], row["chunk_frames"])]
+    k = min(len(per_frame), max(5, len(per_frame) // 10))
+    edge = sorted(per_frame[-k:] if last else per_frame[:k])
+    mid = len(edge) // 2
+    return edge[mid] if len(edge) % 2 else (edge[mid - 1] + edge[mid]) / 2
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def _world_speed(seconds: float = 1.0) -> float:
+    """Procedural world frames per second on this thread (64×64, trajectory + render)."""
+    from vidhash.data.world import ProceduralWorld, RandomTrajectory
+
+    world = ProceduralWorld(seed=0)
+    traj = RandomTrajectory(world.size, seed=0)
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        _, poses = traj.take(256)
+        world.render_many(poses)
+        n += 256
+    return n / (time.perf_counter() - t0)
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    lengths = [float(s) for s in args.seconds.split(",") if s]
+    modes = [m for m in args.modes.split(",") if m]
+    bad = [m for m in modes if m not in MODES]
+    if bad:
+        raise ValueError(f"unknown modes {bad}; known: {', '.join(MODES)}")
+    if not lengths or min(lengths) <= 0:
+        raise ValueError(f"--seconds must list positive clip lengths, got {args.seconds!r}")
+    dev_name = torch.cuda.get_device_name() if device.startswith("cuda") else _cpu_name()
+    print(f"# vidhash bench generation — {dev_name}, preset {args.preset}, {args.fps} fps, "
+          f"{datetime.date.today().isoformat()}", flush=True)
+    world_fps = _world_speed()
+    print(f"procedural world (64×64, one thread): {world_fps:,.0f} frames/s", flush=True)
+    rows = []
+    for mode in modes:
+        for seconds in lengths:
+            frames = int(round(seconds * args.fps))
+            if mode == "full" and seconds > args.full_max_seconds:
+                rows.append({"mode": mode, "seconds": seconds, "frames": frames, "skipped": "cap"})
+                print(f"{mode:>6} {seconds:>6g} s: skipped (cap {args.full_max_seconds:g} s)", flush=True)
+                continue
+            spec = {"mode": mode, "seconds": seconds, "frames": frames, "preset": args.preset, "steps": args.steps,
+                    "device": device, "dtype": args.dtype, "threads": args.threads, "seed": args.seed}
+            t0 = time.perf_counter()
+            proc = subprocess.run([sys.executable, "-m", "vidhash.bench.generation", "--worker", json.dumps(spec)],
+                                  capture_output=True, text=True)
+            if proc.returncode != 0:
+                err = (proc.stderr.strip().splitlines() or ["?"])[-1]
+                rows.append({**spec, "skipped": f"failed: {err}"})
+                print(f"{mode:>6} {seconds:>6g} s: failed ({err})", flush=True)
+                continue
+            row = json.loads(proc.stdout.strip().splitlines()[-1])
+            row["wall_seconds"] = time.perf_counter() - t0
+            rows.append(row)
+            print(f"{mode:>6} {seconds:>6g} s: {_edge_ms_per_frame(row, False):.1f} → {_edge_ms_per_frame(row, True):.1f} "
+                  f"ms/frame, peak RSS {row['peak_rss_bytes'] / 2**20:.0f} MiB, state {row['state_bytes'] / 2**20:.1f} MiB",
+                  flush=True)
+    print()
+    print(table(rows, device))
+    print()
+    for line in verdict(rows):
+        print(line)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"device": dev_name, "world_fps": world_fps, "rows": rows}, f)
+    return 0
+
+
+def table(rows: list[dict], device: str) -> str:
+    """Markdown table; ratios against the hashed row of the same clip length."""
+    dev = device.startswith("cuda")
+    head = ("| mode | clip | frames | ms/frame first 10% | ms/frame last 10% | last ÷ first | last ÷ hashed | "
+            f"peak RSS MiB | RSS growth MiB |{' peak device MiB |' if dev else ''} state MiB |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    hashed_last = {r["seconds"]: _edge_ms_per_frame(r, True) for r in rows if r["mode"] == "hashed" and "skipped" not in r}
+    for r in rows:
+        clip = f"{r['seconds']:g} s"
+        if "skipped" in r:
+            cells = ["—"] * (8 + dev)
+            cells[0] = "skipped (cap)" if r["skipped"] == "cap" else r["skipped"]
+            lines.append(f"| {r['mode']} | {clip} | {r['frames']:,} | " + " | ".join(cells) + " |")
+            continue
+        first, last = _edge_ms_per_frame(r, False), _edge_ms_per_frame(r, True)
+        ref = hashed_last.get(r["seconds"])
+        ratio = f"{last / ref:.2f}×" if ref else "—"
+        cells = [f"{first:.1f}", f"{last:.1f}", f"{last / first:.2f}", ratio,
+                 f"{r['peak_rss_bytes'] / 2**20:.0f}", f"{(r['peak_rss_bytes'] - r['rss_after_warmup_bytes']) / 2**20:.0f}"]
+        if dev:
+            cells.append(f"{r['peak_device_bytes'] / 2**20:.0f}")
+        cells.append(f"{r['state_bytes'] / 2**20:.2f}")
+        lines.append(f"| {r['mode']} | {clip} | {r['frames']:,} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def verdict(rows: list[dict]) -> list[str]:
+    hashed = sorted((r for r in rows if r["mode"] == "hashed" and "skipped" not in r), key=lambda r: r["seconds"])
+    if len(hashed) < 2:
+        return ["flatness: needs hashed rows at two clip lengths"]
+    short, long = hashed[0], hashed[-1]
+    t_ratio = _edge_ms_per_frame(long, True) / _edge_ms_per_frame(short, True)
+    m_ratio = long["peak_rss_bytes"] / short["peak_rss_bytes"]
+    out = [
+        f"hashed, per-frame time (last chunks) {long['seconds']:g} s ÷ {short['seconds']:g} s: {t_ratio:.3f} "
+        f"({'within' if abs(t_ratio - 1) <= 0.10 else 'NOT within'} 10%)",
+        f"hashed, peak host RSS {long['seconds']:g} s ÷ {short['seconds']:g} s: {m_ratio:.3f} "
+        f"({'within' if abs(m_ratio - 1) <= 0.05 else 'NOT within'} 5%)",
+        f"hashed, state bytes {long['state_bytes']:,} vs {short['state_bytes']:,} "
+        f"({'equal' if long['state_bytes'] == short['state_bytes'] else 'DIFFERENT'})",
+    ]
+    if long.get("peak_device_bytes") is not None:
+        d_ratio = long["peak_device_bytes"] / short["peak_device_bytes"]
+        out.append(f"hashed, peak device memory ratio: {d_ratio:.3f} ({'within' if abs(d_ratio - 1) <= 0.05 else 'NOT within'} 5%)")
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--worker"]:
+        print(json.dumps(_worker(json.loads(argv[1]))))
+        return 0
+    p = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
+    add_arguments(p)
+    return run(p.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
