@@ -22,6 +22,9 @@ COMMANDS: dict[str, tuple[str, str] | dict[str, tuple[str, str]]] = {
         "memory": ("vidhash.bench.memory", "HashedMemory read/write kernels vs the reference and dense SDPA, with recall"),
         "generation": ("vidhash.bench.generation", "time per frame and peak memory vs clip length: hashed memory, full context, window only"),
     },
+    "eval": {
+        "world": ("vidhash.eval.world", "world-model memory on held-out worlds: return after 10 s / 1 min / 5 min, vs ground truth and self-consistency"),
+    },
     "generate": ("vidhash.generate_cli", "generate a long clip to mp4 chunk by chunk (constant memory; resumable)"),
     "coherence": ("vidhash.metrics.cli", "temporal coherence of any video: flicker, warping error, drift over minutes, revisits"),
 }
