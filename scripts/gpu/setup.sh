@@ -1,0 +1,9 @@
+# Source this at the start of a GPU command (the device tree is a copy, not pip-installed):
+#   source scripts/gpu/setup.sh
+# Installs the carried wheels (.whl/: diffusers, omegaconf, pytest, ...; see ../shared/tools/gpu-wheels.sh)
+# into /tmp/site and maps the package-data folders the way setup.py installs them.
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || return 1
+export PYTHONPATH=/tmp/site:$PWD
+for d in kernels pipelines configs; do [ -e vidhash/$d ] || ln -s ../$d vidhash/$d; done
+export OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
+nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
