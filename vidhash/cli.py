@@ -26,6 +26,7 @@ COMMANDS: dict[str, tuple[str, str] | dict[str, tuple[str, str]]] = {
         "world": ("vidhash.eval.world", "world-model memory on held-out worlds: return after 10 s / 1 min / 5 min, vs ground truth and self-consistency"),
     },
     "generate": ("vidhash.generate_cli", "generate a long clip to mp4 chunk by chunk (constant memory; resumable)"),
+    "calibrate": ("vidhash.calibrate", "fit LearnedHash memory signatures per layer on recorded queries/keys; recall before/after"),
     "coherence": ("vidhash.metrics.cli", "temporal coherence of any video: flicker, warping error, drift over minutes, revisits"),
 }
 
