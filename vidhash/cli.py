@@ -27,6 +27,7 @@ COMMANDS: dict[str, tuple[str, str] | dict[str, tuple[str, str]]] = {
     },
     "generate": ("vidhash.generate_cli", "generate a long clip to mp4 chunk by chunk (constant memory; resumable)"),
     "calibrate": ("vidhash.calibrate", "fit LearnedHash memory signatures per layer on recorded queries/keys; recall before/after"),
+    "train": ("vidhash.training.cli", "train a model: rectified flow, per-chunk noise, EMA, checkpoints that resume exactly (accelerate)"),
     "coherence": ("vidhash.metrics.cli", "temporal coherence of any video: flicker, warping error, drift over minutes, revisits"),
 }
 
