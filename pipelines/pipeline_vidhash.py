@@ -13,6 +13,12 @@ For each chunk of ``chunk_frames`` frames:
    frames leaving the window are written to the memory;
 4. yield the frames.
 
+**Frame prompts** (world-model conditioning): ``context_frames`` (observed frames, with
+``context_poses`` and/or ``context_actions``) are run clean through the same commit pass (t = 0),
+chunk by chunk, before generation: they enter the window and then the memory exactly as
+generated frames do, count in the state's frame index, draw no noise, and are not yielded.
+Generation continues after them.
+
 Memory and window sizes come from the config, never from the clip length, so ``pipe.stream``
 runs any length at constant memory; ``pipe(...)`` collects the chunks. Everything that
 continues a clip — window, memories, RNG, frame counter, pose, trajectory — is a
@@ -100,7 +106,8 @@ class VidHashPipeline(DiffusionPipeline):
 
     # ------------------------------------------------------------------ checks
     def check_inputs(self, num_frames, height, width, fps, actions, poses, chunk_frames, window_frames, memory,
-                     num_inference_steps, output_type, state, callback_on_step_end_tensor_inputs):
+                     num_inference_steps, output_type, state, callback_on_step_end_tensor_inputs,
+                     context_frames=None, context_poses=None, context_actions=None):
         """Every argument that can be checked before work starts; ValueError naming the problem."""
         if not isinstance(num_frames, (int, np.integer)) or isinstance(num_frames, bool) or num_frames <= 0:
             raise ValueError(f"num_frames must be a positive int, got {num_frames!r}")
@@ -131,7 +138,37 @@ class VidHashPipeline(DiffusionPipeline):
         bad = [k for k in callback_on_step_end_tensor_inputs or [] if k not in self._callback_tensor_inputs]
         if bad:
             raise ValueError(f"callback_on_step_end_tensor_inputs {bad} not in {self._callback_tensor_inputs}")
-        return ids, poses
+        context = self._check_context(context_frames, context_poses, context_actions, height, width)
+        return ids, poses, context
+
+    def _check_context(self, frames, poses, actions, height, width):
+        """``(latents (1, F, c, h, w) float32 in [-1, 1] on the CPU, action ids (F,), poses (F, 2) or None)``
+        for ``context_frames``; None without them. ValueError naming the problem."""
+        if frames is None:
+            if poses is not None or actions is not None:
+                raise ValueError("context_poses / context_actions given without context_frames")
+            return None
+        video = _frames_to_tensor(frames)  # (F, c, h, w) float32 in [0, 1]
+        n, c = video.shape[0], self.transformer.config.in_channels
+        if n == 0:
+            raise ValueError("context_frames is empty")
+        if video.shape[1:] != (c, height, width):
+            raise ValueError(f"context_frames must be {n} frames of {height}×{width} with {c} channels "
+                             f"(the generation size), got frames of shape {tuple(video.shape[1:])} (c, h, w)")
+        if poses is None and actions is None:
+            raise ValueError("context_frames need their camera path: pass context_poses (F, 2) and/or context_actions (F,)")
+        ids = np.full(n, NULL_ACTION, dtype=np.int64)
+        if actions is not None:
+            ids = action_ids(actions)
+            if len(ids) != n:
+                raise ValueError(f"got {len(ids)} context_actions for {n} context_frames")
+        if poses is not None:
+            poses = np.asarray(poses, dtype=np.float64)
+            if poses.shape != (n, 2):
+                raise ValueError(f"context_poses must have shape (context frames, 2) = ({n}, 2), got {poses.shape}")
+            if not np.isfinite(poses).all():
+                raise ValueError("context_poses contain NaN or infinity")
+        return (video * 2 - 1).unsqueeze(0), ids, poses
 
     # ------------------------------------------------------------------ generation
     @torch.no_grad()
@@ -154,6 +191,9 @@ class VidHashPipeline(DiffusionPipeline):
         callback_on_step_end: Callable | PipelineCallback | MultiPipelineCallbacks | None = None,
         callback_on_step_end_tensor_inputs: list[str] = ("latents",),
         state: VidHashState | None = None,
+        context_frames: np.ndarray | torch.Tensor | Sequence[Any] | None = None,
+        context_poses: np.ndarray | Sequence[Sequence[float]] | None = None,
+        context_actions: Sequence[str | int] | None = None,
     ) -> Iterator[VidHashPipelineOutput]:
         r"""Generate ``num_frames`` frames, yielding a ``VidHashPipelineOutput`` per finished chunk.
 
@@ -181,6 +221,18 @@ class VidHashPipeline(DiffusionPipeline):
                 state stays at the last finished chunk.
             callback_on_step_end_tensor_inputs: tensors passed in ``callback_kwargs``.
             state: a ``VidHashState`` to continue (updated in place); None starts a new clip.
+            context_frames: observed frames that come before the generated ones (a frame prompt):
+                numpy ``(F, h, w, 3)`` (uint8, or float in [0, 1]; a leading batch axis of 1 is
+                allowed — the layout ``output_type="np"`` returns), torch ``(F, 3, h, w)`` float in
+                [0, 1] (as ``"pt"``), or a list of ``PIL.Image``; ``h × w`` is the generation size.
+                They run clean (t = 0) through the commit pass in chunks of ``chunk_frames`` —
+                into the window, then the memory, exactly as generated frames — count in the
+                state's frame index, draw no noise, and are not yielded. Works with ``state``
+                (observations appended to a clip) and ``stream``.
+            context_poses: world (x, y) of each context frame ``(F, 2)``.
+            context_actions: one action per context frame; without ``context_poses`` the poses
+                follow them from the state's pose. One of the two is required. A random
+                trajectory restarts from the last context pose.
         """
         # 1. defaults and checks (all before any work)
         cfg = self.transformer.config
@@ -195,9 +247,10 @@ class VidHashPipeline(DiffusionPipeline):
         memory = _memory_config(memory)
         if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
             callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
-        ids, poses = self.check_inputs(num_frames, height, width, fps, actions, poses, chunk_frames, window_frames,
-                                       memory, num_inference_steps, output_type, state,
-                                       callback_on_step_end_tensor_inputs)
+        ids, poses, prompt = self.check_inputs(num_frames, height, width, fps, actions, poses, chunk_frames,
+                                               window_frames, memory, num_inference_steps, output_type, state,
+                                               callback_on_step_end_tensor_inputs, context_frames, context_poses,
+                                               context_actions)
         if state is None:
             state = self.init_state(height, width, window_frames, memory, generator)
         elif generator is not None:
@@ -208,14 +261,28 @@ class VidHashPipeline(DiffusionPipeline):
         period, n_act = int(cfg.pos_period), cfg.num_actions
         self._interrupt, self._chunk_index, self._committing = False, 0, False
 
-        # 2. chunks
+        # 2. frame prompt: observed frames committed clean (t = 0), chunk by chunk, as generated frames are
         num_chunks = -(-num_frames // chunk_frames)
-        with self.progress_bar(total=num_chunks) as bar:
+        num_prompt = 0 if prompt is None else prompt[0].shape[1]
+        with self.progress_bar(total=num_chunks + -(-num_prompt // chunk_frames)) as bar:
+            for start in range(0, num_prompt, chunk_frames):
+                c = min(chunk_frames, num_prompt - start)
+                chunk_ids = prompt[1][start : start + c]
+                chunk_poses = (prompt[2][start : start + c] if prompt[2] is not None
+                               else integrate_actions(chunk_ids, state.pose, action_step, period))
+                act = torch.as_tensor(chunk_ids, device=device).unsqueeze(0).clamp(max=n_act)
+                pos = torch.as_tensor(chunk_poses, device=device, dtype=torch.float32).unsqueeze(0)
+                latents = prompt[0][:, start : start + c].to(device, dtype)
+                self._commit(state, latents, act, pos, chunk_poses, memory, None)
+                state.trajectory = None  # a random trajectory restarts from the last observed pose
+                bar.update()
+
+            # 3. chunks
             for chunk in range(num_chunks):
                 self._chunk_index = chunk
                 start = chunk * chunk_frames
                 c = min(chunk_frames, num_frames - start)
-                # 2a. camera path of this chunk (committed to the state only when the chunk is)
+                # 3a. camera path of this chunk (committed to the state only when the chunk is)
                 trajectory = None
                 if ids is not None:
                     chunk_ids = ids[start : start + c]
@@ -229,7 +296,7 @@ class VidHashPipeline(DiffusionPipeline):
                     chunk_ids, chunk_poses = trajectory.take(c)
                 act = torch.as_tensor(chunk_ids, device=device).unsqueeze(0).clamp(max=n_act)
                 pos = torch.as_tensor(chunk_poses, device=device, dtype=torch.float32).unsqueeze(0)
-                # 2b. denoise the chunk against window + memory
+                # 3b. denoise the chunk against window + memory
                 latents = randn_tensor((1, c, cfg.in_channels, height, width), generator=state.generator,
                                        device=torch.device("cpu"), dtype=torch.float32).to(device, dtype)
                 self.scheduler.set_timesteps(num_inference_steps, device=device)
@@ -249,17 +316,8 @@ class VidHashPipeline(DiffusionPipeline):
                         latents = outputs.pop("latents", latents)
                 if self.interrupt:
                     return
-                # 2c. commit pass on the clean chunk (t = 0): its K/V enter the window, old frames the memory
-                self._committing = True
-                zero = torch.zeros(1, c, device=device, dtype=dtype)
-                kv = self.transformer(latents, zero, act, pos, context=context, return_kv=True).kv
-                state.push(kv, state.frame_index)
-                state.top_k = memory.top_k
-                state.frame_index += c
-                state.pose = [float(chunk_poses[-1][0]), float(chunk_poses[-1][1])]
-                if trajectory is not None:
-                    state.trajectory = trajectory.state_dict()
-                self._committing = False
+                # 3c. commit pass on the clean chunk (t = 0): its K/V enter the window, old frames the memory
+                self._commit(state, latents, act, pos, chunk_poses, memory, trajectory, context)
                 bar.update()
                 yield VidHashPipelineOutput(
                     frames=self._postprocess(latents, output_type), state=state, poses=np.asarray(chunk_poses),
@@ -291,6 +349,25 @@ class VidHashPipeline(DiffusionPipeline):
         return VidHashPipelineOutput(frames=frames, state=state, poses=poses, actions=actions, frame_start=start)
 
     # ------------------------------------------------------------------ helpers
+    def _commit(self, state: VidHashState, latents: torch.Tensor, act: torch.Tensor, pos: torch.Tensor,
+                chunk_poses: np.ndarray, memory: TemporalMemoryConfig, trajectory: RandomTrajectory | None,
+                context: list | None = None) -> None:
+        """Clean pass (t = 0) over a finished or observed chunk ``(1, c, ch, h, w)``: its K/V enter the
+        window (frames leaving it, the memory); counters, pose and trajectory advance."""
+        self._committing = True
+        c = latents.shape[1]
+        if context is None:
+            context = state.context(memory.top_k)
+        zero = torch.zeros(1, c, device=latents.device, dtype=latents.dtype)
+        kv = self.transformer(latents, zero, act, pos, context=context, return_kv=True).kv
+        state.push(kv, state.frame_index)
+        state.top_k = memory.top_k
+        state.frame_index += c
+        state.pose = [float(chunk_poses[-1][0]), float(chunk_poses[-1][1])]
+        if trajectory is not None:
+            state.trajectory = trajectory.state_dict()
+        self._committing = False
+
     @staticmethod
     def _trajectory(state: VidHashState, seed: int | None, step: int, period: int) -> RandomTrajectory:
         if state.trajectory is not None:
@@ -324,6 +401,48 @@ def _memory_config(memory: TemporalMemoryConfig | dict | None) -> TemporalMemory
             raise ValueError(f"unknown memory config keys: {sorted(unknown)}")
         return TemporalMemoryConfig(**{**asdict(generation_config("tiny").memory), **memory})
     raise ValueError(f"memory must be a TemporalMemoryConfig or dict, got {type(memory).__name__}")
+
+
+def _frames_to_tensor(frames: Any) -> torch.Tensor:
+    """Frames as numpy ``(F, h, w, c)`` / ``(1, F, h, w, c)`` (uint8 or float in [0, 1]), torch
+    ``(F, c, h, w)`` / ``(1, F, c, h, w)`` float in [0, 1], or a list of PIL images → float32 ``(F, c, h, w)``."""
+    if isinstance(frames, (list, tuple)) and frames and not isinstance(frames[0], (np.ndarray, torch.Tensor)):
+        try:
+            frames = np.stack([np.asarray(im.convert("RGB")) for im in frames])
+        except AttributeError:
+            raise ValueError("context_frames as a list must hold PIL images") from None
+    if isinstance(frames, torch.Tensor):
+        video = frames.detach().cpu()
+        if video.ndim == 5 and video.shape[0] == 1:
+            video = video[0]
+        if video.ndim != 4:
+            raise ValueError(f"context_frames tensor must be (frames, channels, height, width), got {tuple(frames.shape)}")
+    else:
+        try:
+            array = np.asarray(frames)
+        except ValueError as err:
+            raise ValueError(f"context_frames could not be read as an array ({err})") from None
+        if array.ndim == 5 and array.shape[0] == 1:
+            array = array[0]
+        if array.ndim != 4:
+            raise ValueError(f"context_frames array must be (frames, height, width, channels), got {array.shape}")
+        if array.dtype == np.uint8:
+            array = array.astype(np.float32) / 255.0
+        elif not np.issubdtype(array.dtype, np.floating):
+            raise ValueError(f"context_frames must be uint8 or float in [0, 1], got dtype {array.dtype}")
+        video = torch.from_numpy(np.ascontiguousarray(array)).permute(0, 3, 1, 2)
+    if torch.is_complex(video) or not video.is_floating_point():
+        if video.dtype == torch.uint8:
+            video = video.float() / 255.0
+        else:
+            raise ValueError(f"context_frames must be uint8 or float in [0, 1], got dtype {video.dtype}")
+    video = video.float()
+    if not torch.isfinite(video).all():
+        raise ValueError("context_frames contain NaN or infinity")
+    if video.numel() and (video.min() < 0 or video.max() > 1):
+        raise ValueError(f"context_frames must lie in [0, 1] (float) or be uint8, got values in "
+                         f"[{float(video.min()):.3g}, {float(video.max()):.3g}]")
+    return video.contiguous()
 
 
 def _cpu_generator(generator: torch.Generator | None) -> torch.Generator:
