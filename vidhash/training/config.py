@@ -1,0 +1,258 @@
+"""``TrainConfig``: one ``vidhash train`` run, as an OmegaConf structured dataclass.
+
+    python -c "from vidhash.training import load_train_config; print(load_train_config('configs/train/world_tiny.yaml'))"
+
+A YAML file (``configs/train/*.yaml``) is merged onto the dataclass, then ``key=value``
+overrides; an unknown key or a value of the wrong type is a ValueError naming the key.
+
+Sections: ``model`` (``VidHashTransformer3DModel`` arguments, ``vidhash.config.ModelConfig``),
+``data`` (world pool or mp4 folder, clip length, trajectories), ``noise`` (rectified-flow noise
+levels per chunk), ``optim`` (AdamW, warmup + cosine, clipping), ``ema``, ``checkpoint``, and the
+run itself (steps, batch, precision, output folder).
+
+World seeds: training draws worlds from ``data.world_seed_start`` .. ``+ data.num_worlds - 1``,
+which must stay below ``HELDOUT_WORLD_SEED`` (1,000,000); seeds ≥ 1,000,000 are held out for
+evaluation (``vidhash eval world``) and never trained on.
+"""
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from omegaconf import OmegaConf
+
+from vidhash.config import ModelConfig, _structured, apply_overrides
+
+HELDOUT_WORLD_SEED = 1_000_000  # world seeds >= this are evaluation-only
+DATA_SOURCES = ("world", "video")
+TRAJECTORIES = ("out_and_back", "random", "mixed")
+SIGMA_SAMPLING = ("uniform", "logit_normal")
+TEMPORAL_MODES = ("dense", "selected")
+PRECISIONS = ("no", "bf16", "fp16")
+
+
+@dataclass
+class DataConfig:
+    source: str = "world"  # world | video
+    num_frames: int = 48  # frames per training clip (a multiple of noise.chunk_frames)
+    seed: int = 0  # base of every per-sample seed (world choice, trajectory, noise)
+    # -- procedural world
+    world_seed_start: int = 0
+    num_worlds: int = 100_000  # training worlds: world_seed_start .. world_seed_start + num_worlds - 1
+    pool_size: int = 32  # worlds alive at once (building one costs ~0.3 s at size 512)
+    clips_per_world: int = 16  # average clips per world before the pool moves on
+    world_size: int = 512
+    view: int = 64  # frame side (= model frame size)
+    step: int = 4  # camera pixels per move
+    trajectory: str = "mixed"  # out_and_back | random | mixed (half each)
+    revisit: float = 0.8  # RandomTrajectory's probability of walking back to an earlier waypoint
+    reach: int = 48  # RandomTrajectory waypoints within ± reach pixels
+    # -- folders of mp4
+    video_root: Optional[str] = None
+    frame_stride: int = 1
+    # -- loading
+    num_workers: int = 2  # DataLoader workers per process (0: in the main process)
+
+
+@dataclass
+class NoiseConfig:
+    chunk_frames: int = 4  # frames sharing one noise level (= generation chunk_frames)
+    sigma_sampling: str = "uniform"  # uniform | logit_normal
+    logit_mean: float = 0.0
+    logit_std: float = 1.0
+    clean_prob: float = 0.35  # share of chunks kept clean (sigma = 0, no loss): context for later chunks
+    first_clean_prob: float = 0.5  # the first chunk is clean with this probability instead
+    window_frames: int = 8  # generation window, only used to measure revisits beyond it
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 3e-4
+    min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
+    warmup_steps: int = 200
+    betas: tuple[float, float] = (0.9, 0.99)
+    weight_decay: float = 0.01
+    eps: float = 1e-8
+    grad_clip: float = 1.0  # max grad norm; 0 = off
+
+
+@dataclass
+class EMAConfig:
+    decay: float = 0.999
+    warmup: bool = True  # decay = min(decay, (1 + step) / (10 + step))
+
+
+@dataclass
+class CheckpointConfig:
+    every: int = 500  # steps between checkpoints (also at the end, on SIGTERM / Ctrl-C, at --max-minutes)
+    keep: int = 1  # complete checkpoints kept (the newest)
+    shard_mb: float = 15.0  # largest file in a checkpoint (files over 16 MB do not come back from GPU runs)
+    moments_dtype: str = "fp32"  # fp32 (exact resume) | bf16 (Adam moments halved; resume then not bitwise exact)
+
+
+@dataclass
+class SelectionConfig:
+    """temporal_mode=selected: the model's training-time selection (``forward(temporal_select=...)``):
+    exact over the chunk and ``window_frames`` before it, top-``top_k`` older tokens per query by signature."""
+
+    window_frames: int = 8
+    top_k: int = 32
+    n_bits: int = 32
+    seed: int = 0
+    hash_grad: bool = True
+
+
+@dataclass
+class TrainConfig:
+    out_dir: str = "out/train"  # checkpoints/, loss.csv, export/, config.yaml
+    seed: int = 0
+    max_steps: int = 1000
+    batch_size: int = 8  # clips per optimizer step, over all processes and accumulation steps
+    grad_accum: int = 1  # micro-batches per optimizer step (per process)
+    mixed_precision: str = "no"  # no | bf16 | fp16
+    temporal_mode: str = "dense"  # dense (chunk-causal over the whole clip) | selected (the inference selection)
+    gradient_checkpointing: bool = False
+    log_every: int = 10  # CSV row + progress bar update every this many steps
+    export_dir: Optional[str] = None  # EMA pipeline folder at the end (default out_dir/export)
+    export_dtype: str = "auto"  # auto (fp32 if it fits export_max_mb, else fp16) | fp32 | fp16 | bf16
+    export_max_mb: float = 20.0
+    max_minutes: float = 0.0  # stop cleanly with a checkpoint after this much wall time (0 = no limit)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    noise: NoiseConfig = field(default_factory=NoiseConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    ema: EMAConfig = field(default_factory=EMAConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    selection: SelectionConfig = field(default_factory=SelectionConfig)
+
+
+def resolve_config_path(path: str) -> Path:
+    """A YAML path, or a preset name under configs/train/ (``world_tiny``)."""
+    p = Path(path)
+    if p.is_file():
+        return p
+    if not p.suffix and "/" not in path:
+        try:
+            from importlib.resources import files
+
+            cand = files("vidhash.configs").joinpath("train", path + ".yaml")
+            if cand.is_file():
+                return Path(str(cand))
+        except (ModuleNotFoundError, FileNotFoundError, NotADirectoryError):
+            pass
+        repo = Path(__file__).resolve().parents[2] / "configs" / "train" / (path + ".yaml")
+        if repo.is_file():
+            return repo
+    raise FileNotFoundError(f"training config {path} not found (a YAML file or a name in configs/train/)")
+
+
+def load_train_config(path: str | None = None, overrides: list[str] | None = None) -> TrainConfig:
+    """YAML ``path`` (or the defaults) + ``key=value`` overrides, checked; ValueError naming a bad key."""
+    data: Any = {}
+    what = "train config"
+    if path is not None:
+        p = resolve_config_path(path)
+        what = str(p)
+        data = OmegaConf.load(str(p))
+    cfg = _structured(TrainConfig, data, what)
+    cfg = apply_overrides(cfg, overrides or [])
+    check_train_config(cfg)
+    return cfg
+
+
+def model_supports_selection() -> str | None:
+    """The ``VidHashTransformer3DModel.forward`` keyword for training-time selection, or None."""
+    from vidhash.models.transformer_vidhash import VidHashTransformer3DModel
+
+    params = inspect.signature(VidHashTransformer3DModel.forward).parameters
+    for name in ("temporal_select",):
+        if name in params:
+            return name
+    return None
+
+
+def check_train_config(cfg: TrainConfig) -> None:
+    """Values a type check cannot catch; ValueError naming the key."""
+    def positive(key: str, value: float) -> None:
+        if value <= 0:
+            raise ValueError(f"{key} must be positive, got {value}")
+
+    for key in ("max_steps", "batch_size", "grad_accum", "log_every"):
+        positive(key, getattr(cfg, key))
+    for key in ("num_frames", "pool_size", "clips_per_world", "world_size", "view", "step", "num_worlds", "frame_stride"):
+        positive(f"data.{key}", getattr(cfg.data, key))
+    positive("noise.chunk_frames", cfg.noise.chunk_frames)
+    positive("checkpoint.every", cfg.checkpoint.every)
+    positive("checkpoint.keep", cfg.checkpoint.keep)
+    positive("checkpoint.shard_mb", cfg.checkpoint.shard_mb)
+    positive("optim.lr", cfg.optim.lr)
+    if cfg.max_minutes < 0:
+        raise ValueError(f"max_minutes must be >= 0, got {cfg.max_minutes}")
+    if cfg.mixed_precision not in PRECISIONS:
+        raise ValueError(f"mixed_precision must be one of {', '.join(PRECISIONS)}, got {cfg.mixed_precision!r}")
+    if cfg.export_dtype not in ("auto", "fp32", "fp16", "bf16"):
+        raise ValueError(f"export_dtype must be auto, fp32, fp16 or bf16, got {cfg.export_dtype!r}")
+    d = cfg.data
+    if d.source not in DATA_SOURCES:
+        raise ValueError(f"data.source must be one of {', '.join(DATA_SOURCES)}, got {d.source!r}")
+    if d.trajectory not in TRAJECTORIES:
+        raise ValueError(f"data.trajectory must be one of {', '.join(TRAJECTORIES)}, got {d.trajectory!r}")
+    if d.num_frames % cfg.noise.chunk_frames:
+        raise ValueError(f"data.num_frames ({d.num_frames}) must be a multiple of noise.chunk_frames "
+                         f"({cfg.noise.chunk_frames})")
+    if d.source == "world":
+        if d.world_seed_start < 0 or d.world_seed_start + d.num_worlds > HELDOUT_WORLD_SEED:
+            raise ValueError(f"data.world_seed_start + data.num_worlds must stay in [0, {HELDOUT_WORLD_SEED}): "
+                             f"world seeds >= {HELDOUT_WORLD_SEED} are held out for evaluation")
+        if d.view != cfg.model.sample_size:
+            raise ValueError(f"data.view ({d.view}) must equal model.sample_size ({cfg.model.sample_size})")
+        if d.world_size % d.step or d.world_size < 2 * d.view:
+            raise ValueError(f"data.world_size ({d.world_size}) must be a multiple of data.step and >= 2·data.view")
+    elif d.video_root is None:
+        raise ValueError("data.video_root must be set when data.source is video")
+    if d.view % cfg.model.patch_size:
+        raise ValueError(f"data.view ({d.view}) must be a multiple of model.patch_size ({cfg.model.patch_size})")
+    if cfg.model.hidden_dim % cfg.model.num_heads:
+        raise ValueError(f"model.hidden_dim ({cfg.model.hidden_dim}) must be divisible by model.num_heads")
+    n = cfg.noise
+    if n.sigma_sampling not in SIGMA_SAMPLING:
+        raise ValueError(f"noise.sigma_sampling must be one of {', '.join(SIGMA_SAMPLING)}, got {n.sigma_sampling!r}")
+    for key in ("clean_prob", "first_clean_prob"):
+        if not 0 <= getattr(n, key) < 1:
+            raise ValueError(f"noise.{key} must be in [0, 1), got {getattr(n, key)}")
+    if not 0 <= cfg.ema.decay < 1:
+        raise ValueError(f"ema.decay must be in [0, 1), got {cfg.ema.decay}")
+    if not 0 <= cfg.optim.min_lr_ratio <= 1:
+        raise ValueError(f"optim.min_lr_ratio must be in [0, 1], got {cfg.optim.min_lr_ratio}")
+    if cfg.temporal_mode not in TEMPORAL_MODES:
+        raise ValueError(f"temporal_mode must be one of {', '.join(TEMPORAL_MODES)}, got {cfg.temporal_mode!r}")
+    if cfg.checkpoint.moments_dtype not in ("fp32", "bf16"):
+        raise ValueError(f"checkpoint.moments_dtype must be fp32 or bf16, got {cfg.checkpoint.moments_dtype!r}")
+    if cfg.temporal_mode == "selected" and model_supports_selection() is None:
+        raise ValueError("temporal_mode=selected: this VidHashTransformer3DModel.forward has no training-time "
+                         "selection keyword yet; train with temporal_mode=dense (chunk-causal) until it does")
+
+
+def model_fingerprint(cfg: TrainConfig) -> str:
+    """Hash of what a checkpoint's tensors depend on: the model config (and temporal mode)."""
+    import hashlib
+    import json
+    from dataclasses import asdict
+
+    blob = json.dumps({"model": asdict(cfg.model)}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def to_yaml_text(cfg: TrainConfig) -> str:
+    from vidhash.config import to_yaml
+
+    return to_yaml(cfg)
+
+
+def selection_arg(cfg: TrainConfig) -> dict:
+    """The ``temporal_select`` dict passed to the model in temporal_mode=selected."""
+    from dataclasses import asdict
+
+    return asdict(cfg.selection)

@@ -1,0 +1,161 @@
+"""Training samples addressed by a global index: clip + per-chunk noise levels + noise, all a pure
+function of ``(data.seed, index)``, so the data position of a run is one integer and resuming it
+(or splitting the same stream over processes and accumulation steps) gives the same samples.
+
+World source: a seeded pool of procedural worlds. Indices are grouped in blocks of
+``pool_size · clips_per_world``; block ``b`` draws ``pool_size`` world seeds (from the training
+range, never ≥ ``HELDOUT_WORLD_SEED``) and each sample picks one of them, so a worker builds at
+most ``pool_size`` worlds per block (a small LRU keeps them). Trajectories: ``out_and_back`` (walk
+out, then retrace the path, so the second half revisits places seen more than a window ago),
+``random`` (``RandomTrajectory`` with a high revisit probability and a short reach) or ``mixed``.
+
+Video source: clips of ``VideoFolderDataset`` in a seeded permutation per epoch.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Sampler
+
+from vidhash.data.clips import VideoFolderDataset, to_model_frames
+from vidhash.data.world import ProceduralWorld, RandomTrajectory, revisits
+
+from .config import TrainConfig
+
+INVERSE_ACTION = np.array([0, 2, 1, 4, 3, 5], dtype=np.int64)  # stay, up<->down, left<->right, null
+
+
+def world_pool_seeds(cfg: TrainConfig, block: int) -> np.ndarray:
+    d = cfg.data
+    rng = np.random.default_rng([d.seed, 2, block])
+    return d.world_seed_start + rng.integers(0, d.num_worlds, size=d.pool_size)
+
+
+def trajectory(cfg: TrainConfig, index: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Actions (T,) and poses (T, 2) of sample ``index``."""
+    d = cfg.data
+    kind = d.trajectory
+    if kind == "mixed":
+        kind = "out_and_back" if rng.random() < 0.5 else "random"
+    tseed = [d.seed, 3, index]
+    n = d.num_frames
+    if kind == "random":
+        traj = RandomTrajectory(d.world_size, d.step, seed=tseed, reach=d.reach, revisit=d.revisit, max_pause=3)
+        actions, poses = traj.take(n)
+    else:
+        half = (n + 1) // 2
+        traj = RandomTrajectory(d.world_size, d.step, seed=tseed, reach=2 * d.reach, revisit=0.0, max_pause=2)
+        out_a, out_p = traj.take(half)
+        back_p = out_p[-2::-1]  # retrace: p[h-2], ..., p[0]
+        back_a = INVERSE_ACTION[out_a[:0:-1]]  # the move that undoes p[k] -> p[k+1]
+        actions = np.concatenate([out_a, back_a])
+        poses = np.concatenate([out_p, back_p])
+        if len(actions) < n:  # pad by staying at the start
+            pad = n - len(actions)
+            actions = np.concatenate([actions, np.zeros(pad, np.int64)])
+            poses = np.concatenate([poses, np.repeat(poses[-1:], pad, axis=0)])
+        actions, poses = actions[:n], poses[:n]
+    actions = actions.copy()
+    actions[0] = 0  # nothing brought the camera to the first frame
+    return actions, poses
+
+
+def revisit_share(cfg: TrainConfig, num_clips: int = 256, radius: float | None = None) -> float:
+    """Share of frames that show (within ``radius`` px, default view/4) a place seen more than
+    ``noise.window_frames`` frames earlier in the same clip. Poses only (no rendering)."""
+    d = cfg.data
+    radius = d.view / 4 if radius is None else radius
+    hits = total = 0
+    for i in range(num_clips):
+        rng = np.random.default_rng([d.seed, 1, i])
+        rng.integers(1 << 30)  # the world choice, as in make_sample
+        _, poses = trajectory(cfg, i, rng)
+        hits += len(revisits(poses, cfg.noise.window_frames + 1, radius, d.world_size))
+        total += len(poses)
+    return hits / total
+
+
+def noise_levels(cfg: TrainConfig, rng: np.random.Generator) -> np.ndarray:
+    """Per-chunk sigma in [0, 1]: 0 = clean context (no loss), else uniform or logit-normal."""
+    n = cfg.noise
+    chunks = cfg.data.num_frames // n.chunk_frames
+    clean = rng.random(chunks) < n.clean_prob
+    clean[0] = rng.random() < n.first_clean_prob
+    if n.sigma_sampling == "uniform":
+        sig = 1.0 - rng.random(chunks)  # (0, 1]
+    else:
+        sig = 1.0 / (1.0 + np.exp(-(n.logit_mean + n.logit_std * rng.standard_normal(chunks))))
+    sig = np.where(clean, 0.0, sig)
+    return np.repeat(sig, n.chunk_frames).astype(np.float32)
+
+
+class TrainSamples(Dataset):
+    """``samples[i]``: frames, actions, poses, sigmas (T,), noise (T, C, H, W); deterministic in (seed, i)."""
+
+    def __init__(self, cfg: TrainConfig):
+        self.cfg = cfg
+        d = cfg.data
+        self.videos = None
+        if d.source == "video":
+            self.videos = VideoFolderDataset(d.video_root, d.num_frames, d.view, d.view, d.frame_stride)
+        self.block_len = d.pool_size * d.clips_per_world
+        self._worlds: OrderedDict[int, ProceduralWorld] = OrderedDict()
+
+    def __len__(self) -> int:  # indices are unbounded; len only for DataLoader bookkeeping
+        return 1 << 62
+
+    def world(self, seed: int) -> ProceduralWorld:
+        w = self._worlds.get(seed)
+        if w is None:
+            d = self.cfg.data
+            w = ProceduralWorld(seed=int(seed), size=d.world_size, view=d.view)
+            self._worlds[seed] = w
+            while len(self._worlds) > d.pool_size:
+                self._worlds.popitem(last=False)
+        else:
+            self._worlds.move_to_end(seed)
+        return w
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        cfg, d = self.cfg, self.cfg.data
+        index = int(index)
+        rng = np.random.default_rng([d.seed, 1, index])
+        pick = int(rng.integers(1 << 30))
+        if self.videos is None:
+            seeds = world_pool_seeds(cfg, index // self.block_len)
+            world = self.world(int(seeds[pick % len(seeds)]))
+            actions, poses = trajectory(cfg, index, rng)
+            item = {"frames": to_model_frames(world.render_many(poses)), "actions": torch.from_numpy(actions),
+                    "poses": torch.from_numpy(poses.astype(np.float32))}
+        else:
+            n = len(self.videos)
+            epoch, k = divmod(index, n)
+            item = dict(self.videos[int(np.random.default_rng([d.seed, 4, epoch]).permutation(n)[k])])
+        sig = noise_levels(cfg, rng)
+        g = torch.Generator().manual_seed(int(rng.integers(1 << 62)))
+        item["sigmas"] = torch.from_numpy(sig)
+        item["noise"] = torch.randn(item["frames"].shape, generator=g)
+        return item
+
+
+class IndexBatches(Sampler):
+    """Micro-batches of global sample indices for one process, from data position ``start``:
+    optimizer step s covers ``start + s·batch_size ..`` split into ``grad_accum × processes`` micro-batches."""
+
+    def __init__(self, start: int, batch_size: int, grad_accum: int, num_processes: int, rank: int):
+        self.start, self.batch_size, self.grad_accum = int(start), int(batch_size), int(grad_accum)
+        self.num_processes, self.rank = int(num_processes), int(rank)
+        self.micro = batch_size // (grad_accum * num_processes)
+
+    def __iter__(self):
+        base = self.start
+        while True:
+            for k in range(self.grad_accum):
+                first = base + (k * self.num_processes + self.rank) * self.micro
+                yield list(range(first, first + self.micro))
+            base += self.batch_size
+
+    def __len__(self) -> int:
+        return 1 << 62

@@ -1,0 +1,415 @@
+"""The training loop behind ``vidhash train`` (see ``vidhash.training`` for the recipe).
+
+Objective (rectified flow, the convention of ``FlowMatchEulerDiscreteScheduler`` as the pipeline
+uses it): ``x_σ = (1 − σ)·x0 + σ·noise``, the model predicts the velocity ``noise − x0`` from
+``x_σ`` at timestep ``σ·1000``; a scheduler step is ``x ← x + (σ_next − σ)·v``. Noise levels are
+per frame but shared by each chunk of ``noise.chunk_frames`` frames (one timestep per chunk, as
+at generation); a share of chunks stays clean (σ = 0, timestep 0, no loss) and acts as context.
+Temporal attention is chunk-causal (``causal_frames = chunk_frames``): a chunk sees itself and
+earlier chunks only, as at generation, so later noisy chunks learn to copy what clean earlier
+chunks showed — in particular the places a trajectory returns to.
+"""
+from __future__ import annotations
+
+import contextlib
+import csv
+import math
+import os
+import random
+import signal
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from vidhash.config import save_config, to_yaml
+
+from .checkpoint import checkpoint_size, find_checkpoint, load_checkpoint, save_checkpoint
+from .config import TrainConfig, model_fingerprint, model_supports_selection, selection_arg
+from .data import IndexBatches, TrainSamples, revisit_share
+from .ema import EMA
+
+CSV_FIELDS = ("step", "loss", "lr", "grad_norm", "samples_per_s", "elapsed_s")
+
+
+class _StopFlag:
+    """SIGTERM / SIGINT set a flag the loop checks after each step (a second Ctrl-C aborts)."""
+
+    def __init__(self):
+        self.set, self.signal = False, None
+        self._old: dict[int, Any] = {}
+
+    def _handler(self, signum, frame):
+        if self.set and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.set, self.signal = True, signal.Signals(signum).name
+
+    def __enter__(self):
+        try:
+            for s in (signal.SIGTERM, signal.SIGINT):
+                self._old[s] = signal.signal(s, self._handler)
+        except ValueError:  # not the main thread
+            pass
+        return self
+
+    def __exit__(self, *exc):
+        for s, h in self._old.items():
+            signal.signal(s, h)
+
+
+def lr_lambda(cfg: TrainConfig):
+    o = cfg.optim
+
+    def f(step: int) -> float:
+        if step < o.warmup_steps:
+            return (step + 1) / o.warmup_steps
+        span = max(1, cfg.max_steps - o.warmup_steps)
+        progress = min(1.0, (step - o.warmup_steps) / span)
+        return o.min_lr_ratio + (1 - o.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return f
+
+
+def build_model(cfg: TrainConfig):
+    from vidhash.models.transformer_vidhash import VidHashTransformer3DModel
+
+    state = torch.random.get_rng_state()
+    try:
+        torch.manual_seed(cfg.seed)
+        model = VidHashTransformer3DModel(**asdict(cfg.model))
+    finally:
+        torch.random.set_rng_state(state)
+    return model
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        (decay if p.ndim >= 2 and "embed" not in name else no_decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def _rng_state() -> dict:
+    return {
+        "torch": torch.random.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": np.random.get_state(),
+        "python": random.getstate(),
+    }
+
+
+def _set_rng_state(s: dict) -> None:
+    torch.random.set_rng_state(s["torch"])
+    if s.get("cuda") and torch.cuda.is_available() and len(s["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(s["cuda"])
+    np.random.set_state(s["numpy"])
+    random.setstate(s["python"])
+
+
+def _optim_tensors(opt_state: dict) -> tuple[dict[str, torch.Tensor], dict]:
+    flat = {f"{i}.{k}": v for i, st in opt_state["state"].items() for k, v in st.items() if torch.is_tensor(v)}
+    rest = {"param_groups": opt_state["param_groups"],
+            "scalars": {i: {k: v for k, v in st.items() if not torch.is_tensor(v)} for i, st in opt_state["state"].items()}}
+    return flat, rest
+
+
+def _optim_state(flat: dict[str, torch.Tensor], rest: dict) -> dict:
+    state: dict[int, dict] = {int(i): dict(v) for i, v in rest["scalars"].items()}
+    for key, v in flat.items():
+        i, k = key.split(".", 1)
+        state.setdefault(int(i), {})[k] = v
+    return {"state": state, "param_groups": rest["param_groups"]}
+
+
+def _config_diff(a: dict, b: dict, prefix: str = "") -> str:
+    out = []
+    for k in sorted(set(a) | set(b)):
+        if a.get(k) != b.get(k):
+            out.append(f"{prefix}{k}: checkpoint {a.get(k)!r}, here {b.get(k)!r}")
+    return "; ".join(out)
+
+
+def write_csv(path: Path, rows: list[dict]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=CSV_FIELDS)
+        w.writeheader()
+        w.writerows(rows)
+    os.replace(tmp, path)
+
+
+def _fmt_row(row: dict) -> dict:
+    return {k: (repr(float(v)) if isinstance(v, float) else v) for k, v in row.items()}
+
+
+def export_pipeline(model_cfg_model, ema: EMA, out: str | os.PathLike, dtype: str = "auto",
+                    max_mb: float = 20.0) -> tuple[Path, str, float]:
+    """Save the EMA weights as a ``VidHashPipeline`` folder (atomic: temp folder, then rename).
+    ``auto``: fp32 if it fits ``max_mb`` else fp16. Returns (folder, dtype, MB)."""
+    import shutil
+
+    from diffusers.schedulers import FlowMatchEulerDiscreteScheduler
+
+    from vidhash.pipelines import VidHashPipeline
+
+    model = model_cfg_model
+    ema.copy_to(model)
+    nbytes32 = sum(v.numel() * 4 for v in ema.shadow.values())
+    if dtype == "auto":
+        dtype = "fp32" if nbytes32 / 2**20 + 0.1 <= max_mb else "fp16"
+    torch_dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[dtype]
+    model = model.to(torch_dtype).cpu().eval()
+    pipe = VidHashPipeline(model, FlowMatchEulerDiscreteScheduler())
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    pipe.save_pretrained(str(tmp))
+    old = out.with_name(f".{out.name}.old-{os.getpid()}")
+    if out.exists():
+        os.replace(out, old)
+    os.replace(tmp, out)
+    shutil.rmtree(old, ignore_errors=True)
+    mb = sum(p.stat().st_size for p in out.rglob("*") if p.is_file()) / 2**20
+    return out, dtype, mb
+
+
+def train(cfg: TrainConfig, resume: str | None = None, max_minutes: float | None = None,
+          stop_at_step: int | None = None, progress: bool = True, export: bool = True,
+          log=None) -> dict:
+    """Run (or continue) training; returns a summary dict. ``resume``: None (fresh; refuses to
+    overwrite a run that has checkpoints), ``"auto"`` (latest under out_dir if any) or a path.
+    ``stop_at_step``: stop (with a checkpoint) once this step is reached, as if interrupted."""
+    from accelerate import Accelerator
+    from accelerate.utils import gather_object
+    from tqdm.auto import tqdm
+
+    log = log or (lambda *a, **k: print(*a, **{"flush": True, **k}))
+
+    t_start = time.monotonic()
+    if torch.cuda.is_available():
+        torch.backends.cuda.matmul.allow_tf32 = True  # dense_attention scores are float32 matmuls
+        torch.backends.cudnn.allow_tf32 = True
+    max_minutes = cfg.max_minutes if max_minutes is None else max_minutes
+    accelerator = Accelerator(mixed_precision=cfg.mixed_precision, cpu=not torch.cuda.is_available())
+    nproc, rank, main = accelerator.num_processes, accelerator.process_index, accelerator.is_main_process
+    if cfg.batch_size % (nproc * cfg.grad_accum):
+        raise ValueError(f"batch_size ({cfg.batch_size}) must be divisible by processes × grad_accum "
+                         f"({nproc} × {cfg.grad_accum})")
+    select_kw = model_supports_selection() if cfg.temporal_mode == "selected" else None
+    out_dir = Path(cfg.out_dir)
+    ckpt_root = out_dir / "checkpoints"
+    csv_path = out_dir / "loss.csv"
+    fp = model_fingerprint(cfg)
+
+    # 1. what to resume from (checked before any work)
+    ckpt = None
+    if resume == "auto":
+        ckpt = find_checkpoint(ckpt_root)
+    elif resume:
+        if not Path(resume).exists():
+            raise FileNotFoundError(f"checkpoint {resume} does not exist")
+        ckpt = find_checkpoint(resume)
+        if ckpt is None:
+            raise ValueError(f"{resume} holds no complete checkpoint")
+    elif find_checkpoint(ckpt_root) is not None:
+        raise ValueError(f"{ckpt_root} already holds checkpoints: pass --resume auto to continue, or another out_dir")
+    tensors = meta = None
+    if ckpt is not None:
+        tensors, meta = load_checkpoint(ckpt)
+        if meta["fingerprint"] != fp:
+            raise ValueError(f"checkpoint {ckpt} was written for another model config "
+                             f"({_config_diff(meta['model'], asdict(cfg.model), 'model.')})")
+
+    # 2. model, EMA, optimizer, schedule
+    torch.manual_seed(cfg.seed + rank)
+    np.random.seed((cfg.seed + rank) % 2**32)
+    random.seed(cfg.seed + rank)
+    model = build_model(cfg)
+    if cfg.gradient_checkpointing:
+        model.enable_gradient_checkpointing()
+    ema = EMA(model, cfg.ema.decay, cfg.ema.warmup)
+    o = cfg.optim
+    optimizer = torch.optim.AdamW(param_groups(model, o.weight_decay), lr=o.lr, betas=tuple(o.betas), eps=o.eps)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
+    step, data_pos, rows, elapsed_before = 0, 0, [], 0.0
+    if meta is not None:
+        model.load_state_dict(tensors["model"])
+        ema.load_state_dict(tensors["ema"])
+        optimizer.load_state_dict(_optim_state(tensors.get("optim", {}), meta["optim"]))
+        scheduler.load_state_dict(meta["scheduler"])
+        step, data_pos, rows = meta["step"], meta["data_position"], list(meta["rows"])
+        elapsed_before = meta.get("elapsed_s", 0.0)
+        rng = meta["rng"]
+        if len(rng) == nproc:
+            _set_rng_state(rng[rank])
+        elif main:
+            log(f"note: checkpoint from {len(rng)} processes, now {nproc}: global RNGs reseeded "
+                "(training randomness is per sample index, so the data stream is unchanged)")
+    model.to(accelerator.device)
+    ema.shadow = {k: v.to(accelerator.device) for k, v in ema.shadow.items()}
+    model, optimizer = accelerator.prepare(model, optimizer)
+    if meta is not None and meta.get("scaler") is not None and accelerator.scaler is not None:
+        accelerator.scaler.load_state_dict(meta["scaler"])
+    raw = accelerator.unwrap_model(model)
+    n_params = sum(p.numel() for p in raw.parameters())
+
+    # 3. data (indices from the saved data position)
+    dataset = TrainSamples(cfg)
+    micro = cfg.batch_size // (nproc * cfg.grad_accum)
+    workers = cfg.data.num_workers
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_sampler=IndexBatches(data_pos, cfg.batch_size, cfg.grad_accum, nproc, rank),
+        num_workers=workers, pin_memory=accelerator.device.type == "cuda",
+        persistent_workers=False, prefetch_factor=4 if workers else None,
+    )
+    if main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, out_dir / "config.yaml")
+        if rows or not csv_path.exists() or meta is None:
+            write_csv(csv_path, [_fmt_row(r) for r in rows])  # the log up to the checkpoint, exactly
+        how = f"resumed from {ckpt} at step {step}" if meta else "fresh start"
+        log(f"vidhash train: {how}; {n_params / 1e6:.2f}M parameters; {nproc} process(es) on "
+            f"{accelerator.device.type}; batch {cfg.batch_size} = {nproc} × {cfg.grad_accum} × {micro}; "
+            f"precision {cfg.mixed_precision}; temporal {cfg.temporal_mode}")
+        if cfg.data.source == "world":
+            share = revisit_share(cfg, 128)
+            log(f"data: worlds {cfg.data.world_seed_start}..{cfg.data.world_seed_start + cfg.data.num_worlds - 1} "
+                f"(seeds >= 1000000 held out), {cfg.data.trajectory} trajectories; {share:.0%} of frames revisit "
+                f"a place seen more than {cfg.noise.window_frames} frames earlier")
+
+    # 4. loop
+    chunk = cfg.noise.chunk_frames
+    stop = _StopFlag()
+    bar = tqdm(total=cfg.max_steps, initial=step, disable=not (progress and main), desc="train", dynamic_ncols=True)
+    it = iter(loader)
+    loss_acc, n_acc, samples_since, t_log = 0.0, 0, 0, time.monotonic()
+    step_times: list[float] = []
+    last_save_s = 0.0
+    reason = "done"
+    last_ckpt = ckpt
+
+    def save(reason_now: str):
+        nonlocal last_save_s, last_ckpt
+        t0 = time.monotonic()
+        rng_all = gather_object([_rng_state()]) if nproc > 1 else [_rng_state()]
+        if main:
+            opt_flat, opt_rest = _optim_tensors(optimizer.state_dict())
+            if cfg.checkpoint.moments_dtype == "bf16":  # smaller, but resume is then not bitwise exact
+                opt_flat = {k: (v.to(torch.bfloat16) if v.ndim > 0 else v) for k, v in opt_flat.items()}
+            meta_out = {
+                "fingerprint": fp, "model": asdict(cfg.model), "config": to_yaml(cfg),
+                "data_position": data_pos, "rows": rows, "optim": opt_rest,
+                "scheduler": scheduler.state_dict(), "rng": rng_all, "num_processes": nproc,
+                "elapsed_s": elapsed_before + time.monotonic() - t_start, "reason": reason_now,
+                "scaler": accelerator.scaler.state_dict() if accelerator.scaler is not None else None,
+            }
+            state = {k: v for k, v in raw.state_dict().items()}
+            folder = save_checkpoint(ckpt_root, step, {"model": state, "ema": ema.state_dict(), "optim": opt_flat},
+                                     meta_out, cfg.checkpoint.shard_mb, cfg.checkpoint.keep)
+            last_ckpt = folder
+            write_csv(csv_path, [_fmt_row(r) for r in rows])
+        accelerator.wait_for_everyone()
+        last_save_s = time.monotonic() - t0
+
+    with stop:
+        while step < cfg.max_steps:
+            t0 = time.monotonic()
+            batches = [next(it) for _ in range(cfg.grad_accum)]
+            dev = accelerator.device
+            count = sum((b["sigmas"] > 0).sum() for b in batches).float() * float(np.prod(batches[0]["frames"].shape[2:]))
+            total = accelerator.reduce(count.to(dev), "sum").clamp(min=1.0)
+            err_sum = torch.zeros((), device=dev)
+            model.train()
+            for k, b in enumerate(batches):
+                x0 = b["frames"].to(dev, non_blocking=True)
+                noise = b["noise"].to(dev, non_blocking=True)
+                sig = b["sigmas"].to(dev, non_blocking=True)
+                s = sig[:, :, None, None, None]
+                x_t = (1 - s) * x0 + s * noise
+                target = noise - x0
+                kwargs = {select_kw: selection_arg(cfg)} if select_kw else {}
+                sync = accelerator.no_sync(model) if k < cfg.grad_accum - 1 else contextlib.nullcontext()
+                with sync:
+                    pred = model(x_t, sig * 1000.0, b["actions"].to(dev), b["poses"].to(dev),
+                                 causal_frames=chunk, **kwargs).sample
+                    err = ((pred.float() - target) ** 2 * (s > 0)).sum()
+                    accelerator.backward(err * nproc / total)
+                err_sum += err.detach()
+            if cfg.optim.grad_clip > 0:
+                grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
+            else:
+                grad_norm = torch.linalg.vector_norm(
+                    torch.stack([p.grad.norm() for p in model.parameters() if p.grad is not None]))
+            optimizer.step()
+            lr = scheduler.get_last_lr()[0]
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            ema.update(raw, step)
+            step += 1
+            data_pos += cfg.batch_size
+            loss = (accelerator.reduce(err_sum, "sum") / total).item()
+            if not math.isfinite(loss):
+                raise FloatingPointError(f"loss is {loss} at step {step}; lower optim.lr or use mixed_precision=no")
+            loss_acc += loss
+            n_acc += 1
+            samples_since += cfg.batch_size
+            step_times.append(time.monotonic() - t0)
+            if step % cfg.log_every == 0 or step == cfg.max_steps:
+                now = time.monotonic()
+                row = {"step": step, "loss": loss_acc / n_acc, "lr": float(lr), "grad_norm": float(grad_norm),
+                       "samples_per_s": samples_since / max(now - t_log, 1e-9),
+                       "elapsed_s": elapsed_before + now - t_start}
+                rows.append(row)
+                if main:
+                    with open(csv_path, "a", newline="") as f:
+                        csv.DictWriter(f, fieldnames=CSV_FIELDS).writerow(_fmt_row(row))
+                if main and not progress:
+                    log(f"step {step} loss {row['loss']:.5f} lr {lr:.3e} grad_norm {float(grad_norm):.3f} "
+                        f"samples/s {row['samples_per_s']:.1f} elapsed {row['elapsed_s']:.0f}s")
+                bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{lr:.2e}", sps=f"{row['samples_per_s']:.0f}")
+                loss_acc, n_acc, samples_since, t_log = 0.0, 0, 0, now
+            bar.update(1)
+            # stop conditions, agreed across processes
+            want = 0
+            if stop.set:
+                want, reason = 1, f"signal {stop.signal}"
+            if stop_at_step is not None and step >= stop_at_step:
+                want, reason = 1, f"stop_at_step {stop_at_step}"
+            if max_minutes and max_minutes > 0:
+                recent = sorted(step_times[-20:])[len(step_times[-20:]) // 2]
+                used = time.monotonic() - t_start
+                if used + 3 * recent + 2 * last_save_s + 10 > max_minutes * 60:
+                    want, reason = 1, f"max_minutes {max_minutes}"
+            if nproc > 1:
+                want = int(accelerator.reduce(torch.tensor(want, device=accelerator.device), "max").item())
+                if want and reason == "done":
+                    reason = "another process stopped"
+            if want:
+                break
+            if step % cfg.checkpoint.every == 0 and step < cfg.max_steps:
+                save("every")
+        bar.close()
+        save(reason)
+    summary = {"step": step, "data_position": data_pos, "reason": reason, "checkpoint": str(last_ckpt),
+               "params": n_params, "loss_csv": str(csv_path)}
+    if main:
+        total_b, largest = checkpoint_size(last_ckpt)
+        summary.update(checkpoint_mb=total_b / 2**20, largest_file_mb=largest / 2**20)
+        log(f"checkpoint {last_ckpt}: {total_b / 2**20:.1f} MB in all (model + EMA + optimizer), largest file "
+            f"{largest / 2**20:.1f} MB" + (" — over 16 MB in all; files are sharded under checkpoint.shard_mb"
+                                           if total_b > 16 * 2**20 else ""))
+        if export:
+            folder, dtype, mb = export_pipeline(build_model(cfg), ema, cfg.export_dir or out_dir / "export",
+                                                cfg.export_dtype, cfg.export_max_mb)
+            summary.update(export=str(folder), export_dtype=dtype, export_mb=mb)
+            log(f"exported EMA pipeline to {folder} ({dtype}, {mb:.1f} MB)")
+        log(f"stopped at step {step}/{cfg.max_steps} ({reason}); data position {data_pos}; "
+            f"{(time.monotonic() - t_start) / 60:.1f} min this run")
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return summary
