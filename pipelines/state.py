@@ -12,6 +12,13 @@ Letters: l layers, b batch, h heads, w window frames, n tokens per frame, e head
 * frame counter, camera pose, random-trajectory state, and a fingerprint of the configuration
   (model, frame size, window, memory) that a pipeline checks before using the state.
 
+Signatures: a model with learned memory hashes (``memory_hash_bits > 0``) gets memories of that
+many bits whose hasher is an ``UnboundHasher``; the model binds its own ``LearnedHash`` on the
+first forward. The config then records ``model.memory_hash_bits``/``memory_hash_hidden`` (absent
+for SimHash models, whose fingerprints are unchanged), and once bound the hashers' digests join
+the fingerprint and the file: a state written with other signatures is refused when the model
+binds its hashers (ValueError), a SimHash state by the pipeline's config check.
+
 ``nbytes`` is fixed by the configuration (modes ``hashed`` and ``window``); mode ``full`` keeps
 every frame's K/V (the dense baseline) and grows.
 
@@ -33,7 +40,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from vidhash.config import MEMORY_MODES, TemporalMemoryConfig
-from vidhash.memory import HashedMemory
+from vidhash.memory import HashedMemory, UnboundHasher
 from vidhash.models.transformer_vidhash import TemporalContext
 
 FORMAT = "vidhash-state/1"
@@ -48,16 +55,22 @@ def state_config(model_config: Any, height: int, width: int, window_frames: int,
     """The JSON-able configuration a state is built from (and fingerprinted by)."""
     mem = asdict(memory)
     mem.pop("top_k")  # a read setting: may change between runs without touching the state
+    model = {k: (float(model_config[k]) if isinstance(model_config[k], float) else model_config[k]) for k in MODEL_KEYS}
+    bits = int(model_config.get("memory_hash_bits", 0) or 0)
+    if bits:  # learned signatures: the memory stores the model's bits (SimHash states keep their old fingerprints)
+        model.update(memory_hash_bits=bits, memory_hash_hidden=int(model_config.get("memory_hash_hidden", 128)))
+        mem["n_bits"] = bits
     return {
-        "model": {k: (float(model_config[k]) if isinstance(model_config[k], float) else model_config[k])
-                  for k in MODEL_KEYS},
+        "model": model,
         "height": int(height), "width": int(width), "window_frames": int(window_frames),
         "memory": mem, "batch_size": int(batch_size), "dtype": str(dtype).removeprefix("torch."),
     }
 
 
-def fingerprint(config: dict) -> str:
-    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
+def fingerprint(config: dict, hashers: list | None = None) -> str:
+    """sha256 of the config (and of the bound hashers' digests, when there are any)."""
+    data = config if not hashers else {**config, "hashers": list(hashers)}
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
 class VidHashState:
@@ -67,9 +80,9 @@ class VidHashState:
     ``state.save(path)``, continue with ``pipe(..., state=VidHashState.load(path))``.
     """
 
-    def __init__(self, config: dict, generator: torch.Generator | None = None, device: torch.device | str = "cpu"):
+    def __init__(self, config: dict, generator: torch.Generator | None = None, device: torch.device | str = "cpu",
+                 hashers: list | None = None):
         self.config = config
-        self.fingerprint = fingerprint(config)
         m, mem = config["model"], config["memory"]
         if mem["mode"] not in MEMORY_MODES:
             raise ValueError(f"memory mode must be one of {MEMORY_MODES}, got {mem['mode']!r}")
@@ -88,12 +101,18 @@ class VidHashState:
         self.window_index = torch.full((frames,), -1, dtype=torch.int64, device=device)
         self.window_filled = 0
         # 2. memories
+        #    (learned signatures: bound by the model, or given here as ``hashers``, one per layer)
         self.memories: list[HashedMemory] = []
+        learned = bool(m.get("memory_hash_bits", 0))
+        if hashers is not None and (not learned or len(hashers) != self.num_layers):
+            raise ValueError(f"hashers: give one per layer ({self.num_layers}) and only for a model with memory_hash_bits > 0")
         if self.mode == "hashed":
             self.memories = [
                 HashedMemory(mem["num_buckets"], mem["slots"], self.heads, self.head_dim, n_bits=mem["n_bits"],
                              policy=mem["policy"], batch_size=self.batch_size, seed=mem["seed"] + layer,
-                             dtype=self.dtype, device=device)
+                             dtype=self.dtype, device=device,
+                             hasher=(hashers[layer] if hashers is not None
+                                     else UnboundHasher(mem["n_bits"], self.heads, self.head_dim)) if learned else None)
                 for layer in range(self.num_layers)
             ]
         # 3. RNG and counters
@@ -104,6 +123,29 @@ class VidHashState:
         self.pose = [0.0, 0.0]
         self.trajectory: dict | None = None
         self.top_k = 0  # memory read width last used (a read setting, not part of the fingerprint)
+
+    # ------------------------------------------------------------------ identity
+    @property
+    def hasher_digests(self) -> list | None:
+        """Digests of the learned hashers the memories read with (None per unbound layer), or
+        None for SimHash memories."""
+        if not self.config["model"].get("memory_hash_bits"):
+            return None
+        return [mem.hasher_digest or getattr(mem.hasher, "expected_digest", None) for mem in self.memories] or None
+
+    @property
+    def fingerprint(self) -> str:
+        """Of the config and, once bound, the learned hashers."""
+        digests = self.hasher_digests
+        return fingerprint(self.config, digests if digests and any(d is not None for d in digests) else None)
+
+    def bind_hashers(self, hashers: list) -> None:
+        """Bind the model's learned hashers (one per layer; ``model.memory_hashers()``) now
+        rather than at the model's first forward."""
+        if len(hashers) != len(self.memories):
+            raise ValueError(f"need one hasher per memory ({len(self.memories)}), got {len(hashers)}")
+        for mem, h in zip(self.memories, hashers):
+            mem.bind_hasher(h)
 
     # ------------------------------------------------------------------ size
     @property
@@ -185,7 +227,7 @@ class VidHashState:
             "format": FORMAT, "fingerprint": self.fingerprint, "config": self.config,
             "frame_index": self.frame_index, "window_filled": self.window_filled,
             "pose": [float(x) for x in self.pose], "trajectory": self.trajectory,
-            "top_k": self.top_k,
+            "top_k": self.top_k, **({"hashers": self.hasher_digests} if self.hasher_digests else {}),
         }
 
     def save(self, path: str | os.PathLike) -> Path:
@@ -236,11 +278,15 @@ class VidHashState:
             raise ValueError(f"state file {path} has no vidhash metadata (not a VidHashState file)") from None
         if meta.get("format") != FORMAT:
             raise ValueError(f"state file {path} has format {meta.get('format')!r}, expected {FORMAT!r}")
-        if fingerprint(meta["config"]) != meta["fingerprint"]:
+        digests = meta.get("hashers")
+        if fingerprint(meta["config"], digests if digests and any(d is not None for d in digests) else None) != meta["fingerprint"]:
             raise ValueError(f"state file {path}: metadata does not match its fingerprint (corrupt)")
         generator = torch.Generator()
         generator.set_state(tensors["rng"])
         state = cls(meta["config"], generator=generator, device="cpu")
+        for mem, digest in zip(state.memories, digests or []):
+            if isinstance(mem.hasher, UnboundHasher):
+                mem.hasher.expected_digest = digest  # the model's hasher must be this one
         expected = {"window.k": state.window_k.shape, "window.v": state.window_v.shape}
         if state.mode == "full":
             expected = {k: (*s[:3], meta["window_filled"], *s[4:]) for k, s in expected.items()}

@@ -7,7 +7,16 @@ Layout, per batch element and head: ``num_buckets × slots`` entries, each holdi
 value, the key's signature, the frame index it came from and a count (0 = empty). Every
 buffer is allocated at construction, so ``nbytes`` depends on the configuration only.
 
-**Routing.** A key's signature (``n_bits`` SimHash bits, per-head planes) is computed once. Its
+**Signatures.** By default ``n_bits`` SimHash bits with per-head planes (seeded by ``seed``,
+saved with the memory). ``hasher=`` takes any other hasher with the ``SimHash``/``LearnedHash``
+call signature (``hasher(x (b, h, t, d), role="key"|"query") -> int32 (b, h, t, w)`` and an
+``n_bits`` attribute), e.g. a model's :class:`~vidhash.hashing.LearnedHash`: it is *borrowed*
+(not a submodule: not saved, moved or counted in ``nbytes`` with the memory). An
+:class:`UnboundHasher` stands for "the model's learned hasher, bound later": the model binds it
+on its first forward (:meth:`HashedMemory.bind_hasher`), and a memory restored from a file checks
+that the hasher bound is the one it was written with (:func:`hasher_digest`).
+
+**Routing.** A key's signature is computed once. Its
 first ``route_bits`` bits are an LSH code, which the keyed mixing hash
 (:func:`~vidhash.hashing.bucket_index`) maps to a bucket: similar keys share a bucket, and
 bucket codes spread evenly over the table.
@@ -29,6 +38,7 @@ softmax attention over them with its log-sum-exp, ready for
 """
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import asdict, dataclass
 
@@ -36,7 +46,7 @@ import torch
 from torch import nn
 
 from .attention import _triton_ops, resolve_backend
-from .hashing import SimHash, bucket_index, hamming_similarity, num_words, pack_bits, unpack_bits
+from .hashing import LearnedHash, SimHash, bucket_index, hamming_similarity, num_words, pack_bits, unpack_bits
 
 POLICIES = ("fifo", "merge")
 _CHUNK_ELEMS = 1 << 23
@@ -78,6 +88,42 @@ class MemoryConfig:
         return min(self.n_bits, max(1, math.ceil(math.log2(self.num_buckets)) + 2))
 
 
+def hasher_digest(hasher) -> str:
+    """A short fingerprint of a hasher: its class, ``n_bits`` and every tensor of its state
+    (16 hex digits). Two hashers with one digest give the same signatures."""
+    h = hashlib.sha256(f"{type(hasher).__name__}:{getattr(hasher, 'n_bits', None)}".encode())
+    state = hasher.state_dict() if isinstance(hasher, nn.Module) else {}
+    for name in sorted(state):
+        t = state[name]
+        if torch.is_tensor(t):
+            h.update(name.encode())
+            h.update(str(tuple(t.shape)).encode())
+            h.update(t.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+class UnboundHasher:
+    """Placeholder for a hasher supplied later (a model's learned signatures).
+
+    Computing signatures with it is an error naming what to do; ``expected_digest`` (from a
+    saved state) makes :meth:`HashedMemory.bind_hasher` refuse any hasher but the one the
+    memory was written with."""
+
+    def __init__(self, n_bits: int, heads: int, head_dim: int, expected_digest: str | None = None):
+        self.n_bits, self.heads, self.head_dim = n_bits, heads, head_dim
+        self.n_words = num_words(n_bits)
+        self.expected_digest = expected_digest
+
+    def __call__(self, x, role: str = "key"):
+        raise ValueError(
+            "this HashedMemory reads learned signatures that are not bound yet: run the model's forward with "
+            "this memory in its context (it binds its LearnedHash), or call memory.bind_hasher(hasher)"
+        )
+
+    def __repr__(self) -> str:
+        return f"UnboundHasher(n_bits={self.n_bits}, heads={self.heads}, expected_digest={self.expected_digest})"
+
+
 class HashedMemory(nn.Module):
     """Fixed-capacity hashed key/value memory for one attention layer.
 
@@ -103,13 +149,19 @@ class HashedMemory(nn.Module):
         seed: int = 0,
         dtype: torch.dtype = torch.float32,
         device: torch.device | str | None = None,
+        hasher=None,
     ):
         super().__init__()
         if not dtype.is_floating_point:
             raise ValueError(f"dtype must be a floating-point dtype, got {dtype}")
         self.config = MemoryConfig(num_buckets, slots, heads, head_dim, n_bits, route_bits, policy, batch_size, seed)
         cfg = self.config
-        self.hasher = SimHash(head_dim, n_bits, heads=heads, seed=seed)
+        self.hasher_digest: str | None = None  # of a borrowed hasher, once bound
+        if hasher is None:
+            self.hasher = SimHash(head_dim, n_bits, heads=heads, seed=seed)
+        else:
+            self._check_hasher(hasher)
+            object.__setattr__(self, "hasher", hasher)  # borrowed: not a submodule (not saved or moved with the memory)
         shape = (batch_size, heads, num_buckets, slots)
         w = num_words(n_bits)
         self.register_buffer("keys", torch.zeros(*shape, head_dim, dtype=dtype, device=device))
@@ -118,8 +170,66 @@ class HashedMemory(nn.Module):
         self.register_buffer("frames", torch.full(shape, -1, dtype=torch.int64, device=device))
         self.register_buffer("counts", torch.zeros(shape, dtype=torch.int32, device=device))
         self.register_buffer("bucket_writes", torch.zeros(shape[:3], dtype=torch.int64, device=device))
-        self.hasher.planes = self.hasher.planes.to(device)
+        if isinstance(self.hasher, SimHash) and "hasher" in self._modules:
+            self.hasher.planes = self.hasher.planes.to(device)
+        elif not isinstance(self.hasher, UnboundHasher):
+            self.hasher_digest = hasher_digest(self.hasher)
         self._route_bits = cfg.resolved_route_bits
+
+    # ------------------------------------------------------------------ hashers
+    def _check_hasher(self, hasher) -> None:
+        cfg = self.config
+        if not callable(hasher) or not hasattr(hasher, "n_bits"):
+            raise ValueError(f"hasher must be callable as hasher(x, role=...) and have n_bits, got {type(hasher).__name__}")
+        if hasher.n_bits != cfg.n_bits:
+            raise ValueError(f"the hasher gives {hasher.n_bits}-bit signatures, this memory stores n_bits={cfg.n_bits}")
+        heads = getattr(hasher, "heads", None)
+        if heads not in (None, 1, cfg.heads):
+            raise ValueError(f"the hasher has {heads} heads, this memory {cfg.heads}")
+        hd = getattr(hasher, "head_dim", cfg.head_dim)
+        if hd != cfg.head_dim:
+            raise ValueError(f"the hasher takes head_dim={hd}, this memory holds head_dim={cfg.head_dim}")
+
+    @property
+    def owns_hasher(self) -> bool:
+        """True for the memory's own seeded SimHash (saved with it), False for a borrowed one."""
+        return "hasher" in self._modules
+
+    @property
+    def needs_hasher(self) -> bool:
+        """True while the hasher is an :class:`UnboundHasher` placeholder."""
+        return isinstance(self.hasher, UnboundHasher)
+
+    def bind_hasher(self, hasher) -> None:
+        """Use ``hasher`` (borrowed) for every later write and read.
+
+        Allowed in place of an :class:`UnboundHasher` — which, if it carries the digest of the
+        hasher a saved memory was written with, must match — or while the memory is empty. A
+        memory holding entries signed by another hasher raises ValueError."""
+        if hasher is self.hasher:
+            return
+        self._check_hasher(hasher)
+        digest = hasher_digest(hasher)
+        current = self.hasher
+        if isinstance(current, UnboundHasher):
+            if current.expected_digest is not None and current.expected_digest != digest:
+                raise ValueError(
+                    f"this memory was written with signatures of hasher {current.expected_digest}, the hasher bound now is "
+                    f"{digest}: a state saved with other signatures cannot be continued with this model"
+                )
+        elif bool((self.counts > 0).any()) and digest != (self.hasher_digest or hasher_digest(current)):
+            raise ValueError("this memory holds entries signed by another hasher; reset() it before binding a new one")
+        if "hasher" in self._modules:
+            del self._modules["hasher"]
+        object.__setattr__(self, "hasher", hasher)
+        self.hasher_digest = digest
+
+    def _kernel_hasher(self) -> bool:
+        """The signature kernel covers the hasher (SimHash, LearnedHash in float32)."""
+        h = self.hasher
+        if isinstance(h, SimHash):
+            return True
+        return isinstance(h, LearnedHash) and all(p.dtype == torch.float32 for p in h.parameters())
 
     # ------------------------------------------------------------------ size and bookkeeping
     @property
@@ -129,7 +239,8 @@ class HashedMemory(nn.Module):
 
     @property
     def nbytes(self) -> int:
-        """Bytes of every buffer (hashing planes included); fixed by the configuration."""
+        """Bytes of every buffer (the own SimHash planes included; a borrowed hasher belongs to
+        its model); fixed by the configuration."""
         return sum(t.numel() * t.element_size() for t in self.buffers())
 
     def num_entries(self) -> torch.Tensor:
@@ -178,6 +289,8 @@ class HashedMemory(nn.Module):
         why = None
         if op == "write" and self.config.policy != "fifo":
             why = f"policy {self.config.policy!r} has no Triton write kernel (only 'fifo')"
+        elif op == "write" and not self._kernel_hasher():
+            why = f"the signature kernel covers SimHash and float32 LearnedHash, not {type(self.hasher).__name__}"
         elif any(t.dtype not in (torch.float32, torch.bfloat16, torch.float16) for t in (*tensors, self.keys)):
             why = "the memory kernels support float32, bfloat16 and float16"
         if why is None:
@@ -307,7 +420,11 @@ class HashedMemory(nn.Module):
         if not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1:
             raise ValueError(f"top_k must be a positive int, got {top_k!r}")
         if self._backend(backend, "attend", q) == "triton":
-            return _triton_ops().memory_attend(self, q, top_k, scale=scale, return_indices=return_indices)
+            q_sig = None
+            if not self._kernel_hasher():  # the read kernels take the hasher's own signatures
+                with torch.no_grad():
+                    q_sig = self.hasher(q, role="query")
+            return _triton_ops().memory_attend(self, q, top_k, scale=scale, return_indices=return_indices, q_sig=q_sig)
         b, h, n, d = q.shape
         c = self.capacity
         kk = min(top_k, c)

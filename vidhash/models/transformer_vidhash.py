@@ -16,6 +16,19 @@ Position: every token carries a Fourier embedding of the world coordinates of it
 (the frame's pose (x, y) is the view centre; ``pos_period`` is the world size, so the embedding
 is periodic on the world torus). Without poses it is the patch position within the frame. The
 same place therefore gives similar keys whenever it is seen, which is what memory reads use.
+
+Learned memory signatures: with ``memory_hash_bits > 0`` every layer's temporal attention owns
+a :class:`~vidhash.hashing.LearnedHash` (per head, ``memory_hash_hidden`` wide, kept in float32,
+saved with the weights). A ``HashedMemory`` in the context whose hasher is an
+``UnboundHasher`` (what ``VidHashState`` builds for such a model) gets it bound on the first
+forward. ``vidhash calibrate`` fits these hashes on a trained model.
+
+Training-time selection (``forward(..., causal_frames=c, temporal_select={"window_frames": W,
+"top_k": K})``): each chunk's queries attend exactly to their chunk and the ``W`` frames before
+it, and to only the ``K`` tokens older than that chosen per query by signature Hamming
+similarity (ties to the older token) — the layer's LearnedHash, else the SimHash a
+``VidHashState`` memory would use (``n_bits``, ``seed`` + layer) — merged by log-sum-exp: the
+same attention generation computes with a memory that holds every older token.
 """
 from __future__ import annotations
 
@@ -31,7 +44,10 @@ from einops import rearrange
 from torch import nn
 
 from ..attention import dense_attention, merge_attention
+from ..hashing import LearnedHash, SimHash
 from ..memory import HashedMemory
+
+SELECT_KEYS = {"window_frames", "top_k", "n_bits", "seed", "hash_grad"}
 
 
 @dataclass
@@ -107,27 +123,39 @@ class TemporalAttention(nn.Module):
     """The chunk's tokens attend exactly to context + chunk tokens, merged with a memory read.
 
     ``causal_frames`` (training without a context): frames are grouped in chunks of that many and
-    a chunk attends to itself and earlier chunks only, as at generation time.
+    a chunk attends to itself and earlier chunks only, as at generation time. ``select`` (with
+    ``causal_frames``): earlier chunks beyond ``window_frames`` are read through a per-query
+    top-``top_k`` selection by signatures, as a memory read would (see :meth:`_chunk_select`).
     """
 
-    def __init__(self, dim: int, heads: int, qk_norm: bool):
+    def __init__(self, dim: int, heads: int, qk_norm: bool, hash_bits: int = 0, hash_hidden: int = 128, seed: int = 0):
         super().__init__()
         self.heads, self.head_dim = heads, dim // heads
         self.qkv = QKV(dim, heads, qk_norm)
         self.proj = nn.Linear(dim, dim)
+        self.memory_hash = LearnedHash(self.head_dim, hash_bits, heads, hash_hidden, seed=seed) if hash_bits else None
+        self._recorder = None  # callable(q, k): set by VidHashTransformer3DModel.record_temporal_qk
 
-    def forward(self, x: torch.Tensor, ctx: TemporalContext | None, causal_frames: int | None = None):
+    def forward(self, x: torch.Tensor, ctx: TemporalContext | None, causal_frames: int | None = None,
+                select: dict | None = None):
         b, f, n, _ = x.shape
         q, k, v = self.qkv(rearrange(x, "b f n d -> b (f n) d"), "b n (three h e)")
+        if self._recorder is not None:
+            self._recorder(q.detach(), k.detach())
         scale = self.head_dim**-0.5
         # 1. exact part: context frames (window) + the chunk's own frames
         k_all = k if ctx is None or ctx.k is None else torch.cat([ctx.k.to(k.dtype), k], dim=2)
         v_all = v if ctx is None or ctx.v is None else torch.cat([ctx.v.to(v.dtype), v], dim=2)
-        if causal_frames is None:
+        if select is not None:
+            out, lse = self._chunk_select(q, k, v, n * causal_frames, n * select["window_frames"], select["top_k"],
+                                          select["hasher"], scale, select.get("hash_grad", True))
+        elif causal_frames is None:
             out, lse = dense_attention(q, k_all, v_all, scale=scale, return_lse=True)
         else:
             out, lse = self._chunk_causal(q, k_all, v_all, n * causal_frames, scale)
         # 2. hashed memory: everything older than the context, merged by log-sum-exp
+        if ctx is not None and ctx.memory is not None and self.memory_hash is not None and ctx.memory.needs_hasher:
+            ctx.memory.bind_hasher(self.memory_hash)  # a state's memory for this model: read with its learned hash
         if ctx is not None and ctx.memory is not None and ctx.top_k > 0:
             m_out, m_lse = ctx.memory.attend(q, ctx.top_k, scale=scale)
             out, lse = merge_attention(out, lse, m_out, m_lse)
@@ -145,26 +173,86 @@ class TemporalAttention(nn.Module):
             lses.append(l)
         return torch.cat(outs, 2), torch.cat(lses, 2)
 
+    @staticmethod
+    def _chunk_select(q, k, v, chunk_tokens: int, window_tokens: int, top_k: int, hasher, scale: float,
+                      hash_grad: bool = True):
+        """Chunk-causal attention with generation's selection, one query chunk at a time.
+
+        Query chunk ``[start, stop)`` attends exactly to keys ``[start − window_tokens, stop)``
+        (dense, float32, with its log-sum-exp) and to the ``top_k`` keys of ``[0, start −
+        window_tokens)`` with the highest Hamming similarity of ``hasher``'s signatures (ties to
+        the lower index, as ``HashedMemory.attend`` with entries in token order), merged by
+        log-sum-exp. Similarities are dot products of ±1 codes (``(n_bits + c_q·c_k) / 2``,
+        exact), so no step holds more than ``(chunk tokens × all tokens)`` per head.
+
+        A ``LearnedHash`` trains through the selection by a straight-through term: the selected
+        keys' logits get ``s − stop_grad(s)`` (zero in value) with ``s`` the mean product of
+        straight-through sign codes, so the attention loss reaches the hash MLPs
+        (``hash_grad=False`` turns it off).
+        """
+        b, h, t, e = q.shape
+        with torch.no_grad(), torch.autocast(q.device.type, enabled=False):
+            cq = (hasher.project(q, "query") > 0).float() * 2 - 1  # (b, h, t, m) ±1, the signature bits
+            ck = (hasher.project(k, "key") > 0).float() * 2 - 1
+        st = hash_grad and isinstance(hasher, LearnedHash) and torch.is_grad_enabled()
+        if st:
+            sq, sk = _st_codes(hasher, q, "query"), _st_codes(hasher, k, "key")
+        outs, lses = [], []
+        for start in range(0, t, chunk_tokens):
+            stop = min(start + chunk_tokens, t)
+            old = max(0, start - window_tokens)
+            qs = q[:, :, start:stop]
+            o, l = dense_attention(qs, k[:, :, old:stop], v[:, :, old:stop], scale=scale, return_lse=True)
+            if old > 0 and top_k > 0:
+                kk = min(top_k, old)
+                with torch.no_grad(), torch.autocast(q.device.type, enabled=False):
+                    dot = cq[:, :, start:stop] @ ck[:, :, :old].transpose(-1, -2)  # (b, h, m, old): 2·sim − n_bits
+                    rank = dot * (old + 1) + (old - torch.arange(old, device=q.device, dtype=dot.dtype))
+                    if (2 * cq.shape[-1] + 1) * (old + 1) >= 1 << 24:  # beyond float32's exact integers
+                        rank = rank.double()
+                    keep = torch.zeros(rank.shape, dtype=torch.bool, device=q.device)
+                    keep.scatter_(-1, rank.topk(kk, dim=-1).indices, True)
+                s = torch.matmul(qs.float(), k[:, :, :old].float().transpose(-1, -2)) * scale
+                if st:
+                    sim = sq[:, :, start:stop] @ sk[:, :, :old].transpose(-1, -2) / sq.shape[-1]
+                    s = s + (sim - sim.detach())
+                s = s.masked_fill(~keep, float("-inf"))
+                l2 = torch.logsumexp(s, dim=-1)
+                o2 = torch.matmul(torch.exp(s - l2.unsqueeze(-1)), v[:, :, :old].float()).to(q.dtype)
+                o, l = merge_attention(o, l, o2, l2)
+            outs.append(o)
+            lses.append(l)
+        return torch.cat(outs, 2), torch.cat(lses, 2)
+
+
+def _st_codes(hasher: LearnedHash, x: torch.Tensor, role: str) -> torch.Tensor:
+    """±1 sign codes with the gradient of tanh (straight-through)."""
+    z = hasher.project(x, role)
+    soft = torch.tanh(z)
+    return soft + (torch.where(z > 0, 1.0, -1.0) - soft).detach()
+
 
 class VidHashBlock(nn.Module):
     """Spatial attention → temporal attention → MLP, each with adaLN-Zero on the per-frame condition."""
 
-    def __init__(self, dim: int, heads: int, mlp_ratio: float, qk_norm: bool):
+    def __init__(self, dim: int, heads: int, mlp_ratio: float, qk_norm: bool, hash_bits: int = 0,
+                 hash_hidden: int = 128, seed: int = 0):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
         self.spatial = SpatialAttention(dim, heads, qk_norm)
         self.norm2 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
-        self.temporal = TemporalAttention(dim, heads, qk_norm)
+        self.temporal = TemporalAttention(dim, heads, qk_norm, hash_bits, hash_hidden, seed)
         self.norm3 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
         hidden = int(dim * mlp_ratio)
         self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, dim))
         self.ada = nn.Sequential(nn.SiLU(), nn.Linear(dim, 9 * dim))
 
-    def forward(self, x, cond, ctx: TemporalContext | None = None, causal_frames: int | None = None):
+    def forward(self, x, cond, ctx: TemporalContext | None = None, causal_frames: int | None = None,
+                select: dict | None = None):
         # x (b, f, n, d); cond (b, f, d)
         mods = self.ada(cond).unsqueeze(2).chunk(9, dim=-1)  # each (b, f, 1, d)
         x = x + mods[2] * self.spatial(modulate(self.norm1(x), mods[0], mods[1]))
-        h, kv = self.temporal(modulate(self.norm2(x), mods[3], mods[4]), ctx, causal_frames)
+        h, kv = self.temporal(modulate(self.norm2(x), mods[3], mods[4]), ctx, causal_frames, select)
         x = x + mods[5] * h
         x = x + mods[8] * self.mlp(modulate(self.norm3(x), mods[6], mods[7]))
         return x, kv
@@ -185,11 +273,15 @@ class VidHashTransformer3DModel(ModelMixin, ConfigMixin):
         pos_period: the longest period of the position embedding (the world size in pixels).
         sample_size: default frame side for generation.
         qk_norm: RMS-normalise queries and keys per head.
+        memory_hash_bits: > 0 gives every layer's temporal attention a learned signature hash
+            (``LearnedHash``, per head) of that many bits for its memory; 0: memories use SimHash.
+        memory_hash_hidden: hidden width of the learned hash MLPs.
     """
 
     _supports_gradient_checkpointing = True
     _no_split_modules = ["VidHashBlock"]
-    _skip_layerwise_casting_patterns = ["pos_embed", "norm", "time_proj"]
+    _skip_layerwise_casting_patterns = ["pos_embed", "norm", "time_proj", "memory_hash"]
+    _keep_in_fp32_modules = ["memory_hash"]
 
     @register_to_config
     def __init__(
@@ -205,10 +297,14 @@ class VidHashTransformer3DModel(ModelMixin, ConfigMixin):
         pos_period: float = 1024.0,
         sample_size: int = 64,
         qk_norm: bool = True,
+        memory_hash_bits: int = 0,
+        memory_hash_hidden: int = 128,
     ):
         super().__init__()
         if hidden_dim % num_heads:
             raise ValueError(f"hidden_dim ({hidden_dim}) must be divisible by num_heads ({num_heads})")
+        if memory_hash_bits < 0 or memory_hash_hidden < 1:
+            raise ValueError(f"memory_hash_bits must be ≥ 0 and memory_hash_hidden ≥ 1, got {memory_hash_bits}, {memory_hash_hidden}")
         d = hidden_dim
         # 1. patch embedding and token positions
         self.patch_embed = nn.Linear(in_channels * patch_size**2, d)
@@ -219,7 +315,10 @@ class VidHashTransformer3DModel(ModelMixin, ConfigMixin):
         self.action_embed = nn.Embedding(num_actions + 1, d)
         self.pose_embed = nn.Sequential(nn.Linear(4 * pos_freqs, d), nn.SiLU(), nn.Linear(d, d))
         # 3. blocks
-        self.blocks = nn.ModuleList([VidHashBlock(d, num_heads, mlp_ratio, qk_norm) for _ in range(num_layers)])
+        self.blocks = nn.ModuleList([
+            VidHashBlock(d, num_heads, mlp_ratio, qk_norm, memory_hash_bits, memory_hash_hidden, seed=layer)
+            for layer in range(num_layers)
+        ])
         # 4. output: adaLN-modulated norm, then pixels of each patch
         self.norm_out = nn.LayerNorm(d, elementwise_affine=False, eps=1e-6)
         self.ada_out = nn.Sequential(nn.SiLU(), nn.Linear(d, 2 * d))
@@ -230,7 +329,7 @@ class VidHashTransformer3DModel(ModelMixin, ConfigMixin):
     # ------------------------------------------------------------------ init
     def _init_weights(self) -> None:
         """DiT init: xavier linears, adaLN modulations and the output projection at zero."""
-        for module in self.modules():
+        for module in self.modules():  # (LearnedHash keeps its own seeded init: it has no nn.Linear)
             if isinstance(module, nn.Linear):
                 nn.init.xavier_uniform_(module.weight)
                 nn.init.zeros_(module.bias)
@@ -251,6 +350,94 @@ class VidHashTransformer3DModel(ModelMixin, ConfigMixin):
             w.copy_(torch.randn(w.shape, generator=g) * std)
         self.proj_out.weight.copy_(torch.randn(self.proj_out.weight.shape, generator=g) * std)
         return self
+
+    # ------------------------------------------------------------------ learned memory signatures
+    def _apply(self, fn, recurse=True):
+        """Casts (``.to(dtype)``, ``.half()``) leave the learned hashes in float32: signatures
+        are sign bits of their projections, which low precision would flip."""
+        super()._apply(fn, recurse)
+        for block in getattr(self, "blocks", []):
+            h = block.temporal.memory_hash
+            if h is not None and any(p.dtype != torch.float32 for p in h.parameters()):
+                h.float()
+        return self
+
+    def memory_hashers(self) -> list[LearnedHash] | None:
+        """Each layer's learned memory hash, or None when the model has none (memories use SimHash)."""
+        if not self.config.memory_hash_bits:
+            return None
+        return [block.temporal.memory_hash for block in self.blocks]
+
+    def set_memory_hash(self, bits: int, hidden: int = 128, hashers: list[LearnedHash] | None = None) -> None:
+        """Give every layer a fresh learned memory hash of ``bits`` bits (``hashers``: these ones,
+        one per layer), or remove them with ``bits=0``; the config follows (``save_pretrained``
+        saves them)."""
+        if hashers is not None and len(hashers) != len(self.blocks):
+            raise ValueError(f"need one hasher per layer ({len(self.blocks)}), got {len(hashers)}")
+        device = self.patch_embed.weight.device
+        for layer, block in enumerate(self.blocks):
+            if not bits:
+                block.temporal.memory_hash = None
+                continue
+            h = hashers[layer] if hashers is not None else LearnedHash(self.head_dim, bits, self.config.num_heads, hidden, seed=layer)
+            if (h.n_bits, h.heads, h.head_dim) != (bits, self.config.num_heads, self.head_dim):
+                raise ValueError(f"hasher {layer} is ({h.n_bits} bits, {h.heads} heads, head_dim {h.head_dim}); "
+                                 f"the model needs ({bits}, {self.config.num_heads}, {self.head_dim})")
+            block.temporal.memory_hash = h.to(device=device, dtype=torch.float32).eval()
+        self.register_to_config(memory_hash_bits=int(bits), memory_hash_hidden=int(hidden))
+
+    def selection_hashers(self, n_bits: int = 32, seed: int = 0) -> list:
+        """The hasher each layer selects older tokens with under ``temporal_select``: its
+        learned hash, else ``SimHash(head_dim, n_bits, heads, seed=seed + layer)`` — the one a
+        ``VidHashState`` memory of that ``n_bits``/``seed`` uses."""
+        learned = self.memory_hashers()
+        if learned is not None:
+            return learned
+        key = (n_bits, seed)
+        cache = self.__dict__.setdefault("_simhash_cache", {})
+        if key not in cache:
+            cache[key] = [SimHash(self.head_dim, n_bits, heads=self.config.num_heads, seed=seed + layer)
+                          for layer in range(len(self.blocks))]
+        return cache[key]
+
+    def record_temporal_qk(self):
+        """Context manager: per layer, a list that receives ``(q, k)`` ``(b, h, tokens, head_dim)``
+        of every temporal attention call inside it (detached).
+
+        >>> with model.record_temporal_qk() as rec:   # rec[layer] == [(q, k), ...]
+        ...     model(x, t)
+        """
+        from contextlib import contextmanager
+
+        @contextmanager
+        def recording():
+            records = [[] for _ in self.blocks]
+            for layer, block in enumerate(self.blocks):
+                block.temporal._recorder = lambda q, k, r=records[layer]: r.append((q, k))
+            try:
+                yield records
+            finally:
+                for block in self.blocks:
+                    block.temporal._recorder = None
+
+        return recording()
+
+    def _check_select(self, select: dict, causal_frames: int | None, context) -> dict:
+        if not isinstance(select, dict):
+            raise ValueError(f"temporal_select must be a dict with window_frames and top_k, got {type(select).__name__}")
+        unknown = set(select) - SELECT_KEYS
+        if unknown:
+            raise ValueError(f"temporal_select has unknown keys {sorted(unknown)}; known: {sorted(SELECT_KEYS)}")
+        if causal_frames is None or context is not None:
+            raise ValueError("temporal_select needs causal_frames and no context (it is the training-time form of a context)")
+        for key in ("window_frames", "top_k"):
+            value = select.get(key)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ValueError(f"temporal_select[{key!r}] must be an int ≥ 0, got {value!r}")
+        n_bits = select.get("n_bits", 32)
+        if self.config.memory_hash_bits and "n_bits" in select and n_bits != self.config.memory_hash_bits:
+            raise ValueError(f"temporal_select n_bits={n_bits}, but the model's learned hash has {self.config.memory_hash_bits} bits")
+        return dict(select, hashers=self.selection_hashers(n_bits, select.get("seed", 0)))
 
     # ------------------------------------------------------------------ helpers
     @property
@@ -282,6 +469,7 @@ class VidHashTransformer3DModel(ModelMixin, ConfigMixin):
         causal_frames: int | None = None,
         return_kv: bool = False,
         return_dict: bool = True,
+        temporal_select: dict | None = None,
     ):
         r"""
         Args:
@@ -292,6 +480,13 @@ class VidHashTransformer3DModel(ModelMixin, ConfigMixin):
             context: per layer, what temporal attention sees besides these frames (window K/V, memory).
             causal_frames: without a context, make temporal attention chunk-causal in chunks of this many frames.
             return_kv: also return each layer's temporal K/V of these frames (for the window cache).
+            temporal_select: with ``causal_frames`` (and no context), train with the selection
+                generation uses: ``{"window_frames": W, "top_k": K}`` — each chunk attends exactly
+                to itself and the ``W`` frames before it, and to only the ``K`` older tokens per
+                query with the most similar signatures (the layer's learned hash, else SimHash
+                with optional ``"n_bits"`` (32) and ``"seed"`` (0; layer ``l`` uses ``seed + l``), as
+                ``VidHashState`` memories do), merged by log-sum-exp. ``"hash_grad"`` (True): a
+                learned hash gets gradients through a straight-through term.
 
         Returns:
             ``VidHashTransformerOutput(sample, kv)`` or a tuple.
@@ -303,6 +498,7 @@ class VidHashTransformer3DModel(ModelMixin, ConfigMixin):
             raise ValueError(f"timestep must be (batch, frames) = {(b, f)}, got {tuple(timestep.shape)}")
         if context is not None and len(context) != cfg.num_layers:
             raise ValueError(f"context must have one entry per layer ({cfg.num_layers}), got {len(context)}")
+        select = None if temporal_select is None else self._check_select(temporal_select, causal_frames, context)
         dtype = self.patch_embed.weight.dtype
         if poses is None:
             poses = torch.zeros(b, f, 2, device=hidden_states.device)
@@ -324,10 +520,11 @@ class VidHashTransformer3DModel(ModelMixin, ConfigMixin):
         kvs = []
         for i, block in enumerate(self.blocks):
             ctx = None if context is None else context[i]
+            sel = None if select is None else {**select, "hasher": select["hashers"][i]}
             if torch.is_grad_enabled() and self.gradient_checkpointing:
-                x, kv = self._gradient_checkpointing_func(block, x, cond, ctx, causal_frames)
+                x, kv = self._gradient_checkpointing_func(block, x, cond, ctx, causal_frames, sel)
             else:
-                x, kv = block(x, cond, ctx, causal_frames)
+                x, kv = block(x, cond, ctx, causal_frames, sel)
             if return_kv:
                 kvs.append(kv)
 
