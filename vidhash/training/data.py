@@ -99,7 +99,12 @@ class TrainSamples(Dataset):
         d = cfg.data
         self.videos = None
         if d.source == "video":
-            self.videos = VideoFolderDataset(d.video_root, d.num_frames, d.view, d.view, d.frame_stride)
+            try:
+                self.videos = VideoFolderDataset(d.video_root, d.num_frames, d.view, d.view, d.frame_stride)
+            except ValueError as err:
+                raise ValueError(f"data.video_root: {err}") from None
+            except Exception as err:  # PyAV: a file that is not a readable video
+                raise ValueError(f"data.video_root {d.video_root}: a video could not be read ({err})") from None
         self.block_len = d.pool_size * d.clips_per_world
         self._worlds: OrderedDict[int, ProceduralWorld] = OrderedDict()
 

@@ -225,6 +225,8 @@ def train(cfg: TrainConfig, resume: str | None = None, max_minutes: float | None
             raise ValueError(f"checkpoint {ckpt} was written for another model config "
                              f"({_config_diff(meta['model'], asdict(cfg.model), 'model.')})")
 
+    dataset = TrainSamples(cfg)  # checks a video folder before any work
+
     # 2. model, EMA, optimizer, schedule
     torch.manual_seed(cfg.seed + rank)
     np.random.seed((cfg.seed + rank) % 2**32)
@@ -259,7 +261,6 @@ def train(cfg: TrainConfig, resume: str | None = None, max_minutes: float | None
     n_params = sum(p.numel() for p in raw.parameters())
 
     # 3. data (indices from the saved data position)
-    dataset = TrainSamples(cfg)
     micro = cfg.batch_size // (nproc * cfg.grad_accum)
     workers = cfg.data.num_workers
     loader = torch.utils.data.DataLoader(
