@@ -179,3 +179,78 @@ def test_bad_writes_and_reads():
         mem.attend(good, top_k=0)
     with pytest.raises(ValueError, match="4-D"):
         mem.attend(good[0], top_k=1)
+
+
+# ------------------------------------------------------------------ borrowed hashers (learned signatures)
+from vidhash.hashing import LearnedHash, SimHash  # noqa: E402
+from vidhash.memory import UnboundHasher, hasher_digest  # noqa: E402
+
+
+def _learned(heads=3, head_dim=40, bits=32, seed=0):
+    return LearnedHash(head_dim, bits, heads=heads, hidden=16, seed=seed).eval()
+
+
+def test_learned_hasher_is_borrowed_and_used():
+    torch.manual_seed(3)
+    lh = _learned()
+    mem = make(hasher=lh, num_buckets=64, slots=32)
+    own = make(num_buckets=64, slots=32)
+    assert not mem.owns_hasher and own.owns_hasher and mem.hasher is lh
+    assert "hasher.planes" not in mem.state_dict() and "hasher.planes" in own.state_dict()
+    assert mem.nbytes == own.nbytes - own.hasher.planes.numel() * 4  # the model's hasher is not the memory's bytes
+    k, v = torch.randn(2, 3, 50, 40, dtype=torch.float64), torch.randn(2, 3, 50, 40, dtype=torch.float64)
+    mem.write(k, v, 0)
+    for b in range(2):
+        for h in range(3):
+            stored = mem.signatures[b, h][mem.counts[b, h] > 0].flatten().sort().values
+            assert torch.equal(stored, lh(k, role="key")[b, h].flatten().sort().values)
+    q = torch.randn(2, 3, 7, 40, dtype=torch.float64)
+    out, lse, idx = mem.attend(q, top_k=5, return_indices=True)
+    sim = hamming_similarity_ref(lh(q, role="query"), mem.signatures.view(2, 3, -1, 1), 32)
+    best = sim.masked_fill(mem.counts.view(2, 3, 1, -1) == 0, -1).max(-1).values
+    chosen = sim.gather(-1, idx[..., :1].clamp(min=0))[..., 0]
+    assert torch.equal(chosen, best)  # the first pick is a most-similar entry under the learned signatures
+
+
+def hamming_similarity_ref(a, b, n_bits):
+    from vidhash.hashing import hamming_similarity
+
+    return hamming_similarity(a, b, n_bits)
+
+
+def test_hasher_checks():
+    with pytest.raises(ValueError, match="16-bit signatures, this memory stores n_bits=32"):
+        make(hasher=_learned(bits=16))
+    with pytest.raises(ValueError, match="has 2 heads, this memory 3"):
+        make(hasher=_learned(heads=2))
+    with pytest.raises(ValueError, match="callable"):
+        make(hasher=object())
+
+
+def test_unbound_hasher_and_bind_rules():
+    torch.manual_seed(4)
+    mem = make(hasher=UnboundHasher(32, 3, 40))
+    assert mem.needs_hasher
+    k = torch.randn(2, 3, 10, 40, dtype=torch.float64)
+    with pytest.raises(ValueError, match="not bound yet"):
+        mem.write(k, k, 0)
+    lh = _learned()
+    mem.bind_hasher(lh)
+    assert not mem.needs_hasher and mem.hasher_digest == hasher_digest(lh)
+    mem.write(k, k, 0)
+    with pytest.raises(ValueError, match="entries signed by another hasher"):
+        mem.bind_hasher(_learned(seed=1))
+    mem.bind_hasher(lh)  # the same one: fine
+    mem.reset()
+    mem.bind_hasher(_learned(seed=1))  # empty: fine
+    # a restored memory accepts only the hasher it was written with
+    restored = make(hasher=UnboundHasher(32, 3, 40, expected_digest=hasher_digest(lh)))
+    with pytest.raises(ValueError, match="state saved with other signatures"):
+        restored.bind_hasher(_learned(seed=1))
+    restored.bind_hasher(_learned(seed=0))  # equal weights → equal digest
+    assert hasher_digest(_learned(seed=0)) == hasher_digest(lh) != hasher_digest(_learned(seed=1))
+    # an own SimHash memory with entries refuses a different hasher
+    own = make()
+    own.write(k, k, 0)
+    with pytest.raises(ValueError, match="another hasher"):
+        own.bind_hasher(lh)
