@@ -1,0 +1,150 @@
+"""``vidhash eval world`` on the random tiny model (CPU, tiny horizons)."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from vidhash.cli import main as cli_main
+from vidhash.data.world import ProceduralWorld
+from vidhash.eval import world as ew
+from vidhash.eval.trajectory import plan_loop
+
+TOP_KEYS = {"schema", "created", "model", "learned_signatures", "learned_hashers", "device", "dtype", "fps", "seeds",
+            "horizons_s", "modes", "full_max_seconds", "generation", "trajectory", "rows", "summary", "timing", "host",
+            "targets"}
+ROW_KEYS = {"seed", "horizon_s", "mode", "setting", "status", "note", "same_as", "gap_frames", "frames",
+            "context_frames", "seconds", *ew.METRIC_KEYS}
+CELL_KEYS = {"return_psnr", "return_ssim", "away_psnr", "away_ssim", "self_psnr", "self_ssim", "self_return_psnr",
+             "n_seeds", "note", "self_psnr_vs_window"}
+
+
+def test_json_keys_and_files(tiny_result):
+    result, out = tiny_result
+    assert set(result) == TOP_KEYS and result["schema"] == "vidhash-eval-world/1"
+    assert json.loads((out / "world.json").read_text()) == json.loads(json.dumps(result))
+    assert (out / "world.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert all(set(r) == ROW_KEYS for r in result["rows"])
+    assert set(result["summary"]) == set(ew.MODES)
+    for mode in ew.MODES:
+        assert set(result["summary"][mode]) == {"1"}
+        assert all(set(c) == CELL_KEYS for c in result["summary"][mode].values())
+    g = result["generation"]
+    assert (g["height"], g["num_inference_steps"], g["chunk_frames"], g["window_frames"]) == (16, 1, 4, 8)
+    assert result["trajectory"] == {"visit_frames": 4, "leave_frames": 4, "step": 4, "view": 16, "world_size": 1024,
+                                    "random_sig_bits": 32}
+
+
+def test_every_mode_runs_both_settings(tiny_result):
+    result, _ = tiny_result
+    rows = result["rows"]
+    assert len(rows) == 4 * 2  # modes × settings
+    for r in rows:
+        assert r["status"] == "ok" and r["gap_frames"] == 8
+        assert r["return_psnr"] is not None and r["return_ssim"] is not None and r["away_psnr"] is not None
+        if r["setting"] == "self":
+            assert r["self_psnr"] is not None and r["visit_psnr"] is not None
+            assert r["frames"] == r["gap_frames"] + 8 and r["context_frames"] == 0
+        else:
+            assert r["self_psnr"] is None and r["frames"] == r["gap_frames"] + 4 and r["context_frames"] == 4
+        if r["mode"] == "random-sig":  # no learned signatures in the random model: hashed is SimHash already
+            assert r["same_as"] == "hashed" and r["seconds"] is None
+            twin = next(x for x in rows if x["mode"] == "hashed" and x["setting"] == r["setting"])
+            assert all(r[k] == twin[k] for k in ew.METRIC_KEYS)
+        else:
+            assert r["seconds"] > 0
+    assert result["summary"]["window"]["1"]["self_psnr_vs_window"] == 0.0
+    assert result["summary"]["hashed"]["1"]["n_seeds"] == 1
+
+
+def test_full_is_capped_and_skipped_when_it_would_not_fit(tiny_options):
+    g = {"height": 16, "action_step": 4}
+    o = tiny_options(horizons=(1.0, 2.0, 3.0), full_max_seconds=2.0)
+    runs = ew.plan_runs(o, g, 4, False, full_bytes=lambda frames: frames * 1000, available=40_000)
+    full = {r.horizon_s: r.skip for r in runs if r.mode == "full" and r.setting == "self"}
+    assert full[1.0] is None  # 8 + 8 frames fit
+    assert "would not fit" in full[2.0]  # 24 frames × 1000 bytes > half of 40,000
+    assert "--full-max-seconds (2 s)" in full[3.0]
+    assert all(r.skip is None for r in runs if r.mode != "full")
+    assert all(r.same_as == "hashed" for r in runs if r.mode == "random-sig")
+    assert all(r.same_as is None for r in ew.plan_runs(o, g, 4, True, lambda f: 0, 1) if r.mode == "random-sig")
+
+
+def test_table_and_replot(tiny_result, tmp_path, capsys):
+    result, out = tiny_result
+    table = ew.format_table(result)
+    assert "hashed" in table and "self PSNR" in table and "random-sig" in table
+    rows = [dict(r, status="skipped", note="beyond --full-max-seconds (0 s)", **dict.fromkeys(ew.METRIC_KEYS))
+            if r["mode"] == "full" else r for r in result["rows"]]
+    skipped = dict(result, rows=rows, summary=ew.summarize(rows, result["modes"], result["horizons_s"]))
+    assert "full        skipped: beyond --full-max-seconds (0 s)" in ew.format_table(skipped)
+    assert cli_main(["eval", "world", "--from-json", str(out / "world.json"), "--plot", str(tmp_path / "p.png")]) == 0
+    assert (tmp_path / "p.png").is_file() and "random-sig" in capsys.readouterr().out
+
+
+def test_deterministic(tiny_options):
+    o = tiny_options(horizons=(1.0,), modes=("window",))
+    a, b = ew.evaluate(o), ew.evaluate(o)
+    assert [{k: r[k] for k in ew.METRIC_KEYS} for r in a["rows"]] == [{k: r[k] for k in ew.METRIC_KEYS} for r in b["rows"]]
+
+
+def test_given_run_starts_from_ground_truth(tiny_options):
+    """The given run's visit is the ground truth; the self run invents its own."""
+    pipe, preset = ew.load_pipeline("random-tiny", torch.device("cpu"), torch.float32)
+    g = ew._resolve(tiny_options(horizons=(1.0,)), pipe, preset)
+    plan = plan_loop(gap_frames=8, visit_frames=4, view=16, step=4, rng=np.random.default_rng(0))
+    plan.meta["gap_frames"] = 8
+    truth = ProceduralWorld(seed=1_000_000, view=16).render_many(plan.poses)
+    given = ew.generate_loop(pipe, g, plan, "given", "window", 1_000_000, truth)
+    np.testing.assert_array_equal(given[:4], truth[:4])
+    assert not np.array_equal(given[4:], truth[4:])
+    own = ew.generate_loop(pipe, g, plan, "self", "window", 1_000_000, truth)
+    assert not np.array_equal(own[:4], truth[:4])
+
+
+@pytest.mark.parametrize("argv,match", [
+    (["random-tiny", "--modes", "hashed,nope"], "unknown mode"),
+    (["/no/such/model/dir"], "does not exist"),
+    (["random-tiny", "--horizons", "10,0"], "must be positive"),
+    (["random-tiny", "--horizons", "-5"], "must be positive"),
+    (["random-huge"], "unknown model 'random-huge'"),
+    (["random-tiny", "--dtype", "bfloat16", "--device", "cpu"], "bfloat16 is for CUDA"),
+    (["random-tiny", "--plot", "out.jpg"], "must end in .png"),
+    (["random-tiny", "--horizons", "0.5"], r"horizon 0.5 s is 4 frames .* needs at least 31 frames"),
+    (["random-tiny", "--json", "/no/such/folder/out.json"], "does not exist"),
+    (["random-tiny", "--seeds", "1000000,1000000"], "repeats"),
+], ids=["unknown-mode", "no-model-dir", "zero-horizon", "negative-horizon", "bad-random", "bf16-cpu", "plot-ext",
+        "horizon-too-short", "json-folder", "seed-repeats"])
+def test_bad_inputs(argv, match, capsys, monkeypatch):
+    calls = []
+    monkeypatch.setattr(ew, "generate_loop", lambda *a, **k: calls.append(1))
+    assert cli_main(["eval", "world", *argv, "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "vidhash eval: error:" in err and __import__("re").search(match, err), err
+    assert not calls  # refused before any generation
+
+
+def test_not_a_pipeline_folder(tmp_path, capsys):
+    assert cli_main(["eval", "world", str(tmp_path)]) == 2
+    assert "no model_index.json" in capsys.readouterr().err
+
+
+def test_learned_signatures_get_a_random_sig_twin(tiny_options):
+    """A model with LearnedHash modules: random-sig reads SimHash of the same width, weights shared."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    from vidhash.models.transformer_vidhash import random_model
+    from vidhash.pipelines import VidHashPipeline
+
+    try:
+        model = random_model("tiny", memory_hash_bits=32)
+    except TypeError:
+        pytest.skip("this model has no learned memory signatures (memory_hash_bits)")
+    pipe = VidHashPipeline(model, FlowMatchEulerDiscreteScheduler())
+    assert len(ew.learned_hashers(pipe.transformer)) == model.config.num_layers
+    twin = ew.with_random_signatures(pipe, 32)
+    assert ew.learned_hashers(twin.transformer) == [] and twin.transformer.config.memory_hash_bits == 0
+    assert len(ew.learned_hashers(pipe.transformer)) == model.config.num_layers  # the original is untouched
+    assert twin.transformer.patch_embed.weight is pipe.transformer.patch_embed.weight
+    state = twin.init_state(16, 16, 8, ew._memory(ew._resolve(tiny_options(), pipe, "tiny"), "random-sig", 32))
+    assert type(state.memories[0].hasher).__name__ == "SimHash" and state.memories[0].config.n_bits == 32
