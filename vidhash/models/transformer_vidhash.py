@@ -36,6 +36,7 @@ import math
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.embeddings import TimestepEmbedding, Timesteps
 from diffusers.models.modeling_utils import ModelMixin
@@ -115,7 +116,7 @@ class SpatialAttention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x (b, f, n, d)
         b = x.shape[0]
         q, k, v = self.qkv(rearrange(x, "b f n d -> (b f) n d"), "b n (three h e)")
-        out = dense_attention(q, k, v)
+        out = F.scaled_dot_product_attention(q, k, v) if q.is_cuda else dense_attention(q, k, v)
         return self.proj(rearrange(out, "(b f) h n e -> b f n (h e)", b=b))
 
 
@@ -149,6 +150,10 @@ class TemporalAttention(nn.Module):
         if select is not None:
             out, lse = self._chunk_select(q, k, v, n * causal_frames, n * select["window_frames"], select["top_k"],
                                           select["hasher"], scale, select.get("hash_grad", True))
+        elif q.is_cuda and not (ctx is not None and ctx.memory is not None and ctx.top_k > 0):
+            # CUDA without a memory read to merge (training, window/full generation): no lse
+            # needed, so fused SDPA (flash) over the same keys; the float32 reference elsewhere
+            out, lse = self._sdpa(q, k_all, v_all, None if causal_frames is None else n * causal_frames, scale), None
         elif causal_frames is None:
             out, lse = dense_attention(q, k_all, v_all, scale=scale, return_lse=True)
         else:
@@ -160,6 +165,17 @@ class TemporalAttention(nn.Module):
             m_out, m_lse = ctx.memory.attend(q, ctx.top_k, scale=scale)
             out, lse = merge_attention(out, lse, m_out, m_lse)
         return self.proj(rearrange(out, "b h (f n) e -> b f n (h e)", f=f)), (k, v)
+
+    @staticmethod
+    def _sdpa(q, k, v, chunk_tokens: int | None, scale: float):
+        """``_chunk_causal`` (or full attention when ``chunk_tokens`` is None) through fused SDPA, without lse."""
+        if chunk_tokens is None:
+            return F.scaled_dot_product_attention(q, k, v, scale=scale)
+        nq, nk = q.shape[2], k.shape[2]
+        outs = [F.scaled_dot_product_attention(q[:, :, s : min(s + chunk_tokens, nq)], k[:, :, : nk - nq + min(s + chunk_tokens, nq)],
+                                               v[:, :, : nk - nq + min(s + chunk_tokens, nq)], scale=scale)
+                for s in range(0, nq, chunk_tokens)]
+        return torch.cat(outs, 2)
 
     @staticmethod
     def _chunk_causal(q, k, v, chunk_tokens: int, scale: float):
