@@ -10,7 +10,7 @@ from vidhash.data.world import ProceduralWorld
 from vidhash.eval import world as ew
 from vidhash.eval.trajectory import plan_loop
 
-TOP_KEYS = {"schema", "created", "model", "learned_signatures", "learned_hashers", "device", "dtype", "fps", "seeds",
+TOP_KEYS = {"schema", "complete", "created", "model", "learned_signatures", "learned_hashers", "device", "dtype", "fps", "seeds",
             "horizons_s", "modes", "full_max_seconds", "generation", "trajectory", "rows", "summary", "timing", "host",
             "targets"}
 ROW_KEYS = {"seed", "horizon_s", "mode", "setting", "status", "note", "same_as", "gap_frames", "frames",
@@ -93,7 +93,6 @@ def test_given_run_starts_from_ground_truth(tiny_options):
     pipe, preset = ew.load_pipeline("random-tiny", torch.device("cpu"), torch.float32)
     g = ew._resolve(tiny_options(horizons=(1.0,)), pipe, preset)
     plan = plan_loop(gap_frames=8, visit_frames=4, view=16, step=4, rng=np.random.default_rng(0))
-    plan.meta["gap_frames"] = 8
     truth = ProceduralWorld(seed=1_000_000, view=16).render_many(plan.poses)
     given = ew.generate_loop(pipe, g, plan, "given", "window", 1_000_000, truth)
     np.testing.assert_array_equal(given[:4], truth[:4])

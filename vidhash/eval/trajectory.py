@@ -117,7 +117,8 @@ def plan_loop(seed: int = 0, gap_frames: int = 80, visit_frames: int = 16, view:
     segments = {name: (int(bounds[i]), int(bounds[i + 1])) for i, name in enumerate(SEGMENTS)}
     r0 = segments["return"][0]
     pairs = np.stack([r0 + np.arange(visit_frames), visit_frames - 1 - np.arange(visit_frames)], 1)
-    meta = {"direction": [int(d[0]), int(d[1])], "leave_frames": leave, "wander_frames": len(wander),
+    meta = {"gap_frames": int(gap_frames), "direction": [int(d[0]), int(d[1])], "leave_frames": leave,
+            "wander_frames": len(wander),
             "band_width_px": int(a_max)}
     return LoopPlan(poses=poses, actions=pose_actions(poses, size), segments=segments, pairs=pairs,
                     place=(int(place[0]), int(place[1])), meta=meta)

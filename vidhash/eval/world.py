@@ -33,7 +33,8 @@ copied, marked ``same_as``).
 PSNR is per frame on RGB uint8 (dB, capped at 100), SSIM on luma (Gaussian σ 1.5), both from
 :mod:`vidhash.metrics.short_range`, averaged over the frames of the segment, then over seeds.
 
-JSON (``--json``; stable keys, ``"schema": "vidhash-eval-world/1"``): ``model``, ``learned_signatures``,
+JSON (``--json``; stable keys, ``"schema": "vidhash-eval-world/1"``): ``complete`` (false in the copy
+rewritten after every seed × horizon while the run goes on), ``model``, ``learned_signatures``,
 ``device``, ``dtype``, ``fps``, ``seeds``, ``horizons_s``, ``modes``, ``generation`` (resolved
 settings), ``trajectory`` (visit/leave frames, step, view, world size), ``rows`` (one per
 seed × horizon × mode × setting: ``seed``, ``horizon_s``, ``mode``, ``setting``, ``status``
@@ -41,7 +42,8 @@ seed × horizon × mode × setting: ``seed``, ``horizon_s``, ``mode``, ``setting
 above, null where not measured), ``summary[mode][horizon]`` (means over seeds:
 ``return_psnr``, ``return_ssim``, ``away_psnr``, ``away_ssim`` of ``given``; ``self_psnr``,
 ``self_ssim``, ``self_return_psnr`` of ``self``; ``n_seeds``; ``self_psnr_vs_window``), ``targets``
-(issue 5's checks on self-consistency PSNR) and ``timing``. ``--plot`` draws the metrics against
+(issue 5's checks on self-consistency PSNR) and ``timing`` (``frames`` generated, ``seconds``,
+``frames_per_s``, the warm-up's rate and the estimate). ``--plot`` draws the metrics against
 the horizon, one line per mode; ``--from-json`` redraws table and plot from a saved JSON.
 
 Deterministic: seeds fix worlds, loops and noise (bitwise on CPU).
@@ -511,9 +513,16 @@ def evaluate(o: WorldEvalOptions) -> dict:
 
     # 2. runs: per seed the world, per horizon the loop and its ground truth, then every mode
     rows = []
+
+    def make_result(complete: bool, elapsed: float) -> dict:
+        return _result(o, complete=complete, elapsed=elapsed, rows=rows, learned=learned, hashers=hashers,
+                       device=device, g=g, visit=visit, n_bits=n_bits, total=total, fps_gen=fps_gen,
+                       estimate=estimate)
+
     done = {}
     t_start = time.perf_counter()
-    bar = tqdm(total=total, unit="frame", disable=not o.progress, dynamic_ncols=True, file=sys.stderr)
+    bar = tqdm(total=total, unit="frame", disable=not o.progress, dynamic_ncols=True, file=sys.stderr,
+               mininterval=0.1 if sys.stderr.isatty() else 30.0)  # logs get a line every 30 s
     try:
         for seed in o.seeds:
             world = ProceduralWorld(seed=seed, size=g["world_size"], view=g["height"])
@@ -522,7 +531,6 @@ def evaluate(o: WorldEvalOptions) -> dict:
                 gap = int(round(h * o.fps))
                 plan = plan_loop(gap_frames=gap, visit_frames=visit, view=g["height"], step=g["action_step"],
                                  size=g["world_size"], place=place, rng=np.random.default_rng([seed, gap, 0x100B]))
-                plan.meta["gap_frames"] = gap
                 truth = world.render_many(plan.poses)
                 for run in [r for r in runs if r.seed == seed and r.horizon_s == float(h)]:
                     row = {"seed": seed, "horizon_s": run.horizon_s, "mode": run.mode, "setting": run.setting,
@@ -545,13 +553,30 @@ def evaluate(o: WorldEvalOptions) -> dict:
                         row.update(_metrics(run.setting, plan, frames, truth))
                     done[(seed, h, run.mode, run.setting)] = row
                     rows.append(row)
+                if o.json:  # after every (seed, horizon): a run cut short still leaves its results
+                    _write_atomic(o.json, lambda tmp: Path(tmp).write_text(json.dumps(
+                        make_result(False, time.perf_counter() - t_start), indent=1)))
     finally:
         bar.close()
-    elapsed = time.perf_counter() - t_start
+    result = make_result(True, time.perf_counter() - t_start)
+    if o.json:
+        _write_atomic(o.json, lambda tmp: Path(tmp).write_text(json.dumps(result, indent=1)))
+        print(f"wrote {o.json}", file=sys.stderr)
+    if o.plot:
+        plot_result(result, o.plot)
+        print(f"wrote {o.plot}", file=sys.stderr)
+    return result
 
-    # 3. result
+
+def _result(o: WorldEvalOptions, *, complete: bool, elapsed: float, rows: list[dict], learned: bool, hashers,
+            device, g: dict, visit: int, n_bits: int, total: int, fps_gen: float, estimate: float) -> dict:
+    """The JSON-able result (``complete`` False while runs are still to come)."""
+    import torch
+
+    frames = sum(r["frames"] for r in rows if r["seconds"] is not None)
     result = {
         "schema": SCHEMA,
+        "complete": complete,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "model": o.model, "learned_signatures": learned, "learned_hashers": [n for n, _ in hashers],
         "device": _device_name(device), "dtype": o.dtype, "fps": o.fps, "seeds": list(o.seeds),
@@ -562,17 +587,12 @@ def evaluate(o: WorldEvalOptions) -> dict:
                        "random_sig_bits": n_bits},
         "rows": rows,
         "summary": summarize(rows, o.modes, o.horizons),
-        "timing": {"frames": total, "seconds": round(elapsed, 3), "frames_per_s": round(total / max(elapsed, 1e-9), 2),
-                   "warmup_frames_per_s": round(fps_gen, 2), "estimate_s": round(estimate, 1)},
+        "timing": {"frames": frames, "planned_frames": total, "seconds": round(elapsed, 3),
+                   "frames_per_s": round(frames / max(elapsed, 1e-9), 2), "warmup_frames_per_s": round(fps_gen, 2),
+                   "estimate_s": round(estimate, 1)},
         "host": {"python": platform.python_version(), "torch": torch.__version__, "machine": platform.machine()},
     }
     result["targets"] = targets(result["summary"])
-    if o.json:
-        _write_atomic(o.json, lambda tmp: Path(tmp).write_text(json.dumps(result, indent=1)))
-        print(f"wrote {o.json}", file=sys.stderr)
-    if o.plot:
-        plot_result(result, o.plot)
-        print(f"wrote {o.plot}", file=sys.stderr)
     return result
 
 
@@ -659,7 +679,8 @@ def format_table(result: dict) -> str:
         for mode in result["modes"]:
             c = result["summary"][mode][f"{h:g}"]
             if c["n_seeds"] == 0:
-                body.append((f"{h:g} s", mode, "skipped: " + (c["note"] or ""), "", "", "", "", "", ""))
+                body.append((f"{h:g} s", mode, "skipped: " + c["note"] if c["note"] else "skipped: not run (yet)",
+                             "", "", "", "", "", ""))
                 continue
             vs = c["self_psnr_vs_window"]
             body.append((f"{h:g} s", mode, _f(c["return_psnr"]), _f(c["return_ssim"], ".3f"), _f(c["self_psnr"]),
