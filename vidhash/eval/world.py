@@ -544,7 +544,7 @@ def evaluate(o: WorldEvalOptions) -> dict:
                                    note="the model has no learned signatures: hashed already reads random SimHash "
                                         "signatures (same run)")
                     else:
-                        bar.set_description(f"seed {seed} {h:g}s {run.mode} {run.setting}")
+                        bar.set_description(f"seed {seed} {h:g}s {run.mode} {run.setting}", refresh=False)
                         t0 = time.perf_counter()
                         frames = generate_loop(sim_pipe if run.mode == "random-sig" else pipe, g, plan, run.setting,
                                                run.mode, seed, truth, n_bits if run.mode == "random-sig" else None,
