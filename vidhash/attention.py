@@ -358,6 +358,13 @@ def _triton_ops():
     return ops
 
 
+def _kernels_cover(q: torch.Tensor, v: torch.Tensor) -> bool:
+    """Whether the Triton attention kernels take this head_dim and dtype (else a forced 'triton' raises)."""
+    ops = _triton_ops()
+    return (q.shape[-1] in ops.SUPPORTED_HEAD_DIMS and v.shape[-1] in ops.SUPPORTED_HEAD_DIMS
+            and q.dtype in ops.SUPPORTED_DTYPES)
+
+
 def resolve_backend(backend: str, *tensors: torch.Tensor) -> str:
     """``auto`` → ``triton`` for CUDA tensors when the kernels import, else ``reference``."""
     if backend not in BACKENDS:
@@ -402,6 +409,8 @@ def hash_attention(
     """
     _check_qkv(q, k, v)
     which = resolve_backend(backend, q, k, v)
+    if which == "triton" and backend == "auto" and not _kernels_cover(q, v):
+        which = "reference"  # auto stays quiet: shapes the kernels do not take run the reference
     if which == "triton":
         return _triton_ops().hash_attention(
             q, k, v, density=density, block_size=block_size, query_block_size=query_block_size,

@@ -19,9 +19,15 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import av
 import numpy as np
 
+
+
+def _av():
+    """PyAV, imported on first use: the procedural world and training need no video library."""
+    import av
+
+    return av
 
 def partial_path(path: str | os.PathLike) -> Path:
     """``clip.mp4`` -> ``clip.partial.mp4`` (the name used while writing and after an abort)."""
@@ -65,7 +71,7 @@ class Mp4Writer:
         self.frames_written = 0
         self.finished: Path | None = None
         self._stream = None
-        self._container = av.open(
+        self._container = _av().open(
             str(self.partial), mode="w", format="mp4",
             options={"movflags": "frag_keyframe+empty_moov+default_base_moof", "flush_packets": "1"},
         )
@@ -94,7 +100,7 @@ class Mp4Writer:
             raise ValueError(f"frame size {frames.shape[1:3]} differs from the stream's "
                              f"{(self._stream.height, self._stream.width)}")
         for frame in frames:
-            packet_frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
+            packet_frame = _av().VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
             self._container.mux(self._stream.encode(packet_frame))
             self.frames_written += 1
 
@@ -132,7 +138,7 @@ class Mp4Writer:
 
 def probe_frames(path: str | os.PathLike) -> int:
     """Number of video frames in a file (decodes when the container does not say)."""
-    with av.open(str(path)) as container:
+    with _av().open(str(path)) as container:
         stream = container.streams.video[0]
         if stream.frames:
             return int(stream.frames)
@@ -145,7 +151,7 @@ def read_frames(
 ) -> np.ndarray:
     """Frames ``start … start+count`` of a video as uint8 (T, H, W, 3) RGB, resized when height/width given."""
     out = []
-    with av.open(str(path)) as container:
+    with _av().open(str(path)) as container:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
         for i, frame in enumerate(container.decode(stream)):

@@ -92,6 +92,7 @@ class WorldEvalOptions:
     json: str | None = None
     plot: str | None = None
     progress: bool = True
+    memory: tuple[str, ...] = ()  # key=value overrides of the preset's memory config (e.g. "num_buckets=1024")
     extra: dict = field(default_factory=dict)
 
 
@@ -113,6 +114,9 @@ def _csv(kind, name: str):
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", nargs="?", default=None,
                    help="saved pipeline folder (VidHashPipeline.save_pretrained), or random-tiny / random-small / random-base")
+    p.add_argument("--memory", type=_csv(str, "--memory"), default=(),
+                   help="comma-separated key=value overrides of the preset's memory config, "
+                        "e.g. num_buckets=1024,slots=16,top_k=64 (every memory mode uses them)")
     p.add_argument("--seeds", type=_csv(int, "--seeds"), default=DEFAULT_SEEDS,
                    help=f"held-out world seeds (default {','.join(map(str, DEFAULT_SEEDS))}; training uses seeds below {HELDOUT_WORLD_SEED:,})")
     p.add_argument("--horizons", type=_csv(float, "--horizons"), default=DEFAULT_HORIZONS,
@@ -136,7 +140,8 @@ def options_from_args(args: argparse.Namespace) -> WorldEvalOptions:
     return WorldEvalOptions(model=args.model, seeds=tuple(args.seeds), horizons=tuple(args.horizons), fps=args.fps,
                             modes=tuple(args.modes), visit_seconds=args.visit_seconds, steps=args.steps,
                             frame_size=args.frame_size, full_max_seconds=args.full_max_seconds, device=args.device,
-                            dtype=args.dtype, json=args.json, plot=args.plot, progress=not args.quiet)
+                            dtype=args.dtype, json=args.json, plot=args.plot, progress=not args.quiet,
+                            memory=tuple(args.memory))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -309,7 +314,7 @@ class Run:
 def _resolve(o: WorldEvalOptions, pipe, preset: str) -> dict:
     from vidhash.config import generation_config
 
-    gen = generation_config(preset)
+    gen = generation_config(preset, [f"memory.{kv}" for kv in o.memory])
     size = o.frame_size or gen.height
     if gen.height != gen.width and o.frame_size is None:
         raise ValueError(f"the {preset} preset's frames are {gen.height}×{gen.width}; the world view is square")
