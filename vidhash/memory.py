@@ -35,6 +35,13 @@ query's signature, keeps the ``top_k`` best (ties to the lower entry index) and 
 softmax attention over them with its log-sum-exp, ready for
 :func:`~vidhash.attention.merge_attention`. With capacity for every token written and
 ``top_k`` ≥ entries, it equals dense attention over everything written.
+
+**Sizing for minutes** (docs/memory.md, ``scripts/memory_retention.py``): keys of one world place
+route to one bucket 81–91 % of the time (the tokens carry the world position), so a bucket keeps
+the recent views of its places. Without returns, 5 minutes at 8 fps (153,600 tokens per layer)
+leaves 13 % of the first place in a 1024×32 FIFO memory and 97 % in a 1024×32 ``merge`` memory of
+the same 18 MiB per layer (bf16, 4 heads × 32 dims); ``route_bits`` below log2(num_buckets)
+leaves buckets unused and loses nearly everything.
 """
 from __future__ import annotations
 
