@@ -191,7 +191,7 @@ class TemporalAttention(nn.Module):
 
     @staticmethod
     def _chunk_select(q, k, v, chunk_tokens: int, window_tokens: int, top_k: int, hasher, scale: float,
-                      hash_grad: bool = True):
+                      hash_grad: bool = True, fused: bool | None = None):
         """Chunk-causal attention with generation's selection, one query chunk at a time.
 
         Query chunk ``[start, stop)`` attends exactly to keys ``[start − window_tokens, stop)``
@@ -205,7 +205,12 @@ class TemporalAttention(nn.Module):
         keys' logits get ``s − stop_grad(s)`` (zero in value) with ``s`` the mean product of
         straight-through sign codes, so the attention loss reaches the hash MLPs
         (``hash_grad=False`` turns it off).
+
+        ``fused`` (default: on CUDA): one masked SDPA per chunk over the union of the exact keys
+        and the selected ones (the same softmax as the log-sum-exp merge of the two parts; no
+        float32 score matrix kept for backward); lse is then None.
         """
+        fused = q.is_cuda if fused is None else fused
         b, h, t, e = q.shape
         with torch.no_grad(), torch.autocast(q.device.type, enabled=False):
             cq = (hasher.project(q, "query") > 0).float() * 2 - 1  # (b, h, t, m) ±1, the signature bits
@@ -218,27 +223,55 @@ class TemporalAttention(nn.Module):
             stop = min(start + chunk_tokens, t)
             old = max(0, start - window_tokens)
             qs = q[:, :, start:stop]
+            if fused:
+                outs.append(_fused_select(qs, k[:, :, :stop], v[:, :, :stop], old, top_k, cq[:, :, start:stop],
+                                          ck[:, :, :old], (sq[:, :, start:stop], sk[:, :, :old]) if st else None, scale))
+                continue
             o, l = dense_attention(qs, k[:, :, old:stop], v[:, :, old:stop], scale=scale, return_lse=True)
             if old > 0 and top_k > 0:
-                kk = min(top_k, old)
-                with torch.no_grad(), torch.autocast(q.device.type, enabled=False):
-                    dot = cq[:, :, start:stop] @ ck[:, :, :old].transpose(-1, -2)  # (b, h, m, old): 2·sim − n_bits
-                    rank = dot * (old + 1) + (old - torch.arange(old, device=q.device, dtype=dot.dtype))
-                    if (2 * cq.shape[-1] + 1) * (old + 1) >= 1 << 24:  # beyond float32's exact integers
-                        rank = rank.double()
-                    keep = torch.zeros(rank.shape, dtype=torch.bool, device=q.device)
-                    keep.scatter_(-1, rank.topk(kk, dim=-1).indices, True)
-                s = torch.matmul(qs.float(), k[:, :, :old].float().transpose(-1, -2)) * scale
+                keep = _select_mask(cq[:, :, start:stop], ck[:, :, :old], top_k)
+                acc = torch.float64 if q.dtype == torch.float64 else torch.float32
+                s = torch.matmul(qs.to(acc), k[:, :, :old].to(acc).transpose(-1, -2)) * scale
                 if st:
                     sim = sq[:, :, start:stop] @ sk[:, :, :old].transpose(-1, -2) / sq.shape[-1]
                     s = s + (sim - sim.detach())
                 s = s.masked_fill(~keep, float("-inf"))
                 l2 = torch.logsumexp(s, dim=-1)
-                o2 = torch.matmul(torch.exp(s - l2.unsqueeze(-1)), v[:, :, :old].float()).to(q.dtype)
+                o2 = torch.matmul(torch.exp(s - l2.unsqueeze(-1)), v[:, :, :old].to(acc)).to(q.dtype)
                 o, l = merge_attention(o, l, o2, l2)
             outs.append(o)
             lses.append(l)
-        return torch.cat(outs, 2), torch.cat(lses, 2)
+        return torch.cat(outs, 2), (None if fused else torch.cat(lses, 2))
+
+
+def _select_mask(cq: torch.Tensor, ck: torch.Tensor, top_k: int) -> torch.Tensor:
+    """Bool ``(b, h, m, old)``: each query's ``top_k`` keys by Hamming similarity of the ±1 codes
+    (ties to the lower key index)."""
+    old = ck.shape[-2]
+    with torch.no_grad(), torch.autocast(cq.device.type, enabled=False):
+        dot = cq @ ck.transpose(-1, -2)  # 2·sim − n_bits, exact
+        rank = dot * (old + 1) + (old - torch.arange(old, device=cq.device, dtype=dot.dtype))
+        if (2 * cq.shape[-1] + 1) * (old + 1) >= 1 << 24:  # beyond float32's exact integers
+            rank = rank.double()
+        keep = torch.zeros(rank.shape, dtype=torch.bool, device=cq.device)
+        return keep.scatter_(-1, rank.topk(min(top_k, old), dim=-1).indices, True)
+
+
+def _fused_select(qs, k, v, old: int, top_k: int, cq, ck, st_codes, scale: float) -> torch.Tensor:
+    """One chunk of :meth:`TemporalAttention._chunk_select` as a single masked SDPA over keys
+    ``[0, stop)``: the exact part ``[old, stop)`` plus the selected older keys."""
+    if old == 0 or top_k == 0:
+        return F.scaled_dot_product_attention(qs, k[:, :, old:], v[:, :, old:], scale=scale)
+    b, h, m, _ = qs.shape
+    allowed = torch.ones(b, h, m, k.shape[2], dtype=torch.bool, device=qs.device)
+    allowed[..., :old] = _select_mask(cq, ck, top_k)
+    if st_codes is None:
+        return F.scaled_dot_product_attention(qs, k, v, attn_mask=allowed, scale=scale)
+    sq, sk = st_codes
+    sim = sq @ sk.transpose(-1, -2) / sq.shape[-1]
+    bias = torch.cat([sim - sim.detach(), sim.new_zeros(b, h, m, k.shape[2] - old)], dim=-1)
+    bias = bias.masked_fill(~allowed, float("-inf")).to(qs.dtype)
+    return F.scaled_dot_product_attention(qs, k, v, attn_mask=bias, scale=scale)
 
 
 def _st_codes(hasher: LearnedHash, x: torch.Tensor, role: str) -> torch.Tensor:
