@@ -119,6 +119,7 @@ class TrainConfig:
     export_dtype: str = "auto"  # auto (fp32 if it fits export_max_mb, else fp16) | fp32 | fp16 | bf16
     export_max_mb: float = 20.0
     max_minutes: float = 0.0  # stop cleanly with a checkpoint after this much wall time (0 = no limit)
+    init_from: Optional[str] = None  # fresh start only: a pipeline folder whose transformer weights start the model and EMA
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     noise: NoiseConfig = field(default_factory=NoiseConfig)
@@ -190,6 +191,8 @@ def check_train_config(cfg: TrainConfig) -> None:
     positive("optim.lr", cfg.optim.lr)
     if cfg.max_minutes < 0:
         raise ValueError(f"max_minutes must be >= 0, got {cfg.max_minutes}")
+    if cfg.mixed_precision is False or cfg.mixed_precision == "False":  # YAML 1.1 reads a bare `no` as false
+        cfg.mixed_precision = "no"
     if cfg.mixed_precision not in PRECISIONS:
         raise ValueError(f"mixed_precision must be one of {', '.join(PRECISIONS)}, got {cfg.mixed_precision!r}")
     if cfg.export_dtype not in ("auto", "fp32", "fp16", "bf16"):

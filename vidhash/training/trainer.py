@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import json
 import math
 import os
 import random
@@ -239,6 +240,10 @@ def train(cfg: TrainConfig, resume: str | None = None, max_minutes: float | None
     optimizer = torch.optim.AdamW(param_groups(model, o.weight_decay), lr=o.lr, betas=tuple(o.betas), eps=o.eps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
     step, data_pos, rows, elapsed_before = 0, 0, [], 0.0
+    if meta is None and cfg.init_from:
+        _init_from(model, ema, cfg)
+        if main:
+            log(f"initialised model and EMA from {cfg.init_from} (weights only: a new optimizer and schedule)")
     if meta is not None:
         model.load_state_dict(tensors["model"])
         ema.load_state_dict(tensors["ema"])
@@ -414,3 +419,29 @@ def train(cfg: TrainConfig, resume: str | None = None, max_minutes: float | None
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return summary
+
+
+def _init_from(model, ema, cfg) -> None:
+    """Start from a saved pipeline's transformer weights (a warm start, not an exact resume)."""
+    from diffusers.utils import SAFETENSORS_WEIGHTS_NAME
+    from safetensors.torch import load_file
+
+    folder = Path(cfg.init_from)
+    weights = folder / "transformer" / SAFETENSORS_WEIGHTS_NAME
+    conf = folder / "transformer" / "config.json"
+    if not weights.is_file() or not conf.is_file():
+        raise ValueError(f"init_from={cfg.init_from}: not a saved pipeline folder (no transformer/{SAFETENSORS_WEIGHTS_NAME})")
+    saved = json.loads(conf.read_text())
+    want = dict(model.config)
+    # learned memory signatures are fitted after training (vidhash calibrate): not compared, not loaded
+    diff = [k for k in want if not k.startswith(("_", "memory_hash")) and k in saved and saved[k] != want[k]]
+    if diff:
+        raise ValueError(f"init_from={cfg.init_from} was saved for another model config: "
+                         + ", ".join(f"model.{k}: {saved[k]!r} there, {want[k]!r} here" for k in diff))
+    own = set(model.state_dict())
+    state = {k: v for k, v in load_file(str(weights)).items() if "memory_hash" not in k or k in own}
+    missing, unexpected = model.load_state_dict({k: v.float() for k, v in state.items()}, strict=False)
+    if unexpected or [k for k in missing if "memory_hash" not in k]:
+        raise ValueError(f"init_from={cfg.init_from}: weights do not match the model "
+                         f"(missing {list(missing)[:4]}, unexpected {list(unexpected)[:4]})")
+    ema.shadow = {k: v.detach().clone().float() for k, v in model.state_dict().items() if k in ema.shadow}
