@@ -46,6 +46,8 @@ class ModelConfig:
     pos_period: float = 1024.0
     sample_size: int = 64
     qk_norm: bool = True
+    memory_hash_bits: int = 0  # > 0: a learned memory signature (LearnedHash) per layer, fitted by vidhash calibrate
+    memory_hash_hidden: int = 128
 
 
 @dataclass
