@@ -114,6 +114,7 @@ class TrainConfig:
     mixed_precision: str = "no"  # no | bf16 | fp16
     temporal_mode: str = "dense"  # dense (chunk-causal over the whole clip) | selected (the inference selection)
     gradient_checkpointing: bool = False
+    compile: bool = False  # torch.compile each transformer block (regional compilation; same math, fused elementwise ops)
     log_every: int = 10  # CSV row + progress bar update every this many steps
     export_dir: Optional[str] = None  # EMA pipeline folder at the end (default out_dir/export)
     export_dtype: str = "auto"  # auto (fp32 if it fits export_max_mb, else fp16) | fp32 | fp16 | bf16

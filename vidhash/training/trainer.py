@@ -235,6 +235,9 @@ def train(cfg: TrainConfig, resume: str | None = None, max_minutes: float | None
     model = build_model(cfg)
     if cfg.gradient_checkpointing:
         model.enable_gradient_checkpointing()
+    if cfg.compile:
+        for block in model.blocks:  # regional: one compiled graph per block, reused by every layer
+            block.compile()
     ema = EMA(model, cfg.ema.decay, cfg.ema.warmup)
     o = cfg.optim
     optimizer = torch.optim.AdamW(param_groups(model, o.weight_decay), lr=o.lr, betas=tuple(o.betas), eps=o.eps)
