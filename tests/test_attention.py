@@ -299,3 +299,17 @@ def test_bad_tensors():
     with pytest.raises(ValueError, match="merge_attention"):
         merge_attention(q, q[..., 0], q[..., :4], q[..., 0])
     assert _CHUNK_ELEMS > 0
+
+
+def test_auto_backend_only_sends_shapes_the_kernels_take():
+    """backend='auto' on CUDA picks Triton only for head dims/dtypes the kernels support (head_dim
+    16 failed on the GPU before this check); here the rule itself is checked."""
+    from vidhash.attention import _kernels_cover
+
+    def t(d, dtype=torch.float32):
+        return torch.zeros(1, 1, 4, d, dtype=dtype)
+
+    assert _kernels_cover(t(64), t(64)) and _kernels_cover(t(128, torch.bfloat16), t(128, torch.bfloat16))
+    assert not _kernels_cover(t(16), t(16))
+    assert not _kernels_cover(t(64), t(40))
+    assert not _kernels_cover(t(64, torch.float64), t(64, torch.float64))
