@@ -130,3 +130,19 @@ def test_bad_inputs_name_the_problem():
         bucket_index(torch.zeros(2, 1, dtype=torch.int32), 0)
     with pytest.raises(ValueError, match="role"):
         LearnedHash(8, 4)(torch.randn(1, 1, 2, 8), role="value")
+
+
+@pytest.mark.parametrize("n_bits", [1, 31, 32, 33, 100, 256])
+def test_hamming_similarity_matches_xor_popcount(n_bits):
+    """The matrix-product form equals the definition (n_bits − popcount of the XOR), bit 31
+    included, broadcast over batch dims, and under autocast."""
+    from vidhash.hashing import popcount
+
+    g = torch.Generator().manual_seed(n_bits)
+    a = pack_bits(torch.rand(2, 1, 7, n_bits, generator=g) > 0.5)
+    b = pack_bits(torch.rand(1, 3, 9, n_bits, generator=g) > 0.5)
+    want = n_bits - popcount(torch.bitwise_xor(a.unsqueeze(-2), b.unsqueeze(-3))).sum(-1)
+    got = hamming_similarity(a, b, n_bits)
+    assert got.dtype == torch.int32 and torch.equal(got, want)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.equal(hamming_similarity(a, b, n_bits), want)
