@@ -170,7 +170,7 @@ def candidates_kernel(
     N, C, n_bits, top_k, CAP,
     NW: tl.constexpr, NWP: tl.constexpr,
     BQ: tl.constexpr, BC: tl.constexpr, GPC: tl.constexpr,
-    PROBE: tl.constexpr, PROBE_STRIDE: tl.constexpr, USE_POPC: tl.constexpr,
+    PROBE: tl.constexpr, PROBE_STRIDE: tl.constexpr, USE_POPC: tl.constexpr, PROBE_TOP2: tl.constexpr = False,
 ):
     pid_q = tl.program_id(0)
     r = tl.program_id(1).to(tl.int64)
@@ -182,13 +182,23 @@ def candidates_kernel(
 
     # 1. probe: per query, best score of each of BC column partitions → θ (lower bound of T)
     floor = 0 - n_bits  # below no real score (>= -n_bits), above every empty entry
+    #    (PROBE_TOP2: the best two of each partition, θ = k-th of those 2·BC distinct entries: still
+    #    a lower bound, and far tighter once k nears BC — with one per partition and k = BC, θ is
+    #    the worst partition's best, and nearly every group became a candidate)
     if PROBE:
         best = tl.full((BQ, BC), 2 * NEG_BIG, tl.int32)
+        second = tl.full((BQ, BC), 2 * NEG_BIG, tl.int32)
         for c0 in range(0, C, BC * PROBE_STRIDE):
             s, cols = _entry_scores(qb, sig_ptr, counts_ptr, rbase, c0, C, NW, NWP, BC, USE_POPC)
+            if PROBE_TOP2:
+                second = tl.maximum(second, tl.minimum(best, s))
             best = tl.maximum(best, s)
-        ranked = tl.sort(best, dim=1, descending=True)
-        col = tl.arange(0, BC)
+        if PROBE_TOP2:
+            ranked = tl.sort(tl.reshape(tl.join(best, second), (BQ, 2 * BC)), dim=1, descending=True)
+            col = tl.arange(0, 2 * BC)
+        else:
+            ranked = tl.sort(best, dim=1, descending=True)
+            col = tl.arange(0, BC)
         theta = tl.sum(tl.where(col[None, :] == top_k - 1, ranked, 0), 1)
         theta = tl.maximum(theta, floor)
     else:
@@ -388,6 +398,6 @@ CANDIDATE_CONFIGS = [
     triton.Config({"BQ": 128}, num_warps=8, num_stages=2),
     triton.Config({"BQ": 32}, num_warps=4, num_stages=2),
 ]
-candidates_kernel_tuned = triton.autotune(configs=CANDIDATE_CONFIGS, key=["C", "NW", "BC", "GPC", "PROBE", "PROBE_STRIDE"])(
+candidates_kernel_tuned = triton.autotune(configs=CANDIDATE_CONFIGS, key=["C", "NW", "BC", "GPC", "PROBE", "PROBE_STRIDE", "PROBE_TOP2"])(
     candidates_kernel
 )

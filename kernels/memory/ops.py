@@ -100,13 +100,15 @@ def memory_write_fifo(memory, k: torch.Tensor, v: torch.Tensor, frames: torch.Te
 # --------------------------------------------------------------------------------------------
 @torch.no_grad()
 def memory_select(memory, q: torch.Tensor, top_k: int, *, q_sig: torch.Tensor | None = None,
-                  probe_stride: int = 2, cap: int | None = None) -> torch.Tensor:
+                  probe_stride: int = 2, cap: int | None = None, probe_top2: bool = True) -> torch.Tensor:
     """Indices (int32 ``(b, h, n, min(top_k, c))``, entry order, ``-1`` padded) of the entries
     :meth:`HashedMemory.attend` keeps for each query: highest Hamming similarity, ties to the
     lower entry, empty entries never.
 
-    ``probe_stride`` (≥ 1) and ``cap`` (candidate chunks and groups kept per query before it
-    falls back to scanning every entry) change the speed, never the result.
+    ``probe_stride`` (≥ 1), ``cap`` (candidate chunks and groups kept per query before it
+    falls back to scanning every entry) and ``probe_top2`` (the probe keeps the best two entries
+    per column partition, for a tighter bound once top_k nears the partition count) change the
+    speed, never the result.
     """
     cfg = memory.config
     check_device(q)
@@ -140,7 +142,8 @@ def memory_select(memory, q: torch.Tensor, top_k: int, *, q_sig: torch.Tensor | 
     grp = torch.empty(rows, cap_groups, dtype=torch.int32, device=q.device)  # candidate groups
     nwp = triton.next_power_of_2(nw)
     args = (q_sig, sigs, counts, cand, ncand, n, c, cfg.n_bits, kk, cap_items)
-    consts = dict(NW=nw, NWP=nwp, BC=bc, GPC=gpc, PROBE=probe, PROBE_STRIDE=probe_stride, USE_POPC=not interpreting())
+    consts = dict(NW=nw, NWP=nwp, BC=bc, GPC=gpc, PROBE=probe, PROBE_STRIDE=probe_stride, USE_POPC=not interpreting(),
+                  PROBE_TOP2=bool(probe and probe_top2 and 4 * kk >= bc))
     if bq is not None:
         candidates_kernel[(triton.cdiv(n, bq), b * h)](*args, BQ=bq, **consts)
     else:

@@ -111,9 +111,25 @@ def test_selection_equals_reference(top_k, n_bits):
     q_sig = mem.hasher(q, role="query")
     _, _, ref_idx = mem.attend(q, top_k, return_indices=True, backend="reference")
     want = sorted_ref_indices(ref_idx)
-    for cap, stride in [(None, 2), (None, 1), (3, 2)]:  # cap=3: most queries take the full scan
-        got = memory_select(mem, q, top_k, q_sig=q_sig, cap=cap, probe_stride=stride)
-        assert torch.equal(got.long(), want), (cap, stride)
+    # cap=3: most queries take the full scan; probe_top2: the probe's tighter bound (on for k ≥ BC/4)
+    for cap, stride, top2 in [(None, 2, True), (None, 2, False), (None, 1, True), (3, 2, True)]:
+        got = memory_select(mem, q, top_k, q_sig=q_sig, cap=cap, probe_stride=stride, probe_top2=top2)
+        assert torch.equal(got.long(), want), (cap, stride, top2)
+
+
+@pytest.mark.parametrize("top_k", [4, 8, 16])
+def test_selection_with_many_chunks_equals_reference(top_k):
+    """A memory of many probe chunks (C=192 against 16-wide tiles): the probe's bound decides
+    which groups are candidates; both bounds must keep exactly the reference's entries."""
+    mem = make(num_buckets=24, slots=8, heads=1, batch_size=1)
+    fill(mem, 6, 40)
+    q = torch.randn(1, 1, 5, 40)
+    q_sig = mem.hasher(q, role="query")
+    _, _, ref_idx = mem.attend(q, top_k, return_indices=True, backend="reference")
+    want = sorted_ref_indices(ref_idx)
+    for top2 in (True, False):
+        got = memory_select(mem, q, top_k, q_sig=q_sig, probe_top2=top2)
+        assert torch.equal(got.long(), want), top2
 
 
 def test_selection_ties_go_to_the_lower_entry():
