@@ -66,7 +66,14 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser(argv)
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        # key=value overrides may come after flags (`vidhash train CFG --max-minutes 8 lr=1e-3`):
+        # argparse stops filling a positional list at the first flag, so collect the rest here
+        if hasattr(args, "overrides") and all("=" in x and not x.startswith("-") for x in extra):
+            args.overrides = [*(args.overrides or []), *extra]
+        else:
+            parser.parse_args(argv)  # the usual error for what is really unknown
     run = getattr(args, "_run", None)
     if run is None:
         # `vidhash` or `vidhash bench` alone: show the relevant help.
