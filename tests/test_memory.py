@@ -182,7 +182,7 @@ def test_bad_writes_and_reads():
 
 
 # ------------------------------------------------------------------ borrowed hashers (learned signatures)
-from vidhash.hashing import LearnedHash, SimHash  # noqa: E402
+from vidhash.hashing import LearnedHash  # noqa: E402
 from vidhash.memory import UnboundHasher, hasher_digest  # noqa: E402
 
 

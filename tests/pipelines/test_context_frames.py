@@ -4,7 +4,7 @@ import PIL.Image
 import pytest
 import torch
 
-from vidhash.pipelines import VidHashPipeline, VidHashState
+from vidhash.pipelines import VidHashState
 
 
 def gen(seed=0):

@@ -18,7 +18,6 @@ import math
 import os
 import random
 import signal
-import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
