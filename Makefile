@@ -12,7 +12,7 @@ TRITON ?= triton==3.6.0
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.vidhash-installed
 
-.PHONY: demo test install clean-venv bench-hashhop
+.PHONY: demo demo-world test install clean-venv bench-hashhop
 
 $(STAMP): pyproject.toml setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -25,6 +25,13 @@ install: $(STAMP)
 
 demo: $(STAMP)
 	$(VENV)/bin/vidhash bench hashhop --sizes 1000,10000,100000 --queries 256
+
+# The world-model demo: a 10-second clip from a trained pipeline folder, then its coherence
+# report. It becomes `make demo` once a usable model ships (models/README.md says which).
+WORLD_MODEL ?= models/world-tiny-v0
+demo-world: $(STAMP)
+	$(VENV)/bin/vidhash generate --model $(WORLD_MODEL) --seconds 10 --fps 8 --seed 0 --out demo.mp4
+	$(VENV)/bin/vidhash coherence demo.mp4 --poses demo.poses.json --json demo.coherence.json
 
 test: $(STAMP)
 	$(PY) -m pytest -q -x --timeout=600 tests
