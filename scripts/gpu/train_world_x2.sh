@@ -8,14 +8,14 @@
 set -u
 source scripts/gpu/setup.sh || exit 1
 INIT=${1:-models/world-tiny-v0}
-MIN=${2:-5}
+MIN=${2:-4}
 shift $(( $# > 2 ? 2 : $# ))
 T0=$(date +%s)
 launch2=(python3 -m accelerate.commands.launch --multi_gpu --num_processes 2 --num_machines 1 --mixed_precision bf16 --dynamo_backend no)
 # 1. throughput, 1 GPU vs 2 GPUs at the same per-GPU batch, blocks compiled (compile time is inside
-#    the 75 s; the median skips the first rows). If the compiled run fails, train uncompiled.
+#    the 84 s; the median skips the first rows). If the compiled run fails, train uncompiled.
 quick=(checkpoint.every=1000000 max_steps=1000000 log_every=10)          # key=value first: argparse
-flags=(--no-export --no-progress --max-minutes 1.25)                    # takes positionals before flags
+flags=(--no-export --no-progress --max-minutes 1.4)                     # takes positionals before flags
 python3 -m vidhash.cli train configs/train/world_tiny.yaml out_dir=/tmp/s1 gradient_checkpointing=false "${quick[@]}" compile=true "${flags[@]}" 2>&1 | tail -2
 COMPILE=true; [ "$(wc -l < /tmp/s1/loss.csv 2>/dev/null || echo 0)" -gt 3 ] || COMPILE=false
 "${launch2[@]}" -m vidhash.cli train configs/train/world_tiny.yaml out_dir=/tmp/s2 gradient_checkpointing=false batch_size=128 "${quick[@]}" compile=$COMPILE "${flags[@]}" 2>&1 | tail -2
