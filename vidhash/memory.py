@@ -57,7 +57,6 @@ from .hashing import LearnedHash, SimHash, bucket_index, hamming_similarity, num
 
 POLICIES = ("fifo", "merge")
 _CHUNK_ELEMS = 1 << 23
-_DENSE_READ_RATIO = 32  # reference read: score all entries densely when capacity <= this × top_k
 
 
 @dataclass(frozen=True)
@@ -457,18 +456,6 @@ class HashedMemory(nn.Module):
                 idx = top.indices  # (b, h, m, kk)
                 ok = top.values >= 0
             m = qs.shape[-2]
-            if c <= _DENSE_READ_RATIO * kk:
-                # small memory: score every entry with one matmul and keep the selected ones
-                # (the same keys and softmax; no per-query K/V gather, several times faster on a CPU)
-                keep = torch.zeros(b, h, m, c, dtype=torch.bool, device=q.device).scatter_(-1, idx, ok)
-                s = torch.matmul(qs.to(acc), keys.to(acc).transpose(-1, -2)) * sc + bias.unsqueeze(-2).to(acc)
-                s = s.masked_fill(~keep, float("-inf"))
-                lse = torch.logsumexp(s, dim=-1)
-                p = torch.exp(s - lse.masked_fill(torch.isinf(lse), 0.0).unsqueeze(-1))
-                outs.append(torch.matmul(p, vals.to(acc)))
-                lses.append(lse)
-                idxs.append(torch.where(ok, idx, -1))
-                continue
             g = idx.reshape(b, h, m * kk, 1)
             kg = torch.gather(keys, 2, g.expand(b, h, m * kk, d)).reshape(b, h, m, kk, d).to(acc)
             vg = torch.gather(vals, 2, g.expand(b, h, m * kk, d)).reshape(b, h, m, kk, d).to(acc)
