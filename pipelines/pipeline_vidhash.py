@@ -27,8 +27,10 @@ N more == 2N frames straight, bitwise on CPU, when N is a multiple of ``chunk_fr
 """
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -67,6 +69,19 @@ class VidHashPipeline(DiffusionPipeline):
     def random(cls, preset: str = "tiny", seed: int = 0) -> VidHashPipeline:
         """An untrained pipeline of model size ``preset`` with seeded random weights (smoke tests, benchmarks)."""
         return cls(random_model(preset, seed=seed), FlowMatchEulerDiscreteScheduler())
+
+    @classmethod
+    def load(cls, model: str | os.PathLike) -> VidHashPipeline:
+        """``random-<preset>`` (an untrained pipeline of that size) or a saved pipeline folder,
+        with a clear error for anything else (what the ``--model`` of every command takes)."""
+        from vidhash.config import preset_for_model
+
+        model = str(model)
+        if model.startswith("random-"):
+            return cls.random(preset_for_model(model), seed=0)
+        if not (Path(model) / "model_index.json").is_file():
+            raise ValueError(f"{model}: not a saved pipeline folder (no model_index.json)")
+        return cls.from_pretrained(model)
 
     # ------------------------------------------------------------------ properties for callbacks
     @property

@@ -271,28 +271,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _load(model: str, device: torch.device):
-    from .config import PRESETS
     from .pipelines import VidHashPipeline
 
-    if model.startswith("random-"):
-        preset = model.removeprefix("random-")
-        if preset not in PRESETS:
-            raise ValueError(f"unknown model {model!r}; random models: {', '.join('random-' + p for p in PRESETS)}")
-        pipe = VidHashPipeline.random(preset, seed=0)
-    else:
-        path = Path(model)
-        if not (path / "model_index.json").is_file():
-            raise ValueError(f"{path}: not a saved pipeline folder (no model_index.json)")
-        pipe = VidHashPipeline.from_pretrained(str(path))
+    pipe = VidHashPipeline.load(model)
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
 
 
 def config_from_args(args: argparse.Namespace) -> CalibrateConfig:
-    from .config import generation_config
-    from .generate_cli import _preset_for
+    from .config import generation_config, preset_for_model
 
-    gen = generation_config(_preset_for(args.model))
+    gen = generation_config(preset_for_model(args.model))
     cfg = CalibrateConfig(
         bits=args.bits, hidden=args.hidden, clips=args.clips, val_clips=args.val_clips, frames=args.frames,
         top_k=args.top_k, steps=args.steps, lr=args.lr, pos_weight=args.pos_weight, batch_queries=args.batch_queries,

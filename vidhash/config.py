@@ -17,9 +17,10 @@ entry per model size (``tiny``, ``small``, ``base``).
 """
 from __future__ import annotations
 
+import json
 import os
 import tempfile
-from dataclasses import dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields
 from importlib.resources import files
 from pathlib import Path
 from typing import Any, Optional
@@ -114,6 +115,25 @@ def model_config(preset: str = "tiny") -> ModelConfig:
     if preset not in presets:
         raise ValueError(f"unknown model preset {preset!r}; known: {', '.join(presets)}")
     return _structured(ModelConfig, presets[preset], f"models.yaml:{preset}")
+
+
+def preset_for_model(model: str | None) -> str:
+    """Size preset of a ``--model`` value: ``random-<preset>``, or a saved pipeline folder whose
+    transformer config equals a named size (its generation preset then applies), else ``tiny``."""
+    if model is None:
+        return "tiny"
+    if model.startswith("random-"):
+        preset = model.removeprefix("random-")
+        if preset not in PRESETS:
+            raise ValueError(f"unknown model {model!r}; random models: {', '.join('random-' + p for p in PRESETS)}")
+        return preset
+    cfg_path = Path(model) / "transformer" / "config.json"
+    if cfg_path.is_file():
+        saved = json.loads(cfg_path.read_text())
+        for preset in PRESETS:
+            if all(saved.get(k) == v for k, v in asdict(model_config(preset)).items()):
+                return preset
+    return "tiny"
 
 
 def generation_config(preset: str = "tiny", overrides: list[str] | None = None) -> GenerationConfig:

@@ -36,13 +36,12 @@ import signal
 import sys
 import threading
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from .config import PRESETS, GenerateConfig, generate_config, model_config, save_config
+from .config import GenerateConfig, generate_config, preset_for_model, save_config
 from .data.video import Mp4Writer, check_writable, partial_path
 from .data.world import ACTIONS, action_ids
 
@@ -61,27 +60,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("overrides", nargs="*", metavar="key=value", help="generation settings, e.g. chunk_frames=2 memory.top_k=16")
 
 
-def _preset_for(model: str | None) -> str:
-    if model is None:
-        return "tiny"
-    if model.startswith("random-"):
-        preset = model.removeprefix("random-")
-        if preset not in PRESETS:
-            raise ValueError(f"unknown model {model!r}; random models: {', '.join('random-' + p for p in PRESETS)}")
-        return preset
-    cfg_path = Path(model) / "transformer" / "config.json"
-    if cfg_path.is_file():  # a saved model of a named size gets that size's generation preset
-        saved = json.loads(cfg_path.read_text())
-        for preset in PRESETS:
-            if all(saved.get(k) == v for k, v in asdict(model_config(preset)).items()):
-                return preset
-    return "tiny"
-
-
 def config_from_args(args: argparse.Namespace) -> GenerateConfig:
     flags = {"model": args.model, "seconds": args.seconds, "fps": args.fps, "out": args.out, "seed": args.seed,
              "actions": args.actions, "resume": args.resume, "save_state": args.save_state, "device": args.device}
-    return generate_config(args.overrides, preset=_preset_for(args.model), **flags)
+    return generate_config(args.overrides, preset=preset_for_model(args.model), **flags)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -97,13 +79,7 @@ def _load_pipeline(cfg: GenerateConfig, device: torch.device):
     if cfg.model is None:
         raise ValueError("no trained model ships yet: pass --model random-tiny (untrained, for smoke tests) "
                          "or --model PATH (a folder from VidHashPipeline.save_pretrained)")
-    if cfg.model.startswith("random-"):
-        pipe = VidHashPipeline.random(_preset_for(cfg.model), seed=0)
-    else:
-        path = Path(cfg.model)
-        if not (path / "model_index.json").is_file():
-            raise ValueError(f"--model {path}: not a saved pipeline folder (no model_index.json)")
-        pipe = VidHashPipeline.from_pretrained(str(path))
+    pipe = VidHashPipeline.load(cfg.model)
     return pipe.to(device)
 
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import tempfile
 import time
 
@@ -30,6 +29,8 @@ from vidhash.metrics.coherence import CoherenceOptions, measure_coherence
 from vidhash.metrics.long_range import DriftMeter, FrameStats
 from vidhash.metrics.short_range import ShortRangeMeter
 from vidhash.metrics.synthetic import synthetic_clip, write_video
+
+from . import cpu_name
 
 TARGET_FPS = 200.0
 
@@ -51,17 +52,6 @@ def _best(fn, repeats: int) -> float:
         fn()
         best = min(best, time.perf_counter() - t0)
     return best
-
-
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def run(args: argparse.Namespace) -> int:
@@ -104,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
                 s = _best(lambda: reports.append(measure_coherence(path, opts)), args.repeats)
                 k = reports[-1]["frames"]
                 rows.append({"stage": stage, "source": source, "threads": th, "frames": k, "seconds": s, "frames_per_s": k / s})
-    device = f"{_cpu_name()}, {os.cpu_count()} CPU cores"
+    device = f"{cpu_name()}, {os.cpu_count()} CPU cores"
     print(f"coherence metrics speed — working size {args.size}px, device: {device}, OpenCV {cv2.__version__}")
     head = f"{'stage':<12} {'source':<22} {'threads':>7} {'frames':>7} {'seconds':>8} {'frames/s':>9}"
     print(head)

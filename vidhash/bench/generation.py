@@ -25,11 +25,12 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
 import time
+
+from . import cpu_name
 
 MODES = ("hashed", "full", "window")
 
@@ -128,17 +129,6 @@ def _edge_ms_per_frame(row: dict, last: bool) -> float:
     return edge[mid] if len(edge) % 2 else (edge[mid - 1] + edge[mid]) / 2
 
 
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
-
-
 def _world_speed(seconds: float = 1.0) -> float:
     """Procedural world frames per second on this thread (64×64, trajectory + render)."""
     from vidhash.data.world import ProceduralWorld, RandomTrajectory
@@ -164,7 +154,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"unknown modes {bad}; known: {', '.join(MODES)}")
     if not lengths or min(lengths) <= 0:
         raise ValueError(f"--seconds must list positive clip lengths, got {args.seconds!r}")
-    dev_name = torch.cuda.get_device_name() if device.startswith("cuda") else _cpu_name()
+    dev_name = torch.cuda.get_device_name() if device.startswith("cuda") else cpu_name()
     print(f"# vidhash bench generation — {dev_name}, preset {args.preset}, {args.fps} fps, "
           f"{datetime.date.today().isoformat()}", flush=True)
     world_fps = _world_speed()

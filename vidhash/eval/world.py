@@ -239,18 +239,10 @@ def load_pipeline(model: str, device, dtype):
     """The pipeline of ``model`` (folder or ``random-<preset>``) on ``device`` in ``dtype``, and its preset name."""
     import torch
 
-    from vidhash.config import PRESETS
-    from vidhash.generate_cli import _preset_for
+    from vidhash.config import preset_for_model
     from vidhash.pipelines import VidHashPipeline
 
-    if model.startswith("random-"):
-        preset = model.removeprefix("random-")
-        if preset not in PRESETS:
-            raise ValueError(f"unknown model {model!r}; random models: {', '.join('random-' + p for p in PRESETS)}")
-        pipe = VidHashPipeline.random(preset, seed=0)
-    else:
-        pipe = VidHashPipeline.from_pretrained(str(model))
-        preset = _preset_for(model)
+    pipe, preset = VidHashPipeline.load(model), preset_for_model(model)
     pipe = pipe.to(device)
     if dtype != torch.float32:
         pipe.transformer.to(dtype)
