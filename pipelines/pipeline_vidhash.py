@@ -134,17 +134,7 @@ class VidHashPipeline(DiffusionPipeline):
         check_generation(gen)
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
-        ids = None
-        if actions is not None:
-            ids = action_ids(actions)
-            if len(ids) != num_frames:
-                raise ValueError(f"got {len(ids)} actions for {num_frames} frames")
-        if poses is not None:
-            poses = np.asarray(poses, dtype=np.float64)
-            if poses.shape != (num_frames, 2):
-                raise ValueError(f"poses must have shape (num_frames, 2) = ({num_frames}, 2), got {poses.shape}")
-            if not np.isfinite(poses).all():
-                raise ValueError("poses contain NaN or infinity")
+        ids, poses = _check_path(actions, poses, num_frames, "actions", "poses", "frames", "num_frames")
         if state is not None:
             want = state_config(self.transformer.config, height, width, window_frames, memory, 1, self.transformer.dtype)
             if want != state.config:
@@ -172,17 +162,9 @@ class VidHashPipeline(DiffusionPipeline):
                              f"(the generation size), got frames of shape {tuple(video.shape[1:])} (c, h, w)")
         if poses is None and actions is None:
             raise ValueError("context_frames need their camera path: pass context_poses (F, 2) and/or context_actions (F,)")
-        ids = np.full(n, NULL_ACTION, dtype=np.int64)
-        if actions is not None:
-            ids = action_ids(actions)
-            if len(ids) != n:
-                raise ValueError(f"got {len(ids)} context_actions for {n} context_frames")
-        if poses is not None:
-            poses = np.asarray(poses, dtype=np.float64)
-            if poses.shape != (n, 2):
-                raise ValueError(f"context_poses must have shape (context frames, 2) = ({n}, 2), got {poses.shape}")
-            if not np.isfinite(poses).all():
-                raise ValueError("context_poses contain NaN or infinity")
+        ids, poses = _check_path(actions, poses, n, "context_actions", "context_poses", "context_frames", "context frames")
+        if ids is None:
+            ids = np.full(n, NULL_ACTION, dtype=np.int64)
         return (video * 2 - 1).unsqueeze(0), ids, poses
 
     # ------------------------------------------------------------------ generation
@@ -403,6 +385,22 @@ class VidHashPipeline(DiffusionPipeline):
         from PIL import Image
 
         return [[Image.fromarray((f * 255).round().astype(np.uint8)) for f in clip] for clip in array]
+
+
+def _check_path(actions, poses, n: int, actions_name: str, poses_name: str, frames_name: str, count_name: str):
+    """``(action ids or None, poses (n, 2) float64 or None)``: one action and one pose per frame."""
+    ids = None
+    if actions is not None:
+        ids = action_ids(actions)
+        if len(ids) != n:
+            raise ValueError(f"got {len(ids)} {actions_name} for {n} {frames_name}")
+    if poses is not None:
+        poses = np.asarray(poses, dtype=np.float64)
+        if poses.shape != (n, 2):
+            raise ValueError(f"{poses_name} must have shape ({count_name}, 2) = ({n}, 2), got {poses.shape}")
+        if not np.isfinite(poses).all():
+            raise ValueError(f"{poses_name} contain NaN or infinity")
+    return ids, poses
 
 
 def _memory_config(memory: TemporalMemoryConfig | dict | None) -> TemporalMemoryConfig:
