@@ -40,7 +40,7 @@ from diffusers.pipelines.pipeline_utils import DiffusionPipeline
 from diffusers.schedulers import FlowMatchEulerDiscreteScheduler
 from diffusers.utils.torch_utils import randn_tensor
 
-from vidhash.config import GenerationConfig, TemporalMemoryConfig, check_generation, generation_config
+from vidhash.config import GenerationConfig, TemporalMemoryConfig, check_generation, config_diff, generation_config
 from vidhash.data.world import NULL_ACTION, RandomTrajectory, action_ids, integrate_actions
 from vidhash.models.transformer_vidhash import VidHashTransformer3DModel, random_model
 
@@ -138,7 +138,7 @@ class VidHashPipeline(DiffusionPipeline):
         if state is not None:
             want = state_config(self.transformer.config, height, width, window_frames, memory, 1, self.transformer.dtype)
             if want != state.config:
-                diff = _config_diff(state.config, want)
+                diff = config_diff(state.config, want, "state")
                 raise ValueError(f"the state was made for another model or generation config ({diff})")
         bad = [k for k in callback_on_step_end_tensor_inputs or [] if k not in self._callback_tensor_inputs]
         if bad:
@@ -468,16 +468,3 @@ def _cpu_generator(generator: torch.Generator | None) -> torch.Generator:
     else:
         out.manual_seed(int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device)))
     return out
-
-
-def _config_diff(have: dict, want: dict, prefix: str = "") -> str:
-    diffs = []
-    for key in sorted(set(have) | set(want)):
-        a, b = have.get(key), want.get(key)
-        if isinstance(a, dict) and isinstance(b, dict):
-            inner = _config_diff(a, b, f"{prefix}{key}.")
-            if inner:
-                diffs.append(inner)
-        elif a != b:
-            diffs.append(f"{prefix}{key}: state {a!r}, here {b!r}")
-    return "; ".join(diffs)

@@ -117,6 +117,21 @@ def model_config(preset: str = "tiny") -> ModelConfig:
     return _structured(ModelConfig, presets[preset], f"models.yaml:{preset}")
 
 
+def config_diff(have: dict, want: dict, have_label: str = "saved", prefix: str = "") -> str:
+    """``"key: <have_label> a, here b; ..."`` for every key whose value differs (nested dicts as
+    ``outer.inner``); "" when equal. For errors about a state or checkpoint of another config."""
+    diffs = []
+    for key in sorted(set(have) | set(want)):
+        a, b = have.get(key), want.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            inner = config_diff(a, b, have_label, f"{prefix}{key}.")
+            if inner:
+                diffs.append(inner)
+        elif a != b:
+            diffs.append(f"{prefix}{key}: {have_label} {a!r}, here {b!r}")
+    return "; ".join(diffs)
+
+
 def preset_for_model(model: str | None) -> str:
     """Size preset of a ``--model`` value: ``random-<preset>``, or a saved pipeline folder whose
     transformer config equals a named size (its generation preset then applies), else ``tiny``."""

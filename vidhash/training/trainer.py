@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from vidhash.config import save_config, to_yaml
+from vidhash.config import config_diff, save_config, to_yaml
 
 from .checkpoint import checkpoint_size, find_checkpoint, load_checkpoint, save_checkpoint
 from .config import TrainConfig, model_fingerprint, model_supports_selection, selection_arg
@@ -125,14 +125,6 @@ def _optim_state(flat: dict[str, torch.Tensor], rest: dict) -> dict:
     return {"state": state, "param_groups": rest["param_groups"]}
 
 
-def _config_diff(a: dict, b: dict, prefix: str = "") -> str:
-    out = []
-    for k in sorted(set(a) | set(b)):
-        if a.get(k) != b.get(k):
-            out.append(f"{prefix}{k}: checkpoint {a.get(k)!r}, here {b.get(k)!r}")
-    return "; ".join(out)
-
-
 def write_csv(path: Path, rows: list[dict]) -> None:
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "w", newline="") as f:
@@ -223,7 +215,7 @@ def train(cfg: TrainConfig, resume: str | None = None, max_minutes: float | None
         tensors, meta = load_checkpoint(ckpt)
         if meta["fingerprint"] != fp:
             raise ValueError(f"checkpoint {ckpt} was written for another model config "
-                             f"({_config_diff(meta['model'], asdict(cfg.model), 'model.')})")
+                             f"({config_diff(meta['model'], asdict(cfg.model), 'checkpoint', 'model.')})")
 
     dataset = TrainSamples(cfg)  # checks a video folder before any work
 
@@ -436,10 +428,10 @@ def _init_from(model, ema, cfg) -> None:
     saved = json.loads(conf.read_text())
     want = dict(model.config)
     # learned memory signatures are fitted after training (vidhash calibrate): not compared, not loaded
-    diff = [k for k in want if not k.startswith(("_", "memory_hash")) and k in saved and saved[k] != want[k]]
+    keep = [k for k in want if not k.startswith(("_", "memory_hash")) and k in saved]
+    diff = config_diff({k: saved[k] for k in keep}, {k: want[k] for k in keep}, "there", "model.")
     if diff:
-        raise ValueError(f"init_from={cfg.init_from} was saved for another model config: "
-                         + ", ".join(f"model.{k}: {saved[k]!r} there, {want[k]!r} here" for k in diff))
+        raise ValueError(f"init_from={cfg.init_from} was saved for another model config: {diff}")
     own = set(model.state_dict())
     state = {k: v for k, v in load_file(str(weights)).items() if "memory_hash" not in k or k in own}
     missing, unexpected = model.load_state_dict({k: v.float() for k, v in state.items()}, strict=False)
