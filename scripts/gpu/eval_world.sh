@@ -7,12 +7,7 @@
 set -u
 MODEL=${1:?usage: bash scripts/gpu/eval_world.sh MODEL_DIR [flags]}
 shift
-# The device tree is a copy, not pip-installed: carried wheels into /tmp/site, package-data links.
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
-export PYTHONPATH=/tmp/site:$PWD
-for d in kernels pipelines configs; do [ -e vidhash/$d ] || ln -s ../$d vidhash/$d; done
-export OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
-nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
+source scripts/gpu/setup.sh || exit 1  # carried wheels, package-data links, $OUT
 PLOT=(--plot "$OUT/eval_world.png")
 python3 -c "import matplotlib" 2>/dev/null || { PLOT=(); echo "no matplotlib here: redraw later with vidhash eval world --from-json eval_world.json --plot eval_world.png"; }
 timeout 570 python3 -m vidhash.cli eval world "$MODEL" --device cuda --seeds 1000000,1000001 --horizons 10,60,300 \
