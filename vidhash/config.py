@@ -49,6 +49,7 @@ class ModelConfig:
     qk_norm: bool = True
     memory_hash_bits: int = 0  # > 0: a learned memory signature (LearnedHash) per layer, fitted by vidhash calibrate
     memory_hash_hidden: int = 128
+    rope: bool = False  # rotary embedding of world (x, y) on attention queries/keys
 
 
 @dataclass

@@ -8,9 +8,10 @@ from vidhash.models.transformer_vidhash import TemporalContext, random_model
 pytestmark = pytest.mark.gpu
 
 
+@pytest.mark.parametrize("rope", [False, True], ids=["abs-pos", "rope"])
 @pytest.mark.parametrize("causal_frames", [None, 2])
-def test_sdpa_paths_match_reference(causal_frames):
-    model = random_model("tiny", seed=3)
+def test_sdpa_paths_match_reference(causal_frames, rope):
+    model = random_model("tiny", seed=3, rope=rope)
     g = torch.Generator().manual_seed(0)
     x = torch.randn(2, 6, 3, 64, 64, generator=g)
     t = torch.rand(2, 6, generator=g) * 1000

@@ -6,9 +6,9 @@ from vidhash.memory import HashedMemory
 from vidhash.models import TemporalContext, VidHashTransformer3DModel, random_model
 
 
-@pytest.fixture(scope="module")
-def model():
-    return random_model("tiny", seed=0)
+@pytest.fixture(scope="module", params=[False, True], ids=["abs-pos", "rope"])
+def model(request):
+    return random_model("tiny", seed=0, rope=request.param)
 
 
 def _inputs(b=1, f=4, h=64, w=64, seed=0):
@@ -22,6 +22,7 @@ def _inputs(b=1, f=4, h=64, w=64, seed=0):
 
 def test_tiny_preset_size(model):
     assert 0.5e6 < model.num_parameters() < 2e6
+    assert model.num_parameters() == random_model("tiny").num_parameters()  # rope adds no weights
     assert model.config.patch_size == 8 and model.tokens_per_frame(64, 64) == 64
 
 
@@ -124,3 +125,49 @@ def test_backward_and_gradient_checkpointing():
 def test_bad_inputs(model, call, match):
     with pytest.raises(ValueError, match=match):
         call(model)
+
+
+def test_rope_scores_depend_on_offsets_and_wrap_on_the_torus():
+    from vidhash.models.transformer_vidhash import apply_rope, rope_angles
+
+    g = torch.Generator().manual_seed(0)
+    q, k = torch.randn(1, 2, 5, 32, generator=g), torch.randn(1, 2, 7, 32, generator=g)
+    pq, pk = torch.rand(1, 1, 5, 2, generator=g) * 512, torch.rand(1, 1, 7, 2, generator=g) * 512
+
+    def scores(pq, pk):
+        aq, ak = rope_angles(pq, 32, 512.0), rope_angles(pk, 32, 512.0)
+        return apply_rope(q, aq.cos(), aq.sin()) @ apply_rope(k, ak.cos(), ak.sin()).transpose(-1, -2)
+
+    base = scores(pq, pk)
+    shift = torch.tensor([37.0, -200.0])
+    torch.testing.assert_close(scores(pq + shift, pk + shift), base, rtol=1e-4, atol=1e-4)  # relative only
+    torch.testing.assert_close(scores(pq, pk + torch.tensor([512.0, -1024.0])), base, rtol=1e-4, atol=1e-4)  # torus
+    assert not torch.allclose(scores(pq, pk + torch.tensor([8.0, 0.0])), base, atol=1e-2)
+    ang = rope_angles(pq, 32, 512.0)
+    torch.testing.assert_close(apply_rope(q, ang.cos(), ang.sin()).norm(dim=-1), q.norm(dim=-1))  # a rotation
+    with pytest.raises(ValueError, match="divisible by 4"):
+        VidHashTransformer3DModel(hidden_dim=36, num_heads=2, rope=True)
+
+
+def test_rope_model_is_translation_covariant_in_attention_only():
+    """With rope, moving the whole clip changes the output only through the additive position
+    embedding and the pose condition: zeroing those makes the model translation invariant."""
+    m = random_model("tiny", seed=2, rope=True)
+    with torch.no_grad():
+        m.pos_embed.weight.zero_()
+        m.pose_embed[-1].weight.zero_()
+        m.pose_embed[-1].bias.zero_()
+    x, t, a, p = _inputs(f=4)
+    base = m(x, t, a, p, causal_frames=2).sample
+    torch.testing.assert_close(m(x, t, a, p + torch.tensor([40.0, -16.0]), causal_frames=2).sample, base,
+                               rtol=1e-4, atol=1e-4)
+    m2 = random_model("tiny", seed=2, rope=False)
+    with torch.no_grad():
+        m2.pos_embed.weight.zero_()
+        m2.pose_embed[-1].weight.zero_()
+        m2.pose_embed[-1].bias.zero_()
+    # without rope nothing positional is left: also invariant, but blind to where tokens are
+    assert torch.allclose(m2(x, t, a, p + 40.0, causal_frames=2).sample, m2(x, t, a, p, causal_frames=2).sample, atol=1e-5)
+    # rope still sees the layout: permuting the positions of tokens changes its output
+    perm = p.flip(1)
+    assert not torch.allclose(m(x, t, a, perm, causal_frames=2).sample, base, atol=1e-3)

@@ -83,6 +83,29 @@ def fourier_features(x: torch.Tensor, num_freqs: int, period: float) -> torch.Te
     return torch.cat([angles.sin(), angles.cos()], dim=-1).flatten(-2)
 
 
+def rope_angles(xy: torch.Tensor, head_dim: int, period: float) -> torch.Tensor:
+    """2-D rotary angles ``(..., head_dim / 2)`` for world positions ``xy (..., 2)``: the first half
+    rotates with x, the second with y, each at ``head_dim / 4`` frequencies ``2π·k / period`` with
+    integer ``k`` from 1 up to ``period / 8`` (geometric), so angles are periodic on the world torus."""
+    if head_dim % 4:
+        raise ValueError(f"rope needs head_dim divisible by 4, got {head_dim}")
+    n = head_dim // 4
+    top = max(1.0, period / 8)
+    ks = [max(round(top ** (i / max(n - 1, 1))), i + 1) for i in range(n)]
+    freqs = 2 * math.pi * torch.tensor(ks, device=xy.device, dtype=torch.float32) / period
+    xy = torch.remainder(xy.float(), period)  # exact for these frequencies; keeps float32 angles small
+    return torch.cat([xy[..., :1] * freqs, xy[..., 1:2] * freqs], dim=-1)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor | None, sin: torch.Tensor | None) -> torch.Tensor:
+    """Rotate pairs ``(x[..., i], x[..., i + e/2])`` of ``x (b, h, n, e)`` by the angles behind
+    ``cos``/``sin`` ``(b, 1, n, e/2)`` (float32 math, ``x``'s dtype out); identity when ``cos`` is None."""
+    if cos is None:
+        return x
+    x1, x2 = x.float().chunk(2, dim=-1)
+    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).to(x.dtype)
+
+
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     return x * (1 + scale) + shift
 
@@ -97,9 +120,12 @@ class QKV(nn.Module):
         self.norm_q = nn.RMSNorm(self.head_dim, eps=1e-6) if qk_norm else nn.Identity()
         self.norm_k = nn.RMSNorm(self.head_dim, eps=1e-6) if qk_norm else nn.Identity()
 
-    def forward(self, x: torch.Tensor, pattern: str):
+    def forward(self, x: torch.Tensor, pattern: str, rope: tuple | None = None):
         q, k, v = rearrange(self.to_qkv(x), f"{pattern} -> three {_OUT}", three=3, h=self.heads)
-        return self.norm_q(q), self.norm_k(k), v
+        q, k = self.norm_q(q), self.norm_k(k)
+        if rope is not None:
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        return q, k, v
 
 
 _OUT = "b h n e"  # every attention call below works on (b, h, tokens, e)
@@ -113,9 +139,11 @@ class SpatialAttention(nn.Module):
         self.qkv = QKV(dim, heads, qk_norm)
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x (b, f, n, d)
+    def forward(self, x: torch.Tensor, rope: tuple | None = None) -> torch.Tensor:  # x (b, f, n, d)
         b = x.shape[0]
-        q, k, v = self.qkv(rearrange(x, "b f n d -> (b f) n d"), "b n (three h e)")
+        if rope is not None:  # (b, 1, f·n, e/2) → per frame ((b f), 1, n, e/2)
+            rope = tuple(rearrange(r, "b o (f n) e -> (b f) o n e", f=x.shape[1]) for r in rope)
+        q, k, v = self.qkv(rearrange(x, "b f n d -> (b f) n d"), "b n (three h e)", rope)
         out = F.scaled_dot_product_attention(q, k, v) if q.is_cuda else dense_attention(q, k, v)
         return self.proj(rearrange(out, "(b f) h n e -> b f n (h e)", b=b))
 
@@ -138,9 +166,9 @@ class TemporalAttention(nn.Module):
         self._recorder = None  # callable(q, k): set by VidHashTransformer3DModel.record_temporal_qk
 
     def forward(self, x: torch.Tensor, ctx: TemporalContext | None, causal_frames: int | None = None,
-                select: dict | None = None):
+                select: dict | None = None, rope: tuple | None = None):
         b, f, n, _ = x.shape
-        q, k, v = self.qkv(rearrange(x, "b f n d -> b (f n) d"), "b n (three h e)")
+        q, k, v = self.qkv(rearrange(x, "b f n d -> b (f n) d"), "b n (three h e)", rope)
         if self._recorder is not None:
             self._recorder(q.detach(), k.detach())
         scale = self.head_dim**-0.5
@@ -297,11 +325,11 @@ class VidHashBlock(nn.Module):
         self.ada = nn.Sequential(nn.SiLU(), nn.Linear(dim, 9 * dim))
 
     def forward(self, x, cond, ctx: TemporalContext | None = None, causal_frames: int | None = None,
-                select: dict | None = None):
-        # x (b, f, n, d); cond (b, f, d)
+                select: dict | None = None, rope: tuple | None = None):
+        # x (b, f, n, d); cond (b, f, d); rope: (cos, sin) (b, 1, f·n, e/2) or None
         mods = self.ada(cond).unsqueeze(2).chunk(9, dim=-1)  # each (b, f, 1, d)
-        x = x + mods[2] * self.spatial(modulate(self.norm1(x), mods[0], mods[1]))
-        h, kv = self.temporal(modulate(self.norm2(x), mods[3], mods[4]), ctx, causal_frames, select)
+        x = x + mods[2] * self.spatial(modulate(self.norm1(x), mods[0], mods[1]), rope)
+        h, kv = self.temporal(modulate(self.norm2(x), mods[3], mods[4]), ctx, causal_frames, select, rope)
         x = x + mods[5] * h
         x = x + mods[8] * self.mlp(modulate(self.norm3(x), mods[6], mods[7]))
         return x, kv
@@ -325,6 +353,11 @@ class VidHashTransformer3DModel(ModelMixin, ConfigMixin):
         memory_hash_bits: > 0 gives every layer's temporal attention a learned signature hash
             (``LearnedHash``, per head) of that many bits for its memory; 0: memories use SimHash.
         memory_hash_hidden: hidden width of the learned hash MLPs.
+        rope: rotary embedding of each token's world (x, y) on the queries and keys of spatial and
+            temporal attention (periodic on the ``pos_period`` torus): attention scores then
+            depend on the offset between places, so "the same place seen earlier" is one
+            pattern the model need not learn per position. Cached and memory keys are stored
+            rotated. Needs ``head_dim`` divisible by 4.
     """
 
     _supports_gradient_checkpointing = True
@@ -348,8 +381,11 @@ class VidHashTransformer3DModel(ModelMixin, ConfigMixin):
         qk_norm: bool = True,
         memory_hash_bits: int = 0,
         memory_hash_hidden: int = 128,
+        rope: bool = False,
     ):
         super().__init__()
+        if rope and (hidden_dim // num_heads) % 4:
+            raise ValueError(f"rope needs head_dim (hidden_dim / num_heads = {hidden_dim // num_heads}) divisible by 4")
         if hidden_dim % num_heads:
             raise ValueError(f"hidden_dim ({hidden_dim}) must be divisible by num_heads ({num_heads})")
         if memory_hash_bits < 0 or memory_hash_hidden < 1:
@@ -557,8 +593,12 @@ class VidHashTransformer3DModel(ModelMixin, ConfigMixin):
         # 1. patchify and add token positions
         x = rearrange(hidden_states, "b f c (y p) (x q) -> b f (y x) (p q c)", p=cfg.patch_size, q=cfg.patch_size)
         x = self.patch_embed(x.to(dtype))
-        pos = fourier_features(self.token_positions(poses, height, width), cfg.pos_freqs, cfg.pos_period)
-        x = x + self.pos_embed(pos.to(dtype))
+        xy = self.token_positions(poses, height, width)  # (b, f, n, 2)
+        x = x + self.pos_embed(fourier_features(xy, cfg.pos_freqs, cfg.pos_period).to(dtype))
+        rope = None
+        if cfg.get("rope", False):
+            ang = rope_angles(xy.reshape(b, 1, -1, 2), self.head_dim, cfg.pos_period)
+            rope = (ang.cos(), ang.sin())
 
         # 2. per-frame condition
         t = self.time_proj(timestep.reshape(-1)).to(dtype)
@@ -571,9 +611,9 @@ class VidHashTransformer3DModel(ModelMixin, ConfigMixin):
             ctx = None if context is None else context[i]
             sel = None if select is None else {**select, "hasher": select["hashers"][i]}
             if torch.is_grad_enabled() and self.gradient_checkpointing:
-                x, kv = self._gradient_checkpointing_func(block, x, cond, ctx, causal_frames, sel)
+                x, kv = self._gradient_checkpointing_func(block, x, cond, ctx, causal_frames, sel, rope)
             else:
-                x, kv = block(x, cond, ctx, causal_frames, sel)
+                x, kv = block(x, cond, ctx, causal_frames, sel, rope)
             if return_kv:
                 kvs.append(kv)
 

@@ -120,6 +120,10 @@ class TrainConfig:
     export_dtype: str = "auto"  # auto (fp32 if it fits export_max_mb, else fp16) | fp32 | fp16 | bf16
     export_max_mb: float = 20.0
     max_minutes: float = 0.0  # stop cleanly with a checkpoint after this much wall time (0 = no limit)
+    # with a time limit: re-estimate max_steps from the measured step rate (after 50, 100, 200, ... steps
+    # of this run) so the cosine schedule ends at the deadline instead of being cut mid-way. Changes
+    # max_steps during the run, so an exact resume needs it off.
+    fit_schedule: bool = False
     init_from: Optional[str] = None  # fresh start only: a pipeline folder whose transformer weights start the model and EMA
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)

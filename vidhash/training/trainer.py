@@ -292,6 +292,8 @@ def train(cfg: TrainConfig, resume: str | None = None, max_minutes: float | None
     last_save_s = 0.0
     reason = "done"
     last_ckpt = ckpt
+    run_start = step
+    fit_next = 50 if cfg.fit_schedule and max_minutes and max_minutes > 0 else None
 
     def save(reason_now: str):
         nonlocal last_save_s, last_ckpt
@@ -374,6 +376,10 @@ def train(cfg: TrainConfig, resume: str | None = None, max_minutes: float | None
                 bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{lr:.2e}", sps=f"{row['samples_per_s']:.0f}")
                 loss_acc, n_acc, samples_since, t_log = 0.0, 0, 0, now
             bar.update(1)
+            if fit_next is not None and step - run_start >= fit_next:
+                fit_next = _fit_schedule(cfg, accelerator, step, step_times, max_minutes * 60 - (time.monotonic() - t_start),
+                                         2 * last_save_s + 2 * _slack(max_minutes), fit_next, main, log)
+                bar.total = cfg.max_steps
             # stop conditions, agreed across processes
             want = 0
             if stop.set:
@@ -383,7 +389,7 @@ def train(cfg: TrainConfig, resume: str | None = None, max_minutes: float | None
             if max_minutes and max_minutes > 0:
                 recent = sorted(step_times[-20:])[len(step_times[-20:]) // 2]
                 used = time.monotonic() - t_start
-                if used + 3 * recent + 2 * last_save_s + 10 > max_minutes * 60:
+                if used + 3 * recent + 2 * last_save_s + _slack(max_minutes) > max_minutes * 60:
                     want, reason = 1, f"max_minutes {max_minutes}"
             if nproc > 1:
                 want = int(accelerator.reduce(torch.tensor(want, device=accelerator.device), "max").item())
@@ -413,6 +419,30 @@ def train(cfg: TrainConfig, resume: str | None = None, max_minutes: float | None
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return summary
+
+
+def _slack(max_minutes: float) -> float:
+    """Seconds kept free before a time limit for the final checkpoint and export."""
+    return min(10.0, 3.0 * max_minutes)
+
+
+def _fit_schedule(cfg: TrainConfig, accelerator, step: int, step_times: list[float], seconds_left: float,
+                  margin_s: float, fit_at: int, main: bool, log) -> int | None:
+    """``fit_schedule``: set ``cfg.max_steps`` to the steps that fit in ``seconds_left`` at the median
+    rate of the recent steps (less ``margin_s`` for the final checkpoint and export), the same on
+    every process. Returns the step count of this run at which to fit again (None: no more)."""
+    recent = sorted(step_times[-max(20, fit_at // 2):])
+    per_step = recent[len(recent) // 2]
+    budget = seconds_left - margin_s - 3 * per_step
+    want = torch.tensor(float(step + max(1, int(0.97 * budget / max(per_step, 1e-6)))), device=accelerator.device)
+    if accelerator.num_processes > 1:
+        want = accelerator.reduce(want * (1.0 if main else 0.0), "sum")  # the main process decides
+    new = max(step + 1, int(want.item()))
+    if main and new != cfg.max_steps:
+        log(f"fit_schedule: {per_step * 1000:.0f} ms/step, {seconds_left:.0f} s left: max_steps {cfg.max_steps} -> {new}")
+    cfg.max_steps = new
+    remaining = new - step
+    return None if remaining < fit_at else fit_at * 2
 
 
 def _init_from(model, ema, cfg) -> None:

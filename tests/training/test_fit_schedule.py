@@ -1,0 +1,33 @@
+"""fit_schedule: under a time limit, max_steps follows the measured step rate so the cosine
+schedule ends (LR at its floor) when time runs out, instead of being cut mid-way."""
+import csv
+import time
+
+from vidhash.training.config import load_train_config
+from vidhash.training.trainer import lr_lambda, train
+
+
+def test_fit_schedule_ends_the_schedule_at_the_deadline(tmp_path):
+    minutes = 0.25
+    cfg = load_train_config("configs/train/cpu_test.yaml", [
+        f"out_dir={tmp_path / 'run'}", "max_steps=1000000", "fit_schedule=true", "checkpoint.every=1000000",
+        "optim.min_lr_ratio=0.1", "log_every=1"])
+    t0 = time.monotonic()
+    summary = train(cfg, max_minutes=minutes, progress=False, export=False, log=lambda *a, **k: None)
+    took = time.monotonic() - t0
+    assert took < minutes * 60 + 15
+    # the schedule was refitted to what the time allows: far below the configured million steps,
+    # and the run ended by reaching it (the LR at its floor), not by the time limit
+    assert 50 <= cfg.max_steps < 100_000
+    assert summary["reason"] == "done" and summary["step"] == cfg.max_steps
+    rows = list(csv.DictReader(open(tmp_path / "run" / "loss.csv")))
+    last_lr = float(rows[-1]["lr"])
+    assert abs(last_lr - cfg.optim.lr * lr_lambda(cfg)(cfg.max_steps - 1)) < 1e-12
+    assert last_lr < cfg.optim.lr * 0.11
+
+
+def test_without_fit_schedule_the_time_limit_cuts_the_schedule(tmp_path):
+    cfg = load_train_config("configs/train/cpu_test.yaml", [
+        f"out_dir={tmp_path / 'run'}", "max_steps=1000000", "checkpoint.every=1000000", "log_every=1"])
+    summary = train(cfg, max_minutes=0.1, progress=False, export=False, log=lambda *a, **k: None)
+    assert cfg.max_steps == 1_000_000 and summary["reason"].startswith("max_minutes")
