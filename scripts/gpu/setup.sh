@@ -6,4 +6,4 @@ python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upg
 export PYTHONPATH=/tmp/site:$PWD
 for d in kernels pipelines configs; do [ -e vidhash/$d ] || ln -s ../$d vidhash/$d; done
 export OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
-nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
+nvidia-smi 2>/dev/null --query-gpu=name,memory.total --format=csv,noheader || true

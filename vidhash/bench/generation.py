@@ -36,7 +36,11 @@ MODES = ("hashed", "full", "window")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--preset", default="tiny", help="model size and generation preset (tiny, small, base)")
+    p.add_argument("--preset", default=None, help="model size and generation preset (tiny, small, base; default: "
+                   "the --model's size, else tiny)")
+    p.add_argument("--model", default=None, help="a saved pipeline folder to time instead of a random model of --preset")
+    p.add_argument("--set", action="append", default=[], metavar="key=value",
+                   help="generation preset override, e.g. --set memory.top_k=64 (repeatable)")
     p.add_argument("--seconds", default="10,60,600", help="comma-separated clip lengths in seconds of video")
     p.add_argument("--fps", type=int, default=8, help="frames per second of video (default 8)")
     p.add_argument("--modes", default=",".join(MODES), help="comma-separated: hashed, full, window")
@@ -64,8 +68,8 @@ def _worker(spec: dict) -> dict:
         torch.set_num_threads(spec["threads"])
     device = torch.device(spec["device"])
     dtype = getattr(torch, spec["dtype"])
-    gen = generation_config(spec["preset"], [f"memory.mode={spec['mode']}"])
-    pipe = VidHashPipeline.random(spec["preset"], seed=0).to(device)
+    gen = generation_config(spec["preset"], [*spec.get("overrides", []), f"memory.mode={spec['mode']}"])
+    pipe = VidHashPipeline.load(spec.get("model") or f"random-{spec['preset']}").to(device)
     if dtype != torch.float32:
         pipe.transformer.to(dtype)
     pipe.set_progress_bar_config(disable=True)
@@ -146,7 +150,16 @@ def _world_speed(seconds: float = 1.0) -> float:
 def run(args: argparse.Namespace) -> int:
     import torch
 
+    from vidhash.config import generation_config, preset_for_model
+
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if args.preset is None:
+        args.preset = preset_for_model(args.model) if args.model else "tiny"
+    generation_config(args.preset, [*args.set, "memory.mode=hashed"])  # a bad key fails here, not in every worker
+    if args.model:
+        from vidhash.pipelines import VidHashPipeline
+
+        VidHashPipeline.load(args.model)  # a clear error before any run
     lengths = [float(s) for s in args.seconds.split(",") if s]
     modes = [m for m in args.modes.split(",") if m]
     bad = [m for m in modes if m not in MODES]
@@ -155,7 +168,8 @@ def run(args: argparse.Namespace) -> int:
     if not lengths or min(lengths) <= 0:
         raise ValueError(f"--seconds must list positive clip lengths, got {args.seconds!r}")
     dev_name = torch.cuda.get_device_name() if device.startswith("cuda") else cpu_name()
-    print(f"# vidhash bench generation — {dev_name}, preset {args.preset}, {args.fps} fps, "
+    print(f"# vidhash bench generation — {dev_name}, {args.model or 'random model'}, preset {args.preset}"
+          f"{' ' + ' '.join(args.set) if args.set else ''}, {args.fps} fps, "
           f"{datetime.date.today().isoformat()}", flush=True)
     world_fps = _world_speed()
     print(f"procedural world (64×64, one thread): {world_fps:,.0f} frames/s", flush=True)
@@ -168,6 +182,7 @@ def run(args: argparse.Namespace) -> int:
                 print(f"{mode:>6} {seconds:>6g} s: skipped (cap {args.full_max_seconds:g} s)", flush=True)
                 continue
             spec = {"mode": mode, "seconds": seconds, "frames": frames, "preset": args.preset, "steps": args.steps,
+                    "model": args.model, "overrides": list(args.set),
                     "device": device, "dtype": args.dtype, "threads": args.threads, "seed": args.seed}
             t0 = time.perf_counter()
             proc = subprocess.run([sys.executable, "-m", "vidhash.bench.generation", "--worker", json.dumps(spec)],
