@@ -10,7 +10,7 @@ shift
 source scripts/gpu/setup.sh || exit 1  # carried wheels, package-data links, $OUT
 PLOT=(--plot "$OUT/eval_world.png")
 python3 -c "import matplotlib" 2>/dev/null || { PLOT=(); echo "no matplotlib here: redraw later with vidhash eval world --from-json eval_world.json --plot eval_world.png"; }
-timeout 570 python3 -m vidhash.cli eval world "$MODEL" --device cuda --seeds 1000000,1000001 --horizons 10,60,300 \
+timeout ${EVAL_S:-570} python3 -m vidhash.cli eval world "$MODEL" --device cuda --seeds 1000000,1000001 --horizons 10,60,300 \
     --fps 8 --modes hashed,window,full,random-sig --full-max-seconds 60 --memory policy=merge,num_buckets=1024,slots=32,top_k=64 --json "$OUT/eval_world.json" "${PLOT[@]}" "$@" \
     2>&1 | tr '\r' '\n' | tee "$OUT/eval_world.log" | tail -60
 echo "exit status ${PIPESTATUS[0]}"
