@@ -28,7 +28,7 @@ demo: $(STAMP)
 
 # The world-model demo: a 10-second clip from a trained pipeline folder, then its coherence
 # report. It becomes `make demo` once a usable model ships (models/README.md says which).
-WORLD_MODEL ?= models/world-tiny-v0
+WORLD_MODEL ?= models/world-tiny-v1
 demo-world: $(STAMP)
 	$(VENV)/bin/vidhash generate --model $(WORLD_MODEL) --seconds 10 --fps 8 --seed 0 --out demo.mp4
 	$(VENV)/bin/vidhash coherence demo.mp4 --poses demo.poses.json --json demo.coherence.json

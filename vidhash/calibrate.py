@@ -250,6 +250,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", metavar="PIPELINE_DIR", help="saved pipeline folder, or random-tiny | random-small | random-base")
     p.add_argument("--out", default=None, help="pipeline folder to write (default PIPELINE_DIR-calibrated)")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    p.add_argument("--keep-worse", action="store_true",
+                   help="write the learned signatures even when they recall less than SimHash on the validation clips")
     p.add_argument("--bits", type=int, default=d.bits, help=f"signature bits (default {d.bits})")
     p.add_argument("--hidden", type=int, default=d.hidden, help=f"hash MLP width (default {d.hidden})")
     p.add_argument("--clips", type=int, default=d.clips, help=f"world clips to record (default {d.clips})")
@@ -325,12 +327,35 @@ def run(args: argparse.Namespace) -> int:
     pipe = _load(args.model, device)
     hashers, report = calibrate(pipe, cfg, progress=not args.quiet)
     report["model"], report["device"] = args.model, str(device)
-    report["out"] = str(save_calibrated(pipe, hashers, cfg, out, overwrite=args.overwrite))
-    print(format_report(report))
-    print(f"wrote {report['out']}")
+    worse = _worse_on_validation(report)
+    status = 0
+    if worse and not getattr(args, "keep_worse", False):
+        report["out"] = None
+        print(format_report(report))
+        print(f"not written: {worse}. They fit the recorded clips but do not generalise; record more clips "
+              "(--clips) or take fewer --steps, or pass --keep-worse to write them anyway.")
+        status = 1
+    else:
+        report["out"] = str(save_calibrated(pipe, hashers, cfg, out, overwrite=args.overwrite))
+        print(format_report(report))
+        if worse:
+            print(f"warning: {worse} (written anyway: --keep-worse)")
+        print(f"wrote {report['out']}")
     if args.json:
         tmp = Path(args.json).with_name(Path(args.json).name + ".tmp")
         tmp.write_text(json.dumps(report, indent=2))
         os.replace(tmp, args.json)
         print(f"wrote {args.json}")
-    return 0
+    return status
+
+
+def _worse_on_validation(report: dict) -> str | None:
+    """A sentence when the learned signatures' mean validation recall is below SimHash's, else None."""
+    m = report.get("mean", {})
+    if "val_recall_learned" not in m:
+        return None
+    learned, simhash = m["val_recall_learned"], m["val_recall_simhash"]
+    if learned >= simhash:
+        return None
+    return (f"on the validation clips the learned signatures recall {learned:.3f} of the exact top-k keys, "
+            f"SimHash {simhash:.3f}")

@@ -31,3 +31,13 @@ def test_without_fit_schedule_the_time_limit_cuts_the_schedule(tmp_path):
         f"out_dir={tmp_path / 'run'}", "max_steps=1000000", "checkpoint.every=1000000", "log_every=1"])
     summary = train(cfg, max_minutes=0.1, progress=False, export=False, log=lambda *a, **k: None)
     assert cfg.max_steps == 1_000_000 and summary["reason"].startswith("max_minutes")
+
+
+def test_a_slow_first_step_does_not_end_a_timed_run():
+    from vidhash.training.trainer import out_of_time
+
+    # 55 s of compilation in step 1, then 0.2 s steps: 60 s into a 2.6-minute run there is time left
+    assert not out_of_time([55.0], 60.0, 2.6, 0.5)
+    assert not out_of_time([55.0, 0.2, 0.2], 61.0, 2.6, 0.5)
+    assert out_of_time([55.0, 0.2, 0.2], 150.0, 2.6, 0.5)
+    assert out_of_time([1.0, 30.0, 30.0], 60.0, 2.6, 0.5)  # slow steps: three more would overrun
