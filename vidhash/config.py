@@ -82,6 +82,8 @@ class GenerateConfig:
     out: str = "clip.mp4"
     seed: int = 0
     actions: Optional[str] = None  # JSON file: ["up", "left", ...] or {"actions": [...]}
+    prompt_world: Optional[int] = None  # start from ground-truth frames of this procedural world seed
+    prompt_frames: int = 8  # how many (with prompt_world); they lead into the generated path
     resume: Optional[str] = None
     save_state: Optional[str] = None
     device: str = "auto"

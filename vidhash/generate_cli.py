@@ -21,6 +21,13 @@ fragmented, so even a killed process leaves a playable ``clip.partial.mp4``.
 ``random-small`` / ``random-base`` (untrained, seeded random weights; for smoke tests and
 benchmarks). No trained model ships yet, so ``--model`` is required.
 
+``--prompt-world SEED`` starts from ground truth (a world model's frame prompt): ``--prompt-frames``
+frames (default 8) of procedural world ``SEED`` (``vidhash.data.world``, the model's world size)
+along a straight path into the clip's first move, given to the pipeline as ``context_frames``
+and written first into the mp4 and the poses file (``"prompt_frames": N``); ``--seconds`` counts
+the generated frames after them. With ``--actions`` that lead back (``configs/paths/``), the end
+of the clip revisits the prompt — what ``vidhash coherence`` scores as revisits.
+
 ``key=value`` overrides set generation settings (``chunk_frames=2``, ``num_inference_steps=8``,
 ``memory.mode=window``, ``memory.top_k=16``, ...; see ``vidhash.config``); an unknown key or a
 wrong type is an error. ``--resume`` continues a saved state: the new frames (``--seconds``
@@ -53,6 +60,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default=None, help="output .mp4 (default clip.mp4)")
     p.add_argument("--seed", type=int, default=None, help="noise and random-trajectory seed (default 0)")
     p.add_argument("--actions", default=None, metavar="JSON", help=f"camera actions, one per frame: a JSON list of {', '.join(ACTIONS)} (or {{\"actions\": [...]}})")
+    p.add_argument("--prompt-world", type=int, default=None, metavar="SEED",
+                   help="start from ground-truth frames of this procedural world (written first into the mp4)")
+    p.add_argument("--prompt-frames", type=int, default=None, metavar="N", help="how many prompt frames (default 8)")
     p.add_argument("--resume", default=None, metavar="STATE", help="continue from a saved state")
     p.add_argument("--save-state", default=None, metavar="STATE", help="save the state here at the end (and on interrupt)")
     p.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:1, ...")
@@ -62,7 +72,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def config_from_args(args: argparse.Namespace) -> GenerateConfig:
     flags = {"model": args.model, "seconds": args.seconds, "fps": args.fps, "out": args.out, "seed": args.seed,
-             "actions": args.actions, "resume": args.resume, "save_state": args.save_state, "device": args.device}
+             "actions": args.actions, "prompt_world": args.prompt_world, "prompt_frames": args.prompt_frames,
+             "resume": args.resume, "save_state": args.save_state, "device": args.device}
     return generate_config(args.overrides, preset=preset_for_model(args.model), **flags)
 
 
@@ -131,17 +142,24 @@ def main(cfg: GenerateConfig, progress: bool = True) -> int:
     if cfg.save_state:
         check_writable(cfg.save_state)
     actions = _read_actions(cfg.actions, num_frames) if cfg.actions else None
+    if cfg.prompt_world is not None and cfg.resume:
+        raise ValueError("--prompt-world starts a new clip; it cannot be combined with --resume")
+    if cfg.prompt_world is not None and cfg.prompt_frames < 1:
+        raise ValueError(f"--prompt-frames must be at least 1, got {cfg.prompt_frames}")
     device = torch.device(cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
     pipe = _load_pipeline(cfg, device)
     pipe.set_progress_bar_config(disable=not progress, desc="chunks")
     state = VidHashState.load(cfg.resume, device=device) if cfg.resume else None
     gen = cfg.generation
+    prompt = _prompt(cfg, pipe, actions) if cfg.prompt_world is not None else None
     kwargs = dict(
         height=gen.height, width=gen.width, fps=cfg.fps, actions=actions, trajectory_seed=cfg.seed,
         chunk_frames=gen.chunk_frames, window_frames=gen.window_frames, memory=gen.memory,
         num_inference_steps=gen.num_inference_steps, action_step=gen.action_step, output_type="pt", state=state,
         generator=None if state is not None else torch.Generator().manual_seed(cfg.seed),
     )
+    if prompt is not None:
+        kwargs.update(context_frames=prompt["frames"], context_poses=prompt["poses"], context_actions=prompt["actions"])
     pipe.check_inputs(num_frames, gen.height, gen.width, cfg.fps, actions, None, gen.chunk_frames,
                       gen.window_frames, gen.memory, gen.num_inference_steps, "pt", state, ["latents"])
 
@@ -154,6 +172,12 @@ def main(cfg: GenerateConfig, progress: bool = True) -> int:
     poses: list[list[float]] = []
     names: list[str] = []
     writer = Mp4Writer(out, fps=cfg.fps)
+    info = {}
+    if prompt is not None:  # the given frames open the clip
+        writer.write(prompt["frames"])
+        poses.extend(prompt["poses"].tolist())
+        names.extend(_names(prompt["actions"]))
+        info = {"prompt_world": cfg.prompt_world, "prompt_frames": len(prompt["frames"])}
     stream = pipe.stream(num_frames, **kwargs)
     interrupted = []
 
@@ -194,7 +218,7 @@ def main(cfg: GenerateConfig, progress: bool = True) -> int:
         for s, h in handlers.items():
             signal.signal(s, h)
         mp4 = writer.abort()
-        _write_json(poses_partial, {"fps": cfg.fps, "start_frame": start_frame, "poses": poses, "actions": names})
+        _write_json(poses_partial, {"fps": cfg.fps, "start_frame": start_frame, "poses": poses, "actions": names, **info})
         msg = f"stopped: {writer.frames_written} frames in {mp4} (playable)"
         if last_state is not None:
             consistent = not broken and last_state.frame_index == start_frame + writer.frames_written
@@ -212,7 +236,7 @@ def main(cfg: GenerateConfig, progress: bool = True) -> int:
     # 3b. done: finalise, then move every file to its final name
     elapsed = time.perf_counter() - t0
     writer.close()
-    _write_json(poses_final, {"fps": cfg.fps, "start_frame": start_frame, "poses": poses, "actions": names})
+    _write_json(poses_final, {"fps": cfg.fps, "start_frame": start_frame, "poses": poses, "actions": names, **info})
     os.replace(config_partial, config_final)
     if cfg.save_state and last_state is not None:
         last_state.save(cfg.save_state)
@@ -223,6 +247,26 @@ def main(cfg: GenerateConfig, progress: bool = True) -> int:
         msg += f", state {cfg.save_state}"
     print(msg)
     return 0
+
+
+def _prompt(cfg: GenerateConfig, pipe, actions: list[str] | None) -> dict:
+    """Ground-truth prompt frames of world ``cfg.prompt_world``: ``prompt_frames`` frames moving
+    in the direction of the clip's first action (right when it has none or stays), ending at
+    the world's centre, where generation continues."""
+    from .data.world import ACTION_DELTAS, ProceduralWorld
+
+    gen, n = cfg.generation, cfg.prompt_frames
+    if gen.height != gen.width:
+        raise ValueError(f"--prompt-world renders square views; height and width are {gen.height}×{gen.width}")
+    size = int(round(float(pipe.transformer.config.pos_period)))
+    first = action_ids(actions[:1])[0] if actions else ACTIONS.index("right")
+    if first == ACTIONS.index("stay"):
+        first = ACTIONS.index("right")
+    d = ACTION_DELTAS[first] * gen.action_step
+    end = np.array([size // 2, size // 2], dtype=np.int64)
+    poses = np.mod(end[None] - d[None] * np.arange(n - 1, -1, -1)[:, None], size).astype(np.float64)
+    world = ProceduralWorld(seed=int(cfg.prompt_world), size=size, view=gen.height)
+    return {"frames": world.render_many(poses), "poses": poses, "actions": np.full(n, first, dtype=np.int64)}
 
 
 def _to_uint8(frames: torch.Tensor) -> np.ndarray:

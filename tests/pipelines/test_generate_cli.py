@@ -108,9 +108,11 @@ def test_crash_while_writing_keeps_frames_and_consistent_state(tmp_path, monkeyp
     (["--model", "random-huge"], "unknown model 'random-huge'"),
     (["--model", "{tmp}"], "not a saved pipeline folder"),
     (["--out", "{tmp}/old.mp4"], "old.partial.mp4 exists"),
+    (["--prompt-world", "1", "--prompt-frames", "0"], "prompt-frames must be at least 1"),
+    (["--prompt-world", "1", "--resume", "{tmp}/trunc.pt"], "cannot be combined with --resume"),
 ], ids=["missing-folder", "not-mp4", "zero-seconds", "negative-fps", "chunk-gt-window", "unknown-key",
         "wrong-type", "height", "unknown-action", "truncated-state", "unknown-random-model", "not-a-model",
-        "earlier-partial-kept"])
+        "earlier-partial-kept", "zero-prompt-frames", "prompt-and-resume"])
 def test_bad_input_is_a_clear_error(tmp_path, capsys, args, match):
     (tmp_path / "actions.json").write_text('["up", "jump"]')
     (tmp_path / "trunc.pt").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{")
@@ -149,3 +151,30 @@ def test_config_overrides_and_presets():
         generate_config(["memory.slotz=3"])
     with pytest.raises(ValueError, match="not key=value"):
         generate_config(["chunk_frames"])
+
+
+def test_prompt_world_opens_the_clip_with_ground_truth(tmp_path):
+    """--prompt-world: the given frames come first in the mp4 and the poses file, lead into the
+    first action, and the generated path continues from the last of them."""
+    from vidhash.data.world import ProceduralWorld
+
+    actions = tmp_path / "loop.json"
+    actions.write_text(json.dumps(["left"] * 4 + ["right"] * 4))
+    out = tmp_path / "p.mp4"
+    assert _run("--seconds", "1", "--out", str(out), "--actions", str(actions), "--prompt-world", "5",
+                "--prompt-frames", "4") == 0
+    frames = read_frames(out)
+    assert frames.shape == (12, 64, 64, 3)  # 4 given + 8 generated
+    meta = json.loads((tmp_path / "p.poses.json").read_text())
+    assert meta["prompt_frames"] == 4 and meta["prompt_world"] == 5 and len(meta["poses"]) == 12
+    size = int(VidHashPipeline.load("random-tiny").transformer.config.pos_period)
+    c = size // 2
+    # moving left into the clip: the prompt walks left too and ends at the world's centre
+    assert meta["poses"][:4] == [[c + 12, c], [c + 8, c], [c + 4, c], [c, c]]
+    assert meta["actions"][:4] == ["left"] * 4 and meta["poses"][4] == [c - 4, c]
+    truth = ProceduralWorld(seed=5, size=size, view=64).render_many(np.array(meta["poses"][:4]))
+    def psnr(a, b):
+        return 10 * np.log10(255**2 / ((a.astype(float) - b) ** 2).mean())
+
+    assert psnr(frames[:4], truth) > 22  # the given frames, through H.264 (~26 dB on these textures)
+    assert psnr(frames[:4], truth[::-1]) < psnr(frames[:4], truth) - 3  # ... in their order
