@@ -35,6 +35,33 @@ def test_attend_equals_dense_when_everything_fits(policy):
     assert rel_err(gq, gref) < 1e-10
 
 
+@pytest.mark.parametrize("policy", ["fifo", "merge"])
+def test_reading_every_entry_is_the_dense_path_and_equals_top_k_selection(policy):
+    """top_k ≥ capacity takes the dense read (no signatures, no top-k); it must equal the
+    selective read of every entry (return_indices keeps that path), merged counts and empty
+    slots included, with gradients."""
+    torch.manual_seed(5)
+    mem = make(policy, num_buckets=4, slots=8)  # 32 entries: the 3 × 23-token writes overflow (evict or merge)
+    for f in range(3):
+        mem.write(torch.randn(2, 3, 23, 40, dtype=torch.float64), torch.randn(2, 3, 23, 40, dtype=torch.float64), f)
+    if policy == "merge":
+        assert int(mem.counts.max()) > 1  # merged entries: their log(count) weight is part of the read
+    q = torch.randn(2, 3, 9, 40, dtype=torch.float64, requires_grad=True)
+    out, lse = mem.attend(q, top_k=mem.capacity, scale=0.3)
+    sel, sel_lse, idx = mem.attend(q, top_k=mem.capacity, scale=0.3, return_indices=True)
+    assert rel_err(out, sel) < 1e-12 and rel_err(lse, sel_lse) < 1e-12
+    g = torch.randn_like(out)
+    (g1,) = torch.autograd.grad((out * g).sum(), q)
+    (g2,) = torch.autograd.grad((sel * g).sum(), q)
+    assert rel_err(g1, g2) < 1e-10
+    # half-empty memory: empty slots take no weight
+    fresh = make(policy, num_buckets=64, slots=8)
+    fresh.write(torch.randn(2, 3, 5, 40, dtype=torch.float64), torch.randn(2, 3, 5, 40, dtype=torch.float64), 0)
+    a, la = fresh.attend(q, top_k=10_000)
+    b, lb, _ = fresh.attend(q, top_k=fresh.capacity, return_indices=True)
+    assert rel_err(a, b) < 1e-12 and rel_err(la, lb) < 1e-12
+
+
 def test_window_plus_memory_merge_equals_full_history():
     """Contract 1: memory read merged with an exact window == full attention over history."""
     torch.manual_seed(1)
