@@ -104,12 +104,16 @@ def dense_attention(
     scale: float | None = None,
     causal: bool = False,
     return_lse: bool = False,
+    key_bias: torch.Tensor | None = None,
 ):
     """Exact attention in float32 arithmetic; returns ``out`` (q's dtype) and optionally
-    ``lse (b, h, nq)`` in float32 (``-inf`` for a query that sees no key)."""
+    ``lse (b, h, nq)`` in float32 (``-inf`` for a query that sees no key). ``key_bias (b, h, nk)``:
+    added to every query's score of that key (a log weight; ``-inf`` leaves the key out)."""
     _check_qkv(q, k, v)
     nq, nk = q.shape[-2], k.shape[-2]
     s = torch.matmul(_acc(q), _acc(k).transpose(-1, -2)) * _scale(scale, q.shape[-1])
+    if key_bias is not None:
+        s = s + key_bias.to(s.dtype).unsqueeze(-2)
     if causal:
         allowed = torch.arange(nk, device=q.device) <= (torch.arange(nq, device=q.device) + nk - nq).unsqueeze(-1)
         s = s.masked_fill(~allowed, float("-inf"))

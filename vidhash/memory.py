@@ -52,7 +52,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from .attention import _triton_ops, resolve_backend
+from .attention import _triton_ops, dense_attention, resolve_backend
 from .hashing import LearnedHash, SimHash, bucket_index, hamming_similarity, num_words, pack_bits, unpack_bits
 
 POLICIES = ("fifo", "merge")
@@ -479,22 +479,15 @@ class HashedMemory(nn.Module):
         return out, lse
 
     def _attend_all(self, q: torch.Tensor, sc: float) -> tuple[torch.Tensor, torch.Tensor]:
-        """``attend`` with ``top_k ≥ capacity``: attention over every valid entry (weighted by
-        ``log(count)``), in float32 (float64 for float64 queries), queries in chunks."""
+        """``attend`` with ``top_k ≥ capacity``: ``dense_attention`` over every valid entry, each
+        weighted by ``log(count)`` (float32, as the selective read computes it), queries in chunks."""
         b, h, n, d = q.shape
         c = self.capacity
-        acc = torch.float64 if q.dtype == torch.float64 else torch.float32
-        keys = self.keys.view(b, h, c, d).to(acc)
-        vals = self.values.view(b, h, c, d).to(acc)
+        acc = torch.float64 if q.dtype == torch.float64 else torch.float32  # memory and q may differ in dtype
+        keys, vals = self.keys.view(b, h, c, d).to(acc), self.values.view(b, h, c, d).to(acc)
         counts = self.counts.view(b, h, c)
-        # log(count) in float32, as the selective read computes it
-        bias = torch.log(counts.clamp(min=1).float()).to(acc).masked_fill(counts <= 0, float("-inf")).unsqueeze(-2)
-        outs, lses = [], []
+        bias = torch.log(counts.clamp(min=1).float()).masked_fill(counts <= 0, float("-inf"))
         chunk = max(1, _CHUNK_ELEMS // max(1, b * h * c))
-        for start in range(0, n, chunk):
-            s = torch.matmul(q[:, :, start : start + chunk].to(acc), keys.transpose(-1, -2)) * sc + bias
-            lse = torch.logsumexp(s, dim=-1)
-            p = torch.exp(s - lse.masked_fill(torch.isinf(lse), 0.0).unsqueeze(-1))
-            outs.append(torch.matmul(p, vals))
-            lses.append(lse)
-        return torch.cat(outs, 2).to(q.dtype), torch.cat(lses, 2)
+        parts = [dense_attention(q[:, :, s : s + chunk].to(acc), keys, vals, scale=sc, return_lse=True, key_bias=bias)
+                 for s in range(0, n, chunk)]
+        return torch.cat([o for o, _ in parts], 2).to(q.dtype), torch.cat([l for _, l in parts], 2)

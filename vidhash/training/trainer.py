@@ -423,9 +423,13 @@ def out_of_time(step_times: list[float], used_s: float, max_minutes: float, save
     ones), two saves and a slack would pass the limit. The run's first step is left out of the
     median: it holds compilation (a minute with ``compile=true``), which once made a 2.6-minute
     run stop after one step."""
-    warm = step_times[1:][-20:] or [0.0]
-    recent = sorted(warm)[len(warm) // 2]
-    return used_s + 3 * recent + 2 * save_s + _slack(max_minutes) > max_minutes * 60
+    return used_s + 3 * _median_step(step_times, 20) + 2 * save_s + _slack(max_minutes) > max_minutes * 60
+
+
+def _median_step(step_times: list[float], last: int) -> float:
+    """Median of the last ``last`` step times, the run's first (compiling) step left out; 0 if none."""
+    warm = step_times[1:][-last:] or [0.0]
+    return sorted(warm)[len(warm) // 2]
 
 
 def _slack(max_minutes: float) -> float:
@@ -438,8 +442,7 @@ def _fit_schedule(cfg: TrainConfig, accelerator, step: int, step_times: list[flo
     """``fit_schedule``: set ``cfg.max_steps`` to the steps that fit in ``seconds_left`` at the median
     rate of the recent steps (less ``margin_s`` for the final checkpoint and export), the same on
     every process. Returns the step count of this run at which to fit again (None: no more)."""
-    recent = sorted(step_times[-max(20, fit_at // 2):])
-    per_step = recent[len(recent) // 2]
+    per_step = _median_step(step_times, max(20, fit_at // 2))
     budget = seconds_left - margin_s - 3 * per_step
     want = torch.tensor(float(step + max(1, int(0.97 * budget / max(per_step, 1e-6)))), device=accelerator.device)
     if accelerator.num_processes > 1:
