@@ -100,10 +100,14 @@ def memory_write_fifo(memory, k: torch.Tensor, v: torch.Tensor, frames: torch.Te
 # --------------------------------------------------------------------------------------------
 @torch.no_grad()
 def memory_select(memory, q: torch.Tensor, top_k: int, *, q_sig: torch.Tensor | None = None,
-                  probe_stride: int = 2, cap: int | None = None, probe_top2: bool = True) -> torch.Tensor:
+                  probe_stride: int = 2, cap: int | None = None, probe_top2: bool = True,
+                  _candidates_only: bool = False):
     """Indices (int32 ``(b, h, n, min(top_k, c))``, entry order, ``-1`` padded) of the entries
     :meth:`HashedMemory.attend` keeps for each query: highest Hamming similarity, ties to the
     lower entry, empty entries never.
+
+    ``_candidates_only`` (benchmarks) stops after the candidates kernel and returns its
+    ``(chunk ids, counts)`` per query row instead of the indices.
 
     ``probe_stride`` (≥ 1), ``cap`` (candidate chunks and groups kept per query before it
     falls back to scanning every entry) and ``probe_top2`` (the probe keeps the best two entries
@@ -149,6 +153,8 @@ def memory_select(memory, q: torch.Tensor, top_k: int, *, q_sig: torch.Tensor | 
     else:
         grid = lambda meta: (triton.cdiv(n, meta["BQ"]), b * h)  # noqa: E731
         candidates_kernel_tuned[grid](*args, **consts)
+    if _candidates_only:  # benchmarks: time the first stage alone, and see how many chunks survive it
+        return cand, ncand
     select_kernel[(rows,)](q_sig, sigs, counts, cand, ncand, grp, idx, n, c, cfg.n_bits, kk, cap_items, cap_groups,
                            NW=nw, GPC=gpc, G=group, BI=bi, BL=bl,
                            NBINS=max(2, triton.next_power_of_2(cfg.n_bits + 1)),

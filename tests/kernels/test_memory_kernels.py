@@ -117,6 +117,19 @@ def test_selection_equals_reference(top_k, n_bits):
         assert torch.equal(got.long(), want), (cap, stride, top2)
 
 
+def test_candidates_only_returns_the_first_stage():
+    # the benchmark times the candidates kernel alone: ids of candidate chunks per query row,
+    # and per row their count; full selection must still contain only entries of those chunks
+    mem = make(n_bits=32, heads=2, batch_size=1)
+    fill(mem, 2, 9)
+    q = torch.randn(1, 2, 9, 40)
+    q_sig = mem.hasher(q, role="query")
+    cand, ncand = memory_select(mem, q, 4, q_sig=q_sig, _candidates_only=True)
+    assert cand.dtype == ncand.dtype == torch.int32
+    assert ncand.shape == (2 * 9,) and cand.shape[0] == 2 * 9
+    assert int(ncand.min()) >= 1  # a top-4 of a non-empty memory needs at least one chunk
+
+
 @pytest.mark.parametrize("top_k", [4, 8, 16])
 def test_selection_with_many_chunks_equals_reference(top_k):
     """A memory of many probe chunks (C=192 against 16-wide tiles): the probe's bound decides

@@ -156,6 +156,11 @@ def run(args) -> int:
         read_row["vs_dense"] = dense_ms / ms
         add("  sig (queries)", kk, lambda: signatures_triton(q, mem.hasher, role="query"))
         add("  select (score + top-k)", kk, lambda: mops.memory_select(mem, q, kk, q_sig=q_sig))
+        _, ncand = mops.memory_select(mem, q, kk, q_sig=q_sig, _candidates_only=True)
+        nc = ncand.float()
+        add("  · candidates kernel", kk, lambda: mops.memory_select(mem, q, kk, q_sig=q_sig, _candidates_only=True),
+            ncand_mean=float(nc.mean()), ncand_max=float(nc.max()), ncand_p99=float(nc.quantile(0.99)) if nc.numel() <= 1 << 24 else None)
+        print(f"  {'':26s} candidate chunks per query: mean {float(nc.mean()):.1f}, max {int(nc.max())}")
         keys, values, _, _, counts, _ = mops._rows(mem)
         add("  attend (k entries)", kk, lambda: mops._MemoryAttend.apply(q, keys, values, counts, idx, scale))
         qg = q.detach().clone().requires_grad_(True)
