@@ -83,6 +83,28 @@ class VidHashPipeline(DiffusionPipeline):
             raise ValueError(f"{model}: not a saved pipeline folder (no model_index.json)")
         return cls.from_pretrained(model)
 
+    def compile_blocks(self, **compile_kwargs) -> VidHashPipeline:
+        """Regional compilation: ``block.compile(**compile_kwargs)`` for every transformer block
+        (one graph per block, shared by all layers; what training does with ``compile: true``).
+        Opt-in; returns self.
+
+        The memory read (``HashedMemory.attend``: data-dependent Python and Triton launches) runs
+        eagerly inside the compiled block (a graph break), so states and memories are never
+        baked into a graph. Each block compiles a few variants while the window fills at the
+        start of a clip (no window, partial, full) and with/without a memory read; after that a
+        clip runs without recompiling. Frames match eager generation up to the compiler's
+        floating-point reordering (``backend="inductor"`` fuses kernels; not bitwise).
+        """
+        for block in self.transformer.blocks:
+            block.compile(**compile_kwargs)
+        self._compiled_blocks = dict(compile_kwargs)
+        return self
+
+    @property
+    def compiled(self) -> bool:
+        """True after :meth:`compile_blocks`."""
+        return getattr(self, "_compiled_blocks", None) is not None
+
     # ------------------------------------------------------------------ properties for callbacks
     @property
     def interrupt(self) -> bool:
@@ -297,13 +319,18 @@ class VidHashPipeline(DiffusionPipeline):
                 latents = randn_tensor((1, c, cfg.in_channels, height, width), generator=state.generator,
                                        device=torch.device("cpu"), dtype=torch.float32).to(device, dtype)
                 self.scheduler.set_timesteps(num_inference_steps, device=device)
+                self.scheduler.set_begin_index(0)  # no timestep lookup (nonzero + .item(): a device sync) per chunk
                 timesteps = self.scheduler.timesteps
                 self._num_timesteps = len(timesteps)
                 context = state.context(memory.top_k)
+                # constant over the chunk's passes (denoising steps and commit): built once
+                frame_inputs = self.transformer.frame_inputs(act, pos, 1, c, height, width, device=device)
+                step_t = timesteps.to(dtype).view(-1, 1, 1).expand(-1, 1, c)  # (steps, 1, c), one cast per chunk
                 for i, t in enumerate(timesteps):
                     if self.interrupt:
                         break
-                    velocity = self.transformer(latents, t.expand(1, c).to(dtype), act, pos, context=context).sample
+                    velocity = self.transformer(latents, step_t[i], act, pos, context=context,
+                                                frame_inputs=frame_inputs).sample
                     latents = self.scheduler.step(velocity, t, latents, generator=state.generator,
                                                   return_dict=False)[0]
                     if callback_on_step_end is not None:
@@ -314,7 +341,7 @@ class VidHashPipeline(DiffusionPipeline):
                 if self.interrupt:
                     return
                 # 3c. commit pass on the clean chunk (t = 0): its K/V enter the window, old frames the memory
-                self._commit(state, latents, act, pos, chunk_poses, memory, trajectory, context)
+                self._commit(state, latents, act, pos, chunk_poses, memory, trajectory, context, frame_inputs)
                 bar.update()
                 yield VidHashPipelineOutput(
                     frames=self._postprocess(latents, output_type), state=state, poses=np.asarray(chunk_poses),
@@ -348,7 +375,7 @@ class VidHashPipeline(DiffusionPipeline):
     # ------------------------------------------------------------------ helpers
     def _commit(self, state: VidHashState, latents: torch.Tensor, act: torch.Tensor, pos: torch.Tensor,
                 chunk_poses: np.ndarray, memory: TemporalMemoryConfig, trajectory: RandomTrajectory | None,
-                context: list | None = None) -> None:
+                context: list | None = None, frame_inputs=None) -> None:
         """Clean pass (t = 0) over a finished or observed chunk ``(1, c, ch, h, w)``: its K/V enter the
         window (frames leaving it, the memory); counters, pose and trajectory advance."""
         self._committing = True
@@ -356,7 +383,7 @@ class VidHashPipeline(DiffusionPipeline):
         if context is None:
             context = state.context(memory.top_k)
         zero = torch.zeros(1, c, device=latents.device, dtype=latents.dtype)
-        kv = self.transformer(latents, zero, act, pos, context=context, return_kv=True).kv
+        kv = self.transformer(latents, zero, act, pos, context=context, return_kv=True, frame_inputs=frame_inputs).kv
         state.push(kv, state.frame_index)
         state.top_k = memory.top_k
         state.frame_index += c

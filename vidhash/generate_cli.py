@@ -67,6 +67,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--save-state", default=None, metavar="STATE", help="save the state here at the end (and on interrupt)")
     p.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:1, ...")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile each transformer block (VidHashPipeline.compile_blocks; compiles on the first chunks)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="generation settings, e.g. chunk_frames=2 memory.top_k=16")
 
 
@@ -78,7 +80,7 @@ def config_from_args(args: argparse.Namespace) -> GenerateConfig:
 
 
 def run(args: argparse.Namespace) -> int:
-    return main(config_from_args(args), progress=not args.quiet)
+    return main(config_from_args(args), progress=not args.quiet, compile_blocks=getattr(args, "compile", False))
 
 
 # ------------------------------------------------------------------------------------- run
@@ -124,7 +126,7 @@ def _stem(path: Path) -> Path:
     return path.with_suffix("")
 
 
-def main(cfg: GenerateConfig, progress: bool = True) -> int:
+def main(cfg: GenerateConfig, progress: bool = True, compile_blocks: bool = False) -> int:
     """Run one ``vidhash generate`` (see the module docstring); returns the exit status."""
     from vidhash.pipelines import VidHashState
 
@@ -148,6 +150,8 @@ def main(cfg: GenerateConfig, progress: bool = True) -> int:
         raise ValueError(f"--prompt-frames must be at least 1, got {cfg.prompt_frames}")
     device = torch.device(cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
     pipe = _load_pipeline(cfg, device)
+    if compile_blocks:
+        pipe.compile_blocks()
     pipe.set_progress_bar_config(disable=not progress, desc="chunks")
     state = VidHashState.load(cfg.resume, device=device) if cfg.resume else None
     gen = cfg.generation

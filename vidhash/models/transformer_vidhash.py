@@ -41,7 +41,6 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.embeddings import TimestepEmbedding, Timesteps
 from diffusers.models.modeling_utils import ModelMixin
 from diffusers.utils import BaseOutput
-from einops import rearrange
 from torch import nn
 
 from ..attention import dense_attention, merge_attention
@@ -67,6 +66,25 @@ class TemporalContext:
 
 
 @dataclass
+class FrameInputs:
+    """What a forward derives from the frames' poses and actions alone — constant over the
+    denoising steps and the commit pass of one chunk, so the pipeline builds it once per chunk
+    (:meth:`VidHashTransformer3DModel.frame_inputs`) instead of once per pass.
+
+    ``pos``: token position embedding ``(b, f, n, d)``; ``rope``: ``(cos, sin)`` ``(b, 1, f·n, e/2)``
+    or None; ``rope_frames``: the same per frame ``((b f), 1, n, e/2)``; ``action``, ``pose``: the
+    per-frame condition terms ``(b, f, d)``. ``shape``: ``(b, f, height, width)`` it was built for.
+    """
+
+    shape: tuple
+    pos: torch.Tensor
+    rope: tuple | None
+    rope_frames: tuple | None
+    action: torch.Tensor
+    pose: torch.Tensor
+
+
+@dataclass
 class VidHashTransformerOutput(BaseOutput):
     """``sample`` (batch, frames, channels, height, width): the predicted velocity (noise − data).
     ``kv``: per layer, the temporal keys and values of these frames ``(batch, heads, frames·tokens, head_dim)``
@@ -89,12 +107,25 @@ def rope_angles(xy: torch.Tensor, head_dim: int, period: float) -> torch.Tensor:
     integer ``k`` from 1 up to ``period / 8`` (geometric), so angles are periodic on the world torus."""
     if head_dim % 4:
         raise ValueError(f"rope needs head_dim divisible by 4, got {head_dim}")
-    n = head_dim // 4
-    top = max(1.0, period / 8)
-    ks = [max(round(top ** (i / max(n - 1, 1))), i + 1) for i in range(n)]
-    freqs = 2 * math.pi * torch.tensor(ks, device=xy.device, dtype=torch.float32) / period
+    freqs = _rope_freqs(head_dim, float(period), xy.device)
     xy = torch.remainder(xy.float(), period)  # exact for these frequencies; keeps float32 angles small
     return torch.cat([xy[..., :1] * freqs, xy[..., 1:2] * freqs], dim=-1)
+
+
+_ROPE_FREQS: dict = {}
+
+
+def _rope_freqs(head_dim: int, period: float, device: torch.device) -> torch.Tensor:
+    """The rope frequencies ``(head_dim / 4,)`` float32 on ``device``, built once per (head_dim,
+    period, device): building them from a Python list is a host→device copy (a sync on CUDA)."""
+    key = (head_dim, period, str(device))
+    freqs = _ROPE_FREQS.get(key)
+    if freqs is None:
+        n = head_dim // 4
+        top = max(1.0, period / 8)
+        ks = [max(round(top ** (i / max(n - 1, 1))), i + 1) for i in range(n)]
+        freqs = _ROPE_FREQS[key] = 2 * math.pi * torch.tensor(ks, device=device, dtype=torch.float32) / period
+    return freqs
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor | None, sin: torch.Tensor | None) -> torch.Tensor:
@@ -120,15 +151,16 @@ class QKV(nn.Module):
         self.norm_q = nn.RMSNorm(self.head_dim, eps=1e-6) if qk_norm else nn.Identity()
         self.norm_k = nn.RMSNorm(self.head_dim, eps=1e-6) if qk_norm else nn.Identity()
 
-    def forward(self, x: torch.Tensor, pattern: str, rope: tuple | None = None):
-        q, k, v = rearrange(self.to_qkv(x), f"{pattern} -> three {_OUT}", three=3, h=self.heads)
+    def forward(self, x: torch.Tensor, pattern: str = "b n (three h e)", rope: tuple | None = None):
+        if pattern != "b n (three h e)":
+            raise ValueError(f"QKV takes tokens as 'b n (three h e)', got {pattern!r}")
+        # b n (three h e) -> three b h n e, as the einops rearrange it replaces (same views, less host work)
+        y = self.to_qkv(x)
+        q, k, v = y.reshape(*y.shape[:-1], 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
         q, k = self.norm_q(q), self.norm_k(k)
-        if rope is not None:
-            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        if rope is not None:  # q and k rotated in one pass (elementwise: the same values as one at a time)
+            q, k = apply_rope(torch.stack([q, k]), *rope).unbind(0)
         return q, k, v
-
-
-_OUT = "b h n e"  # every attention call below works on (b, h, tokens, e)
 
 
 class SpatialAttention(nn.Module):
@@ -140,12 +172,13 @@ class SpatialAttention(nn.Module):
         self.proj = nn.Linear(dim, dim)
 
     def forward(self, x: torch.Tensor, rope: tuple | None = None) -> torch.Tensor:  # x (b, f, n, d)
-        b = x.shape[0]
-        if rope is not None:  # (b, 1, f·n, e/2) → per frame ((b f), 1, n, e/2)
-            rope = tuple(rearrange(r, "b o (f n) e -> (b f) o n e", f=x.shape[1]) for r in rope)
-        q, k, v = self.qkv(rearrange(x, "b f n d -> (b f) n d"), "b n (three h e)", rope)
+        b, f, n, d = x.shape
+        if rope is not None and rope[0].shape[2] != n:  # (b, 1, f·n, e/2) → per frame ((b f), 1, n, e/2)
+            rope = spatial_rope(rope, f)
+        q, k, v = self.qkv(x.reshape(b * f, n, d), "b n (three h e)", rope)
         out = F.scaled_dot_product_attention(q, k, v) if q.is_cuda else dense_attention(q, k, v)
-        return self.proj(rearrange(out, "(b f) h n e -> b f n (h e)", b=b))
+        h, e = out.shape[1], out.shape[3]  # (b f) h n e -> b f n (h e)
+        return self.proj(out.reshape(b, f, h, n, e).permute(0, 1, 3, 2, 4).reshape(b, f, n, h * e))
 
 
 class TemporalAttention(nn.Module):
@@ -167,8 +200,8 @@ class TemporalAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, ctx: TemporalContext | None, causal_frames: int | None = None,
                 select: dict | None = None, rope: tuple | None = None):
-        b, f, n, _ = x.shape
-        q, k, v = self.qkv(rearrange(x, "b f n d -> b (f n) d"), "b n (three h e)", rope)
+        b, f, n, d = x.shape
+        q, k, v = self.qkv(x.reshape(b, f * n, d), "b n (three h e)", rope)
         if self._recorder is not None:
             self._recorder(q.detach(), k.detach())
         scale = self.head_dim**-0.5
@@ -188,11 +221,12 @@ class TemporalAttention(nn.Module):
             out, lse = self._chunk_causal(q, k_all, v_all, n * causal_frames, scale)
         # 2. hashed memory: everything older than the context, merged by log-sum-exp
         if ctx is not None and ctx.memory is not None and self.memory_hash is not None and ctx.memory.needs_hasher:
-            ctx.memory.bind_hasher(self.memory_hash)  # a state's memory for this model: read with its learned hash
+            _bind_memory_hash(ctx.memory, self.memory_hash)  # a state's memory for this model: read with its learned hash
         if ctx is not None and ctx.memory is not None and ctx.top_k > 0:
-            m_out, m_lse = ctx.memory.attend(q, ctx.top_k, scale=scale)
+            m_out, m_lse = _memory_read(ctx.memory, q, ctx.top_k, scale)
             out, lse = merge_attention(out, lse, m_out, m_lse)
-        return self.proj(rearrange(out, "b h (f n) e -> b f n (h e)", f=f)), (k, v)
+        h, e = out.shape[1], out.shape[3]  # b h (f n) e -> b f n (h e)
+        return self.proj(out.reshape(b, h, f, n, e).permute(0, 2, 3, 1, 4).reshape(b, f, n, h * e)), (k, v)
 
     @staticmethod
     def _sdpa(q, k, v, chunk_tokens: int | None, scale: float):
@@ -272,6 +306,30 @@ class TemporalAttention(nn.Module):
         return torch.cat(outs, 2), (None if fused else torch.cat(lses, 2))
 
 
+@torch.compiler.disable
+def _memory_read(memory: HashedMemory, q: torch.Tensor, top_k: int, scale: float):
+    """``memory.attend`` outside any compiled graph: the read is data-dependent Python (top-k
+    selection, Triton launches, a dense fallback chosen by size) over buffers that change
+    between chunks, so under ``torch.compile`` it runs eagerly (one graph break) rather than
+    being traced and guarded on per state."""
+    return memory.attend(q, top_k, scale=scale)
+
+
+@torch.compiler.disable
+def _bind_memory_hash(memory: HashedMemory, hasher) -> None:
+    memory.bind_hasher(hasher)
+
+
+def spatial_rope(rope: tuple, frames: int) -> tuple:
+    """Rope ``(cos, sin)`` ``(b, 1, f·n, e/2)`` of a clip → per frame ``((b f), 1, n, e/2)`` (what
+    spatial attention takes)."""
+    out = []
+    for r in rope:  # b o (f n) e -> (b f) o n e
+        b, o, t, e = r.shape
+        out.append(r.reshape(b, o, frames, t // frames, e).permute(0, 2, 1, 3, 4).reshape(b * frames, o, t // frames, e))
+    return tuple(out)
+
+
 def _select_mask(cq: torch.Tensor, ck: torch.Tensor, top_k: int) -> torch.Tensor:
     """Bool ``(b, h, m, old)``: each query's ``top_k`` keys by Hamming similarity of the ±1 codes
     (ties to the lower key index)."""
@@ -325,10 +383,12 @@ class VidHashBlock(nn.Module):
         self.ada = nn.Sequential(nn.SiLU(), nn.Linear(dim, 9 * dim))
 
     def forward(self, x, cond, ctx: TemporalContext | None = None, causal_frames: int | None = None,
-                select: dict | None = None, rope: tuple | None = None):
-        # x (b, f, n, d); cond (b, f, d); rope: (cos, sin) (b, 1, f·n, e/2) or None
+                select: dict | None = None, rope: tuple | None = None, rope_frames: tuple | None = None):
+        # x (b, f, n, d); cond (b, f, d); rope: (cos, sin) (b, 1, f·n, e/2) or None;
+        # rope_frames: the same per frame ((b f), 1, n, e/2) (spatial_rope(rope, f)), or None to derive it here
         mods = self.ada(cond).unsqueeze(2).chunk(9, dim=-1)  # each (b, f, 1, d)
-        x = x + mods[2] * self.spatial(modulate(self.norm1(x), mods[0], mods[1]), rope)
+        x = x + mods[2] * self.spatial(modulate(self.norm1(x), mods[0], mods[1]),
+                                       rope_frames if rope_frames is not None else rope)
         h, kv = self.temporal(modulate(self.norm2(x), mods[3], mods[4]), ctx, causal_frames, select, rope)
         x = x + mods[5] * h
         x = x + mods[8] * self.mlp(modulate(self.norm3(x), mods[6], mods[7]))
@@ -543,6 +603,31 @@ class VidHashTransformer3DModel(ModelMixin, ConfigMixin):
         offsets = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), dim=-1).reshape(-1, 2)  # (n, 2) as (x, y)
         return poses.float().unsqueeze(2) + offsets
 
+    def frame_inputs(self, actions: torch.Tensor | None, poses: torch.Tensor | None, batch: int, frames: int,
+                     height: int, width: int, device: torch.device | None = None) -> FrameInputs:
+        """Everything a forward derives from ``actions`` ``(b, f)`` and ``poses`` ``(b, f, 2)`` (None: no
+        action / positions within the frame): token position embedding, rope, action and pose
+        condition terms. Pass it as ``forward(..., frame_inputs=...)`` to reuse it over passes on
+        the same frames; the result is the same as computing it in each forward."""
+        cfg = self.config
+        dtype = self.patch_embed.weight.dtype
+        device = device if device is not None else self.patch_embed.weight.device
+        b, f = batch, frames
+        if poses is None:
+            poses = torch.zeros(b, f, 2, device=device)
+        if actions is None:
+            actions = torch.full((b, f), cfg.num_actions, dtype=torch.long, device=device)
+        xy = self.token_positions(poses, height, width)  # (b, f, n, 2)
+        pos = self.pos_embed(fourier_features(xy, cfg.pos_freqs, cfg.pos_period).to(dtype))
+        rope = rope_frames = None
+        if cfg.get("rope", False):
+            ang = rope_angles(xy.reshape(b, 1, -1, 2), self.head_dim, cfg.pos_period)
+            rope = (ang.cos(), ang.sin())
+            rope_frames = spatial_rope(rope, f)
+        action = self.action_embed(actions)
+        pose = self.pose_embed(fourier_features(poses, cfg.pos_freqs, cfg.pos_period).to(dtype))
+        return FrameInputs((b, f, height, width), pos, rope, rope_frames, action, pose)
+
     # ------------------------------------------------------------------ forward
     def forward(
         self,
@@ -555,6 +640,7 @@ class VidHashTransformer3DModel(ModelMixin, ConfigMixin):
         return_kv: bool = False,
         return_dict: bool = True,
         temporal_select: dict | None = None,
+        frame_inputs: FrameInputs | None = None,
     ):
         r"""
         Args:
@@ -572,6 +658,9 @@ class VidHashTransformer3DModel(ModelMixin, ConfigMixin):
                 with optional ``"n_bits"`` (32) and ``"seed"`` (0; layer ``l`` uses ``seed + l``), as
                 ``VidHashState`` memories do), merged by log-sum-exp. ``"hash_grad"`` (True): a
                 learned hash gets gradients through a straight-through term.
+            frame_inputs: :meth:`frame_inputs` of these ``actions``/``poses`` (then ignored), built
+                once and reused over passes on the same frames (the pipeline's denoising steps);
+                the result is the same as without it.
 
         Returns:
             ``VidHashTransformerOutput(sample, kv)`` or a tuple.
@@ -585,25 +674,23 @@ class VidHashTransformer3DModel(ModelMixin, ConfigMixin):
             raise ValueError(f"context must have one entry per layer ({cfg.num_layers}), got {len(context)}")
         select = None if temporal_select is None else self._check_select(temporal_select, causal_frames, context)
         dtype = self.patch_embed.weight.dtype
-        if poses is None:
-            poses = torch.zeros(b, f, 2, device=hidden_states.device)
-        if actions is None:
-            actions = torch.full((b, f), cfg.num_actions, dtype=torch.long, device=hidden_states.device)
+        if frame_inputs is None:
+            frame_inputs = self.frame_inputs(actions, poses, b, f, height, width, device=hidden_states.device)
+        elif frame_inputs.shape != (b, f, height, width):
+            raise ValueError(f"frame_inputs were built for (batch, frames, height, width) = {frame_inputs.shape}, "
+                             f"the input is {(b, f, height, width)}")
+        rope = frame_inputs.rope
 
         # 1. patchify and add token positions
-        x = rearrange(hidden_states, "b f c (y p) (x q) -> b f (y x) (p q c)", p=cfg.patch_size, q=cfg.patch_size)
-        x = self.patch_embed(x.to(dtype))
-        xy = self.token_positions(poses, height, width)  # (b, f, n, 2)
-        x = x + self.pos_embed(fourier_features(xy, cfg.pos_freqs, cfg.pos_period).to(dtype))
-        rope = None
-        if cfg.get("rope", False):
-            ang = rope_angles(xy.reshape(b, 1, -1, 2), self.head_dim, cfg.pos_period)
-            rope = (ang.cos(), ang.sin())
+        p = cfg.patch_size  # b f c (y p) (x q) -> b f (y x) (p q c)
+        x = hidden_states.reshape(b, f, c, height // p, p, width // p, p).permute(0, 1, 3, 5, 4, 6, 2)
+        x = self.patch_embed(x.reshape(b, f, (height // p) * (width // p), p * p * c).to(dtype))
+        x = x + frame_inputs.pos
 
         # 2. per-frame condition
         t = self.time_proj(timestep.reshape(-1)).to(dtype)
         cond = self.time_embed(t).reshape(b, f, -1)
-        cond = cond + self.action_embed(actions) + self.pose_embed(fourier_features(poses, cfg.pos_freqs, cfg.pos_period).to(dtype))
+        cond = cond + frame_inputs.action + frame_inputs.pose
 
         # 3. blocks
         kvs = []
@@ -611,17 +698,18 @@ class VidHashTransformer3DModel(ModelMixin, ConfigMixin):
             ctx = None if context is None else context[i]
             sel = None if select is None else {**select, "hasher": select["hashers"][i]}
             if torch.is_grad_enabled() and self.gradient_checkpointing:
-                x, kv = self._gradient_checkpointing_func(block, x, cond, ctx, causal_frames, sel, rope)
+                x, kv = self._gradient_checkpointing_func(block, x, cond, ctx, causal_frames, sel, rope,
+                                                          frame_inputs.rope_frames)
             else:
-                x, kv = block(x, cond, ctx, causal_frames, sel, rope)
+                x, kv = block(x, cond, ctx, causal_frames, sel, rope, frame_inputs.rope_frames)
             if return_kv:
                 kvs.append(kv)
 
         # 4. output and unpatchify
         shift, scale = self.ada_out(cond).unsqueeze(2).chunk(2, dim=-1)
         x = self.proj_out(modulate(self.norm_out(x), shift, scale))
-        out = rearrange(x, "b f (y x) (p q c) -> b f c (y p) (x q)", y=height // cfg.patch_size, p=cfg.patch_size,
-                        q=cfg.patch_size)
+        y_, x_ = height // p, width // p  # b f (y x) (p q c) -> b f c (y p) (x q)
+        out = x.reshape(b, f, y_, x_, p, p, c).permute(0, 1, 6, 2, 4, 3, 5).reshape(b, f, c, height, width)
         kv_out = kvs if return_kv else None
         if not return_dict:
             return (out, kv_out)
