@@ -1,0 +1,40 @@
+"""vidhash bench generation: the in-process and cross-process flatness verdicts on synthetic rows."""
+import pytest
+
+from vidhash.bench.generation import _chunks_at_ms_per_frame, time_flatness, verdict
+
+
+def _row(seconds, ms_per_chunk, mode="hashed", frames_per_chunk=4, rss=100):
+    return {"mode": mode, "seconds": seconds, "frames": frames_per_chunk * len(ms_per_chunk),
+            "chunk_seconds": [m / 1000 for m in ms_per_chunk], "chunk_frames": [frames_per_chunk] * len(ms_per_chunk),
+            "peak_rss_bytes": rss, "state_bytes": 7}
+
+
+def test_in_process_verdict_ignores_a_slow_process():
+    # the short run's process was 30% slower throughout (another job on the CPUs); the long run is flat
+    short = _row(10, [52.0] * 20)
+    long = _row(600, [40.0] * 1200)
+    flat = time_flatness([short, long, _row(10, [1.0] * 20, mode="window")])
+    assert flat["cross_process_ratio"] == pytest.approx(40 / 52)
+    assert flat["in_process_ratio"] == pytest.approx(1.0)
+    assert flat["in_process_chunks"] == [15, 20]  # 5 chunks (10% of 20, at least 5) ending where 10 s ends
+    lines = verdict([short, long])
+    assert "cross-process" in lines[0] and "NOT within" in lines[0]
+    assert "in-process" in lines[1] and "1.000 (within 10%)" in lines[1]
+
+
+def test_in_process_verdict_sees_growth_within_the_long_run():
+    long = _row(600, [40.0] * 100 + [40.0 + 0.1 * i for i in range(1100)])  # slower and slower
+    flat = time_flatness([_row(10, [40.0] * 100), long])
+    assert flat["in_process_chunks"] == [90, 100]
+    assert flat["in_process_ratio"] > 2
+    assert "NOT within" in verdict([_row(10, [40.0] * 100), long])[1]
+
+
+def test_chunk_window_edges():
+    row = _row(1, [1, 2, 3, 4, 5, 6, 7, 8])
+    assert _chunks_at_ms_per_frame(row, 2) == (3 / 4, 0, 5)  # at least 5 chunks, from the start
+    assert _chunks_at_ms_per_frame(row, 7) == (5 / 4, 2, 7)
+    assert _chunks_at_ms_per_frame(row, 50) == (6 / 4, 3, 8)  # capped at the row's length
+    assert time_flatness([row]) is None
+    assert verdict([row]) == ["flatness: needs hashed rows at two clip lengths"]
