@@ -313,3 +313,64 @@ def test_auto_backend_only_sends_shapes_the_kernels_take():
     assert not _kernels_cover(t(16), t(16))
     assert not _kernels_cover(t(64), t(40))
     assert not _kernels_cover(t(64, torch.float64), t(64, torch.float64))
+
+
+# ---------------------------------------------------------------------------------------------
+# fused_attention_lse: PyTorch's fused kernels (CPU flash here) against dense_attention
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 2e-5), (torch.bfloat16, 2e-2)])
+@pytest.mark.parametrize("d", [40, 64])
+def test_fused_attention_lse_equals_dense_with_key_bias(dtype, tol, d):
+    from vidhash.attention import fused_attention_lse
+
+    torch.manual_seed(0)
+    q = torch.randn(2, 3, 11, d).to(dtype)
+    k = torch.randn(2, 3, 29, d).to(dtype)
+    v = torch.randn(2, 3, 29, d).to(dtype)
+    bias = torch.log(torch.randint(1, 17, (2, 3, 29)).float())  # merged counts up to 16
+    bias[:, :, ::3] = float("-inf")  # left-out keys
+    bias[1, 2] = float("-inf")  # a head that sees no key at all
+    for kb in (None, bias):
+        out, lse = fused_attention_lse(q, k, v, scale=0.21, key_bias=kb)
+        ref, ref_lse = dense_attention(q.float(), k.float(), v.float(), scale=0.21, return_lse=True, key_bias=kb)
+        assert out.dtype == dtype and lse.dtype == torch.float32 and out.shape == q.shape
+        seen = torch.isfinite(ref_lse)
+        assert torch.equal(torch.isfinite(lse), seen)  # -inf exactly where no key is seen
+        assert (out.float()[~seen] == 0).all()
+        assert (lse[seen] - ref_lse[seen]).abs().max() < tol * 10
+        assert rel_err(out.float()[seen], ref[seen]) < tol
+
+
+def test_fused_attention_lse_falls_back_to_dense_when_gradients_are_needed():
+    from vidhash.attention import fused_attention_lse
+
+    torch.manual_seed(1)
+    q = torch.randn(1, 2, 5, 16, requires_grad=True)
+    k, v = torch.randn(1, 2, 7, 16), torch.randn(1, 2, 7, 16)
+    out, lse = fused_attention_lse(q, k, v)
+    ref, ref_lse = dense_attention(q, k, v, return_lse=True)
+    assert torch.equal(out, ref) and torch.equal(lse, ref_lse)
+    (g,) = torch.autograd.grad(out.sum() + lse.sum(), q)
+    assert torch.isfinite(g).all()
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-4), (torch.bfloat16, 2e-2), (torch.float16, 5e-3)])
+def test_fused_attention_lse_on_cuda_equals_dense(dtype, tol):
+    """flash (bf16/fp16) and memory-efficient (float32) attention with the bias channel, at a
+    generation-read shape with empty slots and a head that sees nothing."""
+    from vidhash.attention import fused_attention_lse
+
+    g = torch.Generator(device="cuda").manual_seed(0)
+    q = torch.randn(1, 3, 300, 64, device="cuda", generator=g).to(dtype)
+    k = torch.randn(1, 3, 2048, 64, device="cuda", generator=g).to(dtype)
+    v = torch.randn(1, 3, 2048, 64, device="cuda", generator=g).to(dtype)
+    counts = torch.randint(0, 9, (1, 3, 2048), device="cuda", generator=g)
+    counts[0, 2] = 0
+    bias = torch.log(counts.clamp(min=1).float()).masked_fill(counts == 0, float("-inf"))
+    out, lse = fused_attention_lse(q, k, v, scale=0.125, key_bias=bias)
+    ref, ref_lse = dense_attention(q.float(), k.float(), v.float(), scale=0.125, return_lse=True, key_bias=bias)
+    seen = torch.isfinite(ref_lse)
+    assert torch.equal(torch.isfinite(lse), seen) and (out[~seen] == 0).all()
+    assert (lse[seen] - ref_lse[seen]).abs().max() < 20 * tol
+    assert rel_err(out.float()[seen], ref[seen]) < tol

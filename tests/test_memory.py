@@ -77,6 +77,25 @@ def test_window_plus_memory_merge_equals_full_history():
     assert rel_err(out, ref) < 1e-12
 
 
+@pytest.mark.parametrize("policy", ["fifo", "merge"])
+def test_dense_read_without_gradients_takes_the_fused_kernel_and_agrees(policy):
+    """At inference (no gradients) the every-entry read runs PyTorch's fused attention with the
+    log-count weight as an extra channel; it must agree with the selective read of every entry."""
+    torch.manual_seed(6)
+    mem = make(policy, num_buckets=4, slots=8, dtype=torch.float32)
+    for f in range(3):
+        mem.write(torch.randn(2, 3, 23, 40), torch.randn(2, 3, 23, 40), f)
+    q = torch.randn(2, 3, 9, 40)
+    with torch.no_grad():
+        out, lse = mem.attend(q, top_k=mem.capacity, scale=0.3)
+        sel, sel_lse, _ = mem.attend(q, top_k=mem.capacity, scale=0.3, return_indices=True)
+    assert rel_err(out, sel) < 1e-5 and (lse - sel_lse).abs().max() < 1e-4
+    empty = make(policy, num_buckets=4, slots=8, dtype=torch.float32)
+    with torch.no_grad():
+        out, lse = empty.attend(q, top_k=empty.capacity)
+    assert (out == 0).all() and torch.isneginf(lse).all()
+
+
 def test_empty_memory_reads_nothing():
     mem = make()
     out, lse = mem.attend(torch.randn(2, 3, 5, 40, dtype=torch.float64), top_k=4)

@@ -123,6 +123,63 @@ def dense_attention(
     return (out, lse) if return_lse else out
 
 
+_EMPTY_LOGIT = -30000.0  # a left-out key's score in the fused path (exp underflows to exactly 0)
+
+
+def fused_attention_lse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: float | None = None,
+                        key_bias: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``dense_attention(q, k, v, scale=scale, return_lse=True, key_bias=key_bias)`` through
+    PyTorch's fused attention kernels, which never hold the ``(nq, nk)`` scores: flash attention
+    on CUDA for bf16/fp16, memory-efficient attention on CUDA for float32, the CPU flash kernel
+    on a CPU. Inference only (the fused kernels give no gradient through lse): with gradients
+    needed, or for float64, it calls :func:`dense_attention`.
+
+    ``key_bias (b, h, nk)`` enters as one more channel — 1 in every query, ``bias / scale`` in
+    every key — so ``scale · q'·k' = scale · q·k + bias``; a ``-inf`` bias (a key left out)
+    becomes a score of −30,000, whose weight is exactly 0. Channels are zero-padded to a
+    multiple of 8. In bf16 the bias channel is rounded to 8 bits of mantissa (≈0.4% of the
+    bias: 0.01 for a count of 16). A query whose keys are all left out gets ``out = 0`` and
+    ``lse = -inf``, as in :func:`dense_attention`. ``out`` has q's dtype, ``lse`` float32.
+    """
+    _check_qkv(q, k, v)
+    sc = _scale(scale, q.shape[-1])
+    dt = q.dtype
+    cuda_ok = q.is_cuda and dt in (torch.bfloat16, torch.float16, torch.float32)
+    cpu_ok = q.device.type == "cpu" and dt in (torch.bfloat16, torch.float32)
+    needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
+    if needs_grad or not (cuda_ok or cpu_ok) or q.shape[-1] + 1 > 256:
+        return dense_attention(q, k, v, scale=scale, return_lse=True, key_bias=key_bias)
+    b, h, n, d = q.shape
+    nk = k.shape[-2]
+    extra = 0 if key_bias is None else 1
+    dp = -(-(d + extra) // 8) * 8
+    qa = q.new_zeros(b, h, n, dp)
+    qa[..., :d] = q
+    ka = q.new_zeros(b, h, nk, dp)
+    ka[..., :d] = k
+    va = q.new_zeros(b, h, nk, dp)
+    va[..., :d] = v
+    if key_bias is not None:
+        if key_bias.shape != (b, h, nk):
+            raise ValueError(f"key_bias must be (b, h, nk) = {(b, h, nk)}, got {tuple(key_bias.shape)}")
+        kb = key_bias.float()
+        qa[..., d] = 1.0
+        ka[..., d] = torch.where(torch.isfinite(kb), kb, _EMPTY_LOGIT) / sc
+    if q.is_cuda and dt != torch.float32:
+        out, lse = torch.ops.aten._scaled_dot_product_flash_attention(qa, ka, va, 0.0, False, False, scale=sc)[:2]
+    elif q.is_cuda:
+        out, lse = torch.ops.aten._scaled_dot_product_efficient_attention(qa, ka, va, None, True, 0.0, False, scale=sc)[:2]
+        lse = lse[..., :n]  # padded to a multiple of 32 queries
+    else:
+        out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(qa, ka, va, 0.0, False, scale=sc)[:2]
+    out, lse = out[..., :d], lse.float()
+    if key_bias is not None:  # rows that saw only left-out keys
+        empty = lse < _EMPTY_LOGIT / 2
+        lse = lse.masked_fill(empty, float("-inf"))
+        out = out.masked_fill(empty.unsqueeze(-1), 0.0)
+    return out.contiguous(), lse
+
+
 def merge_attention(o1: torch.Tensor, lse1: torch.Tensor, o2: torch.Tensor, lse2: torch.Tensor):
     """Exact merge of two partial attentions over disjoint key sets.
 

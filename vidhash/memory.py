@@ -52,7 +52,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from .attention import _triton_ops, dense_attention, resolve_backend
+from .attention import _triton_ops, dense_attention, fused_attention_lse, resolve_backend
 from .hashing import LearnedHash, SimHash, bucket_index, hamming_similarity, num_words, pack_bits, unpack_bits
 
 POLICIES = ("fifo", "merge")
@@ -479,14 +479,19 @@ class HashedMemory(nn.Module):
         return out, lse
 
     def _attend_all(self, q: torch.Tensor, sc: float) -> tuple[torch.Tensor, torch.Tensor]:
-        """``attend`` with ``top_k ≥ capacity``: ``dense_attention`` over every valid entry, each
-        weighted by ``log(count)`` (float32, as the selective read computes it), queries in chunks."""
+        """``attend`` with ``top_k ≥ capacity``: attention over every valid entry, each weighted
+        by ``log(count)``. Without gradients: PyTorch's fused attention (flash on a GPU; no
+        ``(n, c)`` scores held, :func:`fused_attention_lse`); with gradients (or float64):
+        ``dense_attention`` in float32, queries in chunks."""
         b, h, n, d = q.shape
         c = self.capacity
-        acc = torch.float64 if q.dtype == torch.float64 else torch.float32  # memory and q may differ in dtype
-        keys, vals = self.keys.view(b, h, c, d).to(acc), self.values.view(b, h, c, d).to(acc)
         counts = self.counts.view(b, h, c)
         bias = torch.log(counts.clamp(min=1).float()).masked_fill(counts <= 0, float("-inf"))
+        if not (torch.is_grad_enabled() and q.requires_grad) and q.dtype != torch.float64:
+            return fused_attention_lse(q, self.keys.view(b, h, c, d).to(q.dtype), self.values.view(b, h, c, d).to(q.dtype),
+                                       scale=sc, key_bias=bias)
+        acc = torch.float64 if q.dtype == torch.float64 else torch.float32  # memory and q may differ in dtype
+        keys, vals = self.keys.view(b, h, c, d).to(acc), self.values.view(b, h, c, d).to(acc)
         chunk = max(1, _CHUNK_ELEMS // max(1, b * h * c))
         parts = [dense_attention(q[:, :, s : s + chunk].to(acc), keys, vals, scale=sc, return_lse=True, key_bias=bias)
                  for s in range(0, n, chunk)]

@@ -43,7 +43,7 @@ from diffusers.models.modeling_utils import ModelMixin
 from diffusers.utils import BaseOutput
 from torch import nn
 
-from ..attention import dense_attention, merge_attention
+from ..attention import dense_attention, fused_attention_lse, merge_attention
 from ..hashing import LearnedHash, SimHash
 from ..memory import HashedMemory
 
@@ -215,6 +215,10 @@ class TemporalAttention(nn.Module):
             # CUDA without a memory read to merge (training, window/full generation): no lse
             # needed, so fused SDPA (flash) over the same keys; the float32 reference elsewhere
             out, lse = self._sdpa(q, k_all, v_all, None if causal_frames is None else n * causal_frames, scale), None
+        elif causal_frames is None and q.is_cuda:
+            # generation with a memory read to merge: fused attention that also returns lse
+            # (flash; the dense reference below when gradients are needed)
+            out, lse = fused_attention_lse(q, k_all, v_all, scale=scale)
         elif causal_frames is None:
             out, lse = dense_attention(q, k_all, v_all, scale=scale, return_lse=True)
         else:
