@@ -26,10 +26,11 @@ install: $(STAMP)
 # The main job: the shipped world model starts from 8 ground-truth frames of a held-out world,
 # walks out 144 px (its own invented ground) and back; the hashed memory brings the place back on
 # return. Then the clip's coherence report (revisit PSNR: the return against the start).
-# ~35 s on a 2-core CPU. DEMO_MEMORY: a small merge memory (2,048 entries) keeps the start whole;
-# top_k = its capacity reads every entry (dense: exact and, at this size, faster than selecting).
-WORLD_MODEL ?= models/world-tiny-v1
-DEMO_MEMORY ?= memory.policy=merge memory.num_buckets=128 memory.slots=16 memory.top_k=2048
+# ~35 s on a 2-core CPU. The model's generation preset (`world` in configs/generation.yaml): a
+# small merge memory (2,048 entries) keeps the start whole, and top_k = its capacity reads every
+# entry (fused dense attention: exact and, at this size, faster than selecting).
+WORLD_MODEL ?= world-tiny-v1
+DEMO_MEMORY ?=
 demo: $(STAMP)
 	$(VENV)/bin/vidhash generate --model $(WORLD_MODEL) --prompt-world 1000003 --actions configs/paths/out_and_back_10s.json \
 		--seconds 10 --fps 8 --seed 0 --out demo.mp4 $(DEMO_MEMORY)

@@ -28,7 +28,7 @@ from typing import Any, Optional
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-PRESETS = ("tiny", "small", "base")
+PRESETS = ("tiny", "small", "base", "world")
 MEMORY_MODES = ("hashed", "window", "full")
 
 
@@ -133,6 +133,27 @@ def config_diff(have: dict, want: dict, have_label: str = "saved", prefix: str =
         elif a != b:
             diffs.append(f"{prefix}{key}: {have_label} {a!r}, here {b!r}")
     return "; ".join(diffs)
+
+
+DEFAULT_MODEL = "world-tiny-v1"  # the shipped world model: models/world-tiny-v1 of this repository
+
+
+def resolve_model(model: str | None) -> str:
+    """A ``--model`` value as a loadable one: ``None`` → the shipped model (``DEFAULT_MODEL``); a
+    bare name of a folder in the repository's ``models/`` (``world-tiny-v1``) → its path;
+    ``random-<preset>`` and paths unchanged."""
+    name = DEFAULT_MODEL if model is None else str(model)
+    if name.startswith("random-") or Path(name).exists() or "/" in name or os.sep in name:
+        return name
+    for root in (Path(__file__).resolve().parent.parent / "models", Path.cwd() / "models"):
+        if (root / name / "model_index.json").is_file():
+            return str(root / name)
+    if model is None:
+        raise ValueError(f"the default model {DEFAULT_MODEL!r} ships in the repository's models/ folder, which this "
+                         f"installation cannot see (install from a checkout with pip install -e .); or pass "
+                         f"--model PATH or --model random-tiny")
+    raise ValueError(f"--model {name!r}: no such folder, and not a model in models/ ({DEFAULT_MODEL}) "
+                     f"or random-tiny / random-small / random-base / random-world")
 
 
 def preset_for_model(model: str | None) -> str:

@@ -17,9 +17,10 @@ finished frame in it; a later run refuses to overwrite it) and the state is save
 file is still finalised; the state is saved only if it matches the frames written). The mp4 is
 fragmented, so even a killed process leaves a playable ``clip.partial.mp4``.
 
-``--model``: a folder written by ``VidHashPipeline.save_pretrained``, or ``random-tiny`` /
-``random-small`` / ``random-base`` (untrained, seeded random weights; for smoke tests and
-benchmarks). No trained model ships yet, so ``--model`` is required.
+``--model``: a folder written by ``VidHashPipeline.save_pretrained``, the name of one in the
+repository's ``models/`` (default: ``world-tiny-v1``, the shipped world model, whose generation
+preset ``world`` is used), or ``random-tiny`` / ``random-small`` / ``random-base`` /
+``random-world`` (untrained, seeded random weights; for smoke tests and benchmarks).
 
 ``--prompt-world SEED`` starts from ground truth (a world model's frame prompt): ``--prompt-frames``
 frames (default 8) of procedural world ``SEED`` (``vidhash.data.world``, the model's world size)
@@ -48,13 +49,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .config import GenerateConfig, generate_config, preset_for_model, save_config
+from .config import GenerateConfig, generate_config, preset_for_model, resolve_model, save_config
 from .data.video import Mp4Writer, check_writable, partial_path
 from .data.world import ACTIONS, action_ids
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default=None, help="saved pipeline folder, or random-tiny | random-small | random-base")
+    p.add_argument("--model", default=None, help="saved pipeline folder or a name in models/ (default: world-tiny-v1, "
+                   "the shipped world model), or random-tiny | random-small | random-base | random-world")
     p.add_argument("--seconds", type=float, default=None, help="clip length in seconds (default 10)")
     p.add_argument("--fps", type=int, default=None, help="frames per second (default 8)")
     p.add_argument("--out", default=None, help="output .mp4 (default clip.mp4)")
@@ -73,10 +75,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> GenerateConfig:
-    flags = {"model": args.model, "seconds": args.seconds, "fps": args.fps, "out": args.out, "seed": args.seed,
+    model = resolve_model(args.model)
+    flags = {"model": model, "seconds": args.seconds, "fps": args.fps, "out": args.out, "seed": args.seed,
              "actions": args.actions, "prompt_world": args.prompt_world, "prompt_frames": args.prompt_frames,
              "resume": args.resume, "save_state": args.save_state, "device": args.device}
-    return generate_config(args.overrides, preset=preset_for_model(args.model), **flags)
+    return generate_config(args.overrides, preset=preset_for_model(model), **flags)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -89,10 +92,7 @@ def run(args: argparse.Namespace) -> int:
 def _load_pipeline(cfg: GenerateConfig, device: torch.device):
     from vidhash.pipelines import VidHashPipeline
 
-    if cfg.model is None:
-        raise ValueError("no trained model ships yet: pass --model random-tiny (untrained, for smoke tests) "
-                         "or --model PATH (a folder from VidHashPipeline.save_pretrained)")
-    pipe = VidHashPipeline.load(cfg.model)
+    pipe = VidHashPipeline.load(resolve_model(cfg.model))
     return pipe.to(device)
 
 
