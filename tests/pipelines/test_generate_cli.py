@@ -2,6 +2,7 @@
 import json
 import os
 import signal
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -129,9 +130,20 @@ def test_bad_input_is_a_clear_error(tmp_path, capsys, args, match):
     assert (tmp_path / "old.partial.mp4").read_bytes() == b"frames of an interrupted run"
 
 
-def test_model_is_required(tmp_path, capsys):
-    assert main(["generate", "--seconds", "1", "--out", str(tmp_path / "x.mp4")]) == 2
-    assert "--model random-tiny" in capsys.readouterr().err
+def test_default_model_is_the_shipped_world_model(tmp_path, capsys):
+    from vidhash.config import DEFAULT_MODEL, preset_for_model, resolve_model
+
+    path = resolve_model(None)
+    assert path.endswith(DEFAULT_MODEL) and (Path(path) / "model_index.json").is_file()
+    assert preset_for_model(path) == "world"  # its generation settings come with it
+    assert resolve_model("world-tiny-v1") == path and resolve_model("random-tiny") == "random-tiny"
+    out = tmp_path / "x.mp4"
+    assert main(["generate", "--seconds", "0.5", "--out", str(out), "--quiet", "num_inference_steps=1"]) == 0
+    assert read_frames(out).shape[0] == 4
+    saved = (tmp_path / "x.config.yaml").read_text()
+    assert f"model: {path}" in saved and "policy: merge" in saved
+    assert main(["generate", "--model", "no-such-model", "--out", str(tmp_path / "y.mp4")]) == 2
+    assert "no-such-model" in capsys.readouterr().err
 
 
 def test_saved_model_folder(tmp_path, tiny_pipe):
