@@ -89,10 +89,18 @@ def run(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------------------------- run
 
 
-def _load_pipeline(cfg: GenerateConfig, device: torch.device):
+def _load_pipeline(cfg: GenerateConfig, device: torch.device, progress: bool = True):
+    from diffusers.utils import logging as diffusers_logging
+
     from vidhash.pipelines import VidHashPipeline
 
-    pipe = VidHashPipeline.load(resolve_model(cfg.model))
+    if not progress:  # --quiet: no "Loading pipeline components" bar either
+        diffusers_logging.disable_progress_bar()
+    try:
+        pipe = VidHashPipeline.load(resolve_model(cfg.model))
+    finally:
+        if not progress:
+            diffusers_logging.enable_progress_bar()
     return pipe.to(device)
 
 
@@ -149,7 +157,7 @@ def main(cfg: GenerateConfig, progress: bool = True, compile_blocks: bool = Fals
     if cfg.prompt_world is not None and cfg.prompt_frames < 1:
         raise ValueError(f"--prompt-frames must be at least 1, got {cfg.prompt_frames}")
     device = torch.device(cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
-    pipe = _load_pipeline(cfg, device)
+    pipe = _load_pipeline(cfg, device, progress)
     if compile_blocks:
         pipe.compile_blocks()
     pipe.set_progress_bar_config(disable=not progress, desc="chunks")
