@@ -54,6 +54,8 @@ class DataConfig:
     frame_stride: int = 1
     # -- loading
     num_workers: int = 2  # DataLoader workers per process (0: in the main process)
+    prefetch_factor: int = 4  # batches loaded ahead per worker (with num_workers > 0)
+    pin_memory: bool = True  # pinned host batches (CUDA only): asynchronous host-to-device copies
 
 
 @dataclass
@@ -124,6 +126,11 @@ class TrainConfig:
     # of this run) so the cosine schedule ends at the deadline instead of being cut mid-way. Changes
     # max_steps during the run, so an exact resume needs it off.
     fit_schedule: bool = False
+    # -- multi-process (DDP through accelerate's DistributedDataParallelKwargs; defaults = PyTorch's)
+    ddp_bucket_cap_mb: float = 25.0  # gradient all-reduce bucket size
+    ddp_static_graph: bool = False  # same graph every step: DDP can skip per-step bookkeeping
+    ddp_gradient_as_bucket_view: bool = False  # gradients are views into the buckets (no copy in/out)
+    ddp_split_compiled: bool = True  # torch._dynamo.config.optimize_ddp: split compiled graphs at bucket bounds
     init_from: Optional[str] = None  # fresh start only: a pipeline folder whose transformer weights start the model and EMA
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -190,6 +197,10 @@ def check_train_config(cfg: TrainConfig) -> None:
     for key in ("num_frames", "pool_size", "clips_per_world", "world_size", "view", "step", "num_worlds", "frame_stride"):
         positive(f"data.{key}", getattr(cfg.data, key))
     positive("noise.chunk_frames", cfg.noise.chunk_frames)
+    positive("data.prefetch_factor", cfg.data.prefetch_factor)
+    positive("ddp_bucket_cap_mb", cfg.ddp_bucket_cap_mb)
+    if cfg.data.num_workers < 0:
+        raise ValueError(f"data.num_workers must be >= 0, got {cfg.data.num_workers}")
     positive("checkpoint.every", cfg.checkpoint.every)
     positive("checkpoint.keep", cfg.checkpoint.keep)
     positive("checkpoint.shard_mb", cfg.checkpoint.shard_mb)

@@ -33,7 +33,143 @@ from .config import TrainConfig, model_fingerprint, model_supports_selection, se
 from .data import IndexBatches, TrainSamples, revisit_share
 from .ema import EMA
 
-CSV_FIELDS = ("step", "loss", "lr", "grad_norm", "samples_per_s", "elapsed_s")
+# Step-time breakdown (ms per step, mean over the log interval, the largest over processes):
+#   data: host time blocked waiting for the next batch(es);
+#   sync: the step-start all-reduce of the loss normaliser (with 2+ processes: waiting for the
+#         slowest process to start the step, e.g. one still waiting for data);  h2d: batch copies;
+#   fwd / bwd: forward, backward (bwd includes waiting for a DDP all-reduce that did not overlap);
+#   opt: gradient clipping + optimizer step + schedule + zero_grad;  ema: EMA update;
+#   idle: device idle between steps (waiting for the host: data, launches; CUDA only, 0 on CPU);
+#   log: host time in logging (the previous log row, spread over the interval's steps);
+#   step: wall time per step (= batch_size / samples_per_s).
+# On CUDA h2d..ema are CUDA-event times read once per log interval (no per-step sync); the host
+# runs ahead of the device, so data and log overlap device work there and sync+h2d+...+ema+idle
+# ≈ step. On CPU every part is wall time and the parts sum to at most step.
+TIMING_PARTS = ("data", "sync", "h2d", "fwd", "bwd", "opt", "ema", "idle", "log")
+TIMING_FIELDS = tuple(f"{p}_ms" for p in TIMING_PARTS) + ("step_ms",)
+CSV_FIELDS = ("step", "loss", "lr", "grad_norm", "samples_per_s", "elapsed_s") + TIMING_FIELDS
+DEVICE_PARTS = ("sync", "h2d", "fwd", "bwd", "opt", "ema")
+
+
+class StepTimer:
+    """Per-step device-part times without a per-step sync: CUDA events on CUDA (read in
+    ``collect``, which waits for the last one), wall time (``perf_counter``) elsewhere.
+
+    Each step: ``begin()``, then ``mark(part)`` after each part (a part may repeat: summed), then
+    ``end()``. ``collect()`` returns one dict ``{part: ms, "idle": ms}`` per finished step."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+        self._pool: list = []
+        self._steps: list[list] = []  # per step: [(part or None, stamp), ...]
+        self._cur: list | None = None
+        self._last_end = None  # the previous step's last stamp (idle = this begin - that)
+
+    def _stamp(self):
+        if not self.cuda:
+            return time.perf_counter()
+        ev = self._pool.pop() if self._pool else torch.cuda.Event(enable_timing=True)
+        ev.record()
+        return ev
+
+    def begin(self) -> None:
+        self._cur = [(None, self._stamp())]
+
+    def mark(self, part: str) -> None:
+        self._cur.append((part, self._stamp()))
+
+    def end(self) -> None:
+        self._steps.append(self._cur)
+        self._cur = None
+
+    def _ms(self, a, b) -> float:
+        return max(0.0, (b - a) * 1000.0) if not self.cuda else max(0.0, a.elapsed_time(b))
+
+    def collect(self) -> list[dict[str, float]]:
+        if not self._steps:
+            return []
+        if self.cuda:
+            self._steps[-1][-1][1].synchronize()
+        out = []
+        for marks in self._steps:
+            d = {p: 0.0 for p in DEVICE_PARTS}
+            d["idle"] = self._ms(self._last_end, marks[0][1]) if (self.cuda and self._last_end is not None) else 0.0
+            for (_, a), (part, b) in zip(marks, marks[1:]):
+                d[part] = d.get(part, 0.0) + self._ms(a, b)
+            out.append(d)
+            if self.cuda and self._last_end is not None:
+                self._pool.append(self._last_end)
+            self._last_end = marks[-1][1]
+            if self.cuda:
+                self._pool.extend(st for _, st in marks[:-1])
+        self._steps = []
+        return out
+
+
+class _LaggedMax:
+    """Max over processes of a per-step int, answered one step late so that no step waits for the
+    device: this step's all-reduce is copied to pinned host memory behind an event that is only
+    waited for after the next step's work is queued. With one process: the value, at once."""
+
+    def __init__(self, accelerator):
+        self.acc, self.dev = accelerator, accelerator.device
+        self.n = accelerator.num_processes
+        self.pending = None
+
+    def __call__(self, value: int) -> int:
+        if self.n == 1:
+            return int(value)
+        prev = 0
+        if self.pending is not None:
+            host, ev = self.pending
+            if ev is not None:
+                ev.synchronize()
+            prev = int(host[0])
+        t = self.acc.reduce(torch.full((1,), int(value), dtype=torch.int32, device=self.dev), "max")
+        if self.dev.type == "cuda":
+            host = torch.empty(1, dtype=torch.int32, pin_memory=True)
+            host.copy_(t, non_blocking=True)
+            ev = torch.cuda.Event()
+            ev.record()
+        else:
+            host, ev = t, None
+        self.pending = (host, ev)
+        return prev
+
+
+def ddp_kwargs_handlers(cfg: TrainConfig) -> list:
+    """accelerate kwargs handlers for the ``ddp_*`` keys (used only in multi-process runs)."""
+    from accelerate.utils import DistributedDataParallelKwargs
+
+    cap = cfg.ddp_bucket_cap_mb
+    return [DistributedDataParallelKwargs(
+        bucket_cap_mb=int(cap) if float(cap).is_integer() else cap, static_graph=bool(cfg.ddp_static_graph),
+        gradient_as_bucket_view=bool(cfg.ddp_gradient_as_bucket_view))]
+
+
+def timing_summary(per_step: list[dict[str, float]], batch_size: int, skip: int = 5) -> dict:
+    """Medians (ms) of each part over the steps after the first ``skip`` (compilation, warm-up);
+    ``log`` is a mean (it happens once per interval). ``samples_per_s`` = batch / median step."""
+    warm = per_step[skip:] if len(per_step) > skip else per_step[min(1, len(per_step) - 1):]
+    if not warm:
+        return {}
+    out: dict[str, Any] = {"steps": len(warm)}
+    for key in TIMING_PARTS + ("step",):
+        vals = sorted(s.get(key, 0.0) for s in warm)
+        out[f"{key}_ms"] = float(np.mean(vals)) if key == "log" else float(vals[len(vals) // 2])
+    total_s = sum(s.get("step", 0.0) for s in warm) / 1000.0
+    out["samples_per_s"] = batch_size * len(warm) / max(total_s, 1e-9)
+    out["samples_per_s_median"] = batch_size / max(out["step_ms"] / 1000.0, 1e-9)
+    return out
+
+
+def format_timing(t: dict, nproc: int) -> str:
+    if not t:
+        return "timing: no steps"
+    parts = " | ".join(f"{k} {t[f'{k}_ms']:.1f}" for k in TIMING_PARTS if k != "log")
+    return (f"timing ({nproc} process(es), median ms/step over {t['steps']} steps, largest over processes): "
+            f"{parts} | log {t['log_ms']:.2f} (mean) | step {t['step_ms']:.1f}; "
+            f"{t['samples_per_s']:.1f} samples/s ({t['samples_per_s_median']:.1f} at the median step)")
 
 
 class _StopFlag:
@@ -187,8 +323,13 @@ def train(cfg: TrainConfig, resume: str | None = None, max_minutes: float | None
         torch.backends.cuda.matmul.allow_tf32 = True  # dense_attention scores are float32 matmuls
         torch.backends.cudnn.allow_tf32 = True
     max_minutes = cfg.max_minutes if max_minutes is None else max_minutes
-    accelerator = Accelerator(mixed_precision=cfg.mixed_precision, cpu=not torch.cuda.is_available())
+    accelerator = Accelerator(mixed_precision=cfg.mixed_precision, cpu=not torch.cuda.is_available(),
+                              kwargs_handlers=ddp_kwargs_handlers(cfg))
     nproc, rank, main = accelerator.num_processes, accelerator.process_index, accelerator.is_main_process
+    if cfg.compile and nproc > 1 and not cfg.ddp_split_compiled:
+        from torch import _dynamo
+
+        _dynamo.config.optimize_ddp = False  # no DDPOptimizer graph splits at bucket bounds
     if cfg.batch_size % (nproc * cfg.grad_accum):
         raise ValueError(f"batch_size ({cfg.batch_size}) must be divisible by processes × grad_accum "
                          f"({nproc} × {cfg.grad_accum})")
@@ -264,8 +405,8 @@ def train(cfg: TrainConfig, resume: str | None = None, max_minutes: float | None
     workers = cfg.data.num_workers
     loader = torch.utils.data.DataLoader(
         dataset, batch_sampler=IndexBatches(data_pos, cfg.batch_size, cfg.grad_accum, nproc, rank),
-        num_workers=workers, pin_memory=accelerator.device.type == "cuda",
-        persistent_workers=False, prefetch_factor=4 if workers else None,
+        num_workers=workers, pin_memory=accelerator.device.type == "cuda" and cfg.data.pin_memory,
+        persistent_workers=False, prefetch_factor=cfg.data.prefetch_factor if workers else None,
     )
     if main:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -275,25 +416,37 @@ def train(cfg: TrainConfig, resume: str | None = None, max_minutes: float | None
         how = f"resumed from {ckpt} at step {step}" if meta else "fresh start"
         log(f"vidhash train: {how}; {n_params / 1e6:.2f}M parameters; {nproc} process(es) on "
             f"{accelerator.device.type}; batch {cfg.batch_size} = {nproc} × {cfg.grad_accum} × {micro}; "
-            f"precision {cfg.mixed_precision}; temporal {cfg.temporal_mode}")
+            f"precision {cfg.mixed_precision}; temporal {cfg.temporal_mode}; {workers} data worker(s) per process")
+        if nproc > 1:
+            log(f"ddp: bucket_cap_mb {cfg.ddp_bucket_cap_mb}, static_graph {cfg.ddp_static_graph}, "
+                f"gradient_as_bucket_view {cfg.ddp_gradient_as_bucket_view}, split_compiled {cfg.ddp_split_compiled}")
         if cfg.data.source == "world":
             share = revisit_share(cfg, 128)
             log(f"data: worlds {cfg.data.world_seed_start}..{cfg.data.world_seed_start + cfg.data.num_worlds - 1} "
                 f"(seeds >= 1000000 held out), {cfg.data.trajectory} trajectories; {share:.0%} of frames revisit "
                 f"a place seen more than {cfg.noise.window_frames} frames earlier")
 
-    # 4. loop
+    # 4. loop. No step waits for the device: the loss is summed on the device and read once per
+    # log interval, the step's parts are timed with CUDA events read then too, batch copies are
+    # asynchronous, and processes agree on stopping one step late (_LaggedMax).
     chunk = cfg.noise.chunk_frames
+    dev = accelerator.device
     stop = _StopFlag()
     bar = tqdm(total=cfg.max_steps, initial=step, disable=not (progress and main), desc="train", dynamic_ncols=True)
     it = iter(loader)
-    loss_acc, n_acc, samples_since, t_log = 0.0, 0, 0, time.monotonic()
+    loss_dev = torch.zeros((), dtype=torch.float64, device=dev)
+    n_acc, samples_since, t_log = 0, 0, time.monotonic()
     step_times: list[float] = []
     last_save_s = 0.0
     reason = "done"
     last_ckpt = ckpt
     run_start = step
     fit_next = 50 if cfg.fit_schedule and max_minutes and max_minutes > 0 else None
+    timer = StepTimer(dev)
+    agree = _LaggedMax(accelerator)
+    host: list[dict[str, float]] = []  # per step of this interval: data, log, step (ms, host)
+    timings: list[dict[str, float]] = []  # per step of this run: every part
+    log_pending = 0.0  # host ms of the last log block, spread over the next interval
 
     def save(reason_now: str):
         nonlocal last_save_s, last_ckpt
@@ -318,29 +471,50 @@ def train(cfg: TrainConfig, resume: str | None = None, max_minutes: float | None
         accelerator.wait_for_everyone()
         last_save_s = time.monotonic() - t0
 
+    def flush_timing() -> dict[str, float]:
+        """Join this interval's device parts with the host parts; the interval means, max over processes."""
+        dev_parts = timer.collect()
+        for h, d in zip(host, dev_parts):
+            h.update(d)  # the same dict: its "step" is filled in after the log
+            timings.append(h)
+        n = max(1, len(host))
+        means = [sum(t.get(k, 0.0) for t in timings[-len(host):]) / n if host else 0.0 for k in TIMING_PARTS]
+        host.clear()
+        if nproc > 1:
+            means = accelerator.reduce(torch.tensor(means, dtype=torch.float64, device=dev), "max").tolist()
+        return dict(zip(TIMING_FIELDS, means))
+
     with stop:
         while step < cfg.max_steps:
-            t0 = time.monotonic()
+            t0 = time.perf_counter()
+            t0m = time.monotonic()
             batches = [next(it) for _ in range(cfg.grad_accum)]
-            dev = accelerator.device
-            count = sum((b["sigmas"] > 0).sum() for b in batches).float() * float(np.prod(batches[0]["frames"].shape[2:]))
-            total = accelerator.reduce(count.to(dev), "sum").clamp(min=1.0)
+            t_data = time.perf_counter() - t0
+            timer.begin()
+            sigs = [b["sigmas"].to(dev, non_blocking=True) for b in batches]
+            count = sum((sg > 0).sum() for sg in sigs).float() * float(np.prod(batches[0]["frames"].shape[2:]))
+            total = accelerator.reduce(count, "sum").clamp(min=1.0)
+            timer.mark("sync")
             err_sum = torch.zeros((), device=dev)
             model.train()
             for k, b in enumerate(batches):
                 x0 = b["frames"].to(dev, non_blocking=True)
                 noise = b["noise"].to(dev, non_blocking=True)
-                sig = b["sigmas"].to(dev, non_blocking=True)
+                actions = b["actions"].to(dev, non_blocking=True)
+                poses = b["poses"].to(dev, non_blocking=True)
+                sig = sigs[k]
+                timer.mark("h2d")
                 s = sig[:, :, None, None, None]
                 x_t = (1 - s) * x0 + s * noise
                 target = noise - x0
                 kwargs = {select_kw: selection_arg(cfg)} if select_kw else {}
                 sync = accelerator.no_sync(model) if k < cfg.grad_accum - 1 else contextlib.nullcontext()
                 with sync:
-                    pred = model(x_t, sig * 1000.0, b["actions"].to(dev), b["poses"].to(dev),
-                                 causal_frames=chunk, **kwargs).sample
+                    pred = model(x_t, sig * 1000.0, actions, poses, causal_frames=chunk, **kwargs).sample
                     err = ((pred.float() - target) ** 2 * (s > 0)).sum()
+                    timer.mark("fwd")
                     accelerator.backward(err * nproc / total)
+                    timer.mark("bwd")
                 err_sum += err.detach()
             if cfg.optim.grad_clip > 0:
                 grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
@@ -351,55 +525,83 @@ def train(cfg: TrainConfig, resume: str | None = None, max_minutes: float | None
             lr = scheduler.get_last_lr()[0]
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
+            timer.mark("opt")
             ema.update(raw, step)
+            timer.mark("ema")
+            timer.end()
             step += 1
             data_pos += cfg.batch_size
-            loss = (accelerator.reduce(err_sum, "sum") / total).item()
-            if not math.isfinite(loss):
-                raise FloatingPointError(f"loss is {loss} at step {step}; lower optim.lr or use mixed_precision=no")
-            loss_acc += loss
+            loss_dev += (err_sum / total).double()  # this process's share; summed over processes at the log
             n_acc += 1
             samples_since += cfg.batch_size
-            step_times.append(time.monotonic() - t0)
+            step_times.append(time.monotonic() - t0m)
+            t_log0 = time.perf_counter()
+            h_cur = {"data": t_data * 1000.0, "log": 0.0}
+            host.append(h_cur)
             if step % cfg.log_every == 0 or step == cfg.max_steps:
+                for h in host:
+                    h["log"] = log_pending / n_acc
+                parts = flush_timing()
+                loss = float((accelerator.reduce(loss_dev, "sum") if nproc > 1 else loss_dev).item()) / n_acc
+                if not math.isfinite(loss):
+                    raise FloatingPointError(f"loss is {loss} in steps {step - n_acc + 1}..{step}; "
+                                             "lower optim.lr or use mixed_precision=no")
                 now = time.monotonic()
-                row = {"step": step, "loss": loss_acc / n_acc, "lr": float(lr), "grad_norm": float(grad_norm),
+                row = {"step": step, "loss": loss, "lr": float(lr), "grad_norm": float(grad_norm),
                        "samples_per_s": samples_since / max(now - t_log, 1e-9),
-                       "elapsed_s": elapsed_before + now - t_start}
+                       "elapsed_s": elapsed_before + now - t_start, **parts,
+                       "step_ms": (now - t_log) * 1000.0 / n_acc}
                 rows.append(row)
                 if main:
                     with open(csv_path, "a", newline="") as f:
                         csv.DictWriter(f, fieldnames=CSV_FIELDS).writerow(_fmt_row(row))
                 if main and not progress:
                     log(f"step {step} loss {row['loss']:.5f} lr {lr:.3e} grad_norm {float(grad_norm):.3f} "
-                        f"samples/s {row['samples_per_s']:.1f} elapsed {row['elapsed_s']:.0f}s")
+                        f"samples/s {row['samples_per_s']:.1f} elapsed {row['elapsed_s']:.0f}s | ms/step "
+                        + " ".join(f"{k} {row[f'{k}_ms']:.1f}" for k in TIMING_PARTS + ("step",)))
                 bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{lr:.2e}", sps=f"{row['samples_per_s']:.0f}")
-                loss_acc, n_acc, samples_since, t_log = 0.0, 0, 0, now
+                loss_dev.zero_()
+                n_acc, samples_since, t_log = 0, 0, now
+                log_pending = (time.perf_counter() - t_log0) * 1000.0
             bar.update(1)
             if fit_next is not None and step - run_start >= fit_next:
                 fit_next = _fit_schedule(cfg, accelerator, step, step_times, max_minutes * 60 - (time.monotonic() - t_start),
                                          2 * last_save_s + 2 * _slack(max_minutes), fit_next, main, log)
                 bar.total = cfg.max_steps
-            # stop conditions, agreed across processes
-            want = 0
+            # stop conditions: stop_at_step is the same everywhere; a signal or the time limit is
+            # local, so processes agree on it (one step late: no step waits for the device)
+            want, why = 0, None
             if stop.set:
-                want, reason = 1, f"signal {stop.signal}"
-            if stop_at_step is not None and step >= stop_at_step:
-                want, reason = 1, f"stop_at_step {stop_at_step}"
+                want, why = 1, f"signal {stop.signal}"
             if max_minutes and max_minutes > 0 and out_of_time(step_times, time.monotonic() - t_start, max_minutes, last_save_s):
-                want, reason = 1, f"max_minutes {max_minutes}"
-            if nproc > 1:
-                want = int(accelerator.reduce(torch.tensor(want, device=accelerator.device), "max").item())
-                if want and reason == "done":
-                    reason = "another process stopped"
-            if want:
+                want, why = 1, f"max_minutes {max_minutes}"
+            if why is not None and reason == "done":
+                reason = why
+            stopping = agree(want) > 0
+            if stopping and reason == "done":
+                reason = "another process stopped"
+            if stop_at_step is not None and step >= stop_at_step:
+                stopping, reason = True, f"stop_at_step {stop_at_step}"
+            # the step's wall time: everything since its start (logging and stop checks included)
+            h_cur["step"] = (time.perf_counter() - t0) * 1000.0
+            if stopping:
                 break
             if step % cfg.checkpoint.every == 0 and step < cfg.max_steps:
                 save("every")
         bar.close()
+        if host:  # steps since the last log row
+            flush_timing()
         save(reason)
+    timing = timing_summary(timings, cfg.batch_size)
+    if nproc > 1 and timing:
+        keys = sorted(k for k in timing if k.endswith("_ms"))
+        mx = accelerator.reduce(torch.tensor([timing[k] for k in keys], dtype=torch.float64, device=dev), "max").tolist()
+        timing.update(zip(keys, mx))
+        timing["samples_per_s_median"] = cfg.batch_size / max(timing["step_ms"] / 1000.0, 1e-9)
+    if main:
+        log(format_timing(timing, nproc))
     summary = {"step": step, "data_position": data_pos, "reason": reason, "checkpoint": str(last_ckpt),
-               "params": n_params, "loss_csv": str(csv_path)}
+               "params": n_params, "loss_csv": str(csv_path), "timing": timing}
     if main:
         total_b, largest = checkpoint_size(last_ckpt)
         summary.update(checkpoint_mb=total_b / 2**20, largest_file_mb=largest / 2**20)
