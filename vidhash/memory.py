@@ -381,36 +381,72 @@ class HashedMemory(nn.Module):
         self.bucket_writes += n_in
 
     def _write_merge(self, k, v, sig, bucket, frames) -> None:
-        s, c = self.config.slots, self.capacity
+        """Merge-policy write without a device sync per round.
+
+        Tokens of one bucket enter in token order, one per bucket per round (round r = rank r in
+        its bucket): a merge changes the entry the next token of that bucket compares against.
+        Each round works on dense ``(b·h, P)`` tensors over the buckets that still have a token
+        (buckets ordered by tokens received, so those of round r are a prefix of that order):
+        gathers, then ``scatter_`` back to the chosen entries — one bucket holds one chosen
+        entry, so scatters never collide, and a bucket without a token this round writes its
+        entry's own values back. The only host read is the number of active buckets per round
+        (one transfer per call)."""
+        cfg = self.config
+        s, u, d, n_bits = cfg.slots, cfg.num_buckets, k.shape[-1], cfg.n_bits
         b, h, t = bucket.shape
-        rank, _ = self._ranks(bucket)
-        bh = b * h
-        keys, vals = self.keys.view(bh, c, -1), self.values.view(bh, c, -1)
-        sigs, frs, cnts = self.signatures.view(bh, c, -1), self.frames.view(bh, c), self.counts.view(bh, c)
-        writes = self.bucket_writes.view(bh, -1)
-        kf, vf, sf = k.reshape(bh, t, -1), v.reshape(bh, t, -1), sig.reshape(bh, t, -1)
-        bf, rf = bucket.reshape(bh, t), rank.reshape(bh, t)
-        for r in range(int(rank.max()) + 1):  # one token per bucket per round: no conflicts
-            row, tok = torch.nonzero(rf == r, as_tuple=True)
-            bkt = bf[row, tok]
-            filled = writes[row, bkt]
-            entries = bkt.unsqueeze(-1) * s + torch.arange(s, device=k.device)  # (m, s)
-            sim = hamming_similarity(sf[row, tok].unsqueeze(-2), sigs[row.unsqueeze(-1), entries], self.config.n_bits).squeeze(-2)
-            best = (sim.to(torch.int64) * (s + 1) + (s - torch.arange(s, device=k.device))).argmax(-1)
-            slot = torch.where(filled < s, filled, best)
-            e = bkt * s + slot
-            acc = torch.float64 if keys.dtype == torch.float64 else torch.float32
-            old = cnts[row, e].to(acc).unsqueeze(-1)
-            new_k = (keys[row, e].to(acc) * old + kf[row, tok].to(acc)) / (old + 1)
-            new_v = (vals[row, e].to(acc) * old + vf[row, tok].to(acc)) / (old + 1)
-            keys[row, e] = new_k.to(keys.dtype)
-            vals[row, e] = new_v.to(vals.dtype)
-            sig_new = self.hasher(new_k.to(k.dtype).view(-1, 1, 1, k.shape[-1]).expand(-1, h, 1, -1), role="key")
-            head = row % h
-            sigs[row, e] = sig_new[torch.arange(row.numel(), device=k.device), head, 0]
-            frs[row, e] = torch.maximum(frs[row, e], frames[tok])
-            cnts[row, e] += 1
-            writes[row, bkt] += 1
+        if t == 0:
+            return
+        bh, c = b * h, self.capacity
+        dev = k.device
+        w = sig.shape[-1]
+        keys, vals = self.keys.view(bh, c, d), self.values.view(bh, c, d)
+        sigs, frs, cnts = self.signatures.view(bh, c, w), self.frames.view(bh, c), self.counts.view(bh, c)
+        slot_sigs = self.signatures.view(bh, u, s, w)
+        writes = self.bucket_writes.view(bh, u)
+        kf, vf, sf = k.reshape(bh, t, d), v.reshape(bh, t, d), sig.reshape(bh, t, w)
+        ff = frames.view(1, t).expand(bh, t)
+        bf = bucket.reshape(bh, t)
+        # tokens sorted by bucket (stable: token order within a bucket); where each bucket's run starts
+        order = torch.sort(bf, dim=-1, stable=True).indices
+        n_in = torch.zeros(bh, u, dtype=torch.int64, device=dev).scatter_add_(-1, bf, torch.ones_like(bf))
+        start = torch.cumsum(n_in, -1) - n_in
+        # buckets by tokens received, most first: the buckets with a token in round r are a prefix
+        n_desc, border = torch.sort(n_in, dim=-1, descending=True, stable=True)
+        start_desc = start.gather(-1, border)
+        # active[r] = most buckets (over rows) with more than r tokens; one host read for all rounds
+        hist = torch.zeros(bh, t + 1, dtype=torch.int64, device=dev).scatter_add_(-1, n_in, torch.ones_like(n_in))
+        at_least = hist.flip(-1).cumsum(-1).flip(-1)  # buckets with ≥ j tokens
+        active = at_least[:, 1:].amax(0).tolist()  # the one sync: (t,) ints
+        acc = torch.float64 if keys.dtype == torch.float64 else torch.float32
+        prefer_low = s - torch.arange(s, device=dev)  # ties to the lower slot
+        for r, p in enumerate(active):
+            if p == 0:
+                break
+            bsel = border[:, :p]  # (bh, p) buckets of this round
+            valid = n_desc[:, :p] > r  # bucket has a token in this round (rows with fewer buckets: False)
+            tok = order.gather(-1, (start_desc[:, :p] + r).clamp_(max=t - 1))
+            tok_d = tok.unsqueeze(-1).expand(-1, -1, d)
+            filled = writes.gather(-1, bsel)
+            here = slot_sigs.gather(1, bsel.view(bh, p, 1, 1).expand(-1, -1, s, w))  # (bh, p, s, w)
+            tok_sig = sf.gather(1, tok.unsqueeze(-1).expand(-1, -1, w))
+            sim = hamming_similarity(tok_sig.unsqueeze(-2), here, n_bits).squeeze(-2)  # (bh, p, s)
+            best = (sim.to(torch.int64) * (s + 1) + prefer_low).argmax(-1)
+            e = bsel * s + torch.where(filled < s, filled, best)  # (bh, p) entry per bucket
+            e_d = e.unsqueeze(-1).expand(-1, -1, d)
+            e_w = e.unsqueeze(-1).expand(-1, -1, w)
+            old_k, old_v = keys.gather(1, e_d), vals.gather(1, e_d)
+            old_s, old_f, old_c = sigs.gather(1, e_w), frs.gather(1, e), cnts.gather(1, e)
+            old = old_c.to(acc).unsqueeze(-1)
+            new_k = (old_k.to(acc) * old + kf.gather(1, tok_d).to(acc)) / (old + 1)
+            new_v = (old_v.to(acc) * old + vf.gather(1, tok_d).to(acc)) / (old + 1)
+            sig_new = self.hasher(new_k.to(k.dtype).view(b, h, p, d), role="key").view(bh, p, w)
+            vd = valid.unsqueeze(-1)
+            keys.scatter_(1, e_d, torch.where(vd, new_k.to(keys.dtype), old_k))
+            vals.scatter_(1, e_d, torch.where(vd, new_v.to(vals.dtype), old_v))
+            sigs.scatter_(1, e_w, torch.where(vd, sig_new, old_s))
+            frs.scatter_(1, e, torch.where(valid, torch.maximum(old_f, ff.gather(1, tok)), old_f))
+            cnts.scatter_(1, e, old_c + valid.to(old_c.dtype))
+            writes.scatter_add_(1, bsel, valid.to(writes.dtype))
 
     # ------------------------------------------------------------------ read
     def attend(self, q: torch.Tensor, top_k: int, *, scale: float | None = None, return_indices: bool = False,
