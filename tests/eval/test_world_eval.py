@@ -147,3 +147,29 @@ def test_learned_signatures_get_a_random_sig_twin(tiny_options):
     assert twin.transformer.patch_embed.weight is pipe.transformer.patch_embed.weight
     state = twin.init_state(16, 16, 8, ew._memory(ew._resolve(tiny_options(), pipe, "tiny"), "random-sig", 32))
     assert type(state.memories[0].hasher).__name__ == "SimHash" and state.memories[0].config.n_bits == 32
+
+
+def test_from_json_merges_runs_of_one_model(tiny_result, tmp_path, capsys):
+    """Runs cut by a time limit, or one per horizon, merge into one table: rows united, summary
+    and targets recomputed; other settings, or the same run twice, are refused."""
+    result, _ = tiny_result
+    by_mode = {m: [r for r in result["rows"] if r["mode"] == m] for m in ("hashed", "window")}
+    a = dict(result, rows=by_mode["hashed"], modes=["hashed"], complete=False)
+    b = dict(result, rows=by_mode["window"], modes=["window"])
+    pa, pb = tmp_path / "a.json", tmp_path / "b.json"
+    pa.write_text(json.dumps(a))
+    pb.write_text(json.dumps(b))
+    merged = ew.merge_results([a, b])
+    assert merged["modes"] == ["hashed", "window"] and not merged["complete"]
+    assert len(merged["rows"]) == len(by_mode["hashed"]) + len(by_mode["window"])
+    h = f"{result['horizons_s'][0]:g}"
+    assert merged["summary"]["hashed"][h]["self_psnr"] == result["summary"]["hashed"][h]["self_psnr"]
+    assert merged["summary"]["hashed"][h]["self_psnr_vs_window"] == pytest.approx(
+        result["summary"]["hashed"][h]["self_psnr"] - result["summary"]["window"][h]["self_psnr"])
+    out = tmp_path / "m.json"
+    assert cli_main(["eval", "world", "--from-json", str(pa), str(pb), "--json", str(out)]) == 0
+    assert json.loads(out.read_text())["merged_from"] == 2 and "window" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="in two results"):
+        ew.merge_results([a, a])
+    with pytest.raises(ValueError, match="differ in dtype"):
+        ew.merge_results([a, dict(b, dtype="bfloat16")])

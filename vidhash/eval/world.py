@@ -132,7 +132,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="model dtype (bfloat16: CUDA only)")
     p.add_argument("--json", default=None, help="write the results here")
     p.add_argument("--plot", default=None, help="write a PNG of metric against horizon here")
-    p.add_argument("--from-json", default=None, metavar="JSON", help="no run: print the table (and --plot) of a saved result")
+    p.add_argument("--from-json", default=None, nargs="+", metavar="JSON",
+                   help="no run: print the table (and --plot) of a saved result; several results of the same model "
+                        "and settings (e.g. runs cut by a time limit, or one per horizon) are merged")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -146,14 +148,9 @@ def options_from_args(args: argparse.Namespace) -> WorldEvalOptions:
 
 def run(args: argparse.Namespace) -> int:
     if args.from_json:
-        try:
-            result = json.loads(Path(args.from_json).read_text())
-        except FileNotFoundError:
-            raise ValueError(f"--from-json {args.from_json}: no such file") from None
-        except json.JSONDecodeError as err:
-            raise ValueError(f"--from-json {args.from_json}: not JSON ({err})") from None
-        if result.get("schema") != SCHEMA:
-            raise ValueError(f"--from-json {args.from_json}: not a {SCHEMA} file")
+        result = merge_results([_load_result(path) for path in args.from_json])
+        if args.json:
+            _write_atomic(args.json, lambda tmp: Path(tmp).write_text(json.dumps(result, indent=1)))
         print(format_table(result))
         if args.plot:
             _check_plot(args.plot)
@@ -164,6 +161,62 @@ def run(args: argparse.Namespace) -> int:
     result = evaluate(options_from_args(args))
     print(format_table(result))
     return 0
+
+
+def _load_result(path: str) -> dict:
+    try:
+        result = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise ValueError(f"--from-json {path}: no such file") from None
+    except json.JSONDecodeError as err:
+        raise ValueError(f"--from-json {path}: not JSON ({err})") from None
+    if result.get("schema") != SCHEMA:
+        raise ValueError(f"--from-json {path}: not a {SCHEMA} file")
+    return result
+
+
+MERGE_SAME = ("model", "learned_signatures", "dtype", "fps", "generation", "trajectory")
+
+
+def merge_results(results: list[dict]) -> dict:
+    """One result from several saved runs of the same model and settings (``MERGE_SAME`` equal):
+    rows concatenated (a (seed, horizon, mode, setting) measured twice is an error), seeds,
+    horizons and modes united, summary and targets recomputed; ``complete`` only if all were."""
+    if len(results) == 1:
+        return results[0]
+    first = results[0]
+    for r in results[1:]:
+        diff = [k for k in MERGE_SAME if r.get(k) != first.get(k)]
+        if diff:
+            raise ValueError(f"--from-json: the results differ in {', '.join(diff)}; only runs of one model and "
+                             f"settings merge")
+    rows, seen = [], set()
+    for r in results:
+        for row in r["rows"]:
+            key = (row["seed"], row["horizon_s"], row["mode"], row["setting"])
+            if key in seen:
+                raise ValueError(f"--from-json: seed {key[0]}, {key[1]:g} s, {key[2]} ({key[3]}) is in two results")
+            seen.add(key)
+            rows.append(row)
+
+    def union(key):
+        out = []
+        for r in results:
+            out += [x for x in r[key] if x not in out]
+        return out
+
+    merged = dict(first)
+    merged.update(rows=rows, seeds=union("seeds"), horizons_s=sorted(union("horizons_s")),
+                  modes=[m for m in MODES if m in union("modes")], complete=all(r.get("complete") for r in results),
+                  merged_from=len(results))
+    merged["full_max_seconds"] = max(r.get("full_max_seconds", 0) for r in results)
+    merged["summary"] = summarize(rows, merged["modes"], merged["horizons_s"])
+    merged["targets"] = targets(merged["summary"])
+    if all("timing" in r for r in results):
+        frames = sum(r["timing"].get("frames", 0) for r in results)
+        seconds = round(sum(r["timing"].get("seconds", 0) for r in results), 3)
+        merged["timing"] = {"frames": frames, "seconds": seconds, "frames_per_s": frames / seconds if seconds else 0.0}
+    return merged
 
 
 def main(argv: list[str] | None = None) -> int:
