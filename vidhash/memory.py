@@ -287,19 +287,25 @@ class HashedMemory(nn.Module):
             raise ValueError(f"{name} is on {x.device}, the memory on {self.keys.device}")
 
     def _backend(self, backend: str, op: str, *tensors: torch.Tensor) -> str:
-        """``auto`` → ``triton`` for CUDA tensors when the kernels import and cover the case
-        (FIFO writes; float32/bfloat16/float16), else ``reference``; a forced ``triton`` that the
-        kernels do not cover is an error."""
+        """``auto`` → ``triton`` for CUDA tensors when the kernels import and cover the case,
+        else ``reference``; a forced ``triton`` that the kernels do not cover is an error.
+        Covered: FIFO writes (SimHash or float32 LearnedHash), merge writes with a SimHash hasher
+        (the kernel recomputes a merged key's signature; a LearnedHash's MLP stays in PyTorch),
+        reads; float32/bfloat16/float16, and float64 for merge writes."""
         which = resolve_backend(backend, *tensors, self.keys)
         if which != "triton":
             return which
         why = None
-        if op == "write" and self.config.policy != "fifo":
-            why = f"policy {self.config.policy!r} has no Triton write kernel (only 'fifo')"
-        elif op == "write" and not self._kernel_hasher():
+        merge_write = op == "write" and self.config.policy == "merge"
+        dtypes = (torch.float32, torch.bfloat16, torch.float16) + ((torch.float64,) if merge_write else ())
+        if op == "write" and not self._kernel_hasher():
             why = f"the signature kernel covers SimHash and float32 LearnedHash, not {type(self.hasher).__name__}"
-        elif any(t.dtype not in (torch.float32, torch.bfloat16, torch.float16) for t in (*tensors, self.keys)):
-            why = "the memory kernels support float32, bfloat16 and float16"
+        elif merge_write and not isinstance(self.hasher, SimHash):
+            why = (f"the merge write kernel recomputes merged keys' signatures for SimHash only, not "
+                   f"{type(self.hasher).__name__} (policy 'merge' with a learned hasher writes on the reference path)")
+        elif any(t.dtype not in dtypes for t in (*tensors, self.keys)):
+            why = ("the merge write kernel supports float32, bfloat16, float16 and float64" if merge_write
+                   else "the memory kernels support float32, bfloat16 and float16")
         if why is None:
             return "triton"
         if backend == "auto":
@@ -317,8 +323,8 @@ class HashedMemory(nn.Module):
         """Store keys ``k`` and values ``v`` ``(b, h, t, d)`` that came from ``frame_idx``
         (an int for all tokens, or a LongTensor ``(t,)``).
 
-        ``backend``: ``"auto"`` (Triton for CUDA tensors with policy ``"fifo"``, else the
-        reference), ``"reference"`` or ``"triton"``."""
+        ``backend``: ``"auto"`` (Triton for CUDA tensors — policy ``"fifo"``, or ``"merge"`` with a
+        SimHash hasher —, else the reference), ``"reference"`` or ``"triton"``."""
         self._check(k, "k")
         self._check(v, "v")
         if k.shape != v.shape:
@@ -333,7 +339,12 @@ class HashedMemory(nn.Module):
         else:
             raise ValueError(f"frame_idx must be an int or an integer tensor of shape ({t},), got {frame_idx!r}")
         if self._backend(backend, "write", k, v) == "triton":
-            _triton_ops().memory_write_fifo(self, k, v, frames)
+            if self.config.policy == "fifo":
+                _triton_ops().memory_write_fifo(self, k, v, frames)
+            else:
+                from vidhash.kernels.memory.ops import memory_write_merge
+
+                memory_write_merge(self, k, v, frames)
             return
         sig = self.hasher(k, role="key")  # (b, h, t, w)
         bucket = self.route(sig)  # (b, h, t)

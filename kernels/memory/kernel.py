@@ -1,4 +1,4 @@
-"""Triton kernels of :class:`vidhash.memory.HashedMemory`: FIFO write, top-k read.
+"""Triton kernels of :class:`vidhash.memory.HashedMemory`: FIFO and merge writes, top-k read.
 
 Letters: r = b·h rows of the memory, t tokens written, n queries, c = u·s entries (u buckets,
 s slots), d head_dim, w signature words (wp: w rounded up to a power of two), k top_k.
@@ -13,6 +13,10 @@ bucket:
 * :func:`fifo_scatter_kernel` — key, value, signature, frame and count of kept tokens into
   their entries; the last token of each bucket advances ``bucket_writes`` (one writer per
   bucket, after every slot was read in the previous launch: no race).
+
+**Write** (policy ``"merge"``): :func:`merge_write_kernel`, one program per (bucket, row)
+that walks the bucket's tokens of this write in token order with the bucket held in registers
+(see its docstring and NOTES.md).
 
 **Read**, per query, exactly ``HashedMemory.attend``: Hamming similarity to all ``c`` entries,
 the ``k`` best (ties to the lower entry), exact softmax over them with ``log(count)``.
@@ -116,6 +120,161 @@ def fifo_scatter_kernel(
     bi = tl.load(bucket_ptr + row * T + offs_t, mask=last, other=0)
     old = tl.load(writes_ptr + row * U + bi, mask=last, other=0)
     tl.store(writes_ptr + row * U + bi, old + total, mask=last)
+
+
+# --------------------------------------------------------------------------------------------
+# write, policy "merge"
+# --------------------------------------------------------------------------------------------
+@triton.jit
+def _round_bf16(x):
+    """fp32 ``x`` rounded to bfloat16 (to nearest even, as torch and ``cvt.rn.bf16.f32`` do;
+    NaN aside) and back to fp32, with integer ops: the interpreter's fp32→bf16 cast truncates."""
+    u = x.to(tl.uint32, bitcast=True)
+    u = (u + (0x7FFF + ((u >> 16) & 1))) & 0xFFFF0000
+    return u.to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def merge_write_kernel(
+    k_ptr, v_ptr, sig_ptr, bucket_ptr, frames_ptr, planes_ptr,
+    mk_ptr, mv_ptr, msig_ptr, mframes_ptr, mcounts_ptr, writes_ptr,
+    H, T, U, S, D, n_bits, plane_head_stride,
+    stride_kb, stride_kh, stride_kt, stride_kd,
+    stride_vb, stride_vh, stride_vt, stride_vd,
+    NW: tl.constexpr, NWP: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_T: tl.constexpr,
+    ACC_F64: tl.constexpr,
+):
+    """One program per (bucket, row): ``HashedMemory._write_merge`` for that bucket.
+
+    The bucket's ``s`` entries (key and value in the accumulation dtype, holding values already
+    rounded to the memory's dtype; signature, count, frame), its write counter and the head's
+    SimHash planes live in registers. The program walks this write's tokens of the bucket in
+    token order (found by scanning the row's bucket ids: no sort) and applies each as the
+    reference does: slot = ``bucket_writes`` while the bucket has free slots, else the slot of
+    highest Hamming similarity (ties to the lower slot); key and value become
+    ``(old·cnt + x) / (cnt + 1)`` (one rounding per operation in that order: launched without
+    FMA contraction, ``div_rn``); the signature is SimHash of the merged key cast to the keys'
+    dtype (bit ``m`` = projection on plane ``m`` > 0, packed as the signature kernel packs it);
+    frame = max, count and write counter + 1. The bucket is stored back once, if a token came.
+
+    Helpers are inlined on purpose: under the interpreter every ``@triton.jit`` call per token
+    costs more than the token's arithmetic."""
+    u = tl.program_id(0)
+    pid_r = tl.program_id(1)
+    b = pid_r // H
+    h = pid_r % H
+    row = pid_r.to(tl.int64)
+    KEY_TY: tl.constexpr = k_ptr.dtype.element_ty
+    MEM_TY: tl.constexpr = mk_ptr.dtype.element_ty
+    if ACC_F64:
+        acc_ty = tl.float64
+    else:
+        acc_ty = tl.float32
+    offs_s = tl.arange(0, BLOCK_S)
+    s_ok = offs_s < S
+    offs_d = tl.arange(0, BLOCK_D)
+    d_ok = offs_d < D
+    wi = tl.arange(0, NWP)
+    w_ok = wi < NW
+    ent = row * U * S + u.to(tl.int64) * S + offs_s  # (BLOCK_S,) entries of this bucket
+    m_sd = s_ok[:, None] & d_ok[None, :]
+    m_sw = s_ok[:, None] & w_ok[None, :]
+    keys = tl.load(mk_ptr + ent[:, None] * D + offs_d[None, :], mask=m_sd, other=0.0).to(acc_ty)
+    vals = tl.load(mv_ptr + ent[:, None] * D + offs_d[None, :], mask=m_sd, other=0.0).to(acc_ty)
+    cnts = tl.load(mcounts_ptr + ent, mask=s_ok, other=0).to(tl.int64)  # int64 in the loop: the interpreter
+    # checks every int32 add/sub/mul for overflow (costly per token), int64 not
+    frs = tl.load(mframes_ptr + ent, mask=s_ok, other=-1)
+    bw0 = tl.load(writes_ptr + row * U + u)
+    bw = bw0
+    # the head's planes (D, n_bits) as (BLOCK_D, NWP·32), 0 outside
+    offs_m = tl.arange(0, NWP * 32)
+    m_ok = offs_m < n_bits
+    planes = tl.load(planes_ptr + h * plane_head_stride + offs_d[:, None] * n_bits + offs_m[None, :],
+                     mask=d_ok[:, None] & m_ok[None, :], other=0.0)
+    shift = offs_m % 32
+    word_of = offs_m // 32
+    mw_ok = word_of < NW
+    # signatures held as 0/1 bits (BLOCK_S, NWP·32): Hamming distance = count of unequal bits (no
+    # popcount), and a merged key's bits go in as computed; packed into words once, at the end
+    sbits = (tl.load(msig_ptr + ent[:, None] * NW + word_of[None, :], mask=s_ok[:, None] & mw_ok[None, :], other=0)
+             >> shift[None, :]) & 1
+    s_1 = S.to(tl.int64) + 1
+    tie = S - offs_s.to(tl.int64)  # ties to the lower slot
+    offs_s64 = offs_s.to(tl.int64)
+    bits_total = n_bits.to(tl.int64)
+    k_row = k_ptr + b.to(tl.int64) * stride_kb + h.to(tl.int64) * stride_kh + offs_d * stride_kd
+    v_row = v_ptr + b.to(tl.int64) * stride_vb + h.to(tl.int64) * stride_vh + offs_d * stride_vd
+    tsig_row = sig_ptr + row * T * NW + word_of
+
+    for t0 in range(0, T, BLOCK_T):
+        offs_t = t0 + tl.arange(0, BLOCK_T)
+        mine = tl.load(bucket_ptr + row * T + offs_t, mask=offs_t < T, other=-1) == u
+        n = tl.sum(mine.to(tl.int32), 0)
+        prev = t0 - 1
+        for _i in range(0, n):  # this tile's tokens of the bucket, in token order
+            tok = tl.min(tl.where(mine & (offs_t > prev), offs_t, T), 0)
+            prev = tok
+            tok64 = tok.to(tl.int64)
+            # loads that do not depend on the bucket's state first (their latency overlaps the choice)
+            tbits = (tl.load(tsig_row + tok64 * NW, mask=mw_ok, other=0) >> shift) & 1  # (NWP·32,)
+            x = tl.load(k_row + tok64 * stride_kt, mask=d_ok, other=0.0).to(acc_ty)
+            y = tl.load(v_row + tok64 * stride_vt, mask=d_ok, other=0.0).to(acc_ty)
+            fr = tl.load(frames_ptr + tok64)
+            # slot: the next free one, else the most similar (ties to the lower slot)
+            ham = tl.sum((sbits != tbits[None, :]).to(tl.int64), 1)  # (BLOCK_S,)
+            score = tl.where(s_ok, (bits_total - ham) * s_1 + tie, -1)  # similarity, then the lower slot
+            best = S - tl.max(score, 0) % s_1
+            slot = tl.where(bw < S, bw, best)
+            sel = offs_s64 == slot
+            # running mean, exactly the reference's operations and rounding, computed for every slot
+            # of the bucket and kept for the chosen one (elementwise: no reduction per token)
+            c_old = cnts.to(acc_ty)[:, None]  # (BLOCK_S, 1)
+            if ACC_F64:
+                new_k = (keys * c_old + x[None, :]) / (c_old + 1.0)
+                new_v = (vals * c_old + y[None, :]) / (c_old + 1.0)
+                st_k = new_k.to(MEM_TY).to(acc_ty)
+                st_v = new_v.to(MEM_TY).to(acc_ty)
+                kx = new_k.to(tl.float32)  # float64 → float32 → the keys' dtype, below
+            else:
+                den = tl.broadcast_to(c_old + 1.0, (BLOCK_S, BLOCK_D))
+                new_k = tl.div_rn(keys * c_old + x[None, :], den)
+                new_v = tl.div_rn(vals * c_old + y[None, :], den)
+                if MEM_TY == tl.bfloat16:
+                    st_k = _round_bf16(new_k)
+                    st_v = _round_bf16(new_v)
+                elif MEM_TY == tl.float32:
+                    st_k = new_k
+                    st_v = new_v
+                else:
+                    st_k = new_k.to(MEM_TY).to(tl.float32)
+                    st_v = new_v.to(MEM_TY).to(tl.float32)
+                kx = new_k
+            keys = tl.where(sel[:, None], st_k, keys)
+            vals = tl.where(sel[:, None], st_v, vals)
+            # signature of the merged key as the hasher sees it (cast to the keys' dtype, then fp32),
+            # projected as the signature kernel projects: tl.dot in full fp32 (every slot's row; one is kept)
+            if KEY_TY == tl.bfloat16:
+                kx = _round_bf16(kx)
+            elif KEY_TY != tl.float32:
+                kx = kx.to(KEY_TY).to(tl.float32)
+            z = tl.dot(kx, planes, input_precision="ieee")  # (BLOCK_S, NWP·32)
+            kbits = ((z > 0) & m_ok[None, :]).to(tl.int32)
+            sbits = tl.where(sel[:, None], kbits, sbits)
+            frs = tl.where(sel, tl.maximum(frs, fr), frs)
+            cnts = tl.where(sel, cnts + 1, cnts)
+            bw += 1
+
+    touched = bw != bw0
+    tl.store(mk_ptr + ent[:, None] * D + offs_d[None, :], keys.to(MEM_TY), mask=m_sd & touched)
+    tl.store(mv_ptr + ent[:, None] * D + offs_d[None, :], vals.to(MEM_TY), mask=m_sd & touched)
+    # pack as the signature kernel does (bit m of word m // 32 at position m % 32); it ORs a
+    # word's bits, which are disjoint: their (wrapping) int32 sum is the same word, and a sum is
+    # far cheaper than tl.reduce under the interpreter
+    sigs = tl.sum(tl.reshape(sbits << shift[None, :], (BLOCK_S, NWP, 32)), 2)
+    tl.store(msig_ptr + ent[:, None] * NW + wi[None, :], sigs, mask=m_sw & touched)
+    tl.store(mcounts_ptr + ent, cnts.to(tl.int32), mask=s_ok & touched)
+    tl.store(mframes_ptr + ent, frs, mask=s_ok & touched)
+    tl.store(writes_ptr + row * U + u, bw, mask=touched)
 
 
 # --------------------------------------------------------------------------------------------

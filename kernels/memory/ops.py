@@ -4,8 +4,11 @@ Letters: b batch, h heads, r = b·h memory rows, t tokens written, n queries, u 
 s slots, c = u·s entries, d head_dim, w signature words, k top_k.
 
 * :func:`memory_write_fifo` — :meth:`HashedMemory.write` for ``policy="fifo"`` (three launches:
-  signature + bucket, rank + slot, scatter + write counters). ``policy="merge"`` has no kernel:
-  it stays on the reference path.
+  signature + bucket, rank + slot, scatter + write counters).
+* :func:`memory_write_merge` — :meth:`HashedMemory.write` for ``policy="merge"`` with a SimHash
+  hasher (two launches: signature + bucket, then one program per (bucket, row) applying its
+  tokens in order; no host sync). A LearnedHash hasher stays on the reference path (the kernel
+  cannot recompute a merged key's MLP signature).
 * :func:`memory_select` — per query, the ``k`` entries :meth:`HashedMemory.attend` keeps,
   int32 ``(b, h, n, k)`` in entry order, ``-1`` where fewer than ``k`` entries exist.
 * :func:`memory_attend` — :meth:`HashedMemory.attend`: ``(out, lse)`` with gradients to ``q``
@@ -22,7 +25,7 @@ import math
 import torch
 import triton
 
-from vidhash.hashing import popcount
+from vidhash.hashing import SimHash, popcount
 from vidhash.kernels.signature.ops import check_device, interpreting, signatures_and_buckets, signatures_triton
 
 from .kernel import (
@@ -32,10 +35,12 @@ from .kernel import (
     candidates_kernel_tuned,
     fifo_rank_kernel,
     fifo_scatter_kernel,
+    merge_write_kernel,
     select_kernel,
 )
 
 SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+MERGE_DTYPES = SUPPORTED_DTYPES + (torch.float64,)  # the merge write accumulates in float64 for float64 memories
 PROBE_MAX_K = 256  # larger top_k: no probe, every query scans all entries in the select kernel
 GROUP = 16  # entries per candidate group on the GPU (a chunk of BC entries holds BC // GROUP)
 
@@ -92,6 +97,63 @@ def memory_write_fifo(memory, k: torch.Tensor, v: torch.Tensor, frames: torch.Te
         h, t, cfg.num_buckets, cfg.slots, d,
         *k.stride(), *v.stride(),
         NW=sig.shape[-1], BLOCK_T=bt, BLOCK_D=max(16, triton.next_power_of_2(d)), num_warps=4,
+    )
+
+
+@torch.no_grad()
+def memory_write_merge(memory, k: torch.Tensor, v: torch.Tensor, frames: torch.Tensor) -> None:
+    """Store ``k, v (b, h, t, d)`` from ``frames`` (int64 ``(t,)``) as ``HashedMemory._write_merge``
+    does: a bucket fills in order, then each token merges into its most similar entry (running
+    mean of key and value in float32 — float64 for float64 memories —, signature of the merged
+    key, newest frame, count + 1); tokens of one bucket in token order.
+
+    Two launches, no host sync: the signature kernel (each token's signature and bucket), then
+    :func:`~vidhash.kernels.memory.kernel.merge_write_kernel`, one program per (bucket, b·h
+    row). Keys, values, counts, frames and write counters equal the reference's bit for bit
+    (same operations in the same order, no FMA contraction, IEEE division); signatures too,
+    except where a projection (of a token or of a merged key) is within float rounding of 0 —
+    the kernel sums ``d`` products in another order than torch's matmul — and such a bit can
+    then change later slot choices of that bucket. SimHash only: a LearnedHash's merged-key
+    signature needs its MLP (ValueError; ``HashedMemory.write(backend="auto")`` uses the
+    reference then)."""
+    cfg = memory.config
+    if cfg.policy != "merge":
+        raise ValueError(f"memory_write_merge needs policy='merge', this memory has {cfg.policy!r}")
+    hasher = memory.hasher
+    if not isinstance(hasher, SimHash):
+        raise ValueError(
+            f"memory_write_merge recomputes merged keys' signatures in the kernel for SimHash only, the memory's hasher "
+            f"is {type(hasher).__name__} (use backend='reference' or 'auto')"
+        )
+    check_device(k, v)
+    for t_ in (memory.keys, k, v):
+        if t_.dtype not in MERGE_DTYPES:
+            raise ValueError(f"the merge write kernel supports {MERGE_DTYPES}, got {t_.dtype} (use backend='reference')")
+    b, h, t, d = k.shape
+    if tuple(v.shape) != tuple(k.shape) or (b, h, d) != (cfg.batch_size, cfg.heads, cfg.head_dim):
+        raise ValueError(f"k and v must be (batch={cfg.batch_size}, heads={cfg.heads}, t, head_dim={cfg.head_dim}), "
+                         f"got {tuple(k.shape)} and {tuple(v.shape)}")
+    if t == 0:
+        return
+    keys, values, sigs, mframes, counts, writes = _rows(memory)
+    sig, bucket = signatures_and_buckets(k, hasher, memory._route_bits, cfg.num_buckets, cfg.seed)
+    planes = hasher.planes.to(device=k.device, dtype=torch.float32).contiguous()
+    per_head = hasher.heads is not None and hasher.heads > 1
+    if per_head and planes.shape[0] != h:
+        raise ValueError(f"the hasher has {planes.shape[0]} heads, the input {h}")
+    frames = frames.to(device=k.device, dtype=torch.int64).contiguous()
+    nw = sig.shape[-1]
+    block_d = max(16, triton.next_power_of_2(d))
+    block_t = min(32 if interpreting() else 256, max(16, triton.next_power_of_2(t)))
+    merge_write_kernel[(cfg.num_buckets, b * h)](
+        k, v, sig, bucket, frames, planes,
+        keys, values, sigs, mframes, counts, writes,
+        h, t, cfg.num_buckets, cfg.slots, d, cfg.n_bits, planes.stride(0) if per_head else 0,
+        *k.stride(), *v.stride(),
+        NW=nw, NWP=triton.next_power_of_2(nw), BLOCK_S=max(16, triton.next_power_of_2(cfg.slots)), BLOCK_D=block_d,
+        BLOCK_T=block_t, ACC_F64=memory.keys.dtype == torch.float64,
+        num_warps=2 if block_d * max(16, triton.next_power_of_2(cfg.slots)) <= 1024 else 4,
+        enable_fp_fusion=False,  # (old·cnt + x) rounds the product, then the sum, as torch does
     )
 
 
