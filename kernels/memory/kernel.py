@@ -198,10 +198,11 @@ def merge_write_kernel(
     # popcount), and a merged key's bits go in as computed; packed into words once, at the end
     sbits = (tl.load(msig_ptr + ent[:, None] * NW + word_of[None, :], mask=s_ok[:, None] & mw_ok[None, :], other=0)
              >> shift[None, :]) & 1
-    s_1 = S.to(tl.int64) + 1
+    zero64 = tl.full((), 0, tl.int64)  # (S or n_bits may arrive as constexpr 1: no .to on them)
+    s_1 = zero64 + S + 1
     tie = S - offs_s.to(tl.int64)  # ties to the lower slot
     offs_s64 = offs_s.to(tl.int64)
-    bits_total = n_bits.to(tl.int64)
+    bits_total = zero64 + n_bits
     k_row = k_ptr + b.to(tl.int64) * stride_kb + h.to(tl.int64) * stride_kh + offs_d * stride_kd
     v_row = v_ptr + b.to(tl.int64) * stride_vb + h.to(tl.int64) * stride_vh + offs_d * stride_vd
     tsig_row = sig_ptr + row * T * NW + word_of

@@ -145,14 +145,17 @@ def memory_write_merge(memory, k: torch.Tensor, v: torch.Tensor, frames: torch.T
     nw = sig.shape[-1]
     block_d = max(16, triton.next_power_of_2(d))
     block_t = min(32 if interpreting() else 256, max(16, triton.next_power_of_2(t)))
+    block_s = max(16, triton.next_power_of_2(cfg.slots))  # ≥ 16: the merged keys' projection is a tl.dot
     merge_write_kernel[(cfg.num_buckets, b * h)](
         k, v, sig, bucket, frames, planes,
         keys, values, sigs, mframes, counts, writes,
         h, t, cfg.num_buckets, cfg.slots, d, cfg.n_bits, planes.stride(0) if per_head else 0,
         *k.stride(), *v.stride(),
-        NW=nw, NWP=triton.next_power_of_2(nw), BLOCK_S=max(16, triton.next_power_of_2(cfg.slots)), BLOCK_D=block_d,
+        NW=nw, NWP=triton.next_power_of_2(nw), BLOCK_S=block_s, BLOCK_D=block_d,
         BLOCK_T=block_t, ACC_F64=memory.keys.dtype == torch.float64,
-        num_warps=2 if block_d * max(16, triton.next_power_of_2(cfg.slots)) <= 1024 else 4,
+        # (s × d) key and value tiles, their merged copies and the planes live in registers: ptxas for
+        # sm_90 at s=16, d=64: 4 warps 202 registers (fp32: 255 + 208 B spilled), 8 warps 111-116, no spills
+        num_warps=8 if block_s * block_d >= 1024 else 4,
         enable_fp_fusion=False,  # (old·cnt + x) rounds the product, then the sum, as torch does
     )
 

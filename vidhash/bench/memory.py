@@ -13,6 +13,9 @@ Default shape (issue 4's target): 2,048 queries against a full memory of 65,536 
 * ``read reference`` — the same call on the PyTorch reference path.
 * ``dense SDPA`` — ``scaled_dot_product_attention`` over all 65,536 entries (no selection).
 * ``write triton`` / ``write reference`` — ``HashedMemory.write`` of one frame.
+* ``write merge triton`` / ``write merge reference`` — the same write into a separate
+  ``policy="merge"`` memory of the same shape, filled the same way (merge kernel vs
+  ``HashedMemory._write_merge``; each timed call merges into the memory again).
 
 Recall: the share of the exact attention mass over all entries (softmax of
 ``q·k·scale + log(count)``) that the selected top-k hold, averaged over ``--recall-queries``
@@ -182,6 +185,20 @@ def run(args) -> int:
     if not args.no_reference:
         rms = add("write reference (1 frame)", "-", lambda: mem.write(k1, v1, frames, backend="reference"), rep=max(10, args.rep_ms // 4))
         write_row["vs_reference"] = rms / wms
+
+    # the merge policy: a separate memory of the same shape, filled as the FIFO one was
+    mm = HashedMemory(args.buckets, args.slots, h, d, n_bits=args.bits, dtype=dt, device=dev, seed=args.seed, policy="merge")
+    gm = torch.Generator(device=dev).manual_seed(args.seed + 1)
+    for f in range(frames):
+        km = _clustered(centres, t, 0.6, gm).to(dt)
+        mm.write(km, torch.randn(km.shape, generator=gm, device=dev).to(dt), f, backend="triton")
+    mms = add("write merge triton", "-", lambda: mm.write(k1, v1, frames, backend="triton"))
+    merge_row = rows[-1]
+    merge_row["merged_entries"] = float((mm.counts > 1).float().mean())
+    if not args.no_reference:
+        mrs = add("write merge reference", "-", lambda: mm.write(k1, v1, frames, backend="reference"),
+                  rep=max(10, args.rep_ms // 4))
+        merge_row["vs_reference"] = mrs / mms
 
     print_table(rows)
     if args.json:
