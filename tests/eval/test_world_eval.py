@@ -16,6 +16,7 @@ TOP_KEYS = {"schema", "complete", "created", "model", "learned_signatures", "lea
 ROW_KEYS = {"seed", "horizon_s", "mode", "setting", "status", "note", "same_as", "gap_frames", "frames",
             "context_frames", "seconds", *ew.METRIC_KEYS}
 CELL_KEYS = {"return_psnr", "return_ssim", "away_psnr", "away_ssim", "self_psnr", "self_ssim", "self_return_psnr",
+             "away_realism", "away_real_share", "self_away_realism", "self_away_real_share",
              "n_seeds", "note", "self_psnr_vs_window"}
 
 
@@ -55,6 +56,24 @@ def test_every_mode_runs_both_settings(tiny_result):
             assert r["seconds"] > 0
     assert result["summary"]["window"]["1"]["self_psnr_vs_window"] == 0.0
     assert result["summary"]["hashed"]["1"]["n_seeds"] == 1
+
+
+def test_away_realism_in_rows_summary_and_table(tiny_result):
+    """Both settings get the no-reference realism of the away frames; summary means; a table column;
+    results saved before the metric (no such keys) still summarise and print."""
+    result, _ = tiny_result
+    for r in result["rows"]:
+        assert r["away_realism"] > 0 and 0.0 <= r["away_real_share"] <= 1.0
+    cell = result["summary"]["hashed"]["1"]
+    given = [r for r in result["rows"] if r["mode"] == "hashed" and r["setting"] == "given"]
+    own = [r for r in result["rows"] if r["mode"] == "hashed" and r["setting"] == "self"]
+    assert cell["away_realism"] == pytest.approx(np.mean([r["away_realism"] for r in given]))
+    assert cell["self_away_real_share"] == pytest.approx(np.mean([r["away_real_share"] for r in own]))
+    table = ew.format_table(result)
+    assert "away realism" in table and f"{cell['away_realism']:.3f} (" in table
+    old_rows = [{k: v for k, v in r.items() if k not in ew.REALISM_KEYS} for r in result["rows"]]
+    old = dict(result, rows=old_rows, summary=ew.summarize(old_rows, result["modes"], result["horizons_s"]))
+    assert old["summary"]["hashed"]["1"]["away_realism"] is None and "away realism" in ew.format_table(old)
 
 
 def test_full_is_capped_and_skipped_when_it_would_not_fit(tiny_options):

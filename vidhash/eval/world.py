@@ -33,6 +33,12 @@ copied, marked ``same_as``).
 PSNR is per frame on RGB uint8 (dB, capped at 100), SSIM on luma (Gaussian σ 1.5), both from
 :mod:`vidhash.metrics.short_range`, averaged over the frames of the segment, then over seeds.
 
+Realism (both settings, no reference: does invented ground look like a world at all?):
+``away_realism`` is the mean normalised distance of the away frames' 8×8 patches to a bank of
+real patches of other worlds at the model's world size, ``away_real_share`` the share of them
+within the distance that covers 95 % of real patches (:mod:`vidhash.metrics.realism`; real
+frames ≈ 0.85 and 0.95, lower distance = more real; docs/realism.md).
+
 JSON (``--json``; stable keys, ``"schema": "vidhash-eval-world/1"``): ``complete`` (false in the copy
 rewritten after every seed × horizon while the run goes on), ``model``, ``learned_signatures``,
 ``device``, ``dtype``, ``fps``, ``seeds``, ``horizons_s``, ``modes``, ``generation`` (resolved
@@ -41,7 +47,8 @@ seed × horizon × mode × setting: ``seed``, ``horizon_s``, ``mode``, ``setting
 ``ok|skipped``, ``note``, ``same_as``, ``gap_frames``, ``frames``, ``seconds`` and the metric keys
 above, null where not measured), ``summary[mode][horizon]`` (means over seeds:
 ``return_psnr``, ``return_ssim``, ``away_psnr``, ``away_ssim`` of ``given``; ``self_psnr``,
-``self_ssim``, ``self_return_psnr`` of ``self``; ``n_seeds``; ``self_psnr_vs_window``), ``targets``
+``self_ssim``, ``self_return_psnr`` of ``self``; ``away_realism``, ``away_real_share`` of ``given`` and
+``self_away_realism``, ``self_away_real_share`` of ``self``; ``n_seeds``; ``self_psnr_vs_window``), ``targets``
 (issue 5's checks on self-consistency PSNR) and ``timing`` (``frames`` generated, ``seconds``,
 ``frames_per_s``, the warm-up's rate and the estimate). ``--plot`` draws the metrics against
 the horizon, one line per mode; ``--from-json`` redraws table and plot from a saved JSON.
@@ -73,7 +80,8 @@ MODES = ("hashed", "window", "full", "random-sig")
 SETTINGS = ("given", "self")
 GIVEN_KEYS = ("return_psnr", "return_ssim", "away_psnr", "away_ssim")
 SELF_KEYS = ("self_psnr", "self_ssim", "visit_psnr", "visit_ssim", "return_psnr", "return_ssim", "away_psnr", "away_ssim")
-METRIC_KEYS = tuple(dict.fromkeys(GIVEN_KEYS + SELF_KEYS))
+REALISM_KEYS = ("away_realism", "away_real_share")  # both settings; vidhash.metrics.realism
+METRIC_KEYS = tuple(dict.fromkeys(GIVEN_KEYS + SELF_KEYS + REALISM_KEYS))
 
 
 @dataclass
@@ -451,6 +459,17 @@ def _metrics(setting: str, plan, frames: np.ndarray, truth: np.ndarray) -> dict:
     return out
 
 
+def _realism(plan, frames: np.ndarray, world_size: int) -> dict:
+    """``away_realism`` / ``away_real_share`` of the away frames (:mod:`vidhash.metrics.realism`)."""
+    from vidhash.metrics.realism import realism
+
+    away = frames[plan.segments["visit"][1]: plan.segments["return"][0]]
+    if len(away) == 0:
+        return dict.fromkeys(REALISM_KEYS)
+    r = realism(away, world_size=int(world_size))
+    return {"away_realism": r.distance, "away_real_share": r.real_share}
+
+
 # ---------------------------------------------------------------------------------- run
 
 
@@ -601,6 +620,7 @@ def evaluate(o: WorldEvalOptions) -> dict:
                                                on_chunk=bar.update)
                         row["seconds"] = round(time.perf_counter() - t0, 3)
                         row.update(_metrics(run.setting, plan, frames, truth))
+                        row.update(_realism(plan, frames, g["world_size"]))
                     done[(seed, h, run.mode, run.setting)] = row
                     rows.append(row)
                 if o.json:  # after every (seed, horizon): a run cut short still leaves its results
@@ -685,6 +705,10 @@ def summarize(rows: list[dict], modes, horizons) -> dict:
                 "self_psnr": _mean(r["self_psnr"] for r in own),
                 "self_ssim": _mean(r["self_ssim"] for r in own),
                 "self_return_psnr": _mean(r["return_psnr"] for r in own),
+                "away_realism": _mean(r.get("away_realism") for r in given),  # .get: results saved before realism
+                "away_real_share": _mean(r.get("away_real_share") for r in given),
+                "self_away_realism": _mean(r.get("away_realism") for r in own),
+                "self_away_real_share": _mean(r.get("away_real_share") for r in own),
                 "n_seeds": len({r["seed"] for r in mine}),
                 "note": skipped[0] if skipped else None,
             }
@@ -717,25 +741,33 @@ def _f(v, fmt=".2f") -> str:
     return "—" if v is None else format(v, fmt)
 
 
+def _realism_cell(c: dict) -> str:
+    d, share = c.get("away_realism"), c.get("away_real_share")
+    return "—" if d is None else f"{d:.3f} ({share:.0%})" if share is not None else f"{d:.3f}"
+
+
 def format_table(result: dict) -> str:
     """Terminal table: per horizon and mode, return vs ground truth (given), self-consistency, away."""
-    head = ("horizon", "mode", "return PSNR", "return SSIM", "self PSNR", "self SSIM", "vs window", "away PSNR", "seeds")
+    head = ("horizon", "mode", "return PSNR", "return SSIM", "self PSNR", "self SSIM", "vs window", "away PSNR",
+            "away realism", "seeds")
     lines = [f"world memory: {result['model']} on {result['device']}, {result['dtype']}; seeds {result['seeds']}; "
              f"{'learned' if result['learned_signatures'] else 'SimHash'} signatures",
              "  return = first visit given (ground truth), return vs ground truth; self = first visit generated, "
-             "return vs the model's own first visit; away = given run, frames away vs ground truth (dB / SSIM)"]
+             "return vs the model's own first visit; away = given run, frames away vs ground truth (dB / SSIM); "
+             "away realism = given run, no-reference patch distance (real ≈ 0.85) and share of real-looking patches "
+             "(real ≈ 95%)"]
     body = []
     for h in result["horizons_s"]:
         for mode in result["modes"]:
             c = result["summary"][mode][f"{h:g}"]
             if c["n_seeds"] == 0:
                 body.append((f"{h:g} s", mode, "skipped: " + c["note"] if c["note"] else "skipped: not run (yet)",
-                             "", "", "", "", "", ""))
+                             "", "", "", "", "", "", ""))
                 continue
             vs = c["self_psnr_vs_window"]
             body.append((f"{h:g} s", mode, _f(c["return_psnr"]), _f(c["return_ssim"], ".3f"), _f(c["self_psnr"]),
                          _f(c["self_ssim"], ".3f"), "—" if vs is None or mode == "window" else f"{vs:+.2f}",
-                         _f(c["away_psnr"]), str(c["n_seeds"])))
+                         _f(c["away_psnr"]), _realism_cell(c), str(c["n_seeds"])))
     widths = [max(len(head[i]), *(len(r[i]) for r in body if not r[2].startswith("skipped"))) if body else len(head[i])
               for i in range(len(head))]
     lines.append("  ".join(h.ljust(w) for h, w in zip(head, widths)))
