@@ -17,23 +17,11 @@ BUFFERS = ("keys", "values", "signatures", "frames", "counts", "bucket_writes")
 
 
 # ------------------------------------------------------------------ the replaced version, verbatim
-def reference_ranks(self, bucket):
-    u, t = self.config.num_buckets, bucket.shape[-1]
-    order = torch.sort(bucket, dim=-1, stable=True).indices
-    sorted_b = bucket.gather(-1, order)
-    n_in = torch.zeros(*bucket.shape[:2], u, dtype=torch.int64, device=bucket.device)
-    n_in.scatter_add_(-1, bucket, torch.ones_like(bucket))
-    start = torch.cumsum(n_in, -1) - n_in
-    rank_sorted = torch.arange(t, device=bucket.device) - start.gather(-1, sorted_b)
-    rank = torch.empty_like(rank_sorted).scatter_(-1, order, rank_sorted)
-    return rank, n_in
-
-
 @torch.no_grad()
 def reference_write_merge(self, k, v, sig, bucket, frames) -> None:
     s, c = self.config.slots, self.capacity
     b, h, t = bucket.shape
-    rank, _ = reference_ranks(self, bucket)
+    rank, _ = self._ranks(bucket)  # unchanged by the rewrite (FIFO uses it too)
     bh = b * h
     keys, vals = self.keys.view(bh, c, -1), self.values.view(bh, c, -1)
     sigs, frs, cnts = self.signatures.view(bh, c, -1), self.frames.view(bh, c), self.counts.view(bh, c)

@@ -7,41 +7,17 @@ reads take the query signatures from the reference hasher where the test is abou
 import pytest
 import torch
 
-from vidhash.hashing import SimHash
 from vidhash.kernels.memory.ops import memory_attend, memory_select, memory_write_fifo
 from vidhash.memory import HashedMemory
 
-TOL = 1e-3
+from memory_helpers import away_from_zero, make, twin  # tests/kernels/memory_helpers.py
+
 RTOL = {torch.float32: 2e-5, torch.bfloat16: 2e-2}
 
 
 def rel_err(a, b):
     a, b = a.detach().double(), b.detach().double()
     return float((a - b).norm() / b.norm().clamp(min=1e-30))
-
-
-def away_from_zero(x: torch.Tensor, hasher: SimHash) -> torch.Tensor:
-    """Redraw tokens of ``x (b, h, t, d)`` whose projections come within ``TOL`` of 0."""
-    planes = hasher.planes.double()
-    for _ in range(100):
-        z = torch.einsum("bhtd,hdm->bhtm", x.double(), planes.expand(x.shape[1], -1, -1) if planes.shape[0] == 1 else planes)
-        bad = (z.abs() < TOL).any(-1)
-        if not bad.any():
-            return x
-        x = torch.where(bad.unsqueeze(-1), torch.randn_like(x), x)
-    raise AssertionError("could not draw tokens away from the hyperplanes")
-
-
-def make(num_buckets=7, slots=3, heads=3, head_dim=40, n_bits=32, batch_size=2, dtype=torch.float32, seed=3):
-    return HashedMemory(num_buckets=num_buckets, slots=slots, heads=heads, head_dim=head_dim, n_bits=n_bits,
-                        batch_size=batch_size, seed=seed, dtype=dtype)
-
-
-def twin(mem: HashedMemory) -> HashedMemory:
-    other = make(mem.config.num_buckets, mem.config.slots, mem.config.heads, mem.config.head_dim, mem.config.n_bits,
-                 mem.config.batch_size, mem.keys.dtype, mem.config.seed)
-    other.load_state_dict(mem.state_dict())
-    return other
 
 
 def fill(mem: HashedMemory, writes: int, tokens: int, dtype=torch.float32):

@@ -14,25 +14,18 @@ bit-for-bit check, plus the memory's random planes with a bound on the entries t
 import pytest
 import torch
 
-from vidhash.hashing import LearnedHash, SimHash
+from vidhash.hashing import LearnedHash
 from vidhash.kernels.memory.ops import memory_write_merge
 from vidhash.memory import HashedMemory
 
+import memory_helpers as helpers  # tests/kernels/memory_helpers.py
+from memory_helpers import away_from_zero, twin
+
 BUFFERS = ("keys", "values", "signatures", "frames", "counts", "bucket_writes")
-TOL = 1e-3
 
 
-def make(num_buckets, slots, heads, head_dim, n_bits=32, batch_size=2, dtype=torch.float32, seed=3, device=None):
-    return HashedMemory(num_buckets=num_buckets, slots=slots, heads=heads, head_dim=head_dim, n_bits=n_bits,
-                        batch_size=batch_size, seed=seed, dtype=dtype, policy="merge", device=device)
-
-
-def twin(mem: HashedMemory) -> HashedMemory:
-    cfg = mem.config
-    other = make(cfg.num_buckets, cfg.slots, cfg.heads, cfg.head_dim, cfg.n_bits, cfg.batch_size, mem.keys.dtype,
-                 cfg.seed, mem.keys.device)
-    other.load_state_dict(mem.state_dict())
-    return other
+def make(*args, **kwargs) -> HashedMemory:
+    return helpers.make(*args, policy="merge", **kwargs)
 
 
 def assert_same(ker: HashedMemory, ref: HashedMemory, where: str = "") -> None:
@@ -41,18 +34,6 @@ def assert_same(ker: HashedMemory, ref: HashedMemory, where: str = "") -> None:
         if not torch.equal(a, b):
             bad = (a != b).reshape(a.shape[0], a.shape[1], a.shape[2], -1).any(-1).nonzero()
             raise AssertionError(f"{where}{name} differs at {bad.shape[0]} (b, h, bucket[, slot]) places, first {bad[:4].tolist()}")
-
-
-def away_from_zero(x: torch.Tensor, hasher: SimHash) -> torch.Tensor:
-    """Redraw tokens of ``x (b, h, t, d)`` with a SimHash projection within ``TOL`` of 0."""
-    planes = hasher.planes.double()
-    for _ in range(100):
-        p = planes.expand(x.shape[1], -1, -1) if planes.shape[0] == 1 else planes
-        bad = (torch.einsum("bhtd,hdm->bhtm", x.double(), p).abs() < TOL).any(-1)
-        if not bad.any():
-            return x
-        x = torch.where(bad.unsqueeze(-1), torch.randn_like(x), x)
-    raise AssertionError("could not draw tokens away from the hyperplanes")
 
 
 def write_both(ref, ker, k, v, frames, backend="triton"):
