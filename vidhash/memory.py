@@ -353,16 +353,21 @@ class HashedMemory(nn.Module):
         else:
             self._write_merge(k, v, sig, bucket, frames)
 
+    def _bucket_runs(self, bucket: torch.Tensor):
+        """Tokens of this write sorted by bucket (stable: token order within a bucket), the number
+        of tokens per bucket ``(..., u)``, and where each bucket's run starts in that order."""
+        u = self.config.num_buckets
+        order = torch.sort(bucket, dim=-1, stable=True).indices
+        n_in = torch.zeros(*bucket.shape[:-1], u, dtype=torch.int64, device=bucket.device)
+        n_in.scatter_add_(-1, bucket, torch.ones_like(bucket))
+        return order, n_in, torch.cumsum(n_in, -1) - n_in
+
     def _ranks(self, bucket: torch.Tensor):
         """Rank of each token among the tokens of this write routed to its bucket (token
         order), and the number of such tokens per bucket ``(b, h, u)``."""
-        u, t = self.config.num_buckets, bucket.shape[-1]
-        order = torch.sort(bucket, dim=-1, stable=True).indices
+        order, n_in, start = self._bucket_runs(bucket)
         sorted_b = bucket.gather(-1, order)
-        n_in = torch.zeros(*bucket.shape[:2], u, dtype=torch.int64, device=bucket.device)
-        n_in.scatter_add_(-1, bucket, torch.ones_like(bucket))
-        start = torch.cumsum(n_in, -1) - n_in
-        rank_sorted = torch.arange(t, device=bucket.device) - start.gather(-1, sorted_b)
+        rank_sorted = torch.arange(bucket.shape[-1], device=bucket.device) - start.gather(-1, sorted_b)
         rank = torch.empty_like(rank_sorted).scatter_(-1, order, rank_sorted)
         return rank, n_in
 
@@ -417,10 +422,7 @@ class HashedMemory(nn.Module):
         kf, vf, sf = k.reshape(bh, t, d), v.reshape(bh, t, d), sig.reshape(bh, t, w)
         ff = frames.view(1, t).expand(bh, t)
         bf = bucket.reshape(bh, t)
-        # tokens sorted by bucket (stable: token order within a bucket); where each bucket's run starts
-        order = torch.sort(bf, dim=-1, stable=True).indices
-        n_in = torch.zeros(bh, u, dtype=torch.int64, device=dev).scatter_add_(-1, bf, torch.ones_like(bf))
-        start = torch.cumsum(n_in, -1) - n_in
+        order, n_in, start = self._bucket_runs(bf)  # tokens by bucket, tokens per bucket, run starts
         # buckets by tokens received, most first: the buckets with a token in round r are a prefix
         n_desc, border = torch.sort(n_in, dim=-1, descending=True, stable=True)
         start_desc = start.gather(-1, border)
