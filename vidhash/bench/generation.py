@@ -33,6 +33,7 @@ import datetime
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -139,18 +140,12 @@ def _per_frame_ms(row: dict) -> list[float]:
     return [1000 * t / f for t, f in zip(row["chunk_seconds"], row["chunk_frames"])]
 
 
-def _median(values: list[float]) -> float:
-    edge = sorted(values)
-    mid = len(edge) // 2
-    return edge[mid] if len(edge) % 2 else (edge[mid - 1] + edge[mid]) / 2
-
-
 def _edge_ms_per_frame(row: dict, last: bool) -> float:
     """Median ms per frame over the first or last 10% of the chunks (at least 5): the median
     keeps one scheduler hiccup on a shared machine from moving the number."""
     per_frame = _per_frame_ms(row)
     k = min(len(per_frame), max(5, len(per_frame) // 10))
-    return _median(per_frame[-k:] if last else per_frame[:k])
+    return statistics.median(per_frame[-k:] if last else per_frame[:k])
 
 
 def _chunks_at_ms_per_frame(row: dict, chunks: int) -> tuple[float, int, int]:
@@ -161,7 +156,7 @@ def _chunks_at_ms_per_frame(row: dict, chunks: int) -> tuple[float, int, int]:
     k = min(len(per_frame), max(5, chunks // 10))
     stop = min(len(per_frame), max(chunks, k))
     start = max(0, stop - k)
-    return _median(per_frame[start:stop]), start, stop
+    return statistics.median(per_frame[start:stop]), start, stop
 
 
 def _world_speed(seconds: float = 1.0) -> float:
