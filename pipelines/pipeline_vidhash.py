@@ -105,6 +105,30 @@ class VidHashPipeline(DiffusionPipeline):
         """True after :meth:`compile_blocks`."""
         return getattr(self, "_compiled_blocks", None) is not None
 
+    def enable_cuda_graphs(self, emulate: bool = False) -> VidHashPipeline:
+        """Replay the transformer passes of steady chunks (window full, a whole chunk) from CUDA
+        graphs: one capture per kind of pass (denoise, commit), then one launch per pass instead
+        of ~1,000 (``pipelines/cuda_graphs.py``). Frames are bitwise those of eager generation;
+        the first steady chunk captures. Works with :meth:`compile_blocks`. Only on CUDA (a CPU
+        run ignores it) unless ``emulate=True``, which exercises the same buffers on any device
+        by re-running the pass (tests). Returns self."""
+        from .cuda_graphs import PassGraphs
+
+        self._pass_graphs = PassGraphs(self.transformer, emulate=emulate)
+        return self
+
+    def disable_cuda_graphs(self) -> VidHashPipeline:
+        """Back to eager passes (drops the captured graphs). Returns self."""
+        self._pass_graphs = None
+        return self
+
+    @property
+    def cuda_graph_stats(self) -> dict | None:
+        """``{"captures", "replays", "eager_passes", "failed"}`` since :meth:`enable_cuda_graphs`
+        (None when off): replays count passes run from a graph, eager_passes the rest."""
+        graphs = getattr(self, "_pass_graphs", None)
+        return None if graphs is None else graphs.stats()
+
     # ------------------------------------------------------------------ properties for callbacks
     @property
     def interrupt(self) -> bool:
@@ -323,14 +347,22 @@ class VidHashPipeline(DiffusionPipeline):
                 timesteps = self.scheduler.timesteps
                 self._num_timesteps = len(timesteps)
                 context = state.context(memory.top_k)
+                graphs = self._graphs_for(device)
+                replay = graphs is not None and graphs.begin_chunk(state, context, c, chunk_frames, act, pos, latents)
                 # constant over the chunk's passes (denoising steps and commit): built once
-                frame_inputs = self.transformer.frame_inputs(act, pos, 1, c, height, width, device=device)
+                frame_inputs = (None if replay else
+                                self.transformer.frame_inputs(act, pos, 1, c, height, width, device=device))
                 step_t = timesteps.to(dtype).view(-1, 1, 1).expand(-1, 1, c)  # (steps, 1, c), one cast per chunk
                 for i, t in enumerate(timesteps):
                     if self.interrupt:
                         break
-                    velocity = self.transformer(latents, step_t[i], act, pos, context=context,
-                                                frame_inputs=frame_inputs).sample
+                    if replay:
+                        velocity = graphs.denoise(latents, step_t[i])
+                    else:
+                        velocity = self.transformer(latents, step_t[i], act, pos, context=context,
+                                                    frame_inputs=frame_inputs).sample
+                        if graphs is not None:
+                            graphs.eager_passes += 1
                     latents = self.scheduler.step(velocity, t, latents, generator=state.generator,
                                                   return_dict=False)[0]
                     if callback_on_step_end is not None:
@@ -341,7 +373,8 @@ class VidHashPipeline(DiffusionPipeline):
                 if self.interrupt:
                     return
                 # 3c. commit pass on the clean chunk (t = 0): its K/V enter the window, old frames the memory
-                self._commit(state, latents, act, pos, chunk_poses, memory, trajectory, context, frame_inputs)
+                self._commit(state, latents, act, pos, chunk_poses, memory, trajectory, context, frame_inputs,
+                             graphs if replay else None)
                 bar.update()
                 yield VidHashPipelineOutput(
                     frames=self._postprocess(latents, output_type), state=state, poses=np.asarray(chunk_poses),
@@ -375,15 +408,21 @@ class VidHashPipeline(DiffusionPipeline):
     # ------------------------------------------------------------------ helpers
     def _commit(self, state: VidHashState, latents: torch.Tensor, act: torch.Tensor, pos: torch.Tensor,
                 chunk_poses: np.ndarray, memory: TemporalMemoryConfig, trajectory: RandomTrajectory | None,
-                context: list | None = None, frame_inputs=None) -> None:
+                context: list | None = None, frame_inputs=None, graphs=None) -> None:
         """Clean pass (t = 0) over a finished or observed chunk ``(1, c, ch, h, w)``: its K/V enter the
         window (frames leaving it, the memory); counters, pose and trajectory advance."""
         self._committing = True
         c = latents.shape[1]
         if context is None:
             context = state.context(memory.top_k)
-        zero = torch.zeros(1, c, device=latents.device, dtype=latents.dtype)
-        kv = self.transformer(latents, zero, act, pos, context=context, return_kv=True, frame_inputs=frame_inputs).kv
+        if graphs is not None:  # a captured commit pass (begin_chunk was called for this chunk)
+            kv = graphs.commit(latents)
+        else:
+            zero = torch.zeros(1, c, device=latents.device, dtype=latents.dtype)
+            kv = self.transformer(latents, zero, act, pos, context=context, return_kv=True,
+                                  frame_inputs=frame_inputs).kv
+            if self._graphs_for(latents.device) is not None:
+                self._pass_graphs.eager_passes += 1
         state.push(kv, state.frame_index)
         state.top_k = memory.top_k
         state.frame_index += c
@@ -391,6 +430,13 @@ class VidHashPipeline(DiffusionPipeline):
         if trajectory is not None:
             state.trajectory = trajectory.state_dict()
         self._committing = False
+
+    def _graphs_for(self, device: torch.device):
+        """The pass graphs when enabled and usable on ``device`` (CUDA, or emulated), else None."""
+        graphs = getattr(self, "_pass_graphs", None)
+        if graphs is None or not (graphs.emulate or device.type == "cuda"):
+            return None
+        return graphs
 
     @staticmethod
     def _trajectory(state: VidHashState, seed: int | None, step: int, period: int) -> RandomTrajectory:

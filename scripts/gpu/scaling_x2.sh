@@ -46,7 +46,7 @@ run() {  # run NAME MINUTES LAUNCHER... -- OVERRIDES...
   local t=$(date +%s)
   "$@" --max-minutes "$min" --no-progress --no-export > $R/$name.log 2>&1
   echo "$name: rc $? in $(( $(date +%s) - t )) s (at $(( $(date +%s) - T0 )) s)"
-  grep -E "^timing|^ddp|^vidhash train" $R/$name.log | head -4
+  grep -E "^timing|^fastest|^ddp|^vidhash train" $R/$name.log | head -5
   cp /tmp/scal_$name/loss.csv $R/$name.csv 2>/dev/null
 }
 

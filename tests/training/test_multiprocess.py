@@ -17,6 +17,8 @@ def _run(cmd, out):
     proc = subprocess.run(cmd + [f"out_dir={out}", "--no-progress"], capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     rows = list(csv.DictReader(open(out / "loss.csv")))
+    two = "--nproc_per_node" in cmd
+    assert ("fastest process (median ms/step): data" in proc.stdout + proc.stderr) == two  # per-process spread
     return [float(r["loss"]) for r in rows], load_file(str(out / "export" / "transformer" / "diffusion_pytorch_model.safetensors"))
 
 

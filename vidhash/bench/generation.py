@@ -25,6 +25,9 @@ no other job's load between runs can move. Both ratios go into the JSON (``verdi
 
 ``--compile`` times ``VidHashPipeline.compile_blocks()`` (``--compile-mode`` passed to
 ``torch.compile``); compilation happens in the warm-up, which covers window fill and memory writes.
+``--cuda-graphs`` times ``VidHashPipeline.enable_cuda_graphs()``: steady chunks replay captured
+passes. The timed clip is a new state, so it captures again at its first steady chunk (inside
+its first 10%); rows record ``cuda_graphs`` (captures, replays, eager passes).
 """
 from __future__ import annotations
 
@@ -63,6 +66,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--compile", action="store_true", help="torch.compile each transformer block (compile_blocks)")
     p.add_argument("--compile-mode", default=None,
                    help="torch.compile mode with --compile (e.g. max-autotune-no-cudagraphs; default: torch's)")
+    p.add_argument("--cuda-graphs", action="store_true",
+                   help="replay steady chunks' transformer passes from CUDA graphs (enable_cuda_graphs)")
 
 
 # ---------------------------------------------------------------------------------- worker
@@ -86,6 +91,8 @@ def _worker(spec: dict) -> dict:
     pipe.set_progress_bar_config(disable=True)
     if spec.get("compile"):
         pipe.compile_blocks(**({"mode": spec["compile_mode"]} if spec.get("compile_mode") else {}))
+    if spec.get("cuda_graphs"):
+        pipe.enable_cuda_graphs()
     kwargs = dict(height=gen.height, width=gen.width, chunk_frames=gen.chunk_frames, window_frames=gen.window_frames,
                   memory=gen.memory, num_inference_steps=spec["steps"] or gen.num_inference_steps,
                   action_step=gen.action_step, output_type="pt")
@@ -125,6 +132,7 @@ def _worker(spec: dict) -> dict:
         "memory_config": {k: getattr(gen.memory, k) for k in ("num_buckets", "slots", "n_bits", "top_k", "policy")},
         "chunk": gen.chunk_frames, "window": gen.window_frames, "height": gen.height, "width": gen.width,
         "steps_used": kwargs["num_inference_steps"],
+        "cuda_graph_stats": pipe.cuda_graph_stats,
     }
 
 
@@ -196,7 +204,8 @@ def run(args: argparse.Namespace) -> int:
     dev_name = torch.cuda.get_device_name() if device.startswith("cuda") else cpu_name()
     print(f"# vidhash bench generation — {dev_name}, {args.model or 'random model'}, preset {args.preset}"
           f"{' ' + ' '.join(args.set) if args.set else ''}, {args.fps} fps, {args.dtype}, "
-          f"{'compiled blocks' + (f' ({args.compile_mode})' if args.compile_mode else '') if args.compile else 'eager'}, "
+          f"{'compiled blocks' + (f' ({args.compile_mode})' if args.compile_mode else '') if args.compile else 'eager'}"
+          f"{', CUDA graphs' if args.cuda_graphs else ''}, "
           f"{datetime.date.today().isoformat()}", flush=True)
     world_fps = _world_speed()
     print(f"procedural world (64×64, one thread): {world_fps:,.0f} frames/s", flush=True)
@@ -211,7 +220,8 @@ def run(args: argparse.Namespace) -> int:
             spec = {"mode": mode, "seconds": seconds, "frames": frames, "preset": args.preset, "steps": args.steps,
                     "model": args.model, "overrides": list(args.set),
                     "device": device, "dtype": args.dtype, "threads": args.threads, "seed": args.seed,
-                    "compile": bool(args.compile), "compile_mode": args.compile_mode}
+                    "compile": bool(args.compile), "compile_mode": args.compile_mode,
+                    "cuda_graphs": bool(args.cuda_graphs)}
             t0 = time.perf_counter()
             proc = subprocess.run([sys.executable, "-m", "vidhash.bench.generation", "--worker", json.dumps(spec)],
                                   capture_output=True, text=True)
@@ -234,7 +244,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"device": dev_name, "world_fps": world_fps, "dtype": args.dtype, "compile": bool(args.compile),
-                       "compile_mode": args.compile_mode, "verdict": time_flatness(rows), "rows": rows}, f)
+                       "compile_mode": args.compile_mode, "cuda_graphs": bool(args.cuda_graphs), "verdict": time_flatness(rows), "rows": rows}, f)
     return 0
 
 

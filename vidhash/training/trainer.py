@@ -595,11 +595,18 @@ def train(cfg: TrainConfig, resume: str | None = None, max_minutes: float | None
     timing = timing_summary(timings, cfg.batch_size)
     if nproc > 1 and timing:
         keys = sorted(k for k in timing if k.endswith("_ms"))
-        mx = accelerator.reduce(torch.tensor([timing[k] for k in keys], dtype=torch.float64, device=dev), "max").tolist()
+        mine = torch.tensor([timing[k] for k in keys], dtype=torch.float64, device=dev)
+        mn = (-accelerator.reduce(-mine, "max")).tolist()  # accelerate's reduce has no "min"
+        mx = accelerator.reduce(mine.clone(), "max").tolist()
         timing.update(zip(keys, mx))
+        timing["fastest_process"] = dict(zip(keys, mn))  # rank skew: a part slower on one process only
         timing["samples_per_s_median"] = cfg.batch_size / max(timing["step_ms"] / 1000.0, 1e-9)
     if main:
         log(format_timing(timing, nproc))
+        if "fastest_process" in timing:
+            fast = timing["fastest_process"]
+            log("fastest process (median ms/step): " + " | ".join(f"{k[:-3]} {fast[k]:.1f}" for k in
+                                                                 ("data_ms", "h2d_ms", "fwd_ms", "bwd_ms", "step_ms")))
     summary = {"step": step, "data_position": data_pos, "reason": reason, "checkpoint": str(last_ckpt),
                "params": n_params, "loss_csv": str(csv_path), "timing": timing}
     if main:

@@ -1,0 +1,163 @@
+"""CUDA graphs of the transformer passes of a chunk (``VidHashPipeline.enable_cuda_graphs``).
+
+A tiny model at 64×64 leaves the GPU idle: a pass is ~1,000 small kernels and costs what the
+host spends launching them (docs/speed.md). Once a clip is in its steady state — window full,
+a whole chunk — every pass has the same shapes and reads the same buffers (the window cache
+and the memories are preallocated and updated in place), so each kind of pass is captured once
+as a CUDA graph and replayed:
+
+* ``denoise``: ``transformer(latents, t, actions, poses, context).sample`` (4 per chunk);
+* ``commit``: the clean pass that returns the chunk's K/V (1 per chunk).
+
+Inputs are copied into the graph's static buffers before a replay; outputs live in the graph's
+pool and are consumed at once (the scheduler step; ``state.push``). The scheduler step, the
+noise, the window push and the memory write stay eager (a few dozen launches per chunk).
+
+A graph is keyed on everything its replay depends on: shapes and dtypes, the addresses of the
+window cache, of every memory buffer and of the transformer's parameters, and the read width.
+A new state, a moved model or another size recaptures. Frames equal eager generation bitwise:
+the replay runs the captured kernels on the same inputs. A capture that fails (an op that
+syncs, say) warns once and generation continues eagerly.
+
+``emulate=True`` (tests on CPU) keeps every step — static buffers, keys, recapture, copies of
+outputs — but "replays" by calling the pass again, so the plumbing is tested without a GPU.
+"""
+from __future__ import annotations
+
+import warnings
+
+import torch
+
+KINDS = ("denoise", "commit")
+
+
+class _Emulated:
+    """CPU stand-in for ``torch.cuda.CUDAGraph``: replay calls the pass and copies its result into
+    the static outputs (what a real replay leaves there)."""
+
+    def __init__(self, fn, out):
+        self.fn, self.out = fn, out
+
+    def replay(self):
+        _copy_into(self.out, self.fn())
+
+
+def _copy_into(dst, src):
+    if torch.is_tensor(dst):
+        dst.copy_(src)
+        return
+    for d, s in zip(dst, src):
+        _copy_into(d, s)
+
+
+class PassGraphs:
+    """Captured passes of one transformer; see the module docstring."""
+
+    def __init__(self, transformer, emulate: bool = False):
+        self.transformer = transformer
+        self.emulate = emulate
+        self.captures = 0  # graphs captured
+        self.replays = 0  # passes run as a replay
+        self.eager_passes = 0  # passes run eagerly (not steady, or capture failed)
+        self.failed: str | None = None  # why capture failed (then everything runs eagerly)
+        self._key = None  # what the captured graphs depend on (see _make_key)
+        self._static: dict[str, torch.Tensor] = {}
+        self._graphs: dict[str, tuple] = {}
+        self._context = None
+        self._active = False
+
+    # ------------------------------------------------------------------ per chunk
+    def steady(self, state, c: int, chunk_frames: int) -> bool:
+        """True when this chunk can replay: a whole chunk against a full window (fixed shapes)."""
+        return (self.failed is None and state.mode != "full" and c == chunk_frames
+                and state.window_filled == state.window_frames)
+
+    def begin_chunk(self, state, context, c: int, chunk_frames: int, act: torch.Tensor, pos: torch.Tensor,
+                    latents: torch.Tensor) -> bool:
+        """Prepare the chunk's passes; True if they replay graphs (else the caller runs them eagerly)."""
+        self._active = self.steady(state, c, chunk_frames)
+        if not self._active:
+            return False
+        key = self._make_key(state, context, act, pos, latents)
+        if key != self._key:  # another state, size, device or read: capture again
+            self._graphs.clear()
+            self._static = {"latents": latents.clone(), "t": torch.zeros(latents.shape[:2], dtype=latents.dtype,
+                                                                          device=latents.device),
+                            "zero": torch.zeros(latents.shape[:2], dtype=latents.dtype, device=latents.device),
+                            "act": act.clone(), "pos": pos.clone()}
+            self._key, self._context = key, context
+        self._static["act"].copy_(act)
+        self._static["pos"].copy_(pos)
+        return True
+
+    def _make_key(self, state, context, act, pos, latents) -> tuple:
+        ptrs = []
+        for ctx in context:
+            ptrs += [0 if ctx.k is None else ctx.k.data_ptr(), 0 if ctx.v is None else ctx.v.data_ptr(), ctx.top_k]
+            if ctx.memory is not None:
+                ptrs += [b.data_ptr() for b in ctx.memory.buffers()]
+                hasher = ctx.memory.hasher
+                ptrs += [id(hasher)]
+        params = tuple(p.data_ptr() for p in self.transformer.parameters())
+        return (id(state), tuple(latents.shape), latents.dtype, latents.device, tuple(act.shape), act.dtype,
+                tuple(pos.shape), pos.dtype, tuple(ptrs), params, torch.is_autocast_enabled())
+
+    # ------------------------------------------------------------------ passes
+    def denoise(self, latents: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """Velocity of ``latents`` at timesteps ``t`` ``(1, c)`` (a buffer of the graph: consume it
+        before the next denoise pass)."""
+        self._static["latents"].copy_(latents)
+        self._static["t"].copy_(t)
+        return self._run("denoise")
+
+    def commit(self, latents: torch.Tensor) -> list:
+        """The clean pass's per-layer K/V (buffers of the graph: consume them before the next commit)."""
+        self._static["latents"].copy_(latents)
+        return self._run("commit")
+
+    def _forward(self, kind: str):
+        s = self._static
+        if kind == "denoise":
+            return self.transformer(s["latents"], s["t"], s["act"], s["pos"], context=self._context).sample
+        return self.transformer(s["latents"], s["zero"], s["act"], s["pos"], context=self._context,
+                                return_kv=True).kv
+
+    def _run(self, kind: str):
+        if self.failed is not None:  # an earlier capture failed in this chunk: the rest runs eagerly
+            self.eager_passes += 1
+            return self._forward(kind)
+        if kind not in self._graphs:
+            try:
+                self._graphs[kind] = self._capture(kind)
+            except Exception as e:  # noqa: BLE001 - any capture failure: generate eagerly instead
+                self.failed = f"{type(e).__name__}: {e}"
+                self._graphs.clear()
+                warnings.warn(f"CUDA graph capture of the {kind} pass failed ({self.failed}); generating eagerly",
+                              RuntimeWarning, stacklevel=3)
+                self.eager_passes += 1
+                return self._forward(kind)
+        graph, out = self._graphs[kind]
+        graph.replay()
+        self.replays += 1
+        return out
+
+    def _capture(self, kind: str):
+        self.captures += 1
+        if self.emulate:
+            out = self._forward(kind)
+            out = out.clone() if torch.is_tensor(out) else [tuple(x.clone() for x in kv) for kv in out]
+            return _Emulated(lambda: self._forward(kind), out), out
+        # warm up on a side stream (lazy inits, compiled variants), then capture
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            self._forward(kind)
+        torch.cuda.current_stream().wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            out = self._forward(kind)
+        return graph, out
+
+    def stats(self) -> dict:
+        return {"captures": self.captures, "replays": self.replays, "eager_passes": self.eager_passes,
+                "failed": self.failed}

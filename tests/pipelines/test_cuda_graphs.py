@@ -1,0 +1,139 @@
+"""CUDA graphs of steady chunks (``enable_cuda_graphs``): same frames as eager generation.
+
+On CPU the graphs are emulated (``emulate=True``): static input buffers, keys, recapture and
+output copies are the ones a CUDA run uses, and a "replay" re-runs the pass on those buffers, so
+a pass that read a stale input, a stale state or a stale context would change the frames. The
+GPU tests capture real graphs."""
+import pytest
+import torch
+
+
+from test_speed_paths import MEMORIES, _kwargs, _pipe  # tests/pipelines/test_speed_paths.py
+
+
+def _gen(pipe, n=20, seed=0, **kw):
+    return pipe(num_frames=n, generator=torch.Generator().manual_seed(seed), **kw)
+
+
+@pytest.mark.parametrize("memory", list(MEMORIES))
+def test_emulated_graphs_match_eager(memory):
+    pipe = _pipe()
+    pipe.set_progress_bar_config(disable=True)
+    kw = _kwargs(MEMORIES[memory])
+    eager = _gen(pipe, **kw).frames
+    assert pipe.cuda_graph_stats is None
+    pipe.enable_cuda_graphs(emulate=True)
+    out = _gen(pipe, **kw)
+    assert torch.equal(out.frames, eager)
+    # chunks 1-2 fill the 8-frame window (eager); chunks 3-5 replay 2 steps + 1 commit each
+    assert pipe.cuda_graph_stats == {"captures": 2, "replays": 9, "eager_passes": 6, "failed": None}
+    # a continued clip (same state, same buffers) replays without capturing again
+    eager_pipe = _pipe()
+    eager_pipe.set_progress_bar_config(disable=True)
+    eager_state = _gen(eager_pipe, **kw).state
+    more_eager = eager_pipe(num_frames=8, state=eager_state, **{k: v for k, v in kw.items() if k != "actions"},
+                            actions=["right"] * 8).frames
+    more = pipe(num_frames=8, state=out.state, **{k: v for k, v in kw.items() if k != "actions"},
+                actions=["right"] * 8).frames
+    assert torch.equal(more, more_eager)
+    assert pipe.cuda_graph_stats["captures"] == 2 and pipe.cuda_graph_stats["replays"] == 15
+    # a new clip (new state: new window and memory buffers) captures again and still matches
+    assert torch.equal(_gen(pipe, seed=3, **kw).frames, _gen(eager_pipe, seed=3, **kw).frames)
+    assert pipe.cuda_graph_stats["captures"] == 4
+    pipe.disable_cuda_graphs()
+    assert pipe.cuda_graph_stats is None
+
+
+def test_emulated_graphs_short_last_chunk_and_callback():
+    """A last chunk shorter than chunk_frames runs eagerly; a callback that edits latents between
+    steps is seen by the next replayed pass."""
+    def cb(p, i, t, kw):
+        return {"latents": kw["latents"] * 0.5 if i == 0 else kw["latents"]}
+
+    pipe = _pipe(seed=2)
+    pipe.set_progress_bar_config(disable=True)
+    kw = {**_kwargs(MEMORIES["merge"]), "actions": ["right", "up", "left"] * 6}
+    eager = _gen(pipe, n=18, callback_on_step_end=cb, **kw).frames
+    pipe.enable_cuda_graphs(emulate=True)
+    graphed = _gen(pipe, n=18, callback_on_step_end=cb, **kw).frames
+    assert torch.equal(graphed, eager)
+    assert pipe.cuda_graph_stats["replays"] == 6 and pipe.cuda_graph_stats["eager_passes"] == 9
+
+
+def test_emulated_graphs_recapture_on_read_width():
+    """The read width is part of the key: another top_k captures again."""
+    pipe = _pipe()
+    pipe.set_progress_bar_config(disable=True)
+    pipe.enable_cuda_graphs(emulate=True)
+    kw = _kwargs(MEMORIES["fifo"])
+    out = _gen(pipe, **kw)
+    assert pipe.cuda_graph_stats["captures"] == 2
+    mem = {**MEMORIES["fifo"], "top_k": 4}
+    rest = {k: v for k, v in kw.items() if k not in ("memory", "actions")}
+    pipe(num_frames=4, state=out.state, memory=mem, actions=["up"] * 4, **rest)
+    assert pipe.cuda_graph_stats["captures"] == 4
+
+
+def test_capture_failure_falls_back_to_eager(monkeypatch):
+    from vidhash.pipelines import cuda_graphs
+
+    def boom(self, kind):
+        raise RuntimeError("operation not permitted when stream is capturing")
+
+    monkeypatch.setattr(cuda_graphs.PassGraphs, "_capture", boom)
+    pipe = _pipe()
+    pipe.set_progress_bar_config(disable=True)
+    kw = _kwargs(MEMORIES["merge"])
+    eager = _gen(pipe, **kw).frames
+    pipe.enable_cuda_graphs(emulate=True)
+    with pytest.warns(RuntimeWarning, match="capture of the denoise pass failed"):
+        graphed = _gen(pipe, **kw).frames
+    assert torch.equal(graphed, eager)
+    stats = pipe.cuda_graph_stats
+    assert stats["replays"] == 0 and stats["eager_passes"] == 15 and "not permitted" in stats["failed"]
+
+
+def test_cpu_run_ignores_real_graphs():
+    pipe = _pipe()
+    pipe.set_progress_bar_config(disable=True)
+    pipe.enable_cuda_graphs()
+    _gen(pipe, **_kwargs(MEMORIES["merge"]))
+    assert pipe.cuda_graph_stats == {"captures": 0, "replays": 0, "eager_passes": 0, "failed": None}
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("memory", list(MEMORIES))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cuda_graphs_match_eager_cuda(memory, dtype):
+    """Real capture and replay: the frames of eager generation, bitwise (the same kernels on the
+    same inputs), across window fill, memory writes and reads, and a second clip."""
+    pipe = _pipe().to("cuda")
+    pipe.transformer.to(dtype)
+    pipe.set_progress_bar_config(disable=True)
+    kw = {**_kwargs(MEMORIES[memory]), "height": 64, "width": 64}
+    eager = [_gen(pipe, seed=s, **kw).frames for s in (0, 1)]
+    pipe.enable_cuda_graphs()
+    graphed = [_gen(pipe, seed=s, **kw).frames for s in (0, 1)]
+    stats = pipe.cuda_graph_stats
+    assert stats["failed"] is None and stats["captures"] == 4 and stats["replays"] == 18, stats
+    for g, e in zip(graphed, eager):
+        assert torch.equal(g, e), (g - e).abs().max()
+
+
+@pytest.mark.gpu
+def test_cuda_graphs_with_compiled_blocks_cuda():
+    """Compiled blocks inside the captured passes: close to compiled eager (the same compiled code)."""
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    pipe = _pipe().to("cuda")
+    pipe.transformer.to(torch.bfloat16)
+    pipe.set_progress_bar_config(disable=True)
+    kw = {**_kwargs(MEMORIES["merge"]), "height": 64, "width": 64}
+    pipe.compile_blocks()
+    compiled = _gen(pipe, **kw).frames
+    pipe.enable_cuda_graphs()
+    graphed = _gen(pipe, **kw).frames
+    assert pipe.cuda_graph_stats["failed"] is None and pipe.cuda_graph_stats["replays"] == 9
+    torch.testing.assert_close(graphed, compiled, rtol=0, atol=1e-6)
+    torch._dynamo.reset()
