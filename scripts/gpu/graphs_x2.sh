@@ -27,4 +27,4 @@ A_MIN=${A_MIN:-1.2} B_MIN=${B_MIN:-1.1} C_MIN=${C_MIN:-1.1} C_OPTS=${C_OPTS:-"da
   timeout 300 bash scripts/gpu/scaling_x2.sh 2>&1 | grep -v "^vidhash train\|^ddp:" | tail -16
 grep -h "fastest process" $OUT/scaling/*.log
 # one archive comes back (the file-count limit): logs, JSON, scaling logs and table
-cd "$OUT" && tar czf all.tgz --exclude=all.tgz . && find . -mindepth 1 ! -name all.tgz -delete
+cd "$OUT" && tar czf /tmp/all.tgz . && find . -mindepth 1 -delete && mv /tmp/all.tgz .

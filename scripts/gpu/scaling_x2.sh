@@ -9,7 +9,7 @@
 # Prints a table: samples/s, median ms per part, 2-GPU/1-GPU ratios (target >= 1.8). Results
 # (logs, loss.csv, table) under $OUT/scaling/.
 #   source scripts/gpu/setup.sh && bash scripts/gpu/scaling_x2.sh
-# Env: A_MIN B_MIN C_MIN (1.45 0.9 0.9), C_OPTS, CFG (configs/train/world_tiny.yaml), LOG_EVERY (25),
+# Env: A_MIN B_MIN C_MIN (1.45 0.9 0.9), SKIP_C (set: no run C), C_OPTS, CFG (configs/train/world_tiny.yaml), LOG_EVERY (25),
 #      BATCH (64 per GPU), COMPILE (true), EXTRA (more overrides for every run), LAUNCH2 (2-process launcher).
 set -u
 [[ ":${PYTHONPATH:-}:" == *":/tmp/site:"* ]] || source scripts/gpu/setup.sh || exit 1
@@ -52,7 +52,7 @@ run() {  # run NAME MINUTES LAUNCHER... -- OVERRIDES...
 
 run A_1gpu "$A_MIN" env CUDA_VISIBLE_DEVICES=0 python3 -m vidhash.cli train "${common[@]}" batch_size=$BATCH out_dir=/tmp/scal_A_1gpu
 run B_2gpu "$B_MIN" $LAUNCH2 -m vidhash.cli train "${common[@]}" batch_size=$((2 * BATCH)) out_dir=/tmp/scal_B_2gpu
-run C_2gpu "$C_MIN" $LAUNCH2 -m vidhash.cli train "${common[@]}" batch_size=$((2 * BATCH)) out_dir=/tmp/scal_C_2gpu $C_OPTS
+[ -n "${SKIP_C:-}" ] || run C_2gpu "$C_MIN" $LAUNCH2 -m vidhash.cli train "${common[@]}" batch_size=$((2 * BATCH)) out_dir=/tmp/scal_C_2gpu $C_OPTS
 wait
 
 python3 - "$R" "$C_OPTS" <<'PY' | tee $R/table.txt

@@ -100,6 +100,7 @@ class WorldEvalOptions:
     json: str | None = None
     plot: str | None = None
     progress: bool = True
+    cuda_graphs: bool = False  # enable_cuda_graphs on CUDA (frames unchanged)
     memory: tuple[str, ...] = ()  # key=value overrides of the preset's memory config (e.g. "num_buckets=1024")
     extra: dict = field(default_factory=dict)
 
@@ -144,6 +145,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="no run: print the table (and --plot) of a saved result; several results of the same model "
                         "and settings (e.g. runs cut by a time limit, or one per horizon) are merged")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--cuda-graphs", action="store_true",
+                   help="replay steady chunks from CUDA graphs (VidHashPipeline.enable_cuda_graphs; same frames, CUDA only)")
 
 
 def options_from_args(args: argparse.Namespace) -> WorldEvalOptions:
@@ -151,7 +154,7 @@ def options_from_args(args: argparse.Namespace) -> WorldEvalOptions:
                             modes=tuple(args.modes), visit_seconds=args.visit_seconds, steps=args.steps,
                             frame_size=args.frame_size, full_max_seconds=args.full_max_seconds, device=args.device,
                             dtype=args.dtype, json=args.json, plot=args.plot, progress=not args.quiet,
-                            memory=tuple(args.memory))
+                            memory=tuple(args.memory), cuda_graphs=bool(getattr(args, "cuda_graphs", False)))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -567,6 +570,12 @@ def evaluate(o: WorldEvalOptions) -> dict:
     learned = bool(hashers)
     n_bits = int(pipe.transformer.config.get("memory_hash_bits", 0) or 0) or g["memory"]["n_bits"]
     sim_pipe = with_random_signatures(pipe, n_bits) if learned and "random-sig" in o.modes else None
+    if o.cuda_graphs:
+        if device.type != "cuda":
+            raise ValueError(f"--cuda-graphs needs a CUDA device, got {device}")
+        for p in (pipe, sim_pipe):
+            if p is not None:
+                p.enable_cuda_graphs()
     visit = int(round(o.visit_seconds * o.fps))
     runs = plan_runs(o, g, visit, learned, lambda f: _full_bytes(pipe, g, f, dtype), _available_bytes(device))
     todo = [r for r in runs if r.skip is None and r.same_as is None]
@@ -649,7 +658,7 @@ def _result(o: WorldEvalOptions, *, complete: bool, elapsed: float, rows: list[d
         "complete": complete,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "model": o.model, "learned_signatures": learned, "learned_hashers": [n for n, _ in hashers],
-        "device": _device_name(device), "dtype": o.dtype, "fps": o.fps, "seeds": list(o.seeds),
+        "device": _device_name(device), "dtype": o.dtype, "cuda_graphs": o.cuda_graphs, "fps": o.fps, "seeds": list(o.seeds),
         "horizons_s": [float(h) for h in o.horizons], "modes": list(o.modes),
         "full_max_seconds": o.full_max_seconds, "generation": g,
         "trajectory": {"visit_frames": visit, "leave_frames": math.ceil(g["height"] / g["action_step"]),
