@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str] | dict[str, tuple[str, str]]] = {
         "attention": ("vidhash.bench.attention", "hash-attention kernels vs dense SDPA and FlexAttention, with selection recall"),
         "coherence": ("vidhash.bench.coherence", "speed of the coherence metrics (analysed frames/s) on synthetic video"),
         "memory": ("vidhash.bench.memory", "HashedMemory read/write kernels vs the reference and dense SDPA, with recall"),
+        "data": ("vidhash.bench.data", "training data throughput: P processes × W workers, with and without the shared world cache"),
         "generation": ("vidhash.bench.generation", "time per frame and peak memory vs clip length: hashed memory, full context, window only"),
     },
     "eval": {

@@ -104,6 +104,25 @@ def test_samples_deterministic_and_objective_layout(tmp_path):
     assert revisit_share(cfg, 32) > 0.2
 
 
+def test_noise_is_drawn_from_the_sample_seed():
+    """Noise comes from each sample's seed (not from the batch it is in); on the CPU it is what the
+    data workers used to draw: torch.randn of a CPU generator seeded with it."""
+    from vidhash.training.data import sample_noise
+
+    cfg = load_train_config("cpu_test", ["data.num_frames=8"])
+    ds = TrainSamples(cfg)
+    items = [ds[i] for i in (2, 7, 11)]
+    shape = items[0]["frames"].shape
+    seeds = torch.stack([it["noise_seed"] for it in items])
+    batch = sample_noise(seeds, shape)
+    assert batch.shape == (3, *shape) and batch.dtype == torch.float32
+    for k, it in enumerate(items):
+        want = torch.randn(shape, generator=torch.Generator().manual_seed(int(it["noise_seed"])))
+        assert torch.equal(batch[k], want)
+    assert torch.equal(sample_noise(seeds[1:2], shape)[0], batch[1])  # independent of the batch around it
+    assert not torch.equal(batch[0], batch[1])
+
+
 def test_world_seeds_exclude_held_out():
     with pytest.raises(ValueError, match="held out"):
         load_train_config("cpu_test", ["data.world_seed_start=999999", "data.num_worlds=2"])

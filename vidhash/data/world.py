@@ -130,6 +130,21 @@ class ProceduralWorld:
         # 3. wrap-pad by one view so any view is a plain slice
         self._padded = np.pad(texture, ((0, view), (0, view), (0, 0)), mode="wrap")
 
+    @classmethod
+    def from_texture(cls, texture: np.ndarray, landmarks: list, seed: int, view: int) -> ProceduralWorld:
+        """The world whose built ``texture`` (size, size, 3) uint8 and ``landmarks`` are given
+        (``vidhash.data.world_cache`` publishes them): the same object a build gives, no rebuild."""
+        texture = np.asarray(texture, dtype=np.uint8)
+        size = texture.shape[0]
+        if texture.shape != (size, size, 3) or size < 2 * view:
+            raise ValueError(f"texture must be (size, size, 3) with size ≥ 2 · view, got {texture.shape}, view {view}")
+        world = cls.__new__(cls)
+        world.seed, world.size, world.view = int(seed), int(size), int(view)
+        world.landmarks = [tuple(x) for x in landmarks]
+        world.texture = texture
+        world._padded = np.pad(texture, ((0, view), (0, view), (0, 0)), mode="wrap")
+        return world
+
     def _corner(self, pose: Sequence[float]) -> tuple[int, int]:
         x0 = int(math.floor(pose[0])) - self.view // 2
         y0 = int(math.floor(pose[1])) - self.view // 2

@@ -56,6 +56,9 @@ class DataConfig:
     num_workers: int = 2  # DataLoader workers per process (0: in the main process)
     prefetch_factor: int = 4  # batches loaded ahead per worker (with num_workers > 0)
     pin_memory: bool = True  # pinned host batches (CUDA only): asynchronous host-to-device copies
+    # built worlds shared by all workers and processes on the machine (vidhash.data.world_cache):
+    # "auto" (/dev/shm/vidhash-worlds-<uid>, else the temp dir), a folder, or "off" (each worker builds)
+    world_cache: str = "auto"
 
 
 @dataclass

@@ -91,8 +91,31 @@ def noise_levels(cfg: TrainConfig, rng: np.random.Generator) -> np.ndarray:
     return np.repeat(sig, n.chunk_frames).astype(np.float32)
 
 
+def sample_noise(seeds: torch.Tensor, shape, device: torch.device | str = "cpu") -> torch.Tensor:
+    """The noise of a batch ``(len(seeds), *shape)`` on ``device``: sample i is ``torch.randn(shape)``
+    from a generator on ``device`` seeded with ``seeds[i]`` (``item["noise_seed"]``, a function of
+    ``(data.seed, index)`` only). Drawn where it is used — on the GPU in training — rather than by
+    the data workers, where it was 59% of a sample's CPU time and half of what they sent through
+    shared memory (BENCHMARKS.md "training data"). On the CPU it is the noise the workers drew."""
+    gen = torch.Generator(device=device)
+    return torch.stack([torch.randn(tuple(shape), generator=gen.manual_seed(int(s)), device=device)
+                        for s in seeds.tolist()])
+
+
+def world_cache_folder(setting) -> str | None | bool:
+    """``data.world_cache`` → False (off: "off"/"false"/"no"/"none"/"", also YAML's off → False),
+    None ("auto"/"on"/"true": the default folder) or the folder given."""
+    s = str(setting).strip()
+    if s.lower() in ("off", "false", "no", "none", "0", ""):
+        return False
+    if s.lower() in ("auto", "on", "true", "yes", "1"):
+        return None
+    return s
+
+
 class TrainSamples(Dataset):
-    """``samples[i]``: frames, actions, poses, sigmas (T,), noise (T, C, H, W); deterministic in (seed, i)."""
+    """``samples[i]``: frames, actions, poses, sigmas (T,), noise_seed (the seed of its noise
+    (T, C, H, W): :func:`sample_noise`); deterministic in (seed, i)."""
 
     def __init__(self, cfg: TrainConfig):
         self.cfg = cfg
@@ -107,6 +130,9 @@ class TrainSamples(Dataset):
                 raise ValueError(f"data.video_root {d.video_root}: a video could not be read ({err})") from None
         self.block_len = d.pool_size * d.clips_per_world
         self._worlds: OrderedDict[int, ProceduralWorld] = OrderedDict()
+        self.cache = None  # SharedWorldCache, made lazily in each worker (it holds no open files)
+        self.build_counter = None  # optional multiprocessing.Value: worlds built, over all workers (benchmarks)
+        self._newest_block = -1
 
     def __len__(self) -> int:  # indices are unbounded; len only for DataLoader bookkeeping
         return 1 << 62
@@ -115,7 +141,14 @@ class TrainSamples(Dataset):
         w = self._worlds.get(seed)
         if w is None:
             d = self.cfg.data
-            w = ProceduralWorld(seed=int(seed), size=d.world_size, view=d.view)
+            cache = self._cache()
+            before = cache.builds + cache.fallbacks if cache is not None else 0
+            w = (cache.get(int(seed), d.world_size, d.view) if cache is not None
+                 else ProceduralWorld(seed=int(seed), size=d.world_size, view=d.view))
+            built = (cache.builds + cache.fallbacks - before) if cache is not None else 1
+            if self.build_counter is not None and built:
+                with self.build_counter.get_lock():
+                    self.build_counter.value += built
             self._worlds[seed] = w
             while len(self._worlds) > d.pool_size:
                 self._worlds.popitem(last=False)
@@ -123,12 +156,47 @@ class TrainSamples(Dataset):
             self._worlds.move_to_end(seed)
         return w
 
+    def _cache(self):
+        folder = world_cache_folder(self.cfg.data.world_cache)
+        if folder is False:
+            return None
+        if self.cache is None:
+            from vidhash.data.world_cache import SharedWorldCache
+
+            self.cache = SharedWorldCache(folder)
+        return self.cache
+
+    def _enter_block(self, block: int) -> None:
+        """First sample of a newer block: the shared files of worlds three blocks back (in no pool
+        a lagging worker of another process may still be filling) are removed."""
+        if block <= self._newest_block:
+            return
+        self._newest_block = block
+        cache, d = self._cache(), self.cfg.data
+        if cache is None or block < 3:
+            return
+        live = set()
+        for b in range(block - 2, block + 1):
+            live.update(int(s) for s in world_pool_seeds(self.cfg, b))
+        cache.evict([int(s) for s in world_pool_seeds(self.cfg, block - 3) if int(s) not in live], d.world_size, d.view)
+
+    def release_worlds(self, position: int) -> None:
+        """End of a run at data ``position``: remove the shared files of the worlds its workers may
+        have published (the blocks from three back to one ahead), so nothing is left in /dev/shm."""
+        cache, d = self._cache(), self.cfg.data
+        if cache is None or self.videos is not None:
+            return
+        block = int(position) // self.block_len
+        seeds = {int(s) for b in range(max(0, block - 3), block + 2) for s in world_pool_seeds(self.cfg, b)}
+        cache.evict(sorted(seeds), d.world_size, d.view)
+
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         cfg, d = self.cfg, self.cfg.data
         index = int(index)
         rng = np.random.default_rng([d.seed, 1, index])
         pick = int(rng.integers(1 << 30))
         if self.videos is None:
+            self._enter_block(index // self.block_len)
             seeds = world_pool_seeds(cfg, index // self.block_len)
             world = self.world(int(seeds[pick % len(seeds)]))
             actions, poses = trajectory(cfg, index, rng)
@@ -139,9 +207,8 @@ class TrainSamples(Dataset):
             epoch, k = divmod(index, n)
             item = dict(self.videos[int(np.random.default_rng([d.seed, 4, epoch]).permutation(n)[k])])
         sig = noise_levels(cfg, rng)
-        g = torch.Generator().manual_seed(int(rng.integers(1 << 62)))
         item["sigmas"] = torch.from_numpy(sig)
-        item["noise"] = torch.randn(item["frames"].shape, generator=g)
+        item["noise_seed"] = torch.tensor(int(rng.integers(1 << 62)), dtype=torch.int64)  # sample_noise draws it
         return item
 
 

@@ -30,7 +30,7 @@ from vidhash.config import config_diff, save_config, to_yaml
 
 from .checkpoint import checkpoint_size, find_checkpoint, load_checkpoint, save_checkpoint
 from .config import TrainConfig, model_fingerprint, model_supports_selection, selection_arg
-from .data import IndexBatches, TrainSamples, revisit_share
+from .data import IndexBatches, TrainSamples, revisit_share, sample_noise
 from .ema import EMA
 
 # Step-time breakdown (ms per step, mean over the log interval, the largest over processes):
@@ -499,7 +499,7 @@ def train(cfg: TrainConfig, resume: str | None = None, max_minutes: float | None
             model.train()
             for k, b in enumerate(batches):
                 x0 = b["frames"].to(dev, non_blocking=True)
-                noise = b["noise"].to(dev, non_blocking=True)
+                noise = sample_noise(b["noise_seed"], b["frames"].shape[1:], dev)  # drawn on the device
                 actions = b["actions"].to(dev, non_blocking=True)
                 poses = b["poses"].to(dev, non_blocking=True)
                 sig = sigs[k]
@@ -592,6 +592,9 @@ def train(cfg: TrainConfig, resume: str | None = None, max_minutes: float | None
         if host:  # steps since the last log row
             flush_timing()
         save(reason)
+    it = None  # stops the loader's workers (they could publish worlds again)
+    if accelerator.is_local_main_process:
+        dataset.release_worlds(data_pos)  # the shared world files of this run's last blocks
     timing = timing_summary(timings, cfg.batch_size)
     if nproc > 1 and timing:
         keys = sorted(k for k in timing if k.endswith("_ms"))
