@@ -71,9 +71,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile each transformer block (VidHashPipeline.compile_blocks; compiles on the first chunks)")
-    p.add_argument("--cuda-graphs", action="store_true",
+    p.add_argument("--cuda-graphs", action=argparse.BooleanOptionalAction, default=None,
                    help="replay steady chunks' transformer passes from CUDA graphs (VidHashPipeline.enable_cuda_graphs; "
-                        "CUDA only, frames unchanged)")
+                        "frames unchanged; default: on for a CUDA device)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="generation settings, e.g. chunk_frames=2 memory.top_k=16")
 
 
@@ -87,7 +87,7 @@ def config_from_args(args: argparse.Namespace) -> GenerateConfig:
 
 def run(args: argparse.Namespace) -> int:
     return main(config_from_args(args), progress=not args.quiet, compile_blocks=getattr(args, "compile", False),
-                cuda_graphs=getattr(args, "cuda_graphs", False))
+                cuda_graphs=getattr(args, "cuda_graphs", None))
 
 
 # ------------------------------------------------------------------------------------- run
@@ -138,7 +138,7 @@ def _stem(path: Path) -> Path:
     return path.with_suffix("")
 
 
-def main(cfg: GenerateConfig, progress: bool = True, compile_blocks: bool = False, cuda_graphs: bool = False) -> int:
+def main(cfg: GenerateConfig, progress: bool = True, compile_blocks: bool = False, cuda_graphs: bool | None = None) -> int:
     """Run one ``vidhash generate`` (see the module docstring); returns the exit status."""
     from vidhash.pipelines import VidHashState
 
@@ -164,9 +164,9 @@ def main(cfg: GenerateConfig, progress: bool = True, compile_blocks: bool = Fals
     pipe = _load_pipeline(cfg, device, progress)
     if compile_blocks:
         pipe.compile_blocks()
-    if cuda_graphs:
-        if device.type != "cuda":
-            raise ValueError(f"--cuda-graphs needs a CUDA device, got {device}")
+    if cuda_graphs and device.type != "cuda":
+        raise ValueError(f"--cuda-graphs needs a CUDA device, got {device}")
+    if cuda_graphs or (cuda_graphs is None and device.type == "cuda"):
         pipe.enable_cuda_graphs()
     pipe.set_progress_bar_config(disable=not progress, desc="chunks")
     state = VidHashState.load(cfg.resume, device=device) if cfg.resume else None

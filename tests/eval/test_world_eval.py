@@ -10,7 +10,7 @@ from vidhash.data.world import ProceduralWorld
 from vidhash.eval import world as ew
 from vidhash.eval.trajectory import plan_loop
 
-TOP_KEYS = {"schema", "complete", "created", "model", "learned_signatures", "learned_hashers", "device", "dtype", "fps", "seeds",
+TOP_KEYS = {"schema", "complete", "created", "model", "learned_signatures", "learned_hashers", "device", "dtype", "cuda_graphs", "fps", "seeds",
             "horizons_s", "modes", "full_max_seconds", "generation", "trajectory", "rows", "summary", "timing", "host",
             "targets"}
 ROW_KEYS = {"seed", "horizon_s", "mode", "setting", "status", "note", "same_as", "gap_frames", "frames",
@@ -22,7 +22,7 @@ CELL_KEYS = {"return_psnr", "return_ssim", "away_psnr", "away_ssim", "self_psnr"
 
 def test_json_keys_and_files(tiny_result):
     result, out = tiny_result
-    assert set(result) == TOP_KEYS and result["schema"] == "vidhash-eval-world/1"
+    assert set(result) == TOP_KEYS and result["schema"] == "vidhash-eval-world/1" and result["cuda_graphs"] is False
     assert json.loads((out / "world.json").read_text()) == json.loads(json.dumps(result))
     assert (out / "world.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert all(set(r) == ROW_KEYS for r in result["rows"])

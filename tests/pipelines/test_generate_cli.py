@@ -111,9 +111,10 @@ def test_crash_while_writing_keeps_frames_and_consistent_state(tmp_path, monkeyp
     (["--out", "{tmp}/old.mp4"], "old.partial.mp4 exists"),
     (["--prompt-world", "1", "--prompt-frames", "0"], "prompt-frames must be at least 1"),
     (["--prompt-world", "1", "--resume", "{tmp}/trunc.pt"], "cannot be combined with --resume"),
+    (["--device", "cpu", "--cuda-graphs"], "--cuda-graphs needs a CUDA device"),
 ], ids=["missing-folder", "not-mp4", "zero-seconds", "negative-fps", "chunk-gt-window", "unknown-key",
         "wrong-type", "height", "unknown-action", "truncated-state", "unknown-random-model", "not-a-model",
-        "earlier-partial-kept", "zero-prompt-frames", "prompt-and-resume"])
+        "earlier-partial-kept", "zero-prompt-frames", "prompt-and-resume", "graphs-on-cpu"])
 def test_bad_input_is_a_clear_error(tmp_path, capsys, args, match):
     (tmp_path / "actions.json").write_text('["up", "jump"]')
     (tmp_path / "trunc.pt").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{")

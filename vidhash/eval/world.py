@@ -100,7 +100,7 @@ class WorldEvalOptions:
     json: str | None = None
     plot: str | None = None
     progress: bool = True
-    cuda_graphs: bool = False  # enable_cuda_graphs on CUDA (frames unchanged)
+    cuda_graphs: bool | None = None  # enable_cuda_graphs (frames unchanged); None: on for CUDA
     memory: tuple[str, ...] = ()  # key=value overrides of the preset's memory config (e.g. "num_buckets=1024")
     extra: dict = field(default_factory=dict)
 
@@ -145,8 +145,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="no run: print the table (and --plot) of a saved result; several results of the same model "
                         "and settings (e.g. runs cut by a time limit, or one per horizon) are merged")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.add_argument("--cuda-graphs", action="store_true",
-                   help="replay steady chunks from CUDA graphs (VidHashPipeline.enable_cuda_graphs; same frames, CUDA only)")
+    p.add_argument("--cuda-graphs", action=argparse.BooleanOptionalAction, default=None,
+                   help="replay steady chunks from CUDA graphs (VidHashPipeline.enable_cuda_graphs; same frames; "
+                        "default: on for a CUDA device)")
 
 
 def options_from_args(args: argparse.Namespace) -> WorldEvalOptions:
@@ -154,7 +155,7 @@ def options_from_args(args: argparse.Namespace) -> WorldEvalOptions:
                             modes=tuple(args.modes), visit_seconds=args.visit_seconds, steps=args.steps,
                             frame_size=args.frame_size, full_max_seconds=args.full_max_seconds, device=args.device,
                             dtype=args.dtype, json=args.json, plot=args.plot, progress=not args.quiet,
-                            memory=tuple(args.memory), cuda_graphs=bool(getattr(args, "cuda_graphs", False)))
+                            memory=tuple(args.memory), cuda_graphs=getattr(args, "cuda_graphs", None))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -570,9 +571,9 @@ def evaluate(o: WorldEvalOptions) -> dict:
     learned = bool(hashers)
     n_bits = int(pipe.transformer.config.get("memory_hash_bits", 0) or 0) or g["memory"]["n_bits"]
     sim_pipe = with_random_signatures(pipe, n_bits) if learned and "random-sig" in o.modes else None
-    if o.cuda_graphs:
-        if device.type != "cuda":
-            raise ValueError(f"--cuda-graphs needs a CUDA device, got {device}")
+    if o.cuda_graphs and device.type != "cuda":
+        raise ValueError(f"--cuda-graphs needs a CUDA device, got {device}")
+    if o.cuda_graphs or (o.cuda_graphs is None and device.type == "cuda"):
         for p in (pipe, sim_pipe):
             if p is not None:
                 p.enable_cuda_graphs()
@@ -658,7 +659,8 @@ def _result(o: WorldEvalOptions, *, complete: bool, elapsed: float, rows: list[d
         "complete": complete,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "model": o.model, "learned_signatures": learned, "learned_hashers": [n for n, _ in hashers],
-        "device": _device_name(device), "dtype": o.dtype, "cuda_graphs": o.cuda_graphs, "fps": o.fps, "seeds": list(o.seeds),
+        "device": _device_name(device), "dtype": o.dtype,
+        "cuda_graphs": bool(o.cuda_graphs or (o.cuda_graphs is None and torch.device(device).type == "cuda")), "fps": o.fps, "seeds": list(o.seeds),
         "horizons_s": [float(h) for h in o.horizons], "modes": list(o.modes),
         "full_max_seconds": o.full_max_seconds, "generation": g,
         "trajectory": {"visit_frames": visit, "leave_frames": math.ceil(g["height"] / g["action_step"]),

@@ -41,7 +41,7 @@ class DataConfig:
     # -- procedural world
     world_seed_start: int = 0
     num_worlds: int = 100_000  # training worlds: world_seed_start .. world_seed_start + num_worlds - 1
-    pool_size: int = 32  # worlds alive at once (building one costs ~0.3 s at size 512)
+    pool_size: int = 32  # worlds alive at once (one build of ~60 ms at size 512, shared by the machine: world_cache)
     clips_per_world: int = 16  # average clips per world before the pool moves on
     world_size: int = 512
     view: int = 64  # frame side (= model frame size)
