@@ -89,3 +89,20 @@ def test_bad_bank_settings():
         RealismBank.build(world_size=64)
     with pytest.raises(ValueError, match="positive"):
         RealismBank.build(world_size=WORLD, bank_worlds=0)
+
+
+def test_search_device_and_chunk_do_not_change_the_score(bank, real):
+    """The nearest-bank search chunked differently (and, on a GPU, run there) gives the same distances
+    up to float32 rounding."""
+    ref = bank.patch_distances(real)
+    torch.testing.assert_close(bank.patch_distances(real, chunk=97), ref, rtol=0, atol=1e-5)
+    torch.testing.assert_close(bank.patch_distances(real, device="cpu"), ref, rtol=0, atol=0)
+
+
+@pytest.mark.gpu
+def test_search_on_cuda_matches_cpu(bank, real):
+    ref = bank.score(real)
+    got = bank.score(real, device="cuda")
+    torch.testing.assert_close(torch.as_tensor(got.frame_distance), torch.as_tensor(ref.frame_distance),
+                               rtol=0, atol=2e-3)
+    assert abs(got.real_share - ref.real_share) < 0.01
