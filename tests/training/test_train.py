@@ -123,6 +123,23 @@ def test_noise_is_drawn_from_the_sample_seed():
     assert not torch.equal(batch[0], batch[1])
 
 
+def test_world_frames_travel_as_uint8_and_scale_like_to_model_frames():
+    from vidhash.data.clips import to_model_frames
+    from vidhash.training.data import model_frames, trajectory, world_pool_seeds
+
+    cfg = load_train_config("cpu_test", ["data.num_frames=8"])
+    ds = TrainSamples(cfg)
+    item = ds[5]
+    assert item["frames"].dtype == torch.uint8 and item["frames"].shape == (8, 3, cfg.data.view, cfg.data.view)
+    rng = np.random.default_rng([cfg.data.seed, 1, 5])
+    pick = int(rng.integers(1 << 30))
+    seeds = world_pool_seeds(cfg, 5 // ds.block_len)
+    _, poses = trajectory(cfg, 5, rng)
+    want = to_model_frames(ds.world(int(seeds[pick % len(seeds)])).render_many(poses))
+    assert torch.equal(model_frames(item["frames"]), want)
+    assert model_frames(want) is want  # float frames (video clips) pass through
+
+
 def test_world_seeds_exclude_held_out():
     with pytest.raises(ValueError, match="held out"):
         load_train_config("cpu_test", ["data.world_seed_start=999999", "data.num_worlds=2"])

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from vidhash.data.clips import VideoFolderDataset, to_model_frames
+from vidhash.data.clips import VideoFolderDataset
 from vidhash.data.world import ProceduralWorld, RandomTrajectory, revisits
 
 from .config import TrainConfig
@@ -91,6 +91,12 @@ def noise_levels(cfg: TrainConfig, rng: np.random.Generator) -> np.ndarray:
     return np.repeat(sig, n.chunk_frames).astype(np.float32)
 
 
+def model_frames(frames: torch.Tensor) -> torch.Tensor:
+    """A batch's frames as the model takes them: uint8 (world clips, ``(…, 3, H, W)``) → float32 in
+    [−1, 1] exactly as :func:`vidhash.data.clips.to_model_frames`; float frames (video clips) as they are."""
+    return frames.float() / 127.5 - 1.0 if frames.dtype == torch.uint8 else frames
+
+
 def sample_noise(seeds: torch.Tensor, shape, device: torch.device | str = "cpu") -> torch.Tensor:
     """The noise of a batch ``(len(seeds), *shape)`` on ``device``: sample i is ``torch.randn(shape)``
     from a generator on ``device`` seeded with ``seeds[i]`` (``item["noise_seed"]``, a function of
@@ -114,8 +120,9 @@ def world_cache_folder(setting) -> str | None | bool:
 
 
 class TrainSamples(Dataset):
-    """``samples[i]``: frames, actions, poses, sigmas (T,), noise_seed (the seed of its noise
-    (T, C, H, W): :func:`sample_noise`); deterministic in (seed, i)."""
+    """``samples[i]``: frames (T, C, H, W: uint8 for world clips, :func:`model_frames` scales them),
+    actions, poses, sigmas (T,), noise_seed (the seed of its noise: :func:`sample_noise`);
+    deterministic in (seed, i)."""
 
     def __init__(self, cfg: TrainConfig):
         self.cfg = cfg
@@ -200,7 +207,9 @@ class TrainSamples(Dataset):
             seeds = world_pool_seeds(cfg, index // self.block_len)
             world = self.world(int(seeds[pick % len(seeds)]))
             actions, poses = trajectory(cfg, index, rng)
-            item = {"frames": to_model_frames(world.render_many(poses)), "actions": torch.from_numpy(actions),
+            # uint8 (T, 3, H, W): a quarter of the bytes through the loader; model_frames scales it on the device
+            item = {"frames": torch.from_numpy(world.render_many(poses)).permute(0, 3, 1, 2).contiguous(),
+                    "actions": torch.from_numpy(actions),
                     "poses": torch.from_numpy(poses.astype(np.float32))}
         else:
             n = len(self.videos)

@@ -30,7 +30,7 @@ from vidhash.config import config_diff, save_config, to_yaml
 
 from .checkpoint import checkpoint_size, find_checkpoint, load_checkpoint, save_checkpoint
 from .config import TrainConfig, model_fingerprint, model_supports_selection, selection_arg
-from .data import IndexBatches, TrainSamples, revisit_share, sample_noise
+from .data import IndexBatches, TrainSamples, model_frames, revisit_share, sample_noise
 from .ema import EMA
 
 # Step-time breakdown (ms per step, mean over the log interval, the largest over processes):
@@ -498,7 +498,7 @@ def train(cfg: TrainConfig, resume: str | None = None, max_minutes: float | None
             err_sum = torch.zeros((), device=dev)
             model.train()
             for k, b in enumerate(batches):
-                x0 = b["frames"].to(dev, non_blocking=True)
+                x0 = model_frames(b["frames"].to(dev, non_blocking=True))  # uint8 world clips scaled on the device
                 noise = sample_noise(b["noise_seed"], b["frames"].shape[1:], dev)  # drawn on the device
                 actions = b["actions"].to(dev, non_blocking=True)
                 poses = b["poses"].to(dev, non_blocking=True)
