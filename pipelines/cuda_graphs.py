@@ -102,6 +102,13 @@ class PassGraphs:
         return (id(state), tuple(latents.shape), latents.dtype, latents.device, tuple(act.shape), act.dtype,
                 tuple(pos.shape), pos.dtype, tuple(ptrs), params, torch.is_autocast_enabled())
 
+    def release(self) -> None:
+        """Drop the captured graphs, their static buffers and the context they were captured with
+        (which keeps the last clip's window and memories alive); the next steady chunk captures again."""
+        self._graphs.clear()
+        self._static = {}
+        self._key = self._context = None
+
     # ------------------------------------------------------------------ passes
     def denoise(self, latents: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """Velocity of ``latents`` at timesteps ``t`` ``(1, c)`` (a buffer of the graph: consume it

@@ -295,6 +295,8 @@ class VidHashPipeline(DiffusionPipeline):
                                                callback_on_step_end_tensor_inputs, context_frames, context_poses,
                                                context_actions)
         if state is None:
+            if getattr(self, "_pass_graphs", None) is not None:
+                self._pass_graphs.release()  # the last clip's graphs cannot serve a new state: free them first
             state = self.init_state(height, width, window_frames, memory, generator)
         elif generator is not None:
             state.generator = _cpu_generator(generator)

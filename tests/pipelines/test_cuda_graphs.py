@@ -37,8 +37,17 @@ def test_emulated_graphs_match_eager(memory):
                 actions=["right"] * 8).frames
     assert torch.equal(more, more_eager)
     assert pipe.cuda_graph_stats["captures"] == 2 and pipe.cuda_graph_stats["replays"] == 15
-    # a new clip (new state: new window and memory buffers) captures again and still matches
-    assert torch.equal(_gen(pipe, seed=3, **kw).frames, _gen(eager_pipe, seed=3, **kw).frames)
+    # a new clip (new state: new window and memory buffers) releases the old graphs (and the old
+    # state they hold) before it allocates, captures again and still matches
+    import weakref
+
+    old_window = weakref.ref(out.state.window_k)
+    del out
+    chunks = pipe.stream(20, generator=torch.Generator().manual_seed(3), **kw)
+    first = next(chunks)  # window still filling: nothing captured for the new state yet
+    assert old_window() is None and pipe.cuda_graph_stats["captures"] == 2
+    new = torch.cat([first.frames, *(c.frames for c in chunks)], 1)
+    assert torch.equal(new, _gen(eager_pipe, seed=3, **kw).frames)
     assert pipe.cuda_graph_stats["captures"] == 4
     pipe.disable_cuda_graphs()
     assert pipe.cuda_graph_stats is None
