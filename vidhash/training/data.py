@@ -4,8 +4,12 @@ function of ``(data.seed, index)``, so the data position of a run is one integer
 
 World source: a seeded pool of procedural worlds. Indices are grouped in blocks of
 ``pool_size · clips_per_world``; block ``b`` draws ``pool_size`` world seeds (from the training
-range, never ≥ ``HELDOUT_WORLD_SEED``) and each sample picks one of them, so a worker builds at
-most ``pool_size`` worlds per block (a small LRU keeps them). Trajectories: ``out_and_back`` (walk
+range, never ≥ ``HELDOUT_WORLD_SEED``) and each sample picks one of them, so a worker needs at
+most ``pool_size`` worlds per block (a small LRU keeps them); with ``data.world_cache`` (default)
+each is built once per machine and loaded by every other worker and process
+(:mod:`vidhash.data.world_cache`). A sample carries its noise's seed, not the noise
+(:func:`sample_noise` draws it on the training device), and world frames as uint8
+(:func:`model_frames` scales them there). Trajectories: ``out_and_back`` (walk
 out, then retrace the path, so the second half revisits places seen more than a window ago),
 ``random`` (``RandomTrajectory`` with a high revisit probability and a short reach) or ``mixed``.
 
