@@ -28,7 +28,15 @@ import warnings
 
 import torch
 
-KINDS = ("denoise", "commit")
+
+
+def use_cuda_graphs(setting: bool | None, device) -> bool:
+    """A command's ``--cuda-graphs`` / ``--no-cuda-graphs`` (None: neither) on ``device``: on for a
+    CUDA device unless turned off; asking for them elsewhere is a ValueError."""
+    cuda = torch.device(device).type == "cuda"
+    if setting and not cuda:
+        raise ValueError(f"--cuda-graphs needs a CUDA device, got {device}")
+    return cuda if setting is None else bool(setting)
 
 
 class _Emulated:
@@ -58,7 +66,7 @@ class PassGraphs:
         self.emulate = emulate
         self.captures = 0  # graphs captured
         self.replays = 0  # passes run as a replay
-        self.eager_passes = 0  # passes run eagerly (not steady, or capture failed)
+        self.eager_passes = 0  # passes run eagerly (not steady, or capture failed): count_eager()
         self.failed: str | None = None  # why capture failed (then everything runs eagerly)
         self._key = None  # what the captured graphs depend on (see _make_key)
         self._static: dict[str, torch.Tensor] = {}
@@ -164,6 +172,10 @@ class PassGraphs:
         with torch.cuda.graph(graph):
             out = self._forward(kind)
         return graph, out
+
+    def count_eager(self) -> None:
+        """The pipeline ran a pass eagerly (window filling, a short chunk)."""
+        self.eager_passes += 1
 
     def stats(self) -> dict:
         return {"captures": self.captures, "replays": self.replays, "eager_passes": self.eager_passes,

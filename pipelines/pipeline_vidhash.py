@@ -364,7 +364,7 @@ class VidHashPipeline(DiffusionPipeline):
                         velocity = self.transformer(latents, step_t[i], act, pos, context=context,
                                                     frame_inputs=frame_inputs).sample
                         if graphs is not None:
-                            graphs.eager_passes += 1
+                            graphs.count_eager()
                     latents = self.scheduler.step(velocity, t, latents, generator=state.generator,
                                                   return_dict=False)[0]
                     if callback_on_step_end is not None:
@@ -424,7 +424,7 @@ class VidHashPipeline(DiffusionPipeline):
             kv = self.transformer(latents, zero, act, pos, context=context, return_kv=True,
                                   frame_inputs=frame_inputs).kv
             if self._graphs_for(latents.device) is not None:
-                self._pass_graphs.eager_passes += 1
+                self._pass_graphs.count_eager()
         state.push(kv, state.frame_index)
         state.top_k = memory.top_k
         state.frame_index += c

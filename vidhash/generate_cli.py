@@ -164,9 +164,9 @@ def main(cfg: GenerateConfig, progress: bool = True, compile_blocks: bool = Fals
     pipe = _load_pipeline(cfg, device, progress)
     if compile_blocks:
         pipe.compile_blocks()
-    if cuda_graphs and device.type != "cuda":
-        raise ValueError(f"--cuda-graphs needs a CUDA device, got {device}")
-    if cuda_graphs or (cuda_graphs is None and device.type == "cuda"):
+    from vidhash.pipelines.cuda_graphs import use_cuda_graphs
+
+    if use_cuda_graphs(cuda_graphs, device):
         pipe.enable_cuda_graphs()
     pipe.set_progress_bar_config(disable=not progress, desc="chunks")
     state = VidHashState.load(cfg.resume, device=device) if cfg.resume else None

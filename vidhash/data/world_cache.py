@@ -50,7 +50,8 @@ def code_digest() -> str:
 class SharedWorldCache:
     """``get(seed, size, view)`` → the :class:`ProceduralWorld`, built at most once per machine.
 
-    ``builds`` / ``loads`` / ``fallbacks`` count what this process did (tests, benchmarks)."""
+    ``builds`` (every world built here, whatever the reason) / ``loads`` / ``fallbacks`` (builds
+    that skipped the files: a lock held too long, a file error) count what this process did."""
 
     def __init__(self, root: str | os.PathLike | None = None, wait_s: float = 30.0):
         self.root = Path(root) if root is not None else default_cache_dir()

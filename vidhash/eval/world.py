@@ -67,7 +67,7 @@ import platform
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -572,9 +572,10 @@ def evaluate(o: WorldEvalOptions) -> dict:
     learned = bool(hashers)
     n_bits = int(pipe.transformer.config.get("memory_hash_bits", 0) or 0) or g["memory"]["n_bits"]
     sim_pipe = with_random_signatures(pipe, n_bits) if learned and "random-sig" in o.modes else None
-    if o.cuda_graphs and device.type != "cuda":
-        raise ValueError(f"--cuda-graphs needs a CUDA device, got {device}")
-    if o.cuda_graphs or (o.cuda_graphs is None and device.type == "cuda"):
+    from vidhash.pipelines.cuda_graphs import use_cuda_graphs
+
+    o = replace(o, cuda_graphs=use_cuda_graphs(o.cuda_graphs, device))  # resolved: the JSON records what ran
+    if o.cuda_graphs:
         for p in (pipe, sim_pipe):
             if p is not None:
                 p.enable_cuda_graphs()
@@ -661,7 +662,7 @@ def _result(o: WorldEvalOptions, *, complete: bool, elapsed: float, rows: list[d
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "model": o.model, "learned_signatures": learned, "learned_hashers": [n for n, _ in hashers],
         "device": _device_name(device), "dtype": o.dtype,
-        "cuda_graphs": bool(o.cuda_graphs or (o.cuda_graphs is None and torch.device(device).type == "cuda")), "fps": o.fps, "seeds": list(o.seeds),
+        "cuda_graphs": bool(o.cuda_graphs), "fps": o.fps, "seeds": list(o.seeds),
         "horizons_s": [float(h) for h in o.horizons], "modes": list(o.modes),
         "full_max_seconds": o.full_max_seconds, "generation": g,
         "trajectory": {"visit_frames": visit, "leave_frames": math.ceil(g["height"] / g["action_step"]),

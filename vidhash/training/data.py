@@ -153,10 +153,12 @@ class TrainSamples(Dataset):
         if w is None:
             d = self.cfg.data
             cache = self._cache()
-            before = cache.builds + cache.fallbacks if cache is not None else 0
-            w = (cache.get(int(seed), d.world_size, d.view) if cache is not None
-                 else ProceduralWorld(seed=int(seed), size=d.world_size, view=d.view))
-            built = (cache.builds + cache.fallbacks - before) if cache is not None else 1
+            if cache is not None:
+                before = cache.builds
+                w = cache.get(int(seed), d.world_size, d.view)
+                built = cache.builds - before
+            else:
+                w, built = ProceduralWorld(seed=int(seed), size=d.world_size, view=d.view), 1
             if self.build_counter is not None and built:
                 with self.build_counter.get_lock():
                     self.build_counter.value += built
