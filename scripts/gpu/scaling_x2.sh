@@ -3,13 +3,15 @@
 #   A. GPU 0 alone, batch 64                             (A_MIN minutes; pays the first compile)
 #   B. both GPUs, DDP defaults, batch 128 (64 per GPU)  (B_MIN minutes; inductor's cache is warm)
 #   C. both GPUs, C_OPTS (static graph, gradients as bucket views, smaller buckets, more workers)
+#   D. (RUN_D=1) two independent 1-GPU runs at once, one per GPU, no DDP (D_MIN minutes): what this
+#      host gives two processes without any communication, the ceiling for B and C
 # Each run: bf16, compiled blocks, no gradient checkpointing (the world_tiny GPU recipe), no export,
 # the trainer's step-time breakdown (loss.csv columns data_ms..step_ms; the summary medians leave
 # the first 5 steps out: compilation). CPU use is sampled for 15 s near the end of each run.
 # Prints a table: samples/s, median ms per part, 2-GPU/1-GPU ratios (target >= 1.8). Results
 # (logs, loss.csv, table) under $OUT/scaling/.
 #   source scripts/gpu/setup.sh && bash scripts/gpu/scaling_x2.sh
-# Env: A_MIN B_MIN C_MIN (1.45 0.9 0.9), SKIP_C (set: no run C), C_OPTS, CFG (configs/train/world_tiny.yaml), LOG_EVERY (25),
+# Env: A_MIN B_MIN C_MIN D_MIN (1.45 0.9 0.9 0.9), SKIP_C (set: no run C), RUN_D (set: run D), C_OPTS, CFG (configs/train/world_tiny.yaml), LOG_EVERY (25),
 #      BATCH (64 per GPU), COMPILE (true), EXTRA (more overrides for every run), LAUNCH2 (2-process launcher).
 set -u
 [[ ":${PYTHONPATH:-}:" == *":/tmp/site:"* ]] || source scripts/gpu/setup.sh || exit 1
@@ -52,6 +54,12 @@ run() {  # run NAME MINUTES LAUNCHER... -- OVERRIDES...
 
 run A_1gpu "$A_MIN" env CUDA_VISIBLE_DEVICES=0 python3 -m vidhash.cli train "${common[@]}" batch_size=$BATCH out_dir=/tmp/scal_A_1gpu
 run B_2gpu "$B_MIN" $LAUNCH2 -m vidhash.cli train "${common[@]}" batch_size=$((2 * BATCH)) out_dir=/tmp/scal_B_2gpu
+if [ -n "${RUN_D:-}" ]; then
+  D_MIN=${D_MIN:-0.9}
+  run D_2x1_g1 "$D_MIN" env CUDA_VISIBLE_DEVICES=1 python3 -m vidhash.cli train "${common[@]}" batch_size=$BATCH out_dir=/tmp/scal_D_2x1_g1 > /dev/null &
+  run D_2x1 "$D_MIN" env CUDA_VISIBLE_DEVICES=0 python3 -m vidhash.cli train "${common[@]}" batch_size=$BATCH out_dir=/tmp/scal_D_2x1
+  wait
+fi
 [ -n "${SKIP_C:-}" ] || run C_2gpu "$C_MIN" $LAUNCH2 -m vidhash.cli train "${common[@]}" batch_size=$((2 * BATCH)) out_dir=/tmp/scal_C_2gpu $C_OPTS
 wait
 
@@ -60,7 +68,8 @@ import csv, json, statistics, sys
 from pathlib import Path
 R, c_opts = Path(sys.argv[1]), sys.argv[2]
 parts = ["data", "sync", "h2d", "fwd", "bwd", "opt", "ema", "idle", "log", "step"]
-runs = {"A_1gpu": "1 GPU", "B_2gpu": "2 GPU defaults", "C_2gpu": "2 GPU " + c_opts}
+runs = {"A_1gpu": "1 GPU", "B_2gpu": "2 GPU defaults", "C_2gpu": "2 GPU " + c_opts,
+        "D_2x1": "two independent 1-GPU runs at once (GPU 0; the GPU 1 run is D_2x1_g1)", "D_2x1_g1": "D on GPU 1"}
 res = {}
 for name in runs:
     t, rows = None, []
@@ -87,7 +96,10 @@ for name, (t, rows, cpu) in res.items():
     sps[name] = (t["samples_per_s"], csv_sps)
     print(f"{name:8} {t['steps']:5d} {t['samples_per_s']:7.0f} {csv_sps:7.0f} "
           + " ".join(f"{t[p + '_ms']:6.1f}" for p in parts) + f"  {cpu:>4}")
-for name in ("B_2gpu", "C_2gpu"):
+if "D_2x1" in sps and "D_2x1_g1" in sps:  # the two D runs together: their samples/s add
+    sps["D_2x1+g1"] = tuple(x + y for x, y in zip(sps["D_2x1"], sps["D_2x1_g1"]))
+    runs["D_2x1+g1"] = runs["D_2x1"].split(" (")[0] + ": the host's ceiling without communication"
+for name in ("B_2gpu", "C_2gpu", "D_2x1+g1"):
     if name in sps and "A_1gpu" in sps:
         a, b = sps["A_1gpu"], sps[name]
         print(f"{name} / A_1gpu: {b[0] / a[0]:.2f}x (csv medians {b[1] / a[1]:.2f}x), target >= 1.8x  [{runs[name]}]")
