@@ -38,3 +38,14 @@ def test_chunk_window_edges():
     assert _chunks_at_ms_per_frame(row, 50) == (6 / 4, 3, 8)  # capped at the row's length
     assert time_flatness([row]) is None
     assert verdict([row]) == ["flatness: needs hashed rows at two clip lengths"]
+
+
+def test_in_process_verdict_is_one_sided():
+    # later chunks FASTER (ratio 0.8, e.g. warm caches or graphs replaying): not a flatness failure
+    faster = _row(600, [50.0] * 100 + [40.0] * 1100)
+    assert time_flatness([_row(10, [50.0] * 100), faster])["in_process_ratio"] == pytest.approx(0.8)
+    line = verdict([_row(10, [50.0] * 100), faster])[1]
+    assert "0.800" in line and "NOT within" not in line and "faster" in line
+    # 8% slower passes, 12% slower fails
+    assert "NOT within" not in verdict([_row(10, [50.0] * 100), _row(600, [50.0] * 100 + [54.0] * 1100)])[1]
+    assert "NOT within" in verdict([_row(10, [50.0] * 100), _row(600, [50.0] * 100 + [56.0] * 1100)])[1]
