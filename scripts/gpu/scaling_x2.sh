@@ -22,6 +22,7 @@ CFG=${CFG:-configs/train/world_tiny.yaml}
 R=$OUT/scaling; mkdir -p $R
 T0=$(date +%s)
 echo "cpus $(nproc), $(free -g | awk '/Mem:/{print $2}') GiB RAM, /dev/shm $(df -h /dev/shm | awk 'NR==2{print $2}')" | tee $R/machine.txt
+lscpu 2>/dev/null | grep -iE "^model name|thread|core|socket|numa node" | tee -a $R/machine.txt
 nvidia-smi 2>/dev/null --query-gpu=name,memory.total --format=csv,noheader >> $R/machine.txt 2>&1
 nvidia-smi topo -m >> $R/machine.txt 2>&1
 BATCH=${BATCH:-64}
@@ -93,9 +94,11 @@ for name, (t, rows, cpu) in res.items():
         print(f"{name:8} no timing (see {name}.log)")
         continue
     csv_sps = statistics.median(float(r["samples_per_s"]) for r in rows) if rows else float("nan")
-    sps[name] = (t["samples_per_s"], csv_sps)
+    if t["steps"] >= 50:  # fewer steady steps (compilation ate the run): no ratio from it
+        sps[name] = (t["samples_per_s"], csv_sps)
     print(f"{name:8} {t['steps']:5d} {t['samples_per_s']:7.0f} {csv_sps:7.0f} "
-          + " ".join(f"{t[p + '_ms']:6.1f}" for p in parts) + f"  {cpu:>4}")
+          + " ".join(f"{t[p + '_ms']:6.1f}" for p in parts) + f"  {cpu:>4}"
+          + ("" if name in sps else "  (under 50 steps: no ratio)"))
 if "D_2x1" in sps and "D_2x1_g1" in sps:  # the two D runs together: their samples/s add
     sps["D_2x1+g1"] = tuple(x + y for x, y in zip(sps["D_2x1"], sps["D_2x1_g1"]))
     runs["D_2x1+g1"] = runs["D_2x1"].split(" (")[0] + ": the host's ceiling without communication"

@@ -56,6 +56,9 @@ class DataConfig:
     num_workers: int = 2  # DataLoader workers per process (0: in the main process)
     prefetch_factor: int = 4  # batches loaded ahead per worker (with num_workers > 0)
     pin_memory: bool = True  # pinned host batches (CUDA only): asynchronous host-to-device copies
+    # physical cores kept for each process's main thread (Linux; vidhash.training.affinity): the data
+    # workers of all processes run on the other cores. 0: no pinning
+    reserve_cores: int = 0
     # built worlds shared by all workers and processes on the machine (vidhash.data.world_cache):
     # "auto" (/dev/shm/vidhash-worlds-<uid>, else the temp dir), a folder, or "off" (each worker builds)
     world_cache: str = "auto"
@@ -204,6 +207,8 @@ def check_train_config(cfg: TrainConfig) -> None:
     positive("ddp_bucket_cap_mb", cfg.ddp_bucket_cap_mb)
     if cfg.data.num_workers < 0:
         raise ValueError(f"data.num_workers must be >= 0, got {cfg.data.num_workers}")
+    if cfg.data.reserve_cores < 0:
+        raise ValueError(f"data.reserve_cores must be >= 0, got {cfg.data.reserve_cores}")
     positive("checkpoint.every", cfg.checkpoint.every)
     positive("checkpoint.keep", cfg.checkpoint.keep)
     positive("checkpoint.shard_mb", cfg.checkpoint.shard_mb)

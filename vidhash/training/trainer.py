@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import functools
 import json
 import math
 import os
@@ -28,6 +29,7 @@ import torch
 
 from vidhash.config import config_diff, save_config, to_yaml
 
+from .affinity import pin_worker, pinned, process_plan
 from .checkpoint import checkpoint_size, find_checkpoint, load_checkpoint, save_checkpoint
 from .config import TrainConfig, model_fingerprint, model_supports_selection, selection_arg
 from .data import IndexBatches, TrainSamples, model_frames, revisit_share, sample_noise
@@ -170,6 +172,10 @@ def format_timing(t: dict, nproc: int) -> str:
     return (f"timing ({nproc} process(es), median ms/step over {t['steps']} steps, largest over processes): "
             f"{parts} | log {t['log_ms']:.2f} (mean) | step {t['step_ms']:.1f}; "
             f"{t['samples_per_s']:.1f} samples/s ({t['samples_per_s_median']:.1f} at the median step)")
+
+
+def _cpus(cores) -> str:
+    return ",".join(str(c) for c in sorted(cores))
 
 
 class _StopFlag:
@@ -403,10 +409,18 @@ def train(cfg: TrainConfig, resume: str | None = None, max_minutes: float | None
     # 3. data (indices from the saved data position)
     micro = cfg.batch_size // (nproc * cfg.grad_accum)
     workers = cfg.data.num_workers
+    pinned_cpus = None
+    if cfg.data.reserve_cores > 0:
+        local_world = int(os.environ.get("LOCAL_WORLD_SIZE", nproc))
+        pinned_cpus = process_plan(cfg.data.reserve_cores, accelerator.local_process_index, local_world)
+        if pinned_cpus is None and main:
+            log(f"data.reserve_cores={cfg.data.reserve_cores}: not pinned (needs Linux and more than "
+                f"{cfg.data.reserve_cores} × {local_world} physical cores)")
     loader = torch.utils.data.DataLoader(
         dataset, batch_sampler=IndexBatches(data_pos, cfg.batch_size, cfg.grad_accum, nproc, rank),
         num_workers=workers, pin_memory=accelerator.device.type == "cuda" and cfg.data.pin_memory,
         persistent_workers=False, prefetch_factor=cfg.data.prefetch_factor if workers else None,
+        worker_init_fn=functools.partial(pin_worker, pinned_cpus[1]) if (pinned_cpus and workers) else None,
     )
     if main:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -416,7 +430,8 @@ def train(cfg: TrainConfig, resume: str | None = None, max_minutes: float | None
         how = f"resumed from {ckpt} at step {step}" if meta else "fresh start"
         log(f"vidhash train: {how}; {n_params / 1e6:.2f}M parameters; {nproc} process(es) on "
             f"{accelerator.device.type}; batch {cfg.batch_size} = {nproc} × {cfg.grad_accum} × {micro}; "
-            f"precision {cfg.mixed_precision}; temporal {cfg.temporal_mode}; {workers} data worker(s) per process")
+            f"precision {cfg.mixed_precision}; temporal {cfg.temporal_mode}; {workers} data worker(s) per process"
+            + (f"; main thread on CPUs {_cpus(pinned_cpus[0])}, workers on {len(pinned_cpus[1])} CPUs" if pinned_cpus else ""))
         if nproc > 1:
             log(f"ddp: bucket_cap_mb {cfg.ddp_bucket_cap_mb}, static_graph {cfg.ddp_static_graph}, "
                 f"gradient_as_bucket_view {cfg.ddp_gradient_as_bucket_view}, split_compiled {cfg.ddp_split_compiled}")
@@ -484,7 +499,7 @@ def train(cfg: TrainConfig, resume: str | None = None, max_minutes: float | None
             means = accelerator.reduce(torch.tensor(means, dtype=torch.float64, device=dev), "max").tolist()
         return dict(zip(TIMING_FIELDS, means))
 
-    with stop:
+    with stop, pinned(pinned_cpus):
         while step < cfg.max_steps:
             t0 = time.perf_counter()
             t0m = time.monotonic()
