@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# One ~6-minute call on nvidia-h200-x2 (2026-11-30, evening 2): does keeping cores for each training
+# One ~7-minute call on nvidia-h200-x2 (2026-11-30, evening 2): does keeping cores for each training
 # process's main thread (data.reserve_cores) close the 2-GPU gap? The previous call found the host, not
 # DDP, short: two independent 1-GPU runs at once gave 1.70x one run (fwd 18.5 -> 24-30 ms per step while
 # the GPUs sat at 1980 MHz, ~550 W, no throttling, but only ~80% busy against 98% alone).
 #   A. 1 GPU (pays the compilation); B. DDP defaults; C. DDP with data.reserve_cores=2 (each main
-#   thread gets 2 physical cores; all data workers run on the rest). nvidia-smi samples every 0.5 s.
+#   thread gets 2 physical cores; all data workers run on the rest); E. C with 6 workers per process
+#   (accelerate already gives each process 1 OpenMP thread). nvidia-smi samples every 0.5 s.
 # One archive comes back: $OUT/all.tgz.
 #   source scripts/gpu/setup.sh && bash scripts/gpu/affinity_x2.sh
 set -u
@@ -13,6 +14,7 @@ nvidia-smi --query-gpu=timestamp,index,clocks.sm,power.draw,temperature.gpu,util
   --format=csv,noheader -lms 500 > "$OUT/smi.csv" 2>&1 &
 SMI=$!
 A_MIN=${A_MIN:-1.3} B_MIN=${B_MIN:-1.5} C_MIN=${C_MIN:-1.5} C_OPTS=${C_OPTS:-data.reserve_cores=2} \
+  E_MIN=${E_MIN:-1.2} E_OPTS=${E_OPTS:-data.reserve_cores=2 data.num_workers=6} \
   timeout ${T_SCALING:-360} bash scripts/gpu/scaling_x2.sh 2>&1 | grep -v "^ddp:" | tail -20
 kill $SMI 2>/dev/null
 python3 - "$OUT/smi.csv" <<'PY'

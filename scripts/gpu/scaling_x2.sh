@@ -11,7 +11,8 @@
 # Prints a table: samples/s, median ms per part, 2-GPU/1-GPU ratios (target >= 1.8). Results
 # (logs, loss.csv, table) under $OUT/scaling/.
 #   source scripts/gpu/setup.sh && bash scripts/gpu/scaling_x2.sh
-# Env: A_MIN B_MIN C_MIN D_MIN (1.45 0.9 0.9 0.9), SKIP_C (set: no run C), RUN_D (set: run D), C_OPTS, CFG (configs/train/world_tiny.yaml), LOG_EVERY (25),
+# Env: A_MIN B_MIN C_MIN D_MIN E_MIN (1.45 0.9 0.9 0.9 1.2), SKIP_C (set: no run C), RUN_D (set: run D),
+#      E_OPTS (set: run E, both GPUs with these overrides) E_ENV (its environment, e.g. OMP_NUM_THREADS=2), C_OPTS, CFG (configs/train/world_tiny.yaml), LOG_EVERY (25),
 #      BATCH (64 per GPU), COMPILE (true), EXTRA (more overrides for every run), LAUNCH2 (2-process launcher).
 set -u
 [[ ":${PYTHONPATH:-}:" == *":/tmp/site:"* ]] || source scripts/gpu/setup.sh || exit 1
@@ -62,14 +63,15 @@ if [ -n "${RUN_D:-}" ]; then
   wait
 fi
 [ -n "${SKIP_C:-}" ] || run C_2gpu "$C_MIN" $LAUNCH2 -m vidhash.cli train "${common[@]}" batch_size=$((2 * BATCH)) out_dir=/tmp/scal_C_2gpu $C_OPTS
+[ -z "${E_OPTS:-}" ] || run E_2gpu "${E_MIN:-1.2}" env ${E_ENV:-} $LAUNCH2 -m vidhash.cli train "${common[@]}" batch_size=$((2 * BATCH)) out_dir=/tmp/scal_E_2gpu $E_OPTS
 wait
 
-python3 - "$R" "$C_OPTS" <<'PY' | tee $R/table.txt
+python3 - "$R" "$C_OPTS" "${E_ENV:-} ${E_OPTS:-}" <<'PY' | tee $R/table.txt
 import csv, json, statistics, sys
 from pathlib import Path
-R, c_opts = Path(sys.argv[1]), sys.argv[2]
+R, c_opts, e_opts = Path(sys.argv[1]), sys.argv[2], sys.argv[3].strip()
 parts = ["data", "sync", "h2d", "fwd", "bwd", "opt", "ema", "idle", "log", "step"]
-runs = {"A_1gpu": "1 GPU", "B_2gpu": "2 GPU defaults", "C_2gpu": "2 GPU " + c_opts,
+runs = {"A_1gpu": "1 GPU", "B_2gpu": "2 GPU defaults", "C_2gpu": "2 GPU " + c_opts, "E_2gpu": "2 GPU " + e_opts,
         "D_2x1": "two independent 1-GPU runs at once (GPU 0; the GPU 1 run is D_2x1_g1)", "D_2x1_g1": "D on GPU 1"}
 res = {}
 for name in runs:
@@ -102,7 +104,7 @@ for name, (t, rows, cpu) in res.items():
 if "D_2x1" in sps and "D_2x1_g1" in sps:  # the two D runs together: their samples/s add
     sps["D_2x1+g1"] = tuple(x + y for x, y in zip(sps["D_2x1"], sps["D_2x1_g1"]))
     runs["D_2x1+g1"] = runs["D_2x1"].split(" (")[0] + ": the host's ceiling without communication"
-for name in ("B_2gpu", "C_2gpu", "D_2x1+g1"):
+for name in ("B_2gpu", "C_2gpu", "E_2gpu", "D_2x1+g1"):
     if name in sps and "A_1gpu" in sps:
         a, b = sps["A_1gpu"], sps[name]
         print(f"{name} / A_1gpu: {b[0] / a[0]:.2f}x (csv medians {b[1] / a[1]:.2f}x), target >= 1.8x  [{runs[name]}]")
