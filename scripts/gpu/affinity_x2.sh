@@ -15,7 +15,7 @@ nvidia-smi --query-gpu=timestamp,index,clocks.sm,power.draw,temperature.gpu,util
 SMI=$!
 A_MIN=${A_MIN:-1.3} B_MIN=${B_MIN:-1.5} C_MIN=${C_MIN:-1.5} C_OPTS=${C_OPTS:-data.reserve_cores=2} \
   E_MIN=${E_MIN:-1.2} E_OPTS=${E_OPTS:-data.reserve_cores=2 data.num_workers=6} \
-  timeout ${T_SCALING:-360} bash scripts/gpu/scaling_x2.sh 2>&1 | grep -v "^ddp:" | tail -20
+  timeout ${T_SCALING:-420} bash scripts/gpu/scaling_x2.sh 2>&1 | grep -v "^ddp:" | tail -20
 kill $SMI 2>/dev/null
 python3 - "$OUT/smi.csv" <<'PY'
 import csv, sys
