@@ -5,7 +5,8 @@
 # the GPUs sat at 1980 MHz, ~550 W, no throttling, but only ~80% busy against 98% alone).
 #   A. 1 GPU (pays the compilation); B. DDP defaults; C. DDP with data.reserve_cores=2 (each main
 #   thread gets 2 physical cores; all data workers run on the rest); E. C with 6 workers per process
-#   (accelerate already gives each process 1 OpenMP thread). nvidia-smi samples every 0.5 s.
+#   (accelerate already gives each process 1 OpenMP thread). nvidia-smi samples every 0.5 s; every run
+#   profiles steps 200..214 (--profile-steps: host time, kernel time, launches per step).
 # One archive comes back: $OUT/all.tgz.
 #   source scripts/gpu/setup.sh && bash scripts/gpu/affinity_x2.sh
 set -u
@@ -13,7 +14,7 @@ set -u
 nvidia-smi --query-gpu=timestamp,index,clocks.sm,power.draw,temperature.gpu,utilization.gpu,clocks_event_reasons.active \
   --format=csv,noheader -lms 500 > "$OUT/smi.csv" 2>&1 &
 SMI=$!
-A_MIN=${A_MIN:-1.3} B_MIN=${B_MIN:-1.5} C_MIN=${C_MIN:-1.5} C_OPTS=${C_OPTS:-data.reserve_cores=2} \
+PROFILE=${PROFILE:-200:215} A_MIN=${A_MIN:-1.3} B_MIN=${B_MIN:-1.5} C_MIN=${C_MIN:-1.5} C_OPTS=${C_OPTS:-data.reserve_cores=2} \
   E_MIN=${E_MIN:-1.2} E_OPTS=${E_OPTS:-data.reserve_cores=2 data.num_workers=6} \
   timeout ${T_SCALING:-420} bash scripts/gpu/scaling_x2.sh 2>&1 | grep -v "^ddp:" | tail -20
 kill $SMI 2>/dev/null

@@ -12,7 +12,7 @@
 # (logs, loss.csv, table) under $OUT/scaling/.
 #   source scripts/gpu/setup.sh && bash scripts/gpu/scaling_x2.sh
 # Env: A_MIN B_MIN C_MIN D_MIN E_MIN (1.45 0.9 0.9 0.9 1.2), SKIP_C (set: no run C), RUN_D (set: run D),
-#      E_OPTS (set: run E, both GPUs with these overrides) E_ENV (its environment, e.g. OMP_NUM_THREADS=2), C_OPTS, CFG (configs/train/world_tiny.yaml), LOG_EVERY (25),
+#      PROFILE (START:STOP: --profile-steps for every run; profile*.txt under $OUT/scaling), E_OPTS (set: run E, both GPUs with these overrides) E_ENV (its environment, e.g. OMP_NUM_THREADS=2), C_OPTS, CFG (configs/train/world_tiny.yaml), LOG_EVERY (25),
 #      BATCH (64 per GPU), COMPILE (true), EXTRA (more overrides for every run), LAUNCH2 (2-process launcher).
 set -u
 [[ ":${PYTHONPATH:-}:" == *":/tmp/site:"* ]] || source scripts/gpu/setup.sh || exit 1
@@ -48,10 +48,11 @@ run() {  # run NAME MINUTES LAUNCHER... -- OVERRIDES...
   rm -rf /tmp/scal_$name
   cpu_sample $name "$(python3 -c "print(max(5, int($min * 60 - 12)))")"
   local t=$(date +%s)
-  "$@" --max-minutes "$min" --no-progress --no-export > $R/$name.log 2>&1
+  "$@" --max-minutes "$min" --no-progress --no-export ${PROFILE:+--profile-steps $PROFILE} > $R/$name.log 2>&1
   echo "$name: rc $? in $(( $(date +%s) - t )) s (at $(( $(date +%s) - T0 )) s)"
   grep -E "^timing|^fastest|^ddp|^vidhash train" $R/$name.log | head -5
   cp /tmp/scal_$name/loss.csv $R/$name.csv 2>/dev/null
+  for f in /tmp/scal_$name/profile*.txt; do [ -f "$f" ] && cp "$f" "$R/${name}_$(basename $f)" && head -2 "$f" | tail -1; done
 }
 
 run A_1gpu "$A_MIN" env CUDA_VISIBLE_DEVICES=0 python3 -m vidhash.cli train "${common[@]}" batch_size=$BATCH out_dir=/tmp/scal_A_1gpu

@@ -26,6 +26,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="stop cleanly (checkpoint + export) before this many minutes of wall time")
     parser.add_argument("--stop-at-step", type=int, default=None,
                         help="stop (with a checkpoint) at this step, as if interrupted (LR schedule keeps max_steps)")
+    parser.add_argument("--profile-steps", default=None, metavar="START:STOP",
+                        help="torch.profiler over these steps (e.g. 300:310, after compilation): host time, "
+                             "kernel time and launches per step in OUT_DIR/profile.txt")
     parser.add_argument("--no-export", action="store_true", help="skip the EMA pipeline export")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
@@ -40,9 +43,12 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.max_minutes is not None and args.max_minutes < 0:
         raise ValueError(f"--max-minutes must be >= 0, got {args.max_minutes}")
+    from .profile import parse_steps
     from .trainer import train
 
+    profile_steps = parse_steps(args.profile_steps) if args.profile_steps else None
+
     summary = train(cfg, resume=args.resume, max_minutes=args.max_minutes, stop_at_step=args.stop_at_step,
-                    progress=not args.no_progress, export=not args.no_export)
+                    progress=not args.no_progress, export=not args.no_export, profile_steps=profile_steps)
     print(json.dumps(summary))
     return 0

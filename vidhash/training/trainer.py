@@ -34,6 +34,7 @@ from .checkpoint import checkpoint_size, find_checkpoint, load_checkpoint, save_
 from .config import TrainConfig, model_fingerprint, model_supports_selection, selection_arg
 from .data import IndexBatches, TrainSamples, model_frames, revisit_share, sample_noise
 from .ema import EMA
+from .profile import StepProfiler
 
 # Step-time breakdown (ms per step, mean over the log interval, the largest over processes):
 #   data: host time blocked waiting for the next batch(es);
@@ -314,10 +315,12 @@ def export_pipeline(model_cfg_model, ema: EMA, out: str | os.PathLike, dtype: st
 
 def train(cfg: TrainConfig, resume: str | None = None, max_minutes: float | None = None,
           stop_at_step: int | None = None, progress: bool = True, export: bool = True,
-          log=None) -> dict:
+          log=None, profile_steps: tuple[int, int] | None = None) -> dict:
     """Run (or continue) training; returns a summary dict. ``resume``: None (fresh; refuses to
     overwrite a run that has checkpoints), ``"auto"`` (latest under out_dir if any) or a path.
-    ``stop_at_step``: stop (with a checkpoint) once this step is reached, as if interrupted."""
+    ``stop_at_step``: stop (with a checkpoint) once this step is reached, as if interrupted.
+    ``profile_steps``: (start, stop) — torch.profiler over those steps, report in out_dir/profile.txt
+    (vidhash.training.profile)."""
     from accelerate import Accelerator
     from accelerate.utils import gather_object
     from tqdm.auto import tqdm
@@ -499,8 +502,11 @@ def train(cfg: TrainConfig, resume: str | None = None, max_minutes: float | None
             means = accelerator.reduce(torch.tensor(means, dtype=torch.float64, device=dev), "max").tolist()
         return dict(zip(TIMING_FIELDS, means))
 
+    profiler = StepProfiler(profile_steps, out_dir / ("profile.txt" if nproc == 1 else f"profile-rank{rank}.txt"),
+                            dev, log if main else (lambda *a, **k: None))
     with stop, pinned(pinned_cpus):
         while step < cfg.max_steps:
+            profiler.before_step(step)
             t0 = time.perf_counter()
             t0m = time.monotonic()
             batches = [next(it) for _ in range(cfg.grad_accum)]
@@ -599,6 +605,7 @@ def train(cfg: TrainConfig, resume: str | None = None, max_minutes: float | None
                 stopping, reason = True, f"stop_at_step {stop_at_step}"
             # the step's wall time: everything since its start (logging and stop checks included)
             h_cur["step"] = (time.perf_counter() - t0) * 1000.0
+            profiler.after_step(step, stopping or step >= cfg.max_steps)
             if stopping:
                 break
             if step % cfg.checkpoint.every == 0 and step < cfg.max_steps:
@@ -627,6 +634,8 @@ def train(cfg: TrainConfig, resume: str | None = None, max_minutes: float | None
                                                                  ("data_ms", "h2d_ms", "fwd_ms", "bwd_ms", "step_ms")))
     summary = {"step": step, "data_position": data_pos, "reason": reason, "checkpoint": str(last_ckpt),
                "params": n_params, "loss_csv": str(csv_path), "timing": timing}
+    if profiler.summary is not None:
+        summary["profile"] = profiler.summary
     if main:
         total_b, largest = checkpoint_size(last_ckpt)
         summary.update(checkpoint_mb=total_b / 2**20, largest_file_mb=largest / 2**20)
