@@ -132,3 +132,25 @@ def test_option_errors_name_the_key():
         load_train_config("cpu_test", ["data.num_workers=-1"])
     cfg = load_train_config("cpu_test", ["data.num_workers=3", "data.prefetch_factor=2", "data.pin_memory=false"])
     assert (cfg.data.num_workers, cfg.data.prefetch_factor, cfg.data.pin_memory) == (3, 2, False)
+
+
+def test_fused_adamw_setting():
+    from vidhash.training.trainer import use_fused_adamw
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert use_fused_adamw("auto", cuda) and not use_fused_adamw("auto", cpu)  # auto: on CUDA only
+    assert use_fused_adamw("on", cpu) and use_fused_adamw("True", cpu)
+    assert not use_fused_adamw("off", cuda) and not use_fused_adamw("False", cuda)
+    with pytest.raises(ValueError, match="optim.fused"):
+        load_train_config("cpu_test", ["optim.fused=sometimes"])
+
+
+def test_fused_adamw_trains_like_foreach_on_cpu(tmp_path):
+    a = run(micro(tmp_path, "max_steps=3", name="foreach"))
+    b = run(micro(tmp_path, "max_steps=3", "optim.fused=on", name="fused"))
+    la = [float(r["loss"]) for r in csv.DictReader(open(tmp_path / "foreach" / "loss.csv"))]
+    lb = [float(r["loss"]) for r in csv.DictReader(open(tmp_path / "fused" / "loss.csv"))]
+    assert a["step"] == b["step"] == 3 and la == pytest.approx(lb, rel=1e-4)  # same math, another kernel
+    groups = {name: torch.load(f"{s['checkpoint']}/meta.pt", weights_only=False)["optim"]["param_groups"]
+              for name, s in (("foreach", a), ("fused", b))}
+    assert all(g["fused"] for g in groups["fused"]) and not any(g["fused"] for g in groups["foreach"])

@@ -84,6 +84,9 @@ class OptimConfig:
     weight_decay: float = 0.01
     eps: float = 1e-8
     grad_clip: float = 1.0  # max grad norm; 0 = off
+    # AdamW's fused kernel (one launch for all parameters instead of several per group): "auto" = on
+    # CUDA, "on", "off" (PyTorch's default foreach path; the only one before 2026-11-30)
+    fused: str = "auto"
 
 
 @dataclass
@@ -207,6 +210,8 @@ def check_train_config(cfg: TrainConfig) -> None:
     positive("ddp_bucket_cap_mb", cfg.ddp_bucket_cap_mb)
     if cfg.data.num_workers < 0:
         raise ValueError(f"data.num_workers must be >= 0, got {cfg.data.num_workers}")
+    if str(cfg.optim.fused).lower() not in ("auto", "on", "off", "true", "false"):
+        raise ValueError(f"optim.fused must be auto, on or off, got {cfg.optim.fused!r}")
     if cfg.data.reserve_cores < 0:
         raise ValueError(f"data.reserve_cores must be >= 0, got {cfg.data.reserve_cores}")
     positive("checkpoint.every", cfg.checkpoint.every)

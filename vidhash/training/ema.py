@@ -19,14 +19,18 @@ class EMA:
     @torch.no_grad()
     def update(self, model: nn.Module, step: int) -> None:
         d = self.current_decay(step)
+        shadows, values = [], []
         for k, v in model.state_dict().items():
             s = self.shadow[k]
             if s.device != v.device:
                 self.shadow[k] = s = s.to(v.device)
             if v.dtype.is_floating_point:
-                s.lerp_(v.detach().float(), 1.0 - d)
+                shadows.append(s)
+                values.append(v.detach().float())
             else:
                 s.copy_(v)
+        if shadows:  # one multi-tensor update (a few kernels on CUDA, not one per tensor): same numbers as lerp_
+            torch._foreach_lerp_(shadows, values, 1.0 - d)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return self.shadow

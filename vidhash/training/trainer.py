@@ -140,6 +140,12 @@ class _LaggedMax:
         return prev
 
 
+def use_fused_adamw(setting, device: torch.device) -> bool:
+    """``optim.fused``: "auto" = on CUDA (host time: one kernel for every parameter); "on"/"off"."""
+    s = str(setting).lower()
+    return device.type == "cuda" if s == "auto" else s in ("on", "true")
+
+
 def ddp_kwargs_handlers(cfg: TrainConfig) -> list:
     """accelerate kwargs handlers for the ``ddp_*`` keys (used only in multi-process runs)."""
     from accelerate.utils import DistributedDataParallelKwargs
@@ -381,7 +387,8 @@ def train(cfg: TrainConfig, resume: str | None = None, max_minutes: float | None
             block.compile()
     ema = EMA(model, cfg.ema.decay, cfg.ema.warmup)
     o = cfg.optim
-    optimizer = torch.optim.AdamW(param_groups(model, o.weight_decay), lr=o.lr, betas=tuple(o.betas), eps=o.eps)
+    optimizer = torch.optim.AdamW(param_groups(model, o.weight_decay), lr=o.lr, betas=tuple(o.betas), eps=o.eps,
+                                  fused=use_fused_adamw(o.fused, accelerator.device) or None)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
     step, data_pos, rows, elapsed_before = 0, 0, [], 0.0
     if meta is None and cfg.init_from:
