@@ -42,3 +42,11 @@ def test_no_window_no_profile(tmp_path):
     prof = StepProfiler(None, tmp_path / "p.txt", torch.device("cpu"))
     prof.before_step(0)
     assert prof.after_step(1, stopping=True) is None and not (tmp_path / "p.txt").exists()
+
+
+def test_timing_summary_leaves_the_profiled_steps_out(tmp_path):
+    summary = train(load_train_config("cpu_test", [f"out_dir={tmp_path}", "max_steps=12", *MICRO]),
+                    progress=False, export=False, log=lambda *a, **k: None, profile_steps=(7, 9))
+    assert summary["profile"]["steps"] == 2
+    # 12 steps, less the 2 profiled and the one after them, less the 5 warm-up steps the summary skips
+    assert summary["timing"]["steps"] == 12 - 3 - 5

@@ -10,7 +10,9 @@ steps ``[start, stop)`` (counted from the run's first step, after compilation ha
 - the operators by self CPU time and, on CUDA, by device time (per step).
 
 A device busy share (kernel ms / wall ms) well under 1 with no synchronisation wait means the
-device waits for the host to launch work.
+device waits for the host to launch work. Kernel time is summed over streams, so kernels that
+overlap (a DDP all-reduce waiting beside the backward pass) can take it over 100%. The profiled
+steps, and the step after them, are left out of the run's timing summary.
 """
 
 from __future__ import annotations
@@ -54,6 +56,12 @@ class StepProfiler:
         self.t0 = None
         self.n = 0
         self.summary: dict | None = None
+        self.window: tuple[int, int] | None = None  # (steps done before the first profiled step, after the last)
+
+    def covers(self, done: int) -> bool:
+        """Whether the step after which ``done`` steps were done was profiled or is the one after the
+        window (whose time holds the wait for other processes' reports): left out of timing summaries."""
+        return self.window is not None and self.window[0] < done <= self.window[1] + 1
 
     def before_step(self, step: int) -> None:
         if self.start is None or self.prof is not None or self.summary is not None or step < self.start:
@@ -80,6 +88,7 @@ class StepProfiler:
         wall = time.perf_counter() - self.t0
         self.prof.__exit__(None, None, None)
         n = max(1, step_done - self.first)
+        self.window = (self.first, step_done)
         self.summary = self._report(self.prof.key_averages(), wall, n)
         self.prof = None
         return self.summary
@@ -97,7 +106,7 @@ class StepProfiler:
                    "host_sync_ms": sync, "launches": launches,
                    "device_busy": device / wall_ms if wall_ms > 0 and device else None}
         lines = [f"profiled steps {self.first}..{self.first + n - 1} ({n}) on {self.device}",
-                 f"wall {wall_ms:.1f} ms/step; device kernels {device:.1f} ms/step"
+                 f"wall {wall_ms:.1f} ms/step; device kernels {device:.1f} ms/step (summed over streams)"
                  + (f" (busy {device / wall_ms:.0%})" if device else "")
                  + f"; host inside ops {cpu_total:.1f} ms/step, of which blocked in syncs {sync:.1f}; "
                    f"{launches:.0f} kernel launches/step", ""]

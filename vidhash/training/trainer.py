@@ -564,7 +564,7 @@ def train(cfg: TrainConfig, resume: str | None = None, max_minutes: float | None
             samples_since += cfg.batch_size
             step_times.append(time.monotonic() - t0m)
             t_log0 = time.perf_counter()
-            h_cur = {"data": t_data * 1000.0, "log": 0.0}
+            h_cur = {"data": t_data * 1000.0, "log": 0.0, "done": step}
             host.append(h_cur)
             if step % cfg.log_every == 0 or step == cfg.max_steps:
                 for h in host:
@@ -624,7 +624,8 @@ def train(cfg: TrainConfig, resume: str | None = None, max_minutes: float | None
     it = None  # stops the loader's workers (they could publish worlds again)
     if accelerator.is_local_main_process:
         dataset.release_worlds(data_pos)  # the shared world files of this run's last blocks
-    timing = timing_summary(timings, cfg.batch_size)
+    # profiled steps run slower, and the step after the window waits for the other processes' reports
+    timing = timing_summary([t for t in timings if not profiler.covers(t.get("done", -1))], cfg.batch_size)
     if nproc > 1 and timing:
         keys = sorted(k for k in timing if k.endswith("_ms"))
         mine = torch.tensor([timing[k] for k in keys], dtype=torch.float64, device=dev)
