@@ -29,6 +29,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 PRESETS = ("tiny", "small", "base", "world")
+GEOMETRY_KEYS = ("in_channels", "patch_size", "sample_size", "pos_period", "rope")  # what a generation preset depends on
 MEMORY_MODES = ("hashed", "window", "full")
 
 
@@ -172,6 +173,11 @@ def preset_for_model(model: str | None) -> str:
         for preset in PRESETS:
             if all(saved.get(k) == v for k, v in asdict(model_config(preset)).items()):
                 return preset
+        # a wider or deeper model of a preset's geometry (frame size, patch, world period, rope):
+        # generation settings depend on the frames and the world, not on width or depth
+        same = [p for p in PRESETS if all(saved.get(k) == asdict(model_config(p))[k] for k in GEOMETRY_KEYS)]
+        if len(same) == 1:
+            return same[0]
     return "tiny"
 
 

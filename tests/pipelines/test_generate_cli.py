@@ -191,3 +191,17 @@ def test_prompt_world_opens_the_clip_with_ground_truth(tmp_path):
 
     assert psnr(frames[:4], truth) > 22  # the given frames, through H.264 (~26 dB on these textures)
     assert psnr(frames[:4], truth[::-1]) < psnr(frames[:4], truth) - 3  # ... in their order
+
+
+def test_a_wider_world_model_gets_the_world_preset(tmp_path):
+    import json
+
+    from vidhash.config import preset_for_model, resolve_model
+
+    src = json.loads((Path(resolve_model(None)) / "transformer" / "config.json").read_text())
+    for name, change, want in (("wide", {"hidden_dim": 256, "num_heads": 4}, "world"),  # world_wide.yaml
+                               ("deep", {"num_layers": 8}, "world"),
+                               ("other-size", {"hidden_dim": 256, "sample_size": 96}, "tiny")):  # no preset's geometry
+        (tmp_path / name / "transformer").mkdir(parents=True)
+        (tmp_path / name / "transformer" / "config.json").write_text(json.dumps({**src, **change}))
+        assert preset_for_model(str(tmp_path / name)) == want, name
