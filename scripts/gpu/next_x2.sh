@@ -23,7 +23,8 @@ grep "^step " "$OUT/train_wide.log" | awk 'NR % 8 == 0' | cut -c1-100
 cp /tmp/wide/loss.csv "$OUT/train_wide.csv" 2>/dev/null; cp -r /tmp/wide/export "$OUT/wide" 2>/dev/null
 [ -d "$OUT/wide" ] || { echo "no export"; exit 1; }
 timeout 60 python3 scripts/world_probe.py models/world-tiny-v1 "$OUT/wide" --device cuda 2>&1 | grep "^{"
-E="python3 -m vidhash.cli eval world --device cuda --dtype bfloat16 --fps 8 --quiet --horizons 60 --modes hashed,window --seeds 1000000"
+E="python3 -m vidhash.cli eval world --device cuda --dtype bfloat16 --fps 8 --quiet --horizons 60 --modes hashed,window --seeds 1000000
+   --memory policy=merge,num_buckets=1024,slots=32,top_k=32768"
 ( CUDA_VISIBLE_DEVICES=1 timeout 150 $E "$OUT/wide" --json "$OUT/eval_wide_60.json" > "$OUT/eval_wide.log" 2>&1 ) &
 CUDA_VISIBLE_DEVICES=0 timeout 150 $E models/world-tiny-v1 --json "$OUT/eval_v1_60.json" > "$OUT/eval_v1.log" 2>&1
 wait
