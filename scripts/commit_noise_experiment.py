@@ -13,24 +13,25 @@ orig = VidHashPipeline._commit
 
 
 def patched(self, state, latents, act, pos, chunk_poses, memory, trajectory, context=None, frame_inputs=None, graphs=None):
+    """Generated chunks (the pipeline passes their context; prompt chunks come without) go through the
+    commit pass noised to SIGMA, with timestep SIGMA * 1000; the rest of the commit is the pipeline's."""
     if context is None or SIG == 0:
         return orig(self, state, latents, act, pos, chunk_poses, memory, trajectory, context, frame_inputs, graphs)
-    self._committing = True
-    c = latents.shape[1]
     g = torch.Generator().manual_seed(1234 + state.frame_index)
-    noise = torch.randn(latents.shape, generator=g).to(latents)
-    x = (1 - SIG) * latents + SIG * noise
-    t = torch.full((1, c), SIG * 1000.0, dtype=latents.dtype)
-    kv = self.transformer(x, t, act, pos, context=context, return_kv=True, frame_inputs=frame_inputs).kv
-    state.push(kv, state.frame_index)
-    state.top_k = memory.top_k
-    state.frame_index += c
-    state.pose = [float(chunk_poses[-1][0]), float(chunk_poses[-1][1])]
-    if trajectory is not None:
-        state.trajectory = trajectory.state_dict()
-    self._committing = False
+    noised = (1 - SIG) * latents + SIG * torch.randn(latents.shape, generator=g).to(latents)
+    model, forward = self.transformer, self.transformer.forward
+
+    def noisy_forward(x, t, *args, **kwargs):
+        return forward(noised, torch.full_like(t, SIG * 1000.0), *args, **kwargs)
+
+    model.forward = noisy_forward  # the eager commit path calls self.transformer(latents, zero, ...)
+    try:
+        return orig(self, state, latents, act, pos, chunk_poses, memory, trajectory, context, frame_inputs, None)
+    finally:
+        del model.forward
 
 
 VidHashPipeline._commit = patched
-from vidhash.cli import main
+from vidhash.cli import main  # noqa: E402
+
 sys.exit(main(sys.argv[2:]))
