@@ -5,7 +5,9 @@ at a small noise level").
     python scripts/commit_noise_experiment.py SIGMA generate --model models/world-tiny-v1 ...
 """
 import sys
+
 import torch
+
 from vidhash.pipelines.pipeline_vidhash import VidHashPipeline
 
 SIG = float(sys.argv[1])
@@ -32,6 +34,6 @@ def patched(self, state, latents, act, pos, chunk_poses, memory, trajectory, con
 
 
 VidHashPipeline._commit = patched
-from vidhash.cli import main  # noqa: E402
+from vidhash.cli import main
 
 sys.exit(main(sys.argv[2:]))
