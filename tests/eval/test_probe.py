@@ -52,3 +52,55 @@ def test_probe_scores_a_perfect_velocity_high():
         truth_of[tuple(torch.from_numpy(poses)[-1].tolist())] = frames[:, 12:]
     r = next_chunk_probe(Oracle(), seeds=[1_000_000], steps=3)
     assert r["x0_psnr"] > 60 and r["sampled_psnr"] > 60
+
+
+def test_seen_mask_follows_the_render():
+    """The pixels the mask calls seen are exactly the ones the moved render repeats."""
+    import numpy as np
+
+    from vidhash.data.world import ProceduralWorld
+    from vidhash.eval.probe import seen_mask
+
+    w = ProceduralWorld(seed=1_000_000, size=512, view=64)
+    a = w.render_many(np.array([[256.0, 256.0]], dtype=np.float32))[0]
+    for off in ((8, 0), (-12, 0), (0, 4), (0, -20), (6, -6), (511, 0)):  # 511: one pixel left, round the torus
+        b = w.render_many(np.array([[256.0 + off[0], 256.0 + off[1]]], dtype=np.float32) % 512)[0]
+        m = seen_mask(off, 64, 512).numpy()
+        dx, dy = ((o + 256) % 512 - 256 for o in off)
+        ys, xs = np.nonzero(m)
+        assert m.sum() == (64 - abs(dy)) * (64 - abs(dx))
+        assert np.array_equal(b[ys, xs], a[ys + dy, xs + dx])
+
+
+def test_probe_splits_copying_from_inventing():
+    """A model that copies the last context frame perfectly and invents grey: seen ≫ new."""
+    import numpy as np
+
+    from vidhash.eval.probe import seen_mask
+
+    real = random_model("tiny", seed=0)
+
+    class Copier(torch.nn.Module):
+        config = real.config
+
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(1))
+
+        def forward(self, x, t, actions, poses, causal_frames=None):
+            c = causal_frames
+            last, out = x[:, -c - 1], torch.zeros_like(x)
+            sigma = (t[0, -1] / 1000.0).item()
+            for k in range(c):
+                off = (poses[0, -c + k] - poses[0, -c - 1]).tolist()
+                dx, dy = (int(round(o)) for o in off)
+                target = torch.zeros_like(last)  # grey (0) where the last frame shows nothing
+                vis = seen_mask(off, last.shape[-1], 512)
+                ys, xs = torch.nonzero(vis, as_tuple=True)
+                target[:, :, ys, xs] = last[:, :, ys + dy, xs + dx]
+                noise_est = (x[:, -c + k] - (1 - sigma) * target) / max(sigma, 1e-6)
+                out[:, -c + k] = noise_est - target  # v = noise − x0 with x0 = target
+            return type("O", (), {"sample": out})()
+
+    r = next_chunk_probe(Copier(), seeds=[1_000_000], steps=3)
+    assert r["seen_psnr"] > 60 and r["new_psnr"] < 20 and np.isfinite(r["new_psnr"])

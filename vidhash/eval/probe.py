@@ -8,7 +8,10 @@ the next chunk predicted two ways —
 * ``sampled_psnr``: the chunk sampled with ``steps`` Euler steps from the same noise, as
   generation does.
 
-PSNR in dB over the chunk (pixels in [−1, 1]), mean over ``seeds`` × 4 directions.
+PSNR in dB over the chunk (pixels in [−1, 1]), mean over ``seeds`` × 4 directions. The sampled
+chunk is also scored apart on the pixels the last context frame shows (``seen_psnr``: copying —
+the world renders as an exact translation, so a perfect copier scores ∞ there) and on the new
+strips (``new_psnr``: inventing); PSNR per frame, then the mean.
 
     python -c "from vidhash.eval.probe import next_chunk_probe; from vidhash.models import random_model; print(next_chunk_probe(random_model('tiny'), seeds=[1000000]))"
 """
@@ -30,7 +33,7 @@ def next_chunk_probe(transformer, seeds=(1_000_000, 1_000_001), context_frames: 
     dtype = next(transformer.parameters()).dtype
     side = transformer.config.sample_size
     f = context_frames + chunk_frames
-    x0s, samples = [], []
+    x0s, samples, seen, new = [], [], [], []
     for seed in seeds:
         world = ProceduralWorld(seed=int(seed), size=world_size, view=side)
         for d, name in enumerate(DIRECTIONS):
@@ -55,7 +58,27 @@ def next_chunk_probe(transformer, seeds=(1_000_000, 1_000_001), context_frames: 
             for i in range(steps):
                 x = x + float(sig[i + 1] - sig[i]) * velocity(x, float(sig[i]))
             samples.append(_psnr(x.clamp(-1, 1), truth[:, context_frames:]))
-    return {"x0_psnr": float(np.mean(x0s)), "sampled_psnr": float(np.mean(samples)), "n": len(x0s)}
+            for k in range(chunk_frames):
+                vis = seen_mask(poses[context_frames + k] - poses[context_frames - 1], side, world_size).to(device)
+                pred, true = x[0, k].clamp(-1, 1), truth[0, context_frames + k]
+                if vis.any():
+                    seen.append(_psnr(pred[:, vis], true[:, vis]))
+                if (~vis).any():
+                    new.append(_psnr(pred[:, ~vis], true[:, ~vis]))
+    return {"x0_psnr": float(np.mean(x0s)), "sampled_psnr": float(np.mean(samples)),
+            "seen_psnr": float(np.mean(seen)) if seen else float("nan"),
+            "new_psnr": float(np.mean(new)) if new else float("nan"), "n": len(x0s)}
+
+
+def seen_mask(offset, side: int, world_size: int) -> torch.Tensor:
+    """(side, side) bool: the pixels of a view moved by ``offset`` = (dx, dy) world pixels (shortest
+    way round the torus) that the unmoved view also shows. Views are centred on their pose, x to the
+    right and y down, as ``ProceduralWorld.render_many`` draws them."""
+    dx, dy = (int(round((float(o) + world_size / 2) % world_size - world_size / 2)) for o in offset)
+    xs = torch.arange(side)
+    in_x = (xs + dx >= 0) & (xs + dx < side)
+    in_y = (xs + dy >= 0) & (xs + dy < side)
+    return in_y[:, None] & in_x[None, :]
 
 
 def _psnr(a: torch.Tensor, b: torch.Tensor) -> float:
