@@ -17,6 +17,7 @@ steps, and the step after them, are left out of the run's timing summary.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import torch
@@ -53,8 +54,7 @@ class StepProfiler:
         self.start, self.stop = steps if steps else (None, None)
         self.out_file, self.device, self.log = Path(out_file), device, log
         self.prof = None
-        self.t0 = None
-        self.n = 0
+        self.t0 = self.first = None
         self.summary: dict | None = None
         self.window: tuple[int, int] | None = None  # (steps done before the first profiled step, after the last)
 
@@ -70,8 +70,6 @@ class StepProfiler:
         if self.device.type == "cuda":
             acts.append(torch.profiler.ProfilerActivity.CUDA)
             torch.cuda.synchronize(self.device)
-        import time
-
         self.prof = torch.profiler.profile(activities=acts)
         self.prof.__enter__()
         self.t0 = time.perf_counter()
@@ -81,8 +79,6 @@ class StepProfiler:
         """``step_done`` = steps done after this one. Ends the window at ``stop`` (or when the run stops)."""
         if self.prof is None or (step_done < self.stop and not stopping):
             return None
-        import time
-
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         wall = time.perf_counter() - self.t0
@@ -96,10 +92,10 @@ class StepProfiler:
     def _report(self, avgs, wall_s: float, n: int) -> dict:
         evts = list(avgs)
         per = 1.0 / (1000.0 * n)  # us in all -> ms per step
-        cpu_total = sum(e.self_cpu_time_total for e in evts) / 1000.0 / n
-        sync = sum(e.self_cpu_time_total for e in evts if e.key in SYNC_OPS) / 1000.0 / n
+        cpu_total = sum(e.self_cpu_time_total for e in evts) * per
+        sync = sum(e.self_cpu_time_total for e in evts if e.key in SYNC_OPS) * per
         launches = sum(e.count for e in evts if e.key in LAUNCH_OPS) / n
-        device = sum(_device_us(e) for e in evts if e.device_type == torch.autograd.DeviceType.CUDA) / 1000.0 / n \
+        device = sum(_device_us(e) for e in evts if e.device_type == torch.autograd.DeviceType.CUDA) * per \
             if self.device.type == "cuda" else 0.0
         wall_ms = wall_s * 1000.0 / n
         summary = {"steps": n, "wall_ms": wall_ms, "device_kernel_ms": device, "host_op_ms": cpu_total,
