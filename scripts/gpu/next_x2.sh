@@ -29,6 +29,6 @@ E="python3 -m vidhash.cli eval world --device cuda --dtype bfloat16 --fps 8 --qu
 ( CUDA_VISIBLE_DEVICES=1 timeout 150 $E "$OUT/wide" --json "$OUT/eval_wide_60.json" > "$OUT/eval_wide.log" 2>&1 ) &
 CUDA_VISIBLE_DEVICES=0 timeout 150 $E models/world-tiny-v1 --json "$OUT/eval_v1_60.json" > "$OUT/eval_v1.log" 2>&1
 wait
-for f in v1 wide; do echo "== $f"; grep -E "^60 s|target" "$OUT/eval_$f.log"; done
+for f in v1 wide; do echo "== $f"; grep -E "^60 s|target|^time:" "$OUT/eval_$f.log"; done
 echo "all done at $(( $(date +%s) - T0 )) s"
 cd "$OUT" && tar czf /tmp/all.tgz . && find . -mindepth 1 -delete && mv /tmp/all.tgz .

@@ -192,3 +192,21 @@ def test_from_json_merges_runs_of_one_model(tiny_result, tmp_path, capsys):
         ew.merge_results([a, a])
     with pytest.raises(ValueError, match="differ in dtype"):
         ew.merge_results([a, dict(b, dtype="bfloat16")])
+
+
+def test_timing_parts(tiny_result):
+    """Where an eval's time goes: setup, ground truth, generation (the rows' seconds), metrics, realism."""
+    result, _ = tiny_result
+    t = result["timing"]
+    assert tuple(t["parts_s"]) == ew.TIME_PARTS and all(v >= 0 for v in t["parts_s"].values())
+    gen = sum(r["seconds"] for r in result["rows"] if r["seconds"] is not None)
+    assert t["parts_s"]["generation"] == pytest.approx(gen, abs=0.01)
+    assert t["parts_s"]["setup"] > 0 and t["parts_s"]["realism"] > 0
+    assert sum(v for k, v in t["parts_s"].items() if k != "setup") <= t["seconds"] + 0.01
+    assert "time: setup" in ew.format_table(result)
+    other = json.loads(json.dumps(result))  # the same runs as if on another world
+    for r in other["rows"]:
+        r["seed"] += 1
+    other["seeds"] = [s + 1 for s in other["seeds"]]
+    merged = ew.merge_results([result, other])
+    assert merged["timing"]["parts_s"]["generation"] == pytest.approx(2 * gen, abs=0.02)

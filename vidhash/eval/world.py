@@ -81,6 +81,7 @@ SETTINGS = ("given", "self")
 GIVEN_KEYS = ("return_psnr", "return_ssim", "away_psnr", "away_ssim")
 SELF_KEYS = ("self_psnr", "self_ssim", "visit_psnr", "visit_ssim", "return_psnr", "return_ssim", "away_psnr", "away_ssim")
 REALISM_KEYS = ("away_realism", "away_real_share")  # both settings; vidhash.metrics.realism
+TIME_PARTS = ("setup", "ground_truth", "generation", "metrics", "realism")
 METRIC_KEYS = tuple(dict.fromkeys(GIVEN_KEYS + SELF_KEYS + REALISM_KEYS))
 
 
@@ -228,6 +229,9 @@ def merge_results(results: list[dict]) -> dict:
         frames = sum(r["timing"].get("frames", 0) for r in results)
         seconds = round(sum(r["timing"].get("seconds", 0) for r in results), 3)
         merged["timing"] = {"frames": frames, "seconds": seconds, "frames_per_s": frames / seconds if seconds else 0.0}
+        if all(r["timing"].get("parts_s") for r in results):  # older results have no parts: then none
+            merged["timing"]["parts_s"] = {k: round(sum(r["timing"]["parts_s"].get(k, 0.0) for r in results), 3)
+                                           for k in TIME_PARTS}
     return merged
 
 
@@ -558,6 +562,8 @@ def evaluate(o: WorldEvalOptions) -> dict:
     from .trajectory import pick_place, plan_loop
 
     # 1. checks, model, resolved settings, plan — all before the long work
+    t_eval = time.perf_counter()
+    parts = dict.fromkeys(TIME_PARTS, 0.0)  # seconds per part of the evaluation (JSON timing.parts_s)
     check_options(o)
     device = _device(o.device)
     dtype = getattr(torch, o.dtype)
@@ -598,10 +604,11 @@ def evaluate(o: WorldEvalOptions) -> dict:
     def make_result(complete: bool, elapsed: float) -> dict:
         return _result(o, complete=complete, elapsed=elapsed, rows=rows, learned=learned, hashers=hashers,
                        device=device, g=g, visit=visit, n_bits=n_bits, total=total, fps_gen=fps_gen,
-                       estimate=estimate)
+                       estimate=estimate, parts=parts)
 
     done = {}
     t_start = time.perf_counter()
+    parts["setup"] = t_start - t_eval  # model, warm-up throughput, plans
     bar = tqdm(total=total, unit="frame", disable=not o.progress, dynamic_ncols=True, file=sys.stderr,
                mininterval=0.1 if sys.stderr.isatty() else 30.0)  # logs get a line every 30 s
     try:
@@ -612,7 +619,9 @@ def evaluate(o: WorldEvalOptions) -> dict:
                 gap = int(round(h * o.fps))
                 plan = plan_loop(gap_frames=gap, visit_frames=visit, view=g["height"], step=g["action_step"],
                                  size=g["world_size"], place=place, rng=np.random.default_rng([seed, gap, 0x100B]))
+                t0 = time.perf_counter()
                 truth = world.render_many(plan.poses)
+                parts["ground_truth"] += time.perf_counter() - t0
                 for run in [r for r in runs if r.seed == seed and r.horizon_s == float(h)]:
                     row = {"seed": seed, "horizon_s": run.horizon_s, "mode": run.mode, "setting": run.setting,
                            "status": "ok", "note": None, "same_as": run.same_as, "gap_frames": gap,
@@ -630,9 +639,14 @@ def evaluate(o: WorldEvalOptions) -> dict:
                         frames = generate_loop(sim_pipe if run.mode == "random-sig" else pipe, g, plan, run.setting,
                                                run.mode, seed, truth, n_bits if run.mode == "random-sig" else None,
                                                on_chunk=bar.update)
-                        row["seconds"] = round(time.perf_counter() - t0, 3)
+                        t1 = time.perf_counter()
+                        row["seconds"] = round(t1 - t0, 3)
                         row.update(_metrics(run.setting, plan, frames, truth))
+                        t2 = time.perf_counter()
                         row.update(_realism(plan, frames, g["world_size"], device))
+                        parts["generation"] += t1 - t0
+                        parts["metrics"] += t2 - t1
+                        parts["realism"] += time.perf_counter() - t2
                     done[(seed, h, run.mode, run.setting)] = row
                     rows.append(row)
                 if o.json:  # after every (seed, horizon): a run cut short still leaves its results
@@ -651,7 +665,8 @@ def evaluate(o: WorldEvalOptions) -> dict:
 
 
 def _result(o: WorldEvalOptions, *, complete: bool, elapsed: float, rows: list[dict], learned: bool, hashers,
-            device, g: dict, visit: int, n_bits: int, total: int, fps_gen: float, estimate: float) -> dict:
+            device, g: dict, visit: int, n_bits: int, total: int, fps_gen: float, estimate: float,
+            parts: dict | None = None) -> dict:
     """The JSON-able result (``complete`` False while runs are still to come)."""
     import torch
 
@@ -672,7 +687,8 @@ def _result(o: WorldEvalOptions, *, complete: bool, elapsed: float, rows: list[d
         "summary": summarize(rows, o.modes, o.horizons),
         "timing": {"frames": frames, "planned_frames": total, "seconds": round(elapsed, 3),
                    "frames_per_s": round(frames / max(elapsed, 1e-9), 2), "warmup_frames_per_s": round(fps_gen, 2),
-                   "estimate_s": round(estimate, 1)},
+                   "estimate_s": round(estimate, 1),
+                   "parts_s": {k: round(v, 3) for k, v in (parts or {}).items()}},
         "host": {"python": platform.python_version(), "torch": torch.__version__, "machine": platform.machine()},
     }
     result["targets"] = targets(result["summary"])
@@ -793,6 +809,11 @@ def format_table(result: dict) -> str:
         lines.append(f"target {t['check']}: {t['value']:+.2f} dB — {'met' if t['met'] else 'NOT met'}")
     tm = result["timing"]
     lines.append(f"{tm['frames']:,} frames generated in {_hms(tm['seconds'])} ({tm['frames_per_s']:.1f} frames/s)")
+    if tm.get("parts_s"):  # absent in merged (--from-json) results
+        p = tm["parts_s"]
+        other = max(0.0, p.get("setup", 0.0) + tm["seconds"] - sum(p.values()))
+        lines.append("time: " + ", ".join(f"{k.replace('_', ' ')} {v:.1f} s" for k, v in p.items())
+                     + f", other {other:.1f} s")
     return "\n".join(lines)
 
 
