@@ -809,7 +809,7 @@ def format_table(result: dict) -> str:
         lines.append(f"target {t['check']}: {t['value']:+.2f} dB — {'met' if t['met'] else 'NOT met'}")
     tm = result["timing"]
     lines.append(f"{tm['frames']:,} frames generated in {_hms(tm['seconds'])} ({tm['frames_per_s']:.1f} frames/s)")
-    if tm.get("parts_s"):  # absent in merged (--from-json) results
+    if tm.get("parts_s"):  # absent from results made before 2026-11-30 (evening 2) and merges with them
         p = tm["parts_s"]
         other = max(0.0, p.get("setup", 0.0) + tm["seconds"] - sum(p.values()))
         lines.append("time: " + ", ".join(f"{k.replace('_', ' ')} {v:.1f} s" for k, v in p.items())
