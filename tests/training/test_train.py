@@ -38,17 +38,18 @@ def csv_rows(path):
 # ---------------------------------------------------------------------------------- exact resume
 
 
-def test_resume_is_exact(tmp_path):
+@pytest.mark.parametrize("fused", ["off", "on"])  # on: the AdamW kernel CUDA runs by default (optim.fused=auto)
+def test_resume_is_exact(tmp_path, fused):
     """4 steps straight == 2 steps, checkpoint, a new process resuming, 2 more: bitwise."""
-    straight = micro(tmp_path, "max_steps=4", name="straight")
+    straight = micro(tmp_path, "max_steps=4", f"optim.fused={fused}", name="straight")
     run_train(straight)
-    half = micro(tmp_path, "max_steps=4", name="halves")
+    half = micro(tmp_path, "max_steps=4", f"optim.fused={fused}", name="halves")
     run_train(half, stop_at_step=2)
     # a process-like restart: fresh objects, scrambled global RNGs (the checkpoint restores them)
     torch.manual_seed(1234)
     np.random.seed(99)
     random.seed(7)
-    summary = run_train(micro(tmp_path, "max_steps=4", name="halves"), resume="auto")
+    summary = run_train(micro(tmp_path, "max_steps=4", f"optim.fused={fused}", name="halves"), resume="auto")
     assert summary["step"] == 4
     a_t, a_m = load_checkpoint(find_checkpoint(tmp_path / "straight" / "checkpoints"))
     b_t, b_m = load_checkpoint(find_checkpoint(tmp_path / "halves" / "checkpoints"))
