@@ -195,6 +195,15 @@ def model_supports_selection() -> str | None:
     return None
 
 
+def fused_mode(setting) -> str:
+    """``optim.fused`` as "auto", "on" or "off" (YAML and overrides may turn on/off into booleans)."""
+    s = str(setting).lower()
+    mode = {"true": "on", "false": "off"}.get(s, s)
+    if mode not in ("auto", "on", "off"):
+        raise ValueError(f"optim.fused must be auto, on or off, got {setting!r}")
+    return mode
+
+
 def check_train_config(cfg: TrainConfig) -> None:
     """Values a type check cannot catch; ValueError naming the key."""
     def positive(key: str, value: float) -> None:
@@ -210,8 +219,7 @@ def check_train_config(cfg: TrainConfig) -> None:
     positive("ddp_bucket_cap_mb", cfg.ddp_bucket_cap_mb)
     if cfg.data.num_workers < 0:
         raise ValueError(f"data.num_workers must be >= 0, got {cfg.data.num_workers}")
-    if str(cfg.optim.fused).lower() not in ("auto", "on", "off", "true", "false"):
-        raise ValueError(f"optim.fused must be auto, on or off, got {cfg.optim.fused!r}")
+    fused_mode(cfg.optim.fused)  # raises on a value that is not auto, on or off
     if cfg.data.reserve_cores < 0:
         raise ValueError(f"data.reserve_cores must be >= 0, got {cfg.data.reserve_cores}")
     positive("checkpoint.every", cfg.checkpoint.every)

@@ -31,7 +31,7 @@ from vidhash.config import config_diff, save_config, to_yaml
 
 from .affinity import pin_worker, pinned, process_plan
 from .checkpoint import checkpoint_size, find_checkpoint, load_checkpoint, save_checkpoint
-from .config import TrainConfig, model_fingerprint, model_supports_selection, selection_arg
+from .config import TrainConfig, fused_mode, model_fingerprint, model_supports_selection, selection_arg
 from .data import IndexBatches, TrainSamples, model_frames, revisit_share, sample_noise
 from .ema import EMA
 from .profile import StepProfiler
@@ -142,8 +142,8 @@ class _LaggedMax:
 
 def use_fused_adamw(setting, device: torch.device) -> bool:
     """``optim.fused``: "auto" = on CUDA (host time: one kernel for every parameter); "on"/"off"."""
-    s = str(setting).lower()
-    return device.type == "cuda" if s == "auto" else s in ("on", "true")
+    mode = fused_mode(setting)
+    return device.type == "cuda" if mode == "auto" else mode == "on"
 
 
 def ddp_kwargs_handlers(cfg: TrainConfig) -> list:
@@ -633,6 +633,9 @@ def train(cfg: TrainConfig, resume: str | None = None, max_minutes: float | None
         mx = accelerator.reduce(mine.clone(), "max").tolist()
         timing.update(zip(keys, mx))
         timing["fastest_process"] = dict(zip(keys, mn))  # rank skew: a part slower on one process only
+        # wall-time throughput: the slowest process's, the same number on every process
+        timing["samples_per_s"] = float(-accelerator.reduce(
+            torch.tensor([-timing["samples_per_s"]], dtype=torch.float64, device=dev), "max").item())
         timing["samples_per_s_median"] = cfg.batch_size / max(timing["step_ms"] / 1000.0, 1e-9)
     if main:
         log(format_timing(timing, nproc))
