@@ -51,6 +51,8 @@ class ModelConfig:
     memory_hash_bits: int = 0  # > 0: a learned memory signature (LearnedHash) per layer, fitted by vidhash calibrate
     memory_hash_hidden: int = 128
     rope: bool = False  # rotary embedding of world (x, y) on attention queries/keys
+    prediction: str = "velocity"  # velocity | sample: the last layer gives the clean frame (the forward still returns a velocity)
+    sigma_min: float = 0.05  # prediction=sample: the velocity divides by max(σ, sigma_min)
 
 
 @dataclass
@@ -171,7 +173,8 @@ def preset_for_model(model: str | None) -> str:
     if cfg_path.is_file():
         saved = json.loads(cfg_path.read_text())
         for preset in PRESETS:
-            if all(saved.get(k) == v for k, v in asdict(model_config(preset)).items()):
+            if all(saved.get(k, default) == v for (k, v), default in
+                   zip(asdict(model_config(preset)).items(), asdict(ModelConfig()).values())):
                 return preset
         # a wider or deeper model of a preset's geometry (frame size, patch, world period, rope):
         # generation settings depend on the frames and the world, not on width or depth

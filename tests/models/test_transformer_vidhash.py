@@ -171,3 +171,76 @@ def test_rope_model_is_translation_covariant_in_attention_only():
     # rope still sees the layout: permuting the positions of tokens changes its output
     perm = p.flip(1)
     assert not torch.allclose(m(x, t, a, perm, causal_frames=2).sample, base, atol=1e-3)
+
+
+# ------------------------------------------------------------------ prediction="sample" (x0 out, velocity returned)
+
+
+def _twins(sigma_min=0.05):
+    """The same weights as a velocity model (its output is the raw last layer: x̂0 for the twin)
+    and as a prediction="sample" model."""
+    vel = random_model("tiny", seed=3)
+    smp = VidHashTransformer3DModel(**{**vel.config, "prediction": "sample", "sigma_min": sigma_min}).eval()
+    smp.load_state_dict(vel.state_dict())
+    return vel, smp
+
+
+@torch.no_grad()
+def test_sample_prediction_returns_the_velocity_to_its_x0():
+    vel, smp = _twins()
+    x, _, a, p = _inputs(f=4)
+    t = torch.tensor([[0.0, 20.0, 250.0, 900.0]])  # σ 0 and 0.02 fall under sigma_min = 0.05
+    x0_hat = vel(x, t, a, p).sample
+    out = smp(x, t, a, p).sample
+    sigma = torch.tensor([0.05, 0.05, 0.25, 0.9]).view(1, 4, 1, 1, 1)
+    torch.testing.assert_close(out, (x - x0_hat) / sigma)
+    # the K/V (what windows and memories keep) do not depend on the output parameterisation
+    kv_v, kv_s = vel(x, t, a, p, return_kv=True).kv, smp(x, t, a, p, return_kv=True).kv
+    assert all(torch.equal(kv_v[i][j], kv_s[i][j]) for i in range(len(kv_v)) for j in range(2))
+
+
+@torch.no_grad()
+def test_sample_prediction_last_euler_step_lands_on_x0():
+    """The pipeline's scheduler, last step σ → 0: the sample is the model's x̂0 itself (no residual noise)."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    vel, smp = _twins()
+    sched = FlowMatchEulerDiscreteScheduler()
+    sched.set_timesteps(sigmas=[1.0, 0.75, 0.5, 0.25])
+    sched.set_begin_index(3)  # σ 0.25 → 0 (≥ sigma_min: the conversion divides by σ itself)
+    t_last = sched.timesteps[3]
+    x, _, a, p = _inputs(f=2)
+    t = t_last.expand(1, 2)
+    landed = sched.step(smp(x, t, a, p).sample, t_last, x, return_dict=False)[0]
+    torch.testing.assert_close(landed, vel(x, t, a, p).sample, atol=1e-5, rtol=1e-5)
+
+
+def test_velocity_target_weights_the_x0_error():
+    """What the trainer regresses: for prediction="sample", (pred − target) = (x0 − x̂0) / max(σ, sigma_min)
+    — the flow velocity noise − x0 above sigma_min, and a loss that is zero for a perfect x̂0 below it.
+    For prediction="velocity" it is noise − x0, as before."""
+    vel, smp = _twins()
+    g = torch.Generator().manual_seed(1)
+    x0, noise = torch.randn(1, 4, 3, 64, 64, generator=g), torch.randn(1, 4, 3, 64, 64, generator=g)
+    s = torch.tensor([0.0, 0.02, 0.25, 0.9]).view(1, 4, 1, 1, 1)
+    x_t = (1 - s) * x0 + s * noise
+    assert torch.equal(vel.velocity_target(x_t, x0, noise, s), noise - x0)
+    target = smp.velocity_target(x_t, x0, noise, s)
+    torch.testing.assert_close(target[:, 2:], (noise - x0)[:, 2:], atol=1e-5, rtol=1e-5)
+    _, _, a, p = _inputs(f=4)
+    with torch.no_grad():
+        pred = smp(x_t, s.view(1, 4) * 1000, a, p).sample
+        x0_hat = vel(x_t, s.view(1, 4) * 1000, a, p).sample
+    floor = s.clamp(min=0.05)
+    torch.testing.assert_close((pred - target) * floor, x0 - x0_hat, atol=1e-4, rtol=1e-4)
+
+
+def test_prediction_config_round_trip_and_errors(tmp_path):
+    _, smp = _twins(sigma_min=0.1)
+    smp.save_pretrained(tmp_path)
+    loaded = VidHashTransformer3DModel.from_pretrained(tmp_path)
+    assert loaded.config.prediction == "sample" and loaded.config.sigma_min == 0.1
+    with pytest.raises(ValueError, match="prediction must be one of velocity, sample"):
+        VidHashTransformer3DModel(prediction="epsilon")
+    with pytest.raises(ValueError, match="sigma_min"):
+        VidHashTransformer3DModel(sigma_min=0.0)

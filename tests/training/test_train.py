@@ -79,9 +79,11 @@ def test_grad_accum_matches_full_batch(tmp_path):
     assert float(la[0]["grad_norm"]) == pytest.approx(float(lb[0]["grad_norm"]), rel=1e-4)
 
 
-def test_loss_decreases_on_tiny_overfit(tmp_path, monkeypatch):
+@pytest.mark.parametrize("prediction", ["velocity", "sample"])
+def test_loss_decreases_on_tiny_overfit(tmp_path, monkeypatch, prediction):
     """One fixed sample (clip, noise levels, noise) over and over: the loss must fall well below its start."""
-    cfg = micro(tmp_path, "max_steps=25", "optim.lr=1e-2", "noise.clean_prob=0.0", "noise.first_clean_prob=0.0")
+    cfg = micro(tmp_path, "max_steps=25", "optim.lr=1e-2", "noise.clean_prob=0.0", "noise.first_clean_prob=0.0",
+                f"model.prediction={prediction}")
     fixed = TrainSamples(cfg)[0]
     monkeypatch.setattr(TrainSamples, "__getitem__", lambda self, i: {k: v.clone() for k, v in fixed.items()})
     run_train(cfg)
@@ -201,6 +203,27 @@ def test_checkpoint_from_another_config(tmp_path):
         run_train(micro(tmp_path, "max_steps=2"))  # no --resume: refuses to overwrite
 
 
+def test_prediction_key_fingerprint_and_errors(tmp_path):
+    """model.prediction / sigma_min: at their defaults a checkpoint's fingerprint is what it was
+    before the keys existed (old checkpoints resume); otherwise it changes (a velocity checkpoint
+    does not resume as an x0 model). Bad values name the key."""
+    import hashlib
+    import json
+    from dataclasses import asdict
+
+    from vidhash.training.config import model_fingerprint
+
+    cfg = micro(tmp_path)
+    old = {k: v for k, v in asdict(cfg.model).items() if k not in ("prediction", "sigma_min")}
+    assert model_fingerprint(cfg) == hashlib.sha256(json.dumps({"model": old}, sort_keys=True).encode()).hexdigest()[:16]
+    assert model_fingerprint(micro(tmp_path, "model.prediction=sample")) != model_fingerprint(cfg)
+    assert model_fingerprint(micro(tmp_path, "model.sigma_min=0.1")) != model_fingerprint(cfg)
+    with pytest.raises(ValueError, match="model.prediction must be one of velocity, sample"):
+        micro(tmp_path, "model.prediction=x0")
+    with pytest.raises(ValueError, match="model.sigma_min must be in"):
+        micro(tmp_path, "model.sigma_min=1.5")
+
+
 def test_interrupted_save_keeps_previous_checkpoint(tmp_path, monkeypatch):
     import vidhash.training.checkpoint as ck
 
@@ -260,3 +283,11 @@ def test_export_loads_and_generates(tmp_path):
                generator=torch.Generator().manual_seed(0))
     assert out.frames.shape == (1, 4, 16, 16, 3) and np.isfinite(out.frames).all()
     assert pipe.transformer.config.hidden_dim == 16
+
+
+def test_sample_prediction_exports_its_parameterisation(tmp_path):
+    from vidhash.pipelines import VidHashPipeline
+
+    summary = run_train(micro(tmp_path, "max_steps=1", "model.prediction=sample"), export=True)
+    pipe = VidHashPipeline.from_pretrained(summary["export"])
+    assert pipe.transformer.config.prediction == "sample"

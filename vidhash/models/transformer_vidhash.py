@@ -48,6 +48,7 @@ from ..hashing import LearnedHash, SimHash
 from ..memory import HashedMemory
 
 SELECT_KEYS = {"window_frames", "top_k", "n_bits", "seed", "hash_grad"}
+PREDICTIONS = ("velocity", "sample")  # what the last layer produces (the forward always returns a velocity)
 
 
 @dataclass
@@ -422,6 +423,16 @@ class VidHashTransformer3DModel(ModelMixin, ConfigMixin):
             depend on the offset between places, so "the same place seen earlier" is one
             pattern the model need not learn per position. Cached and memory keys are stored
             rotated. Needs ``head_dim`` divisible by 4.
+        prediction: what the network's last layer produces. ``"velocity"``: the flow velocity
+            ``noise − x0`` itself. ``"sample"``: the clean frame ``x0``, from which the forward
+            derives the velocity ``(x_t − x0) / max(σ, sigma_min)`` (σ = timestep / 1000). The
+            output is a velocity either way, so schedulers and pipelines need not know. A clean
+            frame lies on a low-dimensional manifold; noise does not, and a patch of
+            ``patch_size² · in_channels`` values through a token of about as many dimensions
+            cannot carry it (Li & He, "Back to Basics: Let Denoising Generative Models Denoise",
+            2025). The trainer regresses :meth:`velocity_target`.
+        sigma_min: the floor of σ in the ``"sample"`` conversion (the velocity of a nearly clean
+            frame would otherwise blow up).
     """
 
     _supports_gradient_checkpointing = True
@@ -446,8 +457,14 @@ class VidHashTransformer3DModel(ModelMixin, ConfigMixin):
         memory_hash_bits: int = 0,
         memory_hash_hidden: int = 128,
         rope: bool = False,
+        prediction: str = "velocity",
+        sigma_min: float = 0.05,
     ):
         super().__init__()
+        if prediction not in PREDICTIONS:
+            raise ValueError(f"prediction must be one of {', '.join(PREDICTIONS)}, got {prediction!r}")
+        if not 0.0 < sigma_min < 1.0:
+            raise ValueError(f"sigma_min must be in (0, 1), got {sigma_min}")
         if rope and (hidden_dim // num_heads) % 4:
             raise ValueError(f"rope needs head_dim (hidden_dim / num_heads = {hidden_dim // num_heads}) divisible by 4")
         if hidden_dim % num_heads:
@@ -589,6 +606,21 @@ class VidHashTransformer3DModel(ModelMixin, ConfigMixin):
         return dict(select, hashers=self.selection_hashers(n_bits, select.get("seed", 0)))
 
     # ------------------------------------------------------------------ helpers
+    def _prediction_sigma(self, sigma: torch.Tensor) -> torch.Tensor:
+        """σ as the ``"sample"`` conversion divides by it: floored at ``sigma_min``."""
+        return sigma.float().clamp(min=self.config.get("sigma_min", 0.05))
+
+    def velocity_target(self, x_t: torch.Tensor, x0: torch.Tensor, noise: torch.Tensor,
+                        sigma: torch.Tensor) -> torch.Tensor:
+        """What this model's output should equal for frames ``x_t = (1 − σ)·x0 + σ·noise``
+        (σ broadcast over ``x_t``): ``noise − x0``; for ``prediction="sample"`` the velocity its
+        forward derives from the true ``x0``, ``(x_t − x0) / max(σ, sigma_min)`` — the same above
+        ``sigma_min``, and below it the loss stays ``‖x̂0 − x0‖² / sigma_min²``, zero for a perfect
+        ``x̂0`` (a clean chunk, σ = 0, gets no loss anyway)."""
+        if self.config.get("prediction", "velocity") == "sample":
+            return (x_t.float() - x0.float()) / self._prediction_sigma(sigma)
+        return noise - x0
+
     @property
     def head_dim(self) -> int:
         return self.config.hidden_dim // self.config.num_heads
@@ -714,6 +746,9 @@ class VidHashTransformer3DModel(ModelMixin, ConfigMixin):
         x = self.proj_out(modulate(self.norm_out(x), shift, scale))
         y_, x_ = height // p, width // p  # b f (y x) (p q c) -> b f c (y p) (x q)
         out = x.reshape(b, f, y_, x_, p, p, c).permute(0, 1, 6, 2, 4, 3, 5).reshape(b, f, c, height, width)
+        if cfg.get("prediction", "velocity") == "sample":  # out is x0: the velocity that lands there from x_t
+            sigma = self._prediction_sigma(timestep / 1000.0)[:, :, None, None, None]
+            out = ((hidden_states.float() - out.float()) / sigma).to(out.dtype)
         kv_out = kvs if return_kv else None
         if not return_dict:
             return (out, kv_out)

@@ -29,6 +29,7 @@ HELDOUT_WORLD_SEED = 1_000_000  # world seeds >= this are evaluation-only
 DATA_SOURCES = ("world", "video")
 TRAJECTORIES = ("out_and_back", "random", "mixed")
 SIGMA_SAMPLING = ("uniform", "logit_normal")
+PREDICTIONS = ("velocity", "sample")  # = vidhash.models.transformer_vidhash.PREDICTIONS (no torch import here)
 TEMPORAL_MODES = ("dense", "selected")
 PRECISIONS = ("no", "bf16", "fp16")
 
@@ -256,6 +257,10 @@ def check_train_config(cfg: TrainConfig) -> None:
         raise ValueError(f"data.view ({d.view}) must be a multiple of model.patch_size ({cfg.model.patch_size})")
     if cfg.model.hidden_dim % cfg.model.num_heads:
         raise ValueError(f"model.hidden_dim ({cfg.model.hidden_dim}) must be divisible by model.num_heads")
+    if cfg.model.prediction not in PREDICTIONS:
+        raise ValueError(f"model.prediction must be one of {', '.join(PREDICTIONS)}, got {cfg.model.prediction!r}")
+    if not 0 < cfg.model.sigma_min < 1:
+        raise ValueError(f"model.sigma_min must be in (0, 1), got {cfg.model.sigma_min}")
     n = cfg.noise
     if n.sigma_sampling not in SIGMA_SAMPLING:
         raise ValueError(f"noise.sigma_sampling must be one of {', '.join(SIGMA_SAMPLING)}, got {n.sigma_sampling!r}")
@@ -275,13 +280,20 @@ def check_train_config(cfg: TrainConfig) -> None:
                          "selection keyword yet; train with temporal_mode=dense (chunk-causal) until it does")
 
 
+LATER_MODEL_KEYS = ("prediction", "sigma_min")
+
+
 def model_fingerprint(cfg: TrainConfig) -> str:
     """Hash of what a checkpoint's tensors depend on: the model config (and temporal mode)."""
     import hashlib
     import json
     from dataclasses import asdict
 
-    blob = json.dumps({"model": asdict(cfg.model)}, sort_keys=True)
+    model = asdict(cfg.model)
+    for key in LATER_MODEL_KEYS:  # keys added after checkpoints existed: at their default, fingerprints stay as they were
+        if model[key] == getattr(ModelConfig, key):
+            del model[key]
+    blob = json.dumps({"model": model}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 

@@ -534,7 +534,7 @@ def train(cfg: TrainConfig, resume: str | None = None, max_minutes: float | None
                 timer.mark("h2d")
                 s = sig[:, :, None, None, None]
                 x_t = (1 - s) * x0 + s * noise
-                target = noise - x0
+                target = raw.velocity_target(x_t, x0, noise, s)  # noise − x0 (or its prediction="sample" form)
                 kwargs = {select_kw: selection_arg(cfg)} if select_kw else {}
                 sync = accelerator.no_sync(model) if k < cfg.grad_accum - 1 else contextlib.nullcontext()
                 with sync:
