@@ -26,3 +26,21 @@ def test_init_from_loads_weights_and_refuses_other_configs(tmp_path):
         train(_cfg(tmp_path, "c", f"init_from={src}", "model.num_layers=3"))
     with pytest.raises(ValueError, match="not a saved pipeline folder"):
         train(_cfg(tmp_path, "d", f"init_from={tmp_path}"))
+
+
+def test_init_from_a_velocity_model_saved_before_prediction_existed(tmp_path):
+    """A pipeline saved without the prediction key (world-tiny-v1) predicts velocity: a
+    prediction=sample run refuses to warm-start from it, a velocity run accepts it."""
+    import json
+
+    torch.set_num_threads(1)
+    train(_cfg(tmp_path, "a"))
+    conf = tmp_path / "a" / "export" / "transformer" / "config.json"
+    saved = json.loads(conf.read_text())
+    for key in ("prediction", "sigma_min"):
+        saved.pop(key)
+    conf.write_text(json.dumps(saved))
+    src = tmp_path / "a" / "export"
+    with pytest.raises(ValueError, match="another model config.*prediction"):
+        train(_cfg(tmp_path, "b", f"init_from={src}", "model.prediction=sample"))
+    train(_cfg(tmp_path, "c", f"init_from={src}"))
