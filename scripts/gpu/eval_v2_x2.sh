@@ -15,7 +15,7 @@ CUDA_VISIBLE_DEVICES=1 timeout 540 $E --horizons 300 --modes hashed,window --jso
 CUDA_VISIBLE_DEVICES=0 timeout 400 $E --horizons 10,60 --modes hashed,window,full --json "$OUT/short.json" > "$OUT/short.log" 2>&1
 echo "short eval done at $(( $(date +%s) - T0 )) s"
 for m in models/world-tiny-v1 $M; do
-  CUDA_VISIBLE_DEVICES=0 timeout 60 python3 -m vidhash.cli bench generation --model $m --seconds 10,60,600 --fps 8 \
+  CUDA_VISIBLE_DEVICES=0 timeout 80 python3 -m vidhash.cli bench generation --model $m --seconds 10,60,600 --fps 8 \
     --modes hashed --dtype bfloat16 --cuda-graphs --json "$OUT/speed_$(basename $m).json" 2>&1 | tail -6
 done
 wait
