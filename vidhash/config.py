@@ -138,12 +138,12 @@ def config_diff(have: dict, want: dict, have_label: str = "saved", prefix: str =
     return "; ".join(diffs)
 
 
-DEFAULT_MODEL = "world-tiny-v1"  # the shipped world model: models/world-tiny-v1 of this repository
+DEFAULT_MODEL = "world-tiny-v2"  # the shipped world model: models/world-tiny-v2 of this repository
 
 
 def resolve_model(model: str | None) -> str:
     """A ``--model`` value as a loadable one: ``None`` → the shipped model (``DEFAULT_MODEL``); a
-    bare name of a folder in the repository's ``models/`` (``world-tiny-v1``) → its path;
+    bare name of a folder in the repository's ``models/`` (``world-tiny-v2``) → its path;
     ``random-<preset>`` and paths unchanged."""
     name = DEFAULT_MODEL if model is None else str(model)
     if name.startswith("random-") or Path(name).exists() or "/" in name or os.sep in name:

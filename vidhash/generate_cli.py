@@ -18,7 +18,7 @@ file is still finalised; the state is saved only if it matches the frames writte
 fragmented, so even a killed process leaves a playable ``clip.partial.mp4``.
 
 ``--model``: a folder written by ``VidHashPipeline.save_pretrained``, the name of one in the
-repository's ``models/`` (default: ``world-tiny-v1``, the shipped world model, whose generation
+repository's ``models/`` (default: ``world-tiny-v2``, the shipped world model, whose generation
 preset ``world`` is used), or ``random-tiny`` / ``random-small`` / ``random-base`` /
 ``random-world`` (untrained, seeded random weights; for smoke tests and benchmarks).
 
@@ -55,7 +55,7 @@ from .data.world import ACTIONS, action_ids
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default=None, help="saved pipeline folder or a name in models/ (default: world-tiny-v1, "
+    p.add_argument("--model", default=None, help="saved pipeline folder or a name in models/ (default: world-tiny-v2, "
                    "the shipped world model), or random-tiny | random-small | random-base | random-world")
     p.add_argument("--seconds", type=float, default=None, help="clip length in seconds (default 10)")
     p.add_argument("--fps", type=int, default=None, help="frames per second (default 8)")
