@@ -129,6 +129,38 @@ def test_cuda_graphs_match_eager_cuda(memory, dtype):
         assert torch.equal(g, e), (g - e).abs().max()
 
 
+def test_emulated_graphs_match_eager_sample_prediction():
+    """A model whose last layer gives x0 (prediction="sample"): the velocity conversion inside the
+    captured pass reads the replayed timestep and latents, not the captured ones."""
+    pipe = _pipe(prediction="sample")
+    pipe.set_progress_bar_config(disable=True)
+    kw = _kwargs(MEMORIES["merge"])
+    eager = _gen(pipe, **kw).frames
+    pipe.enable_cuda_graphs(emulate=True)
+    assert torch.equal(_gen(pipe, **kw).frames, eager)
+    assert pipe.cuda_graph_stats["replays"] == 9
+
+
+@pytest.mark.gpu
+def test_cuda_graphs_match_eager_shipped_model_cuda():
+    """The shipped model (x0 prediction), bf16, its world preset's merge memory: graphs bitwise equal eager."""
+    from pathlib import Path
+
+    from vidhash.pipelines import VidHashPipeline
+
+    path = Path(__file__).resolve().parents[2] / "models" / "world-tiny-v2"
+    pipe = VidHashPipeline.load(str(path)).to("cuda")
+    pipe.transformer.to(torch.bfloat16)
+    pipe.set_progress_bar_config(disable=True)
+    kw = {**_kwargs(dict(mode="hashed", policy="merge", num_buckets=128, slots=16, top_k=2048)),
+          "height": 64, "width": 64, "num_inference_steps": 4}
+    eager = _gen(pipe, **kw).frames
+    pipe.enable_cuda_graphs()
+    graphed = _gen(pipe, **kw).frames
+    assert pipe.cuda_graph_stats["failed"] is None and pipe.cuda_graph_stats["replays"] > 0
+    assert torch.equal(graphed, eager), (graphed - eager).abs().max()
+
+
 @pytest.mark.gpu
 def test_cuda_graphs_with_compiled_blocks_cuda():
     """Compiled blocks inside the captured passes: close to compiled eager (the same compiled code)."""

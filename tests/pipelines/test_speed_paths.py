@@ -13,8 +13,9 @@ from diffusers.schedulers import FlowMatchEulerDiscreteScheduler
 SYNCS = ("_local_scalar_dense", "nonzero", "masked_select")  # .item()/bool()/int(), data-dependent shapes
 
 
-def _pipe(rope=True, seed=0):
-    return VidHashPipeline(random_model("tiny", seed=seed, rope=rope), FlowMatchEulerDiscreteScheduler()).to("cpu")
+def _pipe(rope=True, seed=0, **overrides):
+    return VidHashPipeline(random_model("tiny", seed=seed, rope=rope, **overrides),
+                           FlowMatchEulerDiscreteScheduler()).to("cpu")
 
 
 def _kwargs(memory):
