@@ -31,6 +31,7 @@ from omegaconf.errors import OmegaConfBaseException
 PRESETS = ("tiny", "small", "base", "world")
 GEOMETRY_KEYS = ("in_channels", "patch_size", "sample_size", "pos_period", "rope")  # what a generation preset depends on
 MEMORY_MODES = ("hashed", "window", "full")
+PREDICTIONS = ("velocity", "sample")  # what a model's last layer produces (its forward always returns a velocity)
 
 
 @dataclass
@@ -172,9 +173,9 @@ def preset_for_model(model: str | None) -> str:
     cfg_path = Path(model) / "transformer" / "config.json"
     if cfg_path.is_file():
         saved = json.loads(cfg_path.read_text())
+        defaults = asdict(ModelConfig())  # keys a folder saved before they existed had their defaults
         for preset in PRESETS:
-            if all(saved.get(k, default) == v for (k, v), default in
-                   zip(asdict(model_config(preset)).items(), asdict(ModelConfig()).values())):
+            if all(saved.get(k, defaults[k]) == v for k, v in asdict(model_config(preset)).items()):
                 return preset
         # a wider or deeper model of a preset's geometry (frame size, patch, world period, rope):
         # generation settings depend on the frames and the world, not on width or depth

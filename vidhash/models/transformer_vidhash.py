@@ -44,11 +44,11 @@ from diffusers.utils import BaseOutput
 from torch import nn
 
 from ..attention import dense_attention, fused_attention_lse, merge_attention
+from ..config import PREDICTIONS
 from ..hashing import LearnedHash, SimHash
 from ..memory import HashedMemory
 
 SELECT_KEYS = {"window_frames", "top_k", "n_bits", "seed", "hash_grad"}
-PREDICTIONS = ("velocity", "sample")  # what the last layer produces (the forward always returns a velocity)
 
 
 @dataclass

@@ -23,13 +23,12 @@ from typing import Any, Optional
 
 from omegaconf import OmegaConf
 
-from vidhash.config import ModelConfig, _structured, apply_overrides
+from vidhash.config import PREDICTIONS, ModelConfig, _structured, apply_overrides
 
 HELDOUT_WORLD_SEED = 1_000_000  # world seeds >= this are evaluation-only
 DATA_SOURCES = ("world", "video")
 TRAJECTORIES = ("out_and_back", "random", "mixed")
 SIGMA_SAMPLING = ("uniform", "logit_normal")
-PREDICTIONS = ("velocity", "sample")  # = vidhash.models.transformer_vidhash.PREDICTIONS (no torch import here)
 TEMPORAL_MODES = ("dense", "selected")
 PRECISIONS = ("no", "bf16", "fp16")
 
