@@ -124,6 +124,12 @@ def model_config(preset: str = "tiny") -> ModelConfig:
     return _structured(ModelConfig, presets[preset], f"models.yaml:{preset}")
 
 
+def with_model_defaults(saved: dict) -> dict:
+    """A saved transformer config with the ``ModelConfig`` keys it lacks at their defaults: a folder
+    saved before a key existed (``prediction`` in ``world-tiny-v1``) had the default behaviour."""
+    return {**asdict(ModelConfig()), **saved}
+
+
 def config_diff(have: dict, want: dict, have_label: str = "saved", prefix: str = "") -> str:
     """``"key: <have_label> a, here b; ..."`` for every key whose value differs (nested dicts as
     ``outer.inner``); "" when equal. For errors about a state or checkpoint of another config."""
@@ -172,10 +178,9 @@ def preset_for_model(model: str | None) -> str:
         return preset
     cfg_path = Path(model) / "transformer" / "config.json"
     if cfg_path.is_file():
-        saved = json.loads(cfg_path.read_text())
-        defaults = asdict(ModelConfig())  # keys a folder saved before they existed had their defaults
+        saved = with_model_defaults(json.loads(cfg_path.read_text()))
         for preset in PRESETS:
-            if all(saved.get(k, defaults[k]) == v for k, v in asdict(model_config(preset)).items()):
+            if all(saved.get(k) == v for k, v in asdict(model_config(preset)).items()):
                 return preset
         # a wider or deeper model of a preset's geometry (frame size, patch, world period, rope):
         # generation settings depend on the frames and the world, not on width or depth

@@ -27,11 +27,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from vidhash.config import ModelConfig, config_diff, save_config, to_yaml
+from vidhash.config import config_diff, save_config, to_yaml, with_model_defaults
 
 from .affinity import pin_worker, pinned, process_plan
 from .checkpoint import checkpoint_size, find_checkpoint, load_checkpoint, save_checkpoint
-from .config import LATER_MODEL_KEYS, TrainConfig, fused_mode, model_fingerprint, model_supports_selection, selection_arg
+from .config import TrainConfig, fused_mode, model_fingerprint, model_supports_selection, selection_arg
 from .data import IndexBatches, TrainSamples, model_frames, revisit_share, sample_noise
 from .ema import EMA
 from .profile import StepProfiler
@@ -712,9 +712,7 @@ def _init_from(model, ema, cfg) -> None:
     conf = folder / "transformer" / "config.json"
     if not weights.is_file() or not conf.is_file():
         raise ValueError(f"init_from={cfg.init_from}: not a saved pipeline folder (no transformer/{SAFETENSORS_WEIGHTS_NAME})")
-    saved = json.loads(conf.read_text())
-    for key in LATER_MODEL_KEYS:  # saved before the key existed: it had the default (a velocity model)
-        saved.setdefault(key, getattr(ModelConfig, key))
+    saved = with_model_defaults(json.loads(conf.read_text()))  # no prediction key: a velocity model
     want = dict(model.config)
     # learned memory signatures are fitted after training (vidhash calibrate): not compared, not loaded
     keep = [k for k in want if not k.startswith(("_", "memory_hash")) and k in saved]
