@@ -29,7 +29,7 @@ install: $(STAMP)
 # ~35 s on a 2-core CPU. The model's generation preset (`world` in configs/generation.yaml): a
 # small merge memory (2,048 entries) keeps the start whole, and top_k = its capacity reads every
 # entry (fused dense attention: exact and, at this size, faster than selecting).
-WORLD_MODEL ?= world-tiny-v2
+WORLD_MODEL ?= world-tiny-v3
 DEMO_MEMORY ?=
 demo: $(STAMP)
 	$(VENV)/bin/vidhash generate --model $(WORLD_MODEL) --prompt-world 1000003 --actions configs/paths/out_and_back_10s.json \

@@ -6,7 +6,8 @@ a whole chunk — every pass has the same shapes and reads the same buffers (the
 and the memories are preallocated and updated in place), so each kind of pass is captured once
 as a CUDA graph and replayed:
 
-* ``denoise``: ``transformer(latents, t, actions, poses, context).sample`` (4 per chunk);
+* ``denoise``: ``transformer(latents, t, actions, poses, context).sample`` (one per step);
+* ``free``: the same without a context (context guidance: one per guided step);
 * ``commit``: the clean pass that returns the chunk's K/V (1 per chunk).
 
 Inputs are copied into the graph's static buffers before a replay; outputs live in the graph's
@@ -125,6 +126,13 @@ class PassGraphs:
         self._static["t"].copy_(t)
         return self._run("denoise")
 
+    def free(self, latents: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """Velocity of ``latents`` at ``t`` with no window and no memory (context guidance); a buffer
+        of its own graph, distinct from ``denoise``'s."""
+        self._static["latents"].copy_(latents)
+        self._static["t"].copy_(t)
+        return self._run("free")
+
     def commit(self, latents: torch.Tensor) -> list:
         """The clean pass's per-layer K/V (buffers of the graph: consume them before the next commit)."""
         self._static["latents"].copy_(latents)
@@ -134,6 +142,8 @@ class PassGraphs:
         s = self._static
         if kind == "denoise":
             return self.transformer(s["latents"], s["t"], s["act"], s["pos"], context=self._context).sample
+        if kind == "free":
+            return self.transformer(s["latents"], s["t"], s["act"], s["pos"]).sample
         return self.transformer(s["latents"], s["zero"], s["act"], s["pos"], context=self._context,
                                 return_kv=True).kv
 

@@ -168,7 +168,8 @@ class VidHashPipeline(DiffusionPipeline):
     # ------------------------------------------------------------------ checks
     def check_inputs(self, num_frames, height, width, fps, actions, poses, chunk_frames, window_frames, memory,
                      num_inference_steps, output_type, state, callback_on_step_end_tensor_inputs,
-                     context_frames=None, context_poses=None, context_actions=None):
+                     context_frames=None, context_poses=None, context_actions=None, guidance_scale=1.0,
+                     guidance_steps=None):
         """Every argument that can be checked before work starts; ValueError naming the problem."""
         if not isinstance(num_frames, (int, np.integer)) or isinstance(num_frames, bool) or num_frames <= 0:
             raise ValueError(f"num_frames must be a positive int, got {num_frames!r}")
@@ -176,7 +177,8 @@ class VidHashPipeline(DiffusionPipeline):
         if fps is not None and fps <= 0:
             raise ValueError(f"fps must be positive, got {fps}")
         gen = GenerationConfig(height=height, width=width, chunk_frames=chunk_frames, window_frames=window_frames,
-                               num_inference_steps=num_inference_steps, memory=memory)
+                               num_inference_steps=num_inference_steps, memory=memory,
+                               guidance_scale=guidance_scale, guidance_steps=guidance_steps)
         check_generation(gen)
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
@@ -231,6 +233,8 @@ class VidHashPipeline(DiffusionPipeline):
         action_step: int = 4,
         generator: torch.Generator | None = None,
         output_type: str = "np",
+        guidance_scale: float = 1.0,
+        guidance_steps: int | None = None,
         callback_on_step_end: Callable | PipelineCallback | MultiPipelineCallbacks | None = None,
         callback_on_step_end_tensor_inputs: list[str] = ("latents",),
         state: VidHashState | None = None,
@@ -258,6 +262,12 @@ class VidHashPipeline(DiffusionPipeline):
             generator: CPU ``torch.Generator`` for all noise (carried in the state); with a
                 state, replaces the state's generator.
             output_type: ``"np"``, ``"pt"`` or ``"pil"``.
+            guidance_scale: context guidance. A guided step also runs the chunk with no window and
+                no memory (the model saw such chunks in training: a clip's first chunk) and steps
+                along ``v_free + guidance_scale · (v_context − v_free)``. 1 (default) is off: one
+                pass per step. Above 1 the chunk commits harder to what its context implies.
+            guidance_steps: guide only the first this many denoising steps of each chunk (where
+                the layout is decided); None guides every step.
             callback_on_step_end: ``fn(pipe, step, timestep, callback_kwargs) -> dict`` after each
                 denoising step (``pipe.chunk_index`` says which chunk); setting
                 ``pipe._interrupt = True`` stops generation: the current chunk is dropped and the
@@ -293,7 +303,8 @@ class VidHashPipeline(DiffusionPipeline):
         ids, poses, prompt = self.check_inputs(num_frames, height, width, fps, actions, poses, chunk_frames,
                                                window_frames, memory, num_inference_steps, output_type, state,
                                                callback_on_step_end_tensor_inputs, context_frames, context_poses,
-                                               context_actions)
+                                               context_actions, guidance_scale, guidance_steps)
+        guided_steps = 0 if guidance_scale == 1 else (num_inference_steps if guidance_steps is None else guidance_steps)
         if state is None:
             if getattr(self, "_pass_graphs", None) is not None:
                 self._pass_graphs.release()  # the last clip's graphs cannot serve a new state: free them first
@@ -365,6 +376,14 @@ class VidHashPipeline(DiffusionPipeline):
                                                     frame_inputs=frame_inputs).sample
                         if graphs is not None:
                             graphs.count_eager()
+                    if i < guided_steps:  # context guidance: the same chunk with no window and no memory
+                        if replay:
+                            free = graphs.free(latents, step_t[i])
+                        else:
+                            free = self.transformer(latents, step_t[i], act, pos, frame_inputs=frame_inputs).sample
+                            if graphs is not None:
+                                graphs.count_eager()
+                        velocity = torch.lerp(free, velocity, guidance_scale)
                     latents = self.scheduler.step(velocity, t, latents, generator=state.generator,
                                                   return_dict=False)[0]
                     if callback_on_step_end is not None:

@@ -18,7 +18,7 @@ from vidhash.data.world import action_ids
 from vidhash.pipelines import VidHashPipeline
 
 clip = sys.argv[1]
-pipe = VidHashPipeline.load(sys.argv[2] if len(sys.argv) > 2 else "models/world-tiny-v2")
+pipe = VidHashPipeline.load(sys.argv[2] if len(sys.argv) > 2 else "models/world-tiny-v3")
 m = pipe.transformer.float().eval()
 fr = read_frames(clip)  # (T, H, W, 3) uint8
 with open(clip[:-4] + ".poses.json") as fh:

@@ -1,5 +1,5 @@
 """Next-chunk probe of trained world models (vidhash.eval.probe), one JSON line per model:
-    python scripts/world_probe.py models/world-tiny-v2 [MORE_DIRS ...] [--device cuda] [--steps 4]"""
+    python scripts/world_probe.py models/world-tiny-v3 [MORE_DIRS ...] [--device cuda] [--steps 4]"""
 import argparse
 import json
 

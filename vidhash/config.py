@@ -18,6 +18,7 @@ entry per model size (``tiny``, ``small``, ``base``).
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from dataclasses import asdict, dataclass, field, fields
@@ -76,6 +77,10 @@ class GenerationConfig:
     num_inference_steps: int = 4
     action_step: int = 4
     memory: TemporalMemoryConfig = field(default_factory=TemporalMemoryConfig)
+    # context guidance: v = v_free + scale (v_context - v_free), v_free from a pass without window and
+    # memory; 1.0 = off. Only the first guidance_steps denoising steps of a chunk (None: all).
+    guidance_scale: float = 1.0
+    guidance_steps: Optional[int] = None
 
 
 @dataclass
@@ -145,12 +150,12 @@ def config_diff(have: dict, want: dict, have_label: str = "saved", prefix: str =
     return "; ".join(diffs)
 
 
-DEFAULT_MODEL = "world-tiny-v2"  # the shipped world model: models/world-tiny-v2 of this repository
+DEFAULT_MODEL = "world-tiny-v3"  # the shipped world model: models/world-tiny-v3 of this repository
 
 
 def resolve_model(model: str | None) -> str:
     """A ``--model`` value as a loadable one: ``None`` → the shipped model (``DEFAULT_MODEL``); a
-    bare name of a folder in the repository's ``models/`` (``world-tiny-v2``) → its path;
+    bare name of a folder in the repository's ``models/`` (``world-tiny-v3``) → its path;
     ``random-<preset>`` and paths unchanged."""
     name = DEFAULT_MODEL if model is None else str(model)
     if name.startswith("random-") or Path(name).exists() or "/" in name or os.sep in name:
@@ -221,11 +226,20 @@ def apply_overrides(cfg: Any, overrides: list[str], prefix_for: dict[str, str] |
         raise _config_error(err, "override") from None
 
 
+def check_guidance(scale: float, steps: int | None) -> None:
+    """Context guidance settings (``guidance_scale``, ``guidance_steps``); ValueError naming the key."""
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale) or scale < 0:
+        raise ValueError(f"guidance_scale must be a finite number >= 0 (1 = off), got {scale!r}")
+    if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps <= 0):
+        raise ValueError(f"guidance_steps must be a positive int or None (every step), got {steps!r}")
+
+
 def check_generation(cfg: GenerationConfig) -> None:
     """Values a type check cannot catch; ValueError naming the key."""
     for key in ("height", "width", "chunk_frames", "window_frames", "num_inference_steps", "action_step"):
         if getattr(cfg, key) <= 0:
             raise ValueError(f"{key} must be positive, got {getattr(cfg, key)}")
+    check_guidance(cfg.guidance_scale, cfg.guidance_steps)
     m = cfg.memory
     if m.mode not in MEMORY_MODES:
         raise ValueError(f"memory.mode must be one of {', '.join(MEMORY_MODES)}, got {m.mode!r}")

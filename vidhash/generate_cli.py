@@ -18,7 +18,7 @@ file is still finalised; the state is saved only if it matches the frames writte
 fragmented, so even a killed process leaves a playable ``clip.partial.mp4``.
 
 ``--model``: a folder written by ``VidHashPipeline.save_pretrained``, the name of one in the
-repository's ``models/`` (default: ``world-tiny-v2``, the shipped world model, whose generation
+repository's ``models/`` (default: ``world-tiny-v3``, the shipped world model, whose generation
 preset ``world`` is used), or ``random-tiny`` / ``random-small`` / ``random-base`` /
 ``random-world`` (untrained, seeded random weights; for smoke tests and benchmarks).
 
@@ -55,7 +55,7 @@ from .data.world import ACTIONS, action_ids
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default=None, help="saved pipeline folder or a name in models/ (default: world-tiny-v2, "
+    p.add_argument("--model", default=None, help="saved pipeline folder or a name in models/ (default: world-tiny-v3, "
                    "the shipped world model), or random-tiny | random-small | random-base | random-world")
     p.add_argument("--seconds", type=float, default=None, help="clip length in seconds (default 10)")
     p.add_argument("--fps", type=int, default=None, help="frames per second (default 8)")
@@ -176,12 +176,14 @@ def main(cfg: GenerateConfig, progress: bool = True, compile_blocks: bool = Fals
         height=gen.height, width=gen.width, fps=cfg.fps, actions=actions, trajectory_seed=cfg.seed,
         chunk_frames=gen.chunk_frames, window_frames=gen.window_frames, memory=gen.memory,
         num_inference_steps=gen.num_inference_steps, action_step=gen.action_step, output_type="pt", state=state,
+        guidance_scale=gen.guidance_scale, guidance_steps=gen.guidance_steps,
         generator=None if state is not None else torch.Generator().manual_seed(cfg.seed),
     )
     if prompt is not None:
         kwargs.update(context_frames=prompt["frames"], context_poses=prompt["poses"], context_actions=prompt["actions"])
     pipe.check_inputs(num_frames, gen.height, gen.width, cfg.fps, actions, None, gen.chunk_frames,
-                      gen.window_frames, gen.memory, gen.num_inference_steps, "pt", state, ["latents"])
+                      gen.window_frames, gen.memory, gen.num_inference_steps, "pt", state, ["latents"],
+                      guidance_scale=gen.guidance_scale, guidance_steps=gen.guidance_steps)
 
     # 2. generate, writing each chunk as it finishes; everything is named *.partial.* until done
     partial = partial_path(out)

@@ -141,23 +141,39 @@ def test_emulated_graphs_match_eager_sample_prediction():
     assert pipe.cuda_graph_stats["replays"] == 9
 
 
+def test_emulated_graphs_match_eager_with_guidance():
+    """Context guidance: the context-free pass is a third captured graph; its output buffer is not
+    the denoise pass's (both are read in the same step), and frames equal eager."""
+    pipe = _pipe(prediction="sample")
+    pipe.set_progress_bar_config(disable=True)
+    kw = {**_kwargs(MEMORIES["merge"]), "guidance_scale": 2.5, "guidance_steps": 1}
+    eager = _gen(pipe, **kw).frames
+    assert not torch.equal(eager, _gen(pipe, **_kwargs(MEMORIES["merge"])).frames)  # guidance changes frames
+    pipe.enable_cuda_graphs(emulate=True)
+    assert torch.equal(_gen(pipe, **kw).frames, eager)
+    # chunks 3-5 replay 2 denoise + 1 free + 1 commit each; chunks 1-2 run those 8 passes eagerly
+    assert pipe.cuda_graph_stats == {"captures": 3, "replays": 12, "eager_passes": 8, "failed": None}
+
+
 @pytest.mark.gpu
 def test_cuda_graphs_match_eager_shipped_model_cuda():
-    """The shipped model (x0 prediction), bf16, its world preset's merge memory: graphs bitwise equal eager."""
+    """The shipped model (x0 prediction), bf16, its world preset (merge memory, 8 steps, context
+    guidance on the first 2): graphs bitwise equal eager, the guided pass captured as its own graph."""
     from pathlib import Path
 
     from vidhash.pipelines import VidHashPipeline
 
-    path = Path(__file__).resolve().parents[2] / "models" / "world-tiny-v2"
+    path = Path(__file__).resolve().parents[2] / "models" / "world-tiny-v3"
     pipe = VidHashPipeline.load(str(path)).to("cuda")
     pipe.transformer.to(torch.bfloat16)
     pipe.set_progress_bar_config(disable=True)
     kw = {**_kwargs(dict(mode="hashed", policy="merge", num_buckets=128, slots=16, top_k=2048)),
-          "height": 64, "width": 64, "num_inference_steps": 4}
+          "height": 64, "width": 64, "num_inference_steps": 8, "guidance_scale": 3.0, "guidance_steps": 2}
     eager = _gen(pipe, **kw).frames
     pipe.enable_cuda_graphs()
     graphed = _gen(pipe, **kw).frames
-    assert pipe.cuda_graph_stats["failed"] is None and pipe.cuda_graph_stats["replays"] > 0
+    stats = pipe.cuda_graph_stats
+    assert stats["failed"] is None and stats["captures"] == 3 and stats["replays"] == 3 * (8 + 2 + 1), stats
     assert torch.equal(graphed, eager), (graphed - eager).abs().max()
 
 

@@ -137,7 +137,7 @@ def test_default_model_is_the_shipped_world_model(tmp_path, capsys):
     path = resolve_model(None)
     assert path.endswith(DEFAULT_MODEL) and (Path(path) / "model_index.json").is_file()
     assert preset_for_model(path) == "world"  # its generation settings come with it
-    assert resolve_model("world-tiny-v2") == path and resolve_model("random-tiny") == "random-tiny"
+    assert resolve_model("world-tiny-v3") == path and resolve_model("random-tiny") == "random-tiny"
     out = tmp_path / "x.mp4"
     assert main(["generate", "--seconds", "0.5", "--out", str(out), "--quiet", "num_inference_steps=1"]) == 0
     assert read_frames(out).shape[0] == 4

@@ -96,7 +96,8 @@ def _worker(spec: dict) -> dict:
         pipe.enable_cuda_graphs()
     kwargs = dict(height=gen.height, width=gen.width, chunk_frames=gen.chunk_frames, window_frames=gen.window_frames,
                   memory=gen.memory, num_inference_steps=spec["steps"] or gen.num_inference_steps,
-                  action_step=gen.action_step, output_type="pt")
+                  action_step=gen.action_step, output_type="pt", guidance_scale=gen.guidance_scale,
+                  guidance_steps=gen.guidance_steps)
 
     def sync():
         if device.type == "cuda":

@@ -94,6 +94,8 @@ class WorldEvalOptions:
     modes: tuple[str, ...] = MODES
     visit_seconds: float = 2.0
     steps: int | None = None  # denoising steps per chunk; None: the model's generation preset
+    guidance_scale: float | None = None  # context guidance; None: the preset's (1 = off)
+    guidance_steps: int | None = None  # guided steps per chunk; None: the preset's
     frame_size: int | None = None  # None: the preset's (smaller only for smoke tests)
     full_max_seconds: float = 60.0
     device: str = "auto"
@@ -135,6 +137,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--modes", type=_csv(str, "--modes"), default=MODES, help=f"comma-separated: {', '.join(MODES)}")
     p.add_argument("--visit-seconds", type=float, default=2.0, help="length of the first visit (default 2 s)")
     p.add_argument("--steps", type=int, default=None, help="denoising steps per chunk (default: the model's generation preset)")
+    p.add_argument("--guidance-scale", type=float, default=None,
+                   help="context guidance scale (default: the model's generation preset; 1 = off)")
+    p.add_argument("--guidance-steps", type=int, default=None,
+                   help="guide the first N denoising steps of each chunk (default: the preset's)")
     p.add_argument("--frame-size", type=int, default=None, help="frame side in pixels (default: the preset's; smaller only for smoke tests)")
     p.add_argument("--full-max-seconds", type=float, default=60.0,
                    help="longest horizon the dense full-context baseline runs (default 60)")
@@ -154,6 +160,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def options_from_args(args: argparse.Namespace) -> WorldEvalOptions:
     return WorldEvalOptions(model=args.model, seeds=tuple(args.seeds), horizons=tuple(args.horizons), fps=args.fps,
                             modes=tuple(args.modes), visit_seconds=args.visit_seconds, steps=args.steps,
+                            guidance_scale=args.guidance_scale, guidance_steps=args.guidance_steps,
                             frame_size=args.frame_size, full_max_seconds=args.full_max_seconds, device=args.device,
                             dtype=args.dtype, json=args.json, plot=args.plot, progress=not args.quiet,
                             memory=tuple(args.memory), cuda_graphs=getattr(args, "cuda_graphs", None))
@@ -267,6 +274,12 @@ def check_options(o: WorldEvalOptions) -> None:
         raise ValueError(f"--visit-seconds must give at least one frame at {o.fps} fps, got {o.visit_seconds}")
     if o.steps is not None and o.steps <= 0:
         raise ValueError(f"--steps must be positive, got {o.steps}")
+    from vidhash.config import check_guidance
+
+    try:
+        check_guidance(1.0 if o.guidance_scale is None else o.guidance_scale, o.guidance_steps)
+    except ValueError as err:
+        raise ValueError(f"--{str(err).replace('_', '-')}") from None
     if o.frame_size is not None and o.frame_size <= 0:
         raise ValueError(f"--frame-size must be positive, got {o.frame_size}")
     if not o.full_max_seconds >= 0:
@@ -381,9 +394,19 @@ def _resolve(o: WorldEvalOptions, pipe, preset: str) -> dict:
         raise ValueError(f"the {preset} preset's frames are {gen.height}×{gen.width}; the world view is square")
     pipe.transformer.tokens_per_frame(size, size)
     steps = o.steps or gen.num_inference_steps
-    return {"preset": preset, "height": size, "width": size, "chunk_frames": gen.chunk_frames,
-            "window_frames": gen.window_frames, "num_inference_steps": steps, "action_step": gen.action_step,
-            "memory": asdict(gen.memory), "world_size": int(pipe.transformer.config.pos_period)}
+    scale = gen.guidance_scale if o.guidance_scale is None else o.guidance_scale
+    guided = gen.guidance_steps if o.guidance_steps is None else o.guidance_steps
+    g = {"preset": preset, "height": size, "width": size, "chunk_frames": gen.chunk_frames,
+         "window_frames": gen.window_frames, "num_inference_steps": steps, "action_step": gen.action_step,
+         "memory": asdict(gen.memory), "world_size": int(pipe.transformer.config.pos_period)}
+    if scale != 1:  # results without guidance keep the settings (and the merge key) they had before it existed
+        g.update(guidance_scale=scale, guidance_steps=guided)
+    return g
+
+
+def _guidance(g: dict) -> dict:
+    """The pipeline's guidance keywords for resolved settings ``g`` (none recorded: off)."""
+    return {"guidance_scale": g.get("guidance_scale", 1.0), "guidance_steps": g.get("guidance_steps")}
 
 
 def _full_bytes(pipe, g: dict, frames: int, dtype) -> int:
@@ -506,7 +529,7 @@ def generate_loop(pipe, g: dict, plan, setting: str, mode: str, seed: int, truth
     frames[:start] = truth[:start]
     kwargs = dict(height=g["height"], width=g["width"], chunk_frames=g["chunk_frames"], window_frames=g["window_frames"],
                   num_inference_steps=g["num_inference_steps"], action_step=g["action_step"],
-                  memory=_memory(g, mode, n_bits), output_type="np",
+                  memory=_memory(g, mode, n_bits), output_type="np", **_guidance(g),
                   generator=torch.Generator().manual_seed(_noise_seed(seed, int(plan.meta["gap_frames"]), setting)))
     if setting == "given":
         kwargs.update(context_frames=truth[:visit], context_poses=plan.poses[:visit], context_actions=plan.actions[:visit])
@@ -537,7 +560,8 @@ def _throughput(pipe, g: dict) -> float:
     import torch
 
     kw = dict(height=g["height"], width=g["width"], chunk_frames=g["chunk_frames"], window_frames=g["window_frames"],
-              num_inference_steps=g["num_inference_steps"], memory=_memory(g, "hashed", None), output_type="pt")
+              num_inference_steps=g["num_inference_steps"], memory=_memory(g, "hashed", None), output_type="pt",
+              **_guidance(g))
     n = g["window_frames"] + g["chunk_frames"]  # the last chunk's commit writes to the memory
     poses = np.stack([np.arange(n) * g["action_step"], np.zeros(n)], 1).astype(np.float64)
     sync = torch.cuda.synchronize if pipe.transformer.device.type == "cuda" else (lambda: None)
@@ -591,7 +615,8 @@ def evaluate(o: WorldEvalOptions) -> dict:
     total = sum(r.frames for r in todo)
     fps_gen = _throughput(pipe, g)
     estimate = total / fps_gen
-    print(f"vidhash eval world: {o.model} ({preset} preset, {g['num_inference_steps']} steps/chunk, "
+    guide = f", guidance {g['guidance_scale']:g} on {g['guidance_steps'] or 'all'}" if "guidance_scale" in g else ""
+    print(f"vidhash eval world: {o.model} ({preset} preset, {g['num_inference_steps']} steps/chunk{guide}, "
           f"{'learned' if learned else 'SimHash'} signatures) on {device} {o.dtype}\n"
           f"  {len(o.seeds)} seeds × {len(o.horizons)} horizons × {len(o.modes)} modes × 2 settings: {len(todo)} runs "
           f"({len(runs) - len(todo)} skipped or shared), {total:,} frames to generate\n"
