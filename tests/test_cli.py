@@ -22,3 +22,17 @@ def test_key_value_for_a_command_without_overrides_is_an_error(capsys):
         main(["bench", "hashhop", "--sizes", "1000", "a=b"])  # hashhop takes no overrides
     assert exit_info.value.code == 2
     assert "unrecognized arguments: a=b" in capsys.readouterr().err
+
+
+def test_generation_guidance_settings_checked():
+    import pytest
+
+    from vidhash.config import generate_config, generation_config
+
+    g = generation_config("world")
+    assert g.guidance_scale == 3.0 and g.guidance_steps == 2 and g.num_inference_steps == 8
+    assert generate_config(["guidance_scale=1"], preset="world").generation.guidance_scale == 1.0
+    with pytest.raises(ValueError, match="guidance_scale"):
+        generate_config(["guidance_scale=-1"], preset="world")
+    with pytest.raises(ValueError, match="guidance_steps"):
+        generate_config(["guidance_steps=0"], preset="world")
