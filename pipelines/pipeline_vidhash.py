@@ -162,7 +162,7 @@ class VidHashPipeline(DiffusionPipeline):
         memory = _memory_config(memory)
         config = state_config(cfg, height, width, window_frames, memory, 1, self.transformer.dtype)
         state = VidHashState(config, generator=_cpu_generator(generator), device=self.transformer.device)
-        state.top_k = memory.top_k
+        state.top_k, state.mass_cap = memory.top_k, memory.mass_cap
         return state
 
     # ------------------------------------------------------------------ checks
@@ -257,7 +257,8 @@ class VidHashPipeline(DiffusionPipeline):
             chunk_frames: frames denoised together (≤ window_frames unless memory mode is full).
             window_frames: recent frames attended exactly; with a state, the state's.
             memory: ``TemporalMemoryConfig`` (or dict): mode ``hashed`` / ``window`` / ``full``,
-                size, read width ``top_k``; with a state, the state's (``top_k`` may differ).
+                size, read width ``top_k``, read weight ``mass_cap``; with a state, the state's
+                (``top_k`` and ``mass_cap`` may differ: read settings).
             num_inference_steps: flow-matching Euler steps per chunk.
             generator: CPU ``torch.Generator`` for all noise (carried in the state); with a
                 state, replaces the state's generator.
@@ -294,7 +295,7 @@ class VidHashPipeline(DiffusionPipeline):
             width = width or state.config["width"]
             window_frames = window_frames or state.config["window_frames"]
             if memory is None:
-                memory = TemporalMemoryConfig(**state.config["memory"], top_k=state.top_k)
+                memory = TemporalMemoryConfig(**state.config["memory"], top_k=state.top_k, mass_cap=state.mass_cap)
         height, width = height or cfg.sample_size, width or cfg.sample_size
         window_frames = window_frames or generation_config("tiny").window_frames
         memory = _memory_config(memory)
@@ -359,7 +360,7 @@ class VidHashPipeline(DiffusionPipeline):
                 self.scheduler.set_begin_index(0)  # no timestep lookup (nonzero + .item(): a device sync) per chunk
                 timesteps = self.scheduler.timesteps
                 self._num_timesteps = len(timesteps)
-                context = state.context(memory.top_k)
+                context = state.context(memory.top_k, memory.mass_cap)
                 graphs = self._graphs_for(device)
                 replay = graphs is not None and graphs.begin_chunk(state, context, c, chunk_frames, act, pos, latents)
                 # constant over the chunk's passes (denoising steps and commit): built once
@@ -435,7 +436,7 @@ class VidHashPipeline(DiffusionPipeline):
         self._committing = True
         c = latents.shape[1]
         if context is None:
-            context = state.context(memory.top_k)
+            context = state.context(memory.top_k, memory.mass_cap)
         if graphs is not None:  # a captured commit pass (begin_chunk was called for this chunk)
             kv = graphs.commit(latents)
         else:
@@ -445,7 +446,7 @@ class VidHashPipeline(DiffusionPipeline):
             if self._graphs_for(latents.device) is not None:
                 self._pass_graphs.count_eager()
         state.push(kv, state.frame_index)
-        state.top_k = memory.top_k
+        state.top_k, state.mass_cap = memory.top_k, memory.mass_cap
         state.frame_index += c
         state.pose = [float(chunk_poses[-1][0]), float(chunk_poses[-1][1])]
         if trajectory is not None:

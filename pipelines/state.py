@@ -54,7 +54,8 @@ def state_config(model_config: Any, height: int, width: int, window_frames: int,
                  memory: TemporalMemoryConfig, batch_size: int = 1, dtype: torch.dtype = torch.float32) -> dict:
     """The JSON-able configuration a state is built from (and fingerprinted by)."""
     mem = asdict(memory)
-    mem.pop("top_k")  # a read setting: may change between runs without touching the state
+    mem.pop("top_k")  # read settings: may change between runs without touching the state
+    mem.pop("mass_cap", None)
     model = {k: (float(model_config[k]) if isinstance(model_config[k], float) else model_config[k]) for k in MODEL_KEYS}
     bits = int(model_config.get("memory_hash_bits", 0) or 0)
     if bits:  # learned signatures: the memory stores the model's bits (SimHash states keep their old fingerprints)
@@ -123,6 +124,7 @@ class VidHashState:
         self.pose = [0.0, 0.0]
         self.trajectory: dict | None = None
         self.top_k = 0  # memory read width last used (a read setting, not part of the fingerprint)
+        self.mass_cap = 0  # memory read weight cap last used (a read setting too; 0 = off)
 
     # ------------------------------------------------------------------ identity
     @property
@@ -168,8 +170,9 @@ class VidHashState:
         return self
 
     # ------------------------------------------------------------------ attention context
-    def context(self, top_k: int) -> list[TemporalContext]:
-        """Per layer: window K/V (exact) and the memory to read with ``top_k`` keys per query."""
+    def context(self, top_k: int, mass_cap: int = 0) -> list[TemporalContext]:
+        """Per layer: window K/V (exact) and the memory to read with ``top_k`` keys per query
+        (weighing at most ``mass_cap`` keys; 0 = as read)."""
         f = self.window_filled
         out = []
         for layer in range(self.num_layers):
@@ -178,7 +181,8 @@ class VidHashState:
                 k = self.window_k[layer, :, :, :f].reshape(self.batch_size, self.heads, f * self.tokens_per_frame, -1)
                 v = self.window_v[layer, :, :, :f].reshape(self.batch_size, self.heads, f * self.tokens_per_frame, -1)
             mem = self.memories[layer] if self.memories else None
-            out.append(TemporalContext(k=k, v=v, memory=mem, top_k=top_k if mem is not None else 0))
+            out.append(TemporalContext(k=k, v=v, memory=mem, top_k=top_k if mem is not None else 0,
+                                       mass_cap=mass_cap if mem is not None else 0))
         return out
 
     @torch.no_grad()
@@ -227,7 +231,7 @@ class VidHashState:
             "format": FORMAT, "fingerprint": self.fingerprint, "config": self.config,
             "frame_index": self.frame_index, "window_filled": self.window_filled,
             "pose": [float(x) for x in self.pose], "trajectory": self.trajectory,
-            "top_k": self.top_k, **({"hashers": self.hasher_digests} if self.hasher_digests else {}),
+            "top_k": self.top_k, "mass_cap": self.mass_cap, **({"hashers": self.hasher_digests} if self.hasher_digests else {}),
         }
 
     def save(self, path: str | os.PathLike) -> Path:
@@ -305,6 +309,7 @@ class VidHashState:
         state.pose = list(meta["pose"])
         state.trajectory = meta["trajectory"]
         state.top_k = int(meta.get("top_k", 0))
+        state.mass_cap = int(meta.get("mass_cap", 0))  # states saved before the setting: 0 (off)
         return state.to(device)
 
     def __repr__(self) -> str:

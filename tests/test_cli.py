@@ -36,3 +36,13 @@ def test_generation_guidance_settings_checked():
         generate_config(["guidance_scale=-1"], preset="world")
     with pytest.raises(ValueError, match="guidance_steps"):
         generate_config(["guidance_steps=0"], preset="world")
+
+
+def test_generation_mass_cap_checked():
+    import pytest
+
+    from vidhash.config import generate_config
+
+    assert generate_config(["memory.mass_cap=2560"], preset="world").generation.memory.mass_cap == 2560
+    with pytest.raises(ValueError, match="memory.mass_cap must be ≥ 0"):
+        generate_config(["memory.mass_cap=-1"], preset="world")

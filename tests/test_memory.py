@@ -1,3 +1,5 @@
+import math
+
 import pytest
 import torch
 
@@ -301,3 +303,54 @@ def test_unbound_hasher_and_bind_rules():
     with pytest.raises(ValueError, match="another hasher"):
         own.bind_hasher(lh)
 
+
+
+@pytest.mark.parametrize("policy", ["fifo", "merge"])
+def test_mass_cap_weighs_the_memory_as_at_most_cap_keys(policy):
+    """``mass_cap`` leaves ``out`` as read and lowers lse by log(mass / cap) past the cap: merged
+    with a window read, the result is dense attention over window + memory keys in which every
+    memory key weighs cap / mass (the memory as a whole weighs as cap keys); at or under the
+    cap nothing changes."""
+    torch.manual_seed(7)
+    mem = make(policy, num_buckets=64, slots=32)  # everything fits: the entries are the tokens
+    ks, vs = [], []
+    for f in range(4):
+        k, v = torch.randn(2, 3, 23, 40, dtype=torch.float64), torch.randn(2, 3, 23, 40, dtype=torch.float64)
+        mem.write(k, v, frame_idx=f)
+        ks.append(k)
+        vs.append(v)
+    assert torch.equal(mem.mass(), torch.full((2, 3), 92.0))
+    q = torch.randn(2, 3, 11, 40, dtype=torch.float64)
+    out0, lse0 = mem.attend(q, top_k=mem.capacity)
+    out, lse = mem.attend(q, top_k=mem.capacity, mass_cap=23)
+    assert torch.equal(out, out0)
+    assert torch.allclose(lse, lse0 - math.log(92 / 23), rtol=0, atol=1e-12)
+    wk, wv = torch.randn(2, 3, 10, 40, dtype=torch.float64), torch.randn(2, 3, 10, 40, dtype=torch.float64)
+    o_w, l_w = dense_attention(q, wk, wv, return_lse=True)
+    merged, merged_lse = merge_attention(o_w, l_w, out, lse)
+    bias = torch.cat([torch.zeros(10, dtype=torch.float64), torch.full((92,), math.log(23 / 92), dtype=torch.float64)])
+    bias = bias.expand(2, 3, -1)
+    ref, ref_lse = dense_attention(q, torch.cat([wk, *ks], 2), torch.cat([wv, *vs], 2), return_lse=True, key_bias=bias)
+    assert rel_err(merged, ref) < 1e-12 and rel_err(merged_lse, ref_lse) < 1e-12
+    # at or under the cap, and with the selective read: exactly as read
+    for top_k in (8, mem.capacity):
+        a, la = mem.attend(q, top_k=top_k)
+        b, lb = mem.attend(q, top_k=top_k, mass_cap=92)
+        assert torch.equal(a, b) and torch.equal(la, lb)
+    # the selective read gets the same penalty
+    a, la = mem.attend(q, top_k=8)
+    b, lb = mem.attend(q, top_k=8, mass_cap=46)
+    assert torch.equal(a, b) and torch.allclose(lb, la - math.log(2), rtol=0, atol=1e-12)
+
+
+def test_mass_counts_merged_tokens_and_empty_memory_reads_nothing():
+    mem = make("merge", num_buckets=4, slots=8)  # 32 entries, 69 tokens: merges
+    for f in range(3):
+        mem.write(torch.randn(2, 3, 23, 40, dtype=torch.float64), torch.randn(2, 3, 23, 40, dtype=torch.float64), f)
+    assert (mem.num_entries() <= 32).all() and torch.equal(mem.mass(), torch.full((2, 3), 69.0))
+    empty = make("fifo")
+    out, lse = empty.attend(torch.randn(2, 3, 5, 40, dtype=torch.float64), top_k=4, mass_cap=1)
+    assert torch.equal(out, torch.zeros_like(out)) and torch.isinf(lse).all() and (lse < 0).all()
+    for bad in (-1, 2.5, True):
+        with pytest.raises(ValueError, match="mass_cap must be an int"):
+            empty.attend(torch.randn(2, 3, 5, 40, dtype=torch.float64), top_k=4, mass_cap=bad)

@@ -66,6 +66,9 @@ class TemporalMemoryConfig:
     policy: str = "fifo"
     top_k: int = 32
     seed: int = 0
+    # read setting: the memory weighs in attention as at most mass_cap keys (each entry counts the
+    # tokens merged into it; past the cap all shrink alike, HashedMemory.mass_penalty); 0 = off
+    mass_cap: int = 0
 
 
 @dataclass
@@ -246,6 +249,8 @@ def check_generation(cfg: GenerationConfig) -> None:
     for key in ("num_buckets", "slots", "n_bits", "top_k"):
         if getattr(m, key) <= 0:
             raise ValueError(f"memory.{key} must be positive, got {getattr(m, key)}")
+    if m.mass_cap < 0:
+        raise ValueError(f"memory.mass_cap must be ≥ 0 (0 = off), got {m.mass_cap}")
     if m.mode != "full" and cfg.chunk_frames > cfg.window_frames:
         raise ValueError(f"chunk_frames ({cfg.chunk_frames}) is larger than window_frames ({cfg.window_frames})")
 

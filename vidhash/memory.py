@@ -462,8 +462,23 @@ class HashedMemory(nn.Module):
             writes.scatter_add_(1, bsel, valid.to(writes.dtype))
 
     # ------------------------------------------------------------------ read
+    def mass(self) -> torch.Tensor:
+        """Tokens the memory stands for, ``(batch, heads)`` float32: the sum of its entries' counts
+        (a merged entry counts every token merged into it, so in attention it weighs as that
+        many keys)."""
+        b, h = self.config.batch_size, self.config.heads
+        return self.counts.view(b, h, -1).sum(-1, dtype=torch.float32)
+
+    def mass_penalty(self, mass_cap: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """``max(0, log(mass / mass_cap))`` ``(batch, heads, 1)``: subtracted from a read's lse, it
+        scales every entry's attention weight by ``mass_cap / mass`` once the memory stands for
+        more than ``mass_cap`` tokens, so the memory as a whole never weighs more than
+        ``mass_cap`` keys (and the window, read exactly, keeps its share however long the clip).
+        Zero for an empty memory. No host sync (CUDA-graph safe)."""
+        return (self.mass().to(dtype).log() - math.log(mass_cap)).clamp_min(0.0).unsqueeze(-1)
+
     def attend(self, q: torch.Tensor, top_k: int, *, scale: float | None = None, return_indices: bool = False,
-               backend: str = "auto"):
+               backend: str = "auto", mass_cap: int = 0):
         """Attention of ``q (b, h, n, d)`` over its ``top_k`` most similar entries.
 
         Returns ``(out (b, h, n, d), lse (b, h, n))`` with lse in float32 (float64 for
@@ -472,10 +487,20 @@ class HashedMemory(nn.Module):
         ``backend``: ``"auto"`` (Triton for CUDA tensors that are not float64, else the
         reference), ``"reference"`` or ``"triton"``. With ``top_k ≥ capacity`` (every entry
         selected) ``"auto"`` and ``"reference"`` read densely instead — the same result.
+        ``mass_cap > 0`` lowers lse by :meth:`mass_penalty` (``out`` is unchanged: it only
+        matters once merged with other attention by log-sum-exp); 0 leaves it as read.
         """
         self._check(q, "q")
         if not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1:
             raise ValueError(f"top_k must be a positive int, got {top_k!r}")
+        if not isinstance(mass_cap, int) or isinstance(mass_cap, bool) or mass_cap < 0:
+            raise ValueError(f"mass_cap must be an int ≥ 0 (0 = off), got {mass_cap!r}")
+        res = self._attend(q, top_k, scale, return_indices, backend)
+        if mass_cap:
+            res = (res[0], res[1] - self.mass_penalty(mass_cap, res[1].dtype), *res[2:])
+        return res
+
+    def _attend(self, q: torch.Tensor, top_k: int, scale: float | None, return_indices: bool, backend: str):
         if top_k >= self.capacity and not return_indices and backend != "triton":
             # every valid entry is selected: the read is dense attention over the whole memory,
             # without signatures or top-k (the same result; at generation sizes also the fastest

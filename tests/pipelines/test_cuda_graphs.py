@@ -70,7 +70,7 @@ def test_emulated_graphs_short_last_chunk_and_callback():
 
 
 def test_emulated_graphs_recapture_on_read_width():
-    """The read width is part of the key: another top_k captures again."""
+    """The read settings are part of the key: another top_k or mass_cap captures again."""
     pipe = _pipe()
     pipe.set_progress_bar_config(disable=True)
     pipe.enable_cuda_graphs(emulate=True)
@@ -81,6 +81,8 @@ def test_emulated_graphs_recapture_on_read_width():
     rest = {k: v for k, v in kw.items() if k not in ("memory", "actions")}
     pipe(num_frames=4, state=out.state, memory=mem, actions=["up"] * 4, **rest)
     assert pipe.cuda_graph_stats["captures"] == 4
+    pipe(num_frames=4, state=out.state, memory={**mem, "mass_cap": 16}, actions=["up"] * 4, **rest)
+    assert pipe.cuda_graph_stats["captures"] == 6
 
 
 def test_capture_failure_falls_back_to_eager(monkeypatch):

@@ -229,3 +229,23 @@ def test_state_save_is_atomic(tiny_pipe, tmp_path, monkeypatch):
     with pytest.raises(OSError, match="disk full"):
         state.save(path)
     assert path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["s.pt"]
+
+
+def test_mass_cap_is_a_read_setting(tiny_pipe, saved_state, tmp_path):
+    """mass_cap changes what a long memory contributes (not a no-op), a cap above the memory's
+    mass changes nothing, and like top_k it is kept by a saved state, may change on resume and
+    is not part of the state's fingerprint."""
+    mem = dict(num_buckets=64, slots=16, policy="merge", top_k=1024)
+    base = tiny_pipe(num_frames=24, generator=gen(), memory=mem, output_type="pt", **FAST)
+    over = tiny_pipe(num_frames=24, generator=gen(), memory={**mem, "mass_cap": 10**6}, output_type="pt", **FAST)
+    capped = tiny_pipe(num_frames=24, generator=gen(), memory={**mem, "mass_cap": 16}, output_type="pt", **FAST)
+    assert torch.equal(base.frames, over.frames)
+    assert not torch.equal(base.frames, capped.frames)
+    assert torch.equal(base.frames[:, :12], capped.frames[:, :12])  # nothing in memory yet: same frames
+    assert capped.state.mass_cap == 16 and capped.state.fingerprint == base.state.fingerprint
+    capped.state.save(tmp_path / "s.pt")
+    loaded = VidHashState.load(tmp_path / "s.pt")
+    assert loaded.mass_cap == 16
+    out = tiny_pipe(num_frames=4, state=loaded, memory=TemporalMemoryConfig(**{**mem, "mass_cap": 0}), **FAST)
+    assert out.state.mass_cap == 0
+    assert VidHashState.load(saved_state).mass_cap == 0  # a state saved without the setting: off

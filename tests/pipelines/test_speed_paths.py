@@ -26,6 +26,8 @@ def _kwargs(memory):
 MEMORIES = {
     "fifo": dict(mode="hashed", num_buckets=8, slots=8, top_k=8),  # selective read
     "merge": dict(mode="hashed", policy="merge", num_buckets=8, slots=4, top_k=64),  # dense read (top_k ≥ capacity)
+    # the same read weighing as at most 64 keys (the memory reaches 192 tokens in a 20-frame clip)
+    "merge_cap": dict(mode="hashed", policy="merge", num_buckets=8, slots=4, top_k=64, mass_cap=64),
     "window": dict(mode="window"),
 }
 

@@ -131,7 +131,7 @@ def _worker(spec: dict) -> dict:
         "rss_after_warmup_bytes": rss_after_warmup,
         "peak_device_bytes": torch.cuda.max_memory_allocated() if device.type == "cuda" else None,
         "torch_threads": torch.get_num_threads(),
-        "memory_config": {k: getattr(gen.memory, k) for k in ("num_buckets", "slots", "n_bits", "top_k", "policy")},
+        "memory_config": {k: getattr(gen.memory, k) for k in ("num_buckets", "slots", "n_bits", "top_k", "policy", "mass_cap")},
         "chunk": gen.chunk_frames, "window": gen.window_frames, "height": gen.height, "width": gen.width,
         "steps_used": kwargs["num_inference_steps"],
         "cuda_graph_stats": pipe.cuda_graph_stats,

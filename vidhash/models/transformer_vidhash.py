@@ -57,13 +57,15 @@ class TemporalContext:
 
     ``k``, ``v``: ``(batch, heads, tokens, head_dim)`` keys/values of the context frames (the
     window), attended exactly; None for none. ``memory``: read with ``top_k`` keys per query
-    and merged by log-sum-exp; None for none.
+    and merged by log-sum-exp; None for none. ``mass_cap > 0``: the memory read weighs at most
+    as much as that many keys (:meth:`HashedMemory.mass_penalty`); 0 = as read.
     """
 
     k: torch.Tensor | None = None
     v: torch.Tensor | None = None
     memory: HashedMemory | None = None
     top_k: int = 0
+    mass_cap: int = 0
 
 
 @dataclass
@@ -228,7 +230,7 @@ class TemporalAttention(nn.Module):
         if ctx is not None and ctx.memory is not None and self.memory_hash is not None and ctx.memory.needs_hasher:
             _bind_memory_hash(ctx.memory, self.memory_hash)  # a state's memory for this model: read with its learned hash
         if ctx is not None and ctx.memory is not None and ctx.top_k > 0:
-            m_out, m_lse = _memory_read(ctx.memory, q, ctx.top_k, scale)
+            m_out, m_lse = _memory_read(ctx.memory, q, ctx.top_k, scale, ctx.mass_cap)
             out, lse = merge_attention(out, lse, m_out, m_lse)
         h, e = out.shape[1], out.shape[3]  # b h (f n) e -> b f n (h e)
         return self.proj(out.reshape(b, h, f, n, e).permute(0, 2, 3, 1, 4).reshape(b, f, n, h * e)), (k, v)
@@ -312,12 +314,12 @@ class TemporalAttention(nn.Module):
 
 
 @torch.compiler.disable
-def _memory_read(memory: HashedMemory, q: torch.Tensor, top_k: int, scale: float):
+def _memory_read(memory: HashedMemory, q: torch.Tensor, top_k: int, scale: float, mass_cap: int = 0):
     """``memory.attend`` outside any compiled graph: the read is data-dependent Python (top-k
     selection, Triton launches, a dense fallback chosen by size) over buffers that change
     between chunks, so under ``torch.compile`` it runs eagerly (one graph break) rather than
     being traced and guarded on per state."""
-    return memory.attend(q, top_k, scale=scale)
+    return memory.attend(q, top_k, scale=scale, mass_cap=mass_cap)
 
 
 @torch.compiler.disable
