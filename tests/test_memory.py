@@ -354,3 +354,26 @@ def test_mass_counts_merged_tokens_and_empty_memory_reads_nothing():
     for bad in (-1, 2.5, True):
         with pytest.raises(ValueError, match="mass_cap must be an int"):
             empty.attend(torch.randn(2, 3, 5, 40, dtype=torch.float64), top_k=4, mass_cap=bad)
+
+
+@pytest.mark.parametrize("top_k", [3, 40], ids=["gathered", "masked-dense"])
+def test_selective_read_equals_attention_over_its_selection(top_k):
+    """The reference selective read (gathered entries for a small top_k, scores against every
+    entry with the unselected masked out for a large one) equals attention over exactly the
+    entries it reports, each weighted by log(count)."""
+    torch.manual_seed(11)
+    mem = make("merge", num_buckets=8, slots=8)  # 64 entries, merged counts
+    for f in range(3):
+        mem.write(torch.randn(2, 3, 30, 40, dtype=torch.float64), torch.randn(2, 3, 30, 40, dtype=torch.float64), f)
+    q = torch.randn(2, 3, 7, 40, dtype=torch.float64)
+    out, lse, idx = mem.attend(q, top_k=top_k, scale=0.2, return_indices=True)
+    keys, vals = mem.keys.view(2, 3, 64, 40), mem.values.view(2, 3, 64, 40)
+    counts = mem.counts.view(2, 3, 64)
+    for b in range(2):
+        for h in range(3):
+            for i in range(7):
+                sel = idx[b, h, i][idx[b, h, i] >= 0]
+                s = keys[b, h, sel] @ q[b, h, i] * 0.2 + counts[b, h, sel].float().log().double()  # float32 log, as read
+                ref_lse = torch.logsumexp(s, 0)
+                assert torch.allclose(lse[b, h, i], ref_lse, rtol=0, atol=1e-12)
+                assert torch.allclose(out[b, h, i], torch.softmax(s, 0) @ vals[b, h, sel], rtol=0, atol=1e-12)

@@ -169,8 +169,14 @@ def test_cuda_graphs_match_eager_shipped_model_cuda():
     pipe = VidHashPipeline.load(str(path)).to("cuda")
     pipe.transformer.to(torch.bfloat16)
     pipe.set_progress_bar_config(disable=True)
-    kw = {**_kwargs(dict(mode="hashed", policy="merge", num_buckets=128, slots=16, top_k=2048)),
-          "height": 64, "width": 64, "num_inference_steps": 8, "guidance_scale": 3.0, "guidance_steps": 2}
+    from dataclasses import asdict
+
+    from vidhash.config import generation_config
+
+    g = generation_config("world")  # its memory read too (a selective top-k read since 2026-12-01)
+    kw = {**_kwargs(asdict(g.memory)), "height": 64, "width": 64, "num_inference_steps": g.num_inference_steps,
+          "guidance_scale": g.guidance_scale, "guidance_steps": g.guidance_steps}
+    assert (g.num_inference_steps, g.guidance_steps) == (8, 2)
     eager = _gen(pipe, **kw).frames
     pipe.enable_cuda_graphs()
     graphed = _gen(pipe, **kw).frames
