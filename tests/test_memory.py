@@ -16,16 +16,22 @@ def make(policy="fifo", **kw):
     return HashedMemory(**cfg)
 
 
+def write_frames(mem, frames, tokens=23):
+    """Writes ``frames`` random frames of ``tokens`` keys/values; returns them (lists per frame)."""
+    ks, vs = [], []
+    for f in range(frames):
+        k, v = torch.randn(2, 3, tokens, 40, dtype=torch.float64), torch.randn(2, 3, tokens, 40, dtype=torch.float64)
+        mem.write(k, v, frame_idx=f)
+        ks.append(k)
+        vs.append(v)
+    return ks, vs
+
+
 @pytest.mark.parametrize("policy", ["fifo", "merge"])
 def test_attend_equals_dense_when_everything_fits(policy):
     torch.manual_seed(0)
     mem = make(policy, num_buckets=64, slots=32)
-    ks, vs = [], []
-    for f in range(4):
-        k, v = torch.randn(2, 3, 23, 40, dtype=torch.float64), torch.randn(2, 3, 23, 40, dtype=torch.float64)
-        mem.write(k, v, frame_idx=f)
-        ks.append(k)
-        vs.append(v)
+    ks, vs = write_frames(mem, 4)
     assert (mem.num_entries() == 92).all(), "nothing may be evicted or merged when capacity suffices"
     q = torch.randn(2, 3, 11, 40, dtype=torch.float64, requires_grad=True)
     out, lse = mem.attend(q, top_k=mem.capacity)
@@ -313,12 +319,7 @@ def test_mass_cap_weighs_the_memory_as_at_most_cap_keys(policy):
     cap nothing changes."""
     torch.manual_seed(7)
     mem = make(policy, num_buckets=64, slots=32)  # everything fits: the entries are the tokens
-    ks, vs = [], []
-    for f in range(4):
-        k, v = torch.randn(2, 3, 23, 40, dtype=torch.float64), torch.randn(2, 3, 23, 40, dtype=torch.float64)
-        mem.write(k, v, frame_idx=f)
-        ks.append(k)
-        vs.append(v)
+    ks, vs = write_frames(mem, 4)
     assert torch.equal(mem.mass(), torch.full((2, 3), 92.0))
     q = torch.randn(2, 3, 11, 40, dtype=torch.float64)
     out0, lse0 = mem.attend(q, top_k=mem.capacity)
