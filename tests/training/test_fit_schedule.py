@@ -41,3 +41,24 @@ def test_a_slow_first_step_does_not_end_a_timed_run():
     assert not out_of_time([55.0, 0.2, 0.2], 61.0, 2.6, 0.5)
     assert out_of_time([55.0, 0.2, 0.2], 150.0, 2.6, 0.5)
     assert out_of_time([1.0, 30.0, 30.0], 60.0, 2.6, 0.5)  # slow steps: three more would overrun
+
+
+def test_a_refit_changes_the_next_steps_rate_at_once():
+    """After fit_schedule changes max_steps, the rate of the very next step is the new schedule's
+    (LambdaLR computed it at its last step(), under the old max_steps)."""
+    import torch
+
+    from vidhash.training.trainer import _refresh_lr
+
+    cfg = load_train_config("configs/train/cpu_test.yaml", ["max_steps=1000", "optim.min_lr_ratio=0.1"])
+    opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(2))], lr=cfg.optim.lr)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg))
+    for _ in range(40):
+        opt.step()
+        sched.step()
+    cfg.max_steps = 41  # a refit leaving one step: it must run near the schedule's floor
+    stale = sched.get_last_lr()[0]
+    _refresh_lr(sched)
+    want = cfg.optim.lr * lr_lambda(cfg)(40)
+    assert stale != want and sched.get_last_lr()[0] == want == opt.param_groups[0]["lr"]
+    assert want < cfg.optim.lr * 0.11 < stale

@@ -595,6 +595,7 @@ def train(cfg: TrainConfig, resume: str | None = None, max_minutes: float | None
             if fit_next is not None and step - run_start >= fit_next:
                 fit_next = _fit_schedule(cfg, accelerator, step, step_times, max_minutes * 60 - (time.monotonic() - t_start),
                                          2 * last_save_s + 2 * _slack(max_minutes), fit_next, main, log)
+                _refresh_lr(scheduler)
                 bar.total = cfg.max_steps
             # stop conditions: stop_at_step is the same everywhere; a signal or the time limit is
             # local, so processes agree on it (one step late: no step waits for the device)
@@ -682,6 +683,16 @@ def _median_step(step_times: list[float], last: int) -> float:
 def _slack(max_minutes: float) -> float:
     """Seconds kept free before a time limit for the final checkpoint and export."""
     return min(10.0, 3.0 * max_minutes)
+
+
+def _refresh_lr(scheduler) -> None:
+    """The learning rate of the next step again from the schedule: ``LambdaLR`` computed it at
+    its last ``step()``, before ``fit_schedule`` changed ``max_steps`` (else one step would use the
+    old schedule's rate — the last one, when the refit leaves a single step)."""
+    lrs = [base * lam(scheduler.last_epoch) for base, lam in zip(scheduler.base_lrs, scheduler.lr_lambdas)]
+    for group, lr in zip(scheduler.optimizer.param_groups, lrs):
+        group["lr"] = lr
+    scheduler._last_lr = lrs
 
 
 def _fit_schedule(cfg: TrainConfig, accelerator, step: int, step_times: list[float], seconds_left: float,
