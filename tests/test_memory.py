@@ -110,10 +110,13 @@ def test_empty_memory_reads_nothing():
     assert (out == 0).all() and torch.isneginf(lse).all()
 
 
-def test_top_k_selects_by_signature_with_low_index_ties():
+@pytest.mark.parametrize("num_buckets", [16, 32768], ids=["float32-rank", "float64-rank"])
+def test_top_k_selects_by_signature_with_low_index_ties(num_buckets):
+    """(262,144 entries: the read's rank is no longer an exact float32 integer and is built in float64.)"""
     torch.manual_seed(2)
-    mem = make(num_buckets=16, slots=8, batch_size=1, heads=1)
-    k = torch.randn(1, 1, 60, 40, dtype=torch.float64)
+    dtype = torch.float64 if num_buckets == 16 else torch.float32  # (float32: half the big memory's bytes)
+    mem = make(num_buckets=num_buckets, slots=8, batch_size=1, heads=1, dtype=dtype)
+    k = torch.randn(1, 1, 60, 40, dtype=torch.float64).to(dtype)
     mem.write(k, k.clone(), 0)
     q = k[:, :, :5]
     _, _, idx = mem.attend(q, top_k=3, return_indices=True)
@@ -123,7 +126,7 @@ def test_top_k_selects_by_signature_with_low_index_ties():
     sim = hamming_similarity(mem.hasher(q), sigs[0, 0].unsqueeze(0).unsqueeze(0), 32)
     valid = mem.counts.view(1, 1, -1) > 0
     for i in range(5):
-        cands = [(int(sim[0, 0, i, e]), e) for e in range(mem.capacity) if valid[0, 0, e]]
+        cands = [(int(sim[0, 0, i, e]), e) for e in valid[0, 0].nonzero()[:, 0].tolist()]
         best = sorted(cands, key=lambda c: (-c[0], c[1]))[:3]
         assert sorted(idx[0, 0, i].tolist()) == sorted(e for _, e in best)
         # a stored copy of the query is always among its best entries

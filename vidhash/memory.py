@@ -522,35 +522,29 @@ class HashedMemory(nn.Module):
         valid = counts > 0
         bias = torch.log(counts.clamp(min=1).float())
         n_bits = self.config.n_bits
-        exact_f32 = (2 * n_bits + 1) * (c + 1) < 1 << 24  # the rank below is an exact float32 integer
+        # rank = (equal − different bits + n_bits) · (c + 1) + tie: ordered as the similarity, ties to
+        # the lower slot, ≥ 1 for any entry and -1 for an empty slot. The ±1 sign product is the bit
+        # agreement (hamming_similarity = (dot + n_bits) / 2), so one matmul and one pass build it, in
+        # float32 while every rank is an exact float32 integer (then int32: an integer topk is ~1.5×
+        # faster on a CPU), else in float64
+        small = (2 * n_bits + 1) * (c + 1) < 1 << 24
+        rank_dtype = torch.float32 if small else torch.float64
         with torch.no_grad():
             q_sig = self.hasher(q, role="query")
-            if exact_f32:
-                # rank = (equal − different bits + n_bits) · (c + 1) + tie, ordered as the similarity with ties
-                # to the lower slot; -inf for an empty slot. The ±1 sign product is the bit agreement
-                # (hamming_similarity = (dot + n_bits) / 2), so one matmul and one pass build it.
-                k_signs = sig_signs(sigs, n_bits)
-                tie_f = (n_bits * (c + 1) + c - torch.arange(c, device=q.device, dtype=torch.float32))  # ≥ 1 for any dot
-                tie_f = tie_f.masked_fill(~valid, float("-inf"))
-            else:
-                tie = c - torch.arange(c, device=q.device, dtype=torch.int64)
+            k_signs = sig_signs(sigs, n_bits).to(rank_dtype)
+            tie = (n_bits * (c + 1) + c - torch.arange(c, device=q.device, dtype=rank_dtype)).masked_fill(~valid, float("-inf"))
         outs, lses, idxs = [], [], []
         chunk = max(1, _CHUNK_ELEMS // max(1, b * h * c))
         acc = torch.float64 if q.dtype == torch.float64 else torch.float32
         for start in range(0, n, chunk):
             qs = q[:, :, start : start + chunk]
             with torch.no_grad():
-                if exact_f32:
-                    with torch.autocast(q.device.type, enabled=False):
-                        dot = torch.matmul(sig_signs(q_sig[:, :, start : start + chunk], n_bits), k_signs.transpose(-1, -2))
-                    rank = torch.add(tie_f.unsqueeze(-2), dot, alpha=c + 1)
-                    # int32 (empty slots -1): an integer topk is ~1.5x faster than a float one on a CPU
-                    top = rank.nan_to_num_(neginf=-1.0).to(torch.int32).topk(kk, dim=-1, sorted=return_indices)
-                    ok = top.values >= 0
-                else:
-                    sim = hamming_similarity(q_sig[:, :, start : start + chunk], sigs, n_bits)  # (b, h, m, c)
-                    top = torch.where(valid.unsqueeze(-2), sim.to(torch.int64) * (c + 1) + tie, -1).topk(kk, dim=-1)
-                    ok = top.values >= 0
+                with torch.autocast(q.device.type, enabled=False):
+                    dot = torch.matmul(sig_signs(q_sig[:, :, start : start + chunk], n_bits).to(rank_dtype),
+                                       k_signs.transpose(-1, -2))
+                rank = torch.add(tie.unsqueeze(-2), dot, alpha=c + 1).nan_to_num_(neginf=-1.0)
+                top = (rank.to(torch.int32) if small else rank).topk(kk, dim=-1, sorted=return_indices)
+                ok = top.values >= 0
                 idx = top.indices  # (b, h, m, kk)
             m = qs.shape[-2]
             if kk * 8 >= c:
