@@ -19,7 +19,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from vidhash.attention import dense_attention, multi_hop_attention
+from vidhash.attention import dense_attention
+from vidhash.bench.retrieval import multi_hop_attention
 from vidhash.memory import HashedMemory
 
 

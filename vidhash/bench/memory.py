@@ -15,7 +15,7 @@ Default shape (issue 4's target): 2,048 queries against a full memory of 65,536 
 * ``write triton`` / ``write reference`` — ``HashedMemory.write`` of one frame.
 * ``write merge triton`` / ``write merge reference`` — the same write into a separate
   ``policy="merge"`` memory of the same shape, filled the same way (merge kernel vs
-  ``HashedMemory._write_merge``; each timed call merges into the memory again).
+  ``naive.merge_insert``; each timed call merges into the memory again).
 
 Recall: the share of the exact attention mass over all entries (softmax of
 ``q·k·scale + log(count)``) that the selected top-k hold, averaged over ``--recall-queries``
@@ -151,20 +151,20 @@ def run(args) -> int:
     dense_ms = add("dense SDPA (all entries)", "-", lambda: F.scaled_dot_product_attention(q, keys_all, vals_all))
     q_sig = signatures_triton(q, mem.hasher, role="query")
     for kk in top_ks:
-        idx = mops.memory_select(mem, q, kk, q_sig=q_sig)
+        idx = mops.memory_select(mem.table, q, kk, hasher=mem.hasher, q_sig=q_sig)
         sel_recall, oracle = _recall(mem, q[:, :, :: max(1, args.queries // args.recall_queries)],
                                      idx[:, :, :: max(1, args.queries // args.recall_queries)], scale)
         ms = add("read triton", kk, lambda: mem.attend(q, kk, backend="triton"), recall=sel_recall, oracle=oracle)
         read_row = rows[-1]
         read_row["vs_dense"] = dense_ms / ms
         add("  sig (queries)", kk, lambda: signatures_triton(q, mem.hasher, role="query"))
-        add("  select (score + top-k)", kk, lambda: mops.memory_select(mem, q, kk, q_sig=q_sig))
-        _, ncand = mops.memory_select(mem, q, kk, q_sig=q_sig, _candidates_only=True)
+        add("  select (score + top-k)", kk, lambda: mops.memory_select(mem.table, q, kk, hasher=mem.hasher, q_sig=q_sig))
+        _, ncand = mops.memory_select(mem.table, q, kk, hasher=mem.hasher, q_sig=q_sig, _candidates_only=True)
         nc = ncand.float()
-        add("  · candidates kernel", kk, lambda: mops.memory_select(mem, q, kk, q_sig=q_sig, _candidates_only=True),
+        add("  · candidates kernel", kk, lambda: mops.memory_select(mem.table, q, kk, hasher=mem.hasher, q_sig=q_sig, _candidates_only=True),
             ncand_mean=float(nc.mean()), ncand_max=float(nc.max()), ncand_p99=float(nc.quantile(0.99)) if nc.numel() <= 1 << 24 else None)
         print(f"  {'':26s} candidate chunks per query: mean {float(nc.mean()):.1f}, max {int(nc.max())}")
-        keys, values, _, _, counts, _ = mops._rows(mem)
+        keys, values, _, _, counts, _ = mops._rows(mem.table)
         add("  attend (k entries)", kk, lambda: mops._MemoryAttend.apply(q, keys, values, counts, idx, scale))
         qg = q.detach().clone().requires_grad_(True)
 
