@@ -24,7 +24,6 @@ noise (q = 3·(f·W + 0.5·n₁), k = f·W + 0.5·n₂); v is Gaussian.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -38,26 +37,6 @@ from vidhash.attention import selection_recall
 # Wan 2.1 1.3B at 81 frames, 480×832: VAE 4× time (1 + 80/4 = 21), 8× space; patch (1, 2, 2)
 WAN_1_3B_GRID = (21, 30, 52)
 WAN_1_3B_HEADS, WAN_1_3B_HEAD_DIM = 12, 128
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--sizes", default="16384,65536,131072,262144", help="comma-separated token counts N")
-    p.add_argument("--no-wan", action="store_true", help="skip the Wan 1.3B 81-frame 480p shape")
-    p.add_argument("--heads", type=int, default=12)
-    p.add_argument("--head-dim", type=int, default=64)
-    p.add_argument("--density", type=float, default=1 / 32, help="share of key blocks kept")
-    p.add_argument("--block-sizes", default="64,16", help="comma-separated key-block sizes")
-    p.add_argument("--query-block", type=int, default=128, help="query-block size")
-    p.add_argument("--dtype", default="bf16", choices=["bf16", "fp16"])
-    p.add_argument("--causal", action="store_true")
-    p.add_argument("--no-flex", action="store_true", help="skip FlexAttention")
-    p.add_argument("--flex-block-sizes", default="64", help="key-block sizes also run through FlexAttention")
-    p.add_argument("--no-backward", action="store_true", help="skip forward+backward rows")
-    p.add_argument("--recall-blocks", type=int, default=16, help="query blocks evaluated for recall")
-    p.add_argument("--rep-ms", type=int, default=100, help="do_bench rep (ms) per measurement")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cuda", help="cuda; cpu only for smoke runs under TRITON_INTERPRET=1")
-    p.add_argument("--json", default=None, help="write results to this JSON file")
 
 
 # --------------------------------------------------------------------------------------------
@@ -322,13 +301,3 @@ def _write(path, device, args, rows, tuned) -> None:
         json.dump({"device": device, "date": time.strftime("%Y-%m-%d"), "torch": torch.__version__, "autotuned": tuned,
                    "config": {k: v for k, v in vars(args).items() if not k.startswith("_")}, "rows": rows}, f, indent=2)
     os.replace(tmp, path)
-
-
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_arguments(p)
-    return run(p.parse_args(argv))
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
