@@ -106,7 +106,8 @@ def main(argv: list[str] | None = None) -> int:
         if hasattr(args, "overrides") and all("=" in x and not x.startswith("-") for x in extra):
             args.overrides = [*(args.overrides or []), *extra]
         else:  # the usual error, with the usage of the command that was given them
-            (parsers.command or parsers.top).error(f"unrecognized arguments: {' '.join(extra)}")
+            parser = parsers.command or parsers.groups.get(args.command) or parsers.top
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
     run = getattr(args, "_run", None)
     if run is None:
         # `vidhash` or `vidhash bench` alone: the relevant help, and the status of a usage error

@@ -172,6 +172,9 @@ def available_bytes(device) -> int:
 
 
 def plan_runs(o: WorldEvalOptions, g: dict, visit: int, learned: bool, full_bytes, available: int) -> list[Run]:
+    """Every run of ``o`` (horizon, seed, mode, setting), ``full`` ones skipped past ``--full-max-seconds``
+    or when ``full_bytes(frames)`` exceeds half of ``available``; ``random-sig`` shares ``hashed``'s run
+    when the model has no learned signatures."""
     from ..trajectory import min_gap_frames
 
     runs = []
