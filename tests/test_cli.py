@@ -131,3 +131,17 @@ def test_argparse_and_the_cli_stay_in_the_cli_package():
             if any(n == "argparse" or n == "vidhash.cli" or n.startswith("vidhash.cli.") for n in names):
                 offenders.append(f"{path.relative_to(root)}:{node.lineno}")
     assert not offenders
+
+
+def test_bench_realism_prints_the_validation_table(capsys, monkeypatch):
+    """`vidhash bench realism` (was `python -m vidhash.metrics.realism`): real frames score as real,
+    blur does not; a small bank keeps the test fast."""
+    from vidhash.metrics import realism
+
+    small = realism.RealismBank.build(world_size=256, bank_worlds=1, bank_frames=8, bank_size=512, cal_worlds=1,
+                                      cal_frames=4)
+    monkeypatch.setattr(realism, "realism_bank", lambda world_size: small)
+    assert main(["bench", "realism", "--world-size", "256", "--seeds", "1000000", "--frames", "2"]) == 0
+    rows = {line[:44].strip(): line.split() for line in capsys.readouterr().out.splitlines()[2:]}
+    assert set(rows) >= {"real, worlds 1000000…1000000", "real, mp4 round trip (crf 18)", "blur σ 2.0"}
+    assert float(rows["blur σ 2.0"][-3]) > float(rows["real, worlds 1000000…1000000"][-3])  # farther from real
