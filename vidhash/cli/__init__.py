@@ -91,11 +91,6 @@ class _Parsers:
                 sub.add_parser(name, help=spec[1])
 
 
-def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
-    """Only the module of the command being run is imported; the others are listed by name."""
-    return _Parsers(sys.argv[1:] if argv is None else list(argv)).top
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     parsers = _Parsers(argv)
