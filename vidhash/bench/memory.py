@@ -29,7 +29,6 @@ script under ``TRITON_INTERPRET=1`` with tiny sizes: its times mean nothing).
 """
 from __future__ import annotations
 
-import argparse
 import datetime
 import json
 import math
@@ -41,26 +40,6 @@ import torch
 import torch.nn.functional as F
 
 from vidhash.memory import HashedMemory
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--queries", type=int, default=2048, help="queries per head")
-    p.add_argument("--buckets", type=int, default=4096, help="memory buckets")
-    p.add_argument("--slots", type=int, default=16, help="slots per bucket")
-    p.add_argument("--heads", type=int, default=12)
-    p.add_argument("--head-dim", type=int, default=64)
-    p.add_argument("--bits", type=int, default=32, help="signature bits")
-    p.add_argument("--top-k", default="64,256", help="comma-separated top_k values")
-    p.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32"])
-    p.add_argument("--frame-tokens", type=int, default=1560, help="tokens of one written frame (Wan 1.3B 480p latent frame)")
-    p.add_argument("--fill", type=float, default=1.5, help="tokens written before timing, as a multiple of the capacity")
-    p.add_argument("--clusters", type=int, default=512, help="key/query cluster centres per head")
-    p.add_argument("--recall-queries", type=int, default=256, help="queries per head used for recall")
-    p.add_argument("--rep-ms", type=int, default=100, help="do_bench rep (ms) per measurement")
-    p.add_argument("--no-reference", action="store_true", help="skip the reference read and write")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--json", default=None, help="write results to this JSON file")
 
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -223,13 +202,3 @@ def print_table(rows: list[dict]) -> None:
         rc = f"{r['recall']:.3f}" if "recall" in r else ""
         oc = f"{r['oracle']:.3f}" if "oracle" in r else ""
         print(f"| {r['name'].strip():26s} | {r['top_k']!s:>5} | {r['ms']:9.3f} | {vd:>8s} | {vr:>12s} | {rc:>6s} | {oc:>6s} |")
-
-
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_arguments(p)
-    return run(p.parse_args(argv))
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

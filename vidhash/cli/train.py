@@ -35,7 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .config import load_train_config, to_yaml_text
+    from vidhash.training.config import load_train_config, to_yaml_text
 
     cfg = load_train_config(args.config, args.overrides)
     if args.print_config:
@@ -43,8 +43,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.max_minutes is not None and args.max_minutes < 0:
         raise ValueError(f"--max-minutes must be >= 0, got {args.max_minutes}")
-    from .profile import parse_steps
-    from .trainer import train
+    from vidhash.training.profile import parse_steps
+    from vidhash.training.trainer import train
 
     profile_steps = parse_steps(args.profile_steps) if args.profile_steps else None
 

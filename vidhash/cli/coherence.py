@@ -18,7 +18,7 @@ import os
 import sys
 import tempfile
 
-__all__ = ["add_arguments", "run", "main"]
+__all__ = ["add_arguments", "run"]
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -131,9 +131,3 @@ def run(args: argparse.Namespace) -> int:
         return 2
     return 0
 
-
-def main(argv: list[str] | None = None) -> int:
-    """Run ``vidhash coherence`` with its own parser (used by scripts/coherence.py)."""
-    from vidhash.cli import main as cli_main
-
-    return cli_main(["coherence", *(sys.argv[1:] if argv is None else argv)])
