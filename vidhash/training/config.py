@@ -5,6 +5,8 @@
 A YAML file (``configs/train/*.yaml``) is merged onto the dataclass, then ``key=value``
 overrides; an unknown key or a value of the wrong type is a ValueError naming the key.
 
+``model_family`` names the model the trainer builds, trains and exports
+(:mod:`vidhash.training.families`; ``vidhash``, the default, is ``VidHashTransformer3DModel``).
 Sections: ``model`` (``VidHashTransformer3DModel`` arguments, ``vidhash.config.ModelConfig``),
 ``data`` (world pool or mp4 folder, clip length, trajectories), ``noise`` (rectified-flow noise
 levels per chunk), ``optim`` (AdamW, warmup + cosine, clipping), ``ema``, ``checkpoint``, and the
@@ -24,6 +26,8 @@ from typing import Any, Optional
 from omegaconf import OmegaConf
 
 from vidhash.config import PREDICTIONS, ModelConfig, _structured, apply_overrides
+
+from .families import check_family
 
 HELDOUT_WORLD_SEED = 1_000_000  # world seeds >= this are evaluation-only
 DATA_SOURCES = ("world", "video")
@@ -141,6 +145,7 @@ class TrainConfig:
     ddp_gradient_as_bucket_view: bool = False  # gradients are views into the buckets (no copy in/out)
     ddp_split_compiled: bool = True  # torch._dynamo.config.optimize_ddp: split compiled graphs at bucket bounds
     init_from: Optional[str] = None  # fresh start only: a pipeline folder whose transformer weights start the model and EMA
+    model_family: str = "vidhash"  # the model trained and exported: a name in vidhash.training.families.FAMILIES
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     noise: NoiseConfig = field(default_factory=NoiseConfig)
@@ -228,6 +233,7 @@ def check_train_config(cfg: TrainConfig) -> None:
     positive("optim.lr", cfg.optim.lr)
     if cfg.max_minutes < 0:
         raise ValueError(f"max_minutes must be >= 0, got {cfg.max_minutes}")
+    check_family(cfg.model_family)
     if cfg.mixed_precision is False or cfg.mixed_precision == "False":  # YAML 1.1 reads a bare `no` as false
         cfg.mixed_precision = "no"
     if cfg.mixed_precision not in PRECISIONS:

@@ -17,6 +17,8 @@ Video source: clips of ``VideoFolderDataset`` in a seeded permutation per epoch.
 """
 from __future__ import annotations
 
+import functools
+import os
 from collections import OrderedDict
 
 import numpy as np
@@ -26,6 +28,7 @@ from torch.utils.data import Dataset, Sampler
 from vidhash.data.clips import VideoFolderDataset
 from vidhash.data.world import ProceduralWorld, RandomTrajectory, revisits
 
+from .affinity import pin_worker, process_plan
 from .config import TrainConfig
 
 INVERSE_ACTION = np.array([0, 2, 1, 4, 3, 5], dtype=np.int64)  # stay, up<->down, left<->right, null
@@ -246,3 +249,24 @@ class IndexBatches(Sampler):
 
     def __len__(self) -> int:
         return 1 << 62
+
+
+def make_loader(cfg: TrainConfig, dataset: TrainSamples, accelerator, start: int, log):
+    """(DataLoader of this process's micro-batches from data position ``start``, the CPU plan of
+    ``data.reserve_cores`` or None): ``num_workers`` workers, pinned batches on CUDA."""
+    nproc, rank = accelerator.num_processes, accelerator.process_index
+    workers = cfg.data.num_workers
+    pinned_cpus = None
+    if cfg.data.reserve_cores > 0:
+        local_world = int(os.environ.get("LOCAL_WORLD_SIZE", nproc))
+        pinned_cpus = process_plan(cfg.data.reserve_cores, accelerator.local_process_index, local_world)
+        if pinned_cpus is None and accelerator.is_main_process:
+            log(f"data.reserve_cores={cfg.data.reserve_cores}: not pinned (needs Linux and more than "
+                f"{cfg.data.reserve_cores} × {local_world} physical cores)")
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_sampler=IndexBatches(start, cfg.batch_size, cfg.grad_accum, nproc, rank),
+        num_workers=workers, pin_memory=accelerator.device.type == "cuda" and cfg.data.pin_memory,
+        persistent_workers=False, prefetch_factor=cfg.data.prefetch_factor if workers else None,
+        worker_init_fn=functools.partial(pin_worker, pinned_cpus[1]) if (pinned_cpus and workers) else None,
+    )
+    return loader, pinned_cpus

@@ -1,0 +1,108 @@
+"""Model families: everything the trainer knows about the model it trains, behind one interface.
+
+    python -c "from vidhash.training.families import FAMILIES; print(sorted(FAMILIES))"
+
+The trainer (``vidhash.training.trainer`` and its loop) never names a model class. It asks the
+family that ``TrainConfig.model_family`` names for five things:
+
+==============================================  =================================================
+``build(cfg) -> nn.Module``                     a fresh fp32 model on the CPU (seeded by
+                                                :func:`build_model`, which calls it)
+``fingerprint(cfg) -> str``,                    what a checkpoint's tensors depend on: its hash
+``model_config(cfg) -> dict``                   (compared on resume) and the dict saved beside it
+                                                (named in the error when they differ)
+``prepare(model, cfg) -> None``                 training-only changes in place: gradient
+                                                checkpointing, regional ``torch.compile``
+``loss(model, batch, cfg) -> Tensor``           one micro-batch's summed squared error over its
+                                                noisy chunks (:mod:`vidhash.training.objective`)
+``load_weights(model, folder, cfg) -> None``    ``init_from``: the weights of a saved export
+``save(model, folder) -> None``                 export: a ``from_pretrained`` folder of ``model``
+                                                (the EMA weights, already cast; the trainer makes
+                                                it atomic and picks the dtype)
+==============================================  =================================================
+
+``loss`` gets the model as the loop calls it (DDP's wrapper with several processes: call it, and
+reach its module through :func:`unwrap`) and a :class:`~vidhash.training.objective.FlowBatch`
+already on the device. It returns the *sum* of squared errors over the frames whose σ > 0; the
+loop normalises by the count over all processes and micro-batches, runs backward, clips, steps
+the optimizer and updates the EMA — none of which depends on the family.
+
+Adding a family (e.g. diffusers' ``WanTransformer3DModel``): a module in this package with a
+``ModelFamily`` subclass, one line in ``FAMILIES``, and ``model_family: <name>`` in its YAML. The
+family reads its own settings from the ``TrainConfig`` it is given.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+import torch
+from torch import nn
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from ..config import TrainConfig
+    from ..objective import FlowBatch
+
+# model_family name -> "module:class" (imported when used)
+FAMILIES = {
+    "vidhash": "vidhash.training.families.vidhash:VidHashFamily",
+}
+
+
+class ModelFamily:
+    """The interface the trainer calls (see the module docstring); a family subclasses it."""
+
+    name = ""
+
+    def build(self, cfg: TrainConfig) -> nn.Module:
+        raise NotImplementedError
+
+    def fingerprint(self, cfg: TrainConfig) -> str:
+        raise NotImplementedError
+
+    def model_config(self, cfg: TrainConfig) -> dict:
+        raise NotImplementedError
+
+    def prepare(self, model: nn.Module, cfg: TrainConfig) -> None:
+        """Nothing by default."""
+
+    def loss(self, model: nn.Module, batch: FlowBatch, cfg: TrainConfig) -> torch.Tensor:
+        raise NotImplementedError
+
+    def load_weights(self, model: nn.Module, folder: Path, cfg: TrainConfig) -> None:
+        raise NotImplementedError
+
+    def save(self, model: nn.Module, folder: Path) -> None:
+        raise NotImplementedError
+
+
+def check_family(name: str) -> None:
+    """ValueError naming ``model_family`` unless ``name`` is registered."""
+    if name not in FAMILIES:
+        raise ValueError(f"model_family must be one of {', '.join(sorted(FAMILIES))}, got {name!r}")
+
+
+def get_family(name: str) -> ModelFamily:
+    """The family registered as ``name`` (:func:`check_family`)."""
+    check_family(name)
+    module, cls = FAMILIES[name].split(":")
+    return getattr(importlib.import_module(module), cls)()
+
+
+def build_model(cfg: TrainConfig, family: ModelFamily | None = None) -> nn.Module:
+    """``family.build(cfg)`` (default: ``cfg.model_family``'s) with the global torch RNG seeded by
+    ``cfg.seed`` — the same initial weights on every process — and left as it was."""
+    family = family or get_family(cfg.model_family)
+    state = torch.random.get_rng_state()
+    try:
+        torch.manual_seed(cfg.seed)
+        return family.build(cfg)
+    finally:
+        torch.random.set_rng_state(state)
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The module behind DDP's wrapper (the model itself without one)."""
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
