@@ -28,7 +28,8 @@ Training-time selection (``forward(..., causal_frames=c, temporal_select={"windo
 it, and to only the ``K`` tokens older than that chosen per query by signature Hamming
 similarity (ties to the older token) — the layer's LearnedHash, else the SimHash a
 ``VidHashState`` memory would use (``n_bits``, ``seed`` + layer) — merged by log-sum-exp: the
-same attention generation computes with a memory that holds every older token.
+same attention generation computes with a memory that holds every older token
+(:mod:`vidhash.models.selection`).
 """
 from __future__ import annotations
 

@@ -27,8 +27,6 @@ from omegaconf import OmegaConf
 
 from vidhash.config import PREDICTIONS, ModelConfig, _structured, apply_overrides
 
-from .families import check_family
-
 HELDOUT_WORLD_SEED = 1_000_000  # world seeds >= this are evaluation-only
 DATA_SOURCES = ("world", "video")
 TRAJECTORIES = ("out_and_back", "random", "mixed")
@@ -145,7 +143,7 @@ class TrainConfig:
     ddp_gradient_as_bucket_view: bool = False  # gradients are views into the buckets (no copy in/out)
     ddp_split_compiled: bool = True  # torch._dynamo.config.optimize_ddp: split compiled graphs at bucket bounds
     init_from: Optional[str] = None  # fresh start only: a pipeline folder whose transformer weights start the model and EMA
-    model_family: str = "vidhash"  # the model trained and exported: a name in vidhash.training.families.FAMILIES
+    model_family: str = "vidhash"  # the model trained and exported: a name in vidhash.training.families.FAMILIES (checked by train)
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     noise: NoiseConfig = field(default_factory=NoiseConfig)
@@ -233,7 +231,6 @@ def check_train_config(cfg: TrainConfig) -> None:
     positive("optim.lr", cfg.optim.lr)
     if cfg.max_minutes < 0:
         raise ValueError(f"max_minutes must be >= 0, got {cfg.max_minutes}")
-    check_family(cfg.model_family)
     if cfg.mixed_precision is False or cfg.mixed_precision == "False":  # YAML 1.1 reads a bare `no` as false
         cfg.mixed_precision = "no"
     if cfg.mixed_precision not in PRECISIONS:

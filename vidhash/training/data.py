@@ -126,7 +126,23 @@ def world_cache_folder(setting) -> str | None | bool:
     return s
 
 
-class TrainSamples(Dataset):
+class IndexedSamples(Dataset):
+    """What the trainer needs of a model family's samples (``ModelFamily.samples``): ``samples[i]``
+    a dict of tensors, a pure function of (seed, ``i``) for every ``i`` ≥ 0, so a run's data
+    position is one integer; :meth:`describe` for the run's header, :meth:`release` at its end."""
+
+    def __len__(self) -> int:  # indices are unbounded; len only for DataLoader bookkeeping
+        return 1 << 62
+
+    def describe(self) -> str | None:
+        """One line about the data for the run's header (None: none)."""
+        return None
+
+    def release(self, position: int) -> None:
+        """The run ended at data ``position`` (local main process): free what is shared beyond it."""
+
+
+class TrainSamples(IndexedSamples):
     """``samples[i]``: frames (T, C, H, W: uint8 for world clips, :func:`model_frames` scales them),
     actions, poses, sigmas (T,), noise_seed (the seed of its noise: :func:`sample_noise`);
     deterministic in (seed, i)."""
@@ -148,8 +164,15 @@ class TrainSamples(Dataset):
         self.build_counter = None  # optional multiprocessing.Value: worlds built, over all workers (benchmarks)
         self._newest_block = -1
 
-    def __len__(self) -> int:  # indices are unbounded; len only for DataLoader bookkeeping
-        return 1 << 62
+    def describe(self) -> str | None:
+        """World source: the training seeds, trajectories, and how many frames revisit a place."""
+        cfg, d = self.cfg, self.cfg.data
+        if d.source != "world":
+            return None
+        share = revisit_share(cfg, 128)
+        return (f"data: worlds {d.world_seed_start}..{d.world_seed_start + d.num_worlds - 1} "
+                f"(seeds >= 1000000 held out), {d.trajectory} trajectories; {share:.0%} of frames revisit "
+                f"a place seen more than {cfg.noise.window_frames} frames earlier")
 
     def world(self, seed: int) -> ProceduralWorld:
         w = self._worlds.get(seed)
@@ -196,7 +219,7 @@ class TrainSamples(Dataset):
             live.update(int(s) for s in world_pool_seeds(self.cfg, b))
         cache.evict([int(s) for s in world_pool_seeds(self.cfg, block - 3) if int(s) not in live], d.world_size, d.view)
 
-    def release_worlds(self, position: int) -> None:
+    def release(self, position: int) -> None:
         """End of a run at data ``position``: remove the shared files of the worlds its workers may
         have published (the blocks from three back to one ahead), so nothing is left in /dev/shm."""
         cache, d = self._cache(), self.cfg.data

@@ -3,7 +3,7 @@
     loop = TrainLoop(cfg, family, accelerator, state, out_dir, ...); loop.run(loader, stop)
 
 One optimizer step: the micro-batches' losses from the model family
-(:meth:`~vidhash.training.families.ModelFamily.loss`), normalised over all processes, backward,
+(:class:`~vidhash.training.families.ModelFamily`), normalised over all processes, backward,
 clipping, AdamW, the schedule, the EMA. Then, every ``log_every`` steps, a ``loss.csv`` row; the
 time budget; the stop conditions; a checkpoint every ``checkpoint.every`` steps and when the loop
 stops (done, ``--stop-at-step``, ``--max-minutes``, SIGTERM / Ctrl-C).
@@ -27,7 +27,6 @@ import torch
 
 from .config import TrainConfig
 from .families import ModelFamily
-from .objective import flow_batch, loss_count
 from .profile import StepProfiler
 from .schedule import fit_schedule, out_of_time, refresh_lr, slack
 from .state import TrainState
@@ -102,13 +101,12 @@ class TrainLoop:
         """Micro-batches → loss → gradients → AdamW, schedule, EMA; returns (this step's lr, grad norm)."""
         cfg, st, timer = self.cfg, self.state, self.times.timer
         timer.begin()
-        sigs = [b["sigmas"].to(self.dev, non_blocking=True) for b in batches]
-        total = self.acc.reduce(loss_count(sigs, batches[0]["frames"].shape[2:]), "sum").clamp(min=1.0)
+        total = self.acc.reduce(self.family.loss_count(batches, self.dev), "sum").clamp(min=1.0)
         timer.mark("sync")
         err_sum = torch.zeros((), device=self.dev)
         st.model.train()
         for k, b in enumerate(batches):
-            batch = flow_batch(b, sigs[k], self.dev)
+            batch = self.family.to_device(b, self.dev)
             timer.mark("h2d")
             sync = self.acc.no_sync(st.model) if k < cfg.grad_accum - 1 else contextlib.nullcontext()
             with sync:

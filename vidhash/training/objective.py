@@ -42,8 +42,10 @@ class FlowBatch:
     poses: torch.Tensor
 
 
-def flow_batch(item: dict[str, torch.Tensor], sigmas: torch.Tensor, device: torch.device) -> FlowBatch:
-    """A loader batch on ``device`` (``sigmas`` already there): frames scaled there, noise drawn there."""
+def flow_batch(item: dict[str, torch.Tensor], device: torch.device) -> FlowBatch:
+    """A loader batch of :class:`~vidhash.training.data.TrainSamples` on ``device``: frames scaled
+    there, noise drawn there."""
+    sigmas = item["sigmas"].to(device, non_blocking=True)
     return FlowBatch(
         x0=model_frames(item["frames"].to(device, non_blocking=True)),  # uint8 world clips scaled on the device
         noise=sample_noise(item["noise_seed"], item["frames"].shape[1:], device),  # drawn on the device
@@ -65,7 +67,8 @@ def squared_error(pred: torch.Tensor, target: torch.Tensor, s: torch.Tensor) -> 
     return ((pred.float() - target) ** 2 * (s > 0)).sum()
 
 
-def loss_count(sigmas: list[torch.Tensor], frame_shape) -> torch.Tensor:
-    """The values :func:`squared_error` sums over a step's micro-batches: noisy frames × values per frame."""
+def noisy_values(sigmas: list[torch.Tensor], frame_shape) -> torch.Tensor:
+    """The values :func:`squared_error` sums over a step's micro-batches (their ``sigmas``): noisy
+    frames × values per frame ``(c, h, w)``."""
     count = sum((sg > 0).sum() for sg in sigmas).float()
     return count * float(torch.Size(frame_shape).numel())

@@ -4,7 +4,7 @@
     train(load_train_config("cpu_test", ["out_dir=/tmp/run", "max_steps=8"]))
 
 1. accelerator: processes, precision, DDP options (:func:`setup_accelerator`);
-2. what to resume from, checked before any work (:func:`find_resume`), and the data;
+2. what to resume from, checked before any work (:func:`find_resume`), and the family's samples;
 3. model, EMA, optimizer, schedule — fresh, warm-started or restored (:mod:`.state`), the model
    from its family (:mod:`.families`: build, loss, export — the trainer names no model class);
 4. the data loader from the saved data position (:func:`.data.make_loader`);
@@ -30,7 +30,7 @@ from vidhash.config import config_diff, save_config
 from .affinity import pinned
 from .checkpoint import checkpoint_size, find_checkpoint, load_checkpoint
 from .config import TrainConfig
-from .data import TrainSamples, make_loader, revisit_share
+from .data import make_loader
 from .ema import EMA
 from .families import ModelFamily, build_model, get_family
 from .loop import StopFlag, TrainLoop, fmt_row, write_csv
@@ -54,23 +54,23 @@ def train(cfg: TrainConfig, resume: str | None = None, max_minutes: float | None
 
     # 1. accelerator
     accelerator = setup_accelerator(cfg)
-    # 2. what to resume from (checked before any work); the data (checks a video folder)
+    # 2. what to resume from (checked before any work); the samples (checks a video folder)
     ckpt, saved = find_resume(cfg, family, resume, out_dir / "checkpoints")
-    dataset = TrainSamples(cfg)
+    dataset = family.samples(cfg)
     # 3. model, EMA, optimizer, schedule
     state = build_state(cfg, family, accelerator, saved, log)
     # 4. data from the saved data position
     loader, pinned_cpus = make_loader(cfg, dataset, accelerator, state.data_pos, log)
     # 5. out_dir: config, the loss log up to the checkpoint, the header
     if accelerator.is_main_process:
-        start_log(cfg, accelerator, state, out_dir, ckpt, pinned_cpus, log)
+        start_log(cfg, accelerator, state, out_dir, ckpt, pinned_cpus, dataset.describe(), log)
     # 6. the step loop, a checkpoint when it stops
     loop = TrainLoop(cfg, family, accelerator, state, out_dir, ckpt=ckpt, t_start=t_start, max_minutes=max_minutes,
                      stop_at_step=stop_at_step, progress=progress, profile_steps=profile_steps, log=log)
     with StopFlag() as stop, pinned(pinned_cpus):
         loop.run(loader, stop)
     if accelerator.is_local_main_process:
-        dataset.release_worlds(state.data_pos)  # the shared world files of this run's last blocks
+        dataset.release(state.data_pos)  # e.g. the shared world files of this run's last blocks
     # 7. summary, export
     summary = finish(cfg, family, accelerator, state, loop, export, log)
     if accelerator.is_main_process:
@@ -138,7 +138,7 @@ def find_resume(cfg: TrainConfig, family: ModelFamily, resume: str | None,
 
 
 def start_log(cfg: TrainConfig, accelerator, state: TrainState, out_dir: Path, ckpt: Path | None,
-              pinned_cpus, log) -> None:
+              pinned_cpus, data_line: str | None, log) -> None:
     """Main process: ``config.yaml``, ``loss.csv`` as of the checkpoint, the run's header lines."""
     nproc, csv_path = accelerator.num_processes, out_dir / "loss.csv"
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -154,11 +154,8 @@ def start_log(cfg: TrainConfig, accelerator, state: TrainState, out_dir: Path, c
     if nproc > 1:
         log(f"ddp: bucket_cap_mb {cfg.ddp_bucket_cap_mb}, static_graph {cfg.ddp_static_graph}, "
             f"gradient_as_bucket_view {cfg.ddp_gradient_as_bucket_view}, split_compiled {cfg.ddp_split_compiled}")
-    if cfg.data.source == "world":
-        share = revisit_share(cfg, 128)
-        log(f"data: worlds {cfg.data.world_seed_start}..{cfg.data.world_seed_start + cfg.data.num_worlds - 1} "
-            f"(seeds >= 1000000 held out), {cfg.data.trajectory} trajectories; {share:.0%} of frames revisit "
-            f"a place seen more than {cfg.noise.window_frames} frames earlier")
+    if data_line:
+        log(data_line)
 
 
 def finish(cfg: TrainConfig, family: ModelFamily, accelerator, state: TrainState, loop: TrainLoop,

@@ -2,30 +2,40 @@
 
     python -c "from vidhash.training.families import FAMILIES; print(sorted(FAMILIES))"
 
-The trainer (``vidhash.training.trainer`` and its loop) never names a model class. It asks the
-family that ``TrainConfig.model_family`` names for five things:
+The trainer (``vidhash.training.trainer`` and its loop) never names a model class or a batch
+format. It asks the family that ``TrainConfig.model_family`` names for these:
 
-==============================================  =================================================
-``build(cfg) -> nn.Module``                     a fresh fp32 model on the CPU (seeded by
-                                                :func:`build_model`, which calls it)
-``fingerprint(cfg) -> str``,                    what a checkpoint's tensors depend on: its hash
-``model_config(cfg) -> dict``                   (compared on resume) and the dict saved beside it
-                                                (named in the error when they differ)
-``prepare(model, cfg) -> None``                 training-only changes in place: gradient
-                                                checkpointing, regional ``torch.compile``
-``loss(model, batch, cfg) -> Tensor``           one micro-batch's summed squared error over its
-                                                noisy chunks (:mod:`vidhash.training.objective`)
-``load_weights(model, folder, cfg) -> None``    ``init_from``: the weights of a saved export
-``save(model, folder) -> None``                 export: a ``from_pretrained`` folder of ``model``
-                                                (the EMA weights, already cast; the trainer makes
-                                                it atomic and picks the dtype)
-==============================================  =================================================
+=================================================  ==============================================
+the model
+``build(cfg) -> nn.Module``                        a fresh fp32 model on the CPU (seeded by
+                                                   :func:`build_model`, which calls it)
+``fingerprint(cfg) -> str``,                       what a checkpoint's tensors depend on: its
+``model_config(cfg) -> dict``                      hash (compared on resume) and the dict saved
+                                                   beside it (named in the error when they differ)
+``prepare(model, cfg) -> None``                    training-only changes in place: gradient
+                                                   checkpointing, regional ``torch.compile``
+the data and the objective
+``samples(cfg) -> IndexedSamples``                 sample ``i`` a pure function of (seed, ``i``), so
+                                                   a run's data position is one integer
+                                                   (:class:`~vidhash.training.data.IndexedSamples`)
+``loss_count(items, device) -> Tensor``            how many values the losses of one optimizer
+                                                   step's micro-batches sum over, on ``device``
+``to_device(item, device) -> batch``               one loader micro-batch on the device
+                                                   (asynchronous copies)
+``loss(model, batch, cfg) -> Tensor``              that micro-batch's summed squared error, float32
+the weights
+``load_weights(model, folder, cfg) -> None``       ``init_from``: the weights of a saved export
+``save(model, folder) -> None``                    export: a ``from_pretrained`` folder of
+                                                   ``model`` (the EMA weights, already cast; the
+                                                   trainer makes it atomic and picks the dtype)
+=================================================  ==============================================
 
-``loss`` gets the model as the loop calls it (DDP's wrapper with several processes: call it, and
-reach its module through :func:`unwrap`) and a :class:`~vidhash.training.objective.FlowBatch`
-already on the device. It returns the *sum* of squared errors over the frames whose σ > 0; the
-loop normalises by the count over all processes and micro-batches, runs backward, clips, steps
-the optimizer and updates the EMA — none of which depends on the family.
+One optimizer step of the loop: ``total`` = ``loss_count`` of its micro-batches summed over
+processes; for each micro-batch ``err = loss(model, to_device(item))`` and backward of
+``err · processes / total``; then clipping, AdamW, schedule, EMA — none of which depends on the
+family. ``loss`` gets the model as the loop calls it (DDP's wrapper with several processes: call
+it, and reach its module through :func:`unwrap`). The shared pieces of the rectified-flow
+objective are in :mod:`vidhash.training.objective`.
 
 Adding a family (e.g. diffusers' ``WanTransformer3DModel``): a module in this package with a
 ``ModelFamily`` subclass, one line in ``FAMILIES``, and ``model_family: <name>`` in its YAML. The
@@ -34,16 +44,13 @@ family reads its own settings from the ``TrainConfig`` it is given.
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING
+from pathlib import Path
 
 import torch
 from torch import nn
 
-if TYPE_CHECKING:
-    from pathlib import Path
-
-    from ..config import TrainConfig
-    from ..objective import FlowBatch
+from ..config import TrainConfig
+from ..data import IndexedSamples
 
 # model_family name -> "module:class" (imported when used)
 FAMILIES = {
@@ -68,7 +75,16 @@ class ModelFamily:
     def prepare(self, model: nn.Module, cfg: TrainConfig) -> None:
         """Nothing by default."""
 
-    def loss(self, model: nn.Module, batch: FlowBatch, cfg: TrainConfig) -> torch.Tensor:
+    def samples(self, cfg: TrainConfig) -> IndexedSamples:
+        raise NotImplementedError
+
+    def loss_count(self, items: list[dict[str, torch.Tensor]], device: torch.device) -> torch.Tensor:
+        raise NotImplementedError
+
+    def to_device(self, item: dict[str, torch.Tensor], device: torch.device):
+        raise NotImplementedError
+
+    def loss(self, model: nn.Module, batch, cfg: TrainConfig) -> torch.Tensor:
         raise NotImplementedError
 
     def load_weights(self, model: nn.Module, folder: Path, cfg: TrainConfig) -> None:
@@ -78,15 +94,11 @@ class ModelFamily:
         raise NotImplementedError
 
 
-def check_family(name: str) -> None:
-    """ValueError naming ``model_family`` unless ``name`` is registered."""
+def get_family(name: str) -> ModelFamily:
+    """The family registered as ``name`` (``TrainConfig.model_family``); ValueError naming
+    ``model_family`` for a name not in ``FAMILIES``."""
     if name not in FAMILIES:
         raise ValueError(f"model_family must be one of {', '.join(sorted(FAMILIES))}, got {name!r}")
-
-
-def get_family(name: str) -> ModelFamily:
-    """The family registered as ``name`` (:func:`check_family`)."""
-    check_family(name)
     module, cls = FAMILIES[name].split(":")
     return getattr(importlib.import_module(module), cls)()
 

@@ -18,7 +18,8 @@ from torch import nn
 from vidhash.config import config_diff, with_model_defaults
 
 from ..config import TrainConfig, model_fingerprint, selection_arg
-from ..objective import FlowBatch, noised, squared_error
+from ..data import TrainSamples
+from ..objective import FlowBatch, flow_batch, noised, noisy_values, squared_error
 from . import ModelFamily, unwrap
 
 
@@ -42,6 +43,16 @@ class VidHashFamily(ModelFamily):
         if cfg.compile:
             for block in model.blocks:  # regional: one compiled graph per block, reused by every layer
                 block.compile()
+
+    def samples(self, cfg: TrainConfig) -> TrainSamples:
+        return TrainSamples(cfg)
+
+    def loss_count(self, items: list[dict[str, torch.Tensor]], device: torch.device) -> torch.Tensor:
+        """Values of the frames with σ > 0 (:func:`~vidhash.training.objective.noisy_values`)."""
+        return noisy_values([b["sigmas"].to(device, non_blocking=True) for b in items], items[0]["frames"].shape[2:])
+
+    def to_device(self, item: dict[str, torch.Tensor], device: torch.device) -> FlowBatch:
+        return flow_batch(item, device)
 
     def loss(self, model: nn.Module, batch: FlowBatch, cfg: TrainConfig) -> torch.Tensor:
         """Rectified flow on chunk-causal temporal attention; the target is the model's
