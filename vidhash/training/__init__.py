@@ -6,7 +6,7 @@
 * ``config`` — ``TrainConfig`` (OmegaConf dataclass; presets in ``configs/train/``).
 * ``trainer`` — ``train()``: the run in numbered steps (accelerator, resume, state, data, loop,
   export); each step lives in one of the modules below.
-* ``families`` — the model seam: build, loss, export of a model family (``model_family``;
+* ``families`` — the model seam: a family's model, samples, loss and export (``model_family``;
   ``vidhash`` = ``VidHashTransformer3DModel``). A new family is a module plus a registry line.
 * ``objective`` — rectified flow with per-chunk noise levels: the batch, its noising, the error.
 * ``state`` — model, EMA, AdamW, schedule, position: built, warm-started, restored, saved.

@@ -5,15 +5,15 @@
 
 1. accelerator: processes, precision, DDP options (:func:`setup_accelerator`);
 2. what to resume from, checked before any work (:func:`find_resume`), and the family's samples;
-3. model, EMA, optimizer, schedule — fresh, warm-started or restored (:mod:`.state`), the model
-   from its family (:mod:`.families`: build, loss, export — the trainer names no model class);
+3. model, EMA, optimizer, schedule — fresh, warm-started or restored (:mod:`.state`);
 4. the data loader from the saved data position (:func:`.data.make_loader`);
 5. ``out_dir``: config.yaml, loss.csv up to the checkpoint, the run's header (:func:`start_log`);
 6. the step loop, a checkpoint when it stops (:mod:`.loop`);
 7. the summary and the EMA export (:func:`finish`, :func:`export_ema`).
 
-The objective (rectified flow, per-chunk noise levels, chunk-causal attention) is described in
-:mod:`vidhash.training.objective`; the time budget and LR schedule in :mod:`.schedule`; the
+The model, its samples, its loss and its export come from the family ``cfg.model_family`` names
+(:mod:`.families`): the trainer names no model class and no batch format. The objective (rectified
+flow, per-chunk noise levels, chunk-causal attention) is described in :mod:`.objective`; the time budget and LR schedule in :mod:`.schedule`; the
 ``loss.csv`` timing columns in :mod:`.timing`.
 """
 from __future__ import annotations

@@ -39,7 +39,12 @@ objective are in :mod:`vidhash.training.objective`.
 
 Adding a family (e.g. diffusers' ``WanTransformer3DModel``): a module in this package with a
 ``ModelFamily`` subclass, one line in ``FAMILIES``, and ``model_family: <name>`` in its YAML. The
-family reads its own settings from the ``TrainConfig`` it is given.
+family reads its own settings from the ``TrainConfig`` it is given (``model``, ``data``, ``noise``
+… or a section of its own). The trainer itself reads only the run's keys: ``seed``,
+``max_steps``, ``batch_size``, ``grad_accum``, ``mixed_precision``, ``compile`` and ``ddp_*``,
+``optim``, ``ema``, ``checkpoint``, ``log_every``, ``max_minutes``, ``fit_schedule``,
+``init_from``, ``export_*``, ``out_dir`` and the loader's ``data.num_workers``,
+``prefetch_factor``, ``pin_memory``, ``reserve_cores``.
 """
 from __future__ import annotations
 
