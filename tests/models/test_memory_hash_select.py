@@ -173,14 +173,14 @@ def test_fused_select_equals_reference_with_gradients(which):
     """The CUDA form (one masked SDPA per chunk) == the reference (exact part ⊕ selected part by
     log-sum-exp), values and gradients (to q, k, v and the learned hash), here on CPU."""
     from vidhash.hashing import SimHash
-    from vidhash.models.transformer_vidhash import TemporalAttention
+    from vidhash.models.selection import chunk_select
 
     torch.manual_seed(0)
     hasher = SimHash(16, 32, heads=2, seed=1) if which == "simhash" else LearnedHash(16, 32, heads=2, hidden=8)
     q, k, v = (torch.randn(2, 2, 5 * 12, 16, dtype=torch.float64, requires_grad=True) for _ in range(3))
     outs, grads = [], []
     for fused in (False, True):
-        out, lse = TemporalAttention._chunk_select(q, k, v, 12, 24, 7, hasher, 0.25, fused=fused)
+        out, lse = chunk_select(q, k, v, 12, 24, 7, hasher, 0.25, fused=fused)
         assert (lse is None) == fused
         g = torch.autograd.grad((out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum(),
                                 [q, k, v, *hasher.parameters()], allow_unused=True)

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from vidhash.training import load_train_config
-from vidhash.training.trainer import build_model
+from vidhash.training.families import build_model
 
 RECIPES = sorted(p.stem for p in (Path(__file__).resolve().parents[2] / "configs" / "train").glob("*.yaml"))
 

@@ -5,6 +5,8 @@
 A YAML file (``configs/train/*.yaml``) is merged onto the dataclass, then ``key=value``
 overrides; an unknown key or a value of the wrong type is a ValueError naming the key.
 
+``model_family`` names the model the trainer builds, trains and exports
+(:mod:`vidhash.training.families`; ``vidhash``, the default, is ``VidHashTransformer3DModel``).
 Sections: ``model`` (``VidHashTransformer3DModel`` arguments, ``vidhash.config.ModelConfig``),
 ``data`` (world pool or mp4 folder, clip length, trajectories), ``noise`` (rectified-flow noise
 levels per chunk), ``optim`` (AdamW, warmup + cosine, clipping), ``ema``, ``checkpoint``, and the
@@ -141,6 +143,7 @@ class TrainConfig:
     ddp_gradient_as_bucket_view: bool = False  # gradients are views into the buckets (no copy in/out)
     ddp_split_compiled: bool = True  # torch._dynamo.config.optimize_ddp: split compiled graphs at bucket bounds
     init_from: Optional[str] = None  # fresh start only: a pipeline folder whose transformer weights start the model and EMA
+    model_family: str = "vidhash"  # the model trained and exported: a name in vidhash.training.families.FAMILIES (checked by train)
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     noise: NoiseConfig = field(default_factory=NoiseConfig)
