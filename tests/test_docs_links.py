@@ -2,7 +2,7 @@
 
     python -m pytest -q tests/test_docs_links.py
 
-Checked: README.md, BENCHMARKS.md and docs/**/*.md. A link is ``[text](target)`` or
+Checked: README.md, BENCHMARKS.md, docs/**/*.md, models/README.md and kernels/**/*.md. A link is ``[text](target)`` or
 ``![alt](target)`` outside fenced code blocks; web links (``http:``, ``https:``, ``mailto:``) are
 not followed. ``target#anchor`` into a markdown file must name one of its headings (GitHub's slugs).
 """
@@ -20,7 +20,8 @@ WEB = ("http://", "https://", "mailto:")
 
 
 def doc_files() -> list[Path]:
-    files = [ROOT / "README.md", ROOT / "BENCHMARKS.md", *sorted((ROOT / "docs").rglob("*.md"))]
+    files = [ROOT / "README.md", ROOT / "BENCHMARKS.md", *sorted((ROOT / "docs").rglob("*.md")),
+             ROOT / "models" / "README.md", *sorted((ROOT / "kernels").rglob("*.md"))]
     return [f for f in files if f.is_file()]
 
 
