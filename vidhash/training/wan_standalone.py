@@ -132,7 +132,7 @@ def warm_start(cfg: WanTrainConfig, model, ema: EMA, folder: Path, log) -> RunSt
     state = json.loads((folder / TRAIN_STATE).read_text())
     if state.get("fingerprint") != fingerprint(cfg):
         raise ValueError(f"--init-from {folder} was exported for another model config")
-    saved = WanTransformer3DModel.from_pretrained(str(folder / "transformer"), torch_dtype=torch.float32)
+    saved = WanTransformer3DModel.from_pretrained(str(folder / "transformer"))  # float32 (the saved fp16 upcast)
     model.load_state_dict({k: v.float() for k, v in saved.state_dict().items()})
     ema.load_state_dict(model.state_dict())
     run = RunState(**state["run"])
