@@ -111,3 +111,18 @@ def test_save_and_load(tiny_cfg, tmp_path):
     assert np.allclose(run(again, actions=["up"] * 8), run(pipe, actions=["up"] * 8), atol=1e-5)
     model = WanTransformer3DModel.from_pretrained(str(tmp_path / "p" / "transformer"))
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), pipe.transformer.state_dict().values()))
+
+
+def test_the_diffusers_drop_in_runs_on_wan_mini(tiny_cfg):
+    """The drop-in study's code path: vidhash's hash attention swapped into the model's self-attention."""
+    import vidhash
+
+    pipe = make_pipe(tiny_cfg())
+    dense = run(pipe, actions=["up"] * 8)
+    vidhash.enable_hash_attention(pipe.transformer, density=1.0, block_size=16)
+    assert np.allclose(run(pipe, actions=["up"] * 8), dense, atol=2e-3)
+    vidhash.enable_hash_attention(pipe.transformer, density=0.25, block_size=16)
+    sparse = run(pipe, actions=["up"] * 8)
+    vidhash.disable_hash_attention(pipe.transformer)
+    assert sparse.shape == dense.shape and not np.array_equal(sparse, dense)
+    assert np.array_equal(run(pipe, actions=["up"] * 8), dense)

@@ -206,8 +206,10 @@ def _fit_max_steps(cfg: WanTrainConfig, run: RunState, step_times: list[float], 
 
 def train_wan(cfg: WanTrainConfig, out_dir: str | os.PathLike, minutes: float = 0.0, resume: bool = False,
               init_from: str | None = None, export_to: str | os.PathLike | None = None,
-              stop_at_step: int | None = None, reserve_s: float = 20.0, log=None) -> dict:
-    """Run (or continue) wan-mini training (module docstring); returns a summary dict."""
+              stop_at_step: int | None = None, reserve_s: float = 20.0, max_steps: int | None = None,
+              log=None) -> dict:
+    """Run (or continue) wan-mini training (module docstring); returns a summary dict. ``max_steps``:
+    replace the run's schedule length (a longer or shorter run; the schedule changes from here)."""
     log = log or (lambda *a: print(*a, flush=True))
     t0 = time.monotonic()
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -218,6 +220,11 @@ def train_wan(cfg: WanTrainConfig, out_dir: str | os.PathLike, minutes: float = 
     ckpt_root = out_dir / "checkpoints"
     # 1. model, EMA, optimizer, run state; data from the run's position
     model, ema, optimizer, run = setup(cfg, dev, ckpt_root, resume, init_from, log)
+    if max_steps is not None:
+        if max_steps <= run.step:
+            raise ValueError(f"--max-steps {max_steps} must be above the run's step {run.step}")
+        log(f"max_steps {run.max_steps} -> {max_steps} (--max-steps)")
+        run.max_steps, run.fitted = max_steps, True
     elapsed_before = run.elapsed_s
     n_params = sum(p.numel() for p in model.parameters())
     workers = cfg.num_workers
@@ -296,6 +303,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--export-to", default=None, help="write DIR/wan-mini (EMA, fp16) and DIR/loss.csv at the end")
     p.add_argument("--stop-at-step", type=int, default=None)
     p.add_argument("--reserve-s", type=float, default=20.0, help="seconds kept for the checkpoint and export")
+    p.add_argument("--max-steps", type=int, default=None,
+                   help="replace the run's schedule length (max_steps, also after budget_minutes fitted it)")
     a = p.parse_args(argv)
     cfg = load_wan_config(a.config, a.overrides)
-    return train_wan(cfg, a.out, a.minutes, a.resume, a.init_from, a.export_to, a.stop_at_step, a.reserve_s)
+    return train_wan(cfg, a.out, a.minutes, a.resume, a.init_from, a.export_to, a.stop_at_step, a.reserve_s,
+                     a.max_steps)
