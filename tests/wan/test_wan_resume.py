@@ -37,6 +37,8 @@ def test_stop_and_resume_is_exact(tiny_cfg, tmp_path):
     assert ra["data_position"] == rb["data_position"] == 12
     assert [[r[k] for k in KEYS] for r in ra["rows"]] == [[r[k] for k in KEYS] for r in rb["rows"]]
     assert len(rb["rows"]) == 6
+    assert ra["rows"][-1]["val_loss_ema"] == rb["rows"][-1]["val_loss_ema"]  # every call ends with a validation
+    assert "val_loss" in rb["rows"][2] and "val_loss" not in ra["rows"][2]
 
 
 def test_warm_start_from_an_export_continues(tiny_cfg, tmp_path):
@@ -49,6 +51,7 @@ def test_warm_start_from_an_export_continues(tiny_cfg, tmp_path):
     _, run = final_state(tmp_path / "c")
     assert s["step"] == 6 and run["rewarm_from"] == 4 and run["data_position"] == 12
     assert [r["step"] for r in run["rows"]] == [2, 4, 6]
+    assert {"val_loss", "val_loss_ema"} <= set(run["rows"][-1]) and "val_loss" not in run["rows"][0]
     assert run["rows"][-1]["lr"] < run["rows"][1]["lr"] * 0.75  # re-warming: 2/4 of the schedule's rate or less
     other = tiny_cfg("max_steps=6", "model.ffn_dim=32")
     with pytest.raises(ValueError, match="another model config"):

@@ -118,6 +118,8 @@ class WanTrainConfig:
     gradient_checkpointing: bool = False
     compile: bool = False  # torch.compile of the repeated blocks (regional)
     log_every: int = 10
+    val_every: int = 250  # validation loss (model and EMA, held-out worlds) at log rows of these steps, and last
+    val_clips: int = 8  # clips of the fixed validation batch (0: none)
     checkpoint_every: int = 500
     checkpoint_keep: int = 1
     shard_mb: float = 15.0  # largest file of a checkpoint or export (files over 16 MiB do not come back from GPU runs)
@@ -151,7 +153,7 @@ def load_wan_config(path: str | os.PathLike | None = None, overrides: list[str] 
 def check_wan_config(cfg: WanTrainConfig) -> None:
     """Values a type check cannot catch; ValueError naming the key."""
     for key in ("max_steps", "batch_size", "grad_accum", "log_every", "checkpoint_every", "checkpoint_keep",
-                "shard_mb", "fit_after", "prefetch_factor"):
+                "shard_mb", "fit_after", "prefetch_factor", "val_every"):
         if getattr(cfg, key) <= 0:
             raise ValueError(f"{key} must be positive, got {getattr(cfg, key)}")
     if cfg.family != "wan":
@@ -162,8 +164,9 @@ def check_wan_config(cfg: WanTrainConfig) -> None:
         cfg.mixed_precision = "no"
     if cfg.mixed_precision not in PRECISIONS:
         raise ValueError(f"mixed_precision must be one of {', '.join(PRECISIONS)}, got {cfg.mixed_precision!r}")
-    if cfg.budget_minutes < 0 or cfg.num_workers < 0:
-        raise ValueError(f"budget_minutes and num_workers must be >= 0, got {cfg.budget_minutes}, {cfg.num_workers}")
+    if cfg.budget_minutes < 0 or cfg.num_workers < 0 or cfg.val_clips < 0:
+        raise ValueError(f"budget_minutes, num_workers and val_clips must be >= 0, got {cfg.budget_minutes}, "
+                         f"{cfg.num_workers}, {cfg.val_clips}")
     check_clip_config(cfg.data)
     m = cfg.model
     if len(m.patch_size) != 3 or min(m.patch_size) <= 0:
@@ -284,6 +287,33 @@ class WanSamples(Dataset):
         item["context"] = torch.tensor(k, dtype=torch.int64)
         item["noise_seed"] = torch.tensor(int(rng.integers(1 << 62)), dtype=torch.int64)
         return item
+
+
+VALIDATION_WORLD_SEED = 1_500_000  # validation worlds: held out (>= HELDOUT_WORLD_SEED), apart from eval's
+
+
+def validation_batch(cfg: WanTrainConfig, n: int = 8) -> dict[str, torch.Tensor]:
+    """A fixed held-out batch: ``n`` clips of worlds ``VALIDATION_WORLD_SEED + i`` (never trained
+    on), σ on the grid ``(i + 0.5) / n``, no context frames, fixed noise seeds. World clips only."""
+    import dataclasses
+
+    from torch.utils.data import default_collate
+
+    from vidhash.data.wan_clips import clip_trajectory, render_clip
+    from vidhash.data.world import ProceduralWorld
+
+    d = cfg.data
+    if d.source != "world":
+        raise ValueError("validation_batch needs data.source=world")
+    vd = dataclasses.replace(d, trajectory="mixed")
+    items = []
+    for i in range(n):
+        world = ProceduralWorld(seed=VALIDATION_WORLD_SEED + i, size=d.world_size, view=d.view)
+        actions, poses = clip_trajectory(vd, i, np.random.default_rng([d.seed, 9, i]))
+        items.append({"frames": torch.from_numpy(render_clip(world, poses, d.frame_size)).permute(0, 3, 1, 2),
+                      "actions": torch.from_numpy(actions), "sigma": torch.tensor((i + 0.5) / n),
+                      "context": torch.tensor(0), "noise_seed": torch.tensor(VALIDATION_WORLD_SEED + i)})
+    return default_collate(items)
 
 
 # -------------------------------------------------------------------------------------- loss

@@ -16,6 +16,8 @@ Per step: bf16 autocast (``mixed_precision``), ``grad_accum`` micro-batches, gra
 AdamW (fused on CUDA), EMA. The learning rate is a pure function of (step, max_steps, rewarm
 start): linear warmup, cosine to ``min_lr_ratio``. With ``budget_minutes`` the first run sets
 ``max_steps`` from its measured step time after ``fit_after`` steps, once (kept in checkpoints).
+Every ``val_every`` steps and at the end of every call, the loss of the model and of its EMA on a
+fixed batch of held-out worlds (``val_loss``, ``val_loss_ema`` in loss.csv).
 Nothing waits for the device inside a log interval: the loss and gradient norm are summed there
 and read at the log.
 """
@@ -38,10 +40,10 @@ from vidhash.config import to_yaml
 from .checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
 from .data import IndexBatches
 from .ema import EMA
-from .wan_family import WanTrainConfig, build, conditioning, export, load_wan_config, loss, loss_elements, \
-    model_kwargs, param_groups, WanSamples
+from .wan_family import WanSamples, WanTrainConfig, build, conditioning, export, load_wan_config, loss, \
+    loss_elements, model_kwargs, param_groups, validation_batch
 
-CSV_FIELDS = ("step", "loss", "lr", "grad_norm", "clips_per_s", "elapsed_s", "gpu_mem_gb")
+CSV_FIELDS = ("step", "loss", "lr", "grad_norm", "clips_per_s", "elapsed_s", "gpu_mem_gb", "val_loss", "val_loss_ema")
 TRAIN_STATE = "train_state.json"
 
 
@@ -62,6 +64,11 @@ def fingerprint(cfg: WanTrainConfig) -> str:
     """Hash of what the weights depend on: the model's constructor arguments."""
     blob = json.dumps(model_kwargs(cfg), sort_keys=True, default=list)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def tokens_per_clip(cfg: WanTrainConfig) -> int:
+    p_t, p_h, p_w = cfg.model.patch_size
+    return (cfg.data.num_frames // p_t) * (cfg.data.frame_size // p_h) * (cfg.data.frame_size // p_w)
 
 
 def lr_factor(cfg: WanTrainConfig, run: RunState, step: int) -> float:
@@ -189,6 +196,32 @@ def save(model, ema: EMA, optimizer, run: RunState, cfg: WanTrainConfig, ckpt_ro
                            meta, cfg.shard_mb, cfg.checkpoint_keep)
 
 
+class Validator:
+    """Loss of the model and of its EMA on :func:`validation_batch` (world clips; else nothing)."""
+
+    def __init__(self, cfg: WanTrainConfig, dev: torch.device):
+        self.cfg, self.dev = cfg, dev
+        self.batch = validation_batch(cfg, cfg.val_clips) if cfg.data.source == "world" and cfg.val_clips else None
+        self.ema_model = None
+
+    @torch.no_grad()
+    def __call__(self, model, ema: EMA) -> dict[str, float]:
+        if self.batch is None:
+            return {}
+        if self.ema_model is None:
+            self.ema_model = build(self.cfg).to(self.dev)
+        ema.copy_to(self.ema_model)
+        cond, out = conditioning(self.cfg), {}
+        for key, m in (("val_loss", model), ("val_loss_ema", self.ema_model)):
+            was = m.training
+            m.eval()
+            with torch.autocast(self.dev.type, dtype=torch.bfloat16, enabled=self.cfg.mixed_precision == "bf16"):
+                err, n = loss(m, self.batch, cond, self.dev)
+            m.train(was)
+            out[key] = float(err) / n
+        return out
+
+
 def _median(xs: list[float]) -> float:
     xs = sorted(xs) or [0.0]
     return xs[len(xs) // 2]
@@ -204,6 +237,40 @@ def _fit_max_steps(cfg: WanTrainConfig, run: RunState, step_times: list[float], 
     run.max_steps, run.fitted = new, True
 
 
+class Interval:
+    """Loss and gradient-norm sums of the steps since the last log row, on the device (read at the row)."""
+
+    def __init__(self):
+        self.reset(time.monotonic())
+
+    def reset(self, now: float) -> None:
+        self.loss = self.grad_norm = None
+        self.n, self.t = 0, now
+
+    def add(self, loss_mean: torch.Tensor, grad_norm: torch.Tensor) -> None:
+        first = self.loss is None
+        self.loss = loss_mean if first else self.loss + loss_mean
+        self.grad_norm = grad_norm if first else self.grad_norm + grad_norm
+        self.n += 1
+
+
+def log_row(interval: Interval, run: RunState, cfg: WanTrainConfig, lr: float, elapsed_s: float,
+            validation: dict[str, float], out_dir: Path, log) -> None:
+    """One loss.csv row for the interval's steps (and ``validation``), printed and written."""
+    now = time.monotonic()
+    row = {"step": run.step, "loss": float(interval.loss) / interval.n, "lr": lr,
+           "grad_norm": float(interval.grad_norm) / interval.n,
+           "clips_per_s": interval.n * cfg.batch_size / max(now - interval.t, 1e-9), "elapsed_s": elapsed_s,
+           "gpu_mem_gb": torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else 0.0,
+           **validation}
+    if not math.isfinite(row["loss"]):
+        raise FloatingPointError(f"loss is {row['loss']} at step {run.step}; lower optim.lr")
+    run.rows.append(row)
+    write_csv(out_dir / "loss.csv", run.rows)
+    log(" ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()))
+    interval.reset(now)
+
+
 def train_wan(cfg: WanTrainConfig, out_dir: str | os.PathLike, minutes: float = 0.0, resume: bool = False,
               init_from: str | None = None, export_to: str | os.PathLike | None = None,
               stop_at_step: int | None = None, reserve_s: float = 20.0, max_steps: int | None = None,
@@ -216,8 +283,7 @@ def train_wan(cfg: WanTrainConfig, out_dir: str | os.PathLike, minutes: float = 
     if dev.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.cuda.reset_peak_memory_stats()
-    out_dir = Path(out_dir)
-    ckpt_root = out_dir / "checkpoints"
+    out_dir, ckpt_root = Path(out_dir), Path(out_dir) / "checkpoints"
     # 1. model, EMA, optimizer, run state; data from the run's position
     model, ema, optimizer, run = setup(cfg, dev, ckpt_root, resume, init_from, log)
     if max_steps is not None:
@@ -225,48 +291,36 @@ def train_wan(cfg: WanTrainConfig, out_dir: str | os.PathLike, minutes: float = 
             raise ValueError(f"--max-steps {max_steps} must be above the run's step {run.step}")
         log(f"max_steps {run.max_steps} -> {max_steps} (--max-steps)")
         run.max_steps, run.fitted = max_steps, True
-    elapsed_before = run.elapsed_s
-    n_params = sum(p.numel() for p in model.parameters())
-    workers = cfg.num_workers
     loader = torch.utils.data.DataLoader(
         WanSamples(cfg), batch_sampler=IndexBatches(run.data_position, cfg.batch_size, cfg.grad_accum, 1, 0),
-        num_workers=workers, pin_memory=dev.type == "cuda", prefetch_factor=cfg.prefetch_factor if workers else None)
+        num_workers=cfg.num_workers, pin_memory=dev.type == "cuda",
+        prefetch_factor=cfg.prefetch_factor if cfg.num_workers else None)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "config.yaml").write_text(to_yaml(cfg))
-    tokens = (cfg.data.num_frames // cfg.model.patch_size[0]) * (cfg.data.frame_size // cfg.model.patch_size[1]) \
-        * (cfg.data.frame_size // cfg.model.patch_size[2])
-    log(f"wan-mini: {n_params / 1e6:.2f}M parameters, {tokens} tokens per clip, batch {cfg.batch_size} "
-        f"({cfg.grad_accum} micro-batches), {dev.type}, precision {cfg.mixed_precision}, step {run.step}/{run.max_steps}")
+    summary = {"params": sum(p.numel() for p in model.parameters()), "tokens_per_clip": tokens_per_clip(cfg)}
+    log(f"wan-mini: {summary['params'] / 1e6:.2f}M parameters, {summary['tokens_per_clip']} tokens per clip, batch "
+        f"{cfg.batch_size} ({cfg.grad_accum} micro-batches), {dev.type}, precision {cfg.mixed_precision}, "
+        f"step {run.step}/{run.max_steps}")
     # 2. loop
-    cond, it = conditioning(cfg), iter(loader)
-    loop_start = time.monotonic()
+    cond, it, validate, interval = conditioning(cfg), iter(loader), Validator(cfg, dev), Interval()
+    loop_start, elapsed_before = time.monotonic(), run.elapsed_s
     step_times: list[float] = []
-    loss_acc, gn_acc, n_acc, t_log, last_save_s, reason = None, None, 0, time.monotonic(), 0.0, "max_steps"
+    last_save_s, reason, lr = 0.0, "max_steps", cfg.optim.lr
     while run.step < run.max_steps:
         ts = time.monotonic()
         batches = [next(it) for _ in range(cfg.grad_accum)]
         lr = cfg.optim.lr * lr_factor(cfg, run, run.step)
-        mean, gn = train_step(model, optimizer, ema, batches, cond, cfg, run, dev)
-        loss_acc, gn_acc, n_acc = (mean, gn, 1) if loss_acc is None else (loss_acc + mean, gn_acc + gn, n_acc + 1)
+        interval.add(*train_step(model, optimizer, ema, batches, cond, cfg, run, dev))
         step_times.append(time.monotonic() - ts)
-        if run.step % cfg.log_every == 0 or run.step == run.max_steps:
-            now = time.monotonic()
-            row = {"step": run.step, "loss": float(loss_acc) / n_acc, "lr": lr, "grad_norm": float(gn_acc) / n_acc,
-                   "clips_per_s": n_acc * cfg.batch_size / max(now - t_log, 1e-9),
-                   "elapsed_s": elapsed_before + now - loop_start,
-                   "gpu_mem_gb": torch.cuda.max_memory_allocated() / 2**30 if dev.type == "cuda" else 0.0}
-            if not math.isfinite(row["loss"]):
-                raise FloatingPointError(f"loss is {row['loss']} at step {run.step}; lower optim.lr")
-            run.rows.append(row)
-            write_csv(out_dir / "loss.csv", run.rows)
-            log(" ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()))
-            loss_acc, n_acc, t_log = None, 0, now
+        if run.step % cfg.log_every == 0:
+            val = validate(model, ema) if run.step % cfg.val_every == 0 else {}
+            log_row(interval, run, cfg, lr, elapsed_before + time.monotonic() - loop_start, val, out_dir, log)
         if cfg.budget_minutes > 0 and not run.fitted and len(step_times) >= cfg.fit_after:
             _fit_max_steps(cfg, run, step_times, elapsed_before + time.monotonic() - loop_start, log)
-        used = time.monotonic() - t0
         if stop_at_step is not None and run.step >= stop_at_step:
             reason = f"stop_at_step {stop_at_step}"
             break
+        used = time.monotonic() - t0
         if minutes > 0 and used + 3 * _median(step_times[-20:]) + reserve_s + 2 * last_save_s > minutes * 60:
             reason = f"minutes {minutes}"
             break
@@ -274,15 +328,18 @@ def train_wan(cfg: WanTrainConfig, out_dir: str | os.PathLike, minutes: float = 
             ts = time.monotonic()
             save(model, ema, optimizer, run, cfg, ckpt_root, elapsed_before + ts - loop_start)
             last_save_s = time.monotonic() - ts
-    # 3. checkpoint, export
+    # 3. a last row with a validation, checkpoint, export
     elapsed = elapsed_before + time.monotonic() - loop_start
+    if interval.n:
+        log_row(interval, run, cfg, lr, elapsed, validate(model, ema), out_dir, log)
+    elif run.rows and run.rows[-1]["step"] == run.step and "val_loss" not in run.rows[-1]:
+        run.rows[-1].update(validate(model, ema))
+        write_csv(out_dir / "loss.csv", run.rows)
     ckpt = save(model, ema, optimizer, run, cfg, ckpt_root, elapsed)
-    write_csv(out_dir / "loss.csv", run.rows)
-    summary = {"step": run.step, "max_steps": run.max_steps, "reason": reason, "params": n_params,
-               "tokens_per_clip": tokens, "checkpoint": str(ckpt), "elapsed_s": elapsed,
-               "clips_per_s": cfg.batch_size / max(_median(step_times[5:] or step_times), 1e-9),
-               "loss": run.rows[-1]["loss"] if run.rows else None,
-               "gpu_mem_gb": torch.cuda.max_memory_allocated() / 2**30 if dev.type == "cuda" else 0.0}
+    summary.update(step=run.step, max_steps=run.max_steps, reason=reason, checkpoint=str(ckpt), elapsed_s=elapsed,
+                   clips_per_s=cfg.batch_size / max(_median(step_times[5:] or step_times), 1e-9),
+                   last_row=run.rows[-1] if run.rows else None,
+                   gpu_mem_gb=torch.cuda.max_memory_allocated() / 2**30 if dev.type == "cuda" else 0.0)
     if export_to is not None:
         state = {"fingerprint": fingerprint(cfg), "config": to_yaml(cfg), "run": {**asdict(run), "elapsed_s": elapsed}}
         folder, mb = export(ema.state_dict(), cfg, Path(export_to) / "wan-mini", extra={TRAIN_STATE: state})
