@@ -222,7 +222,6 @@ def wan_init(model: nn.Module) -> None:
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
     nn.init.xavier_uniform_(model.patch_embedding.weight.flatten(1))
-    nn.init.zeros_(model.patch_embedding.bias)
     emb = model.condition_embedder
     for part in (emb.text_embedder, emb.time_embedder):
         for m in part.modules():
@@ -247,7 +246,7 @@ def build(cfg: WanTrainConfig):
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Weight decay on matrices, none on biases, norms, modulation tables and embedders' vectors."""
+    """Weight decay on matrices and the patch embedding; none on biases, norms and modulation tables."""
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         (decay if p.ndim >= 2 and "scale_shift_table" not in name else no_decay).append(p)
