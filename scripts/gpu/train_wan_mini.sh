@@ -26,7 +26,7 @@ START=(--resume)
 if [ ! -d /tmp/wan/checkpoints ] && [ "$INIT" != none ]; then START+=(--init-from "$INIT"); fi
 [ -d /tmp/wan/checkpoints ] && echo "warm machine: resuming /tmp/wan" || echo "cold machine: start from ${INIT}"
 python3 -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name(0))"
-python3 -m vidhash.training.wan_family "${CFG:-configs/train/wan_mini.yaml}" "$@" --out /tmp/wan --minutes "$MIN" \
+python3 -m vidhash.training.wan_standalone "${CFG:-configs/train/wan_mini.yaml}" "$@" --out /tmp/wan --minutes "$MIN" \
   "${START[@]}" --export-to "$OUT" ${WAN_ARGS:-} 2>&1 | grep --line-buffered -v -e Warning -e 'warnings.warn'
 ls -la "$OUT" "$OUT/wan-mini/transformer"
 nvidia-smi --query-gpu=memory.used,memory.total --format=csv,noheader

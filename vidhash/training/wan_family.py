@@ -1,6 +1,6 @@
 """wan-mini: diffusers' own ``WanTransformer3DModel`` trained on pixel clips — the pieces a trainer needs.
 
-    python -m vidhash.training.wan_family configs/train/wan_mini.yaml --out /tmp/wan --minutes 8 --resume
+    python -m vidhash.training.wan_standalone configs/train/wan_mini.yaml --out /tmp/wan --minutes 8 --resume
 
 * ``WanTrainConfig`` — the run (``configs/train/wan_mini.yaml``): ``model`` (the Wan class's own
   arguments; ``in_channels`` / ``out_channels`` / ``text_dim`` follow from ``condition``),
@@ -399,13 +399,3 @@ def export(weights: dict[str, torch.Tensor] | nn.Module, cfg: WanTrainConfig, ou
     os.replace(tmp, out)
     shutil.rmtree(old, ignore_errors=True)
     return out, sum(p.stat().st_size for p in out.rglob("*") if p.is_file()) / 2**20
-
-
-def main(argv: list[str] | None = None) -> dict:
-    from .wan_standalone import main as standalone_main
-
-    return standalone_main(argv)
-
-
-if __name__ == "__main__":
-    main()

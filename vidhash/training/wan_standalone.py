@@ -1,6 +1,6 @@
 """The standalone wan-mini training loop, until ``vidhash train`` takes model families.
 
-    python -m vidhash.training.wan_family configs/train/wan_mini.yaml --out /tmp/wan --minutes 8 --resume \
+    python -m vidhash.training.wan_standalone configs/train/wan_mini.yaml --out /tmp/wan --minutes 8 --resume \
         [--init-from FOLDER] [--export-to DIR] [key=value ...]
 
 One process, one device. A call starts from, in this order: the newest checkpoint under
@@ -350,7 +350,7 @@ def train_wan(cfg: WanTrainConfig, out_dir: str | os.PathLike, minutes: float = 
 
 
 def main(argv: list[str] | None = None) -> dict:
-    p = argparse.ArgumentParser(prog="python -m vidhash.training.wan_family", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m vidhash.training.wan_standalone", description=__doc__.split("\n\n")[0])
     p.add_argument("config", help="YAML (configs/train/wan_mini.yaml)")
     p.add_argument("overrides", nargs="*", help="key=value")
     p.add_argument("--out", required=True, help="run folder: checkpoints/, loss.csv, config.yaml")
@@ -366,3 +366,7 @@ def main(argv: list[str] | None = None) -> dict:
     cfg = load_wan_config(a.config, a.overrides)
     return train_wan(cfg, a.out, a.minutes, a.resume, a.init_from, a.export_to, a.stop_at_step, a.reserve_s,
                      a.max_steps)
+
+
+if __name__ == "__main__":
+    main()
