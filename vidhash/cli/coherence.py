@@ -112,6 +112,7 @@ def _same_file(a: str, b: str) -> bool:
 
 
 def run(args: argparse.Namespace) -> int:
+    check_arguments(args)
     import av
     import cv2
 
@@ -119,7 +120,6 @@ def run(args: argparse.Namespace) -> int:
     from vidhash.metrics.report import format_table, plot_reports
     from vidhash.metrics.revisit import load_poses
 
-    check_arguments(args)
     if args.threads > 0:
         cv2.setNumThreads(args.threads)
     poses = load_poses(args.poses) if args.poses else None

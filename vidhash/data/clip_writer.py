@@ -137,6 +137,13 @@ class OutputClaim:
             raise
         return self
 
+    @staticmethod
+    def check(out: str | os.PathLike) -> None:
+        """ValueError (the reason taking it would fail) when the claim on ``out`` is taken now."""
+        claim = OutputClaim(out)
+        if os.path.lexists(claim.partial):
+            raise ValueError(claim._taken_reason())
+
     def _taken_reason(self) -> str:
         p = self.partial
         if p.is_symlink():
