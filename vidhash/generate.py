@@ -21,7 +21,10 @@ later run refuses to overwrite it) and the state is saved — to ``--save-state`
 ``clip.partial.state.pt`` — so ``--resume`` continues exactly where the file stops. A second
 Ctrl-C stops at once (the file is still finalised; the state is saved only if it matches the
 frames written). The mp4 is fragmented, so even a killed process leaves a playable
-``clip.partial.mp4``.
+``clip.partial.mp4``. That file is created exclusively (never through a symlink) right after the
+checks, before the model loads, and stays locked until the last rename: a second run on the same
+``--out`` stops at once (exit status 2, one line naming the file). ``--save-state`` may not name any
+of the clip's files (:func:`vidhash.data.clip_writer.output_paths`).
 
 ``--model``: a folder written by ``VidHashPipeline.save_pretrained``, the name of one in the
 repository's ``models/`` (default: ``world-tiny-v3``, the shipped world model, whose generation
