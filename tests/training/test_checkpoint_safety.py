@@ -127,3 +127,32 @@ def test_damaged_metadata_is_one_line(tmp_path, edit):
     with pytest.raises(ValueError) as err:
         load_checkpoint(folder)
     assert len(str(err.value).splitlines()) == 1 and str(folder) in str(err.value)
+
+
+def test_planted_temporary_names_are_not_written_through(tmp_path):
+    """The save used fixed names (``.step-N.tmp-<pid>/``, ``.latest.tmp-<pid>``): a symlink planted
+    there was removed through or written through. Now they are random and new."""
+    import os
+
+    root = tmp_path / "ckpts"
+    root.mkdir()
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "keep.txt").write_text("precious")
+    (tmp_path / "file").write_text("precious")
+    (root / f".step-00000001.tmp-{os.getpid()}").symlink_to(victim)
+    (root / f".latest.tmp-{os.getpid()}").symlink_to(tmp_path / "file")
+    folder = save_checkpoint(root, 1, TENSORS, {"fingerprint": "x"})
+    assert (victim / "keep.txt").read_text() == "precious" and (tmp_path / "file").read_text() == "precious"
+    assert find_checkpoint(root) == folder and (root / "latest").read_text() == "step-00000001\n"
+    assert folder.stat().st_mode & 0o777 == 0o777 & ~_umask()
+    save_checkpoint(root, 1, TENSORS, {"fingerprint": "y"})  # the same step again: the old folder moves aside
+    assert load_checkpoint(folder)[1]["fingerprint"] == "y"
+
+
+def _umask():
+    import os
+
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

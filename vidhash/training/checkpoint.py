@@ -10,7 +10,7 @@ anything else. Checkpoints of the earlier format (``meta.pt``, a pickle) are rea
 ``torch.load(weights_only=True)`` allowing exactly the numpy types their RNG states hold; a
 ``meta.pt`` holding anything else is refused, unrun.
 
-Saving is crash-safe: everything is written into ``.step-XXXXXXXX.tmp-PID/`` (files fsynced),
+Saving is crash-safe: everything is written into a new ``.step-XXXXXXXX.tmp-<random>/`` (files fsynced),
 the folder is renamed into place, then the ``latest`` pointer is replaced atomically; only then
 are older checkpoints removed. An interrupted save leaves at most a ``.tmp`` folder behind and
 the previous checkpoint (and ``latest``) untouched.
@@ -21,6 +21,7 @@ import json
 import os
 import re
 import shutil
+import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -56,6 +57,19 @@ def _write_file(path: Path, write) -> None:
         os.fsync(f.fileno())
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _fresh_dir(root: Path, prefix: str) -> Path:
+    """A new folder under ``root`` with a random name (``mkdtemp``), given the usual permissions."""
+    path = Path(tempfile.mkdtemp(prefix=prefix, dir=root))
+    os.chmod(path, 0o777 & ~_umask())
+    return path
+
+
 def flatten(tensors: dict[str, dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
     return {f"{group}/{k}": v.detach().contiguous().cpu() for group, d in tensors.items() for k, v in d.items()}
 
@@ -82,10 +96,7 @@ def save_checkpoint(root: str | os.PathLike, step: int, tensors: dict[str, dict[
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     name = f"step-{step:08d}"
-    tmp = root / f".{name}.tmp-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
+    tmp = _fresh_dir(root, f".{name}.tmp-")  # a random new name: nothing planted is written through
     try:
         max_bytes = int(shard_mb * 2**20) - 64 * 1024  # room for the safetensors header
         parts = shard(flatten(tensors), max_bytes)
@@ -101,15 +112,19 @@ def save_checkpoint(root: str | os.PathLike, step: int, tensors: dict[str, dict[
         _fsync_dir(tmp)
         final = root / name
         if final.exists():  # re-saving the same step (a resumed run stopped at once): move the old one aside
-            old = root / f".{name}.old-{os.getpid()}"
-            os.replace(final, old)
+            old = _fresh_dir(root, f".{name}.old-")
+            os.replace(final, old)  # onto the empty new folder
             os.replace(tmp, final)
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, final)
         _fsync_dir(root)
-        pointer = root / f".{LATEST}.tmp-{os.getpid()}"
-        _write_file(pointer, lambda p: Path(p).write_text(name + "\n"))
+        fd, pointer = tempfile.mkstemp(prefix=f".{LATEST}.tmp-", dir=root)
+        with os.fdopen(fd, "w") as f:
+            f.write(name + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(pointer, 0o666 & ~_umask())
         os.replace(pointer, root / LATEST)
         _fsync_dir(root)
     except BaseException:
