@@ -21,7 +21,10 @@ later run refuses to overwrite it) and the state is saved — to ``--save-state`
 ``clip.partial.state.pt`` — so ``--resume`` continues exactly where the file stops. A second
 Ctrl-C stops at once (the file is still finalised; the state is saved only if it matches the
 frames written). The mp4 is fragmented, so even a killed process leaves a playable
-``clip.partial.mp4``.
+``clip.partial.mp4``. That file is created exclusively (never through a symlink) right after the
+checks, before the model loads, and stays locked until the last rename: a second run on the same
+``--out`` stops at once (exit status 2, one line naming the file). ``--save-state`` may not name any
+of the clip's files (:func:`vidhash.data.clip_writer.output_paths`).
 
 ``--model``: a folder written by ``VidHashPipeline.save_pretrained``, the name of one in the
 repository's ``models/`` (default: ``world-tiny-v3``, the shipped world model, whose generation
@@ -51,8 +54,8 @@ import numpy as np
 import torch
 
 from .config import GenerateConfig, resolve_model
-from .data.clip_writer import ClipWriter
-from .data.video import check_writable, partial_path
+from .data.clip_writer import ClipWriter, OutputClaim, output_paths, same_path
+from .data.video import check_writable
 from .data.world import ACTIONS, action_ids
 
 
@@ -62,26 +65,29 @@ def generate(cfg: GenerateConfig, progress: bool = True, compile_blocks: bool = 
 
     ``compile_blocks``: ``VidHashPipeline.compile_blocks``; ``cuda_graphs``: replay steady chunks from
     CUDA graphs (None: on for a CUDA device)."""
-    from vidhash.pipelines import VidHashState
-
-    # 1. everything that can be checked before work starts
+    # 1. everything that can be checked before work starts; then --out is this run's (OutputClaim:
+    #    a second run on it fails here, before its model loads) until the clip's last rename
     out, num_frames, actions = check_request(cfg)
-    # 2. the pipeline on its device, and the state to continue from
-    device = torch.device(cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
-    pipe = load_pipeline(cfg, device, progress, compile_blocks, cuda_graphs)
-    state = VidHashState.load(cfg.resume, device=device) if cfg.resume else None
-    # 3. the plan: ground-truth prompt frames, the stream's arguments (checked by the pipeline)
-    prompt = _prompt(cfg, pipe, actions) if cfg.prompt_world is not None else None
-    kwargs = stream_arguments(cfg, pipe, num_frames, actions, state, prompt)
-    # 4. write each chunk as it finishes; every file is named *.partial.* until the clip is done
-    info = {"prompt_world": cfg.prompt_world, "prompt_frames": len(prompt["frames"])} if prompt is not None else {}
-    with ClipWriter(out, cfg.fps, config=cfg, state=state, save_state=cfg.save_state, info=info, pipeline=pipe) as clip:
-        if prompt is not None:  # the given frames open the clip
-            clip.write(prompt["frames"], prompt["poses"], prompt["actions"])
-        t0 = time.perf_counter()
-        for chunk in pipe.stream(num_frames, **kwargs):
-            clip.write(_to_uint8(chunk.frames[0]), chunk.poses, chunk.actions, state=chunk.state)
-        elapsed = time.perf_counter() - t0
+    with OutputClaim(out) as claim:
+        # 2. the pipeline on its device, and the state to continue from
+        device = torch.device(cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
+        pipe = load_pipeline(cfg, device, progress, compile_blocks, cuda_graphs)
+        from vidhash.pipelines import VidHashState  # here: a run refused by step 1 imports no model code
+
+        state = VidHashState.load(cfg.resume, device=device) if cfg.resume else None
+        # 3. the plan: ground-truth prompt frames, the stream's arguments (checked by the pipeline)
+        prompt = _prompt(cfg, pipe, actions) if cfg.prompt_world is not None else None
+        kwargs = stream_arguments(cfg, pipe, num_frames, actions, state, prompt)
+        # 4. write each chunk as it finishes; every file is named *.partial.* until the clip is done
+        info = {"prompt_world": cfg.prompt_world, "prompt_frames": len(prompt["frames"])} if prompt is not None else {}
+        with ClipWriter(out, cfg.fps, config=cfg, state=state, save_state=cfg.save_state, info=info, pipeline=pipe,
+                        claim=claim) as clip:
+            if prompt is not None:  # the given frames open the clip
+                clip.write(prompt["frames"], prompt["poses"], prompt["actions"])
+            t0 = time.perf_counter()
+            for chunk in pipe.stream(num_frames, **kwargs):
+                clip.write(_to_uint8(chunk.frames[0]), chunk.poses, chunk.actions, state=chunk.state)
+            elapsed = time.perf_counter() - t0
     n = clip.frames_written
     msg = (f"wrote {out}: {n} frames ({n / cfg.fps:.1f} s at {cfg.fps} fps) in {elapsed:.1f} s "
            f"({1000 * elapsed / max(1, n):.1f} ms/frame); poses {clip.poses_path}, config {clip.config_path}")
@@ -101,16 +107,25 @@ def check_request(cfg: GenerateConfig):
     num_frames = int(round(cfg.seconds * cfg.fps))
     if num_frames <= 0:
         raise ValueError(f"--seconds {cfg.seconds} at --fps {cfg.fps} is {num_frames} frames; need at least one")
-    if partial_path(out).exists():
-        raise ValueError(f"{partial_path(out)} exists (an interrupted earlier run); move it away or pick another --out")
+    OutputClaim.check(out)  # free now (OutputClaim takes it after these checks, or fails the same way)
     if cfg.save_state:
         check_writable(cfg.save_state)
+        check_state_path(cfg.save_state, out)
     actions = _read_actions(cfg.actions, num_frames) if cfg.actions else None
     if cfg.prompt_world is not None and cfg.resume:
         raise ValueError("--prompt-world starts a new clip; it cannot be combined with --resume")
     if cfg.prompt_world is not None and cfg.prompt_frames < 1:
         raise ValueError(f"--prompt-frames must be at least 1, got {cfg.prompt_frames}")
     return out, num_frames, actions
+
+
+def check_state_path(save_state: str, out: Path) -> None:
+    """``--save-state`` may not be one of the run's other files (the mp4, poses, config or their
+    partial names): the state would overwrite it, or it the state. ValueError naming both."""
+    for role, path in output_paths(out).items():
+        if role != "partial state" and same_path(save_state, path):
+            what = "--out" if role == "mp4" else f"the {role} file of --out"
+            raise ValueError(f"--save-state {save_state} is {what} ({path}); pick another path for the state")
 
 
 def load_pipeline(cfg: GenerateConfig, device: torch.device, progress: bool = True, compile_blocks: bool = False,

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from vidhash.training import load_train_config
+from vidhash.training.checkpoint import load_checkpoint
 from vidhash.training.loop import CSV_FIELDS, LaggedMax
 from vidhash.training.timing import TIMING_FIELDS, TIMING_PARTS, StepTimer, format_timing, timing_summary
 from vidhash.training.trainer import ddp_kwargs_handlers, train
@@ -159,6 +160,5 @@ def test_fused_adamw_trains_like_foreach_on_cpu(tmp_path):
     la = [float(r["loss"]) for r in csv.DictReader(open(tmp_path / "foreach" / "loss.csv"))]
     lb = [float(r["loss"]) for r in csv.DictReader(open(tmp_path / "fused" / "loss.csv"))]
     assert a["step"] == b["step"] == 3 and la == pytest.approx(lb, rel=1e-4)  # same math, another kernel
-    groups = {name: torch.load(f"{s['checkpoint']}/meta.pt", weights_only=False)["optim"]["param_groups"]
-              for name, s in (("foreach", a), ("fused", b))}
+    groups = {name: load_checkpoint(s["checkpoint"])[1]["optim"]["param_groups"] for name, s in (("foreach", a), ("fused", b))}
     assert all(g["fused"] for g in groups["fused"]) and not any(g["fused"] for g in groups["foreach"])

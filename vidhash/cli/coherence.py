@@ -14,11 +14,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import tempfile
 
-__all__ = ["add_arguments", "run"]
+__all__ = ["add_arguments", "check_arguments", "run"]
+
+_MAX_THREADS = 256
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -69,7 +72,47 @@ def _write_atomic(path: str, write) -> None:
             os.remove(tmp)
 
 
+def check_arguments(args: argparse.Namespace) -> None:
+    """Every flag checked before any video is read; ValueError naming the flag."""
+    from vidhash.metrics.video import check_size
+
+    check_size(args.size)
+    if not (math.isfinite(args.analysis_fps) and args.analysis_fps >= 0):
+        raise ValueError(f"--analysis-fps must be positive (or 0 for every frame), got {args.analysis_fps:g}")
+    if args.max_lag < 1:
+        raise ValueError(f"--max-lag must be at least 1 second, got {args.max_lag}")
+    if not 0 <= args.threads <= _MAX_THREADS:
+        raise ValueError(f"--threads must be 0 (OpenCV's choice) or a count of 1 to {_MAX_THREADS}, got {args.threads}")
+    for flag, value in (("--pose-tol", args.pose_tol), ("--min-revisit-gap", args.min_revisit_gap)):
+        if not (math.isfinite(value) and value >= 0):
+            raise ValueError(f"{flag} must be a non-negative number, got {value:g}")
+    _check_outputs(args)
+
+
+def _check_outputs(args: argparse.Namespace) -> None:
+    """--json and --plot may not name an input (a video, the poses, the encoder) or each other."""
+    inputs = [("input video", v) for v in args.videos]
+    inputs += [(flag, path) for flag, path in (("--poses", args.poses), ("--features-weights", args.features_weights)) if path]
+    outputs = [(flag, path) for flag, path in (("--json", args.json), ("--plot", args.plot)) if path]
+    for i, (flag, out) in enumerate(outputs):
+        for what, other in inputs + outputs[:i]:
+            if _same_file(out, other):
+                raise ValueError(f"{flag} {out} is the {what} {other}; writing it would overwrite "
+                                 f"{'the input' if (what, other) in inputs else 'the other output'}: pick another path")
+        if os.path.isdir(out):
+            raise ValueError(f"{flag} {out} is a directory")
+
+
+def _same_file(a: str, b: str) -> bool:
+    """The same file (through links too), or the same path when either does not exist yet."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return os.path.realpath(a) == os.path.realpath(b)
+
+
 def run(args: argparse.Namespace) -> int:
+    check_arguments(args)
     import av
     import cv2
 
@@ -77,12 +120,6 @@ def run(args: argparse.Namespace) -> int:
     from vidhash.metrics.report import format_table, plot_reports
     from vidhash.metrics.revisit import load_poses
 
-    if args.size < 16:
-        raise ValueError(f"--size must be at least 16 pixels, got {args.size}")
-    if args.analysis_fps < 0:
-        raise ValueError(f"--analysis-fps must be positive (or 0 for every frame), got {args.analysis_fps:g}")
-    if args.max_lag < 1:
-        raise ValueError(f"--max-lag must be at least 1 second, got {args.max_lag}")
     if args.threads > 0:
         cv2.setNumThreads(args.threads)
     poses = load_poses(args.poses) if args.poses else None

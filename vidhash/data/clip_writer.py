@@ -24,6 +24,16 @@ the last state is saved — to ``save_state`` or ``clip.partial.state.pt`` — i
 written (not when generation stopped inside a chunk's commit). Then ``KeyboardInterrupt`` (or the
 exception) goes on up.
 
+Safe writes. ``clip.partial.mp4`` is created exclusively (``O_CREAT | O_EXCL | O_NOFOLLOW``) and
+locked (``flock``) by an :class:`OutputClaim`, which ``vidhash generate`` takes before the model
+loads and which is held until the last rename: a second run on the same ``--out`` fails at once
+(ValueError naming the file), and a planted symlink at that name is refused, never followed. Every
+other file (poses, config, state) is written to a random temporary name in the same folder
+(``mkstemp``) and renamed into place (``os.replace``), which replaces a symlink at the final name
+instead of writing through it. The mp4 is renamed last, so the partial name — the lock — stays
+taken until every final file is in place. :func:`output_paths` lists every name a run writes
+(``vidhash generate`` refuses a ``--save-state`` among them).
+
 It lives in ``vidhash.data`` beside the ``Mp4Writer`` and ``partial_path`` it builds on; it needs no
 pipeline import (the pipeline and the state are used through ``_interrupt``, ``committing``,
 ``frame_index`` and ``save``).
@@ -34,8 +44,14 @@ import json
 import os
 import signal
 import sys
+import tempfile
 import threading
 from pathlib import Path
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: O_EXCL alone guards the name
+    fcntl = None
 
 import numpy as np
 
@@ -48,9 +64,124 @@ def _stem(path: Path) -> Path:
 
 
 def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data))
-    os.replace(tmp, path)
+    """``data`` to ``path`` through a random temporary file in its folder (never through a link)."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps(data))
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; the usual permissions
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def output_paths(out: str | os.PathLike) -> dict[str, Path]:
+    """Every file a clip at ``out`` may write, by role (final and partial names)."""
+    out = Path(out)
+    part = partial_path(out)
+    return {
+        "mp4": out, "poses": Path(f"{_stem(out)}.poses.json"), "config": Path(f"{_stem(out)}.config.yaml"),
+        "partial mp4": part, "partial poses": Path(f"{_stem(part)}.poses.json"),
+        "partial config": Path(f"{_stem(part)}.config.yaml"), "partial state": Path(f"{_stem(part)}.state.pt"),
+    }
+
+
+def same_path(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    """The same file (through links too), or the same resolved path when either does not exist."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return os.path.realpath(a) == os.path.realpath(b)
+
+
+class OutputClaim:
+    """This run's exclusive claim on a clip's names: ``<stem>.partial.mp4`` created with
+    ``O_CREAT | O_EXCL | O_NOFOLLOW`` and locked (``flock``) until :meth:`release`.
+
+        with OutputClaim("clip.mp4") as claim:     # before the model loads
+            ...
+            with ClipWriter("clip.mp4", ..., claim=claim) as clip:
+                ...
+
+    Taking it fails (ValueError naming the file) when another run holds it, when an interrupted
+    run left the partial file, or when something else (a symlink) has that name. Leaving the
+    ``with`` block before a ClipWriter took it over removes the empty file; a ClipWriter releases
+    it after its last rename (or keeps the file, finalised, when stopped)."""
+
+    def __init__(self, out: str | os.PathLike):
+        self.out = Path(out)
+        self.partial = partial_path(self.out)
+        self.file = None  # the partial mp4, open for writing (unbuffered: a killed process loses nothing)
+        self.used = False  # a ClipWriter wrote into it
+
+    def __enter__(self) -> OutputClaim:
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+        try:
+            fd = os.open(self.partial, flags, 0o666)
+        except FileExistsError:
+            raise ValueError(self._taken_reason()) from None
+        try:
+            if fcntl is not None:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            self.file = os.fdopen(fd, "wb", buffering=0)
+        except BaseException:
+            os.close(fd)
+            self.partial.unlink(missing_ok=True)
+            raise
+        return self
+
+    @staticmethod
+    def check(out: str | os.PathLike) -> None:
+        """ValueError (the reason taking it would fail) when the claim on ``out`` is taken now."""
+        claim = OutputClaim(out)
+        if os.path.lexists(claim.partial):
+            raise ValueError(claim._taken_reason())
+
+    def _taken_reason(self) -> str:
+        p = self.partial
+        if p.is_symlink():
+            return f"{p} is a symlink; refusing to write through it: remove it or pick another --out"
+        if fcntl is not None and p.is_file():
+            try:
+                fd = os.open(p, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
+            except OSError:
+                fd = None
+            if fd is not None:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    return f"{p} is being written by another vidhash run on {self.out}; wait for it or pick another --out"
+                finally:
+                    os.close(fd)
+        return f"{p} exists (an interrupted earlier run); move it away or pick another --out"
+
+    def release(self, keep: bool) -> None:
+        """Unlock and close; ``keep=False`` removes the partial file if it is still this run's."""
+        if self.file is None:
+            return
+        try:
+            if not keep:
+                mine = os.fstat(self.file.fileno())
+                try:
+                    there = os.lstat(self.partial)
+                    if (there.st_dev, there.st_ino) == (mine.st_dev, mine.st_ino):
+                        self.partial.unlink()
+                except FileNotFoundError:
+                    pass
+        finally:
+            self.file.close()  # closing drops the flock
+            self.file = None
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if not self.used:  # no ClipWriter took it over: nothing was written
+            self.release(keep=False)
 
 
 def action_names(ids) -> list[str | None]:
@@ -72,15 +203,21 @@ class ClipWriter:
         info: extra keys of the poses file (``prompt_world``, ``prompt_frames``).
         pipeline: the pipeline making the frames (Ctrl-C / SIGTERM stop it after the current step);
             None: signals keep their handlers.
+        claim: the :class:`OutputClaim` on ``out`` taken earlier (before the model loaded); None:
+            taken on entering.
     """
 
     def __init__(self, out: str | os.PathLike, fps: int, config, state=None, save_state: str | None = None,
-                 info: dict | None = None, pipeline=None):
+                 info: dict | None = None, pipeline=None, claim: OutputClaim | None = None):
         self.out, self.fps, self.config, self.pipeline = Path(out), fps, config, pipeline
-        self.partial = partial_path(self.out)
-        self.config_path, self.poses_path = Path(f"{_stem(self.out)}.config.yaml"), Path(f"{_stem(self.out)}.poses.json")
-        self.partial_config = Path(f"{_stem(self.partial)}.config.yaml")
-        self.partial_poses = Path(f"{_stem(self.partial)}.poses.json")
+        names = output_paths(self.out)
+        self.partial = names["partial mp4"]
+        self.config_path, self.poses_path = names["config"], names["poses"]
+        self.partial_config, self.partial_poses = names["partial config"], names["partial poses"]
+        self.partial_state = names["partial state"]
+        if claim is not None and (claim.file is None or claim.out != self.out):
+            raise ValueError(f"the output claim passed for {self.out} is not a held claim on it")
+        self._claim = claim
         self.save_state = save_state
         self.start_frame = state.frame_index if state is not None else 0
         self.info = dict(info or {})
@@ -101,8 +238,15 @@ class ClipWriter:
     def __enter__(self) -> ClipWriter:
         from vidhash.config import save_config
 
-        save_config(self.config, self.partial_config)
-        self._mp4 = Mp4Writer(self.out, fps=self.fps)
+        if self._claim is None:
+            self._claim = OutputClaim(self.out).__enter__()
+        self._claim.used = True
+        try:
+            save_config(self.config, self.partial_config)
+            self._mp4 = Mp4Writer(self.out, fps=self.fps, file=self._claim.file)
+        except BaseException:
+            self._claim.release(keep=False)
+            raise
         if self.pipeline is not None and threading.current_thread() is threading.main_thread():
             self._handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         return self
@@ -139,19 +283,28 @@ class ClipWriter:
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is None and not self.interrupted:
             self._restore_signals()
-            self._finish()
+            try:
+                self._finish()
+            finally:
+                self._claim.release(keep=True)
             return
-        self._stop()
+        try:
+            self._stop()
+        finally:
+            self._claim.release(keep=self._mp4.frames_written > 0)
         if exc_type is None:  # the pipeline stopped early on a first signal
             raise KeyboardInterrupt
 
     def _finish(self) -> None:
-        """Done: finalise the mp4 and move every file to its final name."""
-        self._mp4.close()
+        """Done: finalise the mp4, write every other file under its final name, then rename the mp4
+        (last: until then its partial name keeps other runs off ``out``)."""
+        self._mp4.abort()  # finalised, still under the partial name
         _write_json(self.poses_path, self._record())
         os.replace(self.partial_config, self.config_path)
         if self.save_state and self._state is not None:
             self._state.save(self.save_state)
+        os.replace(self.partial, self.out)
+        self._mp4.finished = self.out
 
     def _stop(self) -> None:
         """Interrupted or crashed: keep every finished frame in a playable ``.partial.mp4``, save the
@@ -170,10 +323,13 @@ class ClipWriter:
         self._restore_signals()
         mp4 = self._mp4.abort()
         _write_json(self.partial_poses, self._record())
-        msg = f"stopped: {self._mp4.frames_written} frames in {mp4} (playable)"
+        if self._mp4.frames_written:
+            msg = f"stopped: {self._mp4.frames_written} frames in {mp4} (playable)"
+        else:  # the (empty) partial mp4 is removed on release
+            msg = f"stopped before the first frame was written (no {mp4} kept)"
         if self._state is not None:
             consistent = not broken and self._state.frame_index == self.start_frame + self._mp4.frames_written
-            state_path = Path(self.save_state) if self.save_state else Path(f"{_stem(self.partial)}.state.pt")
+            state_path = Path(self.save_state) if self.save_state else self.partial_state
             if consistent:
                 self._state.save(state_path)
                 msg += f"; state saved to {state_path} (continue with --resume {state_path})"
