@@ -24,9 +24,12 @@ frames written). The mp4 is fragmented, so even a killed process leaves a playab
 ``clip.partial.mp4``.
 
 ``--model``: a folder written by ``VidHashPipeline.save_pretrained``, the name of one in the
-repository's ``models/`` (default: ``world-tiny-v3``, the shipped world model, whose generation
-preset ``world`` is used), or ``random-tiny`` / ``random-small`` / ``random-base`` /
-``random-world`` (untrained, seeded random weights; for smoke tests and benchmarks).
+repository's ``models/`` (default: ``world-tiny-v3``, the shipped world model), or ``random-tiny`` /
+``random-small`` / ``random-base`` / ``random-world`` (untrained, seeded random weights; for smoke
+tests and benchmarks). The generation settings start from the model's own — a folder's saved
+``generation_config`` (``world-tiny-v3``: the ``world`` preset), else the preset of its size — so
+``VidHashPipeline.from_pretrained(folder)(num_frames=N, generator=..., trajectory_seed=seed)``
+makes the same frames as ``vidhash generate --model folder`` (:func:`vidhash.config.generation_for`).
 
 ``--prompt-world SEED`` starts from ground truth (a world model's frame prompt): ``--prompt-frames``
 frames (default 8) of procedural world ``SEED`` (``vidhash.data.world``, the model's world size)
@@ -43,6 +46,7 @@ is then ignored (the state carries its random generator).
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -53,7 +57,7 @@ import torch
 from .config import GenerateConfig, resolve_model
 from .data.clip_writer import ClipWriter
 from .data.video import check_writable, partial_path
-from .data.world import ACTIONS, action_ids
+from .camera import ACTIONS, action_ids
 
 
 def generate(cfg: GenerateConfig, progress: bool = True, compile_blocks: bool = False,
@@ -139,20 +143,16 @@ def load_pipeline(cfg: GenerateConfig, device: torch.device, progress: bool = Tr
 
 def stream_arguments(cfg: GenerateConfig, pipe, num_frames: int, actions: list[str] | None, state,
                      prompt: dict | None) -> dict:
-    """Keyword arguments of ``pipe.stream(num_frames, ...)`` for ``cfg``, checked by ``pipe.check_inputs``."""
+    """Keyword arguments of ``pipe.stream(num_frames, ...)`` for ``cfg`` — every generation setting
+    given explicitly (``cfg.generation``) —, checked by ``pipe.check_inputs``."""
     gen = cfg.generation
-    kwargs = dict(
-        height=gen.height, width=gen.width, fps=cfg.fps, actions=actions, trajectory_seed=cfg.seed,
-        chunk_frames=gen.chunk_frames, window_frames=gen.window_frames, memory=gen.memory,
-        num_inference_steps=gen.num_inference_steps, action_step=gen.action_step, output_type="pt", state=state,
-        guidance_scale=gen.guidance_scale, guidance_steps=gen.guidance_steps,
-        generator=None if state is not None else torch.Generator().manual_seed(cfg.seed),
-    )
+    settings = {f.name: getattr(gen, f.name) for f in dataclasses.fields(gen)}
+    kwargs = dict(settings, fps=cfg.fps, actions=actions, trajectory_seed=cfg.seed, output_type="pt", state=state,
+                  generator=None if state is not None else torch.Generator().manual_seed(cfg.seed))
     if prompt is not None:
         kwargs.update(context_frames=prompt["frames"], context_poses=prompt["poses"], context_actions=prompt["actions"])
-    pipe.check_inputs(num_frames, gen.height, gen.width, cfg.fps, actions, None, gen.chunk_frames,
-                      gen.window_frames, gen.memory, gen.num_inference_steps, "pt", state, ["latents"],
-                      guidance_scale=gen.guidance_scale, guidance_steps=gen.guidance_steps)
+    pipe.check_inputs(num_frames, pipe.resolve_settings(state, **settings), cfg.fps, actions, None, "pt", state,
+                      ["latents"])
     return kwargs
 
 
@@ -180,7 +180,8 @@ def _prompt(cfg: GenerateConfig, pipe, actions: list[str] | None) -> dict:
     """Ground-truth prompt frames of world ``cfg.prompt_world``: ``prompt_frames`` frames moving
     in the direction of the clip's first action (right when it has none or stays), ending at
     the world's centre, where generation continues."""
-    from .data.world import ACTION_DELTAS, ProceduralWorld
+    from .camera import ACTION_DELTAS
+    from .data.world import ProceduralWorld
 
     gen, n = cfg.generation, cfg.prompt_frames
     if gen.height != gen.width:
