@@ -57,10 +57,10 @@ def read_presets(name: str) -> dict:
     return OmegaConf.to_container(OmegaConf.create(text), resolve=True)
 
 
-def _entry(name: str, preset: str) -> dict:
+def _entry(name: str, preset: str, kind: str) -> dict:
     presets = read_presets(name)
     if preset not in presets:
-        raise ValueError(f"unknown preset {preset!r} in {name}; known: {', '.join(presets)}")
+        raise ValueError(f"unknown {kind} preset {preset!r}; known: {', '.join(presets)} ({name})")
     return presets[preset]
 
 
@@ -117,7 +117,7 @@ def model_presets() -> tuple[str, ...]:
 
 def model_preset(name: str = "tiny") -> dict:
     """Model size ``name`` of ``configs/models.yaml``: every constructor argument (checked)."""
-    return check_model_arguments(_entry("models.yaml", name), f"models.yaml:{name}")
+    return check_model_arguments(_entry("models.yaml", name, "model"), f"models.yaml:{name}")
 
 
 def preset_of(config: dict) -> str | None:
@@ -154,7 +154,7 @@ def random_model(preset: str = "tiny", seed: int = 0, **overrides):
 
 def generation_preset(name: str = "tiny") -> GenerationConfig:
     """Generation preset ``name`` of ``configs/generation.yaml`` (one per model preset)."""
-    return structured(GenerationConfig, _entry("generation.yaml", name), f"generation.yaml:{name}")
+    return structured(GenerationConfig, _entry("generation.yaml", name, "generation"), f"generation.yaml:{name}")
 
 
 def generation_from_dict(data: dict, what: str = "generation config") -> GenerationConfig:
