@@ -99,19 +99,27 @@ def preset_for_model(model: str | None) -> str:
         if preset not in model_presets():
             raise ValueError(f"unknown model {model!r}; random models: {', '.join('random-' + p for p in model_presets())}")
         return preset
-    cfg_path = Path(model) / "transformer" / "config.json"
-    if cfg_path.is_file():
-        return preset_of(json.loads(cfg_path.read_text())) or "tiny"
-    return "tiny"
+    saved = _read_json(Path(model) / "transformer" / "config.json")
+    return (preset_of(saved) if saved is not None else None) or "tiny"
+
+
+def _read_json(path: Path) -> dict | None:
+    """``path``'s JSON object; None when it is missing or unreadable (a folder that cannot be
+    loaded fails when ``VidHashPipeline.load`` reads it, after the run's own checks)."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return data if isinstance(data, dict) else None
 
 
 def generation_for(model: str | None) -> GenerationConfig:
     """The generation settings of a ``--model`` value, read without loading weights — what
     ``VidHashPipeline.load(model).generation_config`` holds: a folder's saved settings
     (``model_index.json``), else the preset of its size; ``random-<preset>``: that preset."""
-    index = Path(model) / "model_index.json" if model is not None and not model.startswith("random-") else None
-    if index is not None and index.is_file():
-        saved = json.loads(index.read_text()).get("generation_config")
+    if model is not None and not model.startswith("random-"):
+        index = Path(model) / "model_index.json"
+        saved = (_read_json(index) or {}).get("generation_config")
         if saved is not None:
             return generation_from_dict(saved, f"{index}: generation_config")
     return generation_preset(preset_for_model(model))

@@ -57,7 +57,7 @@ import torch
 from .config import GenerateConfig, resolve_model
 from .data.clip_writer import ClipWriter
 from .data.video import check_writable, partial_path
-from .camera import ACTIONS, action_ids
+from .data.world import ACTIONS, action_ids
 
 
 def generate(cfg: GenerateConfig, progress: bool = True, compile_blocks: bool = False,
@@ -180,8 +180,7 @@ def _prompt(cfg: GenerateConfig, pipe, actions: list[str] | None) -> dict:
     """Ground-truth prompt frames of world ``cfg.prompt_world``: ``prompt_frames`` frames moving
     in the direction of the clip's first action (right when it has none or stays), ending at
     the world's centre, where generation continues."""
-    from .camera import ACTION_DELTAS
-    from .data.world import ProceduralWorld
+    from .data.world import ACTION_DELTAS, ProceduralWorld
 
     gen, n = cfg.generation, cfg.prompt_frames
     if gen.height != gen.width:
