@@ -33,6 +33,10 @@ from ..camera import (  # noqa: F401 (re-exported: the camera vocabulary lived h
 
 # ----------------------------------------------------------------------------------- world
 
+# World seeds >= this are held out for evaluation (vidhash eval world) and never trained on
+# (vidhash.training.config checks the training range against it).
+HELDOUT_WORLD_SEED = 1_000_000
+
 _ELEV_STOPS = np.array([0.00, 0.30, 0.40, 0.44, 0.60, 0.75, 0.86, 1.00])
 _ELEV_RGB = np.array(
     [  # deep water, shallow water, shallow, sand, grass, hills, rock, snow

@@ -27,11 +27,11 @@ from typing import Any, Optional
 from omegaconf import OmegaConf
 
 from vidhash.config import apply_overrides
+from vidhash.data.world import HELDOUT_WORLD_SEED  # world seeds >= this are evaluation-only
 from vidhash.memory import MemoryRead, MemorySignature
 from vidhash.models.transformer_vidhash import VidHashTransformer3DModel
 from vidhash.presets import model_arguments, model_defaults, structured
 
-HELDOUT_WORLD_SEED = 1_000_000  # world seeds >= this are evaluation-only
 DATA_SOURCES = ("world", "video")
 TRAJECTORIES = ("out_and_back", "random", "mixed")
 SIGMA_SAMPLING = ("uniform", "logit_normal")
