@@ -142,6 +142,10 @@ class VidHashPipeline(DiffusionPipeline):
     Components:
         transformer: ``VidHashTransformer3DModel``.
         scheduler: ``FlowMatchEulerDiscreteScheduler``.
+
+    Settings:
+        generation_config: ``GenerationConfig`` (or its dict) of every call argument left None;
+            saved in ``model_index.json``; None: the preset of the transformer's size.
     """
 
     model_cpu_offload_seq = "transformer"
