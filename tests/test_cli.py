@@ -44,7 +44,7 @@ def test_generation_mass_cap_checked():
     from vidhash.config import generate_config
 
     assert generate_config(["memory.mass_cap=2560"], preset="world").generation.memory.mass_cap == 2560
-    with pytest.raises(ValueError, match="memory.mass_cap must be ≥ 0"):
+    with pytest.raises(ValueError, match="mass_cap must be an int ≥ 0"):
         generate_config(["memory.mass_cap=-1"], preset="world")
 
 

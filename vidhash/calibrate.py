@@ -37,6 +37,7 @@ from pathlib import Path
 
 import torch
 
+from .files import umask
 from .hashing import LearnedHash, SimHash, hamming_similarity, signature_topk_recall
 
 
@@ -230,14 +231,8 @@ def save_calibrated(pipe, hashers: list[LearnedHash], cfg: CalibrateConfig, out:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    os.chmod(out, 0o777 & ~_umask())
+    os.chmod(out, 0o777 & ~umask())
     return out
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 # ----------------------------------------------------------------------------------- report

@@ -27,9 +27,12 @@ checks, before the model loads, and stays locked until the last rename: a second
 of the clip's files (:func:`vidhash.data.clip_writer.output_paths`).
 
 ``--model``: a folder written by ``VidHashPipeline.save_pretrained``, the name of one in the
-repository's ``models/`` (default: ``world-tiny-v3``, the shipped world model, whose generation
-preset ``world`` is used), or ``random-tiny`` / ``random-small`` / ``random-base`` /
-``random-world`` (untrained, seeded random weights; for smoke tests and benchmarks).
+repository's ``models/`` (default: ``world-tiny-v3``, the shipped world model), or ``random-tiny`` /
+``random-small`` / ``random-base`` / ``random-world`` (untrained, seeded random weights; for smoke
+tests and benchmarks). The generation settings start from the model's own — a folder's saved
+``generation_config`` (``world-tiny-v3``: the ``world`` preset), else the preset of its size — so
+``VidHashPipeline.from_pretrained(folder)(num_frames=N, generator=..., trajectory_seed=seed)``
+makes the same frames as ``vidhash generate --model folder`` (:func:`vidhash.config.generation_for`).
 
 ``--prompt-world SEED`` starts from ground truth (a world model's frame prompt): ``--prompt-frames``
 frames (default 8) of procedural world ``SEED`` (``vidhash.data.world``, the model's world size)
@@ -46,6 +49,7 @@ is then ignored (the state carries its random generator).
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -154,20 +158,16 @@ def load_pipeline(cfg: GenerateConfig, device: torch.device, progress: bool = Tr
 
 def stream_arguments(cfg: GenerateConfig, pipe, num_frames: int, actions: list[str] | None, state,
                      prompt: dict | None) -> dict:
-    """Keyword arguments of ``pipe.stream(num_frames, ...)`` for ``cfg``, checked by ``pipe.check_inputs``."""
+    """Keyword arguments of ``pipe.stream(num_frames, ...)`` for ``cfg`` — every generation setting
+    given explicitly (``cfg.generation``) —, checked by ``pipe.check_inputs``."""
     gen = cfg.generation
-    kwargs = dict(
-        height=gen.height, width=gen.width, fps=cfg.fps, actions=actions, trajectory_seed=cfg.seed,
-        chunk_frames=gen.chunk_frames, window_frames=gen.window_frames, memory=gen.memory,
-        num_inference_steps=gen.num_inference_steps, action_step=gen.action_step, output_type="pt", state=state,
-        guidance_scale=gen.guidance_scale, guidance_steps=gen.guidance_steps,
-        generator=None if state is not None else torch.Generator().manual_seed(cfg.seed),
-    )
+    settings = {f.name: getattr(gen, f.name) for f in dataclasses.fields(gen)}
+    kwargs = dict(settings, fps=cfg.fps, actions=actions, trajectory_seed=cfg.seed, output_type="pt", state=state,
+                  generator=None if state is not None else torch.Generator().manual_seed(cfg.seed))
     if prompt is not None:
         kwargs.update(context_frames=prompt["frames"], context_poses=prompt["poses"], context_actions=prompt["actions"])
-    pipe.check_inputs(num_frames, gen.height, gen.width, cfg.fps, actions, None, gen.chunk_frames,
-                      gen.window_frames, gen.memory, gen.num_inference_steps, "pt", state, ["latents"],
-                      guidance_scale=gen.guidance_scale, guidance_steps=gen.guidance_steps)
+    pipe.check_inputs(num_frames, pipe.resolve_settings(state, **settings), cfg.fps, actions, None, "pt", state,
+                      ["latents"])
     return kwargs
 
 

@@ -33,8 +33,12 @@ bucket codes spread evenly over the table.
 **Reads.** :meth:`HashedMemory.attend` scores all entries by Hamming similarity to the
 query's signature, keeps the ``top_k`` best (ties to the lower entry index) and returns exact
 softmax attention over them with its log-sum-exp, ready for
-:func:`~vidhash.attention.merge_attention`. With capacity for every token written and
-``top_k`` ≥ entries, it equals dense attention over everything written.
+:func:`~vidhash.attention.merge_attention`. ``top_k=None`` reads every entry; with capacity for
+every token written it equals dense attention over everything written.
+
+**Settings.** :class:`MemorySize` (signatures, buckets, slots, policy) is what a generation
+chooses and a state saves; :class:`MemoryConfig` adds the layer's shape; :class:`MemoryRead`
+(``top_k``, ``mass_cap``) is how a read is done, given per call. Each validates itself.
 
 **Code.** The writes and the top-k read are ops on the memory's tensors (:attr:`HashedMemory.table`):
 references in ``kernels/memory/naive.py``, Triton kernels in ``kernels/memory/ops.py``.
@@ -51,7 +55,8 @@ from __future__ import annotations
 
 import hashlib
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
+from typing import Optional
 
 import torch
 from torch import nn
@@ -68,40 +73,104 @@ from .ops.checks import MemoryTable
 POLICIES = ("fifo", "merge")
 
 
-@dataclass(frozen=True)
-class MemoryConfig:
-    """Everything that fixes a memory's size and behaviour."""
+def _positive_int(name: str, value, why: str = "") -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{name} must be a positive int{why}, got {value!r}")
 
-    num_buckets: int = 256
-    slots: int = 16
-    heads: int = 1
-    head_dim: int = 64
+
+@dataclass(frozen=True)
+class MemorySignature:
+    """The signatures a memory compares: ``n_bits`` SimHash bits per key, the planes seeded by
+    ``seed`` (a model's memory of layer ``l`` uses ``seed + l``). Training-time selection
+    (``vidhash.training.config.SelectionConfig``) signs with the same two settings."""
+
     n_bits: int = 32
-    route_bits: int | None = None
-    policy: str = "fifo"
-    batch_size: int = 1
     seed: int = 0
 
     def __post_init__(self):
-        for name in ("num_buckets", "slots", "heads", "head_dim", "batch_size"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be a positive int (a memory needs capacity), got {value!r}")
         num_words(self.n_bits)  # validates n_bits
-        if self.route_bits is not None and not 1 <= self.route_bits <= self.n_bits:
-            raise ValueError(f"route_bits must be in [1, n_bits={self.n_bits}], got {self.route_bits}")
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool):
+            raise ValueError(f"seed must be an int, got {self.seed!r}")
+
+
+@dataclass(frozen=True)
+class MemorySize(MemorySignature):
+    """What a generation chooses of a memory: its signatures, ``num_buckets × slots`` entries per
+    head and the eviction ``policy``. Saved with a ``VidHashState`` (the state's memories are
+    built from it); how a memory is *read* is :class:`MemoryRead`, passed per call."""
+
+    num_buckets: int = 256
+    slots: int = 16
+    policy: str = "fifo"
+
+    def __post_init__(self):
+        MemorySignature.__post_init__(self)
+        for name in ("num_buckets", "slots"):
+            _positive_int(name, getattr(self, name), " (a memory needs capacity)")
         if self.policy not in POLICIES:
             raise ValueError(f"policy must be one of {POLICIES}, got {self.policy!r}")
 
     @property
     def capacity(self) -> int:
+        """Entries per batch element and head."""
         return self.num_buckets * self.slots
+
+    @property
+    def size(self) -> MemorySize:
+        """The :class:`MemorySize` fields alone (of a subclass instance)."""
+        return MemorySize(**{f.name: getattr(self, f.name) for f in fields(MemorySize)})
+
+
+@dataclass(frozen=True)
+class MemoryConfig(MemorySize):
+    """Everything that fixes one :class:`HashedMemory`'s size and behaviour: its
+    :class:`MemorySize`, the attention layer's ``heads`` × ``head_dim``, the batch and the bits
+    that route a key to its bucket (``route_bits``; None: ``log2(num_buckets) + 2``)."""
+
+    heads: int = 1
+    head_dim: int = 64
+    route_bits: Optional[int] = None
+    batch_size: int = 1
+
+    def __post_init__(self):
+        MemorySize.__post_init__(self)
+        for name in ("heads", "head_dim", "batch_size"):
+            _positive_int(name, getattr(self, name), " (a memory needs capacity)")
+        if self.route_bits is not None and not 1 <= self.route_bits <= self.n_bits:
+            raise ValueError(f"route_bits must be in [1, n_bits={self.n_bits}], got {self.route_bits}")
 
     @property
     def resolved_route_bits(self) -> int:
         if self.route_bits is not None:
             return self.route_bits
         return min(self.n_bits, max(1, math.ceil(math.log2(self.num_buckets)) + 2))
+
+
+@dataclass(frozen=True)
+class MemoryRead:
+    """How a memory is read (per call; never part of a state): each query attends to its
+    ``top_k`` most similar entries — None reads every entry — and ``mass_cap > 0`` makes the
+    read weigh as at most that many keys (:meth:`HashedMemory.mass_penalty`; 0 = as read)."""
+
+    top_k: Optional[int] = None
+    mass_cap: int = 0
+
+    def __post_init__(self):
+        if self.top_k is not None:
+            _positive_int("top_k", self.top_k, " or None (every entry)")
+        if not isinstance(self.mass_cap, int) or isinstance(self.mass_cap, bool) or self.mass_cap < 0:
+            raise ValueError(f"mass_cap must be an int ≥ 0 (0 = off), got {self.mass_cap!r}")
+
+    @property
+    def read(self) -> MemoryRead:
+        """The :class:`MemoryRead` fields alone (of a subclass instance)."""
+        return MemoryRead(self.top_k, self.mass_cap)
+
+    def top_k_for(self, capacity: int) -> int | None:
+        """Entries each query keeps in a memory of ``capacity`` entries, None for every entry.
+        The one place where a ``top_k`` of at least the capacity (every entry selected; how
+        presets wrote "read everything" before None) is read as None."""
+        return None if self.top_k is None or self.top_k >= capacity else self.top_k
 
 
 def hasher_digest(hasher) -> str:
@@ -170,7 +239,8 @@ class HashedMemory(nn.Module):
         super().__init__()
         if not dtype.is_floating_point:
             raise ValueError(f"dtype must be a floating-point dtype, got {dtype}")
-        self.config = MemoryConfig(num_buckets, slots, heads, head_dim, n_bits, route_bits, policy, batch_size, seed)
+        self.config = MemoryConfig(n_bits=n_bits, seed=seed, num_buckets=num_buckets, slots=slots, policy=policy,
+                                   heads=heads, head_dim=head_dim, route_bits=route_bits, batch_size=batch_size)
         cfg = self.config
         self.hasher_digest: str | None = None  # of a borrowed hasher, once bound
         if hasher is None:
@@ -377,35 +447,35 @@ class HashedMemory(nn.Module):
         Zero for an empty memory. No host sync (CUDA-graph safe)."""
         return (self.mass().to(dtype).log() - math.log(mass_cap)).clamp_min(0.0).unsqueeze(-1)
 
-    def attend(self, q: torch.Tensor, top_k: int, *, scale: float | None = None, return_indices: bool = False,
-               backend: str = "auto", mass_cap: int = 0):
-        """Attention of ``q (b, h, n, d)`` over its ``top_k`` most similar entries.
+    def attend(self, q: torch.Tensor, top_k: int | None = None, *, scale: float | None = None,
+               return_indices: bool = False, backend: str = "auto", mass_cap: int = 0):
+        """Attention of ``q (b, h, n, d)`` over its ``top_k`` most similar entries (None: every
+        entry); ``top_k`` and ``mass_cap`` are a :class:`MemoryRead`.
 
         Returns ``(out (b, h, n, d), lse (b, h, n))`` with lse in float32 (float64 for
         float64 queries); a query that finds no entry
         (empty memory) gets ``out = 0`` and ``lse = -inf``. Gradients flow to ``q``.
         ``backend``: ``"auto"`` (Triton for CUDA tensors that are not float64, else the
-        reference), ``"reference"`` or ``"triton"``. With ``top_k ≥ capacity`` (every entry
-        selected) ``"auto"`` and ``"reference"`` read densely instead — the same result.
+        reference), ``"reference"`` or ``"triton"``. Reading every entry (``top_k`` None, or at
+        least the capacity: :meth:`MemoryRead.top_k_for`) with ``"auto"`` or ``"reference"`` is
+        dense attention over the whole memory, without signatures or top-k — the same result.
         ``mass_cap > 0`` lowers lse by :meth:`mass_penalty` (``out`` is unchanged: it only
         matters once merged with other attention by log-sum-exp); 0 leaves it as read.
         """
         self._check(q, "q")
-        if not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1:
-            raise ValueError(f"top_k must be a positive int, got {top_k!r}")
-        if not isinstance(mass_cap, int) or isinstance(mass_cap, bool) or mass_cap < 0:
-            raise ValueError(f"mass_cap must be an int ≥ 0 (0 = off), got {mass_cap!r}")
-        res = self._attend(q, top_k, scale, return_indices, backend)
-        if mass_cap:
-            res = (res[0], res[1] - self.mass_penalty(mass_cap, res[1].dtype), *res[2:])
+        read = MemoryRead(top_k, mass_cap)  # validates both
+        res = self._attend(q, read.top_k_for(self.capacity), scale, return_indices, backend)
+        if read.mass_cap:
+            res = (res[0], res[1] - self.mass_penalty(read.mass_cap, res[1].dtype), *res[2:])
         return res
 
-    def _attend(self, q: torch.Tensor, top_k: int, scale: float | None, return_indices: bool, backend: str):
-        if top_k >= self.capacity and not return_indices and backend != "triton":
-            # every valid entry is selected: the read is dense attention over the whole memory,
-            # without signatures or top-k (the same result; at generation sizes also the fastest
-            # on a GPU: 0.145 ms dense against 0.36-0.95 ms selective, BENCHMARKS.md)
+    def _attend(self, q: torch.Tensor, top_k: int | None, scale: float | None, return_indices: bool, backend: str):
+        if top_k is None and not return_indices and backend != "triton":
+            # every entry is read: dense attention over the whole memory, without signatures or
+            # top-k (the same result; at generation sizes also the fastest on a GPU: 0.145 ms
+            # dense against 0.36-0.95 ms selective, BENCHMARKS.md)
             return self._attend_all(q, 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale))
+        top_k = self.capacity if top_k is None else top_k
         if self._backend(backend, "attend", q) == "triton":
             q_sig = None
             if not self._kernel_hasher():  # the read kernels take the hasher's own signatures
@@ -416,7 +486,7 @@ class HashedMemory(nn.Module):
         return naive.memory_attend(self.table, q, top_k, hasher=self.hasher, scale=scale, return_indices=return_indices)
 
     def _attend_all(self, q: torch.Tensor, sc: float) -> tuple[torch.Tensor, torch.Tensor]:
-        """``attend`` with ``top_k ≥ capacity``: attention over every valid entry, each weighted
+        """``attend`` of every entry: attention over every valid entry, each weighted
         by ``log(count)``. Without gradients: PyTorch's fused attention (flash on a GPU; no
         ``(n, c)`` scores held, :func:`fused_attention_lse`); with gradients (or float64):
         ``dense_attention`` in float32, queries in chunks."""

@@ -151,7 +151,7 @@ def test_learned_signatures_get_a_random_sig_twin(tiny_options):
     """A model with LearnedHash modules: random-sig reads SimHash of the same width, weights shared."""
     from diffusers import FlowMatchEulerDiscreteScheduler
 
-    from vidhash.models.transformer_vidhash import random_model
+    from vidhash.models import random_model
     from vidhash.pipelines import VidHashPipeline
 
     try:

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from vidhash.hashing import LearnedHash
-from vidhash.memory import HashedMemory
+from vidhash.memory import HashedMemory, MemoryRead
 from vidhash.models import TemporalContext, VidHashTransformer3DModel, random_model
 
 C, W, F = 4, 4, 16  # chunk frames, window frames, clip frames (older than the window: 8 frames = 512 tokens)
@@ -51,7 +51,7 @@ def _context_path(model, x, t, a, p, kv, top_k, num_buckets=1, n_bits=32, seed=0
         mem = HashedMemory(num_buckets, old if num_buckets == 1 else win0, heads=4, head_dim=32, n_bits=n_bits,
                            seed=seed + layer, hasher=None if hashers is None else hashers[layer])
         mem.write(k[:, :, :win0], v[:, :, :win0], torch.arange(win0) // n)
-        ctx.append(TemporalContext(k=k[:, :, win0:last0], v=v[:, :, win0:last0], memory=mem, top_k=top_k))
+        ctx.append(TemporalContext(k=k[:, :, win0:last0], v=v[:, :, win0:last0], memory=mem, read=MemoryRead(top_k)))
     s = slice(f - C, f)
     return model(x[:, s], t[:, s], a[:, s], p[:, s], context=ctx).sample, ctx
 

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from vidhash.memory import HashedMemory
+from vidhash.memory import HashedMemory, MemoryRead
 from vidhash.models import TemporalContext, VidHashTransformer3DModel, random_model
 
 
@@ -86,11 +86,11 @@ def test_window_plus_big_memory_equals_full_context(model):
         mem = HashedMemory(1, 256, heads=4, head_dim=32, seed=l)  # capacity 256: every token fits
         mem.write(kv_a[l][0], kv_a[l][1], 0)
         mems.append(mem)
-    ctx = [TemporalContext(k=kv_b[l][0], v=kv_b[l][1], memory=mems[l], top_k=256) for l in range(3)]
+    ctx = [TemporalContext(k=kv_b[l][0], v=kv_b[l][1], memory=mems[l], read=MemoryRead(256)) for l in range(3)]
     torch.testing.assert_close(model(x[:, 8:], t[:, 8:], a[:, 8:], p[:, 8:], context=ctx).sample, reference,
                                rtol=1e-5, atol=1e-5)
     # and a memory read with few keys is an approximation, not the same thing
-    ctx_small = [TemporalContext(k=kv_b[l][0], v=kv_b[l][1], memory=mems[l], top_k=4) for l in range(3)]
+    ctx_small = [TemporalContext(k=kv_b[l][0], v=kv_b[l][1], memory=mems[l], read=MemoryRead(4)) for l in range(3)]
     assert not torch.allclose(model(x[:, 8:], t[:, 8:], a[:, 8:], p[:, 8:], context=ctx_small).sample, reference)
 
 

@@ -53,14 +53,13 @@ def _worker(spec: dict) -> dict:
     """One clip in this process; returns timings and memory."""
     import torch
 
-    from vidhash.config import generation_config
     from vidhash.pipelines import VidHashPipeline
 
     if spec["threads"]:
         torch.set_num_threads(spec["threads"])
     device = torch.device(spec["device"])
     dtype = getattr(torch, spec["dtype"])
-    gen = generation_config(spec["preset"], [*spec.get("overrides", []), f"memory.mode={spec['mode']}"])
+    gen = _settings(spec, [*spec.get("overrides", []), f"memory.mode={spec['mode']}"])
     pipe = VidHashPipeline.load(spec.get("model") or f"random-{spec['preset']}").to(device)
     if dtype != torch.float32:
         pipe.transformer.to(dtype)
@@ -113,6 +112,15 @@ def _worker(spec: dict) -> dict:
     }
 
 
+def _settings(spec: dict, overrides: list[str]):
+    """The generation settings of a run: ``--preset``'s when given, else the ``--model``'s own
+    (its saved settings, else its size's preset: what ``vidhash generate`` uses), with ``overrides``."""
+    from vidhash.config import apply_overrides, generation_for, generation_preset
+
+    base = generation_for(spec["model"]) if spec.get("model_settings") else generation_preset(spec["preset"])
+    return apply_overrides(base, overrides)
+
+
 def _rss_now() -> int:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
@@ -161,12 +169,14 @@ def _world_speed(seconds: float = 1.0) -> float:
 def run(args) -> int:
     import torch
 
-    from vidhash.config import generation_config, preset_for_model
+    from vidhash.config import preset_for_model
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model_settings = args.preset is None and bool(args.model)  # a model without --preset: its own settings
     if args.preset is None:
         args.preset = preset_for_model(args.model) if args.model else "tiny"
-    generation_config(args.preset, [*args.set, "memory.mode=hashed"])  # a bad key fails here, not in every worker
+    _settings({"model": args.model, "preset": args.preset, "model_settings": model_settings},
+              [*args.set, "memory.mode=hashed"])  # a bad key fails here, not in every worker
     if args.model:
         from vidhash.pipelines import VidHashPipeline
 
@@ -195,7 +205,7 @@ def run(args) -> int:
                 print(f"{mode:>6} {seconds:>6g} s: skipped (cap {args.full_max_seconds:g} s)", flush=True)
                 continue
             spec = {"mode": mode, "seconds": seconds, "frames": frames, "preset": args.preset, "steps": args.steps,
-                    "model": args.model, "overrides": list(args.set),
+                    "model": args.model, "model_settings": model_settings, "overrides": list(args.set),
                     "device": device, "dtype": args.dtype, "threads": args.threads, "seed": args.seed,
                     "compile": bool(args.compile), "compile_mode": args.compile_mode,
                     "cuda_graphs": bool(args.cuda_graphs)}

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import argparse
 
-from vidhash.config import GenerateConfig, generate_config, preset_for_model, resolve_model
-from vidhash.data.world import ACTIONS
+from vidhash.camera import ACTIONS
+from vidhash.config import GenerateConfig, generate_config, resolve_model
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -41,7 +41,7 @@ def config_from_args(args: argparse.Namespace) -> GenerateConfig:
     flags = {"model": model, "seconds": args.seconds, "fps": args.fps, "out": args.out, "seed": args.seed,
              "actions": args.actions, "prompt_world": args.prompt_world, "prompt_frames": args.prompt_frames,
              "resume": args.resume, "save_state": args.save_state, "device": args.device}
-    return generate_config(args.overrides, preset=preset_for_model(model), **flags)
+    return generate_config(args.overrides, **flags)  # generation settings: the model's own, then the overrides
 
 
 def run(args: argparse.Namespace) -> int:

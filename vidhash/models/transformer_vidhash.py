@@ -45,10 +45,11 @@ from diffusers.utils import BaseOutput
 from torch import nn
 
 from ..attention import dense_attention, fused_attention_lse, merge_attention
-from ..config import PREDICTIONS
 from ..hashing import LearnedHash, SimHash
-from ..memory import HashedMemory
+from ..memory import HashedMemory, MemoryRead
 from .selection import check_select, chunk_select
+
+PREDICTIONS = ("velocity", "sample")  # what the last layer produces (the forward always returns a velocity)
 
 
 @dataclass
@@ -56,16 +57,14 @@ class TemporalContext:
     """What one layer's temporal attention sees besides the chunk itself.
 
     ``k``, ``v``: ``(batch, heads, tokens, head_dim)`` keys/values of the context frames (the
-    window), attended exactly; None for none. ``memory``: read with ``top_k`` keys per query
-    and merged by log-sum-exp; None for none. ``mass_cap > 0``: the memory read weighs at most
-    as much as that many keys (:meth:`HashedMemory.mass_penalty`); 0 = as read.
+    window), attended exactly; None for none. ``memory``: read as ``read`` says (``top_k``
+    entries per query, None for all; ``mass_cap``) and merged by log-sum-exp; None for none.
     """
 
     k: torch.Tensor | None = None
     v: torch.Tensor | None = None
     memory: HashedMemory | None = None
-    top_k: int = 0
-    mass_cap: int = 0
+    read: MemoryRead = MemoryRead()
 
 
 @dataclass
@@ -217,7 +216,7 @@ class TemporalAttention(nn.Module):
         if self._recorder is not None:
             self._recorder(q.detach(), k.detach())
         scale = self.head_dim**-0.5
-        reads_memory = ctx is not None and ctx.memory is not None and ctx.top_k > 0
+        reads_memory = ctx is not None and ctx.memory is not None
         # 1. exact part: context frames (window) + the chunk's own frames
         k_all = k if ctx is None or ctx.k is None else torch.cat([ctx.k.to(k.dtype), k], dim=2)
         v_all = v if ctx is None or ctx.v is None else torch.cat([ctx.v.to(v.dtype), v], dim=2)
@@ -232,7 +231,7 @@ class TemporalAttention(nn.Module):
         if ctx is not None and ctx.memory is not None and self.memory_hash is not None and ctx.memory.needs_hasher:
             _bind_memory_hash(ctx.memory, self.memory_hash)  # a state's memory for this model: read with its learned hash
         if reads_memory:
-            m_out, m_lse = _memory_read(ctx.memory, q, ctx.top_k, scale, ctx.mass_cap)
+            m_out, m_lse = _memory_read(ctx.memory, q, ctx.read, scale)
             out, lse = merge_attention(out, lse, m_out, m_lse)
         # 3. heads back to tokens, output projection
         h, e = out.shape[1], out.shape[3]  # b h (f n) e -> b f n (h e)
@@ -270,12 +269,12 @@ class TemporalAttention(nn.Module):
 
 
 @torch.compiler.disable
-def _memory_read(memory: HashedMemory, q: torch.Tensor, top_k: int, scale: float, mass_cap: int = 0):
+def _memory_read(memory: HashedMemory, q: torch.Tensor, read: MemoryRead, scale: float):
     """``memory.attend`` outside any compiled graph: the read is data-dependent Python (top-k
     selection, Triton launches, a dense fallback chosen by size) over buffers that change
     between chunks, so under ``torch.compile`` it runs eagerly (one graph break) rather than
     being traced and guarded on per state."""
-    return memory.attend(q, top_k, scale=scale, mass_cap=mass_cap)
+    return memory.attend(q, read.top_k, scale=scale, mass_cap=read.mass_cap)
 
 
 @torch.compiler.disable
@@ -382,16 +381,8 @@ class VidHashTransformer3DModel(ModelMixin, ConfigMixin):
         sigma_min: float = 0.05,
     ):
         super().__init__()
-        if prediction not in PREDICTIONS:
-            raise ValueError(f"prediction must be one of {', '.join(PREDICTIONS)}, got {prediction!r}")
-        if not 0.0 < sigma_min < 1.0:
-            raise ValueError(f"sigma_min must be in (0, 1), got {sigma_min}")
-        if rope and (hidden_dim // num_heads) % 4:
-            raise ValueError(f"rope needs head_dim (hidden_dim / num_heads = {hidden_dim // num_heads}) divisible by 4")
-        if hidden_dim % num_heads:
-            raise ValueError(f"hidden_dim ({hidden_dim}) must be divisible by num_heads ({num_heads})")
-        if memory_hash_bits < 0 or memory_hash_hidden < 1:
-            raise ValueError(f"memory_hash_bits must be ≥ 0 and memory_hash_hidden ≥ 1, got {memory_hash_bits}, {memory_hash_hidden}")
+        self.check_arguments(hidden_dim=hidden_dim, num_heads=num_heads, memory_hash_bits=memory_hash_bits,
+                             memory_hash_hidden=memory_hash_hidden, rope=rope, prediction=prediction, sigma_min=sigma_min)
         d = hidden_dim
         # 1. patch embedding and token positions
         self.patch_embed = nn.Linear(in_channels * patch_size**2, d)
@@ -412,6 +403,23 @@ class VidHashTransformer3DModel(ModelMixin, ConfigMixin):
         self.proj_out = nn.Linear(d, patch_size**2 * in_channels)
         self.gradient_checkpointing = False
         self._init_weights()
+
+    @staticmethod
+    def check_arguments(hidden_dim: int, num_heads: int, memory_hash_bits: int, memory_hash_hidden: int, rope: bool,
+                        prediction: str, sigma_min: float, prefix: str = "", **_) -> None:
+        """The constructor's value checks (its signature checks names and types:
+        :func:`vidhash.presets.model_arguments`); ValueError naming the argument, ``prefix`` before it."""
+        if prediction not in PREDICTIONS:
+            raise ValueError(f"{prefix}prediction must be one of {', '.join(PREDICTIONS)}, got {prediction!r}")
+        if not 0.0 < sigma_min < 1.0:
+            raise ValueError(f"{prefix}sigma_min must be in (0, 1), got {sigma_min}")
+        if hidden_dim % num_heads:
+            raise ValueError(f"{prefix}hidden_dim ({hidden_dim}) must be divisible by {prefix}num_heads ({num_heads})")
+        if rope and (hidden_dim // num_heads) % 4:
+            raise ValueError(f"{prefix}rope needs head_dim (hidden_dim / num_heads = {hidden_dim // num_heads}) divisible by 4")
+        if memory_hash_bits < 0 or memory_hash_hidden < 1:
+            raise ValueError(f"{prefix}memory_hash_bits must be ≥ 0 and {prefix}memory_hash_hidden ≥ 1, got "
+                             f"{memory_hash_bits}, {memory_hash_hidden}")
 
     # ------------------------------------------------------------------ init
     def _init_weights(self) -> None:
@@ -679,19 +687,3 @@ class VidHashTransformer3DModel(ModelMixin, ConfigMixin):
         x = self.proj_out(modulate(self.norm_out(x), shift, scale))
         y_, x_ = height // p, width // p  # b f (y x) (p q c) -> b f c (y p) (x q)
         return x.reshape(b, f, y_, x_, p, p, c).permute(0, 1, 6, 2, 4, 3, 5).reshape(b, f, c, height, width)
-
-
-def random_model(preset: str = "tiny", seed: int = 0, **overrides) -> VidHashTransformer3DModel:
-    """An untrained model of size ``preset`` (configs/models.yaml) with seeded random weights everywhere."""
-    from dataclasses import asdict
-
-    from ..config import model_config
-
-    kwargs = {**asdict(model_config(preset)), **overrides}
-    torch_state = torch.random.get_rng_state()
-    try:
-        torch.manual_seed(seed)
-        model = VidHashTransformer3DModel(**kwargs)
-    finally:
-        torch.random.set_rng_state(torch_state)
-    return model.randomize_(seed).eval()

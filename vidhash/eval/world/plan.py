@@ -71,7 +71,7 @@ def check_options(o: WorldEvalOptions) -> None:
         raise ValueError(f"--visit-seconds must give at least one frame at {o.fps} fps, got {o.visit_seconds}")
     if o.steps is not None and o.steps <= 0:
         raise ValueError(f"--steps must be positive, got {o.steps}")
-    from vidhash.config import check_guidance
+    from vidhash.generation_config import check_guidance
 
     try:
         check_guidance(1.0 if o.guidance_scale is None else o.guidance_scale, o.guidance_steps)
@@ -129,10 +129,11 @@ class Run:
 
 
 def resolve_settings(o: WorldEvalOptions, pipe, preset: str) -> dict:
-    """The generation settings of every run (the JSON's ``generation``): the model's preset, then ``o``'s."""
-    from vidhash.config import generation_config
+    """The generation settings of every run (the JSON's ``generation``): the pipeline's own
+    (``pipe.generation_config``: saved with it, else its size's ``preset``), then ``o``'s."""
+    from vidhash.config import apply_overrides
 
-    gen = generation_config(preset, [f"memory.{kv}" for kv in o.memory])
+    gen = apply_overrides(pipe.generation_config, [f"memory.{kv}" for kv in o.memory])
     size = o.frame_size or gen.height
     if gen.height != gen.width and o.frame_size is None:
         raise ValueError(f"the {preset} preset's frames are {gen.height}×{gen.width}; the world view is square")

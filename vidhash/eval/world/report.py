@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from vidhash.files import umask
+
 from .plan import MODES, SCHEMA, TIME_PARTS
 
 
@@ -226,9 +228,7 @@ def write_atomic(path: str, write) -> None:
     os.close(fd)
     try:
         write(tmp)
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(tmp, 0o666 & ~mask)
+        os.chmod(tmp, 0o666 & ~umask())  # mkstemp makes 0600
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -139,13 +139,13 @@ def _noise_seed(seed: int, gap: int, setting: str) -> int:
 
 
 def memory_config(g: dict, mode: str, n_bits: int | None):
-    """The ``TemporalMemoryConfig`` of ``mode`` under resolved settings ``g`` (``random-sig``: SimHash of ``n_bits``)."""
-    from vidhash.config import TemporalMemoryConfig
+    """The ``MemorySettings`` of ``mode`` under resolved settings ``g`` (``random-sig``: SimHash of ``n_bits``)."""
+    from vidhash.generation_config import MemorySettings
 
     mem = dict(g["memory"], mode="hashed" if mode == "random-sig" else mode)
     if mode == "random-sig" and n_bits:
         mem["n_bits"] = n_bits
-    return TemporalMemoryConfig(**mem)
+    return MemorySettings(**mem)
 
 
 def generate_loop(pipe, g: dict, plan, setting: str, mode: str, seed: int, truth: np.ndarray, n_bits=None,
