@@ -23,7 +23,7 @@ index at ``time_freqs`` frequencies (``text_dim = num_actions + 2·time_freqs``)
 because Wan's tokens carry no absolute frame index (its 3D rope is relative and cross-attention
 has none): through cross-attention alone a frame could not find its own action; the planes give
 each frame its action, the tokens give every token the whole trajectory. Action ids are
-``vidhash.data.world.ACTIONS`` plus ``NULL_ACTION`` (no action: videos, unconditional clips).
+``vidhash.camera.ACTIONS`` plus ``NULL_ACTION`` (no action: videos, unconditional clips).
 
 **Frame prompts.** ``context_frames`` (the first k frames, clean) enter through the context
 channels; the model was trained with such prompts on a share of its clips. They are pasted back
@@ -51,7 +51,7 @@ from diffusers.schedulers import FlowMatchEulerDiscreteScheduler
 from diffusers.utils.torch_utils import randn_tensor
 from einops import rearrange
 
-from vidhash.data.world import ACTIONS
+from vidhash.camera import ACTIONS
 
 PREDICTIONS = ("velocity", "sample")
 OUTPUT_TYPES = ("np", "pt", "latent")

@@ -142,16 +142,12 @@ def _imports(path: Path) -> set[str]:
     return names
 
 
-# Files of other pipelines that still import the world for its camera names (vidhash.camera has them).
-KNOWN_WORLD_IMPORTS = {"pipelines/pipeline_wan_mini.py"}  # wan-mini's pipeline (issue 17): ACTIONS
 
 
 @pytest.mark.parametrize("folder", ["pipelines", "vidhash/models"])
 def test_the_pipeline_and_the_model_import_neither_the_app_config_nor_the_world(folder):
     for path in sorted((ROOT / folder).glob("*.py")):
         bad = {n for n in _imports(path) if n == "vidhash.config" or n.startswith(("vidhash.config.", "vidhash.data"))}
-        if str(path.relative_to(ROOT)) in KNOWN_WORLD_IMPORTS:
-            bad = {n for n in bad if not n.startswith("vidhash.data.world")}
         assert not bad, f"{path.relative_to(ROOT)} imports {sorted(bad)}"
 
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from reliability_helpers import LINKED
 
 REPO = Path(__file__).resolve().parents[2]
 FAST = ["--seconds", "1", "--quiet", "num_inference_steps=1", "height=32", "width=32"]
@@ -57,7 +58,6 @@ def generate(tmp: Path, out: str, *extra: str) -> Run:
     return Run(["generate", "--model", "random-tiny", "--out", str(tmp / out), *FAST, *extra], tmp)
 
 
-LINKED = ["clip.mp4", "clip.poses.json", "clip.config.yaml", "clip.partial.config.yaml", "clip.poses.json.tmp", "state.pt"]
 
 
 def _race(root: Path) -> dict:
@@ -142,13 +142,3 @@ def scenarios(tmp_path_factory) -> dict:
                 if run.proc.poll() is None:
                     run.proc.kill()
                     run.proc.wait()
-
-
-def one_line(err: str) -> str:
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    return lines[0]
-
-
-def read_json(path: Path):
-    return json.loads(path.read_text())

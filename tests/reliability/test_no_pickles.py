@@ -2,7 +2,7 @@
 payload, and the refusal is one line with exit status 2 (issue 20 defect 2, subprocesses)."""
 from __future__ import annotations
 
-from conftest import one_line
+from reliability_helpers import one_line
 
 
 def test_crafted_checkpoint_is_refused_unrun(scenarios):

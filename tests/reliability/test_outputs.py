@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import LINKED, one_line, read_json
+from reliability_helpers import LINKED, one_line, read_json
 from vidhash.config import GenerateConfig, generate_config, load_config
 from vidhash.data.video import read_frames
 from vidhash.generate import check_request

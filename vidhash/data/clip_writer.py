@@ -55,8 +55,10 @@ except ImportError:  # not POSIX: O_EXCL alone guards the name
 
 import numpy as np
 
+from vidhash.files import umask
+
 from .video import Mp4Writer, partial_path
-from .world import ACTIONS
+from vidhash.camera import ACTIONS
 
 
 def _stem(path: Path) -> Path:
@@ -69,17 +71,11 @@ def _write_json(path: Path, data: dict) -> None:
     try:
         with os.fdopen(fd, "w") as f:
             f.write(json.dumps(data))
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; the usual permissions
+        os.chmod(tmp, 0o666 & ~umask())  # mkstemp makes 0600; the usual permissions
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def output_paths(out: str | os.PathLike) -> dict[str, Path]:

@@ -38,9 +38,8 @@ import torch
 from torch.utils.data import Dataset
 
 from .clips import VideoFolderDataset
-from .world import NULL_ACTION, ProceduralWorld, RandomTrajectory
+from .world import HELDOUT_WORLD_SEED, NULL_ACTION, ProceduralWorld, RandomTrajectory
 
-HELDOUT_WORLD_SEED = 1_000_000  # world seeds >= this are evaluation-only (as vidhash.training.config)
 INVERSE_ACTION = np.array([0, 2, 1, 4, 3, NULL_ACTION], dtype=np.int64)  # stay, up<->down, left<->right, null
 SOURCES = ("world", "video")
 TRAJECTORIES = ("out_and_back", "random", "mixed")

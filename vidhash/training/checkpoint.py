@@ -30,6 +30,8 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from vidhash.files import umask
+
 LATEST = "latest"
 META = "meta.json"  # written last: a folder with it is complete
 META_TENSORS = "meta.safetensors"
@@ -57,16 +59,10 @@ def _write_file(path: Path, write) -> None:
         os.fsync(f.fileno())
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def _fresh_dir(root: Path, prefix: str) -> Path:
     """A new folder under ``root`` with a random name (``mkdtemp``), given the usual permissions."""
     path = Path(tempfile.mkdtemp(prefix=prefix, dir=root))
-    os.chmod(path, 0o777 & ~_umask())
+    os.chmod(path, 0o777 & ~umask())
     return path
 
 
@@ -124,7 +120,7 @@ def save_checkpoint(root: str | os.PathLike, step: int, tensors: dict[str, dict[
             f.write(name + "\n")
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(pointer, 0o666 & ~_umask())
+        os.chmod(pointer, 0o666 & ~umask())
         os.replace(pointer, root / LATEST)
         _fsync_dir(root)
     except BaseException:
