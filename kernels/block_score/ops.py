@@ -1,0 +1,122 @@
+"""Launcher of the block-score kernel and ``select_blocks_codes`` (pooled / learned block codes).
+
+Letters: b batch, h heads, c query blocks, j key blocks, r code width.
+
+Forward only: selection is discrete. The torch reference of exactly what the kernel computes is
+:mod:`.naive` (``backend="reference"``); both read the same int8 codes.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+
+from vidhash.attention import BlockSelection, _check_block, _check_count, _check_density, _check_qkv, _scale
+
+from .kernel import block_score_kernel
+from .naive import RESOLUTION, block_score_reference, pooled_codes, quantize_codes
+
+_INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+BACKENDS = ("auto", "triton", "reference")
+
+
+def _tiles(nqb: int, nkb: int) -> tuple[int, int, int]:
+    """``(BLOCK_M, BLOCK_N, num_warps)``: one bounded choice per size (no autotune)."""
+    if _INTERPRET:
+        return 16, 16, 4
+    block_m = 16 if nqb <= 4096 else 32
+    return block_m, 128 if nkb >= 128 else max(16, triton.next_power_of_2(nkb)), 4
+
+
+def select_from_codes(
+    qi: torch.Tensor,
+    ki: torch.Tensor,
+    shift: torch.Tensor,
+    *,
+    kept: int,
+    num_queries: int,
+    num_keys: int,
+    block_size: int,
+    query_block_size: int,
+    local_blocks: int,
+    sink_blocks: int,
+    causal: bool,
+) -> torch.Tensor:
+    """Run the kernel on int8 codes ``qi (b, h, nqb, R)``, ``ki (b, h, nkb, R)`` and ``shift (b·h,)``
+    (from :func:`.naive.quantize_codes`). Returns int32 indices ``(b, h, nqb, kept)``, ascending,
+    ``-1``-padded — equal to :func:`.naive.block_score_reference`'s."""
+    if qi.dtype != torch.int8 or ki.dtype != torch.int8:
+        raise ValueError(f"codes must be int8, got {qi.dtype} and {ki.dtype}")
+    if qi.shape[:2] != ki.shape[:2] or qi.shape[-1] != ki.shape[-1]:
+        raise ValueError(f"qi {tuple(qi.shape)} and ki {tuple(ki.shape)} disagree in (b, h) or width")
+    b, h, nqb, width = qi.shape
+    nkb = ki.shape[-2]
+    if nqb != -(-num_queries // query_block_size) or nkb != -(-num_keys // block_size):
+        raise ValueError(f"expected {-(-num_queries // query_block_size)} query-block and {-(-num_keys // block_size)} "
+                         f"key-block codes, got {nqb} and {nkb}")
+    if width & (width - 1) or width < 32:
+        raise ValueError(f"code width must be a power of two ≥ 32, got {width}")
+    if shift.numel() != b * h:
+        raise ValueError(f"shift must hold b·h = {b * h} values, got {shift.numel()}")
+    qi, ki = qi.contiguous(), ki.contiguous()
+    shift = shift.to(device=qi.device, dtype=torch.int32).contiguous()
+    out = torch.empty(b, h, nqb, kept, dtype=torch.int32, device=qi.device)
+    block_m, block_n, warps = _tiles(nqb, nkb)
+    grid = (triton.cdiv(nqb, block_m), b * h)
+    block_score_kernel[grid](
+        qi, ki, shift, out,
+        *qi.stride()[:3], *ki.stride()[:3], *out.stride()[:3],
+        h, num_queries, num_keys, nqb, nkb, kept, query_block_size, block_size, local_blocks, sink_blocks,
+        R=width, CAUSAL=bool(causal), BLOCK_M=block_m, BLOCK_N=block_n, num_warps=warps,
+    )
+    return out
+
+
+@torch.no_grad()
+def select_blocks_codes(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    *,
+    density: float = 0.125,
+    block_size: int = 64,
+    query_block_size: int | None = None,
+    local_blocks: int = 1,
+    sink_blocks: int = 1,
+    causal: bool = False,
+    scale: float | None = None,
+    scorer=None,
+    resolution: float = RESOLUTION,
+    backend: str = "auto",
+) -> BlockSelection:
+    """Block selection by exact block-code scores (``pooled`` by default, or a
+    :class:`~vidhash.selection.learned.LearnedBlockScorer` with real codes), the top-k fused in the
+    kernel (``backend="triton"``, the default on CUDA) or in torch (``"reference"``, identical
+    indices). Same arguments and rules as :func:`vidhash.attention.select_blocks` (``kept``, forced
+    sink/local blocks, causal) with ties between equal *levels* (``resolution`` nats wide) to the
+    lower block index."""
+    from vidhash.selection.scorers import num_kept
+
+    _check_qkv(q, k)
+    density = _check_density(density)
+    bk = _check_block("block_size", block_size)
+    bq = _check_block("query_block_size", query_block_size if query_block_size is not None else block_size)
+    _check_count("local_blocks", local_blocks)
+    _check_count("sink_blocks", sink_blocks)
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    nq, nk = q.shape[-2], k.shape[-2]
+    kept = num_kept(nq, nk, density=density, block_size=bk, query_block_size=bq, local_blocks=local_blocks,
+                    sink_blocks=sink_blocks, causal=causal, device=q.device)
+    if scorer is None:
+        cq, ck = pooled_codes(q, k, bk, bq, _scale(scale, q.shape[-1]))
+    elif getattr(scorer, "code_kind", None) == "real":
+        cq, ck = scorer.block_codes(q, bq, "query"), scorer.block_codes(k, bk, "key")
+    else:
+        raise ValueError("scorer must be None (pooled) or a LearnedBlockScorer with codes='real'")
+    qi, ki, shift = quantize_codes(cq, ck, resolution)
+    kw = dict(kept=kept, num_queries=nq, num_keys=nk, block_size=bk, query_block_size=bq,
+              local_blocks=local_blocks, sink_blocks=sink_blocks, causal=causal)
+    use_kernel = backend == "triton" or (backend == "auto" and q.is_cuda)
+    idx = select_from_codes(qi, ki, shift, **kw) if use_kernel else block_score_reference(qi, ki, shift, **kw)
+    return BlockSelection(idx, bk, bq, nq, nk, causal)

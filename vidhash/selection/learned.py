@@ -1,0 +1,217 @@
+"""Learned block scorer: per-head codes of query and key blocks, fitted to rank key blocks by the
+exact attention mass they hold (HashAttention's recipe lifted from tokens to blocks).
+
+Letters: b batch, h heads, n tokens, d head_dim, c query blocks, j key blocks, r code width,
+f block features, e hidden width.
+
+A block's code is ``φ(x) (r,)`` per head: ``"linear"`` maps the block's mean token (``r × d``
+matrices, initialised so that the score starts as ``pooled``'s ``s · q̄ · k̄``), ``"mlp"`` runs a
+small per-token MLP and averages its outputs over the block (per-token codes, pooled). Scores:
+
+* ``codes="real"`` — ``φ_q(i) · φ_k(j)``: the same dot product as ``pooled``, so the
+  ``kernels/block_score`` kernel runs it at ``pooled``'s cost (codes of width r instead of d);
+* ``codes="bits"`` — sign bits of the codes and Hamming similarity: block signatures for the
+  existing SimHash selection kernel (``kernels/block_select``).
+
+:meth:`LearnedBlockScorer.fit` records the exact block masses ``M[i, j]``
+(:func:`vidhash.selection.oracle.block_mass`) of the given activations and minimises, per query
+block, the cross-entropy between the mass distribution ``M[i, :] / Σ M[i, :]`` and the softmax of
+the scores over key blocks (a listwise ranking loss: the heaviest blocks carry the most weight),
+blocks that ``local_blocks`` / ``sink_blocks`` force left out; or (``loss="bce"``) HashAttention's
+weighted BCE with the oracle's top-``kept`` blocks as positives. Bits train through ``tanh``.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vidhash.attention import _forced_and_allowed
+from vidhash.hashing import hamming_similarity, pack_bits
+
+from .oracle import block_mass, eval_query_blocks
+
+
+FEATURES = ("linear", "minmax", "mlp")
+
+
+class LearnedBlockScorer(nn.Module):
+    """Per-head learned block codes (see the module docstring).
+
+    >>> scorer = LearnedBlockScorer(64, heads=2)
+    >>> q, k = torch.randn(1, 2, 512, 64), torch.randn(1, 2, 512, 64)
+    >>> report = scorer.fit(q, k, block_size=32, query_block_size=64, kept=2, steps=5)
+    >>> scorer.block_scores(q, k, torch.arange(8), block_size=32, query_block_size=64).shape
+    torch.Size([1, 2, 8, 16])
+    """
+
+    def __init__(self, head_dim: int, heads: int, *, rank: int | None = None, features: str = "linear",
+                 codes: str = "real", hidden: int = 64, scale: float | None = None, seed: int = 0):
+        super().__init__()
+        if features not in FEATURES:
+            raise ValueError(f"features must be one of {FEATURES}, got {features!r}")
+        if codes not in ("real", "bits"):
+            raise ValueError(f"codes must be 'real' or 'bits', got {codes!r}")
+        if head_dim < 1 or heads < 1:
+            raise ValueError(f"head_dim and heads must be positive, got {head_dim}, {heads}")
+        r = head_dim if rank is None else int(rank)
+        if not 1 <= r <= 256:
+            raise ValueError(f"rank must be in [1, 256], got {rank!r}")
+        self.head_dim, self.heads, self.rank, self.features, self.code_kind = head_dim, heads, r, features, codes
+        self.scale = 1.0 / math.sqrt(head_dim) if scale is None else float(scale)
+        g = torch.Generator().manual_seed(seed)
+        # 1. linear maps start as sqrt(s) · (first r coordinates): score = s · q̄ · k̄ at init (r = d)
+        fin = 3 * head_dim if features == "minmax" else head_dim
+        eye = torch.eye(fin, r) + 0.01 * torch.randn(fin, r, generator=g)
+        init = eye.expand(heads, fin, r).clone() * math.sqrt(self.scale)
+        self.wq, self.wk = nn.Parameter(init.clone()), nn.Parameter(init.clone())
+        # 2. per-token MLPs (features="mlp"): residual on top of the linear map, zero at init
+        if features == "mlp":
+            self.hq = nn.Parameter(torch.randn(heads, head_dim, hidden, generator=g) / math.sqrt(head_dim))
+            self.hk = nn.Parameter(torch.randn(heads, head_dim, hidden, generator=g) / math.sqrt(head_dim))
+            self.oq, self.ok = nn.Parameter(torch.zeros(heads, hidden, r)), nn.Parameter(torch.zeros(heads, hidden, r))
+        self.log_temp = nn.Parameter(torch.zeros(()))  # bits: score = exp(log_temp) · 8 · mean(c_q c_k)
+        self.bias = nn.Parameter(torch.zeros(()))  # loss="bce": logit = score − bias
+
+    # ----------------------------------------------------------------------------- codes
+    def token_codes(self, x: torch.Tensor, role: str) -> torch.Tensor:
+        """Per-token real codes ``(b, h, n, r)`` (their block mean is the block's code)."""
+        x = x.float()
+        w = self.wq if role == "query" else self.wk
+        z = torch.matmul(x, w)
+        if self.features == "mlp":
+            hw, ow = (self.hq, self.oq) if role == "query" else (self.hk, self.ok)
+            z = z + torch.matmul(F.silu(torch.matmul(x, hw)), ow)
+        return z
+
+    def block_codes(self, x: torch.Tensor, block_size: int, role: str) -> torch.Tensor:
+        """Real codes ``(b, h, nb, r)`` of each block of ``x (b, h, n, d)``: mean of token codes
+        over the block's real tokens (for ``"linear"``, the code of the mean token)."""
+        from .scorers import block_moments, block_pool3
+
+        if role not in ("query", "key"):
+            raise ValueError(f"role must be 'query' or 'key', got {role!r}")
+        if x.shape[-3] != self.heads or x.shape[-1] != self.head_dim:
+            raise ValueError(f"x must be (b, heads={self.heads}, n, head_dim={self.head_dim}), got {tuple(x.shape)}")
+        if self.features == "linear":
+            return torch.matmul(block_moments(x, block_size), self.wq if role == "query" else self.wk)
+        if self.features == "minmax":
+            return torch.matmul(block_pool3(x, block_size), self.wq if role == "query" else self.wk)
+        return block_moments(self.token_codes(x, role), block_size)
+
+    def signatures(self, x: torch.Tensor, block_size: int, role: str) -> torch.Tensor:
+        """Packed sign bits ``(b, h, nb, w)`` int32 of the block codes (``codes="bits"``)."""
+        return pack_bits(self.block_codes(x, block_size, role) > 0)
+
+    def pair_scores(self, cq: torch.Tensor, ck: torch.Tensor) -> torch.Tensor:
+        """Scores ``(b, h, c, j)`` from real block codes (bits: tanh while training, sign otherwise)."""
+        if self.code_kind == "real":
+            return torch.matmul(cq, ck.transpose(-1, -2))
+        if self.training:
+            cq, ck = torch.tanh(cq), torch.tanh(ck)
+        else:
+            cq, ck = torch.sign(cq), torch.sign(ck)
+        return torch.matmul(cq, ck.transpose(-1, -2)) * (8.0 * self.log_temp.exp() / self.rank)
+
+    @torch.no_grad()
+    def block_scores(self, q, k, blocks, *, block_size: int, query_block_size: int, cache: dict | None = None):
+        """Scores ``(b, h, c, nkb)`` for the query blocks ``blocks`` (the scorer protocol of
+        :func:`vidhash.selection.scorers.score_blocks`). Bits: Hamming similarity, exactly."""
+        cache = {} if cache is None else cache
+        key = ("learned", id(self))
+        if key not in cache:
+            cache[key] = (self.block_codes(q, query_block_size, "query"), self.block_codes(k, block_size, "key"))
+        cq, ck = cache[key]
+        cq = cq[:, :, blocks]
+        if self.code_kind == "bits":
+            return hamming_similarity(pack_bits(cq > 0), pack_bits(ck > 0), self.rank).float()
+        return self.pair_scores(cq, ck)
+
+    # ----------------------------------------------------------------------------- fitting
+    def fit(self, q: torch.Tensor, k: torch.Tensor, *, block_size: int, query_block_size: int, kept: int,
+            causal: bool = False, local_blocks: int = 0, sink_blocks: int = 0, steps: int = 300,
+            lr: float = 1e-2, loss: str = "ce", pos_weight: float = 20.0, decay: float = 1e-3,
+            max_query_blocks: int | None = 512, seed: int = 0) -> dict:
+        """Fit on recorded ``q, k (b, h, n, d)`` (any number of clips/steps stacked in ``b``).
+
+        ``kept`` is the budget the scorer will serve (the ``bce`` positives; reported recall).
+        ``decay`` pulls the weights towards their pooled initialisation. Returns the kept mass
+        share (``kept`` blocks by score against the oracle's) before and after, and the loss.
+        """
+        if loss not in ("ce", "bce"):
+            raise ValueError(f"loss must be 'ce' or 'bce', got {loss!r}")
+        data = _fit_data(q, k, block_size, query_block_size, causal, local_blocks, sink_blocks, max_query_blocks)
+        before = self._kept_share(data, kept)
+        init = {name: p.detach().clone() for name, p in self.named_parameters()}
+        opt = torch.optim.Adam(self.parameters(), lr=lr)
+        was = self.training
+        self.train()
+        value = float("nan")
+        torch.manual_seed(seed)
+        for _ in range(steps):
+            score = self._fit_scores(data)
+            if loss == "ce":
+                obj = _listwise_ce(score, data)
+            else:
+                obj = _weighted_bce(score - self.bias, data, kept, pos_weight)
+            reg = sum(((p - init[n]) ** 2).sum() for n, p in self.named_parameters() if n not in ("log_temp", "bias"))
+            total = obj + decay * reg
+            opt.zero_grad(set_to_none=True)
+            total.backward()
+            opt.step()
+            value = float(obj)
+        self.train(was)
+        return {"kept_share_before": before, "kept_share_after": self._kept_share(data, kept), "loss": value}
+
+    def _fit_scores(self, data: dict) -> torch.Tensor:
+        cq = self.block_codes(data["q"], data["bq"], "query")[:, :, data["blocks"]]
+        ck = self.block_codes(data["k"], data["bk"], "key")
+        return self.pair_scores(cq, ck)
+
+    @torch.no_grad()
+    def _kept_share(self, data: dict, kept: int) -> float:
+        """Mass of the ``kept`` best-scored selectable blocks over the oracle's (forced left out)."""
+        was = self.training
+        self.eval()
+        score = self._fit_scores(data).masked_fill(~data["free"], float("-inf"))
+        self.train(was)
+        mass = data["mass"].masked_fill(~data["free"], 0.0)
+        kk = min(kept, mass.shape[-1])
+        got = mass.gather(-1, score.topk(kk, dim=-1).indices).sum()
+        best = mass.topk(kk, dim=-1).values.sum()
+        return float(got / best.clamp(min=1e-30))
+
+
+def _fit_data(q, k, bk, bq, causal, local_blocks, sink_blocks, max_query_blocks) -> dict:
+    """Training tensors: the exact block masses of (a spread of) query blocks and which key blocks
+    are free to choose (allowed and not forced)."""
+    q, k = q.detach(), k.detach()
+    nq, nk = q.shape[-2], k.shape[-2]
+    blocks = eval_query_blocks(-(-nq // bq), max_query_blocks, q.device)
+    mass, counts = block_mass(q, k, block_size=bk, query_block_size=bq, causal=causal, query_blocks=blocks)
+    forced, allowed = _forced_and_allowed(blocks, nq, nk, bq, bk, local_blocks, sink_blocks, causal)
+    free = (allowed & ~forced).expand_as(mass)
+    return {"q": q, "k": k, "bq": bq, "bk": bk, "blocks": blocks, "mass": mass, "free": free}
+
+
+def _listwise_ce(score: torch.Tensor, data: dict) -> torch.Tensor:
+    free = data["free"]
+    target = data["mass"].masked_fill(~free, 0.0)
+    total = target.sum(-1, keepdim=True)
+    rows = total.squeeze(-1) > 0
+    target = target / total.clamp(min=1e-30)
+    logp = torch.log_softmax(score.masked_fill(~free, float("-inf")), dim=-1)
+    ce = -(target * logp.masked_fill(~free, 0.0)).sum(-1)
+    return ce[rows].mean() if rows.any() else ce.sum() * 0
+
+
+def _weighted_bce(score: torch.Tensor, data: dict, kept: int, pos_weight: float) -> torch.Tensor:
+    free = data["free"]
+    mass = data["mass"].masked_fill(~free, -1.0)
+    kth = mass.topk(min(kept, mass.shape[-1]), dim=-1).values[..., -1:]
+    target = ((mass >= kth) & free).float()
+    bce = F.binary_cross_entropy_with_logits(score, target, pos_weight=torch.tensor(pos_weight, device=score.device),
+                                             reduction="none")
+    return bce[free].mean()
