@@ -1,11 +1,14 @@
 """Torch reference of the block-score kernel, and the block codes both of them read (no triton).
 
-Letters: b batch, h heads, n tokens, d head_dim, c query blocks, j key blocks, r code width.
+Letters: b batch, h heads, n tokens, d head_dim, c query blocks, m sub-centroids of a query
+block, j key blocks, p key sub-blocks of a key block, r code width.
 
 Pipeline (shared by :mod:`.ops` and this reference; only step 3 differs):
 
-1. block codes in nats: :func:`pooled_codes` (``√s · mean token`` of every block, so that
-   ``code_q · code_k = s · q̄ · k̄``) or a learned scorer's codes;
+1. block codes in nats: :func:`subgrid_codes` — ``√s`` times the mean of each of the ``m`` runs
+   of ``query_block_size / m`` queries of a query block and of each run of ``sub`` keys of a key
+   block (``m = 1, sub = block_size``: ``pooled``, ``code_q · code_k = s · q̄ · k̄``), or a
+   learned scorer's codes;
 2. :func:`quantize_codes`: int8 codes, one scale per (batch, head) and role, width padded to
    ``R`` (a power of two ≥ 32); ``shift`` per (batch, head) so that one level (``2^shift``
    integer score units) is at most ``resolution`` nats;
@@ -22,8 +25,9 @@ import torch.nn.functional as F
 
 from vidhash.attention import _forced_and_allowed
 
-RESOLUTION = 1.0 / 16  # nats per level: 256 levels span 16 nats below a row's best free block
+RESOLUTION = 1.0 / 16  # nats per level at most: 256 levels span ≥ 16 nats below a row's best
 MIN_WIDTH = 32  # int8 tl.dot needs K ≥ 32
+_NEG = -(1 << 30)
 _CHUNK_ELEMS = 1 << 23
 
 
@@ -33,8 +37,9 @@ def code_width(r: int) -> int:
 
 
 def block_means(x: torch.Tensor, block_size: int) -> torch.Tensor:
-    """Mean token of each block of ``x (b, h, n, d)`` over its real tokens, float32 ``(b, h, nb, d)``;
-    sums in float32 straight from ``x``'s dtype (no float32 copy of ``x``)."""
+    """Mean token of each run of ``block_size`` tokens of ``x (b, h, n, d)`` (a partial last run:
+    over its real tokens), float32 ``(b, h, ceil(n / block_size), d)``; sums in float32 straight
+    from ``x``'s dtype (no float32 copy of ``x``)."""
     b, h, n, d = x.shape
     full = n // block_size
     parts = []
@@ -46,22 +51,46 @@ def block_means(x: torch.Tensor, block_size: int) -> torch.Tensor:
     return torch.cat(parts, dim=2) if len(parts) > 1 else parts[0]
 
 
-def pooled_codes(q: torch.Tensor, k: torch.Tensor, block_size: int, query_block_size: int, scale: float):
-    """``pooled``'s block codes ``(b, h, nqb, d)``, ``(b, h, nkb, d)``: ``√s`` times the mean token."""
-    root = math.sqrt(scale)
-    return block_means(q, query_block_size) * root, block_means(k, block_size) * root
+def check_grid(block_size: int, query_block_size: int, m: int, sub: int) -> tuple[int, int]:
+    """``(m, p)``: sub-centroids per query block and key sub-blocks per key block."""
+    if not isinstance(m, int) or m < 1 or query_block_size % m:
+        raise ValueError(f"m must be a positive int dividing query_block_size={query_block_size}, got {m!r}")
+    if not isinstance(sub, int) or sub < 1 or block_size % sub:
+        raise ValueError(f"sub must be a positive int dividing block_size={block_size}, got {sub!r}")
+    return m, block_size // sub
+
+
+def subgrid_codes(q: torch.Tensor, k: torch.Tensor, block_size: int, query_block_size: int, scale: float,
+                  m: int = 1, sub: int | None = None, project=None):
+    """Codes ``(b, h, nqb·m, ·)`` and ``(b, h, nkb·p, ·)`` in nats: ``√s ·`` the mean of each run of
+    ``query_block_size / m`` queries and ``sub`` keys (default ``sub = block_size``), runs past the
+    end zero. ``project(x, role)`` (a learned scorer's map of mean tokens) replaces ``√s · x``."""
+    sub = block_size if sub is None else sub
+    m, p = check_grid(block_size, query_block_size, m, sub)
+    nqb, nkb = -(-q.shape[-2] // query_block_size), -(-k.shape[-2] // block_size)
+    cq, ck = block_means(q, query_block_size // m), block_means(k, sub)
+    if project is None:
+        root = math.sqrt(scale)
+        cq, ck = cq * root, ck * root
+    else:
+        cq, ck = project(cq, "query"), project(ck, "key")
+    cq = F.pad(cq, (0, 0, 0, nqb * m - cq.shape[-2]))
+    ck = F.pad(ck, (0, 0, 0, nkb * p - ck.shape[-2]))
+    return cq, ck
 
 
 def quantize_codes(cq: torch.Tensor, ck: torch.Tensor, resolution: float = RESOLUTION):
     """int8 codes ``(b, h, ·, R)`` and int32 ``shift (b·h,)`` from float codes (see module docstring).
 
     Per (batch, head): ``code ≈ int8 · scale`` with ``scale = max|code| / 127``; an integer score
-    unit is ``scale_q · scale_k`` nats and ``shift = floor(log2(resolution / unit))`` (≥ 0).
+    unit is ``scale_q · scale_k`` nats and ``shift = floor(log2(resolution / unit))`` (in [0, 24]).
     """
     if not resolution > 0:
         raise ValueError(f"resolution must be positive, got {resolution!r}")
     if cq.shape[:2] != ck.shape[:2] or cq.shape[-1] != ck.shape[-1]:
         raise ValueError(f"query codes {tuple(cq.shape)} and key codes {tuple(ck.shape)} disagree in (b, h) or width")
+    if cq.shape[-1] > 256:
+        raise ValueError(f"codes are at most 256 wide, got {cq.shape[-1]}")
     width = code_width(cq.shape[-1])
 
     def q8(x):
@@ -72,18 +101,19 @@ def quantize_codes(cq: torch.Tensor, ck: torch.Tensor, resolution: float = RESOL
 
     qi, sq = q8(cq)
     ki, sk = q8(ck)
-    unit = sq * sk
-    shift = torch.floor(torch.log2(resolution / unit)).clamp(min=0, max=24).to(torch.int32)
+    shift = torch.floor(torch.log2(resolution / (sq * sk))).clamp(min=0, max=24).to(torch.int32)
     return qi, ki, shift
 
 
-def levels(s: torch.Tensor, free: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
-    """Levels in ``[0, 255]`` of integer scores ``s (b, h, c, j)`` (int64) relative to each row's best
-    ``free`` score; ``shift (b, h, 1, 1)``."""
-    smax = torch.where(free, s, torch.full_like(s, -2147483647)).amax(-1, keepdim=True)
-    coarse = (s >> (shift + 4)) - (smax >> (shift + 4)) + 15
-    fine = (s >> shift) & 15
-    return torch.where(coarse < 0, 0, coarse.clamp(max=15) * 16 + fine)
+def pair_levels(s: torch.Tensor, cell_ok: torch.Tensor, free_cells: torch.Tensor, m: int, p: int,
+                shift: torch.Tensor) -> torch.Tensor:
+    """Levels ``(b, h, c, j)`` in [0, 255] from int64 cell scores ``s (b, h, c·m, j·p)``: each
+    sub-centroid normalised by its best free cell, the best cell of each pair, ``2^shift`` per level."""
+    smax = torch.where(free_cells & cell_ok, s, _NEG).amax(-1, keepdim=True)
+    n = torch.where(cell_ok, s - smax, _NEG)
+    b, h, cm, jp = n.shape
+    n = n.reshape(b, h, cm // m, m, jp // p, p).amax(dim=(3, 5))
+    return torch.clamp(255 + (n >> shift), min=0)
 
 
 @torch.no_grad()
@@ -100,24 +130,35 @@ def block_score_reference(
     local_blocks: int,
     sink_blocks: int,
     causal: bool,
+    m: int = 1,
+    sub: int | None = None,
 ) -> torch.Tensor:
     """Indices ``(b, h, nqb, kept)`` int32 of the kernel, in torch (chunks of query blocks)."""
-    b, h, nqb, _ = qi.shape
-    nkb = ki.shape[-2]
+    m, p = check_grid(block_size, query_block_size, m, block_size if sub is None else sub)
+    b, h = qi.shape[:2]
+    nqb, nkb = -(-num_queries // query_block_size), -(-num_keys // block_size)
+    nsub = -(-num_keys // (block_size // p))
     sh = shift.to(qi.device).reshape(b, h, 1, 1).to(torch.int64)
     kf = ki.float()
+    col_ok = torch.arange(nkb * p, device=qi.device) < nsub
     out = torch.empty(b, h, nqb, kept, dtype=torch.int32, device=qi.device)
     tie = nkb - torch.arange(nkb, device=qi.device, dtype=torch.int64)
-    chunk = max(1, _CHUNK_ELEMS // max(1, b * h * nkb))
+    chunk = max(1, _CHUNK_ELEMS // max(1, b * h * nkb * m * p))
     for start in range(0, nqb, chunk):
         rows = torch.arange(start, min(nqb, start + chunk), device=qi.device)
+        c = rows.numel()
         forced, allowed = _forced_and_allowed(rows, num_queries, num_keys, query_block_size, block_size,
                                               local_blocks, sink_blocks, causal)
-        # integer scores, exact in float32 (|s| ≤ R · 127² < 2^24)
-        s = torch.matmul(qi[:, :, rows].float(), kf.transpose(-1, -2)).to(torch.int64)
-        lvl = torch.where(forced, 256, levels(s, allowed & ~forced, sh))
+        # 1. integer cell scores, exact in float32 (|s| ≤ R · 127² < 2^24)
+        s = torch.matmul(qi[:, :, start * m : (start + c) * m].float(), kf.transpose(-1, -2)).to(torch.int64)
+        run = torch.arange(m, device=qi.device)
+        sub_ok = ((rows.unsqueeze(-1) * query_block_size + run * (query_block_size // m)) < num_queries).flatten()
+        free_cells = (allowed & ~forced)[:, None, :, None].expand(c, m, nkb, p).reshape(c * m, nkb * p)
+        # 2. levels, forced blocks above all, ties to the lower index
+        lvl = pair_levels(s, sub_ok[:, None] & col_ok[None, :], free_cells, m, p, sh)
+        lvl = torch.where(forced, 256, lvl)
         rank = torch.where(allowed, lvl * (nkb + 1) + tie, -1)
         top = rank.topk(kept, dim=-1)
         idx = torch.where(top.values >= 0, top.indices, nkb).sort(dim=-1).values
-        out[:, :, start : start + rows.numel()] = torch.where(idx == nkb, -1, idx).to(torch.int32)
+        out[:, :, start : start + c] = torch.where(idx == nkb, -1, idx).to(torch.int32)
     return out

@@ -15,18 +15,20 @@ import triton
 from vidhash.attention import BlockSelection, _check_block, _check_count, _check_density, _check_qkv, _scale
 
 from .kernel import block_score_kernel
-from .naive import RESOLUTION, block_score_reference, pooled_codes, quantize_codes
+from .naive import RESOLUTION, block_score_reference, check_grid, quantize_codes, subgrid_codes
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 BACKENDS = ("auto", "triton", "reference")
 
 
-def _tiles(nqb: int, nkb: int) -> tuple[int, int, int]:
-    """``(BLOCK_M, BLOCK_N, num_warps)``: one bounded choice per size (no autotune)."""
+def _tiles(nkb: int, m: int, p: int) -> tuple[int, int, int]:
+    """``(BLOCK_M, BLOCK_N, num_warps)``: 16 query blocks per program, key blocks per step so that
+    a tile holds ≤ 4,096 cells (≤ 128 blocks); one bounded choice per size (no autotune)."""
+    block_m = 16
     if _INTERPRET:
-        return 16, 16, 4
-    block_m = 16 if nqb <= 4096 else 32
-    return block_m, 128 if nkb >= 128 else max(16, triton.next_power_of_2(nkb)), 4
+        return block_m, max(1, 16 // p), 4
+    block_n = max(16 // p if p < 16 else 1, min(128, 4096 // (block_m * m * p)))
+    return block_m, min(block_n, max(16 // p if p < 16 else 1, triton.next_power_of_2(nkb))), 4
 
 
 def select_from_codes(
@@ -42,19 +44,21 @@ def select_from_codes(
     local_blocks: int,
     sink_blocks: int,
     causal: bool,
+    m: int = 1,
+    sub: int | None = None,
 ) -> torch.Tensor:
-    """Run the kernel on int8 codes ``qi (b, h, nqb, R)``, ``ki (b, h, nkb, R)`` and ``shift (b·h,)``
-    (from :func:`.naive.quantize_codes`). Returns int32 indices ``(b, h, nqb, kept)``, ascending,
-    ``-1``-padded — equal to :func:`.naive.block_score_reference`'s."""
+    """Run the kernel on int8 codes ``qi (b, h, nqb·m, R)``, ``ki (b, h, nkb·p, R)`` and ``shift
+    (b·h,)`` (from :func:`.naive.quantize_codes`; ``p = block_size / sub``). Returns int32 indices
+    ``(b, h, nqb, kept)``, ascending, ``-1``-padded — equal to :func:`.naive.block_score_reference`'s."""
+    m, p = check_grid(block_size, query_block_size, m, block_size if sub is None else sub)
     if qi.dtype != torch.int8 or ki.dtype != torch.int8:
         raise ValueError(f"codes must be int8, got {qi.dtype} and {ki.dtype}")
     if qi.shape[:2] != ki.shape[:2] or qi.shape[-1] != ki.shape[-1]:
         raise ValueError(f"qi {tuple(qi.shape)} and ki {tuple(ki.shape)} disagree in (b, h) or width")
-    b, h, nqb, width = qi.shape
-    nkb = ki.shape[-2]
-    if nqb != -(-num_queries // query_block_size) or nkb != -(-num_keys // block_size):
-        raise ValueError(f"expected {-(-num_queries // query_block_size)} query-block and {-(-num_keys // block_size)} "
-                         f"key-block codes, got {nqb} and {nkb}")
+    b, h, rows, width = qi.shape
+    nqb, nkb = -(-num_queries // query_block_size), -(-num_keys // block_size)
+    if rows != nqb * m or ki.shape[-2] != nkb * p:
+        raise ValueError(f"expected {nqb * m} query and {nkb * p} key codes, got {rows} and {ki.shape[-2]}")
     if width & (width - 1) or width < 32:
         raise ValueError(f"code width must be a power of two ≥ 32, got {width}")
     if shift.numel() != b * h:
@@ -62,13 +66,14 @@ def select_from_codes(
     qi, ki = qi.contiguous(), ki.contiguous()
     shift = shift.to(device=qi.device, dtype=torch.int32).contiguous()
     out = torch.empty(b, h, nqb, kept, dtype=torch.int32, device=qi.device)
-    block_m, block_n, warps = _tiles(nqb, nkb)
+    block_m, block_n, warps = _tiles(nkb, m, p)
     grid = (triton.cdiv(nqb, block_m), b * h)
     block_score_kernel[grid](
         qi, ki, shift, out,
         *qi.stride()[:3], *ki.stride()[:3], *out.stride()[:3],
-        h, num_queries, num_keys, nqb, nkb, kept, query_block_size, block_size, local_blocks, sink_blocks,
-        R=width, CAUSAL=bool(causal), BLOCK_M=block_m, BLOCK_N=block_n, num_warps=warps,
+        h, num_queries, num_keys, nqb, nkb, -(-num_keys // (block_size // p)), kept, query_block_size, block_size,
+        local_blocks, sink_blocks,
+        R=width, M=m, P=p, CAUSAL=bool(causal), BLOCK_M=block_m, BLOCK_N=block_n, num_warps=warps,
     )
     return out
 
@@ -85,16 +90,21 @@ def select_blocks_codes(
     sink_blocks: int = 1,
     causal: bool = False,
     scale: float | None = None,
+    m: int = 1,
+    sub: int | None = None,
     scorer=None,
     resolution: float = RESOLUTION,
     backend: str = "auto",
 ) -> BlockSelection:
-    """Block selection by exact block-code scores (``pooled`` by default, or a
-    :class:`~vidhash.selection.learned.LearnedBlockScorer` with real codes), the top-k fused in the
-    kernel (``backend="triton"``, the default on CUDA) or in torch (``"reference"``, identical
-    indices). Same arguments and rules as :func:`vidhash.attention.select_blocks` (``kept``, forced
-    sink/local blocks, causal) with ties between equal *levels* (``resolution`` nats wide) to the
-    lower block index."""
+    """Block selection by exact block-code scores, the top-k fused in the kernel
+    (``backend="triton"``, the default on CUDA) or in torch (``"reference"``, identical indices).
+
+    Codes: ``pooled`` (default, ``m=1``), ``m`` query sub-centroids × key sub-blocks of ``sub``
+    tokens (``subgrid``'s ``reduce="max"`` form, see ``kernel.py``), or a
+    :class:`~vidhash.selection.learned.LearnedBlockScorer` (``features="linear"``, real codes) whose
+    map is applied to the same means. Same arguments and rules as
+    :func:`vidhash.attention.select_blocks` (``kept``, forced sink/local blocks, causal) with ties
+    between equal *levels* (at most ``resolution`` nats wide) to the lower block index."""
     from vidhash.selection.scorers import num_kept
 
     _check_qkv(q, k)
@@ -108,15 +118,15 @@ def select_blocks_codes(
     nq, nk = q.shape[-2], k.shape[-2]
     kept = num_kept(nq, nk, density=density, block_size=bk, query_block_size=bq, local_blocks=local_blocks,
                     sink_blocks=sink_blocks, causal=causal, device=q.device)
-    if scorer is None:
-        cq, ck = pooled_codes(q, k, bk, bq, _scale(scale, q.shape[-1]))
-    elif getattr(scorer, "code_kind", None) == "real":
-        cq, ck = scorer.block_codes(q, bq, "query"), scorer.block_codes(k, bk, "key")
-    else:
-        raise ValueError("scorer must be None (pooled) or a LearnedBlockScorer with codes='real'")
+    project = None
+    if scorer is not None:
+        if getattr(scorer, "code_kind", None) != "real" or getattr(scorer, "features", None) != "linear":
+            raise ValueError("scorer must be None (pooled) or a LearnedBlockScorer with codes='real', features='linear'")
+        project = scorer.map_means
+    cq, ck = subgrid_codes(q, k, bk, bq, _scale(scale, q.shape[-1]), m, sub, project)
     qi, ki, shift = quantize_codes(cq, ck, resolution)
     kw = dict(kept=kept, num_queries=nq, num_keys=nk, block_size=bk, query_block_size=bq,
-              local_blocks=local_blocks, sink_blocks=sink_blocks, causal=causal)
+              local_blocks=local_blocks, sink_blocks=sink_blocks, causal=causal, m=m, sub=sub)
     use_kernel = backend == "triton" or (backend == "auto" and q.is_cuda)
     idx = select_from_codes(qi, ki, shift, **kw) if use_kernel else block_score_reference(qi, ki, shift, **kw)
     return BlockSelection(idx, bk, bq, nq, nk, causal)

@@ -62,9 +62,9 @@ class LearnedBlockScorer(nn.Module):
         self.head_dim, self.heads, self.rank, self.features, self.code_kind = head_dim, heads, r, features, codes
         self.scale = 1.0 / math.sqrt(head_dim) if scale is None else float(scale)
         g = torch.Generator().manual_seed(seed)
-        # 1. linear maps start as sqrt(s) · (first r coordinates): score = s · q̄ · k̄ at init (r = d)
+        # 1. linear maps start as √s · (first r coordinates): score = s · q̄ · k̄ at init (r = d)
         fin = 3 * head_dim if features == "minmax" else head_dim
-        eye = torch.eye(fin, r) + 0.01 * torch.randn(fin, r, generator=g)
+        eye = torch.eye(fin, r)
         init = eye.expand(heads, fin, r).clone() * math.sqrt(self.scale)
         self.wq, self.wk = nn.Parameter(init.clone()), nn.Parameter(init.clone())
         # 2. per-token MLPs (features="mlp"): residual on top of the linear map, zero at init
@@ -101,6 +101,12 @@ class LearnedBlockScorer(nn.Module):
             return torch.matmul(block_pool3(x, block_size), self.wq if role == "query" else self.wk)
         return block_moments(self.token_codes(x, role), block_size)
 
+    def map_means(self, means: torch.Tensor, role: str) -> torch.Tensor:
+        """Codes of mean tokens ``(b, h, nb, d)`` (``features="linear"``): ``means @ W``."""
+        if self.features != "linear":
+            raise ValueError(f"map_means needs features='linear', got {self.features!r}")
+        return torch.matmul(means.float(), self.wq if role == "query" else self.wk)
+
     def signatures(self, x: torch.Tensor, block_size: int, role: str) -> torch.Tensor:
         """Packed sign bits ``(b, h, nb, w)`` int32 of the block codes (``codes="bits"``)."""
         return pack_bits(self.block_codes(x, block_size, role) > 0)
@@ -133,7 +139,7 @@ class LearnedBlockScorer(nn.Module):
     def fit(self, q: torch.Tensor, k: torch.Tensor, *, block_size: int, query_block_size: int, kept: int,
             causal: bool = False, local_blocks: int = 0, sink_blocks: int = 0, steps: int = 300,
             lr: float = 1e-2, loss: str = "ce", pos_weight: float = 20.0, decay: float = 1e-3,
-            max_query_blocks: int | None = 512, seed: int = 0) -> dict:
+            max_query_blocks: int | None = 512) -> dict:
         """Fit on recorded ``q, k (b, h, n, d)`` (any number of clips/steps stacked in ``b``).
 
         ``kept`` is the budget the scorer will serve (the ``bce`` positives; reported recall).
@@ -149,7 +155,6 @@ class LearnedBlockScorer(nn.Module):
         was = self.training
         self.train()
         value = float("nan")
-        torch.manual_seed(seed)
         for _ in range(steps):
             score = self._fit_scores(data)
             if loss == "ce":
@@ -161,7 +166,7 @@ class LearnedBlockScorer(nn.Module):
             opt.zero_grad(set_to_none=True)
             total.backward()
             opt.step()
-            value = float(obj)
+            value = float(obj.detach())
         self.train(was)
         return {"kept_share_before": before, "kept_share_after": self._kept_share(data, kept), "loss": value}
 
