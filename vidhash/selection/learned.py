@@ -139,16 +139,20 @@ class LearnedBlockScorer(nn.Module):
     def fit(self, q: torch.Tensor, k: torch.Tensor, *, block_size: int, query_block_size: int, kept: int,
             causal: bool = False, local_blocks: int = 0, sink_blocks: int = 0, steps: int = 300,
             lr: float = 1e-2, loss: str = "ce", pos_weight: float = 20.0, decay: float = 1e-3,
-            max_query_blocks: int | None = 512) -> dict:
+            max_query_blocks: int | None = 512, data: dict | None = None) -> dict:
         """Fit on recorded ``q, k (b, h, n, d)`` (any number of clips/steps stacked in ``b``).
 
         ``kept`` is the budget the scorer will serve (the ``bce`` positives; reported recall).
-        ``decay`` pulls the weights towards their pooled initialisation. Returns the kept mass
-        share (``kept`` blocks by score against the oracle's) before and after, and the loss.
+        ``decay`` pulls the weights towards their pooled initialisation. ``data``: what
+        :func:`fit_data` returned for these arguments (to fit several scorers on one recording
+        without recomputing the exact masses). Returns the kept mass share (``kept`` blocks by
+        score against the oracle's, forced blocks left out) before and after, and the loss.
         """
         if loss not in ("ce", "bce"):
             raise ValueError(f"loss must be 'ce' or 'bce', got {loss!r}")
-        data = _fit_data(q, k, block_size, query_block_size, causal, local_blocks, sink_blocks, max_query_blocks)
+        if data is None:
+            data = fit_data(q, k, block_size=block_size, query_block_size=query_block_size, causal=causal,
+                            local_blocks=local_blocks, sink_blocks=sink_blocks, max_query_blocks=max_query_blocks)
         before = self._kept_share(data, kept)
         init = {name: p.detach().clone() for name, p in self.named_parameters()}
         opt = torch.optim.Adam(self.parameters(), lr=lr)
@@ -171,9 +175,17 @@ class LearnedBlockScorer(nn.Module):
         return {"kept_share_before": before, "kept_share_after": self._kept_share(data, kept), "loss": value}
 
     def _fit_scores(self, data: dict) -> torch.Tensor:
-        cq = self.block_codes(data["q"], data["bq"], "query")[:, :, data["blocks"]]
-        ck = self.block_codes(data["k"], data["bk"], "key")
-        return self.pair_scores(cq, ck)
+        if self.features == "mlp":  # per-token codes: through the MLP every step
+            cq = self.block_codes(data["q"], data["bq"], "query")[:, :, data["blocks"]]
+            return self.pair_scores(cq, self.block_codes(data["k"], data["bk"], "key"))
+        from .scorers import block_moments, block_pool3
+
+        pool = block_moments if self.features == "linear" else block_pool3
+        key = ("stats", self.features)
+        if key not in data:  # block statistics do not depend on the weights: once per recording
+            data[key] = (pool(data["q"], data["bq"])[:, :, data["blocks"]], pool(data["k"], data["bk"]))
+        sq, sk = data[key]
+        return self.pair_scores(torch.matmul(sq, self.wq), torch.matmul(sk, self.wk))
 
     @torch.no_grad()
     def _kept_share(self, data: dict, kept: int) -> float:
@@ -189,9 +201,12 @@ class LearnedBlockScorer(nn.Module):
         return float(got / best.clamp(min=1e-30))
 
 
-def _fit_data(q, k, bk, bq, causal, local_blocks, sink_blocks, max_query_blocks) -> dict:
-    """Training tensors: the exact block masses of (a spread of) query blocks and which key blocks
-    are free to choose (allowed and not forced)."""
+def fit_data(q: torch.Tensor, k: torch.Tensor, *, block_size: int, query_block_size: int, causal: bool = False,
+             local_blocks: int = 0, sink_blocks: int = 0, max_query_blocks: int | None = 512) -> dict:
+    """Training tensors of :meth:`LearnedBlockScorer.fit`: the exact block masses of
+    ``max_query_blocks`` evenly spaced query blocks and which key blocks are free to choose
+    (allowed and not forced)."""
+    bk, bq = block_size, query_block_size
     q, k = q.detach(), k.detach()
     nq, nk = q.shape[-2], k.shape[-2]
     blocks = eval_query_blocks(-(-nq // bq), max_query_blocks, q.device)
