@@ -29,8 +29,9 @@ indices equal to that reference): ``simhash`` (today's, ``kernels/block_select``
 ``moments``, ``prefilter x4``, ``subgrid mM subS`` (M query sub-centroids × key sub-blocks of S
 tokens, best cell; ``lse`` is the float log-sum-exp form), ``learned`` (per-head linear block
 codes fitted on another clip of the same inputs: ``video_like_qkv`` on a grid of other layout,
-or the world model's other clips — the held-out rule), ``learned bits`` (32 sign bits of such
-codes through the SimHash kernel), ``oracle``.
+or the world model's other clips — the held-out rule), ``learned m4 subS`` (the same fitted for
+and run on the 4 × S grid), ``learned bits`` (32 sign bits of such codes through the SimHash
+kernel), ``oracle``.
 
 ``--world``: per layer of the model's temporal attention, the queries of a clip's last chunk at
 every denoising level against the clean keys of all earlier frames plus the chunk's own keys
@@ -143,9 +144,9 @@ def scorer_table(bk: int, device: str) -> dict:
         f"subgrid m16 sub{sub16}": kernel(16, sub16),
         f"subgrid m4 sub{sub16} lse": (scored("subgrid", m=4, sub=sub16, reduce="lse"), None),
         "learned": kernel(learned="learned"),
-        "learned m4": kernel(4, learned="learned"),
+        f"learned m4 sub{sub16}": kernel(4, sub16, learned="learned grid"),
         "learned bits": (_learned_bits(device), scored("learned bits") if device == "cuda" else None),
-        "oracle": (scored("oracle"), None),
+        "oracle": (None, None),  # the heaviest blocks (forced first), measured query blocks only
     }
     if sub16 == bk:  # sub-blocks as large as the block: m1 sub16 is pooled, m4 sub16 is m4
         rows = {name: row for name, row in rows.items() if f"sub{bk}" not in name or name.startswith("subgrid m16")}
@@ -188,7 +189,8 @@ def fit_learned(fq, fk, bk: int, kept_free: int, args) -> dict:
     data = fit_data(fq, fk, block_size=bk, query_block_size=args.query_block, local_blocks=1, sink_blocks=1,
                     max_query_blocks=args.fit_blocks)
     fitted, reports = {}, {}
-    for name, kw in (("learned", {}), ("learned bits", dict(rank=32, codes="bits"))):
+    grid = dict(m=4, sub=min(16, bk) if bk > 16 else None)
+    for name, kw in (("learned", {}), ("learned grid", grid), ("learned bits", dict(rank=32, codes="bits"))):
         scorer = LearnedBlockScorer(d, h, **kw).to(fq.device)
         reports[name] = scorer.fit(fq, fk, block_size=bk, query_block_size=args.query_block, kept=max(1, kept_free),
                                    steps=args.fit_steps, data=data)
@@ -211,6 +213,16 @@ def output_error(q, k, v, idx, blocks, bk: int, args) -> float:
     qs = q[:, :, pos]
     out = block_sparse_attention(qs, k, v, BlockSelection(idx[:, :, blocks].contiguous(), bk, bq, qs.shape[-2], nk, False))
     return attention_error(qs, k, v, out, query_block_size=bq)
+
+
+def _oracle_indices(q, k, kw, blocks, kept):
+    """The oracle's selection on the measured query blocks (forced blocks first, then the heaviest);
+    the other rows hold blocks 0 … kept − 1 (valid, never measured)."""
+    b, h = q.shape[:2]
+    nqb = -(-q.shape[-2] // kw["query_block_size"])
+    idx = torch.arange(kept, dtype=torch.int32, device=q.device).expand(b, h, nqb, kept).clone()
+    idx[:, :, blocks] = select_blocks_scored(q, k, scorer="oracle", query_blocks=blocks, **kw)
+    return idx
 
 
 def study_config(shape: str, q, k, v, fq, fk, bk: int, args, dense_ms=None) -> list[dict]:
@@ -240,8 +252,12 @@ def study_config(shape: str, q, k, v, fq, fk, bk: int, args, dense_ms=None) -> l
     for name, (fn, ref) in table.items():
         if args.scorers and name not in args.scorers:
             continue
-        row = dict(base, scorer=name, fit=reports.get(name if name in reports else "learned") if "learned" in name else None)
-        res, err = attempt(lambda: timed(lambda: fn(q, k, kw, fitted), args.device, args.rep_ms))
+        fit_name = "learned grid" if name.startswith("learned m") else name
+        row = dict(base, scorer=name, fit=reports.get(fit_name))
+        if fn is None:
+            res, err = attempt(lambda: (_oracle_indices(q, k, kw, blocks, kept), None))
+        else:
+            res, err = attempt(lambda: timed(lambda: fn(q, k, kw, fitted), args.device, args.rep_ms))
         if err is not None:
             rows.append(dict(row, error=err))
             print(f"    {name}: {err}", flush=True)
@@ -252,12 +268,12 @@ def study_config(shape: str, q, k, v, fq, fk, bk: int, args, dense_ms=None) -> l
         row["err"], row["error"] = attempt(lambda: output_error(q, k, v, idx, blocks, bk, args))
         if ref is not None:
             row["same"] = float((ref(q, k, kw, fitted) == idx).float().mean())
-        if args.device == "cuda" and attn_ms is None:
+        if args.device == "cuda" and attn_ms is None and ms is not None:
             from vidhash.kernels.ops import block_sparse_attention_triton
 
             sel = BlockSelection(idx, bk, bq, n, nk, False)
             attn_ms = attempt(lambda: timed(lambda: block_sparse_attention_triton(q, k, v, sel), "cuda", args.rep_ms)[1])[0]
-        if attn_ms is not None:
+        if attn_ms is not None and ms is not None:
             row.update(attn_ms=attn_ms, total_ms=ms + attn_ms, x_dense=(dense_ms / (ms + attn_ms)) if dense_ms else None)
         rows.append(row)
     return rows
@@ -392,11 +408,13 @@ def world_summary(rows: list[dict]) -> list[dict]:
         sub = [r for r in rows if r["scorer"] == name and r.get("recall") is not None]
         if not sub:
             continue
-        mean = lambda key: sum(r[key] for r in sub) / len(sub)
-        err = [r["err"] for r in sub if r.get("err") is not None]
+        def mean(key):
+            vals = [r[key] for r in sub if r.get(key) is not None]
+            return sum(vals) / len(vals) if vals else None
+
         out.append(dict(sub[0], shape="world mean", recall=mean("recall"), oracle=mean("oracle"), oracle_f=mean("oracle_f"),
                         ratio=mean("recall") / mean("oracle"), ratio_f=mean("recall") / mean("oracle_f"),
-                        err=sum(err) / len(err) if err else None, sel_ms=mean("sel_ms"), layers=len(sub)))
+                        err=mean("err"), sel_ms=mean("sel_ms"), layers=len(sub)))
     return out
 
 

@@ -161,3 +161,21 @@ def test_learned_bits_score_is_hamming_and_mlp_codes_are_block_means():
         LearnedBlockScorer(8, heads=2, features="conv")
     with pytest.raises(ValueError, match="heads"):
         bits.block_codes(torch.randn(1, 3, 8, 8), 4, "key")
+
+
+def test_learned_grid_starts_as_subgrid_and_runs_through_the_kernel_form():
+    from vidhash.kernels.block_score.ops import select_blocks_codes
+
+    q, k = _qk(1, 2, 300, 290, 16, 9)
+    q = q * 2
+    scorer = LearnedBlockScorer(16, heads=2, m=4, sub=8).eval()
+    blocks = torch.arange(10)
+    got = scorer.block_scores(q, k, blocks, block_size=32, query_block_size=32)
+    want = score_blocks(q, k, "subgrid", block_size=32, query_block_size=32, m=4, sub=8, reduce="max", scale=0.25)
+    torch.testing.assert_close(got, want)
+    kw = dict(density=0.2, block_size=32, query_block_size=32, m=4, sub=8, backend="reference")
+    assert torch.equal(select_blocks_codes(q, k, scorer=scorer, **kw).indices, select_blocks_codes(q, k, **kw).indices)
+    report = scorer.fit(q, k, block_size=32, query_block_size=32, kept=3, steps=15, local_blocks=1, sink_blocks=1)
+    assert report["kept_share_after"] > report["kept_share_before"]
+    with pytest.raises(ValueError, match="grid"):
+        LearnedBlockScorer(16, heads=2, m=4, codes="bits")

@@ -11,7 +11,11 @@ small per-token MLP and averages its outputs over the block (per-token codes, po
 * ``codes="real"`` — ``φ_q(i) · φ_k(j)``: the same dot product as ``pooled``, so the
   ``kernels/block_score`` kernel runs it at ``pooled``'s cost (codes of width r instead of d);
 * ``codes="bits"`` — sign bits of the codes and Hamming similarity: block signatures for the
-  existing SimHash selection kernel (``kernels/block_select``).
+  existing SimHash selection kernel (``kernels/block_select``);
+* a grid (``m`` query sub-centroids × key sub-blocks of ``sub`` tokens, linear real codes): the
+  map is applied to the sub-means and a pair scores as in the kernel — each sub-centroid's cell
+  scores minus its best over free blocks, the best cell (``subgrid``'s ``reduce="max"`` form,
+  trained through the max); the kernel runs it with ``select_blocks_codes(m=, sub=, scorer=)``.
 
 :meth:`LearnedBlockScorer.fit` records the exact block masses ``M[i, j]``
 (:func:`vidhash.selection.oracle.block_mass`) of the given activations and minimises, per query
@@ -48,8 +52,14 @@ class LearnedBlockScorer(nn.Module):
     """
 
     def __init__(self, head_dim: int, heads: int, *, rank: int | None = None, features: str = "linear",
-                 codes: str = "real", hidden: int = 64, scale: float | None = None, seed: int = 0):
+                 codes: str = "real", hidden: int = 64, scale: float | None = None, m: int = 1,
+                 sub: int | None = None, seed: int = 0):
         super().__init__()
+        if (m != 1 or sub is not None) and (features != "linear" or codes != "real"):
+            raise ValueError("a grid (m > 1 or sub) needs features='linear' and codes='real' (the block_score kernel's form)")
+        if not isinstance(m, int) or m < 1 or (sub is not None and (not isinstance(sub, int) or sub < 1)):
+            raise ValueError(f"m must be a positive int and sub None or a positive int, got {m!r}, {sub!r}")
+        self.m, self.sub = m, sub
         if features not in FEATURES:
             raise ValueError(f"features must be one of {FEATURES}, got {features!r}")
         if codes not in ("real", "bits"):
@@ -125,6 +135,11 @@ class LearnedBlockScorer(nn.Module):
     def block_scores(self, q, k, blocks, *, block_size: int, query_block_size: int, cache: dict | None = None):
         """Scores ``(b, h, c, nkb)`` for the query blocks ``blocks`` (the scorer protocol of
         :func:`vidhash.selection.scorers.score_blocks`). Bits: Hamming similarity, exactly."""
+        if self.m != 1 or self.sub is not None:
+            nq, nk = q.shape[-2], k.shape[-2]
+            sq, sk, sub_ok, col_ok = _grid_stats(q, k, blocks, block_size, query_block_size, self.m, self.sub)
+            free = torch.ones(blocks.numel(), -(-nk // block_size), dtype=torch.bool, device=q.device)
+            return _grid_scores(torch.matmul(sq, self.wq.unsqueeze(1)), torch.matmul(sk, self.wk), sub_ok, col_ok, free)
         cache = {} if cache is None else cache
         key = ("learned", id(self))
         if key not in cache:
@@ -180,6 +195,12 @@ class LearnedBlockScorer(nn.Module):
             return self.pair_scores(cq, self.block_codes(data["k"], data["bk"], "key"))
         from .scorers import block_moments, block_pool3
 
+        if self.m != 1 or self.sub is not None:
+            key = ("grid", self.m, self.sub)
+            if key not in data:
+                data[key] = _grid_stats(data["q"], data["k"], data["blocks"], data["bk"], data["bq"], self.m, self.sub)
+            sq, sk, sub_ok, col_ok = data[key]
+            return _grid_scores(torch.matmul(sq, self.wq.unsqueeze(1)), torch.matmul(sk, self.wk), sub_ok, col_ok, data["free"])
         pool = block_moments if self.features == "linear" else block_pool3
         key = ("stats", self.features)
         if key not in data:  # block statistics do not depend on the weights: once per recording
@@ -214,6 +235,37 @@ def fit_data(q: torch.Tensor, k: torch.Tensor, *, block_size: int, query_block_s
     forced, allowed = _forced_and_allowed(blocks, nq, nk, bq, bk, local_blocks, sink_blocks, causal)
     free = (allowed & ~forced).expand_as(mass)
     return {"q": q, "k": k, "bq": bq, "bk": bk, "blocks": blocks, "mass": mass, "free": free}
+
+
+def _grid_stats(q, k, blocks, bk: int, bq: int, m: int, sub: int | None):
+    """Sub-centroid means ``(b, h, c, m, d)`` of the query blocks ``blocks``, key sub-block means
+    ``(b, h, nkb·p, d)`` (zero past the end) and which of them exist: ``(c, m)``, ``(nkb·p,)``."""
+    from .scorers import _query_rows, block_moments
+
+    sub = bk if sub is None else sub
+    if bq % m or bk % sub:
+        raise ValueError(f"m={m} must divide query_block_size={bq} and sub={sub} block_size={bk}")
+    nkb, p = -(-k.shape[-2] // bk), bk // sub
+    sq, cnt = _query_rows(q, bq, blocks, bq // m)
+    sk = block_moments(k, sub)
+    col_ok = torch.arange(nkb * p, device=k.device) < sk.shape[-2]
+    return sq, F.pad(sk, (0, 0, 0, nkb * p - sk.shape[-2])), cnt > 0, col_ok
+
+
+def _grid_scores(cq, ck, sub_ok, col_ok, free) -> torch.Tensor:
+    """The block_score kernel's form in float: each sub-centroid's cell scores minus its best over
+    free blocks' cells, the best cell of each block pair. ``cq (b, h, c, m, r)``, ``ck (b, h, j·p, r)``,
+    ``free (…, c, j)``; returns ``(b, h, c, j)``."""
+    b, h, c, m, _ = cq.shape
+    jp = ck.shape[-2]
+    j = free.shape[-1]
+    cells = torch.matmul(cq, ck.unsqueeze(2).transpose(-1, -2))  # (b, h, c, m, j·p)
+    free_cells = free.expand(b, h, c, j).unsqueeze(-2).repeat_interleave(jp // j, dim=-1)  # (b, h, c, 1, j·p)
+    ok = sub_ok.unsqueeze(-1) & col_ok
+    best = torch.where(free_cells & ok, cells, float("-inf")).amax(-1, keepdim=True)
+    best = torch.where(torch.isfinite(best), best, torch.zeros_like(best))
+    n = torch.where(ok, cells - best, float("-inf"))
+    return n.reshape(b, h, c, m, j, jp // j).amax(dim=(3, 5))
 
 
 def _listwise_ce(score: torch.Tensor, data: dict) -> torch.Tensor:
