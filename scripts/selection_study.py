@@ -17,7 +17,8 @@ forced, non-causal) and each scorer, one row:
   ``oracle_f`` — the same with the forced blocks kept first, the best any scorer can do under
   ``select_blocks``'s rules; ``ratio`` = recall / oracle, ``ratio_f`` = recall / oracle_f;
 * ``err`` — relative error of the attention output against dense attention on those queries;
-* ``sel ms`` — the whole selection (block codes or signatures + top-k) timed with
+* ``sel ms`` — the whole selection (block codes or signatures + top-k; ``kern ms``: the
+  block-score kernel alone on precomputed int8 codes) timed with
   ``triton.testing.do_bench`` after warm-up on CUDA (one wall-clock run on a CPU: torch
   references, not a cost estimate); on CUDA also the sparse attention kernel on that
   selection, the total and × dense SDPA (``F.scaled_dot_product_attention``, no FlexAttention).
@@ -127,11 +128,15 @@ def scorer_table(bk: int, device: str) -> dict:
                                                          backend=backend, **kw).indices
 
     def kernel(m=1, sub=None, learned=None):
-        return codes(m, sub, learned), (codes(m, sub, learned, "reference") if device == "cuda" else None)
+        if device != "cuda":
+            return codes(m, sub, learned), None
+        return codes(m, sub, learned), codes(m, sub, learned, "reference"), _kernel_alone(m, sub, learned)
 
     def scored(scorer, **opts):
         return lambda q, k, kw, fit: select_blocks_scored(q, k, scorer=fit.get(scorer, scorer), **kw, **opts).indices
 
+    s16 = sub16 if sub16 < bk else None  # key sub-blocks of 16 tokens (none when blocks are 16)
+    tag = lambda m, sub: f"m{m}" + (f" sub{sub}" if sub else "")
     rows = {
         "simhash": (_simhash(device), None),
         "pooled": kernel(),
@@ -139,18 +144,34 @@ def scorer_table(bk: int, device: str) -> dict:
         "moments": (scored("moments"), None),
         "prefilter x4": (scored("prefilter", factor=4), None),
         "subgrid m4": kernel(4),
-        f"subgrid m1 sub{sub16}": kernel(1, sub16),
-        f"subgrid m4 sub{sub16}": kernel(4, sub16),
-        f"subgrid m16 sub{sub16}": kernel(16, sub16),
-        f"subgrid m4 sub{sub16} lse": (scored("subgrid", m=4, sub=sub16, reduce="lse"), None),
+        f"subgrid {tag(1, s16)}": kernel(1, s16),
+        f"subgrid {tag(4, s16)}": kernel(4, s16),
+        f"subgrid {tag(16, s16)}": kernel(16, s16),
+        f"subgrid {tag(4, s16)} lse": (scored("subgrid", m=4, sub=sub16, reduce="lse"), None),
         "learned": kernel(learned="learned"),
-        f"learned m4 sub{sub16}": kernel(4, sub16, learned="learned grid"),
+        f"learned {tag(4, s16)}": kernel(4, s16, learned="learned grid"),
         "learned bits": (_learned_bits(device), scored("learned bits") if device == "cuda" else None),
         "oracle": (None, None),  # the heaviest blocks (forced first), measured query blocks only
     }
-    if sub16 == bk:  # sub-blocks as large as the block: m1 sub16 is pooled, m4 sub16 is m4
-        rows = {name: row for name, row in rows.items() if f"sub{bk}" not in name or name.startswith("subgrid m16")}
+    rows.pop("subgrid m1", None)  # = pooled
     return rows
+
+
+def _kernel_alone(m, sub, learned):
+    """``(q, k, kw, fit) -> callable`` running only the block-score kernel on precomputed int8 codes."""
+    from vidhash.kernels.block_score.naive import quantize_codes, subgrid_codes
+    from vidhash.kernels.block_score.ops import select_from_codes
+
+    def prepare(q, k, kw, fit):
+        bk, bq, n, nk = kw["block_size"], kw["query_block_size"], q.shape[-2], k.shape[-2]
+        project = fit[learned].map_means if learned else None
+        qi, ki, shift = quantize_codes(*subgrid_codes(q, k, bk, bq, q.shape[-1] ** -0.5, m, sub, project))
+        kept = num_kept(n, nk, density=kw["density"], block_size=bk, query_block_size=bq, local_blocks=1, sink_blocks=1,
+                        causal=False, device=q.device)
+        return lambda: select_from_codes(qi, ki, shift, kept=kept, num_queries=n, num_keys=nk, block_size=bk,
+                                         query_block_size=bq, local_blocks=1, sink_blocks=1, causal=False, m=m, sub=sub)
+
+    return prepare
 
 
 def _simhash(device: str):
@@ -189,7 +210,7 @@ def fit_learned(fq, fk, bk: int, kept_free: int, args) -> dict:
     data = fit_data(fq, fk, block_size=bk, query_block_size=args.query_block, local_blocks=1, sink_blocks=1,
                     max_query_blocks=args.fit_blocks)
     fitted, reports = {}, {}
-    grid = dict(m=4, sub=min(16, bk) if bk > 16 else None)
+    grid = dict(m=4, sub=16 if bk > 16 else None)
     for name, kw in (("learned", {}), ("learned grid", grid), ("learned bits", dict(rank=32, codes="bits"))):
         scorer = LearnedBlockScorer(d, h, **kw).to(fq.device)
         reports[name] = scorer.fit(fq, fk, block_size=bk, query_block_size=args.query_block, kept=max(1, kept_free),
@@ -249,7 +270,7 @@ def study_config(shape: str, q, k, v, fq, fk, bk: int, args, dense_ms=None) -> l
                 query_block_size=bq, density=args.density, kept=kept, forced_per_row=float(forced.sum(-1).float().mean()),
                 eval_blocks=int(blocks.numel()), oracle=oracle, oracle_f=oracle_f, dense_ms=dense_ms)
     attn_ms, rows = None, []
-    for name, (fn, ref) in table.items():
+    for name, (fn, ref, *alone) in table.items():
         if args.scorers and name not in args.scorers:
             continue
         fit_name = "learned grid" if name.startswith("learned m") else name
@@ -268,6 +289,8 @@ def study_config(shape: str, q, k, v, fq, fk, bk: int, args, dense_ms=None) -> l
         row["err"], row["error"] = attempt(lambda: output_error(q, k, v, idx, blocks, bk, args))
         if ref is not None:
             row["same"] = float((ref(q, k, kw, fitted) == idx).float().mean())
+        if alone:
+            row["kernel_ms"], _ = attempt(lambda: timed(alone[0](q, k, kw, fitted), args.device, args.rep_ms)[1])
         if args.device == "cuda" and attn_ms is None and ms is not None:
             from vidhash.kernels.ops import block_sparse_attention_triton
 
@@ -423,12 +446,13 @@ def world_summary(rows: list[dict]) -> list[dict]:
 # --------------------------------------------------------------------------------------------
 def print_table(rows: list[dict]) -> None:
     print(f"{'shape':>12} {'bk':>3} {'kept':>5} {'scorer':>24} {'recall':>7} {'oracle':>7} {'orc_f':>7} {'ratio':>6} "
-          f"{'ratio_f':>7} {'err':>7} {'sel ms':>8} {'attn ms':>8} {'×dense':>7} {'same':>6}")
+          f"{'ratio_f':>7} {'err':>7} {'sel ms':>8} {'kern ms':>8} {'attn ms':>8} {'×dense':>7} {'same':>6}")
     for r in rows:
         f = lambda key, fmt: (fmt.format(r[key]) if r.get(key) is not None else "")
         print(f"{r['shape']:>12} {r['block_size']:>3} {r['kept']:>5} {r['scorer']:>24} {f('recall', '{:.3f}'):>7} "
               f"{f('oracle', '{:.3f}'):>7} {f('oracle_f', '{:.3f}'):>7} {f('ratio', '{:.3f}'):>6} {f('ratio_f', '{:.3f}'):>7} "
-              f"{f('err', '{:.4f}'):>7} {f('sel_ms', '{:.3f}'):>8} {f('attn_ms', '{:.3f}'):>8} {f('x_dense', '{:.1f}'):>7} "
+              f"{f('err', '{:.4f}'):>7} {f('sel_ms', '{:.3f}'):>8} {f('kernel_ms', '{:.3f}'):>8} {f('attn_ms', '{:.3f}'):>8} "
+              f"{f('x_dense', '{:.1f}'):>7} "
               f"{f('same', '{:.4f}'):>6}" + (f"  error: {r['error']}" if r.get("error") else ""), flush=True)
 
 
