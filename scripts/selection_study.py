@@ -68,7 +68,7 @@ def parse_args(argv=None):
     p.add_argument("--density", type=float, default=1 / 32)
     p.add_argument("--eval-blocks", type=int, default=None, help="query blocks measured (default: cuda 64, cpu 32)")
     p.add_argument("--scorers", default=None, help="comma list of row names to run (default: all)")
-    p.add_argument("--fit-blocks", type=int, default=None, help="query blocks of the fitting clip (default: cuda 256, cpu 48)")
+    p.add_argument("--fit-blocks", type=int, default=None, help="query blocks of the fitting clip (default: cuda 128, cpu 48)")
     p.add_argument("--fit-steps", type=int, default=None, help="Adam steps per learned scorer (default: cuda 300, cpu 150)")
     p.add_argument("--rep-ms", type=int, default=50, help="do_bench rep per timing (CUDA)")
     p.add_argument("--world", default=None, help="a pipeline folder (models/world-tiny-v3): also study its temporal attention")
@@ -85,7 +85,7 @@ def parse_args(argv=None):
     args.shapes = args.shapes or ("N=65536,N=131072,wan" if cuda else "N=16384,wan")
     args.wan_heads = args.wan_heads or (12 if cuda else 3)
     args.eval_blocks = args.eval_blocks or (64 if cuda else 32)
-    args.fit_blocks = args.fit_blocks or (256 if cuda else 48)
+    args.fit_blocks = args.fit_blocks or (128 if cuda else 48)
     args.fit_steps = args.fit_steps or (300 if cuda else 150)
     return args
 

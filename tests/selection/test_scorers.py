@@ -141,6 +141,7 @@ def test_learned_starts_as_pooled_and_fit_finds_what_pooling_misses():
     torch.testing.assert_close(init, score_blocks(q, k, "pooled", block_size=bk, query_block_size=bq))
     report = scorer.fit(q, k, block_size=bk, query_block_size=bq, kept=4, steps=40, lr=5e-2)
     assert report["kept_share_after"] > report["kept_share_before"] + 0.1
+    assert report["held_out_after"] >= report["held_out_before"] and 0 < report["step"] <= 40  # early stopping keeps the best
     scorer.eval()
     sel = select_blocks_scored(q, k, scorer=scorer, density=4 / 32, block_size=bk, query_block_size=bq, local_blocks=0, sink_blocks=0)
     pooled = select_blocks_scored(q, k, scorer="pooled", density=4 / 32, block_size=bk, query_block_size=bq, local_blocks=0, sink_blocks=0)

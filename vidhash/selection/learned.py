@@ -154,40 +154,55 @@ class LearnedBlockScorer(nn.Module):
     def fit(self, q: torch.Tensor, k: torch.Tensor, *, block_size: int, query_block_size: int, kept: int,
             causal: bool = False, local_blocks: int = 0, sink_blocks: int = 0, steps: int = 300,
             lr: float = 1e-2, loss: str = "ce", pos_weight: float = 20.0, decay: float = 1e-3,
-            max_query_blocks: int | None = 512, data: dict | None = None) -> dict:
+            max_query_blocks: int | None = 512, val_every: int = 4, check_every: int = 10,
+            data: dict | None = None) -> dict:
         """Fit on recorded ``q, k (b, h, n, d)`` (any number of clips/steps stacked in ``b``).
 
-        ``kept`` is the budget the scorer will serve (the ``bce`` positives; reported recall).
-        ``decay`` pulls the weights towards their pooled initialisation. ``data``: what
-        :func:`fit_data` returned for these arguments (to fit several scorers on one recording
-        without recomputing the exact masses). Returns the kept mass share (``kept`` blocks by
-        score against the oracle's, forced blocks left out) before and after, and the loss.
+        ``kept`` is the budget the scorer will serve (the ``bce`` positives; the kept share).
+        ``decay`` pulls the weights towards their pooled initialisation. Every ``val_every``-th
+        query block (over batch × blocks) is held out: every ``check_every`` steps the kept share
+        on those is measured and the best weights are kept (early stopping; ``val_every=0``: no
+        hold-out, the last weights). ``data``: what :func:`fit_data` returned for these arguments
+        (to fit several scorers on one recording). Returns the kept mass share (``kept`` blocks by
+        score over the oracle's, forced blocks left out) on the fitted and held-out blocks, before
+        and after, the step kept and the loss.
         """
         if loss not in ("ce", "bce"):
             raise ValueError(f"loss must be 'ce' or 'bce', got {loss!r}")
         if data is None:
             data = fit_data(q, k, block_size=block_size, query_block_size=query_block_size, causal=causal,
                             local_blocks=local_blocks, sink_blocks=sink_blocks, max_query_blocks=max_query_blocks)
-        before = self._kept_share(data, kept)
+        b, _, c, _ = data["mass"].shape
+        held = torch.arange(b * c, device=data["mass"].device).reshape(b, 1, c) % val_every == val_every - 1 \
+            if val_every else torch.zeros(b, 1, c, dtype=torch.bool, device=data["mass"].device)
+        train_rows = ~held
+        share = lambda rows: self._kept_share(data, kept, rows) if bool(rows.any()) else float("nan")
+        report = {"kept_share_before": share(train_rows), "held_out_before": share(held)}
         init = {name: p.detach().clone() for name, p in self.named_parameters()}
+        best, best_step, best_val = None, 0, report["held_out_before"]
         opt = torch.optim.Adam(self.parameters(), lr=lr)
         was = self.training
         self.train()
         value = float("nan")
-        for _ in range(steps):
+        for step in range(1, steps + 1):
             score = self._fit_scores(data)
-            if loss == "ce":
-                obj = _listwise_ce(score, data)
-            else:
-                obj = _weighted_bce(score - self.bias, data, kept, pos_weight)
+            obj = (_listwise_ce(score, data, train_rows) if loss == "ce"
+                   else _weighted_bce(score - self.bias, data, kept, pos_weight, train_rows))
             reg = sum(((p - init[n]) ** 2).sum() for n, p in self.named_parameters() if n not in ("log_temp", "bias"))
-            total = obj + decay * reg
             opt.zero_grad(set_to_none=True)
-            total.backward()
+            (obj + decay * reg).backward()
             opt.step()
             value = float(obj.detach())
+            if val_every and (step % check_every == 0 or step == steps):
+                val = share(held)
+                if val > best_val:
+                    best, best_step, best_val = {n: p.detach().clone() for n, p in self.state_dict().items()}, step, val
+        if val_every:  # the best weights on the held-out blocks (the initial ones if no step beat them)
+            self.load_state_dict(best if best is not None else init, strict=False)
+        else:
+            best_step = steps
         self.train(was)
-        return {"kept_share_before": before, "kept_share_after": self._kept_share(data, kept), "loss": value}
+        return dict(report, kept_share_after=share(train_rows), held_out_after=share(held), step=best_step, loss=value)
 
     def _fit_scores(self, data: dict) -> torch.Tensor:
         if self.features == "mlp":  # per-token codes: through the MLP every step
@@ -209,17 +224,18 @@ class LearnedBlockScorer(nn.Module):
         return self.pair_scores(torch.matmul(sq, self.wq), torch.matmul(sk, self.wk))
 
     @torch.no_grad()
-    def _kept_share(self, data: dict, kept: int) -> float:
-        """Mass of the ``kept`` best-scored selectable blocks over the oracle's (forced left out)."""
+    def _kept_share(self, data: dict, kept: int, rows: torch.Tensor) -> float:
+        """Mass of the ``kept`` best-scored free blocks over the oracle's, on ``rows (b, 1, c)``."""
         was = self.training
         self.eval()
         score = self._fit_scores(data).masked_fill(~data["free"], float("-inf"))
         self.train(was)
         mass = data["mass"].masked_fill(~data["free"], 0.0)
         kk = min(kept, mass.shape[-1])
-        got = mass.gather(-1, score.topk(kk, dim=-1).indices).sum()
-        best = mass.topk(kk, dim=-1).values.sum()
-        return float(got / best.clamp(min=1e-30))
+        got = mass.gather(-1, score.topk(kk, dim=-1).indices).sum(-1)
+        top = mass.topk(kk, dim=-1).values.sum(-1)
+        sel = rows.expand_as(got)
+        return float(got[sel].sum() / top[sel].sum().clamp(min=1e-30))
 
 
 def fit_data(q: torch.Tensor, k: torch.Tensor, *, block_size: int, query_block_size: int, causal: bool = False,
@@ -268,22 +284,24 @@ def _grid_scores(cq, ck, sub_ok, col_ok, free) -> torch.Tensor:
     return n.reshape(b, h, c, m, j, jp // j).amax(dim=(3, 5))
 
 
-def _listwise_ce(score: torch.Tensor, data: dict) -> torch.Tensor:
+def _listwise_ce(score: torch.Tensor, data: dict, rows: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of the free blocks' mass distribution against the softmax of the scores, mean
+    over the query blocks of ``rows (b, 1, c)`` that have any free mass."""
     free = data["free"]
     target = data["mass"].masked_fill(~free, 0.0)
     total = target.sum(-1, keepdim=True)
-    rows = total.squeeze(-1) > 0
+    use = (total.squeeze(-1) > 0) & rows
     target = target / total.clamp(min=1e-30)
     logp = torch.log_softmax(score.masked_fill(~free, float("-inf")), dim=-1)
     ce = -(target * logp.masked_fill(~free, 0.0)).sum(-1)
-    return ce[rows].mean() if rows.any() else ce.sum() * 0
+    return ce[use].mean() if use.any() else ce.sum() * 0
 
 
-def _weighted_bce(score: torch.Tensor, data: dict, kept: int, pos_weight: float) -> torch.Tensor:
+def _weighted_bce(score: torch.Tensor, data: dict, kept: int, pos_weight: float, rows: torch.Tensor) -> torch.Tensor:
     free = data["free"]
     mass = data["mass"].masked_fill(~free, -1.0)
     kth = mass.topk(min(kept, mass.shape[-1]), dim=-1).values[..., -1:]
     target = ((mass >= kth) & free).float()
     bce = F.binary_cross_entropy_with_logits(score, target, pos_weight=torch.tensor(pos_weight, device=score.device),
                                              reduction="none")
-    return bce[free].mean()
+    return bce[free & rows.unsqueeze(-1)].mean()
