@@ -265,7 +265,8 @@ def study_config(shape: str, q, k, v, fq, fk, bk: int, args, dense_ms=None) -> l
         t0 = time.perf_counter()
         fitted, reports = fit_learned(fq, fk, bk, kept - int(forced.sum(-1).float().mean().round()), args)
         print(f"    fitted learned scorers in {time.perf_counter() - t0:.1f} s: "
-              + ", ".join(f"{x} {r['kept_share_before']:.3f}→{r['kept_share_after']:.3f}" for x, r in reports.items()), flush=True)
+              + ", ".join(f"{x} {r['kept_share_before']:.3f}→{r['kept_share_after']:.3f} (held out {r['held_out_before']:.3f}→"
+                          f"{r['held_out_after']:.3f}, step {r['step']})" for x, r in reports.items()), flush=True)
     base = dict(shape=shape, n=n, nk=nk, batch=q.shape[0], heads=q.shape[1], head_dim=q.shape[-1], block_size=bk,
                 query_block_size=bq, density=args.density, kept=kept, forced_per_row=float(forced.sum(-1).float().mean()),
                 eval_blocks=int(blocks.numel()), oracle=oracle, oracle_f=oracle_f, dense_ms=dense_ms)
