@@ -94,10 +94,12 @@ def quantize_codes(cq: torch.Tensor, ck: torch.Tensor, resolution: float = RESOL
     width = code_width(cq.shape[-1])
 
     def q8(x):
-        amax = x.float().abs().amax(dim=(-2, -1), keepdim=True).clamp(min=1e-20)
-        scale = amax / 127.0
-        x8 = torch.round(x.float() / scale).clamp(-127, 127).to(torch.int8)
-        return F.pad(x8, (0, width - x.shape[-1])).contiguous(), scale.flatten().double()
+        x = x.float()
+        scale = x.abs().amax(dim=(-2, -1), keepdim=True).clamp_(min=1e-20) / 127.0
+        x8 = torch.round(x / scale).clamp_(-127, 127).to(torch.int8)
+        if width > x.shape[-1]:
+            x8 = F.pad(x8, (0, width - x.shape[-1]))
+        return x8.contiguous(), scale.flatten().double()
 
     qi, sq = q8(cq)
     ki, sk = q8(ck)

@@ -51,6 +51,9 @@ def select_from_codes(
     (b·h,)`` (from :func:`.naive.quantize_codes`; ``p = block_size / sub``). Returns int32 indices
     ``(b, h, nqb, kept)``, ascending, ``-1``-padded — equal to :func:`.naive.block_score_reference`'s."""
     m, p = check_grid(block_size, query_block_size, m, block_size if sub is None else sub)
+    if m & (m - 1) or p & (p - 1):
+        raise ValueError(f"the kernel takes powers of two for m and block_size / sub, got m={m}, {p} sub-blocks "
+                         "(backend='reference' takes any)")
     if qi.dtype != torch.int8 or ki.dtype != torch.int8:
         raise ValueError(f"codes must be int8, got {qi.dtype} and {ki.dtype}")
     if qi.shape[:2] != ki.shape[:2] or qi.shape[-1] != ki.shape[-1]:
@@ -105,7 +108,7 @@ def select_blocks_codes(
     map is applied to the same means. Same arguments and rules as
     :func:`vidhash.attention.select_blocks` (``kept``, forced sink/local blocks, causal) with ties
     between equal *levels* (at most ``resolution`` nats wide) to the lower block index."""
-    from vidhash.selection.scorers import num_kept
+    from vidhash.kernels.block_select.ops import num_kept_blocks
 
     _check_qkv(q, k)
     density = _check_density(density)
@@ -116,8 +119,8 @@ def select_blocks_codes(
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     nq, nk = q.shape[-2], k.shape[-2]
-    kept = num_kept(nq, nk, density=density, block_size=bk, query_block_size=bq, local_blocks=local_blocks,
-                    sink_blocks=sink_blocks, causal=causal, device=q.device)
+    kept = num_kept_blocks(nq, nk, density=density, block_size=bk, query_block_size=bq, local_blocks=local_blocks,
+                           sink_blocks=sink_blocks, causal=causal)  # closed form on the host: no device sync
     project = None
     if scorer is not None:
         if getattr(scorer, "code_kind", None) != "real" or getattr(scorer, "features", None) != "linear":

@@ -127,5 +127,8 @@ def test_errors_name_the_argument():
         select_from_codes(qi, qi, torch.zeros(3, dtype=torch.int32), **kw)
     with pytest.raises(ValueError, match="m must"):
         select_blocks_codes(torch.randn(1, 1, 8, 4), torch.randn(1, 1, 8, 4), block_size=4, query_block_size=4, m=3)
+    with pytest.raises(ValueError, match="powers of two"):
+        select_blocks_codes(torch.randn(1, 1, 12, 4), torch.randn(1, 1, 12, 4), block_size=6, query_block_size=6, m=3,
+                            backend="triton")
     with pytest.raises(ValueError, match="backend"):
         select_blocks_codes(torch.randn(1, 1, 8, 4), torch.randn(1, 1, 8, 4), backend="cuda")
