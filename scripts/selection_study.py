@@ -76,6 +76,7 @@ def parse_args(argv=None):
     p.add_argument("--world-clips", type=int, default=6)
     p.add_argument("--world-frames", type=int, default=96)
     p.add_argument("--world-density", type=float, default=1 / 16)
+    p.add_argument("--world-cache", default=None, help="a .pt file: load the recording from it, or record and save it there")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
@@ -202,7 +203,7 @@ def _learned_bits(device: str):
 # --------------------------------------------------------------------------------------------
 # one configuration: inputs × key-block size
 # --------------------------------------------------------------------------------------------
-def fit_learned(fq, fk, bk: int, kept_free: int, args) -> dict:
+def fit_learned(fq, fk, bk: int, kept_free: int, args, held_out: float = 0.25) -> dict:
     """The learned scorers of the rows, fitted on the fitting inputs (never the measured ones)."""
     from vidhash.selection.learned import fit_data
 
@@ -214,7 +215,7 @@ def fit_learned(fq, fk, bk: int, kept_free: int, args) -> dict:
     for name, kw in (("learned", {}), ("learned grid", grid), ("learned bits", dict(rank=32, codes="bits"))):
         scorer = LearnedBlockScorer(d, h, **kw).to(fq.device)
         reports[name] = scorer.fit(fq, fk, block_size=bk, query_block_size=args.query_block, kept=max(1, kept_free),
-                                   steps=args.fit_steps, data=data)
+                                   steps=args.fit_steps, held_out=held_out, data=data)
         fitted[name] = scorer.eval()
     return fitted, reports
 
@@ -246,7 +247,7 @@ def _oracle_indices(q, k, kw, blocks, kept):
     return idx
 
 
-def study_config(shape: str, q, k, v, fq, fk, bk: int, args, dense_ms=None) -> list[dict]:
+def study_config(shape: str, q, k, v, fq, fk, bk: int, args, dense_ms=None, held_out: float = 0.25) -> list[dict]:
     from vidhash.attention import BlockSelection, _forced_and_allowed
 
     bq, n, nk = args.query_block, q.shape[-2], k.shape[-2]
@@ -263,7 +264,7 @@ def study_config(shape: str, q, k, v, fq, fk, bk: int, args, dense_ms=None) -> l
     table = scorer_table(bk, args.device)
     if any(name.startswith("learned") and (not args.scorers or name in args.scorers) for name in table):
         t0 = time.perf_counter()
-        fitted, reports = fit_learned(fq, fk, bk, kept - int(forced.sum(-1).float().mean().round()), args)
+        fitted, reports = fit_learned(fq, fk, bk, kept - int(forced.sum(-1).float().mean().round()), args, held_out)
         print(f"    fitted learned scorers in {time.perf_counter() - t0:.1f} s: "
               + ", ".join(f"{x} {r['kept_share_before']:.3f}→{r['kept_share_after']:.3f} (held out {r['held_out_before']:.3f}→"
                           f"{r['held_out_after']:.3f}, step {r['step']})" for x, r in reports.items()), flush=True)
@@ -402,7 +403,12 @@ def record_world(path: str, clips: int, frames: int, seed: int, device: str):
 
 def run_world(args) -> list[dict]:
     t0 = time.perf_counter()
-    layers, steps = record_world(args.world, args.world_clips, args.world_frames, args.seed, args.device)
+    if args.world_cache and os.path.exists(args.world_cache):
+        layers, steps = torch.load(args.world_cache)
+    else:
+        layers, steps = record_world(args.world, args.world_clips, args.world_frames, args.seed, args.device)
+        if args.world_cache:
+            torch.save((layers, steps), args.world_cache)
     half = (args.world_clips // 2) * steps  # samples of the first half of the clips: fitting only
     q0, k0 = layers[0]
     print(f"  {args.world}: {len(layers)} layers, {q0.shape[0]} samples of {q0.shape[-2]} queries × {k0.shape[-2]} keys, "
@@ -417,7 +423,8 @@ def run_world(args) -> list[dict]:
             g = torch.Generator(device="cpu").manual_seed(args.seed + layer)
             v = torch.randn(k.shape, generator=g).to(args.device)
             print(f"  world layer {layer}, key blocks {bk}", flush=True)
-            per_bk += study_config(f"world L{layer}", q[half:], k[half:], v[half:], q[:half], k[:half], bk, study)
+            per_bk += study_config(f"world L{layer}", q[half:], k[half:], v[half:], q[:half], k[:half], bk, study,
+                                   held_out=1 / max(2, args.world_clips // 2))  # the last fitting clip
         print_table(per_bk)
         rows += per_bk + world_summary(per_bk)
         print_table(rows[-len(world_summary(per_bk)):])

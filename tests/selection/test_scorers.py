@@ -180,3 +180,15 @@ def test_learned_grid_starts_as_subgrid_and_runs_through_the_kernel_form():
     assert report["kept_share_after"] > report["kept_share_before"]
     with pytest.raises(ValueError, match="grid"):
         LearnedBlockScorer(16, heads=2, m=4, codes="bits")
+
+
+def test_held_out_rows_are_whole_clips_or_spread_blocks():
+    from vidhash.selection.learned import _held_out_rows
+
+    rows = _held_out_rows(torch.zeros(6, 2, 3, 5), 1 / 3)
+    assert rows.shape == (6, 1, 3) and rows[4:].all() and not rows[:4].any()
+    rows = _held_out_rows(torch.zeros(1, 2, 8, 5), 0.25)
+    assert rows[0, 0].tolist() == [False, False, False, True] * 2
+    assert not _held_out_rows(torch.zeros(3, 1, 4, 2), 0).any()
+    with pytest.raises(ValueError, match="held_out"):
+        _held_out_rows(torch.zeros(3, 1, 4, 2), 1.0)

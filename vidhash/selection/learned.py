@@ -154,15 +154,16 @@ class LearnedBlockScorer(nn.Module):
     def fit(self, q: torch.Tensor, k: torch.Tensor, *, block_size: int, query_block_size: int, kept: int,
             causal: bool = False, local_blocks: int = 0, sink_blocks: int = 0, steps: int = 300,
             lr: float = 1e-2, loss: str = "ce", pos_weight: float = 20.0, decay: float = 1e-3,
-            max_query_blocks: int | None = 512, val_every: int = 4, check_every: int = 10,
+            max_query_blocks: int | None = 512, held_out: float = 0.25, check_every: int = 10,
             data: dict | None = None) -> dict:
         """Fit on recorded ``q, k (b, h, n, d)`` (any number of clips/steps stacked in ``b``).
 
         ``kept`` is the budget the scorer will serve (the ``bce`` positives; the kept share).
-        ``decay`` pulls the weights towards their pooled initialisation. Every ``val_every``-th
-        query block (over batch × blocks) is held out: every ``check_every`` steps the kept share
-        on those is measured and the best weights are kept (early stopping; ``val_every=0``: no
-        hold-out, the last weights). ``data``: what :func:`fit_data` returned for these arguments
+        ``decay`` pulls the weights towards their pooled initialisation. ``held_out``: the share of
+        the recording kept out of the loss — the last batch entries when ``b > 1`` (stack clips in
+        order, so that whole clips are held out), else every ``1 / held_out``-th query block; every
+        ``check_every`` steps the kept share on them is measured and the best weights are kept
+        (early stopping; ``held_out=0``: nothing held out, the last weights). ``data``: what :func:`fit_data` returned for these arguments
         (to fit several scorers on one recording). Returns the kept mass share (``kept`` blocks by
         score over the oracle's, forced blocks left out) on the fitted and held-out blocks, before
         and after, the step kept and the loss.
@@ -172,9 +173,7 @@ class LearnedBlockScorer(nn.Module):
         if data is None:
             data = fit_data(q, k, block_size=block_size, query_block_size=query_block_size, causal=causal,
                             local_blocks=local_blocks, sink_blocks=sink_blocks, max_query_blocks=max_query_blocks)
-        b, _, c, _ = data["mass"].shape
-        held = torch.arange(b * c, device=data["mass"].device).reshape(b, 1, c) % val_every == val_every - 1 \
-            if val_every else torch.zeros(b, 1, c, dtype=torch.bool, device=data["mass"].device)
+        held = _held_out_rows(data["mass"], held_out)
         train_rows = ~held
         share = lambda rows: self._kept_share(data, kept, rows) if bool(rows.any()) else float("nan")
         report = {"kept_share_before": share(train_rows), "held_out_before": share(held)}
@@ -193,11 +192,11 @@ class LearnedBlockScorer(nn.Module):
             (obj + decay * reg).backward()
             opt.step()
             value = float(obj.detach())
-            if val_every and (step % check_every == 0 or step == steps):
+            if held_out and (step % check_every == 0 or step == steps):
                 val = share(held)
                 if val > best_val:
                     best, best_step, best_val = {n: p.detach().clone() for n, p in self.state_dict().items()}, step, val
-        if val_every:  # the best weights on the held-out blocks (the initial ones if no step beat them)
+        if held_out:  # the best weights on the held-out blocks (the initial ones if no step beat them)
             self.load_state_dict(best if best is not None else init, strict=False)
         else:
             best_step = steps
@@ -282,6 +281,22 @@ def _grid_scores(cq, ck, sub_ok, col_ok, free) -> torch.Tensor:
     best = torch.where(torch.isfinite(best), best, torch.zeros_like(best))
     n = torch.where(ok, cells - best, float("-inf"))
     return n.reshape(b, h, c, m, j, jp // j).amax(dim=(3, 5))
+
+
+def _held_out_rows(mass: torch.Tensor, share: float) -> torch.Tensor:
+    """``(b, 1, c)``: the last ``share`` of the batch entries (b > 1) or every ``1/share``-th block."""
+    if not 0 <= share < 1:
+        raise ValueError(f"held_out must be in [0, 1), got {share!r}")
+    b, _, c, _ = mass.shape
+    rows = torch.zeros(b, 1, c, dtype=torch.bool, device=mass.device)
+    if share == 0:
+        return rows
+    if b > 1:
+        rows[b - max(1, min(b - 1, round(b * share))) :] = True
+    else:
+        every = max(2, round(1 / share))
+        rows[..., every - 1 :: every] = True
+    return rows
 
 
 def _listwise_ce(score: torch.Tensor, data: dict, rows: torch.Tensor) -> torch.Tensor:
