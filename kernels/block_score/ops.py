@@ -104,7 +104,7 @@ def select_blocks_codes(
 
     Codes: ``pooled`` (default, ``m=1``), ``m`` query sub-centroids × key sub-blocks of ``sub``
     tokens (``subgrid``'s ``reduce="max"`` form, see ``kernel.py``), or a
-    :class:`~vidhash.selection.learned.LearnedBlockScorer` (``features="linear"``, real codes) whose
+    :class:`~vidhash.selection.learned.LearnedBlockScorer` (``features="linear"`` or ``"diag"``, real codes) whose
     map is applied to the same means. Same arguments and rules as
     :func:`vidhash.attention.select_blocks` (``kept``, forced sink/local blocks, causal) with ties
     between equal *levels* (at most ``resolution`` nats wide) to the lower block index."""
@@ -123,8 +123,8 @@ def select_blocks_codes(
                            sink_blocks=sink_blocks, causal=causal)  # closed form on the host: no device sync
     project = None
     if scorer is not None:
-        if getattr(scorer, "code_kind", None) != "real" or getattr(scorer, "features", None) != "linear":
-            raise ValueError("scorer must be None (pooled) or a LearnedBlockScorer with codes='real', features='linear'")
+        if getattr(scorer, "code_kind", None) != "real" or getattr(scorer, "features", None) not in ("linear", "diag"):
+            raise ValueError("scorer must be None (pooled) or a LearnedBlockScorer with codes='real', features 'linear' or 'diag'")
         project = scorer.map_means
     cq, ck = subgrid_codes(q, k, bk, bq, _scale(scale, q.shape[-1]), m, sub, project)
     qi, ki, shift = quantize_codes(cq, ck, resolution)

@@ -192,3 +192,16 @@ def test_held_out_rows_are_whole_clips_or_spread_blocks():
     assert not _held_out_rows(torch.zeros(3, 1, 4, 2), 0).any()
     with pytest.raises(ValueError, match="held_out"):
         _held_out_rows(torch.zeros(3, 1, 4, 2), 1.0)
+
+
+def test_learned_diag_starts_as_pooled_and_weighs_channels():
+    q, k = _qk(1, 2, 130, 140, 8, 4)
+    scorer = LearnedBlockScorer(8, heads=2, features="diag")
+    blocks = torch.arange(5)
+    torch.testing.assert_close(scorer.block_scores(q, k, blocks, block_size=16, query_block_size=32),
+                               score_blocks(q, k, "pooled", block_size=16, query_block_size=32, query_blocks=blocks))
+    with torch.no_grad():
+        scorer.wq[:, 3:] = 0  # channels 3.. ignored
+    want = score_blocks(q[..., :3], k[..., :3], "pooled", block_size=16, query_block_size=32, scale=8**-0.5)
+    torch.testing.assert_close(scorer.block_scores(q, k, blocks, block_size=16, query_block_size=32), want[:, :, :5])
+    assert sum(p.numel() for p in scorer.parameters() if p.ndim == 2) == 2 * 2 * 8

@@ -5,8 +5,10 @@ Letters: b batch, h heads, n tokens, d head_dim, c query blocks, j key blocks, r
 f block features, e hidden width.
 
 A block's code is ``φ(x) (r,)`` per head: ``"linear"`` maps the block's mean token (``r × d``
-matrices, initialised so that the score starts as ``pooled``'s ``s · q̄ · k̄``), ``"mlp"`` runs a
-small per-token MLP and averages its outputs over the block (per-token codes, pooled). Scores:
+matrices, initialised so that the score starts as ``pooled``'s ``s · q̄ · k̄``), ``"diag"`` weighs
+its channels (``d`` weights per head and role: little to overfit on a short recording),
+``"minmax"`` maps ``[mean, max, min]`` of the block, ``"mlp"`` runs a small per-token MLP and
+averages its outputs over the block (per-token codes, pooled). Scores:
 
 * ``codes="real"`` — ``φ_q(i) · φ_k(j)``: the same dot product as ``pooled``, so the
   ``kernels/block_score`` kernel runs it at ``pooled``'s cost (codes of width r instead of d);
@@ -38,7 +40,8 @@ from vidhash.hashing import hamming_similarity, pack_bits
 from .oracle import block_mass, eval_query_blocks
 
 
-FEATURES = ("linear", "minmax", "mlp")
+FEATURES = ("linear", "diag", "minmax", "mlp")
+_MEAN_MAPS = ("linear", "diag")  # codes are a map of the block's mean token
 
 
 class LearnedBlockScorer(nn.Module):
@@ -55,8 +58,10 @@ class LearnedBlockScorer(nn.Module):
                  codes: str = "real", hidden: int = 64, scale: float | None = None, m: int = 1,
                  sub: int | None = None, seed: int = 0):
         super().__init__()
-        if (m != 1 or sub is not None) and (features != "linear" or codes != "real"):
-            raise ValueError("a grid (m > 1 or sub) needs features='linear' and codes='real' (the block_score kernel's form)")
+        if (m != 1 or sub is not None) and (features not in _MEAN_MAPS or codes != "real"):
+            raise ValueError("a grid (m > 1 or sub) needs features='linear' or 'diag' and codes='real' (the kernel's form)")
+        if features == "diag" and rank not in (None, head_dim):
+            raise ValueError(f"features='diag' has rank head_dim={head_dim}, got rank={rank!r}")
         if not isinstance(m, int) or m < 1 or (sub is not None and (not isinstance(sub, int) or sub < 1)):
             raise ValueError(f"m must be a positive int and sub None or a positive int, got {m!r}, {sub!r}")
         self.m, self.sub = m, sub
@@ -76,6 +81,8 @@ class LearnedBlockScorer(nn.Module):
         fin = 3 * head_dim if features == "minmax" else head_dim
         eye = torch.eye(fin, r)
         init = eye.expand(heads, fin, r).clone() * math.sqrt(self.scale)
+        if features == "diag":  # one weight per channel: d parameters per head and role
+            init = torch.full((heads, head_dim), math.sqrt(self.scale))
         self.wq, self.wk = nn.Parameter(init.clone()), nn.Parameter(init.clone())
         # 2. per-token MLPs (features="mlp"): residual on top of the linear map, zero at init
         if features == "mlp":
@@ -86,11 +93,15 @@ class LearnedBlockScorer(nn.Module):
         self.bias = nn.Parameter(torch.zeros(()))  # loss="bce": logit = score − bias
 
     # ----------------------------------------------------------------------------- codes
+    def weight(self, role: str) -> torch.Tensor:
+        """The map ``(heads, features, r)`` of ``role`` (``"diag"``: the diagonal matrix)."""
+        w = self.wq if role == "query" else self.wk
+        return torch.diag_embed(w) if self.features == "diag" else w
+
     def token_codes(self, x: torch.Tensor, role: str) -> torch.Tensor:
         """Per-token real codes ``(b, h, n, r)`` (their block mean is the block's code)."""
         x = x.float()
-        w = self.wq if role == "query" else self.wk
-        z = torch.matmul(x, w)
+        z = torch.matmul(x, self.weight(role))
         if self.features == "mlp":
             hw, ow = (self.hq, self.oq) if role == "query" else (self.hk, self.ok)
             z = z + torch.matmul(F.silu(torch.matmul(x, hw)), ow)
@@ -105,17 +116,17 @@ class LearnedBlockScorer(nn.Module):
             raise ValueError(f"role must be 'query' or 'key', got {role!r}")
         if x.shape[-3] != self.heads or x.shape[-1] != self.head_dim:
             raise ValueError(f"x must be (b, heads={self.heads}, n, head_dim={self.head_dim}), got {tuple(x.shape)}")
-        if self.features == "linear":
-            return torch.matmul(block_moments(x, block_size), self.wq if role == "query" else self.wk)
+        if self.features in _MEAN_MAPS:
+            return torch.matmul(block_moments(x, block_size), self.weight(role))
         if self.features == "minmax":
-            return torch.matmul(block_pool3(x, block_size), self.wq if role == "query" else self.wk)
+            return torch.matmul(block_pool3(x, block_size), self.weight(role))
         return block_moments(self.token_codes(x, role), block_size)
 
     def map_means(self, means: torch.Tensor, role: str) -> torch.Tensor:
-        """Codes of mean tokens ``(b, h, nb, d)`` (``features="linear"``): ``means @ W``."""
-        if self.features != "linear":
-            raise ValueError(f"map_means needs features='linear', got {self.features!r}")
-        return torch.matmul(means.float(), self.wq if role == "query" else self.wk)
+        """Codes of mean tokens ``(b, h, nb, d)`` (``features="linear"`` or ``"diag"``): ``means @ W``."""
+        if self.features not in _MEAN_MAPS:
+            raise ValueError(f"map_means needs features='linear' or 'diag', got {self.features!r}")
+        return torch.matmul(means.float(), self.weight(role))
 
     def signatures(self, x: torch.Tensor, block_size: int, role: str) -> torch.Tensor:
         """Packed sign bits ``(b, h, nb, w)`` int32 of the block codes (``codes="bits"``)."""
@@ -139,7 +150,8 @@ class LearnedBlockScorer(nn.Module):
             nq, nk = q.shape[-2], k.shape[-2]
             sq, sk, sub_ok, col_ok = _grid_stats(q, k, blocks, block_size, query_block_size, self.m, self.sub)
             free = torch.ones(blocks.numel(), -(-nk // block_size), dtype=torch.bool, device=q.device)
-            return _grid_scores(torch.matmul(sq, self.wq.unsqueeze(1)), torch.matmul(sk, self.wk), sub_ok, col_ok, free)
+            cq, ck = torch.matmul(sq, self.weight("query").unsqueeze(1)), torch.matmul(sk, self.weight("key"))
+            return _grid_scores(cq, ck, sub_ok, col_ok, free)
         cache = {} if cache is None else cache
         key = ("learned", id(self))
         if key not in cache:
@@ -214,13 +226,14 @@ class LearnedBlockScorer(nn.Module):
             if key not in data:
                 data[key] = _grid_stats(data["q"], data["k"], data["blocks"], data["bk"], data["bq"], self.m, self.sub)
             sq, sk, sub_ok, col_ok = data[key]
-            return _grid_scores(torch.matmul(sq, self.wq.unsqueeze(1)), torch.matmul(sk, self.wk), sub_ok, col_ok, data["free"])
-        pool = block_moments if self.features == "linear" else block_pool3
+            cq, ck = torch.matmul(sq, self.weight("query").unsqueeze(1)), torch.matmul(sk, self.weight("key"))
+            return _grid_scores(cq, ck, sub_ok, col_ok, data["free"])
+        pool = block_moments if self.features in _MEAN_MAPS else block_pool3
         key = ("stats", self.features)
         if key not in data:  # block statistics do not depend on the weights: once per recording
             data[key] = (pool(data["q"], data["bq"])[:, :, data["blocks"]], pool(data["k"], data["bk"]))
         sq, sk = data[key]
-        return self.pair_scores(torch.matmul(sq, self.wq), torch.matmul(sk, self.wk))
+        return self.pair_scores(torch.matmul(sq, self.weight("query")), torch.matmul(sk, self.weight("key")))
 
     @torch.no_grad()
     def _kept_share(self, data: dict, kept: int, rows: torch.Tensor) -> float:
