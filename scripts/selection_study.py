@@ -27,7 +27,8 @@ Scorers (``vidhash.selection``; ``kernel`` rows run ``kernels/block_score`` on C
 torch reference ``naive.py`` — the same indices — on a CPU; on CUDA ``same`` is the share of
 indices equal to that reference): ``simhash`` (today's, ``kernels/block_select``), ``pooled``
 (mean q · mean k), ``pooled float`` (the float scorer, to show int8 codes lose nothing),
-``moments``, ``prefilter x4``, ``subgrid mM subS`` (M query sub-centroids × key sub-blocks of S
+``moments`` (means and per-channel variances: the second-order estimate of a pair's log mass,
+3d-wide codes; ``moments float`` the float scorer), ``prefilter x4``, ``subgrid mM subS`` (M query sub-centroids × key sub-blocks of S
 tokens, best cell; ``lse`` is the float log-sum-exp form), ``learned`` (per-head linear block
 codes fitted on another clip of the same inputs: ``video_like_qkv`` on a grid of other layout,
 or the world model's other clips — the held-out rule), ``learned m4 subS`` (the same fitted for
@@ -125,8 +126,8 @@ def scorer_table(bk: int, device: str) -> dict:
     sub16 = min(16, bk)
 
     def codes(m=1, sub=None, learned=None, backend="triton" if device == "cuda" else "reference"):
-        return lambda q, k, kw, fit: select_blocks_codes(q, k, m=m, sub=sub, scorer=fit[learned] if learned else None,
-                                                         backend=backend, **kw).indices
+        pick = lambda fit: learned if learned in (None, "moments") else fit[learned]
+        return lambda q, k, kw, fit: select_blocks_codes(q, k, m=m, sub=sub, scorer=pick(fit), backend=backend, **kw).indices
 
     def kernel(m=1, sub=None, learned=None):
         if device != "cuda":
@@ -142,7 +143,8 @@ def scorer_table(bk: int, device: str) -> dict:
         "simhash": (_simhash(device), None),
         "pooled": kernel(),
         "pooled float": (scored("pooled"), None),
-        "moments": (scored("moments"), None),
+        "moments": kernel(learned="moments"),
+        "moments float": (scored("moments"), None),
         "prefilter x4": (scored("prefilter", factor=4), None),
         "subgrid m4": kernel(4),
         f"subgrid {tag(1, s16)}": kernel(1, s16),
@@ -160,13 +162,16 @@ def scorer_table(bk: int, device: str) -> dict:
 
 def _kernel_alone(m, sub, learned):
     """``(q, k, kw, fit) -> callable`` running only the block-score kernel on precomputed int8 codes."""
-    from vidhash.kernels.block_score.naive import quantize_codes, subgrid_codes
+    from vidhash.kernels.block_score.naive import moment_codes, quantize_codes, subgrid_codes
     from vidhash.kernels.block_score.ops import select_from_codes
 
     def prepare(q, k, kw, fit):
         bk, bq, n, nk = kw["block_size"], kw["query_block_size"], q.shape[-2], k.shape[-2]
-        project = fit[learned].map_means if learned else None
-        qi, ki, shift = quantize_codes(*subgrid_codes(q, k, bk, bq, q.shape[-1] ** -0.5, m, sub, project))
+        if learned == "moments":
+            codes = moment_codes(q, k, bk, bq, q.shape[-1] ** -0.5)
+        else:
+            codes = subgrid_codes(q, k, bk, bq, q.shape[-1] ** -0.5, m, sub, fit[learned].map_means if learned else None)
+        qi, ki, shift = quantize_codes(*codes)
         kept = num_kept(n, nk, density=kw["density"], block_size=bk, query_block_size=bq, local_blocks=1, sink_blocks=1,
                         causal=False, device=q.device)
         return lambda: select_from_codes(qi, ki, shift, kept=kept, num_queries=n, num_keys=nk, block_size=bk,

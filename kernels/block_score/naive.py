@@ -8,7 +8,7 @@ Pipeline (shared by :mod:`.ops` and this reference; only step 3 differs):
 1. block codes in nats: :func:`subgrid_codes` — ``√s`` times the mean of each of the ``m`` runs
    of ``query_block_size / m`` queries of a query block and of each run of ``sub`` keys of a key
    block (``m = 1, sub = block_size``: ``pooled``, ``code_q · code_k = s · q̄ · k̄``), or a
-   learned scorer's codes;
+   learned scorer's codes; :func:`moment_codes` (``moments``: means and variances, 3d wide);
 2. :func:`quantize_codes`: int8 codes, one scale per (batch, head) and role, width padded to
    ``R`` (a power of two ≥ 32); ``shift`` per (batch, head) so that one level (``2^shift``
    integer score units) is at most ``resolution`` nats;
@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from vidhash.attention import _forced_and_allowed
 
 RESOLUTION = 1.0 / 16  # nats per level at most: 256 levels span ≥ 16 nats below a row's best
-MIN_WIDTH = 32  # int8 tl.dot needs K ≥ 32
+MIN_WIDTH = 32  # int8 tl.dot needs K ≥ 32 (scores stay exact in float32 up to 512 wide: 512 · 127² < 2^24)
 _NEG = -(1 << 30)
 _CHUNK_ELEMS = 1 << 23
 
@@ -79,19 +79,56 @@ def subgrid_codes(q: torch.Tensor, k: torch.Tensor, block_size: int, query_block
     return cq, ck
 
 
-def quantize_codes(cq: torch.Tensor, ck: torch.Tensor, resolution: float = RESOLUTION):
-    """int8 codes ``(b, h, ·, R)`` and int32 ``shift (b·h,)`` from float codes (see module docstring).
+def block_sq_means(x: torch.Tensor, block_size: int) -> torch.Tensor:
+    """Mean of the squared tokens of each run of ``block_size`` tokens, float32 ``(b, h, nb, d)``."""
+    b, h, n, d = x.shape
+    full = n // block_size
+    parts = []
+    if full:
+        head = x[:, :, : full * block_size].reshape(b, h, full, block_size, d).float()
+        parts.append(head.square().sum(-2) / block_size)
+    if n > full * block_size:
+        tail = x[:, :, full * block_size :].float()
+        parts.append(tail.square().sum(-2, keepdim=True) / tail.shape[-2])
+    return torch.cat(parts, dim=2) if len(parts) > 1 else parts[0]
 
-    Per (batch, head): ``code ≈ int8 · scale`` with ``scale = max|code| / 127``; an integer score
-    unit is ``scale_q · scale_k`` nats and ``shift = floor(log2(resolution / unit))`` (in [0, 24]).
+
+def moment_codes(q: torch.Tensor, k: torch.Tensor, block_size: int, query_block_size: int, scale: float):
+    """``moments``' codes ``(b, h, nqb, 3d)``, ``(b, h, nkb, 3d)``: with per-channel means ``μ`` and
+    variances ``σ²`` of a block, ``[√s μ_q, s/√2 · E[q²], s/√2 · σ²_q] · [√s μ_k, s/√2 · σ²_k, s/√2 · μ_k²]
+    = s μ_q·μ_k + s²/2 (E[q²]·σ²_k + σ²_q·μ_k²)``: the second-order estimate of ``log E exp(s q·k)``
+    over the block pair (``vidhash.selection.scorers``' ``moments``)."""
+    root, half = math.sqrt(scale), scale / math.sqrt(2.0)
+    mq, mk = block_means(q, query_block_size), block_means(k, block_size)
+    q2, k2 = block_sq_means(q, query_block_size), block_sq_means(k, block_size)
+    var_q, var_k = (q2 - mq.square()).clamp(min=0), (k2 - mk.square()).clamp(min=0)
+    cq = torch.cat([mq * root, q2 * half, var_q * half], dim=-1)
+    ck = torch.cat([mk * root, var_k * half, mk.square() * half], dim=-1)
+    return cq, ck
+
+
+def quantize_codes(cq: torch.Tensor, ck: torch.Tensor, resolution: float = RESOLUTION, return_unit: bool = False):
+    """int8 codes ``(b, h, ·, R)`` and int32 ``shift (b·h,)`` from float codes (see module docstring);
+    with ``return_unit`` also ``unit (b·h,)`` float64, the nats of one integer score unit.
+
+    Per (batch, head) and channel, query codes are multiplied and key codes divided by
+    ``√(max|k| / max|q|)`` (every dot product unchanged; both sides of a channel then span the same
+    range), then ``code ≈ int8 · scale`` with ``scale = max|code| / 127``; an integer score unit is
+    ``scale_q · scale_k`` nats and ``shift = floor(log2(resolution / unit))`` (in [0, 24]).
     """
     if not resolution > 0:
         raise ValueError(f"resolution must be positive, got {resolution!r}")
     if cq.shape[:2] != ck.shape[:2] or cq.shape[-1] != ck.shape[-1]:
         raise ValueError(f"query codes {tuple(cq.shape)} and key codes {tuple(ck.shape)} disagree in (b, h) or width")
-    if cq.shape[-1] > 256:
-        raise ValueError(f"codes are at most 256 wide, got {cq.shape[-1]}")
+    if cq.shape[-1] > 512:
+        raise ValueError(f"codes are at most 512 wide, got {cq.shape[-1]}")
     width = code_width(cq.shape[-1])
+    cq, ck = cq.float(), ck.float()
+    range_q = cq.abs().amax(dim=-2, keepdim=True)  # (b, h, 1, r)
+    range_k = ck.abs().amax(dim=-2, keepdim=True)
+    both = (range_q > 0) & (range_k > 0)
+    balance = torch.where(both, (range_k / range_q.clamp(min=1e-30)).sqrt(), torch.ones_like(range_q))
+    cq, ck = cq * balance, ck / balance
 
     def q8(x):
         x = x.float()
@@ -104,7 +141,7 @@ def quantize_codes(cq: torch.Tensor, ck: torch.Tensor, resolution: float = RESOL
     qi, sq = q8(cq)
     ki, sk = q8(ck)
     shift = torch.floor(torch.log2(resolution / (sq * sk))).clamp(min=0, max=24).to(torch.int32)
-    return qi, ki, shift
+    return (qi, ki, shift, sq * sk) if return_unit else (qi, ki, shift)
 
 
 def pair_levels(s: torch.Tensor, cell_ok: torch.Tensor, free_cells: torch.Tensor, m: int, p: int,

@@ -15,20 +15,21 @@ import triton
 from vidhash.attention import BlockSelection, _check_block, _check_count, _check_density, _check_qkv, _scale
 
 from .kernel import block_score_kernel
-from .naive import RESOLUTION, block_score_reference, check_grid, quantize_codes, subgrid_codes
+from .naive import RESOLUTION, block_score_reference, check_grid, moment_codes, quantize_codes, subgrid_codes
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 BACKENDS = ("auto", "triton", "reference")
 
 
-def _tiles(nkb: int, m: int, p: int) -> tuple[int, int, int]:
+def _tiles(nkb: int, m: int, p: int, width: int) -> tuple[int, int, int]:
     """``(BLOCK_M, BLOCK_N, num_warps)``: 16 query blocks per program, key blocks per step so that
     a tile holds ≤ 4,096 cells (≤ 128 blocks); one bounded choice per size (no autotune)."""
     block_m = 16
     if _INTERPRET:
         return block_m, max(1, 16 // p), 4
-    block_n = max(16 // p if p < 16 else 1, min(128, 4096 // (block_m * m * p)))
-    return block_m, min(block_n, max(16 // p if p < 16 else 1, triton.next_power_of_2(nkb))), 4
+    low = 16 // p if p < 16 else 1
+    block_n = max(low, min(128, 4096 // (block_m * m * p), 16384 // width))  # wide codes: smaller key tiles
+    return block_m, min(block_n, max(low, triton.next_power_of_2(nkb))), 4
 
 
 def select_from_codes(
@@ -69,7 +70,7 @@ def select_from_codes(
     qi, ki = qi.contiguous(), ki.contiguous()
     shift = shift.to(device=qi.device, dtype=torch.int32).contiguous()
     out = torch.empty(b, h, nqb, kept, dtype=torch.int32, device=qi.device)
-    block_m, block_n, warps = _tiles(nkb, m, p)
+    block_m, block_n, warps = _tiles(nkb, m, p, width)
     grid = (triton.cdiv(nqb, block_m), b * h)
     block_score_kernel[grid](
         qi, ki, shift, out,
@@ -102,7 +103,8 @@ def select_blocks_codes(
     """Block selection by exact block-code scores, the top-k fused in the kernel
     (``backend="triton"``, the default on CUDA) or in torch (``"reference"``, identical indices).
 
-    Codes: ``pooled`` (default, ``m=1``), ``m`` query sub-centroids × key sub-blocks of ``sub``
+    Codes: ``pooled`` (default, ``m=1``), ``scorer="moments"`` (means and variances, 3d wide:
+    ``vidhash.selection``'s ``moments`` exactly up to int8), ``m`` query sub-centroids × key sub-blocks of ``sub``
     tokens (``subgrid``'s ``reduce="max"`` form, see ``kernel.py``), or a
     :class:`~vidhash.selection.learned.LearnedBlockScorer` (``features="linear"`` or ``"diag"``, real codes) whose
     map is applied to the same means. Same arguments and rules as
@@ -122,11 +124,18 @@ def select_blocks_codes(
     kept = num_kept_blocks(nq, nk, density=density, block_size=bk, query_block_size=bq, local_blocks=local_blocks,
                            sink_blocks=sink_blocks, causal=causal)  # closed form on the host: no device sync
     project = None
-    if scorer is not None:
+    if scorer == "moments":
+        if m != 1 or sub not in (None, bk):
+            raise ValueError("scorer='moments' takes m=1 and no sub-blocks")
+    elif scorer is not None:
         if getattr(scorer, "code_kind", None) != "real" or getattr(scorer, "features", None) not in ("linear", "diag"):
-            raise ValueError("scorer must be None (pooled) or a LearnedBlockScorer with codes='real', features 'linear' or 'diag'")
+            raise ValueError("scorer must be None (pooled), 'moments' or a LearnedBlockScorer with codes='real', "
+                             "features 'linear' or 'diag'")
         project = scorer.map_means
-    cq, ck = subgrid_codes(q, k, bk, bq, _scale(scale, q.shape[-1]), m, sub, project)
+    if scorer == "moments":
+        cq, ck = moment_codes(q, k, bk, bq, _scale(scale, q.shape[-1]))
+    else:
+        cq, ck = subgrid_codes(q, k, bk, bq, _scale(scale, q.shape[-1]), m, sub, project)
     qi, ki, shift = quantize_codes(cq, ck, resolution)
     kw = dict(kept=kept, num_queries=nq, num_keys=nk, block_size=bk, query_block_size=bq,
               local_blocks=local_blocks, sink_blocks=sink_blocks, causal=causal, m=m, sub=sub)

@@ -44,6 +44,29 @@ def test_kernel_matches_reference(b, h, nq, nk, d, bk, bq, local, sink, causal, 
     assert (out.block_size, out.query_block_size, out.num_queries, out.num_keys, out.causal) == (bk, bq, nq, nk, causal)
 
 
+@pytest.mark.parametrize("causal", [pytest.param(False, id="B1-H2-N77-D40-moments"), pytest.param(True, id="B1-H2-Nq90-Nk150-moments-causal")])
+def test_moments_codes_match_reference(causal):
+    g = torch.Generator().manual_seed(3)
+    nq, nk = (77, 77) if not causal else (90, 150)
+    q, k = (torch.randn(1, 2, nq, 40, generator=g) * 2).to(DEV), torch.randn(1, 2, nk, 40, generator=g).to(DEV)
+    kw = dict(density=0.3, block_size=8, query_block_size=32, causal=causal, scorer="moments")
+    out = select_blocks_codes(q, k, backend="triton", **kw)
+    assert torch.equal(out.indices, select_blocks_codes(q, k, backend="reference", **kw).indices)
+
+
+def test_moments_codes_are_the_moments_scores():
+    from vidhash.kernels.block_score.naive import moment_codes
+    from vidhash.selection import score_blocks
+
+    g = torch.Generator().manual_seed(0)
+    q, k = torch.randn(1, 2, 300, 16, generator=g) * 2, torch.randn(1, 2, 290, 16, generator=g)
+    cq, ck = moment_codes(q, k, 32, 64, 0.25)
+    want = score_blocks(q, k, "moments", block_size=32, query_block_size=64, scale=0.25)
+    torch.testing.assert_close(cq @ ck.transpose(-1, -2), want, rtol=1e-5, atol=1e-5)
+    qi, ki, shift = quantize_codes(cq, ck)  # the per-channel balance leaves every dot product as it was
+    assert qi.shape[-1] == 64
+
+
 @pytest.mark.parametrize("m,sub", [pytest.param(1, None, id="pooled"), pytest.param(2, 4, id="m2-sub4")])
 def test_ties_go_to_the_lower_block(m, sub):
     """Repeated key blocks and a coarse resolution: many equal levels, the kernel and the reference
@@ -110,12 +133,16 @@ def test_reference_matches_brute_force(causal, m, sub):
 def test_quantize_codes_scale_and_shift():
     g = torch.Generator().manual_seed(2)
     cq, ck = torch.randn(2, 3, 5, 40, generator=g), torch.randn(2, 3, 9, 40, generator=g) * 7
-    qi, ki, shift = quantize_codes(cq, ck, resolution=0.1)
+    ck[..., 3] *= 100  # one wide key channel: balanced against its query channel
+    qi, ki, shift, unit = quantize_codes(cq, ck, resolution=0.1, return_unit=True)
     assert qi.dtype == ki.dtype == torch.int8 and qi.shape[-1] == ki.shape[-1] == code_width(40) == 64
     assert int(qi[..., 40:].abs().max()) == 0 and int(qi.abs().amax(dim=(-2, -1)).min()) == 127
-    unit = (cq.abs().amax(dim=(-2, -1)) / 127 * ck.abs().amax(dim=(-2, -1)) / 127).flatten().double()
     level = unit * torch.pow(2.0, shift.double())
-    assert bool((level <= 0.1 + 1e-12).all()) and bool((level * 2 > 0.1).all())
+    assert bool(((level <= 0.1 + 1e-12) | (shift == 0)).all()) and bool((level * 2 > 0.1).all())  # shift 0: int8 is coarser
+    # integer scores × unit are the float scores up to int8 rounding
+    approx = (qi.double() @ ki.double().transpose(-1, -2)) * unit.reshape(2, 3, 1, 1)
+    exact = cq.double() @ ck.double().transpose(-1, -2)
+    assert float((approx - exact).abs().max()) < 0.03 * float(exact.abs().max())
 
 
 def test_errors_name_the_argument():
