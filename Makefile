@@ -14,7 +14,7 @@ STAMP  := $(VENV)/.vidhash-installed
 
 .PHONY: demo demo-free demo-hashhop test install clean-venv bench-hashhop
 
-$(STAMP): pyproject.toml setup.py
+$(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check $(TORCH)
 	$(PY) -c "import triton" 2>/dev/null || $(PY) -m pip install -q --disable-pip-version-check $(TRITON)

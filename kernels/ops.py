@@ -1,6 +1,9 @@
-"""Public Triton ops of vidhash (``vidhash.kernels.ops``): one import line per op folder.
+"""Public Triton ops of vidhash (``vidhash.kernels.ops``): one import line per op folder; needs triton.
 
-``vidhash.attention.hash_attention(..., backend="triton")`` calls :func:`hash_attention` here.
+The library reaches them here, through :func:`vidhash.ops.backend.triton_ops`:
+``vidhash.attention.hash_attention(..., backend="triton")`` calls :func:`hash_attention`,
+``HashedMemory.write`` / ``attend`` call :func:`memory_write_fifo`, :func:`memory_write_merge`
+and :func:`memory_attend`. Each has its reference in its folder's ``naive.py``.
 """
 from vidhash.kernels.block_select.ops import select_blocks_triton
 from vidhash.kernels.memory.ops import memory_attend, memory_select, memory_write_fifo, memory_write_merge

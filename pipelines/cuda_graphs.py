@@ -102,7 +102,7 @@ class PassGraphs:
     def _make_key(self, state, context, act, pos, latents) -> tuple:
         ptrs = []
         for ctx in context:
-            ptrs += [0 if ctx.k is None else ctx.k.data_ptr(), 0 if ctx.v is None else ctx.v.data_ptr(), ctx.top_k, ctx.mass_cap]
+            ptrs += [0 if ctx.k is None else ctx.k.data_ptr(), 0 if ctx.v is None else ctx.v.data_ptr(), ctx.read]
             if ctx.memory is not None:
                 ptrs += [b.data_ptr() for b in ctx.memory.buffers()]
                 hasher = ctx.memory.hasher

@@ -24,12 +24,20 @@ runs any length at constant memory; ``pipe(...)`` collects the chunks. Everythin
 continues a clip — window, memories, RNG, frame counter, pose, trajectory — is a
 ``VidHashState``: ``pipe(..., state=state)`` picks up where it stopped (N frames, save, load,
 N more == 2N frames straight, bitwise on CPU, when N is a multiple of ``chunk_frames``).
+
+**Settings.** Every argument of a call left None comes from the state being continued (frame
+size, window, memory mode and size) or else from :attr:`VidHashPipeline.generation_config` — a
+:class:`~vidhash.generation_config.GenerationConfig` saved with the pipeline (``model_index.json``)
+and read back by ``from_pretrained``, so ``VidHashPipeline.from_pretrained(folder)(num_frames=N)``
+generates what ``vidhash generate --model folder`` does. A folder saved before it carried one gets
+the preset of its model size (:func:`vidhash.presets.generation_for_model`).
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,14 +48,93 @@ from diffusers.pipelines.pipeline_utils import DiffusionPipeline
 from diffusers.schedulers import FlowMatchEulerDiscreteScheduler
 from diffusers.utils.torch_utils import randn_tensor
 
-from vidhash.config import GenerationConfig, TemporalMemoryConfig, check_generation, config_diff, generation_config
-from vidhash.data.world import NULL_ACTION, RandomTrajectory, action_ids, integrate_actions
-from vidhash.models.transformer_vidhash import VidHashTransformer3DModel, random_model
+from vidhash.camera import NULL_ACTION, RandomTrajectory, action_ids, integrate_actions
+from vidhash.generation_config import GenerationConfig, MemorySettings
+from vidhash.memory import MemoryRead
+from vidhash.models.transformer_vidhash import VidHashTransformer3DModel
+from vidhash.presets import (
+    config_diff,
+    generation_for_model,
+    generation_from_dict,
+    generation_preset,
+    model_presets,
+    random_model,
+)
 
 from .pipeline_output import VidHashPipelineOutput
-from .state import VidHashState, state_config
+from .state import VidHashState
 
 OUTPUT_TYPES = ("np", "pt", "pil")
+# The arguments of VidHashPipeline.stream and __call__, written once (_document_arguments puts them in both docstrings).
+ARGUMENTS_DOC = r"""Args:
+    num_frames: frames to generate in this call (> 0).
+    height, width: frame size (multiples of the patch size).
+    fps: frames per second of the clip (recorded only).
+    actions: one action (name or id, see ``vidhash.camera.ACTIONS``) per frame; the camera
+        pose follows them by ``action_step`` pixels per move.
+    poses: one world (x, y) per frame (the camera path itself).
+    trajectory_seed: with neither actions nor poses, a seeded random trajectory (that
+        wanders and returns) is used; its seed is this or drawn from the generator. A
+        state continues its own trajectory.
+    chunk_frames: frames denoised together (≤ window_frames unless memory mode is full).
+    window_frames: recent frames attended exactly; with a state, the state's.
+    memory: ``MemorySettings`` (or a dict of its fields over the resolved ones): mode
+        ``hashed`` / ``window`` / ``full``, size (``num_buckets``, ``slots``, ``n_bits``,
+        ``policy``, ``seed``; with a state, the state's) and read (``top_k`` entries per
+        query, None for all; ``mass_cap``: the read's weight cap, 0 = off).
+    num_inference_steps: flow-matching Euler steps per chunk.
+    generator: CPU ``torch.Generator`` for all noise (carried in the state); with a
+        state, replaces the state's generator.
+    output_type: ``"np"``, ``"pt"`` or ``"pil"``.
+    guidance_scale: context guidance. A guided step also runs the chunk with no window and
+        no memory (the model saw such chunks in training: a clip's first chunk) and steps
+        along ``v_free + guidance_scale · (v_context − v_free)``. 1 is off: one pass per
+        step. Above 1 the chunk commits harder to what its context implies.
+    guidance_steps: guide only the first this many denoising steps of each chunk (where
+        the layout is decided); the settings' None guides every step.
+    callback_on_step_end: ``fn(pipe, step, timestep, callback_kwargs) -> dict`` after each
+        denoising step (``pipe.chunk_index`` says which chunk); setting
+        ``pipe._interrupt = True`` stops generation: the current chunk is dropped and the
+        state stays at the last finished chunk (its generator too: continuing it equals a
+        straight run).
+    callback_on_step_end_tensor_inputs: tensors passed in ``callback_kwargs``.
+    state: a ``VidHashState`` to continue (updated in place); None starts a new clip.
+    context_frames: observed frames that come before the generated ones (a frame prompt):
+        numpy ``(F, h, w, 3)`` (uint8, or float in [0, 1]; a leading batch axis of 1 is
+        allowed — the layout ``output_type="np"`` returns), torch ``(F, 3, h, w)`` float in
+        [0, 1] (as ``"pt"``), or a list of ``PIL.Image``; ``h × w`` is the generation size.
+        They run clean (t = 0) through the commit pass in chunks of ``chunk_frames`` —
+        into the window, then the memory, exactly as generated frames — count in the
+        state's frame index, draw no noise, and are not yielded. Works with ``state``
+        (observations appended to a clip) and ``stream``.
+    context_poses: world (x, y) of each context frame ``(F, 2)``.
+    context_actions: one action per context frame; without ``context_poses`` the poses
+        follow them from the state's pose. One of the two is required. A random
+        trajectory restarts from the last context pose.
+"""
+
+
+def _document_arguments(fn):
+    """``fn``'s docstring with its ``{arguments}`` line replaced by :data:`ARGUMENTS_DOC` (indented)."""
+    fn.__doc__ = fn.__doc__.replace("{arguments}", ARGUMENTS_DOC.strip().replace("\n", "\n        "))
+    return fn
+
+
+@dataclass
+class _Chunk:
+    """One chunk's camera path — action ids ``(c,)``, poses ``(c, 2)``, as tensors ``act (1, c)`` and
+    ``pos (1, c, 2)``, the random trajectory that made them (None for a given path) — and what its
+    passes share once denoising starts: the context, the frame inputs, and the CUDA graphs when
+    its passes replay (None: eager)."""
+
+    ids: np.ndarray
+    poses: np.ndarray
+    act: torch.Tensor
+    pos: torch.Tensor
+    trajectory: RandomTrajectory | None = None
+    context: list | None = None
+    frame_inputs: Any = None
+    graphs: Any = None
 
 
 class VidHashPipeline(DiffusionPipeline):
@@ -56,29 +143,57 @@ class VidHashPipeline(DiffusionPipeline):
     Components:
         transformer: ``VidHashTransformer3DModel``.
         scheduler: ``FlowMatchEulerDiscreteScheduler``.
+
+    Settings:
+        generation_config: ``GenerationConfig`` (or its dict) of every call argument left None;
+            saved in ``model_index.json``; None: the preset of the transformer's size.
     """
 
     model_cpu_offload_seq = "transformer"
     _callback_tensor_inputs = ["latents"]
 
-    def __init__(self, transformer: VidHashTransformer3DModel, scheduler: FlowMatchEulerDiscreteScheduler):
+    def __init__(self, transformer: VidHashTransformer3DModel, scheduler: FlowMatchEulerDiscreteScheduler,
+                 generation_config: GenerationConfig | dict | None = None):
         super().__init__()
         self.register_modules(transformer=transformer, scheduler=scheduler)
+        self.generation_config = generation_config
+
+    @property
+    def generation_config(self) -> GenerationConfig:
+        """The settings of every call argument left None (frame size, chunk, window, steps, camera
+        step, memory, guidance). Saved by ``save_pretrained`` in ``model_index.json`` and passed back
+        by ``from_pretrained`` (``VidHashPipeline`` or ``DiffusionPipeline``); assign a
+        ``GenerationConfig`` (or its dict) to change it, None for the preset of the model's size."""
+        return self._generation_config
+
+    @generation_config.setter
+    def generation_config(self, value: GenerationConfig | dict | None) -> None:
+        if value is None:
+            value = generation_for_model(self.transformer.config)
+        elif isinstance(value, dict):
+            value = generation_from_dict(value, "generation_config")
+        elif not isinstance(value, GenerationConfig):
+            raise TypeError(f"generation_config must be a GenerationConfig, a dict or None, got {type(value).__name__}")
+        self._generation_config = value
+        self.register_to_config(generation_config=value.to_dict())
 
     @classmethod
     def random(cls, preset: str = "tiny", seed: int = 0) -> VidHashPipeline:
-        """An untrained pipeline of model size ``preset`` with seeded random weights (smoke tests, benchmarks)."""
-        return cls(random_model(preset, seed=seed), FlowMatchEulerDiscreteScheduler())
+        """An untrained pipeline of model size ``preset`` with seeded random weights and that size's
+        generation preset (smoke tests, benchmarks)."""
+        return cls(random_model(preset, seed=seed), FlowMatchEulerDiscreteScheduler(), generation_preset(preset))
 
     @classmethod
     def load(cls, model: str | os.PathLike) -> VidHashPipeline:
         """``random-<preset>`` (an untrained pipeline of that size) or a saved pipeline folder,
         with a clear error for anything else (what the ``--model`` of every command takes)."""
-        from vidhash.config import preset_for_model
-
         model = str(model)
         if model.startswith("random-"):
-            return cls.random(preset_for_model(model), seed=0)
+            preset = model.removeprefix("random-")
+            if preset not in model_presets():
+                raise ValueError(f"unknown model {model!r}; random models: "
+                                 f"{', '.join('random-' + p for p in model_presets())}")
+            return cls.random(preset, seed=0)
         if not (Path(model) / "model_index.json").is_file():
             raise ValueError(f"{model}: not a saved pipeline folder (no model_index.json)")
         return cls.from_pretrained(model)
@@ -149,42 +264,61 @@ class VidHashPipeline(DiffusionPipeline):
     def num_timesteps(self) -> int:
         return self._num_timesteps
 
-    # ------------------------------------------------------------------ state
-    def init_state(
-        self, height: int | None = None, width: int | None = None, window_frames: int = 8,
-        memory: TemporalMemoryConfig | dict | None = None, generator: torch.Generator | None = None,
-    ) -> VidHashState:
-        """A fresh state for this transformer (empty window and memories)."""
-        cfg = self.transformer.config
-        height = height or cfg.sample_size
-        width = width or cfg.sample_size
-        self.transformer.tokens_per_frame(height, width)
-        memory = _memory_config(memory)
-        config = state_config(cfg, height, width, window_frames, memory, 1, self.transformer.dtype)
-        state = VidHashState(config, generator=_cpu_generator(generator), device=self.transformer.device)
-        state.top_k, state.mass_cap = memory.top_k, memory.mass_cap
-        return state
+    # ------------------------------------------------------------------ settings and state
+    def resolve_settings(self, state: VidHashState | None = None, memory: MemorySettings | dict | None = None,
+                         **given: Any) -> GenerationConfig:
+        """The settings of a call: each argument ``given`` that is not None (``height``, ``width``,
+        ``chunk_frames``, ``window_frames``, ``num_inference_steps``, ``action_step``,
+        ``guidance_scale``, ``guidance_steps``), else — continuing ``state`` — the state's frame
+        size, window and memory mode and size, else :attr:`generation_config`'s. ``memory``: a
+        ``MemorySettings``, or a dict of its fields over the resolved ones (``{"top_k": 8}``).
+        Checked on construction (ValueError naming the key)."""
+        base = self.generation_config
+        unknown = set(given) - {f.name for f in dataclasses.fields(GenerationConfig)} - {"memory"}
+        if unknown:
+            raise TypeError(f"resolve_settings got unknown settings {sorted(unknown)}")
+        values = {k: v for k, v in given.items() if v is not None}
+        mem = base.memory
+        if state is not None:
+            values = {"height": state.config["height"], "width": state.config["width"],
+                      "window_frames": state.config["window_frames"], **values}
+            mem = MemorySettings.of(state.mode, state.memory_size, base.memory)
+        if isinstance(memory, dict):
+            mem = mem.replace(memory)
+        elif isinstance(memory, MemorySettings):
+            mem = memory
+        elif memory is not None:
+            raise ValueError(f"memory must be MemorySettings or a dict of its fields, got {type(memory).__name__}")
+        return dataclasses.replace(base, memory=mem, **values)
+
+    def init_state(self, height: int | None = None, width: int | None = None, window_frames: int | None = None,
+                   memory: MemorySettings | dict | None = None, generator: torch.Generator | None = None) -> VidHashState:
+        """A fresh state for this transformer (empty window and memories); settings left None
+        are :attr:`generation_config`'s."""
+        settings = self.resolve_settings(height=height, width=width, window_frames=window_frames, memory=memory)
+        self.transformer.tokens_per_frame(settings.height, settings.width)
+        config = VidHashState.config_for(self.transformer.config, settings.height, settings.width,
+                                         settings.window_frames, settings.memory.mode, settings.memory, 1,
+                                         self.transformer.dtype)
+        return VidHashState(config, generator=_cpu_generator(generator), device=self.transformer.device)
 
     # ------------------------------------------------------------------ checks
-    def check_inputs(self, num_frames, height, width, fps, actions, poses, chunk_frames, window_frames, memory,
-                     num_inference_steps, output_type, state, callback_on_step_end_tensor_inputs,
-                     context_frames=None, context_poses=None, context_actions=None, guidance_scale=1.0,
-                     guidance_steps=None):
-        """Every argument that can be checked before work starts; ValueError naming the problem."""
+    def check_inputs(self, num_frames, settings: GenerationConfig, fps, actions, poses, output_type, state,
+                     callback_on_step_end_tensor_inputs, context_frames=None, context_poses=None, context_actions=None):
+        """Every argument that can be checked before work starts (``settings``, from
+        :meth:`resolve_settings`, checked themselves); ValueError naming the problem."""
         if not isinstance(num_frames, (int, np.integer)) or isinstance(num_frames, bool) or num_frames <= 0:
             raise ValueError(f"num_frames must be a positive int, got {num_frames!r}")
+        height, width = settings.height, settings.width
         self.transformer.tokens_per_frame(height, width)
         if fps is not None and fps <= 0:
             raise ValueError(f"fps must be positive, got {fps}")
-        gen = GenerationConfig(height=height, width=width, chunk_frames=chunk_frames, window_frames=window_frames,
-                               num_inference_steps=num_inference_steps, memory=memory,
-                               guidance_scale=guidance_scale, guidance_steps=guidance_steps)
-        check_generation(gen)
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
         ids, poses = _check_path(actions, poses, num_frames, "actions", "poses", "frames", "num_frames")
         if state is not None:
-            want = state_config(self.transformer.config, height, width, window_frames, memory, 1, self.transformer.dtype)
+            want = VidHashState.config_for(self.transformer.config, height, width, settings.window_frames,
+                                           settings.memory.mode, settings.memory, 1, self.transformer.dtype)
             if want != state.config:
                 diff = config_diff(state.config, want, "state")
                 raise ValueError(f"the state was made for another model or generation config ({diff})")
@@ -217,195 +351,79 @@ class VidHashPipeline(DiffusionPipeline):
 
     # ------------------------------------------------------------------ generation
     @torch.no_grad()
+    @_document_arguments
     def stream(
-        self,
-        num_frames: int = 16,
-        height: int | None = None,
-        width: int | None = None,
-        fps: int | None = 8,
-        actions: Sequence[str | int] | None = None,
-        poses: np.ndarray | Sequence[Sequence[float]] | None = None,
-        trajectory_seed: int | None = None,
-        chunk_frames: int = 4,
-        window_frames: int | None = None,
-        memory: TemporalMemoryConfig | dict | None = None,
-        num_inference_steps: int = 4,
-        action_step: int = 4,
-        generator: torch.Generator | None = None,
-        output_type: str = "np",
-        guidance_scale: float = 1.0,
-        guidance_steps: int | None = None,
+        self, num_frames: int = 16, height: int | None = None, width: int | None = None, fps: int | None = 8,
+        actions: Sequence[str | int] | None = None, poses: np.ndarray | Sequence[Sequence[float]] | None = None,
+        trajectory_seed: int | None = None, chunk_frames: int | None = None, window_frames: int | None = None,
+        memory: MemorySettings | dict | None = None, num_inference_steps: int | None = None,
+        action_step: int | None = None, generator: torch.Generator | None = None, output_type: str = "np",
+        guidance_scale: float | None = None, guidance_steps: int | None = None,
         callback_on_step_end: Callable | PipelineCallback | MultiPipelineCallbacks | None = None,
-        callback_on_step_end_tensor_inputs: list[str] = ("latents",),
-        state: VidHashState | None = None,
+        callback_on_step_end_tensor_inputs: list[str] = ("latents",), state: VidHashState | None = None,
         context_frames: np.ndarray | torch.Tensor | Sequence[Any] | None = None,
         context_poses: np.ndarray | Sequence[Sequence[float]] | None = None,
         context_actions: Sequence[str | int] | None = None,
     ) -> Iterator[VidHashPipelineOutput]:
         r"""Generate ``num_frames`` frames, yielding a ``VidHashPipelineOutput`` per finished chunk.
 
-        Args:
-            num_frames: frames to generate in this call (> 0).
-            height, width: frame size (multiples of the patch size); default ``sample_size``.
-            fps: frames per second of the clip (recorded only).
-            actions: one action (name or id, see ``vidhash.data.ACTIONS``) per frame; the camera
-                pose follows them by ``action_step`` pixels per move.
-            poses: one world (x, y) per frame (the camera path itself).
-            trajectory_seed: with neither actions nor poses, a seeded random trajectory (that
-                wanders and returns) is used; its seed is this or drawn from the generator. A
-                state continues its own trajectory.
-            chunk_frames: frames denoised together (≤ window_frames unless memory mode is full).
-            window_frames: recent frames attended exactly; with a state, the state's.
-            memory: ``TemporalMemoryConfig`` (or dict): mode ``hashed`` / ``window`` / ``full``,
-                size, read width ``top_k``, read weight ``mass_cap``; with a state, the state's
-                (``top_k`` and ``mass_cap`` may differ: read settings).
-            num_inference_steps: flow-matching Euler steps per chunk.
-            generator: CPU ``torch.Generator`` for all noise (carried in the state); with a
-                state, replaces the state's generator.
-            output_type: ``"np"``, ``"pt"`` or ``"pil"``.
-            guidance_scale: context guidance. A guided step also runs the chunk with no window and
-                no memory (the model saw such chunks in training: a clip's first chunk) and steps
-                along ``v_free + guidance_scale · (v_context − v_free)``. 1 (default) is off: one
-                pass per step. Above 1 the chunk commits harder to what its context implies.
-            guidance_steps: guide only the first this many denoising steps of each chunk (where
-                the layout is decided); None guides every step.
-            callback_on_step_end: ``fn(pipe, step, timestep, callback_kwargs) -> dict`` after each
-                denoising step (``pipe.chunk_index`` says which chunk); setting
-                ``pipe._interrupt = True`` stops generation: the current chunk is dropped and the
-                state stays at the last finished chunk.
-            callback_on_step_end_tensor_inputs: tensors passed in ``callback_kwargs``.
-            state: a ``VidHashState`` to continue (updated in place); None starts a new clip.
-            context_frames: observed frames that come before the generated ones (a frame prompt):
-                numpy ``(F, h, w, 3)`` (uint8, or float in [0, 1]; a leading batch axis of 1 is
-                allowed — the layout ``output_type="np"`` returns), torch ``(F, 3, h, w)`` float in
-                [0, 1] (as ``"pt"``), or a list of ``PIL.Image``; ``h × w`` is the generation size.
-                They run clean (t = 0) through the commit pass in chunks of ``chunk_frames`` —
-                into the window, then the memory, exactly as generated frames — count in the
-                state's frame index, draw no noise, and are not yielded. Works with ``state``
-                (observations appended to a clip) and ``stream``.
-            context_poses: world (x, y) of each context frame ``(F, 2)``.
-            context_actions: one action per context frame; without ``context_poses`` the poses
-                follow them from the state's pose. One of the two is required. A random
-                trajectory restarts from the last context pose.
+        Every setting left None is the state's (continuing one: frame size, window, memory mode and
+        size) or else :attr:`generation_config`'s (:meth:`resolve_settings`).
+
+        {arguments}
         """
-        # 1. defaults and checks (all before any work)
-        cfg = self.transformer.config
-        if state is not None:
-            height = height or state.config["height"]
-            width = width or state.config["width"]
-            window_frames = window_frames or state.config["window_frames"]
-            if memory is None:
-                memory = TemporalMemoryConfig(**state.config["memory"], top_k=state.top_k, mass_cap=state.mass_cap)
-        height, width = height or cfg.sample_size, width or cfg.sample_size
-        window_frames = window_frames or generation_config("tiny").window_frames
-        memory = _memory_config(memory)
+        # 1. settings (the arguments, else the state's, else generation_config) and checks, before any work
+        settings = self.resolve_settings(
+            state, memory, height=height, width=width, chunk_frames=chunk_frames, window_frames=window_frames,
+            num_inference_steps=num_inference_steps, action_step=action_step, guidance_scale=guidance_scale,
+            guidance_steps=guidance_steps)
         if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
             callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
-        ids, poses, prompt = self.check_inputs(num_frames, height, width, fps, actions, poses, chunk_frames,
-                                               window_frames, memory, num_inference_steps, output_type, state,
+        ids, poses, prompt = self.check_inputs(num_frames, settings, fps, actions, poses, output_type, state,
                                                callback_on_step_end_tensor_inputs, context_frames, context_poses,
-                                               context_actions, guidance_scale, guidance_steps)
-        guided_steps = 0 if guidance_scale == 1 else (num_inference_steps if guidance_steps is None else guidance_steps)
-        if state is None:
-            if getattr(self, "_pass_graphs", None) is not None:
-                self._pass_graphs.release()  # the last clip's graphs cannot serve a new state: free them first
-            state = self.init_state(height, width, window_frames, memory, generator)
-        elif generator is not None:
-            state.generator = _cpu_generator(generator)
-        device, dtype = self.transformer.device, self.transformer.dtype
-        if state.device != device:
-            state.to(device)
-        period, n_act = int(cfg.pos_period), cfg.num_actions
+                                               context_actions)
+        state = self._start(state, settings, generator)
         self._interrupt, self._chunk_index, self._committing = False, 0, False
-
-        # 2. frame prompt: observed frames committed clean (t = 0), chunk by chunk, as generated frames are
-        num_chunks = -(-num_frames // chunk_frames)
-        num_prompt = 0 if prompt is None else prompt[0].shape[1]
-        with self.progress_bar(total=num_chunks + -(-num_prompt // chunk_frames)) as bar:
-            for start in range(0, num_prompt, chunk_frames):
-                c = min(chunk_frames, num_prompt - start)
-                chunk_ids = prompt[1][start : start + c]
-                chunk_poses = (prompt[2][start : start + c] if prompt[2] is not None
-                               else integrate_actions(chunk_ids, state.pose, action_step, period))
-                act = torch.as_tensor(chunk_ids, device=device).unsqueeze(0).clamp(max=n_act)
-                pos = torch.as_tensor(chunk_poses, device=device, dtype=torch.float32).unsqueeze(0)
-                latents = prompt[0][:, start : start + c].to(device, dtype)
-                self._commit(state, latents, act, pos, chunk_poses, memory, None)
-                state.trajectory = None  # a random trajectory restarts from the last observed pose
+        size = settings.chunk_frames
+        num_chunks, num_prompt = -(-num_frames // size), 0 if prompt is None else prompt[0].shape[1]
+        with self.progress_bar(total=num_chunks + -(-num_prompt // size)) as bar:
+            # 2. frame prompt: observed frames committed clean (t = 0), chunk by chunk, as generated frames are
+            for start in range(0, num_prompt, size):
+                self._commit_prompt(state, settings, prompt, start)
                 bar.update()
-
             # 3. chunks
-            for chunk in range(num_chunks):
-                self._chunk_index = chunk
-                start = chunk * chunk_frames
-                c = min(chunk_frames, num_frames - start)
-                # 3a. camera path of this chunk (committed to the state only when the chunk is)
-                trajectory = None
-                if ids is not None:
-                    chunk_ids = ids[start : start + c]
-                    chunk_poses = (poses[start : start + c] if poses is not None
-                                   else integrate_actions(chunk_ids, state.pose, action_step, period))
-                elif poses is not None:
-                    chunk_ids = np.full(c, NULL_ACTION, dtype=np.int64)
-                    chunk_poses = poses[start : start + c]
-                else:
-                    trajectory = self._trajectory(state, trajectory_seed, action_step, period)
-                    chunk_ids, chunk_poses = trajectory.take(c)
-                act = torch.as_tensor(chunk_ids, device=device).unsqueeze(0).clamp(max=n_act)
-                pos = torch.as_tensor(chunk_poses, device=device, dtype=torch.float32).unsqueeze(0)
-                # 3b. denoise the chunk against window + memory
-                latents = randn_tensor((1, c, cfg.in_channels, height, width), generator=state.generator,
-                                       device=torch.device("cpu"), dtype=torch.float32).to(device, dtype)
-                self.scheduler.set_timesteps(num_inference_steps, device=device)
-                self.scheduler.set_begin_index(0)  # no timestep lookup (nonzero + .item(): a device sync) per chunk
-                timesteps = self.scheduler.timesteps
-                self._num_timesteps = len(timesteps)
-                context = state.context(memory.top_k, memory.mass_cap)
-                graphs = self._graphs_for(device)
-                replay = graphs is not None and graphs.begin_chunk(state, context, c, chunk_frames, act, pos, latents)
-                # constant over the chunk's passes (denoising steps and commit): built once
-                frame_inputs = (None if replay else
-                                self.transformer.frame_inputs(act, pos, 1, c, height, width, device=device))
-                step_t = timesteps.to(dtype).view(-1, 1, 1).expand(-1, 1, c)  # (steps, 1, c), one cast per chunk
-                for i, t in enumerate(timesteps):
-                    if self.interrupt:
-                        break
-                    if replay:
-                        velocity = graphs.denoise(latents, step_t[i])
-                    else:
-                        velocity = self.transformer(latents, step_t[i], act, pos, context=context,
-                                                    frame_inputs=frame_inputs).sample
-                        if graphs is not None:
-                            graphs.count_eager()
-                    if i < guided_steps:  # context guidance: the same chunk with no window and no memory
-                        if replay:
-                            free = graphs.free(latents, step_t[i])
-                        else:
-                            free = self.transformer(latents, step_t[i], act, pos, frame_inputs=frame_inputs).sample
-                            if graphs is not None:
-                                graphs.count_eager()
-                        velocity = torch.lerp(free, velocity, guidance_scale)
-                    latents = self.scheduler.step(velocity, t, latents, generator=state.generator,
-                                                  return_dict=False)[0]
-                    if callback_on_step_end is not None:
-                        tensors = {"latents": latents}
-                        kwargs = {k: tensors[k] for k in callback_on_step_end_tensor_inputs}
-                        outputs = callback_on_step_end(self, i, t, kwargs) or {}
-                        latents = outputs.pop("latents", latents)
-                if self.interrupt:
+            for index in range(num_chunks):
+                self._chunk_index = index
+                c = min(size, num_frames - index * size)
+                # 3a. camera path of this chunk (committed to the state only when the chunk is); a chunk
+                #     dropped by an interrupt or an exception gives back its generator draws too
+                rng = state.generator.get_state()
+                try:
+                    chunk = self._camera_path(state, settings, ids, poses, index * size, c, trajectory_seed)
+                    # 3b. denoise the chunk against window + memory
+                    latents = self._denoise(state, settings, chunk, callback_on_step_end,
+                                            callback_on_step_end_tensor_inputs)
+                except BaseException:
+                    state.generator.set_state(rng)
+                    raise
+                if self.interrupt:  # the state stays at the last finished chunk, generator included
+                    state.generator.set_state(rng)
                     return
                 # 3c. commit pass on the clean chunk (t = 0): its K/V enter the window, old frames the memory
-                self._commit(state, latents, act, pos, chunk_poses, memory, trajectory, context, frame_inputs,
-                             graphs if replay else None)
+                self._commit(state, latents, chunk, settings.memory)
                 bar.update()
+                # 3d. the chunk's frames
                 yield VidHashPipelineOutput(
-                    frames=self._postprocess(latents, output_type), state=state, poses=np.asarray(chunk_poses),
-                    actions=np.asarray(chunk_ids), frame_start=state.frame_index - c,
+                    frames=self._postprocess(latents, output_type), state=state, poses=np.asarray(chunk.poses),
+                    actions=np.asarray(chunk.ids), frame_start=state.frame_index - c,
                 )
         self.maybe_free_model_hooks()
 
+    @_document_arguments
     def __call__(self, num_frames: int = 16, *args, return_dict: bool = True, **kwargs):
-        r"""Generate ``num_frames`` frames and return them all (see :meth:`stream` for the arguments).
+        r"""Generate ``num_frames`` frames and return them all (the arguments are :meth:`stream`'s).
+
+        {arguments}
 
         Returns ``VidHashPipelineOutput(frames, state, poses, actions)``, or ``(frames, state)``
         with ``return_dict=False``. A callback that stops generation returns the frames of the
@@ -427,32 +445,134 @@ class VidHashPipeline(DiffusionPipeline):
             return frames, state
         return VidHashPipelineOutput(frames=frames, state=state, poses=poses, actions=actions, frame_start=start)
 
-    # ------------------------------------------------------------------ helpers
-    def _commit(self, state: VidHashState, latents: torch.Tensor, act: torch.Tensor, pos: torch.Tensor,
-                chunk_poses: np.ndarray, memory: TemporalMemoryConfig, trajectory: RandomTrajectory | None,
-                context: list | None = None, frame_inputs=None, graphs=None) -> None:
+    # ------------------------------------------------------------------ the steps of stream
+    def _new_state(self, settings: GenerationConfig, generator: torch.Generator | None) -> VidHashState:
+        self.transformer.tokens_per_frame(settings.height, settings.width)
+        config = VidHashState.config_for(self.transformer.config, settings.height, settings.width,
+                                         settings.window_frames, settings.memory.mode, settings.memory, 1,
+                                         self.transformer.dtype)
+        return VidHashState(config, generator=_cpu_generator(generator), device=self.transformer.device)
+
+    def _start(self, state: VidHashState | None, settings: GenerationConfig,
+               generator: torch.Generator | None) -> VidHashState:
+        """The state to continue (its generator replaced by ``generator`` when given), or a new one;
+        on the transformer's device."""
+        if state is None:
+            if getattr(self, "_pass_graphs", None) is not None:
+                self._pass_graphs.release()  # the last clip's graphs cannot serve a new state: free them first
+            state = self._new_state(settings, generator)
+        elif generator is not None:
+            state.generator = _cpu_generator(generator)
+        if state.device != self.transformer.device:
+            state.to(self.transformer.device)
+        return state
+
+    def _chunk(self, ids: np.ndarray, poses: np.ndarray, trajectory: RandomTrajectory | None = None) -> _Chunk:
+        device = self.transformer.device
+        act = torch.as_tensor(ids, device=device).unsqueeze(0).clamp(max=self.transformer.config.num_actions)
+        pos = torch.as_tensor(poses, device=device, dtype=torch.float32).unsqueeze(0)
+        return _Chunk(ids, poses, act, pos, trajectory)
+
+    def _camera_path(self, state: VidHashState, settings: GenerationConfig, ids: np.ndarray | None,
+                     poses: np.ndarray | None, start: int, c: int, trajectory_seed: int | None) -> _Chunk:
+        """Frames ``[start, start + c)`` of the call's path: its actions (poses from them when not
+        given), its poses, or the state's random trajectory continued."""
+        period = int(self.transformer.config.pos_period)
+        if ids is not None:
+            chunk_ids = ids[start : start + c]
+            chunk_poses = (poses[start : start + c] if poses is not None
+                           else integrate_actions(chunk_ids, state.pose, settings.action_step, period))
+            return self._chunk(chunk_ids, chunk_poses)
+        if poses is not None:
+            return self._chunk(np.full(c, NULL_ACTION, dtype=np.int64), poses[start : start + c])
+        trajectory = self._trajectory(state, trajectory_seed, settings.action_step, period)
+        return self._chunk(*trajectory.take(c), trajectory)
+
+    def _commit_prompt(self, state: VidHashState, settings: GenerationConfig, prompt: tuple, start: int) -> None:
+        """Commit prompt frames ``[start, start + chunk_frames)`` clean, as a generated chunk is."""
+        frames, ids, poses = prompt
+        c = min(settings.chunk_frames, frames.shape[1] - start)
+        chunk_ids = ids[start : start + c]
+        chunk_poses = (poses[start : start + c] if poses is not None else
+                       integrate_actions(chunk_ids, state.pose, settings.action_step, int(self.transformer.config.pos_period)))
+        latents = frames[:, start : start + c].to(self.transformer.device, self.transformer.dtype)
+        self._commit(state, latents, self._chunk(chunk_ids, chunk_poses), settings.memory)
+        state.trajectory = None  # a random trajectory restarts from the last observed pose
+
+    def _denoise(self, state: VidHashState, settings: GenerationConfig, chunk: _Chunk, callback, callback_inputs):
+        """The chunk's noise (from the state's generator) denoised against window + memory; sets the
+        chunk's context, frame inputs and replaying graphs for its commit. Returns the latents."""
+        cfg, device, dtype = self.transformer.config, self.transformer.device, self.transformer.dtype
+        c = chunk.act.shape[1]
+        latents = randn_tensor((1, c, cfg.in_channels, settings.height, settings.width), generator=state.generator,
+                               device=torch.device("cpu"), dtype=torch.float32).to(device, dtype)
+        self.scheduler.set_timesteps(settings.num_inference_steps, device=device)
+        self.scheduler.set_begin_index(0)  # no timestep lookup (nonzero + .item(): a device sync) per chunk
+        timesteps = self.scheduler.timesteps
+        self._num_timesteps = len(timesteps)
+        chunk.context = state.context(settings.memory)
+        graphs = self._graphs_for(device)
+        if graphs is not None and graphs.begin_chunk(state, chunk.context, c, settings.chunk_frames, chunk.act,
+                                                     chunk.pos, latents):
+            chunk.graphs = graphs
+        else:  # constant over the chunk's passes (denoising steps and commit): built once
+            chunk.frame_inputs = self.transformer.frame_inputs(chunk.act, chunk.pos, 1, c, settings.height,
+                                                               settings.width, device=device)
+        step_t = timesteps.to(dtype).view(-1, 1, 1).expand(-1, 1, c)  # (steps, 1, c), one cast per chunk
+        for i, t in enumerate(timesteps):
+            if self.interrupt:
+                break
+            velocity = self._velocity(latents, step_t[i], chunk, i < settings.guided_steps, settings.guidance_scale)
+            latents = self.scheduler.step(velocity, t, latents, generator=state.generator, return_dict=False)[0]
+            if callback is not None:
+                tensors = {"latents": latents}
+                outputs = callback(self, i, t, {k: tensors[k] for k in callback_inputs}) or {}
+                latents = outputs.pop("latents", latents)
+        return latents
+
+    def _velocity(self, latents: torch.Tensor, t: torch.Tensor, chunk: _Chunk, guided: bool, scale: float):
+        """One denoising step's velocity; ``guided``: lerped from the pass without window and memory."""
+        if chunk.graphs is not None:
+            velocity = chunk.graphs.denoise(latents, t)
+        else:
+            velocity = self.transformer(latents, t, chunk.act, chunk.pos, context=chunk.context,
+                                        frame_inputs=chunk.frame_inputs).sample
+            self._count_eager(latents.device)
+        if guided:  # context guidance: the same chunk with no window and no memory
+            if chunk.graphs is not None:
+                free = chunk.graphs.free(latents, t)
+            else:
+                free = self.transformer(latents, t, chunk.act, chunk.pos, frame_inputs=chunk.frame_inputs).sample
+                self._count_eager(latents.device)
+            velocity = torch.lerp(free, velocity, scale)
+        return velocity
+
+    def _commit(self, state: VidHashState, latents: torch.Tensor, chunk: _Chunk, read: MemoryRead) -> None:
         """Clean pass (t = 0) over a finished or observed chunk ``(1, c, ch, h, w)``: its K/V enter the
         window (frames leaving it, the memory); counters, pose and trajectory advance."""
         self._committing = True
         c = latents.shape[1]
-        if context is None:
-            context = state.context(memory.top_k, memory.mass_cap)
-        if graphs is not None:  # a captured commit pass (begin_chunk was called for this chunk)
-            kv = graphs.commit(latents)
+        if chunk.graphs is not None:  # a captured commit pass (begin_chunk was called for this chunk)
+            kv = chunk.graphs.commit(latents)
         else:
+            context = chunk.context if chunk.context is not None else state.context(read)
             zero = torch.zeros(1, c, device=latents.device, dtype=latents.dtype)
-            kv = self.transformer(latents, zero, act, pos, context=context, return_kv=True,
-                                  frame_inputs=frame_inputs).kv
-            if self._graphs_for(latents.device) is not None:
-                self._pass_graphs.count_eager()
+            kv = self.transformer(latents, zero, chunk.act, chunk.pos, context=context, return_kv=True,
+                                  frame_inputs=chunk.frame_inputs).kv
+            self._count_eager(latents.device)
         state.push(kv, state.frame_index)
-        state.top_k, state.mass_cap = memory.top_k, memory.mass_cap
         state.frame_index += c
-        state.pose = [float(chunk_poses[-1][0]), float(chunk_poses[-1][1])]
-        if trajectory is not None:
-            state.trajectory = trajectory.state_dict()
+        state.pose = [float(chunk.poses[-1][0]), float(chunk.poses[-1][1])]
+        if chunk.trajectory is not None:
+            state.trajectory = chunk.trajectory.state_dict()
         self._committing = False
 
+    def _count_eager(self, device: torch.device) -> None:
+        graphs = self._graphs_for(device)
+        if graphs is not None:
+            graphs.count_eager()
+
+    # ------------------------------------------------------------------ helpers
     def _graphs_for(self, device: torch.device):
         """The pass graphs when enabled and usable on ``device`` (CUDA, or emulated), else None."""
         graphs = getattr(self, "_pass_graphs", None)
@@ -496,19 +616,6 @@ def _check_path(actions, poses, n: int, actions_name: str, poses_name: str, fram
         if not np.isfinite(poses).all():
             raise ValueError(f"{poses_name} contain NaN or infinity")
     return ids, poses
-
-
-def _memory_config(memory: TemporalMemoryConfig | dict | None) -> TemporalMemoryConfig:
-    if memory is None:
-        return generation_config("tiny").memory
-    if isinstance(memory, TemporalMemoryConfig):
-        return memory
-    if isinstance(memory, dict):
-        unknown = set(memory) - set(asdict(TemporalMemoryConfig()))
-        if unknown:
-            raise ValueError(f"unknown memory config keys: {sorted(unknown)}")
-        return TemporalMemoryConfig(**{**asdict(generation_config("tiny").memory), **memory})
-    raise ValueError(f"memory must be a TemporalMemoryConfig or dict, got {type(memory).__name__}")
 
 
 def _frames_to_tensor(frames: Any) -> torch.Tensor:

@@ -10,7 +10,12 @@ Letters: l layers, b batch, h heads, w window frames, n tokens per frame, e head
 * the random generator (one CPU ``torch.Generator``: all noise comes from it, so a saved and
   reloaded state continues exactly as a straight run would);
 * frame counter, camera pose, random-trajectory state, and a fingerprint of the configuration
-  (model, frame size, window, memory) that a pipeline checks before using the state.
+  (model, frame size, window, memory mode and :class:`~vidhash.memory.MemorySize`) that a
+  pipeline checks before using the state.
+
+How the memories are read (:class:`~vidhash.memory.MemoryRead`: ``top_k``, ``mass_cap``) is not
+part of a state: it is given per call (:meth:`VidHashState.context`). Files of the first format
+recorded the last read (``top_k``, ``mass_cap`` in the metadata); loading ignores them.
 
 Signatures: a model with learned memory hashes (``memory_hash_bits > 0``) gets memories of that
 many bits whose hasher is an ``UnboundHasher``; the model binds its own ``LearnedHash`` on the
@@ -31,7 +36,7 @@ import hashlib
 import json
 import os
 import tempfile
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
 
@@ -39,8 +44,9 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from vidhash.config import MEMORY_MODES, TemporalMemoryConfig
-from vidhash.memory import HashedMemory, UnboundHasher
+from vidhash.files import umask
+from vidhash.generation_config import MEMORY_MODES
+from vidhash.memory import HashedMemory, MemoryRead, MemorySize, UnboundHasher
 from vidhash.models.transformer_vidhash import TemporalContext
 
 FORMAT = "vidhash-state/1"
@@ -48,24 +54,6 @@ FORMAT = "vidhash-state/1"
 MODEL_KEYS = ("in_channels", "patch_size", "hidden_dim", "num_layers", "num_heads", "mlp_ratio", "num_actions",
               "pos_freqs", "pos_period", "qk_norm")
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
-
-
-def state_config(model_config: Any, height: int, width: int, window_frames: int,
-                 memory: TemporalMemoryConfig, batch_size: int = 1, dtype: torch.dtype = torch.float32) -> dict:
-    """The JSON-able configuration a state is built from (and fingerprinted by)."""
-    mem = asdict(memory)
-    mem.pop("top_k")  # read settings: may change between runs without touching the state
-    mem.pop("mass_cap", None)
-    model = {k: (float(model_config[k]) if isinstance(model_config[k], float) else model_config[k]) for k in MODEL_KEYS}
-    bits = int(model_config.get("memory_hash_bits", 0) or 0)
-    if bits:  # learned signatures: the memory stores the model's bits (SimHash states keep their old fingerprints)
-        model.update(memory_hash_bits=bits, memory_hash_hidden=int(model_config.get("memory_hash_hidden", 128)))
-        mem["n_bits"] = bits
-    return {
-        "model": model,
-        "height": int(height), "width": int(width), "window_frames": int(window_frames),
-        "memory": mem, "batch_size": int(batch_size), "dtype": str(dtype).removeprefix("torch."),
-    }
 
 
 def fingerprint(config: dict, hashers: list | None = None) -> str:
@@ -80,6 +68,25 @@ class VidHashState:
     Build one with ``VidHashPipeline.init_state(...)`` (or let the pipeline make it), save it with
     ``state.save(path)``, continue with ``pipe(..., state=VidHashState.load(path))``.
     """
+
+    @staticmethod
+    def config_for(model_config: Any, height: int, width: int, window_frames: int, mode: str, size: MemorySize,
+                   batch_size: int = 1, dtype: torch.dtype = torch.float32) -> dict:
+        """The JSON-able configuration a state is built from (and fingerprinted by): the model keys
+        that shape its K/V, frame size, window, memory ``mode`` and ``size``, batch and dtype. A
+        model with learned signatures (``memory_hash_bits > 0``) stores its bits in the memory
+        (SimHash states keep their fingerprints)."""
+        mem = {"mode": mode, **asdict(size.size)}
+        model = {k: (float(model_config[k]) if isinstance(model_config[k], float) else model_config[k]) for k in MODEL_KEYS}
+        bits = int(model_config.get("memory_hash_bits", 0) or 0)
+        if bits:
+            model.update(memory_hash_bits=bits, memory_hash_hidden=int(model_config.get("memory_hash_hidden", 128)))
+            mem["n_bits"] = bits
+        return {
+            "model": model,
+            "height": int(height), "width": int(width), "window_frames": int(window_frames),
+            "memory": mem, "batch_size": int(batch_size), "dtype": str(dtype).removeprefix("torch."),
+        }
 
     def __init__(self, config: dict, generator: torch.Generator | None = None, device: torch.device | str = "cpu",
                  hashers: list | None = None):
@@ -108,12 +115,13 @@ class VidHashState:
         if hashers is not None and (not learned or len(hashers) != self.num_layers):
             raise ValueError(f"hashers: give one per layer ({self.num_layers}) and only for a model with memory_hash_bits > 0")
         if self.mode == "hashed":
+            size = self.memory_size
             self.memories = [
-                HashedMemory(mem["num_buckets"], mem["slots"], self.heads, self.head_dim, n_bits=mem["n_bits"],
-                             policy=mem["policy"], batch_size=self.batch_size, seed=mem["seed"] + layer,
+                HashedMemory(size.num_buckets, size.slots, self.heads, self.head_dim, n_bits=size.n_bits,
+                             policy=size.policy, batch_size=self.batch_size, seed=size.seed + layer,
                              dtype=self.dtype, device=device,
                              hasher=(hashers[layer] if hashers is not None
-                                     else UnboundHasher(mem["n_bits"], self.heads, self.head_dim)) if learned else None)
+                                     else UnboundHasher(size.n_bits, self.heads, self.head_dim)) if learned else None)
                 for layer in range(self.num_layers)
             ]
         # 3. RNG and counters
@@ -123,8 +131,12 @@ class VidHashState:
         self.frame_index = 0
         self.pose = [0.0, 0.0]
         self.trajectory: dict | None = None
-        self.top_k = 0  # memory read width last used (a read setting, not part of the fingerprint)
-        self.mass_cap = 0  # memory read weight cap last used (a read setting too; 0 = off)
+
+    @property
+    def memory_size(self) -> MemorySize:
+        """The memories' :class:`MemorySize` (what the state was built with; mode ``hashed``)."""
+        mem = self.config["memory"]
+        return MemorySize(**{f.name: mem[f.name] for f in fields(MemorySize)})
 
     # ------------------------------------------------------------------ identity
     @property
@@ -170,9 +182,8 @@ class VidHashState:
         return self
 
     # ------------------------------------------------------------------ attention context
-    def context(self, top_k: int, mass_cap: int = 0) -> list[TemporalContext]:
-        """Per layer: window K/V (exact) and the memory to read with ``top_k`` keys per query
-        (weighing at most ``mass_cap`` keys; 0 = as read)."""
+    def context(self, read: MemoryRead) -> list[TemporalContext]:
+        """Per layer: window K/V (exact) and the memory, to be read as ``read`` says."""
         f = self.window_filled
         out = []
         for layer in range(self.num_layers):
@@ -181,8 +192,7 @@ class VidHashState:
                 k = self.window_k[layer, :, :, :f].reshape(self.batch_size, self.heads, f * self.tokens_per_frame, -1)
                 v = self.window_v[layer, :, :, :f].reshape(self.batch_size, self.heads, f * self.tokens_per_frame, -1)
             mem = self.memories[layer] if self.memories else None
-            out.append(TemporalContext(k=k, v=v, memory=mem, top_k=top_k if mem is not None else 0,
-                                       mass_cap=mass_cap if mem is not None else 0))
+            out.append(TemporalContext(k=k, v=v, memory=mem, read=read.read))
         return out
 
     @torch.no_grad()
@@ -231,7 +241,7 @@ class VidHashState:
             "format": FORMAT, "fingerprint": self.fingerprint, "config": self.config,
             "frame_index": self.frame_index, "window_filled": self.window_filled,
             "pose": [float(x) for x in self.pose], "trajectory": self.trajectory,
-            "top_k": self.top_k, "mass_cap": self.mass_cap, **({"hashers": self.hasher_digests} if self.hasher_digests else {}),
+            **({"hashers": self.hasher_digests} if self.hasher_digests else {}),
         }
 
     def save(self, path: str | os.PathLike) -> Path:
@@ -253,9 +263,7 @@ class VidHashState:
             save_file(tensors, tmp, metadata={"vidhash": json.dumps(self._meta())})
             with open(tmp, "rb+") as f:
                 os.fsync(f.fileno())
-            mask = os.umask(0)
-            os.umask(mask)
-            os.chmod(tmp, 0o666 & ~mask)  # mkstemp makes 0600; give the file the usual permissions
+            os.chmod(tmp, 0o666 & ~umask())  # mkstemp makes 0600; give the file the usual permissions
             os.replace(tmp, path)
         except BaseException:
             if os.path.exists(tmp):
@@ -307,9 +315,7 @@ class VidHashState:
         state.window_filled = int(meta["window_filled"])
         state.frame_index = int(meta["frame_index"])
         state.pose = list(meta["pose"])
-        state.trajectory = meta["trajectory"]
-        state.top_k = int(meta.get("top_k", 0))
-        state.mass_cap = int(meta.get("mass_cap", 0))  # states saved before the setting: 0 (off)
+        state.trajectory = meta["trajectory"]  # (files of the first format also hold top_k, mass_cap: not state)
         return state.to(device)
 
     def __repr__(self) -> str:

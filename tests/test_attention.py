@@ -8,15 +8,15 @@ from vidhash import (
     LearnedHash,
     SimHash,
     block_sparse_attention,
-    bucket_attention,
     dense_attention,
     hash_attention,
     merge_attention,
-    multi_hop_attention,
     select_blocks,
     selection_recall,
 )
-from vidhash.attention import _CHUNK_ELEMS
+from vidhash.attention import _kernels_cover, block_signatures, fused_attention_lse
+from vidhash.hashing import hamming_similarity
+from vidhash.ops import checks
 
 TOL = {torch.float32: 2e-5, torch.bfloat16: 2e-2, torch.float64: 1e-10}
 
@@ -80,9 +80,6 @@ def test_cross_attention_lengths_and_value_dim():
 
 def brute_force_selection(q, k, sel, hasher, local_blocks, sink_blocks):
     """Independent per-query-block rebuild of the selection rule with Python loops."""
-    from vidhash.attention import block_signatures
-    from vidhash.hashing import hamming_similarity
-
     bk, bq, nq, nk = sel.block_size, sel.query_block_size, sel.num_queries, sel.num_keys
     nkb = math.ceil(nk / bk)
     qs, ks = block_signatures(q, bq, hasher, "query"), block_signatures(k, bk, hasher, "key")
@@ -147,9 +144,7 @@ def test_sparse_attention_equals_dense_over_kept_keys():
 
 def test_sparse_path_never_builds_n_by_n(monkeypatch):
     """At density < 1 the largest temporary stays at the chunk budget, not N×N."""
-    import vidhash.attention as A
-
-    monkeypatch.setattr(A, "_CHUNK_ELEMS", 1 << 14)
+    monkeypatch.setattr(checks, "CHUNK_ELEMS", 1 << 14)
     n = 1024
     q, k, v = qkv(1, 1, n, 16)
     biggest = 0
@@ -213,42 +208,6 @@ def test_merge_is_exact_and_handles_empty():
     assert (o4 == 0).all() and torch.isneginf(l4).all()
 
 
-def test_bucket_attention_one_bucket_is_mean_and_shapes():
-    q, k, v = qkv(1, 2, 10, 8, nk=40)
-    out = bucket_attention(q, k, v, num_buckets=1, num_tables=1)
-    assert torch.allclose(out, v.mean(2, keepdim=True).expand_as(out), atol=1e-6)
-    out, lse = bucket_attention(q, k, v, num_buckets=16, num_tables=3, return_lse=True)
-    assert out.shape == (1, 2, 10, 8) and torch.isfinite(lse).all()
-    q.requires_grad_(True)
-    bucket_attention(q, k, v, num_buckets=16, num_tables=3).sum().backward()
-    assert q.grad is not None
-
-
-def test_bucket_attention_retrieves_exact_copies():
-    # A query equal to a stored key lands in that key's bucket in every table.
-    torch.manual_seed(0)
-    k = torch.randn(1, 1, 64, 32)
-    v = torch.eye(64).view(1, 1, 64, 64)
-    out = bucket_attention(k * 8, k, v, num_buckets=4096, num_tables=4, lsh_bits=24, scale=1.0)
-    assert (out[0, 0].argmax(-1) == torch.arange(64)).float().mean() > 0.95
-
-
-def test_multi_hop_follows_chains():
-    torch.manual_seed(0)
-    n, d = 50, 64
-    keys = torch.nn.functional.normalize(torch.randn(1, 1, n, d), dim=-1)
-    nxt = torch.randperm(n)
-    values = keys[:, :, nxt]  # value of pair i is the key of pair nxt[i]
-    start = keys[:, :, :5]
-    out, reads = multi_hop_attention(start, keys, values, hops=3, scale=50.0, return_all=True)
-    assert len(reads) == 3
-    target = keys[:, :, nxt[nxt[nxt[:5]]]]
-    assert torch.allclose(out, target, atol=1e-3)
-    # a projection between hops is applied
-    out2 = multi_hop_attention(start, keys, values, hops=2, proj=lambda x: -x, scale=50.0)
-    assert not torch.allclose(out2, keys[:, :, nxt[nxt[:5]]], atol=1e-2)
-
-
 def test_learned_hasher_plugs_in():
     q, k, v = qkv(1, 2, 64, 16)
     lh = LearnedHash(16, n_bits=8, heads=2, hidden=16)
@@ -298,14 +257,12 @@ def test_bad_tensors():
         hash_attention(q.long(), k.long(), v.long())
     with pytest.raises(ValueError, match="merge_attention"):
         merge_attention(q, q[..., 0], q[..., :4], q[..., 0])
-    assert _CHUNK_ELEMS > 0
+    assert checks.CHUNK_ELEMS > 0
 
 
 def test_auto_backend_only_sends_shapes_the_kernels_take():
     """backend='auto' on CUDA picks Triton only for head dims/dtypes the kernels support (head_dim
     16 failed on the GPU before this check); here the rule itself is checked."""
-    from vidhash.attention import _kernels_cover
-
     def t(d, dtype=torch.float32):
         return torch.zeros(1, 1, 4, d, dtype=dtype)
 
@@ -321,8 +278,6 @@ def test_auto_backend_only_sends_shapes_the_kernels_take():
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 2e-5), (torch.bfloat16, 2e-2)])
 @pytest.mark.parametrize("d", [40, 64])
 def test_fused_attention_lse_equals_dense_with_key_bias(dtype, tol, d):
-    from vidhash.attention import fused_attention_lse
-
     torch.manual_seed(0)
     q = torch.randn(2, 3, 11, d).to(dtype)
     k = torch.randn(2, 3, 29, d).to(dtype)
@@ -342,8 +297,6 @@ def test_fused_attention_lse_equals_dense_with_key_bias(dtype, tol, d):
 
 
 def test_fused_attention_lse_falls_back_to_dense_when_gradients_are_needed():
-    from vidhash.attention import fused_attention_lse
-
     torch.manual_seed(1)
     q = torch.randn(1, 2, 5, 16, requires_grad=True)
     k, v = torch.randn(1, 2, 7, 16), torch.randn(1, 2, 7, 16)
@@ -359,8 +312,6 @@ def test_fused_attention_lse_falls_back_to_dense_when_gradients_are_needed():
 def test_fused_attention_lse_on_cuda_equals_dense(dtype, tol):
     """flash (bf16/fp16) and memory-efficient (float32) attention with the bias channel, at a
     generation-read shape with empty slots and a head that sees nothing."""
-    from vidhash.attention import fused_attention_lse
-
     g = torch.Generator(device="cuda").manual_seed(0)
     q = torch.randn(1, 3, 300, 64, device="cuda", generator=g).to(dtype)
     k = torch.randn(1, 3, 2048, 64, device="cuda", generator=g).to(dtype)

@@ -136,8 +136,6 @@ def test_bad_inputs_name_the_problem():
 def test_hamming_similarity_matches_xor_popcount(n_bits):
     """The matrix-product form equals the definition (n_bits − popcount of the XOR), bit 31
     included, broadcast over batch dims, and under autocast."""
-    from vidhash.hashing import popcount
-
     g = torch.Generator().manual_seed(n_bits)
     a = pack_bits(torch.rand(2, 1, 7, n_bits, generator=g) > 0.5)
     b = pack_bits(torch.rand(1, 3, 9, n_bits, generator=g) > 0.5)

@@ -4,6 +4,8 @@ import pytest
 import torch
 
 from vidhash import HashedMemory, dense_attention, merge_attention
+from vidhash.hashing import LearnedHash, hamming_similarity
+from vidhash.memory import UnboundHasher, hasher_digest
 
 
 def rel_err(a, b):
@@ -121,8 +123,6 @@ def test_top_k_selects_by_signature_with_low_index_ties(num_buckets):
     q = k[:, :, :5]
     _, _, idx = mem.attend(q, top_k=3, return_indices=True)
     sigs = mem.signatures.view(1, 1, -1, 1)
-    from vidhash.hashing import hamming_similarity
-
     sim = hamming_similarity(mem.hasher(q), sigs[0, 0].unsqueeze(0).unsqueeze(0), 32)
     valid = mem.counts.view(1, 1, -1) > 0
     for i in range(5):
@@ -239,8 +239,6 @@ def test_bad_writes_and_reads():
 
 
 # ------------------------------------------------------------------ borrowed hashers (learned signatures)
-from vidhash.hashing import LearnedHash  # noqa: E402
-from vidhash.memory import UnboundHasher, hasher_digest  # noqa: E402
 
 
 def _learned(heads=3, head_dim=40, bits=32, seed=0):
@@ -270,8 +268,6 @@ def test_learned_hasher_is_borrowed_and_used():
 
 
 def hamming_similarity_ref(a, b, n_bits):
-    from vidhash.hashing import hamming_similarity
-
     return hamming_similarity(a, b, n_bits)
 
 

@@ -1,10 +1,11 @@
-"""The merge-policy write (``HashedMemory._write_merge``) without a device sync per round.
+"""The merge-policy write (``naive.merge_insert`` in kernels/memory) without a device sync per round.
 
 ``reference_write_merge`` is the per-round ``nonzero`` version it replaced, copied verbatim
 (with its ``_ranks``): the new write must leave bit-identical buffers."""
 import collections
 import statistics
 import time
+import warnings
 
 import pytest
 import torch
@@ -12,6 +13,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from vidhash import HashedMemory
 from vidhash.hashing import LearnedHash, hamming_similarity
+from vidhash.kernels.memory.naive import bucket_ranks, merge_insert
+from vidhash.memory import UnboundHasher
 
 BUFFERS = ("keys", "values", "signatures", "frames", "counts", "bucket_writes")
 
@@ -21,7 +24,7 @@ BUFFERS = ("keys", "values", "signatures", "frames", "counts", "bucket_writes")
 def reference_write_merge(self, k, v, sig, bucket, frames) -> None:
     s, c = self.config.slots, self.capacity
     b, h, t = bucket.shape
-    rank, _ = self._ranks(bucket)  # unchanged by the rewrite (FIFO uses it too)
+    rank, _ = bucket_ranks(bucket, self.config.num_buckets)  # unchanged by the rewrite (FIFO uses it too)
     bh = b * h
     keys, vals = self.keys.view(bh, c, -1), self.values.view(bh, c, -1)
     sigs, frs, cnts = self.signatures.view(bh, c, -1), self.frames.view(bh, c), self.counts.view(bh, c)
@@ -90,8 +93,6 @@ def _pair(hasher="simhash", **kw):
         lh = LearnedHash(cfg["head_dim"], cfg.get("n_bits", 32), heads=cfg["heads"], hidden=16, seed=5).eval()
         return HashedMemory(**cfg, hasher=lh), HashedMemory(**cfg, hasher=lh)
     if hasher == "bound":  # bound after construction (a model's learned signatures)
-        from vidhash.memory import UnboundHasher
-
         lh = LearnedHash(cfg["head_dim"], cfg.get("n_bits", 32), heads=cfg["heads"], hidden=16, seed=6).eval()
         pair = [HashedMemory(**cfg, hasher=UnboundHasher(cfg.get("n_bits", 32), cfg["heads"], cfg["head_dim"])) for _ in range(2)]
         for m in pair:
@@ -140,7 +141,7 @@ def test_merge_write_many_rounds(dtype, hasher):
     for i in range(4):
         k = _clustered(2, 3, 80, 16, 2, dtype, g=g)
         writes.append((k, torch.randn(2, 3, 80, 16, generator=g, dtype=dtype), i))
-    _, n_in = new._ranks(new.route(new.hasher(writes[0][0])))
+    _, n_in = bucket_ranks(new.route(new.hasher(writes[0][0])), new.config.num_buckets)
     assert int(n_in.max()) >= 30  # many rounds
     _writes(new, ref, writes)
 
@@ -179,8 +180,8 @@ def test_merge_write_fewer_tokens_than_buckets_and_empty():
     before = {n: getattr(new, n).clone() for n in BUFFERS}
     empty = torch.zeros(2, 3, 0, 16, dtype=torch.float64)
     new.write(empty, empty, 7)
-    new._write_merge(empty, empty, torch.zeros(2, 3, 0, 1, dtype=torch.int32), torch.zeros(2, 3, 0, dtype=torch.int64),
-                     torch.zeros(0, dtype=torch.int64))  # directly too
+    merge_insert(new.table, empty, empty, torch.zeros(2, 3, 0, 1, dtype=torch.int32), torch.zeros(2, 3, 0, dtype=torch.int64),
+                 torch.zeros(0, dtype=torch.int64), new.hasher)  # directly too
     for n in BUFFERS:
         assert torch.equal(before[n], getattr(new, n))
 
@@ -232,7 +233,7 @@ def test_merge_write_has_one_host_read(monkeypatch):
     g = torch.Generator().manual_seed(9)
     mem = HashedMemory(16, 4, 3, 16, batch_size=2, policy="merge", dtype=torch.float32)
     k = _clustered(2, 3, 100, 16, 3, torch.float32, g=g)
-    _, n_in = mem._ranks(mem.route(mem.hasher(k)))
+    _, n_in = bucket_ranks(mem.route(mem.hasher(k)), mem.config.num_buckets)
     assert int(n_in.max()) > 10  # many rounds
     reads = collections.Counter()
 
@@ -266,8 +267,6 @@ def test_merge_write_has_one_host_read(monkeypatch):
 @pytest.mark.gpu
 def test_merge_write_one_sync_on_cuda():
     """On CUDA: at most one synchronizing call per merge write (torch's sync debug mode)."""
-    import warnings
-
     g = torch.Generator().manual_seed(10)
     mem = HashedMemory(128, 16, 3, 64, policy="merge", device="cuda")
     ref = HashedMemory(128, 16, 3, 64, policy="merge", device="cuda")
@@ -283,7 +282,7 @@ def test_merge_write_one_sync_on_cuda():
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            mem._write_merge(k, k, sig, bucket, frames)
+            merge_insert(mem.table, k, k, sig, bucket, frames, mem.hasher)
     finally:
         torch.cuda.set_sync_debug_mode("default")
     syncs = [w for w in caught if "synchroniz" in str(w.message).lower()]

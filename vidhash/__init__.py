@@ -4,18 +4,28 @@ Core names (reference semantics, CPU and GPU)::
 
     from vidhash import hash_attention, HashedMemory, SimHash, LearnedHash, merge_attention
 """
-from .attention import (
+import os as _os
+
+# The repository keeps kernels/, pipelines/ and configs/ beside vidhash/; they are the packages
+# vidhash.kernels, vidhash.pipelines and vidhash.configs. An installed wheel has them inside
+# vidhash/ (pyproject.toml maps them); a source tree (an editable install, or PYTHONPATH=<repo>)
+# does not, so the repository root joins this package's search path: vidhash.kernels is then
+# <repo>/kernels. Set before the imports below, which need vidhash.kernels. (pyproject.toml
+# explains the layout.)
+_root = _os.path.dirname(_os.path.dirname(_os.path.abspath(__file__)))
+if not _os.path.isdir(_os.path.join(__path__[0], "kernels")) and _os.path.isfile(_os.path.join(_root, "kernels", "__init__.py")):
+    __path__.append(_root)
+
+from .attention import (  # noqa: E402 (after the search path)
     BlockSelection,
     block_sparse_attention,
-    bucket_attention,
     dense_attention,
     hash_attention,
     merge_attention,
-    multi_hop_attention,
     select_blocks,
     selection_recall,
 )
-from .hashing import (
+from .hashing import (  # noqa: E402
     LearnedHash,
     SimHash,
     bucket_index,
@@ -25,7 +35,7 @@ from .hashing import (
     token_bucket,
     unpack_bits,
 )
-from .memory import HashedMemory, MemoryConfig
+from .memory import HashedMemory, MemoryConfig  # noqa: E402
 
 __version__ = "0.1.0"
 
@@ -33,6 +43,7 @@ __version__ = "0.1.0"
 def enable_hash_attention(transformer, **config):
     """Swap a diffusers video transformer's self-attention for hash attention (see
     :mod:`vidhash.integrations.diffusers`)."""
+    # lazy load: the integration imports diffusers (seconds), which `import vidhash` must not pay
     from .integrations.diffusers import enable_hash_attention as _enable
 
     return _enable(transformer, **config)
@@ -40,6 +51,7 @@ def enable_hash_attention(transformer, **config):
 
 def disable_hash_attention(transformer):
     """Restore the attention processors :func:`enable_hash_attention` replaced."""
+    # lazy load: as enable_hash_attention
     from .integrations.diffusers import disable_hash_attention as _disable
 
     return _disable(transformer)
@@ -47,8 +59,8 @@ def disable_hash_attention(transformer):
 
 __all__ = [
     "BlockSelection", "HashedMemory", "LearnedHash", "MemoryConfig", "SimHash",
-    "block_sparse_attention", "bucket_attention", "bucket_index", "dense_attention",
+    "block_sparse_attention", "bucket_index", "dense_attention",
     "disable_hash_attention", "enable_hash_attention", "hamming_similarity", "hash_attention",
-    "merge_attention", "multi_hop_attention", "pack_bits", "popcount", "select_blocks",
+    "merge_attention", "pack_bits", "popcount", "select_blocks",
     "selection_recall", "token_bucket", "unpack_bits",
 ]

@@ -1,89 +1,48 @@
-"""Structured configs: dataclasses behind the YAML presets in ``configs/`` (shipped as ``vidhash.configs``).
+"""The ``vidhash generate`` run config, and key=value overrides for every structured config.
 
     python -c "from vidhash.config import generate_config; print(generate_config(['chunk_frames=2']))"
 
 OmegaConf builds every config from its dataclass, so an unknown key or a value of the wrong type
-is an error that names the key. Presets (``models.yaml``, ``generation.yaml``) hold one named
-entry per model size (``tiny``, ``small``, ``base``).
+is an error that names the key. Where each setting lives (one shape each):
 
-* ``ModelConfig`` — the ``VidHashTransformer3DModel`` constructor arguments.
-* ``TemporalMemoryConfig`` — what temporal attention sees beyond the chunk: ``mode`` ``hashed``
-  (window + fixed-size ``HashedMemory``), ``window`` (window only) or ``full`` (every past frame,
-  dense; the growing baseline), and the memory's size and read width.
-* ``GenerationConfig`` — frame size, chunk and window lengths, steps, camera step, memory.
-* ``GenerateConfig`` — one ``vidhash generate`` run: model, length, output, seed, files, and
-  its ``generation`` settings. ``key=value`` overrides may name generation keys without the
-  ``generation.`` prefix (``chunk_frames=2``, ``memory.top_k=16``).
+* the model's settings are ``VidHashTransformer3DModel``'s constructor arguments; named sizes
+  are keyword sets of it (``configs/models.yaml``, :mod:`vidhash.presets`);
+* the memory's: :class:`~vidhash.memory.MemorySize` (saved with a state) and
+  :class:`~vidhash.memory.MemoryRead` (per call), in :mod:`vidhash.memory`;
+* generation's: :class:`~vidhash.generation_config.GenerationConfig` (its ``memory`` section is a
+  :class:`~vidhash.generation_config.MemorySettings`: mode + size + read), saved with a
+  pipeline; named presets in ``configs/generation.yaml``;
+* ``GenerateConfig`` (here) — one ``vidhash generate`` run: model, length, output, seed, files,
+  and its ``generation`` settings, which start from the model's own (:func:`generation_for`).
+  ``key=value`` overrides may name generation keys without the ``generation.`` prefix
+  (``chunk_frames=2``, ``memory.top_k=16``).
 """
 from __future__ import annotations
 
 import json
-import math
 import os
 import tempfile
-from dataclasses import asdict, dataclass, field, fields
-from importlib.resources import files
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Optional
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-PRESETS = ("tiny", "small", "base", "world")
-GEOMETRY_KEYS = ("in_channels", "patch_size", "sample_size", "pos_period", "rope")  # what a generation preset depends on
-MEMORY_MODES = ("hashed", "window", "full")
-PREDICTIONS = ("velocity", "sample")  # what a model's last layer produces (its forward always returns a velocity)
-
-
-@dataclass
-class ModelConfig:
-    """``VidHashTransformer3DModel`` arguments (see its docstring)."""
-
-    in_channels: int = 3
-    patch_size: int = 8
-    hidden_dim: int = 128
-    num_layers: int = 3
-    num_heads: int = 4
-    mlp_ratio: float = 2.0
-    num_actions: int = 5
-    pos_freqs: int = 8
-    pos_period: float = 1024.0
-    sample_size: int = 64
-    qk_norm: bool = True
-    memory_hash_bits: int = 0  # > 0: a learned memory signature (LearnedHash) per layer, fitted by vidhash calibrate
-    memory_hash_hidden: int = 128
-    rope: bool = False  # rotary embedding of world (x, y) on attention queries/keys
-    prediction: str = "velocity"  # velocity | sample: the last layer gives the clean frame (the forward still returns a velocity)
-    sigma_min: float = 0.05  # prediction=sample: the velocity divides by max(σ, sigma_min)
-
-
-@dataclass
-class TemporalMemoryConfig:
-    mode: str = "hashed"
-    num_buckets: int = 64
-    slots: int = 16
-    n_bits: int = 32
-    policy: str = "fifo"
-    top_k: int = 32
-    seed: int = 0
-    # read setting: the memory weighs in attention as at most mass_cap keys (each entry counts the
-    # tokens merged into it; past the cap all shrink alike, HashedMemory.mass_penalty); 0 = off
-    mass_cap: int = 0
-
-
-@dataclass
-class GenerationConfig:
-    height: int = 64
-    width: int = 64
-    chunk_frames: int = 4
-    window_frames: int = 8
-    num_inference_steps: int = 4
-    action_step: int = 4
-    memory: TemporalMemoryConfig = field(default_factory=TemporalMemoryConfig)
-    # context guidance: v = v_free + scale (v_context - v_free), v_free from a pass without window and
-    # memory; 1.0 = off. Only the first guidance_steps denoising steps of a chunk (None: all).
-    guidance_scale: float = 1.0
-    guidance_steps: Optional[int] = None
+from .files import umask
+from .generation_config import MEMORY_MODES, GenerationConfig, MemorySettings, check_guidance  # noqa: F401 (re-exported)
+from .presets import (  # noqa: F401 (re-exported)
+    GEOMETRY_KEYS,
+    config_diff,
+    config_error,
+    generation_for_model,
+    generation_from_dict,
+    generation_preset,
+    model_presets,
+    preset_of,
+    structured,
+    with_model_defaults,
+)
 
 
 @dataclass
@@ -105,52 +64,7 @@ class GenerateConfig:
 # ------------------------------------------------------------------------------- loading
 
 
-def _config_error(err: Exception, what: str) -> ValueError:
-    key = getattr(err, "full_key", None) or getattr(err, "key", None)
-    msg = str(err).splitlines()[0]
-    return ValueError(f"{what}: bad key {key!r}: {msg}" if key else f"{what}: {msg}")
-
-
-def _preset_file(name: str) -> dict:
-    text = files("vidhash.configs").joinpath(name).read_text()
-    return OmegaConf.to_container(OmegaConf.create(text), resolve=True)
-
-
-def _structured(cls: type, data: Any, what: str) -> Any:
-    try:
-        cfg = OmegaConf.merge(OmegaConf.structured(cls), data)
-        return OmegaConf.to_object(cfg)
-    except OmegaConfBaseException as err:
-        raise _config_error(err, what) from None
-
-
-def model_config(preset: str = "tiny") -> ModelConfig:
-    """The model size ``preset`` from ``configs/models.yaml``."""
-    presets = _preset_file("models.yaml")
-    if preset not in presets:
-        raise ValueError(f"unknown model preset {preset!r}; known: {', '.join(presets)}")
-    return _structured(ModelConfig, presets[preset], f"models.yaml:{preset}")
-
-
-def with_model_defaults(saved: dict) -> dict:
-    """A saved transformer config with the ``ModelConfig`` keys it lacks at their defaults: a folder
-    saved before a key existed (``prediction`` in ``world-tiny-v1``) had the default behaviour."""
-    return {**asdict(ModelConfig()), **saved}
-
-
-def config_diff(have: dict, want: dict, have_label: str = "saved", prefix: str = "") -> str:
-    """``"key: <have_label> a, here b; ..."`` for every key whose value differs (nested dicts as
-    ``outer.inner``); "" when equal. For errors about a state or checkpoint of another config."""
-    diffs = []
-    for key in sorted(set(have) | set(want)):
-        a, b = have.get(key), want.get(key)
-        if isinstance(a, dict) and isinstance(b, dict):
-            inner = config_diff(a, b, have_label, f"{prefix}{key}.")
-            if inner:
-                diffs.append(inner)
-        elif a != b:
-            diffs.append(f"{prefix}{key}: {have_label} {a!r}, here {b!r}")
-    return "; ".join(diffs)
+_structured = structured  # (the name other modules import)
 
 
 DEFAULT_MODEL = "world-tiny-v3"  # the shipped world model: models/world-tiny-v3 of this repository
@@ -176,37 +90,44 @@ def resolve_model(model: str | None) -> str:
 
 def preset_for_model(model: str | None) -> str:
     """Size preset of a ``--model`` value: ``random-<preset>``, or a saved pipeline folder whose
-    transformer config equals a named size (its generation preset then applies), else ``tiny``."""
+    transformer config is a named size or has only one's geometry (:func:`vidhash.presets.preset_of`),
+    else ``tiny``."""
     if model is None:
         return "tiny"
     if model.startswith("random-"):
         preset = model.removeprefix("random-")
-        if preset not in PRESETS:
-            raise ValueError(f"unknown model {model!r}; random models: {', '.join('random-' + p for p in PRESETS)}")
+        if preset not in model_presets():
+            raise ValueError(f"unknown model {model!r}; random models: {', '.join('random-' + p for p in model_presets())}")
         return preset
-    cfg_path = Path(model) / "transformer" / "config.json"
-    if cfg_path.is_file():
-        saved = with_model_defaults(json.loads(cfg_path.read_text()))
-        for preset in PRESETS:
-            if all(saved.get(k) == v for k, v in asdict(model_config(preset)).items()):
-                return preset
-        # a wider or deeper model of a preset's geometry (frame size, patch, world period, rope):
-        # generation settings depend on the frames and the world, not on width or depth
-        same = [p for p in PRESETS if all(saved.get(k) == asdict(model_config(p))[k] for k in GEOMETRY_KEYS)]
-        if len(same) == 1:
-            return same[0]
-    return "tiny"
+    saved = _read_json(Path(model) / "transformer" / "config.json")
+    return (preset_of(saved) if saved is not None else None) or "tiny"
+
+
+def _read_json(path: Path) -> dict | None:
+    """``path``'s JSON object; None when it is missing or unreadable (a folder that cannot be
+    loaded fails when ``VidHashPipeline.load`` reads it, after the run's own checks)."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def generation_for(model: str | None) -> GenerationConfig:
+    """The generation settings of a ``--model`` value, read without loading weights — what
+    ``VidHashPipeline.load(model).generation_config`` holds: a folder's saved settings
+    (``model_index.json``), else the preset of its size; ``random-<preset>``: that preset."""
+    if model is not None and not model.startswith("random-"):
+        index = Path(model) / "model_index.json"
+        saved = (_read_json(index) or {}).get("generation_config")
+        if saved is not None:
+            return generation_from_dict(saved, f"{index}: generation_config")
+    return generation_preset(preset_for_model(model))
 
 
 def generation_config(preset: str = "tiny", overrides: list[str] | None = None) -> GenerationConfig:
-    """The generation preset for model size ``preset`` from ``configs/generation.yaml``, with overrides."""
-    presets = _preset_file("generation.yaml")
-    if preset not in presets:
-        raise ValueError(f"unknown generation preset {preset!r}; known: {', '.join(presets)}")
-    cfg = _structured(GenerationConfig, presets[preset], f"generation.yaml:{preset}")
-    cfg = apply_overrides(cfg, overrides or [])
-    check_generation(cfg)
-    return cfg
+    """The generation preset ``preset`` (``configs/generation.yaml``) with ``key=value`` overrides."""
+    return apply_overrides(generation_preset(preset), overrides or [])
 
 
 def apply_overrides(cfg: Any, overrides: list[str], prefix_for: dict[str, str] | None = None) -> Any:
@@ -226,46 +147,21 @@ def apply_overrides(cfg: Any, overrides: list[str], prefix_for: dict[str, str] |
         merged = OmegaConf.merge(base, OmegaConf.from_dotlist(dotlist))
         return OmegaConf.to_object(merged)
     except OmegaConfBaseException as err:
-        raise _config_error(err, "override") from None
-
-
-def check_guidance(scale: float, steps: int | None) -> None:
-    """Context guidance settings (``guidance_scale``, ``guidance_steps``); ValueError naming the key."""
-    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale) or scale < 0:
-        raise ValueError(f"guidance_scale must be a finite number >= 0 (1 = off), got {scale!r}")
-    if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps <= 0):
-        raise ValueError(f"guidance_steps must be a positive int or None (every step), got {steps!r}")
-
-
-def check_generation(cfg: GenerationConfig) -> None:
-    """Values a type check cannot catch; ValueError naming the key."""
-    for key in ("height", "width", "chunk_frames", "window_frames", "num_inference_steps", "action_step"):
-        if getattr(cfg, key) <= 0:
-            raise ValueError(f"{key} must be positive, got {getattr(cfg, key)}")
-    check_guidance(cfg.guidance_scale, cfg.guidance_steps)
-    m = cfg.memory
-    if m.mode not in MEMORY_MODES:
-        raise ValueError(f"memory.mode must be one of {', '.join(MEMORY_MODES)}, got {m.mode!r}")
-    for key in ("num_buckets", "slots", "n_bits", "top_k"):
-        if getattr(m, key) <= 0:
-            raise ValueError(f"memory.{key} must be positive, got {getattr(m, key)}")
-    if m.mass_cap < 0:
-        raise ValueError(f"memory.mass_cap must be ≥ 0 (0 = off), got {m.mass_cap}")
-    if m.mode != "full" and cfg.chunk_frames > cfg.window_frames:
-        raise ValueError(f"chunk_frames ({cfg.chunk_frames}) is larger than window_frames ({cfg.window_frames})")
+        raise config_error(err, "override") from None
 
 
 _GENERATION_KEYS = {f.name: "generation" for f in fields(GenerationConfig)}
 
 
-def generate_config(overrides: list[str] | None = None, preset: str = "tiny", **values: Any) -> GenerateConfig:
-    """A ``vidhash generate`` run: generation preset, then ``values`` (flags), then ``key=value`` overrides."""
-    data = {"generation": OmegaConf.structured(generation_config(preset))}
+def generate_config(overrides: list[str] | None = None, preset: str | None = None, **values: Any) -> GenerateConfig:
+    """A ``vidhash generate`` run: the generation settings of ``preset``, else of ``values["model"]``
+    (:func:`generation_for`: what the pipeline itself would use), then ``values`` (flags), then
+    ``key=value`` overrides."""
+    base = generation_preset(preset) if preset is not None else generation_for(values.get("model"))
+    data = {"generation": OmegaConf.structured(base)}
     data.update({key: value for key, value in values.items() if value is not None})
-    cfg = _structured(GenerateConfig, data, "run settings")  # type-checks the flags
-    cfg = apply_overrides(cfg, overrides or [], prefix_for=_GENERATION_KEYS)
-    check_generation(cfg.generation)
-    return cfg
+    cfg = structured(GenerateConfig, data, "run settings")  # type-checks the flags
+    return apply_overrides(cfg, overrides or [], prefix_for=_GENERATION_KEYS)
 
 
 def to_yaml(cfg: Any) -> str:
@@ -279,7 +175,7 @@ def save_config(cfg: Any, path: str | os.PathLike) -> Path:
     try:
         with os.fdopen(fd, "w") as f:
             f.write(to_yaml(cfg))
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual permissions
+        os.chmod(tmp, 0o666 & ~umask())  # mkstemp makes 0600; give the file the usual permissions
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -288,12 +184,6 @@ def save_config(cfg: Any, path: str | os.PathLike) -> Path:
     return path
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def load_config(cls: type, path: str | os.PathLike) -> Any:
     """Read YAML into dataclass ``cls`` (unknown keys and wrong types raise ValueError naming the key)."""
-    return _structured(cls, OmegaConf.load(str(path)), str(path))
+    return structured(cls, OmegaConf.load(str(path)), str(path))

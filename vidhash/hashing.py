@@ -29,9 +29,11 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+from tqdm.auto import tqdm
 
 MAX_BITS = 256
 _MASK32 = 0xFFFFFFFF
+_DEFAULT_HASHERS: dict[tuple[int, int], "SimHash"] = {}
 
 
 def _check_bits(n_bits: int) -> int:
@@ -222,6 +224,15 @@ class SimHash(nn.Module):
         return pack_bits(self.project(x, role) > 0)
 
 
+def default_hasher(head_dim: int, n_bits: int = 32) -> SimHash:
+    """The SimHash block selection uses when none is given (seed 0, shared across heads),
+    cached per size."""
+    key = (head_dim, n_bits)
+    if key not in _DEFAULT_HASHERS:
+        _DEFAULT_HASHERS[key] = SimHash(head_dim, n_bits, seed=0)
+    return _DEFAULT_HASHERS[key]
+
+
 class _HeadMLP(nn.Module):
     """``heads`` independent MLPs ``d → hidden → hidden → m`` applied as batched matmuls."""
 
@@ -335,8 +346,6 @@ class LearnedHash(nn.Module):
         loss_val = float("nan")
         steps_iter = range(steps)
         if progress:
-            from tqdm.auto import tqdm
-
             steps_iter = tqdm(steps_iter, desc="fit LearnedHash")
         for _ in steps_iter:
             idx = torch.randint(0, nq, (min(batch_queries, nq),), generator=g).to(q.device)

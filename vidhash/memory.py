@@ -33,8 +33,16 @@ bucket codes spread evenly over the table.
 **Reads.** :meth:`HashedMemory.attend` scores all entries by Hamming similarity to the
 query's signature, keeps the ``top_k`` best (ties to the lower entry index) and returns exact
 softmax attention over them with its log-sum-exp, ready for
-:func:`~vidhash.attention.merge_attention`. With capacity for every token written and
-``top_k`` ≥ entries, it equals dense attention over everything written.
+:func:`~vidhash.attention.merge_attention`. ``top_k=None`` reads every entry; with capacity for
+every token written it equals dense attention over everything written.
+
+**Settings.** :class:`MemorySize` (signatures, buckets, slots, policy) is what a generation
+chooses and a state saves; :class:`MemoryConfig` adds the layer's shape; :class:`MemoryRead`
+(``top_k``, ``mass_cap``) is how a read is done, given per call. Each validates itself.
+
+**Code.** The writes and the top-k read are ops on the memory's tensors (:attr:`HashedMemory.table`):
+references in ``kernels/memory/naive.py``, Triton kernels in ``kernels/memory/ops.py``.
+:meth:`HashedMemory.write` and :meth:`HashedMemory.attend` choose between them (``backend=``).
 
 **Sizing for minutes** (docs/memory.md, ``scripts/memory_retention.py``): keys of one world place
 route to one bucket 81–91 % of the time (the tokens carry the world position), so a bucket keeps
@@ -47,52 +55,122 @@ from __future__ import annotations
 
 import hashlib
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
+from typing import Optional
 
 import torch
 from torch import nn
 
-from .attention import _triton_ops, dense_attention, fused_attention_lse, resolve_backend
-from .hashing import LearnedHash, SimHash, bucket_index, hamming_similarity, num_words, pack_bits, sig_signs, unpack_bits
+from vidhash.kernels.memory import naive
+from vidhash.kernels.signature.naive import route_buckets
+
+from .attention import dense_attention, fused_attention_lse
+from .hashing import LearnedHash, SimHash, num_words
+from .ops import checks
+from .ops.backend import resolve_backend, triton_ops
+from .ops.checks import MemoryTable
 
 POLICIES = ("fifo", "merge")
-_CHUNK_ELEMS = 1 << 23
+
+
+def _positive_int(name: str, value, why: str = "") -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{name} must be a positive int{why}, got {value!r}")
 
 
 @dataclass(frozen=True)
-class MemoryConfig:
-    """Everything that fixes a memory's size and behaviour."""
+class MemorySignature:
+    """The signatures a memory compares: ``n_bits`` SimHash bits per key, the planes seeded by
+    ``seed`` (a model's memory of layer ``l`` uses ``seed + l``). Training-time selection
+    (``vidhash.training.config.SelectionConfig``) signs with the same two settings."""
 
-    num_buckets: int = 256
-    slots: int = 16
-    heads: int = 1
-    head_dim: int = 64
     n_bits: int = 32
-    route_bits: int | None = None
-    policy: str = "fifo"
-    batch_size: int = 1
     seed: int = 0
 
     def __post_init__(self):
-        for name in ("num_buckets", "slots", "heads", "head_dim", "batch_size"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be a positive int (a memory needs capacity), got {value!r}")
         num_words(self.n_bits)  # validates n_bits
-        if self.route_bits is not None and not 1 <= self.route_bits <= self.n_bits:
-            raise ValueError(f"route_bits must be in [1, n_bits={self.n_bits}], got {self.route_bits}")
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool):
+            raise ValueError(f"seed must be an int, got {self.seed!r}")
+
+
+@dataclass(frozen=True)
+class MemorySize(MemorySignature):
+    """What a generation chooses of a memory: its signatures, ``num_buckets × slots`` entries per
+    head and the eviction ``policy``. Saved with a ``VidHashState`` (the state's memories are
+    built from it); how a memory is *read* is :class:`MemoryRead`, passed per call."""
+
+    num_buckets: int = 256
+    slots: int = 16
+    policy: str = "fifo"
+
+    def __post_init__(self):
+        MemorySignature.__post_init__(self)
+        for name in ("num_buckets", "slots"):
+            _positive_int(name, getattr(self, name), " (a memory needs capacity)")
         if self.policy not in POLICIES:
             raise ValueError(f"policy must be one of {POLICIES}, got {self.policy!r}")
 
     @property
     def capacity(self) -> int:
+        """Entries per batch element and head."""
         return self.num_buckets * self.slots
+
+    @property
+    def size(self) -> MemorySize:
+        """The :class:`MemorySize` fields alone (of a subclass instance)."""
+        return MemorySize(**{f.name: getattr(self, f.name) for f in fields(MemorySize)})
+
+
+@dataclass(frozen=True)
+class MemoryConfig(MemorySize):
+    """Everything that fixes one :class:`HashedMemory`'s size and behaviour: its
+    :class:`MemorySize`, the attention layer's ``heads`` × ``head_dim``, the batch and the bits
+    that route a key to its bucket (``route_bits``; None: ``log2(num_buckets) + 2``)."""
+
+    heads: int = 1
+    head_dim: int = 64
+    route_bits: Optional[int] = None
+    batch_size: int = 1
+
+    def __post_init__(self):
+        MemorySize.__post_init__(self)
+        for name in ("heads", "head_dim", "batch_size"):
+            _positive_int(name, getattr(self, name), " (a memory needs capacity)")
+        if self.route_bits is not None and not 1 <= self.route_bits <= self.n_bits:
+            raise ValueError(f"route_bits must be in [1, n_bits={self.n_bits}], got {self.route_bits}")
 
     @property
     def resolved_route_bits(self) -> int:
         if self.route_bits is not None:
             return self.route_bits
         return min(self.n_bits, max(1, math.ceil(math.log2(self.num_buckets)) + 2))
+
+
+@dataclass(frozen=True)
+class MemoryRead:
+    """How a memory is read (per call; never part of a state): each query attends to its
+    ``top_k`` most similar entries — None reads every entry — and ``mass_cap > 0`` makes the
+    read weigh as at most that many keys (:meth:`HashedMemory.mass_penalty`; 0 = as read)."""
+
+    top_k: Optional[int] = None
+    mass_cap: int = 0
+
+    def __post_init__(self):
+        if self.top_k is not None:
+            _positive_int("top_k", self.top_k, " or None (every entry)")
+        if not isinstance(self.mass_cap, int) or isinstance(self.mass_cap, bool) or self.mass_cap < 0:
+            raise ValueError(f"mass_cap must be an int ≥ 0 (0 = off), got {self.mass_cap!r}")
+
+    @property
+    def read(self) -> MemoryRead:
+        """The :class:`MemoryRead` fields alone (of a subclass instance)."""
+        return MemoryRead(self.top_k, self.mass_cap)
+
+    def top_k_for(self, capacity: int) -> int | None:
+        """Entries each query keeps in a memory of ``capacity`` entries, None for every entry.
+        The one place where a ``top_k`` of at least the capacity (every entry selected; how
+        presets wrote "read everything" before None) is read as None."""
+        return None if self.top_k is None or self.top_k >= capacity else self.top_k
 
 
 def hasher_digest(hasher) -> str:
@@ -161,7 +239,8 @@ class HashedMemory(nn.Module):
         super().__init__()
         if not dtype.is_floating_point:
             raise ValueError(f"dtype must be a floating-point dtype, got {dtype}")
-        self.config = MemoryConfig(num_buckets, slots, heads, head_dim, n_bits, route_bits, policy, batch_size, seed)
+        self.config = MemoryConfig(n_bits=n_bits, seed=seed, num_buckets=num_buckets, slots=slots, policy=policy,
+                                   heads=heads, head_dim=head_dim, route_bits=route_bits, batch_size=batch_size)
         cfg = self.config
         self.hasher_digest: str | None = None  # of a borrowed hasher, once bound
         if hasher is None:
@@ -250,6 +329,12 @@ class HashedMemory(nn.Module):
         its model); fixed by the configuration."""
         return sum(t.numel() * t.element_size() for t in self.buffers())
 
+    @property
+    def table(self) -> MemoryTable:
+        """The memory's buffers as the :class:`~vidhash.ops.checks.MemoryTable` its write and
+        read ops take (the tensors themselves: the ops update them in place)."""
+        return MemoryTable(self.keys, self.values, self.signatures, self.frames, self.counts, self.bucket_writes)
+
     def num_entries(self) -> torch.Tensor:
         """Occupied entries ``(b, h)``."""
         return (self.counts > 0).sum((-1, -2))
@@ -314,8 +399,8 @@ class HashedMemory(nn.Module):
 
     def route(self, signatures: torch.Tensor) -> torch.Tensor:
         """Bucket of each signature ``(..., w)`` → int64 ``(...)``."""
-        code = pack_bits(unpack_bits(signatures, self.config.n_bits)[..., : self._route_bits])
-        return bucket_index(code, self.config.num_buckets, key=self.config.seed)
+        cfg = self.config
+        return route_buckets(signatures, cfg.n_bits, self._route_bits, cfg.num_buckets, cfg.seed)
 
     # ------------------------------------------------------------------ write
     @torch.no_grad()
@@ -338,128 +423,13 @@ class HashedMemory(nn.Module):
             frames = frame_idx.to(device=k.device, dtype=torch.int64)
         else:
             raise ValueError(f"frame_idx must be an int or an integer tensor of shape ({t},), got {frame_idx!r}")
+        fifo = self.config.policy == "fifo"
         if self._backend(backend, "write", k, v) == "triton":
-            if self.config.policy == "fifo":
-                _triton_ops().memory_write_fifo(self, k, v, frames)
-            else:
-                from vidhash.kernels.memory.ops import memory_write_merge
-
-                memory_write_merge(self, k, v, frames)
-            return
-        sig = self.hasher(k, role="key")  # (b, h, t, w)
-        bucket = self.route(sig)  # (b, h, t)
-        if self.config.policy == "fifo":
-            self._write_fifo(k, v, sig, bucket, frames)
+            ops = triton_ops()
+            write = ops.memory_write_fifo if fifo else ops.memory_write_merge
         else:
-            self._write_merge(k, v, sig, bucket, frames)
-
-    def _bucket_runs(self, bucket: torch.Tensor):
-        """Tokens of this write sorted by bucket (stable: token order within a bucket), the number
-        of tokens per bucket ``(..., u)``, and where each bucket's run starts in that order."""
-        u = self.config.num_buckets
-        order = torch.sort(bucket, dim=-1, stable=True).indices
-        n_in = torch.zeros(*bucket.shape[:-1], u, dtype=torch.int64, device=bucket.device)
-        n_in.scatter_add_(-1, bucket, torch.ones_like(bucket))
-        return order, n_in, torch.cumsum(n_in, -1) - n_in
-
-    def _ranks(self, bucket: torch.Tensor):
-        """Rank of each token among the tokens of this write routed to its bucket (token
-        order), and the number of such tokens per bucket ``(b, h, u)``."""
-        order, n_in, start = self._bucket_runs(bucket)
-        sorted_b = bucket.gather(-1, order)
-        rank_sorted = torch.arange(bucket.shape[-1], device=bucket.device) - start.gather(-1, sorted_b)
-        rank = torch.empty_like(rank_sorted).scatter_(-1, order, rank_sorted)
-        return rank, n_in
-
-    def _scatter(self, flat_idx: torch.Tensor, keep: torch.Tensor, **values: torch.Tensor) -> None:
-        """Write per-token ``values`` into flattened entry ``flat_idx`` where ``keep``."""
-        bh = flat_idx.shape[0] * flat_idx.shape[1]
-        sel = keep.reshape(-1)
-        row = torch.arange(bh, device=flat_idx.device).repeat_interleave(flat_idx.shape[-1])[sel]
-        col = flat_idx.reshape(-1)[sel]
-        c = self.capacity
-        for name, val in values.items():
-            buf = getattr(self, name)
-            view = buf.view(bh, c, *buf.shape[4:])
-            view[row, col] = val.reshape(bh * flat_idx.shape[-1], *val.shape[3:])[sel].to(buf.dtype)
-
-    def _write_fifo(self, k, v, sig, bucket, frames) -> None:
-        s = self.config.slots
-        rank, n_in = self._ranks(bucket)
-        n_tok = n_in.gather(-1, bucket)
-        keep = rank >= n_tok - s  # only the last `slots` tokens of a bucket survive this write
-        slot = (self.bucket_writes.gather(-1, bucket) + rank) % s
-        flat = bucket * s + slot
-        b, h, t = bucket.shape
-        fr = frames.view(1, 1, t).expand(b, h, t)
-        ones = torch.ones(b, h, t, dtype=torch.int32, device=k.device)
-        self._scatter(flat, keep, keys=k, values=v, signatures=sig, frames=fr, counts=ones)
-        self.bucket_writes += n_in
-
-    def _write_merge(self, k, v, sig, bucket, frames) -> None:
-        """Merge-policy write without a device sync per round.
-
-        Tokens of one bucket enter in token order, one per bucket per round (round r = rank r in
-        its bucket): a merge changes the entry the next token of that bucket compares against.
-        Each round works on dense ``(b·h, P)`` tensors over the buckets that still have a token
-        (buckets ordered by tokens received, so those of round r are a prefix of that order):
-        gathers, then ``scatter_`` back to the chosen entries — one bucket holds one chosen
-        entry, so scatters never collide, and a bucket without a token this round writes its
-        entry's own values back. The only host read is the number of active buckets per round
-        (one transfer per call)."""
-        cfg = self.config
-        s, u, d, n_bits = cfg.slots, cfg.num_buckets, k.shape[-1], cfg.n_bits
-        b, h, t = bucket.shape
-        if t == 0:
-            return
-        bh, c = b * h, self.capacity
-        dev = k.device
-        w = sig.shape[-1]
-        keys, vals = self.keys.view(bh, c, d), self.values.view(bh, c, d)
-        sigs, frs, cnts = self.signatures.view(bh, c, w), self.frames.view(bh, c), self.counts.view(bh, c)
-        slot_sigs = self.signatures.view(bh, u, s, w)
-        writes = self.bucket_writes.view(bh, u)
-        kf, vf, sf = k.reshape(bh, t, d), v.reshape(bh, t, d), sig.reshape(bh, t, w)
-        ff = frames.view(1, t).expand(bh, t)
-        bf = bucket.reshape(bh, t)
-        order, n_in, start = self._bucket_runs(bf)  # tokens by bucket, tokens per bucket, run starts
-        # buckets by tokens received, most first: the buckets with a token in round r are a prefix
-        n_desc, border = torch.sort(n_in, dim=-1, descending=True, stable=True)
-        start_desc = start.gather(-1, border)
-        # active[r] = most buckets (over rows) with more than r tokens; one host read for all rounds
-        hist = torch.zeros(bh, t + 1, dtype=torch.int64, device=dev).scatter_add_(-1, n_in, torch.ones_like(n_in))
-        at_least = hist.flip(-1).cumsum(-1).flip(-1)  # buckets with ≥ j tokens
-        active = at_least[:, 1:].amax(0).tolist()  # the one sync: (t,) ints
-        acc = torch.float64 if keys.dtype == torch.float64 else torch.float32
-        prefer_low = s - torch.arange(s, device=dev)  # ties to the lower slot
-        for r, p in enumerate(active):
-            if p == 0:
-                break
-            bsel = border[:, :p]  # (bh, p) buckets of this round
-            valid = n_desc[:, :p] > r  # bucket has a token in this round (rows with fewer buckets: False)
-            tok = order.gather(-1, (start_desc[:, :p] + r).clamp_(max=t - 1))
-            tok_d = tok.unsqueeze(-1).expand(-1, -1, d)
-            filled = writes.gather(-1, bsel)
-            here = slot_sigs.gather(1, bsel.view(bh, p, 1, 1).expand(-1, -1, s, w))  # (bh, p, s, w)
-            tok_sig = sf.gather(1, tok.unsqueeze(-1).expand(-1, -1, w))
-            sim = hamming_similarity(tok_sig.unsqueeze(-2), here, n_bits).squeeze(-2)  # (bh, p, s)
-            best = (sim.to(torch.int64) * (s + 1) + prefer_low).argmax(-1)
-            e = bsel * s + torch.where(filled < s, filled, best)  # (bh, p) entry per bucket
-            e_d = e.unsqueeze(-1).expand(-1, -1, d)
-            e_w = e.unsqueeze(-1).expand(-1, -1, w)
-            old_k, old_v = keys.gather(1, e_d), vals.gather(1, e_d)
-            old_s, old_f, old_c = sigs.gather(1, e_w), frs.gather(1, e), cnts.gather(1, e)
-            old = old_c.to(acc).unsqueeze(-1)
-            new_k = (old_k.to(acc) * old + kf.gather(1, tok_d).to(acc)) / (old + 1)
-            new_v = (old_v.to(acc) * old + vf.gather(1, tok_d).to(acc)) / (old + 1)
-            sig_new = self.hasher(new_k.to(k.dtype).view(b, h, p, d), role="key").view(bh, p, w)
-            vd = valid.unsqueeze(-1)
-            keys.scatter_(1, e_d, torch.where(vd, new_k.to(keys.dtype), old_k))
-            vals.scatter_(1, e_d, torch.where(vd, new_v.to(vals.dtype), old_v))
-            sigs.scatter_(1, e_w, torch.where(vd, sig_new, old_s))
-            frs.scatter_(1, e, torch.where(valid, torch.maximum(old_f, ff.gather(1, tok)), old_f))
-            cnts.scatter_(1, e, old_c + valid.to(old_c.dtype))
-            writes.scatter_add_(1, bsel, valid.to(writes.dtype))
+            write = naive.memory_write_fifo if fifo else naive.memory_write_merge
+        write(self.table, k, v, frames, hasher=self.hasher, route_bits=self._route_bits, route_key=self.config.seed)
 
     # ------------------------------------------------------------------ read
     def mass(self) -> torch.Tensor:
@@ -477,105 +447,46 @@ class HashedMemory(nn.Module):
         Zero for an empty memory. No host sync (CUDA-graph safe)."""
         return (self.mass().to(dtype).log() - math.log(mass_cap)).clamp_min(0.0).unsqueeze(-1)
 
-    def attend(self, q: torch.Tensor, top_k: int, *, scale: float | None = None, return_indices: bool = False,
-               backend: str = "auto", mass_cap: int = 0):
-        """Attention of ``q (b, h, n, d)`` over its ``top_k`` most similar entries.
+    def attend(self, q: torch.Tensor, top_k: int | None = None, *, scale: float | None = None,
+               return_indices: bool = False, backend: str = "auto", mass_cap: int = 0):
+        """Attention of ``q (b, h, n, d)`` over its ``top_k`` most similar entries (None: every
+        entry); ``top_k`` and ``mass_cap`` are a :class:`MemoryRead`.
 
         Returns ``(out (b, h, n, d), lse (b, h, n))`` with lse in float32 (float64 for
         float64 queries); a query that finds no entry
         (empty memory) gets ``out = 0`` and ``lse = -inf``. Gradients flow to ``q``.
         ``backend``: ``"auto"`` (Triton for CUDA tensors that are not float64, else the
-        reference), ``"reference"`` or ``"triton"``. With ``top_k ≥ capacity`` (every entry
-        selected) ``"auto"`` and ``"reference"`` read densely instead — the same result.
+        reference), ``"reference"`` or ``"triton"``. Reading every entry (``top_k`` None, or at
+        least the capacity: :meth:`MemoryRead.top_k_for`) with ``"auto"`` or ``"reference"`` is
+        dense attention over the whole memory, without signatures or top-k — the same result.
         ``mass_cap > 0`` lowers lse by :meth:`mass_penalty` (``out`` is unchanged: it only
         matters once merged with other attention by log-sum-exp); 0 leaves it as read.
         """
         self._check(q, "q")
-        if not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1:
-            raise ValueError(f"top_k must be a positive int, got {top_k!r}")
-        if not isinstance(mass_cap, int) or isinstance(mass_cap, bool) or mass_cap < 0:
-            raise ValueError(f"mass_cap must be an int ≥ 0 (0 = off), got {mass_cap!r}")
-        res = self._attend(q, top_k, scale, return_indices, backend)
-        if mass_cap:
-            res = (res[0], res[1] - self.mass_penalty(mass_cap, res[1].dtype), *res[2:])
+        read = MemoryRead(top_k, mass_cap)  # validates both
+        res = self._attend(q, read.top_k_for(self.capacity), scale, return_indices, backend)
+        if read.mass_cap:
+            res = (res[0], res[1] - self.mass_penalty(read.mass_cap, res[1].dtype), *res[2:])
         return res
 
-    def _attend(self, q: torch.Tensor, top_k: int, scale: float | None, return_indices: bool, backend: str):
-        if top_k >= self.capacity and not return_indices and backend != "triton":
-            # every valid entry is selected: the read is dense attention over the whole memory,
-            # without signatures or top-k (the same result; at generation sizes also the fastest
-            # on a GPU: 0.145 ms dense against 0.36-0.95 ms selective, BENCHMARKS.md)
+    def _attend(self, q: torch.Tensor, top_k: int | None, scale: float | None, return_indices: bool, backend: str):
+        if top_k is None and not return_indices and backend != "triton":
+            # every entry is read: dense attention over the whole memory, without signatures or
+            # top-k (the same result; at generation sizes also the fastest on a GPU: 0.145 ms
+            # dense against 0.36-0.95 ms selective, BENCHMARKS.md)
             return self._attend_all(q, 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale))
+        top_k = self.capacity if top_k is None else top_k
         if self._backend(backend, "attend", q) == "triton":
             q_sig = None
             if not self._kernel_hasher():  # the read kernels take the hasher's own signatures
                 with torch.no_grad():
                     q_sig = self.hasher(q, role="query")
-            return _triton_ops().memory_attend(self, q, top_k, scale=scale, return_indices=return_indices, q_sig=q_sig)
-        b, h, n, d = q.shape
-        c = self.capacity
-        kk = min(top_k, c)
-        sc = 1.0 / math.sqrt(d) if scale is None else float(scale)
-        keys, vals = self.keys.view(b, h, c, d), self.values.view(b, h, c, d)
-        sigs = self.signatures.view(b, h, c, -1)
-        counts = self.counts.view(b, h, c)
-        valid = counts > 0
-        bias = torch.log(counts.clamp(min=1).float())
-        n_bits = self.config.n_bits
-        # rank = (equal − different bits + n_bits) · (c + 1) + tie: ordered as the similarity, ties to
-        # the lower slot, ≥ 1 for any entry and -1 for an empty slot. The ±1 sign product is the bit
-        # agreement (hamming_similarity = (dot + n_bits) / 2), so one matmul and one pass build it, in
-        # float32 while every rank is an exact float32 integer (then int32: an integer topk is ~1.5×
-        # faster on a CPU), else in float64
-        small = (2 * n_bits + 1) * (c + 1) < 1 << 24
-        rank_dtype = torch.float32 if small else torch.float64
-        with torch.no_grad():
-            q_sig = self.hasher(q, role="query")
-            k_signs = sig_signs(sigs, n_bits).to(rank_dtype)
-            tie = (n_bits * (c + 1) + c - torch.arange(c, device=q.device, dtype=rank_dtype)).masked_fill(~valid, float("-inf"))
-        outs, lses, idxs = [], [], []
-        chunk = max(1, _CHUNK_ELEMS // max(1, b * h * c))
-        acc = torch.float64 if q.dtype == torch.float64 else torch.float32
-        for start in range(0, n, chunk):
-            qs = q[:, :, start : start + chunk]
-            with torch.no_grad():
-                with torch.autocast(q.device.type, enabled=False):
-                    dot = torch.matmul(sig_signs(q_sig[:, :, start : start + chunk], n_bits).to(rank_dtype),
-                                       k_signs.transpose(-1, -2))
-                rank = torch.add(tie.unsqueeze(-2), dot, alpha=c + 1).nan_to_num_(neginf=-1.0)
-                top = (rank.to(torch.int32) if small else rank).topk(kk, dim=-1, sorted=return_indices)
-                ok = top.values >= 0
-                idx = top.indices  # (b, h, m, kk)
-            m = qs.shape[-2]
-            if kk * 8 >= c:
-                # a large share selected: scores against every entry (one matmul) and the selected
-                # ones picked out, weights scattered back for one matmul with the values; gathering
-                # (m, kk, d) copies of keys and values instead costs far more on a CPU
-                s = torch.matmul(qs.to(acc), keys.to(acc).transpose(-1, -2)).gather(-1, idx) * sc
-                s = (s + bias.to(acc).gather(-1, idx.reshape(b, h, -1)).reshape(b, h, m, kk)).masked_fill(~ok, float("-inf"))
-                vg = None
-            else:
-                g = idx.reshape(b, h, m * kk, 1)
-                kg = torch.gather(keys, 2, g.expand(b, h, m * kk, d)).reshape(b, h, m, kk, d).to(acc)
-                vg = torch.gather(vals, 2, g.expand(b, h, m * kk, d)).reshape(b, h, m, kk, d).to(acc)
-                s = torch.einsum("bhmd,bhmkd->bhmk", qs.to(acc), kg) * sc + bias.gather(2, idx.reshape(b, h, -1)).reshape(b, h, m, kk).to(acc)
-                s = s.masked_fill(~ok, float("-inf"))
-            lse = torch.logsumexp(s, dim=-1)
-            p = torch.exp(s - lse.masked_fill(torch.isinf(lse), 0.0).unsqueeze(-1))
-            if vg is None:  # weights of the selection, back in entry order (indices are distinct; unused ones weigh 0)
-                outs.append(torch.matmul(torch.zeros(b, h, m, c, dtype=acc, device=q.device).scatter(-1, idx, p), vals.to(acc)))
-            else:
-                outs.append(torch.einsum("bhmk,bhmkd->bhmd", p, vg))
-            lses.append(lse)
-            idxs.append(torch.where(ok, idx, -1))
-        out = torch.cat(outs, 2).to(q.dtype)
-        lse = torch.cat(lses, 2)
-        if return_indices:
-            return out, lse, torch.cat(idxs, 2)
-        return out, lse
+            return triton_ops().memory_attend(self.table, q, top_k, hasher=self.hasher, scale=scale,
+                                              return_indices=return_indices, q_sig=q_sig)
+        return naive.memory_attend(self.table, q, top_k, hasher=self.hasher, scale=scale, return_indices=return_indices)
 
     def _attend_all(self, q: torch.Tensor, sc: float) -> tuple[torch.Tensor, torch.Tensor]:
-        """``attend`` with ``top_k ≥ capacity``: attention over every valid entry, each weighted
+        """``attend`` of every entry: attention over every valid entry, each weighted
         by ``log(count)``. Without gradients: PyTorch's fused attention (flash on a GPU; no
         ``(n, c)`` scores held, :func:`fused_attention_lse`); with gradients (or float64):
         ``dense_attention`` in float32, queries in chunks."""
@@ -588,7 +499,7 @@ class HashedMemory(nn.Module):
                                        scale=sc, key_bias=bias)
         acc = torch.float64 if q.dtype == torch.float64 else torch.float32  # memory and q may differ in dtype
         keys, vals = self.keys.view(b, h, c, d).to(acc), self.values.view(b, h, c, d).to(acc)
-        chunk = max(1, _CHUNK_ELEMS // max(1, b * h * c))
+        chunk = max(1, checks.CHUNK_ELEMS // max(1, b * h * c))
         parts = [dense_attention(q[:, :, s : s + chunk].to(acc), keys, vals, scale=sc, return_lse=True, key_bias=bias)
                  for s in range(0, n, chunk)]
         return torch.cat([o for o, _ in parts], 2).to(q.dtype), torch.cat([l for _, l in parts], 2)

@@ -14,7 +14,7 @@ so top-k needs no sort:
    kept indices in order through a running prefix sum; pad the row with ``-1``.
 
 Nothing of size ``query blocks × key blocks`` is ever stored. Matches
-:func:`vidhash.attention.select_blocks` exactly.
+:func:`naive.select_blocks` exactly.
 """
 import triton
 import triton.language as tl

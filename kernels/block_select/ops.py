@@ -1,4 +1,5 @@
-"""Launcher for the block-selection kernel and the public ``select_blocks_triton``.
+"""Launcher for the block-selection kernel and the public ``select_blocks_triton``
+(reference: :func:`naive.select_blocks`).
 
 Letters: b batch, h heads, c query blocks, j key blocks, w packed signature words.
 """
@@ -11,17 +12,10 @@ import torch
 import torch.nn.functional as F
 import triton
 
-from vidhash.attention import (
-    BlockSelection,
-    _check_block,
-    _check_count,
-    _check_density,
-    _check_qkv,
-    _num_kept,
-    block_signatures,
-    default_hasher,
-)
-from vidhash.hashing import SimHash, pack_bits
+from vidhash.hashing import SimHash, default_hasher, pack_bits
+from vidhash.kernels.signature.naive import block_signatures
+from vidhash.kernels.signature.ops import block_signatures_triton
+from vidhash.ops.checks import BlockSelection, check_block, check_count, check_density, check_qkv, num_kept
 
 from .kernel import block_select_kernel
 
@@ -40,7 +34,7 @@ def max_forced_blocks(nq: int, nk: int, bq: int, bk: int, local_blocks: int, sin
     """Largest number of forced (sink ∪ local, causally allowed) key blocks of any query block.
 
     Closed form per query block (two intervals of key blocks), the same sets as
-    ``vidhash.attention._forced_and_allowed`` without its ``query blocks × key blocks`` mask.
+    ``naive.forced_and_allowed`` without its ``query blocks × key blocks`` mask.
     """
     nqb, nkb = -(-nq // bq), -(-nk // bk)
     off = nk - nq
@@ -70,9 +64,9 @@ def max_forced_blocks(nq: int, nk: int, bq: int, bk: int, local_blocks: int, sin
 
 def num_kept_blocks(nq: int, nk: int, *, density: float, block_size: int, query_block_size: int,
                     local_blocks: int, sink_blocks: int, causal: bool) -> int:
-    """``kept`` of :func:`vidhash.attention.select_blocks` for these sizes (no tensors)."""
+    """``kept`` of :func:`naive.select_blocks` for these sizes (no tensors)."""
     nkb = -(-nk // block_size)
-    kept = _num_kept(density, nkb)
+    kept = num_kept(density, nkb)
     if kept < nkb and (local_blocks or sink_blocks):
         kept = min(nkb, max(kept, max_forced_blocks(nq, nk, query_block_size, block_size, local_blocks, sink_blocks, causal)))
     return kept
@@ -84,12 +78,12 @@ SIGNATURE_METHODS = ("pooled", "kernel", "reference")
 def block_signatures_fast(x: torch.Tensor, block_size: int, hasher, role: str, method: str = "auto") -> torch.Tensor:
     """Block signatures ``(b, h, blocks, w)`` int32, three ways:
 
-    * ``"reference"`` — :func:`vidhash.attention.block_signatures` (fp32 copy of ``x``, project
-      every token, sum the projections of a block);
+    * ``"reference"`` — :func:`~vidhash.kernels.signature.naive.block_signatures` (fp32 copy of
+      ``x``, project every token, sum the projections of a block);
     * ``"pooled"`` — SimHash only: sum each block of ``x`` in fp32 (one read of ``x``), then
       project the sums (projection is linear);
     * ``"kernel"`` — the signature kernel of ``kernels/signature`` (one pass over ``x``);
-    * ``"auto"`` — on CUDA ``"kernel"`` (when installed) for head_dim ≤ 64 and ``"reference"``
+    * ``"auto"`` — on CUDA ``"kernel"`` for head_dim ≤ 64 and ``"reference"``
       above, the fastest measured on an H100 (N = 131,072, 12 heads, bf16: q+k signatures
       0.46 / 0.96 / 1.75 ms kernel / pooled / reference at d = 64; 1.42 / 0.89 / 0.85 ms at
       d = 128, N = 32,760); on CPU ``"reference"``.
@@ -109,12 +103,7 @@ def block_signatures_fast(x: torch.Tensor, block_size: int, hasher, role: str, m
         pooled = x.reshape(b, h, nb, block_size, d).sum(-2, dtype=torch.float32)
         return pack_bits(hasher.project(pooled, role) > 0)
     if method == "kernel":
-        try:  # the signature kernel lives in kernels/signature (another op's folder)
-            from vidhash.kernels.signature.ops import block_signatures_triton
-        except ImportError:
-            pass
-        else:
-            return block_signatures_triton(x, block_size, hasher, role)
+        return block_signatures_triton(x, block_size, hasher, role)
     return block_signatures(x, block_size, hasher, role)
 
 
@@ -185,21 +174,21 @@ def select_blocks_triton(
     hasher=None,
     exact_signatures: bool = False,
 ) -> BlockSelection:
-    """:func:`vidhash.attention.select_blocks` with the top-k done by the Triton kernel.
+    """:func:`naive.select_blocks` with the top-k done by the Triton kernel.
 
-    Same arguments, same :class:`~vidhash.attention.BlockSelection`. Given the same block
+    Same arguments, same :class:`~vidhash.ops.checks.BlockSelection`. Given the same block
     signatures the indices equal the reference's exactly (ranking by histogram threshold and
     prefix-sum compaction: no sort, no ``query blocks × key blocks`` tensor). On CUDA the block
     signatures are computed in one pass over ``q``/``k`` (:func:`block_signatures_fast`, a bit
     can differ where a block's projection rounds to 0); ``exact_signatures=True`` uses the
-    reference's :func:`vidhash.attention.block_signatures`.
+    reference's :func:`~vidhash.kernels.signature.naive.block_signatures`.
     """
-    _check_qkv(q, k)
-    density = _check_density(density)
-    bk = _check_block("block_size", block_size)
-    bq = _check_block("query_block_size", query_block_size if query_block_size is not None else block_size)
-    _check_count("local_blocks", local_blocks)
-    _check_count("sink_blocks", sink_blocks)
+    check_qkv(q, k)
+    density = check_density(density)
+    bk = check_block("block_size", block_size)
+    bq = check_block("query_block_size", query_block_size if query_block_size is not None else block_size)
+    check_count("local_blocks", local_blocks)
+    check_count("sink_blocks", sink_blocks)
     hasher = hasher if hasher is not None else default_hasher(q.shape[-1])
     nq, nk = q.shape[-2], k.shape[-2]
     kept = num_kept_blocks(nq, nk, density=density, block_size=bk, query_block_size=bq,

@@ -1,0 +1,1 @@
+"""Hashed memory: FIFO and merge writes, top-k read (kernel, ops, naive)."""

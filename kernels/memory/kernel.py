@@ -144,7 +144,7 @@ def merge_write_kernel(
     NW: tl.constexpr, NWP: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_T: tl.constexpr,
     ACC_F64: tl.constexpr,
 ):
-    """One program per (bucket, row): ``HashedMemory._write_merge`` for that bucket.
+    """One program per (bucket, row): ``naive.merge_insert`` for that bucket.
 
     The bucket's ``s`` entries (key and value in the accumulation dtype, holding values already
     rounded to the memory's dtype; signature, count, frame), its write counter and the head's

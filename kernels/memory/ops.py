@@ -1,17 +1,21 @@
-"""Launchers, autograd Function and public functions of the HashedMemory kernels.
+"""Launchers, autograd Function and public functions of the hashed-memory kernels.
 
 Letters: b batch, h heads, r = b·h memory rows, t tokens written, n queries, u buckets,
 s slots, c = u·s entries, d head_dim, w signature words, k top_k.
 
-* :func:`memory_write_fifo` — :meth:`HashedMemory.write` for ``policy="fifo"`` (three launches:
-  signature + bucket, rank + slot, scatter + write counters).
-* :func:`memory_write_merge` — :meth:`HashedMemory.write` for ``policy="merge"`` with a SimHash
-  hasher (two launches: signature + bucket, then one program per (bucket, row) applying its
-  tokens in order; no host sync). A LearnedHash hasher stays on the reference path (the kernel
-  cannot recompute a merged key's MLP signature).
-* :func:`memory_select` — per query, the ``k`` entries :meth:`HashedMemory.attend` keeps,
-  int32 ``(b, h, n, k)`` in entry order, ``-1`` where fewer than ``k`` entries exist.
-* :func:`memory_attend` — :meth:`HashedMemory.attend`: ``(out, lse)`` with gradients to ``q``
+Each public function takes the memory's tensors (a :class:`~vidhash.ops.checks.MemoryTable`,
+updated in place), its hasher and routing numbers — the arguments of its reference of the same
+name in ``naive.py``:
+
+* :func:`memory_write_fifo` — the FIFO write (three launches: signature + bucket, rank + slot,
+  scatter + write counters).
+* :func:`memory_write_merge` — the merge write with a SimHash hasher (two launches: signature +
+  bucket, then one program per (bucket, row) applying its tokens in order; no host sync). A
+  LearnedHash hasher stays on the reference path (the kernel cannot recompute a merged key's
+  MLP signature).
+* :func:`memory_select` — per query, the ``k`` entries the reference read keeps, int32
+  ``(b, h, n, k)`` in entry order, ``-1`` where fewer than ``k`` entries exist.
+* :func:`memory_attend` — the read: ``(out, lse)`` with gradients to ``q``
   (``return_indices=True`` adds the indices in the reference's order).
 
 The query signatures come from the signature kernel; where a query's projection is within
@@ -27,6 +31,7 @@ import triton
 
 from vidhash.hashing import SimHash, popcount
 from vidhash.kernels.signature.ops import check_device, interpreting, signatures_and_buckets, signatures_triton
+from vidhash.ops.checks import MemoryTable
 
 from .kernel import (
     attend_bwd_kernel,
@@ -45,22 +50,22 @@ PROBE_MAX_K = 256  # larger top_k: no probe, every query scans all entries in th
 GROUP = 16  # entries per candidate group on the GPU (a chunk of BC entries holds BC // GROUP)
 
 
-def _rows(memory):
-    """The memory's buffers as ``(r, c, ...)`` / ``(r, u)`` views (no copies)."""
-    cfg = memory.config
-    r, c = cfg.batch_size * cfg.heads, memory.capacity
-    bufs = (memory.keys, memory.values, memory.signatures, memory.frames, memory.counts, memory.bucket_writes)
-    if not all(t.is_contiguous() for t in bufs):
-        raise ValueError("HashedMemory buffers must be contiguous for the Triton kernels")
+def _rows(table: MemoryTable):
+    """The table's tensors as ``(r, c, ...)`` / ``(r, u)`` views (no copies)."""
+    if not isinstance(table, MemoryTable):
+        raise ValueError(f"the memory kernels take a MemoryTable (HashedMemory.table), got {type(table).__name__}")
+    b, h, u, s, d = table.keys.shape
+    r, c = b * h, u * s
+    if not all(t.is_contiguous() for t in table):
+        raise ValueError("the memory's tensors must be contiguous for the Triton kernels")
     return (
-        memory.keys.view(r, c, cfg.head_dim), memory.values.view(r, c, cfg.head_dim),
-        memory.signatures.view(r, c, -1), memory.frames.view(r, c), memory.counts.view(r, c),
-        memory.bucket_writes.view(r, cfg.num_buckets),
+        table.keys.view(r, c, d), table.values.view(r, c, d), table.signatures.view(r, c, -1),
+        table.frames.view(r, c), table.counts.view(r, c), table.bucket_writes.view(r, u),
     )
 
 
-def check_dtypes(memory, *tensors: torch.Tensor) -> None:
-    for t in (memory.keys, *tensors):
+def check_dtypes(table: MemoryTable, *tensors: torch.Tensor) -> None:
+    for t in (table.keys, *tensors):
         if t.dtype not in SUPPORTED_DTYPES:
             raise ValueError(f"the memory kernels support {SUPPORTED_DTYPES}, got {t.dtype} (use backend='reference')")
 
@@ -68,41 +73,49 @@ def check_dtypes(memory, *tensors: torch.Tensor) -> None:
 # --------------------------------------------------------------------------------------------
 # write
 # --------------------------------------------------------------------------------------------
+def _check_write(table: MemoryTable, k: torch.Tensor, v: torch.Tensor) -> None:
+    b, h, _, _, d = table.keys.shape
+    if k.ndim != 4 or tuple(v.shape) != tuple(k.shape) or (k.shape[0], k.shape[1], k.shape[3]) != (b, h, d):
+        raise ValueError(f"k and v must be (batch={b}, heads={h}, t, head_dim={d}), got {tuple(k.shape)} and {tuple(v.shape)}")
+
+
 @torch.no_grad()
-def memory_write_fifo(memory, k: torch.Tensor, v: torch.Tensor, frames: torch.Tensor) -> None:
-    """Store ``k, v (b, h, t, d)`` from ``frames`` (int64 ``(t,)``) as ``HashedMemory._write_fifo``
-    does: ring buffers per bucket, tokens of one write in token order."""
-    cfg = memory.config
-    if cfg.policy != "fifo":
-        raise ValueError(f"memory_write_fifo needs policy='fifo', this memory has {cfg.policy!r}")
+def memory_write_fifo(table: MemoryTable, k: torch.Tensor, v: torch.Tensor, frames: torch.Tensor, *,
+                      hasher, route_bits: int, route_key: int) -> None:
+    """Store ``k, v (b, h, t, d)`` from ``frames`` (int64 ``(t,)``) as ``naive.memory_write_fifo``
+    does: ring buffers per bucket, tokens of one write in token order. ``hasher`` (SimHash or
+    LearnedHash) signs the keys; the first ``route_bits`` bits, hashed with ``route_key``, pick
+    the bucket."""
     check_device(k, v)
-    check_dtypes(memory, k, v)
+    check_dtypes(table, k, v)
+    _check_write(table, k, v)
     b, h, t, d = k.shape
     if t == 0:
         return
-    keys, values, sigs, mframes, counts, writes = _rows(memory)
-    r = b * h
-    sig, bucket = signatures_and_buckets(k, memory.hasher, memory._route_bits, cfg.num_buckets, cfg.seed)
+    keys, values, sigs, mframes, counts, writes = _rows(table)
+    u, s, r = table.num_buckets, table.slots, b * h
+    sig, bucket = signatures_and_buckets(k, hasher, route_bits, u, route_key)
     rank = torch.empty(r, t, dtype=torch.int32, device=k.device)
     total = torch.empty_like(rank)
     entry = torch.empty(r, t, dtype=torch.int64, device=k.device)
     frames = frames.to(device=k.device, dtype=torch.int64).contiguous()
     bt = 32 if interpreting() else 64
     grid = (triton.cdiv(t, bt), r)
-    fifo_rank_kernel[grid](bucket, writes, rank, total, entry, t, cfg.num_buckets, cfg.slots,
+    fifo_rank_kernel[grid](bucket, writes, rank, total, entry, t, u, s,
                            BLOCK_T=bt, BLOCK_J=bt if interpreting() else 128, num_warps=4)
     fifo_scatter_kernel[grid](
         k, v, sig, bucket, rank, total, entry, frames,
         keys, values, sigs, mframes, counts, writes,
-        h, t, cfg.num_buckets, cfg.slots, d,
+        h, t, u, s, d,
         *k.stride(), *v.stride(),
         NW=sig.shape[-1], BLOCK_T=bt, BLOCK_D=max(16, triton.next_power_of_2(d)), num_warps=4,
     )
 
 
 @torch.no_grad()
-def memory_write_merge(memory, k: torch.Tensor, v: torch.Tensor, frames: torch.Tensor) -> None:
-    """Store ``k, v (b, h, t, d)`` from ``frames`` (int64 ``(t,)``) as ``HashedMemory._write_merge``
+def memory_write_merge(table: MemoryTable, k: torch.Tensor, v: torch.Tensor, frames: torch.Tensor, *,
+                       hasher, route_bits: int, route_key: int) -> None:
+    """Store ``k, v (b, h, t, d)`` from ``frames`` (int64 ``(t,)``) as ``naive.memory_write_merge``
     does: a bucket fills in order, then each token merges into its most similar entry (running
     mean of key and value in float32 — float64 for float64 memories —, signature of the merged
     key, newest frame, count + 1); tokens of one bucket in token order.
@@ -116,27 +129,22 @@ def memory_write_merge(memory, k: torch.Tensor, v: torch.Tensor, frames: torch.T
     then change later slot choices of that bucket. SimHash only: a LearnedHash's merged-key
     signature needs its MLP (ValueError; ``HashedMemory.write(backend="auto")`` uses the
     reference then)."""
-    cfg = memory.config
-    if cfg.policy != "merge":
-        raise ValueError(f"memory_write_merge needs policy='merge', this memory has {cfg.policy!r}")
-    hasher = memory.hasher
     if not isinstance(hasher, SimHash):
         raise ValueError(
             f"memory_write_merge recomputes merged keys' signatures in the kernel for SimHash only, the memory's hasher "
             f"is {type(hasher).__name__} (use backend='reference' or 'auto')"
         )
     check_device(k, v)
-    for t_ in (memory.keys, k, v):
+    for t_ in (table.keys, k, v):
         if t_.dtype not in MERGE_DTYPES:
             raise ValueError(f"the merge write kernel supports {MERGE_DTYPES}, got {t_.dtype} (use backend='reference')")
+    _check_write(table, k, v)
     b, h, t, d = k.shape
-    if tuple(v.shape) != tuple(k.shape) or (b, h, d) != (cfg.batch_size, cfg.heads, cfg.head_dim):
-        raise ValueError(f"k and v must be (batch={cfg.batch_size}, heads={cfg.heads}, t, head_dim={cfg.head_dim}), "
-                         f"got {tuple(k.shape)} and {tuple(v.shape)}")
     if t == 0:
         return
-    keys, values, sigs, mframes, counts, writes = _rows(memory)
-    sig, bucket = signatures_and_buckets(k, hasher, memory._route_bits, cfg.num_buckets, cfg.seed)
+    keys, values, sigs, mframes, counts, writes = _rows(table)
+    u, s = table.num_buckets, table.slots
+    sig, bucket = signatures_and_buckets(k, hasher, route_bits, u, route_key)
     planes = hasher.planes.to(device=k.device, dtype=torch.float32).contiguous()
     per_head = hasher.heads is not None and hasher.heads > 1
     if per_head and planes.shape[0] != h:
@@ -145,14 +153,14 @@ def memory_write_merge(memory, k: torch.Tensor, v: torch.Tensor, frames: torch.T
     nw = sig.shape[-1]
     block_d = max(16, triton.next_power_of_2(d))
     block_t = min(32 if interpreting() else 256, max(16, triton.next_power_of_2(t)))
-    block_s = max(16, triton.next_power_of_2(cfg.slots))  # ≥ 16: the merged keys' projection is a tl.dot
-    merge_write_kernel[(cfg.num_buckets, b * h)](
+    block_s = max(16, triton.next_power_of_2(s))  # ≥ 16: the merged keys' projection is a tl.dot
+    merge_write_kernel[(u, b * h)](
         k, v, sig, bucket, frames, planes,
         keys, values, sigs, mframes, counts, writes,
-        h, t, cfg.num_buckets, cfg.slots, d, cfg.n_bits, planes.stride(0) if per_head else 0,
+        h, t, u, s, d, hasher.n_bits, planes.stride(0) if per_head else 0,
         *k.stride(), *v.stride(),
         NW=nw, NWP=triton.next_power_of_2(nw), BLOCK_S=block_s, BLOCK_D=block_d,
-        BLOCK_T=block_t, ACC_F64=memory.keys.dtype == torch.float64,
+        BLOCK_T=block_t, ACC_F64=table.keys.dtype == torch.float64,
         # (s × d) key and value tiles, their merged copies and the planes live in registers: ptxas for
         # sm_90 at s=16, d=64: 4 warps 202 registers (fp32: 255 + 208 B spilled), 8 warps 111-116, no spills
         num_warps=8 if block_s * block_d >= 1024 else 4,
@@ -164,12 +172,13 @@ def memory_write_merge(memory, k: torch.Tensor, v: torch.Tensor, frames: torch.T
 # read
 # --------------------------------------------------------------------------------------------
 @torch.no_grad()
-def memory_select(memory, q: torch.Tensor, top_k: int, *, q_sig: torch.Tensor | None = None,
+def memory_select(table: MemoryTable, q: torch.Tensor, top_k: int, *, hasher, q_sig: torch.Tensor | None = None,
                   probe_stride: int = 2, cap: int | None = None, probe_top2: bool = True,
                   _candidates_only: bool = False):
     """Indices (int32 ``(b, h, n, min(top_k, c))``, entry order, ``-1`` padded) of the entries
-    :meth:`HashedMemory.attend` keeps for each query: highest Hamming similarity, ties to the
-    lower entry, empty entries never.
+    ``naive.memory_attend`` keeps for each query: highest Hamming similarity, ties to the
+    lower entry, empty entries never. ``q_sig``: the queries' signatures (default: the signature
+    kernel's of ``hasher``, whose ``n_bits`` the table's signatures have).
 
     ``_candidates_only`` (benchmarks) stops after the candidates kernel and returns its
     ``(chunk ids, counts)`` per query row instead of the indices.
@@ -179,15 +188,14 @@ def memory_select(memory, q: torch.Tensor, top_k: int, *, q_sig: torch.Tensor | 
     per column partition, for a tighter bound once top_k nears the partition count) change the
     speed, never the result.
     """
-    cfg = memory.config
     check_device(q)
     b, h, n, d = q.shape
-    c = memory.capacity
+    c, n_bits = table.capacity, hasher.n_bits
     kk = min(int(top_k), c)
     if q_sig is None:
-        q_sig = signatures_triton(q, memory.hasher, role="query")
+        q_sig = signatures_triton(q, hasher, role="query")
     q_sig = q_sig.contiguous()
-    _, _, sigs, _, counts, _ = _rows(memory)
+    _, _, sigs, _, counts, _ = _rows(table)
     nw = sigs.shape[-1]
     rows = b * h * n
     idx = torch.empty(b, h, n, kk, dtype=torch.int32, device=q.device)
@@ -210,7 +218,7 @@ def memory_select(memory, q: torch.Tensor, top_k: int, *, q_sig: torch.Tensor | 
     ncand = torch.empty(rows, dtype=torch.int32, device=q.device)
     grp = torch.empty(rows, cap_groups, dtype=torch.int32, device=q.device)  # candidate groups
     nwp = triton.next_power_of_2(nw)
-    args = (q_sig, sigs, counts, cand, ncand, n, c, cfg.n_bits, kk, cap_items)
+    args = (q_sig, sigs, counts, cand, ncand, n, c, n_bits, kk, cap_items)
     consts = dict(NW=nw, NWP=nwp, BC=bc, GPC=gpc, PROBE=probe, PROBE_STRIDE=probe_stride, USE_POPC=not interpreting(),
                   PROBE_TOP2=bool(probe and probe_top2 and 4 * kk >= bc))
     if bq is not None:
@@ -220,9 +228,9 @@ def memory_select(memory, q: torch.Tensor, top_k: int, *, q_sig: torch.Tensor | 
         candidates_kernel_tuned[grid](*args, **consts)
     if _candidates_only:  # benchmarks: time the first stage alone, and see how many chunks survive it
         return cand, ncand
-    select_kernel[(rows,)](q_sig, sigs, counts, cand, ncand, grp, idx, n, c, cfg.n_bits, kk, cap_items, cap_groups,
+    select_kernel[(rows,)](q_sig, sigs, counts, cand, ncand, grp, idx, n, c, n_bits, kk, cap_items, cap_groups,
                            NW=nw, GPC=gpc, G=group, BI=bi, BL=bl,
-                           NBINS=max(2, triton.next_power_of_2(cfg.n_bits + 1)),
+                           NBINS=max(2, triton.next_power_of_2(n_bits + 1)),
                            USE_POPC=not interpreting(), num_warps=4)
     return idx
 
@@ -262,35 +270,35 @@ class _MemoryAttend(torch.autograd.Function):
         return dq, None, None, None, None, None
 
 
-def _reference_order(memory, q_sig: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+def _reference_order(table: MemoryTable, n_bits: int, q_sig: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     """``idx`` (entry order) reordered as the reference returns it: by similarity, then entry;
     int64, ``-1`` for missing entries last."""
     b, h, n, kk = idx.shape
-    c = memory.capacity
-    sigs = memory.signatures.view(b, h, c, -1)
+    c = table.capacity
+    sigs = table.signatures.view(b, h, c, -1)
     ok = idx >= 0
     safe = idx.clamp(min=0).long()
     sel = torch.gather(sigs, 2, safe.reshape(b, h, n * kk, 1).expand(-1, -1, -1, sigs.shape[-1])).reshape(b, h, n, kk, -1)
-    sim = memory.config.n_bits - popcount(torch.bitwise_xor(sel, q_sig.unsqueeze(-2))).sum(-1).long()
+    sim = n_bits - popcount(torch.bitwise_xor(sel, q_sig.unsqueeze(-2))).sum(-1).long()
     rank = torch.where(ok, sim * (c + 1) + (c - safe), -1)
     order = rank.argsort(dim=-1, descending=True, stable=True)
     out = safe.gather(-1, order)
     return torch.where(rank.gather(-1, order) >= 0, out, -1)
 
 
-def memory_attend(memory, q: torch.Tensor, top_k: int, *, scale: float | None = None, return_indices: bool = False,
-                  q_sig: torch.Tensor | None = None):
-    """:meth:`HashedMemory.attend` with the kernels: ``(out (b, h, n, d), lse (b, h, n))`` in
+def memory_attend(table: MemoryTable, q: torch.Tensor, top_k: int, *, hasher, scale: float | None = None,
+                  return_indices: bool = False, q_sig: torch.Tensor | None = None):
+    """``naive.memory_attend`` with the kernels: ``(out (b, h, n, d), lse (b, h, n))`` in
     float32 lse, gradients to ``q``; ``return_indices`` adds int64 ``(b, h, n, k)``."""
     check_device(q)
-    check_dtypes(memory, q)
+    check_dtypes(table, q)
     b, h, n, d = q.shape
     if q_sig is None:
-        q_sig = signatures_triton(q, memory.hasher, role="query")
-    idx = memory_select(memory, q, top_k, q_sig=q_sig)
-    keys, values, _, _, counts, _ = _rows(memory)
+        q_sig = signatures_triton(q, hasher, role="query")
+    idx = memory_select(table, q, top_k, hasher=hasher, q_sig=q_sig)
+    keys, values, _, _, counts, _ = _rows(table)
     sc = 1.0 / math.sqrt(d) if scale is None else float(scale)
     out, lse = _MemoryAttend.apply(q, keys, values, counts, idx, sc)
     if return_indices:
-        return out, lse, _reference_order(memory, q_sig, idx)
+        return out, lse, _reference_order(table, hasher.n_bits, q_sig, idx)
     return out, lse

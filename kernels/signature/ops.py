@@ -1,4 +1,4 @@
-"""Launchers and public functions for the signature kernel.
+"""Launchers and public functions for the signature kernel (references: ``naive.py``).
 
 Letters: b batch, h heads, n tokens, g blocks, d head_dim, k last layer's input width,
 m bits, w words.
@@ -7,9 +7,9 @@ m bits, w words.
   shared or per head) and :class:`~vidhash.hashing.LearnedHash` (the MLP's hidden layers run in
   PyTorch, exactly as the reference runs them; the last layer, the signs and the packing run in
   the kernel).
-* :func:`block_signatures_triton` — :func:`vidhash.attention.block_signatures`.
+* :func:`block_signatures_triton` — :func:`naive.block_signatures`.
 * :func:`signatures_and_buckets` — key signatures plus HashedMemory's bucket of each
-  (:meth:`vidhash.memory.HashedMemory.route`) in one launch.
+  (:func:`naive.signatures_and_buckets`) in one launch.
 
 Signatures carry no gradient. Bits equal the reference's except where a projection is within
 float rounding of 0 (the kernel sums in another order; pooled blocks project the summed
@@ -117,7 +117,7 @@ def signatures_triton(x: torch.Tensor, hasher, role: str = "key") -> torch.Tenso
 
 @torch.no_grad()
 def block_signatures_triton(x: torch.Tensor, block_size: int, hasher, role: str) -> torch.Tensor:
-    """:func:`vidhash.attention.block_signatures` in one kernel: the sign bits of the sum of each
+    """:func:`naive.block_signatures` in one kernel: the sign bits of the sum of each
     block's projections, int32 ``(b, h, ceil(n / block_size), w)``."""
     check_device(x)
     if x.ndim != 4:

@@ -2,8 +2,8 @@
 
 Letters: b batch, h heads, c query blocks, j key blocks, d head_dim, e value dim.
 
-* :func:`block_sparse_attention_triton` — :func:`vidhash.attention.block_sparse_attention` on
-  the Triton kernels (forward and backward).
+* :func:`block_sparse_attention_triton` — :func:`naive.block_sparse_attention` on the Triton
+  kernels (forward and backward).
 * :func:`hash_attention_triton` — selection kernel + sparse attention, the fast path behind
   ``vidhash.attention.hash_attention(..., backend="triton")``.
 """
@@ -14,14 +14,8 @@ import os
 import torch
 import triton
 
-from vidhash.attention import (
-    BlockSelection,
-    _check_qkv,
-    _scale,
-    block_sparse_attention,
-    select_blocks,
-)
 from vidhash.kernels.block_select.ops import select_blocks_triton
+from vidhash.ops.checks import BlockSelection, check_qkv, resolve_scale
 
 from .kernel import (
     _INTERPRET,
@@ -41,7 +35,7 @@ _LOG2E = 1.4426950408889634
 # checks
 # --------------------------------------------------------------------------------------------
 def _check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, selection: BlockSelection) -> None:
-    _check_qkv(q, k, v)
+    check_qkv(q, k, v)
     if not isinstance(selection, BlockSelection):
         raise ValueError(f"selection must be a BlockSelection, got {type(selection).__name__}")
     b, h, nq, d = q.shape
@@ -249,7 +243,7 @@ def block_sparse_attention_triton(
     scale: float | None = None,
     return_lse: bool = False,
 ):
-    """:func:`vidhash.attention.block_sparse_attention` on the Triton kernels.
+    """:func:`naive.block_sparse_attention` on the Triton kernels.
 
     Exact softmax of each query block over its kept key blocks (``-1`` padding skipped, causal
     bottom-right aligned); ``lse (b, h, nq)`` float32, ``-inf`` for a query that sees no key.
@@ -260,7 +254,7 @@ def block_sparse_attention_triton(
     fp32 runs its dots in full fp32 (no tf32).
     """
     _check_inputs(q, k, v, selection)
-    sm_scale = _scale(scale, q.shape[-1])
+    sm_scale = resolve_scale(scale, q.shape[-1])
     if not sm_scale > 0 or sm_scale == float("inf"):
         raise ValueError(f"the Triton kernels need a positive finite scale, got {scale!r}")
     q, k, v = (_last_dim_contiguous(t) for t in (q, k, v))
@@ -287,20 +281,12 @@ def hash_attention_triton(
     result up to rounding): :func:`select_blocks_triton` then
     :func:`block_sparse_attention_triton`.
 
-    ``block_size=1`` (per-token selection) on a GPU falls back to the reference path
-    (:func:`vidhash.attention.select_blocks` + :func:`vidhash.attention.block_sparse_attention`):
-    the kernels handle one-token blocks (tested under the interpreter; the backward groups 16
-    of them per tile) but that path has not been tuned or timed on a GPU. Under the Triton
-    interpreter (CPU) the kernels run at every block size. Call
-    :func:`block_sparse_attention_triton` on a ``block_size=1`` selection to use them anyway.
+    The kernels handle every block size, ``block_size=1`` (per-token selection) included (tested
+    under the interpreter; the backward groups 16 one-token blocks per tile), but that size has
+    not been tuned or timed on a GPU: ``hash_attention(backend="auto" | "triton")`` runs the
+    reference for it on a GPU.
     """
-    _check_qkv(q, k, v)
-    if block_size == 1 and q.is_cuda:
-        sel = select_blocks(
-            q, k, density=density, block_size=block_size, query_block_size=query_block_size,
-            local_blocks=local_blocks, sink_blocks=sink_blocks, causal=causal, hasher=hasher,
-        )
-        return block_sparse_attention(q, k, v, sel, scale=scale, return_lse=return_lse)
+    check_qkv(q, k, v)
     sel = select_blocks_triton(
         q, k, density=density, block_size=block_size, query_block_size=query_block_size,
         local_blocks=local_blocks, sink_blocks=sink_blocks, causal=causal, hasher=hasher,

@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Train world_tiny on one GPU for MINUTES (default 8), warm-started from a pipeline folder in the
-# tree (default models/world-tiny-v1; "none" = fresh), and bring back what fits the device
-# limits (≤ 8 files, ≤ 16 MB each, 2 folders deep): loss.csv and model/ (EMA weights, float16).
+# tree (default models/world-tiny-v3, the shipped model; "none" = fresh), and bring back what fits
+# the device limits (≤ 8 files, ≤ 16 MB each, 2 folders deep): loss.csv and model/ (EMA weights,
+# float16). Two GPUs: scripts/gpu/train_world_x2.sh.
 # A full checkpoint (~75 MB) does not fit, so runs continue by warm start (init_from), not by an
 # exact resume; carry the returned model/ into models/ for the next call.
 #   bash scripts/gpu/train_world.sh [INIT_FROM] [MINUTES] [key=value ...]
 set -u
 source scripts/gpu/setup.sh || exit 1
-INIT=${1:-models/world-tiny-v1}
+INIT=${1:-models/world-tiny-v3}
 MIN=${2:-8}
 shift $(( $# > 2 ? 2 : $# ))
 WARM=(); [ "$INIT" != none ] && WARM=("init_from=$INIT")

@@ -120,7 +120,80 @@ def test_old_blocks_are_evicted(tmp_path):
     cfg = ds.cfg
     for i in range(0, 4 * ds.block_len):  # blocks 0..3
         ds[i]
-    files = {p.name for p in tmp_path.glob("*.pkl")}
+    files = {p.name for p in tmp_path.glob("*.npz")}
     block0 = {int(s) for s in world_pool_seeds(cfg, 0)} - {int(s) for b in (1, 2, 3) for s in world_pool_seeds(cfg, b)}
     assert block0 and not any(ds.cache.path(s, 128, 32).name in files for s in block0)
     assert any(ds.cache.path(int(s), 128, 32).name in files for s in world_pool_seeds(cfg, 3))
+
+
+# ---------------------------------------------------------------------------------- no code from the files
+
+
+class _Payload:
+    """A pickle that creates ``marker`` when it is unpickled."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_planted_pickle_never_runs(tmp_path):
+    """A file planted under a world's name (the old cache unpickled it) is read as data: its
+    payload never runs, the world is built and the file replaced."""
+    import pickle
+
+    root, marker = tmp_path / "worlds", tmp_path / "ran"
+    root.mkdir(mode=0o700)
+    cache = SharedWorldCache(root)
+    blob = pickle.dumps({"seed": 9, "size": SIZE, "view": VIEW, "x": _Payload(marker)})
+    for name in (cache.path(9, SIZE, VIEW).name, f"world-{code_digest()}-9-{SIZE}-{VIEW}.pkl"):
+        (root / name).write_bytes(blob)
+    _same(cache.get(9, SIZE, VIEW), ProceduralWorld(seed=9, size=SIZE, view=VIEW))
+    assert not marker.exists() and cache.builds == 1
+    assert SharedWorldCache(root).get(9, SIZE, VIEW) is not None and not marker.exists()
+
+
+def _refused(root, capsys=None):
+    with pytest.warns(RuntimeWarning, match="not used") as record:
+        cache = SharedWorldCache(root)
+        _same(cache.get(2, SIZE, VIEW), ProceduralWorld(seed=2, size=SIZE, view=VIEW))
+    assert cache.fallbacks == 1 and cache.loads == 0 and len(str(record[0].message).splitlines()) == 1
+    return cache
+
+
+def test_folder_of_another_user_is_refused(tmp_path):
+    """/dev/shm/vidhash-worlds-<uid> planted by someone else: not used (no file read or written there)."""
+    if not hasattr(os, "getuid"):
+        pytest.skip("POSIX owners")
+    root = tmp_path / "planted"
+    root.mkdir(mode=0o700)
+    if os.getuid() == 0:
+        os.chown(root, 12345, 12345)
+    else:
+        pytest.skip("changing a folder's owner needs root")
+    _refused(root)
+    assert not list(root.iterdir())
+
+
+def test_shared_writable_or_symlinked_folder_is_refused(tmp_path):
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    _refused(shared)
+    assert not list(shared.iterdir())
+    target = tmp_path / "target"
+    target.mkdir(mode=0o700)
+    (tmp_path / "link").symlink_to(target)
+    _refused(tmp_path / "link")
+    assert not list(target.iterdir())
+
+
+def test_folder_is_created_private(tmp_path, monkeypatch):
+    import vidhash.data.world_cache as wc
+
+    monkeypatch.setattr(wc, "default_cache_dir", lambda: tmp_path / "a" / "worlds")
+    cache = SharedWorldCache()
+    cache.get(1, SIZE, VIEW)
+    assert (tmp_path / "a" / "worlds").stat().st_mode & 0o777 == 0o700 and cache.path(1, SIZE, VIEW).is_file()

@@ -110,7 +110,7 @@ def test_deterministic(tiny_options):
 def test_given_run_starts_from_ground_truth(tiny_options):
     """The given run's visit is the ground truth; the self run invents its own."""
     pipe, preset = ew.load_pipeline("random-tiny", torch.device("cpu"), torch.float32)
-    g = ew._resolve(tiny_options(horizons=(1.0,)), pipe, preset)
+    g = ew.resolve_settings(tiny_options(horizons=(1.0,)), pipe, preset)
     plan = plan_loop(gap_frames=8, visit_frames=4, view=16, step=4, rng=np.random.default_rng(0))
     truth = ProceduralWorld(seed=1_000_000, view=16).render_many(plan.poses)
     given = ew.generate_loop(pipe, g, plan, "given", "window", 1_000_000, truth)
@@ -135,7 +135,7 @@ def test_given_run_starts_from_ground_truth(tiny_options):
         "horizon-too-short", "json-folder", "seed-repeats"])
 def test_bad_inputs(argv, match, capsys, monkeypatch):
     calls = []
-    monkeypatch.setattr(ew, "generate_loop", lambda *a, **k: calls.append(1))
+    monkeypatch.setattr(ew.run, "generate_loop", lambda *a, **k: calls.append(1))
     assert cli_main(["eval", "world", *argv, "--quiet"]) == 2
     err = capsys.readouterr().err
     assert "vidhash eval: error:" in err and __import__("re").search(match, err), err
@@ -151,7 +151,7 @@ def test_learned_signatures_get_a_random_sig_twin(tiny_options):
     """A model with LearnedHash modules: random-sig reads SimHash of the same width, weights shared."""
     from diffusers import FlowMatchEulerDiscreteScheduler
 
-    from vidhash.models.transformer_vidhash import random_model
+    from vidhash.models import random_model
     from vidhash.pipelines import VidHashPipeline
 
     try:
@@ -164,7 +164,7 @@ def test_learned_signatures_get_a_random_sig_twin(tiny_options):
     assert ew.learned_hashers(twin.transformer) == [] and twin.transformer.config.memory_hash_bits == 0
     assert len(ew.learned_hashers(pipe.transformer)) == model.config.num_layers  # the original is untouched
     assert twin.transformer.patch_embed.weight is pipe.transformer.patch_embed.weight
-    state = twin.init_state(16, 16, 8, ew._memory(ew._resolve(tiny_options(), pipe, "tiny"), "random-sig", 32))
+    state = twin.init_state(16, 16, 8, ew.memory_config(ew.resolve_settings(tiny_options(), pipe, "tiny"), "random-sig", 32))
     assert type(state.memories[0].hasher).__name__ == "SimHash" and state.memories[0].config.n_bits == 32
 
 

@@ -25,6 +25,11 @@ def make(num_buckets=7, slots=3, heads=3, head_dim=40, n_bits=32, batch_size=2, 
                         batch_size=batch_size, seed=seed, dtype=dtype, device=device, policy=policy)
 
 
+def routing(mem: HashedMemory) -> dict:
+    """The keyword arguments the memory kernels take beside its table: hasher and routing numbers."""
+    return dict(hasher=mem.hasher, route_bits=mem._route_bits, route_key=mem.config.seed)
+
+
 def twin(mem: HashedMemory) -> HashedMemory:
     """A second memory with the same config (policy, device) and contents."""
     cfg = mem.config

@@ -1,11 +1,11 @@
-"""Block-selection kernel == ``vidhash.attention.select_blocks`` (indices equal, exactly).
+"""Block-selection kernel (``ops.py``) == its reference ``naive.select_blocks`` (indices equal, exactly).
 
 On CPU the kernel runs under ``TRITON_INTERPRET=1`` (see conftest.py) with tiny shapes.
 """
 import pytest
 import torch
 
-from vidhash.attention import _forced_and_allowed, select_blocks
+from vidhash.kernels.block_select.naive import forced_and_allowed, select_blocks
 from vidhash.hashing import LearnedHash, SimHash
 from vidhash.kernels.block_select.ops import max_forced_blocks, select_blocks_triton
 from vidhash.kernels.ops import select_blocks_triton as exported
@@ -61,7 +61,7 @@ def test_max_forced_blocks_closed_form():
             for local, sink in ((0, 0), (1, 1), (3, 2)):
                 for causal in (False, True):
                     nqb = -(-nq // bq)
-                    forced, _ = _forced_and_allowed(torch.arange(nqb), nq, nk, bq, bk, local, sink, causal)
+                    forced, _ = forced_and_allowed(torch.arange(nqb), nq, nk, bq, bk, local, sink, causal)
                     assert max_forced_blocks(nq, nk, bq, bk, local, sink, causal) == int(forced.sum(-1).max())
 
 

@@ -7,10 +7,11 @@ reads take the query signatures from the reference hasher where the test is abou
 import pytest
 import torch
 
+from vidhash.hashing import LearnedHash
 from vidhash.kernels.memory.ops import memory_attend, memory_select, memory_write_fifo
 from vidhash.memory import HashedMemory
 
-from memory_helpers import away_from_zero, make, twin  # tests/kernels/memory_helpers.py
+from memory_helpers import away_from_zero, make, routing, twin  # tests/kernels/memory_helpers.py
 
 RTOL = {torch.float32: 2e-5, torch.bfloat16: 2e-2}
 
@@ -66,7 +67,7 @@ def test_fifo_write_non_contiguous_input_and_float_memory_from_bf16():
     k = away_from_zero(torch.randn(2, 3, 21, 40), ref.hasher).to(torch.bfloat16)
     v = torch.randn(2, 21, 3, 40).to(torch.bfloat16).transpose(1, 2)  # non-contiguous
     ref.write(k, v, 4, backend="reference")
-    memory_write_fifo(ker, k, v, torch.full((21,), 4))
+    memory_write_fifo(ker.table, k, v, torch.full((21,), 4), **routing(ker))
     for (name, a), (_, bb) in zip(ref.named_buffers(), ker.named_buffers()):
         assert torch.equal(a, bb), name
 
@@ -89,7 +90,7 @@ def test_selection_equals_reference(top_k, n_bits):
     want = sorted_ref_indices(ref_idx)
     # cap=3: most queries take the full scan; probe_top2: the probe's tighter bound (on for k ≥ BC/4)
     for cap, stride, top2 in [(None, 2, True), (None, 2, False), (None, 1, True), (3, 2, True)]:
-        got = memory_select(mem, q, top_k, q_sig=q_sig, cap=cap, probe_stride=stride, probe_top2=top2)
+        got = memory_select(mem.table, q, top_k, hasher=mem.hasher, q_sig=q_sig, cap=cap, probe_stride=stride, probe_top2=top2)
         assert torch.equal(got.long(), want), (cap, stride, top2)
 
 
@@ -100,7 +101,7 @@ def test_candidates_only_returns_the_first_stage():
     fill(mem, 2, 9)
     q = torch.randn(1, 2, 9, 40)
     q_sig = mem.hasher(q, role="query")
-    cand, ncand = memory_select(mem, q, 4, q_sig=q_sig, _candidates_only=True)
+    cand, ncand = memory_select(mem.table, q, 4, hasher=mem.hasher, q_sig=q_sig, _candidates_only=True)
     assert cand.dtype == ncand.dtype == torch.int32
     assert ncand.shape == (2 * 9,) and cand.shape[0] == 2 * 9
     assert int(ncand.min()) >= 1  # a top-4 of a non-empty memory needs at least one chunk
@@ -117,7 +118,7 @@ def test_selection_with_many_chunks_equals_reference(top_k):
     _, _, ref_idx = mem.attend(q, top_k, return_indices=True, backend="reference")
     want = sorted_ref_indices(ref_idx)
     for top2 in (True, False):
-        got = memory_select(mem, q, top_k, q_sig=q_sig, probe_top2=top2)
+        got = memory_select(mem.table, q, top_k, hasher=mem.hasher, q_sig=q_sig, probe_top2=top2)
         assert torch.equal(got.long(), want), top2
 
 
@@ -132,7 +133,7 @@ def test_selection_ties_go_to_the_lower_entry():
     q = torch.randn(1, 2, 6, 40)
     q[:, :, :3] = one  # these queries tie with all the copies
     _, _, ref_idx = mem.attend(q, 4, return_indices=True, backend="reference")
-    got = memory_select(mem, q, 4, q_sig=mem.hasher(q, role="query"))
+    got = memory_select(mem.table, q, 4, hasher=mem.hasher, q_sig=mem.hasher(q, role="query"))
     assert torch.equal(got.long(), sorted_ref_indices(ref_idx))
 
 
@@ -178,7 +179,7 @@ def test_attend_with_merged_counts_uses_log_count_bias():
     assert (mem.counts > 1).any()
     q = torch.randn(1, 2, 5, 16, requires_grad=True)
     ref_out, ref_lse = mem.attend(q, 4, backend="reference")
-    out, lse = memory_attend(mem, q, 4)
+    out, lse = memory_attend(mem.table, q, 4, hasher=mem.hasher)
     assert rel_err(out, ref_out) < 2e-5 and rel_err(lse, ref_lse) < 2e-5
     (g1,) = torch.autograd.grad(ref_out.sum() + ref_lse.sum(), q)
     (g2,) = torch.autograd.grad(out.sum() + lse.sum(), q)
@@ -204,8 +205,6 @@ def test_backend_switch():
     assert mem._backend("triton", "attend", q) == "triton"
     # merge writes have a kernel for SimHash memories (tests/kernels/test_memory_merge_kernel.py);
     # a learned hasher's MLP cannot run in it: forcing the kernel is an error naming that
-    from vidhash.hashing import LearnedHash
-
     merge = HashedMemory(num_buckets=7, slots=3, heads=3, head_dim=40, batch_size=2, policy="merge",
                          hasher=LearnedHash(40, 32, heads=3))
     with pytest.raises(ValueError, match="SimHash"):
@@ -230,10 +229,10 @@ def test_gpu_read_matches_reference_at_scale(top_k):
     q = torch.randn(1, 4, 300, 64, device="cuda", dtype=torch.bfloat16)
     q_sig = mem.hasher(q, role="query")
     _, _, ref_idx = mem.attend(q, top_k, return_indices=True, backend="reference")
-    got = memory_select(mem, q, top_k, q_sig=q_sig)
+    got = memory_select(mem.table, q, top_k, hasher=mem.hasher, q_sig=q_sig)
     assert torch.equal(got.long(), sorted_ref_indices(ref_idx))
     qq = q.clone().requires_grad_(True)
-    out, lse = memory_attend(mem, qq, top_k, q_sig=q_sig)
+    out, lse = memory_attend(mem.table, qq, top_k, hasher=mem.hasher, q_sig=q_sig)
     ro, rl = mem.attend(q.clone().requires_grad_(True), top_k, backend="reference")
     assert rel_err(out, ro) < 2e-2 and rel_err(lse, rl) < 1e-4
 

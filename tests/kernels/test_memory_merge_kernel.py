@@ -1,4 +1,4 @@
-"""The merge-policy write kernel (``memory_write_merge``) against ``HashedMemory._write_merge``.
+"""The merge-policy write kernel (``ops.memory_write_merge``) against its reference ``naive.memory_write_merge``.
 
 Every buffer is compared bit for bit (keys, values, signatures, frames, counts, bucket_writes)
 after several writes that overflow the buckets many times over (several tokens per bucket per
@@ -14,12 +14,13 @@ bit-for-bit check, plus the memory's random planes with a bound on the entries t
 import pytest
 import torch
 
+import vidhash.memory as vm
 from vidhash.hashing import LearnedHash
 from vidhash.kernels.memory.ops import memory_write_merge
 from vidhash.memory import HashedMemory
 
 import memory_helpers as helpers  # tests/kernels/memory_helpers.py
-from memory_helpers import away_from_zero, twin
+from memory_helpers import away_from_zero, routing, twin
 
 BUFFERS = ("keys", "values", "signatures", "frames", "counts", "bucket_writes")
 
@@ -40,7 +41,7 @@ def write_both(ref, ker, k, v, frames, backend="triton"):
     ref.write(k, v, frames, backend="reference")
     if backend == "kernel":
         f = frames if torch.is_tensor(frames) else torch.full((k.shape[2],), frames, dtype=torch.int64)
-        memory_write_merge(ker, k, v, f)
+        memory_write_merge(ker.table, k, v, f, **routing(ker))
     else:
         ker.write(k, v, frames, backend=backend)
 
@@ -120,7 +121,7 @@ def test_merge_write_empty_and_few_tokens():
     ref = make(5, 2, 3, 12, 32, 2)
     ker = twin(ref)
     empty = torch.randn(2, 3, 0, 12)
-    memory_write_merge(ker, empty, empty, torch.zeros(0, dtype=torch.int64))
+    memory_write_merge(ker.table, empty, empty, torch.zeros(0, dtype=torch.int64), **routing(ker))
     ker.write(empty, empty, 0, backend="triton")
     assert_same(ker, ref)
     k = away_from_zero(torch.randn(2, 3, 2, 12), ref.hasher)  # fewer tokens than buckets: most programs idle
@@ -133,22 +134,21 @@ def test_merge_kernel_refuses_what_it_does_not_cover():
     mem = HashedMemory(3, 2, 3, 12, n_bits=32, batch_size=2, policy="merge", hasher=lh)
     k = torch.randn(2, 3, 5, 12)
     with pytest.raises(ValueError, match="SimHash only"):
-        memory_write_merge(mem, k, k, torch.zeros(5, dtype=torch.int64))
+        memory_write_merge(mem.table, k, k, torch.zeros(5, dtype=torch.int64), **routing(mem))
     with pytest.raises(ValueError, match="backend='triton' is unavailable.*SimHash only"):
         mem.write(k, k, 0, backend="triton")
-    fifo = HashedMemory(3, 2, 3, 12, batch_size=2, policy="fifo")
-    with pytest.raises(ValueError, match="policy='merge'"):
-        memory_write_merge(fifo, k, k, torch.zeros(5, dtype=torch.int64))
+    simhash = make(3, 2, 3, 12)
+    with pytest.raises(ValueError, match="MemoryTable"):  # the memory's tensors, not the memory
+        memory_write_merge(simhash, k, k, torch.zeros(5, dtype=torch.int64), **routing(simhash))
     with pytest.raises(ValueError, match="head_dim"):
-        memory_write_merge(make(3, 2, 3, 12), torch.randn(2, 3, 5, 8), torch.randn(2, 3, 5, 8), torch.zeros(5, dtype=torch.int64))
+        memory_write_merge(simhash.table, torch.randn(2, 3, 5, 8), torch.randn(2, 3, 5, 8), torch.zeros(5, dtype=torch.int64),
+                           **routing(simhash))
 
 
 def test_auto_backend_routes_merge_writes(monkeypatch):
     """``auto`` on CUDA tensors: merge + SimHash → the kernel (float64 included); merge + LearnedHash
     → the reference, quietly; FIFO float64 → the reference. (resolve_backend is made to answer as
     on a GPU; no kernel runs here.)"""
-    import vidhash.memory as vm
-
     monkeypatch.setattr(vm, "resolve_backend", lambda backend, *t: "triton" if backend in ("auto", "triton") else backend)
     k = torch.randn(2, 3, 5, 12)
     assert make(3, 2, 3, 12)._backend("auto", "write", k, k) == "triton"

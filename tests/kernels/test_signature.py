@@ -8,8 +8,8 @@ must match exactly, and the excluded share is checked to be tiny.
 import pytest
 import torch
 
-from vidhash.attention import block_signatures
 from vidhash.hashing import LearnedHash, SimHash, unpack_bits
+from vidhash.kernels.signature.naive import block_signatures
 from vidhash.kernels.signature.ops import block_signatures_triton, signatures_and_buckets, signatures_triton
 from vidhash.memory import HashedMemory
 

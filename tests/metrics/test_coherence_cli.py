@@ -114,13 +114,14 @@ def test_bench_prints_a_table(capsys, tmp_path):
     assert all(r["frames_per_s"] > 0 for r in rows)
 
 
-@pytest.mark.parametrize("script", ["coherence.py", "bench_coherence.py"])
-def test_scripts_are_thin_and_documented(script, tmp_path):
-    path = os.path.join(ROOT, "scripts", script)
-    doc = open(path, encoding="utf-8").read().split('"""')[1]
-    assert doc.startswith(f"python scripts/{script}")
+@pytest.mark.parametrize("command", ["coherence", "bench coherence"])
+def test_python_m_vidhash_cli_runs_the_command(command, tmp_path):
+    """``python -m vidhash.cli`` (what ``accelerate launch -m`` and a plain copy without the console
+    script use) runs the same command as ``vidhash``."""
     frames, _ = synthetic_clip("pan", seconds=1, fps=8, size=32)
     video = write_video(str(tmp_path / "v.mp4"), frames, fps=8)
-    argv = [video, "--size", "32"] if script == "coherence.py" else ["--frames", "8", "--repeats", "1", "--threads", "1", "--no-e2e"]
-    res = subprocess.run([sys.executable, path, *argv], capture_output=True, text=True, timeout=120)
+    argv = [video, "--size", "32"] if command == "coherence" else ["--frames", "8", "--repeats", "1", "--threads", "1", "--no-e2e"]
+    res = subprocess.run([sys.executable, "-m", "vidhash.cli", *command.split(), *argv], capture_output=True, text=True,
+                         timeout=120, cwd=ROOT)
     assert res.returncode == 0, res.stderr
+    assert ("flicker" if command == "coherence" else "short-range") in res.stdout

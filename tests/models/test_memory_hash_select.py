@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from vidhash.hashing import LearnedHash
-from vidhash.memory import HashedMemory
+from vidhash.memory import HashedMemory, MemoryRead
 from vidhash.models import TemporalContext, VidHashTransformer3DModel, random_model
 
 C, W, F = 4, 4, 16  # chunk frames, window frames, clip frames (older than the window: 8 frames = 512 tokens)
@@ -51,7 +51,7 @@ def _context_path(model, x, t, a, p, kv, top_k, num_buckets=1, n_bits=32, seed=0
         mem = HashedMemory(num_buckets, old if num_buckets == 1 else win0, heads=4, head_dim=32, n_bits=n_bits,
                            seed=seed + layer, hasher=None if hashers is None else hashers[layer])
         mem.write(k[:, :, :win0], v[:, :, :win0], torch.arange(win0) // n)
-        ctx.append(TemporalContext(k=k[:, :, win0:last0], v=v[:, :, win0:last0], memory=mem, top_k=top_k))
+        ctx.append(TemporalContext(k=k[:, :, win0:last0], v=v[:, :, win0:last0], memory=mem, read=MemoryRead(top_k)))
     s = slice(f - C, f)
     return model(x[:, s], t[:, s], a[:, s], p[:, s], context=ctx).sample, ctx
 
@@ -173,14 +173,14 @@ def test_fused_select_equals_reference_with_gradients(which):
     """The CUDA form (one masked SDPA per chunk) == the reference (exact part ⊕ selected part by
     log-sum-exp), values and gradients (to q, k, v and the learned hash), here on CPU."""
     from vidhash.hashing import SimHash
-    from vidhash.models.transformer_vidhash import TemporalAttention
+    from vidhash.models.selection import chunk_select
 
     torch.manual_seed(0)
     hasher = SimHash(16, 32, heads=2, seed=1) if which == "simhash" else LearnedHash(16, 32, heads=2, hidden=8)
     q, k, v = (torch.randn(2, 2, 5 * 12, 16, dtype=torch.float64, requires_grad=True) for _ in range(3))
     outs, grads = [], []
     for fused in (False, True):
-        out, lse = TemporalAttention._chunk_select(q, k, v, 12, 24, 7, hasher, 0.25, fused=fused)
+        out, lse = chunk_select(q, k, v, 12, 24, 7, hasher, 0.25, fused=fused)
         assert (lse is None) == fused
         g = torch.autograd.grad((out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum(),
                                 [q, k, v, *hasher.parameters()], allow_unused=True)

@@ -3,7 +3,7 @@ float32 reference path the CPU takes (same weights, same inputs)."""
 import pytest
 import torch
 
-from vidhash.models.transformer_vidhash import TemporalContext, random_model
+from vidhash.models import TemporalContext, random_model
 
 pytestmark = pytest.mark.gpu
 

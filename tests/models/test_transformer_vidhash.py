@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from vidhash.memory import HashedMemory
+from vidhash.memory import HashedMemory, MemoryRead
 from vidhash.models import TemporalContext, VidHashTransformer3DModel, random_model
 
 
@@ -86,11 +86,11 @@ def test_window_plus_big_memory_equals_full_context(model):
         mem = HashedMemory(1, 256, heads=4, head_dim=32, seed=l)  # capacity 256: every token fits
         mem.write(kv_a[l][0], kv_a[l][1], 0)
         mems.append(mem)
-    ctx = [TemporalContext(k=kv_b[l][0], v=kv_b[l][1], memory=mems[l], top_k=256) for l in range(3)]
+    ctx = [TemporalContext(k=kv_b[l][0], v=kv_b[l][1], memory=mems[l], read=MemoryRead(256)) for l in range(3)]
     torch.testing.assert_close(model(x[:, 8:], t[:, 8:], a[:, 8:], p[:, 8:], context=ctx).sample, reference,
                                rtol=1e-5, atol=1e-5)
     # and a memory read with few keys is an approximation, not the same thing
-    ctx_small = [TemporalContext(k=kv_b[l][0], v=kv_b[l][1], memory=mems[l], top_k=4) for l in range(3)]
+    ctx_small = [TemporalContext(k=kv_b[l][0], v=kv_b[l][1], memory=mems[l], read=MemoryRead(4)) for l in range(3)]
     assert not torch.allclose(model(x[:, 8:], t[:, 8:], a[:, 8:], p[:, 8:], context=ctx_small).sample, reference)
 
 
@@ -244,3 +244,32 @@ def test_prediction_config_round_trip_and_errors(tmp_path):
         VidHashTransformer3DModel(prediction="epsilon")
     with pytest.raises(ValueError, match="sigma_min"):
         VidHashTransformer3DModel(sigma_min=0.0)
+
+
+@pytest.mark.parametrize("need_lse", [False, True], ids=["no-lse", "lse"])
+@pytest.mark.parametrize("context", [0, 7], ids=["C0", "C7"])
+def test_fused_exact_paths_equal_the_reference(need_lse, context):
+    """TemporalAttention's exact part: the fused forms CUDA takes by default (SDPA without lse,
+    fused attention with it) == the float32 reference, here on CPU; odd sizes, a context of
+    leading keys every chunk sees."""
+    from vidhash.models.transformer_vidhash import TemporalAttention as TA
+
+    g = torch.Generator().manual_seed(3)
+    q = torch.randn(2, 3, 5 * 7, 16, generator=g)  # 5 chunks of 7 query tokens (the third run: 30, a short last chunk)
+    k, v = (torch.randn(2, 3, context + 35, 16, generator=g) for _ in range(2))
+    with torch.no_grad():  # fused attention with lse is inference-only (with gradients it is the reference)
+        for run in (lambda f: TA._full(q, k, v, 0.3, need_lse, fused=f),
+                    lambda f: TA._chunk_causal(q, k, v, 7, 0.3, need_lse, fused=f),
+                    lambda f: TA._chunk_causal(q[:, :, :30], k[:, :, :-5], v[:, :, :-5], 7, 0.3, need_lse, fused=f)):
+            (ref, ref_lse), (out, lse) = run(False), run(True)
+            torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+            if need_lse:
+                torch.testing.assert_close(lse, ref_lse, rtol=1e-5, atol=1e-5)
+            else:
+                assert lse is None
+    # chunk-causal: chunk i sees the context and chunks 0..i only
+    out, _ = TA._chunk_causal(q, k, v, 7, 0.3, fused=False)
+    k2, v2 = k.clone(), v.clone()
+    k2[:, :, context + 14:], v2[:, :, context + 14:] = 0.0, 0.0  # change chunks 2.. only
+    out2, _ = TA._chunk_causal(q, k2, v2, 7, 0.3, fused=False)
+    assert torch.equal(out[:, :, :14], out2[:, :, :14]) and not torch.allclose(out[:, :, 14:], out2[:, :, 14:])

@@ -4,7 +4,7 @@ import PIL.Image
 import pytest
 import torch
 
-from vidhash.config import TemporalMemoryConfig
+from vidhash.generation_config import MemorySettings
 from vidhash.pipelines import VidHashPipeline, VidHashPipelineOutput, VidHashState
 
 
@@ -157,7 +157,7 @@ def saved_state(tmp_path_factory, tiny_pipe):
     (dict(num_frames=2, poses=[[0, 0]]), "poses must have shape"),
     (dict(num_frames=2, output_type="latent"), "output_type"),
     (dict(num_frames=2, memory={"mode": "nope"}), "memory.mode"),
-    (dict(num_frames=2, memory={"bucketz": 3}), "unknown memory config keys"),
+    (dict(num_frames=2, memory={"bucketz": 3}), "unknown memory keys"),
     (dict(num_frames=2, callback_on_step_end_tensor_inputs=["noise"]), "callback_on_step_end_tensor_inputs"),
 ], ids=["height", "width", "chunk-gt-window", "zero-frames", "negative-frames", "unknown-action",
         "actions-length", "poses-shape", "output-type", "memory-mode", "memory-key", "callback-inputs"])
@@ -176,8 +176,9 @@ def test_bad_inputs_raise_before_work(tiny_pipe, kwargs, match):
 @pytest.mark.parametrize("kwargs,match", [
     (dict(window_frames=16), "window_frames: state 8, here 16"),
     (dict(height=32), "height: state 64, here 32"),
-    (dict(memory=TemporalMemoryConfig(num_buckets=32)), "memory.num_buckets: state 64, here 32"),
-], ids=["window", "height", "memory-size"])
+    (dict(memory={"num_buckets": 32}), "memory.num_buckets: state 64, here 32"),
+    (dict(memory=MemorySettings(num_buckets=64, policy="merge")), "memory.policy: state 'fifo', here 'merge'"),
+], ids=["window", "height", "memory-size", "memory-policy"])
 def test_state_from_another_generation_config(tiny_pipe, saved_state, kwargs, match):
     with pytest.raises(ValueError, match=match):
         tiny_pipe(num_frames=4, state=VidHashState.load(saved_state), **{**FAST, **kwargs})
@@ -190,10 +191,26 @@ def test_state_from_another_model_config(saved_state):
         other(num_frames=4, state=VidHashState.load(saved_state), **FAST)
 
 
-def test_top_k_may_change_on_resume(tiny_pipe, saved_state):
-    out = tiny_pipe(num_frames=4, state=VidHashState.load(saved_state), memory=TemporalMemoryConfig(top_k=8), **{
-        k: v for k, v in FAST.items()})
-    assert out.state.frame_index == 16 and out.state.top_k == 8
+def test_read_settings_are_per_call_not_state(tiny_pipe, saved_state):
+    """top_k is a read setting: given per call on resume (default: the pipeline's generation_config),
+    it changes the frames that read a non-empty memory and never the state's fingerprint or file."""
+    default = tiny_pipe(num_frames=4, state=VidHashState.load(saved_state), **FAST)
+    narrow = tiny_pipe(num_frames=4, state=VidHashState.load(saved_state), memory={"top_k": 1}, **FAST)
+    every = tiny_pipe(num_frames=4, state=VidHashState.load(saved_state), memory={"top_k": None}, **FAST)
+    assert narrow.state.frame_index == 16 and narrow.state.fingerprint == default.state.fingerprint
+    assert not np.array_equal(default.frames, narrow.frames) and not np.array_equal(narrow.frames, every.frames)
+    assert not hasattr(narrow.state, "top_k") and not hasattr(narrow.state, "mass_cap")
+    assert tiny_pipe.generation_config.memory.top_k == 32  # the default read: the tiny preset's
+    explicit = tiny_pipe(num_frames=4, state=VidHashState.load(saved_state), memory={"top_k": 32}, **FAST)
+    np.testing.assert_array_equal(default.frames, explicit.frames)
+
+
+def test_top_k_of_every_entry_is_none(tiny_pipe, saved_state):
+    """A top_k of at least the capacity (how presets wrote "every entry" before None) reads what None reads."""
+    capacity = VidHashState.load(saved_state).memory_size.capacity
+    every = tiny_pipe(num_frames=8, state=VidHashState.load(saved_state), memory={"top_k": None}, **FAST)
+    big = tiny_pipe(num_frames=8, state=VidHashState.load(saved_state), memory={"top_k": capacity}, **FAST)
+    np.testing.assert_array_equal(every.frames, big.frames)
 
 
 @pytest.mark.parametrize("cut", [0, 10, 200, -1000], ids=["empty", "header-only", "cut-early", "cut-late"])
@@ -231,10 +248,10 @@ def test_state_save_is_atomic(tiny_pipe, tmp_path, monkeypatch):
     assert path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["s.pt"]
 
 
-def test_mass_cap_is_a_read_setting(tiny_pipe, saved_state, tmp_path):
+def test_mass_cap_is_a_read_setting(tiny_pipe, tmp_path):
     """mass_cap changes what a long memory contributes (not a no-op), a cap above the memory's
-    mass changes nothing, and like top_k it is kept by a saved state, may change on resume and
-    is not part of the state's fingerprint."""
+    mass changes nothing, and like top_k it is a per-call read setting: not part of the state's
+    fingerprint or file, and a loaded state continues with the cap it is given."""
     mem = dict(num_buckets=64, slots=16, policy="merge", top_k=1024)
     base = tiny_pipe(num_frames=24, generator=gen(), memory=mem, output_type="pt", **FAST)
     over = tiny_pipe(num_frames=24, generator=gen(), memory={**mem, "mass_cap": 10**6}, output_type="pt", **FAST)
@@ -242,10 +259,11 @@ def test_mass_cap_is_a_read_setting(tiny_pipe, saved_state, tmp_path):
     assert torch.equal(base.frames, over.frames)
     assert not torch.equal(base.frames, capped.frames)
     assert torch.equal(base.frames[:, :12], capped.frames[:, :12])  # nothing in memory yet: same frames
-    assert capped.state.mass_cap == 16 and capped.state.fingerprint == base.state.fingerprint
-    capped.state.save(tmp_path / "s.pt")
-    loaded = VidHashState.load(tmp_path / "s.pt")
-    assert loaded.mass_cap == 16
-    out = tiny_pipe(num_frames=4, state=loaded, memory=TemporalMemoryConfig(**{**mem, "mass_cap": 0}), **FAST)
-    assert out.state.mass_cap == 0
-    assert VidHashState.load(saved_state).mass_cap == 0  # a state saved without the setting: off
+    assert capped.state.fingerprint == base.state.fingerprint
+    first = tiny_pipe(num_frames=16, generator=gen(), memory={**mem, "mass_cap": 16}, output_type="pt", **FAST)
+    first.state.save(tmp_path / "s.pt")
+    loaded = tiny_pipe(num_frames=8, state=VidHashState.load(tmp_path / "s.pt"), memory={**mem, "mass_cap": 16},
+                       output_type="pt", **FAST)
+    assert torch.equal(capped.frames[:, 16:], loaded.frames)  # resumed with the same read: the straight run
+    uncapped = tiny_pipe(num_frames=8, state=VidHashState.load(tmp_path / "s.pt"), memory=mem, output_type="pt", **FAST)
+    assert not torch.equal(uncapped.frames, loaded.frames)

@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from vidhash.models.transformer_vidhash import random_model
+from vidhash.models import random_model
 from vidhash.pipelines import VidHashPipeline
 
 from diffusers.schedulers import FlowMatchEulerDiscreteScheduler

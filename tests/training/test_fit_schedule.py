@@ -4,7 +4,8 @@ import csv
 import time
 
 from vidhash.training.config import load_train_config
-from vidhash.training.trainer import lr_lambda, train
+from vidhash.training.schedule import lr_lambda
+from vidhash.training.trainer import train
 
 
 def test_fit_schedule_ends_the_schedule_at_the_deadline(tmp_path):
@@ -34,7 +35,7 @@ def test_without_fit_schedule_the_time_limit_cuts_the_schedule(tmp_path):
 
 
 def test_a_slow_first_step_does_not_end_a_timed_run():
-    from vidhash.training.trainer import out_of_time
+    from vidhash.training.schedule import out_of_time
 
     # 55 s of compilation in step 1, then 0.2 s steps: 60 s into a 2.6-minute run there is time left
     assert not out_of_time([55.0], 60.0, 2.6, 0.5)
@@ -48,7 +49,7 @@ def test_a_refit_changes_the_next_steps_rate_at_once():
     (LambdaLR computed it at its last step(), under the old max_steps)."""
     import torch
 
-    from vidhash.training.trainer import _refresh_lr
+    from vidhash.training.schedule import refresh_lr
 
     cfg = load_train_config("configs/train/cpu_test.yaml", ["max_steps=1000", "optim.min_lr_ratio=0.1"])
     opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(2))], lr=cfg.optim.lr)
@@ -58,7 +59,7 @@ def test_a_refit_changes_the_next_steps_rate_at_once():
         sched.step()
     cfg.max_steps = 41  # a refit leaving one step: it must run near the schedule's floor
     stale = sched.get_last_lr()[0]
-    _refresh_lr(sched)
+    refresh_lr(sched)
     want = cfg.optim.lr * lr_lambda(cfg)(40)
     assert stale != want and sched.get_last_lr()[0] == want == opt.param_groups[0]["lr"]
     assert want < cfg.optim.lr * 0.11 < stale

@@ -10,8 +10,10 @@ import pytest
 import torch
 
 from vidhash.training import load_train_config
-from vidhash.training.trainer import (CSV_FIELDS, TIMING_FIELDS, TIMING_PARTS, StepTimer, _LaggedMax,
-                                      ddp_kwargs_handlers, format_timing, timing_summary, train)
+from vidhash.training.checkpoint import load_checkpoint
+from vidhash.training.loop import CSV_FIELDS, LaggedMax
+from vidhash.training.timing import TIMING_FIELDS, TIMING_PARTS, StepTimer, format_timing, timing_summary
+from vidhash.training.trainer import ddp_kwargs_handlers, train
 
 MICRO = ["model.hidden_dim=16", "model.num_heads=2", "model.num_layers=1", "data.num_frames=4",
          "noise.chunk_frames=2", "batch_size=2", "checkpoint.every=1000", "optim.warmup_steps=1"]
@@ -52,12 +54,19 @@ def test_no_host_read_per_step(tmp_path, monkeypatch):
     """The trainer reads the loss, grad norm and timings once per log interval, not every step: 2
     log intervals read as many tensors to the host as 2 intervals twice as long. (Reads elsewhere,
     e.g. CPU AdamW's step counters, are CPU tensors on GPU runs too: not counted.)"""
+    import vidhash.training as package
+
+    # the trainer, its loop, state and objective, the model families; not the data pipeline (its
+    # reads are of CPU tensors: the loader's batches, the noise seeds)
+    watched = os.path.dirname(package.__file__) + os.sep
+    data_py = os.path.join(watched, "data.py")
     reads = {"n": 0}
     for name in ("item", "__float__", "__int__", "__bool__", "tolist"):
         orig = getattr(torch.Tensor, name)
 
         def counted(self, *a, _orig=orig, **k):
-            if sys._getframe(1).f_code.co_filename.endswith(os.path.join("training", "trainer.py")):
+            where = sys._getframe(1).f_code.co_filename
+            if where.startswith(watched) and where != data_py:
                 reads["n"] += 1
             return _orig(self, *a, **k)
 
@@ -69,7 +78,7 @@ def test_no_host_read_per_step(tmp_path, monkeypatch):
         return reads["n"]
 
     short, long = count(4), count(8)
-    assert long == short, (short, long)
+    assert 0 < short == long, (short, long)  # the log rows' reads are seen: a per-step read would be too
 
 
 def test_step_timer_on_cpu():
@@ -99,7 +108,7 @@ def test_lagged_max_one_process_answers_at_once():
     class Acc:
         num_processes, device = 1, torch.device("cpu")
 
-    agree = _LaggedMax(Acc())
+    agree = LaggedMax(Acc())
     assert agree(0) == 0 and agree(1) == 1
 
 
@@ -135,7 +144,7 @@ def test_option_errors_name_the_key():
 
 
 def test_fused_adamw_setting():
-    from vidhash.training.trainer import use_fused_adamw
+    from vidhash.training.state import use_fused_adamw
 
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert use_fused_adamw("auto", cuda) and not use_fused_adamw("auto", cpu)  # auto: on CUDA only
@@ -151,6 +160,5 @@ def test_fused_adamw_trains_like_foreach_on_cpu(tmp_path):
     la = [float(r["loss"]) for r in csv.DictReader(open(tmp_path / "foreach" / "loss.csv"))]
     lb = [float(r["loss"]) for r in csv.DictReader(open(tmp_path / "fused" / "loss.csv"))]
     assert a["step"] == b["step"] == 3 and la == pytest.approx(lb, rel=1e-4)  # same math, another kernel
-    groups = {name: torch.load(f"{s['checkpoint']}/meta.pt", weights_only=False)["optim"]["param_groups"]
-              for name, s in (("foreach", a), ("fused", b))}
+    groups = {name: load_checkpoint(s["checkpoint"])[1]["optim"]["param_groups"] for name, s in (("foreach", a), ("fused", b))}
     assert all(g["fused"] for g in groups["fused"]) and not any(g["fused"] for g in groups["foreach"])

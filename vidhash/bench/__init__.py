@@ -1,4 +1,5 @@
-"""Benchmarks behind ``vidhash bench ...``: each module has ``add_arguments`` and ``run``."""
+"""Benchmarks behind ``vidhash bench ...``: each module has ``run(args)``, ``args`` carrying the
+command's flags as attributes (the flags themselves: :mod:`vidhash.cli.bench`)."""
 import platform
 
 

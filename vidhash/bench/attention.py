@@ -24,7 +24,6 @@ noise (q = 3·(f·W + 0.5·n₁), k = f·W + 0.5·n₂); v is Gaussian.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -38,26 +37,6 @@ from vidhash.attention import selection_recall
 # Wan 2.1 1.3B at 81 frames, 480×832: VAE 4× time (1 + 80/4 = 21), 8× space; patch (1, 2, 2)
 WAN_1_3B_GRID = (21, 30, 52)
 WAN_1_3B_HEADS, WAN_1_3B_HEAD_DIM = 12, 128
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--sizes", default="16384,65536,131072,262144", help="comma-separated token counts N")
-    p.add_argument("--no-wan", action="store_true", help="skip the Wan 1.3B 81-frame 480p shape")
-    p.add_argument("--heads", type=int, default=12)
-    p.add_argument("--head-dim", type=int, default=64)
-    p.add_argument("--density", type=float, default=1 / 32, help="share of key blocks kept")
-    p.add_argument("--block-sizes", default="64,16", help="comma-separated key-block sizes")
-    p.add_argument("--query-block", type=int, default=128, help="query-block size")
-    p.add_argument("--dtype", default="bf16", choices=["bf16", "fp16"])
-    p.add_argument("--causal", action="store_true")
-    p.add_argument("--no-flex", action="store_true", help="skip FlexAttention")
-    p.add_argument("--flex-block-sizes", default="64", help="key-block sizes also run through FlexAttention")
-    p.add_argument("--no-backward", action="store_true", help="skip forward+backward rows")
-    p.add_argument("--recall-blocks", type=int, default=16, help="query blocks evaluated for recall")
-    p.add_argument("--rep-ms", type=int, default=100, help="do_bench rep (ms) per measurement")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cuda", help="cuda; cpu only for smoke runs under TRITON_INTERPRET=1")
-    p.add_argument("--json", default=None, help="write results to this JSON file")
 
 
 # --------------------------------------------------------------------------------------------
@@ -146,21 +125,25 @@ def _flex_options(sel) -> dict:
 
 
 def run_shape(name: str, grid, heads: int, d: int, args) -> list[dict]:
-    import triton
-
-    from vidhash.attention import default_hasher
-    from vidhash.kernels.block_select.ops import SIGNATURE_METHODS, block_signatures_fast, select_from_signatures
-    from vidhash.kernels.ops import block_sparse_attention_triton, hash_attention, select_blocks_triton
-    from vidhash.kernels.sparse_attention.ops import _group, transpose_selection
-
+    """Every row of one shape: dense SDPA, then vidhash (and FlexAttention) per key-block size."""
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
     q, k, v = video_like_qkv(grid, heads, d, dtype, args.device, args.seed)
-    n = q.shape[-2]
-    rep = args.rep_ms
-    rows = []
-    base = dict(shape=name, n=n, heads=heads, head_dim=d, causal=args.causal)
-
+    base = dict(shape=name, n=q.shape[-2], heads=heads, head_dim=d, causal=args.causal)
     # 1. dense SDPA
+    rows, dense_fwd, dense_fb = _dense_rows(q, k, v, base, args)
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    # 2. per key-block size: the selection, its parts, the attention, FlexAttention on the same blocks
+    for bk in [int(x) for x in args.block_sizes.split(",")]:
+        rows += _block_size_rows(q, k, v, bk, base, args, dense_fwd, dense_fb)
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    return rows
+
+
+def _dense_rows(q, k, v, base: dict, args) -> tuple[list[dict], float | None, float | None]:
+    """Dense SDPA forward (and forward+backward) rows, with their times."""
+    rep, rows = args.rep_ms, []
     sdpa = lambda: F.scaled_dot_product_attention(q, k, v, is_causal=args.causal)
     dense_fwd, err = _try(lambda: _bench(sdpa, rep))
     rows.append({**base, "method": "dense SDPA", "what": "fwd", "ms": dense_fwd, "error": err, "recall": 1.0})
@@ -174,97 +157,129 @@ def run_shape(name: str, grid, heads: int, d: int, args) -> list[dict]:
 
         dense_fb, err = _try(lambda: _bench(sdpa_fb, rep))
         rows.append({**base, "method": "dense SDPA", "what": "fwd+bwd", "ms": dense_fb, "error": err, "recall": 1.0})
-        del qg, kg, vg
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
+    return rows, dense_fwd, dense_fb
 
-    for bk in [int(x) for x in args.block_sizes.split(",")]:
-        kw = dict(density=args.density, block_size=bk, query_block_size=args.query_block, causal=args.causal)
-        tag = dict(base, block_size=bk, query_block_size=args.query_block, density=args.density)
-        sel = select_blocks_triton(q, k, **kw)
-        recall = selection_recall(q, k, sel, max_query_blocks=args.recall_blocks)
-        sel_exact = select_blocks_triton(q, k, exact_signatures=True, **kw)
-        agree = float((sel_exact.indices == sel.indices).float().mean())
-        tag.update(kept=sel.kept, key_blocks=sel.num_key_blocks)
 
-        def add(method, what, ms, err=None, **extra):
-            row = {**tag, "method": method, "what": what, "ms": ms, "error": err, "recall": recall, **extra}
-            dense = dense_fb if "fwd+bwd" in what else dense_fwd
-            if ms and dense:
-                row["x_dense"] = dense / ms
-            rows.append(row)
-            return row
+def _block_size_rows(q, k, v, bk: int, base: dict, args, dense_fwd, dense_fb) -> list[dict]:
+    """The vidhash and FlexAttention rows of key-block size ``bk``, each with the selection's recall and
+    its speed-up over dense (``x_dense``)."""
+    from vidhash.kernels.ops import select_blocks_triton
 
-        ms, err = _try(lambda: _bench(lambda: select_blocks_triton(q, k, **kw), rep))
-        add("vidhash", "selection", ms, err, signature_agreement=agree)
-        ms, err = _try(lambda: _bench(lambda: select_blocks_triton(q, k, exact_signatures=True, **kw), rep))
-        add("vidhash", "selection (reference signatures)", ms, err)
-        # parts of the selection: block signatures of q and k (three ways), the kernel alone
-        hasher = default_hasher(d)
-        for method in SIGNATURE_METHODS:
-            def sigs(method=method):
-                block_signatures_fast(q, args.query_block, hasher, "query", method)
-                block_signatures_fast(k, bk, hasher, "key", method)
+    kw = dict(density=args.density, block_size=bk, query_block_size=args.query_block, causal=args.causal)
+    tag = dict(base, block_size=bk, query_block_size=args.query_block, density=args.density)
+    sel = select_blocks_triton(q, k, **kw)
+    recall = selection_recall(q, k, sel, max_query_blocks=args.recall_blocks)
+    sel_exact = select_blocks_triton(q, k, exact_signatures=True, **kw)
+    agree = float((sel_exact.indices == sel.indices).float().mean())
+    tag.update(kept=sel.kept, key_blocks=sel.num_key_blocks)
+    rows = []
 
-            ms, err = _try(lambda: _bench(sigs, rep))
-            add("vidhash", f"  signatures q+k ({method})", ms, err)
-        q_sig = block_signatures_fast(q, args.query_block, hasher, "query", "reference")
-        k_sig = block_signatures_fast(k, bk, hasher, "key", "reference")
-        sel_kw = dict(n_bits=hasher.n_bits, kept=sel.kept, num_queries=n, num_keys=n, block_size=bk,
-                      query_block_size=args.query_block, local_blocks=1, sink_blocks=1, causal=args.causal)
-        ms, err = _try(lambda: _bench(lambda: select_from_signatures(q_sig, k_sig, **sel_kw), rep))
-        add("vidhash", "  selection kernel alone", ms, err)
-        ms, err = _try(lambda: _bench(lambda: transpose_selection(sel, _group(triton.next_power_of_2(bk))), rep))
-        add("vidhash", "  transposed list (bwd prep)", ms, err)
-        attn_ms, err = _try(lambda: _bench(lambda: block_sparse_attention_triton(q, k, v, sel), rep))
-        add("vidhash", "attention", attn_ms, err)
-        ms, err = _try(lambda: _bench(lambda: hash_attention(q, k, v, **kw), rep))
-        fwd_row = add("vidhash", "select+attn fwd", ms, err)
-        if not args.no_backward:
-            qg, kg, vg = (x.detach().requires_grad_(True) for x in (q, k, v))
-            do = torch.randn_like(q)
+    def add(method, what, ms, err=None, **extra):
+        row = {**tag, "method": method, "what": what, "ms": ms, "error": err, "recall": recall, **extra}
+        dense = dense_fb if "fwd+bwd" in what else dense_fwd
+        if ms and dense:
+            row["x_dense"] = dense / ms
+        rows.append(row)
+        return row
 
-            def fb():
-                hash_attention(qg, kg, vg, **kw).backward(do)
-
-            ms, err = _try(lambda: _bench(fb, rep))
-            add("vidhash", "fwd+bwd", ms, err)
-
-            def attn_fb():
-                block_sparse_attention_triton(qg, kg, vg, sel).backward(do)
-
-            ms, err = _try(lambda: _bench(attn_fb, rep))
-            add("vidhash", "attention fwd+bwd", ms, err)
-            del qg, kg, vg
-
-        flex_ms = None
-        if not args.no_flex and str(bk) in args.flex_block_sizes.split(","):
-            t0 = time.perf_counter()
-            bm, err = _try(lambda: _flex_mask(sel))
-            if bm is not None:
-                build, _ = _try(lambda: _bench(lambda: _flex_mask(sel), rep))
-                add("FlexAttention", "BlockMask build", build, None)
-                fn = _flex_fn()
-                opts = _flex_options(sel)
-                out, err = _try(lambda: fn(q, k, v, block_mask=bm, kernel_options=opts))
-                compile_s = time.perf_counter() - t0
-                if err is None:
-                    flex_ms, err = _try(lambda: _bench(lambda: fn(q, k, v, block_mask=bm, kernel_options=opts), rep))
-                    ref = block_sparse_attention_triton(q, k, v, sel)
-                    diff = float((out.float() - ref.float()).norm() / ref.float().norm())
-                    add("FlexAttention", "kernel", flex_ms, err, compile_s=compile_s, rel_diff_vs_vidhash=diff)
-                else:
-                    add("FlexAttention", "kernel", None, err)
-            else:
-                add("FlexAttention", "BlockMask build", None, err)
-        if flex_ms and fwd_row.get("ms"):
-            fwd_row["x_flex_kernel"] = flex_ms / fwd_row["ms"]
-        if flex_ms and attn_ms:
-            rows[-1]["attention_vs_flex"] = flex_ms / attn_ms
-        sel = sel_exact = None
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
+    _selection_rows(add, q, k, sel, kw, args, agree)
+    attn_ms, fwd_row = _attention_rows(add, q, k, v, sel, kw, args)
+    flex_ms = None
+    if not args.no_flex and str(bk) in args.flex_block_sizes.split(","):
+        flex_ms = _flex_rows(add, q, k, v, sel, args.rep_ms)
+    if flex_ms and fwd_row.get("ms"):
+        fwd_row["x_flex_kernel"] = flex_ms / fwd_row["ms"]
+    if flex_ms and attn_ms:
+        rows[-1]["attention_vs_flex"] = flex_ms / attn_ms
     return rows
+
+
+def _selection_rows(add, q, k, sel, kw: dict, args, agree: float) -> None:
+    """The selection (fast and reference signatures) and its parts: block signatures three ways, the
+    selection kernel alone, the transposed list the backward pass uses."""
+    import triton
+
+    from vidhash.attention import default_hasher
+    from vidhash.kernels.block_select.ops import SIGNATURE_METHODS, block_signatures_fast, select_from_signatures
+    from vidhash.kernels.ops import select_blocks_triton
+    from vidhash.kernels.sparse_attention.ops import _group, transpose_selection
+
+    rep, bk, n = args.rep_ms, kw["block_size"], q.shape[-2]
+    ms, err = _try(lambda: _bench(lambda: select_blocks_triton(q, k, **kw), rep))
+    add("vidhash", "selection", ms, err, signature_agreement=agree)
+    ms, err = _try(lambda: _bench(lambda: select_blocks_triton(q, k, exact_signatures=True, **kw), rep))
+    add("vidhash", "selection (reference signatures)", ms, err)
+    hasher = default_hasher(q.shape[-1])
+    for method in SIGNATURE_METHODS:
+        def sigs(method=method):
+            block_signatures_fast(q, args.query_block, hasher, "query", method)
+            block_signatures_fast(k, bk, hasher, "key", method)
+
+        ms, err = _try(lambda: _bench(sigs, rep))
+        add("vidhash", f"  signatures q+k ({method})", ms, err)
+    q_sig = block_signatures_fast(q, args.query_block, hasher, "query", "reference")
+    k_sig = block_signatures_fast(k, bk, hasher, "key", "reference")
+    sel_kw = dict(n_bits=hasher.n_bits, kept=sel.kept, num_queries=n, num_keys=n, block_size=bk,
+                  query_block_size=args.query_block, local_blocks=1, sink_blocks=1, causal=args.causal)
+    ms, err = _try(lambda: _bench(lambda: select_from_signatures(q_sig, k_sig, **sel_kw), rep))
+    add("vidhash", "  selection kernel alone", ms, err)
+    ms, err = _try(lambda: _bench(lambda: transpose_selection(sel, _group(triton.next_power_of_2(bk))), rep))
+    add("vidhash", "  transposed list (bwd prep)", ms, err)
+
+
+def _attention_rows(add, q, k, v, sel, kw: dict, args) -> tuple[float | None, dict]:
+    """Attention over the selected blocks alone, selection + attention forward, and both with backward;
+    returns the attention-alone time and the forward row."""
+    from vidhash.kernels.ops import block_sparse_attention_triton, hash_attention
+
+    rep = args.rep_ms
+    attn_ms, err = _try(lambda: _bench(lambda: block_sparse_attention_triton(q, k, v, sel), rep))
+    add("vidhash", "attention", attn_ms, err)
+    ms, err = _try(lambda: _bench(lambda: hash_attention(q, k, v, **kw), rep))
+    fwd_row = add("vidhash", "select+attn fwd", ms, err)
+    if not args.no_backward:
+        qg, kg, vg = (x.detach().requires_grad_(True) for x in (q, k, v))
+        do = torch.randn_like(q)
+
+        def fb():
+            hash_attention(qg, kg, vg, **kw).backward(do)
+
+        ms, err = _try(lambda: _bench(fb, rep))
+        add("vidhash", "fwd+bwd", ms, err)
+
+        def attn_fb():
+            block_sparse_attention_triton(qg, kg, vg, sel).backward(do)
+
+        ms, err = _try(lambda: _bench(attn_fb, rep))
+        add("vidhash", "attention fwd+bwd", ms, err)
+    return attn_ms, fwd_row
+
+
+def _flex_rows(add, q, k, v, sel, rep: int) -> float | None:
+    """FlexAttention on the blocks ``sel`` keeps: BlockMask build and kernel time (its compile time and
+    its difference from vidhash's output in the row); returns the kernel time."""
+    from vidhash.kernels.ops import block_sparse_attention_triton
+
+    flex_ms = None
+    t0 = time.perf_counter()
+    bm, err = _try(lambda: _flex_mask(sel))
+    if bm is None:
+        add("FlexAttention", "BlockMask build", None, err)
+        return None
+    build, _ = _try(lambda: _bench(lambda: _flex_mask(sel), rep))
+    add("FlexAttention", "BlockMask build", build, None)
+    fn = _flex_fn()
+    opts = _flex_options(sel)
+    out, err = _try(lambda: fn(q, k, v, block_mask=bm, kernel_options=opts))
+    compile_s = time.perf_counter() - t0
+    if err is not None:
+        add("FlexAttention", "kernel", None, err)
+        return None
+    flex_ms, err = _try(lambda: _bench(lambda: fn(q, k, v, block_mask=bm, kernel_options=opts), rep))
+    ref = block_sparse_attention_triton(q, k, v, sel)
+    diff = float((out.float() - ref.float()).norm() / ref.float().norm())
+    add("FlexAttention", "kernel", flex_ms, err, compile_s=compile_s, rel_diff_vs_vidhash=diff)
+    return flex_ms
 
 
 def print_table(rows: list[dict]) -> None:
@@ -322,13 +337,3 @@ def _write(path, device, args, rows, tuned) -> None:
         json.dump({"device": device, "date": time.strftime("%Y-%m-%d"), "torch": torch.__version__, "autotuned": tuned,
                    "config": {k: v for k, v in vars(args).items() if not k.startswith("_")}, "rows": rows}, f, indent=2)
     os.replace(tmp, path)
-
-
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_arguments(p)
-    return run(p.parse_args(argv))
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

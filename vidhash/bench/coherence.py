@@ -17,7 +17,6 @@ threads.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import tempfile
@@ -35,16 +34,6 @@ from . import cpu_name
 TARGET_FPS = 200.0
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--size", type=int, default=128, help="working size (longer side, px; default 128)")
-    p.add_argument("--frames", type=int, default=480, help="analysed frames per row (default 480)")
-    p.add_argument("--fps", type=float, default=8.0, help="analysis rate (default 8)")
-    p.add_argument("--threads", default="1,2", help="comma-separated OpenCV thread counts (default 1,2)")
-    p.add_argument("--repeats", type=int, default=3, help="timed repeats per row; the best is kept (default 3)")
-    p.add_argument("--no-e2e", action="store_true", help="skip the end-to-end rows (no mp4 written)")
-    p.add_argument("--json", default=None, help="write the rows to this JSON file")
-
-
 def _best(fn, repeats: int) -> float:
     best = float("inf")
     for _ in range(repeats):
@@ -54,7 +43,7 @@ def _best(fn, repeats: int) -> float:
     return best
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args) -> int:
     threads = [int(t) for t in str(args.threads).split(",") if t.strip()]
     seconds = args.frames / args.fps
     frames, _ = synthetic_clip("pan", seconds=seconds, fps=args.fps, size=args.size)
@@ -108,13 +97,3 @@ def run(args: argparse.Namespace) -> int:
         with open(args.json, "w", encoding="utf-8") as f:
             json.dump({"size": args.size, "device": device, "opencv": cv2.__version__, "rows": rows}, f, indent=1)
     return 0
-
-
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_arguments(p)
-    return run(p.parse_args(argv))
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

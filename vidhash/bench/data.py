@@ -14,7 +14,6 @@ process builds every world of the pool at each block boundary.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import subprocess
@@ -24,17 +23,6 @@ import time
 from pathlib import Path
 
 from . import cpu_name
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("config", nargs="?", default="configs/train/world_tiny.yaml", help="training config (YAML)")
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. data.pool_size=4")
-    p.add_argument("--processes", type=int, default=1, help="training processes to imitate (default 1)")
-    p.add_argument("--workers", type=int, default=None, help="DataLoader workers per process (default: the config's)")
-    p.add_argument("--steps", type=int, default=64, help="batches per process (default 64)")
-    p.add_argument("--consumer-ms", type=float, default=0.0, help="sleep after each batch: the GPU step (default 0)")
-    p.add_argument("--cache", default="off,auto", help="comma-separated data.world_cache settings to compare (off, auto)")
-    p.add_argument("--json", default=None, help="write the rows to this JSON file")
 
 
 def _worker(spec: dict) -> dict:
@@ -68,7 +56,7 @@ def _worker(spec: dict) -> dict:
             "first_batch_s": waits[0], "worlds_built": built, "batch": n}
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args) -> int:
     from vidhash.training.config import load_train_config
 
     cfg = load_train_config(args.config, list(args.overrides))  # a bad key fails here
@@ -112,10 +100,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    if len(sys.argv) == 3 and sys.argv[1] == "--worker":
-        print(json.dumps(_worker(json.loads(sys.argv[2]))))
-    else:
-        parser = argparse.ArgumentParser()
-        add_arguments(parser)
-        sys.exit(run(parser.parse_args()))
+if __name__ == "__main__":  # one process of a run: python -m vidhash.bench.data --worker SPEC
+    if len(sys.argv) != 3 or sys.argv[1] != "--worker":
+        sys.exit("usage: python -m vidhash.bench.data --worker SPEC (internal; the command is `vidhash bench data`)")
+    print(json.dumps(_worker(json.loads(sys.argv[2]))))

@@ -32,7 +32,6 @@ its first 10%); rows record ``cuda_graphs`` (captures, replays, eager passes).
 """
 from __future__ import annotations
 
-import argparse
 import datetime
 import json
 import os
@@ -47,30 +46,6 @@ from . import cpu_name
 MODES = ("hashed", "full", "window")
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--preset", default=None, help="model size and generation preset (tiny, small, base; default: "
-                   "the --model's size, else tiny)")
-    p.add_argument("--model", default=None, help="a saved pipeline folder to time instead of a random model of --preset")
-    p.add_argument("--set", action="append", default=[], metavar="key=value",
-                   help="generation preset override, e.g. --set memory.top_k=64 (repeatable)")
-    p.add_argument("--seconds", default="10,60,600", help="comma-separated clip lengths in seconds of video")
-    p.add_argument("--fps", type=int, default=8, help="frames per second of video (default 8)")
-    p.add_argument("--modes", default=",".join(MODES), help="comma-separated: hashed, full, window")
-    p.add_argument("--steps", type=int, default=None, help="inference steps per chunk (default: the preset's)")
-    p.add_argument("--full-max-seconds", type=float, default=60.0,
-                   help="longest clip the full-context baseline runs (default 60; it grows without bound)")
-    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="model dtype")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--json", default=None, help="write all rows (with per-chunk times) to this JSON file")
-    p.add_argument("--compile", action="store_true", help="torch.compile each transformer block (compile_blocks)")
-    p.add_argument("--compile-mode", default=None,
-                   help="torch.compile mode with --compile (e.g. max-autotune-no-cudagraphs; default: torch's)")
-    p.add_argument("--cuda-graphs", action="store_true",
-                   help="replay steady chunks' transformer passes from CUDA graphs (enable_cuda_graphs)")
-
-
 # ---------------------------------------------------------------------------------- worker
 
 
@@ -78,14 +53,13 @@ def _worker(spec: dict) -> dict:
     """One clip in this process; returns timings and memory."""
     import torch
 
-    from vidhash.config import generation_config
     from vidhash.pipelines import VidHashPipeline
 
     if spec["threads"]:
         torch.set_num_threads(spec["threads"])
     device = torch.device(spec["device"])
     dtype = getattr(torch, spec["dtype"])
-    gen = generation_config(spec["preset"], [*spec.get("overrides", []), f"memory.mode={spec['mode']}"])
+    gen = _settings(spec, [*spec.get("overrides", []), f"memory.mode={spec['mode']}"])
     pipe = VidHashPipeline.load(spec.get("model") or f"random-{spec['preset']}").to(device)
     if dtype != torch.float32:
         pipe.transformer.to(dtype)
@@ -138,6 +112,15 @@ def _worker(spec: dict) -> dict:
     }
 
 
+def _settings(spec: dict, overrides: list[str]):
+    """The generation settings of a run: ``--preset``'s when given, else the ``--model``'s own
+    (its saved settings, else its size's preset: what ``vidhash generate`` uses), with ``overrides``."""
+    from vidhash.config import apply_overrides, generation_for, generation_preset
+
+    base = generation_for(spec["model"]) if spec.get("model_settings") else generation_preset(spec["preset"])
+    return apply_overrides(base, overrides)
+
+
 def _rss_now() -> int:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
@@ -183,15 +166,17 @@ def _world_speed(seconds: float = 1.0) -> float:
     return n / (time.perf_counter() - t0)
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args) -> int:
     import torch
 
-    from vidhash.config import generation_config, preset_for_model
+    from vidhash.config import preset_for_model
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model_settings = args.preset is None and bool(args.model)  # a model without --preset: its own settings
     if args.preset is None:
         args.preset = preset_for_model(args.model) if args.model else "tiny"
-    generation_config(args.preset, [*args.set, "memory.mode=hashed"])  # a bad key fails here, not in every worker
+    _settings({"model": args.model, "preset": args.preset, "model_settings": model_settings},
+              [*args.set, "memory.mode=hashed"])  # a bad key fails here, not in every worker
     if args.model:
         from vidhash.pipelines import VidHashPipeline
 
@@ -220,7 +205,7 @@ def run(args: argparse.Namespace) -> int:
                 print(f"{mode:>6} {seconds:>6g} s: skipped (cap {args.full_max_seconds:g} s)", flush=True)
                 continue
             spec = {"mode": mode, "seconds": seconds, "frames": frames, "preset": args.preset, "steps": args.steps,
-                    "model": args.model, "overrides": list(args.set),
+                    "model": args.model, "model_settings": model_settings, "overrides": list(args.set),
                     "device": device, "dtype": args.dtype, "threads": args.threads, "seed": args.seed,
                     "compile": bool(args.compile), "compile_mode": args.compile_mode,
                     "cuda_graphs": bool(args.cuda_graphs)}
@@ -331,15 +316,7 @@ def verdict(rows: list[dict]) -> list[str]:
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["--worker"]:
-        print(json.dumps(_worker(json.loads(argv[1]))))
-        return 0
-    p = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
-    add_arguments(p)
-    return run(p.parse_args(argv))
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":  # one clip of a run: python -m vidhash.bench.generation --worker SPEC
+    if len(sys.argv) != 3 or sys.argv[1] != "--worker":
+        sys.exit("usage: python -m vidhash.bench.generation --worker SPEC (internal; the command is `vidhash bench generation`)")
+    print(json.dumps(_worker(json.loads(sys.argv[2]))))

@@ -11,7 +11,6 @@ N·2·d floats and pays N per query.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import time
 
@@ -19,25 +18,9 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from vidhash.attention import dense_attention, multi_hop_attention
+from vidhash.attention import dense_attention
+from vidhash.bench.retrieval import multi_hop_attention
 from vidhash.memory import HashedMemory
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--sizes", default="1000,10000,100000,1000000", help="comma-separated numbers of stored pairs N")
-    p.add_argument("--hops", default="1,2,3", help="comma-separated hop counts")
-    p.add_argument("--queries", type=int, default=512, help="chains started per size")
-    p.add_argument("--dim", type=int, default=64, help="key/value dimension")
-    p.add_argument("--buckets", type=int, default=4096, help="memory buckets")
-    p.add_argument("--slots", type=int, default=16, help="slots per bucket")
-    p.add_argument("--bits", type=int, default=32, help="signature bits")
-    p.add_argument("--top-k", type=int, default=8, help="entries read per query")
-    p.add_argument("--scale", type=float, default=30.0, help="attention scale (unit-norm keys)")
-    p.add_argument("--policy", default="fifo", choices=["fifo", "merge"])
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--no-dense", action="store_true", help="skip the dense baseline")
-    p.add_argument("--json", default=None, help="write results to this JSON file")
 
 
 def _sync(device: str) -> None:
@@ -164,13 +147,3 @@ def run(args) -> int:
             json.dump({"config": {k: v for k, v in vars(args).items() if not k.startswith("_")}, "rows": rows}, f, indent=2)
         print(f"wrote {args.json}")
     return 0
-
-
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_arguments(p)
-    return run(p.parse_args(argv))
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

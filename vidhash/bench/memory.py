@@ -15,7 +15,7 @@ Default shape (issue 4's target): 2,048 queries against a full memory of 65,536 
 * ``write triton`` / ``write reference`` — ``HashedMemory.write`` of one frame.
 * ``write merge triton`` / ``write merge reference`` — the same write into a separate
   ``policy="merge"`` memory of the same shape, filled the same way (merge kernel vs
-  ``HashedMemory._write_merge``; each timed call merges into the memory again).
+  ``naive.merge_insert``; each timed call merges into the memory again).
 
 Recall: the share of the exact attention mass over all entries (softmax of
 ``q·k·scale + log(count)``) that the selected top-k hold, averaged over ``--recall-queries``
@@ -29,7 +29,6 @@ script under ``TRITON_INTERPRET=1`` with tiny sizes: its times mean nothing).
 """
 from __future__ import annotations
 
-import argparse
 import datetime
 import json
 import math
@@ -41,26 +40,6 @@ import torch
 import torch.nn.functional as F
 
 from vidhash.memory import HashedMemory
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--queries", type=int, default=2048, help="queries per head")
-    p.add_argument("--buckets", type=int, default=4096, help="memory buckets")
-    p.add_argument("--slots", type=int, default=16, help="slots per bucket")
-    p.add_argument("--heads", type=int, default=12)
-    p.add_argument("--head-dim", type=int, default=64)
-    p.add_argument("--bits", type=int, default=32, help="signature bits")
-    p.add_argument("--top-k", default="64,256", help="comma-separated top_k values")
-    p.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32"])
-    p.add_argument("--frame-tokens", type=int, default=1560, help="tokens of one written frame (Wan 1.3B 480p latent frame)")
-    p.add_argument("--fill", type=float, default=1.5, help="tokens written before timing, as a multiple of the capacity")
-    p.add_argument("--clusters", type=int, default=512, help="key/query cluster centres per head")
-    p.add_argument("--recall-queries", type=int, default=256, help="queries per head used for recall")
-    p.add_argument("--rep-ms", type=int, default=100, help="do_bench rep (ms) per measurement")
-    p.add_argument("--no-reference", action="store_true", help="skip the reference read and write")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--json", default=None, help="write results to this JSON file")
 
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -151,20 +130,20 @@ def run(args) -> int:
     dense_ms = add("dense SDPA (all entries)", "-", lambda: F.scaled_dot_product_attention(q, keys_all, vals_all))
     q_sig = signatures_triton(q, mem.hasher, role="query")
     for kk in top_ks:
-        idx = mops.memory_select(mem, q, kk, q_sig=q_sig)
+        idx = mops.memory_select(mem.table, q, kk, hasher=mem.hasher, q_sig=q_sig)
         sel_recall, oracle = _recall(mem, q[:, :, :: max(1, args.queries // args.recall_queries)],
                                      idx[:, :, :: max(1, args.queries // args.recall_queries)], scale)
         ms = add("read triton", kk, lambda: mem.attend(q, kk, backend="triton"), recall=sel_recall, oracle=oracle)
         read_row = rows[-1]
         read_row["vs_dense"] = dense_ms / ms
         add("  sig (queries)", kk, lambda: signatures_triton(q, mem.hasher, role="query"))
-        add("  select (score + top-k)", kk, lambda: mops.memory_select(mem, q, kk, q_sig=q_sig))
-        _, ncand = mops.memory_select(mem, q, kk, q_sig=q_sig, _candidates_only=True)
+        add("  select (score + top-k)", kk, lambda: mops.memory_select(mem.table, q, kk, hasher=mem.hasher, q_sig=q_sig))
+        _, ncand = mops.memory_select(mem.table, q, kk, hasher=mem.hasher, q_sig=q_sig, _candidates_only=True)
         nc = ncand.float()
-        add("  · candidates kernel", kk, lambda: mops.memory_select(mem, q, kk, q_sig=q_sig, _candidates_only=True),
+        add("  · candidates kernel", kk, lambda: mops.memory_select(mem.table, q, kk, hasher=mem.hasher, q_sig=q_sig, _candidates_only=True),
             ncand_mean=float(nc.mean()), ncand_max=float(nc.max()), ncand_p99=float(nc.quantile(0.99)) if nc.numel() <= 1 << 24 else None)
         print(f"  {'':26s} candidate chunks per query: mean {float(nc.mean()):.1f}, max {int(nc.max())}")
-        keys, values, _, _, counts, _ = mops._rows(mem)
+        keys, values, _, _, counts, _ = mops._rows(mem.table)
         add("  attend (k entries)", kk, lambda: mops._MemoryAttend.apply(q, keys, values, counts, idx, scale))
         qg = q.detach().clone().requires_grad_(True)
 
@@ -223,13 +202,3 @@ def print_table(rows: list[dict]) -> None:
         rc = f"{r['recall']:.3f}" if "recall" in r else ""
         oc = f"{r['oracle']:.3f}" if "oracle" in r else ""
         print(f"| {r['name'].strip():26s} | {r['top_k']!s:>5} | {r['ms']:9.3f} | {vd:>8s} | {vr:>12s} | {rc:>6s} | {oc:>6s} |")
-
-
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_arguments(p)
-    return run(p.parse_args(argv))
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -58,9 +58,11 @@ class Mp4Writer:
         fps: frames per second (an integer).
         crf: x264 quality (0 lossless … 51 worst; 18 is visually lossless).
         preset: x264 speed preset.
+        file: an open binary file to write the partial mp4 into (its caller created
+            ``<stem>.partial.mp4``, e.g. exclusively; it stays open); None: open that name here.
     """
 
-    def __init__(self, path: str | os.PathLike, fps: int, crf: int = 18, preset: str = "veryfast"):
+    def __init__(self, path: str | os.PathLike, fps: int, crf: int = 18, preset: str = "veryfast", file=None):
         self.path = check_writable(path)
         if self.path.suffix.lower() != ".mp4":
             raise ValueError(f"output file {self.path} must end in .mp4")
@@ -72,7 +74,7 @@ class Mp4Writer:
         self.finished: Path | None = None
         self._stream = None
         self._container = _av().open(
-            str(self.partial), mode="w", format="mp4",
+            str(self.partial) if file is None else file, mode="w", format="mp4",
             options={"movflags": "frag_keyframe+empty_moov+default_base_moof", "flush_packets": "1"},
         )
 

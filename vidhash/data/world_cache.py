@@ -15,14 +15,24 @@ build would give, bit for bit (the file name carries a digest of ``vidhash/data/
 changed generator never reads an old file). Anything that goes wrong with the files — a full or
 read-only disk, a corrupt file — falls back to building in the worker; training data never
 depends on the cache. :meth:`evict` removes the files of worlds no longer in use.
+
+Files are data, never code: an ``.npz`` of two arrays (``texture`` uint8, ``meta``: UTF-8 JSON of
+seed, size, view and landmarks as uint8), read with ``allow_pickle=False`` and never through a
+symlink. The folder is private: created mode 0700, and used only when :func:`private_folder`
+finds (by ``lstat``) a real directory owned by this user that no one else can write to. The
+default folder ``/dev/shm/vidhash-worlds-<uid>`` has a predictable name in a world-writable
+place; one another user planted there (or a symlink) is refused, with a warning, and the
+workers build their worlds themselves.
 """
 from __future__ import annotations
 
 import hashlib
+import json
 import os
-import pickle
+import stat
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +42,7 @@ from .world import ProceduralWorld
 
 _LOCK_STALE_S = 60.0  # a lock older than this belongs to a builder that died: take over
 _POLL_S = 0.01
+SUFFIX = ".npz"
 
 
 def default_cache_dir() -> Path:
@@ -40,6 +51,30 @@ def default_cache_dir() -> Path:
     shm = Path("/dev/shm")
     base = shm if shm.is_dir() and os.access(shm, os.W_OK) else Path(tempfile.gettempdir())
     return base / name
+
+
+def private_folder(path: Path) -> Path:
+    """``path`` created (mode 0700) if missing, then checked with ``lstat``: a directory, not a
+    symlink, owned by this user, not writable by group or others. PermissionError naming the
+    problem otherwise (the folder is then not used)."""
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        pass
+    except FileNotFoundError:  # a missing parent: made like ``mkdir -p`` (the leaf is checked below)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        os.mkdir(path, 0o700)
+    st = os.lstat(path)
+    if stat.S_ISLNK(st.st_mode):
+        raise PermissionError(f"world cache folder {path} is a symlink; not used")
+    if not stat.S_ISDIR(st.st_mode):
+        raise PermissionError(f"world cache folder {path} is not a directory; not used")
+    if hasattr(os, "getuid") and st.st_uid != os.getuid():
+        raise PermissionError(f"world cache folder {path} belongs to uid {st.st_uid}, not to this user; not used")
+    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise PermissionError(f"world cache folder {path} is writable by other users "
+                              f"(mode {stat.S_IMODE(st.st_mode):o}); not used")
+    return path
 
 
 def code_digest() -> str:
@@ -51,7 +86,8 @@ class SharedWorldCache:
     """``get(seed, size, view)`` → the :class:`ProceduralWorld`, built at most once per machine.
 
     ``builds`` (every world built here, whatever the reason) / ``loads`` / ``fallbacks`` (builds
-    that skipped the files: a lock held too long, a file error) count what this process did."""
+    that skipped the files: a lock held too long, a file error, a folder that is not private)
+    count what this process did."""
 
     def __init__(self, root: str | os.PathLike | None = None, wait_s: float = 30.0):
         self.root = Path(root) if root is not None else default_cache_dir()
@@ -59,16 +95,17 @@ class SharedWorldCache:
         self.tag = code_digest()
         self.builds = self.loads = self.fallbacks = 0
         self._broken: str | None = None  # the first file error (then this process stops using files)
+        self._checked = False
 
     def path(self, seed: int, size: int, view: int) -> Path:
-        return self.root / f"world-{self.tag}-{int(seed)}-{int(size)}-{int(view)}.pkl"
+        return self.root / f"world-{self.tag}-{int(seed)}-{int(size)}-{int(view)}{SUFFIX}"
 
     def get(self, seed: int, size: int, view: int) -> ProceduralWorld:
         if self._broken is not None:
             return self._build(seed, size, view)
         path = self.path(seed, size, view)
         try:
-            self.root.mkdir(parents=True, exist_ok=True)
+            self._check_root()
             deadline = time.monotonic() + self.wait_s
             while True:
                 world = self._load(path, seed, size, view)
@@ -97,6 +134,11 @@ class SharedWorldCache:
         """Remove the files of worlds ``seeds`` (no longer in any pool); missing files are fine."""
         if self._broken is not None:
             return
+        try:
+            self._check_root()
+        except OSError as err:
+            self._broken = f"{type(err).__name__}: {err}"
+            return
         for seed in seeds:
             try:
                 self.path(seed, size, view).unlink(missing_ok=True)
@@ -104,31 +146,49 @@ class SharedWorldCache:
                 pass
 
     # ------------------------------------------------------------------ internals
+    def _check_root(self) -> None:
+        """The folder, made private or refused once per process (a warning says why)."""
+        if self._checked:
+            return
+        try:
+            private_folder(self.root)
+        except PermissionError as err:
+            warnings.warn(f"{err}: data workers build their worlds themselves", RuntimeWarning, stacklevel=3)
+            raise
+        self._checked = True
+
     def _build(self, seed, size, view) -> ProceduralWorld:
         self.builds += 1
         return ProceduralWorld(seed=int(seed), size=int(size), view=int(view))
 
     def _load(self, path: Path, seed, size, view) -> ProceduralWorld | None:
         try:
-            with open(path, "rb") as f:
-                blob = pickle.load(f)
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
         except FileNotFoundError:
             return None
+        try:
+            with os.fdopen(fd, "rb") as f, np.load(f, allow_pickle=False) as blob:
+                texture = np.array(blob["texture"], dtype=np.uint8)
+                meta = json.loads(bytes(blob["meta"]).decode("utf-8"))
+            if (meta["seed"], meta["size"], meta["view"]) != (int(seed), int(size), int(view)):
+                return None
+            landmarks = [(int(x), int(y), str(shape), tuple(int(c) for c in colour), int(r))
+                         for x, y, shape, colour, r in meta["landmarks"]]
+            world = ProceduralWorld.from_texture(texture, landmarks, seed=seed, view=view)
         except Exception:  # noqa: BLE001 - a torn or foreign file: rebuild (and replace it)
             path.unlink(missing_ok=True)
             return None
-        if (blob.get("seed"), blob.get("size"), blob.get("view")) != (int(seed), int(size), int(view)):
-            return None
         self.loads += 1
-        return ProceduralWorld.from_texture(blob["texture"], blob["landmarks"], seed=seed, view=view)
+        return world
 
     def _publish(self, path: Path, world: ProceduralWorld) -> None:
+        meta = {"seed": world.seed, "size": world.size, "view": world.view,
+                "landmarks": [list(lm[:3]) + [list(lm[3]), lm[4]] for lm in world.landmarks]}
         fd, tmp = tempfile.mkstemp(dir=self.root, prefix=path.name + ".", suffix=".tmp")
         try:
             with os.fdopen(fd, "wb") as f:
-                pickle.dump({"seed": world.seed, "size": world.size, "view": world.view,
-                             "texture": np.ascontiguousarray(world.texture), "landmarks": world.landmarks}, f,
-                            protocol=pickle.HIGHEST_PROTOCOL)
+                np.savez(f, texture=np.ascontiguousarray(world.texture),
+                         meta=np.frombuffer(json.dumps(meta).encode("utf-8"), dtype=np.uint8))
             os.replace(tmp, path)  # atomic: readers see the whole file or none
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
@@ -137,10 +197,10 @@ class SharedWorldCache:
     @staticmethod
     def _try_lock(lock: Path) -> bool:
         try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY | getattr(os, "O_NOFOLLOW", 0), 0o600)
         except FileExistsError:
             try:
-                if time.time() - lock.stat().st_mtime > _LOCK_STALE_S:
+                if time.time() - lock.lstat().st_mtime > _LOCK_STALE_S:
                     lock.unlink(missing_ok=True)  # its builder died; the next attempt takes it
             except FileNotFoundError:
                 pass

@@ -40,8 +40,9 @@ import torch
 from einops import rearrange
 from torch import nn
 
-from ..attention import BACKENDS, _check_block, _check_count, _check_density, dense_attention, hash_attention, merge_attention
+from ..attention import dense_attention, hash_attention, merge_attention
 from ..hashing import SimHash
+from ..ops.checks import check_backend, check_block, check_count, check_density
 
 SUPPORTED_CLASSES = ("WanTransformer3DModel", "CogVideoXTransformer3DModel")
 CONFIG_KEYS = ("density", "block_size", "query_block_size", "local_blocks", "sink_blocks", "hasher", "n_bits", "seed", "backend")
@@ -250,14 +251,13 @@ def _parse_config(config: dict, names: list[str], head_dim: int, heads: int) -> 
     config = dict(config)
     n_bits, seed = config.pop("n_bits", None), config.pop("seed", None)
     cfg = DropInConfig(**config)
-    _check_density(cfg.density)
-    _check_block("block_size", cfg.block_size)
+    check_density(cfg.density)
+    check_block("block_size", cfg.block_size)
     if cfg.query_block_size is not None:
-        _check_block("query_block_size", cfg.query_block_size)
-    _check_count("local_blocks", cfg.local_blocks)
-    _check_count("sink_blocks", cfg.sink_blocks)
-    if cfg.backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {cfg.backend!r}")
+        check_block("query_block_size", cfg.query_block_size)
+    check_count("local_blocks", cfg.local_blocks)
+    check_count("sink_blocks", cfg.sink_blocks)
+    check_backend(cfg.backend)
     hasher = cfg.hasher
     if n_bits is not None or seed is not None:
         if hasher is not None:

@@ -6,8 +6,9 @@
 Modules: ``video`` (streaming decode), ``short_range`` (flicker, warping error, motion,
 SSIM/PSNR, smoothness), ``long_range`` (drift over lags, start vs end, cuts), ``revisit``
 (same-pose pairs), ``features`` (optional learned features from local weights), ``report``
-(table and plot), ``coherence`` (one pass over a video), ``cli`` (the command),
-``synthetic`` (clips with known defects, for the validation tests and the benchmark).
+(table and plot), ``coherence`` (one pass over a video), ``synthetic`` (clips with known
+defects, for the validation tests and the benchmark), ``realism`` (no-reference realism of
+world frames). The command itself is ``vidhash.cli.coherence``.
 """
 from vidhash.metrics.coherence import REPORT_KEYS, CoherenceOptions, measure_coherence
 from vidhash.metrics.long_range import DriftMeter, FrameStats, Keyframe, detect_cuts, distances, log_slope

@@ -145,12 +145,52 @@ def measure_coherence(
     opts = opts or CoherenceOptions()
     t_start = time.perf_counter()
     with VideoReader(path, analysis_fps=opts.analysis_fps, size=opts.size) as reader:
-        short = ShortRangeMeter()
-        drift = DriftMeter(max_lag_s=opts.max_lag_s)
-        stats = FrameStats()
-        revisit = _plan_revisits(reader, poses, opts) if poses is not None else None
-        times: list[float] = []
-        t_short = t_long = 0.0
+        # 1. one streaming pass through every meter
+        meters = _Meters(reader, opts, poses, features)
+        meters.run(reader, opts, path)
+        # 2. what was odd about the input
+        warnings = _input_warnings(reader, path, poses, len(meters.times))
+        total = time.perf_counter() - t_start
+        # 3. the report, measure by measure
+        t = np.asarray(meters.times)
+        pair_t = t[1:] if t.size > 1 else t[:0]
+        cuts = detect_cuts(meters.short.cut_score, reader.fps)
+        report = {
+            **_source_report(reader, path, len(meters.times)),
+            **_short_range_report(meters.short),
+            "drift": meters.drift.result(),
+            "start_end": meters.stats.start_end(),
+            "cuts": {"count": len(cuts), "times_s": [float(pair_t[i]) for i in cuts]},
+        }
+        if meters.revisit is not None:
+            report["revisit"] = meters.revisit.result()
+        if features is not None:
+            report["features"] = features.result()
+        report["series"] = _series(meters.short, t, pair_t)
+        report["timing"] = {
+            "decode_s": max(0.0, total - meters.t_short - meters.t_long), "short_range_s": meters.t_short,
+            "long_range_s": meters.t_long, "total_s": total,
+        }
+        report["warnings"] = warnings
+    return _round(report)
+
+
+class _Meters:
+    """Every meter of one video, fed frame by frame (:meth:`run`): short range (adjacent frames),
+    drift (keyframes), start/end statistics, revisits (with poses), learned features (optional).
+    ``times``: each analysed frame's time; ``t_short``, ``t_long``: seconds in the meters."""
+
+    def __init__(self, reader: VideoReader, opts: CoherenceOptions, poses: Poses | None, features):
+        self.short = ShortRangeMeter()
+        self.drift = DriftMeter(max_lag_s=opts.max_lag_s)
+        self.stats = FrameStats()
+        self.revisit = _plan_revisits(reader, poses, opts) if poses is not None else None
+        self.features = features
+        self.times: list[float] = []
+        self.t_short = self.t_long = 0.0
+
+    def run(self, reader: VideoReader, opts: CoherenceOptions, path) -> None:
+        """Every frame of ``reader`` through the meters, with a progress bar on long videos."""
         expected = reader.expected_frames
         show = opts.progress if opts.progress is not None else (sys.stderr.isatty() and (expected or 0) > 600)
         bar = None
@@ -160,85 +200,91 @@ def measure_coherence(
             bar = tqdm(total=expected, unit="frame", desc=str(path)[-40:], leave=False, file=sys.stderr)
         try:
             for frame in reader:
-                a = time.perf_counter()
-                short.update(frame.rgb)
-                b = time.perf_counter()
-                is_key = drift.update(frame.rgb, frame.t)
-                stats.update(frame.rgb, frame.t)
-                if revisit is not None:
-                    g = cv2.cvtColor(frame.rgb, cv2.COLOR_RGB2GRAY)
-                    revisit.update(frame.index, frame.rgb, g)
-                if features is not None:
-                    features.update(frame.rgb, frame.t, is_key)
-                t_short += b - a
-                t_long += time.perf_counter() - b
-                times.append(frame.t)
+                self.update(frame)
                 if bar is not None:
                     bar.update(1)
         finally:
             if bar is not None:
                 bar.close()
-        warnings = list(reader.warnings)
-        if not times:
-            raise VideoError(f"{path}: no frames could be decoded (the video stream is empty, truncated or damaged)")
-        if len(times) == 1:
-            warnings.append(f"{path}: only one frame; frame-to-frame metrics need two and are null")
-        if poses is not None:
-            pose_fps = poses.fps or reader.info.fps or reader.fps
-            covered = len(poses) / pose_fps
-            if abs(covered - reader.source_duration_s) > 1.0 / (reader.info.fps or reader.fps) + 1e-6:
-                warnings.append(
-                    f"{poses.path}: poses cover {covered:.2f} s but {reader.source_duration_s:.2f} s of video were decoded; "
-                    "revisits are scored where both exist"
-                )
-            if reader.vfr:
-                warnings.append("variable frame rate: revisit poses are matched to frames by nominal time")
-        total = time.perf_counter() - t_start
-        t = np.asarray(times)
-        pair_t = t[1:] if t.size > 1 else t[:0]
-        cuts = detect_cuts(short.cut_score, reader.fps)
-        report = {
-            "video": str(path),
-            "frames": len(times),
-            "fps": reader.fps,
-            "duration_s": reader.source_duration_s,
-            "size": [reader.width, reader.height],
-            "source": {
-                "width": reader.info.width, "height": reader.info.height, "fps": reader.info.fps,
-                "frames": reader.source_frames, "codec": reader.info.codec, "vfr": reader.vfr,
-            },
-            "flicker": {**_summary(short.flicker), "brightness_jitter": _mean(short.brightness_jitter)},
-            "warp_error": {**_summary(short.warp_error), "occluded_fraction": _mean(short.occluded)},
-            "motion": {
-                **_summary(short.motion, suffix="_px"),
-                "frozen_fraction": _mean([float(f < FROZEN_DIFF) for f in short.flicker]),
-            },
-            "ssim_adjacent": _summary(short.ssim, low=True),
-            "psnr_adjacent": _summary(short.psnr, low=True),
-            "smoothness": _summary(short.smoothness, low=True),
-            "drift": drift.result(),
-            "start_end": stats.start_end(),
-            "cuts": {"count": len(cuts), "times_s": [float(pair_t[i]) for i in cuts]},
-        }
-        if revisit is not None:
-            report["revisit"] = revisit.result()
-        if features is not None:
-            report["features"] = features.result()
-        n_s = int(math.floor(t[-1])) + 1
-        report["series"] = {
-            "t_s": [float(s) for s in range(n_s)],
-            "flicker": _per_second(pair_t, short.flicker, n_s),
-            "warp_error": _per_second(pair_t, short.warp_error, n_s),
-            "motion": _per_second(pair_t, short.motion, n_s),
-            "ssim_adjacent": _per_second(pair_t, short.ssim, n_s),
-            "smoothness": _per_second(t[1:-1], short.smoothness, n_s),
-        }
-        report["timing"] = {
-            "decode_s": max(0.0, total - t_short - t_long), "short_range_s": t_short, "long_range_s": t_long,
-            "total_s": total,
-        }
-        report["warnings"] = warnings
-    return _round(report)
+
+    def update(self, frame) -> None:
+        a = time.perf_counter()
+        self.short.update(frame.rgb)
+        b = time.perf_counter()
+        is_key = self.drift.update(frame.rgb, frame.t)
+        self.stats.update(frame.rgb, frame.t)
+        if self.revisit is not None:
+            g = cv2.cvtColor(frame.rgb, cv2.COLOR_RGB2GRAY)
+            self.revisit.update(frame.index, frame.rgb, g)
+        if self.features is not None:
+            self.features.update(frame.rgb, frame.t, is_key)
+        self.t_short += b - a
+        self.t_long += time.perf_counter() - b
+        self.times.append(frame.t)
+
+
+def _input_warnings(reader: VideoReader, path, poses: Poses | None, frames: int) -> list[str]:
+    """The reader's warnings and the report's own (one frame; poses that do not cover the video;
+    variable frame rate with poses); VideoError when no frame was decoded."""
+    warnings = list(reader.warnings)
+    if not frames:
+        raise VideoError(f"{path}: no frames could be decoded (the video stream is empty, truncated or damaged)")
+    if frames == 1:
+        warnings.append(f"{path}: only one frame; frame-to-frame metrics need two and are null")
+    if poses is not None:
+        pose_fps = poses.fps or reader.info.fps or reader.fps
+        covered = len(poses) / pose_fps
+        if abs(covered - reader.source_duration_s) > 1.0 / (reader.info.fps or reader.fps) + 1e-6:
+            warnings.append(
+                f"{poses.path}: poses cover {covered:.2f} s but {reader.source_duration_s:.2f} s of video were decoded; "
+                "revisits are scored where both exist"
+            )
+        if reader.vfr:
+            warnings.append("variable frame rate: revisit poses are matched to frames by nominal time")
+    return warnings
+
+
+def _source_report(reader: VideoReader, path, frames: int) -> dict:
+    """``video`` … ``source``: what was analysed, and of what."""
+    return {
+        "video": str(path),
+        "frames": frames,
+        "fps": reader.fps,
+        "duration_s": reader.source_duration_s,
+        "size": [reader.width, reader.height],
+        "source": {
+            "width": reader.info.width, "height": reader.info.height, "fps": reader.info.fps,
+            "frames": reader.source_frames, "codec": reader.info.codec, "vfr": reader.vfr,
+        },
+    }
+
+
+def _short_range_report(short: ShortRangeMeter) -> dict:
+    """``flicker`` … ``smoothness``: adjacent-frame measures."""
+    return {
+        "flicker": {**_summary(short.flicker), "brightness_jitter": _mean(short.brightness_jitter)},
+        "warp_error": {**_summary(short.warp_error), "occluded_fraction": _mean(short.occluded)},
+        "motion": {
+            **_summary(short.motion, suffix="_px"),
+            "frozen_fraction": _mean([float(f < FROZEN_DIFF) for f in short.flicker]),
+        },
+        "ssim_adjacent": _summary(short.ssim, low=True),
+        "psnr_adjacent": _summary(short.psnr, low=True),
+        "smoothness": _summary(short.smoothness, low=True),
+    }
+
+
+def _series(short: ShortRangeMeter, t: np.ndarray, pair_t: np.ndarray) -> dict:
+    """Per-second means for plotting (frame times ``t``; ``pair_t``: the later frame of each pair)."""
+    n_s = int(math.floor(t[-1])) + 1
+    return {
+        "t_s": [float(s) for s in range(n_s)],
+        "flicker": _per_second(pair_t, short.flicker, n_s),
+        "warp_error": _per_second(pair_t, short.warp_error, n_s),
+        "motion": _per_second(pair_t, short.motion, n_s),
+        "ssim_adjacent": _per_second(pair_t, short.ssim, n_s),
+        "smoothness": _per_second(t[1:-1], short.smoothness, n_s),
+    }
 
 
 def _mean(values: list[float]) -> float | None:

@@ -15,14 +15,27 @@ used). Export one once, wherever the model is at hand::
 
 An exported program is run one frame at a time unless it was exported with a dynamic batch.
 
+The file is a program, so pass only encoders you made or trust; loading it runs no Python from
+it all the same. A ``.pt2`` is read once into memory; one holding compiled native code
+(AOTInductor) or pickled Python objects (opaque or custom-class constants) is refused, and every
+tensor inside it is read with ``torch.load(weights_only=True)`` (``torch.export.load`` alone
+unpickles weights and sample inputs with ``weights_only=False``). TorchScript files are read by
+TorchScript's own loader, which builds no Python objects.
+
 Score, as VBench defines it: for each frame t ≥ 1, the mean of max(0, cos(f_t, f_{t−1})) and
 max(0, cos(f_t, f_0)), averaged over frames. ``first_frame_similarity`` is cos(f_t, f_0) per
 keyframe (once a second), which shows slow drift over minutes.
 """
 from __future__ import annotations
 
+import contextlib
+import io
+import logging
 import os
+import pickle
+import re
 import warnings
+import zipfile
 from dataclasses import dataclass, field
 
 import cv2
@@ -52,16 +65,75 @@ def load_feature_model(path: str):
             f"{path}: a .safetensors file holds weights without the network; export the whole encoder with "
             "torch.export (.pt2) or as TorchScript and pass that file (see vidhash.metrics.features)"
         )
+    if path.endswith(".pt2"):
+        return _load_exported(path), 1
     try:
-        if path.endswith(".pt2"):
-            return torch.export.load(path).module(), 1
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
             return torch.jit.load(path, map_location="cpu").eval(), None
     except Exception as err:  # torch raises RuntimeError / pickle / zip errors of many kinds
         raise ValueError(
-            f"{path}: not a torch.export program or TorchScript image encoder ({str(err).splitlines()[0][:120]})"
+            f"{path}: not a torch.export program or TorchScript image encoder ({_first_line(err)})"
         ) from None
+
+
+# archive members torch.export.load would run as code: AOTInductor's shared libraries, pickled
+# Python objects (pickle.loads) and TorchScript custom classes
+_UNSAFE_MEMBERS = ("/aotinductor/", "/opaque_obj_", "/custom_obj_")
+
+
+def _load_exported(path: str):
+    """A ``.pt2`` encoder's module, with no pickle run (module docstring); ValueError in one line."""
+    import torch
+
+    with open(path, "rb") as f:
+        data = f.read()  # one read: what is checked is what is loaded
+    try:
+        names = zipfile.ZipFile(io.BytesIO(data)).namelist()
+    except (zipfile.BadZipFile, ValueError) as err:
+        raise ValueError(f"{path}: not a torch.export program or TorchScript image encoder ({_first_line(err)})") from None
+    unsafe = [n for n in names if any(m in "/" + n for m in _UNSAFE_MEMBERS)]
+    if unsafe:
+        raise ValueError(f"{path}: holds compiled code or pickled Python objects ({unsafe[0]}); refused unrun. "
+                         "Export the encoder with torch.export.save(torch.export.export(model, (x,)), path)")
+    try:
+        with _tensors_only(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return torch.export.load(io.BytesIO(data)).module()
+    except pickle.UnpicklingError as err:
+        found = re.search(r"GLOBAL (\S+) was not an allowed global", str(err))
+        what = f"a reference to {found.group(1)}" if found else "pickled objects other than tensors"
+        raise ValueError(f"{path}: holds {what}; refused unrun (an exported encoder's tensors are plain data)") from None
+    except Exception as err:  # noqa: BLE001 - zip / schema errors of many kinds
+        reason = _first_line(err)
+        if reason.startswith("We ran into an error"):  # its advice points at the logs silenced above
+            reason = "the archive holds no exported program"
+        raise ValueError(f"{path}: not a torch.export program or TorchScript image encoder ({reason})") from None
+
+
+@contextlib.contextmanager
+def _tensors_only():
+    """Every ``torch.load`` inside (whatever its ``weights_only`` argument) reads tensors and plain
+    data only (``TORCH_FORCE_WEIGHTS_ONLY_LOAD``); torch.export's own error logs (tracebacks) stay quiet."""
+    loggers = [logging.getLogger(n) for n in ("torch.export", "torch._export")]
+    saved_env, saved_levels = os.environ.get("TORCH_FORCE_WEIGHTS_ONLY_LOAD"), [lg.level for lg in loggers]
+    os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = "1"
+    for lg in loggers:
+        lg.setLevel(logging.CRITICAL + 1)
+    try:
+        yield
+    finally:
+        if saved_env is None:
+            os.environ.pop("TORCH_FORCE_WEIGHTS_ONLY_LOAD", None)
+        else:
+            os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = saved_env
+        for lg, level in zip(loggers, saved_levels):
+            lg.setLevel(level)
+
+
+def _first_line(err: Exception) -> str:
+    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+    return (lines[0] if lines else type(err).__name__)[:120]
 
 
 @dataclass

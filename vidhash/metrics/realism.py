@@ -5,7 +5,7 @@
     r.distance, r.real_share              # mean normalised patch distance; share of patches "inside" real
     r.frame_distance, r.frame_share       # the same per frame, float64 (T,)
 
-    python -m vidhash.metrics.realism [--world-size 512] [clip.mp4[:start:stop] ...]   # validation table
+    vidhash bench realism [--world-size 512] [clip.mp4[:start:stop] ...]   # validation table
 
 Away from anything it has seen, a world model has to invent ground. PSNR against the ground
 truth cannot judge that (any invention differs from the truth); this asks instead whether the
@@ -287,26 +287,21 @@ def distortions(frames: np.ndarray, seed: int = 0) -> dict[str, np.ndarray]:
             "shuffled 16×16 tiles": shuffle(16)}
 
 
-def _main(argv: list[str] | None = None) -> int:
-    import argparse
+def validation_table(clips: list[str] = (), world_size: int = 512,
+                     seeds: tuple[int, ...] = (1_000_000, 1_000_001, 1_000_002, 1_000_003), frames: int = 16) -> None:
+    """Print the metric on real frames of held-out worlds ``seeds`` (``frames`` each), on their mp4 round
+    trip, on :func:`distortions` of them and on ``clips`` (mp4 files, optionally ``PATH:START:STOP``)."""
     import tempfile
     import time
 
-    p = argparse.ArgumentParser(prog="python -m vidhash.metrics.realism",
-                                description="Validation table of the realism metric.")
-    p.add_argument("clips", nargs="*", help="mp4 files, optionally PATH:START:STOP (frame range)")
-    p.add_argument("--world-size", type=int, default=512)
-    p.add_argument("--seeds", default="1000000,1000001,1000002,1000003", help="held-out worlds of the real frames")
-    p.add_argument("--frames", type=int, default=16, help="real frames per held-out world")
-    args = p.parse_args(argv)
     from vidhash.data.video import Mp4Writer, read_frames
 
     t0 = time.perf_counter()
-    bank = realism_bank(args.world_size)
+    bank = realism_bank(world_size)
     print(f"bank: {bank.settings}; built in {time.perf_counter() - t0:.1f} s; calibration mean "
           f"{bank.calibration_distance:.3f}, threshold ({bank.settings['quantile']:.0%}) {bank.threshold:.3f}")
-    seeds = [int(s) for s in args.seeds.split(",")]
-    real = np.concatenate([_real_frames(s, args.frames, args.world_size) for s in seeds])
+    seeds = list(seeds)
+    real = np.concatenate([_real_frames(s, frames, world_size) for s in seeds])
     sets = {f"real, worlds {seeds[0]}…{seeds[-1]}": real}
     with tempfile.TemporaryDirectory() as tmp:
         writer = Mp4Writer(f"{tmp}/real.mp4", 8)
@@ -314,20 +309,15 @@ def _main(argv: list[str] | None = None) -> int:
         writer.close()
         sets["real, mp4 round trip (crf 18)"] = read_frames(f"{tmp}/real.mp4")
     sets.update(distortions(real))
-    for spec in args.clips:
+    for spec in clips:
         path, *rng = spec.split(":")
-        frames = read_frames(path)
+        clip = read_frames(path)
         if rng:
-            frames = frames[int(rng[0]):int(rng[1])]
-        sets[spec] = frames
+            clip = clip[int(rng[0]):int(rng[1])]
+        sets[spec] = clip
     print(f"{'frames':44s} {'n':>4s} {'realism':>8s} {'real share':>10s} {'ms/frame':>8s}")
-    for name, frames in sets.items():
+    for name, x in sets.items():
         t0 = time.perf_counter()
-        r = bank.score(frames)
-        ms = (time.perf_counter() - t0) / len(frames) * 1e3
-        print(f"{name:44s} {len(frames):4d} {r.distance:8.3f} {r.real_share:10.3f} {ms:8.1f}")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(_main())
+        r = bank.score(x)
+        ms = (time.perf_counter() - t0) / len(x) * 1e3
+        print(f"{name:44s} {len(x):4d} {r.distance:8.3f} {r.real_share:10.3f} {ms:8.1f}")

@@ -30,7 +30,7 @@ from typing import Iterator
 
 import numpy as np
 
-__all__ = ["Frame", "VideoError", "VideoInfo", "VideoReader", "working_size"]
+__all__ = ["MAX_SIZE", "Frame", "VideoError", "VideoInfo", "VideoReader", "check_size", "working_size"]
 
 
 class VideoError(ValueError):
@@ -60,14 +60,27 @@ class Frame:
     rgb: np.ndarray
 
 
+MAX_SIZE = 4096  # working sizes above this are refused (the metrics are made for small frames; 4K at most)
+
+
 def working_size(width: int, height: int, size: int) -> tuple[int, int]:
     """(width, height) with the longer side ``size`` and both sides even (at least 16)."""
-    if size < 16:
-        raise ValueError(f"--size must be at least 16 pixels, got {size}")
+    check_size(size)
     scale = size / max(width, height)
     w = max(16, int(round(width * scale / 2)) * 2)
     h = max(16, int(round(height * scale / 2)) * 2)
     return w, h
+
+
+def check_size(size) -> None:
+    """ValueError naming ``--size`` unless it is a whole number of pixels in [16, MAX_SIZE]."""
+    if isinstance(size, bool) or not isinstance(size, (int, np.integer)):
+        raise ValueError(f"--size must be a whole number of pixels, got {size!r}")
+    if size < 16:
+        raise ValueError(f"--size must be at least 16 pixels, got {size}")
+    if size > MAX_SIZE:
+        raise ValueError(f"--size must be at most {MAX_SIZE} pixels (the longer side of the working size; "
+                         f"the default is 128), got {size}")
 
 
 def _open(path: str):
@@ -118,6 +131,7 @@ class VideoReader:
     def __post_init__(self) -> None:
         if self.analysis_fps < 0 or not math.isfinite(self.analysis_fps):
             raise ValueError(f"--analysis-fps must be a positive number (or 0 for every frame), got {self.analysis_fps}")
+        check_size(self.size)
         self.path = os.fspath(self.path)
         self._container = _open(self.path)
         stream = self._container.streams.video[0]
@@ -196,12 +210,8 @@ class VideoReader:
                     if dt > 0:
                         min_dt, max_dt = min(min_dt, dt), max(max_dt, dt)
                 last_t = t
-                if min_dt < math.inf and max_dt > 1.5 * min_dt and max_dt - min_dt > 1e-3 and not self.vfr:
-                    self.vfr = True
-                    self.warnings.append(
-                        f"{self.path}: variable frame rate (frame intervals from {min_dt * 1000:.1f} to {max_dt * 1000:.1f} ms); "
-                        "frames are sampled by timestamp and adjacent-frame metrics compare unequal time steps"
-                    )
+                if min_dt < math.inf and max_dt > 1.5 * min_dt and max_dt - min_dt > 1e-3:
+                    self.vfr = True  # the warning, with the range over every frame read, at the end
                 # Keep the first frame at or after each tick of the analysis clock (for a
                 # constant rate: exactly every stride-th frame); ticks missed in a gap are skipped.
                 if t < next_tick - half:
@@ -221,6 +231,12 @@ class VideoReader:
             if last_t is not None:
                 step = 1.0 / src_fps if src_fps else period
                 self.source_duration_s = last_t + step
+            if self.vfr:
+                self.warnings.append(
+                    f"{self.path}: variable frame rate (frame intervals from {min_dt * 1000:.1f} to {max_dt * 1000:.1f} ms "
+                    f"over the {self.source_frames} frames read); frames are sampled by timestamp and adjacent-frame "
+                    "metrics compare unequal time steps"
+                )
         listed = self.info.frames
         if listed and self.source_frames < listed - 1 and not any("the report covers" in w for w in self.warnings):
             self.warnings.append(

@@ -28,7 +28,8 @@ Training-time selection (``forward(..., causal_frames=c, temporal_select={"windo
 it, and to only the ``K`` tokens older than that chosen per query by signature Hamming
 similarity (ties to the older token) — the layer's LearnedHash, else the SimHash a
 ``VidHashState`` memory would use (``n_bits``, ``seed`` + layer) — merged by log-sum-exp: the
-same attention generation computes with a memory that holds every older token.
+same attention generation computes with a memory that holds every older token
+(:mod:`vidhash.models.selection`).
 """
 from __future__ import annotations
 
@@ -44,11 +45,11 @@ from diffusers.utils import BaseOutput
 from torch import nn
 
 from ..attention import dense_attention, fused_attention_lse, merge_attention
-from ..config import PREDICTIONS
 from ..hashing import LearnedHash, SimHash
-from ..memory import HashedMemory
+from ..memory import HashedMemory, MemoryRead
+from .selection import check_select, chunk_select
 
-SELECT_KEYS = {"window_frames", "top_k", "n_bits", "seed", "hash_grad"}
+PREDICTIONS = ("velocity", "sample")  # what the last layer produces (the forward always returns a velocity)
 
 
 @dataclass
@@ -56,16 +57,14 @@ class TemporalContext:
     """What one layer's temporal attention sees besides the chunk itself.
 
     ``k``, ``v``: ``(batch, heads, tokens, head_dim)`` keys/values of the context frames (the
-    window), attended exactly; None for none. ``memory``: read with ``top_k`` keys per query
-    and merged by log-sum-exp; None for none. ``mass_cap > 0``: the memory read weighs at most
-    as much as that many keys (:meth:`HashedMemory.mass_penalty`); 0 = as read.
+    window), attended exactly; None for none. ``memory``: read as ``read`` says (``top_k``
+    entries per query, None for all; ``mass_cap``) and merged by log-sum-exp; None for none.
     """
 
     k: torch.Tensor | None = None
     v: torch.Tensor | None = None
     memory: HashedMemory | None = None
-    top_k: int = 0
-    mass_cap: int = 0
+    read: MemoryRead = MemoryRead()
 
 
 @dataclass
@@ -187,10 +186,19 @@ class SpatialAttention(nn.Module):
 class TemporalAttention(nn.Module):
     """The chunk's tokens attend exactly to context + chunk tokens, merged with a memory read.
 
-    ``causal_frames`` (training without a context): frames are grouped in chunks of that many and
-    a chunk attends to itself and earlier chunks only, as at generation time. ``select`` (with
-    ``causal_frames``): earlier chunks beyond ``window_frames`` are read through a per-query
-    top-``top_k`` selection by signatures, as a memory read would (see :meth:`_chunk_select`).
+    Three ways to attend exactly (step 1 of :meth:`forward`), one per use:
+
+    * :meth:`_full` — generation: every query to the window's frames (``ctx.k``, ``ctx.v``) and
+      the chunk's own;
+    * :meth:`_chunk_causal` — training (``causal_frames``, no context): frames grouped in chunks of
+      that many, a chunk attends to itself and earlier chunks only, as at generation time;
+    * :func:`~vidhash.models.selection.chunk_select` — training with generation's selection
+      (``select``): earlier chunks beyond ``window_frames`` are read through a per-query
+      top-``top_k`` selection by signatures, as a memory read would.
+
+    Then (step 2) a ``HashedMemory`` in the context is read for everything older and merged by
+    log-sum-exp. On CUDA the exact part runs fused (SDPA / flash) and returns no lse when there is
+    no memory read to merge it with; the float32 reference (``dense_attention``) elsewhere.
     """
 
     def __init__(self, dim: int, heads: int, qk_norm: bool, hash_bits: int = 0, hash_hidden: int = 128, seed: int = 0):
@@ -208,118 +216,65 @@ class TemporalAttention(nn.Module):
         if self._recorder is not None:
             self._recorder(q.detach(), k.detach())
         scale = self.head_dim**-0.5
+        reads_memory = ctx is not None and ctx.memory is not None
         # 1. exact part: context frames (window) + the chunk's own frames
         k_all = k if ctx is None or ctx.k is None else torch.cat([ctx.k.to(k.dtype), k], dim=2)
         v_all = v if ctx is None or ctx.v is None else torch.cat([ctx.v.to(v.dtype), v], dim=2)
         if select is not None:
-            out, lse = self._chunk_select(q, k, v, n * causal_frames, n * select["window_frames"], select["top_k"],
-                                          select["hasher"], scale, select.get("hash_grad", True))
-        elif q.is_cuda and not (ctx is not None and ctx.memory is not None and ctx.top_k > 0):
-            # CUDA without a memory read to merge (training, window/full generation): no lse
-            # needed, so fused SDPA (flash) over the same keys; the float32 reference elsewhere
-            out, lse = self._sdpa(q, k_all, v_all, None if causal_frames is None else n * causal_frames, scale), None
-        elif causal_frames is None and q.is_cuda:
-            # generation with a memory read to merge: fused attention that also returns lse
-            # (flash; the dense reference below when gradients are needed)
-            out, lse = fused_attention_lse(q, k_all, v_all, scale=scale)
-        elif causal_frames is None:
-            out, lse = dense_attention(q, k_all, v_all, scale=scale, return_lse=True)
+            out, lse = chunk_select(q, k, v, n * causal_frames, n * select["window_frames"], select["top_k"],
+                                    select["hasher"], scale, select.get("hash_grad", True))
+        elif causal_frames is not None:
+            out, lse = self._chunk_causal(q, k_all, v_all, n * causal_frames, scale, need_lse=reads_memory)
         else:
-            out, lse = self._chunk_causal(q, k_all, v_all, n * causal_frames, scale)
+            out, lse = self._full(q, k_all, v_all, scale, need_lse=reads_memory)
         # 2. hashed memory: everything older than the context, merged by log-sum-exp
         if ctx is not None and ctx.memory is not None and self.memory_hash is not None and ctx.memory.needs_hasher:
             _bind_memory_hash(ctx.memory, self.memory_hash)  # a state's memory for this model: read with its learned hash
-        if ctx is not None and ctx.memory is not None and ctx.top_k > 0:
-            m_out, m_lse = _memory_read(ctx.memory, q, ctx.top_k, scale, ctx.mass_cap)
+        if reads_memory:
+            m_out, m_lse = _memory_read(ctx.memory, q, ctx.read, scale)
             out, lse = merge_attention(out, lse, m_out, m_lse)
+        # 3. heads back to tokens, output projection
         h, e = out.shape[1], out.shape[3]  # b h (f n) e -> b f n (h e)
         return self.proj(out.reshape(b, h, f, n, e).permute(0, 2, 3, 1, 4).reshape(b, f, n, h * e)), (k, v)
 
     @staticmethod
-    def _sdpa(q, k, v, chunk_tokens: int | None, scale: float):
-        """``_chunk_causal`` (or full attention when ``chunk_tokens`` is None) through fused SDPA, without lse."""
-        if chunk_tokens is None:
-            return F.scaled_dot_product_attention(q, k, v, scale=scale)
-        nq, nk = q.shape[2], k.shape[2]
-        outs = [F.scaled_dot_product_attention(q[:, :, s : min(s + chunk_tokens, nq)], k[:, :, : nk - nq + min(s + chunk_tokens, nq)],
-                                               v[:, :, : nk - nq + min(s + chunk_tokens, nq)], scale=scale)
-                for s in range(0, nq, chunk_tokens)]
-        return torch.cat(outs, 2)
+    def _full(q, k, v, scale: float, need_lse: bool, fused: bool | None = None):
+        """Every query to every key: ``(out, lse)``. ``fused`` (default: on CUDA): flash SDPA, lse
+        None, when it is not needed, else fused attention that also returns it; the float32
+        reference (``dense_attention``) otherwise."""
+        fused = q.is_cuda if fused is None else fused
+        if fused and not need_lse:
+            return F.scaled_dot_product_attention(q, k, v, scale=scale), None
+        if fused:
+            return fused_attention_lse(q, k, v, scale=scale)  # (the dense reference when gradients are needed)
+        return dense_attention(q, k, v, scale=scale, return_lse=True)
 
     @staticmethod
-    def _chunk_causal(q, k, v, chunk_tokens: int, scale: float):
+    def _chunk_causal(q, k, v, chunk_tokens: int, scale: float, need_lse: bool = True, fused: bool | None = None):
+        """Query chunk ``[start, stop)`` to keys up to ``stop`` (the keys' extra leading tokens, a
+        context, seen by every chunk): ``(out, lse)``. ``fused`` (default: on CUDA) and no lse
+        needed: SDPA per chunk, lse None; else the float32 reference chunk by chunk."""
+        fused = q.is_cuda if fused is None else fused
         nq, nk = q.shape[2], k.shape[2]
+        bounds = [(start, min(start + chunk_tokens, nq)) for start in range(0, nq, chunk_tokens)]
+        if fused and not need_lse:
+            return torch.cat([F.scaled_dot_product_attention(q[:, :, a:z], k[:, :, : nk - nq + z], v[:, :, : nk - nq + z],
+                                                             scale=scale) for a, z in bounds], 2), None
         outs, lses = [], []
-        for start in range(0, nq, chunk_tokens):
-            stop = min(start + chunk_tokens, nq)
-            o, l = dense_attention(q[:, :, start:stop], k[:, :, : nk - nq + stop], v[:, :, : nk - nq + stop],
-                                   scale=scale, return_lse=True)
+        for a, z in bounds:
+            o, l = dense_attention(q[:, :, a:z], k[:, :, : nk - nq + z], v[:, :, : nk - nq + z], scale=scale, return_lse=True)
             outs.append(o)
             lses.append(l)
         return torch.cat(outs, 2), torch.cat(lses, 2)
 
-    @staticmethod
-    def _chunk_select(q, k, v, chunk_tokens: int, window_tokens: int, top_k: int, hasher, scale: float,
-                      hash_grad: bool = True, fused: bool | None = None):
-        """Chunk-causal attention with generation's selection, one query chunk at a time.
-
-        Query chunk ``[start, stop)`` attends exactly to keys ``[start − window_tokens, stop)``
-        (dense, float32, with its log-sum-exp) and to the ``top_k`` keys of ``[0, start −
-        window_tokens)`` with the highest Hamming similarity of ``hasher``'s signatures (ties to
-        the lower index, as ``HashedMemory.attend`` with entries in token order), merged by
-        log-sum-exp. Similarities are dot products of ±1 codes (``(n_bits + c_q·c_k) / 2``,
-        exact), so no step holds more than ``(chunk tokens × all tokens)`` per head.
-
-        A ``LearnedHash`` trains through the selection by a straight-through term: the selected
-        keys' logits get ``s − stop_grad(s)`` (zero in value) with ``s`` the mean product of
-        straight-through sign codes, so the attention loss reaches the hash MLPs
-        (``hash_grad=False`` turns it off).
-
-        ``fused`` (default: on CUDA): one masked SDPA per chunk over the union of the exact keys
-        and the selected ones (the same softmax as the log-sum-exp merge of the two parts; no
-        float32 score matrix kept for backward); lse is then None.
-        """
-        fused = q.is_cuda if fused is None else fused
-        b, h, t, e = q.shape
-        with torch.no_grad(), torch.autocast(q.device.type, enabled=False):
-            cq = (hasher.project(q, "query") > 0).float() * 2 - 1  # (b, h, t, m) ±1, the signature bits
-            ck = (hasher.project(k, "key") > 0).float() * 2 - 1
-        st = hash_grad and isinstance(hasher, LearnedHash) and torch.is_grad_enabled()
-        if st:
-            sq, sk = _st_codes(hasher, q, "query"), _st_codes(hasher, k, "key")
-        outs, lses = [], []
-        for start in range(0, t, chunk_tokens):
-            stop = min(start + chunk_tokens, t)
-            old = max(0, start - window_tokens)
-            qs = q[:, :, start:stop]
-            if fused:
-                outs.append(_fused_select(qs, k[:, :, :stop], v[:, :, :stop], old, top_k, cq[:, :, start:stop],
-                                          ck[:, :, :old], (sq[:, :, start:stop], sk[:, :, :old]) if st else None, scale))
-                continue
-            o, l = dense_attention(qs, k[:, :, old:stop], v[:, :, old:stop], scale=scale, return_lse=True)
-            if old > 0 and top_k > 0:
-                keep = _select_mask(cq[:, :, start:stop], ck[:, :, :old], top_k)
-                acc = torch.float64 if q.dtype == torch.float64 else torch.float32
-                s = torch.matmul(qs.to(acc), k[:, :, :old].to(acc).transpose(-1, -2)) * scale
-                if st:
-                    sim = sq[:, :, start:stop] @ sk[:, :, :old].transpose(-1, -2) / sq.shape[-1]
-                    s = s + (sim - sim.detach())
-                s = s.masked_fill(~keep, float("-inf"))
-                l2 = torch.logsumexp(s, dim=-1)
-                o2 = torch.matmul(torch.exp(s - l2.unsqueeze(-1)), v[:, :, :old].to(acc)).to(q.dtype)
-                o, l = merge_attention(o, l, o2, l2)
-            outs.append(o)
-            lses.append(l)
-        return torch.cat(outs, 2), (None if fused else torch.cat(lses, 2))
-
 
 @torch.compiler.disable
-def _memory_read(memory: HashedMemory, q: torch.Tensor, top_k: int, scale: float, mass_cap: int = 0):
+def _memory_read(memory: HashedMemory, q: torch.Tensor, read: MemoryRead, scale: float):
     """``memory.attend`` outside any compiled graph: the read is data-dependent Python (top-k
     selection, Triton launches, a dense fallback chosen by size) over buffers that change
     between chunks, so under ``torch.compile`` it runs eagerly (one graph break) rather than
     being traced and guarded on per state."""
-    return memory.attend(q, top_k, scale=scale, mass_cap=mass_cap)
+    return memory.attend(q, read.top_k, scale=scale, mass_cap=read.mass_cap)
 
 
 @torch.compiler.disable
@@ -335,43 +290,6 @@ def spatial_rope(rope: tuple, frames: int) -> tuple:
         b, o, t, e = r.shape
         out.append(r.reshape(b, o, frames, t // frames, e).permute(0, 2, 1, 3, 4).reshape(b * frames, o, t // frames, e))
     return tuple(out)
-
-
-def _select_mask(cq: torch.Tensor, ck: torch.Tensor, top_k: int) -> torch.Tensor:
-    """Bool ``(b, h, m, old)``: each query's ``top_k`` keys by Hamming similarity of the ±1 codes
-    (ties to the lower key index)."""
-    old = ck.shape[-2]
-    with torch.no_grad(), torch.autocast(cq.device.type, enabled=False):
-        dot = cq @ ck.transpose(-1, -2)  # 2·sim − n_bits, exact
-        rank = dot * (old + 1) + (old - torch.arange(old, device=cq.device, dtype=dot.dtype))
-        if (2 * cq.shape[-1] + 1) * (old + 1) >= 1 << 24:  # beyond float32's exact integers
-            rank = rank.double()
-        keep = torch.zeros(rank.shape, dtype=torch.bool, device=cq.device)
-        return keep.scatter_(-1, rank.topk(min(top_k, old), dim=-1).indices, True)
-
-
-def _fused_select(qs, k, v, old: int, top_k: int, cq, ck, st_codes, scale: float) -> torch.Tensor:
-    """One chunk of :meth:`TemporalAttention._chunk_select` as a single masked SDPA over keys
-    ``[0, stop)``: the exact part ``[old, stop)`` plus the selected older keys."""
-    if old == 0 or top_k == 0:
-        return F.scaled_dot_product_attention(qs, k[:, :, old:], v[:, :, old:], scale=scale)
-    b, h, m, _ = qs.shape
-    allowed = torch.ones(b, h, m, k.shape[2], dtype=torch.bool, device=qs.device)
-    allowed[..., :old] = _select_mask(cq, ck, top_k)
-    if st_codes is None:
-        return F.scaled_dot_product_attention(qs, k, v, attn_mask=allowed, scale=scale)
-    sq, sk = st_codes
-    sim = sq @ sk.transpose(-1, -2) / sq.shape[-1]
-    bias = torch.cat([sim - sim.detach(), sim.new_zeros(b, h, m, k.shape[2] - old)], dim=-1)
-    bias = bias.masked_fill(~allowed, float("-inf")).to(qs.dtype)
-    return F.scaled_dot_product_attention(qs, k, v, attn_mask=bias, scale=scale)
-
-
-def _st_codes(hasher: LearnedHash, x: torch.Tensor, role: str) -> torch.Tensor:
-    """±1 sign codes with the gradient of tanh (straight-through)."""
-    z = hasher.project(x, role)
-    soft = torch.tanh(z)
-    return soft + (torch.where(z > 0, 1.0, -1.0) - soft).detach()
 
 
 class VidHashBlock(nn.Module):
@@ -463,16 +381,8 @@ class VidHashTransformer3DModel(ModelMixin, ConfigMixin):
         sigma_min: float = 0.05,
     ):
         super().__init__()
-        if prediction not in PREDICTIONS:
-            raise ValueError(f"prediction must be one of {', '.join(PREDICTIONS)}, got {prediction!r}")
-        if not 0.0 < sigma_min < 1.0:
-            raise ValueError(f"sigma_min must be in (0, 1), got {sigma_min}")
-        if rope and (hidden_dim // num_heads) % 4:
-            raise ValueError(f"rope needs head_dim (hidden_dim / num_heads = {hidden_dim // num_heads}) divisible by 4")
-        if hidden_dim % num_heads:
-            raise ValueError(f"hidden_dim ({hidden_dim}) must be divisible by num_heads ({num_heads})")
-        if memory_hash_bits < 0 or memory_hash_hidden < 1:
-            raise ValueError(f"memory_hash_bits must be ≥ 0 and memory_hash_hidden ≥ 1, got {memory_hash_bits}, {memory_hash_hidden}")
+        self.check_arguments(hidden_dim=hidden_dim, num_heads=num_heads, memory_hash_bits=memory_hash_bits,
+                             memory_hash_hidden=memory_hash_hidden, rope=rope, prediction=prediction, sigma_min=sigma_min)
         d = hidden_dim
         # 1. patch embedding and token positions
         self.patch_embed = nn.Linear(in_channels * patch_size**2, d)
@@ -493,6 +403,23 @@ class VidHashTransformer3DModel(ModelMixin, ConfigMixin):
         self.proj_out = nn.Linear(d, patch_size**2 * in_channels)
         self.gradient_checkpointing = False
         self._init_weights()
+
+    @staticmethod
+    def check_arguments(hidden_dim: int, num_heads: int, memory_hash_bits: int, memory_hash_hidden: int, rope: bool,
+                        prediction: str, sigma_min: float, prefix: str = "", **_) -> None:
+        """The constructor's value checks (its signature checks names and types:
+        :func:`vidhash.presets.model_arguments`); ValueError naming the argument, ``prefix`` before it."""
+        if prediction not in PREDICTIONS:
+            raise ValueError(f"{prefix}prediction must be one of {', '.join(PREDICTIONS)}, got {prediction!r}")
+        if not 0.0 < sigma_min < 1.0:
+            raise ValueError(f"{prefix}sigma_min must be in (0, 1), got {sigma_min}")
+        if hidden_dim % num_heads:
+            raise ValueError(f"{prefix}hidden_dim ({hidden_dim}) must be divisible by {prefix}num_heads ({num_heads})")
+        if rope and (hidden_dim // num_heads) % 4:
+            raise ValueError(f"{prefix}rope needs head_dim (hidden_dim / num_heads = {hidden_dim // num_heads}) divisible by 4")
+        if memory_hash_bits < 0 or memory_hash_hidden < 1:
+            raise ValueError(f"{prefix}memory_hash_bits must be ≥ 0 and {prefix}memory_hash_hidden ≥ 1, got "
+                             f"{memory_hash_bits}, {memory_hash_hidden}")
 
     # ------------------------------------------------------------------ init
     def _init_weights(self) -> None:
@@ -591,21 +518,9 @@ class VidHashTransformer3DModel(ModelMixin, ConfigMixin):
         return recording()
 
     def _check_select(self, select: dict, causal_frames: int | None, context) -> dict:
-        if not isinstance(select, dict):
-            raise ValueError(f"temporal_select must be a dict with window_frames and top_k, got {type(select).__name__}")
-        unknown = set(select) - SELECT_KEYS
-        if unknown:
-            raise ValueError(f"temporal_select has unknown keys {sorted(unknown)}; known: {sorted(SELECT_KEYS)}")
-        if causal_frames is None or context is not None:
-            raise ValueError("temporal_select needs causal_frames and no context (it is the training-time form of a context)")
-        for key in ("window_frames", "top_k"):
-            value = select.get(key)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                raise ValueError(f"temporal_select[{key!r}] must be an int ≥ 0, got {value!r}")
-        n_bits = select.get("n_bits", 32)
-        if self.config.memory_hash_bits and "n_bits" in select and n_bits != self.config.memory_hash_bits:
-            raise ValueError(f"temporal_select n_bits={n_bits}, but the model's learned hash has {self.config.memory_hash_bits} bits")
-        return dict(select, hashers=self.selection_hashers(n_bits, select.get("seed", 0)))
+        """``temporal_select`` checked (:func:`~vidhash.models.selection.check_select`), with each layer's hasher."""
+        check_select(select, causal_frames, context, self.config.memory_hash_bits)
+        return dict(select, hashers=self.selection_hashers(select.get("n_bits", 32), select.get("seed", 0)))
 
     # ------------------------------------------------------------------ helpers
     def _prediction_sigma(self, sigma: torch.Tensor) -> torch.Tensor:
@@ -703,52 +618,19 @@ class VidHashTransformer3DModel(ModelMixin, ConfigMixin):
         Returns:
             ``VidHashTransformerOutput(sample, kv)`` or a tuple.
         """
-        b, f, c, height, width = hidden_states.shape
-        cfg = self.config
-        self.tokens_per_frame(height, width)
-        if timestep.shape != (b, f):
-            raise ValueError(f"timestep must be (batch, frames) = {(b, f)}, got {tuple(timestep.shape)}")
-        if context is not None and len(context) != cfg.num_layers:
-            raise ValueError(f"context must have one entry per layer ({cfg.num_layers}), got {len(context)}")
-        select = None if temporal_select is None else self._check_select(temporal_select, causal_frames, context)
-        dtype = self.patch_embed.weight.dtype
-        if frame_inputs is None:
-            frame_inputs = self.frame_inputs(actions, poses, b, f, height, width, device=hidden_states.device)
-        elif frame_inputs.shape != (b, f, height, width):
-            raise ValueError(f"frame_inputs were built for (batch, frames, height, width) = {frame_inputs.shape}, "
-                             f"the input is {(b, f, height, width)}")
-        rope = frame_inputs.rope
-
+        b, f = hidden_states.shape[:2]
+        select, frame_inputs = self._check_inputs(hidden_states, timestep, actions, poses, context, causal_frames,
+                                                  temporal_select, frame_inputs)
         # 1. patchify and add token positions
-        p = cfg.patch_size  # b f c (y p) (x q) -> b f (y x) (p q c)
-        x = hidden_states.reshape(b, f, c, height // p, p, width // p, p).permute(0, 1, 3, 5, 4, 6, 2)
-        x = self.patch_embed(x.reshape(b, f, (height // p) * (width // p), p * p * c).to(dtype))
-        x = x + frame_inputs.pos
-
-        # 2. per-frame condition
-        t = self.time_proj(timestep.reshape(-1)).to(dtype)
-        cond = self.time_embed(t).reshape(b, f, -1)
-        cond = cond + frame_inputs.action + frame_inputs.pose
-
+        x = self._patchify(hidden_states) + frame_inputs.pos
+        # 2. per-frame condition: diffusion time + action + pose
+        t = self.time_proj(timestep.reshape(-1)).to(self.patch_embed.weight.dtype)
+        cond = self.time_embed(t).reshape(b, f, -1) + frame_inputs.action + frame_inputs.pose
         # 3. blocks
-        kvs = []
-        for i, block in enumerate(self.blocks):
-            ctx = None if context is None else context[i]
-            sel = None if select is None else {**select, "hasher": select["hashers"][i]}
-            if torch.is_grad_enabled() and self.gradient_checkpointing:
-                x, kv = self._gradient_checkpointing_func(block, x, cond, ctx, causal_frames, sel, rope,
-                                                          frame_inputs.rope_frames)
-            else:
-                x, kv = block(x, cond, ctx, causal_frames, sel, rope, frame_inputs.rope_frames)
-            if return_kv:
-                kvs.append(kv)
-
-        # 4. output and unpatchify
-        shift, scale = self.ada_out(cond).unsqueeze(2).chunk(2, dim=-1)
-        x = self.proj_out(modulate(self.norm_out(x), shift, scale))
-        y_, x_ = height // p, width // p  # b f (y x) (p q c) -> b f c (y p) (x q)
-        out = x.reshape(b, f, y_, x_, p, p, c).permute(0, 1, 6, 2, 4, 3, 5).reshape(b, f, c, height, width)
-        if cfg.get("prediction", "velocity") == "sample":  # out is x0: the velocity that lands there from x_t
+        x, kvs = self._run_blocks(x, cond, context, causal_frames, select, frame_inputs, return_kv)
+        # 4. output and unpatchify; a sample prediction becomes the velocity that lands there from x_t
+        out = self._unpatchify(x, cond, hidden_states.shape)
+        if self.config.get("prediction", "velocity") == "sample":
             sigma = self._prediction_sigma(timestep / 1000.0)[:, :, None, None, None]
             out = ((hidden_states.float() - out.float()) / sigma).to(out.dtype)
         kv_out = kvs if return_kv else None
@@ -756,18 +638,52 @@ class VidHashTransformer3DModel(ModelMixin, ConfigMixin):
             return (out, kv_out)
         return VidHashTransformerOutput(sample=out, kv=kv_out)
 
+    def _check_inputs(self, hidden_states, timestep, actions, poses, context, causal_frames, temporal_select,
+                      frame_inputs) -> tuple[dict | None, FrameInputs]:
+        """Shape errors naming the argument; returns (the checked ``temporal_select`` with each
+        layer's hasher or None, ``frame_inputs`` — built here when not given)."""
+        b, f, c, height, width = hidden_states.shape
+        self.tokens_per_frame(height, width)
+        if timestep.shape != (b, f):
+            raise ValueError(f"timestep must be (batch, frames) = {(b, f)}, got {tuple(timestep.shape)}")
+        if context is not None and len(context) != self.config.num_layers:
+            raise ValueError(f"context must have one entry per layer ({self.config.num_layers}), got {len(context)}")
+        select = None if temporal_select is None else self._check_select(temporal_select, causal_frames, context)
+        if frame_inputs is None:
+            frame_inputs = self.frame_inputs(actions, poses, b, f, height, width, device=hidden_states.device)
+        elif frame_inputs.shape != (b, f, height, width):
+            raise ValueError(f"frame_inputs were built for (batch, frames, height, width) = {frame_inputs.shape}, "
+                             f"the input is {(b, f, height, width)}")
+        return select, frame_inputs
 
-def random_model(preset: str = "tiny", seed: int = 0, **overrides) -> VidHashTransformer3DModel:
-    """An untrained model of size ``preset`` (configs/models.yaml) with seeded random weights everywhere."""
-    from dataclasses import asdict
+    def _patchify(self, frames: torch.Tensor) -> torch.Tensor:
+        """Frames ``(b, f, c, H, W)`` → patch tokens ``(b, f, n, d)``."""
+        b, f, c, height, width = frames.shape
+        p = self.config.patch_size  # b f c (y p) (x q) -> b f (y x) (p q c)
+        x = frames.reshape(b, f, c, height // p, p, width // p, p).permute(0, 1, 3, 5, 4, 6, 2)
+        return self.patch_embed(x.reshape(b, f, (height // p) * (width // p), p * p * c).to(self.patch_embed.weight.dtype))
 
-    from ..config import model_config
+    def _run_blocks(self, x, cond, context, causal_frames, select, frame_inputs: FrameInputs, return_kv: bool):
+        """Every block in turn (gradient checkpointing when enabled and training); returns (x, per
+        layer temporal K/V — empty unless ``return_kv``)."""
+        kvs = []
+        for i, block in enumerate(self.blocks):
+            ctx = None if context is None else context[i]
+            sel = None if select is None else {**select, "hasher": select["hashers"][i]}
+            args = (x, cond, ctx, causal_frames, sel, frame_inputs.rope, frame_inputs.rope_frames)
+            if torch.is_grad_enabled() and self.gradient_checkpointing:
+                x, kv = self._gradient_checkpointing_func(block, *args)
+            else:
+                x, kv = block(*args)
+            if return_kv:
+                kvs.append(kv)
+        return x, kvs
 
-    kwargs = {**asdict(model_config(preset)), **overrides}
-    torch_state = torch.random.get_rng_state()
-    try:
-        torch.manual_seed(seed)
-        model = VidHashTransformer3DModel(**kwargs)
-    finally:
-        torch.random.set_rng_state(torch_state)
-    return model.randomize_(seed).eval()
+    def _unpatchify(self, x: torch.Tensor, cond: torch.Tensor, shape) -> torch.Tensor:
+        """Tokens ``(b, f, n, d)`` → adaLN-modulated norm, pixels of each patch → frames of ``shape``."""
+        b, f, c, height, width = shape
+        p = self.config.patch_size
+        shift, scale = self.ada_out(cond).unsqueeze(2).chunk(2, dim=-1)
+        x = self.proj_out(modulate(self.norm_out(x), shift, scale))
+        y_, x_ = height // p, width // p  # b f (y x) (p q c) -> b f c (y p) (x q)
+        return x.reshape(b, f, y_, x_, p, p, c).permute(0, 1, 6, 2, 4, 3, 5).reshape(b, f, c, height, width)

@@ -5,7 +5,10 @@
 A YAML file (``configs/train/*.yaml``) is merged onto the dataclass, then ``key=value``
 overrides; an unknown key or a value of the wrong type is a ValueError naming the key.
 
-Sections: ``model`` (``VidHashTransformer3DModel`` arguments, ``vidhash.config.ModelConfig``),
+``model_family`` names the model the trainer builds, trains and exports
+(:mod:`vidhash.training.families`; ``vidhash``, the default, is ``VidHashTransformer3DModel``).
+Sections: ``model`` (``VidHashTransformer3DModel``'s constructor arguments: a dataclass made from
+its signature, :func:`vidhash.presets.model_arguments`, so names, types and defaults are the constructor's),
 ``data`` (world pool or mp4 folder, clip length, trajectories), ``noise`` (rectified-flow noise
 levels per chunk), ``optim`` (AdamW, warmup + cosine, clipping), ``ema``, ``checkpoint``, and the
 run itself (steps, batch, precision, output folder).
@@ -17,15 +20,18 @@ evaluation (``vidhash eval world``) and never trained on.
 from __future__ import annotations
 
 import inspect
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
 from omegaconf import OmegaConf
 
-from vidhash.config import PREDICTIONS, ModelConfig, _structured, apply_overrides
+from vidhash.config import apply_overrides
+from vidhash.data.world import HELDOUT_WORLD_SEED  # world seeds >= this are evaluation-only
+from vidhash.memory import MemoryRead, MemorySignature
+from vidhash.models.transformer_vidhash import VidHashTransformer3DModel
+from vidhash.presets import model_arguments, model_defaults, structured
 
-HELDOUT_WORLD_SEED = 1_000_000  # world seeds >= this are evaluation-only
 DATA_SOURCES = ("world", "video")
 TRAJECTORIES = ("out_and_back", "random", "mixed")
 SIGMA_SAMPLING = ("uniform", "logit_normal")
@@ -103,16 +109,27 @@ class CheckpointConfig:
     moments_dtype: str = "fp32"  # fp32 (exact resume) | bf16 (Adam moments halved; resume then not bitwise exact)
 
 
-@dataclass
-class SelectionConfig:
+@dataclass(frozen=True)
+class SelectionConfig(MemorySignature):
     """temporal_mode=selected: the model's training-time selection (``forward(temporal_select=...)``):
-    exact over the chunk and ``window_frames`` before it, top-``top_k`` older tokens per query by signature."""
+    exact over the chunk and ``window_frames`` before it, top-``top_k`` older tokens per query by
+    signature — the SimHash of a generation memory (``n_bits``, ``seed``: the
+    :class:`~vidhash.memory.MemorySignature` fields; a model's learned hash instead when it has one).
+    ``top_k`` is a :class:`~vidhash.memory.MemoryRead` width (here always a number: every older
+    token is a candidate)."""
 
     window_frames: int = 8
     top_k: int = 32
-    n_bits: int = 32
-    seed: int = 0
     hash_grad: bool = True
+
+    def __post_init__(self):
+        MemorySignature.__post_init__(self)
+        MemoryRead(top_k=self.top_k)  # validates top_k
+        if not isinstance(self.window_frames, int) or isinstance(self.window_frames, bool) or self.window_frames < 0:
+            raise ValueError(f"selection.window_frames must be an int ≥ 0, got {self.window_frames!r}")
+
+
+ModelArguments = model_arguments()  # the model section: VidHashTransformer3DModel's constructor arguments
 
 
 @dataclass
@@ -141,7 +158,8 @@ class TrainConfig:
     ddp_gradient_as_bucket_view: bool = False  # gradients are views into the buckets (no copy in/out)
     ddp_split_compiled: bool = True  # torch._dynamo.config.optimize_ddp: split compiled graphs at bucket bounds
     init_from: Optional[str] = None  # fresh start only: a pipeline folder whose transformer weights start the model and EMA
-    model: ModelConfig = field(default_factory=ModelConfig)
+    model_family: str = "vidhash"  # the model trained and exported: a name in vidhash.training.families.FAMILIES (checked by train)
+    model: ModelArguments = field(default_factory=ModelArguments)
     data: DataConfig = field(default_factory=DataConfig)
     noise: NoiseConfig = field(default_factory=NoiseConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -178,7 +196,7 @@ def load_train_config(path: str | None = None, overrides: list[str] | None = Non
         p = resolve_config_path(path)
         what = str(p)
         data = OmegaConf.load(str(p))
-    cfg = _structured(TrainConfig, data, what)
+    cfg = structured(TrainConfig, data, what)
     cfg = apply_overrides(cfg, overrides or [])
     check_train_config(cfg)
     return cfg
@@ -254,12 +272,7 @@ def check_train_config(cfg: TrainConfig) -> None:
         raise ValueError("data.video_root must be set when data.source is video")
     if d.view % cfg.model.patch_size:
         raise ValueError(f"data.view ({d.view}) must be a multiple of model.patch_size ({cfg.model.patch_size})")
-    if cfg.model.hidden_dim % cfg.model.num_heads:
-        raise ValueError(f"model.hidden_dim ({cfg.model.hidden_dim}) must be divisible by model.num_heads")
-    if cfg.model.prediction not in PREDICTIONS:
-        raise ValueError(f"model.prediction must be one of {', '.join(PREDICTIONS)}, got {cfg.model.prediction!r}")
-    if not 0 < cfg.model.sigma_min < 1:
-        raise ValueError(f"model.sigma_min must be in (0, 1), got {cfg.model.sigma_min}")
+    VidHashTransformer3DModel.check_arguments(**asdict(cfg.model), prefix="model.")
     n = cfg.noise
     if n.sigma_sampling not in SIGMA_SAMPLING:
         raise ValueError(f"noise.sigma_sampling must be one of {', '.join(SIGMA_SAMPLING)}, got {n.sigma_sampling!r}")
@@ -286,11 +299,11 @@ def model_fingerprint(cfg: TrainConfig) -> str:
     """Hash of what a checkpoint's tensors depend on: the model config (and temporal mode)."""
     import hashlib
     import json
-    from dataclasses import asdict
 
     model = asdict(cfg.model)
+    defaults = model_defaults()
     for key in LATER_MODEL_KEYS:  # keys added after checkpoints existed: at their default, fingerprints stay as they were
-        if model[key] == getattr(ModelConfig, key):
+        if model[key] == defaults[key]:
             del model[key]
     blob = json.dumps({"model": model}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
@@ -304,6 +317,4 @@ def to_yaml_text(cfg: TrainConfig) -> str:
 
 def selection_arg(cfg: TrainConfig) -> dict:
     """The ``temporal_select`` dict passed to the model in temporal_mode=selected."""
-    from dataclasses import asdict
-
     return asdict(cfg.selection)

@@ -17,6 +17,8 @@ Video source: clips of ``VideoFolderDataset`` in a seeded permutation per epoch.
 """
 from __future__ import annotations
 
+import functools
+import os
 from collections import OrderedDict
 
 import numpy as np
@@ -26,6 +28,7 @@ from torch.utils.data import Dataset, Sampler
 from vidhash.data.clips import VideoFolderDataset
 from vidhash.data.world import ProceduralWorld, RandomTrajectory, revisits
 
+from .affinity import pin_worker, process_plan
 from .config import TrainConfig
 
 INVERSE_ACTION = np.array([0, 2, 1, 4, 3, 5], dtype=np.int64)  # stay, up<->down, left<->right, null
@@ -123,7 +126,23 @@ def world_cache_folder(setting) -> str | None | bool:
     return s
 
 
-class TrainSamples(Dataset):
+class IndexedSamples(Dataset):
+    """What the trainer needs of a model family's samples (``ModelFamily.samples``): ``samples[i]``
+    a dict of tensors, a pure function of (seed, ``i``) for every ``i`` ≥ 0, so a run's data
+    position is one integer; :meth:`describe` for the run's header, :meth:`release` at its end."""
+
+    def __len__(self) -> int:  # indices are unbounded; len only for DataLoader bookkeeping
+        return 1 << 62
+
+    def describe(self) -> str | None:
+        """One line about the data for the run's header (None: none)."""
+        return None
+
+    def release(self, position: int) -> None:
+        """The run ended at data ``position`` (local main process): free what is shared beyond it."""
+
+
+class TrainSamples(IndexedSamples):
     """``samples[i]``: frames (T, C, H, W: uint8 for world clips, :func:`model_frames` scales them),
     actions, poses, sigmas (T,), noise_seed (the seed of its noise: :func:`sample_noise`);
     deterministic in (seed, i)."""
@@ -145,8 +164,15 @@ class TrainSamples(Dataset):
         self.build_counter = None  # optional multiprocessing.Value: worlds built, over all workers (benchmarks)
         self._newest_block = -1
 
-    def __len__(self) -> int:  # indices are unbounded; len only for DataLoader bookkeeping
-        return 1 << 62
+    def describe(self) -> str | None:
+        """World source: the training seeds, trajectories, and how many frames revisit a place."""
+        cfg, d = self.cfg, self.cfg.data
+        if d.source != "world":
+            return None
+        share = revisit_share(cfg, 128)
+        return (f"data: worlds {d.world_seed_start}..{d.world_seed_start + d.num_worlds - 1} "
+                f"(seeds >= 1000000 held out), {d.trajectory} trajectories; {share:.0%} of frames revisit "
+                f"a place seen more than {cfg.noise.window_frames} frames earlier")
 
     def world(self, seed: int) -> ProceduralWorld:
         w = self._worlds.get(seed)
@@ -193,7 +219,7 @@ class TrainSamples(Dataset):
             live.update(int(s) for s in world_pool_seeds(self.cfg, b))
         cache.evict([int(s) for s in world_pool_seeds(self.cfg, block - 3) if int(s) not in live], d.world_size, d.view)
 
-    def release_worlds(self, position: int) -> None:
+    def release(self, position: int) -> None:
         """End of a run at data ``position``: remove the shared files of the worlds its workers may
         have published (the blocks from three back to one ahead), so nothing is left in /dev/shm."""
         cache, d = self._cache(), self.cfg.data
@@ -246,3 +272,24 @@ class IndexBatches(Sampler):
 
     def __len__(self) -> int:
         return 1 << 62
+
+
+def make_loader(cfg: TrainConfig, dataset: TrainSamples, accelerator, start: int, log):
+    """(DataLoader of this process's micro-batches from data position ``start``, the CPU plan of
+    ``data.reserve_cores`` or None): ``num_workers`` workers, pinned batches on CUDA."""
+    nproc, rank = accelerator.num_processes, accelerator.process_index
+    workers = cfg.data.num_workers
+    pinned_cpus = None
+    if cfg.data.reserve_cores > 0:
+        local_world = int(os.environ.get("LOCAL_WORLD_SIZE", nproc))
+        pinned_cpus = process_plan(cfg.data.reserve_cores, accelerator.local_process_index, local_world)
+        if pinned_cpus is None and accelerator.is_main_process:
+            log(f"data.reserve_cores={cfg.data.reserve_cores}: not pinned (needs Linux and more than "
+                f"{cfg.data.reserve_cores} × {local_world} physical cores)")
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_sampler=IndexBatches(start, cfg.batch_size, cfg.grad_accum, nproc, rank),
+        num_workers=workers, pin_memory=accelerator.device.type == "cuda" and cfg.data.pin_memory,
+        persistent_workers=False, prefetch_factor=cfg.data.prefetch_factor if workers else None,
+        worker_init_fn=functools.partial(pin_worker, pinned_cpus[1]) if (pinned_cpus and workers) else None,
+    )
+    return loader, pinned_cpus

@@ -1,0 +1,128 @@
+"""WanMiniPipeline and its conditioning: inputs, the x̂0 → velocity conversion, outputs, save/load."""
+from dataclasses import asdict
+
+import numpy as np
+import pytest
+import torch
+from diffusers import FlowMatchEulerDiscreteScheduler, WanTransformer3DModel
+
+from vidhash.data.world import ACTIONS
+from vidhash.pipelines.pipeline_wan_mini import WanMiniConditioning, WanMiniPipeline
+from vidhash.training.wan_family import build
+
+
+def make_pipe(cfg, randomize=True):
+    model = build(cfg)
+    if randomize:  # Wan's init zeroes the output projection: give the untrained model an output
+        torch.nn.init.normal_(model.proj_out.weight, std=0.2, generator=torch.Generator().manual_seed(1))
+    pipe = WanMiniPipeline(model, FlowMatchEulerDiscreteScheduler(shift=3.0), channels=3, **asdict(cfg.condition))
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def run(pipe, **kw):
+    args = dict(num_frames=8, height=32, width=32, num_inference_steps=2, generator=torch.Generator().manual_seed(0))
+    return pipe(**{**args, **kw}).frames
+
+
+def test_conditioning_layout():
+    c = WanMiniConditioning(time_freqs=4)
+    assert c.in_channels == 3 + 4 + 6 and c.text_dim == 6 + 8 and c.null_action() == len(ACTIONS)
+    b, f, h, w = 2, 5, 4, 4
+    x = torch.randn(b, 3, f, h, w)
+    ctx = torch.randn(b, 3, f, h, w)
+    mask = torch.tensor([[1, 1, 0, 0, 0], [0, 0, 0, 0, 0]], dtype=torch.bool)
+    actions = torch.tensor([[0, 1, 2, 3, 4], [5, 5, 5, 5, 5]])
+    inp = c.model_input(x, actions, ctx, mask)
+    assert inp.shape == (b, 13, f, h, w)
+    assert torch.equal(inp[:, :3], x)
+    assert torch.equal(inp[0, 3:6, :2], ctx[0, :, :2]) and torch.all(inp[0, 3:6, 2:] == 0) and torch.all(inp[1, 3:6] == 0)
+    assert torch.equal(inp[:, 6, :, 0, 0], mask.float())
+    assert torch.equal(inp[:, 7:, :, 0, 0].argmax(1), actions)
+    tok = c.action_tokens(actions)
+    assert tok.shape == (b, f, 14) and torch.equal(tok[..., :6].argmax(-1), actions)
+    assert torch.equal(tok[0, :, 6:], tok[1, :, 6:]) and len({tuple(t.tolist()) for t in tok[0, :, 6:]}) == f
+
+
+@pytest.mark.parametrize("prediction", ["sample", "velocity"])
+def test_velocity_of_the_true_output_is_the_target(prediction):
+    c = WanMiniConditioning(prediction=prediction)
+    x0, noise = torch.randn(3, 3, 2, 4, 4), torch.randn(3, 3, 2, 4, 4)
+    sigma = torch.tensor([0.9, 0.3, 0.02])
+    x_t = (1 - sigma.view(-1, 1, 1, 1, 1)) * x0 + sigma.view(-1, 1, 1, 1, 1) * noise
+    perfect = x0 if prediction == "sample" else noise - x0
+    target = c.velocity_target(x_t, x0, noise, sigma)
+    assert torch.allclose(c.velocity(perfect, x_t, sigma), target, atol=1e-5)
+    # above sigma_min both parametrisations target the flow velocity noise − x0
+    assert torch.allclose(target[:2], (noise - x0)[:2], atol=1e-5)
+
+
+def test_outputs_determinism_and_types(tiny_cfg):
+    pipe = make_pipe(tiny_cfg())
+    a = run(pipe, actions=["right"] * 8)
+    assert a.shape == (1, 8, 32, 32, 3) and a.dtype == np.float32 and 0 <= a.min() and a.max() <= 1
+    assert np.array_equal(a, run(pipe, actions=[4] * 8))  # names and ids
+    assert not np.array_equal(a, run(pipe, actions=["left"] * 8))  # actions reach the model
+    pt = run(pipe, actions=["right"] * 8, output_type="pt")
+    assert pt.shape == (1, 8, 3, 32, 32) and np.allclose(pt.permute(0, 1, 3, 4, 2).numpy(), a)
+    lat = run(pipe, actions=["right"] * 8, output_type="latent")
+    assert lat.shape == (1, 3, 8, 32, 32)
+    assert run(pipe, batch_size=2).shape[0] == 2 and run(pipe, actions=np.zeros((3, 8), int)).shape[0] == 3
+
+
+def test_context_frames_are_pasted_and_condition_the_rest(tiny_cfg):
+    pipe = make_pipe(tiny_cfg())
+    ctx = (np.random.default_rng(0).random((2, 32, 32, 3)) * 255).astype(np.uint8)
+    out = run(pipe, context_frames=ctx)
+    assert np.allclose(out[0, :2], ctx / 255.0, atol=1e-6)
+    assert not np.allclose(out[0, 2:], run(pipe)[0, 2:])
+    torch_ctx = torch.from_numpy(ctx).permute(0, 3, 1, 2).float() / 127.5 - 1  # (k, 3, h, w) in [-1, 1]
+    assert np.allclose(run(pipe, context_frames=torch_ctx), out, atol=1e-5)
+
+
+@pytest.mark.parametrize("kw, match", [
+    (dict(actions=["fly"] * 8), "unknown name"),
+    (dict(actions=[0] * 7), "actions must be"),
+    (dict(actions=[9] * 8), "ids in 0..5"),
+    (dict(context_frames=np.zeros((9, 32, 32, 3), np.uint8)), "context_frames"),
+    (dict(context_frames=np.zeros((1, 16, 16, 3), np.uint8)), "context_frames"),
+    (dict(output_type="pil"), "output_type"),
+    (dict(height=30), "patch size"),
+    (dict(num_inference_steps=0), "num_inference_steps"),
+])
+def test_input_errors(tiny_cfg, kw, match):
+    pipe = make_pipe(tiny_cfg(), randomize=False)
+    with pytest.raises(ValueError, match=match):
+        run(pipe, **kw)
+
+
+def test_transformer_must_fit_the_conditioning(tiny_cfg):
+    cfg = tiny_cfg()
+    with pytest.raises(ValueError, match="does not fit the conditioning"):
+        WanMiniPipeline(build(cfg), FlowMatchEulerDiscreteScheduler(), time_freqs=cfg.condition.time_freqs + 1)
+
+
+def test_save_and_load(tiny_cfg, tmp_path):
+    pipe = make_pipe(tiny_cfg(), randomize=True)
+    pipe.save_pretrained(str(tmp_path / "p"))
+    again = WanMiniPipeline.from_pretrained(str(tmp_path / "p"))
+    again.set_progress_bar_config(disable=True)
+    assert again.conditioning == pipe.conditioning
+    assert np.allclose(run(again, actions=["up"] * 8), run(pipe, actions=["up"] * 8), atol=1e-5)
+    model = WanTransformer3DModel.from_pretrained(str(tmp_path / "p" / "transformer"))
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), pipe.transformer.state_dict().values()))
+
+
+def test_the_diffusers_drop_in_runs_on_wan_mini(tiny_cfg):
+    """The drop-in study's code path: vidhash's hash attention swapped into the model's self-attention."""
+    import vidhash
+
+    pipe = make_pipe(tiny_cfg())
+    dense = run(pipe, actions=["up"] * 8)
+    vidhash.enable_hash_attention(pipe.transformer, density=1.0, block_size=16)
+    assert np.allclose(run(pipe, actions=["up"] * 8), dense, atol=2e-3)
+    vidhash.enable_hash_attention(pipe.transformer, density=0.25, block_size=16)
+    sparse = run(pipe, actions=["up"] * 8)
+    vidhash.disable_hash_attention(pipe.transformer)
+    assert sparse.shape == dense.shape and not np.array_equal(sparse, dense)
+    assert np.array_equal(run(pipe, actions=["up"] * 8), dense)

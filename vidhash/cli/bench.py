@@ -1,0 +1,168 @@
+"""``vidhash bench WHAT``: the benchmarks of :mod:`vidhash.bench` and the realism validation table.
+
+    vidhash bench hashhop --sizes 1000,10000,100000 --queries 256
+    vidhash bench memory --json memory.json
+    vidhash bench realism clip.mp4:24:64
+
+Each bench is a :class:`Bench`: its flags (the ``add_*`` functions below) and the library module
+whose ``run(args)`` measures and prints (``args`` carries the flags as attributes, ``--top-k`` as
+``top_k``). One ``run`` here calls it; the module is imported only for the bench being run.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+from dataclasses import dataclass
+from typing import Callable
+
+
+def _auto_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def add_hashhop(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--sizes", default="1000,10000,100000,1000000", help="comma-separated numbers of stored pairs N")
+    p.add_argument("--hops", default="1,2,3", help="comma-separated hop counts")
+    p.add_argument("--queries", type=int, default=512, help="chains started per size")
+    p.add_argument("--dim", type=int, default=64, help="key/value dimension")
+    p.add_argument("--buckets", type=int, default=4096, help="memory buckets")
+    p.add_argument("--slots", type=int, default=16, help="slots per bucket")
+    p.add_argument("--bits", type=int, default=32, help="signature bits")
+    p.add_argument("--top-k", type=int, default=8, help="entries read per query")
+    p.add_argument("--scale", type=float, default=30.0, help="attention scale (unit-norm keys)")
+    p.add_argument("--policy", default="fifo", choices=["fifo", "merge"])
+    p.add_argument("--device", default=_auto_device())
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-dense", action="store_true", help="skip the dense baseline")
+    p.add_argument("--json", default=None, help="write results to this JSON file")
+
+
+def add_attention(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--sizes", default="16384,65536,131072,262144", help="comma-separated token counts N")
+    p.add_argument("--no-wan", action="store_true", help="skip the Wan 1.3B 81-frame 480p shape")
+    p.add_argument("--heads", type=int, default=12)
+    p.add_argument("--head-dim", type=int, default=64)
+    p.add_argument("--density", type=float, default=1 / 32, help="share of key blocks kept")
+    p.add_argument("--block-sizes", default="64,16", help="comma-separated key-block sizes")
+    p.add_argument("--query-block", type=int, default=128, help="query-block size")
+    p.add_argument("--dtype", default="bf16", choices=["bf16", "fp16"])
+    p.add_argument("--causal", action="store_true")
+    p.add_argument("--no-flex", action="store_true", help="skip FlexAttention")
+    p.add_argument("--flex-block-sizes", default="64", help="key-block sizes also run through FlexAttention")
+    p.add_argument("--no-backward", action="store_true", help="skip forward+backward rows")
+    p.add_argument("--recall-blocks", type=int, default=16, help="query blocks evaluated for recall")
+    p.add_argument("--rep-ms", type=int, default=100, help="do_bench rep (ms) per measurement")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cuda", help="cuda; cpu only for smoke runs under TRITON_INTERPRET=1")
+    p.add_argument("--json", default=None, help="write results to this JSON file")
+
+
+def add_coherence(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--size", type=int, default=128, help="working size (longer side, px; default 128)")
+    p.add_argument("--frames", type=int, default=480, help="analysed frames per row (default 480)")
+    p.add_argument("--fps", type=float, default=8.0, help="analysis rate (default 8)")
+    p.add_argument("--threads", default="1,2", help="comma-separated OpenCV thread counts (default 1,2)")
+    p.add_argument("--repeats", type=int, default=3, help="timed repeats per row; the best is kept (default 3)")
+    p.add_argument("--no-e2e", action="store_true", help="skip the end-to-end rows (no mp4 written)")
+    p.add_argument("--json", default=None, help="write the rows to this JSON file")
+
+
+def add_memory(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--queries", type=int, default=2048, help="queries per head")
+    p.add_argument("--buckets", type=int, default=4096, help="memory buckets")
+    p.add_argument("--slots", type=int, default=16, help="slots per bucket")
+    p.add_argument("--heads", type=int, default=12)
+    p.add_argument("--head-dim", type=int, default=64)
+    p.add_argument("--bits", type=int, default=32, help="signature bits")
+    p.add_argument("--top-k", default="64,256", help="comma-separated top_k values")
+    p.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32"])
+    p.add_argument("--frame-tokens", type=int, default=1560, help="tokens of one written frame (Wan 1.3B 480p latent frame)")
+    p.add_argument("--fill", type=float, default=1.5, help="tokens written before timing, as a multiple of the capacity")
+    p.add_argument("--clusters", type=int, default=512, help="key/query cluster centres per head")
+    p.add_argument("--recall-queries", type=int, default=256, help="queries per head used for recall")
+    p.add_argument("--rep-ms", type=int, default=100, help="do_bench rep (ms) per measurement")
+    p.add_argument("--no-reference", action="store_true", help="skip the reference read and write")
+    p.add_argument("--device", default=_auto_device())
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", default=None, help="write results to this JSON file")
+
+
+def add_data(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", nargs="?", default="configs/train/world_tiny.yaml", help="training config (YAML)")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. data.pool_size=4")
+    p.add_argument("--processes", type=int, default=1, help="training processes to imitate (default 1)")
+    p.add_argument("--workers", type=int, default=None, help="DataLoader workers per process (default: the config's)")
+    p.add_argument("--steps", type=int, default=64, help="batches per process (default 64)")
+    p.add_argument("--consumer-ms", type=float, default=0.0, help="sleep after each batch: the GPU step (default 0)")
+    p.add_argument("--cache", default="off,auto", help="comma-separated data.world_cache settings to compare (off, auto)")
+    p.add_argument("--json", default=None, help="write the rows to this JSON file")
+
+
+def add_generation(p: argparse.ArgumentParser) -> None:
+    from vidhash.bench.generation import MODES
+
+    p.add_argument("--preset", default=None, help="model size and generation preset (tiny, small, base; default: "
+                   "the --model's size, else tiny)")
+    p.add_argument("--model", default=None, help="a saved pipeline folder to time instead of a random model of --preset")
+    p.add_argument("--set", action="append", default=[], metavar="key=value",
+                   help="generation preset override, e.g. --set memory.top_k=64 (repeatable)")
+    p.add_argument("--seconds", default="10,60,600", help="comma-separated clip lengths in seconds of video")
+    p.add_argument("--fps", type=int, default=8, help="frames per second of video (default 8)")
+    p.add_argument("--modes", default=",".join(MODES), help="comma-separated: hashed, full, window")
+    p.add_argument("--steps", type=int, default=None, help="inference steps per chunk (default: the preset's)")
+    p.add_argument("--full-max-seconds", type=float, default=60.0,
+                   help="longest clip the full-context baseline runs (default 60; it grows without bound)")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="model dtype")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", default=None, help="write all rows (with per-chunk times) to this JSON file")
+    p.add_argument("--compile", action="store_true", help="torch.compile each transformer block (compile_blocks)")
+    p.add_argument("--compile-mode", default=None,
+                   help="torch.compile mode with --compile (e.g. max-autotune-no-cudagraphs; default: torch's)")
+    p.add_argument("--cuda-graphs", action="store_true",
+                   help="replay steady chunks' transformer passes from CUDA graphs (enable_cuda_graphs)")
+
+
+def add_realism(p: argparse.ArgumentParser) -> None:
+    p.add_argument("clips", nargs="*", help="mp4 files, optionally PATH:START:STOP (frame range)")
+    p.add_argument("--world-size", type=int, default=512)
+    p.add_argument("--seeds", default="1000000,1000001,1000002,1000003", help="held-out worlds of the real frames")
+    p.add_argument("--frames", type=int, default=16, help="real frames per held-out world")
+
+
+def _realism(args) -> int:
+    from vidhash.metrics.realism import validation_table
+
+    validation_table(args.clips, args.world_size, tuple(int(s) for s in args.seeds.split(",")), args.frames)
+    return 0
+
+
+@dataclass(frozen=True)
+class Bench:
+    """One ``vidhash bench`` subcommand: ``module`` does the work (``module.run(args)``, or ``call``)."""
+
+    module: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    call: Callable | None = None
+    summary: str | None = None  # the --help description; default: the module docstring's first line
+
+    @property
+    def description(self) -> str:
+        return self.summary or importlib.import_module(self.module).__doc__.strip().splitlines()[0]
+
+    def run(self, args) -> int:
+        if self.call is not None:
+            return self.call(args)
+        return importlib.import_module(self.module).run(args)
+
+
+hashhop = Bench("vidhash.bench.hashhop", add_hashhop)
+attention = Bench("vidhash.bench.attention", add_attention)
+coherence = Bench("vidhash.bench.coherence", add_coherence)
+memory = Bench("vidhash.bench.memory", add_memory)
+data = Bench("vidhash.bench.data", add_data)
+generation = Bench("vidhash.bench.generation", add_generation)
+realism = Bench("vidhash.metrics.realism", add_realism, call=_realism, summary="Validation table of the realism metric.")

@@ -1,0 +1,103 @@
+"""Fit learned memory signatures (one ``LearnedHash`` per layer) on a model's own queries and keys.
+
+    vidhash calibrate PIPELINE_DIR [--out DIR] [--bits 32] [--clips 8] [--top-k 32] [--steps 300] [--json report.json]
+
+The recording, the fit and the report: :mod:`vidhash.calibrate`. Exit status 1 when the learned
+signatures recall less than SimHash on the validation clips and are not written (``--keep-worse``
+writes them anyway).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from vidhash.calibrate import CalibrateConfig, calibrate, format_report, save_calibrated, worse_on_validation
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    d = CalibrateConfig()
+    p.add_argument("model", metavar="PIPELINE_DIR", help="saved pipeline folder, or random-tiny | random-small | random-base")
+    p.add_argument("--out", default=None, help="pipeline folder to write (default PIPELINE_DIR-calibrated)")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    p.add_argument("--keep-worse", action="store_true",
+                   help="write the learned signatures even when they recall less than SimHash on the validation clips")
+    p.add_argument("--bits", type=int, default=d.bits, help=f"signature bits (default {d.bits})")
+    p.add_argument("--hidden", type=int, default=d.hidden, help=f"hash MLP width (default {d.hidden})")
+    p.add_argument("--clips", type=int, default=d.clips, help=f"world clips to record (default {d.clips})")
+    p.add_argument("--val-clips", type=int, default=d.val_clips, help=f"validation clips (default {d.val_clips})")
+    p.add_argument("--frames", type=int, default=d.frames, help=f"frames per clip (default {d.frames})")
+    p.add_argument("--top-k", type=int, default=d.top_k, help=f"exact top-k keys per query to find (default {d.top_k})")
+    p.add_argument("--steps", type=int, default=d.steps, help=f"optimiser steps per layer (default {d.steps})")
+    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--pos-weight", type=float, default=d.pos_weight, help="BCE weight of positives (default 20)")
+    p.add_argument("--batch-queries", type=int, default=d.batch_queries)
+    p.add_argument("--chunk-frames", type=int, default=None, help="frames per chunk (default: the generation preset's)")
+    p.add_argument("--window-frames", type=int, default=None, help="window frames (default: the generation preset's)")
+    p.add_argument("--inference-steps", type=int, default=None, help="denoising steps (default: the generation preset's)")
+    p.add_argument("--world-seed", type=int, default=d.world_seed, help="procedural world (a training world)")
+    p.add_argument("--seed", type=int, default=d.seed, help="trajectory/noise seed")
+    p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:1, ...")
+    p.add_argument("--json", default=None, metavar="PATH", help="write the report as JSON")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _load(model: str, device):
+    from vidhash.pipelines import VidHashPipeline
+
+    pipe = VidHashPipeline.load(model)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(device)
+
+
+def config_from_args(args: argparse.Namespace) -> CalibrateConfig:
+    from vidhash.config import generation_config, preset_for_model
+
+    gen = generation_config(preset_for_model(args.model))
+    cfg = CalibrateConfig(
+        bits=args.bits, hidden=args.hidden, clips=args.clips, val_clips=args.val_clips, frames=args.frames,
+        top_k=args.top_k, steps=args.steps, lr=args.lr, pos_weight=args.pos_weight, batch_queries=args.batch_queries,
+        chunk_frames=args.chunk_frames or gen.chunk_frames, window_frames=args.window_frames or gen.window_frames,
+        inference_steps=args.inference_steps or gen.num_inference_steps, memory_seed=gen.memory.seed,
+        world_seed=args.world_seed, seed=args.seed,
+    )
+    cfg.check()
+    return cfg
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = config_from_args(args)
+    if args.out is None and args.model.startswith("random-"):
+        raise ValueError("--out is required with a random model")
+    out = Path(args.out) if args.out else Path(str(Path(args.model)).rstrip("/") + "-calibrated")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not args.overwrite:
+        raise ValueError(f"--out {out} exists and is not empty (pass --overwrite to replace it)")
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    device = torch.device(args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
+    pipe = _load(args.model, device)
+    hashers, report = calibrate(pipe, cfg, progress=not args.quiet)
+    report["model"], report["device"] = args.model, str(device)
+    worse = worse_on_validation(report)
+    status = 0
+    if worse and not getattr(args, "keep_worse", False):
+        report["out"] = None
+        print(format_report(report))
+        print(f"not written: {worse}. They fit the recorded clips but do not generalise; record more clips "
+              "(--clips) or take fewer --steps, or pass --keep-worse to write them anyway.")
+        status = 1
+    else:
+        report["out"] = str(save_calibrated(pipe, hashers, cfg, out, overwrite=args.overwrite))
+        print(format_report(report))
+        if worse:
+            print(f"warning: {worse} (written anyway: --keep-worse)")
+        print(f"wrote {report['out']}")
+    if args.json:
+        tmp = Path(args.json).with_name(Path(args.json).name + ".tmp")
+        tmp.write_text(json.dumps(report, indent=2))
+        os.replace(tmp, args.json)
+        print(f"wrote {args.json}")
+    return status

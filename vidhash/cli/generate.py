@@ -1,0 +1,51 @@
+"""Generate a long clip to mp4, chunk by chunk, at constant memory.
+
+    vidhash generate --model random-tiny --seconds 60 --fps 8 --out clip.mp4 [--seed N]
+        [--actions actions.json] [--resume state.pt] [--save-state state.pt] [key=value ...]
+
+The flags; what they do and the files written: :mod:`vidhash.generate`.
+"""
+from __future__ import annotations
+
+import argparse
+
+from vidhash.camera import ACTIONS
+from vidhash.config import GenerateConfig, generate_config, resolve_model
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default=None, help="saved pipeline folder or a name in models/ (default: world-tiny-v3, "
+                   "the shipped world model), or random-tiny | random-small | random-base | random-world")
+    p.add_argument("--seconds", type=float, default=None, help="clip length in seconds (default 10)")
+    p.add_argument("--fps", type=int, default=None, help="frames per second (default 8)")
+    p.add_argument("--out", default=None, help="output .mp4 (default clip.mp4)")
+    p.add_argument("--seed", type=int, default=None, help="noise and random-trajectory seed (default 0)")
+    p.add_argument("--actions", default=None, metavar="JSON", help=f"camera actions, one per frame: a JSON list of {', '.join(ACTIONS)} (or {{\"actions\": [...]}})")
+    p.add_argument("--prompt-world", type=int, default=None, metavar="SEED",
+                   help="start from ground-truth frames of this procedural world (written first into the mp4)")
+    p.add_argument("--prompt-frames", type=int, default=None, metavar="N", help="how many prompt frames (default 8)")
+    p.add_argument("--resume", default=None, metavar="STATE", help="continue from a saved state")
+    p.add_argument("--save-state", default=None, metavar="STATE", help="save the state here at the end (and on interrupt)")
+    p.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:1, ...")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile each transformer block (VidHashPipeline.compile_blocks; compiles on the first chunks)")
+    p.add_argument("--cuda-graphs", action=argparse.BooleanOptionalAction, default=None,
+                   help="replay steady chunks' transformer passes from CUDA graphs (VidHashPipeline.enable_cuda_graphs; "
+                        "frames unchanged; default: on for a CUDA device)")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="generation settings, e.g. chunk_frames=2 memory.top_k=16")
+
+
+def config_from_args(args: argparse.Namespace) -> GenerateConfig:
+    model = resolve_model(args.model)
+    flags = {"model": model, "seconds": args.seconds, "fps": args.fps, "out": args.out, "seed": args.seed,
+             "actions": args.actions, "prompt_world": args.prompt_world, "prompt_frames": args.prompt_frames,
+             "resume": args.resume, "save_state": args.save_state, "device": args.device}
+    return generate_config(args.overrides, **flags)  # generation settings: the model's own, then the overrides
+
+
+def run(args: argparse.Namespace) -> int:
+    from vidhash.generate import generate
+
+    return generate(config_from_args(args), progress=not args.quiet, compile_blocks=args.compile,
+                    cuda_graphs=args.cuda_graphs)

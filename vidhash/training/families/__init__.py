@@ -1,0 +1,125 @@
+"""Model families: everything the trainer knows about the model it trains, behind one interface.
+
+    python -c "from vidhash.training.families import FAMILIES; print(sorted(FAMILIES))"
+
+The trainer (``vidhash.training.trainer`` and its loop) never names a model class or a batch
+format. It asks the family that ``TrainConfig.model_family`` names for these:
+
+=================================================  ==============================================
+the model
+``build(cfg) -> nn.Module``                        a fresh fp32 model on the CPU (seeded by
+                                                   :func:`build_model`, which calls it)
+``fingerprint(cfg) -> str``,                       what a checkpoint's tensors depend on: its
+``model_config(cfg) -> dict``                      hash (compared on resume) and the dict saved
+                                                   beside it (named in the error when they differ)
+``prepare(model, cfg) -> None``                    training-only changes in place: gradient
+                                                   checkpointing, regional ``torch.compile``
+the data and the objective
+``samples(cfg) -> IndexedSamples``                 sample ``i`` a pure function of (seed, ``i``), so
+                                                   a run's data position is one integer
+                                                   (:class:`~vidhash.training.data.IndexedSamples`)
+``loss_count(items, device) -> Tensor``            how many values the losses of one optimizer
+                                                   step's micro-batches sum over, on ``device``
+``to_device(item, device) -> batch``               one loader micro-batch on the device
+                                                   (asynchronous copies)
+``loss(model, batch, cfg) -> Tensor``              that micro-batch's summed squared error, float32
+the weights
+``load_weights(model, folder, cfg) -> None``       ``init_from``: the weights of a saved export
+``save(model, folder) -> None``                    export: a ``from_pretrained`` folder of
+                                                   ``model`` (the EMA weights, already cast; the
+                                                   trainer makes it atomic and picks the dtype)
+=================================================  ==============================================
+
+One optimizer step of the loop: ``total`` = ``loss_count`` of its micro-batches summed over
+processes; for each micro-batch ``err = loss(model, to_device(item))`` and backward of
+``err · processes / total``; then clipping, AdamW, schedule, EMA — none of which depends on the
+family. ``loss`` gets the model as the loop calls it (DDP's wrapper with several processes: call
+it, and reach its module through :func:`unwrap`). The shared pieces of the rectified-flow
+objective are in :mod:`vidhash.training.objective`.
+
+Adding a family (e.g. diffusers' ``WanTransformer3DModel``): a module in this package with a
+``ModelFamily`` subclass, one line in ``FAMILIES``, and ``model_family: <name>`` in its YAML. The
+family reads its own settings from the ``TrainConfig`` it is given (``model``, ``data``, ``noise``
+… or a section of its own). The trainer itself reads only the run's keys: ``seed``,
+``max_steps``, ``batch_size``, ``grad_accum``, ``mixed_precision``, ``compile`` and ``ddp_*``,
+``optim``, ``ema``, ``checkpoint``, ``log_every``, ``max_minutes``, ``fit_schedule``,
+``init_from``, ``export_*``, ``out_dir`` and the loader's ``data.num_workers``,
+``prefetch_factor``, ``pin_memory``, ``reserve_cores``.
+"""
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..config import TrainConfig
+from ..data import IndexedSamples
+
+# model_family name -> "module:class" (imported when used)
+FAMILIES = {
+    "vidhash": "vidhash.training.families.vidhash:VidHashFamily",
+}
+
+
+class ModelFamily:
+    """The interface the trainer calls (see the module docstring); a family subclasses it."""
+
+    name = ""
+
+    def build(self, cfg: TrainConfig) -> nn.Module:
+        raise NotImplementedError
+
+    def fingerprint(self, cfg: TrainConfig) -> str:
+        raise NotImplementedError
+
+    def model_config(self, cfg: TrainConfig) -> dict:
+        raise NotImplementedError
+
+    def prepare(self, model: nn.Module, cfg: TrainConfig) -> None:
+        """Nothing by default."""
+
+    def samples(self, cfg: TrainConfig) -> IndexedSamples:
+        raise NotImplementedError
+
+    def loss_count(self, items: list[dict[str, torch.Tensor]], device: torch.device) -> torch.Tensor:
+        raise NotImplementedError
+
+    def to_device(self, item: dict[str, torch.Tensor], device: torch.device):
+        raise NotImplementedError
+
+    def loss(self, model: nn.Module, batch, cfg: TrainConfig) -> torch.Tensor:
+        raise NotImplementedError
+
+    def load_weights(self, model: nn.Module, folder: Path, cfg: TrainConfig) -> None:
+        raise NotImplementedError
+
+    def save(self, model: nn.Module, folder: Path) -> None:
+        raise NotImplementedError
+
+
+def get_family(name: str) -> ModelFamily:
+    """The family registered as ``name`` (``TrainConfig.model_family``); ValueError naming
+    ``model_family`` for a name not in ``FAMILIES``."""
+    if name not in FAMILIES:
+        raise ValueError(f"model_family must be one of {', '.join(sorted(FAMILIES))}, got {name!r}")
+    module, cls = FAMILIES[name].split(":")
+    return getattr(importlib.import_module(module), cls)()
+
+
+def build_model(cfg: TrainConfig, family: ModelFamily | None = None) -> nn.Module:
+    """``family.build(cfg)`` (default: ``cfg.model_family``'s) with the global torch RNG seeded by
+    ``cfg.seed`` — the same initial weights on every process — and left as it was."""
+    family = family or get_family(cfg.model_family)
+    state = torch.random.get_rng_state()
+    try:
+        torch.manual_seed(cfg.seed)
+        return family.build(cfg)
+    finally:
+        torch.random.set_rng_state(state)
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The module behind DDP's wrapper (the model itself without one)."""
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
