@@ -253,7 +253,8 @@ def _oracle_indices(q, k, kw, blocks, kept):
 
 
 def study_config(shape: str, q, k, v, fq, fk, bk: int, args, dense_ms=None, held_out: float = 0.25) -> list[dict]:
-    from vidhash.attention import BlockSelection, _forced_and_allowed
+    from vidhash.attention import BlockSelection
+    from vidhash.kernels.block_select.naive import forced_and_allowed
 
     bq, n, nk = args.query_block, q.shape[-2], k.shape[-2]
     kw = dict(density=args.density, block_size=bk, query_block_size=bq, causal=False)
@@ -262,7 +263,7 @@ def study_config(shape: str, q, k, v, fq, fk, bk: int, args, dense_ms=None, held
     total = float(counts.sum())
     kept = num_kept(n, nk, local_blocks=1, sink_blocks=1, causal=False, device=q.device,
                     **{x: kw[x] for x in ("density", "block_size", "query_block_size")})
-    forced, _ = _forced_and_allowed(blocks, n, nk, bq, bk, 1, 1, False)
+    forced, _ = forced_and_allowed(blocks, n, nk, bq, bk, 1, 1, False)
     oracle = float(top_mass(mass, kept).sum()) / total
     oracle_f = float(top_mass(mass, kept, forced).sum()) / total
     fitted, reports = ({}, {})

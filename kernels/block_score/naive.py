@@ -23,7 +23,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from vidhash.attention import _forced_and_allowed
+from vidhash.kernels.block_select.naive import forced_and_allowed
 
 RESOLUTION = 1.0 / 16  # nats per level at most: 256 levels span ≥ 16 nats below a row's best
 MIN_WIDTH = 32  # int8 tl.dot needs K ≥ 32 (scores stay exact in float32 up to 512 wide: 512 · 127² < 2^24)
@@ -186,7 +186,7 @@ def block_score_reference(
     for start in range(0, nqb, chunk):
         rows = torch.arange(start, min(nqb, start + chunk), device=qi.device)
         c = rows.numel()
-        forced, allowed = _forced_and_allowed(rows, num_queries, num_keys, query_block_size, block_size,
+        forced, allowed = forced_and_allowed(rows, num_queries, num_keys, query_block_size, block_size,
                                               local_blocks, sink_blocks, causal)
         # 1. integer cell scores, exact in float32 (|s| ≤ R · 127² < 2^24)
         s = torch.matmul(qi[:, :, start * m : (start + c) * m].float(), kf.transpose(-1, -2)).to(torch.int64)

@@ -12,7 +12,7 @@ import os
 import torch
 import triton
 
-from vidhash.attention import BlockSelection, _check_block, _check_count, _check_density, _check_qkv, _scale
+from vidhash.ops.checks import BlockSelection, check_block, check_count, check_density, check_qkv, resolve_scale
 
 from .kernel import block_score_kernel
 from .naive import RESOLUTION, block_score_reference, check_grid, moment_codes, quantize_codes, subgrid_codes
@@ -112,12 +112,12 @@ def select_blocks_codes(
     between equal *levels* (at most ``resolution`` nats wide) to the lower block index."""
     from vidhash.kernels.block_select.ops import num_kept_blocks
 
-    _check_qkv(q, k)
-    density = _check_density(density)
-    bk = _check_block("block_size", block_size)
-    bq = _check_block("query_block_size", query_block_size if query_block_size is not None else block_size)
-    _check_count("local_blocks", local_blocks)
-    _check_count("sink_blocks", sink_blocks)
+    check_qkv(q, k)
+    density = check_density(density)
+    bk = check_block("block_size", block_size)
+    bq = check_block("query_block_size", query_block_size if query_block_size is not None else block_size)
+    check_count("local_blocks", local_blocks)
+    check_count("sink_blocks", sink_blocks)
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     nq, nk = q.shape[-2], k.shape[-2]
@@ -133,9 +133,9 @@ def select_blocks_codes(
                              "features 'linear' or 'diag'")
         project = scorer.map_means
     if scorer == "moments":
-        cq, ck = moment_codes(q, k, bk, bq, _scale(scale, q.shape[-1]))
+        cq, ck = moment_codes(q, k, bk, bq, resolve_scale(scale, q.shape[-1]))
     else:
-        cq, ck = subgrid_codes(q, k, bk, bq, _scale(scale, q.shape[-1]), m, sub, project)
+        cq, ck = subgrid_codes(q, k, bk, bq, resolve_scale(scale, q.shape[-1]), m, sub, project)
     qi, ki, shift = quantize_codes(cq, ck, resolution)
     kw = dict(kept=kept, num_queries=nq, num_keys=nk, block_size=bk, query_block_size=bq,
               local_blocks=local_blocks, sink_blocks=sink_blocks, causal=causal, m=m, sub=sub)

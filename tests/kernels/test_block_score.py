@@ -6,7 +6,7 @@ On CPU the kernel runs under ``TRITON_INTERPRET=1`` (see conftest.py) with tiny 
 import pytest
 import torch
 
-from vidhash.attention import _forced_and_allowed
+from vidhash.kernels.block_select.naive import forced_and_allowed
 from vidhash.kernels.block_score.naive import (
     block_score_reference,
     code_width,
@@ -91,7 +91,7 @@ def _brute_levels(qi, ki, shift, nq, nk, bk, bq, local, sink, causal, m, p):
     b, h = qi.shape[:2]
     nqb, nkb = -(-nq // bq), -(-nk // bk)
     nsub = -(-nk // (bk // p))
-    forced, allowed = _forced_and_allowed(torch.arange(nqb), nq, nk, bq, bk, local, sink, causal)
+    forced, allowed = forced_and_allowed(torch.arange(nqb), nq, nk, bq, bk, local, sink, causal)
     lv = torch.full((b, h, nqb, nkb), -1, dtype=torch.int64)
     for bb in range(b):
         for hh in range(h):

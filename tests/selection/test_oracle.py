@@ -4,7 +4,8 @@ import math
 import pytest
 import torch
 
-from vidhash.attention import _forced_and_allowed, block_sparse_attention, select_blocks, selection_recall
+from vidhash.attention import block_sparse_attention, select_blocks, selection_recall
+from vidhash.kernels.block_select.naive import forced_and_allowed
 from vidhash.selection.oracle import attention_error, block_mass, oracle_recall, selection_mass
 
 # (b, h, nq, nk, d, block_size, query_block_size, causal)
@@ -65,7 +66,7 @@ def test_oracle_and_selection_mass(b, h, nq, nk, d, bk, bq, causal):
     assert math.isclose(oracle, float(want.topk(kept, dim=-1).values.sum() / total), rel_tol=1e-5)
     assert oracle >= got - 1e-6
     # forced blocks first (sink + local), then the heaviest
-    forced, _ = _forced_and_allowed(torch.arange(want.shape[2]), nq, nk, bq, bk, 1, 1, causal)
+    forced, _ = forced_and_allowed(torch.arange(want.shape[2]), nq, nk, bq, bk, 1, 1, causal)
     ranked = torch.where(forced, want + 1e3, want)  # a block mass is at most query_block_size
     best_forced = want.gather(-1, ranked.topk(kept, dim=-1).indices).sum() / total
     got_forced = oracle_recall(q, k, kept, block_size=bk, query_block_size=bq, causal=causal, local_blocks=1, sink_blocks=1)

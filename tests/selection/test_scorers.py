@@ -4,7 +4,8 @@ import math
 import pytest
 import torch
 
-from vidhash.attention import _forced_and_allowed, select_blocks
+from vidhash.attention import select_blocks
+from vidhash.kernels.block_select.naive import forced_and_allowed
 from vidhash.selection import LearnedBlockScorer, oracle_recall, score_blocks, select_blocks_scored, selection_mass
 from vidhash.selection.oracle import block_mass
 
@@ -23,7 +24,7 @@ def _qk(b, h, nq, nk, d, seed=0):
 
 def _brute_select(score, nq, nk, bk, bq, kept, local, sink, causal):
     """Forced blocks, then the highest score, ties to the lower index; ascending, -1-padded (loops)."""
-    forced, allowed = _forced_and_allowed(torch.arange(score.shape[2]), nq, nk, bq, bk, local, sink, causal)
+    forced, allowed = forced_and_allowed(torch.arange(score.shape[2]), nq, nk, bq, bk, local, sink, causal)
     out = torch.full((*score.shape[:3], kept), -1, dtype=torch.int32)
     for bb in range(score.shape[0]):
         for hh in range(score.shape[1]):
@@ -71,7 +72,7 @@ def test_subgrid_matches_brute_force(reduce):
     q, k = _qk(1, 2, nq, nk, d, 7)
     got = score_blocks(q, k, "subgrid", block_size=bk, query_block_size=bq, scale=s, m=m, sub=sub, reduce=reduce, causal=True)
     nqb, nkb = -(-nq // bq), -(-nk // bk)
-    _, allowed = _forced_and_allowed(torch.arange(nqb), nq, nk, bq, bk, 0, 0, True)
+    _, allowed = forced_and_allowed(torch.arange(nqb), nq, nk, bq, bk, 0, 0, True)
     for bb, hh, i in ((0, 0, 0), (0, 1, 2)):
         runs = [q[bb, hh, p : p + bq // m] for p in range(i * bq, min(nq, (i + 1) * bq), bq // m)]
         cells = [k[bb, hh, p : p + sub] for p in range(0, nk, sub)]

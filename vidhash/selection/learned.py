@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vidhash.attention import _forced_and_allowed
+from vidhash.kernels.block_select.naive import forced_and_allowed
 from vidhash.hashing import hamming_similarity, pack_bits
 
 from .oracle import block_mass, eval_query_blocks
@@ -260,7 +260,7 @@ def fit_data(q: torch.Tensor, k: torch.Tensor, *, block_size: int, query_block_s
     nq, nk = q.shape[-2], k.shape[-2]
     blocks = eval_query_blocks(-(-nq // bq), max_query_blocks, q.device)
     mass, counts = block_mass(q, k, block_size=bk, query_block_size=bq, causal=causal, query_blocks=blocks)
-    forced, allowed = _forced_and_allowed(blocks, nq, nk, bq, bk, local_blocks, sink_blocks, causal)
+    forced, allowed = forced_and_allowed(blocks, nq, nk, bq, bk, local_blocks, sink_blocks, causal)
     free = (allowed & ~forced).expand_as(mass)
     return {"q": q, "k": k, "bq": bq, "bk": bk, "blocks": blocks, "mass": mass, "free": free}
 

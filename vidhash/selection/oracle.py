@@ -25,7 +25,8 @@ import math
 import torch
 import torch.nn.functional as F
 
-from vidhash.attention import BlockSelection, _acc, _check_block, _check_qkv, _forced_and_allowed, _scale
+from vidhash.kernels.block_select.naive import forced_and_allowed
+from vidhash.ops.checks import BlockSelection, check_block, check_qkv, resolve_scale, upcast
 
 _CHUNK_ELEMS = 1 << 24
 
@@ -57,17 +58,17 @@ def block_mass(
 
     ``M[..., i, :]`` sums to ``counts[..., i]``. Accumulates in float32 (float64 inputs: float64).
     """
-    _check_qkv(q, k)
-    bk = _check_block("block_size", block_size)
-    bq = _check_block("query_block_size", query_block_size)
+    check_qkv(q, k)
+    bk = check_block("block_size", block_size)
+    bq = check_block("query_block_size", query_block_size)
     b, h, nq, d = q.shape
     nk = k.shape[-2]
     nqb, nkb = -(-nq // bq), -(-nk // bk)
     blocks = torch.arange(nqb, device=q.device) if query_blocks is None else query_blocks.to(q.device).long()
     if blocks.numel() and (int(blocks.min()) < 0 or int(blocks.max()) >= nqb):
         raise ValueError(f"query_blocks must lie in [0, {nqb}), got min {int(blocks.min())} max {int(blocks.max())}")
-    sc = _scale(scale, d)
-    kf = F.pad(_acc(k), (0, 0, 0, nkb * bk - nk))  # (b, h, nkb·bk, d); padded keys are masked below
+    sc = resolve_scale(scale, d)
+    kf = F.pad(upcast(k), (0, 0, 0, nkb * bk - nk))  # (b, h, nkb·bk, d); padded keys are masked below
     key_pos = torch.arange(nkb * bk, device=q.device)
     masses, counts = [], []
     chunk = max(1, _CHUNK_ELEMS // max(1, b * h * bq * nkb * bk))
@@ -76,7 +77,7 @@ def block_mass(
         c = qb_idx.numel()
         qpos = (qb_idx.unsqueeze(-1) * bq + torch.arange(bq, device=q.device)).flatten()  # (c·bq,)
         in_range = qpos < nq
-        qc = _acc(q[:, :, qpos.clamp(max=nq - 1)])
+        qc = upcast(q[:, :, qpos.clamp(max=nq - 1)])
         s = torch.matmul(qc, kf.transpose(-1, -2)) * sc  # (b, h, t, nkb·bk)
         bad = (key_pos >= nk).unsqueeze(0) | ~in_range.unsqueeze(-1)
         if causal:
@@ -159,7 +160,7 @@ def oracle_recall(
                               scale=scale, query_blocks=blocks)
     forced = None
     if local_blocks or sink_blocks:
-        forced, _ = _forced_and_allowed(blocks, nq, nk, query_block_size, block_size, local_blocks, sink_blocks, causal)
+        forced, _ = forced_and_allowed(blocks, nq, nk, query_block_size, block_size, local_blocks, sink_blocks, causal)
     return _ratio(top_mass(mass, kept, forced), counts)
 
 
@@ -178,24 +179,24 @@ def attention_error(
     """Relative error ``‖out − dense‖ / ‖dense‖`` (Frobenius, float32) of an attention output
     ``out (b, h, nq, e)`` against exact dense attention, over the queries of ``query_blocks``
     (default all), chunked like :func:`block_mass`. Queries that see no key count as 0 in both."""
-    _check_qkv(q, k, v)
+    check_qkv(q, k, v)
     b, h, nq, d = q.shape
     nk = k.shape[-2]
-    bq = _check_block("query_block_size", query_block_size)
+    bq = check_block("query_block_size", query_block_size)
     blocks = torch.arange(-(-nq // bq), device=q.device) if query_blocks is None else query_blocks.to(q.device).long()
-    sc = _scale(scale, d)
-    kf, vf = _acc(k), _acc(v)
+    sc = resolve_scale(scale, d)
+    kf, vf = upcast(k), upcast(v)
     err, ref = 0.0, 0.0
     chunk = max(1, _CHUNK_ELEMS // max(1, b * h * bq * nk))
     for start in range(0, blocks.numel(), chunk):
         qpos = (blocks[start : start + chunk].unsqueeze(-1) * bq + torch.arange(bq, device=q.device)).flatten()
         qpos = qpos[qpos < nq]
-        s = torch.matmul(_acc(q[:, :, qpos]), kf.transpose(-1, -2)) * sc
+        s = torch.matmul(upcast(q[:, :, qpos]), kf.transpose(-1, -2)) * sc
         if causal:
             s = s.masked_fill(torch.arange(nk, device=q.device) > (qpos + nk - nq).unsqueeze(-1), float("-inf"))
         lse = torch.logsumexp(s, dim=-1, keepdim=True)
         dense = torch.matmul(torch.exp(s - lse.masked_fill(torch.isinf(lse), 0.0)), vf)
-        diff = _acc(out[:, :, qpos]) - dense
+        diff = upcast(out[:, :, qpos]) - dense
         err += float(diff.double().pow(2).sum())
         ref += float(dense.double().pow(2).sum())
     return math.sqrt(err / ref) if ref > 0 else math.sqrt(err)

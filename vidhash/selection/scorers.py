@@ -34,19 +34,11 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 
-from vidhash.attention import (
-    BlockSelection,
-    _check_block,
-    _check_count,
-    _check_density,
-    _check_qkv,
-    _forced_and_allowed,
-    _num_kept,
-    _scale,
-    block_signatures,
-    default_hasher,
-)
-from vidhash.hashing import hamming_similarity
+from vidhash.kernels.block_select.naive import forced_and_allowed
+from vidhash.kernels.signature.naive import block_signatures
+from vidhash.ops.checks import BlockSelection, check_block, check_count, check_density, check_qkv, resolve_scale
+from vidhash.ops.checks import num_kept as _num_kept
+from vidhash.hashing import default_hasher, hamming_similarity
 
 from .oracle import block_mass
 
@@ -111,7 +103,7 @@ class _Ctx:
 
     def __init__(self, q, k, bk, bq, causal, scale, options):
         self.q, self.k, self.bk, self.bq, self.causal = q, k, bk, bq, causal
-        self.scale = _scale(scale, q.shape[-1])
+        self.scale = resolve_scale(scale, q.shape[-1])
         self.options = options
         self.cache = {}
 
@@ -167,7 +159,7 @@ def _score_subgrid(ctx: _Ctx, blocks):
     logits = torch.matmul(cent, ks.unsqueeze(2).transpose(-1, -2)) * ctx.scale  # (b, h, c, m, nsub)
     allowed_sub = torch.ones(blocks.numel(), ks.shape[-2], dtype=torch.bool, device=ctx.q.device)
     if ctx.causal:
-        _, allowed = _forced_and_allowed(blocks, ctx.q.shape[-2], nk, ctx.bq, ctx.bk, 0, 0, True)
+        _, allowed = forced_and_allowed(blocks, ctx.q.shape[-2], nk, ctx.bq, ctx.bk, 0, 0, True)
         allowed_sub = allowed.repeat_interleave(per, dim=-1)[:, : ks.shape[-2]]
     logits = logits.masked_fill(~allowed_sub.unsqueeze(-2), float("-inf"))
     live = (cnt > 0).unsqueeze(-1)  # (c, m, 1): sub-centroids past the end take no part
@@ -186,7 +178,7 @@ def _score_prefilter(ctx: _Ctx, blocks):
     factor = ctx.opt("factor", 4)
     kept = ctx.opt("_kept", 1)
     cand = _score_simhash(ctx, blocks)
-    forced, allowed = _forced_and_allowed(blocks, ctx.q.shape[-2], ctx.k.shape[-2], ctx.bq, ctx.bk,
+    forced, allowed = forced_and_allowed(blocks, ctx.q.shape[-2], ctx.k.shape[-2], ctx.bq, ctx.bk,
                                           ctx.opt("_local", 1), ctx.opt("_sink", 1), ctx.causal)
     take = min(cand.shape[-1], factor * kept)
     idx = rank_top(cand, forced, allowed, take)
@@ -231,7 +223,7 @@ def num_kept(nq: int, nk: int, *, density: float, block_size: int, query_block_s
     kept = _num_kept(density, nkb)
     if kept < nkb and (local_blocks or sink_blocks):
         nqb = -(-nq // query_block_size)
-        forced, _ = _forced_and_allowed(torch.arange(nqb, device=device), nq, nk, query_block_size, block_size,
+        forced, _ = forced_and_allowed(torch.arange(nqb, device=device), nq, nk, query_block_size, block_size,
                                         local_blocks, sink_blocks, causal)
         kept = min(nkb, max(kept, int(forced.sum(-1).max())))
     return kept
@@ -243,9 +235,9 @@ def score_blocks(q: torch.Tensor, k: torch.Tensor, scorer="pooled", *, block_siz
                  query_blocks: torch.Tensor | None = None, **options) -> torch.Tensor:
     """Scores ``(b, h, c, nkb)`` float32 of ``scorer`` (a name of :data:`SCORERS` or a module with
     ``block_scores(q, k, blocks, ...)``) for ``query_blocks`` (default all; all at once)."""
-    _check_qkv(q, k)
-    bk = _check_block("block_size", block_size)
-    bq = _check_block("query_block_size", query_block_size if query_block_size is not None else block_size)
+    check_qkv(q, k)
+    bk = check_block("block_size", block_size)
+    bq = check_block("query_block_size", query_block_size if query_block_size is not None else block_size)
     blocks = torch.arange(-(-q.shape[-2] // bq), device=q.device) if query_blocks is None else query_blocks.long()
     ctx = _Ctx(q, k, bk, bq, causal, scale, options)
     return _scorer_fn(scorer)(ctx, blocks)
@@ -284,12 +276,12 @@ def select_blocks_scored(
     are selected and the int32 indices ``(b, h, len(query_blocks), kept)`` are returned instead.
     ``options`` go to the scorer (``hasher``; ``m``, ``sub``, ``reduce``; ``factor``).
     """
-    _check_qkv(q, k)
-    density = _check_density(density)
-    bk = _check_block("block_size", block_size)
-    bq = _check_block("query_block_size", query_block_size if query_block_size is not None else block_size)
-    _check_count("local_blocks", local_blocks)
-    _check_count("sink_blocks", sink_blocks)
+    check_qkv(q, k)
+    density = check_density(density)
+    bk = check_block("block_size", block_size)
+    bq = check_block("query_block_size", query_block_size if query_block_size is not None else block_size)
+    check_count("local_blocks", local_blocks)
+    check_count("sink_blocks", sink_blocks)
     fn = _scorer_fn(scorer)
     nq, nk = q.shape[-2], k.shape[-2]
     nqb, nkb = -(-nq // bq), -(-nk // bk)
@@ -302,7 +294,7 @@ def select_blocks_scored(
     chunk = max(1, _CHUNK_ELEMS // max(1, b * h * nkb * options.get("m", 1) * (bk // options.get("sub", bk))))
     for start in range(0, blocks.numel(), chunk):
         sub = blocks[start : start + chunk]
-        forced, allowed = _forced_and_allowed(sub, nq, nk, bq, bk, local_blocks, sink_blocks, causal)
+        forced, allowed = forced_and_allowed(sub, nq, nk, bq, bk, local_blocks, sink_blocks, causal)
         if kept == nkb:  # everything allowed is kept: no scores needed
             score = torch.zeros(b, h, sub.numel(), nkb, device=q.device)
         else:
