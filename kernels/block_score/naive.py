@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from vidhash.kernels.block_select.naive import forced_and_allowed
+from vidhash.ops.checks import BlockSelection, check_block, check_count, check_density, check_qkv, num_kept, resolve_scale
 
 RESOLUTION = 1.0 / 16  # nats per level at most: 256 levels span ≥ 16 nats below a row's best
 MIN_WIDTH = 32  # int8 tl.dot needs K ≥ 32 (scores stay exact in float32 up to 512 wide: 512 · 127² < 2^24)
@@ -201,3 +202,76 @@ def block_score_reference(
         idx = torch.where(top.values >= 0, top.indices, nkb).sort(dim=-1).values
         out[:, :, start : start + c] = torch.where(idx == nkb, -1, idx).to(torch.int32)
     return out
+
+
+# --------------------------------------------------------------------------------------------
+# the whole selection in torch: codes, kept, reference top-k
+# --------------------------------------------------------------------------------------------
+def selection_codes(q: torch.Tensor, k: torch.Tensor, *, block_size: int, query_block_size: int, scale: float | None,
+                    m: int = 1, sub: int | None = None, scorer=None, resolution: float = RESOLUTION):
+    """int8 codes ``(qi, ki, shift)`` of a code scorer (see :func:`select_blocks_codes_reference`)."""
+    project = None
+    if scorer == "moments":
+        if m != 1 or sub not in (None, block_size):
+            raise ValueError("scorer='moments' takes m=1 and no sub-blocks")
+    elif scorer is not None:
+        if getattr(scorer, "code_kind", None) != "real" or getattr(scorer, "features", None) not in ("linear", "diag"):
+            raise ValueError("scorer must be None (pooled), 'moments' or a LearnedBlockScorer with codes='real', "
+                             "features 'linear' or 'diag'")
+        project = scorer.map_means
+    sc = resolve_scale(scale, q.shape[-1])
+    if scorer == "moments":
+        cq, ck = moment_codes(q, k, block_size, query_block_size, sc)
+    else:
+        cq, ck = subgrid_codes(q, k, block_size, query_block_size, sc, m, sub, project)
+    return quantize_codes(cq, ck, resolution)
+
+
+def kept_blocks(nq: int, nk: int, *, density: float, block_size: int, query_block_size: int, local_blocks: int,
+                sink_blocks: int, causal: bool, device=None) -> int:
+    """``kept`` of :func:`vidhash.kernels.block_select.naive.select_blocks` (from the forced masks)."""
+    nkb = -(-nk // block_size)
+    kept = num_kept(density, nkb)
+    if kept < nkb and (local_blocks or sink_blocks):
+        nqb = -(-nq // query_block_size)
+        forced, _ = forced_and_allowed(torch.arange(nqb, device=device), nq, nk, query_block_size, block_size,
+                                        local_blocks, sink_blocks, causal)
+        kept = min(nkb, max(kept, int(forced.sum(-1).max())))
+    return kept
+
+
+@torch.no_grad()
+def select_blocks_codes_reference(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    *,
+    density: float = 0.125,
+    block_size: int = 64,
+    query_block_size: int | None = None,
+    local_blocks: int = 1,
+    sink_blocks: int = 1,
+    causal: bool = False,
+    scale: float | None = None,
+    m: int = 1,
+    sub: int | None = None,
+    scorer=None,
+    resolution: float = RESOLUTION,
+) -> BlockSelection:
+    """:func:`vidhash.kernels.block_score.ops.select_blocks_codes` in torch (no triton): the same
+    codes (``scorer`` None = pooled, ``"moments"`` or a learned scorer with real linear/diag codes),
+    the same ``kept``, :func:`block_score_reference`'s indices (equal to the kernel's)."""
+    check_qkv(q, k)
+    density = check_density(density)
+    bk = check_block("block_size", block_size)
+    bq = check_block("query_block_size", query_block_size if query_block_size is not None else block_size)
+    check_count("local_blocks", local_blocks)
+    check_count("sink_blocks", sink_blocks)
+    nq, nk = q.shape[-2], k.shape[-2]
+    qi, ki, shift = selection_codes(q, k, block_size=bk, query_block_size=bq, scale=scale, m=m, sub=sub,
+                                    scorer=scorer, resolution=resolution)
+    kept = kept_blocks(nq, nk, density=density, block_size=bk, query_block_size=bq, local_blocks=local_blocks,
+                       sink_blocks=sink_blocks, causal=causal, device=q.device)
+    idx = block_score_reference(qi, ki, shift, kept=kept, num_queries=nq, num_keys=nk, block_size=bk,
+                                query_block_size=bq, local_blocks=local_blocks, sink_blocks=sink_blocks,
+                                causal=causal, m=m, sub=sub)
+    return BlockSelection(idx, bk, bq, nq, nk, causal)

@@ -12,10 +12,10 @@ import os
 import torch
 import triton
 
-from vidhash.ops.checks import BlockSelection, check_block, check_count, check_density, check_qkv, resolve_scale
+from vidhash.ops.checks import BlockSelection, check_block, check_count, check_density, check_qkv
 
 from .kernel import block_score_kernel
-from .naive import RESOLUTION, block_score_reference, check_grid, moment_codes, quantize_codes, subgrid_codes
+from .naive import RESOLUTION, check_grid, select_blocks_codes_reference, selection_codes
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 BACKENDS = ("auto", "triton", "reference")
@@ -120,25 +120,17 @@ def select_blocks_codes(
     check_count("sink_blocks", sink_blocks)
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    use_kernel = backend == "triton" or (backend == "auto" and q.is_cuda)
+    if not use_kernel:
+        return select_blocks_codes_reference(q, k, density=density, block_size=bk, query_block_size=bq,
+                                             local_blocks=local_blocks, sink_blocks=sink_blocks, causal=causal,
+                                             scale=scale, m=m, sub=sub, scorer=scorer, resolution=resolution)
     nq, nk = q.shape[-2], k.shape[-2]
     kept = num_kept_blocks(nq, nk, density=density, block_size=bk, query_block_size=bq, local_blocks=local_blocks,
                            sink_blocks=sink_blocks, causal=causal)  # closed form on the host: no device sync
-    project = None
-    if scorer == "moments":
-        if m != 1 or sub not in (None, bk):
-            raise ValueError("scorer='moments' takes m=1 and no sub-blocks")
-    elif scorer is not None:
-        if getattr(scorer, "code_kind", None) != "real" or getattr(scorer, "features", None) not in ("linear", "diag"):
-            raise ValueError("scorer must be None (pooled), 'moments' or a LearnedBlockScorer with codes='real', "
-                             "features 'linear' or 'diag'")
-        project = scorer.map_means
-    if scorer == "moments":
-        cq, ck = moment_codes(q, k, bk, bq, resolve_scale(scale, q.shape[-1]))
-    else:
-        cq, ck = subgrid_codes(q, k, bk, bq, resolve_scale(scale, q.shape[-1]), m, sub, project)
-    qi, ki, shift = quantize_codes(cq, ck, resolution)
-    kw = dict(kept=kept, num_queries=nq, num_keys=nk, block_size=bk, query_block_size=bq,
-              local_blocks=local_blocks, sink_blocks=sink_blocks, causal=causal, m=m, sub=sub)
-    use_kernel = backend == "triton" or (backend == "auto" and q.is_cuda)
-    idx = select_from_codes(qi, ki, shift, **kw) if use_kernel else block_score_reference(qi, ki, shift, **kw)
+    qi, ki, shift = selection_codes(q, k, block_size=bk, query_block_size=bq, scale=scale, m=m, sub=sub,
+                                    scorer=scorer, resolution=resolution)
+    idx = select_from_codes(qi, ki, shift, kept=kept, num_queries=nq, num_keys=nk, block_size=bk,
+                            query_block_size=bq, local_blocks=local_blocks, sink_blocks=sink_blocks, causal=causal,
+                            m=m, sub=sub)
     return BlockSelection(idx, bk, bq, nq, nk, causal)

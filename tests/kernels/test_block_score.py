@@ -159,3 +159,26 @@ def test_errors_name_the_argument():
                             backend="triton")
     with pytest.raises(ValueError, match="backend"):
         select_blocks_codes(torch.randn(1, 1, 8, 4), torch.randn(1, 1, 8, 4), backend="cuda")
+
+
+@pytest.mark.parametrize("scorer", ["pooled", "moments", "learned"])
+def test_select_blocks_scorer_on_the_kernel(scorer):
+    """``vidhash.attention.select_blocks(scorer=..., backend="triton")`` runs the block-score kernel
+    and gives the reference's indices; ``hash_attention`` then attends on the kernels."""
+    from vidhash.attention import hash_attention, select_blocks
+    from vidhash.selection import LearnedBlockScorer
+
+    g = torch.Generator().manual_seed(11)
+    q, k, v = (torch.randn(1, 2, 80, 64, generator=g).to(DEV) for _ in range(3))
+    if scorer == "learned":
+        scorer = LearnedBlockScorer(64, 2).to(DEV)
+        with torch.no_grad():
+            scorer.wq.add_(0.1 * torch.randn(scorer.wq.shape, generator=g).to(DEV))
+    kw = dict(density=0.3, block_size=16, query_block_size=16, causal=True)
+    out = select_blocks(q, k, scorer=scorer, backend="triton", **kw)
+    ref = select_blocks(q, k, scorer=scorer, backend="reference", **kw)
+    assert torch.equal(out.indices, ref.indices)
+    if scorer == "pooled":
+        got = hash_attention(q, k, v, scorer=scorer, backend="triton", **kw)
+        want = hash_attention(q, k, v, scorer=scorer, backend="reference", **kw)
+        torch.testing.assert_close(got, want, rtol=2e-3, atol=2e-3)
