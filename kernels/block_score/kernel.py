@@ -20,8 +20,8 @@ program per ``BLOCK_M`` query blocks of one (batch, head), four passes over the 
 (scores recomputed by ``tl.dot`` each pass; nothing of size query blocks × key blocks is stored):
 
 1. each sub-centroid's best free score;
-2. per-row histogram of the coarse level (``level >> 4``; 16 bins + forced) → the coarse cut;
-3. per-row histogram of the fine level (``level & 15``) inside the coarse cut → the cut level
+2. per-row counts of the coarse level (``level >> 4``; 16 bins + forced) → the coarse cut;
+3. per-row counts of the fine level (``level & 15``) inside the coarse cut → the cut level
    and how many of its ties to keep;
 4. ascending pass: keep every block above the cut and the first ``need`` at it, writing kept
    indices in order through per-row prefix sums; pad the row with ``-1``.
@@ -83,6 +83,15 @@ def _pair_levels(s, cell_ok, smax, forced, shift,
 
 
 @triton.jit
+def _row_counts(values, mask, bins):
+    """Per-row histogram ``(BLOCK_M, len(bins))``: how many masked ``values (BLOCK_M, BLOCK_N)`` equal
+    each bin — compares and a sum, not ``tl.histogram`` (whose counts were wrong on an H200 for these
+    layouts while the interpreter agreed with the reference)."""
+    hit = (values[:, :, None] == bins[None, None, :]) & mask[:, :, None]
+    return tl.sum(hit.to(tl.int32), 1)
+
+
+@triton.jit
 def block_score_kernel(
     QC, KC, SHIFT, OUT,
     stride_qb, stride_qh, stride_qc,
@@ -107,7 +116,6 @@ def block_score_kernel(
     k_base = b.to(tl.int64) * stride_kb + h.to(tl.int64) * stride_kh
     shift = tl.load(SHIFT + bh)
     lanes = tl.arange(0, BLOCK_N)
-    m_idx = tl.arange(0, BLOCK_M)
 
     # 1. each sub-centroid's best score over free key blocks
     smax = tl.full([BLOCK_M * M], _NEG, tl.int32)
@@ -118,30 +126,26 @@ def block_score_kernel(
         smax = tl.maximum(smax, tl.max(tl.where(ok, s, _NEG), 1))
 
     # 2. coarse histogram (bins 0..15 free, 16 forced; 32 per row) → coarse cut per row
-    hist = tl.zeros([BLOCK_M * 32], dtype=tl.int32)
+    bins = tl.arange(0, 32)
+    hist2 = tl.zeros([BLOCK_M, 32], dtype=tl.int32)
     for j0 in range(0, NKB, BLOCK_N):
         forced, allowed = _block_masks(rows, j0 + lanes, row_ok, NQ, NK, NKB, BQ, BK, LOCAL, SINK, CAUSAL)
         s, col_ok = _cells(KC, k_base, stride_kj, q_codes, j0, NSUB, R, BLOCK_N, P)
         level = _pair_levels(s, sub_ok[:, None] & col_ok[None, :], smax, forced, shift, BLOCK_M, M, BLOCK_N, P)
-        flat = tl.reshape(tl.where(allowed, m_idx[:, None] * 32 + (level >> 4), 0), [BLOCK_M * BLOCK_N])
-        hist += tl.histogram(flat, BLOCK_M * 32, mask=tl.reshape(allowed, [BLOCK_M * BLOCK_N]))
-    hist2 = tl.reshape(hist, [BLOCK_M, 32])
-    bins = tl.arange(0, 32)
+        hist2 += _row_counts(level >> 4, allowed, bins)
     count_ge = tl.cumsum(hist2, 1, reverse=True)
     c_cut = tl.max(tl.where(count_ge >= KEPT, bins[None, :], -1), 1)  # -1: fewer allowed blocks than KEPT
     above_c = tl.sum(tl.where(bins[None, :] > c_cut[:, None], hist2, 0), 1)
 
     # 3. fine histogram inside the coarse cut → cut level and ties to keep
-    fhist = tl.zeros([BLOCK_M * 16], dtype=tl.int32)
+    fbins = tl.arange(0, 16)
+    fhist2 = tl.zeros([BLOCK_M, 16], dtype=tl.int32)
     for j0 in range(0, NKB, BLOCK_N):
         forced, allowed = _block_masks(rows, j0 + lanes, row_ok, NQ, NK, NKB, BQ, BK, LOCAL, SINK, CAUSAL)
         s, col_ok = _cells(KC, k_base, stride_kj, q_codes, j0, NSUB, R, BLOCK_N, P)
         level = _pair_levels(s, sub_ok[:, None] & col_ok[None, :], smax, forced, shift, BLOCK_M, M, BLOCK_N, P)
         inside = allowed & ((level >> 4) == c_cut[:, None]) & (c_cut[:, None] < 16)
-        flat = tl.reshape(tl.where(inside, m_idx[:, None] * 16 + (level & 15), 0), [BLOCK_M * BLOCK_N])
-        fhist += tl.histogram(flat, BLOCK_M * 16, mask=tl.reshape(inside, [BLOCK_M * BLOCK_N]))
-    fhist2 = tl.reshape(fhist, [BLOCK_M, 16])
-    fbins = tl.arange(0, 16)
+        fhist2 += _row_counts(level & 15, inside, fbins)
     f_ge = tl.cumsum(fhist2, 1, reverse=True) + above_c[:, None]
     f_cut = tl.max(tl.where(f_ge >= KEPT, fbins[None, :], -1), 1)
     above_f = tl.sum(tl.where(fbins[None, :] > f_cut[:, None], fhist2, 0), 1) + above_c
