@@ -133,6 +133,8 @@ def find_resume(cfg: TrainConfig, family: ModelFamily, resume: str | None,
     elif find_checkpoint(ckpt_root) is not None:
         raise ValueError(f"{ckpt_root} already holds checkpoints: pass --resume auto to continue, or another out_dir")
     if ckpt is None:
+        if cfg.init_from and not Path(cfg.init_from).exists():
+            raise FileNotFoundError(f"init_from={cfg.init_from} does not exist")
         return None, None
     tensors, meta = load_checkpoint(ckpt)
     lacking = [k for k in ("fingerprint", "data_position", "rows", "optim", "scheduler", "rng") if k not in meta]

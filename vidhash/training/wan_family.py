@@ -355,7 +355,8 @@ def save_pipeline(model: WanTransformer3DModel, folder: Path, cfg: WanTrainConfi
     conditioning; safetensors shards ≤ ``checkpoint.shard_mb`` MiB (headers included)."""
     pipe = WanMiniPipeline(model, FlowMatchEulerDiscreteScheduler(shift=cfg.sample_shift), channels=3,
                            **asdict(cfg.condition))
-    pipe.save_pretrained(str(folder), max_shard_size=int(cfg.checkpoint.shard_mb * 2**20) - 64 * 1024)
+    limit = int(cfg.checkpoint.shard_mb * 2**20)
+    pipe.save_pretrained(str(folder), max_shard_size=limit - min(64 * 1024, limit // 8))  # room for the headers
 
 
 def load_transformer(model: nn.Module, folder: Path, cfg: WanTrainConfig) -> None:
