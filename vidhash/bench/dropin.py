@@ -210,7 +210,7 @@ def capture_qk(pipe, seed: int, args) -> dict[str, tuple[torch.Tensor, torch.Ten
     handle = tf.register_forward_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
     try:
         pipe(actions=camera_path(seed, args.frames), num_frames=args.frames, height=args.size, width=args.size,
-             num_inference_steps=min(args.steps, args.recall_step + 1), generator=torch.Generator().manual_seed(seed))
+             num_inference_steps=args.steps, generator=torch.Generator().manual_seed(seed))  # the same schedule
     finally:
         handle.remove()
         tf.set_attn_processor(originals)
