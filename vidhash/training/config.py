@@ -2,7 +2,7 @@
 
     python -c "from vidhash.training import load_train_config; print(load_train_config('configs/train/world_tiny.yaml'))"
 
-A YAML file (``configs/train/*.yaml``) is merged onto the dataclass, then ``key=value``
+:func:`vidhash.training.recipes.load_train_config` reads one: a YAML file (``configs/train/*.yaml``) is merged onto the dataclass, then ``key=value``
 overrides; an unknown key or a value of the wrong type is a ValueError naming the key.
 
 ``model_family`` names the model the trainer builds, trains and exports
@@ -28,15 +28,12 @@ from __future__ import annotations
 import inspect
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
-from omegaconf import OmegaConf
-
-from vidhash.config import apply_overrides
 from vidhash.data.world import HELDOUT_WORLD_SEED  # world seeds >= this are evaluation-only
 from vidhash.memory import MemoryRead, MemorySignature
 from vidhash.models.transformer_vidhash import VidHashTransformer3DModel
-from vidhash.presets import model_arguments, model_defaults, structured
+from vidhash.presets import model_arguments, model_defaults
 
 DATA_SOURCES = ("world", "video")
 TRAJECTORIES = ("out_and_back", "random", "mixed")
@@ -206,36 +203,6 @@ def resolve_config_path(path: str) -> Path:
     raise FileNotFoundError(f"training config {path} not found (a YAML file or a name in configs/train/)")
 
 
-def load_train_config(path: str | None = None, overrides: list[str] | None = None) -> TrainConfig:
-    """YAML ``path`` (or the defaults) + ``key=value`` overrides, checked; ValueError naming a bad key.
-    The config class is the model family's (``model_family``: ``TrainConfig`` for ``vidhash``, a
-    subclass with the family's own ``model`` / ``data`` / … sections for another,
-    :attr:`~vidhash.training.families.ModelFamily.config_class`)."""
-    from .families import get_family  # lazy: the families package imports this module
-
-    data: Any = {}
-    what = "train config"
-    if path is not None:
-        p = resolve_config_path(path)
-        what = str(p)
-        data = OmegaConf.load(str(p))
-    family = get_family(family_name(data, overrides or []))
-    cfg = structured(family.config_class, data, what)
-    cfg = apply_overrides(cfg, overrides or [])
-    check_train_config(cfg, family)
-    return cfg
-
-
-def family_name(data: Any, overrides: list[str]) -> str:
-    """``model_family`` of a YAML's ``data`` and the overrides (the last ``model_family=`` wins)."""
-    name = data.get("model_family", "vidhash") if data else "vidhash"
-    for item in overrides:
-        key, _, value = item.partition("=")
-        if key.strip() == "model_family":
-            name = value.strip()
-    return str(name)
-
-
 def model_supports_selection() -> str | None:
     """The ``VidHashTransformer3DModel.forward`` keyword for training-time selection, or None."""
     from vidhash.models.transformer_vidhash import VidHashTransformer3DModel
@@ -256,10 +223,11 @@ def fused_mode(setting) -> str:
     return mode
 
 
-def check_train_config(cfg: TrainConfig, family=None) -> None:
+def check_train_config(cfg: TrainConfig, family) -> None:
     """Values a type check cannot catch; ValueError naming the key. The run's keys here; the model
     family's sections (``model``, ``data``, ``noise`` …) by its ``check`` (``family``: the
-    ``ModelFamily`` of ``cfg.model_family``, looked up when not given)."""
+    ``ModelFamily`` of ``cfg.model_family``; :func:`vidhash.training.recipes.load_train_config`
+    passes it — this module does not import the families, which import it)."""
     for key in ("max_steps", "batch_size", "grad_accum", "log_every"):
         _positive(key, getattr(cfg, key))
     _positive("data.prefetch_factor", cfg.data.prefetch_factor)
@@ -288,10 +256,6 @@ def check_train_config(cfg: TrainConfig, family=None) -> None:
     if cfg.checkpoint.moments_dtype not in ("fp32", "bf16"):
         raise ValueError(f"checkpoint.moments_dtype must be fp32 or bf16, got {cfg.checkpoint.moments_dtype!r}")
     check_chained_runs(cfg)
-    if family is None:
-        from .families import get_family  # lazy: the families package imports this module
-
-        family = get_family(cfg.model_family)
     family.check(cfg)
 
 
