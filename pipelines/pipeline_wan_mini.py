@@ -52,8 +52,8 @@ from diffusers.utils.torch_utils import randn_tensor
 from einops import rearrange
 
 from vidhash.camera import ACTIONS
+from vidhash.models.transformer_vidhash import PREDICTIONS  # what the network outputs: the same two as vidhash's model
 
-PREDICTIONS = ("velocity", "sample")
 OUTPUT_TYPES = ("np", "pt", "latent")
 
 

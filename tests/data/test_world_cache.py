@@ -9,7 +9,7 @@ import torch
 
 from vidhash.data.world import ProceduralWorld
 from vidhash.data.world_cache import SharedWorldCache, code_digest
-from vidhash.training.config import load_train_config
+from vidhash.training import load_train_config
 from vidhash.training.data import TrainSamples, world_cache_folder, world_pool_seeds
 
 SIZE, VIEW = 128, 32

@@ -43,9 +43,9 @@ class CountingFamily(VidHashFamily):
         assert batch.x0.shape == batch.noise.shape and batch.sigmas.shape == batch.x0.shape[:2]
         return super().loss(model, batch, cfg) * 0.0
 
-    def save(self, model, folder):
+    def save(self, model, folder, cfg):
         CALLS["save"] += 1
-        super().save(model, folder)
+        super().save(model, folder, cfg)
 
 
 def test_the_trainer_goes_through_the_family(tmp_path, monkeypatch):
@@ -121,7 +121,7 @@ class ToyFamily(ModelFamily):
     def loss(self, model, batch, cfg):
         return ((model(batch["x"]) - batch["y"]) ** 2).sum()
 
-    def save(self, model, folder):
+    def save(self, model, folder, cfg):
         folder.mkdir(parents=True)
         save_file(model.state_dict(), str(folder / "toy.safetensors"))
 

@@ -3,7 +3,7 @@ schedule ends (LR at its floor) when time runs out, instead of being cut mid-way
 import csv
 import time
 
-from vidhash.training.config import load_train_config
+from vidhash.training import load_train_config
 from vidhash.training.schedule import lr_lambda
 from vidhash.training.trainer import train
 

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from vidhash.pipelines import VidHashPipeline
-from vidhash.training.config import load_train_config
+from vidhash.training import load_train_config
 from vidhash.training.trainer import train
 
 

@@ -5,7 +5,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from vidhash.training import load_train_config
+
 CPU_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "train" / "wan_mini_cpu.yaml"
+TINY = ["data.num_frames=8", "noise.max_context_frames=3", "batch_size=2"]
 
 
 @pytest.fixture(autouse=True)
@@ -18,10 +21,7 @@ def _one_thread():
 
 @pytest.fixture
 def tiny_cfg():
-    from vidhash.training.wan_family import load_wan_config
-
     def make(*overrides: str):
-        return load_wan_config(str(CPU_CONFIG), ["data.num_frames=8", "noise.max_context_frames=3", "batch_size=2",
-                                                 *overrides])
+        return load_train_config(str(CPU_CONFIG), [*TINY, *overrides])
 
     return make

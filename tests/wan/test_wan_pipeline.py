@@ -8,11 +8,11 @@ from diffusers import FlowMatchEulerDiscreteScheduler, WanTransformer3DModel
 
 from vidhash.data.world import ACTIONS
 from vidhash.pipelines.pipeline_wan_mini import WanMiniConditioning, WanMiniPipeline
-from vidhash.training.wan_family import build
+from vidhash.training.families import build_model
 
 
 def make_pipe(cfg, randomize=True):
-    model = build(cfg)
+    model = build_model(cfg)
     if randomize:  # Wan's init zeroes the output projection: give the untrained model an output
         torch.nn.init.normal_(model.proj_out.weight, std=0.2, generator=torch.Generator().manual_seed(1))
     pipe = WanMiniPipeline(model, FlowMatchEulerDiscreteScheduler(shift=3.0), channels=3, **asdict(cfg.condition))
@@ -99,7 +99,7 @@ def test_input_errors(tiny_cfg, kw, match):
 def test_transformer_must_fit_the_conditioning(tiny_cfg):
     cfg = tiny_cfg()
     with pytest.raises(ValueError, match="does not fit the conditioning"):
-        WanMiniPipeline(build(cfg), FlowMatchEulerDiscreteScheduler(), time_freqs=cfg.condition.time_freqs + 1)
+        WanMiniPipeline(build_model(cfg), FlowMatchEulerDiscreteScheduler(), time_freqs=cfg.condition.time_freqs + 1)
 
 
 def test_save_and_load(tiny_cfg, tmp_path):

@@ -28,7 +28,7 @@ from . import cpu_name
 def _worker(spec: dict) -> dict:
     import torch
 
-    from vidhash.training.config import load_train_config
+    from vidhash.training.recipes import load_train_config
     from vidhash.training.data import IndexBatches, TrainSamples
 
     torch.set_num_threads(1)
@@ -57,7 +57,7 @@ def _worker(spec: dict) -> dict:
 
 
 def run(args) -> int:
-    from vidhash.training.config import load_train_config
+    from vidhash.training.recipes import load_train_config
 
     cfg = load_train_config(args.config, list(args.overrides))  # a bad key fails here
     workers = cfg.data.num_workers if args.workers is None else args.workers

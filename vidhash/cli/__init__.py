@@ -31,6 +31,7 @@ COMMANDS: dict[str, tuple[str, str] | dict[str, tuple[str, str]]] = {
         "memory": ("vidhash.cli.bench:memory", "HashedMemory read/write kernels vs the reference and dense SDPA, with recall"),
         "data": ("vidhash.cli.bench:data", "training data throughput: P processes × W workers, with and without the shared world cache"),
         "generation": ("vidhash.cli.bench:generation", "time per frame and peak memory vs clip length: hashed memory, full context, window only"),
+        "dropin": ("vidhash.cli.bench:dropin", "hash-attention drop-in on a trained wan-mini: PSNR/SSIM vs dense, coherence, recall, ms/step"),
         "realism": ("vidhash.cli.bench:realism", "validation table of the no-reference realism score: real frames, distortions, clips"),
     },
     "eval": {

@@ -35,7 +35,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from vidhash.training.config import load_train_config, to_yaml_text
+    from vidhash.training.config import to_yaml_text
+    from vidhash.training.recipes import load_train_config
 
     cfg = load_train_config(args.config, args.overrides)
     if args.print_config:

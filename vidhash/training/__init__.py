@@ -17,7 +17,8 @@
 * ``checkpoint`` — crash-safe sharded checkpoint folders.
 * ``ema``, ``profile``, ``affinity`` — EMA weights, ``--profile-steps``, CPU pinning.
 """
-from .config import HELDOUT_WORLD_SEED, TrainConfig, load_train_config
+from .config import HELDOUT_WORLD_SEED, TrainConfig
+from .recipes import load_train_config
 from .ema import EMA
 
 __all__ = ["EMA", "HELDOUT_WORLD_SEED", "TrainConfig", "load_train_config", "train"]

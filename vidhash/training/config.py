@@ -2,16 +2,22 @@
 
     python -c "from vidhash.training import load_train_config; print(load_train_config('configs/train/world_tiny.yaml'))"
 
-A YAML file (``configs/train/*.yaml``) is merged onto the dataclass, then ``key=value``
+:func:`vidhash.training.recipes.load_train_config` reads one: a YAML file (``configs/train/*.yaml``) is merged onto the dataclass, then ``key=value``
 overrides; an unknown key or a value of the wrong type is a ValueError naming the key.
 
 ``model_family`` names the model the trainer builds, trains and exports
-(:mod:`vidhash.training.families`; ``vidhash``, the default, is ``VidHashTransformer3DModel``).
-Sections: ``model`` (``VidHashTransformer3DModel``'s constructor arguments: a dataclass made from
-its signature, :func:`vidhash.presets.model_arguments`, so names, types and defaults are the constructor's),
-``data`` (world pool or mp4 folder, clip length, trajectories), ``noise`` (rectified-flow noise
-levels per chunk), ``optim`` (AdamW, warmup + cosine, clipping), ``ema``, ``checkpoint``, and the
-run itself (steps, batch, precision, output folder).
+(:mod:`vidhash.training.families`; ``vidhash``, the default, is ``VidHashTransformer3DModel``) and
+with it the config class: ``TrainConfig`` here, a subclass with the family's own sections for
+another (``wan``: :class:`vidhash.training.wan_family.WanTrainConfig`). :func:`check_train_config`
+checks the run's keys and asks the family to check its sections.
+
+``vidhash``'s sections: ``model`` (``VidHashTransformer3DModel``'s constructor arguments: a
+dataclass made from its signature, :func:`vidhash.presets.model_arguments`, so names, types and
+defaults are the constructor's), ``data`` (world pool or mp4 folder, clip length, trajectories),
+``noise`` (rectified-flow noise levels per chunk), ``temporal_mode``, ``selection``. Every
+family's: ``optim`` (AdamW, warmup + cosine, clipping), ``ema``, ``checkpoint``, the loader's
+``data.num_workers`` … and the run itself (steps, batch, precision, output folder, time budget,
+validation).
 
 World seeds: training draws worlds from ``data.world_seed_start`` .. ``+ data.num_worlds - 1``,
 which must stay below ``HELDOUT_WORLD_SEED`` (1,000,000); seeds ≥ 1,000,000 are held out for
@@ -22,15 +28,12 @@ from __future__ import annotations
 import inspect
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
-from omegaconf import OmegaConf
-
-from vidhash.config import apply_overrides
 from vidhash.data.world import HELDOUT_WORLD_SEED  # world seeds >= this are evaluation-only
 from vidhash.memory import MemoryRead, MemorySignature
 from vidhash.models.transformer_vidhash import VidHashTransformer3DModel
-from vidhash.presets import model_arguments, model_defaults, structured
+from vidhash.presets import model_arguments, model_defaults
 
 DATA_SOURCES = ("world", "video")
 TRAJECTORIES = ("out_and_back", "random", "mixed")
@@ -90,6 +93,7 @@ class OptimConfig:
     weight_decay: float = 0.01
     eps: float = 1e-8
     grad_clip: float = 1.0  # max grad norm; 0 = off
+    rewarm_steps: int = 100  # init_from continuing an export's run (new AdamW moments): linear LR ramp over these steps
     # AdamW's fused kernel (one launch for all parameters instead of several per group): "auto" = on
     # CUDA, "on", "off" (PyTorch's default foreach path; the only one before 2026-11-30)
     fused: str = "auto"
@@ -157,8 +161,19 @@ class TrainConfig:
     ddp_static_graph: bool = False  # same graph every step: DDP can skip per-step bookkeeping
     ddp_gradient_as_bucket_view: bool = False  # gradients are views into the buckets (no copy in/out)
     ddp_split_compiled: bool = True  # torch._dynamo.config.optimize_ddp: split compiled graphs at bucket bounds
-    init_from: Optional[str] = None  # fresh start only: a pipeline folder whose transformer weights start the model and EMA
-    model_family: str = "vidhash"  # the model trained and exported: a name in vidhash.training.families.FAMILIES (checked by train)
+    # fresh start only: a pipeline folder whose transformer weights start the model and EMA; with a
+    # train_state.json (export_train_state) its run continues: step, data position, schedule, loss log
+    init_from: Optional[str] = None
+    model_family: str = "vidhash"  # the model trained and exported: a name in vidhash.training.families.FAMILIES (picks the config class)
+    # -- runs chained over several calls (e.g. 10-minute GPU calls), each continuing the last
+    # > 0: after fit_after steps of a call, max_steps is set once from the measured step time so that
+    # the cosine schedule ends after this much training time over all calls; later calls (resume, or
+    # init_from of an export with train_state.json) continue that max_steps while the budget is the same
+    budget_minutes: float = 0.0
+    fit_after: int = 50  # steps of a call after which fit_schedule / budget_minutes measure the step time
+    val_every: int = 0  # validation loss of model and EMA on the family's held-out batch at these steps' log rows and each call's end (0: none)
+    val_clips: int = 8  # clips of that batch
+    export_train_state: bool = False  # train_state.json in the export: init_from= of it continues the run with new AdamW moments
     model: ModelArguments = field(default_factory=ModelArguments)
     data: DataConfig = field(default_factory=DataConfig)
     noise: NoiseConfig = field(default_factory=NoiseConfig)
@@ -188,20 +203,6 @@ def resolve_config_path(path: str) -> Path:
     raise FileNotFoundError(f"training config {path} not found (a YAML file or a name in configs/train/)")
 
 
-def load_train_config(path: str | None = None, overrides: list[str] | None = None) -> TrainConfig:
-    """YAML ``path`` (or the defaults) + ``key=value`` overrides, checked; ValueError naming a bad key."""
-    data: Any = {}
-    what = "train config"
-    if path is not None:
-        p = resolve_config_path(path)
-        what = str(p)
-        data = OmegaConf.load(str(p))
-    cfg = structured(TrainConfig, data, what)
-    cfg = apply_overrides(cfg, overrides or [])
-    check_train_config(cfg)
-    return cfg
-
-
 def model_supports_selection() -> str | None:
     """The ``VidHashTransformer3DModel.forward`` keyword for training-time selection, or None."""
     from vidhash.models.transformer_vidhash import VidHashTransformer3DModel
@@ -222,28 +223,24 @@ def fused_mode(setting) -> str:
     return mode
 
 
-def check_train_config(cfg: TrainConfig) -> None:
-    """Values a type check cannot catch; ValueError naming the key."""
-    def positive(key: str, value: float) -> None:
-        if value <= 0:
-            raise ValueError(f"{key} must be positive, got {value}")
-
+def check_train_config(cfg: TrainConfig, family) -> None:
+    """Values a type check cannot catch; ValueError naming the key. The run's keys here; the model
+    family's sections (``model``, ``data``, ``noise`` …) by its ``check`` (``family``: the
+    ``ModelFamily`` of ``cfg.model_family``; :func:`vidhash.training.recipes.load_train_config`
+    passes it — this module does not import the families, which import it)."""
     for key in ("max_steps", "batch_size", "grad_accum", "log_every"):
-        positive(key, getattr(cfg, key))
-    for key in ("num_frames", "pool_size", "clips_per_world", "world_size", "view", "step", "num_worlds", "frame_stride"):
-        positive(f"data.{key}", getattr(cfg.data, key))
-    positive("noise.chunk_frames", cfg.noise.chunk_frames)
-    positive("data.prefetch_factor", cfg.data.prefetch_factor)
-    positive("ddp_bucket_cap_mb", cfg.ddp_bucket_cap_mb)
+        _positive(key, getattr(cfg, key))
+    _positive("data.prefetch_factor", cfg.data.prefetch_factor)
+    _positive("ddp_bucket_cap_mb", cfg.ddp_bucket_cap_mb)
     if cfg.data.num_workers < 0:
         raise ValueError(f"data.num_workers must be >= 0, got {cfg.data.num_workers}")
     fused_mode(cfg.optim.fused)  # raises on a value that is not auto, on or off
     if cfg.data.reserve_cores < 0:
         raise ValueError(f"data.reserve_cores must be >= 0, got {cfg.data.reserve_cores}")
-    positive("checkpoint.every", cfg.checkpoint.every)
-    positive("checkpoint.keep", cfg.checkpoint.keep)
-    positive("checkpoint.shard_mb", cfg.checkpoint.shard_mb)
-    positive("optim.lr", cfg.optim.lr)
+    _positive("checkpoint.every", cfg.checkpoint.every)
+    _positive("checkpoint.keep", cfg.checkpoint.keep)
+    _positive("checkpoint.shard_mb", cfg.checkpoint.shard_mb)
+    _positive("optim.lr", cfg.optim.lr)
     if cfg.max_minutes < 0:
         raise ValueError(f"max_minutes must be >= 0, got {cfg.max_minutes}")
     if cfg.mixed_precision is False or cfg.mixed_precision == "False":  # YAML 1.1 reads a bare `no` as false
@@ -252,6 +249,39 @@ def check_train_config(cfg: TrainConfig) -> None:
         raise ValueError(f"mixed_precision must be one of {', '.join(PRECISIONS)}, got {cfg.mixed_precision!r}")
     if cfg.export_dtype not in ("auto", "fp32", "fp16", "bf16"):
         raise ValueError(f"export_dtype must be auto, fp32, fp16 or bf16, got {cfg.export_dtype!r}")
+    if not 0 <= cfg.ema.decay < 1:
+        raise ValueError(f"ema.decay must be in [0, 1), got {cfg.ema.decay}")
+    if not 0 <= cfg.optim.min_lr_ratio <= 1:
+        raise ValueError(f"optim.min_lr_ratio must be in [0, 1], got {cfg.optim.min_lr_ratio}")
+    if cfg.checkpoint.moments_dtype not in ("fp32", "bf16"):
+        raise ValueError(f"checkpoint.moments_dtype must be fp32 or bf16, got {cfg.checkpoint.moments_dtype!r}")
+    check_chained_runs(cfg)
+    family.check(cfg)
+
+
+def check_chained_runs(cfg: TrainConfig) -> None:
+    """The keys of runs chained over calls: budget, validation, re-warming."""
+    _positive("fit_after", cfg.fit_after)
+    for key, value in (("budget_minutes", cfg.budget_minutes), ("val_every", cfg.val_every),
+                       ("optim.rewarm_steps", cfg.optim.rewarm_steps)):
+        if value < 0:
+            raise ValueError(f"{key} must be >= 0, got {value}")
+    if cfg.budget_minutes > 0 and cfg.fit_schedule:
+        raise ValueError("fit_schedule and budget_minutes both fit max_steps (to this call's time, to the "
+                         "budget over all calls): set one")
+    if cfg.val_every:
+        _positive("val_clips", cfg.val_clips)
+        if cfg.val_every % cfg.log_every:
+            raise ValueError(f"val_every ({cfg.val_every}) must be a multiple of log_every ({cfg.log_every}): "
+                             "validations go into log rows")
+
+
+def check_vidhash_sections(cfg: TrainConfig) -> None:
+    """The ``vidhash`` family's sections (``model``, ``data``, ``noise``, ``temporal_mode``,
+    ``selection``); ValueError naming the key."""
+    for key in ("num_frames", "pool_size", "clips_per_world", "world_size", "view", "step", "num_worlds", "frame_stride"):
+        _positive(f"data.{key}", getattr(cfg.data, key))
+    _positive("noise.chunk_frames", cfg.noise.chunk_frames)
     d = cfg.data
     if d.source not in DATA_SOURCES:
         raise ValueError(f"data.source must be one of {', '.join(DATA_SOURCES)}, got {d.source!r}")
@@ -279,17 +309,16 @@ def check_train_config(cfg: TrainConfig) -> None:
     for key in ("clean_prob", "first_clean_prob"):
         if not 0 <= getattr(n, key) < 1:
             raise ValueError(f"noise.{key} must be in [0, 1), got {getattr(n, key)}")
-    if not 0 <= cfg.ema.decay < 1:
-        raise ValueError(f"ema.decay must be in [0, 1), got {cfg.ema.decay}")
-    if not 0 <= cfg.optim.min_lr_ratio <= 1:
-        raise ValueError(f"optim.min_lr_ratio must be in [0, 1], got {cfg.optim.min_lr_ratio}")
     if cfg.temporal_mode not in TEMPORAL_MODES:
         raise ValueError(f"temporal_mode must be one of {', '.join(TEMPORAL_MODES)}, got {cfg.temporal_mode!r}")
-    if cfg.checkpoint.moments_dtype not in ("fp32", "bf16"):
-        raise ValueError(f"checkpoint.moments_dtype must be fp32 or bf16, got {cfg.checkpoint.moments_dtype!r}")
     if cfg.temporal_mode == "selected" and model_supports_selection() is None:
         raise ValueError("temporal_mode=selected: this VidHashTransformer3DModel.forward has no training-time "
                          "selection keyword yet; train with temporal_mode=dense (chunk-causal) until it does")
+
+
+def _positive(key: str, value: float) -> None:
+    if value <= 0:
+        raise ValueError(f"{key} must be positive, got {value}")
 
 
 LATER_MODEL_KEYS = ("prediction", "sigma_min")

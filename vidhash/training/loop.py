@@ -4,9 +4,11 @@
 
 One optimizer step: the micro-batches' losses from the model family
 (:class:`~vidhash.training.families.ModelFamily`), normalised over all processes, backward,
-clipping, AdamW, the schedule, the EMA. Then, every ``log_every`` steps, a ``loss.csv`` row; the
-time budget; the stop conditions; a checkpoint every ``checkpoint.every`` steps and when the loop
-stops (done, ``--stop-at-step``, ``--max-minutes``, SIGTERM / Ctrl-C).
+clipping, AdamW, the schedule, the EMA. Then, every ``log_every`` steps, a ``loss.csv`` row (with
+the peak GPU memory on CUDA, and every ``val_every`` steps the validation losses,
+:mod:`vidhash.training.validation`); the time budget (``fit_schedule``, ``budget_minutes``); the
+stop conditions; a checkpoint every ``checkpoint.every`` steps and when the loop stops (done,
+``--stop-at-step``, ``--max-minutes``, SIGTERM / Ctrl-C), after a last validation.
 
 No step waits for the device: the loss is summed on the device and read once per log interval,
 the step's parts are timed with CUDA events read then too (:mod:`vidhash.training.timing`),
@@ -28,11 +30,13 @@ import torch
 from .config import TrainConfig
 from .families import ModelFamily
 from .profile import StepProfiler
-from .schedule import fit_schedule, out_of_time, refresh_lr, slack
+from .schedule import fit_schedule, median_step, out_of_time, refresh_lr, slack
 from .state import TrainState
 from .timing import TIMING_FIELDS, TIMING_PARTS, StepTimes
+from .validation import VAL_FIELDS, Validator
 
 CSV_FIELDS = ("step", "loss", "lr", "grad_norm", "samples_per_s", "elapsed_s") + TIMING_FIELDS
+EXTRA_FIELDS = ("gpu_mem_gb",) + VAL_FIELDS  # columns of loss.csv only when some row has them
 
 
 class TrainLoop:
@@ -51,7 +55,11 @@ class TrainLoop:
         self.reason, self.last_ckpt, self.last_save_s = "done", ckpt, 0.0
         self.step_times: list[float] = []  # wall seconds of each step of this run
         self.run_start = state.step
-        self.fit_next = 50 if cfg.fit_schedule and max_minutes and max_minutes > 0 else None
+        self.fit_next = cfg.fit_after if cfg.fit_schedule and max_minutes and max_minutes > 0 else None
+        self.fit_budget = cfg.budget_minutes > 0 and state.fitted_for != cfg.budget_minutes  # once, then continued
+        self.validator = Validator(cfg, family, accelerator) if cfg.val_every else None
+        self.last_val: dict[str, float] = {}
+        self.header = csv_fields(state.rows)
         self.times = StepTimes(accelerator)
         self.agree = LaggedMax(accelerator)
         self.loss_dev = torch.zeros((), dtype=torch.float64, device=self.dev)  # this interval's loss, on the device
@@ -83,6 +91,8 @@ class TrainLoop:
             bar.update(1)
             if self.fit_next is not None and st.step - self.run_start >= self.fit_next:
                 self._fit_schedule(bar)
+            if self.fit_budget and st.step - self.run_start >= cfg.fit_after:
+                self._fit_budget(bar)
             stopping = self._should_stop(stop)
             host["step"] = (time.perf_counter() - t0) * 1000.0  # everything since the start, stop checks included
             self.profiler.after_step(st.step, stopping or st.step >= cfg.max_steps)
@@ -94,6 +104,7 @@ class TrainLoop:
         bar.close()
         if self.times.host:  # steps since the last log row
             self.times.flush()
+        self._last_validation()
         self.save(self.reason)
 
     # ------------------------------------------------------------------ one optimizer step
@@ -149,14 +160,19 @@ class TrainLoop:
                "samples_per_s": self.samples_since / max(now - self.t_log, 1e-9),
                "elapsed_s": st.elapsed_before + now - self.t_start, **parts,
                "step_ms": (now - self.t_log) * 1000.0 / n}
+        if self.dev.type == "cuda":
+            row["gpu_mem_gb"] = torch.cuda.max_memory_allocated(self.dev) / 2**30
+        if self.validator is not None and st.step % self.cfg.val_every == 0:
+            row.update(self.validator(st))
+            now = time.monotonic()  # the next interval starts after the validation
         st.rows.append(row)
         if self.main:
-            with open(self.csv_path, "a", newline="") as f:
-                csv.DictWriter(f, fieldnames=CSV_FIELDS).writerow(fmt_row(row))
+            self._write_row(row)
         if self.main and not self.progress:
             self.log(f"step {st.step} loss {row['loss']:.5f} lr {lr:.3e} grad_norm {float(grad_norm):.3f} "
                      f"samples/s {row['samples_per_s']:.1f} elapsed {row['elapsed_s']:.0f}s | ms/step "
-                     + " ".join(f"{k} {row[f'{k}_ms']:.1f}" for k in TIMING_PARTS + ("step",)))
+                     + " ".join(f"{k} {row[f'{k}_ms']:.1f}" for k in TIMING_PARTS + ("step",))
+                     + "".join(f" | {k} {row[k]:.4g}" for k in EXTRA_FIELDS if k in row))
         bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{lr:.2e}", sps=f"{row['samples_per_s']:.0f}")
         self.loss_dev.zero_()
         self.n_acc, self.samples_since, self.t_log = 0, 0, now
@@ -169,6 +185,60 @@ class TrainLoop:
                                      self.log)
         refresh_lr(self.state.scheduler)
         bar.total = self.cfg.max_steps
+
+    def _fit_budget(self, bar) -> None:
+        """``budget_minutes``: ``max_steps`` set once, to the steps that fit in the budget's time
+        left over all calls at the median rate of this call's steps (the main process decides);
+        later calls keep it (:func:`~vidhash.training.state.continue_budget`)."""
+        cfg, st = self.cfg, self.state
+        per_step = median_step(self.step_times, max(20, cfg.fit_after))
+        left = cfg.budget_minutes * 60 - self.elapsed()
+        want = torch.tensor(float(st.step + int(left / max(per_step, 1e-6))), device=self.dev)
+        if self.nproc > 1:
+            want = self.acc.reduce(want * (1.0 if self.main else 0.0), "sum")
+        new = max(st.step + 1, int(want.item()))
+        if self.main:
+            self.log(f"budget_minutes {cfg.budget_minutes:g}: {per_step * 1000:.0f} ms/step, {left:.0f} s left: "
+                     f"max_steps {cfg.max_steps} -> {new} (kept by the calls that continue this run)")
+        cfg.max_steps, st.fitted_for, self.fit_budget = new, cfg.budget_minutes, False
+        refresh_lr(st.scheduler)
+        bar.total = cfg.max_steps
+
+    def _last_validation(self) -> None:
+        """Every call ends with a validation: into the last log row when it is of this step."""
+        st = self.state
+        if self.validator is None:
+            return
+        last = st.rows[-1] if st.rows and st.rows[-1]["step"] == st.step else None
+        if last is not None and VAL_FIELDS[0] in last:
+            self.last_val = {k: last[k] for k in VAL_FIELDS}
+            return
+        self.last_val = self.validator(st)
+        if last is not None:
+            last.update(self.last_val)
+        if self.main:
+            self.log(f"validation at step {st.step}: " + ", ".join(f"{k} {v:.5f}" for k, v in self.last_val.items()))
+
+    def elapsed(self) -> float:
+        """Training seconds of the run so far, earlier calls included."""
+        return self.state.elapsed_before + time.monotonic() - self.t_start
+
+    def run_extras(self) -> dict:
+        """For the summary: the schedule's length, the last validation, this call's peak GPU memory."""
+        out = {"max_steps": self.cfg.max_steps, **self.last_val}
+        if self.dev.type == "cuda":
+            out["gpu_mem_gb"] = torch.cuda.max_memory_allocated(self.dev) / 2**30
+        return out
+
+    def _write_row(self, row: dict) -> None:
+        """Append ``row`` to ``loss.csv``; the whole file again when it brings a new column."""
+        header = csv_fields(self.state.rows)
+        if header != self.header:
+            self.header = header
+            write_csv(self.csv_path, [fmt_row(r) for r in self.state.rows])
+            return
+        with open(self.csv_path, "a", newline="") as f:
+            csv.DictWriter(f, fieldnames=self.header, extrasaction="ignore").writerow(fmt_row(row))
 
     def _should_stop(self, stop: StopFlag) -> bool:
         """Stop now? ``stop_at_step`` is the same everywhere; a signal or the time limit is local, so
@@ -257,11 +327,16 @@ class StopFlag:
             signal.signal(s, h)
 
 
+def csv_fields(rows: list[dict]) -> tuple[str, ...]:
+    """``loss.csv``'s columns: ``CSV_FIELDS``, then those of ``EXTRA_FIELDS`` some row has."""
+    return CSV_FIELDS + tuple(k for k in EXTRA_FIELDS if any(k in r for r in rows))
+
+
 def write_csv(path: Path, rows: list[dict]) -> None:
     """The whole loss log, atomically (temp file, then rename)."""
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=CSV_FIELDS)
+        w = csv.DictWriter(f, fieldnames=csv_fields(rows), extrasaction="ignore")
         w.writeheader()
         w.writerows(rows)
     os.replace(tmp, path)

@@ -7,11 +7,20 @@ warm-started (``init_from``) or restored from a checkpoint, and saved into one.
 A checkpoint (:mod:`vidhash.training.checkpoint` writes the files) holds the tensor groups
 ``model``, ``ema``, ``optim`` (Adam moments, flattened as ``"<param index>.<name>"``) and a meta
 dict: ``fingerprint`` and ``model`` (the family's), ``config`` (YAML), ``data_position``, ``rows``
-(the loss log so far), ``optim`` (param groups, scalar state), ``scheduler``, ``rng`` (one set of
-global RNG states per process), ``num_processes``, ``elapsed_s``, ``reason``, ``scaler``.
+(the loss log so far), ``optim`` (param groups, scalar state), ``scheduler``, ``schedule``
+(``max_steps``, the ``budget_minutes`` it was fitted for, the step of the last re-warm), ``rng``
+(one set of global RNG states per process), ``num_processes``, ``elapsed_s``, ``reason``, ``scaler``.
+
+**Runs chained through exports.** An export with ``train_state.json`` (:meth:`TrainState.train_state`,
+``export_train_state``) carries the run's position without the optimizer: ``init_from`` of it
+continues the run (:func:`continue_run`) — model and EMA from the exported EMA weights, step, data
+position, schedule length and loss log as they were, new AdamW moments, the learning rate ramped
+up again over ``optim.rewarm_steps`` (:func:`lr_with_rewarm`). The stand-in wan-mini loop of
+main at 60f642e wrote the same file (its rows say ``clips_per_s``; read as ``samples_per_s``).
 """
 from __future__ import annotations
 
+import json
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,20 +30,26 @@ import numpy as np
 import torch
 from torch import nn
 
+from omegaconf import OmegaConf
+
 from vidhash.config import to_yaml
 
 from .checkpoint import save_checkpoint
 from .config import TrainConfig, fused_mode
 from .ema import EMA
 from .families import ModelFamily, build_model
-from .schedule import lr_lambda
+from .schedule import lr_lambda, refresh_lr
+
+TRAIN_STATE = "train_state.json"  # an export's run position (export_train_state; init_from continues it)
 
 
 @dataclass
 class TrainState:
     """``model``: what the loop calls (DDP's wrapper with several processes); ``raw``: the model
     itself. ``step``, ``data_pos`` (samples consumed), ``rows`` (loss log) and ``elapsed_before``
-    (seconds of earlier runs) advance with the run."""
+    (seconds of earlier runs) advance with the run; ``fitted_for``: the ``budget_minutes`` that
+    ``cfg.max_steps`` was fitted for (0: not fitted); ``rewarm_from``: the step of the last warm
+    start with new AdamW moments (-1: none)."""
 
     model: nn.Module
     raw: nn.Module
@@ -45,6 +60,8 @@ class TrainState:
     data_pos: int = 0
     rows: list[dict] = field(default_factory=list)
     elapsed_before: float = 0.0
+    fitted_for: float = 0.0
+    rewarm_from: int = -1
 
     @property
     def num_parameters(self) -> int:
@@ -65,20 +82,32 @@ class TrainState:
         meta = {
             "fingerprint": family.fingerprint(cfg), "model": family.model_config(cfg), "config": to_yaml(cfg),
             "data_position": self.data_pos, "rows": self.rows, "optim": opt_rest,
-            "scheduler": self.scheduler.state_dict(), "rng": rng_all, "num_processes": accelerator.num_processes,
+            "scheduler": self.scheduler.state_dict(), "schedule": self.schedule(cfg), "rng": rng_all,
+            "num_processes": accelerator.num_processes,
             "elapsed_s": elapsed_s, "reason": reason,
             "scaler": accelerator.scaler.state_dict() if accelerator.scaler is not None else None,
         }
         tensors = {"model": dict(self.raw.state_dict()), "ema": self.ema.state_dict(), "optim": opt_flat}
         return save_checkpoint(root, self.step, tensors, meta, cfg.checkpoint.shard_mb, cfg.checkpoint.keep)
 
+    def schedule(self, cfg: TrainConfig) -> dict:
+        """The schedule's state beside the scheduler's: length, what fitted it, the last re-warm."""
+        return {"max_steps": cfg.max_steps, "fitted_for": self.fitted_for, "rewarm_from": self.rewarm_from}
+
+    def train_state(self, cfg: TrainConfig, family: ModelFamily, elapsed_s: float) -> dict:
+        """``train_state.json`` of an export: what :func:`continue_run` continues (no optimizer)."""
+        run = {"step": self.step, "data_position": self.data_pos, "max_steps": cfg.max_steps,
+               "fitted": self.fitted_for > 0, "budget_minutes": self.fitted_for, "rewarm_from": self.rewarm_from,
+               "elapsed_s": elapsed_s, "rows": self.rows}
+        return {"fingerprint": family.fingerprint(cfg), "config": to_yaml(cfg), "run": run}
+
 
 def build_state(cfg: TrainConfig, family: ModelFamily, accelerator, saved: tuple[dict, dict] | None,
                 log) -> TrainState:
     """Model (+ the family's ``prepare``), EMA, AdamW, warmup-cosine schedule; then the checkpoint
-    ``saved`` = (tensors, meta) restored, or ``init_from``'s weights; on the device, prepared by
-    accelerate. Global RNGs are seeded per process (restored from the checkpoint when it has as
-    many processes)."""
+    ``saved`` = (tensors, meta) restored, or ``init_from``'s weights (and its run, when the folder
+    has a ``train_state.json``); on the device, prepared by accelerate. Global RNGs are seeded per
+    process (restored from the checkpoint when it has as many processes)."""
     rank = accelerator.process_index
     torch.manual_seed(cfg.seed + rank)
     np.random.seed((cfg.seed + rank) % 2**32)
@@ -87,17 +116,22 @@ def build_state(cfg: TrainConfig, family: ModelFamily, accelerator, saved: tuple
     family.prepare(model, cfg)
     ema = EMA(model, cfg.ema.decay, cfg.ema.warmup)
     o = cfg.optim
-    optimizer = torch.optim.AdamW(param_groups(model, o.weight_decay), lr=o.lr, betas=tuple(o.betas), eps=o.eps,
-                                  fused=use_fused_adamw(o.fused, accelerator.device) or None)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
-    state = TrainState(model, model, ema, optimizer, scheduler)
+    optimizer = torch.optim.AdamW(family.param_groups(model, o.weight_decay), lr=o.lr, betas=tuple(o.betas),
+                                  eps=o.eps, fused=use_fused_adamw(o.fused, accelerator.device) or None)
+    state = TrainState(model, model, ema, optimizer, None)
+    state.scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_with_rewarm(cfg, state))
+    main_log = log if accelerator.is_main_process else (lambda *a, **k: None)
     if saved is None and cfg.init_from:
-        family.load_weights(model, Path(cfg.init_from), cfg)  # a warm start, not an exact resume
+        folder = Path(cfg.init_from)
+        family.load_weights(model, folder, cfg)  # a warm start, not an exact resume
         ema.shadow = {k: v.detach().clone().float() for k, v in model.state_dict().items() if k in ema.shadow}
-        if accelerator.is_main_process:
-            log(f"initialised model and EMA from {cfg.init_from} (weights only: a new optimizer and schedule)")
+        run = read_train_state(folder, cfg, family)
+        if run is None:
+            main_log(f"initialised model and EMA from {cfg.init_from} (weights only: a new optimizer and schedule)")
+        else:
+            continue_run(state, run, cfg, main_log)
     if saved is not None:
-        _restore(state, *saved, accelerator, log)
+        _restore(state, *saved, cfg, accelerator, log)
     model.to(accelerator.device)
     ema.shadow = {k: v.to(accelerator.device) for k, v in ema.shadow.items()}
     state.model, state.optimizer = accelerator.prepare(model, optimizer)
@@ -107,7 +141,59 @@ def build_state(cfg: TrainConfig, family: ModelFamily, accelerator, saved: tuple
     return state
 
 
-def _restore(state: TrainState, tensors: dict, meta: dict, accelerator, log) -> None:
+def lr_with_rewarm(cfg: TrainConfig, state: TrainState):
+    """:func:`~vidhash.training.schedule.lr_lambda`, times a linear ramp over ``optim.rewarm_steps``
+    from ``state.rewarm_from`` when the run was continued with new AdamW moments (read at each call)."""
+    base = lr_lambda(cfg)
+
+    def f(step: int) -> float:
+        if state.rewarm_from < 0 or cfg.optim.rewarm_steps <= 0:
+            return base(step)
+        return base(step) * min(1.0, (step - state.rewarm_from + 1) / cfg.optim.rewarm_steps)
+
+    return f
+
+
+def read_train_state(folder: Path, cfg: TrainConfig, family: ModelFamily) -> dict | None:
+    """The run of an export's ``train_state.json`` (None: the folder has none); ValueError when it
+    was exported for another model config."""
+    path = folder / TRAIN_STATE
+    if not path.is_file():
+        return None
+    saved = json.loads(path.read_text())
+    if saved.get("fingerprint") != family.fingerprint(cfg):
+        raise ValueError(f"init_from={folder} was exported for another model config ({TRAIN_STATE}: fingerprint "
+                         f"{saved.get('fingerprint')}, this config {family.fingerprint(cfg)})")
+    run = dict(saved["run"])
+    if run.get("fitted") and "budget_minutes" not in run:  # the stand-in loop's file: the budget is in its config
+        run["budget_minutes"] = float(OmegaConf.create(saved["config"]).get("budget_minutes", 0.0))
+    return run
+
+
+def continue_run(state: TrainState, run: dict, cfg: TrainConfig, log) -> None:
+    """An export's run (:func:`read_train_state`) continued: step, data position, loss log, time,
+    the schedule's length (while ``budget_minutes`` is the one it was fitted for) and the learning
+    rate of this step, re-warmed from here (the AdamW moments are new)."""
+    state.step, state.data_pos, state.elapsed_before = int(run["step"]), int(run["data_position"]), float(run["elapsed_s"])
+    state.rows = [{("samples_per_s" if k == "clips_per_s" else k): v for k, v in r.items()} for r in run["rows"]]
+    state.rewarm_from = state.step
+    continue_budget(cfg, state, float(run.get("budget_minutes", 0.0)) if run.get("fitted") else 0.0,
+                    int(run["max_steps"]))
+    state.scheduler.last_epoch = state.step
+    refresh_lr(state.scheduler)
+    log(f"continued the run of {cfg.init_from} at step {state.step}/{cfg.max_steps} (data position {state.data_pos}"
+        + (f", schedule fitted to budget_minutes {state.fitted_for:g}" if state.fitted_for else "")
+        + f"): model and EMA from its EMA weights, new AdamW moments, lr re-warmed over {cfg.optim.rewarm_steps} steps")
+
+
+def continue_budget(cfg: TrainConfig, state: TrainState, fitted_for: float, max_steps: int) -> None:
+    """A saved schedule length fitted to ``fitted_for`` budget minutes is kept while
+    ``cfg.budget_minutes`` is the same (else the loop fits it anew, or ``max_steps`` stands)."""
+    if fitted_for > 0 and fitted_for == cfg.budget_minutes:
+        cfg.max_steps, state.fitted_for = max_steps, fitted_for
+
+
+def _restore(state: TrainState, tensors: dict, meta: dict, cfg: TrainConfig, accelerator, log) -> None:
     """A checkpoint's tensors and position into ``state`` (before accelerate prepares it)."""
     state.raw.load_state_dict(tensors["model"])
     state.ema.load_state_dict(tensors["ema"])
@@ -115,20 +201,15 @@ def _restore(state: TrainState, tensors: dict, meta: dict, accelerator, log) -> 
     state.scheduler.load_state_dict(meta["scheduler"])
     state.step, state.data_pos, state.rows = meta["step"], meta["data_position"], list(meta["rows"])
     state.elapsed_before = meta.get("elapsed_s", 0.0)
+    schedule = meta.get("schedule", {})  # checkpoints before it: no re-warm, nothing fitted to a budget
+    state.rewarm_from = int(schedule.get("rewarm_from", -1))
+    continue_budget(cfg, state, float(schedule.get("fitted_for", 0.0)), int(schedule.get("max_steps", cfg.max_steps)))
     rng = meta["rng"]
     if len(rng) == accelerator.num_processes:
         set_rng_state(rng[accelerator.process_index])
     elif accelerator.is_main_process:
         log(f"note: checkpoint from {len(rng)} processes, now {accelerator.num_processes}: global RNGs reseeded "
             "(training randomness is per sample index, so the data stream is unchanged)")
-
-
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Weight decay on matrices, none on biases, norms and embeddings."""
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        (decay if p.ndim >= 2 and "embed" not in name else no_decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
 def use_fused_adamw(setting, device: torch.device) -> bool:

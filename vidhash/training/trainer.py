@@ -9,7 +9,8 @@
 4. the data loader from the saved data position (:func:`.data.make_loader`);
 5. ``out_dir``: config.yaml, loss.csv up to the checkpoint, the run's header (:func:`start_log`);
 6. the step loop, a checkpoint when it stops (:mod:`.loop`);
-7. the summary and the EMA export (:func:`finish`, :func:`export_ema`).
+7. the summary and the EMA export (:func:`finish`, :func:`export_ema`; with ``export_train_state``
+   the run's position beside it, which ``init_from`` continues: :mod:`.state`).
 
 The model, its samples, its loss and its export come from the family ``cfg.model_family`` names
 (:mod:`.families`): the trainer names no model class and no batch format. The objective (rectified
@@ -18,6 +19,7 @@ flow, per-chunk noise levels, chunk-causal attention) is described in :mod:`.obj
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import time
@@ -34,7 +36,7 @@ from .data import make_loader
 from .ema import EMA
 from .families import ModelFamily, build_model, get_family
 from .loop import StopFlag, TrainLoop, fmt_row, write_csv
-from .state import TrainState, build_state
+from .state import TRAIN_STATE, TrainState, build_state
 from .timing import format_timing
 
 
@@ -54,6 +56,8 @@ def train(cfg: TrainConfig, resume: str | None = None, max_minutes: float | None
 
     # 1. accelerator
     accelerator = setup_accelerator(cfg)
+    if accelerator.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(accelerator.device)  # the log's gpu_mem_gb: this call's peak
     # 2. what to resume from (checked before any work); the samples (checks a video folder)
     ckpt, saved = find_resume(cfg, family, resume, out_dir / "checkpoints")
     dataset = family.samples(cfg)
@@ -129,8 +133,14 @@ def find_resume(cfg: TrainConfig, family: ModelFamily, resume: str | None,
     elif find_checkpoint(ckpt_root) is not None:
         raise ValueError(f"{ckpt_root} already holds checkpoints: pass --resume auto to continue, or another out_dir")
     if ckpt is None:
+        if cfg.init_from and not Path(cfg.init_from).exists():
+            raise FileNotFoundError(f"init_from={cfg.init_from} does not exist")
         return None, None
     tensors, meta = load_checkpoint(ckpt)
+    lacking = [k for k in ("fingerprint", "data_position", "rows", "optim", "scheduler", "rng") if k not in meta]
+    if lacking:
+        raise ValueError(f"checkpoint {ckpt} was not written by vidhash train (its metadata has no {lacking[0]!r}); "
+                         "start from an export of that run with init_from= instead")
     if meta["fingerprint"] != family.fingerprint(cfg):
         raise ValueError(f"checkpoint {ckpt} was written for another model config "
                          f"({config_diff(meta['model'], family.model_config(cfg), 'checkpoint', 'model.')})")
@@ -145,7 +155,9 @@ def start_log(cfg: TrainConfig, accelerator, state: TrainState, out_dir: Path, c
     save_config(cfg, out_dir / "config.yaml")
     if state.rows or not csv_path.exists() or ckpt is None:
         write_csv(csv_path, [fmt_row(r) for r in state.rows])  # the log up to the checkpoint, exactly
-    how = f"resumed from {ckpt} at step {state.step}" if ckpt else "fresh start"
+    how = (f"resumed from {ckpt} at step {state.step}" if ckpt else
+           f"warm start from {cfg.init_from}" + (f" at step {state.step}" if state.step else "") if cfg.init_from else
+           "fresh start")
     micro, workers = cfg.batch_size // (nproc * cfg.grad_accum), cfg.data.num_workers
     log(f"vidhash train: {how}; {state.num_parameters / 1e6:.2f}M parameters; {nproc} process(es) on "
         f"{accelerator.device.type}; batch {cfg.batch_size} = {nproc} × {cfg.grad_accum} × {micro}; "
@@ -167,7 +179,7 @@ def finish(cfg: TrainConfig, family: ModelFamily, accelerator, state: TrainState
         log(format_timing(timing, accelerator.num_processes))
     summary = {"step": state.step, "data_position": state.data_pos, "reason": loop.reason,
                "checkpoint": str(loop.last_ckpt), "params": state.num_parameters,
-               "loss_csv": str(Path(cfg.out_dir) / "loss.csv"), "timing": timing}
+               "loss_csv": str(Path(cfg.out_dir) / "loss.csv"), "timing": timing, **loop.run_extras()}
     if loop.profiler.summary is not None:
         summary["profile"] = loop.profiler.summary
     if not main:
@@ -178,30 +190,37 @@ def finish(cfg: TrainConfig, family: ModelFamily, accelerator, state: TrainState
         f"{largest / 2**20:.1f} MB" + (" — over 16 MB in all; files are sharded under checkpoint.shard_mb"
                                        if total_b > 16 * 2**20 else ""))
     if export:
+        extra = {TRAIN_STATE: state.train_state(cfg, family, loop.elapsed())} if cfg.export_train_state else None
         folder, dtype, mb = export_ema(cfg, family, state.ema, cfg.export_dir or Path(cfg.out_dir) / "export",
-                                       cfg.export_dtype, cfg.export_max_mb)
+                                       cfg.export_dtype, cfg.export_max_mb, extra)
         summary.update(export=str(folder), export_dtype=dtype, export_mb=mb)
         log(f"exported EMA pipeline to {folder} ({dtype}, {mb:.1f} MB)")
     return summary
 
 
 def export_ema(cfg: TrainConfig, family: ModelFamily, ema: EMA, out: str | os.PathLike, dtype: str = "auto",
-               max_mb: float = 20.0) -> tuple[Path, str, float]:
+               max_mb: float = 20.0, extra: dict[str, object] | None = None) -> tuple[Path, str, float]:
     """Save the EMA weights through ``family.save`` (a ``VidHashPipeline`` folder for vidhash's
-    model), atomically: a temp folder, then a rename. ``auto``: fp32 if it fits ``max_mb`` else
-    fp16. Returns (folder, dtype, MB)."""
+    model) in ``family.cast``'s dtype, with ``extra`` JSON files (name → object), atomically: a temp
+    folder, then a rename. ``auto``: fp32 if it fits ``max_mb`` else fp16. Returns (folder, dtype, MB)."""
     model = build_model(cfg, family)
     ema.copy_to(model)
     nbytes32 = sum(v.numel() * 4 for v in ema.shadow.values())
     if dtype == "auto":
         dtype = "fp32" if nbytes32 / 2**20 + 0.1 <= max_mb else "fp16"
     torch_dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[dtype]
-    model = model.to(torch_dtype).cpu().eval()
+    model = family.cast(model, torch_dtype).cpu().eval()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    family.save(model, tmp)
+    try:
+        family.save(model, tmp, cfg)
+        for name, obj in (extra or {}).items():
+            (tmp / name).write_text(json.dumps(obj, indent=1) + "\n")
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     old = out.with_name(f".{out.name}.old-{os.getpid()}")
     if out.exists():
         os.replace(out, old)

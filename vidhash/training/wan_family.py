@@ -1,19 +1,26 @@
-"""wan-mini: diffusers' own ``WanTransformer3DModel`` trained on pixel clips — the pieces a trainer needs.
+"""wan-mini: diffusers' own ``WanTransformer3DModel`` trained on pixel clips — its config and pieces.
 
-    python -m vidhash.training.wan_standalone configs/train/wan_mini.yaml --out /tmp/wan --minutes 8 --resume
+    vidhash train wan_mini out_dir=/tmp/wan --resume auto --max-minutes 8      # model_family: wan
 
-* ``WanTrainConfig`` — the run (``configs/train/wan_mini.yaml``): ``model`` (the Wan class's own
-  arguments; ``in_channels`` / ``out_channels`` / ``text_dim`` follow from ``condition``),
-  ``condition`` (:class:`~vidhash.pipelines.pipeline_wan_mini.WanMiniConditioning`), ``data``
-  (:class:`~vidhash.data.wan_clips.WanClipConfig`), ``noise``, ``optim``, ``ema``, schedule.
-* :func:`build` — the model, seeded, with Wan's own initialisation (:func:`wan_init`).
+The trainer reaches these through :class:`vidhash.training.families.wan.WanFamily`:
+
+* :class:`WanTrainConfig` — the run (``configs/train/wan_mini.yaml``): ``TrainConfig``'s run keys
+  with wan-mini's sections: ``model`` (the Wan class's own arguments; ``in_channels`` /
+  ``out_channels`` / ``text_dim`` follow from ``condition``), ``condition``
+  (:class:`~vidhash.pipelines.pipeline_wan_mini.WanMiniConditioning`), ``data``
+  (:class:`~vidhash.data.wan_clips.WanClipConfig` and the loader's keys), ``noise``,
+  ``sample_shift``; checked by :func:`check_wan_sections`.
+* :func:`build` — the model with Wan's own initialisation (:func:`wan_init`).
 * :class:`WanSamples` — sample ``index`` = clip + σ + context-frame count + noise seed, a pure
-  function of ``(data.seed, index)`` (so a run's data position is one integer).
-* :func:`loss` — the rectified-flow loss of a batch: ``x_σ = (1 − σ)·x0 + σ·noise``, timestep
-  ``σ·1000``, velocity target ``noise − x0`` (for ``prediction: sample`` the velocity the network's
-  x̂0 implies, i.e. x-prediction with a velocity loss), no loss on context frames.
-* :func:`export` — a ``WanMiniPipeline`` folder (fp16, safetensors shards ≤ ``shard_mb``) whose
-  ``transformer/`` loads with ``WanTransformer3DModel.from_pretrained``.
+  function of ``(data.seed, index)`` (so a run's data position is one integer);
+  :func:`validation_batch` — a fixed batch of held-out worlds.
+* :func:`wan_batch` and :func:`loss` — the rectified-flow loss of a batch: ``x_σ = (1 − σ)·x0 +
+  σ·noise``, timestep ``σ·1000``, velocity target ``noise − x0`` (for ``prediction: sample`` the
+  velocity the network's x̂0 implies, i.e. x-prediction with a velocity loss), no loss on context frames.
+* :func:`cast_keeping_fp32` and :func:`save_pipeline` — the export: a ``WanMiniPipeline`` folder
+  (safetensors shards ≤ ``checkpoint.shard_mb``, Wan's fp32 modules kept in float32) whose
+  ``transformer/`` loads with ``WanTransformer3DModel.from_pretrained``; :func:`load_transformer`
+  reads one back (``init_from``).
 
 **Noise levels: one σ per clip**, as Wan trains (its ``timestep`` is one value per sample; Wan 2.2's
 per-token timesteps would cost a (tokens, 6, dim) modulation tensor per block). σ is drawn
@@ -21,29 +28,37 @@ logit-normal (``noise.logit_mean`` / ``logit_std``), then shifted (``noise.shift
 ``noise.context_prob`` of the clips the first 1..``max_context_frames`` frames are also given clean
 through the context channels (frame prompts, as Wan I2V gives its first frame), with no loss there.
 
-The standalone loop (:mod:`vidhash.training.wan_standalone`) runs these until ``vidhash train``
-takes model families.
+Letters: b batch, f frames, c channels, h w pixel rows and columns.
 """
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
-import os
-import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
+from diffusers import WanTransformer3DModel
+from diffusers.schedulers import FlowMatchEulerDiscreteScheduler
+from einops import rearrange
 from torch import nn
-from torch.utils.data import Dataset
+from torch.utils.data import default_collate
 
-from vidhash.config import _structured, apply_overrides
-from vidhash.data.wan_clips import WanClipConfig, WanClips, check_clip_config, clip_frames
-from vidhash.data.world import ACTIONS
+from vidhash.camera import ACTIONS
+from vidhash.data.wan_clips import WanClipConfig, WanClips, check_clip_config, clip_frames, clip_trajectory, \
+    render_clip
+from vidhash.data.world import HELDOUT_WORLD_SEED, ProceduralWorld
+from vidhash.pipelines.pipeline_wan_mini import WanMiniConditioning, WanMiniPipeline
+from vidhash.presets import config_diff
+
+from .config import TrainConfig
+from .data import IndexedSamples, sample_noise
 
 SIGMA_SAMPLING = ("uniform", "logit_normal")
 PRECISIONS = ("no", "bf16")
+VALIDATION_WORLD_SEED = 1_500_000  # validation worlds: held out (>= HELDOUT_WORLD_SEED), apart from eval's
 
 
 @dataclass
@@ -75,6 +90,16 @@ class WanConditionConfig:
 
 
 @dataclass
+class WanDataConfig(WanClipConfig):
+    """The clips (:class:`~vidhash.data.wan_clips.WanClipConfig`) and the trainer's loader keys."""
+
+    num_workers: int = 6  # DataLoader workers per process (0: in the main process)
+    prefetch_factor: int = 4  # batches loaded ahead per worker
+    pin_memory: bool = True  # pinned host batches (CUDA): asynchronous host-to-device copies
+    reserve_cores: int = 0  # physical cores kept for each process's main thread (vidhash.training.affinity)
+
+
+@dataclass
 class WanNoiseConfig:
     sigma_sampling: str = "logit_normal"  # logit_normal | uniform
     logit_mean: float = 0.8
@@ -85,119 +110,59 @@ class WanNoiseConfig:
 
 
 @dataclass
-class WanOptimConfig:
-    lr: float = 3e-4
-    min_lr_ratio: float = 0.1  # cosine decays to lr · min_lr_ratio at max_steps
-    warmup_steps: int = 300
-    rewarm_steps: int = 100  # after a warm start from an export (new optimizer moments): linear ramp
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.99])
-    weight_decay: float = 0.01
-    eps: float = 1e-8
-    grad_clip: float = 1.0  # 0 = off
-    fused: bool = True  # AdamW's fused kernel on CUDA
+class WanTrainConfig(TrainConfig):
+    """``model_family: wan``: the trainer's run keys (``TrainConfig``) with wan-mini's sections.
+    ``temporal_mode`` must stay ``dense`` and ``selection`` is not read (vidhash's model only)."""
 
-
-@dataclass
-class WanEMAConfig:
-    decay: float = 0.999
-    warmup: bool = True  # decay = min(decay, (1 + step) / (10 + step))
-
-
-@dataclass
-class WanTrainConfig:
-    family: str = "wan"
-    seed: int = 0  # model initialisation
-    max_steps: int = 6000
-    # > 0: the first run measures its step time after fit_after steps and sets max_steps so the
-    # cosine schedule ends after this many minutes of training in all (kept in the checkpoint)
-    budget_minutes: float = 0.0
-    fit_after: int = 40
-    batch_size: int = 8  # clips per optimizer step
-    grad_accum: int = 1  # micro-batches per optimizer step
+    out_dir: str = "out/wan-mini"
     mixed_precision: str = "bf16"  # bf16 (autocast) | no
-    gradient_checkpointing: bool = False
-    compile: bool = False  # torch.compile of the repeated blocks (regional)
-    log_every: int = 10
-    val_every: int = 250  # validation loss (model and EMA, held-out worlds) at log rows of these steps, and last
-    val_clips: int = 8  # clips of the fixed validation batch (0: none)
-    checkpoint_every: int = 500
-    checkpoint_keep: int = 1
-    shard_mb: float = 15.0  # largest file of a checkpoint or export (files over 16 MiB do not come back from GPU runs)
-    sample_shift: float = 3.0  # the exported scheduler's shift (FlowMatchEulerDiscreteScheduler)
-    num_workers: int = 6
-    prefetch_factor: int = 4
+    model_family: str = "wan"
     model: WanModelConfig = field(default_factory=WanModelConfig)
-    condition: WanConditionConfig = field(default_factory=WanConditionConfig)
-    data: WanClipConfig = field(default_factory=WanClipConfig)
+    data: WanDataConfig = field(default_factory=WanDataConfig)
     noise: WanNoiseConfig = field(default_factory=WanNoiseConfig)
-    optim: WanOptimConfig = field(default_factory=WanOptimConfig)
-    ema: WanEMAConfig = field(default_factory=WanEMAConfig)
+    condition: WanConditionConfig = field(default_factory=WanConditionConfig)
+    sample_shift: float = 3.0  # the exported scheduler's shift (FlowMatchEulerDiscreteScheduler)
 
 
-def load_wan_config(path: str | os.PathLike | None = None, overrides: list[str] | None = None) -> WanTrainConfig:
-    """YAML ``path`` (or the defaults) + ``key=value`` overrides, checked; ValueError naming a bad key."""
-    from omegaconf import OmegaConf
-
-    data: Any = {}
-    what = "wan config"
-    if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise FileNotFoundError(f"wan config {path} not found")
-        data, what = OmegaConf.load(str(p)), str(p)
-    cfg = apply_overrides(_structured(WanTrainConfig, data, what), overrides or [])
-    check_wan_config(cfg)
-    return cfg
-
-
-def check_wan_config(cfg: WanTrainConfig) -> None:
-    """Values a type check cannot catch; ValueError naming the key."""
-    for key in ("max_steps", "batch_size", "grad_accum", "log_every", "checkpoint_every", "checkpoint_keep",
-                "shard_mb", "fit_after", "prefetch_factor", "val_every"):
-        if getattr(cfg, key) <= 0:
-            raise ValueError(f"{key} must be positive, got {getattr(cfg, key)}")
-    if cfg.family != "wan":
-        raise ValueError(f"family must be wan for this config, got {cfg.family!r}")
-    if cfg.batch_size % cfg.grad_accum:
-        raise ValueError(f"batch_size ({cfg.batch_size}) must be divisible by grad_accum ({cfg.grad_accum})")
-    if cfg.mixed_precision is False or cfg.mixed_precision == "False":  # YAML 1.1 reads a bare `no` as false
-        cfg.mixed_precision = "no"
-    if cfg.mixed_precision not in PRECISIONS:
-        raise ValueError(f"mixed_precision must be one of {', '.join(PRECISIONS)}, got {cfg.mixed_precision!r}")
-    if cfg.budget_minutes < 0 or cfg.num_workers < 0 or cfg.val_clips < 0:
-        raise ValueError(f"budget_minutes, num_workers and val_clips must be >= 0, got {cfg.budget_minutes}, "
-                         f"{cfg.num_workers}, {cfg.val_clips}")
+def check_wan_sections(cfg: WanTrainConfig) -> None:
+    """Values a type check cannot catch in wan-mini's sections; ValueError naming the key."""
     check_clip_config(cfg.data)
-    m = cfg.model
+    m, d = cfg.model, cfg.data
     if len(m.patch_size) != 3 or min(m.patch_size) <= 0:
         raise ValueError(f"model.patch_size must be three positive ints (t, h, w), got {list(m.patch_size)}")
-    if cfg.data.num_frames % m.patch_size[0] or cfg.data.frame_size % m.patch_size[1] or cfg.data.frame_size % m.patch_size[2]:
-        raise ValueError(f"data.num_frames / data.frame_size ({cfg.data.num_frames}, {cfg.data.frame_size}) must be "
+    if d.num_frames % m.patch_size[0] or d.frame_size % m.patch_size[1] or d.frame_size % m.patch_size[2]:
+        raise ValueError(f"data.num_frames / data.frame_size ({d.num_frames}, {d.frame_size}) must be "
                          f"multiples of model.patch_size {list(m.patch_size)}")
     if m.attention_head_dim % 2 or m.attention_head_dim < 6:
         raise ValueError(f"model.attention_head_dim must be even and >= 6 (Wan's 3-D rope), got {m.attention_head_dim}")
-    grid = max(cfg.data.num_frames // m.patch_size[0], cfg.data.frame_size // m.patch_size[1])
+    grid = max(d.num_frames // m.patch_size[0], d.frame_size // m.patch_size[1])
     if grid > m.rope_max_seq_len:
         raise ValueError(f"model.rope_max_seq_len ({m.rope_max_seq_len}) must be >= the token grid's longest side ({grid})")
-    conditioning(cfg)  # prediction, sigma_min
+    conditioning(cfg)  # condition.prediction, condition.sigma_min, ...
     n = cfg.noise
     if n.sigma_sampling not in SIGMA_SAMPLING:
         raise ValueError(f"noise.sigma_sampling must be one of {', '.join(SIGMA_SAMPLING)}, got {n.sigma_sampling!r}")
-    if n.shift <= 0 or not 0 <= n.context_prob <= 1 or not 0 <= n.max_context_frames < cfg.data.num_frames:
+    if n.shift <= 0 or not 0 <= n.context_prob <= 1 or not 0 <= n.max_context_frames < d.num_frames:
         raise ValueError(f"noise.shift must be > 0, noise.context_prob in [0, 1], noise.max_context_frames in "
                          f"[0, data.num_frames); got {n.shift}, {n.context_prob}, {n.max_context_frames}")
     if n.context_prob > 0 and (n.max_context_frames == 0 or not cfg.condition.context_planes):
         raise ValueError("noise.context_prob > 0 needs noise.max_context_frames > 0 and condition.context_planes")
-    if not 0 <= cfg.ema.decay < 1 or not 0 <= cfg.optim.min_lr_ratio <= 1 or cfg.optim.lr <= 0:
-        raise ValueError(f"ema.decay must be in [0, 1), optim.min_lr_ratio in [0, 1], optim.lr > 0; got "
-                         f"{cfg.ema.decay}, {cfg.optim.min_lr_ratio}, {cfg.optim.lr}")
+    if cfg.mixed_precision not in PRECISIONS:
+        raise ValueError(f"mixed_precision must be one of {', '.join(PRECISIONS)} for wan-mini, got {cfg.mixed_precision!r}")
+    if cfg.temporal_mode != "dense":
+        raise ValueError(f"temporal_mode must be dense for wan-mini (vidhash's model only selects), got {cfg.temporal_mode!r}")
+    if cfg.val_every and d.source != "world":
+        raise ValueError("val_every needs data.source=world (the validation batch is of held-out worlds)")
+    if cfg.sample_shift <= 0:
+        raise ValueError(f"sample_shift must be > 0, got {cfg.sample_shift}")
 
 
-def conditioning(cfg: WanTrainConfig):
-    """The run's :class:`WanMiniConditioning`."""
-    from vidhash.pipelines.pipeline_wan_mini import WanMiniConditioning
-
-    return WanMiniConditioning(channels=3, **asdict(cfg.condition))
+def conditioning(cfg: WanTrainConfig) -> WanMiniConditioning:
+    """The run's :class:`WanMiniConditioning` (ValueError naming the ``condition.`` key)."""
+    try:
+        return WanMiniConditioning(channels=3, **asdict(cfg.condition))
+    except ValueError as err:
+        raise ValueError(f"condition.{err}") from None
 
 
 def model_kwargs(cfg: WanTrainConfig) -> dict:
@@ -206,6 +171,18 @@ def model_kwargs(cfg: WanTrainConfig) -> dict:
     kw = asdict(cfg.model)
     kw["patch_size"] = tuple(kw["patch_size"])
     return {**kw, "in_channels": cond.in_channels, "out_channels": cond.channels, "text_dim": cond.text_dim}
+
+
+def fingerprint(cfg: WanTrainConfig) -> str:
+    """Hash of what the weights depend on: the model's constructor arguments (as the stand-in loop
+    hashed them, so its exports and checkpoints keep their fingerprint)."""
+    blob = json.dumps(model_kwargs(cfg), sort_keys=True, default=list)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def tokens_per_clip(cfg: WanTrainConfig) -> int:
+    p_t, p_h, p_w = cfg.model.patch_size
+    return (cfg.data.num_frames // p_t) * (cfg.data.frame_size // p_h) * (cfg.data.frame_size // p_w)
 
 
 # ------------------------------------------------------------------------------------ model
@@ -231,17 +208,11 @@ def wan_init(model: nn.Module) -> None:
     nn.init.zeros_(model.proj_out.bias)
 
 
-def build(cfg: WanTrainConfig):
-    """A fresh ``WanTransformer3DModel`` of the run (seeded with ``cfg.seed``; global RNG untouched)."""
-    from diffusers import WanTransformer3DModel
-
-    state = torch.random.get_rng_state()
-    try:
-        torch.manual_seed(cfg.seed)
-        model = WanTransformer3DModel(**model_kwargs(cfg))
-        wan_init(model)
-    finally:
-        torch.random.set_rng_state(state)
+def build(cfg: WanTrainConfig) -> WanTransformer3DModel:
+    """A fresh ``WanTransformer3DModel`` of the run, initialised from the global torch RNG
+    (:func:`vidhash.training.families.build_model` seeds it with ``cfg.seed``)."""
+    model = WanTransformer3DModel(**model_kwargs(cfg))
+    wan_init(model)
     return model
 
 
@@ -265,7 +236,7 @@ def draw_sigma(n: WanNoiseConfig, rng: np.random.Generator) -> float:
     return float(n.shift * s / (1.0 + (n.shift - 1.0) * s))
 
 
-class WanSamples(Dataset):
+class WanSamples(IndexedSamples):
     """``samples[index]``: a :class:`WanClips` clip + ``sigma`` () float32, ``context`` () int64 (leading
     clean frames), ``noise_seed`` () int64 (:func:`vidhash.training.data.sample_noise` draws the
     noise on the training device); deterministic in ``(data.seed, index)``."""
@@ -274,8 +245,13 @@ class WanSamples(Dataset):
         self.cfg = cfg
         self.clips = WanClips(cfg.data)
 
-    def __len__(self) -> int:
-        return len(self.clips)
+    def describe(self) -> str:
+        d = self.cfg.data
+        where = (f"worlds {d.world_seed_start}..{d.world_seed_start + d.num_worlds - 1} (seeds >= "
+                 f"{HELDOUT_WORLD_SEED} held out), {d.trajectory} trajectories" if d.source == "world"
+                 else f"videos under {d.video_root}")
+        return (f"data: clips of {d.num_frames} frames of {d.frame_size}×{d.frame_size} = {tokens_per_clip(self.cfg)} "
+                f"tokens per clip; {where}")
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         n = self.cfg.noise
@@ -288,19 +264,9 @@ class WanSamples(Dataset):
         return item
 
 
-VALIDATION_WORLD_SEED = 1_500_000  # validation worlds: held out (>= HELDOUT_WORLD_SEED), apart from eval's
-
-
 def validation_batch(cfg: WanTrainConfig, n: int = 8) -> dict[str, torch.Tensor]:
     """A fixed held-out batch: ``n`` clips of worlds ``VALIDATION_WORLD_SEED + i`` (never trained
     on), σ on the grid ``(i + 0.5) / n``, no context frames, fixed noise seeds. World clips only."""
-    import dataclasses
-
-    from torch.utils.data import default_collate
-
-    from vidhash.data.wan_clips import clip_trajectory, render_clip
-    from vidhash.data.world import ProceduralWorld
-
     d = cfg.data
     if d.source != "world":
         raise ValueError("validation_batch needs data.source=world")
@@ -318,84 +284,91 @@ def validation_batch(cfg: WanTrainConfig, n: int = 8) -> dict[str, torch.Tensor]
 # -------------------------------------------------------------------------------------- loss
 
 
-def loss_elements(batch: dict[str, torch.Tensor]) -> int:
-    """How many values of ``batch`` carry loss: every channel of every frame after the context."""
-    b, f, c, h, w = batch["frames"].shape
-    return int((f * b - int(batch["context"].sum())) * c * h * w)
+@dataclass
+class WanBatch:
+    """One micro-batch on the training device: ``x0`` and ``noise`` (b, c, f, h, w) float32,
+    ``sigma`` (b,) float32, ``context`` (b,) leading clean frames, ``actions`` (b, f) ids."""
+
+    x0: torch.Tensor
+    noise: torch.Tensor
+    sigma: torch.Tensor
+    context: torch.Tensor
+    actions: torch.Tensor
 
 
-def loss(model: nn.Module, batch: dict[str, torch.Tensor], cond, device: torch.device | str | None = None,
-         noise: torch.Tensor | None = None) -> tuple[torch.Tensor, int]:
-    """Summed squared velocity error of ``batch`` (float32 scalar) and :func:`loss_elements`.
-
-    ``batch``: frames (b, f, c, h, w) uint8 or float, actions (b, f), sigma (b,), context (b,),
-    noise_seed (b,) — or ``noise`` (b, f, c, h, w) given. Divide the sum by the elements of the
-    whole optimizer step (accumulation and processes included) for the mean.
-    """
-    from einops import rearrange
-
-    from vidhash.training.data import sample_noise
-
-    device = torch.device(device) if device is not None else next(model.parameters()).device
-    frames = batch["frames"].to(device, non_blocking=True)
-    b, f = frames.shape[:2]
-    # 1. clean clip, noise, noisy clip (b, c, f, h, w)
-    x0 = rearrange(clip_frames(frames), "b f c h w -> b c f h w")
+def wan_batch(item: dict[str, torch.Tensor], device: torch.device | str,
+              noise: torch.Tensor | None = None) -> WanBatch:
+    """A loader batch of :class:`WanSamples` on ``device``: frames scaled there, noise drawn there
+    from its seeds (or ``noise`` (b, f, c, h, w) given)."""
+    frames = item["frames"].to(device, non_blocking=True)
     if noise is None:
-        noise = sample_noise(batch["noise_seed"], frames.shape[1:], device)
-    noise = rearrange(noise.to(device, torch.float32), "b f c h w -> b c f h w")
-    sigma = batch["sigma"].to(device, torch.float32)
-    s = sigma.view(b, 1, 1, 1, 1)
-    x_t = (1.0 - s) * x0 + s * noise
+        noise = sample_noise(item["noise_seed"], frames.shape[1:], device)
+    return WanBatch(x0=rearrange(clip_frames(frames), "b f c h w -> b c f h w"),
+                    noise=rearrange(noise.to(device, torch.float32), "b f c h w -> b c f h w"),
+                    sigma=item["sigma"].to(device, torch.float32), context=item["context"].to(device, non_blocking=True),
+                    actions=item["actions"].to(device, non_blocking=True))
+
+
+def loss_elements(items: list[dict[str, torch.Tensor]], device: torch.device | str = "cpu") -> torch.Tensor:
+    """How many values of ``items`` (loader batches) carry loss, on ``device`` (no host wait):
+    every channel of every frame after the context."""
+    total = torch.zeros((), dtype=torch.int64, device=device)
+    for item in items:
+        b, f, c, h, w = item["frames"].shape
+        total = total + (b * f - item["context"].to(device, non_blocking=True).sum()) * (c * h * w)
+    return total.float()
+
+
+def loss(model: nn.Module, batch: WanBatch, cond: WanMiniConditioning) -> torch.Tensor:
+    """Summed squared velocity error of ``batch`` (float32 scalar), none on context frames. Divide by
+    :func:`loss_elements` of the whole optimizer step (accumulation and processes included)."""
+    b, _, f = batch.x0.shape[:3]
+    # 1. the noisy clip
+    s = batch.sigma.view(b, 1, 1, 1, 1)
+    x_t = (1.0 - s) * batch.x0 + s * batch.noise
     # 2. context frames (clean, no loss) and the model's inputs
-    context_mask = torch.arange(f, device=device)[None] < batch["context"].to(device)[:, None]  # (b, f)
-    actions = batch["actions"].to(device)
-    hidden = cond.model_input(x_t, actions, x0, context_mask)
-    tokens = cond.action_tokens(actions)
+    context_mask = torch.arange(f, device=x_t.device)[None] < batch.context[:, None]  # (b, f)
+    hidden = cond.model_input(x_t, batch.actions, batch.x0, context_mask)
+    tokens = cond.action_tokens(batch.actions)
     # 3. velocity error where there is no context
-    out = model(hidden, timestep=sigma * 1000.0, encoder_hidden_states=tokens, return_dict=False)[0]
-    err = (cond.velocity(out, x_t, sigma) - cond.velocity_target(x_t, x0, noise, sigma)) ** 2
+    out = model(hidden, timestep=batch.sigma * 1000.0, encoder_hidden_states=tokens, return_dict=False)[0]
+    err = (cond.velocity(out, x_t, batch.sigma) - cond.velocity_target(x_t, batch.x0, batch.noise, batch.sigma)) ** 2
     keep = (~context_mask).to(err.dtype)[:, None, :, None, None]
-    return (err * keep).sum(), loss_elements(batch)
+    return (err * keep).sum()
 
 
-# ------------------------------------------------------------------------------------ export
+# ------------------------------------------------------------------------------- export, load
 
 
-def export(weights: dict[str, torch.Tensor] | nn.Module, cfg: WanTrainConfig, out: str | os.PathLike,
-           dtype: torch.dtype = torch.float16, extra: dict[str, Any] | None = None) -> tuple[Path, float]:
-    """Save ``weights`` (a state dict, e.g. the EMA's, or a model) as a ``WanMiniPipeline`` folder:
-    ``dtype`` tensors (Wan's ``_keep_in_fp32_modules`` in float32) in safetensors shards ≤ ``cfg.shard_mb`` MB, the scheduler with shift
-    ``cfg.sample_shift``; ``extra``: JSON files to add (name → object). Atomic (temp folder, then
-    rename). Returns (folder, MiB)."""
-    from diffusers.schedulers import FlowMatchEulerDiscreteScheduler
-
-    from vidhash.pipelines.pipeline_wan_mini import WanMiniPipeline
-
-    state = weights.state_dict() if isinstance(weights, nn.Module) else weights
-    model = build(cfg)
-    model.load_state_dict({k: v.detach().float().cpu() for k, v in state.items()})
+def cast_keeping_fp32(model: WanTransformer3DModel, dtype: torch.dtype) -> WanTransformer3DModel:
+    """``model``'s parameters in ``dtype`` except Wan's ``_keep_in_fp32_modules`` (float32), as
+    ``from_pretrained(torch_dtype=...)`` loads them."""
     keep = tuple(model._keep_in_fp32_modules or ())
-    for name, param in model.named_parameters():  # as from_pretrained(torch_dtype=...) does: Wan's fp32 modules stay
+    for name, param in model.named_parameters():
         if not any(k in name for k in keep):
             param.data = param.data.to(dtype)
-    model.eval()
+    return model
+
+
+def save_pipeline(model: WanTransformer3DModel, folder: Path, cfg: WanTrainConfig) -> None:
+    """A ``WanMiniPipeline`` folder: ``model``, the scheduler with shift ``sample_shift``, the
+    conditioning; safetensors shards ≤ ``checkpoint.shard_mb`` MiB (headers included)."""
     pipe = WanMiniPipeline(model, FlowMatchEulerDiscreteScheduler(shift=cfg.sample_shift), channels=3,
                            **asdict(cfg.condition))
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        pipe.save_pretrained(str(tmp), max_shard_size=int(cfg.shard_mb * 2**20) - 64 * 1024)  # room for headers
-        for name, obj in (extra or {}).items():
-            (tmp / name).write_text(json.dumps(obj, indent=1) + "\n")
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    old = out.with_name(f".{out.name}.old-{os.getpid()}")
-    if out.exists():
-        os.replace(out, old)
-    os.replace(tmp, out)
-    shutil.rmtree(old, ignore_errors=True)
-    return out, sum(p.stat().st_size for p in out.rglob("*") if p.is_file()) / 2**20
+    limit = int(cfg.checkpoint.shard_mb * 2**20)
+    pipe.save_pretrained(str(folder), max_shard_size=limit - min(64 * 1024, limit // 8))  # room for the headers
+
+
+def load_transformer(model: nn.Module, folder: Path, cfg: WanTrainConfig) -> None:
+    """The weights of a saved wan-mini pipeline folder (``folder/transformer``) into ``model``, as
+    float32; ValueError when it is not one or was saved for another model config."""
+    sub = folder / "transformer"
+    if not (sub / "config.json").is_file():
+        raise ValueError(f"init_from={cfg.init_from}: not a saved wan-mini pipeline folder (no transformer/config.json)")
+    saved = json.loads((sub / "config.json").read_text())
+    want = {k: (list(v) if isinstance(v, tuple) else v) for k, v in model_kwargs(cfg).items()}
+    diff = config_diff({k: saved.get(k) for k in want}, want, "there", "model.")
+    if diff:
+        raise ValueError(f"init_from={cfg.init_from} was saved for another model config: {diff}")
+    weights = WanTransformer3DModel.from_pretrained(str(sub)).state_dict()
+    model.load_state_dict({k: v.float() for k, v in weights.items()})

@@ -6,6 +6,12 @@ The trainer (``vidhash.training.trainer`` and its loop) never names a model clas
 format. It asks the family that ``TrainConfig.model_family`` names for these:
 
 =================================================  ==============================================
+the config
+``config_class``                                   the dataclass of its train config:
+                                                   ``TrainConfig`` or a subclass with the family's
+                                                   own ``model`` / ``data`` / … sections
+``check(cfg) -> None``                             its sections' values (ValueError naming the
+                                                   key); the run's keys are checked by the trainer
 the model
 ``build(cfg) -> nn.Module``                        a fresh fp32 model on the CPU (seeded by
                                                    :func:`build_model`, which calls it)
@@ -14,6 +20,7 @@ the model
                                                    beside it (named in the error when they differ)
 ``prepare(model, cfg) -> None``                    training-only changes in place: gradient
                                                    checkpointing, regional ``torch.compile``
+``param_groups(model, weight_decay) -> list``      AdamW's groups: which weights decay
 the data and the objective
 ``samples(cfg) -> IndexedSamples``                 sample ``i`` a pure function of (seed, ``i``), so
                                                    a run's data position is one integer
@@ -23,11 +30,14 @@ the data and the objective
 ``to_device(item, device) -> batch``               one loader micro-batch on the device
                                                    (asynchronous copies)
 ``loss(model, batch, cfg) -> Tensor``              that micro-batch's summed squared error, float32
+``validation(cfg) -> item | None``                 a fixed held-out batch in the loader's format
+                                                   (``val_every``; None: the family has none)
 the weights
 ``load_weights(model, folder, cfg) -> None``       ``init_from``: the weights of a saved export
-``save(model, folder) -> None``                    export: a ``from_pretrained`` folder of
-                                                   ``model`` (the EMA weights, already cast; the
-                                                   trainer makes it atomic and picks the dtype)
+``cast(model, dtype) -> nn.Module``                the EMA model in the export's dtype
+``save(model, folder, cfg) -> None``               export: a ``from_pretrained`` folder of
+                                                   ``model`` (the EMA weights, cast; the trainer
+                                                   makes it atomic and picks the dtype)
 =================================================  ==============================================
 
 One optimizer step of the loop: ``total`` = ``loss_count`` of its micro-batches summed over
@@ -37,14 +47,15 @@ family. ``loss`` gets the model as the loop calls it (DDP's wrapper with several
 it, and reach its module through :func:`unwrap`). The shared pieces of the rectified-flow
 objective are in :mod:`vidhash.training.objective`.
 
-Adding a family (e.g. diffusers' ``WanTransformer3DModel``): a module in this package with a
-``ModelFamily`` subclass, one line in ``FAMILIES``, and ``model_family: <name>`` in its YAML. The
-family reads its own settings from the ``TrainConfig`` it is given (``model``, ``data``, ``noise``
-… or a section of its own). The trainer itself reads only the run's keys: ``seed``,
+Adding a family (``wan``: diffusers' ``WanTransformer3DModel``, :mod:`.wan`): a module in this
+package with a ``ModelFamily`` subclass, one line in ``FAMILIES``, and ``model_family: <name>`` in
+its YAML. The family reads its own settings from the config it is given (``model``, ``data``,
+``noise`` … of its ``config_class``). The trainer itself reads only the run's keys: ``seed``,
 ``max_steps``, ``batch_size``, ``grad_accum``, ``mixed_precision``, ``compile`` and ``ddp_*``,
 ``optim``, ``ema``, ``checkpoint``, ``log_every``, ``max_minutes``, ``fit_schedule``,
-``init_from``, ``export_*``, ``out_dir`` and the loader's ``data.num_workers``,
-``prefetch_factor``, ``pin_memory``, ``reserve_cores``.
+``fit_after``, ``budget_minutes``, ``val_every``, ``val_clips``, ``init_from``, ``export_*``,
+``out_dir`` and the loader's ``data.num_workers``, ``prefetch_factor``, ``pin_memory``,
+``reserve_cores``.
 """
 from __future__ import annotations
 
@@ -60,6 +71,7 @@ from ..data import IndexedSamples
 # model_family name -> "module:class" (imported when used)
 FAMILIES = {
     "vidhash": "vidhash.training.families.vidhash:VidHashFamily",
+    "wan": "vidhash.training.families.wan:WanFamily",
 }
 
 
@@ -67,6 +79,10 @@ class ModelFamily:
     """The interface the trainer calls (see the module docstring); a family subclasses it."""
 
     name = ""
+    config_class: type = TrainConfig
+
+    def check(self, cfg: TrainConfig) -> None:
+        """Nothing by default."""
 
     def build(self, cfg: TrainConfig) -> nn.Module:
         raise NotImplementedError
@@ -80,6 +96,13 @@ class ModelFamily:
     def prepare(self, model: nn.Module, cfg: TrainConfig) -> None:
         """Nothing by default."""
 
+    def param_groups(self, model: nn.Module, weight_decay: float) -> list[dict]:
+        """Weight decay on matrices, none on biases, norms and embeddings."""
+        decay, no_decay = [], []
+        for name, p in model.named_parameters():
+            (decay if p.ndim >= 2 and "embed" not in name else no_decay).append(p)
+        return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
     def samples(self, cfg: TrainConfig) -> IndexedSamples:
         raise NotImplementedError
 
@@ -92,10 +115,18 @@ class ModelFamily:
     def loss(self, model: nn.Module, batch, cfg: TrainConfig) -> torch.Tensor:
         raise NotImplementedError
 
+    def validation(self, cfg: TrainConfig) -> dict[str, torch.Tensor] | None:
+        """None by default (``val_every`` needs a family that has one)."""
+        return None
+
     def load_weights(self, model: nn.Module, folder: Path, cfg: TrainConfig) -> None:
         raise NotImplementedError
 
-    def save(self, model: nn.Module, folder: Path) -> None:
+    def cast(self, model: nn.Module, dtype: torch.dtype) -> nn.Module:
+        """The whole model in ``dtype`` by default."""
+        return model.to(dtype)
+
+    def save(self, model: nn.Module, folder: Path, cfg: TrainConfig) -> None:
         raise NotImplementedError
 
 

@@ -17,7 +17,7 @@ from torch import nn
 
 from vidhash.config import config_diff, with_model_defaults
 
-from ..config import TrainConfig, model_fingerprint, selection_arg
+from ..config import TrainConfig, check_vidhash_sections, model_fingerprint, selection_arg
 from ..data import TrainSamples
 from ..objective import FlowBatch, flow_batch, noised, noisy_values, squared_error
 from . import ModelFamily, unwrap
@@ -25,6 +25,12 @@ from . import ModelFamily, unwrap
 
 class VidHashFamily(ModelFamily):
     name = "vidhash"
+
+    def check(self, cfg: TrainConfig) -> None:
+        """``model``, ``data``, ``noise``, ``temporal_mode``, ``selection``; no validation batch yet."""
+        check_vidhash_sections(cfg)
+        if cfg.val_every:
+            raise ValueError("val_every: the vidhash family has no validation batch yet (use vidhash eval world)")
 
     def build(self, cfg: TrainConfig) -> nn.Module:
         from vidhash.models.transformer_vidhash import VidHashTransformer3DModel
@@ -88,7 +94,7 @@ class VidHashFamily(ModelFamily):
             raise ValueError(f"init_from={cfg.init_from}: weights do not match the model "
                              f"(missing {list(missing)[:4]}, unexpected {list(unexpected)[:4]})")
 
-    def save(self, model: nn.Module, folder: Path) -> None:
+    def save(self, model: nn.Module, folder: Path, cfg: TrainConfig) -> None:
         """A ``VidHashPipeline`` folder: the transformer and the flow-matching Euler scheduler."""
         from diffusers.schedulers import FlowMatchEulerDiscreteScheduler
 

@@ -1,0 +1,340 @@
+"""Hash attention dropped into a trained wan-mini: each clip against the dense model's clip.
+
+    vidhash bench dropin --model .wan/wan-mini --json dropin.json --strip dropin.png
+
+Letters: b batch, h heads, n tokens, d head_dim, f frames.
+
+The model folder is a ``WanMiniPipeline`` (``vidhash train wan_mini``'s export). Every setting
+samples the same seeds with the same inputs (per seed: its initial noise from a CPU generator and
+a camera path of actions drawn from the seed): first the dense model (diffusers' own attention
+processors), then ``dense (repeat)`` — the same processors again: its frames must equal the
+dense ones, the floor of every comparison — then the drop-in
+(:func:`vidhash.integrations.diffusers.enable_hash_attention`) at each density × key-block size
+(× scorer, where the drop-in takes a ``scorer``). Per setting (SVG2's protocol):
+
+* ``psnr`` — dB over the whole clip against the dense clip (mean squared error of all frames'
+  uint8 RGB; ``inf`` for identical clips), mean over seeds; ``ssim`` — mean over frames and seeds
+  (luma, :func:`vidhash.metrics.ssim`);
+* ``coherence`` — :func:`vidhash.metrics.measure_coherence` of the first seed's clip (flicker,
+  warp error, motion, adjacent SSIM, smoothness, start vs end; the dense row holds the dense clip's);
+* ``recall`` per layer — the share of exact attention mass the drop-in's block selection keeps,
+  on the dense run's queries and keys at one denoising step (``--recall-step``) of the first
+  seed; ``oracle`` beside it where :mod:`vidhash.selection` is installed (the most any selection
+  of as many blocks can keep);
+* ``transformer_ms`` — median milliseconds of one transformer call (a denoising step), and
+  ``clip_s`` — median seconds of one whole clip (the pipeline call), synchronised on CUDA.
+
+``--strip`` writes a PNG of evenly spaced frames of the first seed: rows dense, 1/8, 1/32 (the
+first key-block size), where those densities were run.
+"""
+from __future__ import annotations
+
+import inspect
+import json
+import math
+import tempfile
+import time
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import torch
+
+STRIP_DENSITIES = (Fraction(1, 8), Fraction(1, 32))
+COHERENCE_KEYS = ("flicker", "warp_error", "motion", "ssim_adjacent", "smoothness", "start_end")
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One row: ``density`` None is the dense model (diffusers' processors)."""
+
+    name: str
+    density: Fraction | None = None
+    block_size: int | None = None
+    scorer: str | None = None
+
+
+def parse_fractions(text: str, flag: str) -> list[Fraction]:
+    """``"1/4,1/8"`` → fractions in (0, 1]; ValueError naming ``flag``."""
+    try:
+        values = [Fraction(s.strip()) for s in text.split(",") if s.strip()]
+    except (ValueError, ZeroDivisionError):
+        raise ValueError(f"{flag} must be comma-separated fractions like 1/4,1/8, got {text!r}") from None
+    if not values or any(not 0 < v <= 1 for v in values):
+        raise ValueError(f"{flag} must be fractions in (0, 1], got {text!r}")
+    return values
+
+
+def parse_ints(text: str, flag: str, minimum: int = 1) -> list[int]:
+    try:
+        values = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise ValueError(f"{flag} must be comma-separated integers, got {text!r}") from None
+    if not values or any(v < minimum for v in values):
+        raise ValueError(f"{flag} must be integers >= {minimum}, got {text!r}")
+    return values
+
+
+def make_settings(densities: list[Fraction], block_sizes: list[int], scorers: list[str | None]) -> list[Setting]:
+    """dense, dense (repeat), then density × block size × scorer."""
+    rows = [Setting("dense"), Setting("dense (repeat)")]
+    for scorer in scorers:
+        for bs in block_sizes:
+            for d in densities:
+                tag = "" if scorer is None else f" {scorer}"
+                rows.append(Setting(f"{d} b{bs}{tag}", d, bs, scorer))
+    return rows
+
+
+def drop_in_options(scorer: str | None) -> dict:
+    """Keyword arguments for ``enable_hash_attention`` beyond density and block size: ``scorer``
+    only where the drop-in takes it (ValueError naming --scorers otherwise).
+    TODO(issue 21): per-layer fitted ``hashers=`` (the learned/calibrated scorers' weights) once
+    enable_hash_attention takes them and their file format is fixed; pass them through here."""
+    from vidhash.integrations.diffusers import enable_hash_attention
+
+    if scorer is None:
+        return {}
+    if "scorer" not in inspect.signature(enable_hash_attention).parameters:
+        from vidhash.integrations.diffusers import CONFIG_KEYS
+
+        if "scorer" not in CONFIG_KEYS:
+            raise ValueError(f"--scorers {scorer}: this vidhash's enable_hash_attention takes no scorer")
+    return {"scorer": scorer}
+
+
+class StepTimer:
+    """Milliseconds of every transformer call (forward hooks; synchronised on CUDA)."""
+
+    def __init__(self, transformer: torch.nn.Module):
+        self.ms: list[float] = []
+        self._t0 = 0.0
+        self._cuda = next(transformer.parameters()).is_cuda
+        self._handles = [transformer.register_forward_pre_hook(self._start),
+                         transformer.register_forward_hook(self._stop)]
+
+    def _sync(self) -> float:
+        if self._cuda:
+            torch.cuda.synchronize()
+        return time.perf_counter()
+
+    def _start(self, *_):
+        self._t0 = self._sync()
+
+    def _stop(self, *_):
+        self.ms.append(1000 * (self._sync() - self._t0))
+
+    def close(self) -> None:
+        for h in self._handles:
+            h.remove()
+
+
+def camera_path(seed: int, num_frames: int) -> list[str]:
+    """A seed's actions: runs of 2-6 frames of one move (no 'stay' at frame 0's place)."""
+    from vidhash.camera import ACTIONS
+
+    moves = [a for a in ACTIONS if a != "stay"]
+    rng = np.random.default_rng(seed)
+    out: list[str] = []
+    while len(out) < num_frames:
+        out += [moves[rng.integers(len(moves))]] * int(rng.integers(2, 7))
+    return out[:num_frames]
+
+
+def sample_clips(pipe, seeds: list[int], args) -> tuple[list[np.ndarray], list[float], list[float]]:
+    """Clips (f, h, w, 3) uint8 of every seed, the seconds of each clip and the ms of each step."""
+    timer = StepTimer(pipe.transformer)
+    clips, seconds = [], []
+    try:
+        for seed in seeds:
+            t0 = timer._sync()
+            frames = pipe(actions=camera_path(seed, args.frames), num_frames=args.frames, height=args.size,
+                          width=args.size, num_inference_steps=args.steps,
+                          generator=torch.Generator().manual_seed(seed)).frames[0]
+            seconds.append(timer._sync() - t0)
+            clips.append((np.clip(frames, 0, 1) * 255).round().astype(np.uint8))
+    finally:
+        timer.close()
+    return clips, seconds, timer.ms
+
+
+def clip_psnr(a: np.ndarray, b: np.ndarray) -> float:
+    """PSNR (dB) of two uint8 clips over all their pixels; ``inf`` when identical."""
+    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
+    return math.inf if mse == 0 else 10 * math.log10(255.0**2 / mse)
+
+
+def clip_ssim(a: np.ndarray, b: np.ndarray) -> float:
+    """Mean SSIM over frames (luma)."""
+    import cv2
+
+    from vidhash.metrics import ssim
+
+    luma = [(cv2.cvtColor(x, cv2.COLOR_RGB2GRAY), cv2.cvtColor(y, cv2.COLOR_RGB2GRAY)) for x, y in zip(a, b)]
+    return float(np.mean([ssim(x.astype(np.float32), y.astype(np.float32)) for x, y in luma]))
+
+
+def coherence_of(clip: np.ndarray, fps: float) -> dict:
+    """The coherence report's summary (``COHERENCE_KEYS``) of one clip, through an mp4."""
+    from vidhash.metrics import CoherenceOptions, measure_coherence
+    from vidhash.metrics.synthetic import write_video
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = write_video(str(Path(tmp) / "clip.mp4"), list(clip), fps)
+        report = measure_coherence(path, CoherenceOptions(analysis_fps=fps, size=max(clip.shape[1:3])))
+    return {k: report.get(k) for k in COHERENCE_KEYS}
+
+
+def capture_qk(pipe, seed: int, args) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """The dense run's post-rotary queries and keys ``(b, h, n, d)`` of every self-attention at
+    denoising step ``args.recall_step`` of ``seed`` (recording processors, dense SDPA)."""
+    from vidhash.attention import dense_attention
+    from vidhash.integrations.diffusers import DropInConfig, WanHashAttnProcessor, self_attention_modules
+
+    tf = pipe.transformer
+    captured: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    calls = [0]
+
+    class Recorder(WanHashAttnProcessor):
+        def _hash(self, q, k, v, **kw):
+            if calls[0] == args.recall_step:
+                captured[self.name] = (q.detach().clone(), k.detach().clone())
+            return dense_attention(q, k, v)
+
+    originals = dict(tf.attn_processors)
+    procs = dict(originals)
+    for name in self_attention_modules(tf):
+        procs[f"{name}.processor"] = Recorder(DropInConfig(density=1.0), None, name)
+    tf.set_attn_processor(procs)
+    handle = tf.register_forward_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
+    try:
+        pipe(actions=camera_path(seed, args.frames), num_frames=args.frames, height=args.size, width=args.size,
+             num_inference_steps=args.steps, generator=torch.Generator().manual_seed(seed))  # the same schedule
+    finally:
+        handle.remove()
+        tf.set_attn_processor(originals)
+    return captured
+
+
+def layer_recall(captured: dict, setting: Setting, max_query_blocks: int) -> list[dict]:
+    """Per layer: recall of the drop-in's selection (the default hasher, as the drop-in builds it)
+    and, with :mod:`vidhash.selection`, the oracle recall of as many blocks."""
+    from vidhash import attention
+
+    try:
+        from vidhash.selection import oracle_recall
+    except ImportError:  # vidhash.selection (issue 21) not installed: no oracle column
+        oracle_recall = None
+    extra = {}
+    if setting.scorer is not None:
+        if "scorer" not in inspect.signature(attention.select_blocks).parameters:
+            return []
+        extra["scorer"] = setting.scorer
+    rows = []
+    for name, (q, k) in captured.items():
+        sel = attention.select_blocks(q, k, density=float(setting.density), block_size=setting.block_size, **extra)
+        row = {"layer": name, "recall": attention.selection_recall(q, k, sel, max_query_blocks=max_query_blocks)}
+        if oracle_recall is not None:
+            row["oracle"] = oracle_recall(q, k, int(sel.indices.shape[-1]), block_size=sel.block_size,
+                                          query_block_size=sel.query_block_size, max_query_blocks=max_query_blocks)
+        rows.append(row)
+    return rows
+
+
+def frame_strip(rows: dict[str, np.ndarray], path: str, frames: int = 8) -> str:
+    """A PNG: one row of ``frames`` evenly spaced frames per clip, clips in ``rows``' order."""
+    from PIL import Image
+
+    picked = []
+    for clip in rows.values():
+        idx = np.linspace(0, len(clip) - 1, min(frames, len(clip))).round().astype(int)
+        picked.append(np.concatenate(list(clip[idx]), axis=1))
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.concatenate(picked, axis=0)).save(path)
+    return path
+
+
+def load_pipeline(path: str, device: str, dtype: str):
+    from vidhash.pipelines.pipeline_wan_mini import WanMiniPipeline
+
+    if not Path(path).is_dir():
+        raise FileNotFoundError(f"--model {path}: no such folder (a WanMiniPipeline export)")
+    pipe = WanMiniPipeline.from_pretrained(path)
+    pipe.transformer.to(device, {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[dtype])
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def run_setting(pipe, setting: Setting, seeds: list[int], args) -> tuple[list[np.ndarray], dict]:
+    """Clips and timings of one setting (the drop-in enabled for it, then disabled)."""
+    from vidhash.integrations.diffusers import disable_hash_attention, enable_hash_attention
+
+    if setting.density is not None:
+        enable_hash_attention(pipe.transformer, density=float(setting.density), block_size=setting.block_size,
+                              **drop_in_options(setting.scorer))
+    try:
+        clips, seconds, ms = sample_clips(pipe, seeds, args)
+    finally:
+        if setting.density is not None:
+            disable_hash_attention(pipe.transformer)
+    skip = args.steps if len(seeds) > 1 else 0  # the first clip's steps warm up (kernels, autotuning)
+    return clips, {"transformer_ms": float(np.median(ms[skip:] or ms)),
+                   "clip_s": float(np.median(seconds[1:] or seconds))}
+
+
+def run(args) -> int:
+    """``vidhash bench dropin``: every setting, the table, ``--json`` and ``--strip``."""
+    # 1. inputs and settings
+    densities = parse_fractions(args.densities, "--densities")
+    block_sizes = parse_ints(args.block_sizes, "--block-sizes")
+    seeds = parse_ints(args.seeds, "--seeds", minimum=0)
+    scorers = [None if s in ("", "default") else s for s in args.scorers.split(",")]
+    if not 0 <= args.recall_step < args.steps:
+        raise ValueError(f"--recall-step must be in [0, --steps), got {args.recall_step}")
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    pipe = load_pipeline(args.model, device, args.dtype or ("bf16" if device == "cuda" else "fp32"))
+    settings = make_settings(densities, block_sizes, scorers)
+    # 2. the dense clips, the queries and keys for recall
+    results, clips_of = [], {}
+    captured = capture_qk(pipe, seeds[0], args) if not args.no_recall else {}
+    # 3. every setting against the dense clips
+    for setting in settings:
+        clips, timing = run_setting(pipe, setting, seeds, args)
+        dense = clips_of.setdefault("dense", clips)
+        row = {"setting": setting.name, "density": None if setting.density is None else float(setting.density),
+               "block_size": setting.block_size, "scorer": setting.scorer,
+               "psnr": float(np.mean([clip_psnr(c, d) for c, d in zip(clips, dense)])),
+               "ssim": float(np.mean([clip_ssim(c, d) for c, d in zip(clips, dense)])), **timing}
+        if setting.density is not None and setting.block_size == block_sizes[0] and setting.scorer == scorers[0]:
+            clips_of.setdefault(f"1/{round(1 / setting.density)}" if setting.density.numerator == 1 else
+                                str(setting.density), clips)
+        if not args.no_coherence and setting.name != "dense (repeat)":
+            row["coherence"] = coherence_of(clips[0], args.fps)
+        if captured and setting.density is not None:
+            row["layers"] = layer_recall(captured, setting, args.recall_blocks)
+        results.append(row)
+        print(format_row(row), flush=True)
+    # 4. outputs
+    report = {"model": str(args.model), "device": describe_device(device), "frames": args.frames, "size": args.size,
+              "steps": args.steps, "seeds": seeds, "recall_step": args.recall_step, "rows": results}
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(report, indent=1) + "\n")
+    if args.strip:
+        names = ["dense"] + [f"1/{d.denominator}" for d in STRIP_DENSITIES if f"1/{d.denominator}" in clips_of]
+        frame_strip({n: clips_of[n][0] for n in names}, args.strip)
+    return 0
+
+
+def format_row(row: dict) -> str:
+    recall = [r["recall"] for r in row.get("layers", [])]
+    rec = f" recall {np.mean(recall):.3f}" if recall else ""
+    oracle = [r["oracle"] for r in row.get("layers", []) if "oracle" in r]
+    rec += f" (oracle {np.mean(oracle):.3f})" if oracle else ""
+    return (f"{row['setting']:>22s}  PSNR {row['psnr']:6.2f} dB  SSIM {row['ssim']:.4f}  "
+            f"{row['transformer_ms']:9.2f} ms/step  {row['clip_s']:8.3f} s/clip{rec}")
+
+
+def describe_device(device: str) -> str:
+    return torch.cuda.get_device_name(0) if device == "cuda" else "cpu"
