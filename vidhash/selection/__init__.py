@@ -2,9 +2,14 @@
 
 * :mod:`vidhash.selection.oracle` — exact block masses, :func:`oracle_recall`, :func:`selection_mass`,
   :func:`attention_error`;
-* :mod:`vidhash.selection.scorers` — ``simhash``, ``pooled``, ``moments``, ``subkeys``, ``subqueries``,
-  ``prefilter``; :func:`select_blocks_scored`;
-* :mod:`vidhash.selection.learned` — :class:`LearnedBlockScorer` and its fit.
+* :mod:`vidhash.selection.scorers` — ``simhash``, ``pooled``, ``moments``, ``subgrid``,
+  ``prefilter``, ``oracle``; :func:`select_blocks_scored`;
+* :mod:`vidhash.selection.learned` — :class:`LearnedBlockScorer` and its fit;
+* :mod:`vidhash.selection.memory_read` — a memory read's top-k against the exact top-k (not imported
+  here: it imports :mod:`vidhash.memory`).
+
+``vidhash.attention.select_blocks(..., scorer=...)`` runs these scorers; ``vidhash bench selection``
+measures them.
 """
 from .learned import LearnedBlockScorer
 from .oracle import attention_error, block_mass, oracle_recall, selection_mass
