@@ -14,8 +14,8 @@ bitwise. The reference scores every one of the ``c`` entries for every query and
 2. their rank for every query, ``(similarity + n_bits)·(f + 1) + f − j``, one matmul of ±1 bit
    signs (exact integers in float32), then ``topk`` over ``f`` entries;
 3. attention over the selected pairs only: their scores by a sampled matmul
-   (``torch.sparse.sampled_addmm``), the weighted sum of values by a bag sum
-   (``embedding_bag``), nothing of size ``(n, c)`` or ``(n, k, d)`` held.
+   (``torch.sparse.sampled_addmm`` on a CSR pattern of the selection), the weighted sum of values
+   by a bag sum (``embedding_bag``), nothing of size ``(n, c)`` or ``(n, k, d)`` held.
 
 A head with at most ``top_k`` filled entries reads them all (dense, the same log-count bias).
 Inference only (no gradients to ``q``); float32 arithmetic (float64 for float64 queries), as the
@@ -48,16 +48,18 @@ def _select(q_signs: torch.Tensor, k_signs: torch.Tensor, kk: int, n_bits: int, 
 
 def _sparse_read(q: torch.Tensor, keys: torch.Tensor, vals: torch.Tensor, bias: torch.Tensor, cols: torch.Tensor,
                  sc: float):
-    """Softmax of ``q (n, d)`` over keys ``cols (n, kk)`` (entry indices, ascending per row) of
-    ``keys``/``vals (c, d)``, each with score ``sc·q·k + bias (c,)``: ``out (n, d)``, ``lse (n,)``."""
+    """Softmax of ``q (n, d)`` over keys ``cols (n, kk)`` (entry indices, distinct per row, any
+    order) of ``keys``/``vals (c, d)``, key ``cols[i, j]`` scored ``sc·q·k + bias[i, j]``:
+    ``out (n, d)``, ``lse (n,)``."""
     n, kk = cols.shape
     crow = torch.arange(0, n * kk + 1, kk, dtype=torch.int64)
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # "sparse CSR support is in beta": the two ops used are stable
+        warnings.simplefilter("ignore")  # "sparse CSR support is in beta": sampled_addmm alone is used
+        # (values zeros, not empty: beta = 0 still multiplies them, and 0·NaN is NaN)
         pattern = torch.sparse_csr_tensor(crow, cols.reshape(-1), torch.zeros(n * kk, dtype=q.dtype),
                                           size=(n, keys.shape[0]), check_invariants=False)
         s = torch.sparse.sampled_addmm(pattern, q, keys.t(), beta=0.0, alpha=sc).values().view(n, kk)
-    s = s + bias[cols]
+    s = s + bias
     lse = torch.logsumexp(s, dim=-1)
     p = torch.exp(s - lse.unsqueeze(-1))
     out = torch.nn.functional.embedding_bag(cols, vals, per_sample_weights=p, mode="sum")
@@ -93,27 +95,25 @@ def memory_attend_compact(table: MemoryTable, q: torch.Tensor, top_k: int, *, ha
     lse = torch.full((b * h, n), float("-inf"), dtype=acc if acc == torch.float64 else torch.float32)
     idx = torch.full((b * h, n, kk), -1, dtype=torch.int64)
     for i in range(b * h):
-        # 1. the filled entries of this head, in entry order
+        # 1. the filled entries of this head, in entry order, and their log-count weights
         filled = torch.nonzero(counts[i] > 0).squeeze(1)
         f = filled.numel()
         if f == 0:
             continue
+        bias = torch.log(counts[i, filled].float()).to(acc)  # as the reference: log in float32
+        q_signs, k_signs = sig_signs(q_sig[i], n_bits), sig_signs(sigs[i, filled], n_bits)
         if f <= kk:  # every filled entry is selected: dense over them
-            bias = torch.log(counts[i, filled].float()).to(acc)  # as the reference: log in float32
             out[i], lse[i] = _dense_read(qf[i], keys[i, filled].to(acc), vals[i, filled].to(acc), bias, sc)
             if return_indices:
-                order = _select(sig_signs(q_sig[i], n_bits), sig_signs(sigs[i, filled], n_bits), f, n_bits, True)
-                idx[i, :, :f] = filled[order]
+                idx[i, :, :f] = filled[_select(q_signs, k_signs, f, n_bits, True)]
             continue
-        # 2. the top-kk ranks among them
-        sel = _select(sig_signs(q_sig[i], n_bits), sig_signs(sigs[i, filled], n_bits), kk, n_bits, return_indices)
+        # 2. the top-kk ranks among them (positions in `filled`)
+        sel = _select(q_signs, k_signs, kk, n_bits, return_indices)
         if return_indices:
             idx[i] = filled[sel]
-        # 3. softmax over the selected entries (columns ascending: the sparse kernels' layout)
-        cols = filled[sel.sort(dim=-1).values]
-        bias = torch.log(counts[i].clamp(min=1).float()).to(acc)
+        # 3. softmax over the selected entries
         k_i = keys[i] if keys.dtype == acc else keys[i].to(acc)
         v_i = vals[i] if vals.dtype == acc else vals[i].to(acc)
-        out[i], lse[i] = _sparse_read(qf[i], k_i, v_i, bias, cols, sc)
+        out[i], lse[i] = _sparse_read(qf[i], k_i, v_i, bias[sel], filled[sel], sc)
     res = out.view(b, h, n, d).to(q.dtype), lse.view(b, h, n)
     return (*res, idx.view(b, h, n, kk)) if return_indices else res
