@@ -41,7 +41,8 @@ chooses and a state saves; :class:`MemoryConfig` adds the layer's shape; :class:
 (``top_k``, ``mass_cap``) is how a read is done, given per call. Each validates itself.
 
 **Code.** The writes and the top-k read are ops on the memory's tensors (:attr:`HashedMemory.table`):
-references in ``kernels/memory/naive.py``, Triton kernels in ``kernels/memory/ops.py``.
+references in ``kernels/memory/naive.py``, Triton kernels in ``kernels/memory/ops.py``, and a CPU
+read over the filled entries only in ``kernels/memory/cpu.py``.
 :meth:`HashedMemory.write` and :meth:`HashedMemory.attend` choose between them (``backend=``).
 
 **Sizing for minutes** (docs/memory.md, ``scripts/memory_retention.py``): keys of one world place
@@ -463,8 +464,10 @@ class HashedMemory(nn.Module):
         Returns ``(out (b, h, n, d), lse (b, h, n))`` with lse in float32 (float64 for
         float64 queries); a query that finds no entry
         (empty memory) gets ``out = 0`` and ``lse = -inf``. Gradients flow to ``q``.
-        ``backend``: ``"auto"`` (Triton for CUDA tensors that are not float64, else the
-        reference), ``"reference"`` or ``"triton"``. Reading every entry (``top_k`` None, or at
+        ``backend``: ``"auto"`` (Triton for CUDA tensors that are not float64; on a CPU the compact
+        read of :mod:`vidhash.kernels.memory.cpu` — the same selection, a cost of the filled entries —
+        for memories of at least :data:`COMPACT_READ_MIN_CAPACITY` entries when no gradient is
+        asked; else the reference), ``"reference"`` or ``"triton"``. Reading every entry (``top_k`` None, or at
         least the capacity: :meth:`MemoryRead.top_k_for`) with ``"auto"`` or ``"reference"`` is
         dense attention over the whole memory, without signatures or top-k — the same result.
         ``mass_cap > 0`` lowers lse by :meth:`mass_penalty` (``out`` is unchanged: it only

@@ -80,6 +80,8 @@ def memory_attend_compact(table: MemoryTable, q: torch.Tensor, top_k: int, *, ha
     of the filled entries: ``out (b, h, n, d)``, ``lse (b, h, n)`` (float32, float64 for float64
     queries) and with ``return_indices`` the indices ``(b, h, n, min(top_k, c))`` best first
     (``-1`` for missing entries, last) — the reference's. No gradients."""
+    if q.device.type != "cpu" or table.keys.device.type != "cpu":
+        raise ValueError(f"memory_attend_compact reads CPU tensors; q is on {q.device}, the memory on {table.keys.device}")
     b, h, n, d = q.shape
     c = table.capacity
     kk = min(top_k, c)
