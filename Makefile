@@ -26,14 +26,13 @@ install: $(STAMP)
 # The main job: the shipped world model starts from 8 ground-truth frames of a held-out world,
 # walks out 144 px (its own invented ground) and back; the hashed memory brings the place back on
 # return. Then the clip's coherence report (revisit PSNR: the return against the start).
-# ~30 s on a 2-core CPU. The model's generation preset (`world` in configs/generation.yaml): a
-# small merge memory (2,048 entries) keeps the start whole. The preset reads each query's top 256
-# entries (better on minutes-long clips); this 10-s clip's whole history fits the memory, and
-# reading every entry (memory.top_k=2048) gives the same clip within 0.1 dB of revisit PSNR at
-# half the CPU time (23 s against 45-55 s: selecting costs a CPU more than reading; BENCHMARKS.md).
-# `make demo DEMO_MEMORY=` runs the preset's read.
+# The model's generation preset (`world`, saved in models/world-tiny-v3/model_index.json): a merge
+# memory of 1,024 buckets × 32 slots (32,768 entries per layer and head, minutes of a world), each
+# query reading its top 256 entries. On a CPU that read costs the entries filled, not the capacity
+# (kernels/memory/cpu.py), so the demo runs the preset as it is. `make demo DEMO_MEMORY=...`
+# adds generation settings (e.g. `DEMO_MEMORY=memory.mode=window` for the window only).
 WORLD_MODEL ?= world-tiny-v3
-DEMO_MEMORY ?= memory.top_k=2048
+DEMO_MEMORY ?=
 demo: $(STAMP)
 	$(VENV)/bin/vidhash generate --model $(WORLD_MODEL) --prompt-world 1000003 --actions configs/paths/out_and_back_10s.json \
 		--seconds 10 --fps 8 --seed 0 --out demo.mp4 $(DEMO_MEMORY)

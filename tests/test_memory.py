@@ -112,16 +112,18 @@ def test_empty_memory_reads_nothing():
     assert (out == 0).all() and torch.isneginf(lse).all()
 
 
+@pytest.mark.parametrize("backend", ["reference", "auto"])
 @pytest.mark.parametrize("num_buckets", [16, 32768], ids=["float32-rank", "float64-rank"])
-def test_top_k_selects_by_signature_with_low_index_ties(num_buckets):
-    """(262,144 entries: the read's rank is no longer an exact float32 integer and is built in float64.)"""
+def test_top_k_selects_by_signature_with_low_index_ties(num_buckets, backend):
+    """(262,144 entries: the reference's rank is no longer an exact float32 integer and is built in
+    float64; ``auto`` reads that memory by the compact read, over its 60 filled entries.)"""
     torch.manual_seed(2)
     dtype = torch.float64 if num_buckets == 16 else torch.float32  # (float32: half the big memory's bytes)
     mem = make(num_buckets=num_buckets, slots=8, batch_size=1, heads=1, dtype=dtype)
     k = torch.randn(1, 1, 60, 40, dtype=torch.float64).to(dtype)
     mem.write(k, k.clone(), 0)
     q = k[:, :, :5]
-    _, _, idx = mem.attend(q, top_k=3, return_indices=True)
+    _, _, idx = mem.attend(q, top_k=3, return_indices=True, backend=backend)
     sigs = mem.signatures.view(1, 1, -1, 1)
     sim = hamming_similarity(mem.hasher(q), sigs[0, 0].unsqueeze(0).unsqueeze(0), 32)
     valid = mem.counts.view(1, 1, -1) > 0

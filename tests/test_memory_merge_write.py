@@ -187,7 +187,7 @@ def test_merge_write_fewer_tokens_than_buckets_and_empty():
 
 
 def test_merge_write_world_model_shape():
-    """The shipped world model's memory: 3 heads × 64 dims, 128 buckets × 16 slots, 4 frames × 64 tokens."""
+    """The world model's memory shape (its preset's size until 2026-12-03): 3 heads × 64 dims, 128 buckets × 16 slots, 4 frames × 64 tokens."""
     g = torch.Generator().manual_seed(7)
     new, ref = _pair(num_buckets=128, slots=16, heads=3, head_dim=64, batch_size=1, dtype=torch.float32)
     writes = []

@@ -41,7 +41,8 @@ chooses and a state saves; :class:`MemoryConfig` adds the layer's shape; :class:
 (``top_k``, ``mass_cap``) is how a read is done, given per call. Each validates itself.
 
 **Code.** The writes and the top-k read are ops on the memory's tensors (:attr:`HashedMemory.table`):
-references in ``kernels/memory/naive.py``, Triton kernels in ``kernels/memory/ops.py``.
+references in ``kernels/memory/naive.py``, Triton kernels in ``kernels/memory/ops.py``, and a CPU
+read over the filled entries only in ``kernels/memory/cpu.py``.
 :meth:`HashedMemory.write` and :meth:`HashedMemory.attend` choose between them (``backend=``).
 
 **Sizing for minutes** (docs/memory.md, ``scripts/memory_retention.py``): keys of one world place
@@ -61,7 +62,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from vidhash.kernels.memory import naive
+from vidhash.kernels.memory import cpu, naive
 from vidhash.kernels.signature.naive import route_buckets
 
 from .attention import dense_attention, fused_attention_lse
@@ -71,6 +72,14 @@ from .ops.backend import resolve_backend, triton_ops
 from .ops.checks import MemoryTable
 
 POLICIES = ("fifo", "merge")
+
+COMPACT_READ_MIN_CAPACITY = 4096
+"""Entries per head from which ``backend="auto"`` reads a CPU memory by the compact read
+(:mod:`vidhash.kernels.memory.cpu`: the filled entries only, sparse attention over the selection)
+instead of the reference, which scores every entry of the capacity for every query. The two select
+the same entries; their outputs differ by float rounding (another summation order), so smaller
+memories — every preset sized before 2026-12-03 (2,048 entries and fewer) — keep the reference and
+generate bitwise the frames they did."""
 
 
 def _positive_int(name: str, value, why: str = "") -> None:
@@ -455,8 +464,10 @@ class HashedMemory(nn.Module):
         Returns ``(out (b, h, n, d), lse (b, h, n))`` with lse in float32 (float64 for
         float64 queries); a query that finds no entry
         (empty memory) gets ``out = 0`` and ``lse = -inf``. Gradients flow to ``q``.
-        ``backend``: ``"auto"`` (Triton for CUDA tensors that are not float64, else the
-        reference), ``"reference"`` or ``"triton"``. Reading every entry (``top_k`` None, or at
+        ``backend``: ``"auto"`` (Triton for CUDA tensors that are not float64; on a CPU the compact
+        read of :mod:`vidhash.kernels.memory.cpu` — the same selection, a cost of the filled entries —
+        for memories of at least :data:`COMPACT_READ_MIN_CAPACITY` entries when no gradient is
+        asked; else the reference), ``"reference"`` or ``"triton"``. Reading every entry (``top_k`` None, or at
         least the capacity: :meth:`MemoryRead.top_k_for`) with ``"auto"`` or ``"reference"`` is
         dense attention over the whole memory, without signatures or top-k — the same result.
         ``mass_cap > 0`` lowers lse by :meth:`mass_penalty` (``out`` is unchanged: it only
@@ -483,7 +494,17 @@ class HashedMemory(nn.Module):
                     q_sig = self.hasher(q, role="query")
             return triton_ops().memory_attend(self.table, q, top_k, hasher=self.hasher, scale=scale,
                                               return_indices=return_indices, q_sig=q_sig)
+        if backend == "auto" and self._compact_read(q):
+            return cpu.memory_attend_compact(self.table, q, top_k, hasher=self.hasher, scale=scale,
+                                             return_indices=return_indices)
         return naive.memory_attend(self.table, q, top_k, hasher=self.hasher, scale=scale, return_indices=return_indices)
+
+    def _compact_read(self, q: torch.Tensor) -> bool:
+        """``auto`` on a CPU reads through :func:`~vidhash.kernels.memory.cpu.memory_attend_compact`
+        (a cost of the filled entries, not of the capacity) when no gradient is asked and the memory
+        holds at least :data:`COMPACT_READ_MIN_CAPACITY` entries per head."""
+        return (q.device.type == "cpu" and self.capacity >= COMPACT_READ_MIN_CAPACITY
+                and not (torch.is_grad_enabled() and q.requires_grad))
 
     def _attend_all(self, q: torch.Tensor, sc: float) -> tuple[torch.Tensor, torch.Tensor]:
         """``attend`` of every entry: attention over every valid entry, each weighted
