@@ -112,7 +112,8 @@ ARGUMENTS_DOC = r"""Args:
         and clips: 0 … ``pipe.num_timesteps`` − 1 (``pipe.chunk_index`` says which chunk,
         ``pipe.clip_index`` which clip of a batch, ``step % pipe.steps_per_chunk`` the step
         within the chunk). Setting ``pipe._interrupt = True`` stops generation: the current
-        chunk is dropped and the state stays at the last finished chunk.
+        chunk is dropped and the state stays at the last finished chunk (its generator too:
+        continuing it equals a straight run).
     callback_on_step_end_tensor_inputs: tensors passed in ``callback_kwargs``.
     state: a ``VidHashState`` to continue (updated in place); None starts a new clip.
         ``__call__`` also takes a list, one state per clip.
@@ -462,13 +463,19 @@ class VidHashPipeline(DiffusionPipeline):
             for index in range(num_chunks):
                 self._chunk_index = index
                 c = min(size, num_frames - index * size)
-                # 3a. camera path of this chunk (committed to the state only when the chunk is)
-                chunk = self._camera_path(state, settings, ids, poses, index * size, c, trajectory_seed)
-                # 3b. denoise the chunk against window + memory
-                noise = _chunk_noise(latents, index * size, c)
-                out = self._denoise(state, settings, chunk, callback_on_step_end, callback_on_step_end_tensor_inputs,
-                                    noise)
-                if self.interrupt:
+                # 3a. camera path of this chunk (committed to the state only when the chunk is); a chunk
+                #     dropped by an interrupt or an exception gives back its generator draws too
+                rng = state.generator.get_state()
+                try:
+                    chunk = self._camera_path(state, settings, ids, poses, index * size, c, trajectory_seed)
+                    # 3b. denoise the chunk against window + memory (the given noise, else drawn)
+                    out = self._denoise(state, settings, chunk, callback_on_step_end,
+                                        callback_on_step_end_tensor_inputs, _chunk_noise(latents, index * size, c))
+                except BaseException:
+                    state.generator.set_state(rng)
+                    raise
+                if self.interrupt:  # the state stays at the last finished chunk, generator included
+                    state.generator.set_state(rng)
                     return
                 # 3c. commit pass on the clean chunk (t = 0): its K/V enter the window, old frames the memory
                 self._commit(state, out, chunk, settings.memory)
