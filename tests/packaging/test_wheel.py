@@ -35,6 +35,7 @@ def wheel(tmp_path_factory) -> Path:
 
 
 @pytest.mark.slow
+@pytest.mark.wheel
 def test_wheel_holds_every_config_and_package(wheel):
     names = set(zipfile.ZipFile(wheel).namelist())
     missing = [f for f in _configs() if f not in names]
@@ -68,6 +69,7 @@ def _vidhash(installed, cwd, *args, timeout=300):
 
 
 @pytest.mark.slow
+@pytest.mark.wheel
 def test_wheel_install_runs_generate_train_coherence(installed, tmp_path):
     where = subprocess.run([installed["python"], "-c", "import vidhash, vidhash.configs as c; print(vidhash.__file__);"
                             "print(c.__file__)"], cwd=tmp_path, env=installed["env"], capture_output=True,
