@@ -12,7 +12,7 @@ TRITON ?= triton==3.6.0
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.vidhash-installed
 
-.PHONY: demo demo-free demo-hashhop test install clean-venv bench-hashhop
+.PHONY: demo demo-free demo-hashhop test test-wheel test-floors install clean-venv bench-hashhop
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -48,7 +48,27 @@ demo-hashhop: $(STAMP)
 	$(VENV)/bin/vidhash bench hashhop --sizes 1000,10000,100000 --queries 256
 
 test: $(STAMP)
-	$(PY) -m pytest -q -x --timeout=600 tests
+	$(PY) -m pytest -q -x --timeout=600 -m "not wheel" tests
+
+# The wheel: built, installed non-editable in a scratch venv (the dependencies are .venv's), and
+# `vidhash generate --model random-tiny`, `coherence` and `train cpu_test` run from outside the repo.
+test-wheel: $(STAMP)
+	$(PY) -m pytest -q -x --timeout=900 -m wheel tests/packaging
+
+# The lower bounds of pyproject.toml: a separate venv with every dependency at its floor's series
+# (tests/packaging/floors.py; torch stays at TORCH: PyPI has no CPU wheel of its floor) and the
+# quick tests that touch diffusers, accelerate and the file formats.
+FLOOR_VENV  ?= .venv-floors
+FLOOR_TESTS ?= tests/test_imports.py tests/pipelines/test_generation_config.py tests/integrations \
+	tests/training/test_trackers.py tests/packaging/test_wheel.py::test_runs_without_triton
+test-floors: $(STAMP)
+	rm -rf $(FLOOR_VENV)
+	$(PYTHON) -m venv $(FLOOR_VENV)
+	$(FLOOR_VENV)/bin/pip install -q --disable-pip-version-check $(TORCH)
+	$(PY) tests/packaging/floors.py --skip torch > $(FLOOR_VENV)/floors.txt
+	$(FLOOR_VENV)/bin/pip install -q --disable-pip-version-check -c $(FLOOR_VENV)/floors.txt -e ".[test]"
+	$(FLOOR_VENV)/bin/pip list --disable-pip-version-check 2>/dev/null | grep -iE "^(torch|diffusers|accelerate|numpy|huggingface.hub) "
+	$(FLOOR_VENV)/bin/python -m pytest -q -x --timeout=600 $(FLOOR_TESTS)
 
 clean-venv:
 	rm -rf $(VENV)

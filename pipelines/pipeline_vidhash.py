@@ -35,6 +35,7 @@ the preset of its model size (:func:`vidhash.presets.generation_for_model`).
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -43,6 +44,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.pipelines.pipeline_utils import DiffusionPipeline
 from diffusers.schedulers import FlowMatchEulerDiscreteScheduler
@@ -64,7 +66,7 @@ from vidhash.presets import (
 from .pipeline_output import VidHashPipelineOutput
 from .state import VidHashState
 
-OUTPUT_TYPES = ("np", "pt", "pil")
+OUTPUT_TYPES = ("np", "pt", "pil", "latent")
 # The arguments of VidHashPipeline.stream and __call__, written once (_document_arguments puts them in both docstrings).
 ARGUMENTS_DOC = r"""Args:
     num_frames: frames to generate in this call (> 0).
@@ -73,6 +75,7 @@ ARGUMENTS_DOC = r"""Args:
     actions: one action (name or id, see ``vidhash.camera.ACTIONS``) per frame; the camera
         pose follows them by ``action_step`` pixels per move.
     poses: one world (x, y) per frame (the camera path itself).
+    action_step: pixels the camera moves per action (world units per move).
     trajectory_seed: with neither actions nor poses, a seeded random trajectory (that
         wanders and returns) is used; its seed is this or drawn from the generator. A
         state continues its own trajectory.
@@ -82,10 +85,22 @@ ARGUMENTS_DOC = r"""Args:
         ``hashed`` / ``window`` / ``full``, size (``num_buckets``, ``slots``, ``n_bits``,
         ``policy``, ``seed``; with a state, the state's) and read (``top_k`` entries per
         query, None for all; ``mass_cap``: the read's weight cap, 0 = off).
-    num_inference_steps: flow-matching Euler steps per chunk.
-    generator: CPU ``torch.Generator`` for all noise (carried in the state); with a
-        state, replaces the state's generator.
-    output_type: ``"np"``, ``"pt"`` or ``"pil"``.
+    num_inference_steps: denoising steps per chunk (``pipe.scheduler``'s; a flow-matching
+        scheduler, see :func:`check_scheduler`).
+    generator: ``torch.Generator`` for all noise (carried in the state as a CPU generator);
+        with a state, replaces the state's generator. ``__call__`` also takes a list, one
+        generator per clip (a batch: see ``num_videos_per_prompt``).
+    latents: the initial noise of the first chunks of this call, ``(batch, n, channels,
+        height, width)`` with ``n`` ≤ ``num_frames`` a multiple of ``chunk_frames`` (or
+        ``num_frames``) and ``batch`` the call's clips (1 for ``stream``). Those chunks
+        start from it instead of drawing noise from the generator (nothing is drawn for
+        them); later chunks draw as usual. The noise a call would draw is
+        ``randn_tensor((1, c, channels, height, width), generator)`` per chunk of ``c``
+        frames, in order — after one draw of the trajectory seed when a random trajectory
+        without ``trajectory_seed`` starts.
+    output_type: ``"np"``, ``"pt"``, ``"pil"`` or ``"latent"`` (the denoised latents as the
+        transformer makes them — pixel space in [-1, 1], ``(batch, frames, channels, height,
+        width)``, on its device and in its dtype).
     guidance_scale: context guidance. A guided step also runs the chunk with no window and
         no memory (the model saw such chunks in training: a clip's first chunk) and steps
         along ``v_free + guidance_scale · (v_context − v_free)``. 1 is off: one pass per
@@ -93,17 +108,22 @@ ARGUMENTS_DOC = r"""Args:
     guidance_steps: guide only the first this many denoising steps of each chunk (where
         the layout is decided); the settings' None guides every step.
     callback_on_step_end: ``fn(pipe, step, timestep, callback_kwargs) -> dict`` after each
-        denoising step (``pipe.chunk_index`` says which chunk); setting
-        ``pipe._interrupt = True`` stops generation: the current chunk is dropped and the
-        state stays at the last finished chunk (its generator too: continuing it equals a
-        straight run).
+        denoising step. ``step`` counts the denoising steps of the whole call, over chunks
+        and clips: 0 … ``pipe.num_timesteps`` − 1 (``pipe.chunk_index`` says which chunk,
+        ``pipe.clip_index`` which clip of a batch, ``step % pipe.steps_per_chunk`` the step
+        within the chunk). Setting ``pipe._interrupt = True`` stops generation: the current
+        chunk is dropped and the state stays at the last finished chunk (its generator too:
+        continuing it equals a straight run).
     callback_on_step_end_tensor_inputs: tensors passed in ``callback_kwargs``.
     state: a ``VidHashState`` to continue (updated in place); None starts a new clip.
+        ``__call__`` also takes a list, one state per clip.
     context_frames: observed frames that come before the generated ones (a frame prompt):
         numpy ``(F, h, w, 3)`` (uint8, or float in [0, 1]; a leading batch axis of 1 is
         allowed — the layout ``output_type="np"`` returns), torch ``(F, 3, h, w)`` float in
-        [0, 1] (as ``"pt"``), or a list of ``PIL.Image``; ``h × w`` is the generation size.
-        They run clean (t = 0) through the commit pass in chunks of ``chunk_frames`` —
+        [0, 1] (as ``"pt"``), or a list of ``PIL.Image``. Frames of another size than the
+        generation's are resized to it (stretched, not cropped): averaged over areas when
+        neither side grows (exact for whole-number factors), else bilinear with
+        antialiasing (``torch.nn.functional.interpolate``). They run clean (t = 0) through the commit pass in chunks of ``chunk_frames`` —
         into the window, then the memory, exactly as generated frames — count in the
         state's frame index, draw no noise, and are not yielded. Works with ``state``
         (observations appended to a clip) and ``stream``.
@@ -141,8 +161,10 @@ class VidHashPipeline(DiffusionPipeline):
     r"""Chunked long-video generation with a hashed temporal memory.
 
     Components:
-        transformer: ``VidHashTransformer3DModel``.
-        scheduler: ``FlowMatchEulerDiscreteScheduler``.
+        transformer: ``VidHashTransformer3DModel`` (LoRA through diffusers' ``PeftAdapterMixin``:
+            ``pipe.transformer.add_adapter(LoraConfig(target_modules=["to_qkv", "proj"]))``).
+        scheduler: ``FlowMatchEulerDiscreteScheduler``, or another flow-matching scheduler
+            (:func:`check_scheduler` says which; others are refused when called).
 
     Settings:
         generation_config: ``GenerationConfig`` (or its dict) of every call argument left None;
@@ -157,6 +179,9 @@ class VidHashPipeline(DiffusionPipeline):
         super().__init__()
         self.register_modules(transformer=transformer, scheduler=scheduler)
         self.generation_config = generation_config
+        self._interrupt, self._chunk_index, self._clip_index, self._committing = False, 0, 0, False
+        self._guidance_scale, self._num_timesteps, self._steps_per_chunk, self._step = None, 0, 0, 0
+        self._call_clip = None  # (clip, clips) while __call__ runs a batch's clip through stream
 
     @property
     def generation_config(self) -> GenerationConfig:
@@ -247,12 +272,28 @@ class VidHashPipeline(DiffusionPipeline):
     # ------------------------------------------------------------------ properties for callbacks
     @property
     def interrupt(self) -> bool:
+        """True once a callback set ``pipe._interrupt = True`` (generation stops after the step)."""
         return self._interrupt
 
     @property
+    def guidance_scale(self) -> float | None:
+        """The context guidance scale of the current (or last) call, resolved (1 = off)."""
+        return self._guidance_scale
+
+    @property
     def chunk_index(self) -> int:
-        """Chunk being denoised (0-based, within this call)."""
+        """Chunk being denoised (0-based, within this clip of this call)."""
         return self._chunk_index
+
+    @property
+    def clip_index(self) -> int:
+        """Clip of the batch being generated (0-based; clips run one after another)."""
+        return self._clip_index
+
+    @property
+    def steps_per_chunk(self) -> int:
+        """Denoising steps of each chunk (the scheduler's timesteps for ``num_inference_steps``)."""
+        return self._steps_per_chunk
 
     @property
     def committing(self) -> bool:
@@ -262,6 +303,8 @@ class VidHashPipeline(DiffusionPipeline):
 
     @property
     def num_timesteps(self) -> int:
+        """Denoising steps of the whole call (clips × chunks × :attr:`steps_per_chunk`): the
+        callback's ``step`` runs from 0 to this − 1."""
         return self._num_timesteps
 
     # ------------------------------------------------------------------ settings and state
@@ -304,11 +347,14 @@ class VidHashPipeline(DiffusionPipeline):
 
     # ------------------------------------------------------------------ checks
     def check_inputs(self, num_frames, settings: GenerationConfig, fps, actions, poses, output_type, state,
-                     callback_on_step_end_tensor_inputs, context_frames=None, context_poses=None, context_actions=None):
+                     callback_on_step_end_tensor_inputs, context_frames=None, context_poses=None, context_actions=None,
+                     latents=None, batch_size: int = 1):
         """Every argument that can be checked before work starts (``settings``, from
-        :meth:`resolve_settings`, checked themselves); ValueError naming the problem."""
+        :meth:`resolve_settings`, checked themselves; the scheduler, :func:`check_scheduler`);
+        ValueError naming the problem. Returns ``(action ids, poses, frame prompt)``."""
         if not isinstance(num_frames, (int, np.integer)) or isinstance(num_frames, bool) or num_frames <= 0:
             raise ValueError(f"num_frames must be a positive int, got {num_frames!r}")
+        check_scheduler(self.scheduler, settings.num_inference_steps)
         height, width = settings.height, settings.width
         self.transformer.tokens_per_frame(height, width)
         if fps is not None and fps <= 0:
@@ -325,8 +371,27 @@ class VidHashPipeline(DiffusionPipeline):
         bad = [k for k in callback_on_step_end_tensor_inputs or [] if k not in self._callback_tensor_inputs]
         if bad:
             raise ValueError(f"callback_on_step_end_tensor_inputs {bad} not in {self._callback_tensor_inputs}")
+        self._check_latents(latents, num_frames, settings, batch_size)
         context = self._check_context(context_frames, context_poses, context_actions, height, width)
         return ids, poses, context
+
+    def _check_latents(self, latents, num_frames: int, settings: GenerationConfig, batch_size: int) -> None:
+        """``latents``: None or a float tensor ``(batch_size, n, channels, height, width)``, ``n`` ≤
+        ``num_frames`` whole chunks (or ``num_frames``), finite. ValueError naming the problem."""
+        if latents is None:
+            return
+        if not isinstance(latents, torch.Tensor) or not latents.is_floating_point():
+            raise ValueError(f"latents must be a float torch.Tensor, got {getattr(latents, 'dtype', type(latents).__name__)}")
+        n = latents.shape[1] if latents.ndim == 5 else 0
+        want = (batch_size, n, self.transformer.config.in_channels, settings.height, settings.width)
+        if latents.ndim != 5 or tuple(latents.shape) != want or n == 0:
+            raise ValueError(f"latents must have shape (batch, frames, channels, height, width) = "
+                             f"({batch_size}, n, {want[2]}, {want[3]}, {want[4]}), got {tuple(latents.shape)}")
+        if n > num_frames or (n % settings.chunk_frames and n != num_frames):
+            raise ValueError(f"latents must cover whole chunks of the first frames: {n} frames is not a multiple of "
+                             f"chunk_frames ({settings.chunk_frames}) up to num_frames ({num_frames}), nor num_frames")
+        if not torch.isfinite(latents).all():
+            raise ValueError("latents contain NaN or infinity")
 
     def _check_context(self, frames, poses, actions, height, width):
         """``(latents (1, F, c, h, w) float32 in [-1, 1] on the CPU, action ids (F,), poses (F, 2) or None)``
@@ -339,9 +404,9 @@ class VidHashPipeline(DiffusionPipeline):
         n, c = video.shape[0], self.transformer.config.in_channels
         if n == 0:
             raise ValueError("context_frames is empty")
-        if video.shape[1:] != (c, height, width):
-            raise ValueError(f"context_frames must be {n} frames of {height}×{width} with {c} channels "
-                             f"(the generation size), got frames of shape {tuple(video.shape[1:])} (c, h, w)")
+        if video.shape[1] != c:
+            raise ValueError(f"context_frames must have {c} channels, got frames of shape {tuple(video.shape[1:])} (c, h, w)")
+        video = resize_frames(video, height, width)
         if poses is None and actions is None:
             raise ValueError("context_frames need their camera path: pass context_poses (F, 2) and/or context_actions (F,)")
         ids, poses = _check_path(actions, poses, n, "context_actions", "context_poses", "context_frames", "context frames")
@@ -364,8 +429,10 @@ class VidHashPipeline(DiffusionPipeline):
         context_frames: np.ndarray | torch.Tensor | Sequence[Any] | None = None,
         context_poses: np.ndarray | Sequence[Sequence[float]] | None = None,
         context_actions: Sequence[str | int] | None = None,
+        latents: torch.Tensor | None = None,
     ) -> Iterator[VidHashPipelineOutput]:
-        r"""Generate ``num_frames`` frames, yielding a ``VidHashPipelineOutput`` per finished chunk.
+        r"""Generate ``num_frames`` frames of one clip, yielding a ``VidHashPipelineOutput`` per
+        finished chunk (``frames`` with a batch axis of 1).
 
         Every setting left None is the state's (continuing one: frame size, window, memory mode and
         size) or else :attr:`generation_config`'s (:meth:`resolve_settings`).
@@ -379,13 +446,14 @@ class VidHashPipeline(DiffusionPipeline):
             guidance_steps=guidance_steps)
         if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
             callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
+        generator, state = _one_clip(generator, "generator"), _one_clip(state, "state")
         ids, poses, prompt = self.check_inputs(num_frames, settings, fps, actions, poses, output_type, state,
                                                callback_on_step_end_tensor_inputs, context_frames, context_poses,
-                                               context_actions)
+                                               context_actions, latents)
         state = self._start(state, settings, generator)
-        self._interrupt, self._chunk_index, self._committing = False, 0, False
         size = settings.chunk_frames
         num_chunks, num_prompt = -(-num_frames // size), 0 if prompt is None else prompt[0].shape[1]
+        self._begin(settings, num_chunks)
         with self.progress_bar(total=num_chunks + -(-num_prompt // size)) as bar:
             # 2. frame prompt: observed frames committed clean (t = 0), chunk by chunk, as generated frames are
             for start in range(0, num_prompt, size):
@@ -400,9 +468,9 @@ class VidHashPipeline(DiffusionPipeline):
                 rng = state.generator.get_state()
                 try:
                     chunk = self._camera_path(state, settings, ids, poses, index * size, c, trajectory_seed)
-                    # 3b. denoise the chunk against window + memory
-                    latents = self._denoise(state, settings, chunk, callback_on_step_end,
-                                            callback_on_step_end_tensor_inputs)
+                    # 3b. denoise the chunk against window + memory (the given noise, else drawn)
+                    out = self._denoise(state, settings, chunk, callback_on_step_end,
+                                        callback_on_step_end_tensor_inputs, _chunk_noise(latents, index * size, c))
                 except BaseException:
                     state.generator.set_state(rng)
                     raise
@@ -410,40 +478,139 @@ class VidHashPipeline(DiffusionPipeline):
                     state.generator.set_state(rng)
                     return
                 # 3c. commit pass on the clean chunk (t = 0): its K/V enter the window, old frames the memory
-                self._commit(state, latents, chunk, settings.memory)
+                self._commit(state, out, chunk, settings.memory)
                 bar.update()
                 # 3d. the chunk's frames
                 yield VidHashPipelineOutput(
-                    frames=self._postprocess(latents, output_type), state=state, poses=np.asarray(chunk.poses),
+                    frames=self._postprocess(out, output_type), state=state, poses=np.asarray(chunk.poses),
                     actions=np.asarray(chunk.ids), frame_start=state.frame_index - c,
                 )
         self.maybe_free_model_hooks()
 
     @_document_arguments
-    def __call__(self, num_frames: int = 16, *args, return_dict: bool = True, **kwargs):
-        r"""Generate ``num_frames`` frames and return them all (the arguments are :meth:`stream`'s).
+    def __call__(
+        self, num_frames: int = 16, height: int | None = None, width: int | None = None, fps: int | None = 8,
+        actions: Sequence[str | int] | None = None, poses: np.ndarray | Sequence[Sequence[float]] | None = None,
+        trajectory_seed: int | None = None, chunk_frames: int | None = None, window_frames: int | None = None,
+        memory: MemorySettings | dict | None = None, num_inference_steps: int | None = None,
+        action_step: int | None = None, generator: torch.Generator | list[torch.Generator] | None = None,
+        output_type: str = "np", guidance_scale: float | None = None, guidance_steps: int | None = None,
+        callback_on_step_end: Callable | PipelineCallback | MultiPipelineCallbacks | None = None,
+        callback_on_step_end_tensor_inputs: list[str] = ("latents",),
+        state: VidHashState | list[VidHashState] | None = None,
+        context_frames: np.ndarray | torch.Tensor | Sequence[Any] | None = None,
+        context_poses: np.ndarray | Sequence[Sequence[float]] | None = None,
+        context_actions: Sequence[str | int] | None = None,
+        latents: torch.Tensor | None = None, num_videos_per_prompt: int = 1, return_dict: bool = True,
+    ) -> VidHashPipelineOutput | tuple:
+        r"""Generate ``num_frames`` frames of each clip and return them all (:meth:`stream` per clip).
 
         {arguments}
+            num_videos_per_prompt: clips made from the same arguments (the batch). A list of
+                generators or of states, or ``latents``, give the batch size too; sizes that
+                are given must agree. Clips run one after another, each bitwise the call of one
+                clip with its generator (and state, and noise), in the memory of one clip. One
+                generator serves the clips in turn: each clip draws where the one before stopped
+                (clip 0 is the single-clip call's).
+            return_dict: False returns the tuple ``(frames, state)``.
 
-        Returns ``VidHashPipelineOutput(frames, state, poses, actions)``, or ``(frames, state)``
-        with ``return_dict=False``. A callback that stops generation returns the frames of the
-        chunks finished so far (possibly none).
+        Returns:
+            ``VidHashPipelineOutput(frames, state, poses, actions, frame_start)``, or with
+            ``return_dict=False`` the tuple ``(frames, state)`` — the frames first (diffusers'
+            ``pipe(...)[0]``), then the state that continues the clip (as Stable Diffusion's
+            tuple carries its safety flags after the images). With a batch of ``B`` > 1 clips,
+            or a list of states, ``state`` is a list of ``B`` states, ``poses`` is
+            ``(B, frames, 2)`` and ``actions`` ``(B, frames)``; ``frame_start`` is the first
+            clip's. A callback that stops generation returns the chunks finished so far
+            (possibly none; with a batch, the clips started so far, each cut to the frames the
+            stopped clip finished; every state holds what its clip finished).
         """
-        output_type = kwargs.get("output_type", "np")
-        chunks = list(self.stream(num_frames, *args, **kwargs))
-        state = chunks[-1].state if chunks else kwargs.get("state")
-        if output_type == "np":
-            frames = np.concatenate([c.frames for c in chunks], axis=1) if chunks else None
-        elif output_type == "pt":
-            frames = torch.cat([c.frames for c in chunks], dim=1) if chunks else None
-        else:
-            frames = [sum((c.frames[0] for c in chunks), [])]
-        poses = np.concatenate([c.poses for c in chunks]) if chunks else np.zeros((0, 2))
-        actions = np.concatenate([c.actions for c in chunks]) if chunks else np.zeros((0,), np.int64)
-        start = chunks[0].frame_start if chunks else (state.frame_index if state is not None else 0)
+        # 1. the batch: one generator, state and noise per clip (checked before any clip runs)
+        generators, states = self._batch(num_videos_per_prompt, generator, state, latents)
+        arguments = dict(height=height, width=width, fps=fps, actions=actions, poses=poses,
+                         trajectory_seed=trajectory_seed, chunk_frames=chunk_frames, window_frames=window_frames,
+                         memory=memory, num_inference_steps=num_inference_steps, action_step=action_step,
+                         output_type=output_type, guidance_scale=guidance_scale, guidance_steps=guidance_steps,
+                         callback_on_step_end=callback_on_step_end,
+                         callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
+                         context_frames=context_frames, context_poses=context_poses, context_actions=context_actions)
+        # 2. the clips, one after another (stream per clip; the callback's step runs on over the batch)
+        clips = []
+        for b, clip_state in enumerate(states):
+            clip_generator = generators[b]
+            if clip_generator is _CONTINUE:  # one generator for the batch: where the clip before stopped
+                clip_generator = clips[-1]["state"].generator
+            noise = None if latents is None else latents[b : b + 1]
+            self._call_clip = (b, len(states))
+            try:
+                chunks = list(self.stream(num_frames, generator=clip_generator, state=clip_state, latents=noise,
+                                          **arguments))
+            finally:
+                self._call_clip = None
+            clips.append(_gather_chunks(chunks, output_type, clip_state))
+            if self.interrupt:
+                break
+        # 3. one output: clips stacked on the batch axis
+        out = _stack_clips(clips, output_type, per_clip=len(states) > 1 or isinstance(state, (list, tuple)))
         if not return_dict:
-            return frames, state
-        return VidHashPipelineOutput(frames=frames, state=state, poses=poses, actions=actions, frame_start=start)
+            return out.frames, out.state
+        return out
+
+    def _batch(self, num_videos_per_prompt, generator, state, latents) -> tuple[list, list]:
+        """One generator and one state per clip of a call: the batch size from ``num_videos_per_prompt``
+        (when not 1), the lengths of generator and state lists and ``latents``' first axis, which must
+        agree; one generator for several clips: ``_CONTINUE`` for the clips after the first."""
+        if not isinstance(num_videos_per_prompt, (int, np.integer)) or isinstance(num_videos_per_prompt, bool) \
+                or num_videos_per_prompt < 1:
+            raise ValueError(f"num_videos_per_prompt must be a positive int, got {num_videos_per_prompt!r}")
+        if latents is not None and (not isinstance(latents, torch.Tensor) or latents.ndim != 5):
+            raise ValueError(f"latents must be a tensor (batch, frames, channels, height, width), got "
+                             f"{tuple(latents.shape) if isinstance(latents, torch.Tensor) else type(latents).__name__}")
+        sizes = {"num_videos_per_prompt": int(num_videos_per_prompt)} if num_videos_per_prompt != 1 else {}
+        if isinstance(generator, (list, tuple)):
+            sizes["generator"] = len(generator)
+        if isinstance(state, (list, tuple)):
+            sizes["state"] = len(state)
+        if latents is not None:
+            sizes["latents"] = latents.shape[0]
+        if len(set(sizes.values())) > 1:
+            raise ValueError(f"the batch sizes disagree: {', '.join(f'{k} {v}' for k, v in sizes.items())}")
+        batch = next(iter(sizes.values()), 1)
+        if batch == 0:
+            raise ValueError(f"an empty batch: {', '.join(f'{k} {v}' for k, v in sizes.items())}")
+        if isinstance(generator, (list, tuple)):
+            generators = list(generator)
+        else:
+            generators = [generator] + [_CONTINUE if generator is not None else None] * (batch - 1)
+        if isinstance(state, (list, tuple)):
+            states = list(state)
+        elif state is not None and batch > 1:
+            raise ValueError(f"one state continues one clip: pass a list of {batch} states for a batch of {batch}")
+        else:
+            states = [state] * batch
+        bad = [i for i, g in enumerate(generators) if g is not None and g is not _CONTINUE
+               and not isinstance(g, torch.Generator)]
+        if bad:
+            raise TypeError(f"generator[{bad[0]}] must be a torch.Generator or None, got {type(generators[bad[0]]).__name__}")
+        for i, s in enumerate(states[1:], 1):
+            if s is not None and states[0] is not None and s.config != states[0].config:
+                raise ValueError(f"state[{i}] was made for another generation config than state[0] "
+                                 f"({config_diff(states[0].config, s.config, 'state[0]', '')})")
+            if s is not None and any(s is t for t in states[:i]):
+                raise ValueError(f"state[{i}] is state[{[j for j, t in enumerate(states[:i]) if t is s][0]}]: "
+                                 "each clip needs its own state")
+        return generators, states
+
+    def _begin(self, settings: GenerationConfig, num_chunks: int) -> None:
+        """What callbacks read during a clip: no interrupt, chunk 0, the guidance scale, the steps per
+        chunk and of the call, the global step of the clip's first denoising step."""
+        clip, clips = self._call_clip or (0, 1)
+        self.scheduler.set_timesteps(settings.num_inference_steps, device=self.transformer.device)
+        self._steps_per_chunk = len(self.scheduler.timesteps)
+        self._interrupt, self._chunk_index, self._committing = False, 0, False
+        self._clip_index, self._guidance_scale = clip, settings.guidance_scale
+        self._num_timesteps = clips * num_chunks * self._steps_per_chunk
+        self._step = clip * num_chunks * self._steps_per_chunk
 
     # ------------------------------------------------------------------ the steps of stream
     def _new_state(self, settings: GenerationConfig, generator: torch.Generator | None) -> VidHashState:
@@ -499,17 +666,21 @@ class VidHashPipeline(DiffusionPipeline):
         self._commit(state, latents, self._chunk(chunk_ids, chunk_poses), settings.memory)
         state.trajectory = None  # a random trajectory restarts from the last observed pose
 
-    def _denoise(self, state: VidHashState, settings: GenerationConfig, chunk: _Chunk, callback, callback_inputs):
-        """The chunk's noise (from the state's generator) denoised against window + memory; sets the
-        chunk's context, frame inputs and replaying graphs for its commit. Returns the latents."""
+    def _denoise(self, state: VidHashState, settings: GenerationConfig, chunk: _Chunk, callback, callback_inputs,
+                 noise: torch.Tensor | None = None):
+        """The chunk's noise (``noise``, else drawn from the state's generator) denoised against window +
+        memory; sets the chunk's context, frame inputs and replaying graphs for its commit. Returns the latents."""
         cfg, device, dtype = self.transformer.config, self.transformer.device, self.transformer.dtype
         c = chunk.act.shape[1]
-        latents = randn_tensor((1, c, cfg.in_channels, settings.height, settings.width), generator=state.generator,
-                               device=torch.device("cpu"), dtype=torch.float32).to(device, dtype)
+        if noise is None:
+            noise = randn_tensor((1, c, cfg.in_channels, settings.height, settings.width), generator=state.generator,
+                                 device=torch.device("cpu"), dtype=torch.float32)
+        latents = noise.to(device, dtype)
         self.scheduler.set_timesteps(settings.num_inference_steps, device=device)
-        self.scheduler.set_begin_index(0)  # no timestep lookup (nonzero + .item(): a device sync) per chunk
+        if hasattr(self.scheduler, "set_begin_index"):
+            self.scheduler.set_begin_index(0)  # no timestep lookup (nonzero + .item(): a device sync) per chunk
         timesteps = self.scheduler.timesteps
-        self._num_timesteps = len(timesteps)
+        step_kwargs = _step_kwargs(self.scheduler, state.generator)
         chunk.context = state.context(settings.memory)
         graphs = self._graphs_for(device)
         if graphs is not None and graphs.begin_chunk(state, chunk.context, c, settings.chunk_frames, chunk.act,
@@ -523,11 +694,12 @@ class VidHashPipeline(DiffusionPipeline):
             if self.interrupt:
                 break
             velocity = self._velocity(latents, step_t[i], chunk, i < settings.guided_steps, settings.guidance_scale)
-            latents = self.scheduler.step(velocity, t, latents, generator=state.generator, return_dict=False)[0]
+            latents = self.scheduler.step(velocity, t, latents, **step_kwargs, return_dict=False)[0]
             if callback is not None:
                 tensors = {"latents": latents}
-                outputs = callback(self, i, t, {k: tensors[k] for k in callback_inputs}) or {}
+                outputs = callback(self, self._step, t, {k: tensors[k] for k in callback_inputs}) or {}
                 latents = outputs.pop("latents", latents)
+            self._step += 1
         return latents
 
     def _velocity(self, latents: torch.Tensor, t: torch.Tensor, chunk: _Chunk, guided: bool, scale: float):
@@ -591,6 +763,8 @@ class VidHashPipeline(DiffusionPipeline):
 
     @staticmethod
     def _postprocess(latents: torch.Tensor, output_type: str):
+        if output_type == "latent":
+            return latents
         video = (latents.float() / 2 + 0.5).clamp(0, 1)  # (b, f, c, h, w)
         if output_type == "pt":
             return video.cpu()
@@ -600,6 +774,120 @@ class VidHashPipeline(DiffusionPipeline):
         from PIL import Image
 
         return [[Image.fromarray((f * 255).round().astype(np.uint8)) for f in clip] for clip in array]
+
+
+_CONTINUE = object()  # a batch's clip draws from the generator where the clip before stopped
+
+
+def check_scheduler(scheduler, num_inference_steps: int = 4) -> None:
+    """ValueError naming the scheduler unless the sampler can drive it. The model predicts the
+    flow-matching velocity ``noise − x0`` at ``x_t = (1 − σ) x0 + σ · noise`` and takes the timestep
+    ``σ · 1000``; each chunk starts from pure noise (σ = 1) and must end clean (σ = 0). So a scheduler
+    qualifies when it reads the model output as a flow (``prediction_type`` absent, as in the
+    ``FlowMatch*`` schedulers, or ``"flow_prediction"``) and, after ``set_timesteps``, its
+    ``sigmas`` run from ≈ 1 to 0 with ``timesteps`` = ``1000 · sigmas`` (± 1, integer timesteps).
+    ``FlowMatchEulerDiscreteScheduler`` (the default), ``FlowMatchHeunDiscreteScheduler`` and
+    ``UniPCMultistepScheduler`` / ``DPMSolverMultistepScheduler`` with
+    ``prediction_type="flow_prediction", use_flow_sigmas=True`` qualify; a noise-prediction
+    scheduler (DDPM, DDIM, Euler, a default UniPC) would run silently into garbage."""
+    name, config = type(scheduler).__name__, getattr(scheduler, "config", {})
+    prediction = config.get("prediction_type")
+    why = None
+    if prediction not in (None, "flow_prediction"):
+        why = f"it reads the model output as {prediction!r}, not a flow velocity (prediction_type='flow_prediction')"
+    else:
+        scheduler.set_timesteps(num_inference_steps)
+        sigmas, timesteps = getattr(scheduler, "sigmas", None), getattr(scheduler, "timesteps", None)
+        if sigmas is None or timesteps is None:
+            why = "it has no sigmas"
+        else:
+            # numpy, not tensor comparisons: no .item() per call (tests/pipelines/test_speed_paths.py counts them)
+            sigmas, timesteps = (torch.as_tensor(v).detach().cpu().double().numpy() for v in (sigmas, timesteps))
+            if sigmas[0] < 0.99 or sigmas[-1] != 0:
+                why = (f"its sigmas run from {float(sigmas[0]):.4g} to {float(sigmas[-1]):.4g}, not from 1 (noise) to 0 "
+                       "(clean; final_sigmas_type='zero'?)")
+            elif len(timesteps) > len(sigmas) or np.abs(timesteps - 1000 * sigmas[: len(timesteps)]).max() > 1.001:
+                why = "its timesteps are not 1000 · sigma (use_flow_sigmas=True, num_train_timesteps=1000?)"
+    if why is not None:
+        raise ValueError(f"scheduler {name} cannot drive VidHashPipeline: {why}. The model predicts a flow-matching "
+                         "velocity at timestep σ · 1000: use FlowMatchEulerDiscreteScheduler, or e.g. "
+                         "UniPCMultistepScheduler(prediction_type='flow_prediction', use_flow_sigmas=True)")
+
+
+def _step_kwargs(scheduler, generator: torch.Generator) -> dict:
+    """``generator=`` for ``scheduler.step`` when it takes one (FlowMatchEuler, DPM-Solver), else nothing (UniPC)."""
+    return {"generator": generator} if "generator" in inspect.signature(scheduler.step).parameters else {}
+
+
+def _one_clip(value, name: str):
+    """``stream``'s generator or state: one, or a list of one (a list of more is ``__call__``'s batch)."""
+    if isinstance(value, (list, tuple)):
+        if len(value) != 1:
+            raise ValueError(f"stream generates one clip: got a list of {len(value)} {name}s (a batch is __call__'s)")
+        return value[0]
+    return value
+
+
+def _chunk_noise(latents: torch.Tensor | None, start: int, c: int) -> torch.Tensor | None:
+    """The given initial noise of frames ``[start, start + c)``, or None where ``latents`` stops."""
+    if latents is None or start >= latents.shape[1]:
+        return None
+    return latents[:, start : start + c]
+
+
+def _gather_chunks(chunks: list[VidHashPipelineOutput], output_type: str, state) -> dict:
+    """One clip's chunks from ``stream`` as one clip: frames joined on the frame axis (None, or an
+    empty list of images, when there are none), poses, actions, the state, the first frame's index."""
+    if not chunks:
+        frames = [[]] if output_type == "pil" else None
+    elif output_type == "np":
+        frames = np.concatenate([c.frames for c in chunks], axis=1)
+    elif output_type == "pil":
+        frames = [sum((c.frames[0] for c in chunks), [])]
+    else:  # "pt", "latent"
+        frames = torch.cat([c.frames for c in chunks], dim=1)
+    state = chunks[-1].state if chunks else state
+    return dict(frames=frames, state=state,
+                poses=np.concatenate([c.poses for c in chunks]) if chunks else np.zeros((0, 2)),
+                actions=np.concatenate([c.actions for c in chunks]) if chunks else np.zeros((0,), np.int64),
+                start=chunks[0].frame_start if chunks else (state.frame_index if state is not None else 0))
+
+
+def _stack_clips(clips: list[dict], output_type: str, per_clip: bool) -> VidHashPipelineOutput:
+    """The clips of a call as one output; ``per_clip``: state a list, poses and actions with a batch axis.
+    A stopped batch: every clip cut to the frames of the shortest."""
+    if len(clips) == 1 and not per_clip:
+        one = clips[0]
+        return VidHashPipelineOutput(frames=one["frames"], state=one["state"], poses=one["poses"],
+                                     actions=one["actions"], frame_start=one["start"])
+    n = min(len(c["poses"]) for c in clips)
+    if output_type == "pil":
+        frames = [c["frames"][0][:n] for c in clips]
+    elif n == 0:
+        frames = None
+    elif output_type == "np":
+        frames = np.concatenate([c["frames"][:, :n] for c in clips])
+    else:
+        frames = torch.cat([c["frames"][:, :n] for c in clips])
+    return VidHashPipelineOutput(frames=frames, state=[c["state"] for c in clips],
+                                 poses=np.stack([c["poses"][:n] for c in clips]),
+                                 actions=np.stack([c["actions"][:n] for c in clips]), frame_start=clips[0]["start"])
+
+
+def resize_frames(video: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Frames ``(F, c, h, w)`` float in [0, 1] at ``height × width`` (unchanged when they are): stretched,
+    not cropped; averaged over areas when neither side grows (``mode="area"``: exact for whole-number
+    factors), else bilinear with antialiasing (``align_corners=False``); clamped to [0, 1]."""
+    h, w = video.shape[-2:]
+    if (h, w) == (height, width):
+        return video
+    if h == 0 or w == 0:
+        raise ValueError(f"context_frames have no pixels ({h}×{w})")
+    if h >= height and w >= width:
+        out = F.interpolate(video, size=(height, width), mode="area")
+    else:
+        out = F.interpolate(video, size=(height, width), mode="bilinear", align_corners=False, antialias=True)
+    return out.clamp(0, 1)
 
 
 def _check_path(actions, poses, n: int, actions_name: str, poses_name: str, frames_name: str, count_name: str):

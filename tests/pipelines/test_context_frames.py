@@ -103,13 +103,14 @@ def test_context_actions_and_random_trajectory(tiny_pipe):
 @pytest.mark.parametrize("kwargs,match", [
     (dict(context_frames=np.zeros((2, 64, 64, 3), np.uint8)), "need their camera path"),
     (dict(context_poses=[[0, 0]]), "without context_frames"),
-    (dict(context_frames=np.zeros((2, 32, 64, 3), np.uint8), context_poses=[[0, 0]] * 2), "64×64 with 3 channels"),
+    (dict(context_frames=np.zeros((2, 64, 64, 4), np.uint8), context_poses=[[0, 0]] * 2), "must have 3 channels"),
+    (dict(context_frames=np.zeros((2, 0, 64, 3), np.uint8), context_poses=[[0, 0]] * 2), "no pixels"),
     (dict(context_frames=np.zeros((2, 64, 64, 3), np.uint8), context_poses=[[0, 0]] * 3), "context_poses must have shape"),
     (dict(context_frames=np.zeros((2, 64, 64, 3), np.uint8), context_actions=["up"]), "got 1 context_actions"),
     (dict(context_frames=np.full((2, 64, 64, 3), 2.0), context_poses=[[0, 0]] * 2), r"must lie in \[0, 1\]"),
     (dict(context_frames=np.zeros((0, 64, 64, 3), np.uint8), context_poses=np.zeros((0, 2))), "empty"),
     (dict(context_frames=np.zeros((64, 64, 3), np.uint8), context_poses=[[0, 0]]), "must be \\(frames, height"),
-], ids=["no-path", "poses-alone", "size", "poses-length", "actions-length", "range", "empty", "ndim"])
+], ids=["no-path", "poses-alone", "channels", "no-pixels", "poses-length", "actions-length", "range", "empty", "ndim"])
 def test_context_bad_inputs_raise_before_work(tiny_pipe, kwargs, match):
     calls = []
     orig = tiny_pipe.transformer.forward

@@ -57,7 +57,7 @@ def test_emulated_graphs_short_last_chunk_and_callback():
     """A last chunk shorter than chunk_frames runs eagerly; a callback that edits latents between
     steps is seen by the next replayed pass."""
     def cb(p, i, t, kw):
-        return {"latents": kw["latents"] * 0.5 if i == 0 else kw["latents"]}
+        return {"latents": kw["latents"] * 0.5 if i % p.steps_per_chunk == 0 else kw["latents"]}  # i: the call's step
 
     pipe = _pipe(seed=2)
     pipe.set_progress_bar_config(disable=True)

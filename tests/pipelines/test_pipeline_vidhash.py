@@ -117,6 +117,7 @@ def test_callback_can_stop_generation(tiny_pipe):
 
     def stop_in_second_chunk(pipe, step, t, kwargs):
         seen.append((pipe.chunk_index, step, tuple(kwargs["latents"].shape)))
+        assert pipe.num_timesteps == 3 * 3 and pipe.steps_per_chunk == 3
         if pipe.chunk_index == 1:
             pipe._interrupt = True
         return kwargs
@@ -124,8 +125,9 @@ def test_callback_can_stop_generation(tiny_pipe):
     out = tiny_pipe(num_frames=12, generator=gen(), callback_on_step_end=stop_in_second_chunk,
                     num_inference_steps=3, chunk_frames=4, window_frames=8)
     assert out.frames.shape[1] == 4 and out.state.frame_index == 4  # chunk 1 dropped, state at chunk 0
+    # the step index counts the call's denoising steps over chunks (diffusers' callbacks compare it with num_timesteps)
     assert seen == [(0, 0, (1, 4, 3, 64, 64)), (0, 1, (1, 4, 3, 64, 64)), (0, 2, (1, 4, 3, 64, 64)),
-                    (1, 0, (1, 4, 3, 64, 64))]
+                    (1, 3, (1, 4, 3, 64, 64))]
     # the stopped state continues like a straight run from frame 4
     more = tiny_pipe(num_frames=4, state=out.state, num_inference_steps=3, chunk_frames=4, window_frames=8)
     assert more.frame_start == 4
@@ -155,7 +157,7 @@ def saved_state(tmp_path_factory, tiny_pipe):
     (dict(num_frames=2, actions=["up", "fly"]), "unknown action 'fly'"),
     (dict(num_frames=3, actions=["up", "up"]), "got 2 actions for 3 frames"),
     (dict(num_frames=2, poses=[[0, 0]]), "poses must have shape"),
-    (dict(num_frames=2, output_type="latent"), "output_type"),
+    (dict(num_frames=2, output_type="video"), "output_type"),
     (dict(num_frames=2, memory={"mode": "nope"}), "memory.mode"),
     (dict(num_frames=2, memory={"bucketz": 3}), "unknown memory keys"),
     (dict(num_frames=2, callback_on_step_end_tensor_inputs=["noise"]), "callback_on_step_end_tensor_inputs"),

@@ -39,6 +39,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.loaders import PeftAdapterMixin
 from diffusers.models.embeddings import TimestepEmbedding, Timesteps
 from diffusers.models.modeling_utils import ModelMixin
 from diffusers.utils import BaseOutput
@@ -320,7 +321,7 @@ class VidHashBlock(nn.Module):
         return x, kv
 
 
-class VidHashTransformer3DModel(ModelMixin, ConfigMixin):
+class VidHashTransformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin):
     r"""Pixel-space video diffusion transformer with hashed temporal memory.
 
     Args:

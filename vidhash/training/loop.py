@@ -168,6 +168,7 @@ class TrainLoop:
         st.rows.append(row)
         if self.main:
             self._write_row(row)
+        self.acc.log({f"train/{k}": v for k, v in row.items() if k != "step"}, step=st.step)  # trackers (TensorBoard)
         if self.main and not self.progress:
             self.log(f"step {st.step} loss {row['loss']:.5f} lr {lr:.3e} grad_norm {float(grad_norm):.3f} "
                      f"samples/s {row['samples_per_s']:.1f} elapsed {row['elapsed_s']:.0f}s | ms/step "

@@ -65,7 +65,8 @@ def train(cfg: TrainConfig, resume: str | None = None, max_minutes: float | None
     state = build_state(cfg, family, accelerator, saved, log)
     # 4. data from the saved data position
     loader, pinned_cpus = make_loader(cfg, dataset, accelerator, state.data_pos, log)
-    # 5. out_dir: config, the loss log up to the checkpoint, the header
+    # 5. out_dir: config, the loss log up to the checkpoint, the header; the trackers (every process calls)
+    accelerator.init_trackers(Path(cfg.out_dir).name or "train")
     if accelerator.is_main_process:
         start_log(cfg, accelerator, state, out_dir, ckpt, pinned_cpus, dataset.describe(), log)
     # 6. the step loop, a checkpoint when it stops
@@ -94,7 +95,8 @@ def setup_accelerator(cfg: TrainConfig):
         torch.backends.cuda.matmul.allow_tf32 = True  # dense_attention scores are float32 matmuls
         torch.backends.cudnn.allow_tf32 = True
     accelerator = Accelerator(mixed_precision=cfg.mixed_precision, cpu=not torch.cuda.is_available(),
-                              kwargs_handlers=ddp_kwargs_handlers(cfg))
+                              kwargs_handlers=ddp_kwargs_handlers(cfg), log_with=log_trackers(),
+                              project_dir=cfg.out_dir)
     nproc = accelerator.num_processes
     if cfg.compile and nproc > 1 and not cfg.ddp_split_compiled:
         from torch import _dynamo
@@ -104,6 +106,15 @@ def setup_accelerator(cfg: TrainConfig):
         raise ValueError(f"batch_size ({cfg.batch_size}) must be divisible by processes × grad_accum "
                          f"({nproc} × {cfg.grad_accum})")
     return accelerator
+
+
+def log_trackers() -> list[str]:
+    """accelerate's trackers for the loss log: ``["tensorboard"]`` when TensorBoard is installed
+    (``pip install vidhash[train]``; event files in ``out_dir/<run name>``), else none — ``loss.csv``
+    (always written: the log a resumed run continues) is then the only log."""
+    from accelerate.utils import is_tensorboard_available
+
+    return ["tensorboard"] if is_tensorboard_available() else []
 
 
 def ddp_kwargs_handlers(cfg: TrainConfig) -> list:
