@@ -230,7 +230,7 @@ def test_unsupported_class_names_supported_ones(fn):
         pytest.param({"local_blocks": -1}, "local_blocks", id="local-blocks-neg"),
         pytest.param({"backend": "flash"}, "backend", id="backend"),
         pytest.param({"n_bits": 0}, "n_bits", id="n-bits-0"),
-        pytest.param({"hasher": SimHash(12), "n_bits": 16}, "not both", id="hasher-and-n-bits"),
+        pytest.param({"hasher": SimHash(12), "n_bits": 16}, "not hasher and n_bits", id="hasher-and-n-bits"),
         pytest.param({"hasher": SimHash(64)}, "head_dim", id="hasher-head-dim"),
         pytest.param({"hasher": SimHash(12, heads=3)}, "heads", id="hasher-heads"),
         pytest.param({"hasher": "simhash"}, "hasher", id="hasher-type"),
