@@ -23,11 +23,10 @@ _META_KEY = "vidhash_hashers"
 _FORMAT = 1
 
 
-def _resolve(path: str | os.PathLike, for_writing: bool = False) -> Path:
+def _resolve(path: str | os.PathLike) -> Path:
+    """A ``.safetensors`` file as given; anything else is a folder holding :data:`FILE_NAME`."""
     path = Path(path)
-    if path.suffix != ".safetensors" and (path.is_dir() or for_writing):
-        return path / FILE_NAME
-    return path
+    return path if path.suffix == ".safetensors" or path.is_file() else path / FILE_NAME
 
 
 def _describe(name: str, hasher: nn.Module) -> dict:
@@ -45,7 +44,7 @@ def save_hashers(hashers: dict[str, nn.Module], path: str | os.PathLike) -> str:
     file, or a folder: ``FOLDER/vidhash_hashers.safetensors``), float32; returns the file."""
     from safetensors.torch import save_file
 
-    out = _resolve(path, for_writing=True)
+    out = _resolve(path)
     meta, tensors = {}, {}
     for name, hasher in hashers.items():
         meta[name] = _describe(name, hasher)
