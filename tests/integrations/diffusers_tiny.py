@@ -21,11 +21,11 @@ def rel_err(a, b):
 # --------------------------------------------------------------------------------------------
 # tiny models and inputs: 3 latent frames of 8×8 (patch 2×2 → 48 video tokens), 2 layers
 # --------------------------------------------------------------------------------------------
-def tiny_wan(i2v=False, fused=False):
+def tiny_wan(i2v=False, fused=False, layers=2):
     heads, head_dim = 2, 12
     model = WanTransformer3DModel(
         patch_size=(1, 2, 2), num_attention_heads=heads, attention_head_dim=head_dim, in_channels=4,
-        out_channels=4, text_dim=16, freq_dim=16, ffn_dim=32, num_layers=2, rope_max_seq_len=32,
+        out_channels=4, text_dim=16, freq_dim=16, ffn_dim=32, num_layers=layers, rope_max_seq_len=32,
         image_dim=8 if i2v else None, added_kv_proj_dim=heads * head_dim if i2v else None,
     ).eval()
     if fused:
@@ -41,11 +41,11 @@ def tiny_wan(i2v=False, fused=False):
     return model, inputs
 
 
-def tiny_cogvideox(rope=False, fused=False, batch=1):
+def tiny_cogvideox(rope=False, fused=False, batch=1, layers=2):
     head_dim = 16
     model = CogVideoXTransformer3DModel(
         num_attention_heads=2, attention_head_dim=head_dim, in_channels=4, out_channels=4, time_embed_dim=4,
-        text_embed_dim=8, num_layers=2, sample_width=8, sample_height=8, sample_frames=9, patch_size=2,
+        text_embed_dim=8, num_layers=layers, sample_width=8, sample_height=8, sample_frames=9, patch_size=2,
         temporal_compression_ratio=4, max_text_seq_length=7, use_rotary_positional_embeddings=rope,
     ).eval()
     if fused:
