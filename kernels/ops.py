@@ -5,6 +5,7 @@ The library reaches them here, through :func:`vidhash.ops.backend.triton_ops`:
 ``HashedMemory.write`` / ``attend`` call :func:`memory_write_fifo`, :func:`memory_write_merge`
 and :func:`memory_attend`. Each has its reference in its folder's ``naive.py``.
 """
+from vidhash.kernels.block_score.ops import select_blocks_codes
 from vidhash.kernels.block_select.ops import select_blocks_triton
 from vidhash.kernels.memory.ops import memory_attend, memory_select, memory_write_fifo, memory_write_merge
 from vidhash.kernels.signature.ops import block_signatures_triton, signatures_triton
@@ -13,6 +14,7 @@ from vidhash.kernels.sparse_attention.ops import hash_attention_triton as hash_a
 
 __all__ = [
     "SUPPORTED_DTYPES", "SUPPORTED_HEAD_DIMS", "block_signatures_triton", "block_sparse_attention_triton",
-    "hash_attention", "memory_attend", "memory_select", "memory_write_fifo", "memory_write_merge", "select_blocks_triton",
+    "hash_attention", "memory_attend", "memory_select", "memory_write_fifo", "memory_write_merge", "select_blocks_codes",
+    "select_blocks_triton",
     "signatures_triton",
 ]

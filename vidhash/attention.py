@@ -9,8 +9,9 @@ real-valued inputs (selection itself is discrete and carries no gradient).
 * :func:`dense_attention` — exact softmax attention that also returns the log-sum-exp;
   :func:`fused_attention_lse` the same through PyTorch's fused kernels (inference).
 * :func:`merge_attention` — exact merge of two partial attentions by their log-sum-exp.
-* :func:`select_blocks` / :class:`BlockSelection` — per query block, the key blocks to keep
-  (reference in ``kernels/block_select/naive.py``).
+* :func:`select_blocks` / :class:`BlockSelection` — per query block, the key blocks to keep,
+  ranked by a scorer (``scorer=``, :data:`SCORERS` or a learned block scorer; references in
+  ``kernels/block_select/naive.py``, ``kernels/block_score/naive.py`` and :mod:`vidhash.selection`).
 * :func:`block_sparse_attention` — exact softmax over the kept blocks only (reference in
   ``kernels/sparse_attention/naive.py``).
 * :func:`hash_attention` — the two together; ``density=1.0`` is dense attention. The one place
@@ -26,7 +27,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from vidhash.kernels.block_select.naive import select_blocks
+from vidhash.kernels.block_score.naive import select_blocks_codes_reference
+from vidhash.kernels.block_select.naive import select_blocks as select_blocks_simhash
 from vidhash.kernels.signature.naive import block_signatures
 from vidhash.kernels.sparse_attention.naive import block_sparse_attention
 
@@ -36,7 +38,7 @@ from .ops.backend import resolve_backend, triton_ops
 from .ops.checks import BACKENDS, MAX_BLOCK_SIZE, BlockSelection, check_qkv, resolve_scale, upcast
 
 __all__ = [
-    "BACKENDS", "MAX_BLOCK_SIZE", "BlockSelection", "block_signatures", "block_sparse_attention", "default_hasher",
+    "BACKENDS", "MAX_BLOCK_SIZE", "SCORERS", "BlockSelection", "block_signatures", "block_sparse_attention", "default_hasher",
     "dense_attention", "fused_attention_lse", "hash_attention", "merge_attention", "resolve_backend",
     "select_blocks", "selection_recall",
 ]
@@ -150,6 +152,105 @@ def merge_attention(o1: torch.Tensor, lse1: torch.Tensor, o2: torch.Tensor, lse2
 
 
 # --------------------------------------------------------------------------------------------
+# block selection: which scorer ranks the key blocks, on the references or the kernels
+# --------------------------------------------------------------------------------------------
+SCORERS = ("simhash", "pooled", "moments", "prefilter")
+"""``scorer=`` names of :func:`select_blocks` / :func:`hash_attention` (or pass a
+:class:`~vidhash.selection.learned.LearnedBlockScorer`):
+
+* ``"simhash"`` — Hamming similarity of the blocks' SimHash signatures (the default);
+* ``"pooled"`` — ``s · q̄ · k̄`` of the blocks' mean tokens, as int8 block codes (the block-score
+  kernel, ``kernels/block_score``; its torch reference gives the same indices);
+* ``"moments"`` — means and per-channel variances (second-order estimate of the block pair's
+  ``log E exp(s q·k)``), the same codes and kernel;
+* ``"prefilter"`` — SimHash keeps 4 × kept candidates, exact pooled scores rank them (torch on
+  every backend).
+"""
+
+
+def _code_scorer(scorer):
+    """What the block-score codes take for ``scorer`` (``None`` = pooled, ``"moments"``, the
+    learned module), or ``False`` when the scorer does not run on block codes."""
+    if scorer == "pooled":
+        return None
+    if scorer == "moments":
+        return "moments"
+    if isinstance(scorer, nn.Module) and getattr(scorer, "code_kind", None) == "real" \
+            and getattr(scorer, "features", None) in ("linear", "diag"):
+        return scorer
+    return False
+
+
+def _check_scorer(scorer, hasher, q: torch.Tensor) -> None:
+    """``scorer``: a name of :data:`SCORERS` or a learned block scorer of q's heads and head_dim;
+    ``hasher`` only with a scorer that reads signatures."""
+    if isinstance(scorer, str):
+        if scorer not in SCORERS:
+            raise ValueError(f"scorer must be one of {SCORERS} or a LearnedBlockScorer, got {scorer!r}")
+        if hasher is not None and scorer not in ("simhash", "prefilter"):
+            raise ValueError(f"hasher is read by scorer='simhash' or 'prefilter' only, got scorer={scorer!r}")
+        return
+    if not (isinstance(scorer, nn.Module) and hasattr(scorer, "block_scores")):
+        raise ValueError(f"scorer must be one of {SCORERS} or a LearnedBlockScorer, got {type(scorer).__name__}")
+    if (scorer.heads, scorer.head_dim) != (q.shape[1], q.shape[-1]):
+        raise ValueError(f"scorer has {scorer.heads} heads of head_dim {scorer.head_dim}, q has {q.shape[1]} of {q.shape[-1]}")
+    if hasher is not None:
+        raise ValueError("hasher is read by scorer='simhash' or 'prefilter' only, got a learned scorer")
+
+
+@torch.no_grad()
+def select_blocks(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    *,
+    density: float = 0.125,
+    block_size: int = 64,
+    query_block_size: int | None = None,
+    local_blocks: int = 1,
+    sink_blocks: int = 1,
+    causal: bool = False,
+    hasher: nn.Module | None = None,
+    scorer="simhash",
+    scale: float | None = None,
+    backend: str = "reference",
+) -> BlockSelection:
+    """Choose the key blocks each query block attends to.
+
+    Every query block keeps ``kept = max(ceil(density · key_blocks), most forced blocks of any
+    query block)`` key blocks: its forced blocks (the first ``sink_blocks``; the key blocks
+    overlapping its own positions, widened by ``local_blocks - 1`` blocks before — and,
+    non-causal, after — it), then the highest-scoring rest by ``scorer`` (:data:`SCORERS` or a
+    :class:`~vidhash.selection.learned.LearnedBlockScorer`), ties to the lower block index.
+    Causal attention never keeps a block wholly in the future. ``scale`` (default ``1/√d``): the
+    softmax scale the code scorers rank in.
+
+    ``backend``: ``"reference"`` (the default: the torch references), ``"triton"`` (SimHash:
+    ``select_blocks_triton``; pooled, moments and learned linear/diag codes: the block-score
+    kernel; same indices as the references given the same signatures / codes) or ``"auto"``
+    (the kernels for CUDA tensors). ``prefilter`` and the other learned scorers run
+    :func:`vidhash.selection.scorers.select_blocks_scored` in torch on every backend.
+    """
+    check_qkv(q, k)
+    _check_scorer(scorer, hasher, q)
+    which = resolve_backend(backend, q, k)
+    kw = dict(density=density, block_size=block_size, query_block_size=query_block_size,
+              local_blocks=local_blocks, sink_blocks=sink_blocks, causal=causal)
+    if isinstance(scorer, str) and scorer == "simhash":
+        fn = triton_ops().select_blocks_triton if which == "triton" else select_blocks_simhash
+        return fn(q, k, hasher=hasher, **kw)
+    codes = _code_scorer(scorer)
+    if codes is not False:
+        grid = dict(m=getattr(codes, "m", 1), sub=getattr(codes, "sub", None))
+        if which == "triton":
+            return triton_ops().select_blocks_codes(q, k, scorer=codes, scale=scale, backend="triton", **grid, **kw)
+        return select_blocks_codes_reference(q, k, scorer=codes, scale=scale, **grid, **kw)
+    from vidhash.selection.scorers import select_blocks_scored  # torch scorers
+
+    options = {"hasher": hasher} if hasher is not None else {}
+    return select_blocks_scored(q, k, scorer=scorer, scale=scale, **kw, **options)
+
+
+# --------------------------------------------------------------------------------------------
 # hash attention: selection + block-sparse attention, on the references or the kernels
 # --------------------------------------------------------------------------------------------
 def _kernels_cover(q: torch.Tensor, v: torch.Tensor) -> bool:
@@ -174,9 +275,14 @@ def hash_attention(
     scale: float | None = None,
     return_lse: bool = False,
     backend: str = "auto",
+    scorer="simhash",
 ):
     """Hash attention: each query block attends exactly to the key blocks whose signatures are
     most similar to its own, plus sink and local blocks (see :func:`select_blocks`).
+
+    ``scorer``: how key blocks are ranked (:data:`SCORERS` or a learned block scorer); any
+    scorer but ``"simhash"`` runs :func:`select_blocks` on ``backend`` and then the block-sparse
+    attention of that backend.
 
     ``block_size=1`` selects per token (HashAttention's setting). ``density=1.0`` keeps every
     block and equals ``scaled_dot_product_attention``.
@@ -197,13 +303,20 @@ def hash_attention(
         which = "reference"  # auto stays quiet: shapes the kernels do not take run the reference
     if which == "triton" and block_size == 1 and q.is_cuda:
         which = "reference"  # per-token selection: the kernels take it, but are not tuned for it on a GPU
+    if not (isinstance(scorer, str) and scorer == "simhash"):
+        sel = select_blocks(q, k, scorer=scorer, scale=scale, hasher=hasher, backend=which, density=density,
+                            block_size=block_size, query_block_size=query_block_size, local_blocks=local_blocks,
+                            sink_blocks=sink_blocks, causal=causal)
+        if which == "triton":
+            return triton_ops().block_sparse_attention_triton(q, k, v, sel, scale=scale, return_lse=return_lse)
+        return block_sparse_attention(q, k, v, sel, scale=scale, return_lse=return_lse)
     if which == "triton":
         return triton_ops().hash_attention(
             q, k, v, density=density, block_size=block_size, query_block_size=query_block_size,
             local_blocks=local_blocks, sink_blocks=sink_blocks, causal=causal, hasher=hasher,
             scale=scale, return_lse=return_lse,
         )
-    sel = select_blocks(
+    sel = select_blocks_simhash(
         q, k, density=density, block_size=block_size, query_block_size=query_block_size,
         local_blocks=local_blocks, sink_blocks=sink_blocks, causal=causal, hasher=hasher,
     )

@@ -17,7 +17,7 @@ ROW_KEYS = {"seed", "horizon_s", "mode", "setting", "status", "note", "same_as",
             "context_frames", "seconds", *ew.METRIC_KEYS}
 CELL_KEYS = {"return_psnr", "return_ssim", "away_psnr", "away_ssim", "self_psnr", "self_ssim", "self_return_psnr",
              "away_realism", "away_real_share", "self_away_realism", "self_away_real_share",
-             "n_seeds", "note", "self_psnr_vs_window"}
+             "n_seeds", "note", "self_psnr_vs_window", "memory_topk_recall", "memory_ratio"}
 
 
 def test_json_keys_and_files(tiny_result):
@@ -56,6 +56,22 @@ def test_every_mode_runs_both_settings(tiny_result):
             assert r["seconds"] > 0
     assert result["summary"]["window"]["1"]["self_psnr_vs_window"] == 0.0
     assert result["summary"]["hashed"]["1"]["n_seeds"] == 1
+
+
+def test_memory_read_recall_per_run(tiny_result):
+    """Runs that read the hashed memory report its top-k recall against exact scores; the others none."""
+    result, _ = tiny_result
+    for r in result["rows"]:
+        if r["mode"] in ("hashed", "random-sig"):
+            assert r["memory_reads"] > 0
+            assert 0.0 <= r["memory_topk_recall"] <= 1.0 and 0.0 < r["memory_recall"] <= r["memory_oracle"] + 1e-6
+            assert r["memory_ratio"] == pytest.approx(r["memory_recall"] / r["memory_oracle"])
+        else:
+            assert all(r[k] is None for k in ew.MEMORY_KEYS)
+    cell = result["summary"]["hashed"]["1"]
+    assert cell["memory_topk_recall"] == pytest.approx(np.mean([r["memory_topk_recall"] for r in result["rows"]
+                                                                if r["mode"] == "hashed"]))
+    assert f"{cell['memory_topk_recall']:.3f} (" in ew.format_table(result)
 
 
 def test_away_realism_in_rows_summary_and_table(tiny_result):

@@ -14,7 +14,11 @@ and Wan 1.3B's self-attention at 81 frames 480p (latent 21×60×104, patch (1,2,
 * for each key-block size in ``--block-sizes`` at one density (default 1/32).
 
 Next to each row: the recall of the selection (share of the exact attention mass the kept
-blocks hold, ``vidhash.attention.selection_recall`` over ``--recall-blocks`` query blocks).
+blocks hold, ``vidhash.attention.selection_recall`` over ``--recall-blocks`` query blocks), the
+oracle's (the same count of the heaviest key blocks per query block,
+``vidhash.selection.oracle_recall``, same query blocks) and the relative error of the sparse
+output against dense attention on those queries (``vidhash.selection.attention_error``).
+``vidhash bench selection`` compares the scorers.
 
 Inputs (``q, k``) have video-like structure, since random Gaussian q/k make any selection
 meaningless (recall ≈ density): tokens sit on a (frames, height, width) grid; each token's
@@ -33,6 +37,7 @@ import torch
 import torch.nn.functional as F
 
 from vidhash.attention import selection_recall
+from vidhash.selection.oracle import attention_error, eval_query_blocks, oracle_recall
 
 # Wan 2.1 1.3B at 81 frames, 480×832: VAE 4× time (1 + 80/4 = 21), 8× space; patch (1, 2, 2)
 WAN_1_3B_GRID = (21, 30, 52)
@@ -141,12 +146,15 @@ def run_shape(name: str, grid, heads: int, d: int, args) -> list[dict]:
     return rows
 
 
+_EXACT = {"recall": 1.0, "oracle": 1.0, "output_error": 0.0}  # dense attention keeps everything
+
+
 def _dense_rows(q, k, v, base: dict, args) -> tuple[list[dict], float | None, float | None]:
     """Dense SDPA forward (and forward+backward) rows, with their times."""
     rep, rows = args.rep_ms, []
     sdpa = lambda: F.scaled_dot_product_attention(q, k, v, is_causal=args.causal)
     dense_fwd, err = _try(lambda: _bench(sdpa, rep))
-    rows.append({**base, "method": "dense SDPA", "what": "fwd", "ms": dense_fwd, "error": err, "recall": 1.0})
+    rows.append({**base, "method": "dense SDPA", "what": "fwd", "ms": dense_fwd, "error": err, **_EXACT})
     dense_fb = None
     if not args.no_backward:
         qg, kg, vg = (x.detach().requires_grad_(True) for x in (q, k, v))
@@ -156,7 +164,7 @@ def _dense_rows(q, k, v, base: dict, args) -> tuple[list[dict], float | None, fl
             F.scaled_dot_product_attention(qg, kg, vg, is_causal=args.causal).backward(do)
 
         dense_fb, err = _try(lambda: _bench(sdpa_fb, rep))
-        rows.append({**base, "method": "dense SDPA", "what": "fwd+bwd", "ms": dense_fb, "error": err, "recall": 1.0})
+        rows.append({**base, "method": "dense SDPA", "what": "fwd+bwd", "ms": dense_fb, "error": err, **_EXACT})
     return rows, dense_fwd, dense_fb
 
 
@@ -168,14 +176,15 @@ def _block_size_rows(q, k, v, bk: int, base: dict, args, dense_fwd, dense_fb) ->
     kw = dict(density=args.density, block_size=bk, query_block_size=args.query_block, causal=args.causal)
     tag = dict(base, block_size=bk, query_block_size=args.query_block, density=args.density)
     sel = select_blocks_triton(q, k, **kw)
-    recall = selection_recall(q, k, sel, max_query_blocks=args.recall_blocks)
+    quality = selection_quality(q, k, v, sel, args)
+    recall = quality["recall"]
     sel_exact = select_blocks_triton(q, k, exact_signatures=True, **kw)
     agree = float((sel_exact.indices == sel.indices).float().mean())
     tag.update(kept=sel.kept, key_blocks=sel.num_key_blocks)
     rows = []
 
     def add(method, what, ms, err=None, **extra):
-        row = {**tag, "method": method, "what": what, "ms": ms, "error": err, "recall": recall, **extra}
+        row = {**tag, "method": method, "what": what, "ms": ms, "error": err, **quality, **extra}
         dense = dense_fb if "fwd+bwd" in what else dense_fwd
         if ms and dense:
             row["x_dense"] = dense / ms
@@ -192,6 +201,20 @@ def _block_size_rows(q, k, v, bk: int, base: dict, args, dense_fwd, dense_fb) ->
     if flex_ms and attn_ms:
         rows[-1]["attention_vs_flex"] = flex_ms / attn_ms
     return rows
+
+
+def selection_quality(q, k, v, sel, args) -> dict:
+    """``recall``, ``oracle`` (same count of the heaviest key blocks) and ``output_error`` (relative,
+    against dense attention) of the selection ``sel``, over ``args.recall_blocks`` query blocks."""
+    from vidhash.kernels.ops import block_sparse_attention_triton
+
+    blocks = eval_query_blocks(sel.num_query_blocks, args.recall_blocks, q.device)
+    recall = selection_recall(q, k, sel, max_query_blocks=args.recall_blocks)
+    oracle = oracle_recall(q, k, sel.kept, block_size=sel.block_size, query_block_size=sel.query_block_size,
+                           causal=sel.causal, max_query_blocks=args.recall_blocks)
+    out = block_sparse_attention_triton(q, k, v, sel)
+    err = attention_error(q, k, v, out, query_block_size=sel.query_block_size, causal=sel.causal, query_blocks=blocks)
+    return {"recall": recall, "oracle": oracle, "output_error": err}
 
 
 def _selection_rows(add, q, k, sel, kw: dict, args, agree: float) -> None:
@@ -283,13 +306,17 @@ def _flex_rows(add, q, k, v, sel, rep: int) -> float | None:
 
 
 def print_table(rows: list[dict]) -> None:
-    print(f"\n{'shape':>16} {'bk':>4} {'method':>13} {'what':>34} {'ms':>9} {'×dense':>8} {'×flex':>6} {'recall':>7}")
+    print(f"\n{'shape':>16} {'bk':>4} {'method':>13} {'what':>34} {'ms':>9} {'×dense':>8} {'×flex':>6} {'recall':>7} "
+          f"{'oracle':>7} {'rel err':>8}")
     for r in rows:
         ms = f"{r['ms']:.3f}" if r.get("ms") else "—"
         xd = f"{r['x_dense']:.1f}" if r.get("x_dense") else ""
         xf = f"{r['x_flex_kernel']:.2f}" if r.get("x_flex_kernel") else ""
         rec = f"{r['recall']:.3f}" if r.get("recall") is not None else ""
-        print(f"{r['shape']:>16} {r.get('block_size', ''):>4} {r['method']:>13} {r['what']:>34} {ms:>9} {xd:>8} {xf:>6} {rec:>7}")
+        orc = f"{r['oracle']:.3f}" if r.get("oracle") is not None else ""
+        err = f"{r['output_error']:.4f}" if r.get("output_error") is not None else ""
+        print(f"{r['shape']:>16} {r.get('block_size', ''):>4} {r['method']:>13} {r['what']:>34} {ms:>9} {xd:>8} {xf:>6} "
+              f"{rec:>7} {orc:>7} {err:>8}")
         if r.get("error"):
             print(f"{'':>16}      error: {r['error']}")
 

@@ -17,10 +17,11 @@ Default shape (issue 4's target): 2,048 queries against a full memory of 65,536 
   ``policy="merge"`` memory of the same shape, filled the same way (merge kernel vs
   ``naive.merge_insert``; each timed call merges into the memory again).
 
-Recall: the share of the exact attention mass over all entries (softmax of
-``q·k·scale + log(count)``) that the selected top-k hold, averaged over ``--recall-queries``
-queries and all heads; ``oracle`` is the most any k entries could hold (the exact top-k by
-score). Data: keys and queries drawn around ``--clusters`` random centres per head (so
+Recall (:mod:`vidhash.selection.memory_read`, over ``--recall-queries`` queries and all heads):
+``recall`` — the share of the exact attention mass over all entries (softmax of
+``q·k·scale + log(count)``) that the selected top-k hold; ``oracle`` — the most any k entries
+could hold (the exact top-k by that score); ``ratio`` = recall / oracle; ``top-k recall`` — the
+share of the exact top-k entries the signatures kept. Data: keys and queries drawn around ``--clusters`` random centres per head (so
 attention is peaked, as for real tokens), values Gaussian.
 
 Timing: ``triton.testing.do_bench`` (median, device events, L2 flushed between runs) on CUDA;
@@ -40,6 +41,7 @@ import torch
 import torch.nn.functional as F
 
 from vidhash.memory import HashedMemory
+from vidhash.selection.memory_read import MemoryReadStats
 
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -72,23 +74,13 @@ def _clustered(centres: torch.Tensor, n: int, noise: float, g: torch.Generator) 
     return (x + noise * torch.randn(h, n, d, generator=g, device=centres.device)).unsqueeze(0)
 
 
-@torch.no_grad()
-def _recall(mem: HashedMemory, q: torch.Tensor, idx: torch.Tensor, scale: float) -> tuple[float, float]:
-    """Mean share of the exact attention mass held by ``idx`` (and by the exact top-k)."""
-    b, h, n, d = q.shape
-    c = mem.capacity
-    keys = mem.keys.view(b, h, c, d).float()
-    counts = mem.counts.view(b, h, c)
-    bias = torch.where(counts > 0, torch.log(counts.clamp(min=1).float()), float("-inf"))
-    kk = idx.shape[-1]
-    got, best = [], []
-    for hh in range(h):
-        s = (q[:, hh].float() @ keys[:, hh].transpose(-1, -2)) * scale + bias[:, hh].unsqueeze(-2)  # (b, n, c)
-        p = torch.softmax(s, -1)
-        sel = idx[:, hh].long()
-        got.append(torch.where(sel >= 0, p.gather(-1, sel.clamp(min=0)), 0.0).sum(-1))
-        best.append(p.topk(kk, dim=-1).values.sum(-1))
-    return float(torch.stack(got).mean()), float(torch.stack(best).mean())
+def _recall(mem: HashedMemory, q: torch.Tensor, idx: torch.Tensor, scale: float) -> dict:
+    """The read's quality (:mod:`vidhash.selection.memory_read`): ``recall`` (mass held by ``idx``),
+    ``oracle`` (by the exact top-k), ``ratio``, ``topk_recall`` (share of the exact top-k kept)."""
+    stats = MemoryReadStats()
+    stats.add(mem.table, q, idx, scale)
+    got = stats.summary()
+    return {"recall": got["mass_recall"], "oracle": got["oracle"], "ratio": got["ratio"], "topk_recall": got["topk_recall"]}
 
 
 def run(args) -> int:
@@ -131,9 +123,9 @@ def run(args) -> int:
     q_sig = signatures_triton(q, mem.hasher, role="query")
     for kk in top_ks:
         idx = mops.memory_select(mem.table, q, kk, hasher=mem.hasher, q_sig=q_sig)
-        sel_recall, oracle = _recall(mem, q[:, :, :: max(1, args.queries // args.recall_queries)],
-                                     idx[:, :, :: max(1, args.queries // args.recall_queries)], scale)
-        ms = add("read triton", kk, lambda: mem.attend(q, kk, backend="triton"), recall=sel_recall, oracle=oracle)
+        quality = _recall(mem, q[:, :, :: max(1, args.queries // args.recall_queries)],
+                          idx[:, :, :: max(1, args.queries // args.recall_queries)], scale)
+        ms = add("read triton", kk, lambda: mem.attend(q, kk, backend="triton"), **quality)
         read_row = rows[-1]
         read_row["vs_dense"] = dense_ms / ms
         add("  sig (queries)", kk, lambda: signatures_triton(q, mem.hasher, role="query"))
@@ -155,7 +147,8 @@ def run(args) -> int:
         if not args.no_reference:
             ref_ms = add("read reference", kk, lambda: mem.attend(q, kk, backend="reference"), rep=1)
             read_row["vs_reference"] = ref_ms / ms
-        print(f"  {'':26s} recall {sel_recall:.3f} of the exact attention mass (oracle top-{kk}: {oracle:.3f})")
+        print(f"  {'':26s} recall {quality['recall']:.3f} of the exact attention mass (oracle top-{kk}: "
+              f"{quality['oracle']:.3f}, ratio {quality['ratio']:.3f}); {quality['topk_recall']:.3f} of the exact top-{kk} kept")
 
     k1 = _clustered(centres, t, 0.6, g).to(dt)
     v1 = torch.randn(k1.shape, generator=g, device=dev).to(dt)
@@ -194,11 +187,14 @@ def run(args) -> int:
 def print_table(rows: list[dict]) -> None:
     print()
     print("(vs dense, vs reference: how many times faster the Triton row is)")
-    print(f"| {'what':26s} | top_k | {'ms':>9s} | vs dense | vs reference | recall | oracle |")
-    print(f"|{'-' * 28}|------:|{'-' * 10}:|---------:|-------------:|-------:|-------:|")
+    print(f"| {'what':26s} | top_k | {'ms':>9s} | vs dense | vs reference | recall | oracle |  ratio | top-k recall |")
+    print(f"|{'-' * 28}|------:|{'-' * 10}:|---------:|-------------:|-------:|-------:|-------:|-------------:|")
     for r in rows:
         vd = f"{r['vs_dense']:.2f}×" if "vs_dense" in r else ""
         vr = f"{r['vs_reference']:.1f}×" if "vs_reference" in r else ""
         rc = f"{r['recall']:.3f}" if "recall" in r else ""
         oc = f"{r['oracle']:.3f}" if "oracle" in r else ""
-        print(f"| {r['name'].strip():26s} | {r['top_k']!s:>5} | {r['ms']:9.3f} | {vd:>8s} | {vr:>12s} | {rc:>6s} | {oc:>6s} |")
+        ra = f"{r['ratio']:.3f}" if r.get("ratio") is not None else ""
+        tk = f"{r['topk_recall']:.3f}" if r.get("topk_recall") is not None else ""
+        print(f"| {r['name'].strip():26s} | {r['top_k']!s:>5} | {r['ms']:9.3f} | {vd:>8s} | {vr:>12s} | {rc:>6s} | {oc:>6s} "
+              f"| {ra:>6s} | {tk:>12s} |")

@@ -26,6 +26,7 @@ COMMANDS: dict[str, tuple[str, str] | dict[str, tuple[str, str]]] = {
     "bench": {
         "hashhop": ("vidhash.cli.bench:hashhop", "HashHop retrieval from a fixed-size HashedMemory vs dense attention"),
         "attention": ("vidhash.cli.bench:attention", "hash-attention kernels vs dense SDPA and FlexAttention, with selection recall"),
+        "selection": ("vidhash.cli.bench:selection", "block selection: recall beside the oracle, output error and cost per scorer, shape, key-block size"),
         "coherence": ("vidhash.cli.bench:coherence", "speed of the coherence metrics (analysed frames/s) on synthetic video"),
         "memory": ("vidhash.cli.bench:memory", "HashedMemory read/write kernels vs the reference and dense SDPA, with recall"),
         "data": ("vidhash.cli.bench:data", "training data throughput: P processes × W workers, with and without the shared world cache"),

@@ -2,6 +2,7 @@
 
     vidhash bench hashhop --sizes 1000,10000,100000 --queries 256
     vidhash bench memory --json memory.json
+    vidhash bench selection --json selection.json --world models/world-tiny-v3
     vidhash bench realism clip.mp4:24:64
 
 Each bench is a :class:`Bench`: its flags (the ``add_*`` functions below) and the library module
@@ -57,6 +58,37 @@ def add_attention(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cuda", help="cuda; cpu only for smoke runs under TRITON_INTERPRET=1")
     p.add_argument("--json", default=None, help="write results to this JSON file")
+
+
+def add_selection(p: argparse.ArgumentParser) -> None:
+    from vidhash.bench.selection import DEFAULT_SCORERS, SCORER_ROWS
+
+    p.add_argument("--sizes", default="65536,131072", help="comma-separated token counts N (empty: none)")
+    p.add_argument("--no-wan", action="store_true", help="skip the Wan 1.3B 81-frame 480p shape")
+    p.add_argument("--heads", type=int, default=12)
+    p.add_argument("--head-dim", type=int, default=64)
+    p.add_argument("--wan-heads", type=int, default=12, help="heads of the Wan shape")
+    p.add_argument("--block-sizes", default="64,16", help="comma-separated key-block sizes")
+    p.add_argument("--query-block", type=int, default=128, help="query-block size")
+    p.add_argument("--density", type=float, default=1 / 32, help="share of key blocks kept")
+    p.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp16", "fp32"], help="auto: bf16 on CUDA, fp32 on a CPU")
+    p.add_argument("--scorers", default=",".join(DEFAULT_SCORERS), help=f"comma list of rows: {', '.join(SCORER_ROWS)}")
+    p.add_argument("--eval-blocks", type=int, default=64, help="query blocks measured per configuration")
+    p.add_argument("--fit-blocks", type=int, default=128, help="query blocks of the fitting clip (learned scorers)")
+    p.add_argument("--fit-steps", type=int, default=200, help="Adam steps per learned scorer")
+    p.add_argument("--backend", default="auto", choices=["auto", "reference", "triton"],
+                   help="selection and attention backend (auto: triton on CUDA, the references on a CPU)")
+    p.add_argument("--no-flex", action="store_true", help="skip FlexAttention")
+    p.add_argument("--flex-block-sizes", default="64", help="key-block sizes also run through FlexAttention (CUDA)")
+    p.add_argument("--world", default=None, help="a pipeline folder (models/world-tiny-v3): also its temporal attention")
+    p.add_argument("--world-clips", type=int, default=6, help="clips recorded: the first half fits, the rest is measured")
+    p.add_argument("--world-frames", type=int, default=96, help="frames per recorded clip")
+    p.add_argument("--world-density", type=float, default=1 / 16, help="density of the world rows")
+    p.add_argument("--world-cache", default=None, help="a .pt file: load the recording from it, or record and save it there")
+    p.add_argument("--rep-ms", type=int, default=50, help="do_bench rep (ms) per timing (CUDA)")
+    p.add_argument("--device", default=_auto_device())
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", default=None, help="write all rows to this JSON file")
 
 
 def add_coherence(p: argparse.ArgumentParser) -> None:
@@ -161,6 +193,7 @@ class Bench:
 
 hashhop = Bench("vidhash.bench.hashhop", add_hashhop)
 attention = Bench("vidhash.bench.attention", add_attention)
+selection = Bench("vidhash.bench.selection", add_selection)
 coherence = Bench("vidhash.bench.coherence", add_coherence)
 memory = Bench("vidhash.bench.memory", add_memory)
 data = Bench("vidhash.bench.data", add_data)

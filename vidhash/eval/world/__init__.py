@@ -64,6 +64,7 @@ from .plan import (
     DEFAULT_HORIZONS,
     DEFAULT_SEEDS,
     GIVEN_KEYS,
+    MEMORY_KEYS,
     METRIC_KEYS,
     MODES,
     REALISM_KEYS,
@@ -100,7 +101,7 @@ from .run import (
 )
 
 __all__ = [
-    "DEFAULT_HORIZONS", "DEFAULT_SEEDS", "GIVEN_KEYS", "METRIC_KEYS", "MODES", "REALISM_KEYS", "SCHEMA", "SELF_KEYS",
+    "DEFAULT_HORIZONS", "DEFAULT_SEEDS", "GIVEN_KEYS", "MEMORY_KEYS", "METRIC_KEYS", "MODES", "REALISM_KEYS", "SCHEMA", "SELF_KEYS",
     "SETTINGS", "TIME_PARTS", "Run", "WorldEvalOptions", "build_result", "check_options", "check_plot", "compare",
     "evaluate", "format_table", "generate_loop", "learned_hashers", "load_pipeline", "load_result", "memory_config",
     "merge_results", "plan_runs", "plot_result", "prepare", "resolve_settings", "summarize", "targets",

@@ -18,8 +18,11 @@ SETTINGS = ("given", "self")
 GIVEN_KEYS = ("return_psnr", "return_ssim", "away_psnr", "away_ssim")
 SELF_KEYS = ("self_psnr", "self_ssim", "visit_psnr", "visit_ssim", "return_psnr", "return_ssim", "away_psnr", "away_ssim")
 REALISM_KEYS = ("away_realism", "away_real_share")  # both settings; vidhash.metrics.realism
+# the memory reads' selection (vidhash.selection.memory_read): share of the exact top-k kept, mass kept,
+# the exact top-k's mass (oracle), their ratio, and the reads measured (None: no top-k read ran eagerly)
+MEMORY_KEYS = ("memory_topk_recall", "memory_recall", "memory_oracle", "memory_ratio", "memory_reads")
 TIME_PARTS = ("setup", "ground_truth", "generation", "metrics", "realism")
-METRIC_KEYS = tuple(dict.fromkeys(GIVEN_KEYS + SELF_KEYS + REALISM_KEYS))
+METRIC_KEYS = tuple(dict.fromkeys(GIVEN_KEYS + SELF_KEYS + REALISM_KEYS + MEMORY_KEYS))
 
 
 @dataclass

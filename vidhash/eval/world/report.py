@@ -95,6 +95,8 @@ def summarize(rows: list[dict], modes, horizons) -> dict:
                 "away_real_share": _mean(r.get("away_real_share") for r in given),
                 "self_away_realism": _mean(r.get("away_realism") for r in own),
                 "self_away_real_share": _mean(r.get("away_real_share") for r in own),
+                "memory_topk_recall": _mean(r.get("memory_topk_recall") for r in mine),  # both settings
+                "memory_ratio": _mean(r.get("memory_ratio") for r in mine),
                 "n_seeds": len({r["seed"] for r in mine}),
                 "note": skipped[0] if skipped else None,
             }
@@ -132,28 +134,34 @@ def _realism_cell(c: dict) -> str:
     return "—" if d is None else f"{d:.3f} ({share:.0%})" if share is not None else f"{d:.3f}"
 
 
+def _memory_cell(c: dict) -> str:
+    top, ratio = c.get("memory_topk_recall"), c.get("memory_ratio")  # .get: results saved before the column
+    return "—" if top is None else f"{top:.3f} ({ratio:.3f})" if ratio is not None else f"{top:.3f}"
+
+
 def format_table(result: dict) -> str:
     """Terminal table: per horizon and mode, return vs ground truth (given), self-consistency, away."""
     head = ("horizon", "mode", "return PSNR", "return SSIM", "self PSNR", "self SSIM", "vs window", "away PSNR",
-            "away realism", "seeds")
+            "away realism", "memory top-k", "seeds")
     lines = [f"world memory: {result['model']} on {result['device']}, {result['dtype']}; seeds {result['seeds']}; "
              f"{'learned' if result['learned_signatures'] else 'SimHash'} signatures",
              "  return = first visit given (ground truth), return vs ground truth; self = first visit generated, "
              "return vs the model's own first visit; away = given run, frames away vs ground truth (dB / SSIM); "
              "away realism = given run, no-reference patch distance (real ≈ 0.85) and share of real-looking patches "
-             "(real ≈ 95%)"]
+             "(real ≈ 95%); memory top-k = share of the exact top-k entries the memory reads kept (their mass / the exact "
+             "top-k's mass)"]
     body = []
     for h in result["horizons_s"]:
         for mode in result["modes"]:
             c = result["summary"][mode][f"{h:g}"]
             if c["n_seeds"] == 0:
                 body.append((f"{h:g} s", mode, "skipped: " + c["note"] if c["note"] else "skipped: not run (yet)",
-                             "", "", "", "", "", "", ""))
+                             "", "", "", "", "", "", "", ""))
                 continue
             vs = c["self_psnr_vs_window"]
             body.append((f"{h:g} s", mode, _f(c["return_psnr"]), _f(c["return_ssim"], ".3f"), _f(c["self_psnr"]),
                          _f(c["self_ssim"], ".3f"), "—" if vs is None or mode == "window" else f"{vs:+.2f}",
-                         _f(c["away_psnr"]), _realism_cell(c), str(c["n_seeds"])))
+                         _f(c["away_psnr"]), _realism_cell(c), _memory_cell(c), str(c["n_seeds"])))
     widths = [max(len(head[i]), *(len(r[i]) for r in body if not r[2].startswith("skipped"))) if body else len(head[i])
               for i in range(len(head))]
     lines.append("  ".join(h.ljust(w) for h, w in zip(head, widths)))

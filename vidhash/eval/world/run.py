@@ -13,6 +13,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from vidhash.selection.memory_read import probe_memory_reads
 from vidhash.training.config import HELDOUT_WORLD_SEED  # world seeds >= this are never used in training
 
 from .plan import (
@@ -29,6 +30,13 @@ from .plan import (
     resolve_settings,
 )
 from .report import build_result, hms, plot_result, write_json
+
+
+def memory_row(summary: dict) -> dict:
+    """The ``MEMORY_KEYS`` of a run from :meth:`MemoryReadStats.summary` (None where no top-k read was seen)."""
+    return {"memory_topk_recall": summary["topk_recall"], "memory_recall": summary["mass_recall"],
+            "memory_oracle": summary["oracle"], "memory_ratio": summary["ratio"],
+            "memory_reads": summary["reads"] or None}
 
 
 # ---------------------------------------------------------------------------------- model
@@ -299,11 +307,13 @@ def _run_row(s: Setup, run: Run, plan, truth: np.ndarray, done: dict, parts: dic
         bar.set_description(f"seed {run.seed} {run.horizon_s:g}s {run.mode} {run.setting}", refresh=False)
         random_sig = run.mode == "random-sig"
         t0 = time.perf_counter()
-        frames = generate_loop(s.sim_pipe if random_sig else s.pipe, s.g, plan, run.setting, run.mode, run.seed,
-                               truth, s.n_bits if random_sig else None, on_chunk=bar.update)
+        with probe_memory_reads() as reads:  # the memory reads' top-k against exact scores; frames unchanged
+            frames = generate_loop(s.sim_pipe if random_sig else s.pipe, s.g, plan, run.setting, run.mode, run.seed,
+                                   truth, s.n_bits if random_sig else None, on_chunk=bar.update)
         t1 = time.perf_counter()
         row["seconds"] = round(t1 - t0, 3)
         row.update(_metrics(run.setting, plan, frames, truth))
+        row.update(memory_row(reads.summary()))
         t2 = time.perf_counter()
         row.update(_realism(plan, frames, s.g["world_size"], s.device))
         parts["generation"] += t1 - t0

@@ -1,0 +1,175 @@
+"""Triton kernel: per query block, keep the top key blocks by an exact integer block-code score.
+
+Letters: b batch, h heads, c query blocks, m sub-centroids of a query block (``M``), j key
+blocks, p key sub-blocks of a key block (``P``), r code width.
+
+Codes are int8 (``naive.py`` makes them): ``M`` per query block (the means of its ``M`` runs of
+consecutive queries — ``pooled`` is ``M = 1``) and ``P`` per key block (means of its ``P`` runs of
+keys), so a block pair has ``M × P`` *cells* with exact int32 scores ``S = Σ_r q[r] · k[r]``.
+Each sub-centroid's scores are normalised by its best score over the free key blocks (allowed,
+not forced) and a block pair scores its best cell::
+
+    N[c, j] = max_{m, p} (S[(c, m), (j, p)] − max_{free j', p'} S[(c, m), (j', p')])   (≤ 0 for free j)
+    level   = max(0, 255 + (N >> SHIFT))                                              (in [0, 255])
+
+(``SHIFT`` per head, chosen by the launcher so that a level is at most a fixed fraction of a
+nat.) Forced blocks (sink, local) get level 256; blocks the causal mask forbids take no part.
+The kept blocks are those of the highest levels, ties to the lower block index — integer
+arithmetic only, so the torch reference (``naive.py``) gives the same indices exactly. One
+program per ``BLOCK_M`` query blocks of one (batch, head), four passes over the key blocks
+(scores recomputed by ``tl.dot`` each pass; nothing of size query blocks × key blocks is stored):
+
+1. each sub-centroid's best free score;
+2. per-row histogram of the coarse level (``level >> 4``; 16 bins + forced) → the coarse cut;
+3. per-row histogram of the fine level (``level & 15``) inside the coarse cut → the cut level
+   and how many of its ties to keep;
+4. ascending pass: keep every block above the cut and the first ``need`` at it, writing kept
+   indices in order through per-row prefix sums; pad the row with ``-1``.
+"""
+import triton
+import triton.language as tl
+
+_NEG = tl.constexpr(-1073741824)  # below every normalised score (|S| < 2^23)
+
+
+@triton.jit
+def _block_masks(rows, kb, row_ok, NQ, NK, NKB, BQ, BK, LOCAL, SINK, CAUSAL: tl.constexpr):
+    """Forced (sink / local, allowed) and allowed masks ``(BLOCK_M, BLOCK_N)`` of key blocks ``kb``."""
+    off = NK - NQ
+    q_lo = rows * BQ + off
+    q_hi = tl.minimum(rows * BQ + BQ, NQ) - 1 + off
+    k_lo = kb * BK
+    k_hi = tl.minimum(k_lo + BK, NK) - 1
+    allowed = row_ok[:, None] & (kb < NKB)[None, :]
+    if CAUSAL:
+        allowed = allowed & (k_lo[None, :] <= q_hi[:, None])
+    lo = q_lo - (LOCAL - 1) * BK
+    if CAUSAL:
+        hi = q_hi
+    else:
+        hi = q_hi + (LOCAL - 1) * BK
+    forced = (kb[None, :] < SINK) | ((LOCAL > 0) & (k_hi[None, :] >= lo[:, None]) & (k_lo[None, :] <= hi[:, None]))
+    return forced & allowed, allowed
+
+
+@triton.jit
+def _cells(KC, k_base, stride_kj, q_codes, j0, NSUB, R: tl.constexpr, BLOCK_N: tl.constexpr, P: tl.constexpr):
+    """Cell scores ``(BLOCK_M·M, BLOCK_N·P)`` int32 of key blocks ``j0 …`` and which cells exist."""
+    cols = j0 * P + tl.arange(0, BLOCK_N * P)
+    col_ok = cols < NSUB
+    rr = tl.arange(0, R)
+    kc = tl.load(KC + k_base + cols[:, None].to(tl.int64) * stride_kj + rr[None, :], mask=col_ok[:, None], other=0)
+    return tl.dot(q_codes, tl.trans(kc), out_dtype=tl.int32), col_ok
+
+
+@triton.jit
+def _expand(x, BLOCK_M: tl.constexpr, M: tl.constexpr, BLOCK_N: tl.constexpr, P: tl.constexpr):
+    """Block mask ``(BLOCK_M, BLOCK_N)`` → cell mask ``(BLOCK_M·M, BLOCK_N·P)``."""
+    if M * P == 1:
+        return x
+    return tl.reshape(tl.broadcast_to(x[:, None, :, None], [BLOCK_M, M, BLOCK_N, P]), [BLOCK_M * M, BLOCK_N * P])
+
+
+@triton.jit
+def _pair_levels(s, cell_ok, smax, forced, shift,
+                 BLOCK_M: tl.constexpr, M: tl.constexpr, BLOCK_N: tl.constexpr, P: tl.constexpr):
+    """Level ``(BLOCK_M, BLOCK_N)`` in [0, 256] of each block pair (see the module docstring)."""
+    n = tl.where(cell_ok, s - smax[:, None], _NEG)
+    if M * P > 1:
+        n = tl.reshape(n, [BLOCK_M, M, BLOCK_N, P])
+        n = tl.max(tl.max(n, 3), 1)
+    level = tl.maximum(255 + (n >> shift), 0)
+    return tl.where(forced, 256, level)
+
+
+@triton.jit
+def block_score_kernel(
+    QC, KC, SHIFT, OUT,
+    stride_qb, stride_qh, stride_qc,
+    stride_kb, stride_kh, stride_kj,
+    stride_ob, stride_oh, stride_oc,
+    H, NQ, NK, NQB, NKB, NSUB, KEPT, BQ, BK, LOCAL, SINK,
+    R: tl.constexpr, M: tl.constexpr, P: tl.constexpr, CAUSAL: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    pid_m = tl.program_id(0)
+    bh = tl.program_id(1)
+    b = bh // H
+    h = bh % H
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    row_ok = rows < NQB
+    # sub-centroid rows: query block rows[i // M], run i % M; alive if it holds a query
+    sub = pid_m * BLOCK_M * M + tl.arange(0, BLOCK_M * M)
+    sub_ok = ((sub // M) < NQB) & ((sub // M) * BQ + (sub % M) * (BQ // M) < NQ)
+    rr = tl.arange(0, R)
+    q_ptr = QC + b.to(tl.int64) * stride_qb + h.to(tl.int64) * stride_qh
+    q_codes = tl.load(q_ptr + sub[:, None].to(tl.int64) * stride_qc + rr[None, :], mask=sub_ok[:, None], other=0)
+    k_base = b.to(tl.int64) * stride_kb + h.to(tl.int64) * stride_kh
+    shift = tl.load(SHIFT + bh)
+    lanes = tl.arange(0, BLOCK_N)
+    m_idx = tl.arange(0, BLOCK_M)
+
+    # 1. each sub-centroid's best score over free key blocks
+    smax = tl.full([BLOCK_M * M], _NEG, tl.int32)
+    for j0 in range(0, NKB, BLOCK_N):
+        forced, allowed = _block_masks(rows, j0 + lanes, row_ok, NQ, NK, NKB, BQ, BK, LOCAL, SINK, CAUSAL)
+        s, col_ok = _cells(KC, k_base, stride_kj, q_codes, j0, NSUB, R, BLOCK_N, P)
+        ok = _expand(allowed & ~forced, BLOCK_M, M, BLOCK_N, P) & sub_ok[:, None] & col_ok[None, :]
+        smax = tl.maximum(smax, tl.max(tl.where(ok, s, _NEG), 1))
+
+    # 2. coarse histogram (bins 0..15 free, 16 forced; 32 per row) → coarse cut per row
+    hist = tl.zeros([BLOCK_M * 32], dtype=tl.int32)
+    for j0 in range(0, NKB, BLOCK_N):
+        forced, allowed = _block_masks(rows, j0 + lanes, row_ok, NQ, NK, NKB, BQ, BK, LOCAL, SINK, CAUSAL)
+        s, col_ok = _cells(KC, k_base, stride_kj, q_codes, j0, NSUB, R, BLOCK_N, P)
+        level = _pair_levels(s, sub_ok[:, None] & col_ok[None, :], smax, forced, shift, BLOCK_M, M, BLOCK_N, P)
+        flat = tl.reshape(tl.where(allowed, m_idx[:, None] * 32 + (level >> 4), 0), [BLOCK_M * BLOCK_N])
+        hist += tl.histogram(flat, BLOCK_M * 32, mask=tl.reshape(allowed, [BLOCK_M * BLOCK_N]))
+    hist2 = tl.reshape(hist, [BLOCK_M, 32])
+    bins = tl.arange(0, 32)
+    count_ge = tl.cumsum(hist2, 1, reverse=True)
+    c_cut = tl.max(tl.where(count_ge >= KEPT, bins[None, :], -1), 1)  # -1: fewer allowed blocks than KEPT
+    above_c = tl.sum(tl.where(bins[None, :] > c_cut[:, None], hist2, 0), 1)
+
+    # 3. fine histogram inside the coarse cut → cut level and ties to keep
+    fhist = tl.zeros([BLOCK_M * 16], dtype=tl.int32)
+    for j0 in range(0, NKB, BLOCK_N):
+        forced, allowed = _block_masks(rows, j0 + lanes, row_ok, NQ, NK, NKB, BQ, BK, LOCAL, SINK, CAUSAL)
+        s, col_ok = _cells(KC, k_base, stride_kj, q_codes, j0, NSUB, R, BLOCK_N, P)
+        level = _pair_levels(s, sub_ok[:, None] & col_ok[None, :], smax, forced, shift, BLOCK_M, M, BLOCK_N, P)
+        inside = allowed & ((level >> 4) == c_cut[:, None]) & (c_cut[:, None] < 16)
+        flat = tl.reshape(tl.where(inside, m_idx[:, None] * 16 + (level & 15), 0), [BLOCK_M * BLOCK_N])
+        fhist += tl.histogram(flat, BLOCK_M * 16, mask=tl.reshape(inside, [BLOCK_M * BLOCK_N]))
+    fhist2 = tl.reshape(fhist, [BLOCK_M, 16])
+    fbins = tl.arange(0, 16)
+    f_ge = tl.cumsum(fhist2, 1, reverse=True) + above_c[:, None]
+    f_cut = tl.max(tl.where(f_ge >= KEPT, fbins[None, :], -1), 1)
+    above_f = tl.sum(tl.where(fbins[None, :] > f_cut[:, None], fhist2, 0), 1) + above_c
+    cut = tl.where(c_cut == 16, 256, c_cut * 16 + f_cut)
+    above = tl.where(c_cut == 16, 0, above_f)
+    need = tl.where(c_cut >= 0, KEPT - above, KEPT)
+    cut = tl.maximum(cut, 0)
+
+    # 4. ascending pass: blocks above the cut, then the first `need` at it
+    o_ptr = OUT + b.to(tl.int64) * stride_ob + h.to(tl.int64) * stride_oh + rows.to(tl.int64) * stride_oc
+    emitted = tl.zeros([BLOCK_M], dtype=tl.int32)
+    ties = tl.zeros([BLOCK_M], dtype=tl.int32)
+    for j0 in range(0, NKB, BLOCK_N):
+        kb = j0 + lanes
+        forced, allowed = _block_masks(rows, kb, row_ok, NQ, NK, NKB, BQ, BK, LOCAL, SINK, CAUSAL)
+        s, col_ok = _cells(KC, k_base, stride_kj, q_codes, j0, NSUB, R, BLOCK_N, P)
+        level = _pair_levels(s, sub_ok[:, None] & col_ok[None, :], smax, forced, shift, BLOCK_M, M, BLOCK_N, P)
+        at_cut = (allowed & (level == cut[:, None])).to(tl.int32)
+        tie_rank = ties[:, None] + tl.cumsum(at_cut, 1) - at_cut
+        keep = allowed & ((level > cut[:, None]) | ((at_cut > 0) & (tie_rank < need[:, None])))
+        keep_i = keep.to(tl.int32)
+        pos = emitted[:, None] + tl.cumsum(keep_i, 1) - keep_i
+        tl.store(o_ptr[:, None] + pos, kb[None, :] + tl.zeros([BLOCK_M, BLOCK_N], tl.int32), mask=keep)
+        emitted += tl.sum(keep_i, 1)
+        ties += tl.sum(at_cut, 1)
+
+    # 5. pad with -1 (rows with fewer allowed blocks than KEPT)
+    for p0 in range(0, KEPT, BLOCK_N):
+        pos = p0 + lanes
+        pad = row_ok[:, None] & (pos[None, :] >= emitted[:, None]) & (pos[None, :] < KEPT)
+        tl.store(o_ptr[:, None] + pos[None, :], tl.full([BLOCK_M, BLOCK_N], -1, tl.int32), mask=pad)

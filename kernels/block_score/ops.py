@@ -1,0 +1,136 @@
+"""Launcher of the block-score kernel and ``select_blocks_codes`` (pooled / learned block codes).
+
+Letters: b batch, h heads, c query blocks, j key blocks, r code width.
+
+Forward only: selection is discrete. The torch reference of exactly what the kernel computes is
+:mod:`.naive` (``backend="reference"``); both read the same int8 codes.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+
+from vidhash.ops.checks import BlockSelection, check_block, check_count, check_density, check_qkv
+
+from .kernel import block_score_kernel
+from .naive import RESOLUTION, check_grid, select_blocks_codes_reference, selection_codes
+
+_INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+BACKENDS = ("auto", "triton", "reference")
+
+
+def _tiles(nkb: int, m: int, p: int, width: int) -> tuple[int, int, int]:
+    """``(BLOCK_M, BLOCK_N, num_warps)``: 16 query blocks per program, key blocks per step so that
+    a tile holds ≤ 4,096 cells (≤ 128 blocks); one bounded choice per size (no autotune)."""
+    block_m = 16
+    if _INTERPRET:
+        return block_m, max(1, 16 // p), 4
+    low = 16 // p if p < 16 else 1
+    block_n = max(low, min(128, 4096 // (block_m * m * p), 16384 // width))  # wide codes: smaller key tiles
+    return block_m, min(block_n, max(low, triton.next_power_of_2(nkb))), 4
+
+
+def select_from_codes(
+    qi: torch.Tensor,
+    ki: torch.Tensor,
+    shift: torch.Tensor,
+    *,
+    kept: int,
+    num_queries: int,
+    num_keys: int,
+    block_size: int,
+    query_block_size: int,
+    local_blocks: int,
+    sink_blocks: int,
+    causal: bool,
+    m: int = 1,
+    sub: int | None = None,
+) -> torch.Tensor:
+    """Run the kernel on int8 codes ``qi (b, h, nqb·m, R)``, ``ki (b, h, nkb·p, R)`` and ``shift
+    (b·h,)`` (from :func:`.naive.quantize_codes`; ``p = block_size / sub``). Returns int32 indices
+    ``(b, h, nqb, kept)``, ascending, ``-1``-padded — equal to :func:`.naive.block_score_reference`'s."""
+    m, p = check_grid(block_size, query_block_size, m, block_size if sub is None else sub)
+    if m & (m - 1) or p & (p - 1):
+        raise ValueError(f"the kernel takes powers of two for m and block_size / sub, got m={m}, {p} sub-blocks "
+                         "(backend='reference' takes any)")
+    if qi.dtype != torch.int8 or ki.dtype != torch.int8:
+        raise ValueError(f"codes must be int8, got {qi.dtype} and {ki.dtype}")
+    if qi.shape[:2] != ki.shape[:2] or qi.shape[-1] != ki.shape[-1]:
+        raise ValueError(f"qi {tuple(qi.shape)} and ki {tuple(ki.shape)} disagree in (b, h) or width")
+    b, h, rows, width = qi.shape
+    nqb, nkb = -(-num_queries // query_block_size), -(-num_keys // block_size)
+    if rows != nqb * m or ki.shape[-2] != nkb * p:
+        raise ValueError(f"expected {nqb * m} query and {nkb * p} key codes, got {rows} and {ki.shape[-2]}")
+    if width & (width - 1) or width < 32:
+        raise ValueError(f"code width must be a power of two ≥ 32, got {width}")
+    if shift.numel() != b * h:
+        raise ValueError(f"shift must hold b·h = {b * h} values, got {shift.numel()}")
+    qi, ki = qi.contiguous(), ki.contiguous()
+    shift = shift.to(device=qi.device, dtype=torch.int32).contiguous()
+    out = torch.empty(b, h, nqb, kept, dtype=torch.int32, device=qi.device)
+    block_m, block_n, warps = _tiles(nkb, m, p, width)
+    grid = (triton.cdiv(nqb, block_m), b * h)
+    block_score_kernel[grid](
+        qi, ki, shift, out,
+        *qi.stride()[:3], *ki.stride()[:3], *out.stride()[:3],
+        h, num_queries, num_keys, nqb, nkb, -(-num_keys // (block_size // p)), kept, query_block_size, block_size,
+        local_blocks, sink_blocks,
+        R=width, M=m, P=p, CAUSAL=bool(causal), BLOCK_M=block_m, BLOCK_N=block_n, num_warps=warps,
+    )
+    return out
+
+
+@torch.no_grad()
+def select_blocks_codes(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    *,
+    density: float = 0.125,
+    block_size: int = 64,
+    query_block_size: int | None = None,
+    local_blocks: int = 1,
+    sink_blocks: int = 1,
+    causal: bool = False,
+    scale: float | None = None,
+    m: int = 1,
+    sub: int | None = None,
+    scorer=None,
+    resolution: float = RESOLUTION,
+    backend: str = "auto",
+) -> BlockSelection:
+    """Block selection by exact block-code scores, the top-k fused in the kernel
+    (``backend="triton"``, the default on CUDA) or in torch (``"reference"``, identical indices).
+
+    Codes: ``pooled`` (default, ``m=1``), ``scorer="moments"`` (means and variances, 3d wide:
+    ``vidhash.selection``'s ``moments`` exactly up to int8), ``m`` query sub-centroids × key sub-blocks of ``sub``
+    tokens (``subgrid``'s ``reduce="max"`` form, see ``kernel.py``), or a
+    :class:`~vidhash.selection.learned.LearnedBlockScorer` (``features="linear"`` or ``"diag"``, real codes) whose
+    map is applied to the same means. Same arguments and rules as
+    :func:`vidhash.attention.select_blocks` (``kept``, forced sink/local blocks, causal) with ties
+    between equal *levels* (at most ``resolution`` nats wide) to the lower block index."""
+    from vidhash.kernels.block_select.ops import num_kept_blocks
+
+    check_qkv(q, k)
+    density = check_density(density)
+    bk = check_block("block_size", block_size)
+    bq = check_block("query_block_size", query_block_size if query_block_size is not None else block_size)
+    check_count("local_blocks", local_blocks)
+    check_count("sink_blocks", sink_blocks)
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    use_kernel = backend == "triton" or (backend == "auto" and q.is_cuda)
+    if not use_kernel:
+        return select_blocks_codes_reference(q, k, density=density, block_size=bk, query_block_size=bq,
+                                             local_blocks=local_blocks, sink_blocks=sink_blocks, causal=causal,
+                                             scale=scale, m=m, sub=sub, scorer=scorer, resolution=resolution)
+    nq, nk = q.shape[-2], k.shape[-2]
+    kept = num_kept_blocks(nq, nk, density=density, block_size=bk, query_block_size=bq, local_blocks=local_blocks,
+                           sink_blocks=sink_blocks, causal=causal)  # closed form on the host: no device sync
+    qi, ki, shift = selection_codes(q, k, block_size=bk, query_block_size=bq, scale=scale, m=m, sub=sub,
+                                    scorer=scorer, resolution=resolution)
+    idx = select_from_codes(qi, ki, shift, kept=kept, num_queries=nq, num_keys=nk, block_size=bk,
+                            query_block_size=bq, local_blocks=local_blocks, sink_blocks=sink_blocks, causal=causal,
+                            m=m, sub=sub)
+    return BlockSelection(idx, bk, bq, nq, nk, causal)

@@ -1,0 +1,30 @@
+"""``vidhash bench attention``'s quality columns (recall, oracle, output error) on the kernels
+(under ``TRITON_INTERPRET=1`` on a CPU, tiny shapes)."""
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from vidhash.bench.attention import selection_quality, video_like_qkv
+from vidhash.kernels.block_select.ops import select_blocks_triton
+from vidhash.selection import attention_error, oracle_recall
+
+DEV = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@pytest.mark.parametrize("density", [pytest.param(0.25, id="N512-D64-bk32-density0.25"), pytest.param(1.0, id="N512-D64-bk32-dense")])
+def test_selection_quality_columns(density):
+    q, k, v = video_like_qkv((2, 16, 16), 2, 64, torch.float32, DEV, seed=1)
+    sel = select_blocks_triton(q, k, density=density, block_size=32, query_block_size=64)
+    got = selection_quality(q, k, v, sel, SimpleNamespace(recall_blocks=5))
+    assert 0 < got["recall"] <= got["oracle"] + 1e-6 <= 1 + 2e-6
+    want = oracle_recall(q, k, sel.kept, block_size=32, query_block_size=64, max_query_blocks=5)
+    assert got["oracle"] == pytest.approx(want)
+    if density == 1.0:
+        assert got["recall"] == pytest.approx(1.0, abs=1e-5) and got["output_error"] < 1e-4
+    else:
+        assert got["recall"] < 1 and got["output_error"] > 1e-3
+        # the error of the dense output itself is 0: the column measures the sparse output
+        from vidhash.attention import dense_attention
+
+        assert attention_error(q, k, v, dense_attention(q, k, v), query_block_size=64) < 1e-5

@@ -1,0 +1,230 @@
+"""``select_blocks(..., scorer=...)`` and ``hash_attention(..., scorer=...)`` against brute-force
+readings of the selection rules (Python loops over blocks), on the torch references (CPU).
+
+The code scorers (``pooled``, ``moments``, learned linear/diag) rank int8 block codes: against
+exact float scores they may swap two blocks whose scores differ by less than the codes'
+rounding, so the random-input tests allow that bound (computed from the float codes) and the
+separated-input tests ask for the brute force's indices exactly.
+"""
+import math
+
+import pytest
+import torch
+
+from vidhash.attention import SCORERS, block_sparse_attention, dense_attention, hash_attention, select_blocks
+from vidhash.hashing import default_hasher, hamming_similarity
+from vidhash.kernels.block_score.naive import RESOLUTION, select_blocks_codes_reference
+from vidhash.kernels.block_select.naive import forced_and_allowed
+from vidhash.kernels.block_select.naive import select_blocks as select_blocks_naive
+from vidhash.kernels.signature.naive import block_signatures
+from vidhash.selection import LearnedBlockScorer
+
+# (b, h, nq, nk, d, block_size, query_block_size, causal, density)
+SHAPES = [
+    pytest.param(1, 2, 77, 77, 16, 8, 16, False, 0.3, id="B1-H2-N77-D16-bk8-bq16"),
+    pytest.param(2, 1, 77, 77, 12, 8, 32, True, 0.3, id="B2-H1-N77-D12-bk8-bq32-causal"),
+    pytest.param(1, 2, 50, 131, 8, 8, 16, True, 0.25, id="B1-H2-Nq50-Nk131-D8-causal"),
+    pytest.param(1, 1, 9, 12, 8, 16, 16, False, 0.1, id="B1-H1-N9-one-block"),
+]
+
+
+def _qk(b, h, nq, nk, d, seed):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(b, h, nq, d, generator=g), torch.randn(b, h, nk, d, generator=g)
+
+
+def _blocks(x, size):
+    """The token blocks of ``x (b, h, n, d)``: a list of ``(b, h, t, d)`` slices (the last one partial)."""
+    return [x[:, :, i : i + size] for i in range(0, x.shape[-2], size)]
+
+
+def _brute_codes(q, k, bk, bq, s, scorer):
+    """Float block codes ``(b, h, nqb, r)``, ``(b, h, nkb, r)`` whose dot products are the scores."""
+    if scorer == "moments":
+        def stats(x, size):
+            mean = torch.stack([blk.mean(-2) for blk in _blocks(x, size)], 2)
+            sq = torch.stack([blk.square().mean(-2) for blk in _blocks(x, size)], 2)
+            return mean, sq, (sq - mean.square()).clamp(min=0)
+        mq, q2, vq = stats(q, bq)
+        mk, _, vk = stats(k, bk)
+        half = s / math.sqrt(2.0)
+        return (torch.cat([mq * math.sqrt(s), q2 * half, vq * half], -1),
+                torch.cat([mk * math.sqrt(s), vk * half, mk.square() * half], -1))
+    cq = torch.stack([blk.mean(-2) for blk in _blocks(q, bq)], 2)
+    ck = torch.stack([blk.mean(-2) for blk in _blocks(k, bk)], 2)
+    if isinstance(scorer, LearnedBlockScorer):
+        wq, wk = scorer.weight("query").detach(), scorer.weight("key").detach()
+        return torch.einsum("bhjd,hdr->bhjr", cq, wq), torch.einsum("bhjd,hdr->bhjr", ck, wk)
+    return cq * math.sqrt(s), ck * math.sqrt(s)
+
+
+def _rounding_bound(cq, ck):
+    """Largest error the int8 codes (each channel balanced, then one scale per side) and the
+    levels can add to the difference of two scores of one (batch, head): ``(b, h)``."""
+    rq, rk = cq.abs().amax(-2), ck.abs().amax(-2)  # (b, h, r)
+    top = (rq * rk).amax(-1)  # largest balanced range, squared
+    return 2 * cq.shape[-1] * top / 127 + 2 * RESOLUTION
+
+
+def _check_rules(idx, score, nq, nk, bk, bq, local, sink, causal, tol):
+    """Every row: ascending, -1-padded, all forced blocks, nothing forbidden, and no kept free
+    block scoring more than ``tol`` below a free block left out."""
+    forced, allowed = forced_and_allowed(torch.arange(score.shape[2]), nq, nk, bq, bk, local, sink, causal)
+    for bb in range(score.shape[0]):
+        for hh in range(score.shape[1]):
+            for i in range(score.shape[2]):
+                row = [j for j in idx[bb, hh, i].tolist() if j >= 0]
+                assert row == sorted(set(row)) and idx[bb, hh, i, len(row):].eq(-1).all()
+                assert all(allowed[i, j] for j in row)
+                want = [j for j in range(score.shape[3]) if allowed[i, j]]
+                assert len(row) == min(len(want), idx.shape[-1])
+                assert all(j in row for j in want if forced[i, j])
+                kept = [float(score[bb, hh, i, j]) for j in row if not forced[i, j]]
+                out = [float(score[bb, hh, i, j]) for j in want if j not in row]
+                if kept and out:
+                    assert min(kept) >= max(out) - float(tol[bb, hh]), (bb, hh, i)
+
+
+def _brute_select(score, nq, nk, bk, bq, kept, local, sink, causal):
+    """Forced blocks, then the highest score, ties to the lower index; ascending, -1-padded."""
+    forced, allowed = forced_and_allowed(torch.arange(score.shape[2]), nq, nk, bq, bk, local, sink, causal)
+    out = torch.full((*score.shape[:3], kept), -1, dtype=torch.int32)
+    for bb in range(score.shape[0]):
+        for hh in range(score.shape[1]):
+            for i in range(score.shape[2]):
+                cand = [j for j in range(score.shape[3]) if allowed[i, j]]
+                cand.sort(key=lambda j: (not bool(forced[i, j]), -float(score[bb, hh, i, j]), j))
+                pick = sorted(cand[:kept])
+                out[bb, hh, i, : len(pick)] = torch.tensor(pick, dtype=torch.int32)
+    return out
+
+
+def _learned(heads, d, features="linear", seed=0):
+    scorer = LearnedBlockScorer(d, heads, features=features)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for w in (scorer.wq, scorer.wk):
+            w.add_(0.3 * torch.randn(w.shape, generator=g))
+    return scorer
+
+
+# --------------------------------------------------------------------------------------------
+# the default stays SimHash
+# --------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("b,h,nq,nk,d,bk,bq,causal,density", SHAPES)
+def test_default_scorer_is_simhash(b, h, nq, nk, d, bk, bq, causal, density):
+    q, k = _qk(b, h, nq, nk, d, nk)
+    kw = dict(density=density, block_size=bk, query_block_size=bq, causal=causal)
+    want = select_blocks_naive(q, k, **kw).indices
+    assert torch.equal(select_blocks(q, k, **kw).indices, want)
+    assert torch.equal(select_blocks(q, k, scorer="simhash", **kw).indices, want)
+    v = torch.randn_like(k)
+    assert torch.equal(hash_attention(q, k, v, **kw), hash_attention(q, k, v, scorer="simhash", **kw))
+
+
+# --------------------------------------------------------------------------------------------
+# code scorers: pooled, moments, learned linear / diag
+# --------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["pooled", "moments", "learned-linear", "learned-diag"])
+@pytest.mark.parametrize("b,h,nq,nk,d,bk,bq,causal,density", SHAPES)
+def test_code_scorers_keep_the_best_blocks(name, b, h, nq, nk, d, bk, bq, causal, density):
+    q, k = _qk(b, h, nq, nk, d, nq + nk)
+    q = q + 0.5 * torch.randn(1, 1, 1, d, generator=torch.Generator().manual_seed(1))  # scores with a spread
+    scorer = _learned(h, d, name.split("-")[1]) if name.startswith("learned") else name
+    s = 0.4
+    kw = dict(density=density, block_size=bk, query_block_size=bq, causal=causal, scale=s)
+    sel = select_blocks(q, k, scorer=scorer, **kw)
+    cq, ck = _brute_codes(q, k, bk, bq, s, scorer)
+    score = cq @ ck.transpose(-1, -2)
+    assert (sel.block_size, sel.query_block_size, sel.num_queries, sel.num_keys) == (bk, bq, nq, nk)
+    assert sel.kept == select_blocks_naive(q, k, density=density, block_size=bk, query_block_size=bq, causal=causal).kept
+    _check_rules(sel.indices, score, nq, nk, bk, bq, 1, 1, causal, _rounding_bound(cq, ck))
+
+
+@pytest.mark.parametrize("scorer", ["pooled", "moments"])
+@pytest.mark.parametrize("causal", [pytest.param(False, id="N100-bk8-bq16"), pytest.param(True, id="N100-bk8-bq16-causal")])
+def test_code_scorers_exact_on_separated_scores_with_ties(scorer, causal):
+    """Constant key blocks ``c_j · u`` and queries ``u``: scores ``s · c_j`` one nat apart, some
+    equal (ties to the lower index); moments equals pooled there (no variance)."""
+    nq = nk = 100
+    bk, bq, d = 8, 16, 8
+    u = torch.nn.functional.normalize(torch.ones(d), dim=0)
+    levels = torch.tensor([3, 7, 1, 7, 5, 0, 9, 2, 7, 4, 6, 9, 8])  # 13 key blocks, 7 and 9 repeated
+    c = levels.repeat_interleave(bk)[:nk].float()
+    k = (c.unsqueeze(-1) * u).expand(1, 2, nk, d).contiguous()
+    q = u.expand(1, 2, nq, d).contiguous()
+    kw = dict(density=0.3, block_size=bk, query_block_size=bq, causal=causal, local_blocks=0, sink_blocks=0, scale=1.0)
+    sel = select_blocks(q, k, scorer=scorer, **kw)
+    score = levels.float().expand(1, 2, -(-nq // bq), -1)
+    assert torch.equal(sel.indices, _brute_select(score, nq, nk, bk, bq, sel.kept, 0, 0, causal))
+
+
+def test_learned_codes_run_the_block_score_path():
+    q, k = _qk(1, 2, 70, 90, 16, 3)
+    scorer = _learned(2, 16)
+    kw = dict(density=0.3, block_size=8, query_block_size=16, causal=True)
+    want = select_blocks_codes_reference(q, k, scorer=scorer, **kw).indices
+    assert torch.equal(select_blocks(q, k, scorer=scorer, **kw).indices, want)
+
+
+# --------------------------------------------------------------------------------------------
+# torch scorers: prefilter, learned minmax
+# --------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("b,h,nq,nk,d,bk,bq,causal,density", SHAPES)
+def test_prefilter_matches_brute_force(b, h, nq, nk, d, bk, bq, causal, density):
+    q, k = _qk(b, h, nq, nk, d, 2 * nq + nk)
+    kw = dict(density=density, block_size=bk, query_block_size=bq, causal=causal)
+    sel = select_blocks(q, k, scorer="prefilter", **kw)
+    kept = sel.kept
+    hasher = default_hasher(d)
+    sim = hamming_similarity(block_signatures(q, bq, hasher, "query"), block_signatures(k, bk, hasher, "key"), hasher.n_bits)
+    pooled = torch.stack([blk.mean(-2) for blk in _blocks(q, bq)], 2) @ torch.stack([blk.mean(-2) for blk in _blocks(k, bk)], 2).transpose(-1, -2)
+    forced, allowed = forced_and_allowed(torch.arange(sim.shape[2]), nq, nk, bq, bk, 1, 1, causal)
+    for bb in range(b):
+        for hh in range(h):
+            for i in range(sim.shape[2]):
+                ok = [j for j in range(sim.shape[3]) if allowed[i, j]]
+                # 1. candidates: forced, then the 4 · kept most similar signatures
+                cand = sorted(ok, key=lambda j: (not bool(forced[i, j]), -int(sim[bb, hh, i, j]), j))[: 4 * kept]
+                # 2. kept: forced, then the best pooled score among the candidates
+                pick = sorted(sorted(cand, key=lambda j: (not bool(forced[i, j]), -float(pooled[bb, hh, i, j]), j))[:kept])
+                assert sel.indices[bb, hh, i].tolist() == pick + [-1] * (kept - len(pick))
+
+
+def test_learned_torch_scorer_matches_brute_force():
+    q, k = _qk(1, 2, 77, 77, 12, 9)
+    scorer = LearnedBlockScorer(12, 2, features="minmax")
+    kw = dict(density=0.3, block_size=8, query_block_size=16, causal=True)
+    sel = select_blocks(q, k, scorer=scorer, **kw)
+    score = scorer.block_scores(q, k, torch.arange(5), block_size=8, query_block_size=16)
+    assert torch.equal(sel.indices, _brute_select(score, 77, 77, 8, 16, sel.kept, 1, 1, True))
+
+
+# --------------------------------------------------------------------------------------------
+# hash_attention(scorer=...) and the arguments
+# --------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("scorer", [*SCORERS[1:], "learned"])
+def test_hash_attention_runs_the_chosen_selection(scorer):
+    q, k = _qk(1, 2, 70, 70, 16, 4)
+    v = torch.randn_like(k)
+    scorer = _learned(2, 16) if scorer == "learned" else scorer
+    kw = dict(density=0.3, block_size=8, query_block_size=16, causal=True)
+    out = hash_attention(q, k, v, scorer=scorer, backend="reference", **kw)
+    want = block_sparse_attention(q, k, v, select_blocks(q, k, scorer=scorer, **kw))
+    assert torch.equal(out, want)
+    dense = hash_attention(q, k, v, scorer=scorer, density=1.0, block_size=8, causal=True)
+    torch.testing.assert_close(dense, dense_attention(q, k, v, causal=True), rtol=1e-5, atol=1e-5)
+
+
+def test_scorer_arguments_are_checked():
+    q, k = _qk(1, 2, 40, 40, 16, 5)
+    with pytest.raises(ValueError, match="scorer must be one of"):
+        select_blocks(q, k, scorer="exact")
+    with pytest.raises(ValueError, match="scorer must be one of"):
+        select_blocks(q, k, scorer=3)
+    with pytest.raises(ValueError, match="hasher"):
+        select_blocks(q, k, scorer="pooled", hasher=default_hasher(16))
+    with pytest.raises(ValueError, match="heads"):
+        select_blocks(q, k, scorer=LearnedBlockScorer(16, 3))
+    with pytest.raises(ValueError, match="scorer must be one of"):
+        hash_attention(q, k, k, scorer="oracle")

@@ -1,0 +1,458 @@
+"""Block selection: the attention mass each scorer keeps beside the oracle, the output error, and what it costs.
+
+    vidhash bench selection --json selection.json --world models/world-tiny-v3
+
+One table: scorer × shape × key-block size. Shapes: ``--sizes`` tokens (12 heads, head_dim 64;
+:func:`vidhash.bench.attention.video_like_qkv` inputs on a 32×32-frame grid) and Wan 1.3B's
+self-attention at 81 frames 480p (32,760 tokens, head_dim 128; ``--no-wan`` skips it), bf16 on
+CUDA, float32 on a CPU; query blocks of 128, ``--density`` (1/32), one local and one sink block
+forced, non-causal. Per row:
+
+* ``recall`` — mean over queries of the share of exact attention mass the kept blocks hold,
+  over ``--eval-blocks`` evenly spaced query blocks (:func:`vidhash.selection.oracle.selection_mass`;
+  the same number as ``vidhash.attention.selection_recall``);
+* ``oracle`` — the most ``kept`` blocks per query block can hold (the heaviest ones);
+  ``oracle_f`` — the same with the forced blocks first (the best under ``select_blocks``' rules);
+  ``ratio`` = recall / oracle;
+* ``err`` — relative error ``‖out − dense‖ / ‖dense‖`` of the attention output on those queries;
+* ``sel ms`` — the whole selection (codes or signatures + top-k) as ``vidhash.attention.select_blocks``
+  runs it on ``--backend`` (``triton.testing.do_bench`` median on CUDA; one wall-clock call on a
+  CPU, torch references: not a cost estimate); ``attn ms`` — the sparse attention on that
+  selection (once per shape and block size); ``total ms``, ``×dense`` (dense SDPA forward time /
+  total) and ``flex ms`` — FlexAttention's compiled kernel on the same blocks (CUDA, key blocks in
+  ``--flex-block-sizes``); ``same`` — share of a kernel row's indices equal to its torch reference.
+
+Scorers (``--scorers``; default :data:`DEFAULT_SCORERS`): ``simhash`` (the default of
+``select_blocks``), ``pooled``, ``moments``, ``prefilter``, ``learned`` (per-head linear block codes,
+:class:`~vidhash.selection.learned.LearnedBlockScorer`, fitted on *other* inputs: a clip on a grid of
+another layout for the synthetic shapes, the first half of the recorded clips for ``--world``),
+``oracle``; also ``pooled float`` / ``moments float`` (float scores, no int8 codes),
+``learned bits`` (32 sign bits), ``subgrid m4`` / ``learned m4`` (4 query sub-centroids × key
+sub-blocks of 16 tokens on the block-score kernel).
+
+``--world PATH``: per layer of a trained model's temporal attention, the queries of a clip's last
+chunk at every denoising level against the clean keys of all earlier frames plus the chunk's own,
+over ``--world-clips`` clips (density ``--world-density``); learned scorers fit on the first half of
+the clips, every row is measured on the second half; a ``world mean`` row per scorer.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from types import SimpleNamespace
+
+import torch
+import torch.nn.functional as F
+
+from vidhash.attention import BlockSelection, block_sparse_attention, select_blocks
+from vidhash.kernels.block_score.naive import select_blocks_codes_reference
+from vidhash.kernels.block_select.naive import forced_and_allowed
+from vidhash.selection import LearnedBlockScorer, select_blocks_scored
+from vidhash.selection.learned import fit_data
+from vidhash.selection.oracle import attention_error, block_mass, eval_query_blocks, kept_mass, top_mass
+from vidhash.selection.scorers import num_kept
+
+from .attention import WAN_1_3B_GRID, WAN_1_3B_HEAD_DIM, _flex_fn, _flex_mask, _flex_options, grid_for, video_like_qkv
+
+SCORER_ROWS = ("simhash", "pooled", "moments", "prefilter", "learned", "oracle", "pooled float", "moments float",
+               "learned bits", "subgrid m4", "learned m4")
+DEFAULT_SCORERS = ("simhash", "pooled", "moments", "prefilter", "learned", "oracle")
+_LEARNED = {"learned": {}, "learned m4": "grid", "learned bits": dict(rank=32, codes="bits")}
+
+
+# --------------------------------------------------------------------------------------------
+# timing
+# --------------------------------------------------------------------------------------------
+def timed(fn, device: str, rep_ms: int):
+    """``(result, ms)``: ``do_bench`` median after warm-up on CUDA; one wall-clock call on a CPU."""
+    if device != "cuda":
+        t0 = time.perf_counter()
+        out = fn()
+        return out, (time.perf_counter() - t0) * 1e3
+    import triton.testing
+
+    out = fn()
+    torch.cuda.synchronize()
+    return out, float(triton.testing.do_bench(fn, warmup=max(5, rep_ms // 4), rep=rep_ms, return_mode="median"))
+
+
+def attempt(fn):
+    """``(fn(), None)`` or ``(None, "Error: message")``: one failing row does not end the run."""
+    try:
+        return fn(), None
+    except Exception as err:  # noqa: BLE001 - reported in the row
+        return None, f"{type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}"
+
+
+# --------------------------------------------------------------------------------------------
+# scorers: row name -> indices (b, h, nqb, kept)
+# --------------------------------------------------------------------------------------------
+def _codes(q, k, kw: dict, backend: str, **opts) -> BlockSelection:
+    """The block-score codes' selection: the kernel (``backend="triton"``) or its torch reference."""
+    if backend == "triton":
+        from vidhash.kernels.block_score.ops import select_blocks_codes
+
+        return select_blocks_codes(q, k, backend="triton", **opts, **kw)
+    return select_blocks_codes_reference(q, k, **opts, **kw)
+
+
+def select_row(name: str, q, k, kw: dict, fitted: dict, backend: str) -> torch.Tensor:
+    """Indices of the row ``name`` (see the module docstring) for ``q, k``."""
+    sub16 = 16 if kw["block_size"] > 16 else None
+    if name in ("simhash", "pooled", "moments", "prefilter"):
+        return select_blocks(q, k, scorer=name, backend=backend, **kw).indices
+    if name in ("learned", "learned bits"):
+        return select_blocks(q, k, scorer=fitted[name], backend=backend, **kw).indices
+    if name in ("pooled float", "moments float"):
+        return select_blocks_scored(q, k, scorer=name.split()[0], **kw).indices
+    if name == "subgrid m4":
+        return _codes(q, k, kw, backend, m=4, sub=sub16).indices
+    if name == "learned m4":
+        return _codes(q, k, kw, backend, m=4, sub=sub16, scorer=fitted[name]).indices
+    raise ValueError(f"--scorers takes {', '.join(SCORER_ROWS)}; got {name!r}")
+
+
+def _reference_of(name: str, backend: str):
+    """The torch reference backend of a kernel row on ``backend="triton"`` (for ``same``), else None."""
+    kernel_rows = ("simhash", "pooled", "moments", "learned", "subgrid m4", "learned m4")
+    return "reference" if backend == "triton" and name in kernel_rows else None
+
+
+def fit_learned(fq, fk, bk: int, kept_free: int, names, args, held_out: float = 0.25):
+    """The learned scorers among ``names``, fitted on ``fq, fk`` (never the measured inputs)."""
+    wanted = [n for n in _LEARNED if n in names]
+    if not wanted:
+        return {}, {}
+    h, d = fq.shape[1], fq.shape[-1]
+    data = fit_data(fq, fk, block_size=bk, query_block_size=args.query_block, local_blocks=1, sink_blocks=1,
+                    max_query_blocks=args.fit_blocks)
+    fitted, reports = {}, {}
+    for name in wanted:
+        opts = _LEARNED[name]
+        if opts == "grid":
+            opts = dict(m=4, sub=16 if bk > 16 else None)
+        scorer = LearnedBlockScorer(d, h, **opts).to(fq.device)
+        reports[name] = scorer.fit(fq, fk, block_size=bk, query_block_size=args.query_block,
+                                   kept=max(1, kept_free), steps=args.fit_steps, held_out=held_out, data=data)
+        fitted[name] = scorer.eval()
+    return fitted, reports
+
+
+# --------------------------------------------------------------------------------------------
+# one configuration: inputs × key-block size
+# --------------------------------------------------------------------------------------------
+def sparse_output(q, k, v, idx, blocks, bk: int, args):
+    """``(out, sel)``: the sparse attention of the selection on the measured query blocks (all
+    queries on the kernels; only those blocks' queries on the reference) and the selection it ran."""
+    bq, nq, nk = args.query_block, q.shape[-2], k.shape[-2]
+    if args.backend == "triton":
+        from vidhash.kernels.ops import block_sparse_attention_triton
+
+        sel = BlockSelection(idx, bk, bq, nq, nk, False)
+        return block_sparse_attention_triton(q, k, v, sel), sel
+    pos = (blocks.unsqueeze(-1) * bq + torch.arange(bq, device=q.device)).flatten()
+    pos = pos[pos < nq]  # the last block may be partial: it is the last one measured
+    qs = q[:, :, pos]
+    sel = BlockSelection(idx[:, :, blocks].contiguous(), bk, bq, qs.shape[-2], nk, False)
+    return block_sparse_attention(qs, k, v, sel), sel
+
+
+def output_error(q, k, v, idx, blocks, bk: int, args) -> float:
+    """Relative error of the sparse output against dense attention on the measured query blocks."""
+    out, _ = sparse_output(q, k, v, idx, blocks, bk, args)
+    if args.backend == "triton":
+        return attention_error(q, k, v, out, query_block_size=args.query_block, query_blocks=blocks)
+    pos = (blocks.unsqueeze(-1) * args.query_block + torch.arange(args.query_block, device=q.device)).flatten()
+    return attention_error(q[:, :, pos[pos < q.shape[-2]]], k, v, out, query_block_size=args.query_block)
+
+
+def _oracle_indices(q, k, kw: dict, blocks, kept: int) -> torch.Tensor:
+    """The oracle's selection on the measured query blocks (forced blocks first, then the heaviest);
+    the other rows hold blocks 0 … kept − 1 (valid, never measured)."""
+    b, h = q.shape[:2]
+    nqb = -(-q.shape[-2] // kw["query_block_size"])
+    idx = torch.arange(kept, dtype=torch.int32, device=q.device).expand(b, h, nqb, kept).clone()
+    idx[:, :, blocks] = select_blocks_scored(q, k, scorer="oracle", query_blocks=blocks, **kw)
+    return idx
+
+
+def _config_base(shape: str, q, k, bk: int, args):
+    """What every row of one configuration shares: ``(base row, kw, blocks, mass, total)``."""
+    bq, n, nk = args.query_block, q.shape[-2], k.shape[-2]
+    kw = dict(density=args.density, block_size=bk, query_block_size=bq, causal=False)
+    blocks = eval_query_blocks(-(-n // bq), args.eval_blocks, q.device)
+    mass, counts = block_mass(q, k, block_size=bk, query_block_size=bq, query_blocks=blocks)
+    total = float(counts.sum())
+    kept = num_kept(n, nk, local_blocks=1, sink_blocks=1, causal=False, device=q.device,
+                    **{x: kw[x] for x in ("density", "block_size", "query_block_size")})
+    forced, _ = forced_and_allowed(blocks, n, nk, bq, bk, 1, 1, False)
+    base = dict(shape=shape, n=n, nk=nk, batch=q.shape[0], heads=q.shape[1], head_dim=q.shape[-1], block_size=bk,
+                query_block_size=bq, density=args.density, kept=kept, key_blocks=-(-nk // bk),
+                forced_per_row=float(forced.sum(-1).float().mean()), eval_blocks=int(blocks.numel()),
+                oracle=float(top_mass(mass, kept).sum()) / total,
+                oracle_f=float(top_mass(mass, kept, forced).sum()) / total)
+    return base, kw, blocks, mass, total
+
+
+def measure_config(shape: str, q, k, v, fq, fk, bk: int, args, dense_ms=None, held_out: float = 0.25) -> list[dict]:
+    """Every scorer's row of one configuration (see the module docstring)."""
+    base, kw, blocks, mass, total = _config_base(shape, q, k, bk, args)
+    base["dense_ms"] = dense_ms
+    kept_free = base["kept"] - round(base["forced_per_row"])
+    fitted, reports = fit_learned(fq, fk, bk, kept_free, args.scorers, args, held_out)
+    if reports:
+        print("    fitted " + ", ".join(f"{x} held out {r['held_out_before']:.3f}→{r['held_out_after']:.3f}"
+                                        for x, r in reports.items()), flush=True)
+    timing = {}  # attn_ms and flex_ms: once per configuration, on the first selection that runs
+    rows = []
+    for name in args.scorers:
+        row = dict(base, scorer=name, fit=reports.get(name))
+        if name == "oracle":
+            res, err = attempt(lambda: (_oracle_indices(q, k, kw, blocks, base["kept"]), None))
+        else:
+            res, err = attempt(lambda: timed(lambda: select_row(name, q, k, kw, fitted, args.backend),
+                                             args.device, args.rep_ms))
+        if err is not None:
+            rows.append(dict(row, error=err))
+            continue
+        idx, ms = res
+        recall = float(kept_mass(mass, idx[:, :, blocks]).sum()) / total
+        row.update(recall=recall, ratio=recall / base["oracle"], ratio_f=recall / base["oracle_f"], sel_ms=ms)
+        row["err"], row["error"] = attempt(lambda: output_error(q, k, v, idx, blocks, bk, args))
+        ref = _reference_of(name, args.backend)
+        if ref is not None:
+            row["same"], _ = attempt(lambda: float((select_row(name, q, k, kw, fitted, ref) == idx).float().mean()))
+        if ms is not None and not timing:
+            timing = attention_times(q, k, v, idx, blocks, bk, args)
+        if ms is not None and timing.get("attn_ms"):
+            total_ms = ms + timing["attn_ms"]
+            row.update(timing, total_ms=total_ms, x_dense=dense_ms / total_ms if dense_ms else None)
+        rows.append(row)
+    return rows
+
+
+def attention_times(q, k, v, idx, blocks, bk: int, args) -> dict:
+    """``attn_ms``: the sparse attention on the selection ``idx`` (the kernel on ``--backend triton``;
+    the reference, on the measured query blocks only, otherwise); ``flex_ms``: FlexAttention's
+    compiled kernel on the same blocks (CUDA)."""
+    out = {}
+    out["attn_ms"], out["attn_error"] = attempt(
+        lambda: timed(lambda: sparse_output(q, k, v, idx, blocks, bk, args)[0], args.device, args.rep_ms)[1])
+    if args.device == "cuda" and not args.no_flex and str(bk) in args.flex_block_sizes.split(","):
+        def flex():
+            sel = BlockSelection(idx, bk, args.query_block, q.shape[-2], k.shape[-2], False)
+            bm, opts, fn = _flex_mask(sel), _flex_options(sel), _flex_fn()
+            fn(q, k, v, block_mask=bm, kernel_options=opts)  # compile
+            return timed(lambda: fn(q, k, v, block_mask=bm, kernel_options=opts), "cuda", args.rep_ms)[1]
+
+        out["flex_ms"], out["flex_error"] = attempt(flex)
+    return {x: y for x, y in out.items() if y is not None}
+
+
+# --------------------------------------------------------------------------------------------
+# synthetic shapes
+# --------------------------------------------------------------------------------------------
+def synthetic_shapes(args) -> list[tuple]:
+    """``(name, grid, fit_grid, heads, d)``: the measured clip and a fitting clip of the same synthetic
+    model (same frequencies and per-head mixing) on a grid of another layout."""
+    out = []
+    for n in args.sizes:
+        grid = grid_for(n)
+        t, hh, ww = grid
+        out.append((f"N={n}", grid, (t, max(1, hh - 2), ww + 2), args.heads, args.head_dim))
+    if not args.no_wan:
+        t, hh, ww = WAN_1_3B_GRID
+        out.append(("Wan1.3B", WAN_1_3B_GRID, (t, hh - 2, ww + 2), args.wan_heads, WAN_1_3B_HEAD_DIM))
+    return out
+
+
+def dense_time(q, k, v, args) -> float | None:
+    """Dense SDPA forward (ms)."""
+    return attempt(lambda: timed(lambda: F.scaled_dot_product_attention(q, k, v), args.device, args.rep_ms)[1])[0]
+
+
+def run_synthetic(args, rows: list[dict]) -> None:
+    for name, grid, fit_grid, heads, d in synthetic_shapes(args):
+        t0 = time.perf_counter()
+        q, k, v = video_like_qkv(grid, heads, d, args.torch_dtype, args.device, args.seed)
+        fq, fk, _ = video_like_qkv(fit_grid, heads, d, args.torch_dtype, args.device, args.seed)
+        dense_ms = dense_time(q, k, v, args)
+        for bk in args.block_sizes:
+            print(f"  {name} ({heads} heads, d {d}) key blocks {bk}", flush=True)
+            new = measure_config(name, q, k, v, fq, fk, bk, args, dense_ms)
+            print_table(new)
+            rows += new
+            write_json(args, rows)
+        print(f"  {name}: {time.perf_counter() - t0:.0f} s", flush=True)
+        del q, k, v, fq, fk
+        if args.device == "cuda":
+            torch.cuda.empty_cache()
+
+
+# --------------------------------------------------------------------------------------------
+# a trained model's temporal attention
+# --------------------------------------------------------------------------------------------
+@torch.no_grad()
+def record_world(path: str, clips: int, frames: int, seed: int, device: str):
+    """Per layer ``(q (S, h, c·n, e), k (S, h, f·n, e))`` over ``S = clips × denoising steps``
+    samples: the last chunk's queries at each noise level (``record_temporal_qk``) and the keys
+    it attends to — the clean keys of every earlier frame, then its own; and the step count."""
+    from vidhash.data.clips import WorldClipDataset
+    from vidhash.models.transformer_vidhash import TemporalContext
+    from vidhash.pipelines import VidHashPipeline
+
+    pipe = VidHashPipeline.load(path).to(device)
+    pipe.set_progress_bar_config(disable=True)
+    gen = pipe.generation_config
+    model, c = pipe.transformer.eval(), gen.chunk_frames
+    data = WorldClipDataset(clips, frames, seed=seed, world_size=int(model.config.pos_period), view=model.config.sample_size)
+    generator = torch.Generator().manual_seed(seed)
+    per_layer = None
+    for i in range(clips):
+        clip = data[i]
+        x = clip["frames"].unsqueeze(0).to(device, model.dtype)
+        actions = clip["actions"].unsqueeze(0).to(device).clamp(max=model.config.num_actions)
+        poses = clip["poses"].unsqueeze(0).to(device)
+        f, n = x.shape[1], model.tokens_per_frame(*x.shape[-2:])
+        start = f - c
+        # 1. clean chunk-causal pass: every frame's keys with the whole history as context
+        kv = model(x, torch.zeros(1, f, device=device, dtype=model.dtype), actions, poses, causal_frames=c, return_kv=True).kv
+        context = [TemporalContext(k=kk[:, :, : start * n], v=vv[:, :, : start * n]) for kk, vv in kv]
+        # 2. the last chunk at each noise level the sampler visits: its queries and its own keys
+        pipe.scheduler.set_timesteps(gen.num_inference_steps, device=device)
+        with model.record_temporal_qk() as rec:
+            for sigma, t in zip(pipe.scheduler.sigmas[:-1], pipe.scheduler.timesteps):
+                noise = torch.randn(x[:, start:].shape, generator=generator).to(device, model.dtype)
+                xt = (1 - sigma) * x[:, start:] + sigma * noise
+                model(xt, t.expand(1, c).to(model.dtype), actions[:, start:], poses[:, start:], context=context)
+        if per_layer is None:
+            per_layer = [([], []) for _ in rec]
+        for layer, calls in enumerate(rec):
+            for q, k_chunk in calls:
+                per_layer[layer][0].append(q.float())
+                per_layer[layer][1].append(torch.cat([context[layer].k.float(), k_chunk.float()], dim=2))
+    return [(torch.cat(qs), torch.cat(ks)) for qs, ks in per_layer], gen.num_inference_steps
+
+
+def run_world(args, rows: list[dict]) -> None:
+    t0 = time.perf_counter()
+    if args.world_cache and os.path.exists(args.world_cache):
+        layers, steps = torch.load(args.world_cache)
+    else:
+        layers, steps = record_world(args.world, args.world_clips, args.world_frames, args.seed, args.device)
+        if args.world_cache:
+            torch.save((layers, steps), args.world_cache)
+    half = (args.world_clips // 2) * steps  # samples of the first half of the clips: fitting only
+    q0, k0 = layers[0]
+    print(f"  {args.world}: {len(layers)} layers, {q0.shape[0]} samples of {q0.shape[-2]} queries × {k0.shape[-2]} keys, "
+          f"{q0.shape[1]} heads, d {q0.shape[-1]}; recorded in {time.perf_counter() - t0:.0f} s; fit on samples "
+          f"[0, {half}), measured on [{half}, {q0.shape[0]})", flush=True)
+    study = SimpleNamespace(**{**vars(args), "density": args.world_density, "eval_blocks": None, "fit_blocks": None,
+                                  "no_flex": True})  # no dense or FlexAttention timing on the world rows
+    for bk in args.block_sizes:
+        per_bk = []
+        for layer, (q, k) in enumerate(layers):
+            q, k = q.to(args.device), k.to(args.device)
+            g = torch.Generator(device="cpu").manual_seed(args.seed + layer)
+            v = torch.randn(k.shape, generator=g).to(args.device)
+            print(f"  world layer {layer}, key blocks {bk}", flush=True)
+            per_bk += measure_config(f"world L{layer}", q[half:], k[half:], v[half:], q[:half], k[:half], bk, study,
+                                     held_out=1 / max(2, args.world_clips // 2))  # the last fitting clip
+        summary = world_summary(per_bk)
+        print_table(per_bk + summary)
+        rows += per_bk + summary
+        write_json(args, rows)
+
+
+def world_summary(rows: list[dict]) -> list[dict]:
+    """Mean over layers of each scorer's row."""
+    out = []
+    for name in dict.fromkeys(r["scorer"] for r in rows):
+        sub = [r for r in rows if r["scorer"] == name and r.get("recall") is not None]
+        if not sub:
+            continue
+
+        def mean(key):
+            vals = [r[key] for r in sub if r.get(key) is not None]
+            return sum(vals) / len(vals) if vals else None
+
+        out.append(dict(sub[0], shape="world mean", recall=mean("recall"), oracle=mean("oracle"), oracle_f=mean("oracle_f"),
+                        ratio=mean("recall") / mean("oracle"), ratio_f=mean("recall") / mean("oracle_f"),
+                        err=mean("err"), sel_ms=mean("sel_ms"), total_ms=mean("total_ms"), layers=len(sub), fit=None))
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# output and the command
+# --------------------------------------------------------------------------------------------
+COLUMNS = (("shape", "{}", 12), ("block_size", "{}", 4), ("kept", "{}", 5), ("scorer", "{}", 14),
+           ("recall", "{:.3f}", 7), ("oracle", "{:.3f}", 7), ("ratio", "{:.3f}", 6), ("oracle_f", "{:.3f}", 8),
+           ("err", "{:.4f}", 7), ("sel_ms", "{:.3f}", 8), ("attn_ms", "{:.3f}", 8), ("total_ms", "{:.3f}", 8),
+           ("x_dense", "{:.1f}", 7), ("flex_ms", "{:.3f}", 8), ("same", "{:.4f}", 6))
+HEADERS = {"block_size": "bk", "sel_ms": "sel ms", "attn_ms": "attn ms", "total_ms": "total ms", "x_dense": "×dense",
+           "flex_ms": "flex ms"}
+
+
+def print_table(rows: list[dict]) -> None:
+    print(" ".join(f"{HEADERS.get(key, key):>{w}}" for key, _, w in COLUMNS))
+    for r in rows:
+        cells = [(fmt.format(r[key]) if r.get(key) is not None else "") for key, fmt, _ in COLUMNS]
+        line = " ".join(f"{c:>{w}}" for c, (_, _, w) in zip(cells, COLUMNS))
+        print(line + (f"  error: {r['error']}" if r.get("error") else ""), flush=True)
+
+
+def write_json(args, rows: list[dict]) -> None:
+    """All rows so far (after every configuration, so a cut-off run keeps what it measured)."""
+    if not args.json:
+        return
+    device = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"
+    config = {x: y for x, y in vars(args).items() if x != "torch_dtype"}
+    tmp = args.json + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump({"device": device, "date": time.strftime("%Y-%m-%d"), "torch": torch.__version__,
+                   "config": config, "rows": rows}, f, indent=1, default=str)
+    os.replace(tmp, args.json)
+
+
+def check_args(args) -> None:
+    """Parse the comma lists of ``args`` in place and fill the device-dependent defaults; ValueError
+    naming the flag."""
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda needs a CUDA device")
+    for flag in ("sizes", "block_sizes"):
+        text = getattr(args, flag)
+        try:
+            setattr(args, flag, [int(x) for x in text.split(",") if x.strip()] if isinstance(text, str) else list(text))
+        except ValueError as err:
+            raise ValueError(f"--{flag.replace('_', '-')} must be comma-separated integers, got {text!r}") from err
+    names = [x.strip() for x in args.scorers.split(",") if x.strip()] if isinstance(args.scorers, str) else list(args.scorers)
+    unknown = [x for x in names if x not in SCORER_ROWS]
+    if unknown or not names:
+        raise ValueError(f"--scorers takes a comma list of {', '.join(SCORER_ROWS)}; got {args.scorers!r}")
+    args.scorers = names
+    if args.dtype == "auto":
+        args.dtype = "bf16" if args.device == "cuda" else "fp32"
+    args.torch_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[args.dtype]
+    if args.backend == "auto":
+        args.backend = "triton" if args.device == "cuda" else "reference"
+    if args.world is not None and args.world_clips < 2:
+        raise ValueError(f"--world-clips must be at least 2 (half fit, half measured), got {args.world_clips}")
+
+
+def run(args) -> int:
+    check_args(args)
+    device = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"
+    print(f"selection bench on {device}: {args.dtype}, density {args.density:.4g}, query blocks {args.query_block}, "
+          f"selection backend {args.backend}, torch {torch.__version__}", flush=True)
+    t0 = time.perf_counter()
+    rows: list[dict] = []
+    if args.sizes or not args.no_wan:
+        run_synthetic(args, rows)
+    if args.world:
+        run_world(args, rows)
+    print("\nall rows:")
+    print_table(rows)
+    write_json(args, rows)
+    print(f"done in {time.perf_counter() - t0:.0f} s" + (f"; wrote {args.json}" if args.json else ""))
+    return 0
