@@ -217,3 +217,63 @@ def test_sparse_outputs_close_to_dense_with_all_blocks():
     ref = run(model, inputs)
     vidhash.enable_hash_attention(model, density=0.99, block_size=4, n_bits=16)
     assert rel_err(run(model, inputs), ref) < TOL[torch.float32]
+
+
+# --------------------------------------------------------------------------------------------
+# scorer=: passed through to hash_attention; learned scorers are submodules as hashers are
+# --------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("scorer", ["simhash", "pooled", "moments", "prefilter"])
+def test_scorer_passed_through(scorer, monkeypatch):
+    import vidhash.integrations.diffusers as dropin
+
+    model, inputs = tiny_wan()
+    ref = run(model, inputs)
+    vidhash.enable_hash_attention(model, density=0.99, block_size=4, scorer=scorer)  # every block kept
+    assert rel_err(run(model, inputs), ref) < TOL[torch.float32]
+    vidhash.enable_hash_attention(model, density=0.25, block_size=4, scorer=scorer)
+    seen = []
+    real = dropin.hash_attention
+    monkeypatch.setattr(dropin, "hash_attention", lambda *a, **kw: seen.append((kw["scorer"], kw["hasher"])) or real(*a, **kw))
+    out = run(model, inputs)
+    assert torch.isfinite(out).all() and rel_err(out, ref) > 1e-4
+    assert [s for s, _ in seen] == [scorer] * 2
+    reads = scorer in ("simhash", "prefilter")
+    assert all(isinstance(h, SimHash) if reads else h is None for _, h in seen)
+    assert any(HASHER_ATTR in n for n, _ in model.named_modules()) == reads
+
+
+def test_learned_scorer_is_a_submodule():
+    from vidhash.selection.learned import LearnedBlockScorer
+
+    model, inputs = tiny_wan()
+    stock_keys = set(model.state_dict())
+    scorers = {name: LearnedBlockScorer(12, heads=2, seed=i) for i, name in enumerate(self_attention_modules(model))}
+    vidhash.enable_hash_attention(model, density=0.25, block_size=4, scorer=scorers)
+    assert model.blocks[1].attn1.get_submodule("vidhash_scorer") is scorers["blocks.1.attn1"]
+    assert set(model.state_dict()) == stock_keys
+    assert torch.isfinite(run(model, inputs)).all()
+    model.to(torch.float64)
+    assert all(p.dtype == torch.float64 for p in scorers["blocks.0.attn1"].parameters())
+    model.to(torch.float32)
+    vidhash.disable_hash_attention(model)
+    assert not any("vidhash" in n for n, _ in model.named_modules())
+
+
+@pytest.mark.parametrize("config, match", [
+    pytest.param({"scorer": "hamming"}, "scorer must be one of", id="unknown-scorer"),
+    pytest.param({"scorer": "pooled", "n_bits": 16}, "read by scorer='simhash' or 'prefilter' only", id="pooled-with-bits"),
+    pytest.param({"scorer": torch.nn.Linear(2, 2)}, "learned block scorer", id="not-a-scorer"),
+])
+def test_bad_scorer_raises(config, match):
+    model, _ = tiny_wan()
+    with pytest.raises(ValueError, match=match):
+        vidhash.enable_hash_attention(model, **config)
+    assert not is_hash_attention_enabled(model)
+
+
+def test_learned_scorer_of_other_heads_refused():
+    from vidhash.selection.learned import LearnedBlockScorer
+
+    model, _ = tiny_wan()
+    with pytest.raises(ValueError, match="3 heads of head_dim 12"):
+        vidhash.enable_hash_attention(model, scorer=LearnedBlockScorer(12, heads=3))

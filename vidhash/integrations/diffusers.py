@@ -79,10 +79,12 @@ REFUSED_CLASSES = {
     "MochiTransformer3DModel": "its joint text+video attention runs per sample over the unpadded text tokens; "
     "hash attention does not serve it",
 }
-CONFIG_KEYS = ("density", "block_size", "query_block_size", "local_blocks", "sink_blocks", "hasher", "hashers",
-               "n_bits", "seed", "backend")
+CONFIG_KEYS = ("density", "block_size", "query_block_size", "local_blocks", "sink_blocks", "scorer", "hasher",
+               "hashers", "n_bits", "seed", "backend")
 HASHER_ATTR = "vidhash_hasher"
 """Name of the hasher submodule on each swapped attention module while enabled."""
+SCORER_ATTR = "vidhash_scorer"
+"""Name of the learned block scorer submodule on each swapped attention module (``scorer=`` a module)."""
 
 _CONFIG_ATTR = "_vidhash_config"
 _ORIGINALS_ATTR = "_vidhash_original_processors"
@@ -94,8 +96,11 @@ _DENSE_OK_BACKENDS = (None, "native")
 class DropInConfig:
     """Hash attention settings of one enabled model (stored as ``transformer._vidhash_config``).
 
-    ``hasher`` is ``None`` (the default SimHash: 32 bits, seed 0), one module shared by every
-    layer, or a dict from self-attention module name (``"blocks.0.attn1"``) to a module.
+    ``scorer`` ranks the key blocks (:data:`vidhash.attention.SCORERS`: ``"simhash"``, the
+    default, ``"pooled"``, ``"moments"``, ``"prefilter"``; or a learned block scorer, one module
+    or a dict by module name). ``hasher`` (read by ``"simhash"`` and ``"prefilter"``) is ``None``
+    (the default SimHash: 32 bits, seed 0), one module shared by every layer, or a dict from
+    self-attention module name (``"blocks.0.attn1"``) to a module.
     """
 
     density: float = 0.125
@@ -103,12 +108,18 @@ class DropInConfig:
     query_block_size: int | None = None
     local_blocks: int = 1
     sink_blocks: int = 1
+    scorer: str | nn.Module | dict[str, nn.Module] = "simhash"
     hasher: nn.Module | dict[str, nn.Module] | None = None
     backend: str = "auto"
 
+    @property
+    def reads_hasher(self) -> bool:
+        """Whether the scorer reads signatures (``"simhash"``, ``"prefilter"``)."""
+        return isinstance(self.scorer, str) and self.scorer in ("simhash", "prefilter")
+
     def attention_kwargs(self) -> dict:
-        """Keyword arguments for :func:`~vidhash.attention.hash_attention` (hasher aside)."""
-        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "hasher"}
+        """Keyword arguments for :func:`~vidhash.attention.hash_attention` (hasher and scorer aside)."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("hasher", "scorer")}
 
 
 # --------------------------------------------------------------------------------------------
@@ -124,8 +135,8 @@ class _HashAttnProcessor:
 
     _parallel_config = None  # diffusers sets it for context parallelism (refused)
 
-    def __init__(self, config: DropInConfig, hasher: nn.Module, name: str, backend=None):
-        self.config, self.hasher, self.name = config, hasher, name
+    def __init__(self, config: DropInConfig, hasher: nn.Module | None, scorer, name: str, backend=None):
+        self.config, self.hasher, self.scorer, self.name = config, hasher, scorer, name
         self._kwargs = config.attention_kwargs()
         self.dense = config.density >= 1.0
         self.recorder = None
@@ -166,7 +177,7 @@ class _HashAttnProcessor:
 
     def _hash(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, **kw):
         """Hash attention on ``(b, h, n, d)`` tensors."""
-        return hash_attention(q, k, v, hasher=self.hasher, **self._kwargs, **kw)
+        return hash_attention(q, k, v, hasher=self.hasher, scorer=self.scorer, **self._kwargs, **kw)
 
     def _attend(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
         """Self-attention on diffusers' ``(b, n, h, d)`` layout → ``(b, n, h, d)``: the stock
@@ -436,14 +447,37 @@ def _parse_config(config: dict, names: list[str], head_dim: int, heads: int) -> 
             _check_hasher(f"hasher[{name!r}]", h, head_dim, heads)
     elif hasher is not None:
         _check_hasher("hasher", hasher, head_dim, heads)
-    return replace(cfg, hasher=hasher)
+    cfg = replace(cfg, hasher=hasher)
+    _check_scorer_config(cfg, names, head_dim, heads)
+    return cfg
+
+
+def _check_scorer_config(cfg: DropInConfig, names: list[str], head_dim: int, heads: int) -> None:
+    from ..attention import SCORERS
+
+    scorer = cfg.scorer
+    if isinstance(scorer, str):
+        if scorer not in SCORERS:
+            raise ValueError(f"scorer must be one of {SCORERS}, a learned block scorer or a dict of them by module name, got {scorer!r}")
+    else:
+        scorers = dict(scorer) if isinstance(scorer, Mapping) else {name: scorer for name in names}
+        if set(scorers) != set(names):
+            raise ValueError(f"scorer dict must have one entry per self-attention module {names}; got {sorted(scorers)}")
+        for name, module in scorers.items():
+            if not (isinstance(module, nn.Module) and hasattr(module, "block_scores")):
+                raise ValueError(f"scorer for {name} must be one of {SCORERS} or a learned block scorer, got {type(module).__name__}")
+            if (module.heads, module.head_dim) != (heads, head_dim):
+                raise ValueError(f"scorer for {name} has {module.heads} heads of head_dim {module.head_dim}, the model has "
+                                 f"{heads} of {head_dim}")
+    if not cfg.reads_hasher and cfg.hasher is not None:
+        raise ValueError(f"hasher/hashers/n_bits/seed are read by scorer='simhash' or 'prefilter' only, got scorer={scorer!r}")
 
 
 # --------------------------------------------------------------------------------------------
 # model-level switch
 # --------------------------------------------------------------------------------------------
 def _is_hasher_key(key: str) -> bool:
-    return f".{HASHER_ATTR}." in f".{key}"
+    return f".{HASHER_ATTR}." in f".{key}" or f".{SCORER_ATTR}." in f".{key}"
 
 
 def _drop_hasher_keys(module, state_dict, prefix, local_metadata) -> None:
@@ -465,8 +499,9 @@ def _owned(modules: dict[str, nn.Module]) -> list[bool]:
 def _clear_state(transformer, modules: dict[str, nn.Module]) -> None:
     """Remove the hasher submodules, the hooks and the attributes enabling left on the model."""
     for attn in modules.values():
-        if HASHER_ATTR in attn._modules:
-            delattr(attn, HASHER_ATTR)
+        for attr in (HASHER_ATTR, SCORER_ATTR):
+            if attr in attn._modules:
+                delattr(attn, attr)
     for hook in getattr(transformer, _HOOKS_ATTR, ()):
         hook.remove()
     for attr in (_ORIGINALS_ATTR, _CONFIG_ATTR, _HOOKS_ATTR):
@@ -492,12 +527,25 @@ def _take_originals(spec: _ModelSpec, modules: dict[str, nn.Module], old: dict |
     return originals
 
 
+def _per_module(cfg: DropInConfig, names: list[str], head_dim: int) -> tuple[dict, dict]:
+    """Each module's hasher (None for scorers that read none) and scorer (a name or a module)."""
+    if cfg.reads_hasher:
+        default = SimHash(head_dim, 32, seed=0) if cfg.hasher is None else None
+        hashers = {name: cfg.hasher[name] if isinstance(cfg.hasher, dict) else (cfg.hasher or default) for name in names}
+    else:
+        hashers = dict.fromkeys(names)
+    scorers = {name: cfg.scorer[name] if isinstance(cfg.scorer, Mapping) else cfg.scorer for name in names}
+    return hashers, scorers
+
+
 def enable_hash_attention(transformer, **config):
     """Swap the self-attention of a diffusers video transformer (:data:`SUPPORTED_CLASSES`) for
     hash attention; returns the model.
 
     ``config``: ``density``, ``block_size``, ``query_block_size``, ``local_blocks``,
-    ``sink_blocks``, ``backend`` (as :func:`~vidhash.attention.hash_attention`), and one of
+    ``sink_blocks``, ``backend``, ``scorer`` (as :func:`~vidhash.attention.hash_attention`; a
+    learned scorer may also be a dict by module name), and — for the scorers that read
+    signatures, ``"simhash"`` (the default) and ``"prefilter"`` — one of
     ``hasher`` (a module, or a dict by module name — see :func:`self_attention_modules`),
     ``hashers`` (a path: a file :func:`save_hashers` or ``vidhash calibrate`` wrote, or its
     folder) or ``n_bits``/``seed`` for a SimHash (default: 32 bits, seed 0). Calling it again
@@ -517,20 +565,21 @@ def enable_hash_attention(transformer, **config):
         fresh, originals = _take_originals(spec, modules, originals), None
     else:
         fresh = _take_originals(spec, modules, None) if originals is None else originals
-    # 2. one hasher per module (the default SimHash built here, not inside a compiled graph)
-    default = SimHash(head_dim, 32, seed=0) if cfg.hasher is None else None
-    hashers = {name: cfg.hasher[name] if isinstance(cfg.hasher, dict) else (cfg.hasher or default) for name in modules}
+    # 2. one hasher (or learned scorer) per module; the default SimHash built here, not inside a compiled graph
+    hashers, scorers = _per_module(cfg, list(modules), head_dim)
     # 3. processors, carrying the attention backend set on the ones they replace
     processors = dict(transformer.attn_processors)
     for name, attn in modules.items():
         backend = getattr(attn.processor, "_attention_backend", None)
-        processors[f"{name}.processor"] = spec.processor(cfg, hashers[name], name, backend)
+        processors[f"{name}.processor"] = spec.processor(cfg, hashers[name], scorers[name], name, backend)
     transformer.set_attn_processor(processors)
-    # 4. hashers as submodules (moved and cast with the model), kept out of state_dict
+    # 4. hashers and learned scorers as submodules (moved and cast with the model), kept out of state_dict
     for name, attn in modules.items():
-        if HASHER_ATTR in attn._modules:
-            delattr(attn, HASHER_ATTR)
-        attn.add_module(HASHER_ATTR, hashers[name])
+        for attr, module in ((HASHER_ATTR, hashers[name]), (SCORER_ATTR, scorers[name])):
+            if attr in attn._modules:
+                delattr(attn, attr)
+            if isinstance(module, nn.Module):
+                attn.add_module(attr, module)
     if originals is None:
         hooks = [transformer._register_state_dict_hook(_drop_hasher_keys),
                  transformer.register_load_state_dict_post_hook(_ignore_missing_hasher_keys)]
@@ -568,6 +617,8 @@ def hashers_of(transformer) -> dict[str, nn.Module]:
     """The hasher each self-attention module uses while enabled, by module name."""
     if not is_hash_attention_enabled(transformer):
         raise ValueError(f"hash attention is not enabled on this {type(transformer).__name__}")
+    if not transformer._vidhash_config.reads_hasher:
+        raise ValueError(f"scorer={transformer._vidhash_config.scorer!r} reads no hashers (only 'simhash' and 'prefilter' do)")
     return {name: attn.processor.hasher for name, attn in self_attention_modules(transformer).items()}
 
 
