@@ -35,13 +35,16 @@ def _restore_active_backend():
     pytest.param(tiny_wan, 1.0, id="wan-density-1"),
     pytest.param(tiny_wan, 0.25, id="wan-sparse"),
     pytest.param(tiny_cogvideox, 0.25, id="cogvideox-sparse"),
+    pytest.param(tiny_wan, "pooled", id="wan-sparse-pooled-scorer"),
 ])
 def test_compile_fullgraph_cpu(make, density):
     """fullgraph=True fails on any graph break (a Tensor.item(), a module built mid-graph): the
     drop-in's path traces as one graph, and the compiled model gives the eager outputs."""
     torch._dynamo.reset()
     model, inputs = make(layers=1)  # tracing time grows with the layers; one shows the path
-    vidhash.enable_hash_attention(model, density=density, block_size=4)
+    scorer = density if isinstance(density, str) else "simhash"
+    density = 0.25 if isinstance(density, str) else density
+    vidhash.enable_hash_attention(model, density=density, block_size=4, scorer=scorer)
     eager = run(model, inputs)
     compiled = torch.compile(model, fullgraph=True, backend="eager")
     with torch.no_grad():
