@@ -52,6 +52,18 @@ def test_compile_fullgraph_cpu(make, density):
     assert torch.equal(out, eager)
 
 
+def test_forced_block_budget_from_sizes_equals_the_masks():
+    """max_forced_blocks (host integers, what select_blocks now uses) against the forced masks it replaced."""
+    import itertools
+
+    from vidhash.kernels.block_select.naive import forced_and_allowed, max_forced_blocks
+
+    for nq, nk, bq, bk, local, sink, causal in itertools.product(
+            [1, 5, 33, 64], [1, 7, 40, 64], [1, 5, 16], [1, 3, 16], [0, 1, 3], [0, 1, 5], [False, True]):
+        forced, _ = forced_and_allowed(torch.arange(-(-nq // bq)), nq, nk, bq, bk, local, sink, causal)
+        assert max_forced_blocks(nq, nk, bq, bk, local, sink, causal) == int(forced.sum(-1).max())
+
+
 # --------------------------------------------------------------------------------------------
 # attention backends: honoured at density 1, refused below
 # --------------------------------------------------------------------------------------------
