@@ -8,6 +8,15 @@ from vidhash.calibrate import CalibrateConfig, record
 from vidhash.cli import main
 from vidhash.pipelines import VidHashPipeline
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models and fits: one intra-op thread is many times faster than two on a shared 2-core machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 TINY = ["--clips", "1", "--val-clips", "1", "--frames", "12", "--chunk-frames", "4", "--window-frames", "4",
         "--inference-steps", "2", "--steps", "40", "--hidden", "16", "--bits", "16", "--top-k", "8",
         "--batch-queries", "256", "--quiet"]
@@ -98,3 +107,142 @@ def test_signatures_worse_than_simhash_on_validation_are_not_written(tmp_path, m
     assert "not written" in capsys.readouterr().out
     assert main(["calibrate", "random-tiny", "--out", str(out), *TINY, "--keep-worse"]) == 0
     assert (out / "model_index.json").is_file() and "warning" in capsys.readouterr().out
+
+
+# --------------------------------------------------------------------------------------------
+# the diffusers drop-in: calibrate on a tiny diffusers Wan's own q/k → save → load → same outputs
+# --------------------------------------------------------------------------------------------
+def _tiny_wan():
+    from diffusers import WanTransformer3DModel
+
+    torch.manual_seed(0)
+    model = WanTransformer3DModel(
+        patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=4, out_channels=4,
+        text_dim=16, freq_dim=16, ffn_dim=32, num_layers=2, rope_max_seq_len=32,
+    ).eval()
+    latents, text = torch.randn(1, 4, 3, 8, 8), torch.randn(1, 6, 16)
+    return model, latents, text
+
+
+def _denoise(model, latents, text, steps=4):
+    """The user's own few denoising steps (flow matching, Euler), as a pipeline runs them."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    scheduler = FlowMatchEulerDiscreteScheduler()
+    scheduler.set_timesteps(steps)
+    x = latents
+    with torch.no_grad():
+        for t in scheduler.timesteps:
+            v = model(hidden_states=x, timestep=t.expand(1), encoder_hidden_states=text).sample
+            x = scheduler.step(v, t, x).prev_sample
+    return x
+
+
+DROPIN_FIT = dict(bits=16, hidden=16, top_k=8, steps=60, lr=1e-2, batch_queries=64)
+
+
+def test_dropin_calibrate_save_load_same_outputs(tmp_path):
+    import vidhash
+    from vidhash.integrations.calibrate import calibrate_hash_attention
+    from vidhash.integrations.diffusers import is_hash_attention_enabled, self_attention_modules
+    from vidhash.integrations.hashers import save_hashers
+
+    model, latents, text = _tiny_wan()
+    stock = _denoise(model, latents, text)
+    hashers, report = calibrate_hash_attention(model, lambda: _denoise(model, latents, text), **DROPIN_FIT)
+    # the model is left as it was
+    assert not is_hash_attention_enabled(model) and torch.equal(_denoise(model, latents, text), stock)
+    assert list(hashers) == list(self_attention_modules(model)) == [r["module"] for r in report["modules"]]
+    rows = report["modules"]
+    assert all(r["samples"] == 4 and r["queries"] == r["keys"] == 48 for r in rows)  # 4 steps × batch 1, 48 tokens
+    for r in rows:
+        assert all(0.0 <= r[k] <= 1.0 for k in ("recall_simhash", "recall_learned", "val_recall_simhash", "val_recall_learned"))
+    assert report["mean"]["recall_learned"] > report["mean"]["recall_simhash"]  # fitted on these steps
+    # calibrate → save → load → same outputs
+    vidhash.enable_hash_attention(model, density=0.25, block_size=4, hasher=hashers)
+    calibrated = _denoise(model, latents, text)
+    save_hashers(hashers, tmp_path)
+    vidhash.disable_hash_attention(model)
+    vidhash.enable_hash_attention(model, density=0.25, block_size=4, hashers=tmp_path)
+    assert torch.equal(_denoise(model, latents, text), calibrated)
+    assert not torch.equal(calibrated, stock)
+
+
+def test_dropin_records_an_enabled_model_under_its_own_config():
+    import vidhash
+    from vidhash.integrations.calibrate import record_self_attention
+
+    model, latents, text = _tiny_wan()
+    vidhash.enable_hash_attention(model, density=0.25, block_size=4)
+    calls = [dict(hidden_states=latents, timestep=torch.tensor([t]), encoder_hidden_states=text) for t in (800, 200)]
+    samples = record_self_attention(model, calls, max_queries=10, max_keys=20)
+    assert model._vidhash_config.density == 0.25 and model.blocks[0].attn1.processor.recorder is None
+    assert {name: len(s) for name, s in samples.items()} == {"blocks.0.attn1": 2, "blocks.1.attn1": 2}
+    q, k = samples["blocks.0.attn1"][0]
+    assert q.shape == (2, 10, 12) and k.shape == (2, 20, 12) and q.dtype == torch.float32
+    with pytest.raises(ValueError, match="nothing was recorded"):
+        record_self_attention(model, lambda: None)
+
+
+@pytest.fixture(scope="module")
+def wan_folder(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("wan")
+    model, latents, text = _tiny_wan()
+    model.save_pretrained(tmp / "transformer")
+    calls = [dict(hidden_states=latents, timestep=torch.tensor([t]), encoder_hidden_states=text) for t in (900, 600, 300, 100)]
+    torch.save(calls, tmp / "inputs.pt")
+    return tmp
+
+
+DROPIN_ARGS = ["--bits", "16", "--hidden", "16", "--top-k", "8", "--steps", "60", "--lr", "1e-2", "--batch-queries", "64"]
+
+
+def test_dropin_cli_writes_hashers_beside_the_weights(wan_folder, tmp_path):
+    from diffusers import WanTransformer3DModel
+
+    import vidhash
+    from vidhash.integrations.diffusers import hashers_of
+
+    folder = wan_folder / "transformer"
+    rc = main(["calibrate", str(wan_folder), "--inputs", str(wan_folder / "inputs.pt"), "--json", str(tmp_path / "r.json"),
+               "--out", str(tmp_path / "h.safetensors"), *DROPIN_ARGS])
+    assert rc == 0  # a pipeline folder: its transformer/ is calibrated
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["model"] == "WanTransformer3DModel" and report["out"] == str(tmp_path / "h.safetensors")
+    assert len(report["modules"]) == 2 and report["mean"]["recall_learned"] > report["mean"]["recall_simhash"]
+    assert main(["calibrate", str(folder), "--inputs", str(wan_folder / "inputs.pt"), *DROPIN_ARGS]) == 0
+    assert (folder / "vidhash_hashers.safetensors").is_file()
+    model = WanTransformer3DModel.from_pretrained(folder).eval()
+    vidhash.enable_hash_attention(model, density=0.25, block_size=4, hashers=folder)
+    assert all(type(h).__name__ == "LearnedHash" and h.n_bits == 16 for h in hashers_of(model).values())
+
+
+@pytest.mark.parametrize("argv, match", [
+    (["{folder}/transformer"], "--inputs (its transformer's recorded inputs) is required"),
+    (["random-tiny", "--inputs", "{folder}/inputs.pt"], "--inputs needs a diffusers video transformer folder"),
+    (["{folder}", "--inputs", "{folder}/missing.pt"], "does not exist"),
+    (["{folder}", "--inputs", "{folder}/inputs.pt", "--top-k", "0"], "top_k must be a positive int"),
+], ids=["no-inputs", "inputs-for-vidhash", "missing-inputs", "zero-top-k"])
+def test_dropin_cli_errors(wan_folder, argv, match, capsys):
+    argv = [a.format(folder=wan_folder) for a in argv]
+    assert main(["calibrate", *argv, "--out", str(wan_folder / "x.safetensors")]) == 2
+    assert match in capsys.readouterr().err
+
+
+def test_dropin_cli_refuses_existing_out_and_worse_hashers(wan_folder, tmp_path, monkeypatch, capsys):
+    import vidhash.integrations.calibrate as cal
+
+    out = tmp_path / "h.safetensors"
+    out.write_bytes(b"keep")
+    base = ["calibrate", str(wan_folder), "--inputs", str(wan_folder / "inputs.pt"), "--out", str(out), *DROPIN_ARGS]
+    assert main(base) == 2 and "exists" in capsys.readouterr().err and out.read_bytes() == b"keep"
+    real = cal.calibrate_hash_attention
+
+    def worse(*args, **kwargs):
+        hashers, report = real(*args, **kwargs)
+        report["mean"].update(val_recall_simhash=0.5, val_recall_learned=0.4)
+        return hashers, report
+
+    monkeypatch.setattr(cal, "calibrate_hash_attention", worse)
+    assert main([*base, "--overwrite"]) == 1 and "not written" in capsys.readouterr().out
+    assert out.read_bytes() == b"keep"

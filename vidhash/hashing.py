@@ -215,7 +215,7 @@ class SimHash(nn.Module):
     def project(self, x: torch.Tensor, role: str = "key") -> torch.Tensor:
         """Real projections ``(..., n_bits)`` whose signs are the bits (role is ignored)."""
         _check_vectors(x, self.head_dim, self.heads)
-        planes = self.planes.to(x.device)
+        planes = self.planes.to(x.device, torch.float32)  # float32 even when the module was cast
         if self.heads is None or self.heads == 1:
             return x.float() @ planes[0]
         return torch.einsum("...hnd,hdm->...hnm", x.float(), planes)
@@ -290,7 +290,8 @@ class LearnedHash(nn.Module):
         if x.ndim < 3:
             raise ValueError(f"LearnedHash inputs must be (..., heads, tokens, head_dim), got {tuple(x.shape)}")
         _check_vectors(x, self.head_dim, self.heads)
-        return self._mlp(role)(x.float())
+        mlp = self._mlp(role)
+        return mlp(x.to(mlp.weights[0].dtype)).float()  # in the module's dtype (cast with a model), float32 out
 
     def codes(self, x: torch.Tensor, role: str = "key") -> torch.Tensor:
         """±1 codes: tanh while training, sign with a straight-through gradient otherwise."""

@@ -23,7 +23,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from vidhash.kernels.block_select.naive import forced_and_allowed
+from vidhash.kernels.block_select.naive import forced_and_allowed, max_forced_blocks
 from vidhash.ops.checks import BlockSelection, check_block, check_count, check_density, check_qkv, num_kept, resolve_scale
 
 RESOLUTION = 1.0 / 16  # nats per level at most: 256 levels span ≥ 16 nats below a row's best
@@ -233,10 +233,8 @@ def kept_blocks(nq: int, nk: int, *, density: float, block_size: int, query_bloc
     nkb = -(-nk // block_size)
     kept = num_kept(density, nkb)
     if kept < nkb and (local_blocks or sink_blocks):
-        nqb = -(-nq // query_block_size)
-        forced, _ = forced_and_allowed(torch.arange(nqb, device=device), nq, nk, query_block_size, block_size,
-                                        local_blocks, sink_blocks, causal)
-        kept = min(nkb, max(kept, int(forced.sum(-1).max())))
+        forced = max_forced_blocks(nq, nk, query_block_size, block_size, local_blocks, sink_blocks, causal)  # no host sync
+        kept = min(nkb, max(kept, forced))
     return kept
 
 

@@ -41,6 +41,34 @@ def forced_and_allowed(
     return forced & allowed, allowed
 
 
+def _span(lo: int, hi: int, cap_lo: int, cap_hi: int) -> int:
+    """Size of ``[lo, hi] ∩ [cap_lo, cap_hi]`` (integers)."""
+    return max(0, min(hi, cap_hi) - max(lo, cap_lo) + 1)
+
+
+def max_forced_blocks(nq: int, nk: int, bq: int, bk: int, local_blocks: int, sink_blocks: int, causal: bool) -> int:
+    """Largest number of forced key blocks of any query block: ``forced_and_allowed(...)[0].sum(-1).max()``
+    computed on the host from the sizes alone (no device sync, so ``torch.compile`` keeps one graph).
+
+    Per query block, the forced blocks are the sink interval ``[0, sink_blocks)`` and the local
+    interval of key blocks overlapping ``[lo, hi]``, both within the allowed interval."""
+    nkb, off = -(-nk // bk), nk - nq
+    best = 0
+    for i in range(-(-nq // bq)):
+        q_lo, q_hi = i * bq + off, min(i * bq + bq, nq) - 1 + off
+        top = min(nkb - 1, q_hi // bk) if causal else nkb - 1  # last allowed key block
+        sink = _span(0, sink_blocks - 1, 0, top)
+        if local_blocks > 0:
+            lo = q_lo - (local_blocks - 1) * bk
+            hi = q_hi + (0 if causal else (local_blocks - 1) * bk)
+            a, b = max(0, lo // bk), min(nkb - 1, hi // bk)
+            count = sink + _span(a, b, 0, top) - _span(a, b, 0, min(top, sink_blocks - 1))
+        else:
+            count = sink
+        best = max(best, count)
+    return best
+
+
 def _topk_ascending(rank: torch.Tensor, kept: int) -> torch.Tensor:
     """Indices of the ``kept`` largest ``rank`` values (rank < 0 = not allowed → -1), ascending."""
     top = rank.topk(kept, dim=-1)
@@ -85,8 +113,7 @@ def select_blocks(
     kept = num_kept(density, nkb)
     if kept < nkb and (local_blocks or sink_blocks):
         # Budget must cover the largest forced set of any query block.
-        all_forced, _ = forced_and_allowed(torch.arange(nqb, device=q.device), nq, nk, bq, bk, local_blocks, sink_blocks, causal)
-        kept = min(nkb, max(kept, int(all_forced.sum(-1).max())))
+        kept = min(nkb, max(kept, max_forced_blocks(nq, nk, bq, bk, local_blocks, sink_blocks, causal)))
     if kept == nkb:
         # Everything is kept: no signatures needed.
         _, allowed = forced_and_allowed(torch.arange(nqb, device=q.device), nq, nk, bq, bk, 0, 0, causal)

@@ -1,123 +1,74 @@
-"""The diffusers drop-in on tiny random configs of diffusers' own Wan and CogVideoX classes."""
+"""The diffusers drop-in on tiny random configs of diffusers' own video transformer classes."""
 import pytest
 import torch
-from diffusers import CogVideoXTransformer3DModel, WanTransformer3DModel
+from diffusers import HunyuanVideoTransformer3DModel, MochiTransformer3DModel
 from diffusers.models.attention_processor import CogVideoXAttnProcessor2_0, FusedCogVideoXAttnProcessor2_0
-from diffusers.models.embeddings import get_3d_rotary_pos_embed
 from diffusers.models.transformers.transformer_wan import WanAttnProcessor
 
 import vidhash
 from vidhash import SimHash
 from vidhash.integrations.diffusers import (
+    REFUSED_CLASSES,
     SUPPORTED_CLASSES,
     CogVideoXHashAttnProcessor,
     DropInConfig,
+    LTXHashAttnProcessor,
     WanHashAttnProcessor,
     is_hash_attention_enabled,
     self_attention_modules,
 )
 
-TOL = {torch.float32: 1e-5, torch.bfloat16: 1e-2}
-
-
-def rel_err(a, b):
-    return float((a.double() - b.double()).norm() / b.double().norm().clamp(min=1e-30))
+from diffusers_tiny import COG, COG_ROPE, MODELS, TOL, WAN, WAN_I2V, cast, rel_err, run, tiny_cogvideox, tiny_wan
 
 
 # --------------------------------------------------------------------------------------------
-# tiny models and inputs: 3 latent frames of 8×8 (patch 2×2 → 48 video tokens), 2 layers
+# exactness at density 1: diffusers' own attention call, bit for bit
 # --------------------------------------------------------------------------------------------
-def tiny_wan(i2v=False, fused=False):
-    heads, head_dim = 2, 12
-    model = WanTransformer3DModel(
-        patch_size=(1, 2, 2), num_attention_heads=heads, attention_head_dim=head_dim, in_channels=4,
-        out_channels=4, text_dim=16, freq_dim=16, ffn_dim=32, num_layers=2, rope_max_seq_len=32,
-        image_dim=8 if i2v else None, added_kv_proj_dim=heads * head_dim if i2v else None,
-    ).eval()
-    if fused:
-        model.fuse_qkv_projections()
-    # WanAttnProcessor hard-codes 512 text tokens after the image tokens (I2V).
-    inputs = dict(
-        hidden_states=torch.randn(1, 4, 3, 8, 8),
-        timestep=torch.tensor([500]),
-        encoder_hidden_states=torch.randn(1, 512 if i2v else 6, 16),
-    )
-    if i2v:
-        inputs["encoder_hidden_states_image"] = torch.randn(1, 5, 8)
-    return model, inputs
+@pytest.mark.parametrize("make, kw", MODELS)
+def test_density_one_is_stock_bitwise(make, kw, monkeypatch):
+    model, inputs = make(**kw)
+    ref = run(model, inputs)
+    vidhash.enable_hash_attention(model, density=1.0, block_size=16)
+
+    def no_hash(*args, **kwargs):
+        raise AssertionError("density 1.0 must not run hash_attention")
+
+    monkeypatch.setattr("vidhash.integrations.diffusers.hash_attention", no_hash)
+    out = run(model, inputs)
+    assert out.dtype == ref.dtype and torch.equal(out, ref)
 
 
-def tiny_cogvideox(rope=False, fused=False, batch=1):
-    head_dim = 16
-    model = CogVideoXTransformer3DModel(
-        num_attention_heads=2, attention_head_dim=head_dim, in_channels=4, out_channels=4, time_embed_dim=4,
-        text_embed_dim=8, num_layers=2, sample_width=8, sample_height=8, sample_frames=9, patch_size=2,
-        temporal_compression_ratio=4, max_text_seq_length=7, use_rotary_positional_embeddings=rope,
-    ).eval()
-    if fused:
-        model.fuse_qkv_projections()
-    inputs = dict(
-        hidden_states=torch.randn(batch, 3, 4, 8, 8),
-        encoder_hidden_states=torch.randn(batch, 7, 8),
-        timestep=torch.tensor([500] * batch),
-    )
-    if rope:
-        inputs["image_rotary_emb"] = get_3d_rotary_pos_embed(
-            embed_dim=head_dim, crops_coords=((0, 0), (4, 4)), grid_size=(4, 4), temporal_size=3
-        )
-    return model, inputs
-
-
-MODELS = [
-    pytest.param(tiny_wan, {}, id="wan-t2v"),
-    pytest.param(tiny_wan, {"i2v": True}, id="wan-i2v"),
-    pytest.param(tiny_wan, {"fused": True}, id="wan-fused"),
-    pytest.param(tiny_cogvideox, {}, id="cogvideox-sincos"),
-    pytest.param(tiny_cogvideox, {"rope": True, "batch": 2}, id="cogvideox-rope-B2"),
-    pytest.param(tiny_cogvideox, {"fused": True}, id="cogvideox-fused"),
-]
-
-
-def run(model, inputs):
-    with torch.no_grad():
-        return model(**inputs).sample
-
-
-def cast(inputs, dtype):
-    return {k: v.to(dtype) if torch.is_tensor(v) and v.is_floating_point() and k != "image_rotary_emb" else v for k, v in inputs.items()}
-
-
-# --------------------------------------------------------------------------------------------
-# exactness at density 1
-# --------------------------------------------------------------------------------------------
 @pytest.mark.parametrize(
     "block_size", [pytest.param(5, id="bs5-odd"), pytest.param(16, id="bs16"), pytest.param(64, id="bs64-gt-tokens")]
 )
 @pytest.mark.parametrize("make, kw", MODELS)
-def test_density_one_equals_original_fp32(make, kw, block_size):
+def test_hash_path_keeping_every_block_equals_original_fp32(make, kw, block_size):
+    """density 0.99 keeps every key block (48 video tokens): the hash processors' own q/k/rope and
+    the block-sparse path against the stock processors."""
     model, inputs = make(**kw)
     ref = run(model, inputs)
-    vidhash.enable_hash_attention(model, density=1.0, block_size=block_size)
+    vidhash.enable_hash_attention(model, density=0.99, block_size=block_size)
     out = run(model, inputs)
     assert out.dtype == ref.dtype and out.shape == ref.shape
     assert rel_err(out, ref) < TOL[torch.float32]
 
 
-@pytest.mark.parametrize("make, kw", [MODELS[0], MODELS[4]])
-def test_density_one_equals_original_bf16(make, kw):
+@pytest.mark.parametrize("density", [pytest.param(1.0, id="density-1"), pytest.param(0.99, id="hash-path")])
+@pytest.mark.parametrize("make, kw", [WAN, COG_ROPE])
+def test_equals_original_bf16(make, kw, density):
     model, inputs = make(**kw)
     model, inputs = model.to(torch.bfloat16), cast(inputs, torch.bfloat16)
     ref = run(model, inputs)
-    vidhash.enable_hash_attention(model, density=1.0, block_size=8)
+    vidhash.enable_hash_attention(model, density=density, block_size=8)
     out = run(model, inputs)
     assert out.dtype == torch.bfloat16
-    assert rel_err(out, ref) < TOL[torch.bfloat16]
+    assert torch.equal(out, ref) if density == 1.0 else rel_err(out, ref) < TOL[torch.bfloat16]
 
 
 # --------------------------------------------------------------------------------------------
 # sparse: runs, differs, finite; gradients flow
 # --------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("make, kw", [MODELS[0], MODELS[1], MODELS[3], MODELS[4]])
+@pytest.mark.parametrize("make, kw", [WAN, WAN_I2V, MODELS[3], MODELS[4], MODELS[5], COG, COG_ROPE])
 def test_sparse_differs_and_is_finite(make, kw):
     model, inputs = make(**kw)
     ref = run(model, inputs)
@@ -230,7 +181,7 @@ def test_unsupported_class_names_supported_ones(fn):
         pytest.param({"local_blocks": -1}, "local_blocks", id="local-blocks-neg"),
         pytest.param({"backend": "flash"}, "backend", id="backend"),
         pytest.param({"n_bits": 0}, "n_bits", id="n-bits-0"),
-        pytest.param({"hasher": SimHash(12), "n_bits": 16}, "not both", id="hasher-and-n-bits"),
+        pytest.param({"hasher": SimHash(12), "n_bits": 16}, "not hasher and n_bits", id="hasher-and-n-bits"),
         pytest.param({"hasher": SimHash(64)}, "head_dim", id="hasher-head-dim"),
         pytest.param({"hasher": SimHash(12, heads=3)}, "heads", id="hasher-heads"),
         pytest.param({"hasher": "simhash"}, "hasher", id="hasher-type"),
@@ -244,6 +195,19 @@ def test_bad_config_raises_naming_it(config, match):
         vidhash.enable_hash_attention(model, **config)
     assert not is_hash_attention_enabled(model)
     assert all(model.attn_processors[k] is v for k, v in before.items())
+
+
+def test_refused_classes_say_why():
+    hunyuan = HunyuanVideoTransformer3DModel(
+        in_channels=4, out_channels=4, num_attention_heads=2, attention_head_dim=8, num_layers=1, num_single_layers=1,
+        num_refiner_layers=1, patch_size=1, patch_size_t=1, text_embed_dim=16, pooled_projection_dim=8, rope_axes_dim=(2, 2, 4))
+    mochi = MochiTransformer3DModel(patch_size=2, num_attention_heads=2, attention_head_dim=8, num_layers=1,
+                                    pooled_projection_dim=8, in_channels=4, text_embed_dim=16, time_embed_dim=4)
+    for model in (hunyuan, mochi):
+        name = type(model).__name__
+        with pytest.raises(ValueError, match=f"does not support {name}: .*mask|does not support {name}: .*text tokens"):
+            vidhash.enable_hash_attention(model)
+        assert name in REFUSED_CLASSES and not is_hash_attention_enabled(model)
 
 
 def test_disable_never_enabled_raises():
@@ -272,7 +236,7 @@ def test_attention_mask_in_self_attention_raises():
 # --------------------------------------------------------------------------------------------
 @pytest.mark.gpu
 @pytest.mark.parametrize("backend", ["reference", "auto"])
-@pytest.mark.parametrize("make, kw", [MODELS[1], MODELS[4]])
+@pytest.mark.parametrize("make, kw", [WAN_I2V, COG_ROPE])
 def test_cuda_bf16(make, kw, backend):
     model, inputs = make(**kw)
     model = model.to("cuda", torch.bfloat16)

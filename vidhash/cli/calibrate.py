@@ -1,10 +1,23 @@
-"""Fit learned memory signatures (one ``LearnedHash`` per layer) on a model's own queries and keys.
+"""Fit learned signatures (``LearnedHash``) on a model's own queries and keys: a vidhash pipeline's memories, or a diffusers video transformer's self-attention.
 
     vidhash calibrate PIPELINE_DIR [--out DIR] [--bits 32] [--clips 8] [--top-k 32] [--steps 300] [--json report.json]
+    vidhash calibrate TRANSFORMER_DIR --inputs INPUTS.pt [--out FILE] [--bits 32] [--top-k 32] [--steps 300]
 
-The recording, the fit and the report: :mod:`vidhash.calibrate`. Exit status 1 when the learned
-signatures recall less than SimHash on the validation clips and are not written (``--keep-worse``
-writes them anyway).
+A vidhash pipeline (``PIPELINE_DIR``, or ``random-tiny``...): one hasher per layer for its
+memories, written as a calibrated pipeline folder; the recording, the fit and the report:
+:mod:`vidhash.calibrate`.
+
+A diffusers video transformer the drop-in serves (``TRANSFORMER_DIR``: a folder with its
+``config.json``, or a pipeline folder with a ``transformer/`` one) and ``--inputs``: a
+``torch.save``'d dict, or list of dicts, of ``transformer(**kwargs)`` inputs — e.g. the latents,
+timesteps and text embeddings of a few denoising steps of your own prompts. One hasher per
+self-attention module, fitted on those steps' queries and keys
+(:mod:`vidhash.integrations.calibrate`), written to ``--out`` (default
+``TRANSFORMER_DIR/vidhash_hashers.safetensors``, beside the weights);
+``enable_hash_attention(Model.from_pretrained(TRANSFORMER_DIR), hashers=TRANSFORMER_DIR)`` loads them.
+
+Exit status 1 when the learned signatures recall less than SimHash on the held-out clips or
+samples and are not written (``--keep-worse`` writes them anyway).
 """
 from __future__ import annotations
 
@@ -43,6 +56,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:1, ...")
     p.add_argument("--json", default=None, metavar="PATH", help="write the report as JSON")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    g = p.add_argument_group("diffusers video transformers (the drop-in)")
+    g.add_argument("--inputs", default=None, metavar="PATH",
+                   help="torch.save'd dict or list of dicts of transformer(**kwargs) inputs to record (a diffusers model)")
+    g.add_argument("--max-queries", type=int, default=512, help="queries kept per sample and module (default 512)")
+    g.add_argument("--max-keys", type=int, default=2048, help="keys kept per sample and module (default 2048)")
 
 
 def _load(model: str, device):
@@ -69,6 +87,11 @@ def config_from_args(args: argparse.Namespace) -> CalibrateConfig:
 
 
 def run(args: argparse.Namespace) -> int:
+    from .calibrate_diffusers import diffusers_model_dir, run_diffusers
+
+    folder = diffusers_model_dir(args.model)
+    if folder is not None or args.inputs is not None:
+        return run_diffusers(args, folder)
     cfg = config_from_args(args)
     if args.out is None and args.model.startswith("random-"):
         raise ValueError("--out is required with a random model")

@@ -6,37 +6,62 @@ Letters: b batch, n tokens, h heads, d head_dim.
     ...                                   # run the pipeline as usual
     vidhash.disable_hash_attention(transformer)
 
-diffusers 0.42 keys its attention backends by a closed enum, so the drop-in swaps attention
+diffusers keys its attention backends by a closed enum, so the drop-in swaps attention
 *processors* (``set_attn_processor``) and keeps the originals to put them back.
 
-What is swapped, per supported class:
+What is swapped, per supported class (:data:`SUPPORTED_CLASSES`; a class the installed diffusers
+lacks is skipped):
 
-* ``WanTransformer3DModel`` — every block's self-attention ``attn1`` (``WanAttnProcessor`` →
-  :class:`WanHashAttnProcessor`): q/k norms and rotary embedding exactly as diffusers applies
-  them, then :func:`~vidhash.attention.hash_attention` over the video tokens. The text (and
-  I2V image) cross-attention ``attn2`` keeps its processor object.
-* ``CogVideoXTransformer3DModel`` — every block's joint text+video attention ``attn1``
-  (``CogVideoXAttnProcessor2_0`` or its fused variant → :class:`CogVideoXHashAttnProcessor`).
-  Text tokens are always kept, as sinks: a video query attends densely to the text keys and by
-  hash attention to the video keys, the two merged exactly by log-sum-exp; a text query (there
-  are few) attends densely to every key. ``sink_blocks``/``local_blocks`` apply among video keys.
+* ``WanTransformer3DModel``, ``WanVACETransformer3DModel`` (its ``blocks`` and ``vace_blocks``),
+  ``SkyReelsV2Transformer3DModel`` — every block's self-attention ``attn1`` →
+  :class:`WanHashAttnProcessor`: q/k norms and rotary embedding exactly as diffusers applies
+  them, then hash attention over the video tokens. The text (and I2V image) cross-attention
+  ``attn2`` keeps its processor object.
+* ``LTXVideoTransformer3DModel`` — every block's ``attn1`` → :class:`LTXHashAttnProcessor`.
+* ``CogVideoXTransformer3DModel`` — every block's joint text+video attention ``attn1`` →
+  :class:`CogVideoXHashAttnProcessor`. Text tokens are always kept, as sinks: a video query
+  attends densely to the text keys and by hash attention to the video keys, the two merged
+  exactly by log-sum-exp; a text query (there are few) attends densely to every key.
 
-With ``density=1.0`` the outputs equal the original processors' (float rounding aside).
+Refused with a ValueError that says why (:data:`REFUSED_CLASSES`): ``HunyuanVideoTransformer3DModel``
+and ``MochiTransformer3DModel``, whose joint text+video attention takes a text padding mask.
 
-Enabling an enabled model re-configures it: its self-attention gets fresh processors with the
-new config, and the originals kept from the first call are still the ones
-:func:`disable_hash_attention` puts back. Disabling a model that was never enabled is an error.
+``density=1.0`` does not run hash attention at all: each processor computes q/k/v as diffusers
+does and calls the same attention function as the stock processor (diffusers'
+``dispatch_attention_fn`` with the processor's backend; CogVideoX: ``F.scaled_dot_product_attention``),
+so the outputs equal the stock model's bit for bit.
 
-Not supported, with an error rather than a silent fallback: an ``attention_mask`` in
-self-attention, context parallelism, and self-attention processors that are not diffusers' own
-(e.g. a custom processor set before enabling).
+**Attention backends.** ``transformer.set_attention_backend(name)`` reaches the hash processors
+too: at ``density=1.0`` it is honoured (the call above takes it); at ``density < 1`` only
+``"native"`` is accepted (hash attention is vidhash's own) and any other backend raises a
+ValueError, from ``set_attention_backend``, from ``enable_hash_attention`` (a backend set before)
+or at the call (diffusers' ``attention_backend`` context manager).
+
+**State.** The processors are the truth: :func:`is_hash_attention_enabled` is True only while
+every self-attention module holds a hash processor; after an outside ``set_attn_processor``
+it is False, and enabling again starts afresh from the processors then in place.
+
+**Hashers.** While enabled, each self-attention module carries its hasher as a registered
+submodule ``vidhash_hasher`` (one module shared by every layer unless per-layer hashers are
+given), so ``transformer.to(device / dtype)`` moves and casts them. They are left out of
+``state_dict()`` (so ``save_pretrained`` writes a stock diffusers checkpoint that any diffusers
+loads) and travel in their own file: :func:`save_hashers` writes ``vidhash_hashers.safetensors``
+(beside the weights), and ``enable_hash_attention(Model.from_pretrained(folder), hashers=folder)``
+restores them. ``vidhash calibrate`` fits them (:mod:`vidhash.integrations.calibrate`).
+
+Enabling an enabled model re-configures it; the originals kept from the first call are still
+the ones :func:`disable_hash_attention` puts back. Not supported, with an error rather than a
+silent fallback: an ``attention_mask`` in self-attention, context parallelism, and
+self-attention processors that are not diffusers' own.
 """
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 
 import torch
+import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
@@ -44,19 +69,38 @@ from ..attention import dense_attention, hash_attention, merge_attention
 from ..hashing import SimHash
 from ..ops.checks import check_backend, check_block, check_count, check_density
 
-SUPPORTED_CLASSES = ("WanTransformer3DModel", "CogVideoXTransformer3DModel")
-CONFIG_KEYS = ("density", "block_size", "query_block_size", "local_blocks", "sink_blocks", "hasher", "n_bits", "seed", "backend")
+SUPPORTED_CLASSES = (
+    "WanTransformer3DModel", "WanVACETransformer3DModel", "SkyReelsV2Transformer3DModel",
+    "LTXVideoTransformer3DModel", "CogVideoXTransformer3DModel",
+)
+REFUSED_CLASSES = {
+    "HunyuanVideoTransformer3DModel": "its joint text+video attention takes a text padding mask (and single-stream "
+    "blocks mix text and video in one sequence); hash attention does not serve it",
+    "MochiTransformer3DModel": "its joint text+video attention runs per sample over the unpadded text tokens; "
+    "hash attention does not serve it",
+}
+CONFIG_KEYS = ("density", "block_size", "query_block_size", "local_blocks", "sink_blocks", "scorer", "hasher",
+               "hashers", "n_bits", "seed", "backend")
+HASHER_ATTR = "vidhash_hasher"
+"""Name of the hasher submodule on each swapped attention module while enabled."""
+SCORER_ATTR = "vidhash_scorer"
+"""Name of the learned block scorer submodule on each swapped attention module (``scorer=`` a module)."""
 
 _CONFIG_ATTR = "_vidhash_config"
 _ORIGINALS_ATTR = "_vidhash_original_processors"
+_HOOKS_ATTR = "_vidhash_state_dict_hooks"
+_DENSE_OK_BACKENDS = (None, "native")
 
 
 @dataclass(frozen=True)
 class DropInConfig:
     """Hash attention settings of one enabled model (stored as ``transformer._vidhash_config``).
 
-    ``hasher`` is ``None`` (the default SimHash: 32 bits, seed 0), one module shared by every
-    layer, or a dict from self-attention module name (``"blocks.0.attn1"``) to a module.
+    ``scorer`` ranks the key blocks (:data:`vidhash.attention.SCORERS`: ``"simhash"``, the
+    default, ``"pooled"``, ``"moments"``, ``"prefilter"``; or a learned block scorer, one module
+    or a dict by module name). ``hasher`` (read by ``"simhash"`` and ``"prefilter"``) is ``None``
+    (the default SimHash: 32 bits, seed 0), one module shared by every layer, or a dict from
+    self-attention module name (``"blocks.0.attn1"``) to a module.
     """
 
     density: float = 0.125
@@ -64,31 +108,57 @@ class DropInConfig:
     query_block_size: int | None = None
     local_blocks: int = 1
     sink_blocks: int = 1
+    scorer: str | nn.Module | dict[str, nn.Module] = "simhash"
     hasher: nn.Module | dict[str, nn.Module] | None = None
     backend: str = "auto"
 
+    @property
+    def reads_hasher(self) -> bool:
+        """Whether the scorer reads signatures (``"simhash"``, ``"prefilter"``)."""
+        return isinstance(self.scorer, str) and self.scorer in ("simhash", "prefilter")
+
     def attention_kwargs(self) -> dict:
-        """Keyword arguments for :func:`~vidhash.attention.hash_attention` (hasher aside)."""
-        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "hasher"}
+        """Keyword arguments for :func:`~vidhash.attention.hash_attention` (hasher and scorer aside)."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("hasher", "scorer")}
 
 
 # --------------------------------------------------------------------------------------------
 # processors
 # --------------------------------------------------------------------------------------------
+def _backend_name(backend) -> str | None:
+    return None if backend is None else str(getattr(backend, "value", backend))
+
+
 class _HashAttnProcessor:
-    """Shared state of the hash-attention processors: config and this layer's hasher."""
+    """Shared state of the hash-attention processors: config, this layer's hasher, the attention
+    backend diffusers sets, and an optional ``recorder(name, q, k)`` (calibration)."""
 
-    # diffusers sets these on every processor (``set_attention_backend``, context parallelism).
-    _attention_backend = None
-    _parallel_config = None
+    _parallel_config = None  # diffusers sets it for context parallelism (refused)
 
-    def __init__(self, config: DropInConfig, hasher: nn.Module | None, name: str):
-        self.config, self.hasher, self.name = config, hasher, name
+    def __init__(self, config: DropInConfig, hasher: nn.Module | None, scorer, name: str, backend=None):
+        self.config, self.hasher, self.scorer, self.name = config, hasher, scorer, name
         self._kwargs = config.attention_kwargs()
+        self.dense = config.density >= 1.0
+        self.recorder = None
+        self._backend = None
+        self._attention_backend = backend
 
-    def _hash(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, **kw):
-        """Hash attention on ``(b, h, n, d)`` tensors."""
-        return hash_attention(q, k, v, hasher=self.hasher, **self._kwargs, **kw)
+    @property
+    def _attention_backend(self):
+        """The backend ``set_attention_backend`` gave (diffusers' name for it on a processor)."""
+        return self._backend
+
+    @_attention_backend.setter
+    def _attention_backend(self, backend) -> None:
+        if not self.dense and _backend_name(backend) not in _DENSE_OK_BACKENDS:
+            raise ValueError(self._backend_message(backend))
+        self._backend = backend
+
+    def _backend_message(self, backend) -> str:
+        return (f"attention backend {_backend_name(backend)!r} cannot run hash attention ({self.name}, density="
+                f"{self.config.density}): at density < 1 self-attention runs vidhash's hash_attention, and only "
+                "'native' is accepted. Use density=1.0 (which dispatches through the backend) or "
+                "vidhash.disable_hash_attention(transformer) first.")
 
     def _check_call(self, attention_mask) -> None:
         if attention_mask is not None:
@@ -98,6 +168,29 @@ class _HashAttnProcessor:
             )
         if self._parallel_config is not None:
             raise ValueError(f"{type(self).__name__} ({self.name}): context parallelism is not supported by hash attention")
+        if not self.dense and self._backend is None:
+            from diffusers.models.attention_dispatch import _AttentionBackendRegistry
+
+            active = _AttentionBackendRegistry._active_backend
+            if _backend_name(active) not in _DENSE_OK_BACKENDS:
+                raise ValueError(self._backend_message(active))
+
+    def _hash(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, **kw):
+        """Hash attention on ``(b, h, n, d)`` tensors."""
+        return hash_attention(q, k, v, hasher=self.hasher, scorer=self.scorer, **self._kwargs, **kw)
+
+    def _attend(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+        """Self-attention on diffusers' ``(b, n, h, d)`` layout → ``(b, n, h, d)``: the stock
+        ``dispatch_attention_fn`` call at density 1, hash attention otherwise."""
+        if self.recorder is not None:
+            self.recorder(self.name, query.transpose(1, 2), key.transpose(1, 2))
+        if self.dense:
+            from diffusers.models.attention_dispatch import dispatch_attention_fn
+
+            return dispatch_attention_fn(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False,
+                                         backend=self._backend, parallel_config=None)
+        q, k, v = (rearrange(x, "b n h d -> b h n d") for x in (query, key, value))
+        return rearrange(self._hash(q, k, v), "b h n d -> b n h d")
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r}, config={self.config!r})"
@@ -114,7 +207,7 @@ def _wan_rotary(x: torch.Tensor, freqs_cos: torch.Tensor, freqs_sin: torch.Tenso
 
 
 class WanHashAttnProcessor(_HashAttnProcessor):
-    """Self-attention of a ``WanAttention`` (``attn1``) through hash attention."""
+    """Self-attention ``attn1`` of Wan, Wan-VACE and SkyReels-V2 (one attention code in diffusers)."""
 
     def __call__(
         self,
@@ -138,9 +231,38 @@ class WanHashAttnProcessor(_HashAttnProcessor):
         # 2. rotary embedding
         if rotary_emb is not None:
             query, key = _wan_rotary(query, *rotary_emb), _wan_rotary(key, *rotary_emb)
-        # 3. hash attention
-        q, k, v = (rearrange(x, "b n h d -> b h n d") for x in (query, key, value))
-        out = rearrange(self._hash(q, k, v), "b h n d -> b n (h d)").type_as(query)
+        # 3. attention
+        out = self._attend(query, key, value).flatten(2, 3).type_as(query)
+        # 4. output projection
+        return attn.to_out[1](attn.to_out[0](out))
+
+
+class LTXHashAttnProcessor(_HashAttnProcessor):
+    """Self-attention ``attn1`` of LTX-Video."""
+
+    def __call__(
+        self,
+        attn: nn.Module,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        image_rotary_emb: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """``hidden_states (b, n, dim)`` → ``(b, n, dim)``."""
+        if encoder_hidden_states is not None:
+            raise ValueError(f"LTXHashAttnProcessor ({self.name}) is for self-attention; it got encoder_hidden_states")
+        self._check_call(attention_mask)
+        from diffusers.models.transformers.transformer_ltx import apply_rotary_emb
+
+        # 1. projections and q/k norms
+        query, key, value = attn.to_q(hidden_states), attn.to_k(hidden_states), attn.to_v(hidden_states)
+        query, key = attn.norm_q(query), attn.norm_k(key)
+        # 2. rotary embedding (on (b, n, h·d), as diffusers applies it)
+        if image_rotary_emb is not None:
+            query, key = apply_rotary_emb(query, image_rotary_emb), apply_rotary_emb(key, image_rotary_emb)
+        query, key, value = (x.unflatten(2, (attn.heads, -1)) for x in (query, key, value))  # (b, n, h, d)
+        # 3. attention
+        out = self._attend(query, key, value).flatten(2, 3).to(query.dtype)
         # 4. output projection
         return attn.to_out[1](attn.to_out[0](out))
 
@@ -177,64 +299,109 @@ class CogVideoXHashAttnProcessor(_HashAttnProcessor):
 
             q = torch.cat([q[:, :, :t], apply_rotary_emb(q[:, :, t:], image_rotary_emb)], dim=2)
             k = torch.cat([k[:, :, :t], apply_rotary_emb(k[:, :, t:], image_rotary_emb)], dim=2)
-        # 3. attention: text queries dense over all keys; video queries dense over text keys ⊕ hash over video keys
-        if t == 0:
-            out = self._hash(q, k, v)
-        else:
-            out_text = dense_attention(q[:, :, :t], k, v)
-            o_txt, lse_txt = dense_attention(q[:, :, t:], k[:, :, :t], v[:, :, :t], return_lse=True)
-            o_vid, lse_vid = self._hash(q[:, :, t:], k[:, :, t:], v[:, :, t:], return_lse=True)
-            out_video, _ = merge_attention(o_vid, lse_vid, o_txt, lse_txt)
-            out = torch.cat([out_text, out_video], dim=2)
+        if self.recorder is not None:
+            self.recorder(self.name, q[:, :, t:], k[:, :, t:])
+        # 3. attention: dense as diffusers at density 1; else text queries dense over all keys,
+        #    video queries dense over text keys ⊕ hash over video keys
+        out = self._attention(q, k, v, t)
         out = rearrange(out, "b h n d -> b n (h d)").type_as(x)
         # 4. output projection, split back into video and text
         out = attn.to_out[1](attn.to_out[0](out))
         text_out, video_out = out.split([t, out.shape[1] - t], dim=1)
         return video_out, text_out
 
+    def _attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, t: int) -> torch.Tensor:
+        if self.dense and self._backend is None:
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False)
+        if self.dense:
+            from diffusers.models.attention_dispatch import dispatch_attention_fn
+
+            q, k, v = (x.transpose(1, 2) for x in (q, k, v))
+            out = dispatch_attention_fn(q, k, v, backend=self._backend, parallel_config=None)
+            return out.transpose(1, 2)
+        if t == 0:
+            return self._hash(q, k, v)
+        out_text = dense_attention(q[:, :, :t], k, v)
+        o_txt, lse_txt = dense_attention(q[:, :, t:], k[:, :, :t], v[:, :, :t], return_lse=True)
+        o_vid, lse_vid = self._hash(q[:, :, t:], k[:, :, t:], v[:, :, t:], return_lse=True)
+        out_video, _ = merge_attention(o_vid, lse_vid, o_txt, lse_txt)
+        return torch.cat([out_text, out_video], dim=2)
+
 
 # --------------------------------------------------------------------------------------------
-# model-level switch
+# supported models
 # --------------------------------------------------------------------------------------------
-def _model_kind(transformer) -> str:
-    """``"wan"`` or ``"cogvideox"``; any other class is a ValueError naming the supported ones."""
-    from diffusers import CogVideoXTransformer3DModel, WanTransformer3DModel
-
-    if isinstance(transformer, WanTransformer3DModel):
-        return "wan"
-    if isinstance(transformer, CogVideoXTransformer3DModel):
-        return "cogvideox"
-    raise ValueError(
-        f"hash attention supports diffusers' {' and '.join(SUPPORTED_CLASSES)}, got {type(transformer).__name__}"
-    )
+@dataclass(frozen=True)
+class _ModelSpec:
+    class_name: str
+    block_lists: tuple[str, ...]  # attributes holding the blocks whose attn1 is swapped
+    processor: type
+    stock: tuple[tuple[str, str], ...]  # (module, class) of the processors it replaces
 
 
-def _expected_processors(kind: str) -> tuple[type, ...]:
-    if kind == "wan":
-        from diffusers.models.transformers.transformer_wan import WanAttnProcessor
+_WAN_STOCK = (("diffusers.models.transformers.transformer_wan", "WanAttnProcessor"),)
+_SPECS = (
+    _ModelSpec("WanVACETransformer3DModel", ("blocks", "vace_blocks"), WanHashAttnProcessor, _WAN_STOCK),
+    _ModelSpec("WanTransformer3DModel", ("blocks",), WanHashAttnProcessor, _WAN_STOCK),
+    _ModelSpec("SkyReelsV2Transformer3DModel", ("blocks",), WanHashAttnProcessor,
+               (("diffusers.models.transformers.transformer_skyreels_v2", "SkyReelsV2AttnProcessor"),)),
+    _ModelSpec("LTXVideoTransformer3DModel", ("transformer_blocks",), LTXHashAttnProcessor,
+               (("diffusers.models.transformers.transformer_ltx", "LTXVideoAttnProcessor"),)),
+    _ModelSpec("CogVideoXTransformer3DModel", ("transformer_blocks",), CogVideoXHashAttnProcessor,
+               (("diffusers.models.attention_processor", "CogVideoXAttnProcessor2_0"),
+                ("diffusers.models.attention_processor", "FusedCogVideoXAttnProcessor2_0"))),
+)
 
-        return (WanAttnProcessor,)
-    from diffusers.models.attention_processor import CogVideoXAttnProcessor2_0, FusedCogVideoXAttnProcessor2_0
 
-    return (CogVideoXAttnProcessor2_0, FusedCogVideoXAttnProcessor2_0)
+def _model_spec(transformer) -> _ModelSpec:
+    """The spec of ``transformer``'s class; ValueError naming the supported (and refused) classes."""
+    import diffusers
+
+    for spec in _SPECS:
+        cls = getattr(diffusers, spec.class_name, None)
+        if cls is not None and type(transformer) is cls:
+            return spec
+    for spec in _SPECS:  # subclasses
+        cls = getattr(diffusers, spec.class_name, None)
+        if cls is not None and isinstance(transformer, cls):
+            return spec
+    name = type(transformer).__name__
+    if name in REFUSED_CLASSES:
+        raise ValueError(f"hash attention does not support {name}: {REFUSED_CLASSES[name]}. "
+                         f"Supported: {', '.join(SUPPORTED_CLASSES)}")
+    raise ValueError(f"hash attention supports diffusers' {', '.join(SUPPORTED_CLASSES)}, got {name}")
+
+
+def _stock_processors(spec: _ModelSpec) -> tuple[type, ...]:
+    import importlib
+
+    return tuple(getattr(importlib.import_module(mod), cls) for mod, cls in spec.stock)
 
 
 def self_attention_modules(transformer) -> dict[str, nn.Module]:
     """The attention modules :func:`enable_hash_attention` swaps, by module name
-    (``"blocks.0.attn1"`` for Wan, ``"transformer_blocks.0.attn1"`` for CogVideoX) — e.g. to
-    build a per-layer ``hasher`` dict."""
-    kind = _model_kind(transformer)
-    blocks = transformer.blocks if kind == "wan" else transformer.transformer_blocks
-    prefix = "blocks" if kind == "wan" else "transformer_blocks"
+    (``"blocks.0.attn1"`` for Wan, ``"transformer_blocks.0.attn1"`` for CogVideoX and LTX) — e.g.
+    to build a per-layer ``hasher`` dict."""
+    spec = _model_spec(transformer)
     out = {}
-    for i, block in enumerate(blocks):
-        attn = block.attn1
-        if kind == "wan" and (attn.is_cross_attention or attn.add_k_proj is not None):
-            raise ValueError(f"{prefix}.{i}.attn1 is not a plain self-attention (cross-attention or added K/V)")
-        out[f"{prefix}.{i}.attn1"] = attn
+    for prefix in spec.block_lists:
+        for i, block in enumerate(getattr(transformer, prefix)):
+            attn = block.attn1
+            if getattr(attn, "is_cross_attention", False) or getattr(attn, "add_k_proj", None) is not None:
+                raise ValueError(f"{prefix}.{i}.attn1 is not a plain self-attention (cross-attention or added K/V)")
+            out[f"{prefix}.{i}.attn1"] = attn
     return out
 
 
+def _heads_and_dim(modules: dict[str, nn.Module]) -> tuple[int, int]:
+    attn = next(iter(modules.values()))
+    heads = attn.heads
+    return heads, attn.to_q.out_features // heads
+
+
+# --------------------------------------------------------------------------------------------
+# configuration
+# --------------------------------------------------------------------------------------------
 def _check_hasher(name: str, hasher, head_dim: int, heads: int) -> None:
     if not isinstance(hasher, nn.Module) or not hasattr(hasher, "project") or not hasattr(hasher, "n_bits"):
         raise ValueError(f"{name} must be a hasher module with project() and n_bits (SimHash, LearnedHash), got {type(hasher).__name__}")
@@ -249,7 +416,7 @@ def _parse_config(config: dict, names: list[str], head_dim: int, heads: int) -> 
     if unknown:
         raise ValueError(f"unknown hash attention option {unknown[0]!r}; expected some of {', '.join(CONFIG_KEYS)}")
     config = dict(config)
-    n_bits, seed = config.pop("n_bits", None), config.pop("seed", None)
+    n_bits, seed, path = config.pop("n_bits", None), config.pop("seed", None), config.pop("hashers", None)
     cfg = DropInConfig(**config)
     check_density(cfg.density)
     check_block("block_size", cfg.block_size)
@@ -259,9 +426,17 @@ def _parse_config(config: dict, names: list[str], head_dim: int, heads: int) -> 
     check_count("sink_blocks", cfg.sink_blocks)
     check_backend(cfg.backend)
     hasher = cfg.hasher
+    given = [key for key, value in (("hasher", hasher), ("hashers", path), ("n_bits/seed", n_bits if seed is None else seed))
+             if value is not None]
+    if len(given) > 1:
+        raise ValueError(f"give one of hasher, hashers (a file) or n_bits/seed (which build a SimHash), not {' and '.join(given)}")
+    if path is not None:
+        from .hashers import load_hashers
+
+        if not isinstance(path, (str, os.PathLike)):
+            raise ValueError(f"hashers must be a path (a vidhash_hashers.safetensors file or its folder), got {type(path).__name__}")
+        hasher = load_hashers(path, names)
     if n_bits is not None or seed is not None:
-        if hasher is not None:
-            raise ValueError("give either hasher or n_bits/seed (which build a SimHash), not both")
         hasher = SimHash(head_dim, 32 if n_bits is None else n_bits, seed=0 if seed is None else seed)
     if isinstance(hasher, Mapping):
         missing, extra = sorted(set(names) - set(hasher)), sorted(set(hasher) - set(names))
@@ -272,63 +447,186 @@ def _parse_config(config: dict, names: list[str], head_dim: int, heads: int) -> 
             _check_hasher(f"hasher[{name!r}]", h, head_dim, heads)
     elif hasher is not None:
         _check_hasher("hasher", hasher, head_dim, heads)
-    return replace(cfg, hasher=hasher)
+    cfg = replace(cfg, hasher=hasher)
+    _check_scorer_config(cfg, names, head_dim, heads)
+    return cfg
+
+
+def _check_scorer_config(cfg: DropInConfig, names: list[str], head_dim: int, heads: int) -> None:
+    from ..attention import SCORERS
+
+    scorer = cfg.scorer
+    if isinstance(scorer, str):
+        if scorer not in SCORERS:
+            raise ValueError(f"scorer must be one of {SCORERS}, a learned block scorer or a dict of them by module name, got {scorer!r}")
+    else:
+        scorers = dict(scorer) if isinstance(scorer, Mapping) else {name: scorer for name in names}
+        if set(scorers) != set(names):
+            raise ValueError(f"scorer dict must have one entry per self-attention module {names}; got {sorted(scorers)}")
+        for name, module in scorers.items():
+            if not (isinstance(module, nn.Module) and hasattr(module, "block_scores")):
+                raise ValueError(f"scorer for {name} must be one of {SCORERS} or a learned block scorer, got {type(module).__name__}")
+            if (module.heads, module.head_dim) != (heads, head_dim):
+                raise ValueError(f"scorer for {name} has {module.heads} heads of head_dim {module.head_dim}, the model has "
+                                 f"{heads} of {head_dim}")
+    if not cfg.reads_hasher and cfg.hasher is not None:
+        raise ValueError(f"hasher/hashers/n_bits/seed are read by scorer='simhash' or 'prefilter' only, got scorer={scorer!r}")
+
+
+# --------------------------------------------------------------------------------------------
+# model-level switch
+# --------------------------------------------------------------------------------------------
+def _is_hasher_key(key: str) -> bool:
+    return f".{HASHER_ATTR}." in f".{key}" or f".{SCORER_ATTR}." in f".{key}"
+
+
+def _drop_hasher_keys(module, state_dict, prefix, local_metadata) -> None:
+    """state_dict post-hook: the hashers travel in their own file (see :func:`save_hashers`)."""
+    for key in [key for key in state_dict if _is_hasher_key(key[len(prefix):])]:
+        del state_dict[key]
+
+
+def _ignore_missing_hasher_keys(module, incompatible_keys) -> None:
+    """load_state_dict post-hook: a stock state dict (no hasher keys) loads strictly."""
+    missing = incompatible_keys.missing_keys
+    missing[:] = [key for key in missing if not _is_hasher_key(key)]
+
+
+def _owned(modules: dict[str, nn.Module]) -> list[bool]:
+    return [isinstance(attn.processor, _HashAttnProcessor) for attn in modules.values()]
+
+
+def _clear_state(transformer, modules: dict[str, nn.Module]) -> None:
+    """Remove the hasher submodules, the hooks and the attributes enabling left on the model."""
+    for attn in modules.values():
+        for attr in (HASHER_ATTR, SCORER_ATTR):
+            if attr in attn._modules:
+                delattr(attn, attr)
+    for hook in getattr(transformer, _HOOKS_ATTR, ()):
+        hook.remove()
+    for attr in (_ORIGINALS_ATTR, _CONFIG_ATTR, _HOOKS_ATTR):
+        if hasattr(transformer, attr):
+            delattr(transformer, attr)
+
+
+def _take_originals(spec: _ModelSpec, modules: dict[str, nn.Module], old: dict | None) -> dict:
+    """The processors to put back on disabling: ``old``'s where a hash processor still sits, else
+    the stock processor in place (anything else is a ValueError)."""
+    expected = _stock_processors(spec)
+    originals = {}
+    for name, attn in modules.items():
+        if old is not None and isinstance(attn.processor, _HashAttnProcessor):
+            originals[name] = old[name]
+            continue
+        if not isinstance(attn.processor, expected):
+            raise ValueError(
+                f"{name} uses {type(attn.processor).__name__}; hash attention replaces only diffusers' "
+                f"{' / '.join(c.__name__ for c in expected)} (restore it before enabling)"
+            )
+        originals[name] = attn.processor
+    return originals
+
+
+def _per_module(cfg: DropInConfig, names: list[str], head_dim: int) -> tuple[dict, dict]:
+    """Each module's hasher (None for scorers that read none) and scorer (a name or a module)."""
+    if cfg.reads_hasher:
+        default = SimHash(head_dim, 32, seed=0) if cfg.hasher is None else None
+        hashers = {name: cfg.hasher[name] if isinstance(cfg.hasher, dict) else (cfg.hasher or default) for name in names}
+    else:
+        hashers = dict.fromkeys(names)
+    scorers = {name: cfg.scorer[name] if isinstance(cfg.scorer, Mapping) else cfg.scorer for name in names}
+    return hashers, scorers
 
 
 def enable_hash_attention(transformer, **config):
-    """Swap the self-attention of a diffusers ``WanTransformer3DModel`` or
-    ``CogVideoXTransformer3DModel`` for hash attention; returns the model.
+    """Swap the self-attention of a diffusers video transformer (:data:`SUPPORTED_CLASSES`) for
+    hash attention; returns the model.
 
     ``config``: ``density``, ``block_size``, ``query_block_size``, ``local_blocks``,
-    ``sink_blocks``, ``backend`` (as :func:`~vidhash.attention.hash_attention`), and either
-    ``hasher`` (a module, or a dict by module name — see :func:`self_attention_modules`) or
-    ``n_bits``/``seed`` for a SimHash. Calling it again re-configures the model.
+    ``sink_blocks``, ``backend``, ``scorer`` (as :func:`~vidhash.attention.hash_attention`; a
+    learned scorer may also be a dict by module name), and — for the scorers that read
+    signatures, ``"simhash"`` (the default) and ``"prefilter"`` — one of
+    ``hasher`` (a module, or a dict by module name — see :func:`self_attention_modules`),
+    ``hashers`` (a path: a file :func:`save_hashers` or ``vidhash calibrate`` wrote, or its
+    folder) or ``n_bits``/``seed`` for a SimHash (default: 32 bits, seed 0). Calling it again
+    re-configures the model. ``density=1.0`` runs diffusers' own attention call.
     """
-    kind = _model_kind(transformer)
+    spec = _model_spec(transformer)
     if getattr(transformer, "_parallel_config", None) is not None:
         raise ValueError("hash attention does not support context parallelism; enable it on a model without a parallel config")
     modules = self_attention_modules(transformer)
-    heads, head_dim = transformer.config.num_attention_heads, transformer.config.attention_head_dim
+    heads, head_dim = _heads_and_dim(modules)
     cfg = _parse_config(config, list(modules), head_dim, heads)
 
+    # 1. the originals: kept from the first call while our processors are still in place
     originals = getattr(transformer, _ORIGINALS_ATTR, None)
-    if originals is None:
-        expected = _expected_processors(kind)
-        originals = {}
-        for name, attn in modules.items():
-            if not isinstance(attn.processor, expected):
-                raise ValueError(
-                    f"{name} uses {type(attn.processor).__name__}; hash attention replaces only diffusers' "
-                    f"{' / '.join(c.__name__ for c in expected)} (restore it before enabling)"
-                )
-            originals[name] = attn.processor
-
-    proc_cls = WanHashAttnProcessor if kind == "wan" else CogVideoXHashAttnProcessor
+    if originals is not None and not all(_owned(modules)):
+        _clear_state(transformer, modules)  # swapped from outside since: start afresh
+        fresh, originals = _take_originals(spec, modules, originals), None
+    else:
+        fresh = _take_originals(spec, modules, None) if originals is None else originals
+    # 2. one hasher (or learned scorer) per module; the default SimHash built here, not inside a compiled graph
+    hashers, scorers = _per_module(cfg, list(modules), head_dim)
+    # 3. processors, carrying the attention backend set on the ones they replace
     processors = dict(transformer.attn_processors)
-    for name in modules:
-        hasher = cfg.hasher[name] if isinstance(cfg.hasher, dict) else cfg.hasher
-        processors[f"{name}.processor"] = proc_cls(cfg, hasher, name)
+    for name, attn in modules.items():
+        backend = getattr(attn.processor, "_attention_backend", None)
+        processors[f"{name}.processor"] = spec.processor(cfg, hashers[name], scorers[name], name, backend)
     transformer.set_attn_processor(processors)
-    setattr(transformer, _ORIGINALS_ATTR, originals)
+    # 4. hashers and learned scorers as submodules (moved and cast with the model), kept out of state_dict
+    for name, attn in modules.items():
+        for attr, module in ((HASHER_ATTR, hashers[name]), (SCORER_ATTR, scorers[name])):
+            if attr in attn._modules:
+                delattr(attn, attr)
+            if isinstance(module, nn.Module):
+                attn.add_module(attr, module)
+    if originals is None:
+        hooks = [transformer._register_state_dict_hook(_drop_hasher_keys),
+                 transformer.register_load_state_dict_post_hook(_ignore_missing_hasher_keys)]
+        setattr(transformer, _HOOKS_ATTR, hooks)
+    setattr(transformer, _ORIGINALS_ATTR, fresh)
     setattr(transformer, _CONFIG_ATTR, cfg)
     return transformer
 
 
 def disable_hash_attention(transformer):
-    """Put back the exact processor objects :func:`enable_hash_attention` replaced; returns the model."""
-    _model_kind(transformer)
+    """Put back the exact processor objects :func:`enable_hash_attention` replaced (where a hash
+    processor still sits) and remove the hashers; returns the model."""
+    modules = self_attention_modules(transformer)
     originals = getattr(transformer, _ORIGINALS_ATTR, None)
     if originals is None:
         raise ValueError(f"hash attention is not enabled on this {type(transformer).__name__}; nothing to disable")
     processors = dict(transformer.attn_processors)
-    for name, proc in originals.items():
-        processors[f"{name}.processor"] = proc
+    for (name, proc), owned in zip(originals.items(), _owned(modules)):
+        if owned:
+            processors[f"{name}.processor"] = proc
     transformer.set_attn_processor(processors)
-    delattr(transformer, _ORIGINALS_ATTR)
-    delattr(transformer, _CONFIG_ATTR)
+    _clear_state(transformer, modules)
     return transformer
 
 
 def is_hash_attention_enabled(transformer) -> bool:
-    """Whether :func:`enable_hash_attention` is in effect on ``transformer``."""
-    return getattr(transformer, _ORIGINALS_ATTR, None) is not None
+    """Whether hash attention is in effect: every self-attention module holds a hash processor
+    (False after an outside ``set_attn_processor`` replaced any of them)."""
+    if getattr(transformer, _ORIGINALS_ATTR, None) is None:
+        return False
+    return all(_owned(self_attention_modules(transformer)))
+
+
+def hashers_of(transformer) -> dict[str, nn.Module]:
+    """The hasher each self-attention module uses while enabled, by module name."""
+    if not is_hash_attention_enabled(transformer):
+        raise ValueError(f"hash attention is not enabled on this {type(transformer).__name__}")
+    if not transformer._vidhash_config.reads_hasher:
+        raise ValueError(f"scorer={transformer._vidhash_config.scorer!r} reads no hashers (only 'simhash' and 'prefilter' do)")
+    return {name: attn.processor.hasher for name, attn in self_attention_modules(transformer).items()}
+
+
+def save_hashers(transformer, path: str | os.PathLike) -> str:
+    """Write the enabled model's hashers to ``path`` (a ``.safetensors`` file, or a folder, which
+    gets ``vidhash_hashers.safetensors``) — beside ``save_pretrained``'s weights, so that
+    ``enable_hash_attention(Model.from_pretrained(folder), hashers=folder)`` restores them.
+    Returns the file written."""
+    from .hashers import save_hashers as _save
+
+    return _save(hashers_of(transformer), path)

@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 
-from vidhash.kernels.block_select.naive import forced_and_allowed
+from vidhash.kernels.block_select.naive import forced_and_allowed, max_forced_blocks
 from vidhash.kernels.signature.naive import block_signatures
 from vidhash.ops.checks import BlockSelection, check_block, check_count, check_density, check_qkv, resolve_scale
 from vidhash.ops.checks import num_kept as _num_kept
@@ -222,10 +222,8 @@ def num_kept(nq: int, nk: int, *, density: float, block_size: int, query_block_s
     nkb = -(-nk // block_size)
     kept = _num_kept(density, nkb)
     if kept < nkb and (local_blocks or sink_blocks):
-        nqb = -(-nq // query_block_size)
-        forced, _ = forced_and_allowed(torch.arange(nqb, device=device), nq, nk, query_block_size, block_size,
-                                        local_blocks, sink_blocks, causal)
-        kept = min(nkb, max(kept, int(forced.sum(-1).max())))
+        forced = max_forced_blocks(nq, nk, query_block_size, block_size, local_blocks, sink_blocks, causal)  # no host sync
+        kept = min(nkb, max(kept, forced))
     return kept
 
 
