@@ -21,7 +21,8 @@ the current step; a second one raises ``KeyboardInterrupt`` at once), the exit w
 ``--resume`` needs: a chunk already committed to the state but not fully in the file is written
 first, ``clip.partial.mp4`` is finalised (playable), the poses go to ``clip.partial.poses.json`` and
 the last state is saved — to ``save_state`` or ``clip.partial.state.pt`` — if it matches the frames
-written (not when generation stopped inside a chunk's commit). Then ``KeyboardInterrupt`` (or the
+written (not when generation stopped inside a chunk's commit, and not when no chunk of this run
+finished: the state it started from is never written back). Then ``KeyboardInterrupt`` (or the
 exception) goes on up.
 
 Safe writes. ``clip.partial.mp4`` is created exclusively (``O_CREAT | O_EXCL | O_NOFOLLOW``) and
@@ -219,6 +220,7 @@ class ClipWriter:
         self.info = dict(info or {})
         self.interrupted: list[int] = []  # signals received
         self._state = state
+        self._advanced = False  # a chunk of this run reached the state (until then it is the --resume file's)
         self._poses: list[list[float]] = []
         self._names: list[str | None] = []
         self._pending = None  # (frames, poses, actions, frames written before) of the write under way
@@ -252,7 +254,7 @@ class ClipWriter:
         ``state``: the generation state after these frames (None for given frames)."""
         self._pending = (frames, poses, actions, self._mp4.frames_written)
         if state is not None:
-            self._state = state
+            self._state, self._advanced = state, True
         self._mp4.write(frames)
         self._poses.extend(np.asarray(poses).tolist())
         self._names.extend(action_names(actions))
@@ -323,7 +325,9 @@ class ClipWriter:
             msg = f"stopped: {self._mp4.frames_written} frames in {mp4} (playable)"
         else:  # the (empty) partial mp4 is removed on release
             msg = f"stopped before the first frame was written (no {mp4} kept)"
-        if self._state is not None:
+        if self._state is not None and not self._advanced:  # the state given (--resume) is unchanged: not re-saved
+            msg += "; state unchanged (continue from the state this run started from)"
+        elif self._state is not None:
             consistent = not broken and self._state.frame_index == self.start_frame + self._mp4.frames_written
             state_path = Path(self.save_state) if self.save_state else self.partial_state
             if consistent:
