@@ -51,13 +51,15 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import os
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from .config import GenerateConfig, resolve_model
+from .config import GenerateConfig, model_config_for, resolve_model
 from .data.clip_writer import ClipWriter, OutputClaim, output_paths, same_path
 from .data.video import check_writable
 from .data.world import ACTIONS, action_ids
@@ -72,9 +74,12 @@ def generate(cfg: GenerateConfig, progress: bool = True, compile_blocks: bool = 
     # 1. everything that can be checked before work starts; then --out is this run's (OutputClaim:
     #    a second run on it fails here, before its model loads) until the clip's last rename
     out, num_frames, actions = check_request(cfg)
+    device = resolve_device(cfg.device)
+    from vidhash.pipelines.cuda_graphs import use_cuda_graphs
+
+    use_cuda_graphs(cuda_graphs, device)  # (--cuda-graphs on a CPU device: refused here, before any file)
     with OutputClaim(out) as claim:
         # 2. the pipeline on its device, and the state to continue from
-        device = torch.device(cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
         pipe = load_pipeline(cfg, device, progress, compile_blocks, cuda_graphs)
         from vidhash.pipelines import VidHashState  # here: a run refused by step 1 imports no model code
 
@@ -102,12 +107,19 @@ def generate(cfg: GenerateConfig, progress: bool = True, compile_blocks: bool = 
 
 
 def check_request(cfg: GenerateConfig):
-    """``(out, num_frames, actions)`` after every check that needs no model; ValueError naming the flag."""
+    """``(out, num_frames, actions)`` after every check that needs no weights — every flag and
+    setting, the model folder's config, and the memory the run needs against what the device has
+    (:func:`check_budget`) — before any file is created; ValueError naming the flag or key."""
     out = check_writable(cfg.out)
     if out.suffix.lower() != ".mp4":
         raise ValueError(f"--out {out} must end in .mp4")
-    if cfg.fps <= 0:
-        raise ValueError(f"--fps must be positive, got {cfg.fps}")
+    if not 0 < cfg.fps <= MAX_FPS:
+        raise ValueError(f"--fps must be positive (at most {MAX_FPS}), got {cfg.fps}")
+    if not math.isfinite(cfg.seconds):
+        raise ValueError(f"--seconds must be a finite number, got {cfg.seconds}")
+    for flag, seed in (("--seed", cfg.seed), ("--prompt-world", cfg.prompt_world)):
+        if seed is not None and not 0 <= seed <= MAX_SEED:
+            raise ValueError(f"{flag} must be in [0, 2**63 - 1], got {seed}")
     num_frames = int(round(cfg.seconds * cfg.fps))
     if num_frames <= 0:
         raise ValueError(f"--seconds {cfg.seconds} at --fps {cfg.fps} is {num_frames} frames; need at least one")
@@ -120,7 +132,100 @@ def check_request(cfg: GenerateConfig):
         raise ValueError("--prompt-world starts a new clip; it cannot be combined with --resume")
     if cfg.prompt_world is not None and cfg.prompt_frames < 1:
         raise ValueError(f"--prompt-frames must be at least 1, got {cfg.prompt_frames}")
+    if cfg.dtype not in DTYPES:
+        raise ValueError(f"--dtype must be one of {', '.join(DTYPES)}, got {cfg.dtype!r}")
+    device = resolve_device(cfg.device)
+    name = resolve_model(cfg.model)
+    model = model_config_for(name)
+    prompt = cfg.prompt_frames if cfg.prompt_world is not None else 0
+    source = name if name.startswith("random-") else str(Path(name) / "transformer" / "config.json")
+    check_budget(model, cfg.generation, num_frames, prompt, DTYPES[cfg.dtype], device, source=source)
     return out, num_frames, actions
+
+
+MAX_SEED = 2**63 - 1
+MAX_FPS = 1000
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_device(device: str) -> torch.device:
+    """``--device``: ``auto`` (CUDA when available, else the CPU), ``cpu``, ``cuda``, ``cuda:N``,
+    ``mps``; ValueError naming the flag for anything else or a device this machine lacks."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"--device {device!r} is not a device: auto, cpu, cuda, cuda:N or mps")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {device}: CUDA is not available on this machine; use --device cpu (or auto)")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"--device {device}: MPS is not available on this machine; use --device cpu (or auto)")
+    return dev
+
+
+def available_bytes(device: torch.device) -> tuple[int, str]:
+    """(free bytes, what they are) on ``device``: free GPU memory, else the RAM the OS can give."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0], f"free on {device}"
+    try:
+        with open("/proc/meminfo") as f:
+            info = {line.split(":")[0]: line.split()[1] for line in f}
+        return int(info["MemAvailable"]) * 1024, "RAM available"
+    except (OSError, KeyError, ValueError, IndexError):
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"), "RAM available"
+
+
+def run_bytes(model: dict, gen, num_frames: int, prompt_frames: int, dtype: torch.dtype,
+              source: str = "the model") -> dict[str, tuple[int, str]]:
+    """An estimate of the memory a run holds at its peak, by part: ``{part: (bytes, the flag or key
+    that sets it)}`` — weights, window cache, memories, one pass's activations (float32 attention
+    scores, as the CPU reference computes them), prompt frames, and the per-frame poses and actions.
+    ``source``: where the model's config comes from (named when the weights are the largest part)."""
+    item = torch.tensor([], dtype=dtype).element_size()
+    d, layers, heads, p = model["hidden_dim"], model["num_layers"], model["num_heads"], model["patch_size"]
+    e, n = d // heads, (gen.height // p) * (gen.width // p)
+    full = gen.memory.mode == "full"
+    window = (num_frames + prompt_frames) if full else gen.window_frames
+    mem = gen.memory
+    slot = 2 * e * item + 4 * -(-mem.n_bits // 32) + 8 + 4
+    tokens, context = gen.chunk_frames * n, window * n + gen.chunk_frames * n
+    read = min(mem.top_k or mem.num_buckets * mem.slots, mem.num_buckets * mem.slots) if mem.mode == "hashed" else 0
+    return {
+        "weights": (int(layers * (14 + 2 * model["mlp_ratio"]) * d * d * item), f"{source}: hidden_dim × num_layers"),
+        "window cache": (2 * layers * heads * window * n * e * item, "--seconds (memory.mode=full)" if full else "window_frames"),
+        "memories": ((layers * heads * mem.num_buckets * mem.slots * slot) if mem.mode == "hashed" else 0,
+                     "memory.num_buckets × memory.slots"),
+        "attention": (4 * heads * (tokens * context + gen.chunk_frames * n * n + 2 * tokens * read * e),
+                      "height/width" if n >= window + gen.chunk_frames else "window_frames/chunk_frames"),
+        "activations": (16 * 4 * tokens * d, "height/width"),
+        "prompt frames": (9 * prompt_frames * 3 * gen.height * gen.width, "--prompt-frames"),
+        "poses": (64 * (num_frames + prompt_frames), "--seconds"),
+    }
+
+
+def check_budget(model: dict, gen, num_frames: int, prompt_frames: int, dtype: torch.dtype,
+                 device: torch.device, available: int | None = None, source: str = "the model") -> None:
+    """ValueError naming the flag or key behind the largest part when :func:`run_bytes` exceeds the
+    memory ``device`` has free (``available``: that many bytes instead)."""
+    parts = run_bytes(model, gen, num_frames, prompt_frames, dtype, source)
+    total = sum(b for b, _ in parts.values())
+    where = "given"
+    if available is None:
+        available, where = available_bytes(device)
+    if total > available:
+        part, (size, knob) = max(parts.items(), key=lambda kv: kv[1][0])
+        raise ValueError(f"{knob}: this run needs about {_gb(total)} of memory ({part}: {_gb(size)}), more than the "
+                         f"{_gb(available)} {where}; lower {knob}")
+
+
+def _gb(n: int) -> str:
+    return f"{n / 2**30:.3g} GiB" if n < 2**50 else f"{n / 2**50:.3g} PiB"
 
 
 def check_state_path(save_state: str, out: Path) -> None:
@@ -148,6 +253,8 @@ def load_pipeline(cfg: GenerateConfig, device: torch.device, progress: bool = Tr
         if not progress:
             diffusers_logging.enable_progress_bar()
     pipe = pipe.to(device)
+    if cfg.dtype != "float32":
+        pipe.transformer.to(DTYPES[cfg.dtype])
     if compile_blocks:
         pipe.compile_blocks()
     if use_cuda_graphs(cuda_graphs, device):
