@@ -54,7 +54,9 @@ class GenerateConfig:
     seed: int = 0
     actions: Optional[str] = None  # JSON file: ["up", "left", ...] or {"actions": [...]}
     prompt_world: Optional[int] = None  # start from ground-truth frames of this procedural world seed
-    prompt_frames: int = 8  # how many (with prompt_world); they lead into the generated path
+    prompt_frames: int = 8  # how many (with prompt_world or prompt_video); they lead into the generated path
+    prompt_image: Optional[str] = None  # start from this image (resized; one context frame)
+    prompt_video: Optional[str] = None  # start from the last prompt_frames frames of this video (resized)
     resume: Optional[str] = None
     save_state: Optional[str] = None
     device: str = "auto"

@@ -34,6 +34,10 @@ BAD = {
     "out-override": (["out=../../x.mp4"], "out=../../x.mp4: out is set by --out"),
     "seed-override": (["seed=4"], "seed=4: seed is set by --seed"),
     "dtype-bogus": (["--dtype", "int8"], "--dtype: invalid choice"),
+    "image-missing": (["--image", "/no/such.png"], "--image /no/such.png: no such file"),
+    "video-missing": (["--video", "/no/such.mp4"], "--video /no/such.mp4: no such file"),
+    "two-prompts": (["--image", "/no/such.png", "--prompt-world", "1"], "--prompt-world and --image: give one frame prompt"),
+    "image-and-resume": (["--image", "/no/such.png", "--resume", "/no/s.pt"], "--image starts a new clip"),
 }
 
 

@@ -1,7 +1,8 @@
 """Generate a long clip to mp4, chunk by chunk, at constant memory.
 
     vidhash generate --model random-tiny --seconds 60 --fps 8 --out clip.mp4 [--seed N]
-        [--actions actions.json] [--resume state.pt] [--save-state state.pt] [key=value ...]
+        [--actions actions.json] [--resume state.pt] [--save-state state.pt] [--device D] [--dtype T]
+        [--prompt-world SEED | --image PATH | --video PATH] [--prompt-frames N] [key=value ...]
 
 The flags; what they do and the files written: :mod:`vidhash.generate`.
 """
@@ -23,7 +24,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--actions", default=None, metavar="JSON", help=f"camera actions, one per frame: a JSON list of {', '.join(ACTIONS)} (or {{\"actions\": [...]}})")
     p.add_argument("--prompt-world", type=int, default=None, metavar="SEED",
                    help="start from ground-truth frames of this procedural world (written first into the mp4)")
-    p.add_argument("--prompt-frames", type=int, default=None, metavar="N", help="how many prompt frames (default 8)")
+    p.add_argument("--image", dest="prompt_image", default=None, metavar="PATH",
+                   help="start from this image (any format Pillow reads; resized to the frame size, one context frame)")
+    p.add_argument("--video", dest="prompt_video", default=None, metavar="PATH",
+                   help="start from the last --prompt-frames frames of this video (resized to the frame size)")
+    p.add_argument("--prompt-frames", type=int, default=None, metavar="N",
+                   help="how many prompt frames of --prompt-world / --video (default 8)")
     p.add_argument("--resume", default=None, metavar="STATE", help="continue from a saved state")
     p.add_argument("--save-state", default=None, metavar="STATE", help="save the state here at the end (and on interrupt)")
     p.add_argument("--device", default=None, help="auto (default: cuda when available), cpu, cuda, cuda:1, mps")
@@ -41,7 +47,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 # run settings: each has its flag, and only the flag sets it (a key=value override naming one is an error)
 RUN_FLAGS = {"model": "--model", "seconds": "--seconds", "fps": "--fps", "out": "--out", "seed": "--seed",
              "actions": "--actions", "prompt_world": "--prompt-world", "prompt_frames": "--prompt-frames",
-             "resume": "--resume", "save_state": "--save-state", "device": "--device", "dtype": "--dtype"}
+             "resume": "--resume", "save_state": "--save-state", "device": "--device", "dtype": "--dtype",
+             "prompt_image": "--image", "prompt_video": "--video"}
 
 
 def check_overrides(args: argparse.Namespace) -> None:
