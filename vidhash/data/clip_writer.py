@@ -119,20 +119,43 @@ class OutputClaim:
         self.used = False  # a ClipWriter wrote into it
 
     def __enter__(self) -> OutputClaim:
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+        fd = self._create_locked()
         try:
-            fd = os.open(self.partial, flags, 0o666)
-        except FileExistsError:
-            raise ValueError(self._taken_reason()) from None
-        try:
-            if fcntl is not None:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             self.file = os.fdopen(fd, "wb", buffering=0)
         except BaseException:
             os.close(fd)
             self.partial.unlink(missing_ok=True)
             raise
         return self
+
+    def _create_locked(self) -> int:
+        """The partial file, created exclusively and already locked when its name appears: a random
+        temporary file, locked, hard-linked to the name (``link`` fails on any existing name, a
+        symlink included), so another run never sees the name unlocked. Where hard links are not
+        supported: ``O_CREAT | O_EXCL | O_NOFOLLOW``, then the lock."""
+        if fcntl is not None:
+            fd, tmp = tempfile.mkstemp(prefix=f".{self.partial.name}.", suffix=".tmp", dir=self.partial.parent)
+            try:
+                os.fchmod(fd, 0o666 & ~umask())
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                try:
+                    os.link(tmp, self.partial, follow_symlinks=False)
+                    return fd
+                except FileExistsError:
+                    os.close(fd)
+                    raise ValueError(self._taken_reason()) from None
+                except OSError:  # no hard links here: the plain exclusive create below
+                    os.close(fd)
+            finally:
+                os.unlink(tmp)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+        try:
+            fd = os.open(self.partial, flags, 0o666)
+        except FileExistsError:
+            raise ValueError(self._taken_reason()) from None
+        if fcntl is not None:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return fd
 
     @staticmethod
     def check(out: str | os.PathLike) -> None:
