@@ -55,7 +55,6 @@ from vidhash.generation_config import GenerationConfig, MemorySettings
 from vidhash.memory import MemoryRead
 from vidhash.models.transformer_vidhash import VidHashTransformer3DModel
 from vidhash.presets import (
-    config_diff,
     generation_for_model,
     generation_from_dict,
     generation_preset,
@@ -340,7 +339,7 @@ class VidHashPipeline(DiffusionPipeline):
         are :attr:`generation_config`'s."""
         settings = self.resolve_settings(height=height, width=width, window_frames=window_frames, memory=memory)
         self.transformer.tokens_per_frame(settings.height, settings.width)
-        config = VidHashState.config_for(self.transformer.config, settings.height, settings.width,
+        config = VidHashState.config_for(self.transformer, settings.height, settings.width,
                                          settings.window_frames, settings.memory.mode, settings.memory, 1,
                                          self.transformer.dtype)
         return VidHashState(config, generator=_cpu_generator(generator), device=self.transformer.device)
@@ -363,11 +362,9 @@ class VidHashPipeline(DiffusionPipeline):
             raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
         ids, poses = _check_path(actions, poses, num_frames, "actions", "poses", "frames", "num_frames")
         if state is not None:
-            want = VidHashState.config_for(self.transformer.config, height, width, settings.window_frames,
+            want = VidHashState.config_for(self.transformer, height, width, settings.window_frames,
                                            settings.memory.mode, settings.memory, 1, self.transformer.dtype)
-            if want != state.config:
-                diff = config_diff(state.config, want, "state")
-                raise ValueError(f"the state was made for another model or generation config ({diff})")
+            VidHashState.check_config(state.config, want)  # the weights' digest too
         bad = [k for k in callback_on_step_end_tensor_inputs or [] if k not in self._callback_tensor_inputs]
         if bad:
             raise ValueError(f"callback_on_step_end_tensor_inputs {bad} not in {self._callback_tensor_inputs}")
@@ -615,7 +612,7 @@ class VidHashPipeline(DiffusionPipeline):
     # ------------------------------------------------------------------ the steps of stream
     def _new_state(self, settings: GenerationConfig, generator: torch.Generator | None) -> VidHashState:
         self.transformer.tokens_per_frame(settings.height, settings.width)
-        config = VidHashState.config_for(self.transformer.config, settings.height, settings.width,
+        config = VidHashState.config_for(self.transformer, settings.height, settings.width,
                                          settings.window_frames, settings.memory.mode, settings.memory, 1,
                                          self.transformer.dtype)
         return VidHashState(config, generator=_cpu_generator(generator), device=self.transformer.device)

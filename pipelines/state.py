@@ -33,6 +33,7 @@ same folder, fsync, rename). Loading a truncated or foreign file raises ValueErr
 from __future__ import annotations
 
 import hashlib
+import math
 import json
 import os
 import tempfile
@@ -47,13 +48,50 @@ from safetensors.torch import save_file
 from vidhash.files import umask
 from vidhash.generation_config import MEMORY_MODES
 from vidhash.memory import HashedMemory, MemoryRead, MemorySize, UnboundHasher
+from vidhash.presets import config_diff
 from vidhash.models.transformer_vidhash import TemporalContext
 
-FORMAT = "vidhash-state/1"
-# Model config keys that shape or change the K/V a state holds.
+FORMAT = "vidhash-state/2"  # /1 plus a checksum, the weights' digest and every model key in the config
+OLD_FORMATS = ("vidhash-state/1",)  # still read, with the checks that apply to them (no checksum)
+# Model config keys that shape or change the K/V a state holds (every key the model's forward reads).
 MODEL_KEYS = ("in_channels", "patch_size", "hidden_dim", "num_layers", "num_heads", "mlp_ratio", "num_actions",
               "pos_freqs", "pos_period", "qk_norm")
+# ... and those added to the fingerprint later (with the weights' digest, config key "weights"): a state
+# written before them lacks them, and is checked against the keys it has
+LATER_MODEL_KEYS = ("rope", "prediction", "sigma_min")
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
+MAX_FRAME_INDEX = 2**53  # frame counters beyond this are corrupt (a float64 pose of that many steps is meaningless)
+
+
+def weights_digest(model: torch.nn.Module) -> str:
+    """sha256 (16 hex digits) of ``model``'s parameters and buffers: names, dtypes, shapes and bytes.
+    Cached on the model until a tensor is replaced or changed in place (its ``_version``)."""
+    tensors = sorted(model.state_dict(keep_vars=True).items())
+    key = tuple((name, t.data_ptr(), t._version, t.dtype, tuple(t.shape)) for name, t in tensors)
+    cached = getattr(model, "_vidhash_weights_digest", None)
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    h = hashlib.sha256()
+    for name, t in tensors:
+        t = t.detach()
+        h.update(f"{name}:{str(t.dtype).removeprefix('torch.')}:{tuple(t.shape)};".encode())
+        h.update(t.reshape(-1).contiguous().view(torch.uint8).cpu().numpy().data if t.numel() else b"")
+    digest = h.hexdigest()[:16]
+    try:
+        model._vidhash_weights_digest = (key, digest)
+    except AttributeError:  # (a module that refuses attributes: no cache)
+        pass
+    return digest
+
+
+def tensors_checksum(tensors: dict[str, torch.Tensor], meta: dict) -> str:
+    """sha256 of a state file's tensors (names, dtypes, shapes, bytes) and metadata (without the checksum)."""
+    h = hashlib.sha256(json.dumps({k: v for k, v in meta.items() if k != "checksum"}, sort_keys=True).encode())
+    for name in sorted(tensors):
+        t = tensors[name].detach().contiguous().cpu()
+        h.update(f"{name}:{str(t.dtype).removeprefix('torch.')}:{tuple(t.shape)};".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().data if t.numel() else b"")
+    return h.hexdigest()
 
 
 def fingerprint(config: dict, hashers: list | None = None) -> str:
@@ -70,14 +108,18 @@ class VidHashState:
     """
 
     @staticmethod
-    def config_for(model_config: Any, height: int, width: int, window_frames: int, mode: str, size: MemorySize,
+    def config_for(model: Any, height: int, width: int, window_frames: int, mode: str, size: MemorySize,
                    batch_size: int = 1, dtype: torch.dtype = torch.float32) -> dict:
         """The JSON-able configuration a state is built from (and fingerprinted by): the model keys
-        that shape its K/V, frame size, window, memory ``mode`` and ``size``, batch and dtype. A
-        model with learned signatures (``memory_hash_bits > 0``) stores its bits in the memory
-        (SimHash states keep their fingerprints)."""
+        its forward reads (``MODEL_KEYS``, ``LATER_MODEL_KEYS``), the digest of its weights
+        (``"weights"``, :func:`weights_digest`; when ``model`` is the model rather than its config),
+        frame size, window, memory ``mode`` and ``size``, batch and dtype. A model with learned
+        signatures (``memory_hash_bits > 0``) stores its bits in the memory."""
+        weights = weights_digest(model) if isinstance(model, torch.nn.Module) else None
+        model_config = model.config if isinstance(model, torch.nn.Module) else model
         mem = {"mode": mode, **asdict(size.size)}
-        model = {k: (float(model_config[k]) if isinstance(model_config[k], float) else model_config[k]) for k in MODEL_KEYS}
+        keys = MODEL_KEYS + tuple(k for k in LATER_MODEL_KEYS if k in model_config)
+        model = {k: (float(model_config[k]) if isinstance(model_config[k], float) else model_config[k]) for k in keys}
         bits = int(model_config.get("memory_hash_bits", 0) or 0)
         if bits:
             model.update(memory_hash_bits=bits, memory_hash_hidden=int(model_config.get("memory_hash_hidden", 128)))
@@ -86,7 +128,25 @@ class VidHashState:
             "model": model,
             "height": int(height), "width": int(width), "window_frames": int(window_frames),
             "memory": mem, "batch_size": int(batch_size), "dtype": str(dtype).removeprefix("torch."),
+            **({"weights": weights} if weights is not None else {}),
         }
+
+    @staticmethod
+    def check_config(have: dict, want: dict) -> None:
+        """ValueError unless a state of config ``have`` can continue under ``want`` (what
+        :meth:`config_for` gives for the model and settings at hand): equal, except that a state
+        written before the weights' digest and ``LATER_MODEL_KEYS`` joined the config is compared
+        on the keys it has."""
+        if "weights" not in have:  # an older state: what it recorded must match
+            want = {k: v for k, v in want.items() if k != "weights"}
+            want["model"] = {k: v for k, v in want["model"].items() if k not in LATER_MODEL_KEYS or k in have["model"]}
+        if want == have:
+            return
+        if have.get("weights") not in (None, want.get("weights")) and {**have, "weights": None} == {**want, "weights": None}:
+            raise ValueError(f"the state was made with other weights (digest {have['weights']}, this model's "
+                             f"{want['weights']}): it continues only under the model that made it")
+        diff = config_diff(have, want, "state")
+        raise ValueError(f"the state was made for another model or generation config ({diff})")
 
     def __init__(self, config: dict, generator: torch.Generator | None = None, device: torch.device | str = "cpu",
                  hashers: list | None = None):
@@ -245,7 +305,8 @@ class VidHashState:
         }
 
     def save(self, path: str | os.PathLike) -> Path:
-        """Write the state atomically (temp file + rename); returns the path."""
+        """Write the state atomically (temp file + rename), with a checksum of every tensor and the
+        metadata; returns the path."""
         path = Path(path)
         tensors = {
             "window.k": self.window_k, "window.v": self.window_v, "window.index": self.window_index,
@@ -256,11 +317,13 @@ class VidHashState:
                 if torch.is_tensor(t):
                     tensors[f"memory.{layer}.{name}"] = t
         tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+        meta = self._meta()
+        meta["checksum"] = tensors_checksum(tensors, meta)
         parent = path.parent if str(path.parent) else Path(".")
         fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=parent)
         os.close(fd)
         try:
-            save_file(tensors, tmp, metadata={"vidhash": json.dumps(self._meta())})
+            save_file(tensors, tmp, metadata={"vidhash": json.dumps(meta)})
             with open(tmp, "rb+") as f:
                 os.fsync(f.fileno())
             os.chmod(tmp, 0o666 & ~umask())  # mkstemp makes 0600; give the file the usual permissions
@@ -274,10 +337,12 @@ class VidHashState:
     @classmethod
     def load(cls, path: str | os.PathLike, device: torch.device | str = "cpu") -> VidHashState:
         """Read a state written by :meth:`save`. Raises FileNotFoundError for a missing file and
-        ValueError for a truncated, corrupt or foreign one."""
+        ValueError naming the file for a truncated, corrupt (checksum), edited (a field out of
+        range) or foreign one. Files of the first format (no checksum) get every other check."""
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"state file {path} does not exist")
+        # 1. the file: tensors and metadata, the checksum over both
         try:
             with safe_open(str(path), framework="pt", device="cpu") as f:
                 raw = (f.metadata() or {}).get("vidhash")
@@ -288,23 +353,37 @@ class VidHashState:
             meta = json.loads(raw)
         except (TypeError, json.JSONDecodeError):
             raise ValueError(f"state file {path} has no vidhash metadata (not a VidHashState file)") from None
-        if meta.get("format") != FORMAT:
-            raise ValueError(f"state file {path} has format {meta.get('format')!r}, expected {FORMAT!r}")
+        if not isinstance(meta, dict) or meta.get("format") not in (FORMAT, *OLD_FORMATS):
+            found = meta.get("format") if isinstance(meta, dict) else None
+            raise ValueError(f"state file {path} has format {found!r}, expected {FORMAT!r}")
+        if meta["format"] == FORMAT and meta.get("checksum") != tensors_checksum(tensors, meta):
+            raise ValueError(f"state file {path}: checksum mismatch (the file was changed or damaged after it was saved)")
+        # 2. every field checked before it is used (ValueError naming the field)
+        try:
+            return cls._from_file(meta, tensors).to(device)
+        except (KeyError, TypeError, IndexError, AttributeError, RuntimeError, ValueError, OverflowError) as err:
+            what = f"missing field {err}" if isinstance(err, KeyError) else str(err).splitlines()[0] if str(err) else type(err).__name__
+            raise ValueError(f"state file {path}: {what}") from None
+
+    @classmethod
+    def _from_file(cls, meta: dict, tensors: dict) -> VidHashState:
+        """The state of a file's metadata and tensors, every field range-checked (:func:`check_meta`)."""
         digests = meta.get("hashers")
         if fingerprint(meta["config"], digests if digests and any(d is not None for d in digests) else None) != meta["fingerprint"]:
-            raise ValueError(f"state file {path}: metadata does not match its fingerprint (corrupt)")
+            raise ValueError("metadata does not match its fingerprint (corrupt)")
+        check_config_values(meta["config"])
+        expected = _expected_shapes(meta["config"], meta["window_filled"])
+        for key, shape in expected.items():
+            if key not in tensors:
+                raise ValueError(f"tensor {key} is missing")
+            if tuple(tensors[key].shape) != shape:
+                raise ValueError(f"{key} has shape {tuple(tensors[key].shape)}, expected {shape}")
         generator = torch.Generator()
         generator.set_state(tensors["rng"])
         state = cls(meta["config"], generator=generator, device="cpu")
         for mem, digest in zip(state.memories, digests or []):
             if isinstance(mem.hasher, UnboundHasher):
                 mem.hasher.expected_digest = digest  # the model's hasher must be this one
-        expected = {"window.k": state.window_k.shape, "window.v": state.window_v.shape}
-        if state.mode == "full":
-            expected = {k: (*s[:3], meta["window_filled"], *s[4:]) for k, s in expected.items()}
-        for key, shape in expected.items():
-            if tuple(tensors[key].shape) != tuple(shape):
-                raise ValueError(f"state file {path}: {key} has shape {tuple(tensors[key].shape)}, expected {tuple(shape)}")
         state.window_k, state.window_v = tensors["window.k"].to(state.dtype), tensors["window.v"].to(state.dtype)
         state.window_index = tensors["window.index"]
         for layer, mem in enumerate(state.memories):
@@ -312,12 +391,131 @@ class VidHashState:
             sd = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
             sd.update({k: v for k, v in mem.state_dict().items() if not torch.is_tensor(v)})  # extra state
             mem.load_state_dict(sd)
-        state.window_filled = int(meta["window_filled"])
-        state.frame_index = int(meta["frame_index"])
+        state.window_filled = meta["window_filled"]
+        state.frame_index = meta["frame_index"]
         state.pose = list(meta["pose"])
         state.trajectory = meta["trajectory"]  # (files of the first format also hold top_k, mass_cap: not state)
-        return state.to(device)
+        check_state_values(state)
+        return state
 
     def __repr__(self) -> str:
         return (f"VidHashState(frames={self.frame_index}, mode={self.mode!r}, window={self.window_filled}/"
                 f"{self.window_frames}, layers={self.num_layers}, nbytes={self.nbytes}, fingerprint={self.fingerprint})")
+
+
+# ---------------------------------------------------------------------- checks of a loaded file
+
+
+def _int(name: str, value: Any, low: int = 0, high: int = MAX_FRAME_INDEX) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+        raise ValueError(f"{name} must be an int in [{low}, {high}], got {value!r}")
+    return value
+
+
+def check_config_values(config: dict) -> None:
+    """ValueError naming the key of a state config that is not one :meth:`VidHashState.config_for` makes."""
+    if not isinstance(config, dict) or not isinstance(config.get("model"), dict) or not isinstance(config.get("memory"), dict):
+        raise ValueError("config must hold the model and memory sections")
+    m = config["model"]
+    for key in ("in_channels", "patch_size", "hidden_dim", "num_layers", "num_heads", "num_actions", "pos_freqs"):
+        _int(f"config.model.{key}", m[key], 1, 2**20)
+    for key in ("mlp_ratio", "pos_period"):
+        if not isinstance(m[key], (int, float)) or isinstance(m[key], bool) or not 0 < m[key] < float("inf"):
+            raise ValueError(f"config.model.{key} must be a positive number, got {m[key]!r}")
+    if m["hidden_dim"] % m["num_heads"]:
+        raise ValueError(f"config.model.hidden_dim {m['hidden_dim']} is not divisible by num_heads {m['num_heads']}")
+    for key in ("height", "width"):
+        if _int(f"config.{key}", config[key], 1, 2**16) % m["patch_size"]:
+            raise ValueError(f"config.{key} {config[key]} is not a multiple of patch_size {m['patch_size']}")
+    _int("config.window_frames", config["window_frames"], 1, 2**20)
+    _int("config.batch_size", config["batch_size"], 1, 2**16)
+    if config["dtype"] not in _DTYPES:
+        raise ValueError(f"config.dtype must be one of {sorted(_DTYPES)}, got {config['dtype']!r}")
+    mem = config["memory"]
+    if mem.get("mode") not in MEMORY_MODES:
+        raise ValueError(f"config.memory.mode must be one of {MEMORY_MODES}, got {mem.get('mode')!r}")
+    MemorySize(**{f.name: mem[f.name] for f in fields(MemorySize)})  # its own checks (ValueError naming the field)
+    _int("config.memory.num_buckets", mem["num_buckets"], 1, 2**24)
+    _int("config.memory.slots", mem["slots"], 1, 2**16)
+
+
+def _expected_shapes(config: dict, window_filled: Any) -> dict[str, tuple]:
+    """The shape of every tensor of a state file of ``config`` (``window_filled``: the frames a mode
+    ``full`` window holds)."""
+    from vidhash.hashing import num_words
+
+    m, mem = config["model"], config["memory"]
+    frames = config["window_frames"]
+    if mem["mode"] == "full":
+        frames = _int("window_filled", window_filled)
+    b, h, e = config["batch_size"], m["num_heads"], m["hidden_dim"] // m["num_heads"]
+    n = (config["height"] // m["patch_size"]) * (config["width"] // m["patch_size"])
+    window = (m["num_layers"], b, h, frames, n, e)
+    shapes = {"window.k": window, "window.v": window, "window.index": (frames,), "rng": tuple(torch.Generator().get_state().shape)}
+    if mem["mode"] == "hashed":
+        slots = (b, h, mem["num_buckets"], mem["slots"])
+        for layer in range(m["num_layers"]):
+            shapes.update({f"memory.{layer}.keys": (*slots, e), f"memory.{layer}.values": (*slots, e),
+                           f"memory.{layer}.signatures": (*slots, num_words(mem["n_bits"])),
+                           f"memory.{layer}.frames": slots, f"memory.{layer}.counts": slots,
+                           f"memory.{layer}.bucket_writes": slots[:3]})
+    return shapes
+
+
+def check_state_values(state: VidHashState) -> None:
+    """ValueError naming the field of a loaded state whose value cannot come from generation: the
+    counters, the window's frame indices, pose, trajectory, the memories' frames and counts, and
+    non-finite K/V."""
+    f = _int("frame_index", state.frame_index)
+    full = state.mode == "full"
+    filled = _int("window_filled", state.window_filled, 0, f if full else min(f, state.window_frames))
+    if full and filled != f:
+        raise ValueError(f"window_filled {filled} must equal frame_index {f} in memory mode 'full'")
+    index = state.window_index
+    want = torch.cat([torch.arange(f - filled, f), torch.full((index.numel() - filled,), -1)]).to(index)
+    if index.dtype != torch.int64 or not torch.equal(index, want):
+        raise ValueError(f"window.index must hold frames {f - filled}..{f - 1} (the last window_filled), then -1")
+    pose = state.pose
+    if len(pose) != 2 or not all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in pose):
+        raise ValueError(f"pose must be two finite numbers, got {pose!r}")
+    if state.trajectory is not None:
+        check_trajectory(state.trajectory)
+    for name, t in (("window.k", state.window_k), ("window.v", state.window_v)):
+        if not bool(torch.isfinite(t).all()):
+            raise ValueError(f"{name} holds non-finite values")
+    for layer, mem in enumerate(state.memories):
+        if not bool(torch.isfinite(mem.keys).all() and torch.isfinite(mem.values).all()):
+            raise ValueError(f"memory.{layer} keys/values hold non-finite values")
+        if bool(((mem.frames < -1) | (mem.frames >= max(f - filled, 0))).any()):
+            raise ValueError(f"memory.{layer}.frames must be -1 or a frame before the window (< {f - filled})")
+        if bool((mem.counts < 0).any()) or bool((mem.bucket_writes < 0).any()):
+            raise ValueError(f"memory.{layer}.counts / bucket_writes must not be negative")
+
+
+def check_trajectory(t: Any) -> None:
+    """ValueError naming the field of a random-trajectory state (``RandomTrajectory.state_dict``) out of range."""
+    from vidhash.camera import RandomTrajectory
+
+    if not isinstance(t, dict):
+        raise ValueError(f"trajectory must be a dict or null, got {type(t).__name__}")
+    size = _int("trajectory.size", t["size"], 1, 2**31)
+    step = _int("trajectory.step", t["step"], 1, size)
+    _int("trajectory.reach", t["reach"], 0, 2**31)
+    _int("trajectory.history_len", t["history_len"], 1, 2**16)
+    pause_max = _int("trajectory.max_pause", t["max_pause"], 0, 2**16)
+    _int("trajectory.pause", t["pause"], 0, pause_max)
+    if size % step or not isinstance(t["revisit"], (int, float)) or not 0 <= t["revisit"] <= 1:
+        raise ValueError(f"trajectory.step must divide trajectory.size and revisit be in [0, 1], got {t['step']}, "
+                         f"{t['size']}, {t['revisit']!r}")
+    places = [("trajectory.pos", t["pos"])] + ([("trajectory.target", t["target"])] if t["target"] is not None else [])
+    if not isinstance(t["history"], list) or not 1 <= len(t["history"]) <= t["history_len"]:
+        raise ValueError(f"trajectory.history must be a list of 1..history_len places, got {t['history']!r}")
+    places += [(f"trajectory.history[{i}]", p) for i, p in enumerate(t["history"])]
+    for name, p in places:
+        if not isinstance(p, list) or len(p) != 2:
+            raise ValueError(f"{name} must be [x, y], got {p!r}")
+        _int(f"{name}[0]", p[0], 0, size - 1), _int(f"{name}[1]", p[1], 0, size - 1)
+    try:
+        RandomTrajectory.from_state_dict(t)  # the generator state (numpy validates it)
+    except (TypeError, ValueError, KeyError) as err:
+        raise ValueError(f"trajectory.rng is not a generator state ({err})") from None

@@ -145,3 +145,81 @@ def test_bench_realism_prints_the_validation_table(capsys, monkeypatch):
     rows = {line[:44].strip(): line.split() for line in capsys.readouterr().out.splitlines()[2:]}
     assert set(rows) >= {"real, worlds 1000000…1000000", "real, mp4 round trip (crf 18)", "blur σ 2.0"}
     assert float(rows["blur σ 2.0"][-3]) > float(rows["real, worlds 1000000…1000000"][-3])  # farther from real
+
+
+# --------------------------------------------------------------- generate: frame prompts, --dtype (issue 19)
+
+PROMPT_RUN = ["--model", "random-tiny", "--seconds", "0.5", "--quiet", "num_inference_steps=1", "height=32", "width=32"]
+
+
+def _pictures(tmp_path):
+    """Two unlike images of another size than the frames (50×70 vs 32×32)."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    paths = []
+    for i, colour in enumerate(([230, 40, 40], [30, 60, 220])):
+        array = np.clip(np.array(colour)[None, None] + rng.normal(0, 10, (50, 70, 3)), 0, 255).astype(np.uint8)
+        paths.append(tmp_path / f"img{i}.png")
+        Image.fromarray(array).save(paths[-1])
+    return paths
+
+
+def _resized(path):
+    import numpy as np
+    from PIL import Image
+
+    with Image.open(path) as image:
+        return np.asarray(image.convert("RGB").resize((32, 32), Image.Resampling.BICUBIC), dtype=np.float64)
+
+
+def test_image_prompt_opens_the_clip_and_is_the_context(tmp_path):
+    """--image: resized to the frame size, written first and given to the pipeline as the context
+    frame (the state counts it); the first frame is the image's, not the other image's."""
+    import json
+
+    import numpy as np
+
+    from vidhash.data.video import read_frames
+    from vidhash.pipelines import VidHashState
+
+    mine, other = _pictures(tmp_path)
+    out = tmp_path / "clip.mp4"
+    assert main(["generate", *PROMPT_RUN, "--image", str(mine), "--out", str(out),
+                 "--save-state", str(tmp_path / "s.pt")]) == 0
+    frames = read_frames(out).astype(np.float64)
+    poses = json.loads((tmp_path / "clip.poses.json").read_text())
+    assert (poses["prompt_image"], poses["prompt_frames"], poses["actions"][0]) == (str(mine), 1, None)
+    assert len(frames) == len(poses["poses"]) == 1 + 4 and VidHashState.load(tmp_path / "s.pt").frame_index == 5
+    assert np.abs(frames[0] - _resized(mine)).mean() < np.abs(frames[0] - _resized(other)).mean()
+
+
+def test_video_prompt_takes_the_last_frames(tmp_path):
+    """--video with --prompt-frames 3: the clip's last 3 frames, resized, open the output."""
+    import json
+
+    import numpy as np
+
+    from vidhash.data.video import read_frames
+    from vidhash.metrics.synthetic import synthetic_clip, write_video
+
+    clip, _ = synthetic_clip("pan", seconds=2, fps=8, size=48)
+    video = write_video(str(tmp_path / "in.mp4"), clip, fps=8)
+    source = read_frames(video, height=32, width=32).astype(np.float64)
+    out = tmp_path / "clip.mp4"
+    assert main(["generate", *PROMPT_RUN, "--video", video, "--prompt-frames", "3", "--out", str(out)]) == 0
+    frames = read_frames(out).astype(np.float64)
+    assert json.loads((tmp_path / "clip.poses.json").read_text())["prompt_frames"] == 3 and len(frames) == 3 + 4
+    near = [int(np.argmin([np.abs(f - s).mean() for s in source])) for f in frames[:3]]
+    assert near == [len(source) - 3, len(source) - 2, len(source) - 1], near
+
+
+def test_dtype_sets_the_weights_and_the_state(tmp_path):
+    from vidhash.pipelines import VidHashState
+
+    out = tmp_path / "clip.mp4"
+    assert main(["generate", *PROMPT_RUN, "--dtype", "bfloat16", "--out", str(out),
+                 "--save-state", str(tmp_path / "s.pt")]) == 0
+    assert VidHashState.load(tmp_path / "s.pt").config["dtype"] == "bfloat16"
+    assert "dtype: bfloat16" in (tmp_path / "clip.config.yaml").read_text()

@@ -54,10 +54,13 @@ class GenerateConfig:
     seed: int = 0
     actions: Optional[str] = None  # JSON file: ["up", "left", ...] or {"actions": [...]}
     prompt_world: Optional[int] = None  # start from ground-truth frames of this procedural world seed
-    prompt_frames: int = 8  # how many (with prompt_world); they lead into the generated path
+    prompt_frames: int = 8  # how many (with prompt_world or prompt_video); they lead into the generated path
+    prompt_image: Optional[str] = None  # start from this image (resized; one context frame)
+    prompt_video: Optional[str] = None  # start from the last prompt_frames frames of this video (resized)
     resume: Optional[str] = None
     save_state: Optional[str] = None
     device: str = "auto"
+    dtype: str = "float32"  # the transformer's weights and state: float32, bfloat16 or float16
     generation: GenerationConfig = field(default_factory=GenerationConfig)
 
 
@@ -148,6 +151,11 @@ def apply_overrides(cfg: Any, overrides: list[str], prefix_for: dict[str, str] |
         return OmegaConf.to_object(merged)
     except OmegaConfBaseException as err:
         raise config_error(err, "override") from None
+    except ValueError as err:  # a config's own check (__post_init__): name the override it is about
+        named = [item for item in overrides if item.split("=", 1)[0].rsplit(".", 1)[-1] in str(err)]
+        if not named:
+            raise
+        raise ValueError(f"{', '.join(named)}: {err}") from None
 
 
 _GENERATION_KEYS = {f.name: "generation" for f in fields(GenerationConfig)}
@@ -187,3 +195,63 @@ def save_config(cfg: Any, path: str | os.PathLike) -> Path:
 def load_config(cls: type, path: str | os.PathLike) -> Any:
     """Read YAML into dataclass ``cls`` (unknown keys and wrong types raise ValueError naming the key)."""
     return structured(cls, OmegaConf.load(str(path)), str(path))
+
+
+# ------------------------------------------------------------------------------- model folders, read without weights
+
+
+def model_config_for(model: str) -> dict:
+    """The transformer constructor arguments of a resolved ``--model`` value, read and checked
+    without loading weights: ``random-<preset>``'s, or a folder's ``transformer/config.json``
+    (and its ``scheduler/scheduler_config.json`` checked too). ValueError naming the file and the key
+    of a malformed folder (a value of the wrong type, out of range, or a JSON that does not parse)."""
+    from .models.transformer_vidhash import VidHashTransformer3DModel
+    from .presets import check_model_arguments, model_preset
+
+    if model.startswith("random-"):
+        return model_preset(preset_for_model(model))
+    folder = Path(model)
+    if not (folder / "model_index.json").is_file():
+        raise ValueError(f"{model}: not a saved pipeline folder (no model_index.json)")
+    for name in ("model_index.json", "transformer/config.json", "scheduler/scheduler_config.json"):
+        if (folder / name).exists():
+            _json_object(folder / name)
+    path = folder / "transformer" / "config.json"
+    saved = {k: v for k, v in _json_object(path).items() if not k.startswith("_")}
+    args = check_model_arguments(with_model_defaults(saved), str(path))
+    for key in ("in_channels", "patch_size", "hidden_dim", "num_layers", "num_heads", "num_actions", "pos_freqs",
+                "sample_size"):
+        if args[key] < 1:
+            raise ValueError(f"{path}: {key} must be a positive integer, got {args[key]}")
+    for key in ("mlp_ratio", "pos_period"):
+        if not 0 < args[key] < float("inf"):
+            raise ValueError(f"{path}: {key} must be a positive number, got {args[key]}")
+    VidHashTransformer3DModel.check_arguments(**args, prefix=f"{path}: ")
+    _check_scheduler(folder / "scheduler" / "scheduler_config.json")
+    return args
+
+
+def _json_object(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ValueError(f"{path} is missing (the model folder is incomplete)") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path}: not valid JSON ({err})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    return data
+
+
+def _check_scheduler(path: Path) -> None:
+    """The scheduler settings the sampler reads: ``num_train_timesteps`` a positive int, ``shift`` a
+    positive number (a missing file or key keeps the scheduler's default)."""
+    if not path.exists():
+        return
+    data = _json_object(path)
+    steps = data.get("num_train_timesteps", 1000)
+    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
+        raise ValueError(f"{path}: num_train_timesteps must be a positive integer, got {steps!r}")
+    shift = data.get("shift", 1.0)
+    if not isinstance(shift, (int, float)) or isinstance(shift, bool) or not 0 < shift < float("inf"):
+        raise ValueError(f"{path}: shift must be a positive number, got {shift!r}")

@@ -11,6 +11,7 @@ from safetensors import safe_open
 
 from vidhash.memory import MemoryRead, MemorySize
 from vidhash.pipelines import VidHashPipeline, VidHashState
+from vidhash.pipelines.state import FORMAT, LATER_MODEL_KEYS, weights_digest
 
 DATA = Path(__file__).parent / "data"
 OLD = DATA / "state_v1_tiny16.pt"
@@ -71,7 +72,12 @@ def test_new_code_writes_the_same_state_tensors(tmp_path):
     assert all(torch.equal(old[k], new[k]) for k in old), [k for k in old if not torch.equal(old[k], new[k])]
     meta = _meta(path)
     assert "top_k" not in meta and "mass_cap" not in meta
-    assert meta["fingerprint"] == _meta(OLD)["fingerprint"] and meta["config"] == _meta(OLD)["config"]
+    # the config keeps every key of the old one and adds the weights' digest and the later model keys
+    # (issue 20 defect 5), so the fingerprint differs; the old file still continues (tests above)
+    config, old_config = meta["config"], _meta(OLD)["config"]
+    assert config.pop("weights") == weights_digest(pipe.transformer)
+    assert {k: config["model"].pop(k) for k in LATER_MODEL_KEYS} == {k: pipe.transformer.config[k] for k in LATER_MODEL_KEYS}
+    assert config == old_config and meta["format"] == FORMAT != _meta(OLD)["format"]
 
 
 def test_context_reads_as_told():

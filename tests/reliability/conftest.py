@@ -8,14 +8,17 @@ from __future__ import annotations
 import io
 import json
 import os
+import signal
 import subprocess
 import sys
+import threading
+import time
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from reliability_helpers import LINKED
+from reliability_helpers import LINKED, RESUME
 
 REPO = Path(__file__).resolve().parents[2]
 FAST = ["--seconds", "1", "--quiet", "num_inference_steps=1", "height=32", "width=32"]
@@ -56,6 +59,33 @@ class Run:
 
 def generate(tmp: Path, out: str, *extra: str) -> Run:
     return Run(["generate", "--model", "random-tiny", "--out", str(tmp / out), *FAST, *extra], tmp)
+
+
+INTERRUPT_AFTER = 4  # growths of the partial mp4 (about one per chunk) before the signal
+
+
+def _signal_when_written(run: Run, partial: Path, signum: int) -> None:
+    """Send ``signum`` to ``run`` once ``partial`` has grown ``INTERRUPT_AFTER`` times (chunks written)."""
+    sizes = {0}
+    while run.proc.poll() is None:
+        try:
+            sizes.add(partial.stat().st_size)
+        except FileNotFoundError:
+            pass
+        if len(sizes) > INTERRUPT_AFTER:
+            run.proc.send_signal(signum)
+            return
+        time.sleep(0.05)
+
+
+def _interrupt(root: Path) -> dict:
+    """A long clip stopped by SIGINT after a few chunks (the resume and the straight run for the same
+    frames start in the test, which needs to know where it stopped)."""
+    run = Run(["generate", "--model", "random-tiny", "--out", str(root / "int.mp4"), "--seconds", "60",
+               "--seed", "3", "--save-state", str(root / "int.state.pt"), *RESUME], root)
+    threading.Thread(target=_signal_when_written, args=(run, root / "int.partial.mp4", signal.SIGINT),
+                     daemon=True).start()
+    return {"interrupt": run}
 
 
 
@@ -123,8 +153,14 @@ def _coherence_pickle(root: Path) -> dict:
             "coherence_json_is_video": Run(["coherence", video, "--json", video, "--no-progress"], root)}
 
 
-SCENARIOS = {"race": _race, "partial_link": _partial_link, "state_is_out": _state_is_out,
+SCENARIOS = {"interrupt": _interrupt, "race": _race, "partial_link": _partial_link, "state_is_out": _state_is_out,
              "train_pickle": _train_pickle, "coherence_pickle": _coherence_pickle}
+
+
+@pytest.fixture(scope="session")
+def vidhash_run():
+    """``vidhash_run(args, cwd)``: start one more ``vidhash`` subprocess (a :class:`Run`)."""
+    return Run
 
 
 @pytest.fixture(scope="session")

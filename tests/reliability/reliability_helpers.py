@@ -5,6 +5,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+# the interrupt → resume runs: chunks of 2 frames, a window of 4 and a 4 × 2 memory, so that frames
+# leave the window for the memory before the interrupt; 4 fps keeps the clip few frames
+RESUME = ["--fps", "4", "--quiet", "num_inference_steps=1", "height=16", "width=16", "chunk_frames=2",
+          "window_frames=4", "memory.num_buckets=4", "memory.slots=2"]
 LINKED = ["clip.mp4", "clip.poses.json", "clip.config.yaml", "clip.partial.config.yaml", "clip.poses.json.tmp", "state.pt"]
 
 

@@ -7,7 +7,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from reliability_helpers import RESUME, read_json
 from safetensors import safe_open
+
+from vidhash.data.video import read_frames
 
 from vidhash.pipelines import VidHashPipeline, VidHashState
 
@@ -84,3 +87,49 @@ def test_an_exception_inside_a_chunk_rolls_its_draws_back(pipe, tmp_path):
     rest = pipe(num_frames=4, state=state, trajectory_seed=2, **SMALL)
     np.testing.assert_array_equal(np.concatenate([*chunks, rest.frames], axis=1), straight.frames)
     _assert_same_state(_tensors(rest.state, tmp_path, "a.pt"), _tensors(straight.state, tmp_path, "b.pt"))
+
+
+def _file_tensors(path) -> dict:
+    with safe_open(str(path), "pt") as f:
+        return {k: f.get_tensor(k) for k in f.keys()}
+
+
+@pytest.fixture(scope="module")
+def cli_resume(scenarios, vidhash_run):
+    """The interrupted run (conftest), then together: its ``--resume`` for 4 more frames, and the
+    straight run of as many frames as both. Returns (folder, frames before the interrupt, the
+    interrupted run's result, {name: result})."""
+    root, runs = scenarios["interrupt"]
+    stopped = runs["interrupt"].result()
+    done = len(read_json(root / "int.partial.poses.json")["poses"])
+    common = ["generate", "--model", "random-tiny", *RESUME]
+    later = {
+        "resume": vidhash_run([*common, "--out", str(root / "res.mp4"), "--seconds", "1",
+                               "--resume", str(root / "int.state.pt"), "--save-state", str(root / "res.state.pt")], root),
+        "straight": vidhash_run([*common, "--out", str(root / "full.mp4"), "--seconds", str((done + 4) / 4),
+                                 "--seed", "3", "--save-state", str(root / "full.state.pt")], root),
+    }
+    return root, done, stopped, {name: run.result() for name, run in later.items()}
+
+
+def test_cli_interrupt_then_resume_equals_a_straight_run(cli_resume):
+    """``vidhash generate`` stopped by SIGINT after a few chunks, then ``--resume`` of its state: the
+    final state equals a straight run's bitwise (every tensor, the generator included, and the
+    counters), the frames written before the signal are the straight run's (decoded mp4s: the
+    encoder is causal), and the poses continue the straight run's. (The resumed mp4 starts a new
+    H.264 stream, so its decoded frames are compared through the state they produced.)"""
+    root, done, (rc, out, err), later = cli_resume
+    assert rc == 130 and "state saved to" in err and str(root / "int.state.pt") in err, err
+    assert done >= 2 and done % 2 == 0, done  # stopped between chunks of 2, after at least one
+    for name, (code, out, err) in later.items():
+        assert code == 0, (name, err)
+    _assert_same_state(_file_tensors(root / "res.state.pt"), _file_tensors(root / "full.state.pt"))
+    resumed, straight = VidHashState.load(root / "res.state.pt"), VidHashState.load(root / "full.state.pt")
+    assert (resumed.frame_index, resumed.pose, resumed.trajectory) == (straight.frame_index, straight.pose,
+                                                                      straight.trajectory)
+    assert straight.frame_index == done + 4
+    np.testing.assert_array_equal(read_frames(root / "int.partial.mp4"), read_frames(root / "full.mp4")[:done])
+    first, rest, full = (read_json(root / f"{n}.poses.json") for n in ("int.partial", "res", "full"))
+    assert rest["start_frame"] == done and first["poses"] + rest["poses"] == full["poses"]
+    assert first["actions"] + rest["actions"] == full["actions"]
+    assert len(read_frames(root / "res.mp4")) == 4

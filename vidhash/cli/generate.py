@@ -1,7 +1,8 @@
 """Generate a long clip to mp4, chunk by chunk, at constant memory.
 
     vidhash generate --model random-tiny --seconds 60 --fps 8 --out clip.mp4 [--seed N]
-        [--actions actions.json] [--resume state.pt] [--save-state state.pt] [key=value ...]
+        [--actions actions.json] [--resume state.pt] [--save-state state.pt] [--device D] [--dtype T]
+        [--prompt-world SEED | --image PATH | --video PATH] [--prompt-frames N] [key=value ...]
 
 The flags; what they do and the files written: :mod:`vidhash.generate`.
 """
@@ -23,10 +24,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--actions", default=None, metavar="JSON", help=f"camera actions, one per frame: a JSON list of {', '.join(ACTIONS)} (or {{\"actions\": [...]}})")
     p.add_argument("--prompt-world", type=int, default=None, metavar="SEED",
                    help="start from ground-truth frames of this procedural world (written first into the mp4)")
-    p.add_argument("--prompt-frames", type=int, default=None, metavar="N", help="how many prompt frames (default 8)")
+    p.add_argument("--image", dest="prompt_image", default=None, metavar="PATH",
+                   help="start from this image (any format Pillow reads; resized to the frame size, one context frame)")
+    p.add_argument("--video", dest="prompt_video", default=None, metavar="PATH",
+                   help="start from the last --prompt-frames frames of this video (resized to the frame size)")
+    p.add_argument("--prompt-frames", type=int, default=None, metavar="N",
+                   help="how many prompt frames of --prompt-world / --video (default 8)")
     p.add_argument("--resume", default=None, metavar="STATE", help="continue from a saved state")
     p.add_argument("--save-state", default=None, metavar="STATE", help="save the state here at the end (and on interrupt)")
-    p.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:1, ...")
+    p.add_argument("--device", default=None, help="auto (default: cuda when available), cpu, cuda, cuda:1, mps")
+    p.add_argument("--dtype", default=None, choices=("float32", "bfloat16", "float16"),
+                   help="the transformer's weights and state (default float32)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile each transformer block (VidHashPipeline.compile_blocks; compiles on the first chunks)")
@@ -36,11 +44,28 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("overrides", nargs="*", metavar="key=value", help="generation settings, e.g. chunk_frames=2 memory.top_k=16")
 
 
+# run settings: each has its flag, and only the flag sets it (a key=value override naming one is an error)
+RUN_FLAGS = {"model": "--model", "seconds": "--seconds", "fps": "--fps", "out": "--out", "seed": "--seed",
+             "actions": "--actions", "prompt_world": "--prompt-world", "prompt_frames": "--prompt-frames",
+             "resume": "--resume", "save_state": "--save-state", "device": "--device", "dtype": "--dtype",
+             "prompt_image": "--image", "prompt_video": "--video"}
+
+
+def check_overrides(args: argparse.Namespace) -> None:
+    """``key=value`` overrides are generation settings; one naming a run setting (``seconds=3``,
+    ``out=../x.mp4``) is an error naming its flag — and the flag's value when both were given."""
+    for item in args.overrides or []:
+        key = item.split("=", 1)[0].strip()
+        if key in RUN_FLAGS:
+            flag, given = RUN_FLAGS[key], getattr(args, key, None)
+            both = f" (conflicts with {flag} {given})" if given is not None else ""
+            raise ValueError(f"{item}: {key} is set by {flag}, not by a key=value override{both}")
+
+
 def config_from_args(args: argparse.Namespace) -> GenerateConfig:
+    check_overrides(args)
     model = resolve_model(args.model)
-    flags = {"model": model, "seconds": args.seconds, "fps": args.fps, "out": args.out, "seed": args.seed,
-             "actions": args.actions, "prompt_world": args.prompt_world, "prompt_frames": args.prompt_frames,
-             "resume": args.resume, "save_state": args.save_state, "device": args.device}
+    flags = {"model": model, **{key: getattr(args, key, None) for key in RUN_FLAGS if key != "model"}}
     return generate_config(args.overrides, **flags)  # generation settings: the model's own, then the overrides
 
 

@@ -21,7 +21,8 @@ the current step; a second one raises ``KeyboardInterrupt`` at once), the exit w
 ``--resume`` needs: a chunk already committed to the state but not fully in the file is written
 first, ``clip.partial.mp4`` is finalised (playable), the poses go to ``clip.partial.poses.json`` and
 the last state is saved — to ``save_state`` or ``clip.partial.state.pt`` — if it matches the frames
-written (not when generation stopped inside a chunk's commit). Then ``KeyboardInterrupt`` (or the
+written (not when generation stopped inside a chunk's commit, and not when no chunk of this run
+finished: the state it started from is never written back). Then ``KeyboardInterrupt`` (or the
 exception) goes on up.
 
 Safe writes. ``clip.partial.mp4`` is created exclusively (``O_CREAT | O_EXCL | O_NOFOLLOW``) and
@@ -118,20 +119,43 @@ class OutputClaim:
         self.used = False  # a ClipWriter wrote into it
 
     def __enter__(self) -> OutputClaim:
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+        fd = self._create_locked()
         try:
-            fd = os.open(self.partial, flags, 0o666)
-        except FileExistsError:
-            raise ValueError(self._taken_reason()) from None
-        try:
-            if fcntl is not None:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             self.file = os.fdopen(fd, "wb", buffering=0)
         except BaseException:
             os.close(fd)
             self.partial.unlink(missing_ok=True)
             raise
         return self
+
+    def _create_locked(self) -> int:
+        """The partial file, created exclusively and already locked when its name appears: a random
+        temporary file, locked, hard-linked to the name (``link`` fails on any existing name, a
+        symlink included), so another run never sees the name unlocked. Where hard links are not
+        supported: ``O_CREAT | O_EXCL | O_NOFOLLOW``, then the lock."""
+        if fcntl is not None:
+            fd, tmp = tempfile.mkstemp(prefix=f".{self.partial.name}.", suffix=".tmp", dir=self.partial.parent)
+            try:
+                os.fchmod(fd, 0o666 & ~umask())
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                try:
+                    os.link(tmp, self.partial, follow_symlinks=False)
+                    return fd
+                except FileExistsError:
+                    os.close(fd)
+                    raise ValueError(self._taken_reason()) from None
+                except OSError:  # no hard links here: the plain exclusive create below
+                    os.close(fd)
+            finally:
+                os.unlink(tmp)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+        try:
+            fd = os.open(self.partial, flags, 0o666)
+        except FileExistsError:
+            raise ValueError(self._taken_reason()) from None
+        if fcntl is not None:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return fd
 
     @staticmethod
     def check(out: str | os.PathLike) -> None:
@@ -219,6 +243,7 @@ class ClipWriter:
         self.info = dict(info or {})
         self.interrupted: list[int] = []  # signals received
         self._state = state
+        self._advanced = False  # a chunk of this run reached the state (until then it is the --resume file's)
         self._poses: list[list[float]] = []
         self._names: list[str | None] = []
         self._pending = None  # (frames, poses, actions, frames written before) of the write under way
@@ -252,7 +277,7 @@ class ClipWriter:
         ``state``: the generation state after these frames (None for given frames)."""
         self._pending = (frames, poses, actions, self._mp4.frames_written)
         if state is not None:
-            self._state = state
+            self._state, self._advanced = state, True
         self._mp4.write(frames)
         self._poses.extend(np.asarray(poses).tolist())
         self._names.extend(action_names(actions))
@@ -323,7 +348,9 @@ class ClipWriter:
             msg = f"stopped: {self._mp4.frames_written} frames in {mp4} (playable)"
         else:  # the (empty) partial mp4 is removed on release
             msg = f"stopped before the first frame was written (no {mp4} kept)"
-        if self._state is not None:
+        if self._state is not None and not self._advanced:  # the state given (--resume) is unchanged: not re-saved
+            msg += "; state unchanged (continue from the state this run started from)"
+        elif self._state is not None:
             consistent = not broken and self._state.frame_index == self.start_frame + self._mp4.frames_written
             state_path = Path(self.save_state) if self.save_state else self.partial_state
             if consistent:
