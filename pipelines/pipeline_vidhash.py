@@ -55,6 +55,7 @@ from vidhash.generation_config import GenerationConfig, MemorySettings
 from vidhash.memory import MemoryRead
 from vidhash.models.transformer_vidhash import VidHashTransformer3DModel
 from vidhash.presets import (
+    config_diff,
     generation_for_model,
     generation_from_dict,
     generation_preset,
