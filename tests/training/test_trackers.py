@@ -13,7 +13,7 @@ def test_trackers_follow_what_is_installed(monkeypatch):
     import accelerate.utils
 
     monkeypatch.setattr(accelerate.utils, "is_tensorboard_available", lambda: False)
-    assert log_trackers() == []
+    assert log_trackers() is None
     monkeypatch.setattr(accelerate.utils, "is_tensorboard_available", lambda: True)
     assert log_trackers() == ["tensorboard"]
 

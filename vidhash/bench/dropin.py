@@ -189,23 +189,22 @@ def coherence_of(clip: np.ndarray, fps: float) -> dict:
 def capture_qk(pipe, seed: int, args) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """The dense run's post-rotary queries and keys ``(b, h, n, d)`` of every self-attention at
     denoising step ``args.recall_step`` of ``seed`` (recording processors, dense SDPA)."""
-    from vidhash.attention import dense_attention
     from vidhash.integrations.diffusers import DropInConfig, WanHashAttnProcessor, self_attention_modules
 
     tf = pipe.transformer
     captured: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     calls = [0]
 
-    class Recorder(WanHashAttnProcessor):
-        def _hash(self, q, k, v, **kw):
-            if calls[0] == args.recall_step:
-                captured[self.name] = (q.detach().clone(), k.detach().clone())
-            return dense_attention(q, k, v)
+    def record(name, q, k):  # the processors' calibration hook: (b, h, n, d) post-rotary q and k
+        if calls[0] == args.recall_step:
+            captured[name] = (q.detach().clone(), k.detach().clone())
 
     originals = dict(tf.attn_processors)
     procs = dict(originals)
     for name in self_attention_modules(tf):
-        procs[f"{name}.processor"] = Recorder(DropInConfig(density=1.0), None, name)
+        proc = WanHashAttnProcessor(DropInConfig(density=1.0), None, None, name)  # density 1: stock attention
+        proc.recorder = record
+        procs[f"{name}.processor"] = proc
     tf.set_attn_processor(procs)
     handle = tf.register_forward_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
     try:

@@ -108,13 +108,14 @@ def setup_accelerator(cfg: TrainConfig):
     return accelerator
 
 
-def log_trackers() -> list[str]:
+def log_trackers() -> list[str] | None:
     """accelerate's trackers for the loss log: ``["tensorboard"]`` when TensorBoard is installed
     (``pip install vidhash[train]``; event files in ``out_dir/<run name>``), else none — ``loss.csv``
-    (always written: the log a resumed run continues) is then the only log."""
+    (always written: the log a resumed run continues) is then the only log (None: an empty list
+    makes accelerate warn that no tracker is installed)."""
     from accelerate.utils import is_tensorboard_available
 
-    return ["tensorboard"] if is_tensorboard_available() else []
+    return ["tensorboard"] if is_tensorboard_available() else None
 
 
 def ddp_kwargs_handlers(cfg: TrainConfig) -> list:
