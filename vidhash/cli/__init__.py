@@ -38,7 +38,7 @@ COMMANDS: dict[str, tuple[str, str] | dict[str, tuple[str, str]]] = {
         "world": ("vidhash.cli.eval_world", "world-model memory on held-out worlds: return after 10 s / 1 min / 5 min, vs ground truth and self-consistency"),
     },
     "generate": ("vidhash.cli.generate", "generate a long clip to mp4 chunk by chunk (constant memory; resumable)"),
-    "calibrate": ("vidhash.cli.calibrate", "fit LearnedHash memory signatures per layer on recorded queries/keys; recall before/after"),
+    "calibrate": ("vidhash.cli.calibrate", "fit LearnedHash signatures on recorded queries/keys: a vidhash model's memory, or the drop-in's per layer and head of a diffusers transformer folder; recall before/after"),
     "train": ("vidhash.cli.train", "train a model: rectified flow, per-chunk noise, EMA, checkpoints that resume exactly (accelerate)"),
     "coherence": ("vidhash.cli.coherence", "temporal coherence of any video: flicker, warping error, drift over minutes, revisits"),
 }
