@@ -150,3 +150,19 @@ def test_a_new_family_trains_resumes_exactly_and_exports(tmp_path, monkeypatch):
     assert all(torch.equal(a[g][k], b[g][k]) for g in a for k in a[g])
     exported = load_file(str(tmp_path / "straight" / "export" / "toy.safetensors"))
     assert torch.equal(exported["0.weight"], a["ema"]["0.weight"])  # the EMA weights, fp32 (they fit)
+
+
+def test_a_family_missing_a_method_cannot_be_built():
+    """ModelFamily is abstract: a subclass that leaves out part of the interface fails at
+    construction, naming what is missing, not later inside the training loop."""
+    import pytest
+
+    from vidhash.training.families import ModelFamily, get_family
+
+    class Partial(ModelFamily):
+        def build(self, cfg):
+            return None
+
+    with pytest.raises(TypeError, match="abstract"):
+        Partial()
+    assert isinstance(get_family("vidhash"), ModelFamily) and isinstance(get_family("wan"), ModelFamily)

@@ -60,6 +60,7 @@ its YAML. The family reads its own settings from the config it is given (``model
 from __future__ import annotations
 
 import importlib
+from abc import ABC, abstractmethod
 from pathlib import Path
 
 import torch
@@ -75,8 +76,9 @@ FAMILIES = {
 }
 
 
-class ModelFamily:
-    """The interface the trainer calls (see the module docstring); a family subclasses it."""
+class ModelFamily(ABC):
+    """The interface the trainer calls (see the module docstring); a family subclasses it and
+    defines every abstract method (a family that misses one cannot be instantiated)."""
 
     name = ""
     config_class: type = TrainConfig
@@ -84,14 +86,17 @@ class ModelFamily:
     def check(self, cfg: TrainConfig) -> None:
         """Nothing by default."""
 
+    @abstractmethod
     def build(self, cfg: TrainConfig) -> nn.Module:
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def fingerprint(self, cfg: TrainConfig) -> str:
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def model_config(self, cfg: TrainConfig) -> dict:
-        raise NotImplementedError
+        ...
 
     def prepare(self, model: nn.Module, cfg: TrainConfig) -> None:
         """Nothing by default."""
@@ -103,31 +108,37 @@ class ModelFamily:
             (decay if p.ndim >= 2 and "embed" not in name else no_decay).append(p)
         return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
+    @abstractmethod
     def samples(self, cfg: TrainConfig) -> IndexedSamples:
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def loss_count(self, items: list[dict[str, torch.Tensor]], device: torch.device) -> torch.Tensor:
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def to_device(self, item: dict[str, torch.Tensor], device: torch.device):
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def loss(self, model: nn.Module, batch, cfg: TrainConfig) -> torch.Tensor:
-        raise NotImplementedError
+        ...
 
     def validation(self, cfg: TrainConfig) -> dict[str, torch.Tensor] | None:
         """None by default (``val_every`` needs a family that has one)."""
         return None
 
     def load_weights(self, model: nn.Module, folder: Path, cfg: TrainConfig) -> None:
-        raise NotImplementedError
+        """A family that does not define it cannot warm start: ValueError naming ``init_from``."""
+        raise ValueError(f"init_from: model_family {self.name or type(self).__name__!r} cannot load a saved export")
 
     def cast(self, model: nn.Module, dtype: torch.dtype) -> nn.Module:
         """The whole model in ``dtype`` by default."""
         return model.to(dtype)
 
+    @abstractmethod
     def save(self, model: nn.Module, folder: Path, cfg: TrainConfig) -> None:
-        raise NotImplementedError
+        ...
 
 
 def get_family(name: str) -> ModelFamily:
