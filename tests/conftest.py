@@ -26,3 +26,14 @@ def pytest_collection_modifyitems(config, items):
 def _seed():
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture
+def one_thread():
+    """One intra-op thread for the test: tiny models run many times faster than on two threads of a
+    shared 2-core machine (no spinning), and results do not depend on the thread count. Folders of
+    tiny-model tests (integrations, training, wan) use it for every test."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -3,7 +3,6 @@ shared 2-core machine). ``tiny_cfg(*overrides)``: configs/train/wan_mini_cpu.yam
 from pathlib import Path
 
 import pytest
-import torch
 
 from vidhash.training import load_train_config
 
@@ -12,11 +11,8 @@ TINY = ["data.num_frames=8", "noise.max_context_frames=3", "batch_size=2"]
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+def _one_thread(one_thread):
+    """Every test here on one intra-op thread (``one_thread`` in tests/conftest.py)."""
 
 
 @pytest.fixture
