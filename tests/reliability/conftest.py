@@ -6,7 +6,6 @@ one second, one denoising step, 32×32 frames. A test waits for the runs it chec
 from __future__ import annotations
 
 import io
-import json
 import os
 import signal
 import subprocess
