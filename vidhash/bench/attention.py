@@ -232,7 +232,7 @@ def _selection_rows(add, q, k, sel, kw: dict, args, agree: float) -> None:
     add("vidhash", "selection", ms, err, signature_agreement=agree)
     ms, err = _try(lambda: _bench(lambda: select_blocks_triton(q, k, exact_signatures=True, **kw), rep))
     add("vidhash", "selection (reference signatures)", ms, err)
-    hasher = default_hasher(q.shape[-1])
+    hasher = default_hasher(q.shape[-1], device=q.device)
     for method in SIGNATURE_METHODS:
         def sigs(method=method):
             block_signatures_fast(q, args.query_block, hasher, "query", method)
