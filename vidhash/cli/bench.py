@@ -5,6 +5,7 @@
     vidhash bench selection --json selection.json --world models/world-tiny-v3
     vidhash bench realism clip.mp4:24:64
     vidhash bench dropin --model .wan/wan-mini --json dropin.json --strip dropin.png
+    vidhash bench train-compare .wan/wan-mini .wan/wan-mini-sparse8
 
 Each bench is a :class:`Bench`: its flags (the ``add_*`` functions below) and the library module
 whose ``run(args)`` measures and prints (``args`` carries the flags as attributes, ``--top-k`` as
@@ -182,6 +183,19 @@ def add_dropin(p: argparse.ArgumentParser) -> None:
     p.add_argument("--strip", default=None, help="write a frame strip PNG (dense, 1/8, 1/32) here")
 
 
+def add_train_compare(p: argparse.ArgumentParser) -> None:
+    from vidhash.bench.train_compare import METRICS
+
+    p.add_argument("run_a", metavar="RUN_A", help="the reference run (dense): a vidhash train out_dir, an export with "
+                   "train_state.json, or a loss.csv")
+    p.add_argument("run_b", metavar="RUN_B", help="the candidate run (e.g. sparse from the start), the same kinds")
+    p.add_argument("--metric", default="val_loss_ema", choices=METRICS, help="validation loss compared (default: the EMA's)")
+    p.add_argument("--gpus", default="1,1", help="GPUs of RUN_A,RUN_B: GPU-seconds = elapsed_s × GPUs (default 1,1)")
+    p.add_argument("--target-ratio", type=float, default=0.6,
+                   help="verdict on RUN_B's time / RUN_A's time to RUN_A's final loss (issue 17: 0.6)")
+    p.add_argument("--json", default=None, help="write the comparison to this JSON file")
+
+
 def add_realism(p: argparse.ArgumentParser) -> None:
     p.add_argument("clips", nargs="*", help="mp4 files, optionally PATH:START:STOP (frame range)")
     p.add_argument("--world-size", type=int, default=512)
@@ -223,4 +237,5 @@ memory = Bench("vidhash.bench.memory", add_memory)
 data = Bench("vidhash.bench.data", add_data)
 generation = Bench("vidhash.bench.generation", add_generation)
 dropin = Bench("vidhash.bench.dropin", add_dropin)
+train_compare = Bench("vidhash.bench.train_compare", add_train_compare)
 realism = Bench("vidhash.metrics.realism", add_realism, call=_realism, summary="Validation table of the realism metric.")

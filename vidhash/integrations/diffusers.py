@@ -190,6 +190,13 @@ class _HashAttnProcessor:
             return dispatch_attention_fn(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False,
                                          backend=self._backend, parallel_config=None)
         q, k, v = (rearrange(x, "b n h d -> b h n d") for x in (query, key, value))
+        device = q.device.type
+        if torch.is_autocast_enabled(device):
+            # as SDPA under autocast (training in bf16): q, k, v in the autocast dtype — CUDA's autocast
+            # runs Wan's q/k RMSNorm in float32, so q, k arrive float32 beside a bf16 v — and no autocast inside
+            dtype = torch.get_autocast_dtype(device)
+            with torch.autocast(device, enabled=False):
+                return rearrange(self._hash(q.to(dtype), k.to(dtype), v.to(dtype)), "b h n d -> b n h d")
         return rearrange(self._hash(q, k, v), "b h n d -> b n h d")
 
     def __repr__(self) -> str:
