@@ -49,6 +49,12 @@ loads) and travel in their own file: :func:`save_hashers` writes ``vidhash_hashe
 (beside the weights), and ``enable_hash_attention(Model.from_pretrained(folder), hashers=folder)``
 restores them. ``vidhash calibrate`` fits them (:mod:`vidhash.integrations.calibrate`).
 
+**FlexAttention.** ``backend="flex"`` keeps vidhash's selection (:func:`~vidhash.attention.select_blocks`
+with ``backend="auto"``: the Triton selection on CUDA, the one ``hash_attention`` runs there) and
+has PyTorch's FlexAttention attend to the selected blocks (:mod:`vidhash.integrations.flex`;
+compiled on CUDA, eager elsewhere) — to compare its kernel with vidhash's on the same blocks
+(``vidhash bench dropin``). Its clips equal the default backend's up to rounding.
+
 Enabling an enabled model re-configures it; the originals kept from the first call are still
 the ones :func:`disable_hash_attention` puts back. Not supported, with an error rather than a
 silent fallback: an ``attention_mask`` in self-attention, context parallelism, and
@@ -67,7 +73,8 @@ from torch import nn
 
 from ..attention import dense_attention, hash_attention, merge_attention
 from ..hashing import SimHash
-from ..ops.checks import check_backend, check_block, check_count, check_density
+from ..attention import select_blocks
+from ..ops.checks import BACKENDS, check_block, check_count, check_density
 
 SUPPORTED_CLASSES = (
     "WanTransformer3DModel", "WanVACETransformer3DModel", "SkyReelsV2Transformer3DModel",
@@ -90,6 +97,9 @@ _CONFIG_ATTR = "_vidhash_config"
 _ORIGINALS_ATTR = "_vidhash_original_processors"
 _HOOKS_ATTR = "_vidhash_state_dict_hooks"
 _DENSE_OK_BACKENDS = (None, "native")
+DROP_IN_BACKENDS = (*BACKENDS, "flex")
+"""``backend=`` of the drop-in: :data:`vidhash.attention.BACKENDS`, or ``"flex"`` (vidhash's selection,
+FlexAttention's kernel)."""
 
 
 @dataclass(frozen=True)
@@ -100,7 +110,8 @@ class DropInConfig:
     default, ``"pooled"``, ``"moments"``, ``"prefilter"``; or a learned block scorer, one module
     or a dict by module name). ``hasher`` (read by ``"simhash"`` and ``"prefilter"``) is ``None``
     (the default SimHash: 32 bits, seed 0), one module shared by every layer, or a dict from
-    self-attention module name (``"blocks.0.attn1"``) to a module.
+    self-attention module name (``"blocks.0.attn1"``) to a module. ``backend``: one of
+    :data:`DROP_IN_BACKENDS` (``"flex"``: the selection on ``"auto"``, FlexAttention attends).
     """
 
     density: float = 0.125
@@ -175,9 +186,16 @@ class _HashAttnProcessor:
             if _backend_name(active) not in _DENSE_OK_BACKENDS:
                 raise ValueError(self._backend_message(active))
 
-    def _hash(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, **kw):
-        """Hash attention on ``(b, h, n, d)`` tensors."""
-        return hash_attention(q, k, v, hasher=self.hasher, scorer=self.scorer, **self._kwargs, **kw)
+    def _hash(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, return_lse: bool = False):
+        """Hash attention on ``(b, h, n, d)`` tensors (``backend="flex"``: vidhash's selection,
+        FlexAttention's kernel)."""
+        if self.config.backend != "flex":
+            return hash_attention(q, k, v, hasher=self.hasher, scorer=self.scorer, return_lse=return_lse, **self._kwargs)
+        from .flex import flex_block_sparse_attention
+
+        options = {key: value for key, value in self._kwargs.items() if key != "backend"}
+        sel = select_blocks(q, k, hasher=self.hasher, scorer=self.scorer, backend="auto", **options)
+        return flex_block_sparse_attention(q, k, v, sel, return_lse=return_lse)
 
     def _attend(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
         """Self-attention on diffusers' ``(b, n, h, d)`` layout → ``(b, n, h, d)``: the stock
@@ -431,7 +449,8 @@ def _parse_config(config: dict, names: list[str], head_dim: int, heads: int) -> 
         check_block("query_block_size", cfg.query_block_size)
     check_count("local_blocks", cfg.local_blocks)
     check_count("sink_blocks", cfg.sink_blocks)
-    check_backend(cfg.backend)
+    if cfg.backend not in DROP_IN_BACKENDS:
+        raise ValueError(f"backend must be one of {DROP_IN_BACKENDS}, got {cfg.backend!r}")
     hasher = cfg.hasher
     given = [key for key, value in (("hasher", hasher), ("hashers", path), ("n_bits/seed", n_bits if seed is None else seed))
              if value is not None]
@@ -551,7 +570,8 @@ def enable_hash_attention(transformer, **config):
 
     ``config``: ``density``, ``block_size``, ``query_block_size``, ``local_blocks``,
     ``sink_blocks``, ``backend``, ``scorer`` (as :func:`~vidhash.attention.hash_attention`; a
-    learned scorer may also be a dict by module name), and — for the scorers that read
+    learned scorer may also be a dict by module name; ``backend="flex"`` has FlexAttention attend
+    to vidhash's selected blocks), and — for the scorers that read
     signatures, ``"simhash"`` (the default) and ``"prefilter"`` — one of
     ``hasher`` (a module, or a dict by module name — see :func:`self_attention_modules`),
     ``hashers`` (a path: a file :func:`save_hashers` or ``vidhash calibrate`` wrote, or its
