@@ -4,7 +4,7 @@
     vidhash bench memory --json memory.json
     vidhash bench selection --json selection.json --world models/world-tiny-v3
     vidhash bench realism clip.mp4:24:64
-    vidhash bench dropin --model .wan/wan-mini --json dropin.json --strip dropin.png
+    vidhash bench dropin --model models/wan-mini --json dropin.json --strip dropin.png
     vidhash bench train-compare .wan/wan-mini .wan/wan-mini-sparse8
 
 Each bench is a :class:`Bench`: its flags (the ``add_*`` functions below) and the library module
@@ -161,12 +161,12 @@ def add_generation(p: argparse.ArgumentParser) -> None:
 
 
 def add_dropin(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, help="a wan-mini folder (WanMiniPipeline export, e.g. .wan/wan-mini)")
+    p.add_argument("--model", required=True, help="a wan-mini folder (WanMiniPipeline export, e.g. models/wan-mini)")
     p.add_argument("--densities", default="1/4,1/8,1/16,1/32", help="comma-separated shares of key blocks kept")
     p.add_argument("--block-sizes", default="64,16", help="comma-separated key-block sizes")
     p.add_argument("--scorers", default="default",
-                   help="comma-separated block scorers ('default': the drop-in's SimHash; others where "
-                        "enable_hash_attention takes scorer=)")
+                   help="comma-separated block scorers ('default': the drop-in's SimHash; or simhash, pooled, "
+                        "moments, prefilter)")
     p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (noise and camera path per seed)")
     p.add_argument("--frames", type=int, default=33, help="frames per clip (default 33)")
     p.add_argument("--size", type=int, default=256, help="frame height and width (default 256)")
@@ -176,10 +176,13 @@ def add_dropin(p: argparse.ArgumentParser) -> None:
     p.add_argument("--recall-blocks", type=int, default=64, help="query blocks evaluated for recall per layer")
     p.add_argument("--no-recall", action="store_true", help="skip the per-layer recall")
     p.add_argument("--no-coherence", action="store_true", help="skip the coherence reports")
+    p.add_argument("--no-flex", action="store_true",
+                   help="skip FlexAttention on the same selected blocks (its columns stay empty)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--dtype", default=None, choices=["bf16", "fp16", "fp32"], help="transformer dtype "
                    "(default: bf16 on cuda, fp32 on cpu)")
-    p.add_argument("--json", default=None, help="write the rows (with per-layer recall) to this JSON file")
+    p.add_argument("--json", default=None,
+                   help="write the rows (with per-layer recall) to this JSON file, after every row")
     p.add_argument("--strip", default=None, help="write a frame strip PNG (dense, 1/8, 1/32) here")
 
 
