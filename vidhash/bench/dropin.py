@@ -34,10 +34,10 @@ JSON and the printed Markdown table:
   ``flex_psnr`` — PSNR of Flex's clips against ours (the same blocks: only rounding differs, so
   very high, ``inf`` when equal); ``flex_error`` where Flex failed (the rest of the row stands).
 
-The JSON is rewritten after every row (``"complete": false`` until the end), so a run cut off
-by a time limit keeps what it measured. ``--strip`` writes a PNG of evenly spaced frames of the
-first seed: rows dense, 1/8, 1/32 (the first key-block size and scorer), where those ran; the
-JSON's ``strip`` names them.
+The JSON is rewritten after every row (``"complete": false`` until the end), and so is the strip,
+so a run cut off by a time limit keeps what it measured. ``--strip`` writes a PNG of evenly spaced
+frames of the first seed: rows dense, 1/8, 1/32 (the first key-block size and scorer), where those
+ran; the JSON's ``strip`` names them.
 
 **GPU time** (one H200, bf16; estimated, not measured): the default set — 4 densities × key
 blocks 64 and 16, the default scorer, 3 seeds of 33 frames at 256² (33,792 tokens), 30 steps —
@@ -271,7 +271,9 @@ def frame_strip(rows: dict[str, np.ndarray], path: str, frames: int = 8) -> str:
         idx = np.linspace(0, len(clip) - 1, min(frames, len(clip))).round().astype(int)
         picked.append(np.concatenate(list(clip[idx]), axis=1))
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(np.concatenate(picked, axis=0)).save(path)
+    tmp = f"{path}.tmp"
+    Image.fromarray(np.concatenate(picked, axis=0)).save(tmp, format="PNG")
+    os.replace(tmp, path)  # never a half-written PNG
     return path
 
 
@@ -375,19 +377,18 @@ def run(args) -> int:
     for setting in settings:
         row, clips = measure_setting(pipe, setting, seeds, args, dense, captured)
         dense = dense or (clips, row)
-        if setting.name == "dense" or (setting.density in STRIP_DENSITIES and setting.block_size == block_sizes[0]
-                                       and setting.scorer == scorers[0]):
-            strip[setting.density] = (setting.name, clips[0])
         report["rows"].append(row)
         print(format_row(row), flush=True)
+        if args.strip and (setting.name == "dense" or (setting.density in STRIP_DENSITIES and setting.scorer == scorers[0]
+                                                       and setting.block_size == block_sizes[0])):
+            strip[setting.density] = (setting.name, clips[0])  # rows: dense, 1/8, 1/32 (as far as run)
+            picked = [strip[d] for d in (None, *STRIP_DENSITIES) if d in strip]
+            report["strip"] = [name for name, _ in picked]
+            frame_strip(dict(picked), args.strip)
         write_json(args.json, report)
-    # 4. outputs: the table, the JSON, the frame strip
+    # 4. the table
     print("\n" + markdown_table(report["rows"]), flush=True)
     report["complete"] = True
-    if args.strip:  # rows: dense, 1/8, 1/32 (first key-block size and scorer), where run
-        picked = [strip[d] for d in (None, *STRIP_DENSITIES) if d in strip]
-        report["strip"] = [name for name, _ in picked]
-        frame_strip(dict(picked), args.strip)
     write_json(args.json, report)
     return 0
 
