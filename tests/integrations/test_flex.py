@@ -110,7 +110,7 @@ def test_drop_in_bad_backend_lists_flex():
 
 
 # --------------------------------------------------------------------------------------------
-# CUDA: the compiled kernel against vidhash's Triton attention, forward and backward
+# CUDA: the compiled kernel against vidhash's Triton attention (forward: the drop-in's use)
 # --------------------------------------------------------------------------------------------
 @pytest.mark.gpu
 @pytest.mark.parametrize("bk", [pytest.param(64, id="N4096-D128-bk64"), pytest.param(16, id="N4096-D128-bk16")])
@@ -119,9 +119,7 @@ def test_cuda_compiled_flex_equals_triton(bk):
 
     q, k, v = _qkv(1, 3, 4096, 128, torch.bfloat16, DEV)
     sel = select_blocks(q, k, density=1 / 8, block_size=bk, backend="triton")
-    assert rel_err(flex_block_sparse_attention(q, k, v, sel), block_sparse_attention_triton(q, k, v, sel)) < 1e-2
-    qg, kg, vg = (x.detach().requires_grad_(True) for x in (q, k, v))
-    do = torch.randn_like(q)
-    grads = torch.autograd.grad(flex_block_sparse_attention(qg, kg, vg, sel), (qg, kg, vg), do)
-    want = torch.autograd.grad(block_sparse_attention_triton(qg, kg, vg, sel), (qg, kg, vg), do)
-    assert all(rel_err(a, b) < 2e-2 for a, b in zip(grads, want))
+    with torch.no_grad():
+        out, lse = flex_block_sparse_attention(q, k, v, sel, return_lse=True)
+        ref, ref_lse = block_sparse_attention_triton(q, k, v, sel, return_lse=True)
+    assert rel_err(out, ref) < 1e-2 and rel_err(lse, ref_lse) < 1e-3

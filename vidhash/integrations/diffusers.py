@@ -71,9 +71,8 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from ..attention import dense_attention, hash_attention, merge_attention
+from ..attention import dense_attention, hash_attention, merge_attention, select_blocks
 from ..hashing import SimHash
-from ..attention import select_blocks
 from ..ops.checks import BACKENDS, check_block, check_count, check_density
 
 SUPPORTED_CLASSES = (

@@ -108,7 +108,9 @@ def flex_block_sparse_attention(
 ):
     """Softmax attention of ``q, k, v (b, h, n, d)`` over the blocks ``sel`` keeps, by FlexAttention
     (:func:`vidhash.attention.block_sparse_attention` up to rounding); with ``return_lse`` also the
-    log-sum-exp ``(b, h, nq)`` (natural log, float32)."""
+    log-sum-exp ``(b, h, nq)`` (natural log, float32). Tested forward only: with gradients on, the
+    mask also carries the lists Flex's backward reads, but its backward (CUDA only; its tiles are
+    picked by Flex and must divide the blocks) is untested here."""
     from torch.nn.attention.flex_attention import AuxRequest
 
     if (sel.num_queries, sel.num_keys) != (q.shape[-2], k.shape[-2]):
