@@ -102,6 +102,22 @@ def test_a_flex_failure_is_reported_in_its_row(monkeypatch):
     assert dropin.markdown_table([row]).splitlines()[-1] == f"1/4 b8: Flex failed: {cols['flex_error']}"
 
 
+def test_clips_saved_and_coherence_without_pyav(tiny_model, tmp_path, monkeypatch):
+    """--clips keeps the strip's clips whole; without PyAV the coherence column says why (the GPU image)."""
+    import sys
+
+    monkeypatch.setitem(sys.modules, "av", None)  # import av -> ImportError
+    out, clips = tmp_path / "d.json", tmp_path / "clips.npz"
+    assert main(["bench", "dropin", "--model", str(tiny_model), "--densities", "1/8", "--block-sizes", "16", "--seeds", "0",
+                 "--frames", "8", "--size", "32", "--steps", "2", "--recall-step", "1", "--no-flex", "--no-recall",
+                 "--json", str(out), "--clips", str(clips)]) == 0
+    saved = np.load(clips)
+    assert sorted(saved.files) == ["1_8 b16", "dense"] and saved["dense"].shape == (8, 32, 32, 3)
+    assert saved["dense"].dtype == np.uint8 and not np.array_equal(saved["dense"], saved["1_8 b16"])
+    rows = json.loads(out.read_text())["rows"]
+    assert all(r["coherence"] is None and "PyAV" in r["coherence_error"] for r in rows if r["setting"] != "dense (repeat)")
+
+
 def test_density_one_equals_dense_bitwise_on_uint8_frames(tiny_model):
     class Args:
         frames, size, steps = 8, 32, 3

@@ -349,7 +349,12 @@ def measure_setting(pipe, setting: Setting, seeds: list[int], args, dense, captu
         row["recall"] = float(np.mean(recall)) if recall else None
         row["oracle"] = float(np.mean(oracle)) if oracle else None
     if not args.no_coherence and setting.name != "dense (repeat)":
-        row["coherence"] = coherence_of(clips[0], args.fps)
+        try:
+            import av  # noqa: F401 (the coherence report reads an mp4)
+        except ImportError:
+            row["coherence"], row["coherence_error"] = None, "PyAV not installed (--clips keeps the clips to measure elsewhere)"
+        else:
+            row["coherence"] = coherence_of(clips[0], args.fps)
     return row, clips
 
 
@@ -379,18 +384,29 @@ def run(args) -> int:
         dense = dense or (clips, row)
         report["rows"].append(row)
         print(format_row(row), flush=True)
-        if args.strip and (setting.name == "dense" or (setting.density in STRIP_DENSITIES and setting.scorer == scorers[0]
+        if (args.strip or args.clips) and (setting.name == "dense" or (setting.density in STRIP_DENSITIES and setting.scorer == scorers[0]
                                                        and setting.block_size == block_sizes[0])):
             strip[setting.density] = (setting.name, clips[0])  # rows: dense, 1/8, 1/32 (as far as run)
             picked = [strip[d] for d in (None, *STRIP_DENSITIES) if d in strip]
             report["strip"] = [name for name, _ in picked]
-            frame_strip(dict(picked), args.strip)
+            if args.strip:
+                frame_strip(dict(picked), args.strip)
+            if args.clips:  # the same clips, whole (uint8), for `vidhash coherence` where PyAV is
+                save_clips(args.clips, {name.replace("/", "_"): c for name, c in picked})
         write_json(args.json, report)
     # 4. the table
     print("\n" + markdown_table(report["rows"]), flush=True)
     report["complete"] = True
     write_json(args.json, report)
     return 0
+
+
+def save_clips(path: str, clips: dict[str, np.ndarray]) -> None:
+    """``clips`` (name → ``(frames, height, width, 3)`` uint8) as one ``.npz``, through a temporary file."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(path).with_name(Path(path).name + ".tmp.npz")
+    np.savez_compressed(tmp, **clips)
+    tmp.replace(path)
 
 
 def write_json(path: str | None, report: dict) -> None:

@@ -176,6 +176,7 @@ def add_dropin(p: argparse.ArgumentParser) -> None:
     p.add_argument("--recall-blocks", type=int, default=64, help="query blocks evaluated for recall per layer")
     p.add_argument("--no-recall", action="store_true", help="skip the per-layer recall")
     p.add_argument("--no-coherence", action="store_true", help="skip the coherence reports")
+    p.add_argument("--clips", default=None, help="also save the strip's clips (seed 0, uint8) to this .npz")
     p.add_argument("--no-flex", action="store_true",
                    help="skip FlexAttention on the same selected blocks (its columns stay empty)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
