@@ -550,6 +550,310 @@ def attend_bwd_kernel(
     tl.store(dq_ptr + qrow * D + offs_d, dq.to(dq_ptr.dtype.element_ty), mask=d_ok)
 
 
+# --------------------------------------------------------------------------------------------
+# read, one-pass select (``select="levels"``): counts per similarity level, then one emit pass
+# --------------------------------------------------------------------------------------------
+@triton.jit
+def compact_bits_kernel(sig_ptr, counts_ptr, csum_ptr, bits_ptr, emap_ptr, C, n_bits,
+                        NW: tl.constexpr, KP: tl.constexpr, BE: tl.constexpr):
+    """Filled entries of one row, in entry order, packed to the front: entry ``e`` with
+    ``counts > 0`` goes to position ``csum[e] - 1`` (``csum``: inclusive running count of filled
+    entries) as ``KP`` int8 0/1 bits (0 past ``n_bits``) — the B operand of the scoring dot — and
+    ``emap[position] = e``."""
+    r = tl.program_id(1).to(tl.int64)
+    e = tl.program_id(0) * BE + tl.arange(0, BE)
+    e_ok = e < C
+    ok = e_ok & (tl.load(counts_ptr + r * C + e, mask=e_ok, other=0) > 0)
+    p = tl.load(csum_ptr + r * C + e, mask=ok, other=1) - 1
+    bit = tl.arange(0, KP)
+    words = tl.load(sig_ptr + (r * C + e)[:, None] * NW + (bit // 32)[None, :],
+                    mask=ok[:, None] & (bit < NW * 32)[None, :], other=0)
+    on = ((words >> (bit % 32)[None, :]) & 1) & (bit < n_bits)[None, :].to(tl.int32)
+    dst = r * C + p
+    tl.store(bits_ptr + dst[:, None] * KP + bit[None, :], on.to(tl.int8), mask=ok[:, None])
+    tl.store(emap_ptr + dst, e.to(tl.int32), mask=ok)
+
+
+@triton.jit
+def _query_operand(qsig_ptr, qrow, r_ok, n_bits, NW: tl.constexpr, KP: tl.constexpr):
+    """Queries as the A operand: int8 ``2·bit − 1`` (``±1``; 0 past ``n_bits``) ``(BQ, KP)``, and
+    ``off = n_bits − |q|``: with entry bits ``e`` as B, ``dot = 2·|q∧e| − |e| = sim − off``."""
+    bit = tl.arange(0, KP)
+    words = tl.load(qsig_ptr + qrow[:, None] * NW + (bit // 32)[None, :],
+                    mask=r_ok[:, None] & (bit < NW * 32)[None, :], other=0)
+    on = (words >> (bit % 32)[None, :]) & 1
+    inb = (bit < n_bits)[None, :]
+    qa = tl.where(inb, 2 * on - 1, 0).to(tl.int8)
+    return qa, n_bits - tl.sum(tl.where(inb, on, 0), 1)
+
+
+@triton.jit
+def _sample_cols(j, SAMPLE: tl.constexpr):
+    """Entry (compacted position) of sample index ``j``: every ``SAMPLE``-th, the offset rotating
+    so that a sample sees every slot of a bucket."""
+    if SAMPLE == 1:
+        return j
+    else:
+        return j * SAMPLE + j % SAMPLE
+
+
+@triton.jit
+def _level_scores(qa, off, bits_ptr, rbase, j0, ns, nv,
+                  KP: tl.constexpr, BC: tl.constexpr, SAMPLE: tl.constexpr, MASKED: tl.constexpr):
+    """``sim − off`` of the queries against sample indices ``j0 .. j0+BC`` (int32 ``(BQ, BC)``;
+    ``MASKED``: positions past the filled entries score as similarity −2, below every level)."""
+    j = j0 + tl.arange(0, BC)
+    cols = _sample_cols(j, SAMPLE)
+    kb = tl.arange(0, KP)
+    if MASKED:
+        ok = (j < ns) & (cols < nv)
+        eb = tl.load(bits_ptr + (rbase + cols)[:, None] * KP + kb[None, :], mask=ok[:, None], other=0)
+        s = tl.dot(qa, tl.trans(eb), out_dtype=tl.int32)
+        s = tl.where(ok[None, :], s, -2 - off[:, None])
+    else:
+        eb = tl.load(bits_ptr + (rbase + cols)[:, None] * KP + kb[None, :])
+        s = tl.dot(qa, tl.trans(eb), out_dtype=tl.int32)
+    return s
+
+
+@triton.jit
+def _lane_consts(off, t0, step, r: tl.constexpr, n_bits):
+    """Per query, the 4 byte lanes of threshold register ``r``: lane ``l`` holds
+    ``128 + off − t`` for the level ``t = t0 + (4r + l)·step`` (clamped to ``[0, n_bits + 1]``), so
+    that ``(sim − off)·0x01010101 + consts`` has bit 7 of lane ``l`` set iff ``sim ≥ t`` (every lane
+    stays in ``[0, 255]`` while ``n_bits ≤ 125``: no carries between lanes)."""
+    lane = tl.arange(0, 4)
+    t = tl.minimum(tl.maximum(t0[:, None] + (4 * r + lane[None, :]) * step[:, None], 0), n_bits + 1)
+    c = (off[:, None] - t + 128).to(tl.uint32, bitcast=True) << (8 * lane[None, :]).to(tl.uint32)
+    return tl.sum(c, 1)  # the lanes are disjoint bytes
+
+
+@triton.jit
+def _lane_sum(s, c):
+    """Compare-and-sum of 4 levels at once: per query, the number of entries of the tile at or
+    above each of the 4 levels in ``c``'s byte lanes, as 4 packed bytes (≤ BC ≤ 255 each)."""
+    m = tl.full((), 0x01010101, tl.uint32)
+    x = s.to(tl.uint32, bitcast=True) * m + c[:, None]
+    return tl.sum((x >> 7) & m, 1)
+
+
+@triton.jit
+def _unpack_lanes(p):
+    """Packed byte lanes ``(BQ,)`` → int32 counts ``(BQ, 4)``."""
+    lane = tl.arange(0, 4)
+    return ((p[:, None] >> (8 * lane[None, :]).to(tl.uint32)) & 0xFF).to(tl.int32)
+
+
+@triton.jit
+def _count_chunk(qa, off, bits_ptr, rbase, j0, ns, nv, c0, c1, c2, n0, n1, n2,
+                 KP: tl.constexpr, BC: tl.constexpr, SAMPLE: tl.constexpr, NREG: tl.constexpr, MASKED: tl.constexpr):
+    s = _level_scores(qa, off, bits_ptr, rbase, j0, ns, nv, KP, BC, SAMPLE, MASKED)
+    n0 += _unpack_lanes(_lane_sum(s, c0))
+    if NREG > 1:
+        n1 += _unpack_lanes(_lane_sum(s, c1))
+    if NREG > 2:
+        n2 += _unpack_lanes(_lane_sum(s, c2))
+    return n0, n1, n2
+
+
+@triton.jit
+def _passing(n, need, r: tl.constexpr, t0, step, n_bits):
+    """For threshold register ``r``: how many of its 4 levels have ``count ≥ need``, the highest
+    such level (−1: none) and the count at its lowest level below ``need`` (−1: none)."""
+    lane = tl.arange(0, 4)
+    t = tl.minimum(tl.maximum(t0[:, None] + (4 * r + lane[None, :]) * step[:, None], 0), n_bits + 1)
+    ok = n >= need[:, None]
+    return (tl.sum(ok.to(tl.int32), 1), tl.max(tl.where(ok, t, -1), 1),
+            tl.max(tl.where(ok, -1, n), 1), tl.min(tl.where(ok, n_bits + 2, t), 1))
+
+
+@triton.jit
+def level_count_kernel(
+    qsig_ptr, bits_ptr, csum_ptr, lo_ptr, hi_ptr, above_ptr, est_ptr,
+    N, C, n_bits, top_k,
+    NW: tl.constexpr, KP: tl.constexpr, BQ: tl.constexpr, BC: tl.constexpr,
+    NREG: tl.constexpr, SAMPLE: tl.constexpr, WINDOW: tl.constexpr, INIT: tl.constexpr,
+):
+    """One counting pass over a query tile of one row: per query, the number of filled entries at
+    or above each of ``4·NREG`` similarity levels (compare-and-sum, 4 levels per int32 add).
+
+    Per query the state ``lo ≤ T ≤ hi`` brackets the threshold level ``T`` (the ``top_k``-th best
+    similarity; −1 when fewer than ``top_k`` entries are filled), ``above`` = entries above ``hi``.
+    The levels counted are spread over ``lo+1 .. hi`` (``WINDOW`` false: the bracket shrinks 4·NREG
+    times per pass) or consecutive around the estimate ``est`` (``WINDOW``: the bracket closes
+    when ``T`` is in the window). ``SAMPLE > 1`` (the probe) counts every SAMPLE-th entry and
+    writes only ``est`` (the level where the scaled sample count reaches ``top_k``). ``INIT``
+    starts the state (``lo = −1, hi = n_bits``). A tile whose queries are all closed does nothing."""
+    pid_q = tl.program_id(0)
+    r = tl.program_id(1).to(tl.int64)
+    rows = pid_q * BQ + tl.arange(0, BQ)
+    r_ok = rows < N
+    qrow = r * N + rows
+    rbase = r * C
+    nv = tl.load(csum_ptr + rbase + C - 1)  # filled entries of this row
+    if INIT:
+        lo = tl.full((BQ,), -1, tl.int32)
+        hi = tl.where(nv < top_k, -1, tl.full((BQ,), 0, tl.int32) + n_bits)
+        above = tl.where(nv < top_k, nv, 0)
+        tl.store(lo_ptr + qrow, lo, mask=r_ok)
+        tl.store(hi_ptr + qrow, hi, mask=r_ok)
+        tl.store(above_ptr + qrow, above, mask=r_ok)
+    else:
+        lo = tl.load(lo_ptr + qrow, mask=r_ok, other=0)
+        hi = tl.load(hi_ptr + qrow, mask=r_ok, other=0)
+        above = tl.load(above_ptr + qrow, mask=r_ok, other=0)
+    open_ = r_ok & (lo < hi)
+    if tl.sum(open_.to(tl.int32), 0) > 0:
+        NT: tl.constexpr = 4 * NREG
+        if WINDOW:  # consecutive levels around the estimate, inside the bracket
+            est = tl.load(est_ptr + qrow, mask=r_ok, other=0)
+            t0 = tl.minimum(tl.maximum(est - (NT - 2) // 2, lo + 1), tl.maximum(hi + 1 - NT, lo + 1))
+            step = tl.full((BQ,), 1, tl.int32)
+        else:
+            t0 = lo + 1
+            step = tl.maximum((hi - lo + NT - 1) // NT, 1)
+        qa, off = _query_operand(qsig_ptr, qrow, r_ok, n_bits, NW, KP)
+        c0 = _lane_consts(off, t0, step, 0, n_bits)
+        c1 = _lane_consts(off, t0, step, 1, n_bits)
+        c2 = _lane_consts(off, t0, step, 2, n_bits)
+        n0 = tl.zeros((BQ, 4), tl.int32)
+        n1 = tl.zeros((BQ, 4), tl.int32)
+        n2 = tl.zeros((BQ, 4), tl.int32)
+        ns = (nv + SAMPLE - 1) // SAMPLE
+        for j0 in range(0, ns - ns % BC, BC):
+            n0, n1, n2 = _count_chunk(qa, off, bits_ptr, rbase, j0, ns, nv, c0, c1, c2, n0, n1, n2,
+                                      KP, BC, SAMPLE, NREG, False)
+        if ns % BC != 0:
+            n0, n1, n2 = _count_chunk(qa, off, bits_ptr, rbase, ns - ns % BC, ns, nv, c0, c1, c2, n0, n1, n2,
+                                      KP, BC, SAMPLE, NREG, True)
+        need = tl.zeros((BQ,), tl.int32) + top_k
+        if SAMPLE > 1:
+            need = (need + SAMPLE - 1) // SAMPLE
+        # levels are increasing, counts non-increasing: the passing levels are a prefix
+        _, best, fail_n, fail_t = _passing(n0, need, 0, t0, step, n_bits)
+        if NREG > 1:
+            _, b1, f1, ft1 = _passing(n1, need, 1, t0, step, n_bits)
+            best = tl.maximum(best, b1)
+            fail_n = tl.maximum(fail_n, f1)
+            fail_t = tl.minimum(fail_t, ft1)
+        if NREG > 2:
+            _, b2, f2, ft2 = _passing(n2, need, 2, t0, step, n_bits)
+            best = tl.maximum(best, b2)
+            fail_n = tl.maximum(fail_n, f2)
+            fail_t = tl.minimum(fail_t, ft2)
+        if SAMPLE > 1:
+            # centre of the sample's bracket [best, fail_t - 1]
+            est = tl.maximum(best, 0) + (tl.maximum(fail_t - 1 - tl.maximum(best, 0), 0)) // 2
+            tl.store(est_ptr + qrow, est, mask=r_ok)
+        else:
+            new_lo = tl.maximum(lo, best)
+            shrink = fail_t - 1 < hi
+            new_hi = tl.where(shrink, fail_t - 1, hi)
+            new_above = tl.where(shrink, fail_n, above)
+            tl.store(lo_ptr + qrow, new_lo, mask=open_)
+            tl.store(hi_ptr + qrow, new_hi, mask=open_)
+            tl.store(above_ptr + qrow, new_above, mask=open_)
+
+
+@triton.jit
+def _emit_chunk(qa, off, bits_ptr, rbase, j0, ns, nv, ts, need, base, neq, items_ptr, qrow, r_ok, CAPI,
+                KP: tl.constexpr, BC: tl.constexpr, G: tl.constexpr, MASKED: tl.constexpr):
+    """Appends, per query, the words (``G`` consecutive filled entries) of this chunk that hold a
+    selected entry: every word whose best score is above the threshold ``ts``, and words whose best
+    is at it while fewer than ``need`` such words came before (they hold the lowest entries at
+    the threshold: at most ``need`` words contain the first ``need`` of them)."""
+    W: tl.constexpr = BC // G
+    s = _level_scores(qa, off, bits_ptr, rbase, j0, ns, nv, KP, BC, 1, MASKED)
+    wmax = tl.max(tl.reshape(s, (s.shape[0], W, G)), 2)  # (BQ, W)
+    gt = wmax > ts[:, None]
+    eqo = (wmax == ts[:, None]).to(tl.int32)
+    eq_before = neq[:, None] + tl.cumsum(eqo, 1) - eqo
+    emit = gt | ((eqo == 1) & (eq_before < need[:, None]))
+    ei = emit.to(tl.int32)
+    pos = base[:, None] + tl.cumsum(ei, 1) - ei
+    word = j0 // G + tl.arange(0, W)
+    tl.store(items_ptr + qrow[:, None] * CAPI + pos, tl.broadcast_to(word[None, :], pos.shape),
+             mask=emit & r_ok[:, None] & (pos < CAPI))
+    return base + tl.sum(ei, 1), neq + tl.sum(eqo, 1)
+
+
+@triton.jit
+def level_emit_kernel(
+    qsig_ptr, bits_ptr, csum_ptr, lo_ptr, above_ptr, items_ptr, nitems_ptr,
+    N, C, n_bits, top_k, CAPI,
+    NW: tl.constexpr, KP: tl.constexpr, BQ: tl.constexpr, BC: tl.constexpr, G: tl.constexpr,
+):
+    """The emit pass: with each query's threshold level ``T = lo`` and ``need = top_k − above``
+    entries to take at it, the words holding its selected entries, in entry order (at most
+    ``top_k`` words: each holds an entry above ``T`` or is one of ``need`` words at it)."""
+    pid_q = tl.program_id(0)
+    r = tl.program_id(1).to(tl.int64)
+    rows = pid_q * BQ + tl.arange(0, BQ)
+    r_ok = rows < N
+    qrow = r * N + rows
+    rbase = r * C
+    nv = tl.load(csum_ptr + rbase + C - 1)
+    thr = tl.load(lo_ptr + qrow, mask=r_ok, other=0)
+    need = top_k - tl.load(above_ptr + qrow, mask=r_ok, other=0)
+    qa, off = _query_operand(qsig_ptr, qrow, r_ok, n_bits, NW, KP)
+    ts = thr - off  # the threshold in score units (score = sim − off)
+    base = tl.zeros((BQ,), tl.int32)
+    neq = tl.zeros((BQ,), tl.int32)
+    for j0 in range(0, nv - nv % BC, BC):
+        base, neq = _emit_chunk(qa, off, bits_ptr, rbase, j0, nv, nv, ts, need, base, neq, items_ptr, qrow, r_ok, CAPI,
+                                KP, BC, G, False)
+    if nv % BC != 0:
+        base, neq = _emit_chunk(qa, off, bits_ptr, rbase, nv - nv % BC, nv, nv, ts, need, base, neq, items_ptr, qrow,
+                                r_ok, CAPI, KP, BC, G, True)
+    tl.store(nitems_ptr + qrow, base, mask=r_ok)
+
+
+@triton.jit
+def level_expand_kernel(
+    qsig_ptr, sig_ptr, emap_ptr, csum_ptr, lo_ptr, above_ptr, items_ptr, nitems_ptr, idx_ptr,
+    N, C, n_bits, top_k, CAPI,
+    NW: tl.constexpr, G: tl.constexpr, BL: tl.constexpr, USE_POPC: tl.constexpr,
+):
+    """Per query: the entries of its emitted words, scored exactly (popcount), those above ``T``
+    and the first ``need`` at ``T`` written in entry order; ``-1`` after the last."""
+    qrow = tl.program_id(0).to(tl.int64)
+    r = qrow // N
+    rbase = r * C
+    nv = tl.load(csum_ptr + rbase + C - 1)
+    thr = tl.load(lo_ptr + qrow)
+    need = top_k - tl.load(above_ptr + qrow)
+    L = tl.load(nitems_ptr + qrow) * G
+    out = idx_ptr + qrow * top_k
+    n_eq = 0
+    n_sel = 0
+    for l0 in range(0, L, BL):
+        lanes = l0 + tl.arange(0, BL)
+        l_ok = lanes < L
+        word = tl.load(items_ptr + qrow * CAPI + lanes // G, mask=l_ok, other=0)
+        p = word * G + lanes % G
+        ok = l_ok & (p < nv)
+        e = tl.load(emap_ptr + rbase + p, mask=ok, other=0)
+        diff = tl.zeros((BL,), dtype=tl.int32)
+        for w in tl.static_range(NW):
+            rem = n_bits - 32 * w  # bits of this word that count
+            keep = tl.where(rem >= 32, -1, (1 << tl.minimum(rem, 31)) - 1)
+            qw = tl.load(qsig_ptr + qrow * NW + w)
+            ew = tl.load(sig_ptr + (rbase + e) * NW + w, mask=ok, other=0)
+            diff += _popcount((ew ^ qw) & keep, USE_POPC)
+        sim = n_bits - diff
+        eq = (ok & (sim == thr)).to(tl.int32)
+        eq_rank = n_eq + tl.cumsum(eq, 0) - 1
+        sel = (ok & (sim > thr)) | ((eq == 1) & (eq_rank < need))
+        sel_i = sel.to(tl.int32)
+        pos = n_sel + tl.cumsum(sel_i, 0) - 1
+        tl.store(out + pos, e, mask=sel)
+        n_eq += tl.sum(eq, 0)
+        n_sel += tl.sum(sel_i, 0)
+    for p0 in range(0, top_k, BL):  # fewer than k entries: pad with -1
+        pp = p0 + tl.arange(0, BL)
+        tl.store(out + pp, tl.full((BL,), -1, tl.int32), mask=(pp >= n_sel) & (pp < top_k))
+
+
 # Bounded autotune list for the scoring pass (the only heavy kernel): query tile and warps.
 # BC is fixed by the launcher (≥ top_k: the probe needs k column partitions).
 CANDIDATE_CONFIGS = [
