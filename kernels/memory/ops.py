@@ -47,6 +47,7 @@ from .kernel import (
     level_emit_kernel,
     level_expand_kernel,
     merge_write_kernel,
+    query_operand_kernel,
     select_kernel,
 )
 
@@ -254,28 +255,30 @@ def _closing_passes(n_bits: int, levels_per_pass: int) -> int:
 
 @torch.no_grad()
 def memory_select_levels(table: MemoryTable, q: torch.Tensor, top_k: int, *, hasher, q_sig: torch.Tensor | None = None,
-                         probe_stride: int = 16, group: int | None = None, _state: bool = False):
+                         probe_stride: int = 8, _state: bool = False):
     """:func:`memory_select` by counts per similarity level (``select="levels"``): the same indices
     (int32 ``(b, h, n, min(top_k, c))``, entry order, ``-1`` padded), no candidate lists.
 
     1. The filled entries of each row, in entry order, packed to the front as int8 bits
        (:func:`~vidhash.kernels.memory.kernel.compact_bits_kernel`): every later pass costs the
-       filled entries only.
+       filled entries only; the queries as ``±1`` int8 (``query_operand_kernel``).
     2. Per query, the threshold level ``T`` (similarity of its ``top_k``-th entry) and how many
-       entries lie above it, from exact counts of entries at or above a few levels per pass
-       (:func:`~vidhash.kernels.memory.kernel.level_count_kernel`, scores on the int8 tensor
-       cores, 4 levels per int32 compare-and-sum): a probe over every ``probe_stride``-th filled
-       entry estimates ``T``, one pass counts the 8 levels around the estimate, and passes that
-       halve nothing but close any query still open — a tile whose queries are all closed returns
-       at once. ``probe_stride=0``: no probe, coarse-to-fine passes over every entry (two for 32 bits).
+       entries lie above it, from exact counts of the entries at or above a few levels per pass
+       (:func:`~vidhash.kernels.memory.kernel.level_count_kernel`: scores on the int8 tensor
+       cores, 3 levels per int32 compare-and-sum). A coarse probe over every
+       ``4·probe_stride``-th filled entry and a finer one over every ``probe_stride``-th estimate
+       ``T``; one pass over every entry counts the 5 levels around the estimate, which closes
+       ``T`` unless the estimate was off by more than 2; passes that split what is still open
+       follow (a tile whose queries are all closed returns at once). ``probe_stride=0``: no
+       probe, coarse-to-fine passes over every entry (two for 32 bits).
     3. One emit pass (:func:`~vidhash.kernels.memory.kernel.level_emit_kernel`): per query, the
-       words of ``group`` consecutive filled entries whose best score is above ``T``, and the
-       first words whose best is ``T`` (at most ``top_k`` words).
+       words of consecutive filled entries whose best score is above ``T``, and the first words
+       whose best is ``T`` (at most ``top_k`` words).
     4. Per query, the entries of those words scored exactly: above ``T``, then the lowest entries
        at ``T``, in entry order (:func:`~vidhash.kernels.memory.kernel.level_expand_kernel`).
 
-    ``probe_stride`` and ``group`` change the speed, never the result. ``_state`` (tests,
-    benchmarks) also returns the per-query ``(lo, hi, above, n_words)``: ``lo == hi == T``."""
+    ``probe_stride`` changes the speed, never the result. ``_state`` (tests, benchmarks) also
+    returns the per-query ``(lo, hi, above, words)``, where ``lo == hi == T``."""
     check_device(q)
     b, h, n, d = q.shape
     c, n_bits = table.capacity, hasher.n_bits
@@ -297,9 +300,6 @@ def memory_select_levels(table: MemoryTable, q: torch.Tensor, top_k: int, *, has
         return (idx, *state[:3], nwords) if _state else idx
     interp = interpreting()
     bq, bc = (16, 16) if interp else (64, 128)
-    g = group if group is not None else (4 if interp else GROUP)
-    if not isinstance(g, int) or g < 1 or bc % g:
-        raise ValueError(f"group must be a power of two dividing {bc}, got {group!r}")
     # 1. filled entries packed to the front, as int8 bits (the dot's K: a power of two ≥ 32)
     kp = max(32, triton.next_power_of_2(n_bits))
     csum = torch.cumsum(counts > 0, dim=1, dtype=torch.int32)  # (r, c); its last column: filled entries
@@ -307,24 +307,30 @@ def memory_select_levels(table: MemoryTable, q: torch.Tensor, top_k: int, *, has
     emap = torch.empty(r, c, dtype=torch.int32, device=q.device)
     be = 32 if interp else 128
     compact_bits_kernel[(triton.cdiv(c, be), r)](sigs, counts, csum, bits, emap, c, n_bits, NW=nw, KP=kp, BE=be, num_warps=4)
+    qa = torch.empty(rows, kp, dtype=torch.int8, device=q.device)
+    off = torch.empty(rows, dtype=torch.int32, device=q.device)
+    query_operand_kernel[(triton.cdiv(rows, 64),)](q_sig, qa, off, rows, n_bits, NW=nw, KP=kp, BR=64, num_warps=4)
     # 2. threshold level per query
     lo, hi, above, est = state
     grid = (triton.cdiv(n, bq), r)
-    args = (q_sig, bits, csum, lo, hi, above, est, n, c, n_bits, kk)
-    consts = dict(NW=nw, KP=kp, BQ=bq, BC=bc, num_warps=4, num_stages=1 if interp else 3)
-    closing = _closing_passes(n_bits, 8)
-    if probe_stride:
-        level_count_kernel[grid](*args, NREG=3, SAMPLE=probe_stride, WINDOW=False, INIT=True, **consts)
+    args = (qa, off, bits, csum, lo, hi, above, est, n, c, n_bits, kk)
+    consts = dict(KP=kp, BQ=bq, BC=bc, num_warps=4, num_stages=1 if interp else 3)
+    closing = _closing_passes(n_bits, 9)
+    if probe_stride:  # a coarse probe, a finer one around it, then the 5 levels around that estimate
+        level_count_kernel[grid](*args, NREG=4, SAMPLE=4 * probe_stride, WINDOW=False, INIT=True, **consts)
+        level_count_kernel[grid](*args, NREG=4, SAMPLE=probe_stride, WINDOW=True, INIT=False, **consts)
         level_count_kernel[grid](*args, NREG=2, SAMPLE=1, WINDOW=True, INIT=False, **consts)
     else:
-        level_count_kernel[grid](*args, NREG=2, SAMPLE=1, WINDOW=False, INIT=True, **consts)
+        level_count_kernel[grid](*args, NREG=3, SAMPLE=1, WINDOW=False, INIT=True, **consts)
         closing -= 1
-    for _ in range(closing):
-        level_count_kernel[grid](*args, NREG=2, SAMPLE=1, WINDOW=False, INIT=False, **consts)
+    for _ in range(closing):  # close what is still open (a tile with every query closed returns at once)
+        level_count_kernel[grid](*args, NREG=3, SAMPLE=1, WINDOW=False, INIT=False, **consts)
     # 3. emit: the words holding each query's selection
+    g = bc // 4  # a word: the entries one thread holds in the tensor cores' accumulator layout
     words = torch.empty(rows, kk, dtype=torch.int32, device=q.device)
-    level_emit_kernel[grid](q_sig, bits, csum, lo, above, words, nwords, n, c, n_bits, kk, kk,
-                            NW=nw, KP=kp, BQ=bq, BC=bc, G=g, num_warps=4, num_stages=1 if interp else 3)
+    level_emit_kernel[grid](qa, off, bits, csum, lo, above, words, nwords, n, c, n_bits, kk, kk,
+                            KP=kp, BQ=bq, BC=bc, USE_POPC=not interp, num_warps=4,
+                            num_stages=1 if interp else 3)
     # 4. their entries, exactly
     level_expand_kernel[(rows,)](q_sig, sigs, emap, csum, lo, above, words, nwords, idx, n, c, n_bits, kk, kk,
                                  NW=nw, G=g, BL=64 if interp else 256, USE_POPC=not interp, num_warps=4)
