@@ -56,7 +56,8 @@ MERGE_DTYPES = SUPPORTED_DTYPES + (torch.float64,)  # the merge write accumulate
 PROBE_MAX_K = 256  # larger top_k: no probe, every query scans all entries in the select kernel
 GROUP = 16  # entries per candidate group on the GPU (a chunk of BC entries holds BC // GROUP)
 SELECTS = ("candidates", "levels")  # memory_attend(select=...): the two selection paths (same result)
-LEVEL_MAX_BITS = 125  # the levels select counts 4 levels per int32 in byte lanes: similarities up to 125
+LEVEL_MAX_BITS = 125  # the levels select counts levels in byte lanes of int32s: similarities up to 125
+LEVEL_STEPS = ("prepare", "window", "count", "emit")  # memory_select_levels(_until=...): benchmarks time its steps
 
 
 def _rows(table: MemoryTable):
@@ -253,9 +254,27 @@ def _closing_passes(n_bits: int, levels_per_pass: int) -> int:
     return passes
 
 
+def _level_operands(sigs, counts, q_sig, n_bits: int, kp: int):
+    """The scoring operands of the levels select: each row's filled entries packed to the front
+    (entry order) as int8 bits ``(r, c, kp)`` with their entry ids ``(r, c)`` and the running count
+    of filled entries ``(r, c)`` (its last column: how many), and the queries as int8 ``±1``
+    ``(rows, kp)`` with ``n_bits − |q|`` per query."""
+    r, c, nw = sigs.shape
+    rows, dev, interp = q_sig.numel() // nw, sigs.device, interpreting()
+    csum = torch.cumsum(counts > 0, dim=1, dtype=torch.int32)
+    bits = torch.empty(r, c, kp, dtype=torch.int8, device=dev)
+    emap = torch.empty(r, c, dtype=torch.int32, device=dev)
+    be = 32 if interp else 128
+    compact_bits_kernel[(triton.cdiv(c, be), r)](sigs, counts, csum, bits, emap, c, n_bits, NW=nw, KP=kp, BE=be, num_warps=4)
+    qa = torch.empty(rows, kp, dtype=torch.int8, device=dev)
+    off = torch.empty(rows, dtype=torch.int32, device=dev)
+    query_operand_kernel[(triton.cdiv(rows, 64),)](q_sig, qa, off, rows, n_bits, NW=nw, KP=kp, BR=64, num_warps=4)
+    return bits, emap, csum, qa, off
+
+
 @torch.no_grad()
 def memory_select_levels(table: MemoryTable, q: torch.Tensor, top_k: int, *, hasher, q_sig: torch.Tensor | None = None,
-                         probe_stride: int = 8, _state: bool = False):
+                         probe_stride: int = 8, _state: bool = False, _until: str | None = None):
     """:func:`memory_select` by counts per similarity level (``select="levels"``): the same indices
     (int32 ``(b, h, n, min(top_k, c))``, entry order, ``-1`` padded), no candidate lists.
 
@@ -278,7 +297,9 @@ def memory_select_levels(table: MemoryTable, q: torch.Tensor, top_k: int, *, has
        at ``T``, in entry order (:func:`~vidhash.kernels.memory.kernel.level_expand_kernel`).
 
     ``probe_stride`` changes the speed, never the result. ``_state`` (tests, benchmarks) also
-    returns the per-query ``(lo, hi, above, words)``, where ``lo == hi == T``."""
+    returns the per-query ``(lo, hi, above, words)``, where ``lo == hi == T``; ``_until``
+    (benchmarks: ``"prepare"``, ``"window"`` — after the probes and the window pass —, ``"count"``,
+    ``"emit"``) stops after that step and returns that state."""
     check_device(q)
     b, h, n, d = q.shape
     c, n_bits = table.capacity, hasher.n_bits
@@ -298,18 +319,15 @@ def memory_select_levels(table: MemoryTable, q: torch.Tensor, top_k: int, *, has
     nwords = torch.zeros(rows, dtype=torch.int32, device=q.device)
     if rows == 0 or kk == 0:
         return (idx, *state[:3], nwords) if _state else idx
+    if _until is not None and _until not in LEVEL_STEPS:
+        raise ValueError(f"_until must be one of {LEVEL_STEPS} or None, got {_until!r}")
     interp = interpreting()
     bq, bc = (16, 16) if interp else (64, 128)
-    # 1. filled entries packed to the front, as int8 bits (the dot's K: a power of two ≥ 32)
+    # 1. filled entries packed to the front as int8 bits, queries as ±1 int8 (the dot's K: a power of two ≥ 32)
     kp = max(32, triton.next_power_of_2(n_bits))
-    csum = torch.cumsum(counts > 0, dim=1, dtype=torch.int32)  # (r, c); its last column: filled entries
-    bits = torch.empty(r, c, kp, dtype=torch.int8, device=q.device)
-    emap = torch.empty(r, c, dtype=torch.int32, device=q.device)
-    be = 32 if interp else 128
-    compact_bits_kernel[(triton.cdiv(c, be), r)](sigs, counts, csum, bits, emap, c, n_bits, NW=nw, KP=kp, BE=be, num_warps=4)
-    qa = torch.empty(rows, kp, dtype=torch.int8, device=q.device)
-    off = torch.empty(rows, dtype=torch.int32, device=q.device)
-    query_operand_kernel[(triton.cdiv(rows, 64),)](q_sig, qa, off, rows, n_bits, NW=nw, KP=kp, BR=64, num_warps=4)
+    bits, emap, csum, qa, off = _level_operands(sigs, counts, q_sig, n_bits, kp)
+    if _until == "prepare":
+        return (*state[:3], nwords)
     # 2. threshold level per query
     lo, hi, above, est = state
     grid = (triton.cdiv(n, bq), r)
@@ -323,14 +341,20 @@ def memory_select_levels(table: MemoryTable, q: torch.Tensor, top_k: int, *, has
     else:
         level_count_kernel[grid](*args, NREG=3, SAMPLE=1, WINDOW=False, INIT=True, **consts)
         closing -= 1
+    if _until == "window":
+        return lo, hi, above, nwords
     for _ in range(closing):  # close what is still open (a tile with every query closed returns at once)
         level_count_kernel[grid](*args, NREG=3, SAMPLE=1, WINDOW=False, INIT=False, **consts)
+    if _until == "count":
+        return lo, hi, above, nwords
     # 3. emit: the words holding each query's selection
     g = bc // 4  # a word: the entries one thread holds in the tensor cores' accumulator layout
     words = torch.empty(rows, kk, dtype=torch.int32, device=q.device)
     level_emit_kernel[grid](qa, off, bits, csum, lo, above, words, nwords, n, c, n_bits, kk, kk,
                             KP=kp, BQ=bq, BC=bc, USE_POPC=not interp, num_warps=4,
                             num_stages=1 if interp else 3)
+    if _until == "emit":
+        return lo, hi, above, nwords
     # 4. their entries, exactly
     level_expand_kernel[(rows,)](q_sig, sigs, emap, csum, lo, above, words, nwords, idx, n, c, n_bits, kk, kk,
                                  NW=nw, G=g, BL=64 if interp else 256, USE_POPC=not interp, num_warps=4)
