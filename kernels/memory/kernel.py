@@ -550,6 +550,342 @@ def attend_bwd_kernel(
     tl.store(dq_ptr + qrow * D + offs_d, dq.to(dq_ptr.dtype.element_ty), mask=d_ok)
 
 
+# --------------------------------------------------------------------------------------------
+# read, one-pass select (``select="levels"``): counts per similarity level, then one emit pass
+# --------------------------------------------------------------------------------------------
+@triton.jit
+def compact_bits_kernel(sig_ptr, counts_ptr, csum_ptr, bits_ptr, emap_ptr, C, n_bits,
+                        NW: tl.constexpr, KP: tl.constexpr, BE: tl.constexpr):
+    """Filled entries of one row, in entry order, packed to the front: entry ``e`` with
+    ``counts > 0`` goes to position ``csum[e] - 1`` (``csum``: inclusive running count of filled
+    entries) as ``KP`` int8 0/1 bits (0 past ``n_bits``) — the B operand of the scoring dot — and
+    ``emap[position] = e``."""
+    r = tl.program_id(1).to(tl.int64)
+    e = tl.program_id(0) * BE + tl.arange(0, BE)
+    e_ok = e < C
+    ok = e_ok & (tl.load(counts_ptr + r * C + e, mask=e_ok, other=0) > 0)
+    p = tl.load(csum_ptr + r * C + e, mask=ok, other=1) - 1
+    bit = tl.arange(0, KP)
+    words = tl.load(sig_ptr + (r * C + e)[:, None] * NW + (bit // 32)[None, :],
+                    mask=ok[:, None] & (bit < NW * 32)[None, :], other=0)
+    on = ((words >> (bit % 32)[None, :]) & 1) & (bit < n_bits)[None, :].to(tl.int32)
+    dst = r * C + p
+    tl.store(bits_ptr + dst[:, None] * KP + bit[None, :], on.to(tl.int8), mask=ok[:, None])
+    tl.store(emap_ptr + dst, e.to(tl.int32), mask=ok)
+
+
+@triton.jit
+def query_operand_kernel(qsig_ptr, qa_ptr, off_ptr, R, n_bits, NW: tl.constexpr, KP: tl.constexpr, BR: tl.constexpr):
+    """Queries as the scoring dot's A operand, once per read: int8 ``2·bit − 1`` (``±1``; 0 past
+    ``n_bits``) ``(R, KP)``, and ``off = n_bits − |q|``: with entry bits ``e`` as B,
+    ``dot = 2·|q∧e| − |e| = sim − off``. (Loaded from memory, the operand stays in shared memory
+    for the tensor cores; computed in the scoring kernel, it was reloaded into registers every
+    chunk.)"""
+    rows = tl.program_id(0) * BR + tl.arange(0, BR)
+    r_ok = rows < R
+    bit = tl.arange(0, KP)
+    words = tl.load(qsig_ptr + rows[:, None].to(tl.int64) * NW + (bit // 32)[None, :],
+                    mask=r_ok[:, None] & (bit < NW * 32)[None, :], other=0)
+    on = (words >> (bit % 32)[None, :]) & 1
+    inb = (bit < n_bits)[None, :]
+    tl.store(qa_ptr + rows[:, None].to(tl.int64) * KP + bit[None, :], tl.where(inb, 2 * on - 1, 0).to(tl.int8),
+             mask=r_ok[:, None])
+    tl.store(off_ptr + rows, n_bits - tl.sum(tl.where(inb, on, 0), 1), mask=r_ok)
+
+
+@triton.jit
+def _query_tile(qa_ptr, off_ptr, qrow, r_ok, KP: tl.constexpr):
+    kb = tl.arange(0, KP)
+    qa = tl.load(qa_ptr + qrow[:, None] * KP + kb[None, :], mask=r_ok[:, None], other=0)
+    return qa, tl.load(off_ptr + qrow, mask=r_ok, other=0)
+
+
+@triton.jit
+def _sample_cols(j, SAMPLE: tl.constexpr):
+    """Entry (compacted position) of sample index ``j``: every ``SAMPLE``-th, the offset rotating
+    so that a sample sees every slot of a bucket."""
+    if SAMPLE == 1:
+        return j
+    else:
+        return j * SAMPLE + j % SAMPLE
+
+
+@triton.jit
+def _level_scores(qa, off, bits_ptr, rbase, j0, ns, nv,
+                  KP: tl.constexpr, BC: tl.constexpr, SAMPLE: tl.constexpr, MASKED: tl.constexpr,
+                  WORDS: tl.constexpr = False):
+    """``sim − off`` of the queries against sample indices ``j0 .. j0+BC`` (int32 ``(BQ, BC)``;
+    ``MASKED``: positions past the filled entries score as similarity −2, below every level).
+
+    ``WORDS``: column ``c = 8i + 2m + b`` holds entry ``j0 + (BC/4)·m + 2i + b`` — in the tensor
+    cores' accumulator layout a thread holds the columns of one ``m`` (``8i + 2·(lane % 4) + b``),
+    so each thread holds whole words of ``BC/4`` consecutive entries and a word's best score
+    needs no exchange between threads (the result does not depend on it, only the speed)."""
+    c = tl.arange(0, BC)
+    if WORDS:
+        c = (BC // 4) * ((c // 2) % 4) + 2 * (c // 8) + c % 2
+    j = j0 + c
+    cols = _sample_cols(j, SAMPLE)
+    kb = tl.arange(0, KP)
+    if MASKED:
+        ok = (j < ns) & (cols < nv)
+        eb = tl.load(bits_ptr + (rbase + cols)[:, None] * KP + kb[None, :], mask=ok[:, None], other=0)
+        s = tl.dot(qa, tl.trans(eb), out_dtype=tl.int32)
+        s = tl.where(ok[None, :], s, -2 - off[:, None])
+    else:
+        eb = tl.load(bits_ptr + (rbase + cols)[:, None] * KP + kb[None, :])
+        s = tl.dot(qa, tl.trans(eb), out_dtype=tl.int32)
+    return s
+
+
+@triton.jit
+def _lane_levels(t0, step, r: tl.constexpr, n_bits):
+    """Levels of threshold register ``r`` ``(BQ, 4)``: lane ``l < 3`` counts level
+    ``t0 + (3r + l)·step`` (clamped to ``[0, n_bits + 1]``); lane 3 is unused."""
+    lane = tl.arange(0, 4)
+    t = t0[:, None] + (3 * r + lane[None, :]) * step[:, None]
+    return tl.minimum(tl.maximum(t, 0), n_bits + 1), lane[None, :] < 3
+
+
+@triton.jit
+def _lane_consts(off, t0, step, r: tl.constexpr, n_bits):
+    """Per query, register ``r``'s 3 byte lanes: lane ``l`` holds ``128 + off − t_l``, so that in
+    ``(sim − off)·0x01010101 + consts`` lane ``l`` is ``sim − t_l + 128`` — in ``[0, 255]`` for
+    similarities −2 … n_bits ≤ 125, so no carry crosses lanes — and its bit 7 is set iff
+    ``sim ≥ t_l``. The top byte is left 0 (it is masked off)."""
+    t, used = _lane_levels(t0, step, r, n_bits)
+    lane = tl.arange(0, 4)
+    c = tl.where(used, off[:, None] - t + 128, 0).to(tl.uint32, bitcast=True) << (8 * lane[None, :]).to(tl.uint32)
+    return tl.sum(c, 1)  # the lanes are disjoint bytes
+
+
+@triton.jit
+def _lane_sum(s, c):
+    """Compare-and-sum of 3 levels at once, per query over the tile: one multiply-add and one AND
+    per (query, entry), then the row sum — bit 7 of lane ``l`` adds ``2^(8l+7)`` per entry at or
+    above level ``l``, and up to 255 of those stay below the next lane's bit 7 (BC ≤ 255)."""
+    x = s.to(tl.uint32, bitcast=True) * tl.full((), 0x01010101, tl.uint32) + c[:, None]
+    return tl.sum(x & tl.full((), 0x00808080, tl.uint32), 1)
+
+
+@triton.jit
+def _unpack_lanes(p):
+    """Packed row sums ``(BQ,)`` → int32 counts ``(BQ, 4)`` (lane 3: 0)."""
+    lane = tl.arange(0, 4)
+    n = ((p[:, None] >> (8 * lane[None, :] + 7).to(tl.uint32)) & 0xFF).to(tl.int32)
+    return tl.where(lane[None, :] < 3, n, 0)
+
+
+@triton.jit
+def _count_chunk(qa, off, bits_ptr, rbase, j0, ns, nv, c0, c1, c2, c3, n0, n1, n2, n3,
+                 KP: tl.constexpr, BC: tl.constexpr, SAMPLE: tl.constexpr, NREG: tl.constexpr, MASKED: tl.constexpr):
+    s = _level_scores(qa, off, bits_ptr, rbase, j0, ns, nv, KP, BC, SAMPLE, MASKED)
+    n0 += _unpack_lanes(_lane_sum(s, c0))
+    if NREG > 1:
+        n1 += _unpack_lanes(_lane_sum(s, c1))
+    if NREG > 2:
+        n2 += _unpack_lanes(_lane_sum(s, c2))
+    if NREG > 3:
+        n3 += _unpack_lanes(_lane_sum(s, c3))
+    return n0, n1, n2, n3
+
+
+@triton.jit
+def _passing(n, need, r: tl.constexpr, t0, step, n_bits):
+    """For threshold register ``r``: the highest of its levels with ``count ≥ need`` (−1: none),
+    the count at its lowest level below ``need`` (−1: none) and that level (``n_bits + 2``: none)."""
+    t, used = _lane_levels(t0, step, r, n_bits)
+    ok = used & (n >= need[:, None])
+    fail = used & (n < need[:, None])
+    return tl.max(tl.where(ok, t, -1), 1), tl.max(tl.where(fail, n, -1), 1), tl.min(tl.where(fail, t, n_bits + 2), 1)
+
+
+@triton.jit
+def level_count_kernel(
+    qa_ptr, off_ptr, bits_ptr, csum_ptr, lo_ptr, hi_ptr, above_ptr, est_ptr,
+    N, C, n_bits, top_k,
+    KP: tl.constexpr, BQ: tl.constexpr, BC: tl.constexpr,
+    NREG: tl.constexpr, SAMPLE: tl.constexpr, WINDOW: tl.constexpr, INIT: tl.constexpr,
+):
+    """One counting pass over a query tile of one row: per query, the number of filled entries at
+    or above each of ``3·NREG`` similarity levels (compare-and-sum, 3 levels per int32 add).
+
+    Per query the state ``lo ≤ T ≤ hi`` brackets the threshold level ``T`` (the ``top_k``-th best
+    similarity; −1 when fewer than ``top_k`` entries are filled), ``above`` = entries above ``hi``.
+    The levels counted are spread over ``lo+1 .. hi`` (``WINDOW`` false: the bracket shrinks 3·NREG
+    times per pass) or consecutive around the estimate ``est`` (``WINDOW``: the bracket closes
+    when ``T`` is in the window). ``SAMPLE > 1`` (the probe) counts every SAMPLE-th entry and
+    writes only ``est`` (the level where the scaled sample count reaches ``top_k``). ``INIT``
+    starts the state (``lo = −1, hi = n_bits``). A tile whose queries are all closed does nothing."""
+    pid_q = tl.program_id(0)
+    r = tl.program_id(1).to(tl.int64)
+    rows = pid_q * BQ + tl.arange(0, BQ)
+    r_ok = rows < N
+    qrow = r * N + rows
+    rbase = r * C
+    nv = tl.load(csum_ptr + rbase + C - 1)  # filled entries of this row
+    if INIT:
+        lo = tl.full((BQ,), -1, tl.int32)
+        hi = tl.where(nv < top_k, -1, tl.full((BQ,), 0, tl.int32) + n_bits)
+        above = tl.where(nv < top_k, nv, 0)
+        tl.store(lo_ptr + qrow, lo, mask=r_ok)
+        tl.store(hi_ptr + qrow, hi, mask=r_ok)
+        tl.store(above_ptr + qrow, above, mask=r_ok)
+    else:
+        lo = tl.load(lo_ptr + qrow, mask=r_ok, other=0)
+        hi = tl.load(hi_ptr + qrow, mask=r_ok, other=0)
+        above = tl.load(above_ptr + qrow, mask=r_ok, other=0)
+    open_ = r_ok & (lo < hi)
+    if tl.sum(open_.to(tl.int32), 0) > 0:
+        NT: tl.constexpr = 3 * NREG
+        if WINDOW:  # consecutive levels around the estimate, inside the bracket
+            est = tl.load(est_ptr + qrow, mask=r_ok, other=0)
+            t0 = tl.minimum(tl.maximum(est - (NT - 2) // 2, lo + 1), tl.maximum(hi + 1 - NT, lo + 1))
+            step = tl.full((BQ,), 1, tl.int32)
+        else:
+            t0 = lo + 1
+            step = tl.maximum((hi - lo + NT - 1) // NT, 1)
+        qa, off = _query_tile(qa_ptr, off_ptr, qrow, r_ok, KP)
+        c0 = _lane_consts(off, t0, step, 0, n_bits)
+        c1 = _lane_consts(off, t0, step, 1, n_bits)
+        c2 = _lane_consts(off, t0, step, 2, n_bits)
+        c3 = _lane_consts(off, t0, step, 3, n_bits)
+        n0 = tl.zeros((BQ, 4), tl.int32)
+        n1 = tl.zeros((BQ, 4), tl.int32)
+        n2 = tl.zeros((BQ, 4), tl.int32)
+        n3 = tl.zeros((BQ, 4), tl.int32)
+        ns = (nv + SAMPLE - 1) // SAMPLE
+        for j0 in range(0, ns - ns % BC, BC):
+            n0, n1, n2, n3 = _count_chunk(qa, off, bits_ptr, rbase, j0, ns, nv, c0, c1, c2, c3, n0, n1, n2, n3,
+                                          KP, BC, SAMPLE, NREG, False)
+        if ns % BC != 0:
+            n0, n1, n2, n3 = _count_chunk(qa, off, bits_ptr, rbase, ns - ns % BC, ns, nv, c0, c1, c2, c3, n0, n1, n2, n3,
+                                          KP, BC, SAMPLE, NREG, True)
+        need = tl.zeros((BQ,), tl.int32) + top_k
+        if SAMPLE > 1:
+            need = (need + SAMPLE - 1) // SAMPLE
+        # levels are increasing, counts non-increasing: the passing levels are a prefix
+        best, fail_n, fail_t = _passing(n0, need, 0, t0, step, n_bits)
+        if NREG > 1:
+            b1, f1, ft1 = _passing(n1, need, 1, t0, step, n_bits)
+            best, fail_n, fail_t = tl.maximum(best, b1), tl.maximum(fail_n, f1), tl.minimum(fail_t, ft1)
+        if NREG > 2:
+            b2, f2, ft2 = _passing(n2, need, 2, t0, step, n_bits)
+            best, fail_n, fail_t = tl.maximum(best, b2), tl.maximum(fail_n, f2), tl.minimum(fail_t, ft2)
+        if NREG > 3:
+            b3, f3, ft3 = _passing(n3, need, 3, t0, step, n_bits)
+            best, fail_n, fail_t = tl.maximum(best, b3), tl.maximum(fail_n, f3), tl.minimum(fail_t, ft3)
+        if SAMPLE > 1:  # the sample's level: its bracket's middle, the top passing level, or below the lowest
+            mid = best + (fail_t - 1 - best) // 2
+            est = tl.where(best < 0, tl.maximum(fail_t - 1, 0), tl.where(fail_t > n_bits + 1, best, mid))
+            tl.store(est_ptr + qrow, est, mask=r_ok)
+        else:
+            new_lo = tl.maximum(lo, best)
+            shrink = fail_t - 1 < hi
+            tl.store(lo_ptr + qrow, new_lo, mask=open_)
+            tl.store(hi_ptr + qrow, tl.where(shrink, fail_t - 1, hi), mask=open_)
+            tl.store(above_ptr + qrow, tl.where(shrink, fail_n, above), mask=open_)
+
+
+@triton.jit
+def _emit_chunk(qa, off, bits_ptr, rbase, j0, nv, ts, need, base, neq, items_ptr, qrow, r_ok, CAPI,
+                KP: tl.constexpr, BC: tl.constexpr, USE_POPC: tl.constexpr, MASKED: tl.constexpr):
+    """Appends, per query, the words (``BC/4`` consecutive filled entries) of this chunk that hold
+    a selected entry: every word whose best score is above the threshold ``ts``, and words whose
+    best is at it while fewer than ``need`` such words came before (they hold the lowest entries
+    at the threshold: at most ``need`` words contain the first ``need`` of them)."""
+    s = _level_scores(qa, off, bits_ptr, rbase, j0, nv, nv, KP, BC, 1, MASKED, True)
+    wmax = tl.max(tl.max(tl.reshape(s, (s.shape[0], BC // 8, 4, 2)), 3), 1)  # (BQ, 4): word m's best
+    m = tl.arange(0, 4)[None, :]
+    below = (1 << m) - 1  # the words before word m, as bits
+    eqo = wmax == ts[:, None]
+    eq_bits = tl.sum(tl.where(eqo, 1 << m, 0), 1)  # 4-bit masks: sums of distinct bits, no scan
+    emit = (wmax > ts[:, None]) | (eqo & (neq[:, None] + _popcount(eq_bits[:, None] & below, USE_POPC) < need[:, None]))
+    e_bits = tl.sum(tl.where(emit, 1 << m, 0), 1)
+    pos = base[:, None] + _popcount(e_bits[:, None] & below, USE_POPC)
+    word = j0 // (BC // 4) + m + tl.zeros_like(pos)
+    tl.store(items_ptr + qrow[:, None] * CAPI + pos, word, mask=emit & r_ok[:, None] & (pos < CAPI))
+    return base + _popcount(e_bits, USE_POPC), neq + _popcount(eq_bits, USE_POPC)
+
+
+@triton.jit
+def level_emit_kernel(
+    qa_ptr, off_ptr, bits_ptr, csum_ptr, lo_ptr, above_ptr, items_ptr, nitems_ptr,
+    N, C, n_bits, top_k, CAPI,
+    KP: tl.constexpr, BQ: tl.constexpr, BC: tl.constexpr, USE_POPC: tl.constexpr,
+):
+    """The emit pass: with each query's threshold level ``T = lo`` and ``need = top_k − above``
+    entries to take at it, the words (``BC/4`` consecutive filled entries) holding its selected
+    entries, in entry order (at most ``top_k`` words: each holds an entry above ``T`` or is one of
+    ``need`` words at it)."""
+    pid_q = tl.program_id(0)
+    r = tl.program_id(1).to(tl.int64)
+    rows = pid_q * BQ + tl.arange(0, BQ)
+    r_ok = rows < N
+    qrow = r * N + rows
+    rbase = r * C
+    nv = tl.load(csum_ptr + rbase + C - 1)
+    thr = tl.load(lo_ptr + qrow, mask=r_ok, other=0)
+    need = top_k - tl.load(above_ptr + qrow, mask=r_ok, other=0)
+    qa, off = _query_tile(qa_ptr, off_ptr, qrow, r_ok, KP)
+    ts = thr - off  # the threshold in score units (score = sim − off)
+    base = tl.zeros((BQ,), tl.int32)
+    neq = tl.zeros((BQ,), tl.int32)
+    for j0 in range(0, nv - nv % BC, BC):
+        base, neq = _emit_chunk(qa, off, bits_ptr, rbase, j0, nv, ts, need, base, neq, items_ptr, qrow, r_ok, CAPI,
+                                KP, BC, USE_POPC, False)
+    if nv % BC != 0:
+        base, neq = _emit_chunk(qa, off, bits_ptr, rbase, nv - nv % BC, nv, ts, need, base, neq, items_ptr, qrow,
+                                r_ok, CAPI, KP, BC, USE_POPC, True)
+    tl.store(nitems_ptr + qrow, base, mask=r_ok)
+
+
+@triton.jit
+def level_expand_kernel(
+    qsig_ptr, sig_ptr, emap_ptr, csum_ptr, lo_ptr, above_ptr, items_ptr, nitems_ptr, idx_ptr,
+    N, C, n_bits, top_k, CAPI,
+    NW: tl.constexpr, G: tl.constexpr, BL: tl.constexpr, USE_POPC: tl.constexpr,
+):
+    """Per query: the entries of its emitted words, scored exactly (popcount), those above ``T``
+    and the first ``need`` at ``T`` written in entry order; ``-1`` after the last."""
+    qrow = tl.program_id(0).to(tl.int64)
+    r = qrow // N
+    rbase = r * C
+    nv = tl.load(csum_ptr + rbase + C - 1)
+    thr = tl.load(lo_ptr + qrow)
+    need = top_k - tl.load(above_ptr + qrow)
+    L = tl.load(nitems_ptr + qrow) * G
+    out = idx_ptr + qrow * top_k
+    n_eq = 0
+    n_sel = 0
+    for l0 in range(0, L, BL):
+        lanes = l0 + tl.arange(0, BL)
+        l_ok = lanes < L
+        word = tl.load(items_ptr + qrow * CAPI + lanes // G, mask=l_ok, other=0)
+        p = word * G + lanes % G
+        ok = l_ok & (p < nv)
+        e = tl.load(emap_ptr + rbase + p, mask=ok, other=0)
+        diff = tl.zeros((BL,), dtype=tl.int32)
+        for w in tl.static_range(NW):
+            rem = n_bits - 32 * w  # bits of this word that count
+            keep = tl.where(rem >= 32, -1, (1 << tl.minimum(rem, 31)) - 1)
+            qw = tl.load(qsig_ptr + qrow * NW + w)
+            ew = tl.load(sig_ptr + (rbase + e) * NW + w, mask=ok, other=0)
+            diff += _popcount((ew ^ qw) & keep, USE_POPC)
+        sim = n_bits - diff
+        eq = (ok & (sim == thr)).to(tl.int32)
+        eq_rank = n_eq + tl.cumsum(eq, 0) - 1
+        sel = (ok & (sim > thr)) | ((eq == 1) & (eq_rank < need))
+        sel_i = sel.to(tl.int32)
+        pos = n_sel + tl.cumsum(sel_i, 0) - 1
+        tl.store(out + pos, e, mask=sel)
+        n_eq += tl.sum(eq, 0)
+        n_sel += tl.sum(sel_i, 0)
+    for p0 in range(0, top_k, BL):  # fewer than k entries: pad with -1
+        pp = p0 + tl.arange(0, BL)
+        tl.store(out + pp, tl.full((BL,), -1, tl.int32), mask=(pp >= n_sel) & (pp < top_k))
+
+
 # Bounded autotune list for the scoring pass (the only heavy kernel): query tile and warps.
 # BC is fixed by the launcher (≥ top_k: the probe needs k column partitions).
 CANDIDATE_CONFIGS = [

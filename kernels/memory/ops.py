@@ -15,6 +15,8 @@ name in ``naive.py``:
   MLP signature).
 * :func:`memory_select` — per query, the ``k`` entries the reference read keeps, int32
   ``(b, h, n, k)`` in entry order, ``-1`` where fewer than ``k`` entries exist.
+* :func:`memory_select_levels` — the same indices by counts per similarity level and one emit
+  pass (no candidate lists; ``memory_attend(select="levels")``, kernels/memory/NOTES.md).
 * :func:`memory_attend` — the read: ``(out, lse)`` with gradients to ``q``
   (``return_indices=True`` adds the indices in the reference's order).
 
@@ -38,9 +40,14 @@ from .kernel import (
     attend_fwd_kernel,
     candidates_kernel,
     candidates_kernel_tuned,
+    compact_bits_kernel,
     fifo_rank_kernel,
     fifo_scatter_kernel,
+    level_count_kernel,
+    level_emit_kernel,
+    level_expand_kernel,
     merge_write_kernel,
+    query_operand_kernel,
     select_kernel,
 )
 
@@ -48,6 +55,9 @@ SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 MERGE_DTYPES = SUPPORTED_DTYPES + (torch.float64,)  # the merge write accumulates in float64 for float64 memories
 PROBE_MAX_K = 256  # larger top_k: no probe, every query scans all entries in the select kernel
 GROUP = 16  # entries per candidate group on the GPU (a chunk of BC entries holds BC // GROUP)
+SELECTS = ("candidates", "levels")  # memory_attend(select=...): the two selection paths (same result)
+LEVEL_MAX_BITS = 125  # the levels select counts levels in byte lanes of int32s: similarities up to 125
+LEVEL_STEPS = ("prepare", "window", "count", "emit")  # memory_select_levels(_until=...): benchmarks time its steps
 
 
 def _rows(table: MemoryTable):
@@ -235,6 +245,122 @@ def memory_select(table: MemoryTable, q: torch.Tensor, top_k: int, *, hasher, q_
     return idx
 
 
+def _closing_passes(n_bits: int, levels_per_pass: int) -> int:
+    """Counting passes that close any bracket of threshold levels (``n_bits + 1`` open at most):
+    a pass over ``s`` open levels leaves ``ceil(s / levels_per_pass) − 1``."""
+    s, passes = n_bits + 1, 0
+    while s > 0:
+        s, passes = -(-s // levels_per_pass) - 1, passes + 1
+    return passes
+
+
+def _level_operands(sigs, counts, q_sig, n_bits: int, kp: int):
+    """The scoring operands of the levels select: each row's filled entries packed to the front
+    (entry order) as int8 bits ``(r, c, kp)`` with their entry ids ``(r, c)`` and the running count
+    of filled entries ``(r, c)`` (its last column: how many), and the queries as int8 ``±1``
+    ``(rows, kp)`` with ``n_bits − |q|`` per query."""
+    r, c, nw = sigs.shape
+    rows, dev, interp = q_sig.numel() // nw, sigs.device, interpreting()
+    csum = torch.cumsum(counts > 0, dim=1, dtype=torch.int32)
+    bits = torch.empty(r, c, kp, dtype=torch.int8, device=dev)
+    emap = torch.empty(r, c, dtype=torch.int32, device=dev)
+    be = 32 if interp else 128
+    compact_bits_kernel[(triton.cdiv(c, be), r)](sigs, counts, csum, bits, emap, c, n_bits, NW=nw, KP=kp, BE=be, num_warps=4)
+    qa = torch.empty(rows, kp, dtype=torch.int8, device=dev)
+    off = torch.empty(rows, dtype=torch.int32, device=dev)
+    query_operand_kernel[(triton.cdiv(rows, 64),)](q_sig, qa, off, rows, n_bits, NW=nw, KP=kp, BR=64, num_warps=4)
+    return bits, emap, csum, qa, off
+
+
+@torch.no_grad()
+def memory_select_levels(table: MemoryTable, q: torch.Tensor, top_k: int, *, hasher, q_sig: torch.Tensor | None = None,
+                         probe_stride: int = 8, _state: bool = False, _until: str | None = None):
+    """:func:`memory_select` by counts per similarity level (``select="levels"``): the same indices
+    (int32 ``(b, h, n, min(top_k, c))``, entry order, ``-1`` padded), no candidate lists.
+
+    1. The filled entries of each row, in entry order, packed to the front as int8 bits
+       (:func:`~vidhash.kernels.memory.kernel.compact_bits_kernel`): every later pass costs the
+       filled entries only; the queries as ``±1`` int8 (``query_operand_kernel``).
+    2. Per query, the threshold level ``T`` (similarity of its ``top_k``-th entry) and how many
+       entries lie above it, from exact counts of the entries at or above a few levels per pass
+       (:func:`~vidhash.kernels.memory.kernel.level_count_kernel`: scores on the int8 tensor
+       cores, 3 levels per int32 compare-and-sum). A coarse probe over every
+       ``4·probe_stride``-th filled entry and a finer one over every ``probe_stride``-th estimate
+       ``T``; one pass over every entry counts the 5 levels around the estimate, which closes
+       ``T`` unless the estimate was off by more than 2; passes that split what is still open
+       follow (a tile whose queries are all closed returns at once). ``probe_stride=0``: no
+       probe, coarse-to-fine passes over every entry (two for 32 bits).
+    3. One emit pass (:func:`~vidhash.kernels.memory.kernel.level_emit_kernel`): per query, the
+       words of consecutive filled entries whose best score is above ``T``, and the first words
+       whose best is ``T`` (at most ``top_k`` words).
+    4. Per query, the entries of those words scored exactly: above ``T``, then the lowest entries
+       at ``T``, in entry order (:func:`~vidhash.kernels.memory.kernel.level_expand_kernel`).
+
+    ``probe_stride`` changes the speed, never the result. ``_state`` (tests, benchmarks) also
+    returns the per-query ``(lo, hi, above, words)``, where ``lo == hi == T``; ``_until``
+    (benchmarks: ``"prepare"``, ``"window"`` — after the probes and the window pass —, ``"count"``,
+    ``"emit"``) stops after that step and returns that state."""
+    check_device(q)
+    b, h, n, d = q.shape
+    c, n_bits = table.capacity, hasher.n_bits
+    if n_bits > LEVEL_MAX_BITS:
+        raise ValueError(f"select='levels' counts similarities of at most {LEVEL_MAX_BITS} bits, the memory has n_bits={n_bits}")
+    if not isinstance(probe_stride, int) or probe_stride < 0:
+        raise ValueError(f"probe_stride must be an int ≥ 0 (0 = no probe), got {probe_stride!r}")
+    kk = min(int(top_k), c)
+    if q_sig is None:
+        q_sig = signatures_triton(q, hasher, role="query")
+    q_sig = q_sig.contiguous()
+    _, _, sigs, _, counts, _ = _rows(table)
+    nw, r = sigs.shape[-1], b * h
+    rows = r * n
+    idx = torch.empty(b, h, n, kk, dtype=torch.int32, device=q.device)
+    state = torch.zeros(4, rows, dtype=torch.int32, device=q.device)  # lo, hi, above, est per query
+    nwords = torch.zeros(rows, dtype=torch.int32, device=q.device)
+    if rows == 0 or kk == 0:
+        return (idx, *state[:3], nwords) if _state else idx
+    if _until is not None and _until not in LEVEL_STEPS:
+        raise ValueError(f"_until must be one of {LEVEL_STEPS} or None, got {_until!r}")
+    interp = interpreting()
+    bq, bc = (16, 16) if interp else (64, 128)
+    # 1. filled entries packed to the front as int8 bits, queries as ±1 int8 (the dot's K: a power of two ≥ 32)
+    kp = max(32, triton.next_power_of_2(n_bits))
+    bits, emap, csum, qa, off = _level_operands(sigs, counts, q_sig, n_bits, kp)
+    if _until == "prepare":
+        return (*state[:3], nwords)
+    # 2. threshold level per query
+    lo, hi, above, est = state
+    grid = (triton.cdiv(n, bq), r)
+    args = (qa, off, bits, csum, lo, hi, above, est, n, c, n_bits, kk)
+    consts = dict(KP=kp, BQ=bq, BC=bc, num_warps=4, num_stages=1 if interp else 3)
+    closing = _closing_passes(n_bits, 9)
+    if probe_stride:  # a coarse probe, a finer one around it, then the 5 levels around that estimate
+        level_count_kernel[grid](*args, NREG=4, SAMPLE=4 * probe_stride, WINDOW=False, INIT=True, **consts)
+        level_count_kernel[grid](*args, NREG=4, SAMPLE=probe_stride, WINDOW=True, INIT=False, **consts)
+        level_count_kernel[grid](*args, NREG=2, SAMPLE=1, WINDOW=True, INIT=False, **consts)
+    else:
+        level_count_kernel[grid](*args, NREG=3, SAMPLE=1, WINDOW=False, INIT=True, **consts)
+        closing -= 1
+    if _until == "window":
+        return lo, hi, above, nwords
+    for _ in range(closing):  # close what is still open (a tile with every query closed returns at once)
+        level_count_kernel[grid](*args, NREG=3, SAMPLE=1, WINDOW=False, INIT=False, **consts)
+    if _until == "count":
+        return lo, hi, above, nwords
+    # 3. emit: the words holding each query's selection
+    g = bc // 4  # a word: the entries one thread holds in the tensor cores' accumulator layout
+    words = torch.empty(rows, kk, dtype=torch.int32, device=q.device)
+    level_emit_kernel[grid](qa, off, bits, csum, lo, above, words, nwords, n, c, n_bits, kk, kk,
+                            KP=kp, BQ=bq, BC=bc, USE_POPC=not interp, num_warps=4,
+                            num_stages=1 if interp else 3)
+    if _until == "emit":
+        return lo, hi, above, nwords
+    # 4. their entries, exactly
+    level_expand_kernel[(rows,)](q_sig, sigs, emap, csum, lo, above, words, nwords, idx, n, c, n_bits, kk, kk,
+                                 NW=nw, G=g, BL=64 if interp else 256, USE_POPC=not interp, num_warps=4)
+    return (idx, lo, hi, above, nwords) if _state else idx
+
+
 def _attend_launch(kernel, q, keys, values, counts, idx, scale, *extra):
     b, h, n, d = q.shape
     c = keys.shape[1]
@@ -287,15 +413,20 @@ def _reference_order(table: MemoryTable, n_bits: int, q_sig: torch.Tensor, idx: 
 
 
 def memory_attend(table: MemoryTable, q: torch.Tensor, top_k: int, *, hasher, scale: float | None = None,
-                  return_indices: bool = False, q_sig: torch.Tensor | None = None):
+                  return_indices: bool = False, q_sig: torch.Tensor | None = None, select: str = "candidates"):
     """``naive.memory_attend`` with the kernels: ``(out (b, h, n, d), lse (b, h, n))`` in
-    float32 lse, gradients to ``q``; ``return_indices`` adds int64 ``(b, h, n, k)``."""
+    float32 lse, gradients to ``q``; ``return_indices`` adds int64 ``(b, h, n, k)``. ``select``:
+    ``"candidates"`` (:func:`memory_select`) or ``"levels"`` (:func:`memory_select_levels`) —
+    the same entries, by two kernels."""
+    if select not in SELECTS:
+        raise ValueError(f"select must be one of {SELECTS}, got {select!r}")
     check_device(q)
     check_dtypes(table, q)
     b, h, n, d = q.shape
     if q_sig is None:
         q_sig = signatures_triton(q, hasher, role="query")
-    idx = memory_select(table, q, top_k, hasher=hasher, q_sig=q_sig)
+    pick = memory_select_levels if select == "levels" else memory_select
+    idx = pick(table, q, top_k, hasher=hasher, q_sig=q_sig)
     keys, values, _, _, counts, _ = _rows(table)
     sc = 1.0 / math.sqrt(d) if scale is None else float(scale)
     out, lse = _MemoryAttend.apply(q, keys, values, counts, idx, sc)
