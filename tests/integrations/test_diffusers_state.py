@@ -179,7 +179,7 @@ def test_hashers_are_submodules_cast_with_the_model():
     inputs64 = {k: v.double() if v.is_floating_point() else v for k, v in inputs.items()}
     assert run(model, inputs64).dtype == torch.float64
     model.to(torch.float32)
-    vidhash.enable_hash_attention(model, density=0.25, block_size=4)  # default SimHash, shared
+    vidhash.enable_hash_attention(model, density=0.25, block_size=4, scorer="simhash")  # default SimHash, shared
     assert isinstance(model.blocks[0].attn1.get_submodule(HASHER_ATTR), SimHash)
     assert model.blocks[0].attn1.get_submodule(HASHER_ATTR) is model.blocks[1].attn1.get_submodule(HASHER_ATTR)
     vidhash.disable_hash_attention(model)
@@ -189,7 +189,7 @@ def test_hashers_are_submodules_cast_with_the_model():
 def test_default_hasher_equals_library_default():
     """The SimHash built at enable time is hash_attention's default (32 bits, seed 0)."""
     model, inputs = tiny_ltx()
-    vidhash.enable_hash_attention(model, density=0.25, block_size=4)
+    vidhash.enable_hash_attention(model, density=0.25, block_size=4, scorer="simhash")
     built = run(model, inputs)
     vidhash.enable_hash_attention(model, density=0.25, block_size=4, n_bits=32, seed=0)
     assert torch.equal(run(model, inputs), built)

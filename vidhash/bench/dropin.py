@@ -238,19 +238,19 @@ def capture_qk(pipe, seed: int, args) -> dict[str, tuple[torch.Tensor, torch.Ten
 
 
 def layer_recall(captured: dict, setting: Setting, max_query_blocks: int) -> list[dict]:
-    """Per layer: recall of the drop-in's selection (the default hasher, as the drop-in builds it)
-    and, with :mod:`vidhash.selection`, the oracle recall of as many blocks."""
+    """Per layer: recall of the drop-in's selection (its default scorer for ``--scorers default``,
+    with the default hasher where that reads one) and, with :mod:`vidhash.selection`, the oracle
+    recall of as many blocks."""
     from vidhash import attention
+    from vidhash.integrations.diffusers import DropInConfig
 
     try:
         from vidhash.selection import oracle_recall
     except ImportError:  # vidhash.selection (issue 21) not installed: no oracle column
         oracle_recall = None
-    extra = {}
-    if setting.scorer is not None:
-        if "scorer" not in inspect.signature(attention.select_blocks).parameters:
-            return []
-        extra["scorer"] = setting.scorer
+    if "scorer" not in inspect.signature(attention.select_blocks).parameters:
+        return []
+    extra = {"scorer": setting.scorer if setting.scorer is not None else DropInConfig.scorer}
     rows = []
     for name, (q, k) in captured.items():
         sel = attention.select_blocks(q, k, density=float(setting.density), block_size=setting.block_size, **extra)

@@ -165,7 +165,7 @@ def add_dropin(p: argparse.ArgumentParser) -> None:
     p.add_argument("--densities", default="1/4,1/8,1/16,1/32", help="comma-separated shares of key blocks kept")
     p.add_argument("--block-sizes", default="64,16", help="comma-separated key-block sizes")
     p.add_argument("--scorers", default="default",
-                   help="comma-separated block scorers ('default': the drop-in's SimHash; or simhash, pooled, "
+                   help="comma-separated block scorers ('default': the drop-in's default, pooled; or simhash, pooled, "
                         "moments, prefilter)")
     p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (noise and camera path per seed)")
     p.add_argument("--frames", type=int, default=33, help="frames per clip (default 33)")

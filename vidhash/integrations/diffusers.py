@@ -105,9 +105,11 @@ FlexAttention's kernel)."""
 class DropInConfig:
     """Hash attention settings of one enabled model (stored as ``transformer._vidhash_config``).
 
-    ``scorer`` ranks the key blocks (:data:`vidhash.attention.SCORERS`: ``"simhash"``, the
-    default, ``"pooled"``, ``"moments"``, ``"prefilter"``; or a learned block scorer, one module
-    or a dict by module name). ``hasher`` (read by ``"simhash"`` and ``"prefilter"``) is ``None``
+    ``scorer`` ranks the key blocks (:data:`vidhash.attention.SCORERS`: ``"pooled"``, the
+    default — exact mean-pooled q·k, which kept 0.99-1.0 of the oracle's mass on the trained
+    wan-mini and selected faster than SimHash there (BENCHMARKS.md, "Drop-in on wan-mini") —
+    ``"simhash"`` (the default when ``hasher``, ``hashers``, ``n_bits`` or ``seed`` is given),
+    ``"moments"``, ``"prefilter"``; or a learned block scorer, one module or a dict by module name). ``hasher`` (read by ``"simhash"`` and ``"prefilter"``) is ``None``
     (the default SimHash: 32 bits, seed 0), one module shared by every layer, or a dict from
     self-attention module name (``"blocks.0.attn1"``) to a module. ``backend``: one of
     :data:`DROP_IN_BACKENDS` (``"flex"``: the selection on ``"auto"``, FlexAttention attends).
@@ -118,7 +120,7 @@ class DropInConfig:
     query_block_size: int | None = None
     local_blocks: int = 1
     sink_blocks: int = 1
-    scorer: str | nn.Module | dict[str, nn.Module] = "simhash"
+    scorer: str | nn.Module | dict[str, nn.Module] = "pooled"
     hasher: nn.Module | dict[str, nn.Module] | None = None
     backend: str = "auto"
 
@@ -441,6 +443,8 @@ def _parse_config(config: dict, names: list[str], head_dim: int, heads: int) -> 
         raise ValueError(f"unknown hash attention option {unknown[0]!r}; expected some of {', '.join(CONFIG_KEYS)}")
     config = dict(config)
     n_bits, seed, path = config.pop("n_bits", None), config.pop("seed", None), config.pop("hashers", None)
+    if "scorer" not in config:  # signatures given: the SimHash/learned codes that read them; else pooled
+        config["scorer"] = "simhash" if any(x is not None for x in (config.get("hasher"), n_bits, seed, path)) else "pooled"
     cfg = DropInConfig(**config)
     check_density(cfg.density)
     check_block("block_size", cfg.block_size)
