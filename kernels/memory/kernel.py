@@ -619,7 +619,7 @@ def _level_scores(qa, off, bits_ptr, rbase, j0, ns, nv,
 
     ``WORDS``: column ``c = 8i + 2m + b`` holds entry ``j0 + (BC/4)·m + 2i + b`` — in the tensor
     cores' accumulator layout a thread holds the columns of one ``m`` (``8i + 2·(lane % 4) + b``),
-    so each thread holds whole words of ``BC/4`` consecutive entries and a word's best score
+    so each thread holds whole runs of ``BC/4`` consecutive entries and a word's best score
     needs no exchange between threads (the result does not depend on it, only the speed)."""
     c = tl.arange(0, BC)
     if WORDS:
@@ -790,21 +790,28 @@ def level_count_kernel(
 @triton.jit
 def _emit_chunk(qa, off, bits_ptr, rbase, j0, nv, ts, need, base, neq, items_ptr, qrow, r_ok, CAPI,
                 KP: tl.constexpr, BC: tl.constexpr, USE_POPC: tl.constexpr, MASKED: tl.constexpr):
-    """Appends, per query, the words (``BC/4`` consecutive filled entries) of this chunk that hold
-    a selected entry: every word whose best score is above the threshold ``ts``, and words whose
-    best is at it while fewer than ``need`` such words came before (they hold the lowest entries
-    at the threshold: at most ``need`` words contain the first ``need`` of them)."""
+    """Appends, per query, the words (``BC/8`` consecutive filled entries, 8 per chunk) of this
+    chunk that hold a selected entry: every word whose best score is above the threshold ``ts``,
+    and words whose best is at it while fewer than ``need`` such words came before (they hold the
+    lowest entries at the threshold: at most ``need`` words contain the first ``need`` of them).
+    A thread holds two whole words of a query (``_level_scores(WORDS=True)``): their maxima need
+    no exchange; positions come from 8-bit masks (sums of distinct bits) and popcounts, no scan."""
     s = _level_scores(qa, off, bits_ptr, rbase, j0, nv, nv, KP, BC, 1, MASKED, True)
-    wmax = tl.max(tl.max(tl.reshape(s, (s.shape[0], BC // 8, 4, 2)), 3), 1)  # (BQ, 4): word m's best
-    m = tl.arange(0, 4)[None, :]
-    below = (1 << m) - 1  # the words before word m, as bits
-    eqo = wmax == ts[:, None]
-    eq_bits = tl.sum(tl.where(eqo, 1 << m, 0), 1)  # 4-bit masks: sums of distinct bits, no scan
-    emit = (wmax > ts[:, None]) | (eqo & (neq[:, None] + _popcount(eq_bits[:, None] & below, USE_POPC) < need[:, None]))
-    e_bits = tl.sum(tl.where(emit, 1 << m, 0), 1)
-    pos = base[:, None] + _popcount(e_bits[:, None] & below, USE_POPC)
-    word = j0 // (BC // 4) + m + tl.zeros_like(pos)
-    tl.store(items_ptr + qrow[:, None] * CAPI + pos, word, mask=emit & r_ok[:, None] & (pos < CAPI))
+    BQ: tl.constexpr = s.shape[0]
+    # column 8i + 2m + b, i = (BC/16)·h + l: word 2m + h of the chunk
+    wmax = tl.max(tl.max(tl.reshape(s, (BQ, 2, BC // 16, 4, 2)), 4), 2)  # (BQ, 2, 4) [h, m]
+    w = 2 * tl.arange(0, 4)[None, None, :] + tl.arange(0, 2)[None, :, None]  # word in the chunk
+    bit = 1 << w
+    below = bit - 1  # the words before it, as bits
+    at = ts[:, None, None]
+    eqo = wmax == at
+    eq_bits = tl.sum(tl.sum(tl.where(eqo, bit, 0), 2), 1)  # (BQ,)
+    eq_before = neq[:, None, None] + _popcount(eq_bits[:, None, None] & below, USE_POPC)
+    emit = (wmax > at) | (eqo & (eq_before < need[:, None, None]))
+    e_bits = tl.sum(tl.sum(tl.where(emit, bit, 0), 2), 1)
+    pos = base[:, None, None] + _popcount(e_bits[:, None, None] & below, USE_POPC)
+    word = j0 // (BC // 8) + w + tl.zeros_like(pos)
+    tl.store(items_ptr + qrow[:, None, None] * CAPI + pos, word, mask=emit & r_ok[:, None, None] & (pos < CAPI))
     return base + _popcount(e_bits, USE_POPC), neq + _popcount(eq_bits, USE_POPC)
 
 
@@ -815,7 +822,7 @@ def level_emit_kernel(
     KP: tl.constexpr, BQ: tl.constexpr, BC: tl.constexpr, USE_POPC: tl.constexpr,
 ):
     """The emit pass: with each query's threshold level ``T = lo`` and ``need = top_k − above``
-    entries to take at it, the words (``BC/4`` consecutive filled entries) holding its selected
+    entries to take at it, the words (``BC/8`` consecutive filled entries) holding its selected
     entries, in entry order (at most ``top_k`` words: each holds an entry above ``T`` or is one of
     ``need`` words at it)."""
     pid_q = tl.program_id(0)
@@ -844,28 +851,33 @@ def level_emit_kernel(
 def level_expand_kernel(
     qsig_ptr, sig_ptr, emap_ptr, csum_ptr, lo_ptr, above_ptr, items_ptr, nitems_ptr, idx_ptr,
     N, C, n_bits, top_k, CAPI,
-    NW: tl.constexpr, G: tl.constexpr, BL: tl.constexpr, USE_POPC: tl.constexpr,
+    NW: tl.constexpr, G: tl.constexpr, BW: tl.constexpr, USE_POPC: tl.constexpr,
 ):
-    """Per query: the entries of its emitted words, scored exactly (popcount), those above ``T``
-    and the first ``need`` at ``T`` written in entry order; ``-1`` after the last."""
+    """Per query: the entries of its emitted words (``G ≤ 32`` consecutive filled entries each),
+    scored exactly (popcount); those above ``T`` and the first ``need`` at ``T`` are written in
+    entry order, ``-1`` after the last. Positions come from per-word bit masks (a sum of distinct
+    bits per word, a popcount per entry) and a scan over the ``BW`` words of a step only."""
     qrow = tl.program_id(0).to(tl.int64)
     r = qrow // N
     rbase = r * C
     nv = tl.load(csum_ptr + rbase + C - 1)
     thr = tl.load(lo_ptr + qrow)
     need = top_k - tl.load(above_ptr + qrow)
-    L = tl.load(nitems_ptr + qrow) * G
+    n_words = tl.load(nitems_ptr + qrow)
     out = idx_ptr + qrow * top_k
+    g = tl.arange(0, G)[None, :]
+    bit = 1 << g  # (1, G) int32: bit 31 wraps to the sign, as a bit pattern
+    below = bit - 1  # the entries before entry g of its word, as bits
     n_eq = 0
     n_sel = 0
-    for l0 in range(0, L, BL):
-        lanes = l0 + tl.arange(0, BL)
-        l_ok = lanes < L
-        word = tl.load(items_ptr + qrow * CAPI + lanes // G, mask=l_ok, other=0)
-        p = word * G + lanes % G
-        ok = l_ok & (p < nv)
+    for w0 in range(0, n_words, BW):
+        wi = w0 + tl.arange(0, BW)
+        w_ok = wi < n_words
+        word = tl.load(items_ptr + qrow * CAPI + wi, mask=w_ok, other=0)
+        p = word[:, None] * G + g  # (BW, G) filled-entry positions
+        ok = w_ok[:, None] & (p < nv)
         e = tl.load(emap_ptr + rbase + p, mask=ok, other=0)
-        diff = tl.zeros((BL,), dtype=tl.int32)
+        diff = tl.zeros((BW, G), dtype=tl.int32)
         for w in tl.static_range(NW):
             rem = n_bits - 32 * w  # bits of this word that count
             keep = tl.where(rem >= 32, -1, (1 << tl.minimum(rem, 31)) - 1)
@@ -873,17 +885,20 @@ def level_expand_kernel(
             ew = tl.load(sig_ptr + (rbase + e) * NW + w, mask=ok, other=0)
             diff += _popcount((ew ^ qw) & keep, USE_POPC)
         sim = n_bits - diff
-        eq = (ok & (sim == thr)).to(tl.int32)
-        eq_rank = n_eq + tl.cumsum(eq, 0) - 1
-        sel = (ok & (sim > thr)) | ((eq == 1) & (eq_rank < need))
-        sel_i = sel.to(tl.int32)
-        pos = n_sel + tl.cumsum(sel_i, 0) - 1
+        eq = ok & (sim == thr)
+        eq_bits = tl.sum(tl.where(eq, bit, 0), 1)  # (BW,)
+        n_eq_w = _popcount(eq_bits, USE_POPC)
+        eq_before = n_eq + tl.cumsum(n_eq_w, 0) - n_eq_w
+        sel = (ok & (sim > thr)) | (eq & (eq_before[:, None] + _popcount(eq_bits[:, None] & below, USE_POPC) < need))
+        sel_bits = tl.sum(tl.where(sel, bit, 0), 1)
+        n_sel_w = _popcount(sel_bits, USE_POPC)
+        pos = (n_sel + tl.cumsum(n_sel_w, 0) - n_sel_w)[:, None] + _popcount(sel_bits[:, None] & below, USE_POPC)
         tl.store(out + pos, e, mask=sel)
-        n_eq += tl.sum(eq, 0)
-        n_sel += tl.sum(sel_i, 0)
-    for p0 in range(0, top_k, BL):  # fewer than k entries: pad with -1
-        pp = p0 + tl.arange(0, BL)
-        tl.store(out + pp, tl.full((BL,), -1, tl.int32), mask=(pp >= n_sel) & (pp < top_k))
+        n_eq += tl.sum(n_eq_w, 0)
+        n_sel += tl.sum(n_sel_w, 0)
+    for p0 in range(0, top_k, BW * G):  # fewer than k entries: pad with -1
+        pp = p0 + tl.arange(0, BW * G)
+        tl.store(out + pp, tl.full((BW * G,), -1, tl.int32), mask=(pp >= n_sel) & (pp < top_k))
 
 
 # Bounded autotune list for the scoring pass (the only heavy kernel): query tile and warps.

@@ -348,7 +348,7 @@ def memory_select_levels(table: MemoryTable, q: torch.Tensor, top_k: int, *, has
     if _until == "count":
         return lo, hi, above, nwords
     # 3. emit: the words holding each query's selection
-    g = bc // 4  # a word: the entries one thread holds in the tensor cores' accumulator layout
+    g = bc // 8  # a word: half the entries one thread holds in the tensor cores' accumulator layout
     words = torch.empty(rows, kk, dtype=torch.int32, device=q.device)
     level_emit_kernel[grid](qa, off, bits, csum, lo, above, words, nwords, n, c, n_bits, kk, kk,
                             KP=kp, BQ=bq, BC=bc, USE_POPC=not interp, num_warps=4,
@@ -357,7 +357,7 @@ def memory_select_levels(table: MemoryTable, q: torch.Tensor, top_k: int, *, has
         return lo, hi, above, nwords
     # 4. their entries, exactly
     level_expand_kernel[(rows,)](q_sig, sigs, emap, csum, lo, above, words, nwords, idx, n, c, n_bits, kk, kk,
-                                 NW=nw, G=g, BL=64 if interp else 256, USE_POPC=not interp, num_warps=4)
+                                 NW=nw, G=g, BW=4 if interp else 8, USE_POPC=not interp, num_warps=4)
     return (idx, lo, hi, above, nwords) if _state else idx
 
 
