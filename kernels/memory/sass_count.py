@@ -5,8 +5,9 @@
 Compiles each kernel of ``memory_select_levels`` with ``triton.compile`` for ``cuda:90`` as the
 JIT specializes it at the benchmark's shape (16-byte aligned pointers, sizes divisible by 16),
 disassembles the cubin with the bundled ``cuobjdump`` and prints, per kernel: registers, spill
-(local memory) bytes, and the instructions of its main loop per (query, entry) pair — per lane
-for the expansion — with the loop's instruction mix. kernels/memory/NOTES.md quotes the numbers.
+(local memory) bytes, and the instructions of its main loop per (query, entry) pair — for the
+expansion (one warp per query), warp instructions per lane — with the loop's instruction mix.
+kernels/memory/NOTES.md quotes the numbers.
 """
 from __future__ import annotations
 
@@ -58,24 +59,26 @@ def count(n_bits: int = 32, top_k: int = 64, queries: int = 2048, capacity: int 
 
     from vidhash.kernels.memory import kernel as K
 
-    ints = {"N": queries, "C": capacity, "n_bits": n_bits, "top_k": top_k, "CAPI": top_k, "R": queries}
+    ints = {"N": queries, "C": capacity, "n_bits": n_bits, "top_k": top_k, "R": 1, "RT": queries * 12, "p": 2}
     kp = max(32, triton.next_power_of_2(n_bits))
-    count_sig = dict.fromkeys(("qa_ptr", "bits_ptr"), "*i8") | dict.fromkeys(
-        ("off_ptr", "csum_ptr", "lo_ptr", "hi_ptr", "above_ptr", "est_ptr"), "*i32") | dict.fromkeys(
-        ("N", "C", "n_bits", "top_k"), "i32")
-    emit_sig = dict.fromkeys(("qa_ptr", "bits_ptr"), "*i8") | dict.fromkeys(
-        ("off_ptr", "csum_ptr", "lo_ptr", "above_ptr", "items_ptr", "nitems_ptr"), "*i32") | dict.fromkeys(
-        ("N", "C", "n_bits", "top_k", "CAPI"), "i32")
-    expand_sig = dict.fromkeys(("qsig_ptr", "sig_ptr", "emap_ptr", "csum_ptr", "lo_ptr", "above_ptr", "items_ptr",
-                                "nitems_ptr", "idx_ptr"), "*i32") | dict.fromkeys(("N", "C", "n_bits", "top_k", "CAPI"), "i32")
+    scoring = dict.fromkeys(("qa_ptr", "bits_ptr"), "*i8") | dict.fromkeys(("off_ptr", "csum_ptr", "st_ptr", "part_ptr"), "*i32")
+    count_sig = scoring | dict.fromkeys(("p", "N", "C", "n_bits", "top_k", "R", "RT"), "i32")
+    emit_sig = scoring | {"p": "i32", "items_ptr": "*i32", "nitems_ptr": "*i32"} | dict.fromkeys(
+        ("N", "C", "n_bits", "top_k", "R", "RT"), "i32")
+    expand_sig = dict.fromkeys(("qsig_ptr", "sig_ptr", "emap_ptr", "csum_ptr", "st_ptr", "items_ptr", "nitems_ptr",
+                                "idx_ptr"), "*i32") | dict.fromkeys(("N", "C", "n_bits", "top_k", "R"), "i32")
     tile = dict(KP=kp, BQ=64, BC=128)
+    after = {"FIRST": False, "PNREG": 4, "PSAMPLE": 8, "PWINDOW": True, "COUNT": True}  # what each pass settles: the one before
     jobs = [  # name, kernel, signature, constexprs, warps, stages, loop marker, pairs (lanes) per thread per iteration
-        ("probe (every 32nd)", K.level_count_kernel, count_sig, {**tile, "NREG": 4, "SAMPLE": 32, "WINDOW": False, "INIT": True}, 4, 3, "IGMMA", 64),
-        ("probe (every 8th)", K.level_count_kernel, count_sig, {**tile, "NREG": 4, "SAMPLE": 8, "WINDOW": True, "INIT": False}, 4, 3, "IGMMA", 64),
-        ("window pass", K.level_count_kernel, count_sig, {**tile, "NREG": 2, "SAMPLE": 1, "WINDOW": True, "INIT": False}, 4, 3, "IGMMA", 64),
-        ("closing pass", K.level_count_kernel, count_sig, {**tile, "NREG": 3, "SAMPLE": 1, "WINDOW": False, "INIT": False}, 4, 3, "IGMMA", 64),
-        ("emit", K.level_emit_kernel, emit_sig, {**tile, "USE_POPC": True}, 4, 3, "IGMMA", 64),
-        ("expand (per lane)", K.level_expand_kernel, expand_sig, {"NW": (n_bits + 31) // 32, "G": 16, "BW": 8, "USE_POPC": True}, 1, 1, None, 4),
+        ("probe (every 32nd)", K.level_count_kernel, count_sig,
+         {**tile, "COUNT": True, "NREG": 4, "SAMPLE": 32, "WINDOW": False, "FIRST": True, "PNREG": 1, "PSAMPLE": 1, "PWINDOW": False}, 4, 3, "IGMMA", 64),
+        ("probe (every 8th)", K.level_count_kernel, count_sig,
+         {**tile, "COUNT": True, "NREG": 4, "SAMPLE": 8, "WINDOW": True, "FIRST": False, "PNREG": 4, "PSAMPLE": 32, "PWINDOW": False}, 4, 3, "IGMMA", 64),
+        ("window pass", K.level_count_kernel, count_sig, {**tile, "NREG": 2, "SAMPLE": 1, "WINDOW": True, **after}, 4, 3, "IGMMA", 64),
+        ("closing pass", K.level_count_kernel, count_sig,
+         {**tile, "COUNT": True, "NREG": 3, "SAMPLE": 1, "WINDOW": False, "FIRST": False, "PNREG": 2, "PSAMPLE": 1, "PWINDOW": True}, 4, 3, "IGMMA", 64),
+        ("emit", K.level_emit_kernel, emit_sig, {**tile, "USE_POPC": True, "PNREG": 3, "PSAMPLE": 1, "PWINDOW": False}, 4, 3, "IGMMA", 64),
+        ("expand (1 warp, /lane)", K.level_expand_kernel, expand_sig, {"NW": (n_bits + 31) // 32, "G": 16, "BW": 8, "USE_POPC": True}, 1, 1, None, 128),
     ]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
