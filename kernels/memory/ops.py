@@ -254,6 +254,19 @@ def _closing_passes(n_bits: int, levels_per_pass: int) -> int:
     return passes
 
 
+def _level_passes(probe_stride: int, n_bits: int) -> tuple[list[tuple[int, int, bool]], int]:
+    """The counting passes of the levels select as ``(registers of 3 levels, sample stride,
+    window)``, and the index of the window pass: a coarse probe over every ``4·probe_stride``-th
+    filled entry (12 levels spread over the bracket), a finer one over every ``probe_stride``-th
+    (12 levels around the first's estimate), the window pass (6 levels around the second's),
+    then passes that split what is still open 9 ways until every bracket of ``n_bits + 1``
+    levels would be closed (two for 32 bits). ``probe_stride=0``: only the splitting passes."""
+    closing = [(3, 1, False)] * _closing_passes(n_bits, 9)
+    if not probe_stride:
+        return closing, 0
+    return [(4, 4 * probe_stride, False), (4, probe_stride, True), (2, 1, True)] + closing, 2
+
+
 def _level_ranges(q: torch.Tensor, programs: int, c: int, bc: int, ranges: int | None) -> int:
     """Entry ranges per (query tile, row) for the levels select's passes: given, or on a GPU
     enough to put two programs on every SM (at least 4 chunks of ``bc`` entries per range) —
@@ -333,10 +346,9 @@ def memory_select_levels(table: MemoryTable, q: torch.Tensor, top_k: int, *, has
     nw, r = sigs.shape[-1], b * h
     rows = r * n
     idx = torch.empty(b, h, n, kk, dtype=torch.int32, device=q.device)
-    nwords = torch.zeros(rows, dtype=torch.int32, device=q.device)
     if rows == 0 or kk == 0:
-        empty = torch.zeros(rows, dtype=torch.int32, device=q.device)
-        return (idx, empty, empty, empty, nwords) if _state else idx
+        none = torch.zeros(rows, dtype=torch.int32, device=q.device)
+        return (idx, none, none, none, none) if _state else idx
     if _until is not None and _until not in LEVEL_STEPS:
         raise ValueError(f"_until must be one of {LEVEL_STEPS} or None, got {_until!r}")
     interp = interpreting()
@@ -344,13 +356,12 @@ def memory_select_levels(table: MemoryTable, q: torch.Tensor, top_k: int, *, has
     # 1. filled entries packed to the front as int8 bits, queries as ±1 int8 (the dot's K: a power of two ≥ 32)
     kp = max(32, triton.next_power_of_2(n_bits))
     bits, emap, csum, qa, off = _level_operands(sigs, counts, q_sig, n_bits, kp)
+    none = torch.zeros(rows, dtype=torch.int32, device=q.device) if _until else None
     if _until == "prepare":
-        return nwords, nwords, nwords, nwords
+        return none, none, none, none
     # 2. threshold level per query: the counting passes (pass p settles pass p − 1 and stores st[p])
     ranges = _level_ranges(q, triton.cdiv(n, bq) * r, c, bc, ranges)
-    passes = ([(4, 4 * probe_stride, False), (4, probe_stride, True), (2, 1, True)] if probe_stride else [(3, 1, False)])
-    window_pass = len(passes) - 1
-    passes += [(3, 1, False)] * (_closing_passes(n_bits, 9) - (0 if probe_stride else 1))
+    passes, window_pass = _level_passes(probe_stride, n_bits)
     st = torch.empty(len(passes) + 1, 4, rows, dtype=torch.int32, device=q.device)  # lo, hi, above, est
     part = torch.empty(2, ranges, rows, 16, dtype=torch.int32, device=q.device)  # a pass's counts per range
     grid = (triton.cdiv(n, bq), r, ranges)
@@ -361,7 +372,7 @@ def memory_select_levels(table: MemoryTable, q: torch.Tensor, top_k: int, *, has
     def settle(p):  # the state after pass p - 1, as st[p] (benchmarks' step timings)
         level_count_kernel[grid[:2] + (1,)](*args, p, *sizes, NREG=1, SAMPLE=1, WINDOW=False, FIRST=False, PNREG=passes[p - 1][0],
                                             PSAMPLE=passes[p - 1][1], PWINDOW=passes[p - 1][2], COUNT=False, **consts)
-        return (*st[p, :3], nwords)
+        return (*st[p, :3], none)
 
     for p, (nreg, sample, window) in enumerate(passes):
         prev = passes[p - 1] if p else (1, 1, False)
