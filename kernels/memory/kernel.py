@@ -35,6 +35,13 @@ the ``k`` best (ties to the lower entry), exact softmax over them with ``log(cou
   no sort) gives the threshold ``T`` and how many score above it; entries above ``T`` and the
   first entries at ``T`` (entry order) make the ``k`` selected, written in entry order. A query
   with more candidates than its buffers hold scans all entries instead (same code, exact).
+* ``select="levels"`` (``memory_select_levels``; kernels/memory/NOTES.md) finds the same entries
+  without candidate lists: :func:`compact_bits_kernel` / :func:`query_operand_kernel` pack the
+  filled entries and the queries as int8 operands; :func:`level_count_kernel` passes count, per
+  query, the entries at or above a few similarity levels (3 per int32 add, byte lanes) until the
+  threshold level is known — probes on samples aim a 6-level window, later passes close what
+  it missed; :func:`level_emit_kernel` lists the words of 16 entries that hold a selected
+  entry; :func:`level_expand_kernel` scores their entries and writes the selection.
 * :func:`attend_fwd_kernel` / :func:`attend_bwd_kernel` — exact attention over the selected
   entries (online softmax, fp32) with ``log(count)``; backward gives ``dq`` including the
   gradient through ``lse``.
@@ -619,7 +626,7 @@ def _level_scores(qa, off, bits_ptr, rbase, j0, ns, nv,
 
     ``WORDS``: column ``c = 8i + 2m + b`` holds entry ``j0 + (BC/4)·m + 2i + b`` — in the tensor
     cores' accumulator layout a thread holds the columns of one ``m`` (``8i + 2·(lane % 4) + b``),
-    so each thread holds whole words of ``BC/4`` consecutive entries and a word's best score
+    so each thread holds whole runs of ``BC/4`` consecutive entries and a word's best score
     needs no exchange between threads (the result does not depend on it, only the speed)."""
     c = tl.arange(0, BC)
     if WORDS:
@@ -701,22 +708,118 @@ def _passing(n, need, r: tl.constexpr, t0, step, n_bits):
 
 
 @triton.jit
+def _thresholds(lo, hi, est, NREG: tl.constexpr, WINDOW: tl.constexpr):
+    """First level and step of a pass's ``3·NREG`` levels: spread over ``lo+1 .. hi`` (the bracket
+    shrinks ``3·NREG`` times), or (``WINDOW``) consecutive around ``est``, inside the bracket."""
+    NT: tl.constexpr = 3 * NREG
+    if WINDOW:
+        t0 = tl.minimum(tl.maximum(est - (NT - 2) // 2, lo + 1), tl.maximum(hi + 1 - NT, lo + 1))
+        step = tl.zeros_like(lo) + 1
+    else:
+        t0 = lo + 1
+        step = tl.maximum((hi - lo + NT - 1) // NT, 1)
+    return t0, step
+
+
+@triton.jit
+def _apply_counts(n0, n1, n2, n3, lo, hi, above, est, t0, step, n_bits, top_k,
+                  NREG: tl.constexpr, SAMPLE: tl.constexpr):
+    """The state after a pass counted ``n_r`` (BQ, 4) at its levels: the bracket narrowed to the
+    passing/failing levels (counts are exact), or for a probe (``SAMPLE > 1``: counts of every
+    SAMPLE-th entry against ``top_k / SAMPLE``) only ``est``, the sample's level. Closed queries
+    (``lo == hi``) keep theirs."""
+    need = tl.zeros_like(lo) + top_k
+    if SAMPLE > 1:
+        need = (need + SAMPLE - 1) // SAMPLE
+    # levels are increasing, counts non-increasing: the passing levels are a prefix
+    best, fail_n, fail_t = _passing(n0, need, 0, t0, step, n_bits)
+    if NREG > 1:
+        b1, f1, ft1 = _passing(n1, need, 1, t0, step, n_bits)
+        best, fail_n, fail_t = tl.maximum(best, b1), tl.maximum(fail_n, f1), tl.minimum(fail_t, ft1)
+    if NREG > 2:
+        b2, f2, ft2 = _passing(n2, need, 2, t0, step, n_bits)
+        best, fail_n, fail_t = tl.maximum(best, b2), tl.maximum(fail_n, f2), tl.minimum(fail_t, ft2)
+    if NREG > 3:
+        b3, f3, ft3 = _passing(n3, need, 3, t0, step, n_bits)
+        best, fail_n, fail_t = tl.maximum(best, b3), tl.maximum(fail_n, f3), tl.minimum(fail_t, ft3)
+    open_ = lo < hi
+    if SAMPLE > 1:  # the sample's level: its bracket's middle, the top passing level, or below the lowest
+        mid = best + (fail_t - 1 - best) // 2
+        new_est = tl.where(best < 0, tl.maximum(fail_t - 1, 0), tl.where(fail_t > n_bits + 1, best, mid))
+        return lo, hi, above, tl.where(open_, new_est, est)
+    else:
+        shrink = open_ & (fail_t - 1 < hi)
+        return (tl.where(open_, tl.maximum(lo, best), lo), tl.where(shrink, fail_t - 1, hi),
+                tl.where(shrink, fail_n, above), est)
+
+
+@triton.jit
+def _part_counts(part_ptr, slot, qrow, r_ok, R, RT, r: tl.constexpr):
+    """Register ``r``'s counts ``(BQ, 4)`` summed over the ``R`` entry ranges of a pass."""
+    lane = tl.arange(0, 4)[None, :]
+    n = tl.zeros((qrow.shape[0], 4), tl.int32)
+    for rho in range(0, R):
+        n += tl.load(part_ptr + ((slot * R + rho) * RT + qrow[:, None]) * 16 + 4 * r + lane, mask=r_ok[:, None], other=0)
+    return n
+
+
+@triton.jit
+def _state_in(st_ptr, part_ptr, p, qrow, r_ok, R, RT, nv, n_bits, top_k,
+              FIRST: tl.constexpr, PNREG: tl.constexpr, PSAMPLE: tl.constexpr, PWINDOW: tl.constexpr):
+    """The per-query state ``(lo, hi, above, est)`` a pass starts from: the first pass's
+    (``lo = −1``, ``hi = n_bits``, or closed at −1 with fewer than ``top_k`` filled entries), else
+    the previous pass's state (``st[p − 1]``, stored by its programs of range 0) with that pass's
+    counts (summed over its entry ranges) applied — each pass settles the one before it, so a
+    split pass needs no launch of its own to combine its ranges."""
+    if FIRST:
+        lo = tl.zeros_like(qrow).to(tl.int32) - 1
+        hi = tl.where(nv < top_k, -1, tl.zeros_like(lo) + n_bits)
+        above = tl.where(nv < top_k, tl.zeros_like(lo) + nv, 0)
+        est = tl.zeros_like(lo)
+    else:
+        prev = st_ptr + (p - 1) * 4 * RT + qrow
+        lo = tl.load(prev, mask=r_ok, other=0)
+        hi = tl.load(prev + RT, mask=r_ok, other=0)
+        above = tl.load(prev + 2 * RT, mask=r_ok, other=0)
+        est = tl.load(prev + 3 * RT, mask=r_ok, other=0)
+        t0, step = _thresholds(lo, hi, est, PNREG, PWINDOW)
+        slot = (p - 1) % 2
+        n0 = _part_counts(part_ptr, slot, qrow, r_ok, R, RT, 0)
+        n1 = _part_counts(part_ptr, slot, qrow, r_ok, R, RT, 1)
+        n2 = _part_counts(part_ptr, slot, qrow, r_ok, R, RT, 2)
+        n3 = _part_counts(part_ptr, slot, qrow, r_ok, R, RT, 3)
+        lo, hi, above, est = _apply_counts(n0, n1, n2, n3, lo, hi, above, est, t0, step, n_bits, top_k, PNREG, PSAMPLE)
+    return lo, hi, above, est
+
+
+@triton.jit
+def _range_of(ns, R, BC: tl.constexpr):
+    """Sample indices ``[start, end)`` of this program's entry range: whole chunks of ``BC``, the
+    ranges of a row as even as chunks allow."""
+    per = ((ns + BC - 1) // BC + R - 1) // R * BC
+    start = tl.program_id(2) * per
+    return start, tl.minimum(start + per, ns)
+
+
+@triton.jit
 def level_count_kernel(
-    qa_ptr, off_ptr, bits_ptr, csum_ptr, lo_ptr, hi_ptr, above_ptr, est_ptr,
-    N, C, n_bits, top_k,
+    qa_ptr, off_ptr, bits_ptr, csum_ptr, st_ptr, part_ptr, p,
+    N, C, n_bits, top_k, R, RT,
     KP: tl.constexpr, BQ: tl.constexpr, BC: tl.constexpr,
-    NREG: tl.constexpr, SAMPLE: tl.constexpr, WINDOW: tl.constexpr, INIT: tl.constexpr,
+    NREG: tl.constexpr, SAMPLE: tl.constexpr, WINDOW: tl.constexpr, FIRST: tl.constexpr,
+    PNREG: tl.constexpr, PSAMPLE: tl.constexpr, PWINDOW: tl.constexpr, COUNT: tl.constexpr = True,
 ):
-    """One counting pass over a query tile of one row: per query, the number of filled entries at
-    or above each of ``3·NREG`` similarity levels (compare-and-sum, 3 levels per int32 add).
+    """Counting pass ``p`` over a tile of ``BQ`` queries of one memory row and one of ``R`` ranges
+    of its filled entries: per query, the entries at or above each of ``3·NREG`` similarity
+    levels (compare-and-sum, 3 levels per int32 add), into ``part[p % 2]`` (R, RT, 16).
 
     Per query the state ``lo ≤ T ≤ hi`` brackets the threshold level ``T`` (the ``top_k``-th best
-    similarity; −1 when fewer than ``top_k`` entries are filled), ``above`` = entries above ``hi``.
-    The levels counted are spread over ``lo+1 .. hi`` (``WINDOW`` false: the bracket shrinks 3·NREG
-    times per pass) or consecutive around the estimate ``est`` (``WINDOW``: the bracket closes
-    when ``T`` is in the window). ``SAMPLE > 1`` (the probe) counts every SAMPLE-th entry and
-    writes only ``est`` (the level where the scaled sample count reaches ``top_k``). ``INIT``
-    starts the state (``lo = −1, hi = n_bits``). A tile whose queries are all closed does nothing."""
+    similarity; −1 when fewer than ``top_k`` entries are filled), ``above`` = entries above ``hi``,
+    ``est`` the probes' estimate of ``T``. The pass starts from the previous pass's state with its
+    counts applied (``_state_in``; ``P*``: the previous pass's constants), which range 0 stores as
+    ``st[p]``. The levels counted are spread over ``lo+1 .. hi`` or (``WINDOW``) consecutive around
+    ``est``; ``SAMPLE > 1`` (a probe) counts every SAMPLE-th entry. A tile whose queries are all
+    closed counts nothing. ``COUNT`` false: only settle the state (benchmarks' step timings)."""
     pid_q = tl.program_id(0)
     r = tl.program_id(1).to(tl.int64)
     rows = pid_q * BQ + tl.arange(0, BQ)
@@ -724,27 +827,26 @@ def level_count_kernel(
     qrow = r * N + rows
     rbase = r * C
     nv = tl.load(csum_ptr + rbase + C - 1)  # filled entries of this row
-    if INIT:
-        lo = tl.full((BQ,), -1, tl.int32)
-        hi = tl.where(nv < top_k, -1, tl.full((BQ,), 0, tl.int32) + n_bits)
-        above = tl.where(nv < top_k, nv, 0)
-        tl.store(lo_ptr + qrow, lo, mask=r_ok)
-        tl.store(hi_ptr + qrow, hi, mask=r_ok)
-        tl.store(above_ptr + qrow, above, mask=r_ok)
-    else:
-        lo = tl.load(lo_ptr + qrow, mask=r_ok, other=0)
-        hi = tl.load(hi_ptr + qrow, mask=r_ok, other=0)
-        above = tl.load(above_ptr + qrow, mask=r_ok, other=0)
+    lo, hi, above, est = _state_in(st_ptr, part_ptr, p, qrow, r_ok, R, RT, nv, n_bits, top_k,
+                                   FIRST, PNREG, PSAMPLE, PWINDOW)
+    here = st_ptr + p * 4 * RT + qrow
+    mine = r_ok & (tl.program_id(2) == 0)
+    tl.store(here, lo, mask=mine)
+    tl.store(here + RT, hi, mask=mine)
+    tl.store(here + 2 * RT, above, mask=mine)
+    tl.store(here + 3 * RT, est, mask=mine)
     open_ = r_ok & (lo < hi)
+    if COUNT:
+        _count_pass(qa_ptr, off_ptr, bits_ptr, part_ptr, p, qrow, r_ok, rbase, nv, open_, lo, hi, est, n_bits, R, RT,
+                    KP, BQ, BC, NREG, SAMPLE, WINDOW)
+
+
+@triton.jit
+def _count_pass(qa_ptr, off_ptr, bits_ptr, part_ptr, p, qrow, r_ok, rbase, nv, open_, lo, hi, est, n_bits, R, RT,
+                KP: tl.constexpr, BQ: tl.constexpr, BC: tl.constexpr, NREG: tl.constexpr, SAMPLE: tl.constexpr,
+                WINDOW: tl.constexpr):
     if tl.sum(open_.to(tl.int32), 0) > 0:
-        NT: tl.constexpr = 3 * NREG
-        if WINDOW:  # consecutive levels around the estimate, inside the bracket
-            est = tl.load(est_ptr + qrow, mask=r_ok, other=0)
-            t0 = tl.minimum(tl.maximum(est - (NT - 2) // 2, lo + 1), tl.maximum(hi + 1 - NT, lo + 1))
-            step = tl.full((BQ,), 1, tl.int32)
-        else:
-            t0 = lo + 1
-            step = tl.maximum((hi - lo + NT - 1) // NT, 1)
+        t0, step = _thresholds(lo, hi, est, NREG, WINDOW)
         qa, off = _query_tile(qa_ptr, off_ptr, qrow, r_ok, KP)
         c0 = _lane_consts(off, t0, step, 0, n_bits)
         c1 = _lane_consts(off, t0, step, 1, n_bits)
@@ -755,69 +857,61 @@ def level_count_kernel(
         n2 = tl.zeros((BQ, 4), tl.int32)
         n3 = tl.zeros((BQ, 4), tl.int32)
         ns = (nv + SAMPLE - 1) // SAMPLE
-        for j0 in range(0, ns - ns % BC, BC):
+        start, end = _range_of(ns, R, BC)
+        for j0 in range(start, tl.minimum(end, ns - ns % BC), BC):
             n0, n1, n2, n3 = _count_chunk(qa, off, bits_ptr, rbase, j0, ns, nv, c0, c1, c2, c3, n0, n1, n2, n3,
                                           KP, BC, SAMPLE, NREG, False)
-        if ns % BC != 0:
+        if (ns % BC != 0) & (end == ns) & (start < end):
             n0, n1, n2, n3 = _count_chunk(qa, off, bits_ptr, rbase, ns - ns % BC, ns, nv, c0, c1, c2, c3, n0, n1, n2, n3,
                                           KP, BC, SAMPLE, NREG, True)
-        need = tl.zeros((BQ,), tl.int32) + top_k
-        if SAMPLE > 1:
-            need = (need + SAMPLE - 1) // SAMPLE
-        # levels are increasing, counts non-increasing: the passing levels are a prefix
-        best, fail_n, fail_t = _passing(n0, need, 0, t0, step, n_bits)
-        if NREG > 1:
-            b1, f1, ft1 = _passing(n1, need, 1, t0, step, n_bits)
-            best, fail_n, fail_t = tl.maximum(best, b1), tl.maximum(fail_n, f1), tl.minimum(fail_t, ft1)
-        if NREG > 2:
-            b2, f2, ft2 = _passing(n2, need, 2, t0, step, n_bits)
-            best, fail_n, fail_t = tl.maximum(best, b2), tl.maximum(fail_n, f2), tl.minimum(fail_t, ft2)
-        if NREG > 3:
-            b3, f3, ft3 = _passing(n3, need, 3, t0, step, n_bits)
-            best, fail_n, fail_t = tl.maximum(best, b3), tl.maximum(fail_n, f3), tl.minimum(fail_t, ft3)
-        if SAMPLE > 1:  # the sample's level: its bracket's middle, the top passing level, or below the lowest
-            mid = best + (fail_t - 1 - best) // 2
-            est = tl.where(best < 0, tl.maximum(fail_t - 1, 0), tl.where(fail_t > n_bits + 1, best, mid))
-            tl.store(est_ptr + qrow, est, mask=r_ok)
-        else:
-            new_lo = tl.maximum(lo, best)
-            shrink = fail_t - 1 < hi
-            tl.store(lo_ptr + qrow, new_lo, mask=open_)
-            tl.store(hi_ptr + qrow, tl.where(shrink, fail_t - 1, hi), mask=open_)
-            tl.store(above_ptr + qrow, tl.where(shrink, fail_n, above), mask=open_)
+        out = part_ptr + (((p % 2) * R + tl.program_id(2)) * RT + qrow[:, None]) * 16 + tl.arange(0, 4)[None, :]
+        tl.store(out, n0, mask=r_ok[:, None])
+        tl.store(out + 4, n1, mask=r_ok[:, None])
+        tl.store(out + 8, n2, mask=r_ok[:, None])
+        tl.store(out + 12, n3, mask=r_ok[:, None])
 
 
 @triton.jit
-def _emit_chunk(qa, off, bits_ptr, rbase, j0, nv, ts, need, base, neq, items_ptr, qrow, r_ok, CAPI,
+def _emit_chunk(qa, off, bits_ptr, rbase, j0, nv, ts, need, base, neq, items_ptr, slot, r_ok, CAPI,
                 KP: tl.constexpr, BC: tl.constexpr, USE_POPC: tl.constexpr, MASKED: tl.constexpr):
-    """Appends, per query, the words (``BC/4`` consecutive filled entries) of this chunk that hold
-    a selected entry: every word whose best score is above the threshold ``ts``, and words whose
-    best is at it while fewer than ``need`` such words came before (they hold the lowest entries
-    at the threshold: at most ``need`` words contain the first ``need`` of them)."""
+    """Appends, per query, the words (``BC/8`` consecutive filled entries, 8 per chunk) of this
+    chunk that hold a selected entry: every word whose best score is above the threshold ``ts``,
+    and words whose best is at it while fewer than ``need`` such words came before (they hold the
+    lowest entries at the threshold: at most ``need`` words contain the first ``need`` of them).
+    A thread holds two whole words of a query (``_level_scores(WORDS=True)``): their maxima need
+    no exchange; positions come from 8-bit masks (sums of distinct bits) and popcounts, no scan."""
     s = _level_scores(qa, off, bits_ptr, rbase, j0, nv, nv, KP, BC, 1, MASKED, True)
-    wmax = tl.max(tl.max(tl.reshape(s, (s.shape[0], BC // 8, 4, 2)), 3), 1)  # (BQ, 4): word m's best
-    m = tl.arange(0, 4)[None, :]
-    below = (1 << m) - 1  # the words before word m, as bits
-    eqo = wmax == ts[:, None]
-    eq_bits = tl.sum(tl.where(eqo, 1 << m, 0), 1)  # 4-bit masks: sums of distinct bits, no scan
-    emit = (wmax > ts[:, None]) | (eqo & (neq[:, None] + _popcount(eq_bits[:, None] & below, USE_POPC) < need[:, None]))
-    e_bits = tl.sum(tl.where(emit, 1 << m, 0), 1)
-    pos = base[:, None] + _popcount(e_bits[:, None] & below, USE_POPC)
-    word = j0 // (BC // 4) + m + tl.zeros_like(pos)
-    tl.store(items_ptr + qrow[:, None] * CAPI + pos, word, mask=emit & r_ok[:, None] & (pos < CAPI))
+    BQ: tl.constexpr = s.shape[0]
+    # column 8i + 2m + b, i = (BC/16)·h + l: word 2m + h of the chunk
+    wmax = tl.max(tl.max(tl.reshape(s, (BQ, 2, BC // 16, 4, 2)), 4), 2)  # (BQ, 2, 4) [h, m]
+    w = 2 * tl.arange(0, 4)[None, None, :] + tl.arange(0, 2)[None, :, None]  # word in the chunk
+    bit = 1 << w
+    below = bit - 1  # the words before it, as bits
+    at = ts[:, None, None]
+    eqo = wmax == at
+    eq_bits = tl.sum(tl.sum(tl.where(eqo, bit, 0), 2), 1)  # (BQ,)
+    eq_before = neq[:, None, None] + _popcount(eq_bits[:, None, None] & below, USE_POPC)
+    emit = (wmax > at) | (eqo & (eq_before < need[:, None, None]))
+    e_bits = tl.sum(tl.sum(tl.where(emit, bit, 0), 2), 1)
+    pos = base[:, None, None] + _popcount(e_bits[:, None, None] & below, USE_POPC)
+    word = j0 // (BC // 8) + w + tl.zeros_like(pos)
+    tl.store(items_ptr + slot[:, None, None] * CAPI + pos, word, mask=emit & r_ok[:, None, None] & (pos < CAPI))
     return base + _popcount(e_bits, USE_POPC), neq + _popcount(eq_bits, USE_POPC)
 
 
 @triton.jit
 def level_emit_kernel(
-    qa_ptr, off_ptr, bits_ptr, csum_ptr, lo_ptr, above_ptr, items_ptr, nitems_ptr,
-    N, C, n_bits, top_k, CAPI,
+    qa_ptr, off_ptr, bits_ptr, csum_ptr, st_ptr, part_ptr, p, items_ptr, nitems_ptr,
+    N, C, n_bits, top_k, R, RT,
     KP: tl.constexpr, BQ: tl.constexpr, BC: tl.constexpr, USE_POPC: tl.constexpr,
+    PNREG: tl.constexpr, PSAMPLE: tl.constexpr, PWINDOW: tl.constexpr,
 ):
-    """The emit pass: with each query's threshold level ``T = lo`` and ``need = top_k − above``
-    entries to take at it, the words (``BC/4`` consecutive filled entries) holding its selected
-    entries, in entry order (at most ``top_k`` words: each holds an entry above ``T`` or is one of
-    ``need`` words at it)."""
+    """The emit pass over one of ``R`` entry ranges: it settles the last counting pass (range 0
+    stores the final state as ``st[p]``), then with each query's threshold level ``T = lo`` and
+    ``need = top_k − above`` entries to take at it, appends the words (``BC/8`` consecutive filled
+    entries) holding its selected entries, in entry order, to the range's list (at most ``top_k``
+    words: each holds an entry above ``T`` or is one of the range's first ``need`` words at it —
+    a superset of what the range contributes; the expansion cuts exactly)."""
     pid_q = tl.program_id(0)
     r = tl.program_id(1).to(tl.int64)
     rows = pid_q * BQ + tl.arange(0, BQ)
@@ -825,65 +919,86 @@ def level_emit_kernel(
     qrow = r * N + rows
     rbase = r * C
     nv = tl.load(csum_ptr + rbase + C - 1)
-    thr = tl.load(lo_ptr + qrow, mask=r_ok, other=0)
-    need = top_k - tl.load(above_ptr + qrow, mask=r_ok, other=0)
+    thr, hi, above, est = _state_in(st_ptr, part_ptr, p, qrow, r_ok, R, RT, nv, n_bits, top_k,
+                                    False, PNREG, PSAMPLE, PWINDOW)
+    here = st_ptr + p * 4 * RT + qrow
+    mine = r_ok & (tl.program_id(2) == 0)
+    tl.store(here, thr, mask=mine)
+    tl.store(here + RT, hi, mask=mine)
+    tl.store(here + 2 * RT, above, mask=mine)
+    tl.store(here + 3 * RT, est, mask=mine)
+    need = top_k - above
     qa, off = _query_tile(qa_ptr, off_ptr, qrow, r_ok, KP)
     ts = thr - off  # the threshold in score units (score = sim − off)
+    slot = qrow * R + tl.program_id(2)
     base = tl.zeros((BQ,), tl.int32)
     neq = tl.zeros((BQ,), tl.int32)
-    for j0 in range(0, nv - nv % BC, BC):
-        base, neq = _emit_chunk(qa, off, bits_ptr, rbase, j0, nv, ts, need, base, neq, items_ptr, qrow, r_ok, CAPI,
+    start, end = _range_of(nv, R, BC)
+    for j0 in range(start, tl.minimum(end, nv - nv % BC), BC):
+        base, neq = _emit_chunk(qa, off, bits_ptr, rbase, j0, nv, ts, need, base, neq, items_ptr, slot, r_ok, top_k,
                                 KP, BC, USE_POPC, False)
-    if nv % BC != 0:
-        base, neq = _emit_chunk(qa, off, bits_ptr, rbase, nv - nv % BC, nv, ts, need, base, neq, items_ptr, qrow,
-                                r_ok, CAPI, KP, BC, USE_POPC, True)
-    tl.store(nitems_ptr + qrow, base, mask=r_ok)
+    if (nv % BC != 0) & (end == nv) & (start < end):
+        base, neq = _emit_chunk(qa, off, bits_ptr, rbase, nv - nv % BC, nv, ts, need, base, neq, items_ptr, slot,
+                                r_ok, top_k, KP, BC, USE_POPC, True)
+    tl.store(nitems_ptr + slot, base, mask=r_ok)
 
 
 @triton.jit
 def level_expand_kernel(
-    qsig_ptr, sig_ptr, emap_ptr, csum_ptr, lo_ptr, above_ptr, items_ptr, nitems_ptr, idx_ptr,
-    N, C, n_bits, top_k, CAPI,
-    NW: tl.constexpr, G: tl.constexpr, BL: tl.constexpr, USE_POPC: tl.constexpr,
+    qsig_ptr, sig_ptr, emap_ptr, csum_ptr, st_ptr, items_ptr, nitems_ptr, idx_ptr,
+    N, C, n_bits, top_k, R,
+    NW: tl.constexpr, G: tl.constexpr, BW: tl.constexpr, USE_POPC: tl.constexpr,
 ):
-    """Per query: the entries of its emitted words, scored exactly (popcount), those above ``T``
-    and the first ``need`` at ``T`` written in entry order; ``-1`` after the last."""
+    """Per query: the entries of its emitted words (``G ≤ 32`` consecutive filled entries each;
+    the ``R`` ranges' lists in order), scored exactly (popcount); those above ``T`` and the first
+    ``need`` at ``T`` are written in entry order, ``-1`` after the last. ``st_ptr``: the final
+    state (``lo = T``, ``above``). Positions come from per-word bit masks (a sum of distinct bits
+    per word, a popcount per entry) and a scan over the ``BW`` words of a step only."""
     qrow = tl.program_id(0).to(tl.int64)
+    RT = tl.num_programs(0)
     r = qrow // N
     rbase = r * C
     nv = tl.load(csum_ptr + rbase + C - 1)
-    thr = tl.load(lo_ptr + qrow)
-    need = top_k - tl.load(above_ptr + qrow)
-    L = tl.load(nitems_ptr + qrow) * G
+    thr = tl.load(st_ptr + qrow)
+    need = top_k - tl.load(st_ptr + 2 * RT + qrow)
     out = idx_ptr + qrow * top_k
+    g = tl.arange(0, G)[None, :]
+    bit = 1 << g  # (1, G) int32: bit 31 wraps to the sign, as a bit pattern
+    below = bit - 1  # the entries before entry g of its word, as bits
     n_eq = 0
     n_sel = 0
-    for l0 in range(0, L, BL):
-        lanes = l0 + tl.arange(0, BL)
-        l_ok = lanes < L
-        word = tl.load(items_ptr + qrow * CAPI + lanes // G, mask=l_ok, other=0)
-        p = word * G + lanes % G
-        ok = l_ok & (p < nv)
-        e = tl.load(emap_ptr + rbase + p, mask=ok, other=0)
-        diff = tl.zeros((BL,), dtype=tl.int32)
-        for w in tl.static_range(NW):
-            rem = n_bits - 32 * w  # bits of this word that count
-            keep = tl.where(rem >= 32, -1, (1 << tl.minimum(rem, 31)) - 1)
-            qw = tl.load(qsig_ptr + qrow * NW + w)
-            ew = tl.load(sig_ptr + (rbase + e) * NW + w, mask=ok, other=0)
-            diff += _popcount((ew ^ qw) & keep, USE_POPC)
-        sim = n_bits - diff
-        eq = (ok & (sim == thr)).to(tl.int32)
-        eq_rank = n_eq + tl.cumsum(eq, 0) - 1
-        sel = (ok & (sim > thr)) | ((eq == 1) & (eq_rank < need))
-        sel_i = sel.to(tl.int32)
-        pos = n_sel + tl.cumsum(sel_i, 0) - 1
-        tl.store(out + pos, e, mask=sel)
-        n_eq += tl.sum(eq, 0)
-        n_sel += tl.sum(sel_i, 0)
-    for p0 in range(0, top_k, BL):  # fewer than k entries: pad with -1
-        pp = p0 + tl.arange(0, BL)
-        tl.store(out + pp, tl.full((BL,), -1, tl.int32), mask=(pp >= n_sel) & (pp < top_k))
+    for rho in range(0, R):
+        slot = qrow * R + rho
+        n_words = tl.load(nitems_ptr + slot)
+        for w0 in range(0, n_words, BW):
+            wi = w0 + tl.arange(0, BW)
+            w_ok = wi < n_words
+            word = tl.load(items_ptr + slot * top_k + wi, mask=w_ok, other=0)
+            p = word[:, None] * G + g  # (BW, G) filled-entry positions
+            ok = w_ok[:, None] & (p < nv)
+            e = tl.load(emap_ptr + rbase + p, mask=ok, other=0)
+            diff = tl.zeros((BW, G), dtype=tl.int32)
+            for w in tl.static_range(NW):
+                rem = n_bits - 32 * w  # bits of this word that count
+                keep = tl.where(rem >= 32, -1, (1 << tl.minimum(rem, 31)) - 1)
+                qw = tl.load(qsig_ptr + qrow * NW + w)
+                ew = tl.load(sig_ptr + (rbase + e) * NW + w, mask=ok, other=0)
+                diff += _popcount((ew ^ qw) & keep, USE_POPC)
+            sim = n_bits - diff
+            eq = ok & (sim == thr)
+            eq_bits = tl.sum(tl.where(eq, bit, 0), 1)  # (BW,)
+            n_eq_w = _popcount(eq_bits, USE_POPC)
+            eq_before = n_eq + tl.cumsum(n_eq_w, 0) - n_eq_w
+            sel = (ok & (sim > thr)) | (eq & (eq_before[:, None] + _popcount(eq_bits[:, None] & below, USE_POPC) < need))
+            sel_bits = tl.sum(tl.where(sel, bit, 0), 1)
+            n_sel_w = _popcount(sel_bits, USE_POPC)
+            pos = (n_sel + tl.cumsum(n_sel_w, 0) - n_sel_w)[:, None] + _popcount(sel_bits[:, None] & below, USE_POPC)
+            tl.store(out + pos, e, mask=sel)
+            n_eq += tl.sum(n_eq_w, 0)
+            n_sel += tl.sum(n_sel_w, 0)
+    for p0 in range(0, top_k, BW * G):  # fewer than k entries: pad with -1
+        pp = p0 + tl.arange(0, BW * G)
+        tl.store(out + pp, tl.full((BW * G,), -1, tl.int32), mask=(pp >= n_sel) & (pp < top_k))
 
 
 # Bounded autotune list for the scoring pass (the only heavy kernel): query tile and warps.

@@ -254,6 +254,33 @@ def _closing_passes(n_bits: int, levels_per_pass: int) -> int:
     return passes
 
 
+def _level_passes(probe_stride: int, n_bits: int) -> tuple[list[tuple[int, int, bool]], int]:
+    """The counting passes of the levels select as ``(registers of 3 levels, sample stride,
+    window)``, and the index of the window pass: a coarse probe over every ``4·probe_stride``-th
+    filled entry (12 levels spread over the bracket), a finer one over every ``probe_stride``-th
+    (12 levels around the first's estimate), the window pass (6 levels around the second's),
+    then passes that split what is still open 9 ways until every bracket of ``n_bits + 1``
+    levels would be closed (two for 32 bits). ``probe_stride=0``: only the splitting passes."""
+    closing = [(3, 1, False)] * _closing_passes(n_bits, 9)
+    if not probe_stride:
+        return closing, 0
+    return [(4, 4 * probe_stride, False), (4, probe_stride, True), (2, 1, True)] + closing, 2
+
+
+def _level_ranges(q: torch.Tensor, programs: int, c: int, bc: int, ranges: int | None) -> int:
+    """Entry ranges per (query tile, row) for the levels select's passes: given, or on a GPU
+    enough to put two programs on every SM (at least 4 chunks of ``bc`` entries per range) —
+    1 at the bench shape (384 tiles), ~22 for 256 queries × 3 heads."""
+    if ranges is not None:
+        if not isinstance(ranges, int) or isinstance(ranges, bool) or ranges < 1:
+            raise ValueError(f"ranges must be a positive int or None, got {ranges!r}")
+        return ranges
+    if q.device.type != "cuda":
+        return 1
+    sms = torch.cuda.get_device_properties(q.device).multi_processor_count
+    return max(1, min(triton.cdiv(2 * sms, max(1, programs)), triton.cdiv(c, 4 * bc)))
+
+
 def _level_operands(sigs, counts, q_sig, n_bits: int, kp: int):
     """The scoring operands of the levels select: each row's filled entries packed to the front
     (entry order) as int8 bits ``(r, c, kp)`` with their entry ids ``(r, c)`` and the running count
@@ -274,7 +301,8 @@ def _level_operands(sigs, counts, q_sig, n_bits: int, kp: int):
 
 @torch.no_grad()
 def memory_select_levels(table: MemoryTable, q: torch.Tensor, top_k: int, *, hasher, q_sig: torch.Tensor | None = None,
-                         probe_stride: int = 8, _state: bool = False, _until: str | None = None):
+                         probe_stride: int = 8, ranges: int | None = None, _state: bool = False,
+                         _until: str | None = None):
     """:func:`memory_select` by counts per similarity level (``select="levels"``): the same indices
     (int32 ``(b, h, n, min(top_k, c))``, entry order, ``-1`` padded), no candidate lists.
 
@@ -286,17 +314,20 @@ def memory_select_levels(table: MemoryTable, q: torch.Tensor, top_k: int, *, has
        (:func:`~vidhash.kernels.memory.kernel.level_count_kernel`: scores on the int8 tensor
        cores, 3 levels per int32 compare-and-sum). A coarse probe over every
        ``4·probe_stride``-th filled entry and a finer one over every ``probe_stride``-th estimate
-       ``T``; one pass over every entry counts the 5 levels around the estimate, which closes
+       ``T``; one pass over every entry counts the 6 levels around the estimate, which closes
        ``T`` unless the estimate was off by more than 2; passes that split what is still open
        follow (a tile whose queries are all closed returns at once). ``probe_stride=0``: no
-       probe, coarse-to-fine passes over every entry (two for 32 bits).
-    3. One emit pass (:func:`~vidhash.kernels.memory.kernel.level_emit_kernel`): per query, the
-       words of consecutive filled entries whose best score is above ``T``, and the first words
-       whose best is ``T`` (at most ``top_k`` words).
+       probe, coarse-to-fine passes over every entry (two for 32 bits). Each pass runs over
+       ``ranges`` ranges of the filled entries per query tile (default: enough programs for the
+       GPU — one range at the bench shape, ~22 for 256 queries × 3 heads); its counts per range
+       are summed by the next pass, which applies them to the state first.
+    3. One emit pass (:func:`~vidhash.kernels.memory.kernel.level_emit_kernel`): per query and
+       entry range, the words of consecutive filled entries whose best score is above ``T``, and
+       the range's first words whose best is ``T`` (at most ``top_k`` words per range).
     4. Per query, the entries of those words scored exactly: above ``T``, then the lowest entries
        at ``T``, in entry order (:func:`~vidhash.kernels.memory.kernel.level_expand_kernel`).
 
-    ``probe_stride`` changes the speed, never the result. ``_state`` (tests, benchmarks) also
+    ``probe_stride`` and ``ranges`` change the speed, never the result. ``_state`` (tests, benchmarks) also
     returns the per-query ``(lo, hi, above, words)``, where ``lo == hi == T``; ``_until``
     (benchmarks: ``"prepare"``, ``"window"`` — after the probes and the window pass —, ``"count"``,
     ``"emit"``) stops after that step and returns that state."""
@@ -315,10 +346,9 @@ def memory_select_levels(table: MemoryTable, q: torch.Tensor, top_k: int, *, has
     nw, r = sigs.shape[-1], b * h
     rows = r * n
     idx = torch.empty(b, h, n, kk, dtype=torch.int32, device=q.device)
-    state = torch.zeros(4, rows, dtype=torch.int32, device=q.device)  # lo, hi, above, est per query
-    nwords = torch.zeros(rows, dtype=torch.int32, device=q.device)
     if rows == 0 or kk == 0:
-        return (idx, *state[:3], nwords) if _state else idx
+        none = torch.zeros(rows, dtype=torch.int32, device=q.device)
+        return (idx, none, none, none, none) if _state else idx
     if _until is not None and _until not in LEVEL_STEPS:
         raise ValueError(f"_until must be one of {LEVEL_STEPS} or None, got {_until!r}")
     interp = interpreting()
@@ -326,39 +356,46 @@ def memory_select_levels(table: MemoryTable, q: torch.Tensor, top_k: int, *, has
     # 1. filled entries packed to the front as int8 bits, queries as ±1 int8 (the dot's K: a power of two ≥ 32)
     kp = max(32, triton.next_power_of_2(n_bits))
     bits, emap, csum, qa, off = _level_operands(sigs, counts, q_sig, n_bits, kp)
+    none = torch.zeros(rows, dtype=torch.int32, device=q.device) if _until else None
     if _until == "prepare":
-        return (*state[:3], nwords)
-    # 2. threshold level per query
-    lo, hi, above, est = state
-    grid = (triton.cdiv(n, bq), r)
-    args = (qa, off, bits, csum, lo, hi, above, est, n, c, n_bits, kk)
+        return none, none, none, none
+    # 2. threshold level per query: the counting passes (pass p settles pass p − 1 and stores st[p])
+    ranges = _level_ranges(q, triton.cdiv(n, bq) * r, c, bc, ranges)
+    passes, window_pass = _level_passes(probe_stride, n_bits)
+    st = torch.empty(len(passes) + 1, 4, rows, dtype=torch.int32, device=q.device)  # lo, hi, above, est
+    part = torch.empty(2, ranges, rows, 16, dtype=torch.int32, device=q.device)  # a pass's counts per range
+    grid = (triton.cdiv(n, bq), r, ranges)
+    args = (qa, off, bits, csum, st, part)
+    sizes = (n, c, n_bits, kk, ranges, rows)
     consts = dict(KP=kp, BQ=bq, BC=bc, num_warps=4, num_stages=1 if interp else 3)
-    closing = _closing_passes(n_bits, 9)
-    if probe_stride:  # a coarse probe, a finer one around it, then the 5 levels around that estimate
-        level_count_kernel[grid](*args, NREG=4, SAMPLE=4 * probe_stride, WINDOW=False, INIT=True, **consts)
-        level_count_kernel[grid](*args, NREG=4, SAMPLE=probe_stride, WINDOW=True, INIT=False, **consts)
-        level_count_kernel[grid](*args, NREG=2, SAMPLE=1, WINDOW=True, INIT=False, **consts)
-    else:
-        level_count_kernel[grid](*args, NREG=3, SAMPLE=1, WINDOW=False, INIT=True, **consts)
-        closing -= 1
-    if _until == "window":
-        return lo, hi, above, nwords
-    for _ in range(closing):  # close what is still open (a tile with every query closed returns at once)
-        level_count_kernel[grid](*args, NREG=3, SAMPLE=1, WINDOW=False, INIT=False, **consts)
+
+    def settle(p):  # the state after pass p - 1, as st[p] (benchmarks' step timings)
+        level_count_kernel[grid[:2] + (1,)](*args, p, *sizes, NREG=1, SAMPLE=1, WINDOW=False, FIRST=False, PNREG=passes[p - 1][0],
+                                            PSAMPLE=passes[p - 1][1], PWINDOW=passes[p - 1][2], COUNT=False, **consts)
+        return (*st[p, :3], none)
+
+    for p, (nreg, sample, window) in enumerate(passes):
+        prev = passes[p - 1] if p else (1, 1, False)
+        level_count_kernel[grid](*args, p, *sizes, NREG=nreg, SAMPLE=sample, WINDOW=window, FIRST=p == 0,
+                                 PNREG=prev[0], PSAMPLE=prev[1], PWINDOW=prev[2], **consts)
+        if _until == "window" and p == window_pass:
+            return settle(p + 1)
     if _until == "count":
-        return lo, hi, above, nwords
-    # 3. emit: the words holding each query's selection
-    g = bc // 4  # a word: the entries one thread holds in the tensor cores' accumulator layout
-    words = torch.empty(rows, kk, dtype=torch.int32, device=q.device)
-    level_emit_kernel[grid](qa, off, bits, csum, lo, above, words, nwords, n, c, n_bits, kk, kk,
-                            KP=kp, BQ=bq, BC=bc, USE_POPC=not interp, num_warps=4,
-                            num_stages=1 if interp else 3)
+        return settle(len(passes))
+    # 3. emit: the words holding each query's selection, per entry range (settles the last pass: st[-1])
+    g = bc // 8  # a word: half the entries one thread holds in the tensor cores' accumulator layout
+    words = torch.empty(rows * ranges, kk, dtype=torch.int32, device=q.device)
+    nitems = torch.empty(rows * ranges, dtype=torch.int32, device=q.device)
+    last = passes[-1]
+    level_emit_kernel[grid](*args, len(passes), words, nitems, *sizes, KP=kp, BQ=bq, BC=bc, USE_POPC=not interp,
+                            PNREG=last[0], PSAMPLE=last[1], PWINDOW=last[2], num_warps=4, num_stages=1 if interp else 3)
+    lo, hi, above, _ = st[-1]
     if _until == "emit":
-        return lo, hi, above, nwords
+        return lo, hi, above, nitems.view(rows, ranges).sum(1)
     # 4. their entries, exactly
-    level_expand_kernel[(rows,)](q_sig, sigs, emap, csum, lo, above, words, nwords, idx, n, c, n_bits, kk, kk,
-                                 NW=nw, G=g, BL=64 if interp else 256, USE_POPC=not interp, num_warps=4)
-    return (idx, lo, hi, above, nwords) if _state else idx
+    level_expand_kernel[(rows,)](q_sig, sigs, emap, csum, st[-1], words, nitems, idx, n, c, n_bits, kk, ranges,
+                                 NW=nw, G=g, BW=4 if interp else 8, USE_POPC=not interp, num_warps=1 if not interp else 4)
+    return (idx, lo, hi, above, nitems.view(rows, ranges).sum(1)) if _state else idx
 
 
 def _attend_launch(kernel, q, keys, values, counts, idx, scale, *extra):

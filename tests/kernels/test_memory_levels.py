@@ -52,15 +52,15 @@ def reference_indices(mem, q_sig, top_k):
     return sorted_ref_indices(idx)
 
 
-def check(mem, n, top_k, *, probe_stride=8, pool=0, seed=1):
+def check(mem, n, top_k, *, probe_stride=8, ranges=1, pool=0, seed=1):
     cfg = mem.config
     g = torch.Generator().manual_seed(seed)
     q_sig = random_signatures((cfg.batch_size, cfg.heads, n), cfg.n_bits, g, pool)
     q = torch.zeros(cfg.batch_size, cfg.heads, n, cfg.head_dim)
     got, lo, hi, above, words = memory_select_levels(mem.table, q, top_k, hasher=mem.hasher, q_sig=q_sig,
-                                                     probe_stride=probe_stride, _state=True)
+                                                     probe_stride=probe_stride, ranges=ranges, _state=True)
     assert torch.equal(lo, hi), "a query's threshold level was left open"
-    assert int(words.max()) <= min(top_k, mem.capacity)
+    assert int(words.max()) <= ranges * min(top_k, mem.capacity)  # at most k words per entry range
     want = reference_indices(mem, q_sig, top_k)
     assert torch.equal(got.long(), want)
     return lo, above
@@ -69,15 +69,19 @@ def check(mem, n, top_k, *, probe_stride=8, pool=0, seed=1):
 # --------------------------------------------------------------------------------------------
 # selection
 # --------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("fill,heads,n,top_k", [
-    pytest.param(0.03, 1, 13, 3, id="fill3%-H1-N13-k3"),
-    pytest.param(0.5, 3, 9, 20, id="fill50%-H3-N9-k20"),
-    pytest.param(1.0, 2, 13, 7, id="fill100%-H2-N13-k7"),
+@pytest.mark.parametrize("fill,heads,n,top_k,ranges", [
+    pytest.param(0.03, 1, 13, 3, 1, id="fill3%-H1-N13-k3"),
+    pytest.param(0.5, 3, 9, 20, 1, id="fill50%-H3-N9-k20"),
+    pytest.param(1.0, 2, 13, 7, 1, id="fill100%-H2-N13-k7"),
+    pytest.param(1.0, 2, 13, 7, 3, id="fill100%-H2-N13-k7-3-entry-ranges"),
+    pytest.param(0.5, 1, 5, 4, 8, id="fill50%-H1-N5-k4-8-entry-ranges-some-empty"),
 ])
-def test_select_equals_reference_at_every_fill(fill, heads, n, top_k):
-    # 37 buckets × 5 slots = 185 entries: odd, several 16-entry chunks, a partial last one
+def test_select_equals_reference_at_every_fill(fill, heads, n, top_k, ranges):
+    """185 entries (37 buckets × 5 slots: several 16-entry chunks, a partial last one); entry
+    ranges split each query's passes over programs (counts summed by the next pass; one word list
+    per range)."""
     mem = filled(37, 5, heads, 32, fill, seed=int(fill * 100) + heads)
-    check(mem, n, top_k)
+    check(mem, n, top_k, ranges=ranges)
 
 
 def test_select_with_fewer_filled_entries_than_k_pads():
@@ -88,12 +92,13 @@ def test_select_with_fewer_filled_entries_than_k_pads():
     assert (lo == -1).all() and torch.equal(above.view(4, 6), filled_per_row.view(4, 1).expand(4, 6).int())
 
 
-@pytest.mark.parametrize("top_k", [3, 40])
-def test_ties_at_the_threshold_level_go_to_the_lower_entries(top_k):
+@pytest.mark.parametrize("top_k,ranges", [(3, 1), (40, 1), (17, 4)])
+def test_ties_at_the_threshold_level_go_to_the_lower_entries(top_k, ranges):
     """Signatures from a pool of 4: each query sees at most 4 similarity levels, so the k-th
-    entry's level holds far more entries than are taken from it."""
+    entry's level holds far more entries than are taken from it (split into entry ranges: each
+    range lists its own first words at the level, the expansion takes the first over all)."""
     mem = filled(29, 6, 2, 32, 0.7, pool=4, seed=5)
-    lo, above = check(mem, 11, top_k, pool=4)
+    lo, above = check(mem, 11, top_k, pool=4, ranges=ranges)
     assert (above < top_k).all()
 
 
@@ -127,6 +132,8 @@ def test_select_errors():
     q = torch.zeros(1, 1, 3, 24)
     with pytest.raises(ValueError, match="probe_stride"):
         memory_select_levels(mem.table, q, 3, hasher=mem.hasher, probe_stride=-1)
+    with pytest.raises(ValueError, match="ranges"):
+        memory_select_levels(mem.table, q, 3, hasher=mem.hasher, ranges=0)
     wide = filled(5, 4, 1, 128, 1.0)
     with pytest.raises(ValueError, match="n_bits=128"):
         memory_select_levels(wide.table, q, 3, hasher=wide.hasher)
@@ -185,9 +192,23 @@ def test_gpu_select_matches_reference_at_scale(fill, top_k):
     g = torch.Generator().manual_seed(13)
     q_sig = random_signatures((1, 2, 300), 32, g).cuda()
     q = torch.zeros(1, 2, 300, 64, device="cuda", dtype=torch.bfloat16)
-    got, lo, hi, _, words = memory_select_levels(mem.table, q, top_k, hasher=mem.hasher, q_sig=q_sig, _state=True)
-    assert torch.equal(lo, hi) and int(words.max()) <= top_k
+    got, lo, hi, _, _ = memory_select_levels(mem.table, q, top_k, hasher=mem.hasher, q_sig=q_sig, _state=True)
+    assert torch.equal(lo, hi)
     assert torch.equal(got.long(), reference_indices(mem, q_sig, top_k))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("fill", [0.03, 1.0], ids=["fill3%", "fill100%"])
+def test_gpu_select_matches_reference_at_generation_shape(fill):
+    """256 queries × 3 heads × 32,768 entries: few query tiles, so the passes split the entries
+    into ranges (chosen from the GPU's SM count)."""
+    mem = filled(2048, 16, 3, 32, fill, d=64, dtype=torch.bfloat16, seed=14, device="cuda")
+    g = torch.Generator().manual_seed(15)
+    q_sig = random_signatures((1, 3, 256), 32, g).cuda()
+    q = torch.zeros(1, 3, 256, 64, device="cuda", dtype=torch.bfloat16)
+    got, lo, hi, _, _ = memory_select_levels(mem.table, q, 256, hasher=mem.hasher, q_sig=q_sig, _state=True)
+    assert torch.equal(lo, hi)
+    assert torch.equal(got.long(), reference_indices(mem, q_sig, 256))
 
 
 @pytest.mark.gpu
