@@ -21,23 +21,15 @@ bitwise. The reference scores every one of the ``c`` entries for every query and
    by a bag sum (``embedding_bag``), nothing of size ``(n, c)`` or ``(n, k, d)`` held.
 
 A head with at most ``top_k`` filled entries reads them all (dense, the same log-count bias).
-Every query row is computed as if alone (per-row topk, sampled dot products, row reductions), so
-the rows of the heads are split over ``torch.get_num_threads()`` lanes — worker threads of one
-torch thread each (:func:`run_lanes`) — and the result does not depend on the split: on 2 cores
-this reads ~1.8× faster than letting each small op fork its own threads.
 Inference only (no gradients to ``q``); float32 arithmetic (float64 for float64 queries), as the
 reference. :class:`vidhash.memory.HashedMemory` runs it for ``backend="auto"`` on a CPU
 (``HashedMemory.attend`` says when).
 """
 from __future__ import annotations
 
-import functools
 import math
-import os
-import threading
 import warnings
 import weakref
-from concurrent.futures import ThreadPoolExecutor
 from typing import NamedTuple
 
 import torch
@@ -163,9 +155,7 @@ def memory_attend_compact(table: MemoryTable, q: torch.Tensor, top_k: int, *, ha
     queries) and with ``return_indices`` the indices ``(b, h, n, min(top_k, c))`` best first
     (``-1`` for missing entries, last) — the reference's. No gradients. ``cache``: a
     :class:`ReadCache` of this memory (its filled entries are then gathered once per change of
-    the memory, not per read; the result is the same). With ``torch.get_num_threads() > 1`` the
-    heads' query rows are split over that many lanes (:func:`run_lanes`); every row is computed
-    as alone, so the result does not depend on the split."""
+    the memory, not per read; the result is the same)."""
     if q.device.type != "cpu" or table.keys.device.type != "cpu":
         raise ValueError(f"memory_attend_compact reads CPU tensors; q is on {q.device}, the memory on {table.keys.device}")
     b, h, n, d = q.shape
@@ -181,86 +171,19 @@ def memory_attend_compact(table: MemoryTable, q: torch.Tensor, top_k: int, *, ha
     out = torch.zeros(b * h, n, d, dtype=acc)
     lse = torch.full((b * h, n), float("-inf"), dtype=acc if acc == torch.float64 else torch.float32)
     idx = torch.full((b * h, n, kk), -1, dtype=torch.int64)
-    lanes = torch.get_num_threads()
-
-    def read(i: int, rows: slice) -> None:
-        e = entries[i]
-        f = e.filled.numel()
-        if f <= kk:  # every filled entry is selected: dense over them
-            out[i, rows], lse[i, rows] = _dense_read(qf[i, rows], e.keys, e.vals, e.bias, sc)
-            if return_indices:
-                idx[i, rows, :f] = e.filled[_top(q_signs[i, rows], e.k_signs, e.tie, f, True)]
-            return
-        # the top-kk ranks among the filled entries (positions in `filled`), softmax over them
-        sel = _top(q_signs[i, rows], e.k_signs, e.tie, kk, return_indices)
-        if return_indices:
-            idx[i, rows] = e.filled[sel]
-        out[i, rows], lse[i, rows] = _sparse_read(qf[i, rows], e.keys, e.vals, e.bias[sel], sel, sc)
-
-    # units of work: a head's query rows in `lanes` parts (a head read densely: whole)
-    units = []
     for i, e in enumerate(entries):
         if e is None:
             continue
-        parts = 1 if e.filled.numel() <= kk else lanes
-        step = -(-n // parts)
-        units += [(i, slice(r, min(r + step, n))) for r in range(0, n, step)]
-    run_lanes([functools.partial(read, i, rows) for i, rows in units], lanes)
+        f = e.filled.numel()
+        if f <= kk:  # every filled entry is selected: dense over them
+            out[i], lse[i] = _dense_read(qf[i], e.keys, e.vals, e.bias, sc)
+            if return_indices:
+                idx[i, :, :f] = e.filled[_top(q_signs[i], e.k_signs, e.tie, f, True)]
+            continue
+        # the top-kk ranks among the filled entries (positions in `filled`), softmax over them
+        sel = _top(q_signs[i], e.k_signs, e.tie, kk, return_indices)
+        if return_indices:
+            idx[i] = e.filled[sel]
+        out[i], lse[i] = _sparse_read(qf[i], e.keys, e.vals, e.bias[sel], sel, sc)
     res = out.view(b, h, n, d).to(q.dtype), lse.view(b, h, n)
     return (*res, idx.view(b, h, n, kk)) if return_indices else res
-
-
-# --------------------------------------------------------------------------------------------
-# lanes: CPU threads of one OpenMP thread each
-# --------------------------------------------------------------------------------------------
-_POOL: ThreadPoolExecutor | None = None
-_POOL_SIZE = 0
-
-
-def _one_thread() -> None:
-    torch.get_num_threads()  # this thread's own thread count, initialised first ...
-    torch.set_num_threads(1)  # ... then one: a lane's ops do not fork
-
-
-def _pool(lanes: int) -> ThreadPoolExecutor:
-    """``lanes`` worker threads, each running torch ops on one thread (made once per size)."""
-    global _POOL, _POOL_SIZE
-    if _POOL is None or _POOL_SIZE != lanes:
-        if _POOL is not None:
-            _POOL.shutdown(wait=True)
-        mine = torch.get_num_threads()
-        pool = ThreadPoolExecutor(lanes, thread_name_prefix="vidhash-read", initializer=_one_thread)
-        start = threading.Barrier(lanes + 1)
-        for _ in range(lanes):  # every worker started (and set to one thread) before the next line
-            pool.submit(start.wait)
-        start.wait()
-        torch.set_num_threads(mine)  # torch.set_num_threads in a worker set the default of new threads too: undo
-        _POOL, _POOL_SIZE = pool, lanes
-    return _POOL
-
-
-def _forget_pool() -> None:  # in a forked child the workers do not exist
-    global _POOL, _POOL_SIZE
-    _POOL, _POOL_SIZE = None, 0
-
-
-os.register_at_fork(after_in_child=_forget_pool)
-
-
-def run_lanes(tasks: list, lanes: int) -> None:
-    """Run ``tasks`` (callables) on ``lanes`` worker threads of one torch thread each, task ``j``
-    on lane ``j % lanes`` in order, and wait for all (the first error is raised); inline for one
-    lane or one task. Torch ops release the GIL, so the lanes' ops run at once."""
-    if lanes <= 1 or len(tasks) <= 1:
-        for task in tasks:
-            task()
-        return
-    pool, used = _pool(lanes), min(lanes, len(tasks))
-
-    def lane(j: int) -> None:
-        for task in tasks[j::used]:
-            task()
-
-    futures = [pool.submit(lane, j) for j in range(used)]
-    for fut in futures:
-        fut.result()
