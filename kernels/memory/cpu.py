@@ -27,6 +27,7 @@ reference. :class:`vidhash.memory.HashedMemory` runs it for ``backend="auto"`` o
 """
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 import weakref
@@ -125,18 +126,28 @@ def _sparse_read(q: torch.Tensor, keys: torch.Tensor, vals: torch.Tensor, bias: 
     order) of ``keys``/``vals (c, d)``, key ``cols[i, j]`` scored ``sc·q·k + bias[i, j]``:
     ``out (n, d)``, ``lse (n,)``."""
     n, kk = cols.shape
-    crow = torch.arange(0, n * kk + 1, kk, dtype=torch.int64)
+    crow, zeros = _csr_rows(n, kk, q.dtype)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "sparse CSR support is in beta": sampled_addmm alone is used
-        # (values zeros, not empty: beta = 0 still multiplies them, and 0·NaN is NaN)
-        pattern = torch.sparse_csr_tensor(crow, cols.reshape(-1), torch.zeros(n * kk, dtype=q.dtype),
-                                          size=(n, keys.shape[0]), check_invariants=False)
+        pattern = torch.sparse_csr_tensor(crow, cols.reshape(-1), zeros, size=(n, keys.shape[0]), check_invariants=False)
         s = torch.sparse.sampled_addmm(pattern, q, keys.t(), beta=0.0, alpha=sc).values().view(n, kk)
-    s = s + bias
+    s.add_(bias)  # (s is this call's own: in place, the same values as s + bias)
     lse = torch.logsumexp(s, dim=-1)
-    p = torch.exp(s - lse.unsqueeze(-1))
+    p = s.sub_(lse.unsqueeze(-1)).exp_()
     out = torch.nn.functional.embedding_bag(cols, vals, per_sample_weights=p, mode="sum")
     return out, lse
+
+
+@functools.lru_cache(maxsize=8)
+def _csr_rows(n: int, kk: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """Row pointers of ``n`` rows of ``kk`` entries, and ``n·kk`` zero values (zeros, not empty:
+    sampled_addmm's beta = 0 still multiplies them, and 0·NaN is NaN); read only."""
+    return torch.arange(0, n * kk + 1, kk, dtype=torch.int64), torch.zeros(n * kk, dtype=dtype)
+
+
+def _take(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """``x[idx]`` for a 1-D ``x`` (index_select: ~4× faster than advanced indexing on a CPU)."""
+    return x.index_select(0, idx.reshape(-1)).view(idx.shape)
 
 
 def _dense_read(q: torch.Tensor, keys: torch.Tensor, vals: torch.Tensor, bias: torch.Tensor, sc: float):
@@ -178,12 +189,12 @@ def memory_attend_compact(table: MemoryTable, q: torch.Tensor, top_k: int, *, ha
         if f <= kk:  # every filled entry is selected: dense over them
             out[i], lse[i] = _dense_read(qf[i], e.keys, e.vals, e.bias, sc)
             if return_indices:
-                idx[i, :, :f] = e.filled[_top(q_signs[i], e.k_signs, e.tie, f, True)]
+                idx[i, :, :f] = _take(e.filled, _top(q_signs[i], e.k_signs, e.tie, f, True))
             continue
         # the top-kk ranks among the filled entries (positions in `filled`), softmax over them
         sel = _top(q_signs[i], e.k_signs, e.tie, kk, return_indices)
         if return_indices:
-            idx[i] = e.filled[sel]
-        out[i], lse[i] = _sparse_read(qf[i], e.keys, e.vals, e.bias[sel], sel, sc)
+            idx[i] = _take(e.filled, sel)
+        out[i], lse[i] = _sparse_read(qf[i], e.keys, e.vals, _take(e.bias, sel), sel, sc)
     res = out.view(b, h, n, d).to(q.dtype), lse.view(b, h, n)
     return (*res, idx.view(b, h, n, kk)) if return_indices else res
