@@ -728,7 +728,7 @@ class VidHashPipeline(DiffusionPipeline):
             context = chunk.context if chunk.context is not None else state.context(read)
             zero = torch.zeros(1, c, device=latents.device, dtype=latents.dtype)
             kv = self.transformer(latents, zero, chunk.act, chunk.pos, context=context, return_kv=True,
-                                  frame_inputs=chunk.frame_inputs).kv
+                                  frame_inputs=chunk.frame_inputs, kv_only=True).kv
             self._count_eager(latents.device)
         state.push(kv, state.frame_index)
         state.frame_index += c

@@ -325,3 +325,25 @@ def test_fused_attention_lse_on_cuda_equals_dense(dtype, tol):
     assert torch.equal(torch.isfinite(lse), seen) and (out[~seen] == 0).all()
     assert (lse[seen] - ref_lse[seen]).abs().max() < 20 * tol
     assert rel_err(out.float()[seen], ref[seen]) < tol
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("scale", [None, 0.25, 0.3], ids=["d^-0.5", "pow2", "other"])
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("bias", [False, True])
+def test_dense_attention_without_gradients_is_bitwise_the_gradient_path(dtype, scale, causal, bias):
+    """Inference scores in place (and a power-of-two scale folded into q): bitwise what the path
+    that keeps every tensor for autograd computes. d = 64 (scale None: 1/8, a power of two) and
+    d = 40 (1/sqrt(40), not one); a key bias with -inf entries; rows that see no key."""
+    g = torch.Generator().manual_seed(4)
+    for d in (64, 40):
+        q, k, v = (torch.randn(2, 3, n, d, generator=g).to(dtype) for n in (9, 13, 13))
+        kb = torch.randn(2, 3, 13, generator=g).masked_fill(torch.rand(2, 3, 13, generator=g) < 0.3, float("-inf"))
+        if bias:
+            kb[0, 0] = float("-inf")  # a head whose queries see no key
+        kw = dict(scale=scale, causal=causal, return_lse=True, key_bias=kb if bias else None)
+        fast = dense_attention(q, k, v, **kw)
+        qg = q.clone().requires_grad_(True)
+        ref = dense_attention(qg, k, v, **kw)
+        for a, b in zip(fast, ref):
+            assert a.dtype == b.dtype and torch.equal(a, b.detach()), (d, dtype, scale)

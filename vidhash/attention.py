@@ -24,6 +24,8 @@ attention: sparse paths work in chunks of query blocks.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -62,16 +64,40 @@ def dense_attention(
     added to every query's score of that key (a log weight; ``-inf`` leaves the key out)."""
     check_qkv(q, k, v)
     nq, nk = q.shape[-2], k.shape[-2]
-    s = torch.matmul(upcast(q), upcast(k).transpose(-1, -2)) * resolve_scale(scale, q.shape[-1])
-    if key_bias is not None:
-        s = s + key_bias.to(s.dtype).unsqueeze(-2)
-    if causal:
-        allowed = torch.arange(nk, device=q.device) <= (torch.arange(nq, device=q.device) + nk - nq).unsqueeze(-1)
-        s = s.masked_fill(~allowed, float("-inf"))
-    lse = torch.logsumexp(s, dim=-1)
-    p = torch.exp(s - lse.masked_fill(torch.isinf(lse), 0.0).unsqueeze(-1))
+    sc = resolve_scale(scale, q.shape[-1])
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v, key_bias) if t is not None):
+        s = torch.matmul(upcast(q), upcast(k).transpose(-1, -2)) * sc
+        if key_bias is not None:
+            s = s + key_bias.to(s.dtype).unsqueeze(-2)
+        if causal:
+            s = s.masked_fill(~_causal_allowed(nq, nk, q.device), float("-inf"))
+        lse = torch.logsumexp(s, dim=-1)
+        p = torch.exp(s - lse.masked_fill(torch.isinf(lse), 0.0).unsqueeze(-1))
+    else:  # the same values, the score tensor updated in place (no gradient needs it kept)
+        s, lse = _scores_inference(q, k, sc, key_bias, causal)
+        p = s.sub_(lse.masked_fill(torch.isinf(lse), 0.0).unsqueeze(-1)).exp_()
     out = torch.matmul(p, upcast(v)).to(q.dtype)
     return (out, lse) if return_lse else out
+
+
+def _causal_allowed(nq: int, nk: int, device) -> torch.Tensor:
+    return torch.arange(nk, device=device) <= (torch.arange(nq, device=device) + nk - nq).unsqueeze(-1)
+
+
+def _scores_inference(q: torch.Tensor, k: torch.Tensor, sc: float, key_bias: torch.Tensor | None, causal: bool):
+    """:func:`dense_attention`'s scores ``sc·q·kᵀ (+ key_bias, causal mask)`` and their lse, bitwise
+    as it computes them with gradients, in fewer passes over the ``(nq, nk)`` scores: a scale that is
+    a power of two multiplies ``q`` before the matmul (exact: every product and partial sum is
+    scaled by the same power of two), another one the scores in place."""
+    exact = math.frexp(sc)[0] == 0.5
+    s = torch.matmul(upcast(q) * sc if exact else upcast(q), upcast(k).transpose(-1, -2))
+    if not exact:
+        s.mul_(sc)
+    if key_bias is not None:  # (not in place: a bias may broadcast the scores to more dimensions)
+        s = s + key_bias.to(s.dtype).unsqueeze(-2)
+    if causal:
+        s.masked_fill_(~_causal_allowed(q.shape[-2], k.shape[-2], q.device), float("-inf"))
+    return s, torch.logsumexp(s, dim=-1)
 
 
 _EMPTY_LOGIT = -30000.0  # a left-out key's score in the fused path (exp underflows to exactly 0)

@@ -61,6 +61,7 @@ is then ignored (the state carries its random generator).
 """
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import json
 import math
@@ -90,6 +91,8 @@ def generate(cfg: GenerateConfig, progress: bool = True, compile_blocks: bool = 
     from vidhash.pipelines.cuda_graphs import use_cuda_graphs
 
     use_cuda_graphs(cuda_graphs, device)  # (--cuda-graphs on a CPU device: refused here, before any file)
+    if device.type == "cpu":
+        keep_freed_memory()
     with OutputClaim(out) as claim:
         # 2. the pipeline on its device, and the state to continue from
         pipe = load_pipeline(cfg, device, progress, compile_blocks, cuda_graphs)
@@ -116,6 +119,29 @@ def generate(cfg: GenerateConfig, progress: bool = True, compile_blocks: bool = 
         msg += f", state {cfg.save_state}"
     print(msg)
     return 0
+
+
+# glibc mallopt parameters (malloc.h) and the values keep_freed_memory sets
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+MMAP_THRESHOLD = 64 << 20
+TRIM_THRESHOLD = 256 << 20
+
+
+def keep_freed_memory() -> bool:
+    """Let glibc's malloc keep freed blocks of up to 64 MiB for the next allocation instead of
+    handing them back to the OS. By default it maps blocks over its (adaptive, ≤ 32 MiB) threshold
+    anew and trims the heap's top beyond twice that, so the step's large temporaries (attention
+    scores, memory-read ranks: a few MiB each) are mapped again on every pass and every 4-KiB page
+    faults in on first touch: 1.75 million page faults, ~3.3 s of system time in the default 10-s
+    clip on the CPU, against 0.11 million and 0.3 s with this (peak memory within 1 %). Only
+    allocation changes — no value. Process-wide; ``vidhash generate`` calls it for a CPU device.
+    Returns False where the C library has no ``mallopt`` (not glibc) or refuses the values."""
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    return bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)) & bool(mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD))
 
 
 def check_request(cfg: GenerateConfig):

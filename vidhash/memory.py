@@ -271,6 +271,7 @@ class HashedMemory(nn.Module):
         elif not isinstance(self.hasher, UnboundHasher):
             self.hasher_digest = hasher_digest(self.hasher)
         self._route_bits = cfg.resolved_route_bits
+        self._read_cache = cpu.ReadCache()  # the compact CPU read's filled entries, while the memory is unchanged
 
     # ------------------------------------------------------------------ hashers
     def _check_hasher(self, hasher) -> None:
@@ -503,7 +504,7 @@ class HashedMemory(nn.Module):
                                               return_indices=return_indices, q_sig=q_sig, select=select)
         if backend == "auto" and self._compact_read(q):
             return cpu.memory_attend_compact(self.table, q, top_k, hasher=self.hasher, scale=scale,
-                                             return_indices=return_indices)
+                                             return_indices=return_indices, cache=self._read_cache)
         return naive.memory_attend(self.table, q, top_k, hasher=self.hasher, scale=scale, return_indices=return_indices)
 
     def _compact_read(self, q: torch.Tensor) -> bool:

@@ -273,3 +273,28 @@ def test_fused_exact_paths_equal_the_reference(need_lse, context):
     k2[:, :, context + 14:], v2[:, :, context + 14:] = 0.0, 0.0  # change chunks 2.. only
     out2, _ = TA._chunk_causal(q, k2, v2, 7, 0.3, fused=False)
     assert torch.equal(out[:, :, :14], out2[:, :, :14]) and not torch.allclose(out[:, :, 14:], out2[:, :, 14:])
+
+
+def test_kv_only_gives_the_same_kv_without_the_last_blocks_attention(model, monkeypatch):
+    """A commit pass (``kv_only``): bitwise the K/V of the full forward, with window and memory in
+    the context; the last layer reads no memory and nothing is returned as sample."""
+    x, _, a, p = _inputs(f=8)
+    t = torch.zeros(1, 8)
+    kv_a = model(x[:, :4], t[:, :4], a[:, :4], p[:, :4], return_kv=True).kv
+    mems = []
+    for l in range(3):
+        mem = HashedMemory(4, 8, heads=4, head_dim=32, seed=l)
+        mem.write(kv_a[l][0], kv_a[l][1], 0)
+        mems.append(mem)
+    ctx = [TemporalContext(k=kv_a[l][0], v=kv_a[l][1], memory=mems[l], read=MemoryRead(6)) for l in range(3)]
+    with torch.no_grad():
+        full = model(x[:, 4:], t[:, 4:], a[:, 4:], p[:, 4:], context=ctx, return_kv=True)
+        reads = []
+        monkeypatch.setattr(HashedMemory, "attend", lambda self, *args, _real=HashedMemory.attend, **kw:
+                            reads.append(mems.index(self)) or _real(self, *args, **kw))
+        only = model(x[:, 4:], t[:, 4:], a[:, 4:], p[:, 4:], context=ctx, return_kv=True, kv_only=True)
+    assert only.sample is None and reads == [0, 1]
+    for (k1, v1), (k2, v2) in zip(full.kv, only.kv):
+        assert torch.equal(k1, k2) and torch.equal(v1, v2)
+    with pytest.raises(ValueError, match="return_kv"):
+        model(x[:, 4:], t[:, 4:], a[:, 4:], p[:, 4:], kv_only=True)

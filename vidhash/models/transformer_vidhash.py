@@ -213,9 +213,7 @@ class TemporalAttention(nn.Module):
     def forward(self, x: torch.Tensor, ctx: TemporalContext | None, causal_frames: int | None = None,
                 select: dict | None = None, rope: tuple | None = None):
         b, f, n, d = x.shape
-        q, k, v = self.qkv(x.reshape(b, f * n, d), "b n (three h e)", rope)
-        if self._recorder is not None:
-            self._recorder(q.detach(), k.detach())
+        q, k, v = self._project(x, ctx, rope)
         scale = self.head_dim**-0.5
         reads_memory = ctx is not None and ctx.memory is not None
         # 1. exact part: context frames (window) + the chunk's own frames
@@ -229,14 +227,28 @@ class TemporalAttention(nn.Module):
         else:
             out, lse = self._full(q, k_all, v_all, scale, need_lse=reads_memory)
         # 2. hashed memory: everything older than the context, merged by log-sum-exp
-        if ctx is not None and ctx.memory is not None and self.memory_hash is not None and ctx.memory.needs_hasher:
-            _bind_memory_hash(ctx.memory, self.memory_hash)  # a state's memory for this model: read with its learned hash
         if reads_memory:
             m_out, m_lse = _memory_read(ctx.memory, q, ctx.read, scale)
             out, lse = merge_attention(out, lse, m_out, m_lse)
         # 3. heads back to tokens, output projection
         h, e = out.shape[1], out.shape[3]  # b h (f n) e -> b f n (h e)
         return self.proj(out.reshape(b, h, f, n, e).permute(0, 2, 3, 1, 4).reshape(b, f, n, h * e)), (k, v)
+
+    def kv(self, x: torch.Tensor, ctx: TemporalContext | None, rope: tuple | None = None):
+        """The keys and values :meth:`forward` returns for ``x (b, f, n, d)`` — the same tensors —
+        without attending (a commit pass's last layer needs nothing else)."""
+        return self._project(x, ctx, rope)[1:]
+
+    def _project(self, x: torch.Tensor, ctx: TemporalContext | None, rope: tuple | None):
+        """Queries, keys, values of ``x (b, f, n, d)``; the recorder sees them, and a state's memory
+        waiting for this model's learned hash gets it (read and written with it)."""
+        b, f, n, d = x.shape
+        q, k, v = self.qkv(x.reshape(b, f * n, d), "b n (three h e)", rope)
+        if self._recorder is not None:
+            self._recorder(q.detach(), k.detach())
+        if ctx is not None and ctx.memory is not None and self.memory_hash is not None and ctx.memory.needs_hasher:
+            _bind_memory_hash(ctx.memory, self.memory_hash)  # a state's memory for this model: read with its learned hash
+        return q, k, v
 
     @staticmethod
     def _full(q, k, v, scale: float, need_lse: bool, fused: bool | None = None):
@@ -319,6 +331,15 @@ class VidHashBlock(nn.Module):
         x = x + mods[5] * h
         x = x + mods[8] * self.mlp(modulate(self.norm3(x), mods[6], mods[7]))
         return x, kv
+
+    def kv(self, x, cond, ctx: TemporalContext | None = None, rope: tuple | None = None,
+           rope_frames: tuple | None = None):
+        """The temporal K/V :meth:`forward` returns (the same tensors), without the block's
+        temporal attention, memory read and MLP."""
+        mods = self.ada(cond).unsqueeze(2).chunk(9, dim=-1)
+        x = x + mods[2] * self.spatial(modulate(self.norm1(x), mods[0], mods[1]),
+                                       rope_frames if rope_frames is not None else rope)
+        return self.temporal.kv(modulate(self.norm2(x), mods[3], mods[4]), ctx, rope)
 
 
 class VidHashTransformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin):
@@ -595,6 +616,7 @@ class VidHashTransformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin):
         return_dict: bool = True,
         temporal_select: dict | None = None,
         frame_inputs: FrameInputs | None = None,
+        kv_only: bool = False,
     ):
         r"""
         Args:
@@ -615,11 +637,16 @@ class VidHashTransformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin):
             frame_inputs: :meth:`frame_inputs` of these ``actions``/``poses`` (then ignored), built
                 once and reused over passes on the same frames (the pipeline's denoising steps);
                 the result is the same as without it.
+            kv_only: with ``return_kv``, compute only what the K/V need — the last block stops
+                after its temporal keys and values (no attention, memory read, MLP or output
+                layer) — and return ``sample=None``; the K/V are the same tensors (a commit pass).
 
         Returns:
             ``VidHashTransformerOutput(sample, kv)`` or a tuple.
         """
         b, f = hidden_states.shape[:2]
+        if kv_only and not return_kv:
+            raise ValueError("kv_only=True computes only the K/V: it needs return_kv=True")
         select, frame_inputs = self._check_inputs(hidden_states, timestep, actions, poses, context, causal_frames,
                                                   temporal_select, frame_inputs)
         # 1. patchify and add token positions
@@ -628,7 +655,9 @@ class VidHashTransformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin):
         t = self.time_proj(timestep.reshape(-1)).to(self.patch_embed.weight.dtype)
         cond = self.time_embed(t).reshape(b, f, -1) + frame_inputs.action + frame_inputs.pose
         # 3. blocks
-        x, kvs = self._run_blocks(x, cond, context, causal_frames, select, frame_inputs, return_kv)
+        x, kvs = self._run_blocks(x, cond, context, causal_frames, select, frame_inputs, return_kv, kv_only)
+        if kv_only:
+            return VidHashTransformerOutput(sample=None, kv=kvs) if return_dict else (None, kvs)
         # 4. output and unpatchify; a sample prediction becomes the velocity that lands there from x_t
         out = self._unpatchify(x, cond, hidden_states.shape)
         if self.config.get("prediction", "velocity") == "sample":
@@ -664,13 +693,18 @@ class VidHashTransformer3DModel(ModelMixin, ConfigMixin, PeftAdapterMixin):
         x = frames.reshape(b, f, c, height // p, p, width // p, p).permute(0, 1, 3, 5, 4, 6, 2)
         return self.patch_embed(x.reshape(b, f, (height // p) * (width // p), p * p * c).to(self.patch_embed.weight.dtype))
 
-    def _run_blocks(self, x, cond, context, causal_frames, select, frame_inputs: FrameInputs, return_kv: bool):
+    def _run_blocks(self, x, cond, context, causal_frames, select, frame_inputs: FrameInputs, return_kv: bool,
+                    kv_only: bool = False):
         """Every block in turn (gradient checkpointing when enabled and training); returns (x, per
-        layer temporal K/V — empty unless ``return_kv``)."""
+        layer temporal K/V — empty unless ``return_kv``). ``kv_only``: the last block gives its K/V
+        alone (:meth:`VidHashBlock.kv`) and x is returned as it entered that block."""
         kvs = []
         for i, block in enumerate(self.blocks):
             ctx = None if context is None else context[i]
             sel = None if select is None else {**select, "hasher": select["hashers"][i]}
+            if kv_only and i == len(self.blocks) - 1 and sel is None and causal_frames is None:
+                kvs.append(block.kv(x, cond, ctx, frame_inputs.rope, frame_inputs.rope_frames))
+                break
             args = (x, cond, ctx, causal_frames, sel, frame_inputs.rope, frame_inputs.rope_frames)
             if torch.is_grad_enabled() and self.gradient_checkpointing:
                 x, kv = self._gradient_checkpointing_func(block, *args)

@@ -1,0 +1,70 @@
+"""The compact CPU read's cache (kernels/memory/cpu.py): the filled entries kept by a ReadCache
+while the memory is unchanged give bitwise the read without it, and any change rebuilds them."""
+import pytest
+import torch
+
+from vidhash import HashedMemory
+from vidhash.kernels.memory import cpu
+
+
+def merge_memory(tokens: int, seed: int = 0) -> HashedMemory:
+    """A merge memory of batch 2 × 3 heads (head_dim 24), capacity 512, after ``tokens`` written."""
+    g = torch.Generator().manual_seed(seed)
+    mem = HashedMemory(64, 8, heads=3, head_dim=24, batch_size=2, policy="merge")
+    for f, start in enumerate(range(0, tokens, 29)):
+        t = min(29, tokens - start)
+        mem.write(torch.randn(2, 3, t, 24, generator=g), torch.randn(2, 3, t, 24, generator=g), f)
+    return mem
+
+
+def read(mem: HashedMemory, q: torch.Tensor, top_k: int, cache=None, indices: bool = True):
+    return cpu.memory_attend_compact(mem.table, q, top_k, hasher=mem.hasher, return_indices=indices, cache=cache)
+
+
+def assert_bitwise(a, b):
+    assert len(a) == len(b)
+    for x, y in zip(a, b):
+        assert x.dtype == y.dtype and torch.equal(x, y)
+
+
+def test_cached_read_equals_the_plain_read_through_writes_resets_and_loads():
+    mem = merge_memory(150)
+    q = torch.randn(2, 3, 7, 24, generator=torch.Generator().manual_seed(1))
+    cache = cpu.ReadCache()
+    assert_bitwise(read(mem, q, 40, cache), read(mem, q, 40))
+    entries = cache.get(mem.table, mem.hasher.n_bits, torch.float32)
+    assert_bitwise(read(mem, q, 40, cache), read(mem, q, 40))
+    assert cache.get(mem.table, mem.hasher.n_bits, torch.float32) is entries  # unchanged memory: kept
+    mem.write(torch.randn(2, 3, 60, 24), torch.randn(2, 3, 60, 24), 9)  # merges and new entries
+    assert_bitwise(read(mem, q, 40, cache), read(mem, q, 40))
+    assert cache.get(mem.table, mem.hasher.n_bits, torch.float32) is not entries
+    other = merge_memory(90, seed=5)
+    mem.load_state_dict(other.state_dict())  # copied in place
+    assert_bitwise(read(mem, q, 40, cache), read(other, q, 40))
+    mem.reset()
+    out, lse, idx = read(mem, q, 40, cache)
+    assert torch.equal(out, torch.zeros_like(out)) and torch.isneginf(lse).all() and (idx == -1).all()
+
+
+def test_cache_sees_a_buffer_replaced_by_another_tensor():
+    mem, other = merge_memory(150), merge_memory(150, seed=3)
+    q = torch.randn(2, 3, 5, 24)
+    cache = cpu.ReadCache()
+    read(mem, q, 16, cache)
+    mem.keys, mem.values = other.keys.clone(), other.values.clone()  # same versions, other tensors
+    mem.signatures, mem.counts = other.signatures.clone(), other.counts.clone()
+    assert_bitwise(read(mem, q, 16, cache), read(other, q, 16))
+
+
+def test_memory_attend_reads_through_its_cache_and_copies_without_it():
+    import copy
+    import pickle
+
+    mem = HashedMemory(1024, 4, heads=2, head_dim=16)  # 4,096 entries: the compact read
+    mem.write(torch.randn(1, 2, 300, 16), torch.randn(1, 2, 300, 16), 0)
+    q = torch.randn(1, 2, 5, 16)
+    first = mem.attend(q, top_k=8)
+    assert mem._read_cache._key is not None
+    assert_bitwise(copy.deepcopy(mem).attend(q, top_k=8), first)
+    assert copy.deepcopy(mem)._read_cache._key is None
+    assert pickle.loads(pickle.dumps(mem))._read_cache._key is None
