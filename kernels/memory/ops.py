@@ -369,8 +369,10 @@ def memory_select_levels(table: MemoryTable, q: torch.Tensor, top_k: int, *, has
         return none, none, none, none
     # 2. threshold level per query: the counting passes (pass p settles pass p − 1 and stores st[p])
     ranges = _level_ranges(q, triton.cdiv(n, bq) * r, c, bc, ranges)
-    # closing passes run for the few tiles a window missed: split finer, or one tile scans alone
-    closing_ranges = max(ranges, min(32, triton.cdiv(c, 4 * bc)))
+    # closing passes run for the few tiles the window missed: split finer, or one such tile scans
+    # all its entries alone (0.2 ms per pass on the H200); not too fine either — every program of
+    # a closed tile still starts (127 registers: 3 CTAs per SM) to find that out
+    closing_ranges = max(ranges, min(16, triton.cdiv(c, 4 * bc)))
     passes, window_pass = _level_passes(probe_stride, n_bits)
     spans = [closing_ranges if closing else ranges for *_, closing in passes]
     rmax = max(spans)
