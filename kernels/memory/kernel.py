@@ -561,17 +561,30 @@ def attend_bwd_kernel(
 # read, one-pass select (``select="levels"``): counts per similarity level, then one emit pass
 # --------------------------------------------------------------------------------------------
 @triton.jit
-def compact_bits_kernel(sig_ptr, counts_ptr, csum_ptr, bits_ptr, emap_ptr, C, n_bits,
-                        NW: tl.constexpr, KP: tl.constexpr, BE: tl.constexpr):
-    """Filled entries of one row, in entry order, packed to the front: entry ``e`` with
-    ``counts > 0`` goes to position ``csum[e] - 1`` (``csum``: inclusive running count of filled
-    entries) as ``KP`` int8 0/1 bits (0 past ``n_bits``) — the B operand of the scoring dot — and
-    ``emap[position] = e``."""
+def block_count_kernel(counts_ptr, blk_ptr, C, NB, BE: tl.constexpr):
+    """Filled entries (``counts > 0``) of each block of ``BE`` entries of a row: ``blk (r, NB)``."""
     r = tl.program_id(1).to(tl.int64)
     e = tl.program_id(0) * BE + tl.arange(0, BE)
+    ok = (e < C) & (tl.load(counts_ptr + r * C + e, mask=e < C, other=0) > 0)
+    tl.store(blk_ptr + r * NB + tl.program_id(0), tl.sum(ok.to(tl.int32), 0))
+
+
+@triton.jit
+def compact_bits_kernel(sig_ptr, counts_ptr, incl_ptr, bits_ptr, emap_ptr, sigc_ptr, nv_ptr, C, NB, n_bits,
+                        NW: tl.constexpr, KP: tl.constexpr, BE: tl.constexpr):
+    """A block of ``BE`` entries of one row: its filled entries, in entry order, packed to the
+    front of the row — after the ``incl[b] − (this block's count)`` filled entries of the blocks
+    before (``incl``: inclusive running count per block) — as ``KP`` int8 0/1 bits (0 past
+    ``n_bits``: the B operand of the scoring dot), their signatures ``sigc`` and entry ids
+    ``emap``. The last block stores the row's number of filled entries ``nv``."""
+    r = tl.program_id(1).to(tl.int64)
+    b = tl.program_id(0)
+    e = b * BE + tl.arange(0, BE)
     e_ok = e < C
-    ok = e_ok & (tl.load(counts_ptr + r * C + e, mask=e_ok, other=0) > 0)
-    p = tl.load(csum_ptr + r * C + e, mask=ok, other=1) - 1
+    on_e = (e_ok & (tl.load(counts_ptr + r * C + e, mask=e_ok, other=0) > 0)).to(tl.int32)
+    incl = tl.load(incl_ptr + r * NB + b)
+    p = incl - tl.sum(on_e, 0) + tl.cumsum(on_e, 0) - on_e
+    ok = on_e == 1
     bit = tl.arange(0, KP)
     words = tl.load(sig_ptr + (r * C + e)[:, None] * NW + (bit // 32)[None, :],
                     mask=ok[:, None] & (bit < NW * 32)[None, :], other=0)
@@ -579,6 +592,9 @@ def compact_bits_kernel(sig_ptr, counts_ptr, csum_ptr, bits_ptr, emap_ptr, C, n_
     dst = r * C + p
     tl.store(bits_ptr + dst[:, None] * KP + bit[None, :], on.to(tl.int8), mask=ok[:, None])
     tl.store(emap_ptr + dst, e.to(tl.int32), mask=ok)
+    for w in tl.static_range(NW):
+        tl.store(sigc_ptr + dst * NW + w, tl.load(sig_ptr + (r * C + e) * NW + w, mask=ok, other=0), mask=ok)
+    tl.store(nv_ptr + r, incl, mask=b == NB - 1)
 
 
 @triton.jit
@@ -754,23 +770,24 @@ def _apply_counts(n0, n1, n2, n3, lo, hi, above, est, t0, step, n_bits, top_k,
 
 
 @triton.jit
-def _part_counts(part_ptr, slot, qrow, r_ok, R, RT, r: tl.constexpr):
-    """Register ``r``'s counts ``(BQ, 4)`` summed over the ``R`` entry ranges of a pass."""
+def _part_counts(part_ptr, slot, qrow, r_ok, R, RMAX, RT, r: tl.constexpr):
+    """Register ``r``'s counts ``(BQ, 4)`` summed over the ``R`` entry ranges of a pass
+    (``part``: ``(2, RMAX, RT, 16)``, one slot per pass in turn)."""
     lane = tl.arange(0, 4)[None, :]
     n = tl.zeros((qrow.shape[0], 4), tl.int32)
     for rho in range(0, R):
-        n += tl.load(part_ptr + ((slot * R + rho) * RT + qrow[:, None]) * 16 + 4 * r + lane, mask=r_ok[:, None], other=0)
+        n += tl.load(part_ptr + ((slot * RMAX + rho) * RT + qrow[:, None]) * 16 + 4 * r + lane, mask=r_ok[:, None], other=0)
     return n
 
 
 @triton.jit
-def _state_in(st_ptr, part_ptr, p, qrow, r_ok, R, RT, nv, n_bits, top_k,
+def _state_in(st_ptr, part_ptr, p, qrow, r_ok, R, RMAX, RT, nv, n_bits, top_k,
               FIRST: tl.constexpr, PNREG: tl.constexpr, PSAMPLE: tl.constexpr, PWINDOW: tl.constexpr):
     """The per-query state ``(lo, hi, above, est)`` a pass starts from: the first pass's
     (``lo = −1``, ``hi = n_bits``, or closed at −1 with fewer than ``top_k`` filled entries), else
     the previous pass's state (``st[p − 1]``, stored by its programs of range 0) with that pass's
-    counts (summed over its entry ranges) applied — each pass settles the one before it, so a
-    split pass needs no launch of its own to combine its ranges."""
+    counts (summed over its ``R`` entry ranges) applied — each pass settles the one before it, so
+    a split pass needs no launch of its own to combine its ranges."""
     if FIRST:
         lo = tl.zeros_like(qrow).to(tl.int32) - 1
         hi = tl.where(nv < top_k, -1, tl.zeros_like(lo) + n_bits)
@@ -782,13 +799,15 @@ def _state_in(st_ptr, part_ptr, p, qrow, r_ok, R, RT, nv, n_bits, top_k,
         hi = tl.load(prev + RT, mask=r_ok, other=0)
         above = tl.load(prev + 2 * RT, mask=r_ok, other=0)
         est = tl.load(prev + 3 * RT, mask=r_ok, other=0)
-        t0, step = _thresholds(lo, hi, est, PNREG, PWINDOW)
-        slot = (p - 1) % 2
-        n0 = _part_counts(part_ptr, slot, qrow, r_ok, R, RT, 0)
-        n1 = _part_counts(part_ptr, slot, qrow, r_ok, R, RT, 1)
-        n2 = _part_counts(part_ptr, slot, qrow, r_ok, R, RT, 2)
-        n3 = _part_counts(part_ptr, slot, qrow, r_ok, R, RT, 3)
-        lo, hi, above, est = _apply_counts(n0, n1, n2, n3, lo, hi, above, est, t0, step, n_bits, top_k, PNREG, PSAMPLE)
+        if tl.sum((r_ok & (lo < hi)).to(tl.int32), 0) > 0:  # a tile closed before counted nothing
+            t0, step = _thresholds(lo, hi, est, PNREG, PWINDOW)
+            slot = (p - 1) % 2
+            n0 = _part_counts(part_ptr, slot, qrow, r_ok, R, RMAX, RT, 0)
+            n1 = _part_counts(part_ptr, slot, qrow, r_ok, R, RMAX, RT, 1)
+            n2 = _part_counts(part_ptr, slot, qrow, r_ok, R, RMAX, RT, 2)
+            n3 = _part_counts(part_ptr, slot, qrow, r_ok, R, RMAX, RT, 3)
+            lo, hi, above, est = _apply_counts(n0, n1, n2, n3, lo, hi, above, est, t0, step, n_bits, top_k,
+                                               PNREG, PSAMPLE)
     return lo, hi, above, est
 
 
@@ -803,15 +822,16 @@ def _range_of(ns, R, BC: tl.constexpr):
 
 @triton.jit
 def level_count_kernel(
-    qa_ptr, off_ptr, bits_ptr, csum_ptr, st_ptr, part_ptr, p,
-    N, C, n_bits, top_k, R, RT,
+    qa_ptr, off_ptr, bits_ptr, nv_ptr, st_ptr, part_ptr, p,
+    N, C, n_bits, top_k, R, PR, RMAX, RT,
     KP: tl.constexpr, BQ: tl.constexpr, BC: tl.constexpr,
     NREG: tl.constexpr, SAMPLE: tl.constexpr, WINDOW: tl.constexpr, FIRST: tl.constexpr,
     PNREG: tl.constexpr, PSAMPLE: tl.constexpr, PWINDOW: tl.constexpr, COUNT: tl.constexpr = True,
 ):
     """Counting pass ``p`` over a tile of ``BQ`` queries of one memory row and one of ``R`` ranges
     of its filled entries: per query, the entries at or above each of ``3·NREG`` similarity
-    levels (compare-and-sum, 3 levels per int32 add), into ``part[p % 2]`` (R, RT, 16).
+    levels (compare-and-sum, 3 levels per int32 add), into ``part[p % 2]`` (RMAX, RT, 16); ``PR``:
+    the previous pass's ranges.
 
     Per query the state ``lo ≤ T ≤ hi`` brackets the threshold level ``T`` (the ``top_k``-th best
     similarity; −1 when fewer than ``top_k`` entries are filled), ``above`` = entries above ``hi``,
@@ -826,8 +846,8 @@ def level_count_kernel(
     r_ok = rows < N
     qrow = r * N + rows
     rbase = r * C
-    nv = tl.load(csum_ptr + rbase + C - 1)  # filled entries of this row
-    lo, hi, above, est = _state_in(st_ptr, part_ptr, p, qrow, r_ok, R, RT, nv, n_bits, top_k,
+    nv = tl.load(nv_ptr + r)  # filled entries of this row
+    lo, hi, above, est = _state_in(st_ptr, part_ptr, p, qrow, r_ok, PR, RMAX, RT, nv, n_bits, top_k,
                                    FIRST, PNREG, PSAMPLE, PWINDOW)
     here = st_ptr + p * 4 * RT + qrow
     mine = r_ok & (tl.program_id(2) == 0)
@@ -837,12 +857,12 @@ def level_count_kernel(
     tl.store(here + 3 * RT, est, mask=mine)
     open_ = r_ok & (lo < hi)
     if COUNT:
-        _count_pass(qa_ptr, off_ptr, bits_ptr, part_ptr, p, qrow, r_ok, rbase, nv, open_, lo, hi, est, n_bits, R, RT,
-                    KP, BQ, BC, NREG, SAMPLE, WINDOW)
+        _count_pass(qa_ptr, off_ptr, bits_ptr, part_ptr, p, qrow, r_ok, rbase, nv, open_, lo, hi, est, n_bits, R, RMAX,
+                    RT, KP, BQ, BC, NREG, SAMPLE, WINDOW)
 
 
 @triton.jit
-def _count_pass(qa_ptr, off_ptr, bits_ptr, part_ptr, p, qrow, r_ok, rbase, nv, open_, lo, hi, est, n_bits, R, RT,
+def _count_pass(qa_ptr, off_ptr, bits_ptr, part_ptr, p, qrow, r_ok, rbase, nv, open_, lo, hi, est, n_bits, R, RMAX, RT,
                 KP: tl.constexpr, BQ: tl.constexpr, BC: tl.constexpr, NREG: tl.constexpr, SAMPLE: tl.constexpr,
                 WINDOW: tl.constexpr):
     if tl.sum(open_.to(tl.int32), 0) > 0:
@@ -864,7 +884,7 @@ def _count_pass(qa_ptr, off_ptr, bits_ptr, part_ptr, p, qrow, r_ok, rbase, nv, o
         if (ns % BC != 0) & (end == ns) & (start < end):
             n0, n1, n2, n3 = _count_chunk(qa, off, bits_ptr, rbase, ns - ns % BC, ns, nv, c0, c1, c2, c3, n0, n1, n2, n3,
                                           KP, BC, SAMPLE, NREG, True)
-        out = part_ptr + (((p % 2) * R + tl.program_id(2)) * RT + qrow[:, None]) * 16 + tl.arange(0, 4)[None, :]
+        out = part_ptr + (((p % 2) * RMAX + tl.program_id(2)) * RT + qrow[:, None]) * 16 + tl.arange(0, 4)[None, :]
         tl.store(out, n0, mask=r_ok[:, None])
         tl.store(out + 4, n1, mask=r_ok[:, None])
         tl.store(out + 8, n2, mask=r_ok[:, None])
@@ -901,8 +921,8 @@ def _emit_chunk(qa, off, bits_ptr, rbase, j0, nv, ts, need, base, neq, items_ptr
 
 @triton.jit
 def level_emit_kernel(
-    qa_ptr, off_ptr, bits_ptr, csum_ptr, st_ptr, part_ptr, p, items_ptr, nitems_ptr,
-    N, C, n_bits, top_k, R, RT,
+    qa_ptr, off_ptr, bits_ptr, nv_ptr, st_ptr, part_ptr, p, items_ptr, nitems_ptr,
+    N, C, n_bits, top_k, R, PR, RMAX, RT,
     KP: tl.constexpr, BQ: tl.constexpr, BC: tl.constexpr, USE_POPC: tl.constexpr,
     PNREG: tl.constexpr, PSAMPLE: tl.constexpr, PWINDOW: tl.constexpr,
 ):
@@ -918,8 +938,8 @@ def level_emit_kernel(
     r_ok = rows < N
     qrow = r * N + rows
     rbase = r * C
-    nv = tl.load(csum_ptr + rbase + C - 1)
-    thr, hi, above, est = _state_in(st_ptr, part_ptr, p, qrow, r_ok, R, RT, nv, n_bits, top_k,
+    nv = tl.load(nv_ptr + r)
+    thr, hi, above, est = _state_in(st_ptr, part_ptr, p, qrow, r_ok, PR, RMAX, RT, nv, n_bits, top_k,
                                     False, PNREG, PSAMPLE, PWINDOW)
     here = st_ptr + p * 4 * RT + qrow
     mine = r_ok & (tl.program_id(2) == 0)
@@ -945,20 +965,22 @@ def level_emit_kernel(
 
 @triton.jit
 def level_expand_kernel(
-    qsig_ptr, sig_ptr, emap_ptr, csum_ptr, st_ptr, items_ptr, nitems_ptr, idx_ptr,
+    qsig_ptr, sigc_ptr, emap_ptr, nv_ptr, st_ptr, items_ptr, nitems_ptr, idx_ptr,
     N, C, n_bits, top_k, R,
     NW: tl.constexpr, G: tl.constexpr, BW: tl.constexpr, USE_POPC: tl.constexpr,
 ):
     """Per query: the entries of its emitted words (``G ≤ 32`` consecutive filled entries each;
-    the ``R`` ranges' lists in order), scored exactly (popcount); those above ``T`` and the first
-    ``need`` at ``T`` are written in entry order, ``-1`` after the last. ``st_ptr``: the final
-    state (``lo = T``, ``above``). Positions come from per-word bit masks (a sum of distinct bits
-    per word, a popcount per entry) and a scan over the ``BW`` words of a step only."""
+    the ``R`` ranges' lists in order), scored exactly from the packed signatures ``sigc`` (a
+    word's entries are adjacent: one coalesced load); those above ``T`` and the first ``need`` at
+    ``T`` — their entry ids looked up in ``emap`` — are written in entry order, ``-1`` after the
+    last. ``st_ptr``: the final state (``lo = T``, ``above``). Positions come from per-word bit
+    masks (a sum of distinct bits per word, a popcount per entry) and a scan over the ``BW``
+    words of a step only."""
     qrow = tl.program_id(0).to(tl.int64)
     RT = tl.num_programs(0)
     r = qrow // N
     rbase = r * C
-    nv = tl.load(csum_ptr + rbase + C - 1)
+    nv = tl.load(nv_ptr + r)
     thr = tl.load(st_ptr + qrow)
     need = top_k - tl.load(st_ptr + 2 * RT + qrow)
     out = idx_ptr + qrow * top_k
@@ -974,15 +996,14 @@ def level_expand_kernel(
             wi = w0 + tl.arange(0, BW)
             w_ok = wi < n_words
             word = tl.load(items_ptr + slot * top_k + wi, mask=w_ok, other=0)
-            p = word[:, None] * G + g  # (BW, G) filled-entry positions
-            ok = w_ok[:, None] & (p < nv)
-            e = tl.load(emap_ptr + rbase + p, mask=ok, other=0)
+            p = rbase + word[:, None] * G + g  # (BW, G) filled-entry positions of the row
+            ok = w_ok[:, None] & (p < rbase + nv)
             diff = tl.zeros((BW, G), dtype=tl.int32)
             for w in tl.static_range(NW):
                 rem = n_bits - 32 * w  # bits of this word that count
                 keep = tl.where(rem >= 32, -1, (1 << tl.minimum(rem, 31)) - 1)
                 qw = tl.load(qsig_ptr + qrow * NW + w)
-                ew = tl.load(sig_ptr + (rbase + e) * NW + w, mask=ok, other=0)
+                ew = tl.load(sigc_ptr + p * NW + w, mask=ok, other=0)
                 diff += _popcount((ew ^ qw) & keep, USE_POPC)
             sim = n_bits - diff
             eq = ok & (sim == thr)
@@ -993,7 +1014,7 @@ def level_expand_kernel(
             sel_bits = tl.sum(tl.where(sel, bit, 0), 1)
             n_sel_w = _popcount(sel_bits, USE_POPC)
             pos = (n_sel + tl.cumsum(n_sel_w, 0) - n_sel_w)[:, None] + _popcount(sel_bits[:, None] & below, USE_POPC)
-            tl.store(out + pos, e, mask=sel)
+            tl.store(out + pos, tl.load(emap_ptr + p, mask=sel, other=0), mask=sel)
             n_eq += tl.sum(n_eq_w, 0)
             n_sel += tl.sum(n_sel_w, 0)
     for p0 in range(0, top_k, BW * G):  # fewer than k entries: pad with -1

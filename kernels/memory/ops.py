@@ -38,6 +38,7 @@ from vidhash.ops.checks import MemoryTable
 from .kernel import (
     attend_bwd_kernel,
     attend_fwd_kernel,
+    block_count_kernel,
     candidates_kernel,
     candidates_kernel_tuned,
     compact_bits_kernel,
@@ -254,17 +255,17 @@ def _closing_passes(n_bits: int, levels_per_pass: int) -> int:
     return passes
 
 
-def _level_passes(probe_stride: int, n_bits: int) -> tuple[list[tuple[int, int, bool]], int]:
+def _level_passes(probe_stride: int, n_bits: int) -> tuple[list[tuple[int, int, bool, bool]], int]:
     """The counting passes of the levels select as ``(registers of 3 levels, sample stride,
-    window)``, and the index of the window pass: a coarse probe over every ``4·probe_stride``-th
+    window, closing)``, and the index of the window pass: a coarse probe over every ``4·probe_stride``-th
     filled entry (12 levels spread over the bracket), a finer one over every ``probe_stride``-th
     (12 levels around the first's estimate), the window pass (6 levels around the second's),
     then passes that split what is still open 9 ways until every bracket of ``n_bits + 1``
     levels would be closed (two for 32 bits). ``probe_stride=0``: only the splitting passes."""
-    closing = [(3, 1, False)] * _closing_passes(n_bits, 9)
+    closing = [(3, 1, False, True)] * _closing_passes(n_bits, 9)
     if not probe_stride:
-        return closing, 0
-    return [(4, 4 * probe_stride, False), (4, probe_stride, True), (2, 1, True)] + closing, 2
+        return [(3, 1, False, False)] + closing[1:], 0
+    return [(4, 4 * probe_stride, False, False), (4, probe_stride, True, False), (2, 1, True, False)] + closing, 2
 
 
 def _level_ranges(q: torch.Tensor, programs: int, c: int, bc: int, ranges: int | None) -> int:
@@ -283,20 +284,27 @@ def _level_ranges(q: torch.Tensor, programs: int, c: int, bc: int, ranges: int |
 
 def _level_operands(sigs, counts, q_sig, n_bits: int, kp: int):
     """The scoring operands of the levels select: each row's filled entries packed to the front
-    (entry order) as int8 bits ``(r, c, kp)`` with their entry ids ``(r, c)`` and the running count
-    of filled entries ``(r, c)`` (its last column: how many), and the queries as int8 ``±1``
-    ``(rows, kp)`` with ``n_bits − |q|`` per query."""
+    (entry order) as int8 bits ``(r, c, kp)``, with their signatures ``(r, c, w)`` and entry ids
+    ``(r, c)``, and the number of filled entries per row ``(r,)``; the queries as int8 ``±1``
+    ``(rows, kp)`` with ``n_bits − |q|`` per query. Positions: filled entries per block of
+    ``be`` (a kernel), their running sum over the blocks (a short ``cumsum``), the rest in the
+    block (``tl.cumsum``)."""
     r, c, nw = sigs.shape
     rows, dev, interp = q_sig.numel() // nw, sigs.device, interpreting()
-    csum = torch.cumsum(counts > 0, dim=1, dtype=torch.int32)
+    be = 32 if interp else 256
+    nb = triton.cdiv(c, be)
+    blk = torch.empty(r, nb, dtype=torch.int32, device=dev)
+    block_count_kernel[(nb, r)](counts, blk, c, nb, BE=be, num_warps=4)
+    incl = torch.cumsum(blk, dim=1, dtype=torch.int32)
     bits = torch.empty(r, c, kp, dtype=torch.int8, device=dev)
+    sigc = torch.empty(r, c, nw, dtype=torch.int32, device=dev)
     emap = torch.empty(r, c, dtype=torch.int32, device=dev)
-    be = 32 if interp else 128
-    compact_bits_kernel[(triton.cdiv(c, be), r)](sigs, counts, csum, bits, emap, c, n_bits, NW=nw, KP=kp, BE=be, num_warps=4)
+    nv = torch.empty(r, dtype=torch.int32, device=dev)
+    compact_bits_kernel[(nb, r)](sigs, counts, incl, bits, emap, sigc, nv, c, nb, n_bits, NW=nw, KP=kp, BE=be, num_warps=4)
     qa = torch.empty(rows, kp, dtype=torch.int8, device=dev)
     off = torch.empty(rows, dtype=torch.int32, device=dev)
     query_operand_kernel[(triton.cdiv(rows, 64),)](q_sig, qa, off, rows, n_bits, NW=nw, KP=kp, BR=64, num_warps=4)
-    return bits, emap, csum, qa, off
+    return bits, sigc, emap, nv, qa, off
 
 
 @torch.no_grad()
@@ -355,29 +363,39 @@ def memory_select_levels(table: MemoryTable, q: torch.Tensor, top_k: int, *, has
     bq, bc = (16, 16) if interp else (64, 128)
     # 1. filled entries packed to the front as int8 bits, queries as ±1 int8 (the dot's K: a power of two ≥ 32)
     kp = max(32, triton.next_power_of_2(n_bits))
-    bits, emap, csum, qa, off = _level_operands(sigs, counts, q_sig, n_bits, kp)
+    bits, sigc, emap, nv, qa, off = _level_operands(sigs, counts, q_sig, n_bits, kp)
     none = torch.zeros(rows, dtype=torch.int32, device=q.device) if _until else None
     if _until == "prepare":
         return none, none, none, none
     # 2. threshold level per query: the counting passes (pass p settles pass p − 1 and stores st[p])
     ranges = _level_ranges(q, triton.cdiv(n, bq) * r, c, bc, ranges)
+    # closing passes run for the few tiles the window missed: split finer, or one such tile scans
+    # all its entries alone (0.2 ms per pass on the H200); not too fine either — every program of
+    # a closed tile still starts (127 registers: 3 CTAs per SM) to find that out
+    closing_ranges = max(ranges, min(16, triton.cdiv(c, 4 * bc)))
     passes, window_pass = _level_passes(probe_stride, n_bits)
+    spans = [closing_ranges if closing else ranges for *_, closing in passes]
+    rmax = max(spans)
     st = torch.empty(len(passes) + 1, 4, rows, dtype=torch.int32, device=q.device)  # lo, hi, above, est
-    part = torch.empty(2, ranges, rows, 16, dtype=torch.int32, device=q.device)  # a pass's counts per range
-    grid = (triton.cdiv(n, bq), r, ranges)
-    args = (qa, off, bits, csum, st, part)
-    sizes = (n, c, n_bits, kk, ranges, rows)
+    part = torch.empty(2, rmax, rows, 16, dtype=torch.int32, device=q.device)  # a pass's counts per range
+    tiles = (triton.cdiv(n, bq), r)
+    args = (qa, off, bits, nv, st, part)
     consts = dict(KP=kp, BQ=bq, BC=bc, num_warps=4, num_stages=1 if interp else 3)
 
+    def prev_of(p):  # what pass p settles: the constants and ranges of pass p - 1
+        nreg, sample, window, _ = passes[p - 1] if p else (1, 1, False, False)
+        return dict(PNREG=nreg, PSAMPLE=sample, PWINDOW=window), spans[p - 1] if p else 1
+
     def settle(p):  # the state after pass p - 1, as st[p] (benchmarks' step timings)
-        level_count_kernel[grid[:2] + (1,)](*args, p, *sizes, NREG=1, SAMPLE=1, WINDOW=False, FIRST=False, PNREG=passes[p - 1][0],
-                                            PSAMPLE=passes[p - 1][1], PWINDOW=passes[p - 1][2], COUNT=False, **consts)
+        pc, pr = prev_of(p)
+        level_count_kernel[tiles + (1,)](*args, p, n, c, n_bits, kk, 1, pr, rmax, rows, NREG=1, SAMPLE=1, WINDOW=False,
+                                         FIRST=False, COUNT=False, **pc, **consts)
         return (*st[p, :3], none)
 
-    for p, (nreg, sample, window) in enumerate(passes):
-        prev = passes[p - 1] if p else (1, 1, False)
-        level_count_kernel[grid](*args, p, *sizes, NREG=nreg, SAMPLE=sample, WINDOW=window, FIRST=p == 0,
-                                 PNREG=prev[0], PSAMPLE=prev[1], PWINDOW=prev[2], **consts)
+    for p, (nreg, sample, window, _) in enumerate(passes):
+        pc, pr = prev_of(p)
+        level_count_kernel[tiles + (spans[p],)](*args, p, n, c, n_bits, kk, spans[p], pr, rmax, rows, NREG=nreg,
+                                                SAMPLE=sample, WINDOW=window, FIRST=p == 0, **pc, **consts)
         if _until == "window" and p == window_pass:
             return settle(p + 1)
     if _until == "count":
@@ -386,15 +404,16 @@ def memory_select_levels(table: MemoryTable, q: torch.Tensor, top_k: int, *, has
     g = bc // 8  # a word: half the entries one thread holds in the tensor cores' accumulator layout
     words = torch.empty(rows * ranges, kk, dtype=torch.int32, device=q.device)
     nitems = torch.empty(rows * ranges, dtype=torch.int32, device=q.device)
-    last = passes[-1]
-    level_emit_kernel[grid](*args, len(passes), words, nitems, *sizes, KP=kp, BQ=bq, BC=bc, USE_POPC=not interp,
-                            PNREG=last[0], PSAMPLE=last[1], PWINDOW=last[2], num_warps=4, num_stages=1 if interp else 3)
+    pc, pr = prev_of(len(passes))
+    level_emit_kernel[tiles + (ranges,)](*args, len(passes), words, nitems, n, c, n_bits, kk, ranges, pr, rmax, rows,
+                                         KP=kp, BQ=bq, BC=bc, USE_POPC=not interp, **pc, num_warps=4,
+                                         num_stages=1 if interp else 3)
     lo, hi, above, _ = st[-1]
     if _until == "emit":
         return lo, hi, above, nitems.view(rows, ranges).sum(1)
     # 4. their entries, exactly
-    level_expand_kernel[(rows,)](q_sig, sigs, emap, csum, st[-1], words, nitems, idx, n, c, n_bits, kk, ranges,
-                                 NW=nw, G=g, BW=4 if interp else 8, USE_POPC=not interp, num_warps=1 if not interp else 4)
+    level_expand_kernel[(rows,)](q_sig, sigc, emap, nv, st[-1], words, nitems, idx, n, c, n_bits, kk, ranges,
+                                 NW=nw, G=g, BW=4 if interp else 16, USE_POPC=not interp, num_warps=1 if not interp else 4)
     return (idx, lo, hi, above, nitems.view(rows, ranges).sum(1)) if _state else idx
 
 

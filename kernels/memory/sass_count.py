@@ -59,13 +59,14 @@ def count(n_bits: int = 32, top_k: int = 64, queries: int = 2048, capacity: int 
 
     from vidhash.kernels.memory import kernel as K
 
-    ints = {"N": queries, "C": capacity, "n_bits": n_bits, "top_k": top_k, "R": 1, "RT": queries * 12, "p": 2}
+    ints = {"N": queries, "C": capacity, "n_bits": n_bits, "top_k": top_k, "R": 1, "PR": 1, "RMAX": 32,
+            "RT": queries * 12, "p": 2}
     kp = max(32, triton.next_power_of_2(n_bits))
-    scoring = dict.fromkeys(("qa_ptr", "bits_ptr"), "*i8") | dict.fromkeys(("off_ptr", "csum_ptr", "st_ptr", "part_ptr"), "*i32")
-    count_sig = scoring | dict.fromkeys(("p", "N", "C", "n_bits", "top_k", "R", "RT"), "i32")
+    scoring = dict.fromkeys(("qa_ptr", "bits_ptr"), "*i8") | dict.fromkeys(("off_ptr", "nv_ptr", "st_ptr", "part_ptr"), "*i32")
+    count_sig = scoring | dict.fromkeys(("p", "N", "C", "n_bits", "top_k", "R", "PR", "RMAX", "RT"), "i32")
     emit_sig = scoring | {"p": "i32", "items_ptr": "*i32", "nitems_ptr": "*i32"} | dict.fromkeys(
-        ("N", "C", "n_bits", "top_k", "R", "RT"), "i32")
-    expand_sig = dict.fromkeys(("qsig_ptr", "sig_ptr", "emap_ptr", "csum_ptr", "st_ptr", "items_ptr", "nitems_ptr",
+        ("N", "C", "n_bits", "top_k", "R", "PR", "RMAX", "RT"), "i32")
+    expand_sig = dict.fromkeys(("qsig_ptr", "sigc_ptr", "emap_ptr", "nv_ptr", "st_ptr", "items_ptr", "nitems_ptr",
                                 "idx_ptr"), "*i32") | dict.fromkeys(("N", "C", "n_bits", "top_k", "R"), "i32")
     tile = dict(KP=kp, BQ=64, BC=128)
     after = {"FIRST": False, "PNREG": 4, "PSAMPLE": 8, "PWINDOW": True, "COUNT": True}  # what each pass settles: the one before
@@ -78,7 +79,7 @@ def count(n_bits: int = 32, top_k: int = 64, queries: int = 2048, capacity: int 
         ("closing pass", K.level_count_kernel, count_sig,
          {**tile, "COUNT": True, "NREG": 3, "SAMPLE": 1, "WINDOW": False, "FIRST": False, "PNREG": 2, "PSAMPLE": 1, "PWINDOW": True}, 4, 3, "IGMMA", 64),
         ("emit", K.level_emit_kernel, emit_sig, {**tile, "USE_POPC": True, "PNREG": 3, "PSAMPLE": 1, "PWINDOW": False}, 4, 3, "IGMMA", 64),
-        ("expand (1 warp, /lane)", K.level_expand_kernel, expand_sig, {"NW": (n_bits + 31) // 32, "G": 16, "BW": 8, "USE_POPC": True}, 1, 1, None, 128),
+        ("expand (1 warp, /lane)", K.level_expand_kernel, expand_sig, {"NW": (n_bits + 31) // 32, "G": 16, "BW": 16, "USE_POPC": True}, 1, 1, None, 256),
     ]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
