@@ -107,6 +107,7 @@ def test_exports_chain_runs_through_the_cli(tiny_cfg, tmp_path, capsys):
     state = json.loads((export / TRAIN_STATE).read_text())
     assert state["run"]["step"] == 4 and state["run"]["data_position"] == 8 and not state["run"]["fitted"]
     assert len(state["run"]["rows"]) == 2 and state["fingerprint"] == get_family("wan").fingerprint(tiny_cfg())
+    assert str(tmp_path) not in state["config"] and "out_dir: a\n" in state["config"]  # ships: no machine path
     assert cli_main(["train", *base, f"out_dir={tmp_path / 'b'}", f"init_from={export}"]) == 0
     second = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert second["step"] == 8 and second["data_position"] == 16

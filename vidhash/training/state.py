@@ -20,6 +20,7 @@ main at 60f642e wrote the same file (its rows say ``clips_per_s``; read as ``sam
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 from dataclasses import dataclass, field
@@ -100,7 +101,18 @@ class TrainState:
         run = {"step": self.step, "data_position": self.data_pos, "max_steps": cfg.max_steps,
                "fitted": self.fitted_for > 0, "budget_minutes": self.fitted_for, "rewarm_from": self.rewarm_from,
                "elapsed_s": elapsed_s, "rows": self.rows}
-        return {**family.export_info(cfg), "fingerprint": family.fingerprint(cfg), "config": to_yaml(cfg), "run": run}
+        return {**family.export_info(cfg), "fingerprint": family.fingerprint(cfg), "config": portable_yaml(cfg),
+                "run": run}
+
+
+def portable_yaml(cfg: TrainConfig) -> str:
+    """``cfg`` as YAML for an export that ships: the training machine's absolute ``out_dir``,
+    ``export_dir`` and ``init_from`` are reduced to their last part (nothing reads them back: the
+    fingerprint and :func:`continue_run` use neither)."""
+    def short(path: str | None) -> str | None:
+        return Path(path).name if path and Path(path).is_absolute() else path
+    return to_yaml(dataclasses.replace(cfg, out_dir=short(cfg.out_dir), export_dir=short(cfg.export_dir),
+                                       init_from=short(cfg.init_from)))
 
 
 def build_state(cfg: TrainConfig, family: ModelFamily, accelerator, saved: tuple[dict, dict] | None,
