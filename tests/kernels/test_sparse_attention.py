@@ -207,12 +207,20 @@ def test_every_forward_config_the_autotuner_may_pick_gpu(causal, bq):
     kern = K.sparse_attn_fwd_kernel
     every = list(kern.configs)
     kept = K._prune_block_n(every, {}, BK_PAD=16, CAUSAL=causal)
+    from triton.runtime.errors import OutOfResources
+
+    ran = 0
     try:
         for cfg in kept:
             kern.configs = [cfg]
             kern.cache.clear()
-            out = block_sparse_attention_triton(q, k, v, sel)
+            try:
+                out = block_sparse_attention_triton(q, k, v, sel)
+            except OutOfResources:  # the autotuner times such a config as inf: never picked
+                continue
             assert _rel(out, ref) < TOL[torch.float32], cfg
+            ran += 1
+        assert ran > 0, "no config fits the device"
     finally:
         kern.configs = every
         kern.cache.clear()
