@@ -118,6 +118,8 @@ def add_memory(p: argparse.ArgumentParser) -> None:
     p.add_argument("--recall-queries", type=int, default=256, help="queries per head used for recall")
     p.add_argument("--rep-ms", type=int, default=100, help="do_bench rep (ms) per measurement")
     p.add_argument("--no-reference", action="store_true", help="skip the reference read and write")
+    p.add_argument("--graphs", action="store_true",
+                   help="also time dense SDPA and both reads as CUDA-graph replays (device time, no launch time; CUDA)")
     p.add_argument("--device", default=_auto_device())
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", default=None, help="write results to this JSON file")
