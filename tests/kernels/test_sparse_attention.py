@@ -224,3 +224,36 @@ def test_every_forward_config_the_autotuner_may_pick_gpu(causal, bq):
     finally:
         kern.configs = every
         kern.cache.clear()
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("causal", [True, False], ids=["causal", "full"])
+@pytest.mark.parametrize("bq", [16, 64])
+def test_every_backward_config_the_autotuner_may_pick_gpu(causal, bq):
+    """The forward's check for the two backward kernels: each config the autotuner may pick (dq:
+    after pruning, as the forward; dk/dv: all) gives the reference's gradients."""
+    import vidhash.kernels.sparse_attention.kernel as K
+    from triton.runtime.errors import OutOfResources
+
+    q, k, v = _inputs(1, 2, 80, 80, 64, torch.float32)
+    sel = select_blocks(q, k, density=0.3, block_size=16, query_block_size=bq, causal=causal)
+    g_ref = torch.autograd.grad(block_sparse_attention(q, k, v, sel).square().sum(), (q, k, v))
+    ran = 0
+    for kern, pruned in ((K.sparse_attn_bwd_dq_kernel, True), (K.sparse_attn_bwd_dkdv_kernel, False)):
+        every = list(kern.configs)
+        kept = K._prune_block_n(every, {}, BK_PAD=16, CAUSAL=causal) if pruned else every
+        try:
+            for cfg in kept:
+                kern.configs = [cfg]
+                kern.cache.clear()
+                try:
+                    g = torch.autograd.grad(block_sparse_attention_triton(q, k, v, sel).square().sum(), (q, k, v))
+                except OutOfResources:  # timed as inf by the autotuner: never picked
+                    continue
+                for name, a, b in zip("qkv", g, g_ref):
+                    assert _rel(a, b) < 1e-4, (kern.fn.__name__, cfg, "d" + name)
+                ran += 1
+        finally:
+            kern.configs = every
+            kern.cache.clear()
+    assert ran >= 2
