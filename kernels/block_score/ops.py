@@ -69,6 +69,20 @@ def select_from_codes(
         raise ValueError(f"shift must hold b·h = {b * h} values, got {shift.numel()}")
     qi, ki = qi.contiguous(), ki.contiguous()
     shift = shift.to(device=qi.device, dtype=torch.int32).contiguous()
+    args = (qi, ki, shift, kept, num_queries, num_keys, block_size, query_block_size, local_blocks, sink_blocks,
+            bool(causal), m, p)
+    if torch.compiler.is_compiling():  # one opaque op in the graph (no trace of the launch)
+        return torch.ops.vidhash.block_score_select(*args)
+    return _score_kernel(*args)
+
+
+def _score_kernel(qi: torch.Tensor, ki: torch.Tensor, shift: torch.Tensor, kept: int, num_queries: int, num_keys: int,
+                  block_size: int, query_block_size: int, local_blocks: int, sink_blocks: int, causal: bool, m: int,
+                  p: int) -> torch.Tensor:
+    """Launch the kernel on checked codes."""
+    qi, ki, shift = qi.contiguous(), ki.contiguous(), shift.contiguous()  # (again: a compiled graph may hand other strides)
+    b, h, _, width = qi.shape
+    nqb, nkb = -(-num_queries // query_block_size), -(-num_keys // block_size)
     out = torch.empty(b, h, nqb, kept, dtype=torch.int32, device=qi.device)
     block_m, block_n, warps = _tiles(nkb, m, p, width)
     grid = (triton.cdiv(nqb, block_m), b * h)
@@ -77,9 +91,21 @@ def select_from_codes(
         *qi.stride()[:3], *ki.stride()[:3], *out.stride()[:3],
         h, num_queries, num_keys, nqb, nkb, -(-num_keys // (block_size // p)), kept, query_block_size, block_size,
         local_blocks, sink_blocks,
-        R=width, M=m, P=p, CAUSAL=bool(causal), BLOCK_M=block_m, BLOCK_N=block_n, num_warps=warps,
+        R=width, M=m, P=p, CAUSAL=causal, BLOCK_M=block_m, BLOCK_N=block_n, num_warps=warps,
     )
     return out
+
+
+_score_op = torch.library.custom_op(
+    "vidhash::block_score_select", _score_kernel, mutates_args=(),
+    schema="(Tensor qi, Tensor ki, Tensor shift, int kept, int num_queries, int num_keys, int block_size, "
+           "int query_block_size, int local_blocks, int sink_blocks, bool causal, int m, int p) -> Tensor",
+)
+
+
+@_score_op.register_fake
+def _(qi, ki, shift, kept, num_queries, num_keys, block_size, query_block_size, local_blocks, sink_blocks, causal, m, p):
+    return qi.new_empty(qi.shape[0], qi.shape[1], -(-num_queries // query_block_size), kept, dtype=torch.int32)
 
 
 @torch.no_grad()

@@ -5,7 +5,6 @@ Letters: b batch, h heads, c query blocks, j key blocks, w packed signature word
 """
 from __future__ import annotations
 
-import functools
 import os
 
 import torch
@@ -15,9 +14,10 @@ import triton
 from vidhash.hashing import SimHash, default_hasher, pack_bits
 from vidhash.kernels.signature.naive import block_signatures
 from vidhash.kernels.signature.ops import block_signatures_triton
-from vidhash.ops.checks import BlockSelection, check_block, check_count, check_density, check_qkv, num_kept
+from vidhash.ops.checks import BlockSelection, check_block, check_count, check_density, check_qkv
 
 from .kernel import block_select_kernel
+from .naive import max_forced_blocks, num_kept_blocks  # noqa: F401  (kept sizes: Python integers, one graph)
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
@@ -27,49 +27,6 @@ def _block_k(nkb: int) -> int:
     if _INTERPRET:
         return max(16, min(64, triton.next_power_of_2(nkb)))
     return max(128, min(1024, triton.next_power_of_2(nkb)))
-
-
-@functools.lru_cache(maxsize=256)
-def max_forced_blocks(nq: int, nk: int, bq: int, bk: int, local_blocks: int, sink_blocks: int, causal: bool) -> int:
-    """Largest number of forced (sink ∪ local, causally allowed) key blocks of any query block.
-
-    Closed form per query block (two intervals of key blocks), the same sets as
-    ``naive.forced_and_allowed`` without its ``query blocks × key blocks`` mask.
-    """
-    nqb, nkb = -(-nq // bq), -(-nk // bk)
-    off = nk - nq
-    i = torch.arange(nqb, dtype=torch.int64)
-    q_lo = i * bq + off
-    q_hi = torch.clamp(i * bq + bq, max=nq) - 1 + off
-    # allowed key blocks: [0, amax]
-    if causal:
-        amax = torch.where(q_hi >= 0, torch.div(q_hi, bk, rounding_mode="floor"), torch.full_like(q_hi, -1))
-        amax = amax.clamp(max=nkb - 1)
-    else:
-        amax = torch.full_like(q_hi, nkb - 1)
-    # sinks: [0, min(sink - 1, amax)]
-    s_hi = torch.clamp(amax, max=sink_blocks - 1)
-    n_sink = (s_hi + 1).clamp(min=0)
-    if local_blocks == 0:
-        return int(n_sink.max())
-    lo = q_lo - (local_blocks - 1) * bk
-    hi = q_hi + (0 if causal else (local_blocks - 1) * bk)
-    l_lo = torch.div(lo, bk, rounding_mode="floor").clamp(min=0)
-    l_hi = torch.minimum(torch.div(hi, bk, rounding_mode="floor"), amax)
-    l_hi = torch.where(lo > nk - 1, torch.full_like(l_hi, -1), l_hi)  # k_hi >= lo never holds
-    n_local = (l_hi - l_lo + 1).clamp(min=0)
-    overlap = (torch.minimum(l_hi, s_hi) - l_lo + 1).clamp(min=0)
-    return int((n_sink + n_local - overlap).max())
-
-
-def num_kept_blocks(nq: int, nk: int, *, density: float, block_size: int, query_block_size: int,
-                    local_blocks: int, sink_blocks: int, causal: bool) -> int:
-    """``kept`` of :func:`naive.select_blocks` for these sizes (no tensors)."""
-    nkb = -(-nk // block_size)
-    kept = num_kept(density, nkb)
-    if kept < nkb and (local_blocks or sink_blocks):
-        kept = min(nkb, max(kept, max_forced_blocks(nq, nk, query_block_size, block_size, local_blocks, sink_blocks, causal)))
-    return kept
 
 
 SIGNATURE_METHODS = ("pooled", "kernel", "reference")
@@ -139,25 +96,49 @@ def select_from_signatures(
         if q_sig.shape[-1] * 32 < n_bits:
             raise ValueError(f"{q_sig.shape[-1]} signature words cannot hold n_bits={n_bits}")
         q_sig, k_sig = q_sig.contiguous(), k_sig.contiguous()
-        b, h, w = q_sig.shape[0], q_sig.shape[1], q_sig.shape[-1]
-        device = q_sig.device
-    else:
+    else:  # signatures not read: (b, h) of whichever is given, one dummy word
         ref = q_sig if q_sig is not None else k_sig
-        b, h, w, device = ref.shape[0], ref.shape[1], 1, ref.device
-        q_sig = k_sig = torch.zeros(1, 1, 1, 1, dtype=torch.int32, device=device)
-    out = torch.empty(b, h, nqb, kept, dtype=torch.int32, device=device)
-    grid = (nqb, b * h)
-    block_select_kernel[grid](
+        dummy = torch.zeros(1, 1, 1, 1, dtype=torch.int32, device=ref.device)
+        q_sig, k_sig = dummy.expand(ref.shape[0], ref.shape[1], 1, 1), dummy
+    args = (q_sig, k_sig, n_bits, kept, num_queries, num_keys, bk, bq, local_blocks, sink_blocks, bool(causal), use_sig)
+    if torch.compiler.is_compiling():  # one opaque op in the graph (no trace of the launch)
+        return torch.ops.vidhash.block_select(*args)
+    return _select_kernel(*args)
+
+
+def _select_kernel(q_sig: torch.Tensor, k_sig: torch.Tensor, n_bits: int, kept: int, num_queries: int, num_keys: int,
+                   block_size: int, query_block_size: int, local_blocks: int, sink_blocks: int, causal: bool,
+                   use_sig: bool) -> torch.Tensor:
+    """Launch the kernel on checked signatures (``use_sig=False``: dummies, not read)."""
+    if use_sig:  # (again: a compiled graph may hand the op other strides)
+        q_sig, k_sig = q_sig.contiguous(), k_sig.contiguous()
+    b, h, w = q_sig.shape[0], q_sig.shape[1], q_sig.shape[-1] if use_sig else 1
+    nqb, nkb = -(-num_queries // query_block_size), -(-num_keys // block_size)
+    out = torch.empty(b, h, nqb, kept, dtype=torch.int32, device=q_sig.device)
+    block_select_kernel[(nqb, b * h)](
         q_sig, k_sig, out,
         *(q_sig.stride()[:3] if use_sig else (0, 0, 0)),
         *(k_sig.stride()[:3] if use_sig else (0, 0, 0)),
         *out.stride()[:3],
-        h, num_queries, num_keys, nkb, kept, bq, bk, local_blocks, sink_blocks,
+        h, num_queries, num_keys, nkb, kept, query_block_size, block_size, local_blocks, sink_blocks,
         N_BITS=n_bits, W=w, NBINS=triton.next_power_of_2(n_bits + 2),
-        CAUSAL=bool(causal), USE_SIG=use_sig, BLOCK_K=_block_k(nkb),
+        CAUSAL=causal, USE_SIG=use_sig, BLOCK_K=_block_k(nkb),
         num_warps=4,
     )
     return out
+
+
+_select_op = torch.library.custom_op(
+    "vidhash::block_select", _select_kernel, mutates_args=(),
+    schema="(Tensor q_sig, Tensor k_sig, int n_bits, int kept, int num_queries, int num_keys, int block_size, "
+           "int query_block_size, int local_blocks, int sink_blocks, bool causal, bool use_sig) -> Tensor",
+)
+
+
+@_select_op.register_fake
+def _(q_sig, k_sig, n_bits, kept, num_queries, num_keys, block_size, query_block_size, local_blocks, sink_blocks,
+      causal, use_sig):
+    return q_sig.new_empty(q_sig.shape[0], q_sig.shape[1], -(-num_queries // query_block_size), kept, dtype=torch.int32)
 
 
 @torch.no_grad()

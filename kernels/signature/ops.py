@@ -70,6 +70,8 @@ def _last_layer(x: torch.Tensor, hasher, role: str):
 def _launch(inputs4: torch.Tensor, weight, bias, per_head: bool, n_bits: int, pool: int,
             route: tuple[int, int, int] | None = None):
     """Run the kernel on ``inputs4 (b, h, n, k)``; returns ``(words (b, h, g, w), buckets | None)``."""
+    if route is None and torch.compiler.is_compiling():  # one opaque op in the graph (no trace of the launch)
+        return torch.ops.vidhash.signatures(inputs4, weight, bias, per_head, n_bits, pool), None
     b, h, n, k = inputs4.shape
     if per_head and weight.shape[0] != h:
         raise ValueError(f"the hasher has {weight.shape[0]} heads, the input {h}")
@@ -94,6 +96,24 @@ def _launch(inputs4: torch.Tensor, weight, bias, per_head: bool, n_bits: int, po
         num_warps=4,
     )
     return out, (buckets if route else None)
+
+
+def _signatures_kernel(inputs4: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, per_head: bool,
+                       n_bits: int, pool: int) -> torch.Tensor:
+    bias = bias.contiguous() if bias is not None else None  # (a compiled graph may hand the op other strides)
+    return _launch(inputs4, weight.contiguous(), bias, per_head, n_bits, pool)[0]
+
+
+_signatures_op = torch.library.custom_op(
+    "vidhash::signatures", _signatures_kernel, mutates_args=(),
+    schema="(Tensor inputs4, Tensor weight, Tensor? bias, bool per_head, int n_bits, int pool) -> Tensor",
+)
+
+
+@_signatures_op.register_fake
+def _(inputs4, weight, bias, per_head, n_bits, pool):
+    b, h, n, _ = inputs4.shape
+    return inputs4.new_empty(b, h, -(-n // pool), num_words(n_bits), dtype=torch.int32)
 
 
 @torch.no_grad()

@@ -232,6 +232,63 @@ class _BlockSparseAttention(torch.autograd.Function):
 
 
 # --------------------------------------------------------------------------------------------
+# the same as custom ops, for torch.compile: opaque to dynamo, shapes from fake implementations
+# --------------------------------------------------------------------------------------------
+def _sparse_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, indices: torch.Tensor, block_size: int,
+                    query_block_size: int, causal: bool, sm_scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    selection = BlockSelection(indices, block_size, query_block_size, q.shape[-2], k.shape[-2], causal)
+    q, k, v = (_last_dim_contiguous(t) for t in (q, k, v))  # (again: a compiled graph may hand other strides)
+    return sparse_attention_forward(q, k, v, selection, sm_scale)
+
+
+def _sparse_backward(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
+                     lse: torch.Tensor, dlse: torch.Tensor | None, indices: torch.Tensor, block_size: int,
+                     query_block_size: int, causal: bool, sm_scale: float):
+    selection = BlockSelection(indices, block_size, query_block_size, q.shape[-2], k.shape[-2], causal)
+    return sparse_attention_backward(do, q, k, v, out, lse, dlse, selection, sm_scale)
+
+
+_forward_op = torch.library.custom_op(
+    "vidhash::sparse_attention", _sparse_forward, mutates_args=(),
+    schema="(Tensor q, Tensor k, Tensor v, Tensor indices, int block_size, int query_block_size, bool causal, "
+           "float sm_scale) -> (Tensor, Tensor)",
+)
+_backward_op = torch.library.custom_op(
+    "vidhash::sparse_attention_backward", _sparse_backward, mutates_args=(),
+    schema="(Tensor do, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, Tensor? dlse, Tensor indices, "
+           "int block_size, int query_block_size, bool causal, float sm_scale) -> (Tensor, Tensor, Tensor)",
+)
+
+
+@_forward_op.register_fake
+def _(q, k, v, indices, block_size, query_block_size, causal, sm_scale):
+    b, h, nq, _ = q.shape
+    return q.new_empty(b, h, nq, v.shape[-1]), q.new_empty(b, h, nq, dtype=torch.float32)
+
+
+@_backward_op.register_fake
+def _(do, q, k, v, out, lse, dlse, indices, block_size, query_block_size, causal, sm_scale):
+    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+
+
+def _setup_context(ctx, inputs, output):
+    q, k, v, indices, block_size, query_block_size, causal, sm_scale = inputs
+    ctx.save_for_backward(q, k, v, *output, indices)
+    ctx.meta = (block_size, query_block_size, causal, sm_scale)
+
+
+def _op_backward(ctx, dout, dlse):
+    q, k, v, out, lse, indices = ctx.saved_tensors
+    if dout is None:
+        dout = torch.zeros_like(out)
+    dq, dk, dv = torch.ops.vidhash.sparse_attention_backward(dout, q, k, v, out, lse, dlse, indices, *ctx.meta)
+    return dq, dk, dv, None, None, None, None, None
+
+
+_forward_op.register_autograd(_op_backward, setup_context=_setup_context)
+
+
+# --------------------------------------------------------------------------------------------
 # public functions
 # --------------------------------------------------------------------------------------------
 def block_sparse_attention_triton(
@@ -258,7 +315,11 @@ def block_sparse_attention_triton(
     if not sm_scale > 0 or sm_scale == float("inf"):
         raise ValueError(f"the Triton kernels need a positive finite scale, got {scale!r}")
     q, k, v = (_last_dim_contiguous(t) for t in (q, k, v))
-    out, lse = _BlockSparseAttention.apply(q, k, v, selection, sm_scale)
+    if torch.compiler.is_compiling():  # the custom op: one opaque node of the graph (and of its backward)
+        out, lse = torch.ops.vidhash.sparse_attention(q, k, v, selection.indices, selection.block_size,
+                                                      selection.query_block_size, bool(selection.causal), sm_scale)
+    else:
+        out, lse = _BlockSparseAttention.apply(q, k, v, selection, sm_scale)
     return (out, lse) if return_lse else out
 
 

@@ -53,27 +53,36 @@ def test_compile_fullgraph_cpu(make, density):
     assert torch.equal(out, eager)
 
 
+def _wan_head_dim_64(device, dtype):
+    """One Wan layer of head_dim 64 (a size the Triton kernels take), 192 video tokens: 12 blocks of 16
+    (tests/kernels/test_block_select_compile.py runs the same path on CPU under the interpreter)."""
+    torch.manual_seed(0)
+    model = WanTransformer3DModel(
+        patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=64, in_channels=4, out_channels=4,
+        text_dim=16, freq_dim=16, ffn_dim=32, num_layers=1, rope_max_seq_len=32,
+    ).eval().to(device, dtype)
+    inputs = dict(hidden_states=torch.randn(1, 4, 3, 16, 16), timestep=torch.tensor([500]),
+                  encoder_hidden_states=torch.randn(1, 6, 16))
+    return model, {k: v.to(device, dtype) if torch.is_floating_point(v) else v.to(device) for k, v in inputs.items()}
+
+
 @pytest.mark.gpu
 @needs_compile
 @pytest.mark.parametrize("compiler", ["eager", "inductor"])
-@pytest.mark.parametrize("density", [1.0, 0.25])
-def test_compile_fullgraph_cuda(density, compiler):
-    """The same on CUDA in bf16, where "auto" runs the Triton kernels: one graph, eager outputs
-    (inductor may fuse the surrounding ops: bf16 tolerance)."""
+@pytest.mark.parametrize("density, scorer", [(1.0, "pooled"), (0.25, "pooled"), (0.25, "simhash")])
+def test_compile_fullgraph_cuda(density, scorer, compiler):
+    """The same on CUDA in bf16, where "auto" runs the Triton kernels (simhash: the signature kernel
+    too): one graph; the eager outputs bitwise with the eager compiler, to bf16 tolerance with
+    inductor (which may fuse the surrounding ops)."""
     torch._dynamo.reset()
-    torch.manual_seed(0)
-    model = WanTransformer3DModel(  # head_dim 64: a size the Triton kernels take
-        patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=64, in_channels=4, out_channels=4,
-        text_dim=16, freq_dim=16, ffn_dim=32, num_layers=1, rope_max_seq_len=32,
-    ).eval().to("cuda", torch.bfloat16)
-    inputs = dict(hidden_states=torch.randn(1, 4, 3, 16, 16), timestep=torch.tensor([500]),
-                  encoder_hidden_states=torch.randn(1, 6, 16))  # 192 video tokens: 12 blocks of 16
-    inputs = {k: v.to("cuda", torch.bfloat16) if torch.is_floating_point(v) else v.to("cuda") for k, v in inputs.items()}
-    vidhash.enable_hash_attention(model, density=density, block_size=16)
+    model, inputs = _wan_head_dim_64("cuda", torch.bfloat16)
+    vidhash.enable_hash_attention(model, density=density, block_size=16, scorer=scorer)
     eager = run(model, inputs)
     compiled = torch.compile(model, fullgraph=True, backend=compiler)
     with torch.no_grad():
         out = compiled(**inputs)[0]
+    if compiler == "eager":
+        assert torch.equal(out, eager)
     assert rel_err(out, eager) < TOL[torch.bfloat16]
 
 

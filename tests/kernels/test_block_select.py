@@ -5,7 +5,7 @@ On CPU the kernel runs under ``TRITON_INTERPRET=1`` (see conftest.py) with tiny 
 import pytest
 import torch
 
-from vidhash.kernels.block_select.naive import forced_and_allowed, select_blocks
+from vidhash.kernels.block_select.naive import forced_and_allowed, max_forced_blocks_loop, select_blocks
 from vidhash.hashing import LearnedHash, SimHash
 from vidhash.kernels.block_select.ops import max_forced_blocks, select_blocks_triton
 from vidhash.kernels.ops import select_blocks_triton as exported
@@ -56,13 +56,25 @@ def test_select_blocks_learned_hash_per_head():
 
 
 def test_max_forced_blocks_closed_form():
+    """The loop over every query block against the forced masks; the few-block form against the loop."""
+    import itertools
+    import random
+
     for nq, nk in ((1, 77), (77, 77), (200, 90), (90, 200)):
         for bq, bk in ((16, 16), (64, 7), (32, 128)):
             for local, sink in ((0, 0), (1, 1), (3, 2)):
                 for causal in (False, True):
                     nqb = -(-nq // bq)
                     forced, _ = forced_and_allowed(torch.arange(nqb), nq, nk, bq, bk, local, sink, causal)
-                    assert max_forced_blocks(nq, nk, bq, bk, local, sink, causal) == int(forced.sum(-1).max())
+                    assert max_forced_blocks_loop(nq, nk, bq, bk, local, sink, causal) == int(forced.sum(-1).max())
+    for args in itertools.product([1, 5, 33, 97, 200], [1, 7, 40, 129, 300], [1, 3, 16, 24], [1, 3, 7, 16, 48],
+                                  [0, 1, 3], [0, 1, 5], [False, True]):
+        assert max_forced_blocks(*args) == max_forced_blocks_loop(*args), args
+    rng = random.Random(0)
+    for _ in range(500):  # long inputs, any sizes: the runs' boundaries far from both ends
+        args = (rng.randint(1, 5000), rng.randint(1, 5000), rng.randint(1, 128), rng.randint(1, 128),
+                rng.randint(0, 6), rng.randint(0, 6), rng.random() < 0.5)
+        assert max_forced_blocks(*args) == max_forced_blocks_loop(*args), args
 
 
 @pytest.mark.parametrize("bad", [dict(density=0.0), dict(block_size=0), dict(block_size=129), dict(local_blocks=-1)])

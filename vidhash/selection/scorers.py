@@ -27,17 +27,15 @@ Scorers (``s`` the softmax scale, ``x̄`` a block's mean over its tokens):
 """
 from __future__ import annotations
 
-import math
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from einops import rearrange
 
-from vidhash.kernels.block_select.naive import forced_and_allowed, max_forced_blocks
+from vidhash.kernels.block_select.naive import forced_and_allowed, num_kept_blocks
 from vidhash.kernels.signature.naive import block_signatures
 from vidhash.ops.checks import BlockSelection, check_block, check_count, check_density, check_qkv, resolve_scale
-from vidhash.ops.checks import num_kept as _num_kept
 from vidhash.hashing import default_hasher, hamming_similarity
 
 from .oracle import block_mass
@@ -218,13 +216,10 @@ def rank_top(score: torch.Tensor, forced: torch.Tensor, allowed: torch.Tensor, k
 
 def num_kept(nq: int, nk: int, *, density: float, block_size: int, query_block_size: int, local_blocks: int,
              sink_blocks: int, causal: bool, device=None) -> int:
-    """``kept`` of :func:`vidhash.attention.select_blocks` for these sizes."""
-    nkb = -(-nk // block_size)
-    kept = _num_kept(density, nkb)
-    if kept < nkb and (local_blocks or sink_blocks):
-        forced = max_forced_blocks(nq, nk, query_block_size, block_size, local_blocks, sink_blocks, causal)  # no host sync
-        kept = min(nkb, max(kept, forced))
-    return kept
+    """``kept`` of :func:`vidhash.attention.select_blocks` for these sizes (Python integers: no host
+    sync, one graph under ``torch.compile``)."""
+    return num_kept_blocks(nq, nk, density=density, block_size=block_size, query_block_size=query_block_size,
+                           local_blocks=local_blocks, sink_blocks=sink_blocks, causal=causal)
 
 
 @torch.no_grad()
