@@ -26,8 +26,9 @@ def _patch_language_once_per_launch():
     except ImportError:  # pragma: no cover - triton missing
         return
     executor, function = getattr(interp, "GridExecutor", None), getattr(interp, "InterpretedFunction", None)
-    if executor is None or function is None or getattr(function.__call__, "_vidhash_patched", False):
-        return
+    if (executor is None or function is None or not hasattr(function, "rewrite") or not hasattr(interp, "InterpreterError")
+            or getattr(function.__call__, "_vidhash_patched", False)):
+        return  # another triton than the one these shortcuts were written against (3.6): its own path
     tl = interp.tl
     launches = [0]  # launches in progress
 
@@ -85,7 +86,8 @@ def _reduce_blocks_with_branch_free_combines():
     except ImportError:  # pragma: no cover - triton missing
         return
     ops = getattr(interp, "ReduceOps", None)
-    if ops is None or getattr(ops.generic_reduce, "_vidhash_patched", False):
+    if (ops is None or not all(hasattr(ops, name) for name in ("generic_reduce", "unravel", "to_tensor"))
+            or getattr(ops.generic_reduce, "_vidhash_patched", False)):
         return
     element_loop = ops.generic_reduce
 
