@@ -35,7 +35,7 @@ from typing import NamedTuple
 
 import torch
 
-from vidhash.hashing import sig_signs
+from vidhash.hashing import LearnedHash, SimHash, sig_signs
 from vidhash.ops.checks import MemoryTable
 
 
@@ -157,6 +157,16 @@ def _dense_read(q: torch.Tensor, keys: torch.Tensor, vals: torch.Tensor, bias: t
     return torch.matmul(torch.exp(s - lse.unsqueeze(-1)), vals), lse
 
 
+def _query_signs(q: torch.Tensor, hasher, q_sig: torch.Tensor | None) -> torch.Tensor:
+    """±1 float32 ``(b, h, n, r)`` of the queries' signature bits: of ``q_sig`` when given, else of
+    ``hasher(q, role="query")`` — for the library's hashers (whose signature is
+    ``pack_bits(project(q) > 0)``) straight from the projection's signs, the same values without
+    packing and unpacking the bits."""
+    if q_sig is None and type(hasher) in (SimHash, LearnedHash):
+        return (hasher.project(q, role="query") > 0).to(torch.float32) * 2 - 1
+    return sig_signs(hasher(q, role="query") if q_sig is None else q_sig, hasher.n_bits)
+
+
 @torch.no_grad()
 def memory_attend_compact(table: MemoryTable, q: torch.Tensor, top_k: int, *, hasher, scale: float | None = None,
                           return_indices: bool = False, q_sig: torch.Tensor | None = None,
@@ -175,13 +185,11 @@ def memory_attend_compact(table: MemoryTable, q: torch.Tensor, top_k: int, *, ha
     acc = torch.float64 if q.dtype == torch.float64 else torch.float32
     n_bits = hasher.n_bits
     entries = cache.get(table, n_bits, acc) if cache is not None else filled_entries(table, n_bits, acc)
-    if q_sig is None:
-        q_sig = hasher(q, role="query")
     qf = q.reshape(b * h, n, d).to(acc)
-    q_signs = sig_signs(q_sig.reshape(b * h, n, -1), n_bits)
+    q_signs = _query_signs(q, hasher, q_sig).reshape(b * h, n, n_bits)
     out = torch.zeros(b * h, n, d, dtype=acc)
     lse = torch.full((b * h, n), float("-inf"), dtype=acc if acc == torch.float64 else torch.float32)
-    idx = torch.full((b * h, n, kk), -1, dtype=torch.int64)
+    idx = torch.full((b * h, n, kk), -1, dtype=torch.int64) if return_indices else None
     for i, e in enumerate(entries):
         if e is None:
             continue

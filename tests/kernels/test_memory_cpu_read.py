@@ -68,3 +68,25 @@ def test_memory_attend_reads_through_its_cache_and_copies_without_it():
     assert_bitwise(copy.deepcopy(mem).attend(q, top_k=8), first)
     assert copy.deepcopy(mem)._read_cache._key is None
     assert pickle.loads(pickle.dumps(mem))._read_cache._key is None
+
+
+def test_query_signs_from_the_projection_equal_the_packed_signatures():
+    """SimHash and LearnedHash queries are signed from their projection directly; any other hasher
+    (here a wrapper) and given ``q_sig`` through the packed words: the same read."""
+    from vidhash.hashing import LearnedHash
+
+    class Wrapped:  # a hasher the read does not know: only called
+        def __init__(self, inner):
+            self.inner, self.n_bits = inner, inner.n_bits
+
+        def __call__(self, x, role="key"):
+            return self.inner(x, role=role)
+
+    mem = merge_memory(150)
+    q = torch.randn(2, 3, 7, 24)
+    for hasher in (mem.hasher, LearnedHash(24, 32, heads=3, hidden=16, seed=1)):
+        plain = cpu.memory_attend_compact(mem.table, q, 20, hasher=hasher, return_indices=True)
+        assert_bitwise(cpu.memory_attend_compact(mem.table, q, 20, hasher=Wrapped(hasher), return_indices=True), plain)
+        given = cpu.memory_attend_compact(mem.table, q, 20, hasher=hasher, return_indices=True,
+                                          q_sig=hasher(q, role="query"))
+        assert_bitwise(given, plain)
