@@ -94,6 +94,9 @@ class ReadCache:
 
     def get(self, table: MemoryTable, n_bits: int, acc: torch.dtype) -> list[FilledEntries | None]:
         parts = (table.keys, table.values, table.signatures, table.counts)
+        if any(t.is_inference() for t in parts):  # made under torch.inference_mode: no version counter to
+            self._refs, self._key = (), None      # see a change by, so nothing is kept
+            return filled_entries(table, n_bits, acc)
         key = (n_bits, acc, *(t._version for t in parts))
         if key != self._key or len(self._refs) != len(parts) or any(r() is not t for r, t in zip(self._refs, parts)):
             self._key, self._entries = None, filled_entries(table, n_bits, acc)

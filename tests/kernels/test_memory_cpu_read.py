@@ -90,3 +90,17 @@ def test_query_signs_from_the_projection_equal_the_packed_signatures():
         given = cpu.memory_attend_compact(mem.table, q, 20, hasher=hasher, return_indices=True,
                                           q_sig=hasher(q, role="query"))
         assert_bitwise(given, plain)
+
+
+def test_a_memory_made_under_inference_mode_is_read_without_a_cache():
+    """Inference tensors have no version counter: every read rebuilds the filled entries (and a
+    write in between is seen)."""
+    q = torch.randn(2, 3, 5, 24)
+    with torch.inference_mode():
+        mem = merge_memory(150)
+        cache = cpu.ReadCache()
+        first = read(mem, q, 16, cache)
+        assert_bitwise(first, read(mem, q, 16))
+        mem.write(torch.randn(2, 3, 40, 24), torch.randn(2, 3, 40, 24), 9)
+        assert_bitwise(read(mem, q, 16, cache), read(mem, q, 16))
+        assert cache._key is None
