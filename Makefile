@@ -56,7 +56,8 @@ test-wheel: $(STAMP)
 	$(PY) -m pytest -q -x --timeout=900 -m wheel tests/packaging
 
 # The lower bounds of pyproject.toml: a separate venv with every dependency at its floor's series
-# (tests/packaging/floors.py; torch stays at TORCH: PyPI has no CPU wheel of its floor) and the
+# (tests/packaging/floors.py; torch stays at TORCH: PyPI has no CPU wheel of its floor, checked by a
+# recorded run in docs/log/2026-12-03-torch-floor.md) and the
 # quick tests that touch diffusers, accelerate and the file formats.
 FLOOR_VENV  ?= .venv-floors
 FLOOR_TESTS ?= tests/test_imports.py tests/pipelines/test_generation_config.py tests/integrations \

@@ -144,3 +144,32 @@ def test_hamming_similarity_matches_xor_popcount(n_bits):
     assert got.dtype == torch.int32 and torch.equal(got, want)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert torch.equal(hamming_similarity(a, b, n_bits), want)
+
+
+def test_default_hasher_is_cached_per_device_with_the_same_planes():
+    from vidhash.hashing import default_hasher
+
+    h = default_hasher(16)
+    assert h is default_hasher(16, device="cpu") and h.planes.device.type == "cpu"
+    assert torch.equal(h.planes, SimHash(16, 32, seed=0).planes)
+    assert default_hasher(16, 64) is not h
+
+
+@pytest.mark.gpu
+def test_hash_attention_on_cuda_copies_nothing_from_the_host():
+    """The default hasher lives on the tensors' device: a call copies no planes host → device (a
+    pageable copy per call synchronised the stream once per attention call, 2026-12-03)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from vidhash import hash_attention
+    from vidhash.hashing import default_hasher
+
+    assert torch.equal(default_hasher(64, device="cuda").planes.cpu(), default_hasher(64).planes)
+    q = torch.randn(1, 2, 512, 64, device="cuda", dtype=torch.bfloat16)
+    hash_attention(q, q, q, density=0.25, block_size=64)  # compile, autotune, cache
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        hash_attention(q, q, q, density=0.25, block_size=64)
+        torch.cuda.synchronize()
+    copies = [e.name for e in prof.events() if "HtoD" in e.name]
+    assert not copies, copies

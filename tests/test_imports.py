@@ -182,10 +182,10 @@ def test_kernels_import_nothing_that_imports_the_kernels(graph):
 
 
 def test_references_and_package_inits_import_without_triton(graph):
-    """kernels/__init__.py, the folders' __init__.py and every naive.py: no triton, directly or not."""
+    """The kernel folders' __init__.py and every naive.py: no triton, directly or not."""
     edges, external = graph
     light = sorted(m for m, (_, is_pkg) in module_files().items() if m.startswith(KERNELS) and (is_pkg or m.endswith(".naive")))
-    assert len(light) >= 9  # vidhash.kernels, four folders, four references
+    assert len(light) >= 9  # five folders, five references
     for mod in light:
         using = sorted(m for m in {mod} | reach(edges, mod) if "triton" in external[m])
         assert not using, f"{mod} reaches triton through {using}"
@@ -216,11 +216,34 @@ def test_vidhash_runs_without_triton():
     assert res.returncode == 0 and res.stdout.strip() == "ok", res.stderr[-2000:]
 
 
+def test_a_foreign_kernels_package_is_not_shadowed(tmp_path):
+    """Another top-level package named ``kernels`` (Hugging Face's, which transformers and peft
+    import) is found as itself from the repository root, where the root is on ``sys.path``; our
+    ``kernels/`` is still ``vidhash.kernels`` (it has no ``__init__.py``: kernels/README.md)."""
+    assert not (ROOT / "kernels" / "__init__.py").exists()
+    foreign = tmp_path / "site" / "kernels"
+    foreign.mkdir(parents=True)
+    (foreign / "__init__.py").write_text("FOREIGN = True\n")
+    code = textwrap.dedent("""
+        import sys
+        sys.path.insert(0, "")  # the repository root first, as `python -m` and pytest put it
+        import vidhash.kernels.ops as ops, vidhash.kernels.memory.naive
+        import kernels
+        assert getattr(kernels, "FOREIGN", False), kernels
+        assert ops.__file__.startswith(sys.argv[1]), ops.__file__
+        print("ok")
+    """)
+    env = {**__import__("os").environ, "PYTHONPATH": str(tmp_path / "site")}
+    res = subprocess.run([sys.executable, "-c", code, str(ROOT)], capture_output=True, text=True, cwd=ROOT,
+                         env=env, timeout=300)
+    assert res.returncode == 0 and res.stdout.strip() == "ok", res.stderr[-2000:]
+
+
 def test_pyproject_packages_every_package_and_config():
     tomllib = pytest.importorskip("tomllib")
     tool = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
     assert tool["package-dir"] == {package: folder for folder, package in FOLDERS.items()}
-    on_disk = {name for name, (_, is_pkg) in module_files().items() if is_pkg}
+    on_disk = {name for name, (_, is_pkg) in module_files().items() if is_pkg} | {KERNELS}  # a namespace package
     listed = set(tool["packages"])
     assert on_disk == listed, f"packages on disk but not in pyproject.toml: {sorted(on_disk - listed)}; listed but absent: {sorted(listed - on_disk)}"
     patterns = tool["package-data"]["vidhash.configs"]

@@ -11,9 +11,10 @@ import os as _os
 # vidhash/ (pyproject.toml maps them); a source tree (an editable install, or PYTHONPATH=<repo>)
 # does not, so the repository root joins this package's search path: vidhash.kernels is then
 # <repo>/kernels. Set before the imports below, which need vidhash.kernels. (pyproject.toml
-# explains the layout.)
+# explains the layout.) kernels/ has no __init__.py on purpose (kernels/README.md): a namespace
+# portion never shadows another top-level package named `kernels` (Hugging Face's).
 _root = _os.path.dirname(_os.path.dirname(_os.path.abspath(__file__)))
-if not _os.path.isdir(_os.path.join(__path__[0], "kernels")) and _os.path.isfile(_os.path.join(_root, "kernels", "__init__.py")):
+if not _os.path.isdir(_os.path.join(__path__[0], "kernels")) and _os.path.isfile(_os.path.join(_root, "kernels", "ops.py")):
     __path__.append(_root)
 
 from .attention import (  # noqa: E402 (after the search path)

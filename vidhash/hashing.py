@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 
 MAX_BITS = 256
 _MASK32 = 0xFFFFFFFF
-_DEFAULT_HASHERS: dict[tuple[int, int], "SimHash"] = {}
+_DEFAULT_HASHERS: dict[tuple[int, int, str], "SimHash"] = {}
 
 
 def _check_bits(n_bits: int) -> int:
@@ -224,12 +224,15 @@ class SimHash(nn.Module):
         return pack_bits(self.project(x, role) > 0)
 
 
-def default_hasher(head_dim: int, n_bits: int = 32) -> SimHash:
+def default_hasher(head_dim: int, n_bits: int = 32, device: torch.device | str | None = None) -> SimHash:
     """The SimHash block selection uses when none is given (seed 0, shared across heads),
-    cached per size."""
-    key = (head_dim, n_bits)
+    cached per size and device. Its planes live on ``device`` (default CPU): a CPU hasher used on
+    CUDA tensors copies its planes to the GPU at every call, a pageable copy that waits for the
+    stream — one host-device synchronisation per attention call (measured on wan-mini, H200)."""
+    dev = torch.device("cpu" if device is None else device)
+    key = (head_dim, n_bits, str(dev))
     if key not in _DEFAULT_HASHERS:
-        _DEFAULT_HASHERS[key] = SimHash(head_dim, n_bits, seed=0)
+        _DEFAULT_HASHERS[key] = SimHash(head_dim, n_bits, seed=0).to(dev)  # same planes, drawn on the CPU
     return _DEFAULT_HASHERS[key]
 
 

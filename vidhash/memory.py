@@ -72,6 +72,7 @@ from .ops.backend import resolve_backend, triton_ops
 from .ops.checks import MemoryTable
 
 POLICIES = ("fifo", "merge")
+READ_SELECTS = ("candidates", "levels")  # HashedMemory.attend(select=...): the Triton read's two top-k kernels
 
 COMPACT_READ_MIN_CAPACITY = 4096
 """Entries per head from which ``backend="auto"`` reads a CPU memory by the compact read
@@ -458,7 +459,7 @@ class HashedMemory(nn.Module):
         return (self.mass().to(dtype).log() - math.log(mass_cap)).clamp_min(0.0).unsqueeze(-1)
 
     def attend(self, q: torch.Tensor, top_k: int | None = None, *, scale: float | None = None,
-               return_indices: bool = False, backend: str = "auto", mass_cap: int = 0):
+               return_indices: bool = False, backend: str = "auto", mass_cap: int = 0, select: str = "candidates"):
         """Attention of ``q (b, h, n, d)`` over its ``top_k`` most similar entries (None: every
         entry); ``top_k`` and ``mass_cap`` are a :class:`MemoryRead`.
 
@@ -473,15 +474,21 @@ class HashedMemory(nn.Module):
         dense attention over the whole memory, without signatures or top-k — the same result.
         ``mass_cap > 0`` lowers lse by :meth:`mass_penalty` (``out`` is unchanged: it only
         matters once merged with other attention by log-sum-exp); 0 leaves it as read.
+        ``select``: how the Triton read finds the top-k — ``"candidates"`` or ``"levels"``
+        (:func:`~vidhash.kernels.memory.ops.memory_select_levels`); the same entries, so the other
+        paths ignore it.
         """
         self._check(q, "q")
         read = MemoryRead(top_k, mass_cap)  # validates both
-        res = self._attend(q, read.top_k_for(self.capacity), scale, return_indices, backend)
+        if select not in READ_SELECTS:
+            raise ValueError(f"select must be one of {READ_SELECTS}, got {select!r}")
+        res = self._attend(q, read.top_k_for(self.capacity), scale, return_indices, backend, select)
         if read.mass_cap:
             res = (res[0], res[1] - self.mass_penalty(read.mass_cap, res[1].dtype), *res[2:])
         return res
 
-    def _attend(self, q: torch.Tensor, top_k: int | None, scale: float | None, return_indices: bool, backend: str):
+    def _attend(self, q: torch.Tensor, top_k: int | None, scale: float | None, return_indices: bool, backend: str,
+                select: str = "candidates"):
         if top_k is None and not return_indices and backend != "triton":
             # every entry is read: dense attention over the whole memory, without signatures or
             # top-k (the same result; at generation sizes also the fastest on a GPU: 0.145 ms
@@ -494,7 +501,7 @@ class HashedMemory(nn.Module):
                 with torch.no_grad():
                     q_sig = self.hasher(q, role="query")
             return triton_ops().memory_attend(self.table, q, top_k, hasher=self.hasher, scale=scale,
-                                              return_indices=return_indices, q_sig=q_sig)
+                                              return_indices=return_indices, q_sig=q_sig, select=select)
         if backend == "auto" and self._compact_read(q):
             return cpu.memory_attend_compact(self.table, q, top_k, hasher=self.hasher, scale=scale,
                                              return_indices=return_indices, cache=self._read_cache)

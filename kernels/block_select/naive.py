@@ -104,7 +104,7 @@ def select_blocks(
     bq = check_block("query_block_size", query_block_size if query_block_size is not None else block_size)
     check_count("local_blocks", local_blocks)
     check_count("sink_blocks", sink_blocks)
-    hasher = hasher if hasher is not None else default_hasher(q.shape[-1])
+    hasher = hasher if hasher is not None else default_hasher(q.shape[-1], device=q.device)
     n_bits = hasher.n_bits
     nq, nk = q.shape[-2], k.shape[-2]
     nqb, nkb = -(-nq // bq), -(-nk // bk)

@@ -15,6 +15,8 @@ name in ``naive.py``:
   MLP signature).
 * :func:`memory_select` — per query, the ``k`` entries the reference read keeps, int32
   ``(b, h, n, k)`` in entry order, ``-1`` where fewer than ``k`` entries exist.
+* :func:`memory_select_levels` — the same indices by counts per similarity level and one emit
+  pass (no candidate lists; ``memory_attend(select="levels")``, kernels/memory/NOTES.md).
 * :func:`memory_attend` — the read: ``(out, lse)`` with gradients to ``q``
   (``return_indices=True`` adds the indices in the reference's order).
 
@@ -36,11 +38,17 @@ from vidhash.ops.checks import MemoryTable
 from .kernel import (
     attend_bwd_kernel,
     attend_fwd_kernel,
+    block_count_kernel,
     candidates_kernel,
     candidates_kernel_tuned,
+    compact_bits_kernel,
     fifo_rank_kernel,
     fifo_scatter_kernel,
+    level_count_kernel,
+    level_emit_kernel,
+    level_expand_kernel,
     merge_write_kernel,
+    query_operand_kernel,
     select_kernel,
 )
 
@@ -48,6 +56,9 @@ SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 MERGE_DTYPES = SUPPORTED_DTYPES + (torch.float64,)  # the merge write accumulates in float64 for float64 memories
 PROBE_MAX_K = 256  # larger top_k: no probe, every query scans all entries in the select kernel
 GROUP = 16  # entries per candidate group on the GPU (a chunk of BC entries holds BC // GROUP)
+SELECTS = ("candidates", "levels")  # memory_attend(select=...): the two selection paths (same result)
+LEVEL_MAX_BITS = 125  # the levels select counts levels in byte lanes of int32s: similarities up to 125
+LEVEL_STEPS = ("prepare", "window", "count", "emit")  # memory_select_levels(_until=...): benchmarks time its steps
 
 
 def _rows(table: MemoryTable):
@@ -235,6 +246,177 @@ def memory_select(table: MemoryTable, q: torch.Tensor, top_k: int, *, hasher, q_
     return idx
 
 
+def _closing_passes(n_bits: int, levels_per_pass: int) -> int:
+    """Counting passes that close any bracket of threshold levels (``n_bits + 1`` open at most):
+    a pass over ``s`` open levels leaves ``ceil(s / levels_per_pass) − 1``."""
+    s, passes = n_bits + 1, 0
+    while s > 0:
+        s, passes = -(-s // levels_per_pass) - 1, passes + 1
+    return passes
+
+
+def _level_passes(probe_stride: int, n_bits: int) -> tuple[list[tuple[int, int, bool, bool]], int]:
+    """The counting passes of the levels select as ``(registers of 3 levels, sample stride,
+    window, closing)``, and the index of the window pass: a coarse probe over every ``4·probe_stride``-th
+    filled entry (12 levels spread over the bracket), a finer one over every ``probe_stride``-th
+    (12 levels around the first's estimate), the window pass (6 levels around the second's),
+    then passes that split what is still open 9 ways until every bracket of ``n_bits + 1``
+    levels would be closed (two for 32 bits). ``probe_stride=0``: only the splitting passes."""
+    closing = [(3, 1, False, True)] * _closing_passes(n_bits, 9)
+    if not probe_stride:
+        return [(3, 1, False, False)] + closing[1:], 0
+    return [(4, 4 * probe_stride, False, False), (4, probe_stride, True, False), (2, 1, True, False)] + closing, 2
+
+
+def _level_ranges(q: torch.Tensor, programs: int, c: int, bc: int, ranges: int | None) -> int:
+    """Entry ranges per (query tile, row) for the levels select's passes: given, or on a GPU
+    enough to put two programs on every SM (at least 4 chunks of ``bc`` entries per range) —
+    1 at the bench shape (384 tiles), ~22 for 256 queries × 3 heads."""
+    if ranges is not None:
+        if not isinstance(ranges, int) or isinstance(ranges, bool) or ranges < 1:
+            raise ValueError(f"ranges must be a positive int or None, got {ranges!r}")
+        return ranges
+    if q.device.type != "cuda":
+        return 1
+    sms = torch.cuda.get_device_properties(q.device).multi_processor_count
+    return max(1, min(triton.cdiv(2 * sms, max(1, programs)), triton.cdiv(c, 4 * bc)))
+
+
+def _level_operands(sigs, counts, q_sig, n_bits: int, kp: int):
+    """The scoring operands of the levels select: each row's filled entries packed to the front
+    (entry order) as int8 bits ``(r, c, kp)``, with their signatures ``(r, c, w)`` and entry ids
+    ``(r, c)``, and the number of filled entries per row ``(r,)``; the queries as int8 ``±1``
+    ``(rows, kp)`` with ``n_bits − |q|`` per query. Positions: filled entries per block of
+    ``be`` (a kernel), their running sum over the blocks (a short ``cumsum``), the rest in the
+    block (``tl.cumsum``)."""
+    r, c, nw = sigs.shape
+    rows, dev, interp = q_sig.numel() // nw, sigs.device, interpreting()
+    be = 32 if interp else 256
+    nb = triton.cdiv(c, be)
+    blk = torch.empty(r, nb, dtype=torch.int32, device=dev)
+    block_count_kernel[(nb, r)](counts, blk, c, nb, BE=be, num_warps=4)
+    incl = torch.cumsum(blk, dim=1, dtype=torch.int32)
+    bits = torch.empty(r, c, kp, dtype=torch.int8, device=dev)
+    sigc = torch.empty(r, c, nw, dtype=torch.int32, device=dev)
+    emap = torch.empty(r, c, dtype=torch.int32, device=dev)
+    nv = torch.empty(r, dtype=torch.int32, device=dev)
+    compact_bits_kernel[(nb, r)](sigs, counts, incl, bits, emap, sigc, nv, c, nb, n_bits, NW=nw, KP=kp, BE=be, num_warps=4)
+    qa = torch.empty(rows, kp, dtype=torch.int8, device=dev)
+    off = torch.empty(rows, dtype=torch.int32, device=dev)
+    query_operand_kernel[(triton.cdiv(rows, 64),)](q_sig, qa, off, rows, n_bits, NW=nw, KP=kp, BR=64, num_warps=4)
+    return bits, sigc, emap, nv, qa, off
+
+
+@torch.no_grad()
+def memory_select_levels(table: MemoryTable, q: torch.Tensor, top_k: int, *, hasher, q_sig: torch.Tensor | None = None,
+                         probe_stride: int = 8, ranges: int | None = None, _state: bool = False,
+                         _until: str | None = None):
+    """:func:`memory_select` by counts per similarity level (``select="levels"``): the same indices
+    (int32 ``(b, h, n, min(top_k, c))``, entry order, ``-1`` padded), no candidate lists.
+
+    1. The filled entries of each row, in entry order, packed to the front as int8 bits
+       (:func:`~vidhash.kernels.memory.kernel.compact_bits_kernel`): every later pass costs the
+       filled entries only; the queries as ``±1`` int8 (``query_operand_kernel``).
+    2. Per query, the threshold level ``T`` (similarity of its ``top_k``-th entry) and how many
+       entries lie above it, from exact counts of the entries at or above a few levels per pass
+       (:func:`~vidhash.kernels.memory.kernel.level_count_kernel`: scores on the int8 tensor
+       cores, 3 levels per int32 compare-and-sum). A coarse probe over every
+       ``4·probe_stride``-th filled entry and a finer one over every ``probe_stride``-th estimate
+       ``T``; one pass over every entry counts the 6 levels around the estimate, which closes
+       ``T`` unless the estimate was off by more than 2; passes that split what is still open
+       follow (a tile whose queries are all closed returns at once). ``probe_stride=0``: no
+       probe, coarse-to-fine passes over every entry (two for 32 bits). Each pass runs over
+       ``ranges`` ranges of the filled entries per query tile (default: enough programs for the
+       GPU — one range at the bench shape, ~22 for 256 queries × 3 heads); its counts per range
+       are summed by the next pass, which applies them to the state first.
+    3. One emit pass (:func:`~vidhash.kernels.memory.kernel.level_emit_kernel`): per query and
+       entry range, the words of consecutive filled entries whose best score is above ``T``, and
+       the range's first words whose best is ``T`` (at most ``top_k`` words per range).
+    4. Per query, the entries of those words scored exactly: above ``T``, then the lowest entries
+       at ``T``, in entry order (:func:`~vidhash.kernels.memory.kernel.level_expand_kernel`).
+
+    ``probe_stride`` and ``ranges`` change the speed, never the result. ``_state`` (tests, benchmarks) also
+    returns the per-query ``(lo, hi, above, words)``, where ``lo == hi == T``; ``_until``
+    (benchmarks: ``"prepare"``, ``"window"`` — after the probes and the window pass —, ``"count"``,
+    ``"emit"``) stops after that step and returns that state."""
+    check_device(q)
+    b, h, n, d = q.shape
+    c, n_bits = table.capacity, hasher.n_bits
+    if n_bits > LEVEL_MAX_BITS:
+        raise ValueError(f"select='levels' counts similarities of at most {LEVEL_MAX_BITS} bits, the memory has n_bits={n_bits}")
+    if not isinstance(probe_stride, int) or probe_stride < 0:
+        raise ValueError(f"probe_stride must be an int ≥ 0 (0 = no probe), got {probe_stride!r}")
+    kk = min(int(top_k), c)
+    if q_sig is None:
+        q_sig = signatures_triton(q, hasher, role="query")
+    q_sig = q_sig.contiguous()
+    _, _, sigs, _, counts, _ = _rows(table)
+    nw, r = sigs.shape[-1], b * h
+    rows = r * n
+    idx = torch.empty(b, h, n, kk, dtype=torch.int32, device=q.device)
+    if rows == 0 or kk == 0:
+        none = torch.zeros(rows, dtype=torch.int32, device=q.device)
+        return (idx, none, none, none, none) if _state else idx
+    if _until is not None and _until not in LEVEL_STEPS:
+        raise ValueError(f"_until must be one of {LEVEL_STEPS} or None, got {_until!r}")
+    interp = interpreting()
+    bq, bc = (16, 16) if interp else (64, 128)
+    # 1. filled entries packed to the front as int8 bits, queries as ±1 int8 (the dot's K: a power of two ≥ 32)
+    kp = max(32, triton.next_power_of_2(n_bits))
+    bits, sigc, emap, nv, qa, off = _level_operands(sigs, counts, q_sig, n_bits, kp)
+    none = torch.zeros(rows, dtype=torch.int32, device=q.device) if _until else None
+    if _until == "prepare":
+        return none, none, none, none
+    # 2. threshold level per query: the counting passes (pass p settles pass p − 1 and stores st[p])
+    ranges = _level_ranges(q, triton.cdiv(n, bq) * r, c, bc, ranges)
+    # closing passes run for the few tiles the window missed: split finer, or one such tile scans
+    # all its entries alone (0.2 ms per pass on the H200); not too fine either — every program of
+    # a closed tile still starts (127 registers: 3 CTAs per SM) to find that out
+    closing_ranges = max(ranges, min(16, triton.cdiv(c, 4 * bc)))
+    passes, window_pass = _level_passes(probe_stride, n_bits)
+    spans = [closing_ranges if closing else ranges for *_, closing in passes]
+    rmax = max(spans)
+    st = torch.empty(len(passes) + 1, 4, rows, dtype=torch.int32, device=q.device)  # lo, hi, above, est
+    part = torch.empty(2, rmax, rows, 16, dtype=torch.int32, device=q.device)  # a pass's counts per range
+    tiles = (triton.cdiv(n, bq), r)
+    args = (qa, off, bits, nv, st, part)
+    consts = dict(KP=kp, BQ=bq, BC=bc, num_warps=4, num_stages=1 if interp else 3)
+
+    def prev_of(p):  # what pass p settles: the constants and ranges of pass p - 1
+        nreg, sample, window, _ = passes[p - 1] if p else (1, 1, False, False)
+        return dict(PNREG=nreg, PSAMPLE=sample, PWINDOW=window), spans[p - 1] if p else 1
+
+    def settle(p):  # the state after pass p - 1, as st[p] (benchmarks' step timings)
+        pc, pr = prev_of(p)
+        level_count_kernel[tiles + (1,)](*args, p, n, c, n_bits, kk, 1, pr, rmax, rows, NREG=1, SAMPLE=1, WINDOW=False,
+                                         FIRST=False, COUNT=False, **pc, **consts)
+        return (*st[p, :3], none)
+
+    for p, (nreg, sample, window, _) in enumerate(passes):
+        pc, pr = prev_of(p)
+        level_count_kernel[tiles + (spans[p],)](*args, p, n, c, n_bits, kk, spans[p], pr, rmax, rows, NREG=nreg,
+                                                SAMPLE=sample, WINDOW=window, FIRST=p == 0, **pc, **consts)
+        if _until == "window" and p == window_pass:
+            return settle(p + 1)
+    if _until == "count":
+        return settle(len(passes))
+    # 3. emit: the words holding each query's selection, per entry range (settles the last pass: st[-1])
+    g = bc // 8  # a word: half the entries one thread holds in the tensor cores' accumulator layout
+    words = torch.empty(rows * ranges, kk, dtype=torch.int32, device=q.device)
+    nitems = torch.empty(rows * ranges, dtype=torch.int32, device=q.device)
+    pc, pr = prev_of(len(passes))
+    level_emit_kernel[tiles + (ranges,)](*args, len(passes), words, nitems, n, c, n_bits, kk, ranges, pr, rmax, rows,
+                                         KP=kp, BQ=bq, BC=bc, USE_POPC=not interp, **pc, num_warps=4,
+                                         num_stages=1 if interp else 3)
+    lo, hi, above, _ = st[-1]
+    if _until == "emit":
+        return lo, hi, above, nitems.view(rows, ranges).sum(1)
+    # 4. their entries, exactly
+    level_expand_kernel[(rows,)](q_sig, sigc, emap, nv, st[-1], words, nitems, idx, n, c, n_bits, kk, ranges,
+                                 NW=nw, G=g, BW=4 if interp else 16, USE_POPC=not interp, num_warps=1 if not interp else 4)
+    return (idx, lo, hi, above, nitems.view(rows, ranges).sum(1)) if _state else idx
+
+
 def _attend_launch(kernel, q, keys, values, counts, idx, scale, *extra):
     b, h, n, d = q.shape
     c = keys.shape[1]
@@ -287,15 +469,20 @@ def _reference_order(table: MemoryTable, n_bits: int, q_sig: torch.Tensor, idx: 
 
 
 def memory_attend(table: MemoryTable, q: torch.Tensor, top_k: int, *, hasher, scale: float | None = None,
-                  return_indices: bool = False, q_sig: torch.Tensor | None = None):
+                  return_indices: bool = False, q_sig: torch.Tensor | None = None, select: str = "candidates"):
     """``naive.memory_attend`` with the kernels: ``(out (b, h, n, d), lse (b, h, n))`` in
-    float32 lse, gradients to ``q``; ``return_indices`` adds int64 ``(b, h, n, k)``."""
+    float32 lse, gradients to ``q``; ``return_indices`` adds int64 ``(b, h, n, k)``. ``select``:
+    ``"candidates"`` (:func:`memory_select`) or ``"levels"`` (:func:`memory_select_levels`) —
+    the same entries, by two kernels."""
+    if select not in SELECTS:
+        raise ValueError(f"select must be one of {SELECTS}, got {select!r}")
     check_device(q)
     check_dtypes(table, q)
     b, h, n, d = q.shape
     if q_sig is None:
         q_sig = signatures_triton(q, hasher, role="query")
-    idx = memory_select(table, q, top_k, hasher=hasher, q_sig=q_sig)
+    pick = memory_select_levels if select == "levels" else memory_select
+    idx = pick(table, q, top_k, hasher=hasher, q_sig=q_sig)
     keys, values, _, _, counts, _ = _rows(table)
     sc = 1.0 / math.sqrt(d) if scale is None else float(scale)
     out, lse = _MemoryAttend.apply(q, keys, values, counts, idx, sc)

@@ -40,20 +40,35 @@ def _tile_configs(with_block_n: bool, stages=(2, 3)):
     return cfgs
 
 
-def default_config(BK_PAD: int, D: int, BLOCK_M: int, with_block_n: bool) -> triton.Config:
+# Causal rows on an H200 (Triton 3.6, 2026-12-03): the forward gave wrong rows (max error 2.8-3.9,
+# fp32/bf16/fp16, key blocks of 16, query blocks 16 and 64) with every BLOCK_N=64 config and with
+# BLOCK_N=128 at 8 warps; BLOCK_N=128 at 4 warps was right (1e-7 fp32), non-causal right with all.
+# The interpreter is right with all, so the tests on a CPU cannot see it; root cause not found.
+# Until it is, causal launches keep to the configs measured right (kernels/sparse_attention/NOTES.md).
+_CAUSAL_SAFE = {"BLOCK_N": 128, "num_warps": 4}
+
+
+def default_config(BK_PAD: int, D: int, BLOCK_M: int, with_block_n: bool, causal: bool = False) -> triton.Config:
     """The config used without autotuning (``VIDHASH_AUTOTUNE=0``, and the interpreter)."""
-    meta = {"BLOCK_N": max(128 if D <= 64 else 64, BK_PAD)} if with_block_n else {}
+    meta = {"BLOCK_N": max(128 if D <= 64 or causal else 64, BK_PAD)} if with_block_n else {}
     if _INTERPRET:
         meta = {"BLOCK_N": max(32, BK_PAD)} if with_block_n else {}
         return triton.Config(meta, num_warps=4, num_stages=1)
     return triton.Config(meta, num_warps=4, num_stages=3 if D <= 64 else 2)
 
 
+def _causal_safe(config: triton.Config, bk_pad: int) -> bool:
+    return config.num_warps == _CAUSAL_SAFE["num_warps"] and config.kwargs.get("BLOCK_N") == max(_CAUSAL_SAFE["BLOCK_N"], bk_pad)
+
+
 def _prune_block_n(configs, named_args, **kwargs):
     """A step gathers ``BLOCK_N // BK_PAD`` whole key blocks: drop tiles smaller than a block;
-    under the interpreter keep only the smallest tile that fits."""
+    causal launches keep the configs measured right on the H200 (``_CAUSAL_SAFE``, where any
+    fits); under the interpreter keep only the smallest tile that fits."""
     bk_pad = kwargs.get("BK_PAD", named_args.get("BK_PAD", 1))
     ok = [c for c in configs if c.kwargs.get("BLOCK_N", bk_pad) >= bk_pad]
+    if kwargs.get("CAUSAL", named_args.get("CAUSAL", False)) and not _INTERPRET:
+        ok = [c for c in ok if _causal_safe(c, bk_pad)] or ok
     return ok[:1] if _INTERPRET else ok
 
 

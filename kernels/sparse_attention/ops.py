@@ -71,7 +71,7 @@ def _launch(kernel, grid, *args, **meta):
     if autotuning():
         return kernel[grid](*args, **meta)
     with_block_n = "BLOCK_N" in kernel.configs[0].kwargs
-    cfg = default_config(meta.get("BK_PAD", 1), meta["D"], meta["BLOCK_M"], with_block_n)
+    cfg = default_config(meta.get("BK_PAD", 1), meta["D"], meta["BLOCK_M"], with_block_n, bool(meta.get("CAUSAL", False)))
     return kernel.fn[grid](*args, **meta, **cfg.all_kwargs())
 
 

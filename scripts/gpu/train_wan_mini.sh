@@ -1,34 +1,54 @@
 #!/usr/bin/env bash
 # wan-mini (configs/train/wan_mini.yaml: diffusers' WanTransformer3DModel, 11.56M parameters,
 # 33 frames of 256×256 = 33,792 tokens per clip) trained by `vidhash train` in chained ~9-minute
-# calls on one H200.
-#   bash scripts/gpu/train_wan_mini.sh [MINUTES] [INIT] [key=value ...]     (run timeout_s=600)
+# calls on one H200; CFG=configs/train/wan_mini_sparse8.yaml (or _sparse16) trains the same model
+# with hash attention in every self-attention from the start (issue 17, point 3).
+#   [CFG=...] bash scripts/gpu/train_wan_mini.sh [MINUTES] [INIT] [key=value ...]     (run timeout_s=600)
+# The run's NAME is the last part of the config's out_dir (wan-mini, wan-mini-sparse8,
+# wan-mini-sparse16): checkpoints under /tmp/NAME, the export under $OUT/NAME — runs of different
+# configs never resume or overwrite each other (and a checkpoint or train_state.json of another
+# training attention is refused: the fingerprint holds the attention of a sparse run).
 # Where a call starts:
-#   * /tmp/wan/checkpoints on a warm machine (the previous call of this session): exact resume
-#     (--resume auto);
-#   * else INIT, a carried folder: a wan-mini export (train_state.json: warm start through
+#   * /tmp/NAME/checkpoints on a warm machine (the previous call of this config in this session):
+#     exact resume (--resume auto);
+#   * else INIT, a carried folder: an export of this run (train_state.json: warm start through
 #     init_from= — EMA weights into model and EMA, new AdamW moments re-warmed over
-#     optim.rewarm_steps, schedule and data position continued; exports of the old stand-in loop,
-#     e.g. .wan/wan-mini at step 705, included) or a full checkpoint folder (exact: --resume INIT);
+#     optim.rewarm_steps, schedule, data position and loss log continued; models/wan-mini, the
+#     stand-in loop's export at step 1396, included) or a full checkpoint folder (--resume INIT);
 #   * else a fresh run; budget_minutes (110) then fixes the schedule length from the measured step
 #     time after fit_after (40) steps, once, for all later calls (budget_minutes=N on the first call
 #     changes it; max_steps=N with budget_minutes=0 sets the length on any call).
-# CFG=... trains another config (default configs/train/wan_mini.yaml); key=value overrides follow INIT.
-# Back under $OUT (≤ 8 files, each ≤ 15 MiB): wan-mini/ (EMA weights in fp16, a WanMiniPipeline folder
-# loadable with WanTransformer3DModel.from_pretrained(wan-mini/transformer), plus train_state.json)
-# and loss.csv. The output tail holds the log rows (loss, lr, samples/s, peak GPU memory) and the
+# Back under $OUT (≤ 8 files, each ≤ 15 MiB): NAME/ (EMA weights in fp16, a WanMiniPipeline folder
+# loadable with WanTransformer3DModel.from_pretrained(NAME/transformer), plus train_state.json with
+# the loss log and, for a sparse run, "attention") and loss.csv. The output tail holds the log rows
+# (loss, lr, samples/s, peak GPU memory, val_loss at every 250 steps and each call's end) and the
 # summary (one JSON line).
-# Next session: copy $OUT/wan-mini into an ignored folder of the repo (e.g. .wan/wan-mini, with
-# `echo /.wan/ >> .git/info/exclude`), carry [".wan"] and pass INIT=.wan/wan-mini (~23 MB).
+# Next call: copy $OUT/NAME into an ignored folder of the repo (.wan/NAME, with
+# `echo /.wan/ >> .git/info/exclude`), carry [".whl", ".wan"] and pass INIT=.wan/NAME (~23 MB).
+#
+# Sparse from the start against dense at equal GPU time (both fit their cosine schedule to the same
+# budget_minutes, 110, from their own step time; elapsed_s counts every call's training seconds):
+#   dense, continuing its run:     bash scripts/gpu/train_wan_mini.sh 8.5 models/wan-mini      (first call)
+#                                  bash scripts/gpu/train_wan_mini.sh 8.5 .wan/wan-mini        (next calls)
+#   sparse 1/8, from scratch:      CFG=configs/train/wan_mini_sparse8.yaml bash scripts/gpu/train_wan_mini.sh 8.5
+#                                  CFG=configs/train/wan_mini_sparse8.yaml bash scripts/gpu/train_wan_mini.sh 8.5 .wan/wan-mini-sparse8
+#   sparse 1/16: the same with wan_mini_sparse16.yaml and .wan/wan-mini-sparse16.
+#   After any call (on this machine): vidhash bench train-compare .wan/wan-mini .wan/wan-mini-sparse8
+#   (GPU-seconds each needed to reach the dense run's final validation loss, the ratio; target ≤ 0.6).
 set -u
 source scripts/gpu/setup.sh || exit 1
 export PYTHONUNBUFFERED=1
 MIN=${1:-8.5}
 INIT=${2:-none}
 shift $(( $# > 2 ? 2 : $# ))
+CFG=${CFG:-configs/train/wan_mini.yaml}
+NAME=$(python3 -c "import sys; from pathlib import Path; from vidhash.training import load_train_config; \
+print(Path(load_train_config(sys.argv[1]).out_dir).name)" "$CFG") || { echo "cannot read $CFG"; exit 1; }
+RUN=/tmp/$NAME
+echo "config $CFG: run $NAME (checkpoints $RUN, export \$OUT/$NAME)"
 START=(--resume auto); WARM=()
-if [ -d /tmp/wan/checkpoints ]; then
-  echo "warm machine: resuming /tmp/wan"
+if [ -d "$RUN/checkpoints" ]; then
+  echo "warm machine: resuming $RUN"
 elif [ "$INIT" = none ]; then
   echo "cold machine: a fresh run"
 elif [ -f "$INIT/model_index.json" ] || [ -f "$INIT/train_state.json" ]; then
@@ -37,9 +57,9 @@ else
   echo "cold machine: resuming the checkpoint $INIT"; START=(--resume "$INIT")
 fi
 python3 -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name(0))"
-python3 -m vidhash.cli train "${CFG:-configs/train/wan_mini.yaml}" out_dir=/tmp/wan "export_dir=$OUT/wan-mini" \
+python3 -m vidhash.cli train "$CFG" "out_dir=$RUN" "export_dir=$OUT/$NAME" \
   "${WARM[@]}" "$@" "${START[@]}" --max-minutes "$MIN" --no-progress 2>&1 | grep --line-buffered -v -e Warning -e 'warnings.warn'
-cp /tmp/wan/loss.csv "$OUT/loss.csv"
-ls -la "$OUT" "$OUT/wan-mini/transformer"
+cp "$RUN/loss.csv" "$OUT/loss.csv"
+ls -la "$OUT" "$OUT/$NAME/transformer"
 echo "files under \$OUT: $(find "$OUT" -type f | wc -l) (≤ 8), largest $(find "$OUT" -type f -printf '%s\n' | sort -n | tail -1) bytes (≤ 15 MiB)"
 nvidia-smi --query-gpu=memory.used,memory.total --format=csv,noheader

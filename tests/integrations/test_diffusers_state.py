@@ -17,7 +17,7 @@ from vidhash.integrations.diffusers import (
 )
 from vidhash.integrations.hashers import FILE_NAME, load_hashers
 
-from diffusers_tiny import TOL, rel_err, run, tiny_cogvideox, tiny_ltx, tiny_wan
+from diffusers_tiny import TOL, needs_compile, rel_err, run, tiny_cogvideox, tiny_ltx, tiny_wan
 
 
 @pytest.fixture(autouse=True)
@@ -37,6 +37,7 @@ def _restore_active_backend():
     pytest.param(tiny_cogvideox, 0.25, id="cogvideox-sparse"),
     pytest.param(tiny_wan, "pooled", id="wan-sparse-pooled-scorer"),
 ])
+@needs_compile
 def test_compile_fullgraph_cpu(make, density):
     """fullgraph=True fails on any graph break (a Tensor.item(), a module built mid-graph): the
     drop-in's path traces as one graph, and the compiled model gives the eager outputs."""
@@ -50,6 +51,30 @@ def test_compile_fullgraph_cpu(make, density):
     with torch.no_grad():
         out = compiled(**inputs)[0]
     assert torch.equal(out, eager)
+
+
+@pytest.mark.gpu
+@needs_compile
+@pytest.mark.parametrize("compiler", ["eager", "inductor"])
+@pytest.mark.parametrize("density", [1.0, 0.25])
+def test_compile_fullgraph_cuda(density, compiler):
+    """The same on CUDA in bf16, where "auto" runs the Triton kernels: one graph, eager outputs
+    (inductor may fuse the surrounding ops: bf16 tolerance)."""
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model = WanTransformer3DModel(  # head_dim 64: a size the Triton kernels take
+        patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=64, in_channels=4, out_channels=4,
+        text_dim=16, freq_dim=16, ffn_dim=32, num_layers=1, rope_max_seq_len=32,
+    ).eval().to("cuda", torch.bfloat16)
+    inputs = dict(hidden_states=torch.randn(1, 4, 3, 16, 16), timestep=torch.tensor([500]),
+                  encoder_hidden_states=torch.randn(1, 6, 16))  # 192 video tokens: 12 blocks of 16
+    inputs = {k: v.to("cuda", torch.bfloat16) if torch.is_floating_point(v) else v.to("cuda") for k, v in inputs.items()}
+    vidhash.enable_hash_attention(model, density=density, block_size=16)
+    eager = run(model, inputs)
+    compiled = torch.compile(model, fullgraph=True, backend=compiler)
+    with torch.no_grad():
+        out = compiled(**inputs)[0]
+    assert rel_err(out, eager) < TOL[torch.bfloat16]
 
 
 def test_forced_block_budget_from_sizes_equals_the_masks():
@@ -154,7 +179,7 @@ def test_hashers_are_submodules_cast_with_the_model():
     inputs64 = {k: v.double() if v.is_floating_point() else v for k, v in inputs.items()}
     assert run(model, inputs64).dtype == torch.float64
     model.to(torch.float32)
-    vidhash.enable_hash_attention(model, density=0.25, block_size=4)  # default SimHash, shared
+    vidhash.enable_hash_attention(model, density=0.25, block_size=4, scorer="simhash")  # default SimHash, shared
     assert isinstance(model.blocks[0].attn1.get_submodule(HASHER_ATTR), SimHash)
     assert model.blocks[0].attn1.get_submodule(HASHER_ATTR) is model.blocks[1].attn1.get_submodule(HASHER_ATTR)
     vidhash.disable_hash_attention(model)
@@ -164,7 +189,7 @@ def test_hashers_are_submodules_cast_with_the_model():
 def test_default_hasher_equals_library_default():
     """The SimHash built at enable time is hash_attention's default (32 bits, seed 0)."""
     model, inputs = tiny_ltx()
-    vidhash.enable_hash_attention(model, density=0.25, block_size=4)
+    vidhash.enable_hash_attention(model, density=0.25, block_size=4, scorer="simhash")
     built = run(model, inputs)
     vidhash.enable_hash_attention(model, density=0.25, block_size=4, n_bits=32, seed=0)
     assert torch.equal(run(model, inputs), built)

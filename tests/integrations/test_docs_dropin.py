@@ -6,6 +6,8 @@ import pytest
 import torch
 from diffusers.models.attention_dispatch import _AttentionBackendRegistry
 
+from diffusers_tiny import COMPILE_OK
+
 DOC = Path(__file__).resolve().parents[2] / "docs" / "diffusers.md"
 BLOCKS = re.findall(r"^```python\n(.*?)^```", DOC.read_text(), flags=re.S | re.M)
 
@@ -16,6 +18,8 @@ def test_doc_has_examples():
 
 @pytest.mark.parametrize("index", range(len(BLOCKS)))
 def test_doc_example_runs(index, monkeypatch):
+    if "torch.compile(transformer" in BLOCKS[index] and not COMPILE_OK:
+        pytest.skip("torch < 2.6: dynamo cannot trace diffusers' Wan forward")
     active = _AttentionBackendRegistry._active_backend
     torch._dynamo.reset()
     monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the CLI example's subprocess: one thread on a shared machine

@@ -28,3 +28,17 @@ def test_selection_quality_columns(density):
         from vidhash.attention import dense_attention
 
         assert attention_error(q, k, v, dense_attention(q, k, v), query_block_size=64) < 1e-5
+
+
+def test_flex_rows_on_the_same_blocks():
+    """The FlexAttention rows (vidhash.integrations.flex): BlockMask build, then Flex's kernel (eager on a
+    CPU) on the selected blocks, against vidhash's attention on them."""
+    from vidhash.bench.attention import _flex_rows
+
+    q, k, v = video_like_qkv((2, 8, 8), 2, 64, torch.float32, DEV, seed=2)
+    sel = select_blocks_triton(q, k, density=0.25, block_size=16, query_block_size=32)
+    rows = []
+    ms = _flex_rows(lambda method, what, ms, err=None, **extra: rows.append(dict(what=what, ms=ms, err=err, **extra)),
+                    q, k, v, sel, rep=1)
+    assert [r["what"] for r in rows] == ["BlockMask build", "kernel"] and all(r["err"] is None for r in rows), rows
+    assert ms is not None and ms > 0 and rows[1]["rel_diff_vs_vidhash"] < 1e-5

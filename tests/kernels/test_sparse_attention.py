@@ -190,3 +190,29 @@ def test_auto_backend_picks_triton_on_cuda_and_block_size_one_falls_back():
     kw1 = dict(density=1 / 16, block_size=1, query_block_size=64)
     ref1 = hash_attention(q, k, v, backend="reference", **kw1)
     assert torch.equal(hash_attention(q, k, v, **kw1), ref1) and torch.equal(hash_attention(q, k, v, backend="triton", **kw1), ref1)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("causal", [True, False], ids=["causal", "full"])
+@pytest.mark.parametrize("bq", [16, 64])
+def test_every_forward_config_the_autotuner_may_pick_gpu(causal, bq):
+    """Each config left after pruning gives the reference's rows: the autotuner picks by timing, so a
+    config that is wrong would pass a test by luck. (On the H200, causal rows were wrong with every
+    BLOCK_N=64 config and BLOCK_N=128 at 8 warps: kernel.py, _CAUSAL_SAFE.)"""
+    import vidhash.kernels.sparse_attention.kernel as K
+
+    q, k, v = _inputs(1, 2, 80, 80, 64, torch.float32)
+    sel = select_blocks(q, k, density=0.3, block_size=16, query_block_size=bq, causal=causal)
+    ref = block_sparse_attention(q, k, v, sel)
+    kern = K.sparse_attn_fwd_kernel
+    every = list(kern.configs)
+    kept = K._prune_block_n(every, {}, BK_PAD=16, CAUSAL=causal)
+    try:
+        for cfg in kept:
+            kern.configs = [cfg]
+            kern.cache.clear()
+            out = block_sparse_attention_triton(q, k, v, sel)
+            assert _rel(out, ref) < TOL[torch.float32], cfg
+    finally:
+        kern.configs = every
+        kern.cache.clear()

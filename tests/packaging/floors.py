@@ -3,7 +3,8 @@
 
 Every ``name>=X`` of ``[project] dependencies`` becomes ``name==X.*`` (the newest release of the
 floor's series: ``opencv-python-headless>=4.8`` has no release 4.8 itself, and a series' patches
-fix builds, not APIs), except the names given with ``--skip`` (torch: PyPI has no CPU wheel of its floor for Linux x86-64)."""
+fix builds, not APIs), except the names given with ``--skip`` (torch: PyPI has no CPU wheel of its floor for Linux x86-64; its floor is checked by a recorded run,
+docs/log/2026-12-03-torch-floor.md)."""
 from __future__ import annotations
 
 import argparse

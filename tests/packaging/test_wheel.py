@@ -40,8 +40,9 @@ def test_wheel_holds_every_config_and_package(wheel):
     names = set(zipfile.ZipFile(wheel).namelist())
     missing = [f for f in _configs() if f not in names]
     assert not missing, f"not in the wheel: {missing}"
-    for package in ("vidhash/kernels/__init__.py", "vidhash/pipelines/pipeline_vidhash.py", "vidhash/cli/__init__.py"):
+    for package in ("vidhash/kernels/ops.py", "vidhash/kernels/memory/__init__.py", "vidhash/pipelines/pipeline_vidhash.py", "vidhash/cli/__init__.py"):
         assert package in names
+    assert "vidhash/kernels/__init__.py" not in names  # a namespace package (kernels/README.md)
     assert not [n for n in names if n.startswith(("kernels/", "pipelines/", "configs/", "tests/"))]
 
 

@@ -1,5 +1,6 @@
 """`vidhash bench dropin` on a tiny randomly initialised wan-mini: the structure of its rows, the
-dense repeat and density 1 against dense, recall per layer, the JSON and the frame strip."""
+dense repeat and density 1 against dense, recall per layer, FlexAttention on the same blocks (eager
+on the CPU), the JSON, the Markdown table and the frame strip."""
 import json
 import math
 from dataclasses import asdict
@@ -14,6 +15,10 @@ from vidhash.bench import dropin
 from vidhash.cli import main
 from vidhash.pipelines.pipeline_wan_mini import WanMiniPipeline
 from vidhash.training.families import build_model
+
+
+README_COLUMNS = ("density", "block_size", "scorer", "psnr", "ssim", "recall", "oracle", "transformer_ms",
+                  "transformer_ms_flex", "clip_s", "clip_s_flex", "clip_s_dense", "speedup", "speedup_flex", "flex_psnr")
 
 
 @pytest.fixture
@@ -35,7 +40,8 @@ def test_dropin_rows_json_and_strip(tiny_model, tmp_path, capsys):
     report = json.loads(out.read_text())
     rows = {r["setting"]: r for r in report["rows"]}
     assert list(rows) == ["dense", "dense (repeat)", "1 b16", "1/4 b16", "1/8 b16"]
-    assert report["seeds"] == [0, 3] and report["device"] == "cpu"
+    assert report["seeds"] == [0, 3] and report["device"] == "cpu" and report["complete"] and report["flex"]
+    assert all(set(README_COLUMNS) <= set(r) for r in rows.values())
     # the same seeds and inputs: the dense model twice gives the same frames
     assert rows["dense"]["psnr"] == rows["dense (repeat)"]["psnr"] == math.inf
     assert rows["dense"]["ssim"] == pytest.approx(1.0)
@@ -43,18 +49,73 @@ def test_dropin_rows_json_and_strip(tiny_model, tmp_path, capsys):
     assert rows["1 b16"]["psnr"] > rows["1/4 b16"]["psnr"] and rows["1/4 b16"]["psnr"] < math.inf
     for r in rows.values():
         assert r["transformer_ms"] > 0 and r["clip_s"] > 0
+    # FlexAttention on the same blocks: its clips are ours up to rounding (a dense Flex would not be)
+    for name in ("1 b16", "1/4 b16", "1/8 b16"):
+        r = rows[name]
+        assert r["flex_psnr"] > 45 and "flex_error" not in r, r
+        assert r["transformer_ms_flex"] > 0 and r["speedup_flex"] == pytest.approx(r["clip_s_dense"] / r["clip_s_flex"])
+        assert r["clip_s_dense"] == rows["dense"]["clip_s"] and r["speedup"] == pytest.approx(r["clip_s_dense"] / r["clip_s"])
+        assert r["scorer"] == "pooled" and r["block_size"] == 16  # the drop-in's default
+    assert rows["1/4 b16"]["psnr"] < rows["1/4 b16"]["flex_psnr"]
+    for r in (rows["dense"], rows["dense (repeat)"]):
+        assert r["transformer_ms_flex"] is r["clip_s_flex"] is r["flex_psnr"] is r["recall"] is None and r["scorer"] is None
+    assert rows["dense"]["speedup"] == 1.0
     layers = rows["1/4 b16"]["layers"]
     assert [x["layer"] for x in layers] == ["blocks.0.attn1", "blocks.1.attn1"]
     assert all(0 < x["recall"] <= 1 for x in layers)
+    assert rows["1/4 b16"]["recall"] == pytest.approx(np.mean([x["recall"] for x in layers]))
     assert all(x["recall"] == pytest.approx(1.0) for x in rows["1 b16"]["layers"])
     assert all(x["oracle"] >= x["recall"] - 1e-6 for x in layers if "oracle" in x)
     assert "layers" not in rows["dense"]
     assert set(rows["dense"]["coherence"]) == set(dropin.COHERENCE_KEYS) and "coherence" not in rows["dense (repeat)"]
     assert rows["1/8 b16"]["coherence"]["flicker"] != rows["dense"]["coherence"]["flicker"]
     # the strip: dense and 1/8 (no 1/32 run), 8 frames each
-    assert np.asarray(Image.open(strip)).shape == (2 * 32, 8 * 32, 3)
+    assert np.asarray(Image.open(strip)).shape == (2 * 32, 8 * 32, 3) and report["strip"] == ["dense", "1/8 b16"]
     printed = capsys.readouterr().out
     assert "1/8 b16" in printed and "ms/step" in printed
+    table = [line for line in printed.splitlines() if line.startswith("| ")]
+    assert table[0].startswith("| setting | PSNR dB") and "Flex ms/step" in table[0] and len(table) == 1 + len(rows)
+    assert table[4].startswith("| 1/4 b16 | ") and "—" not in table[4]
+
+
+def test_no_flex_leaves_its_columns_empty(tiny_model, tmp_path):
+    out = tmp_path / "dropin.json"
+    assert main(["bench", "dropin", "--model", str(tiny_model), "--densities", "1/4", "--block-sizes", "16", "--seeds", "0",
+                 "--frames", "8", "--size", "32", "--steps", "2", "--recall-step", "0", "--no-recall", "--no-coherence",
+                 "--no-flex", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    row = report["rows"][-1]
+    assert row["setting"] == "1/4 b16" and row["transformer_ms"] > 0 and not report["flex"]
+    assert row["transformer_ms_flex"] is row["flex_psnr"] is row["recall"] is None and "flex_error" not in row
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_a_flex_failure_is_reported_in_its_row(monkeypatch):
+    def fail(*args, backend=None, **kwargs):
+        raise ValueError("FlexAttention's kernels need block_size to be a multiple of 16, got 8")
+
+    monkeypatch.setattr(dropin, "run_setting", fail)
+    cols = dropin.flex_columns(None, dropin.Setting("1/4 b8", dropin.Fraction(1, 4), 8), [0], None, [], 1.0)
+    assert cols == {"flex_error": "ValueError: FlexAttention's kernels need block_size to be a multiple of 16, got 8"}
+    row = {"setting": "1/4 b8", "psnr": 30.0, "ssim": 0.9, "transformer_ms": 1.0, "clip_s": 0.5, "speedup": 2.0, **cols}
+    assert "Flex failed: ValueError" in dropin.format_row(row)
+    assert dropin.markdown_table([row]).splitlines()[-1] == f"1/4 b8: Flex failed: {cols['flex_error']}"
+
+
+def test_clips_saved_and_coherence_without_pyav(tiny_model, tmp_path, monkeypatch):
+    """--clips keeps the strip's clips whole; without PyAV the coherence column says why (the GPU image)."""
+    import sys
+
+    monkeypatch.setitem(sys.modules, "av", None)  # import av -> ImportError
+    out, clips = tmp_path / "d.json", tmp_path / "clips.npz"
+    assert main(["bench", "dropin", "--model", str(tiny_model), "--densities", "1/8", "--block-sizes", "16", "--seeds", "0",
+                 "--frames", "8", "--size", "32", "--steps", "2", "--recall-step", "1", "--no-flex", "--no-recall",
+                 "--json", str(out), "--clips", str(clips)]) == 0
+    saved = np.load(clips)
+    assert sorted(saved.files) == ["1_8 b16", "dense"] and saved["dense"].shape == (8, 32, 32, 3)
+    assert saved["dense"].dtype == np.uint8 and not np.array_equal(saved["dense"], saved["1_8 b16"])
+    rows = json.loads(out.read_text())["rows"]
+    assert all(r["coherence"] is None and "PyAV" in r["coherence_error"] for r in rows if r["setting"] != "dense (repeat)")
 
 
 def test_density_one_equals_dense_bitwise_on_uint8_frames(tiny_model):

@@ -8,8 +8,9 @@ and Wan 1.3B's self-attention at 81 frames 480p (latent 21×60×104, patch (1,2,
 ``triton.testing.do_bench`` (median, L2 flushed between runs):
 
 * dense SDPA forward and forward+backward;
-* FlexAttention on the same selected blocks: ``BlockMask.from_kv_blocks`` built from the
-  vidhash indices (build time) and the compiled kernel (kernel time) — errors are reported;
+* FlexAttention on the same selected blocks (:mod:`vidhash.integrations.flex`): the ``BlockMask``
+  built from the vidhash indices (build time, with the backward's transposed lists) and the
+  compiled kernel (kernel time) — errors are reported;
 * vidhash: selection alone, attention alone, selection+attention forward, forward+backward;
 * for each key-block size in ``--block-sizes`` at one density (default 1/32).
 
@@ -37,6 +38,7 @@ import torch
 import torch.nn.functional as F
 
 from vidhash.attention import selection_recall
+from vidhash.integrations.flex import flex_attention_fn, flex_block_mask, flex_kernel_options
 from vidhash.selection.oracle import attention_error, eval_query_blocks, oracle_recall
 
 # Wan 2.1 1.3B at 81 frames, 480×832: VAE 4× time (1 + 80/4 = 21), 8× space; patch (1, 2, 2)
@@ -95,38 +97,6 @@ def _try(fn):
         return fn(), None
     except Exception as err:  # noqa: BLE001 - reported in the table
         return None, f"{type(err).__name__}: {str(err).splitlines()[0][:160] if str(err) else ''}"
-
-
-def _flex_mask(sel):
-    """FlexAttention BlockMask holding exactly the selected blocks (all full, no mask_mod)."""
-    from torch.nn.attention.flex_attention import BlockMask
-
-    idx = sel.indices
-    nkb = sel.num_key_blocks
-    num = (idx >= 0).sum(-1, dtype=torch.int32)
-    cols = torch.zeros(*idx.shape[:-1], nkb, dtype=torch.int32, device=idx.device)
-    cols[..., : idx.shape[-1]] = idx.clamp(min=0)
-    zero = torch.zeros_like(num)
-    return BlockMask.from_kv_blocks(
-        zero, cols, full_kv_num_blocks=num, full_kv_indices=cols,
-        BLOCK_SIZE=(sel.query_block_size, sel.block_size), seq_lengths=(sel.num_queries, sel.num_keys),
-    )
-
-
-_FLEX = {}
-
-
-def _flex_fn():
-    if "fn" not in _FLEX:
-        from torch.nn.attention.flex_attention import flex_attention
-
-        _FLEX["fn"] = torch.compile(flex_attention, dynamic=False)
-    return _FLEX["fn"]
-
-
-def _flex_options(sel) -> dict:
-    """Flex's tiles must divide the sparse blocks (its default BLOCK_N of 128 does not divide 64)."""
-    return {"BLOCK_M": min(128, sel.query_block_size), "BLOCK_N": min(64, sel.block_size)}
 
 
 def run_shape(name: str, grid, heads: int, d: int, args) -> list[dict]:
@@ -232,7 +202,7 @@ def _selection_rows(add, q, k, sel, kw: dict, args, agree: float) -> None:
     add("vidhash", "selection", ms, err, signature_agreement=agree)
     ms, err = _try(lambda: _bench(lambda: select_blocks_triton(q, k, exact_signatures=True, **kw), rep))
     add("vidhash", "selection (reference signatures)", ms, err)
-    hasher = default_hasher(q.shape[-1])
+    hasher = default_hasher(q.shape[-1], device=q.device)
     for method in SIGNATURE_METHODS:
         def sigs(method=method):
             block_signatures_fast(q, args.query_block, hasher, "query", method)
@@ -285,14 +255,17 @@ def _flex_rows(add, q, k, v, sel, rep: int) -> float | None:
 
     flex_ms = None
     t0 = time.perf_counter()
-    bm, err = _try(lambda: _flex_mask(sel))
+    bm, err = _try(lambda: flex_block_mask(sel, backward=True))
     if bm is None:
         add("FlexAttention", "BlockMask build", None, err)
         return None
-    build, _ = _try(lambda: _bench(lambda: _flex_mask(sel), rep))
+    build, _ = _try(lambda: _bench(lambda: flex_block_mask(sel, backward=True), rep))
     add("FlexAttention", "BlockMask build", build, None)
-    fn = _flex_fn()
-    opts = _flex_options(sel)
+    fn = flex_attention_fn(q.device)
+    opts, err = _try(lambda: flex_kernel_options(sel))
+    if err is not None:
+        add("FlexAttention", "kernel", None, err)
+        return None
     out, err = _try(lambda: fn(q, k, v, block_mask=bm, kernel_options=opts))
     compile_s = time.perf_counter() - t0
     if err is not None:

@@ -1,37 +1,58 @@
-"""Hash attention dropped into a trained wan-mini: each clip against the dense model's clip.
+"""Hash attention dropped into a trained wan-mini: each clip against the dense model's clip, and
+FlexAttention on the same blocks.
 
-    vidhash bench dropin --model .wan/wan-mini --json dropin.json --strip dropin.png
+    vidhash bench dropin --model models/wan-mini --json dropin.json --strip dropin.png
 
 Letters: b batch, h heads, n tokens, d head_dim, f frames.
 
 The model folder is a ``WanMiniPipeline`` (``vidhash train wan_mini``'s export). Every setting
 samples the same seeds with the same inputs (per seed: its initial noise from a CPU generator and
 a camera path of actions drawn from the seed): first the dense model (diffusers' own attention
-processors), then ``dense (repeat)`` — the same processors again: its frames must equal the
-dense ones, the floor of every comparison — then the drop-in
+processors: dense SDPA), then ``dense (repeat)`` — the same processors again: its frames must
+equal the dense ones, the floor of every comparison — then the drop-in
 (:func:`vidhash.integrations.diffusers.enable_hash_attention`) at each density × key-block size
-(× scorer, where the drop-in takes a ``scorer``). Per setting (SVG2's protocol):
+(× scorer), and the same setting again with ``backend="flex"``: vidhash's selection, PyTorch's
+FlexAttention attending to the selected blocks (:mod:`vidhash.integrations.flex`; compiled on
+CUDA, eager on the CPU; ``--no-flex`` skips it). One row per setting (SVG2's protocol), in the
+JSON and the printed Markdown table:
 
 * ``psnr`` — dB over the whole clip against the dense clip (mean squared error of all frames'
   uint8 RGB; ``inf`` for identical clips), mean over seeds; ``ssim`` — mean over frames and seeds
   (luma, :func:`vidhash.metrics.ssim`);
 * ``coherence`` — :func:`vidhash.metrics.measure_coherence` of the first seed's clip (flicker,
   warp error, motion, adjacent SSIM, smoothness, start vs end; the dense row holds the dense clip's);
-* ``recall`` per layer — the share of exact attention mass the drop-in's block selection keeps,
-  on the dense run's queries and keys at one denoising step (``--recall-step``) of the first
-  seed; ``oracle`` beside it where :mod:`vidhash.selection` is installed (the most any selection
-  of as many blocks can keep);
+* ``recall`` — mean over layers of the share of exact attention mass the drop-in's block
+  selection keeps, on the dense run's queries and keys at one denoising step (``--recall-step``)
+  of the first seed; ``oracle`` — the most any selection of as many blocks can keep; per layer in
+  ``layers``;
 * ``transformer_ms`` — median milliseconds of one transformer call (a denoising step), and
-  ``clip_s`` — median seconds of one whole clip (the pipeline call), synchronised on CUDA.
+  ``clip_s`` — median seconds of one whole clip (the pipeline call), synchronised on CUDA; the
+  first seed's clip warms up (kernel autotuning, Flex's compilation) and is left out when there
+  are several seeds. ``clip_s_dense`` is the dense row's (dense SDPA); ``speedup`` is
+  ``clip_s_dense / clip_s``;
+* ``transformer_ms_flex``, ``clip_s_flex``, ``speedup_flex`` — the same with Flex attending;
+  ``flex_psnr`` — PSNR of Flex's clips against ours (the same blocks: only rounding differs, so
+  very high, ``inf`` when equal); ``flex_error`` where Flex failed (the rest of the row stands).
 
-``--strip`` writes a PNG of evenly spaced frames of the first seed: rows dense, 1/8, 1/32 (the
-first key-block size), where those densities were run.
+The JSON is rewritten after every row (``"complete": false`` until the end), and so is the strip,
+so a run cut off by a time limit keeps what it measured. ``--strip`` writes a PNG of evenly spaced
+frames of the first seed: rows dense, 1/8, 1/32 (the first key-block size and scorer), where those
+ran; the JSON's ``strip`` names them.
+
+**GPU time** (one H200, bf16; estimated, not measured): the default set — 4 densities × key
+blocks 64 and 16, the default scorer, 3 seeds of 33 frames at 256² (33,792 tokens), 30 steps —
+samples 7 dense clips (≈ 25 ms a step, ≈ 0.8 s a clip) and 48 sparse ones (≈ 0.3–0.5 s each);
+with Flex's two compilations (one per key-block size, ≈ 30–60 s each), the Triton kernels'
+autotuning, recall (5 layers per setting) and 17 coherence reports (≈ 1 s each, CPU), about
+4–6 minutes after the GPU script's set-up. Each extra scorer adds ≈ 1 minute; ``--block-sizes
+64`` or ``--no-flex`` roughly halves the sparse part.
 """
 from __future__ import annotations
 
 import inspect
 import json
 import math
+import os
 import tempfile
 import time
 from dataclasses import dataclass
@@ -217,19 +238,19 @@ def capture_qk(pipe, seed: int, args) -> dict[str, tuple[torch.Tensor, torch.Ten
 
 
 def layer_recall(captured: dict, setting: Setting, max_query_blocks: int) -> list[dict]:
-    """Per layer: recall of the drop-in's selection (the default hasher, as the drop-in builds it)
-    and, with :mod:`vidhash.selection`, the oracle recall of as many blocks."""
+    """Per layer: recall of the drop-in's selection (its default scorer for ``--scorers default``,
+    with the default hasher where that reads one) and, with :mod:`vidhash.selection`, the oracle
+    recall of as many blocks."""
     from vidhash import attention
+    from vidhash.integrations.diffusers import DropInConfig
 
     try:
         from vidhash.selection import oracle_recall
     except ImportError:  # vidhash.selection (issue 21) not installed: no oracle column
         oracle_recall = None
-    extra = {}
-    if setting.scorer is not None:
-        if "scorer" not in inspect.signature(attention.select_blocks).parameters:
-            return []
-        extra["scorer"] = setting.scorer
+    if "scorer" not in inspect.signature(attention.select_blocks).parameters:
+        return []
+    extra = {"scorer": setting.scorer if setting.scorer is not None else DropInConfig.scorer}
     rows = []
     for name, (q, k) in captured.items():
         sel = attention.select_blocks(q, k, density=float(setting.density), block_size=setting.block_size, **extra)
@@ -250,7 +271,9 @@ def frame_strip(rows: dict[str, np.ndarray], path: str, frames: int = 8) -> str:
         idx = np.linspace(0, len(clip) - 1, min(frames, len(clip))).round().astype(int)
         picked.append(np.concatenate(list(clip[idx]), axis=1))
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(np.concatenate(picked, axis=0)).save(path)
+    tmp = f"{path}.tmp"
+    Image.fromarray(np.concatenate(picked, axis=0)).save(tmp, format="PNG")
+    os.replace(tmp, path)  # never a half-written PNG
     return path
 
 
@@ -265,21 +288,74 @@ def load_pipeline(path: str, device: str, dtype: str):
     return pipe
 
 
-def run_setting(pipe, setting: Setting, seeds: list[int], args) -> tuple[list[np.ndarray], dict]:
-    """Clips and timings of one setting (the drop-in enabled for it, then disabled)."""
+def run_setting(pipe, setting: Setting, seeds: list[int], args, backend: str | None = None) -> tuple[list[np.ndarray], dict]:
+    """Clips and timings of one setting (the drop-in enabled for it, with ``backend`` where given —
+    ``"flex"``: FlexAttention on the same selection — then disabled)."""
     from vidhash.integrations.diffusers import disable_hash_attention, enable_hash_attention
 
     if setting.density is not None:
+        extra = {} if backend is None else {"backend": backend}
         enable_hash_attention(pipe.transformer, density=float(setting.density), block_size=setting.block_size,
-                              **drop_in_options(setting.scorer))
+                              **drop_in_options(setting.scorer), **extra)
     try:
         clips, seconds, ms = sample_clips(pipe, seeds, args)
     finally:
         if setting.density is not None:
             disable_hash_attention(pipe.transformer)
-    skip = args.steps if len(seeds) > 1 else 0  # the first clip's steps warm up (kernels, autotuning)
+    skip = args.steps if len(seeds) > 1 else 0  # the first clip's steps warm up (kernels, autotuning, compiling)
     return clips, {"transformer_ms": float(np.median(ms[skip:] or ms)),
                    "clip_s": float(np.median(seconds[1:] or seconds))}
+
+
+def _error_text(err: Exception) -> str:
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0][:200] if text else ''}"
+
+
+def flex_columns(pipe, setting: Setting, seeds: list[int], args, ours: list[np.ndarray], clip_s_dense: float) -> dict:
+    """FlexAttention's columns of a sparse setting: the drop-in with ``backend="flex"`` (the same
+    selection, Flex's kernel attends), its step and clip times, its speed-up over the dense clip and
+    ``flex_psnr``, the PSNR of its clips against ours (rounding apart, the same frames). A failure
+    (e.g. a block size Flex's kernels do not take) is the row's ``flex_error``."""
+    try:
+        clips, timing = run_setting(pipe, setting, seeds, args, backend="flex")
+    except Exception as err:  # noqa: BLE001 - reported in the row and the table
+        return {"flex_error": _error_text(err)}
+    return {"transformer_ms_flex": timing["transformer_ms"], "clip_s_flex": timing["clip_s"],
+            "speedup_flex": clip_s_dense / timing["clip_s"],
+            "flex_psnr": float(np.mean([clip_psnr(c, o) for c, o in zip(clips, ours)]))}
+
+
+def measure_setting(pipe, setting: Setting, seeds: list[int], args, dense, captured: dict) -> tuple[dict, list]:
+    """One row of the table and the setting's clips; ``dense`` is ``(clips, row)`` of the dense model
+    (None while measuring it)."""
+    from vidhash.integrations.diffusers import DropInConfig  # its scorer: what --scorers default runs
+
+    clips, timing = run_setting(pipe, setting, seeds, args)
+    dense_clips, dense_row = dense if dense is not None else (clips, None)
+    clip_s_dense = timing["clip_s"] if dense_row is None else dense_row["clip_s"]
+    row = {"setting": setting.name, "density": None if setting.density is None else float(setting.density),
+           "block_size": setting.block_size, "scorer": None if setting.density is None else setting.scorer or DropInConfig.scorer,
+           "psnr": float(np.mean([clip_psnr(c, d) for c, d in zip(clips, dense_clips)])),
+           "ssim": float(np.mean([clip_ssim(c, d) for c, d in zip(clips, dense_clips)])),
+           "recall": None, "oracle": None, "transformer_ms": timing["transformer_ms"], "transformer_ms_flex": None,
+           "clip_s": timing["clip_s"], "clip_s_flex": None, "clip_s_dense": clip_s_dense,
+           "speedup": clip_s_dense / timing["clip_s"], "speedup_flex": None, "flex_psnr": None}
+    if setting.density is not None and not args.no_flex:
+        row.update(flex_columns(pipe, setting, seeds, args, clips, clip_s_dense))
+    if captured and setting.density is not None:
+        row["layers"] = layer_recall(captured, setting, args.recall_blocks)
+        recall, oracle = ([x[key] for x in row["layers"] if key in x] for key in ("recall", "oracle"))
+        row["recall"] = float(np.mean(recall)) if recall else None
+        row["oracle"] = float(np.mean(oracle)) if oracle else None
+    if not args.no_coherence and setting.name != "dense (repeat)":
+        try:
+            import av  # noqa: F401 (the coherence report reads an mp4)
+        except ImportError:
+            row["coherence"], row["coherence_error"] = None, "PyAV not installed (--clips keeps the clips to measure elsewhere)"
+        else:
+            row["coherence"] = coherence_of(clips[0], args.fps)
+    return row, clips
 
 
 def run(args) -> int:
@@ -289,50 +365,102 @@ def run(args) -> int:
     block_sizes = parse_ints(args.block_sizes, "--block-sizes")
     seeds = parse_ints(args.seeds, "--seeds", minimum=0)
     scorers = [None if s in ("", "default") else s for s in args.scorers.split(",")]
-    if not 0 <= args.recall_step < args.steps:
-        raise ValueError(f"--recall-step must be in [0, --steps), got {args.recall_step}")
+    if args.steps < 1 or not 0 <= args.recall_step < args.steps:
+        raise ValueError(f"--recall-step must be in [0, --steps), got {args.recall_step} (--steps {args.steps})")
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     pipe = load_pipeline(args.model, device, args.dtype or ("bf16" if device == "cuda" else "fp32"))
     settings = make_settings(densities, block_sizes, scorers)
-    # 2. the dense clips, the queries and keys for recall
-    results, clips_of = [], {}
+    report = {"model": str(args.model), "device": describe_device(device), "torch": torch.__version__,
+              "date": time.strftime("%Y-%m-%d"), "frames": args.frames, "size": args.size, "steps": args.steps,
+              "seeds": seeds, "recall_step": args.recall_step, "flex": not args.no_flex,
+              "options": {k: v for k, v in vars(args).items() if isinstance(v, (str, int, float, bool, type(None)))},
+              "complete": False, "strip": [], "rows": []}
+    # 2. the dense run's queries and keys (recall)
     captured = capture_qk(pipe, seeds[0], args) if not args.no_recall else {}
-    # 3. every setting against the dense clips
+    # 3. every setting against the dense clips; the JSON after every row (a cut-off run keeps its rows)
+    dense, strip = None, {}
     for setting in settings:
-        clips, timing = run_setting(pipe, setting, seeds, args)
-        dense = clips_of.setdefault("dense", clips)
-        row = {"setting": setting.name, "density": None if setting.density is None else float(setting.density),
-               "block_size": setting.block_size, "scorer": setting.scorer,
-               "psnr": float(np.mean([clip_psnr(c, d) for c, d in zip(clips, dense)])),
-               "ssim": float(np.mean([clip_ssim(c, d) for c, d in zip(clips, dense)])), **timing}
-        if setting.density is not None and setting.block_size == block_sizes[0] and setting.scorer == scorers[0]:
-            clips_of.setdefault(f"1/{round(1 / setting.density)}" if setting.density.numerator == 1 else
-                                str(setting.density), clips)
-        if not args.no_coherence and setting.name != "dense (repeat)":
-            row["coherence"] = coherence_of(clips[0], args.fps)
-        if captured and setting.density is not None:
-            row["layers"] = layer_recall(captured, setting, args.recall_blocks)
-        results.append(row)
+        row, clips = measure_setting(pipe, setting, seeds, args, dense, captured)
+        dense = dense or (clips, row)
+        report["rows"].append(row)
         print(format_row(row), flush=True)
-    # 4. outputs
-    report = {"model": str(args.model), "device": describe_device(device), "frames": args.frames, "size": args.size,
-              "steps": args.steps, "seeds": seeds, "recall_step": args.recall_step, "rows": results}
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(report, indent=1) + "\n")
-    if args.strip:
-        names = ["dense"] + [f"1/{d.denominator}" for d in STRIP_DENSITIES if f"1/{d.denominator}" in clips_of]
-        frame_strip({n: clips_of[n][0] for n in names}, args.strip)
+        if (args.strip or args.clips) and (setting.name == "dense" or (setting.density in STRIP_DENSITIES and setting.scorer == scorers[0]
+                                                       and setting.block_size == block_sizes[0])):
+            strip[setting.density] = (setting.name, clips[0])  # rows: dense, 1/8, 1/32 (as far as run)
+            picked = [strip[d] for d in (None, *STRIP_DENSITIES) if d in strip]
+            report["strip"] = [name for name, _ in picked]
+            if args.strip:
+                frame_strip(dict(picked), args.strip)
+            if args.clips:  # the same clips, whole (uint8), for `vidhash coherence` where PyAV is
+                save_clips(args.clips, {name.replace("/", "_"): c for name, c in picked})
+        write_json(args.json, report)
+    # 4. the table
+    print("\n" + markdown_table(report["rows"]), flush=True)
+    report["complete"] = True
+    write_json(args.json, report)
     return 0
 
 
+def save_clips(path: str, clips: dict[str, np.ndarray]) -> None:
+    """``clips`` (name → ``(frames, height, width, 3)`` uint8) as one ``.npz``, through a temporary file."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(path).with_name(Path(path).name + ".tmp.npz")
+    np.savez_compressed(tmp, **clips)
+    tmp.replace(path)
+
+
+def write_json(path: str | None, report: dict) -> None:
+    """``report`` to ``path`` (if given) through a temporary file: never a half-written JSON."""
+    if not path:
+        return
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    tmp = f"{path}.tmp"
+    Path(tmp).write_text(json.dumps(report, indent=1) + "\n")
+    os.replace(tmp, path)
+
+
+def _num(value, spec: str) -> str:
+    return "—" if value is None else format(value, spec)
+
+
 def format_row(row: dict) -> str:
-    recall = [r["recall"] for r in row.get("layers", [])]
-    rec = f" recall {np.mean(recall):.3f}" if recall else ""
-    oracle = [r["oracle"] for r in row.get("layers", []) if "oracle" in r]
-    rec += f" (oracle {np.mean(oracle):.3f})" if oracle else ""
+    """One progress line: quality, recall, ours and Flex's times."""
+    rec = f" recall {row['recall']:.3f}" if row.get("recall") is not None else ""
+    rec += f" (oracle {row['oracle']:.3f})" if row.get("oracle") is not None else ""
+    flex = ""
+    if row.get("clip_s_flex") is not None:
+        flex = (f"  | Flex {row['transformer_ms_flex']:9.2f} ms/step {row['clip_s_flex']:8.3f} s/clip "
+                f"{row['speedup_flex']:5.2f}x, {row['flex_psnr']:.1f} dB vs ours")
+    elif row.get("flex_error"):
+        flex = f"  | Flex failed: {row['flex_error']}"
     return (f"{row['setting']:>22s}  PSNR {row['psnr']:6.2f} dB  SSIM {row['ssim']:.4f}  "
-            f"{row['transformer_ms']:9.2f} ms/step  {row['clip_s']:8.3f} s/clip{rec}")
+            f"{row['transformer_ms']:9.2f} ms/step  {row['clip_s']:8.3f} s/clip {row['speedup']:5.2f}x{rec}{flex}")
+
+
+TABLE_COLUMNS = (
+    ("setting", "setting", "s"), ("PSNR dB", "psnr", ".2f"), ("SSIM", "ssim", ".4f"),
+    ("flicker", "coherence.flicker.mean", ".2f"), ("warp err", "coherence.warp_error.mean", ".4f"),
+    ("recall", "recall", ".3f"), ("oracle", "oracle", ".3f"), ("ms/step", "transformer_ms", ".1f"),
+    ("Flex ms/step", "transformer_ms_flex", ".1f"), ("clip s", "clip_s", ".3f"), ("Flex clip s", "clip_s_flex", ".3f"),
+    ("× dense", "speedup", ".2f"), ("Flex × dense", "speedup_flex", ".2f"), ("Flex vs ours dB", "flex_psnr", ".1f"),
+)
+"""The printed table: (header, the row's key — dotted into ``coherence`` —, format)."""
+
+
+def _lookup(row: dict, key: str):
+    for part in key.split("."):
+        row = row.get(part) if isinstance(row, dict) else None
+    return row
+
+
+def markdown_table(rows: list[dict]) -> str:
+    """The rows as a Markdown table (the README's): the dense row's clip s is dense SDPA's; × dense is
+    the whole clip's speed-up over it; Flex: the same selected blocks through FlexAttention."""
+    lines = ["| " + " | ".join(name for name, _, _ in TABLE_COLUMNS) + " |", "|" + "---|" * len(TABLE_COLUMNS)]
+    for row in rows:
+        lines.append("| " + " | ".join(_num(_lookup(row, key), spec) for _, key, spec in TABLE_COLUMNS) + " |")
+    errors = [f"{row['setting']}: Flex failed: {row['flex_error']}" for row in rows if row.get("flex_error")]
+    return "\n".join(lines + errors)
 
 
 def describe_device(device: str) -> str:

@@ -10,6 +10,11 @@ Default shape (issue 4's target): 2,048 queries against a full memory of 65,536 
 * ``read triton`` — ``HashedMemory.attend(backend="triton")``: query signatures, candidate
   scoring, exact top-k, attention over the k entries. ``sig`` / ``select`` / ``attend``
   time its three stages alone; ``read triton fwd+bwd`` adds the gradient to q.
+* ``read triton levels`` — the same read with ``select="levels"`` (counts per similarity level,
+  one emit pass: kernels/memory/NOTES.md); ``select (levels)`` and its steps, cumulative
+  (``prepare``, ``+ probes, window``, ``+ closing passes``, ``+ emit``; the expansion is the
+  rest); the line under it: queries the window pass left open, words per query, and whether
+  its indices equal the candidates kernel's. ``read triton levels fwd+bwd`` adds the gradient.
 * ``read reference`` — the same call on the PyTorch reference path.
 * ``dense SDPA`` — ``scaled_dot_product_attention`` over all 65,536 entries (no selection).
 * ``write triton`` / ``write reference`` — ``HashedMemory.write`` of one frame.
@@ -83,13 +88,76 @@ def _recall(mem: HashedMemory, q: torch.Tensor, idx: torch.Tensor, scale: float)
     return {"recall": got["mass_recall"], "oracle": got["oracle"], "ratio": got["ratio"], "topk_recall": got["topk_recall"]}
 
 
+def _read_rows(add, rows: list, mem: HashedMemory, q: torch.Tensor, q_sig: torch.Tensor, kk: int, dense_ms: float, args) -> None:
+    """The read rows of one ``top_k``: both Triton selections (their reads, stages, fwd+bwd), the
+    attention over the k entries, recall, and the reference read."""
+    from vidhash.kernels.memory import ops as mops
+    from vidhash.kernels.signature.ops import signatures_triton
+
+    scale = 1.0 / math.sqrt(q.shape[-1])
+    idx = mops.memory_select(mem.table, q, kk, hasher=mem.hasher, q_sig=q_sig)
+    every = max(1, args.queries // args.recall_queries)
+    quality = _recall(mem, q[:, :, ::every], idx[:, :, ::every], scale)
+    ms = add("read triton", kk, lambda: mem.attend(q, kk, backend="triton"), **quality)
+    read_row = rows[-1]
+    read_row["vs_dense"] = dense_ms / ms
+    _levels_rows(add, rows, mem, q, q_sig, kk, dense_ms, idx)
+    add("  sig (queries)", kk, lambda: signatures_triton(q, mem.hasher, role="query"))
+    add("  select (score + top-k)", kk, lambda: mops.memory_select(mem.table, q, kk, hasher=mem.hasher, q_sig=q_sig))
+    _, ncand = mops.memory_select(mem.table, q, kk, hasher=mem.hasher, q_sig=q_sig, _candidates_only=True)
+    nc = ncand.float()
+    add("  · candidates kernel", kk, lambda: mops.memory_select(mem.table, q, kk, hasher=mem.hasher, q_sig=q_sig, _candidates_only=True),
+        ncand_mean=float(nc.mean()), ncand_max=float(nc.max()), ncand_p99=float(nc.quantile(0.99)) if nc.numel() <= 1 << 24 else None)
+    print(f"  {'':26s} candidate chunks per query: mean {float(nc.mean()):.1f}, max {int(nc.max())}")
+    keys, values, _, _, counts, _ = mops._rows(mem.table)
+    add("  attend (k entries)", kk, lambda: mops._MemoryAttend.apply(q, keys, values, counts, idx, scale))
+    qg = q.detach().clone().requires_grad_(True)
+
+    def fwd_bwd(select="candidates"):
+        out, lse = mem.attend(qg, kk, backend="triton", select=select)
+        torch.autograd.grad((out.float().square().sum() + lse.sum()), qg)
+
+    add("read triton fwd+bwd", kk, fwd_bwd)
+    add("read triton levels fwd+bwd", kk, lambda: fwd_bwd("levels"))
+    if not args.no_reference:
+        ref_ms = add("read reference", kk, lambda: mem.attend(q, kk, backend="reference"), rep=1)
+        read_row["vs_reference"] = ref_ms / ms
+    print(f"  {'':26s} recall {quality['recall']:.3f} of the exact attention mass (oracle top-{kk}: "
+          f"{quality['oracle']:.3f}, ratio {quality['ratio']:.3f}); {quality['topk_recall']:.3f} of the exact top-{kk} kept")
+
+
+def _levels_rows(add, rows: list, mem: HashedMemory, q: torch.Tensor, q_sig: torch.Tensor, kk: int, dense_ms: float,
+                 idx: torch.Tensor) -> None:
+    """``select="levels"``: the read, its select, and the select's steps cumulatively (prepare;
+    + probes and window pass; + closing passes; + emit; the rest of select is the expansion),
+    with the share of queries the window pass left open, words per query, and whether its
+    indices equal the candidates kernel's (``idx``)."""
+    from vidhash.kernels.memory import ops as mops
+
+    def sel(until=None, state=False):
+        return mops.memory_select_levels(mem.table, q, kk, hasher=mem.hasher, q_sig=q_sig, _until=until, _state=state)
+
+    got, *_, words = sel(state=True)
+    lo, hi, _, _ = sel("window")
+    open_rows = float((lo != hi).float().mean())
+    same = bool(torch.equal(got, idx))
+    ms = add("read triton levels", kk, lambda: mem.attend(q, kk, backend="triton", select="levels"),
+             same_indices=same, window_open=open_rows, words_mean=float(words.float().mean()), words_max=int(words.max()))
+    rows[-1]["vs_dense"] = dense_ms / ms
+    add("  select (levels)", kk, sel)
+    for label, until in (("  · prepare", "prepare"), ("  · + probes, window", "window"), ("  · + closing passes", "count"),
+                         ("  · + emit", "emit")):
+        add(label, kk, lambda: sel(until))
+    print(f"  {'':26s} levels: {open_rows:.2%} of queries left open by the window pass; words per query mean "
+          f"{float(words.float().mean()):.1f}, max {int(words.max())}; same indices as the candidates kernel: {same}")
+
+
 def run(args) -> int:
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError("--device cuda asked for, but no CUDA device is available")
     top_ks = [int(x) for x in str(args.top_k).split(",") if x]
     if not top_ks or min(top_ks) < 1:
         raise ValueError(f"--top-k needs positive integers, got {args.top_k!r}")
-    from vidhash.kernels.memory import ops as mops
     from vidhash.kernels.signature.ops import signatures_triton
 
     dev, dt, h, d = args.device, DTYPES[args.dtype], args.heads, args.head_dim
@@ -104,7 +172,6 @@ def run(args) -> int:
         mem.write(k, torch.randn(k.shape, generator=g, device=dev).to(dt), f, backend="triton")
     filled = float(mem.num_entries().float().mean()) / mem.capacity
     q = _clustered(centres, args.queries, 0.6, g).to(dt)
-    scale = 1.0 / math.sqrt(d)
     name = torch.cuda.get_device_name() if dev.startswith("cuda") else platform.processor() or "cpu"
     print(f"memory bench on {name}: {args.queries} queries × {mem.capacity:,} entries ({filled:.1%} full), "
           f"{h} heads, head_dim {d}, {args.bits}-bit, {args.dtype}; write = {t} tokens")
@@ -122,33 +189,7 @@ def run(args) -> int:
     dense_ms = add("dense SDPA (all entries)", "-", lambda: F.scaled_dot_product_attention(q, keys_all, vals_all))
     q_sig = signatures_triton(q, mem.hasher, role="query")
     for kk in top_ks:
-        idx = mops.memory_select(mem.table, q, kk, hasher=mem.hasher, q_sig=q_sig)
-        quality = _recall(mem, q[:, :, :: max(1, args.queries // args.recall_queries)],
-                          idx[:, :, :: max(1, args.queries // args.recall_queries)], scale)
-        ms = add("read triton", kk, lambda: mem.attend(q, kk, backend="triton"), **quality)
-        read_row = rows[-1]
-        read_row["vs_dense"] = dense_ms / ms
-        add("  sig (queries)", kk, lambda: signatures_triton(q, mem.hasher, role="query"))
-        add("  select (score + top-k)", kk, lambda: mops.memory_select(mem.table, q, kk, hasher=mem.hasher, q_sig=q_sig))
-        _, ncand = mops.memory_select(mem.table, q, kk, hasher=mem.hasher, q_sig=q_sig, _candidates_only=True)
-        nc = ncand.float()
-        add("  · candidates kernel", kk, lambda: mops.memory_select(mem.table, q, kk, hasher=mem.hasher, q_sig=q_sig, _candidates_only=True),
-            ncand_mean=float(nc.mean()), ncand_max=float(nc.max()), ncand_p99=float(nc.quantile(0.99)) if nc.numel() <= 1 << 24 else None)
-        print(f"  {'':26s} candidate chunks per query: mean {float(nc.mean()):.1f}, max {int(nc.max())}")
-        keys, values, _, _, counts, _ = mops._rows(mem.table)
-        add("  attend (k entries)", kk, lambda: mops._MemoryAttend.apply(q, keys, values, counts, idx, scale))
-        qg = q.detach().clone().requires_grad_(True)
-
-        def fwd_bwd():
-            out, lse = mem.attend(qg, kk, backend="triton")
-            torch.autograd.grad((out.float().square().sum() + lse.sum()), qg)
-
-        add("read triton fwd+bwd", kk, fwd_bwd)
-        if not args.no_reference:
-            ref_ms = add("read reference", kk, lambda: mem.attend(q, kk, backend="reference"), rep=1)
-            read_row["vs_reference"] = ref_ms / ms
-        print(f"  {'':26s} recall {quality['recall']:.3f} of the exact attention mass (oracle top-{kk}: "
-              f"{quality['oracle']:.3f}, ratio {quality['ratio']:.3f}); {quality['topk_recall']:.3f} of the exact top-{kk} kept")
+        _read_rows(add, rows, mem, q, q_sig, kk, dense_ms, args)
 
     k1 = _clustered(centres, t, 0.6, g).to(dt)
     v1 = torch.randn(k1.shape, generator=g, device=dev).to(dt)

@@ -46,6 +46,7 @@ import torch
 import torch.nn.functional as F
 
 from vidhash.attention import BlockSelection, block_sparse_attention, select_blocks
+from vidhash.integrations.flex import flex_attention_fn, flex_block_mask, flex_kernel_options
 from vidhash.kernels.block_score.naive import select_blocks_codes_reference
 from vidhash.kernels.block_select.naive import forced_and_allowed
 from vidhash.selection import LearnedBlockScorer, select_blocks_scored
@@ -53,7 +54,7 @@ from vidhash.selection.learned import fit_data
 from vidhash.selection.oracle import attention_error, block_mass, eval_query_blocks, kept_mass, top_mass
 from vidhash.selection.scorers import num_kept
 
-from .attention import WAN_1_3B_GRID, WAN_1_3B_HEAD_DIM, _flex_fn, _flex_mask, _flex_options, grid_for, video_like_qkv
+from .attention import WAN_1_3B_GRID, WAN_1_3B_HEAD_DIM, grid_for, video_like_qkv
 
 SCORER_ROWS = ("simhash", "pooled", "moments", "prefilter", "learned", "oracle", "pooled float", "moments float",
                "learned bits", "subgrid m4", "learned m4")
@@ -242,7 +243,7 @@ def attention_times(q, k, v, idx, blocks, bk: int, args) -> dict:
     if args.device == "cuda" and not args.no_flex and str(bk) in args.flex_block_sizes.split(","):
         def flex():
             sel = BlockSelection(idx, bk, args.query_block, q.shape[-2], k.shape[-2], False)
-            bm, opts, fn = _flex_mask(sel), _flex_options(sel), _flex_fn()
+            bm, opts, fn = flex_block_mask(sel, backward=True), flex_kernel_options(sel), flex_attention_fn(q.device)
             fn(q, k, v, block_mask=bm, kernel_options=opts)  # compile
             return timed(lambda: fn(q, k, v, block_mask=bm, kernel_options=opts), "cuda", args.rep_ms)[1]
 

@@ -32,6 +32,7 @@ COMMANDS: dict[str, tuple[str, str] | dict[str, tuple[str, str]]] = {
         "data": ("vidhash.cli.bench:data", "training data throughput: P processes × W workers, with and without the shared world cache"),
         "generation": ("vidhash.cli.bench:generation", "time per frame and peak memory vs clip length: hashed memory, full context, window only"),
         "dropin": ("vidhash.cli.bench:dropin", "hash-attention drop-in on a trained wan-mini: PSNR/SSIM vs dense, coherence, recall, ms/step"),
+        "train-compare": ("vidhash.cli.bench:train_compare", "two training runs: validation loss against GPU-seconds, time to the first run's final loss and the ratio"),
         "realism": ("vidhash.cli.bench:realism", "validation table of the no-reference realism score: real frames, distortions, clips"),
     },
     "eval": {

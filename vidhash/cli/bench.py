@@ -4,7 +4,8 @@
     vidhash bench memory --json memory.json
     vidhash bench selection --json selection.json --world models/world-tiny-v3
     vidhash bench realism clip.mp4:24:64
-    vidhash bench dropin --model .wan/wan-mini --json dropin.json --strip dropin.png
+    vidhash bench dropin --model models/wan-mini --json dropin.json --strip dropin.png
+    vidhash bench train-compare .wan/wan-mini .wan/wan-mini-sparse8
 
 Each bench is a :class:`Bench`: its flags (the ``add_*`` functions below) and the library module
 whose ``run(args)`` measures and prints (``args`` carries the flags as attributes, ``--top-k`` as
@@ -160,12 +161,12 @@ def add_generation(p: argparse.ArgumentParser) -> None:
 
 
 def add_dropin(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, help="a wan-mini folder (WanMiniPipeline export, e.g. .wan/wan-mini)")
+    p.add_argument("--model", required=True, help="a wan-mini folder (WanMiniPipeline export, e.g. models/wan-mini)")
     p.add_argument("--densities", default="1/4,1/8,1/16,1/32", help="comma-separated shares of key blocks kept")
     p.add_argument("--block-sizes", default="64,16", help="comma-separated key-block sizes")
     p.add_argument("--scorers", default="default",
-                   help="comma-separated block scorers ('default': the drop-in's SimHash; others where "
-                        "enable_hash_attention takes scorer=)")
+                   help="comma-separated block scorers ('default': the drop-in's default, pooled; or simhash, pooled, "
+                        "moments, prefilter)")
     p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (noise and camera path per seed)")
     p.add_argument("--frames", type=int, default=33, help="frames per clip (default 33)")
     p.add_argument("--size", type=int, default=256, help="frame height and width (default 256)")
@@ -175,11 +176,28 @@ def add_dropin(p: argparse.ArgumentParser) -> None:
     p.add_argument("--recall-blocks", type=int, default=64, help="query blocks evaluated for recall per layer")
     p.add_argument("--no-recall", action="store_true", help="skip the per-layer recall")
     p.add_argument("--no-coherence", action="store_true", help="skip the coherence reports")
+    p.add_argument("--clips", default=None, help="also save the strip's clips (seed 0, uint8) to this .npz")
+    p.add_argument("--no-flex", action="store_true",
+                   help="skip FlexAttention on the same selected blocks (its columns stay empty)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--dtype", default=None, choices=["bf16", "fp16", "fp32"], help="transformer dtype "
                    "(default: bf16 on cuda, fp32 on cpu)")
-    p.add_argument("--json", default=None, help="write the rows (with per-layer recall) to this JSON file")
+    p.add_argument("--json", default=None,
+                   help="write the rows (with per-layer recall) to this JSON file, after every row")
     p.add_argument("--strip", default=None, help="write a frame strip PNG (dense, 1/8, 1/32) here")
+
+
+def add_train_compare(p: argparse.ArgumentParser) -> None:
+    from vidhash.bench.train_compare import METRICS
+
+    p.add_argument("run_a", metavar="RUN_A", help="the reference run (dense): a vidhash train out_dir, an export with "
+                   "train_state.json, or a loss.csv")
+    p.add_argument("run_b", metavar="RUN_B", help="the candidate run (e.g. sparse from the start), the same kinds")
+    p.add_argument("--metric", default="val_loss_ema", choices=METRICS, help="validation loss compared (default: the EMA's)")
+    p.add_argument("--gpus", default="1,1", help="GPUs of RUN_A,RUN_B: GPU-seconds = elapsed_s × GPUs (default 1,1)")
+    p.add_argument("--target-ratio", type=float, default=0.6,
+                   help="verdict on RUN_B's time / RUN_A's time to RUN_A's final loss (issue 17: 0.6)")
+    p.add_argument("--json", default=None, help="write the comparison to this JSON file")
 
 
 def add_realism(p: argparse.ArgumentParser) -> None:
@@ -223,4 +241,5 @@ memory = Bench("vidhash.bench.memory", add_memory)
 data = Bench("vidhash.bench.data", add_data)
 generation = Bench("vidhash.bench.generation", add_generation)
 dropin = Bench("vidhash.bench.dropin", add_dropin)
+train_compare = Bench("vidhash.bench.train_compare", add_train_compare)
 realism = Bench("vidhash.metrics.realism", add_realism, call=_realism, summary="Validation table of the realism metric.")

@@ -49,6 +49,12 @@ loads) and travel in their own file: :func:`save_hashers` writes ``vidhash_hashe
 (beside the weights), and ``enable_hash_attention(Model.from_pretrained(folder), hashers=folder)``
 restores them. ``vidhash calibrate`` fits them (:mod:`vidhash.integrations.calibrate`).
 
+**FlexAttention.** ``backend="flex"`` keeps vidhash's selection (:func:`~vidhash.attention.select_blocks`
+with ``backend="auto"``: the Triton selection on CUDA, the one ``hash_attention`` runs there) and
+has PyTorch's FlexAttention attend to the selected blocks (:mod:`vidhash.integrations.flex`;
+compiled on CUDA, eager elsewhere) — to compare its kernel with vidhash's on the same blocks
+(``vidhash bench dropin``). Its clips equal the default backend's up to rounding.
+
 Enabling an enabled model re-configures it; the originals kept from the first call are still
 the ones :func:`disable_hash_attention` puts back. Not supported, with an error rather than a
 silent fallback: an ``attention_mask`` in self-attention, context parallelism, and
@@ -65,9 +71,9 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from ..attention import dense_attention, hash_attention, merge_attention
+from ..attention import dense_attention, hash_attention, merge_attention, select_blocks
 from ..hashing import SimHash
-from ..ops.checks import check_backend, check_block, check_count, check_density
+from ..ops.checks import BACKENDS, check_block, check_count, check_density
 
 SUPPORTED_CLASSES = (
     "WanTransformer3DModel", "WanVACETransformer3DModel", "SkyReelsV2Transformer3DModel",
@@ -90,17 +96,23 @@ _CONFIG_ATTR = "_vidhash_config"
 _ORIGINALS_ATTR = "_vidhash_original_processors"
 _HOOKS_ATTR = "_vidhash_state_dict_hooks"
 _DENSE_OK_BACKENDS = (None, "native")
+DROP_IN_BACKENDS = (*BACKENDS, "flex")
+"""``backend=`` of the drop-in: :data:`vidhash.attention.BACKENDS`, or ``"flex"`` (vidhash's selection,
+FlexAttention's kernel)."""
 
 
 @dataclass(frozen=True)
 class DropInConfig:
     """Hash attention settings of one enabled model (stored as ``transformer._vidhash_config``).
 
-    ``scorer`` ranks the key blocks (:data:`vidhash.attention.SCORERS`: ``"simhash"``, the
-    default, ``"pooled"``, ``"moments"``, ``"prefilter"``; or a learned block scorer, one module
-    or a dict by module name). ``hasher`` (read by ``"simhash"`` and ``"prefilter"``) is ``None``
+    ``scorer`` ranks the key blocks (:data:`vidhash.attention.SCORERS`: ``"pooled"``, the
+    default — exact mean-pooled q·k, which kept 0.99-1.0 of the oracle's mass on the trained
+    wan-mini and selected faster than SimHash there (BENCHMARKS.md, "Drop-in on wan-mini") —
+    ``"simhash"`` (the default when ``hasher``, ``hashers``, ``n_bits`` or ``seed`` is given),
+    ``"moments"``, ``"prefilter"``; or a learned block scorer, one module or a dict by module name). ``hasher`` (read by ``"simhash"`` and ``"prefilter"``) is ``None``
     (the default SimHash: 32 bits, seed 0), one module shared by every layer, or a dict from
-    self-attention module name (``"blocks.0.attn1"``) to a module.
+    self-attention module name (``"blocks.0.attn1"``) to a module. ``backend``: one of
+    :data:`DROP_IN_BACKENDS` (``"flex"``: the selection on ``"auto"``, FlexAttention attends).
     """
 
     density: float = 0.125
@@ -108,7 +120,7 @@ class DropInConfig:
     query_block_size: int | None = None
     local_blocks: int = 1
     sink_blocks: int = 1
-    scorer: str | nn.Module | dict[str, nn.Module] = "simhash"
+    scorer: str | nn.Module | dict[str, nn.Module] = "pooled"
     hasher: nn.Module | dict[str, nn.Module] | None = None
     backend: str = "auto"
 
@@ -175,9 +187,16 @@ class _HashAttnProcessor:
             if _backend_name(active) not in _DENSE_OK_BACKENDS:
                 raise ValueError(self._backend_message(active))
 
-    def _hash(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, **kw):
-        """Hash attention on ``(b, h, n, d)`` tensors."""
-        return hash_attention(q, k, v, hasher=self.hasher, scorer=self.scorer, **self._kwargs, **kw)
+    def _hash(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, return_lse: bool = False):
+        """Hash attention on ``(b, h, n, d)`` tensors (``backend="flex"``: vidhash's selection,
+        FlexAttention's kernel)."""
+        if self.config.backend != "flex":
+            return hash_attention(q, k, v, hasher=self.hasher, scorer=self.scorer, return_lse=return_lse, **self._kwargs)
+        from .flex import flex_block_sparse_attention
+
+        options = {key: value for key, value in self._kwargs.items() if key != "backend"}
+        sel = select_blocks(q, k, hasher=self.hasher, scorer=self.scorer, backend="auto", **options)
+        return flex_block_sparse_attention(q, k, v, sel, return_lse=return_lse)
 
     def _attend(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
         """Self-attention on diffusers' ``(b, n, h, d)`` layout → ``(b, n, h, d)``: the stock
@@ -190,6 +209,13 @@ class _HashAttnProcessor:
             return dispatch_attention_fn(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False,
                                          backend=self._backend, parallel_config=None)
         q, k, v = (rearrange(x, "b n h d -> b h n d") for x in (query, key, value))
+        device = q.device.type
+        if torch.is_autocast_enabled(device):
+            # as SDPA under autocast (training in bf16): q, k, v in the autocast dtype — CUDA's autocast
+            # runs Wan's q/k RMSNorm in float32, so q, k arrive float32 beside a bf16 v — and no autocast inside
+            dtype = torch.get_autocast_dtype(device)
+            with torch.autocast(device, enabled=False):
+                return rearrange(self._hash(q.to(dtype), k.to(dtype), v.to(dtype)), "b h n d -> b n h d")
         return rearrange(self._hash(q, k, v), "b h n d -> b n h d")
 
     def __repr__(self) -> str:
@@ -417,6 +443,8 @@ def _parse_config(config: dict, names: list[str], head_dim: int, heads: int) -> 
         raise ValueError(f"unknown hash attention option {unknown[0]!r}; expected some of {', '.join(CONFIG_KEYS)}")
     config = dict(config)
     n_bits, seed, path = config.pop("n_bits", None), config.pop("seed", None), config.pop("hashers", None)
+    if "scorer" not in config:  # signatures given: the SimHash/learned codes that read them; else pooled
+        config["scorer"] = "simhash" if any(x is not None for x in (config.get("hasher"), n_bits, seed, path)) else "pooled"
     cfg = DropInConfig(**config)
     check_density(cfg.density)
     check_block("block_size", cfg.block_size)
@@ -424,7 +452,8 @@ def _parse_config(config: dict, names: list[str], head_dim: int, heads: int) -> 
         check_block("query_block_size", cfg.query_block_size)
     check_count("local_blocks", cfg.local_blocks)
     check_count("sink_blocks", cfg.sink_blocks)
-    check_backend(cfg.backend)
+    if cfg.backend not in DROP_IN_BACKENDS:
+        raise ValueError(f"backend must be one of {DROP_IN_BACKENDS}, got {cfg.backend!r}")
     hasher = cfg.hasher
     given = [key for key, value in (("hasher", hasher), ("hashers", path), ("n_bits/seed", n_bits if seed is None else seed))
              if value is not None]
@@ -544,7 +573,8 @@ def enable_hash_attention(transformer, **config):
 
     ``config``: ``density``, ``block_size``, ``query_block_size``, ``local_blocks``,
     ``sink_blocks``, ``backend``, ``scorer`` (as :func:`~vidhash.attention.hash_attention`; a
-    learned scorer may also be a dict by module name), and — for the scorers that read
+    learned scorer may also be a dict by module name; ``backend="flex"`` has FlexAttention attend
+    to vidhash's selected blocks), and — for the scorers that read
     signatures, ``"simhash"`` (the default) and ``"prefilter"`` — one of
     ``hasher`` (a module, or a dict by module name — see :func:`self_attention_modules`),
     ``hashers`` (a path: a file :func:`save_hashers` or ``vidhash calibrate`` wrote, or its

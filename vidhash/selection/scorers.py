@@ -117,7 +117,7 @@ class _Ctx:
 
 
 def _score_simhash(ctx: _Ctx, blocks):
-    hasher = ctx.opt("hasher", None) or default_hasher(ctx.q.shape[-1])
+    hasher = ctx.opt("hasher", None) or default_hasher(ctx.q.shape[-1], device=ctx.q.device)
     q_sig = ctx.get("q_sig", lambda: block_signatures(ctx.q, ctx.bq, hasher, "query"))
     k_sig = ctx.get("k_sig", lambda: block_signatures(ctx.k, ctx.bk, hasher, "key"))
     return hamming_similarity(q_sig[:, :, blocks], k_sig, hasher.n_bits).float()

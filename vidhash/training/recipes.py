@@ -3,6 +3,11 @@
     from vidhash.training import load_train_config
     cfg = load_train_config("wan_mini", ["out_dir=/tmp/wan", "batch_size=4"])
 
+A recipe may start from another: ``base: wan_mini`` (a name in the same folder or configs/train/,
+or a YAML path relative to the recipe) is read first and the recipe's keys are merged onto it
+(sections key by key; lists replaced), so ``configs/train/wan_mini_sparse8.yaml`` states only
+what differs from ``wan_mini.yaml``. The saved ``config.yaml`` of a run is the merged whole.
+
 ``model_family`` (in the YAML or an override; default ``vidhash``) picks the family
 (:mod:`vidhash.training.families`) and with it the config class: ``TrainConfig``
 (:mod:`vidhash.training.config`) or the family's subclass. Here, above both, so that the config
@@ -10,9 +15,10 @@ module does not import the families that import it.
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from vidhash.config import apply_overrides
 from vidhash.presets import structured
@@ -31,12 +37,35 @@ def load_train_config(path: str | None = None, overrides: list[str] | None = Non
     if path is not None:
         p = resolve_config_path(path)
         what = str(p)
-        data = OmegaConf.load(str(p))
+        data = read_recipe(p)
     family = get_family(family_name(data, overrides or []))
     cfg = structured(family.config_class, data, what)
     cfg = apply_overrides(cfg, overrides or [])
     check_train_config(cfg, family)
     return cfg
+
+
+BASE_KEY = "base"
+
+
+def read_recipe(path: Path, _seen: tuple[Path, ...] = ()) -> DictConfig:
+    """A recipe YAML with its ``base`` chain merged under it (the recipe's keys win); ValueError
+    naming the file for a ``base`` that is not a string or that loops, FileNotFoundError for one
+    that does not exist."""
+    data = OmegaConf.load(str(path))
+    if not isinstance(data, DictConfig):
+        raise ValueError(f"{path}: a training recipe must be a YAML mapping")
+    if BASE_KEY not in data:
+        return data
+    base = data.pop(BASE_KEY)
+    if not isinstance(base, str) or not base:
+        raise ValueError(f"{path}: {BASE_KEY} must be a recipe name or a YAML path, got {base!r}")
+    here = (*_seen, path.resolve())
+    candidates = [path.parent / base, path.parent / f"{base}.yaml"]
+    base_path = next((c for c in candidates if c.is_file()), None) or resolve_config_path(base)
+    if base_path.resolve() in here:
+        raise ValueError(f"{path}: {BASE_KEY} {base!r} loops back to {base_path}")
+    return OmegaConf.merge(read_recipe(base_path, here), data)
 
 
 def family_name(data: Any, overrides: list[str]) -> str:

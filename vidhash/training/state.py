@@ -95,11 +95,12 @@ class TrainState:
         return {"max_steps": cfg.max_steps, "fitted_for": self.fitted_for, "rewarm_from": self.rewarm_from}
 
     def train_state(self, cfg: TrainConfig, family: ModelFamily, elapsed_s: float) -> dict:
-        """``train_state.json`` of an export: what :func:`continue_run` continues (no optimizer)."""
+        """``train_state.json`` of an export: what :func:`continue_run` continues (no optimizer), and
+        the family's :meth:`~vidhash.training.families.ModelFamily.export_info` (wan: ``attention``)."""
         run = {"step": self.step, "data_position": self.data_pos, "max_steps": cfg.max_steps,
                "fitted": self.fitted_for > 0, "budget_minutes": self.fitted_for, "rewarm_from": self.rewarm_from,
                "elapsed_s": elapsed_s, "rows": self.rows}
-        return {"fingerprint": family.fingerprint(cfg), "config": to_yaml(cfg), "run": run}
+        return {**family.export_info(cfg), "fingerprint": family.fingerprint(cfg), "config": to_yaml(cfg), "run": run}
 
 
 def build_state(cfg: TrainConfig, family: ModelFamily, accelerator, saved: tuple[dict, dict] | None,

@@ -9,8 +9,10 @@ The trainer reaches these through :class:`vidhash.training.families.wan.WanFamil
   ``out_channels`` / ``text_dim`` follow from ``condition``), ``condition``
   (:class:`~vidhash.pipelines.pipeline_wan_mini.WanMiniConditioning`), ``data``
   (:class:`~vidhash.data.wan_clips.WanClipConfig` and the loader's keys), ``noise``,
-  ``sample_shift``; checked by :func:`check_wan_sections`.
-* :func:`build` — the model with Wan's own initialisation (:func:`wan_init`).
+  ``sample_shift``, ``attention`` (:class:`~vidhash.training.attention.TrainAttentionConfig`:
+  dense, or hash attention in every self-attention); checked by :func:`check_wan_sections`.
+* :func:`build` — the model with Wan's own initialisation (:func:`wan_init`) and the training
+  attention (:func:`~vidhash.training.attention.enable_training_attention`).
 * :class:`WanSamples` — sample ``index`` = clip + σ + context-frame count + noise seed, a pure
   function of ``(data.seed, index)`` (so a run's data position is one integer);
   :func:`validation_batch` — a fixed batch of held-out worlds.
@@ -53,6 +55,7 @@ from vidhash.data.world import HELDOUT_WORLD_SEED, ProceduralWorld
 from vidhash.pipelines.pipeline_wan_mini import WanMiniConditioning, WanMiniPipeline
 from vidhash.presets import config_diff
 
+from .attention import TrainAttentionConfig, check_attention, enable_training_attention, fingerprint_part, is_dense
 from .config import TrainConfig
 from .data import IndexedSamples, sample_noise
 
@@ -122,6 +125,7 @@ class WanTrainConfig(TrainConfig):
     noise: WanNoiseConfig = field(default_factory=WanNoiseConfig)
     condition: WanConditionConfig = field(default_factory=WanConditionConfig)
     sample_shift: float = 3.0  # the exported scheduler's shift (FlowMatchEulerDiscreteScheduler)
+    attention: TrainAttentionConfig = field(default_factory=TrainAttentionConfig)  # dense unless density < 1
 
 
 def check_wan_sections(cfg: WanTrainConfig) -> None:
@@ -155,6 +159,10 @@ def check_wan_sections(cfg: WanTrainConfig) -> None:
         raise ValueError("val_every needs data.source=world (the validation batch is of held-out worlds)")
     if cfg.sample_shift <= 0:
         raise ValueError(f"sample_shift must be > 0, got {cfg.sample_shift}")
+    check_attention(cfg.attention)
+    if not is_dense(cfg.attention) and not cfg.export_train_state:
+        raise ValueError("attention.density < 1 needs export_train_state: true (train_state.json records the "
+                         "training attention, which a sampler of the export must use)")
 
 
 def conditioning(cfg: WanTrainConfig) -> WanMiniConditioning:
@@ -175,8 +183,9 @@ def model_kwargs(cfg: WanTrainConfig) -> dict:
 
 def fingerprint(cfg: WanTrainConfig) -> str:
     """Hash of what the weights depend on: the model's constructor arguments (as the stand-in loop
-    hashed them, so its exports and checkpoints keep their fingerprint)."""
-    blob = json.dumps(model_kwargs(cfg), sort_keys=True, default=list)
+    hashed them, so its exports and checkpoints keep their fingerprint) and, when it is sparse, the
+    training attention (a sparse run does not continue a dense one's checkpoint, nor the reverse)."""
+    blob = json.dumps({**model_kwargs(cfg), **fingerprint_part(cfg.attention)}, sort_keys=True, default=list)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -210,10 +219,12 @@ def wan_init(model: nn.Module) -> None:
 
 def build(cfg: WanTrainConfig) -> WanTransformer3DModel:
     """A fresh ``WanTransformer3DModel`` of the run, initialised from the global torch RNG
-    (:func:`vidhash.training.families.build_model` seeds it with ``cfg.seed``)."""
+    (:func:`vidhash.training.families.build_model` seeds it with ``cfg.seed``), with hash attention
+    in every self-attention when ``attention.density < 1`` (its SimHash is seeded apart: the same
+    initial weights as dense)."""
     model = WanTransformer3DModel(**model_kwargs(cfg))
     wan_init(model)
-    return model
+    return enable_training_attention(model, cfg.attention)
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:

@@ -38,6 +38,9 @@ the weights
 ``save(model, folder, cfg) -> None``               export: a ``from_pretrained`` folder of
                                                    ``model`` (the EMA weights, cast; the trainer
                                                    makes it atomic and picks the dtype)
+``export_info(cfg) -> dict``                       what a user of the export must know beyond the
+                                                   weights, into ``train_state.json`` (wan: the
+                                                   training attention); ``{}`` by default
 =================================================  ==============================================
 
 One optimizer step of the loop: ``total`` = ``loss_count`` of its micro-batches summed over
@@ -139,6 +142,10 @@ class ModelFamily(ABC):
     @abstractmethod
     def save(self, model: nn.Module, folder: Path, cfg: TrainConfig) -> None:
         ...
+
+    def export_info(self, cfg: TrainConfig) -> dict:
+        """Nothing by default (keys added to ``train_state.json``; not ``fingerprint``, ``config``, ``run``)."""
+        return {}
 
 
 def get_family(name: str) -> ModelFamily:

@@ -4,7 +4,8 @@ exported as a ``WanMiniPipeline``.
     vidhash train wan_mini out_dir=/tmp/wan --resume auto --max-minutes 8 init_from=.wan/wan-mini
 
 Config: :class:`~vidhash.training.wan_family.WanTrainConfig` (``model``, ``condition``, ``data``,
-``noise``, ``sample_shift``); the pieces (model, samples, loss, export) are in
+``noise``, ``sample_shift``, ``attention``: dense or hash attention while training, recorded in the
+export's ``train_state.json``, :mod:`vidhash.training.attention`); the pieces (model, samples, loss, export) are in
 :mod:`vidhash.training.wan_family`. Validation (``val_every``): model and EMA on a fixed batch of
 held-out worlds (:func:`~vidhash.training.wan_family.validation_batch`). The export keeps Wan's
 ``_keep_in_fp32_modules`` in float32 and is sharded under ``checkpoint.shard_mb``.
@@ -17,6 +18,7 @@ import torch
 from torch import nn
 
 from .. import wan_family
+from ..attention import attention_record, fingerprint_part
 from ..wan_family import WanBatch, WanSamples, WanTrainConfig
 from . import ModelFamily
 
@@ -35,7 +37,11 @@ class WanFamily(ModelFamily):
         return wan_family.fingerprint(cfg)
 
     def model_config(self, cfg: WanTrainConfig) -> dict:
-        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in wan_family.model_kwargs(cfg).items()}
+        kw = {k: (list(v) if isinstance(v, tuple) else v) for k, v in wan_family.model_kwargs(cfg).items()}
+        return {**kw, **fingerprint_part(cfg.attention)}  # a sparse run's attention is named in a mismatch
+
+    def export_info(self, cfg: WanTrainConfig) -> dict:
+        return attention_record(cfg.attention)
 
     def prepare(self, model: nn.Module, cfg: WanTrainConfig) -> None:
         if cfg.gradient_checkpointing:
