@@ -104,3 +104,27 @@ def test_a_memory_made_under_inference_mode_is_read_without_a_cache():
         mem.write(torch.randn(2, 3, 40, 24), torch.randn(2, 3, 40, 24), 9)
         assert_bitwise(read(mem, q, 16, cache), read(mem, q, 16))
         assert cache._key is None
+
+
+@pytest.mark.parametrize("n_bits,memo_bytes", [(8, None), (8, 3000), (64, None)])
+def test_selection_memo_gives_the_plain_read_for_repeated_and_new_signatures(n_bits, memo_bytes, monkeypatch):
+    """Reads of an unchanged memory share their selections by query signature (8 bits: many
+    repeats; a memo that fills up part-way; 64 bits: not kept): bitwise the read without a cache,
+    sorted or not, and a write empties the memo."""
+    if memo_bytes is not None:
+        monkeypatch.setattr(cpu, "MEMO_BYTES", memo_bytes)
+    g = torch.Generator().manual_seed(0)
+    mem = HashedMemory(64, 8, heads=3, head_dim=24, batch_size=2, policy="merge", n_bits=n_bits)
+    for f in range(6):
+        mem.write(torch.randn(2, 3, 29, 24, generator=g), torch.randn(2, 3, 29, 24, generator=g), f)
+    cache = cpu.ReadCache()
+    for _ in range(3):
+        q = torch.randn(2, 3, 30, 24, generator=g)
+        q[:, :, 20:] = q[:, :, :10]  # the same signatures within a read too
+        for indices in (False, True):
+            assert_bitwise(read(mem, q, 20, cache, indices), read(mem, q, 20, indices=indices))
+    kept = cache.memo.bytes
+    assert (kept > 0) == (n_bits <= 63) and (memo_bytes is None or kept <= memo_bytes)
+    mem.write(torch.randn(2, 3, 29, 24, generator=g), torch.randn(2, 3, 29, 24, generator=g), 7)
+    assert_bitwise(read(mem, q, 20, cache, False), read(mem, q, 20, indices=False))
+    assert cache.memo.bytes <= kept
