@@ -129,48 +129,57 @@ class SelectionMemo:
         self._heads: dict[tuple, tuple] = {}
         self.bytes = 0  # of the selections kept
 
-    def select(self, head: int, q_signs: torch.Tensor, e: FilledEntries, kk: int, sorted_: bool) -> torch.Tensor:
-        """:func:`_top` ``(q_signs (n, r), e.k_signs, e.tie, kk, sorted_)`` of head ``head``, each
-        signature selected once."""
-        n, r = q_signs.shape
-        if r > 63 or n == 0:
+    @staticmethod
+    def codes(q_signs: torch.Tensor) -> torch.Tensor | None:
+        """``q_signs (..., r)`` ±1 → the signatures as int64 integers ``(...)``; None for more than 63 bits."""
+        r = q_signs.shape[-1]
+        return ((q_signs > 0).to(torch.int64) << torch.arange(r)).sum(-1) if r <= 63 else None
+
+    def select(self, head: int, codes: torch.Tensor | None, q_signs: torch.Tensor, e: FilledEntries, kk: int,
+               sorted_: bool) -> torch.Tensor:
+        """:func:`_top` ``(q_signs (n, r), e.k_signs, e.tie, kk, sorted_)`` of head ``head`` (``codes (n,)``:
+        :meth:`codes` of ``q_signs``), each signature selected once."""
+        n = q_signs.shape[0]
+        if codes is None or n == 0:
             return _top(q_signs, e.k_signs, e.tie, kk, sorted_)
-        # 1. the read's distinct signatures (as integers), and which of them are kept
-        codes = ((q_signs > 0).to(torch.int64) << torch.arange(r)).sum(-1)
+        # 1. the read's distinct signatures, and the rows of those kept
         uniq, inv = torch.unique(codes, return_inverse=True)  # (u,) sorted, (n,)
         key = (head, kk, sorted_)
         known, slots, store, m = self._heads.get(key, (codes[:0], codes[:0], None, 0))
-        hit = torch.zeros_like(uniq, dtype=torch.bool)
         if m:
             pos = torch.searchsorted(known, uniq).clamp_(max=m - 1)
-            hit = known.index_select(0, pos) == uniq
-        table = torch.empty(uniq.numel(), kk, dtype=torch.int64)  # (u, kk) each signature's selection
-        hits, miss = torch.nonzero(hit).squeeze(1), torch.nonzero(~hit).squeeze(1)
-        if hits.numel():
-            table[hits] = store.index_select(0, slots.index_select(0, pos.index_select(0, hits)))
+            rows = slots.index_select(0, pos)  # (u,) the store's row of each kept signature
+            miss = torch.nonzero(known.index_select(0, pos) != uniq).squeeze(1)
+        else:
+            rows, miss = torch.empty_like(uniq), torch.arange(uniq.numel())
         if miss.numel():
             # 2. the new signatures selected (from one query of each), kept while the memo has room
-            first = torch.empty_like(uniq).scatter_(0, inv, torch.arange(n))
-            table[miss] = fresh = _top(q_signs.index_select(0, first.index_select(0, miss)), e.k_signs, e.tie, kk,
-                                       sorted_)
-            if self.bytes + fresh.numel() * 8 <= MEMO_BYTES:
-                self._heads[key] = self._keep(known, slots, store, m, uniq.index_select(0, miss), fresh)
-                self.bytes += fresh.numel() * 8
-        return table.index_select(0, inv)
+            first = torch.empty_like(uniq).scatter_(0, inv, torch.arange(n)).index_select(0, miss)
+            fresh = _top(q_signs.index_select(0, first), e.k_signs, e.tie, kk, sorted_)
+            if self.bytes + fresh.numel() * 8 > MEMO_BYTES:  # full: this read's own table of selections
+                table = torch.empty(uniq.numel(), kk, dtype=torch.int64)
+                if m:
+                    table.copy_(store.index_select(0, rows))  # (rows of the missing ones: any kept row)
+                return table.index_copy_(0, miss, fresh).index_select(0, inv)
+            store, m_new = self._keep(key, uniq.index_select(0, miss), fresh)
+            rows.index_copy_(0, miss, torch.arange(m, m_new))
+        return store.index_select(0, rows.index_select(0, inv))
 
-    @staticmethod
-    def _keep(known, slots, store, m, codes, rows) -> tuple:
-        """The memo of one head with ``rows (t, kk)`` of new ``codes (t,)`` added: the store grows
-        by doubling, the codes stay sorted."""
+    def _keep(self, key: tuple, codes: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, int]:
+        """Adds ``rows (t, kk)`` of new ``codes (t,)`` to the memo of ``key``: the store grows by
+        doubling, the codes stay sorted. Returns the store and its rows in use."""
         t, kk = rows.shape
+        known, slots, store, m = self._heads.get(key, (codes[:0], codes[:0], None, 0))
         if store is None or m + t > store.shape[0]:
-            grown = torch.empty(max(2 * m, m + t, 64), kk, dtype=torch.int64)
+            grown = torch.empty(max(2 * m, m + t, 1024), kk, dtype=torch.int64)
             if m:
                 grown[:m] = store[:m]
             store = grown
         store[m : m + t] = rows
         known, order = torch.sort(torch.cat([known, codes]))
-        return known, torch.cat([slots, torch.arange(m, m + t)]).index_select(0, order), store, m + t
+        self._heads[key] = known, torch.cat([slots, torch.arange(m, m + t)]).index_select(0, order), store, m + t
+        self.bytes += rows.numel() * 8
+        return store, m + t
 
 
 def _top(q_signs: torch.Tensor, k_signs: torch.Tensor, tie: torch.Tensor, kk: int, sorted_: bool) -> torch.Tensor:
@@ -262,6 +271,8 @@ def memory_attend_compact(table: MemoryTable, q: torch.Tensor, top_k: int, *, ha
     out = torch.zeros(b * h, n, d, dtype=acc)
     lse = torch.full((b * h, n), float("-inf"), dtype=acc if acc == torch.float64 else torch.float32)
     idx = torch.full((b * h, n, kk), -1, dtype=torch.int64) if return_indices else None
+    memo = cache.memo if cache is not None else None
+    codes = SelectionMemo.codes(q_signs) if memo is not None else None  # (b·h, n)
     for i, e in enumerate(entries):
         if e is None:
             continue
@@ -272,9 +283,8 @@ def memory_attend_compact(table: MemoryTable, q: torch.Tensor, top_k: int, *, ha
                 idx[i, :, :f] = _take(e.filled, _top(q_signs[i], e.k_signs, e.tie, f, True))
             continue
         # the top-kk ranks among the filled entries (positions in `filled`), softmax over them
-        memo = cache.memo if cache is not None else None
-        sel = (memo.select(i, q_signs[i], e, kk, return_indices) if memo is not None
-               else _top(q_signs[i], e.k_signs, e.tie, kk, return_indices))
+        sel = (memo.select(i, codes[i] if codes is not None else None, q_signs[i], e, kk, return_indices)
+               if memo is not None else _top(q_signs[i], e.k_signs, e.tie, kk, return_indices))
         if return_indices:
             idx[i] = _take(e.filled, sel)
         out[i], lse[i] = _sparse_read(qf[i], e.keys, e.vals, _take(e.bias, sel), sel, sc)
