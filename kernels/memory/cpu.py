@@ -125,61 +125,59 @@ class SelectionMemo:
     not kept (:meth:`select` then calls :func:`_top`)."""
 
     def __init__(self):
-        # (head, kk, sorted) -> (codes (m,) sorted int64, slots (m,) their rows of store, store (≥ m, kk) int64, m)
-        self._heads: dict[tuple, tuple] = {}
+        # (head, kk, sorted) -> [{signature: row of store}, store (≥ rows used, kk) int64 or None]
+        self._heads: dict[tuple, list] = {}
         self.bytes = 0  # of the selections kept
 
     @staticmethod
-    def codes(q_signs: torch.Tensor) -> torch.Tensor | None:
-        """``q_signs (..., r)`` ±1 → the signatures as int64 integers ``(...)``; None for more than 63 bits."""
+    def codes(q_signs: torch.Tensor) -> list | None:
+        """``q_signs (m, n, r)`` ±1 → the signatures as Python integers, ``m`` lists of ``n``; None
+        for more than 63 bits."""
         r = q_signs.shape[-1]
-        return ((q_signs > 0).to(torch.int64) << torch.arange(r)).sum(-1) if r <= 63 else None
+        return ((q_signs > 0).to(torch.int64) << torch.arange(r)).sum(-1).tolist() if r <= 63 else None
 
-    def select(self, head: int, codes: torch.Tensor | None, q_signs: torch.Tensor, e: FilledEntries, kk: int,
+    def select(self, head: int, codes: list | None, q_signs: torch.Tensor, e: FilledEntries, kk: int,
                sorted_: bool) -> torch.Tensor:
-        """:func:`_top` ``(q_signs (n, r), e.k_signs, e.tie, kk, sorted_)`` of head ``head`` (``codes (n,)``:
-        :meth:`codes` of ``q_signs``), each signature selected once."""
-        n = q_signs.shape[0]
-        if codes is None or n == 0:
+        """:func:`_top` ``(q_signs (n, r), e.k_signs, e.tie, kk, sorted_)`` of head ``head`` (``codes``:
+        its queries' row of :meth:`codes`), each signature selected once. The bookkeeping of a few
+        hundred integers is Python dicts and lists: cheaper than tensor ops of that size."""
+        if codes is None or not codes:
             return _top(q_signs, e.k_signs, e.tie, kk, sorted_)
-        # 1. the read's distinct signatures, and the rows of those kept
-        uniq, inv = torch.unique(codes, return_inverse=True)  # (u,) sorted, (n,)
-        key = (head, kk, sorted_)
-        known, slots, store, m = self._heads.get(key, (codes[:0], codes[:0], None, 0))
-        if m:
-            pos = torch.searchsorted(known, uniq).clamp_(max=m - 1)
-            rows = slots.index_select(0, pos)  # (u,) the store's row of each kept signature
-            miss = torch.nonzero(known.index_select(0, pos) != uniq).squeeze(1)
-        else:
-            rows, miss = torch.empty_like(uniq), torch.arange(uniq.numel())
-        if miss.numel():
-            # 2. the new signatures selected (from one query of each), kept while the memo has room
-            first = torch.empty_like(uniq).scatter_(0, inv, torch.arange(n)).index_select(0, miss)
-            fresh = _top(q_signs.index_select(0, first), e.k_signs, e.tie, kk, sorted_)
-            if self.bytes + fresh.numel() * 8 > MEMO_BYTES:  # full: this read's own table of selections
-                table = torch.empty(uniq.numel(), kk, dtype=torch.int64)
-                if m:
-                    table.copy_(store.index_select(0, rows))  # (rows of the missing ones: any kept row)
-                return table.index_copy_(0, miss, fresh).index_select(0, inv)
-            store, m_new = self._keep(key, uniq.index_select(0, miss), fresh)
-            rows.index_copy_(0, miss, torch.arange(m, m_new))
-        return store.index_select(0, rows.index_select(0, inv))
+        memo = self._heads.setdefault((head, kk, sorted_), [{}, None])
+        slot = memo[0]
+        rows = [slot.get(c, -1) for c in codes]  # each query's row of the store, -1: not kept
+        if -1 in rows:
+            # the new signatures selected (from one query of each), kept while the memo has room
+            new: dict[int, int] = {}
+            for i, (c, row) in enumerate(zip(codes, rows)):
+                if row < 0 and c not in new:
+                    new[c] = i
+            fresh = _top(q_signs.index_select(0, torch.tensor(list(new.values()))), e.k_signs, e.tie, kk, sorted_)
+            m = len(slot)
+            store = self._room(memo, m + len(new), kk, fresh.numel() * 8)
+            if store is None:  # memo full: this read's rows from the kept ones and the fresh ones
+                where = {c: m + j for j, c in enumerate(new)}
+                table = torch.cat([memo[1][:m], fresh]) if m else fresh
+                return table.index_select(0, torch.tensor([r if r >= 0 else where[c] for c, r in zip(codes, rows)]))
+            store[m : m + len(new)] = fresh
+            for j, c in enumerate(new):
+                slot[c] = m + j
+            rows = [slot[c] for c in codes]
+        return memo[1].index_select(0, torch.tensor(rows))
 
-    def _keep(self, key: tuple, codes: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, int]:
-        """Adds ``rows (t, kk)`` of new ``codes (t,)`` to the memo of ``key``: the store grows by
-        doubling, the codes stay sorted. Returns the store and its rows in use."""
-        t, kk = rows.shape
-        known, slots, store, m = self._heads.get(key, (codes[:0], codes[:0], None, 0))
-        if store is None or m + t > store.shape[0]:
-            grown = torch.empty(max(2 * m, m + t, 1024), kk, dtype=torch.int64)
-            if m:
-                grown[:m] = store[:m]
-            store = grown
-        store[m : m + t] = rows
-        known, order = torch.sort(torch.cat([known, codes]))
-        self._heads[key] = known, torch.cat([slots, torch.arange(m, m + t)]).index_select(0, order), store, m + t
-        self.bytes += rows.numel() * 8
-        return store, m + t
+    def _room(self, memo: list, rows: int, kk: int, nbytes: int) -> torch.Tensor | None:
+        """The memo's store with room for ``rows`` rows (grown by doubling), ``nbytes`` more counted;
+        None when that would pass :data:`MEMO_BYTES`."""
+        if self.bytes + nbytes > MEMO_BYTES:
+            return None
+        self.bytes += nbytes
+        store = memo[1]
+        if store is None or store.shape[0] < rows:
+            grown = torch.empty(max(rows, 1024, 2 * (0 if store is None else store.shape[0])), kk, dtype=torch.int64)
+            if store is not None:
+                grown[: store.shape[0]] = store
+            store = memo[1] = grown
+        return store
 
 
 def _top(q_signs: torch.Tensor, k_signs: torch.Tensor, tie: torch.Tensor, kk: int, sorted_: bool) -> torch.Tensor:
@@ -272,7 +270,7 @@ def memory_attend_compact(table: MemoryTable, q: torch.Tensor, top_k: int, *, ha
     lse = torch.full((b * h, n), float("-inf"), dtype=acc if acc == torch.float64 else torch.float32)
     idx = torch.full((b * h, n, kk), -1, dtype=torch.int64) if return_indices else None
     memo = cache.memo if cache is not None else None
-    codes = SelectionMemo.codes(q_signs) if memo is not None else None  # (b·h, n)
+    codes = SelectionMemo.codes(q_signs) if memo is not None else None  # b·h lists of n ints
     for i, e in enumerate(entries):
         if e is None:
             continue
