@@ -128,3 +128,16 @@ def test_selection_memo_gives_the_plain_read_for_repeated_and_new_signatures(n_b
     mem.write(torch.randn(2, 3, 29, 24, generator=g), torch.randn(2, 3, 29, 24, generator=g), 7)
     assert_bitwise(read(mem, q, 20, cache, False), read(mem, q, 20, indices=False))
     assert cache.memo.bytes <= kept
+
+
+def test_int8_ranks_give_the_float_ranks_selection(monkeypatch):
+    """Ranks from an int8 matmul (int32) and from the float32 addmm are the same integers, and
+    topk's order depends on their comparisons only: the same read, sorted or not."""
+    mem = merge_memory(150)
+    q = torch.randn(2, 3, 9, 24, generator=torch.Generator().manual_seed(4))
+    assert cpu._int_mm_works() and cpu.filled_entries(mem.table, 32, torch.float32)[0].k_signs.dtype == torch.int8
+    ints = [read(mem, q, 20, indices=i) for i in (True, False)]
+    monkeypatch.setattr(cpu, "_int_mm_works", lambda: False)
+    assert cpu.filled_entries(mem.table, 32, torch.float32)[0].k_signs.dtype == torch.float32
+    for i, got in zip((True, False), ints):
+        assert_bitwise(got, read(mem, q, 20, indices=i))
