@@ -14,9 +14,10 @@ bitwise. The reference scores every one of the ``c`` entries for every query and
    with their keys, values, log-count weights and signature bits (:func:`filled_entries`; kept
    while the memory is unchanged by a :class:`ReadCache`, so a generation gathers them once per
    chunk, not once per denoising step);
-2. their rank for every query, ``(similarity + n_bits)·(f + 1) + f − j``, one matmul of ±1 bit
-   signs (exact integers in float32), then ``topk`` over ``f`` entries — once per query
-   signature while the memory is unchanged (:class:`SelectionMemo`, with a :class:`ReadCache`);
+2. their rank for every query, ``(similarity + n_bits)·(f + 1) + f − j``, one int8 matmul of ±1
+   bit signs (exact int32; float32 where ``torch._int_mm`` is missing), then ``topk`` over ``f``
+   entries — once per query signature while the memory is unchanged (:class:`SelectionMemo`,
+   with a :class:`ReadCache`);
 3. attention over the selected pairs only: their scores by a sampled matmul
    (``torch.sparse.sampled_addmm`` on a CSR pattern of the selection), the weighted sum of values
    by a bag sum (``embedding_bag``), nothing of size ``(n, c)`` or ``(n, k, d)`` held.
