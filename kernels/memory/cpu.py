@@ -232,7 +232,7 @@ def _sparse_read(q: torch.Tensor, keys: torch.Tensor, vals: torch.Tensor, bias: 
     order) of ``keys``/``vals (c, d)``, key ``cols[i, j]`` scored ``sc·q·k + bias[i, j]``:
     ``out (n, d)``, ``lse (n,)``."""
     n, kk = cols.shape
-    crow, zeros = _csr_rows(n, kk, q.dtype)
+    crow, zeros = _csr_rows(n, kk, q.dtype)  # (crow doubles as embedding_bag's bag offsets, less the last)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "sparse CSR support is in beta": sampled_addmm alone is used
         pattern = torch.sparse_csr_tensor(crow, cols.reshape(-1), zeros, size=(n, keys.shape[0]), check_invariants=False)
@@ -240,7 +240,8 @@ def _sparse_read(q: torch.Tensor, keys: torch.Tensor, vals: torch.Tensor, bias: 
     s.add_(bias)  # (s is this call's own: in place, the same values as s + bias)
     lse = torch.logsumexp(s, dim=-1)
     p = s.sub_(lse.unsqueeze(-1)).exp_()
-    out = torch.nn.functional.embedding_bag(cols, vals, per_sample_weights=p, mode="sum")
+    # F.embedding_bag(cols, vals, per_sample_weights=p, mode="sum") without its Python checks: the same op
+    out = torch.embedding_bag(vals, cols.reshape(-1), crow[:-1], False, 0, False, p.reshape(-1), False, None)[0]
     return out, lse
 
 
