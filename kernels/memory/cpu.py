@@ -73,24 +73,48 @@ def _int_mm_works() -> bool:
         return False
 
 
-def filled_entries(table: MemoryTable, n_bits: int, acc: torch.dtype) -> list[FilledEntries | None]:
-    """Per batch element and head (``b·h`` of them), its :class:`FilledEntries`, None for an empty one."""
+class JoinedEntries(NamedTuple):
+    """The filled entries of every head in one tensor each, head after head (each head's
+    :class:`FilledEntries` views its rows): one sparse read covers several heads. Letters: F the
+    filled entries of all heads."""
+
+    keys: torch.Tensor  # (F, d) in the read's dtype
+    vals: torch.Tensor  # (F, d)
+    bias: torch.Tensor  # (F,)
+    starts: tuple  # (b·h,) ints: the first row of each head
+
+
+class Entries(list):
+    """:func:`filled_entries`' list (``b·h`` :class:`FilledEntries` or None), with ``joined``."""
+
+    joined: JoinedEntries
+
+
+def filled_entries(table: MemoryTable, n_bits: int, acc: torch.dtype) -> Entries:
+    """Per batch element and head (``b·h`` of them), its :class:`FilledEntries`, None for an empty
+    one; gathered for all heads at once (``.joined``, which the heads' keys, values and bias view)."""
     b, h, c, d = table.keys.shape[0], table.keys.shape[1], table.capacity, table.keys.shape[-1]
-    keys, vals = table.keys.view(b * h, c, d), table.values.view(b * h, c, d)
-    sigs, counts = table.signatures.view(b * h, c, -1), table.counts.view(b * h, c)
-    out = []
-    for i in range(b * h):
-        filled = torch.nonzero(counts[i] > 0).squeeze(1)
-        f = filled.numel()
+    bh = b * h
+    mask = table.counts.view(bh, c) > 0
+    flat = torch.nonzero(mask.view(-1)).squeeze(1)  # (F,) i·c + j: head by head, entry order within
+    fs = mask.sum(1).tolist()
+    keys = table.keys.view(bh * c, d).index_select(0, flat).to(acc)
+    vals = table.values.view(bh * c, d).index_select(0, flat).to(acc)
+    bias = torch.log(table.counts.view(-1).index_select(0, flat).float()).to(acc)
+    sigs = table.signatures.view(bh * c, -1).index_select(0, flat)
+    starts = [sum(fs[:i]) for i in range(bh)]
+    out = Entries()
+    out.joined = JoinedEntries(keys, vals, bias, tuple(starts))
+    for i, (f, s0) in enumerate(zip(fs, starts)):
         if f == 0:
             out.append(None)
             continue
+        rows = slice(s0, s0 + f)
         dt = _rank_dtype(f, n_bits)
-        signs = sig_signs(sigs[i, filled], n_bits)
+        signs = sig_signs(sigs[rows], n_bits)
         signs = signs.to(torch.int8).t().contiguous() if dt == torch.int32 else signs.to(dt)
-        out.append(FilledEntries(
-            filled, torch.log(counts[i, filled].float()).to(acc), keys[i, filled].to(acc), vals[i, filled].to(acc),
-            signs, n_bits * (f + 1) + f - torch.arange(f, dtype=dt)))
+        out.append(FilledEntries(flat[rows] - i * c, bias[rows], keys[rows], vals[rows], signs,
+                                 n_bits * (f + 1) + f - torch.arange(f, dtype=dt)))
     return out
 
 
@@ -108,13 +132,13 @@ class ReadCache:
     def __init__(self):
         self._refs: tuple = ()
         self._key: tuple | None = None
-        self._entries: list[FilledEntries | None] = []
+        self._entries: Entries = Entries()
         self.memo: SelectionMemo | None = None  # of the kept entries; None while nothing is kept
 
     def __reduce__(self):  # copied or pickled with its memory: empty (weak references do not copy)
         return ReadCache, ()
 
-    def get(self, table: MemoryTable, n_bits: int, acc: torch.dtype) -> list[FilledEntries | None]:
+    def get(self, table: MemoryTable, n_bits: int, acc: torch.dtype) -> Entries:
         parts = (table.keys, table.values, table.signatures, table.counts)
         if any(t.is_inference() for t in parts):  # made under torch.inference_mode: no version counter to
             self._refs, self._key, self.memo = (), None, None  # see a change by, so nothing is kept
@@ -274,6 +298,31 @@ def _query_signs(q: torch.Tensor, hasher, q_sig: torch.Tensor | None) -> torch.T
     return sig_signs(hasher(q, role="query") if q_sig is None else q_sig, hasher.n_bits)
 
 
+def _read_selected(entries: Entries, sels: dict, qf: torch.Tensor, out: torch.Tensor, lse: torch.Tensor, sc: float):
+    """Softmax over the selected entries, ``sels`` (head → ``(n, kk)`` positions among its filled
+    entries), into ``out (b·h, n, d)`` and ``lse (b·h, n)``: several heads in one sparse read over
+    :class:`JoinedEntries` (each score, bias, exponent and bag sum is per query and entry, in the
+    selection's order either way: the same values as head by head, in fewer, larger ops)."""
+    if not sels:
+        return
+    heads = list(sels)
+    if len(heads) == 1 or getattr(entries, "joined", None) is None:
+        for i in heads:
+            e = entries[i]
+            out[i], lse[i] = _sparse_read(qf[i], e.keys, e.vals, _take(e.bias, sels[i]), sels[i], sc)
+        return
+    j = entries.joined
+    n, kk = sels[heads[0]].shape
+    cols = torch.cat([sels[i] + j.starts[i] for i in heads])  # (heads·n, kk) rows of the joined entries
+    q = qf.reshape(-1, qf.shape[-1]) if len(heads) == qf.shape[0] else qf[heads].reshape(-1, qf.shape[-1])
+    o, l = _sparse_read(q, j.keys, j.vals, _take(j.bias, cols), cols, sc)
+    if len(heads) == qf.shape[0]:
+        out.copy_(o.view_as(out))
+        lse.copy_(l.view_as(lse))
+    else:
+        out[heads], lse[heads] = o.view(len(heads), n, -1), l.view(len(heads), n).to(lse.dtype)
+
+
 @torch.no_grad()
 def memory_attend_compact(table: MemoryTable, q: torch.Tensor, top_k: int, *, hasher, scale: float | None = None,
                           return_indices: bool = False, q_sig: torch.Tensor | None = None,
@@ -299,6 +348,7 @@ def memory_attend_compact(table: MemoryTable, q: torch.Tensor, top_k: int, *, ha
     idx = torch.full((b * h, n, kk), -1, dtype=torch.int64) if return_indices else None
     memo = cache.memo if cache is not None else None
     codes = SelectionMemo.codes(q_signs) if memo is not None else None  # b·h lists of n ints
+    sels = {}  # head -> the top-kk ranks among its filled entries (positions in `filled`)
     for i, e in enumerate(entries):
         if e is None:
             continue
@@ -308,11 +358,10 @@ def memory_attend_compact(table: MemoryTable, q: torch.Tensor, top_k: int, *, ha
             if return_indices:
                 idx[i, :, :f] = _take(e.filled, _top(q_signs[i], e.k_signs, e.tie, f, True))
             continue
-        # the top-kk ranks among the filled entries (positions in `filled`), softmax over them
-        sel = (memo.select(i, codes[i] if codes is not None else None, q_signs[i], e, kk, return_indices)
-               if memo is not None else _top(q_signs[i], e.k_signs, e.tie, kk, return_indices))
+        sels[i] = sel = (memo.select(i, codes[i] if codes is not None else None, q_signs[i], e, kk, return_indices)
+                         if memo is not None else _top(q_signs[i], e.k_signs, e.tie, kk, return_indices))
         if return_indices:
             idx[i] = _take(e.filled, sel)
-        out[i], lse[i] = _sparse_read(qf[i], e.keys, e.vals, _take(e.bias, sel), sel, sc)
+    _read_selected(entries, sels, qf, out, lse, sc)
     res = out.view(b, h, n, d).to(q.dtype), lse.view(b, h, n)
     return (*res, idx.view(b, h, n, kk)) if return_indices else res

@@ -141,3 +141,21 @@ def test_int8_ranks_give_the_float_ranks_selection(monkeypatch):
     assert cpu.filled_entries(mem.table, 32, torch.float32)[0].k_signs.dtype == torch.float32
     for i, got in zip((True, False), ints):
         assert_bitwise(got, read(mem, q, 20, indices=i))
+
+
+def test_heads_read_together_equal_head_by_head():
+    """One sparse read over the joined entries of several heads gives bitwise the per-head reads
+    (all heads, and a subset)."""
+    mem = merge_memory(200)
+    entries = cpu.filled_entries(mem.table, 32, torch.float32)
+    g = torch.Generator().manual_seed(5)
+    qf = torch.randn(6, 7, 24, generator=g)
+    sels = {i: torch.stack([torch.randperm(e.filled.numel(), generator=g)[:10] for _ in range(7)])
+            for i, e in enumerate(entries)}
+    for heads in (list(sels), [0, 2, 5]):
+        picked = {i: sels[i] for i in heads}
+        together = torch.zeros(6, 7, 24), torch.full((6, 7), float("-inf"))
+        apart = torch.zeros(6, 7, 24), torch.full((6, 7), float("-inf"))
+        cpu._read_selected(entries, picked, qf, *together, 0.2)
+        cpu._read_selected(list(entries), picked, qf, *apart, 0.2)  # a plain list: head by head
+        assert_bitwise(together, apart)
