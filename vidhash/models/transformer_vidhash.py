@@ -135,14 +135,17 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor | None, sin: torch.Tensor | No
     """Rotate pairs ``(x[..., i], x[..., i + e/2])`` of ``x (b, h, n, e)`` by the angles behind
     ``cos``/``sin`` ``(b, 1, n, e/2)`` (float32 math, ``x``'s dtype out); identity when ``cos`` is None.
 
-    Without gradients, as ``x·[cos, cos] + swap(x)·[−sin, sin]`` (``swap`` exchanges the halves;
-    the tables are built once per ``cos``/``sin``, :func:`_rope_tables`): per element the same two
-    products and one sum (``a − b`` is ``a + (−b)``): bitwise the same values (a NaN stays NaN; its
-    sign bit may differ), in 4 ops instead of 8."""
+    On a CPU without gradients, as ``x·[cos, cos] + swap(x)·[−sin, sin]`` (``swap`` exchanges the
+    halves; the tables are built once per ``cos``/``sin``, :func:`_rope_tables`): per element the
+    same two products and one sum (``a − b`` is ``a + (−b)``): bitwise the same values (a NaN stays
+    NaN; its sign bit may differ), in 4 ops instead of 8."""
     if cos is None:
         return x
     xf = x.float()
-    if torch.is_grad_enabled() and any(t.requires_grad for t in (xf, cos, sin)):
+    # the formula itself: on a GPU (a CUDA graph replays its kernels without this Python: kept
+    # tables would go stale), when traced (one fused graph anyway) and with gradients
+    if (xf.device.type != "cpu" or torch.compiler.is_compiling()
+            or torch.is_grad_enabled() and any(t.requires_grad for t in (xf, cos, sin))):
         x1, x2 = xf.chunk(2, dim=-1)
         return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).to(x.dtype)
     c2, s2 = _rope_tables(cos, sin)
