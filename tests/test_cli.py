@@ -223,3 +223,18 @@ def test_dtype_sets_the_weights_and_the_state(tmp_path):
                  "--save-state", str(tmp_path / "s.pt")]) == 0
     assert VidHashState.load(tmp_path / "s.pt").config["dtype"] == "bfloat16"
     assert "dtype: bfloat16" in (tmp_path / "clip.config.yaml").read_text()
+
+
+def test_only_a_program_run_freezes_the_collector(monkeypatch, capsys):
+    """`vidhash ...` (argv from sys.argv) moves the objects alive at its start and end out of the
+    collector's generations, for a quick exit; main(argv) called from Python leaves them."""
+    import gc
+
+    args = ["train", "configs/train/cpu_test.yaml", "--print-config"]
+    gc.unfreeze()
+    try:
+        assert main(args) == 0 and gc.get_freeze_count() == 0
+        monkeypatch.setattr("sys.argv", ["vidhash", *args])
+        assert main() == 0 and gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()

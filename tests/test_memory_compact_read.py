@@ -79,7 +79,8 @@ def test_compact_read_in_float32_and_bfloat16(dtype):
 
 def test_compact_read_with_unset_indices_and_a_wide_rank():
     """Without return_indices (topk's own order) the outputs are the same; a memory whose ranks
-    outgrow float32 integers (more than 2^24 / 65 filled entries) ranks in float64."""
+    outgrow float32 integers (more than 2^24 / 65 filled entries) ranks in int32 (an int8 matmul),
+    or in float64 where torch._int_mm is missing."""
     mem = filled_memory("fifo", num_buckets=8, slots=8, tokens=200)
     q = torch.randn(2, 3, 5, 24, dtype=torch.float64)
     o1, l1 = naive.memory_attend(mem.table, q, 9, hasher=mem.hasher)

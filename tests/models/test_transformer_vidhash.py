@@ -149,6 +149,36 @@ def test_rope_scores_depend_on_offsets_and_wrap_on_the_torus():
         VidHashTransformer3DModel(hidden_dim=36, num_heads=2, rope=True)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_rope_without_gradients_is_bitwise_the_rotation_formula(dtype):
+    """The inference path (x·[cos, cos] + swap(x)·[−sin, sin], cached tables) gives bitwise what
+    ``x1·cos − x2·sin, x1·sin + x2·cos`` gives, signed zeros and infinities included (a NaN may
+    differ in its sign bit only); with gradients the formula itself runs. A table is rebuilt when
+    cos/sin change in place."""
+    from vidhash.models.transformer_vidhash import apply_rope
+
+    def formula(x, cos, sin):
+        x1, x2 = x.float().chunk(2, dim=-1)
+        return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).to(x.dtype)
+
+    g = torch.Generator().manual_seed(0)
+    x = (torch.randn(2, 1, 3, 37, 16, generator=g) * 1e3).to(dtype)
+    ang = torch.randn(1, 1, 37, 8, generator=g) * 50
+    cos, sin = ang.cos(), ang.sin()
+    x.view(-1)[:40] = torch.tensor([0.0, -0.0, float("inf"), float("-inf"), 1e-30] * 8, dtype=dtype)
+    cos.view(-1)[:4], sin.view(-1)[:4] = torch.tensor([0.0, -0.0, 1.0, -1.0]), torch.tensor([-0.0, 0.0, 0.0, -0.0])
+    bits = torch.int32 if dtype == torch.float32 else torch.int16
+    for _ in range(2):  # the second time through the kept tables
+        with torch.no_grad():
+            a, b = apply_rope(x, cos, sin), formula(x, cos, sin)
+        assert torch.equal(a.isnan(), b.isnan())
+        assert torch.equal(a.view(bits)[~a.isnan()], b.view(bits)[~b.isnan()])
+        cos.mul_(-1)  # in place: the next call sees the new values
+    xg = x.float().requires_grad_()
+    apply_rope(xg, cos, sin).sum().backward()
+    assert xg.grad is not None
+
+
 def test_rope_model_is_translation_covariant_in_attention_only():
     """With rope, moving the whole clip changes the output only through the additive position
     embedding and the pose condition: zeroing those makes the model translation invariant."""
