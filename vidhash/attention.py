@@ -42,7 +42,7 @@ from .ops.checks import BACKENDS, MAX_BLOCK_SIZE, BlockSelection, check_qkv, res
 __all__ = [
     "BACKENDS", "MAX_BLOCK_SIZE", "SCORERS", "BlockSelection", "block_signatures", "block_sparse_attention", "default_hasher",
     "dense_attention", "fused_attention_lse", "hash_attention", "merge_attention", "resolve_backend",
-    "select_blocks", "selection_recall",
+    "select_blocks", "selection_recall", "default_scorer", "resolve_scorer", "READS_SIGNATURES",
 ]
 
 
@@ -184,14 +184,36 @@ SCORERS = ("simhash", "pooled", "moments", "prefilter")
 """``scorer=`` names of :func:`select_blocks` / :func:`hash_attention` (or pass a
 :class:`~vidhash.selection.learned.LearnedBlockScorer`):
 
-* ``"simhash"`` — Hamming similarity of the blocks' SimHash signatures (the default);
+* ``"simhash"`` — Hamming similarity of the blocks' SimHash signatures (the default when a
+  ``hasher`` is given);
 * ``"pooled"`` — ``s · q̄ · k̄`` of the blocks' mean tokens, as int8 block codes (the block-score
-  kernel, ``kernels/block_score``; its torch reference gives the same indices);
+  kernel, ``kernels/block_score``; its torch reference gives the same indices); the default
+  otherwise (:func:`default_scorer`);
 * ``"moments"`` — means and per-channel variances (second-order estimate of the block pair's
   ``log E exp(s q·k)``), the same codes and kernel;
 * ``"prefilter"`` — SimHash keeps 4 × kept candidates, exact pooled scores rank them (torch on
   every backend).
 """
+
+
+READS_SIGNATURES = ("simhash", "prefilter")
+"""The scorers that read signatures (a ``hasher``: SimHash or learned codes)."""
+
+
+def default_scorer(signatures_given: bool) -> str:
+    """The scorer used when none is named — one rule for :func:`select_blocks`,
+    :func:`hash_attention`, the diffusers drop-in and training: ``"simhash"`` when signatures are
+    given (a ``hasher``; in the drop-in also ``hashers``, ``n_bits`` or ``seed``), since only the
+    scorers of :data:`READS_SIGNATURES` read them; else ``"pooled"``, which kept more attention mass
+    than SimHash at every shape measured (synthetic N = 65,536 and 131,072, the Wan 1.3B shape, the
+    world model's and the trained wan-mini's activations) for at most 11 % more select + attend time
+    (BENCHMARKS.md, "Block selection" and "Drop-in on wan-mini")."""
+    return "simhash" if signatures_given else "pooled"
+
+
+def resolve_scorer(scorer, hasher) -> str | nn.Module:
+    """``scorer``, or :func:`default_scorer` for ``None``."""
+    return default_scorer(hasher is not None) if scorer is None else scorer
 
 
 def _code_scorer(scorer):
@@ -213,7 +235,7 @@ def _check_scorer(scorer, hasher, q: torch.Tensor) -> None:
     if isinstance(scorer, str):
         if scorer not in SCORERS:
             raise ValueError(f"scorer must be one of {SCORERS} or a LearnedBlockScorer, got {scorer!r}")
-        if hasher is not None and scorer not in ("simhash", "prefilter"):
+        if hasher is not None and scorer not in READS_SIGNATURES:
             raise ValueError(f"hasher is read by scorer='simhash' or 'prefilter' only, got scorer={scorer!r}")
         return
     if not (isinstance(scorer, nn.Module) and hasattr(scorer, "block_scores")):
@@ -236,7 +258,7 @@ def select_blocks(
     sink_blocks: int = 1,
     causal: bool = False,
     hasher: nn.Module | None = None,
-    scorer="simhash",
+    scorer=None,
     scale: float | None = None,
     backend: str = "reference",
 ) -> BlockSelection:
@@ -246,7 +268,8 @@ def select_blocks(
     query block)`` key blocks: its forced blocks (the first ``sink_blocks``; the key blocks
     overlapping its own positions, widened by ``local_blocks - 1`` blocks before — and,
     non-causal, after — it), then the highest-scoring rest by ``scorer`` (:data:`SCORERS` or a
-    :class:`~vidhash.selection.learned.LearnedBlockScorer`), ties to the lower block index.
+    :class:`~vidhash.selection.learned.LearnedBlockScorer`; ``None``: :func:`default_scorer` —
+    ``"pooled"``, or ``"simhash"`` when a ``hasher`` is given), ties to the lower block index.
     Causal attention never keeps a block wholly in the future. ``scale`` (default ``1/√d``): the
     softmax scale the code scorers rank in.
 
@@ -257,6 +280,7 @@ def select_blocks(
     :func:`vidhash.selection.scorers.select_blocks_scored` in torch on every backend.
     """
     check_qkv(q, k)
+    scorer = resolve_scorer(scorer, hasher)
     _check_scorer(scorer, hasher, q)
     which = resolve_backend(backend, q, k)
     kw = dict(density=density, block_size=block_size, query_block_size=query_block_size,
@@ -301,14 +325,15 @@ def hash_attention(
     scale: float | None = None,
     return_lse: bool = False,
     backend: str = "auto",
-    scorer="simhash",
+    scorer=None,
 ):
     """Hash attention: each query block attends exactly to the key blocks whose signatures are
     most similar to its own, plus sink and local blocks (see :func:`select_blocks`).
 
-    ``scorer``: how key blocks are ranked (:data:`SCORERS` or a learned block scorer); any
+    ``scorer``: how key blocks are ranked (:data:`SCORERS` or a learned block scorer; ``None``:
+    :func:`default_scorer` — ``"pooled"``, or ``"simhash"`` when a ``hasher`` is given); any
     scorer but ``"simhash"`` runs :func:`select_blocks` on ``backend`` and then the block-sparse
-    attention of that backend.
+    attention of that backend (``"simhash"`` runs the fused selection + attention kernels).
 
     ``block_size=1`` selects per token (HashAttention's setting). ``density=1.0`` keeps every
     block and equals ``scaled_dot_product_attention``.
@@ -324,6 +349,7 @@ def hash_attention(
     torch.Size([1, 2, 300, 64])
     """
     check_qkv(q, k, v)
+    scorer = resolve_scorer(scorer, hasher)
     which = resolve_backend(backend, q, k, v)
     if which == "triton" and backend == "auto" and not _kernels_cover(q, v):
         which = "reference"  # auto stays quiet: shapes the kernels do not take run the reference

@@ -122,14 +122,21 @@ def test_transpose_selection_is_the_inverse_list(group):
     assert (counts[:-1] >= counts[1:]).all() and sorted(order.tolist()) == list(range(4 * ngrp))
 
 
+@pytest.mark.parametrize("scorer", ["simhash", "pooled"])
 @pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
-def test_hash_attention_triton_backend_matches_reference(causal):
+def test_hash_attention_triton_backend_matches_reference(causal, scorer):
+    """The default scorer (pooled: block-score kernel, then the sparse kernel) and SimHash (the
+    fused selection + attention of ``ops.hash_attention``) on the Triton backend == the reference."""
     q, k, v = _inputs(1, 2, 90, 90, 64, torch.float32)
     kw = dict(density=0.3, block_size=16, query_block_size=32, causal=causal, return_lse=True)
-    out_r, lse_r = hash_attention(q, k, v, backend="reference", **kw)
-    out_t, lse_t = hash_attention(q, k, v, backend="triton", **kw)
-    out_o, _ = ops.hash_attention(q, k, v, **kw)
-    assert _rel(out_t, out_r) < 1e-5 and _rel(out_o, out_r) < 1e-5
+    out_r, lse_r = hash_attention(q, k, v, backend="reference", scorer=scorer, **kw)
+    out_t, lse_t = hash_attention(q, k, v, backend="triton", scorer=scorer, **kw)
+    if scorer == "pooled":
+        assert torch.equal(out_r, hash_attention(q, k, v, backend="reference", **kw)[0])  # the default
+    else:
+        out_o, _ = ops.hash_attention(q, k, v, **kw)
+        assert _rel(out_o, out_r) < 1e-5
+    assert _rel(out_t, out_r) < 1e-5
     fin = torch.isfinite(lse_r)
     assert torch.equal(torch.isinf(lse_t), ~fin) and _rel(lse_t[fin], lse_r[fin]) < 1e-5
     g_r = torch.autograd.grad(out_r.sum(), (q, k, v))

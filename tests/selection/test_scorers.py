@@ -40,7 +40,7 @@ def _brute_select(score, nq, nk, bk, bq, kept, local, sink, causal):
 def test_simhash_scorer_is_select_blocks(b, h, nq, nk, d, bk, bq, causal):
     q, k = _qk(b, h, nq, nk, d, nq)
     kw = dict(density=0.3, block_size=bk, query_block_size=bq, causal=causal)
-    assert torch.equal(select_blocks_scored(q, k, scorer="simhash", **kw).indices, select_blocks(q, k, **kw).indices)
+    assert torch.equal(select_blocks_scored(q, k, scorer="simhash", **kw).indices, select_blocks(q, k, scorer="simhash", **kw).indices)
 
 
 @pytest.mark.parametrize("b,h,nq,nk,d,bk,bq,causal", SHAPES)

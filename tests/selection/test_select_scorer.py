@@ -109,17 +109,31 @@ def _learned(heads, d, features="linear", seed=0):
 
 
 # --------------------------------------------------------------------------------------------
-# the default stays SimHash
+# the default: pooled, or SimHash when a hasher is given (one rule: default_scorer)
 # --------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("b,h,nq,nk,d,bk,bq,causal,density", SHAPES)
-def test_default_scorer_is_simhash(b, h, nq, nk, d, bk, bq, causal, density):
+def test_default_scorer_is_pooled_or_simhash_with_a_hasher(b, h, nq, nk, d, bk, bq, causal, density):
     q, k = _qk(b, h, nq, nk, d, nk)
-    kw = dict(density=density, block_size=bk, query_block_size=bq, causal=causal)
-    want = select_blocks_naive(q, k, **kw).indices
-    assert torch.equal(select_blocks(q, k, **kw).indices, want)
-    assert torch.equal(select_blocks(q, k, scorer="simhash", **kw).indices, want)
     v = torch.randn_like(k)
-    assert torch.equal(hash_attention(q, k, v, **kw), hash_attention(q, k, v, scorer="simhash", **kw))
+    kw = dict(density=density, block_size=bk, query_block_size=bq, causal=causal)
+    pooled = select_blocks_codes_reference(q, k, scorer=None, **kw).indices
+    assert torch.equal(select_blocks(q, k, **kw).indices, pooled)
+    assert torch.equal(select_blocks(q, k, scorer="pooled", **kw).indices, pooled)
+    assert torch.equal(hash_attention(q, k, v, **kw), hash_attention(q, k, v, scorer="pooled", **kw))
+    hasher = default_hasher(d)
+    want = select_blocks_naive(q, k, hasher=hasher, **kw).indices
+    assert torch.equal(select_blocks(q, k, hasher=hasher, **kw).indices, want)
+    assert torch.equal(select_blocks(q, k, scorer="simhash", **kw).indices, want)
+    assert torch.equal(hash_attention(q, k, v, hasher=hasher, **kw), hash_attention(q, k, v, scorer="simhash", **kw))
+
+
+def test_default_scorer_rule():
+    from vidhash.attention import default_scorer, resolve_scorer
+
+    assert default_scorer(False) == "pooled" and default_scorer(True) == "simhash"
+    hasher = default_hasher(8)
+    assert resolve_scorer(None, None) == "pooled" and resolve_scorer(None, hasher) == "simhash"
+    assert resolve_scorer("moments", None) == "moments"
 
 
 # --------------------------------------------------------------------------------------------

@@ -71,7 +71,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from ..attention import dense_attention, hash_attention, merge_attention, select_blocks
+from ..attention import READS_SIGNATURES, default_scorer, dense_attention, hash_attention, merge_attention, select_blocks
 from ..hashing import SimHash
 from ..ops.checks import BACKENDS, check_block, check_count, check_density
 
@@ -127,7 +127,7 @@ class DropInConfig:
     @property
     def reads_hasher(self) -> bool:
         """Whether the scorer reads signatures (``"simhash"``, ``"prefilter"``)."""
-        return isinstance(self.scorer, str) and self.scorer in ("simhash", "prefilter")
+        return isinstance(self.scorer, str) and self.scorer in READS_SIGNATURES
 
     def attention_kwargs(self) -> dict:
         """Keyword arguments for :func:`~vidhash.attention.hash_attention` (hasher and scorer aside)."""
@@ -443,8 +443,8 @@ def _parse_config(config: dict, names: list[str], head_dim: int, heads: int) -> 
         raise ValueError(f"unknown hash attention option {unknown[0]!r}; expected some of {', '.join(CONFIG_KEYS)}")
     config = dict(config)
     n_bits, seed, path = config.pop("n_bits", None), config.pop("seed", None), config.pop("hashers", None)
-    if "scorer" not in config:  # signatures given: the SimHash/learned codes that read them; else pooled
-        config["scorer"] = "simhash" if any(x is not None for x in (config.get("hasher"), n_bits, seed, path)) else "pooled"
+    if config.get("scorer") is None:  # the library's rule: simhash when signatures are given, else pooled
+        config["scorer"] = default_scorer(any(x is not None for x in (config.get("hasher"), n_bits, seed, path)))
     cfg = DropInConfig(**config)
     check_density(cfg.density)
     check_block("block_size", cfg.block_size)

@@ -1,7 +1,7 @@
 """The attention a model trains with: dense, or hash attention in every self-attention ("sparse
 from the start", issue 17).
 
-    attention: {density: 0.125, block_size: 64, scorer: simhash}      # a train config's section (wan)
+    attention: {density: 0.125, block_size: 64, scorer: pooled}      # a train config's section (wan)
 
 :class:`TrainAttentionConfig` is the ``attention`` section of a family's train config
 (:class:`~vidhash.training.wan_family.WanTrainConfig`); ``density: 1.0``, the default, is dense
@@ -31,12 +31,11 @@ from typing import Optional
 
 from torch import nn
 
-from vidhash.attention import SCORERS
+from vidhash.attention import READS_SIGNATURES, SCORERS
 from vidhash.hashing import MAX_BITS
 from vidhash.ops.checks import check_backend, check_block, check_count, check_density
 
 ATTENTION_KEY = "attention"  # train_state.json's key (and the config section's name)
-READS_HASHER = ("simhash", "prefilter")  # the scorers that read SimHash signatures (n_bits, seed)
 
 
 @dataclass
@@ -51,7 +50,7 @@ class TrainAttentionConfig:
     query_block_size: Optional[int] = None  # query-block tokens (None: block_size)
     local_blocks: int = 1  # key blocks around the query block's own, always kept
     sink_blocks: int = 1  # leading key blocks, always kept
-    scorer: str = "simhash"  # how key blocks are ranked: simhash | pooled | moments | prefilter
+    scorer: str = "pooled"  # how key blocks are ranked: pooled | simhash | moments | prefilter
     n_bits: int = 32  # SimHash bits (simhash, prefilter)
     seed: int = 0  # SimHash planes' seed
     backend: str = "auto"
@@ -88,7 +87,7 @@ def drop_in_kwargs(attention: TrainAttentionConfig, backend: bool = True) -> dic
     kw = asdict(attention)
     if kw["query_block_size"] is None:
         del kw["query_block_size"]
-    if attention.scorer not in READS_HASHER:
+    if attention.scorer not in READS_SIGNATURES:
         del kw["n_bits"], kw["seed"]
     if not backend:
         del kw["backend"]
