@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from vidhash.kernels.block_select.naive import forced_and_allowed, max_forced_blocks
-from vidhash.ops.checks import BlockSelection, check_block, check_count, check_density, check_qkv, num_kept, resolve_scale
+from vidhash.ops.checks import BlockSelection, check_qkv, check_selection_args, num_kept, resolve_scale
 
 RESOLUTION = 1.0 / 16  # nats per level at most: 256 levels span ≥ 16 nats below a row's best
 MIN_WIDTH = 32  # int8 tl.dot needs K ≥ 32 (scores stay exact in float32 up to 512 wide: 512 · 127² < 2^24)
@@ -259,11 +259,7 @@ def select_blocks_codes_reference(
     codes (``scorer`` None = pooled, ``"moments"`` or a learned scorer with real linear/diag codes),
     the same ``kept``, :func:`block_score_reference`'s indices (equal to the kernel's)."""
     check_qkv(q, k)
-    density = check_density(density)
-    bk = check_block("block_size", block_size)
-    bq = check_block("query_block_size", query_block_size if query_block_size is not None else block_size)
-    check_count("local_blocks", local_blocks)
-    check_count("sink_blocks", sink_blocks)
+    density, bk, bq = check_selection_args(density, block_size, query_block_size, local_blocks, sink_blocks)
     nq, nk = q.shape[-2], k.shape[-2]
     qi, ki, shift = selection_codes(q, k, block_size=bk, query_block_size=bq, scale=scale, m=m, sub=sub,
                                     scorer=scorer, resolution=resolution)

@@ -12,7 +12,7 @@ import os
 import torch
 import triton
 
-from vidhash.ops.checks import BlockSelection, check_block, check_count, check_density, check_qkv
+from vidhash.ops.checks import BlockSelection, check_qkv, check_selection_args
 
 from .kernel import block_score_kernel
 from .naive import RESOLUTION, check_grid, select_blocks_codes_reference, selection_codes
@@ -139,11 +139,7 @@ def select_blocks_codes(
     from vidhash.kernels.block_select.ops import num_kept_blocks
 
     check_qkv(q, k)
-    density = check_density(density)
-    bk = check_block("block_size", block_size)
-    bq = check_block("query_block_size", query_block_size if query_block_size is not None else block_size)
-    check_count("local_blocks", local_blocks)
-    check_count("sink_blocks", sink_blocks)
+    density, bk, bq = check_selection_args(density, block_size, query_block_size, local_blocks, sink_blocks)
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     use_kernel = backend == "triton" or (backend == "auto" and q.is_cuda)

@@ -18,7 +18,7 @@ from torch import nn
 from vidhash.hashing import default_hasher, hamming_similarity
 from vidhash.kernels.signature.naive import block_signatures
 from vidhash.ops import checks
-from vidhash.ops.checks import BlockSelection, check_block, check_count, check_density, check_qkv, num_kept
+from vidhash.ops.checks import BlockSelection, check_qkv, check_selection_args, num_kept
 
 
 def forced_and_allowed(
@@ -165,11 +165,7 @@ def select_blocks(
     the lower block index. Causal attention never keeps a block wholly in the future.
     """
     check_qkv(q, k)
-    density = check_density(density)
-    bk = check_block("block_size", block_size)
-    bq = check_block("query_block_size", query_block_size if query_block_size is not None else block_size)
-    check_count("local_blocks", local_blocks)
-    check_count("sink_blocks", sink_blocks)
+    density, bk, bq = check_selection_args(density, block_size, query_block_size, local_blocks, sink_blocks)
     hasher = hasher if hasher is not None else default_hasher(q.shape[-1], device=q.device)
     n_bits = hasher.n_bits
     nq, nk = q.shape[-2], k.shape[-2]

@@ -14,7 +14,7 @@ import triton
 from vidhash.hashing import SimHash, default_hasher, pack_bits
 from vidhash.kernels.signature.naive import block_signatures
 from vidhash.kernels.signature.ops import block_signatures_triton
-from vidhash.ops.checks import BlockSelection, check_block, check_count, check_density, check_qkv
+from vidhash.ops.checks import BlockSelection, check_qkv, check_selection_args
 
 from .kernel import block_select_kernel
 from .naive import max_forced_blocks, num_kept_blocks  # noqa: F401  (kept sizes: Python integers, one graph)
@@ -165,11 +165,7 @@ def select_blocks_triton(
     reference's :func:`~vidhash.kernels.signature.naive.block_signatures`.
     """
     check_qkv(q, k)
-    density = check_density(density)
-    bk = check_block("block_size", block_size)
-    bq = check_block("query_block_size", query_block_size if query_block_size is not None else block_size)
-    check_count("local_blocks", local_blocks)
-    check_count("sink_blocks", sink_blocks)
+    density, bk, bq = check_selection_args(density, block_size, query_block_size, local_blocks, sink_blocks)
     hasher = hasher if hasher is not None else default_hasher(q.shape[-1], device=q.device)
     nq, nk = q.shape[-2], k.shape[-2]
     kept = num_kept_blocks(nq, nk, density=density, block_size=bk, query_block_size=bq,

@@ -73,7 +73,7 @@ from torch import nn
 
 from ..attention import READS_SIGNATURES, default_scorer, dense_attention, hash_attention, merge_attention, select_blocks
 from ..hashing import SimHash
-from ..ops.checks import BACKENDS, check_block, check_count, check_density
+from ..ops.checks import BACKENDS, check_selection_args
 
 SUPPORTED_CLASSES = (
     "WanTransformer3DModel", "WanVACETransformer3DModel", "SkyReelsV2Transformer3DModel",
@@ -446,12 +446,7 @@ def _parse_config(config: dict, names: list[str], head_dim: int, heads: int) -> 
     if config.get("scorer") is None:  # the library's rule: simhash when signatures are given, else pooled
         config["scorer"] = default_scorer(any(x is not None for x in (config.get("hasher"), n_bits, seed, path)))
     cfg = DropInConfig(**config)
-    check_density(cfg.density)
-    check_block("block_size", cfg.block_size)
-    if cfg.query_block_size is not None:
-        check_block("query_block_size", cfg.query_block_size)
-    check_count("local_blocks", cfg.local_blocks)
-    check_count("sink_blocks", cfg.sink_blocks)
+    check_selection_args(cfg.density, cfg.block_size, cfg.query_block_size, cfg.local_blocks, cfg.sink_blocks)
     if cfg.backend not in DROP_IN_BACKENDS:
         raise ValueError(f"backend must be one of {DROP_IN_BACKENDS}, got {cfg.backend!r}")
     hasher = cfg.hasher

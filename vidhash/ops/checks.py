@@ -83,6 +83,19 @@ def check_count(name: str, value: int) -> int:
     return value
 
 
+def check_selection_args(density: float, block_size: int, query_block_size: int | None, local_blocks: int,
+                         sink_blocks: int) -> tuple[float, int, int]:
+    """The block-selection arguments every selection path takes (the references, the kernels,
+    the drop-in, a training config): ``(density, block_size, query_block_size)`` checked, the
+    query block size defaulting to ``block_size``; ValueError naming the first bad one."""
+    density = check_density(density)
+    bk = check_block("block_size", block_size)
+    bq = check_block("query_block_size", query_block_size if query_block_size is not None else block_size)
+    check_count("local_blocks", local_blocks)
+    check_count("sink_blocks", sink_blocks)
+    return density, bk, bq
+
+
 # --------------------------------------------------------------------------------------------
 # numbers every path computes the same way
 # --------------------------------------------------------------------------------------------

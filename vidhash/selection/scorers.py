@@ -35,7 +35,7 @@ from einops import rearrange
 
 from vidhash.kernels.block_select.naive import forced_and_allowed, num_kept_blocks
 from vidhash.kernels.signature.naive import block_signatures
-from vidhash.ops.checks import BlockSelection, check_block, check_count, check_density, check_qkv, resolve_scale
+from vidhash.ops.checks import BlockSelection, check_block, check_qkv, check_selection_args, resolve_scale
 from vidhash.hashing import default_hasher, hamming_similarity
 
 from .oracle import block_mass
@@ -270,11 +270,7 @@ def select_blocks_scored(
     ``options`` go to the scorer (``hasher``; ``m``, ``sub``, ``reduce``; ``factor``).
     """
     check_qkv(q, k)
-    density = check_density(density)
-    bk = check_block("block_size", block_size)
-    bq = check_block("query_block_size", query_block_size if query_block_size is not None else block_size)
-    check_count("local_blocks", local_blocks)
-    check_count("sink_blocks", sink_blocks)
+    density, bk, bq = check_selection_args(density, block_size, query_block_size, local_blocks, sink_blocks)
     fn = _scorer_fn(scorer)
     nq, nk = q.shape[-2], k.shape[-2]
     nqb, nkb = -(-nq // bq), -(-nk // bk)

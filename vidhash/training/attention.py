@@ -33,7 +33,7 @@ from torch import nn
 
 from vidhash.attention import READS_SIGNATURES, SCORERS
 from vidhash.hashing import MAX_BITS
-from vidhash.ops.checks import check_backend, check_block, check_count, check_density
+from vidhash.ops.checks import check_backend, check_selection_args
 
 ATTENTION_KEY = "attention"  # train_state.json's key (and the config section's name)
 
@@ -64,12 +64,7 @@ def check_attention(attention: TrainAttentionConfig) -> None:
     """The section's values; ValueError naming the ``attention.`` key."""
     a = attention
     try:
-        check_density(a.density)
-        check_block("block_size", a.block_size)
-        if a.query_block_size is not None:
-            check_block("query_block_size", a.query_block_size)
-        check_count("local_blocks", a.local_blocks)
-        check_count("sink_blocks", a.sink_blocks)
+        check_selection_args(a.density, a.block_size, a.query_block_size, a.local_blocks, a.sink_blocks)
         check_backend(a.backend)
     except ValueError as err:
         raise ValueError(f"attention.{err}") from None
