@@ -130,12 +130,15 @@ def fused_attention_lse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, sc
     nk = k.shape[-2]
     extra = 0 if key_bias is None else 1
     dp = -(-(d + extra) // 8) * 8
-    qa = q.new_zeros(b, h, n, dp)
-    qa[..., :d] = q
-    ka = q.new_zeros(b, h, nk, dp)
-    ka[..., :d] = k
-    va = q.new_zeros(b, h, nk, dp)
-    va[..., :d] = v
+    if dp == d and v.shape[-1] == d:  # nothing to pad or add: the kernels take the tensors as they are
+        qa, ka, va = q, k, v
+    else:
+        qa = q.new_zeros(b, h, n, dp)
+        qa[..., :d] = q
+        ka = q.new_zeros(b, h, nk, dp)
+        ka[..., :d] = k
+        va = q.new_zeros(b, h, nk, dp)
+        va[..., :d] = v
     if key_bias is not None:
         if key_bias.shape != (b, h, nk):
             raise ValueError(f"key_bias must be (b, h, nk) = {(b, h, nk)}, got {tuple(key_bias.shape)}")

@@ -328,3 +328,38 @@ def test_kv_only_gives_the_same_kv_without_the_last_blocks_attention(model, monk
         assert torch.equal(k1, k2) and torch.equal(v1, v2)
     with pytest.raises(ValueError, match="return_kv"):
         model(x[:, 4:], t[:, 4:], a[:, 4:], p[:, 4:], kv_only=True)
+
+
+def test_cpu_generation_attends_fused_and_training_with_the_reference(monkeypatch):
+    """On a CPU without gradients (generation) both attentions run PyTorch's fused kernels; with
+    gradients, or with CPU_REFERENCE_ATTENTION, the float32 reference; the two agree to ~1e-6,
+    and a tiny pipeline's frames (memory read, 3 chunks) to ~1e-5."""
+    from vidhash.models import transformer_vidhash as tv
+
+    calls = []
+    real = tv.dense_attention
+    monkeypatch.setattr(tv, "dense_attention", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    q = torch.randn(1, 2, 10, 8)
+    with torch.no_grad():
+        assert tv._fused_default(q)
+        out, lse = tv.TemporalAttention._full(q, q, q, 0.3, need_lse=True)
+        assert not calls and lse is not None
+        monkeypatch.setattr(tv, "CPU_REFERENCE_ATTENTION", True)
+        assert not tv._fused_default(q)
+        ref, ref_lse = tv.TemporalAttention._full(q, q, q, 0.3, need_lse=True)
+        assert calls
+        torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(lse, ref_lse, rtol=1e-5, atol=1e-6)
+    monkeypatch.setattr(tv, "CPU_REFERENCE_ATTENTION", False)
+    assert not tv._fused_default(q.requires_grad_(True))  # gradients enabled: the reference
+    from vidhash.pipelines import VidHashPipeline
+
+    pipe = VidHashPipeline.random("tiny")
+    pipe.set_progress_bar_config(disable=True)
+    kw = dict(num_frames=6, height=16, width=16, chunk_frames=2, window_frames=2, num_inference_steps=2,
+              memory=dict(num_buckets=4, slots=2), output_type="pt")
+    fused = pipe(generator=torch.Generator().manual_seed(0), **kw).frames
+    monkeypatch.setattr(tv, "CPU_REFERENCE_ATTENTION", True)
+    ref = pipe(generator=torch.Generator().manual_seed(0), **kw).frames
+    assert not torch.equal(fused, ref)  # another numerical path...
+    torch.testing.assert_close(fused, ref, rtol=0, atol=1e-4)  # ...with the same frames

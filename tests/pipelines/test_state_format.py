@@ -1,15 +1,19 @@
 """States written before read settings left the state (their metadata holds ``top_k`` and
 ``mass_cap``) still load and continue exactly; the state holds the memory's size only.
 
-The fixture (tests/pipelines/data/README.md) was written by main's code at 64b8d57."""
+The fixture (tests/pipelines/data/README.md) was written by main's code at 64b8d57, whose CPU
+generation attended with the float32 reference: these tests run it so (``CPU_REFERENCE_ATTENTION``)
+to compare bitwise."""
 import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from safetensors import safe_open
 
 from vidhash.memory import MemoryRead, MemorySize
+from vidhash.models import transformer_vidhash
 from vidhash.pipelines import VidHashPipeline, VidHashState
 from vidhash.pipelines.state import FORMAT, LATER_MODEL_KEYS, weights_digest
 
@@ -28,6 +32,11 @@ def _tensors(path) -> dict:
 def _meta(path) -> dict:
     with safe_open(str(path), "pt") as f:
         return json.loads(f.metadata()["vidhash"])
+
+
+@pytest.fixture(autouse=True)
+def _reference_attention(monkeypatch):
+    monkeypatch.setattr(transformer_vidhash, "CPU_REFERENCE_ATTENTION", True)
 
 
 def _pipe():
