@@ -90,6 +90,32 @@ def test_no_flex_leaves_its_columns_empty(tiny_model, tmp_path):
     assert not list(tmp_path.glob("*.tmp"))
 
 
+def test_compile_traces_every_setting_and_keeps_its_frames(tiny_model, tmp_path, monkeypatch):
+    """--compile: the repeated blocks compiled (fullgraph) for every setting, dense included, dynamo
+    reset before each; the frames are the eager run's (the 'eager' backend traces without codegen)."""
+    resets = []
+    real_reset = torch._dynamo.reset
+    monkeypatch.setattr(torch._dynamo, "reset", lambda: resets.append(1) or real_reset())
+    argv = ["bench", "dropin", "--model", str(tiny_model), "--densities", "1/4", "--block-sizes", "16", "--seeds", "0",
+            "--frames", "8", "--size", "32", "--steps", "2", "--recall-step", "0", "--no-recall", "--no-coherence", "--no-flex"]
+    rows = {}
+    for name, extra in (("eager", []), ("compiled", ["--compile", "--compile-backend", "eager"])):
+        out = tmp_path / f"{name}.json"
+        assert main([*argv, "--json", str(out), *extra]) == 0
+        rows[name] = json.loads(out.read_text())
+    compiled = rows["compiled"]
+    assert compiled["compiled_blocks"] == 2 and "compiled_blocks" not in rows["eager"]  # tiny_cfg: 2 layers
+    assert compiled["options"]["compile"] and compiled["options"]["compile_backend"] == "eager"
+    assert len(resets) == 3  # dense, dense (repeat), 1/4 b16
+    for a, b in zip(rows["eager"]["rows"], compiled["rows"]):
+        assert a["setting"] == b["setting"] and a["psnr"] == b["psnr"]  # the same clips against the dense one
+
+
+def test_compile_needs_repeated_blocks():
+    with pytest.raises(ValueError, match="no repeated blocks"):
+        dropin.compile_blocks(torch.nn.Linear(2, 2))
+
+
 def test_a_flex_failure_is_reported_in_its_row(monkeypatch):
     def fail(*args, backend=None, **kwargs):
         raise ValueError("FlexAttention's kernels need block_size to be a multiple of 16, got 8")

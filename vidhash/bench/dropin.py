@@ -31,6 +31,10 @@ JSON and the printed Markdown table:
   are several seeds. ``clip_s_dense`` is the dense row's (dense SDPA); ``speedup`` is
   ``clip_s_dense / clip_s``;
 * ``transformer_ms_flex``, ``clip_s_flex``, ``speedup_flex`` — the same with Flex attending;
+  with ``--compile`` every setting (dense too) runs with the transformer's blocks compiled
+  (``fullgraph=True``; ``--compile-mode``, ``--compile-backend``), as a user of diffusers would
+  run a model they care about the speed of: the norms, rotary embedding and projections fused,
+  so the attention's share of a step — what the drop-in can cut — is what remains;
   ``flex_psnr`` — PSNR of Flex's clips against ours (the same blocks: only rounding differs, so
   very high, ``inf`` when equal); ``flex_error`` where Flex failed (the rest of the row stands).
 
@@ -288,11 +292,29 @@ def load_pipeline(path: str, device: str, dtype: str):
     return pipe
 
 
+def compile_blocks(transformer: torch.nn.Module, mode: str | None = None, backend: str = "inductor") -> int:
+    """``torch.compile(fullgraph=True)`` on each of the transformer's repeated blocks (diffusers'
+    ``_repeated_blocks``: ``WanTransformerBlock``), in place; the top-level forward — and
+    :class:`StepTimer`'s hooks on it — stays eager. Returns the number of blocks compiled.
+    :func:`run_setting` resets dynamo before each setting, so every setting's processors are
+    traced afresh (and no setting runs into the recompile limit)."""
+    names = set(getattr(transformer, "_repeated_blocks", None) or ())
+    blocks = [m for m in transformer.modules() if type(m).__name__ in names]
+    if not blocks:
+        raise ValueError(f"--compile: {type(transformer).__name__} names no repeated blocks (_repeated_blocks)")
+    for block in blocks:
+        block.compile(fullgraph=True, mode=mode, backend=backend)
+    return len(blocks)
+
+
 def run_setting(pipe, setting: Setting, seeds: list[int], args, backend: str | None = None) -> tuple[list[np.ndarray], dict]:
     """Clips and timings of one setting (the drop-in enabled for it, with ``backend`` where given —
-    ``"flex"``: FlexAttention on the same selection — then disabled)."""
+    ``"flex"``: FlexAttention on the same selection — then disabled). With ``--compile`` the
+    compiled blocks are traced anew for the setting (its first clip: the warm-up)."""
     from vidhash.integrations.diffusers import disable_hash_attention, enable_hash_attention
 
+    if getattr(args, "compile", False):
+        torch._dynamo.reset()
     if setting.density is not None:
         extra = {} if backend is None else {"backend": backend}
         enable_hash_attention(pipe.transformer, density=float(setting.density), block_size=setting.block_size,
@@ -375,8 +397,10 @@ def run(args) -> int:
               "seeds": seeds, "recall_step": args.recall_step, "flex": not args.no_flex,
               "options": {k: v for k, v in vars(args).items() if isinstance(v, (str, int, float, bool, type(None)))},
               "complete": False, "strip": [], "rows": []}
-    # 2. the dense run's queries and keys (recall)
+    # 2. the dense run's queries and keys (recall), eager; then --compile's blocks
     captured = capture_qk(pipe, seeds[0], args) if not args.no_recall else {}
+    if getattr(args, "compile", False):
+        report["compiled_blocks"] = compile_blocks(pipe.transformer, args.compile_mode, args.compile_backend)
     # 3. every setting against the dense clips; the JSON after every row (a cut-off run keeps its rows)
     dense, strip = None, {}
     for setting in settings:

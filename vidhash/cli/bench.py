@@ -181,6 +181,12 @@ def add_dropin(p: argparse.ArgumentParser) -> None:
     p.add_argument("--clips", default=None, help="also save the strip's clips (seed 0, uint8) to this .npz")
     p.add_argument("--no-flex", action="store_true",
                    help="skip FlexAttention on the same selected blocks (its columns stay empty)")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the transformer's repeated blocks (fullgraph; diffusers' regional compilation) "
+                        "for every setting, dense included: the non-attention ops fused as a user would run them")
+    p.add_argument("--compile-mode", default=None,
+                   help="torch.compile mode with --compile (e.g. max-autotune-no-cudagraphs, reduce-overhead)")
+    p.add_argument("--compile-backend", default="inductor", help="torch.compile backend with --compile (default inductor)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--dtype", default=None, choices=["bf16", "fp16", "fp32"], help="transformer dtype "
                    "(default: bf16 on cuda, fp32 on cpu)")
