@@ -147,8 +147,9 @@ def test_given_run_starts_from_ground_truth(tiny_options):
     (["random-tiny", "--horizons", "0.5"], r"horizon 0.5 s is 4 frames .* needs at least 31 frames"),
     (["random-tiny", "--json", "/no/such/folder/out.json"], "does not exist"),
     (["random-tiny", "--seeds", "1000000,1000000"], "repeats"),
+    (["random-tiny", "--recall-every", "0"], "--recall-every must be a positive int"),
 ], ids=["unknown-mode", "no-model-dir", "zero-horizon", "negative-horizon", "bad-random", "bf16-cpu", "plot-ext",
-        "horizon-too-short", "json-folder", "seed-repeats"])
+        "horizon-too-short", "json-folder", "seed-repeats", "recall-every"])
 def test_bad_inputs(argv, match, capsys, monkeypatch):
     calls = []
     monkeypatch.setattr(ew.run, "generate_loop", lambda *a, **k: calls.append(1))

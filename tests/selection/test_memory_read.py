@@ -84,3 +84,17 @@ def test_probe_sees_top_k_reads_and_changes_nothing():
     with pytest.raises(ValueError, match="max_queries"):
         with probe_memory_reads(max_queries=0):
             pass
+
+
+def test_probe_every_nth_read():
+    """every=3: the 1st, 4th and 7th top-k reads are measured; reads of every entry do not count."""
+    mem, q = _memory(seed=3)
+    with probe_memory_reads(max_queries=4, every=3) as stats:
+        for _ in range(7):
+            mem.attend(q, 5)
+            mem.attend(q, None)
+    assert stats.summary()["reads"] == 3
+    for bad in (0, 1.5, True):
+        with pytest.raises(ValueError, match="every"):
+            with probe_memory_reads(every=bad):
+                pass

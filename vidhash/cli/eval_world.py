@@ -67,6 +67,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--from-json", default=None, nargs="+", metavar="JSON",
                    help="no run: print the table (and --plot) of a saved result; several results of the same model "
                         "and settings (e.g. runs cut by a time limit, or one per horizon) are merged")
+    p.add_argument("--recall-every", type=int, default=1,
+                   help="measure the memory read's top-k recall on every N-th read (default 1: all; the reference "
+                        "selection it runs costs a CPU ~10× the read, so e.g. 16 there)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--cuda-graphs", action=argparse.BooleanOptionalAction, default=None,
                    help="replay steady chunks from CUDA graphs (VidHashPipeline.enable_cuda_graphs; same frames; "
@@ -79,7 +82,8 @@ def options_from_args(args: argparse.Namespace) -> WorldEvalOptions:
                             guidance_scale=args.guidance_scale, guidance_steps=args.guidance_steps,
                             frame_size=args.frame_size, full_max_seconds=args.full_max_seconds, device=args.device,
                             dtype=args.dtype, json=args.json, plot=args.plot, progress=not args.quiet,
-                            memory=tuple(args.memory), cuda_graphs=getattr(args, "cuda_graphs", None))
+                            memory=tuple(args.memory), cuda_graphs=getattr(args, "cuda_graphs", None),
+                            recall_every=getattr(args, "recall_every", 1))
 
 
 def run(args: argparse.Namespace) -> int:

@@ -86,23 +86,31 @@ class MemoryReadStats:
 
 
 @contextmanager
-def probe_memory_reads(max_queries: int = 64):
+def probe_memory_reads(max_queries: int = 64, every: int = 1):
     """Inside the ``with``, every :meth:`HashedMemory.attend` that reads a top-k (not every entry)
-    and runs eagerly also adds its recall to the yielded :class:`MemoryReadStats`, on up to
-    ``max_queries`` evenly spaced queries per read. The read itself runs unchanged; the kept
-    entries are recomputed by the reference selection (``kernels/memory/naive.py``) from the
-    memory's stored signatures and the query signatures of its hasher. Reads replayed from a CUDA
-    graph run no Python and are not seen (``reads`` counts the ones that were)."""
+    and runs eagerly — or every ``every``-th of them (the reference selection over the whole
+    capacity costs a CPU ~10× the read itself) — also adds its recall to the yielded
+    :class:`MemoryReadStats`, on up to ``max_queries`` evenly spaced queries per read. The read
+    itself runs unchanged; the kept entries are recomputed by the reference selection
+    (``kernels/memory/naive.py``) from the memory's stored signatures and the query signatures of
+    its hasher. Reads replayed from a CUDA graph run no Python and are not seen (``reads`` counts
+    the ones measured)."""
     if not isinstance(max_queries, int) or max_queries < 1:
         raise ValueError(f"max_queries must be a positive int, got {max_queries!r}")
+    if not isinstance(every, int) or isinstance(every, bool) or every < 1:
+        raise ValueError(f"every must be a positive int, got {every!r}")
     stats = MemoryReadStats()
     original = HashedMemory.attend
+    seen = [0]
 
     def attend(self, q, top_k=None, *, scale=None, return_indices=False, backend="auto", mass_cap=0):
         res = original(self, q, top_k, scale=scale, return_indices=return_indices, backend=backend, mass_cap=mass_cap)
         kk = MemoryRead(top_k, mass_cap).top_k_for(self.capacity)
         capturing = q.is_cuda and torch.cuda.is_current_stream_capturing()
-        if kk is not None and not capturing and not torch.compiler.is_compiling():
+        eligible = kk is not None and not capturing and not torch.compiler.is_compiling()
+        if eligible:
+            seen[0] += 1
+        if eligible and (seen[0] - 1) % every == 0:
             with torch.no_grad():
                 step = max(1, -(-q.shape[2] // max_queries))
                 sub = q[:, :, ::step].detach()

@@ -45,6 +45,7 @@ class WorldEvalOptions:
     progress: bool = True
     cuda_graphs: bool | None = None  # enable_cuda_graphs (frames unchanged); None: on for CUDA
     memory: tuple[str, ...] = ()  # key=value overrides of the preset's memory config (e.g. "num_buckets=1024")
+    recall_every: int = 1  # measure the memory read's recall on every N-th read (the reference is slow on a CPU)
     extra: dict = field(default_factory=dict)
 
 
@@ -82,6 +83,8 @@ def check_options(o: WorldEvalOptions) -> None:
         raise ValueError(f"--{str(err).replace('_', '-')}") from None
     if o.frame_size is not None and o.frame_size <= 0:
         raise ValueError(f"--frame-size must be positive, got {o.frame_size}")
+    if not (isinstance(o.recall_every, int) and o.recall_every >= 1):
+        raise ValueError(f"--recall-every must be a positive int, got {o.recall_every!r}")
     if not o.full_max_seconds >= 0:
         raise ValueError(f"--full-max-seconds must be >= 0, got {o.full_max_seconds}")
     if o.dtype not in ("float32", "bfloat16"):

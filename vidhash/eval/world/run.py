@@ -307,7 +307,7 @@ def _run_row(s: Setup, run: Run, plan, truth: np.ndarray, done: dict, parts: dic
         bar.set_description(f"seed {run.seed} {run.horizon_s:g}s {run.mode} {run.setting}", refresh=False)
         random_sig = run.mode == "random-sig"
         t0 = time.perf_counter()
-        with probe_memory_reads() as reads:  # the memory reads' top-k against exact scores; frames unchanged
+        with probe_memory_reads(every=s.o.recall_every) as reads:  # the reads' top-k against exact scores; frames unchanged
             frames = generate_loop(s.sim_pipe if random_sig else s.pipe, s.g, plan, run.setting, run.mode, run.seed,
                                    truth, s.n_bits if random_sig else None, on_chunk=bar.update)
         t1 = time.perf_counter()
