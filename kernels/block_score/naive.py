@@ -23,8 +23,8 @@ import math
 import torch
 import torch.nn.functional as F
 
-from vidhash.kernels.block_select.naive import forced_and_allowed, max_forced_blocks
-from vidhash.ops.checks import BlockSelection, check_qkv, check_selection_args, num_kept, resolve_scale
+from vidhash.kernels.block_select.naive import forced_and_allowed, num_kept_blocks
+from vidhash.ops.checks import BlockSelection, check_qkv, check_selection_args, resolve_scale
 
 RESOLUTION = 1.0 / 16  # nats per level at most: 256 levels span ≥ 16 nats below a row's best
 MIN_WIDTH = 32  # int8 tl.dot needs K ≥ 32 (scores stay exact in float32 up to 512 wide: 512 · 127² < 2^24)
@@ -227,17 +227,6 @@ def selection_codes(q: torch.Tensor, k: torch.Tensor, *, block_size: int, query_
     return quantize_codes(cq, ck, resolution)
 
 
-def kept_blocks(nq: int, nk: int, *, density: float, block_size: int, query_block_size: int, local_blocks: int,
-                sink_blocks: int, causal: bool, device=None) -> int:
-    """``kept`` of :func:`vidhash.kernels.block_select.naive.select_blocks` (from the forced masks)."""
-    nkb = -(-nk // block_size)
-    kept = num_kept(density, nkb)
-    if kept < nkb and (local_blocks or sink_blocks):
-        forced = max_forced_blocks(nq, nk, query_block_size, block_size, local_blocks, sink_blocks, causal)  # no host sync
-        kept = min(nkb, max(kept, forced))
-    return kept
-
-
 @torch.no_grad()
 def select_blocks_codes_reference(
     q: torch.Tensor,
@@ -263,8 +252,8 @@ def select_blocks_codes_reference(
     nq, nk = q.shape[-2], k.shape[-2]
     qi, ki, shift = selection_codes(q, k, block_size=bk, query_block_size=bq, scale=scale, m=m, sub=sub,
                                     scorer=scorer, resolution=resolution)
-    kept = kept_blocks(nq, nk, density=density, block_size=bk, query_block_size=bq, local_blocks=local_blocks,
-                       sink_blocks=sink_blocks, causal=causal, device=q.device)
+    kept = num_kept_blocks(nq, nk, density=density, block_size=bk, query_block_size=bq, local_blocks=local_blocks,
+                           sink_blocks=sink_blocks, causal=causal)
     idx = block_score_reference(qi, ki, shift, kept=kept, num_queries=nq, num_keys=nk, block_size=bk,
                                 query_block_size=bq, local_blocks=local_blocks, sink_blocks=sink_blocks,
                                 causal=causal, m=m, sub=sub)

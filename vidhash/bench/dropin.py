@@ -299,12 +299,11 @@ def compile_blocks(transformer: torch.nn.Module, mode: str | None = None, backen
     :func:`run_setting` resets dynamo before each setting, so every setting's processors are
     traced afresh (and no setting runs into the recompile limit)."""
     names = set(getattr(transformer, "_repeated_blocks", None) or ())
-    blocks = [m for m in transformer.modules() if type(m).__name__ in names]
+    blocks = sum(type(m).__name__ in names for m in transformer.modules())
     if not blocks:
         raise ValueError(f"--compile: {type(transformer).__name__} names no repeated blocks (_repeated_blocks)")
-    for block in blocks:
-        block.compile(fullgraph=True, mode=mode, backend=backend)
-    return len(blocks)
+    transformer.compile_repeated_blocks(fullgraph=True, mode=mode, backend=backend)  # diffusers' regional compilation
+    return blocks
 
 
 def run_setting(pipe, setting: Setting, seeds: list[int], args, backend: str | None = None) -> tuple[list[np.ndarray], dict]:

@@ -52,7 +52,7 @@ from vidhash.kernels.block_select.naive import forced_and_allowed
 from vidhash.selection import LearnedBlockScorer, select_blocks_scored
 from vidhash.selection.learned import fit_data
 from vidhash.selection.oracle import attention_error, block_mass, eval_query_blocks, kept_mass, top_mass
-from vidhash.selection.scorers import num_kept
+from vidhash.kernels.block_select.naive import num_kept_blocks
 
 from .attention import WAN_1_3B_GRID, WAN_1_3B_HEAD_DIM, grid_for, video_like_qkv
 
@@ -185,8 +185,8 @@ def _config_base(shape: str, q, k, bk: int, args):
     blocks = eval_query_blocks(-(-n // bq), args.eval_blocks, q.device)
     mass, counts = block_mass(q, k, block_size=bk, query_block_size=bq, query_blocks=blocks)
     total = float(counts.sum())
-    kept = num_kept(n, nk, local_blocks=1, sink_blocks=1, causal=False, device=q.device,
-                    **{x: kw[x] for x in ("density", "block_size", "query_block_size")})
+    kept = num_kept_blocks(n, nk, local_blocks=1, sink_blocks=1, causal=False,
+                           **{x: kw[x] for x in ("density", "block_size", "query_block_size")})
     forced, _ = forced_and_allowed(blocks, n, nk, bq, bk, 1, 1, False)
     base = dict(shape=shape, n=n, nk=nk, batch=q.shape[0], heads=q.shape[1], head_dim=q.shape[-1], block_size=bk,
                 query_block_size=bq, density=args.density, kept=kept, key_blocks=-(-nk // bk),

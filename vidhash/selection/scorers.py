@@ -214,14 +214,6 @@ def rank_top(score: torch.Tensor, forced: torch.Tensor, allowed: torch.Tensor, k
     return torch.where(idx == nkb, -1, idx).to(torch.int32)
 
 
-def num_kept(nq: int, nk: int, *, density: float, block_size: int, query_block_size: int, local_blocks: int,
-             sink_blocks: int, causal: bool, device=None) -> int:
-    """``kept`` of :func:`vidhash.attention.select_blocks` for these sizes (Python integers: no host
-    sync, one graph under ``torch.compile``)."""
-    return num_kept_blocks(nq, nk, density=density, block_size=block_size, query_block_size=query_block_size,
-                           local_blocks=local_blocks, sink_blocks=sink_blocks, causal=causal)
-
-
 @torch.no_grad()
 def score_blocks(q: torch.Tensor, k: torch.Tensor, scorer="pooled", *, block_size: int = 64,
                  query_block_size: int | None = None, causal: bool = False, scale: float | None = None,
@@ -274,8 +266,8 @@ def select_blocks_scored(
     fn = _scorer_fn(scorer)
     nq, nk = q.shape[-2], k.shape[-2]
     nqb, nkb = -(-nq // bq), -(-nk // bk)
-    kept = num_kept(nq, nk, density=density, block_size=bk, query_block_size=bq, local_blocks=local_blocks,
-                    sink_blocks=sink_blocks, causal=causal, device=q.device)
+    kept = num_kept_blocks(nq, nk, density=density, block_size=bk, query_block_size=bq, local_blocks=local_blocks,
+                           sink_blocks=sink_blocks, causal=causal)
     ctx = _Ctx(q, k, bk, bq, causal, scale, dict(options, _kept=kept, _local=local_blocks, _sink=sink_blocks))
     blocks = torch.arange(nqb, device=q.device) if query_blocks is None else query_blocks.to(q.device).long()
     b, h = q.shape[:2]
