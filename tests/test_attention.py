@@ -347,3 +347,26 @@ def test_dense_attention_without_gradients_is_bitwise_the_gradient_path(dtype, s
         ref = dense_attention(qg, k, v, **kw)
         for a, b in zip(fast, ref):
             assert a.dtype == b.dtype and torch.equal(a, b.detach()), (d, dtype, scale)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("scorer", ["pooled", "simhash"])
+def test_select_blocks_runs_the_kernels_on_cuda_by_default(scorer, monkeypatch):
+    """backend="auto" is select_blocks' default (as hash_attention's): CUDA tensors reach the
+    kernels — the torch reference is never called; pooled gives the reference's indices exactly
+    (integer codes), SimHash its kept count (signatures of bf16 inputs may round differently)."""
+    import vidhash.attention as A
+
+    g = torch.Generator(device="cuda").manual_seed(0)
+    q, k = (torch.randn(1, 2, 1024, 64, device="cuda", generator=g, dtype=torch.bfloat16) for _ in range(2))
+    ref = A.select_blocks(q, k, density=0.25, block_size=64, scorer=scorer, backend="reference")
+
+    def boom(*args, **kwargs):
+        raise AssertionError("the torch reference ran on CUDA tensors")
+
+    monkeypatch.setattr(A, "select_blocks_codes_reference", boom)
+    monkeypatch.setattr(A, "select_blocks_simhash", boom)
+    sel = A.select_blocks(q, k, density=0.25, block_size=64, scorer=scorer)
+    assert sel.indices.shape == ref.indices.shape and sel.indices.is_cuda
+    if scorer == "pooled":
+        assert torch.equal(sel.indices, ref.indices)

@@ -263,7 +263,7 @@ def select_blocks(
     hasher: nn.Module | None = None,
     scorer=None,
     scale: float | None = None,
-    backend: str = "reference",
+    backend: str = "auto",
 ) -> BlockSelection:
     """Choose the key blocks each query block attends to.
 
@@ -276,10 +276,11 @@ def select_blocks(
     Causal attention never keeps a block wholly in the future. ``scale`` (default ``1/√d``): the
     softmax scale the code scorers rank in.
 
-    ``backend``: ``"reference"`` (the default: the torch references), ``"triton"`` (SimHash:
-    ``select_blocks_triton``; pooled, moments and learned linear/diag codes: the block-score
-    kernel; same indices as the references given the same signatures / codes) or ``"auto"``
-    (the kernels for CUDA tensors). ``prefilter`` and the other learned scorers run
+    ``backend``: ``"auto"`` (the default, as :func:`hash_attention`'s: the kernels for CUDA
+    tensors, the torch references otherwise), ``"reference"`` (the torch references) or
+    ``"triton"`` (SimHash: ``select_blocks_triton``; pooled, moments and learned linear/diag
+    codes: the block-score kernel; same indices as the references given the same signatures /
+    codes). ``prefilter`` and the other learned scorers run
     :func:`vidhash.selection.scorers.select_blocks_scored` in torch on every backend.
     """
     check_qkv(q, k)
