@@ -37,6 +37,13 @@ too: at ``density=1.0`` it is honoured (the call above takes it); at ``density <
 ValueError, from ``set_attention_backend``, from ``enable_hash_attention`` (a backend set before)
 or at the call (diffusers' ``attention_backend`` context manager).
 
+**Dense warmup.** As Sparse VideoGen, SVG2 and Radial Attention, for fidelity to the dense model:
+``dense_layers=N`` has the first N self-attention modules (:func:`self_attention_modules` order)
+take the ``density=1.0`` path at every call; ``dense_timestep=T`` has every self-attention take it
+while the transformer's ``timestep`` argument is ≥ T — a forward pre-hook (replaced on enabling
+again, removed on disabling) sets a shared :class:`DenseGate`'s Python bool before each call, which
+compiled blocks guard on. :func:`dense_timestep_for` gives T for the first k steps of a schedule.
+
 **State.** The processors are the truth: :func:`is_hash_attention_enabled` is True only while
 every self-attention module holds a hash processor; after an outside ``set_attn_processor``
 it is False, and enabling again starts afresh from the processors then in place.
