@@ -50,6 +50,15 @@ def enable_hash_attention(transformer, **config):
     return _enable(transformer, **config)
 
 
+def dense_timestep_for(scheduler_or_timesteps, dense_steps: int):
+    """The ``dense_timestep`` of :func:`enable_hash_attention` that runs exactly the first
+    ``dense_steps`` of a schedule dense (see :mod:`vidhash.integrations.diffusers`)."""
+    # lazy load: as enable_hash_attention
+    from .integrations.diffusers import dense_timestep_for as _for
+
+    return _for(scheduler_or_timesteps, dense_steps)
+
+
 def disable_hash_attention(transformer):
     """Restore the attention processors :func:`enable_hash_attention` replaced."""
     # lazy load: as enable_hash_attention
@@ -60,7 +69,7 @@ def disable_hash_attention(transformer):
 
 __all__ = [
     "BlockSelection", "HashedMemory", "LearnedHash", "MemoryConfig", "SimHash",
-    "block_sparse_attention", "bucket_index", "dense_attention",
+    "block_sparse_attention", "bucket_index", "dense_attention", "dense_timestep_for",
     "disable_hash_attention", "enable_hash_attention", "hamming_similarity", "hash_attention",
     "merge_attention", "pack_bits", "popcount", "select_blocks",
     "selection_recall", "token_bucket", "unpack_bits",

@@ -184,3 +184,76 @@ def test_flag_errors_name_the_flag(tiny_model, argv, match, capsys):
 def test_missing_model_folder(tmp_path):
     with pytest.raises(FileNotFoundError, match="--model"):
         dropin.load_pipeline(str(tmp_path / "nothing"), "cpu", "fp32")
+
+
+def test_dense_steps_and_layers_rows(tiny_model, tmp_path, capsys):
+    """--dense-steps 0,2 --dense-layers 0,1 over 2 steps: one row per setting × dense steps × dense
+    layers; every step dense gives the dense model's frames; recall only where sparse ran."""
+    out = tmp_path / "dropin.json"
+    assert main(["bench", "dropin", "--model", str(tiny_model), "--densities", "1/4", "--block-sizes", "16",
+                 "--seeds", "0", "--frames", "8", "--size", "32", "--steps", "2", "--recall-step", "1",
+                 "--dense-steps", "0,2", "--dense-layers", "0,1", "--no-coherence", "--no-flex",
+                 "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    rows = {r["setting"]: r for r in report["rows"]}
+    assert list(rows) == ["dense", "dense (repeat)", "1/4 b16", "1/4 b16 dl1", "1/4 b16 ds2", "1/4 b16 ds2 dl1"]
+    assert [(r["dense_steps"], r["dense_layers"]) for r in rows.values()] == [(None, None), (None, None), (0, 0), (0, 1),
+                                                                               (2, 0), (2, 1)]
+    assert rows["1/4 b16"]["dense_timestep"] is None and rows["1/4 b16 ds2"]["dense_timestep"] > 0
+    # every step dense: the dense model's frames exactly; one dense layer of 2: between sparse and dense
+    assert rows["1/4 b16 ds2"]["psnr"] == rows["1/4 b16 ds2 dl1"]["psnr"] == math.inf
+    assert rows["1/4 b16"]["psnr"] < rows["1/4 b16 dl1"]["psnr"] < math.inf
+    # recall: blocks.0 is dense with dl1 (left out of the mean), every layer dense at a dense step
+    sparse_layers = {x["layer"]: x for x in rows["1/4 b16"]["layers"]}
+    assert rows["1/4 b16 dl1"]["layers"][0] == {"layer": "blocks.0.attn1", "dense": "layer"}
+    assert rows["1/4 b16 dl1"]["recall"] == pytest.approx(sparse_layers["blocks.1.attn1"]["recall"])
+    assert all(x.get("dense") == "step" and "recall" not in x for x in rows["1/4 b16 ds2"]["layers"])
+    assert rows["1/4 b16 ds2"]["recall"] is None and rows["1/4 b16 ds2"]["oracle"] is None
+    table = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
+    assert table[0].startswith("| setting | dense steps | dense layers | PSNR dB")
+    assert table[1].startswith("| dense | — | — | ") and table[-1].startswith("| 1/4 b16 ds2 dl1 | 2 | 1 | inf |")
+
+
+def test_dense_steps_split_the_schedule(tiny_model):
+    pipe = dropin.load_pipeline(str(tiny_model), "cpu", "fp32")
+    pipe.scheduler.set_timesteps(5)
+    timesteps = pipe.scheduler.timesteps
+    for k in range(6):
+        threshold = dropin.dense_timestep_of(pipe, 5, k)
+        assert (threshold is None) == (k == 0) and (k == 0 or int((timesteps >= threshold).sum()) == k)
+    assert dropin.dense_options(pipe, dropin.Setting("1/4 b16", dropin.Fraction(1, 4), 16), 5) == {}
+
+
+def test_default_table_has_no_dense_columns():
+    row = {"setting": "1/4 b16", "psnr": 30.0, "ssim": 0.9, "transformer_ms": 1.0, "clip_s": 0.5, "speedup": 2.0,
+           "dense_steps": 0, "dense_layers": 0}
+    assert dropin.markdown_table([row]).splitlines()[0].startswith("| setting | PSNR dB")
+
+
+@pytest.mark.parametrize("argv, match", [
+    (["--dense-steps", "4"], "--dense-steps"),
+    (["--dense-steps", "-1"], "--dense-steps"),
+    (["--dense-steps", "x"], "--dense-steps"),
+    (["--dense-layers", "3"], "--dense-layers"),
+])
+def test_dense_flag_errors_name_the_flag(tiny_model, argv, match, capsys):
+    assert main(["bench", "dropin", "--model", str(tiny_model), "--frames", "8", "--size", "32", "--steps", "3",
+                 "--recall-step", "1", "--seeds", "0", "--no-coherence", *argv]) == 2
+    assert f"error: {match}" in capsys.readouterr().err
+
+
+def test_compile_with_dense_warmup_keeps_the_eager_frames(tiny_model, tmp_path):
+    """--compile with a dense first step and a dense first layer: the compiled blocks recompile on the
+    gate (a Python bool) rather than break their graph, and give the eager run's frames."""
+    argv = ["bench", "dropin", "--model", str(tiny_model), "--densities", "1/4", "--block-sizes", "16", "--seeds", "0",
+            "--frames", "8", "--size", "32", "--steps", "2", "--recall-step", "0", "--no-recall", "--no-coherence",
+            "--no-flex", "--dense-steps", "1", "--dense-layers", "0,1"]
+    reports = {}
+    for name, extra in (("eager", []), ("compiled", ["--compile", "--compile-backend", "eager"])):
+        out = tmp_path / f"{name}.json"
+        assert main([*argv, "--json", str(out), *extra]) == 0
+        reports[name] = json.loads(out.read_text())["rows"]
+    assert [r["setting"] for r in reports["compiled"]] == ["dense", "dense (repeat)", "1/4 b16 ds1", "1/4 b16 ds1 dl1"]
+    for a, b in zip(reports["eager"], reports["compiled"]):
+        assert a["setting"] == b["setting"] and a["psnr"] == b["psnr"]
+    assert math.inf > reports["compiled"][2]["psnr"]

@@ -11,7 +11,10 @@ a camera path of actions drawn from the seed): first the dense model (diffusers'
 processors: dense SDPA), then ``dense (repeat)`` — the same processors again: its frames must
 equal the dense ones, the floor of every comparison — then the drop-in
 (:func:`vidhash.integrations.diffusers.enable_hash_attention`) at each density × key-block size
-(× scorer), and the same setting again with ``backend="flex"``: vidhash's selection, PyTorch's
+(× scorer × ``--dense-steps`` × ``--dense-layers``: the drop-in's dense warmup, as Sparse VideoGen
+and SVG2 keep full attention in the first denoising steps and blocks — ``dense_timestep`` from the
+pipeline's scheduler for ``--steps`` steps, ``dense_layers``; rows ``… ds2 dl1``, both 0 by
+default, the rows and table then as without them), and the same setting again with ``backend="flex"``: vidhash's selection, PyTorch's
 FlexAttention attending to the selected blocks (:mod:`vidhash.integrations.flex`; compiled on
 CUDA, eager on the CPU; ``--no-flex`` skips it). One row per setting (SVG2's protocol), in the
 JSON and the printed Markdown table:
@@ -24,7 +27,13 @@ JSON and the printed Markdown table:
 * ``recall`` — mean over layers of the share of exact attention mass the drop-in's block
   selection keeps, on the dense run's queries and keys at one denoising step (``--recall-step``)
   of the first seed; ``oracle`` — the most any selection of as many blocks can keep; per layer in
-  ``layers``;
+  ``layers``. Only what ran sparse counts: a dense layer (``--dense-layers``) is listed as
+  ``{"layer": …, "dense": "layer"}`` and left out of the mean, and where the recall step is one of
+  the setting's dense steps every layer is ``"dense": "step"`` and ``recall``/``oracle`` are None
+  (the recall step is fixed, so rows stay comparable: pick one after the dense steps);
+* ``dense_steps``, ``dense_layers``, ``dense_timestep`` — the setting's dense warmup and the
+  timestep threshold it ran with (None on the dense rows); the table shows the first two where any
+  row has them;
 * ``transformer_ms`` — median milliseconds of one transformer call (a denoising step), and
   ``clip_s`` — median seconds of one whole clip (the pipeline call), synchronised on CUDA; the
   first seed's clip warms up (kernel autotuning, Flex's compilation) and is left out when there
@@ -72,12 +81,16 @@ COHERENCE_KEYS = ("flicker", "warp_error", "motion", "ssim_adjacent", "smoothnes
 
 @dataclass(frozen=True)
 class Setting:
-    """One row: ``density`` None is the dense model (diffusers' processors)."""
+    """One row: ``density`` None is the dense model (diffusers' processors). ``dense_steps`` /
+    ``dense_layers``: the drop-in's dense warmup (its first denoising steps, its first self-attention
+    modules run dense)."""
 
     name: str
     density: Fraction | None = None
     block_size: int | None = None
     scorer: str | None = None
+    dense_steps: int = 0
+    dense_layers: int = 0
 
 
 def parse_fractions(text: str, flag: str) -> list[Fraction]:
@@ -101,15 +114,46 @@ def parse_ints(text: str, flag: str, minimum: int = 1) -> list[int]:
     return values
 
 
-def make_settings(densities: list[Fraction], block_sizes: list[int], scorers: list[str | None]) -> list[Setting]:
-    """dense, dense (repeat), then density × block size × scorer."""
+def make_settings(densities: list[Fraction], block_sizes: list[int], scorers: list[str | None],
+                  dense_steps: list[int] = (0,), dense_layers: list[int] = (0,)) -> list[Setting]:
+    """dense, dense (repeat), then density × block size × scorer (× dense steps × dense layers,
+    innermost; named ``ds<steps>`` / ``dl<layers>`` where not 0)."""
     rows = [Setting("dense"), Setting("dense (repeat)")]
     for scorer in scorers:
         for bs in block_sizes:
             for d in densities:
-                tag = "" if scorer is None else f" {scorer}"
-                rows.append(Setting(f"{d} b{bs}{tag}", d, bs, scorer))
+                for steps in dense_steps:
+                    for layers in dense_layers:
+                        tag = "" if scorer is None else f" {scorer}"
+                        tag += (f" ds{steps}" if steps else "") + (f" dl{layers}" if layers else "")
+                        rows.append(Setting(f"{d} b{bs}{tag}", d, bs, scorer, steps, layers))
     return rows
+
+
+def dense_timestep_of(pipe, steps: int, dense_steps: int) -> float | None:
+    """The drop-in's ``dense_timestep`` that runs the first ``dense_steps`` of the pipeline's
+    ``steps``-step schedule dense (:func:`~vidhash.integrations.diffusers.dense_timestep_for` on a
+    copy of its scheduler after ``set_timesteps(steps)``, as the pipeline calls it); None for 0."""
+    import copy
+
+    from vidhash.integrations.diffusers import dense_timestep_for
+
+    if not dense_steps:
+        return None
+    scheduler = copy.deepcopy(pipe.scheduler)
+    scheduler.set_timesteps(steps)
+    return dense_timestep_for(scheduler, dense_steps)
+
+
+def dense_options(pipe, setting: Setting, steps: int) -> dict:
+    """``enable_hash_attention``'s dense-warmup options of ``setting`` (none where both are 0, so such a
+    setting enables the drop-in exactly as before they existed)."""
+    out = {}
+    if setting.dense_layers:
+        out["dense_layers"] = setting.dense_layers
+    if setting.dense_steps:
+        out["dense_timestep"] = dense_timestep_of(pipe, steps, setting.dense_steps)
+    return out
 
 
 def drop_in_options(scorer: str | None) -> dict:
@@ -241,10 +285,12 @@ def capture_qk(pipe, seed: int, args) -> dict[str, tuple[torch.Tensor, torch.Ten
     return captured
 
 
-def layer_recall(captured: dict, setting: Setting, max_query_blocks: int) -> list[dict]:
+def layer_recall(captured: dict, setting: Setting, max_query_blocks: int, dense_names=(), dense_step: bool = False) -> list[dict]:
     """Per layer: recall of the drop-in's selection (its default scorer for ``--scorers default``,
     with the default hasher where that reads one) and, with :mod:`vidhash.selection`, the oracle
-    recall of as many blocks."""
+    recall of as many blocks. Only what ran sparse is measured: a layer in ``dense_names`` (the
+    setting's dense layers) is ``{"layer": name, "dense": "layer"}`` and, where the recall step is
+    one of the setting's dense steps (``dense_step``), every layer is ``{"layer": name, "dense": "step"}``."""
     from vidhash import attention
     from vidhash.integrations.diffusers import DropInConfig
 
@@ -257,6 +303,9 @@ def layer_recall(captured: dict, setting: Setting, max_query_blocks: int) -> lis
     extra = {"scorer": setting.scorer if setting.scorer is not None else DropInConfig.scorer}
     rows = []
     for name, (q, k) in captured.items():
+        if dense_step or name in dense_names:
+            rows.append({"layer": name, "dense": "step" if dense_step else "layer"})
+            continue
         sel = attention.select_blocks(q, k, density=float(setting.density), block_size=setting.block_size, **extra)
         row = {"layer": name, "recall": attention.selection_recall(q, k, sel, max_query_blocks=max_query_blocks)}
         if oracle_recall is not None:
@@ -317,7 +366,7 @@ def run_setting(pipe, setting: Setting, seeds: list[int], args, backend: str | N
     if setting.density is not None:
         extra = {} if backend is None else {"backend": backend}
         enable_hash_attention(pipe.transformer, density=float(setting.density), block_size=setting.block_size,
-                              **drop_in_options(setting.scorer), **extra)
+                              **drop_in_options(setting.scorer), **dense_options(pipe, setting, args.steps), **extra)
     try:
         clips, seconds, ms = sample_clips(pipe, seeds, args)
     finally:
@@ -350,9 +399,10 @@ def flex_columns(pipe, setting: Setting, seeds: list[int], args, ours: list[np.n
 def measure_setting(pipe, setting: Setting, seeds: list[int], args, dense, captured: dict) -> tuple[dict, list]:
     """One row of the table and the setting's clips; ``dense`` is ``(clips, row)`` of the dense model
     (None while measuring it)."""
-    from vidhash.integrations.diffusers import DropInConfig  # its scorer: what --scorers default runs
+    from vidhash.integrations.diffusers import DropInConfig, self_attention_modules  # its scorer: what --scorers default runs
 
     clips, timing = run_setting(pipe, setting, seeds, args)
+    sparse = setting.density is not None
     dense_clips, dense_row = dense if dense is not None else (clips, None)
     clip_s_dense = timing["clip_s"] if dense_row is None else dense_row["clip_s"]
     row = {"setting": setting.name, "density": None if setting.density is None else float(setting.density),
@@ -361,11 +411,15 @@ def measure_setting(pipe, setting: Setting, seeds: list[int], args, dense, captu
            "ssim": float(np.mean([clip_ssim(c, d) for c, d in zip(clips, dense_clips)])),
            "recall": None, "oracle": None, "transformer_ms": timing["transformer_ms"], "transformer_ms_flex": None,
            "clip_s": timing["clip_s"], "clip_s_flex": None, "clip_s_dense": clip_s_dense,
-           "speedup": clip_s_dense / timing["clip_s"], "speedup_flex": None, "flex_psnr": None}
+           "speedup": clip_s_dense / timing["clip_s"], "speedup_flex": None, "flex_psnr": None,
+           "dense_steps": setting.dense_steps if sparse else None, "dense_layers": setting.dense_layers if sparse else None,
+           "dense_timestep": dense_timestep_of(pipe, args.steps, setting.dense_steps) if sparse else None}
     if setting.density is not None and not args.no_flex:
         row.update(flex_columns(pipe, setting, seeds, args, clips, clip_s_dense))
     if captured and setting.density is not None:
-        row["layers"] = layer_recall(captured, setting, args.recall_blocks)
+        dense_names = list(self_attention_modules(pipe.transformer))[:setting.dense_layers]
+        row["layers"] = layer_recall(captured, setting, args.recall_blocks, dense_names,
+                                     dense_step=args.recall_step < setting.dense_steps)
         recall, oracle = ([x[key] for x in row["layers"] if key in x] for key in ("recall", "oracle"))
         row["recall"] = float(np.mean(recall)) if recall else None
         row["oracle"] = float(np.mean(oracle)) if oracle else None
@@ -386,11 +440,20 @@ def run(args) -> int:
     block_sizes = parse_ints(args.block_sizes, "--block-sizes")
     seeds = parse_ints(args.seeds, "--seeds", minimum=0)
     scorers = [None if s in ("", "default") else s for s in args.scorers.split(",")]
+    dense_steps = parse_ints(getattr(args, "dense_steps", "0"), "--dense-steps", minimum=0)
+    dense_layers = parse_ints(getattr(args, "dense_layers", "0"), "--dense-layers", minimum=0)
     if args.steps < 1 or not 0 <= args.recall_step < args.steps:
         raise ValueError(f"--recall-step must be in [0, --steps), got {args.recall_step} (--steps {args.steps})")
+    if max(dense_steps) > args.steps:
+        raise ValueError(f"--dense-steps must be in [0, --steps], got {args.dense_steps} (--steps {args.steps})")
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     pipe = load_pipeline(args.model, device, args.dtype or ("bf16" if device == "cuda" else "fp32"))
-    settings = make_settings(densities, block_sizes, scorers)
+    from vidhash.integrations.diffusers import self_attention_modules
+
+    modules = len(self_attention_modules(pipe.transformer))
+    if max(dense_layers) > modules:
+        raise ValueError(f"--dense-layers must be in [0, {modules}] (the model's self-attention modules), got {args.dense_layers}")
+    settings = make_settings(densities, block_sizes, scorers, dense_steps, dense_layers)
     report = {"model": str(args.model), "device": describe_device(device), "torch": torch.__version__,
               "date": time.strftime("%Y-%m-%d"), "frames": args.frames, "size": args.size, "steps": args.steps,
               "seeds": seeds, "recall_step": args.recall_step, "flex": not args.no_flex,
@@ -408,7 +471,9 @@ def run(args) -> int:
         report["rows"].append(row)
         print(format_row(row), flush=True)
         if (args.strip or args.clips) and (setting.name == "dense" or (setting.density in STRIP_DENSITIES and setting.scorer == scorers[0]
-                                                       and setting.block_size == block_sizes[0])):
+                                                       and setting.block_size == block_sizes[0]
+                                                       and setting.dense_steps == dense_steps[0]
+                                                       and setting.dense_layers == dense_layers[0])):
             strip[setting.density] = (setting.name, clips[0])  # rows: dense, 1/8, 1/32 (as far as run)
             picked = [strip[d] for d in (None, *STRIP_DENSITIES) if d in strip]
             report["strip"] = [name for name, _ in picked]
@@ -468,6 +533,8 @@ TABLE_COLUMNS = (
     ("× dense", "speedup", ".2f"), ("Flex × dense", "speedup_flex", ".2f"), ("Flex vs ours dB", "flex_psnr", ".1f"),
 )
 """The printed table: (header, the row's key — dotted into ``coherence`` —, format)."""
+DENSE_COLUMNS = (("dense steps", "dense_steps", "d"), ("dense layers", "dense_layers", "d"))
+"""Shown after ``setting`` where any row has dense steps or layers."""
 
 
 def _lookup(row: dict, key: str):
@@ -478,10 +545,14 @@ def _lookup(row: dict, key: str):
 
 def markdown_table(rows: list[dict]) -> str:
     """The rows as a Markdown table (the README's): the dense row's clip s is dense SDPA's; × dense is
-    the whole clip's speed-up over it; Flex: the same selected blocks through FlexAttention."""
-    lines = ["| " + " | ".join(name for name, _, _ in TABLE_COLUMNS) + " |", "|" + "---|" * len(TABLE_COLUMNS)]
+    the whole clip's speed-up over it; Flex: the same selected blocks through FlexAttention; dense
+    steps and layers (the drop-in's dense warmup) where any row has them."""
+    columns = TABLE_COLUMNS
+    if any(row.get("dense_steps") or row.get("dense_layers") for row in rows):
+        columns = (TABLE_COLUMNS[0], *DENSE_COLUMNS, *TABLE_COLUMNS[1:])
+    lines = ["| " + " | ".join(name for name, _, _ in columns) + " |", "|" + "---|" * len(columns)]
     for row in rows:
-        lines.append("| " + " | ".join(_num(_lookup(row, key), spec) for _, key, spec in TABLE_COLUMNS) + " |")
+        lines.append("| " + " | ".join(_num(_lookup(row, key), spec) for _, key, spec in columns) + " |")
     errors = [f"{row['setting']}: Flex failed: {row['flex_error']}" for row in rows if row.get("flex_error")]
     return "\n".join(lines + errors)
 

@@ -169,6 +169,10 @@ def add_dropin(p: argparse.ArgumentParser) -> None:
     p.add_argument("--scorers", default="default",
                    help="comma-separated block scorers ('default': the drop-in's default, pooled; or simhash, pooled, "
                         "moments, prefilter)")
+    p.add_argument("--dense-steps", default="0",
+                   help="comma-separated counts of first denoising steps run dense (dense warmup; default 0)")
+    p.add_argument("--dense-layers", default="0",
+                   help="comma-separated counts of first self-attention modules run dense (default 0)")
     p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (noise and camera path per seed)")
     p.add_argument("--frames", type=int, default=33, help="frames per clip (default 33)")
     p.add_argument("--size", type=int, default=256, help="frame height and width (default 256)")

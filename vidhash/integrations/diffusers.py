@@ -37,6 +37,13 @@ too: at ``density=1.0`` it is honoured (the call above takes it); at ``density <
 ValueError, from ``set_attention_backend``, from ``enable_hash_attention`` (a backend set before)
 or at the call (diffusers' ``attention_backend`` context manager).
 
+**Dense warmup.** As Sparse VideoGen, SVG2 and Radial Attention, for fidelity to the dense model:
+``dense_layers=N`` has the first N self-attention modules (:func:`self_attention_modules` order)
+take the ``density=1.0`` path at every call; ``dense_timestep=T`` has every self-attention take it
+while the transformer's ``timestep`` argument is ≥ T — a forward pre-hook (replaced on enabling
+again, removed on disabling) sets a shared :class:`DenseGate`'s Python bool before each call, which
+compiled blocks guard on. :func:`dense_timestep_for` gives T for the first k steps of a schedule.
+
 **State.** The processors are the truth: :func:`is_hash_attention_enabled` is True only while
 every self-attention module holds a hash processor; after an outside ``set_attn_processor``
 it is False, and enabling again starts afresh from the processors then in place.
@@ -62,8 +69,10 @@ self-attention processors that are not diffusers' own.
 """
 from __future__ import annotations
 
+import inspect
+import math
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields, replace
 
 import torch
@@ -86,7 +95,7 @@ REFUSED_CLASSES = {
     "hash attention does not serve it",
 }
 CONFIG_KEYS = ("density", "block_size", "query_block_size", "local_blocks", "sink_blocks", "scorer", "hasher",
-               "hashers", "n_bits", "seed", "backend")
+               "hashers", "n_bits", "seed", "backend", "dense_layers", "dense_timestep")
 HASHER_ATTR = "vidhash_hasher"
 """Name of the hasher submodule on each swapped attention module while enabled."""
 SCORER_ATTR = "vidhash_scorer"
@@ -95,6 +104,8 @@ SCORER_ATTR = "vidhash_scorer"
 _CONFIG_ATTR = "_vidhash_config"
 _ORIGINALS_ATTR = "_vidhash_original_processors"
 _HOOKS_ATTR = "_vidhash_state_dict_hooks"
+_TIMESTEP_HOOK_ATTR = "_vidhash_timestep_hook"
+_DENSE_OPTIONS = ("dense_layers", "dense_timestep")  # read by the processors and the hook, not by hash_attention
 _DENSE_OK_BACKENDS = (None, "native")
 DROP_IN_BACKENDS = (*BACKENDS, "flex")
 """``backend=`` of the drop-in: :data:`vidhash.attention.BACKENDS`, or ``"flex"`` (vidhash's selection,
@@ -113,6 +124,14 @@ class DropInConfig:
     (the default SimHash: 32 bits, seed 0), one module shared by every layer, or a dict from
     self-attention module name (``"blocks.0.attn1"``) to a module. ``backend``: one of
     :data:`DROP_IN_BACKENDS` (``"flex"``: the selection on ``"auto"``, FlexAttention attends).
+
+    Dense warmup (as Sparse VideoGen, SVG2 and Radial Attention keep full attention where the
+    layout is decided — their main lever for fidelity to the dense model): ``dense_layers`` — the
+    first N self-attention modules (:func:`self_attention_modules` order) run the model's own dense
+    attention call (the ``density=1.0`` path) at every step; ``dense_timestep`` — while the
+    transformer is called with a ``timestep`` ≥ it (its max over the batch; diffusers' 1000 is pure
+    noise), every self-attention runs dense (:func:`dense_timestep_for` turns "the first k steps"
+    into this threshold).
     """
 
     density: float = 0.125
@@ -123,6 +142,8 @@ class DropInConfig:
     scorer: str | nn.Module | dict[str, nn.Module] = "pooled"
     hasher: nn.Module | dict[str, nn.Module] | None = None
     backend: str = "auto"
+    dense_layers: int = 0
+    dense_timestep: float | None = None
 
     @property
     def reads_hasher(self) -> bool:
@@ -131,7 +152,19 @@ class DropInConfig:
 
     def attention_kwargs(self) -> dict:
         """Keyword arguments for :func:`~vidhash.attention.hash_attention` (hasher and scorer aside)."""
-        return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("hasher", "scorer")}
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("hasher", "scorer", *_DENSE_OPTIONS)}
+
+
+class DenseGate:
+    """The switch the ``dense_timestep`` pre-hook sets before every transformer call and the
+    processors of one enabled model read: ``dense`` is a plain Python bool, so a compiled block
+    guards on it (one recompilation when it flips) instead of breaking its graph."""
+
+    def __init__(self) -> None:
+        self.dense = False
+
+    def __repr__(self) -> str:
+        return f"DenseGate(dense={self.dense})"
 
 
 # --------------------------------------------------------------------------------------------
@@ -143,14 +176,19 @@ def _backend_name(backend) -> str | None:
 
 class _HashAttnProcessor:
     """Shared state of the hash-attention processors: config, this layer's hasher, the attention
-    backend diffusers sets, and an optional ``recorder(name, q, k)`` (calibration)."""
+    backend diffusers sets, and an optional ``recorder(name, q, k)`` (calibration).
+
+    ``dense`` (density 1, or one of the first ``dense_layers`` modules): always the stock attention
+    call; ``gate`` (``dense_timestep``): a :class:`DenseGate` whose ``dense`` makes this call dense too."""
 
     _parallel_config = None  # diffusers sets it for context parallelism (refused)
 
-    def __init__(self, config: DropInConfig, hasher: nn.Module | None, scorer, name: str, backend=None):
+    def __init__(self, config: DropInConfig, hasher: nn.Module | None, scorer, name: str, backend=None, *,
+                 dense_layer: bool = False, gate: DenseGate | None = None):
         self.config, self.hasher, self.scorer, self.name = config, hasher, scorer, name
         self._kwargs = config.attention_kwargs()
-        self.dense = config.density >= 1.0
+        self.dense = config.density >= 1.0 or dense_layer
+        self.gate = gate
         self.recorder = None
         self._backend = None
         self._attention_backend = backend
@@ -187,6 +225,11 @@ class _HashAttnProcessor:
             if _backend_name(active) not in _DENSE_OK_BACKENDS:
                 raise ValueError(self._backend_message(active))
 
+    def _dense_now(self) -> bool:
+        """Whether this call runs the stock dense attention: always (``dense``), or while the
+        ``dense_timestep`` gate is open (a Python bool: compiled code guards on it)."""
+        return self.dense or (self.gate is not None and self.gate.dense)
+
     def _hash(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, return_lse: bool = False):
         """Hash attention on ``(b, h, n, d)`` tensors (``backend="flex"``: vidhash's selection,
         FlexAttention's kernel)."""
@@ -200,10 +243,10 @@ class _HashAttnProcessor:
 
     def _attend(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
         """Self-attention on diffusers' ``(b, n, h, d)`` layout → ``(b, n, h, d)``: the stock
-        ``dispatch_attention_fn`` call at density 1, hash attention otherwise."""
+        ``dispatch_attention_fn`` call at density 1 (and in dense layers and steps), hash attention otherwise."""
         if self.recorder is not None:
             self.recorder(self.name, query.transpose(1, 2), key.transpose(1, 2))
-        if self.dense:
+        if self._dense_now():
             from diffusers.models.attention_dispatch import dispatch_attention_fn
 
             return dispatch_attention_fn(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False,
@@ -337,9 +380,10 @@ class CogVideoXHashAttnProcessor(_HashAttnProcessor):
         return video_out, text_out
 
     def _attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, t: int) -> torch.Tensor:
-        if self.dense and self._backend is None:
+        dense = self._dense_now()
+        if dense and self._backend is None:
             return F.scaled_dot_product_attention(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False)
-        if self.dense:
+        if dense:
             from diffusers.models.attention_dispatch import dispatch_attention_fn
 
             q, k, v = (x.transpose(1, 2) for x in (q, k, v))
@@ -447,6 +491,7 @@ def _parse_config(config: dict, names: list[str], head_dim: int, heads: int) -> 
         config["scorer"] = default_scorer(any(x is not None for x in (config.get("hasher"), n_bits, seed, path)))
     cfg = DropInConfig(**config)
     check_selection_args(cfg.density, cfg.block_size, cfg.query_block_size, cfg.local_blocks, cfg.sink_blocks)
+    cfg = replace(cfg, dense_timestep=_check_dense_options(cfg.dense_layers, cfg.dense_timestep, len(names)))
     if cfg.backend not in DROP_IN_BACKENDS:
         raise ValueError(f"backend must be one of {DROP_IN_BACKENDS}, got {cfg.backend!r}")
     hasher = cfg.hasher
@@ -474,6 +519,23 @@ def _parse_config(config: dict, names: list[str], head_dim: int, heads: int) -> 
     cfg = replace(cfg, hasher=hasher)
     _check_scorer_config(cfg, names, head_dim, heads)
     return cfg
+
+
+def _check_dense_options(dense_layers, dense_timestep, num_modules: int) -> float | None:
+    """ValueError naming ``dense_layers`` / ``dense_timestep`` unless an int in [0, num_modules] and
+    None or a finite number >= 0; returns ``dense_timestep`` as a float (or None)."""
+    if isinstance(dense_layers, bool) or not isinstance(dense_layers, int) or not 0 <= dense_layers <= num_modules:
+        raise ValueError(f"dense_layers must be an int in [0, {num_modules}] (the model's self-attention modules), "
+                         f"got {dense_layers!r}")
+    if dense_timestep is None:
+        return None
+    if isinstance(dense_timestep, torch.Tensor) and dense_timestep.numel() == 1:
+        dense_timestep = dense_timestep.item()
+    if isinstance(dense_timestep, bool) or not isinstance(dense_timestep, (int, float)) \
+            or not math.isfinite(dense_timestep) or dense_timestep < 0:
+        raise ValueError(f"dense_timestep must be None or a finite number >= 0 (a diffusers timestep: 1000 is pure "
+                         f"noise; see dense_timestep_for), got {dense_timestep!r}")
+    return float(dense_timestep)
 
 
 def _check_scorer_config(cfg: DropInConfig, names: list[str], head_dim: int, heads: int) -> None:
@@ -528,9 +590,38 @@ def _clear_state(transformer, modules: dict[str, nn.Module]) -> None:
                 delattr(attn, attr)
     for hook in getattr(transformer, _HOOKS_ATTR, ()):
         hook.remove()
+    _remove_timestep_hook(transformer)
     for attr in (_ORIGINALS_ATTR, _CONFIG_ATTR, _HOOKS_ATTR):
         if hasattr(transformer, attr):
             delattr(transformer, attr)
+
+
+def _remove_timestep_hook(transformer) -> None:
+    hook = getattr(transformer, _TIMESTEP_HOOK_ATTR, None)
+    if hook is not None:
+        hook.remove()
+        delattr(transformer, _TIMESTEP_HOOK_ATTR)
+
+
+def _timestep_hook(transformer, gate: DenseGate, threshold: float):
+    """A forward pre-hook that opens ``gate`` for the call when its ``timestep`` (keyword or
+    positional; the max of a tensor) is >= ``threshold`` and closes it otherwise — set afresh on
+    every call, so nothing carries over from one call to the next."""
+    params = list(inspect.signature(type(transformer).forward).parameters)[1:]  # without self
+    position = params.index("timestep") if "timestep" in params else None
+
+    def hook(module, args, kwargs):
+        t = kwargs.get("timestep")
+        if t is None and position is not None and position < len(args):
+            t = args[position]
+        if t is None:
+            gate.dense = False
+        elif isinstance(t, torch.Tensor):
+            gate.dense = bool(t.max().item() >= threshold)  # a host sync, in the eager top-level forward
+        else:
+            gate.dense = bool((max(t) if isinstance(t, Sequence) else t) >= threshold)  # a number or a list
+
+    return hook
 
 
 def _take_originals(spec: _ModelSpec, modules: dict[str, nn.Module], old: dict | None) -> dict:
@@ -575,6 +666,21 @@ def enable_hash_attention(transformer, **config):
     ``hashers`` (a path: a file :func:`save_hashers` or ``vidhash calibrate`` wrote, or its
     folder) or ``n_bits``/``seed`` for a SimHash (default: 32 bits, seed 0). Calling it again
     re-configures the model. ``density=1.0`` runs diffusers' own attention call.
+
+    Dense warmup, as Sparse VideoGen / SVG2 / Radial Attention do (full attention where the video's
+    layout is decided: the high-noise steps, the first blocks — their main lever for fidelity to
+    the dense model):
+
+    * ``dense_layers`` (int, default 0): the first N self-attention modules, in
+      :func:`self_attention_modules` order (block order), always run diffusers' own dense
+      attention call, as at ``density=1.0``;
+    * ``dense_timestep`` (float or None, default None): while the transformer is called with a
+      ``timestep`` >= it (the max over the batch; diffusers' timesteps fall from 1000, pure noise,
+      toward 0), every self-attention runs dense. A forward pre-hook on the transformer reads
+      the call's timestep (one host sync per call) and sets a Python bool the processors read, so
+      ``compile_repeated_blocks`` recompiles once for the dense steps; compiling the whole forward
+      with ``fullgraph=True`` would trace the hook's ``.item()`` and fails — compile the blocks.
+      :func:`dense_timestep_for` gives the threshold for "the first k steps".
     """
     spec = _model_spec(transformer)
     if getattr(transformer, "_parallel_config", None) is not None:
@@ -592,11 +698,14 @@ def enable_hash_attention(transformer, **config):
         fresh = _take_originals(spec, modules, None) if originals is None else originals
     # 2. one hasher (or learned scorer) per module; the default SimHash built here, not inside a compiled graph
     hashers, scorers = _per_module(cfg, list(modules), head_dim)
-    # 3. processors, carrying the attention backend set on the ones they replace
+    # 3. processors, carrying the attention backend set on the ones they replace; the first
+    #    dense_layers always dense, all of them behind one gate with dense_timestep
+    gate = None if cfg.dense_timestep is None else DenseGate()
     processors = dict(transformer.attn_processors)
-    for name, attn in modules.items():
+    for i, (name, attn) in enumerate(modules.items()):
         backend = getattr(attn.processor, "_attention_backend", None)
-        processors[f"{name}.processor"] = spec.processor(cfg, hashers[name], scorers[name], name, backend)
+        processors[f"{name}.processor"] = spec.processor(cfg, hashers[name], scorers[name], name, backend,
+                                                         dense_layer=i < cfg.dense_layers, gate=gate)
     transformer.set_attn_processor(processors)
     # 4. hashers and learned scorers as submodules (moved and cast with the model), kept out of state_dict
     for name, attn in modules.items():
@@ -609,9 +718,52 @@ def enable_hash_attention(transformer, **config):
         hooks = [transformer._register_state_dict_hook(_drop_hasher_keys),
                  transformer.register_load_state_dict_post_hook(_ignore_missing_hasher_keys)]
         setattr(transformer, _HOOKS_ATTR, hooks)
+    # 5. the dense_timestep pre-hook: replaced on every call (never two), none without the option
+    _remove_timestep_hook(transformer)
+    if gate is not None:
+        handle = transformer.register_forward_pre_hook(_timestep_hook(transformer, gate, cfg.dense_timestep),
+                                                       with_kwargs=True)
+        setattr(transformer, _TIMESTEP_HOOK_ATTR, handle)
     setattr(transformer, _ORIGINALS_ATTR, fresh)
     setattr(transformer, _CONFIG_ATTR, cfg)
     return transformer
+
+
+def dense_timestep_for(scheduler_or_timesteps, dense_steps: int) -> float | None:
+    """The ``dense_timestep`` of :func:`enable_hash_attention` that makes exactly the first
+    ``dense_steps`` of a schedule run dense: a threshold that those timesteps are >= and the rest
+    are below (halfway between the two groups, so a timestep rounded on its way to the model stays
+    on its side). ``scheduler_or_timesteps``: a diffusers scheduler after ``set_timesteps`` (its
+    ``timesteps``), or a 1-D tensor / sequence of timesteps in the order they are run.
+    ``dense_steps=0`` → None (no dense steps).
+
+        pipe.scheduler.set_timesteps(30)
+        enable_hash_attention(pipe.transformer, density=0.125,
+                              dense_timestep=dense_timestep_for(pipe.scheduler, 6))
+    """
+    timesteps = getattr(scheduler_or_timesteps, "timesteps", scheduler_or_timesteps)
+    if timesteps is None:
+        raise ValueError("dense_timestep_for: the scheduler has no timesteps; call scheduler.set_timesteps(num_steps) first")
+    try:
+        if isinstance(timesteps, torch.Tensor) and timesteps.dim() != 1:
+            raise TypeError
+        values = [float(t) for t in (timesteps.tolist() if isinstance(timesteps, torch.Tensor) else list(timesteps))]
+    except (TypeError, ValueError):
+        raise ValueError("dense_timestep_for takes a scheduler (after set_timesteps) or a 1-D tensor/list of "
+                         f"timesteps, got {type(scheduler_or_timesteps).__name__}") from None
+    if isinstance(dense_steps, bool) or not isinstance(dense_steps, int) or not 0 <= dense_steps <= len(values):
+        raise ValueError(f"dense_steps must be an int in [0, {len(values)}] (the schedule's steps), got {dense_steps!r}")
+    if dense_steps == 0:
+        return None
+    first, rest = values[:dense_steps], values[dense_steps:]
+    low = min(first)
+    if not rest:  # every step dense
+        return low / 2 if low > 0 else low
+    high = max(rest)
+    if not low > high:
+        raise ValueError(f"dense_timestep_for: no threshold separates the first {dense_steps} timesteps (down to {low}) "
+                         f"from the later ones (up to {high}); the schedule must fall between them")
+    return (low + high) / 2
 
 
 def disable_hash_attention(transformer):
