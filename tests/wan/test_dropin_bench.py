@@ -168,6 +168,7 @@ def test_coherence_of_a_clip(tiny_model):
     (["--block-sizes", "0"], "--block-sizes"),
     (["--recall-step", "9"], "--recall-step"),
     (["--scorers", "pooled"], "--scorers"),
+    (["--profile", "--profile-reps", "0"], "--profile-reps"),
 ])
 def test_flag_errors_name_the_flag(tiny_model, argv, match, capsys):
     import inspect
@@ -257,3 +258,47 @@ def test_compile_with_dense_warmup_keeps_the_eager_frames(tiny_model, tmp_path):
     for a, b in zip(reports["eager"], reports["compiled"]):
         assert a["setting"] == b["setting"] and a["psnr"] == b["psnr"]
     assert math.inf > reports["compiled"][2]["psnr"]
+
+
+def test_profile_replays_one_call_per_setting(tiny_model, tmp_path, capsys):
+    out = tmp_path / "dropin.json"
+    assert main(["bench", "dropin", "--model", str(tiny_model), "--densities", "1/4", "--block-sizes", "16",
+                 "--seeds", "0", "--frames", "8", "--size", "32", "--steps", "3", "--recall-step", "1", "--no-flex",
+                 "--no-recall", "--no-coherence", "--profile", "--profile-reps", "2", "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["setting"] for r in rows] == ["dense", "dense (repeat)", "1/4 b16"]
+    for r in rows:
+        p = r["profile"]
+        assert p["wall_ms"] > 0 and p["reps"] == 2 and p["kernel_ms"] is None  # a CPU: operators, no kernels
+        assert p["top"] and all(t["ms"] >= 0 and t["calls"] > 0 for t in p["top"])
+    # the sparse setting's replayed call ran hash attention's selection (it is in the profiled operators)
+    printed = capsys.readouterr().out
+    assert printed.count("profile:") == 3
+
+
+def test_profile_records_the_requested_call(tiny_model):
+    pipe = dropin.load_pipeline(str(tiny_model), "cpu", "fp32")
+    rec = dropin.CallRecorder(pipe.transformer, 2)
+    seen = []
+    hook = pipe.transformer.register_forward_pre_hook(lambda m, a, k: seen.append(k["timestep"].clone()), with_kwargs=True)
+    try:
+        pipe(actions=dropin.camera_path(0, 8), num_frames=8, height=32, width=32, num_inference_steps=4,
+             generator=torch.Generator().manual_seed(0))
+    finally:
+        rec.close(), hook.remove()
+    assert len(seen) == 4 and torch.equal(rec.inputs[1]["timestep"], seen[2])
+    assert rec.inputs[1]["timestep"].data_ptr() != seen[2].data_ptr()  # a copy, not the pipeline's tensor
+    prof = dropin.profile_call(pipe.transformer, rec.inputs, reps=1)
+    assert prof["wall_ms"] > 0 and prof["top"]
+    assert dropin.profile_call(pipe.transformer, None) is None
+
+
+@pytest.mark.parametrize("name,category", [
+    ("sparse_attn_fwd_kernel", "vidhash"), ("block_score_kernel", "vidhash"),
+    ("void pytorch_flash::flash_fwd_kernel<Flash_fwd_kernel_traits<128, 128, 64, 4>>", "dense attention"),
+    ("sm90_xmma_gemm_bf16bf16_bf16f32_f32_tn_n_tilesize128x128x64", "gemm"), ("nvjet_hsh_128x256_64x4", "gemm"),
+    ("triton_per_fused_add_mul_native_layer_norm_0", "inductor (fused)"),
+    ("void at::native::vectorized_elementwise_kernel<4, at::native::CUDAFunctor_add<float>>", "other"),
+])
+def test_kernel_categories(name, category):
+    assert dropin.kernel_category(name) == category

@@ -47,6 +47,12 @@ JSON and the printed Markdown table:
   ``flex_psnr`` — PSNR of Flex's clips against ours (the same blocks: only rounding differs, so
   very high, ``inf`` when equal); ``flex_error`` where Flex failed (the rest of the row stands).
 
+``--profile`` adds ``profile`` to every row (:func:`profile_call`): the first seed's
+``--recall-step`` transformer call replayed with the setting still enabled — its synchronised wall
+time, and under ``torch.profiler`` the CUDA kernels' time, their share of the wall time (below 1:
+the GPU waits on the host), launches per call and milliseconds by kernel category — the measured
+cause the issue asks for where a speed-up falls short.
+
 The JSON is rewritten after every row (``"complete": false`` until the end), and so is the strip,
 so a run cut off by a time limit keeps what it measured. ``--strip`` writes a PNG of evenly spaced
 frames of the first seed: rows dense, 1/8, 1/32 (the first key-block size and scorer), where those
@@ -367,14 +373,115 @@ def run_setting(pipe, setting: Setting, seeds: list[int], args, backend: str | N
         extra = {} if backend is None else {"backend": backend}
         enable_hash_attention(pipe.transformer, density=float(setting.density), block_size=setting.block_size,
                               **drop_in_options(setting.scorer), **dense_options(pipe, setting, args.steps), **extra)
+    call = CallRecorder(pipe.transformer, args.recall_step) if getattr(args, "profile", False) else None
     try:
         clips, seconds, ms = sample_clips(pipe, seeds, args)
+        profiled = profile_call(pipe.transformer, call.inputs, args.profile_reps) if call is not None else None
     finally:
+        if call is not None:
+            call.close()
         if setting.density is not None:
             disable_hash_attention(pipe.transformer)
     skip = args.steps if len(seeds) > 1 else 0  # the first clip's steps warm up (kernels, autotuning, compiling)
-    return clips, {"transformer_ms": float(np.median(ms[skip:] or ms)),
-                   "clip_s": float(np.median(seconds[1:] or seconds))}
+    timing = {"transformer_ms": float(np.median(ms[skip:] or ms)), "clip_s": float(np.median(seconds[1:] or seconds))}
+    if profiled is not None:
+        timing["profile"] = profiled
+    return clips, timing
+
+
+class CallRecorder:
+    """The inputs of the transformer's ``index``-th call (the first seed's denoising step ``index``),
+    detached copies, to replay it under the profiler."""
+
+    def __init__(self, transformer: torch.nn.Module, index: int):
+        self.inputs, self._count, self._index = None, 0, index
+        self._handle = transformer.register_forward_pre_hook(self._record, with_kwargs=True)
+
+    def _record(self, module, args, kwargs):
+        if self._count == self._index:
+            copy = lambda x: x.detach().clone() if isinstance(x, torch.Tensor) else x  # noqa: E731
+            self.inputs = (tuple(copy(a) for a in args), {k: copy(v) for k, v in kwargs.items()})
+        self._count += 1
+
+    def close(self) -> None:
+        self._handle.remove()
+
+
+#: kernel-name fragments → the profile's categories (first match wins; lower case)
+KERNEL_CATEGORIES = (
+    ("vidhash", ("sparse_attn", "block_score", "block_select", "signature", "memory_")),
+    ("dense attention", ("flash", "fmha", "attention", "sdpa", "softmax")),
+    ("gemm", ("gemm", "xmma", "cutlass", "cublas", "nvjet", "sm90_", "sm80_", "matmul", "_mm_")),
+    ("inductor (fused)", ("triton_",)),
+)
+
+
+def kernel_category(name: str) -> str:
+    """The :data:`KERNEL_CATEGORIES` entry of a CUDA kernel's name, else ``"other"``."""
+    low = name.lower()
+    for category, parts in KERNEL_CATEGORIES:
+        if any(p in low for p in parts):
+            return category
+    return "other"
+
+
+def profile_call(transformer: torch.nn.Module, inputs, reps: int = 5, top: int = 8) -> dict | None:
+    """Where one transformer call's time goes (``--profile``): ``wall_ms`` — the synchronised call
+    without the profiler (median of ``reps``); under ``torch.profiler`` over ``reps`` calls, per call:
+    ``kernel_ms`` (CUDA kernels' summed device time), ``busy`` = kernel_ms / wall_ms (below 1: the
+    device waits on the host — launch-bound), ``kernels`` launched, ``categories`` (ms by
+    :data:`KERNEL_CATEGORIES`) and the ``top`` kernels; on a CPU, the ``top`` operators by self CPU
+    time and no kernel columns. None when no call was recorded."""
+    from torch.profiler import ProfilerActivity, profile
+
+    if inputs is None:
+        return None
+    args, kwargs = inputs
+    cuda = next(transformer.parameters()).is_cuda
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    walls = []
+    with torch.no_grad():
+        for _ in range(reps + 1):
+            sync()
+            t0 = time.perf_counter()
+            transformer(*args, **kwargs)
+            sync()
+            walls.append(1000 * (time.perf_counter() - t0))
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+        with profile(activities=activities) as prof:
+            for _ in range(reps):
+                transformer(*args, **kwargs)
+            sync()
+    wall = float(np.median(walls[1:]))
+    out = {"wall_ms": wall, "reps": reps, "kernel_ms": None, "busy": None, "kernels": None, "categories": None}
+    events = prof.key_averages()
+    if cuda:
+        kernels = [e for e in events if e.device_type.name == "CUDA" and e.device_time_total > 0]
+        total = sum(e.device_time_total for e in kernels) / 1000 / reps
+        cats: dict[str, float] = {}
+        for e in kernels:
+            cat = kernel_category(e.key)
+            cats[cat] = cats.get(cat, 0.0) + e.device_time_total / 1000 / reps
+        kernels.sort(key=lambda e: -e.device_time_total)
+        out.update(kernel_ms=total, busy=total / wall, kernels=sum(e.count for e in kernels) / reps,
+                   categories={k: round(v, 4) for k, v in sorted(cats.items(), key=lambda kv: -kv[1])},
+                   top=[{"name": e.key[:90], "ms": e.device_time_total / 1000 / reps, "calls": e.count / reps}
+                        for e in kernels[:top]])
+    else:
+        ops = sorted((e for e in events if e.self_cpu_time_total > 0), key=lambda e: -e.self_cpu_time_total)
+        out["top"] = [{"name": e.key[:90], "ms": e.self_cpu_time_total / 1000 / reps, "calls": e.count / reps}
+                      for e in ops[:top]]
+    return out
+
+
+def format_profile(profile: dict) -> str:
+    """One line: the call's wall time, kernel time and share, launches and categories."""
+    if profile.get("kernel_ms") is None:
+        tops = ", ".join(f"{t['name']} {t['ms']:.2f}" for t in profile.get("top", [])[:4])
+        return f"    profile: {profile['wall_ms']:.2f} ms/call (CPU); top ops (self ms): {tops}"
+    cats = ", ".join(f"{k} {v:.2f}" for k, v in profile["categories"].items())
+    return (f"    profile: {profile['wall_ms']:.2f} ms/call, kernels {profile['kernel_ms']:.2f} ms "
+            f"({100 * profile['busy']:.0f}% busy), {profile['kernels']:.0f} launches; {cats}")
 
 
 def _error_text(err: Exception) -> str:
@@ -414,6 +521,8 @@ def measure_setting(pipe, setting: Setting, seeds: list[int], args, dense, captu
            "speedup": clip_s_dense / timing["clip_s"], "speedup_flex": None, "flex_psnr": None,
            "dense_steps": setting.dense_steps if sparse else None, "dense_layers": setting.dense_layers if sparse else None,
            "dense_timestep": dense_timestep_of(pipe, args.steps, setting.dense_steps) if sparse else None}
+    if "profile" in timing:
+        row["profile"] = timing["profile"]
     if setting.density is not None and not args.no_flex:
         row.update(flex_columns(pipe, setting, seeds, args, clips, clip_s_dense))
     if captured and setting.density is not None:
@@ -444,6 +553,8 @@ def run(args) -> int:
     dense_layers = parse_ints(getattr(args, "dense_layers", "0"), "--dense-layers", minimum=0)
     if args.steps < 1 or not 0 <= args.recall_step < args.steps:
         raise ValueError(f"--recall-step must be in [0, --steps), got {args.recall_step} (--steps {args.steps})")
+    if getattr(args, "profile", False) and args.profile_reps < 1:
+        raise ValueError(f"--profile-reps must be ≥ 1, got {args.profile_reps}")
     if max(dense_steps) > args.steps:
         raise ValueError(f"--dense-steps must be in [0, --steps], got {args.dense_steps} (--steps {args.steps})")
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -470,6 +581,8 @@ def run(args) -> int:
         dense = dense or (clips, row)
         report["rows"].append(row)
         print(format_row(row), flush=True)
+        if row.get("profile"):
+            print(format_profile(row["profile"]), flush=True)
         if (args.strip or args.clips) and (setting.name == "dense" or (setting.density in STRIP_DENSITIES and setting.scorer == scorers[0]
                                                        and setting.block_size == block_sizes[0]
                                                        and setting.dense_steps == dense_steps[0]

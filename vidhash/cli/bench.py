@@ -191,6 +191,11 @@ def add_dropin(p: argparse.ArgumentParser) -> None:
     p.add_argument("--compile-mode", default=None,
                    help="torch.compile mode with --compile (e.g. max-autotune-no-cudagraphs, reduce-overhead)")
     p.add_argument("--compile-backend", default="inductor", help="torch.compile backend with --compile (default inductor)")
+    p.add_argument("--profile", action="store_true",
+                   help="per setting, replay the first seed's --recall-step transformer call under torch.profiler: "
+                        "wall ms, CUDA kernel ms and busy share (below 1: launch-bound), launches, ms by kernel "
+                        "category (vidhash, dense attention, gemm, inductor, other), top kernels (row key 'profile')")
+    p.add_argument("--profile-reps", type=int, default=5, help="calls timed and profiled with --profile (default 5)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--dtype", default=None, choices=["bf16", "fp16", "fp32"], help="transformer dtype "
                    "(default: bf16 on cuda, fp32 on cpu)")
