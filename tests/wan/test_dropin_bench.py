@@ -302,3 +302,35 @@ def test_profile_records_the_requested_call(tiny_model):
 ])
 def test_kernel_categories(name, category):
     assert dropin.kernel_category(name) == category
+
+
+def test_compile_scope_model_keeps_the_eager_frames(tiny_model, tmp_path):
+    """--compile-scope model: the whole forward compiled (fullgraph; the 'eager' backend traces
+    without codegen), hooks outside it: the frames and the profile's replay are the eager run's."""
+    argv = ["bench", "dropin", "--model", str(tiny_model), "--densities", "1/4", "--block-sizes", "16", "--seeds", "0",
+            "--frames", "8", "--size", "32", "--steps", "2", "--recall-step", "0", "--no-recall", "--no-coherence",
+            "--no-flex", "--dense-steps", "0,1"]
+    rows = {}
+    for name, extra in (("eager", []), ("model", ["--compile", "--compile-scope", "model", "--compile-backend", "eager"])):
+        out = tmp_path / f"{name}.json"
+        assert main([*argv, "--json", str(out), *extra]) == 0
+        rows[name] = json.loads(out.read_text())
+    assert rows["model"]["compiled_model"] and "compiled_blocks" not in rows["model"]
+    assert [r["psnr"] for r in rows["model"]["rows"]] == [r["psnr"] for r in rows["eager"]["rows"]]
+
+
+def test_compile_model_starts_a_graph_step_per_call_and_copies_outputs(tiny_model, monkeypatch):
+    pipe = dropin.load_pipeline(str(tiny_model), "cpu", "fp32")
+    tf = pipe.transformer
+    x = torch.randn(1, tf.config.in_channels, 2, 32, 32)
+    kw = dict(timestep=torch.tensor([500.0]), encoder_hidden_states=torch.randn(1, 3, tf.config.text_dim), return_dict=False)
+    with torch.no_grad():
+        ref = tf(x, **kw)[0]
+    steps = []
+    monkeypatch.setattr(torch.compiler, "cudagraph_mark_step_begin", lambda: steps.append(1))
+    torch._dynamo.reset()
+    dropin.compile_model(tf, mode="reduce-overhead", backend="eager")
+    with torch.no_grad():
+        a, b = tf(x, **kw)[0], tf(x, **kw)[0]
+    assert len(steps) == 2 and torch.equal(a, ref) and torch.equal(b, ref) and a.data_ptr() != b.data_ptr()
+    torch._dynamo.reset()

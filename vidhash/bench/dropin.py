@@ -44,6 +44,8 @@ JSON and the printed Markdown table:
   (``fullgraph=True``; ``--compile-mode``, ``--compile-backend``), as a user of diffusers would
   run a model they care about the speed of: the norms, rotary embedding and projections fused,
   so the attention's share of a step — what the drop-in can cut — is what remains;
+  ``--compile-scope model`` compiles the whole forward instead (the one form that takes a CUDA-graph
+  ``--compile-mode``, e.g. ``reduce-overhead``: launch overhead gone, see :func:`compile_model`);
   ``flex_psnr`` — PSNR of Flex's clips against ours (the same blocks: only rounding differs, so
   very high, ``inf`` when equal); ``flex_error`` where Flex failed (the rest of the row stands).
 
@@ -361,6 +363,31 @@ def compile_blocks(transformer: torch.nn.Module, mode: str | None = None, backen
     return blocks
 
 
+#: torch.compile modes that capture CUDA graphs (inductor's cudagraph trees)
+GRAPH_MODES = ("reduce-overhead", "max-autotune")
+
+
+def compile_model(transformer: torch.nn.Module, mode: str | None = None, backend: str = "inductor") -> None:
+    """``--compile-scope model``: ``torch.compile(fullgraph=True)`` of the transformer's whole forward,
+    in place (its forward hooks — :class:`StepTimer`'s, the drop-in's ``dense_timestep`` gate — stay
+    outside the graph). Under a CUDA-graph mode (:data:`GRAPH_MODES`) every call starts a new
+    cudagraph step and returns copies of its outputs, so the replay that follows cannot overwrite
+    what the pipeline still holds (the regional form, ``--compile-scope blocks``, fails there: each
+    block's replay overwrites the previous block's output)."""
+    from torch.utils._pytree import tree_map
+
+    compiled = torch.compile(transformer.forward, fullgraph=True, mode=mode, backend=backend)
+    graphs = mode in GRAPH_MODES
+
+    def forward(*args, **kwargs):
+        if graphs:
+            torch.compiler.cudagraph_mark_step_begin()
+        out = compiled(*args, **kwargs)
+        return tree_map(lambda x: x.clone() if isinstance(x, torch.Tensor) else x, out) if graphs else out
+
+    transformer.forward = forward
+
+
 def run_setting(pipe, setting: Setting, seeds: list[int], args, backend: str | None = None) -> tuple[list[np.ndarray], dict]:
     """Clips and timings of one setting (the drop-in enabled for it, with ``backend`` where given —
     ``"flex"``: FlexAttention on the same selection — then disabled). With ``--compile`` the
@@ -573,7 +600,11 @@ def run(args) -> int:
     # 2. the dense run's queries and keys (recall), eager; then --compile's blocks
     captured = capture_qk(pipe, seeds[0], args) if not args.no_recall else {}
     if getattr(args, "compile", False):
-        report["compiled_blocks"] = compile_blocks(pipe.transformer, args.compile_mode, args.compile_backend)
+        if getattr(args, "compile_scope", "blocks") == "model":
+            compile_model(pipe.transformer, args.compile_mode, args.compile_backend)
+            report["compiled_model"] = True
+        else:
+            report["compiled_blocks"] = compile_blocks(pipe.transformer, args.compile_mode, args.compile_backend)
     # 3. every setting against the dense clips; the JSON after every row (a cut-off run keeps its rows)
     dense, strip = None, {}
     for setting in settings:

@@ -191,6 +191,9 @@ def add_dropin(p: argparse.ArgumentParser) -> None:
     p.add_argument("--compile-mode", default=None,
                    help="torch.compile mode with --compile (e.g. max-autotune-no-cudagraphs, reduce-overhead)")
     p.add_argument("--compile-backend", default="inductor", help="torch.compile backend with --compile (default inductor)")
+    p.add_argument("--compile-scope", default="blocks", choices=["blocks", "model"],
+                   help="with --compile: 'blocks' (default), diffusers' regional compilation of the repeated blocks; "
+                        "'model', the whole forward — needed for a CUDA-graph --compile-mode (reduce-overhead)")
     p.add_argument("--profile", action="store_true",
                    help="per setting, replay the first seed's --recall-step transformer call under torch.profiler: "
                         "wall ms, CUDA kernel ms and busy share (below 1: launch-bound), launches, ms by kernel "
