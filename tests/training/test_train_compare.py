@@ -51,6 +51,20 @@ def test_time_to_reach_and_ratio(tmp_path):
     assert compare(b, a)["ratio"] is None  # dense never reaches .25
 
 
+def test_matched_losses_while_both_runs_are_unfinished(tmp_path, capsys):
+    a = read_curve(write_csv(tmp_path / "dense" / "loss.csv", rows(DENSE)))
+    b = read_curve(write_csv(tmp_path / "sparse" / "loss.csv", rows(SPARSE)))
+    m = compare(a, b)["matched"]
+    # sparse's .45 at 100 s: dense crossed .45 halfway between 200 s (.50) and 400 s (.40) → 300 s
+    assert [x["step"] for x in m] == [50, 100, 150] and m[0]["gpu_s_a"] == pytest.approx(300)
+    assert m[0]["ratio"] == pytest.approx(100 / 300) and m[1]["ratio"] == pytest.approx(200 / 500)
+    assert m[2]["gpu_s_a"] is None and m[2]["ratio"] is None  # .25: dense never got there
+    assert compare(a, b)["matched_median_ratio"] == pytest.approx((1 / 3 + 2 / 5) / 2)
+    assert cli_main(["bench", "train-compare", str(tmp_path / "dense"), str(tmp_path / "sparse")]) == 0
+    out = capsys.readouterr().out
+    assert "not reached" in out and "median ratio over the losses both reached: 0.367" in out
+
+
 def test_edges_of_the_curve(tmp_path):
     c = read_curve(write_csv(tmp_path / "r.csv", rows([(10, 0.5), (20, 0.7), (30, 0.4), (40, 0.2)], every=1)))
     assert time_to_reach(c, 0.6) == 10  # already there at the first validation

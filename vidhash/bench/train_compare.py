@@ -18,13 +18,17 @@ Printed (and with ``--json`` written):
   none is);
 * ``ratio`` = RUN_B's time / RUN_A's time to that loss, against ``--target-ratio`` (issue 17:
   sparse at 1/8 within 0.6× of dense);
-* both runs' validation loss at equal GPU time (the shorter run's last time, interpolated in the other).
+* both runs' validation loss at equal GPU time (the shorter run's last time, interpolated in the other);
+* ``matched`` — for each of RUN_B's validation rows, the GPU-seconds RUN_A needed to first reach the
+  same loss and the ratio RUN_B / RUN_A (while both runs are unfinished, this is how far apart they
+  are at every loss both reached), and the median ratio.
 """
 from __future__ import annotations
 
 import csv
 import json
 import math
+import statistics
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -131,7 +135,21 @@ def compare(a: Curve, b: Curve) -> dict:
                        loss_at(c, equal)) for c in (a, b)]
     ta, tb = runs[0].gpu_s_to_target, runs[1].gpu_s_to_target
     ratio = tb / ta if tb is not None and ta else None
-    return {"target": target, "equal_time_s": equal, "ratio": ratio, "runs": [asdict(r) for r in runs]}
+    matched = matched_times(a, b)
+    ratios = [m["ratio"] for m in matched if m["ratio"] is not None]
+    return {"target": target, "equal_time_s": equal, "ratio": ratio, "runs": [asdict(r) for r in runs],
+            "matched": matched, "matched_median_ratio": float(statistics.median(ratios)) if ratios else None}
+
+
+def matched_times(a: Curve, b: Curve) -> list[dict]:
+    """For each validation row of ``b``: its step, GPU-seconds and loss, the GPU-seconds ``a`` needed
+    to first reach that loss (:func:`time_to_reach`; None when it never did) and ``b``'s time over it."""
+    out = []
+    for step, seconds, loss in zip(b.steps, b.seconds, b.losses):
+        ta = time_to_reach(a, loss)
+        out.append({"step": step, "gpu_s": seconds, "loss": loss, "gpu_s_a": ta,
+                    "ratio": seconds / ta if ta else None})
+    return out
 
 
 def format_report(result: dict, metric: str, target_ratio: float | None) -> str:
@@ -153,6 +171,16 @@ def format_report(result: dict, metric: str, target_ratio: float | None) -> str:
             verdict = (f" (target ≤ {target_ratio:g}: met)" if ratio <= target_ratio else
                        f" (target ≤ {target_ratio:g}: missed by {ratio - target_ratio:.2f})")
         lines.append(f"ratio: RUN_B needed {ratio:.3f}× RUN_A's GPU time to reach it{verdict}")
+    matched = result.get("matched") or []
+    if matched:
+        lines.append("RUN_B's validation rows, and RUN_A's GPU-s to the same loss:")
+        lines.append(f"{'step':>7} {'GPU-s':>9} {'loss':>9} {'RUN_A GPU-s':>12} {'ratio':>7}")
+        for m in matched:
+            ga = "not reached" if m["gpu_s_a"] is None else f"{m['gpu_s_a']:.0f}"
+            r = "-" if m["ratio"] is None else f"{m['ratio']:.2f}"
+            lines.append(f"{m['step']:>7} {m['gpu_s']:>9.0f} {m['loss']:>9.5f} {ga:>12} {r:>7}")
+        if result.get("matched_median_ratio") is not None:
+            lines.append(f"median ratio over the losses both reached: {result['matched_median_ratio']:.3f}")
     return "\n".join(lines)
 
 
