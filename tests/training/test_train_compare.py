@@ -112,3 +112,27 @@ def test_runs_that_cannot_be_compared(tmp_path):
     (tmp_path / "b" / "train_state.json").write_text("{}")
     with pytest.raises(ValueError, match="not a train_state.json"):
         read_curve(tmp_path / "b")
+
+
+def test_a_calls_last_validation_is_a_point_of_its_curve(tmp_path):
+    """A call that stops between log rows still leaves its closing validation in loss.csv (a row of
+    its own: step, elapsed_s, the validation losses) and in the export's rows."""
+    from pathlib import Path
+
+    from vidhash.training import load_train_config
+    from vidhash.training.trainer import train
+
+    recipe = Path(__file__).resolve().parents[2] / "configs" / "train" / "wan_mini_cpu.yaml"
+    cfg = load_train_config(str(recipe), ["data.num_frames=8", "noise.max_context_frames=3", "batch_size=2",
+                                          f"out_dir={tmp_path / 'run'}", "max_steps=8", "log_every=2", "val_every=2",
+                                          "val_clips=2"])
+    s = train(cfg, stop_at_step=5, progress=False, log=lambda *a, **k: None)  # as a time limit or a signal would
+    assert s["step"] == 5
+    with open(tmp_path / "run" / "loss.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["step"]) for r in rows] == [2, 4, 5]
+    assert rows[-1]["loss"] == "" and float(rows[-1]["val_loss_ema"]) == pytest.approx(s["val_loss_ema"])
+    assert float(rows[-1]["elapsed_s"]) >= float(rows[-2]["elapsed_s"])
+    curve = read_curve(tmp_path / "run")
+    assert curve.steps == (2, 4, 5) and curve.losses[-1] == pytest.approx(s["val_loss_ema"])
+    assert read_curve(s["export"]).steps == (2, 4, 5)  # train_state.json's rows

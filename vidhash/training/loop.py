@@ -206,7 +206,9 @@ class TrainLoop:
         bar.total = cfg.max_steps
 
     def _last_validation(self) -> None:
-        """Every call ends with a validation: into the last log row when it is of this step."""
+        """Every call ends with a validation: into the last log row when it is of this step, else a
+        row of its own (step, elapsed_s before the validation, the validation losses) — so a loss
+        curve (``vidhash bench train-compare``) holds every call's last point."""
         st = self.state
         if self.validator is None:
             return
@@ -214,9 +216,17 @@ class TrainLoop:
         if last is not None and VAL_FIELDS[0] in last:
             self.last_val = {k: last[k] for k in VAL_FIELDS}
             return
+        elapsed = self.elapsed()
         self.last_val = self.validator(st)
         if last is not None:
             last.update(self.last_val)
+            if self.main:  # the row is in loss.csv already, without these columns
+                self.header = csv_fields(st.rows)
+                write_csv(self.csv_path, [fmt_row(r) for r in st.rows])
+        elif st.step > 0:
+            st.rows.append({"step": st.step, "elapsed_s": elapsed, **self.last_val})
+            if self.main:
+                self._write_row(st.rows[-1])
         if self.main:
             self.log(f"validation at step {st.step}: " + ", ".join(f"{k} {v:.5f}" for k, v in self.last_val.items()))
 
