@@ -71,3 +71,22 @@ def test_bad_flags_name_the_flag(capsys):
     assert "--scorers" in capsys.readouterr().err
     assert main(TINY[:-8] + ["--block-sizes", "16,x"]) != 0
     assert "--block-sizes" in capsys.readouterr().err
+
+
+def test_no_forced_blocks_every_kept_block_is_ranked(tmp_path, capsys):
+    """--local-blocks 0 --sink-blocks 0: nothing forced, so the oracle row is the oracle itself and each
+    scorer's recall is bounded by it (with forced blocks the count grows to hold them: here the local
+    block of a 128-query block spans 8 key blocks of 16)."""
+    out0, out1 = tmp_path / "free.json", tmp_path / "forced.json"
+    base = TINY[:-8] + ["--block-sizes", "16", "--eval-blocks", "4", "--scorers", "pooled,oracle"]
+    assert main(base + ["--local-blocks", "0", "--sink-blocks", "0", "--json", str(out0)]) == 0
+    assert main(base + ["--json", str(out1)]) == 0
+    free, forced = _rows(out0), _rows(out1)
+    for r in free:
+        assert r["forced_per_row"] == 0 and r["oracle_f"] == pytest.approx(r["oracle"])
+        assert 0 < r["recall"] <= r["oracle"] + 1e-6
+    assert free[1]["recall"] == pytest.approx(free[1]["oracle"])  # the oracle row keeps the oracle's blocks
+    assert forced[0]["forced_per_row"] > 0 and forced[0]["kept"] > free[0]["kept"] == 4  # ceil(128 / 32)
+    assert json.loads(out0.read_text())["config"]["local_blocks"] == 0
+    assert main(base + ["--local-blocks", "-1"]) != 0
+    assert "--local-blocks" in capsys.readouterr().err

@@ -126,7 +126,8 @@ def fit_learned(fq, fk, bk: int, kept_free: int, names, args, held_out: float = 
     if not wanted:
         return {}, {}
     h, d = fq.shape[1], fq.shape[-1]
-    data = fit_data(fq, fk, block_size=bk, query_block_size=args.query_block, local_blocks=1, sink_blocks=1,
+    data = fit_data(fq, fk, block_size=bk, query_block_size=args.query_block, local_blocks=args.local_blocks,
+                    sink_blocks=args.sink_blocks,
                     max_query_blocks=args.fit_blocks)
     fitted, reports = {}, {}
     for name in wanted:
@@ -181,13 +182,14 @@ def _oracle_indices(q, k, kw: dict, blocks, kept: int) -> torch.Tensor:
 def _config_base(shape: str, q, k, bk: int, args):
     """What every row of one configuration shares: ``(base row, kw, blocks, mass, total)``."""
     bq, n, nk = args.query_block, q.shape[-2], k.shape[-2]
-    kw = dict(density=args.density, block_size=bk, query_block_size=bq, causal=False)
+    kw = dict(density=args.density, block_size=bk, query_block_size=bq, causal=False,
+              local_blocks=args.local_blocks, sink_blocks=args.sink_blocks)
     blocks = eval_query_blocks(-(-n // bq), args.eval_blocks, q.device)
     mass, counts = block_mass(q, k, block_size=bk, query_block_size=bq, query_blocks=blocks)
     total = float(counts.sum())
-    kept = num_kept_blocks(n, nk, local_blocks=1, sink_blocks=1, causal=False,
-                           **{x: kw[x] for x in ("density", "block_size", "query_block_size")})
-    forced, _ = forced_and_allowed(blocks, n, nk, bq, bk, 1, 1, False)
+    kept = num_kept_blocks(n, nk, causal=False,
+                           **{x: kw[x] for x in ("density", "block_size", "query_block_size", "local_blocks", "sink_blocks")})
+    forced, _ = forced_and_allowed(blocks, n, nk, bq, bk, args.local_blocks, args.sink_blocks, False)
     base = dict(shape=shape, n=n, nk=nk, batch=q.shape[0], heads=q.shape[1], head_dim=q.shape[-1], block_size=bk,
                 query_block_size=bq, density=args.density, kept=kept, key_blocks=-(-nk // bk),
                 forced_per_row=float(forced.sum(-1).float().mean()), eval_blocks=int(blocks.numel()),
@@ -432,6 +434,9 @@ def check_args(args) -> None:
     if unknown or not names:
         raise ValueError(f"--scorers takes a comma list of {', '.join(SCORER_ROWS)}; got {args.scorers!r}")
     args.scorers = names
+    for flag in ("local_blocks", "sink_blocks"):
+        if getattr(args, flag) < 0:
+            raise ValueError(f"--{flag.replace('_', '-')} must be ≥ 0, got {getattr(args, flag)}")
     if args.dtype == "auto":
         args.dtype = "bf16" if args.device == "cuda" else "fp32"
     args.torch_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[args.dtype]

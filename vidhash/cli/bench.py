@@ -73,6 +73,9 @@ def add_selection(p: argparse.ArgumentParser) -> None:
     p.add_argument("--block-sizes", default="64,16", help="comma-separated key-block sizes")
     p.add_argument("--query-block", type=int, default=128, help="query-block size")
     p.add_argument("--density", type=float, default=1 / 32, help="share of key blocks kept")
+    p.add_argument("--local-blocks", type=int, default=1, help="key blocks forced around each query block's own "
+                   "positions (select_blocks' local_blocks; 0: none — every kept block ranked by the scorer)")
+    p.add_argument("--sink-blocks", type=int, default=1, help="first key blocks always kept (0: none)")
     p.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp16", "fp32"], help="auto: bf16 on CUDA, fp32 on a CPU")
     p.add_argument("--scorers", default=",".join(DEFAULT_SCORERS), help=f"comma list of rows: {', '.join(SCORER_ROWS)}")
     p.add_argument("--eval-blocks", type=int, default=64, help="query blocks measured per configuration")
