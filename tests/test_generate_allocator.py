@@ -32,4 +32,6 @@ def test_keep_freed_memory_stops_refaulting_large_blocks():
     pages = (48 << 20) // 4096
     assert res["set"]
     assert res["default"] >= 20 * pages * 0.9  # every page, every time
-    assert res["kept"] < pages
+    # most rounds reuse the freed block: at most a few of the 20 refault (a small allocation left
+    # above it on the heap can keep a round from reusing it; seen once in CI on 2 cores: 2 rounds of 20)
+    assert res["kept"] <= 5 * pages < res["default"] / 4
