@@ -14,6 +14,7 @@ real-valued inputs (selection itself is discrete and carries no gradient).
   ``kernels/block_select/naive.py``, ``kernels/block_score/naive.py`` and :mod:`vidhash.selection`).
 * :func:`block_sparse_attention` — exact softmax over the kept blocks only (reference in
   ``kernels/sparse_attention/naive.py``).
+* :func:`block_mean_remainder` — the unkept key blocks, one mean token each (``remainder="mean"``).
 * :func:`hash_attention` — the two together; ``density=1.0`` is dense attention. The one place
   that chooses between the references and the Triton kernels (``backend=``).
 * :func:`selection_recall` — share of the exact attention mass the kept keys hold.
@@ -43,6 +44,7 @@ __all__ = [
     "BACKENDS", "MAX_BLOCK_SIZE", "SCORERS", "BlockSelection", "block_signatures", "block_sparse_attention", "default_hasher",
     "dense_attention", "fused_attention_lse", "hash_attention", "merge_attention", "resolve_backend",
     "select_blocks", "selection_recall", "default_scorer", "resolve_scorer", "READS_SIGNATURES",
+    "REMAINDERS", "block_mean_remainder",
 ]
 
 
@@ -178,6 +180,88 @@ def merge_attention(o1: torch.Tensor, lse1: torch.Tensor, o2: torch.Tensor, lse2
     w2 = torch.exp(l2 - safe).masked_fill(torch.isinf(lse), 0.0)
     out = w1.unsqueeze(-1) * upcast(o1) + w2.unsqueeze(-1) * upcast(o2)
     return out.to(o1.dtype), lse
+
+
+# --------------------------------------------------------------------------------------------
+# the remainder: the key blocks a selection did not keep, one mean token each
+# --------------------------------------------------------------------------------------------
+REMAINDERS = ("none", "mean")
+"""``remainder=`` of :func:`hash_attention` (and the drop-in): what the key blocks a selection
+did not keep contribute — ``"none"`` nothing (plain block-sparse attention), ``"mean"`` one token
+per unkept block (:func:`block_mean_remainder`)."""
+
+REMAINDER_CHUNK_ELEMS = 1 << 26
+"""Score elements (b·h·queries·key blocks) the remainder computes at once; above it, chunks of query
+blocks. Large on purpose: a drop-in's shape (33,792 tokens, 3 heads, blocks of 64) is one chunk."""
+
+
+def check_remainder(remainder) -> str:
+    """``remainder`` as one of :data:`REMAINDERS` (``None`` is ``"none"``); ValueError otherwise."""
+    name = "none" if remainder is None else remainder
+    if name not in REMAINDERS:
+        raise ValueError(f"remainder must be one of {REMAINDERS} (or None), got {remainder!r}")
+    return name
+
+
+def block_mean_remainder(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    selection: BlockSelection,
+    *,
+    scale: float | None = None,
+):
+    """Attention of each query over the key blocks its selection did **not** keep, each block
+    stood in for by one token: its mean key ``k̄``, its mean value ``v̄`` and a logit bias of
+    ``log(tokens in the block)`` — so the block's weight is ``count · exp(s q·k̄)``, what its tokens
+    would weigh if their scores were all equal (a lower bound of the exact mass by Jensen's
+    inequality; exact for a block of equal keys). Returns ``(out (b, h, nq, e), lse (b, h, nq))``,
+    ``lse`` float32 and ``-inf`` where every block is kept or masked; merged with the kept blocks'
+    exact attention by :func:`merge_attention`, it is ``hash_attention(..., remainder="mean")``.
+
+    Causal: a block counts only where the query sees all of it (a block cut by the diagonal is the
+    local block, kept by the selection, or else left out). Cost: ``nq × nk / block_size`` scores
+    (dense attention's cost over ``block_size``), computed in chunks of query blocks; differentiable.
+    """
+    check_qkv(q, k, v)
+    b, h, nq, d = q.shape
+    nk, e = k.shape[-2], v.shape[-1]
+    bk, bq = selection.block_size, selection.query_block_size
+    nkb, nqb = selection.num_key_blocks, selection.num_query_blocks
+    if selection.num_queries != nq or selection.num_keys != nk or tuple(selection.indices.shape[:2]) != (b, h):
+        raise ValueError(f"selection is for (b, h, nq, nk) = ({tuple(selection.indices.shape[:2])}, "
+                         f"{selection.num_queries}, {selection.num_keys}); got q {tuple(q.shape)}, k {tuple(k.shape)}")
+    sc = resolve_scale(scale, d)
+    cnt = torch.clamp(nk - torch.arange(nkb, device=q.device) * bk, max=bk)  # tokens per key block
+    pad = (0, 0, 0, nkb * bk - nk)
+    k_mean = (torch.nn.functional.pad(upcast(k), pad).reshape(b, h, nkb, bk, d).sum(3) / cnt.unsqueeze(-1)).to(q.dtype)
+    v_mean = (torch.nn.functional.pad(upcast(v), pad).reshape(b, h, nkb, bk, e).sum(3) / cnt.unsqueeze(-1)).to(v.dtype)
+    bias = cnt.to(upcast(q).dtype).log()
+    idx = selection.indices.to(torch.int64)
+    kept = torch.zeros(b, h, nqb, nkb + 1, dtype=torch.bool, device=q.device)
+    kept.scatter_(-1, torch.where(idx < 0, nkb, idx), True)
+    unkept = ~kept[..., :nkb]  # (b, h, nqb, nkb)
+    qp = torch.nn.functional.pad(q, (0, 0, 0, nqb * bq - nq)).reshape(b, h, nqb, bq, d)
+    if selection.causal:  # query i sees block j whole iff its last key (j+1)·bk - 1 <= i + nk - nq (clipped)
+        last = torch.clamp((torch.arange(nkb, device=q.device) + 1) * bk, max=nk) - 1
+        qpos = torch.arange(nqb * bq, device=q.device).reshape(nqb, bq)
+        sees = last <= (qpos + nk - nq).unsqueeze(-1)  # (nqb, bq, nkb)
+    chunk = max(1, REMAINDER_CHUNK_ELEMS // max(1, b * h * bq * nkb))
+    outs, lses = [], []
+    for start in range(0, nqb, chunk):
+        stop = min(nqb, start + chunk)
+        s = upcast(torch.matmul(qp[:, :, start:stop], k_mean.unsqueeze(2).transpose(-1, -2))) * sc + bias
+        allowed = unkept[:, :, start:stop].unsqueeze(3)  # (b, h, c, 1, nkb)
+        if selection.causal:
+            allowed = allowed & sees[start:stop]
+        s = s.masked_fill(~allowed, float("-inf"))
+        lse = torch.logsumexp(s, dim=-1)  # (b, h, c, bq)
+        p = torch.exp(s - lse.masked_fill(torch.isinf(lse), 0.0).unsqueeze(-1))
+        outs.append(torch.matmul(p.to(v_mean.dtype), v_mean.unsqueeze(2)))
+        lses.append(lse)
+    out = torch.cat(outs, dim=2).reshape(b, h, nqb * bq, e)[:, :, :nq]
+    lse = torch.cat(lses, dim=2).reshape(b, h, nqb * bq)[:, :, :nq]
+    return out.to(v.dtype), lse
 
 
 # --------------------------------------------------------------------------------------------
@@ -330,9 +414,15 @@ def hash_attention(
     return_lse: bool = False,
     backend: str = "auto",
     scorer=None,
+    remainder: str | None = None,
 ):
     """Hash attention: each query block attends exactly to the key blocks whose signatures are
     most similar to its own, plus sink and local blocks (see :func:`select_blocks`).
+
+    ``remainder``: what the blocks not kept contribute (:data:`REMAINDERS`): ``None``/``"none"``
+    nothing; ``"mean"`` one mean token per unkept block (:func:`block_mean_remainder`, merged by
+    log-sum-exp), for ``nq × nk / block_size`` more scores — on a trained video model's diffuse
+    attention it cuts the output's error against dense several-fold at the same count.
 
     ``scorer``: how key blocks are ranked (:data:`SCORERS` or a learned block scorer; ``None``:
     :func:`default_scorer` — ``"pooled"``, or ``"simhash"`` when a ``hasher`` is given); any
@@ -359,13 +449,17 @@ def hash_attention(
         which = "reference"  # auto stays quiet: shapes the kernels do not take run the reference
     if which == "triton" and block_size == 1 and q.is_cuda:
         which = "reference"  # per-token selection: the kernels take it, but are not tuned for it on a GPU
-    if not (isinstance(scorer, str) and scorer == "simhash"):
+    rest = check_remainder(remainder)
+    if rest != "none" or not (isinstance(scorer, str) and scorer == "simhash"):
         sel = select_blocks(q, k, scorer=scorer, scale=scale, hasher=hasher, backend=which, density=density,
                             block_size=block_size, query_block_size=query_block_size, local_blocks=local_blocks,
                             sink_blocks=sink_blocks, causal=causal)
-        if which == "triton":
-            return triton_ops().block_sparse_attention_triton(q, k, v, sel, scale=scale, return_lse=return_lse)
-        return block_sparse_attention(q, k, v, sel, scale=scale, return_lse=return_lse)
+        attend = triton_ops().block_sparse_attention_triton if which == "triton" else block_sparse_attention
+        if rest == "none":
+            return attend(q, k, v, sel, scale=scale, return_lse=return_lse)
+        out, lse = attend(q, k, v, sel, scale=scale, return_lse=True)
+        out, lse = merge_attention(out, lse, *block_mean_remainder(q, k, v, sel, scale=scale))
+        return (out, lse) if return_lse else out
     if which == "triton":
         return triton_ops().hash_attention(
             q, k, v, density=density, block_size=block_size, query_block_size=query_block_size,

@@ -334,3 +334,24 @@ def test_compile_model_starts_a_graph_step_per_call_and_copies_outputs(tiny_mode
         a, b = tf(x, **kw)[0], tf(x, **kw)[0]
     assert len(steps) == 2 and torch.equal(a, ref) and torch.equal(b, ref) and a.data_ptr() != b.data_ptr()
     torch._dynamo.reset()
+
+
+def test_remainders_rows(tiny_model, tmp_path):
+    """--remainders none,mean: a '+mean' row beside each setting; the same selection (recall equal),
+    frames closer to dense (the unkept blocks' mean tokens bring back mass the plain row drops)."""
+    out = tmp_path / "dropin.json"
+    assert main(["bench", "dropin", "--model", str(tiny_model), "--densities", "1/8", "--block-sizes", "16",
+                 "--seeds", "0", "--frames", "8", "--size", "32", "--steps", "3", "--recall-step", "1",
+                 "--remainders", "none,mean", "--no-coherence", "--no-flex", "--json", str(out)]) == 0
+    rows = {r["setting"]: r for r in json.loads(out.read_text())["rows"]}
+    assert list(rows) == ["dense", "dense (repeat)", "1/8 b16", "1/8 b16 +mean"]
+    assert rows["1/8 b16"]["remainder"] == "none" and rows["1/8 b16 +mean"]["remainder"] == "mean"
+    assert rows["dense"]["remainder"] is None
+    assert rows["1/8 b16 +mean"]["recall"] == rows["1/8 b16"]["recall"]
+    assert rows["1/8 b16"]["psnr"] < rows["1/8 b16 +mean"]["psnr"] < math.inf
+
+
+def test_remainders_flag_error_names_the_flag(tiny_model, capsys):
+    assert main(["bench", "dropin", "--model", str(tiny_model), "--frames", "8", "--size", "32", "--steps", "3",
+                 "--recall-step", "1", "--seeds", "0", "--no-coherence", "--remainders", "none,max"]) == 2
+    assert "error: --remainders" in capsys.readouterr().err

@@ -34,6 +34,9 @@ JSON and the printed Markdown table:
 * ``dense_steps``, ``dense_layers``, ``dense_timestep`` — the setting's dense warmup and the
   timestep threshold it ran with (None on the dense rows); the table shows the first two where any
   row has them;
+* ``remainder`` — ``--remainders``: ``"none"``, or ``"mean"`` (rows ``… +mean``: the drop-in adds,
+  per query, one mean token for each key block the selection did not keep —
+  :func:`vidhash.attention.block_mean_remainder`; recall/oracle are of the kept blocks either way);
 * ``transformer_ms`` — median milliseconds of one transformer call (a denoising step), and
   ``clip_s`` — median seconds of one whole clip (the pipeline call), synchronised on CUDA; the
   first seed's clip warms up (kernel autotuning, Flex's compilation) and is left out when there
@@ -91,7 +94,8 @@ COHERENCE_KEYS = ("flicker", "warp_error", "motion", "ssim_adjacent", "smoothnes
 class Setting:
     """One row: ``density`` None is the dense model (diffusers' processors). ``dense_steps`` /
     ``dense_layers``: the drop-in's dense warmup (its first denoising steps, its first self-attention
-    modules run dense)."""
+    modules run dense). ``remainder``: the drop-in's ``remainder`` (``"mean"``: the unkept key blocks as
+    one mean token each)."""
 
     name: str
     density: Fraction | None = None
@@ -99,6 +103,7 @@ class Setting:
     scorer: str | None = None
     dense_steps: int = 0
     dense_layers: int = 0
+    remainder: str = "none"
 
 
 def parse_fractions(text: str, flag: str) -> list[Fraction]:
@@ -123,19 +128,33 @@ def parse_ints(text: str, flag: str, minimum: int = 1) -> list[int]:
 
 
 def make_settings(densities: list[Fraction], block_sizes: list[int], scorers: list[str | None],
-                  dense_steps: list[int] = (0,), dense_layers: list[int] = (0,)) -> list[Setting]:
-    """dense, dense (repeat), then density × block size × scorer (× dense steps × dense layers,
-    innermost; named ``ds<steps>`` / ``dl<layers>`` where not 0)."""
+                  dense_steps: list[int] = (0,), dense_layers: list[int] = (0,),
+                  remainders: list[str] = ("none",)) -> list[Setting]:
+    """dense, dense (repeat), then density × block size × scorer (× dense steps × dense layers ×
+    remainder, innermost; named ``ds<steps>`` / ``dl<layers>`` where not 0, ``+<remainder>`` where
+    not ``"none"``)."""
     rows = [Setting("dense"), Setting("dense (repeat)")]
     for scorer in scorers:
         for bs in block_sizes:
             for d in densities:
                 for steps in dense_steps:
                     for layers in dense_layers:
-                        tag = "" if scorer is None else f" {scorer}"
-                        tag += (f" ds{steps}" if steps else "") + (f" dl{layers}" if layers else "")
-                        rows.append(Setting(f"{d} b{bs}{tag}", d, bs, scorer, steps, layers))
+                        for rest in remainders:
+                            tag = "" if scorer is None else f" {scorer}"
+                            tag += (f" ds{steps}" if steps else "") + (f" dl{layers}" if layers else "")
+                            tag += f" +{rest}" if rest != "none" else ""
+                            rows.append(Setting(f"{d} b{bs}{tag}", d, bs, scorer, steps, layers, rest))
     return rows
+
+
+def parse_remainders(text: str) -> list[str]:
+    """``"none,mean"`` → the drop-in's ``remainder`` values; ValueError naming --remainders."""
+    from vidhash.attention import REMAINDERS
+
+    values = [x.strip() for x in text.split(",") if x.strip()]
+    if not values or any(v not in REMAINDERS for v in values):
+        raise ValueError(f"--remainders must be comma-separated values of {REMAINDERS}, got {text!r}")
+    return values
 
 
 def dense_timestep_of(pipe, steps: int, dense_steps: int) -> float | None:
@@ -398,6 +417,8 @@ def run_setting(pipe, setting: Setting, seeds: list[int], args, backend: str | N
         torch._dynamo.reset()
     if setting.density is not None:
         extra = {} if backend is None else {"backend": backend}
+        if setting.remainder != "none":
+            extra["remainder"] = setting.remainder
         enable_hash_attention(pipe.transformer, density=float(setting.density), block_size=setting.block_size,
                               **drop_in_options(setting.scorer), **dense_options(pipe, setting, args.steps), **extra)
     call = CallRecorder(pipe.transformer, args.recall_step) if getattr(args, "profile", False) else None
@@ -547,7 +568,8 @@ def measure_setting(pipe, setting: Setting, seeds: list[int], args, dense, captu
            "clip_s": timing["clip_s"], "clip_s_flex": None, "clip_s_dense": clip_s_dense,
            "speedup": clip_s_dense / timing["clip_s"], "speedup_flex": None, "flex_psnr": None,
            "dense_steps": setting.dense_steps if sparse else None, "dense_layers": setting.dense_layers if sparse else None,
-           "dense_timestep": dense_timestep_of(pipe, args.steps, setting.dense_steps) if sparse else None}
+           "dense_timestep": dense_timestep_of(pipe, args.steps, setting.dense_steps) if sparse else None,
+           "remainder": setting.remainder if sparse else None}
     if "profile" in timing:
         row["profile"] = timing["profile"]
     if setting.density is not None and not args.no_flex:
@@ -578,6 +600,7 @@ def run(args) -> int:
     scorers = [None if s in ("", "default") else s for s in args.scorers.split(",")]
     dense_steps = parse_ints(getattr(args, "dense_steps", "0"), "--dense-steps", minimum=0)
     dense_layers = parse_ints(getattr(args, "dense_layers", "0"), "--dense-layers", minimum=0)
+    remainders = parse_remainders(getattr(args, "remainders", "none"))
     if args.steps < 1 or not 0 <= args.recall_step < args.steps:
         raise ValueError(f"--recall-step must be in [0, --steps), got {args.recall_step} (--steps {args.steps})")
     if getattr(args, "profile", False) and args.profile_reps < 1:
@@ -591,7 +614,7 @@ def run(args) -> int:
     modules = len(self_attention_modules(pipe.transformer))
     if max(dense_layers) > modules:
         raise ValueError(f"--dense-layers must be in [0, {modules}] (the model's self-attention modules), got {args.dense_layers}")
-    settings = make_settings(densities, block_sizes, scorers, dense_steps, dense_layers)
+    settings = make_settings(densities, block_sizes, scorers, dense_steps, dense_layers, remainders)
     report = {"model": str(args.model), "device": describe_device(device), "torch": torch.__version__,
               "date": time.strftime("%Y-%m-%d"), "frames": args.frames, "size": args.size, "steps": args.steps,
               "seeds": seeds, "recall_step": args.recall_step, "flex": not args.no_flex,
@@ -617,7 +640,8 @@ def run(args) -> int:
         if (args.strip or args.clips) and (setting.name == "dense" or (setting.density in STRIP_DENSITIES and setting.scorer == scorers[0]
                                                        and setting.block_size == block_sizes[0]
                                                        and setting.dense_steps == dense_steps[0]
-                                                       and setting.dense_layers == dense_layers[0])):
+                                                       and setting.dense_layers == dense_layers[0]
+                                                       and setting.remainder == remainders[0])):
             strip[setting.density] = (setting.name, clips[0])  # rows: dense, 1/8, 1/32 (as far as run)
             picked = [strip[d] for d in (None, *STRIP_DENSITIES) if d in strip]
             report["strip"] = [name for name, _ in picked]

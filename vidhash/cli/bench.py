@@ -176,6 +176,9 @@ def add_dropin(p: argparse.ArgumentParser) -> None:
                    help="comma-separated counts of first denoising steps run dense (dense warmup; default 0)")
     p.add_argument("--dense-layers", default="0",
                    help="comma-separated counts of first self-attention modules run dense (default 0)")
+    p.add_argument("--remainders", default="none",
+                   help="comma-separated remainders of the drop-in: none (the unkept key blocks dropped) and/or mean "
+                        "(each unkept block as one mean token; rows '+mean')")
     p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (noise and camera path per seed)")
     p.add_argument("--frames", type=int, default=33, help="frames per clip (default 33)")
     p.add_argument("--size", type=int, default=256, help="frame height and width (default 256)")

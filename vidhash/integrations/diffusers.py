@@ -80,7 +80,8 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from ..attention import READS_SIGNATURES, default_scorer, dense_attention, hash_attention, merge_attention, select_blocks
+from ..attention import (READS_SIGNATURES, block_mean_remainder, check_remainder, default_scorer, dense_attention, hash_attention,
+                         merge_attention, select_blocks)
 from ..hashing import SimHash
 from ..ops.checks import BACKENDS, check_selection_args
 
@@ -95,7 +96,7 @@ REFUSED_CLASSES = {
     "hash attention does not serve it",
 }
 CONFIG_KEYS = ("density", "block_size", "query_block_size", "local_blocks", "sink_blocks", "scorer", "hasher",
-               "hashers", "n_bits", "seed", "backend", "dense_layers", "dense_timestep")
+               "hashers", "n_bits", "seed", "backend", "remainder", "dense_layers", "dense_timestep")
 HASHER_ATTR = "vidhash_hasher"
 """Name of the hasher submodule on each swapped attention module while enabled."""
 SCORER_ATTR = "vidhash_scorer"
@@ -132,6 +133,9 @@ class DropInConfig:
     transformer is called with a ``timestep`` ≥ it (its max over the batch; diffusers' 1000 is pure
     noise), every self-attention runs dense (:func:`dense_timestep_for` turns "the first k steps"
     into this threshold).
+
+    ``remainder`` (:data:`vidhash.attention.REMAINDERS`): ``"mean"`` adds, per query, one mean token
+    for each key block its selection did not keep (:func:`vidhash.attention.block_mean_remainder`).
     """
 
     density: float = 0.125
@@ -142,6 +146,7 @@ class DropInConfig:
     scorer: str | nn.Module | dict[str, nn.Module] = "pooled"
     hasher: nn.Module | dict[str, nn.Module] | None = None
     backend: str = "auto"
+    remainder: str = "none"
     dense_layers: int = 0
     dense_timestep: float | None = None
 
@@ -237,9 +242,13 @@ class _HashAttnProcessor:
             return hash_attention(q, k, v, hasher=self.hasher, scorer=self.scorer, return_lse=return_lse, **self._kwargs)
         from .flex import flex_block_sparse_attention
 
-        options = {key: value for key, value in self._kwargs.items() if key != "backend"}
+        options = {key: value for key, value in self._kwargs.items() if key not in ("backend", "remainder")}
         sel = select_blocks(q, k, hasher=self.hasher, scorer=self.scorer, backend="auto", **options)
-        return flex_block_sparse_attention(q, k, v, sel, return_lse=return_lse)
+        if self.config.remainder == "none":
+            return flex_block_sparse_attention(q, k, v, sel, return_lse=return_lse)
+        out, lse = merge_attention(*flex_block_sparse_attention(q, k, v, sel, return_lse=True),
+                                   *block_mean_remainder(q, k, v, sel))
+        return (out, lse) if return_lse else out
 
     def _attend(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
         """Self-attention on diffusers' ``(b, n, h, d)`` layout → ``(b, n, h, d)``: the stock
@@ -489,6 +498,7 @@ def _parse_config(config: dict, names: list[str], head_dim: int, heads: int) -> 
     n_bits, seed, path = config.pop("n_bits", None), config.pop("seed", None), config.pop("hashers", None)
     if config.get("scorer") is None:  # the library's rule: simhash when signatures are given, else pooled
         config["scorer"] = default_scorer(any(x is not None for x in (config.get("hasher"), n_bits, seed, path)))
+    config["remainder"] = check_remainder(config.get("remainder"))
     cfg = DropInConfig(**config)
     check_selection_args(cfg.density, cfg.block_size, cfg.query_block_size, cfg.local_blocks, cfg.sink_blocks)
     cfg = replace(cfg, dense_timestep=_check_dense_options(cfg.dense_layers, cfg.dense_timestep, len(names)))
@@ -658,7 +668,7 @@ def enable_hash_attention(transformer, **config):
     hash attention; returns the model.
 
     ``config``: ``density``, ``block_size``, ``query_block_size``, ``local_blocks``,
-    ``sink_blocks``, ``backend``, ``scorer`` (as :func:`~vidhash.attention.hash_attention`; a
+    ``sink_blocks``, ``backend``, ``scorer``, ``remainder`` (as :func:`~vidhash.attention.hash_attention`; a
     learned scorer may also be a dict by module name; ``backend="flex"`` has FlexAttention attend
     to vidhash's selected blocks), and — for the scorers that read
     signatures, ``"simhash"`` (the default) and ``"prefilter"`` — one of
