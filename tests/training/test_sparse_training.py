@@ -83,6 +83,7 @@ def test_a_recipe_with_a_base(tmp_path):
     ("attention.scorer=exact", "attention.scorer"),
     ("attention.backend=cuda", "attention.backend"),
     ("attention.n_bits=0", "attention.n_bits"),
+    ("attention.remainder=max", "attention.remainder"),
     ("export_train_state=false", "export_train_state"),  # a sparse run's export must record its attention
 ])
 def test_attention_errors_name_the_key(override, key):
@@ -190,3 +191,13 @@ def test_training_attention_of_dense_and_older_exports(tmp_path):
         training_attention(tmp_path)
     with pytest.raises(FileNotFoundError):
         training_attention(tmp_path / "nothing")
+
+
+def test_remainder_reaches_the_drop_in_and_none_keeps_old_fingerprints():
+    from vidhash.training.attention import fingerprint_part
+
+    plain, rest = tiny(*SPARSE).attention, tiny(*SPARSE, "attention.remainder=mean").attention
+    assert "remainder" not in drop_in_kwargs(plain) and "remainder" not in fingerprint_part(plain)["attention"]
+    assert drop_in_kwargs(rest)["remainder"] == "mean" and fingerprint_part(rest)["attention"]["remainder"] == "mean"
+    model = build_model(tiny(*SPARSE, "attention.remainder=mean"))
+    assert model._vidhash_config.remainder == "mean"

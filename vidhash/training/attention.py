@@ -31,7 +31,7 @@ from typing import Optional
 
 from torch import nn
 
-from vidhash.attention import READS_SIGNATURES, SCORERS
+from vidhash.attention import READS_SIGNATURES, SCORERS, check_remainder
 from vidhash.hashing import MAX_BITS
 from vidhash.ops.checks import check_backend, check_selection_args
 
@@ -54,6 +54,7 @@ class TrainAttentionConfig:
     n_bits: int = 32  # SimHash bits (simhash, prefilter)
     seed: int = 0  # SimHash planes' seed
     backend: str = "auto"
+    remainder: str = "none"  # none | mean: the unkept key blocks as one mean token each (hash_attention's remainder)
 
 
 def is_dense(attention: TrainAttentionConfig) -> bool:
@@ -74,6 +75,10 @@ def check_attention(attention: TrainAttentionConfig) -> None:
         raise ValueError(f"attention.n_bits must be in [1, {MAX_BITS}], got {a.n_bits}")
     if a.seed < 0:
         raise ValueError(f"attention.seed must be >= 0, got {a.seed}")
+    try:
+        check_remainder(a.remainder)
+    except ValueError as err:
+        raise ValueError(f"attention.{err}") from None
 
 
 def drop_in_kwargs(attention: TrainAttentionConfig, backend: bool = True) -> dict:
@@ -84,6 +89,8 @@ def drop_in_kwargs(attention: TrainAttentionConfig, backend: bool = True) -> dic
         del kw["query_block_size"]
     if attention.scorer not in READS_SIGNATURES:
         del kw["n_bits"], kw["seed"]
+    if kw["remainder"] in (None, "none"):
+        del kw["remainder"]
     if not backend:
         del kw["backend"]
     return kw
@@ -101,11 +108,14 @@ def enable_training_attention(model: nn.Module, attention: TrainAttentionConfig)
 
 def fingerprint_part(attention: TrainAttentionConfig) -> dict:
     """What trained weights depend on besides the model's arguments: ``{}`` when dense (so dense
-    runs keep their fingerprints), else the section without ``backend`` (a numerical path only)."""
+    runs keep their fingerprints), else the section without ``backend`` (a numerical path only) and
+    without ``remainder`` where it is ``"none"`` (runs from before the option keep theirs)."""
     if is_dense(attention):
         return {}
     kw = asdict(attention)
     del kw["backend"]
+    if kw["remainder"] in (None, "none"):
+        del kw["remainder"]
     return {ATTENTION_KEY: kw}
 
 
