@@ -348,6 +348,10 @@ def test_remainders_rows(tiny_model, tmp_path):
     assert rows["1/8 b16"]["remainder"] == "none" and rows["1/8 b16 +mean"]["remainder"] == "mean"
     assert rows["dense"]["remainder"] is None
     assert rows["1/8 b16 +mean"]["recall"] == rows["1/8 b16"]["recall"]
+    # per layer, the attention output's error against dense on the captured q/k/v: smaller with the remainder
+    for plain, rest in zip(rows["1/8 b16"]["layers"], rows["1/8 b16 +mean"]["layers"]):
+        assert 0 < rest["error"] < plain["error"] < 2
+    assert rows["1/8 b16 +mean"]["error"] < rows["1/8 b16"]["error"] and rows["dense"]["error"] is None
     assert rows["1/8 b16"]["psnr"] < rows["1/8 b16 +mean"]["psnr"] < math.inf
 
 

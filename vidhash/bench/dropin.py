@@ -26,8 +26,9 @@ JSON and the printed Markdown table:
   warp error, motion, adjacent SSIM, smoothness, start vs end; the dense row holds the dense clip's);
 * ``recall`` — mean over layers of the share of exact attention mass the drop-in's block
   selection keeps, on the dense run's queries and keys at one denoising step (``--recall-step``)
-  of the first seed; ``oracle`` — the most any selection of as many blocks can keep; per layer in
-  ``layers``. Only what ran sparse counts: a dense layer (``--dense-layers``) is listed as
+  of the first seed; ``oracle`` — the most any selection of as many blocks can keep; ``error`` —
+  the relative error of the layer's sparse attention output (with the setting's remainder) against
+  dense attention on the same captured queries, keys and values; per layer in ``layers``. Only what ran sparse counts: a dense layer (``--dense-layers``) is listed as
   ``{"layer": …, "dense": "layer"}`` and left out of the mean, and where the recall step is one of
   the setting's dense steps every layer is ``"dense": "step"`` and ``recall``/``oracle`` are None
   (the recall step is fixed, so rows stay comparable: pick one after the dense steps);
@@ -282,25 +283,25 @@ def coherence_of(clip: np.ndarray, fps: float) -> dict:
     return {k: report.get(k) for k in COHERENCE_KEYS}
 
 
-def capture_qk(pipe, seed: int, args) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """The dense run's post-rotary queries and keys ``(b, h, n, d)`` of every self-attention at
-    denoising step ``args.recall_step`` of ``seed`` (recording processors, dense SDPA)."""
+def capture_qk(pipe, seed: int, args) -> dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """The dense run's post-rotary queries, keys and values ``(b, h, n, d)`` of every self-attention
+    at denoising step ``args.recall_step`` of ``seed`` (recording processors, dense SDPA)."""
     from vidhash.integrations.diffusers import DropInConfig, WanHashAttnProcessor, self_attention_modules
 
     tf = pipe.transformer
-    captured: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    captured: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
     calls = [0]
 
-    def record(name, q, k):  # the processors' calibration hook: (b, h, n, d) post-rotary q and k
-        if calls[0] == args.recall_step:
-            captured[name] = (q.detach().clone(), k.detach().clone())
+    class Recording(WanHashAttnProcessor):  # density 1: the stock attention call, its inputs kept at the step
+        def _attend(self, query, key, value):
+            if calls[0] == args.recall_step:
+                captured[self.name] = tuple(x.detach().transpose(1, 2).clone() for x in (query, key, value))
+            return super()._attend(query, key, value)
 
     originals = dict(tf.attn_processors)
     procs = dict(originals)
     for name in self_attention_modules(tf):
-        proc = WanHashAttnProcessor(DropInConfig(density=1.0), None, None, name)  # density 1: stock attention
-        proc.recorder = record
-        procs[f"{name}.processor"] = proc
+        procs[f"{name}.processor"] = Recording(DropInConfig(density=1.0), None, None, name)
     tf.set_attn_processor(procs)
     handle = tf.register_forward_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
     try:
@@ -317,7 +318,9 @@ def layer_recall(captured: dict, setting: Setting, max_query_blocks: int, dense_
     with the default hasher where that reads one) and, with :mod:`vidhash.selection`, the oracle
     recall of as many blocks. Only what ran sparse is measured: a layer in ``dense_names`` (the
     setting's dense layers) is ``{"layer": name, "dense": "layer"}`` and, where the recall step is
-    one of the setting's dense steps (``dense_step``), every layer is ``{"layer": name, "dense": "step"}``."""
+    one of the setting's dense steps (``dense_step``), every layer is ``{"layer": name, "dense": "step"}``.
+    With values captured, ``error``: the relative error of the layer's hash attention (the setting's
+    selection and remainder) against dense attention on the same queries, keys and values."""
     from vidhash import attention
     from vidhash.integrations.diffusers import DropInConfig
 
@@ -329,7 +332,7 @@ def layer_recall(captured: dict, setting: Setting, max_query_blocks: int, dense_
         return []
     extra = {"scorer": setting.scorer if setting.scorer is not None else DropInConfig.scorer}
     rows = []
-    for name, (q, k) in captured.items():
+    for name, (q, k, *values) in captured.items():
         if dense_step or name in dense_names:
             rows.append({"layer": name, "dense": "step" if dense_step else "layer"})
             continue
@@ -338,8 +341,26 @@ def layer_recall(captured: dict, setting: Setting, max_query_blocks: int, dense_
         if oracle_recall is not None:
             row["oracle"] = oracle_recall(q, k, int(sel.indices.shape[-1]), block_size=sel.block_size,
                                           query_block_size=sel.query_block_size, max_query_blocks=max_query_blocks)
+        if values:
+            row["error"] = layer_error(q, k, values[0], sel, setting.remainder, max_query_blocks)
         rows.append(row)
     return rows
+
+
+def layer_error(q, k, v, sel, remainder: str, max_query_blocks: int) -> float:
+    """Relative error ‖out − dense‖ / ‖dense‖ of the block-sparse attention over ``sel`` (with the
+    ``"mean"`` remainder merged where asked) on evenly spaced ``max_query_blocks`` query blocks."""
+    from vidhash.attention import block_mean_remainder, block_sparse_attention, merge_attention
+    from vidhash.ops.backend import triton_ops
+    from vidhash.selection.oracle import attention_error
+
+    attend = triton_ops().block_sparse_attention_triton if q.is_cuda else block_sparse_attention  # as the drop-in runs
+    out, lse = attend(q, k, v, sel, return_lse=True)
+    if remainder == "mean":
+        out, _ = merge_attention(out, lse, *block_mean_remainder(q, k, v, sel))
+    nqb = sel.num_query_blocks
+    blocks = torch.linspace(0, nqb - 1, min(nqb, max_query_blocks), device=q.device).round().long().unique()
+    return attention_error(q, k, v, out, query_block_size=sel.query_block_size, query_blocks=blocks)
 
 
 def frame_strip(rows: dict[str, np.ndarray], path: str, frames: int = 8) -> str:
@@ -564,7 +585,7 @@ def measure_setting(pipe, setting: Setting, seeds: list[int], args, dense, captu
            "block_size": setting.block_size, "scorer": None if setting.density is None else setting.scorer or DropInConfig.scorer,
            "psnr": float(np.mean([clip_psnr(c, d) for c, d in zip(clips, dense_clips)])),
            "ssim": float(np.mean([clip_ssim(c, d) for c, d in zip(clips, dense_clips)])),
-           "recall": None, "oracle": None, "transformer_ms": timing["transformer_ms"], "transformer_ms_flex": None,
+           "recall": None, "oracle": None, "error": None, "transformer_ms": timing["transformer_ms"], "transformer_ms_flex": None,
            "clip_s": timing["clip_s"], "clip_s_flex": None, "clip_s_dense": clip_s_dense,
            "speedup": clip_s_dense / timing["clip_s"], "speedup_flex": None, "flex_psnr": None,
            "dense_steps": setting.dense_steps if sparse else None, "dense_layers": setting.dense_layers if sparse else None,
@@ -578,9 +599,10 @@ def measure_setting(pipe, setting: Setting, seeds: list[int], args, dense, captu
         dense_names = list(self_attention_modules(pipe.transformer))[:setting.dense_layers]
         row["layers"] = layer_recall(captured, setting, args.recall_blocks, dense_names,
                                      dense_step=args.recall_step < setting.dense_steps)
-        recall, oracle = ([x[key] for x in row["layers"] if key in x] for key in ("recall", "oracle"))
+        recall, oracle, error = ([x[key] for x in row["layers"] if key in x] for key in ("recall", "oracle", "error"))
         row["recall"] = float(np.mean(recall)) if recall else None
         row["oracle"] = float(np.mean(oracle)) if oracle else None
+        row["error"] = float(np.mean(error)) if error else None
     if not args.no_coherence and setting.name != "dense (repeat)":
         try:
             import av  # noqa: F401 (the coherence report reads an mp4)
@@ -696,7 +718,7 @@ def format_row(row: dict) -> str:
 TABLE_COLUMNS = (
     ("setting", "setting", "s"), ("PSNR dB", "psnr", ".2f"), ("SSIM", "ssim", ".4f"),
     ("flicker", "coherence.flicker.mean", ".2f"), ("warp err", "coherence.warp_error.mean", ".4f"),
-    ("recall", "recall", ".3f"), ("oracle", "oracle", ".3f"), ("ms/step", "transformer_ms", ".1f"),
+    ("recall", "recall", ".3f"), ("oracle", "oracle", ".3f"), ("attn err", "error", ".3f"), ("ms/step", "transformer_ms", ".1f"),
     ("Flex ms/step", "transformer_ms_flex", ".1f"), ("clip s", "clip_s", ".3f"), ("Flex clip s", "clip_s_flex", ".3f"),
     ("× dense", "speedup", ".2f"), ("Flex × dense", "speedup_flex", ".2f"), ("Flex vs ours dB", "flex_psnr", ".1f"),
 )
