@@ -102,7 +102,7 @@ def test_remainder_is_differentiable_like_the_brute_force():
 
 
 def test_remainder_chunks_equal_one_pass(monkeypatch):
-    import vidhash.attention as A
+    import vidhash.kernels.remainder.naive as A
 
     q, k, v = qkv(2, 2, 150, 150, 16, seed=5)
     sel = select_blocks(q, k, density=0.25, block_size=16, query_block_size=16, causal=True, scorer="pooled")

@@ -33,6 +33,7 @@ from torch import nn
 from vidhash.kernels.block_score.naive import select_blocks_codes_reference
 from vidhash.kernels.block_select.naive import select_blocks as select_blocks_simhash
 from vidhash.kernels.signature.naive import block_signatures
+from vidhash.kernels.remainder.naive import block_mean_remainder
 from vidhash.kernels.sparse_attention.naive import block_sparse_attention
 
 from .hashing import default_hasher
@@ -190,78 +191,12 @@ REMAINDERS = ("none", "mean")
 did not keep contribute — ``"none"`` nothing (plain block-sparse attention), ``"mean"`` one token
 per unkept block (:func:`block_mean_remainder`)."""
 
-REMAINDER_CHUNK_ELEMS = 1 << 26
-"""Score elements (b·h·queries·key blocks) the remainder computes at once; above it, chunks of query
-blocks. Large on purpose: a drop-in's shape (33,792 tokens, 3 heads, blocks of 64) is one chunk."""
-
-
 def check_remainder(remainder) -> str:
     """``remainder`` as one of :data:`REMAINDERS` (``None`` is ``"none"``); ValueError otherwise."""
     name = "none" if remainder is None else remainder
     if name not in REMAINDERS:
         raise ValueError(f"remainder must be one of {REMAINDERS} (or None), got {remainder!r}")
     return name
-
-
-def block_mean_remainder(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    selection: BlockSelection,
-    *,
-    scale: float | None = None,
-):
-    """Attention of each query over the key blocks its selection did **not** keep, each block
-    stood in for by one token: its mean key ``k̄``, its mean value ``v̄`` and a logit bias of
-    ``log(tokens in the block)`` — so the block's weight is ``count · exp(s q·k̄)``, what its tokens
-    would weigh if their scores were all equal (a lower bound of the exact mass by Jensen's
-    inequality; exact for a block of equal keys). Returns ``(out (b, h, nq, e), lse (b, h, nq))``,
-    ``lse`` float32 and ``-inf`` where every block is kept or masked; merged with the kept blocks'
-    exact attention by :func:`merge_attention`, it is ``hash_attention(..., remainder="mean")``.
-
-    Causal: a block counts only where the query sees all of it (a block cut by the diagonal is the
-    local block, kept by the selection, or else left out). Cost: ``nq × nk / block_size`` scores
-    (dense attention's cost over ``block_size``), computed in chunks of query blocks; differentiable.
-    """
-    check_qkv(q, k, v)
-    b, h, nq, d = q.shape
-    nk, e = k.shape[-2], v.shape[-1]
-    bk, bq = selection.block_size, selection.query_block_size
-    nkb, nqb = selection.num_key_blocks, selection.num_query_blocks
-    if selection.num_queries != nq or selection.num_keys != nk or tuple(selection.indices.shape[:2]) != (b, h):
-        raise ValueError(f"selection is for (b, h, nq, nk) = ({tuple(selection.indices.shape[:2])}, "
-                         f"{selection.num_queries}, {selection.num_keys}); got q {tuple(q.shape)}, k {tuple(k.shape)}")
-    sc = resolve_scale(scale, d)
-    cnt = torch.clamp(nk - torch.arange(nkb, device=q.device) * bk, max=bk)  # tokens per key block
-    pad = (0, 0, 0, nkb * bk - nk)
-    k_mean = (torch.nn.functional.pad(upcast(k), pad).reshape(b, h, nkb, bk, d).sum(3) / cnt.unsqueeze(-1)).to(q.dtype)
-    v_mean = (torch.nn.functional.pad(upcast(v), pad).reshape(b, h, nkb, bk, e).sum(3) / cnt.unsqueeze(-1)).to(v.dtype)
-    bias = cnt.to(upcast(q).dtype).log()
-    idx = selection.indices.to(torch.int64)
-    kept = torch.zeros(b, h, nqb, nkb + 1, dtype=torch.bool, device=q.device)
-    kept.scatter_(-1, torch.where(idx < 0, nkb, idx), True)
-    unkept = ~kept[..., :nkb]  # (b, h, nqb, nkb)
-    qp = torch.nn.functional.pad(q, (0, 0, 0, nqb * bq - nq)).reshape(b, h, nqb, bq, d)
-    if selection.causal:  # query i sees block j whole iff its last key (j+1)·bk - 1 <= i + nk - nq (clipped)
-        last = torch.clamp((torch.arange(nkb, device=q.device) + 1) * bk, max=nk) - 1
-        qpos = torch.arange(nqb * bq, device=q.device).reshape(nqb, bq)
-        sees = last <= (qpos + nk - nq).unsqueeze(-1)  # (nqb, bq, nkb)
-    chunk = max(1, REMAINDER_CHUNK_ELEMS // max(1, b * h * bq * nkb))
-    outs, lses = [], []
-    for start in range(0, nqb, chunk):
-        stop = min(nqb, start + chunk)
-        s = upcast(torch.matmul(qp[:, :, start:stop], k_mean.unsqueeze(2).transpose(-1, -2))) * sc + bias
-        allowed = unkept[:, :, start:stop].unsqueeze(3)  # (b, h, c, 1, nkb)
-        if selection.causal:
-            allowed = allowed & sees[start:stop]
-        s = s.masked_fill(~allowed, float("-inf"))
-        lse = torch.logsumexp(s, dim=-1)  # (b, h, c, bq)
-        p = torch.exp(s - lse.masked_fill(torch.isinf(lse), 0.0).unsqueeze(-1))
-        outs.append(torch.matmul(p.to(v_mean.dtype), v_mean.unsqueeze(2)))
-        lses.append(lse)
-    out = torch.cat(outs, dim=2).reshape(b, h, nqb * bq, e)[:, :, :nq]
-    lse = torch.cat(lses, dim=2).reshape(b, h, nqb * bq)[:, :, :nq]
-    return out.to(v.dtype), lse
 
 
 # --------------------------------------------------------------------------------------------
@@ -398,6 +333,10 @@ def _kernels_cover(q: torch.Tensor, v: torch.Tensor) -> bool:
             and q.dtype in ops.SUPPORTED_DTYPES)
 
 
+def _needs_grad(*tensors: torch.Tensor) -> bool:
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+
+
 def hash_attention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -458,7 +397,10 @@ def hash_attention(
         if rest == "none":
             return attend(q, k, v, sel, scale=scale, return_lse=return_lse)
         out, lse = attend(q, k, v, sel, scale=scale, return_lse=True)
-        out, lse = merge_attention(out, lse, *block_mean_remainder(q, k, v, sel, scale=scale))
+        rest_fn = block_mean_remainder
+        if which == "triton" and not _needs_grad(q, k, v) and triton_ops().remainder_kernel_covers(q, v, sel):
+            rest_fn = triton_ops().block_mean_remainder_triton  # fused, forward only
+        out, lse = merge_attention(out, lse, *rest_fn(q, k, v, sel, scale=scale))
         return (out, lse) if return_lse else out
     if which == "triton":
         return triton_ops().hash_attention(

@@ -32,3 +32,51 @@ def test_cuda_remainder_eager_compiled_and_reference_agree(dtype):
     assert (out.float() - ref).norm() / ref.norm() < tol
     compiled = torch.compile(lambda q, k, v: hash_attention(q, k, v, **kw), fullgraph=True)
     assert (compiled(q, k, v).float() - out.float()).norm() / out.float().norm() < tol
+
+
+@pytest.mark.parametrize("nq,nk,bk,bq,d", [(128, 128, 32, 32, 64), (200, 77, 16, 64, 64), (96, 160, 64, 16, 128)])
+def test_remainder_kernel_matches_the_reference(nq, nk, bk, bq, d):
+    from vidhash.attention import select_blocks
+    from vidhash.kernels.remainder.naive import block_mean_remainder
+    from vidhash.kernels.remainder.ops import block_mean_remainder_triton
+
+    q, k, v = qkv(2, 2, nq, nk, d, seed=8)
+    sel = select_blocks(q, k, density=0.3, block_size=bk, query_block_size=bq, scorer="pooled")
+    out, lse = block_mean_remainder_triton(q, k, v, sel)
+    ref_out, ref_lse = block_mean_remainder(q, k, v, sel)
+    assert out.dtype == ref_out.dtype and lse.dtype == torch.float32
+    assert torch.allclose(out, ref_out, atol=2e-5) and torch.allclose(lse, ref_lse, atol=2e-5)
+
+
+def test_remainder_kernel_every_block_kept_and_refusals():
+    from vidhash.attention import select_blocks
+    from vidhash.kernels.remainder.ops import block_mean_remainder_triton
+
+    q, k, v = qkv(1, 1, 64, 64, 64, seed=9)
+    sel = select_blocks(q, k, density=1.0, block_size=16)
+    out, lse = block_mean_remainder_triton(q, k, v, sel)
+    assert torch.isinf(lse).all() and (lse < 0).all() and not out.abs().any()
+    causal = select_blocks(q, k, density=0.5, block_size=16, causal=True)
+    with pytest.raises(ValueError, match="non-causal"):
+        block_mean_remainder_triton(q, k, v, causal)
+    with pytest.raises(ValueError, match="head_dim"):
+        block_mean_remainder_triton(q[..., :32], k[..., :32], v[..., :32], select_blocks(q[..., :32], k[..., :32], density=0.5, block_size=16))
+
+
+def test_hash_attention_uses_the_kernel_without_gradients_and_the_reference_with(monkeypatch):
+    import vidhash.kernels.ops as kops
+    from vidhash.kernels.remainder import ops as rops
+
+    calls = []
+    real = rops.block_mean_remainder_triton
+    monkeypatch.setattr(kops, "block_mean_remainder_triton", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    q, k, v = qkv(1, 2, 128, 128, 64, seed=10)
+    kw = dict(density=0.25, block_size=32, scorer="pooled", remainder="mean", backend="triton")
+    with torch.no_grad():
+        fast = hash_attention(q, k, v, **kw)
+    assert calls == [1]
+    q.requires_grad_()
+    slow = hash_attention(q, k, v, **kw)
+    assert calls == [1] and torch.allclose(fast, slow.detach(), atol=2e-5)
+    slow.sum().backward()
+    assert q.grad is not None and torch.isfinite(q.grad).all()

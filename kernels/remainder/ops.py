@@ -1,0 +1,97 @@
+"""Launcher and public function of the block-mean remainder kernel (forward only).
+
+Letters: b batch, h heads, c query blocks, j key blocks, d head_dim, e value dim.
+
+:func:`block_mean_remainder_triton` — :func:`naive.block_mean_remainder` with the scores, softmax
+and value sum in one Triton kernel (no ``queries × key blocks`` tensor in memory); the block means
+and the kept-block mask are small torch ops. Non-causal selections, inference (no autograd):
+``vidhash.attention.hash_attention`` calls it on the Triton backend when no input needs a gradient
+and the selection is not causal, and the reference otherwise. Under ``torch.compile`` it is one
+custom op (``vidhash::block_mean_remainder``).
+"""
+from __future__ import annotations
+
+import torch
+import triton
+
+from vidhash.kernels.sparse_attention.ops import SUPPORTED_DTYPES, SUPPORTED_HEAD_DIMS, _last_dim_contiguous, _precision, autotuning
+from vidhash.ops.checks import BlockSelection, check_qkv, resolve_scale
+
+from .kernel import _INTERPRET, remainder_fwd_kernel
+from .naive import block_means, unkept_blocks
+
+_LOG2E = 1.4426950408889634
+
+
+def _check(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, selection: BlockSelection) -> None:
+    check_qkv(q, k, v)
+    if selection.causal:
+        raise ValueError("the remainder kernel takes non-causal selections (the reference takes causal ones)")
+    if q.dtype not in SUPPORTED_DTYPES or _dims_unsupported(q, v):
+        raise ValueError(f"the remainder kernel takes {[str(t) for t in SUPPORTED_DTYPES]} with head_dim in "
+                         f"{SUPPORTED_HEAD_DIMS}, got {q.dtype}, {q.shape[-1]} / {v.shape[-1]}")
+    b, h, nq, _ = q.shape
+    if selection.num_queries != nq or selection.num_keys != k.shape[-2] or tuple(selection.indices.shape[:2]) != (b, h):
+        raise ValueError(f"selection was made for {selection.num_queries} queries / {selection.num_keys} keys / "
+                         f"(b, h)={tuple(selection.indices.shape[:2])}, got {nq} / {k.shape[-2]} / {(b, h)}")
+
+
+def _dims_unsupported(q: torch.Tensor, v: torch.Tensor) -> bool:
+    return q.shape[-1] not in SUPPORTED_HEAD_DIMS or v.shape[-1] not in SUPPORTED_HEAD_DIMS
+
+
+def covers(q: torch.Tensor, v: torch.Tensor, selection: BlockSelection) -> bool:
+    """Whether the kernel takes these inputs (else the caller runs the reference)."""
+    return not selection.causal and q.dtype in SUPPORTED_DTYPES and not _dims_unsupported(q, v)
+
+
+def remainder_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, indices: torch.Tensor, block_size: int,
+                      query_block_size: int, sm_scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run the kernel; ``out (b, h, nq, e)`` in v's dtype, ``lse (b, h, nq)`` float32."""
+    b, h, nq, d = q.shape
+    nk, e = k.shape[-2], v.shape[-1]
+    sel = BlockSelection(indices, block_size, query_block_size, nq, nk, False)
+    q = _last_dim_contiguous(q)
+    km, cnt = block_means(k, block_size)
+    km = km.to(q.dtype).contiguous()
+    vm = block_means(v, block_size)[0].to(v.dtype).contiguous()
+    bias = cnt.float().log().contiguous()
+    unkept = unkept_blocks(sel).to(torch.int8).contiguous()
+    out = torch.empty(b, h, nq, e, dtype=v.dtype, device=q.device)
+    lse = torch.empty(b, h, nq, dtype=torch.float32, device=q.device)
+    grid = (sel.num_query_blocks, b * h)
+    args = (q, km, vm, bias, unkept, out, lse, sm_scale * _LOG2E, *q.stride()[:3], *km.stride()[:2], *vm.stride()[:2],
+            *out.stride()[:3], *unkept.stride()[:3], h, nq, sel.num_key_blocks)
+    meta = dict(BQ=query_block_size, BLOCK_M=max(16, triton.next_power_of_2(query_block_size)), D=d, E=e,
+                PREC=_precision(q.dtype))
+    if autotuning():
+        remainder_fwd_kernel[grid](*args, **meta)
+    else:
+        remainder_fwd_kernel.fn[grid](*args, **meta, BLOCK_N=32 if _INTERPRET else 64, num_warps=4,
+                                      num_stages=1 if _INTERPRET else 2)
+    return out, lse
+
+
+_op = torch.library.custom_op(
+    "vidhash::block_mean_remainder", remainder_forward, mutates_args=(),
+    schema="(Tensor q, Tensor k, Tensor v, Tensor indices, int block_size, int query_block_size, float sm_scale) "
+           "-> (Tensor, Tensor)",
+)
+
+
+@_op.register_fake
+def _(q, k, v, indices, block_size, query_block_size, sm_scale):
+    b, h, nq, _ = q.shape
+    return v.new_empty(b, h, nq, v.shape[-1]), q.new_empty(b, h, nq, dtype=torch.float32)
+
+
+def block_mean_remainder_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, selection: BlockSelection, *,
+                                scale: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`naive.block_mean_remainder` on the Triton kernel (non-causal, no gradient; ValueError
+    for a causal selection, a dtype or head_dim the kernels do not take, or a scale ≤ 0)."""
+    _check(q, k, v, selection)
+    sm_scale = resolve_scale(scale, q.shape[-1])
+    if not sm_scale > 0 or sm_scale == float("inf"):
+        raise ValueError(f"the Triton kernels need a positive finite scale, got {scale!r}")
+    return torch.ops.vidhash.block_mean_remainder(q, k, v, selection.indices.contiguous(), selection.block_size,
+                                                  selection.query_block_size, sm_scale)
