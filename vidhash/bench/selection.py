@@ -15,6 +15,8 @@ forced, non-causal. Per row:
   ``oracle_f`` — the same with the forced blocks first (the best under ``select_blocks``' rules);
   ``ratio`` = recall / oracle;
 * ``err`` — relative error ``‖out − dense‖ / ‖dense‖`` of the attention output on those queries;
+  ``err+mean`` — the same with the unkept blocks as one mean token each merged in
+  (``hash_attention``'s ``remainder="mean"``, :func:`vidhash.attention.block_mean_remainder`);
 * ``sel ms`` — the whole selection (codes or signatures + top-k) as ``vidhash.attention.select_blocks``
   runs it on ``--backend`` (``triton.testing.do_bench`` median on CUDA; one wall-clock call on a
   CPU, torch references: not a cost estimate); ``attn ms`` — the sparse attention on that
@@ -45,7 +47,7 @@ from types import SimpleNamespace
 import torch
 import torch.nn.functional as F
 
-from vidhash.attention import BlockSelection, block_sparse_attention, select_blocks
+from vidhash.attention import BlockSelection, block_mean_remainder, block_sparse_attention, merge_attention, select_blocks
 from vidhash.integrations.flex import flex_attention_fn, flex_block_mask, flex_kernel_options
 from vidhash.kernels.block_score.naive import select_blocks_codes_reference
 from vidhash.kernels.block_select.naive import forced_and_allowed
@@ -144,25 +146,30 @@ def fit_learned(fq, fk, bk: int, kept_free: int, names, args, held_out: float = 
 # --------------------------------------------------------------------------------------------
 # one configuration: inputs × key-block size
 # --------------------------------------------------------------------------------------------
-def sparse_output(q, k, v, idx, blocks, bk: int, args):
+def sparse_output(q, k, v, idx, blocks, bk: int, args, remainder: str = "none"):
     """``(out, sel)``: the sparse attention of the selection on the measured query blocks (all
-    queries on the kernels; only those blocks' queries on the reference) and the selection it ran."""
+    queries on the kernels; only those blocks' queries on the reference) and the selection it ran;
+    with ``remainder="mean"`` the unkept blocks' mean tokens merged in."""
     bq, nq, nk = args.query_block, q.shape[-2], k.shape[-2]
     if args.backend == "triton":
         from vidhash.kernels.ops import block_sparse_attention_triton
 
         sel = BlockSelection(idx, bk, bq, nq, nk, False)
-        return block_sparse_attention_triton(q, k, v, sel), sel
-    pos = (blocks.unsqueeze(-1) * bq + torch.arange(bq, device=q.device)).flatten()
-    pos = pos[pos < nq]  # the last block may be partial: it is the last one measured
-    qs = q[:, :, pos]
-    sel = BlockSelection(idx[:, :, blocks].contiguous(), bk, bq, qs.shape[-2], nk, False)
-    return block_sparse_attention(qs, k, v, sel), sel
+        qs, (out, lse) = q, block_sparse_attention_triton(q, k, v, sel, return_lse=True)
+    else:
+        pos = (blocks.unsqueeze(-1) * bq + torch.arange(bq, device=q.device)).flatten()
+        pos = pos[pos < nq]  # the last block may be partial: it is the last one measured
+        qs = q[:, :, pos]
+        sel = BlockSelection(idx[:, :, blocks].contiguous(), bk, bq, qs.shape[-2], nk, False)
+        out, lse = block_sparse_attention(qs, k, v, sel, return_lse=True)
+    if remainder == "mean":
+        out, _ = merge_attention(out, lse, *block_mean_remainder(qs, k, v, sel))
+    return out, sel
 
 
-def output_error(q, k, v, idx, blocks, bk: int, args) -> float:
+def output_error(q, k, v, idx, blocks, bk: int, args, remainder: str = "none") -> float:
     """Relative error of the sparse output against dense attention on the measured query blocks."""
-    out, _ = sparse_output(q, k, v, idx, blocks, bk, args)
+    out, _ = sparse_output(q, k, v, idx, blocks, bk, args, remainder)
     if args.backend == "triton":
         return attention_error(q, k, v, out, query_block_size=args.query_block, query_blocks=blocks)
     pos = (blocks.unsqueeze(-1) * args.query_block + torch.arange(args.query_block, device=q.device)).flatten()
@@ -223,6 +230,7 @@ def measure_config(shape: str, q, k, v, fq, fk, bk: int, args, dense_ms=None, he
         recall = float(kept_mass(mass, idx[:, :, blocks]).sum()) / total
         row.update(recall=recall, ratio=recall / base["oracle"], ratio_f=recall / base["oracle_f"], sel_ms=ms)
         row["err"], row["error"] = attempt(lambda: output_error(q, k, v, idx, blocks, bk, args))
+        row["err_mean"], _ = attempt(lambda: output_error(q, k, v, idx, blocks, bk, args, "mean"))
         ref = _reference_of(name, args.backend)
         if ref is not None:
             row["same"], _ = attempt(lambda: float((select_row(name, q, k, kw, fitted, ref) == idx).float().mean()))
@@ -391,10 +399,10 @@ def world_summary(rows: list[dict]) -> list[dict]:
 # --------------------------------------------------------------------------------------------
 COLUMNS = (("shape", "{}", 12), ("block_size", "{}", 4), ("kept", "{}", 5), ("scorer", "{}", 14),
            ("recall", "{:.3f}", 7), ("oracle", "{:.3f}", 7), ("ratio", "{:.3f}", 6), ("oracle_f", "{:.3f}", 8),
-           ("err", "{:.4f}", 7), ("sel_ms", "{:.3f}", 8), ("attn_ms", "{:.3f}", 8), ("total_ms", "{:.3f}", 8),
+           ("err", "{:.4f}", 7), ("err_mean", "{:.4f}", 8), ("sel_ms", "{:.3f}", 8), ("attn_ms", "{:.3f}", 8), ("total_ms", "{:.3f}", 8),
            ("x_dense", "{:.1f}", 7), ("flex_ms", "{:.3f}", 8), ("same", "{:.4f}", 6))
 HEADERS = {"block_size": "bk", "sel_ms": "sel ms", "attn_ms": "attn ms", "total_ms": "total ms", "x_dense": "×dense",
-           "flex_ms": "flex ms"}
+           "flex_ms": "flex ms", "err_mean": "err+mean"}
 
 
 def print_table(rows: list[dict]) -> None:
