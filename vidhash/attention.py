@@ -361,7 +361,8 @@ def hash_attention(
     ``remainder``: what the blocks not kept contribute (:data:`REMAINDERS`): ``None``/``"none"``
     nothing; ``"mean"`` one mean token per unkept block (:func:`block_mean_remainder`, merged by
     log-sum-exp), for ``nq × nk / block_size`` more scores — on a trained video model's diffuse
-    attention it cuts the output's error against dense several-fold at the same count.
+    attention (keys alike within a block) it cut the output's error against dense several-fold at
+    the same count; where keys spread within a block the mean tokens weigh next to nothing.
 
     ``scorer``: how key blocks are ranked (:data:`SCORERS` or a learned block scorer; ``None``:
     :func:`default_scorer` — ``"pooled"``, or ``"simhash"`` when a ``hasher`` is given); any
