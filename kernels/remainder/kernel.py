@@ -19,6 +19,8 @@ import triton.language as tl
 
 from vidhash.kernels.sparse_attention.kernel import _INTERPRET, _dot, _dot_acc
 
+_LOG2E = tl.constexpr(1.4426950408889634)
+
 
 def _configs():
     """Bounded autotune space (one config under the interpreter, where timing means nothing)."""
@@ -41,7 +43,6 @@ def remainder_fwd_kernel(
     BQ: tl.constexpr, BLOCK_M: tl.constexpr, D: tl.constexpr, E: tl.constexpr, PREC: tl.constexpr,
     BLOCK_N: tl.constexpr,
 ):
-    LOG2E: tl.constexpr = 1.4426950408889634
     qb = tl.program_id(0)
     bh = tl.program_id(1)
     b = (bh // H).to(tl.int64)
@@ -65,7 +66,7 @@ def remainder_fwd_kernel(
         un = tl.load(un_row + j, mask=jm, other=0) != 0
         km = tl.load(km_base + j[:, None] * D + dcol[None, :], mask=jm[:, None], other=0.0)
         bias = tl.load(BIAS + j, mask=jm, other=0.0)
-        s = _dot(q, tl.trans(km), PREC) * sm_scale_log2 + bias[None, :] * LOG2E
+        s = _dot(q, tl.trans(km), PREC) * sm_scale_log2 + bias[None, :] * _LOG2E
         s = tl.where(un[None, :], s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
         p = tl.exp2(s - m_new[:, None])
@@ -76,7 +77,7 @@ def remainder_fwd_kernel(
         m_i = m_new
     seen = l_i > 0
     out = acc / tl.where(seen, l_i, 1.0)[:, None]
-    lse = tl.where(seen, (m_i + tl.log2(tl.where(seen, l_i, 1.0))) / LOG2E, float("-inf"))
+    lse = tl.where(seen, (m_i + tl.log2(tl.where(seen, l_i, 1.0))) / _LOG2E, float("-inf"))
     tl.store(O + b * stride_ob + h * stride_oh + qpos[:, None] * stride_on + ecol[None, :], out.to(O.dtype.element_ty),
              mask=qmask[:, None])
     tl.store(LSE + bh.to(tl.int64) * NQ + qpos, lse, mask=qmask)
