@@ -7,7 +7,7 @@ import torch
 import vidhash
 from vidhash.integrations.diffusers import DropInConfig, is_hash_attention_enabled
 
-from diffusers_tiny import COG, MODELS, WAN, rel_err, run, tiny_wan
+from diffusers_tiny import COG, MODELS, WAN, needs_compile, rel_err, run, tiny_wan
 
 
 @pytest.mark.parametrize("make, kw", MODELS)
@@ -51,3 +51,16 @@ def test_bad_remainder_raises_and_default_is_none():
     assert DropInConfig().remainder == "none"
     vidhash.enable_hash_attention(model, density=0.25, remainder=None)
     assert model._vidhash_config.remainder == "none"
+
+
+@needs_compile
+def test_remainder_traces_as_one_graph():
+    """fullgraph=True: the remainder (torch ops beside the selection and the sparse attention) adds
+    no graph break, and the compiled model gives the eager outputs."""
+    torch._dynamo.reset()
+    model, inputs = tiny_wan(layers=1)
+    vidhash.enable_hash_attention(model, density=0.25, block_size=4, remainder="mean")
+    eager = run(model, inputs)
+    compiled = torch.compile(model, fullgraph=True, backend="eager")
+    with torch.no_grad():
+        assert torch.equal(compiled(**inputs)[0], eager)
