@@ -32,8 +32,8 @@ from torch import nn
 
 from vidhash.kernels.block_score.naive import select_blocks_codes_reference
 from vidhash.kernels.block_select.naive import select_blocks as select_blocks_simhash
-from vidhash.kernels.signature.naive import block_signatures
 from vidhash.kernels.remainder.naive import block_mean_remainder
+from vidhash.kernels.signature.naive import block_signatures
 from vidhash.kernels.sparse_attention.naive import block_sparse_attention
 
 from .hashing import default_hasher
@@ -190,6 +190,7 @@ REMAINDERS = ("none", "mean")
 """``remainder=`` of :func:`hash_attention` (and the drop-in): what the key blocks a selection
 did not keep contribute — ``"none"`` nothing (plain block-sparse attention), ``"mean"`` one token
 per unkept block (:func:`block_mean_remainder`)."""
+
 
 def check_remainder(remainder) -> str:
     """``remainder`` as one of :data:`REMAINDERS` (``None`` is ``"none"``); ValueError otherwise."""
