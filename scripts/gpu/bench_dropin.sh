@@ -9,7 +9,9 @@
 # The default set: about 4-6 min after set-up (estimate; vidhash/bench/dropin.py's docstring) -> run it
 # with a limit of 480 s. Subsets: --densities, --block-sizes, --scorers, --seeds, --steps, --no-flex.
 # Dense warmup: --dense-steps 0,3,6 --dense-layers 0,1; where the time goes: --profile; launch
-# overhead: --compile --compile-scope model --compile-mode reduce-overhead (CUDA graphs).
+# overhead: --compile --compile-scope model --compile-mode reduce-overhead (CUDA graphs); the unkept
+# key blocks as one mean token each: --remainders none,mean (check the kernel first:
+# python3 -m pytest -m gpu tests/kernels/test_remainder_triton.py).
 # Back under $OUT: dropin.json (one row per setting, per-layer recall; rewritten after every row,
 # "complete": true at the end) and dropin.png (frames: dense, 1/8, 1/32), both kept if the call is cut.
 set -u
