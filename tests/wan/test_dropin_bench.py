@@ -359,3 +359,11 @@ def test_remainders_flag_error_names_the_flag(tiny_model, capsys):
     assert main(["bench", "dropin", "--model", str(tiny_model), "--frames", "8", "--size", "32", "--steps", "3",
                  "--recall-step", "1", "--seeds", "0", "--no-coherence", "--remainders", "none,max"]) == 2
     assert "error: --remainders" in capsys.readouterr().err
+
+
+def test_the_report_names_its_outputs_by_file_name(tiny_model, tmp_path):
+    out = tmp_path / "sub" / "dropin.json"
+    assert main(["bench", "dropin", "--model", str(tiny_model), "--densities", "1/4", "--block-sizes", "16",
+                 "--seeds", "0", "--frames", "8", "--size", "32", "--steps", "2", "--recall-step", "1", "--no-recall",
+                 "--no-coherence", "--no-flex", "--json", str(out)]) == 0
+    assert json.loads(out.read_text())["options"]["json"] == "dropin.json"

@@ -1,6 +1,10 @@
 """Benchmarks behind ``vidhash bench ...``: each module has ``run(args)``, ``args`` carrying the
 command's flags as attributes (the flags themselves: :mod:`vidhash.cli.bench`)."""
+import os
 import platform
+
+OUTPUT_FLAGS = ("json", "strip", "clips")
+"""Flags naming where a bench writes: its report records them by file name only (no machine paths)."""
 
 
 def cpu_name() -> str:
@@ -13,3 +17,8 @@ def cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+def recorded_flags(args) -> dict:
+    """A bench's flags as its JSON report records them: output paths by file name, the rest as given."""
+    return {k: os.path.basename(v) if k in OUTPUT_FLAGS and isinstance(v, str) else v for k, v in vars(args).items()}

@@ -87,6 +87,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from vidhash.bench import recorded_flags
+
 STRIP_DENSITIES = (Fraction(1, 8), Fraction(1, 32))
 COHERENCE_KEYS = ("flicker", "warp_error", "motion", "ssim_adjacent", "smoothness", "start_end")
 
@@ -640,7 +642,7 @@ def run(args) -> int:
     report = {"model": str(args.model), "device": describe_device(device), "torch": torch.__version__,
               "date": time.strftime("%Y-%m-%d"), "frames": args.frames, "size": args.size, "steps": args.steps,
               "seeds": seeds, "recall_step": args.recall_step, "flex": not args.no_flex,
-              "options": {k: v for k, v in vars(args).items() if isinstance(v, (str, int, float, bool, type(None)))},
+              "options": {k: v for k, v in recorded_flags(args).items() if isinstance(v, (str, int, float, bool, type(None)))},
               "complete": False, "strip": [], "rows": []}
     # 2. the dense run's queries and keys (recall), eager; then --compile's blocks
     captured = capture_qk(pipe, seeds[0], args) if not args.no_recall else {}

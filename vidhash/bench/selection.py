@@ -48,6 +48,7 @@ import torch
 import torch.nn.functional as F
 
 from vidhash.attention import BlockSelection, block_mean_remainder, block_sparse_attention, merge_attention, select_blocks
+from vidhash.bench import recorded_flags
 from vidhash.integrations.flex import flex_attention_fn, flex_block_mask, flex_kernel_options
 from vidhash.kernels.block_score.naive import select_blocks_codes_reference
 from vidhash.kernels.block_select.naive import forced_and_allowed
@@ -418,7 +419,7 @@ def write_json(args, rows: list[dict]) -> None:
     if not args.json:
         return
     device = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"
-    config = {x: y for x, y in vars(args).items() if x != "torch_dtype"}
+    config = {x: y for x, y in recorded_flags(args).items() if x != "torch_dtype"}
     tmp = args.json + ".tmp"
     with open(tmp, "w") as f:
         json.dump({"device": device, "date": time.strftime("%Y-%m-%d"), "torch": torch.__version__,
