@@ -45,7 +45,7 @@ __all__ = [
     "BACKENDS", "MAX_BLOCK_SIZE", "SCORERS", "BlockSelection", "block_signatures", "block_sparse_attention", "default_hasher",
     "dense_attention", "fused_attention_lse", "hash_attention", "merge_attention", "resolve_backend",
     "select_blocks", "selection_recall", "default_scorer", "resolve_scorer", "READS_SIGNATURES",
-    "REMAINDERS", "block_mean_remainder",
+    "REMAINDERS", "add_remainder", "block_mean_remainder",
 ]
 
 
@@ -338,6 +338,20 @@ def _needs_grad(*tensors: torch.Tensor) -> bool:
     return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
 
 
+def add_remainder(out: torch.Tensor, lse: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                  selection: BlockSelection, *, scale: float | None = None, backend: str = "auto"):
+    """The kept blocks' attention ``(out, lse)`` merged with the block-mean remainder of the same
+    selection (``remainder="mean"``): ``merge_attention(out, lse, *block_mean_remainder(...))``.
+    On the Triton backend, without gradients and for non-causal selections, one kernel computes the
+    remainder and merges it in its epilogue; otherwise the differentiable reference and
+    :func:`merge_attention`. Returns ``(out, lse)``."""
+    which = resolve_backend(backend, q, k, v)
+    if which == "triton" and not _needs_grad(q, k, v, out, lse) and triton_ops().remainder_kernel_covers(q, v, selection) \
+            and out.dtype == v.dtype:
+        return triton_ops().block_mean_remainder_triton(q, k, v, selection, scale=scale, merge_with=(out, lse))
+    return merge_attention(out, lse, *block_mean_remainder(q, k, v, selection, scale=scale))
+
+
 def hash_attention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -398,11 +412,8 @@ def hash_attention(
         attend = triton_ops().block_sparse_attention_triton if which == "triton" else block_sparse_attention
         if rest == "none":
             return attend(q, k, v, sel, scale=scale, return_lse=return_lse)
-        out, lse = attend(q, k, v, sel, scale=scale, return_lse=True)
-        rest_fn = block_mean_remainder
-        if which == "triton" and not _needs_grad(q, k, v) and triton_ops().remainder_kernel_covers(q, v, sel):
-            rest_fn = triton_ops().block_mean_remainder_triton  # fused, forward only
-        out, lse = merge_attention(out, lse, *rest_fn(q, k, v, sel, scale=scale))
+        out, lse = add_remainder(*attend(q, k, v, sel, scale=scale, return_lse=True), q, k, v, sel, scale=scale,
+                                 backend=which)
         return (out, lse) if return_lse else out
     if which == "triton":
         return triton_ops().hash_attention(

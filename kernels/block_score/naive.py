@@ -37,18 +37,19 @@ def code_width(r: int) -> int:
     return max(MIN_WIDTH, 1 << max(0, (int(r) - 1).bit_length()))
 
 
-def block_means(x: torch.Tensor, block_size: int) -> torch.Tensor:
+def block_means(x: torch.Tensor, block_size: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """Mean token of each run of ``block_size`` tokens of ``x (b, h, n, d)`` (a partial last run:
-    over its real tokens), float32 ``(b, h, ceil(n / block_size), d)``; sums in float32 straight
-    from ``x``'s dtype (no float32 copy of ``x``)."""
+    over its real tokens), ``(b, h, ceil(n / block_size), d)`` in ``dtype`` (float32 by default);
+    sums in ``dtype`` straight from ``x``'s dtype and strides (no float32 copy of ``x``). The one
+    block-mean helper of the scorers, the codes and the remainder."""
     b, h, n, d = x.shape
     full = n // block_size
     parts = []
     if full:
-        parts.append(x[:, :, : full * block_size].reshape(b, h, full, block_size, d).sum(-2, dtype=torch.float32) / block_size)
+        parts.append(x[:, :, : full * block_size].reshape(b, h, full, block_size, d).sum(-2, dtype=dtype) / block_size)
     if n > full * block_size:
         tail = x[:, :, full * block_size :]
-        parts.append(tail.sum(-2, keepdim=True, dtype=torch.float32) / tail.shape[-2])
+        parts.append(tail.sum(-2, keepdim=True, dtype=dtype) / tail.shape[-2])
     return torch.cat(parts, dim=2) if len(parts) > 1 else parts[0]
 
 

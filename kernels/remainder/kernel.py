@@ -9,7 +9,10 @@ block)``, ``unkept (b, h, c, nkb)`` int8 (1: the query block did not keep the bl
 
 * :func:`remainder_fwd_kernel` — one program per (query block, b·h): online softmax over the
   ``nkb`` mean tokens in tiles of ``BLOCK_N``, kept blocks masked out; writes ``out`` (q's dtype)
-  and ``lse`` (natural log, float32, ``-inf`` for a query whose every block was kept).
+  and ``lse`` (natural log, float32, ``-inf`` for a query whose every block was kept). With
+  ``MERGE`` it also reads the kept blocks' attention ``o_in (b, h, nq, e)`` and ``lse_in (b, h, nq)``
+  and writes the two merged by lse (``vidhash.attention.merge_attention`` in the epilogue: no
+  second pass over the outputs).
 
 Non-causal only (the ops fall back to the reference for causal selections). Scores in the log2
 domain (``q·k̄ · scale · log2 e + bias · log2 e``), as the sparse-attention kernels.
@@ -29,19 +32,20 @@ def _configs():
     return [triton.Config({"BLOCK_N": n}, num_warps=w, num_stages=s) for n in (32, 64) for w in (4, 8) for s in (2, 3)]
 
 
-@triton.autotune(configs=_configs(), key=["BQ", "D", "E", "PREC"])
+@triton.autotune(configs=_configs(), key=["BQ", "D", "E", "PREC", "MERGE"])
 @triton.jit
 def remainder_fwd_kernel(
-    Q, KM, VM, BIAS, UNKEPT, O, LSE,
+    Q, KM, VM, BIAS, UNKEPT, O, LSE, O_IN, LSE_IN,
     sm_scale_log2,
     stride_qb, stride_qh, stride_qn,
     stride_kb, stride_kh,
     stride_vb, stride_vh,
     stride_ob, stride_oh, stride_on,
     stride_ub, stride_uh, stride_uc,
+    stride_ib, stride_ih, stride_in,
     H, NQ, NKB,
     BQ: tl.constexpr, BLOCK_M: tl.constexpr, D: tl.constexpr, E: tl.constexpr, PREC: tl.constexpr,
-    BLOCK_N: tl.constexpr,
+    MERGE: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     qb = tl.program_id(0)
     bh = tl.program_id(1)
@@ -74,6 +78,16 @@ def remainder_fwd_kernel(
         l_i = l_i * alpha + tl.sum(p, 1)
         vm = tl.load(vm_base + j[:, None] * E + ecol[None, :], mask=jm[:, None], other=0.0)
         acc = _dot_acc(p.to(vm.dtype), vm, acc * alpha[:, None], PREC)
+        m_i = m_new
+    if MERGE:  # fold in the kept blocks' attention: one more "token" of weight exp(lse_in), value o_in
+        lse_in = tl.load(LSE_IN + bh.to(tl.int64) * NQ + qpos, mask=qmask, other=float("-inf")) * _LOG2E
+        o_in = tl.load(O_IN + b * stride_ib + h * stride_ih + qpos[:, None] * stride_in + ecol[None, :],
+                       mask=qmask[:, None], other=0.0).to(tl.float32)
+        m_new = tl.maximum(m_i, lse_in)
+        alpha = tl.exp2(m_i - m_new)
+        w_in = tl.exp2(lse_in - m_new)
+        l_i = l_i * alpha + w_in
+        acc = acc * alpha[:, None] + o_in * w_in[:, None]
         m_i = m_new
     seen = l_i > 0
     out = acc / tl.where(seen, l_i, 1.0)[:, None]

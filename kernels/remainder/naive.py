@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import torch
 
+from vidhash.kernels.block_score.naive import block_means as _means
 from vidhash.ops.checks import BlockSelection, check_qkv, resolve_scale, upcast
 
 REMAINDER_CHUNK_ELEMS = 1 << 26
@@ -22,12 +23,12 @@ blocks. Large on purpose: a drop-in's shape (33,792 tokens, 3 heads, blocks of 6
 
 def block_means(x: torch.Tensor, block_size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Per key block of ``x (b, h, n, d)``: the mean over its real tokens ``(b, h, j, d)`` in the
-    references' precision (float64 stays float64, the rest float32) and the tokens per block ``(j,)``."""
-    b, h, n, d = x.shape
+    references' precision (float64 stays float64, the rest float32; summed straight from ``x``, no
+    upcast copy) and the tokens per block ``(j,)``."""
+    n = x.shape[-2]
     nb = -(-n // block_size)
     cnt = torch.clamp(n - torch.arange(nb, device=x.device) * block_size, max=block_size)
-    xs = torch.nn.functional.pad(upcast(x), (0, 0, 0, nb * block_size - n)).reshape(b, h, nb, block_size, d).sum(3)
-    return xs / cnt.unsqueeze(-1), cnt
+    return _means(x, block_size, dtype=torch.float64 if x.dtype == torch.float64 else torch.float32), cnt
 
 
 def unkept_blocks(selection: BlockSelection) -> torch.Tensor:

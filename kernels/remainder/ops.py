@@ -46,8 +46,10 @@ def covers(q: torch.Tensor, v: torch.Tensor, selection: BlockSelection) -> bool:
 
 
 def remainder_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, indices: torch.Tensor, block_size: int,
-                      query_block_size: int, sm_scale: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Run the kernel; ``out (b, h, nq, e)`` in v's dtype, ``lse (b, h, nq)`` float32."""
+                      query_block_size: int, sm_scale: float, base_out: torch.Tensor | None = None,
+                      base_lse: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run the kernel; ``out (b, h, nq, e)`` in v's dtype, ``lse (b, h, nq)`` float32 — the remainder
+    alone, or merged with ``base_out``/``base_lse`` (the kept blocks' attention) when given."""
     b, h, nq, d = q.shape
     nk, e = k.shape[-2], v.shape[-1]
     sel = BlockSelection(indices, block_size, query_block_size, nq, nk, False)
@@ -55,15 +57,20 @@ def remainder_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, indices
     km, cnt = block_means(k, block_size)
     km = km.to(q.dtype).contiguous()
     vm = block_means(v, block_size)[0].to(v.dtype).contiguous()
-    bias = cnt.float().log().contiguous()
+    bias = cnt.float().log()
     unkept = unkept_blocks(sel).to(torch.int8).contiguous()
     out = torch.empty(b, h, nq, e, dtype=v.dtype, device=q.device)
     lse = torch.empty(b, h, nq, dtype=torch.float32, device=q.device)
+    merge = base_out is not None
+    if merge:
+        base_out = _last_dim_contiguous(base_out)
+        base_lse = base_lse.float().contiguous()
+    o_in, lse_in = (base_out, base_lse) if merge else (out, lse)  # unread without MERGE
     grid = (sel.num_query_blocks, b * h)
-    args = (q, km, vm, bias, unkept, out, lse, sm_scale * _LOG2E, *q.stride()[:3], *km.stride()[:2], *vm.stride()[:2],
-            *out.stride()[:3], *unkept.stride()[:3], h, nq, sel.num_key_blocks)
+    args = (q, km, vm, bias, unkept, out, lse, o_in, lse_in, sm_scale * _LOG2E, *q.stride()[:3], *km.stride()[:2],
+            *vm.stride()[:2], *out.stride()[:3], *unkept.stride()[:3], *o_in.stride()[:3], h, nq, sel.num_key_blocks)
     meta = dict(BQ=query_block_size, BLOCK_M=max(16, triton.next_power_of_2(query_block_size)), D=d, E=e,
-                PREC=_precision(q.dtype))
+                PREC=_precision(q.dtype), MERGE=merge)
     if autotuning():
         remainder_fwd_kernel[grid](*args, **meta)
     else:
@@ -74,24 +81,38 @@ def remainder_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, indices
 
 _op = torch.library.custom_op(
     "vidhash::block_mean_remainder", remainder_forward, mutates_args=(),
-    schema="(Tensor q, Tensor k, Tensor v, Tensor indices, int block_size, int query_block_size, float sm_scale) "
-           "-> (Tensor, Tensor)",
+    schema="(Tensor q, Tensor k, Tensor v, Tensor indices, int block_size, int query_block_size, float sm_scale, "
+           "Tensor? base_out=None, Tensor? base_lse=None) -> (Tensor, Tensor)",
 )
 
 
 @_op.register_fake
-def _(q, k, v, indices, block_size, query_block_size, sm_scale):
+def _(q, k, v, indices, block_size, query_block_size, sm_scale, base_out=None, base_lse=None):
     b, h, nq, _ = q.shape
     return v.new_empty(b, h, nq, v.shape[-1]), q.new_empty(b, h, nq, dtype=torch.float32)
 
 
 def block_mean_remainder_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, selection: BlockSelection, *,
-                                scale: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                                scale: float | None = None,
+                                merge_with: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`naive.block_mean_remainder` on the Triton kernel (non-causal, no gradient; ValueError
-    for a causal selection, a dtype or head_dim the kernels do not take, or a scale ≤ 0)."""
+    for a causal selection, a dtype or head_dim the kernels do not take, or a scale ≤ 0).
+
+    ``merge_with=(out, lse)``: the kept blocks' attention of the same queries (``out (b, h, nq, e)``,
+    ``lse (b, h, nq)``, e.g. ``block_sparse_attention_triton(..., return_lse=True)``); the kernel
+    returns it merged with the remainder — ``merge_attention(out, lse, *remainder)`` in the kernel's
+    epilogue, in ``out``'s dtype (= v's)."""
     _check(q, k, v, selection)
     sm_scale = resolve_scale(scale, q.shape[-1])
     if not sm_scale > 0 or sm_scale == float("inf"):
         raise ValueError(f"the Triton kernels need a positive finite scale, got {scale!r}")
+    base_out = base_lse = None
+    if merge_with is not None:
+        base_out, base_lse = merge_with
+        b, h, nq, _ = q.shape
+        if tuple(base_out.shape) != (b, h, nq, v.shape[-1]) or tuple(base_lse.shape) != (b, h, nq) \
+                or base_out.dtype != v.dtype or base_out.device != q.device or base_lse.device != q.device:
+            raise ValueError(f"merge_with must be (out {(b, h, nq, v.shape[-1])} in {v.dtype}, lse {(b, h, nq)}) "
+                             f"on {q.device}, got {tuple(base_out.shape)} {base_out.dtype}, {tuple(base_lse.shape)}")
     return torch.ops.vidhash.block_mean_remainder(q, k, v, selection.indices.contiguous(), selection.block_size,
-                                                  selection.query_block_size, sm_scale)
+                                                  selection.query_block_size, sm_scale, base_out, base_lse)

@@ -13,6 +13,7 @@ import os
 
 import torch
 import triton
+from triton.tools.tensor_descriptor import TensorDescriptor
 
 from vidhash.kernels.block_select.ops import select_blocks_triton
 from vidhash.ops.checks import BlockSelection, check_qkv, resolve_scale
@@ -25,6 +26,7 @@ from .kernel import (
     sparse_attn_bwd_dq_kernel,
     sparse_attn_fwd_kernel,
 )
+from .kernel_tma import sparse_attn_fwd_tma_kernel
 
 SUPPORTED_HEAD_DIMS = (64, 128)
 SUPPORTED_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
@@ -101,6 +103,33 @@ def _precision(dtype: torch.dtype) -> str:
     return "ieee" if dtype == torch.float32 else "tf32"  # bf16/fp16 dots ignore it
 
 
+def _tma_takes(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, selection: BlockSelection) -> bool:
+    """Whether the TMA forward (``kernel_tma.py``) takes these inputs: non-causal, key blocks of 64
+    or 128 tokens, query blocks of a power of two from 16 to 128, and q/k/v a descriptor accepts
+    (unit last stride, 16-byte aligned base and strides)."""
+    bq, bk = selection.query_block_size, selection.block_size
+    if selection.causal or bk not in (64, 128) or bq not in (16, 32, 64, 128):
+        return False
+    for t in (q, k, v):
+        size = t.element_size()
+        if t.stride(-1) != 1 or t.data_ptr() % 16 or any(st * size % 16 for st in t.stride()[:-1]):
+            return False
+    return True
+
+
+def use_tma(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, selection: BlockSelection) -> bool:
+    """The forward's TMA kernel or the pointer kernel: ``VIDHASH_TMA=0`` never, ``=1`` wherever it
+    takes the inputs (the interpreter too: how the CPU tests run it), unset (auto) for 16-bit inputs
+    on a CUDA device of compute capability ≥ 9 (Hopper) where it takes them."""
+    flag = os.environ.get("VIDHASH_TMA", "auto")
+    if flag == "0" or not _tma_takes(q, k, v, selection):
+        return False
+    if flag == "1":
+        return True
+    return (q.is_cuda and q.dtype in (torch.float16, torch.bfloat16)
+            and torch.cuda.get_device_capability(q.device)[0] >= 9)
+
+
 # --------------------------------------------------------------------------------------------
 # launchers
 # --------------------------------------------------------------------------------------------
@@ -113,6 +142,17 @@ def sparse_attention_forward(q, k, v, selection: BlockSelection, sm_scale: float
     out = torch.empty(b, h, nq, e, dtype=q.dtype, device=q.device)
     lse = torch.empty(b, h, nq, dtype=torch.float32, device=q.device)
     grid = (selection.num_query_blocks, b * h)
+    if use_tma(q, k, v, selection):
+        descs = [TensorDescriptor(t, list(t.shape), list(t.stride()), [1, 1, n, t.shape[-1]])
+                 for t, n in ((q, bq), (k, bk), (v, bk))]
+        meta = dict(BQ=bq, BK=bk, D=d, E=e, PREC=_precision(q.dtype))
+        args = (*descs, idx, out, lse, sm_scale * _LOG2E, *out.stride()[:3], *idx.stride()[:3], h, nq, nk, selection.kept)
+        if autotuning():
+            sparse_attn_fwd_tma_kernel[grid](*args, **meta)
+        else:
+            sparse_attn_fwd_tma_kernel.fn[grid](*args, **meta, num_warps=4 if _INTERPRET or d <= 64 else 8,
+                                                num_stages=1 if _INTERPRET else 3)
+        return out, lse
     _launch(
         sparse_attn_fwd_kernel, grid,
         q, k, v, idx, out, lse,

@@ -80,3 +80,30 @@ def test_hash_attention_uses_the_kernel_without_gradients_and_the_reference_with
     assert calls == [1] and torch.allclose(fast, slow.detach(), atol=2e-5)
     slow.sum().backward()
     assert q.grad is not None and torch.isfinite(q.grad).all()
+
+
+@pytest.mark.parametrize("nq,nk,bk,bq,d", [(128, 128, 32, 32, 64), (200, 77, 16, 64, 64)])
+def test_remainder_kernel_merges_the_kept_blocks_in_its_epilogue(nq, nk, bk, bq, d):
+    """``merge_with=(out, lse)``: the kernel's merged output equals ``merge_attention`` of the kept
+    blocks' attention and the reference remainder, and ``add_remainder`` takes that path."""
+    from vidhash.attention import add_remainder, block_sparse_attention, merge_attention, select_blocks
+    from vidhash.kernels.remainder.naive import block_mean_remainder
+    from vidhash.kernels.remainder.ops import block_mean_remainder_triton
+
+    q, k, v = qkv(2, 2, nq, nk, d, seed=11)
+    sel = select_blocks(q, k, density=0.3, block_size=bk, query_block_size=bq, scorer="pooled")
+    kept = block_sparse_attention(q, k, v, sel, return_lse=True)
+    ref_out, ref_lse = merge_attention(*kept, *block_mean_remainder(q, k, v, sel))
+    out, lse = block_mean_remainder_triton(q, k, v, sel, merge_with=kept)
+    assert torch.allclose(out, ref_out, atol=2e-5) and torch.allclose(lse, ref_lse, atol=2e-5)
+    out2, lse2 = add_remainder(*kept, q, k, v, sel, backend="triton")
+    assert torch.equal(out2, out) and torch.equal(lse2, lse)
+    # a query block that kept nothing: its rows come from the remainder alone (lse_in = -inf)
+    empty = (kept[0].clone(), kept[1].clone())
+    empty[1][:, :, :bq] = float("-inf")
+    empty[0][:, :, :bq] = 0
+    ref_out, ref_lse = merge_attention(*empty, *block_mean_remainder(q, k, v, sel))
+    out, lse = block_mean_remainder_triton(q, k, v, sel, merge_with=empty)
+    assert torch.allclose(out, ref_out, atol=2e-5) and torch.allclose(lse, ref_lse, atol=2e-5)
+    with pytest.raises(ValueError, match="merge_with"):
+        block_mean_remainder_triton(q, k, v, sel, merge_with=(kept[0][:, :1], kept[1]))

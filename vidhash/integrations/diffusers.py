@@ -80,7 +80,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from ..attention import (READS_SIGNATURES, block_mean_remainder, check_remainder, default_scorer, dense_attention, hash_attention,
+from ..attention import (READS_SIGNATURES, add_remainder, check_remainder, default_scorer, dense_attention, hash_attention,
                          merge_attention, select_blocks)
 from ..hashing import SimHash
 from ..ops.checks import BACKENDS, check_selection_args
@@ -246,8 +246,7 @@ class _HashAttnProcessor:
         sel = select_blocks(q, k, hasher=self.hasher, scorer=self.scorer, backend="auto", **options)
         if self.config.remainder == "none":
             return flex_block_sparse_attention(q, k, v, sel, return_lse=return_lse)
-        out, lse = merge_attention(*flex_block_sparse_attention(q, k, v, sel, return_lse=True),
-                                   *block_mean_remainder(q, k, v, sel))
+        out, lse = add_remainder(*flex_block_sparse_attention(q, k, v, sel, return_lse=True), q, k, v, sel)
         return (out, lse) if return_lse else out
 
     def _attend(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:

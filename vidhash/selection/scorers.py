@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 
+from vidhash.kernels.block_score.naive import block_means
 from vidhash.kernels.block_select.naive import forced_and_allowed, num_kept_blocks
 from vidhash.kernels.signature.naive import block_signatures
 from vidhash.ops.checks import BlockSelection, check_block, check_qkv, check_selection_args, resolve_scale
@@ -51,15 +52,14 @@ _NOT_CANDIDATE = -1e30  # below any real score, above "not allowed"
 def block_moments(x: torch.Tensor, block_size: int, second: bool = False):
     """Per block of ``x (b, h, n, d)``: mean ``(b, h, nb, d)`` over its real tokens (a partial
     last block averages what it has), float32; with ``second`` also the mean of squares."""
+    if not second:
+        return block_means(x, block_size)
     b, h, n, d = x.shape
     nb = -(-n // block_size)
     xf = F.pad(x.float(), (0, 0, 0, nb * block_size - n))
     cnt = torch.clamp(n - torch.arange(nb, device=x.device) * block_size, max=block_size).float().unsqueeze(-1)
     blocks = rearrange(xf, "b h (j t) d -> b h j t d", t=block_size)
-    mean = blocks.sum(-2) / cnt
-    if not second:
-        return mean
-    return mean, blocks.square().sum(-2) / cnt
+    return blocks.sum(-2) / cnt, blocks.square().sum(-2) / cnt
 
 
 def block_pool3(x: torch.Tensor, block_size: int) -> torch.Tensor:

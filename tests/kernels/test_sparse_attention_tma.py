@@ -1,0 +1,58 @@
+"""The TMA forward (``kernels/sparse_attention/kernel_tma.py``) against the pointer kernel and the
+torch reference, under the interpreter (``VIDHASH_TMA=1`` forces it where it takes the inputs)."""
+import pytest
+import torch
+
+from vidhash.attention import block_sparse_attention, select_blocks
+from vidhash.kernels.sparse_attention import ops
+from vidhash.ops.checks import BlockSelection
+
+
+def qkv(b, h, nq, nk, d, seed=0, layout="bhnd"):
+    g = torch.Generator().manual_seed(seed)
+    if layout == "bnhd":  # diffusers' layout, viewed as (b, h, n, d): strided heads and tokens
+        return tuple(torch.randn(b, n, h, d, generator=g).transpose(1, 2) for n in (nq, nk, nk))
+    return tuple(torch.randn(b, h, n, d, generator=g) for n in (nq, nk, nk))
+
+
+@pytest.mark.parametrize("nq,nk,bk,bq,d,layout", [
+    (256, 256, 64, 128, 64, "bhnd"),
+    (200, 300, 64, 64, 64, "bnhd"),   # partial query and key blocks
+    (96, 384, 128, 32, 128, "bhnd"),
+    (128, 192, 64, 16, 128, "bnhd"),
+])
+def test_tma_forward_matches_pointer_kernel_and_reference(monkeypatch, nq, nk, bk, bq, d, layout):
+    q, k, v = qkv(2, 2, nq, nk, d, seed=3, layout=layout)
+    sel = select_blocks(q, k, density=0.4, block_size=bk, query_block_size=bq, scorer="pooled")
+    monkeypatch.setenv("VIDHASH_TMA", "1")
+    assert ops.use_tma(q, k, v, sel)
+    out, lse = ops.block_sparse_attention_triton(q, k, v, sel, return_lse=True)
+    monkeypatch.setenv("VIDHASH_TMA", "0")
+    assert not ops.use_tma(q, k, v, sel)
+    p_out, p_lse = ops.block_sparse_attention_triton(q, k, v, sel, return_lse=True)
+    r_out, r_lse = block_sparse_attention(q, k, v, sel, return_lse=True)
+    assert torch.allclose(out, p_out, atol=1e-5) and torch.allclose(lse, p_lse, atol=1e-5)
+    assert torch.allclose(out, r_out, atol=2e-5) and torch.allclose(lse, r_lse, atol=2e-5)
+
+
+def test_tma_forward_padding_entries_and_empty_rows(monkeypatch):
+    """``-1`` entries are skipped; a query block with only padding gets zeros and ``lse = -inf``."""
+    q, k, v = qkv(1, 1, 128, 256, 64, seed=4)
+    idx = torch.tensor([[[[0, 2, -1], [-1, -1, -1]]]], dtype=torch.int32)
+    sel = BlockSelection(idx, 64, 64, 128, 256, False)
+    monkeypatch.setenv("VIDHASH_TMA", "1")
+    out, lse = ops.block_sparse_attention_triton(q, k, v, sel, return_lse=True)
+    r_out, r_lse = block_sparse_attention(q, k, v, sel, return_lse=True)
+    assert torch.allclose(out[:, :, :64], r_out[:, :, :64], atol=2e-5)
+    assert not out[:, :, 64:].any() and torch.isinf(lse[:, :, 64:]).all() and torch.isinf(r_lse[:, :, 64:]).all()
+
+
+def test_tma_takes_only_what_it_was_written_for(monkeypatch):
+    monkeypatch.setenv("VIDHASH_TMA", "1")
+    q, k, v = qkv(1, 1, 128, 128, 64)
+    assert not ops.use_tma(q, k, v, select_blocks(q, k, density=0.5, block_size=16))  # blocks of 16: pointer kernel
+    assert not ops.use_tma(q, k, v, select_blocks(q, k, density=0.5, block_size=64, causal=True))
+    assert not ops.use_tma(q, k, v, select_blocks(q, k, density=0.5, block_size=64, query_block_size=96))
+    assert ops.use_tma(q, k, v, select_blocks(q, k, density=0.5, block_size=64))
+    monkeypatch.delenv("VIDHASH_TMA")
+    assert not ops.use_tma(q, k, v, select_blocks(q, k, density=0.5, block_size=64))  # auto: CUDA, 16-bit only
