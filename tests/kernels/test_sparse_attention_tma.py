@@ -56,3 +56,38 @@ def test_tma_takes_only_what_it_was_written_for(monkeypatch):
     assert ops.use_tma(q, k, v, select_blocks(q, k, density=0.5, block_size=64))
     monkeypatch.delenv("VIDHASH_TMA")
     assert not ops.use_tma(q, k, v, select_blocks(q, k, density=0.5, block_size=64))  # auto: CUDA, 16-bit only
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("bq,d,bk", [(128, 128, 64), (64, 64, 64), (16, 128, 128)])
+def test_every_tma_config_the_autotuner_may_pick_gpu(bq, d, bk):
+    """On CUDA (compute capability ≥ 9): each config of the TMA forward's autotune list gives the
+    reference's rows (bf16, diffusers' strided layout, partial query and key blocks), and the
+    default path (auto) takes the TMA kernel for these inputs."""
+    from triton.runtime.errors import OutOfResources
+
+    import vidhash.kernels.sparse_attention.kernel_tma as T
+
+    if torch.cuda.get_device_capability()[0] < 9:
+        pytest.skip("TMA needs compute capability 9 or more")
+    q, k, v = (t.to("cuda", torch.bfloat16) for t in qkv(1, 3, 1000, 1500, d, seed=5, layout="bnhd"))
+    sel = select_blocks(q, k, density=0.3, block_size=bk, query_block_size=bq, scorer="pooled")
+    ref = block_sparse_attention(q.float(), k.float(), v.float(), sel)
+    assert ops.use_tma(q, k, v, sel)
+    kern = T.sparse_attn_fwd_tma_kernel
+    every = list(kern.configs)
+    ran = 0
+    try:
+        for cfg in every:
+            kern.configs = [cfg]
+            kern.cache.clear()
+            try:
+                out = ops.block_sparse_attention_triton(q, k, v, sel)
+            except OutOfResources:  # timed as inf by the autotuner: never picked
+                continue
+            assert ((out.float() - ref).norm() / ref.norm()).item() < 2e-2, cfg
+            ran += 1
+        assert ran > 0, "no config fits the device"
+    finally:
+        kern.configs = every
+        kern.cache.clear()
