@@ -12,6 +12,7 @@ import torch
 import triton
 
 from vidhash.attention import hash_attention, merge_attention, select_blocks
+from vidhash.bench.attention import graph_ms
 from vidhash.kernels.remainder.naive import block_mean_remainder, block_means, unkept_blocks
 from vidhash.kernels.remainder.ops import block_mean_remainder_triton
 from vidhash.kernels.sparse_attention.ops import block_sparse_attention_triton
@@ -25,14 +26,7 @@ def bench(name, fn):
 
 
 def graph(name, fn):
-    s = torch.cuda.Stream(); s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        for _ in range(3): fn()
-    torch.cuda.current_stream().wait_stream(s)
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        fn()
-    res[name] = triton.testing.do_bench(g.replay, warmup=25, rep=200) * 1000
+    res[name] = graph_ms(fn) * 1000  # us
 
 
 def tma(flag):

@@ -16,7 +16,7 @@ import torch
 import triton
 
 from vidhash.attention import select_blocks, selection_recall
-from vidhash.bench.attention import WAN_1_3B_GRID, grid_for, video_like_qkv
+from vidhash.bench.attention import WAN_1_3B_GRID, graph_ms, grid_for, video_like_qkv
 from vidhash.kernels.block_score.naive import block_means, selection_codes
 from vidhash.kernels.block_score.ops import select_from_codes
 from vidhash.kernels.block_select.naive import forced_and_allowed, num_kept_blocks
@@ -30,14 +30,7 @@ def bench(fn):
 
 
 def graph(fn):
-    s = torch.cuda.Stream(); s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        for _ in range(3): fn()
-    torch.cuda.current_stream().wait_stream(s)
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        fn()
-    return triton.testing.do_bench(g.replay, warmup=25, rep=200) * 1000
+    return graph_ms(fn) * 1000  # us
 
 
 def float_select(q, k, density, bk=64, bq=128, forced_allowed=None):

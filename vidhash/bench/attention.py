@@ -92,6 +92,23 @@ def _bench(fn, rep_ms: int) -> float:
     return float(triton.testing.do_bench(fn, warmup=max(10, rep_ms // 4), rep=rep_ms, return_mode="median"))
 
 
+def graph_ms(fn, rep_ms: int = 200) -> float:
+    """Median ms of replaying one CUDA graph of ``fn`` (warmed up on a side stream first): the
+    kernels' time without the host's launch overhead, as a compiled ``reduce-overhead`` model sees it."""
+    import triton.testing
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            fn()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    return float(triton.testing.do_bench(graph.replay, warmup=max(10, rep_ms // 4), rep=rep_ms, return_mode="median"))
+
+
 def _try(fn):
     try:
         return fn(), None
@@ -147,7 +164,6 @@ def _block_size_rows(q, k, v, bk: int, base: dict, args, dense_fwd, dense_fb) ->
     tag = dict(base, block_size=bk, query_block_size=args.query_block, density=args.density)
     sel = select_blocks_triton(q, k, **kw)
     quality = selection_quality(q, k, v, sel, args)
-    recall = quality["recall"]
     sel_exact = select_blocks_triton(q, k, exact_signatures=True, **kw)
     agree = float((sel_exact.indices == sel.indices).float().mean())
     tag.update(kept=sel.kept, key_blocks=sel.num_key_blocks)
