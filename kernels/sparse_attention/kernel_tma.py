@@ -1,4 +1,4 @@
-"""Triton kernel: the block-sparse attention forward with TMA tile loads (Hopper and later).
+"""Triton kernels: the block-sparse attention forward and backward with TMA tile loads (Hopper and later).
 
 Letters: b batch, h heads, c query blocks, j kept key blocks, d head_dim, e value dim.
 
@@ -12,8 +12,13 @@ pipeline the copies with the MMAs. Rows past ``nq`` / ``nk`` come back as zeros 
 fill) and are masked as in the pointer kernel; a padding entry (``-1``) loads block 0 and masks
 it out. Same log2-domain online softmax, same ``out`` / ``lse`` contract.
 
-Non-causal only: causal launches keep the pointer kernel (its configs were checked for causal
-rows on an H200; this one has not been).
+:func:`sparse_attn_bwd_dq_tma_kernel` and :func:`sparse_attn_bwd_dkdv_tma_kernel` are the backward's
+dq and dk/dv the same way (dk/dv: one key block per program — blocks of 64/128 are one group in the
+pointer kernel too — over the transposed list, each query block one descriptor load of q and dO).
+
+Non-causal only: causal launches keep the pointer kernels (their configs were checked for causal
+rows on an H200; these have not been). ``ops.use_tma`` chooses: the forward by default on Hopper,
+the backward only under ``VIDHASH_TMA=1`` until measured on a GPU.
 """
 import triton
 import triton.language as tl
@@ -28,6 +33,28 @@ def _configs():
     return [triton.Config({}, num_warps=w, num_stages=s) for w in (4, 8) for s in (2, 3, 4)]
 
 
+@triton.jit
+def _query_tile(q_desc, IDX, stride_ib, stride_ih, stride_ic, H, NQ, BQ: tl.constexpr, D: tl.constexpr):
+    """This program's query block: ``(bh, b, h, qb, qpos, qmask, q (BQ, D), its index-list row)``."""
+    qb = tl.program_id(0)
+    bh = tl.program_id(1)
+    b = bh // H
+    h = bh % H
+    qpos = qb * BQ + tl.arange(0, BQ)
+    q = q_desc.load([b, h, qb * BQ, 0]).reshape(BQ, D)
+    idx_row = IDX + b.to(tl.int64) * stride_ib + h.to(tl.int64) * stride_ih + qb.to(tl.int64) * stride_ic
+    return bh, b, h, qb, qpos, qpos < NQ, q, idx_row
+
+
+@triton.jit
+def _kept_block(idx_row, it, b, h, NK, BK: tl.constexpr):
+    """Entry ``it`` of the index row: its first key and which of its ``BK`` keys count (padding
+    entries load block 0 and count none)."""
+    blk = tl.load(idx_row + it)
+    start = tl.maximum(blk, 0) * BK
+    return start, (blk >= 0) & (start + tl.arange(0, BK) < NK)
+
+
 @triton.autotune(configs=_configs(), key=["BQ", "BK", "D", "E", "PREC"])
 @triton.jit
 def sparse_attn_fwd_tma_kernel(
@@ -38,26 +65,15 @@ def sparse_attn_fwd_tma_kernel(
     H, NQ, NK, KEPT,
     BQ: tl.constexpr, BK: tl.constexpr, D: tl.constexpr, E: tl.constexpr, PREC: tl.constexpr,
 ):
-    qb = tl.program_id(0)
-    bh = tl.program_id(1)
-    b = bh // H
-    h = bh % H
-    rows = tl.arange(0, BQ)
-    qpos = qb * BQ + rows
-    qmask = qpos < NQ
+    bh, b, h, qb, qpos, qmask, q, idx_row = _query_tile(q_desc, IDX, stride_ib, stride_ih, stride_ic, H, NQ, BQ, D)
     ecol = tl.arange(0, E)
-    q = q_desc.load([b, h, qb * BQ, 0]).reshape(BQ, D)
-    idx_row = IDX + b.to(tl.int64) * stride_ib + h.to(tl.int64) * stride_ih + qb.to(tl.int64) * stride_ic
     m_i = tl.full([BQ], -1.0e30, dtype=tl.float32)
     l_i = tl.zeros([BQ], dtype=tl.float32)
     acc = tl.zeros([BQ, E], dtype=tl.float32)
-    lanes = tl.arange(0, BK)
     for it in range(0, KEPT):
-        blk = tl.load(idx_row + it)
-        start = tl.maximum(blk, 0) * BK
+        start, valid = _kept_block(idx_row, it, b, h, NK, BK)
         kt = k_desc.load([b, h, start, 0]).reshape(BK, D)
         s = _dot(q, tl.trans(kt), PREC)
-        valid = (blk >= 0) & (start + lanes < NK)
         s = tl.where(valid[None, :], s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1) * sm_scale_log2)
         p = tl.math.exp2(s * sm_scale_log2 - m_new[:, None])
@@ -73,3 +89,91 @@ def sparse_attn_fwd_tma_kernel(
     tl.store(o_ptr, out.to(O.dtype.element_ty), mask=qmask[:, None])
     lse = tl.where(has_key, (m_i + tl.math.log2(tl.where(has_key, l_i, 1.0))) * 0.6931471805599453, float("-inf"))
     tl.store(LSE + bh.to(tl.int64) * NQ + qpos, lse, mask=qmask)
+
+
+@triton.autotune(configs=_configs(), key=["BQ", "BK", "D", "E", "PREC"])
+@triton.jit
+def sparse_attn_bwd_dq_tma_kernel(
+    q_desc, k_desc, v_desc, do_desc, IDX, LSE, DELTA, DQ,
+    sm_scale, sm_scale_log2,
+    stride_qb, stride_qh, stride_qn,
+    stride_ib, stride_ih, stride_ic,
+    H, NQ, NK, KEPT,
+    BQ: tl.constexpr, BK: tl.constexpr, D: tl.constexpr, E: tl.constexpr, PREC: tl.constexpr,
+):
+    """``kernel.sparse_attn_bwd_dq_kernel`` with TMA tiles: dq of one query block over its kept key
+    blocks, each one descriptor load of k and of v. ``DQ`` has ``q``'s strides."""
+    bh, b, h, qb, qpos, qmask, q, idx_row = _query_tile(q_desc, IDX, stride_ib, stride_ih, stride_ic, H, NQ, BQ, D)
+    dcol = tl.arange(0, D)
+    do = do_desc.load([b, h, qb * BQ, 0]).reshape(BQ, E)
+    lse2 = tl.load(LSE + bh.to(tl.int64) * NQ + qpos, mask=qmask, other=0.0) * 1.4426950408889634
+    delta = tl.load(DELTA + bh.to(tl.int64) * NQ + qpos, mask=qmask, other=0.0)
+    dq = tl.zeros([BQ, D], dtype=tl.float32)
+    for it in range(0, KEPT):
+        start, kval = _kept_block(idx_row, it, b, h, NK, BK)
+        kt = k_desc.load([b, h, start, 0]).reshape(BK, D)
+        vt = v_desc.load([b, h, start, 0]).reshape(BK, E)
+        s = _dot(q, tl.trans(kt), PREC)
+        valid = kval[None, :] & qmask[:, None]
+        p = tl.where(valid, tl.math.exp2(s * sm_scale_log2 - lse2[:, None]), 0.0)
+        dp = _dot(do, tl.trans(vt), PREC)
+        ds = p * (dp - delta[:, None])
+        dq = _dot_acc(ds.to(kt.dtype), kt, dq, PREC)
+    dq = dq * sm_scale
+    q_off = b.to(tl.int64) * stride_qb + h.to(tl.int64) * stride_qh + qpos[:, None].to(tl.int64) * stride_qn + dcol[None, :]
+    tl.store(DQ + q_off, dq.to(DQ.dtype.element_ty), mask=qmask[:, None])
+
+
+@triton.autotune(configs=_configs(), key=["BQ", "BK", "D", "E", "PREC"])
+@triton.jit
+def sparse_attn_bwd_dkdv_tma_kernel(
+    q_desc, k_desc, v_desc, do_desc, LSE, DELTA, PTR, QLIST, ORDER, DK, DV,
+    sm_scale, sm_scale_log2,
+    stride_kb, stride_kh, stride_kn,
+    stride_vb, stride_vh, stride_vn,
+    H, NQ, NK, NKB,
+    BQ: tl.constexpr, BK: tl.constexpr, D: tl.constexpr, E: tl.constexpr, PREC: tl.constexpr,
+):
+    """``kernel.sparse_attn_bwd_dkdv_kernel`` for one key block per program (key blocks of 64/128:
+    the group is one block) with TMA tiles: dk, dv of key block ``j`` over the query blocks that
+    kept it (``PTR``/``QLIST``, visited in ``ORDER``), each query block one descriptor load of q
+    and of dO. ``DK``/``DV`` have ``k``/``v``'s strides."""
+    j = tl.load(ORDER + tl.program_id(0))
+    bh = j // NKB
+    blk = j % NKB
+    b = bh // H
+    h = bh % H
+    krow = tl.arange(0, BK)
+    kpos = blk * BK + krow
+    kmask = kpos < NK
+    dcol = tl.arange(0, D)
+    ecol = tl.arange(0, E)
+    k = k_desc.load([b, h, blk * BK, 0]).reshape(BK, D)
+    v = v_desc.load([b, h, blk * BK, 0]).reshape(BK, E)
+    dk = tl.zeros([BK, D], dtype=tl.float32)
+    dv = tl.zeros([BK, E], dtype=tl.float32)
+    lse_base = LSE + bh.to(tl.int64) * NQ
+    delta_base = DELTA + bh.to(tl.int64) * NQ
+    rows = tl.arange(0, BQ)
+    start = tl.load(PTR + j)
+    end = tl.load(PTR + j + 1)
+    for e in range(start, end):
+        qb = tl.load(QLIST + e)
+        qpos = qb * BQ + rows
+        qmask = qpos < NQ
+        q = q_desc.load([b, h, qb * BQ, 0]).reshape(BQ, D)
+        do = do_desc.load([b, h, qb * BQ, 0]).reshape(BQ, E)
+        lse2 = tl.load(lse_base + qpos, mask=qmask, other=0.0) * 1.4426950408889634
+        delta = tl.load(delta_base + qpos, mask=qmask, other=0.0)
+        st = _dot(k, tl.trans(q), PREC)  # (BK, BQ)
+        valid = kmask[:, None] & qmask[None, :]
+        pt = tl.where(valid, tl.math.exp2(st * sm_scale_log2 - lse2[None, :]), 0.0)
+        dv = _dot_acc(pt.to(do.dtype), do, dv, PREC)
+        dpt = _dot(v, tl.trans(do), PREC)
+        dst = pt * (dpt - delta[None, :])
+        dk = _dot_acc(dst.to(q.dtype), q, dk, PREC)
+    dk = dk * sm_scale
+    k_off = b.to(tl.int64) * stride_kb + h.to(tl.int64) * stride_kh + kpos[:, None].to(tl.int64) * stride_kn + dcol[None, :]
+    v_off = b.to(tl.int64) * stride_vb + h.to(tl.int64) * stride_vh + kpos[:, None].to(tl.int64) * stride_vn + ecol[None, :]
+    tl.store(DK + k_off, dk.to(DK.dtype.element_ty), mask=kmask[:, None])
+    tl.store(DV + v_off, dv.to(DV.dtype.element_ty), mask=kmask[:, None])

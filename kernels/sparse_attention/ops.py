@@ -26,7 +26,7 @@ from .kernel import (
     sparse_attn_bwd_dq_kernel,
     sparse_attn_fwd_kernel,
 )
-from .kernel_tma import sparse_attn_fwd_tma_kernel
+from .kernel_tma import sparse_attn_bwd_dkdv_tma_kernel, sparse_attn_bwd_dq_tma_kernel, sparse_attn_fwd_tma_kernel
 
 SUPPORTED_HEAD_DIMS = (64, 128)
 SUPPORTED_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
@@ -103,6 +103,24 @@ def _precision(dtype: torch.dtype) -> str:
     return "ieee" if dtype == torch.float32 else "tf32"  # bf16/fp16 dots ignore it
 
 
+def _descriptor_ok(*tensors: torch.Tensor) -> bool:
+    """Whether a TMA descriptor takes each tensor: unit last stride, 16-byte aligned base and strides."""
+    for t in tensors:
+        size = t.element_size()
+        if t.stride(-1) != 1 or t.data_ptr() % 16 or any(st * size % 16 for st in t.stride()[:-1]):
+            return False
+    return True
+
+
+def _descriptors(selection: BlockSelection, **tensors: torch.Tensor) -> list:
+    """Host descriptors over ``(b, h, n, ·)`` tensors: one query block (``q``, ``do``) or one key
+    block (``k``, ``v``) per load."""
+    rows = {"q": selection.query_block_size, "do": selection.query_block_size,
+            "k": selection.block_size, "v": selection.block_size}
+    return [TensorDescriptor(t, list(t.shape), list(t.stride()), [1, 1, rows[name], t.shape[-1]])
+            for name, t in tensors.items()]
+
+
 def _tma_takes(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, selection: BlockSelection) -> bool:
     """Whether the TMA forward (``kernel_tma.py``) takes these inputs: non-causal, key blocks of 64
     or 128 tokens, query blocks of a power of two from 16 to 128, and q/k/v a descriptor accepts
@@ -110,22 +128,22 @@ def _tma_takes(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, selection: Blo
     bq, bk = selection.query_block_size, selection.block_size
     if selection.causal or bk not in (64, 128) or bq not in (16, 32, 64, 128):
         return False
-    for t in (q, k, v):
-        size = t.element_size()
-        if t.stride(-1) != 1 or t.data_ptr() % 16 or any(st * size % 16 for st in t.stride()[:-1]):
-            return False
-    return True
+    return _descriptor_ok(q, k, v)
 
 
-def use_tma(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, selection: BlockSelection) -> bool:
-    """The forward's TMA kernel or the pointer kernel: ``VIDHASH_TMA=0`` never, ``=1`` wherever it
-    takes the inputs (the interpreter too: how the CPU tests run it), unset (auto) for 16-bit inputs
-    on a CUDA device of compute capability ≥ 9 (Hopper) where it takes them."""
+def use_tma(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, selection: BlockSelection, backward: bool = False) -> bool:
+    """The TMA kernels (``kernel_tma.py``) or the pointer kernels: ``VIDHASH_TMA=0`` never, ``=1``
+    wherever they take the inputs (the interpreter too: how the CPU tests run them), unset (auto) for
+    the forward on 16-bit inputs on a CUDA device of compute capability ≥ 9 (Hopper) where it takes
+    them. The backward's TMA kernels (dq, dk/dv) run only under ``VIDHASH_TMA=1`` until a GPU run
+    has measured them (written 2026-12-04, tested under the interpreter only)."""
     flag = os.environ.get("VIDHASH_TMA", "auto")
     if flag == "0" or not _tma_takes(q, k, v, selection):
         return False
     if flag == "1":
         return True
+    if backward:
+        return False
     return (q.is_cuda and q.dtype in (torch.float16, torch.bfloat16)
             and torch.cuda.get_device_capability(q.device)[0] >= 9)
 
@@ -143,15 +161,9 @@ def sparse_attention_forward(q, k, v, selection: BlockSelection, sm_scale: float
     lse = torch.empty(b, h, nq, dtype=torch.float32, device=q.device)
     grid = (selection.num_query_blocks, b * h)
     if use_tma(q, k, v, selection):
-        descs = [TensorDescriptor(t, list(t.shape), list(t.stride()), [1, 1, n, t.shape[-1]])
-                 for t, n in ((q, bq), (k, bk), (v, bk))]
-        meta = dict(BQ=bq, BK=bk, D=d, E=e, PREC=_precision(q.dtype))
+        descs = _descriptors(selection, q=q, k=k, v=v)
         args = (*descs, idx, out, lse, sm_scale * _LOG2E, *out.stride()[:3], *idx.stride()[:3], h, nq, nk, selection.kept)
-        if autotuning():
-            sparse_attn_fwd_tma_kernel[grid](*args, **meta)
-        else:
-            sparse_attn_fwd_tma_kernel.fn[grid](*args, **meta, num_warps=4 if _INTERPRET or d <= 64 else 8,
-                                                num_stages=1 if _INTERPRET else 3)
+        _launch_tma(sparse_attn_fwd_tma_kernel, grid, args, BQ=bq, BK=bk, D=d, E=e, PREC=_precision(q.dtype))
         return out, lse
     _launch(
         sparse_attn_fwd_kernel, grid,
@@ -232,6 +244,15 @@ def sparse_attention_backward(do, q, k, v, out, lse, dlse, selection: BlockSelec
     )
     idx = selection.indices.contiguous()
     dq = torch.empty_like(q)
+    if use_tma(q, k, v, selection, backward=True) and _descriptor_ok(do):
+        _tma_backward(q, k, v, do, lse, delta, idx, dq, selection, sm_scale, prec)
+        dk, dv = torch.empty_like(k), torch.empty_like(v)
+        ptr, qlist, _, order = transpose_selection(selection, 1)
+        descs = _descriptors(selection, q=q, k=k, v=v, do=do)
+        args = (*descs, lse, delta, ptr, qlist, order, dk, dv, sm_scale, sm_scale * _LOG2E, *dk.stride()[:3],
+                *dv.stride()[:3], h, nq, nk, selection.num_key_blocks)
+        _launch_tma(sparse_attn_bwd_dkdv_tma_kernel, (order.numel(),), args, BQ=bq, BK=bk, D=d, E=e, PREC=prec)
+        return dq, dk, dv
     _launch(
         sparse_attn_bwd_dq_kernel, (selection.num_query_blocks, b * h),
         q, k, v, idx, do, lse, delta, dq,
@@ -252,6 +273,24 @@ def sparse_attention_backward(do, q, k, v, out, lse, dlse, selection: BlockSelec
         BQ=bq, BLOCK_M=block_m, BK=bk, BK_SUB=bk_pad, G=group, D=d, E=e, CAUSAL=bool(selection.causal), PREC=prec,
     )
     return dq, dk, dv
+
+
+def _launch_tma(kernel, grid, args, **meta):
+    """Launch a TMA kernel: autotuned, or one config (``VIDHASH_AUTOTUNE=0``, the interpreter)."""
+    if autotuning():
+        return kernel[grid](*args, **meta)
+    return kernel.fn[grid](*args, **meta, num_warps=4 if _INTERPRET or meta["D"] <= 64 else 8,
+                           num_stages=1 if _INTERPRET else 3)
+
+
+def _tma_backward(q, k, v, do, lse, delta, idx, dq, selection: BlockSelection, sm_scale: float, prec: str) -> None:
+    """dq on the TMA kernel (into ``dq``, which has ``q``'s strides)."""
+    b, h, nq, d = q.shape
+    descs = _descriptors(selection, q=q, k=k, v=v, do=do)
+    args = (*descs, idx, lse, delta, dq, sm_scale, sm_scale * _LOG2E, *dq.stride()[:3], *idx.stride()[:3],
+            h, nq, k.shape[-2], selection.kept)
+    _launch_tma(sparse_attn_bwd_dq_tma_kernel, (selection.num_query_blocks, b * h), args,
+                BQ=selection.query_block_size, BK=selection.block_size, D=d, E=v.shape[-1], PREC=prec)
 
 
 class _BlockSparseAttention(torch.autograd.Function):

@@ -47,6 +47,34 @@ def test_tma_forward_padding_entries_and_empty_rows(monkeypatch):
     assert not out[:, :, 64:].any() and torch.isinf(lse[:, :, 64:]).all() and torch.isinf(r_lse[:, :, 64:]).all()
 
 
+@pytest.mark.parametrize("nq,nk,bk,bq,d,layout", [
+    (256, 256, 64, 64, 64, "bhnd"),
+    (200, 300, 64, 128, 64, "bnhd"),  # partial query and key blocks
+    (96, 256, 128, 32, 128, "bnhd"),
+])
+def test_tma_backward_matches_pointer_kernels_and_reference(monkeypatch, nq, nk, bk, bq, d, layout):
+    """dq (``sparse_attn_bwd_dq_tma_kernel``) and dk, dv (``sparse_attn_bwd_dkdv_tma_kernel``) with an
+    lse gradient too, against the pointer kernels and autograd through the reference."""
+    base = qkv(1, 2, nq, nk, d, seed=7, layout=layout)
+    sel = select_blocks(base[0], base[1], density=0.4, block_size=bk, query_block_size=bq, scorer="pooled")
+    g = torch.Generator().manual_seed(8)
+    dout, dlse = torch.randn(1, 2, nq, d, generator=g), torch.randn(1, 2, nq, generator=g)
+
+    def grads(fn):
+        q, k, v = (t.detach().clone().requires_grad_(True) for t in base)
+        out, lse = fn(q, k, v, sel, return_lse=True)
+        torch.autograd.backward((out, lse), (dout, dlse))
+        return q.grad, k.grad, v.grad
+
+    monkeypatch.setenv("VIDHASH_TMA", "1")
+    tma = grads(ops.block_sparse_attention_triton)
+    monkeypatch.setenv("VIDHASH_TMA", "0")
+    ptr = grads(ops.block_sparse_attention_triton)
+    ref = grads(block_sparse_attention)
+    for a, b_, c in zip(tma, ptr, ref):
+        assert torch.allclose(a, b_, atol=1e-5) and torch.allclose(a, c, atol=5e-5)
+
+
 def test_tma_takes_only_what_it_was_written_for(monkeypatch):
     monkeypatch.setenv("VIDHASH_TMA", "1")
     q, k, v = qkv(1, 1, 128, 128, 64)
@@ -54,27 +82,41 @@ def test_tma_takes_only_what_it_was_written_for(monkeypatch):
     assert not ops.use_tma(q, k, v, select_blocks(q, k, density=0.5, block_size=64, causal=True))
     assert not ops.use_tma(q, k, v, select_blocks(q, k, density=0.5, block_size=64, query_block_size=96))
     assert ops.use_tma(q, k, v, select_blocks(q, k, density=0.5, block_size=64))
+    assert ops.use_tma(q, k, v, select_blocks(q, k, density=0.5, block_size=64), backward=True)
     monkeypatch.delenv("VIDHASH_TMA")
     assert not ops.use_tma(q, k, v, select_blocks(q, k, density=0.5, block_size=64))  # auto: CUDA, 16-bit only
+    assert not ops.use_tma(q, k, v, select_blocks(q, k, density=0.5, block_size=64), backward=True)
 
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("bq,d,bk", [(128, 128, 64), (64, 64, 64), (16, 128, 128)])
-def test_every_tma_config_the_autotuner_may_pick_gpu(bq, d, bk):
-    """On CUDA (compute capability ≥ 9): each config of the TMA forward's autotune list gives the
-    reference's rows (bf16, diffusers' strided layout, partial query and key blocks), and the
-    default path (auto) takes the TMA kernel for these inputs."""
+@pytest.mark.parametrize("which", ["fwd", "dq", "dkdv"])
+def test_every_tma_config_the_autotuner_may_pick_gpu(monkeypatch, which, bq, d, bk):
+    """On CUDA (compute capability ≥ 9): each config of a TMA kernel's autotune list (the others
+    autotuned) gives the reference's rows and gradients (bf16, diffusers' strided layout, partial
+    query and key blocks), and the default path (auto) takes the TMA kernels for these inputs."""
     from triton.runtime.errors import OutOfResources
 
     import vidhash.kernels.sparse_attention.kernel_tma as T
 
     if torch.cuda.get_device_capability()[0] < 9:
         pytest.skip("TMA needs compute capability 9 or more")
-    q, k, v = (t.to("cuda", torch.bfloat16) for t in qkv(1, 3, 1000, 1500, d, seed=5, layout="bnhd"))
-    sel = select_blocks(q, k, density=0.3, block_size=bk, query_block_size=bq, scorer="pooled")
-    ref = block_sparse_attention(q.float(), k.float(), v.float(), sel)
-    assert ops.use_tma(q, k, v, sel)
-    kern = T.sparse_attn_fwd_tma_kernel
+    base = tuple(t.to("cuda", torch.bfloat16) for t in qkv(1, 3, 1000, 1500, d, seed=5, layout="bnhd"))
+    sel = select_blocks(base[0], base[1], density=0.3, block_size=bk, query_block_size=bq, scorer="pooled")
+    assert ops.use_tma(*base, sel)
+    if which != "fwd":
+        monkeypatch.setenv("VIDHASH_TMA", "1")  # the backward's TMA kernels are opt-in until measured
+    dout = torch.randn(1, 3, 1000, d, device="cuda", dtype=torch.bfloat16)
+
+    def run(fn, dtype):
+        q, k, v = (t.detach().to(dtype).requires_grad_(True) for t in base)
+        out = fn(q, k, v, sel)
+        out.backward(dout.to(dtype))
+        return [x.float() for x in (out, q.grad, k.grad, v.grad)]
+
+    ref = run(block_sparse_attention, torch.float32)
+    kern = {"fwd": T.sparse_attn_fwd_tma_kernel, "dq": T.sparse_attn_bwd_dq_tma_kernel,
+            "dkdv": T.sparse_attn_bwd_dkdv_tma_kernel}[which]
     every = list(kern.configs)
     ran = 0
     try:
@@ -82,10 +124,11 @@ def test_every_tma_config_the_autotuner_may_pick_gpu(bq, d, bk):
             kern.configs = [cfg]
             kern.cache.clear()
             try:
-                out = ops.block_sparse_attention_triton(q, k, v, sel)
+                got = run(ops.block_sparse_attention_triton, torch.bfloat16)
             except OutOfResources:  # timed as inf by the autotuner: never picked
                 continue
-            assert ((out.float() - ref).norm() / ref.norm()).item() < 2e-2, cfg
+            for name, a, r in zip(("out", "dq", "dk", "dv"), got, ref):
+                assert ((a - r).norm() / r.norm()).item() < 2e-2, (name, cfg)
             ran += 1
         assert ran > 0, "no config fits the device"
     finally:
