@@ -1,0 +1,136 @@
+"""Two CPU studies of the trained wan-mini's self-attention at a given sparsity.
+
+``--part geometry``: does the shape of a key block change what a selection can keep? Records the post-rotary q, k, v of every self-attention of `models/wan-mini` (dense, fp32) at
+denoising step 2 of a 4-step clip (seed 0), then, for token orders that make each run of 64 tokens
+a different piece of the (33 frames × 32 × 32) latent grid — rows (the model's own order: 2 rows of
+32 in one frame) or tiles of 1×8×8, 2×4×8, 4×4×4 (t × h × w) — and densities 1/8 and 1/32, prints the
+mean over layers of: the oracle recall (the most attention mass as many blocks can hold, sink and
+local blocks forced), the pooled selection's recall, and the relative error of the layer's output
+against dense without and with `remainder="mean"` (48 evenly spaced query blocks each).
+
+``--part remainders``: the unkept key blocks' stand-ins compared on the same recording — none, one
+mean token per block (`remainder="mean"`), mean tokens of runs of 32 or 16 keys, and the mean token
+with a Gaussian mass correction (logit + s²/2 · q²·var(k), per-dimension key variance of the run) —
+as the relative error of each layer's output against dense at densities 1/8 and 1/32 (rows order).
+
+    python scripts/study_wan_mini_attention.py --part geometry|remainders [--out F.json] [--qkv qkv.pt]
+
+About 5 min to record and 16 (geometry) or 10 (remainders) min to measure on a 2-core CPU. `--qkv`
+reuses (or keeps) the recording.
+"""
+import argparse
+import json
+import os
+import time
+from types import SimpleNamespace
+
+import torch
+
+from vidhash.attention import block_mean_remainder, block_sparse_attention, merge_attention, select_blocks, selection_recall
+from vidhash.bench.dropin import capture_qk, layer_error, load_pipeline
+from vidhash.kernels.remainder.naive import unkept_blocks
+from vidhash.selection.oracle import attention_error, oracle_recall
+
+GRID = (33, 32, 32)
+LAYOUTS = {"rows 1x2x32": None, "tile 1x8x8": (1, 8, 8), "tile 2x4x8": (2, 4, 8), "tile 4x4x4": (4, 4, 4)}
+
+
+def tile_order(tile, grid=GRID) -> torch.Tensor:
+    """Token order that puts each ``tile = (tt, th, tw)`` of the (t, h, w) grid in consecutive positions."""
+    tt, th, tw = tile
+    T, H, W = grid
+    t, h, w = torch.meshgrid(torch.arange(T), torch.arange(H), torch.arange(W), indexing="ij")
+    key = ((((t // tt) * (H // th) + h // th) * (W // tw) + w // tw) * (tt * th * tw)
+           + ((t % tt) * th + h % th) * tw + w % tw)
+    return torch.argsort(key.flatten())
+
+
+def run_mean_remainder(q, k, v, sel, sub: int, var: bool):
+    """The unkept key blocks (non-causal ``sel``, full blocks) as mean tokens of runs of ``sub`` keys:
+    ``(out, lse)`` to merge; ``var`` adds ``s²/2 · q²·var(k)`` to each logit (a Gaussian estimate
+    of the run's mass ``E exp(s q·k)`` in place of Jensen's lower bound ``exp(s q·k̄)``)."""
+    b, h, n, d = q.shape
+    scale = d ** -0.5
+    runs = sel.num_key_blocks * (sel.block_size // sub)
+    kr = k.reshape(b, h, runs, sub, d)
+    km = kr.mean(3)
+    vm = v.reshape(b, h, runs, sub, -1).mean(3)
+    unkept = unkept_blocks(sel).repeat_interleave(sel.block_size // sub, -1)  # (b, h, query blocks, runs)
+    qb = q.reshape(b, h, sel.num_query_blocks, sel.query_block_size, d)
+    logit = torch.matmul(qb, km.unsqueeze(2).transpose(-1, -2)) * scale + torch.log(torch.tensor(float(sub)))
+    if var:
+        kvar = (kr.square().mean(3) - km.square()).clamp_min(0)
+        logit = logit + torch.matmul(qb.square(), kvar.unsqueeze(2).transpose(-1, -2)) * (scale * scale / 2)
+    logit = logit.masked_fill(~unkept.unsqueeze(3), float("-inf"))
+    out = torch.matmul(torch.softmax(logit, -1), vm.unsqueeze(2))
+    return out.reshape(b, h, n, -1), torch.logsumexp(logit, -1).reshape(b, h, n)
+
+
+def study_geometry(captured: dict) -> list[dict]:
+    rows = []
+    for name, tile in LAYOUTS.items():
+        order = None if tile is None else tile_order(tile)
+        for density in (1 / 8, 1 / 32):
+            acc = {"oracle": [], "recall": [], "err": [], "err_mean": []}
+            start = time.time()
+            for q, k, v in captured.values():
+                if order is not None:
+                    q, k, v = (x[:, :, order] for x in (q, k, v))
+                sel = select_blocks(q, k, density=density, block_size=64, scorer="pooled")
+                acc["recall"].append(selection_recall(q, k, sel, max_query_blocks=48))
+                acc["oracle"].append(oracle_recall(q, k, sel.kept, block_size=64, query_block_size=64, max_query_blocks=48,
+                                                   local_blocks=1, sink_blocks=1))
+                acc["err"].append(layer_error(q, k, v, sel, "none", 48))
+                acc["err_mean"].append(layer_error(q, k, v, sel, "mean", 48))
+            row = {"layout": name, "density": density, **{key: sum(val) / len(val) for key, val in acc.items()},
+                   "per_layer": acc, "seconds": time.time() - start}
+            rows.append(row)
+            print(f"{name:12s} 1/{round(1 / density):<3d} oracle {row['oracle']:.3f} recall {row['recall']:.3f} "
+                  f"err {row['err']:.3f} err+mean {row['err_mean']:.3f}", flush=True)
+    return rows
+
+
+def study_remainders(captured: dict) -> list[dict]:
+    rows = []
+    for density in (1 / 8, 1 / 32):
+        errs: dict[str, list[float]] = {}
+        for q, k, v in captured.values():
+            sel = select_blocks(q, k, density=density, block_size=64, scorer="pooled")
+            out, lse = block_sparse_attention(q, k, v, sel, return_lse=True)
+            blocks = torch.linspace(0, sel.num_query_blocks - 1, 48).round().long().unique()
+            variants = {
+                "none": out,
+                "mean": merge_attention(out, lse, *block_mean_remainder(q, k, v, sel))[0],
+                "mean of 32-key runs": merge_attention(out, lse, *run_mean_remainder(q, k, v, sel, 32, False))[0],
+                "mean of 16-key runs": merge_attention(out, lse, *run_mean_remainder(q, k, v, sel, 16, False))[0],
+                "mean + variance": merge_attention(out, lse, *run_mean_remainder(q, k, v, sel, 64, True))[0],
+                "mean of 32-key runs + variance": merge_attention(out, lse, *run_mean_remainder(q, k, v, sel, 32, True))[0],
+            }
+            for name, o in variants.items():
+                errs.setdefault(name, []).append(attention_error(q, k, v, o, query_block_size=64, query_blocks=blocks))
+        for name, per_layer in errs.items():
+            rows.append({"density": density, "remainder": name, "error": sum(per_layer) / len(per_layer), "per_layer": per_layer})
+            print(f"1/{round(1 / density):<3d} {name:32s} error {rows[-1]['error']:.4f}", flush=True)
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--part", choices=("geometry", "remainders"), required=True)
+    ap.add_argument("--out", default=None, help="JSON (default: PART.json)")
+    ap.add_argument("--qkv", default=None, help="a recording to reuse, or where to keep the new one")
+    args = ap.parse_args()
+    if args.qkv and os.path.exists(args.qkv):
+        captured = torch.load(args.qkv)
+    else:
+        pipe = load_pipeline("models/wan-mini", "cpu", "fp32")
+        captured = capture_qk(pipe, 0, SimpleNamespace(recall_step=2, frames=GRID[0], size=256, steps=4))
+        if args.qkv:
+            torch.save(captured, args.qkv)
+    rows = study_geometry(captured) if args.part == "geometry" else study_remainders(captured)
+    with open(args.out or f"{args.part}.json", "w") as fh:
+        json.dump({"model": "models/wan-mini", "step": "2 of 4, seed 0", "part": args.part, "rows": rows}, fh, indent=1)
+
+
+if __name__ == "__main__":
+    main()
