@@ -13,7 +13,10 @@ mean token per block (`remainder="mean"`), mean tokens of runs of 32 or 16 keys,
 with a Gaussian mass correction (logit + s²/2 · q²·var(k), per-dimension key variance of the run) —
 as the relative error of each layer's output against dense at densities 1/8 and 1/32 (rows order).
 
-    python scripts/study_wan_mini_attention.py --part geometry|remainders [--out F.json] [--qkv qkv.pt]
+``--part layers``: each layer's output error (with the mean remainder) at densities 1/32 … 1/4 — what
+the drop-in's ``layer_densities`` would spend where.
+
+    python scripts/study_wan_mini_attention.py --part geometry|remainders|layers [--out F.json] [--qkv qkv.pt]
 
 About 5 min to record and 16 (geometry) or 10 (remainders) min to measure on a 2-core CPU. `--qkv`
 reuses (or keeps) the recording.
@@ -114,9 +117,21 @@ def study_remainders(captured: dict) -> list[dict]:
     return rows
 
 
+def study_layers(captured: dict) -> list[dict]:
+    rows = []
+    for name, (q, k, v) in captured.items():
+        row = {"layer": name}
+        for density in (1 / 32, 1 / 16, 1 / 8, 1 / 4):
+            sel = select_blocks(q, k, density=density, block_size=64, scorer="pooled")
+            row[f"1/{round(1 / density)}"] = layer_error(q, k, v, sel, "mean", 32)
+        rows.append(row)
+        print(name, " ".join(f"{key} {val:.3f}" for key, val in row.items() if key != "layer"), flush=True)
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--part", choices=("geometry", "remainders"), required=True)
+    ap.add_argument("--part", choices=("geometry", "remainders", "layers"), required=True)
     ap.add_argument("--out", default=None, help="JSON (default: PART.json)")
     ap.add_argument("--qkv", default=None, help="a recording to reuse, or where to keep the new one")
     args = ap.parse_args()
@@ -127,7 +142,7 @@ def main() -> None:
         captured = capture_qk(pipe, 0, SimpleNamespace(recall_step=2, frames=GRID[0], size=256, steps=4))
         if args.qkv:
             torch.save(captured, args.qkv)
-    rows = study_geometry(captured) if args.part == "geometry" else study_remainders(captured)
+    rows = {"geometry": study_geometry, "remainders": study_remainders, "layers": study_layers}[args.part](captured)
     with open(args.out or f"{args.part}.json", "w") as fh:
         json.dump({"model": "models/wan-mini", "step": "2 of 4, seed 0", "part": args.part, "rows": rows}, fh, indent=1)
 

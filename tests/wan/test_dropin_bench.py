@@ -367,3 +367,31 @@ def test_the_report_names_its_outputs_by_file_name(tiny_model, tmp_path):
                  "--seeds", "0", "--frames", "8", "--size", "32", "--steps", "2", "--recall-step", "1", "--no-recall",
                  "--no-coherence", "--no-flex", "--json", str(out)]) == 0
     assert json.loads(out.read_text())["options"]["json"] == "dropin.json"
+
+
+def test_layer_densities_flag(tiny_model, tmp_path):
+    """--layer-densities blocks.0.attn1=1: that module runs dense in every sparse setting (its recall
+    row says so), the others keep the setting's density, and the frames move towards dense."""
+    rows = {}
+    for flag in ("", "blocks.0.attn1=1"):
+        out = tmp_path / f"dropin{len(flag)}.json"
+        assert main(["bench", "dropin", "--model", str(tiny_model), "--densities", "1/8", "--block-sizes", "16",
+                     "--seeds", "0", "--frames", "8", "--size", "32", "--steps", "3", "--recall-step", "1",
+                     "--layer-densities", flag, "--no-coherence", "--no-flex", "--json", str(out)]) == 0
+        report = json.loads(out.read_text())
+        rows[flag] = {r["setting"]: r for r in report["rows"]}["1/8 b16"]
+        assert report["options"]["layer_densities"] == flag
+    plain, denser = rows[""], rows["blocks.0.attn1=1"]
+    assert plain["layers"][0]["layer"] == "blocks.0.attn1" and "recall" in plain["layers"][0]
+    assert denser["layers"][0] == {"layer": "blocks.0.attn1", "dense": "layer"}
+    assert denser["layers"][1]["recall"] == plain["layers"][1]["recall"]  # the same selection elsewhere
+    assert plain["psnr"] < denser["psnr"]
+
+
+@pytest.mark.parametrize("flag, match", [("blocks.0.attn1", "MODULE=DENSITY"), ("blocks.0.attn1=2", "MODULE=DENSITY"),
+                                         ("blocks.0.attn1=x", "MODULE=DENSITY"), ("blocks.7.attn1=1/2", "not a self-attention")])
+def test_layer_densities_flag_errors_name_the_flag(tiny_model, flag, match, capsys):
+    assert main(["bench", "dropin", "--model", str(tiny_model), "--frames", "8", "--size", "32", "--steps", "3",
+                 "--recall-step", "1", "--seeds", "0", "--no-coherence", "--layer-densities", flag]) == 2
+    err = capsys.readouterr().err
+    assert "--layer-densities" in err and match in err

@@ -160,6 +160,23 @@ def parse_remainders(text: str) -> list[str]:
     return values
 
 
+def parse_layer_densities(text: str) -> dict[str, float]:
+    """``"blocks.2.attn1=1/8,blocks.3.attn1=0.25"`` → ``{name: density}`` (every sparse setting's
+    ``layer_densities``); ``""`` → ``{}``; ValueError naming --layer-densities."""
+    out = {}
+    for item in (x.strip() for x in text.split(",") if x.strip()):
+        name, sep, value = item.partition("=")
+        try:
+            density = float(Fraction(value.strip()))
+        except (ValueError, ZeroDivisionError):
+            density = None
+        if not sep or not name.strip() or density is None or not 0 < density <= 1:
+            raise ValueError(f"--layer-densities must be comma-separated MODULE=DENSITY pairs with densities in (0, 1] "
+                             f"(e.g. blocks.2.attn1=1/8), got {item!r}")
+        out[name.strip()] = density
+    return out
+
+
 def dense_timestep_of(pipe, steps: int, dense_steps: int) -> float | None:
     """The drop-in's ``dense_timestep`` that runs the first ``dense_steps`` of the pipeline's
     ``steps``-step schedule dense (:func:`~vidhash.integrations.diffusers.dense_timestep_for` on a
@@ -315,7 +332,8 @@ def capture_qk(pipe, seed: int, args) -> dict[str, tuple[torch.Tensor, torch.Ten
     return captured
 
 
-def layer_recall(captured: dict, setting: Setting, max_query_blocks: int, dense_names=(), dense_step: bool = False) -> list[dict]:
+def layer_recall(captured: dict, setting: Setting, max_query_blocks: int, dense_names=(), dense_step: bool = False,
+                 layer_densities: dict[str, float] | None = None) -> list[dict]:
     """Per layer: recall of the drop-in's selection (its default scorer for ``--scorers default``,
     with the default hasher where that reads one) and, with :mod:`vidhash.selection`, the oracle
     recall of as many blocks. Only what ran sparse is measured: a layer in ``dense_names`` (the
@@ -335,10 +353,11 @@ def layer_recall(captured: dict, setting: Setting, max_query_blocks: int, dense_
     extra = {"scorer": setting.scorer if setting.scorer is not None else DropInConfig.scorer}
     rows = []
     for name, (q, k, *values) in captured.items():
-        if dense_step or name in dense_names:
+        density = (layer_densities or {}).get(name, float(setting.density))
+        if dense_step or name in dense_names or density >= 1.0:
             rows.append({"layer": name, "dense": "step" if dense_step else "layer"})
             continue
-        sel = attention.select_blocks(q, k, density=float(setting.density), block_size=setting.block_size, **extra)
+        sel = attention.select_blocks(q, k, density=density, block_size=setting.block_size, **extra)
         row = {"layer": name, "recall": attention.selection_recall(q, k, sel, max_query_blocks=max_query_blocks)}
         if oracle_recall is not None:
             row["oracle"] = oracle_recall(q, k, int(sel.indices.shape[-1]), block_size=sel.block_size,
@@ -442,6 +461,8 @@ def run_setting(pipe, setting: Setting, seeds: list[int], args, backend: str | N
         extra = {} if backend is None else {"backend": backend}
         if setting.remainder != "none":
             extra["remainder"] = setting.remainder
+        if getattr(args, "layer_density_map", None):
+            extra["layer_densities"] = args.layer_density_map
         enable_hash_attention(pipe.transformer, density=float(setting.density), block_size=setting.block_size,
                               **drop_in_options(setting.scorer), **dense_options(pipe, setting, args.steps), **extra)
     call = CallRecorder(pipe.transformer, args.recall_step) if getattr(args, "profile", False) else None
@@ -600,7 +621,8 @@ def measure_setting(pipe, setting: Setting, seeds: list[int], args, dense, captu
     if captured and setting.density is not None:
         dense_names = list(self_attention_modules(pipe.transformer))[:setting.dense_layers]
         row["layers"] = layer_recall(captured, setting, args.recall_blocks, dense_names,
-                                     dense_step=args.recall_step < setting.dense_steps)
+                                     dense_step=args.recall_step < setting.dense_steps,
+                                     layer_densities=getattr(args, "layer_density_map", None))
         recall, oracle, error = ([x[key] for x in row["layers"] if key in x] for key in ("recall", "oracle", "error"))
         row["recall"] = float(np.mean(recall)) if recall else None
         row["oracle"] = float(np.mean(oracle)) if oracle else None
@@ -625,6 +647,7 @@ def run(args) -> int:
     dense_steps = parse_ints(getattr(args, "dense_steps", "0"), "--dense-steps", minimum=0)
     dense_layers = parse_ints(getattr(args, "dense_layers", "0"), "--dense-layers", minimum=0)
     remainders = parse_remainders(getattr(args, "remainders", "none"))
+    args.layer_density_map = parse_layer_densities(getattr(args, "layer_densities", "") or "")
     if args.steps < 1 or not 0 <= args.recall_step < args.steps:
         raise ValueError(f"--recall-step must be in [0, --steps), got {args.recall_step} (--steps {args.steps})")
     if getattr(args, "profile", False) and args.profile_reps < 1:
@@ -635,7 +658,11 @@ def run(args) -> int:
     pipe = load_pipeline(args.model, device, args.dtype or ("bf16" if device == "cuda" else "fp32"))
     from vidhash.integrations.diffusers import self_attention_modules
 
-    modules = len(self_attention_modules(pipe.transformer))
+    names = list(self_attention_modules(pipe.transformer))
+    modules = len(names)
+    unknown = sorted(set(args.layer_density_map) - set(names))
+    if unknown:
+        raise ValueError(f"--layer-densities names {unknown[0]!r}, not a self-attention module of the model ({names})")
     if max(dense_layers) > modules:
         raise ValueError(f"--dense-layers must be in [0, {modules}] (the model's self-attention modules), got {args.dense_layers}")
     settings = make_settings(densities, block_sizes, scorers, dense_steps, dense_layers, remainders)

@@ -179,6 +179,9 @@ def add_dropin(p: argparse.ArgumentParser) -> None:
     p.add_argument("--remainders", default="none",
                    help="comma-separated remainders of the drop-in: none (the unkept key blocks dropped) and/or mean "
                         "(each unkept block as one mean token; rows '+mean')")
+    p.add_argument("--layer-densities", default="",
+                   help="comma-separated MODULE=DENSITY pairs (e.g. blocks.2.attn1=1/8) overriding every sparse "
+                        "setting's density for those self-attention modules (the drop-in's layer_densities)")
     p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (noise and camera path per seed)")
     p.add_argument("--frames", type=int, default=33, help="frames per clip (default 33)")
     p.add_argument("--size", type=int, default=256, help="frame height and width (default 256)")

@@ -96,7 +96,7 @@ REFUSED_CLASSES = {
     "hash attention does not serve it",
 }
 CONFIG_KEYS = ("density", "block_size", "query_block_size", "local_blocks", "sink_blocks", "scorer", "hasher",
-               "hashers", "n_bits", "seed", "backend", "remainder", "dense_layers", "dense_timestep")
+               "hashers", "n_bits", "seed", "backend", "remainder", "dense_layers", "dense_timestep", "layer_densities")
 HASHER_ATTR = "vidhash_hasher"
 """Name of the hasher submodule on each swapped attention module while enabled."""
 SCORER_ATTR = "vidhash_scorer"
@@ -106,7 +106,7 @@ _CONFIG_ATTR = "_vidhash_config"
 _ORIGINALS_ATTR = "_vidhash_original_processors"
 _HOOKS_ATTR = "_vidhash_state_dict_hooks"
 _TIMESTEP_HOOK_ATTR = "_vidhash_timestep_hook"
-_DENSE_OPTIONS = ("dense_layers", "dense_timestep")  # read by the processors and the hook, not by hash_attention
+_DENSE_OPTIONS = ("dense_layers", "dense_timestep", "layer_densities")  # read by the processors and the hook, not by hash_attention
 _DENSE_OK_BACKENDS = (None, "native")
 DROP_IN_BACKENDS = (*BACKENDS, "flex")
 """``backend=`` of the drop-in: :data:`vidhash.attention.BACKENDS`, or ``"flex"`` (vidhash's selection,
@@ -136,6 +136,11 @@ class DropInConfig:
 
     ``remainder`` (:data:`vidhash.attention.REMAINDERS`): ``"mean"`` adds, per query, one mean token
     for each key block its selection did not keep (:func:`vidhash.attention.block_mean_remainder`).
+
+    ``layer_densities``: ``{self-attention module name: density}`` for the modules that should keep
+    more (or fewer) key blocks than ``density`` — e.g. the one layer whose attention is both spread
+    and sharp; ``1.0`` makes that module dense. Given as a dict, stored as sorted ``(name, density)``
+    pairs.
     """
 
     density: float = 0.125
@@ -149,6 +154,11 @@ class DropInConfig:
     remainder: str = "none"
     dense_layers: int = 0
     dense_timestep: float | None = None
+    layer_densities: tuple[tuple[str, float], ...] = ()
+
+    def density_of(self, name: str) -> float:
+        """The density of self-attention module ``name`` (``layer_densities``, else ``density``)."""
+        return dict(self.layer_densities).get(name, self.density)
 
     @property
     def reads_hasher(self) -> bool:
@@ -191,8 +201,8 @@ class _HashAttnProcessor:
     def __init__(self, config: DropInConfig, hasher: nn.Module | None, scorer, name: str, backend=None, *,
                  dense_layer: bool = False, gate: DenseGate | None = None):
         self.config, self.hasher, self.scorer, self.name = config, hasher, scorer, name
-        self._kwargs = config.attention_kwargs()
-        self.dense = config.density >= 1.0 or dense_layer
+        self._kwargs = dict(config.attention_kwargs(), density=config.density_of(name))
+        self.dense = self._kwargs["density"] >= 1.0 or dense_layer
         self.gate = gate
         self.recorder = None
         self._backend = None
@@ -211,7 +221,7 @@ class _HashAttnProcessor:
 
     def _backend_message(self, backend) -> str:
         return (f"attention backend {_backend_name(backend)!r} cannot run hash attention ({self.name}, density="
-                f"{self.config.density}): at density < 1 self-attention runs vidhash's hash_attention, and only "
+                f"{self._kwargs['density']}): at density < 1 self-attention runs vidhash's hash_attention, and only "
                 "'native' is accepted. Use density=1.0 (which dispatches through the backend) or "
                 "vidhash.disable_hash_attention(transformer) first.")
 
@@ -498,6 +508,7 @@ def _parse_config(config: dict, names: list[str], head_dim: int, heads: int) -> 
     if config.get("scorer") is None:  # the library's rule: simhash when signatures are given, else pooled
         config["scorer"] = default_scorer(any(x is not None for x in (config.get("hasher"), n_bits, seed, path)))
     config["remainder"] = check_remainder(config.get("remainder"))
+    config["layer_densities"] = _check_layer_densities(config.get("layer_densities"), names)
     cfg = DropInConfig(**config)
     check_selection_args(cfg.density, cfg.block_size, cfg.query_block_size, cfg.local_blocks, cfg.sink_blocks)
     cfg = replace(cfg, dense_timestep=_check_dense_options(cfg.dense_layers, cfg.dense_timestep, len(names)))
@@ -528,6 +539,26 @@ def _parse_config(config: dict, names: list[str], head_dim: int, heads: int) -> 
     cfg = replace(cfg, hasher=hasher)
     _check_scorer_config(cfg, names, head_dim, heads)
     return cfg
+
+
+def _check_layer_densities(layer_densities, names: list[str]) -> tuple[tuple[str, float], ...]:
+    """``layer_densities`` as sorted ``(name, density)`` pairs; ValueError unless a mapping from
+    self-attention module names (``names``) to densities in (0, 1]."""
+    if layer_densities is None:
+        return ()
+    if isinstance(layer_densities, tuple):  # a stored config, re-parsed
+        layer_densities = dict(layer_densities)
+    if not isinstance(layer_densities, Mapping):
+        raise ValueError(f"layer_densities must be a dict {{self-attention module name: density}}, got "
+                         f"{type(layer_densities).__name__}")
+    unknown = sorted(set(layer_densities) - set(names))
+    if unknown:
+        raise ValueError(f"layer_densities names {unknown[0]!r}, not a self-attention module of this model; "
+                         f"expected some of {names}")
+    for name, value in layer_densities.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
+            raise ValueError(f"layer_densities[{name!r}] must be a density in (0, 1], got {value!r}")
+    return tuple(sorted((name, float(value)) for name, value in layer_densities.items()))
 
 
 def _check_dense_options(dense_layers, dense_timestep, num_modules: int) -> float | None:
