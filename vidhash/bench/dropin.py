@@ -354,7 +354,7 @@ def layer_recall(captured: dict, setting: Setting, max_query_blocks: int, dense_
     rows = []
     for name, (q, k, *values) in captured.items():
         density = (layer_densities or {}).get(name, float(setting.density))
-        if dense_step or name in dense_names or density >= 1.0:
+        if dense_step or name in dense_names or (name in (layer_densities or {}) and density >= 1.0):
             rows.append({"layer": name, "dense": "step" if dense_step else "layer"})
             continue
         sel = attention.select_blocks(q, k, density=density, block_size=setting.block_size, **extra)
