@@ -9,6 +9,7 @@ Letters: b batch, h heads, c query blocks, j key blocks, d head_dim, e value dim
 """
 from __future__ import annotations
 
+import functools
 import os
 
 import torch
@@ -144,8 +145,13 @@ def use_tma(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, selection: BlockS
         return True
     if backward:
         return False
-    return (q.is_cuda and q.dtype in (torch.float16, torch.bfloat16)
-            and torch.cuda.get_device_capability(q.device)[0] >= 9)
+    return q.is_cuda and q.dtype in (torch.float16, torch.bfloat16) and _major_capability(q.device.index) >= 9
+
+
+@functools.lru_cache(maxsize=None)
+def _major_capability(index: int | None) -> int:
+    """The CUDA device's compute capability major (asked once per device: ``use_tma`` runs every launch)."""
+    return torch.cuda.get_device_capability(index)[0]
 
 
 # --------------------------------------------------------------------------------------------

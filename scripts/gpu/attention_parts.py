@@ -1,0 +1,261 @@
+"""One-layer kernel timings on a GPU, by part (correctness checks first, then medians of
+``triton.testing.do_bench`` and of CUDA-graph replays; JSON to $OUT/PART.json):
+
+* ``--part remainder`` —
+  where one drop-in self-attention's time goes at the wan-mini shape (selection, the sparse forward
+  on pointer gathers vs TMA tiles, the remainder's parts, ``hash_attention`` with and without it in
+  one CUDA graph), and the two forward kernels at N = 131,072 (12 heads, d 64, 1/32);
+* ``--part selection`` — the pooled selection's parts (block means, int8 codes, the four-pass kernel)
+  against a float top-k path, eager and in a CUDA graph, with recall, oracle and shared indices, at
+  the wan-mini, Wan 1.3B 480p and N = 131,072 shapes;
+* ``--part backward`` — forward + backward on the TMA kernels (``VIDHASH_TMA=1``) against the pointer
+  kernels, gradients checked against float32 autograd through the reference, timed at N = 131,072
+  and the wan-mini training shape (8 × 3 heads × 33,792 tokens, d 128, 1/8).
+
+    python3 scripts/gpu/attention_parts.py --part remainder|selection|backward
+"""
+import argparse
+import json
+import os
+
+import torch
+import triton
+
+from vidhash.attention import (block_sparse_attention, hash_attention, merge_attention, select_blocks,
+                               selection_recall)
+from vidhash.bench.attention import WAN_1_3B_GRID, graph_ms, grid_for, video_like_qkv
+from vidhash.kernels.block_score.naive import block_means, selection_codes  # the remainder's means too
+from vidhash.kernels.block_score.ops import select_from_codes
+from vidhash.kernels.block_select.naive import forced_and_allowed, num_kept_blocks
+from vidhash.kernels.remainder.naive import block_mean_remainder, unkept_blocks
+from vidhash.kernels.remainder.ops import block_mean_remainder_triton
+from vidhash.kernels.sparse_attention.ops import block_sparse_attention_triton
+from vidhash.ops.checks import BlockSelection
+from vidhash.selection.oracle import oracle_recall
+
+
+def part_remainder():
+    res, checks = {}, {}
+
+
+    def bench(name, fn):
+        fn(); torch.cuda.synchronize()
+        res[name] = triton.testing.do_bench(fn, warmup=25, rep=200) * 1000  # us
+
+
+    def graph(name, fn):
+        res[name] = graph_ms(fn) * 1000  # us
+
+
+    def tma(flag):
+        os.environ["VIDHASH_TMA"] = flag
+
+
+    def inputs(b, h, n, d, layout, seed=0):
+        torch.manual_seed(seed)
+        shape = (3, b, n, h, d) if layout == "bnhd" else (3, b, h, n, d)
+        x = torch.randn(*shape, device="cuda", dtype=torch.bfloat16)
+        rep = torch.randn(*shape[1:], device="cuda", dtype=torch.bfloat16)  # keys clustered per block of 64
+        ax = 1 if layout == "bnhd" else 2
+        x[1] += 2 * rep.narrow(ax, 0, n // 64).repeat_interleave(64, ax)
+        return tuple(t.transpose(1, 2) for t in x) if layout == "bnhd" else tuple(x)
+
+
+    # --- wan-mini drop-in shape ---
+    q, k, v = inputs(1, 3, 33792, 128, "bnhd")
+    kw = dict(density=1 / 8, block_size=64, scorer="pooled", backend="triton")
+    sel = select_blocks(q, k, **kw)
+    tma("0"); o_ptr, l_ptr = block_sparse_attention_triton(q, k, v, sel, return_lse=True)
+    tma("1"); o_tma, l_tma = block_sparse_attention_triton(q, k, v, sel, return_lse=True)
+    checks["wan tma vs pointer max |out|"] = (o_tma.float() - o_ptr.float()).abs().max().item()
+    checks["wan tma vs pointer max |lse|"] = (l_tma - l_ptr).abs().max().item()
+    ref = merge_attention(o_ptr, l_ptr, *block_mean_remainder(q, k, v, sel))
+    fused = block_mean_remainder_triton(q, k, v, sel, merge_with=(o_ptr, l_ptr))
+    checks["wan merged remainder rel err"] = ((fused[0].float() - ref[0].float()).norm() / ref[0].float().norm()).item()
+    bench("wan select (pooled)", lambda: select_blocks(q, k, **kw))
+    tma("0"); bench("wan attend pointer", lambda: block_sparse_attention_triton(q, k, v, sel, return_lse=True))
+    tma("1"); bench("wan attend TMA", lambda: block_sparse_attention_triton(q, k, v, sel, return_lse=True))
+    bench("wan block_means(k)", lambda: block_means(k, 64))
+    bench("wan unkept_blocks", lambda: unkept_blocks(sel))
+    bench("wan remainder alone", lambda: block_mean_remainder_triton(q, k, v, sel))
+    bench("wan merge_attention", lambda: merge_attention(o_ptr, l_ptr, *fused))
+    bench("wan remainder merged", lambda: block_mean_remainder_triton(q, k, v, sel, merge_with=(o_ptr, l_ptr)))
+    for flag in ("0", "1"):
+        tma(flag)
+        for rest in ("none", "mean"):
+            graph(f"wan graph hash_attention {rest} tma={flag}", lambda: hash_attention(q, k, v, remainder=rest, **kw))
+    bench("wan dense sdpa", lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v))
+    del q, k, v, o_ptr, o_tma, ref
+
+    # --- N = 131,072, 12 heads, d 64, density 1/32 ---
+    q, k, v = inputs(1, 12, 131072, 64, "bhnd", seed=1)
+    sel = select_blocks(q, k, density=1 / 32, block_size=64, scorer="simhash", backend="triton")
+    tma("0"); o_ptr, l_ptr = block_sparse_attention_triton(q, k, v, sel, return_lse=True)
+    tma("1"); o_tma, l_tma = block_sparse_attention_triton(q, k, v, sel, return_lse=True)
+    checks["131k tma vs pointer max |out|"] = (o_tma.float() - o_ptr.float()).abs().max().item()
+    tma("0"); bench("131k attend pointer", lambda: block_sparse_attention_triton(q, k, v, sel))
+    tma("1"); bench("131k attend TMA", lambda: block_sparse_attention_triton(q, k, v, sel))
+    os.environ.pop("VIDHASH_TMA")
+
+    for name, val in checks.items():
+        print(f"check {name:40s} {val:.3e}")
+    for name, us in res.items():
+        print(f"{name:44s} {us:9.1f} us")
+    out = os.environ.get("OUT", ".")
+    os.makedirs(out, exist_ok=True)
+    json.dump({"device": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
+               "checks": checks, "us": res}, open(os.path.join(out, "remainder.json"), "w"), indent=1)
+
+
+def part_selection():
+    def bench(fn):
+        fn(); torch.cuda.synchronize()
+        return triton.testing.do_bench(fn, warmup=25, rep=200) * 1000
+
+
+    def graph(fn):
+        return graph_ms(fn) * 1000  # us
+
+
+    def float_select(q, k, density, bk=64, bq=128, forced_allowed=None):
+        """Float pooled path: means, scores, top-k with forced blocks first, ascending indices."""
+        nq, nk = q.shape[-2], k.shape[-2]
+        kept = num_kept_blocks(nq, nk, density=density, block_size=bk, query_block_size=bq, local_blocks=1, sink_blocks=1, causal=False)
+        forced, _ = forced_allowed
+        score = torch.matmul(block_means(q, bq), block_means(k, bk).transpose(-1, -2))
+        score = score.masked_fill(forced, float("inf"))
+        idx = torch.topk(score, kept, dim=-1, sorted=False).indices.sort(dim=-1).values.to(torch.int32)
+        return BlockSelection(idx, bk, bq, nq, nk, False)
+
+
+    def inputs(b, h, n, d, layout, seed=0):
+        """The selection bench's video-like q, k, v (positional structure; random Gaussian inputs would
+        give recall ≈ density), bf16, as diffusers' (b, n, h, d) layout viewed as (b, h, n, d) or contiguous."""
+        grid = WAN_1_3B_GRID if n == 32760 else grid_for(n)
+        q, k, v = video_like_qkv(grid, h, d, torch.bfloat16, "cuda", seed)
+        if layout == "bnhd":
+            return tuple(x.transpose(1, 2).contiguous().transpose(1, 2) for x in (q, k, v))
+        return q, k, v
+
+
+    SHAPES = [("wan-mini 33,792 d128 1/8 bq64", (1, 3, 33792, 128, "bnhd"), 1 / 8, 64),  # the drop-in's default query blocks
+              ("Wan 1.3B 32,760 d128 1/32 bq128", (1, 12, 32760, 128, "bnhd"), 1 / 32, 128),  # bench selection's
+              ("N 131,072 d64 1/32 bq128", (1, 12, 131072, 64, "bhnd"), 1 / 32, 128)]
+    def measure(name, shp, density, bq):
+        q, k, v = inputs(*shp)
+        kw = dict(density=density, block_size=64, query_block_size=bq, scorer="pooled", backend="triton")
+        nqb = -(-q.shape[-2] // bq)
+        fa = forced_and_allowed(torch.arange(nqb, device="cuda"), q.shape[-2], k.shape[-2], bq, 64, 1, 1, False)
+        lib = select_blocks(q, k, **kw)
+        flt = float_select(q, k, density, bq=bq, forced_allowed=fa)
+        kept = lib.kept
+        qi, ki, shift = selection_codes(q, k, block_size=64, query_block_size=bq, scale=q.shape[-1] ** -0.5)
+        r = {"shape": name, "kept": kept, "key_blocks": lib.num_key_blocks}
+        r["lib_us"] = bench(lambda: select_blocks(q, k, **kw))
+        r["lib_graph_us"] = graph(lambda: select_blocks(q, k, **kw))
+        r["means_q_us"] = bench(lambda: block_means(q, bq))
+        r["means_k_us"] = bench(lambda: block_means(k, 64))
+        r["codes_us"] = bench(lambda: selection_codes(q, k, block_size=64, query_block_size=bq, scale=q.shape[-1] ** -0.5))
+        r["kernel_us"] = bench(lambda: select_from_codes(qi, ki, shift, kept=kept, num_queries=q.shape[-2], num_keys=k.shape[-2],
+                                                         block_size=64, query_block_size=bq, local_blocks=1, sink_blocks=1, causal=False))
+        r["float_us"] = bench(lambda: float_select(q, k, density, bq=bq, forced_allowed=fa))
+        r["float_graph_us"] = graph(lambda: float_select(q, k, density, bq=bq, forced_allowed=fa))
+        same = (torch.sort(lib.indices, -1).values == flt.indices).float().mean().item()
+        r["same_indices"] = same
+        r["recall_lib"] = selection_recall(q, k, lib, max_query_blocks=64)
+        r["recall_float"] = selection_recall(q, k, flt, max_query_blocks=64)
+        r["oracle"] = oracle_recall(q, k, kept, block_size=64, query_block_size=bq, max_query_blocks=64, local_blocks=1, sink_blocks=1)
+        print({key: (round(val, 3) if isinstance(val, float) else val) for key, val in r.items()}, flush=True)
+        return r
+
+
+    rows = []
+    for name, shp, density, bq in SHAPES:
+        rows.append(measure(name, shp, density, bq))
+        torch.cuda.empty_cache()
+
+    print("| shape | kept | lib µs (graph) | means q / k | codes | kernel | float µs (graph) | same idx | recall lib / float / oracle |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['shape']} | {r['kept']} / {r['key_blocks']} | {r['lib_us']:.0f} ({r['lib_graph_us']:.0f}) | {r['means_q_us']:.0f} / {r['means_k_us']:.0f} | "
+              f"{r['codes_us']:.0f} | {r['kernel_us']:.0f} | {r['float_us']:.0f} ({r['float_graph_us']:.0f}) | {r['same_indices']:.3f} | "
+              f"{r['recall_lib']:.3f} / {r['recall_float']:.3f} / {r['oracle']:.3f} |")
+    out = os.environ.get("OUT", ".")
+    os.makedirs(out, exist_ok=True)
+    json.dump({"device": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__, "rows": rows},
+              open(os.path.join(out, "selection.json"), "w"), indent=1)
+
+
+def part_backward():
+    res = {}
+
+
+    def grads(q0, k0, v0, sel, dout, fn=block_sparse_attention_triton, dtype=None):
+        q, k, v = (t.detach().to(dtype or t.dtype).requires_grad_(True) for t in (q0, k0, v0))
+        out = fn(q, k, v, sel)
+        out.backward(dout.to(out.dtype))
+        return [x.float() for x in (out, q.grad, k.grad, v.grad)]
+
+
+    def rel(a, b):
+        return ((a - b).norm() / b.norm()).item()
+
+
+    # correctness: 1 x 3 x 2,000 (bnhd), d 128, blocks 64 / query blocks 64 and 128
+    for bq in (64, 128):
+        torch.manual_seed(0)
+        q, k, v = (torch.randn(1, 2000, 3, 128, device="cuda", dtype=torch.bfloat16).transpose(1, 2) for _ in range(3))
+        sel = select_blocks(q, k, density=0.3, block_size=64, query_block_size=bq)
+        dout = torch.randn(1, 3, 2000, 128, device="cuda", dtype=torch.bfloat16)
+        ref = grads(q, k, v, sel, dout, fn=block_sparse_attention, dtype=torch.float32)
+        os.environ["VIDHASH_TMA"] = "1"
+        tma = grads(q, k, v, sel, dout)
+        os.environ["VIDHASH_TMA"] = "0"
+        ptr = grads(q, k, v, sel, dout)
+        for name, a, b, r in zip(("out", "dq", "dk", "dv"), tma, ptr, ref):
+            res[f"check bq{bq} {name} tma vs ref"] = rel(a, r)
+            res[f"check bq{bq} {name} pointer vs ref"] = rel(b, r)
+
+
+    def fwd_bwd_ms(q0, k0, v0, sel, dout):
+        q, k, v = (t.detach().requires_grad_(True) for t in (q0, k0, v0))
+
+        def step():
+            out = block_sparse_attention_triton(q, k, v, sel)
+            out.backward(dout)
+        return triton.testing.do_bench(step, warmup=10, rep=200, grad_to_none=[q, k, v])
+
+
+    def timings(name, grid, b, h, d, density, bq, layout):
+        q, k, v = video_like_qkv(grid, h, d, torch.bfloat16, "cuda")
+        q, k, v = (x.expand(b, -1, -1, -1) for x in (q, k, v))
+        if layout == "bnhd":
+            q, k, v = (x.transpose(1, 2).contiguous().transpose(1, 2) for x in (q, k, v))
+        else:
+            q, k, v = (x.contiguous() for x in (q, k, v))
+        sel = select_blocks(q, k, density=density, block_size=64, query_block_size=bq)
+        dout = torch.randn_like(q)
+        for flag in ("0", "1"):
+            os.environ["VIDHASH_TMA"] = flag
+            res[f"{name} fwd ms tma={flag}"] = triton.testing.do_bench(lambda: block_sparse_attention_triton(q, k, v, sel), warmup=10, rep=200)
+            res[f"{name} fwd+bwd ms tma={flag}"] = fwd_bwd_ms(q, k, v, sel, dout)
+
+
+    timings("N 131,072 d64 1/32", grid_for(131072), 1, 12, 64, 1 / 32, 128, "bhnd")
+    torch.cuda.empty_cache()
+    timings("wan-mini training 8x33,792 d128 1/8", (33, 32, 32), 8, 3, 128, 1 / 8, 64, "bnhd")
+    os.environ.pop("VIDHASH_TMA")
+    for key, val in res.items():
+        print(f"{key:50s} {val:.4g}")
+    out = os.environ.get("OUT", ".")
+    os.makedirs(out, exist_ok=True)
+    json.dump({"device": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__, "results": res},
+              open(os.path.join(out, "backward.json"), "w"), indent=1)
+
+
+PARTS = {"remainder": part_remainder, "selection": part_selection, "backward": part_backward}
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser(description="one-layer kernel timings on a GPU, by part")
+    ap.add_argument("--part", choices=sorted(PARTS), required=True)
+    PARTS[ap.parse_args().part]()
