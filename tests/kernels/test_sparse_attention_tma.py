@@ -82,10 +82,9 @@ def test_tma_takes_only_what_it_was_written_for(monkeypatch):
     assert not ops.use_tma(q, k, v, select_blocks(q, k, density=0.5, block_size=64, causal=True))
     assert not ops.use_tma(q, k, v, select_blocks(q, k, density=0.5, block_size=64, query_block_size=96))
     assert ops.use_tma(q, k, v, select_blocks(q, k, density=0.5, block_size=64))
-    assert ops.use_tma(q, k, v, select_blocks(q, k, density=0.5, block_size=64), backward=True)
     monkeypatch.delenv("VIDHASH_TMA")
     assert not ops.use_tma(q, k, v, select_blocks(q, k, density=0.5, block_size=64))  # auto: CUDA, 16-bit only
-    assert not ops.use_tma(q, k, v, select_blocks(q, k, density=0.5, block_size=64), backward=True)
+    assert not ops.use_tma(q.half(), k.half(), v.half(), select_blocks(q, k, density=0.5, block_size=64))  # CPU
 
 
 @pytest.mark.gpu

@@ -379,8 +379,10 @@ def test_layer_densities_flag(tiny_model, tmp_path):
                      "--seeds", "0", "--frames", "8", "--size", "32", "--steps", "3", "--recall-step", "1",
                      "--layer-densities", flag, "--no-coherence", "--no-flex", "--json", str(out)]) == 0
         report = json.loads(out.read_text())
-        rows[flag] = {r["setting"]: r for r in report["rows"]}["1/8 b16"]
+        name = "1/8 b16" + (f" [{flag}]" if flag else "")  # the row names its per-module densities
+        rows[flag] = {r["setting"]: r for r in report["rows"]}[name]
         assert report["options"]["layer_densities"] == flag
+        assert rows[flag]["layer_densities"] == ({"blocks.0.attn1": 1.0} if flag else {})
     plain, denser = rows[""], rows["blocks.0.attn1=1"]
     assert plain["layers"][0]["layer"] == "blocks.0.attn1" and "recall" in plain["layers"][0]
     assert denser["layers"][0] == {"layer": "blocks.0.attn1", "dense": "layer"}
@@ -395,3 +397,11 @@ def test_layer_densities_flag_errors_name_the_flag(tiny_model, flag, match, caps
                  "--recall-step", "1", "--seeds", "0", "--no-coherence", "--layer-densities", flag]) == 2
     err = capsys.readouterr().err
     assert "--layer-densities" in err and match in err
+
+
+def test_layer_tag_names_densities_as_fractions():
+    assert dropin.layer_tag({}) == ""
+    assert dropin.layer_tag({"blocks.3.attn1": 0.25, "blocks.2.attn1": 0.125}) == " [blocks.2.attn1=1/8,blocks.3.attn1=1/4]"
+    rows = dropin.make_settings([dropin.Fraction(1, 32)], [64], [None], layer_densities={"blocks.2.attn1": 0.125})
+    assert [r.name for r in rows] == ["dense", "dense (repeat)", "1/32 b64 [blocks.2.attn1=1/8]"]
+    assert rows[2].layer_densities == (("blocks.2.attn1", 0.125),) and rows[0].layer_densities == ()

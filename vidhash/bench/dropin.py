@@ -98,7 +98,7 @@ class Setting:
     """One row: ``density`` None is the dense model (diffusers' processors). ``dense_steps`` /
     ``dense_layers``: the drop-in's dense warmup (its first denoising steps, its first self-attention
     modules run dense). ``remainder``: the drop-in's ``remainder`` (``"mean"``: the unkept key blocks as
-    one mean token each)."""
+    one mean token each). ``layer_densities``: the drop-in's per-module densities, as sorted pairs."""
 
     name: str
     density: Fraction | None = None
@@ -107,6 +107,15 @@ class Setting:
     dense_steps: int = 0
     dense_layers: int = 0
     remainder: str = "none"
+    layer_densities: tuple[tuple[str, float], ...] = ()
+
+
+def layer_tag(layer_densities: dict[str, float]) -> str:
+    """`` [blocks.2.attn1=1/8]``: the per-module densities in a row's name (fractions where exact)."""
+    if not layer_densities:
+        return ""
+    parts = [f"{name}={Fraction(v).limit_denominator(1024)}" for name, v in sorted(layer_densities.items())]
+    return " [" + ",".join(parts) + "]"
 
 
 def parse_fractions(text: str, flag: str) -> list[Fraction]:
@@ -132,10 +141,11 @@ def parse_ints(text: str, flag: str, minimum: int = 1) -> list[int]:
 
 def make_settings(densities: list[Fraction], block_sizes: list[int], scorers: list[str | None],
                   dense_steps: list[int] = (0,), dense_layers: list[int] = (0,),
-                  remainders: list[str] = ("none",)) -> list[Setting]:
+                  remainders: list[str] = ("none",), layer_densities: dict[str, float] | None = None) -> list[Setting]:
     """dense, dense (repeat), then density × block size × scorer (× dense steps × dense layers ×
     remainder, innermost; named ``ds<steps>`` / ``dl<layers>`` where not 0, ``+<remainder>`` where
-    not ``"none"``)."""
+    not ``"none"``, ``[module=density,...]`` where ``layer_densities`` are given — every sparse row)."""
+    pairs = tuple(sorted((layer_densities or {}).items()))
     rows = [Setting("dense"), Setting("dense (repeat)")]
     for scorer in scorers:
         for bs in block_sizes:
@@ -146,7 +156,8 @@ def make_settings(densities: list[Fraction], block_sizes: list[int], scorers: li
                             tag = "" if scorer is None else f" {scorer}"
                             tag += (f" ds{steps}" if steps else "") + (f" dl{layers}" if layers else "")
                             tag += f" +{rest}" if rest != "none" else ""
-                            rows.append(Setting(f"{d} b{bs}{tag}", d, bs, scorer, steps, layers, rest))
+                            tag += layer_tag(dict(pairs))
+                            rows.append(Setting(f"{d} b{bs}{tag}", d, bs, scorer, steps, layers, rest, pairs))
     return rows
 
 
@@ -461,8 +472,8 @@ def run_setting(pipe, setting: Setting, seeds: list[int], args, backend: str | N
         extra = {} if backend is None else {"backend": backend}
         if setting.remainder != "none":
             extra["remainder"] = setting.remainder
-        if getattr(args, "layer_density_map", None):
-            extra["layer_densities"] = args.layer_density_map
+        if setting.layer_densities:
+            extra["layer_densities"] = dict(setting.layer_densities)
         enable_hash_attention(pipe.transformer, density=float(setting.density), block_size=setting.block_size,
                               **drop_in_options(setting.scorer), **dense_options(pipe, setting, args.steps), **extra)
     call = CallRecorder(pipe.transformer, args.recall_step) if getattr(args, "profile", False) else None
@@ -613,7 +624,8 @@ def measure_setting(pipe, setting: Setting, seeds: list[int], args, dense, captu
            "speedup": clip_s_dense / timing["clip_s"], "speedup_flex": None, "flex_psnr": None,
            "dense_steps": setting.dense_steps if sparse else None, "dense_layers": setting.dense_layers if sparse else None,
            "dense_timestep": dense_timestep_of(pipe, args.steps, setting.dense_steps) if sparse else None,
-           "remainder": setting.remainder if sparse else None}
+           "remainder": setting.remainder if sparse else None,
+           "layer_densities": dict(setting.layer_densities) if sparse else None}
     if "profile" in timing:
         row["profile"] = timing["profile"]
     if setting.density is not None and not args.no_flex:
@@ -622,7 +634,7 @@ def measure_setting(pipe, setting: Setting, seeds: list[int], args, dense, captu
         dense_names = list(self_attention_modules(pipe.transformer))[:setting.dense_layers]
         row["layers"] = layer_recall(captured, setting, args.recall_blocks, dense_names,
                                      dense_step=args.recall_step < setting.dense_steps,
-                                     layer_densities=getattr(args, "layer_density_map", None))
+                                     layer_densities=dict(setting.layer_densities))
         recall, oracle, error = ([x[key] for x in row["layers"] if key in x] for key in ("recall", "oracle", "error"))
         row["recall"] = float(np.mean(recall)) if recall else None
         row["oracle"] = float(np.mean(oracle)) if oracle else None
@@ -647,7 +659,7 @@ def run(args) -> int:
     dense_steps = parse_ints(getattr(args, "dense_steps", "0"), "--dense-steps", minimum=0)
     dense_layers = parse_ints(getattr(args, "dense_layers", "0"), "--dense-layers", minimum=0)
     remainders = parse_remainders(getattr(args, "remainders", "none"))
-    args.layer_density_map = parse_layer_densities(getattr(args, "layer_densities", "") or "")
+    layer_densities = parse_layer_densities(getattr(args, "layer_densities", "") or "")
     if args.steps < 1 or not 0 <= args.recall_step < args.steps:
         raise ValueError(f"--recall-step must be in [0, --steps), got {args.recall_step} (--steps {args.steps})")
     if getattr(args, "profile", False) and args.profile_reps < 1:
@@ -660,12 +672,12 @@ def run(args) -> int:
 
     names = list(self_attention_modules(pipe.transformer))
     modules = len(names)
-    unknown = sorted(set(args.layer_density_map) - set(names))
+    unknown = sorted(set(layer_densities) - set(names))
     if unknown:
         raise ValueError(f"--layer-densities names {unknown[0]!r}, not a self-attention module of the model ({names})")
     if max(dense_layers) > modules:
         raise ValueError(f"--dense-layers must be in [0, {modules}] (the model's self-attention modules), got {args.dense_layers}")
-    settings = make_settings(densities, block_sizes, scorers, dense_steps, dense_layers, remainders)
+    settings = make_settings(densities, block_sizes, scorers, dense_steps, dense_layers, remainders, layer_densities)
     report = {"model": str(args.model), "device": describe_device(device), "torch": torch.__version__,
               "date": time.strftime("%Y-%m-%d"), "frames": args.frames, "size": args.size, "steps": args.steps,
               "seeds": seeds, "recall_step": args.recall_step, "flex": not args.no_flex,
