@@ -1,4 +1,4 @@
-"""Two CPU studies of the trained wan-mini's self-attention at a given sparsity.
+"""CPU studies of the trained wan-mini's self-attention at a given sparsity.
 
 ``--part geometry``: does the shape of a key block change what a selection can keep? Records the post-rotary q, k, v of every self-attention of `models/wan-mini` (dense, fp32) at
 denoising step 2 of a 4-step clip (seed 0), then, for token orders that make each run of 64 tokens
@@ -16,7 +16,12 @@ as the relative error of each layer's output against dense at densities 1/8 and 
 ``--part layers``: each layer's output error (with the mean remainder) at densities 1/32 … 1/4 — what
 the drop-in's ``layer_densities`` would spend where.
 
-    python scripts/study_wan_mini_attention.py --part geometry|remainders|layers [--out F.json] [--qkv qkv.pt]
+``--part forms``: the pooled selection's two forms on each layer at 1/32, 1/16, 1/8 — float scores
+with an exact top-k (``backend="auto"``, the default since 2026-12-04) and the int8-level form
+(``backend="reference"``, the block-score kernel's indices; what the other parts ran, before that
+date) — recall, oracle, output error without and with the mean remainder, and the indices shared.
+
+    python scripts/study_wan_mini_attention.py --part geometry|remainders|layers|forms [--out F.json] [--qkv qkv.pt]
 
 About 5 min to record and 16 (geometry) or 10 (remainders) min to measure on a 2-core CPU. `--qkv`
 reuses (or keeps) the recording.
@@ -129,9 +134,30 @@ def study_layers(captured: dict) -> list[dict]:
     return rows
 
 
+def study_forms(captured: dict) -> list[dict]:
+    rows = []
+    for density in (1 / 32, 1 / 16, 1 / 8):
+        for name, (q, k, v) in captured.items():
+            row = {"density": density, "layer": name}
+            sels = {form: select_blocks(q, k, density=density, block_size=64, scorer="pooled", backend=backend)
+                    for form, backend in (("float", "auto"), ("levels", "reference"))}
+            row["oracle"] = oracle_recall(q, k, sels["float"].kept, block_size=64, query_block_size=64, max_query_blocks=48,
+                                          local_blocks=1, sink_blocks=1)
+            row["same_indices"] = (sels["float"].indices == sels["levels"].indices).float().mean().item()
+            for form, sel in sels.items():
+                row[f"recall_{form}"] = selection_recall(q, k, sel, max_query_blocks=48)
+                row[f"err_{form}"] = layer_error(q, k, v, sel, "none", 48)
+                row[f"err_mean_{form}"] = layer_error(q, k, v, sel, "mean", 48)
+            rows.append(row)
+            print(f"1/{round(1 / density):<3d} {name:16s} oracle {row['oracle']:.3f} recall float {row['recall_float']:.3f} "
+                  f"levels {row['recall_levels']:.3f} | err+mean float {row['err_mean_float']:.4f} levels "
+                  f"{row['err_mean_levels']:.4f} | same {row['same_indices']:.3f}", flush=True)
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--part", choices=("geometry", "remainders", "layers"), required=True)
+    ap.add_argument("--part", choices=("geometry", "remainders", "layers", "forms"), required=True)
     ap.add_argument("--out", default=None, help="JSON (default: PART.json)")
     ap.add_argument("--qkv", default=None, help="a recording to reuse, or where to keep the new one")
     args = ap.parse_args()
@@ -142,7 +168,8 @@ def main() -> None:
         captured = capture_qk(pipe, 0, SimpleNamespace(recall_step=2, frames=GRID[0], size=256, steps=4))
         if args.qkv:
             torch.save(captured, args.qkv)
-    rows = {"geometry": study_geometry, "remainders": study_remainders, "layers": study_layers}[args.part](captured)
+    parts = {"geometry": study_geometry, "remainders": study_remainders, "layers": study_layers, "forms": study_forms}
+    rows = parts[args.part](captured)
     with open(args.out or f"{args.part}.json", "w") as fh:
         json.dump({"model": "models/wan-mini", "step": "2 of 4, seed 0", "part": args.part, "rows": rows}, fh, indent=1)
 

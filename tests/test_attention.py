@@ -352,10 +352,12 @@ def test_dense_attention_without_gradients_is_bitwise_the_gradient_path(dtype, s
 @pytest.mark.gpu
 @pytest.mark.parametrize("scorer", ["pooled", "simhash"])
 def test_select_blocks_runs_the_kernels_on_cuda_by_default(scorer, monkeypatch):
-    """backend="auto" is select_blocks' default (as hash_attention's): CUDA tensors reach the
-    kernels — the torch reference is never called; pooled gives the reference's indices exactly
-    (integer codes), SimHash its kept count (signatures of bf16 inputs may round differently)."""
+    """backend="auto" is select_blocks' default (as hash_attention's): CUDA tensors never reach the
+    torch references of the kernels. SimHash runs its kernel (its kept count: signatures of bf16
+    inputs may round differently); pooled ranks the float scores (select_blocks_scored, the same
+    tensors: equal indices), and backend="triton" gives the level kernel, equal to its reference."""
     import vidhash.attention as A
+    from vidhash.selection import select_blocks_scored
 
     g = torch.Generator(device="cuda").manual_seed(0)
     q, k = (torch.randn(1, 2, 1024, 64, device="cuda", generator=g, dtype=torch.bfloat16) for _ in range(2))
@@ -369,4 +371,29 @@ def test_select_blocks_runs_the_kernels_on_cuda_by_default(scorer, monkeypatch):
     sel = A.select_blocks(q, k, density=0.25, block_size=64, scorer=scorer)
     assert sel.indices.shape == ref.indices.shape and sel.indices.is_cuda
     if scorer == "pooled":
-        assert torch.equal(sel.indices, ref.indices)
+        exact = select_blocks_scored(q, k, scorer="pooled", density=0.25, block_size=64)
+        assert torch.equal(sel.indices, exact.indices)
+        levels = A.select_blocks(q, k, density=0.25, block_size=64, scorer=scorer, backend="triton")
+        assert torch.equal(levels.indices, ref.indices)
+
+
+def test_pooled_auto_ranks_float_scores_and_hash_attention_uses_it():
+    """scorer="pooled", backend="auto": select_blocks_scored's float ranks (exact top-k) on every
+    device; "reference" keeps the int8-level form; hash_attention(backend="auto") attends to the
+    float selection, and an explicit backend="reference" to the level one."""
+    from vidhash.attention import block_sparse_attention, hash_attention, select_blocks
+    from vidhash.kernels.block_score.naive import select_blocks_codes_reference
+    from vidhash.selection import select_blocks_scored
+
+    g = torch.Generator().manual_seed(3)
+    q, k, v = (torch.randn(1, 2, 384, 32, generator=g) for _ in range(3))
+    k = k[:, :, :192].reshape(1, 2, 6, 32, 32).repeat_interleave(2, dim=2).reshape(1, 2, 384, 32)  # key blocks in twins,
+    k = k + 1e-3 * torch.randn(k.shape, generator=g)  # apart by less than an int8 code step: the two forms differ
+    kw = dict(density=0.25, block_size=32, query_block_size=64)
+    auto = select_blocks(q, k, scorer="pooled", **kw)
+    assert torch.equal(auto.indices, select_blocks_scored(q, k, scorer="pooled", **kw).indices)
+    levels = select_blocks(q, k, scorer="pooled", backend="reference", **kw)
+    assert torch.equal(levels.indices, select_blocks_codes_reference(q, k, **kw).indices)
+    assert not torch.equal(auto.indices, levels.indices)
+    assert hash_attention(q, k, v, scorer="pooled", **kw).equal(block_sparse_attention(q, k, v, auto))
+    assert hash_attention(q, k, v, scorer="pooled", backend="reference", **kw).equal(block_sparse_attention(q, k, v, levels))

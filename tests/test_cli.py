@@ -107,7 +107,8 @@ def test_help_imports_no_command_module():
 
 
 def test_argparse_and_the_cli_stay_in_the_cli_package():
-    """argparse is imported only under vidhash/cli/, and nothing outside it imports vidhash.cli (no cycle)."""
+    """argparse is imported only under vidhash/cli/, and nothing outside it imports vidhash.cli (no cycle) —
+    but vidhash/__main__.py, the ``python -m vidhash`` entry point, which nothing imports."""
     import ast
     from pathlib import Path
 
@@ -116,7 +117,7 @@ def test_argparse_and_the_cli_stay_in_the_cli_package():
     root = Path(vidhash.__file__).resolve().parent
     offenders = []
     for path in root.rglob("*.py"):
-        if (root / "cli") in path.parents:
+        if (root / "cli") in path.parents or path == root / "__main__.py":
             continue
         package = ["vidhash", *path.relative_to(root).parent.parts]
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):

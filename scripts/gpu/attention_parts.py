@@ -5,9 +5,10 @@
   where one drop-in self-attention's time goes at the wan-mini shape (selection, the sparse forward
   on pointer gathers vs TMA tiles, the remainder's parts, ``hash_attention`` with and without it in
   one CUDA graph), and the two forward kernels at N = 131,072 (12 heads, d 64, 1/32);
-* ``--part selection`` — the pooled selection's parts (block means, int8 codes, the four-pass kernel)
-  against a float top-k path, eager and in a CUDA graph, with recall, oracle and shared indices, at
-  the wan-mini, Wan 1.3B 480p and N = 131,072 shapes;
+* ``--part selection`` — the pooled selection's int8-level form (``backend="triton"``: block means,
+  int8 codes, the four-pass kernel; its parts timed apart) against ``backend="auto"`` (since
+  2026-12-04: float scores and one exact top-k), eager and in a CUDA graph, with recall, oracle and
+  shared indices, at the wan-mini, Wan 1.3B 480p and N = 131,072 shapes;
 * ``--part backward`` — forward + backward on the TMA kernels (``VIDHASH_TMA=1``) against the pointer
   kernels, gradients checked against float32 autograd through the reference, timed at N = 131,072
   and the wan-mini training shape (8 × 3 heads × 33,792 tokens, d 128, 1/8).
@@ -26,11 +27,9 @@ from vidhash.attention import (block_sparse_attention, hash_attention, merge_att
 from vidhash.bench.attention import WAN_1_3B_GRID, graph_ms, grid_for, video_like_qkv
 from vidhash.kernels.block_score.naive import block_means, selection_codes  # the remainder's means too
 from vidhash.kernels.block_score.ops import select_from_codes
-from vidhash.kernels.block_select.naive import forced_and_allowed, num_kept_blocks
 from vidhash.kernels.remainder.naive import block_mean_remainder, unkept_blocks
 from vidhash.kernels.remainder.ops import block_mean_remainder_triton
 from vidhash.kernels.sparse_attention.ops import block_sparse_attention_triton
-from vidhash.ops.checks import BlockSelection
 from vidhash.selection.oracle import oracle_recall
 
 
@@ -117,17 +116,6 @@ def part_selection():
         return graph_ms(fn) * 1000  # us
 
 
-    def float_select(q, k, density, bk=64, bq=128, forced_allowed=None):
-        """Float pooled path: means, scores, top-k with forced blocks first, ascending indices."""
-        nq, nk = q.shape[-2], k.shape[-2]
-        kept = num_kept_blocks(nq, nk, density=density, block_size=bk, query_block_size=bq, local_blocks=1, sink_blocks=1, causal=False)
-        forced, _ = forced_allowed
-        score = torch.matmul(block_means(q, bq), block_means(k, bk).transpose(-1, -2))
-        score = score.masked_fill(forced, float("inf"))
-        idx = torch.topk(score, kept, dim=-1, sorted=False).indices.sort(dim=-1).values.to(torch.int32)
-        return BlockSelection(idx, bk, bq, nq, nk, False)
-
-
     def inputs(b, h, n, d, layout, seed=0):
         """The selection bench's video-like q, k, v (positional structure; random Gaussian inputs would
         give recall ≈ density), bf16, as diffusers' (b, n, h, d) layout viewed as (b, h, n, d) or contiguous."""
@@ -143,25 +131,22 @@ def part_selection():
               ("N 131,072 d64 1/32 bq128", (1, 12, 131072, 64, "bhnd"), 1 / 32, 128)]
     def measure(name, shp, density, bq):
         q, k, v = inputs(*shp)
-        kw = dict(density=density, block_size=64, query_block_size=bq, scorer="pooled", backend="triton")
-        nqb = -(-q.shape[-2] // bq)
-        fa = forced_and_allowed(torch.arange(nqb, device="cuda"), q.shape[-2], k.shape[-2], bq, 64, 1, 1, False)
-        lib = select_blocks(q, k, **kw)
-        flt = float_select(q, k, density, bq=bq, forced_allowed=fa)
+        kw = dict(density=density, block_size=64, query_block_size=bq, scorer="pooled")
+        lib = select_blocks(q, k, backend="triton", **kw)
+        flt = select_blocks(q, k, backend="auto", **kw)
         kept = lib.kept
         qi, ki, shift = selection_codes(q, k, block_size=64, query_block_size=bq, scale=q.shape[-1] ** -0.5)
         r = {"shape": name, "kept": kept, "key_blocks": lib.num_key_blocks}
-        r["lib_us"] = bench(lambda: select_blocks(q, k, **kw))
-        r["lib_graph_us"] = graph(lambda: select_blocks(q, k, **kw))
+        r["lib_us"] = bench(lambda: select_blocks(q, k, backend="triton", **kw))
+        r["lib_graph_us"] = graph(lambda: select_blocks(q, k, backend="triton", **kw))
         r["means_q_us"] = bench(lambda: block_means(q, bq))
         r["means_k_us"] = bench(lambda: block_means(k, 64))
         r["codes_us"] = bench(lambda: selection_codes(q, k, block_size=64, query_block_size=bq, scale=q.shape[-1] ** -0.5))
         r["kernel_us"] = bench(lambda: select_from_codes(qi, ki, shift, kept=kept, num_queries=q.shape[-2], num_keys=k.shape[-2],
                                                          block_size=64, query_block_size=bq, local_blocks=1, sink_blocks=1, causal=False))
-        r["float_us"] = bench(lambda: float_select(q, k, density, bq=bq, forced_allowed=fa))
-        r["float_graph_us"] = graph(lambda: float_select(q, k, density, bq=bq, forced_allowed=fa))
-        same = (torch.sort(lib.indices, -1).values == flt.indices).float().mean().item()
-        r["same_indices"] = same
+        r["float_us"] = bench(lambda: select_blocks(q, k, backend="auto", **kw))
+        r["float_graph_us"] = graph(lambda: select_blocks(q, k, backend="auto", **kw))
+        r["same_indices"] = (lib.indices == flt.indices).float().mean().item()
         r["recall_lib"] = selection_recall(q, k, lib, max_query_blocks=64)
         r["recall_float"] = selection_recall(q, k, flt, max_query_blocks=64)
         r["oracle"] = oracle_recall(q, k, kept, block_size=64, query_block_size=bq, max_query_blocks=64, local_blocks=1, sink_blocks=1)
@@ -174,7 +159,7 @@ def part_selection():
         rows.append(measure(name, shp, density, bq))
         torch.cuda.empty_cache()
 
-    print("| shape | kept | lib µs (graph) | means q / k | codes | kernel | float µs (graph) | same idx | recall lib / float / oracle |")
+    print("| shape | kept | levels µs (graph) | means q / k | codes | level kernel | auto (float) µs (graph) | same idx | recall levels / float / oracle |")
     print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['shape']} | {r['kept']} / {r['key_blocks']} | {r['lib_us']:.0f} ({r['lib_graph_us']:.0f}) | {r['means_q_us']:.0f} / {r['means_k_us']:.0f} | "

@@ -42,3 +42,12 @@ def test_flex_rows_on_the_same_blocks():
                     q, k, v, sel, rep=1)
     assert [r["what"] for r in rows] == ["BlockMask build", "kernel"] and all(r["err"] is None for r in rows), rows
     assert ms is not None and ms > 0 and rows[1]["rel_diff_vs_vidhash"] < 1e-5
+
+
+def test_autotune_record_names_pointer_and_tma_kernels():
+    """bench attention's JSON records the autotuner's choice for every sparse-attention kernel it may
+    launch, the TMA ones included (empty on a CPU: the interpreter runs one config)."""
+    from vidhash.bench.attention import autotuned_configs
+
+    names = set(autotuned_configs())
+    assert names == {f"sparse_attn_{part}{tma}_kernel" for part in ("fwd", "bwd_dq", "bwd_dkdv") for tma in ("", "_tma")}

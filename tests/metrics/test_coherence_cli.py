@@ -114,14 +114,15 @@ def test_bench_prints_a_table(capsys, tmp_path):
     assert all(r["frames_per_s"] > 0 for r in rows)
 
 
-@pytest.mark.parametrize("command", ["coherence", "bench coherence"])
-def test_python_m_vidhash_cli_runs_the_command(command, tmp_path):
+@pytest.mark.parametrize("module, command", [("vidhash.cli", "coherence"), ("vidhash.cli", "bench coherence"),
+                                             ("vidhash", "coherence")])
+def test_python_m_vidhash_cli_runs_the_command(module, command, tmp_path):
     """``python -m vidhash.cli`` (what ``accelerate launch -m`` and a plain copy without the console
-    script use) runs the same command as ``vidhash``."""
+    script use) and ``python -m vidhash`` run the same command as ``vidhash``."""
     frames, _ = synthetic_clip("pan", seconds=1, fps=8, size=32)
     video = write_video(str(tmp_path / "v.mp4"), frames, fps=8)
     argv = [video, "--size", "32"] if command == "coherence" else ["--frames", "8", "--repeats", "1", "--threads", "1", "--no-e2e"]
-    res = subprocess.run([sys.executable, "-m", "vidhash.cli", *command.split(), *argv], capture_output=True, text=True,
+    res = subprocess.run([sys.executable, "-m", module, *command.split(), *argv], capture_output=True, text=True,
                          timeout=120, cwd=ROOT)
     assert res.returncode == 0, res.stderr
     assert ("flicker" if command == "coherence" else "short-range") in res.stdout

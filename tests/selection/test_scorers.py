@@ -206,3 +206,26 @@ def test_learned_diag_starts_as_pooled_and_weighs_channels():
     want = score_blocks(q[..., :3], k[..., :3], "pooled", block_size=16, query_block_size=32, scale=8**-0.5)
     torch.testing.assert_close(scorer.block_scores(q, k, blocks, block_size=16, query_block_size=32), want[:, :, :5])
     assert sum(p.numel() for p in scorer.parameters() if p.ndim == 2) == 2 * 2 * 8
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_rank_top_is_a_stable_sort_without_sorting(causal):
+    """rank_top's one topk of order_keys keeps what a stable descending sort keeps: heavy ties (integer
+    scores), -0.0 beside 0.0, ±inf scores, forced and disallowed blocks, rows short of allowed blocks."""
+    from vidhash.selection.scorers import order_keys, rank_top
+
+    g = torch.Generator().manual_seed(5)
+    nq, nk, bq, bk = 70, 130, 10, 10
+    nqb, nkb = 7, 13
+    score = torch.randint(-3, 4, (2, 3, nqb, nkb), generator=g).float()
+    score[0, 0, 0, :4] = torch.tensor([-0.0, 0.0, float("inf"), float("-inf")])
+    forced, allowed = forced_and_allowed(torch.arange(nqb), nq, nk, bq, bk, 1, 1, causal)
+    for kept in (1, 4, nkb):
+        rank = torch.where(forced, float("inf"), score).where(allowed, float("-inf"))
+        order = torch.sort(rank, dim=-1, descending=True, stable=True).indices[..., :kept]
+        ok = allowed.expand_as(rank).gather(-1, order)
+        want = torch.where(ok, order, nkb).sort(dim=-1).values
+        want = torch.where(want == nkb, -1, want).to(torch.int32)
+        assert torch.equal(rank_top(score, forced, allowed, kept), want)
+    keys = order_keys(torch.tensor([float("-inf"), -2.0, -0.0, 0.0, 1.5, float("inf")]))
+    assert keys.argsort(descending=True).tolist() == [5, 4, 2, 3, 1, 0]  # ±0 tie: the lower index first

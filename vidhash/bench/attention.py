@@ -334,10 +334,7 @@ def run(args) -> int:
             _write(args.json, device, args, rows, {})
     print("\nall shapes:")
     print_table(rows)
-    from vidhash.kernels.sparse_attention import kernel as sk
-
-    tuned = {name: {str(key): str(cfg) for key, cfg in getattr(getattr(sk, name), "cache", {}).items()}
-             for name in ("sparse_attn_fwd_kernel", "sparse_attn_bwd_dq_kernel", "sparse_attn_bwd_dkdv_kernel")}
+    tuned = autotuned_configs()
     for name, cfgs in tuned.items():
         for key, cfg in cfgs.items():
             print(f"autotuned {name} {key}: {cfg}")
@@ -345,6 +342,18 @@ def run(args) -> int:
         _write(args.json, device, args, rows, tuned)
         print(f"wrote {args.json}")
     return 0
+
+
+def autotuned_configs() -> dict[str, dict[str, str]]:
+    """The configs the autotuner chose, per sparse-attention kernel (pointer and TMA) and key."""
+    from vidhash.kernels.sparse_attention import kernel as sk
+    from vidhash.kernels.sparse_attention import kernel_tma as tk
+
+    kernels = {name: getattr(sk, name) for name in ("sparse_attn_fwd_kernel", "sparse_attn_bwd_dq_kernel",
+                                                     "sparse_attn_bwd_dkdv_kernel")}
+    kernels.update({name: getattr(tk, name) for name in ("sparse_attn_fwd_tma_kernel", "sparse_attn_bwd_dq_tma_kernel",
+                                                          "sparse_attn_bwd_dkdv_tma_kernel")})
+    return {name: {str(key): str(cfg) for key, cfg in getattr(fn, "cache", {}).items()} for name, fn in kernels.items()}
 
 
 def _write(path, device, args, rows, tuned) -> None:

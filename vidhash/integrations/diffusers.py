@@ -57,7 +57,7 @@ loads) and travel in their own file: :func:`save_hashers` writes ``vidhash_hashe
 restores them. ``vidhash calibrate`` fits them (:mod:`vidhash.integrations.calibrate`).
 
 **FlexAttention.** ``backend="flex"`` keeps vidhash's selection (:func:`~vidhash.attention.select_blocks`
-with ``backend="auto"``: the Triton selection on CUDA, the one ``hash_attention`` runs there) and
+with ``backend="auto"``: the one ``hash_attention`` runs with its default backend) and
 has PyTorch's FlexAttention attend to the selected blocks (:mod:`vidhash.integrations.flex`;
 compiled on CUDA, eager elsewhere) — to compare its kernel with vidhash's on the same blocks
 (``vidhash bench dropin``). Its clips equal the default backend's up to rounding.

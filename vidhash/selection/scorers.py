@@ -201,14 +201,26 @@ _SCORE_FNS: dict[str, Callable] = {
 # --------------------------------------------------------------------------------------------
 # top-k with select_blocks' rules
 # --------------------------------------------------------------------------------------------
+def order_keys(score: torch.Tensor) -> torch.Tensor:
+    """int64 keys that sort like ``(score descending, block index ascending)``: the float32 score's
+    bits made order-preserving (negatives flipped; ``-0.0`` counted as ``0.0``) in the high 32 bits,
+    the complement of the index in the low 32 — so one ``topk`` of the keys is a stable descending
+    sort's first ``kept``, exactly. ``±inf`` order as scores do."""
+    nkb = score.shape[-1]
+    bits = (score.float() + 0.0).contiguous().view(torch.int32)  # + 0.0: -0.0 → 0.0
+    bits = torch.where(bits < 0, bits ^ 0x7FFFFFFF, bits).to(torch.int64)
+    return bits * (1 << 32) + (nkb - 1 - torch.arange(nkb, device=score.device, dtype=torch.int64))
+
+
 def rank_top(score: torch.Tensor, forced: torch.Tensor, allowed: torch.Tensor, kept: int) -> torch.Tensor:
     """Indices ``(b, h, c, kept)`` int32: forced blocks, then the highest ``score (b, h, c, nkb)``,
-    ties to the lower index (a stable sort); ascending, ``-1`` where a row has fewer allowed
-    blocks than ``kept``. ``forced``/``allowed`` are ``(c, nkb)``."""
+    ties to the lower index (a stable sort's order, taken by one ``topk`` of :func:`order_keys`:
+    no full sort); ascending, ``-1`` where a row has fewer allowed blocks than ``kept``.
+    ``forced``/``allowed`` are ``(c, nkb)``."""
     nkb = score.shape[-1]
     rank = torch.where(forced, float("inf"), score.float())
     rank = torch.where(allowed, rank, float("-inf"))
-    order = torch.sort(rank, dim=-1, descending=True, stable=True).indices[..., :kept]
+    order = order_keys(rank).topk(kept, dim=-1, sorted=False).indices
     ok = allowed.expand_as(rank).gather(-1, order)
     idx = torch.where(ok, order, nkb).sort(dim=-1).values
     return torch.where(idx == nkb, -1, idx).to(torch.int32)
