@@ -21,10 +21,17 @@ with an exact top-k (``backend="auto"``, the default since 2026-12-04) and the i
 (``backend="reference"``, the block-score kernel's indices; what the other parts ran, before that
 date) — recall, oracle, output error without and with the mean remainder, and the indices shared.
 
-    python scripts/study_wan_mini_attention.py --part geometry|remainders|layers|forms [--out F.json] [--qkv qkv.pt]
+``--part budget``: the same number of kept block pairs per head as a uniform selection, spent where
+the estimated mass is — every query block keeps its forced blocks, then a head's pairs of highest
+estimated share (``softmax`` over a row of the pooled scores plus log key counts: the mass each key
+block would hold if its keys were its mean) are kept, at most ``cap`` × the uniform count per query
+block — against the uniform count; and the same with the exact block mass (the bound of any
+allocation of that budget). Recall, output error without and with the mean remainder.
 
-About 5 min to record and 16 (geometry) or 10 (remainders) min to measure on a 2-core CPU. `--qkv`
-reuses (or keeps) the recording.
+    python scripts/study_wan_mini_attention.py --part geometry|remainders|layers|forms|budget [--out F.json] [--qkv qkv.pt]
+
+About 5 min to record and 16 (geometry), 10 (remainders), 15 (forms) or 20 (budget) min to measure
+on a 2-core CPU. `--qkv` reuses (or keeps) the recording.
 """
 import argparse
 import json
@@ -155,9 +162,61 @@ def study_forms(captured: dict) -> list[dict]:
     return rows
 
 
+def budget_selection(q, k, density: float, share: torch.Tensor | None = None, cap: int = 4, bk: int = 64, bq: int = 64):
+    """A selection keeping a uniform selection's number of pairs per (batch, head), allocated by
+    ``share (b, h, nqb, nkb)`` (default: the pooled estimate); rows padded with -1."""
+    from vidhash.kernels.block_select.naive import forced_and_allowed, num_kept_blocks
+    from vidhash.kernels.block_score.naive import block_means
+    from vidhash.ops.checks import BlockSelection
+
+    nq, nk = q.shape[-2], k.shape[-2]
+    nqb, nkb = -(-nq // bq), -(-nk // bk)
+    kept = num_kept_blocks(nq, nk, density=density, block_size=bk, query_block_size=bq, local_blocks=1, sink_blocks=1,
+                           causal=False)
+    forced, allowed = forced_and_allowed(torch.arange(nqb), nq, nk, bq, bk, 1, 1, False)
+    if share is None:
+        counts = torch.clamp(nk - torch.arange(nkb) * bk, max=bk).float()
+        s = torch.matmul(block_means(q, bq), block_means(k, bk).transpose(-1, -2)) * q.shape[-1] ** -0.5
+        share = torch.softmax(s + counts.log(), dim=-1)
+    free = share.masked_fill(forced | ~allowed, -1.0)
+    room = (cap * kept - forced.sum(-1)).clamp(min=0)  # per query block, beyond its forced blocks
+    in_row = free.argsort(dim=-1, descending=True).argsort(dim=-1)  # rank within the row
+    free = free.masked_fill(in_row >= room[:, None], -1.0)
+    b, h = q.shape[:2]
+    budget = kept * nqb - int(forced.sum())
+    flat = free.reshape(b, h, -1)
+    take = torch.zeros_like(flat, dtype=torch.bool).scatter_(-1, flat.topk(budget, dim=-1).indices, True)
+    keep = take.reshape(b, h, nqb, nkb) | forced
+    width = int(keep.sum(-1).max())
+    key = torch.where(keep, torch.arange(nkb), nkb).sort(dim=-1).values[..., :width]
+    return BlockSelection(torch.where(key == nkb, -1, key).to(torch.int32), bk, bq, nq, nk, False)
+
+
+def study_budget(captured: dict) -> list[dict]:
+    from vidhash.selection.oracle import block_mass
+
+    rows = []
+    for name, (q, k, v) in captured.items():
+        mass, _ = block_mass(q, k, block_size=64, query_block_size=64)
+        for density in (1 / 32, 1 / 16, 1 / 8):
+            row = {"layer": name, "density": density}
+            sels = {"uniform": select_blocks(q, k, density=density, block_size=64, scorer="pooled"),
+                    "budget": budget_selection(q, k, density),
+                    "budget, exact mass": budget_selection(q, k, density, share=mass)}
+            for form, sel in sels.items():
+                pairs = int((sel.indices >= 0).sum())
+                row[form] = {"pairs": pairs, "width": sel.kept, "recall": selection_recall(q, k, sel, max_query_blocks=48),
+                             "err": layer_error(q, k, v, sel, "none", 48), "err_mean": layer_error(q, k, v, sel, "mean", 48)}
+            rows.append(row)
+            print(f"1/{round(1 / density):<3d} {name:16s} " + " | ".join(
+                f"{form}: pairs {r['pairs']} width {r['width']} recall {r['recall']:.3f} err {r['err']:.3f} +mean {r['err_mean']:.4f}"
+                for form, r in ((f, row[f]) for f in sels)), flush=True)
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--part", choices=("geometry", "remainders", "layers", "forms"), required=True)
+    ap.add_argument("--part", choices=("geometry", "remainders", "layers", "forms", "budget"), required=True)
     ap.add_argument("--out", default=None, help="JSON (default: PART.json)")
     ap.add_argument("--qkv", default=None, help="a recording to reuse, or where to keep the new one")
     args = ap.parse_args()
@@ -168,7 +227,8 @@ def main() -> None:
         captured = capture_qk(pipe, 0, SimpleNamespace(recall_step=2, frames=GRID[0], size=256, steps=4))
         if args.qkv:
             torch.save(captured, args.qkv)
-    parts = {"geometry": study_geometry, "remainders": study_remainders, "layers": study_layers, "forms": study_forms}
+    parts = {"geometry": study_geometry, "remainders": study_remainders, "layers": study_layers, "forms": study_forms,
+             "budget": study_budget}
     rows = parts[args.part](captured)
     with open(args.out or f"{args.part}.json", "w") as fh:
         json.dump({"model": "models/wan-mini", "step": "2 of 4, seed 0", "part": args.part, "rows": rows}, fh, indent=1)

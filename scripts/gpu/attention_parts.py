@@ -7,8 +7,9 @@
   one CUDA graph), and the two forward kernels at N = 131,072 (12 heads, d 64, 1/32);
 * ``--part selection`` — the pooled selection's int8-level form (``backend="triton"``: block means,
   int8 codes, the four-pass kernel; its parts timed apart) against ``backend="auto"`` (since
-  2026-12-04: float scores and one exact top-k), eager and in a CUDA graph, with recall, oracle and
-  shared indices, at the wan-mini, Wan 1.3B 480p and N = 131,072 shapes;
+  2026-12-04: float scores and one exact top-k; its parts — scores, masks, ``rank_top``, the bare
+  ``topk`` — timed apart too), eager and in a CUDA graph, with recall, oracle and shared indices, at
+  the wan-mini, Wan 1.3B 480p and N = 131,072 shapes;
 * ``--part backward`` — forward + backward on the TMA kernels (``VIDHASH_TMA=1``) against the pointer
   kernels, gradients checked against float32 autograd through the reference, timed at N = 131,072
   and the wan-mini training shape (8 × 3 heads × 33,792 tokens, d 128, 1/8).
@@ -27,10 +28,12 @@ from vidhash.attention import (block_sparse_attention, hash_attention, merge_att
 from vidhash.bench.attention import WAN_1_3B_GRID, graph_ms, grid_for, video_like_qkv
 from vidhash.kernels.block_score.naive import block_means, selection_codes  # the remainder's means too
 from vidhash.kernels.block_score.ops import select_from_codes
+from vidhash.kernels.block_select.naive import forced_and_allowed
 from vidhash.kernels.remainder.naive import block_mean_remainder, unkept_blocks
 from vidhash.kernels.remainder.ops import block_mean_remainder_triton
 from vidhash.kernels.sparse_attention.ops import block_sparse_attention_triton
 from vidhash.selection.oracle import oracle_recall
+from vidhash.selection.scorers import order_keys, rank_top
 
 
 def part_remainder():
@@ -146,6 +149,14 @@ def part_selection():
                                                          block_size=64, query_block_size=bq, local_blocks=1, sink_blocks=1, causal=False))
         r["float_us"] = bench(lambda: select_blocks(q, k, backend="auto", **kw))
         r["float_graph_us"] = graph(lambda: select_blocks(q, k, backend="auto", **kw))
+        qm, km = block_means(q, bq), block_means(k, 64)  # the float path's parts: scores, then the exact top-k
+        score = torch.matmul(qm, km.transpose(-1, -2))
+        fa = forced_and_allowed(torch.arange(qm.shape[2], device="cuda"), q.shape[-2], k.shape[-2], bq, 64, 1, 1, False)
+        r["float_scores_us"] = bench(lambda: torch.matmul(qm, km.transpose(-1, -2)))
+        r["float_masks_us"] = bench(lambda: forced_and_allowed(torch.arange(qm.shape[2], device="cuda"), q.shape[-2],
+                                                               k.shape[-2], bq, 64, 1, 1, False))
+        r["float_rank_us"] = bench(lambda: rank_top(score, *fa, kept))
+        r["float_topk_us"] = bench(lambda: order_keys(score).topk(kept, dim=-1, sorted=False))
         r["same_indices"] = (lib.indices == flt.indices).float().mean().item()
         r["recall_lib"] = selection_recall(q, k, lib, max_query_blocks=64)
         r["recall_float"] = selection_recall(q, k, flt, max_query_blocks=64)
