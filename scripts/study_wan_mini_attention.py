@@ -28,7 +28,13 @@ block would hold if its keys were its mean) are kept, at most ``cap`` × the uni
 block — against the uniform count; and the same with the exact block mass (the bound of any
 allocation of that budget). Recall, output error without and with the mean remainder.
 
-    python scripts/study_wan_mini_attention.py --part geometry|remainders|layers|forms|budget [--out F.json] [--qkv qkv.pt]
+``--part previous``: the budget allocated by the *previous denoising step's* exact block mass (adjacent
+steps attend alike; a forward could return its block mass at little cost) — records q, k, v at steps 4
+and 5 of a 10-step clip (its own recording, ``--qkv`` unused) and compares, at step 5: uniform pooled,
+the budget by step 4's mass, the uniform selection step 4's mass would make (its per-row top blocks),
+and the budget by step 5's own mass (the bound).
+
+    python scripts/study_wan_mini_attention.py --part geometry|remainders|layers|forms|budget|previous [--out F.json] [--qkv qkv.pt]
 
 About 5 min to record and 16 (geometry), 10 (remainders), 15 (forms) or 20 (budget) min to measure
 on a 2-core CPU. `--qkv` reuses (or keeps) the recording.
@@ -214,13 +220,73 @@ def study_budget(captured: dict) -> list[dict]:
     return rows
 
 
+def capture_steps(steps=(4, 5), total: int = 10, seed: int = 0) -> dict[int, dict]:
+    """q, k, v of every self-attention at each of ``steps`` of one dense ``total``-step clip."""
+    from vidhash.integrations.diffusers import DropInConfig, WanHashAttnProcessor, self_attention_modules
+
+    pipe = load_pipeline("models/wan-mini", "cpu", "fp32")
+    tf = pipe.transformer
+    captured: dict[int, dict] = {s: {} for s in steps}
+    calls = [0]
+
+    class Recording(WanHashAttnProcessor):
+        def _attend(self, query, key, value):
+            if calls[0] in captured:
+                captured[calls[0]][self.name] = tuple(x.detach().transpose(1, 2).clone() for x in (query, key, value))
+            return super()._attend(query, key, value)
+
+    procs = dict(tf.attn_processors)
+    for name in self_attention_modules(tf):
+        procs[f"{name}.processor"] = Recording(DropInConfig(density=1.0), None, None, name)
+    tf.set_attn_processor(procs)
+    tf.register_forward_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
+    from vidhash.bench.dropin import camera_path
+
+    pipe(actions=camera_path(seed, GRID[0]), num_frames=GRID[0], height=256, width=256, num_inference_steps=total,
+         generator=torch.Generator().manual_seed(seed))
+    return captured
+
+
+def study_previous(_captured) -> list[dict]:
+    from vidhash.ops.checks import BlockSelection
+    from vidhash.selection.oracle import block_mass
+    from vidhash.selection.scorers import rank_top
+    from vidhash.kernels.block_select.naive import forced_and_allowed
+
+    steps = capture_steps()
+    prev, cur = steps[4], steps[5]
+    rows = []
+    for name, (q, k, v) in cur.items():
+        qp, kp, _ = prev[name]
+        mass_prev, _ = block_mass(qp, kp, block_size=64, query_block_size=64)
+        mass_cur, _ = block_mass(q, k, block_size=64, query_block_size=64)
+        nq, nk = q.shape[-2], k.shape[-2]
+        forced, allowed = forced_and_allowed(torch.arange(mass_prev.shape[2]), nq, nk, 64, 64, 1, 1, False)
+        for density in (1 / 32, 1 / 16, 1 / 8):
+            uniform = select_blocks(q, k, density=density, block_size=64, scorer="pooled")
+            prev_rows = BlockSelection(rank_top(mass_prev, forced, allowed, uniform.kept), 64, 64, nq, nk, False)
+            sels = {"uniform": uniform, "previous step's top blocks": prev_rows,
+                    "budget by previous mass": budget_selection(q, k, density, share=mass_prev),
+                    "budget by own mass (bound)": budget_selection(q, k, density, share=mass_cur)}
+            row = {"layer": name, "density": density}
+            for form, sel in sels.items():
+                row[form] = {"width": sel.kept, "recall": selection_recall(q, k, sel, max_query_blocks=48),
+                             "err": layer_error(q, k, v, sel, "none", 48), "err_mean": layer_error(q, k, v, sel, "mean", 48)}
+            rows.append(row)
+            print(f"1/{round(1 / density):<3d} {name:16s} " + " | ".join(
+                f"{form}: recall {r['recall']:.3f} +mean {r['err_mean']:.4f}" for form, r in ((f, row[f]) for f in sels)), flush=True)
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--part", choices=("geometry", "remainders", "layers", "forms", "budget"), required=True)
+    ap.add_argument("--part", choices=("geometry", "remainders", "layers", "forms", "budget", "previous"), required=True)
     ap.add_argument("--out", default=None, help="JSON (default: PART.json)")
     ap.add_argument("--qkv", default=None, help="a recording to reuse, or where to keep the new one")
     args = ap.parse_args()
-    if args.qkv and os.path.exists(args.qkv):
+    if args.part == "previous":
+        captured = None  # records its own two steps
+    elif args.qkv and os.path.exists(args.qkv):
         captured = torch.load(args.qkv)
     else:
         pipe = load_pipeline("models/wan-mini", "cpu", "fp32")
@@ -228,10 +294,11 @@ def main() -> None:
         if args.qkv:
             torch.save(captured, args.qkv)
     parts = {"geometry": study_geometry, "remainders": study_remainders, "layers": study_layers, "forms": study_forms,
-             "budget": study_budget}
+             "budget": study_budget, "previous": study_previous}
     rows = parts[args.part](captured)
     with open(args.out or f"{args.part}.json", "w") as fh:
-        json.dump({"model": "models/wan-mini", "step": "2 of 4, seed 0", "part": args.part, "rows": rows}, fh, indent=1)
+        step = "5 (vs 4) of 10, seed 0" if args.part == "previous" else "2 of 4, seed 0"
+        json.dump({"model": "models/wan-mini", "step": step, "part": args.part, "rows": rows}, fh, indent=1)
 
 
 if __name__ == "__main__":

@@ -61,6 +61,7 @@ def test_interrupt_leaves_playable_partial_and_state(tmp_path, monkeypatch):
                 os.kill(os.getpid(), signal.SIGINT)
 
     monkeypatch.setattr(VidHashPipeline, "stream", stream_then_sigint)
+    before = signal.getsignal(signal.SIGINT)  # Python's default_int_handler, or SIG_IGN under nohup / a background job
     out = tmp_path / "clip.mp4"
     assert _run("--seconds", "4", "--out", str(out)) == 130
     assert not out.exists() and not (tmp_path / "clip.poses.json").exists()
@@ -68,7 +69,7 @@ def test_interrupt_leaves_playable_partial_and_state(tmp_path, monkeypatch):
     assert len(json.loads((tmp_path / "clip.partial.poses.json").read_text())["poses"]) == 8
     state = VidHashState.load(tmp_path / "clip.partial.state.pt")
     assert state.frame_index == 8
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
+    assert signal.getsignal(signal.SIGINT) is before  # handlers restored to what they were
 
 
 def test_crash_while_writing_keeps_frames_and_consistent_state(tmp_path, monkeypatch):
