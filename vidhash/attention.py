@@ -305,10 +305,11 @@ def select_blocks(
 
     ``pooled`` with ``backend="auto"`` ranks by the float block-mean scores themselves on every
     device (:func:`~vidhash.selection.scorers.select_blocks_scored`: one matmul and one exact
-    ``topk``, no int8 codes): faster than the block-score kernel's codes + levels on an H200
-    (in one CUDA graph 141 vs 239 µs at wan-mini's drop-in shape, 232 vs 310 at Wan 1.3B's, the
-    same recall) and on a CPU; ``"triton"`` / ``"reference"`` keep the int8-level form (its
-    ranks equal within ``1/16`` nat).
+    ``topk``, no int8 codes), chosen because its parts beat the block-score kernel's codes +
+    levels on an H200 (a float path in one CUDA graph: 141 vs 239 µs at wan-mini's drop-in
+    shape, 232 vs 310 at Wan 1.3B's, the same recall; this call as a whole not yet timed there)
+    and on a CPU; ``"triton"`` / ``"reference"`` keep the int8-level form (its ranks equal within
+    ``1/16`` nat). On wan-mini's activations both forms keep the same mass.
     """
     check_qkv(q, k)
     scorer = resolve_scorer(scorer, hasher)
