@@ -48,7 +48,7 @@ from types import SimpleNamespace
 import torch
 
 from vidhash.attention import block_mean_remainder, block_sparse_attention, merge_attention, select_blocks, selection_recall
-from vidhash.bench.dropin import capture_qk, layer_error, load_pipeline
+from vidhash.bench.dropin import capture_qk, capture_steps, layer_error, load_pipeline
 from vidhash.kernels.remainder.naive import unkept_blocks
 from vidhash.selection.oracle import attention_error, oracle_recall
 
@@ -220,40 +220,14 @@ def study_budget(captured: dict) -> list[dict]:
     return rows
 
 
-def capture_steps(steps=(4, 5), total: int = 10, seed: int = 0) -> dict[int, dict]:
-    """q, k, v of every self-attention at each of ``steps`` of one dense ``total``-step clip."""
-    from vidhash.integrations.diffusers import DropInConfig, WanHashAttnProcessor, self_attention_modules
-
-    pipe = load_pipeline("models/wan-mini", "cpu", "fp32")
-    tf = pipe.transformer
-    captured: dict[int, dict] = {s: {} for s in steps}
-    calls = [0]
-
-    class Recording(WanHashAttnProcessor):
-        def _attend(self, query, key, value):
-            if calls[0] in captured:
-                captured[calls[0]][self.name] = tuple(x.detach().transpose(1, 2).clone() for x in (query, key, value))
-            return super()._attend(query, key, value)
-
-    procs = dict(tf.attn_processors)
-    for name in self_attention_modules(tf):
-        procs[f"{name}.processor"] = Recording(DropInConfig(density=1.0), None, None, name)
-    tf.set_attn_processor(procs)
-    tf.register_forward_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
-    from vidhash.bench.dropin import camera_path
-
-    pipe(actions=camera_path(seed, GRID[0]), num_frames=GRID[0], height=256, width=256, num_inference_steps=total,
-         generator=torch.Generator().manual_seed(seed))
-    return captured
-
-
 def study_previous(_captured) -> list[dict]:
     from vidhash.ops.checks import BlockSelection
     from vidhash.selection.oracle import block_mass
     from vidhash.selection.scorers import rank_top
     from vidhash.kernels.block_select.naive import forced_and_allowed
 
-    steps = capture_steps()
+    pipe = load_pipeline("models/wan-mini", "cpu", "fp32")
+    steps = capture_steps(pipe, 0, (4, 5), GRID[0], 256, 10)
     prev, cur = steps[4], steps[5]
     rows = []
     for name, (q, k, v) in cur.items():

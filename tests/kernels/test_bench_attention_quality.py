@@ -51,3 +51,16 @@ def test_autotune_record_names_pointer_and_tma_kernels():
 
     names = set(autotuned_configs())
     assert names == {f"sparse_attn_{part}{tma}_kernel" for part in ("fwd", "bwd_dq", "bwd_dkdv") for tma in ("", "_tma")}
+
+
+def test_report_records_its_json_by_file_name(tmp_path):
+    """bench attention's JSON config names its own output by file name, not by the machine's path."""
+    import json
+    from types import SimpleNamespace as NS
+
+    from vidhash.bench.attention import _write
+
+    path = str(tmp_path / "attention.json")
+    _write(path, "cpu", NS(json=path, sizes="16384", _private=1), [], {})
+    config = json.loads(open(path).read())["config"]
+    assert config == {"json": "attention.json", "sizes": "16384"}

@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 
 from vidhash.attention import selection_recall
+from vidhash.bench import recorded_flags
 from vidhash.integrations.flex import flex_attention_fn, flex_block_mask, flex_kernel_options
 from vidhash.selection.oracle import attention_error, eval_query_blocks, oracle_recall
 
@@ -360,5 +361,5 @@ def _write(path, device, args, rows, tuned) -> None:
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
         json.dump({"device": device, "date": time.strftime("%Y-%m-%d"), "torch": torch.__version__, "autotuned": tuned,
-                   "config": {k: v for k, v in vars(args).items() if not k.startswith("_")}, "rows": rows}, f, indent=2)
+                   "config": {k: v for k, v in recorded_flags(args).items() if not k.startswith("_")}, "rows": rows}, f, indent=2)
     os.replace(tmp, path)

@@ -316,16 +316,22 @@ def coherence_of(clip: np.ndarray, fps: float) -> dict:
 def capture_qk(pipe, seed: int, args) -> dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     """The dense run's post-rotary queries, keys and values ``(b, h, n, d)`` of every self-attention
     at denoising step ``args.recall_step`` of ``seed`` (recording processors, dense SDPA)."""
+    return capture_steps(pipe, seed, (args.recall_step,), args.frames, args.size, args.steps)[args.recall_step]
+
+
+def capture_steps(pipe, seed: int, steps, frames: int, size: int, total: int) -> dict[int, dict]:
+    """``{step: {module name: (q, k, v)}}`` for each of ``steps`` of one dense ``total``-step clip of
+    ``seed`` (:func:`capture_qk` for one step)."""
     from vidhash.integrations.diffusers import DropInConfig, WanHashAttnProcessor, self_attention_modules
 
     tf = pipe.transformer
-    captured: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+    captured: dict[int, dict] = {int(s): {} for s in steps}
     calls = [0]
 
-    class Recording(WanHashAttnProcessor):  # density 1: the stock attention call, its inputs kept at the step
+    class Recording(WanHashAttnProcessor):  # density 1: the stock attention call, its inputs kept at the steps
         def _attend(self, query, key, value):
-            if calls[0] == args.recall_step:
-                captured[self.name] = tuple(x.detach().transpose(1, 2).clone() for x in (query, key, value))
+            if calls[0] in captured:
+                captured[calls[0]][self.name] = tuple(x.detach().transpose(1, 2).clone() for x in (query, key, value))
             return super()._attend(query, key, value)
 
     originals = dict(tf.attn_processors)
@@ -335,8 +341,8 @@ def capture_qk(pipe, seed: int, args) -> dict[str, tuple[torch.Tensor, torch.Ten
     tf.set_attn_processor(procs)
     handle = tf.register_forward_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
     try:
-        pipe(actions=camera_path(seed, args.frames), num_frames=args.frames, height=args.size, width=args.size,
-             num_inference_steps=args.steps, generator=torch.Generator().manual_seed(seed))  # the same schedule
+        pipe(actions=camera_path(seed, frames), num_frames=frames, height=size, width=size,
+             num_inference_steps=total, generator=torch.Generator().manual_seed(seed))  # the same schedule
     finally:
         handle.remove()
         tf.set_attn_processor(originals)
