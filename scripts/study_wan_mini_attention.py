@@ -34,7 +34,15 @@ and 5 of a 10-step clip (its own recording, ``--qkv`` unused) and compares, at s
 the budget by step 4's mass, the uniform selection step 4's mass would make (its per-row top blocks),
 and the budget by step 5's own mass (the bound).
 
-    python scripts/study_wan_mini_attention.py --part geometry|remainders|layers|forms|budget|previous [--out F.json] [--qkv qkv.pt]
+``--part reuse``: one step's exact block mass reused for all the steps after it — what the drop-in's
+``reuse_mass`` does after a dense warmup (2 of 10 steps here, as 6 of 30 in the GPU bench): records
+q, k, v at steps 1, 2, 4, 6, 9 of a 10-step clip and compares, at each of steps 2 … 9 and densities
+1/8, 1/16: uniform pooled (that step's own scores), the selection step 1's exact mass makes
+(``select_from_mass``), the same from every 4th and 16th query of step 1
+(``block_mass(query_stride=…)``: 1/4 and 1/16 of the cost), and the step's own exact mass (the
+bound). Recall and output error with the mean remainder (48 query blocks).
+
+    python scripts/study_wan_mini_attention.py --part geometry|remainders|layers|forms|budget|previous|reuse [--out F.json] [--qkv qkv.pt]
 
 About 5 min to record and 16 (geometry), 10 (remainders), 15 (forms) or 20 (budget) min to measure
 on a 2-core CPU. `--qkv` reuses (or keeps) the recording.
@@ -252,14 +260,45 @@ def study_previous(_captured) -> list[dict]:
     return rows
 
 
+def study_reuse(_captured) -> list[dict]:
+    from vidhash.selection.oracle import block_mass, select_from_mass
+
+    pipe = load_pipeline("models/wan-mini", "cpu", "fp32")
+    steps = capture_steps(pipe, 0, (1, 2, 4, 6, 9), GRID[0], 256, 10)
+    first = steps.pop(1)
+    kw = dict(block_size=64, query_block_size=64)
+    rows = []
+    for name, (q5, k5, _) in first.items():
+        t0 = time.perf_counter()
+        masses = {stride: block_mass(q5, k5, **kw, query_stride=stride)[0] for stride in (1, 4, 16)}
+        mass_s = time.perf_counter() - t0
+        for step, layers in steps.items():
+            q, k, v = layers[name]
+            own, _ = block_mass(q, k, **kw)
+            nq, nk = q.shape[-2], k.shape[-2]
+            for density in (1 / 16, 1 / 8):
+                sels = {"uniform pooled": select_blocks(q, k, density=density, block_size=64, scorer="pooled")}
+                for stride, mass in masses.items():
+                    sels[f"step 1 mass /{stride}"] = select_from_mass(mass, nq, nk, density=density, **kw)
+                sels["own mass (bound)"] = select_from_mass(own, nq, nk, density=density, **kw)
+                row = {"layer": name, "step": step, "density": density, "mass_s_cpu": mass_s}
+                for form, sel in sels.items():
+                    row[form] = {"recall": selection_recall(q, k, sel, max_query_blocks=48),
+                                 "err_mean": layer_error(q, k, v, sel, "mean", 48)}
+                rows.append(row)
+                print(f"step {step} 1/{round(1 / density):<3d} {name:16s} " + " | ".join(
+                    f"{form}: {r['recall']:.3f} {r['err_mean']:.4f}" for form, r in ((f, row[f]) for f in sels)), flush=True)
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--part", choices=("geometry", "remainders", "layers", "forms", "budget", "previous"), required=True)
+    ap.add_argument("--part", choices=("geometry", "remainders", "layers", "forms", "budget", "previous", "reuse"), required=True)
     ap.add_argument("--out", default=None, help="JSON (default: PART.json)")
     ap.add_argument("--qkv", default=None, help="a recording to reuse, or where to keep the new one")
     args = ap.parse_args()
-    if args.part == "previous":
-        captured = None  # records its own two steps
+    if args.part in ("previous", "reuse"):
+        captured = None  # records its own steps
     elif args.qkv and os.path.exists(args.qkv):
         captured = torch.load(args.qkv)
     else:
@@ -268,10 +307,10 @@ def main() -> None:
         if args.qkv:
             torch.save(captured, args.qkv)
     parts = {"geometry": study_geometry, "remainders": study_remainders, "layers": study_layers, "forms": study_forms,
-             "budget": study_budget, "previous": study_previous}
+             "budget": study_budget, "previous": study_previous, "reuse": study_reuse}
     rows = parts[args.part](captured)
     with open(args.out or f"{args.part}.json", "w") as fh:
-        step = "5 (vs 4) of 10, seed 0" if args.part == "previous" else "2 of 4, seed 0"
+        step = {"previous": "5 (vs 4) of 10, seed 0", "reuse": "2-9 (from 1) of 10, seed 0"}.get(args.part, "2 of 4, seed 0")
         json.dump({"model": "models/wan-mini", "step": step, "part": args.part, "rows": rows}, fh, indent=1)
 
 

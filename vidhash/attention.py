@@ -303,13 +303,14 @@ def select_blocks(
     codes). ``prefilter`` and the other learned scorers run
     :func:`vidhash.selection.scorers.select_blocks_scored` in torch on every backend.
 
-    ``pooled`` with ``backend="auto"`` ranks by the float block-mean scores themselves on every
-    device (:func:`~vidhash.selection.scorers.select_blocks_scored`: one matmul and one exact
-    ``topk``, no int8 codes), chosen because its parts beat the block-score kernel's codes +
-    levels on an H200 (a float path in one CUDA graph: 141 vs 239 µs at wan-mini's drop-in
-    shape, 232 vs 310 at Wan 1.3B's, the same recall; this call as a whole not yet timed there)
-    and on a CPU; ``"triton"`` / ``"reference"`` keep the int8-level form (its ranks equal within
-    ``1/16`` nat). On wan-mini's activations both forms keep the same mass.
+    ``pooled`` with ``backend="auto"`` on tensors off CUDA ranks by the float block-mean scores
+    themselves (:func:`~vidhash.selection.scorers.select_blocks_scored`: one matmul and one exact
+    ``topk``, no int8 codes; faster than the level reference on a CPU); on CUDA ``"auto"`` runs the
+    block-score kernel's int8 levels, which the whole float call trailed on an H200 (eager 947 vs
+    1,261 µs at wan-mini's drop-in shape, 1,384 vs 6,337 at N = 131,072; in a CUDA graph 239 vs 225,
+    310 vs 326, 1,343 vs 2,609 — ``scripts/gpu/attention_parts.py --part selection``, 2026-12-04).
+    ``"triton"`` / ``"reference"`` keep the int8-level form (its ranks equal within ``1/16`` nat).
+    On wan-mini's activations both forms keep the same mass.
     """
     check_qkv(q, k)
     scorer = resolve_scorer(scorer, hasher)
@@ -321,7 +322,7 @@ def select_blocks(
         fn = triton_ops().select_blocks_triton if which == "triton" else select_blocks_simhash
         return fn(q, k, hasher=hasher, **kw)
     codes = _code_scorer(scorer)
-    if codes is None and backend == "auto":  # pooled: float scores, exact top-k (see above)
+    if codes is None and backend == "auto" and which != "triton":  # pooled off CUDA: float scores, exact top-k
         from vidhash.selection.scorers import select_blocks_scored
 
         return select_blocks_scored(q, k, scorer="pooled", scale=scale, **kw)
@@ -381,6 +382,7 @@ def hash_attention(
     backend: str = "auto",
     scorer=None,
     remainder: str | None = None,
+    selection: BlockSelection | None = None,
 ):
     """Hash attention: each query block attends exactly to the key blocks whose signatures are
     most similar to its own, plus sink and local blocks (see :func:`select_blocks`).
@@ -399,6 +401,11 @@ def hash_attention(
     ``block_size=1`` selects per token (HashAttention's setting). ``density=1.0`` keeps every
     block and equals ``scaled_dot_product_attention``.
 
+    ``selection``: a :class:`BlockSelection` made elsewhere (e.g.
+    :func:`vidhash.selection.oracle.select_from_mass` from an earlier step's exact block mass, the
+    drop-in's ``reuse_mass``) to attend to instead of selecting — the selection options, ``scorer``
+    and ``hasher`` are then unused; its sizes must be these q, k's (ValueError).
+
     ``backend``: ``"reference"`` runs :func:`select_blocks` + :func:`block_sparse_attention`;
     ``"triton"`` the kernels (``vidhash.kernels.ops.hash_attention``; ValueError for a head_dim
     or dtype they do not take); ``"auto"`` the kernels for CUDA tensors they take, else the
@@ -414,14 +421,20 @@ def hash_attention(
     which = resolve_backend(backend, q, k, v)
     if which == "triton" and backend == "auto" and not _kernels_cover(q, v):
         which = "reference"  # auto stays quiet: shapes the kernels do not take run the reference
-    if which == "triton" and block_size == 1 and q.is_cuda:
+    if which == "triton" and (block_size if selection is None else selection.block_size) == 1 and q.is_cuda:
         which = "reference"  # per-token selection: the kernels take it, but are not tuned for it on a GPU
     rest = check_remainder(remainder)
-    if rest != "none" or not (isinstance(scorer, str) and scorer == "simhash"):
-        pick = "auto" if backend == "auto" and _code_scorer(scorer) is None else which  # pooled: its float top-k
-        sel = select_blocks(q, k, scorer=scorer, scale=scale, hasher=hasher, backend=pick, density=density,
-                            block_size=block_size, query_block_size=query_block_size, local_blocks=local_blocks,
-                            sink_blocks=sink_blocks, causal=causal)
+    if selection is not None:
+        if (selection.num_queries, selection.num_keys) != (q.shape[-2], k.shape[-2]) \
+                or tuple(selection.indices.shape[:2]) != tuple(q.shape[:2]):
+            raise ValueError(f"selection is for (b, h) {tuple(selection.indices.shape[:2])}, {selection.num_queries} queries "
+                             f"and {selection.num_keys} keys; q, k have {tuple(q.shape[:2])}, {q.shape[-2]} and {k.shape[-2]}")
+    if selection is not None or rest != "none" or not (isinstance(scorer, str) and scorer == "simhash"):
+        pooled_off_cuda = backend == "auto" and _code_scorer(scorer) is None and not q.is_cuda
+        pick = "auto" if pooled_off_cuda else which  # pooled off CUDA: select_blocks' float top-k
+        sel = selection if selection is not None else select_blocks(
+            q, k, scorer=scorer, scale=scale, hasher=hasher, backend=pick, density=density, block_size=block_size,
+            query_block_size=query_block_size, local_blocks=local_blocks, sink_blocks=sink_blocks, causal=causal)
         attend = triton_ops().block_sparse_attention_triton if which == "triton" else block_sparse_attention
         if rest == "none":
             return attend(q, k, v, sel, scale=scale, return_lse=return_lse)

@@ -405,3 +405,28 @@ def test_layer_tag_names_densities_as_fractions():
     rows = dropin.make_settings([dropin.Fraction(1, 32)], [64], [None], layer_densities={"blocks.2.attn1": 0.125})
     assert [r.name for r in rows] == ["dense", "dense (repeat)", "1/32 b64 [blocks.2.attn1=1/8]"]
     assert rows[2].layer_densities == (("blocks.2.attn1", 0.125),) and rows[0].layer_densities == ()
+
+
+def test_reuse_mass_rows(tiny_model, tmp_path):
+    """--reuse-mass 0,1 with --dense-steps 0,1: a 'reuse/1' row only beside the dense-step setting
+    (no dense step, no mass to reuse), recording its stride, without the scorer's recall (not its
+    selection), its frames from the drop-in's reuse_mass (not the scorer row's)."""
+    out = tmp_path / "dropin.json"
+    assert main(["bench", "dropin", "--model", str(tiny_model), "--densities", "1/8", "--block-sizes", "16",
+                 "--seeds", "0", "--frames", "8", "--size", "32", "--steps", "3", "--recall-step", "2",
+                 "--dense-steps", "0,1", "--reuse-mass", "0,1", "--no-coherence", "--no-flex", "--json", str(out)]) == 0
+    rows = {r["setting"]: r for r in json.loads(out.read_text())["rows"]}
+    assert list(rows) == ["dense", "dense (repeat)", "1/8 b16", "1/8 b16 ds1", "1/8 b16 ds1 reuse/1"]
+    reused, scored = rows["1/8 b16 ds1 reuse/1"], rows["1/8 b16 ds1"]
+    assert reused["reuse_mass"] == 1 and scored["reuse_mass"] == 0 and rows["dense"]["reuse_mass"] is None
+    assert reused["recall"] is None and "layers" not in reused and scored["recall"] is not None
+    assert reused["psnr"] != scored["psnr"] and math.isfinite(reused["psnr"])
+
+
+@pytest.mark.parametrize("argv, match", [(["--reuse-mass", "1"], "--dense-steps above 0"),
+                                         (["--reuse-mass", "1", "--dense-steps", "1", "--compile"], "without --compile"),
+                                         (["--reuse-mass", "x"], "--reuse-mass")])
+def test_reuse_mass_flag_errors_name_the_flag(tiny_model, argv, match, capsys):
+    assert main(["bench", "dropin", "--model", str(tiny_model), "--frames", "8", "--size", "32", "--steps", "3",
+                 "--recall-step", "1", "--seeds", "0", "--no-coherence", *argv]) == 2
+    assert match in capsys.readouterr().err

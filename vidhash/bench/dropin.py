@@ -98,7 +98,9 @@ class Setting:
     """One row: ``density`` None is the dense model (diffusers' processors). ``dense_steps`` /
     ``dense_layers``: the drop-in's dense warmup (its first denoising steps, its first self-attention
     modules run dense). ``remainder``: the drop-in's ``remainder`` (``"mean"``: the unkept key blocks as
-    one mean token each). ``layer_densities``: the drop-in's per-module densities, as sorted pairs."""
+    one mean token each). ``layer_densities``: the drop-in's per-module densities, as sorted pairs.
+    ``reuse_mass``: 0, or the drop-in's ``reuse_mass`` with ``mass_query_stride`` = this (the sparse
+    steps select from the last dense step's block mass)."""
 
     name: str
     density: Fraction | None = None
@@ -108,6 +110,7 @@ class Setting:
     dense_layers: int = 0
     remainder: str = "none"
     layer_densities: tuple[tuple[str, float], ...] = ()
+    reuse_mass: int = 0
 
 
 def layer_tag(layer_densities: dict[str, float]) -> str:
@@ -141,10 +144,13 @@ def parse_ints(text: str, flag: str, minimum: int = 1) -> list[int]:
 
 def make_settings(densities: list[Fraction], block_sizes: list[int], scorers: list[str | None],
                   dense_steps: list[int] = (0,), dense_layers: list[int] = (0,),
-                  remainders: list[str] = ("none",), layer_densities: dict[str, float] | None = None) -> list[Setting]:
+                  remainders: list[str] = ("none",), layer_densities: dict[str, float] | None = None,
+                  reuse: list[int] = (0,)) -> list[Setting]:
     """dense, dense (repeat), then density × block size × scorer (× dense steps × dense layers ×
-    remainder, innermost; named ``ds<steps>`` / ``dl<layers>`` where not 0, ``+<remainder>`` where
-    not ``"none"``, ``[module=density,...]`` where ``layer_densities`` are given — every sparse row)."""
+    remainder × reuse, innermost; named ``ds<steps>`` / ``dl<layers>`` where not 0, ``+<remainder>`` where
+    not ``"none"``, ``reuse/<stride>`` where ``reuse`` is not 0 (only with dense steps: a setting
+    without them has no mass to reuse and is skipped), ``[module=density,...]`` where
+    ``layer_densities`` are given — every sparse row)."""
     pairs = tuple(sorted((layer_densities or {}).items()))
     rows = [Setting("dense"), Setting("dense (repeat)")]
     for scorer in scorers:
@@ -153,11 +159,15 @@ def make_settings(densities: list[Fraction], block_sizes: list[int], scorers: li
                 for steps in dense_steps:
                     for layers in dense_layers:
                         for rest in remainders:
-                            tag = "" if scorer is None else f" {scorer}"
-                            tag += (f" ds{steps}" if steps else "") + (f" dl{layers}" if layers else "")
-                            tag += f" +{rest}" if rest != "none" else ""
-                            tag += layer_tag(dict(pairs))
-                            rows.append(Setting(f"{d} b{bs}{tag}", d, bs, scorer, steps, layers, rest, pairs))
+                            for stride in reuse:
+                                if stride and not steps:
+                                    continue
+                                tag = "" if scorer is None else f" {scorer}"
+                                tag += (f" ds{steps}" if steps else "") + (f" dl{layers}" if layers else "")
+                                tag += f" +{rest}" if rest != "none" else ""
+                                tag += f" reuse/{stride}" if stride else ""
+                                tag += layer_tag(dict(pairs))
+                                rows.append(Setting(f"{d} b{bs}{tag}", d, bs, scorer, steps, layers, rest, pairs, stride))
     return rows
 
 
@@ -480,6 +490,8 @@ def run_setting(pipe, setting: Setting, seeds: list[int], args, backend: str | N
             extra["remainder"] = setting.remainder
         if setting.layer_densities:
             extra["layer_densities"] = dict(setting.layer_densities)
+        if setting.reuse_mass:
+            extra.update(reuse_mass=True, mass_query_stride=setting.reuse_mass)
         enable_hash_attention(pipe.transformer, density=float(setting.density), block_size=setting.block_size,
                               **drop_in_options(setting.scorer), **dense_options(pipe, setting, args.steps), **extra)
     call = CallRecorder(pipe.transformer, args.recall_step) if getattr(args, "profile", False) else None
@@ -631,12 +643,13 @@ def measure_setting(pipe, setting: Setting, seeds: list[int], args, dense, captu
            "dense_steps": setting.dense_steps if sparse else None, "dense_layers": setting.dense_layers if sparse else None,
            "dense_timestep": dense_timestep_of(pipe, args.steps, setting.dense_steps) if sparse else None,
            "remainder": setting.remainder if sparse else None,
-           "layer_densities": dict(setting.layer_densities) if sparse else None}
+           "layer_densities": dict(setting.layer_densities) if sparse else None,
+           "reuse_mass": setting.reuse_mass if sparse else None}
     if "profile" in timing:
         row["profile"] = timing["profile"]
     if setting.density is not None and not args.no_flex:
         row.update(flex_columns(pipe, setting, seeds, args, clips, clip_s_dense))
-    if captured and setting.density is not None:
+    if captured and setting.density is not None and not setting.reuse_mass:  # reuse: not the scorer's selection
         dense_names = list(self_attention_modules(pipe.transformer))[:setting.dense_layers]
         row["layers"] = layer_recall(captured, setting, args.recall_blocks, dense_names,
                                      dense_step=args.recall_step < setting.dense_steps,
@@ -666,6 +679,12 @@ def run(args) -> int:
     dense_layers = parse_ints(getattr(args, "dense_layers", "0"), "--dense-layers", minimum=0)
     remainders = parse_remainders(getattr(args, "remainders", "none"))
     layer_densities = parse_layer_densities(getattr(args, "layer_densities", "") or "")
+    reuse = parse_ints(getattr(args, "reuse_mass", "0") or "0", "--reuse-mass", minimum=0)
+    if any(reuse) and not any(dense_steps):
+        raise ValueError("--reuse-mass selects from the last dense step's block mass: give --dense-steps above 0 too")
+    if any(reuse) and getattr(args, "compile", False):
+        raise ValueError("--reuse-mass keeps each layer's mass between transformer calls, outside what a fullgraph "
+                         "compile traces: run those rows without --compile")
     if args.steps < 1 or not 0 <= args.recall_step < args.steps:
         raise ValueError(f"--recall-step must be in [0, --steps), got {args.recall_step} (--steps {args.steps})")
     if getattr(args, "profile", False) and args.profile_reps < 1:
@@ -683,7 +702,7 @@ def run(args) -> int:
         raise ValueError(f"--layer-densities names {unknown[0]!r}, not a self-attention module of the model ({names})")
     if max(dense_layers) > modules:
         raise ValueError(f"--dense-layers must be in [0, {modules}] (the model's self-attention modules), got {args.dense_layers}")
-    settings = make_settings(densities, block_sizes, scorers, dense_steps, dense_layers, remainders, layer_densities)
+    settings = make_settings(densities, block_sizes, scorers, dense_steps, dense_layers, remainders, layer_densities, reuse)
     report = {"model": str(args.model), "device": describe_device(device), "torch": torch.__version__,
               "date": time.strftime("%Y-%m-%d"), "frames": args.frames, "size": args.size, "steps": args.steps,
               "seeds": seeds, "recall_step": args.recall_step, "flex": not args.no_flex,
@@ -710,7 +729,8 @@ def run(args) -> int:
                                                        and setting.block_size == block_sizes[0]
                                                        and setting.dense_steps == dense_steps[0]
                                                        and setting.dense_layers == dense_layers[0]
-                                                       and setting.remainder == remainders[0])):
+                                                       and setting.remainder == remainders[0]
+                                                       and setting.reuse_mass == reuse[0])):
             strip[setting.density] = (setting.name, clips[0])  # rows: dense, 1/8, 1/32 (as far as run)
             picked = [strip[d] for d in (None, *STRIP_DENSITIES) if d in strip]
             report["strip"] = [name for name, _ in picked]

@@ -96,7 +96,8 @@ REFUSED_CLASSES = {
     "hash attention does not serve it",
 }
 CONFIG_KEYS = ("density", "block_size", "query_block_size", "local_blocks", "sink_blocks", "scorer", "hasher",
-               "hashers", "n_bits", "seed", "backend", "remainder", "dense_layers", "dense_timestep", "layer_densities")
+               "hashers", "n_bits", "seed", "backend", "remainder", "dense_layers", "dense_timestep", "layer_densities",
+               "reuse_mass", "mass_query_stride")
 HASHER_ATTR = "vidhash_hasher"
 """Name of the hasher submodule on each swapped attention module while enabled."""
 SCORER_ATTR = "vidhash_scorer"
@@ -106,7 +107,8 @@ _CONFIG_ATTR = "_vidhash_config"
 _ORIGINALS_ATTR = "_vidhash_original_processors"
 _HOOKS_ATTR = "_vidhash_state_dict_hooks"
 _TIMESTEP_HOOK_ATTR = "_vidhash_timestep_hook"
-_DENSE_OPTIONS = ("dense_layers", "dense_timestep", "layer_densities")  # read by the processors and the hook, not by hash_attention
+_DENSE_OPTIONS = ("dense_layers", "dense_timestep", "layer_densities", "reuse_mass", "mass_query_stride")
+# ^ read by the processors and the hook, not by hash_attention
 _DENSE_OK_BACKENDS = (None, "native")
 DROP_IN_BACKENDS = (*BACKENDS, "flex")
 """``backend=`` of the drop-in: :data:`vidhash.attention.BACKENDS`, or ``"flex"`` (vidhash's selection,
@@ -141,6 +143,15 @@ class DropInConfig:
     more (or fewer) key blocks than ``density`` — e.g. the one layer whose attention is both spread
     and sharp; ``1.0`` makes that module dense. Given as a dict, stored as sorted ``(name, density)``
     pairs.
+
+    ``reuse_mass`` (needs ``dense_timestep``): the sparse steps after the dense ones select from the
+    exact attention mass of the *last dense step* instead of a scorer — each self-attention keeps
+    that step's queries (every ``mass_query_stride``-th) and keys, and at its first sparse call
+    sums their exact softmax per (query block, key block) (:func:`vidhash.selection.oracle.block_mass`,
+    chunked, float32) and keeps, per query block, the forced blocks and then the heaviest ones
+    (:func:`vidhash.selection.oracle.select_from_mass`): one mass pass per layer and clip, no scorer
+    at the sparse steps. A later dense step (the next clip) starts afresh. Memory: per layer, the
+    keys and ``1/mass_query_stride`` of the queries of one step, kept until the first sparse call.
     """
 
     density: float = 0.125
@@ -155,6 +166,8 @@ class DropInConfig:
     dense_layers: int = 0
     dense_timestep: float | None = None
     layer_densities: tuple[tuple[str, float], ...] = ()
+    reuse_mass: bool = False
+    mass_query_stride: int = 4
 
     def density_of(self, name: str) -> float:
         """The density of self-attention module ``name`` (``layer_densities``, else ``density``)."""
@@ -207,6 +220,8 @@ class _HashAttnProcessor:
         self.recorder = None
         self._backend = None
         self._attention_backend = backend
+        self._mass_qk = None  # reuse_mass: (strided q, k) of the last dense step, until the first sparse call
+        self._reused = None  # reuse_mass: the selection made from that mass
 
     @property
     def _attention_backend(self):
@@ -245,15 +260,51 @@ class _HashAttnProcessor:
         ``dense_timestep`` gate is open (a Python bool: compiled code guards on it)."""
         return self.dense or (self.gate is not None and self.gate.dense)
 
+    @torch.compiler.disable
+    def _remember(self, q: torch.Tensor, k: torch.Tensor) -> None:
+        """``reuse_mass`` at a dense call: keep every ``mass_query_stride``-th query and the keys
+        (``(b, h, n, d)``, copies: a compiled graph may reuse its outputs' memory) and drop an
+        earlier selection."""
+        stride = self.config.mass_query_stride
+        self._mass_qk = (q[:, :, ::stride].detach().clone(), k.detach().clone())
+        self._reused = None
+
+    @torch.compiler.disable
+    def _reused_selection(self, q: torch.Tensor, k: torch.Tensor):
+        """``reuse_mass`` at a sparse call: the selection the last dense step's block mass makes
+        (computed at the first sparse call after it), or None — no dense step seen yet, or another
+        shape (the scorer then selects)."""
+        from ..selection.oracle import block_mass, select_from_mass
+
+        kw = self._kwargs
+        bk = kw["block_size"]
+        bq = kw["query_block_size"] or bk
+        nq, nk = q.shape[-2], k.shape[-2]
+        if self._mass_qk is not None:
+            qs, ks = self._mass_qk
+            self._mass_qk, self._reused = None, None
+            stride = self.config.mass_query_stride
+            if ks.shape == k.shape and qs.shape[-2] == -(-nq // stride) and qs.shape[:2] == q.shape[:2]:
+                mass, _ = block_mass(qs, ks, block_size=bk, query_block_size=bq // stride)
+                self._reused = select_from_mass(mass, nq, nk, density=kw["density"], block_size=bk, query_block_size=bq,
+                                                local_blocks=kw["local_blocks"], sink_blocks=kw["sink_blocks"])
+        sel = self._reused
+        if sel is None or (sel.num_queries, sel.num_keys) != (nq, nk) or tuple(sel.indices.shape[:2]) != tuple(q.shape[:2]):
+            return None
+        return sel if sel.indices.device == q.device else None
+
     def _hash(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, return_lse: bool = False):
         """Hash attention on ``(b, h, n, d)`` tensors (``backend="flex"``: vidhash's selection,
-        FlexAttention's kernel)."""
+        FlexAttention's kernel); with ``reuse_mass``, on the selection of the last dense step's mass."""
+        reused = self._reused_selection(q, k) if self.config.reuse_mass else None
         if self.config.backend != "flex":
-            return hash_attention(q, k, v, hasher=self.hasher, scorer=self.scorer, return_lse=return_lse, **self._kwargs)
+            return hash_attention(q, k, v, hasher=self.hasher, scorer=self.scorer, return_lse=return_lse,
+                                  selection=reused, **self._kwargs)
         from .flex import flex_block_sparse_attention
 
         options = {key: value for key, value in self._kwargs.items() if key not in ("backend", "remainder")}
-        sel = select_blocks(q, k, hasher=self.hasher, scorer=self.scorer, backend="auto", **options)
+        sel = reused if reused is not None else select_blocks(q, k, hasher=self.hasher, scorer=self.scorer,
+                                                              backend="auto", **options)
         if self.config.remainder == "none":
             return flex_block_sparse_attention(q, k, v, sel, return_lse=return_lse)
         out, lse = add_remainder(*flex_block_sparse_attention(q, k, v, sel, return_lse=True), q, k, v, sel)
@@ -266,6 +317,9 @@ class _HashAttnProcessor:
             self.recorder(self.name, query.transpose(1, 2), key.transpose(1, 2))
         if self._dense_now():
             from diffusers.models.attention_dispatch import dispatch_attention_fn
+
+            if self.config.reuse_mass and not self.dense:
+                self._remember(query.transpose(1, 2), key.transpose(1, 2))
 
             return dispatch_attention_fn(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False,
                                          backend=self._backend, parallel_config=None)
@@ -399,6 +453,8 @@ class CogVideoXHashAttnProcessor(_HashAttnProcessor):
 
     def _attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, t: int) -> torch.Tensor:
         dense = self._dense_now()
+        if dense and self.config.reuse_mass and not self.dense:
+            self._remember(q[:, :, t:], k[:, :, t:])  # the video tokens' mass, as _hash sees them
         if dense and self._backend is None:
             return F.scaled_dot_product_attention(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False)
         if dense:
@@ -512,6 +568,7 @@ def _parse_config(config: dict, names: list[str], head_dim: int, heads: int) -> 
     cfg = DropInConfig(**config)
     check_selection_args(cfg.density, cfg.block_size, cfg.query_block_size, cfg.local_blocks, cfg.sink_blocks)
     cfg = replace(cfg, dense_timestep=_check_dense_options(cfg.dense_layers, cfg.dense_timestep, len(names)))
+    _check_reuse_mass(cfg)
     if cfg.backend not in DROP_IN_BACKENDS:
         raise ValueError(f"backend must be one of {DROP_IN_BACKENDS}, got {cfg.backend!r}")
     hasher = cfg.hasher
@@ -576,6 +633,20 @@ def _check_dense_options(dense_layers, dense_timestep, num_modules: int) -> floa
         raise ValueError(f"dense_timestep must be None or a finite number >= 0 (a diffusers timestep: 1000 is pure "
                          f"noise; see dense_timestep_for), got {dense_timestep!r}")
     return float(dense_timestep)
+
+
+def _check_reuse_mass(cfg: DropInConfig) -> None:
+    """ValueError unless ``reuse_mass`` is a bool (True only with ``dense_timestep``: the mass is a
+    dense step's) and ``mass_query_stride`` a positive int (with ``reuse_mass``, dividing the query block size)."""
+    if not isinstance(cfg.reuse_mass, bool):
+        raise ValueError(f"reuse_mass must be True or False, got {cfg.reuse_mass!r}")
+    if cfg.reuse_mass and cfg.dense_timestep is None:
+        raise ValueError("reuse_mass selects from the exact attention mass of the last dense step: give dense_timestep "
+                         "(the first steps run dense; see dense_timestep_for)")
+    bq = cfg.query_block_size or cfg.block_size
+    stride = cfg.mass_query_stride
+    if isinstance(stride, bool) or not isinstance(stride, int) or stride < 1 or (cfg.reuse_mass and bq % stride):
+        raise ValueError(f"mass_query_stride must be a positive int dividing the query block size {bq}, got {stride!r}")
 
 
 def _check_scorer_config(cfg: DropInConfig, names: list[str], head_dim: int, heads: int) -> None:
@@ -720,7 +791,10 @@ def enable_hash_attention(transformer, **config):
       the call's timestep (one host sync per call) and sets a Python bool the processors read, so
       ``compile_repeated_blocks`` recompiles once for the dense steps; compiling the whole forward
       with ``fullgraph=True`` would trace the hook's ``.item()`` and fails — compile the blocks.
-      :func:`dense_timestep_for` gives the threshold for "the first k steps".
+      :func:`dense_timestep_for` gives the threshold for "the first k steps";
+    * ``reuse_mass`` (bool, default False; needs ``dense_timestep``) and ``mass_query_stride``
+      (default 4): the sparse steps select from the last dense step's exact block mass (measured on
+      every ``mass_query_stride``-th query) instead of the scorer — see :class:`DropInConfig`.
     """
     spec = _model_spec(transformer)
     if getattr(transformer, "_parallel_config", None) is not None:

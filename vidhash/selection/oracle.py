@@ -52,18 +52,25 @@ def block_mass(
     causal: bool = False,
     scale: float | None = None,
     query_blocks: torch.Tensor | None = None,
+    query_stride: int = 1,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Exact mass ``M (b, h, c, nkb)`` of every key block for the query blocks ``query_blocks``
     (default: all), and ``counts (b, h, c)``: how many of each block's queries see any key.
 
     ``M[..., i, :]`` sums to ``counts[..., i]``. Accumulates in float32 (float64 inputs: float64).
+    ``query_stride`` s > 1 sums only every s-th query of each block (offsets 0, s, 2s, …; s must
+    divide ``query_block_size``): an estimate at 1/s of the cost, ``counts`` of those queries.
     """
     check_qkv(q, k)
     bk = check_block("block_size", block_size)
     bq = check_block("query_block_size", query_block_size)
+    if isinstance(query_stride, bool) or not isinstance(query_stride, int) or query_stride < 1 or bq % query_stride:
+        raise ValueError(f"query_stride must be a positive int dividing query_block_size {bq}, got {query_stride!r}")
     b, h, nq, d = q.shape
     nk = k.shape[-2]
     nqb, nkb = -(-nq // bq), -(-nk // bk)
+    offsets = torch.arange(0, bq, query_stride, device=q.device)
+    tq = offsets.numel()  # queries summed per block
     blocks = torch.arange(nqb, device=q.device) if query_blocks is None else query_blocks.to(q.device).long()
     if blocks.numel() and (int(blocks.min()) < 0 or int(blocks.max()) >= nqb):
         raise ValueError(f"query_blocks must lie in [0, {nqb}), got min {int(blocks.min())} max {int(blocks.max())}")
@@ -71,11 +78,11 @@ def block_mass(
     kf = F.pad(upcast(k), (0, 0, 0, nkb * bk - nk))  # (b, h, nkb·bk, d); padded keys are masked below
     key_pos = torch.arange(nkb * bk, device=q.device)
     masses, counts = [], []
-    chunk = max(1, _CHUNK_ELEMS // max(1, b * h * bq * nkb * bk))
+    chunk = max(1, _CHUNK_ELEMS // max(1, b * h * tq * nkb * bk))
     for start in range(0, blocks.numel(), chunk):
         qb_idx = blocks[start : start + chunk]
         c = qb_idx.numel()
-        qpos = (qb_idx.unsqueeze(-1) * bq + torch.arange(bq, device=q.device)).flatten()  # (c·bq,)
+        qpos = (qb_idx.unsqueeze(-1) * bq + offsets).flatten()  # (c·tq,)
         in_range = qpos < nq
         qc = upcast(q[:, :, qpos.clamp(max=nq - 1)])
         s = torch.matmul(qc, kf.transpose(-1, -2)) * sc  # (b, h, t, nkb·bk)
@@ -85,9 +92,9 @@ def block_mass(
         s = s.masked_fill(bad, float("-inf"))
         lse = torch.logsumexp(s, dim=-1, keepdim=True)
         p = torch.exp(s - lse.masked_fill(torch.isinf(lse), 0.0))  # rows that see nothing: all 0
-        m = p.reshape(b, h, c, bq, nkb, bk).sum(dim=(3, 5))
+        m = p.reshape(b, h, c, tq, nkb, bk).sum(dim=(3, 5))
         masses.append(m)
-        counts.append(torch.isfinite(lse).reshape(b, h, c, bq).sum(-1))
+        counts.append(torch.isfinite(lse).reshape(b, h, c, tq).sum(-1))
     if not masses:
         return q.new_zeros(b, h, 0, nkb, dtype=torch.float32), q.new_zeros(b, h, 0, dtype=torch.int64)
     return torch.cat(masses, dim=2), torch.cat(counts, dim=2)
@@ -113,6 +120,39 @@ def top_mass(mass: torch.Tensor, kept: int, forced: torch.Tensor | None = None) 
 def _ratio(kept: torch.Tensor, counts: torch.Tensor) -> float:
     n = int(counts.sum())
     return float(kept.double().sum() / n) if n else 1.0
+
+
+def select_from_mass(
+    mass: torch.Tensor,
+    nq: int,
+    nk: int,
+    *,
+    density: float,
+    block_size: int,
+    query_block_size: int,
+    local_blocks: int = 1,
+    sink_blocks: int = 1,
+    causal: bool = False,
+) -> BlockSelection:
+    """The selection a block mass ``mass (b, h, nqb, nkb)`` makes under
+    :func:`vidhash.attention.select_blocks`' rules: as many key blocks per query block
+    (``num_kept_blocks``), the forced sink / local blocks first, then the heaviest allowed blocks,
+    ties to the lower index. With the exact mass of these q, k this is the oracle's selection; with
+    the mass of an earlier denoising step (the drop-in's ``reuse_mass``) an estimate that needs no
+    scorer."""
+    from vidhash.kernels.block_select.naive import num_kept_blocks
+    from vidhash.selection.scorers import rank_top
+
+    bk = check_block("block_size", block_size)
+    bq = check_block("query_block_size", query_block_size)
+    nqb, nkb = -(-nq // bq), -(-nk // bk)
+    if mass.dim() != 4 or tuple(mass.shape[2:]) != (nqb, nkb):
+        raise ValueError(f"mass must be (b, h, {nqb}, {nkb}) for nq={nq}, nk={nk} and these blocks, got {tuple(mass.shape)}")
+    kept = num_kept_blocks(nq, nk, density=density, block_size=bk, query_block_size=bq, local_blocks=local_blocks,
+                           sink_blocks=sink_blocks, causal=causal)
+    forced, allowed = forced_and_allowed(torch.arange(nqb, device=mass.device), nq, nk, bq, bk, local_blocks,
+                                         sink_blocks, causal)
+    return BlockSelection(rank_top(mass, forced, allowed, kept), bk, bq, nq, nk, causal)
 
 
 @torch.no_grad()

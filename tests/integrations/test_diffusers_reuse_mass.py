@@ -1,0 +1,195 @@
+"""The drop-in's ``reuse_mass`` (issue 17): after the dense warmup steps, each self-attention selects
+from the exact block mass of the last dense step (``block_mass`` of that step's q, k, every
+``mass_query_stride``-th query; ``select_from_mass``) instead of its scorer — measured once per
+layer, at the first sparse call, and reused until the next dense step."""
+import pytest
+import torch
+
+import vidhash
+import vidhash.integrations.diffusers as D
+from vidhash.attention import block_mean_remainder, block_sparse_attention, hash_attention, merge_attention
+from vidhash.selection.oracle import block_mass, oracle_recall, select_from_mass, selection_mass
+
+from diffusers_tiny import COG, MODELS, run, tiny_wan
+
+SPARSE = dict(density=0.25, block_size=4)  # 48 video tokens: 12 key blocks, 3 kept per query block
+
+
+def _at(inputs, t):
+    return {**inputs, "timestep": torch.tensor([t] * inputs["timestep"].shape[0])}
+
+
+class _Spy:
+    """Wraps the drop-in's hash_attention: the selection each call was given, by call order."""
+
+    def __init__(self, monkeypatch):
+        self.selections = []
+        real = D.hash_attention
+
+        def spy(*args, selection=None, **kwargs):
+            self.selections.append(selection)
+            return real(*args, selection=selection, **kwargs)
+
+        monkeypatch.setattr(D, "hash_attention", spy)
+
+
+def _recorded(model):
+    """{module name: (q, k)} of the next call, as the processors see them ((b, h, n, d))."""
+    seen = {}
+    for name, proc in ((n, p) for n, p in model.attn_processors.items() if isinstance(p, D._HashAttnProcessor)):
+        proc.recorder = lambda layer, q, k: seen.__setitem__(layer, (q.detach().clone(), k.detach().clone()))
+    return seen
+
+
+def _stop_recording(model):
+    for proc in model.attn_processors.values():
+        if isinstance(proc, D._HashAttnProcessor):
+            proc.recorder = None
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_sparse_steps_attend_to_the_last_dense_steps_mass(stride, monkeypatch):
+    """The sparse call attends to select_from_mass(block_mass(q, k of the *last* dense call)) in
+    every layer (an earlier dense call's mass is replaced); the dense calls stay the stock model's."""
+    model, inputs = tiny_wan()
+    high, higher, low = _at(inputs, 800), _at(inputs, 900), _at(inputs, 200)
+    ref_high = run(model, high)
+    vidhash.enable_hash_attention(model, **SPARSE, dense_timestep=500, reuse_mass=True, mass_query_stride=stride)
+    spy = _Spy(monkeypatch)
+    run(model, higher)
+    seen = _recorded(model)
+    assert torch.equal(run(model, high), ref_high)  # dense calls: the stock attention, bit for bit
+    _stop_recording(model)
+    assert spy.selections == []
+    run(model, low)
+    assert len(spy.selections) == 2 and all(s is not None for s in spy.selections)
+    for sel, (q, k) in zip(spy.selections, seen.values()):
+        mass, _ = block_mass(q[:, :, ::stride], k, block_size=4, query_block_size=4 // stride)
+        want = select_from_mass(mass, q.shape[-2], k.shape[-2], density=0.25, block_size=4, query_block_size=4)
+        assert torch.equal(sel.indices, want.indices)
+
+
+def test_reused_output_is_hash_attention_on_that_selection():
+    """Same model, same inputs: the sparse call with reuse_mass equals the sparse call without it
+    when each layer's selection is handed over by hand (the drop-in adds nothing else)."""
+    model, inputs = tiny_wan()
+    high, low = _at(inputs, 800), _at(inputs, 200)
+    vidhash.enable_hash_attention(model, **SPARSE, dense_timestep=500, reuse_mass=True)
+    run(model, high)
+    reused = run(model, low)
+    sels = {name: p._reused for name, p in model.attn_processors.items() if isinstance(p, D._HashAttnProcessor)}
+    assert all(s is not None for s in sels.values())
+    vidhash.enable_hash_attention(model, **SPARSE)
+    plain = run(model, low)
+    for name, proc in model.attn_processors.items():
+        if isinstance(proc, D._HashAttnProcessor):
+            proc._hash = (lambda p, s: lambda q, k, v, return_lse=False: hash_attention(
+                q, k, v, selection=s, return_lse=return_lse, **p._kwargs))(proc, sels[name])
+    assert torch.equal(run(model, low), reused) and not torch.equal(reused, plain)
+
+
+def test_mass_measured_once_then_kept_until_the_next_dense_step(monkeypatch):
+    model, inputs = tiny_wan()
+    high, low = _at(inputs, 800), _at(inputs, 200)
+    vidhash.enable_hash_attention(model, **SPARSE, dense_timestep=500, reuse_mass=True)
+    calls = []
+    real = block_mass
+    monkeypatch.setattr("vidhash.selection.oracle.block_mass", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    procs = [p for p in model.attn_processors.values() if isinstance(p, D._HashAttnProcessor)]
+    run(model, low)  # no dense step yet: the scorer selects
+    assert calls == [] and all(p._reused is None for p in procs)
+    run(model, high)
+    assert all(p._mass_qk is not None for p in procs)
+    first = run(model, low)
+    assert len(calls) == 2 and all(p._mass_qk is None and p._reused is not None for p in procs)  # inputs freed
+    assert torch.equal(run(model, low), first) and len(calls) == 2  # reused, not re-measured
+    run(model, high)  # the next clip's dense step drops the old selection
+    assert all(p._reused is None and p._mass_qk is not None for p in procs)
+
+
+def test_another_shape_falls_back_to_the_scorer():
+    """A sparse call of another token count than the dense step's: the scorer selects (no stale
+    selection of the wrong size)."""
+    model, inputs = tiny_wan()
+    vidhash.enable_hash_attention(model, **SPARSE, dense_timestep=500, reuse_mass=True)
+    run(model, _at(inputs, 800))
+    small = {**inputs, "hidden_states": inputs["hidden_states"][:, :, :2]}
+    vidhash.enable_hash_attention(model, **SPARSE)
+    want = run(model, _at(small, 200))
+    vidhash.enable_hash_attention(model, **SPARSE, dense_timestep=500, reuse_mass=True)
+    run(model, _at(inputs, 800))
+    assert torch.equal(run(model, _at(small, 200)), want)
+
+
+@pytest.mark.parametrize("make, kw", [MODELS[0], COG])
+def test_other_models_reuse_too(make, kw):
+    """Wan and CogVideoX (whose video tokens follow the text ones): the sparse call after a dense
+    one differs from the scorer's and every layer holds a selection of the video tokens."""
+    model, inputs = make(**kw)
+    high, low = _at(inputs, 800), _at(inputs, 200)
+    vidhash.enable_hash_attention(model, **SPARSE)
+    plain = run(model, low)
+    vidhash.enable_hash_attention(model, **SPARSE, dense_timestep=500, reuse_mass=True)
+    run(model, high)
+    out = run(model, low)
+    procs = [p for p in model.attn_processors.values() if isinstance(p, D._HashAttnProcessor)]
+    assert all(p._reused is not None for p in procs)
+    assert out.shape == plain.shape and torch.isfinite(out).all()
+
+
+def test_dense_layers_keep_no_mass():
+    model, inputs = tiny_wan()
+    vidhash.enable_hash_attention(model, **SPARSE, dense_timestep=500, dense_layers=1, reuse_mass=True)
+    run(model, _at(inputs, 800))
+    procs = model.attn_processors
+    assert procs["blocks.0.attn1.processor"]._mass_qk is None and procs["blocks.1.attn1.processor"]._mass_qk is not None
+
+
+@pytest.mark.parametrize("config, match", [
+    (dict(reuse_mass=True), "give dense_timestep"),
+    (dict(reuse_mass=1, dense_timestep=500), "reuse_mass must be True or False"),
+    (dict(reuse_mass=True, dense_timestep=500, mass_query_stride=3), "dividing the query block size 4"),
+    (dict(reuse_mass=True, dense_timestep=500, mass_query_stride=0), "mass_query_stride"),
+])
+def test_bad_reuse_options_raise(config, match):
+    model, _ = tiny_wan()
+    with pytest.raises(ValueError, match=match):
+        vidhash.enable_hash_attention(model, **SPARSE, **config)
+
+
+# --------------------------------------------------------------------------------------------
+# the library pieces: select_from_mass, block_mass(query_stride), hash_attention(selection=)
+# --------------------------------------------------------------------------------------------
+def test_select_from_own_mass_is_the_oracle():
+    g = torch.Generator().manual_seed(0)
+    q, k = (torch.randn(1, 2, 300, 16, generator=g) for _ in range(2))
+    kw = dict(block_size=16, query_block_size=32)
+    mass, _ = block_mass(q, k, **kw)
+    sel = select_from_mass(mass, 300, 300, density=0.25, **kw)
+    best = oracle_recall(q, k, sel.kept, **kw, local_blocks=1, sink_blocks=1)
+    assert selection_mass(q, k, sel) == pytest.approx(best, abs=1e-6)
+    assert (sel.indices[..., 0] == 0).all()  # the sink block, forced
+    with pytest.raises(ValueError, match="mass must be"):
+        select_from_mass(mass[:, :, :-1], 300, 300, density=0.25, **kw)
+
+
+def test_block_mass_query_stride_is_the_strided_queries():
+    g = torch.Generator().manual_seed(1)
+    q, k = (torch.randn(2, 2, 200, 8, generator=g) for _ in range(2))  # 200: a short last query block
+    a, ca = block_mass(q, k, block_size=16, query_block_size=32, query_stride=4)
+    b, cb = block_mass(q[:, :, ::4], k, block_size=16, query_block_size=8)
+    assert torch.equal(a, b) and torch.equal(ca, cb)
+    with pytest.raises(ValueError, match="query_stride"):
+        block_mass(q, k, block_size=16, query_block_size=32, query_stride=3)
+
+
+def test_hash_attention_attends_to_a_given_selection():
+    g = torch.Generator().manual_seed(2)
+    q, k, v = (torch.randn(1, 2, 128, 16, generator=g) for _ in range(3))
+    mass, _ = block_mass(q, k, block_size=16, query_block_size=16)
+    sel = select_from_mass(mass, 128, 128, density=0.25, block_size=16, query_block_size=16)
+    assert torch.equal(hash_attention(q, k, v, selection=sel, scorer="simhash"), block_sparse_attention(q, k, v, sel))
+    out, _ = merge_attention(*block_sparse_attention(q, k, v, sel, return_lse=True), *block_mean_remainder(q, k, v, sel))
+    assert torch.allclose(hash_attention(q, k, v, selection=sel, remainder="mean"), out, atol=1e-6)
+    with pytest.raises(ValueError, match="selection is for"):
+        hash_attention(q[:, :, :64], k[:, :, :64], v[:, :, :64], selection=sel)
