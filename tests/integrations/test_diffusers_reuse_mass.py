@@ -179,6 +179,8 @@ def test_block_mass_query_stride_is_the_strided_queries():
     a, ca = block_mass(q, k, block_size=16, query_block_size=32, query_stride=4)
     b, cb = block_mass(q[:, :, ::4], k, block_size=16, query_block_size=8)
     assert torch.equal(a, b) and torch.equal(ca, cb)
+    c, cc = block_mass(q, k, block_size=16, query_block_size=32, query_stride=4, chunk_elems=1)  # a block per chunk
+    assert torch.allclose(c, a, atol=1e-6) and torch.equal(cc, ca)
     with pytest.raises(ValueError, match="query_stride"):
         block_mass(q, k, block_size=16, query_block_size=32, query_stride=3)
 

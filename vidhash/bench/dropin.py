@@ -455,16 +455,19 @@ def compile_blocks(transformer: torch.nn.Module, mode: str | None = None, backen
 GRAPH_MODES = ("reduce-overhead", "max-autotune")
 
 
-def compile_model(transformer: torch.nn.Module, mode: str | None = None, backend: str = "inductor") -> None:
+def compile_model(transformer: torch.nn.Module, mode: str | None = None, backend: str = "inductor",
+                  fullgraph: bool = True) -> None:
     """``--compile-scope model``: ``torch.compile(fullgraph=True)`` of the transformer's whole forward,
     in place (its forward hooks — :class:`StepTimer`'s, the drop-in's ``dense_timestep`` gate — stay
     outside the graph). Under a CUDA-graph mode (:data:`GRAPH_MODES`) every call starts a new
     cudagraph step and returns copies of its outputs, so the replay that follows cannot overwrite
     what the pipeline still holds (the regional form, ``--compile-scope blocks``, fails there: each
-    block's replay overwrites the previous block's output)."""
+    block's replay overwrites the previous block's output). ``fullgraph=False`` where the drop-in's
+    ``reuse_mass`` runs: its bookkeeping (``torch.compiler.disable``: the dense step's q, k copied
+    out of the graph's memory, the mass and its selection) breaks the graph in each self-attention."""
     from torch.utils._pytree import tree_map
 
-    compiled = torch.compile(transformer.forward, fullgraph=True, mode=mode, backend=backend)
+    compiled = torch.compile(transformer.forward, fullgraph=fullgraph, mode=mode, backend=backend)
     graphs = mode in GRAPH_MODES
 
     def forward(*args, **kwargs):
@@ -682,9 +685,9 @@ def run(args) -> int:
     reuse = parse_ints(getattr(args, "reuse_mass", "0") or "0", "--reuse-mass", minimum=0)
     if any(reuse) and not any(dense_steps):
         raise ValueError("--reuse-mass selects from the last dense step's block mass: give --dense-steps above 0 too")
-    if any(reuse) and getattr(args, "compile", False):
-        raise ValueError("--reuse-mass keeps each layer's mass between transformer calls, outside what a fullgraph "
-                         "compile traces: run those rows without --compile")
+    if any(reuse) and getattr(args, "compile", False) and getattr(args, "compile_scope", "blocks") != "model":
+        raise ValueError("--reuse-mass with --compile needs --compile-scope model (its bookkeeping breaks the graph; "
+                         "the blocks are compiled with fullgraph=True)")
     if args.steps < 1 or not 0 <= args.recall_step < args.steps:
         raise ValueError(f"--recall-step must be in [0, --steps), got {args.recall_step} (--steps {args.steps})")
     if getattr(args, "profile", False) and args.profile_reps < 1:
@@ -712,7 +715,7 @@ def run(args) -> int:
     captured = capture_qk(pipe, seeds[0], args) if not args.no_recall else {}
     if getattr(args, "compile", False):
         if getattr(args, "compile_scope", "blocks") == "model":
-            compile_model(pipe.transformer, args.compile_mode, args.compile_backend)
+            compile_model(pipe.transformer, args.compile_mode, args.compile_backend, fullgraph=not any(reuse))
             report["compiled_model"] = True
         else:
             report["compiled_blocks"] = compile_blocks(pipe.transformer, args.compile_mode, args.compile_backend)

@@ -110,6 +110,7 @@ _TIMESTEP_HOOK_ATTR = "_vidhash_timestep_hook"
 _DENSE_OPTIONS = ("dense_layers", "dense_timestep", "layer_densities", "reuse_mass", "mass_query_stride")
 # ^ read by the processors and the hook, not by hash_attention
 _DENSE_OK_BACKENDS = (None, "native")
+_MASS_CHUNK_CUDA = 1 << 27  # reuse_mass on a GPU: score chunks of 2^27 floats (512 MiB), a few launches per layer
 DROP_IN_BACKENDS = (*BACKENDS, "flex")
 """``backend=`` of the drop-in: :data:`vidhash.attention.BACKENDS`, or ``"flex"`` (vidhash's selection,
 FlexAttention's kernel)."""
@@ -285,7 +286,8 @@ class _HashAttnProcessor:
             self._mass_qk, self._reused = None, None
             stride = self.config.mass_query_stride
             if ks.shape == k.shape and qs.shape[-2] == -(-nq // stride) and qs.shape[:2] == q.shape[:2]:
-                mass, _ = block_mass(qs, ks, block_size=bk, query_block_size=bq // stride)
+                mass, _ = block_mass(qs, ks, block_size=bk, query_block_size=bq // stride,
+                                     chunk_elems=_MASS_CHUNK_CUDA if q.is_cuda else None)
                 self._reused = select_from_mass(mass, nq, nk, density=kw["density"], block_size=bk, query_block_size=bq,
                                                 local_blocks=kw["local_blocks"], sink_blocks=kw["sink_blocks"])
         sel = self._reused

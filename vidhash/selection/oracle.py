@@ -53,6 +53,7 @@ def block_mass(
     scale: float | None = None,
     query_blocks: torch.Tensor | None = None,
     query_stride: int = 1,
+    chunk_elems: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Exact mass ``M (b, h, c, nkb)`` of every key block for the query blocks ``query_blocks``
     (default: all), and ``counts (b, h, c)``: how many of each block's queries see any key.
@@ -60,6 +61,8 @@ def block_mass(
     ``M[..., i, :]`` sums to ``counts[..., i]``. Accumulates in float32 (float64 inputs: float64).
     ``query_stride`` s > 1 sums only every s-th query of each block (offsets 0, s, 2s, …; s must
     divide ``query_block_size``): an estimate at 1/s of the cost, ``counts`` of those queries.
+    ``chunk_elems``: the most score elements one chunk holds (default ``_CHUNK_ELEMS``, 2²⁴; a
+    GPU takes far larger chunks — fewer launches — as the drop-in's ``reuse_mass`` does).
     """
     check_qkv(q, k)
     bk = check_block("block_size", block_size)
@@ -78,7 +81,7 @@ def block_mass(
     kf = F.pad(upcast(k), (0, 0, 0, nkb * bk - nk))  # (b, h, nkb·bk, d); padded keys are masked below
     key_pos = torch.arange(nkb * bk, device=q.device)
     masses, counts = [], []
-    chunk = max(1, _CHUNK_ELEMS // max(1, b * h * tq * nkb * bk))
+    chunk = max(1, (chunk_elems or _CHUNK_ELEMS) // max(1, b * h * tq * nkb * bk))
     for start in range(0, blocks.numel(), chunk):
         qb_idx = blocks[start : start + chunk]
         c = qb_idx.numel()
