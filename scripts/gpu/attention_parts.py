@@ -6,9 +6,9 @@
   on pointer gathers vs TMA tiles, the remainder's parts, ``hash_attention`` with and without it in
   one CUDA graph), and the two forward kernels at N = 131,072 (12 heads, d 64, 1/32);
 * ``--part selection`` — the pooled selection's int8-level form (``backend="triton"``: block means,
-  int8 codes, the four-pass kernel; its parts timed apart) against ``backend="auto"`` (since
-  2026-12-04: float scores and one exact top-k; its parts — scores, masks, ``rank_top``, the bare
-  ``topk`` — timed apart too), eager and in a CUDA graph, with recall, oracle and shared indices, at
+  int8 codes, the four-pass kernel; its parts timed apart; ``backend="auto"`` on CUDA) against the
+  float form (``select_blocks_scored``: float scores and one exact top-k, ``auto`` off CUDA; its
+  parts — scores, masks, ``rank_top``, the bare ``topk`` — timed apart too), eager and in a CUDA graph, with recall, oracle and shared indices, at
   the wan-mini, Wan 1.3B 480p and N = 131,072 shapes;
 * ``--part backward`` — forward + backward on the TMA kernels (``VIDHASH_TMA=1``) against the pointer
   kernels, gradients checked against float32 autograd through the reference, timed at N = 131,072
@@ -33,7 +33,7 @@ from vidhash.kernels.remainder.naive import block_mean_remainder, unkept_blocks
 from vidhash.kernels.remainder.ops import block_mean_remainder_triton
 from vidhash.kernels.sparse_attention.ops import block_sparse_attention_triton
 from vidhash.selection.oracle import oracle_recall
-from vidhash.selection.scorers import order_keys, rank_top
+from vidhash.selection.scorers import order_keys, rank_top, select_blocks_scored
 
 
 def part_remainder():
@@ -136,7 +136,7 @@ def part_selection():
         q, k, v = inputs(*shp)
         kw = dict(density=density, block_size=64, query_block_size=bq, scorer="pooled")
         lib = select_blocks(q, k, backend="triton", **kw)
-        flt = select_blocks(q, k, backend="auto", **kw)
+        flt = select_blocks_scored(q, k, **kw)  # the float form (select_blocks' auto off CUDA)
         kept = lib.kept
         qi, ki, shift = selection_codes(q, k, block_size=64, query_block_size=bq, scale=q.shape[-1] ** -0.5)
         r = {"shape": name, "kept": kept, "key_blocks": lib.num_key_blocks}
@@ -147,8 +147,8 @@ def part_selection():
         r["codes_us"] = bench(lambda: selection_codes(q, k, block_size=64, query_block_size=bq, scale=q.shape[-1] ** -0.5))
         r["kernel_us"] = bench(lambda: select_from_codes(qi, ki, shift, kept=kept, num_queries=q.shape[-2], num_keys=k.shape[-2],
                                                          block_size=64, query_block_size=bq, local_blocks=1, sink_blocks=1, causal=False))
-        r["float_us"] = bench(lambda: select_blocks(q, k, backend="auto", **kw))
-        r["float_graph_us"] = graph(lambda: select_blocks(q, k, backend="auto", **kw))
+        r["float_us"] = bench(lambda: select_blocks_scored(q, k, **kw))
+        r["float_graph_us"] = graph(lambda: select_blocks_scored(q, k, **kw))
         qm, km = block_means(q, bq), block_means(k, 64)  # the float path's parts: scores, then the exact top-k
         score = torch.matmul(qm, km.transpose(-1, -2))
         fa = forced_and_allowed(torch.arange(qm.shape[2], device="cuda"), q.shape[-2], k.shape[-2], bq, 64, 1, 1, False)
@@ -170,7 +170,7 @@ def part_selection():
         rows.append(measure(name, shp, density, bq))
         torch.cuda.empty_cache()
 
-    print("| shape | kept | levels µs (graph) | means q / k | codes | level kernel | auto (float) µs (graph) | same idx | recall levels / float / oracle |")
+    print("| shape | kept | levels µs (graph) | means q / k | codes | level kernel | float µs (graph) | same idx | recall levels / float / oracle |")
     print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['shape']} | {r['kept']} / {r['key_blocks']} | {r['lib_us']:.0f} ({r['lib_graph_us']:.0f}) | {r['means_q_us']:.0f} / {r['means_k_us']:.0f} | "
