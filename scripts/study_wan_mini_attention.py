@@ -261,7 +261,7 @@ def study_previous(_captured) -> list[dict]:
 
 
 def study_reuse(_captured) -> list[dict]:
-    from vidhash.selection.oracle import block_mass, select_from_mass
+    from vidhash.selection import block_mass, select_from_mass
 
     pipe = load_pipeline("models/wan-mini", "cpu", "fp32")
     steps = capture_steps(pipe, 0, (1, 2, 4, 6, 9), GRID[0], 256, 10)

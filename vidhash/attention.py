@@ -402,7 +402,7 @@ def hash_attention(
     block and equals ``scaled_dot_product_attention``.
 
     ``selection``: a :class:`BlockSelection` made elsewhere (e.g.
-    :func:`vidhash.selection.oracle.select_from_mass` from an earlier step's exact block mass, the
+    :func:`vidhash.selection.select_from_mass` from an earlier step's exact block mass, the
     drop-in's ``reuse_mass``) to attend to instead of selecting — the selection options, ``scorer``
     and ``hasher`` are then unused; its sizes must be these q, k's (ValueError).
 

@@ -8,7 +8,7 @@ import torch
 import vidhash
 import vidhash.integrations.diffusers as D
 from vidhash.attention import block_mean_remainder, block_sparse_attention, hash_attention, merge_attention
-from vidhash.selection.oracle import block_mass, oracle_recall, select_from_mass, selection_mass
+from vidhash.selection import block_mass, oracle_recall, select_from_mass, selection_mass
 
 from diffusers_tiny import COG, MODELS, run, tiny_wan
 

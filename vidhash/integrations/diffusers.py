@@ -150,7 +150,7 @@ class DropInConfig:
     that step's queries (every ``mass_query_stride``-th) and keys, and at its first sparse call
     sums their exact softmax per (query block, key block) (:func:`vidhash.selection.oracle.block_mass`,
     chunked, float32) and keeps, per query block, the forced blocks and then the heaviest ones
-    (:func:`vidhash.selection.oracle.select_from_mass`): one mass pass per layer and clip, no scorer
+    (:func:`vidhash.selection.select_from_mass`): one mass pass per layer and clip, no scorer
     at the sparse steps. A later dense step (the next clip) starts afresh. Memory: per layer, the
     keys and ``1/mass_query_stride`` of the queries of one step, kept until the first sparse call.
     """
@@ -275,7 +275,8 @@ class _HashAttnProcessor:
         """``reuse_mass`` at a sparse call: the selection the last dense step's block mass makes
         (computed at the first sparse call after it), or None — no dense step seen yet, or another
         shape (the scorer then selects)."""
-        from ..selection.oracle import block_mass, select_from_mass
+        from ..selection.oracle import block_mass
+        from ..selection.scorers import select_from_mass
 
         kw = self._kwargs
         bk = kw["block_size"]

@@ -226,6 +226,36 @@ def rank_top(score: torch.Tensor, forced: torch.Tensor, allowed: torch.Tensor, k
     return torch.where(idx == nkb, -1, idx).to(torch.int32)
 
 
+def select_from_mass(
+    mass: torch.Tensor,
+    nq: int,
+    nk: int,
+    *,
+    density: float,
+    block_size: int,
+    query_block_size: int,
+    local_blocks: int = 1,
+    sink_blocks: int = 1,
+    causal: bool = False,
+) -> BlockSelection:
+    """The selection a block mass ``mass (b, h, nqb, nkb)`` makes under
+    :func:`vidhash.attention.select_blocks`' rules: as many key blocks per query block
+    (``num_kept_blocks``), the forced sink / local blocks first, then the heaviest allowed blocks,
+    ties to the lower index. With the exact mass of these q, k this is the oracle's selection; with
+    the mass of an earlier denoising step (the drop-in's ``reuse_mass``) an estimate that needs no
+    scorer."""
+    bk = check_block("block_size", block_size)
+    bq = check_block("query_block_size", query_block_size)
+    nqb, nkb = -(-nq // bq), -(-nk // bk)
+    if mass.dim() != 4 or tuple(mass.shape[2:]) != (nqb, nkb):
+        raise ValueError(f"mass must be (b, h, {nqb}, {nkb}) for nq={nq}, nk={nk} and these blocks, got {tuple(mass.shape)}")
+    kept = num_kept_blocks(nq, nk, density=density, block_size=bk, query_block_size=bq, local_blocks=local_blocks,
+                           sink_blocks=sink_blocks, causal=causal)
+    forced, allowed = forced_and_allowed(torch.arange(nqb, device=mass.device), nq, nk, bq, bk, local_blocks,
+                                         sink_blocks, causal)
+    return BlockSelection(rank_top(mass, forced, allowed, kept), bk, bq, nq, nk, causal)
+
+
 @torch.no_grad()
 def score_blocks(q: torch.Tensor, k: torch.Tensor, scorer="pooled", *, block_size: int = 64,
                  query_block_size: int | None = None, causal: bool = False, scale: float | None = None,
