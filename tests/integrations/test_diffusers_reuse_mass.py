@@ -69,6 +69,30 @@ def test_sparse_steps_attend_to_the_last_dense_steps_mass(stride, monkeypatch):
         assert torch.equal(sel.indices, want.indices)
 
 
+@pytest.mark.parametrize("refresh", [1, 2])
+def test_mass_refresh_measures_every_n_sparse_calls_from_their_own_queries(refresh, monkeypatch):
+    """mass_refresh=N: the first sparse call selects from the dense call's mass, and every N-th
+    after it from its own q, k's mass (every mass_query_stride-th query); the calls between keep
+    the last selection."""
+    model, inputs = tiny_wan()
+    vidhash.enable_hash_attention(model, **SPARSE, dense_timestep=500, reuse_mass=True, mass_query_stride=2,
+                                  mass_refresh=refresh)
+    spy = _Spy(monkeypatch)
+    measured_from = []
+    for t in (800, 300, 200, 100):
+        seen = _recorded(model)
+        run(model, _at(inputs, t))
+        measured_from.append(seen)
+    _stop_recording(model)
+    sources = {1: [0, 2, 3], 2: [0, 0, 3]}[refresh]  # which call (800 dense, 300, 200, 100) gave each sparse call its mass
+    assert len(spy.selections) == 6
+    for call, source in enumerate(sources):
+        for layer, (name, (q, k)) in enumerate(measured_from[source].items()):
+            mass, _ = block_mass(q[:, :, ::2], k, block_size=4, query_block_size=2)
+            want = select_from_mass(mass, q.shape[-2], k.shape[-2], density=0.25, block_size=4, query_block_size=4)
+            assert torch.equal(spy.selections[2 * call + layer].indices, want.indices), (call, name)
+
+
 def test_reused_output_is_hash_attention_on_that_selection():
     """Same model, same inputs: the sparse call with reuse_mass equals the sparse call without it
     when each layer's selection is handed over by hand (the drop-in adds nothing else)."""
@@ -150,6 +174,8 @@ def test_dense_layers_keep_no_mass():
     (dict(reuse_mass=1, dense_timestep=500), "reuse_mass must be True or False"),
     (dict(reuse_mass=True, dense_timestep=500, mass_query_stride=3), "dividing the query block size 4"),
     (dict(reuse_mass=True, dense_timestep=500, mass_query_stride=0), "mass_query_stride"),
+    (dict(reuse_mass=True, dense_timestep=500, mass_refresh=-1), "mass_refresh"),
+    (dict(reuse_mass=True, dense_timestep=500, mass_refresh=True), "mass_refresh"),
 ])
 def test_bad_reuse_options_raise(config, match):
     model, _ = tiny_wan()

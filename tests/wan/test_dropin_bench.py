@@ -409,14 +409,18 @@ def test_layer_tag_names_densities_as_fractions():
 
 def test_reuse_mass_rows(tiny_model, tmp_path):
     """--reuse-mass 0,1 with --dense-steps 0,1: a 'reuse/1' row only beside the dense-step setting
-    (no dense step, no mass to reuse), recording its stride, without the scorer's recall (not its
+    (no dense step, no mass to reuse), and one with --mass-refresh 1 ('r1': the mass measured again
+    at every sparse step), recording its stride and refresh, without the scorer's recall (not its
     selection), its frames from the drop-in's reuse_mass (not the scorer row's)."""
     out = tmp_path / "dropin.json"
     assert main(["bench", "dropin", "--model", str(tiny_model), "--densities", "1/8", "--block-sizes", "16",
                  "--seeds", "0", "--frames", "8", "--size", "32", "--steps", "3", "--recall-step", "2",
-                 "--dense-steps", "0,1", "--reuse-mass", "0,1", "--no-coherence", "--no-flex", "--json", str(out)]) == 0
+                 "--dense-steps", "0,1", "--reuse-mass", "0,1", "--mass-refresh", "0,1", "--no-coherence", "--no-flex",
+                 "--json", str(out)]) == 0
     rows = {r["setting"]: r for r in json.loads(out.read_text())["rows"]}
-    assert list(rows) == ["dense", "dense (repeat)", "1/8 b16", "1/8 b16 ds1", "1/8 b16 ds1 reuse/1"]
+    assert list(rows) == ["dense", "dense (repeat)", "1/8 b16", "1/8 b16 ds1", "1/8 b16 ds1 reuse/1", "1/8 b16 ds1 reuse/1 r1"]
+    assert rows["1/8 b16 ds1 reuse/1 r1"]["mass_refresh"] == 1 and rows["1/8 b16 ds1 reuse/1"]["mass_refresh"] == 0
+    assert rows["1/8 b16 ds1 reuse/1 r1"]["psnr"] != rows["1/8 b16 ds1 reuse/1"]["psnr"]
     reused, scored = rows["1/8 b16 ds1 reuse/1"], rows["1/8 b16 ds1"]
     assert reused["reuse_mass"] == 1 and scored["reuse_mass"] == 0 and rows["dense"]["reuse_mass"] is None
     assert reused["recall"] is None and "layers" not in reused and scored["recall"] is not None

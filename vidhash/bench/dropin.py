@@ -100,7 +100,7 @@ class Setting:
     modules run dense). ``remainder``: the drop-in's ``remainder`` (``"mean"``: the unkept key blocks as
     one mean token each). ``layer_densities``: the drop-in's per-module densities, as sorted pairs.
     ``reuse_mass``: 0, or the drop-in's ``reuse_mass`` with ``mass_query_stride`` = this (the sparse
-    steps select from the last dense step's block mass)."""
+    steps select from the last dense step's block mass); ``mass_refresh``: its ``mass_refresh``."""
 
     name: str
     density: Fraction | None = None
@@ -111,6 +111,7 @@ class Setting:
     remainder: str = "none"
     layer_densities: tuple[tuple[str, float], ...] = ()
     reuse_mass: int = 0
+    mass_refresh: int = 0
 
 
 def layer_tag(layer_densities: dict[str, float]) -> str:
@@ -145,11 +146,12 @@ def parse_ints(text: str, flag: str, minimum: int = 1) -> list[int]:
 def make_settings(densities: list[Fraction], block_sizes: list[int], scorers: list[str | None],
                   dense_steps: list[int] = (0,), dense_layers: list[int] = (0,),
                   remainders: list[str] = ("none",), layer_densities: dict[str, float] | None = None,
-                  reuse: list[int] = (0,)) -> list[Setting]:
+                  reuse: list[int] = (0,), refresh: list[int] = (0,)) -> list[Setting]:
     """dense, dense (repeat), then density × block size × scorer (× dense steps × dense layers ×
     remainder × reuse, innermost; named ``ds<steps>`` / ``dl<layers>`` where not 0, ``+<remainder>`` where
     not ``"none"``, ``reuse/<stride>`` where ``reuse`` is not 0 (only with dense steps: a setting
-    without them has no mass to reuse and is skipped), ``[module=density,...]`` where
+    without them has no mass to reuse and is skipped; `` r<N>`` per ``refresh`` N > 0, reuse rows
+    only), ``[module=density,...]`` where
     ``layer_densities`` are given — every sparse row)."""
     pairs = tuple(sorted((layer_densities or {}).items()))
     rows = [Setting("dense"), Setting("dense (repeat)")]
@@ -159,15 +161,16 @@ def make_settings(densities: list[Fraction], block_sizes: list[int], scorers: li
                 for steps in dense_steps:
                     for layers in dense_layers:
                         for rest in remainders:
-                            for stride in reuse:
+                            for stride, every in ((s, r) for s in reuse for r in (refresh if s else (0,))):
                                 if stride and not steps:
                                     continue
                                 tag = "" if scorer is None else f" {scorer}"
                                 tag += (f" ds{steps}" if steps else "") + (f" dl{layers}" if layers else "")
                                 tag += f" +{rest}" if rest != "none" else ""
-                                tag += f" reuse/{stride}" if stride else ""
+                                tag += (f" reuse/{stride}" if stride else "") + (f" r{every}" if every else "")
                                 tag += layer_tag(dict(pairs))
-                                rows.append(Setting(f"{d} b{bs}{tag}", d, bs, scorer, steps, layers, rest, pairs, stride))
+                                rows.append(Setting(f"{d} b{bs}{tag}", d, bs, scorer, steps, layers, rest, pairs, stride,
+                                                    every))
     return rows
 
 
@@ -494,7 +497,7 @@ def run_setting(pipe, setting: Setting, seeds: list[int], args, backend: str | N
         if setting.layer_densities:
             extra["layer_densities"] = dict(setting.layer_densities)
         if setting.reuse_mass:
-            extra.update(reuse_mass=True, mass_query_stride=setting.reuse_mass)
+            extra.update(reuse_mass=True, mass_query_stride=setting.reuse_mass, mass_refresh=setting.mass_refresh)
         enable_hash_attention(pipe.transformer, density=float(setting.density), block_size=setting.block_size,
                               **drop_in_options(setting.scorer), **dense_options(pipe, setting, args.steps), **extra)
     call = CallRecorder(pipe.transformer, args.recall_step) if getattr(args, "profile", False) else None
@@ -647,7 +650,7 @@ def measure_setting(pipe, setting: Setting, seeds: list[int], args, dense, captu
            "dense_timestep": dense_timestep_of(pipe, args.steps, setting.dense_steps) if sparse else None,
            "remainder": setting.remainder if sparse else None,
            "layer_densities": dict(setting.layer_densities) if sparse else None,
-           "reuse_mass": setting.reuse_mass if sparse else None}
+           "reuse_mass": setting.reuse_mass if sparse else None, "mass_refresh": setting.mass_refresh if sparse else None}
     if "profile" in timing:
         row["profile"] = timing["profile"]
     if setting.density is not None and not args.no_flex:
@@ -683,6 +686,7 @@ def run(args) -> int:
     remainders = parse_remainders(getattr(args, "remainders", "none"))
     layer_densities = parse_layer_densities(getattr(args, "layer_densities", "") or "")
     reuse = parse_ints(getattr(args, "reuse_mass", "0") or "0", "--reuse-mass", minimum=0)
+    refresh = parse_ints(getattr(args, "mass_refresh", "0") or "0", "--mass-refresh", minimum=0)
     if any(reuse) and not any(dense_steps):
         raise ValueError("--reuse-mass selects from the last dense step's block mass: give --dense-steps above 0 too")
     if any(reuse) and getattr(args, "compile", False) and getattr(args, "compile_scope", "blocks") != "model":
@@ -705,7 +709,7 @@ def run(args) -> int:
         raise ValueError(f"--layer-densities names {unknown[0]!r}, not a self-attention module of the model ({names})")
     if max(dense_layers) > modules:
         raise ValueError(f"--dense-layers must be in [0, {modules}] (the model's self-attention modules), got {args.dense_layers}")
-    settings = make_settings(densities, block_sizes, scorers, dense_steps, dense_layers, remainders, layer_densities, reuse)
+    settings = make_settings(densities, block_sizes, scorers, dense_steps, dense_layers, remainders, layer_densities, reuse, refresh)
     report = {"model": str(args.model), "device": describe_device(device), "torch": torch.__version__,
               "date": time.strftime("%Y-%m-%d"), "frames": args.frames, "size": args.size, "steps": args.steps,
               "seeds": seeds, "recall_step": args.recall_step, "flex": not args.no_flex,

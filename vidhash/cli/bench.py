@@ -183,6 +183,9 @@ def add_dropin(p: argparse.ArgumentParser) -> None:
                    help="comma-separated: 0 (the scorer selects at the sparse steps) and/or query strides s >= 1 (the "
                         "drop-in's reuse_mass: select from the last dense step's exact block mass of every s-th query; "
                         "rows 'reuse/s'; needs --dense-steps > 0; with --compile, --compile-scope model)")
+    p.add_argument("--mass-refresh", default="0",
+                   help="comma-separated: the reuse rows' mass_refresh (every N sparse steps the mass is measured again "
+                        "from that step's own strided queries; 0: never; rows ' rN')")
     p.add_argument("--layer-densities", default="",
                    help="comma-separated MODULE=DENSITY pairs (e.g. blocks.2.attn1=1/8) overriding every sparse "
                         "setting's density for those self-attention modules (the drop-in's layer_densities)")

@@ -97,7 +97,7 @@ REFUSED_CLASSES = {
 }
 CONFIG_KEYS = ("density", "block_size", "query_block_size", "local_blocks", "sink_blocks", "scorer", "hasher",
                "hashers", "n_bits", "seed", "backend", "remainder", "dense_layers", "dense_timestep", "layer_densities",
-               "reuse_mass", "mass_query_stride")
+               "reuse_mass", "mass_query_stride", "mass_refresh")
 HASHER_ATTR = "vidhash_hasher"
 """Name of the hasher submodule on each swapped attention module while enabled."""
 SCORER_ATTR = "vidhash_scorer"
@@ -107,7 +107,7 @@ _CONFIG_ATTR = "_vidhash_config"
 _ORIGINALS_ATTR = "_vidhash_original_processors"
 _HOOKS_ATTR = "_vidhash_state_dict_hooks"
 _TIMESTEP_HOOK_ATTR = "_vidhash_timestep_hook"
-_DENSE_OPTIONS = ("dense_layers", "dense_timestep", "layer_densities", "reuse_mass", "mass_query_stride")
+_DENSE_OPTIONS = ("dense_layers", "dense_timestep", "layer_densities", "reuse_mass", "mass_query_stride", "mass_refresh")
 # ^ read by the processors and the hook, not by hash_attention
 _DENSE_OK_BACKENDS = (None, "native")
 _MASS_CHUNK_CUDA = 1 << 27  # reuse_mass on a GPU: score chunks of 2^27 floats (512 MiB), a few launches per layer
@@ -153,6 +153,9 @@ class DropInConfig:
     (:func:`vidhash.selection.select_from_mass`): one mass pass per layer and clip, no scorer
     at the sparse steps. A later dense step (the next clip) starts afresh. Memory: per layer, the
     keys and ``1/mass_query_stride`` of the queries of one step, kept until the first sparse call.
+    ``mass_refresh`` N > 0: every N sparse calls the mass is measured again, from that sparse call's
+    own strided queries and keys (no dense step: a mass pass over ``1/mass_query_stride`` of the
+    queries), for steps far from the dense ones.
     """
 
     density: float = 0.125
@@ -169,6 +172,7 @@ class DropInConfig:
     layer_densities: tuple[tuple[str, float], ...] = ()
     reuse_mass: bool = False
     mass_query_stride: int = 4
+    mass_refresh: int = 0
 
     def density_of(self, name: str) -> float:
         """The density of self-attention module ``name`` (``layer_densities``, else ``density``)."""
@@ -223,6 +227,7 @@ class _HashAttnProcessor:
         self._attention_backend = backend
         self._mass_qk = None  # reuse_mass: (strided q, k) of the last dense step, until the first sparse call
         self._reused = None  # reuse_mass: the selection made from that mass
+        self._since = 0  # reuse_mass: sparse calls since the mass was measured (mass_refresh)
 
     @property
     def _attention_backend(self):
@@ -282,15 +287,18 @@ class _HashAttnProcessor:
         bk = kw["block_size"]
         bq = kw["query_block_size"] or bk
         nq, nk = q.shape[-2], k.shape[-2]
+        stride, refresh = self.config.mass_query_stride, self.config.mass_refresh
+        if self._mass_qk is None and self._reused is not None and refresh and self._since >= refresh:
+            self._mass_qk = (q[:, :, ::stride], k)  # this call's own queries and keys: the mass measured afresh
         if self._mass_qk is not None:
             qs, ks = self._mass_qk
-            self._mass_qk, self._reused = None, None
-            stride = self.config.mass_query_stride
+            self._mass_qk, self._reused, self._since = None, None, 0
             if ks.shape == k.shape and qs.shape[-2] == -(-nq // stride) and qs.shape[:2] == q.shape[:2]:
                 mass, _ = block_mass(qs, ks, block_size=bk, query_block_size=bq // stride,
                                      chunk_elems=_MASS_CHUNK_CUDA if q.is_cuda else None)
                 self._reused = select_from_mass(mass, nq, nk, density=kw["density"], block_size=bk, query_block_size=bq,
                                                 local_blocks=kw["local_blocks"], sink_blocks=kw["sink_blocks"])
+        self._since += 1
         sel = self._reused
         if sel is None or (sel.num_queries, sel.num_keys) != (nq, nk) or tuple(sel.indices.shape[:2]) != tuple(q.shape[:2]):
             return None
@@ -650,6 +658,9 @@ def _check_reuse_mass(cfg: DropInConfig) -> None:
     stride = cfg.mass_query_stride
     if isinstance(stride, bool) or not isinstance(stride, int) or stride < 1 or (cfg.reuse_mass and bq % stride):
         raise ValueError(f"mass_query_stride must be a positive int dividing the query block size {bq}, got {stride!r}")
+    refresh = cfg.mass_refresh
+    if isinstance(refresh, bool) or not isinstance(refresh, int) or refresh < 0:
+        raise ValueError(f"mass_refresh must be an int >= 0 (sparse calls between mass passes; 0: never), got {refresh!r}")
 
 
 def _check_scorer_config(cfg: DropInConfig, names: list[str], head_dim: int, heads: int) -> None:
@@ -797,7 +808,8 @@ def enable_hash_attention(transformer, **config):
       :func:`dense_timestep_for` gives the threshold for "the first k steps";
     * ``reuse_mass`` (bool, default False; needs ``dense_timestep``) and ``mass_query_stride``
       (default 4): the sparse steps select from the last dense step's exact block mass (measured on
-      every ``mass_query_stride``-th query) instead of the scorer — see :class:`DropInConfig`.
+      every ``mass_query_stride``-th query) instead of the scorer; ``mass_refresh`` N re-measures it
+      from every N-th sparse call's own queries — see :class:`DropInConfig`.
     """
     spec = _model_spec(transformer)
     if getattr(transformer, "_parallel_config", None) is not None:
