@@ -45,7 +45,7 @@ bound). Recall and output error with the mean remainder (48 query blocks).
     python scripts/study_wan_mini_attention.py --part geometry|remainders|layers|forms|budget|previous|reuse [--out F.json] [--qkv qkv.pt]
 
 About 5 min to record and 16 (geometry), 10 (remainders), 15 (forms) or 20 (budget) min to measure
-on a 2-core CPU. `--qkv` reuses (or keeps) the recording.
+on a 2-core CPU; ``reuse`` records a 10-step clip and measures for ~70 min. `--qkv` reuses (or keeps) the recording.
 """
 import argparse
 import json
