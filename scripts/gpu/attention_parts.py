@@ -10,11 +10,13 @@
   float form (``select_blocks_scored``: float scores and one exact top-k, ``auto`` off CUDA; its
   parts — scores, masks, ``rank_top``, the bare ``topk`` — timed apart too), eager and in a CUDA graph, with recall, oracle and shared indices, at
   the wan-mini, Wan 1.3B 480p and N = 131,072 shapes;
+* ``--part mass`` — the drop-in's ``reuse_mass`` pass (exact block mass) at the wan-mini shape: the
+  torch reference in small and large chunks against the Triton kernel (``kernels/block_mass``);
 * ``--part backward`` — forward + backward on the TMA kernels (``VIDHASH_TMA=1``) against the pointer
   kernels, gradients checked against float32 autograd through the reference, timed at N = 131,072
   and the wan-mini training shape (8 × 3 heads × 33,792 tokens, d 128, 1/8).
 
-    python3 scripts/gpu/attention_parts.py --part remainder|selection|backward
+    python3 scripts/gpu/attention_parts.py --part remainder|selection|backward|mass
 """
 import argparse
 import json
@@ -249,7 +251,44 @@ def part_backward():
               open(os.path.join(out, "backward.json"), "w"), indent=1)
 
 
-PARTS = {"remainder": part_remainder, "selection": part_selection, "backward": part_backward}
+def part_mass():
+    """The drop-in's reuse_mass pass at wan-mini's shape (1 × 3 heads × 33,792 × d 128, bf16, blocks of
+    64): the torch reference in 2^24- and 2^27-element chunks against the Triton kernel, at query
+    strides 1, 4, 16 — eager and in a CUDA graph, with the largest difference of the masses."""
+    from vidhash.kernels.block_mass.ops import block_mass_triton
+    from vidhash.selection.oracle import block_mass
+
+    torch.manual_seed(0)
+    q, k = (torch.randn(1, 33792, 3, 128, device="cuda", dtype=torch.bfloat16).transpose(1, 2) for _ in range(2))
+    rows = []
+    for stride in (1, 4, 16):
+        kw = dict(block_size=64, query_block_size=64, query_stride=stride)
+        ref, _ = block_mass(q, k, **kw, chunk_elems=1 << 27)
+        got, _ = block_mass_triton(q, k, **kw)
+        r = {"stride": stride, "max_abs_diff": (got - ref).abs().max().item()}
+        for name, fn in (("torch 2^24", lambda: block_mass(q, k, **kw)), ("torch 2^27", lambda: block_mass(q, k, **kw, chunk_elems=1 << 27)),
+                         ("triton", lambda: block_mass_triton(q, k, **kw))):
+            fn(); torch.cuda.synchronize()
+            r[f"{name} ms"] = triton.testing.do_bench(fn, warmup=5, rep=50)
+            try:
+                r[f"{name} graph ms"] = graph_ms(fn)
+            except Exception as exc:  # e.g. a host sync in the reference's checks: no graph
+                r[f"{name} graph ms"] = float("nan")
+                r[f"{name} graph error"] = f"{type(exc).__name__}: {str(exc)[:120]}"
+        rows.append(r)
+        print(r, flush=True)
+    print("| stride | torch 2^24 ms (graph) | torch 2^27 ms (graph) | triton ms (graph) | max diff |")
+    print("|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['stride']} | {r['torch 2^24 ms']:.2f} ({r['torch 2^24 graph ms']:.2f}) | {r['torch 2^27 ms']:.2f} "
+              f"({r['torch 2^27 graph ms']:.2f}) | {r['triton ms']:.2f} ({r['triton graph ms']:.2f}) | {r['max_abs_diff']:.2e} |")
+    out = os.environ.get("OUT", ".")
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, "mass.json"), "w") as fh:
+        json.dump({"device": torch.cuda.get_device_name(0), "torch": torch.__version__, "rows": rows}, fh, indent=1)
+
+
+PARTS = {"remainder": part_remainder, "selection": part_selection, "backward": part_backward, "mass": part_mass}
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description="one-layer kernel timings on a GPU, by part")

@@ -75,7 +75,7 @@ def block_mass(
     offsets = torch.arange(0, bq, query_stride, device=q.device)
     tq = offsets.numel()  # queries summed per block
     blocks = torch.arange(nqb, device=q.device) if query_blocks is None else query_blocks.to(q.device).long()
-    if blocks.numel() and (int(blocks.min()) < 0 or int(blocks.max()) >= nqb):
+    if query_blocks is not None and blocks.numel() and (int(blocks.min()) < 0 or int(blocks.max()) >= nqb):  # no host sync otherwise
         raise ValueError(f"query_blocks must lie in [0, {nqb}), got min {int(blocks.min())} max {int(blocks.max())}")
     sc = resolve_scale(scale, d)
     kf = F.pad(upcast(k), (0, 0, 0, nkb * bk - nk))  # (b, h, nkb·bk, d); padded keys are masked below

@@ -1,0 +1,75 @@
+"""Triton kernel: exact attention mass per (query block, key block), non-causal (forward only).
+
+Letters: b batch, h heads, c query blocks, j key blocks, d head_dim, t the queries summed per query
+block (``TQ``: every ``query_stride``-th of its ``BQ``), g query blocks of one program (``G``).
+
+Layout: ``q (b, h, nqs, d)`` — the strided queries, query block ``c`` owning rows ``[c·TQ, (c+1)·TQ)``
+(last dim contiguous); ``k (b, h, nk, d)``; ``out (b, h, nqb, nkb)`` float32.
+
+:func:`block_mass_kernel` — one program per ``G`` query blocks of one (batch, head): a first sweep
+over the keys in tiles of one key block (``BK``) keeps each query's running max and sum (its
+log-sum-exp, log2 domain); a second sweep recomputes each tile's scores, exponentiates them against
+the lse and writes, per query block, the sum over its ``TQ`` queries and the tile's keys — the block
+mass ``M[c, j] = Σ_{q ∈ c} Σ_{key ∈ j} p_q(key)``. Nothing of size queries × keys is stored; the
+scores are computed twice. Float32 accumulation (``tl.dot`` of the input dtype); the torch reference
+(``vidhash.selection.oracle.block_mass``) computes in float32 throughout, so the two agree to
+rounding.
+"""
+import triton
+import triton.language as tl
+
+from vidhash.kernels.sparse_attention.kernel import _dot
+
+_LOG2E = tl.constexpr(1.4426950408889634)
+
+
+@triton.jit
+def block_mass_kernel(
+    Q, K, OUT,
+    sm_scale_log2,
+    stride_qb, stride_qh, stride_qn,
+    stride_kb, stride_kh, stride_kn,
+    stride_ob, stride_oh, stride_oc,
+    H, NQS, NK, NQB, NKB,
+    TQ: tl.constexpr, G: tl.constexpr, BK: tl.constexpr, D: tl.constexpr, PREC: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    bh = tl.program_id(1)
+    b = (bh // H).to(tl.int64)
+    h = (bh % H).to(tl.int64)
+    BLOCK_M: tl.constexpr = G * TQ
+    rows = pid * BLOCK_M + tl.arange(0, BLOCK_M)
+    row_ok = rows < NQS
+    dcol = tl.arange(0, D)
+    q = tl.load(Q + b * stride_qb + h * stride_qh + rows[:, None].to(tl.int64) * stride_qn + dcol[None, :],
+                mask=row_ok[:, None], other=0.0)
+    k_base = K + b * stride_kb + h * stride_kh
+    cols = tl.arange(0, BK)
+
+    # 1. each query's log-sum-exp (log2 domain) over every key
+    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    for j0 in range(0, NK, BK):
+        key = j0 + cols
+        key_ok = key < NK
+        kt = tl.load(k_base + key[:, None].to(tl.int64) * stride_kn + dcol[None, :], mask=key_ok[:, None], other=0.0)
+        s = _dot(q, tl.trans(kt), PREC) * sm_scale_log2
+        s = tl.where(key_ok[None, :], s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        l_i = l_i * tl.math.exp2(m_i - m_new) + tl.sum(tl.math.exp2(s - m_new[:, None]), 1)
+        m_i = m_new
+    lse = m_i + tl.math.log2(l_i)
+
+    # 2. per key block: Σ over the block's keys and each query block's TQ queries of exp2(s − lse)
+    groups = pid * G + tl.arange(0, G)
+    o_ptr = OUT + b * stride_ob + h * stride_oh + groups.to(tl.int64) * stride_oc
+    for j in range(0, NKB):
+        key = j * BK + cols
+        key_ok = key < NK
+        kt = tl.load(k_base + key[:, None].to(tl.int64) * stride_kn + dcol[None, :], mask=key_ok[:, None], other=0.0)
+        s = _dot(q, tl.trans(kt), PREC) * sm_scale_log2
+        p = tl.math.exp2(s - lse[:, None])
+        p = tl.where(key_ok[None, :] & row_ok[:, None], p, 0.0)
+        per_query = tl.sum(p, 1)
+        mass = tl.sum(tl.reshape(per_query, [G, TQ]), 1)
+        tl.store(o_ptr + j, mass, mask=groups < NQB)

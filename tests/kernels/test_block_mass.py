@@ -1,0 +1,46 @@
+"""The block-mass kernel (``kernels/block_mass``; the interpreter on a CPU) against the torch
+reference ``vidhash.selection.oracle.block_mass``: same mass to rounding, same counts, strided
+queries, ragged last blocks, several heads and batches, and the inputs it refuses."""
+import pytest
+import torch
+
+from vidhash.kernels.block_mass.ops import block_mass_triton, covers
+from vidhash.selection.oracle import block_mass
+
+
+def _qk(b, h, nq, nk, d, seed=0, spread=1.0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(b, h, nq, d, generator=g) * spread, torch.randn(b, h, nk, d, generator=g) * spread
+
+
+@pytest.mark.parametrize("b,h,nq,nk,d,bk,bq,stride", [
+    (1, 2, 128, 128, 64, 32, 32, 1),
+    (2, 1, 200, 77, 64, 16, 64, 4),     # ragged last query and key blocks, strided queries
+    (1, 3, 96, 160, 128, 64, 16, 2),
+    (1, 1, 64, 64, 64, 16, 64, 64),     # one query per block
+])
+def test_kernel_matches_the_reference(b, h, nq, nk, d, bk, bq, stride):
+    q, k = _qk(b, h, nq, nk, d, seed=nq + nk, spread=2.0)  # peaked softmax: masses far from uniform
+    want, want_counts = block_mass(q, k, block_size=bk, query_block_size=bq, query_stride=stride)
+    got, counts = block_mass_triton(q, k, block_size=bk, query_block_size=bq, query_stride=stride)
+    assert got.shape == want.shape and torch.equal(counts, want_counts)
+    assert torch.allclose(got, want, atol=2e-5, rtol=1e-4)
+    assert torch.allclose(got.sum(-1), counts.float(), atol=1e-3)  # each query's mass sums to 1
+
+
+def test_scale_is_used():
+    q, k = _qk(1, 1, 64, 64, 64, seed=3)
+    want, _ = block_mass(q, k, block_size=16, query_block_size=16, scale=0.5)
+    got, _ = block_mass_triton(q, k, block_size=16, query_block_size=16, scale=0.5)
+    assert torch.allclose(got, want, atol=2e-5, rtol=1e-4)
+    assert not torch.allclose(got, block_mass_triton(q, k, block_size=16, query_block_size=16)[0], atol=1e-3)
+
+
+@pytest.mark.parametrize("kw", [dict(block_size=24, query_block_size=32), dict(block_size=8, query_block_size=32),
+                                dict(block_size=32, query_block_size=48), dict(block_size=32, query_block_size=32,
+                                                                               query_stride=3)])
+def test_refuses_what_it_does_not_take(kw):
+    q, k = _qk(1, 1, 96, 96, 64)
+    assert not covers(q, **kw)
+    with pytest.raises(ValueError, match="block_mass_triton takes"):
+        block_mass_triton(q, k, **kw)
