@@ -44,3 +44,22 @@ def test_refuses_what_it_does_not_take(kw):
     assert not covers(q, **kw)
     with pytest.raises(ValueError, match="block_mass_triton takes"):
         block_mass_triton(q, k, **kw)
+
+
+def test_reuse_path_on_the_triton_backend_matches_the_reference():
+    """What the drop-in's reuse_mass runs on a GPU, here under the interpreter: the mass → the
+    selection → hash_attention(selection=..., remainder="mean") on the Triton backend, against the
+    same selection on the references."""
+    from vidhash.attention import hash_attention
+    from vidhash.selection import select_from_mass
+
+    q, k = _qk(1, 2, 128, 128, 64, seed=9)
+    v = torch.randn(1, 2, 128, 64, generator=torch.Generator().manual_seed(10))
+    mass, _ = block_mass_triton(q, k, block_size=32, query_block_size=32, query_stride=2)
+    sel = select_from_mass(mass, 128, 128, density=0.25, block_size=32, query_block_size=32)
+    ref_sel = select_from_mass(block_mass(q, k, block_size=32, query_block_size=32, query_stride=2)[0], 128, 128,
+                               density=0.25, block_size=32, query_block_size=32)
+    assert torch.equal(sel.indices, ref_sel.indices)
+    out = hash_attention(q, k, v, selection=sel, remainder="mean", backend="triton")
+    ref = hash_attention(q, k, v, selection=sel, remainder="mean", backend="reference")
+    assert torch.allclose(out, ref, atol=2e-5)
