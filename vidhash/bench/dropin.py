@@ -38,6 +38,10 @@ JSON and the printed Markdown table:
 * ``remainder`` — ``--remainders``: ``"none"``, or ``"mean"`` (rows ``… +mean``: the drop-in adds,
   per query, one mean token for each key block the selection did not keep —
   :func:`vidhash.attention.block_mean_remainder`; recall/oracle are of the kept blocks either way);
+* ``reuse_mass``, ``mass_refresh`` — ``--reuse-mass`` / ``--mass-refresh``: 0, or the drop-in's
+  ``reuse_mass`` with that ``mass_query_stride`` (rows ``… reuse/<stride>``: the sparse steps select
+  from the last dense step's exact block mass; recall/oracle/error are not measured for them — the
+  scorer's selection is not theirs) and its ``mass_refresh`` (rows ``… r<N>``); None on the dense rows;
 * ``transformer_ms`` — median milliseconds of one transformer call (a denoising step), and
   ``clip_s`` — median seconds of one whole clip (the pipeline call), synchronised on CUDA; the
   first seed's clip warms up (kernel autotuning, Flex's compilation) and is left out when there
