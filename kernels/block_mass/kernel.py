@@ -20,7 +20,15 @@ import triton.language as tl
 
 from vidhash.kernels.sparse_attention.kernel import _dot
 
-_LOG2E = tl.constexpr(1.4426950408889634)
+
+@triton.jit
+def _tile_scores(q, k_base, j0, cols, dcol, stride_kn, NK, sm_scale_log2, PREC: tl.constexpr):
+    """Scores ``(rows, BK)`` (log2 domain) of the keys ``j0 + cols``, ``-inf`` past ``NK``."""
+    key = j0 + cols
+    key_ok = key < NK
+    kt = tl.load(k_base + key[:, None].to(tl.int64) * stride_kn + dcol[None, :], mask=key_ok[:, None], other=0.0)
+    s = _dot(q, tl.trans(kt), PREC) * sm_scale_log2
+    return tl.where(key_ok[None, :], s, float("-inf"))
 
 
 @triton.jit
@@ -50,11 +58,7 @@ def block_mass_kernel(
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     for j0 in range(0, NK, BK):
-        key = j0 + cols
-        key_ok = key < NK
-        kt = tl.load(k_base + key[:, None].to(tl.int64) * stride_kn + dcol[None, :], mask=key_ok[:, None], other=0.0)
-        s = _dot(q, tl.trans(kt), PREC) * sm_scale_log2
-        s = tl.where(key_ok[None, :], s, float("-inf"))
+        s = _tile_scores(q, k_base, j0, cols, dcol, stride_kn, NK, sm_scale_log2, PREC)
         m_new = tl.maximum(m_i, tl.max(s, 1))
         l_i = l_i * tl.math.exp2(m_i - m_new) + tl.sum(tl.math.exp2(s - m_new[:, None]), 1)
         m_i = m_new
@@ -64,12 +68,8 @@ def block_mass_kernel(
     groups = pid * G + tl.arange(0, G)
     o_ptr = OUT + b * stride_ob + h * stride_oh + groups.to(tl.int64) * stride_oc
     for j in range(0, NKB):
-        key = j * BK + cols
-        key_ok = key < NK
-        kt = tl.load(k_base + key[:, None].to(tl.int64) * stride_kn + dcol[None, :], mask=key_ok[:, None], other=0.0)
-        s = _dot(q, tl.trans(kt), PREC) * sm_scale_log2
-        p = tl.math.exp2(s - lse[:, None])
-        p = tl.where(key_ok[None, :] & row_ok[:, None], p, 0.0)
+        s = _tile_scores(q, k_base, j * BK, cols, dcol, stride_kn, NK, sm_scale_log2, PREC)
+        p = tl.where(row_ok[:, None], tl.math.exp2(s - lse[:, None]), 0.0)  # exp2(-inf) = 0 past NK
         per_query = tl.sum(p, 1)
         mass = tl.sum(tl.reshape(per_query, [G, TQ]), 1)
         tl.store(o_ptr + j, mass, mask=groups < NQB)

@@ -9,7 +9,6 @@ scripts/gpu/attention_parts.py --part mass``.
 """
 from __future__ import annotations
 
-
 import torch
 import triton
 

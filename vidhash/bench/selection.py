@@ -29,8 +29,8 @@ Scorers (``--scorers``; default :data:`DEFAULT_SCORERS`): ``simhash`` (the defau
 :class:`~vidhash.selection.learned.LearnedBlockScorer`, fitted on *other* inputs: a clip on a grid of
 another layout for the synthetic shapes, the first half of the recorded clips for ``--world``),
 ``oracle``; also ``pooled float`` / ``moments float`` (float scores, no int8 codes; ``pooled float``
-is what ``select_blocks(scorer="pooled")`` runs with its default ``backend="auto"``; the ``pooled`` row,
-on ``--backend``, is the int8-level form),
+is what ``select_blocks(scorer="pooled")`` runs with its default ``backend="auto"`` off CUDA; the
+``pooled`` row, on ``--backend``, is the int8-level form, ``auto``'s on CUDA),
 ``learned bits`` (32 sign bits), ``subgrid m4`` / ``learned m4`` (4 query sub-centroids × key
 sub-blocks of 16 tokens on the block-score kernel).
 
