@@ -20,11 +20,19 @@ program per ``BLOCK_M`` query blocks of one (batch, head), four passes over the 
 (scores recomputed by ``tl.dot`` each pass; nothing of size query blocks × key blocks is stored):
 
 1. each sub-centroid's best free score;
-2. per-row counts of the coarse level (``level >> 4``; 16 bins + forced) → the coarse cut;
+2. per-row counts of the coarse level (``level >> 4``; forced 16) → the coarse cut;
 3. per-row counts of the fine level (``level & 15``) inside the coarse cut → the cut level
    and how many of its ties to keep;
 4. ascending pass: keep every block above the cut and the first ``need`` at it, writing kept
    indices in order through per-row prefix sums; pad the row with ``-1``.
+
+Counting (``SWAR``, the default): passes 2 and 3 count, per row, the blocks at or above each of
+16 thresholds, three thresholds to an int32 word (:func:`_counts_at_least`: a multiply-add and an
+AND per block and word), and pass 4 takes both running counts (above the cut, at it) from one
+prefix sum of a packed int32. ``SWAR=False`` is the earlier form — 32- and 16-bin histograms by
+compare-and-sum over a ``(BLOCK_M, BLOCK_N, bins)`` tile and two prefix sums — which spills on
+sm_90 at 16 × 128 tiles (255 registers + 656 B of stack against 128 registers; 408 against 193
+SASS instructions per block pair and thread, ``python -m vidhash.kernels.sass block-score``).
 """
 import triton
 import triton.language as tl
@@ -83,6 +91,30 @@ def _pair_levels(s, cell_ok, smax, forced, shift,
 
 
 @triton.jit
+def _counts_at_least(v, cols):
+    """Per row, how many of ``v (BLOCK_M, BLOCK_N)`` (int32 in [-1, 16]; -1 counts nowhere) are
+    ``≥ t`` for ``t = 1 … 16``: ``(BLOCK_M, 16)``, column ``t - 1``. Three thresholds per int32
+    word (SWAR): byte ``l`` of ``v · 0x01010101 + c`` is ``v - t_l + 128`` (in [111, 143], so no
+    carry crosses bytes) and its bit 7 is set iff ``v ≥ t_l``; one multiply-add and one AND per
+    value and word, six words, then the row sums — exact while a row holds < 256 values."""
+    x = v.to(tl.uint32, bitcast=True)
+    out = tl.zeros([v.shape[0], 16], dtype=tl.int32)
+    for r in tl.static_range(6):
+        c = (127 - 3 * r) + ((126 - 3 * r) << 8) + ((125 - 3 * r) << 16)
+        word = tl.sum((x * 0x01010101 + c) & 0x00808080, 1)  # (BLOCK_M,) uint32
+        lane = cols - 3 * r
+        part = (word[:, None] >> (8 * lane + 7).to(tl.uint32)) & 0xFF
+        out += tl.where((lane >= 0) & (lane < 3), part.to(tl.int32), 0)
+    return out
+
+
+@triton.jit
+def _column(x, cols, idx):
+    """``x[i, idx[i]]`` for each row of ``x (BLOCK_M, 16)`` (0 where ``idx`` is outside)."""
+    return tl.sum(tl.where(cols[None, :] == idx[:, None], x, 0), 1)
+
+
+@triton.jit
 def _row_counts(values, mask, bins):
     """Per-row histogram ``(BLOCK_M, len(bins))``: how many masked ``values (BLOCK_M, BLOCK_N)`` equal
     each bin — compares and a sum, not ``tl.histogram`` (whose counts were wrong on an H200 for these
@@ -99,7 +131,7 @@ def block_score_kernel(
     stride_ob, stride_oh, stride_oc,
     H, NQ, NK, NQB, NKB, NSUB, KEPT, BQ, BK, LOCAL, SINK,
     R: tl.constexpr, M: tl.constexpr, P: tl.constexpr, CAUSAL: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, SWAR: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
     bh = tl.program_id(1)
@@ -125,52 +157,106 @@ def block_score_kernel(
         ok = _expand(allowed & ~forced, BLOCK_M, M, BLOCK_N, P) & sub_ok[:, None] & col_ok[None, :]
         smax = tl.maximum(smax, tl.max(tl.where(ok, s, _NEG), 1))
 
-    # 2. coarse histogram (bins 0..15 free, 16 forced; 32 per row) → coarse cut per row
-    bins = tl.arange(0, 32)
-    hist2 = tl.zeros([BLOCK_M, 32], dtype=tl.int32)
-    for j0 in range(0, NKB, BLOCK_N):
-        forced, allowed = _block_masks(rows, j0 + lanes, row_ok, NQ, NK, NKB, BQ, BK, LOCAL, SINK, CAUSAL)
-        s, col_ok = _cells(KC, k_base, stride_kj, q_codes, j0, NSUB, R, BLOCK_N, P)
-        level = _pair_levels(s, sub_ok[:, None] & col_ok[None, :], smax, forced, shift, BLOCK_M, M, BLOCK_N, P)
-        hist2 += _row_counts(level >> 4, allowed, bins)
-    count_ge = tl.cumsum(hist2, 1, reverse=True)
-    c_cut = tl.max(tl.where(count_ge >= KEPT, bins[None, :], -1), 1)  # -1: fewer allowed blocks than KEPT
-    above_c = tl.sum(tl.where(bins[None, :] > c_cut[:, None], hist2, 0), 1)
+    if SWAR:
+        # 2. per row, how many allowed blocks have a coarse level (level >> 4; forced 16) ≥ t,
+        # t = 1 … 16 (SWAR counts) → the coarse cut: the highest t with ≥ KEPT blocks at or above
+        cols = tl.arange(0, 16)
+        ge = tl.zeros([BLOCK_M, 16], dtype=tl.int32)
+        n_allowed = tl.zeros([BLOCK_M], dtype=tl.int32)
+        for j0 in range(0, NKB, BLOCK_N):
+            forced, allowed = _block_masks(rows, j0 + lanes, row_ok, NQ, NK, NKB, BQ, BK, LOCAL, SINK, CAUSAL)
+            s, col_ok = _cells(KC, k_base, stride_kj, q_codes, j0, NSUB, R, BLOCK_N, P)
+            level = _pair_levels(s, sub_ok[:, None] & col_ok[None, :], smax, forced, shift, BLOCK_M, M, BLOCK_N, P)
+            ge += _counts_at_least(tl.where(allowed, level >> 4, -1), cols)
+            n_allowed += tl.sum(allowed.to(tl.int32), 1)
+        c_cut = tl.max(tl.where(ge >= KEPT, cols[None, :] + 1, -1), 1)
+        c_cut = tl.where((c_cut < 0) & (n_allowed >= KEPT), 0, c_cut)  # -1: fewer allowed blocks than KEPT
+        above_c = _column(ge, cols, c_cut)  # blocks above the coarse cut (no cut: unused)
 
-    # 3. fine histogram inside the coarse cut → cut level and ties to keep
-    fbins = tl.arange(0, 16)
-    fhist2 = tl.zeros([BLOCK_M, 16], dtype=tl.int32)
-    for j0 in range(0, NKB, BLOCK_N):
-        forced, allowed = _block_masks(rows, j0 + lanes, row_ok, NQ, NK, NKB, BQ, BK, LOCAL, SINK, CAUSAL)
-        s, col_ok = _cells(KC, k_base, stride_kj, q_codes, j0, NSUB, R, BLOCK_N, P)
-        level = _pair_levels(s, sub_ok[:, None] & col_ok[None, :], smax, forced, shift, BLOCK_M, M, BLOCK_N, P)
-        inside = allowed & ((level >> 4) == c_cut[:, None]) & (c_cut[:, None] < 16)
-        fhist2 += _row_counts(level & 15, inside, fbins)
-    f_ge = tl.cumsum(fhist2, 1, reverse=True) + above_c[:, None]
-    f_cut = tl.max(tl.where(f_ge >= KEPT, fbins[None, :], -1), 1)
-    above_f = tl.sum(tl.where(fbins[None, :] > f_cut[:, None], fhist2, 0), 1) + above_c
-    cut = tl.where(c_cut == 16, 256, c_cut * 16 + f_cut)
-    above = tl.where(c_cut == 16, 0, above_f)
-    need = tl.where(c_cut >= 0, KEPT - above, KEPT)
-    cut = tl.maximum(cut, 0)
+        # 3. inside the coarse cut, how many have a fine level (level & 15) ≥ t → cut level, ties to keep
+        fge = tl.zeros([BLOCK_M, 16], dtype=tl.int32)
+        for j0 in range(0, NKB, BLOCK_N):
+            forced, allowed = _block_masks(rows, j0 + lanes, row_ok, NQ, NK, NKB, BQ, BK, LOCAL, SINK, CAUSAL)
+            s, col_ok = _cells(KC, k_base, stride_kj, q_codes, j0, NSUB, R, BLOCK_N, P)
+            level = _pair_levels(s, sub_ok[:, None] & col_ok[None, :], smax, forced, shift, BLOCK_M, M, BLOCK_N, P)
+            inside = allowed & ((level >> 4) == c_cut[:, None]) & (c_cut[:, None] < 16)
+            fge += _counts_at_least(tl.where(inside, level & 15, -1), cols)
+        f_cut = tl.max(tl.where(above_c[:, None] + fge >= KEPT, cols[None, :] + 1, 0), 1)  # t = 0 holds ≥ KEPT by the coarse cut
+        above_f = above_c + _column(fge, cols, f_cut)
+        cut = tl.where(c_cut == 16, 256, c_cut * 16 + f_cut)
+        above = tl.where(c_cut == 16, 0, above_f)
+        need = tl.where(c_cut >= 0, KEPT - above, KEPT)
+        cut = tl.maximum(cut, 0)
 
-    # 4. ascending pass: blocks above the cut, then the first `need` at it
-    o_ptr = OUT + b.to(tl.int64) * stride_ob + h.to(tl.int64) * stride_oh + rows.to(tl.int64) * stride_oc
-    emitted = tl.zeros([BLOCK_M], dtype=tl.int32)
-    ties = tl.zeros([BLOCK_M], dtype=tl.int32)
-    for j0 in range(0, NKB, BLOCK_N):
-        kb = j0 + lanes
-        forced, allowed = _block_masks(rows, kb, row_ok, NQ, NK, NKB, BQ, BK, LOCAL, SINK, CAUSAL)
-        s, col_ok = _cells(KC, k_base, stride_kj, q_codes, j0, NSUB, R, BLOCK_N, P)
-        level = _pair_levels(s, sub_ok[:, None] & col_ok[None, :], smax, forced, shift, BLOCK_M, M, BLOCK_N, P)
-        at_cut = (allowed & (level == cut[:, None])).to(tl.int32)
-        tie_rank = ties[:, None] + tl.cumsum(at_cut, 1) - at_cut
-        keep = allowed & ((level > cut[:, None]) | ((at_cut > 0) & (tie_rank < need[:, None])))
-        keep_i = keep.to(tl.int32)
-        pos = emitted[:, None] + tl.cumsum(keep_i, 1) - keep_i
-        tl.store(o_ptr[:, None] + pos, kb[None, :] + tl.zeros([BLOCK_M, BLOCK_N], tl.int32), mask=keep)
-        emitted += tl.sum(keep_i, 1)
-        ties += tl.sum(at_cut, 1)
+        # 4. ascending pass, one scan: a kept block's place is (#above the cut before it) +
+        # min(#at the cut before it, need); both counts in one int32 (16 bits each, < 2^16 per row)
+        o_ptr = OUT + b.to(tl.int64) * stride_ob + h.to(tl.int64) * stride_oh + rows.to(tl.int64) * stride_oc
+        n_above = tl.zeros([BLOCK_M], dtype=tl.int32)
+        n_ties = tl.zeros([BLOCK_M], dtype=tl.int32)
+        for j0 in range(0, NKB, BLOCK_N):
+            kb = j0 + lanes
+            forced, allowed = _block_masks(rows, kb, row_ok, NQ, NK, NKB, BQ, BK, LOCAL, SINK, CAUSAL)
+            s, col_ok = _cells(KC, k_base, stride_kj, q_codes, j0, NSUB, R, BLOCK_N, P)
+            level = _pair_levels(s, sub_ok[:, None] & col_ok[None, :], smax, forced, shift, BLOCK_M, M, BLOCK_N, P)
+            hi = allowed & (level > cut[:, None])
+            at = allowed & (level == cut[:, None])
+            x = hi.to(tl.int32) + (at.to(tl.int32) << 16)
+            before = tl.cumsum(x, 1) - x
+            t_before = n_ties[:, None] + (before >> 16)
+            keep = hi | (at & (t_before < need[:, None]))
+            pos = n_above[:, None] + (before & 0xFFFF) + tl.minimum(t_before, need[:, None])
+            tl.store(o_ptr[:, None] + pos, kb[None, :] + tl.zeros([BLOCK_M, BLOCK_N], tl.int32), mask=keep)
+            tot = tl.sum(x, 1)
+            n_above += tot & 0xFFFF
+            n_ties += tot >> 16
+        emitted = n_above + tl.minimum(n_ties, need)
+    else:
+        # 2. coarse histogram (bins 0..15 free, 16 forced; 32 per row) → coarse cut per row
+        bins = tl.arange(0, 32)
+        hist2 = tl.zeros([BLOCK_M, 32], dtype=tl.int32)
+        for j0 in range(0, NKB, BLOCK_N):
+            forced, allowed = _block_masks(rows, j0 + lanes, row_ok, NQ, NK, NKB, BQ, BK, LOCAL, SINK, CAUSAL)
+            s, col_ok = _cells(KC, k_base, stride_kj, q_codes, j0, NSUB, R, BLOCK_N, P)
+            level = _pair_levels(s, sub_ok[:, None] & col_ok[None, :], smax, forced, shift, BLOCK_M, M, BLOCK_N, P)
+            hist2 += _row_counts(level >> 4, allowed, bins)
+        count_ge = tl.cumsum(hist2, 1, reverse=True)
+        c_cut = tl.max(tl.where(count_ge >= KEPT, bins[None, :], -1), 1)  # -1: fewer allowed blocks than KEPT
+        above_c = tl.sum(tl.where(bins[None, :] > c_cut[:, None], hist2, 0), 1)
+
+        # 3. fine histogram inside the coarse cut → cut level and ties to keep
+        fbins = tl.arange(0, 16)
+        fhist2 = tl.zeros([BLOCK_M, 16], dtype=tl.int32)
+        for j0 in range(0, NKB, BLOCK_N):
+            forced, allowed = _block_masks(rows, j0 + lanes, row_ok, NQ, NK, NKB, BQ, BK, LOCAL, SINK, CAUSAL)
+            s, col_ok = _cells(KC, k_base, stride_kj, q_codes, j0, NSUB, R, BLOCK_N, P)
+            level = _pair_levels(s, sub_ok[:, None] & col_ok[None, :], smax, forced, shift, BLOCK_M, M, BLOCK_N, P)
+            inside = allowed & ((level >> 4) == c_cut[:, None]) & (c_cut[:, None] < 16)
+            fhist2 += _row_counts(level & 15, inside, fbins)
+        f_ge = tl.cumsum(fhist2, 1, reverse=True) + above_c[:, None]
+        f_cut = tl.max(tl.where(f_ge >= KEPT, fbins[None, :], -1), 1)
+        above_f = tl.sum(tl.where(fbins[None, :] > f_cut[:, None], fhist2, 0), 1) + above_c
+        cut = tl.where(c_cut == 16, 256, c_cut * 16 + f_cut)
+        above = tl.where(c_cut == 16, 0, above_f)
+        need = tl.where(c_cut >= 0, KEPT - above, KEPT)
+        cut = tl.maximum(cut, 0)
+
+        # 4. ascending pass: blocks above the cut, then the first `need` at it
+        o_ptr = OUT + b.to(tl.int64) * stride_ob + h.to(tl.int64) * stride_oh + rows.to(tl.int64) * stride_oc
+        emitted = tl.zeros([BLOCK_M], dtype=tl.int32)
+        ties = tl.zeros([BLOCK_M], dtype=tl.int32)
+        for j0 in range(0, NKB, BLOCK_N):
+            kb = j0 + lanes
+            forced, allowed = _block_masks(rows, kb, row_ok, NQ, NK, NKB, BQ, BK, LOCAL, SINK, CAUSAL)
+            s, col_ok = _cells(KC, k_base, stride_kj, q_codes, j0, NSUB, R, BLOCK_N, P)
+            level = _pair_levels(s, sub_ok[:, None] & col_ok[None, :], smax, forced, shift, BLOCK_M, M, BLOCK_N, P)
+            at_cut = (allowed & (level == cut[:, None])).to(tl.int32)
+            tie_rank = ties[:, None] + tl.cumsum(at_cut, 1) - at_cut
+            keep = allowed & ((level > cut[:, None]) | ((at_cut > 0) & (tie_rank < need[:, None])))
+            keep_i = keep.to(tl.int32)
+            pos = emitted[:, None] + tl.cumsum(keep_i, 1) - keep_i
+            tl.store(o_ptr[:, None] + pos, kb[None, :] + tl.zeros([BLOCK_M, BLOCK_N], tl.int32), mask=keep)
+            emitted += tl.sum(keep_i, 1)
+            ties += tl.sum(at_cut, 1)
 
     # 5. pad with -1 (rows with fewer allowed blocks than KEPT)
     for p0 in range(0, KEPT, BLOCK_N):

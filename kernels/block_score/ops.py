@@ -19,6 +19,13 @@ from .naive import RESOLUTION, check_grid, select_blocks_codes_reference, select
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 BACKENDS = ("auto", "triton", "reference")
+# How the kernel's passes 2-4 count (kernel.py): "swar" — threshold counts three to an int32 word and
+# one scan in the emit pass (see kernel.py's docstring); "compare" — the earlier
+# compare-and-sum histograms over a 3-d tile and two scans. Same indices. Both stay until a GPU
+# times them (scripts/gpu/attention_parts.py --part selection), then the slower one goes; TILES
+# (block_m, block_n, num_warps) overrides the tile choice for that study.
+COUNTS = "swar"
+TILES: tuple[int, int, int] | None = None
 
 
 def _tiles(nkb: int, m: int, p: int, width: int) -> tuple[int, int, int]:
@@ -84,14 +91,17 @@ def _score_kernel(qi: torch.Tensor, ki: torch.Tensor, shift: torch.Tensor, kept:
     b, h, _, width = qi.shape
     nqb, nkb = -(-num_queries // query_block_size), -(-num_keys // block_size)
     out = torch.empty(b, h, nqb, kept, dtype=torch.int32, device=qi.device)
-    block_m, block_n, warps = _tiles(nkb, m, p, width)
+    block_m, block_n, warps = TILES or _tiles(nkb, m, p, width)
+    if block_n > 128:  # SWAR's 8-bit counters and the emit pass's 16-bit ones hold < 256 blocks a step
+        raise ValueError(f"block_n must be at most 128, got {block_n}")
     grid = (triton.cdiv(nqb, block_m), b * h)
     block_score_kernel[grid](
         qi, ki, shift, out,
         *qi.stride()[:3], *ki.stride()[:3], *out.stride()[:3],
         h, num_queries, num_keys, nqb, nkb, -(-num_keys // (block_size // p)), kept, query_block_size, block_size,
         local_blocks, sink_blocks,
-        R=width, M=m, P=p, CAUSAL=causal, BLOCK_M=block_m, BLOCK_N=block_n, num_warps=warps,
+        R=width, M=m, P=p, CAUSAL=causal, BLOCK_M=block_m, BLOCK_N=block_n, SWAR=COUNTS == "swar",
+        num_warps=warps,
     )
     return out
 

@@ -14,48 +14,14 @@ from __future__ import annotations
 import argparse
 import collections
 import os
-import re
-import subprocess
 import tempfile
 
-INSTR = re.compile(r"\s*/\*([0-9a-f]{4,})\*/\s+(?:@!?U?P\w+\s+)?([A-Z0-9_.]+)(.*?);")
-BRANCH = re.compile(r"BRA\s+(?:`?\(?)0x([0-9a-f]+)")
-
-
-def _sass(ck, workdir: str, name: str) -> tuple[str, str]:
-    import triton
-
-    cubin = os.path.join(workdir, f"{name}.cubin")
-    with open(cubin, "wb") as f:
-        f.write(ck.asm["cubin"])
-    tools = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
-    dump = os.path.join(tools, "cuobjdump")
-    sass = subprocess.run([dump, "-sass", cubin], capture_output=True, text=True, check=True).stdout
-    res = subprocess.run([dump, "-res-usage", cubin], capture_output=True, text=True, check=True).stdout
-    return sass, res
-
-
-def _main_loop(sass: str, needs: str | None):
-    """Instruction mnemonics of the first backward-branch loop (containing ``needs``, if given);
-    the largest loop when ``needs`` is None."""
-    code = [(int(m.group(1), 16), m.group(2), m.group(3)) for m in map(INSTR.match, sass.splitlines()) if m]
-    loops = []
-    for addr, op, rest in code:
-        b = BRANCH.search(op + rest) if op.startswith("BRA") else None
-        if b and int(b.group(1), 16) < addr:
-            body = [o for a, o, _ in code if int(b.group(1), 16) <= a <= addr]
-            if needs is None or any(o.startswith(needs) for o in body):
-                loops.append(body)
-    if not loops:
-        return []
-    return loops[0] if needs else max(loops, key=len)
+from vidhash.kernels.sass import compile_sm90, main_loop
 
 
 def count(n_bits: int = 32, top_k: int = 64, queries: int = 2048, capacity: int = 65536) -> list[dict]:
     """Registers, spills and loop instructions per pair of each kernel (see the module docstring)."""
     import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
 
     from vidhash.kernels.memory import kernel as K
 
@@ -84,17 +50,10 @@ def count(n_bits: int = 32, top_k: int = 64, queries: int = 2048, capacity: int 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for name, fn, sig, consts, warps, stages, marker, per_thread in jobs:
-            signature = {**sig, **dict.fromkeys(consts, "constexpr")}
-            names = list(fn.arg_names)
-            attrs = {(names.index(k),): [["tt.divisibility", 16]] for k, t in sig.items()
-                     if t.startswith("*") or ints.get(k, 1) % 16 == 0}
-            src = ASTSource(fn=fn, signature=signature, constexprs=consts, attrs=attrs)
-            ck = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": warps, "num_stages": stages})
-            sass, res = _sass(ck, tmp, fn.__name__)
-            use = dict(re.findall(r"(REG|LOCAL|STACK):(\d+)", res))
-            body = _main_loop(sass, marker)
+            sass, use = compile_sm90(fn, sig, consts, ints, warps, stages, tmp)
+            body = main_loop(sass, marker)
             mix = collections.Counter(op.split(".")[0] for op in body)
-            rows.append({"kernel": name, "regs": int(use.get("REG", 0)), "local_bytes": int(use.get("LOCAL", 0)),
+            rows.append({"kernel": name, "regs": use.get("REG", 0), "local_bytes": use.get("LOCAL", 0),
                          "loop_instr": len(body), "per_pair": len(body) / per_thread, "mix": dict(mix.most_common(8))})
     return rows
 

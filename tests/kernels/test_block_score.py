@@ -31,8 +31,17 @@ CASES = [
 ]
 
 
+@pytest.fixture(params=["swar", "compare"])
+def counts(request, monkeypatch):
+    """Both ways the kernel counts levels (``ops.COUNTS``) must give the reference's indices."""
+    from vidhash.kernels.block_score import ops
+
+    monkeypatch.setattr(ops, "COUNTS", request.param)
+    return request.param
+
+
 @pytest.mark.parametrize("b,h,nq,nk,d,bk,bq,local,sink,causal,density,m,sub", CASES)
-def test_kernel_matches_reference(b, h, nq, nk, d, bk, bq, local, sink, causal, density, m, sub):
+def test_kernel_matches_reference(b, h, nq, nk, d, bk, bq, local, sink, causal, density, m, sub, counts):
     g = torch.Generator().manual_seed(nq * 7 + nk)
     q, k = torch.randn(b, h, nq, d, generator=g).to(DEV), torch.randn(b, h, nk, d, generator=g).to(DEV)
     kw = dict(density=density, block_size=bk, query_block_size=bq, local_blocks=local, sink_blocks=sink,
@@ -45,7 +54,7 @@ def test_kernel_matches_reference(b, h, nq, nk, d, bk, bq, local, sink, causal, 
 
 
 @pytest.mark.parametrize("causal", [pytest.param(False, id="B1-H2-N77-D40-moments"), pytest.param(True, id="B1-H2-Nq90-Nk150-moments-causal")])
-def test_moments_codes_match_reference(causal):
+def test_moments_codes_match_reference(causal, counts):
     g = torch.Generator().manual_seed(3)
     nq, nk = (77, 77) if not causal else (90, 150)
     q, k = (torch.randn(1, 2, nq, 40, generator=g) * 2).to(DEV), torch.randn(1, 2, nk, 40, generator=g).to(DEV)
@@ -68,7 +77,7 @@ def test_moments_codes_are_the_moments_scores():
 
 
 @pytest.mark.parametrize("m,sub", [pytest.param(1, None, id="pooled"), pytest.param(2, 4, id="m2-sub4")])
-def test_ties_go_to_the_lower_block(m, sub):
+def test_ties_go_to_the_lower_block(m, sub, counts):
     """Repeated key blocks and a coarse resolution: many equal levels, the kernel and the reference
     must break them alike (lower index first)."""
     g = torch.Generator().manual_seed(1)
@@ -84,6 +93,35 @@ def test_ties_go_to_the_lower_block(m, sub):
     for backend in ("triton", "reference"):
         sel = select_blocks_codes(q, flat, backend=backend, **kw)
         assert torch.equal(sel.indices, torch.arange(sel.kept, dtype=torch.int32, device=DEV).expand_as(sel.indices))
+
+
+@pytest.mark.parametrize("causal", [pytest.param(False, id="wide"), pytest.param(True, id="wide-causal")])
+def test_cut_among_the_lowest_levels(causal, counts):
+    """Scores spread over far more than 256 levels and half the blocks kept: the cut falls on the
+    floor level 0 (every block ≥ 16 nats below a row's best), where most blocks tie."""
+    g = torch.Generator().manual_seed(7)
+    q, k = (torch.randn(1, 2, 128, 32, generator=g) * 20).to(DEV), (torch.randn(1, 2, 256, 32, generator=g) * 20).to(DEV)
+    kw = dict(density=0.6, block_size=8, query_block_size=16, local_blocks=1, sink_blocks=1, causal=causal)
+    out = select_blocks_codes(q, k, backend="triton", **kw)
+    ref = select_blocks_codes(q, k, backend="reference", **kw)
+    assert torch.equal(out.indices, ref.indices)
+
+
+@pytest.mark.parametrize("tiles", [(64, 32, 4), (16, 128, 4)], ids=["64x32", "16x128"])
+def test_tiles_override_keeps_the_indices(tiles, counts, monkeypatch):
+    """``ops.TILES`` (the GPU timing study's tile choices) changes nothing but speed; tiles of more than
+    128 key blocks are refused (the counters hold < 256 blocks a step)."""
+    from vidhash.kernels.block_score import ops
+
+    g = torch.Generator().manual_seed(9)
+    q, k = torch.randn(1, 2, 200, 32, generator=g).to(DEV), torch.randn(1, 2, 700, 32, generator=g).to(DEV)
+    kw = dict(density=0.2, block_size=4, query_block_size=8, causal=True)
+    ref = select_blocks_codes(q, k, backend="reference", **kw)
+    monkeypatch.setattr(ops, "TILES", tiles)
+    assert torch.equal(select_blocks_codes(q, k, backend="triton", **kw).indices, ref.indices)
+    monkeypatch.setattr(ops, "TILES", (16, 256, 4))
+    with pytest.raises(ValueError, match="block_n"):
+        select_blocks_codes(q, k, backend="triton", **kw)
 
 
 def _brute_levels(qi, ki, shift, nq, nk, bk, bq, local, sink, causal, m, p):

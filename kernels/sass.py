@@ -1,0 +1,136 @@
+"""Offline SASS reading of the Triton kernels for sm_90 (no GPU needed).
+
+    python -m vidhash.kernels.sass block-score [--counts swar,compare] [--tiles 16x128x4,64x32x4]
+    python -m vidhash.kernels.memory.sass_count           (the memory read's kernels)
+
+Compiles a kernel with ``triton.compile`` for ``cuda:90`` as the JIT would specialize it
+(16-byte aligned pointers, integer arguments divisible by 16 where they are), disassembles the
+cubin with the ``cuobjdump`` that ships with Triton and reports registers, stack (spills) and the
+instructions of each loop (a backward branch) — per block pair and thread where the caller says
+how many pairs a thread holds per iteration. Instruction counts are what the code issues per
+iteration, not time: a GPU run decides (kernels' NOTES.md quote both).
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import os
+import re
+import subprocess
+import tempfile
+
+INSTR = re.compile(r"\s*/\*([0-9a-f]{4,})\*/\s+(?:@!?U?P\w+\s+)?([A-Z0-9_.]+)(.*?);")
+BRANCH = re.compile(r"BRA\s+(?:`?\(?)0x([0-9a-f]+)")
+
+
+def disassemble(ck, workdir: str, name: str) -> tuple[str, str]:
+    """SASS text and ``-res-usage`` text of a compiled kernel ``ck``."""
+    import triton
+
+    cubin = os.path.join(workdir, f"{name}.cubin")
+    with open(cubin, "wb") as f:
+        f.write(ck.asm["cubin"])
+    dump = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    sass = subprocess.run([dump, "-sass", cubin], capture_output=True, text=True, check=True).stdout
+    res = subprocess.run([dump, "-res-usage", cubin], capture_output=True, text=True, check=True).stdout
+    return sass, res
+
+
+def compile_sm90(fn, sig: dict, consts: dict, ints: dict, warps: int, stages: int, workdir: str):
+    """``(sass, usage)`` of ``fn`` compiled for sm_90: ``sig`` maps each runtime argument to its
+    Triton type (``"*i8"``, ``"i32"``…), ``consts`` the constexprs, ``ints`` the integer values the
+    JIT would see (divisible by 16 → specialized as such); ``usage`` = ``{"REG", "STACK", "LOCAL"}``."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    signature = {**sig, **dict.fromkeys(consts, "constexpr")}
+    names = list(fn.arg_names)
+    attrs = {(names.index(k),): [["tt.divisibility", 16]] for k, t in sig.items()
+             if t.startswith("*") or ints.get(k, 1) % 16 == 0}
+    src = ASTSource(fn=fn, signature=signature, constexprs=consts, attrs=attrs)
+    ck = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": warps, "num_stages": stages})
+    sass, res = disassemble(ck, workdir, fn.__name__)
+    usage = {k: int(v) for k, v in re.findall(r"(REG|LOCAL|STACK):(\d+)", res)}
+    return sass, usage
+
+
+def loops(sass: str) -> list[list[str]]:
+    """Mnemonics of every loop body (from a backward branch's target to the branch), in code order."""
+    code = [(int(m.group(1), 16), m.group(2), m.group(3)) for m in map(INSTR.match, sass.splitlines()) if m]
+    out = []
+    for addr, op, rest in code:
+        b = BRANCH.search(op + rest) if op.startswith("BRA") else None
+        if b and int(b.group(1), 16) < addr:
+            out.append([o for a, o, _ in code if int(b.group(1), 16) <= a <= addr])
+    return out
+
+
+def main_loop(sass: str, needs: str | None) -> list[str]:
+    """The first loop containing an instruction starting with ``needs``; the largest loop when None."""
+    found = [body for body in loops(sass) if needs is None or any(o.startswith(needs) for o in body)]
+    if not found:
+        return []
+    return found[0] if needs else max(found, key=len)
+
+
+# --------------------------------------------------------------------------------------------
+# the block-score kernel (pooled / learned selection), at the bench's shapes
+# --------------------------------------------------------------------------------------------
+BLOCK_SCORE_SHAPES = {  # name: (query blocks, key blocks, code width R, kept)
+    "131k": (1024, 2048, 64, 64),  # N = 131,072, d 64, query blocks of 128, key blocks of 64, 1/32
+    "wan": (256, 512, 128, 16),  # Wan 1.3B 480p, 32,760 tokens, d 128, same blocks and density
+}
+
+
+def block_score_counts(counts=("swar", "compare"), tiles=((16, 128, 4),), shapes=("131k", "wan")) -> list[dict]:
+    """Registers, stack and per-pass loop instructions of the block-score kernel (pooled codes,
+    non-causal) for each counting form × tile ``(block_m, block_n, warps)`` × shape; ``per_pair``
+    = the four passes' loop instructions per block pair a thread holds in one step."""
+    from vidhash.kernels.block_score import kernel as K
+
+    fn = K.block_score_kernel
+    consts_names = ("R", "M", "P", "CAUSAL", "BLOCK_M", "BLOCK_N", "SWAR")
+    sig = {"QC": "*i8", "KC": "*i8", "SHIFT": "*i32", "OUT": "*i32"}
+    sig |= {n: "i32" for n in fn.arg_names if n not in sig and n not in consts_names}
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for shape in shapes:
+            nqb, nkb, width, kept = BLOCK_SCORE_SHAPES[shape]
+            ints = {n: 16 for n in sig if n.startswith("stride")}
+            ints |= dict(H=12, NQ=nqb * 128, NK=nkb * 64, NQB=nqb, NKB=nkb, NSUB=nkb, KEPT=kept, BQ=128, BK=64,
+                         LOCAL=1, SINK=1, stride_kj=width, stride_qc=width)
+            for form in counts:
+                for bm, bn, warps in tiles:
+                    consts = dict(R=width, M=1, P=1, CAUSAL=False, BLOCK_M=bm, BLOCK_N=bn, SWAR=form == "swar")
+                    sass, use = compile_sm90(fn, sig, consts, ints, warps, 3, tmp)
+                    passes = [len(b) for b in loops(sass)][:4]  # smax, coarse, fine, emit (then the -1 padding)
+                    per_thread = bm * bn / (32 * warps)
+                    mix = collections.Counter(o.split(".")[0] for b in loops(sass)[:4] for o in b)
+                    rows.append({"shape": shape, "counts": form, "tile": f"{bm}x{bn}x{warps}", "regs": use.get("REG", 0),
+                                 "stack": use.get("STACK", 0), "passes": passes, "per_pair": sum(passes) / per_thread,
+                                 "mix": dict(mix.most_common(6))})
+    return rows
+
+
+def _tiles_arg(text: str):
+    return tuple(tuple(int(x) for x in t.split("x")) for t in text.split(","))
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("kernel", choices=["block-score"])
+    p.add_argument("--counts", default="swar,compare", help="block-score counting forms (ops.COUNTS)")
+    p.add_argument("--tiles", type=_tiles_arg, default=((16, 128, 4),), help="block_m x block_n x warps, comma-separated")
+    p.add_argument("--shapes", default="131k,wan", help=f"of {sorted(BLOCK_SCORE_SHAPES)}")
+    args = p.parse_args(argv)
+    os.environ.pop("TRITON_INTERPRET", None)
+    print("shape  counts   tile       regs  stack  loop instr per pass (smax, coarse, fine, emit)  per pair")
+    for r in block_score_counts(args.counts.split(","), args.tiles, args.shapes.split(",")):
+        print(f"{r['shape']:6s} {r['counts']:8s} {r['tile']:10s} {r['regs']:4d} {r['stack']:6d}  "
+              f"{str(r['passes']):44s} {r['per_pair']:7.1f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
