@@ -1,6 +1,7 @@
 """Offline SASS reading of the Triton kernels for sm_90 (no GPU needed).
 
     python -m vidhash.kernels.sass block-score [--counts swar,compare] [--tiles 16x128x4,64x32x4]
+    python -m vidhash.kernels.sass block-mass
     python -m vidhash.kernels.memory.sass_count           (the memory read's kernels)
 
 Compiles a kernel with ``triton.compile`` for ``cuda:90`` as the JIT would specialize it
@@ -113,18 +114,45 @@ def block_score_counts(counts=("swar", "compare"), tiles=((16, 128, 4),), shapes
     return rows
 
 
+def block_mass_counts(query_stride: int = 4, dtype: str = "bf16") -> dict:
+    """Registers, stack and the two sweeps' loop instructions of the block-mass kernel at the
+    drop-in's ``reuse_mass`` shape (wan-mini: 3 heads, 33,792 tokens, d 128, query blocks of 64
+    with every ``query_stride``-th query, key blocks of 64; the launcher's 64 queries a program)."""
+    from vidhash.kernels.block_mass import kernel as K
+
+    fn = K.block_mass_kernel
+    tq = 64 // query_stride
+    consts = dict(TQ=tq, G=max(1, 64 // tq), BK=64, D=128, PREC="tf32")
+    sig = {"Q": f"*{dtype}", "K": f"*{dtype}", "OUT": "*fp32", "sm_scale_log2": "fp32"}
+    sig |= {n: "i32" for n in fn.arg_names if n not in sig and n not in consts}
+    ints = dict(stride_qb=3 * 33792 // query_stride * 128, stride_qh=128, stride_qn=384, stride_kb=3 * 33792 * 128,
+                stride_kh=128, stride_kn=384, stride_ob=3 * 528 * 528, stride_oh=528 * 528, stride_oc=528,
+                H=3, NQS=33792 // query_stride, NK=33792, NQB=528, NKB=528)
+    with tempfile.TemporaryDirectory() as tmp:
+        sass, use = compile_sm90(fn, sig, consts, ints, 4, 3, tmp)
+    sweeps = [len(b) for b in loops(sass)]
+    return {"query_stride": query_stride, "regs": use.get("REG", 0), "stack": use.get("STACK", 0), "loops": sweeps,
+            "mma": sum(o.startswith(("HMMA", "HGMMA")) for b in loops(sass) for o in b)}  # HGMMA: wgmma, per warpgroup
+
+
 def _tiles_arg(text: str):
     return tuple(tuple(int(x) for x in t.split("x")) for t in text.split(","))
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("kernel", choices=["block-score"])
+    p.add_argument("kernel", choices=["block-score", "block-mass"])
     p.add_argument("--counts", default="swar,compare", help="block-score counting forms (ops.COUNTS)")
     p.add_argument("--tiles", type=_tiles_arg, default=((16, 128, 4),), help="block_m x block_n x warps, comma-separated")
     p.add_argument("--shapes", default="131k,wan", help=f"of {sorted(BLOCK_SCORE_SHAPES)}")
     args = p.parse_args(argv)
     os.environ.pop("TRITON_INTERPRET", None)
+    if args.kernel == "block-mass":
+        for stride in (1, 4):
+            r = block_mass_counts(stride)
+            print(f"block mass, query stride {stride}: {r['regs']} regs, {r['stack']} B stack, loops {r['loops']} "
+                  f"instructions, {r['mma']} MMA instructions in them")
+        return 0
     print("shape  counts   tile       regs  stack  loop instr per pass (smax, coarse, fine, emit)  per pair")
     for r in block_score_counts(args.counts.split(","), args.tiles, args.shapes.split(",")):
         print(f"{r['shape']:6s} {r['counts']:8s} {r['tile']:10s} {r['regs']:4d} {r['stack']:6d}  "
