@@ -10,7 +10,9 @@ as host tensor descriptors over their ``(b, h, n, d)`` views (any strides a desc
 ``k_desc.load([b, h, j * BK, 0])`` instead of ``BK × D`` pointer loads, and the compiler can
 pipeline the copies with the MMAs. Rows past ``nq`` / ``nk`` come back as zeros (TMA's bounds
 fill) and are masked as in the pointer kernel; a padding entry (``-1``) loads block 0 and masks
-it out. Same log2-domain online softmax, same ``out`` / ``lse`` contract.
+it out. Same log2-domain online softmax, same ``out`` / ``lse`` contract. The forward runs two
+loops: the entries before the row's first padding entry or ragged block without the mask (one
+select per score less: 371 → 333 SASS instructions a step at 8 warps, d 64), the rest masked.
 
 :func:`sparse_attn_bwd_dq_tma_kernel` and :func:`sparse_attn_bwd_dkdv_tma_kernel` are the backward's
 dq and dk/dv the same way (dk/dv: one key block per program — blocks of 64/128 are one group in the
@@ -48,11 +50,28 @@ def _query_tile(q_desc, IDX, stride_ib, stride_ih, stride_ic, H, NQ, BQ: tl.cons
 
 @triton.jit
 def _kept_block(idx_row, it, b, h, NK, BK: tl.constexpr):
-    """Entry ``it`` of the index row: its first key and which of its ``BK`` keys count (padding
-    entries load block 0 and count none)."""
+    """Entry ``it`` of the index row: its first key, which of its ``BK`` keys count (padding
+    entries load block 0 and count none) and whether all of them do (a scalar)."""
     blk = tl.load(idx_row + it)
     start = tl.maximum(blk, 0) * BK
-    return start, (blk >= 0) & (start + tl.arange(0, BK) < NK)
+    return start, (blk >= 0) & (start + tl.arange(0, BK) < NK), (blk >= 0) & (start + BK <= NK)
+
+
+@triton.jit
+def _fwd_step(q, k_desc, v_desc, b, h, start, valid, acc, l_i, m_i, sm_scale_log2,
+              BK: tl.constexpr, D: tl.constexpr, E: tl.constexpr, PREC: tl.constexpr):
+    """One kept key block of the online softmax: scores (masked by ``valid`` unless it is None —
+    every key counts), the new max, the rescaled sum and accumulator."""
+    kt = k_desc.load([b, h, start, 0]).reshape(BK, D)
+    s = _dot(q, tl.trans(kt), PREC)
+    if valid is not None:
+        s = tl.where(valid[None, :], s, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(s, 1) * sm_scale_log2)
+    p = tl.math.exp2(s * sm_scale_log2 - m_new[:, None])
+    alpha = tl.math.exp2(m_i - m_new)
+    vt = v_desc.load([b, h, start, 0]).reshape(BK, E)
+    acc = _dot_acc(p.to(vt.dtype), vt, acc * alpha[:, None], PREC)
+    return acc, l_i * alpha + tl.sum(p, 1), m_new
 
 
 @triton.autotune(configs=_configs(), key=["BQ", "BK", "D", "E", "PREC"])
@@ -70,19 +89,19 @@ def sparse_attn_fwd_tma_kernel(
     m_i = tl.full([BQ], -1.0e30, dtype=tl.float32)
     l_i = tl.zeros([BQ], dtype=tl.float32)
     acc = tl.zeros([BQ, E], dtype=tl.float32)
-    for it in range(0, KEPT):
-        start, valid = _kept_block(idx_row, it, b, h, NK, BK)
-        kt = k_desc.load([b, h, start, 0]).reshape(BK, D)
-        s = _dot(q, tl.trans(kt), PREC)
-        s = tl.where(valid[None, :], s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1) * sm_scale_log2)
-        p = tl.math.exp2(s * sm_scale_log2 - m_new[:, None])
-        alpha = tl.math.exp2(m_i - m_new)
-        l_i = l_i * alpha + tl.sum(p, 1)
-        vt = v_desc.load([b, h, start, 0]).reshape(BK, E)
-        acc = acc * alpha[:, None]
-        acc = _dot_acc(p.to(vt.dtype), vt, acc, PREC)
-        m_i = m_new
+    # entries before the first padding entry or ragged block count every key: no select there
+    n_whole = KEPT
+    for c0 in range(0, KEPT, 64):
+        pos = c0 + tl.arange(0, 64)
+        blk = tl.load(idx_row + pos, mask=pos < KEPT, other=0)
+        part = (pos < KEPT) & ((blk < 0) | (blk * BK + BK > NK))
+        n_whole = tl.minimum(n_whole, tl.min(tl.where(part, pos, KEPT)))
+    for it in range(0, n_whole):
+        start, _, _ = _kept_block(idx_row, it, b, h, NK, BK)
+        acc, l_i, m_i = _fwd_step(q, k_desc, v_desc, b, h, start, None, acc, l_i, m_i, sm_scale_log2, BK, D, E, PREC)
+    for it in range(n_whole, KEPT):
+        start, valid, _ = _kept_block(idx_row, it, b, h, NK, BK)
+        acc, l_i, m_i = _fwd_step(q, k_desc, v_desc, b, h, start, valid, acc, l_i, m_i, sm_scale_log2, BK, D, E, PREC)
     has_key = l_i > 0.0
     out = acc / tl.where(has_key, l_i, 1.0)[:, None]
     o_ptr = O + b.to(tl.int64) * stride_ob + h.to(tl.int64) * stride_oh + qpos[:, None].to(tl.int64) * stride_on + ecol[None, :]
@@ -110,7 +129,7 @@ def sparse_attn_bwd_dq_tma_kernel(
     delta = tl.load(DELTA + bh.to(tl.int64) * NQ + qpos, mask=qmask, other=0.0)
     dq = tl.zeros([BQ, D], dtype=tl.float32)
     for it in range(0, KEPT):
-        start, kval = _kept_block(idx_row, it, b, h, NK, BK)
+        start, kval, _ = _kept_block(idx_row, it, b, h, NK, BK)
         kt = k_desc.load([b, h, start, 0]).reshape(BK, D)
         vt = v_desc.load([b, h, start, 0]).reshape(BK, E)
         s = _dot(q, tl.trans(kt), PREC)

@@ -47,6 +47,29 @@ def test_tma_forward_padding_entries_and_empty_rows(monkeypatch):
     assert not out[:, :, 64:].any() and torch.isinf(lse[:, :, 64:]).all() and torch.isinf(r_lse[:, :, 64:]).all()
 
 
+def test_tma_forward_unmasked_prefix_then_masked_tail(monkeypatch):
+    """The forward attends the entries before the first padding entry or ragged key block without
+    masking and masks from there on: rows in any order — a padding entry or the ragged last block
+    (keys 256-299) in the middle, whole blocks after them — and rows longer than the kernel's
+    64-entry scan chunk, against the reference."""
+    q, k, v = qkv(1, 2, 128, 300, 64, seed=5)
+    rows = [[1, -1, 0, 2], [4, 0, 2, 3], [0, 1, 2, 4], [3, 2, 1, 0]]
+    idx = torch.tensor([[rows[:2], rows[2:]]], dtype=torch.int32)  # (1, 2, 2 query blocks, 4)
+    sel = BlockSelection(idx, 64, 64, 128, 300, False)
+    monkeypatch.setenv("VIDHASH_TMA", "1")
+    out, lse = ops.block_sparse_attention_triton(q, k, v, sel, return_lse=True)
+    r_out, r_lse = block_sparse_attention(q, k, v, sel, return_lse=True)
+    assert torch.allclose(out, r_out, atol=2e-5) and torch.allclose(lse, r_lse, atol=2e-5)
+    # 80 entries a row (blocks of 64 over 5,120 keys + a ragged one), the ragged block at entry 70
+    q, k, v = qkv(1, 1, 64, 81 * 64 - 20, 64, seed=6)
+    order = torch.randperm(80, generator=torch.Generator().manual_seed(0)).to(torch.int32)
+    order[70] = 80
+    sel = BlockSelection(order.reshape(1, 1, 1, 80), 64, 64, 64, 81 * 64 - 20, False)
+    out, lse = ops.block_sparse_attention_triton(q, k, v, sel, return_lse=True)
+    r_out, r_lse = block_sparse_attention(q, k, v, sel, return_lse=True)
+    assert torch.allclose(out, r_out, atol=2e-5) and torch.allclose(lse, r_lse, atol=2e-5)
+
+
 @pytest.mark.parametrize("nq,nk,bk,bq,d,layout", [
     (256, 256, 64, 64, 64, "bhnd"),
     (200, 300, 64, 128, 64, "bnhd"),  # partial query and key blocks
