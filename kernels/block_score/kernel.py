@@ -91,6 +91,17 @@ def _pair_levels(s, cell_ok, smax, forced, shift,
 
 
 @triton.jit
+def _tile_levels(KC, k_base, stride_kj, q_codes, j0, rows, row_ok, sub_ok, smax, shift,
+                 NQ, NK, NKB, NSUB, BQ, BK, LOCAL, SINK, CAUSAL: tl.constexpr,
+                 R: tl.constexpr, BLOCK_M: tl.constexpr, M: tl.constexpr, BLOCK_N: tl.constexpr, P: tl.constexpr):
+    """The allowed mask and the levels ``(BLOCK_M, BLOCK_N)`` of key blocks ``j0 …`` (a tile of the
+    passes after the first, scores recomputed)."""
+    forced, allowed = _block_masks(rows, j0 + tl.arange(0, BLOCK_N), row_ok, NQ, NK, NKB, BQ, BK, LOCAL, SINK, CAUSAL)
+    s, col_ok = _cells(KC, k_base, stride_kj, q_codes, j0, NSUB, R, BLOCK_N, P)
+    return allowed, _pair_levels(s, sub_ok[:, None] & col_ok[None, :], smax, forced, shift, BLOCK_M, M, BLOCK_N, P)
+
+
+@triton.jit
 def _counts_at_least(v, cols):
     """Per row, how many of ``v (BLOCK_M, BLOCK_N)`` (int32 in [-1, 16]; -1 counts nowhere) are
     ``≥ t`` for ``t = 1 … 16``: ``(BLOCK_M, 16)``, column ``t - 1``. Three thresholds per int32
@@ -164,9 +175,8 @@ def block_score_kernel(
         ge = tl.zeros([BLOCK_M, 16], dtype=tl.int32)
         n_allowed = tl.zeros([BLOCK_M], dtype=tl.int32)
         for j0 in range(0, NKB, BLOCK_N):
-            forced, allowed = _block_masks(rows, j0 + lanes, row_ok, NQ, NK, NKB, BQ, BK, LOCAL, SINK, CAUSAL)
-            s, col_ok = _cells(KC, k_base, stride_kj, q_codes, j0, NSUB, R, BLOCK_N, P)
-            level = _pair_levels(s, sub_ok[:, None] & col_ok[None, :], smax, forced, shift, BLOCK_M, M, BLOCK_N, P)
+            allowed, level = _tile_levels(KC, k_base, stride_kj, q_codes, j0, rows, row_ok, sub_ok, smax, shift,
+                                          NQ, NK, NKB, NSUB, BQ, BK, LOCAL, SINK, CAUSAL, R, BLOCK_M, M, BLOCK_N, P)
             ge += _counts_at_least(tl.where(allowed, level >> 4, -1), cols)
             n_allowed += tl.sum(allowed.to(tl.int32), 1)
         c_cut = tl.max(tl.where(ge >= KEPT, cols[None, :] + 1, -1), 1)
@@ -176,9 +186,8 @@ def block_score_kernel(
         # 3. inside the coarse cut, how many have a fine level (level & 15) ≥ t → cut level, ties to keep
         fge = tl.zeros([BLOCK_M, 16], dtype=tl.int32)
         for j0 in range(0, NKB, BLOCK_N):
-            forced, allowed = _block_masks(rows, j0 + lanes, row_ok, NQ, NK, NKB, BQ, BK, LOCAL, SINK, CAUSAL)
-            s, col_ok = _cells(KC, k_base, stride_kj, q_codes, j0, NSUB, R, BLOCK_N, P)
-            level = _pair_levels(s, sub_ok[:, None] & col_ok[None, :], smax, forced, shift, BLOCK_M, M, BLOCK_N, P)
+            allowed, level = _tile_levels(KC, k_base, stride_kj, q_codes, j0, rows, row_ok, sub_ok, smax, shift,
+                                          NQ, NK, NKB, NSUB, BQ, BK, LOCAL, SINK, CAUSAL, R, BLOCK_M, M, BLOCK_N, P)
             inside = allowed & ((level >> 4) == c_cut[:, None]) & (c_cut[:, None] < 16)
             fge += _counts_at_least(tl.where(inside, level & 15, -1), cols)
         f_cut = tl.max(tl.where(above_c[:, None] + fge >= KEPT, cols[None, :] + 1, 0), 1)  # t = 0 holds ≥ KEPT by the coarse cut
@@ -195,9 +204,8 @@ def block_score_kernel(
         n_ties = tl.zeros([BLOCK_M], dtype=tl.int32)
         for j0 in range(0, NKB, BLOCK_N):
             kb = j0 + lanes
-            forced, allowed = _block_masks(rows, kb, row_ok, NQ, NK, NKB, BQ, BK, LOCAL, SINK, CAUSAL)
-            s, col_ok = _cells(KC, k_base, stride_kj, q_codes, j0, NSUB, R, BLOCK_N, P)
-            level = _pair_levels(s, sub_ok[:, None] & col_ok[None, :], smax, forced, shift, BLOCK_M, M, BLOCK_N, P)
+            allowed, level = _tile_levels(KC, k_base, stride_kj, q_codes, j0, rows, row_ok, sub_ok, smax, shift,
+                                          NQ, NK, NKB, NSUB, BQ, BK, LOCAL, SINK, CAUSAL, R, BLOCK_M, M, BLOCK_N, P)
             hi = allowed & (level > cut[:, None])
             at = allowed & (level == cut[:, None])
             x = hi.to(tl.int32) + (at.to(tl.int32) << 16)
@@ -215,9 +223,8 @@ def block_score_kernel(
         bins = tl.arange(0, 32)
         hist2 = tl.zeros([BLOCK_M, 32], dtype=tl.int32)
         for j0 in range(0, NKB, BLOCK_N):
-            forced, allowed = _block_masks(rows, j0 + lanes, row_ok, NQ, NK, NKB, BQ, BK, LOCAL, SINK, CAUSAL)
-            s, col_ok = _cells(KC, k_base, stride_kj, q_codes, j0, NSUB, R, BLOCK_N, P)
-            level = _pair_levels(s, sub_ok[:, None] & col_ok[None, :], smax, forced, shift, BLOCK_M, M, BLOCK_N, P)
+            allowed, level = _tile_levels(KC, k_base, stride_kj, q_codes, j0, rows, row_ok, sub_ok, smax, shift,
+                                          NQ, NK, NKB, NSUB, BQ, BK, LOCAL, SINK, CAUSAL, R, BLOCK_M, M, BLOCK_N, P)
             hist2 += _row_counts(level >> 4, allowed, bins)
         count_ge = tl.cumsum(hist2, 1, reverse=True)
         c_cut = tl.max(tl.where(count_ge >= KEPT, bins[None, :], -1), 1)  # -1: fewer allowed blocks than KEPT
@@ -227,9 +234,8 @@ def block_score_kernel(
         fbins = tl.arange(0, 16)
         fhist2 = tl.zeros([BLOCK_M, 16], dtype=tl.int32)
         for j0 in range(0, NKB, BLOCK_N):
-            forced, allowed = _block_masks(rows, j0 + lanes, row_ok, NQ, NK, NKB, BQ, BK, LOCAL, SINK, CAUSAL)
-            s, col_ok = _cells(KC, k_base, stride_kj, q_codes, j0, NSUB, R, BLOCK_N, P)
-            level = _pair_levels(s, sub_ok[:, None] & col_ok[None, :], smax, forced, shift, BLOCK_M, M, BLOCK_N, P)
+            allowed, level = _tile_levels(KC, k_base, stride_kj, q_codes, j0, rows, row_ok, sub_ok, smax, shift,
+                                          NQ, NK, NKB, NSUB, BQ, BK, LOCAL, SINK, CAUSAL, R, BLOCK_M, M, BLOCK_N, P)
             inside = allowed & ((level >> 4) == c_cut[:, None]) & (c_cut[:, None] < 16)
             fhist2 += _row_counts(level & 15, inside, fbins)
         f_ge = tl.cumsum(fhist2, 1, reverse=True) + above_c[:, None]
@@ -246,9 +252,8 @@ def block_score_kernel(
         ties = tl.zeros([BLOCK_M], dtype=tl.int32)
         for j0 in range(0, NKB, BLOCK_N):
             kb = j0 + lanes
-            forced, allowed = _block_masks(rows, kb, row_ok, NQ, NK, NKB, BQ, BK, LOCAL, SINK, CAUSAL)
-            s, col_ok = _cells(KC, k_base, stride_kj, q_codes, j0, NSUB, R, BLOCK_N, P)
-            level = _pair_levels(s, sub_ok[:, None] & col_ok[None, :], smax, forced, shift, BLOCK_M, M, BLOCK_N, P)
+            allowed, level = _tile_levels(KC, k_base, stride_kj, q_codes, j0, rows, row_ok, sub_ok, smax, shift,
+                                          NQ, NK, NKB, NSUB, BQ, BK, LOCAL, SINK, CAUSAL, R, BLOCK_M, M, BLOCK_N, P)
             at_cut = (allowed & (level == cut[:, None])).to(tl.int32)
             tie_rank = ties[:, None] + tl.cumsum(at_cut, 1) - at_cut
             keep = allowed & ((level > cut[:, None]) | ((at_cut > 0) & (tie_rank < need[:, None])))
