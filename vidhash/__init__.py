@@ -17,7 +17,11 @@ _root = _os.path.dirname(_os.path.dirname(_os.path.abspath(__file__)))
 if not _os.path.isdir(_os.path.join(__path__[0], "kernels")) and _os.path.isfile(_os.path.join(_root, "kernels", "ops.py")):
     __path__.append(_root)
 
-from .attention import (  # noqa: E402 (after the search path)
+from .kernels.interpreter import apply_if_interpreting  # noqa: E402 (after the search path)
+
+apply_if_interpreting()  # TRITON_INTERPRET=1: triton 3.6's interpreter under numpy >= 2.4 (kernels/interpreter.py)
+
+from .attention import (  # noqa: E402
     BlockSelection,
     block_sparse_attention,
     dense_attention,

@@ -67,11 +67,23 @@ def test_world_rows_from_a_recording(tmp_path):
     assert mean["recall"] == pytest.approx((rows[0]["recall"] + rows[3]["recall"]) / 2)
 
 
+def status(argv) -> int:
+    """``main``'s exit status: its return value, or argparse's exit for a flag its type refuses."""
+    try:
+        return main(argv)
+    except SystemExit as exit_:
+        return exit_.code
+
+
 def test_bad_flags_name_the_flag(capsys):
-    assert main(TINY + ["--scorers", "pooled,exact"]) != 0
+    assert status(TINY + ["--scorers", "pooled,exact"]) != 0
     assert "--scorers" in capsys.readouterr().err
-    assert main(TINY[:-8] + ["--block-sizes", "16,x"]) != 0
+    assert status(TINY[:-8] + ["--block-sizes", "16,x"]) == 2
     assert "--block-sizes" in capsys.readouterr().err
+    for flag, value in (("--density", "2"), ("--density", "nan"), ("--heads", "0"), ("--sizes", "-1024"),
+                        ("--sizes", "1024,,2048"), ("--device", "foo"), ("--json", "/nonexistent/x.json")):
+        assert status(TINY + [flag, value]) == 2, (flag, value)
+        assert f"argument {flag}" in capsys.readouterr().err
 
 
 def test_no_forced_blocks_every_kept_block_is_ranked(tmp_path, capsys):
@@ -89,5 +101,5 @@ def test_no_forced_blocks_every_kept_block_is_ranked(tmp_path, capsys):
     assert free[1]["recall"] == pytest.approx(free[1]["oracle"])  # the oracle row keeps the oracle's blocks
     assert forced[0]["forced_per_row"] > 0 and forced[0]["kept"] > free[0]["kept"] == 4  # ceil(128 / 32)
     assert json.loads(out0.read_text())["config"]["local_blocks"] == 0
-    assert main(base + ["--local-blocks", "-1"]) != 0
+    assert status(base + ["--local-blocks", "-1"]) != 0
     assert "--local-blocks" in capsys.readouterr().err

@@ -1,5 +1,6 @@
 """Benchmarks behind ``vidhash bench ...``: each module has ``run(args)``, ``args`` carrying the
 command's flags as attributes (the flags themselves: :mod:`vidhash.cli.bench`)."""
+import json
 import os
 import platform
 
@@ -22,3 +23,18 @@ def cpu_name() -> str:
 def recorded_flags(args) -> dict:
     """A bench's flags as its JSON report records them: output paths by file name, the rest as given."""
     return {k: os.path.basename(v) if k in OUTPUT_FLAGS and isinstance(v, str) else v for k, v in vars(args).items()}
+
+
+def write_json(path: str, obj, **dump_kw) -> None:
+    """``obj`` as JSON at ``path`` through a temporary file in the same folder (never a half-written
+    report; the temporary file removed if writing fails)."""
+    tmp = f"{path}.tmp"
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(obj, f, **dump_kw)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.lexists(tmp) and not os.path.isdir(tmp):
+            os.unlink(tmp)
+        raise

@@ -29,7 +29,6 @@ noise (q = 3·(f·W + 0.5·n₁), k = f·W + 0.5·n₂); v is Gaussian.
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
@@ -38,7 +37,7 @@ import torch
 import torch.nn.functional as F
 
 from vidhash.attention import selection_recall
-from vidhash.bench import recorded_flags
+from vidhash.bench import recorded_flags, write_json
 from vidhash.integrations.flex import flex_attention_fn, flex_block_mask, flex_kernel_options
 from vidhash.selection.oracle import attention_error, eval_query_blocks, oracle_recall
 
@@ -312,12 +311,17 @@ def print_table(rows: list[dict]) -> None:
 
 
 def run(args) -> int:
-    if args.device == "cuda" and not torch.cuda.is_available():
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError("vidhash bench attention needs a CUDA device (--device cpu only for smoke runs under TRITON_INTERPRET=1)")
+    if not args.device.startswith("cuda") and os.environ.get("TRITON_INTERPRET") != "1":
+        raise ValueError(f"--device {args.device} runs the Triton kernels only in Triton's interpreter: set "
+                         "TRITON_INTERPRET=1 before the command (a smoke run; its times mean nothing)")
     try:
         sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
     except ValueError as err:
         raise ValueError(f"--sizes must be comma-separated integers, got {args.sizes!r}") from err
+    if not sizes and args.no_wan:
+        raise ValueError("nothing to run: --sizes is empty and --no-wan skips the Wan shape")
     shapes = [(f"N={n}", grid_for(n), args.heads, args.head_dim) for n in sizes]
     if not args.no_wan:
         shapes.append(("Wan1.3B-81f-480p", WAN_1_3B_GRID, WAN_1_3B_HEADS, WAN_1_3B_HEAD_DIM))
@@ -358,8 +362,5 @@ def autotuned_configs() -> dict[str, dict[str, str]]:
 
 
 def _write(path, device, args, rows, tuned) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump({"device": device, "date": time.strftime("%Y-%m-%d"), "torch": torch.__version__, "autotuned": tuned,
-                   "config": {k: v for k, v in recorded_flags(args).items() if not k.startswith("_")}, "rows": rows}, f, indent=2)
-    os.replace(tmp, path)
+    write_json(path, {"device": device, "date": time.strftime("%Y-%m-%d"), "torch": torch.__version__, "autotuned": tuned,
+                      "config": {k: v for k, v in recorded_flags(args).items() if not k.startswith("_")}, "rows": rows}, indent=2)

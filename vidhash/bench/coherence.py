@@ -17,7 +17,6 @@ threads.
 """
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 import time
@@ -29,7 +28,7 @@ from vidhash.metrics.long_range import DriftMeter, FrameStats
 from vidhash.metrics.short_range import ShortRangeMeter
 from vidhash.metrics.synthetic import synthetic_clip, write_video
 
-from . import cpu_name
+from . import cpu_name, write_json
 
 TARGET_FPS = 200.0
 
@@ -94,6 +93,5 @@ def run(args) -> int:
     verdict = "meets" if short and max(short) >= TARGET_FPS else "misses"
     print(f"short-range: best {max(short):.0f} frames/s — {verdict} the {TARGET_FPS:.0f} frames/s target")
     if args.json:
-        with open(args.json, "w", encoding="utf-8") as f:
-            json.dump({"size": args.size, "device": device, "opencv": cv2.__version__, "rows": rows}, f, indent=1)
+        write_json(args.json, {"size": args.size, "device": device, "opencv": cv2.__version__, "rows": rows}, indent=1)
     return 0

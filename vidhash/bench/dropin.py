@@ -91,7 +91,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from vidhash.attention import SCORERS
 from vidhash.bench import recorded_flags
+from vidhash.bench import write_json as write_json_file
 
 STRIP_DENSITIES = (Fraction(1, 8), Fraction(1, 32))
 COHERENCE_KEYS = ("flicker", "warp_error", "motion", "ssim_adjacent", "smoothness", "start_end")
@@ -438,6 +440,11 @@ def load_pipeline(path: str, device: str, dtype: str):
 
     if not Path(path).is_dir():
         raise FileNotFoundError(f"--model {path}: no such folder (a WanMiniPipeline export)")
+    index = Path(path) / "model_index.json"
+    kind = json.loads(index.read_text()).get("_class_name") if index.is_file() else None
+    if kind != "WanMiniPipeline":
+        raise ValueError(f"--model {path}: a {kind or 'folder without model_index.json'}, not a WanMiniPipeline export "
+                         "(vidhash train wan_mini's, e.g. models/wan-mini)")
     pipe = WanMiniPipeline.from_pretrained(path)
     pipe.transformer.to(device, {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[dtype])
     pipe.set_progress_bar_config(disable=True)
@@ -685,6 +692,9 @@ def run(args) -> int:
     block_sizes = parse_ints(args.block_sizes, "--block-sizes")
     seeds = parse_ints(args.seeds, "--seeds", minimum=0)
     scorers = [None if s in ("", "default") else s for s in args.scorers.split(",")]
+    unknown = [s for s in scorers if s is not None and s not in SCORERS]
+    if unknown:  # before the dense clips, not after them
+        raise ValueError(f"--scorers takes default, {', '.join(SCORERS)}; got {', '.join(unknown)}")
     dense_steps = parse_ints(getattr(args, "dense_steps", "0"), "--dense-steps", minimum=0)
     dense_layers = parse_ints(getattr(args, "dense_layers", "0"), "--dense-layers", minimum=0)
     remainders = parse_remainders(getattr(args, "remainders", "none"))
@@ -696,6 +706,8 @@ def run(args) -> int:
     if any(reuse) and getattr(args, "compile", False) and getattr(args, "compile_scope", "blocks") != "model":
         raise ValueError("--reuse-mass with --compile needs --compile-scope model (its bookkeeping breaks the graph; "
                          "the blocks are compiled with fullgraph=True)")
+    if args.recall_step is None:
+        args.recall_step = args.steps // 2
     if args.steps < 1 or not 0 <= args.recall_step < args.steps:
         raise ValueError(f"--recall-step must be in [0, --steps), got {args.recall_step} (--steps {args.steps})")
     if getattr(args, "profile", False) and args.profile_reps < 1:
@@ -769,10 +781,7 @@ def write_json(path: str | None, report: dict) -> None:
     """``report`` to ``path`` (if given) through a temporary file: never a half-written JSON."""
     if not path:
         return
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    tmp = f"{path}.tmp"
-    Path(tmp).write_text(json.dumps(report, indent=1) + "\n")
-    os.replace(tmp, path)
+    write_json_file(path, report, indent=1)
 
 
 def _num(value, spec: str) -> str:

@@ -172,6 +172,8 @@ def run(args) -> int:
     from vidhash.config import preset_for_model
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if args.cuda_graphs and not device.startswith("cuda"):
+        raise ValueError(f"--cuda-graphs replays CUDA graphs: it needs a CUDA device, not {device}")
     model_settings = args.preset is None and bool(args.model)  # a model without --preset: its own settings
     if args.preset is None:
         args.preset = preset_for_model(args.model) if args.model else "tiny"
@@ -184,6 +186,8 @@ def run(args) -> int:
     lengths = [float(s) for s in args.seconds.split(",") if s]
     modes = [m for m in args.modes.split(",") if m]
     bad = [m for m in modes if m not in MODES]
+    if not modes:
+        raise ValueError(f"--modes lists no mode; known: {', '.join(MODES)}")
     if bad:
         raise ValueError(f"unknown modes {bad}; known: {', '.join(MODES)}")
     if not lengths or min(lengths) <= 0:
@@ -232,7 +236,10 @@ def run(args) -> int:
         with open(args.json, "w") as f:
             json.dump({"device": dev_name, "world_fps": world_fps, "dtype": args.dtype, "compile": bool(args.compile),
                        "compile_mode": args.compile_mode, "cuda_graphs": bool(args.cuda_graphs), "verdict": time_flatness(rows), "rows": rows}, f)
-    return 0
+    failed = sum(str(r.get("skipped", "")).startswith("failed") for r in rows)
+    if failed:
+        print(f"vidhash bench generation: {failed} of {len(rows)} rows failed", file=sys.stderr)
+    return 1 if failed else 0
 
 
 def table(rows: list[dict], device: str) -> str:

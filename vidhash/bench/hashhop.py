@@ -11,7 +11,6 @@ N·2·d floats and pays N per query.
 """
 from __future__ import annotations
 
-import json
 import time
 
 import torch
@@ -19,6 +18,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from vidhash.attention import dense_attention
+from vidhash.bench import write_json
 from vidhash.bench.retrieval import multi_hop_attention
 from vidhash.memory import HashedMemory
 
@@ -143,7 +143,6 @@ def run(args) -> int:
         rows.extend(run_size(n, hops, args))
     print_table(rows)
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"config": {k: v for k, v in vars(args).items() if not k.startswith("_")}, "rows": rows}, f, indent=2)
+        write_json(args.json, {"config": {k: v for k, v in vars(args).items() if not k.startswith("_")}, "rows": rows}, indent=2)
         print(f"wrote {args.json}")
     return 0

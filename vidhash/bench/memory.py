@@ -39,14 +39,15 @@ script under ``TRITON_INTERPRET=1`` with tiny sizes: its times mean nothing).
 from __future__ import annotations
 
 import datetime
-import json
 import math
+import os
 import platform
 import time
 
 import torch
 import torch.nn.functional as F
 
+from vidhash.bench import write_json
 from vidhash.memory import HashedMemory
 from vidhash.selection.memory_read import MemoryReadStats
 
@@ -172,6 +173,9 @@ def _graph_rows(rows: list, mem: HashedMemory, q: torch.Tensor, top_ks: list[int
 def run(args) -> int:
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError("--device cuda asked for, but no CUDA device is available")
+    if not args.device.startswith("cuda") and os.environ.get("TRITON_INTERPRET") != "1":
+        raise ValueError(f"--device {args.device} runs the Triton kernels only in Triton's interpreter: set "
+                         "TRITON_INTERPRET=1 before the command (a smoke run; its times mean nothing)")
     top_ks = [int(x) for x in str(args.top_k).split(",") if x]
     if not top_ks or min(top_ks) < 1:
         raise ValueError(f"--top-k needs positive integers, got {args.top_k!r}")
@@ -240,8 +244,8 @@ def run(args) -> int:
             "device": name, "date": datetime.date.today().isoformat(), "torch": torch.__version__,
             "triton": __import__("triton").__version__, "memory_filled": filled, "frames_written": frames + 1,
         }
-        with open(args.json, "w") as f:
-            json.dump({"meta": meta, "config": {k: v for k, v in vars(args).items() if not k.startswith("_")}, "rows": rows}, f, indent=2)
+        write_json(args.json, {"meta": meta, "config": {k: v for k, v in vars(args).items() if not k.startswith("_")},
+                               "rows": rows}, indent=2)
         print(f"wrote {args.json}")
     return 0
 

@@ -41,8 +41,8 @@ the clips, every row is measured on the second half; a ``world mean`` row per sc
 """
 from __future__ import annotations
 
-import json
 import os
+import sys
 import time
 from types import SimpleNamespace
 
@@ -51,6 +51,7 @@ import torch.nn.functional as F
 
 from vidhash.attention import BlockSelection, block_mean_remainder, block_sparse_attention, merge_attention, select_blocks
 from vidhash.bench import recorded_flags
+from vidhash.bench import write_json as write_json_file
 from vidhash.integrations.flex import flex_attention_fn, flex_block_mask, flex_kernel_options
 from vidhash.kernels.block_score.naive import select_blocks_codes_reference
 from vidhash.kernels.block_select.naive import forced_and_allowed
@@ -352,7 +353,11 @@ def record_world(path: str, clips: int, frames: int, seed: int, device: str):
 def run_world(args, rows: list[dict]) -> None:
     t0 = time.perf_counter()
     if args.world_cache and os.path.exists(args.world_cache):
-        layers, steps = torch.load(args.world_cache)
+        try:
+            layers, steps = torch.load(args.world_cache)
+        except Exception as err:  # noqa: BLE001 — any unreadable file: say which flag gave it
+            raise ValueError(f"--world-cache {args.world_cache}: not a recording this bench saved "
+                             f"({type(err).__name__}: {err})") from None
     else:
         layers, steps = record_world(args.world, args.world_clips, args.world_frames, args.seed, args.device)
         if args.world_cache:
@@ -422,11 +427,8 @@ def write_json(args, rows: list[dict]) -> None:
         return
     device = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"
     config = {x: y for x, y in recorded_flags(args).items() if x != "torch_dtype"}
-    tmp = args.json + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump({"device": device, "date": time.strftime("%Y-%m-%d"), "torch": torch.__version__,
-                   "config": config, "rows": rows}, f, indent=1, default=str)
-    os.replace(tmp, args.json)
+    write_json_file(args.json, {"device": device, "date": time.strftime("%Y-%m-%d"), "torch": torch.__version__,
+                                "config": config, "rows": rows}, indent=1, default=str)
 
 
 def check_args(args) -> None:
@@ -453,6 +455,11 @@ def check_args(args) -> None:
     args.torch_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[args.dtype]
     if args.backend == "auto":
         args.backend = "triton" if args.device == "cuda" else "reference"
+    cached = bool(args.world_cache) and os.path.isfile(args.world_cache)  # a saved recording needs no model
+    if args.world is not None and not cached and not os.path.isdir(args.world):
+        raise ValueError(f"--world {args.world}: no such pipeline folder (e.g. models/world-tiny-v3)")
+    if args.world_cache and os.path.isdir(args.world_cache):
+        raise ValueError(f"--world-cache {args.world_cache} is a folder, not a .pt file")
     if args.world is not None and args.world_clips < 2:
         raise ValueError(f"--world-clips must be at least 2 (half fit, half measured), got {args.world_clips}")
 
@@ -472,4 +479,7 @@ def run(args) -> int:
     print_table(rows)
     write_json(args, rows)
     print(f"done in {time.perf_counter() - t0:.0f} s" + (f"; wrote {args.json}" if args.json else ""))
-    return 0
+    failed = sum(bool(r.get("error")) for r in rows)
+    if failed:
+        print(f"vidhash bench selection: {failed} of {len(rows)} rows failed (their 'error' above)", file=sys.stderr)
+    return 1 if failed else 0

@@ -32,6 +32,8 @@ import statistics
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from vidhash.bench import write_json
+
 METRICS = ("val_loss_ema", "val_loss")
 
 
@@ -80,7 +82,11 @@ def read_curve(path: str | Path, metric: str = "val_loss_ema", gpus: int = 1) ->
             continue
         if row.get("elapsed_s") in (None, ""):
             raise ValueError(f"{source}: the row of step {row.get('step')} has {metric} but no elapsed_s")
-        points.append((int(row["step"]), float(row["elapsed_s"]) * gpus, float(value)))
+        loss, elapsed = float(value), float(row["elapsed_s"])
+        if not (math.isfinite(loss) and math.isfinite(elapsed)):
+            raise ValueError(f"{source}: the row of step {row.get('step')} has {metric} {value} and elapsed_s "
+                             f"{row['elapsed_s']}: not finite numbers (a diverged or broken run)")
+        points.append((int(row["step"]), elapsed * gpus, loss))
     if not points:
         raise ValueError(f"{source}: no row has {metric} (was the run trained with val_every > 0?)")
     points.sort()
@@ -204,6 +210,5 @@ def run(args) -> int:
     result = compare(a, b)
     print(format_report(result, args.metric, args.target_ratio))
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps({"metric": args.metric, "gpus": [ga, gb], **result}, indent=1) + "\n")
+        write_json(args.json, {"metric": args.metric, "gpus": [ga, gb], **result}, indent=1)
     return 0

@@ -59,10 +59,15 @@ def _load(target: str):
     return getattr(module, attribute) if attribute else module
 
 
+def first_paragraph(doc: str) -> str:
+    """A docstring's first paragraph as one line (its first line alone may stop mid-sentence)."""
+    return " ".join(doc.strip().split("\n\n")[0].split())
+
+
 def _add(sub: argparse._SubParsersAction, name: str, spec: tuple[str, str]) -> argparse.ArgumentParser:
     command = _load(spec[0])
     doc = getattr(command, "description", None) or command.__doc__ or spec[1]
-    p = sub.add_parser(name, help=spec[1], description=doc.strip().splitlines()[0])
+    p = sub.add_parser(name, help=spec[1], description=first_paragraph(doc))
     command.add_arguments(p)
     p.set_defaults(_run=command.run)
     return p
@@ -138,5 +143,6 @@ def _main(argv: list[str]) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     except (ValueError, FileNotFoundError, PermissionError, OSError) as err:
-        print(f"vidhash {args.command}: error: {err}", file=sys.stderr)
+        name = " ".join(x for x in (args.command, getattr(args, f"{args.command}_command", None)) if x)
+        print(f"vidhash {name}: error: {err}", file=sys.stderr)
         return 2
