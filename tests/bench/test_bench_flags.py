@@ -45,6 +45,7 @@ def status(argv) -> int:
     (["bench", "realism", "--seeds", ""], "--seeds"),
     (["bench", "realism", "--frames", "0"], "--frames"),
     (["bench", "hashhop", "--json", "/nonexistent-folder/x.json"], "--json"),
+    (["bench", "realism", "no-such-clip.mp4"], "clips"),
 ])
 def test_a_bad_flag_is_a_usage_error_naming_it(argv, flag, capsys):
     assert status(argv) == 2

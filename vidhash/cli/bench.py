@@ -338,10 +338,27 @@ def add_train_compare(p: argparse.ArgumentParser) -> None:
 
 
 def add_realism(p: argparse.ArgumentParser) -> None:
-    p.add_argument("clips", nargs="*", help="mp4 files, optionally PATH:START:STOP (frame range)")
+    p.add_argument("clips", nargs="*", type=_clip_spec, help="mp4 files, optionally PATH:START:STOP (frame range)")
     p.add_argument("--world-size", type=positive_int, default=512)
     p.add_argument("--seeds", type=nonneg_ints, default="1000000,1000001,1000002,1000003", help="held-out worlds of the real frames")
     p.add_argument("--frames", type=positive_int, default=16, help="real frames per held-out world")
+
+
+def _clip_spec(text: str) -> str:
+    """``PATH`` or ``PATH:START:STOP`` of an existing file, ``0 ≤ START < STOP``."""
+    import os
+
+    path, *rng = text.split(":")
+    if not os.path.isfile(path):
+        raise argparse.ArgumentTypeError(f"{path!r} is not a file (a clip: PATH or PATH:START:STOP)")
+    if rng:
+        try:
+            start, stop = (int(x) for x in rng)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r}: the range must be START:STOP, two integers") from None
+        if not 0 <= start < stop:
+            raise argparse.ArgumentTypeError(f"{text!r}: the range needs 0 ≤ START < STOP")
+    return text
 
 
 def _realism(args) -> int:
