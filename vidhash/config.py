@@ -136,21 +136,25 @@ def generation_config(preset: str = "tiny", overrides: list[str] | None = None) 
 def apply_overrides(cfg: Any, overrides: list[str], prefix_for: dict[str, str] | None = None) -> Any:
     """Apply ``key=value`` strings to a dataclass instance; unknown keys and wrong types raise
     ValueError naming the key. ``prefix_for`` maps a top-level name to the prefix it lives under."""
-    dotlist = []
+    dotlist, typed = [], {}  # typed: the full key -> the override as the user wrote it
     for item in overrides:
         if "=" not in item:
             raise ValueError(f"override {item!r} is not key=value")
         key, value = item.split("=", 1)
         first = key.split(".", 1)[0]
-        if prefix_for and first in prefix_for:
-            key = f"{prefix_for[first]}.{key}"
-        dotlist.append(f"{key}={value}")
+        full = f"{prefix_for[first]}.{key}" if prefix_for and first in prefix_for else key
+        typed[full] = item
+        dotlist.append(f"{full}={value}")
     base = OmegaConf.structured(cfg)
     try:
         merged = OmegaConf.merge(base, OmegaConf.from_dotlist(dotlist))
         return OmegaConf.to_object(merged)
     except OmegaConfBaseException as err:
-        raise config_error(err, "override") from None
+        item = typed.get(str(getattr(err, "full_key", None) or ""))
+        if item is None:
+            raise config_error(err, "override") from None
+        hint = " (None is written null)" if item.split("=", 1)[1] in ("None", "none") else ""
+        raise ValueError(f"override {item}: {str(err).splitlines()[0]}{hint}") from None
     except ValueError as err:  # a config's own check (__post_init__): name the override it is about
         named = [item for item in overrides if item.split("=", 1)[0].rsplit(".", 1)[-1] in str(err)]
         if not named:

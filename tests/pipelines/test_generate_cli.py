@@ -161,8 +161,12 @@ def test_config_overrides_and_presets():
     assert cfg.generation.height == 128 and cfg.seconds == 3.0
     with pytest.raises(ValueError, match="unknown generation preset"):
         generate_config(preset="huge")
-    with pytest.raises(ValueError, match="'generation.memory.slotz'"):
+    with pytest.raises(ValueError, match=r"override memory\.slotz=3: Key 'slotz'"):
         generate_config(["memory.slotz=3"])
+    with pytest.raises(ValueError, match=r"override chunk_frames=abc: .*Integer"):  # as typed, not generation.chunk_frames
+        generate_config(["chunk_frames=abc"])
+    with pytest.raises(ValueError, match="None is written null"):
+        generate_config(["memory.top_k=None"])
     with pytest.raises(ValueError, match="not key=value"):
         generate_config(["chunk_frames"])
 
