@@ -20,13 +20,14 @@ after, on the fitting clips and on validation clips, and the share of the exact 
 over the older keys that the signature top-k keeps. The model with its learned hashes is written
 as a pipeline folder (``VidHashPipeline.from_pretrained`` loads it; generation then reads its
 memories with them): to ``--out`` (default ``PIPELINE_DIR-calibrated``), through a temporary
-folder renamed at the end.
+folder renamed at the end; ``--overwrite`` replaces only a saved pipeline folder (:func:`check_out`).
 
 ``PIPELINE_DIR`` may also be ``random-tiny`` / ``random-small`` / ``random-base`` (then ``--out``
 is required). Runs on CPU for the tiny model in seconds with ``--clips 2 --frames 16 --steps 50``.
 """
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import sys
@@ -38,7 +39,7 @@ from pathlib import Path
 import torch
 
 from .files import umask
-from .hashing import LearnedHash, SimHash, hamming_similarity, signature_topk_recall
+from .hashing import MAX_BITS, LearnedHash, SimHash, hamming_similarity, signature_topk_recall
 
 
 @dataclass
@@ -61,16 +62,25 @@ class CalibrateConfig:
     seed: int = 0
 
     def check(self) -> None:
+        """Every setting, before any model loads or clip is recorded; ValueError naming the
+        ``vidhash calibrate`` flag (``--bits``)."""
         for key in ("bits", "hidden", "clips", "frames", "top_k", "steps", "chunk_frames", "window_frames",
                     "inference_steps", "batch_queries"):
             if getattr(self, key) <= 0:
-                raise ValueError(f"{key.replace('_', '-')} must be positive, got {getattr(self, key)}")
+                raise ValueError(f"--{key.replace('_', '-')} must be positive, got {getattr(self, key)}")
+        if self.bits > MAX_BITS:
+            raise ValueError(f"--bits must be at most {MAX_BITS} (signatures are packed into at most "
+                             f"{MAX_BITS // 32} int32 words), got {self.bits}")
+        for key in ("lr", "pos_weight"):
+            value = getattr(self, key)
+            if not (math.isfinite(value) and value > 0):
+                raise ValueError(f"--{key.replace('_', '-')} must be a positive finite number, got {value}")
         if self.val_clips < 0:
-            raise ValueError(f"val-clips must be ≥ 0, got {self.val_clips}")
+            raise ValueError(f"--val-clips must be ≥ 0, got {self.val_clips}")
         older = self.frames - self.chunk_frames - self.window_frames
         if older <= 0:
             raise ValueError(
-                f"frames ({self.frames}) must exceed chunk-frames + window-frames ({self.chunk_frames} + {self.window_frames}): "
+                f"--frames ({self.frames}) must exceed chunk-frames + window-frames ({self.chunk_frames} + {self.window_frames}): "
                 "the memory only holds frames older than the window"
             )
 
@@ -207,31 +217,66 @@ def calibrate(pipe, cfg: CalibrateConfig, progress: bool = True) -> tuple[list[L
     return hashers, report
 
 
+PIPELINE_MARKER = "model_index.json"  # what makes a folder a saved pipeline (as vidhash.config.model_config_for reads it)
+
+
+def check_out(out: str | os.PathLike, overwrite: bool = False) -> Path:
+    """``--out``, before any work: a path where nothing is, an empty folder, or — with ``overwrite``,
+    the only thing it replaces — a saved pipeline folder (one with ``model_index.json``). A file, a
+    symlink, a folder that is not a pipeline (with --overwrite or not) or a pipeline without
+    ``overwrite`` is refused, and so is a path below a file; ValueError naming --out."""
+    out = Path(out)
+    if out.is_symlink():
+        raise ValueError(f"--out {out} is a symlink; pick another --out")
+    if out.exists():
+        if not out.is_dir():
+            raise ValueError(f"--out {out} is a file, not a pipeline folder; --overwrite replaces only a saved "
+                             "pipeline folder: pick another --out")
+        if any(out.iterdir()):
+            if not (out / PIPELINE_MARKER).is_file():
+                raise ValueError(f"--out {out} exists and is not empty, and is not a saved pipeline folder (no "
+                                 f"{PIPELINE_MARKER}); --overwrite replaces only a pipeline folder: pick another --out")
+            if not overwrite:
+                raise ValueError(f"--out {out} exists and is not empty (pass --overwrite to replace it)")
+        return out
+    parent = out.parent  # created if missing: the first folder above that exists must be a folder
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ValueError(f"--out {out}: {parent} is not a folder")
+    return out
+
+
 def save_calibrated(pipe, hashers: list[LearnedHash], cfg: CalibrateConfig, out: str | os.PathLike,
                     overwrite: bool = False) -> Path:
     """Install ``hashers`` in the pipeline's model and write the pipeline to ``out`` (through a
-    temporary folder next to it, renamed at the end)."""
-    out = Path(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
-        raise ValueError(f"--out {out} exists and is not empty (pass --overwrite to replace it)")
+    temporary folder next to it, given the usual permissions and renamed at the end). ``out`` is
+    checked again first (:func:`check_out`): with ``overwrite`` only a saved pipeline folder is replaced."""
+    out = check_out(out, overwrite)
     pipe.transformer.set_memory_hash(cfg.bits, cfg.hidden, hashers=hashers)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=out.name + ".", suffix=".tmp", dir=out.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    old = None  # the folder replaced, moved aside under a fresh name until the new one is in place
     try:
         pipe.save_pretrained(str(tmp))
-        old = None
+        os.chmod(tmp, 0o777 & ~umask())  # mkdtemp makes 0700; give the folder the usual permissions
         if out.exists():
-            old = out.with_name(out.name + ".old")
-            if old.exists():
-                shutil.rmtree(old)
-            os.replace(out, old)
-        os.replace(tmp, out)
-        if old is not None:
-            shutil.rmtree(old)
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
+            os.replace(out, old)  # (onto the empty folder just made: a name nothing else uses)
+        try:
+            os.replace(tmp, out)
+        except BaseException:
+            if old is not None and not out.exists():
+                os.replace(old, out)  # put the previous pipeline back
+                old = None
+            raise
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        if old is not None and old.is_dir() and not any(old.iterdir()):
+            old.rmdir()
         raise
-    os.chmod(out, 0o777 & ~umask())
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
     return out
 
 

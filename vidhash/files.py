@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import os
+import tempfile
+from pathlib import Path
+from typing import Callable
 
 
 def umask() -> int:
@@ -10,3 +13,49 @@ def umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def check_output_file(path: str | os.PathLike, flag: str) -> Path:
+    """Check, before any work, that the file ``path`` given with ``flag`` (``--json``) can be written:
+    it is not a directory, its folder exists (it is not created) and is a folder, and a file can be
+    created in it — probed with a temporary file, created and removed at once (``os.access`` says yes
+    to root even where nothing can be created, e.g. ``/proc``). ValueError naming the flag and the
+    path as given."""
+    given = str(path)
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{flag} {given} is a directory; give a file path")
+    folder = path.parent
+    if not folder.exists():
+        raise ValueError(f"{flag} {given}: folder {folder} does not exist")
+    if not folder.is_dir():
+        raise ValueError(f"{flag} {given}: {folder} is not a folder")
+    try:
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".tmp-probe-")
+    except OSError as err:
+        raise ValueError(f"{flag} {given}: cannot create a file in {folder} ({err.strerror or err})") from None
+    os.close(fd)
+    os.unlink(probe)
+    return path
+
+
+def write_atomic(path: str | os.PathLike, write: Callable[[str], object]) -> None:
+    """``write(tmp)`` into a temporary file in ``path``'s folder (same suffix as ``path``: writers
+    such as matplotlib's ``savefig`` pick the format from it), given the usual permissions
+    (``0o666 & ~umask()``; mkstemp makes 0600), then renamed to ``path``: never a half file. The
+    temporary file is removed on failure; an OSError names ``path``, not the temporary file."""
+    folder = os.path.dirname(os.path.abspath(path))
+    tmp = None
+    try:
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.splitext(str(path))[1])
+        os.close(fd)
+        write(tmp)
+        os.chmod(tmp, 0o666 & ~umask())
+        os.replace(tmp, path)
+    except OSError as err:
+        if err.errno is None:
+            raise
+        raise OSError(err.errno, err.strerror, str(path)) from err
+    finally:
+        if tmp is not None and os.path.lexists(tmp):
+            os.remove(tmp)

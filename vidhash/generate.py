@@ -76,6 +76,7 @@ from .config import GenerateConfig, model_config_for, resolve_model
 from .data.clip_writer import ClipWriter, OutputClaim, output_paths, same_path
 from .data.video import check_writable
 from .data.world import ACTIONS, action_ids
+from .files import check_output_file
 
 
 def generate(cfg: GenerateConfig, progress: bool = True, compile_blocks: bool = False,
@@ -93,16 +94,20 @@ def generate(cfg: GenerateConfig, progress: bool = True, compile_blocks: bool = 
     use_cuda_graphs(cuda_graphs, device)  # (--cuda-graphs on a CPU device: refused here, before any file)
     if device.type == "cpu":
         keep_freed_memory()
-    with OutputClaim(out) as claim:
-        # 2. the pipeline on its device, and the state to continue from
-        pipe = load_pipeline(cfg, device, progress, compile_blocks, cuda_graphs)
+    # 2. the state to continue from, read and checked (checksum, every field) before --out is claimed
+    #    or the model loads; whether it fits the model is checked with the model, in step 4
+    state = None
+    if cfg.resume:
         from vidhash.pipelines import VidHashState  # here: a run refused by step 1 imports no model code
 
-        state = VidHashState.load(cfg.resume, device=device) if cfg.resume else None
-        # 3. the plan: ground-truth prompt frames, the stream's arguments (checked by the pipeline)
+        state = VidHashState.load(cfg.resume, device=device)
+    with OutputClaim(out) as claim:
+        # 3. the pipeline on its device
+        pipe = load_pipeline(cfg, device, progress, compile_blocks, cuda_graphs)
+        # 4. the plan: ground-truth prompt frames, the stream's arguments (checked by the pipeline)
         prompt = prompt_frames(cfg, pipe, actions)
         kwargs = stream_arguments(cfg, pipe, num_frames, actions, state, prompt)
-        # 4. write each chunk as it finishes; every file is named *.partial.* until the clip is done
+        # 5. write each chunk as it finishes; every file is named *.partial.* until the clip is done
         info = {prompt["flag"]: prompt["source"], "prompt_frames": len(prompt["frames"])} if prompt is not None else {}
         with ClipWriter(out, cfg.fps, config=cfg, state=state, save_state=cfg.save_state, info=info, pipeline=pipe,
                         claim=claim) as clip:
@@ -148,6 +153,7 @@ def check_request(cfg: GenerateConfig):
     """``(out, num_frames, actions)`` after every check that needs no weights — every flag and
     setting, the model folder's config, and the memory the run needs against what the device has
     (:func:`check_budget`) — before any file is created; ValueError naming the flag or key."""
+    check_output_file(cfg.out, "--out")  # (a file can be created there: the partial mp4 is, next)
     out = check_writable(cfg.out)
     if out.suffix.lower() != ".mp4":
         raise ValueError(f"--out {out} must end in .mp4")
@@ -163,15 +169,21 @@ def check_request(cfg: GenerateConfig):
         raise ValueError(f"--seconds {cfg.seconds} at --fps {cfg.fps} is {num_frames} frames; need at least one")
     OutputClaim.check(out)  # free now (OutputClaim takes it after these checks, or fails the same way)
     if cfg.save_state:
+        check_output_file(cfg.save_state, "--save-state")
         check_writable(cfg.save_state)
         check_state_path(cfg.save_state, out)
     actions = _read_actions(cfg.actions, num_frames) if cfg.actions else None
     check_prompt(cfg)
+    if cfg.resume:
+        check_resume(cfg.resume)
     if cfg.dtype not in DTYPES:
         raise ValueError(f"--dtype must be one of {', '.join(DTYPES)}, got {cfg.dtype!r}")
     device = resolve_device(cfg.device)
     name = resolve_model(cfg.model)
     model = model_config_for(name)
+    gen, patch = cfg.generation, model["patch_size"]
+    if gen.height % patch or gen.width % patch:
+        raise ValueError(f"height and width ({gen.height}×{gen.width}) must be divisible by the patch size {patch} of the model")
     prompt = 0 if cfg.prompt_world is None and cfg.prompt_video is None else cfg.prompt_frames
     source = name if name.startswith("random-") else str(Path(name) / "transformer" / "config.json")
     check_budget(model, cfg.generation, num_frames, prompt, DTYPES[cfg.dtype], device, source=source)
@@ -263,6 +275,15 @@ def _gb(n: int) -> str:
     return f"{n / 2**30:.3g} GiB" if n < 2**50 else f"{n / 2**50:.3g} PiB"
 
 
+def check_resume(path: str) -> None:
+    """``--resume``: an existing file (its contents are checked when it is read, before the model
+    loads; whether it fits the model, once the model is there). ValueError naming the flag."""
+    if os.path.isdir(path):
+        raise ValueError(f"--resume {path} is a directory, not a state file")
+    if not os.path.exists(path):
+        raise ValueError(f"--resume {path}: no such state file")
+
+
 def check_state_path(save_state: str, out: Path) -> None:
     """``--save-state`` may not be one of the run's other files (the mp4, poses, config or their
     partial names): the state would overwrite it, or it the state. ValueError naming both."""
@@ -321,6 +342,10 @@ def _read_actions(path: str, num_frames: int) -> list[str]:
         data = json.loads(Path(path).read_text())
     except FileNotFoundError:
         raise ValueError(f"--actions {path}: no such file") from None
+    except IsADirectoryError:
+        raise ValueError(f"--actions {path} is a directory, not a JSON file") from None
+    except OSError as err:
+        raise ValueError(f"--actions {path}: cannot read it ({err.strerror or err})") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ValueError(f"--actions {path}: not valid JSON ({err})") from None
     if isinstance(data, dict):

@@ -155,7 +155,7 @@ def test_bad_inputs(argv, match, capsys, monkeypatch):
     monkeypatch.setattr(ew.run, "generate_loop", lambda *a, **k: calls.append(1))
     assert cli_main(["eval", "world", *argv, "--quiet"]) == 2
     err = capsys.readouterr().err
-    assert "vidhash eval: error:" in err and __import__("re").search(match, err), err
+    assert "vidhash eval world: error:" in err and __import__("re").search(match, err), err
     assert not calls  # refused before any generation
 
 

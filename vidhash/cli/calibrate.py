@@ -23,19 +23,22 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
+import math
 from pathlib import Path
 
 import torch
 
-from vidhash.calibrate import CalibrateConfig, calibrate, format_report, save_calibrated, worse_on_validation
+from vidhash.calibrate import CalibrateConfig, calibrate, check_out, format_report, save_calibrated, worse_on_validation
+from vidhash.files import check_output_file, write_atomic
+from vidhash.hashing import MAX_BITS
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     d = CalibrateConfig()
     p.add_argument("model", metavar="PIPELINE_DIR", help="saved pipeline folder, or random-tiny | random-small | random-base")
     p.add_argument("--out", default=None, help="pipeline folder to write (default PIPELINE_DIR-calibrated)")
-    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace --out when it is a saved pipeline folder (with model_index.json; never a file or another folder)")
     p.add_argument("--keep-worse", action="store_true",
                    help="write the learned signatures even when they recall less than SimHash on the validation clips")
     p.add_argument("--bits", type=int, default=d.bits, help=f"signature bits (default {d.bits})")
@@ -86,20 +89,40 @@ def config_from_args(args: argparse.Namespace) -> CalibrateConfig:
     return cfg
 
 
+def check_flags(args: argparse.Namespace) -> None:
+    """The flags both kinds of model share, before any model loads or anything is recorded:
+    ``--bits`` (at most ``MAX_BITS``), ``--lr`` and ``--pos-weight`` (positive, finite), and ``--json``
+    (a file that can be created in an existing folder); ValueError naming the flag."""
+    if args.bits <= 0:
+        raise ValueError(f"--bits must be positive, got {args.bits}")
+    if args.bits > MAX_BITS:
+        raise ValueError(f"--bits must be at most {MAX_BITS} (signatures are packed into at most "
+                         f"{MAX_BITS // 32} int32 words), got {args.bits}")
+    for flag, value in (("--lr", args.lr), ("--pos-weight", args.pos_weight)):
+        if not (math.isfinite(value) and value > 0):
+            raise ValueError(f"{flag} must be a positive finite number, got {value}")
+    if args.json:
+        check_output_file(args.json, "--json")
+
+
+def write_report(path: str, report: dict) -> None:
+    """``--json``: the report, written atomically with the usual permissions."""
+    write_atomic(path, lambda tmp: Path(tmp).write_text(json.dumps(report, indent=2)))
+
+
 def run(args: argparse.Namespace) -> int:
     from .calibrate_diffusers import diffusers_model_dir, run_diffusers
 
+    check_flags(args)
     folder = diffusers_model_dir(args.model)
     if folder is not None or args.inputs is not None:
         return run_diffusers(args, folder)
     cfg = config_from_args(args)
     if args.out is None and args.model.startswith("random-"):
         raise ValueError("--out is required with a random model")
-    out = Path(args.out) if args.out else Path(str(Path(args.model)).rstrip("/") + "-calibrated")
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not args.overwrite:
-        raise ValueError(f"--out {out} exists and is not empty (pass --overwrite to replace it)")
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    out = check_out(args.out if args.out else str(Path(args.model)).rstrip("/") + "-calibrated", args.overwrite)
+    if args.json and Path(args.json).resolve() == out.resolve():
+        raise ValueError(f"--json {args.json} is --out {out}; pick another path for the report")
     device = torch.device(args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
     pipe = _load(args.model, device)
     hashers, report = calibrate(pipe, cfg, progress=not args.quiet)
@@ -119,8 +142,6 @@ def run(args: argparse.Namespace) -> int:
             print(f"warning: {worse} (written anyway: --keep-worse)")
         print(f"wrote {report['out']}")
     if args.json:
-        tmp = Path(args.json).with_name(Path(args.json).name + ".tmp")
-        tmp.write_text(json.dumps(report, indent=2))
-        os.replace(tmp, args.json)
+        write_report(args.json, report)
         print(f"wrote {args.json}")
     return status

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from pathlib import Path
 
 import torch
@@ -75,10 +74,9 @@ def run_diffusers(args: argparse.Namespace, folder: Path | None) -> int:
         if worse:
             print(f"warning: {worse} (written anyway: --keep-worse)")
         print(f"wrote {report['out']}")
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(args.json).with_name(Path(args.json).name + ".tmp")
-        tmp.write_text(json.dumps(report, indent=2))
-        os.replace(tmp, args.json)
+    if args.json:  # (checked before any work: vidhash.cli.calibrate.check_flags)
+        from .calibrate import write_report
+
+        write_report(args.json, report)
         print(f"wrote {args.json}")
     return status

@@ -17,7 +17,6 @@ import json
 import math
 import os
 import sys
-import tempfile
 
 __all__ = ["add_arguments", "check_arguments", "run"]
 
@@ -58,20 +57,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     bar.add_argument("--no-progress", dest="progress", action="store_false", help="never show a progress bar")
 
 
-def _write_atomic(path: str, write) -> None:
-    """Write through a temporary file in the same folder, then rename: never a half file."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.splitext(path)[1])
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
 def check_arguments(args: argparse.Namespace) -> None:
     """Every flag checked before any video is read; ValueError naming the flag."""
     from vidhash.metrics.video import check_size
@@ -87,10 +72,23 @@ def check_arguments(args: argparse.Namespace) -> None:
         if not (math.isfinite(value) and value >= 0):
             raise ValueError(f"{flag} must be a non-negative number, got {value:g}")
     _check_outputs(args)
+    if args.poses:
+        _check_poses(args.poses)
+
+
+def _check_poses(path: str) -> None:
+    if os.path.isdir(path):
+        raise ValueError(f"--poses {path} is a directory, not a poses JSON file")
+    if not os.path.exists(path):
+        raise ValueError(f"--poses {path}: no such file")
 
 
 def _check_outputs(args: argparse.Namespace) -> None:
-    """--json and --plot may not name an input (a video, the poses, the encoder) or each other."""
+    """--json and --plot may not name an input (a video, the poses, the encoder) or each other; each
+    must be a file that can be created in an existing folder (:func:`vidhash.files.check_output_file`),
+    and --plot a format matplotlib saves (:func:`_check_plot`)."""
+    from vidhash.files import check_output_file
+
     inputs = [("input video", v) for v in args.videos]
     inputs += [(flag, path) for flag, path in (("--poses", args.poses), ("--features-weights", args.features_weights)) if path]
     outputs = [(flag, path) for flag, path in (("--json", args.json), ("--plot", args.plot)) if path]
@@ -99,8 +97,26 @@ def _check_outputs(args: argparse.Namespace) -> None:
             if _same_file(out, other):
                 raise ValueError(f"{flag} {out} is the {what} {other}; writing it would overwrite "
                                  f"{'the input' if (what, other) in inputs else 'the other output'}: pick another path")
-        if os.path.isdir(out):
-            raise ValueError(f"{flag} {out} is a directory")
+    for flag, out in outputs:
+        check_output_file(out, flag)
+    if args.plot:
+        _check_plot(args.plot)
+
+
+def _check_plot(path: str) -> None:
+    """``--plot PATH``: matplotlib importable, and PATH's suffix a format it saves (``savefig`` picks
+    the format from it; without one it would add ``.png`` to the name)."""
+    suffix = os.path.splitext(path)[1].lower()
+    if not suffix:
+        raise ValueError(f"--plot {path} needs a file suffix: .png (or another format matplotlib saves: .pdf, .svg, ...)")
+    try:
+        from matplotlib.backend_bases import FigureCanvasBase
+    except ImportError:
+        raise ValueError("--plot needs matplotlib (pip install matplotlib)") from None
+    formats = FigureCanvasBase.get_supported_filetypes()
+    if suffix[1:] not in formats:
+        raise ValueError(f"--plot {path}: matplotlib cannot save '{suffix}' files; use one of "
+                         f"{', '.join('.' + f for f in sorted(formats))}")
 
 
 def _same_file(a: str, b: str) -> bool:
@@ -111,18 +127,29 @@ def _same_file(a: str, b: str) -> bool:
         return os.path.realpath(a) == os.path.realpath(b)
 
 
+def _load_poses(path: str):
+    """:func:`vidhash.metrics.revisit.load_poses` with its errors naming --poses."""
+    from vidhash.metrics.revisit import load_poses
+
+    try:
+        return load_poses(path)
+    except (ValueError, OSError) as err:
+        message = str(err) if isinstance(err, ValueError) else err.strerror or str(err)
+        raise ValueError(f"--poses {message}" if message.startswith(f"{path}:") else f"--poses {path}: {message}") from None
+
+
 def run(args: argparse.Namespace) -> int:
     check_arguments(args)
     import av
     import cv2
 
+    from vidhash.files import write_atomic
     from vidhash.metrics.coherence import CoherenceOptions, measure_coherence
     from vidhash.metrics.report import format_table, plot_reports
-    from vidhash.metrics.revisit import load_poses
 
     if args.threads > 0:
         cv2.setNumThreads(args.threads)
-    poses = load_poses(args.poses) if args.poses else None
+    poses = _load_poses(args.poses) if args.poses else None
     model = None
     if args.features_weights:
         from vidhash.metrics.features import load_feature_model
@@ -158,10 +185,10 @@ def run(args: argparse.Namespace) -> int:
                     json.dump(payload, f, indent=1, ensure_ascii=False)
                     f.write("\n")
 
-            _write_atomic(args.json, write_json)
+            write_atomic(args.json, write_json)
             print(f"report: {args.json}")
         if args.plot:
-            _write_atomic(args.plot, lambda tmp: plot_reports(reports, tmp))
+            write_atomic(args.plot, lambda tmp: plot_reports(reports, tmp))
             print(f"plot: {args.plot}")
     if failed:
         print(f"vidhash coherence: {failed} of {len(args.videos)} video(s) could not be measured", file=sys.stderr)

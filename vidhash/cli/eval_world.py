@@ -86,14 +86,26 @@ def options_from_args(args: argparse.Namespace) -> WorldEvalOptions:
                             recall_every=getattr(args, "recall_every", 1))
 
 
+def check_outputs(args: argparse.Namespace) -> None:
+    """--json and --plot, before any evaluation or reading: files that can be created in existing
+    folders (:func:`vidhash.files.check_output_file`), the plot a .png; ValueError naming the flag."""
+    from vidhash.files import check_output_file
+
+    for flag, path in (("--json", args.json), ("--plot", args.plot)):
+        if path:
+            check_output_file(path, flag)
+    if args.plot:
+        check_plot(args.plot)
+
+
 def run(args: argparse.Namespace) -> int:
+    check_outputs(args)
     if args.from_json:
         result = merge_results([load_result(path) for path in args.from_json])
         if args.json:
             write_json(args.json, result)
         print(format_table(result))
         if args.plot:
-            check_plot(args.plot)
             print(f"wrote {plot_result(result, args.plot)}")
         return 0
     if args.model is None:

@@ -62,8 +62,18 @@ def check_overrides(args: argparse.Namespace) -> None:
             raise ValueError(f"{item}: {key} is set by {flag}, not by a key=value override{both}")
 
 
+def check_prompt_frames(args: argparse.Namespace) -> None:
+    """``--prompt-frames`` counts the frames of ``--prompt-world`` or ``--video``: given without
+    either (alone, or with ``--image``, which is one frame) it would be ignored; an error instead."""
+    if args.prompt_frames is not None and args.prompt_world is None and args.prompt_video is None:
+        why = "--image is one frame" if args.prompt_image is not None else "neither is given"
+        raise ValueError(f"--prompt-frames counts the prompt frames of --prompt-world or --video, and {why}; "
+                         "leave --prompt-frames out or give --prompt-world / --video")
+
+
 def config_from_args(args: argparse.Namespace) -> GenerateConfig:
     check_overrides(args)
+    check_prompt_frames(args)
     model = resolve_model(args.model)
     flags = {"model": model, **{key: getattr(args, key, None) for key in RUN_FLAGS if key != "model"}}
     return generate_config(args.overrides, **flags)  # generation settings: the model's own, then the overrides

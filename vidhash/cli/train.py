@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", help="training YAML (configs/train/*.yaml) or a preset name (world_tiny)")
-    parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
+    parser.add_argument("overrides", nargs="*", default=[], metavar="key=value", help="config overrides (optional)")
     parser.add_argument("--resume", default=None, metavar="auto|PATH",
                         help="continue: 'auto' = latest checkpoint under out_dir (fresh if none), or a checkpoint "
                              "folder / checkpoints root")
@@ -34,16 +35,36 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
 
 
+def check_flags(args: argparse.Namespace) -> None:
+    """The flags, before the config is read or anything trains; ValueError naming the flag."""
+    if args.max_minutes is not None and not args.max_minutes >= 0:
+        raise ValueError(f"--max-minutes must be >= 0, got {args.max_minutes}")
+    if args.stop_at_step is not None and args.stop_at_step < 1:
+        raise ValueError(f"--stop-at-step must be a positive step (the run stops once it reaches it), got {args.stop_at_step}")
+
+
+def check_out_dir(out_dir: str) -> None:
+    """``out_dir``: a folder, or a path where one can be made — not an existing file, nor below one.
+    ValueError naming the key."""
+    path = Path(out_dir)
+    here = path
+    while not here.exists() and here != here.parent:
+        here = here.parent
+    if here.exists() and not here.is_dir():
+        what = "is a file" if here == path else f"is below {here}, which is a file"
+        raise ValueError(f"out_dir={out_dir} {what}, not a folder; pick another out_dir")
+
+
 def run(args: argparse.Namespace) -> int:
     from vidhash.training.config import to_yaml_text
     from vidhash.training.recipes import load_train_config
 
+    check_flags(args)
     cfg = load_train_config(args.config, args.overrides)
     if args.print_config:
         print(to_yaml_text(cfg), end="")
         return 0
-    if args.max_minutes is not None and args.max_minutes < 0:
-        raise ValueError(f"--max-minutes must be >= 0, got {args.max_minutes}")
+    check_out_dir(cfg.out_dir)
     from vidhash.training.profile import parse_steps
     from vidhash.training.trainer import train
 

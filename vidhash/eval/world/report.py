@@ -11,12 +11,11 @@ import json
 import math
 import os
 import platform
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from vidhash.files import umask
+from vidhash.files import write_atomic as _write_atomic
 
 from .plan import MODES, SCHEMA, TIME_PARTS
 
@@ -230,28 +229,27 @@ def write_json(path: str, result: dict) -> None:
 
 
 def write_atomic(path: str, write) -> None:
-    """``write(tmp)`` to a temporary file in ``path``'s folder, then rename it to ``path``: never a half file."""
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.splitext(path)[1])
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o666 & ~umask())  # mkstemp makes 0600
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    """``write(tmp)`` to a temporary file in ``path``'s folder, then rename it to ``path``: never a half
+    file (:func:`vidhash.files.write_atomic`: the usual permissions, the temporary file removed on failure)."""
+    _write_atomic(path, write)
 
 
 def load_result(path: str) -> dict:
+    """A result saved by ``--json`` (``--from-json PATH``); ValueError naming the file for anything else."""
     try:
-        result = json.loads(Path(path).read_text())
+        result = json.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ValueError(f"--from-json {path}: no such file") from None
-    except json.JSONDecodeError as err:
+    except IsADirectoryError:
+        raise ValueError(f"--from-json {path} is a directory, not a result file") from None
+    except OSError as err:
+        raise ValueError(f"--from-json {path}: cannot read it ({err.strerror or err})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ValueError(f"--from-json {path}: not JSON ({err})") from None
-    if result.get("schema") != SCHEMA:
-        raise ValueError(f"--from-json {path}: not a {SCHEMA} file")
+    if not isinstance(result, dict) or result.get("schema") != SCHEMA:
+        kind = {list: "list", str: "string", bool: "boolean", int: "number", float: "number"}.get(type(result), "null")
+        what = "" if isinstance(result, dict) else f" (it holds a JSON {kind}, not an object)"
+        raise ValueError(f"--from-json {path}: not a {SCHEMA} file{what}")
     return result
 
 
