@@ -54,7 +54,7 @@ def test_a_bad_flag_is_a_usage_error_naming_it(argv, flag, capsys):
 
 def test_json_into_a_folder_is_refused_before_the_run(tmp_path, capsys):
     assert status(["bench", "coherence", "--frames", "2", "--json", str(tmp_path)]) == 2
-    assert "is a folder" in capsys.readouterr().err and not list(tmp_path.iterdir())
+    assert "is a directory" in capsys.readouterr().err and not list(tmp_path.iterdir())
 
 
 def test_errors_name_the_bench_and_descriptions_are_whole(capsys):

@@ -26,15 +26,13 @@ def recorded_flags(args) -> dict:
 
 
 def write_json(path: str, obj, **dump_kw) -> None:
-    """``obj`` as JSON at ``path`` through a temporary file in the same folder (never a half-written
-    report; the temporary file removed if writing fails)."""
-    tmp = f"{path}.tmp"
-    try:
+    """``obj`` as JSON at ``path``, atomically (:func:`vidhash.files.write_atomic`: never a
+    half-written report, the usual permissions, no temporary file left on failure)."""
+    from vidhash.files import write_atomic
+
+    def write(tmp: str) -> None:
         with open(tmp, "w", encoding="utf-8") as f:
             json.dump(obj, f, **dump_kw)
             f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.lexists(tmp) and not os.path.isdir(tmp):
-            os.unlink(tmp)
-        raise
+
+    write_atomic(path, write)

@@ -83,16 +83,15 @@ positive_floats = _items(positive_float)
 
 
 def output_file(suffixes: tuple[str, ...] = ()):
-    """A file a bench writes: its folder exists, it is not a folder (and it ends in one of
-    ``suffixes``) — checked before the run, not after it."""
+    """A file a bench writes: its folder exists, a file can be made there, it is not a folder (and
+    it ends in one of ``suffixes``) — checked before the run (:func:`vidhash.files.check_output_file`)."""
     def check(text: str) -> str:
-        import os
+        from vidhash.files import check_output_file
 
-        folder = os.path.dirname(os.path.abspath(text))
-        if not text or os.path.isdir(text):
-            raise argparse.ArgumentTypeError(f"{text!r} is a folder, not a file")
-        if not os.path.isdir(folder):
-            raise argparse.ArgumentTypeError(f"the folder of {text!r} does not exist")
+        try:
+            check_output_file(text, "")
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(str(err).strip()) from None
         if suffixes and not text.lower().endswith(suffixes):
             raise argparse.ArgumentTypeError(f"{text!r} must end in {' or '.join(suffixes)}")
         return text
