@@ -26,10 +26,9 @@ import json
 import math
 from pathlib import Path
 
-import torch
-
 from vidhash.calibrate import CalibrateConfig, calibrate, check_out, format_report, save_calibrated, worse_on_validation
 from vidhash.files import check_output_file, write_atomic
+from vidhash.generate import resolve_device
 from vidhash.hashing import MAX_BITS
 
 
@@ -103,6 +102,7 @@ def check_flags(args: argparse.Namespace) -> None:
             raise ValueError(f"{flag} must be a positive finite number, got {value}")
     if args.json:
         check_output_file(args.json, "--json")
+    resolve_device(args.device)  # auto, cpu, cuda, cuda:N, mps — and present here (ValueError naming --device)
 
 
 def write_report(path: str, report: dict) -> None:
@@ -123,7 +123,7 @@ def run(args: argparse.Namespace) -> int:
     out = check_out(args.out if args.out else str(Path(args.model)).rstrip("/") + "-calibrated", args.overwrite)
     if args.json and Path(args.json).resolve() == out.resolve():
         raise ValueError(f"--json {args.json} is --out {out}; pick another path for the report")
-    device = torch.device(args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = resolve_device(args.device)
     pipe = _load(args.model, device)
     hashers, report = calibrate(pipe, cfg, progress=not args.quiet)
     report["model"], report["device"] = args.model, str(device)

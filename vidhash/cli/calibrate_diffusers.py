@@ -9,6 +9,8 @@ from pathlib import Path
 
 import torch
 
+from vidhash.generate import resolve_device
+
 
 def diffusers_model_dir(model: str) -> Path | None:
     """The folder of a diffusers transformer the drop-in serves in ``model`` (the folder itself,
@@ -53,7 +55,7 @@ def run_diffusers(args: argparse.Namespace, folder: Path | None) -> int:
         out = out / FILE_NAME
     if out.exists() and not args.overwrite:
         raise ValueError(f"--out {out} exists (pass --overwrite to replace it)")
-    device = torch.device(args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = resolve_device(args.device)
     # 2. model and inputs
     name = json.loads((folder / "config.json").read_text())["_class_name"]
     transformer = getattr(diffusers, name).from_pretrained(str(folder)).to(device).eval()
