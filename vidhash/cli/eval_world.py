@@ -41,7 +41,7 @@ def _csv(kind, name: str):
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", nargs="?", default=None,
-                   help="saved pipeline folder (VidHashPipeline.save_pretrained), or random-tiny / random-small / random-base")
+                   help="saved pipeline folder (VidHashPipeline.save_pretrained), or random-tiny / random-small / random-base / random-world")
     p.add_argument("--memory", type=_csv(str, "--memory"), default=(),
                    help="comma-separated key=value overrides of the preset's memory config, "
                         "e.g. num_buckets=1024,slots=16,top_k=64 (every memory mode uses them)")
