@@ -1,6 +1,7 @@
 """Small helpers for files written atomically (temp file in the same folder, then rename)."""
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -59,3 +60,13 @@ def write_atomic(path: str | os.PathLike, write: Callable[[str], object]) -> Non
     finally:
         if tmp is not None and os.path.lexists(tmp):
             os.remove(tmp)
+
+
+def write_json(path: str | os.PathLike, obj, **dump_kw) -> None:
+    """``obj`` as JSON at ``path`` through :func:`write_atomic` (never a half-written file)."""
+    def write(tmp: str) -> None:
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(obj, f, **dump_kw)
+            f.write("\n")
+
+    write_atomic(path, write)

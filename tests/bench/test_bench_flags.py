@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from vidhash.bench import write_json
+from vidhash.files import write_json
 from vidhash.cli import main
 
 

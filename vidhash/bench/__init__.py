@@ -1,6 +1,5 @@
 """Benchmarks behind ``vidhash bench ...``: each module has ``run(args)``, ``args`` carrying the
 command's flags as attributes (the flags themselves: :mod:`vidhash.cli.bench`)."""
-import json
 import os
 import platform
 
@@ -23,16 +22,3 @@ def cpu_name() -> str:
 def recorded_flags(args) -> dict:
     """A bench's flags as its JSON report records them: output paths by file name, the rest as given."""
     return {k: os.path.basename(v) if k in OUTPUT_FLAGS and isinstance(v, str) else v for k, v in vars(args).items()}
-
-
-def write_json(path: str, obj, **dump_kw) -> None:
-    """``obj`` as JSON at ``path``, atomically (:func:`vidhash.files.write_atomic`: never a
-    half-written report, the usual permissions, no temporary file left on failure)."""
-    from vidhash.files import write_atomic
-
-    def write(tmp: str) -> None:
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(obj, f, **dump_kw)
-            f.write("\n")
-
-    write_atomic(path, write)

@@ -37,7 +37,8 @@ import torch
 import torch.nn.functional as F
 
 from vidhash.attention import selection_recall
-from vidhash.bench import recorded_flags, write_json
+from vidhash.bench import recorded_flags
+from vidhash.files import write_json
 from vidhash.integrations.flex import flex_attention_fn, flex_block_mask, flex_kernel_options
 from vidhash.selection.oracle import attention_error, eval_query_blocks, oracle_recall
 

@@ -23,12 +23,13 @@ import time
 
 import cv2
 
+from vidhash.files import write_json
 from vidhash.metrics.coherence import CoherenceOptions, measure_coherence
 from vidhash.metrics.long_range import DriftMeter, FrameStats
 from vidhash.metrics.short_range import ShortRangeMeter
 from vidhash.metrics.synthetic import synthetic_clip, write_video
 
-from . import cpu_name, write_json
+from . import cpu_name
 
 TARGET_FPS = 200.0
 

@@ -93,7 +93,7 @@ import torch
 
 from vidhash.attention import SCORERS
 from vidhash.bench import recorded_flags
-from vidhash.bench import write_json as write_json_file
+from vidhash.files import write_json as write_json_file
 
 STRIP_DENSITIES = (Fraction(1, 8), Fraction(1, 32))
 COHERENCE_KEYS = ("flicker", "warp_error", "motion", "ssim_adjacent", "smoothness", "start_end")

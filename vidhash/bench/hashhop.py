@@ -18,8 +18,8 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from vidhash.attention import dense_attention
-from vidhash.bench import write_json
 from vidhash.bench.retrieval import multi_hop_attention
+from vidhash.files import write_json
 from vidhash.memory import HashedMemory
 
 

@@ -47,7 +47,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from vidhash.bench import write_json
+from vidhash.files import write_json
 from vidhash.memory import HashedMemory
 from vidhash.selection.memory_read import MemoryReadStats
 

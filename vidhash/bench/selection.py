@@ -51,7 +51,7 @@ import torch.nn.functional as F
 
 from vidhash.attention import BlockSelection, block_mean_remainder, block_sparse_attention, merge_attention, select_blocks
 from vidhash.bench import recorded_flags
-from vidhash.bench import write_json as write_json_file
+from vidhash.files import write_json as write_json_file
 from vidhash.integrations.flex import flex_attention_fn, flex_block_mask, flex_kernel_options
 from vidhash.kernels.block_score.naive import select_blocks_codes_reference
 from vidhash.kernels.block_select.naive import forced_and_allowed

@@ -32,7 +32,7 @@ import statistics
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from vidhash.bench import write_json
+from vidhash.files import write_json
 
 METRICS = ("val_loss_ema", "val_loss")
 

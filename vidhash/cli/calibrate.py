@@ -22,12 +22,11 @@ samples and are not written (``--keep-worse`` writes them anyway).
 from __future__ import annotations
 
 import argparse
-import json
 import math
 from pathlib import Path
 
 from vidhash.calibrate import CalibrateConfig, calibrate, check_out, format_report, save_calibrated, worse_on_validation
-from vidhash.files import check_output_file, write_atomic
+from vidhash.files import check_output_file, write_json
 from vidhash.generate import resolve_device
 from vidhash.hashing import MAX_BITS
 
@@ -105,11 +104,6 @@ def check_flags(args: argparse.Namespace) -> None:
     resolve_device(args.device)  # auto, cpu, cuda, cuda:N, mps — and present here (ValueError naming --device)
 
 
-def write_report(path: str, report: dict) -> None:
-    """``--json``: the report, written atomically with the usual permissions."""
-    write_atomic(path, lambda tmp: Path(tmp).write_text(json.dumps(report, indent=2)))
-
-
 def run(args: argparse.Namespace) -> int:
     from .calibrate_diffusers import diffusers_model_dir, run_diffusers
 
@@ -142,6 +136,6 @@ def run(args: argparse.Namespace) -> int:
             print(f"warning: {worse} (written anyway: --keep-worse)")
         print(f"wrote {report['out']}")
     if args.json:
-        write_report(args.json, report)
+        write_json(args.json, report, indent=2)
         print(f"wrote {args.json}")
     return status

@@ -77,8 +77,8 @@ def run_diffusers(args: argparse.Namespace, folder: Path | None) -> int:
             print(f"warning: {worse} (written anyway: --keep-worse)")
         print(f"wrote {report['out']}")
     if args.json:  # (checked before any work: vidhash.cli.calibrate.check_flags)
-        from .calibrate import write_report
+        from vidhash.files import write_json
 
-        write_report(args.json, report)
+        write_json(args.json, report, indent=2)
         print(f"wrote {args.json}")
     return status
