@@ -117,3 +117,11 @@ def test_write_json_is_whole_or_absent(tmp_path):
     assert not path.exists() and os.listdir(tmp_path) == []
     write_json(str(path), {"rows": [1]})
     assert json.loads(path.read_text()) == {"rows": [1]}
+
+
+def test_train_compare_tells_two_files_of_one_folder_apart(tmp_path, capsys):
+    for name, loss in (("dense.csv", 0.5), ("sparse.csv", 0.4)):
+        (tmp_path / name).write_text(f"step,elapsed_s,val_loss_ema\n10,5.0,0.9\n20,10.0,{loss}\n")
+    assert status(["bench", "train-compare", str(tmp_path / "dense.csv"), str(tmp_path / "sparse.csv")]) == 0
+    out = capsys.readouterr().out
+    assert "dense.csv" in out and "sparse.csv" in out

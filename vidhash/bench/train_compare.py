@@ -137,8 +137,11 @@ def compare(a: Curve, b: Curve) -> dict:
     :class:`RunSummary` dicts)."""
     target = a.losses[-1]
     equal = min(a.seconds[-1], b.seconds[-1])
-    runs = [RunSummary(c.name, c.source, c.steps[-1], c.seconds[-1], c.losses[-1], time_to_reach(c, target),
-                       loss_at(c, equal)) for c in (a, b)]
+    names = [a.name, b.name]
+    if names[0] == names[1] and a.source != b.source:  # two files of one folder: tell them apart
+        names = [Path(c.source).name for c in (a, b)]
+    runs = [RunSummary(name, c.source, c.steps[-1], c.seconds[-1], c.losses[-1], time_to_reach(c, target),
+                       loss_at(c, equal)) for name, c in zip(names, (a, b))]
     ta, tb = runs[0].gpu_s_to_target, runs[1].gpu_s_to_target
     ratio = tb / ta if tb is not None and ta else None
     matched = matched_times(a, b)
