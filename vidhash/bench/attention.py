@@ -326,7 +326,7 @@ def run(args) -> int:
     shapes = [(f"N={n}", grid_for(n), args.heads, args.head_dim) for n in sizes]
     if not args.no_wan:
         shapes.append(("Wan1.3B-81f-480p", WAN_1_3B_GRID, WAN_1_3B_HEADS, WAN_1_3B_HEAD_DIM))
-    device = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"
+    device = torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"
     print(f"attention bench on {device}: {args.dtype}, density {args.density:.4g}, query blocks {args.query_block}, "
           f"{'causal' if args.causal else 'non-causal'}, torch {torch.__version__}")
     rows = []

@@ -254,7 +254,7 @@ def attention_times(q, k, v, idx, blocks, bk: int, args) -> dict:
     out = {}
     out["attn_ms"], out["attn_error"] = attempt(
         lambda: timed(lambda: sparse_output(q, k, v, idx, blocks, bk, args)[0], args.device, args.rep_ms)[1])
-    if args.device == "cuda" and not args.no_flex and str(bk) in args.flex_block_sizes.split(","):
+    if args.device.startswith("cuda") and not args.no_flex and str(bk) in args.flex_block_sizes.split(","):
         def flex():
             sel = BlockSelection(idx, bk, args.query_block, q.shape[-2], k.shape[-2], False)
             bm, opts, fn = flex_block_mask(sel, backward=True), flex_kernel_options(sel), flex_attention_fn(q.device)
@@ -301,7 +301,7 @@ def run_synthetic(args, rows: list[dict]) -> None:
             write_json(args, rows)
         print(f"  {name}: {time.perf_counter() - t0:.0f} s", flush=True)
         del q, k, v, fq, fk
-        if args.device == "cuda":
+        if args.device.startswith("cuda"):
             torch.cuda.empty_cache()
 
 
@@ -425,7 +425,7 @@ def write_json(args, rows: list[dict]) -> None:
     """All rows so far (after every configuration, so a cut-off run keeps what it measured)."""
     if not args.json:
         return
-    device = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"
+    device = torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"
     config = {x: y for x, y in recorded_flags(args).items() if x != "torch_dtype"}
     write_json_file(args.json, {"device": device, "date": time.strftime("%Y-%m-%d"), "torch": torch.__version__,
                                 "config": config, "rows": rows}, indent=1, default=str)
@@ -434,7 +434,7 @@ def write_json(args, rows: list[dict]) -> None:
 def check_args(args) -> None:
     """Parse the comma lists of ``args`` in place and fill the device-dependent defaults; ValueError
     naming the flag."""
-    if args.device == "cuda" and not torch.cuda.is_available():
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError("--device cuda needs a CUDA device")
     for flag in ("sizes", "block_sizes"):
         text = getattr(args, flag)
@@ -451,10 +451,10 @@ def check_args(args) -> None:
         if getattr(args, flag) < 0:
             raise ValueError(f"--{flag.replace('_', '-')} must be ≥ 0, got {getattr(args, flag)}")
     if args.dtype == "auto":
-        args.dtype = "bf16" if args.device == "cuda" else "fp32"
+        args.dtype = "bf16" if args.device.startswith("cuda") else "fp32"
     args.torch_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[args.dtype]
     if args.backend == "auto":
-        args.backend = "triton" if args.device == "cuda" else "reference"
+        args.backend = "triton" if args.device.startswith("cuda") else "reference"
     cached = bool(args.world_cache) and os.path.isfile(args.world_cache)  # a saved recording needs no model
     if args.world is not None and not cached and not os.path.isdir(args.world):
         raise ValueError(f"--world {args.world}: no such pipeline folder (e.g. models/world-tiny-v3)")
@@ -466,7 +466,7 @@ def check_args(args) -> None:
 
 def run(args) -> int:
     check_args(args)
-    device = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"
+    device = torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"
     print(f"selection bench on {device}: {args.dtype}, density {args.density:.4g}, query blocks {args.query_block}, "
           f"selection backend {args.backend}, torch {torch.__version__}", flush=True)
     t0 = time.perf_counter()
