@@ -39,7 +39,7 @@ from vidhash.kernels.sparse_attention.naive import block_sparse_attention
 from .hashing import default_hasher
 from .ops import checks
 from .ops.backend import resolve_backend, triton_ops
-from .ops.checks import BACKENDS, MAX_BLOCK_SIZE, BlockSelection, check_qkv, resolve_scale, upcast
+from .ops.checks import BACKENDS, MAX_BLOCK_SIZE, BlockSelection, check_qkv, check_selection, resolve_scale, upcast
 
 __all__ = [
     "BACKENDS", "MAX_BLOCK_SIZE", "SCORERS", "BlockSelection", "block_signatures", "block_sparse_attention", "default_hasher",
@@ -127,7 +127,8 @@ def fused_attention_lse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, sc
     cuda_ok = q.is_cuda and dt in (torch.bfloat16, torch.float16, torch.float32)
     cpu_ok = q.device.type == "cpu" and dt in (torch.bfloat16, torch.float32)
     needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
-    if needs_grad or not (cuda_ok or cpu_ok) or q.shape[-1] + 1 > 256:
+    empty = q.shape[-2] == 0 or k.shape[-2] == 0  # (the CPU flash kernel dies of SIGFPE on zero queries)
+    if needs_grad or empty or not (cuda_ok or cpu_ok) or q.shape[-1] + 1 > 256:
         return dense_attention(q, k, v, scale=scale, return_lse=True, key_bias=key_bias)
     b, h, n, d = q.shape
     nk = k.shape[-2]
@@ -425,10 +426,7 @@ def hash_attention(
         which = "reference"  # per-token selection: the kernels take it, but are not tuned for it on a GPU
     rest = check_remainder(remainder)
     if selection is not None:
-        if (selection.num_queries, selection.num_keys) != (q.shape[-2], k.shape[-2]) \
-                or tuple(selection.indices.shape[:2]) != tuple(q.shape[:2]):
-            raise ValueError(f"selection is for (b, h) {tuple(selection.indices.shape[:2])}, {selection.num_queries} queries "
-                             f"and {selection.num_keys} keys; q, k have {tuple(q.shape[:2])}, {q.shape[-2]} and {k.shape[-2]}")
+        check_selection(selection, q, k)
     if selection is not None or rest != "none" or not (isinstance(scorer, str) and scorer == "simhash"):
         pooled_off_cuda = backend == "auto" and _code_scorer(scorer) is None and not q.is_cuda
         pick = "auto" if pooled_off_cuda else which  # pooled off CUDA: select_blocks' float top-k
@@ -469,6 +467,9 @@ def selection_recall(
     1.0 means the selection lost nothing.
     """
     check_qkv(q, k)
+    check_selection(selection, q, k)
+    if max_query_blocks is not None and max_query_blocks < 1:
+        raise ValueError(f"max_query_blocks must be a positive int or None, got {max_query_blocks}")
     b, h, nq, d = q.shape
     nk = k.shape[-2]
     bq, bk = selection.query_block_size, selection.block_size

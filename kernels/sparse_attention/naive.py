@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from vidhash.ops import checks
-from vidhash.ops.checks import BlockSelection, check_qkv, resolve_scale, upcast
+from vidhash.ops.checks import BlockSelection, check_qkv, check_selection, resolve_scale, upcast
 
 
 def _kept_tokens(selection: BlockSelection, qb_idx: torch.Tensor, idx: torch.Tensor):
@@ -45,13 +45,9 @@ def block_sparse_attention(
     Returns ``out (b, h, nq, e)`` in q's dtype and, with ``return_lse``, ``lse (b, h, nq)``
     (float32; ``-inf`` for a query that sees no key)."""
     check_qkv(q, k, v)
+    check_selection(selection, q, k)
     b, h, nq, d = q.shape
-    nk, e = k.shape[-2], v.shape[-1]
-    if selection.num_queries != nq or selection.num_keys != nk or selection.indices.shape[:2] != (b, h):
-        raise ValueError(
-            f"selection was made for {selection.num_queries} queries / {selection.num_keys} keys / "
-            f"(b, h)={tuple(selection.indices.shape[:2])}, got {nq} / {nk} / {(b, h)}"
-        )
+    e = v.shape[-1]
     bq, kept, bk = selection.query_block_size, selection.kept, selection.block_size
     nqb = selection.num_query_blocks
     sc = resolve_scale(scale, d)

@@ -219,5 +219,5 @@ def test_hash_attention_attends_to_a_given_selection():
     assert torch.equal(hash_attention(q, k, v, selection=sel, scorer="simhash"), block_sparse_attention(q, k, v, sel))
     out, _ = merge_attention(*block_sparse_attention(q, k, v, sel, return_lse=True), *block_mean_remainder(q, k, v, sel))
     assert torch.allclose(hash_attention(q, k, v, selection=sel, remainder="mean"), out, atol=1e-6)
-    with pytest.raises(ValueError, match="selection is for"):
+    with pytest.raises(ValueError, match="selection was made for"):
         hash_attention(q[:, :, :64], k[:, :, :64], v[:, :, :64], selection=sel)

@@ -871,8 +871,10 @@ def dense_timestep_for(scheduler_or_timesteps, dense_steps: int) -> float | None
                               dense_timestep=dense_timestep_for(pipe.scheduler, 6))
     """
     timesteps = getattr(scheduler_or_timesteps, "timesteps", scheduler_or_timesteps)
-    if timesteps is None:
-        raise ValueError("dense_timestep_for: the scheduler has no timesteps; call scheduler.set_timesteps(num_steps) first")
+    unset = hasattr(scheduler_or_timesteps, "timesteps") and getattr(scheduler_or_timesteps, "num_inference_steps", None) is None
+    if timesteps is None or unset:  # (a diffusers scheduler holds its 1000 training steps until set_timesteps)
+        raise ValueError("dense_timestep_for: the scheduler has no inference timesteps yet; call "
+                         "scheduler.set_timesteps(num_steps) first")
     try:
         if isinstance(timesteps, torch.Tensor) and timesteps.dim() != 1:
             raise TypeError

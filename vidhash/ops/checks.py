@@ -171,3 +171,25 @@ class MemoryTable(NamedTuple):
     def capacity(self) -> int:
         """Entries per batch element and head (``num_buckets × slots``)."""
         return self.keys.shape[2] * self.keys.shape[3]
+
+
+def check_selection(selection: BlockSelection, q: torch.Tensor, k: torch.Tensor) -> None:
+    """A :class:`BlockSelection` given to attend ``q`` to ``k``: made for their sizes and
+    ``(b, h)``, integer ``indices`` of shape ``(b, h, ceil(nq / query_block_size), kept)`` on q's
+    device. Entry values are not read (that would synchronise a GPU). ValueError otherwise."""
+    if not isinstance(selection, BlockSelection):
+        raise ValueError(f"selection must be a BlockSelection, got {type(selection).__name__}")
+    b, h, nq = q.shape[:3]
+    nk = k.shape[-2]
+    idx = selection.indices
+    if selection.num_queries != nq or selection.num_keys != nk or tuple(idx.shape[:2]) != (b, h):
+        raise ValueError(
+            f"selection was made for {selection.num_queries} queries / {selection.num_keys} keys / "
+            f"(b, h)={tuple(idx.shape[:2])}, got {nq} / {nk} / {(b, h)}"
+        )
+    if idx.ndim != 4 or idx.shape[2] != -(-nq // selection.query_block_size) or idx.dtype.is_floating_point \
+            or idx.dtype == torch.bool or idx.is_complex():
+        raise ValueError(f"selection.indices must be integers (b, h, ceil({nq} / query_block_size "
+                         f"{selection.query_block_size}), kept), got {idx.dtype} {tuple(idx.shape)}")
+    if idx.device != q.device:
+        raise ValueError(f"selection.indices is on {idx.device} but q is on {q.device}")

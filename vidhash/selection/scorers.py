@@ -218,7 +218,9 @@ def rank_top(score: torch.Tensor, forced: torch.Tensor, allowed: torch.Tensor, k
     no full sort); ascending, ``-1`` where a row has fewer allowed blocks than ``kept``.
     ``forced``/``allowed`` are ``(c, nkb)``."""
     nkb = score.shape[-1]
-    rank = torch.where(forced, float("inf"), score.float())
+    score = score.float()
+    score = torch.where(torch.isnan(score), torch.finfo(torch.float32).min, score)  # NaN: last of the allowed, never above a forced block
+    rank = torch.where(forced, float("inf"), score)
     rank = torch.where(allowed, rank, float("-inf"))
     order = order_keys(rank).topk(kept, dim=-1, sorted=False).indices
     ok = allowed.expand_as(rank).gather(-1, order)

@@ -1,0 +1,63 @@
+"""Edges of the Python API found by trying to break it (2026-12-05): NaN scores, empty inputs,
+hand-made selections, a scheduler before ``set_timesteps``."""
+import pytest
+import torch
+
+import vidhash
+from vidhash import HashedMemory, hash_attention, select_blocks, selection_recall
+from vidhash.attention import fused_attention_lse
+from vidhash.ops.checks import BlockSelection
+from vidhash.selection import select_from_mass
+
+
+@pytest.mark.parametrize("scorer", ["pooled", "prefilter", "moments", "simhash"])
+def test_a_nan_score_never_pushes_out_a_forced_block(scorer):
+    g = torch.Generator().manual_seed(0)
+    q, k = torch.randn(1, 1, 256, 16, generator=g), torch.randn(1, 1, 256, 16, generator=g)
+    q[0, 0, 100, 3] = float("nan")  # query block 6 (of 16 queries) has a NaN score with every key block
+    idx = select_blocks(q, k, density=1 / 16, block_size=16, scorer=scorer).indices[0, 0, 6].tolist()
+    assert 0 in idx and 6 in idx  # the sink and the block's own (local) block
+
+
+def test_a_nan_mass_never_pushes_out_a_forced_block():
+    mass = torch.rand(1, 1, 7, 7, generator=torch.Generator().manual_seed(1))
+    mass[0, 0, 3, 5] = float("nan")
+    idx = select_from_mass(mass, 100, 100, density=0.25, block_size=16, query_block_size=16).indices[0, 0, 3].tolist()
+    assert 0 in idx and 3 in idx
+
+
+def test_zero_queries_give_empty_outputs_not_a_crash():
+    k = torch.randn(1, 2, 10, 8)
+    out, lse = fused_attention_lse(torch.randn(1, 2, 0, 8), k, k)  # the CPU flash kernel died of SIGFPE here
+    assert out.shape == (1, 2, 0, 8) and lse.shape == (1, 2, 0)
+    memory = HashedMemory(num_buckets=16, slots=4, heads=2, head_dim=8)
+    out = memory.attend(torch.randn(1, 2, 0, 8))
+    assert (out[0] if isinstance(out, tuple) else out).shape[-2] == 0
+
+
+def test_a_hand_made_selection_must_fit_q_and_k():
+    g = torch.Generator().manual_seed(2)
+    q, k, v = (torch.randn(1, 2, 100, 16, generator=g) for _ in range(3))
+    sel = select_blocks(q, k, density=0.25, block_size=16)
+    few_rows = BlockSelection(sel.indices[:, :, :3], 16, 16, 100, 100, False)  # gave a (1, 2, 48, 16) output
+    floats = BlockSelection(sel.indices.float(), 16, 16, 100, 100, False)
+    for bad in (few_rows, floats):
+        with pytest.raises(ValueError, match="selection.indices must be integers"):
+            hash_attention(q, k, v, selection=bad)
+        with pytest.raises(ValueError, match="selection.indices must be integers"):
+            vidhash.block_sparse_attention(q, k, v, bad)
+    with pytest.raises(ValueError, match="selection was made for 100 queries"):
+        selection_recall(torch.randn(1, 2, 200, 16), k, sel)
+    with pytest.raises(ValueError, match="max_query_blocks"):
+        selection_recall(q, k, sel, max_query_blocks=0)
+
+
+def test_dense_timestep_for_refuses_a_scheduler_before_set_timesteps():
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0)  # holds its 1,000 training timesteps until set_timesteps
+    with pytest.raises(ValueError, match="set_timesteps"):
+        vidhash.dense_timestep_for(scheduler, 6)
+    scheduler.set_timesteps(30)
+    t = vidhash.dense_timestep_for(scheduler, 6)
+    assert int((scheduler.timesteps >= t).sum()) == 6
