@@ -39,7 +39,7 @@ from vidhash.kernels.sparse_attention.naive import block_sparse_attention
 from .hashing import default_hasher
 from .ops import checks
 from .ops.backend import resolve_backend, triton_ops
-from .ops.checks import BACKENDS, MAX_BLOCK_SIZE, BlockSelection, check_qkv, check_selection, resolve_scale, upcast
+from .ops.checks import BACKENDS, MAX_BLOCK_SIZE, BlockSelection, check_qkv, check_selection, check_selection_args, resolve_scale, upcast
 
 __all__ = [
     "BACKENDS", "MAX_BLOCK_SIZE", "SCORERS", "BlockSelection", "block_signatures", "block_sparse_attention", "default_hasher",
@@ -420,6 +420,10 @@ def hash_attention(
     check_qkv(q, k, v)
     scorer = resolve_scorer(scorer, hasher)
     which = resolve_backend(backend, q, k, v)
+    if q.shape[-2] == 0:  # no queries: empty outputs (after the argument checks)
+        check_selection_args(density, block_size, query_block_size, local_blocks, sink_blocks)
+        out = q.new_zeros(*q.shape[:-1], v.shape[-1])
+        return (out, q.new_zeros(q.shape[:-1], dtype=torch.float32)) if return_lse else out
     if which == "triton" and backend == "auto" and not _kernels_cover(q, v):
         which = "reference"  # auto stays quiet: shapes the kernels do not take run the reference
     if which == "triton" and (block_size if selection is None else selection.block_size) == 1 and q.is_cuda:

@@ -482,6 +482,11 @@ class HashedMemory(nn.Module):
         read = MemoryRead(top_k, mass_cap)  # validates both
         if select not in READ_SELECTS:
             raise ValueError(f"select must be one of {READ_SELECTS}, got {select!r}")
+        resolve_backend(backend, q, self.keys)  # a bad backend is refused on every path
+        if q.shape[-2] == 0:  # no queries: empty outputs
+            lse = q.new_zeros(q.shape[:-1], dtype=torch.float64 if q.dtype == torch.float64 else torch.float32)
+            idx = (q.new_zeros(*q.shape[:-1], read.top_k_for(self.capacity) or self.capacity, dtype=torch.long),)
+            return (q.new_zeros(*q.shape[:-1], self.values.shape[-1]), lse, *(idx if return_indices else ()))
         res = self._attend(q, read.top_k_for(self.capacity), scale, return_indices, backend, select)
         if read.mass_cap:
             res = (res[0], res[1] - self.mass_penalty(read.mass_cap, res[1].dtype), *res[2:])

@@ -51,6 +51,9 @@ def block_sparse_attention(
     bq, kept, bk = selection.query_block_size, selection.kept, selection.block_size
     nqb = selection.num_query_blocks
     sc = resolve_scale(scale, d)
+    if nqb == 0:  # no queries: empty outputs
+        out = q.new_zeros(b, h, 0, e)
+        return (out, q.new_zeros(b, h, 0, dtype=torch.float32)) if return_lse else out
     qp = F.pad(upcast(q), (0, 0, 0, nqb * bq - nq)).reshape(b, h, nqb, bq, d)
     kf, vf = upcast(k), upcast(v)
     outs, lses = [], []

@@ -31,8 +31,17 @@ def test_zero_queries_give_empty_outputs_not_a_crash():
     out, lse = fused_attention_lse(torch.randn(1, 2, 0, 8), k, k)  # the CPU flash kernel died of SIGFPE here
     assert out.shape == (1, 2, 0, 8) and lse.shape == (1, 2, 0)
     memory = HashedMemory(num_buckets=16, slots=4, heads=2, head_dim=8)
-    out = memory.attend(torch.randn(1, 2, 0, 8))
-    assert (out[0] if isinstance(out, tuple) else out).shape[-2] == 0
+    memory.write(torch.randn(1, 2, 20, 8), torch.randn(1, 2, 20, 8), 0)
+    for top_k in (None, 3):  # every entry (dense) and the selective read ("torch.cat(): expected a non-empty list")
+        out, lse, idx = memory.attend(torch.randn(1, 2, 0, 8), top_k=top_k, return_indices=True)
+        assert out.shape == (1, 2, 0, 8) and lse.shape == (1, 2, 0) and idx.shape[:3] == (1, 2, 0)
+    with pytest.raises(ValueError, match="backend"):  # refused on the read-everything path too
+        memory.attend(torch.randn(1, 2, 5, 8), backend="bogus")
+    v = torch.randn(1, 2, 50, 8)
+    for scorer in ("pooled", "simhash", "moments"):
+        out, lse = hash_attention(torch.randn(1, 2, 0, 8), k.repeat(1, 1, 5, 1), v, density=0.25, block_size=16,
+                                  scorer=scorer, remainder="mean", return_lse=True)
+        assert out.shape == (1, 2, 0, 8) and lse.shape == (1, 2, 0)
 
 
 def test_a_hand_made_selection_must_fit_q_and_k():
