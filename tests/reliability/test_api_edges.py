@@ -70,3 +70,17 @@ def test_dense_timestep_for_refuses_a_scheduler_before_set_timesteps():
     scheduler.set_timesteps(30)
     t = vidhash.dense_timestep_for(scheduler, 6)
     assert int((scheduler.timesteps >= t).sum()) == 6
+
+
+def test_nonsense_arguments_are_named():
+    mass = torch.rand(1, 1, 7, 7)
+    for kw, match in ((dict(density=0), "density"), (dict(density=2.0), "density"),
+                      (dict(density=0.25, local_blocks=-1), "local_blocks")):
+        with pytest.raises(ValueError, match=match):  # select_from_mass skipped these checks
+            select_from_mass(mass, 100, 100, block_size=16, query_block_size=16, **kw)
+    q = torch.randn(1, 1, 50, 16)
+    for scale in (-1.0, float("nan"), 0.0):  # a math domain error (moments' sqrt) or silent NaN outputs
+        with pytest.raises(ValueError, match="scale must be a positive finite number"):
+            hash_attention(q, q, q, scale=scale, scorer="moments")
+    with pytest.raises(ValueError, match="head_dim 0"):  # was a ZeroDivisionError
+        hash_attention(torch.randn(1, 1, 5, 0), torch.randn(1, 1, 5, 0), torch.randn(1, 1, 5, 4))

@@ -56,6 +56,8 @@ def check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor | None = None) -
             raise ValueError(f"{name} has (batch, heads) {tuple(t.shape[:2])}, q has {tuple(q.shape[:2])}")
     if k.shape[-1] != q.shape[-1]:
         raise ValueError(f"k has head_dim {k.shape[-1]}, q has {q.shape[-1]}")
+    if q.shape[-1] < 1:
+        raise ValueError(f"q and k have head_dim 0; it must be at least 1 (shape {tuple(q.shape)})")
     if v is not None and v.shape[-2] != k.shape[-2]:
         raise ValueError(f"v has {v.shape[-2]} tokens, k has {k.shape[-2]}")
     if k.shape[-2] < 1:
@@ -100,8 +102,19 @@ def check_selection_args(density: float, block_size: int, query_block_size: int 
 # numbers every path computes the same way
 # --------------------------------------------------------------------------------------------
 def resolve_scale(scale: float | None, d: int) -> float:
-    """The softmax scale: ``1 / sqrt(head_dim)`` unless given."""
-    return 1.0 / math.sqrt(d) if scale is None else float(scale)
+    """The softmax scale: ``1 / sqrt(head_dim)`` unless given (then a positive finite number:
+    ValueError otherwise)."""
+    if scale is None:
+        if d < 1:
+            raise ValueError(f"head_dim must be at least 1, got {d}")
+        return 1.0 / math.sqrt(d)
+    try:
+        value = float(scale)
+    except (TypeError, ValueError):
+        raise ValueError(f"scale must be a positive finite number, got {scale!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"scale must be a positive finite number, got {scale!r}")
+    return value
 
 
 def upcast(x: torch.Tensor) -> torch.Tensor:

@@ -246,8 +246,7 @@ def select_from_mass(
     ties to the lower index. With the exact mass of these q, k this is the oracle's selection; with
     the mass of an earlier denoising step (the drop-in's ``reuse_mass``) an estimate that needs no
     scorer."""
-    bk = check_block("block_size", block_size)
-    bq = check_block("query_block_size", query_block_size)
+    density, bk, bq = check_selection_args(density, block_size, query_block_size, local_blocks, sink_blocks)
     nqb, nkb = -(-nq // bq), -(-nk // bk)
     if mass.dim() != 4 or tuple(mass.shape[2:]) != (nqb, nkb):
         raise ValueError(f"mass must be (b, h, {nqb}, {nkb}) for nq={nq}, nk={nk} and these blocks, got {tuple(mass.shape)}")
