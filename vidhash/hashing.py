@@ -208,6 +208,16 @@ class SimHash(nn.Module):
         planes = torch.randn(heads or 1, head_dim, n_bits, generator=g, dtype=torch.float32)
         self.register_buffer("planes", planes)
 
+    def _apply(self, fn, recurse=True):
+        """``.to(device)`` moves the planes; ``.to(dtype)`` / ``.half()`` / ``.bfloat16()`` leave them
+        float32 — a rounded copy would change signatures for good (a bf16 → float32 round trip
+        could not restore them) and keys stored before the cast would no longer match."""
+        planes = self.planes
+        out = super()._apply(fn, recurse)
+        if self.planes.dtype != planes.dtype:
+            self.planes = planes.to(self.planes.device)
+        return out
+
     @property
     def n_words(self) -> int:
         return num_words(self.n_bits)
@@ -215,7 +225,7 @@ class SimHash(nn.Module):
     def project(self, x: torch.Tensor, role: str = "key") -> torch.Tensor:
         """Real projections ``(..., n_bits)`` whose signs are the bits (role is ignored)."""
         _check_vectors(x, self.head_dim, self.heads)
-        planes = self.planes.to(x.device, torch.float32)  # float32 even when the module was cast
+        planes = self.planes.to(x.device, torch.float32)  # (float32 already, unless set by hand)
         if self.heads is None or self.heads == 1:
             return x.float() @ planes[0]
         return torch.einsum("...hnd,hdm->...hnm", x.float(), planes)

@@ -84,3 +84,15 @@ def test_nonsense_arguments_are_named():
             hash_attention(q, q, q, scale=scale, scorer="moments")
     with pytest.raises(ValueError, match="head_dim 0"):  # was a ZeroDivisionError
         hash_attention(torch.randn(1, 1, 5, 0), torch.randn(1, 1, 5, 0), torch.randn(1, 1, 5, 4))
+
+
+def test_a_dtype_cast_keeps_the_simhash_planes_exact():
+    hasher = vidhash.SimHash(16, 32, heads=2, seed=3)
+    planes = hasher.planes.clone()
+    hasher.to(torch.bfloat16).half().to(torch.float32)  # rounded each time before
+    assert hasher.planes.dtype == torch.float32 and torch.equal(hasher.planes, planes)
+    memory = HashedMemory(num_buckets=16, slots=4, heads=2, head_dim=16)
+    keys = torch.randn(1, 2, 40, 16)
+    before = memory.hasher(keys).clone()
+    memory.to(torch.bfloat16).to(torch.float32)
+    assert torch.equal(memory.hasher(keys), before)  # 1.75 % of keys signed otherwise after a bf16 round trip
