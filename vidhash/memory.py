@@ -417,7 +417,9 @@ class HashedMemory(nn.Module):
     @torch.no_grad()
     def write(self, k: torch.Tensor, v: torch.Tensor, frame_idx: int | torch.Tensor, *, backend: str = "auto") -> None:
         """Store keys ``k`` and values ``v`` ``(b, h, t, d)`` that came from ``frame_idx``
-        (an int for all tokens, or a LongTensor ``(t,)``).
+        (an int for all tokens, or a LongTensor ``(t,)``). Floating ``k`` / ``v`` of another dtype
+        than the memory's are stored in the memory's dtype (a bf16 model's keys in a float32 memory,
+        and the other way round); other dtypes are a ValueError.
 
         ``backend``: ``"auto"`` (Triton for CUDA tensors — policy ``"fifo"``, or ``"merge"`` with a
         SimHash hasher —, else the reference), ``"reference"`` or ``"triton"``."""
