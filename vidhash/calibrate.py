@@ -38,7 +38,7 @@ from pathlib import Path
 
 import torch
 
-from .files import umask
+from .files import nearest_existing, umask
 from .hashing import MAX_BITS, LearnedHash, SimHash, hamming_similarity, signature_topk_recall
 
 
@@ -239,9 +239,7 @@ def check_out(out: str | os.PathLike, overwrite: bool = False) -> Path:
             if not overwrite:
                 raise ValueError(f"--out {out} exists and is not empty (pass --overwrite to replace it)")
         return out
-    parent = out.parent  # created if missing: the first folder above that exists must be a folder
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent
+    parent = nearest_existing(out.parent)  # created if missing: what it builds on must be a folder
     if not parent.is_dir():
         raise ValueError(f"--out {out}: {parent} is not a folder")
     return out

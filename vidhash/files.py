@@ -16,6 +16,15 @@ def umask() -> int:
     return mask
 
 
+def nearest_existing(path: str | os.PathLike) -> Path:
+    """``path`` itself if it exists, else the closest folder above it that does (what a
+    ``mkdir(parents=True)`` would build on: it must be a folder)."""
+    here = Path(path)
+    while not here.exists() and here != here.parent:
+        here = here.parent
+    return here
+
+
 def check_output_file(path: str | os.PathLike, flag: str) -> Path:
     """Check, before any work, that the file ``path`` given with ``flag`` (``--json``) can be written:
     it is not a directory, its folder exists (it is not created) and is a folder, and a file can be

@@ -22,13 +22,11 @@ samples and are not written (``--keep-worse`` writes them anyway).
 from __future__ import annotations
 
 import argparse
-import math
 from pathlib import Path
 
 from vidhash.calibrate import CalibrateConfig, calibrate, check_out, format_report, save_calibrated, worse_on_validation
 from vidhash.files import check_output_file, write_json
 from vidhash.generate import resolve_device
-from vidhash.hashing import MAX_BITS
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -91,14 +89,7 @@ def check_flags(args: argparse.Namespace) -> None:
     """The flags both kinds of model share, before any model loads or anything is recorded:
     ``--bits`` (at most ``MAX_BITS``), ``--lr`` and ``--pos-weight`` (positive, finite), and ``--json``
     (a file that can be created in an existing folder); ValueError naming the flag."""
-    if args.bits <= 0:
-        raise ValueError(f"--bits must be positive, got {args.bits}")
-    if args.bits > MAX_BITS:
-        raise ValueError(f"--bits must be at most {MAX_BITS} (signatures are packed into at most "
-                         f"{MAX_BITS // 32} int32 words), got {args.bits}")
-    for flag, value in (("--lr", args.lr), ("--pos-weight", args.pos_weight)):
-        if not (math.isfinite(value) and value > 0):
-            raise ValueError(f"{flag} must be a positive finite number, got {value}")
+    CalibrateConfig(bits=args.bits, lr=args.lr, pos_weight=args.pos_weight).check()  # its checks, the rest default
     if args.json:
         check_output_file(args.json, "--json")
     resolve_device(args.device)  # auto, cpu, cuda, cuda:N, mps — and present here (ValueError naming --device)

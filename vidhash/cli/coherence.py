@@ -13,7 +13,6 @@ Exit status: 0 when every video was measured (warnings included), 2 when any cou
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import sys
@@ -143,7 +142,7 @@ def run(args: argparse.Namespace) -> int:
     import av
     import cv2
 
-    from vidhash.files import write_atomic
+    from vidhash.files import write_atomic, write_json
     from vidhash.metrics.coherence import CoherenceOptions, measure_coherence
     from vidhash.metrics.report import format_table, plot_reports
 
@@ -178,14 +177,7 @@ def run(args: argparse.Namespace) -> int:
     if reports:
         print(format_table(reports))
         if args.json:
-            payload = reports[0] if len(args.videos) == 1 else reports
-
-            def write_json(tmp: str) -> None:
-                with open(tmp, "w", encoding="utf-8") as f:
-                    json.dump(payload, f, indent=1, ensure_ascii=False)
-                    f.write("\n")
-
-            write_atomic(args.json, write_json)
+            write_json(args.json, reports[0] if len(args.videos) == 1 else reports, indent=1, ensure_ascii=False)
             print(f"report: {args.json}")
         if args.plot:
             write_atomic(args.plot, lambda tmp: plot_reports(reports, tmp))

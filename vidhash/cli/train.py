@@ -46,10 +46,10 @@ def check_flags(args: argparse.Namespace) -> None:
 def check_out_dir(out_dir: str) -> None:
     """``out_dir``: a folder, or a path where one can be made — not an existing file, nor below one.
     ValueError naming the key."""
+    from vidhash.files import nearest_existing
+
     path = Path(out_dir)
-    here = path
-    while not here.exists() and here != here.parent:
-        here = here.parent
+    here = nearest_existing(path)
     if here.exists() and not here.is_dir():
         what = "is a file" if here == path else f"is below {here}, which is a file"
         raise ValueError(f"out_dir={out_dir} {what}, not a folder; pick another out_dir")

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from vidhash.files import write_atomic as _write_atomic
+from vidhash.files import write_atomic
+from vidhash.files import write_json as _write_json
 
 from .plan import MODES, SCHEMA, TIME_PARTS
 
@@ -224,14 +225,8 @@ def plot_result(result: dict, path: str) -> str:
 
 
 def write_json(path: str, result: dict) -> None:
-    """``result`` as indented JSON at ``path``, atomically."""
-    write_atomic(path, lambda tmp: Path(tmp).write_text(json.dumps(result, indent=1)))
-
-
-def write_atomic(path: str, write) -> None:
-    """``write(tmp)`` to a temporary file in ``path``'s folder, then rename it to ``path``: never a half
-    file (:func:`vidhash.files.write_atomic`: the usual permissions, the temporary file removed on failure)."""
-    _write_atomic(path, write)
+    """``result`` as indented JSON at ``path``, atomically (:func:`vidhash.files.write_json`)."""
+    _write_json(path, result, indent=1)
 
 
 def load_result(path: str) -> dict:
