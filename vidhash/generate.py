@@ -76,7 +76,6 @@ from .config import GenerateConfig, model_config_for, resolve_model
 from .data.clip_writer import ClipWriter, OutputClaim, output_paths, same_path
 from .data.video import check_writable
 from .data.world import ACTIONS, action_ids
-from .files import check_output_file
 
 
 def generate(cfg: GenerateConfig, progress: bool = True, compile_blocks: bool = False,
@@ -153,8 +152,7 @@ def check_request(cfg: GenerateConfig):
     """``(out, num_frames, actions)`` after every check that needs no weights — every flag and
     setting, the model folder's config, and the memory the run needs against what the device has
     (:func:`check_budget`) — before any file is created; ValueError naming the flag or key."""
-    check_output_file(cfg.out, "--out")  # (a file can be created there: the partial mp4 is, next)
-    out = check_writable(cfg.out)
+    out = check_writable(cfg.out, "--out")
     if out.suffix.lower() != ".mp4":
         raise ValueError(f"--out {out} must end in .mp4")
     if not 0 < cfg.fps <= MAX_FPS:
@@ -169,8 +167,7 @@ def check_request(cfg: GenerateConfig):
         raise ValueError(f"--seconds {cfg.seconds} at --fps {cfg.fps} is {num_frames} frames; need at least one")
     OutputClaim.check(out)  # free now (OutputClaim takes it after these checks, or fails the same way)
     if cfg.save_state:
-        check_output_file(cfg.save_state, "--save-state")
-        check_writable(cfg.save_state)
+        check_writable(cfg.save_state, "--save-state")
         check_state_path(cfg.save_state, out)
     actions = _read_actions(cfg.actions, num_frames) if cfg.actions else None
     check_prompt(cfg)

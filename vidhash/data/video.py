@@ -35,18 +35,14 @@ def partial_path(path: str | os.PathLike) -> Path:
     return path.with_name(path.stem + ".partial" + path.suffix)
 
 
-def check_writable(path: str | os.PathLike) -> Path:
-    """Raise ValueError naming the problem if ``path`` cannot be created (before any work is done)."""
-    path = Path(path)
-    parent = path.parent if str(path.parent) else Path(".")
-    if path.is_dir():
-        raise ValueError(f"output path {path} is a directory")
-    if not parent.is_dir():
-        raise ValueError(f"output folder {parent} does not exist")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise ValueError(f"output folder {parent} is not writable")
+def check_writable(path: str | os.PathLike, flag: str = "output file") -> Path:
+    """Raise ValueError naming ``flag`` and the problem if ``path`` cannot be created (before any
+    work is done): :func:`vidhash.files.check_output_file`, and an existing file must be writable."""
+    from vidhash.files import check_output_file
+
+    path = check_output_file(path, flag)
     if path.exists() and not os.access(path, os.W_OK):
-        raise ValueError(f"output file {path} exists and is not writable")
+        raise ValueError(f"{flag} {path} exists and is not writable")
     return path
 
 
