@@ -348,7 +348,7 @@ class VidHashPipeline(DiffusionPipeline):
     # ------------------------------------------------------------------ checks
     def check_inputs(self, num_frames, settings: GenerationConfig, fps, actions, poses, output_type, state,
                      callback_on_step_end_tensor_inputs, context_frames=None, context_poses=None, context_actions=None,
-                     latents=None, batch_size: int = 1):
+                     latents=None, batch_size: int = 1, trajectory_seed=None):
         """Every argument that can be checked before work starts (``settings``, from
         :meth:`resolve_settings`, checked themselves; the scheduler, :func:`check_scheduler`);
         ValueError naming the problem. Returns ``(action ids, poses, frame prompt)``."""
@@ -361,6 +361,9 @@ class VidHashPipeline(DiffusionPipeline):
             raise ValueError(f"fps must be positive, got {fps}")
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
+        if trajectory_seed is not None and (not isinstance(trajectory_seed, (int, np.integer)) or isinstance(trajectory_seed, bool)
+                                            or not 0 <= trajectory_seed < 2**63):
+            raise ValueError(f"trajectory_seed must be None or an int in [0, 2**63), got {trajectory_seed!r}")
         ids, poses = _check_path(actions, poses, num_frames, "actions", "poses", "frames", "num_frames")
         if state is not None:
             want = VidHashState.config_for(self.transformer, height, width, settings.window_frames,
@@ -447,7 +450,7 @@ class VidHashPipeline(DiffusionPipeline):
         generator, state = _one_clip(generator, "generator"), _one_clip(state, "state")
         ids, poses, prompt = self.check_inputs(num_frames, settings, fps, actions, poses, output_type, state,
                                                callback_on_step_end_tensor_inputs, context_frames, context_poses,
-                                               context_actions, latents)
+                                               context_actions, latents, trajectory_seed=trajectory_seed)
         state = self._start(state, settings, generator)
         size = settings.chunk_frames
         num_chunks, num_prompt = -(-num_frames // size), 0 if prompt is None else prompt[0].shape[1]

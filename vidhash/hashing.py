@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import numbers
 
 import torch
 import torch.nn.functional as F
@@ -34,6 +35,11 @@ from tqdm.auto import tqdm
 MAX_BITS = 256
 _MASK32 = 0xFFFFFFFF
 _DEFAULT_HASHERS: dict[tuple[int, int, str], "SimHash"] = {}
+
+
+def _is_int(x) -> bool:
+    """An integer (Python's or NumPy's), not a bool."""
+    return isinstance(x, numbers.Integral) and not isinstance(x, bool)
 
 
 def _check_bits(n_bits: int) -> int:
@@ -163,8 +169,11 @@ def token_bucket(token_ids: torch.Tensor, num_buckets: int, key: bytes | int = 0
     """Bucket of discrete token ids by keyed BLAKE2b (cryptographic; stable across runs)."""
     if token_ids.dtype not in (torch.int32, torch.int64):
         raise ValueError(f"token_ids must be an integer tensor, got {token_ids.dtype}")
-    if not isinstance(num_buckets, int) or num_buckets < 1:
-        raise ValueError(f"num_buckets must be a positive int, got {num_buckets!r}")
+    if not _is_int(num_buckets) or not 1 <= num_buckets < 2**63:
+        raise ValueError(f"num_buckets must be an int in [1, 2**63) (buckets are int64), got {num_buckets!r}")
+    num_buckets = int(num_buckets)
+    if not isinstance(key, bytes) and (not _is_int(key) or not -2**63 <= key < 2**63):
+        raise ValueError(f"key must be bytes or an int in [-2**63, 2**63) (8 bytes), got {key!r}")
     kbytes = key if isinstance(key, bytes) else int(key).to_bytes(8, "little", signed=True)
     if len(kbytes) > 64:
         raise ValueError("BLAKE2b keys are at most 64 bytes")
@@ -201,8 +210,13 @@ class SimHash(nn.Module):
 
     def __init__(self, head_dim: int, n_bits: int = 32, *, heads: int | None = None, seed: int = 0):
         super().__init__()
-        if head_dim < 1:
-            raise ValueError(f"head_dim must be positive, got {head_dim}")
+        if not _is_int(head_dim) or head_dim < 1:
+            raise ValueError(f"head_dim must be a positive int, got {head_dim!r}")
+        if heads is not None and (not _is_int(heads) or heads < 1):
+            raise ValueError(f"heads must be None (planes shared by every head) or a positive int, got {heads!r}")
+        if not _is_int(seed) or not -2**63 <= seed < 2**64:
+            raise ValueError(f"seed must be an int in [-2**63, 2**64) (torch.Generator's range), got {seed!r}")
+        head_dim, heads, seed = int(head_dim), None if heads is None else int(heads), int(seed)
         self.head_dim, self.n_bits, self.heads, self.seed = head_dim, _check_bits(n_bits), heads, seed
         g = torch.Generator().manual_seed(seed)
         planes = torch.randn(heads or 1, head_dim, n_bits, generator=g, dtype=torch.float32)
@@ -242,8 +256,23 @@ def default_hasher(head_dim: int, n_bits: int = 32, device: torch.device | str |
     dev = torch.device("cpu" if device is None else device)
     key = (head_dim, n_bits, str(dev))
     if key not in _DEFAULT_HASHERS:
-        _DEFAULT_HASHERS[key] = SimHash(head_dim, n_bits, seed=0).to(dev)  # same planes, drawn on the CPU
+        _new_default_hasher(key, dev)
     return _DEFAULT_HASHERS[key]
+
+
+_NOT_IN_GRAPH = ("the default SimHash is drawn with a torch.Generator, which torch.compile cannot trace: under "
+                 "fullgraph=True call vidhash.default_hasher(head_dim, n_bits, device) once before compiling, "
+                 "or pass hasher=")
+
+
+def _new_default_hasher(key: tuple[int, int, str], dev: torch.device) -> None:
+    _DEFAULT_HASHERS[key] = SimHash(key[0], key[1], seed=0).to(dev)  # same planes, drawn on the CPU
+
+
+try:  # a graph break under torch.compile (an error naming the fix under fullgraph=True); cached after
+    _new_default_hasher = torch.compiler.disable(_new_default_hasher, reason=_NOT_IN_GRAPH)
+except TypeError:  # torch without disable(reason=)
+    _new_default_hasher = torch.compiler.disable(_new_default_hasher)
 
 
 class _HeadMLP(nn.Module):

@@ -96,3 +96,46 @@ def test_a_dtype_cast_keeps_the_simhash_planes_exact():
     before = memory.hasher(keys).clone()
     memory.to(torch.bfloat16).to(torch.float32)
     assert torch.equal(memory.hasher(keys), before)  # 1.75 % of keys signed otherwise after a bf16 round trip
+
+
+def test_constructors_name_a_bad_argument():
+    from vidhash.hashing import token_bucket
+    for kw, match in ((dict(head_dim=16.0), "head_dim"), (dict(head_dim=16, heads=0), "heads"),
+                      (dict(head_dim=16, seed="x"), "seed"), (dict(head_dim=16, seed=2**64), "seed")):
+        with pytest.raises(ValueError, match=match):  # TypeError / RuntimeError from torch before
+            vidhash.SimHash(**kw)
+    import numpy as np
+    assert torch.equal(vidhash.SimHash(np.int64(16), seed=np.int64(3)).planes, vidhash.SimHash(16, seed=3).planes)
+    ids = torch.arange(5)
+    for kw, match in ((dict(num_buckets=2**70), "num_buckets"), (dict(num_buckets=8, key=2**70), "key"),
+                      (dict(num_buckets=8, key=1.5), "key")):
+        with pytest.raises(ValueError, match=match):  # an OverflowError from int.to_bytes before
+            token_bucket(ids, **kw)
+    assert torch.equal(token_bucket(ids, 8, key=-1), token_bucket(ids, np.int64(8), key=-1))
+
+
+def test_the_default_hasher_under_torch_compile():
+    """The default SimHash is drawn with a torch.Generator (untraceable): under fullgraph=True the error
+    says how to build it first; without fullgraph a graph break; once built, fullgraph traces."""
+    from vidhash.hashing import _DEFAULT_HASHERS
+    q, k, v = torch.randn(3, 1, 2, 256, 24).unbind(0)  # head_dim 24: no other test caches this hasher
+    fn = lambda q, k, v: hash_attention(q, k, v, density=0.5, block_size=64, scorer="simhash")  # noqa: E731
+    ref = fn(q, k, v)
+    _DEFAULT_HASHERS.clear()
+    torch._dynamo.reset()
+    with pytest.raises(Exception, match="default_hasher"):  # torch._dynamo's Unsupported, naming the fix
+        torch.compile(fn, backend="eager", fullgraph=True)(q, k, v)
+    torch._dynamo.reset()
+    assert torch.equal(torch.compile(fn, backend="eager")(q, k, v), ref)  # graph break, the hasher cached
+    torch._dynamo.reset()
+    assert torch.equal(torch.compile(fn, backend="eager", fullgraph=True)(q, k, v), ref)
+    torch._dynamo.reset()
+
+
+def test_a_negative_trajectory_seed_is_named():
+    from vidhash.pipelines import VidHashPipeline
+    pipe = VidHashPipeline.random("tiny", seed=0)
+    pipe.set_progress_bar_config(disable=True)
+    for seed in (-1, 1.5, 2**63):  # numpy's default_rng error after the first chunk's denoising before
+        with pytest.raises(ValueError, match="trajectory_seed"):
+            pipe(num_frames=2, height=16, width=16, num_inference_steps=1, chunk_frames=2, trajectory_seed=seed)
