@@ -1,6 +1,6 @@
 """Offline SASS reading of the Triton kernels for sm_90 (no GPU needed).
 
-    python -m vidhash.kernels.sass block-score [--counts swar,compare] [--tiles 16x128x4,64x32x4]
+    python -m vidhash.kernels.sass block-score [--tiles 16x128x4,64x32x4]
     python -m vidhash.kernels.sass block-mass
     python -m vidhash.kernels.memory.sass_count           (the memory read's kernels)
 
@@ -84,14 +84,14 @@ BLOCK_SCORE_SHAPES = {  # name: (query blocks, key blocks, code width R, kept)
 }
 
 
-def block_score_counts(counts=("swar", "compare"), tiles=((16, 128, 4),), shapes=("131k", "wan")) -> list[dict]:
+def block_score_counts(tiles=((16, 128, 4),), shapes=("131k", "wan")) -> list[dict]:
     """Registers, stack and per-pass loop instructions of the block-score kernel (pooled codes,
-    non-causal) for each counting form × tile ``(block_m, block_n, warps)`` × shape; ``per_pair``
+    non-causal) for each tile ``(block_m, block_n, warps)`` × shape; ``per_pair``
     = the four passes' loop instructions per block pair a thread holds in one step."""
     from vidhash.kernels.block_score import kernel as K
 
     fn = K.block_score_kernel
-    consts_names = ("R", "M", "P", "CAUSAL", "BLOCK_M", "BLOCK_N", "SWAR")
+    consts_names = ("R", "M", "P", "CAUSAL", "BLOCK_M", "BLOCK_N")
     sig = {"QC": "*i8", "KC": "*i8", "SHIFT": "*i32", "OUT": "*i32"}
     sig |= {n: "i32" for n in fn.arg_names if n not in sig and n not in consts_names}
     rows = []
@@ -101,16 +101,15 @@ def block_score_counts(counts=("swar", "compare"), tiles=((16, 128, 4),), shapes
             ints = {n: 16 for n in sig if n.startswith("stride")}
             ints |= dict(H=12, NQ=nqb * 128, NK=nkb * 64, NQB=nqb, NKB=nkb, NSUB=nkb, KEPT=kept, BQ=128, BK=64,
                          LOCAL=1, SINK=1, stride_kj=width, stride_qc=width)
-            for form in counts:
-                for bm, bn, warps in tiles:
-                    consts = dict(R=width, M=1, P=1, CAUSAL=False, BLOCK_M=bm, BLOCK_N=bn, SWAR=form == "swar")
-                    sass, use = compile_sm90(fn, sig, consts, ints, warps, 3, tmp)
-                    passes = [len(b) for b in loops(sass)][:4]  # smax, coarse, fine, emit (then the -1 padding)
-                    per_thread = bm * bn / (32 * warps)
-                    mix = collections.Counter(o.split(".")[0] for b in loops(sass)[:4] for o in b)
-                    rows.append({"shape": shape, "counts": form, "tile": f"{bm}x{bn}x{warps}", "regs": use.get("REG", 0),
-                                 "stack": use.get("STACK", 0), "passes": passes, "per_pair": sum(passes) / per_thread,
-                                 "mix": dict(mix.most_common(6))})
+            for bm, bn, warps in tiles:
+                consts = dict(R=width, M=1, P=1, CAUSAL=False, BLOCK_M=bm, BLOCK_N=bn)
+                sass, use = compile_sm90(fn, sig, consts, ints, warps, 3, tmp)
+                passes = [len(b) for b in loops(sass)][:4]  # smax, coarse, fine, emit (then the -1 padding)
+                per_thread = bm * bn / (32 * warps)
+                mix = collections.Counter(o.split(".")[0] for b in loops(sass)[:4] for o in b)
+                rows.append({"shape": shape, "tile": f"{bm}x{bn}x{warps}", "regs": use.get("REG", 0),
+                             "stack": use.get("STACK", 0), "passes": passes, "per_pair": sum(passes) / per_thread,
+                             "mix": dict(mix.most_common(6))})
     return rows
 
 
@@ -142,7 +141,6 @@ def _tiles_arg(text: str):
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("kernel", choices=["block-score", "block-mass"])
-    p.add_argument("--counts", default="swar,compare", help="block-score counting forms (ops.COUNTS)")
     p.add_argument("--tiles", type=_tiles_arg, default=((16, 128, 4),), help="block_m x block_n x warps, comma-separated")
     p.add_argument("--shapes", default="131k,wan", help=f"of {sorted(BLOCK_SCORE_SHAPES)}")
     args = p.parse_args(argv)
@@ -153,9 +151,9 @@ def main(argv=None) -> int:
             print(f"block mass, query stride {stride}: {r['regs']} regs, {r['stack']} B stack, loops {r['loops']} "
                   f"instructions, {r['mma']} MMA instructions in them")
         return 0
-    print("shape  counts   tile       regs  stack  loop instr per pass (smax, coarse, fine, emit)  per pair")
-    for r in block_score_counts(args.counts.split(","), args.tiles, args.shapes.split(",")):
-        print(f"{r['shape']:6s} {r['counts']:8s} {r['tile']:10s} {r['regs']:4d} {r['stack']:6d}  "
+    print("shape  tile       regs  stack  loop instr per pass (smax, coarse, fine, emit)  per pair")
+    for r in block_score_counts(args.tiles, args.shapes.split(",")):
+        print(f"{r['shape']:6s} {r['tile']:10s} {r['regs']:4d} {r['stack']:6d}  "
               f"{str(r['passes']):44s} {r['per_pair']:7.1f}")
     return 0
 

@@ -26,13 +26,15 @@ program per ``BLOCK_M`` query blocks of one (batch, head), four passes over the 
 4. ascending pass: keep every block above the cut and the first ``need`` at it, writing kept
    indices in order through per-row prefix sums; pad the row with ``-1``.
 
-Counting (``SWAR``, the default): passes 2 and 3 count, per row, the blocks at or above each of
-16 thresholds, three thresholds to an int32 word (:func:`_counts_at_least`: a multiply-add and an
-AND per block and word), and pass 4 takes both running counts (above the cut, at it) from one
-prefix sum of a packed int32. ``SWAR=False`` is the earlier form — 32- and 16-bin histograms by
-compare-and-sum over a ``(BLOCK_M, BLOCK_N, bins)`` tile and two prefix sums — which spills on
-sm_90 at 16 × 128 tiles (255 registers + 656 B of stack against 128 registers; 408 against 193
-SASS instructions per block pair and thread, ``python -m vidhash.kernels.sass block-score``).
+Counting: passes 2 and 3 count, per row, the blocks at or above each of 16 thresholds, three
+thresholds to an int32 word (:func:`_counts_at_least`: a multiply-add and an AND per block and
+word — SWAR), and pass 4 takes both running counts (above the cut, at it) from one prefix sum of
+a packed int32. It replaced 32- and 16-bin histograms by compare-and-sum over a
+``(BLOCK_M, BLOCK_N, bins)`` tile, which spilled on sm_90 (255 registers + 656 B of stack; 153 and
+none now) and ran 2.1–3.7× slower on an H200 (1,064 → 284 µs at N = 131,072; 102 → 63 µs at the
+Wan 1.3B shape; ``scripts/gpu/attention_parts.py --part selection``, 2026-12-05).
+
+:func:`quantize_codes_kernel` makes the int8 codes from the float block codes in one launch.
 """
 import triton
 import triton.language as tl
@@ -126,15 +128,6 @@ def _column(x, cols, idx):
 
 
 @triton.jit
-def _row_counts(values, mask, bins):
-    """Per-row histogram ``(BLOCK_M, len(bins))``: how many masked ``values (BLOCK_M, BLOCK_N)`` equal
-    each bin — compares and a sum, not ``tl.histogram`` (whose counts were wrong on an H200 for these
-    layouts while the interpreter agreed with the reference)."""
-    hit = (values[:, :, None] == bins[None, None, :]) & mask[:, :, None]
-    return tl.sum(hit.to(tl.int32), 1)
-
-
-@triton.jit
 def block_score_kernel(
     QC, KC, SHIFT, OUT,
     stride_qb, stride_qh, stride_qc,
@@ -142,7 +135,7 @@ def block_score_kernel(
     stride_ob, stride_oh, stride_oc,
     H, NQ, NK, NQB, NKB, NSUB, KEPT, BQ, BK, LOCAL, SINK,
     R: tl.constexpr, M: tl.constexpr, P: tl.constexpr, CAUSAL: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, SWAR: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
     bh = tl.program_id(1)
@@ -168,103 +161,134 @@ def block_score_kernel(
         ok = _expand(allowed & ~forced, BLOCK_M, M, BLOCK_N, P) & sub_ok[:, None] & col_ok[None, :]
         smax = tl.maximum(smax, tl.max(tl.where(ok, s, _NEG), 1))
 
-    if SWAR:
-        # 2. per row, how many allowed blocks have a coarse level (level >> 4; forced 16) ≥ t,
-        # t = 1 … 16 (SWAR counts) → the coarse cut: the highest t with ≥ KEPT blocks at or above
-        cols = tl.arange(0, 16)
-        ge = tl.zeros([BLOCK_M, 16], dtype=tl.int32)
-        n_allowed = tl.zeros([BLOCK_M], dtype=tl.int32)
-        for j0 in range(0, NKB, BLOCK_N):
-            allowed, level = _tile_levels(KC, k_base, stride_kj, q_codes, j0, rows, row_ok, sub_ok, smax, shift,
-                                          NQ, NK, NKB, NSUB, BQ, BK, LOCAL, SINK, CAUSAL, R, BLOCK_M, M, BLOCK_N, P)
-            ge += _counts_at_least(tl.where(allowed, level >> 4, -1), cols)
-            n_allowed += tl.sum(allowed.to(tl.int32), 1)
-        c_cut = tl.max(tl.where(ge >= KEPT, cols[None, :] + 1, -1), 1)
-        c_cut = tl.where((c_cut < 0) & (n_allowed >= KEPT), 0, c_cut)  # -1: fewer allowed blocks than KEPT
-        above_c = _column(ge, cols, c_cut)  # blocks above the coarse cut (no cut: unused)
+    # 2. per row, how many allowed blocks have a coarse level (level >> 4; forced 16) ≥ t,
+    # t = 1 … 16 (SWAR counts) → the coarse cut: the highest t with ≥ KEPT blocks at or above
+    cols = tl.arange(0, 16)
+    ge = tl.zeros([BLOCK_M, 16], dtype=tl.int32)
+    n_allowed = tl.zeros([BLOCK_M], dtype=tl.int32)
+    for j0 in range(0, NKB, BLOCK_N):
+        allowed, level = _tile_levels(KC, k_base, stride_kj, q_codes, j0, rows, row_ok, sub_ok, smax, shift,
+                                      NQ, NK, NKB, NSUB, BQ, BK, LOCAL, SINK, CAUSAL, R, BLOCK_M, M, BLOCK_N, P)
+        ge += _counts_at_least(tl.where(allowed, level >> 4, -1), cols)
+        n_allowed += tl.sum(allowed.to(tl.int32), 1)
+    c_cut = tl.max(tl.where(ge >= KEPT, cols[None, :] + 1, -1), 1)
+    c_cut = tl.where((c_cut < 0) & (n_allowed >= KEPT), 0, c_cut)  # -1: fewer allowed blocks than KEPT
+    above_c = _column(ge, cols, c_cut)  # blocks above the coarse cut (no cut: unused)
 
-        # 3. inside the coarse cut, how many have a fine level (level & 15) ≥ t → cut level, ties to keep
-        fge = tl.zeros([BLOCK_M, 16], dtype=tl.int32)
-        for j0 in range(0, NKB, BLOCK_N):
-            allowed, level = _tile_levels(KC, k_base, stride_kj, q_codes, j0, rows, row_ok, sub_ok, smax, shift,
-                                          NQ, NK, NKB, NSUB, BQ, BK, LOCAL, SINK, CAUSAL, R, BLOCK_M, M, BLOCK_N, P)
-            inside = allowed & ((level >> 4) == c_cut[:, None]) & (c_cut[:, None] < 16)
-            fge += _counts_at_least(tl.where(inside, level & 15, -1), cols)
-        f_cut = tl.max(tl.where(above_c[:, None] + fge >= KEPT, cols[None, :] + 1, 0), 1)  # t = 0 holds ≥ KEPT by the coarse cut
-        above_f = above_c + _column(fge, cols, f_cut)
-        cut = tl.where(c_cut == 16, 256, c_cut * 16 + f_cut)
-        above = tl.where(c_cut == 16, 0, above_f)
-        need = tl.where(c_cut >= 0, KEPT - above, KEPT)
-        cut = tl.maximum(cut, 0)
+    # 3. inside the coarse cut, how many have a fine level (level & 15) ≥ t → cut level, ties to keep
+    fge = tl.zeros([BLOCK_M, 16], dtype=tl.int32)
+    for j0 in range(0, NKB, BLOCK_N):
+        allowed, level = _tile_levels(KC, k_base, stride_kj, q_codes, j0, rows, row_ok, sub_ok, smax, shift,
+                                      NQ, NK, NKB, NSUB, BQ, BK, LOCAL, SINK, CAUSAL, R, BLOCK_M, M, BLOCK_N, P)
+        inside = allowed & ((level >> 4) == c_cut[:, None]) & (c_cut[:, None] < 16)
+        fge += _counts_at_least(tl.where(inside, level & 15, -1), cols)
+    f_cut = tl.max(tl.where(above_c[:, None] + fge >= KEPT, cols[None, :] + 1, 0), 1)  # t = 0 holds ≥ KEPT by the coarse cut
+    above_f = above_c + _column(fge, cols, f_cut)
+    cut = tl.where(c_cut == 16, 256, c_cut * 16 + f_cut)
+    above = tl.where(c_cut == 16, 0, above_f)
+    need = tl.where(c_cut >= 0, KEPT - above, KEPT)
+    cut = tl.maximum(cut, 0)
 
-        # 4. ascending pass, one scan: a kept block's place is (#above the cut before it) +
-        # min(#at the cut before it, need); both counts in one int32 (16 bits each, < 2^16 per row)
-        o_ptr = OUT + b.to(tl.int64) * stride_ob + h.to(tl.int64) * stride_oh + rows.to(tl.int64) * stride_oc
-        n_above = tl.zeros([BLOCK_M], dtype=tl.int32)
-        n_ties = tl.zeros([BLOCK_M], dtype=tl.int32)
-        for j0 in range(0, NKB, BLOCK_N):
-            kb = j0 + lanes
-            allowed, level = _tile_levels(KC, k_base, stride_kj, q_codes, j0, rows, row_ok, sub_ok, smax, shift,
-                                          NQ, NK, NKB, NSUB, BQ, BK, LOCAL, SINK, CAUSAL, R, BLOCK_M, M, BLOCK_N, P)
-            hi = allowed & (level > cut[:, None])
-            at = allowed & (level == cut[:, None])
-            x = hi.to(tl.int32) + (at.to(tl.int32) << 16)
-            before = tl.cumsum(x, 1) - x
-            t_before = n_ties[:, None] + (before >> 16)
-            keep = hi | (at & (t_before < need[:, None]))
-            pos = n_above[:, None] + (before & 0xFFFF) + tl.minimum(t_before, need[:, None])
-            tl.store(o_ptr[:, None] + pos, kb[None, :] + tl.zeros([BLOCK_M, BLOCK_N], tl.int32), mask=keep)
-            tot = tl.sum(x, 1)
-            n_above += tot & 0xFFFF
-            n_ties += tot >> 16
-        emitted = n_above + tl.minimum(n_ties, need)
-    else:
-        # 2. coarse histogram (bins 0..15 free, 16 forced; 32 per row) → coarse cut per row
-        bins = tl.arange(0, 32)
-        hist2 = tl.zeros([BLOCK_M, 32], dtype=tl.int32)
-        for j0 in range(0, NKB, BLOCK_N):
-            allowed, level = _tile_levels(KC, k_base, stride_kj, q_codes, j0, rows, row_ok, sub_ok, smax, shift,
-                                          NQ, NK, NKB, NSUB, BQ, BK, LOCAL, SINK, CAUSAL, R, BLOCK_M, M, BLOCK_N, P)
-            hist2 += _row_counts(level >> 4, allowed, bins)
-        count_ge = tl.cumsum(hist2, 1, reverse=True)
-        c_cut = tl.max(tl.where(count_ge >= KEPT, bins[None, :], -1), 1)  # -1: fewer allowed blocks than KEPT
-        above_c = tl.sum(tl.where(bins[None, :] > c_cut[:, None], hist2, 0), 1)
-
-        # 3. fine histogram inside the coarse cut → cut level and ties to keep
-        fbins = tl.arange(0, 16)
-        fhist2 = tl.zeros([BLOCK_M, 16], dtype=tl.int32)
-        for j0 in range(0, NKB, BLOCK_N):
-            allowed, level = _tile_levels(KC, k_base, stride_kj, q_codes, j0, rows, row_ok, sub_ok, smax, shift,
-                                          NQ, NK, NKB, NSUB, BQ, BK, LOCAL, SINK, CAUSAL, R, BLOCK_M, M, BLOCK_N, P)
-            inside = allowed & ((level >> 4) == c_cut[:, None]) & (c_cut[:, None] < 16)
-            fhist2 += _row_counts(level & 15, inside, fbins)
-        f_ge = tl.cumsum(fhist2, 1, reverse=True) + above_c[:, None]
-        f_cut = tl.max(tl.where(f_ge >= KEPT, fbins[None, :], -1), 1)
-        above_f = tl.sum(tl.where(fbins[None, :] > f_cut[:, None], fhist2, 0), 1) + above_c
-        cut = tl.where(c_cut == 16, 256, c_cut * 16 + f_cut)
-        above = tl.where(c_cut == 16, 0, above_f)
-        need = tl.where(c_cut >= 0, KEPT - above, KEPT)
-        cut = tl.maximum(cut, 0)
-
-        # 4. ascending pass: blocks above the cut, then the first `need` at it
-        o_ptr = OUT + b.to(tl.int64) * stride_ob + h.to(tl.int64) * stride_oh + rows.to(tl.int64) * stride_oc
-        emitted = tl.zeros([BLOCK_M], dtype=tl.int32)
-        ties = tl.zeros([BLOCK_M], dtype=tl.int32)
-        for j0 in range(0, NKB, BLOCK_N):
-            kb = j0 + lanes
-            allowed, level = _tile_levels(KC, k_base, stride_kj, q_codes, j0, rows, row_ok, sub_ok, smax, shift,
-                                          NQ, NK, NKB, NSUB, BQ, BK, LOCAL, SINK, CAUSAL, R, BLOCK_M, M, BLOCK_N, P)
-            at_cut = (allowed & (level == cut[:, None])).to(tl.int32)
-            tie_rank = ties[:, None] + tl.cumsum(at_cut, 1) - at_cut
-            keep = allowed & ((level > cut[:, None]) | ((at_cut > 0) & (tie_rank < need[:, None])))
-            keep_i = keep.to(tl.int32)
-            pos = emitted[:, None] + tl.cumsum(keep_i, 1) - keep_i
-            tl.store(o_ptr[:, None] + pos, kb[None, :] + tl.zeros([BLOCK_M, BLOCK_N], tl.int32), mask=keep)
-            emitted += tl.sum(keep_i, 1)
-            ties += tl.sum(at_cut, 1)
+    # 4. ascending pass, one scan: a kept block's place is (#above the cut before it) +
+    # min(#at the cut before it, need); both counts in one int32 (16 bits each, < 2^16 per row)
+    o_ptr = OUT + b.to(tl.int64) * stride_ob + h.to(tl.int64) * stride_oh + rows.to(tl.int64) * stride_oc
+    n_above = tl.zeros([BLOCK_M], dtype=tl.int32)
+    n_ties = tl.zeros([BLOCK_M], dtype=tl.int32)
+    for j0 in range(0, NKB, BLOCK_N):
+        kb = j0 + lanes
+        allowed, level = _tile_levels(KC, k_base, stride_kj, q_codes, j0, rows, row_ok, sub_ok, smax, shift,
+                                      NQ, NK, NKB, NSUB, BQ, BK, LOCAL, SINK, CAUSAL, R, BLOCK_M, M, BLOCK_N, P)
+        hi = allowed & (level > cut[:, None])
+        at = allowed & (level == cut[:, None])
+        x = hi.to(tl.int32) + (at.to(tl.int32) << 16)
+        before = tl.cumsum(x, 1) - x
+        t_before = n_ties[:, None] + (before >> 16)
+        keep = hi | (at & (t_before < need[:, None]))
+        pos = n_above[:, None] + (before & 0xFFFF) + tl.minimum(t_before, need[:, None])
+        tl.store(o_ptr[:, None] + pos, kb[None, :] + tl.zeros([BLOCK_M, BLOCK_N], tl.int32), mask=keep)
+        tot = tl.sum(x, 1)
+        n_above += tot & 0xFFFF
+        n_ties += tot >> 16
+    emitted = n_above + tl.minimum(n_ties, need)
 
     # 5. pad with -1 (rows with fewer allowed blocks than KEPT)
     for p0 in range(0, KEPT, BLOCK_N):
         pos = p0 + lanes
         pad = row_ok[:, None] & (pos[None, :] >= emitted[:, None]) & (pos[None, :] < KEPT)
         tl.store(o_ptr[:, None] + pos[None, :], tl.full([BLOCK_M, BLOCK_N], -1, tl.int32), mask=pad)
+
+
+_ROUND = tl.constexpr(12582912.0)  # 1.5 · 2^23: (v + it) - it rounds a float32 |v| < 2^22 half to even
+
+
+@triton.jit
+def _abs_max_rows(x_ptr, stride_row, n_rows, factor, cols, col_ok, WIDTH: tl.constexpr, BLOCK_ROWS: tl.constexpr):
+    """Per channel, ``max |factor · x|`` over the ``n_rows`` rows (0 for none)."""
+    best = tl.zeros([WIDTH], dtype=tl.float32)
+    for r0 in range(0, n_rows, BLOCK_ROWS):
+        rows = r0 + tl.arange(0, BLOCK_ROWS)
+        x = tl.load(x_ptr + rows[:, None] * stride_row + cols[None, :],
+                    mask=(rows < n_rows)[:, None] & col_ok[None, :], other=0.0)
+        best = tl.maximum(best, tl.max(tl.abs(x * factor), axis=0))
+    return best
+
+
+@triton.jit
+def _emit_int8(x_ptr, stride_row, n_rows, out_ptr, out_rows, factor, balance, scale, cols, col_ok, split, splits,
+               QUERY: tl.constexpr, WIDTH: tl.constexpr, BLOCK_ROWS: tl.constexpr):
+    """``round(factor · x · balance / scale)`` (queries; ``/ balance`` for keys), clamped to ±127, as int8
+    rows ``(out_rows, WIDTH)`` — this program's every ``splits``-th tile of rows from tile ``split``; rows
+    past ``n_rows`` and channels past the codes are 0."""
+    for r0 in range(split * BLOCK_ROWS, out_rows, splits * BLOCK_ROWS):
+        rows = r0 + tl.arange(0, BLOCK_ROWS)
+        x = tl.load(x_ptr + rows[:, None] * stride_row + cols[None, :],
+                    mask=(rows < n_rows)[:, None] & col_ok[None, :], other=0.0)
+        x = x * factor
+        if QUERY:
+            x = x * balance[None, :]
+        else:
+            x = tl.div_rn(x, balance[None, :])
+        v = tl.div_rn(x, scale)
+        v = (v + _ROUND) - _ROUND
+        v = tl.minimum(tl.maximum(v, -127.0), 127.0)
+        tl.store(out_ptr + rows[:, None] * WIDTH + cols[None, :], v.to(tl.int8), mask=(rows < out_rows)[:, None])
+
+
+@triton.jit
+def quantize_codes_kernel(
+    cq_ptr, ck_ptr, qi_ptr, ki_ptr, shift_ptr,
+    stride_q_bh, stride_q_row, stride_k_bh, stride_k_row,
+    rows_q_in, rows_k_in, rows_q, rows_k, r, factor, res_hi, res_mid, res_lo,
+    WIDTH: tl.constexpr, BLOCK_ROWS: tl.constexpr,
+):
+    """``naive.quantize_codes`` of ``factor · cq`` and ``factor · ck``, op for op in float32 (IEEE division
+    and square root, round half to even), so the int8 codes and ``shift`` equal the torch reference's.
+    Grid ``(b·h, splits)``: every program of a (batch, head) reads all its rows for the per-channel
+    ranges (pass 1: loads, abs, max), takes the balance and the two scales from them alone
+    (max |x · balance| = max|x| · balance: rounding is monotone), then writes its share of the codes
+    (pass 2, the divisions: the costly part, split). Rows ``(rows_*_in ≤ rows_*)`` past the input and channels past ``r`` come out 0. The float64
+    ``resolution`` comes as three float32 parts that sum to it exactly (scalar arguments are float32)."""
+    bh = tl.program_id(0)
+    split, splits = tl.program_id(1), tl.num_programs(1)
+    cq_ptr += bh.to(tl.int64) * stride_q_bh
+    ck_ptr += bh.to(tl.int64) * stride_k_bh
+    qi_ptr += bh.to(tl.int64) * rows_q * WIDTH
+    ki_ptr += bh.to(tl.int64) * rows_k * WIDTH
+    cols = tl.arange(0, WIDTH)
+    col_ok = cols < r
+    range_q = _abs_max_rows(cq_ptr, stride_q_row, rows_q_in, factor, cols, col_ok, WIDTH, BLOCK_ROWS)
+    range_k = _abs_max_rows(ck_ptr, stride_k_row, rows_k_in, factor, cols, col_ok, WIDTH, BLOCK_ROWS)
+    both = (range_q > 0) & (range_k > 0)
+    balance = tl.where(both, tl.sqrt_rn(tl.div_rn(range_k, tl.maximum(range_q, 1e-30))), 1.0)
+    scale_q = tl.maximum(tl.max(range_q * balance, axis=0), 1e-20) * (1.0 / 127.0)
+    scale_k = tl.maximum(tl.max(tl.div_rn(range_k, balance), axis=0), 1e-20) * (1.0 / 127.0)
+    _emit_int8(cq_ptr, stride_q_row, rows_q_in, qi_ptr, rows_q, factor, balance, scale_q, cols, col_ok, split, splits,
+               True, WIDTH, BLOCK_ROWS)
+    _emit_int8(ck_ptr, stride_k_row, rows_k_in, ki_ptr, rows_k, factor, balance, scale_k, cols, col_ok, split, splits,
+               False, WIDTH, BLOCK_ROWS)
+    if split > 0:
+        return
+    unit = scale_q.to(tl.float64) * scale_k.to(tl.float64)
+    resolution = (tl.cast(res_hi, tl.float64) + tl.cast(res_mid, tl.float64)) + tl.cast(res_lo, tl.float64)
+    level = tl.floor(tl.log2((1.0 / unit) * resolution))
+    tl.store(shift_ptr + bh, tl.minimum(tl.maximum(level, 0.0), 24.0).to(tl.int32))

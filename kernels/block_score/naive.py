@@ -67,18 +67,24 @@ def subgrid_codes(q: torch.Tensor, k: torch.Tensor, block_size: int, query_block
     """Codes ``(b, h, nqb·m, ·)`` and ``(b, h, nkb·p, ·)`` in nats: ``√s ·`` the mean of each run of
     ``query_block_size / m`` queries and ``sub`` keys (default ``sub = block_size``), runs past the
     end zero. ``project(x, role)`` (a learned scorer's map of mean tokens) replaces ``√s · x``."""
-    sub = block_size if sub is None else sub
-    m, p = check_grid(block_size, query_block_size, m, sub)
+    cq, ck, factor = _subgrid_means(q, k, block_size, query_block_size, scale, m, sub, project)
+    m, p = check_grid(block_size, query_block_size, m, block_size if sub is None else sub)
     nqb, nkb = -(-q.shape[-2] // query_block_size), -(-k.shape[-2] // block_size)
+    return _pad_rows(cq * factor, nqb * m), _pad_rows(ck * factor, nkb * p)
+
+
+def _subgrid_means(q, k, block_size, query_block_size, scale, m, sub, project):
+    """:func:`subgrid_codes` before its factor and padding: ``(cq, ck, factor)``."""
+    sub = block_size if sub is None else sub
+    m, _ = check_grid(block_size, query_block_size, m, sub)
     cq, ck = block_means(q, query_block_size // m), block_means(k, sub)
     if project is None:
-        root = math.sqrt(scale)
-        cq, ck = cq * root, ck * root
-    else:
-        cq, ck = project(cq, "query"), project(ck, "key")
-    cq = F.pad(cq, (0, 0, 0, nqb * m - cq.shape[-2]))
-    ck = F.pad(ck, (0, 0, 0, nkb * p - ck.shape[-2]))
-    return cq, ck
+        return cq, ck, math.sqrt(scale)
+    return project(cq, "query"), project(ck, "key"), 1.0
+
+
+def _pad_rows(x: torch.Tensor, rows: int) -> torch.Tensor:
+    return F.pad(x, (0, 0, 0, rows - x.shape[-2])) if rows > x.shape[-2] else x
 
 
 def block_sq_means(x: torch.Tensor, block_size: int) -> torch.Tensor:
@@ -134,7 +140,7 @@ def quantize_codes(cq: torch.Tensor, ck: torch.Tensor, resolution: float = RESOL
 
     def q8(x):
         x = x.float()
-        scale = x.abs().amax(dim=(-2, -1), keepdim=True).clamp_(min=1e-20) / 127.0
+        scale = x.abs().amax(dim=(-2, -1), keepdim=True).clamp_(min=1e-20) * (1.0 / 127.0)  # CUDA's "/ 127.0" too
         x8 = torch.round(x / scale).clamp_(-127, 127).to(torch.int8)
         if width > x.shape[-1]:
             x8 = F.pad(x8, (0, width - x.shape[-1]))
@@ -142,7 +148,7 @@ def quantize_codes(cq: torch.Tensor, ck: torch.Tensor, resolution: float = RESOL
 
     qi, sq = q8(cq)
     ki, sk = q8(ck)
-    shift = torch.floor(torch.log2(resolution / (sq * sk))).clamp(min=0, max=24).to(torch.int32)
+    shift = torch.floor(torch.log2((sq * sk).reciprocal() * resolution)).clamp(min=0, max=24).to(torch.int32)
     return (qi, ki, shift, sq * sk) if return_unit else (qi, ki, shift)
 
 
@@ -208,9 +214,13 @@ def block_score_reference(
 # --------------------------------------------------------------------------------------------
 # the whole selection in torch: codes, kept, reference top-k
 # --------------------------------------------------------------------------------------------
-def selection_codes(q: torch.Tensor, k: torch.Tensor, *, block_size: int, query_block_size: int, scale: float | None,
-                    m: int = 1, sub: int | None = None, scorer=None, resolution: float = RESOLUTION):
-    """int8 codes ``(qi, ki, shift)`` of a code scorer (see :func:`select_blocks_codes_reference`)."""
+def float_codes(q: torch.Tensor, k: torch.Tensor, *, block_size: int, query_block_size: int, scale: float | None,
+                m: int = 1, sub: int | None = None, scorer=None):
+    """A code scorer's float codes before quantisation, as ``(cq, ck, factor, rows_q, rows_k)``: the
+    codes in nats are ``factor ·`` ``cq (b, h, ≤ rows_q, r)`` and ``ck`` with zero rows appended up
+    to ``rows_q = nqb·m`` and ``rows_k = nkb·p`` (the factor is ``√s`` for pooled / sub-grid means,
+    1 for learned and moments codes). :func:`selection_codes` finishes them in torch, the Triton
+    path (``ops.quantize_codes_triton``) in one kernel — the same int8 codes."""
     project = None
     if scorer == "moments":
         if m != 1 or sub not in (None, block_size):
@@ -221,11 +231,22 @@ def selection_codes(q: torch.Tensor, k: torch.Tensor, *, block_size: int, query_
                              "features 'linear' or 'diag'")
         project = scorer.map_means
     sc = resolve_scale(scale, q.shape[-1])
+    sub_size = block_size if sub is None else sub
+    m, p = check_grid(block_size, query_block_size, m, sub_size)
+    rows_q, rows_k = -(-q.shape[-2] // query_block_size) * m, -(-k.shape[-2] // block_size) * p
     if scorer == "moments":
         cq, ck = moment_codes(q, k, block_size, query_block_size, sc)
-    else:
-        cq, ck = subgrid_codes(q, k, block_size, query_block_size, sc, m, sub, project)
-    return quantize_codes(cq, ck, resolution)
+        return cq, ck, 1.0, rows_q, rows_k
+    cq, ck, factor = _subgrid_means(q, k, block_size, query_block_size, sc, m, sub, project)
+    return cq, ck, factor, rows_q, rows_k
+
+
+def selection_codes(q: torch.Tensor, k: torch.Tensor, *, block_size: int, query_block_size: int, scale: float | None,
+                    m: int = 1, sub: int | None = None, scorer=None, resolution: float = RESOLUTION):
+    """int8 codes ``(qi, ki, shift)`` of a code scorer (see :func:`select_blocks_codes_reference`)."""
+    cq, ck, factor, rows_q, rows_k = float_codes(q, k, block_size=block_size, query_block_size=query_block_size,
+                                                 scale=scale, m=m, sub=sub, scorer=scorer)
+    return quantize_codes(_pad_rows(cq * factor, rows_q), _pad_rows(ck * factor, rows_k), resolution)
 
 
 @torch.no_grad()

@@ -14,18 +14,14 @@ import triton
 
 from vidhash.ops.checks import BlockSelection, check_qkv, check_selection_args
 
-from .kernel import block_score_kernel
-from .naive import RESOLUTION, check_grid, select_blocks_codes_reference, selection_codes
+from .kernel import block_score_kernel, quantize_codes_kernel
+from .naive import RESOLUTION, check_grid, code_width, float_codes, select_blocks_codes_reference
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 BACKENDS = ("auto", "triton", "reference")
-# How the kernel's passes 2-4 count (kernel.py): "swar" — threshold counts three to an int32 word and
-# one scan in the emit pass (see kernel.py's docstring); "compare" — the earlier
-# compare-and-sum histograms over a 3-d tile and two scans. Same indices. Both stay until a GPU
-# times them (scripts/gpu/attention_parts.py --part selection), then the slower one goes; TILES
-# (block_m, block_n, num_warps) overrides the tile choice for that study.
-COUNTS = "swar"
+# (block_m, block_n, num_warps) overriding the tile choice (a study's knob: scripts/gpu/attention_parts.py).
 TILES: tuple[int, int, int] | None = None
+QUANTIZE_PROGRAMS = 256  # programs the quantisation aims for (b·h of them, each splitting its rows)
 
 
 def _tiles(nkb: int, m: int, p: int, width: int) -> tuple[int, int, int]:
@@ -92,7 +88,7 @@ def _score_kernel(qi: torch.Tensor, ki: torch.Tensor, shift: torch.Tensor, kept:
     nqb, nkb = -(-num_queries // query_block_size), -(-num_keys // block_size)
     out = torch.empty(b, h, nqb, kept, dtype=torch.int32, device=qi.device)
     block_m, block_n, warps = TILES or _tiles(nkb, m, p, width)
-    if block_n > 128:  # SWAR's 8-bit counters and the emit pass's 16-bit ones hold < 256 blocks a step
+    if block_n > 128:  # the SWAR counts' 8-bit counters and the emit pass's 16-bit ones hold < 256 blocks a step
         raise ValueError(f"block_n must be at most 128, got {block_n}")
     grid = (triton.cdiv(nqb, block_m), b * h)
     block_score_kernel[grid](
@@ -100,7 +96,7 @@ def _score_kernel(qi: torch.Tensor, ki: torch.Tensor, shift: torch.Tensor, kept:
         *qi.stride()[:3], *ki.stride()[:3], *out.stride()[:3],
         h, num_queries, num_keys, nqb, nkb, -(-num_keys // (block_size // p)), kept, query_block_size, block_size,
         local_blocks, sink_blocks,
-        R=width, M=m, P=p, CAUSAL=causal, BLOCK_M=block_m, BLOCK_N=block_n, SWAR=COUNTS == "swar",
+        R=width, M=m, P=p, CAUSAL=causal, BLOCK_M=block_m, BLOCK_N=block_n,
         num_warps=warps,
     )
     return out
@@ -116,6 +112,77 @@ _score_op = torch.library.custom_op(
 @_score_op.register_fake
 def _(qi, ki, shift, kept, num_queries, num_keys, block_size, query_block_size, local_blocks, sink_blocks, causal, m, p):
     return qi.new_empty(qi.shape[0], qi.shape[1], -(-num_queries // query_block_size), kept, dtype=torch.int32)
+
+
+def _float32_parts(x: float) -> tuple[float, float, float]:
+    """Three float32 values whose float64 sum is ``x`` exactly (a kernel's scalars are float32)."""
+    import numpy as np
+
+    hi = float(np.float32(x))
+    mid = float(np.float32(x - hi))
+    lo = float(np.float32(x - hi - mid))
+    if (hi + mid) + lo != x:
+        raise ValueError(f"resolution {x!r} does not split into float32 parts")
+    return hi, mid, lo
+
+
+def quantize_codes_triton(cq: torch.Tensor, ck: torch.Tensor, factor: float, rows_q: int, rows_k: int,
+                          resolution: float = RESOLUTION) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`.naive.quantize_codes` of ``factor · cq``, ``factor · ck`` (float32 ``(b, h, ·, r)``, zero rows
+    appended up to ``rows_q`` / ``rows_k``) in one launch — one program per (batch, head); the same int8
+    codes and ``shift`` exactly (``tests/kernels/test_block_score.py``). Replaces ~20 small torch ops
+    (their launches: ~0.45 ms eager, ~0.13 ms in a CUDA graph at N = 131,072, H200)."""
+    if not resolution > 0:
+        raise ValueError(f"resolution must be positive, got {resolution!r}")
+    if cq.shape[:2] != ck.shape[:2] or cq.shape[-1] != ck.shape[-1]:
+        raise ValueError(f"query codes {tuple(cq.shape)} and key codes {tuple(ck.shape)} disagree in (b, h) or width")
+    if cq.shape[-1] > 512:
+        raise ValueError(f"codes are at most 512 wide, got {cq.shape[-1]}")
+    if cq.shape[-2] > rows_q or ck.shape[-2] > rows_k:
+        raise ValueError(f"rows_q / rows_k ({rows_q}, {rows_k}) below the codes' rows ({cq.shape[-2]}, {ck.shape[-2]})")
+    parts = _float32_parts(float(resolution))
+    if torch.compiler.is_compiling():  # one opaque op in the graph
+        return torch.ops.vidhash.quantize_codes(cq, ck, float(factor), rows_q, rows_k, *parts)
+    return _quantize(cq, ck, float(factor), rows_q, rows_k, *parts)
+
+
+def _quantize(cq: torch.Tensor, ck: torch.Tensor, factor: float, rows_q: int, rows_k: int, res_hi: float,
+              res_mid: float, res_lo: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    b, h, _, r = cq.shape
+    width = code_width(r)
+    cq = cq.float().reshape(b * h, cq.shape[-2], r)  # a view when it can be (rows and channels strided)
+    ck = ck.float().reshape(b * h, ck.shape[-2], r)
+    if cq.stride(-1) != 1:
+        cq = cq.contiguous()
+    if ck.stride(-1) != 1:
+        ck = ck.contiguous()
+    qi = torch.empty(b, h, rows_q, width, dtype=torch.int8, device=cq.device)
+    ki = torch.empty(b, h, rows_k, width, dtype=torch.int8, device=cq.device)
+    shift = torch.empty(b * h, dtype=torch.int32, device=cq.device)
+    block_rows = max(1, 4096 // width)
+    tiles = triton.cdiv(max(rows_q, rows_k), block_rows)
+    splits = max(1, min(tiles, triton.cdiv(QUANTIZE_PROGRAMS, b * h)))  # pass 2 (the divisions) split
+    quantize_codes_kernel[(b * h, splits)](
+        cq, ck, qi, ki, shift, cq.stride(0), cq.stride(1), ck.stride(0), ck.stride(1),
+        cq.shape[1], ck.shape[1], rows_q, rows_k, r, factor, res_hi, res_mid, res_lo,
+        WIDTH=width, BLOCK_ROWS=block_rows, num_warps=4,
+    )
+    return qi, ki, shift
+
+
+_quantize_op = torch.library.custom_op(
+    "vidhash::quantize_codes", _quantize, mutates_args=(),
+    schema="(Tensor cq, Tensor ck, float factor, int rows_q, int rows_k, float res_hi, float res_mid, "
+           "float res_lo) -> (Tensor, Tensor, Tensor)",
+)
+
+
+@_quantize_op.register_fake
+def _(cq, ck, factor, rows_q, rows_k, res_hi, res_mid, res_lo):
+    b, h, _, r = cq.shape
+    width = code_width(r)
+    return (cq.new_empty(b, h, rows_q, width, dtype=torch.int8), cq.new_empty(b, h, rows_k, width, dtype=torch.int8),
+            cq.new_empty(b * h, dtype=torch.int32))
 
 
 @torch.no_grad()
@@ -160,8 +227,9 @@ def select_blocks_codes(
     nq, nk = q.shape[-2], k.shape[-2]
     kept = num_kept_blocks(nq, nk, density=density, block_size=bk, query_block_size=bq, local_blocks=local_blocks,
                            sink_blocks=sink_blocks, causal=causal)  # closed form on the host: no device sync
-    qi, ki, shift = selection_codes(q, k, block_size=bk, query_block_size=bq, scale=scale, m=m, sub=sub,
-                                    scorer=scorer, resolution=resolution)
+    cq, ck, factor, rows_q, rows_k = float_codes(q, k, block_size=bk, query_block_size=bq, scale=scale, m=m, sub=sub,
+                                                 scorer=scorer)
+    qi, ki, shift = quantize_codes_triton(cq, ck, factor, rows_q, rows_k, resolution)
     idx = select_from_codes(qi, ki, shift, kept=kept, num_queries=nq, num_keys=nk, block_size=bk,
                             query_block_size=bq, local_blocks=local_blocks, sink_blocks=sink_blocks, causal=causal,
                             m=m, sub=sub)

@@ -6,8 +6,8 @@
   on pointer gathers vs TMA tiles, the remainder's parts, ``hash_attention`` with and without it in
   one CUDA graph), and the two forward kernels at N = 131,072 (12 heads, d 64, 1/32);
 * ``--part selection`` — the pooled selection's int8-level form (``backend="triton"``: block means,
-  int8 codes, the four-pass kernel; its parts timed apart, the kernel in both counting forms —
-  ``ops.COUNTS`` "swar" / "compare" — and several tiles; ``backend="auto"`` on CUDA) against the
+  int8 codes in one kernel, the four-pass level kernel; its parts timed apart, the level kernel at
+  three tiles; the torch codes beside the kernel's; ``backend="auto"`` on CUDA) against the
   float form (``select_blocks_scored``: float scores and one exact top-k, ``auto`` off CUDA; its
   parts — scores, masks, ``rank_top``, the bare ``topk`` — timed apart too), eager and in a CUDA graph, with recall, oracle and shared indices, at
   the wan-mini, Wan 1.3B 480p and N = 131,072 shapes;
@@ -29,7 +29,7 @@ import triton
 from vidhash.attention import (block_sparse_attention, hash_attention, merge_attention, select_blocks,
                                selection_recall)
 from vidhash.bench.attention import WAN_1_3B_GRID, graph_ms, grid_for, video_like_qkv
-from vidhash.kernels.block_score.naive import block_means, selection_codes  # the remainder's means too
+from vidhash.kernels.block_score.naive import block_means, float_codes, selection_codes  # the remainder's means too
 from vidhash.kernels.block_score import ops as block_score_ops
 from vidhash.kernels.block_score.ops import select_from_codes
 from vidhash.kernels.block_select.naive import forced_and_allowed
@@ -148,23 +148,29 @@ def part_selection():
         r["lib_graph_us"] = graph(lambda: select_blocks(q, k, backend="triton", **kw))
         r["means_q_us"] = bench(lambda: block_means(q, bq))
         r["means_k_us"] = bench(lambda: block_means(k, 64))
-        r["codes_us"] = bench(lambda: selection_codes(q, k, block_size=64, query_block_size=bq, scale=q.shape[-1] ** -0.5))
+        def codes():  # the library's codes: means in torch, then one quantisation kernel
+            return block_score_ops.quantize_codes_triton(*float_codes(q, k, block_size=64, query_block_size=bq,
+                                                                      scale=q.shape[-1] ** -0.5))
+        r["codes_same"] = all(torch.equal(a, b) for a, b in zip(codes(), (qi, ki, shift)))
+        r["codes_us"] = bench(codes)
+        r["codes_torch_us"] = bench(lambda: selection_codes(q, k, block_size=64, query_block_size=bq, scale=q.shape[-1] ** -0.5))
+        cq, ck, factor, rows_q, rows_k = float_codes(q, k, block_size=64, query_block_size=bq, scale=q.shape[-1] ** -0.5)
+        r["quantize_us"] = bench(lambda: block_score_ops.quantize_codes_triton(cq, ck, factor, rows_q, rows_k))
         r["kernel_us"] = bench(lambda: select_from_codes(qi, ki, shift, kept=kept, num_queries=q.shape[-2], num_keys=k.shape[-2],
                                                          block_size=64, query_block_size=bq, local_blocks=1, sink_blocks=1, causal=False))
-        # the level kernel's counting forms × tiles (ops.COUNTS / ops.TILES; indices must equal the default's)
+        # the level kernel's tiles (ops.TILES; indices must equal the default's)
         run = lambda: select_from_codes(qi, ki, shift, kept=kept, num_queries=q.shape[-2], num_keys=k.shape[-2],
                                         block_size=64, query_block_size=bq, local_blocks=1, sink_blocks=1, causal=False)
         want, variants = run(), {}
-        for counts in ("compare", "swar"):
-            for tiles in (None, (64, 32, 4), (32, 64, 2), (16, 64, 1), (16, 32, 4)):
-                block_score_ops.COUNTS, block_score_ops.TILES = counts, tiles
-                key = f"{counts} {'x'.join(map(str, tiles)) if tiles else 'default'}"
-                try:
-                    same = bool(torch.equal(run(), want))
-                    variants[key] = {"same": same, "us": bench(run) if same else None}
-                except Exception as e:  # a tile that does not compile here: recorded, not fatal
-                    variants[key] = {"same": False, "us": None, "error": f"{type(e).__name__}: {e}"[:200]}
-        block_score_ops.COUNTS, block_score_ops.TILES = "swar", None
+        for tiles in (None, (64, 32, 4), (16, 32, 4)):
+            block_score_ops.TILES = tiles
+            key = 'x'.join(map(str, tiles)) if tiles else 'default'
+            try:
+                same = bool(torch.equal(run(), want))
+                variants[key] = {"same": same, "us": bench(run) if same else None}
+            except Exception as e:  # a tile that does not compile here: recorded, not fatal
+                variants[key] = {"same": False, "us": None, "error": f"{type(e).__name__}: {e}"[:200]}
+        block_score_ops.TILES = None
         r["kernel_variants"] = variants
         print({k2: v2 for k2, v2 in variants.items()}, flush=True)
         r["float_us"] = bench(lambda: select_blocks_scored(q, k, **kw))
@@ -190,11 +196,11 @@ def part_selection():
         rows.append(measure(name, shp, density, bq))
         torch.cuda.empty_cache()
 
-    print("| shape | kept | levels µs (graph) | means q / k | codes | level kernel | float µs (graph) | same idx | recall levels / float / oracle |")
+    print("| shape | kept | levels µs (graph) | means q / k | codes (of it quantize; torch codes) | level kernel | float µs (graph) | same idx | recall levels / float / oracle |")
     print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['shape']} | {r['kept']} / {r['key_blocks']} | {r['lib_us']:.0f} ({r['lib_graph_us']:.0f}) | {r['means_q_us']:.0f} / {r['means_k_us']:.0f} | "
-              f"{r['codes_us']:.0f} | {r['kernel_us']:.0f} | {r['float_us']:.0f} ({r['float_graph_us']:.0f}) | {r['same_indices']:.3f} | "
+              f"{r['codes_us']:.0f} ({r['quantize_us']:.0f}; {r['codes_torch_us']:.0f}){'' if r['codes_same'] else ' DIFFER'} | {r['kernel_us']:.0f} | {r['float_us']:.0f} ({r['float_graph_us']:.0f}) | {r['same_indices']:.3f} | "
               f"{r['recall_lib']:.3f} / {r['recall_float']:.3f} / {r['oracle']:.3f} |")
     print("\n| shape | " + " | ".join(rows[0]["kernel_variants"]) + " |")
     print("|---|" + "---|" * len(rows[0]["kernel_variants"]))

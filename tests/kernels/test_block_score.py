@@ -31,17 +31,8 @@ CASES = [
 ]
 
 
-@pytest.fixture(params=["swar", "compare"])
-def counts(request, monkeypatch):
-    """Both ways the kernel counts levels (``ops.COUNTS``) must give the reference's indices."""
-    from vidhash.kernels.block_score import ops
-
-    monkeypatch.setattr(ops, "COUNTS", request.param)
-    return request.param
-
-
 @pytest.mark.parametrize("b,h,nq,nk,d,bk,bq,local,sink,causal,density,m,sub", CASES)
-def test_kernel_matches_reference(b, h, nq, nk, d, bk, bq, local, sink, causal, density, m, sub, counts):
+def test_kernel_matches_reference(b, h, nq, nk, d, bk, bq, local, sink, causal, density, m, sub):
     g = torch.Generator().manual_seed(nq * 7 + nk)
     q, k = torch.randn(b, h, nq, d, generator=g).to(DEV), torch.randn(b, h, nk, d, generator=g).to(DEV)
     kw = dict(density=density, block_size=bk, query_block_size=bq, local_blocks=local, sink_blocks=sink,
@@ -54,7 +45,7 @@ def test_kernel_matches_reference(b, h, nq, nk, d, bk, bq, local, sink, causal, 
 
 
 @pytest.mark.parametrize("causal", [pytest.param(False, id="B1-H2-N77-D40-moments"), pytest.param(True, id="B1-H2-Nq90-Nk150-moments-causal")])
-def test_moments_codes_match_reference(causal, counts):
+def test_moments_codes_match_reference(causal):
     g = torch.Generator().manual_seed(3)
     nq, nk = (77, 77) if not causal else (90, 150)
     q, k = (torch.randn(1, 2, nq, 40, generator=g) * 2).to(DEV), torch.randn(1, 2, nk, 40, generator=g).to(DEV)
@@ -77,7 +68,7 @@ def test_moments_codes_are_the_moments_scores():
 
 
 @pytest.mark.parametrize("m,sub", [pytest.param(1, None, id="pooled"), pytest.param(2, 4, id="m2-sub4")])
-def test_ties_go_to_the_lower_block(m, sub, counts):
+def test_ties_go_to_the_lower_block(m, sub):
     """Repeated key blocks and a coarse resolution: many equal levels, the kernel and the reference
     must break them alike (lower index first)."""
     g = torch.Generator().manual_seed(1)
@@ -96,7 +87,7 @@ def test_ties_go_to_the_lower_block(m, sub, counts):
 
 
 @pytest.mark.parametrize("causal", [pytest.param(False, id="wide"), pytest.param(True, id="wide-causal")])
-def test_cut_among_the_lowest_levels(causal, counts):
+def test_cut_among_the_lowest_levels(causal):
     """Scores spread over far more than 256 levels and half the blocks kept: the cut falls on the
     floor level 0 (every block ≥ 16 nats below a row's best), where most blocks tie."""
     g = torch.Generator().manual_seed(7)
@@ -108,7 +99,7 @@ def test_cut_among_the_lowest_levels(causal, counts):
 
 
 @pytest.mark.parametrize("tiles", [(64, 32, 4), (16, 128, 4)], ids=["64x32", "16x128"])
-def test_tiles_override_keeps_the_indices(tiles, counts, monkeypatch):
+def test_tiles_override_keeps_the_indices(tiles, monkeypatch):
     """``ops.TILES`` (the GPU timing study's tile choices) changes nothing but speed; tiles of more than
     128 key blocks are refused (the counters hold < 256 blocks a step)."""
     from vidhash.kernels.block_score import ops
@@ -220,3 +211,34 @@ def test_select_blocks_scorer_on_the_kernel(scorer):
         got = hash_attention(q, k, v, scorer=scorer, backend="triton", **kw)
         want = hash_attention(q, k, v, scorer=scorer, backend="reference", **kw)
         torch.testing.assert_close(got, want, rtol=2e-3, atol=2e-3)
+
+
+@pytest.mark.parametrize("r,rows,extra,factor,resolution", [
+    pytest.param(20, (13, 40), (3, 0), 0.5 ** 0.5, 1 / 16, id="r20-padded-rows-sqrt-half"),
+    pytest.param(64, (70, 33), (0, 2), 1.0, 0.1, id="r64-res0.1"),
+    pytest.param(120, (5, 300), (0, 0), 0.125, 0.5, id="r120-moments-width"),
+])
+def test_quantize_kernel_equals_the_torch_codes(r, rows, extra, factor, resolution):
+    """The one-launch quantisation (``ops.quantize_codes_triton``) gives ``naive.quantize_codes``' int8
+    codes and shift exactly: scaled inputs, zero rows appended, a dead channel, an all-zero head."""
+    from vidhash.kernels.block_score.naive import _pad_rows
+    from vidhash.kernels.block_score.ops import quantize_codes_triton
+
+    g = torch.Generator().manual_seed(r)
+    cq = torch.randn(2, 3, rows[0], r, generator=g) * torch.rand(1, 3, 1, r, generator=g) * 5
+    ck = torch.randn(2, 3, rows[1], r, generator=g) * 0.3
+    cq[..., 1] = 0  # a channel only the keys use: balance 1
+    cq[1, 2], ck[1, 2] = 0, 0  # a head with nothing in it: scale clamped, codes 0
+    if factor == 1.0:  # head (0, 1): one channel, ranges 127 on both sides → balance 1, scale 1: exact ties
+        cq[0, 1], ck[0, 1] = 0, 0
+        cq[0, 1, :5, 2] = torch.tensor([127.0, -2.5, 3.5, -0.5, 0.5])
+        ck[0, 1, :2, 2] = torch.tensor([-127.0, 1.5])
+    rq, rk = rows[0] + extra[0], rows[1] + extra[1]
+    want = quantize_codes(_pad_rows(cq * factor, rq), _pad_rows(ck * factor, rk), resolution)
+    got = quantize_codes_triton(cq.to(DEV), ck.to(DEV), factor, rq, rk, resolution)
+    for a, b in zip(got, want):
+        assert a.dtype == b.dtype and a.shape == b.shape
+        assert torch.equal(a.cpu(), b), (a.cpu().float() - b.float()).abs().max()
+    assert got[0].abs().amax() == 127 and (got[0][1, 2] == 0).all()
+    if factor == 1.0:  # round half to even, as torch.round
+        assert got[0][0, 1, :5, 2].tolist() == [127, -2, 4, 0, 0] and got[1][0, 1, :2, 2].tolist() == [-127, 2]

@@ -26,7 +26,7 @@ def _compiled(fn, backend="eager"):
 
 
 def test_selection_ops_opcheck():
-    """block_select, block_score_select and signatures: schema and fake shapes equal the kernels'."""
+    """block_select, block_score_select, quantize_codes and signatures: schema and fake shapes equal the kernels'."""
     q, k, _ = _qkv()
     hasher = SimHash(64, 32, seed=1).to(DEV)
     q_sig = block_signatures_fast(q, 16, hasher, "query", "reference")
@@ -39,6 +39,11 @@ def test_selection_ops_opcheck():
     qi, ki, shift = selection_codes(q, k, block_size=16, query_block_size=16, scale=None)
     torch.library.opcheck(torch.ops.vidhash.block_score_select.default,
                           (qi, ki, shift.int(), 2, 48, 48, 16, 16, 0, 1, False, 1, 1), test_utils=UTILS)
+    from vidhash.kernels.block_score.naive import float_codes
+
+    cq, ck, factor, rows_q, rows_k = float_codes(q, k, block_size=16, query_block_size=16, scale=None)
+    torch.library.opcheck(torch.ops.vidhash.quantize_codes.default,
+                          (cq, ck, factor, rows_q, rows_k, 1 / 16, 0.0, 0.0), test_utils=UTILS)
     torch.library.opcheck(torch.ops.vidhash.signatures.default,
                           (q, hasher.planes.float().contiguous(), None, False, 32, 16), test_utils=UTILS)
 

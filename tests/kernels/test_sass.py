@@ -14,13 +14,13 @@ HAS_PTXAS = os.path.exists(os.path.join(os.path.dirname(triton.__file__), "backe
 @pytest.mark.skipif(not HAS_PTXAS, reason="this triton build ships no ptxas")
 def test_block_score_kernel_compiles_for_sm90_without_spills():
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    out = subprocess.run([sys.executable, "-m", "vidhash.kernels.sass", "block-score", "--counts", "swar",
+    out = subprocess.run([sys.executable, "-m", "vidhash.kernels.sass", "block-score",
                           "--shapes", "131k"], capture_output=True, text=True, env=env, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     row = [line.split() for line in out.stdout.splitlines() if line.startswith("131k")]
     assert len(row) == 1, out.stdout
-    shape, counts, tile, regs, stack = row[0][:5]
+    shape, tile, regs, stack = row[0][:4]
     per_pair = float(row[0][-1])
-    assert (counts, tile) == ("swar", "16x128x4")
+    assert tile == "16x128x4"
     assert int(stack) == 0 and int(regs) <= 255
     assert 50 < per_pair < 300  # 199 when written: the four passes' loops, not the whole kernel
