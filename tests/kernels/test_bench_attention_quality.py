@@ -64,3 +64,19 @@ def test_report_records_its_json_by_file_name(tmp_path):
     _write(path, "cpu", NS(json=path, sizes="16384", _private=1), [], {})
     config = json.loads(open(path).read())["config"]
     assert config == {"json": "attention.json", "sizes": "16384"}
+
+
+@pytest.mark.parametrize("scorer", ["pooled", "simhash"])
+def test_both_scorers_give_their_rows(scorer):
+    """--scorer pooled (the library's default: codes + level kernel, then the kernel) and simhash (the
+    fused path): every row measured, none failed, the selection's parts named per scorer."""
+    from vidhash.bench.attention import run_shape
+
+    args = SimpleNamespace(scorer=scorer, density=0.25, block_sizes="32", query_block=64, causal=False, dtype="fp16",
+                           no_flex=True, flex_block_sizes="", no_backward=True, recall_blocks=2, rep_ms=1, seed=0,
+                           device=DEV)
+    rows = run_shape("tiny", (2, 8, 16), 1, 64, args)
+    whats = [r["what"] for r in rows if r["method"] == "vidhash"]
+    assert all(r["error"] is None and r["ms"] for r in rows), [(r["what"], r["error"]) for r in rows if r["error"]]
+    parts = {"pooled": "  int8 codes kernel", "simhash": "  selection kernel alone"}
+    assert parts[scorer] in whats and "select+attn fwd" in whats and {r["scorer"] for r in rows if "scorer" in r} == {scorer}

@@ -11,7 +11,10 @@ and Wan 1.3B's self-attention at 81 frames 480p (latent 21×60×104, patch (1,2,
 * FlexAttention on the same selected blocks (:mod:`vidhash.integrations.flex`): the ``BlockMask``
   built from the vidhash indices (build time, with the backward's transposed lists) and the
   compiled kernel (kernel time) — errors are reported;
-* vidhash: selection alone, attention alone, selection+attention forward, forward+backward;
+* vidhash: selection alone (and its parts), attention alone, selection+attention forward,
+  forward+backward — selection by ``--scorer``: ``pooled`` (default, as the library's
+  ``select_blocks`` / ``hash_attention`` on CUDA: int8 block codes and the level kernel) or
+  ``simhash`` (the SimHash signature and selection kernels, fused with the attention);
 * for each key-block size in ``--block-sizes`` at one density (default 1/32).
 
 Next to each row: the recall of the selection (share of the exact attention mass the kept
@@ -162,11 +165,9 @@ def _block_size_rows(q, k, v, bk: int, base: dict, args, dense_fwd, dense_fb) ->
     from vidhash.kernels.ops import select_blocks_triton
 
     kw = dict(density=args.density, block_size=bk, query_block_size=args.query_block, causal=args.causal)
-    tag = dict(base, block_size=bk, query_block_size=args.query_block, density=args.density)
-    sel = select_blocks_triton(q, k, **kw)
+    tag = dict(base, block_size=bk, query_block_size=args.query_block, density=args.density, scorer=args.scorer)
+    sel = _select(q, k, kw, args)
     quality = selection_quality(q, k, v, sel, args)
-    sel_exact = select_blocks_triton(q, k, exact_signatures=True, **kw)
-    agree = float((sel_exact.indices == sel.indices).float().mean())
     tag.update(kept=sel.kept, key_blocks=sel.num_key_blocks)
     rows = []
 
@@ -178,7 +179,11 @@ def _block_size_rows(q, k, v, bk: int, base: dict, args, dense_fwd, dense_fb) ->
         rows.append(row)
         return row
 
-    _selection_rows(add, q, k, sel, kw, args, agree)
+    if args.scorer == "pooled":
+        _pooled_selection_rows(add, q, k, sel, kw, args)
+    else:
+        sel_exact = select_blocks_triton(q, k, exact_signatures=True, **kw)
+        _selection_rows(add, q, k, sel, kw, args, float((sel_exact.indices == sel.indices).float().mean()))
     attn_ms, fwd_row = _attention_rows(add, q, k, v, sel, kw, args)
     flex_ms = None
     if not args.no_flex and str(bk) in args.flex_block_sizes.split(","):
@@ -204,9 +209,47 @@ def selection_quality(q, k, v, sel, args) -> dict:
     return {"recall": recall, "oracle": oracle, "output_error": err}
 
 
+def _select(q, k, kw: dict, args):
+    """The selection the rows time: ``pooled`` — the int8 block codes and the level kernel
+    (``select_blocks(scorer="pooled", backend="triton")``, the library's default on CUDA); ``simhash`` —
+    the SimHash signature + selection kernels."""
+    from vidhash.kernels.ops import select_blocks_codes, select_blocks_triton
+
+    if args.scorer == "pooled":
+        return select_blocks_codes(q, k, backend="triton", **kw)
+    return select_blocks_triton(q, k, **kw)
+
+
+def _pooled_selection_rows(add, q, k, sel, kw: dict, args) -> None:
+    """The pooled selection and its parts: the float block codes (block means: reads q and k once),
+    their int8 quantisation (one kernel), the level kernel alone, the transposed list (backward prep)."""
+    import triton
+
+    from vidhash.kernels.block_score import ops as score_ops
+    from vidhash.kernels.block_score.naive import float_codes
+    from vidhash.kernels.sparse_attention.ops import _group, transpose_selection
+
+    rep, bk, n = args.rep_ms, kw["block_size"], q.shape[-2]
+    ms, err = _try(lambda: _bench(lambda: _select(q, k, kw, args), rep))
+    add("vidhash", "selection", ms, err)
+    code_kw = dict(block_size=bk, query_block_size=args.query_block, scale=None)
+    ms, err = _try(lambda: _bench(lambda: float_codes(q, k, **code_kw), rep))
+    add("vidhash", "  block means q+k", ms, err)
+    cq, ck, factor, rows_q, rows_k = float_codes(q, k, **code_kw)
+    ms, err = _try(lambda: _bench(lambda: score_ops.quantize_codes_triton(cq, ck, factor, rows_q, rows_k), rep))
+    add("vidhash", "  int8 codes kernel", ms, err)
+    qi, ki, shift = score_ops.quantize_codes_triton(cq, ck, factor, rows_q, rows_k)
+    level_kw = dict(kept=sel.kept, num_queries=n, num_keys=n, block_size=bk, query_block_size=args.query_block,
+                    local_blocks=1, sink_blocks=1, causal=args.causal)
+    ms, err = _try(lambda: _bench(lambda: score_ops.select_from_codes(qi, ki, shift, **level_kw), rep))
+    add("vidhash", "  level kernel alone", ms, err)
+    ms, err = _try(lambda: _bench(lambda: transpose_selection(sel, _group(triton.next_power_of_2(bk))), rep))
+    add("vidhash", "  transposed list (bwd prep)", ms, err)
+
+
 def _selection_rows(add, q, k, sel, kw: dict, args, agree: float) -> None:
-    """The selection (fast and reference signatures) and its parts: block signatures three ways, the
-    selection kernel alone, the transposed list the backward pass uses."""
+    """The SimHash selection (fast and reference signatures) and its parts: block signatures three ways,
+    the selection kernel alone, the transposed list the backward pass uses."""
     import triton
 
     from vidhash.attention import default_hasher
@@ -240,8 +283,15 @@ def _selection_rows(add, q, k, sel, kw: dict, args, agree: float) -> None:
 def _attention_rows(add, q, k, v, sel, kw: dict, args) -> tuple[float | None, dict]:
     """Attention over the selected blocks alone, selection + attention forward, and both with backward;
     returns the attention-alone time and the forward row."""
-    from vidhash.kernels.ops import block_sparse_attention_triton, hash_attention
+    from vidhash.attention import hash_attention as library_hash_attention
+    from vidhash.kernels.ops import block_sparse_attention_triton
+    from vidhash.kernels.ops import hash_attention as simhash_attention
 
+    if args.scorer == "pooled":  # the library's default path: select_blocks (codes + level kernel), then the kernel
+        def hash_attention(q, k, v, **kw):
+            return library_hash_attention(q, k, v, scorer="pooled", backend="triton", **kw)
+    else:  # the fused SimHash path
+        hash_attention = simhash_attention
     rep = args.rep_ms
     attn_ms, err = _try(lambda: _bench(lambda: block_sparse_attention_triton(q, k, v, sel), rep))
     add("vidhash", "attention", attn_ms, err)

@@ -148,6 +148,8 @@ def add_attention(p: argparse.ArgumentParser) -> None:
     p.add_argument("--density", type=fraction, default=1 / 32, help="share of key blocks kept")
     p.add_argument("--block-sizes", type=positive_ints, default="64,16", help="comma-separated key-block sizes")
     p.add_argument("--query-block", type=positive_int, default=128, help="query-block size")
+    p.add_argument("--scorer", default="pooled", choices=["pooled", "simhash"],
+                   help="the selection timed: pooled (the library's default) or simhash (fused with the attention)")
     p.add_argument("--dtype", default="bf16", choices=["bf16", "fp16"])
     p.add_argument("--causal", action="store_true")
     p.add_argument("--no-flex", action="store_true", help="skip FlexAttention")
