@@ -35,6 +35,15 @@ def _tiles(nkb: int, m: int, p: int, width: int) -> tuple[int, int, int]:
     return block_m, min(block_n, max(low, triton.next_power_of_2(nkb))), 4
 
 
+def _kernel_grid(block_size: int, query_block_size: int, m: int, sub: int | None) -> tuple[int, int]:
+    """``(m, p)`` the kernel takes: powers of two (ValueError otherwise)."""
+    m, p = check_grid(block_size, query_block_size, m, block_size if sub is None else sub)
+    if m & (m - 1) or p & (p - 1):
+        raise ValueError(f"the kernel takes powers of two for m and block_size / sub, got m={m}, {p} sub-blocks "
+                         "(backend='reference' takes any)")
+    return m, p
+
+
 def select_from_codes(
     qi: torch.Tensor,
     ki: torch.Tensor,
@@ -54,10 +63,7 @@ def select_from_codes(
     """Run the kernel on int8 codes ``qi (b, h, nqb·m, R)``, ``ki (b, h, nkb·p, R)`` and ``shift
     (b·h,)`` (from :func:`.naive.quantize_codes`; ``p = block_size / sub``). Returns int32 indices
     ``(b, h, nqb, kept)``, ascending, ``-1``-padded — equal to :func:`.naive.block_score_reference`'s."""
-    m, p = check_grid(block_size, query_block_size, m, block_size if sub is None else sub)
-    if m & (m - 1) or p & (p - 1):
-        raise ValueError(f"the kernel takes powers of two for m and block_size / sub, got m={m}, {p} sub-blocks "
-                         "(backend='reference' takes any)")
+    m, p = _kernel_grid(block_size, query_block_size, m, sub)
     if qi.dtype != torch.int8 or ki.dtype != torch.int8:
         raise ValueError(f"codes must be int8, got {qi.dtype} and {ki.dtype}")
     if qi.shape[:2] != ki.shape[:2] or qi.shape[-1] != ki.shape[-1]:
@@ -224,6 +230,7 @@ def select_blocks_codes(
         return select_blocks_codes_reference(q, k, density=density, block_size=bk, query_block_size=bq,
                                              local_blocks=local_blocks, sink_blocks=sink_blocks, causal=causal,
                                              scale=scale, m=m, sub=sub, scorer=scorer, resolution=resolution)
+    _kernel_grid(bk, bq, m, sub)  # before any work
     nq, nk = q.shape[-2], k.shape[-2]
     kept = num_kept_blocks(nq, nk, density=density, block_size=bk, query_block_size=bq, local_blocks=local_blocks,
                            sink_blocks=sink_blocks, causal=causal)  # closed form on the host: no device sync

@@ -7,10 +7,13 @@ import torch
 from vidhash.kernels.block_mass.ops import block_mass_triton, covers
 from vidhash.selection.oracle import block_mass
 
+DEV = "cuda" if torch.cuda.is_available() else "cpu"  # the kernel on the GPU, else the interpreter
+
 
 def _qk(b, h, nq, nk, d, seed=0, spread=1.0):
     g = torch.Generator().manual_seed(seed)
-    return torch.randn(b, h, nq, d, generator=g) * spread, torch.randn(b, h, nk, d, generator=g) * spread
+    q, k = torch.randn(b, h, nq, d, generator=g) * spread, torch.randn(b, h, nk, d, generator=g) * spread
+    return q.to(DEV), k.to(DEV)
 
 
 @pytest.mark.parametrize("b,h,nq,nk,d,bk,bq,stride", [
@@ -54,7 +57,7 @@ def test_reuse_path_on_the_triton_backend_matches_the_reference():
     from vidhash.selection import select_from_mass
 
     q, k = _qk(1, 2, 128, 128, 64, seed=9)
-    v = torch.randn(1, 2, 128, 64, generator=torch.Generator().manual_seed(10))
+    v = torch.randn(1, 2, 128, 64, generator=torch.Generator().manual_seed(10)).to(DEV)
     mass, _ = block_mass_triton(q, k, block_size=32, query_block_size=32, query_stride=2)
     sel = select_from_mass(mass, 128, 128, density=0.25, block_size=32, query_block_size=32)
     ref_sel = select_from_mass(block_mass(q, k, block_size=32, query_block_size=32, query_stride=2)[0], 128, 128,
