@@ -34,7 +34,8 @@ a packed int32. It replaced 32- and 16-bin histograms by compare-and-sum over a
 none now) and ran 2.1–3.7× slower on an H200 (1,064 → 284 µs at N = 131,072; 102 → 63 µs at the
 Wan 1.3B shape; ``scripts/gpu/attention_parts.py --part selection``, 2026-12-05).
 
-:func:`quantize_codes_kernel` makes the int8 codes from the float block codes in one launch.
+:func:`code_ranges_kernel` + :func:`quantize_codes_kernel` make the int8 codes from the float block
+codes in two launches.
 """
 import triton
 import triton.language as tl
@@ -222,15 +223,40 @@ _ROUND = tl.constexpr(12582912.0)  # 1.5 · 2^23: (v + it) - it rounds a float32
 
 
 @triton.jit
-def _abs_max_rows(x_ptr, stride_row, n_rows, factor, cols, col_ok, WIDTH: tl.constexpr, BLOCK_ROWS: tl.constexpr):
-    """Per channel, ``max |factor · x|`` over the ``n_rows`` rows (0 for none)."""
+def _abs_max_rows(x_ptr, stride_row, n_rows, factor, cols, col_ok, split, splits, WIDTH: tl.constexpr,
+                  BLOCK_ROWS: tl.constexpr):
+    """Per channel, ``max |factor · x|`` over this program's every ``splits``-th tile of rows from tile
+    ``split`` (0 for none)."""
     best = tl.zeros([WIDTH], dtype=tl.float32)
-    for r0 in range(0, n_rows, BLOCK_ROWS):
+    for r0 in range(split * BLOCK_ROWS, n_rows, splits * BLOCK_ROWS):
         rows = r0 + tl.arange(0, BLOCK_ROWS)
         x = tl.load(x_ptr + rows[:, None] * stride_row + cols[None, :],
                     mask=(rows < n_rows)[:, None] & col_ok[None, :], other=0.0)
         best = tl.maximum(best, tl.max(tl.abs(x * factor), axis=0))
     return best
+
+
+@triton.jit
+def code_ranges_kernel(
+    cq_ptr, ck_ptr, part_ptr,
+    stride_q_bh, stride_q_row, stride_k_bh, stride_k_row,
+    rows_q_in, rows_k_in, r, factor,
+    WIDTH: tl.constexpr, BLOCK_ROWS: tl.constexpr,
+):
+    """Pass 1 of the quantisation, grid ``(b·h, splits)``: each program's per-channel ``max |factor · x|``
+    over its share of the query and key rows, to ``part (b·h, splits, 2, WIDTH)`` (max is exact in any
+    order: :func:`quantize_codes_kernel` takes the max over the splits)."""
+    bh = tl.program_id(0)
+    split, splits = tl.program_id(1), tl.num_programs(1)
+    cols = tl.arange(0, WIDTH)
+    col_ok = cols < r
+    range_q = _abs_max_rows(cq_ptr + bh.to(tl.int64) * stride_q_bh, stride_q_row, rows_q_in, factor, cols, col_ok,
+                            split, splits, WIDTH, BLOCK_ROWS)
+    range_k = _abs_max_rows(ck_ptr + bh.to(tl.int64) * stride_k_bh, stride_k_row, rows_k_in, factor, cols, col_ok,
+                            split, splits, WIDTH, BLOCK_ROWS)
+    out = part_ptr + (bh.to(tl.int64) * splits + split) * 2 * WIDTH
+    tl.store(out + cols, range_q)
+    tl.store(out + WIDTH + cols, range_k)
 
 
 @triton.jit
@@ -256,36 +282,35 @@ def _emit_int8(x_ptr, stride_row, n_rows, out_ptr, out_rows, factor, balance, sc
 
 @triton.jit
 def quantize_codes_kernel(
-    cq_ptr, ck_ptr, qi_ptr, ki_ptr, shift_ptr,
+    cq_ptr, ck_ptr, part_ptr, qi_ptr, ki_ptr, shift_ptr,
     stride_q_bh, stride_q_row, stride_k_bh, stride_k_row,
     rows_q_in, rows_k_in, rows_q, rows_k, r, factor, res_hi, res_mid, res_lo,
-    WIDTH: tl.constexpr, BLOCK_ROWS: tl.constexpr,
+    WIDTH: tl.constexpr, BLOCK_ROWS: tl.constexpr, SPLITS: tl.constexpr,
 ):
     """``naive.quantize_codes`` of ``factor · cq`` and ``factor · ck``, op for op in float32 (IEEE division
     and square root, round half to even), so the int8 codes and ``shift`` equal the torch reference's.
-    Grid ``(b·h, splits)``: every program of a (batch, head) reads all its rows for the per-channel
-    ranges (pass 1: loads, abs, max), takes the balance and the two scales from them alone
-    (max |x · balance| = max|x| · balance: rounding is monotone), then writes its share of the codes
-    (pass 2, the divisions: the costly part, split). Rows ``(rows_*_in ≤ rows_*)`` past the input and channels past ``r`` come out 0. The float64
-    ``resolution`` comes as three float32 parts that sum to it exactly (scalar arguments are float32)."""
+    Grid ``(b·h, splits)`` as :func:`code_ranges_kernel`'s, whose partial ranges ``part`` it reads
+    (``SPLITS`` ≥ splits, a power of two): the per-channel ranges, then the balance and the two scales
+    from them alone (max |x · balance| = max|x| · balance: rounding is monotone), then this program's
+    share of the codes (pass 2, the divisions). Rows ``(rows_*_in ≤ rows_*)`` past the input and
+    channels past ``r`` come out 0. The float64 ``resolution`` comes as three float32 parts that sum to
+    it exactly (scalar arguments are float32)."""
     bh = tl.program_id(0)
     split, splits = tl.program_id(1), tl.num_programs(1)
-    cq_ptr += bh.to(tl.int64) * stride_q_bh
-    ck_ptr += bh.to(tl.int64) * stride_k_bh
-    qi_ptr += bh.to(tl.int64) * rows_q * WIDTH
-    ki_ptr += bh.to(tl.int64) * rows_k * WIDTH
     cols = tl.arange(0, WIDTH)
     col_ok = cols < r
-    range_q = _abs_max_rows(cq_ptr, stride_q_row, rows_q_in, factor, cols, col_ok, WIDTH, BLOCK_ROWS)
-    range_k = _abs_max_rows(ck_ptr, stride_k_row, rows_k_in, factor, cols, col_ok, WIDTH, BLOCK_ROWS)
+    parts = tl.arange(0, SPLITS)
+    part = part_ptr + bh.to(tl.int64) * splits * 2 * WIDTH + parts[:, None] * 2 * WIDTH + cols[None, :]
+    range_q = tl.max(tl.load(part, mask=(parts < splits)[:, None], other=0.0), axis=0)
+    range_k = tl.max(tl.load(part + WIDTH, mask=(parts < splits)[:, None], other=0.0), axis=0)
     both = (range_q > 0) & (range_k > 0)
     balance = tl.where(both, tl.sqrt_rn(tl.div_rn(range_k, tl.maximum(range_q, 1e-30))), 1.0)
     scale_q = tl.maximum(tl.max(range_q * balance, axis=0), 1e-20) * (1.0 / 127.0)
     scale_k = tl.maximum(tl.max(tl.div_rn(range_k, balance), axis=0), 1e-20) * (1.0 / 127.0)
-    _emit_int8(cq_ptr, stride_q_row, rows_q_in, qi_ptr, rows_q, factor, balance, scale_q, cols, col_ok, split, splits,
-               True, WIDTH, BLOCK_ROWS)
-    _emit_int8(ck_ptr, stride_k_row, rows_k_in, ki_ptr, rows_k, factor, balance, scale_k, cols, col_ok, split, splits,
-               False, WIDTH, BLOCK_ROWS)
+    _emit_int8(cq_ptr + bh.to(tl.int64) * stride_q_bh, stride_q_row, rows_q_in, qi_ptr + bh.to(tl.int64) * rows_q * WIDTH,
+               rows_q, factor, balance, scale_q, cols, col_ok, split, splits, True, WIDTH, BLOCK_ROWS)
+    _emit_int8(ck_ptr + bh.to(tl.int64) * stride_k_bh, stride_k_row, rows_k_in, ki_ptr + bh.to(tl.int64) * rows_k * WIDTH,
+               rows_k, factor, balance, scale_k, cols, col_ok, split, splits, False, WIDTH, BLOCK_ROWS)
     if split > 0:
         return
     unit = scale_q.to(tl.float64) * scale_k.to(tl.float64)
