@@ -11,13 +11,14 @@ import math
 import pytest
 import torch
 
-from vidhash.attention import SCORERS, block_sparse_attention, dense_attention, hash_attention, select_blocks
+from vidhash.attention import SCORERS, block_sparse_attention, dense_attention, hash_attention, select_blocks, selection_recall
 from vidhash.hashing import default_hasher, hamming_similarity
 from vidhash.kernels.block_score.naive import RESOLUTION, select_blocks_codes_reference
 from vidhash.kernels.block_select.naive import forced_and_allowed
 from vidhash.kernels.block_select.naive import select_blocks as select_blocks_naive
 from vidhash.kernels.signature.naive import block_signatures
 from vidhash.selection import LearnedBlockScorer
+from vidhash.selection.scorers import select_blocks_scored
 
 # (b, h, nq, nk, d, block_size, query_block_size, causal, density)
 SHAPES = [
@@ -203,6 +204,52 @@ def test_prefilter_matches_brute_force(b, h, nq, nk, d, bk, bq, causal, density)
                 # 2. kept: forced, then the best pooled score among the candidates
                 pick = sorted(sorted(cand, key=lambda j: (not bool(forced[i, j]), -float(pooled[bb, hh, i, j]), j))[:kept])
                 assert sel.indices[bb, hh, i].tolist() == pick + [-1] * (kept - len(pick))
+
+
+@pytest.mark.parametrize("b,h,nq,nk,d,bk,bq,causal,density", SHAPES)
+@pytest.mark.parametrize("stride", [1, 4])
+def test_rescore_matches_brute_force(b, h, nq, nk, d, bk, bq, causal, density, stride):
+    """rescore: pooled keeps forced + the 4·kept best blocks; every ``stride``-th query of a block then
+    attends to the candidates' keys only (softmax over them, causal mask kept), and the summed
+    probabilities per block pick the kept ones (forced first) — one query, one block at a time here."""
+    q, k = _qk(b, h, nq, nk, d, 3 * nq + nk + stride)
+    q = q * 2  # peaked attention: masses far apart
+    kw = dict(density=density, block_size=bk, query_block_size=bq, causal=causal)
+    sel = select_blocks_scored(q, k, scorer="rescore", stride=stride, **kw)
+    kept, scale = sel.kept, d ** -0.5
+    pooled = torch.stack([blk.mean(-2) for blk in _blocks(q, bq)], 2) @ torch.stack([blk.mean(-2) for blk in _blocks(k, bk)], 2).transpose(-1, -2)
+    forced, allowed = forced_and_allowed(torch.arange(pooled.shape[2]), nq, nk, bq, bk, 1, 1, causal)
+    for bb in range(b):
+        for hh in range(h):
+            for i in range(pooled.shape[2]):
+                ok = [j for j in range(pooled.shape[3]) if allowed[i, j]]
+                cand = sorted(ok, key=lambda j: (not bool(forced[i, j]), -float(pooled[bb, hh, i, j]), j))[: 4 * kept]
+                mass = dict.fromkeys(cand, 0.0)
+                for t in range(i * bq, min(nq, i * bq + bq), stride):
+                    keys = [kk for j in cand for kk in range(j * bk, min(nk, j * bk + bk))
+                            if not causal or kk <= t + nk - nq]
+                    if not keys:
+                        continue
+                    p = torch.softmax(torch.stack([q[bb, hh, t] @ k[bb, hh, kk] for kk in keys]) * scale, 0)
+                    for kk, pk in zip(keys, p.tolist()):
+                        mass[kk // bk] += pk
+                pick = sorted(sorted(cand, key=lambda j: (not bool(forced[i, j]), -mass[j], j))[:kept])
+                got = [j for j in sel.indices[bb, hh, i].tolist() if j >= 0]
+                assert got == pick, (i, got, pick)
+
+
+def test_rescore_keeps_more_mass_than_pooled_on_video_like_inputs():
+    """The reason it exists: on the Wan-like grid (query blocks spanning rows of a frame) rescoring the
+    pooled candidates keeps more of the exact mass (the Wan 1.3B shape: 0.853 against 0.733, oracle 0.891)."""
+    from vidhash.bench.attention import video_like_qkv
+    from vidhash.selection import oracle_recall
+
+    q, k, _ = video_like_qkv((3, 30, 52), 2, 64, torch.float32, "cpu", 0)
+    kw = dict(density=1 / 16, block_size=64, query_block_size=128)
+    pooled = selection_recall(q, k, select_blocks(q, k, scorer="pooled", **kw))
+    rescore = select_blocks(q, k, scorer="rescore", **kw)
+    oracle = oracle_recall(q, k, rescore.kept, block_size=64, query_block_size=128)
+    assert pooled < selection_recall(q, k, rescore) <= oracle + 1e-6
 
 
 def test_learned_torch_scorer_matches_brute_force():

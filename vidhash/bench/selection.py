@@ -25,7 +25,8 @@ forced, non-causal. Per row:
   ``--flex-block-sizes``); ``same`` — share of a kernel row's indices equal to its torch reference.
 
 Scorers (``--scorers``; default :data:`DEFAULT_SCORERS`): ``simhash`` (the default of
-``select_blocks``), ``pooled``, ``moments``, ``prefilter``, ``learned`` (per-head linear block codes,
+``select_blocks``), ``pooled``, ``moments``, ``prefilter``, ``rescore`` (pooled candidates ranked by the
+softmax mass of every 8th query; torch), ``learned`` (per-head linear block codes,
 :class:`~vidhash.selection.learned.LearnedBlockScorer`, fitted on *other* inputs: a clip on a grid of
 another layout for the synthetic shapes, the first half of the recorded clips for ``--world``),
 ``oracle``; also ``pooled float`` / ``moments float`` (float scores, no int8 codes; ``pooled float``
@@ -62,9 +63,9 @@ from vidhash.kernels.block_select.naive import num_kept_blocks
 
 from .attention import WAN_1_3B_GRID, WAN_1_3B_HEAD_DIM, grid_for, video_like_qkv
 
-SCORER_ROWS = ("simhash", "pooled", "moments", "prefilter", "learned", "oracle", "pooled float", "moments float",
+SCORER_ROWS = ("simhash", "pooled", "moments", "prefilter", "rescore", "learned", "oracle", "pooled float", "moments float",
                "learned bits", "subgrid m4", "learned m4")
-DEFAULT_SCORERS = ("simhash", "pooled", "moments", "prefilter", "learned", "oracle")
+DEFAULT_SCORERS = ("simhash", "pooled", "moments", "prefilter", "rescore", "learned", "oracle")
 _LEARNED = {"learned": {}, "learned m4": "grid", "learned bits": dict(rank=32, codes="bits")}
 
 
@@ -107,7 +108,7 @@ def _codes(q, k, kw: dict, backend: str, **opts) -> BlockSelection:
 def select_row(name: str, q, k, kw: dict, fitted: dict, backend: str) -> torch.Tensor:
     """Indices of the row ``name`` (see the module docstring) for ``q, k``."""
     sub16 = 16 if kw["block_size"] > 16 else None
-    if name in ("simhash", "pooled", "moments", "prefilter"):
+    if name in ("simhash", "pooled", "moments", "prefilter", "rescore"):
         return select_blocks(q, k, scorer=name, backend=backend, **kw).indices
     if name in ("learned", "learned bits"):
         return select_blocks(q, k, scorer=fitted[name], backend=backend, **kw).indices

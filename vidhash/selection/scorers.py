@@ -22,6 +22,9 @@ Scorers (``s`` the softmax scale, ``x̄`` a block's mean over its tokens):
   the log of the summed softmax probabilities (``"lse"``, an estimate of the block mass);
   ``m=1, sub=block_size`` ranks as ``pooled``;
 * ``prefilter`` — SimHash picks ``factor × kept`` candidates, ``pooled`` ranks them;
+* ``rescore`` — ``pooled`` picks ``factor × kept`` candidates (default 4), then every ``stride``-th
+  query of each query block (default 8) attends exactly to the candidates' keys: the summed softmax
+  per candidate block (an estimate of the block mass from 1/stride of the queries) ranks them;
 * ``learned`` — :class:`vidhash.selection.learned.LearnedBlockScorer` (pass ``scorer=`` the module);
 * ``oracle`` — the exact block mass (:func:`vidhash.selection.oracle.block_mass`; for studies).
 """
@@ -41,7 +44,7 @@ from vidhash.hashing import default_hasher, hamming_similarity
 
 from .oracle import block_mass
 
-SCORERS = ("simhash", "pooled", "moments", "subgrid", "prefilter", "oracle")
+SCORERS = ("simhash", "pooled", "moments", "subgrid", "prefilter", "rescore", "oracle")
 _CHUNK_ELEMS = 1 << 23
 _NOT_CANDIDATE = -1e30  # below any real score, above "not allowed"
 
@@ -181,9 +184,55 @@ def _score_prefilter(ctx: _Ctx, blocks):
     take = min(cand.shape[-1], factor * kept)
     idx = rank_top(cand, forced, allowed, take)
     pooled = _score_pooled(ctx, blocks)
-    out = torch.full_like(pooled, _NOT_CANDIDATE)
-    keep = idx >= 0
-    return out.scatter(-1, idx.clamp(min=0).long(), torch.where(keep, pooled.gather(-1, idx.clamp(min=0).long()), _NOT_CANDIDATE))
+    idx = idx.long()
+    return _scatter_candidates(pooled.shape[-1], idx, pooled.gather(-1, idx.clamp(min=0)))
+
+
+def _scatter_candidates(nkb: int, idx: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """Scores ``(..., nkb)``: ``values`` at the candidate blocks ``idx (..., take)`` (``-1``: none),
+    ``_NOT_CANDIDATE`` elsewhere (a padding entry writes to a spare column, never over block 0)."""
+    out = torch.full((*idx.shape[:-1], nkb + 1), _NOT_CANDIDATE, device=values.device, dtype=values.dtype)
+    return out.scatter_(-1, torch.where(idx >= 0, idx, nkb), values)[..., :nkb]
+
+
+def _candidates(ctx: _Ctx, blocks, score: torch.Tensor) -> torch.Tensor:
+    """The ``factor × kept`` best blocks by ``score`` under the selection rules (forced first),
+    int32 ``(b, h, c, take)``, ``-1``-padded."""
+    forced, allowed = forced_and_allowed(blocks, ctx.q.shape[-2], ctx.k.shape[-2], ctx.bq, ctx.bk,
+                                          ctx.opt("_local", 1), ctx.opt("_sink", 1), ctx.causal)
+    return rank_top(score, forced, allowed, min(score.shape[-1], ctx.opt("factor", 4) * ctx.opt("_kept", 1)))
+
+
+def _score_rescore(ctx: _Ctx, blocks):
+    """Pooled candidates, ranked by the softmax mass every ``stride``-th query gives their keys."""
+    stride = ctx.opt("stride", 8)
+    if not isinstance(stride, int) or isinstance(stride, bool) or stride < 1 or ctx.bq % stride:
+        raise ValueError(f"stride must be a positive int dividing query_block_size={ctx.bq}, got {stride!r}")
+    cand = _candidates(ctx, blocks, _score_pooled(ctx, blocks)).long()  # (b, h, c, take)
+    b, h, c, take = cand.shape
+    nq, nk, d = ctx.q.shape[-2], ctx.k.shape[-2], ctx.q.shape[-1]
+    nkb = -(-nk // ctx.bk)
+    out = torch.empty(b, h, c, nkb, device=ctx.q.device)
+    offs_q, offs_k = torch.arange(0, ctx.bq, stride, device=ctx.q.device), torch.arange(ctx.bk, device=ctx.q.device)
+    step = max(1, _CHUNK_ELEMS // max(1, b * h * take * ctx.bk * max(d, offs_q.numel())))  # query blocks a pass
+    for i in range(0, c, step):
+        part, idx = blocks[i : i + step], cand[:, :, i : i + step]
+        qpos = part[:, None] * ctx.bq + offs_q  # (c', t)
+        kpos = idx[..., None] * ctx.bk + offs_k  # (b, h, c', take, bk)
+        q_ok = qpos < nq
+        k_ok = (idx[..., None] >= 0) & (kpos < nk)
+        qs = ctx.q[:, :, qpos.clamp(max=nq - 1)].float()  # (b, h, c', t, d)
+        flat = kpos.clamp(0, nk - 1).flatten(2)  # (b, h, c'·take·bk)
+        ks = torch.gather(ctx.k, 2, flat[..., None].expand(-1, -1, -1, d)).float()
+        ks = ks.reshape(b, h, part.numel(), take * ctx.bk, d)
+        logits = torch.matmul(qs, ks.transpose(-1, -2)) * ctx.scale  # (b, h, c', t, take·bk)
+        ok = k_ok.flatten(-2)[:, :, :, None, :] & q_ok[None, None, :, :, None]
+        if ctx.causal:
+            ok = ok & (kpos.flatten(-2)[:, :, :, None, :] <= (qpos + nk - nq)[None, None, :, :, None])
+        p = torch.softmax(logits.masked_fill(~ok, float("-inf")), dim=-1).nan_to_num(0.0)  # a query without keys: 0
+        mass = p.sum(-2).reshape(b, h, part.numel(), take, ctx.bk).sum(-1)  # (b, h, c', take)
+        out[:, :, i : i + step] = _scatter_candidates(nkb, idx, mass)
+    return out
 
 
 def _score_oracle(ctx: _Ctx, blocks):
@@ -194,7 +243,7 @@ def _score_oracle(ctx: _Ctx, blocks):
 
 _SCORE_FNS: dict[str, Callable] = {
     "simhash": _score_simhash, "pooled": _score_pooled, "moments": _score_moments, "subgrid": _score_subgrid,
-    "prefilter": _score_prefilter, "oracle": _score_oracle,
+    "prefilter": _score_prefilter, "rescore": _score_rescore, "oracle": _score_oracle,
 }
 
 
@@ -302,7 +351,7 @@ def select_blocks_scored(
 
     Returns a :class:`~vidhash.attention.BlockSelection`; with ``query_blocks`` only those rows
     are selected and the int32 indices ``(b, h, len(query_blocks), kept)`` are returned instead.
-    ``options`` go to the scorer (``hasher``; ``m``, ``sub``, ``reduce``; ``factor``).
+    ``options`` go to the scorer (``hasher``; ``m``, ``sub``, ``reduce``; ``factor``; ``stride``).
     """
     check_qkv(q, k)
     density, bk, bq = check_selection_args(density, block_size, query_block_size, local_blocks, sink_blocks)
