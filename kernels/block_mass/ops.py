@@ -1,4 +1,4 @@
-"""Launcher and public function of the block-mass kernel.
+"""Launchers and public functions of the block-mass kernels.
 
 :func:`block_mass_triton` — :func:`vidhash.selection.oracle.block_mass` (non-causal, every query
 block) in one Triton kernel: ``(mass (b, h, nqb, nkb) float32, counts (b, h, nqb) int64)``, counts
@@ -15,7 +15,7 @@ import triton
 from vidhash.kernels.sparse_attention.ops import SUPPORTED_DTYPES, SUPPORTED_HEAD_DIMS, _last_dim_contiguous, _precision
 from vidhash.ops.checks import check_block, check_qkv, resolve_scale
 
-from .kernel import block_mass_kernel
+from .kernel import block_mass_kernel, candidate_mass_kernel
 
 _LOG2E = 1.4426950408889634
 _ROWS = 64  # queries per program (G query blocks of TQ queries), at least one block's
@@ -64,3 +64,49 @@ def block_mass_triton(q: torch.Tensor, k: torch.Tensor, *, block_size: int, quer
     starts = torch.arange(nqb, device=q.device) * bq
     counts = (torch.clamp(nq - starts, max=bq) + query_stride - 1) // query_stride  # strided queries per block
     return out, counts.expand(b, h, nqb).contiguous()
+
+
+def covers_candidates(q: torch.Tensor, *, block_size: int, query_block_size: int, stride: int) -> bool:
+    """Whether :func:`candidate_mass_triton` takes these inputs (else the caller runs the torch scorer)."""
+    return (q.dtype in SUPPORTED_DTYPES and q.shape[-1] in SUPPORTED_HEAD_DIMS and _pow2(block_size)
+            and 16 <= block_size <= 128 and stride >= 1 and query_block_size % stride == 0)
+
+
+@torch.no_grad()
+def candidate_mass_triton(q: torch.Tensor, k: torch.Tensor, candidates: torch.Tensor, *, block_size: int,
+                          query_block_size: int, stride: int, causal: bool = False, scale: float | None = None,
+                          query_blocks: torch.Tensor | None = None) -> torch.Tensor:
+    """The ``rescore`` scorer's block mass (``vidhash.selection.scorers.candidate_mass``) in one kernel:
+    for every query block, its every ``stride``-th query attends to the keys of its candidate blocks
+    ``candidates (b, h, c, take)`` (int, ``-1``: none) only — the query blocks ``query_blocks`` (``c`` of
+    them; default every one); returns float32 ``(b, h, c, take)``, the summed softmax probability per
+    candidate over those queries. ValueError for inputs it does not take (:func:`covers_candidates`)."""
+    check_qkv(q, k)
+    bk = check_block("block_size", block_size)
+    bq = check_block("query_block_size", query_block_size)
+    if not covers_candidates(q, block_size=bk, query_block_size=bq, stride=stride):
+        raise ValueError(f"candidate_mass_triton takes {[str(t) for t in SUPPORTED_DTYPES]}, head_dim in "
+                         f"{SUPPORTED_HEAD_DIMS}, key blocks a power of two in [16, 128] and a stride dividing "
+                         f"query_block_size; got {q.dtype}, {q.shape[-1]}, {bk}, {bq} / {stride}")
+    b, h, nq, d = q.shape
+    nqb = -(-nq // bq)
+    blocks = torch.arange(nqb, device=q.device) if query_blocks is None else query_blocks
+    blocks = blocks.to(device=q.device, dtype=torch.int32).contiguous()
+    if candidates.shape[:3] != (b, h, blocks.numel()):
+        raise ValueError(f"candidates must be (b, h, c, take) = ({b}, {h}, {blocks.numel()}, ·), got {tuple(candidates.shape)}")
+    idx = candidates.to(device=q.device, dtype=torch.int32).contiguous()
+    take = idx.shape[-1]
+    tq = bq // stride
+    qs = _last_dim_contiguous(q[:, :, ::stride])
+    k = _last_dim_contiguous(k)
+    out = torch.empty(b, h, blocks.numel(), take, device=q.device, dtype=torch.float32)
+    candidate_mass_kernel[(blocks.numel(), b * h)](
+        qs, k, blocks, idx, out, resolve_scale(scale, d) * _LOG2E,
+        qs.stride(0), qs.stride(1), qs.stride(2),
+        k.stride(0), k.stride(1), k.stride(2),
+        idx.stride(0), idx.stride(1), idx.stride(2),
+        out.stride(0), out.stride(1), out.stride(2),
+        h, nq, k.shape[-2], take, stride, bq, tq,
+        BLOCK_M=max(16, triton.next_power_of_2(tq)), BK=bk, D=d, CAUSAL=bool(causal), PREC=_precision(q.dtype),
+    )
+    return out

@@ -66,3 +66,32 @@ def test_reuse_path_on_the_triton_backend_matches_the_reference():
     out = hash_attention(q, k, v, selection=sel, remainder="mean", backend="triton")
     ref = hash_attention(q, k, v, selection=sel, remainder="mean", backend="reference")
     assert torch.allclose(out, ref, atol=2e-5)
+
+
+@pytest.mark.parametrize("b,h,nq,nk,d,bk,bq,stride,causal", [
+    (1, 2, 128, 128, 64, 16, 32, 8, False),     # 4 queries a block: rows padded to 16
+    (2, 1, 200, 150, 64, 32, 64, 4, True),      # ragged query and key blocks, causal (nk < nq)
+    (1, 3, 96, 160, 128, 64, 32, 1, False),     # every query
+    (1, 1, 77, 300, 64, 16, 16, 2, True),       # causal with more keys than queries
+])
+def test_candidate_mass_kernel_matches_the_reference(b, h, nq, nk, d, bk, bq, stride, causal):
+    """rescore's mass (``candidate_mass_triton``) against ``scorers.candidate_mass``: candidates in any
+    order with ``-1`` padding, a subset of query blocks, rows with no key (causal)."""
+    from vidhash.kernels.block_mass.ops import candidate_mass_triton
+    from vidhash.selection.scorers import candidate_mass
+
+    q, k = _qk(b, h, nq, nk, d, seed=nq * 3 + nk, spread=2.0)
+    nqb, nkb = -(-nq // bq), -(-nk // bk)
+    g = torch.Generator().manual_seed(5)
+    take = min(nkb, 5)
+    cand = torch.stack([torch.randperm(nkb, generator=g)[:take] for _ in range(b * h * nqb)]).reshape(b, h, nqb, take)
+    cand[..., -1] = -1  # a padding entry in every row
+    blocks = torch.arange(nqb)
+    if nqb > 2:
+        blocks, cand = blocks[1:], cand[:, :, 1:]  # a subset of query blocks
+    kw = dict(block_size=bk, query_block_size=bq, stride=stride, causal=causal)
+    want = candidate_mass(q, k, blocks.to(DEV), cand.to(DEV), **kw)
+    got = candidate_mass_triton(q, k, cand.to(DEV), query_blocks=blocks, **kw)
+    assert got.shape == want.shape == (b, h, blocks.numel(), take)
+    assert torch.allclose(got, want, atol=2e-5, rtol=1e-4), (got - want).abs().max()
+    assert (got[..., -1] == 0).all() and (got > 0).any()

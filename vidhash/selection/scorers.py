@@ -203,36 +203,55 @@ def _candidates(ctx: _Ctx, blocks, score: torch.Tensor) -> torch.Tensor:
     return rank_top(score, forced, allowed, min(score.shape[-1], ctx.opt("factor", 4) * ctx.opt("_kept", 1)))
 
 
+def candidate_mass(q: torch.Tensor, k: torch.Tensor, blocks: torch.Tensor, candidates: torch.Tensor, *,
+                   block_size: int, query_block_size: int, stride: int, causal: bool = False,
+                   scale: float | None = None) -> torch.Tensor:
+    """``rescore``'s block mass in torch (the reference of ``kernels/block_mass``'s
+    ``candidate_mass_triton``): for each query block of ``blocks`` (``c``), its every ``stride``-th query
+    attends to the keys of its candidate blocks ``candidates (b, h, c, take)`` (``-1``: none) only,
+    softmax over them (causal mask kept); float32 ``(b, h, c, take)``, the summed probability per
+    candidate. Chunked over query blocks (at most ``_CHUNK_ELEMS``-sized gathers)."""
+    b, h, c, take = candidates.shape
+    nq, nk, d = q.shape[-2], k.shape[-2], q.shape[-1]
+    bk, bq = block_size, query_block_size
+    sc = resolve_scale(scale, d)
+    cand = candidates.long()
+    out = torch.empty(b, h, c, take, device=q.device)
+    offs_q, offs_k = torch.arange(0, bq, stride, device=q.device), torch.arange(bk, device=q.device)
+    step = max(1, _CHUNK_ELEMS // max(1, b * h * take * bk * max(d, offs_q.numel())))  # query blocks a pass
+    for i in range(0, c, step):
+        part, idx = blocks[i : i + step], cand[:, :, i : i + step]
+        qpos = part[:, None] * bq + offs_q  # (c', t)
+        kpos = idx[..., None] * bk + offs_k  # (b, h, c', take, bk)
+        q_ok = qpos < nq
+        k_ok = (idx[..., None] >= 0) & (kpos < nk)
+        qs = q[:, :, qpos.clamp(max=nq - 1)].float()  # (b, h, c', t, d)
+        flat = kpos.clamp(0, nk - 1).flatten(2)  # (b, h, c'·take·bk)
+        ks = torch.gather(k, 2, flat[..., None].expand(-1, -1, -1, d)).float().reshape(b, h, part.numel(), take * bk, d)
+        logits = torch.matmul(qs, ks.transpose(-1, -2)) * sc  # (b, h, c', t, take·bk)
+        ok = k_ok.flatten(-2)[:, :, :, None, :] & q_ok[None, None, :, :, None]
+        if causal:
+            ok = ok & (kpos.flatten(-2)[:, :, :, None, :] <= (qpos + nk - nq)[None, None, :, :, None])
+        p = torch.softmax(logits.masked_fill(~ok, float("-inf")), dim=-1).nan_to_num(0.0)  # a query without keys: 0
+        out[:, :, i : i + step] = p.sum(-2).reshape(b, h, part.numel(), take, bk).sum(-1)
+    return out
+
+
 def _score_rescore(ctx: _Ctx, blocks):
-    """Pooled candidates, ranked by the softmax mass every ``stride``-th query gives their keys."""
+    """Pooled candidates, ranked by the softmax mass every ``stride``-th query gives their keys (the
+    kernel on CUDA where it takes the shape, else :func:`candidate_mass`)."""
     stride = ctx.opt("stride", 8)
     if not isinstance(stride, int) or isinstance(stride, bool) or stride < 1 or ctx.bq % stride:
         raise ValueError(f"stride must be a positive int dividing query_block_size={ctx.bq}, got {stride!r}")
-    cand = _candidates(ctx, blocks, _score_pooled(ctx, blocks)).long()  # (b, h, c, take)
-    b, h, c, take = cand.shape
-    nq, nk, d = ctx.q.shape[-2], ctx.k.shape[-2], ctx.q.shape[-1]
-    nkb = -(-nk // ctx.bk)
-    out = torch.empty(b, h, c, nkb, device=ctx.q.device)
-    offs_q, offs_k = torch.arange(0, ctx.bq, stride, device=ctx.q.device), torch.arange(ctx.bk, device=ctx.q.device)
-    step = max(1, _CHUNK_ELEMS // max(1, b * h * take * ctx.bk * max(d, offs_q.numel())))  # query blocks a pass
-    for i in range(0, c, step):
-        part, idx = blocks[i : i + step], cand[:, :, i : i + step]
-        qpos = part[:, None] * ctx.bq + offs_q  # (c', t)
-        kpos = idx[..., None] * ctx.bk + offs_k  # (b, h, c', take, bk)
-        q_ok = qpos < nq
-        k_ok = (idx[..., None] >= 0) & (kpos < nk)
-        qs = ctx.q[:, :, qpos.clamp(max=nq - 1)].float()  # (b, h, c', t, d)
-        flat = kpos.clamp(0, nk - 1).flatten(2)  # (b, h, c'·take·bk)
-        ks = torch.gather(ctx.k, 2, flat[..., None].expand(-1, -1, -1, d)).float()
-        ks = ks.reshape(b, h, part.numel(), take * ctx.bk, d)
-        logits = torch.matmul(qs, ks.transpose(-1, -2)) * ctx.scale  # (b, h, c', t, take·bk)
-        ok = k_ok.flatten(-2)[:, :, :, None, :] & q_ok[None, None, :, :, None]
-        if ctx.causal:
-            ok = ok & (kpos.flatten(-2)[:, :, :, None, :] <= (qpos + nk - nq)[None, None, :, :, None])
-        p = torch.softmax(logits.masked_fill(~ok, float("-inf")), dim=-1).nan_to_num(0.0)  # a query without keys: 0
-        mass = p.sum(-2).reshape(b, h, part.numel(), take, ctx.bk).sum(-1)  # (b, h, c', take)
-        out[:, :, i : i + step] = _scatter_candidates(nkb, idx, mass)
-    return out
+    cand = _candidates(ctx, blocks, _score_pooled(ctx, blocks))  # (b, h, c, take) int32
+    kw = dict(block_size=ctx.bk, query_block_size=ctx.bq, stride=stride, causal=ctx.causal, scale=ctx.scale)
+    from vidhash.kernels.block_mass.ops import candidate_mass_triton, covers_candidates
+
+    if ctx.q.is_cuda and covers_candidates(ctx.q, block_size=ctx.bk, query_block_size=ctx.bq, stride=stride):
+        mass = candidate_mass_triton(ctx.q, ctx.k, cand, query_blocks=blocks, **kw)
+    else:
+        mass = candidate_mass(ctx.q, ctx.k, blocks, cand, **kw)
+    return _scatter_candidates(-(-ctx.k.shape[-2] // ctx.bk), cand.long(), mass)
 
 
 def _score_oracle(ctx: _Ctx, blocks):
