@@ -32,18 +32,27 @@ def covers(q: torch.Tensor, *, block_size: int, query_block_size: int, query_str
             and block_size <= 128 and _pow2(tq) and tq <= _ROWS)
 
 
+def _checked(q: torch.Tensor, k: torch.Tensor, block_size: int, query_block_size: int, stride: int, covered: bool,
+             name: str, stride_rule: str) -> tuple[int, int]:
+    """``(block_size, query_block_size)`` after the shared checks; ValueError naming what ``name`` takes."""
+    check_qkv(q, k)
+    bk = check_block("block_size", block_size)
+    bq = check_block("query_block_size", query_block_size)
+    if not covered:
+        raise ValueError(f"{name} takes {[str(t) for t in SUPPORTED_DTYPES]}, head_dim in {SUPPORTED_HEAD_DIMS}, "
+                         f"key blocks a power of two in [16, 128] and {stride_rule}; got {q.dtype}, {q.shape[-1]}, "
+                         f"{bk}, {bq} / {stride}")
+    return bk, bq
+
+
 @torch.no_grad()
 def block_mass_triton(q: torch.Tensor, k: torch.Tensor, *, block_size: int, query_block_size: int, query_stride: int = 1,
                       scale: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Exact block mass of every query block (see the module docstring); ValueError for inputs the
     kernel does not take (:func:`covers`)."""
-    check_qkv(q, k)
-    bk = check_block("block_size", block_size)
-    bq = check_block("query_block_size", query_block_size)
-    if not covers(q, block_size=bk, query_block_size=bq, query_stride=query_stride):
-        raise ValueError(f"block_mass_triton takes {[str(t) for t in SUPPORTED_DTYPES]}, head_dim in {SUPPORTED_HEAD_DIMS}, "
-                         f"key blocks a power of two in [16, 128] and query_block_size / query_stride a power of two "
-                         f"≤ {_ROWS}; got {q.dtype}, {q.shape[-1]}, {bk}, {bq} / {query_stride}")
+    bk, bq = _checked(q, k, block_size, query_block_size, query_stride,
+                      covers(q, block_size=block_size, query_block_size=query_block_size, query_stride=query_stride),
+                      "block_mass_triton", f"query_block_size / query_stride a power of two ≤ {_ROWS}")
     b, h, nq, d = q.shape
     nk = k.shape[-2]
     nqb, nkb = -(-nq // bq), -(-nk // bk)
@@ -81,13 +90,9 @@ def candidate_mass_triton(q: torch.Tensor, k: torch.Tensor, candidates: torch.Te
     ``candidates (b, h, c, take)`` (int, ``-1``: none) only — the query blocks ``query_blocks`` (``c`` of
     them; default every one); returns float32 ``(b, h, c, take)``, the summed softmax probability per
     candidate over those queries. ValueError for inputs it does not take (:func:`covers_candidates`)."""
-    check_qkv(q, k)
-    bk = check_block("block_size", block_size)
-    bq = check_block("query_block_size", query_block_size)
-    if not covers_candidates(q, block_size=bk, query_block_size=bq, stride=stride):
-        raise ValueError(f"candidate_mass_triton takes {[str(t) for t in SUPPORTED_DTYPES]}, head_dim in "
-                         f"{SUPPORTED_HEAD_DIMS}, key blocks a power of two in [16, 128] and a stride dividing "
-                         f"query_block_size; got {q.dtype}, {q.shape[-1]}, {bk}, {bq} / {stride}")
+    bk, bq = _checked(q, k, block_size, query_block_size, stride,
+                      covers_candidates(q, block_size=block_size, query_block_size=query_block_size, stride=stride),
+                      "candidate_mass_triton", "a stride dividing query_block_size")
     b, h, nq, d = q.shape
     nqb = -(-nq // bq)
     blocks = torch.arange(nqb, device=q.device) if query_blocks is None else query_blocks

@@ -115,6 +115,16 @@ def moment_codes(q: torch.Tensor, k: torch.Tensor, block_size: int, query_block_
     return cq, ck
 
 
+def check_codes(cq: torch.Tensor, ck: torch.Tensor, resolution: float) -> None:
+    """Float codes to quantise (both forms): one (b, h) and width, at most 512 wide; resolution > 0."""
+    if not resolution > 0:
+        raise ValueError(f"resolution must be positive, got {resolution!r}")
+    if cq.shape[:2] != ck.shape[:2] or cq.shape[-1] != ck.shape[-1]:
+        raise ValueError(f"query codes {tuple(cq.shape)} and key codes {tuple(ck.shape)} disagree in (b, h) or width")
+    if cq.shape[-1] > 512:
+        raise ValueError(f"codes are at most 512 wide, got {cq.shape[-1]}")
+
+
 def quantize_codes(cq: torch.Tensor, ck: torch.Tensor, resolution: float = RESOLUTION, return_unit: bool = False):
     """int8 codes ``(b, h, ·, R)`` and int32 ``shift (b·h,)`` from float codes (see module docstring);
     with ``return_unit`` also ``unit (b·h,)`` float64, the nats of one integer score unit.
@@ -124,12 +134,7 @@ def quantize_codes(cq: torch.Tensor, ck: torch.Tensor, resolution: float = RESOL
     range), then ``code ≈ int8 · scale`` with ``scale = max|code| / 127``; an integer score unit is
     ``scale_q · scale_k`` nats and ``shift = floor(log2(resolution / unit))`` (in [0, 24]).
     """
-    if not resolution > 0:
-        raise ValueError(f"resolution must be positive, got {resolution!r}")
-    if cq.shape[:2] != ck.shape[:2] or cq.shape[-1] != ck.shape[-1]:
-        raise ValueError(f"query codes {tuple(cq.shape)} and key codes {tuple(ck.shape)} disagree in (b, h) or width")
-    if cq.shape[-1] > 512:
-        raise ValueError(f"codes are at most 512 wide, got {cq.shape[-1]}")
+    check_codes(cq, ck, resolution)
     width = code_width(cq.shape[-1])
     cq, ck = cq.float(), ck.float()
     range_q = cq.abs().amax(dim=-2, keepdim=True)  # (b, h, 1, r)

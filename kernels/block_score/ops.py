@@ -15,7 +15,7 @@ import triton
 from vidhash.ops.checks import BlockSelection, check_qkv, check_selection_args
 
 from .kernel import block_score_kernel, code_ranges_kernel, quantize_codes_kernel
-from .naive import RESOLUTION, check_grid, code_width, float_codes, select_blocks_codes_reference
+from .naive import RESOLUTION, check_codes, check_grid, code_width, float_codes, select_blocks_codes_reference
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 BACKENDS = ("auto", "triton", "reference")
@@ -139,12 +139,7 @@ def quantize_codes_triton(cq: torch.Tensor, ck: torch.Tensor, factor: float, row
     per-channel ranges, then the codes; the same int8 codes and ``shift`` exactly
     (``tests/kernels/test_block_score.py``). Replaces ~20 small torch ops (~0.31 ms eager at N = 131,072
     on an H200, beside 0.14 of block means)."""
-    if not resolution > 0:
-        raise ValueError(f"resolution must be positive, got {resolution!r}")
-    if cq.shape[:2] != ck.shape[:2] or cq.shape[-1] != ck.shape[-1]:
-        raise ValueError(f"query codes {tuple(cq.shape)} and key codes {tuple(ck.shape)} disagree in (b, h) or width")
-    if cq.shape[-1] > 512:
-        raise ValueError(f"codes are at most 512 wide, got {cq.shape[-1]}")
+    check_codes(cq, ck, resolution)
     if cq.shape[-2] > rows_q or ck.shape[-2] > rows_k:
         raise ValueError(f"rows_q / rows_k ({rows_q}, {rows_k}) below the codes' rows ({cq.shape[-2]}, {ck.shape[-2]})")
     parts = _float32_parts(float(resolution))
