@@ -221,3 +221,22 @@ def test_hash_attention_attends_to_a_given_selection():
     assert torch.allclose(hash_attention(q, k, v, selection=sel, remainder="mean"), out, atol=1e-6)
     with pytest.raises(ValueError, match="selection was made for"):
         hash_attention(q[:, :, :64], k[:, :, :64], v[:, :, :64], selection=sel)
+
+
+def test_the_steady_state_is_no_graph_break():
+    """Under torch.compile the reuse hook breaks the graph only where it has work (the first sparse call
+    after a dense step measures the mass; mass_refresh counts calls): the sparse calls between trace
+    through (``_reused_fitting``), so CUDA graphs are not split once per self-attention."""
+    model, inputs = tiny_wan()
+    vidhash.enable_hash_attention(model, **SPARSE, dense_timestep=500, reuse_mass=True)
+    run(model, _at(inputs, 800))
+    run(model, _at(inputs, 200))  # measures the mass: every layer's selection kept
+    want = run(model, _at(inputs, 100))
+    torch._dynamo.reset()
+    explained = torch._dynamo.explain(lambda **kw: model(**kw))(**_at(inputs, 100))
+    reasons = " ".join(str(r.reason) for r in explained.break_reasons)
+    assert "_measure_reuse" not in reasons and "_reused" not in reasons, reasons
+    torch._dynamo.reset()
+    assert torch.allclose(torch.compile(lambda **kw: model(**kw), backend="eager")(**_at(inputs, 100)).sample, want,
+                          atol=1e-5)
+    torch._dynamo.reset()

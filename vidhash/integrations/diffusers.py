@@ -276,10 +276,11 @@ class _HashAttnProcessor:
         self._reused = None
 
     @torch.compiler.disable
-    def _reused_selection(self, q: torch.Tensor, k: torch.Tensor):
-        """``reuse_mass`` at a sparse call: the selection the last dense step's block mass makes
-        (computed at the first sparse call after it), or None — no dense step seen yet, or another
-        shape (the scorer then selects)."""
+    def _measure_reuse(self, q: torch.Tensor, k: torch.Tensor) -> None:
+        """``reuse_mass`` at a sparse call that has something to do (outside any compiled graph): the
+        selection the last dense step's block mass makes, at the first sparse call after it, and the
+        ``mass_refresh`` count. The calls between read :meth:`_reused_fitting` only, so under
+        ``torch.compile`` the steady state is one graph (no break per self-attention)."""
         from ..kernels.block_mass.ops import block_mass_triton
         from ..kernels.block_mass.ops import covers as mass_kernel_covers
         from ..selection.oracle import block_mass
@@ -305,15 +306,24 @@ class _HashAttnProcessor:
                 self._reused = select_from_mass(mass, nq, nk, density=kw["density"], block_size=bk, query_block_size=bq,
                                                 local_blocks=kw["local_blocks"], sink_blocks=kw["sink_blocks"])
         self._since += 1
+
+    def _reused_fitting(self, q: torch.Tensor, k: torch.Tensor):
+        """The reused selection if it fits this call (sizes, device), else None — no dense step seen
+        yet, or another shape (the scorer then selects). Traceable: Python checks of the kept object."""
         sel = self._reused
-        if sel is None or (sel.num_queries, sel.num_keys) != (nq, nk) or tuple(sel.indices.shape[:2]) != tuple(q.shape[:2]):
+        if sel is None or (sel.num_queries, sel.num_keys) != (q.shape[-2], k.shape[-2]) \
+                or tuple(sel.indices.shape[:2]) != tuple(q.shape[:2]):
             return None
         return sel if sel.indices.device == q.device else None
 
     def _hash(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, return_lse: bool = False):
         """Hash attention on ``(b, h, n, d)`` tensors (``backend="flex"``: vidhash's selection,
         FlexAttention's kernel); with ``reuse_mass``, on the selection of the last dense step's mass."""
-        reused = self._reused_selection(q, k) if self.config.reuse_mass else None
+        reused = None
+        if self.config.reuse_mass:
+            if self._mass_qk is not None or self.config.mass_refresh:  # a mass to measure, or calls to count
+                self._measure_reuse(q, k)
+            reused = self._reused_fitting(q, k)
         if self.config.backend != "flex":
             return hash_attention(q, k, v, hasher=self.hasher, scorer=self.scorer, return_lse=return_lse,
                                   selection=reused, **self._kwargs)
