@@ -289,3 +289,24 @@ def test_scorer_arguments_are_checked():
         select_blocks(q, k, scorer=LearnedBlockScorer(16, 3))
     with pytest.raises(ValueError, match="scorer must be one of"):
         hash_attention(q, k, k, scorer="oracle")
+
+
+def test_rescore_takes_query_blocks_that_8_does_not_divide():
+    """The default stride is every 8th query or the largest divisor of the query block below it (a
+    stride the caller cannot set must not make a valid block size fail)."""
+    q, k = _qk(1, 2, 100, 100, 16, 4)
+    for bk, bq in ((16, 12), (4, 4), (8, 20)):
+        sel = select_blocks(q, k, scorer="rescore", density=0.3, block_size=bk, query_block_size=bq)
+        assert sel.indices.shape[-1] == sel.kept
+    assert hash_attention(q, k, k, scorer="rescore", density=0.3, block_size=4).shape == q.shape
+
+
+def test_score_blocks_needs_kept_for_candidate_scorers():
+    from vidhash.selection import score_blocks
+
+    q, k = _qk(1, 1, 64, 64, 8, 2)
+    for scorer in ("prefilter", "rescore"):
+        with pytest.raises(ValueError, match="kept="):
+            score_blocks(q, k, scorer, block_size=8)
+        scores = score_blocks(q, k, scorer, block_size=8, kept=2)
+        assert int((scores > -1e29).sum(-1).min()) == min(8, 4 * 2)  # factor 4 × kept candidates scored

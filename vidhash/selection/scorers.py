@@ -23,13 +23,14 @@ Scorers (``s`` the softmax scale, ``x̄`` a block's mean over its tokens):
   ``m=1, sub=block_size`` ranks as ``pooled``;
 * ``prefilter`` — SimHash picks ``factor × kept`` candidates, ``pooled`` ranks them;
 * ``rescore`` — ``pooled`` picks ``factor × kept`` candidates (default 4), then every ``stride``-th
-  query of each query block (default 8) attends exactly to the candidates' keys: the summed softmax
+  query of each query block (default 8, or the largest divisor of the query block below it) attends exactly to the candidates' keys: the summed softmax
   per candidate block (an estimate of the block mass from 1/stride of the queries) ranks them;
 * ``learned`` — :class:`vidhash.selection.learned.LearnedBlockScorer` (pass ``scorer=`` the module);
 * ``oracle`` — the exact block mass (:func:`vidhash.selection.oracle.block_mass`; for studies).
 """
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import torch
@@ -240,7 +241,7 @@ def candidate_mass(q: torch.Tensor, k: torch.Tensor, blocks: torch.Tensor, candi
 def _score_rescore(ctx: _Ctx, blocks):
     """Pooled candidates, ranked by the softmax mass every ``stride``-th query gives their keys (the
     kernel on CUDA where it takes the shape, else :func:`candidate_mass`)."""
-    stride = ctx.opt("stride", 8)
+    stride = ctx.opt("stride", math.gcd(8, ctx.bq))  # every 8th query, or as close as the block allows
     if not isinstance(stride, int) or isinstance(stride, bool) or stride < 1 or ctx.bq % stride:
         raise ValueError(f"stride must be a positive int dividing query_block_size={ctx.bq}, got {stride!r}")
     cand = _candidates(ctx, blocks, _score_pooled(ctx, blocks))  # (b, h, c, take) int32
@@ -330,11 +331,18 @@ def score_blocks(q: torch.Tensor, k: torch.Tensor, scorer="pooled", *, block_siz
                  query_block_size: int | None = None, causal: bool = False, scale: float | None = None,
                  query_blocks: torch.Tensor | None = None, **options) -> torch.Tensor:
     """Scores ``(b, h, c, nkb)`` float32 of ``scorer`` (a name of :data:`SCORERS` or a module with
-    ``block_scores(q, k, blocks, ...)``) for ``query_blocks`` (default all; all at once)."""
+    ``block_scores(q, k, blocks, ...)``) for ``query_blocks`` (default all; all at once).
+    ``prefilter`` and ``rescore`` score only their candidates and need ``kept=`` (others ``-1e30``)."""
     check_qkv(q, k)
     bk = check_block("block_size", block_size)
     bq = check_block("query_block_size", query_block_size if query_block_size is not None else block_size)
+    if scorer in ("prefilter", "rescore") and "kept" not in options:
+        raise ValueError(f"scorer={scorer!r} scores factor × kept candidates only: pass kept= (the blocks a "
+                         "selection keeps), or use select_blocks_scored")
     blocks = torch.arange(-(-q.shape[-2] // bq), device=q.device) if query_blocks is None else query_blocks.long()
+    options = dict(options)
+    if "kept" in options:
+        options["_kept"] = options.pop("kept")
     ctx = _Ctx(q, k, bk, bq, causal, scale, options)
     return _scorer_fn(scorer)(ctx, blocks)
 
