@@ -43,9 +43,9 @@ def _is_int(x) -> bool:
 
 
 def _check_bits(n_bits: int) -> int:
-    if not isinstance(n_bits, int) or isinstance(n_bits, bool) or not 1 <= n_bits <= MAX_BITS:
+    if not _is_int(n_bits) or not 1 <= n_bits <= MAX_BITS:
         raise ValueError(f"n_bits must be an int in [1, {MAX_BITS}] (packed into at most {MAX_BITS // 32} int32 words), got {n_bits!r}")
-    return n_bits
+    return int(n_bits)
 
 
 def num_words(n_bits: int) -> int:

@@ -105,7 +105,7 @@ def test_constructors_name_a_bad_argument():
         with pytest.raises(ValueError, match=match):  # TypeError / RuntimeError from torch before
             vidhash.SimHash(**kw)
     import numpy as np
-    assert torch.equal(vidhash.SimHash(np.int64(16), seed=np.int64(3)).planes, vidhash.SimHash(16, seed=3).planes)
+    assert torch.equal(vidhash.SimHash(np.int64(16), np.int64(8), seed=np.int64(3)).planes, vidhash.SimHash(16, 8, seed=3).planes)
     ids = torch.arange(5)
     for kw, match in ((dict(num_buckets=2**70), "num_buckets"), (dict(num_buckets=8, key=2**70), "key"),
                       (dict(num_buckets=8, key=1.5), "key")):
