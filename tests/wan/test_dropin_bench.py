@@ -455,3 +455,25 @@ def test_reuse_mass_compiled_model_keeps_the_eager_frames(tiny_model, tmp_path):
         rows[name] = {r["setting"]: r["psnr"] for r in json.loads(out.read_text())["rows"]}
     assert rows["model"] == rows["eager"] and "1/4 b16 ds1 reuse/2" in rows["eager"]
     assert rows["eager"]["1/4 b16 ds1 reuse/2"] != rows["eager"]["1/4 b16 ds1"]
+
+
+def test_one_seed_is_sampled_twice_and_the_warm_clip_timed(monkeypatch):
+    """With one seed the first clip (compiling, autotuning) is not timed: its clip is sampled twice and
+    the second one kept — before, a one-seed row's clip seconds included the compilation (19 s for a
+    0.6 s clip on the H200, 2026-12-05)."""
+    from types import SimpleNamespace
+
+    calls = []
+
+    def fake(pipe, seeds, args):
+        calls.append(list(seeds))
+        clips = [np.full((1, 2, 2, 3), i, np.uint8) for i in range(len(seeds))]
+        return clips, [10.0] + [0.5] * (len(seeds) - 1), [100.0] * args.steps + [2.0] * (args.steps * (len(seeds) - 1))
+
+    monkeypatch.setattr(dropin, "sample_clips", fake)
+    args = SimpleNamespace(steps=3, profile=False, recall_step=1)
+    clips, timing = dropin.run_setting(SimpleNamespace(transformer=None), dropin.Setting("dense"), [7], args)
+    assert calls == [[7, 7]] and len(clips) == 1 and clips[0][0, 0, 0, 0] == 1  # the second clip kept
+    assert timing == {"transformer_ms": 2.0, "clip_s": 0.5}
+    clips, timing = dropin.run_setting(SimpleNamespace(transformer=None), dropin.Setting("dense"), [1, 2, 3], args)
+    assert calls[-1] == [1, 2, 3] and len(clips) == 3 and timing == {"transformer_ms": 2.0, "clip_s": 0.5}
