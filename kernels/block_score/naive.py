@@ -227,7 +227,7 @@ def float_codes(q: torch.Tensor, k: torch.Tensor, *, block_size: int, query_bloc
     codes in nats are ``factor ·`` ``cq (b, h, ≤ rows_q, r)`` and ``ck`` with zero rows appended up
     to ``rows_q = nqb·m`` and ``rows_k = nkb·p`` (the factor is ``√s`` for pooled / sub-grid means,
     1 for learned and moments codes). :func:`selection_codes` finishes them in torch, the Triton
-    path (``ops.quantize_codes_triton``) in one kernel — the same int8 codes."""
+    path (``ops.quantize_codes_triton``) in two launches — the same int8 codes."""
     project = None
     if scorer == "moments":
         if m != 1 or sub not in (None, block_size):

@@ -222,7 +222,7 @@ def _select(q, k, kw: dict, args):
 
 def _pooled_selection_rows(add, q, k, sel, kw: dict, args) -> None:
     """The pooled selection and its parts: the float block codes (block means: reads q and k once),
-    their int8 quantisation (one kernel), the level kernel alone, the transposed list (backward prep)."""
+    their int8 quantisation (two launches), the level kernel alone, the transposed list (backward prep)."""
     import triton
 
     from vidhash.kernels.block_score import ops as score_ops

@@ -23,8 +23,9 @@ Scorers (``s`` the softmax scale, ``x̄`` a block's mean over its tokens):
   ``m=1, sub=block_size`` ranks as ``pooled``;
 * ``prefilter`` — SimHash picks ``factor × kept`` candidates, ``pooled`` ranks them;
 * ``rescore`` — ``pooled`` picks ``factor × kept`` candidates (default 4), then every ``stride``-th
-  query of each query block (default 8, or the largest divisor of the query block below it) attends exactly to the candidates' keys: the summed softmax
-  per candidate block (an estimate of the block mass from 1/stride of the queries) ranks them;
+  query of each query block (default 8, or the largest divisor of the query block below it)
+  attends exactly to the candidates' keys: the summed softmax per candidate block (an estimate of
+  the block mass from 1/stride of the queries) ranks them;
 * ``learned`` — :class:`vidhash.selection.learned.LearnedBlockScorer` (pass ``scorer=`` the module);
 * ``oracle`` — the exact block mass (:func:`vidhash.selection.oracle.block_mass`; for studies).
 """
@@ -177,15 +178,8 @@ def _score_subgrid(ctx: _Ctx, blocks):
 
 
 def _score_prefilter(ctx: _Ctx, blocks):
-    factor = ctx.opt("factor", 4)
-    kept = ctx.opt("_kept", 1)
-    cand = _score_simhash(ctx, blocks)
-    forced, allowed = forced_and_allowed(blocks, ctx.q.shape[-2], ctx.k.shape[-2], ctx.bq, ctx.bk,
-                                          ctx.opt("_local", 1), ctx.opt("_sink", 1), ctx.causal)
-    take = min(cand.shape[-1], factor * kept)
-    idx = rank_top(cand, forced, allowed, take)
+    idx = _candidates(ctx, blocks, _score_simhash(ctx, blocks)).long()
     pooled = _score_pooled(ctx, blocks)
-    idx = idx.long()
     return _scatter_candidates(pooled.shape[-1], idx, pooled.gather(-1, idx.clamp(min=0)))
 
 
