@@ -42,7 +42,8 @@ or at the call (diffusers' ``attention_backend`` context manager).
 take the ``density=1.0`` path at every call; ``dense_timestep=T`` has every self-attention take it
 while the transformer's ``timestep`` argument is ≥ T — a forward pre-hook (replaced on enabling
 again, removed on disabling) sets a shared :class:`DenseGate`'s Python bool before each call, which
-compiled blocks guard on. :func:`dense_timestep_for` gives T for the first k steps of a schedule.
+compiled blocks guard on; the hook's body is eager (``torch.compiler.disable``: one graph break at
+the top of a compiled forward, none inside it). :func:`dense_timestep_for` gives T for the first k steps of a schedule.
 
 **State.** The processors are the truth: :func:`is_hash_attention_enabled` is True only while
 every self-attention module holds a hash processor; after an outside ``set_attn_processor``
@@ -147,15 +148,19 @@ class DropInConfig:
 
     ``reuse_mass`` (needs ``dense_timestep``): the sparse steps after the dense ones select from the
     exact attention mass of the *last dense step* instead of a scorer — each self-attention keeps
-    that step's queries (every ``mass_query_stride``-th) and keys, and at its first sparse call
-    sums their exact softmax per (query block, key block) (:func:`vidhash.selection.oracle.block_mass`,
-    chunked, float32) and keeps, per query block, the forced blocks and then the heaviest ones
+    that step's queries (every ``mass_query_stride``-th) and keys; before the first sparse call
+    (in the ``dense_timestep`` pre-hook, eager) each sums its exact softmax per (query block, key
+    block) (:func:`vidhash.selection.oracle.block_mass`, chunked, float32; the block-mass kernel on
+    CUDA) and keeps, per query block, the forced blocks and then the heaviest ones
     (:func:`vidhash.selection.select_from_mass`): one mass pass per layer and clip, no scorer
     at the sparse steps. A later dense step (the next clip) starts afresh. Memory: per layer, the
-    keys and ``1/mass_query_stride`` of the queries of one step, kept until the first sparse call.
+    keys and ``1/mass_query_stride`` of the queries of one step, kept until the next call.
+    Under ``torch.compile`` every call stays one graph (the copies are traced, the mass pass is
+    outside), and ``compile_repeated_blocks(fullgraph=True)`` takes it.
     ``mass_refresh`` N > 0: every N sparse calls the mass is measured again, from that sparse call's
     own strided queries and keys (no dense step: a mass pass over ``1/mass_query_stride`` of the
-    queries), for steps far from the dense ones.
+    queries), for steps far from the dense ones — inside the attention call, so under
+    ``torch.compile`` a graph break at every sparse call (it counts them).
     """
 
     density: float = 0.125
@@ -195,6 +200,7 @@ class DenseGate:
 
     def __init__(self) -> None:
         self.dense = False
+        self.reusers: list = []  # processors with reuse_mass: the pre-hook measures their mass (eager)
 
     def __repr__(self) -> str:
         return f"DenseGate(dense={self.dense})"
@@ -228,6 +234,8 @@ class _HashAttnProcessor:
         self._mass_qk = None  # reuse_mass: (strided q, k) of the last dense step, until the first sparse call
         self._reused = None  # reuse_mass: the selection made from that mass
         self._since = 0  # reuse_mass: sparse calls since the mass was measured (mass_refresh)
+        if gate is not None and config.reuse_mass and not self.dense:
+            gate.reusers.append(self)
 
     @property
     def _attention_backend(self):
@@ -266,45 +274,60 @@ class _HashAttnProcessor:
         ``dense_timestep`` gate is open (a Python bool: compiled code guards on it)."""
         return self.dense or (self.gate is not None and self.gate.dense)
 
-    @torch.compiler.disable
     def _remember(self, q: torch.Tensor, k: torch.Tensor) -> None:
         """``reuse_mass`` at a dense call: keep every ``mass_query_stride``-th query and the keys
-        (``(b, h, n, d)``, copies: a compiled graph may reuse its outputs' memory) and drop an
-        earlier selection."""
+        (``(b, h, n, d)``, copies) and the query count. Traceable (no graph break): under
+        ``torch.compile`` the copies are graph outputs, read by the pre-hook of the next call
+        (:meth:`_before_call`) before any graph runs again."""
         stride = self.config.mass_query_stride
-        self._mass_qk = (q[:, :, ::stride].detach().clone(), k.detach().clone())
-        self._reused = None
+        self._mass_qk = (q[:, :, ::stride].detach().clone(), k.detach().clone(), q.shape[-2])
 
-    @torch.compiler.disable
-    def _measure_reuse(self, q: torch.Tensor, k: torch.Tensor) -> None:
-        """``reuse_mass`` at a sparse call that has something to do (outside any compiled graph): the
-        selection the last dense step's block mass makes, at the first sparse call after it, and the
-        ``mass_refresh`` count. The calls between read :meth:`_reused_fitting` only, so under
-        ``torch.compile`` the steady state is one graph (no break per self-attention)."""
+    def _before_call(self, dense: bool) -> None:
+        """``reuse_mass``, from the ``dense_timestep`` pre-hook (eager, outside any compiled graph):
+        a dense call drops the kept copies and the selection (its own copies replace them); the
+        first sparse call after a dense one measures the kept mass and selects from it."""
+        if dense:
+            self._mass_qk, self._reused, self._since = None, None, 0
+        elif self._mass_qk is not None:
+            self._take_mass()
+
+    def _take_mass(self) -> None:
+        """The selection the kept (strided q, k) make: their exact block mass (the Triton kernel on
+        CUDA where it takes the shape, else the chunked torch pass), then :func:`select_from_mass`."""
         from ..kernels.block_mass.ops import block_mass_triton
         from ..kernels.block_mass.ops import covers as mass_kernel_covers
         from ..selection.oracle import block_mass
         from ..selection.scorers import select_from_mass
 
+        qs, ks, nq = self._mass_qk
+        self._mass_qk, self._reused, self._since = None, None, 0
         kw = self._kwargs
         bk = kw["block_size"]
         bq = kw["query_block_size"] or bk
-        nq, nk = q.shape[-2], k.shape[-2]
-        stride, refresh = self.config.mass_query_stride, self.config.mass_refresh
+        stride = self.config.mass_query_stride
+        if qs.shape[-2] != -(-nq // stride) or qs.shape[:2] != ks.shape[:2]:
+            return  # not copies of one call's q and k: the scorer selects
+        if qs.is_cuda and mass_kernel_covers(qs, block_size=bk, query_block_size=bq // stride):
+            # the Triton kernel: 19-25x the chunked torch pass at wan-mini's shape (H200, 2026-12-05)
+            mass, _ = block_mass_triton(qs, ks, block_size=bk, query_block_size=bq // stride)
+        else:
+            mass, _ = block_mass(qs, ks, block_size=bk, query_block_size=bq // stride,
+                                 chunk_elems=_MASS_CHUNK_CUDA if qs.is_cuda else None)
+        self._reused = select_from_mass(mass, nq, ks.shape[-2], density=kw["density"], block_size=bk,
+                                        query_block_size=bq, local_blocks=kw["local_blocks"],
+                                        sink_blocks=kw["sink_blocks"])
+
+    @torch.compiler.disable
+    def _measure_reuse(self, q: torch.Tensor, k: torch.Tensor) -> None:
+        """``reuse_mass`` at a sparse call with work the pre-hook did not do (a graph break under
+        ``torch.compile``): ``mass_refresh`` — every N sparse calls the mass of this call's own
+        strided queries and keys — and its count; a kept mass no pre-hook measured (the processor
+        called without its transformer's forward)."""
+        refresh = self.config.mass_refresh
         if self._mass_qk is None and self._reused is not None and refresh and self._since >= refresh:
-            self._mass_qk = (q[:, :, ::stride], k)  # this call's own queries and keys: the mass measured afresh
+            self._mass_qk = (q[:, :, ::self.config.mass_query_stride], k, q.shape[-2])
         if self._mass_qk is not None:
-            qs, ks = self._mass_qk
-            self._mass_qk, self._reused, self._since = None, None, 0
-            if ks.shape == k.shape and qs.shape[-2] == -(-nq // stride) and qs.shape[:2] == q.shape[:2]:
-                if q.is_cuda and mass_kernel_covers(qs, block_size=bk, query_block_size=bq // stride):
-                    # the Triton kernel: 19-25x the chunked torch pass at wan-mini's shape (H200, 2026-12-05)
-                    mass, _ = block_mass_triton(qs, ks, block_size=bk, query_block_size=bq // stride)
-                else:
-                    mass, _ = block_mass(qs, ks, block_size=bk, query_block_size=bq // stride,
-                                         chunk_elems=_MASS_CHUNK_CUDA if q.is_cuda else None)
-                self._reused = select_from_mass(mass, nq, nk, density=kw["density"], block_size=bk, query_block_size=bq,
-                                                local_blocks=kw["local_blocks"], sink_blocks=kw["sink_blocks"])
+            self._take_mass()
         self._since += 1
 
     def _reused_fitting(self, q: torch.Tensor, k: torch.Tensor):
@@ -321,7 +344,7 @@ class _HashAttnProcessor:
         FlexAttention's kernel); with ``reuse_mass``, on the selection of the last dense step's mass."""
         reused = None
         if self.config.reuse_mass:
-            if self._mass_qk is not None or self.config.mass_refresh:  # a mass to measure, or calls to count
+            if self._mass_qk is not None or self.config.mass_refresh:  # not in the steady state: see _measure_reuse
                 self._measure_reuse(q, k)
             reused = self._reused_fitting(q, k)
         if self.config.backend != "flex":
@@ -755,14 +778,26 @@ def _timestep_hook(transformer, gate: DenseGate, threshold: float):
         t = kwargs.get("timestep")
         if t is None and position is not None and position < len(args):
             t = args[position]
-        if t is None:
-            gate.dense = False
-        elif isinstance(t, torch.Tensor):
-            gate.dense = bool(t.max().item() >= threshold)  # a host sync, in the eager top-level forward
-        else:
-            gate.dense = bool((max(t) if isinstance(t, Sequence) else t) >= threshold)  # a number or a list
+        _set_gate(gate, t, threshold)
 
     return hook
+
+
+@torch.compiler.disable
+def _set_gate(gate: DenseGate, t, threshold: float) -> None:
+    """The pre-hook's work, eager — under ``torch.compile`` one graph break at the top of the
+    forward (the timestep's host sync needs one anyway), none inside a block: ``gate.dense`` for
+    this call, then ``reuse_mass``'s work between calls (each processor's
+    :meth:`_HashAttnProcessor._before_call`: a dense call drops the kept copies, the first sparse
+    call after one selects from their mass)."""
+    if t is None:
+        gate.dense = False
+    elif isinstance(t, torch.Tensor):
+        gate.dense = bool(t.max().item() >= threshold)  # a host sync
+    else:
+        gate.dense = bool((max(t) if isinstance(t, Sequence) else t) >= threshold)  # a number or a list
+    for processor in gate.reusers:
+        processor._before_call(gate.dense)
 
 
 def _take_originals(spec: _ModelSpec, modules: dict[str, nn.Module], old: dict | None) -> dict:
@@ -818,9 +853,10 @@ def enable_hash_attention(transformer, **config):
     * ``dense_timestep`` (float or None, default None): while the transformer is called with a
       ``timestep`` >= it (the max over the batch; diffusers' timesteps fall from 1000, pure noise,
       toward 0), every self-attention runs dense. A forward pre-hook on the transformer reads
-      the call's timestep (one host sync per call) and sets a Python bool the processors read, so
-      ``compile_repeated_blocks`` recompiles once for the dense steps; compiling the whole forward
-      with ``fullgraph=True`` would trace the hook's ``.item()`` and fails — compile the blocks.
+      the call's timestep (one host sync per call, eager: ``torch.compile`` of the whole forward
+      breaks there once, at the top, and runs the rest as one graph) and sets a Python bool the
+      processors read, so compiled code recompiles once for the dense steps; ``fullgraph=True``
+      on the whole forward refuses that break — compile the repeated blocks for it.
       :func:`dense_timestep_for` gives the threshold for "the first k steps";
     * ``reuse_mass`` (bool, default False; needs ``dense_timestep``) and ``mass_query_stride``
       (default 4): the sparse steps select from the last dense step's exact block mass (measured on
