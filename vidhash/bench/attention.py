@@ -12,7 +12,8 @@ and Wan 1.3B's self-attention at 81 frames 480p (latent 21×60×104, patch (1,2,
   built from the vidhash indices (build time, with the backward's transposed lists) and the
   compiled kernel (kernel time) — errors are reported;
 * vidhash: selection alone (and its parts), attention alone, selection+attention forward,
-  forward+backward — selection by ``--scorer``: ``pooled`` (default, as the library's
+  forward+backward (the selection and selection+attention forward also replayed as one CUDA
+  graph: at small shapes an eager row times the host's launches, not the kernels) — selection by ``--scorer``: ``pooled`` (default, as the library's
   ``select_blocks`` / ``hash_attention`` on CUDA: int8 block codes and the level kernel) or
   ``simhash`` (the SimHash signature and selection kernels, fused with the attention);
 * for each key-block size in ``--block-sizes`` at one density (default 1/32).
@@ -232,6 +233,9 @@ def _pooled_selection_rows(add, q, k, sel, kw: dict, args) -> None:
     rep, bk, n = args.rep_ms, kw["block_size"], q.shape[-2]
     ms, err = _try(lambda: _bench(lambda: _select(q, k, kw, args), rep))
     add("vidhash", "selection", ms, err)
+    if q.is_cuda:  # eager rows of small shapes time the host's launches; a graph times the kernels
+        ms, err = _try(lambda: graph_ms(lambda: _select(q, k, kw, args), rep))
+        add("vidhash", "selection (CUDA graph)", ms, err)
     code_kw = dict(block_size=bk, query_block_size=args.query_block, scale=None)
     ms, err = _try(lambda: _bench(lambda: float_codes(q, k, **code_kw), rep))
     add("vidhash", "  block means q+k", ms, err)
@@ -297,6 +301,9 @@ def _attention_rows(add, q, k, v, sel, kw: dict, args) -> tuple[float | None, di
     add("vidhash", "attention", attn_ms, err)
     ms, err = _try(lambda: _bench(lambda: hash_attention(q, k, v, **kw), rep))
     fwd_row = add("vidhash", "select+attn fwd", ms, err)
+    if q.is_cuda:  # as a compiled reduce-overhead model runs it: no host launch time
+        ms, err = _try(lambda: graph_ms(lambda: hash_attention(q, k, v, **kw), rep))
+        add("vidhash", "select+attn fwd (CUDA graph)", ms, err)
     if not args.no_backward:
         qg, kg, vg = (x.detach().requires_grad_(True) for x in (q, k, v))
         do = torch.randn_like(q)
