@@ -71,9 +71,10 @@ def test_sparse_steps_attend_to_the_last_dense_steps_mass(stride, monkeypatch):
 
 @pytest.mark.parametrize("refresh", [1, 2])
 def test_mass_refresh_measures_every_n_sparse_calls_from_their_own_queries(refresh, monkeypatch):
-    """mass_refresh=N: the first sparse call selects from the dense call's mass, and every N-th
-    after it from its own q, k's mass (every mass_query_stride-th query); the calls between keep
-    the last selection."""
+    """mass_refresh=N: the first sparse call selects from the dense call's mass; every N-th sparse
+    call keeps its own q, k (every mass_query_stride-th query), and the calls after it select from
+    their mass (measured in the pre-hook before the next call); the calls between keep the last
+    selection."""
     model, inputs = tiny_wan()
     vidhash.enable_hash_attention(model, **SPARSE, dense_timestep=500, reuse_mass=True, mass_query_stride=2,
                                   mass_refresh=refresh)
@@ -84,7 +85,7 @@ def test_mass_refresh_measures_every_n_sparse_calls_from_their_own_queries(refre
         run(model, _at(inputs, t))
         measured_from.append(seen)
     _stop_recording(model)
-    sources = {1: [0, 2, 3], 2: [0, 0, 3]}[refresh]  # which call (800 dense, 300, 200, 100) gave each sparse call its mass
+    sources = {1: [0, 1, 2], 2: [0, 0, 2]}[refresh]  # which call (800 dense, 300, 200, 100) gave each sparse call its mass
     assert len(spy.selections) == 6
     for call, source in enumerate(sources):
         for layer, (name, (q, k)) in enumerate(measured_from[source].items()):
@@ -224,15 +225,15 @@ def test_hash_attention_attends_to_a_given_selection():
 
 
 @needs_compile
-@pytest.mark.parametrize("reuse", [False, True])
-def test_compiled_model_runs_each_step_as_one_graph(reuse):
+@pytest.mark.parametrize("reuse, refresh", [(False, 0), (True, 0), (True, 2)])
+def test_compiled_model_runs_each_step_as_one_graph(reuse, refresh):
     """Under torch.compile(model) every call is one graph, dense or sparse, with or without
-    reuse_mass: the dense_timestep gate and reuse_mass's mass pass run in the pre-hook, an eager
-    island before the graph. (Before 2026-12-05 a torch.compiler.disable inside the attention made
+    reuse_mass (and mass_refresh): the dense_timestep gate and reuse_mass's mass pass run in the
+    pre-hook, an eager island before the graph; a call that keeps its q, k is a second variant. (Before 2026-12-05 a torch.compiler.disable inside the attention made
     dynamo give up on the transformer's forward: 16-18 graphs a step — +2 ms a sparse step measured
     on wan-mini in CUDA graphs.) The compiled clip equals the eager one."""
     model, inputs = tiny_wan()
-    vidhash.enable_hash_attention(model, **SPARSE, dense_timestep=500, reuse_mass=reuse)
+    vidhash.enable_hash_attention(model, **SPARSE, dense_timestep=500, reuse_mass=reuse, mass_refresh=refresh)
     steps = (900, 700, 300, 200, 100)
     want = [run(model, _at(inputs, t)) for t in steps]
     calls = [0]

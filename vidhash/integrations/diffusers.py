@@ -157,10 +157,10 @@ class DropInConfig:
     keys and ``1/mass_query_stride`` of the queries of one step, kept until the next call.
     Under ``torch.compile`` every call stays one graph (the copies are traced, the mass pass is
     outside), and ``compile_repeated_blocks(fullgraph=True)`` takes it.
-    ``mass_refresh`` N > 0: every N sparse calls the mass is measured again, from that sparse call's
-    own strided queries and keys (no dense step: a mass pass over ``1/mass_query_stride`` of the
-    queries), for steps far from the dense ones — inside the attention call, so under
-    ``torch.compile`` a graph break at every sparse call (it counts them).
+    ``mass_refresh`` N > 0: every N-th sparse call keeps its own strided queries and keys, and the
+    calls after it select from their mass (measured in the pre-hook before the next call: a pass over
+    ``1/mass_query_stride`` of the queries, no dense step), for steps far from the dense ones;
+    under ``torch.compile`` the keeping call is a second variant of the graph, no break.
     """
 
     density: float = 0.125
@@ -234,6 +234,7 @@ class _HashAttnProcessor:
         self._mass_qk = None  # reuse_mass: (strided q, k) of the last dense step, until the first sparse call
         self._reused = None  # reuse_mass: the selection made from that mass
         self._since = 0  # reuse_mass: sparse calls since the mass was measured (mass_refresh)
+        self._keep = False  # mass_refresh: this sparse call keeps its copies for the next call's mass
         if gate is not None and config.reuse_mass and not self.dense:
             gate.reusers.append(self)
 
@@ -275,21 +276,26 @@ class _HashAttnProcessor:
         return self.dense or (self.gate is not None and self.gate.dense)
 
     def _remember(self, q: torch.Tensor, k: torch.Tensor) -> None:
-        """``reuse_mass`` at a dense call: keep every ``mass_query_stride``-th query and the keys
-        (``(b, h, n, d)``, copies) and the query count. Traceable (no graph break): under
-        ``torch.compile`` the copies are graph outputs, read by the pre-hook of the next call
-        (:meth:`_before_call`) before any graph runs again."""
+        """``reuse_mass`` at a dense call (and with ``mass_refresh`` at every N-th sparse call): keep
+        every ``mass_query_stride``-th query and the keys (``(b, h, n, d)``, copies) and the query
+        count. Traceable (no graph break): under ``torch.compile`` the copies are graph outputs, read
+        by the pre-hook of the next call (:meth:`_before_call`) before any graph runs again."""
         stride = self.config.mass_query_stride
         self._mass_qk = (q[:, :, ::stride].detach().clone(), k.detach().clone(), q.shape[-2])
 
     def _before_call(self, dense: bool) -> None:
         """``reuse_mass``, from the ``dense_timestep`` pre-hook (eager, outside any compiled graph):
-        a dense call drops the kept copies and the selection (its own copies replace them); the
-        first sparse call after a dense one measures the kept mass and selects from it."""
+        a dense call drops the kept copies and the selection (its own copies replace them); a sparse
+        call after one that kept copies selects from their mass, and with ``mass_refresh`` N every
+        N-th sparse call since keeps its own copies (``_keep``) for the call after it."""
         if dense:
-            self._mass_qk, self._reused, self._since = None, None, 0
-        elif self._mass_qk is not None:
+            self._mass_qk, self._reused, self._since, self._keep = None, None, 0, False
+            return
+        if self._mass_qk is not None:
             self._take_mass()
+        self._since += 1
+        refresh = self.config.mass_refresh
+        self._keep = bool(refresh) and self._reused is not None and self._since >= refresh
 
     def _take_mass(self) -> None:
         """The selection the kept (strided q, k) make: their exact block mass (the Triton kernel on
@@ -318,17 +324,11 @@ class _HashAttnProcessor:
                                         sink_blocks=kw["sink_blocks"])
 
     @torch.compiler.disable
-    def _measure_reuse(self, q: torch.Tensor, k: torch.Tensor) -> None:
-        """``reuse_mass`` at a sparse call with work the pre-hook did not do (a graph break under
-        ``torch.compile``): ``mass_refresh`` — every N sparse calls the mass of this call's own
-        strided queries and keys — and its count; a kept mass no pre-hook measured (the processor
-        called without its transformer's forward)."""
-        refresh = self.config.mass_refresh
-        if self._mass_qk is None and self._reused is not None and refresh and self._since >= refresh:
-            self._mass_qk = (q[:, :, ::self.config.mass_query_stride], k, q.shape[-2])
-        if self._mass_qk is not None:
-            self._take_mass()
-        self._since += 1
+    def _measure_reuse(self) -> None:
+        """A kept mass no pre-hook measured (the processor called without its transformer's
+        forward, so without the ``dense_timestep`` hook): measured here, at the sparse call — a graph
+        break under ``torch.compile``."""
+        self._take_mass()
 
     def _reused_fitting(self, q: torch.Tensor, k: torch.Tensor):
         """The reused selection if it fits this call (sizes, device), else None — no dense step seen
@@ -344,9 +344,12 @@ class _HashAttnProcessor:
         FlexAttention's kernel); with ``reuse_mass``, on the selection of the last dense step's mass."""
         reused = None
         if self.config.reuse_mass:
-            if self._mass_qk is not None or self.config.mass_refresh:  # not in the steady state: see _measure_reuse
-                self._measure_reuse(q, k)
+            if self._mass_qk is not None:  # only without the pre-hook: see _measure_reuse
+                self._measure_reuse()
             reused = self._reused_fitting(q, k)
+            if self._keep:  # mass_refresh: this call's strided q, k select for the calls after it
+                self._remember(q, k)
+                self._keep = False
         if self.config.backend != "flex":
             return hash_attention(q, k, v, hasher=self.hasher, scorer=self.scorer, return_lse=return_lse,
                                   selection=reused, **self._kwargs)
@@ -861,7 +864,7 @@ def enable_hash_attention(transformer, **config):
     * ``reuse_mass`` (bool, default False; needs ``dense_timestep``) and ``mass_query_stride``
       (default 4): the sparse steps select from the last dense step's exact block mass (measured on
       every ``mass_query_stride``-th query) instead of the scorer; ``mass_refresh`` N re-measures it
-      from every N-th sparse call's own queries — see :class:`DropInConfig`.
+      from every N-th sparse call's own queries, for the calls after it — see :class:`DropInConfig`.
     """
     spec = _model_spec(transformer)
     if getattr(transformer, "_parallel_config", None) is not None:
