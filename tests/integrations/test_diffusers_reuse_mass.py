@@ -277,3 +277,52 @@ def test_reuse_mass_compiles_with_repeated_blocks_fullgraph():
                 assert torch.allclose(run(model, _at(inputs, t)), ref, atol=1e-5), (clip, t)
     finally:
         torch._dynamo.reset()
+
+
+def test_mass_pass_runs_without_the_callers_autocast(monkeypatch):
+    """The mass pass runs in the pre-hook, under whatever autocast the caller holds: it turns it off
+    (as the attention call does), so the mass is float32 sums of float32 products."""
+    seen = []
+    real = block_mass
+
+    def spy(*args, **kwargs):
+        seen.append(torch.is_autocast_enabled("cpu"))
+        mass, counts = real(*args, **kwargs)
+        seen.append(mass.dtype)
+        return mass, counts
+
+    import vidhash.selection.oracle as oracle
+
+    monkeypatch.setattr(oracle, "block_mass", spy)
+    model, inputs = tiny_wan()
+    vidhash.enable_hash_attention(model, **SPARSE, dense_timestep=500, reuse_mass=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        run(model, _at(inputs, 800))
+        run(model, _at(inputs, 300))
+    assert seen == [False, torch.float32] * 2  # two layers, one mass pass each
+
+
+def test_a_layer_the_last_dense_call_skips_keeps_its_copies():
+    """Skip-layer guidance calls the transformer a third time per step with some blocks skipped: the
+    layers that call skips keep the copies of the call before, so every layer still reuses a mass."""
+    from diffusers.hooks import HookRegistry, LayerSkipConfig, apply_layer_skip
+
+    model, inputs = tiny_wan()
+    vidhash.enable_hash_attention(model, **SPARSE, dense_timestep=500, reuse_mass=True)
+
+    def skipping(x):
+        apply_layer_skip(model, LayerSkipConfig(indices=[1], fqn="blocks", skip_attention=True, skip_ff=True))
+        try:
+            return run(model, x)
+        finally:
+            HookRegistry.check_if_exists_or_initialize(model.blocks[1]).remove_hook("layer_skip_hook")
+
+    for t in (900, 700, 300, 200):
+        x = _at(inputs, t)
+        run(model, x)
+        run(model, x)
+        skipping(x)
+        if t < 500:
+            held = {name: p._reused is not None for name, p in model.attn_processors.items()
+                    if isinstance(p, D._HashAttnProcessor)}
+            assert held and all(held.values()), (t, held)

@@ -285,11 +285,11 @@ class _HashAttnProcessor:
 
     def _before_call(self, dense: bool) -> None:
         """``reuse_mass``, from the ``dense_timestep`` pre-hook (eager, outside any compiled graph):
-        a dense call drops the kept copies and the selection (its own copies replace them); a sparse
+        a dense call drops the selection (its own copies replace the kept ones as it runs); a sparse
         call after one that kept copies selects from their mass, and with ``mass_refresh`` N every
         N-th sparse call since keeps its own copies (``_keep``) for the call after it."""
-        if dense:
-            self._mass_qk, self._reused, self._since, self._keep = None, None, 0, False
+        if dense:  # the kept copies stay until this call's replace them: a layer this call skips keeps its own
+            self._reused, self._since, self._keep = None, 0, False
             return
         if self._mass_qk is not None:
             self._take_mass()
@@ -313,12 +313,13 @@ class _HashAttnProcessor:
         stride = self.config.mass_query_stride
         if qs.shape[-2] != -(-nq // stride) or qs.shape[:2] != ks.shape[:2]:
             return  # not copies of one call's q and k: the scorer selects
-        if qs.is_cuda and mass_kernel_covers(qs, block_size=bk, query_block_size=bq // stride):
-            # the Triton kernel: 19-25x the chunked torch pass at wan-mini's shape (H200, 2026-12-05)
-            mass, _ = block_mass_triton(qs, ks, block_size=bk, query_block_size=bq // stride)
-        else:
-            mass, _ = block_mass(qs, ks, block_size=bk, query_block_size=bq // stride,
-                                 chunk_elems=_MASS_CHUNK_CUDA if qs.is_cuda else None)
+        with torch.autocast(qs.device.type, enabled=False):  # the pre-hook runs under the caller's autocast
+            if qs.is_cuda and mass_kernel_covers(qs, block_size=bk, query_block_size=bq // stride):
+                # the Triton kernel: 19-25x the chunked torch pass at wan-mini's shape (H200, 2026-12-05)
+                mass, _ = block_mass_triton(qs, ks, block_size=bk, query_block_size=bq // stride)
+            else:
+                mass, _ = block_mass(qs, ks, block_size=bk, query_block_size=bq // stride,
+                                     chunk_elems=_MASS_CHUNK_CUDA if qs.is_cuda else None)
         self._reused = select_from_mass(mass, nq, ks.shape[-2], density=kw["density"], block_size=bk,
                                         query_block_size=bq, local_blocks=kw["local_blocks"],
                                         sink_blocks=kw["sink_blocks"])
