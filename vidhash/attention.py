@@ -204,7 +204,7 @@ def check_remainder(remainder) -> str:
 # --------------------------------------------------------------------------------------------
 # block selection: which scorer ranks the key blocks, on the references or the kernels
 # --------------------------------------------------------------------------------------------
-SCORERS = ("simhash", "pooled", "moments", "prefilter", "rescore")
+SCORERS = ("simhash", "pooled", "parent", "moments", "prefilter", "rescore")
 """``scorer=`` names of :func:`select_blocks` / :func:`hash_attention` (or pass a
 :class:`~vidhash.selection.learned.LearnedBlockScorer`):
 
@@ -250,8 +250,8 @@ def _code_scorer(scorer):
     learned module), or ``False`` when the scorer does not run on block codes."""
     if scorer == "pooled":
         return None
-    if scorer == "moments":
-        return "moments"
+    if scorer in ("moments", "parent"):
+        return scorer
     if isinstance(scorer, nn.Module) and getattr(scorer, "code_kind", None) == "real" \
             and getattr(scorer, "features", None) in ("linear", "diag"):
         return scorer
@@ -328,10 +328,10 @@ def select_blocks(
         fn = triton_ops().select_blocks_triton if which == "triton" else select_blocks_simhash
         return fn(q, k, hasher=hasher, **kw)
     codes = _code_scorer(scorer)
-    if codes is None and backend == "auto" and which != "triton":  # pooled off CUDA: float scores, exact top-k
+    if scorer in ("pooled", "parent") and backend == "auto" and which != "triton":  # off CUDA: float scores, exact top-k
         from vidhash.selection.scorers import select_blocks_scored
 
-        return select_blocks_scored(q, k, scorer="pooled", scale=scale, **kw)
+        return select_blocks_scored(q, k, scorer=scorer, scale=scale, **kw)
     if codes is not False:
         grid = dict(m=getattr(codes, "m", 1), sub=getattr(codes, "sub", None))
         if which == "triton":

@@ -54,6 +54,23 @@ def block_means(x: torch.Tensor, block_size: int, dtype: torch.dtype = torch.flo
     return torch.cat(parts, dim=2) if len(parts) > 1 else parts[0]
 
 
+PARENT_TOKENS = 64  # ``parent``: the key means of blocks under 64 tokens lean on their 64-token parent's
+PARENT_WEIGHT = 0.9  # its share of each key code (CPU study 2026-12-05, scripts/study_coarse_scores.py)
+
+
+def parent_key_means(k: torch.Tensor, block_size: int, parent_tokens: int = PARENT_TOKENS,
+                     weight: float = PARENT_WEIGHT) -> torch.Tensor:
+    """The ``parent`` scorer's key codes before scaling, float32 ``(b, h, nkb, d)``: each key block's
+    mean blended with the mean of the ``parent_tokens``-token block holding it,
+    ``weight · parent + (1 − weight) · own`` (a ragged last parent: the mean of its real tokens).
+    Blocks of ``parent_tokens`` or more (or not dividing it) keep their own mean: the ``pooled`` codes."""
+    own = block_means(k, block_size)
+    if block_size >= parent_tokens or parent_tokens % block_size:
+        return own
+    parent = block_means(k, parent_tokens).repeat_interleave(parent_tokens // block_size, dim=2)[:, :, : own.shape[2]]
+    return weight * parent + (1.0 - weight) * own
+
+
 def check_grid(block_size: int, query_block_size: int, m: int, sub: int) -> tuple[int, int]:
     """``(m, p)``: sub-centroids per query block and key sub-blocks per key block."""
     if not isinstance(m, int) or m < 1 or query_block_size % m:
@@ -229,12 +246,12 @@ def float_codes(q: torch.Tensor, k: torch.Tensor, *, block_size: int, query_bloc
     1 for learned and moments codes). :func:`selection_codes` finishes them in torch, the Triton
     path (``ops.quantize_codes_triton``) in two launches — the same int8 codes."""
     project = None
-    if scorer == "moments":
+    if scorer in ("moments", "parent"):
         if m != 1 or sub not in (None, block_size):
-            raise ValueError("scorer='moments' takes m=1 and no sub-blocks")
+            raise ValueError(f"scorer={scorer!r} takes m=1 and no sub-blocks")
     elif scorer is not None:
         if getattr(scorer, "code_kind", None) != "real" or getattr(scorer, "features", None) not in ("linear", "diag"):
-            raise ValueError("scorer must be None (pooled), 'moments' or a LearnedBlockScorer with codes='real', "
+            raise ValueError("scorer must be None (pooled), 'moments', 'parent' or a LearnedBlockScorer with codes='real', "
                              "features 'linear' or 'diag'")
         project = scorer.map_means
     sc = resolve_scale(scale, q.shape[-1])
@@ -244,6 +261,8 @@ def float_codes(q: torch.Tensor, k: torch.Tensor, *, block_size: int, query_bloc
     if scorer == "moments":
         cq, ck = moment_codes(q, k, block_size, query_block_size, sc)
         return cq, ck, 1.0, rows_q, rows_k
+    if scorer == "parent":
+        return block_means(q, query_block_size), parent_key_means(k, block_size), math.sqrt(sc), rows_q, rows_k
     cq, ck, factor = _subgrid_means(q, k, block_size, query_block_size, sc, m, sub, project)
     return cq, ck, factor, rows_q, rows_k
 
@@ -274,8 +293,8 @@ def select_blocks_codes_reference(
     resolution: float = RESOLUTION,
 ) -> BlockSelection:
     """:func:`vidhash.kernels.block_score.ops.select_blocks_codes` in torch (no triton): the same
-    codes (``scorer`` None = pooled, ``"moments"`` or a learned scorer with real linear/diag codes),
-    the same ``kept``, :func:`block_score_reference`'s indices (equal to the kernel's)."""
+    codes (``scorer`` None = pooled, ``"moments"``, ``"parent"`` or a learned scorer with real
+    linear/diag codes), the same ``kept``, :func:`block_score_reference`'s indices (equal to the kernel's)."""
     check_qkv(q, k)
     density, bk, bq = check_selection_args(density, block_size, query_block_size, local_blocks, sink_blocks)
     nq, nk = q.shape[-2], k.shape[-2]

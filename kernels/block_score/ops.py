@@ -214,7 +214,8 @@ def select_blocks_codes(
     """Block selection by exact block-code scores, the top-k fused in the kernel
     (``backend="triton"``, the default on CUDA) or in torch (``"reference"``, identical indices).
 
-    Codes: ``pooled`` (default, ``m=1``), ``scorer="moments"`` (means and variances, 3d wide:
+    Codes: ``pooled`` (default, ``m=1``), ``scorer="parent"`` (key means blended with their 64-token
+    parents': ``vidhash.selection``'s ``parent`` up to int8), ``scorer="moments"`` (means and variances, 3d wide:
     ``vidhash.selection``'s ``moments`` exactly up to int8), ``m`` query sub-centroids × key sub-blocks of ``sub``
     tokens (``subgrid``'s ``reduce="max"`` form, see ``kernel.py``), or a
     :class:`~vidhash.selection.learned.LearnedBlockScorer` (``features="linear"`` or ``"diag"``, real codes) whose

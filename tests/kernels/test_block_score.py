@@ -67,6 +67,38 @@ def test_moments_codes_are_the_moments_scores():
     assert qi.shape[-1] == 64
 
 
+@pytest.mark.parametrize("bk,nk,causal", [pytest.param(16, 77, False, id="B1-H2-N77-bk16-ragged-parent"),
+                                           pytest.param(8, 150, True, id="B1-H2-Nq90-Nk150-bk8-causal")])
+def test_parent_codes_match_reference(bk, nk, causal):
+    g = torch.Generator().manual_seed(5)
+    nq = 77 if not causal else 90
+    q, k = (torch.randn(1, 2, nq, 40, generator=g) * 2).to(DEV), torch.randn(1, 2, nk, 40, generator=g).to(DEV)
+    kw = dict(density=0.3, block_size=bk, query_block_size=32, causal=causal, scorer="parent")
+    out = select_blocks_codes(q, k, backend="triton", **kw)
+    assert torch.equal(out.indices, select_blocks_codes(q, k, backend="reference", **kw).indices)
+
+
+def test_parent_codes_are_the_parent_scores():
+    """The codes' dot products are ``parent``'s float scores: q̄ · (0.9 k̄_parent + 0.1 k̄), with a
+    ragged last parent averaged over its real tokens; at blocks of 64 the codes are pooled's."""
+    from vidhash.kernels.block_score.naive import block_means, float_codes
+    from vidhash.selection import score_blocks
+
+    g = torch.Generator().manual_seed(0)
+    q, k = torch.randn(1, 2, 300, 16, generator=g), torch.randn(1, 2, 290, 16, generator=g)  # 290: a ragged parent
+    cq, ck, factor, _, _ = float_codes(q, k, block_size=16, query_block_size=64, scale=0.25, scorer="parent")
+    own = block_means(k, 16)
+    parent = torch.stack([k[:, :, 64 * (j // 4): min(64 * (j // 4) + 64, 290)].mean(-2) for j in range(own.shape[2])], 2)
+    torch.testing.assert_close(ck, 0.9 * parent + 0.1 * own, rtol=1e-6, atol=1e-6)
+    want = score_blocks(q, k, "parent", block_size=16, query_block_size=64, scale=0.25)
+    torch.testing.assert_close(factor**2 * cq @ ck.transpose(-1, -2), want, rtol=1e-5, atol=1e-5)
+    for scorer in ("parent", None):  # blocks of 64: no parent to lean on
+        c64 = float_codes(q, k, block_size=64, query_block_size=64, scale=0.25, scorer=scorer)[1]
+        torch.testing.assert_close(c64, block_means(k, 64))
+    with pytest.raises(ValueError, match="parent"):
+        float_codes(q, k, block_size=16, query_block_size=64, scale=0.25, scorer="parent", m=2)
+
+
 @pytest.mark.parametrize("m,sub", [pytest.param(1, None, id="pooled"), pytest.param(2, 4, id="m2-sub4")])
 def test_ties_go_to_the_lower_block(m, sub):
     """Repeated key blocks and a coarse resolution: many equal levels, the kernel and the reference
@@ -190,7 +222,7 @@ def test_errors_name_the_argument():
         select_blocks_codes(torch.randn(1, 1, 8, 4), torch.randn(1, 1, 8, 4), backend="cuda")
 
 
-@pytest.mark.parametrize("scorer", ["pooled", "moments", "learned"])
+@pytest.mark.parametrize("scorer", ["pooled", "parent", "moments", "learned"])
 def test_select_blocks_scorer_on_the_kernel(scorer):
     """``vidhash.attention.select_blocks(scorer=..., backend="triton")`` runs the block-score kernel
     and gives the reference's indices; ``hash_attention`` then attends on the kernels."""

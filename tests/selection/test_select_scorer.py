@@ -53,6 +53,9 @@ def _brute_codes(q, k, bk, bq, s, scorer):
                 torch.cat([mk * math.sqrt(s), vk * half, mk.square() * half], -1))
     cq = torch.stack([blk.mean(-2) for blk in _blocks(q, bq)], 2)
     ck = torch.stack([blk.mean(-2) for blk in _blocks(k, bk)], 2)
+    if scorer == "parent" and bk < 64:  # each key block's mean: 0.9 × its 64-token parent's + 0.1 × its own
+        parents = [blk.mean(-2) for blk in _blocks(k, 64)]
+        ck = torch.stack([0.9 * parents[j * bk // 64] + 0.1 * ck[:, :, j] for j in range(ck.shape[2])], 2)
     if isinstance(scorer, LearnedBlockScorer):
         wq, wk = scorer.weight("query").detach(), scorer.weight("key").detach()
         return torch.einsum("bhjd,hdr->bhjr", cq, wq), torch.einsum("bhjd,hdr->bhjr", ck, wk)
@@ -140,7 +143,7 @@ def test_default_scorer_rule():
 # --------------------------------------------------------------------------------------------
 # code scorers: pooled, moments, learned linear / diag
 # --------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("name", ["pooled", "moments", "learned-linear", "learned-diag"])
+@pytest.mark.parametrize("name", ["pooled", "parent", "moments", "learned-linear", "learned-diag"])
 @pytest.mark.parametrize("b,h,nq,nk,d,bk,bq,causal,density", SHAPES)
 def test_code_scorers_keep_the_best_blocks(name, b, h, nq, nk, d, bk, bq, causal, density):
     q, k = _qk(b, h, nq, nk, d, nq + nk)
@@ -310,3 +313,21 @@ def test_score_blocks_needs_kept_for_candidate_scorers():
             score_blocks(q, k, scorer, block_size=8)
         scores = score_blocks(q, k, scorer, block_size=8, kept=2)
         assert int((scores > -1e29).sum(-1).min()) == min(8, 4 * 2)  # factor 4 × kept candidates scored
+
+
+@pytest.mark.parametrize("backend", ["auto", "reference"])
+def test_parent_is_pooled_at_blocks_of_64_and_ranks_by_parents_below(backend):
+    """``parent`` at key blocks of 64 selects as ``pooled``; at 16 its float path (auto on a CPU) and
+    its int8 codes (reference) keep the blocks of the brute-force parent scores, and key blocks of
+    one strong 64-token parent outrank a lone strong 16-token block elsewhere."""
+    q, k = _qk(1, 2, 256, 256, 16, 3)
+    kw = dict(density=0.25, block_size=64, query_block_size=64, scale=0.3, backend=backend)
+    assert torch.equal(select_blocks(q, k, scorer="parent", **kw).indices, select_blocks(q, k, scorer="pooled", **kw).indices)
+    u = torch.nn.functional.normalize(torch.ones(16), dim=0)
+    k = torch.zeros(1, 1, 256, 16)
+    k[:, :, 128:192] = 2.0 * u  # one whole 64-token parent (blocks 8-11) at 2
+    k[:, :, 64:80] = 3.0 * u  # block 4 alone at 3: its parent (blocks 4-7) averages 0.75
+    q = u.expand(1, 1, 64, 16).contiguous()
+    kw = dict(density=4 / 16, block_size=16, query_block_size=64, local_blocks=0, sink_blocks=0, scale=1.0, backend=backend)
+    assert select_blocks(q, k, scorer="pooled", **kw).indices[0, 0, 0].tolist() == [4, 8, 9, 10]
+    assert select_blocks(q, k, scorer="parent", **kw).indices[0, 0, 0].tolist() == [8, 9, 10, 11]

@@ -21,6 +21,10 @@ Scorers (``s`` the softmax scale, ``x̄`` a block's mean over its tokens):
   all key sub-blocks, then the best cell of a block pair (``reduce="max"``, the kernel's form) or
   the log of the summed softmax probabilities (``"lse"``, an estimate of the block mass);
   ``m=1, sub=block_size`` ranks as ``pooled``;
+* ``parent`` — ``pooled`` with each key block's mean blended with its 64-token parent's,
+  ``0.9 · parent + 0.1 · own`` (:func:`vidhash.kernels.block_score.naive.parent_key_means`); for key
+  blocks under 64 tokens, whose own means rank worse than their parents' (``scripts/study_coarse_scores.py``);
+  blocks of 64 or more: ``pooled`` itself;
 * ``prefilter`` — SimHash picks ``factor × kept`` candidates, ``pooled`` ranks them;
 * ``rescore`` — ``pooled`` picks ``factor × kept`` candidates (default 4), then every ``stride``-th
   query of each query block (default 8, or the largest divisor of the query block below it)
@@ -38,7 +42,7 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 
-from vidhash.kernels.block_score.naive import block_means
+from vidhash.kernels.block_score.naive import block_means, parent_key_means
 from vidhash.kernels.block_select.naive import forced_and_allowed, num_kept_blocks
 from vidhash.kernels.signature.naive import block_signatures
 from vidhash.ops.checks import BlockSelection, check_block, check_qkv, check_selection_args, resolve_scale
@@ -46,7 +50,7 @@ from vidhash.hashing import default_hasher, hamming_similarity
 
 from .oracle import block_mass
 
-SCORERS = ("simhash", "pooled", "moments", "subgrid", "prefilter", "rescore", "oracle")
+SCORERS = ("simhash", "pooled", "parent", "moments", "subgrid", "prefilter", "rescore", "oracle")
 _CHUNK_ELEMS = 1 << 23
 _NOT_CANDIDATE = -1e30  # below any real score, above "not allowed"
 
@@ -129,6 +133,12 @@ def _score_simhash(ctx: _Ctx, blocks):
 def _score_pooled(ctx: _Ctx, blocks):
     qm = ctx.get("q_mean", lambda: block_moments(ctx.q, ctx.bq))
     km = ctx.get("k_mean", lambda: block_moments(ctx.k, ctx.bk))
+    return torch.matmul(qm[:, :, blocks], km.transpose(-1, -2)) * ctx.scale
+
+
+def _score_parent(ctx: _Ctx, blocks):
+    qm = ctx.get("q_mean", lambda: block_moments(ctx.q, ctx.bq))
+    km = ctx.get("k_parent", lambda: parent_key_means(ctx.k, ctx.bk))
     return torch.matmul(qm[:, :, blocks], km.transpose(-1, -2)) * ctx.scale
 
 
@@ -256,7 +266,8 @@ def _score_oracle(ctx: _Ctx, blocks):
 
 
 _SCORE_FNS: dict[str, Callable] = {
-    "simhash": _score_simhash, "pooled": _score_pooled, "moments": _score_moments, "subgrid": _score_subgrid,
+    "simhash": _score_simhash, "pooled": _score_pooled, "parent": _score_parent, "moments": _score_moments,
+    "subgrid": _score_subgrid,
     "prefilter": _score_prefilter, "rescore": _score_rescore, "oracle": _score_oracle,
 }
 
