@@ -213,6 +213,9 @@ SCORERS = ("simhash", "pooled", "parent", "moments", "prefilter", "rescore")
 * ``"pooled"`` — ``s · q̄ · k̄`` of the blocks' mean tokens, as int8 block codes (the block-score
   kernel, ``kernels/block_score``; its torch reference gives the same indices); the default
   otherwise (:func:`default_scorer`);
+* ``"parent"`` — ``pooled`` with each key block's mean blended with its 64-token parent's
+  (``0.9 · parent + 0.1 · own``) for key blocks that divide 64 (others: ``pooled`` itself); the same
+  codes and kernel; non-causal only (a parent may hold keys a causal query block cannot see);
 * ``"moments"`` — means and per-channel variances (second-order estimate of the block pair's
   ``log E exp(s q·k)``), the same codes and kernel;
 * ``"prefilter"`` — SimHash keeps 4 × kept candidates, exact pooled scores rank them (torch on
@@ -437,7 +440,7 @@ def hash_attention(
     if selection is not None:
         check_selection(selection, q, k)
     if selection is not None or rest != "none" or not (isinstance(scorer, str) and scorer == "simhash"):
-        pooled_off_cuda = backend == "auto" and _code_scorer(scorer) is None and not q.is_cuda
+        pooled_off_cuda = backend == "auto" and scorer in ("pooled", "parent") and not q.is_cuda
         pick = "auto" if pooled_off_cuda else which  # pooled off CUDA: select_blocks' float top-k
         sel = selection if selection is not None else select_blocks(
             q, k, scorer=scorer, scale=scale, hasher=hasher, backend=pick, density=density, block_size=block_size,

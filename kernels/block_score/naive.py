@@ -71,6 +71,14 @@ def parent_key_means(k: torch.Tensor, block_size: int, parent_tokens: int = PARE
     return weight * parent + (1.0 - weight) * own
 
 
+def check_parent(scorer, causal: bool) -> None:
+    """``parent`` is non-causal: a 64-token parent may hold keys after a causal query block's last
+    position, whose values would then steer which earlier blocks it keeps."""
+    if causal and isinstance(scorer, str) and scorer == "parent":
+        raise ValueError("scorer='parent' is non-causal (a key block's 64-token parent may hold keys a causal "
+                         "query block cannot see): use scorer='pooled' with causal=True")
+
+
 def check_grid(block_size: int, query_block_size: int, m: int, sub: int) -> tuple[int, int]:
     """``(m, p)``: sub-centroids per query block and key sub-blocks per key block."""
     if not isinstance(m, int) or m < 1 or query_block_size % m:
@@ -296,6 +304,7 @@ def select_blocks_codes_reference(
     codes (``scorer`` None = pooled, ``"moments"``, ``"parent"`` or a learned scorer with real
     linear/diag codes), the same ``kept``, :func:`block_score_reference`'s indices (equal to the kernel's)."""
     check_qkv(q, k)
+    check_parent(scorer, causal)
     density, bk, bq = check_selection_args(density, block_size, query_block_size, local_blocks, sink_blocks)
     nq, nk = q.shape[-2], k.shape[-2]
     qi, ki, shift = selection_codes(q, k, block_size=bk, query_block_size=bq, scale=scale, m=m, sub=sub,

@@ -15,7 +15,7 @@ import triton
 from vidhash.ops.checks import BlockSelection, check_qkv, check_selection_args
 
 from .kernel import block_score_kernel, code_ranges_kernel, quantize_codes_kernel
-from .naive import RESOLUTION, check_codes, check_grid, code_width, float_codes, select_blocks_codes_reference
+from .naive import RESOLUTION, check_codes, check_grid, check_parent, code_width, float_codes, select_blocks_codes_reference
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 BACKENDS = ("auto", "triton", "reference")
@@ -225,6 +225,7 @@ def select_blocks_codes(
     from vidhash.kernels.block_select.ops import num_kept_blocks
 
     check_qkv(q, k)
+    check_parent(scorer, causal)
     density, bk, bq = check_selection_args(density, block_size, query_block_size, local_blocks, sink_blocks)
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")

@@ -53,7 +53,7 @@ def _brute_codes(q, k, bk, bq, s, scorer):
                 torch.cat([mk * math.sqrt(s), vk * half, mk.square() * half], -1))
     cq = torch.stack([blk.mean(-2) for blk in _blocks(q, bq)], 2)
     ck = torch.stack([blk.mean(-2) for blk in _blocks(k, bk)], 2)
-    if scorer == "parent" and bk < 64:  # each key block's mean: 0.9 × its 64-token parent's + 0.1 × its own
+    if scorer == "parent" and bk < 64 and 64 % bk == 0:  # each key block's mean: 0.9 × its 64-token parent's + 0.1 × its own
         parents = [blk.mean(-2) for blk in _blocks(k, 64)]
         ck = torch.stack([0.9 * parents[j * bk // 64] + 0.1 * ck[:, :, j] for j in range(ck.shape[2])], 2)
     if isinstance(scorer, LearnedBlockScorer):
@@ -151,6 +151,10 @@ def test_code_scorers_keep_the_best_blocks(name, b, h, nq, nk, d, bk, bq, causal
     scorer = _learned(h, d, name.split("-")[1]) if name.startswith("learned") else name
     s = 0.4
     kw = dict(density=density, block_size=bk, query_block_size=bq, causal=causal, scale=s)
+    if scorer == "parent" and causal:
+        with pytest.raises(ValueError, match="non-causal"):
+            select_blocks(q, k, scorer=scorer, **kw)
+        return
     sel = select_blocks(q, k, scorer=scorer, **kw)
     cq, ck = _brute_codes(q, k, bk, bq, s, scorer)
     score = cq @ ck.transpose(-1, -2)
@@ -271,13 +275,14 @@ def test_learned_torch_scorer_matches_brute_force():
 def test_hash_attention_runs_the_chosen_selection(scorer):
     q, k = _qk(1, 2, 70, 70, 16, 4)
     v = torch.randn_like(k)
+    causal = scorer != "parent"  # parent is non-causal
     scorer = _learned(2, 16) if scorer == "learned" else scorer
-    kw = dict(density=0.3, block_size=8, query_block_size=16, causal=True)
+    kw = dict(density=0.3, block_size=8, query_block_size=16, causal=causal)
     out = hash_attention(q, k, v, scorer=scorer, backend="reference", **kw)
     want = block_sparse_attention(q, k, v, select_blocks(q, k, scorer=scorer, **kw))
     assert torch.equal(out, want)
-    dense = hash_attention(q, k, v, scorer=scorer, density=1.0, block_size=8, causal=True)
-    torch.testing.assert_close(dense, dense_attention(q, k, v, causal=True), rtol=1e-5, atol=1e-5)
+    dense = hash_attention(q, k, v, scorer=scorer, density=1.0, block_size=8, causal=causal)
+    torch.testing.assert_close(dense, dense_attention(q, k, v, causal=causal), rtol=1e-5, atol=1e-5)
 
 
 def test_scorer_arguments_are_checked():
@@ -331,3 +336,23 @@ def test_parent_is_pooled_at_blocks_of_64_and_ranks_by_parents_below(backend):
     kw = dict(density=4 / 16, block_size=16, query_block_size=64, local_blocks=0, sink_blocks=0, scale=1.0, backend=backend)
     assert select_blocks(q, k, scorer="pooled", **kw).indices[0, 0, 0].tolist() == [4, 8, 9, 10]
     assert select_blocks(q, k, scorer="parent", **kw).indices[0, 0, 0].tolist() == [8, 9, 10, 11]
+
+
+def test_parent_takes_one_path_and_refuses_causal():
+    """``hash_attention(scorer="parent")`` off CUDA selects as ``select_blocks`` does (the float top-k on
+    ``backend="auto"``, as pooled), and every entry point refuses ``causal=True``: a 64-token parent may
+    hold keys after a causal query block's last position."""
+    q, k = _qk(1, 2, 512, 512, 16, 9)
+    v = torch.randn_like(k)
+    kw = dict(density=0.25, block_size=16, query_block_size=64)
+    for scorer in ("pooled", "parent"):
+        sel = select_blocks(q, k, scorer=scorer, **kw)
+        torch.testing.assert_close(hash_attention(q, k, v, scorer=scorer, **kw), block_sparse_attention(q, k, v, sel),
+                                   rtol=0, atol=1e-6)
+    for backend in ("auto", "reference"):
+        with pytest.raises(ValueError, match="non-causal"):
+            select_blocks(q, k, scorer="parent", causal=True, backend=backend, **kw)
+        with pytest.raises(ValueError, match="non-causal"):
+            hash_attention(q, k, v, scorer="parent", causal=True, backend=backend, **kw)
+    with pytest.raises(ValueError, match="non-causal"):
+        select_blocks_scored(q, k, scorer="parent", causal=True, **kw)

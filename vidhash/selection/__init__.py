@@ -2,7 +2,7 @@
 
 * :mod:`vidhash.selection.oracle` — exact block masses, :func:`oracle_recall`, :func:`selection_mass`,
   :func:`attention_error`;
-* :mod:`vidhash.selection.scorers` — ``simhash``, ``pooled``, ``moments``, ``subgrid``,
+* :mod:`vidhash.selection.scorers` — ``simhash``, ``pooled``, ``parent``, ``moments``, ``subgrid``,
   ``prefilter``, ``oracle``; :func:`select_blocks_scored`; :func:`select_from_mass` (a block mass → a selection);
 * :mod:`vidhash.selection.learned` — :class:`LearnedBlockScorer` and its fit;
 * :mod:`vidhash.selection.memory_read` — a memory read's top-k against the exact top-k (not imported

@@ -23,8 +23,8 @@ Scorers (``s`` the softmax scale, ``x̄`` a block's mean over its tokens):
   ``m=1, sub=block_size`` ranks as ``pooled``;
 * ``parent`` — ``pooled`` with each key block's mean blended with its 64-token parent's,
   ``0.9 · parent + 0.1 · own`` (:func:`vidhash.kernels.block_score.naive.parent_key_means`); for key
-  blocks under 64 tokens, whose own means rank worse than their parents' (``scripts/study_coarse_scores.py``);
-  blocks of 64 or more: ``pooled`` itself;
+  blocks that divide 64 (16, 32…), whose own means rank worse than their parents'
+  (``scripts/study_coarse_scores.py``); other block sizes: ``pooled`` itself; non-causal only;
 * ``prefilter`` — SimHash picks ``factor × kept`` candidates, ``pooled`` ranks them;
 * ``rescore`` — ``pooled`` picks ``factor × kept`` candidates (default 4), then every ``stride``-th
   query of each query block (default 8, or the largest divisor of the query block below it)
@@ -42,7 +42,7 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 
-from vidhash.kernels.block_score.naive import block_means, parent_key_means
+from vidhash.kernels.block_score.naive import block_means, check_parent, parent_key_means
 from vidhash.kernels.block_select.naive import forced_and_allowed, num_kept_blocks
 from vidhash.kernels.signature.naive import block_signatures
 from vidhash.ops.checks import BlockSelection, check_block, check_qkv, check_selection_args, resolve_scale
@@ -137,6 +137,7 @@ def _score_pooled(ctx: _Ctx, blocks):
 
 
 def _score_parent(ctx: _Ctx, blocks):
+    check_parent("parent", ctx.causal)
     qm = ctx.get("q_mean", lambda: block_moments(ctx.q, ctx.bq))
     km = ctx.get("k_parent", lambda: parent_key_means(ctx.k, ctx.bk))
     return torch.matmul(qm[:, :, blocks], km.transpose(-1, -2)) * ctx.scale
