@@ -434,7 +434,6 @@ def test_reuse_mass_rows(tiny_model, tmp_path):
 
 
 @pytest.mark.parametrize("argv, match", [(["--reuse-mass", "1"], "--dense-steps above 0"),
-                                         (["--reuse-mass", "1", "--dense-steps", "1", "--compile"], "--compile-scope model"),
                                          (["--reuse-mass", "x"], "--reuse-mass")])
 def test_reuse_mass_flag_errors_name_the_flag(tiny_model, argv, match, capsys):
     assert main(["bench", "dropin", "--model", str(tiny_model), "--frames", "8", "--size", "32", "--steps", "3",
@@ -443,17 +442,18 @@ def test_reuse_mass_flag_errors_name_the_flag(tiny_model, argv, match, capsys):
 
 
 def test_reuse_mass_compiled_model_keeps_the_eager_frames(tiny_model, tmp_path):
-    """--reuse-mass under --compile-scope model (not fullgraph: the bookkeeping breaks the graph in
-    each self-attention): the same frames as eager."""
+    """--reuse-mass under --compile-scope model and blocks (both fullgraph since the mass pass moved
+    to the gate's pre-hook): the same frames as eager."""
     argv = ["bench", "dropin", "--model", str(tiny_model), "--densities", "1/4", "--block-sizes", "16", "--seeds", "0",
             "--frames", "8", "--size", "32", "--steps", "3", "--recall-step", "0", "--no-recall", "--no-coherence",
             "--no-flex", "--dense-steps", "1", "--reuse-mass", "0,2"]
     rows = {}
-    for name, extra in (("eager", []), ("model", ["--compile", "--compile-scope", "model", "--compile-backend", "eager"])):
+    for name, extra in (("eager", []), ("model", ["--compile", "--compile-scope", "model", "--compile-backend", "eager"]),
+                        ("blocks", ["--compile", "--compile-scope", "blocks", "--compile-backend", "eager"])):
         out = tmp_path / f"{name}.json"
         assert main([*argv, "--json", str(out), *extra]) == 0
         rows[name] = {r["setting"]: r["psnr"] for r in json.loads(out.read_text())["rows"]}
-    assert rows["model"] == rows["eager"] and "1/4 b16 ds1 reuse/2" in rows["eager"]
+    assert rows["model"] == rows["eager"] == rows["blocks"] and "1/4 b16 ds1 reuse/2" in rows["eager"]
     assert rows["eager"]["1/4 b16 ds1 reuse/2"] != rows["eager"]["1/4 b16 ds1"]
 
 

@@ -476,9 +476,8 @@ def compile_model(transformer: torch.nn.Module, mode: str | None = None, backend
     outside the graph). Under a CUDA-graph mode (:data:`GRAPH_MODES`) every call starts a new
     cudagraph step and returns copies of its outputs, so the replay that follows cannot overwrite
     what the pipeline still holds (the regional form, ``--compile-scope blocks``, fails there: each
-    block's replay overwrites the previous block's output). ``fullgraph=False`` where the drop-in's
-    ``reuse_mass`` runs: its bookkeeping (``torch.compiler.disable``: the dense step's q, k copied
-    out of the graph's memory, the mass and its selection) breaks the graph in each self-attention."""
+    block's replay overwrites the previous block's output). ``reuse_mass`` traces too (its copies are
+    graph outputs; the mass pass runs in the gate's pre-hook, outside the compiled forward)."""
     from torch.utils._pytree import tree_map
 
     compiled = torch.compile(transformer.forward, fullgraph=fullgraph, mode=mode, backend=backend)
@@ -706,9 +705,6 @@ def run(args) -> int:
     refresh = parse_ints(getattr(args, "mass_refresh", "0") or "0", "--mass-refresh", minimum=0)
     if any(reuse) and not any(dense_steps):
         raise ValueError("--reuse-mass selects from the last dense step's block mass: give --dense-steps above 0 too")
-    if any(reuse) and getattr(args, "compile", False) and getattr(args, "compile_scope", "blocks") != "model":
-        raise ValueError("--reuse-mass with --compile needs --compile-scope model (its bookkeeping breaks the graph; "
-                         "the blocks are compiled with fullgraph=True)")
     if args.recall_step is None:
         args.recall_step = args.steps // 2
     if args.steps < 1 or not 0 <= args.recall_step < args.steps:
@@ -738,7 +734,7 @@ def run(args) -> int:
     captured = capture_qk(pipe, seeds[0], args) if not args.no_recall else {}
     if getattr(args, "compile", False):
         if getattr(args, "compile_scope", "blocks") == "model":
-            compile_model(pipe.transformer, args.compile_mode, args.compile_backend, fullgraph=not any(reuse))
+            compile_model(pipe.transformer, args.compile_mode, args.compile_backend)
             report["compiled_model"] = True
         else:
             report["compiled_blocks"] = compile_blocks(pipe.transformer, args.compile_mode, args.compile_backend)

@@ -283,7 +283,7 @@ def add_dropin(p: argparse.ArgumentParser) -> None:
     p.add_argument("--reuse-mass", default="0",
                    help="comma-separated: 0 (the scorer selects at the sparse steps) and/or query strides s >= 1 (the "
                         "drop-in's reuse_mass: select from the last dense step's exact block mass of every s-th query; "
-                        "rows 'reuse/s'; needs --dense-steps > 0; with --compile, --compile-scope model)")
+                        "rows 'reuse/s'; needs --dense-steps > 0)")
     p.add_argument("--mass-refresh", default="0",
                    help="comma-separated: the reuse rows' mass_refresh (every N sparse steps the mass is measured again "
                         "from that step's own strided queries; 0: never; rows ' rN')")
