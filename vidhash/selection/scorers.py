@@ -23,8 +23,10 @@ Scorers (``s`` the softmax scale, ``x̄`` a block's mean over its tokens):
   ``m=1, sub=block_size`` ranks as ``pooled``;
 * ``parent`` — ``pooled`` with each key block's mean blended with its 64-token parent's,
   ``0.9 · parent + 0.1 · own`` (:func:`vidhash.kernels.block_score.naive.parent_key_means`); for key
-  blocks that divide 64 (16, 32…), whose own means rank worse than their parents'
-  (``scripts/study_coarse_scores.py``); other block sizes: ``pooled`` itself; non-causal only;
+  blocks that divide 64 (16, 32…) where a 64-token parent is spatially local: on the synthetic
+  video-like inputs the own means rank worse than the parents' (``scripts/study_coarse_scores.py``),
+  on world-tiny-v3's temporal attention (a parent = a whole frame) better; other block sizes:
+  ``pooled`` itself; non-causal only;
 * ``prefilter`` — SimHash picks ``factor × kept`` candidates, ``pooled`` ranks them;
 * ``rescore`` — ``pooled`` picks ``factor × kept`` candidates (default 4), then every ``stride``-th
   query of each query block (default 8, or the largest divisor of the query block below it)
