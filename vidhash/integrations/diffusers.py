@@ -231,7 +231,7 @@ class _HashAttnProcessor:
         self.recorder = None
         self._backend = None
         self._attention_backend = backend
-        self._mass_qk = None  # reuse_mass: (strided q, k) of the last dense step, until the first sparse call
+        self._mass_qk = None  # reuse_mass: (strided q, k, nq) copied by a dense (or mass_refresh) call, until measured
         self._reused = None  # reuse_mass: the selection made from that mass
         self._since = 0  # reuse_mass: sparse calls since the mass was measured (mass_refresh)
         self._keep = False  # mass_refresh: this sparse call keeps its copies for the next call's mass
@@ -792,8 +792,8 @@ def _set_gate(gate: DenseGate, t, threshold: float) -> None:
     """The pre-hook's work, eager — under ``torch.compile`` one graph break at the top of the
     forward (the timestep's host sync needs one anyway), none inside a block: ``gate.dense`` for
     this call, then ``reuse_mass``'s work between calls (each processor's
-    :meth:`_HashAttnProcessor._before_call`: a dense call drops the kept copies, the first sparse
-    call after one selects from their mass)."""
+    :meth:`_HashAttnProcessor._before_call`: a dense call drops the selection, the first sparse
+    call after one selects from the kept copies' mass)."""
     if t is None:
         gate.dense = False
     elif isinstance(t, torch.Tensor):
