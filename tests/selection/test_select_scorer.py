@@ -89,6 +89,25 @@ def _check_rules(idx, score, nq, nk, bk, bq, local, sink, causal, tol):
                     assert min(kept) >= max(out) - float(tol[bb, hh]), (bb, hh, i)
 
 
+def _pooled_scores(q, k, bq, bk):
+    """Brute-force pooled scores ``(b, h, nqb, nkb)``: mean query token · mean key token per block pair."""
+    return torch.stack([blk.mean(-2) for blk in _blocks(q, bq)], 2) @ torch.stack([blk.mean(-2) for blk in _blocks(k, bk)], 2).transpose(-1, -2)
+
+
+def _best_first(blocks, forced_row, score_row):
+    """``blocks`` in selection order: forced first, then the highest score, ties to the lower index."""
+    return sorted(blocks, key=lambda j: (not bool(forced_row[j]), -float(score_row[j]), j))
+
+
+def _rows(score_shape, allowed):
+    """Every ``(b, h, query block)`` row with its allowed key blocks, ascending."""
+    b, h, c, nkb = score_shape
+    for bb in range(b):
+        for hh in range(h):
+            for i in range(c):
+                yield bb, hh, i, [j for j in range(nkb) if allowed[i, j]]
+
+
 def _brute_select(score, nq, nk, bk, bq, kept, local, sink, causal):
     """Forced blocks, then the highest score, ties to the lower index; ascending, -1-padded."""
     forced, allowed = forced_and_allowed(torch.arange(score.shape[2]), nq, nk, bq, bk, local, sink, causal)
@@ -96,8 +115,7 @@ def _brute_select(score, nq, nk, bk, bq, kept, local, sink, causal):
     for bb in range(score.shape[0]):
         for hh in range(score.shape[1]):
             for i in range(score.shape[2]):
-                cand = [j for j in range(score.shape[3]) if allowed[i, j]]
-                cand.sort(key=lambda j: (not bool(forced[i, j]), -float(score[bb, hh, i, j]), j))
+                cand = _best_first([j for j in range(score.shape[3]) if allowed[i, j]], forced[i], score[bb, hh, i])
                 pick = sorted(cand[:kept])
                 out[bb, hh, i, : len(pick)] = torch.tensor(pick, dtype=torch.int32)
     return out
@@ -200,17 +218,14 @@ def test_prefilter_matches_brute_force(b, h, nq, nk, d, bk, bq, causal, density)
     kept = sel.kept
     hasher = default_hasher(d)
     sim = hamming_similarity(block_signatures(q, bq, hasher, "query"), block_signatures(k, bk, hasher, "key"), hasher.n_bits)
-    pooled = torch.stack([blk.mean(-2) for blk in _blocks(q, bq)], 2) @ torch.stack([blk.mean(-2) for blk in _blocks(k, bk)], 2).transpose(-1, -2)
+    pooled = _pooled_scores(q, k, bq, bk)
     forced, allowed = forced_and_allowed(torch.arange(sim.shape[2]), nq, nk, bq, bk, 1, 1, causal)
-    for bb in range(b):
-        for hh in range(h):
-            for i in range(sim.shape[2]):
-                ok = [j for j in range(sim.shape[3]) if allowed[i, j]]
-                # 1. candidates: forced, then the 4 · kept most similar signatures
-                cand = sorted(ok, key=lambda j: (not bool(forced[i, j]), -int(sim[bb, hh, i, j]), j))[: 4 * kept]
-                # 2. kept: forced, then the best pooled score among the candidates
-                pick = sorted(sorted(cand, key=lambda j: (not bool(forced[i, j]), -float(pooled[bb, hh, i, j]), j))[:kept])
-                assert sel.indices[bb, hh, i].tolist() == pick + [-1] * (kept - len(pick))
+    for bb, hh, i, ok in _rows(sim.shape, allowed):
+        # 1. candidates: forced, then the 4 · kept most similar signatures
+        cand = _best_first(ok, forced[i], sim[bb, hh, i])[: 4 * kept]
+        # 2. kept: forced, then the best pooled score among the candidates
+        pick = sorted(_best_first(cand, forced[i], pooled[bb, hh, i])[:kept])
+        assert sel.indices[bb, hh, i].tolist() == pick + [-1] * (kept - len(pick))
 
 
 @pytest.mark.parametrize("b,h,nq,nk,d,bk,bq,causal,density", SHAPES)
@@ -224,25 +239,22 @@ def test_rescore_matches_brute_force(b, h, nq, nk, d, bk, bq, causal, density, s
     kw = dict(density=density, block_size=bk, query_block_size=bq, causal=causal)
     sel = select_blocks_scored(q, k, scorer="rescore", stride=stride, **kw)
     kept, scale = sel.kept, d ** -0.5
-    pooled = torch.stack([blk.mean(-2) for blk in _blocks(q, bq)], 2) @ torch.stack([blk.mean(-2) for blk in _blocks(k, bk)], 2).transpose(-1, -2)
+    pooled = _pooled_scores(q, k, bq, bk)
     forced, allowed = forced_and_allowed(torch.arange(pooled.shape[2]), nq, nk, bq, bk, 1, 1, causal)
-    for bb in range(b):
-        for hh in range(h):
-            for i in range(pooled.shape[2]):
-                ok = [j for j in range(pooled.shape[3]) if allowed[i, j]]
-                cand = sorted(ok, key=lambda j: (not bool(forced[i, j]), -float(pooled[bb, hh, i, j]), j))[: 4 * kept]
-                mass = dict.fromkeys(cand, 0.0)
-                for t in range(i * bq, min(nq, i * bq + bq), stride):
-                    keys = [kk for j in cand for kk in range(j * bk, min(nk, j * bk + bk))
-                            if not causal or kk <= t + nk - nq]
-                    if not keys:
-                        continue
-                    p = torch.softmax(torch.stack([q[bb, hh, t] @ k[bb, hh, kk] for kk in keys]) * scale, 0)
-                    for kk, pk in zip(keys, p.tolist()):
-                        mass[kk // bk] += pk
-                pick = sorted(sorted(cand, key=lambda j: (not bool(forced[i, j]), -mass[j], j))[:kept])
-                got = [j for j in sel.indices[bb, hh, i].tolist() if j >= 0]
-                assert got == pick, (i, got, pick)
+    for bb, hh, i, ok in _rows(pooled.shape, allowed):
+        cand = _best_first(ok, forced[i], pooled[bb, hh, i])[: 4 * kept]
+        mass = dict.fromkeys(cand, 0.0)
+        for t in range(i * bq, min(nq, i * bq + bq), stride):
+            keys = [kk for j in cand for kk in range(j * bk, min(nk, j * bk + bk))
+                    if not causal or kk <= t + nk - nq]
+            if not keys:
+                continue
+            p = torch.softmax(torch.stack([q[bb, hh, t] @ k[bb, hh, kk] for kk in keys]) * scale, 0)
+            for kk, pk in zip(keys, p.tolist()):
+                mass[kk // bk] += pk
+        pick = sorted(_best_first(cand, forced[i], mass)[:kept])
+        got = [j for j in sel.indices[bb, hh, i].tolist() if j >= 0]
+        assert got == pick, (i, got, pick)
 
 
 def test_rescore_keeps_more_mass_than_pooled_on_video_like_inputs():

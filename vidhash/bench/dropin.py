@@ -469,8 +469,7 @@ def compile_blocks(transformer: torch.nn.Module, mode: str | None = None, backen
 GRAPH_MODES = ("reduce-overhead", "max-autotune")
 
 
-def compile_model(transformer: torch.nn.Module, mode: str | None = None, backend: str = "inductor",
-                  fullgraph: bool = True) -> None:
+def compile_model(transformer: torch.nn.Module, mode: str | None = None, backend: str = "inductor") -> None:
     """``--compile-scope model``: ``torch.compile(fullgraph=True)`` of the transformer's whole forward,
     in place (its forward hooks — :class:`StepTimer`'s, the drop-in's ``dense_timestep`` gate — stay
     outside the graph). Under a CUDA-graph mode (:data:`GRAPH_MODES`) every call starts a new
@@ -480,7 +479,7 @@ def compile_model(transformer: torch.nn.Module, mode: str | None = None, backend
     graph outputs; the mass pass runs in the gate's pre-hook, outside the compiled forward)."""
     from torch.utils._pytree import tree_map
 
-    compiled = torch.compile(transformer.forward, fullgraph=fullgraph, mode=mode, backend=backend)
+    compiled = torch.compile(transformer.forward, fullgraph=True, mode=mode, backend=backend)
     graphs = mode in GRAPH_MODES
 
     def forward(*args, **kwargs):

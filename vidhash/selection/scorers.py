@@ -132,17 +132,16 @@ def _score_simhash(ctx: _Ctx, blocks):
     return hamming_similarity(q_sig[:, :, blocks], k_sig, hasher.n_bits).float()
 
 
-def _score_pooled(ctx: _Ctx, blocks):
+def _score_pooled(ctx: _Ctx, blocks, keys: str = "k_mean", key_means=block_moments):
+    """``s · q̄ · k̄`` of the query blocks ``blocks`` against every key block (``key_means``: the key codes)."""
     qm = ctx.get("q_mean", lambda: block_moments(ctx.q, ctx.bq))
-    km = ctx.get("k_mean", lambda: block_moments(ctx.k, ctx.bk))
+    km = ctx.get(keys, lambda: key_means(ctx.k, ctx.bk))
     return torch.matmul(qm[:, :, blocks], km.transpose(-1, -2)) * ctx.scale
 
 
 def _score_parent(ctx: _Ctx, blocks):
     check_parent("parent", ctx.causal)
-    qm = ctx.get("q_mean", lambda: block_moments(ctx.q, ctx.bq))
-    km = ctx.get("k_parent", lambda: parent_key_means(ctx.k, ctx.bk))
-    return torch.matmul(qm[:, :, blocks], km.transpose(-1, -2)) * ctx.scale
+    return _score_pooled(ctx, blocks, "k_parent", parent_key_means)
 
 
 def _score_moments(ctx: _Ctx, blocks):
