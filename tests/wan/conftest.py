@@ -1,8 +1,10 @@
 """wan-mini tests run micro models on one intra-op thread (fast and thread-count independent on a
 shared 2-core machine). ``tiny_cfg(*overrides)``: configs/train/wan_mini_cpu.yaml at 8 frames."""
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
+import torch
 
 from vidhash.training import load_train_config
 
@@ -21,3 +23,19 @@ def tiny_cfg():
         return load_train_config(str(CPU_CONFIG), [*TINY, *overrides])
 
     return make
+
+
+@pytest.fixture
+def tiny_model(tiny_cfg, tmp_path):
+    """A tiny randomly initialised wan-mini saved as a ``WanMiniPipeline`` export (its folder)."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    from vidhash.pipelines.pipeline_wan_mini import WanMiniPipeline
+    from vidhash.training.families import build_model
+
+    cfg = tiny_cfg()
+    model = build_model(cfg)
+    torch.nn.init.normal_(model.proj_out.weight, std=0.2, generator=torch.Generator().manual_seed(1))
+    pipe = WanMiniPipeline(model, FlowMatchEulerDiscreteScheduler(shift=3.0), channels=3, **asdict(cfg.condition))
+    pipe.save_pretrained(str(tmp_path / "wan-mini"))
+    return tmp_path / "wan-mini"

@@ -3,32 +3,18 @@ dense repeat and density 1 against dense, recall per layer, FlexAttention on the
 on the CPU), the JSON, the Markdown table and the frame strip."""
 import json
 import math
-from dataclasses import asdict
 
 import numpy as np
 import pytest
 import torch
-from diffusers import FlowMatchEulerDiscreteScheduler
 from PIL import Image
 
 from vidhash.bench import dropin
 from vidhash.cli import main
-from vidhash.pipelines.pipeline_wan_mini import WanMiniPipeline
-from vidhash.training.families import build_model
 
 
 README_COLUMNS = ("density", "block_size", "scorer", "psnr", "ssim", "recall", "oracle", "transformer_ms",
                   "transformer_ms_flex", "clip_s", "clip_s_flex", "clip_s_dense", "speedup", "speedup_flex", "flex_psnr")
-
-
-@pytest.fixture
-def tiny_model(tiny_cfg, tmp_path):
-    cfg = tiny_cfg()
-    model = build_model(cfg)
-    torch.nn.init.normal_(model.proj_out.weight, std=0.2, generator=torch.Generator().manual_seed(1))
-    pipe = WanMiniPipeline(model, FlowMatchEulerDiscreteScheduler(shift=3.0), channels=3, **asdict(cfg.condition))
-    pipe.save_pretrained(str(tmp_path / "wan-mini"))
-    return tmp_path / "wan-mini"
 
 
 def test_dropin_rows_json_and_strip(tiny_model, tmp_path, capsys):

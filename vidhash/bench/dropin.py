@@ -338,9 +338,14 @@ def capture_qk(pipe, seed: int, args) -> dict[str, tuple[torch.Tensor, torch.Ten
     return capture_steps(pipe, seed, (args.recall_step,), args.frames, args.size, args.steps)[args.recall_step]
 
 
+class _Captured(Exception):
+    """Raised by :func:`capture_steps`' hook once the last wanted step is recorded."""
+
+
 def capture_steps(pipe, seed: int, steps, frames: int, size: int, total: int) -> dict[int, dict]:
     """``{step: {module name: (q, k, v)}}`` for each of ``steps`` of one dense ``total``-step clip of
-    ``seed`` (:func:`capture_qk` for one step)."""
+    ``seed`` (:func:`capture_qk` for one step). The clip stops after the last wanted step (the
+    schedule is still ``total`` steps')."""
     from vidhash.integrations.diffusers import DropInConfig, WanHashAttnProcessor, self_attention_modules
 
     tf = pipe.transformer
@@ -358,10 +363,19 @@ def capture_steps(pipe, seed: int, steps, frames: int, size: int, total: int) ->
     for name in self_attention_modules(tf):
         procs[f"{name}.processor"] = Recording(DropInConfig(density=1.0), None, None, name)
     tf.set_attn_processor(procs)
-    handle = tf.register_forward_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
+    last = max(captured)
+
+    def count(*_):
+        calls[0] += 1
+        if calls[0] > last:
+            raise _Captured
+
+    handle = tf.register_forward_hook(count)
     try:
         pipe(actions=camera_path(seed, frames), num_frames=frames, height=size, width=size,
              num_inference_steps=total, generator=torch.Generator().manual_seed(seed))  # the same schedule
+    except _Captured:
+        pass
     finally:
         handle.remove()
         tf.set_attn_processor(originals)

@@ -40,6 +40,14 @@ sub-blocks of 16 tokens on the block-score kernel).
 chunk at every denoising level against the clean keys of all earlier frames plus the chunk's own,
 over ``--world-clips`` clips (density ``--world-density``); learned scorers fit on the first half of
 the clips, every row is measured on the second half; a ``world mean`` row per scorer.
+
+``--dropin PATH``: per self-attention of a trained diffusers Wan (a ``WanMiniPipeline`` export,
+``models/wan-mini``), its queries and keys at ``--dropin-steps`` of a ``--dropin-schedule``-step clip
+(``vidhash bench dropin``'s: 30 steps, 33 frames of 256² = 33,792 tokens) of each of ``--dropin-seeds`` (density
+``--dropin-density``, default ``--density``); learned scorers fit on the first half of the seeds,
+every row is measured on the second half; a ``dropin mean`` row per scorer. ``--dropin-cache F``
+keeps the recording (bf16, ~0.4 GB a seed and step) for the next run. The recording is a dense
+float32 forward per step up to the last wanted one: ~1 min a step on a 2-core CPU.
 """
 from __future__ import annotations
 
@@ -386,7 +394,69 @@ def run_world(args, rows: list[dict]) -> None:
         write_json(args, rows)
 
 
-def world_summary(rows: list[dict]) -> list[dict]:
+# --------------------------------------------------------------------------------------------
+# a trained diffusers Wan's self-attention (the drop-in's model)
+# --------------------------------------------------------------------------------------------
+@torch.no_grad()
+def record_dropin(path: str, seeds, steps, device: str, frames: int = 33, size: int = 256, total: int = 30) -> dict:
+    """``{"layers": {module: (q, k, v) (S, h, n, d) bf16 on the CPU}, "seeds", "steps"}``: the
+    post-rotary queries, keys and values of every self-attention of a ``WanMiniPipeline`` export
+    (dense, float32) at denoising ``steps`` of a ``total``-step clip of ``frames`` frames of
+    ``size``² (``vidhash bench dropin``'s defaults: 33 frames of 256², 30 steps) of each seed; ``S = len(seeds) × len(steps)``, seed-major. Kept in bf16 (what the
+    GPU runs) so a cached recording measures as the fresh one does."""
+    from .dropin import capture_steps, load_pipeline
+
+    pipe = load_pipeline(path, device, "fp32")
+    per_layer: dict[str, list] = {}
+    for seed in seeds:
+        t0 = time.perf_counter()
+        captured = capture_steps(pipe, seed, steps, frames, size, total)
+        for step in steps:
+            for name, qkv in captured[step].items():
+                per_layer.setdefault(name, []).append(tuple(x.to("cpu", torch.bfloat16) for x in qkv))
+        print(f"  {path}: seed {seed} recorded in {time.perf_counter() - t0:.0f} s", flush=True)
+    layers = {name: tuple(torch.cat(xs) for xs in zip(*calls)) for name, calls in per_layer.items()}
+    return {"layers": layers, "seeds": list(seeds), "steps": list(steps), "frames": frames, "size": size, "total": total}
+
+
+def run_dropin(args, rows: list[dict]) -> None:
+    """Rows per self-attention of ``--dropin`` (the first half of ``--dropin-seeds`` fits the learned
+    scorers, every row is measured on the second half) and a ``dropin mean`` row per scorer."""
+    t0 = time.perf_counter()
+    if args.dropin_cache and os.path.exists(args.dropin_cache):
+        try:
+            rec = torch.load(args.dropin_cache)
+            layers = rec["layers"]
+        except Exception as err:  # noqa: BLE001 — any unreadable file: say which flag gave it
+            raise ValueError(f"--dropin-cache {args.dropin_cache}: not a recording this bench saved "
+                             f"({type(err).__name__}: {err})") from None
+    else:
+        rec = record_dropin(args.dropin, args.dropin_seeds, args.dropin_steps, args.device, args.dropin_frames,
+                            args.dropin_size, args.dropin_schedule)
+        layers = rec["layers"]
+        if args.dropin_cache:
+            torch.save(rec, args.dropin_cache)
+    half = (len(rec["seeds"]) // 2) * len(rec["steps"])
+    q0 = next(iter(layers.values()))[0]
+    print(f"  {args.dropin or args.dropin_cache}: {len(layers)} self-attentions, seeds {rec['seeds']} at steps "
+          f"{rec['steps']} of {rec['total']} ({q0.shape[0]} samples of {q0.shape[-2]} tokens, {q0.shape[1]} heads, d {q0.shape[-1]}); "
+          f"ready in {time.perf_counter() - t0:.0f} s; fit on samples [0, {half}), measured on [{half}, {q0.shape[0]})",
+          flush=True)
+    study = SimpleNamespace(**{**vars(args), "density": args.dropin_density or args.density, "no_flex": True})
+    for bk in args.block_sizes:
+        per_bk = []
+        for name, qkv in layers.items():
+            q, k, v = (x.to(args.device, args.torch_dtype) for x in qkv)
+            print(f"  {name}, key blocks {bk}", flush=True)
+            per_bk += measure_config(f"dropin {name}", q[half:], k[half:], v[half:], q[:half], k[:half], bk, study,
+                                     held_out=1 / max(2, len(rec["seeds"]) // 2))
+        summary = world_summary(per_bk, "dropin mean")
+        print_table(per_bk + summary)
+        rows += per_bk + summary
+        write_json(args, rows)
+
+
+def world_summary(rows: list[dict], shape: str = "world mean") -> list[dict]:
     """Mean over layers of each scorer's row."""
     out = []
     for name in dict.fromkeys(r["scorer"] for r in rows):
@@ -398,7 +468,7 @@ def world_summary(rows: list[dict]) -> list[dict]:
             vals = [r[key] for r in sub if r.get(key) is not None]
             return sum(vals) / len(vals) if vals else None
 
-        out.append(dict(sub[0], shape="world mean", recall=mean("recall"), oracle=mean("oracle"), oracle_f=mean("oracle_f"),
+        out.append(dict(sub[0], shape=shape, recall=mean("recall"), oracle=mean("oracle"), oracle_f=mean("oracle_f"),
                         ratio=mean("recall") / mean("oracle"), ratio_f=mean("recall") / mean("oracle_f"),
                         err=mean("err"), sel_ms=mean("sel_ms"), total_ms=mean("total_ms"), layers=len(sub), fit=None))
     return out
@@ -462,6 +532,25 @@ def check_args(args) -> None:
         raise ValueError(f"--world {args.world}: no such pipeline folder (e.g. models/world-tiny-v3)")
     if args.world_cache and os.path.isdir(args.world_cache):
         raise ValueError(f"--world-cache {args.world_cache} is a folder, not a .pt file")
+    for flag in ("dropin_seeds", "dropin_steps"):
+        text = getattr(args, flag)
+        try:
+            setattr(args, flag, [int(x) for x in text.split(",") if x.strip()] if isinstance(text, str) else list(text))
+        except ValueError as err:
+            raise ValueError(f"--{flag.replace('_', '-')} must be comma-separated integers, got {text!r}") from err
+    dropin_cached = bool(args.dropin_cache) and os.path.isfile(args.dropin_cache)
+    if args.dropin is not None and not dropin_cached and not os.path.isdir(args.dropin):
+        raise ValueError(f"--dropin {args.dropin}: no such pipeline folder (a WanMiniPipeline export, e.g. models/wan-mini)")
+    if args.dropin_cache and os.path.isdir(args.dropin_cache):
+        raise ValueError(f"--dropin-cache {args.dropin_cache} is a folder, not a .pt file")
+    if args.dropin_cache and not dropin_cached and args.dropin is None:
+        raise ValueError(f"--dropin-cache {args.dropin_cache}: no such file, and no --dropin model to record it from")
+    if (args.dropin or args.dropin_cache) and not dropin_cached:
+        if len(args.dropin_seeds) < 2:
+            raise ValueError(f"--dropin-seeds needs at least 2 seeds (half fit, half measured), got {args.dropin_seeds}")
+        if not args.dropin_steps or min(args.dropin_steps) < 0 or max(args.dropin_steps) >= args.dropin_schedule:
+            raise ValueError(f"--dropin-steps must be denoising steps in [0, --dropin-schedule = {args.dropin_schedule}), "
+                             f"got {args.dropin_steps}")
     if args.world is not None and args.world_clips < 2:
         raise ValueError(f"--world-clips must be at least 2 (half fit, half measured), got {args.world_clips}")
 
@@ -477,6 +566,8 @@ def run(args) -> int:
         run_synthetic(args, rows)
     if args.world:
         run_world(args, rows)
+    if args.dropin or args.dropin_cache:
+        run_dropin(args, rows)
     print("\nall rows:")
     print_table(rows)
     write_json(args, rows)
