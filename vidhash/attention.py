@@ -204,7 +204,7 @@ def check_remainder(remainder) -> str:
 # --------------------------------------------------------------------------------------------
 # block selection: which scorer ranks the key blocks, on the references or the kernels
 # --------------------------------------------------------------------------------------------
-SCORERS = ("simhash", "pooled", "parent", "moments", "prefilter", "rescore")
+SCORERS = ("simhash", "pooled", "parent", "moments", "subgrid", "prefilter", "rescore")
 """``scorer=`` names of :func:`select_blocks` / :func:`hash_attention` (or pass a
 :class:`~vidhash.selection.learned.LearnedBlockScorer`):
 
@@ -218,6 +218,13 @@ SCORERS = ("simhash", "pooled", "parent", "moments", "prefilter", "rescore")
   codes and kernel; non-causal only (a parent may hold keys a causal query block cannot see);
 * ``"moments"`` — means and per-channel variances (second-order estimate of the block pair's
   ``log E exp(s q·k)``), the same codes and kernel;
+* ``"subgrid"`` — ``pooled`` with :data:`SUBGRID_M` query sub-centroids (the means of a quarter of
+  the query block each): each sub-centroid's scores against the key blocks' means, as levels
+  below its best free block, and a block pair's best sub-centroid ranks it — a key block that one
+  part of the query block wants is not averaged away by the rest. The same codes and kernel
+  (``m=4``) on every backend (the float form of :mod:`vidhash.selection.scorers` normalises over
+  the forced blocks too: a study form); 4 × the pooled score work. On the trained wan-mini's
+  activations with key blocks of 16 it keeps more than ``pooled`` (BENCHMARKS.md, "Block selection");
 * ``"prefilter"`` — SimHash keeps 4 × kept candidates, exact pooled scores rank them (torch on
   every backend);
 * ``"rescore"`` — pooled scores keep 4 × kept candidates, then every 8th query of each query block
@@ -248,17 +255,24 @@ def resolve_scorer(scorer, hasher) -> str | nn.Module:
     return default_scorer(hasher is not None) if scorer is None else scorer
 
 
+SUBGRID_M = 4
+"""Query sub-centroids per query block of ``scorer="subgrid"``."""
+
+
 def _code_scorer(scorer):
-    """What the block-score codes take for ``scorer`` (``None`` = pooled, ``"moments"``, the
-    learned module), or ``False`` when the scorer does not run on block codes."""
-    if scorer == "pooled":
+    """``(codes, grid)``: what the block-score codes take for ``scorer`` (``None`` = pooled,
+    ``"moments"``, ``"parent"``, the learned module) and its ``m`` / ``sub`` grid, or ``None`` when
+    the scorer does not run on block codes."""
+    if isinstance(scorer, str):
+        if scorer in ("pooled", "subgrid"):
+            return None, dict(m=SUBGRID_M if scorer == "subgrid" else 1, sub=None)
+        if scorer in ("moments", "parent"):
+            return scorer, dict(m=1, sub=None)
         return None
-    if scorer in ("moments", "parent"):
-        return scorer
     if isinstance(scorer, nn.Module) and getattr(scorer, "code_kind", None) == "real" \
             and getattr(scorer, "features", None) in ("linear", "diag"):
-        return scorer
-    return False
+        return scorer, dict(m=getattr(scorer, "m", 1), sub=getattr(scorer, "sub", None))
+    return None
 
 
 def _check_scorer(scorer, hasher, q: torch.Tensor) -> None:
@@ -307,8 +321,8 @@ def select_blocks(
 
     ``backend``: ``"auto"`` (the default, as :func:`hash_attention`'s: the kernels for CUDA
     tensors, the torch references otherwise), ``"reference"`` (the torch references) or
-    ``"triton"`` (SimHash: ``select_blocks_triton``; pooled, moments and learned linear/diag
-    codes: the block-score kernel; same indices as the references given the same signatures /
+    ``"triton"`` (SimHash: ``select_blocks_triton``; pooled, parent, moments, subgrid and learned
+    linear/diag codes: the block-score kernel; same indices as the references given the same signatures /
     codes). ``prefilter`` and the other learned scorers run
     :func:`vidhash.selection.scorers.select_blocks_scored` in torch on every backend.
 
@@ -330,13 +344,13 @@ def select_blocks(
     if isinstance(scorer, str) and scorer == "simhash":
         fn = triton_ops().select_blocks_triton if which == "triton" else select_blocks_simhash
         return fn(q, k, hasher=hasher, **kw)
-    codes = _code_scorer(scorer)
+    code_scorer = _code_scorer(scorer)
     if scorer in ("pooled", "parent") and backend == "auto" and which != "triton":  # off CUDA: float scores, exact top-k
         from vidhash.selection.scorers import select_blocks_scored
 
         return select_blocks_scored(q, k, scorer=scorer, scale=scale, **kw)
-    if codes is not False:
-        grid = dict(m=getattr(codes, "m", 1), sub=getattr(codes, "sub", None))
+    if code_scorer is not None:
+        codes, grid = code_scorer
         if which == "triton":
             return triton_ops().select_blocks_codes(q, k, scorer=codes, scale=scale, backend="triton", **grid, **kw)
         return select_blocks_codes_reference(q, k, scorer=codes, scale=scale, **grid, **kw)

@@ -22,7 +22,7 @@ def test_one_row_per_scorer_shape_and_block_size(tmp_path, capsys):
     rows = _rows(out)
     printed = capsys.readouterr().out
     assert "recall" in printed and "oracle" in printed and "×dense" in printed
-    scorers = ["simhash", "pooled", "parent", "moments", "prefilter", "rescore", "learned", "oracle"]
+    scorers = ["simhash", "pooled", "parent", "moments", "subgrid", "prefilter", "rescore", "learned", "oracle"]
     assert [(r["block_size"], r["scorer"]) for r in rows] == [(bk, s) for bk in (16, 32) for s in scorers]
     for r in rows:
         assert r.get("error") is None, r

@@ -222,7 +222,7 @@ def test_errors_name_the_argument():
         select_blocks_codes(torch.randn(1, 1, 8, 4), torch.randn(1, 1, 8, 4), backend="cuda")
 
 
-@pytest.mark.parametrize("scorer", ["pooled", "parent", "moments", "learned"])
+@pytest.mark.parametrize("scorer", ["pooled", "parent", "moments", "subgrid", "learned"])
 def test_select_blocks_scorer_on_the_kernel(scorer):
     """``vidhash.attention.select_blocks(scorer=..., backend="triton")`` runs the block-score kernel
     and gives the reference's indices; ``hash_attention`` then attends on the kernels."""

@@ -368,3 +368,37 @@ def test_parent_takes_one_path_and_refuses_causal():
             hash_attention(q, k, v, scorer="parent", causal=True, backend=backend, **kw)
     with pytest.raises(ValueError, match="non-causal"):
         select_blocks_scored(q, k, scorer="parent", causal=True, **kw)
+
+
+@pytest.mark.parametrize("backend", ["auto", "reference"])
+def test_subgrid_keeps_a_block_one_part_of_the_query_block_wants(backend):
+    """``subgrid``: 4 query sub-centroids, a pair ranked by its best sub-centroid's level below that
+    sub-centroid's best free block. A quarter of the query block points at block 0, the rest at
+    blocks 1-3 (2.0, 1.8, 1.6): pooled averages block 0 down (1.0 against 1.5 / 1.35 / 1.2) and keeps
+    1, 2, 3; subgrid keeps 0 (its quarter's best) and 1, 2 (0 and −0.2 below the rest's best)."""
+    d = 16
+    u1, u2 = torch.eye(d)[0], torch.eye(d)[1]
+    k = torch.zeros(1, 1, 128, d)
+    for j, x in enumerate((4.0 * u1, 2.0 * u2, 1.8 * u2, 1.6 * u2)):
+        k[:, :, 16 * j : 16 * j + 16] = x
+    q = torch.cat([u1.expand(16, d), u2.expand(48, d)]).expand(1, 1, 64, d).contiguous()
+    kw = dict(density=3 / 8, block_size=16, query_block_size=64, local_blocks=0, sink_blocks=0, scale=1.0, backend=backend)
+    assert select_blocks(q, k, scorer="pooled", **kw).indices[0, 0, 0].tolist() == [1, 2, 3]
+    assert select_blocks(q, k, scorer="subgrid", **kw).indices[0, 0, 0].tolist() == [0, 1, 2]
+
+
+@pytest.mark.parametrize("b,h,nq,nk,d,bk,bq,causal,density", SHAPES)
+def test_subgrid_is_the_m4_codes_on_every_backend(b, h, nq, nk, d, bk, bq, causal, density):
+    """``select_blocks(scorer="subgrid")`` and ``hash_attention`` run the block-score codes with 4 query
+    sub-centroids (no float path off CUDA: one ranking on every backend); a query block that 4 does
+    not divide is refused by name."""
+    q, k = _qk(b, h, nq, nk, d, 5 * nq + nk)
+    v = torch.randn_like(k)
+    kw = dict(density=density, block_size=bk, query_block_size=bq, causal=causal)
+    want = select_blocks_codes_reference(q, k, m=4, **kw).indices
+    for backend in ("auto", "reference"):
+        sel = select_blocks(q, k, scorer="subgrid", backend=backend, **kw)
+        assert torch.equal(sel.indices, want)
+        assert torch.equal(hash_attention(q, k, v, scorer="subgrid", backend=backend, **kw), block_sparse_attention(q, k, v, sel))
+    with pytest.raises(ValueError, match="m must"):
+        select_blocks(q, k, scorer="subgrid", density=0.5, block_size=8, query_block_size=6)

@@ -26,7 +26,8 @@ forced, non-causal. Per row:
 
 Scorers (``--scorers``; default :data:`DEFAULT_SCORERS`): ``simhash`` (the default of
 ``select_blocks``), ``pooled``, ``parent`` (pooled with each key block's mean leaning on its 64-token
-parent's: for key blocks under 64), ``moments``, ``prefilter``, ``rescore`` (pooled candidates ranked by the
+parent's: for key blocks under 64), ``moments``, ``subgrid`` (4 query sub-centroids against the key
+blocks' means, each pair ranked by its best: ``select_blocks(scorer="subgrid")``), ``prefilter``, ``rescore`` (pooled candidates ranked by the
 softmax mass of every 8th query; torch), ``learned`` (per-head linear block codes,
 :class:`~vidhash.selection.learned.LearnedBlockScorer`, fitted on *other* inputs: a clip on a grid of
 another layout for the synthetic shapes, the first half of the recorded clips for ``--world``),
@@ -34,7 +35,7 @@ another layout for the synthetic shapes, the first half of the recorded clips fo
 is what ``select_blocks(scorer="pooled")`` runs with its default ``backend="auto"`` off CUDA; the
 ``pooled`` row, on ``--backend``, is the int8-level form, ``auto``'s on CUDA),
 ``learned bits`` (32 sign bits), ``subgrid m4`` / ``learned m4`` (4 query sub-centroids × key
-sub-blocks of 16 tokens on the block-score kernel).
+sub-blocks of 16 tokens on the block-score kernel; at key blocks of 16 ``subgrid m4`` is ``subgrid``).
 
 ``--world PATH``: per layer of a trained model's temporal attention, the queries of a clip's last
 chunk at every denoising level against the clean keys of all earlier frames plus the chunk's own,
@@ -72,9 +73,9 @@ from vidhash.kernels.block_select.naive import num_kept_blocks
 
 from .attention import WAN_1_3B_GRID, WAN_1_3B_HEAD_DIM, grid_for, video_like_qkv
 
-SCORER_ROWS = ("simhash", "pooled", "parent", "moments", "prefilter", "rescore", "learned", "oracle", "pooled float",
+SCORER_ROWS = ("simhash", "pooled", "parent", "moments", "subgrid", "prefilter", "rescore", "learned", "oracle", "pooled float",
                "parent float", "moments float", "learned bits", "subgrid m4", "learned m4")
-DEFAULT_SCORERS = ("simhash", "pooled", "parent", "moments", "prefilter", "rescore", "learned", "oracle")
+DEFAULT_SCORERS = ("simhash", "pooled", "parent", "moments", "subgrid", "prefilter", "rescore", "learned", "oracle")
 _LEARNED = {"learned": {}, "learned m4": "grid", "learned bits": dict(rank=32, codes="bits")}
 
 
@@ -117,7 +118,7 @@ def _codes(q, k, kw: dict, backend: str, **opts) -> BlockSelection:
 def select_row(name: str, q, k, kw: dict, fitted: dict, backend: str) -> torch.Tensor:
     """Indices of the row ``name`` (see the module docstring) for ``q, k``."""
     sub16 = 16 if kw["block_size"] > 16 else None
-    if name in ("simhash", "pooled", "parent", "moments", "prefilter", "rescore"):
+    if name in ("simhash", "pooled", "parent", "moments", "subgrid", "prefilter", "rescore"):
         return select_blocks(q, k, scorer=name, backend=backend, **kw).indices
     if name in ("learned", "learned bits"):
         return select_blocks(q, k, scorer=fitted[name], backend=backend, **kw).indices
@@ -132,7 +133,7 @@ def select_row(name: str, q, k, kw: dict, fitted: dict, backend: str) -> torch.T
 
 def _reference_of(name: str, backend: str):
     """The torch reference backend of a kernel row on ``backend="triton"`` (for ``same``), else None."""
-    kernel_rows = ("simhash", "pooled", "parent", "moments", "learned", "subgrid m4", "learned m4")
+    kernel_rows = ("simhash", "pooled", "parent", "moments", "subgrid", "learned", "subgrid m4", "learned m4")
     return "reference" if backend == "triton" and name in kernel_rows else None
 
 

@@ -125,7 +125,8 @@ class DropInConfig:
     default — exact mean-pooled q·k, which kept 0.99-1.0 of the oracle's mass on the trained
     wan-mini and selected faster than SimHash there (BENCHMARKS.md, "Drop-in on wan-mini") —
     ``"simhash"`` (the default when ``hasher``, ``hashers``, ``n_bits`` or ``seed`` is given),
-    ``"parent"`` (for key blocks under 64 tokens), ``"moments"``, ``"prefilter"``; or a learned block scorer, one module or a dict by module name). ``hasher`` (read by ``"simhash"`` and ``"prefilter"``) is ``None``
+    ``"parent"`` (for key blocks under 64 tokens), ``"moments"``, ``"subgrid"`` (4 query sub-centroids: keeps more
+    than pooled with key blocks of 16 on wan-mini), ``"prefilter"``; or a learned block scorer, one module or a dict by module name). ``hasher`` (read by ``"simhash"`` and ``"prefilter"``) is ``None``
     (the default SimHash: 32 bits, seed 0), one module shared by every layer, or a dict from
     self-attention module name (``"blocks.0.attn1"``) to a module. ``backend``: one of
     :data:`DROP_IN_BACKENDS` (``"flex"``: the selection on ``"auto"``, FlexAttention attends).

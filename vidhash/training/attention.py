@@ -50,7 +50,7 @@ class TrainAttentionConfig:
     query_block_size: Optional[int] = None  # query-block tokens (None: block_size)
     local_blocks: int = 1  # key blocks around the query block's own, always kept
     sink_blocks: int = 1  # leading key blocks, always kept
-    scorer: str = "pooled"  # how key blocks are ranked: pooled | parent | simhash | moments | prefilter
+    scorer: str = "pooled"  # how key blocks are ranked: pooled | parent | simhash | moments | subgrid | prefilter
     n_bits: int = 32  # SimHash bits (simhash, prefilter)
     seed: int = 0  # SimHash planes' seed
     backend: str = "auto"
