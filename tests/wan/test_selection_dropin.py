@@ -20,7 +20,9 @@ def test_dropin_rows_and_cache(tiny_model, tmp_path, capsys):
     record = ["--dropin", str(tiny_model), "--dropin-seeds", "0,1", "--dropin-steps", "0,2", "--dropin-schedule", "3",
               "--dropin-frames", "8", "--dropin-size", "32", "--dropin-cache", str(cache)]
     assert main([*FLAGS, *record, "--json", str(out)]) == 0
-    rows = json.loads(out.read_text())["rows"]
+    report = json.loads(out.read_text())
+    rows = report["rows"]
+    assert report["config"]["dropin_steps"] == [0, 2] and "_run" not in report["config"]  # flags only
     layers = [r for r in rows if r["shape"].startswith("dropin blocks.")]
     means = {r["scorer"]: r for r in rows if r["shape"] == "dropin mean"}
     assert sorted({r["shape"] for r in layers}) == ["dropin blocks.0.attn1", "dropin blocks.1.attn1"]
@@ -29,7 +31,9 @@ def test_dropin_rows_and_cache(tiny_model, tmp_path, capsys):
         assert r["batch"] == 2 and r["n"] == 128 and r["kept"] == 2 and r["forced_per_row"] == 0
         assert 0 < r["recall"] <= r["oracle"] + 1e-6
     assert means["oracle"]["ratio"] == pytest.approx(1.0)
-    assert means["pooled"]["recall"] == pytest.approx(sum(r["recall"] for r in layers if r["scorer"] == "pooled") / 2)
+    pooled = [r for r in layers if r["scorer"] == "pooled"]
+    for key in ("recall", "err", "err_mean", "attn_ms"):  # every column of the mean row is the layers' mean
+        assert means["pooled"][key] == pytest.approx(sum(r[key] for r in pooled) / 2), key
     rec = torch.load(cache)
     assert rec["seeds"] == [0, 1] and rec["steps"] == [0, 2] and rec["total"] == 3
     q, k, v = rec["layers"]["blocks.0.attn1"]

@@ -20,5 +20,7 @@ def cpu_name() -> str:
 
 
 def recorded_flags(args) -> dict:
-    """A bench's flags as its JSON report records them: output paths by file name, the rest as given."""
-    return {k: os.path.basename(v) if k in OUTPUT_FLAGS and isinstance(v, str) else v for k, v in vars(args).items()}
+    """A bench's flags as its JSON report records them: output paths by file name, the rest as given;
+    not the CLI's private entries (``_run``: the command's bound method)."""
+    return {k: os.path.basename(v) if k in OUTPUT_FLAGS and isinstance(v, str) else v for k, v in vars(args).items()
+            if not k.startswith("_")}

@@ -469,9 +469,10 @@ def world_summary(rows: list[dict], shape: str = "world mean") -> list[dict]:
             vals = [r[key] for r in sub if r.get(key) is not None]
             return sum(vals) / len(vals) if vals else None
 
-        out.append(dict(sub[0], shape=shape, recall=mean("recall"), oracle=mean("oracle"), oracle_f=mean("oracle_f"),
-                        ratio=mean("recall") / mean("oracle"), ratio_f=mean("recall") / mean("oracle_f"),
-                        err=mean("err"), sel_ms=mean("sel_ms"), total_ms=mean("total_ms"), layers=len(sub), fit=None))
+        means = {key: mean(key) for key in ("recall", "oracle", "oracle_f", "err", "err_mean", "sel_ms", "attn_ms",
+                                             "total_ms", "same")}
+        out.append(dict(sub[0], shape=shape, **means, ratio=means["recall"] / means["oracle"],
+                        ratio_f=means["recall"] / means["oracle_f"], layers=len(sub), fit=None))
     return out
 
 
