@@ -6,7 +6,7 @@ import torch
 
 from vidhash.attention import block_sparse_attention, select_blocks, selection_recall
 from vidhash.kernels.block_select.naive import forced_and_allowed
-from vidhash.selection.oracle import attention_error, block_mass, oracle_recall, selection_mass
+from vidhash.selection.oracle import attention_error, block_mass, dense_rows, oracle_recall, selection_mass
 
 # (b, h, nq, nk, d, block_size, query_block_size, causal)
 SHAPES = [
@@ -97,6 +97,13 @@ def test_attention_error():
     pos = torch.cat([torch.arange(16, 32), torch.arange(64, 70)])
     want_rows = float((out[:, :, pos] - dense[:, :, pos]).norm() / dense[:, :, pos].norm())
     assert math.isclose(attention_error(q, k, v, out, query_block_size=16, causal=True, query_blocks=rows), want_rows, rel_tol=1e-4)
+    # the dense rows computed once: the same error, and they are dense attention's rows of those queries
+    ref = dense_rows(q, k, v, query_block_size=16, causal=True, query_blocks=rows)
+    torch.testing.assert_close(ref, dense[:, :, pos], rtol=1e-5, atol=1e-6)
+    assert attention_error(q, k, v, out, query_block_size=16, causal=True, query_blocks=rows, dense=ref) == \
+        attention_error(q, k, v, out, query_block_size=16, causal=True, query_blocks=rows)
+    with pytest.raises(ValueError, match="dense must be dense_rows"):
+        attention_error(q, k, v, out, query_block_size=16, causal=True, dense=ref)  # all queries: 70 rows, not 22
 
 
 def test_errors():

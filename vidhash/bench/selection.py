@@ -68,7 +68,7 @@ from vidhash.kernels.block_score.naive import select_blocks_codes_reference
 from vidhash.kernels.block_select.naive import forced_and_allowed
 from vidhash.selection import LearnedBlockScorer, select_blocks_scored
 from vidhash.selection.learned import fit_data
-from vidhash.selection.oracle import attention_error, block_mass, eval_query_blocks, kept_mass, top_mass
+from vidhash.selection.oracle import attention_error, block_mass, dense_rows, eval_query_blocks, kept_mass, top_mass
 from vidhash.kernels.block_select.naive import num_kept_blocks
 
 from .attention import WAN_1_3B_GRID, WAN_1_3B_HEAD_DIM, grid_for, video_like_qkv
@@ -182,13 +182,14 @@ def sparse_output(q, k, v, idx, blocks, bk: int, args, remainder: str = "none"):
     return out, sel
 
 
-def output_error(q, k, v, idx, blocks, bk: int, args, remainder: str = "none") -> float:
-    """Relative error of the sparse output against dense attention on the measured query blocks."""
+def output_error(q, k, v, idx, blocks, bk: int, args, remainder: str = "none", dense=None) -> float:
+    """Relative error of the sparse output against dense attention on the measured query blocks
+    (``dense``: their :func:`~vidhash.selection.oracle.dense_rows`, computed once per configuration)."""
     out, _ = sparse_output(q, k, v, idx, blocks, bk, args, remainder)
     if args.backend == "triton":
-        return attention_error(q, k, v, out, query_block_size=args.query_block, query_blocks=blocks)
+        return attention_error(q, k, v, out, query_block_size=args.query_block, query_blocks=blocks, dense=dense)
     pos = (blocks.unsqueeze(-1) * args.query_block + torch.arange(args.query_block, device=q.device)).flatten()
-    return attention_error(q[:, :, pos[pos < q.shape[-2]]], k, v, out, query_block_size=args.query_block)
+    return attention_error(q[:, :, pos[pos < q.shape[-2]]], k, v, out, query_block_size=args.query_block, dense=dense)
 
 
 def _oracle_indices(q, k, kw: dict, blocks, kept: int) -> torch.Tensor:
@@ -230,6 +231,13 @@ def measure_config(shape: str, q, k, v, fq, fk, bk: int, args, dense_ms=None, he
         print("    fitted " + ", ".join(f"{x} held out {r['held_out_before']:.3f}→{r['held_out_after']:.3f}"
                                         for x, r in reports.items()), flush=True)
     timing = {}  # attn_ms and flex_ms: once per configuration, on the first selection that runs
+    dense: list = []  # the dense rows of the measured queries: once per configuration, when first needed
+
+    def error(idx, remainder="none"):
+        if not dense:
+            dense.append(dense_rows(q, k, v, query_block_size=args.query_block, query_blocks=blocks))
+        return output_error(q, k, v, idx, blocks, bk, args, remainder, dense=dense[0])
+
     rows = []
     for name in args.scorers:
         row = dict(base, scorer=name, fit=reports.get(name))
@@ -244,8 +252,8 @@ def measure_config(shape: str, q, k, v, fq, fk, bk: int, args, dense_ms=None, he
         idx, ms = res
         recall = float(kept_mass(mass, idx[:, :, blocks]).sum()) / total
         row.update(recall=recall, ratio=recall / base["oracle"], ratio_f=recall / base["oracle_f"], sel_ms=ms)
-        row["err"], row["error"] = attempt(lambda: output_error(q, k, v, idx, blocks, bk, args))
-        row["err_mean"], _ = attempt(lambda: output_error(q, k, v, idx, blocks, bk, args, "mean"))
+        row["err"], row["error"] = attempt(lambda: error(idx))
+        row["err_mean"], _ = attempt(lambda: error(idx, "mean"))
         ref = _reference_of(name, args.backend)
         if ref is not None:
             row["same"], _ = attempt(lambda: float((select_row(name, q, k, kw, fitted, ref) == idx).float().mean()))

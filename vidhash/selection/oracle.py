@@ -174,6 +174,48 @@ def oracle_recall(
     return _ratio(top_mass(mass, kept, forced), counts)
 
 
+def _query_positions(nq: int, bq: int, blocks: torch.Tensor) -> torch.Tensor:
+    """Token positions of the query blocks ``blocks`` in order, those past ``nq`` dropped."""
+    pos = (blocks.unsqueeze(-1) * bq + torch.arange(bq, device=blocks.device)).flatten()
+    return pos[pos < nq]
+
+
+@torch.no_grad()
+def dense_rows(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    query_block_size: int,
+    causal: bool = False,
+    scale: float | None = None,
+    query_blocks: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Exact dense attention float32 ``(b, h, len(pos), e)`` of the queries of ``query_blocks``
+    (default all; their positions in order, those past ``nq`` dropped), chunked like
+    :func:`block_mass` — what :func:`attention_error` compares against (compute it once to judge
+    several outputs). Queries that see no key give 0."""
+    check_qkv(q, k, v)
+    b, h, nq, d = q.shape
+    nk = k.shape[-2]
+    bq = check_block("query_block_size", query_block_size)
+    blocks = torch.arange(-(-nq // bq), device=q.device) if query_blocks is None else query_blocks.to(q.device).long()
+    sc = resolve_scale(scale, d)
+    kf, vf = upcast(k), upcast(v)
+    parts = []
+    chunk = max(1, _CHUNK_ELEMS // max(1, b * h * bq * nk))
+    for start in range(0, blocks.numel(), chunk):
+        qpos = _query_positions(nq, bq, blocks[start : start + chunk])
+        s = torch.matmul(upcast(q[:, :, qpos]), kf.transpose(-1, -2)) * sc
+        if causal:
+            s = s.masked_fill(torch.arange(nk, device=q.device) > (qpos + nk - nq).unsqueeze(-1), float("-inf"))
+        lse = torch.logsumexp(s, dim=-1, keepdim=True)
+        parts.append(torch.matmul(torch.exp(s - lse.masked_fill(torch.isinf(lse), 0.0)), vf))
+    if not parts:
+        return q.new_zeros(b, h, 0, v.shape[-1], dtype=torch.float32)
+    return torch.cat(parts, dim=2)
+
+
 @torch.no_grad()
 def attention_error(
     q: torch.Tensor,
@@ -185,28 +227,20 @@ def attention_error(
     causal: bool = False,
     scale: float | None = None,
     query_blocks: torch.Tensor | None = None,
+    dense: torch.Tensor | None = None,
 ) -> float:
     """Relative error ``‖out − dense‖ / ‖dense‖`` (Frobenius, float32) of an attention output
     ``out (b, h, nq, e)`` against exact dense attention, over the queries of ``query_blocks``
-    (default all), chunked like :func:`block_mass`. Queries that see no key count as 0 in both."""
+    (default all), chunked like :func:`block_mass`. Queries that see no key count as 0 in both.
+    ``dense``: :func:`dense_rows` of the same arguments, computed once for several outputs."""
     check_qkv(q, k, v)
-    b, h, nq, d = q.shape
-    nk = k.shape[-2]
     bq = check_block("query_block_size", query_block_size)
-    blocks = torch.arange(-(-nq // bq), device=q.device) if query_blocks is None else query_blocks.to(q.device).long()
-    sc = resolve_scale(scale, d)
-    kf, vf = upcast(k), upcast(v)
-    err, ref = 0.0, 0.0
-    chunk = max(1, _CHUNK_ELEMS // max(1, b * h * bq * nk))
-    for start in range(0, blocks.numel(), chunk):
-        qpos = (blocks[start : start + chunk].unsqueeze(-1) * bq + torch.arange(bq, device=q.device)).flatten()
-        qpos = qpos[qpos < nq]
-        s = torch.matmul(upcast(q[:, :, qpos]), kf.transpose(-1, -2)) * sc
-        if causal:
-            s = s.masked_fill(torch.arange(nk, device=q.device) > (qpos + nk - nq).unsqueeze(-1), float("-inf"))
-        lse = torch.logsumexp(s, dim=-1, keepdim=True)
-        dense = torch.matmul(torch.exp(s - lse.masked_fill(torch.isinf(lse), 0.0)), vf)
-        diff = upcast(out[:, :, qpos]) - dense
-        err += float(diff.double().pow(2).sum())
-        ref += float(dense.double().pow(2).sum())
+    blocks = torch.arange(-(-q.shape[-2] // bq), device=q.device) if query_blocks is None else query_blocks.to(q.device).long()
+    qpos = _query_positions(q.shape[-2], bq, blocks)
+    if dense is None:
+        dense = dense_rows(q, k, v, query_block_size=bq, causal=causal, scale=scale, query_blocks=blocks)
+    elif dense.shape[:2] != out.shape[:2] or dense.shape[2] != qpos.numel():
+        raise ValueError(f"dense must be dense_rows of these queries: (b, h, {qpos.numel()}, e), got {tuple(dense.shape)}")
+    diff = (upcast(out[:, :, qpos]) - dense).double()
+    err, ref = float(diff.pow(2).sum()), float(dense.double().pow(2).sum())
     return math.sqrt(err / ref) if ref > 0 else math.sqrt(err)
