@@ -280,7 +280,7 @@ def add_dropin(p: argparse.ArgumentParser) -> None:
     p.add_argument("--block-sizes", default="64,16", help="comma-separated key-block sizes")
     p.add_argument("--scorers", default="default",
                    help="comma-separated block scorers ('default': the drop-in's default, pooled; or simhash, pooled, "
-                        "parent, moments, prefilter, rescore)")
+                        "parent, moments, subgrid, prefilter, rescore)")
     p.add_argument("--dense-steps", default="0",
                    help="comma-separated counts of first denoising steps run dense (dense warmup; default 0)")
     p.add_argument("--dense-layers", default="0",
