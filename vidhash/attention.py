@@ -219,7 +219,7 @@ SCORERS = ("simhash", "pooled", "parent", "moments", "subgrid", "prefilter", "re
 * ``"moments"`` — means and per-channel variances (second-order estimate of the block pair's
   ``log E exp(s q·k)``), the same codes and kernel;
 * ``"subgrid"`` — ``pooled`` with :data:`SUBGRID_M` query sub-centroids (the means of a quarter of
-  the query block each): each sub-centroid's scores against the key blocks' means, as levels
+  the query block each; query blocks a multiple of 4 tokens): each sub-centroid's scores against the key blocks' means, as levels
   below its best free block, and a block pair's best sub-centroid ranks it — a key block that one
   part of the query block wants is not averaged away by the rest. The same codes and kernel
   (``m=4``) on every backend (the float form of :mod:`vidhash.selection.scorers` normalises over
@@ -257,6 +257,16 @@ def resolve_scorer(scorer, hasher) -> str | nn.Module:
 
 SUBGRID_M = 4
 """Query sub-centroids per query block of ``scorer="subgrid"``."""
+
+
+def check_subgrid(scorer, block_size: int, query_block_size: int | None) -> None:
+    """``scorer="subgrid"`` splits each query block into :data:`SUBGRID_M` runs of queries: its size
+    (``query_block_size``, default ``block_size``) must be a multiple of them (ValueError naming it)."""
+    if isinstance(scorer, str) and scorer == "subgrid":
+        bq = query_block_size if query_block_size is not None else block_size
+        if isinstance(bq, int) and bq % SUBGRID_M:
+            raise ValueError(f"scorer='subgrid' splits each query block into {SUBGRID_M} runs of queries: "
+                             f"query_block_size must be a multiple of {SUBGRID_M}, got {bq}")
 
 
 def _code_scorer(scorer):
@@ -338,6 +348,7 @@ def select_blocks(
     check_qkv(q, k)
     scorer = resolve_scorer(scorer, hasher)
     _check_scorer(scorer, hasher, q)
+    check_subgrid(scorer, block_size, query_block_size)
     which = resolve_backend(backend, q, k)
     kw = dict(density=density, block_size=block_size, query_block_size=query_block_size,
               local_blocks=local_blocks, sink_blocks=sink_blocks, causal=causal)

@@ -271,7 +271,7 @@ def test_sparse_outputs_close_to_dense_with_all_blocks():
 # --------------------------------------------------------------------------------------------
 # scorer=: passed through to hash_attention; learned scorers are submodules as hashers are
 # --------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("scorer", ["simhash", "pooled", "moments", "prefilter"])
+@pytest.mark.parametrize("scorer", ["simhash", "pooled", "moments", "subgrid", "prefilter"])
 def test_scorer_passed_through(scorer, monkeypatch):
     import vidhash.integrations.diffusers as dropin
 
@@ -312,6 +312,7 @@ def test_learned_scorer_is_a_submodule():
     pytest.param({"scorer": "hamming"}, "scorer must be one of", id="unknown-scorer"),
     pytest.param({"scorer": "pooled", "n_bits": 16}, "read by scorer='simhash' or 'prefilter' only", id="pooled-with-bits"),
     pytest.param({"scorer": torch.nn.Linear(2, 2)}, "learned block scorer", id="not-a-scorer"),
+    pytest.param({"scorer": "subgrid", "block_size": 6}, "query_block_size must be a multiple of 4", id="subgrid-of-6"),
 ])
 def test_bad_scorer_raises(config, match):
     model, _ = tiny_wan()

@@ -390,8 +390,9 @@ def test_subgrid_keeps_a_block_one_part_of_the_query_block_wants(backend):
 @pytest.mark.parametrize("b,h,nq,nk,d,bk,bq,causal,density", SHAPES)
 def test_subgrid_is_the_m4_codes_on_every_backend(b, h, nq, nk, d, bk, bq, causal, density):
     """``select_blocks(scorer="subgrid")`` and ``hash_attention`` run the block-score codes with 4 query
-    sub-centroids (no float path off CUDA: one ranking on every backend); a query block that 4 does
-    not divide is refused by name."""
+    sub-centroids (no float path off CUDA: the CPU's ``auto`` and ``reference`` rank alike; the kernel
+    against them: tests/kernels/test_block_score.py); a query block that 4 does not divide is refused
+    naming the scorer, per token included."""
     q, k = _qk(b, h, nq, nk, d, 5 * nq + nk)
     v = torch.randn_like(k)
     kw = dict(density=density, block_size=bk, query_block_size=bq, causal=causal)
@@ -400,5 +401,8 @@ def test_subgrid_is_the_m4_codes_on_every_backend(b, h, nq, nk, d, bk, bq, causa
         sel = select_blocks(q, k, scorer="subgrid", backend=backend, **kw)
         assert torch.equal(sel.indices, want)
         assert torch.equal(hash_attention(q, k, v, scorer="subgrid", backend=backend, **kw), block_sparse_attention(q, k, v, sel))
-    with pytest.raises(ValueError, match="m must"):
-        select_blocks(q, k, scorer="subgrid", density=0.5, block_size=8, query_block_size=6)
+    for bk, bq in ((8, 6), (1, None), (2, None)):
+        with pytest.raises(ValueError, match="scorer='subgrid' splits each query block into 4"):
+            select_blocks(q, k, scorer="subgrid", density=0.5, block_size=bk, query_block_size=bq)
+        with pytest.raises(ValueError, match="query_block_size must be a multiple of 4"):
+            hash_attention(q, k, v, scorer="subgrid", density=0.5, block_size=bk, query_block_size=bq)

@@ -91,6 +91,12 @@ def test_attention_errors_name_the_key(override, key):
         tiny(*SPARSE, override)
 
 
+def test_subgrid_needs_query_blocks_a_multiple_of_4():
+    tiny(*SPARSE, "attention.scorer=subgrid")  # query blocks of 16: taken
+    with pytest.raises(ValueError, match=r"attention\.scorer='subgrid' splits each query block into 4"):
+        tiny(*SPARSE, "attention.scorer=subgrid", "attention.query_block_size=6")
+
+
 # ----------------------------------------------------------------------------- the model trained
 def test_sparse_forward_and_backward_go_through_hash_attention(monkeypatch):
     sparse_cfg, dense_cfg = tiny(*SPARSE), tiny()

@@ -23,6 +23,8 @@ def test_dropin_rows_and_cache(tiny_model, tmp_path, capsys):
     report = json.loads(out.read_text())
     rows = report["rows"]
     assert report["config"]["dropin_steps"] == [0, 2] and "_run" not in report["config"]  # flags only
+    assert report["config"]["dropin_cache"] == "rec.pt"  # by file name: no machine path
+    assert all(r["recording"] == {"seeds": [0, 1], "steps": [0, 2], "frames": 8, "size": 32, "total": 3} for r in report["rows"])
     layers = [r for r in rows if r["shape"].startswith("dropin blocks.")]
     means = {r["scorer"]: r for r in rows if r["shape"] == "dropin mean"}
     assert sorted({r["shape"] for r in layers}) == ["dropin blocks.0.attn1", "dropin blocks.1.attn1"]
@@ -46,6 +48,11 @@ def test_dropin_rows_and_cache(tiny_model, tmp_path, capsys):
         if a["scorer"] != "learned":  # the learned fit is seeded but not bitwise across runs
             assert a["recall"] == b["recall"] and a["shape"] == b["shape"]
     assert "dropin mean" in capsys.readouterr().out
+    # a recording of one seed cannot be split into a fitting and a measured half
+    rec["seeds"] = [0]
+    torch.save(rec, tmp_path / "one.pt")
+    assert main([*FLAGS, "--dropin-cache", str(tmp_path / "one.pt")]) != 0
+    assert "a recording of 1 seed" in capsys.readouterr().err
 
 
 def test_capture_steps_stops_after_the_last_wanted_step(tiny_model):

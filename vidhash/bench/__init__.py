@@ -3,8 +3,9 @@ command's flags as attributes (the flags themselves: :mod:`vidhash.cli.bench`)."
 import os
 import platform
 
-OUTPUT_FLAGS = ("json", "strip", "clips")
-"""Flags naming where a bench writes: its report records them by file name only (no machine paths)."""
+OUTPUT_FLAGS = ("json", "strip", "clips", "world_cache", "dropin_cache")
+"""Flags naming where a bench writes (or keeps a recording it reads back): its report records them by
+file name only (no machine paths)."""
 
 
 def cpu_name() -> str:

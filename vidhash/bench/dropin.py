@@ -338,8 +338,9 @@ def capture_qk(pipe, seed: int, args) -> dict[str, tuple[torch.Tensor, torch.Ten
     return capture_steps(pipe, seed, (args.recall_step,), args.frames, args.size, args.steps)[args.recall_step]
 
 
-class _Captured(Exception):
-    """Raised by :func:`capture_steps`' hook once the last wanted step is recorded."""
+class _Captured(BaseException):
+    """Raised by :func:`capture_steps`' hook once the last wanted step is recorded (a BaseException:
+    no ``except Exception`` between the hook and the caller swallows it)."""
 
 
 def capture_steps(pipe, seed: int, steps, frames: int, size: int, total: int) -> dict[int, dict]:

@@ -445,7 +445,11 @@ def run_dropin(args, rows: list[dict]) -> None:
         layers = rec["layers"]
         if args.dropin_cache:
             torch.save(rec, args.dropin_cache)
+    if len(rec["seeds"]) < 2:
+        raise ValueError(f"--dropin-cache {args.dropin_cache}: a recording of {len(rec['seeds'])} seed — the rows need "
+                         "2 or more (half fit, half measured)")
     half = (len(rec["seeds"]) // 2) * len(rec["steps"])
+    recording = {key: rec[key] for key in ("seeds", "steps", "frames", "size", "total")}  # what the rows measured
     q0 = next(iter(layers.values()))[0]
     print(f"  {args.dropin or args.dropin_cache}: {len(layers)} self-attentions, seeds {rec['seeds']} at steps "
           f"{rec['steps']} of {rec['total']} ({q0.shape[0]} samples of {q0.shape[-2]} tokens, {q0.shape[1]} heads, d {q0.shape[-1]}); "
@@ -459,6 +463,7 @@ def run_dropin(args, rows: list[dict]) -> None:
             print(f"  {name}, key blocks {bk}", flush=True)
             per_bk += measure_config(f"dropin {name}", q[half:], k[half:], v[half:], q[:half], k[:half], bk, study,
                                      held_out=1 / max(2, len(rec["seeds"]) // 2))
+        per_bk = [dict(r, recording=recording) for r in per_bk]
         summary = world_summary(per_bk, "dropin mean")
         print_table(per_bk + summary)
         rows += per_bk + summary

@@ -708,7 +708,7 @@ def _check_reuse_mass(cfg: DropInConfig) -> None:
 
 
 def _check_scorer_config(cfg: DropInConfig, names: list[str], head_dim: int, heads: int) -> None:
-    from ..attention import SCORERS
+    from ..attention import SCORERS, check_subgrid
 
     scorer = cfg.scorer
     if isinstance(scorer, str):
@@ -726,6 +726,7 @@ def _check_scorer_config(cfg: DropInConfig, names: list[str], head_dim: int, hea
                                  f"{heads} of {head_dim}")
     if not cfg.reads_hasher and cfg.hasher is not None:
         raise ValueError(f"hasher/hashers/n_bits/seed are read by scorer='simhash' or 'prefilter' only, got scorer={scorer!r}")
+    check_subgrid(scorer, cfg.block_size, cfg.query_block_size)
 
 
 # --------------------------------------------------------------------------------------------

@@ -31,7 +31,7 @@ from typing import Optional
 
 from torch import nn
 
-from vidhash.attention import READS_SIGNATURES, SCORERS, check_remainder
+from vidhash.attention import READS_SIGNATURES, SCORERS, check_remainder, check_subgrid
 from vidhash.hashing import MAX_BITS
 from vidhash.ops.checks import check_backend, check_selection_args
 
@@ -71,6 +71,10 @@ def check_attention(attention: TrainAttentionConfig) -> None:
         raise ValueError(f"attention.{err}") from None
     if a.scorer not in SCORERS:
         raise ValueError(f"attention.scorer must be one of {', '.join(SCORERS)}, got {a.scorer!r}")
+    try:
+        check_subgrid(a.scorer, a.block_size, a.query_block_size)
+    except ValueError as err:
+        raise ValueError(f"attention.{err}") from None
     if not 1 <= a.n_bits <= MAX_BITS:
         raise ValueError(f"attention.n_bits must be in [1, {MAX_BITS}], got {a.n_bits}")
     if a.seed < 0:
