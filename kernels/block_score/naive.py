@@ -283,6 +283,11 @@ def selection_codes(q: torch.Tensor, k: torch.Tensor, *, block_size: int, query_
     return quantize_codes(_pad_rows(cq * factor, rows_q), _pad_rows(ck * factor, rows_k), resolution)
 
 
+def empty_selection(q: torch.Tensor, kept: int, bk: int, bq: int, nk: int, causal: bool) -> BlockSelection:
+    """The selection of no queries: ``(b, h, 0, kept)`` indices."""
+    return BlockSelection(torch.empty(*q.shape[:2], 0, kept, dtype=torch.int32, device=q.device), bk, bq, 0, nk, causal)
+
+
 @torch.no_grad()
 def select_blocks_codes_reference(
     q: torch.Tensor,
@@ -307,10 +312,13 @@ def select_blocks_codes_reference(
     check_parent(scorer, causal)
     density, bk, bq = check_selection_args(density, block_size, query_block_size, local_blocks, sink_blocks)
     nq, nk = q.shape[-2], k.shape[-2]
-    qi, ki, shift = selection_codes(q, k, block_size=bk, query_block_size=bq, scale=scale, m=m, sub=sub,
-                                    scorer=scorer, resolution=resolution)
     kept = num_kept_blocks(nq, nk, density=density, block_size=bk, query_block_size=bq, local_blocks=local_blocks,
                            sink_blocks=sink_blocks, causal=causal)
+    if nq == 0:  # no query block: nothing to score (an empty selection, as the float path gives)
+        check_grid(bk, bq, m, bk if sub is None else sub)
+        return empty_selection(q, kept, bk, bq, nk, causal)
+    qi, ki, shift = selection_codes(q, k, block_size=bk, query_block_size=bq, scale=scale, m=m, sub=sub,
+                                    scorer=scorer, resolution=resolution)
     idx = block_score_reference(qi, ki, shift, kept=kept, num_queries=nq, num_keys=nk, block_size=bk,
                                 query_block_size=bq, local_blocks=local_blocks, sink_blocks=sink_blocks,
                                 causal=causal, m=m, sub=sub)

@@ -15,7 +15,8 @@ import triton
 from vidhash.ops.checks import BlockSelection, check_qkv, check_selection_args
 
 from .kernel import block_score_kernel, code_ranges_kernel, quantize_codes_kernel
-from .naive import RESOLUTION, check_codes, check_grid, check_parent, code_width, float_codes, select_blocks_codes_reference
+from .naive import (RESOLUTION, check_codes, check_grid, check_parent, code_width, empty_selection, float_codes,
+                    select_blocks_codes_reference)
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 BACKENDS = ("auto", "triton", "reference")
@@ -238,6 +239,8 @@ def select_blocks_codes(
     nq, nk = q.shape[-2], k.shape[-2]
     kept = num_kept_blocks(nq, nk, density=density, block_size=bk, query_block_size=bq, local_blocks=local_blocks,
                            sink_blocks=sink_blocks, causal=causal)  # closed form on the host: no device sync
+    if nq == 0:
+        return empty_selection(q, kept, bk, bq, nk, causal)
     cq, ck, factor, rows_q, rows_k = float_codes(q, k, block_size=bk, query_block_size=bq, scale=scale, m=m, sub=sub,
                                                  scorer=scorer)
     qi, ki, shift = quantize_codes_triton(cq, ck, factor, rows_q, rows_k, resolution)

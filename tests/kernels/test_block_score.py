@@ -297,3 +297,18 @@ def test_both_quantisations_refuse_the_same_resolutions(resolution):
         quantize_codes(cq, ck, resolution)
     with pytest.raises(ValueError, match="resolution must be in"):
         quantize_codes_triton(cq.to(DEV), ck.to(DEV), 1.0, 3, 4, resolution)
+
+
+@pytest.mark.parametrize("backend", ["reference", "triton"])
+def test_no_queries_give_an_empty_selection(backend):
+    """No query blocks: ``(b, h, 0, kept)`` indices, as the float path gives (the codes need a row)."""
+    from vidhash.attention import select_blocks
+
+    q, k = torch.randn(1, 2, 0, 16).to(DEV), torch.randn(1, 2, 50, 16).to(DEV)
+    kw = dict(density=0.3, block_size=8, query_block_size=16)
+    want = select_blocks(q, k, scorer="pooled", backend="auto" if DEV == "cpu" else "reference", **kw)
+    for scorer in ("pooled", "moments", "subgrid"):
+        sel = select_blocks(q, k, scorer=scorer, backend=backend, **kw)
+        assert sel.indices.shape == want.indices.shape == (1, 2, 0, want.kept) and sel.num_queries == 0
+    with pytest.raises(ValueError, match="m must"):
+        select_blocks_codes(q, k, m=3, backend=backend, **kw)
