@@ -81,13 +81,15 @@ def main_loop(sass: str, needs: str | None) -> list[str]:
 BLOCK_SCORE_SHAPES = {  # name: (query blocks, key blocks, code width R, kept)
     "131k": (1024, 2048, 64, 64),  # N = 131,072, d 64, query blocks of 128, key blocks of 64, 1/32
     "wan": (256, 512, 128, 16),  # Wan 1.3B 480p, 32,760 tokens, d 128, same blocks and density
+    "wanmini": (264, 528, 128, 66),  # wan-mini's drop-in: 33,792 tokens, d 128, key blocks of 64, 1/8
 }
 
 
-def block_score_counts(tiles=((16, 128, 4),), shapes=("131k", "wan")) -> list[dict]:
-    """Registers, stack and per-pass loop instructions of the block-score kernel (pooled codes,
-    non-causal) for each tile ``(block_m, block_n, warps)`` × shape; ``per_pair``
-    = the four passes' loop instructions per block pair a thread holds in one step."""
+def block_score_counts(tiles=((16, 128, 4),), shapes=("131k", "wan"), m: int = 1) -> list[dict]:
+    """Registers, stack and per-pass loop instructions of the block-score kernel (pooled codes with
+    ``m`` query sub-centroids — ``scorer="subgrid"`` is ``m=4`` —, non-causal) for each tile
+    ``(block_m, block_n, warps)`` × shape; ``per_pair`` = the four passes' loop instructions per
+    block pair a thread holds in one step."""
     from vidhash.kernels.block_score import kernel as K
 
     fn = K.block_score_kernel
@@ -102,12 +104,12 @@ def block_score_counts(tiles=((16, 128, 4),), shapes=("131k", "wan")) -> list[di
             ints |= dict(H=12, NQ=nqb * 128, NK=nkb * 64, NQB=nqb, NKB=nkb, NSUB=nkb, KEPT=kept, BQ=128, BK=64,
                          LOCAL=1, SINK=1, stride_kj=width, stride_qc=width)
             for bm, bn, warps in tiles:
-                consts = dict(R=width, M=1, P=1, CAUSAL=False, BLOCK_M=bm, BLOCK_N=bn)
+                consts = dict(R=width, M=m, P=1, CAUSAL=False, BLOCK_M=bm, BLOCK_N=bn)
                 sass, use = compile_sm90(fn, sig, consts, ints, warps, 3, tmp)
                 passes = [len(b) for b in loops(sass)][:4]  # smax, coarse, fine, emit (then the -1 padding)
                 per_thread = bm * bn / (32 * warps)
                 mix = collections.Counter(o.split(".")[0] for b in loops(sass)[:4] for o in b)
-                rows.append({"shape": shape, "tile": f"{bm}x{bn}x{warps}", "regs": use.get("REG", 0),
+                rows.append({"shape": shape, "m": m, "tile": f"{bm}x{bn}x{warps}", "regs": use.get("REG", 0),
                              "stack": use.get("STACK", 0), "passes": passes, "per_pair": sum(passes) / per_thread,
                              "mix": dict(mix.most_common(6))})
     return rows
@@ -143,6 +145,7 @@ def main(argv=None) -> int:
     p.add_argument("kernel", choices=["block-score", "block-mass"])
     p.add_argument("--tiles", type=_tiles_arg, default=((16, 128, 4),), help="block_m x block_n x warps, comma-separated")
     p.add_argument("--shapes", default="131k,wan", help=f"of {sorted(BLOCK_SCORE_SHAPES)}")
+    p.add_argument("--m", type=int, default=1, help="query sub-centroids of the block-score kernel (subgrid: 4)")
     args = p.parse_args(argv)
     os.environ.pop("TRITON_INTERPRET", None)
     if args.kernel == "block-mass":
@@ -152,7 +155,7 @@ def main(argv=None) -> int:
                   f"instructions, {r['mma']} MMA instructions in them")
         return 0
     print("shape  tile       regs  stack  loop instr per pass (smax, coarse, fine, emit)  per pair")
-    for r in block_score_counts(args.tiles, args.shapes.split(",")):
+    for r in block_score_counts(args.tiles, args.shapes.split(","), args.m):
         print(f"{r['shape']:6s} {r['tile']:10s} {r['regs']:4d} {r['stack']:6d}  "
               f"{str(r['passes']):44s} {r['per_pair']:7.1f}")
     return 0
