@@ -483,7 +483,7 @@ def world_summary(rows: list[dict], shape: str = "world mean") -> list[dict]:
             return sum(vals) / len(vals) if vals else None
 
         means = {key: mean(key) for key in ("recall", "oracle", "oracle_f", "err", "err_mean", "sel_ms", "attn_ms",
-                                             "total_ms", "same")}
+                                             "total_ms", "same", "flex_ms", "x_dense")}
         out.append(dict(sub[0], shape=shape, **means, ratio=means["recall"] / means["oracle"],
                         ratio_f=means["recall"] / means["oracle_f"], layers=len(sub), fit=None))
     return out
