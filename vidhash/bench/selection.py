@@ -523,7 +523,7 @@ def check_args(args) -> None:
     naming the flag."""
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError("--device cuda needs a CUDA device")
-    for flag in ("sizes", "block_sizes"):
+    for flag in ("sizes", "block_sizes", "dropin_seeds", "dropin_steps"):
         text = getattr(args, flag)
         try:
             setattr(args, flag, [int(x) for x in text.split(",") if x.strip()] if isinstance(text, str) else list(text))
@@ -547,12 +547,6 @@ def check_args(args) -> None:
         raise ValueError(f"--world {args.world}: no such pipeline folder (e.g. models/world-tiny-v3)")
     if args.world_cache and os.path.isdir(args.world_cache):
         raise ValueError(f"--world-cache {args.world_cache} is a folder, not a .pt file")
-    for flag in ("dropin_seeds", "dropin_steps"):
-        text = getattr(args, flag)
-        try:
-            setattr(args, flag, [int(x) for x in text.split(",") if x.strip()] if isinstance(text, str) else list(text))
-        except ValueError as err:
-            raise ValueError(f"--{flag.replace('_', '-')} must be comma-separated integers, got {text!r}") from err
     dropin_cached = bool(args.dropin_cache) and os.path.isfile(args.dropin_cache)
     if args.dropin is not None and not dropin_cached and not os.path.isdir(args.dropin):
         raise ValueError(f"--dropin {args.dropin}: no such pipeline folder (a WanMiniPipeline export, e.g. models/wan-mini)")
