@@ -463,3 +463,21 @@ def test_one_seed_is_sampled_twice_and_the_warm_clip_timed(monkeypatch):
     assert timing == {"transformer_ms": 2.0, "clip_s": 0.5}
     clips, timing = dropin.run_setting(SimpleNamespace(transformer=None), dropin.Setting("dense"), [1, 2, 3], args)
     assert calls[-1] == [1, 2, 3] and len(clips) == 3 and timing == {"transformer_ms": 2.0, "clip_s": 0.5}
+
+
+def test_query_block_sizes_rows(tiny_model, tmp_path):
+    """--query-block-sizes: each key-block size with each query-block size (rows ' q<size>'), the
+    drop-in and the recall run with it (a query block of 32 over key blocks of 16 keeps other blocks
+    than query blocks of 16), and the row records it (the default rows record the key block's size)."""
+    out = tmp_path / "dropin.json"
+    assert main(["bench", "dropin", "--model", str(tiny_model), "--densities", "1/4", "--block-sizes", "16",
+                 "--query-block-sizes", "16,32", "--seeds", "0", "--frames", "8", "--size", "32", "--steps", "2",
+                 "--recall-step", "1", "--no-coherence", "--no-flex", "--json", str(out)]) == 0
+    rows = {r["setting"]: r for r in json.loads(out.read_text())["rows"]}
+    assert list(rows) == ["dense", "dense (repeat)", "1/4 b16 q16", "1/4 b16 q32"]
+    q16, q32 = rows["1/4 b16 q16"], rows["1/4 b16 q32"]
+    assert (q16["query_block_size"], q32["query_block_size"], rows["dense"]["query_block_size"]) == (16, 32, None)
+    assert q16["psnr"] != q32["psnr"] and q16["layers"] != q32["layers"]
+    rows = dropin.make_settings([dropin.Fraction(1, 8)], [64, 16], [None])
+    assert [r.query_block_size for r in rows] == [None] * 4 and rows[3].name == "1/8 b16"
+    assert main(["bench", "dropin", "--model", str(tiny_model), "--query-block-sizes", "0", "--seeds", "0"]) == 2

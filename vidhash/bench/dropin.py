@@ -11,7 +11,8 @@ a camera path of actions drawn from the seed): first the dense model (diffusers'
 processors: dense SDPA), then ``dense (repeat)`` — the same processors again: its frames must
 equal the dense ones, the floor of every comparison — then the drop-in
 (:func:`vidhash.integrations.diffusers.enable_hash_attention`) at each density × key-block size
-(× scorer × ``--dense-steps`` × ``--dense-layers``: the drop-in's dense warmup, as Sparse VideoGen
+(× ``--query-block-sizes``, rows ``… q64``: the drop-in's ``query_block_size``, by default the key
+block's size × scorer × ``--dense-steps`` × ``--dense-layers``: the drop-in's dense warmup, as Sparse VideoGen
 and SVG2 keep full attention in the first denoising steps and blocks — ``dense_timestep`` from the
 pipeline's scheduler for ``--steps`` steps, ``dense_layers``; rows ``… ds2 dl1``, both 0 by
 default, the rows and table then as without them), and the same setting again with ``backend="flex"``: vidhash's selection, PyTorch's
@@ -106,7 +107,8 @@ class Setting:
     modules run dense). ``remainder``: the drop-in's ``remainder`` (``"mean"``: the unkept key blocks as
     one mean token each). ``layer_densities``: the drop-in's per-module densities, as sorted pairs.
     ``reuse_mass``: 0, or the drop-in's ``reuse_mass`` with ``mass_query_stride`` = this (the sparse
-    steps select from the last dense step's block mass); ``mass_refresh``: its ``mass_refresh``."""
+    steps select from the last dense step's block mass); ``mass_refresh``: its ``mass_refresh``.
+    ``query_block_size``: the drop-in's ``query_block_size`` (None: its default, the key block's size)."""
 
     name: str
     density: Fraction | None = None
@@ -118,6 +120,7 @@ class Setting:
     layer_densities: tuple[tuple[str, float], ...] = ()
     reuse_mass: int = 0
     mass_refresh: int = 0
+    query_block_size: int | None = None
 
 
 def layer_tag(layer_densities: dict[str, float]) -> str:
@@ -152,8 +155,10 @@ def parse_ints(text: str, flag: str, minimum: int = 1) -> list[int]:
 def make_settings(densities: list[Fraction], block_sizes: list[int], scorers: list[str | None],
                   dense_steps: list[int] = (0,), dense_layers: list[int] = (0,),
                   remainders: list[str] = ("none",), layer_densities: dict[str, float] | None = None,
-                  reuse: list[int] = (0,), refresh: list[int] = (0,)) -> list[Setting]:
-    """dense, dense (repeat), then density × block size × scorer (× dense steps × dense layers ×
+                  reuse: list[int] = (0,), refresh: list[int] = (0,),
+                  query_blocks: list[int | None] = (None,)) -> list[Setting]:
+    """dense, dense (repeat), then density × block size (× query block, named `` q<size>`` where given)
+    × scorer (× dense steps × dense layers ×
     remainder × reuse, innermost; named ``ds<steps>`` / ``dl<layers>`` where not 0, ``+<remainder>`` where
     not ``"none"``, ``reuse/<stride>`` where ``reuse`` is not 0 (only with dense steps: a setting
     without them has no mass to reuse and is skipped; `` r<N>`` per ``refresh`` N > 0, reuse rows
@@ -162,7 +167,7 @@ def make_settings(densities: list[Fraction], block_sizes: list[int], scorers: li
     pairs = tuple(sorted((layer_densities or {}).items()))
     rows = [Setting("dense"), Setting("dense (repeat)")]
     for scorer in scorers:
-        for bs in block_sizes:
+        for bs, bq in ((b, q) for b in block_sizes for q in query_blocks):
             for d in densities:
                 for steps in dense_steps:
                     for layers in dense_layers:
@@ -170,13 +175,14 @@ def make_settings(densities: list[Fraction], block_sizes: list[int], scorers: li
                             for stride, every in ((s, r) for s in reuse for r in (refresh if s else (0,))):
                                 if stride and not steps:
                                     continue
-                                tag = "" if scorer is None else f" {scorer}"
+                                tag = "" if bq is None else f" q{bq}"
+                                tag += "" if scorer is None else f" {scorer}"
                                 tag += (f" ds{steps}" if steps else "") + (f" dl{layers}" if layers else "")
                                 tag += f" +{rest}" if rest != "none" else ""
                                 tag += (f" reuse/{stride}" if stride else "") + (f" r{every}" if every else "")
                                 tag += layer_tag(dict(pairs))
                                 rows.append(Setting(f"{d} b{bs}{tag}", d, bs, scorer, steps, layers, rest, pairs, stride,
-                                                    every))
+                                                    every, bq))
     return rows
 
 
@@ -408,7 +414,8 @@ def layer_recall(captured: dict, setting: Setting, max_query_blocks: int, dense_
         if dense_step or name in dense_names or (name in (layer_densities or {}) and density >= 1.0):
             rows.append({"layer": name, "dense": "step" if dense_step else "layer"})
             continue
-        sel = attention.select_blocks(q, k, density=density, block_size=setting.block_size, **extra)
+        sel = attention.select_blocks(q, k, density=density, block_size=setting.block_size,
+                                      query_block_size=setting.query_block_size, **extra)
         row = {"layer": name, "recall": attention.selection_recall(q, k, sel, max_query_blocks=max_query_blocks)}
         if oracle_recall is not None:
             row["oracle"] = oracle_recall(q, k, int(sel.indices.shape[-1]), block_size=sel.block_size,
@@ -522,6 +529,8 @@ def run_setting(pipe, setting: Setting, seeds: list[int], args, backend: str | N
             extra["layer_densities"] = dict(setting.layer_densities)
         if setting.reuse_mass:
             extra.update(reuse_mass=True, mass_query_stride=setting.reuse_mass, mass_refresh=setting.mass_refresh)
+        if setting.query_block_size is not None:
+            extra["query_block_size"] = setting.query_block_size
         enable_hash_attention(pipe.transformer, density=float(setting.density), block_size=setting.block_size,
                               **drop_in_options(setting.scorer), **dense_options(pipe, setting, args.steps), **extra)
     call = CallRecorder(pipe.transformer, args.recall_step) if getattr(args, "profile", False) else None
@@ -667,7 +676,8 @@ def measure_setting(pipe, setting: Setting, seeds: list[int], args, dense, captu
     dense_clips, dense_row = dense if dense is not None else (clips, None)
     clip_s_dense = timing["clip_s"] if dense_row is None else dense_row["clip_s"]
     row = {"setting": setting.name, "density": None if setting.density is None else float(setting.density),
-           "block_size": setting.block_size, "scorer": None if setting.density is None else setting.scorer or DropInConfig.scorer,
+           "block_size": setting.block_size, "query_block_size": (setting.query_block_size or setting.block_size) if sparse else None,
+           "scorer": None if setting.density is None else setting.scorer or DropInConfig.scorer,
            "psnr": float(np.mean([clip_psnr(c, d) for c, d in zip(clips, dense_clips)])),
            "ssim": float(np.mean([clip_ssim(c, d) for c, d in zip(clips, dense_clips)])),
            "recall": None, "oracle": None, "error": None, "transformer_ms": timing["transformer_ms"], "transformer_ms_flex": None,
@@ -706,6 +716,8 @@ def run(args) -> int:
     # 1. inputs and settings
     densities = parse_fractions(args.densities, "--densities")
     block_sizes = parse_ints(args.block_sizes, "--block-sizes")
+    query_text = getattr(args, "query_block_sizes", "") or ""
+    query_blocks = parse_ints(query_text, "--query-block-sizes") if query_text.strip() else [None]
     seeds = parse_ints(args.seeds, "--seeds", minimum=0)
     scorers = [None if s in ("", "default") else s for s in args.scorers.split(",")]
     unknown = [s for s in scorers if s is not None and s not in SCORERS]
@@ -738,7 +750,8 @@ def run(args) -> int:
         raise ValueError(f"--layer-densities names {unknown[0]!r}, not a self-attention module of the model ({names})")
     if max(dense_layers) > modules:
         raise ValueError(f"--dense-layers must be in [0, {modules}] (the model's self-attention modules), got {args.dense_layers}")
-    settings = make_settings(densities, block_sizes, scorers, dense_steps, dense_layers, remainders, layer_densities, reuse, refresh)
+    settings = make_settings(densities, block_sizes, scorers, dense_steps, dense_layers, remainders, layer_densities, reuse, refresh,
+                             query_blocks)
     report = {"model": str(args.model), "device": describe_device(device), "torch": torch.__version__,
               "date": time.strftime("%Y-%m-%d"), "frames": args.frames, "size": args.size, "steps": args.steps,
               "seeds": seeds, "recall_step": args.recall_step, "flex": not args.no_flex,
@@ -763,6 +776,7 @@ def run(args) -> int:
             print(format_profile(row["profile"]), flush=True)
         if (args.strip or args.clips) and (setting.name == "dense" or (setting.density in STRIP_DENSITIES and setting.scorer == scorers[0]
                                                        and setting.block_size == block_sizes[0]
+                                                       and setting.query_block_size == query_blocks[0]
                                                        and setting.dense_steps == dense_steps[0]
                                                        and setting.dense_layers == dense_layers[0]
                                                        and setting.remainder == remainders[0]

@@ -278,6 +278,9 @@ def add_dropin(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="a wan-mini folder (WanMiniPipeline export, e.g. models/wan-mini)")
     p.add_argument("--densities", default="1/4,1/8,1/16,1/32", help="comma-separated shares of key blocks kept")
     p.add_argument("--block-sizes", default="64,16", help="comma-separated key-block sizes")
+    p.add_argument("--query-block-sizes", default="",
+                   help="comma-separated query-block sizes, each run with every key-block size (rows ' q<size>'; "
+                        "default: the drop-in's, query blocks as large as the key blocks)")
     p.add_argument("--scorers", default="default",
                    help="comma-separated block scorers ('default': the drop-in's default, pooled; or simhash, pooled, "
                         "parent, moments, subgrid, prefilter, rescore)")
