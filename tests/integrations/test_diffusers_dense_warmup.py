@@ -1,6 +1,7 @@
 """The drop-in's dense warmup (issue 17): ``dense_layers`` (the first N self-attention modules run
 diffusers' own attention), ``dense_timestep`` (every self-attention dense while the call's timestep is
 >= it: a forward pre-hook and a Python-bool gate) and ``dense_timestep_for`` (a step count → threshold)."""
+import copy
 from pathlib import Path
 
 import pytest
@@ -95,11 +96,12 @@ def test_threshold_is_inclusive_and_positional_timestep_is_read():
 
 
 def test_hook_reads_numbers_lists_and_no_timestep():
-    from vidhash.integrations.diffusers import DenseGate, _timestep_hook
+    from vidhash.integrations.diffusers import _GATE_ATTR, DenseGate, _timestep_hook
 
     model, _ = tiny_wan()
     gate = DenseGate()
-    hook = _timestep_hook(model, gate, 500.0)
+    setattr(model, _GATE_ATTR, gate)
+    hook = _timestep_hook(model, 500.0)
     for args, kwargs, dense in [((), {"timestep": 500}, True), ((), {"timestep": 499.9}, False),
                                 ((None, [100, 700]), {}, True), ((None, torch.tensor([[100, 200]])), {}, False),
                                 ((None,), {}, False), ((), {"timestep": torch.tensor(600.0)}, True)]:
@@ -229,3 +231,25 @@ def test_bad_dense_options_raise_naming_them(config, match):
         vidhash.enable_hash_attention(model, **SPARSE, **config)
     assert not is_hash_attention_enabled(model) and _pre_hooks(model) == 0
     assert all(model.attn_processors[k] is v for k, v in before.items())
+
+
+def test_deepcopy_gets_its_own_gate():
+    """A deepcopy of a transformer with dense_timestep runs dense at the dense timesteps (its pre-hook
+    opens the copy's gate, the one its processors read — before, it opened the original's and the copy
+    ran sparse); calls on either never open the other's; disabling the copy leaves the original's."""
+    model, inputs = tiny_wan()
+    stock_hi, stock_lo = run(model, _with_timestep(inputs, 900)), run(model, _with_timestep(inputs, 100))
+    vidhash.enable_hash_attention(model, **SPARSE, dense_timestep=500)
+    sparse_lo = run(model, _with_timestep(inputs, 100))
+    assert not torch.equal(sparse_lo, stock_lo)
+    twin = copy.deepcopy(model)
+    assert torch.equal(run(twin, _with_timestep(inputs, 900)), stock_hi)
+    assert torch.equal(run(twin, _with_timestep(inputs, 100)), sparse_lo)
+    run(model, _with_timestep(inputs, 900))  # the original's gate open ...
+    assert torch.equal(run(twin, _with_timestep(inputs, 100)), sparse_lo)  # ... the copy's not
+    run(twin, _with_timestep(inputs, 900))
+    assert torch.equal(run(model, _with_timestep(inputs, 100)), sparse_lo)
+    vidhash.disable_hash_attention(twin)
+    assert torch.equal(run(twin, _with_timestep(inputs, 100)), stock_lo) and _pre_hooks(twin) == 0
+    assert _pre_hooks(model) == 1 and torch.equal(run(model, _with_timestep(inputs, 900)), stock_hi)
+    assert torch.equal(run(model, _with_timestep(inputs, 100)), sparse_lo)

@@ -55,15 +55,16 @@ def test_dropin_rows_and_cache(tiny_model, tmp_path, capsys):
     assert "a recording of 1 seed" in capsys.readouterr().err
 
 
-def test_capture_steps_stops_after_the_last_wanted_step(tiny_model):
+def test_capture_steps_stops_after_the_last_wanted_step(tiny_model, monkeypatch):
     pipe = dropin.load_pipeline(str(tiny_model), "cpu", "fp32")
-    calls = []
+    calls, freed = [], []
+    monkeypatch.setattr(pipe, "maybe_free_model_hooks", lambda: freed.append(1))  # what CPU offload relies on
     handle = pipe.transformer.register_forward_pre_hook(lambda *_: calls.append(1))
     try:
         captured = dropin.capture_steps(pipe, 0, (1,), 8, 32, 5)
     finally:
         handle.remove()
-    assert len(calls) == 2 and list(captured) == [1]
+    assert len(calls) == 2 and list(captured) == [1] and freed == [1]
     assert sorted(captured[1]) == ["blocks.0.attn1", "blocks.1.attn1"]
     # the recording processors are gone: the model runs its own attention again
     assert not any(type(p).__name__ == "Recording" for p in pipe.transformer.attn_processors.values())

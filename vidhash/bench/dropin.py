@@ -381,8 +381,10 @@ def capture_steps(pipe, seed: int, steps, frames: int, size: int, total: int) ->
     try:
         pipe(actions=camera_path(seed, frames), num_frames=frames, height=size, width=size,
              num_inference_steps=total, generator=torch.Generator().manual_seed(seed))  # the same schedule
-    except _Captured:
-        pass
+    except _Captured:  # the pipeline's own end skipped: offload hooks back as after a whole clip
+        free = getattr(pipe, "maybe_free_model_hooks", None)
+        if free is not None:
+            free()
     finally:
         handle.remove()
         tf.set_attn_processor(originals)

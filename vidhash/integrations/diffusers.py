@@ -108,6 +108,7 @@ _CONFIG_ATTR = "_vidhash_config"
 _ORIGINALS_ATTR = "_vidhash_original_processors"
 _HOOKS_ATTR = "_vidhash_state_dict_hooks"
 _TIMESTEP_HOOK_ATTR = "_vidhash_timestep_hook"
+_GATE_ATTR = "_vidhash_dense_gate"  # the pre-hook finds the gate on the module it runs for (a deepcopy: its own)
 _DENSE_OPTIONS = ("dense_layers", "dense_timestep", "layer_densities", "reuse_mass", "mass_query_stride", "mass_refresh")
 # ^ read by the processors and the hook, not by hash_attention
 _DENSE_OK_BACKENDS = (None, "native")
@@ -771,16 +772,23 @@ def _remove_timestep_hook(transformer) -> None:
     if hook is not None:
         hook.remove()
         delattr(transformer, _TIMESTEP_HOOK_ATTR)
+    if hasattr(transformer, _GATE_ATTR):
+        delattr(transformer, _GATE_ATTR)
 
 
-def _timestep_hook(transformer, gate: DenseGate, threshold: float):
-    """A forward pre-hook that opens ``gate`` for the call when its ``timestep`` (keyword or
-    positional; the max of a tensor) is >= ``threshold`` and closes it otherwise — set afresh on
-    every call, so nothing carries over from one call to the next."""
+def _timestep_hook(transformer, threshold: float):
+    """A forward pre-hook that opens the module's gate (its ``_vidhash_dense_gate``, the one its
+    processors read) for the call when its ``timestep`` (keyword or positional; the max of a tensor)
+    is >= ``threshold`` and closes it otherwise — set afresh on every call, so nothing carries over
+    from one call to the next. The gate is looked up on the module the hook runs for, not captured:
+    a ``copy.deepcopy`` of the transformer shares this function but opens its own gate."""
     params = list(inspect.signature(type(transformer).forward).parameters)[1:]  # without self
     position = params.index("timestep") if "timestep" in params else None
 
     def hook(module, args, kwargs):
+        gate = getattr(module, _GATE_ATTR, None)
+        if gate is None:
+            return
         t = kwargs.get("timestep")
         if t is None and position is not None and position < len(args):
             t = args[position]
@@ -908,8 +916,8 @@ def enable_hash_attention(transformer, **config):
     # 5. the dense_timestep pre-hook: replaced on every call (never two), none without the option
     _remove_timestep_hook(transformer)
     if gate is not None:
-        handle = transformer.register_forward_pre_hook(_timestep_hook(transformer, gate, cfg.dense_timestep),
-                                                       with_kwargs=True)
+        setattr(transformer, _GATE_ATTR, gate)
+        handle = transformer.register_forward_pre_hook(_timestep_hook(transformer, cfg.dense_timestep), with_kwargs=True)
         setattr(transformer, _TIMESTEP_HOOK_ATTR, handle)
     setattr(transformer, _ORIGINALS_ATTR, fresh)
     setattr(transformer, _CONFIG_ATTR, cfg)
