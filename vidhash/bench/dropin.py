@@ -79,6 +79,7 @@ autotuning, recall (5 layers per setting) and 17 coherence reports (≈ 1 s each
 """
 from __future__ import annotations
 
+import importlib.util
 import inspect
 import json
 import math
@@ -704,9 +705,7 @@ def measure_setting(pipe, setting: Setting, seeds: list[int], args, dense, captu
         row["oracle"] = float(np.mean(oracle)) if oracle else None
         row["error"] = float(np.mean(error)) if error else None
     if not args.no_coherence and setting.name != "dense (repeat)":
-        try:
-            import av  # noqa: F401 (the coherence report reads an mp4)
-        except ImportError:
+        if importlib.util.find_spec("av") is None:  # the coherence report reads an mp4
             row["coherence"], row["coherence_error"] = None, "PyAV not installed (--clips keeps the clips to measure elsewhere)"
         else:
             row["coherence"] = coherence_of(clips[0], args.fps)
