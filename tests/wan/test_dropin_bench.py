@@ -481,3 +481,15 @@ def test_query_block_sizes_rows(tiny_model, tmp_path):
     rows = dropin.make_settings([dropin.Fraction(1, 8)], [64, 16], [None])
     assert [r.query_block_size for r in rows] == [None] * 4 and rows[3].name == "1/8 b16"
     assert main(["bench", "dropin", "--model", str(tiny_model), "--query-block-sizes", "0", "--seeds", "0"]) == 2
+
+
+@pytest.mark.parametrize("flags, match", [(["--scorers", "subgrid", "--query-block-sizes", "18"], "multiple of 4"),
+                                          (["--query-block-sizes", "256"], "query_block_size must be an int")])
+def test_bad_block_settings_fail_before_any_clip(tiny_model, flags, match, monkeypatch, capsys):
+    """A block size the drop-in refuses is named before the dense clips are sampled, not after them."""
+    monkeypatch.setattr(dropin, "sample_clips", lambda *a, **k: pytest.fail("a clip was sampled"))
+    monkeypatch.setattr(dropin, "capture_qk", lambda *a, **k: pytest.fail("the recall clip was sampled"))
+    assert main(["bench", "dropin", "--model", str(tiny_model), "--densities", "1/4", "--block-sizes", "16", "--seeds", "0",
+                 "--frames", "8", "--size", "32", "--steps", "2", "--recall-step", "1", *flags]) == 2
+    err = capsys.readouterr().err
+    assert "--query-block-sizes" in err and match in err

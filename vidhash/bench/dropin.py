@@ -187,6 +187,22 @@ def make_settings(densities: list[Fraction], block_sizes: list[int], scorers: li
     return rows
 
 
+def check_settings(settings: list[Setting]) -> None:
+    """The drop-in's own checks of each sparse setting's block sizes and scorer, before any clip is
+    sampled (a bad combination found after the dense clips wastes them); ValueError naming the flags."""
+    from vidhash.attention import check_subgrid
+    from vidhash.integrations.diffusers import DropInConfig
+    from vidhash.ops.checks import check_selection_args
+
+    for st in (st for st in settings if st.density is not None):
+        try:
+            check_selection_args(float(st.density), st.block_size, st.query_block_size, DropInConfig.local_blocks,
+                                 DropInConfig.sink_blocks)
+            check_subgrid(st.scorer or DropInConfig.scorer, st.block_size, st.query_block_size)
+        except ValueError as e:
+            raise ValueError(f"--block-sizes / --query-block-sizes / --scorers, row {st.name!r}: {e}") from None
+
+
 def parse_remainders(text: str) -> list[str]:
     """``"none,mean"`` → the drop-in's ``remainder`` values; ValueError naming --remainders."""
     from vidhash.attention import REMAINDERS
@@ -753,6 +769,7 @@ def run(args) -> int:
         raise ValueError(f"--dense-layers must be in [0, {modules}] (the model's self-attention modules), got {args.dense_layers}")
     settings = make_settings(densities, block_sizes, scorers, dense_steps, dense_layers, remainders, layer_densities, reuse, refresh,
                              query_blocks)
+    check_settings(settings)
     report = {"model": str(args.model), "device": describe_device(device), "torch": torch.__version__,
               "date": time.strftime("%Y-%m-%d"), "frames": args.frames, "size": args.size, "steps": args.steps,
               "seeds": seeds, "recall_step": args.recall_step, "flex": not args.no_flex,
