@@ -236,20 +236,23 @@ def test_bad_dense_options_raise_naming_them(config, match):
 def test_deepcopy_gets_its_own_gate():
     """A deepcopy of a transformer with dense_timestep runs dense at the dense timesteps (its pre-hook
     opens the copy's gate, the one its processors read — before, it opened the original's and the copy
-    ran sparse); calls on either never open the other's; disabling the copy leaves the original's."""
+    ran sparse); disabling the copy leaves the original's."""
     model, inputs = tiny_wan()
     stock_hi, stock_lo = run(model, _with_timestep(inputs, 900)), run(model, _with_timestep(inputs, 100))
     vidhash.enable_hash_attention(model, **SPARSE, dense_timestep=500)
     sparse_lo = run(model, _with_timestep(inputs, 100))
     assert not torch.equal(sparse_lo, stock_lo)
     twin = copy.deepcopy(model)
+    gate = twin._vidhash_dense_gate
+    assert gate is not model._vidhash_dense_gate
+    hashed = [p for p in twin.attn_processors.values() if hasattr(p, "gate")]
+    assert len(hashed) == len(self_attention_modules(twin)) and all(p.gate is gate for p in hashed)
     assert torch.equal(run(twin, _with_timestep(inputs, 900)), stock_hi)
     assert torch.equal(run(twin, _with_timestep(inputs, 100)), sparse_lo)
-    run(model, _with_timestep(inputs, 900))  # the original's gate open ...
-    assert torch.equal(run(twin, _with_timestep(inputs, 100)), sparse_lo)  # ... the copy's not
-    run(twin, _with_timestep(inputs, 900))
-    assert torch.equal(run(model, _with_timestep(inputs, 100)), sparse_lo)
     vidhash.disable_hash_attention(twin)
     assert torch.equal(run(twin, _with_timestep(inputs, 100)), stock_lo) and _pre_hooks(twin) == 0
+    assert not hasattr(twin, "_vidhash_dense_gate") and model._vidhash_dense_gate is not None
     assert _pre_hooks(model) == 1 and torch.equal(run(model, _with_timestep(inputs, 900)), stock_hi)
     assert torch.equal(run(model, _with_timestep(inputs, 100)), sparse_lo)
+    vidhash.enable_hash_attention(model, **SPARSE)  # re-enabled without dense_timestep: no gate, no hook
+    assert not hasattr(model, "_vidhash_dense_gate") and _pre_hooks(model) == 0

@@ -484,9 +484,12 @@ def test_query_block_sizes_rows(tiny_model, tmp_path):
 
 
 @pytest.mark.parametrize("flags, match", [(["--scorers", "subgrid", "--query-block-sizes", "18"], "multiple of 4"),
-                                          (["--query-block-sizes", "256"], "query_block_size must be an int")])
+                                          (["--query-block-sizes", "256"], "query_block_size must be an int"),
+                                          (["--query-block-sizes", "16", "--dense-steps", "1", "--reuse-mass", "32"],
+                                           "mass_query_stride must be a positive int dividing the query block size 16")])
 def test_bad_block_settings_fail_before_any_clip(tiny_model, flags, match, monkeypatch, capsys):
-    """A block size the drop-in refuses is named before the dense clips are sampled, not after them."""
+    """A block size or reuse stride the drop-in refuses is named before the dense clips are sampled, not
+    after them."""
     monkeypatch.setattr(dropin, "sample_clips", lambda *a, **k: pytest.fail("a clip was sampled"))
     monkeypatch.setattr(dropin, "capture_qk", lambda *a, **k: pytest.fail("the recall clip was sampled"))
     assert main(["bench", "dropin", "--model", str(tiny_model), "--densities", "1/4", "--block-sizes", "16", "--seeds", "0",

@@ -11,8 +11,8 @@ a camera path of actions drawn from the seed): first the dense model (diffusers'
 processors: dense SDPA), then ``dense (repeat)`` — the same processors again: its frames must
 equal the dense ones, the floor of every comparison — then the drop-in
 (:func:`vidhash.integrations.diffusers.enable_hash_attention`) at each density × key-block size
-(× ``--query-block-sizes``, rows ``… q64``: the drop-in's ``query_block_size``, by default the key
-block's size × scorer × ``--dense-steps`` × ``--dense-layers``: the drop-in's dense warmup, as Sparse VideoGen
+(× ``--query-block-sizes``, rows ``… q64``, the drop-in's ``query_block_size`` — by default as large
+as the key block —; × scorer × ``--dense-steps`` × ``--dense-layers``: the drop-in's dense warmup, as Sparse VideoGen
 and SVG2 keep full attention in the first denoising steps and blocks — ``dense_timestep`` from the
 pipeline's scheduler for ``--steps`` steps, ``dense_layers``; rows ``… ds2 dl1``, both 0 by
 default, the rows and table then as without them), and the same setting again with ``backend="flex"``: vidhash's selection, PyTorch's
@@ -79,7 +79,7 @@ autotuning, recall (5 layers per setting) and 17 coherence reports (≈ 1 s each
 """
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import inspect
 import json
 import math
@@ -158,8 +158,8 @@ def make_settings(densities: list[Fraction], block_sizes: list[int], scorers: li
                   remainders: list[str] = ("none",), layer_densities: dict[str, float] | None = None,
                   reuse: list[int] = (0,), refresh: list[int] = (0,),
                   query_blocks: list[int | None] = (None,)) -> list[Setting]:
-    """dense, dense (repeat), then density × block size (× query block, named `` q<size>`` where given)
-    × scorer (× dense steps × dense layers ×
+    """dense, dense (repeat), then scorer × block size (× query block, named `` q<size>`` where given)
+    × density (× dense steps × dense layers ×
     remainder × reuse, innermost; named ``ds<steps>`` / ``dl<layers>`` where not 0, ``+<remainder>`` where
     not ``"none"``, ``reuse/<stride>`` where ``reuse`` is not 0 (only with dense steps: a setting
     without them has no mass to reuse and is skipped; `` r<N>`` per ``refresh`` N > 0, reuse rows
@@ -188,19 +188,24 @@ def make_settings(densities: list[Fraction], block_sizes: list[int], scorers: li
 
 
 def check_settings(settings: list[Setting]) -> None:
-    """The drop-in's own checks of each sparse setting's block sizes and scorer, before any clip is
-    sampled (a bad combination found after the dense clips wastes them); ValueError naming the flags."""
+    """The drop-in's own checks of each sparse setting's block sizes, scorer and reuse stride, before
+    any clip is sampled (a bad combination found after the dense clips wastes them); ValueError naming
+    the row and the flags."""
     from vidhash.attention import check_subgrid
-    from vidhash.integrations.diffusers import DropInConfig
+    from vidhash.integrations.diffusers import DropInConfig, _check_reuse_mass
     from vidhash.ops.checks import check_selection_args
 
     for st in (st for st in settings if st.density is not None):
+        cfg = DropInConfig(density=float(st.density), block_size=st.block_size,
+                      query_block_size=st.query_block_size, scorer=st.scorer or DropInConfig.scorer,
+                      dense_timestep=1.0 if st.dense_steps else None, reuse_mass=bool(st.reuse_mass),
+                      mass_query_stride=st.reuse_mass or 1, mass_refresh=st.mass_refresh)
         try:
-            check_selection_args(float(st.density), st.block_size, st.query_block_size, DropInConfig.local_blocks,
-                                 DropInConfig.sink_blocks)
-            check_subgrid(st.scorer or DropInConfig.scorer, st.block_size, st.query_block_size)
+            check_selection_args(cfg.density, cfg.block_size, cfg.query_block_size, cfg.local_blocks, cfg.sink_blocks)
+            check_subgrid(cfg.scorer, cfg.block_size, cfg.query_block_size)
+            _check_reuse_mass(cfg)
         except ValueError as e:
-            raise ValueError(f"--block-sizes / --query-block-sizes / --scorers, row {st.name!r}: {e}") from None
+            raise ValueError(f"--block-sizes / --query-block-sizes / --scorers / --reuse-mass, row {st.name!r}: {e}") from None
 
 
 def parse_remainders(text: str) -> list[str]:
@@ -721,7 +726,9 @@ def measure_setting(pipe, setting: Setting, seeds: list[int], args, dense, captu
         row["oracle"] = float(np.mean(oracle)) if oracle else None
         row["error"] = float(np.mean(error)) if error else None
     if not args.no_coherence and setting.name != "dense (repeat)":
-        if importlib.util.find_spec("av") is None:  # the coherence report reads an mp4
+        try:
+            importlib.import_module("av")  # the coherence report reads an mp4
+        except ImportError:
             row["coherence"], row["coherence_error"] = None, "PyAV not installed (--clips keeps the clips to measure elsewhere)"
         else:
             row["coherence"] = coherence_of(clips[0], args.fps)
