@@ -85,16 +85,17 @@ BLOCK_SCORE_SHAPES = {  # name: (query blocks, key blocks, code width R, kept)
 }
 
 
-def block_score_counts(tiles=((16, 128, 4),), shapes=("131k", "wan"), m: int = 1) -> list[dict]:
+def block_score_counts(tiles=((16, 128, 4),), shapes=("131k", "wan"), m: int = 1, store: bool = False) -> list[dict]:
     """Registers, stack and per-pass loop instructions of the block-score kernel (pooled codes with
-    ``m`` query sub-centroids — ``scorer="subgrid"`` is ``m=4`` —, non-causal) for each tile
+    ``m`` query sub-centroids — ``scorer="subgrid"`` is ``m=4`` —, non-causal; ``store``: the ``STORE``
+    form, the later passes reading the coarse pass's levels) for each tile
     ``(block_m, block_n, warps)`` × shape; ``per_pair`` = the four passes' loop instructions per
     block pair a thread holds in one step."""
     from vidhash.kernels.block_score import kernel as K
 
     fn = K.block_score_kernel
-    consts_names = ("R", "M", "P", "CAUSAL", "BLOCK_M", "BLOCK_N")
-    sig = {"QC": "*i8", "KC": "*i8", "SHIFT": "*i32", "OUT": "*i32"}
+    consts_names = ("R", "M", "P", "CAUSAL", "BLOCK_M", "BLOCK_N", "STORE")
+    sig = {"QC": "*i8", "KC": "*i8", "SHIFT": "*i32", "OUT": "*i32", "LV": "*i16" if store else "*i32"}
     sig |= {n: "i32" for n in fn.arg_names if n not in sig and n not in consts_names}
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -102,14 +103,14 @@ def block_score_counts(tiles=((16, 128, 4),), shapes=("131k", "wan"), m: int = 1
             nqb, nkb, width, kept = BLOCK_SCORE_SHAPES[shape]
             ints = {n: 16 for n in sig if n.startswith("stride")}
             ints |= dict(H=12, NQ=nqb * 128, NK=nkb * 64, NQB=nqb, NKB=nkb, NSUB=nkb, KEPT=kept, BQ=128, BK=64,
-                         LOCAL=1, SINK=1, stride_kj=width, stride_qc=width)
+                         LOCAL=1, SINK=1, stride_kj=width, stride_qc=width, stride_lc=nkb)
             for bm, bn, warps in tiles:
-                consts = dict(R=width, M=m, P=1, CAUSAL=False, BLOCK_M=bm, BLOCK_N=bn)
+                consts = dict(R=width, M=m, P=1, CAUSAL=False, BLOCK_M=bm, BLOCK_N=bn, STORE=store)
                 sass, use = compile_sm90(fn, sig, consts, ints, warps, 3, tmp)
                 passes = [len(b) for b in loops(sass)][:4]  # smax, coarse, fine, emit (then the -1 padding)
                 per_thread = bm * bn / (32 * warps)
                 mix = collections.Counter(o.split(".")[0] for b in loops(sass)[:4] for o in b)
-                rows.append({"shape": shape, "m": m, "tile": f"{bm}x{bn}x{warps}", "regs": use.get("REG", 0),
+                rows.append({"shape": shape, "m": m, "store": store, "tile": f"{bm}x{bn}x{warps}", "regs": use.get("REG", 0),
                              "stack": use.get("STACK", 0), "passes": passes, "per_pair": sum(passes) / per_thread,
                              "mix": dict(mix.most_common(6))})
     return rows
@@ -146,6 +147,7 @@ def main(argv=None) -> int:
     p.add_argument("--tiles", type=_tiles_arg, default=((16, 128, 4),), help="block_m x block_n x warps, comma-separated")
     p.add_argument("--shapes", default="131k,wan", help=f"of {sorted(BLOCK_SCORE_SHAPES)}")
     p.add_argument("--m", type=int, default=1, help="query sub-centroids of the block-score kernel (subgrid: 4)")
+    p.add_argument("--store", action="store_true", help="the block-score kernel's STORE form (levels written once, read back)")
     args = p.parse_args(argv)
     os.environ.pop("TRITON_INTERPRET", None)
     if args.kernel == "block-mass":
@@ -155,7 +157,7 @@ def main(argv=None) -> int:
                   f"instructions, {r['mma']} MMA instructions in them")
         return 0
     print("shape  tile       regs  stack  loop instr per pass (smax, coarse, fine, emit)  per pair")
-    for r in block_score_counts(args.tiles, args.shapes.split(","), args.m):
+    for r in block_score_counts(args.tiles, args.shapes.split(","), args.m, args.store):
         print(f"{r['shape']:6s} {r['tile']:10s} {r['regs']:4d} {r['stack']:6d}  "
               f"{str(r['passes']):44s} {r['per_pair']:7.1f}")
     return 0

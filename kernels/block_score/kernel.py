@@ -26,6 +26,11 @@ program per ``BLOCK_M`` query blocks of one (batch, head), four passes over the 
 4. ascending pass: keep every block above the cut and the first ``need`` at it, writing kept
    indices in order through per-row prefix sums; pad the row with ``-1``.
 
+``STORE`` (a launcher choice, :data:`.ops.STORE_LEVELS`): pass 2 also writes each pair's level (int16,
+``-1`` where not allowed) to a scratch ``(b·h, query blocks, key blocks)`` and passes 3 and 4 read
+them back instead of scoring every tile again — the same levels, so the same indices; it trades
+``2 + 2 · 2`` bytes a block pair of traffic for the recomputed scores, which grow with ``M``.
+
 Counting: passes 2 and 3 count, per row, the blocks at or above each of 16 thresholds, three
 thresholds to an int32 word (:func:`_counts_at_least`: a multiply-add and an AND per block and
 word — SWAR), and pass 4 takes both running counts (above the cut, at it) from one prefix sum of
@@ -105,6 +110,16 @@ def _tile_levels(KC, k_base, stride_kj, q_codes, j0, rows, row_ok, sub_ok, smax,
 
 
 @triton.jit
+def _stored_levels(LV, lv_base, stride_lc, rows, row_ok, j0, NKB, BLOCK_N: tl.constexpr):
+    """``STORE``: the allowed mask and the levels ``(BLOCK_M, BLOCK_N)`` of key blocks ``j0 …`` as the
+    coarse pass wrote them (int16, ``-1`` where not allowed), instead of scoring the tile again."""
+    kb = j0 + tl.arange(0, BLOCK_N)
+    ptr = LV + lv_base + rows[:, None].to(tl.int64) * stride_lc + kb[None, :]
+    lv = tl.load(ptr, mask=row_ok[:, None] & (kb < NKB)[None, :], other=-1).to(tl.int32)
+    return lv >= 0, lv
+
+
+@triton.jit
 def _counts_at_least(v, cols):
     """Per row, how many of ``v (BLOCK_M, BLOCK_N)`` (int32 in [-1, 16]; -1 counts nowhere) are
     ``≥ t`` for ``t = 1 … 16``: ``(BLOCK_M, 16)``, column ``t - 1``. Three thresholds per int32
@@ -130,13 +145,14 @@ def _column(x, cols, idx):
 
 @triton.jit
 def block_score_kernel(
-    QC, KC, SHIFT, OUT,
+    QC, KC, SHIFT, OUT, LV,
     stride_qb, stride_qh, stride_qc,
     stride_kb, stride_kh, stride_kj,
     stride_ob, stride_oh, stride_oc,
+    stride_lbh, stride_lc,
     H, NQ, NK, NQB, NKB, NSUB, KEPT, BQ, BK, LOCAL, SINK,
     R: tl.constexpr, M: tl.constexpr, P: tl.constexpr, CAUSAL: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, STORE: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
     bh = tl.program_id(1)
@@ -153,6 +169,7 @@ def block_score_kernel(
     k_base = b.to(tl.int64) * stride_kb + h.to(tl.int64) * stride_kh
     shift = tl.load(SHIFT + bh)
     lanes = tl.arange(0, BLOCK_N)
+    lv_base = bh.to(tl.int64) * stride_lbh  # STORE: this (batch, head)'s levels (int16 rows of NKB)
 
     # 1. each sub-centroid's best score over free key blocks
     smax = tl.full([BLOCK_M * M], _NEG, tl.int32)
@@ -172,6 +189,12 @@ def block_score_kernel(
                                       NQ, NK, NKB, NSUB, BQ, BK, LOCAL, SINK, CAUSAL, R, BLOCK_M, M, BLOCK_N, P)
         ge += _counts_at_least(tl.where(allowed, level >> 4, -1), cols)
         n_allowed += tl.sum(allowed.to(tl.int32), 1)
+        if STORE:  # the later passes read these instead of scoring the tile again
+            kb = j0 + lanes
+            tl.store(LV + lv_base + rows[:, None].to(tl.int64) * stride_lc + kb[None, :],
+                     tl.where(allowed, level, -1).to(tl.int16), mask=row_ok[:, None] & (kb < NKB)[None, :])
+    if STORE:
+        tl.debug_barrier()  # the levels written by every thread before any thread reads them
     c_cut = tl.max(tl.where(ge >= KEPT, cols[None, :] + 1, -1), 1)
     c_cut = tl.where((c_cut < 0) & (n_allowed >= KEPT), 0, c_cut)  # -1: fewer allowed blocks than KEPT
     above_c = _column(ge, cols, c_cut)  # blocks above the coarse cut (no cut: unused)
@@ -179,8 +202,11 @@ def block_score_kernel(
     # 3. inside the coarse cut, how many have a fine level (level & 15) ≥ t → cut level, ties to keep
     fge = tl.zeros([BLOCK_M, 16], dtype=tl.int32)
     for j0 in range(0, NKB, BLOCK_N):
-        allowed, level = _tile_levels(KC, k_base, stride_kj, q_codes, j0, rows, row_ok, sub_ok, smax, shift,
-                                      NQ, NK, NKB, NSUB, BQ, BK, LOCAL, SINK, CAUSAL, R, BLOCK_M, M, BLOCK_N, P)
+        if STORE:
+            allowed, level = _stored_levels(LV, lv_base, stride_lc, rows, row_ok, j0, NKB, BLOCK_N)
+        else:
+            allowed, level = _tile_levels(KC, k_base, stride_kj, q_codes, j0, rows, row_ok, sub_ok, smax, shift,
+                                          NQ, NK, NKB, NSUB, BQ, BK, LOCAL, SINK, CAUSAL, R, BLOCK_M, M, BLOCK_N, P)
         inside = allowed & ((level >> 4) == c_cut[:, None]) & (c_cut[:, None] < 16)
         fge += _counts_at_least(tl.where(inside, level & 15, -1), cols)
     f_cut = tl.max(tl.where(above_c[:, None] + fge >= KEPT, cols[None, :] + 1, 0), 1)  # t = 0 holds ≥ KEPT by the coarse cut
@@ -197,8 +223,11 @@ def block_score_kernel(
     n_ties = tl.zeros([BLOCK_M], dtype=tl.int32)
     for j0 in range(0, NKB, BLOCK_N):
         kb = j0 + lanes
-        allowed, level = _tile_levels(KC, k_base, stride_kj, q_codes, j0, rows, row_ok, sub_ok, smax, shift,
-                                      NQ, NK, NKB, NSUB, BQ, BK, LOCAL, SINK, CAUSAL, R, BLOCK_M, M, BLOCK_N, P)
+        if STORE:
+            allowed, level = _stored_levels(LV, lv_base, stride_lc, rows, row_ok, j0, NKB, BLOCK_N)
+        else:
+            allowed, level = _tile_levels(KC, k_base, stride_kj, q_codes, j0, rows, row_ok, sub_ok, smax, shift,
+                                          NQ, NK, NKB, NSUB, BQ, BK, LOCAL, SINK, CAUSAL, R, BLOCK_M, M, BLOCK_N, P)
         hi = allowed & (level > cut[:, None])
         at = allowed & (level == cut[:, None])
         x = hi.to(tl.int32) + (at.to(tl.int32) << 16)

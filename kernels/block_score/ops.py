@@ -23,6 +23,11 @@ BACKENDS = ("auto", "triton", "reference")
 # (block_m, block_n, num_warps) overriding the tile choice (a study's knob: scripts/gpu/attention_parts.py).
 TILES: tuple[int, int, int] | None = None
 QUANTIZE_PROGRAMS = 256  # programs the quantisation aims for (b·h of them, each splitting its rows)
+# The level kernel's ``STORE`` form (kernel.py): the coarse pass writes every pair's level and the later
+# passes read them instead of scoring again — same indices; a study's knob until a GPU weighs it
+# (offline: scripts and numbers in kernels/NOTES.md). Never above STORE_LEVELS_MAX_BYTES of scratch.
+STORE_LEVELS = False
+STORE_LEVELS_MAX_BYTES = 256 << 20
 
 
 def _tiles(nkb: int, m: int, p: int, width: int) -> tuple[int, int, int]:
@@ -98,12 +103,14 @@ def _score_kernel(qi: torch.Tensor, ki: torch.Tensor, shift: torch.Tensor, kept:
     if block_n > 128:  # the SWAR counts' 8-bit counters and the emit pass's 16-bit ones hold < 256 blocks a step
         raise ValueError(f"block_n must be at most 128, got {block_n}")
     grid = (triton.cdiv(nqb, block_m), b * h)
+    store = STORE_LEVELS and b * h * nqb * nkb * 2 <= STORE_LEVELS_MAX_BYTES
+    levels = torch.empty(b * h, nqb, nkb, dtype=torch.int16, device=qi.device) if store else out  # unread without STORE
     block_score_kernel[grid](
-        qi, ki, shift, out,
-        *qi.stride()[:3], *ki.stride()[:3], *out.stride()[:3],
+        qi, ki, shift, out, levels,
+        *qi.stride()[:3], *ki.stride()[:3], *out.stride()[:3], *((nqb * nkb, nkb) if store else (0, 0)),
         h, num_queries, num_keys, nqb, nkb, -(-num_keys // (block_size // p)), kept, query_block_size, block_size,
         local_blocks, sink_blocks,
-        R=width, M=m, P=p, CAUSAL=causal, BLOCK_M=block_m, BLOCK_N=block_n,
+        R=width, M=m, P=p, CAUSAL=causal, BLOCK_M=block_m, BLOCK_N=block_n, STORE=store,
         num_warps=warps,
     )
     return out

@@ -10,7 +10,8 @@
   three tiles; the torch codes beside the kernel's; ``backend="auto"`` on CUDA) against the
   float form (``select_blocks_scored``: float scores and one exact top-k, ``auto`` off CUDA; its
   parts — scores, masks, ``rank_top``, the bare ``topk`` — timed apart too), eager and in a CUDA graph, with recall, oracle and shared indices, at
-  the wan-mini, Wan 1.3B 480p and N = 131,072 shapes;
+  the wan-mini, Wan 1.3B 480p and N = 131,072 shapes; the level kernel's ``STORE`` form beside the
+  default, for pooled's kernel and for ``subgrid``'s whole selection (eager and in a graph);
 * ``--part mass`` — the drop-in's ``reuse_mass`` pass (exact block mass) at the wan-mini shape: the
   torch reference in small and large chunks against the Triton kernel (``kernels/block_mass``);
 * ``--part backward`` — forward + backward on the TMA kernels (``VIDHASH_TMA=1``) against the pointer
@@ -171,6 +172,21 @@ def part_selection():
             except Exception as e:  # a tile that does not compile here: recorded, not fatal
                 variants[key] = {"same": False, "us": None, "error": f"{type(e).__name__}: {e}"[:200]}
         block_score_ops.TILES = None
+        # the STORE form (levels written by the coarse pass, read back): pooled's kernel and subgrid's whole
+        # selection, each against the default form (indices must be equal)
+        block_score_ops.STORE_LEVELS = True
+        same = bool(torch.equal(run(), want))
+        variants["store"] = {"same": same, "us": bench(run) if same else None}
+        block_score_ops.STORE_LEVELS = False
+        sub = dict(kw, scorer="subgrid")
+        sub_want = select_blocks(q, k, backend="triton", **sub).indices
+        r["subgrid_us"], r["subgrid_graph_us"] = bench(lambda: select_blocks(q, k, backend="triton", **sub)), \
+            graph(lambda: select_blocks(q, k, backend="triton", **sub))
+        block_score_ops.STORE_LEVELS = True
+        r["subgrid_store_same"] = bool(torch.equal(select_blocks(q, k, backend="triton", **sub).indices, sub_want))
+        r["subgrid_store_us"] = bench(lambda: select_blocks(q, k, backend="triton", **sub))
+        r["subgrid_store_graph_us"] = graph(lambda: select_blocks(q, k, backend="triton", **sub))
+        block_score_ops.STORE_LEVELS = False
         r["kernel_variants"] = variants
         print({k2: v2 for k2, v2 in variants.items()}, flush=True)
         r["float_us"] = bench(lambda: select_blocks_scored(q, k, **kw))

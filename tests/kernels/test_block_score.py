@@ -312,3 +312,61 @@ def test_no_queries_give_an_empty_selection(backend):
         assert sel.indices.shape == want.indices.shape == (1, 2, 0, want.kept) and sel.num_queries == 0
     with pytest.raises(ValueError, match="m must"):
         select_blocks_codes(q, k, m=3, backend=backend, **kw)
+
+
+class _Spy:
+    """Wraps the kernel: records each launch's ``STORE`` (so a test knows which form ran)."""
+
+    def __init__(self, kernel):
+        self.kernel, self.stores = kernel, []
+
+    def __getitem__(self, grid):
+        launch = self.kernel[grid]
+
+        def run(*args, **kwargs):
+            self.stores.append(kwargs["STORE"])
+            return launch(*args, **kwargs)
+
+        return run
+
+
+STORED = [CASES[i] for i in (0, 1, 2, 4, 6, 7)]  # pooled, m4, causal m2, one query, one block, bq128 causal
+
+
+@pytest.mark.parametrize("b,h,nq,nk,d,bk,bq,local,sink,causal,density,m,sub", STORED)
+def test_stored_levels_keep_the_indices(b, h, nq, nk, d, bk, bq, local, sink, causal, density, m, sub, monkeypatch):
+    """``ops.STORE_LEVELS``: the coarse pass writes the levels, the later passes read them — the same
+    indices as the reference; above ``STORE_LEVELS_MAX_BYTES`` of scratch the kernel scores again."""
+    from vidhash.kernels.block_score import ops
+
+    g = torch.Generator().manual_seed(nq * 7 + nk)
+    q, k = torch.randn(b, h, nq, d, generator=g).to(DEV), torch.randn(b, h, nk, d, generator=g).to(DEV)
+    kw = dict(density=density, block_size=bk, query_block_size=bq, local_blocks=local, sink_blocks=sink,
+              causal=causal, m=m, sub=sub)
+    ref = select_blocks_codes(q, k, backend="reference", **kw)
+    spy = _Spy(ops.block_score_kernel)
+    monkeypatch.setattr(ops, "block_score_kernel", spy)
+    monkeypatch.setattr(ops, "STORE_LEVELS", True)
+    assert torch.equal(select_blocks_codes(q, k, backend="triton", **kw).indices, ref.indices)
+    monkeypatch.setattr(ops, "STORE_LEVELS_MAX_BYTES", 1)  # no room: scored again in every pass
+    assert torch.equal(select_blocks_codes(q, k, backend="triton", **kw).indices, ref.indices)
+    assert spy.stores == [True, False]
+
+
+@pytest.mark.parametrize("m,sub", [pytest.param(1, None, id="pooled"), pytest.param(2, 4, id="m2-sub4")])
+def test_stored_levels_break_ties_and_cut_on_the_floor(m, sub, monkeypatch):
+    """The stored form on the tie and floor-level cases above (many equal levels; a cut on level 0)."""
+    from vidhash.kernels.block_score import ops
+
+    monkeypatch.setattr(ops, "STORE_LEVELS", True)
+    g = torch.Generator().manual_seed(1)
+    q = torch.randn(1, 2, 96, 32, generator=g).to(DEV)
+    k = torch.randn(1, 2, 40, 32, generator=g).round().repeat(1, 1, 4, 1).to(DEV)
+    kw = dict(density=0.3, block_size=8, query_block_size=32, local_blocks=0, sink_blocks=0, m=m, sub=sub)
+    for resolution in (1 / 16, 1e6):
+        out = select_blocks_codes(q, k, backend="triton", resolution=resolution, **kw)
+        assert torch.equal(out.indices, select_blocks_codes(q, k, backend="reference", resolution=resolution, **kw).indices)
+    q, k = (torch.randn(1, 2, 128, 32, generator=g) * 20).to(DEV), (torch.randn(1, 2, 256, 32, generator=g) * 20).to(DEV)
+    kw = dict(density=0.6, block_size=8, query_block_size=16, local_blocks=1, sink_blocks=1, causal=True, m=m, sub=sub)
+    out = select_blocks_codes(q, k, backend="triton", **kw)
+    assert torch.equal(out.indices, select_blocks_codes(q, k, backend="reference", **kw).indices)
