@@ -480,6 +480,9 @@ def test_query_block_sizes_rows(tiny_model, tmp_path):
     assert q16["psnr"] != q32["psnr"] and q16["layers"] != q32["layers"]
     rows = dropin.make_settings([dropin.Fraction(1, 8)], [64, 16], [None])
     assert [r.query_block_size for r in rows] == [None] * 4 and rows[3].name == "1/8 b16"
+    # a value given twice makes one row (rows are keyed by name)
+    rows = dropin.make_settings([dropin.Fraction(1, 8), dropin.Fraction(2, 16)], [16, 16], [None], query_blocks=[32, 32])
+    assert [r.name for r in rows] == ["dense", "dense (repeat)", "1/8 b16 q32"]
     assert main(["bench", "dropin", "--model", str(tiny_model), "--query-block-sizes", "0", "--seeds", "0"]) == 2
 
 

@@ -182,8 +182,10 @@ def make_settings(densities: list[Fraction], block_sizes: list[int], scorers: li
                                 tag += f" +{rest}" if rest != "none" else ""
                                 tag += (f" reuse/{stride}" if stride else "") + (f" r{every}" if every else "")
                                 tag += layer_tag(dict(pairs))
-                                rows.append(Setting(f"{d} b{bs}{tag}", d, bs, scorer, steps, layers, rest, pairs, stride,
-                                                    every, bq))
+                                name = f"{d} b{bs}{tag}"
+                                if any(r.name == name for r in rows):  # a value given twice: one row
+                                    continue
+                                rows.append(Setting(name, d, bs, scorer, steps, layers, rest, pairs, stride, every, bq))
     return rows
 
 
