@@ -110,12 +110,18 @@ def _tile_levels(KC, k_base, stride_kj, q_codes, j0, rows, row_ok, sub_ok, smax,
 
 
 @triton.jit
+def _level_slots(LV, lv_base, stride_lc, rows, row_ok, j0, NKB, BLOCK_N: tl.constexpr):
+    """``STORE``: pointers and mask ``(BLOCK_M, BLOCK_N)`` of the stored levels of key blocks ``j0 …``."""
+    kb = j0 + tl.arange(0, BLOCK_N)
+    return LV + lv_base + rows[:, None].to(tl.int64) * stride_lc + kb[None, :], row_ok[:, None] & (kb < NKB)[None, :]
+
+
+@triton.jit
 def _stored_levels(LV, lv_base, stride_lc, rows, row_ok, j0, NKB, BLOCK_N: tl.constexpr):
     """``STORE``: the allowed mask and the levels ``(BLOCK_M, BLOCK_N)`` of key blocks ``j0 …`` as the
     coarse pass wrote them (int16, ``-1`` where not allowed), instead of scoring the tile again."""
-    kb = j0 + tl.arange(0, BLOCK_N)
-    ptr = LV + lv_base + rows[:, None].to(tl.int64) * stride_lc + kb[None, :]
-    lv = tl.load(ptr, mask=row_ok[:, None] & (kb < NKB)[None, :], other=-1).to(tl.int32)
+    ptr, ok = _level_slots(LV, lv_base, stride_lc, rows, row_ok, j0, NKB, BLOCK_N)
+    lv = tl.load(ptr, mask=ok, other=-1).to(tl.int32)
     return lv >= 0, lv
 
 
@@ -190,9 +196,8 @@ def block_score_kernel(
         ge += _counts_at_least(tl.where(allowed, level >> 4, -1), cols)
         n_allowed += tl.sum(allowed.to(tl.int32), 1)
         if STORE:  # the later passes read these instead of scoring the tile again
-            kb = j0 + lanes
-            tl.store(LV + lv_base + rows[:, None].to(tl.int64) * stride_lc + kb[None, :],
-                     tl.where(allowed, level, -1).to(tl.int16), mask=row_ok[:, None] & (kb < NKB)[None, :])
+            ptr, ok = _level_slots(LV, lv_base, stride_lc, rows, row_ok, j0, NKB, BLOCK_N)
+            tl.store(ptr, tl.where(allowed, level, -1).to(tl.int16), mask=ok)
     if STORE:
         tl.debug_barrier()  # the levels written by every thread before any thread reads them
     c_cut = tl.max(tl.where(ge >= KEPT, cols[None, :] + 1, -1), 1)

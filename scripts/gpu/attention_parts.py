@@ -174,19 +174,18 @@ def part_selection():
         block_score_ops.TILES = None
         # the STORE form (levels written by the coarse pass, read back): pooled's kernel and subgrid's whole
         # selection, each against the default form (indices must be equal)
-        block_score_ops.STORE_LEVELS = True
-        same = bool(torch.equal(run(), want))
-        variants["store"] = {"same": same, "us": bench(run) if same else None}
-        block_score_ops.STORE_LEVELS = False
         sub = dict(kw, scorer="subgrid")
-        sub_want = select_blocks(q, k, backend="triton", **sub).indices
-        r["subgrid_us"], r["subgrid_graph_us"] = bench(lambda: select_blocks(q, k, backend="triton", **sub)), \
-            graph(lambda: select_blocks(q, k, backend="triton", **sub))
+        subgrid = lambda: select_blocks(q, k, backend="triton", **sub)
+        sub_want = subgrid().indices
+        r["subgrid_us"], r["subgrid_graph_us"] = bench(subgrid), graph(subgrid)
         block_score_ops.STORE_LEVELS = True
-        r["subgrid_store_same"] = bool(torch.equal(select_blocks(q, k, backend="triton", **sub).indices, sub_want))
-        r["subgrid_store_us"] = bench(lambda: select_blocks(q, k, backend="triton", **sub))
-        r["subgrid_store_graph_us"] = graph(lambda: select_blocks(q, k, backend="triton", **sub))
-        block_score_ops.STORE_LEVELS = False
+        try:
+            same = bool(torch.equal(run(), want))
+            variants["store"] = {"same": same, "us": bench(run) if same else None}
+            r["subgrid_store_same"] = bool(torch.equal(subgrid().indices, sub_want))
+            r["subgrid_store_us"], r["subgrid_store_graph_us"] = bench(subgrid), graph(subgrid)
+        finally:
+            block_score_ops.STORE_LEVELS = False
         r["kernel_variants"] = variants
         print({k2: v2 for k2, v2 in variants.items()}, flush=True)
         r["float_us"] = bench(lambda: select_blocks_scored(q, k, **kw))

@@ -118,7 +118,7 @@ def test_clips_saved_and_coherence_without_pyav(tiny_model, tmp_path, monkeypatc
     """--clips keeps the strip's clips whole; without PyAV the coherence column says why (the GPU image)."""
     import sys
 
-    monkeypatch.setitem(sys.modules, "av", None)  # as if PyAV were not installed (find_spec -> None)
+    monkeypatch.setitem(sys.modules, "av", None)  # as if PyAV were not installed (import -> ImportError)
     out, clips = tmp_path / "d.json", tmp_path / "clips.npz"
     assert main(["bench", "dropin", "--model", str(tiny_model), "--densities", "1/8", "--block-sizes", "16", "--seeds", "0",
                  "--frames", "8", "--size", "32", "--steps", "2", "--recall-step", "1", "--no-flex", "--no-recall",
