@@ -160,21 +160,26 @@ class MemoryConfig(MemorySize):
 class MemoryRead:
     """How a memory is read (per call; never part of a state): each query attends to its
     ``top_k`` most similar entries — None reads every entry — and ``mass_cap > 0`` makes the
-    read weigh as at most that many keys (:meth:`HashedMemory.mass_penalty`; 0 = as read)."""
+    read weigh as at most that many keys (:meth:`HashedMemory.mass_penalty`; 0 = as read).
+    ``select``: which Triton kernel finds a CUDA read's top-k (:data:`READ_SELECTS`; the same
+    entries either way, so it changes speed only, and the CPU paths ignore it)."""
 
     top_k: Optional[int] = None
     mass_cap: int = 0
+    select: str = "candidates"
 
     def __post_init__(self):
         if self.top_k is not None:
             _positive_int("top_k", self.top_k, " or None (every entry)")
         if not isinstance(self.mass_cap, int) or isinstance(self.mass_cap, bool) or self.mass_cap < 0:
             raise ValueError(f"mass_cap must be an int ≥ 0 (0 = off), got {self.mass_cap!r}")
+        if self.select not in READ_SELECTS:
+            raise ValueError(f"select must be one of {READ_SELECTS}, got {self.select!r}")
 
     @property
     def read(self) -> MemoryRead:
         """The :class:`MemoryRead` fields alone (of a subclass instance)."""
-        return MemoryRead(self.top_k, self.mass_cap)
+        return MemoryRead(**{f.name: getattr(self, f.name) for f in fields(MemoryRead)})
 
     def top_k_for(self, capacity: int) -> int | None:
         """Entries each query keeps in a memory of ``capacity`` entries, None for every entry.
@@ -481,9 +486,7 @@ class HashedMemory(nn.Module):
         paths ignore it.
         """
         self._check(q, "q")
-        read = MemoryRead(top_k, mass_cap)  # validates both
-        if select not in READ_SELECTS:
-            raise ValueError(f"select must be one of {READ_SELECTS}, got {select!r}")
+        read = MemoryRead(top_k, mass_cap, select)  # validates the three
         resolve_backend(backend, q, self.keys)  # a bad backend is refused on every path
         if q.shape[-2] == 0:  # no queries: empty outputs
             lse = q.new_zeros(q.shape[:-1], dtype=torch.float64 if q.dtype == torch.float64 else torch.float32)

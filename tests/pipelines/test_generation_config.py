@@ -125,8 +125,9 @@ def test_call_arguments_override_the_saved_settings(folder):
     ({"height": "tall"}, "height"),
     ({"memory": {"top_k": 0}}, "top_k must be a positive int or None"),
     ({"memory": {"bucketz": 2}}, "bucketz"),
+    ({"memory": {"select": "fastest"}}, "select must be one of"),
     ({"chunk_frames": 9, "window_frames": 8}, r"chunk_frames \(9\) is larger than window_frames \(8\)"),
-], ids=["unknown-key", "wrong-type", "top-k", "unknown-memory-key", "chunk-gt-window"])
+], ids=["unknown-key", "wrong-type", "top-k", "unknown-memory-key", "select", "chunk-gt-window"])
 def test_a_bad_saved_config_names_the_key(data, match):
     with pytest.raises(ValueError, match=match):
         generation_from_dict(data)

@@ -269,3 +269,25 @@ def test_mass_cap_is_a_read_setting(tiny_pipe, tmp_path):
     assert torch.equal(capped.frames[:, 16:], loaded.frames)  # resumed with the same read: the straight run
     uncapped = tiny_pipe(num_frames=8, state=VidHashState.load(tmp_path / "s.pt"), memory=mem, output_type="pt", **FAST)
     assert not torch.equal(uncapped.frames, loaded.frames)
+
+
+def test_memory_select_is_a_read_setting(tiny_pipe, monkeypatch):
+    """``memory.select`` (which CUDA kernel finds the top-k) reaches every memory read as given, is
+    not part of the state's fingerprint, and changes nothing on a CPU (the same entries either way)."""
+    from vidhash.memory import HashedMemory
+
+    seen = []
+    attend = HashedMemory.attend
+
+    def spy(self, q, top_k=None, **kw):
+        seen.append(kw.get("select"))
+        return attend(self, q, top_k, **kw)
+
+    monkeypatch.setattr(HashedMemory, "attend", spy)
+    mem = dict(num_buckets=64, slots=16, policy="merge", top_k=8)
+    base = tiny_pipe(num_frames=16, generator=gen(), memory=mem, output_type="pt", **FAST)
+    assert seen and set(seen) == {"candidates"}
+    seen.clear()
+    levels = tiny_pipe(num_frames=16, generator=gen(), memory={**mem, "select": "levels"}, output_type="pt", **FAST)
+    assert seen and set(seen) == {"levels"}
+    assert torch.equal(base.frames, levels.frames) and levels.state.fingerprint == base.state.fingerprint

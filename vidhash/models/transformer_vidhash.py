@@ -333,7 +333,7 @@ def _memory_read(memory: HashedMemory, q: torch.Tensor, read: MemoryRead, scale:
     selection, Triton launches, a dense fallback chosen by size) over buffers that change
     between chunks, so under ``torch.compile`` it runs eagerly (one graph break) rather than
     being traced and guarded on per state."""
-    return memory.attend(q, read.top_k, scale=scale, mass_cap=read.mass_cap)
+    return memory.attend(q, read.top_k, scale=scale, mass_cap=read.mass_cap, select=read.select)
 
 
 @torch.compiler.disable
