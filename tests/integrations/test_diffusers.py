@@ -28,7 +28,7 @@ from diffusers_tiny import COG, COG_ROPE, MODELS, TOL, WAN, WAN_I2V, cast, rel_e
 def test_density_one_is_stock_bitwise(make, kw, monkeypatch):
     model, inputs = make(**kw)
     ref = run(model, inputs)
-    vidhash.enable_hash_attention(model, density=1.0, block_size=16)
+    vidhash.enable_hash_attention(model, density=1.0, block_size=16, query_block_size=16)
 
     def no_hash(*args, **kwargs):
         raise AssertionError("density 1.0 must not run hash_attention")
@@ -59,7 +59,7 @@ def test_equals_original_bf16(make, kw, density):
     model, inputs = make(**kw)
     model, inputs = model.to(torch.bfloat16), cast(inputs, torch.bfloat16)
     ref = run(model, inputs)
-    vidhash.enable_hash_attention(model, density=density, block_size=8)
+    vidhash.enable_hash_attention(model, density=density, block_size=8, query_block_size=8)
     out = run(model, inputs)
     assert out.dtype == torch.bfloat16
     assert torch.equal(out, ref) if density == 1.0 else rel_err(out, ref) < TOL[torch.bfloat16]
@@ -72,7 +72,7 @@ def test_equals_original_bf16(make, kw, density):
 def test_sparse_differs_and_is_finite(make, kw):
     model, inputs = make(**kw)
     ref = run(model, inputs)
-    vidhash.enable_hash_attention(model, density=0.25, block_size=4, n_bits=16, seed=3)
+    vidhash.enable_hash_attention(model, density=0.25, block_size=4, query_block_size=4, n_bits=16, seed=3)
     out = run(model, inputs)
     assert out.shape == ref.shape and torch.isfinite(out).all()
     assert rel_err(out, ref) > 1e-4
@@ -81,7 +81,7 @@ def test_sparse_differs_and_is_finite(make, kw):
 @pytest.mark.parametrize("make", [pytest.param(tiny_wan, id="wan"), pytest.param(tiny_cogvideox, id="cogvideox")])
 def test_sparse_backward(make):
     model, inputs = make()
-    vidhash.enable_hash_attention(model, density=0.25, block_size=4)
+    vidhash.enable_hash_attention(model, density=0.25, block_size=4, query_block_size=4)
     model(**inputs).sample.square().mean().backward()
     grads = [p.grad for p in model.parameters() if p.grad is not None]
     assert grads and all(torch.isfinite(g).all() for g in grads)
@@ -97,7 +97,7 @@ def test_disable_restores_original_processors(make, kw):
     model, inputs = make(**kw)
     before = dict(model.attn_processors)
     ref = run(model, inputs)
-    assert vidhash.enable_hash_attention(model, density=0.5, block_size=8) is model
+    assert vidhash.enable_hash_attention(model, density=0.5, block_size=8, query_block_size=8) is model
     assert is_hash_attention_enabled(model)
     assert vidhash.disable_hash_attention(model) is model
     assert not is_hash_attention_enabled(model)
@@ -132,7 +132,7 @@ def test_enable_twice_reconfigures():
     model, inputs = tiny_wan()
     originals = dict(model.attn_processors)
     ref = run(model, inputs)
-    vidhash.enable_hash_attention(model, density=0.25, block_size=4)
+    vidhash.enable_hash_attention(model, density=0.25, block_size=4, query_block_size=4)
     sparse = run(model, inputs)
     vidhash.enable_hash_attention(model, density=1.0, block_size=8)
     assert model._vidhash_config == DropInConfig(density=1.0, block_size=8)
@@ -147,7 +147,7 @@ def test_hasher_per_layer_dict_and_simhash():
     names = list(self_attention_modules(model))
     assert names == ["transformer_blocks.0.attn1", "transformer_blocks.1.attn1"]
     hashers = {name: SimHash(16, 8, seed=i) for i, name in enumerate(names)}
-    vidhash.enable_hash_attention(model, density=0.3, block_size=4, hasher=hashers)
+    vidhash.enable_hash_attention(model, density=0.3, block_size=4, query_block_size=4, hasher=hashers)
     assert [model.attn_processors[f"{n}.processor"].hasher for n in names] == [hashers[n] for n in names]
     assert torch.isfinite(run(model, inputs)).all()
     vidhash.enable_hash_attention(model, n_bits=64, seed=1)
@@ -242,9 +242,27 @@ def test_cuda_bf16(make, kw, backend):
     model = model.to("cuda", torch.bfloat16)
     inputs = {k: v.to("cuda") if torch.is_tensor(v) else tuple(t.to("cuda") for t in v) for k, v in cast(inputs, torch.bfloat16).items()}
     ref = run(model, inputs)
-    vidhash.enable_hash_attention(model, density=1.0, block_size=16, backend=backend)
+    vidhash.enable_hash_attention(model, density=1.0, block_size=16, query_block_size=16, backend=backend)
     out = run(model, inputs)
     assert out.dtype == torch.bfloat16 and out.device == ref.device
     assert rel_err(out, ref) < TOL[torch.bfloat16]
-    vidhash.enable_hash_attention(model, density=0.25, block_size=16, backend=backend)
+    vidhash.enable_hash_attention(model, density=0.25, block_size=16, query_block_size=16, backend=backend)
     assert torch.isfinite(run(model, inputs)).all()
+
+
+def test_query_blocks_default_to_at_least_64_tokens():
+    """``query_block_size`` None: the key block's size, at least 64 tokens (16-row query tiles made the
+    blocks-of-16 drop-in slower than dense on the trained wan-mini); given, it is kept; a bad
+    ``block_size`` is still refused by name."""
+    from vidhash.integrations.diffusers import DEFAULT_MIN_QUERY_BLOCK, default_query_block
+
+    assert DEFAULT_MIN_QUERY_BLOCK == 64
+    assert [DropInConfig(block_size=b).query_block_size for b in (16, 64, 128)] == [64, 64, 128]
+    assert DropInConfig(block_size=16, query_block_size=16).query_block_size == 16
+    assert default_query_block(32) == 64
+    model, _ = tiny_wan()
+    vidhash.enable_hash_attention(model, density=0.25, block_size=16)
+    assert model._vidhash_config.query_block_size == 64
+    assert model.blocks[0].attn1.processor._kwargs["query_block_size"] == 64
+    with pytest.raises(ValueError, match="block_size"):
+        vidhash.enable_hash_attention(model, density=0.25, block_size=0)

@@ -7,7 +7,7 @@ from vidhash.integrations.diffusers import self_attention_modules
 
 from diffusers_tiny import run, tiny_wan
 
-SPARSE = dict(density=0.25, block_size=4)  # 48 video tokens: 12 key blocks, 3 kept per query block
+SPARSE = dict(density=0.25, block_size=4, query_block_size=4)  # 48 video tokens: 12 key blocks, 3 kept per query block
 
 
 def test_every_module_at_density_one_is_stock_bitwise():

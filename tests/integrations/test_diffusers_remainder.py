@@ -17,9 +17,9 @@ def test_mean_remainder_changes_the_sparse_output_toward_dense(make, kw):
     mean token stands in for it closely)."""
     model, inputs = make(**kw)
     ref = run(model, inputs)
-    vidhash.enable_hash_attention(model, density=0.25, block_size=4)
+    vidhash.enable_hash_attention(model, density=0.25, block_size=4, query_block_size=4)
     plain = run(model, inputs)
-    vidhash.enable_hash_attention(model, density=0.25, block_size=4, remainder="mean")
+    vidhash.enable_hash_attention(model, density=0.25, block_size=4, query_block_size=4, remainder="mean")
     assert model._vidhash_config.remainder == "mean"
     rest = run(model, inputs)
     assert torch.isfinite(rest).all() and rel_err(rest, plain) > 1e-6
@@ -28,18 +28,18 @@ def test_mean_remainder_changes_the_sparse_output_toward_dense(make, kw):
 
 def test_every_block_kept_leaves_the_remainder_empty():
     model, inputs = tiny_wan()
-    vidhash.enable_hash_attention(model, density=0.99, block_size=8)
+    vidhash.enable_hash_attention(model, density=0.99, block_size=8, query_block_size=8)
     kept_all = run(model, inputs)
-    vidhash.enable_hash_attention(model, density=0.99, block_size=8, remainder="mean")
+    vidhash.enable_hash_attention(model, density=0.99, block_size=8, query_block_size=8, remainder="mean")
     assert rel_err(run(model, inputs), kept_all) < 1e-6
 
 
 @pytest.mark.parametrize("make, kw", [WAN, COG])
 def test_flex_backend_takes_the_remainder(make, kw):
     model, inputs = make(**kw)
-    vidhash.enable_hash_attention(model, density=0.25, block_size=16, remainder="mean")
+    vidhash.enable_hash_attention(model, density=0.25, block_size=16, query_block_size=16, remainder="mean")
     ours = run(model, inputs)
-    vidhash.enable_hash_attention(model, density=0.25, block_size=16, remainder="mean", backend="flex")
+    vidhash.enable_hash_attention(model, density=0.25, block_size=16, query_block_size=16, remainder="mean", backend="flex")
     assert rel_err(run(model, inputs), ours) < 1e-5
 
 
@@ -59,7 +59,7 @@ def test_remainder_traces_as_one_graph():
     no graph break, and the compiled model gives the eager outputs."""
     torch._dynamo.reset()
     model, inputs = tiny_wan(layers=1)
-    vidhash.enable_hash_attention(model, density=0.25, block_size=4, remainder="mean")
+    vidhash.enable_hash_attention(model, density=0.25, block_size=4, query_block_size=4, remainder="mean")
     eager = run(model, inputs)
     compiled = torch.compile(model, fullgraph=True, backend="eager")
     with torch.no_grad():

@@ -12,7 +12,7 @@ from vidhash.selection import block_mass, oracle_recall, select_from_mass, selec
 
 from diffusers_tiny import COG, MODELS, needs_compile, run, tiny_wan
 
-SPARSE = dict(density=0.25, block_size=4)  # 48 video tokens: 12 key blocks, 3 kept per query block
+SPARSE = dict(density=0.25, block_size=4, query_block_size=4)  # 48 video tokens: 12 key blocks, 3 kept per query block
 
 
 def _at(inputs, t):

@@ -45,7 +45,7 @@ def test_compile_fullgraph_cpu(make, density):
     model, inputs = make(layers=1)  # tracing time grows with the layers; one shows the path
     scorer = density if isinstance(density, str) else "simhash"
     density = 0.25 if isinstance(density, str) else density
-    vidhash.enable_hash_attention(model, density=density, block_size=4, scorer=scorer)
+    vidhash.enable_hash_attention(model, density=density, block_size=4, query_block_size=4, scorer=scorer)
     eager = run(model, inputs)
     compiled = torch.compile(model, fullgraph=True, backend="eager")
     with torch.no_grad():
@@ -76,7 +76,7 @@ def test_compile_fullgraph_cuda(density, scorer, compiler):
     inductor (which may fuse the surrounding ops)."""
     torch._dynamo.reset()
     model, inputs = _wan_head_dim_64("cuda", torch.bfloat16)
-    vidhash.enable_hash_attention(model, density=density, block_size=16, scorer=scorer)
+    vidhash.enable_hash_attention(model, density=density, block_size=16, query_block_size=16, scorer=scorer)
     eager = run(model, inputs)
     compiled = torch.compile(model, fullgraph=True, backend=compiler)
     with torch.no_grad():
@@ -123,7 +123,7 @@ def test_backend_honoured_at_density_one(monkeypatch):
 
 def test_backend_refused_below_density_one():
     model, inputs = tiny_wan()
-    vidhash.enable_hash_attention(model, density=0.25, block_size=4)
+    vidhash.enable_hash_attention(model, density=0.25, block_size=4, query_block_size=4)
     model.set_attention_backend("native")  # torch's own choice: accepted
     with pytest.raises(ValueError, match="'_native_math' cannot run hash attention"):
         model.set_attention_backend("_native_math")
@@ -150,7 +150,7 @@ def test_backend_set_before_enabling_is_carried_or_refused():
 def test_enabled_state_after_outside_swap():
     model, inputs = tiny_wan()
     ref = run(model, inputs)
-    vidhash.enable_hash_attention(model, density=0.25, block_size=4)
+    vidhash.enable_hash_attention(model, density=0.25, block_size=4, query_block_size=4)
     assert is_hash_attention_enabled(model)
     model.set_attn_processor(WanAttnProcessor())  # every processor, from outside
     assert not is_hash_attention_enabled(model)
@@ -165,7 +165,7 @@ def test_enabled_state_after_outside_swap():
 def test_partial_outside_swap_is_not_enabled_and_disable_cleans_up():
     model, _ = tiny_wan()
     originals = {n: a.processor for n, a in self_attention_modules(model).items()}
-    vidhash.enable_hash_attention(model, density=0.25, block_size=4)
+    vidhash.enable_hash_attention(model, density=0.25, block_size=4, query_block_size=4)
     outside = WanAttnProcessor()
     model.blocks[1].attn1.set_processor(outside)
     assert not is_hash_attention_enabled(model)
@@ -181,14 +181,14 @@ def test_partial_outside_swap_is_not_enabled_and_disable_cleans_up():
 def test_hashers_are_submodules_cast_with_the_model():
     model, inputs = tiny_wan()
     learned = {name: LearnedHash(12, 16, heads=2, hidden=8, seed=i) for i, name in enumerate(self_attention_modules(model))}
-    vidhash.enable_hash_attention(model, density=0.25, block_size=4, hasher=learned)
+    vidhash.enable_hash_attention(model, density=0.25, block_size=4, query_block_size=4, hasher=learned)
     assert model.blocks[1].attn1.get_submodule(HASHER_ATTR) is learned["blocks.1.attn1"]
     model.to(torch.float64)
     assert learned["blocks.0.attn1"].q_mlp.weights[0].dtype == torch.float64
     inputs64 = {k: v.double() if v.is_floating_point() else v for k, v in inputs.items()}
     assert run(model, inputs64).dtype == torch.float64
     model.to(torch.float32)
-    vidhash.enable_hash_attention(model, density=0.25, block_size=4, scorer="simhash")  # default SimHash, shared
+    vidhash.enable_hash_attention(model, density=0.25, block_size=4, query_block_size=4, scorer="simhash")  # default SimHash, shared
     assert isinstance(model.blocks[0].attn1.get_submodule(HASHER_ATTR), SimHash)
     assert model.blocks[0].attn1.get_submodule(HASHER_ATTR) is model.blocks[1].attn1.get_submodule(HASHER_ATTR)
     vidhash.disable_hash_attention(model)
@@ -198,9 +198,9 @@ def test_hashers_are_submodules_cast_with_the_model():
 def test_default_hasher_equals_library_default():
     """The SimHash built at enable time is hash_attention's default (32 bits, seed 0)."""
     model, inputs = tiny_ltx()
-    vidhash.enable_hash_attention(model, density=0.25, block_size=4, scorer="simhash")
+    vidhash.enable_hash_attention(model, density=0.25, block_size=4, query_block_size=4, scorer="simhash")
     built = run(model, inputs)
-    vidhash.enable_hash_attention(model, density=0.25, block_size=4, n_bits=32, seed=0)
+    vidhash.enable_hash_attention(model, density=0.25, block_size=4, query_block_size=4, n_bits=32, seed=0)
     assert torch.equal(run(model, inputs), built)
 
 
@@ -216,21 +216,21 @@ def test_state_dict_stays_stock_and_loads_strictly():
 def test_save_pretrained_and_hashers_file_round_trip(tmp_path):
     model, inputs = tiny_wan()
     learned = {name: LearnedHash(12, 16, heads=2, hidden=8, seed=i) for i, name in enumerate(self_attention_modules(model))}
-    vidhash.enable_hash_attention(model, density=0.25, block_size=4, hasher=learned)
+    vidhash.enable_hash_attention(model, density=0.25, block_size=4, query_block_size=4, hasher=learned)
     model.save_pretrained(tmp_path)  # a stock checkpoint: no hasher keys
     assert save_hashers(model, tmp_path) == str(tmp_path / FILE_NAME)
     loaded = WanTransformer3DModel.from_pretrained(tmp_path).eval()
     assert not is_hash_attention_enabled(loaded)
     # (diffusers' own save/load round trip is not bitwise: compare on the loaded model)
-    vidhash.enable_hash_attention(loaded, density=0.25, block_size=4, hasher=learned)
+    vidhash.enable_hash_attention(loaded, density=0.25, block_size=4, query_block_size=4, hasher=learned)
     expected = run(loaded, inputs)
-    vidhash.enable_hash_attention(loaded, density=0.25, block_size=4, hashers=tmp_path)
+    vidhash.enable_hash_attention(loaded, density=0.25, block_size=4, query_block_size=4, hashers=tmp_path)
     restored = hashers_of(loaded)
     assert all(restored[n] is not learned[n] and isinstance(restored[n], LearnedHash) for n in learned)
     assert torch.equal(run(loaded, inputs), expected)
     assert rel_err(expected, run(model, inputs)) < TOL[torch.float32]
     # a SimHash shared by every layer round-trips as well
-    vidhash.enable_hash_attention(model, density=0.25, block_size=4, n_bits=16, seed=5)
+    vidhash.enable_hash_attention(model, density=0.25, block_size=4, query_block_size=4, n_bits=16, seed=5)
     save_hashers(model, tmp_path / "simhash.safetensors")
     back = load_hashers(tmp_path / "simhash.safetensors")
     assert all(torch.equal(h.planes, model._vidhash_config.hasher.planes) for h in back.values())
@@ -264,7 +264,7 @@ def test_hashers_file_of_another_model_refused(tmp_path):
 def test_sparse_outputs_close_to_dense_with_all_blocks():
     model, inputs = tiny_wan()
     ref = run(model, inputs)
-    vidhash.enable_hash_attention(model, density=0.99, block_size=4, n_bits=16)
+    vidhash.enable_hash_attention(model, density=0.99, block_size=4, query_block_size=4, n_bits=16)
     assert rel_err(run(model, inputs), ref) < TOL[torch.float32]
 
 
@@ -277,9 +277,9 @@ def test_scorer_passed_through(scorer, monkeypatch):
 
     model, inputs = tiny_wan()
     ref = run(model, inputs)
-    vidhash.enable_hash_attention(model, density=0.99, block_size=4, scorer=scorer)  # every block kept
+    vidhash.enable_hash_attention(model, density=0.99, block_size=4, query_block_size=4, scorer=scorer)  # every block kept
     assert rel_err(run(model, inputs), ref) < TOL[torch.float32]
-    vidhash.enable_hash_attention(model, density=0.25, block_size=4, scorer=scorer)
+    vidhash.enable_hash_attention(model, density=0.25, block_size=4, query_block_size=4, scorer=scorer)
     seen = []
     real = dropin.hash_attention
     monkeypatch.setattr(dropin, "hash_attention", lambda *a, **kw: seen.append((kw["scorer"], kw["hasher"])) or real(*a, **kw))
@@ -297,7 +297,7 @@ def test_learned_scorer_is_a_submodule():
     model, inputs = tiny_wan()
     stock_keys = set(model.state_dict())
     scorers = {name: LearnedBlockScorer(12, heads=2, seed=i) for i, name in enumerate(self_attention_modules(model))}
-    vidhash.enable_hash_attention(model, density=0.25, block_size=4, scorer=scorers)
+    vidhash.enable_hash_attention(model, density=0.25, block_size=4, query_block_size=4, scorer=scorers)
     assert model.blocks[1].attn1.get_submodule("vidhash_scorer") is scorers["blocks.1.attn1"]
     assert set(model.state_dict()) == stock_keys
     assert torch.isfinite(run(model, inputs)).all()
@@ -312,7 +312,7 @@ def test_learned_scorer_is_a_submodule():
     pytest.param({"scorer": "hamming"}, "scorer must be one of", id="unknown-scorer"),
     pytest.param({"scorer": "pooled", "n_bits": 16}, "read by scorer='simhash' or 'prefilter' only", id="pooled-with-bits"),
     pytest.param({"scorer": torch.nn.Linear(2, 2)}, "learned block scorer", id="not-a-scorer"),
-    pytest.param({"scorer": "subgrid", "block_size": 6}, "query_block_size must be a multiple of 4", id="subgrid-of-6"),
+    pytest.param({"scorer": "subgrid", "block_size": 6, "query_block_size": 6}, "query_block_size must be a multiple of 4", id="subgrid-of-6"),
 ])
 def test_bad_scorer_raises(config, match):
     model, _ = tiny_wan()

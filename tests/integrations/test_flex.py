@@ -87,9 +87,9 @@ def test_causal_selection_refused():
 def test_drop_in_flex_equals_default_backend(make, kw):
     model, inputs = make(**kw)
     dense = run(model, inputs)
-    vidhash.enable_hash_attention(model, density=0.25, block_size=4)
+    vidhash.enable_hash_attention(model, density=0.25, block_size=4, query_block_size=4)
     ours = run(model, inputs)
-    vidhash.enable_hash_attention(model, density=0.25, block_size=4, backend="flex")
+    vidhash.enable_hash_attention(model, density=0.25, block_size=4, query_block_size=4, backend="flex")
     flex = run(model, inputs)
     assert model._vidhash_config.backend == "flex"
     assert rel_err(flex, ours) < 1e-5 and rel_err(flex, dense) > 1e-4
@@ -97,9 +97,9 @@ def test_drop_in_flex_equals_default_backend(make, kw):
 
 def test_drop_in_flex_with_a_scorer():
     model, inputs = WAN.values[0](**WAN.values[1])
-    vidhash.enable_hash_attention(model, density=0.25, block_size=4, scorer="pooled")
+    vidhash.enable_hash_attention(model, density=0.25, block_size=4, query_block_size=4, scorer="pooled")
     ours = run(model, inputs)
-    vidhash.enable_hash_attention(model, density=0.25, block_size=4, scorer="pooled", backend="flex")
+    vidhash.enable_hash_attention(model, density=0.25, block_size=4, query_block_size=4, scorer="pooled", backend="flex")
     assert rel_err(run(model, inputs), ours) < 1e-5
 
 

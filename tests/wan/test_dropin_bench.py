@@ -41,7 +41,7 @@ def test_dropin_rows_json_and_strip(tiny_model, tmp_path, capsys):
         assert r["flex_psnr"] > 45 and "flex_error" not in r, r
         assert r["transformer_ms_flex"] > 0 and r["speedup_flex"] == pytest.approx(r["clip_s_dense"] / r["clip_s_flex"])
         assert r["clip_s_dense"] == rows["dense"]["clip_s"] and r["speedup"] == pytest.approx(r["clip_s_dense"] / r["clip_s"])
-        assert r["scorer"] == "pooled" and r["block_size"] == r["query_block_size"] == 16  # the drop-in's defaults
+        assert r["scorer"] == "pooled" and (r["block_size"], r["query_block_size"]) == (16, 64)  # the drop-in's defaults (query blocks >= 64)
     assert rows["1/4 b16"]["psnr"] < rows["1/4 b16"]["flex_psnr"]
     for r in (rows["dense"], rows["dense (repeat)"]):
         assert r["transformer_ms_flex"] is r["clip_s_flex"] is r["flex_psnr"] is r["recall"] is None and r["scorer"] is None

@@ -12,7 +12,7 @@ processors: dense SDPA), then ``dense (repeat)`` — the same processors again: 
 equal the dense ones, the floor of every comparison — then the drop-in
 (:func:`vidhash.integrations.diffusers.enable_hash_attention`) at each density × key-block size
 (× ``--query-block-sizes``, rows ``… q64``, the drop-in's ``query_block_size`` — by default as large
-as the key block —; × scorer × ``--dense-steps`` × ``--dense-layers``: the drop-in's dense warmup, as Sparse VideoGen
+as the key block, at least 64 tokens —; × scorer × ``--dense-steps`` × ``--dense-layers``: the drop-in's dense warmup, as Sparse VideoGen
 and SVG2 keep full attention in the first denoising steps and blocks — ``dense_timestep`` from the
 pipeline's scheduler for ``--steps`` steps, ``dense_layers``; rows ``… ds2 dl1``, both 0 by
 default, the rows and table then as without them), and the same setting again with ``backend="flex"``: vidhash's selection, PyTorch's
@@ -109,7 +109,8 @@ class Setting:
     one mean token each). ``layer_densities``: the drop-in's per-module densities, as sorted pairs.
     ``reuse_mass``: 0, or the drop-in's ``reuse_mass`` with ``mass_query_stride`` = this (the sparse
     steps select from the last dense step's block mass); ``mass_refresh``: its ``mass_refresh``.
-    ``query_block_size``: the drop-in's ``query_block_size`` (None: its default, the key block's size)."""
+    ``query_block_size``: the drop-in's ``query_block_size`` (None: its default,
+    :func:`~vidhash.integrations.diffusers.default_query_block`)."""
 
     name: str
     density: Fraction | None = None
@@ -425,7 +426,7 @@ def layer_recall(captured: dict, setting: Setting, max_query_blocks: int, dense_
     With values captured, ``error``: the relative error of the layer's hash attention (the setting's
     selection and remainder) against dense attention on the same queries, keys and values."""
     from vidhash import attention
-    from vidhash.integrations.diffusers import DropInConfig
+    from vidhash.integrations.diffusers import DropInConfig, default_query_block
 
     try:
         from vidhash.selection import oracle_recall
@@ -441,7 +442,8 @@ def layer_recall(captured: dict, setting: Setting, max_query_blocks: int, dense_
             rows.append({"layer": name, "dense": "step" if dense_step else "layer"})
             continue
         sel = attention.select_blocks(q, k, density=density, block_size=setting.block_size,
-                                      query_block_size=setting.query_block_size, **extra)
+                                      query_block_size=setting.query_block_size or default_query_block(setting.block_size),
+                                      **extra)  # the drop-in's query blocks
         row = {"layer": name, "recall": attention.selection_recall(q, k, sel, max_query_blocks=max_query_blocks)}
         if oracle_recall is not None:
             row["oracle"] = oracle_recall(q, k, int(sel.indices.shape[-1]), block_size=sel.block_size,
@@ -695,14 +697,14 @@ def flex_columns(pipe, setting: Setting, seeds: list[int], args, ours: list[np.n
 def measure_setting(pipe, setting: Setting, seeds: list[int], args, dense, captured: dict) -> tuple[dict, list]:
     """One row of the table and the setting's clips; ``dense`` is ``(clips, row)`` of the dense model
     (None while measuring it)."""
-    from vidhash.integrations.diffusers import DropInConfig, self_attention_modules  # its scorer: what --scorers default runs
+    from vidhash.integrations.diffusers import DropInConfig, default_query_block, self_attention_modules  # its scorer: what --scorers default runs
 
     clips, timing = run_setting(pipe, setting, seeds, args)
     sparse = setting.density is not None
     dense_clips, dense_row = dense if dense is not None else (clips, None)
     clip_s_dense = timing["clip_s"] if dense_row is None else dense_row["clip_s"]
     row = {"setting": setting.name, "density": None if setting.density is None else float(setting.density),
-           "block_size": setting.block_size, "query_block_size": (setting.query_block_size or setting.block_size) if sparse else None,
+           "block_size": setting.block_size, "query_block_size": (setting.query_block_size or default_query_block(setting.block_size)) if sparse else None,
            "scorer": None if setting.density is None else setting.scorer or DropInConfig.scorer,
            "psnr": float(np.mean([clip_psnr(c, d) for c, d in zip(clips, dense_clips)])),
            "ssim": float(np.mean([clip_ssim(c, d) for c, d in zip(clips, dense_clips)])),

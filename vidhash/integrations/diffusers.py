@@ -118,6 +118,19 @@ DROP_IN_BACKENDS = (*BACKENDS, "flex")
 FlexAttention's kernel)."""
 
 
+DEFAULT_MIN_QUERY_BLOCK = 64
+"""The drop-in's query blocks are at least this many tokens unless ``query_block_size`` is given.
+Key blocks of 16 with query blocks of 16 made 16-row query tiles: on the trained wan-mini at 1/8 (H100,
+2026-12-05) a step took 20.4 ms, slower than dense (17.8), against 12.0 ms with query blocks of 64 —
+whose layer error on the recorded activations was within 5 % of query blocks of 16's (0.0201 / 0.0191,
+BENCHMARKS.md "Drop-in on wan-mini")."""
+
+
+def default_query_block(block_size: int) -> int:
+    """The drop-in's query block size when none is given: ``max(block_size, DEFAULT_MIN_QUERY_BLOCK)``."""
+    return max(block_size, DEFAULT_MIN_QUERY_BLOCK)
+
+
 @dataclass(frozen=True)
 class DropInConfig:
     """Hash attention settings of one enabled model (stored as ``transformer._vidhash_config``).
@@ -180,6 +193,14 @@ class DropInConfig:
     reuse_mass: bool = False
     mass_query_stride: int = 4
     mass_refresh: int = 0
+
+    def __post_init__(self):
+        # query_block_size None: the key block's size, but at least DEFAULT_MIN_QUERY_BLOCK tokens
+        # (resolved here, so every user of the config sees one number; a bad block_size is left to
+        # check_selection_args, which names it)
+        bk = self.block_size
+        if self.query_block_size is None and isinstance(bk, int) and not isinstance(bk, bool) and bk > 0:
+            object.__setattr__(self, "query_block_size", default_query_block(bk))
 
     def density_of(self, name: str) -> float:
         """The density of self-attention module ``name`` (``layer_densities``, else ``density``)."""
@@ -311,7 +332,7 @@ class _HashAttnProcessor:
         self._mass_qk, self._reused, self._since = None, None, 0
         kw = self._kwargs
         bk = kw["block_size"]
-        bq = kw["query_block_size"] or bk
+        bq = kw["query_block_size"]
         stride = self.config.mass_query_stride
         if qs.shape[-2] != -(-nq // stride) or qs.shape[:2] != ks.shape[:2]:
             return  # not copies of one call's q and k: the scorer selects
@@ -699,7 +720,7 @@ def _check_reuse_mass(cfg: DropInConfig) -> None:
     if cfg.reuse_mass and cfg.dense_timestep is None:
         raise ValueError("reuse_mass selects from the exact attention mass of the last dense step: give dense_timestep "
                          "(the first steps run dense; see dense_timestep_for)")
-    bq = cfg.query_block_size or cfg.block_size
+    bq = cfg.query_block_size
     stride = cfg.mass_query_stride
     if isinstance(stride, bool) or not isinstance(stride, int) or stride < 1 or (cfg.reuse_mass and bq % stride):
         raise ValueError(f"mass_query_stride must be a positive int dividing the query block size {bq}, got {stride!r}")
