@@ -12,7 +12,6 @@ from vidhash.integrations.diffusers import (
     SUPPORTED_CLASSES,
     CogVideoXHashAttnProcessor,
     DropInConfig,
-    LTXHashAttnProcessor,
     WanHashAttnProcessor,
     is_hash_attention_enabled,
     self_attention_modules,
