@@ -280,7 +280,7 @@ def add_dropin(p: argparse.ArgumentParser) -> None:
     p.add_argument("--block-sizes", default="64,16", help="comma-separated key-block sizes")
     p.add_argument("--query-block-sizes", default="",
                    help="comma-separated query-block sizes, each run with every key-block size (rows ' q<size>'; "
-                        "default: the drop-in's, query blocks as large as the key blocks)")
+                        "default: the drop-in's, query blocks as large as the key blocks, at least 64 tokens)")
     p.add_argument("--scorers", default="default",
                    help="comma-separated block scorers ('default': the drop-in's default, pooled; or simhash, pooled, "
                         "parent, moments, subgrid, prefilter, rescore)")
