@@ -13,7 +13,7 @@ Letters: l layers, b batch, h heads, w window frames, n tokens per frame, e head
   (model, frame size, window, memory mode and :class:`~vidhash.memory.MemorySize`) that a
   pipeline checks before using the state.
 
-How the memories are read (:class:`~vidhash.memory.MemoryRead`: ``top_k``, ``mass_cap``) is not
+How the memories are read (:class:`~vidhash.memory.MemoryRead`: ``top_k``, ``mass_cap``, ``select``) is not
 part of a state: it is given per call (:meth:`VidHashState.context`). Files of the first format
 recorded the last read (``top_k``, ``mass_cap`` in the metadata); loading ignores them.
 

@@ -159,11 +159,11 @@ def test_dropin_calibrate_save_load_same_outputs(tmp_path):
         assert all(0.0 <= r[k] <= 1.0 for k in ("recall_simhash", "recall_learned", "val_recall_simhash", "val_recall_learned"))
     assert report["mean"]["recall_learned"] > report["mean"]["recall_simhash"]  # fitted on these steps
     # calibrate → save → load → same outputs
-    vidhash.enable_hash_attention(model, density=0.25, block_size=4, hasher=hashers)
+    vidhash.enable_hash_attention(model, density=0.25, block_size=4, query_block_size=4, hasher=hashers)
     calibrated = _denoise(model, latents, text)
     save_hashers(hashers, tmp_path)
     vidhash.disable_hash_attention(model)
-    vidhash.enable_hash_attention(model, density=0.25, block_size=4, hashers=tmp_path)
+    vidhash.enable_hash_attention(model, density=0.25, block_size=4, query_block_size=4, hashers=tmp_path)
     assert torch.equal(_denoise(model, latents, text), calibrated)
     assert not torch.equal(calibrated, stock)
 
@@ -173,7 +173,7 @@ def test_dropin_records_an_enabled_model_under_its_own_config():
     from vidhash.integrations.calibrate import record_self_attention
 
     model, latents, text = _tiny_wan()
-    vidhash.enable_hash_attention(model, density=0.25, block_size=4)
+    vidhash.enable_hash_attention(model, density=0.25, block_size=4, query_block_size=4)
     calls = [dict(hidden_states=latents, timestep=torch.tensor([t]), encoder_hidden_states=text) for t in (800, 200)]
     samples = record_self_attention(model, calls, max_queries=10, max_keys=20)
     assert model._vidhash_config.density == 0.25 and model.blocks[0].attn1.processor.recorder is None
@@ -213,7 +213,7 @@ def test_dropin_cli_writes_hashers_beside_the_weights(wan_folder, tmp_path):
     assert main(["calibrate", str(folder), "--inputs", str(wan_folder / "inputs.pt"), *DROPIN_ARGS]) == 0
     assert (folder / "vidhash_hashers.safetensors").is_file()
     model = WanTransformer3DModel.from_pretrained(folder).eval()
-    vidhash.enable_hash_attention(model, density=0.25, block_size=4, hashers=folder)
+    vidhash.enable_hash_attention(model, density=0.25, block_size=4, query_block_size=4, hashers=folder)
     assert all(type(h).__name__ == "LearnedHash" and h.n_bits == 16 for h in hashers_of(model).values())
 
 

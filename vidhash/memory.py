@@ -38,7 +38,7 @@ every token written it equals dense attention over everything written.
 
 **Settings.** :class:`MemorySize` (signatures, buckets, slots, policy) is what a generation
 chooses and a state saves; :class:`MemoryConfig` adds the layer's shape; :class:`MemoryRead`
-(``top_k``, ``mass_cap``) is how a read is done, given per call. Each validates itself.
+(``top_k``, ``mass_cap``, ``select``) is how a read is done, given per call. Each validates itself.
 
 **Code.** The writes and the top-k read are ops on the memory's tensors (:attr:`HashedMemory.table`):
 references in ``kernels/memory/naive.py``, Triton kernels in ``kernels/memory/ops.py``, and a CPU
@@ -468,7 +468,7 @@ class HashedMemory(nn.Module):
     def attend(self, q: torch.Tensor, top_k: int | None = None, *, scale: float | None = None,
                return_indices: bool = False, backend: str = "auto", mass_cap: int = 0, select: str = "candidates"):
         """Attention of ``q (b, h, n, d)`` over its ``top_k`` most similar entries (None: every
-        entry); ``top_k`` and ``mass_cap`` are a :class:`MemoryRead`.
+        entry); ``top_k``, ``mass_cap`` and ``select`` are a :class:`MemoryRead`.
 
         Returns ``(out (b, h, n, d), lse (b, h, n))`` with lse in float32 (float64 for
         float64 queries); a query that finds no entry

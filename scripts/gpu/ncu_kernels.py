@@ -7,13 +7,14 @@ of each and nothing else:
   this thread) at 1/32 on the
   selection ``bench attention`` uses (pooled, query blocks of 128), key blocks of 64 (TMA kernels)
   and 16 (pointer kernels);
-* ``select131k_bk64`` — the pooled selection (means, codes, level kernel);
+* ``select131k_bk64`` (``select131k_bk16``: blocks of 16) — the pooled selection (means, codes, level kernel);
 * ``memread`` — the hashed-memory read of ``bench memory``'s default shape (2,048 queries × 65,536
-  entries, 12 heads, top-64) with the one-pass ``levels`` select.
+  entries, 12 heads, top-64) with the one-pass ``levels`` select, then dense SDPA over every entry.
 
     ncu --nvtx --nvtx-include "prof/" --clock-control none --section SpeedOfLight --section Occupancy \
-        --section WarpStateStats --section MemoryWorkloadAnalysis --csv --page details \
-        python3 scripts/gpu/ncu_kernels.py [--only NAME,...] > ncu.csv
+        --section LaunchStats --section WarpStateStats --section MemoryWorkloadAnalysis \
+        --section ComputeWorkloadAnalysis -o kernels python3 scripts/gpu/ncu_kernels.py [--only NAME,...]
+    ncu --import kernels.ncu-rep --csv --page details > ncu.csv
 
 Without ncu it only runs; ``--smoke`` runs every workload at tiny shapes on the CPU under Triton's
 interpreter (``TRITON_INTERPRET=1``), the check before spending GPU time on it.

@@ -32,6 +32,7 @@ def test_json_keys_and_files(tiny_result):
         assert all(set(c) == CELL_KEYS for c in result["summary"][mode].values())
     g = result["generation"]
     assert (g["height"], g["num_inference_steps"], g["chunk_frames"], g["window_frames"]) == (16, 1, 4, 8)
+    assert "select" not in g["memory"]  # the default read kernel: the merge key of results saved before it existed
     assert result["trajectory"] == {"visit_frames": 4, "leave_frames": 4, "step": 4, "view": 16, "world_size": 1024,
                                     "random_sig_bits": 32}
 

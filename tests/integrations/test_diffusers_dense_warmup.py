@@ -14,7 +14,7 @@ from vidhash.integrations.diffusers import dense_timestep_for, is_hash_attention
 
 from diffusers_tiny import COG, MODELS, needs_compile, run, tiny_skyreels_v2, tiny_wan
 
-SPARSE = dict(density=0.25, block_size=4)  # 48 video tokens: 12 key blocks, 3 kept per query block
+SPARSE = dict(density=0.25, block_size=4, query_block_size=4)  # 48 video tokens: 12 key blocks, 3 kept per query block
 WAN_MINI_SCHEDULER = Path(__file__).resolve().parents[2] / "models" / "wan-mini" / "scheduler"
 LTX = MODELS[5]
 

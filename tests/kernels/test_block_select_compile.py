@@ -103,7 +103,7 @@ def test_dropin_compiles_to_one_graph_on_the_kernels(scorer):
         patch_size=(1, 2, 2), num_attention_heads=1, attention_head_dim=64, in_channels=4, out_channels=4,
         text_dim=16, freq_dim=16, ffn_dim=32, num_layers=1, rope_max_seq_len=32,
     ).eval().to(DEV)
-    vidhash.enable_hash_attention(model, density=0.25, block_size=4, scorer=scorer, backend="triton")
+    vidhash.enable_hash_attention(model, density=0.25, block_size=4, query_block_size=4, scorer=scorer, backend="triton")
     attn, x = model.blocks[0].attn1, torch.randn(1, 24, 64, device=DEV)  # 6 key blocks, 2 kept
     with torch.no_grad():
         eager = attn(x)

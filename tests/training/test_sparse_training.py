@@ -176,6 +176,8 @@ def test_a_sparse_run_trains_exports_its_attention_and_refuses_a_dense_resume(tm
     # a sampler reads the attention to run the model with, and the transformer is a stock one
     kw = training_attention(export)
     assert kw == drop_in_kwargs(tiny(*SPARSE).attention, backend=False) and kw["density"] == 0.25
+    # the section's query blocks (None: the key block's size), not the drop-in's default (at least 64)
+    assert kw["query_block_size"] == kw["block_size"] == 16
     loaded = WanTransformer3DModel.from_pretrained(str(export / "transformer"))
     assert not is_hash_attention_enabled(loaded)
     assert loaded.state_dict().keys() == build_model(tiny()).state_dict().keys()

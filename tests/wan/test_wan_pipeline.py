@@ -121,7 +121,7 @@ def test_the_diffusers_drop_in_runs_on_wan_mini(tiny_cfg):
     dense = run(pipe, actions=["up"] * 8)
     vidhash.enable_hash_attention(pipe.transformer, density=1.0, block_size=16)
     assert np.allclose(run(pipe, actions=["up"] * 8), dense, atol=2e-3)
-    vidhash.enable_hash_attention(pipe.transformer, density=0.25, block_size=16)
+    vidhash.enable_hash_attention(pipe.transformer, density=0.25, block_size=16, query_block_size=16)
     sparse = run(pipe, actions=["up"] * 8)
     vidhash.disable_hash_attention(pipe.transformer)
     assert sparse.shape == dense.shape and not np.array_equal(sparse, dense)

@@ -120,10 +120,10 @@ FlexAttention's kernel)."""
 
 DEFAULT_MIN_QUERY_BLOCK = 64
 """The drop-in's query blocks are at least this many tokens unless ``query_block_size`` is given.
-Key blocks of 16 with query blocks of 16 made 16-row query tiles: on the trained wan-mini at 1/8 (H100,
-2026-12-05) a step took 20.4 ms, slower than dense (17.8), against 12.0 ms with query blocks of 64 —
-whose layer error on the recorded activations was within 5 % of query blocks of 16's (0.0201 / 0.0191,
-BENCHMARKS.md "Drop-in on wan-mini")."""
+Key blocks of 16 with query blocks of 16 made 16-row query tiles: on wan-mini at 1/8 (H100, 2026-12-05)
+a step took 20.4 ms with the step-8,606 weights, slower than dense (17.8), and 12.0 ms with query blocks
+of 64 on the shipped (step-9,897) ones; on the same recorded activations the layer error with query
+blocks of 64 was about 5 % higher than with 16 (0.0201 / 0.0191; BENCHMARKS.md "Drop-in on wan-mini")."""
 
 
 def default_query_block(block_size: int) -> int:
@@ -134,6 +134,7 @@ def default_query_block(block_size: int) -> int:
 @dataclass(frozen=True)
 class DropInConfig:
     """Hash attention settings of one enabled model (stored as ``transformer._vidhash_config``).
+    ``query_block_size`` None becomes :func:`default_query_block` of ``block_size`` on construction.
 
     ``scorer`` ranks the key blocks (:data:`vidhash.attention.SCORERS`: ``"pooled"``, the
     default — exact mean-pooled q·k, which kept 0.99-1.0 of the oracle's mass on the trained
@@ -868,7 +869,8 @@ def enable_hash_attention(transformer, **config):
     """Swap the self-attention of a diffusers video transformer (:data:`SUPPORTED_CLASSES`) for
     hash attention; returns the model.
 
-    ``config``: ``density``, ``block_size``, ``query_block_size``, ``local_blocks``,
+    ``config``: ``density``, ``block_size``, ``query_block_size`` (default: the key block's size, at least
+    :data:`DEFAULT_MIN_QUERY_BLOCK` tokens), ``local_blocks``,
     ``sink_blocks``, ``backend``, ``scorer``, ``remainder`` (as :func:`~vidhash.attention.hash_attention`; a
     learned scorer may also be a dict by module name; ``backend="flex"`` has FlexAttention attend
     to vidhash's selected blocks), and — for the scorers that read

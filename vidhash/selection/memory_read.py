@@ -103,8 +103,9 @@ def probe_memory_reads(max_queries: int = 64, every: int = 1):
     original = HashedMemory.attend
     seen = [0]
 
-    def attend(self, q, top_k=None, *, scale=None, return_indices=False, backend="auto", mass_cap=0):
-        res = original(self, q, top_k, scale=scale, return_indices=return_indices, backend=backend, mass_cap=mass_cap)
+    def attend(self, q, top_k=None, *, scale=None, return_indices=False, backend="auto", mass_cap=0, select="candidates"):
+        res = original(self, q, top_k, scale=scale, return_indices=return_indices, backend=backend, mass_cap=mass_cap,
+                       select=select)
         kk = MemoryRead(top_k, mass_cap).top_k_for(self.capacity)
         capturing = q.is_cuda and torch.cuda.is_current_stream_capturing()
         eligible = kk is not None and not capturing and not torch.compiler.is_compiling()

@@ -89,8 +89,8 @@ def drop_in_kwargs(attention: TrainAttentionConfig, backend: bool = True) -> dic
     """``enable_hash_attention`` keywords of the section (``n_bits`` / ``seed`` only for the
     scorers that read signatures; ``backend`` left out with ``backend=False``: a sampler picks its own)."""
     kw = asdict(attention)
-    if kw["query_block_size"] is None:
-        del kw["query_block_size"]
+    if kw["query_block_size"] is None:  # the section's rule (None: block_size), not the drop-in's (at least 64):
+        kw["query_block_size"] = kw["block_size"]  # a run trains, resumes and samples with the blocks it fingerprinted
     if attention.scorer not in READS_SIGNATURES:
         del kw["n_bits"], kw["seed"]
     if kw["remainder"] in (None, "none"):

@@ -147,9 +147,12 @@ def resolve_settings(o: WorldEvalOptions, pipe, preset: str) -> dict:
     steps = o.steps or gen.num_inference_steps
     scale = gen.guidance_scale if o.guidance_scale is None else o.guidance_scale
     guided = gen.guidance_steps if o.guidance_steps is None else o.guidance_steps
+    memory = asdict(gen.memory)
+    if memory.get("select") == "candidates":  # the default read kernel (speed only): results saved before the
+        del memory["select"]  # setting existed keep their merge key
     g = {"preset": preset, "height": size, "width": size, "chunk_frames": gen.chunk_frames,
          "window_frames": gen.window_frames, "num_inference_steps": steps, "action_step": gen.action_step,
-         "memory": asdict(gen.memory), "world_size": int(pipe.transformer.config.pos_period)}
+         "memory": memory, "world_size": int(pipe.transformer.config.pos_period)}
     if scale != 1:  # results without guidance keep the settings (and the merge key) they had before it existed
         g.update(guidance_scale=scale, guidance_steps=guided)
     return g
