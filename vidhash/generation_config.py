@@ -100,5 +100,9 @@ class GenerationConfig:
 
     def to_dict(self) -> dict:
         """JSON-able (what ``model_index.json`` stores; read back by
-        :func:`vidhash.presets.generation_from_dict`)."""
-        return asdict(self)
+        :func:`vidhash.presets.generation_from_dict`). ``memory.select`` at its default is left out, so a
+        folder saved with the default read stays readable by versions before the setting."""
+        out = asdict(self)
+        if out["memory"]["select"] == MemoryRead.select:
+            del out["memory"]["select"]
+        return out

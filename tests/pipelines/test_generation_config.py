@@ -133,6 +133,16 @@ def test_a_bad_saved_config_names_the_key(data, match):
         generation_from_dict(data)
 
 
+def test_memory_select_is_saved_only_when_not_the_default():
+    """A folder saved with the default read kernel keeps the keys it had before ``memory.select``
+    existed; another kernel is saved and read back."""
+    assert "select" not in GenerationConfig().to_dict()["memory"]
+    levels = GenerationConfig(memory=MemorySettings(select="levels"))
+    assert levels.to_dict()["memory"]["select"] == "levels"
+    assert generation_from_dict(levels.to_dict()) == levels
+    assert generation_from_dict(GenerationConfig().to_dict()) == GenerationConfig()
+
+
 def test_generation_config_is_validated_and_frozen():
     with pytest.raises(ValueError, match="guidance_scale"):
         GenerationConfig(guidance_scale=-1.0)
