@@ -17,6 +17,15 @@ README_COLUMNS = ("density", "block_size", "scorer", "psnr", "ssim", "recall", "
                   "transformer_ms_flex", "clip_s", "clip_s_flex", "clip_s_dense", "speedup", "speedup_flex", "flex_psnr")
 
 
+def small_run(model, tmp_path, *flags) -> dict:
+    """``vidhash bench dropin`` on a tiny clip (one seed, 8 frames of 32², key blocks of 16, no coherence,
+    no Flex) with ``flags``; its JSON rows by setting name."""
+    out = tmp_path / "dropin.json"
+    assert main(["bench", "dropin", "--model", str(model), "--block-sizes", "16", "--seeds", "0", "--frames", "8",
+                 "--size", "32", "--no-coherence", "--no-flex", *flags, "--json", str(out)]) == 0
+    return {r["setting"]: r for r in json.loads(out.read_text())["rows"]}
+
+
 def test_dropin_rows_json_and_strip(tiny_model, tmp_path, capsys):
     # 8 frames of 32² with 8² patches = 128 tokens: key blocks of 16 → 8 blocks (1/4: 2 kept)
     out, strip = tmp_path / "dropin.json", tmp_path / "strip.png"
@@ -330,11 +339,8 @@ def test_compile_model_starts_a_graph_step_per_call_and_copies_outputs(tiny_mode
 def test_remainders_rows(tiny_model, tmp_path):
     """--remainders none,mean: a '+mean' row beside each setting; the same selection (recall equal),
     frames closer to dense (the unkept blocks' mean tokens bring back mass the plain row drops)."""
-    out = tmp_path / "dropin.json"
-    assert main(["bench", "dropin", "--model", str(tiny_model), "--densities", "1/8", "--block-sizes", "16",
-                 "--seeds", "0", "--frames", "8", "--size", "32", "--steps", "3", "--recall-step", "1",
-                 "--remainders", "none,mean", "--no-coherence", "--no-flex", "--json", str(out)]) == 0
-    rows = {r["setting"]: r for r in json.loads(out.read_text())["rows"]}
+    rows = small_run(tiny_model, tmp_path, "--densities", "1/8", "--steps", "3", "--recall-step", "1",
+                     "--remainders", "none,mean")
     assert list(rows) == ["dense", "dense (repeat)", "1/8 b16", "1/8 b16 +mean"]
     assert rows["1/8 b16"]["remainder"] == "none" and rows["1/8 b16 +mean"]["remainder"] == "mean"
     assert rows["dense"]["remainder"] is None
@@ -404,12 +410,8 @@ def test_reuse_mass_rows(tiny_model, tmp_path):
     (no dense step, no mass to reuse), and one with --mass-refresh 1 ('r1': the mass measured again
     at every sparse step), recording its stride and refresh, without the scorer's recall (not its
     selection), its frames from the drop-in's reuse_mass (not the scorer row's)."""
-    out = tmp_path / "dropin.json"
-    assert main(["bench", "dropin", "--model", str(tiny_model), "--densities", "1/8", "--block-sizes", "16",
-                 "--seeds", "0", "--frames", "8", "--size", "32", "--steps", "3", "--recall-step", "2",
-                 "--dense-steps", "0,1", "--reuse-mass", "0,1", "--mass-refresh", "0,1", "--no-coherence", "--no-flex",
-                 "--json", str(out)]) == 0
-    rows = {r["setting"]: r for r in json.loads(out.read_text())["rows"]}
+    rows = small_run(tiny_model, tmp_path, "--densities", "1/8", "--steps", "3", "--recall-step", "2",
+                     "--dense-steps", "0,1", "--reuse-mass", "0,1", "--mass-refresh", "0,1")
     assert list(rows) == ["dense", "dense (repeat)", "1/8 b16", "1/8 b16 ds1", "1/8 b16 ds1 reuse/1", "1/8 b16 ds1 reuse/1 r1"]
     assert rows["1/8 b16 ds1 reuse/1 r1"]["mass_refresh"] == 1 and rows["1/8 b16 ds1 reuse/1"]["mass_refresh"] == 0
     assert rows["1/8 b16 ds1 reuse/1 r1"]["psnr"] != rows["1/8 b16 ds1 reuse/1"]["psnr"]
@@ -469,11 +471,8 @@ def test_query_block_sizes_rows(tiny_model, tmp_path):
     """--query-block-sizes: each key-block size with each query-block size (rows ' q<size>'), the
     drop-in and the recall run with it (a query block of 32 over key blocks of 16 keeps other blocks
     than query blocks of 16), and the row records it (the default rows record the key block's size)."""
-    out = tmp_path / "dropin.json"
-    assert main(["bench", "dropin", "--model", str(tiny_model), "--densities", "1/4", "--block-sizes", "16",
-                 "--query-block-sizes", "16,32", "--seeds", "0", "--frames", "8", "--size", "32", "--steps", "2",
-                 "--recall-step", "1", "--no-coherence", "--no-flex", "--json", str(out)]) == 0
-    rows = {r["setting"]: r for r in json.loads(out.read_text())["rows"]}
+    rows = small_run(tiny_model, tmp_path, "--densities", "1/4", "--query-block-sizes", "16,32", "--steps", "2",
+                     "--recall-step", "1")
     assert list(rows) == ["dense", "dense (repeat)", "1/4 b16 q16", "1/4 b16 q32"]
     q16, q32 = rows["1/4 b16 q16"], rows["1/4 b16 q32"]
     assert (q16["query_block_size"], q32["query_block_size"], rows["dense"]["query_block_size"]) == (16, 32, None)

@@ -124,6 +124,13 @@ class Setting:
     mass_refresh: int = 0
     query_block_size: int | None = None
 
+    @property
+    def query_block(self) -> int:
+        """The query block size the drop-in runs this sparse setting with (its default where none is given)."""
+        from vidhash.integrations.diffusers import default_query_block
+
+        return self.query_block_size or default_query_block(self.block_size)
+
 
 def layer_tag(layer_densities: dict[str, float]) -> str:
     """`` [blocks.2.attn1=1/8]``: the per-module densities in a row's name (fractions where exact)."""
@@ -426,7 +433,7 @@ def layer_recall(captured: dict, setting: Setting, max_query_blocks: int, dense_
     With values captured, ``error``: the relative error of the layer's hash attention (the setting's
     selection and remainder) against dense attention on the same queries, keys and values."""
     from vidhash import attention
-    from vidhash.integrations.diffusers import DropInConfig, default_query_block
+    from vidhash.integrations.diffusers import DropInConfig
 
     try:
         from vidhash.selection import oracle_recall
@@ -442,8 +449,7 @@ def layer_recall(captured: dict, setting: Setting, max_query_blocks: int, dense_
             rows.append({"layer": name, "dense": "step" if dense_step else "layer"})
             continue
         sel = attention.select_blocks(q, k, density=density, block_size=setting.block_size,
-                                      query_block_size=setting.query_block_size or default_query_block(setting.block_size),
-                                      **extra)  # the drop-in's query blocks
+                                      query_block_size=setting.query_block, **extra)
         row = {"layer": name, "recall": attention.selection_recall(q, k, sel, max_query_blocks=max_query_blocks)}
         if oracle_recall is not None:
             row["oracle"] = oracle_recall(q, k, int(sel.indices.shape[-1]), block_size=sel.block_size,
@@ -697,14 +703,14 @@ def flex_columns(pipe, setting: Setting, seeds: list[int], args, ours: list[np.n
 def measure_setting(pipe, setting: Setting, seeds: list[int], args, dense, captured: dict) -> tuple[dict, list]:
     """One row of the table and the setting's clips; ``dense`` is ``(clips, row)`` of the dense model
     (None while measuring it)."""
-    from vidhash.integrations.diffusers import DropInConfig, default_query_block, self_attention_modules  # its scorer: what --scorers default runs
+    from vidhash.integrations.diffusers import DropInConfig, self_attention_modules  # its scorer: what --scorers default runs
 
     clips, timing = run_setting(pipe, setting, seeds, args)
     sparse = setting.density is not None
     dense_clips, dense_row = dense if dense is not None else (clips, None)
     clip_s_dense = timing["clip_s"] if dense_row is None else dense_row["clip_s"]
     row = {"setting": setting.name, "density": None if setting.density is None else float(setting.density),
-           "block_size": setting.block_size, "query_block_size": (setting.query_block_size or default_query_block(setting.block_size)) if sparse else None,
+           "block_size": setting.block_size, "query_block_size": setting.query_block if sparse else None,
            "scorer": None if setting.density is None else setting.scorer or DropInConfig.scorer,
            "psnr": float(np.mean([clip_psnr(c, d) for c, d in zip(clips, dense_clips)])),
            "ssim": float(np.mean([clip_ssim(c, d) for c, d in zip(clips, dense_clips)])),
