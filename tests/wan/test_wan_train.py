@@ -126,6 +126,21 @@ def test_budget_is_fitted_once_and_continued(tiny_cfg, tmp_path):
     assert s["step"] == s["max_steps"] == 3
     s = run(tiny_cfg(*over, "budget_minutes=0.0002"), resume="auto")  # another budget: fitted again
     assert s["step"] == s["max_steps"] == 6
+    # a call that does not name the budget (keep_budget, the CLI's default then) keeps the fitted schedule
+    # although the config says otherwise: before, the config's budget (here 0: max_steps 50 stood) won
+    s = run(tiny_cfg(*over, "budget_minutes=0.5"), resume="auto", keep_budget=True)
+    assert s["step"] == s["max_steps"] == 6
+    _, meta = final(tmp_path)
+    assert meta["schedule"]["fitted_for"] == 0.0002
+
+
+def test_the_cli_keeps_a_fitted_budget_unless_the_call_names_one(tiny_cfg, tmp_path, monkeypatch):
+    seen = []
+    monkeypatch.setattr("vidhash.training.trainer.train", lambda cfg, **kw: seen.append(kw["keep_budget"]) or {})
+    base = ["train", "configs/train/wan_mini_cpu.yaml", f"out_dir={tmp_path}"]
+    assert cli_main([*base, "--resume", "auto"]) == 0
+    assert cli_main([*base, "budget_minutes=66", "--resume", "auto"]) == 0
+    assert seen == [True, False]
 
 
 def test_a_checkpoint_of_the_standalone_loop_is_refused(tiny_cfg, tmp_path):

@@ -116,11 +116,13 @@ def portable_yaml(cfg: TrainConfig) -> str:
 
 
 def build_state(cfg: TrainConfig, family: ModelFamily, accelerator, saved: tuple[dict, dict] | None,
-                log) -> TrainState:
+                log, keep_budget: bool = False) -> TrainState:
     """Model (+ the family's ``prepare``), EMA, AdamW, warmup-cosine schedule; then the checkpoint
     ``saved`` = (tensors, meta) restored, or ``init_from``'s weights (and its run, when the folder
     has a ``train_state.json``); on the device, prepared by accelerate. Global RNGs are seeded per
-    process (restored from the checkpoint when it has as many processes)."""
+    process (restored from the checkpoint when it has as many processes). ``keep_budget``: a
+    continued run keeps the schedule fitted to its budget whatever ``cfg.budget_minutes`` says
+    (:func:`continue_budget`)."""
     rank = accelerator.process_index
     torch.manual_seed(cfg.seed + rank)
     np.random.seed((cfg.seed + rank) % 2**32)
@@ -142,9 +144,9 @@ def build_state(cfg: TrainConfig, family: ModelFamily, accelerator, saved: tuple
         if run is None:
             main_log(f"initialised model and EMA from {cfg.init_from} (weights only: a new optimizer and schedule)")
         else:
-            continue_run(state, run, cfg, main_log)
+            continue_run(state, run, cfg, main_log, keep_budget)
     if saved is not None:
-        _restore(state, *saved, cfg, accelerator, log)
+        _restore(state, *saved, cfg, accelerator, log, keep_budget)
     model.to(accelerator.device)
     ema.shadow = {k: v.to(accelerator.device) for k, v in ema.shadow.items()}
     state.model, state.optimizer = accelerator.prepare(model, optimizer)
@@ -183,7 +185,7 @@ def read_train_state(folder: Path, cfg: TrainConfig, family: ModelFamily) -> dic
     return run
 
 
-def continue_run(state: TrainState, run: dict, cfg: TrainConfig, log) -> None:
+def continue_run(state: TrainState, run: dict, cfg: TrainConfig, log, keep: bool = False) -> None:
     """An export's run (:func:`read_train_state`) continued: step, data position, loss log, time,
     the schedule's length (while ``budget_minutes`` is the one it was fitted for) and the learning
     rate of this step, re-warmed from here (the AdamW moments are new)."""
@@ -191,7 +193,7 @@ def continue_run(state: TrainState, run: dict, cfg: TrainConfig, log) -> None:
     state.rows = [{("samples_per_s" if k == "clips_per_s" else k): v for k, v in r.items()} for r in run["rows"]]
     state.rewarm_from = state.step
     continue_budget(cfg, state, float(run.get("budget_minutes", 0.0)) if run.get("fitted") else 0.0,
-                    int(run["max_steps"]))
+                    int(run["max_steps"]), keep, log)
     state.scheduler.last_epoch = state.step
     refresh_lr(state.scheduler)
     log(f"continued the run of {cfg.init_from} at step {state.step}/{cfg.max_steps} (data position {state.data_pos}"
@@ -199,14 +201,22 @@ def continue_run(state: TrainState, run: dict, cfg: TrainConfig, log) -> None:
         + f"): model and EMA from its EMA weights, new AdamW moments, lr re-warmed over {cfg.optim.rewarm_steps} steps")
 
 
-def continue_budget(cfg: TrainConfig, state: TrainState, fitted_for: float, max_steps: int) -> None:
+def continue_budget(cfg: TrainConfig, state: TrainState, fitted_for: float, max_steps: int,
+                    keep: bool = False, log=None) -> None:
     """A saved schedule length fitted to ``fitted_for`` budget minutes is kept while
-    ``cfg.budget_minutes`` is the same (else the loop fits it anew, or ``max_steps`` stands)."""
-    if fitted_for > 0 and fitted_for == cfg.budget_minutes:
-        cfg.max_steps, state.fitted_for = max_steps, fitted_for
+    ``cfg.budget_minutes`` is the same, or whatever it is with ``keep`` (a call that does not name
+    ``budget_minutes``: ``cfg.budget_minutes`` becomes the fitted one); else the loop fits it anew,
+    or ``max_steps`` stands."""
+    if fitted_for <= 0 or not (keep or fitted_for == cfg.budget_minutes):
+        return
+    if cfg.budget_minutes != fitted_for and log is not None:
+        log(f"kept the schedule fitted to budget_minutes {fitted_for:g} (max_steps {max_steps}); the config's "
+            f"budget_minutes {cfg.budget_minutes:g} is not used — name budget_minutes= on the call to fit it anew")
+    cfg.max_steps, state.fitted_for, cfg.budget_minutes = max_steps, fitted_for, fitted_for
 
 
-def _restore(state: TrainState, tensors: dict, meta: dict, cfg: TrainConfig, accelerator, log) -> None:
+def _restore(state: TrainState, tensors: dict, meta: dict, cfg: TrainConfig, accelerator, log,
+             keep_budget: bool = False) -> None:
     """A checkpoint's tensors and position into ``state`` (before accelerate prepares it)."""
     state.raw.load_state_dict(tensors["model"])
     state.ema.load_state_dict(tensors["ema"])
@@ -216,7 +226,8 @@ def _restore(state: TrainState, tensors: dict, meta: dict, cfg: TrainConfig, acc
     state.elapsed_before = meta.get("elapsed_s", 0.0)
     schedule = meta.get("schedule", {})  # checkpoints before it: no re-warm, nothing fitted to a budget
     state.rewarm_from = int(schedule.get("rewarm_from", -1))
-    continue_budget(cfg, state, float(schedule.get("fitted_for", 0.0)), int(schedule.get("max_steps", cfg.max_steps)))
+    continue_budget(cfg, state, float(schedule.get("fitted_for", 0.0)), int(schedule.get("max_steps", cfg.max_steps)),
+                    keep_budget, log if accelerator.is_main_process else None)
     rng = meta["rng"]
     if len(rng) == accelerator.num_processes:
         set_rng_state(rng[accelerator.process_index])

@@ -42,12 +42,15 @@ from .timing import format_timing
 
 def train(cfg: TrainConfig, resume: str | None = None, max_minutes: float | None = None,
           stop_at_step: int | None = None, progress: bool = True, export: bool = True,
-          log=None, profile_steps: tuple[int, int] | None = None) -> dict:
+          log=None, profile_steps: tuple[int, int] | None = None, keep_budget: bool = False) -> dict:
     """Run (or continue) training; returns a summary dict. ``resume``: None (fresh; refuses to
     overwrite a run that has checkpoints), ``"auto"`` (latest under out_dir if any) or a path.
     ``stop_at_step``: stop (with a checkpoint) once this step is reached, as if interrupted.
     ``profile_steps``: (start, stop) — torch.profiler over those steps, report in out_dir/profile.txt
-    (vidhash.training.profile)."""
+    (vidhash.training.profile). ``keep_budget``: a continued run keeps the schedule length its
+    earlier calls fitted to ``budget_minutes`` even where ``cfg.budget_minutes`` differs (the CLI
+    passes it when the call does not name ``budget_minutes``); without it a different budget is
+    fitted anew."""
     log = log or (lambda *a, **k: print(*a, **{"flush": True, **k}))
     t_start = time.monotonic()
     max_minutes = cfg.max_minutes if max_minutes is None else max_minutes
@@ -62,7 +65,7 @@ def train(cfg: TrainConfig, resume: str | None = None, max_minutes: float | None
     ckpt, saved = find_resume(cfg, family, resume, out_dir / "checkpoints")
     dataset = family.samples(cfg)
     # 3. model, EMA, optimizer, schedule
-    state = build_state(cfg, family, accelerator, saved, log)
+    state = build_state(cfg, family, accelerator, saved, log, keep_budget)
     # 4. data from the saved data position
     loader, pinned_cpus = make_loader(cfg, dataset, accelerator, state.data_pos, log)
     # 5. out_dir: config, the loss log up to the checkpoint, the header; the trackers (every process calls)
