@@ -282,6 +282,22 @@ def _level_ranges(q: torch.Tensor, programs: int, c: int, bc: int, ranges: int |
     return max(1, min(triton.cdiv(2 * sms, max(1, programs)), triton.cdiv(c, 4 * bc)))
 
 
+def _closing_ranges(q: torch.Tensor, programs: int, c: int, bc: int, ranges: int) -> int:
+    """Entry ranges of the two closing passes, which count only for the few tiles the window pass
+    left open. Finer splits shorten such a tile's scan (one program over all 410 chunks of the
+    bench's row took 0.2 ms a pass on the H200), but every program of a closed tile still starts
+    to find out that it has nothing to do (127 registers: 3 CTAs per SM) — 16 ranges cost 37 µs a
+    pass of such empty programs at the bench shape (Nsight Compute, H100, 2026-12-05, every query
+    closed). So on a GPU about four waves of programs (5 ranges at the bench's 384 tiles on 132
+    SMs: ≈ 12 µs empty, ≈ 40 µs with a tile open), never fewer than the other passes' ``ranges``,
+    at most 16. Elsewhere (the interpreter) up to 16, so the tests split the closing passes finely."""
+    cap = min(16, triton.cdiv(c, 4 * bc))
+    if q.device.type == "cuda":
+        sms = torch.cuda.get_device_properties(q.device).multi_processor_count
+        cap = min(cap, triton.cdiv(4 * 3 * sms, max(1, programs)))
+    return max(ranges, cap)
+
+
 def _level_operands(sigs, counts, q_sig, n_bits: int, kp: int):
     """The scoring operands of the levels select: each row's filled entries packed to the front
     (entry order) as int8 bits ``(r, c, kp)``, with their signatures ``(r, c, w)`` and entry ids
@@ -369,10 +385,7 @@ def memory_select_levels(table: MemoryTable, q: torch.Tensor, top_k: int, *, has
         return none, none, none, none
     # 2. threshold level per query: the counting passes (pass p settles pass p − 1 and stores st[p])
     ranges = _level_ranges(q, triton.cdiv(n, bq) * r, c, bc, ranges)
-    # closing passes run for the few tiles the window missed: split finer, or one such tile scans
-    # all its entries alone (0.2 ms per pass on the H200); not too fine either — every program of
-    # a closed tile still starts (127 registers: 3 CTAs per SM) to find that out
-    closing_ranges = max(ranges, min(16, triton.cdiv(c, 4 * bc)))
+    closing_ranges = _closing_ranges(q, triton.cdiv(n, bq) * r, c, bc, ranges)
     passes, window_pass = _level_passes(probe_stride, n_bits)
     spans = [closing_ranges if closing else ranges for *_, closing in passes]
     rmax = max(spans)

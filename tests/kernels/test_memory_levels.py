@@ -143,6 +143,22 @@ def test_select_errors():
         mem.attend(q, 3, select="sorted")
 
 
+def test_closing_pass_ranges(monkeypatch):
+    """The closing passes' split: up to 16 ranges off the GPU (the tests split them finely); on a
+    GPU about four waves of 3 CTAs per SM, never fewer than the other passes' ranges."""
+    from types import SimpleNamespace
+
+    from vidhash.kernels.memory.ops import _closing_ranges
+    cpu = torch.zeros(1)
+    assert _closing_ranges(cpu, 384, 65536, 128, 1) == 16 and _closing_ranges(cpu, 384, 1024, 128, 1) == 2
+    assert _closing_ranges(cpu, 12, 32768, 128, 22) == 22
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda dev: SimpleNamespace(multi_processor_count=132))
+    gpu = SimpleNamespace(device=torch.device("cuda", 0))
+    assert _closing_ranges(gpu, 384, 65536, 128, 1) == 5  # the bench shape: 1,920 programs, was 6,144
+    assert _closing_ranges(gpu, 12, 32768, 128, 22) == 22  # the generation shape: as its other passes
+    assert _closing_ranges(gpu, 4000, 65536, 128, 1) == 1
+
+
 # --------------------------------------------------------------------------------------------
 # the read
 # --------------------------------------------------------------------------------------------

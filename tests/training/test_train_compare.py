@@ -89,6 +89,9 @@ def test_exports_train_state_rows_and_the_cli(tmp_path, capsys):
     assert saved["ratio"] == pytest.approx(250 / 600) and saved["gpus"] == [1, 1] and saved["metric"] == "val_loss_ema"
     assert cli_main(["bench", "train-compare", str(tmp_path / "dense.csv"), str(export), "--gpus", "1,4"]) == 0
     assert "missed by" in capsys.readouterr().out  # 4 GPUs: 1000 GPU-s to the target, 1.67×
+    kept = tmp_path / "sparse8-state.json"  # a train_state.json kept under another name (docs/log): named by it
+    kept.write_text((export / "train_state.json").read_text())
+    assert read_curve(kept).name == "sparse8-state" and read_curve(export / "train_state.json").name == "wan-mini-sparse8"
 
 
 @pytest.mark.parametrize("argv, match", [

@@ -91,8 +91,9 @@ def read_curve(path: str | Path, metric: str = "val_loss_ema", gpus: int = 1) ->
         raise ValueError(f"{source}: no row has {metric} (was the run trained with val_every > 0?)")
     points.sort()
     steps, seconds, losses = zip(*points)
-    p = Path(path).resolve()
-    return Curve(p.parent.name if p.is_file() else p.name, source, steps, seconds, losses)
+    p = Path(path).resolve()  # a run's folder or its loss.csv / train_state.json: the folder's name; another file: its stem
+    name = (p.parent.name if p.name in ("loss.csv", "train_state.json") else p.stem) if p.is_file() else p.name
+    return Curve(name, source, steps, seconds, losses)
 
 
 def time_to_reach(curve: Curve, target: float) -> float | None:
