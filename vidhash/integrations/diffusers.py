@@ -134,7 +134,9 @@ def default_query_block(block_size: int) -> int:
 @dataclass(frozen=True)
 class DropInConfig:
     """Hash attention settings of one enabled model (stored as ``transformer._vidhash_config``).
-    ``query_block_size`` None becomes :func:`default_query_block` of ``block_size`` on construction.
+    ``query_block_size`` None becomes :func:`default_query_block` of ``block_size`` on construction
+    (so ``dataclasses.replace(cfg, block_size=b)`` keeps the old query block: pass
+    ``query_block_size=None`` with it for the default of ``b``).
 
     ``scorer`` ranks the key blocks (:data:`vidhash.attention.SCORERS`: ``"pooled"``, the
     default — exact mean-pooled q·k, which kept 0.99-1.0 of the oracle's mass on the trained
