@@ -123,5 +123,10 @@ def test_train_compare_tells_two_files_of_one_folder_apart(tmp_path, capsys):
     for name, loss in (("dense.csv", 0.5), ("sparse.csv", 0.4)):
         (tmp_path / name).write_text(f"step,elapsed_s,val_loss_ema\n10,5.0,0.9\n20,10.0,{loss}\n")
     assert status(["bench", "train-compare", str(tmp_path / "dense.csv"), str(tmp_path / "sparse.csv")]) == 0
-    out = capsys.readouterr().out
-    assert "dense.csv" in out and "sparse.csv" in out
+    names = [line.split()[0] for line in capsys.readouterr().out.splitlines()[2:4]]
+    assert names == ["dense", "sparse"]  # a file not named loss.csv / train_state.json: its stem
+    (tmp_path / "dense").mkdir()  # a run folder's loss.csv is named by the folder: "dense" twice
+    (tmp_path / "dense" / "loss.csv").write_text((tmp_path / "dense.csv").read_text())
+    assert status(["bench", "train-compare", str(tmp_path / "dense" / "loss.csv"), str(tmp_path / "dense.csv")]) == 0
+    names = [line.split()[0] for line in capsys.readouterr().out.splitlines()[2:4]]
+    assert names == ["loss.csv", "dense.csv"]  # both named "dense": told apart by their files

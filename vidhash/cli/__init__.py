@@ -34,6 +34,7 @@ COMMANDS: dict[str, tuple[str, str] | dict[str, tuple[str, str]]] = {
         "generation": ("vidhash.cli.bench:generation", "time per frame and peak memory vs clip length: hashed memory, full context, window only"),
         "dropin": ("vidhash.cli.bench:dropin", "hash-attention drop-in on a trained wan-mini: PSNR/SSIM vs dense, coherence, recall, ms/step"),
         "train-compare": ("vidhash.cli.bench:train_compare", "two training runs: validation loss against GPU-seconds, time to the first run's final loss and the ratio"),
+        "wan-quality": ("vidhash.cli.bench:wan_quality", "wan-mini models' clips on held-out worlds against the rendered truth: PSNR, return PSNR, coherence, realism (dense- vs sparse-trained)"),
         "realism": ("vidhash.cli.bench:realism", "validation table of the no-reference realism score: real frames, distortions, clips"),
     },
     "eval": {

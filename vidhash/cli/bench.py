@@ -349,6 +349,25 @@ def add_train_compare(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", type=json_file, default=None, help="write the comparison to this JSON file")
 
 
+def add_wan_quality(p: argparse.ArgumentParser) -> None:
+    p.add_argument("models", nargs="+", metavar="MODEL",
+                   help="wan-mini folders (WanMiniPipeline exports), e.g. models/wan-mini .wan/wan-mini-sparse8; a model "
+                        "trained sparse runs with the attention its train_state.json records")
+    p.add_argument("--clips", type=positive_int, default=8, help="held-out worlds, one clip each (default 8)")
+    p.add_argument("--context", type=nonneg_int, default=3, help="true frames given as frame prompts (default 3)")
+    p.add_argument("--steps", type=positive_int, default=30, help="denoising steps per clip (default 30)")
+    p.add_argument("--frames", type=positive_int, default=None, help="frames per clip (default: the data config's)")
+    p.add_argument("--seed", type=nonneg_int, default=0, help="noise seed of the first clip (clip i: seed + i)")
+    p.add_argument("--config", default=None,
+                   help="train YAML for the data config when the first model has no train_state.json")
+    p.add_argument("--fps", type=positive_float, default=8.0, help="frame rate for the coherence report (default 8)")
+    p.add_argument("--no-coherence", action="store_true", help="skip the coherence reports")
+    p.add_argument("--device", type=device, default=None, help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--dtype", default=None, choices=["bf16", "fp16", "fp32"],
+                   help="transformer dtype (default: bf16 on cuda, fp32 on cpu)")
+    p.add_argument("--json", type=json_file, default=None, help="write the rows (and per-clip numbers) to this JSON file")
+
+
 def add_realism(p: argparse.ArgumentParser) -> None:
     p.add_argument("clips", nargs="*", type=_clip_spec, help="mp4 files, optionally PATH:START:STOP (frame range)")
     p.add_argument("--world-size", type=positive_int, default=512)
@@ -410,4 +429,5 @@ data = Bench("vidhash.bench.data", add_data)
 generation = Bench("vidhash.bench.generation", add_generation)
 dropin = Bench("vidhash.bench.dropin", add_dropin)
 train_compare = Bench("vidhash.bench.train_compare", add_train_compare)
+wan_quality = Bench("vidhash.bench.wan_quality", add_wan_quality)
 realism = Bench("vidhash.metrics.realism", add_realism, call=_realism, summary="Validation table of the realism metric.")
