@@ -162,6 +162,22 @@ def test_other_models_reuse_too(make, kw):
     assert out.shape == plain.shape and torch.isfinite(out).all()
 
 
+def test_processors_replaced_from_outside_leave_the_gate():
+    """An outside ``set_attn_processor`` on one module: its hash processor is dropped from the gate
+    at the next call (before, it stayed: its copies and selection alive, its mass measured for no one)."""
+    model, inputs = tiny_wan()
+    vidhash.enable_hash_attention(model, **SPARSE, dense_timestep=500, reuse_mass=True)
+    run(model, _at(inputs, 800))
+    gate = model.blocks[0].attn1.processor.gate
+    gone = model.blocks[0].attn1.processor
+    assert len(gate.reusers) == 2 and all(p.installed() for p in gate.reusers)
+    stock = model._vidhash_original_processors["blocks.0.attn1"]  # diffusers' own Wan processor
+    model.blocks[0].attn1.set_processor(stock)
+    assert not gone.installed() and gone._mass_qk is not None
+    run(model, _at(inputs, 200))
+    assert gate.reusers == [model.blocks[1].attn1.processor] and gone._reused is None  # not measured
+
+
 def test_dense_layers_keep_no_mass():
     model, inputs = tiny_wan()
     vidhash.enable_hash_attention(model, **SPARSE, dense_timestep=500, dense_layers=1, reuse_mass=True)

@@ -73,6 +73,7 @@ from __future__ import annotations
 import inspect
 import math
 import os
+import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields, replace
 
@@ -228,6 +229,12 @@ class DenseGate:
         self.dense = False
         self.reusers: list = []  # processors with reuse_mass: the pre-hook measures their mass (eager)
 
+    def prune(self) -> None:
+        """Drop the reusers no longer installed (an outside ``set_attn_processor`` replaced them):
+        they would keep their copies and selections alive, and measure a mass no call reads."""
+        if any(not p.installed() for p in self.reusers):
+            self.reusers[:] = [p for p in self.reusers if p.installed()]
+
     def __repr__(self) -> str:
         return f"DenseGate(dense={self.dense})"
 
@@ -261,6 +268,7 @@ class _HashAttnProcessor:
         self._reused = None  # reuse_mass: the selection made from that mass
         self._since = 0  # reuse_mass: sparse calls since the mass was measured (mass_refresh)
         self._keep = False  # mass_refresh: this sparse call keeps its copies for the next call's mass
+        self._module = None  # weakref to the attention module it was installed on (enable_hash_attention)
         if gate is not None and config.reuse_mass and not self.dense:
             gate.reusers.append(self)
 
@@ -308,6 +316,11 @@ class _HashAttnProcessor:
         by the pre-hook of the next call (:meth:`_before_call`) before any graph runs again."""
         stride = self.config.mass_query_stride
         self._mass_qk = (q[:, :, ::stride].detach().clone(), k.detach().clone(), q.shape[-2])
+
+    def installed(self) -> bool:
+        """Whether this processor still sits on the module :func:`enable_hash_attention` put it on."""
+        module = self._module() if self._module is not None else None
+        return module is not None and module.processor is self
 
     def _before_call(self, dense: bool) -> None:
         """``reuse_mass``, from the ``dense_timestep`` pre-hook (eager, outside any compiled graph):
@@ -834,6 +847,7 @@ def _set_gate(gate: DenseGate, t, threshold: float) -> None:
         gate.dense = bool(t.max().item() >= threshold)  # a host sync
     else:
         gate.dense = bool((max(t) if isinstance(t, Sequence) else t) >= threshold)  # a number or a list
+    gate.prune()
     for processor in gate.reusers:
         processor._before_call(gate.dense)
 
@@ -927,6 +941,8 @@ def enable_hash_attention(transformer, **config):
         processors[f"{name}.processor"] = spec.processor(cfg, hashers[name], scorers[name], name, backend,
                                                          dense_layer=i < cfg.dense_layers, gate=gate)
     transformer.set_attn_processor(processors)
+    for attn in modules.values():
+        attn.processor._module = weakref.ref(attn)
     # 4. hashers and learned scorers as submodules (moved and cast with the model), kept out of state_dict
     for name, attn in modules.items():
         for attr, module in ((HASHER_ATTR, hashers[name]), (SCORER_ATTR, scorers[name])):
