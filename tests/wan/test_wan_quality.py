@@ -17,6 +17,8 @@ def test_return_frames_are_the_poses_of_the_context_seen_again():
     poses = np.array([[0, 0], [4, 0], [8, 0], [12, 0], [8, 0], [4, 0], [0, 0], [0, 0]], dtype=np.float64)
     assert return_frames(poses, 3).tolist() == [4, 5, 6, 7]
     assert return_frames(poses, 1).tolist() == [6, 7] and return_frames(poses, 0).tolist() == []
+    paused = np.array([[0, 0], [0, 0], [4, 0], [0, 0]], dtype=np.float64)  # a pause after the context: no return
+    assert return_frames(paused, 1).tolist() == [3]
 
 
 def test_truth_clips_are_held_out_out_and_back_and_deterministic():
@@ -52,6 +54,8 @@ def test_the_command_compares_a_dense_and_a_sparse_trained_model(tiny_model, tmp
     for row in (dense, hashed):
         assert 0 < row["psnr"] < 60 and row["psnr_return"] is not None and 0 < row["clip_s"]
         assert row["realism"] > 0 and 0 <= row["real_share"] <= 1
+    # the same weights: only the attention differs, so the sparse-trained row really ran hash attention
+    assert all(a["psnr"] != b["psnr"] for a, b in zip(dense["per_clip"], hashed["per_clip"]))
     assert all(r["coherence"]["flicker"] >= 0 for r in report["rows"])
     assert "| wan-mini-sparse | hash 0.5" in text
 
@@ -60,6 +64,7 @@ def test_the_command_compares_a_dense_and_a_sparse_trained_model(tiny_model, tmp
     ([], "no train_state.json"),
     (["--config", CPU_CONFIG, "--frames", "8", "--context", "8"], "--context must be in"),
     (["SAME", "--config", CPU_CONFIG], "given twice"),
+    (["--config", str(Path(CPU_CONFIG).parent / "cpu_test.yaml")], "not a wan-mini train config"),
 ])
 def test_refusals_name_the_problem(tiny_model, capsys, extra, match):
     argv = ["bench", "wan-quality", str(tiny_model), *[str(tiny_model) if x == "SAME" else x for x in extra]]

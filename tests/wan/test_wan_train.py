@@ -83,7 +83,7 @@ def test_warm_start_continues_an_export_of_the_standalone_loop(tiny_cfg, tmp_pat
     assert [r["loss"] for r in log[:2]] == [repr(r["loss"]) for r in saved["rows"]]
     assert log[0]["samples_per_s"] == repr(saved["rows"][0]["clips_per_s"]) and log[3]["val_loss"]
     _, meta = final(tmp_path / "c")
-    assert meta["schedule"] == {"max_steps": saved["max_steps"], "fitted_for": 0.5, "rewarm_from": 4}
+    assert meta["schedule"] == {"max_steps": saved["max_steps"], "fitted_for": 0.5, "rewarm_from": 4, "budget": 0.5}
     # re-warmed: the rate ramps up over rewarm_steps from the continued step
     lr = [float(r["lr"]) for r in log[2:]]  # the rates of steps 5 and 7
     assert lr[0] == pytest.approx(cfg.optim.lr * lr_lambda(cfg)(5) * 2 / 4) and lr[1] == pytest.approx(
@@ -121,23 +121,48 @@ def test_budget_is_fitted_once_and_continued(tiny_cfg, tmp_path):
     s = run(tiny_cfg(*over, "budget_minutes=0.0001"))
     assert s["step"] == s["max_steps"] == 3
     _, meta = final(tmp_path)
-    assert meta["schedule"] == {"max_steps": 3, "fitted_for": 0.0001, "rewarm_from": -1}
+    assert meta["schedule"] == {"max_steps": 3, "fitted_for": 0.0001, "rewarm_from": -1, "budget": 0.0001}
     s = run(tiny_cfg(*over, "budget_minutes=0.0001"), resume="auto")  # continued: nothing left to train
     assert s["step"] == s["max_steps"] == 3
     s = run(tiny_cfg(*over, "budget_minutes=0.0002"), resume="auto")  # another budget: fitted again
     assert s["step"] == s["max_steps"] == 6
     # a call that does not name the budget (keep_budget, the CLI's default then) keeps the fitted schedule
-    # although the config says otherwise: before, the config's budget (here 0: max_steps 50 stood) won
+    # although its config says another budget (before, that one was fitted: 0.5 min, ~ hundreds of steps)
     s = run(tiny_cfg(*over, "budget_minutes=0.5"), resume="auto", keep_budget=True)
     assert s["step"] == s["max_steps"] == 6
     _, meta = final(tmp_path)
     assert meta["schedule"]["fitted_for"] == 0.0002
 
 
-def test_the_cli_keeps_a_fitted_budget_unless_the_call_names_one(tiny_cfg, tmp_path, monkeypatch):
+def test_a_length_set_without_a_budget_is_kept_too(tiny_cfg, tmp_path):
+    """max_steps=5 with budget_minutes=0, stopped at step 2, continued by a call whose config has a
+    budget (the YAML's): kept at 5 — before, that budget was fitted (here: to the next step, 3)."""
+    over = [f"out_dir={tmp_path}", "fit_after=1", "log_every=1"]
+    s = run(tiny_cfg(*over, "max_steps=5", "budget_minutes=0"), stop_at_step=2)
+    assert s["step"] == 2
+    s = run(tiny_cfg(*over, "max_steps=50", "budget_minutes=0.0001"), resume="auto", keep_budget=True)
+    assert s["step"] == s["max_steps"] == 5
+
+
+def test_a_continued_export_keeps_its_fit_and_a_new_budget_refits_from_its_length(tiny_cfg, tmp_path):
+    """init_from an export fitted to 0.5 min (step 4 of 155): a call without budget_minutes keeps
+    155 although its config says 0.0001; one that names 0.0001 refits (to the next step: no time
+    left), its learning rate until then on the export's 155 steps, not the config's 50."""
+    saved = json.loads((STANDALONE_EXPORT / TRAIN_STATE).read_text())["run"]
+    over = [f"init_from={STANDALONE_EXPORT}", "max_steps=50", "budget_minutes=0.0001", "fit_after=1", "log_every=1"]
+    s = run(tiny_cfg(f"out_dir={tmp_path / 'a'}", *over), stop_at_step=6, keep_budget=True)
+    assert (s["step"], s["max_steps"]) == (6, saved["max_steps"])
+    cfg = tiny_cfg(f"out_dir={tmp_path / 'b'}", *over)
+    state = build_state(cfg, get_family("wan"), setup_accelerator(cfg), None, quiet)
+    assert cfg.max_steps == saved["max_steps"] and state.fitted_for == 0  # the interim length; the loop refits
+    s = run(tiny_cfg(f"out_dir={tmp_path / 'b'}", *over))
+    assert s["step"] == s["max_steps"] == saved["step"] + 2  # fitted after one step: nothing left of 0.0001 min
+
+
+def test_the_cli_keeps_a_fitted_budget_unless_the_call_names_one(tmp_path, monkeypatch):
     seen = []
     monkeypatch.setattr("vidhash.training.trainer.train", lambda cfg, **kw: seen.append(kw["keep_budget"]) or {})
-    base = ["train", "configs/train/wan_mini_cpu.yaml", f"out_dir={tmp_path}"]
+    base = ["train", "wan_mini_cpu", f"out_dir={tmp_path}"]
     assert cli_main([*base, "--resume", "auto"]) == 0
     assert cli_main([*base, "budget_minutes=66", "--resume", "auto"]) == 0
     assert seen == [True, False]

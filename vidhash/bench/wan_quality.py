@@ -20,13 +20,16 @@ drop-in in every self-attention, as it trained and as a user would sample it. Ro
   whether the model brings back what it was shown;
 * ``coherence`` — :func:`vidhash.metrics.measure_coherence` of the whole clip (means of its summary
   keys over clips), and ``realism`` / ``real_share`` — the no-reference realism score
-  (:func:`vidhash.metrics.realism.realism`, lower is more real) of the generated frames;
-* ``clip_s`` — seconds per clip (synchronised on CUDA; the first clip warms up and is left out
-  when there are several).
+  (:func:`vidhash.metrics.realism.realism`, lower is more real) of the generated frames, taken
+  at the world's own scale (frames resized to the view, one pixel a world pixel, as the score's
+  bank of real frames is);
+* ``clip_s`` — seconds per clip (synchronised on CUDA; with several clips the first one is
+  sampled twice, the first time as a warm-up, and the second timed).
 
 The ``truth`` row holds the rendered clips' own coherence and realism (the floor to read the
 models' against). The data config (frame size, world, step, reach) is the first model's export's
-(``train_state.json``), or ``--config`` (a train YAML) for folders without one.
+(``train_state.json``), or ``--config`` (a train YAML) for folders without one; every other model
+that records one must have been trained on the same frames (size, scale).
 """
 from __future__ import annotations
 
@@ -51,13 +54,19 @@ def data_config(model: str | Path, config: str | None = None):
     if config is not None:
         from vidhash.training import load_train_config
 
-        return dataclasses.replace(load_train_config(config).data)
+        data = getattr(load_train_config(config), "data", None)
+        if not isinstance(data, WanClipConfig):
+            raise ValueError(f"--config {config}: not a wan-mini train config (its data section is not wan clips)")
+        return dataclasses.replace(data)
     state = Path(model) / "train_state.json"
     if not state.is_file():
         raise ValueError(f"{model}: no train_state.json to read the data config from; pass --config (a train YAML)")
     import yaml
 
-    data = (yaml.safe_load(json.loads(state.read_text())["config"]) or {}).get("data") or {}
+    saved = json.loads(state.read_text())
+    if not isinstance(saved, dict) or not isinstance(saved.get("config"), str):
+        raise ValueError(f"{state}: holds no training config to read the data config from; pass --config (a train YAML)")
+    data = (yaml.safe_load(saved["config"]) or {}).get("data") or {}
     names = {f.name for f in dataclasses.fields(WanClipConfig)}
     return WanClipConfig(**{k: v for k, v in data.items() if k in names})
 
@@ -77,9 +86,16 @@ def truth_clip(d, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def return_frames(poses: np.ndarray, context: int) -> np.ndarray:
-    """Indices ``t ≥ context`` whose pose equals a context frame's pose (the camera came back)."""
+    """Indices ``t ≥ context`` whose pose equals a context frame's pose after the camera left the
+    context's poses (came back, not merely stayed)."""
     seen = {tuple(np.round(p, 3)) for p in poses[:context]}
-    return np.array([t for t in range(context, len(poses)) if tuple(np.round(poses[t], 3)) in seen], dtype=np.int64)
+    out, left = [], False
+    for t in range(context, len(poses)):
+        here = tuple(np.round(poses[t], 3)) in seen
+        left = left or not here
+        if here and left:
+            out.append(t)
+    return np.array(out, dtype=np.int64)
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
@@ -118,8 +134,17 @@ def sample(pipe, truth: np.ndarray, actions: np.ndarray, context: int, steps: in
     return (np.clip(frames, 0, 1) * 255).round().astype(np.uint8), time.perf_counter() - t0
 
 
+def world_scale(frames: np.ndarray, view: int) -> np.ndarray:
+    """Frames resized (area) to ``view`` × ``view``: one pixel a world pixel, the realism bank's scale."""
+    import cv2
+
+    if frames.shape[1] == view and frames.shape[2] == view:
+        return frames
+    return np.stack([cv2.resize(f, (view, view), interpolation=cv2.INTER_AREA) for f in frames])
+
+
 def clip_scores(clip: np.ndarray, truth: np.ndarray, poses: np.ndarray, context: int, fps: float,
-                bank, coherence: bool) -> dict:
+                bank, coherence: bool, view: int) -> dict:
     """The row keys of one clip (``truth`` itself: only coherence and realism)."""
     from vidhash.bench.dropin import clip_ssim, coherence_of
 
@@ -129,7 +154,7 @@ def clip_scores(clip: np.ndarray, truth: np.ndarray, poses: np.ndarray, context:
         out["psnr"] = psnr(clip[context:], truth[context:])
         out["ssim"] = clip_ssim(clip[context:], truth[context:])
         out["psnr_return"] = psnr(clip[back], truth[back]) if len(back) else None
-    scored = bank.score(clip[context:])
+    scored = bank.score(world_scale(clip[context:], view))
     out["realism"], out["real_share"] = scored.distance, scored.real_share
     if coherence:
         out["coherence"] = coherence_of(clip, fps)
@@ -179,9 +204,17 @@ def run(args) -> int:
     from vidhash.bench.dropin import describe_device
     from vidhash.metrics.realism import realism_bank
 
-    if len(set(args.models)) != len(args.models):
+    if len({Path(m).resolve() for m in args.models}) != len(args.models):
         raise ValueError("the same model folder is given twice")
     d = data_config(args.models[0], args.config)
+    for other in args.models[1:]:
+        try:
+            o = data_config(other)
+        except ValueError:  # records no config: nothing to check it against
+            continue
+        if (o.frame_size, o.scale, o.source) != (d.frame_size, d.scale, d.source):
+            raise ValueError(f"{other} was trained on other frames ({o.source}, {o.frame_size} px, scale {o.scale}) "
+                             f"than {args.models[0]} ({d.source}, {d.frame_size} px, scale {d.scale})")
     if args.frames:
         d = dataclasses.replace(d, num_frames=args.frames)
     if not 0 <= args.context < d.num_frames:
@@ -201,7 +234,9 @@ def run(args) -> int:
             Path(args.json).write_text(json.dumps(report, indent=1, default=float) + "\n")
 
     print("\n".join(table(report).splitlines()[:2]), flush=True)
-    add("truth", "—", [clip_scores(t, t, p, args.context, args.fps, bank, not args.no_coherence) for t, _, p in truths])
+    add("truth", "—", [clip_scores(t, t, p, args.context, args.fps, bank, not args.no_coherence, d.view)
+                       for t, _, p in truths])
+    names = [Path(m).name for m in args.models]
     for model in args.models:
         pipe, attention = load_model(model, device, dtype)
         rows = []
@@ -209,8 +244,8 @@ def run(args) -> int:
             clip, seconds = sample(pipe, t, a, args.context, args.steps, args.seed + i)
             if i == 0 and args.clips > 1:  # the first clip warms up (autotuning, allocation): sampled again, timed
                 clip, seconds = sample(pipe, t, a, args.context, args.steps, args.seed + i)
-            rows.append({**clip_scores(clip, t, p, args.context, args.fps, bank, not args.no_coherence),
+            rows.append({**clip_scores(clip, t, p, args.context, args.fps, bank, not args.no_coherence, d.view),
                          "clip_s": seconds})
-        add(Path(model).name, attention, rows)
+        add(Path(model).name if names.count(Path(model).name) == 1 else str(model), attention, rows)
         del pipe
     return 0

@@ -92,15 +92,17 @@ class TrainState:
         return save_checkpoint(root, self.step, tensors, meta, cfg.checkpoint.shard_mb, cfg.checkpoint.keep)
 
     def schedule(self, cfg: TrainConfig) -> dict:
-        """The schedule's state beside the scheduler's: length, what fitted it, the last re-warm."""
-        return {"max_steps": cfg.max_steps, "fitted_for": self.fitted_for, "rewarm_from": self.rewarm_from}
+        """The schedule's state beside the scheduler's: length, what fitted it, the last re-warm, and
+        the run's ``budget_minutes`` (fitted or not yet: what a continuing call keeps)."""
+        return {"max_steps": cfg.max_steps, "fitted_for": self.fitted_for, "rewarm_from": self.rewarm_from,
+                "budget": cfg.budget_minutes}
 
     def train_state(self, cfg: TrainConfig, family: ModelFamily, elapsed_s: float) -> dict:
         """``train_state.json`` of an export: what :func:`continue_run` continues (no optimizer), and
         the family's :meth:`~vidhash.training.families.ModelFamily.export_info` (wan: ``attention``)."""
         run = {"step": self.step, "data_position": self.data_pos, "max_steps": cfg.max_steps,
                "fitted": self.fitted_for > 0, "budget_minutes": self.fitted_for, "rewarm_from": self.rewarm_from,
-               "elapsed_s": elapsed_s, "rows": self.rows}
+               "budget": cfg.budget_minutes, "elapsed_s": elapsed_s, "rows": self.rows}
         return {**family.export_info(cfg), "fingerprint": family.fingerprint(cfg), "config": portable_yaml(cfg),
                 "run": run}
 
@@ -193,7 +195,7 @@ def continue_run(state: TrainState, run: dict, cfg: TrainConfig, log, keep: bool
     state.rows = [{("samples_per_s" if k == "clips_per_s" else k): v for k, v in r.items()} for r in run["rows"]]
     state.rewarm_from = state.step
     continue_budget(cfg, state, float(run.get("budget_minutes", 0.0)) if run.get("fitted") else 0.0,
-                    int(run["max_steps"]), keep, log)
+                    int(run["max_steps"]), keep, log, run.get("budget"))
     state.scheduler.last_epoch = state.step
     refresh_lr(state.scheduler)
     log(f"continued the run of {cfg.init_from} at step {state.step}/{cfg.max_steps} (data position {state.data_pos}"
@@ -202,17 +204,31 @@ def continue_run(state: TrainState, run: dict, cfg: TrainConfig, log, keep: bool
 
 
 def continue_budget(cfg: TrainConfig, state: TrainState, fitted_for: float, max_steps: int,
-                    keep: bool = False, log=None) -> None:
-    """A saved schedule length fitted to ``fitted_for`` budget minutes is kept while
-    ``cfg.budget_minutes`` is the same, or whatever it is with ``keep`` (a call that does not name
-    ``budget_minutes``: ``cfg.budget_minutes`` becomes the fitted one); else the loop fits it anew,
-    or ``max_steps`` stands."""
-    if fitted_for <= 0 or not (keep or fitted_for == cfg.budget_minutes):
-        return
-    if cfg.budget_minutes != fitted_for and log is not None:
-        log(f"kept the schedule fitted to budget_minutes {fitted_for:g} (max_steps {max_steps}); the config's "
-            f"budget_minutes {cfg.budget_minutes:g} is not used — name budget_minutes= on the call to fit it anew")
-    cfg.max_steps, state.fitted_for, cfg.budget_minutes = max_steps, fitted_for, fitted_for
+                    keep: bool = False, log=None, budget: float | None = None) -> None:
+    """The schedule a continued run goes on with, from what was saved: its length ``max_steps``,
+    the ``budget_minutes`` it was fitted to (``fitted_for``, 0: none yet) and the run's own
+    ``budget`` (None in files from before it was saved).
+
+    * ``keep`` (a ``vidhash train`` call that does not name ``budget_minutes``): the run's —
+      its fit, else (not fitted yet, or a length set with ``budget_minutes=0``) its saved length
+      and budget; ``cfg.budget_minutes`` becomes the run's, whatever the YAML says.
+    * else a fit is kept while ``cfg.budget_minutes`` is the one fitted; another budget > 0 is
+      fitted anew by the loop after ``fit_after`` steps, the saved length standing until then
+      where it reaches that far (no jump of the learning rate to the YAML's ``max_steps`` in
+      between); budget 0: the config's ``max_steps``. ``state.step`` is the run's step already."""
+    say = log if log is not None else (lambda *a, **k: None)
+    if fitted_for > 0 and (keep or fitted_for == cfg.budget_minutes):
+        if cfg.budget_minutes != fitted_for:
+            say(f"kept the schedule fitted to budget_minutes {fitted_for:g} (max_steps {max_steps}); the config's "
+                f"budget_minutes {cfg.budget_minutes:g} is not used — name budget_minutes= on the call to fit it anew")
+        cfg.max_steps, state.fitted_for, cfg.budget_minutes = max_steps, fitted_for, fitted_for
+    elif keep and budget is not None:
+        if (cfg.budget_minutes, cfg.max_steps) != (float(budget), max_steps):
+            say(f"kept the run's schedule: max_steps {max_steps}, budget_minutes {float(budget):g} (the config says "
+                f"{cfg.max_steps}, {cfg.budget_minutes:g}; name budget_minutes= on the call to change it)")
+        cfg.max_steps, cfg.budget_minutes = max_steps, float(budget)
+    elif cfg.budget_minutes > 0 and (fitted_for > 0 or budget) and max_steps > state.step + cfg.fit_after:
+        cfg.max_steps = max_steps  # until the loop fits the new budget (a run at its end: the config's, to get there)
 
 
 def _restore(state: TrainState, tensors: dict, meta: dict, cfg: TrainConfig, accelerator, log,
@@ -227,7 +243,7 @@ def _restore(state: TrainState, tensors: dict, meta: dict, cfg: TrainConfig, acc
     schedule = meta.get("schedule", {})  # checkpoints before it: no re-warm, nothing fitted to a budget
     state.rewarm_from = int(schedule.get("rewarm_from", -1))
     continue_budget(cfg, state, float(schedule.get("fitted_for", 0.0)), int(schedule.get("max_steps", cfg.max_steps)),
-                    keep_budget, log if accelerator.is_main_process else None)
+                    keep_budget, log if accelerator.is_main_process else None, schedule.get("budget"))
     rng = meta["rng"]
     if len(rng) == accelerator.num_processes:
         set_rng_state(rng[accelerator.process_index])
