@@ -288,9 +288,10 @@ def _closing_ranges(q: torch.Tensor, programs: int, c: int, bc: int, ranges: int
     bench's row took 0.2 ms a pass on the H200), but every program of a closed tile still starts
     to find out that it has nothing to do (127 registers: 3 CTAs per SM) — 16 ranges cost 37 µs a
     pass of such empty programs at the bench shape (Nsight Compute, H100, 2026-12-05, every query
-    closed). So on a GPU about four waves of programs (5 ranges at the bench's 384 tiles on 132
-    SMs: ≈ 12 µs empty, ≈ 40 µs with a tile open), never fewer than the other passes' ``ranges``,
-    at most 16. Elsewhere (the interpreter) up to 16, so the tests split the closing passes finely."""
+    closed). So on a GPU at least four waves' worth of programs (4 · 3 · SMs: 5 ranges at the bench's
+    384 tiles on 132 SMs, 4.8 waves: ≈ 12 µs empty, ≈ 50 µs with a tile open — about as 16 ranges
+    then), at most 16, but never fewer than the other passes' ``ranges`` (22 at the generation
+    shape). Elsewhere (the interpreter) up to 16, so the tests split the closing passes finely."""
     cap = min(16, triton.cdiv(c, 4 * bc))
     if q.device.type == "cuda":
         sms = torch.cuda.get_device_properties(q.device).multi_processor_count
