@@ -180,7 +180,10 @@ def transpose_selection(selection: BlockSelection, group: int = 1):
     Returns ``ptr`` int32 ``(b·h·groups + 1)`` (CSR row starts), ``qlist`` int32 (query blocks,
     ascending per group), ``qbits`` int32 (bit ``i`` set: that query block kept block ``i`` of
     the group) and ``order`` int32 ``(b·h·groups)`` (groups by descending list length, so the
-    longest lists start first). One sort on the GPU; no ``query blocks × key blocks`` tensor.
+    longest lists start first). ``qlist`` and ``qbits`` are as long as the selection has entries
+    (``b·h·query blocks·kept``, an upper bound); only ``[ptr[0], ptr[-1])`` is read. One sort on
+    the device, then scatters: no ``torch.unique``, no ``bincount``, no host sync (so a CUDA graph
+    can capture the backward), no ``query blocks × key blocks`` tensor.
     """
     idx = selection.indices
     b, h, nqb, kept = idx.shape
@@ -188,37 +191,45 @@ def transpose_selection(selection: BlockSelection, group: int = 1):
     rows = b * h * ngrp
     if group == 1:
         return _transpose_blocks(idx, rows, ngrp)
+    dev = idx.device
     flat = idx.reshape(b * h, nqb * kept).to(torch.int64)
-    bh = torch.arange(b * h, device=idx.device, dtype=torch.int64).unsqueeze(-1)
-    qb = torch.arange(nqb, device=idx.device, dtype=torch.int64).repeat_interleave(kept)
+    n = flat.numel()
+    bh = torch.arange(b * h, device=dev, dtype=torch.int64).unsqueeze(-1)
+    qb = torch.arange(nqb, device=dev, dtype=torch.int64).repeat_interleave(kept)
     grp = torch.div(flat, group, rounding_mode="floor")
-    key = torch.where(flat >= 0, (bh * ngrp + grp) * nqb + qb, rows * nqb).flatten()  # padding: past the end
+    end = rows * nqb  # padding sorts past every (group, query block) key
+    key = torch.where(flat >= 0, (bh * ngrp + grp) * nqb + qb, end).flatten()
     bits = torch.where(flat >= 0, torch.bitwise_left_shift(torch.ones_like(flat), flat % group), 0).flatten()
-    uniq, inverse = torch.unique(key, sorted=True, return_inverse=True)
-    qbits = torch.zeros(uniq.numel(), dtype=torch.int64, device=idx.device).scatter_add_(0, inverse, bits)
-    if uniq.numel() and int(uniq[-1]) == rows * nqb:
-        uniq, qbits = uniq[:-1], qbits[:-1]
-    row = torch.div(uniq, nqb, rounding_mode="floor")
-    qlist = (uniq % nqb).to(torch.int32)
-    counts = torch.bincount(row, minlength=rows)
-    ptr = torch.zeros(rows + 1, dtype=torch.int64, device=idx.device)
+    skey, perm = torch.sort(key)
+    valid = skey < end
+    first = torch.ones_like(valid)
+    first[1:] = skey[1:] != skey[:-1]
+    first &= valid
+    uid = torch.cumsum(first, 0) - 1  # each sorted entry's place in the list; n: a slot for the rest
+    qbits = torch.zeros(n + 1, dtype=torch.int64, device=dev).scatter_add_(0, torch.where(valid, uid, n), bits[perm])
+    qlist = torch.zeros(n + 1, dtype=torch.int64, device=dev).scatter_(0, torch.where(first, uid, n), skey % nqb)
+    counts = torch.zeros(rows + 1, dtype=torch.int64, device=dev).scatter_add_(
+        0, torch.where(first, torch.div(skey, nqb, rounding_mode="floor"), rows), first.to(torch.int64))[:rows]
+    ptr = torch.zeros(rows + 1, dtype=torch.int64, device=dev)
     torch.cumsum(counts, 0, out=ptr[1:])
     order = torch.argsort(counts, descending=True, stable=True).to(torch.int32)
+    qbits = qbits[:n]
     qbits = torch.where(qbits >= 2**31, qbits - 2**32, qbits).to(torch.int32)  # bit 31 → sign
-    return ptr.to(torch.int32), qlist, qbits, order
+    return ptr.to(torch.int32), qlist[:n].to(torch.int32), qbits, order
 
 
 def _transpose_blocks(idx: torch.Tensor, rows: int, nkb: int):
     """``transpose_selection`` with one key block per group: a stable sort of the key-block
-    index (a (query block, key block) pair occurs at most once, so no dedupe is needed)."""
+    index (a (query block, key block) pair occurs at most once, so no dedupe is needed; padding
+    entries sort last, past ``ptr[-1]``)."""
     b, h, nqb, kept = idx.shape
     flat = idx.reshape(b * h, nqb * kept)
     bh = torch.arange(b * h, device=idx.device, dtype=torch.int32).unsqueeze(-1) * nkb
     key = torch.where(flat >= 0, flat + bh, rows).flatten()  # padding sorts last
     _, perm = torch.sort(key, stable=True)
-    counts = torch.bincount(key, minlength=rows + 1)[:rows]
-    total = int(counts.sum()) if rows else 0
-    qlist = torch.div(perm[:total] % (nqb * kept), kept, rounding_mode="floor").to(torch.int32)
+    counts = torch.zeros(rows + 1, dtype=torch.int32, device=idx.device).scatter_add_(
+        0, key.to(torch.int64), torch.ones_like(key))[:rows]
+    qlist = torch.div(perm % (nqb * kept), kept, rounding_mode="floor").to(torch.int32)
     ptr = torch.zeros(rows + 1, dtype=torch.int32, device=idx.device)
     torch.cumsum(counts, 0, out=ptr[1:])
     order = torch.argsort(counts, descending=True, stable=True).to(torch.int32)

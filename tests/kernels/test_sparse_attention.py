@@ -120,6 +120,8 @@ def test_transpose_selection_is_the_inverse_list(group):
             assert qlist[lo:hi].tolist() == list(want) and qbits[lo:hi].tolist() == list(want.values())
     counts = (ptr[1:] - ptr[:-1])[order.long()]
     assert (counts[:-1] >= counts[1:]).all() and sorted(order.tolist()) == list(range(4 * ngrp))
+    # sizes that do not depend on the data (no host sync): the selection's entry count, an upper bound
+    assert qlist.numel() == qbits.numel() == sel.indices.numel() >= int(ptr[-1])
 
 
 @pytest.mark.parametrize("scorer", ["simhash", "pooled"])
@@ -197,6 +199,21 @@ def test_auto_backend_picks_triton_on_cuda_and_block_size_one_falls_back():
     kw1 = dict(density=1 / 16, block_size=1, query_block_size=64)
     ref1 = hash_attention(q, k, v, backend="reference", **kw1)
     assert torch.equal(hash_attention(q, k, v, **kw1), ref1) and torch.equal(hash_attention(q, k, v, backend="triton", **kw1), ref1)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("group", [1, 4], ids=["group1", "group4"])
+def test_transpose_selection_does_not_sync_gpu(group):
+    """The backward's transposed list without a host sync (a CUDA graph can capture it): before,
+    ``torch.unique`` (groups) and ``bincount`` / the list's length read on the host did."""
+    q = torch.randn(1, 2, 1024, 64, device="cuda")
+    sel = select_blocks(q, q, density=0.25, block_size=16, query_block_size=64)
+    transpose_selection(sel, group)
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        transpose_selection(sel, group)
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
 
 
 @pytest.mark.gpu
