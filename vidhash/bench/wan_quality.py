@@ -46,6 +46,20 @@ WORLD_SEED = 1_600_000  # held out (>= HELDOUT_WORLD_SEED), apart from validatio
 CLIP_KEYS = ("psnr", "ssim", "psnr_return", "realism", "real_share", "clip_s")
 
 
+def check_models(models: list[str]) -> None:
+    """Every folder a ``WanMiniPipeline`` export, given once — before any sampling."""
+    for model in models:
+        path = Path(model)
+        if not path.is_dir():
+            raise ValueError(f"MODEL {model}: no such folder (a WanMiniPipeline export, e.g. models/wan-mini)")
+        index = path / "model_index.json"
+        kind = json.loads(index.read_text()).get("_class_name") if index.is_file() else None
+        if kind != "WanMiniPipeline":
+            raise ValueError(f"MODEL {model}: a {kind or 'folder without model_index.json'}, not a WanMiniPipeline export")
+    if len({Path(m).resolve() for m in models}) != len(models):
+        raise ValueError("the same model folder is given twice")
+
+
 def data_config(model: str | Path, config: str | None = None):
     """The :class:`~vidhash.data.wan_clips.WanClipConfig` of a model's training (``train_state.json``'s
     config), or of the train YAML ``config``. ValueError when neither gives one."""
@@ -204,8 +218,7 @@ def run(args) -> int:
     from vidhash.bench.dropin import describe_device
     from vidhash.metrics.realism import realism_bank
 
-    if len({Path(m).resolve() for m in args.models}) != len(args.models):
-        raise ValueError("the same model folder is given twice")
+    check_models(args.models)
     d = data_config(args.models[0], args.config)
     for other in args.models[1:]:
         try:
