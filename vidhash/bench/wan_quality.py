@@ -158,8 +158,9 @@ def world_scale(frames: np.ndarray, view: int) -> np.ndarray:
 
 
 def clip_scores(clip: np.ndarray, truth: np.ndarray, poses: np.ndarray, context: int, fps: float,
-                bank, coherence: bool, view: int) -> dict:
-    """The row keys of one clip (``truth`` itself: only coherence and realism)."""
+                bank, coherence: bool, view: int, device: str | None = None) -> dict:
+    """The row keys of one clip (``truth`` itself: only coherence and realism); the realism score's
+    nearest-patch search on ``device``."""
     from vidhash.bench.dropin import clip_ssim, coherence_of
 
     out: dict = {}
@@ -168,7 +169,7 @@ def clip_scores(clip: np.ndarray, truth: np.ndarray, poses: np.ndarray, context:
         out["psnr"] = psnr(clip[context:], truth[context:])
         out["ssim"] = clip_ssim(clip[context:], truth[context:])
         out["psnr_return"] = psnr(clip[back], truth[back]) if len(back) else None
-    scored = bank.score(world_scale(clip[context:], view))
+    scored = bank.score(world_scale(clip[context:], view), device=device)
     out["realism"], out["real_share"] = scored.distance, scored.real_share
     if coherence:
         out["coherence"] = coherence_of(clip, fps)
@@ -247,7 +248,7 @@ def run(args) -> int:
             Path(args.json).write_text(json.dumps(report, indent=1, default=float) + "\n")
 
     print("\n".join(table(report).splitlines()[:2]), flush=True)
-    add("truth", "—", [clip_scores(t, t, p, args.context, args.fps, bank, not args.no_coherence, d.view)
+    add("truth", "—", [clip_scores(t, t, p, args.context, args.fps, bank, not args.no_coherence, d.view, device)
                        for t, _, p in truths])
     names = [Path(m).name for m in args.models]
     for model in args.models:
@@ -257,7 +258,7 @@ def run(args) -> int:
             clip, seconds = sample(pipe, t, a, args.context, args.steps, args.seed + i)
             if i == 0 and args.clips > 1:  # the first clip warms up (autotuning, allocation): sampled again, timed
                 clip, seconds = sample(pipe, t, a, args.context, args.steps, args.seed + i)
-            rows.append({**clip_scores(clip, t, p, args.context, args.fps, bank, not args.no_coherence, d.view),
+            rows.append({**clip_scores(clip, t, p, args.context, args.fps, bank, not args.no_coherence, d.view, device),
                          "clip_s": seconds})
         add(Path(model).name if names.count(Path(model).name) == 1 else str(model), attention, rows)
         del pipe
