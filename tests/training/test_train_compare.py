@@ -115,6 +115,9 @@ def test_runs_that_cannot_be_compared(tmp_path):
     (tmp_path / "b" / "train_state.json").write_text("{}")
     with pytest.raises(ValueError, match="not a train_state.json"):
         read_curve(tmp_path / "b")
+    (tmp_path / "notes.md").write_text("# a run\n\nno table here\n")
+    with pytest.raises(ValueError, match="not a loss.csv"):
+        read_curve(tmp_path / "notes.md")
 
 
 def test_a_calls_last_validation_is_a_point_of_its_curve(tmp_path):

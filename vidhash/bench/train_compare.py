@@ -64,7 +64,10 @@ def read_rows(path: str | Path) -> tuple[list[dict], str]:
             raise ValueError(f"{p}: not a train_state.json (no run.rows)")
         return list(saved["run"]["rows"]), str(p)
     with open(p, newline="") as f:
-        return list(csv.DictReader(f)), str(p)
+        reader = csv.DictReader(f)
+        if not reader.fieldnames or "step" not in reader.fieldnames:
+            raise ValueError(f"{p}: not a loss.csv (its header has no 'step' column)")
+        return list(reader), str(p)
 
 
 def read_curve(path: str | Path, metric: str = "val_loss_ema", gpus: int = 1) -> Curve:
