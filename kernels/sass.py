@@ -2,6 +2,7 @@
 
     python -m vidhash.kernels.sass block-score [--tiles 16x128x4,64x32x4]
     python -m vidhash.kernels.sass block-mass
+    python -m vidhash.kernels.sass dkdv              (the backward's dk/dv kernels, key blocks of 16)
     python -m vidhash.kernels.memory.sass_count           (the memory read's kernels)
 
 Compiles a kernel with ``triton.compile`` for ``cuda:90`` as the JIT would specialize it
@@ -137,19 +138,54 @@ def block_mass_counts(query_stride: int = 4, dtype: str = "bf16") -> dict:
             "mma": sum(o.startswith(("HMMA", "HGMMA")) for b in loops(sass) for o in b)}  # HGMMA: wgmma, per warpgroup
 
 
+def dkdv_counts(d: int = 64, bq: int = 128, bk: int = 16, configs=((4, 2), (4, 3), (8, 2))) -> list[dict]:
+    """Registers, stack, the query-block loop's instructions and its MMA instructions (``HMMA``:
+    mma.sync; ``HGMMA``: a warpgroup MMA) of the two dk/dv kernels for key blocks of ``bk`` (bf16,
+    non-causal, 131K tokens × 12 heads): the tile kernel one block a program (``G = 1``, how blocks
+    of 16 run by default) and the per-block kernel (``VIDHASH_DKDV_SUB=1``, ``G = 64 / bk``)."""
+    from vidhash.kernels.sparse_attention import kernel as K
+
+    n, h = 131072, 12
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, fn, g in (("tile G=1", K.sparse_attn_bwd_dkdv_kernel, 1), ("per-block", K.sparse_attn_bwd_dkdv_sub_kernel, 64 // bk)):
+            fn = fn.fn  # under the autotuner
+            consts = dict(BQ=bq, BLOCK_M=bq, BK=bk, BK_SUB=bk, G=g, D=d, E=d, CAUSAL=False, PREC="tf32")
+            sig = {a: "*bf16" for a in ("Q", "K", "V", "DO", "DK", "DV")}
+            sig |= {a: "*fp32" for a in ("LSE", "DELTA")} | {a: "*i32" for a in ("PTR", "QLIST", "QBITS", "ORDER")}
+            sig |= {"sm_scale": "fp32", "sm_scale_log2": "fp32"}
+            sig |= {a: "i32" for a in fn.arg_names if a not in sig and a not in consts}
+            ints = {a: (h * n * d if a.endswith("b") else d if a.endswith("h") else h * d) for a in sig if a.startswith("stride")}
+            ints |= dict(H=h, NQ=n, NK=n, NGRP=n // bk // g)
+            for warps, stages in configs:
+                sass, use = compile_sm90(fn, sig, consts, ints, warps, stages, tmp)
+                body = main_loop(sass, None)
+                ops = [o for b in loops(sass) for o in b]
+                rows.append({"kernel": name, "G": g, "warps": warps, "stages": stages, "regs": use.get("REG", 0),
+                             "stack": use.get("STACK", 0), "loop": len(body),
+                             "hmma": sum(o.startswith("HMMA") for o in ops), "hgmma": sum(o.startswith("HGMMA") for o in ops)})
+    return rows
+
+
 def _tiles_arg(text: str):
     return tuple(tuple(int(x) for x in t.split("x")) for t in text.split(","))
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("kernel", choices=["block-score", "block-mass"])
+    p.add_argument("kernel", choices=["block-score", "block-mass", "dkdv"])
     p.add_argument("--tiles", type=_tiles_arg, default=((16, 128, 4),), help="block_m x block_n x warps, comma-separated")
     p.add_argument("--shapes", default="131k,wan", help=f"of {sorted(BLOCK_SCORE_SHAPES)}")
     p.add_argument("--m", type=int, default=1, help="query sub-centroids of the block-score kernel (subgrid: 4)")
     p.add_argument("--store", action="store_true", help="the block-score kernel's STORE form (levels written once, read back)")
     args = p.parse_args(argv)
     os.environ.pop("TRITON_INTERPRET", None)
+    if args.kernel == "dkdv":
+        print("kernel     G  warps stages regs stack  loop instr  HMMA  HGMMA (in loops)")
+        for r in dkdv_counts():
+            print(f"{r['kernel']:10s} {r['G']:2d} {r['warps']:5d} {r['stages']:6d} {r['regs']:4d} {r['stack']:5d} "
+                  f"{r['loop']:11d} {r['hmma']:5d} {r['hgmma']:6d}")
+        return 0
     if args.kernel == "block-mass":
         for stride in (1, 4):
             r = block_mass_counts(stride)

@@ -304,3 +304,125 @@ def sparse_attn_bwd_dkdv_kernel(
     dk = dk * sm_scale
     tl.store(DK + k_off, dk.to(DK.dtype.element_ty), mask=kmask[:, None])
     tl.store(DV + v_off, dv.to(DV.dtype.element_ty), mask=kmask[:, None])
+
+
+@triton.jit
+def _sub_block_grads(q, do, lse2, delta, qpos, qmask, k_s, v_s, kpos_s, kmask_s, dkt, dvt, sm_scale_log2,
+                     NQ, NK, CAUSAL: tl.constexpr, PREC: tl.constexpr):
+    """One kept (query block, key block) pair of :func:`sparse_attn_bwd_dkdv_sub_kernel`: the
+    scores with the query block as the MMA's M (``q · kᵀ``: ``BLOCK_M × BK_SUB``), and dk, dv
+    accumulated transposed (``dVᵀ += dOᵀ · P``, ``dKᵀ += Qᵀ · dS``: M is the head dim), so no
+    product has a 16-row M."""
+    s = _dot(q, tl.trans(k_s), PREC)
+    valid = qmask[:, None] & kmask_s[None, :]
+    if CAUSAL:
+        valid = valid & (kpos_s[None, :] <= (qpos + NK - NQ)[:, None])
+    p = tl.where(valid, tl.math.exp2(s * sm_scale_log2 - lse2[:, None]), 0.0)
+    dp = _dot(do, tl.trans(v_s), PREC)
+    ds = p * (dp - delta[:, None])
+    dvt = _dot_acc(tl.trans(do), p.to(do.dtype), dvt, PREC)
+    dkt = _dot_acc(tl.trans(q), ds.to(q.dtype), dkt, PREC)
+    return dkt, dvt
+
+
+@triton.jit
+def _sub_block_tiles(k_base, v_base, stride_kn, stride_vn, first, sub, NK,
+                     BK: tl.constexpr, BK_SUB: tl.constexpr, D: tl.constexpr, E: tl.constexpr):
+    """Key block ``first + sub``: its k and v tiles (``BK_SUB`` rows), token positions and mask."""
+    within = tl.arange(0, BK_SUB)
+    kpos = (first + sub) * BK + within
+    kmask = kpos < NK
+    if BK_SUB != BK:
+        kmask = kmask & (within < BK)
+    k_s = tl.load(k_base + kpos[:, None] * stride_kn + tl.arange(0, D)[None, :], mask=kmask[:, None], other=0.0)
+    v_s = tl.load(v_base + kpos[:, None] * stride_vn + tl.arange(0, E)[None, :], mask=kmask[:, None], other=0.0)
+    return k_s, v_s, kpos, kmask
+
+
+@triton.jit
+def _store_sub_block(DK, DV, dk_base, dv_base, stride_kn, stride_vn, kpos, kmask, dkt, dvt, sm_scale,
+                     D: tl.constexpr, E: tl.constexpr):
+    """Write one key block's transposed accumulators (``D × BK_SUB``, ``E × BK_SUB``) into dk, dv."""
+    tl.store(dk_base + kpos[None, :] * stride_kn + tl.arange(0, D)[:, None], (dkt * sm_scale).to(DK.dtype.element_ty), mask=kmask[None, :])
+    tl.store(dv_base + kpos[None, :] * stride_vn + tl.arange(0, E)[:, None], dvt.to(DV.dtype.element_ty), mask=kmask[None, :])
+
+
+@triton.autotune(configs=_tile_configs(False), key=_AUTOTUNE_KEY + ["G"])
+@triton.jit
+def sparse_attn_bwd_dkdv_sub_kernel(
+    Q, K, V, DO, LSE, DELTA, PTR, QLIST, QBITS, ORDER, DK, DV,
+    sm_scale, sm_scale_log2,
+    stride_qb, stride_qh, stride_qn,
+    stride_kb, stride_kh, stride_kn,
+    stride_vb, stride_vh, stride_vn,
+    stride_db, stride_dh, stride_dn,
+    H, NQ, NK, NGRP,
+    BQ: tl.constexpr, BLOCK_M: tl.constexpr, BK: tl.constexpr, BK_SUB: tl.constexpr, G: tl.constexpr,
+    D: tl.constexpr, E: tl.constexpr, CAUSAL: tl.constexpr, PREC: tl.constexpr,
+):
+    """dk, dv of ``G`` (2 or 4) consecutive small key blocks (16 or 32 tokens) per program, over
+    the query blocks that kept any of them (``PTR``/``QLIST``/``QBITS`` of
+    ``transpose_selection(selection, G)``): each listed query block's q and dO are loaded once and
+    serve every block of the group it kept, and only the kept blocks' products are computed (a
+    branch per block on ``QBITS``; one pair of transposed accumulators per block). Against
+    :func:`sparse_attn_bwd_dkdv_kernel` with ``G = 1`` (one q/dO load per kept pair, 16-row MMAs)
+    and with ``G > 1`` (one 64-row tile over the union list: products for blocks not kept)."""
+    j = tl.load(ORDER + tl.program_id(0))
+    bh = j // NGRP
+    grp = j % NGRP
+    b = (bh // H).to(tl.int64)
+    h = (bh % H).to(tl.int64)
+    first = grp * G
+    k_base = K + b * stride_kb + h * stride_kh
+    v_base = V + b * stride_vb + h * stride_vh
+    k0, v0, kpos0, kmask0 = _sub_block_tiles(k_base, v_base, stride_kn, stride_vn, first, 0, NK, BK, BK_SUB, D, E)
+    k1, v1, kpos1, kmask1 = _sub_block_tiles(k_base, v_base, stride_kn, stride_vn, first, 1, NK, BK, BK_SUB, D, E)
+    dkt0 = tl.zeros([D, BK_SUB], dtype=tl.float32)
+    dvt0 = tl.zeros([E, BK_SUB], dtype=tl.float32)
+    dkt1 = tl.zeros([D, BK_SUB], dtype=tl.float32)
+    dvt1 = tl.zeros([E, BK_SUB], dtype=tl.float32)
+    if G == 4:
+        k2, v2, kpos2, kmask2 = _sub_block_tiles(k_base, v_base, stride_kn, stride_vn, first, 2, NK, BK, BK_SUB, D, E)
+        k3, v3, kpos3, kmask3 = _sub_block_tiles(k_base, v_base, stride_kn, stride_vn, first, 3, NK, BK, BK_SUB, D, E)
+        dkt2 = tl.zeros([D, BK_SUB], dtype=tl.float32)
+        dvt2 = tl.zeros([E, BK_SUB], dtype=tl.float32)
+        dkt3 = tl.zeros([D, BK_SUB], dtype=tl.float32)
+        dvt3 = tl.zeros([E, BK_SUB], dtype=tl.float32)
+    dcol = tl.arange(0, D)
+    ecol = tl.arange(0, E)
+    q_base = Q + b * stride_qb + h * stride_qh
+    do_base = DO + b * stride_db + h * stride_dh
+    lse_base = LSE + bh.to(tl.int64) * NQ
+    delta_base = DELTA + bh.to(tl.int64) * NQ
+    rows = tl.arange(0, BLOCK_M)
+    start = tl.load(PTR + j)
+    end = tl.load(PTR + j + 1)
+    for e in range(start, end):
+        qb = tl.load(QLIST + e)
+        bits = tl.load(QBITS + e)
+        qpos = qb * BQ + rows
+        qmask = (rows < BQ) & (qpos < NQ)
+        q = tl.load(q_base + qpos[:, None] * stride_qn + dcol[None, :], mask=qmask[:, None], other=0.0)
+        do = tl.load(do_base + qpos[:, None] * stride_dn + ecol[None, :], mask=qmask[:, None], other=0.0)
+        lse2 = tl.load(lse_base + qpos, mask=qmask, other=0.0) * 1.4426950408889634
+        delta = tl.load(delta_base + qpos, mask=qmask, other=0.0)
+        if (bits & 1) != 0:
+            dkt0, dvt0 = _sub_block_grads(q, do, lse2, delta, qpos, qmask, k0, v0, kpos0, kmask0, dkt0, dvt0,
+                                          sm_scale_log2, NQ, NK, CAUSAL, PREC)
+        if (bits & 2) != 0:
+            dkt1, dvt1 = _sub_block_grads(q, do, lse2, delta, qpos, qmask, k1, v1, kpos1, kmask1, dkt1, dvt1,
+                                          sm_scale_log2, NQ, NK, CAUSAL, PREC)
+        if G == 4:
+            if (bits & 4) != 0:
+                dkt2, dvt2 = _sub_block_grads(q, do, lse2, delta, qpos, qmask, k2, v2, kpos2, kmask2, dkt2, dvt2,
+                                              sm_scale_log2, NQ, NK, CAUSAL, PREC)
+            if (bits & 8) != 0:
+                dkt3, dvt3 = _sub_block_grads(q, do, lse2, delta, qpos, qmask, k3, v3, kpos3, kmask3, dkt3, dvt3,
+                                              sm_scale_log2, NQ, NK, CAUSAL, PREC)
+    dk_base = DK + b * stride_kb + h * stride_kh
+    dv_base = DV + b * stride_vb + h * stride_vh
+    _store_sub_block(DK, DV, dk_base, dv_base, stride_kn, stride_vn, kpos0, kmask0, dkt0, dvt0, sm_scale, D, E)
+    _store_sub_block(DK, DV, dk_base, dv_base, stride_kn, stride_vn, kpos1, kmask1, dkt1, dvt1, sm_scale, D, E)
+    if G == 4:
+        _store_sub_block(DK, DV, dk_base, dv_base, stride_kn, stride_vn, kpos2, kmask2, dkt2, dvt2, sm_scale, D, E)
+        _store_sub_block(DK, DV, dk_base, dv_base, stride_kn, stride_vn, kpos3, kmask3, dkt3, dvt3, sm_scale, D, E)

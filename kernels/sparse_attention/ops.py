@@ -24,6 +24,7 @@ from .kernel import (
     default_config,
     sparse_attn_bwd_delta_kernel,
     sparse_attn_bwd_dkdv_kernel,
+    sparse_attn_bwd_dkdv_sub_kernel,
     sparse_attn_bwd_dq_kernel,
     sparse_attn_fwd_kernel,
 )
@@ -90,6 +91,16 @@ def _tile_sizes(selection: BlockSelection) -> tuple[int, int, int, int]:
 def _group(bk_pad: int, rows: int = DKDV_GROUP_ROWS) -> int:
     """Key blocks per dk/dv program (at most 32: one int32 bit mask per list entry)."""
     return max(1, min(32, rows // bk_pad))
+
+
+def dkdv_sub_group(bk_pad: int) -> int:
+    """Key blocks per program of the per-block dk/dv kernel (``sparse_attn_bwd_dkdv_sub_kernel``:
+    q/dO loaded once per (group, query block) pair, products only for the kept blocks), or 0 for
+    the grouped-tile kernel: blocks of 16 (4 a program) and 32 (2) when ``VIDHASH_DKDV_SUB=1``.
+    Off by default until a GPU run says it is faster (kernels/sparse_attention/NOTES.md)."""
+    if os.environ.get("VIDHASH_DKDV_SUB", "0") != "1" or bk_pad not in (16, 32):
+        return 0
+    return 64 // bk_pad
 
 
 def _precision(dtype: torch.dtype) -> str:
@@ -268,11 +279,12 @@ def sparse_attention_backward(do, q, k, v, out, lse, dlse, selection: BlockSelec
         h, nq, nk, selection.kept,
         BQ=bq, BLOCK_M=block_m, BK=bk, BK_PAD=bk_pad, D=d, E=e, CAUSAL=bool(selection.causal), PREC=prec,
     )
-    group = _group(bk_pad)
+    sub = dkdv_sub_group(bk_pad)
+    group = sub or _group(bk_pad)
     ptr, qlist, qbits, order = transpose_selection(selection, group)
     dk, dv = torch.empty_like(k), torch.empty_like(v)
     _launch(
-        sparse_attn_bwd_dkdv_kernel, (order.numel(),),
+        sparse_attn_bwd_dkdv_sub_kernel if sub else sparse_attn_bwd_dkdv_kernel, (order.numel(),),
         q, k, v, do, lse, delta, ptr, qlist, qbits, order, dk, dv,
         sm_scale, sm_scale * _LOG2E,
         *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *do.stride()[:3],

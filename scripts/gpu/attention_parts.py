@@ -16,9 +16,11 @@
   torch reference in small and large chunks against the Triton kernel (``kernels/block_mass``);
 * ``--part backward`` — forward + backward on the TMA kernels (``VIDHASH_TMA=1``) against the pointer
   kernels, gradients checked against float32 autograd through the reference, timed at N = 131,072
-  and the wan-mini training shape (8 × 3 heads × 33,792 tokens, d 128, 1/8).
+  and the wan-mini training shape (8 × 3 heads × 33,792 tokens, d 128, 1/8);
+* ``--part backward16`` — key blocks of 16: the per-block dk/dv kernel (``VIDHASH_DKDV_SUB=1``)
+  against the default and against blocks of 64, at the same two shapes.
 
-    python3 scripts/gpu/attention_parts.py --part remainder|selection|backward|mass
+    python3 scripts/gpu/attention_parts.py --part remainder|selection|backward|backward16|mass
 """
 import argparse
 import json
@@ -296,6 +298,68 @@ def part_backward():
               open(os.path.join(out, "backward.json"), "w"), indent=1)
 
 
+def part_backward16():
+    """Key blocks of 16 in the backward: the per-block dk/dv kernel (``VIDHASH_DKDV_SUB=1``: q/dO
+    once per (group of 4 blocks, query block), products only for kept blocks, transposed
+    accumulators) against the default (one block of 16 a program), blocks of 64 as the target's
+    yardstick (issue 18: fwd+bwd at 16 within 1.3x of 64). Gradients against float32 autograd
+    through the reference first."""
+    res = {}
+
+    def grads(q0, k0, v0, sel, dout, fn=block_sparse_attention_triton, dtype=None):
+        q, k, v = (t.detach().to(dtype or t.dtype).requires_grad_(True) for t in (q0, k0, v0))
+        out = fn(q, k, v, sel)
+        out.backward(dout.to(out.dtype))
+        return [x.float() for x in (out, q.grad, k.grad, v.grad)]
+
+    for d, causal in ((64, False), (128, False), (64, True)):
+        torch.manual_seed(0)
+        q, k, v = (torch.randn(1, 3, 3000, d, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+        sel = select_blocks(q, k, density=0.2, block_size=16, query_block_size=128, causal=causal)
+        dout = torch.randn_like(q)
+        ref = grads(q, k, v, sel, dout, fn=block_sparse_attention, dtype=torch.float32)
+        for flag in ("0", "1"):
+            os.environ["VIDHASH_DKDV_SUB"] = flag
+            got = grads(q, k, v, sel, dout)
+            for name, a, r in zip(("dk", "dv"), got[2:], ref[2:]):
+                res[f"check d{d}{' causal' if causal else ''} {name} sub={flag} vs ref"] = ((a - r).norm() / r.norm()).item()
+
+    def fwd_bwd_ms(q0, k0, v0, sel, dout):
+        q, k, v = (t.detach().requires_grad_(True) for t in (q0, k0, v0))
+
+        def step():
+            out = block_sparse_attention_triton(q, k, v, sel)
+            out.backward(dout)
+        return triton.testing.do_bench(step, warmup=10, rep=200, grad_to_none=[q, k, v])
+
+    def timings(name, grid, b, h, d, density, bq):
+        q, k, v = video_like_qkv(grid, h, d, torch.bfloat16, "cuda")
+        q, k, v = (x.expand(b, -1, -1, -1).contiguous() for x in (q, k, v))
+        dout = torch.randn_like(q)
+        for bk, flags in ((64, ("0",)), (16, ("0", "1"))):
+            sel = select_blocks(q, k, density=density, block_size=bk, query_block_size=bq)
+            fwd = triton.testing.do_bench(lambda: block_sparse_attention_triton(q, k, v, sel), warmup=10, rep=200)
+            res[f"{name} bk{bk} fwd ms"] = fwd
+            for flag in flags:
+                os.environ["VIDHASH_DKDV_SUB"] = flag
+                both = fwd_bwd_ms(q, k, v, sel, dout)
+                res[f"{name} bk{bk} sub={flag} fwd+bwd ms"] = both
+                res[f"{name} bk{bk} sub={flag} bwd ms (difference)"] = both - fwd
+        for flag in ("0", "1"):
+            res[f"{name} fwd+bwd bk16 sub={flag} / bk64"] = res[f"{name} bk16 sub={flag} fwd+bwd ms"] / res[f"{name} bk64 sub=0 fwd+bwd ms"]
+        torch.cuda.empty_cache()
+
+    timings("N 131,072 d64 1/32", grid_for(131072), 1, 12, 64, 1 / 32, 128)
+    timings("wan-mini training 8x33,792 d128 1/8", (33, 32, 32), 8, 3, 128, 1 / 8, 64)
+    os.environ.pop("VIDHASH_DKDV_SUB")
+    for key, val in res.items():
+        print(f"{key:60s} {val:.4g}")
+    out = os.environ.get("OUT", ".")
+    os.makedirs(out, exist_ok=True)
+    json.dump({"device": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__, "results": res},
+              open(os.path.join(out, "backward16.json"), "w"), indent=1)
+
+
 def part_mass():
     """The drop-in's reuse_mass pass at wan-mini's shape (1 × 3 heads × 33,792 × d 128, bf16, blocks of
     64): the torch reference in 2^24- and 2^27-element chunks against the Triton kernel, at query
@@ -333,7 +397,8 @@ def part_mass():
         json.dump({"device": torch.cuda.get_device_name(0), "torch": torch.__version__, "rows": rows}, fh, indent=1)
 
 
-PARTS = {"remainder": part_remainder, "selection": part_selection, "backward": part_backward, "mass": part_mass}
+PARTS = {"remainder": part_remainder, "selection": part_selection, "backward": part_backward, "backward16": part_backward16,
+         "mass": part_mass}
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description="one-layer kernel timings on a GPU, by part")

@@ -3,6 +3,8 @@
 
 On CPU the kernels run under ``TRITON_INTERPRET=1`` (see conftest.py) with tiny shapes.
 """
+import dataclasses
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -122,6 +124,47 @@ def test_transpose_selection_is_the_inverse_list(group):
     assert (counts[:-1] >= counts[1:]).all() and sorted(order.tolist()) == list(range(4 * ngrp))
     # sizes that do not depend on the data (no host sync): the selection's entry count, an upper bound
     assert qlist.numel() == qbits.numel() == sel.indices.numel() >= int(ptr[-1])
+
+
+# the per-block dk/dv kernel (VIDHASH_DKDV_SUB=1): groups of 4 blocks of 16 / 2 of 32, ragged
+# key tails (a group past nk, a short last block), causal, padding, bf16, value dim ≠ head dim
+SUB_CASES = [
+    pytest.param(2, 3, 77, 77, 64, 64, 16, 64, False, 0.3, torch.float32, id="B2-H3-N77-bk16-bq64-fp32"),
+    pytest.param(1, 2, 90, 140, 64, 128, 16, 32, True, 0.3, torch.float32, id="B1-H2-Nq90-Nk140-E128-bk16-causal-fp32"),
+    pytest.param(1, 2, 150, 150, 64, 64, 32, 64, False, 0.4, torch.float32, id="B1-H2-N150-bk32-bq64-fp32"),
+    pytest.param(1, 2, 200, 200, 64, 64, 16, 128, True, 0.25, torch.bfloat16, id="B1-H2-N200-bk16-bq128-causal-bf16"),
+    pytest.param(1, 1, 70, 70, 64, 64, 12, 32, False, 0.5, torch.float32, id="B1-H1-N70-bk12-bq32-fp32"),
+]
+
+
+@pytest.mark.parametrize("b, h, nq, nk, d, e, bk, bq, causal, density, dtype", SUB_CASES)
+def test_per_block_dkdv_kernel_matches_reference(monkeypatch, b, h, nq, nk, d, e, bk, bq, causal, density, dtype):
+    from vidhash.kernels.sparse_attention import ops as sops
+
+    monkeypatch.setenv("VIDHASH_DKDV_SUB", "1")
+    bk_pad = 1 << (bk - 1).bit_length()
+    assert sops.dkdv_sub_group(bk_pad) == 64 // bk_pad  # the kernel under test is the one launched
+    torch.manual_seed(1)
+    q, k, v = _inputs(b, h, nq, nk, d, dtype, e)
+    sel = select_blocks(q, k, density=density, block_size=bk, query_block_size=bq, causal=causal)
+    _check(q, k, v, sel, dtype)
+    # a hand-made list: padding in every row, and the first row keeping the last key block (a
+    # group kept by one block only, ragged past nk) where it did not already
+    idx = sel.indices.clone()
+    idx[..., -1] = -1
+    last = sel.num_key_blocks - 1
+    row = idx[:, :, 0]
+    row[..., 0] = torch.where((row == last).any(-1), row[..., 0], last)
+    _check(q, k, v, dataclasses.replace(sel, indices=idx), dtype)
+
+
+def test_per_block_dkdv_kernel_is_opt_in(monkeypatch):
+    from vidhash.kernels.sparse_attention import ops as sops
+
+    monkeypatch.delenv("VIDHASH_DKDV_SUB", raising=False)
+    assert sops.dkdv_sub_group(16) == 0
+    monkeypatch.setenv("VIDHASH_DKDV_SUB", "1")
+    assert [sops.dkdv_sub_group(p) for p in (1, 8, 16, 32, 64, 128)] == [0, 0, 4, 2, 0, 0]
 
 
 @pytest.mark.parametrize("scorer", ["simhash", "pooled"])
@@ -253,9 +296,9 @@ def test_every_forward_config_the_autotuner_may_pick_gpu(causal, bq):
 @pytest.mark.gpu
 @pytest.mark.parametrize("causal", [True, False], ids=["causal", "full"])
 @pytest.mark.parametrize("bq", [16, 64])
-def test_every_backward_config_the_autotuner_may_pick_gpu(causal, bq):
-    """The forward's check for the two backward kernels: each config the autotuner may pick (dq:
-    after pruning, as the forward; dk/dv: all) gives the reference's gradients."""
+def test_every_backward_config_the_autotuner_may_pick_gpu(monkeypatch, causal, bq):
+    """The forward's check for the backward kernels: each config the autotuner may pick (dq:
+    after pruning, as the forward; dk/dv, both forms: all) gives the reference's gradients."""
     import vidhash.kernels.sparse_attention.kernel as K
     from triton.runtime.errors import OutOfResources
 
@@ -263,7 +306,9 @@ def test_every_backward_config_the_autotuner_may_pick_gpu(causal, bq):
     sel = select_blocks(q, k, density=0.3, block_size=16, query_block_size=bq, causal=causal)
     g_ref = torch.autograd.grad(block_sparse_attention(q, k, v, sel).square().sum(), (q, k, v))
     ran = 0
-    for kern, pruned in ((K.sparse_attn_bwd_dq_kernel, True), (K.sparse_attn_bwd_dkdv_kernel, False)):
+    for kern, pruned in ((K.sparse_attn_bwd_dq_kernel, True), (K.sparse_attn_bwd_dkdv_kernel, False),
+                         (K.sparse_attn_bwd_dkdv_sub_kernel, False)):
+        monkeypatch.setenv("VIDHASH_DKDV_SUB", "1" if kern is K.sparse_attn_bwd_dkdv_sub_kernel else "0")
         every = list(kern.configs)
         kept = K._prune_block_n(every, {}, BK_PAD=16, CAUSAL=causal) if pruned else every
         try:
@@ -280,4 +325,4 @@ def test_every_backward_config_the_autotuner_may_pick_gpu(causal, bq):
         finally:
             kern.configs = every
             kern.cache.clear()
-    assert ran >= 2
+    assert ran >= 3
