@@ -27,6 +27,11 @@
 # summary (one JSON line).
 # Next call: copy $OUT/NAME into an ignored folder of the repo (.wan/NAME, with
 # `echo /.wan/ >> .git/info/exclude`), carry [".whl", ".wan"] and pass INIT=.wan/NAME (~23 MB).
+# Before the session ends, commit the newest export as models/NAME (a tracked folder: ignored
+# files and anything outside the repo do not survive a session that is cut off — the sparse
+# restart's export at step 3,568 of 2026-12-05 was lost so) and pass INIT=models/NAME next
+# session; move models/wan-mini/transformer out of the tree for those calls (64 MiB cap) and
+# `git checkout` it after.
 #
 # Sparse from the start against dense at equal GPU time (both fit their cosine schedule to the same
 # budget_minutes, 110, from their own step time; elapsed_s counts every call's training seconds):
