@@ -77,8 +77,9 @@ def _last_dim_contiguous(t: torch.Tensor) -> torch.Tensor:
 
 
 # rows of one dk/dv program: key blocks under 16 tokens are grouped to fill an MMA tile.
-# (Grouping 16-token blocks to 64 rows measured no gain on an H100: consecutive small blocks
-# are rarely kept by the same query blocks, so the union lists grow as fast as the tiles.)
+# (Grouping 16-token blocks to one 64-row tile measured no gain on an H100: over the union list,
+# 2.2 of a group's 4 blocks are kept per listed query block at 1/32, so the q/dO loads fall to 0.45×
+# at 1.8× the products — NOTES.md; the per-block kernel, dkdv_sub_group, avoids the extra products.)
 DKDV_GROUP_ROWS = 16
 
 

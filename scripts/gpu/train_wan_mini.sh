@@ -18,7 +18,7 @@
 #   * else a fresh run; budget_minutes (110) then fixes the schedule length from the measured step
 #     time after fit_after (40) steps, once, for all later calls (budget_minutes=N on the first call
 #     changes it, and later calls keep the run's schedule — that fit, or a length set with
-#     max_steps=N budget_minutes=0 — unless they name budget_minutes themselves; before 2026-12-05 a
+#     max_steps=N budget_minutes=0 — unless they name budget_minutes or max_steps themselves; before 2026-12-05 a
 #     later call without it refitted to the config's 110).
 # Back under $OUT (≤ 8 files, each ≤ 15 MiB): NAME/ (EMA weights in fp16, a WanMiniPipeline folder
 # loadable with WanTransformer3DModel.from_pretrained(NAME/transformer), plus train_state.json with

@@ -162,20 +162,28 @@ def test_other_models_reuse_too(make, kw):
     assert out.shape == plain.shape and torch.isfinite(out).all()
 
 
-def test_processors_replaced_from_outside_leave_the_gate():
-    """An outside ``set_attn_processor`` on one module: its hash processor is dropped from the gate
-    at the next call (before, it stayed: its copies and selection alive, its mass measured for no one)."""
+def test_processors_replaced_from_outside_are_skipped_and_served_again_when_put_back():
+    """An outside ``set_attn_processor`` on one module: its hash processor is skipped by the gate
+    from the next call, its copies released (before, its copies and selection stayed alive, its mass
+    measured for no one); put back (a save / restore of processors), it is served again (before the
+    fix, a processor dropped from the gate never measured a mass again)."""
     model, inputs = tiny_wan()
     vidhash.enable_hash_attention(model, **SPARSE, dense_timestep=500, reuse_mass=True)
     run(model, _at(inputs, 800))
     gate = model.blocks[0].attn1.processor.gate
-    gone = model.blocks[0].attn1.processor
-    assert len(gate.reusers) == 2 and all(p.installed() for p in gate.reusers)
+    gone, other = model.blocks[0].attn1.processor, model.blocks[1].attn1.processor
+    assert gate.active() == [gone, other]
     stock = model._vidhash_original_processors["blocks.0.attn1"]  # diffusers' own Wan processor
     model.blocks[0].attn1.set_processor(stock)
     assert not gone.installed() and gone._mass_qk is not None
     run(model, _at(inputs, 200))
-    assert gate.reusers == [model.blocks[1].attn1.processor] and gone._reused is None  # not measured
+    assert gate.active() == [other] and gone._mass_qk is None and gone._reused is None  # released, not measured
+    assert other._reused is not None
+    model.blocks[0].attn1.set_processor(gone)  # put back
+    run(model, _at(inputs, 800))  # dense: keeps copies in both layers
+    assert gate.active() == [gone, other] and gone._mass_qk is not None
+    run(model, _at(inputs, 200))  # sparse: both select from the mass again
+    assert gone._reused is not None and gone._since == other._since == 1
 
 
 def test_dense_layers_keep_no_mass():

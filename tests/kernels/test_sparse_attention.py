@@ -103,9 +103,9 @@ def test_hand_made_selection_with_padding_rows():
     _check(q, k, v, sel, torch.float32)
 
 
-@pytest.mark.parametrize("group", [1, 4], ids=["group1", "group4"])
+@pytest.mark.parametrize("group", [1, 2, 4, 32], ids=["group1", "group2", "group4", "group32"])
 def test_transpose_selection_is_the_inverse_list(group):
-    q = torch.randn(2, 2, 100, 64, device=DEV)
+    q = torch.randn(2, 2, 100 if group < 32 else 600, 64, device=DEV)  # 38 key blocks at 32: bit 31 set somewhere
     sel = select_blocks(q, q, density=0.3, block_size=16, query_block_size=32, causal=True)
     ptr, qlist, qbits, order = transpose_selection(sel, group)
     nkb, nqb = sel.num_key_blocks, sel.num_query_blocks
@@ -118,12 +118,14 @@ def test_transpose_selection_is_the_inverse_list(group):
             for c in range(nqb):
                 bits = sum(1 << i for i in range(group) if (idx[bh, c] == g * group + i).any())
                 if bits:
-                    want[c] = bits
+                    want[c] = bits - (1 << 32) if bits >= 1 << 31 else bits  # int32: bit 31 is the sign
             assert qlist[lo:hi].tolist() == list(want) and qbits[lo:hi].tolist() == list(want.values())
     counts = (ptr[1:] - ptr[:-1])[order.long()]
     assert (counts[:-1] >= counts[1:]).all() and sorted(order.tolist()) == list(range(4 * ngrp))
     # sizes that do not depend on the data (no host sync): the selection's entry count, an upper bound
     assert qlist.numel() == qbits.numel() == sel.indices.numel() >= int(ptr[-1])
+    if group == 32:
+        assert (qbits[: int(ptr[-1])] < 0).any()  # the sign bit was exercised
 
 
 # the per-block dk/dv kernel (VIDHASH_DKDV_SUB=1): groups of 4 blocks of 16 / 2 of 32, ragged

@@ -165,7 +165,16 @@ def test_the_cli_keeps_a_fitted_budget_unless_the_call_names_one(tmp_path, monke
     base = ["train", "wan_mini_cpu", f"out_dir={tmp_path}"]
     assert cli_main([*base, "--resume", "auto"]) == 0
     assert cli_main([*base, "budget_minutes=66", "--resume", "auto"]) == 0
-    assert seen == [True, False]
+    assert cli_main([*base, "max_steps=600", "--resume", "auto"]) == 0  # a length named: set, not kept
+    assert seen == [True, False, False]
+
+
+def test_a_named_length_extends_a_run_set_by_length(tiny_cfg, tmp_path):
+    """max_steps=3 budget_minutes=0, then a call naming only max_steps=6 (the CLI: not kept): to 6."""
+    over = [f"out_dir={tmp_path}", "fit_after=1", "log_every=1", "budget_minutes=0"]
+    assert run(tiny_cfg(*over, "max_steps=3"))["step"] == 3
+    s = run(tiny_cfg(*over, "max_steps=6"), resume="auto", keep_budget=False)
+    assert s["step"] == s["max_steps"] == 6
 
 
 def test_a_checkpoint_of_the_standalone_loop_is_refused(tiny_cfg, tmp_path):

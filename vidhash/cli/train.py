@@ -70,8 +70,9 @@ def run(args: argparse.Namespace) -> int:
 
     profile_steps = parse_steps(args.profile_steps) if args.profile_steps else None
 
-    # a run continued by a call that does not name budget_minutes keeps the schedule its first call fitted
-    named = any(item.split("=", 1)[0].strip() == "budget_minutes" for item in args.overrides or [])
+    # a run continued by a call that names neither budget_minutes nor max_steps keeps its schedule
+    # (the fit of its first call, or the length it was set to); naming either sets it as said
+    named = any(item.split("=", 1)[0].strip() in ("budget_minutes", "max_steps") for item in args.overrides or [])
     summary = train(cfg, resume=args.resume, max_minutes=args.max_minutes, stop_at_step=args.stop_at_step,
                     progress=not args.no_progress, export=not args.no_export, profile_steps=profile_steps,
                     keep_budget=not named)

@@ -229,11 +229,18 @@ class DenseGate:
         self.dense = False
         self.reusers: list = []  # processors with reuse_mass: the pre-hook measures their mass (eager)
 
-    def prune(self) -> None:
-        """Drop the reusers no longer installed (an outside ``set_attn_processor`` replaced them):
-        they would keep their copies and selections alive, and measure a mass no call reads."""
-        if any(not p.installed() for p in self.reusers):
-            self.reusers[:] = [p for p in self.reusers if p.installed()]
+    def active(self) -> list:
+        """The reusers installed now. One an outside ``set_attn_processor`` replaced is skipped and
+        its copies and selection released (they would stay alive, and a mass be measured that no
+        call reads); it stays listed, so one put back (a save / restore of processors) is served
+        again from the next call, as a fresh processor: its first sparse call selects by its scorer."""
+        live = []
+        for p in self.reusers:
+            if p.installed():
+                live.append(p)
+            else:
+                p._release()
+        return live
 
     def __repr__(self) -> str:
         return f"DenseGate(dense={self.dense})"
@@ -321,6 +328,10 @@ class _HashAttnProcessor:
         """Whether this processor still sits on the module :func:`enable_hash_attention` put it on."""
         module = self._module() if self._module is not None else None
         return module is not None and module.processor is self
+
+    def _release(self) -> None:
+        """Drop the kept copies and selection (``reuse_mass``): the state of a fresh processor."""
+        self._mass_qk, self._reused, self._since, self._keep = None, None, 0, False
 
     def _before_call(self, dense: bool) -> None:
         """``reuse_mass``, from the ``dense_timestep`` pre-hook (eager, outside any compiled graph):
@@ -847,8 +858,7 @@ def _set_gate(gate: DenseGate, t, threshold: float) -> None:
         gate.dense = bool(t.max().item() >= threshold)  # a host sync
     else:
         gate.dense = bool((max(t) if isinstance(t, Sequence) else t) >= threshold)  # a number or a list
-    gate.prune()
-    for processor in gate.reusers:
+    for processor in gate.active():
         processor._before_call(gate.dense)
 
 

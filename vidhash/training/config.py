@@ -169,7 +169,7 @@ class TrainConfig:
     # > 0: after fit_after steps of a call, max_steps is set once from the measured step time so that
     # the cosine schedule ends after this much training time over all calls; later calls (resume, or
     # init_from of an export with train_state.json) continue that max_steps while the budget is the same
-    # (`vidhash train` calls that do not name budget_minutes keep the fitted one, whatever the YAML says)
+    # (`vidhash train` calls that name neither budget_minutes nor max_steps keep the run's schedule, whatever the YAML says)
     budget_minutes: float = 0.0
     fit_after: int = 50  # steps of a call after which fit_schedule / budget_minutes measure the step time
     val_every: int = 0  # validation loss of model and EMA on the family's held-out batch at these steps' log rows and each call's end (0: none)

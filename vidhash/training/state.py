@@ -209,18 +209,23 @@ def continue_budget(cfg: TrainConfig, state: TrainState, fitted_for: float, max_
     the ``budget_minutes`` it was fitted to (``fitted_for``, 0: none yet) and the run's own
     ``budget`` (None in files from before it was saved).
 
-    * ``keep`` (a ``vidhash train`` call that does not name ``budget_minutes``): the run's —
-      its fit, else (not fitted yet, or a length set with ``budget_minutes=0``) its saved length
-      and budget; ``cfg.budget_minutes`` becomes the run's, whatever the YAML says.
-    * else a fit is kept while ``cfg.budget_minutes`` is the one fitted; another budget > 0 is
-      fitted anew by the loop after ``fit_after`` steps, the saved length standing until then
-      where it reaches that far (no jump of the learning rate to the YAML's ``max_steps`` in
-      between); budget 0: the config's ``max_steps``. ``state.step`` is the run's step already."""
+    * ``keep`` (a ``vidhash train`` call that names neither ``budget_minutes`` nor ``max_steps``):
+      the run's — its fit, else (not fitted yet, or a length set with ``budget_minutes=0``) its
+      saved length and budget; ``cfg.budget_minutes`` becomes the run's, whatever the YAML says.
+    * else a fit is kept while ``cfg.budget_minutes`` is the one fitted (said when the config's
+      ``max_steps`` differs: ``budget_minutes=0 max_steps=N`` sets a length instead); another
+      budget > 0 is fitted anew by the loop after ``fit_after`` steps — for a run that had a budget
+      or a fit, its saved length stands until then where it reaches that far (no jump of the
+      learning rate to the YAML's ``max_steps`` in between); otherwise, and with budget 0, the
+      config's ``max_steps``. ``state.step`` is the run's step already."""
     say = log if log is not None else (lambda *a, **k: None)
     if fitted_for > 0 and (keep or fitted_for == cfg.budget_minutes):
         if cfg.budget_minutes != fitted_for:
             say(f"kept the schedule fitted to budget_minutes {fitted_for:g} (max_steps {max_steps}); the config's "
                 f"budget_minutes {cfg.budget_minutes:g} is not used — name budget_minutes= on the call to fit it anew")
+        elif cfg.max_steps != max_steps:
+            say(f"kept the schedule fitted to budget_minutes {fitted_for:g} (max_steps {max_steps}); max_steps "
+                f"{cfg.max_steps} is not used — budget_minutes=0 max_steps=N sets a length instead")
         cfg.max_steps, state.fitted_for, cfg.budget_minutes = max_steps, fitted_for, fitted_for
     elif keep and budget is not None:
         if (cfg.budget_minutes, cfg.max_steps) != (float(budget), max_steps):
