@@ -43,3 +43,20 @@ def test_per_block_dkdv_kernel_gets_warpgroup_mmas_for_blocks_of_16():
     assert tile["hmma"] > 0 and tile["hgmma"] == 0
     assert sub["hgmma"] > 0 and sub["hmma"] == 0
     assert sub["stack"] == 0 and sub["regs"] <= 255
+
+
+@pytest.mark.skipif(not HAS_PTXAS, reason="this triton build ships no ptxas")
+def test_tma_forward_capped_config_fits_two_programs_at_head_dim_128():
+    """The TMA forward's 128-register config: at head dim 128 two programs (4 warpgroups) share an
+    SM where every uncapped 8-warp config fits one, with no spill in the main loop."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    out = subprocess.run([sys.executable, "-m", "vidhash.kernels.sass", "tma-forward"], capture_output=True, text=True,
+                         env=env, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    rows = [dict(zip(("d", "warps", "stages", "maxnreg", "regs", "stack", "smem", "per_sm", "loop", "spills"),
+                     map(int, line.split()))) for line in out.stdout.splitlines()[1:]]
+    capped = [r for r in rows if r["d"] == 128 and r["maxnreg"] == 128]
+    plain = [r for r in rows if r["d"] == 128 and r["warps"] == 8 and r["maxnreg"] == 0]
+    assert len(capped) == 1 and plain
+    assert capped[0]["per_sm"] == 2 and capped[0]["spills"] == 0 and capped[0]["regs"] <= 128
+    assert all(r["per_sm"] == 1 for r in plain)
