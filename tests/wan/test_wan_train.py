@@ -134,6 +134,18 @@ def test_budget_is_fitted_once_and_continued(tiny_cfg, tmp_path):
     assert meta["schedule"]["fitted_for"] == 0.0002
 
 
+def test_a_new_budget_extends_a_run_past_a_shorter_config_length(tiny_cfg, tmp_path):
+    """A run fitted and ended at step 3, continued with a new budget by a config whose max_steps (2)
+    is behind it: the loop runs to the fit (before, it did not start: nothing was trained or fitted)."""
+    over = [f"out_dir={tmp_path}", "fit_after=2", "log_every=1"]
+    s = run(tiny_cfg(*over, "max_steps=50", "budget_minutes=0.0001"))
+    assert s["step"] == s["max_steps"] == 3
+    s = run(tiny_cfg(*over, "max_steps=2", "budget_minutes=0.0002"), resume="auto")
+    assert s["step"] == s["max_steps"] == 6  # two steps to the fit (no time left: the next step)
+    _, meta = final(tmp_path)
+    assert meta["schedule"]["fitted_for"] == 0.0002
+
+
 def test_a_length_set_without_a_budget_is_kept_too(tiny_cfg, tmp_path):
     """max_steps=5 with budget_minutes=0, stopped at step 2, continued by a call whose config has a
     budget (the YAML's): kept at 5 — before, that budget was fitted (here: to the next step, 3)."""

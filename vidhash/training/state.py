@@ -216,8 +216,9 @@ def continue_budget(cfg: TrainConfig, state: TrainState, fitted_for: float, max_
       ``max_steps`` differs: ``budget_minutes=0 max_steps=N`` sets a length instead); another
       budget > 0 is fitted anew by the loop after ``fit_after`` steps — for a run that had a budget
       or a fit, its saved length stands until then where it reaches that far (no jump of the
-      learning rate to the YAML's ``max_steps`` in between); otherwise, and with budget 0, the
-      config's ``max_steps``. ``state.step`` is the run's step already."""
+      learning rate to the YAML's ``max_steps`` in between); otherwise the config's ``max_steps``,
+      at least ``fit_after`` steps past ``state.step`` (a run extended past a shorter YAML length
+      reaches its fit); with budget 0 the config's ``max_steps``. ``state.step`` is the run's step already."""
     say = log if log is not None else (lambda *a, **k: None)
     if fitted_for > 0 and (keep or fitted_for == cfg.budget_minutes):
         if cfg.budget_minutes != fitted_for:
@@ -232,8 +233,10 @@ def continue_budget(cfg: TrainConfig, state: TrainState, fitted_for: float, max_
             say(f"kept the run's schedule: max_steps {max_steps}, budget_minutes {float(budget):g} (the config says "
                 f"{cfg.max_steps}, {cfg.budget_minutes:g}; name budget_minutes= on the call to change it)")
         cfg.max_steps, cfg.budget_minutes = max_steps, float(budget)
-    elif cfg.budget_minutes > 0 and (fitted_for > 0 or budget) and max_steps > state.step + cfg.fit_after:
-        cfg.max_steps = max_steps  # until the loop fits the new budget (a run at its end: the config's, to get there)
+    elif cfg.budget_minutes > 0:  # the loop fits this budget after fit_after steps; until then:
+        if (fitted_for > 0 or budget) and max_steps > state.step + cfg.fit_after:
+            cfg.max_steps = max_steps  # the run's saved length (a run at its end: the config's, to get there)
+        cfg.max_steps = max(cfg.max_steps, state.step + cfg.fit_after + 1)  # at least as far as the fit
 
 
 def _restore(state: TrainState, tensors: dict, meta: dict, cfg: TrainConfig, accelerator, log,
