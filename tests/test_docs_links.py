@@ -94,3 +94,36 @@ def test_checker_catches_broken_links(tmp_path: Path):
     problems = broken_links(readme, root=tmp_path)
     assert [p.split(": ", 1)[1].split(" (")[0] for p in problems] == [
         "docs/missing.md", "docs/page.md#nothing", "../shared/DESIGN.md", "#a-heading-here"]
+
+
+# a repository file named in code spans (`bash scripts/gpu/x.sh 8`, `configs/train/y.yaml`): outside the
+# dated logs (history may name what was removed since) it must exist
+SPAN = re.compile(r"`([^`]+)`")
+REPO_PATH = re.compile(r"^(?:\./)?((?:scripts|configs|kernels|pipelines|vidhash|tests|models|docs)/[\w./-]*\.\w+)")
+NAMED_ABSENT = {("kernels/README.md", "kernels/__init__.py"),  # a heading: why there is none
+                ("kernels/memory/NOTES.md", "scripts/memory_candidates.py")}  # "in git history at commit ..."
+
+
+def missing_paths(path: Path, root: Path = ROOT) -> list[str]:
+    out = []
+    for number, line in _prose(path.read_text(encoding="utf-8")):
+        for span in SPAN.findall(line):
+            for token in span.split():
+                m = REPO_PATH.match(token.split("::")[0].rstrip(",.:;)"))
+                if m and not (root / m.group(1)).exists() and (str(path.relative_to(root)), m.group(1)) not in NAMED_ABSENT:
+                    out.append(f"{path.relative_to(root)}:{number}: {m.group(1)}")
+    return out
+
+
+@pytest.mark.parametrize("path", [p for p in doc_files() if "log" not in p.relative_to(ROOT).parts],
+                         ids=lambda p: str(p.relative_to(ROOT)))
+def test_repository_files_named_in_code_spans_exist(path: Path):
+    assert missing_paths(path) == []
+
+
+def test_path_checker_catches_a_removed_script(tmp_path: Path):
+    (tmp_path / "scripts").mkdir()
+    (tmp_path / "scripts" / "there.sh").write_text("")
+    doc = tmp_path / "README.md"
+    doc.write_text("run `bash scripts/there.sh 8` or `bash scripts/gone.sh`; `tests/x.py::test_a`\n```\n`scripts/fenced.sh`\n```\n")
+    assert [p.split(": ", 1)[1] for p in missing_paths(doc, root=tmp_path)] == ["scripts/gone.sh", "tests/x.py"]
