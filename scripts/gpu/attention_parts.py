@@ -18,9 +18,11 @@
   kernels, gradients checked against float32 autograd through the reference, timed at N = 131,072
   and the wan-mini training shape (8 × 3 heads × 33,792 tokens, d 128, 1/8);
 * ``--part backward16`` — key blocks of 16: the per-block dk/dv kernel (``VIDHASH_DKDV_SUB=1``)
-  against the default and against blocks of 64, at the same two shapes.
+  against the default and against blocks of 64, at the same two shapes;
+* ``--part tma-configs`` — each config of the TMA forward's autotune list timed alone at the
+  wan-mini, Wan 1.3B and N = 131,072 shapes, with the autotuner's pick.
 
-    python3 scripts/gpu/attention_parts.py --part remainder|selection|backward|backward16|mass
+    python3 scripts/gpu/attention_parts.py --part remainder|selection|backward|backward16|tma-configs|mass
 """
 import argparse
 import json
@@ -360,6 +362,55 @@ def part_backward16():
               open(os.path.join(out, "backward16.json"), "w"), indent=1)
 
 
+def part_tma_configs():
+    """Each config of the TMA forward's autotune list timed alone (its own launch, the others
+    set aside), at the wan-mini drop-in shape (d 128, 1/8), the Wan 1.3B shape (d 128, 1/32) and
+    N = 131,072 (d 64, 1/32), with the autotuner's pick: whether the 128-register config (two
+    programs an SM at d 128, kernel_tma._configs) beats the uncapped ones (NOTES.md's prediction)."""
+    import vidhash.kernels.sparse_attention.kernel_tma as T
+
+    kern = T.sparse_attn_fwd_tma_kernel
+    every = list(kern.configs)
+    res = {}
+    shapes = (("wan-mini 33,792 d128 1/8", 33792, 3, 128, 1 / 8, 64), ("Wan 1.3B 32,760 d128 1/32", 32760, 12, 128, 1 / 32, 128),
+              ("N 131,072 d64 1/32", 131072, 12, 64, 1 / 32, 128))
+    os.environ["VIDHASH_TMA"] = "1"
+    try:
+        for name, n, h, d, density, bq in shapes:
+            torch.manual_seed(0)
+            q, k, v = (torch.randn(1, n, h, d, device="cuda", dtype=torch.bfloat16).transpose(1, 2) for _ in range(3))
+            k = k + 2 * k[:, :, ::64].repeat_interleave(64, 2)[:, :, :n]  # keys clustered per block of 64
+            sel = select_blocks(q, k, density=density, block_size=64, query_block_size=bq, scorer="pooled", backend="triton")
+            kern.configs = every
+            kern.cache.clear()
+            ref = block_sparse_attention_triton(q, k, v, sel)
+            res[f"{name} autotuned ms"] = triton.testing.do_bench(lambda: block_sparse_attention_triton(q, k, v, sel), warmup=25, rep=200)
+            res[f"{name} autotuner's pick"] = str(getattr(kern, "best_config", None))
+            for cfg in every:
+                kern.configs = [cfg]
+                kern.cache.clear()
+                label = f"{name} w{cfg.num_warps} s{cfg.num_stages}" + (f" maxnreg {cfg.maxnreg}" if cfg.maxnreg else "")
+                try:
+                    out = block_sparse_attention_triton(q, k, v, sel)
+                except Exception as e:  # out of resources: the autotuner never picks it
+                    res[label] = f"failed: {type(e).__name__}"
+                    continue
+                res[label + " max |diff| vs autotuned"] = (out.float() - ref.float()).abs().max().item()
+                res[label + " ms"] = triton.testing.do_bench(lambda: block_sparse_attention_triton(q, k, v, sel), warmup=25, rep=200)
+            del q, k, v, ref
+            torch.cuda.empty_cache()
+    finally:
+        kern.configs = every
+        kern.cache.clear()
+        os.environ.pop("VIDHASH_TMA")
+    for key, val in res.items():
+        print(f"{key:64s} {val if isinstance(val, str) else f'{val:.4g}'}")
+    out = os.environ.get("OUT", ".")
+    os.makedirs(out, exist_ok=True)
+    json.dump({"device": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__, "results": res},
+              open(os.path.join(out, "tma_configs.json"), "w"), indent=1)
+
+
 def part_mass():
     """The drop-in's reuse_mass pass at wan-mini's shape (1 × 3 heads × 33,792 × d 128, bf16, blocks of
     64): the torch reference in 2^24- and 2^27-element chunks against the Triton kernel, at query
@@ -398,7 +449,7 @@ def part_mass():
 
 
 PARTS = {"remainder": part_remainder, "selection": part_selection, "backward": part_backward, "backward16": part_backward16,
-         "mass": part_mass}
+         "tma-configs": part_tma_configs, "mass": part_mass}
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description="one-layer kernel timings on a GPU, by part")
