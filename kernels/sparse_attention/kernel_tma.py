@@ -30,9 +30,10 @@ from .kernel import _INTERPRET, _dot, _dot_acc
 
 def _configs(forward: bool = False):
     """Bounded autotune space: warps × stages (the tile is fixed by the descriptors); the forward
-    also 8 warps, 2 stages under a 128-register cap — at head dim 128 that fits two programs on an
-    SM (154 registers: one) with no spill in the loop (sm_90 SASS, ``python -m vidhash.kernels.sass
-    tma-forward``), at 64 it is the uncapped config (~110 registers)."""
+    also 8 warps, 2 stages under a 128-register cap — at head dim 128 and query blocks of 128 that
+    fits two programs on an SM (154 registers: one) with no spill in the loop (sm_90 SASS, ``python
+    -m vidhash.kernels.sass tma-forward``); at head dim 64 or query blocks of 64 it is the uncapped
+    config (~110 registers)."""
     if _INTERPRET:
         return [triton.Config({}, num_warps=4, num_stages=1)]
     cfgs = [triton.Config({}, num_warps=w, num_stages=s) for w in (4, 8) for s in (2, 3, 4)]
