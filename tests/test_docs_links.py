@@ -5,6 +5,8 @@
 Checked: README.md, BENCHMARKS.md, docs/**/*.md, models/README.md and kernels/**/*.md. A link is ``[text](target)`` or
 ``![alt](target)`` outside fenced code blocks; web links (``http:``, ``https:``, ``mailto:``) are
 not followed. ``target#anchor`` into a markdown file must name one of its headings (GitHub's slugs).
+Outside the dated logs (docs/log), a repository file named in a code span (`bash scripts/gpu/x.sh`)
+must exist.
 """
 from __future__ import annotations
 
@@ -105,13 +107,33 @@ NAMED_ABSENT = {("kernels/README.md", "kernels/__init__.py"),  # a heading: why 
 
 
 def missing_paths(path: Path, root: Path = ROOT) -> list[str]:
+    """Repository files named in ``path``'s code spans (a span may wrap over lines of a paragraph)
+    that do not exist; fenced blocks are not read."""
     out = []
-    for number, line in _prose(path.read_text(encoding="utf-8")):
-        for span in SPAN.findall(line):
-            for token in span.split():
-                m = REPO_PATH.match(token.split("::")[0].rstrip(",.:;)"))
-                if m and not (root / m.group(1)).exists() and (str(path.relative_to(root)), m.group(1)) not in NAMED_ABSENT:
-                    out.append(f"{path.relative_to(root)}:{number}: {m.group(1)}")
+    for block in _paragraphs(_prose(path.read_text(encoding="utf-8"))):
+        text = "\n".join(line for _, line in block)
+        for m in SPAN.finditer(text):
+            number = block[text.count("\n", 0, m.start())][0]
+            for token in m.group(1).split():
+                p = REPO_PATH.match(token.split("::")[0].rstrip(",.:;)"))
+                if p and not (root / p.group(1)).exists() and (str(path.relative_to(root)), p.group(1)) not in NAMED_ABSENT:
+                    out.append(f"{path.relative_to(root)}:{number}: {p.group(1)}")
+    return out
+
+
+def _paragraphs(lines: list[tuple[int, str]]) -> list[list[tuple[int, str]]]:
+    """Runs of consecutive non-blank prose lines (a code span does not cross a blank line)."""
+    out, cur, last = [], [], None
+    for number, line in lines:
+        if not line.strip() or (last is not None and number != last + 1):
+            if cur:
+                out.append(cur)
+            cur = []
+        if line.strip():
+            cur.append((number, line))
+        last = number
+    if cur:
+        out.append(cur)
     return out
 
 
@@ -125,5 +147,8 @@ def test_path_checker_catches_a_removed_script(tmp_path: Path):
     (tmp_path / "scripts").mkdir()
     (tmp_path / "scripts" / "there.sh").write_text("")
     doc = tmp_path / "README.md"
-    doc.write_text("run `bash scripts/there.sh 8` or `bash scripts/gone.sh`; `tests/x.py::test_a`\n```\n`scripts/fenced.sh`\n```\n")
-    assert [p.split(": ", 1)[1] for p in missing_paths(doc, root=tmp_path)] == ["scripts/gone.sh", "tests/x.py"]
+    doc.write_text("run `bash scripts/there.sh 8` or `bash scripts/gone.sh`; `tests/x.py::test_a`\n```\n`scripts/fenced.sh`\n```\n"
+                   "a span `that wraps\nscripts/wrapped.sh` over lines\n\nand `one` then ` scripts/there.sh `\n")
+    assert [p.split(": ", 1)[1] for p in missing_paths(doc, root=tmp_path)] == [
+        "scripts/gone.sh", "tests/x.py", "scripts/wrapped.sh"]
+    assert missing_paths(doc, root=tmp_path)[-1].startswith("README.md:5:")

@@ -97,7 +97,8 @@ def _group(bk_pad: int, rows: int = DKDV_GROUP_ROWS) -> int:
 def dkdv_sub_group(bk_pad: int) -> int:
     """Key blocks per program of the per-block dk/dv kernel (``sparse_attn_bwd_dkdv_sub_kernel``:
     q/dO loaded once per (group, query block) pair, products only for the kept blocks), or 0 for
-    the grouped-tile kernel: blocks of 16 (4 a program) and 32 (2) when ``VIDHASH_DKDV_SUB=1``.
+    the grouped-tile kernel: key blocks padded to tiles of 16 (9–16 tokens: 4 a program) or 32
+    (17–32: 2) when ``VIDHASH_DKDV_SUB=1``.
     Off by default until a GPU run says it is faster (kernels/sparse_attention/NOTES.md)."""
     if os.environ.get("VIDHASH_DKDV_SUB", "0") != "1" or bk_pad not in (16, 32):
         return 0
@@ -262,8 +263,8 @@ def sparse_attention_backward(do, q, k, v, out, lse, dlse, selection: BlockSelec
         E=e, HAS_DLSE=dlse is not None, BLOCK_M=64,
     )
     idx = selection.indices.contiguous()
-    dq = torch.empty_like(q)
     if use_tma(q, k, v, selection) and _descriptor_ok(do):
+        dq = torch.empty_like(q)  # the TMA kernels take their outputs' strides apart
         _tma_backward(q, k, v, do, lse, delta, idx, dq, selection, sm_scale, prec)
         dk, dv = torch.empty_like(k), torch.empty_like(v)
         ptr, qlist, _, order = transpose_selection(selection, 1)
@@ -272,6 +273,8 @@ def sparse_attention_backward(do, q, k, v, out, lse, dlse, selection: BlockSelec
                 *dv.stride()[:3], h, nq, nk, selection.num_key_blocks)
         _launch_tma(sparse_attn_bwd_dkdv_tma_kernel, (order.numel(),), args, BQ=bq, BK=bk, D=d, E=e, PREC=prec)
         return dq, dk, dv
+    # the pointer kernels write each gradient with its input's strides
+    (q, dq), (k, dk), (v, dv) = _grad_buffer(q), _grad_buffer(k), _grad_buffer(v)
     _launch(
         sparse_attn_bwd_dq_kernel, (selection.num_query_blocks, b * h),
         q, k, v, idx, do, lse, delta, dq,
@@ -283,7 +286,6 @@ def sparse_attention_backward(do, q, k, v, out, lse, dlse, selection: BlockSelec
     sub = dkdv_sub_group(bk_pad)
     group = sub or _group(bk_pad)
     ptr, qlist, qbits, order = transpose_selection(selection, group)
-    dk, dv = torch.empty_like(k), torch.empty_like(v)
     _launch(
         sparse_attn_bwd_dkdv_sub_kernel if sub else sparse_attn_bwd_dkdv_kernel, (order.numel(),),
         q, k, v, do, lse, delta, ptr, qlist, qbits, order, dk, dv,
@@ -293,6 +295,18 @@ def sparse_attention_backward(do, q, k, v, out, lse, dlse, selection: BlockSelec
         BQ=bq, BLOCK_M=block_m, BK=bk, BK_SUB=bk_pad, G=group, D=d, E=e, CAUSAL=bool(selection.causal), PREC=prec,
     )
     return dq, dk, dv
+
+
+def _grad_buffer(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(t, an empty tensor with t's strides)`` for a kernel that writes the gradient of ``t`` with
+    ``t``'s strides. ``empty_like`` keeps the strides of a dense tensor (any dim order) only: for
+    one that is not (a head-dim slice of a fused projection, an expanded batch) the gradient would
+    be written out of bounds or over itself, so ``t`` becomes a contiguous copy first."""
+    out = torch.empty_like(t)
+    if out.stride() == t.stride():
+        return t, out
+    t = t.contiguous()
+    return t, torch.empty_like(t)
 
 
 def _launch_tma(kernel, grid, args, **meta):

@@ -173,20 +173,35 @@ def test_a_continued_export_keeps_its_fit_and_a_new_budget_refits_from_its_lengt
 
 def test_the_cli_keeps_a_fitted_budget_unless_the_call_names_one(tmp_path, monkeypatch):
     seen = []
-    monkeypatch.setattr("vidhash.training.trainer.train", lambda cfg, **kw: seen.append(kw["keep_budget"]) or {})
-    base = ["train", "wan_mini_cpu", f"out_dir={tmp_path}"]
+    monkeypatch.setattr("vidhash.training.trainer.train",
+                        lambda cfg, **kw: seen.append((kw["keep_budget"], cfg.budget_minutes, cfg.max_steps)) or {})
+    base = ["train", "wan_mini", f"out_dir={tmp_path}"]  # the GPU recipe: budget_minutes 110, max_steps 8000
     assert cli_main([*base, "--resume", "auto"]) == 0
     assert cli_main([*base, "budget_minutes=66", "--resume", "auto"]) == 0
-    assert cli_main([*base, "max_steps=600", "--resume", "auto"]) == 0  # a length named: set, not kept
-    assert seen == [True, False, False]
+    assert cli_main([*base, "max_steps=600", "--resume", "auto"]) == 0  # a length named: that length, no budget
+    assert cli_main([*base, "max_steps=600", "budget_minutes=66", "--resume", "auto"]) == 0  # both: as named
+    assert seen == [(True, 110, 8000), (False, 66, 8000), (False, 0, 600), (False, 66, 600)]
 
 
 def test_a_named_length_extends_a_run_set_by_length(tiny_cfg, tmp_path):
-    """max_steps=3 budget_minutes=0, then a call naming only max_steps=6 (the CLI: not kept): to 6."""
+    """max_steps=3 budget_minutes=0, then a call naming only max_steps=6 (the CLI: not kept, with
+    budget_minutes=0): to 6."""
     over = [f"out_dir={tmp_path}", "fit_after=1", "log_every=1", "budget_minutes=0"]
     assert run(tiny_cfg(*over, "max_steps=3"))["step"] == 3
     s = run(tiny_cfg(*over, "max_steps=6"), resume="auto", keep_budget=False)
     assert s["step"] == s["max_steps"] == 6
+
+
+def test_a_named_length_replaces_a_fitted_budget_through_the_cli(tmp_path, capsys):
+    """A run fitted to a budget, continued by `vidhash train ... max_steps=N`: N steps, budget off."""
+    base = ["train", "wan_mini_cpu", "data.num_frames=8", "noise.max_context_frames=3", "batch_size=2",
+            "log_every=1", "fit_after=1", f"out_dir={tmp_path}", "--no-progress", "--no-export"]
+    assert cli_main([*base, "max_steps=50", "budget_minutes=0.0001"]) == 0
+    first = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert first["step"] == first["max_steps"] == 2  # fitted after one step: no time left
+    assert cli_main([*base, "max_steps=4", "--resume", "auto"]) == 0
+    second = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert second["step"] == second["max_steps"] == 4
 
 
 def test_a_checkpoint_of_the_standalone_loop_is_refused(tiny_cfg, tmp_path):

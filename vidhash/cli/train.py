@@ -60,7 +60,11 @@ def run(args: argparse.Namespace) -> int:
     from vidhash.training.recipes import load_train_config
 
     check_flags(args)
-    cfg = load_train_config(args.config, args.overrides)
+    overrides = list(args.overrides or [])
+    named = {item.split("=", 1)[0].strip() for item in overrides if "=" in item}
+    if "max_steps" in named and "budget_minutes" not in named:  # a named length is the length
+        overrides.append("budget_minutes=0")
+    cfg = load_train_config(args.config, overrides)
     if args.print_config:
         print(to_yaml_text(cfg), end="")
         return 0
@@ -71,8 +75,9 @@ def run(args: argparse.Namespace) -> int:
     profile_steps = parse_steps(args.profile_steps) if args.profile_steps else None
 
     # a run continued by a call that names neither budget_minutes nor max_steps keeps its schedule
-    # (the fit of its first call, or the length it was set to); naming either sets it as said
-    named = any(item.split("=", 1)[0].strip() in ("budget_minutes", "max_steps") for item in args.overrides or [])
+    # (the fit of its first call, or the length it was set to); budget_minutes=B fits B anew;
+    # max_steps=N alone sets the length N (budget_minutes=0, above), for this and later calls
+    named = bool(named & {"budget_minutes", "max_steps"})
     summary = train(cfg, resume=args.resume, max_minutes=args.max_minutes, stop_at_step=args.stop_at_step,
                     progress=not args.no_progress, export=not args.no_export, profile_steps=profile_steps,
                     keep_budget=not named)

@@ -209,7 +209,8 @@ def continue_budget(cfg: TrainConfig, state: TrainState, fitted_for: float, max_
     the ``budget_minutes`` it was fitted to (``fitted_for``, 0: none yet) and the run's own
     ``budget`` (None in files from before it was saved).
 
-    * ``keep`` (a ``vidhash train`` call that names neither ``budget_minutes`` nor ``max_steps``):
+    * ``keep`` (a ``vidhash train`` call that names neither ``budget_minutes`` nor ``max_steps``;
+      one that names ``max_steps`` alone runs with ``budget_minutes=0``: that length):
       the run's — its fit, else (not fitted yet, or a length set with ``budget_minutes=0``) its
       saved length and budget; ``cfg.budget_minutes`` becomes the run's, whatever the YAML says.
     * else a fit is kept while ``cfg.budget_minutes`` is the one fitted (said when the config's
@@ -231,7 +232,7 @@ def continue_budget(cfg: TrainConfig, state: TrainState, fitted_for: float, max_
     elif keep and budget is not None:
         if (cfg.budget_minutes, cfg.max_steps) != (float(budget), max_steps):
             say(f"kept the run's schedule: max_steps {max_steps}, budget_minutes {float(budget):g} (the config says "
-                f"{cfg.max_steps}, {cfg.budget_minutes:g}; name budget_minutes= on the call to change it)")
+                f"{cfg.max_steps}, {cfg.budget_minutes:g}; name budget_minutes= or max_steps= on the call to change it)")
         cfg.max_steps, cfg.budget_minutes = max_steps, float(budget)
     elif cfg.budget_minutes > 0:  # the loop fits this budget after fit_after steps; until then:
         if (fitted_for > 0 or budget) and max_steps > state.step + cfg.fit_after:
