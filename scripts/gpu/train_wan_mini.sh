@@ -20,6 +20,8 @@
 #     changes it, and later calls keep the run's schedule — that fit, or a length set with
 #     max_steps=N budget_minutes=0 — unless they name budget_minutes or max_steps themselves; before 2026-12-05 a
 #     later call without it refitted to the config's 110).
+# Extra arguments go to `vidhash train` (key=value overrides, or e.g. --profile-steps 100:103, whose
+# profile.txt comes back under $OUT: where a step's milliseconds go, kernel by kernel).
 # Back under $OUT (≤ 8 files, each ≤ 15 MiB): NAME/ (EMA weights in fp16, a WanMiniPipeline folder
 # loadable with WanTransformer3DModel.from_pretrained(NAME/transformer), plus train_state.json with
 # the loss log and, for a sparse run, "attention") and loss.csv. The output tail holds the log rows
@@ -67,6 +69,7 @@ python3 -c "import torch; print('torch', torch.__version__, torch.cuda.get_devic
 python3 -m vidhash.cli train "$CFG" "out_dir=$RUN" "export_dir=$OUT/$NAME" \
   "${WARM[@]}" "$@" "${START[@]}" --max-minutes "$MIN" --no-progress 2>&1 | grep --line-buffered -v -e Warning -e 'warnings.warn'
 cp "$RUN/loss.csv" "$OUT/loss.csv"
+[ -f "$RUN/profile.txt" ] && cp "$RUN/profile.txt" "$OUT/profile.txt"  # a call given --profile-steps A:B
 ls -la "$OUT" "$OUT/$NAME/transformer"
 echo "files under \$OUT: $(find "$OUT" -type f | wc -l) (≤ 8), largest $(find "$OUT" -type f -printf '%s\n' | sort -n | tail -1) bytes (≤ 15 MiB)"
 nvidia-smi --query-gpu=memory.used,memory.total --format=csv,noheader
