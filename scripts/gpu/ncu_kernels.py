@@ -6,7 +6,8 @@ of each and nothing else:
 * ``attn131k_bk64`` / ``attn131k_bk16`` — the sparse forward and backward kernels (called directly, in
   this thread) at 1/32 on the
   selection ``bench attention`` uses (pooled, query blocks of 128), key blocks of 64 (TMA kernels)
-  and 16 (pointer kernels);
+  and 16 (pointer kernels); ``attn131k_bk16sub``: blocks of 16 with the per-block dk/dv kernel
+  (``VIDHASH_DKDV_SUB=1``);
 * ``select131k_bk64`` (``select131k_bk16``: blocks of 16) — the pooled selection (means, codes, level kernel);
 * ``memread`` — the hashed-memory read of ``bench memory``'s default shape (2,048 queries × 65,536
   entries, 12 heads, top-64) with the one-pass ``levels`` select, then dense SDPA over every entry.
@@ -21,6 +22,7 @@ interpreter (``TRITON_INTERPRET=1``), the check before spending GPU time on it.
 """
 import argparse
 import math
+import os
 
 import torch
 import torch.nn.functional as F
@@ -57,7 +59,7 @@ def attention(only, cfg):
         kw = dict(density=1 / 32, block_size=bk, query_block_size=128, causal=False)
         if f"select131k_bk{bk}" in only:
             _prof(f"select131k_bk{bk}", lambda: select_blocks_codes(q, k, backend="triton", **kw), dev)
-        if f"attn131k_bk{bk}" not in only:
+        if f"attn131k_bk{bk}" not in only and not (bk == 16 and "attn131k_bk16sub" in only):
             continue
         sel = select_blocks_codes(q, k, backend="triton", **kw)
         do, scale = torch.randn_like(q), q.shape[-1] ** -0.5
@@ -67,7 +69,14 @@ def attention(only, cfg):
             out, lse = sparse_ops.sparse_attention_forward(q, k, v, sel, scale)
             sparse_ops.sparse_attention_backward(do, q, k, v, out, lse, None, sel, scale)
 
-        _prof(f"attn131k_bk{bk}", fwd_bwd, dev)
+        if f"attn131k_bk{bk}" in only:
+            _prof(f"attn131k_bk{bk}", fwd_bwd, dev)
+        if bk == 16 and "attn131k_bk16sub" in only:  # the same with the per-block dk/dv kernel
+            os.environ["VIDHASH_DKDV_SUB"] = "1"
+            try:
+                _prof("attn131k_bk16sub", fwd_bwd, dev)
+            finally:
+                os.environ.pop("VIDHASH_DKDV_SUB")
 
 
 def memory_read(only, cfg):
@@ -95,7 +104,7 @@ def memory_read(only, cfg):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    names = "dense131k,select131k_bk64,attn131k_bk64,attn131k_bk16,memread"
+    names = "dense131k,select131k_bk64,attn131k_bk64,attn131k_bk16,attn131k_bk16sub,memread"
     p.add_argument("--only", default=names, help=f"comma-separated workloads (default: {names})")
     p.add_argument("--smoke", action="store_true", help="tiny shapes on the CPU (needs TRITON_INTERPRET=1)")
     args = p.parse_args()
