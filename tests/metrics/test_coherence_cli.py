@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -126,3 +127,20 @@ def test_python_m_vidhash_cli_runs_the_command(module, command, tmp_path):
                          timeout=120, cwd=ROOT)
     assert res.returncode == 0, res.stderr
     assert ("flicker" if command == "coherence" else "short-range") in res.stdout
+
+
+def test_poses_that_do_not_match_a_fragmented_mp4(capsys, tmp_path):
+    """The fragmented mp4 `vidhash generate` writes lists no frame count: the poses are checked
+    against the frames decoded, with the same error (before: a warning, exit 0)."""
+    from vidhash.data.video import Mp4Writer
+
+    video = tmp_path / "frag.mp4"
+    frames, _ = synthetic_clip("pan", seconds=3.0, fps=8.0, size=64)
+    with Mp4Writer(video, fps=8) as w:
+        w.write(np.stack(frames))
+    (tmp_path / "short.json").write_text(json.dumps({"poses": [[0, 0]] * 10, "fps": 8}))
+    code = vidhash(["coherence", str(video), "--size", "64", "--poses", str(tmp_path / "short.json")])
+    _, err = capsys.readouterr()
+    assert code == 2 and "10 poses" in err and "24 frames" in err and "Traceback" not in err
+    (tmp_path / "right.json").write_text(json.dumps({"poses": [[i, 0] for i in range(24)], "fps": 8}))
+    assert vidhash(["coherence", str(video), "--size", "64", "--poses", str(tmp_path / "right.json")]) == 0

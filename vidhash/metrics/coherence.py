@@ -225,16 +225,28 @@ class _Meters:
 
 def _input_warnings(reader: VideoReader, path, poses: Poses | None, frames: int) -> list[str]:
     """The reader's warnings and the report's own (one frame; poses that do not cover the video;
-    variable frame rate with poses); VideoError when no frame was decoded."""
+    variable frame rate with poses); VideoError when no frame was decoded; ValueError when the
+    poses' count disagrees with an undamaged video whose container listed no frame count."""
     warnings = list(reader.warnings)
     if not frames:
         raise VideoError(f"{path}: no frames could be decoded (the video stream is empty, truncated or damaged)")
     if frames == 1:
         warnings.append(f"{path}: only one frame; frame-to-frame metrics need two and are null")
     if poses is not None:
-        pose_fps = poses.fps or reader.info.fps or reader.fps
+        src_fps = reader.info.fps or reader.fps
+        pose_fps = poses.fps or src_fps
         covered = len(poses) / pose_fps
-        if abs(covered - reader.source_duration_s) > 1.0 / (reader.info.fps or reader.fps) + 1e-6:
+        expect = len(poses) * src_fps / pose_fps
+        if not reader.info.frames and not reader.warnings and not reader.vfr \
+                and abs(reader.source_frames - expect) > max(1.0, 0.01 * reader.source_frames):
+            # the container listed no frame count (a fragmented mp4, as `vidhash generate` writes):
+            # the same check as before decoding, on the frames decoded from an undamaged stream
+            raise ValueError(
+                f"{poses.path}: {len(poses)} poses at {pose_fps:g} fps cover {covered:.2f} s, but {reader.path} has "
+                f"{reader.source_frames} frames at {src_fps:g} fps ({reader.source_frames / src_fps:.2f} s); give one "
+                'pose per video frame, or set "fps" in the poses file'
+            )
+        if abs(covered - reader.source_duration_s) > 1.0 / src_fps + 1e-6:
             warnings.append(
                 f"{poses.path}: poses cover {covered:.2f} s but {reader.source_duration_s:.2f} s of video were decoded; "
                 "revisits are scored where both exist"
