@@ -30,15 +30,20 @@ from .kernel import _INTERPRET, _dot, _dot_acc
 
 def _configs(forward: bool = False):
     """Bounded autotune space: warps × stages (the tile is fixed by the descriptors); the forward
-    also 8 warps, 2 stages under a 128-register cap — at head dim 128 and query blocks of 128 that
-    fits two programs on an SM (154 registers: one) with no spill in the loop (sm_90 SASS, ``python
-    -m vidhash.kernels.sass tma-forward``); at head dim 64 or query blocks of 64 it is the uncapped
-    config (~110 registers)."""
+    also two register-capped configs that fit more programs on an SM with no spill in the loop
+    (sm_90 SASS, ``python -m vidhash.kernels.sass tma-forward``; query blocks of 128):
+
+    * 4 warps, 2 stages, 160 registers — at head dim 64 three programs (193 uncapped: two);
+    * 8 warps, 2 stages, 128 registers — at head dim 128 two programs (154 uncapped: one).
+
+    Elsewhere a cap is above what the config takes, or spills (365 spill instructions in the loop for
+    the 160 cap at head dim 128): :func:`_prune_caps` keeps each only at its head dim."""
     if _INTERPRET:
         return [triton.Config({}, num_warps=4, num_stages=1)]
     cfgs = [triton.Config({}, num_warps=w, num_stages=s) for w in (4, 8) for s in (2, 3, 4)]
     if forward:
-        cfgs.append(triton.Config({}, num_warps=8, num_stages=2, maxnreg=128))
+        cfgs += [triton.Config({}, num_warps=4, num_stages=2, maxnreg=160),
+                 triton.Config({}, num_warps=8, num_stages=2, maxnreg=128)]
     return cfgs
 
 
@@ -81,7 +86,15 @@ def _fwd_step(q, k_desc, v_desc, b, h, start, valid, acc, l_i, m_i, sm_scale_log
     return acc, l_i * alpha + tl.sum(p, 1), m_new
 
 
-@triton.autotune(configs=_configs(forward=True), key=["BQ", "BK", "D", "E", "PREC"])
+def _prune_caps(configs, named_args, **kwargs):
+    """The register-capped forward configs only at the head dim they were made for (see _configs)."""
+    d = kwargs.get("D", named_args.get("D", 64))
+    want = 160 if d <= 64 else 128
+    return [c for c in configs if not c.maxnreg or c.maxnreg == want] or configs
+
+
+@triton.autotune(configs=_configs(forward=True), key=["BQ", "BK", "D", "E", "PREC"],
+                 prune_configs_by={"early_config_prune": _prune_caps})
 @triton.jit
 def sparse_attn_fwd_tma_kernel(
     q_desc, k_desc, v_desc, IDX, O, LSE,

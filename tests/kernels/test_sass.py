@@ -46,9 +46,10 @@ def test_per_block_dkdv_kernel_gets_warpgroup_mmas_for_blocks_of_16():
 
 
 @pytest.mark.skipif(not HAS_PTXAS, reason="this triton build ships no ptxas")
-def test_tma_forward_capped_config_fits_two_programs_at_head_dim_128():
-    """The TMA forward's 128-register config: at head dim 128 two programs (4 warpgroups) share an
-    SM where every uncapped 8-warp config fits one, with no spill in the main loop."""
+def test_tma_forward_capped_configs_fit_more_programs_without_spills():
+    """The TMA forward's register-capped configs (query blocks of 128): at head dim 128 the 128-register
+    one fits two programs (4 warpgroups) where every uncapped 8-warp config fits one; at head dim 64
+    the 160-register 4-warp one fits three where the uncapped 4-warp ones fit two; no spill in the loop."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     out = subprocess.run([sys.executable, "-m", "vidhash.kernels.sass", "tma-forward"], capture_output=True, text=True,
                          env=env, timeout=300)
@@ -60,3 +61,7 @@ def test_tma_forward_capped_config_fits_two_programs_at_head_dim_128():
     assert len(capped) == 1 and plain
     assert capped[0]["per_sm"] == 2 and capped[0]["spills"] == 0 and capped[0]["regs"] <= 128
     assert all(r["per_sm"] == 1 for r in plain)
+    four = [r for r in rows if r["d"] == 64 and r["warps"] == 4 and r["maxnreg"] == 160]
+    four_plain = [r for r in rows if r["d"] == 64 and r["warps"] == 4 and r["maxnreg"] == 0]
+    assert len(four) == 1 and four[0]["per_sm"] == 3 and four[0]["spills"] == 0 and four[0]["stack"] == 0
+    assert all(r["per_sm"] == 2 for r in four_plain)
