@@ -4,6 +4,7 @@
     python -m vidhash.kernels.sass block-mass
     python -m vidhash.kernels.sass dkdv              (the backward's dk/dv kernels, key blocks of 16)
     python -m vidhash.kernels.sass tma-forward       (the TMA forward's autotune configs: programs per SM)
+    python -m vidhash.kernels.sass tma-dkdv          (the same for the TMA dk/dv kernel)
     python -m vidhash.kernels.memory.sass_count           (the memory read's kernels)
 
 Compiles a kernel with ``triton.compile`` for ``cuda:90`` as the JIT would specialize it
@@ -206,19 +207,65 @@ def tma_forward_counts(ds=(64, 128), bq: int = 128, bk: int = 64) -> list[dict]:
     return rows
 
 
+def tma_dkdv_counts(shapes=((64, 128), (128, 64))) -> list[dict]:
+    """As :func:`tma_forward_counts`, for the TMA dk/dv kernel's autotune configs (``QSPLIT`` 1: the
+    query block whole, 2: in halves) at each ``(head dim, query block)``, key blocks of 64, bf16."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from vidhash.kernels.sparse_attention import kernel_tma as KT
+
+    fn = KT.sparse_attn_bwd_dkdv_tma_kernel.fn
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for d, bq in shapes:
+            for cfg in KT._prune_split(KT._dkdv_configs(), {}, BQ=bq):
+                qs = cfg.kwargs["QSPLIT"]
+                consts = dict(BQ=bq, BK=64, D=d, E=d, PREC="tf32", QSPLIT=qs)
+                desc = lambda r: f"tensordesc<bf16[1,1,{r},{d}]>"
+                sig = {"q_desc": desc(bq // qs), "k_desc": desc(64), "v_desc": desc(64), "do_desc": desc(bq // qs),
+                       "LSE": "*fp32", "DELTA": "*fp32", "PTR": "*i32", "QLIST": "*i32", "ORDER": "*i32",
+                       "DK": "*bf16", "DV": "*bf16", "sm_scale": "fp32", "sm_scale_log2": "fp32"}
+                sig |= {a: "i32" for a in fn.arg_names if a not in sig and a not in consts}
+                names = list(fn.arg_names)
+                attrs = {(names.index(k),): [["tt.divisibility", 16]] for k, t in sig.items() if t.startswith("*")}
+                src = ASTSource(fn=fn, signature={**sig, **dict.fromkeys(consts, "constexpr")}, constexprs=consts, attrs=attrs)
+                opts = {"num_warps": cfg.num_warps, "num_stages": cfg.num_stages}
+                if cfg.maxnreg:
+                    opts["maxnreg"] = cfg.maxnreg
+                ck = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=opts)
+                sass, res = disassemble(ck, tmp, fn.__name__)
+                use = {k: int(v) for k, v in re.findall(r"(REG|STACK):(\d+)", res)}
+                body = max(loops(sass), key=len)
+                regs = use.get("REG", 0)
+                per_sm = min(65536 // (-(-regs // 8) * 8 * 32 * cfg.num_warps), 232448 // max(ck.metadata.shared, 1))
+                rows.append({"d": d, "bq": bq, "qsplit": qs, "warps": cfg.num_warps, "stages": cfg.num_stages,
+                             "maxnreg": cfg.maxnreg or 0, "regs": regs, "stack": use.get("STACK", 0),
+                             "smem": ck.metadata.shared, "per_sm": per_sm, "loop": len(body),
+                             "per_block": len(body) * qs, "spills": sum(o.startswith(("STL", "LDL")) for o in body)})
+    return rows
+
+
 def _tiles_arg(text: str):
     return tuple(tuple(int(x) for x in t.split("x")) for t in text.split(","))
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("kernel", choices=["block-score", "block-mass", "dkdv", "tma-forward"])
+    p.add_argument("kernel", choices=["block-score", "block-mass", "dkdv", "tma-forward", "tma-dkdv"])
     p.add_argument("--tiles", type=_tiles_arg, default=((16, 128, 4),), help="block_m x block_n x warps, comma-separated")
     p.add_argument("--shapes", default="131k,wan", help=f"of {sorted(BLOCK_SCORE_SHAPES)}")
     p.add_argument("--m", type=int, default=1, help="query sub-centroids of the block-score kernel (subgrid: 4)")
     p.add_argument("--store", action="store_true", help="the block-score kernel's STORE form (levels written once, read back)")
     args = p.parse_args(argv)
     os.environ.pop("TRITON_INTERPRET", None)
+    if args.kernel == "tma-dkdv":
+        print("d    bq   split warps stages maxnreg regs stack  smem    per SM  loop instr  per query block  spill instr")
+        for r in tma_dkdv_counts():
+            print(f"{r['d']:<4d} {r['bq']:<4d} {r['qsplit']:5d} {r['warps']:5d} {r['stages']:6d} {r['maxnreg']:7d} {r['regs']:4d} "
+                  f"{r['stack']:5d} {r['smem']:7d} {r['per_sm']:6d} {r['loop']:11d} {r['per_block']:16d} {r['spills']:12d}")
+        return 0
     if args.kernel == "tma-forward":
         print("d    warps stages maxnreg regs stack  smem    per SM  loop instr  spill instr")
         for r in tma_forward_counts():

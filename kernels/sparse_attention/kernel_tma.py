@@ -163,7 +163,37 @@ def sparse_attn_bwd_dq_tma_kernel(
     tl.store(DQ + q_off, dq.to(DQ.dtype.element_ty), mask=qmask[:, None])
 
 
-@triton.autotune(configs=_configs(), key=["BQ", "BK", "D", "E", "PREC"])
+def _split_pre_hook(nargs):
+    """A dk/dv config's q and dO descriptors load ``BQ // QSPLIT`` rows at a time."""
+    rows = nargs["BQ"] // nargs["QSPLIT"]
+    for name in ("q_desc", "do_desc"):
+        nargs[name].block_shape = [1, 1, rows, nargs[name].block_shape[-1]]
+
+
+def _dkdv_configs():
+    """The dk/dv kernel's autotune space: warps × stages with the query block whole, and two at 8
+    warps with it in halves (``QSPLIT=2``: a score tile of half the rows live at a time) — one
+    uncapped (147–182 registers against 207–255 whole) and one under a 128-register cap, which fits
+    two programs an SM where every whole-block 8-warp config fits one (28–32 spill instructions in
+    the loop; 1.4–1.8× the loop instructions per query block: sm_90 SASS, ``python -m
+    vidhash.kernels.sass tma-dkdv``). A pre-hook sets the q/dO descriptors' rows to the config's."""
+    if _INTERPRET:
+        return [triton.Config({"QSPLIT": 1}, num_warps=4, num_stages=1, pre_hook=_split_pre_hook)]
+    whole = [triton.Config({"QSPLIT": 1}, num_warps=w, num_stages=s, pre_hook=_split_pre_hook)
+             for w in (4, 8) for s in (2, 3, 4)]
+    halves = [triton.Config({"QSPLIT": 2}, num_warps=8, num_stages=2, pre_hook=_split_pre_hook),
+              triton.Config({"QSPLIT": 2}, num_warps=8, num_stages=2, maxnreg=128, pre_hook=_split_pre_hook)]
+    return whole + halves
+
+
+def _prune_split(configs, named_args, **kwargs):
+    """Halves only of query blocks of 64 rows or more (a half stays an MMA tile of ≥ 32 rows)."""
+    bq = kwargs.get("BQ", named_args.get("BQ", 64))
+    return [c for c in configs if c.kwargs.get("QSPLIT", 1) == 1 or bq >= 64] or configs
+
+
+@triton.autotune(configs=_dkdv_configs(), key=["BQ", "BK", "D", "E", "PREC"],
+                 prune_configs_by={"early_config_prune": _prune_split})
 @triton.jit
 def sparse_attn_bwd_dkdv_tma_kernel(
     q_desc, k_desc, v_desc, do_desc, LSE, DELTA, PTR, QLIST, ORDER, DK, DV,
@@ -172,11 +202,13 @@ def sparse_attn_bwd_dkdv_tma_kernel(
     stride_vb, stride_vh, stride_vn,
     H, NQ, NK, NKB,
     BQ: tl.constexpr, BK: tl.constexpr, D: tl.constexpr, E: tl.constexpr, PREC: tl.constexpr,
+    QSPLIT: tl.constexpr = 1,
 ):
     """``kernel.sparse_attn_bwd_dkdv_kernel`` for one key block per program (key blocks of 64/128:
     the group is one block) with TMA tiles: dk, dv of key block ``j`` over the query blocks that
     kept it (``PTR``/``QLIST``, visited in ``ORDER``), each query block one descriptor load of q
-    and of dO. ``DK``/``DV`` have ``k``/``v``'s strides."""
+    and of dO — or, ``QSPLIT=2``, two steps of half the rows each (the descriptors' block rows
+    ``BQ // QSPLIT``). ``DK``/``DV`` have ``k``/``v``'s strides."""
     j = tl.load(ORDER + tl.program_id(0))
     bh = j // NKB
     blk = j % NKB
@@ -193,18 +225,19 @@ def sparse_attn_bwd_dkdv_tma_kernel(
     dv = tl.zeros([BK, E], dtype=tl.float32)
     lse_base = LSE + bh.to(tl.int64) * NQ
     delta_base = DELTA + bh.to(tl.int64) * NQ
-    rows = tl.arange(0, BQ)
+    rows = tl.arange(0, BQ // QSPLIT)
     start = tl.load(PTR + j)
     end = tl.load(PTR + j + 1)
-    for e in range(start, end):
-        qb = tl.load(QLIST + e)
-        qpos = qb * BQ + rows
+    for it in range(start * QSPLIT, end * QSPLIT):
+        e = it // QSPLIT
+        first = tl.load(QLIST + e) * BQ + (it % QSPLIT) * (BQ // QSPLIT)
+        qpos = first + rows
         qmask = qpos < NQ
-        q = q_desc.load([b, h, qb * BQ, 0]).reshape(BQ, D)
-        do = do_desc.load([b, h, qb * BQ, 0]).reshape(BQ, E)
+        q = q_desc.load([b, h, first, 0]).reshape(BQ // QSPLIT, D)
+        do = do_desc.load([b, h, first, 0]).reshape(BQ // QSPLIT, E)
         lse2 = tl.load(lse_base + qpos, mask=qmask, other=0.0) * 1.4426950408889634
         delta = tl.load(delta_base + qpos, mask=qmask, other=0.0)
-        st = _dot(k, tl.trans(q), PREC)  # (BK, BQ)
+        st = _dot(k, tl.trans(q), PREC)  # (BK, BQ // QSPLIT)
         valid = kmask[:, None] & qmask[None, :]
         pt = tl.where(valid, tl.math.exp2(st * sm_scale_log2 - lse2[None, :]), 0.0)
         dv = _dot_acc(pt.to(do.dtype), do, dv, PREC)

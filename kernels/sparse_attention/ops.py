@@ -271,7 +271,14 @@ def sparse_attention_backward(do, q, k, v, out, lse, dlse, selection: BlockSelec
         descs = _descriptors(selection, q=q, k=k, v=v, do=do)
         args = (*descs, lse, delta, ptr, qlist, order, dk, dv, sm_scale, sm_scale * _LOG2E, *dk.stride()[:3],
                 *dv.stride()[:3], h, nq, nk, selection.num_key_blocks)
-        _launch_tma(sparse_attn_bwd_dkdv_tma_kernel, (order.numel(),), args, BQ=bq, BK=bk, D=d, E=e, PREC=prec)
+        if autotuning():  # QSPLIT is autotuned: each config's pre-hook sets the q/dO descriptors' rows
+            sparse_attn_bwd_dkdv_tma_kernel[(order.numel(),)](*args, BQ=bq, BK=bk, D=d, E=e, PREC=prec)
+        else:
+            split = _dkdv_qsplit(bq)
+            for desc in (descs[0], descs[3]):
+                desc.block_shape = [1, 1, bq // split, desc.block_shape[-1]]
+            _launch_tma(sparse_attn_bwd_dkdv_tma_kernel, (order.numel(),), args, BQ=bq, BK=bk, D=d, E=e, PREC=prec,
+                        QSPLIT=split)
         return dq, dk, dv
     # the pointer kernels write each gradient with its input's strides
     (q, dq), (k, dk), (v, dv) = _grad_buffer(q), _grad_buffer(k), _grad_buffer(v)
@@ -307,6 +314,15 @@ def _grad_buffer(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return t, out
     t = t.contiguous()
     return t, torch.empty_like(t)
+
+
+def _dkdv_qsplit(bq: int) -> int:
+    """Without autotuning (``VIDHASH_AUTOTUNE=0``, the interpreter): the TMA dk/dv kernel's query
+    block whole, or in halves with ``VIDHASH_DKDV_QSPLIT=2`` where a half has ≥ 32 rows."""
+    split = int(os.environ.get("VIDHASH_DKDV_QSPLIT", "1"))
+    if split not in (1, 2):
+        raise ValueError(f"VIDHASH_DKDV_QSPLIT must be 1 or 2, got {split}")
+    return split if bq >= 64 else 1
 
 
 def _launch_tma(kernel, grid, args, **meta):

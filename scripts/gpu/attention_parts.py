@@ -286,6 +286,9 @@ def part_backward():
             os.environ["VIDHASH_TMA"] = flag
             res[f"{name} fwd ms tma={flag}"] = triton.testing.do_bench(lambda: block_sparse_attention_triton(q, k, v, sel), warmup=10, rep=200)
             res[f"{name} fwd+bwd ms tma={flag}"] = fwd_bwd_ms(q, k, v, sel, dout)
+        import vidhash.kernels.sparse_attention.kernel_tma as T
+        for kern in (T.sparse_attn_fwd_tma_kernel, T.sparse_attn_bwd_dq_tma_kernel, T.sparse_attn_bwd_dkdv_tma_kernel):
+            res[f"{name} pick {kern.fn.__name__}"] = str(getattr(kern, "best_config", None))  # the autotuner's
 
 
     timings("N 131,072 d64 1/32", grid_for(131072), 1, 12, 64, 1 / 32, 128, "bhnd")
@@ -293,7 +296,7 @@ def part_backward():
     timings("wan-mini training 8x33,792 d128 1/8", (33, 32, 32), 8, 3, 128, 1 / 8, 64, "bnhd")
     os.environ.pop("VIDHASH_TMA")
     for key, val in res.items():
-        print(f"{key:50s} {val:.4g}")
+        print(f"{key:50s} {val if isinstance(val, str) else f'{val:.4g}'}")
     out = os.environ.get("OUT", ".")
     os.makedirs(out, exist_ok=True)
     json.dump({"device": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__, "results": res},

@@ -65,3 +65,21 @@ def test_tma_forward_capped_configs_fit_more_programs_without_spills():
     four_plain = [r for r in rows if r["d"] == 64 and r["warps"] == 4 and r["maxnreg"] == 0]
     assert len(four) == 1 and four[0]["per_sm"] == 3 and four[0]["spills"] == 0 and four[0]["stack"] == 0
     assert all(r["per_sm"] == 2 for r in four_plain)
+
+
+@pytest.mark.skipif(not HAS_PTXAS, reason="this triton build ships no ptxas")
+def test_tma_dkdv_halves_under_a_cap_fit_two_programs():
+    """The TMA dk/dv kernel at the 131K backward (d 64, query blocks of 128) and wan-mini training
+    (d 128, query blocks of 64) shapes: every whole-block 8-warp config fits one program an SM; the
+    query block in halves under a 128-register cap fits two."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    out = subprocess.run([sys.executable, "-m", "vidhash.kernels.sass", "tma-dkdv"], capture_output=True, text=True,
+                         env=env, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    keys = ("d", "bq", "qsplit", "warps", "stages", "maxnreg", "regs", "stack", "smem", "per_sm", "loop", "per_block", "spills")
+    rows = [dict(zip(keys, map(int, line.split()))) for line in out.stdout.splitlines()[1:]]
+    for d, bq in ((64, 128), (128, 64)):
+        whole8 = [r for r in rows if (r["d"], r["bq"], r["qsplit"], r["warps"]) == (d, bq, 1, 8)]
+        capped = [r for r in rows if (r["d"], r["bq"], r["qsplit"], r["maxnreg"]) == (d, bq, 2, 128)]
+        assert whole8 and all(r["per_sm"] == 1 for r in whole8)
+        assert len(capped) == 1 and capped[0]["per_sm"] == 2 and capped[0]["regs"] <= 128

@@ -70,14 +70,18 @@ def test_tma_forward_unmasked_prefix_then_masked_tail(monkeypatch):
     assert torch.allclose(out, r_out, atol=2e-5) and torch.allclose(lse, r_lse, atol=2e-5)
 
 
+@pytest.mark.parametrize("split", ["1", "2"], ids=["whole", "halves"])
 @pytest.mark.parametrize("nq,nk,bk,bq,d,layout", [
     (256, 256, 64, 64, 64, "bhnd"),
-    (200, 300, 64, 128, 64, "bnhd"),  # partial query and key blocks
-    (96, 256, 128, 32, 128, "bnhd"),
+    (200, 300, 64, 128, 64, "bnhd"),  # partial query and key blocks (halves: the last one empty)
+    (96, 256, 128, 32, 128, "bnhd"),  # query blocks of 32: kept whole whatever the split
+    (150, 256, 64, 64, 128, "bnhd"),  # the last query block's second half partly past nq
 ])
-def test_tma_backward_matches_pointer_kernels_and_reference(monkeypatch, nq, nk, bk, bq, d, layout):
-    """dq (``sparse_attn_bwd_dq_tma_kernel``) and dk, dv (``sparse_attn_bwd_dkdv_tma_kernel``) with an
-    lse gradient too, against the pointer kernels and autograd through the reference."""
+def test_tma_backward_matches_pointer_kernels_and_reference(monkeypatch, split, nq, nk, bk, bq, d, layout):
+    """dq (``sparse_attn_bwd_dq_tma_kernel``) and dk, dv (``sparse_attn_bwd_dkdv_tma_kernel``, the query
+    block whole or in halves) with an lse gradient too, against the pointer kernels and autograd
+    through the reference."""
+    monkeypatch.setenv("VIDHASH_DKDV_QSPLIT", split)
     base = qkv(1, 2, nq, nk, d, seed=7, layout=layout)
     sel = select_blocks(base[0], base[1], density=0.4, block_size=bk, query_block_size=bq, scorer="pooled")
     g = torch.Generator().manual_seed(8)
