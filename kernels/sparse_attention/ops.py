@@ -318,7 +318,8 @@ def _grad_buffer(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 def _dkdv_qsplit(bq: int) -> int:
     """Without autotuning (``VIDHASH_AUTOTUNE=0``, the interpreter): the TMA dk/dv kernel's query
-    block whole, or in halves with ``VIDHASH_DKDV_QSPLIT=2`` where a half has ≥ 32 rows."""
+    block whole, or in halves with ``VIDHASH_DKDV_QSPLIT=2`` where a half has ≥ 32 rows. (Autotuned,
+    the split is a config parameter and this variable is not read.)"""
     split = int(os.environ.get("VIDHASH_DKDV_QSPLIT", "1"))
     if split not in (1, 2):
         raise ValueError(f"VIDHASH_DKDV_QSPLIT must be 1 or 2, got {split}")

@@ -142,5 +142,9 @@ def test_poses_that_do_not_match_a_fragmented_mp4(capsys, tmp_path):
     code = vidhash(["coherence", str(video), "--size", "64", "--poses", str(tmp_path / "short.json")])
     _, err = capsys.readouterr()
     assert code == 2 and "10 poses" in err and "24 frames" in err and "Traceback" not in err
+    # a harmless reader warning (analysis rate above the source's) does not turn the check off
+    code = vidhash(["coherence", str(video), "--size", "64", "--analysis-fps", "30", "--poses", str(tmp_path / "short.json")])
+    _, err = capsys.readouterr()
+    assert code == 2 and "10 poses" in err
     (tmp_path / "right.json").write_text(json.dumps({"poses": [[i, 0] for i in range(24)], "fps": 8}))
     assert vidhash(["coherence", str(video), "--size", "64", "--poses", str(tmp_path / "right.json")]) == 0

@@ -237,7 +237,7 @@ def _input_warnings(reader: VideoReader, path, poses: Poses | None, frames: int)
         pose_fps = poses.fps or src_fps
         covered = len(poses) / pose_fps
         expect = len(poses) * src_fps / pose_fps
-        if not reader.info.frames and not reader.warnings and not reader.vfr \
+        if not reader.info.frames and not reader.damaged and not reader.vfr and reader.info.fps \
                 and abs(reader.source_frames - expect) > max(1.0, 0.01 * reader.source_frames):
             # the container listed no frame count (a fragmented mp4, as `vidhash generate` writes):
             # the same check as before decoding, on the frames decoded from an undamaged stream

@@ -175,6 +175,12 @@ class VideoReader:
         self.vfr = False
         self._stream = stream
 
+    @property
+    def damaged(self) -> bool:
+        """Whether decoding met damage or truncation (the warnings that say the report covers only
+        what was readable) — after iteration."""
+        return any("the report covers what was readable" in w for w in self.warnings)
+
     # Expected number of analysed frames (for the progress bar), from the container.
     @property
     def expected_frames(self) -> int | None:
