@@ -28,8 +28,11 @@ import triton.language as tl
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
-def _tile_configs(with_block_n: bool, stages=(2, 3)):
-    """Bounded autotune space (≤ 12 configs; 1 under the interpreter, where timing means nothing)."""
+def _tile_configs(with_block_n: bool, stages=(2, 3), capped: bool = False):
+    """Bounded autotune space (≤ 13 configs; 1 under the interpreter, where timing means nothing).
+    ``capped`` (the forward): also ``BLOCK_N=64`` at 8 warps under a 128-register cap — at query
+    blocks of 128 two programs an SM where the uncapped one fits one (139 → 128 registers at d 64,
+    no spill; 162 → 128 at d 128, 3 spill instructions; sm_90 SASS, kernels/sparse_attention/NOTES.md)."""
     if _INTERPRET:
         return [triton.Config({"BLOCK_N": n} if with_block_n else {}, num_warps=4, num_stages=1) for n in ((32, 64, 128) if with_block_n else (0,))]
     cfgs = []
@@ -37,6 +40,8 @@ def _tile_configs(with_block_n: bool, stages=(2, 3)):
         for w in (4, 8):
             for s in stages:
                 cfgs.append(triton.Config({"BLOCK_N": n} if n else {}, num_warps=w, num_stages=s))
+    if capped:
+        cfgs.append(triton.Config({"BLOCK_N": 64}, num_warps=8, num_stages=2, maxnreg=128))
     return cfgs
 
 
@@ -107,7 +112,7 @@ def _gather_keys(IDX_ROW, it, KEPT, NK, BK: tl.constexpr, BK_PAD: tl.constexpr, 
     return tok, valid
 
 
-@triton.autotune(configs=_tile_configs(True, stages=(2, 3, 4)), key=_AUTOTUNE_KEY, prune_configs_by={"early_config_prune": _prune_block_n})
+@triton.autotune(configs=_tile_configs(True, stages=(2, 3, 4), capped=True), key=_AUTOTUNE_KEY, prune_configs_by={"early_config_prune": _prune_block_n})
 @triton.jit
 def sparse_attn_fwd_kernel(
     Q, K, V, IDX, O, LSE,

@@ -83,3 +83,20 @@ def test_tma_dkdv_halves_under_a_cap_fit_two_programs():
         capped = [r for r in rows if (r["d"], r["bq"], r["qsplit"], r["maxnreg"]) == (d, bq, 2, 128)]
         assert whole8 and all(r["per_sm"] == 1 for r in whole8)
         assert len(capped) == 1 and capped[0]["per_sm"] == 2 and capped[0]["regs"] <= 128
+
+
+@pytest.mark.skipif(not HAS_PTXAS, reason="this triton build ships no ptxas")
+def test_pointer_forward_capped_config_fits_two_programs_for_blocks_of_16():
+    """The pointer forward (blocks of 16) at query blocks of 128: its 8-warp BLOCK_N=64 config fits one
+    program an SM; under the 128-register cap two, with no spill at d 64."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    out = subprocess.run([sys.executable, "-m", "vidhash.kernels.sass", "pointer-forward"], capture_output=True, text=True,
+                         env=env, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    keys = ("d", "bq", "bk", "block_n", "warps", "stages", "maxnreg", "regs", "stack", "per_sm", "loop", "spills")
+    rows = [dict(zip(keys, map(int, line.split()))) for line in out.stdout.splitlines()[1:]]
+    pick = lambda d, cap: [r for r in rows if (r["d"], r["block_n"], r["warps"], r["stages"], r["maxnreg"]) == (d, 64, 8, 2, cap)]
+    plain, capped = pick(64, 0), pick(64, 128)
+    assert len(plain) == len(capped) == 1 and plain[0]["per_sm"] == 1
+    assert capped[0]["per_sm"] == 2 and capped[0]["spills"] == 0 and capped[0]["regs"] <= 128
+    assert pick(128, 128)[0]["per_sm"] == 2
