@@ -94,15 +94,24 @@ def _group(bk_pad: int, rows: int = DKDV_GROUP_ROWS) -> int:
     return max(1, min(32, rows // bk_pad))
 
 
-def dkdv_sub_group(bk_pad: int) -> int:
+def dkdv_sub_group(bk_pad: int, d: int = 64) -> int:
     """Key blocks per program of the per-block dk/dv kernel (``sparse_attn_bwd_dkdv_sub_kernel``:
     q/dO loaded once per (group, query block) pair, products only for the kept blocks), or 0 for
-    the grouped-tile kernel: key blocks padded to tiles of 16 (9–16 tokens: 4 a program) or 32
-    (17–32: 2) when ``VIDHASH_DKDV_SUB=1``.
+    the grouped-tile kernel. ``VIDHASH_DKDV_SUB``: ``0`` (default) never; ``1`` for key blocks
+    padded to tiles of 16 (9–16 tokens) or 32 (17–32) — 4 blocks of 16 a program at head dim
+    ``d`` ≤ 64, else 2 (at d 128 four blocks' accumulators spill: 255 registers and 83 spill
+    instructions against 193 and none; sm_90 SASS), 2 blocks of 32 at d ≤ 64, none at d 128; ``2``
+    or ``4``: that many a program wherever it applies (at most 64 keys).
     Off by default until a GPU run says it is faster (kernels/sparse_attention/NOTES.md)."""
-    if os.environ.get("VIDHASH_DKDV_SUB", "0") != "1" or bk_pad not in (16, 32):
+    flag = os.environ.get("VIDHASH_DKDV_SUB", "0")
+    if flag not in ("0", "1", "2", "4"):
+        raise ValueError(f"VIDHASH_DKDV_SUB must be 0, 1, 2 or 4, got {flag!r}")
+    if flag == "0" or bk_pad not in (16, 32):
         return 0
-    return 64 // bk_pad
+    most = 64 // bk_pad
+    if flag == "1":
+        return most if d <= 64 else (2 if bk_pad == 16 else 0)
+    return min(int(flag), most)
 
 
 def _precision(dtype: torch.dtype) -> str:
@@ -290,7 +299,7 @@ def sparse_attention_backward(do, q, k, v, out, lse, dlse, selection: BlockSelec
         h, nq, nk, selection.kept,
         BQ=bq, BLOCK_M=block_m, BK=bk, BK_PAD=bk_pad, D=d, E=e, CAUSAL=bool(selection.causal), PREC=prec,
     )
-    sub = dkdv_sub_group(bk_pad)
+    sub = dkdv_sub_group(bk_pad, max(d, e))
     group = sub or _group(bk_pad)
     ptr, qlist, qbits, order = transpose_selection(selection, group)
     _launch(

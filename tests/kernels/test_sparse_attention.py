@@ -140,13 +140,14 @@ SUB_CASES = [
 ]
 
 
+@pytest.mark.parametrize("group", ["4", "2"], ids=["G4", "G2"])
 @pytest.mark.parametrize("b, h, nq, nk, d, e, bk, bq, causal, density, dtype", SUB_CASES)
-def test_per_block_dkdv_kernel_matches_reference(monkeypatch, b, h, nq, nk, d, e, bk, bq, causal, density, dtype):
+def test_per_block_dkdv_kernel_matches_reference(monkeypatch, group, b, h, nq, nk, d, e, bk, bq, causal, density, dtype):
     from vidhash.kernels.sparse_attention import ops as sops
 
-    monkeypatch.setenv("VIDHASH_DKDV_SUB", "1")
+    monkeypatch.setenv("VIDHASH_DKDV_SUB", group)
     bk_pad = 1 << (bk - 1).bit_length()
-    assert sops.dkdv_sub_group(bk_pad) == 64 // bk_pad  # the kernel under test is the one launched
+    assert sops.dkdv_sub_group(bk_pad, max(d, e)) == min(int(group), 64 // bk_pad)  # the kernel under test runs
     torch.manual_seed(1)
     q, k, v = _inputs(b, h, nq, nk, d, dtype, e)
     sel = select_blocks(q, k, density=density, block_size=bk, query_block_size=bq, causal=causal)
@@ -209,8 +210,14 @@ def test_per_block_dkdv_kernel_is_opt_in(monkeypatch):
 
     monkeypatch.delenv("VIDHASH_DKDV_SUB", raising=False)
     assert sops.dkdv_sub_group(16) == 0
-    monkeypatch.setenv("VIDHASH_DKDV_SUB", "1")
-    assert [sops.dkdv_sub_group(p) for p in (1, 8, 16, 32, 64, 128)] == [0, 0, 4, 2, 0, 0]
+    monkeypatch.setenv("VIDHASH_DKDV_SUB", "1")  # by head dim: fewer blocks where four would spill
+    assert [sops.dkdv_sub_group(p, 64) for p in (1, 8, 16, 32, 64, 128)] == [0, 0, 4, 2, 0, 0]
+    assert [sops.dkdv_sub_group(p, 128) for p in (1, 8, 16, 32, 64, 128)] == [0, 0, 2, 0, 0, 0]
+    monkeypatch.setenv("VIDHASH_DKDV_SUB", "4")
+    assert [sops.dkdv_sub_group(p, 128) for p in (16, 32)] == [4, 2]
+    monkeypatch.setenv("VIDHASH_DKDV_SUB", "yes")
+    with pytest.raises(ValueError, match="VIDHASH_DKDV_SUB"):
+        sops.dkdv_sub_group(16)
 
 
 @pytest.mark.parametrize("scorer", ["simhash", "pooled"])
