@@ -6,6 +6,7 @@
     python -m vidhash.kernels.sass tma-forward       (the TMA forward's autotune configs: programs per SM)
     python -m vidhash.kernels.sass tma-dkdv          (the same for the TMA dk/dv kernel)
     python -m vidhash.kernels.sass pointer-forward   (the same for the pointer forward: blocks of 16)
+    python -m vidhash.kernels.sass pointer-dq        (and the pointer dq kernel)
     python -m vidhash.kernels.memory.sass_count           (the memory read's kernels)
 
 Compiles a kernel with ``triton.compile`` for ``cuda:90`` as the JIT would specialize it
@@ -248,25 +249,27 @@ def tma_dkdv_counts(shapes=((64, 128), (128, 64))) -> list[dict]:
     return rows
 
 
-def pointer_forward_counts(shapes=((64, 128, 16), (128, 128, 16))) -> list[dict]:
+def pointer_forward_counts(shapes=((64, 128, 16), (128, 128, 16)), kernel: str = "fwd") -> list[dict]:
     """Registers, stack, programs per SM and the main loop's instructions and spills of the pointer
-    forward (blocks of 16 run it) for each non-causal config of its autotune list, per
-    ``(head dim, query block, key block)``; bf16, 131K tokens × 12 heads."""
+    forward (``kernel="fwd"``; blocks of 16 run it) or dq kernel (``"dq"``) for each non-causal
+    config of its autotune list, per ``(head dim, query block, key block)``; bf16, 131K × 12 heads."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
     from vidhash.kernels.sparse_attention import kernel as K
 
-    fn = K.sparse_attn_fwd_kernel.fn
+    autotuned = K.sparse_attn_fwd_kernel if kernel == "fwd" else K.sparse_attn_bwd_dq_kernel
+    fn = autotuned.fn
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for d, bq, bk in shapes:
-            for cfg in K._prune_block_n(K._tile_configs(True, stages=(2, 3, 4), capped=True), {}, BK_PAD=bk, CAUSAL=False):
+            for cfg in K._prune_block_n(list(autotuned.configs), {}, BK_PAD=bk, CAUSAL=False):
                 consts = dict(BQ=bq, BLOCK_M=bq, BK=bk, BK_PAD=bk, D=d, E=d, CAUSAL=False, PREC="tf32",
                               BLOCK_N=cfg.kwargs["BLOCK_N"])
-                sig = {"Q": "*bf16", "K": "*bf16", "V": "*bf16", "IDX": "*i32", "O": "*bf16", "LSE": "*fp32",
-                       "sm_scale_log2": "fp32"}
+                sig = {a: "*bf16" for a in ("Q", "K", "V", "O", "DO", "DQ") if a in fn.arg_names}
+                sig |= {a: "*fp32" for a in ("LSE", "DELTA") if a in fn.arg_names} | {"IDX": "*i32"}
+                sig |= {a: "fp32" for a in ("sm_scale", "sm_scale_log2") if a in fn.arg_names}
                 sig |= {a: "i32" for a in fn.arg_names if a not in sig and a not in consts}
                 names = list(fn.arg_names)
                 attrs = {(names.index(k),): [["tt.divisibility", 16]] for k, t in sig.items()
@@ -294,16 +297,18 @@ def _tiles_arg(text: str):
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("kernel", choices=["block-score", "block-mass", "dkdv", "tma-forward", "tma-dkdv", "pointer-forward"])
+    p.add_argument("kernel", choices=["block-score", "block-mass", "dkdv", "tma-forward", "tma-dkdv", "pointer-forward",
+                                      "pointer-dq"])
     p.add_argument("--tiles", type=_tiles_arg, default=((16, 128, 4),), help="block_m x block_n x warps, comma-separated")
     p.add_argument("--shapes", default="131k,wan", help=f"of {sorted(BLOCK_SCORE_SHAPES)}")
     p.add_argument("--m", type=int, default=1, help="query sub-centroids of the block-score kernel (subgrid: 4)")
     p.add_argument("--store", action="store_true", help="the block-score kernel's STORE form (levels written once, read back)")
     args = p.parse_args(argv)
     os.environ.pop("TRITON_INTERPRET", None)
-    if args.kernel == "pointer-forward":
+    if args.kernel in ("pointer-forward", "pointer-dq"):
         print("d    bq   bk  block_n warps stages maxnreg regs stack per SM  loop instr  spill instr")
-        for r in pointer_forward_counts():
+        shapes = ((64, 128, 16), (128, 128, 16)) if args.kernel == "pointer-forward" else ((64, 128, 16), (128, 64, 16))
+        for r in pointer_forward_counts(shapes, "fwd" if args.kernel == "pointer-forward" else "dq"):
             print(f"{r['d']:<4d} {r['bq']:<4d} {r['bk']:<3d} {r['block_n']:7d} {r['warps']:5d} {r['stages']:6d} {r['maxnreg']:7d} "
                   f"{r['regs']:4d} {r['stack']:5d} {r['per_sm']:6d} {r['loop']:11d} {r['spills']:12d}")
         return 0

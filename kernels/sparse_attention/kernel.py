@@ -30,9 +30,10 @@ _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 def _tile_configs(with_block_n: bool, stages=(2, 3), capped: bool = False):
     """Bounded autotune space (≤ 13 configs; 1 under the interpreter, where timing means nothing).
-    ``capped`` (the forward): also ``BLOCK_N=64`` at 8 warps under a 128-register cap — at query
-    blocks of 128 two programs an SM where the uncapped one fits one (139 → 128 registers at d 64,
-    no spill; 162 → 128 at d 128, 3 spill instructions; sm_90 SASS, kernels/sparse_attention/NOTES.md)."""
+    ``capped`` (the forward and dq): also ``BLOCK_N=64`` at 8 warps under a 128-register cap — two
+    programs an SM where the uncapped one fits one (forward, query blocks of 128: 139 → 128 registers
+    at d 64, no spill; 162 → 128 at d 128, 3 spill instructions; dq: 149 → 128 at d 64 / 128, no spill
+    in the loop; 156 → 128 at d 128 / 64, 1; sm_90 SASS, kernels/sparse_attention/NOTES.md)."""
     if _INTERPRET:
         return [triton.Config({"BLOCK_N": n} if with_block_n else {}, num_warps=4, num_stages=1) for n in ((32, 64, 128) if with_block_n else (0,))]
     cfgs = []
@@ -191,7 +192,7 @@ def sparse_attn_bwd_delta_kernel(
     tl.store(DELTA + bh.to(tl.int64) * NQ + rows, delta, mask=rmask)
 
 
-@triton.autotune(configs=_tile_configs(True), key=_AUTOTUNE_KEY, prune_configs_by={"early_config_prune": _prune_block_n})
+@triton.autotune(configs=_tile_configs(True, capped=True), key=_AUTOTUNE_KEY, prune_configs_by={"early_config_prune": _prune_block_n})
 @triton.jit
 def sparse_attn_bwd_dq_kernel(
     Q, K, V, IDX, DO, LSE, DELTA, DQ,

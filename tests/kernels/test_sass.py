@@ -86,8 +86,8 @@ def test_tma_dkdv_halves_under_a_cap_fit_two_programs():
 
 
 @pytest.mark.skipif(not HAS_PTXAS, reason="this triton build ships no ptxas")
-def test_pointer_forward_capped_config_fits_two_programs_for_blocks_of_16():
-    """The pointer forward (blocks of 16) at query blocks of 128: its 8-warp BLOCK_N=64 config fits one
+def test_pointer_forward_and_dq_capped_configs_fit_two_programs_for_blocks_of_16():
+    """The pointer forward and dq kernels (blocks of 16): their 8-warp BLOCK_N=64 config fits one
     program an SM; under the 128-register cap two, with no spill at d 64."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     out = subprocess.run([sys.executable, "-m", "vidhash.kernels.sass", "pointer-forward"], capture_output=True, text=True,
@@ -100,3 +100,9 @@ def test_pointer_forward_capped_config_fits_two_programs_for_blocks_of_16():
     assert len(plain) == len(capped) == 1 and plain[0]["per_sm"] == 1
     assert capped[0]["per_sm"] == 2 and capped[0]["spills"] == 0 and capped[0]["regs"] <= 128
     assert pick(128, 128)[0]["per_sm"] == 2
+    out = subprocess.run([sys.executable, "-m", "vidhash.kernels.sass", "pointer-dq"], capture_output=True, text=True,
+                         env=env, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    rows = [dict(zip(keys, map(int, line.split()))) for line in out.stdout.splitlines()[1:]]
+    plain, capped = pick(64, 0), pick(64, 128)  # the dq kernel: the same config, the same effect
+    assert plain[0]["per_sm"] == 1 and capped[0]["per_sm"] == 2 and capped[0]["spills"] == 0
