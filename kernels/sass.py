@@ -142,32 +142,37 @@ def block_mass_counts(query_stride: int = 4, dtype: str = "bf16") -> dict:
             "mma": sum(o.startswith(("HMMA", "HGMMA")) for b in loops(sass) for o in b)}  # HGMMA: wgmma, per warpgroup
 
 
-def dkdv_counts(d: int = 64, bq: int = 128, bk: int = 16, configs=((4, 2), (4, 3), (8, 2))) -> list[dict]:
-    """Registers, stack, the query-block loop's instructions and its MMA instructions (``HMMA``:
-    mma.sync; ``HGMMA``: a warpgroup MMA) of the two dk/dv kernels for key blocks of ``bk`` (bf16,
-    non-causal, 131K tokens × 12 heads): the tile kernel one block a program (``G = 1``, how blocks
-    of 16 run by default) and the per-block kernel (``VIDHASH_DKDV_SUB=1``, ``G = 64 / bk``)."""
+def dkdv_counts(shapes=((64, 128), (128, 64)), bk: int = 16, configs=((4, 2), (4, 3), (8, 2))) -> list[dict]:
+    """Registers, stack, programs an SM, spill and MMA instructions (``HMMA``: mma.sync; ``HGMMA``: a
+    warpgroup MMA) in the loops of the dk/dv kernels for key blocks of ``bk`` (bf16, non-causal,
+    131K tokens × 12 heads) at each ``(head dim, query block)``: the tile kernel one block a program
+    (``G = 1``, how blocks of 16 run by default) and the per-block kernel with 4 and 2 blocks a
+    program (``VIDHASH_DKDV_SUB=4`` / ``2``)."""
     from vidhash.kernels.sparse_attention import kernel as K
 
     n, h = 131072, 12
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for name, fn, g in (("tile G=1", K.sparse_attn_bwd_dkdv_kernel, 1), ("per-block", K.sparse_attn_bwd_dkdv_sub_kernel, 64 // bk)):
-            fn = fn.fn  # under the autotuner
-            consts = dict(BQ=bq, BLOCK_M=bq, BK=bk, BK_SUB=bk, G=g, D=d, E=d, CAUSAL=False, PREC="tf32")
-            sig = {a: "*bf16" for a in ("Q", "K", "V", "DO", "DK", "DV")}
-            sig |= {a: "*fp32" for a in ("LSE", "DELTA")} | {a: "*i32" for a in ("PTR", "QLIST", "QBITS", "ORDER")}
-            sig |= {"sm_scale": "fp32", "sm_scale_log2": "fp32"}
-            sig |= {a: "i32" for a in fn.arg_names if a not in sig and a not in consts}
-            ints = {a: (h * n * d if a.endswith("b") else d if a.endswith("h") else h * d) for a in sig if a.startswith("stride")}
-            ints |= dict(H=h, NQ=n, NK=n, NGRP=n // bk // g)
-            for warps, stages in configs:
-                sass, use = compile_sm90(fn, sig, consts, ints, warps, stages, tmp)
-                body = main_loop(sass, None)
-                ops = [o for b in loops(sass) for o in b]
-                rows.append({"kernel": name, "G": g, "warps": warps, "stages": stages, "regs": use.get("REG", 0),
-                             "stack": use.get("STACK", 0), "loop": len(body),
-                             "hmma": sum(o.startswith("HMMA") for o in ops), "hgmma": sum(o.startswith("HGMMA") for o in ops)})
+        for d, bq in shapes:
+            for name, fn, g in (("tile", K.sparse_attn_bwd_dkdv_kernel, 1), ("per-block", K.sparse_attn_bwd_dkdv_sub_kernel, 64 // bk),
+                                ("per-block", K.sparse_attn_bwd_dkdv_sub_kernel, 2)):
+                fn = fn.fn  # under the autotuner
+                consts = dict(BQ=bq, BLOCK_M=bq, BK=bk, BK_SUB=bk, G=g, D=d, E=d, CAUSAL=False, PREC="tf32")
+                sig = {a: "*bf16" for a in ("Q", "K", "V", "DO", "DK", "DV")}
+                sig |= {a: "*fp32" for a in ("LSE", "DELTA")} | {a: "*i32" for a in ("PTR", "QLIST", "QBITS", "ORDER")}
+                sig |= {"sm_scale": "fp32", "sm_scale_log2": "fp32"}
+                sig |= {a: "i32" for a in fn.arg_names if a not in sig and a not in consts}
+                ints = {a: (h * n * d if a.endswith("b") else d if a.endswith("h") else h * d) for a in sig if a.startswith("stride")}
+                ints |= dict(H=h, NQ=n, NK=n, NGRP=n // bk // g)
+                for warps, stages in configs:
+                    sass, use = compile_sm90(fn, sig, consts, ints, warps, stages, tmp)
+                    body = main_loop(sass, None)
+                    ops = [o for b in loops(sass) for o in b]
+                    regs = use.get("REG", 0)
+                    rows.append({"d": d, "bq": bq, "kernel": name, "G": g, "warps": warps, "stages": stages, "regs": regs,
+                                 "stack": use.get("STACK", 0), "per_sm": 65536 // (-(-max(regs, 1) // 8) * 8 * 32 * warps),
+                                 "loop": len(body), "spills": sum(o.startswith(("STL", "LDL")) for o in ops),
+                                 "hmma": sum(o.startswith("HMMA") for o in ops), "hgmma": sum(o.startswith("HGMMA") for o in ops)})
     return rows
 
 
@@ -325,10 +330,10 @@ def main(argv=None) -> int:
                   f"{r['smem']:7d} {r['per_sm']:6d} {r['loop']:11d} {r['spills']:12d}")
         return 0
     if args.kernel == "dkdv":
-        print("kernel     G  warps stages regs stack  loop instr  HMMA  HGMMA (in loops)")
+        print("d    bq   kernel     G  warps stages regs stack per SM (by registers)  loop instr  spill  HMMA  HGMMA (in loops)")
         for r in dkdv_counts():
-            print(f"{r['kernel']:10s} {r['G']:2d} {r['warps']:5d} {r['stages']:6d} {r['regs']:4d} {r['stack']:5d} "
-                  f"{r['loop']:11d} {r['hmma']:5d} {r['hgmma']:6d}")
+            print(f"{r['d']:<4d} {r['bq']:<4d} {r['kernel']:10s} {r['G']:2d} {r['warps']:5d} {r['stages']:6d} {r['regs']:4d} "
+                  f"{r['stack']:5d} {r['per_sm']:6d} {r['loop']:11d} {r['spills']:6d} {r['hmma']:5d} {r['hgmma']:6d}")
         return 0
     if args.kernel == "block-mass":
         for stride in (1, 4):

@@ -99,8 +99,8 @@ def dkdv_sub_group(bk_pad: int, d: int = 64) -> int:
     q/dO loaded once per (group, query block) pair, products only for the kept blocks), or 0 for
     the grouped-tile kernel. ``VIDHASH_DKDV_SUB``: ``0`` (default) never; ``1`` for key blocks
     padded to tiles of 16 (9–16 tokens) or 32 (17–32) — 4 blocks of 16 a program at head dim
-    ``d`` ≤ 64, else 2 (at d 128 four blocks' accumulators spill: 255 registers and 83 spill
-    instructions against 193 and none; sm_90 SASS), 2 blocks of 32 at d ≤ 64, none at d 128; ``2``
+    ``d`` ≤ 64, else 2 (at d 128 four blocks' accumulators spill: 255 registers and 66 spill
+    instructions against 188 and none; ``python -m vidhash.kernels.sass dkdv``), 2 blocks of 32 at d ≤ 64, none at d 128; ``2``
     or ``4``: that many a program wherever it applies (at most 64 keys).
     Off by default until a GPU run says it is faster (kernels/sparse_attention/NOTES.md)."""
     flag = os.environ.get("VIDHASH_DKDV_SUB", "0")

@@ -17,8 +17,8 @@
 * ``--part backward`` — forward + backward on the TMA kernels (``VIDHASH_TMA=1``) against the pointer
   kernels, gradients checked against float32 autograd through the reference, timed at N = 131,072
   and the wan-mini training shape (8 × 3 heads × 33,792 tokens, d 128, 1/8);
-* ``--part backward16`` — key blocks of 16: the per-block dk/dv kernel (``VIDHASH_DKDV_SUB=1``)
-  against the default and against blocks of 64, at the same two shapes;
+* ``--part backward16`` — key blocks of 16: the per-block dk/dv kernel (``VIDHASH_DKDV_SUB=2`` and
+  ``4``) against the default and against blocks of 64, at the same two shapes;
 * ``--part tma-configs`` — each config of the TMA forward's autotune list timed alone at the
   wan-mini, Wan 1.3B and N = 131,072 shapes, with the autotuner's pick.
 

@@ -30,19 +30,23 @@ def test_block_score_kernel_compiles_for_sm90_without_spills():
 def test_per_block_dkdv_kernel_gets_warpgroup_mmas_for_blocks_of_16():
     """The point of the per-block dk/dv kernel: with the query block as the MMA's M (scores) and the
     head dim as M (transposed dk, dv), blocks of 16 compile to Hopper's warpgroup MMAs (HGMMA),
-    where the one-block-a-program tile (16-row M) gets mma.sync (HMMA) only; 8 warps do not spill."""
+    where the one-block-a-program tile (16-row M) gets mma.sync (HMMA) only; at 8 warps 4 blocks a
+    program do not spill at d 64 and do at d 128, where 2 do not (VIDHASH_DKDV_SUB=1's rule)."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     out = subprocess.run([sys.executable, "-m", "vidhash.kernels.sass", "dkdv"], capture_output=True, text=True,
                          env=env, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     rows = {}
     for line in out.stdout.splitlines()[1:]:
-        *name, g, warps, stages, regs, stack, loop, hmma, hgmma = line.split()
-        rows[(" ".join(name), int(warps), int(stages))] = dict(regs=int(regs), stack=int(stack), hmma=int(hmma), hgmma=int(hgmma))
-    tile, sub = rows[("tile G=1", 8, 2)], rows[("per-block", 8, 2)]
+        d, bq, name, g, warps, stages, regs, stack, per_sm, loop, spills, hmma, hgmma = line.split()
+        rows[(int(d), name, int(g), int(warps), int(stages))] = dict(regs=int(regs), spills=int(spills), hmma=int(hmma),
+                                                                     hgmma=int(hgmma), per_sm=int(per_sm))
+    tile, sub = rows[(64, "tile", 1, 8, 2)], rows[(64, "per-block", 4, 8, 2)]
     assert tile["hmma"] > 0 and tile["hgmma"] == 0
     assert sub["hgmma"] > 0 and sub["hmma"] == 0
-    assert sub["stack"] == 0 and sub["regs"] <= 255
+    assert sub["spills"] == 0 and sub["regs"] <= 255
+    assert rows[(128, "per-block", 4, 8, 2)]["spills"] > 0 and rows[(128, "per-block", 2, 8, 2)]["spills"] == 0
+    assert rows[(64, "per-block", 2, 8, 2)]["per_sm"] == 2 and sub["per_sm"] == 1
 
 
 @pytest.mark.skipif(not HAS_PTXAS, reason="this triton build ships no ptxas")

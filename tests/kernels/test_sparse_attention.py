@@ -359,9 +359,9 @@ def test_every_backward_config_the_autotuner_may_pick_gpu(monkeypatch, causal, b
     sel = select_blocks(q, k, density=0.3, block_size=16, query_block_size=bq, causal=causal)
     g_ref = torch.autograd.grad(block_sparse_attention(q, k, v, sel).square().sum(), (q, k, v))
     ran = {}
-    for kern, pruned in ((K.sparse_attn_bwd_dq_kernel, True), (K.sparse_attn_bwd_dkdv_kernel, False),
-                         (K.sparse_attn_bwd_dkdv_sub_kernel, False)):
-        monkeypatch.setenv("VIDHASH_DKDV_SUB", "1" if kern is K.sparse_attn_bwd_dkdv_sub_kernel else "0")
+    for kern, pruned, sub in ((K.sparse_attn_bwd_dq_kernel, True, "0"), (K.sparse_attn_bwd_dkdv_kernel, False, "0"),
+                              (K.sparse_attn_bwd_dkdv_sub_kernel, False, "4"), (K.sparse_attn_bwd_dkdv_sub_kernel, False, "2")):
+        monkeypatch.setenv("VIDHASH_DKDV_SUB", sub)  # the per-block kernel with 4 and with 2 blocks a program
         every = list(kern.configs)
         kept = K._prune_block_n(every, {}, BK_PAD=16, CAUSAL=causal) if pruned else every
         try:
@@ -373,9 +373,9 @@ def test_every_backward_config_the_autotuner_may_pick_gpu(monkeypatch, causal, b
                 except OutOfResources:  # timed as inf by the autotuner: never picked
                     continue
                 for name, a, b in zip("qkv", g, g_ref):
-                    assert _rel(a, b) < 1e-4, (kern.fn.__name__, cfg, "d" + name)
-                ran[kern.fn.__name__] = ran.get(kern.fn.__name__, 0) + 1
+                    assert _rel(a, b) < 1e-4, (kern.fn.__name__, sub, cfg, "d" + name)
+                ran[(kern.fn.__name__, sub)] = ran.get((kern.fn.__name__, sub), 0) + 1
         finally:
             kern.configs = every
             kern.cache.clear()
-    assert len(ran) == 3, ran  # each kernel ran with at least one config
+    assert len(ran) == 4, ran  # each kernel (the per-block one at both group sizes) ran with at least one config
