@@ -42,10 +42,12 @@ def disassemble(ck, workdir: str, name: str) -> tuple[str, str]:
     return sass, res
 
 
-def compile_sm90(fn, sig: dict, consts: dict, ints: dict, warps: int, stages: int, workdir: str):
+def compile_sm90(fn, sig: dict, consts: dict, ints: dict, warps: int, stages: int, workdir: str,
+                 maxnreg: int | None = None):
     """``(sass, usage)`` of ``fn`` compiled for sm_90: ``sig`` maps each runtime argument to its
-    Triton type (``"*i8"``, ``"i32"``…), ``consts`` the constexprs, ``ints`` the integer values the
-    JIT would see (divisible by 16 → specialized as such); ``usage`` = ``{"REG", "STACK", "LOCAL"}``."""
+    Triton type (``"*i8"``, ``"i32"``, ``"tensordesc<...>"``…), ``consts`` the constexprs, ``ints``
+    the integer values the JIT would see (divisible by 16 → specialized as such), ``maxnreg`` a
+    config's register cap; ``usage`` = ``{"REG", "STACK", "LOCAL", "SHARED"}`` (bytes of shared memory)."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -55,10 +57,26 @@ def compile_sm90(fn, sig: dict, consts: dict, ints: dict, warps: int, stages: in
     attrs = {(names.index(k),): [["tt.divisibility", 16]] for k, t in sig.items()
              if t.startswith("*") or ints.get(k, 1) % 16 == 0}
     src = ASTSource(fn=fn, signature=signature, constexprs=consts, attrs=attrs)
-    ck = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": warps, "num_stages": stages})
+    options = {"num_warps": warps, "num_stages": stages} | ({"maxnreg": maxnreg} if maxnreg else {})
+    ck = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=options)
     sass, res = disassemble(ck, workdir, fn.__name__)
     usage = {k: int(v) for k, v in re.findall(r"(REG|LOCAL|STACK):(\d+)", res)}
+    usage["SHARED"] = int(ck.metadata.shared)
     return sass, usage
+
+
+def _config_counts(fn, sig: dict, consts: dict, ints: dict, cfg, workdir: str, first_loops: int | None = None) -> dict:
+    """One autotune config ``cfg`` of ``fn`` compiled for sm_90: registers, stack, shared memory,
+    programs an SM (by registers and shared memory), and the largest loop's instructions and spill
+    instructions (among the first ``first_loops`` loops when given)."""
+    sig = sig | {a: "i32" for a in fn.arg_names if a not in sig and a not in consts}
+    sass, use = compile_sm90(fn, sig, consts, ints, cfg.num_warps, cfg.num_stages, workdir, cfg.maxnreg)
+    body = max(loops(sass)[:first_loops], key=len)
+    regs = use.get("REG", 0)
+    per_sm = min(65536 // (-(-max(regs, 1) // 8) * 8 * 32 * cfg.num_warps), 232448 // max(use["SHARED"], 1))
+    return {"warps": cfg.num_warps, "stages": cfg.num_stages, "maxnreg": cfg.maxnreg or 0, "regs": regs,
+            "stack": use.get("STACK", 0), "smem": use["SHARED"], "per_sm": per_sm, "loop": len(body),
+            "spills": sum(o.startswith(("STL", "LDL")) for o in body)}
 
 
 def loops(sass: str) -> list[list[str]]:
@@ -177,13 +195,8 @@ def dkdv_counts(shapes=((64, 128), (128, 64)), bk: int = 16, configs=((4, 2), (4
 
 
 def tma_forward_counts(ds=(64, 128), bq: int = 128, bk: int = 64) -> list[dict]:
-    """Registers, stack, shared memory, programs per SM (by registers and shared memory) and the
-    main loop's instructions and spill instructions of the TMA forward, for each config of its
-    autotune list (bf16, non-causal, key blocks of ``bk``, query blocks of ``bq``)."""
-    import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
-
+    """:func:`_config_counts` of the TMA forward for each config of its autotune list (bf16,
+    non-causal, key blocks of ``bk``, query blocks of ``bq``)."""
     from vidhash.kernels.sparse_attention import kernel_tma as KT
 
     fn = KT.sparse_attn_fwd_tma_kernel.fn
@@ -194,33 +207,15 @@ def tma_forward_counts(ds=(64, 128), bq: int = 128, bk: int = 64) -> list[dict]:
             sig = {"q_desc": f"tensordesc<bf16[1,1,{bq},{d}]>", "k_desc": f"tensordesc<bf16[1,1,{bk},{d}]>",
                    "v_desc": f"tensordesc<bf16[1,1,{bk},{d}]>", "IDX": "*i32", "O": "*bf16", "LSE": "*fp32",
                    "sm_scale_log2": "fp32"}
-            sig |= {a: "i32" for a in fn.arg_names if a not in sig and a not in consts}
-            names = list(fn.arg_names)
-            attrs = {(names.index(k),): [["tt.divisibility", 16]] for k, t in sig.items() if t.startswith("*")}
-            src = ASTSource(fn=fn, signature={**sig, **dict.fromkeys(consts, "constexpr")}, constexprs=consts, attrs=attrs)
             for cfg in KT._configs(forward=True):
-                opts = {"num_warps": cfg.num_warps, "num_stages": cfg.num_stages}
-                if cfg.maxnreg:
-                    opts["maxnreg"] = cfg.maxnreg
-                ck = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=opts)
-                sass, res = disassemble(ck, tmp, fn.__name__)
-                use = {k: int(v) for k, v in re.findall(r"(REG|STACK):(\d+)", res)}
-                body = max(loops(sass)[:3], key=len)
-                regs = use.get("REG", 0)
-                per_sm = min(65536 // (-(-regs // 8) * 8 * 32 * cfg.num_warps), 232448 // max(ck.metadata.shared, 1))
-                rows.append({"d": d, "warps": cfg.num_warps, "stages": cfg.num_stages, "maxnreg": cfg.maxnreg or 0,
-                             "regs": regs, "stack": use.get("STACK", 0), "smem": ck.metadata.shared, "per_sm": per_sm,
-                             "loop": len(body), "spills": sum(o.startswith(("STL", "LDL")) for o in body)})
+                rows.append({"d": d, **_config_counts(fn, sig, consts, {}, cfg, tmp, first_loops=3)})
     return rows
 
 
 def tma_dkdv_counts(shapes=((64, 128), (128, 64))) -> list[dict]:
     """As :func:`tma_forward_counts`, for the TMA dk/dv kernel's autotune configs (``QSPLIT`` 1: the
-    query block whole, 2: in halves) at each ``(head dim, query block)``, key blocks of 64, bf16."""
-    import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
-
+    query block whole, 2: in halves; ``per_block``: loop instructions per query block) at each
+    ``(head dim, query block)``, key blocks of 64, bf16."""
     from vidhash.kernels.sparse_attention import kernel_tma as KT
 
     fn = KT.sparse_attn_bwd_dkdv_tma_kernel.fn
@@ -229,43 +224,24 @@ def tma_dkdv_counts(shapes=((64, 128), (128, 64))) -> list[dict]:
         for d, bq in shapes:
             for cfg in KT._prune_split(KT._dkdv_configs(), {}, BQ=bq):
                 qs = cfg.kwargs["QSPLIT"]
-                consts = dict(BQ=bq, BK=64, D=d, E=d, PREC="tf32", QSPLIT=qs)
                 desc = lambda r: f"tensordesc<bf16[1,1,{r},{d}]>"
                 sig = {"q_desc": desc(bq // qs), "k_desc": desc(64), "v_desc": desc(64), "do_desc": desc(bq // qs),
                        "LSE": "*fp32", "DELTA": "*fp32", "PTR": "*i32", "QLIST": "*i32", "ORDER": "*i32",
                        "DK": "*bf16", "DV": "*bf16", "sm_scale": "fp32", "sm_scale_log2": "fp32"}
-                sig |= {a: "i32" for a in fn.arg_names if a not in sig and a not in consts}
-                names = list(fn.arg_names)
-                attrs = {(names.index(k),): [["tt.divisibility", 16]] for k, t in sig.items() if t.startswith("*")}
-                src = ASTSource(fn=fn, signature={**sig, **dict.fromkeys(consts, "constexpr")}, constexprs=consts, attrs=attrs)
-                opts = {"num_warps": cfg.num_warps, "num_stages": cfg.num_stages}
-                if cfg.maxnreg:
-                    opts["maxnreg"] = cfg.maxnreg
-                ck = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=opts)
-                sass, res = disassemble(ck, tmp, fn.__name__)
-                use = {k: int(v) for k, v in re.findall(r"(REG|STACK):(\d+)", res)}
-                body = max(loops(sass), key=len)
-                regs = use.get("REG", 0)
-                per_sm = min(65536 // (-(-regs // 8) * 8 * 32 * cfg.num_warps), 232448 // max(ck.metadata.shared, 1))
-                rows.append({"d": d, "bq": bq, "qsplit": qs, "warps": cfg.num_warps, "stages": cfg.num_stages,
-                             "maxnreg": cfg.maxnreg or 0, "regs": regs, "stack": use.get("STACK", 0),
-                             "smem": ck.metadata.shared, "per_sm": per_sm, "loop": len(body),
-                             "per_block": len(body) * qs, "spills": sum(o.startswith(("STL", "LDL")) for o in body)})
+                r = _config_counts(fn, sig, dict(BQ=bq, BK=64, D=d, E=d, PREC="tf32", QSPLIT=qs), {}, cfg, tmp)
+                rows.append({"d": d, "bq": bq, "qsplit": qs, **r, "per_block": r["loop"] * qs})
     return rows
 
 
 def pointer_forward_counts(shapes=((64, 128, 16), (128, 128, 16)), kernel: str = "fwd") -> list[dict]:
-    """Registers, stack, programs per SM and the main loop's instructions and spills of the pointer
-    forward (``kernel="fwd"``; blocks of 16 run it) or dq kernel (``"dq"``) for each non-causal
-    config of its autotune list, per ``(head dim, query block, key block)``; bf16, 131K × 12 heads."""
-    import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
-
+    """:func:`_config_counts` of the pointer forward (``kernel="fwd"``; blocks of 16 run it) or dq
+    kernel (``"dq"``) for each non-causal config of its autotune list, per ``(head dim, query block,
+    key block)``; bf16, strides divisible by 16 but the index list's."""
     from vidhash.kernels.sparse_attention import kernel as K
 
     autotuned = K.sparse_attn_fwd_kernel if kernel == "fwd" else K.sparse_attn_bwd_dq_kernel
     fn = autotuned.fn
+    ints = {a: (1 if a == "stride_ic" else 16) for a in fn.arg_names if a.startswith("stride")}
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for d, bq, bk in shapes:
@@ -275,24 +251,8 @@ def pointer_forward_counts(shapes=((64, 128, 16), (128, 128, 16)), kernel: str =
                 sig = {a: "*bf16" for a in ("Q", "K", "V", "O", "DO", "DQ") if a in fn.arg_names}
                 sig |= {a: "*fp32" for a in ("LSE", "DELTA") if a in fn.arg_names} | {"IDX": "*i32"}
                 sig |= {a: "fp32" for a in ("sm_scale", "sm_scale_log2") if a in fn.arg_names}
-                sig |= {a: "i32" for a in fn.arg_names if a not in sig and a not in consts}
-                names = list(fn.arg_names)
-                attrs = {(names.index(k),): [["tt.divisibility", 16]] for k, t in sig.items()
-                         if t.startswith("*") or (k.startswith("stride") and not k.endswith("ic"))}
-                src = ASTSource(fn=fn, signature={**sig, **dict.fromkeys(consts, "constexpr")}, constexprs=consts, attrs=attrs)
-                opts = {"num_warps": cfg.num_warps, "num_stages": cfg.num_stages}
-                if cfg.maxnreg:
-                    opts["maxnreg"] = cfg.maxnreg
-                ck = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=opts)
-                sass, res = disassemble(ck, tmp, fn.__name__)
-                use = {k: int(v) for k, v in re.findall(r"(REG|STACK):(\d+)", res)}
-                body = max(loops(sass), key=len)
-                regs = use.get("REG", 0)
-                per_sm = min(65536 // (-(-regs // 8) * 8 * 32 * cfg.num_warps), 232448 // max(ck.metadata.shared, 1))
-                rows.append({"d": d, "bq": bq, "bk": bk, "block_n": cfg.kwargs["BLOCK_N"], "warps": cfg.num_warps,
-                             "stages": cfg.num_stages, "maxnreg": cfg.maxnreg or 0, "regs": regs,
-                             "stack": use.get("STACK", 0), "per_sm": per_sm, "loop": len(body),
-                             "spills": sum(o.startswith(("STL", "LDL")) for o in body)})
+                rows.append({"d": d, "bq": bq, "bk": bk, "block_n": cfg.kwargs["BLOCK_N"],
+                             **_config_counts(fn, sig, consts, ints, cfg, tmp)})
     return rows
 
 

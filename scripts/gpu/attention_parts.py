@@ -233,16 +233,26 @@ def part_selection():
               open(os.path.join(out, "selection.json"), "w"), indent=1)
 
 
+def _grads(q0, k0, v0, sel, dout, fn=block_sparse_attention_triton, dtype=None):
+    """out, dq, dk, dv (float32) of ``fn`` on fresh leaves of q0, k0, v0 (in ``dtype`` if given)."""
+    q, k, v = (t.detach().to(dtype or t.dtype).requires_grad_(True) for t in (q0, k0, v0))
+    out = fn(q, k, v, sel)
+    out.backward(dout.to(out.dtype))
+    return [x.float() for x in (out, q.grad, k.grad, v.grad)]
+
+
+def _fwd_bwd_ms(q0, k0, v0, sel, dout):
+    """Median ms of the Triton kernels' forward + backward."""
+    q, k, v = (t.detach().requires_grad_(True) for t in (q0, k0, v0))
+
+    def step():
+        out = block_sparse_attention_triton(q, k, v, sel)
+        out.backward(dout)
+    return triton.testing.do_bench(step, warmup=10, rep=200, grad_to_none=[q, k, v])
+
+
 def part_backward():
     res = {}
-
-
-    def grads(q0, k0, v0, sel, dout, fn=block_sparse_attention_triton, dtype=None):
-        q, k, v = (t.detach().to(dtype or t.dtype).requires_grad_(True) for t in (q0, k0, v0))
-        out = fn(q, k, v, sel)
-        out.backward(dout.to(out.dtype))
-        return [x.float() for x in (out, q.grad, k.grad, v.grad)]
-
 
     def rel(a, b):
         return ((a - b).norm() / b.norm()).item()
@@ -254,23 +264,16 @@ def part_backward():
         q, k, v = (torch.randn(1, 2000, 3, 128, device="cuda", dtype=torch.bfloat16).transpose(1, 2) for _ in range(3))
         sel = select_blocks(q, k, density=0.3, block_size=64, query_block_size=bq)
         dout = torch.randn(1, 3, 2000, 128, device="cuda", dtype=torch.bfloat16)
-        ref = grads(q, k, v, sel, dout, fn=block_sparse_attention, dtype=torch.float32)
+        ref = _grads(q, k, v, sel, dout, fn=block_sparse_attention, dtype=torch.float32)
         os.environ["VIDHASH_TMA"] = "1"
-        tma = grads(q, k, v, sel, dout)
+        tma = _grads(q, k, v, sel, dout)
         os.environ["VIDHASH_TMA"] = "0"
-        ptr = grads(q, k, v, sel, dout)
+        ptr = _grads(q, k, v, sel, dout)
         for name, a, b, r in zip(("out", "dq", "dk", "dv"), tma, ptr, ref):
             res[f"check bq{bq} {name} tma vs ref"] = rel(a, r)
             res[f"check bq{bq} {name} pointer vs ref"] = rel(b, r)
 
 
-    def fwd_bwd_ms(q0, k0, v0, sel, dout):
-        q, k, v = (t.detach().requires_grad_(True) for t in (q0, k0, v0))
-
-        def step():
-            out = block_sparse_attention_triton(q, k, v, sel)
-            out.backward(dout)
-        return triton.testing.do_bench(step, warmup=10, rep=200, grad_to_none=[q, k, v])
 
 
     def timings(name, grid, b, h, d, density, bq, layout):
@@ -285,7 +288,7 @@ def part_backward():
         for flag in ("0", "1"):
             os.environ["VIDHASH_TMA"] = flag
             res[f"{name} fwd ms tma={flag}"] = triton.testing.do_bench(lambda: block_sparse_attention_triton(q, k, v, sel), warmup=10, rep=200)
-            res[f"{name} fwd+bwd ms tma={flag}"] = fwd_bwd_ms(q, k, v, sel, dout)
+            res[f"{name} fwd+bwd ms tma={flag}"] = _fwd_bwd_ms(q, k, v, sel, dout)
         import vidhash.kernels.sparse_attention.kernel_tma as T
         for kern in (T.sparse_attn_fwd_tma_kernel, T.sparse_attn_bwd_dq_tma_kernel, T.sparse_attn_bwd_dkdv_tma_kernel):
             res[f"{name} pick {kern.fn.__name__}"] = str(getattr(kern, "best_config", None))  # the autotuner's
@@ -310,34 +313,20 @@ def part_backward16():
     yardstick (issue 18: fwd+bwd at 16 within 1.3x of 64). Gradients against float32 autograd
     through the reference first."""
     res = {}
-
-    def grads(q0, k0, v0, sel, dout, fn=block_sparse_attention_triton, dtype=None):
-        q, k, v = (t.detach().to(dtype or t.dtype).requires_grad_(True) for t in (q0, k0, v0))
-        out = fn(q, k, v, sel)
-        out.backward(dout.to(out.dtype))
-        return [x.float() for x in (out, q.grad, k.grad, v.grad)]
-
     for d, causal in ((64, False), (128, False), (64, True)):
         torch.manual_seed(0)
         q, k, v = (torch.randn(1, 3, 3000, d, device="cuda", dtype=torch.bfloat16) for _ in range(3))
         sel = select_blocks(q, k, density=0.2, block_size=16, query_block_size=128, causal=causal)
         dout = torch.randn_like(q)
-        ref = grads(q, k, v, sel, dout, fn=block_sparse_attention, dtype=torch.float32)
+        ref = _grads(q, k, v, sel, dout, fn=block_sparse_attention, dtype=torch.float32)
         for flag in ("0", "2", "4"):
             os.environ["VIDHASH_DKDV_SUB"] = flag
-            got = grads(q, k, v, sel, dout)
+            got = _grads(q, k, v, sel, dout)
             for name, a, r in zip(("dk", "dv"), got[2:], ref[2:]):
                 err = ((a - r).norm() / r.norm()).item()
                 res[f"check d{d}{' causal' if causal else ''} {name} sub={flag} vs ref"] = err
                 assert err < 2e-2, f"d{d} causal={causal} {name} sub={flag}: relative error {err:.3e} (bf16 bound 2e-2)"
 
-    def fwd_bwd_ms(q0, k0, v0, sel, dout):
-        q, k, v = (t.detach().requires_grad_(True) for t in (q0, k0, v0))
-
-        def step():
-            out = block_sparse_attention_triton(q, k, v, sel)
-            out.backward(dout)
-        return triton.testing.do_bench(step, warmup=10, rep=200, grad_to_none=[q, k, v])
 
     def timings(name, grid, b, h, d, density, bq):
         q, k, v = video_like_qkv(grid, h, d, torch.bfloat16, "cuda")
@@ -349,7 +338,7 @@ def part_backward16():
             res[f"{name} bk{bk} fwd ms"] = fwd
             for flag in flags:
                 os.environ["VIDHASH_DKDV_SUB"] = flag
-                both = fwd_bwd_ms(q, k, v, sel, dout)
+                both = _fwd_bwd_ms(q, k, v, sel, dout)
                 res[f"{name} bk{bk} sub={flag} fwd+bwd ms"] = both
                 res[f"{name} bk{bk} sub={flag} bwd ms (difference)"] = both - fwd
         for flag in ("0", "2", "4"):
