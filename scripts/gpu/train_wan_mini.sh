@@ -68,8 +68,15 @@ fi
 python3 -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name(0))"
 python3 -m vidhash.cli train "$CFG" "out_dir=$RUN" "export_dir=$OUT/$NAME" \
   "${WARM[@]}" "$@" "${START[@]}" --max-minutes "$MIN" --no-progress 2>&1 | grep --line-buffered -v -e Warning -e 'warnings.warn'
-cp "$RUN/loss.csv" "$OUT/loss.csv"
-[ -f "$RUN/profile.txt" ] && cp "$RUN/profile.txt" "$OUT/profile.txt"  # a call given --profile-steps A:B
+# ≤ 8 files come back: the export is 7 (its shard index included), so one more — profile.txt when
+# this call was given --profile-steps (the loss log is in the export's train_state.json too), else
+# loss.csv. (On 2026-12-05 both came back and the shard index was left out: rebuilt from the shards.)
+rm -f "$OUT/loss.csv" "$OUT/profile.txt"
+if [[ " $* " == *" --profile-steps "* ]] && [ -f "$RUN/profile.txt" ]; then
+  cp "$RUN/profile.txt" "$OUT/profile.txt"
+else
+  cp "$RUN/loss.csv" "$OUT/loss.csv"
+fi
 ls -la "$OUT" "$OUT/$NAME/transformer"
 echo "files under \$OUT: $(find "$OUT" -type f | wc -l) (≤ 8), largest $(find "$OUT" -type f -printf '%s\n' | sort -n | tail -1) bytes (≤ 15 MiB)"
 nvidia-smi --query-gpu=memory.used,memory.total --format=csv,noheader
