@@ -379,3 +379,32 @@ def test_every_backward_config_the_autotuner_may_pick_gpu(monkeypatch, causal, b
             kern.configs = every
             kern.cache.clear()
     assert len(ran) == 4, ran  # each kernel (the per-block one at both group sizes) ran with at least one config
+
+
+def test_per_block_dkdv_kernel_keeps_to_eight_warps(monkeypatch):
+    """On a GPU the per-block dk/dv kernel autotunes over 8-warp configs only (4 faulted on an
+    H200), and a launch without autotuning takes its list's first config, not the 4-warp default."""
+    import vidhash.kernels.sparse_attention.kernel as K
+    from vidhash.kernels.sparse_attention import ops as sops
+
+    monkeypatch.setattr(K, "_INTERPRET", False)
+    cfgs = K._sub_configs()
+    assert cfgs and {c.num_warps for c in cfgs} == {8}
+    assert {c.num_warps for c in K._tile_configs(False)} == {4, 8}  # the other kernels keep both
+
+    seen = {}
+
+    class Fn:
+        def __getitem__(self, grid):
+            return lambda *args, **meta: seen.update(meta)
+
+    class Kern:
+        configs = cfgs
+        fn = Fn()
+
+    monkeypatch.setenv("VIDHASH_AUTOTUNE", "0")
+    sops._launch(Kern(), (1,), BK_PAD=16, D=64, BLOCK_M=128)
+    assert seen["num_warps"] == 8
+    Kern.configs = K._tile_configs(False)
+    sops._launch(Kern(), (1,), BK_PAD=16, D=64, BLOCK_M=128)
+    assert seen["num_warps"] == 4  # the default where the list has it
