@@ -1,7 +1,7 @@
 """Kernel tests run the Triton kernels' own code on CPU under ``TRITON_INTERPRET=1`` when no
 CUDA device is present (set before triton is imported). On CUDA the attention kernels run their
 default config (``VIDHASH_AUTOTUNE=0``) unless a test asks for the autotuner: timing every config at
-every new shape took the first 4 tests of the sparse-attention files 230 s on an H200 (2026-12-05);
+every new shape took the first 4 tests of the sparse-attention files 230 s on an H100 (2026-12-05);
 the tests that check each config of an autotune list set ``VIDHASH_AUTOTUNE=1`` themselves."""
 import os
 
