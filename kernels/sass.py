@@ -160,12 +160,13 @@ def block_mass_counts(query_stride: int = 4, dtype: str = "bf16") -> dict:
             "mma": sum(o.startswith(("HMMA", "HGMMA")) for b in loops(sass) for o in b)}  # HGMMA: wgmma, per warpgroup
 
 
-def dkdv_counts(shapes=((64, 128), (128, 64)), bk: int = 16, configs=((4, 2), (4, 3), (8, 2))) -> list[dict]:
+def dkdv_counts(shapes=((64, 128), (128, 64)), bk: int = 16, configs=((4, 2), (4, 3), (8, 2), (8, 3))) -> list[dict]:
     """Registers, stack, programs an SM, spill and MMA instructions (``HMMA``: mma.sync; ``HGMMA``: a
     warpgroup MMA) in the loops of the dk/dv kernels for key blocks of ``bk`` (bf16, non-causal,
     131K tokens × 12 heads) at each ``(head dim, query block)``: the tile kernel one block a program
     (``G = 1``, how blocks of 16 run by default) and the per-block kernel with 4 and 2 blocks a
-    program (``VIDHASH_DKDV_SUB=4`` / ``2``)."""
+    program (``VIDHASH_DKDV_SUB=4`` / ``2``). The per-block kernel runs 8 warps only on a GPU (it faulted
+    at 4 on an H200, ``kernel._sub_configs``); its 4-warp rows are kept for that comparison."""
     from vidhash.kernels.sparse_attention import kernel as K
 
     n, h = 131072, 12

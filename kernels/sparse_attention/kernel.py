@@ -355,14 +355,17 @@ def _store_sub_block(DK, DV, dk_base, dv_base, stride_kn, stride_vn, kpos, kmask
 
 def _sub_configs():
     """The per-block dk/dv kernel's autotune space: 8 warps only. At 4 warps it faulted on an H200
-    (illegal memory access at d 64, 2 blocks a program, bf16, 2 and 3 stages; 8 warps right, every
-    other pointer-kernel config right: ``scripts/gpu/config_faults.py``, 2026-12-05). The
+    (illegal memory access at d 64, 2 blocks a program, bf16, 2 and 3 stages; 8 warps right, and the
+    other pointer kernels' configs right where they ran: ``scripts/gpu/config_faults.py``, 2026-12-05). The
     interpreter is right at 4 warps, and its sm_90 SASS (``python -m vidhash.kernels.sass dkdv``)
-    shows no spill there; root cause not found. Until it is, the kernel keeps to what ran right."""
+    shows no spill or stack there; root cause not found. Until it is, the kernel keeps to what ran right."""
     return [c for c in _tile_configs(False) if _INTERPRET or c.num_warps == 8]
 
 
-@triton.autotune(configs=_sub_configs(), key=_AUTOTUNE_KEY + ["G"])
+_SUB_CONFIGS = _sub_configs()
+
+
+@triton.autotune(configs=_SUB_CONFIGS, key=_AUTOTUNE_KEY + ["G"])
 @triton.jit
 def sparse_attn_bwd_dkdv_sub_kernel(
     Q, K, V, DO, LSE, DELTA, PTR, QLIST, QBITS, ORDER, DK, DV,

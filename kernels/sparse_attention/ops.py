@@ -68,8 +68,8 @@ def _launch(kernel, grid, *args, **meta):
         return kernel[grid](*args, **meta)
     with_block_n = "BLOCK_N" in kernel.configs[0].kwargs
     cfg = default_config(meta.get("BK_PAD", 1), meta["D"], meta["BLOCK_M"], with_block_n, bool(meta.get("CAUSAL", False)))
-    if all(c.num_warps != cfg.num_warps for c in kernel.configs):  # a kernel kept to some warp counts (_sub_configs)
-        cfg = kernel.configs[0]
+    if not with_block_n and all(c.num_warps != cfg.num_warps for c in kernel.configs):
+        cfg = kernel.configs[0]  # a kernel kept to some warp counts (the per-block dk/dv: _sub_configs)
     return kernel.fn[grid](*args, **meta, **cfg.all_kwargs())
 
 

@@ -1,45 +1,61 @@
-"""Which autotune config of which pointer kernel faults or gives wrong gradients (GPU only).
+"""Which autotune config of which pointer kernel faults or gives wrong results (GPU only).
 
-Each config of the pointer kernels' autotune lists (forward, dq, grouped dk/dv, per-block dk/dv)
-runs alone — the other kernels pinned to their first config that fits — under
-``CUDA_LAUNCH_BLOCKING=1``, on key blocks of 16 (d 64, d 128, d 64 causal; 3,000 tokens, query
-blocks of 128, density 0.2), gradients against float32 autograd through the reference. A CUDA
-fault kills the context, so a worker process runs the jobs from a position on and the driver
-restarts past a fault. One JSON line per job to stdout and ``$OUT/config_faults.json``.
+Each config of the pointer kernels' autotune lists — forward, dq, grouped dk/dv, and the per-block
+dk/dv's whole space (4 and 8 warps: ``kernel._tile_configs(False)``, though it autotunes over 8 only
+since it faulted at 4) — runs alone through the autotuner (``VIDHASH_AUTOTUNE=1``) under
+``CUDA_LAUNCH_BLOCKING=1``, the other kernels held to the config the autotuner would keep first for
+each case (``kernel._prune_block_n``: causal-safe on causal cases). Cases: key blocks of 16, 3,000
+tokens, query blocks of 128, density 0.2; d 64, d 128, d 64 causal; bf16. Output and gradients are
+checked against float32 autograd through the reference. A config out of shared memory is recorded
+for that case and skipped, as the autotuner would. A CUDA fault kills the context, so a worker
+process runs the jobs from a position on; after a fault, a crash or a hang (``--job-timeout``), the
+driver records it and restarts past that job. Prints one JSON line per job and writes the list to
+``$OUT/config_faults.json``.
 
-    CUDA_LAUNCH_BLOCKING=1 python3 scripts/gpu/config_faults.py
+    python3 scripts/gpu/config_faults.py            (on the CPU, TRITON_INTERPRET=1: a smoke run of
+                                                     the script only — the interpreter runs one config)
 """
+import argparse
 import json
 import os
 import subprocess
 import sys
 import traceback
 
-DEV = "cuda" if os.environ.get("TRITON_INTERPRET") != "1" else "cpu"  # the CPU: a smoke run of the script
+DEV = "cuda" if os.environ.get("TRITON_INTERPRET") != "1" else "cpu"
 CASES = ((64, False), (128, False), (64, True))
+KERNELS = ("fwd", "dq", "dkdv", "dkdv_sub")
+FLAGS = {"fwd": ("0",), "dq": ("0",), "dkdv": ("0",), "dkdv_sub": ("2", "4")}  # VIDHASH_DKDV_SUB per kernel
+
+
+def kernels():
+    import vidhash.kernels.sparse_attention.kernel as K
+    return {"fwd": K.sparse_attn_fwd_kernel, "dq": K.sparse_attn_bwd_dq_kernel, "dkdv": K.sparse_attn_bwd_dkdv_kernel,
+            "dkdv_sub": K.sparse_attn_bwd_dkdv_sub_kernel}
+
+
+def spaces():
+    """Each kernel's configs to try: its autotune list; the per-block kernel's whole space."""
+    import vidhash.kernels.sparse_attention.kernel as K
+    out = {n: list(k.configs) for n, k in kernels().items()}
+    out["dkdv_sub"] = K._tile_configs(False)
+    return out
 
 
 def jobs():
-    import vidhash.kernels.sparse_attention.kernel as K
-    out = []
-    for name, kern, flags in (("fwd", K.sparse_attn_fwd_kernel, ("0",)), ("dq", K.sparse_attn_bwd_dq_kernel, ("0",)),
-                              ("dkdv", K.sparse_attn_bwd_dkdv_kernel, ("0",)),
-                              ("dkdv_sub", K.sparse_attn_bwd_dkdv_sub_kernel, ("2", "4"))):
-        for i in range(len(kern.configs)):
-            out.append((name, i, flags))
-    return out
+    return [(name, i) for name, cfgs in spaces().items() for i in range(len(cfgs))]
 
 
 def worker(start: int):
     import torch
+    from triton.runtime.errors import OutOfResources
+
     import vidhash.kernels.sparse_attention.kernel as K
     from vidhash.attention import block_sparse_attention, select_blocks
-    from vidhash.kernels.sparse_attention.ops import block_sparse_attention_triton
+    from vidhash.kernels.sparse_attention.ops import autotuning, block_sparse_attention_triton
 
-    kerns = {"fwd": K.sparse_attn_fwd_kernel, "dq": K.sparse_attn_bwd_dq_kernel, "dkdv": K.sparse_attn_bwd_dkdv_kernel,
-             "dkdv_sub": K.sparse_attn_bwd_dkdv_sub_kernel}
-    every = {n: list(k.configs) for n, k in kerns.items()}
-    first = {n: next(c for c in cs if c.kwargs.get("BLOCK_N", 16) >= 16) for n, cs in every.items()}
+    assert DEV == "cpu" or autotuning(), "the pinned configs run through the autotuner: VIDHASH_AUTOTUNE=1"
+    kerns, every, originals = kernels(), spaces(), {n: list(k.configs) for n, k in kernels().items()}
     data = {}
     for d, causal in CASES:
         torch.manual_seed(0)
@@ -47,30 +63,34 @@ def worker(start: int):
         sel = select_blocks(q, k, density=0.2, block_size=16, query_block_size=128, causal=causal)
         dout = torch.randn_like(q)
         qf, kf, vf = (t.detach().float().requires_grad_(True) for t in (q, k, v))
-        block_sparse_attention(qf, kf, vf, sel).backward(dout.float())
-        data[(d, causal)] = (q, k, v, sel, dout, [qf.grad, kf.grad, vf.grad])
+        out = block_sparse_attention(qf, kf, vf, sel)
+        out.backward(dout.float())
+        data[(d, causal)] = (q, k, v, sel, dout, [out.detach(), qf.grad, kf.grad, vf.grad])
     todo = jobs()
     for pos in range(start, len(todo)):
-        name, i, flags = todo[pos]
-        for n, kern in kerns.items():
-            kern.configs = [every[n][i]] if n == name else [first[n]]
-            kern.cache.clear()
+        name, i = todo[pos]
         cfg = every[name][i]
-        rec = {"pos": pos, "kernel": name, "config": str(cfg), "errors": {}}
+        rec = {"pos": pos, "kernel": name, "config": str(cfg), "errors": {}, "out_of_resources": []}
         try:
-            for flag in flags:
+            for flag in FLAGS[name]:
                 os.environ["VIDHASH_DKDV_SUB"] = flag
                 for (d, causal), (q, k, v, sel, dout, ref) in data.items():
-                    if name == "fwd" or name == "dq":
-                        if cfg.kwargs.get("BLOCK_N", 16) < 16:
-                            continue
+                    case = f"d{d}{'c' if causal else ''} sub={flag}"
+                    for n, kern in kerns.items():  # the others: what the autotuner would keep first here
+                        kept = K._prune_block_n(originals[n], {}, BK_PAD=16, CAUSAL=causal) if n in ("fwd", "dq") else originals[n]
+                        kern.configs = [cfg] if n == name else [kept[0]]
+                        kern.cache.clear()
                     leaves = [t.detach().requires_grad_(True) for t in (q, k, v)]
-                    block_sparse_attention_triton(*leaves, sel).backward(dout)
-                    if DEV == "cuda":
-                        torch.cuda.synchronize()
-                    for g, a, r in zip(("dq", "dk", "dv"), leaves, ref):
-                        rec["errors"][f"d{d}{'c' if causal else ''} sub={flag} {g}"] = round(
-                            ((a.grad.float() - r).norm() / r.norm()).item(), 5)
+                    try:
+                        out = block_sparse_attention_triton(*leaves, sel)
+                        out.backward(dout)
+                        if DEV == "cuda":
+                            torch.cuda.synchronize()
+                    except OutOfResources:
+                        rec["out_of_resources"].append(case)
+                        continue
+                    for g, a, r in zip(("out", "dq", "dk", "dv"), [out] + [t.grad for t in leaves], ref):
+                        rec["errors"][f"{case} {g}"] = round(((a.float() - r).norm() / r.norm()).item(), 5)
             rec["worst"] = max(rec["errors"].values(), default=0.0)
             print(json.dumps(rec), flush=True)
         except Exception as exc:  # noqa: BLE001 — a fault: name the launch, let the driver restart
@@ -82,25 +102,42 @@ def worker(start: int):
 
 
 def main():
-    if len(sys.argv) > 2 and sys.argv[1] == "--worker":
-        return worker(int(sys.argv[2]))
-    env = dict(os.environ, CUDA_LAUNCH_BLOCKING="1")
-    total, pos, lines = len(jobs()), 0, []
-    while pos < total:
-        run = subprocess.run([sys.executable, __file__, "--worker", str(pos)], env=env, capture_output=True, text=True)
-        got = [json.loads(x) for x in run.stdout.splitlines() if x.startswith("{")]
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--worker", type=int, default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--job-timeout", type=float, default=240.0, help="seconds a worker may run before it counts as hung")
+    args = ap.parse_args()
+    if args.worker is not None:
+        return worker(args.worker)
+    env = dict(os.environ, CUDA_LAUNCH_BLOCKING="1", VIDHASH_AUTOTUNE="1")
+    todo = jobs()
+    pos, lines = 0, []
+    while pos < len(todo):
+        try:
+            run = subprocess.run([sys.executable, __file__, "--worker", str(pos)], env=env, capture_output=True, text=True,
+                                 timeout=args.job_timeout)
+            stdout, rc, err = run.stdout, run.returncode, run.stderr
+        except subprocess.TimeoutExpired as exc:
+            stdout, rc, err = (exc.stdout or b"").decode() if isinstance(exc.stdout, bytes) else (exc.stdout or ""), None, "hung"
+        got = [json.loads(x) for x in stdout.splitlines() if x.startswith("{")]
         for rec in got:
             print(json.dumps(rec), flush=True)
         lines += got
-        if run.returncode not in (0, 3) or not got:
-            print(run.stderr[-3000:])
+        if rc == 0:
             break
-        pos = got[-1]["pos"] + 1
+        nxt = got[-1]["pos"] + 1 if got else pos
+        if rc != 3:  # died (signal, abort) or hung on job nxt without a record: record it, go past it
+            name, i = todo[nxt]
+            rec = {"pos": nxt, "kernel": name, "config": str(spaces()[name][i]),
+                   "fault": f"worker {'hung' if rc is None else f'exited {rc}'}: {err[-300:]}"}
+            print(json.dumps(rec), flush=True)
+            lines.append(rec)
+            nxt += 1
+        pos = nxt
     out = os.environ.get("OUT", ".")
     os.makedirs(out, exist_ok=True)
     json.dump(lines, open(os.path.join(out, "config_faults.json"), "w"), indent=1)
     bad = [r for r in lines if "fault" in r or r.get("worst", 0) > 2e-2]
-    print(f"{len(lines)} jobs, {len(bad)} faulted or wrong")
+    print(f"{len(lines)} of {len(todo)} jobs reported, {len(bad)} faulted or wrong")
 
 
 if __name__ == "__main__":

@@ -24,7 +24,8 @@
 # profile.txt comes back under $OUT: where a step's milliseconds go, kernel by kernel).
 # Back under $OUT (≤ 8 files, each ≤ 15 MiB): NAME/ (EMA weights in fp16, a WanMiniPipeline folder
 # loadable with WanTransformer3DModel.from_pretrained(NAME/transformer), plus train_state.json with
-# the loss log and, for a sparse run, "attention") and loss.csv. The output tail holds the log rows
+# the loss log and, for a sparse run, "attention") and loss.csv — or profile.txt instead on a call
+# given --profile-steps (8 files at most come back). The output tail holds the log rows
 # (loss, lr, samples/s, peak GPU memory, val_loss at every 250 steps and each call's end) and the
 # summary (one JSON line).
 # Next call: copy $OUT/NAME into an ignored folder of the repo (.wan/NAME, with
@@ -66,13 +67,14 @@ else
   echo "cold machine: resuming the checkpoint $INIT"; START=(--resume "$INIT")
 fi
 python3 -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name(0))"
+rm -f "$RUN/profile.txt"  # only this call's profile comes back
 python3 -m vidhash.cli train "$CFG" "out_dir=$RUN" "export_dir=$OUT/$NAME" \
   "${WARM[@]}" "$@" "${START[@]}" --max-minutes "$MIN" --no-progress 2>&1 | grep --line-buffered -v -e Warning -e 'warnings.warn'
 # ≤ 8 files come back: the export is 7 (its shard index included), so one more — profile.txt when
 # this call was given --profile-steps (the loss log is in the export's train_state.json too), else
 # loss.csv. (On 2026-12-05 both came back and the shard index was left out: rebuilt from the shards.)
 rm -f "$OUT/loss.csv" "$OUT/profile.txt"
-if [[ " $* " == *" --profile-steps "* ]] && [ -f "$RUN/profile.txt" ]; then
+if [[ " $* " == *" --profile-steps"[=\ ]* ]] && [ -f "$RUN/profile.txt" ]; then
   cp "$RUN/profile.txt" "$OUT/profile.txt"
 else
   cp "$RUN/loss.csv" "$OUT/loss.csv"

@@ -5,12 +5,19 @@ every new shape took the first 4 tests of the sparse-attention files 230 s on an
 the tests that check each config of an autotune list set ``VIDHASH_AUTOTUNE=1`` themselves."""
 import os
 
+import pytest
 import torch
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
-else:
-    os.environ.setdefault("VIDHASH_AUTOTUNE", "0")
+
+
+@pytest.fixture(autouse=True)
+def _default_configs_on_cuda(monkeypatch):
+    """Only for the tests in this folder (a module-level setting would reach every test collected
+    after it); a test's own ``monkeypatch.setenv("VIDHASH_AUTOTUNE", "1")`` runs later and wins."""
+    if torch.cuda.is_available() and "VIDHASH_AUTOTUNE" not in os.environ:
+        monkeypatch.setenv("VIDHASH_AUTOTUNE", "0")
 
 
 if os.environ.get("TRITON_INTERPRET") == "1":

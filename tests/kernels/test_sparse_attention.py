@@ -389,6 +389,7 @@ def test_per_block_dkdv_kernel_keeps_to_eight_warps(monkeypatch):
     import vidhash.kernels.sparse_attention.kernel as K
     from vidhash.kernels.sparse_attention import ops as sops
 
+    assert K.sparse_attn_bwd_dkdv_sub_kernel.configs is K._SUB_CONFIGS  # the kernel's own list is _sub_configs'
     monkeypatch.setattr(K, "_INTERPRET", False)
     cfgs = K._sub_configs()
     assert cfgs and {c.num_warps for c in cfgs} == {8}
