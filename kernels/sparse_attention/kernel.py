@@ -358,7 +358,8 @@ def _sub_configs():
     (illegal memory access at d 64, 2 blocks a program, bf16, 2 and 3 stages; 8 warps right, and the
     other pointer kernels' configs right where they ran: ``scripts/gpu/config_faults.py``, 2026-12-05). The
     interpreter is right at 4 warps, and its sm_90 SASS (``python -m vidhash.kernels.sass dkdv``)
-    shows no spill or stack there; root cause not found. Until it is, the kernel keeps to what ran right."""
+    shows no spill or stack there; root cause not found (it resembles the 4-warp, several-``tl.dot``
+    faults on sm_90 reported against Triton 3.6+: NOTES.md). Until it is, the kernel keeps to what ran right."""
     return [c for c in _tile_configs(False) if _INTERPRET or c.num_warps == 8]
 
 
