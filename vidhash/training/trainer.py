@@ -85,6 +85,11 @@ def train(cfg: TrainConfig, resume: str | None = None, max_minutes: float | None
         log(f"stopped at step {state.step}/{cfg.max_steps} ({loop.reason}); data position {state.data_pos}; "
             f"{(time.monotonic() - t_start) / 60:.1f} min this run")
     accelerator.wait_for_everyone()
+    # Drop every reference to the DDP-wrapped model before the process group goes: its reducer keeps
+    # the group alive, and a gloo group freed only at interpreter exit can abort the process there
+    # (tests/training/test_multiprocess.py saw a rank end in SIGABRT once, after finishing its work).
+    del loop, loader, state
+    accelerator.free_memory()
     accelerator.end_training()
     return summary
 
