@@ -398,11 +398,11 @@ def part_tma_configs():
                 res[label + " max |diff| vs autotuned"] = (out.float() - ref.float()).abs().max().item()
                 res[label + " ms"] = triton.testing.do_bench(lambda: block_sparse_attention_triton(q, k, v, sel), warmup=25, rep=200)
             # interleaved: every config once a round, 7 rounds, the median of each config's round medians
-            # (separate launches of one config moved ~7 % on 2026-12-05; rounds put the drift on every config)
+            # (separate launches of one config moved ~7 % on 2026-12-05; rotated rounds spread drift over every config)
             ran = [c for c in every if not isinstance(res.get(_cfg_label(name, c)), str)]
             rounds = {_cfg_label(name, c): [] for c in ran}
-            for _ in range(7):
-                for cfg in ran:
+            for r in range(7):
+                for cfg in ran[r % len(ran):] + ran[:r % len(ran)]:  # a rotated order each round
                     kern.configs = [cfg]
                     kern.cache.clear()
                     rounds[_cfg_label(name, cfg)].append(triton.testing.do_bench(
