@@ -456,15 +456,17 @@ def test_one_seed_is_sampled_twice_and_the_warm_clip_timed(monkeypatch):
     def fake(pipe, seeds, args):
         calls.append(list(seeds))
         clips = [np.full((1, 2, 2, 3), i, np.uint8) for i in range(len(seeds))]
-        return clips, [10.0] + [0.5] * (len(seeds) - 1), [100.0] * args.steps + [2.0] * (args.steps * (len(seeds) - 1))
+        return (clips, [10.0] + [0.5] * (len(seeds) - 1), [100.0] * args.steps + [2.0] * (args.steps * (len(seeds) - 1)),
+                [0.5] + [0.06] * (len(seeds) - 1))
 
     monkeypatch.setattr(dropin, "sample_clips", fake)
     args = SimpleNamespace(steps=3, profile=False, recall_step=1)
     clips, timing = dropin.run_setting(SimpleNamespace(transformer=None), dropin.Setting("dense"), [7], args)
     assert calls == [[7, 7]] and len(clips) == 1 and clips[0][0, 0, 0, 0] == 1  # the second clip kept
-    assert timing == {"transformer_ms": 2.0, "clip_s": 0.5}
+    assert timing == {"transformer_ms": 2.0, "clip_s": 0.5, "noise_ms": pytest.approx(60.0)}
     clips, timing = dropin.run_setting(SimpleNamespace(transformer=None), dropin.Setting("dense"), [1, 2, 3], args)
-    assert calls[-1] == [1, 2, 3] and len(clips) == 3 and timing == {"transformer_ms": 2.0, "clip_s": 0.5}
+    assert calls[-1] == [1, 2, 3] and len(clips) == 3
+    assert timing == {"transformer_ms": 2.0, "clip_s": 0.5, "noise_ms": pytest.approx(60.0)}
 
 
 def test_query_block_sizes_rows(tiny_model, tmp_path):
@@ -498,3 +500,36 @@ def test_bad_block_settings_fail_before_any_clip(tiny_model, flags, match, monke
                  "--frames", "8", "--size", "32", "--steps", "2", "--recall-step", "1", *flags]) == 2
     err = capsys.readouterr().err
     assert "--query-block-sizes" in err and match in err
+
+
+def test_cached_remainder_rows_only_beside_the_reused_selection(tiny_model, tmp_path):
+    """--remainders mean,cached: '+cached' rows only where the selection is reused and not refreshed
+    (the cache is the unkept blocks of the reused selection at the last dense step); their frames are
+    the drop-in's cached remainder, not the mean one's."""
+    rows = dropin.make_settings([dropin.Fraction(1, 8)], [16], [None], dense_steps=[0, 1], remainders=["mean", "cached"],
+                                reuse=[0, 1], refresh=[0, 2])
+    assert [r.name for r in rows] == ["dense", "dense (repeat)", "1/8 b16 +mean", "1/8 b16 ds1 +mean",
+                                      "1/8 b16 ds1 +mean reuse/1", "1/8 b16 ds1 +mean reuse/1 r2",
+                                      "1/8 b16 ds1 +cached reuse/1"]
+    out = small_run(tiny_model, tmp_path, "--densities", "1/8", "--steps", "3", "--recall-step", "2",
+                    "--dense-steps", "1", "--reuse-mass", "1", "--remainders", "mean,cached")
+    assert list(out) == ["dense", "dense (repeat)", "1/8 b16 ds1 +mean reuse/1", "1/8 b16 ds1 +cached reuse/1"]
+    cached, mean = out["1/8 b16 ds1 +cached reuse/1"], out["1/8 b16 ds1 +mean reuse/1"]
+    assert cached["remainder"] == "cached" and math.isfinite(cached["psnr"]) and cached["psnr"] != mean["psnr"]
+
+
+def test_remainders_flag_lists_cached(tiny_model, capsys):
+    assert main(["bench", "dropin", "--model", str(tiny_model), "--frames", "8", "--size", "32", "--steps", "3",
+                 "--recall-step", "1", "--seeds", "0", "--no-coherence", "--remainders", "cache"]) == 2
+    assert "'cached'" in capsys.readouterr().err
+
+
+def test_initial_noise_is_the_pipelines_own_draw(tiny_model):
+    """The bench draws each seed's noise before the timed call and passes it as latents=: the same
+    values, so the same frames, as the pipeline's own draw from the seed's CPU generator."""
+    pipe = dropin.load_pipeline(str(tiny_model), "cpu", "fp32")
+    kw = dict(actions=dropin.camera_path(3, 8), num_frames=8, height=32, width=32, num_inference_steps=2)
+    own = pipe(**kw, generator=torch.Generator().manual_seed(3)).frames
+    given = pipe(**kw, latents=dropin.initial_noise(pipe, 3, 8, 32)).frames
+    assert np.array_equal(own, given)
+    assert not np.array_equal(own, pipe(**kw, latents=dropin.initial_noise(pipe, 4, 8, 32)).frames)

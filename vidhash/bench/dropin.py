@@ -36,15 +36,21 @@ JSON and the printed Markdown table:
 * ``dense_steps``, ``dense_layers``, ``dense_timestep`` — the setting's dense warmup and the
   timestep threshold it ran with (None on the dense rows); the table shows the first two where any
   row has them;
-* ``remainder`` — ``--remainders``: ``"none"``, or ``"mean"`` (rows ``… +mean``: the drop-in adds,
+* ``remainder`` — ``--remainders``: ``"none"``, ``"mean"`` (rows ``… +mean``: the drop-in adds,
   per query, one mean token for each key block the selection did not keep —
-  :func:`vidhash.attention.block_mean_remainder`; recall/oracle are of the kept blocks either way);
+  :func:`vidhash.attention.block_mean_remainder`; recall/oracle are of the kept blocks either way),
+  or ``"cached"`` (rows ``… +cached``, only with ``--reuse-mass`` and no ``--mass-refresh``; other
+  combinations are skipped: the unkept blocks attended exactly at the last dense step, merged into
+  every sparse step — :func:`vidhash.attention.unkept_attention`);
 * ``reuse_mass``, ``mass_refresh`` — ``--reuse-mass`` / ``--mass-refresh``: 0, or the drop-in's
   ``reuse_mass`` with that ``mass_query_stride`` (rows ``… reuse/<stride>``: the sparse steps select
   from the last dense step's exact block mass; recall/oracle/error are not measured for them — the
   scorer's selection is not theirs) and its ``mass_refresh`` (rows ``… r<N>``); None on the dense rows;
 * ``transformer_ms`` — median milliseconds of one transformer call (a denoising step), and
-  ``clip_s`` — median seconds of one whole clip (the pipeline call), synchronised on CUDA; the
+  ``clip_s`` — median seconds of one whole clip (the pipeline call from the seed's initial noise,
+  drawn beforehand from its CPU generator — the same values as ``generator=`` gives; ``noise_ms`` is
+  the median time that drawing took, the same work for every row: before 2026-12-05 it was inside
+  ``clip_s``), synchronised on CUDA; the
   first seed's clip warms up (kernel autotuning, Flex's compilation) and is left out (with one
   seed, its clip is sampled twice and the second one kept and timed). ``clip_s_dense`` is the
   dense row's (dense SDPA); ``speedup`` is ``clip_s_dense / clip_s``;
@@ -171,7 +177,7 @@ def make_settings(densities: list[Fraction], block_sizes: list[int], scorers: li
     remainder × reuse, innermost; named ``ds<steps>`` / ``dl<layers>`` where not 0, ``+<remainder>`` where
     not ``"none"``, ``reuse/<stride>`` where ``reuse`` is not 0 (only with dense steps: a setting
     without them has no mass to reuse and is skipped; `` r<N>`` per ``refresh`` N > 0, reuse rows
-    only), ``[module=density,...]`` where
+    only; ``"cached"`` only on reuse rows without refresh), ``[module=density,...]`` where
     ``layer_densities`` are given — every sparse row)."""
     pairs = tuple(sorted((layer_densities or {}).items()))
     rows = [Setting("dense"), Setting("dense (repeat)")]
@@ -183,6 +189,8 @@ def make_settings(densities: list[Fraction], block_sizes: list[int], scorers: li
                         for rest in remainders:
                             for stride, every in ((s, r) for s in reuse for r in (refresh if s else (0,))):
                                 if stride and not steps:
+                                    continue
+                                if rest == "cached" and (not stride or every):  # the reused selection's, unrefreshed
                                     continue
                                 tag = "" if bq is None else f" q{bq}"
                                 tag += "" if scorer is None else f" {scorer}"
@@ -209,7 +217,7 @@ def check_settings(settings: list[Setting]) -> None:
         cfg = DropInConfig(density=float(st.density), block_size=st.block_size,
                       query_block_size=st.query_block_size, scorer=st.scorer or DropInConfig.scorer,
                       dense_timestep=1.0 if st.dense_steps else None, reuse_mass=bool(st.reuse_mass),
-                      mass_query_stride=st.reuse_mass or 1, mass_refresh=st.mass_refresh)
+                      mass_query_stride=st.reuse_mass or 1, mass_refresh=st.mass_refresh, remainder=st.remainder)
         try:
             check_selection_args(cfg.density, cfg.block_size, cfg.query_block_size, cfg.local_blocks, cfg.sink_blocks)
             check_subgrid(cfg.scorer, cfg.block_size, cfg.query_block_size)
@@ -219,12 +227,12 @@ def check_settings(settings: list[Setting]) -> None:
 
 
 def parse_remainders(text: str) -> list[str]:
-    """``"none,mean"`` → the drop-in's ``remainder`` values; ValueError naming --remainders."""
-    from vidhash.attention import REMAINDERS
+    """``"none,mean,cached"`` → the drop-in's ``remainder`` values; ValueError naming --remainders."""
+    from vidhash.integrations.diffusers import DROP_IN_REMAINDERS
 
     values = [x.strip() for x in text.split(",") if x.strip()]
-    if not values or any(v not in REMAINDERS for v in values):
-        raise ValueError(f"--remainders must be comma-separated values of {REMAINDERS}, got {text!r}")
+    if not values or any(v not in DROP_IN_REMAINDERS for v in values):
+        raise ValueError(f"--remainders must be comma-separated values of {DROP_IN_REMAINDERS}, got {text!r}")
     return values
 
 
@@ -326,21 +334,37 @@ def camera_path(seed: int, num_frames: int) -> list[str]:
     return out[:num_frames]
 
 
-def sample_clips(pipe, seeds: list[int], args) -> tuple[list[np.ndarray], list[float], list[float]]:
-    """Clips (f, h, w, 3) uint8 of every seed, the seconds of each clip and the ms of each step."""
+def initial_noise(pipe, seed: int, frames: int, size: int) -> torch.Tensor:
+    """The seed's initial noise ``(1, c, f, size, size)`` float32 on the transformer's device: what the
+    pipeline draws itself for ``generator=torch.Generator().manual_seed(seed)`` (diffusers'
+    ``randn_tensor`` with a CPU generator: drawn on the CPU, then moved), the same values."""
+    from diffusers.utils.torch_utils import randn_tensor
+
+    shape = (1, pipe.conditioning.channels, frames, size, size)
+    noise = randn_tensor(shape, generator=torch.Generator().manual_seed(seed), device=torch.device("cpu"),
+                         dtype=torch.float32)
+    return noise.to(pipe._execution_device)
+
+
+def sample_clips(pipe, seeds: list[int], args) -> tuple[list[np.ndarray], list[float], list[float], list[float]]:
+    """Clips (f, h, w, 3) uint8 of every seed, the seconds of each clip (the pipeline call from the
+    seed's initial noise, :func:`initial_noise`, drawn before it), the ms of each step and the seconds
+    each seed's noise took to draw and move (on the CPU: ~60 ms for 33 × 3 × 256² on a 2-core CPU)."""
     timer = StepTimer(pipe.transformer)
-    clips, seconds = [], []
+    clips, seconds, noise_s = [], [], []
     try:
         for seed in seeds:
             t0 = timer._sync()
+            noise = initial_noise(pipe, seed, args.frames, args.size)
+            t1 = timer._sync()
             frames = pipe(actions=camera_path(seed, args.frames), num_frames=args.frames, height=args.size,
-                          width=args.size, num_inference_steps=args.steps,
-                          generator=torch.Generator().manual_seed(seed)).frames[0]
-            seconds.append(timer._sync() - t0)
+                          width=args.size, num_inference_steps=args.steps, latents=noise).frames[0]
+            seconds.append(timer._sync() - t1)
+            noise_s.append(t1 - t0)
             clips.append((np.clip(frames, 0, 1) * 255).round().astype(np.uint8))
     finally:
         timer.close()
-    return clips, seconds, timer.ms
+    return clips, seconds, timer.ms, noise_s
 
 
 def clip_psnr(a: np.ndarray, b: np.ndarray) -> float:
@@ -570,7 +594,7 @@ def run_setting(pipe, setting: Setting, seeds: list[int], args, backend: str | N
     call = CallRecorder(pipe.transformer, args.recall_step) if getattr(args, "profile", False) else None
     warm_up = len(seeds) == 1  # one seed: its clip twice, the first untimed (it compiles, autotunes)
     try:
-        clips, seconds, ms = sample_clips(pipe, seeds * 2 if warm_up else seeds, args)
+        clips, seconds, ms, noise_s = sample_clips(pipe, seeds * 2 if warm_up else seeds, args)
         if warm_up:
             clips = clips[1:]
         profiled = profile_call(pipe.transformer, call.inputs, args.profile_reps) if call is not None else None
@@ -580,7 +604,8 @@ def run_setting(pipe, setting: Setting, seeds: list[int], args, backend: str | N
         if setting.density is not None:
             disable_hash_attention(pipe.transformer)
     # the first clip's steps and seconds warm up (kernels, autotuning, compiling) and are left out
-    timing = {"transformer_ms": float(np.median(ms[args.steps:] or ms)), "clip_s": float(np.median(seconds[1:] or seconds))}
+    timing = {"transformer_ms": float(np.median(ms[args.steps:] or ms)), "clip_s": float(np.median(seconds[1:] or seconds)),
+              "noise_ms": 1000 * float(np.median(noise_s[1:] or noise_s))}
     if profiled is not None:
         timing["profile"] = profiled
     return clips, timing
@@ -715,7 +740,7 @@ def measure_setting(pipe, setting: Setting, seeds: list[int], args, dense, captu
            "psnr": float(np.mean([clip_psnr(c, d) for c, d in zip(clips, dense_clips)])),
            "ssim": float(np.mean([clip_ssim(c, d) for c, d in zip(clips, dense_clips)])),
            "recall": None, "oracle": None, "error": None, "transformer_ms": timing["transformer_ms"], "transformer_ms_flex": None,
-           "clip_s": timing["clip_s"], "clip_s_flex": None, "clip_s_dense": clip_s_dense,
+           "clip_s": timing["clip_s"], "noise_ms": timing["noise_ms"], "clip_s_flex": None, "clip_s_dense": clip_s_dense,
            "speedup": clip_s_dense / timing["clip_s"], "speedup_flex": None, "flex_psnr": None,
            "dense_steps": setting.dense_steps if sparse else None, "dense_layers": setting.dense_layers if sparse else None,
            "dense_timestep": dense_timestep_of(pipe, args.steps, setting.dense_steps) if sparse else None,

@@ -289,8 +289,9 @@ def add_dropin(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dense-layers", default="0",
                    help="comma-separated counts of first self-attention modules run dense (default 0)")
     p.add_argument("--remainders", default="none",
-                   help="comma-separated remainders of the drop-in: none (the unkept key blocks dropped) and/or mean "
-                        "(each unkept block as one mean token; rows '+mean')")
+                   help="comma-separated remainders of the drop-in: none (the unkept key blocks dropped), mean "
+                        "(each unkept block as one mean token; rows '+mean') and/or cached (the unkept blocks attended "
+                        "exactly at the last dense step, merged into the sparse steps; reuse rows only; rows '+cached')")
     p.add_argument("--reuse-mass", default="0",
                    help="comma-separated: 0 (the scorer selects at the sparse steps) and/or query strides s >= 1 (the "
                         "drop-in's reuse_mass: select from the last dense step's exact block mass of every s-th query; "
