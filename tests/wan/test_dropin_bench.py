@@ -533,3 +533,15 @@ def test_initial_noise_is_the_pipelines_own_draw(tiny_model):
     given = pipe(**kw, latents=dropin.initial_noise(pipe, 3, 8, 32)).frames
     assert np.array_equal(own, given)
     assert not np.array_equal(own, pipe(**kw, latents=dropin.initial_noise(pipe, 4, 8, 32)).frames)
+
+
+def test_no_repeat_and_no_warmup(tiny_model, tmp_path, monkeypatch):
+    """--no-repeat drops the 'dense (repeat)' row; --no-warmup samples a lone seed's clip once."""
+    calls = []
+    real = dropin.sample_clips
+    monkeypatch.setattr(dropin, "sample_clips", lambda pipe, seeds, args: calls.append(list(seeds)) or real(pipe, seeds, args))
+    rows = small_run(tiny_model, tmp_path, "--densities", "1/4", "--steps", "2", "--no-recall", "--no-repeat", "--no-warmup")
+    assert list(rows) == ["dense", "1/4 b16"] and calls == [[0], [0]]
+    calls.clear()
+    rows = small_run(tiny_model, tmp_path, "--densities", "1/4", "--steps", "2", "--no-recall")
+    assert list(rows) == ["dense", "dense (repeat)", "1/4 b16"] and calls == [[0, 0]] * 3

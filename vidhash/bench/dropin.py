@@ -171,8 +171,8 @@ def make_settings(densities: list[Fraction], block_sizes: list[int], scorers: li
                   dense_steps: list[int] = (0,), dense_layers: list[int] = (0,),
                   remainders: list[str] = ("none",), layer_densities: dict[str, float] | None = None,
                   reuse: list[int] = (0,), refresh: list[int] = (0,),
-                  query_blocks: list[int | None] = (None,)) -> list[Setting]:
-    """dense, dense (repeat), then scorer × block size (× query block, named `` q<size>`` where given)
+                  query_blocks: list[int | None] = (None,), repeat: bool = True) -> list[Setting]:
+    """dense, dense (repeat) (unless not ``repeat``), then scorer × block size (× query block, named `` q<size>`` where given)
     × density (× dense steps × dense layers ×
     remainder × reuse, innermost; named ``ds<steps>`` / ``dl<layers>`` where not 0, ``+<remainder>`` where
     not ``"none"``, ``reuse/<stride>`` where ``reuse`` is not 0 (only with dense steps: a setting
@@ -180,7 +180,7 @@ def make_settings(densities: list[Fraction], block_sizes: list[int], scorers: li
     only; ``"cached"`` only on reuse rows without refresh), ``[module=density,...]`` where
     ``layer_densities`` are given — every sparse row)."""
     pairs = tuple(sorted((layer_densities or {}).items()))
-    rows = [Setting("dense"), Setting("dense (repeat)")]
+    rows = [Setting("dense"), Setting("dense (repeat)")] if repeat else [Setting("dense")]
     for scorer in scorers:
         for bs, bq in ((b, q) for b in block_sizes for q in query_blocks):
             for d in densities:
@@ -592,7 +592,8 @@ def run_setting(pipe, setting: Setting, seeds: list[int], args, backend: str | N
         enable_hash_attention(pipe.transformer, density=float(setting.density), block_size=setting.block_size,
                               **drop_in_options(setting.scorer), **dense_options(pipe, setting, args.steps), **extra)
     call = CallRecorder(pipe.transformer, args.recall_step) if getattr(args, "profile", False) else None
-    warm_up = len(seeds) == 1  # one seed: its clip twice, the first untimed (it compiles, autotunes)
+    # one seed: its clip twice, the first untimed (it compiles, autotunes) — unless --no-warmup (frames only)
+    warm_up = len(seeds) == 1 and not getattr(args, "no_warmup", False)
     try:
         clips, seconds, ms, noise_s = sample_clips(pipe, seeds * 2 if warm_up else seeds, args)
         if warm_up:
@@ -810,7 +811,7 @@ def run(args) -> int:
     if max(dense_layers) > modules:
         raise ValueError(f"--dense-layers must be in [0, {modules}] (the model's self-attention modules), got {args.dense_layers}")
     settings = make_settings(densities, block_sizes, scorers, dense_steps, dense_layers, remainders, layer_densities, reuse, refresh,
-                             query_blocks)
+                             query_blocks, repeat=not getattr(args, "no_repeat", False))
     check_settings(settings)
     report = {"model": str(args.model), "device": describe_device(device), "torch": torch.__version__,
               "date": time.strftime("%Y-%m-%d"), "frames": args.frames, "size": args.size, "steps": args.steps,

@@ -312,6 +312,11 @@ def add_dropin(p: argparse.ArgumentParser) -> None:
     p.add_argument("--recall-blocks", type=positive_int, default=64, help="query blocks evaluated for recall per layer")
     p.add_argument("--no-recall", action="store_true", help="skip the per-layer recall")
     p.add_argument("--no-coherence", action="store_true", help="skip the coherence reports")
+    p.add_argument("--no-repeat", action="store_true",
+                   help="skip the 'dense (repeat)' row (the dense clips sampled again: the floor of the comparison)")
+    p.add_argument("--no-warmup", action="store_true",
+                   help="with one seed, sample each clip once (default: twice, the first untimed) — for runs where only "
+                        "the frames count, e.g. a quality study on a CPU")
     p.add_argument("--clips", type=output_file((".npz",)), default=None, help="also save the strip's clips (seed 0, uint8) to this .npz")
     p.add_argument("--no-flex", action="store_true",
                    help="skip FlexAttention on the same selected blocks (its columns stay empty)")
