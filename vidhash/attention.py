@@ -15,8 +15,6 @@ real-valued inputs (selection itself is discrete and carries no gradient).
 * :func:`block_sparse_attention` — exact softmax over the kept blocks only (reference in
   ``kernels/sparse_attention/naive.py``).
 * :func:`block_mean_remainder` — the unkept key blocks, one mean token each (``remainder="mean"``).
-* :func:`unkept_attention` — the unkept key blocks attended exactly (dense less the kept part): the
-  drop-in's ``remainder="cached"`` keeps it from a dense step.
 * :func:`hash_attention` — the two together; ``density=1.0`` is dense attention. The one place
   that chooses between the references and the Triton kernels (``backend=``).
 * :func:`selection_recall` — share of the exact attention mass the kept keys hold.
@@ -47,7 +45,7 @@ __all__ = [
     "BACKENDS", "MAX_BLOCK_SIZE", "SCORERS", "BlockSelection", "block_signatures", "block_sparse_attention", "default_hasher",
     "dense_attention", "fused_attention_lse", "hash_attention", "merge_attention", "resolve_backend",
     "select_blocks", "selection_recall", "default_scorer", "resolve_scorer", "READS_SIGNATURES",
-    "REMAINDERS", "add_remainder", "block_mean_remainder", "unkept_attention",
+    "REMAINDERS", "add_remainder", "block_mean_remainder",
 ]
 
 
@@ -399,44 +397,6 @@ def add_remainder(out: torch.Tensor, lse: torch.Tensor, q: torch.Tensor, k: torc
             and out.dtype == v.dtype:
         return triton_ops().block_mean_remainder_triton(q, k, v, selection, scale=scale, merge_with=(out, lse))
     return merge_attention(out, lse, *block_mean_remainder(q, k, v, selection, scale=scale))
-
-
-@torch.no_grad()
-def unkept_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, selection: BlockSelection, *,
-                     scale: float | None = None, backend: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
-    """Exact attention ``(out, lse)`` of each query over the keys its ``selection`` did *not* keep:
-    dense attention (:func:`fused_attention_lse`) less the kept blocks' part (the block-sparse
-    attention of ``backend``), in float32 — with ``w = exp(lse_kept − lse_dense)``,
-    ``out = (out_dense − w · out_kept) / (1 − w)`` and ``lse = lse_dense + log(1 − w)``, so that
-    ``merge_attention(out_kept, lse_kept, out, lse)`` is dense attention again. A query whose
-    selection holds (up to rounding) all its mass gets ``out = 0``, ``lse = -inf``. ``out`` in v's
-    dtype, ``lse`` float32. Non-causal selections; inference (no gradients).
-
-    >>> q, k, v = (torch.randn(1, 2, 256, 32) for _ in range(3))
-    >>> sel = select_blocks(q, k, density=0.25, block_size=32)
-    >>> o1, l1 = block_sparse_attention(q, k, v, sel, return_lse=True)
-    >>> out, _ = merge_attention(o1, l1, *unkept_attention(q, k, v, sel))
-    >>> torch.allclose(out, dense_attention(q, k, v), atol=1e-5)
-    True
-    """
-    check_qkv(q, k, v)
-    check_selection(selection, q, k)
-    if selection.causal:
-        raise ValueError("unkept_attention takes non-causal selections")
-    which = resolve_backend(backend, q, k, v)
-    if which == "triton" and backend == "auto" and not _kernels_cover(q, v):
-        which = "reference"
-    attend = triton_ops().block_sparse_attention_triton if which == "triton" else block_sparse_attention
-    out_d, lse_d = fused_attention_lse(q, k, v, scale=scale)
-    out_k, lse_k = attend(q, k, v, selection, scale=scale, return_lse=True)
-    w = torch.exp(upcast(lse_k) - upcast(lse_d)).clamp(max=1.0)
-    w = torch.where(torch.isfinite(lse_d), w, 0.0)
-    left = 1.0 - w
-    some = left > 0
-    out = (upcast(out_d) - w.unsqueeze(-1) * upcast(out_k)) / left.clamp(min=torch.finfo(left.dtype).tiny).unsqueeze(-1)
-    out = torch.where(some.unsqueeze(-1), out, 0.0)
-    lse = torch.where(some, upcast(lse_d) + torch.log(left.clamp(min=torch.finfo(left.dtype).tiny)), float("-inf"))
-    return out.to(v.dtype), lse.float()
 
 
 def hash_attention(

@@ -249,17 +249,17 @@ def test_hash_attention_attends_to_a_given_selection():
 
 
 @needs_compile
-@pytest.mark.parametrize("reuse, refresh, rest", [(False, 0, "none"), (True, 0, "none"), (True, 2, "none"), (True, 0, "cached")])
-def test_compiled_model_runs_each_step_as_one_graph(reuse, refresh, rest):
+@pytest.mark.parametrize("reuse, refresh, delta", [(False, 0, False), (True, 0, False), (True, 2, False), (True, 0, True)])
+def test_compiled_model_runs_each_step_as_one_graph(reuse, refresh, delta):
     """Under torch.compile(model) every call is one graph, dense or sparse, with or without
     reuse_mass (and mass_refresh): the dense_timestep gate and reuse_mass's mass pass run in the
     pre-hook, an eager island before the graph; a call that keeps its q, k is a second variant; the
-    cached remainder is made in the pre-hook and merged inside the graph. (Before 2026-12-05 a torch.compiler.disable inside the attention made
+    reuse_delta is measured and decayed (in place) in the pre-hook and added inside the graph. (Before 2026-12-05 a torch.compiler.disable inside the attention made
     dynamo give up on the transformer's forward: 16-18 graphs a step — +2 ms a sparse step measured
     on wan-mini in CUDA graphs.) The compiled clip equals the eager one."""
     model, inputs = tiny_wan()
     vidhash.enable_hash_attention(model, **SPARSE, dense_timestep=500, reuse_mass=reuse, mass_refresh=refresh,
-                                  remainder=rest)
+                                  reuse_delta=delta, delta_half_life=2.0)
     steps = (900, 700, 300, 200, 100)
     want = [run(model, _at(inputs, t)) for t in steps]
     calls = [0]

@@ -502,39 +502,6 @@ def test_bad_block_settings_fail_before_any_clip(tiny_model, flags, match, monke
     assert "--query-block-sizes" in err and match in err
 
 
-def test_cached_remainder_rows_only_beside_the_reused_selection(tiny_model, tmp_path):
-    """--remainders mean,cached: '+cached' rows only where the selection is reused and not refreshed
-    (the cache is the unkept blocks of the reused selection at the last dense step); their frames are
-    the drop-in's cached remainder, not the mean one's."""
-    rows = dropin.make_settings([dropin.Fraction(1, 8)], [16], [None], dense_steps=[0, 1], remainders=["mean", "cached"],
-                                reuse=[0, 1], refresh=[0, 2])
-    assert [r.name for r in rows] == ["dense", "dense (repeat)", "1/8 b16 +mean", "1/8 b16 ds1 +mean",
-                                      "1/8 b16 ds1 +mean reuse/1", "1/8 b16 ds1 +mean reuse/1 r2",
-                                      "1/8 b16 ds1 +cached reuse/1"]
-    out = small_run(tiny_model, tmp_path, "--densities", "1/8", "--steps", "3", "--recall-step", "2",
-                    "--dense-steps", "1", "--reuse-mass", "1", "--remainders", "mean,cached")
-    assert list(out) == ["dense", "dense (repeat)", "1/8 b16 ds1 +mean reuse/1", "1/8 b16 ds1 +cached reuse/1"]
-    cached, mean = out["1/8 b16 ds1 +cached reuse/1"], out["1/8 b16 ds1 +mean reuse/1"]
-    assert cached["remainder"] == "cached" and math.isfinite(cached["psnr"]) and cached["psnr"] != mean["psnr"]
-
-
-def test_remainders_flag_lists_cached(tiny_model, capsys):
-    assert main(["bench", "dropin", "--model", str(tiny_model), "--frames", "8", "--size", "32", "--steps", "3",
-                 "--recall-step", "1", "--seeds", "0", "--no-coherence", "--remainders", "cache"]) == 2
-    assert "'cached'" in capsys.readouterr().err
-
-
-def test_initial_noise_is_the_pipelines_own_draw(tiny_model):
-    """The bench draws each seed's noise before the timed call and passes it as latents=: the same
-    values, so the same frames, as the pipeline's own draw from the seed's CPU generator."""
-    pipe = dropin.load_pipeline(str(tiny_model), "cpu", "fp32")
-    kw = dict(actions=dropin.camera_path(3, 8), num_frames=8, height=32, width=32, num_inference_steps=2)
-    own = pipe(**kw, generator=torch.Generator().manual_seed(3)).frames
-    given = pipe(**kw, latents=dropin.initial_noise(pipe, 3, 8, 32)).frames
-    assert np.array_equal(own, given)
-    assert not np.array_equal(own, pipe(**kw, latents=dropin.initial_noise(pipe, 4, 8, 32)).frames)
-
-
 def test_no_repeat_and_no_warmup(tiny_model, tmp_path, monkeypatch):
     """--no-repeat drops the 'dense (repeat)' row; --no-warmup samples a lone seed's clip once."""
     calls = []
@@ -545,3 +512,26 @@ def test_no_repeat_and_no_warmup(tiny_model, tmp_path, monkeypatch):
     calls.clear()
     rows = small_run(tiny_model, tmp_path, "--densities", "1/4", "--steps", "2", "--no-recall")
     assert list(rows) == ["dense", "dense (repeat)", "1/4 b16"] and calls == [[0, 0]] * 3
+
+
+def test_reuse_delta_rows_only_on_unrefreshed_reuse_rows(tiny_model, tmp_path):
+    """--reuse-delta 0,4,inf: ' delta/h' rows only beside reuse rows without refresh; their frames are
+    the drop-in's reuse_delta (not the plain reuse row's), the half-life recorded ("inf": no decay)."""
+    rows = dropin.make_settings([dropin.Fraction(1, 8)], [16], [None], dense_steps=[0, 1], remainders=["mean"],
+                                reuse=[0, 1], refresh=[0, 2], deltas=[0.0, 4.0, float("inf")])
+    assert [r.name for r in rows] == ["dense", "dense (repeat)", "1/8 b16 +mean", "1/8 b16 ds1 +mean",
+                                      "1/8 b16 ds1 +mean reuse/1", "1/8 b16 ds1 +mean reuse/1 delta/4",
+                                      "1/8 b16 ds1 +mean reuse/1 delta/inf", "1/8 b16 ds1 +mean reuse/1 r2"]
+    out = small_run(tiny_model, tmp_path, "--densities", "1/8", "--steps", "3", "--recall-step", "2", "--dense-steps", "1",
+                    "--reuse-mass", "1", "--remainders", "mean", "--reuse-delta", "0,inf", "--no-repeat")
+    assert list(out) == ["dense", "1/8 b16 ds1 +mean reuse/1", "1/8 b16 ds1 +mean reuse/1 delta/inf"]
+    delta, plain = out["1/8 b16 ds1 +mean reuse/1 delta/inf"], out["1/8 b16 ds1 +mean reuse/1"]
+    assert delta["reuse_delta"] == "inf" and plain["reuse_delta"] == 0 and out["dense"]["reuse_delta"] is None
+    assert math.isfinite(delta["psnr"]) and delta["psnr"] != plain["psnr"]
+
+
+@pytest.mark.parametrize("value", ["x", "-1", "nan"])
+def test_reuse_delta_flag_errors_name_the_flag(tiny_model, value, capsys):
+    assert main(["bench", "dropin", "--model", str(tiny_model), "--frames", "8", "--size", "32", "--steps", "3",
+                 "--recall-step", "1", "--seeds", "0", "--no-coherence", "--reuse-delta", value]) == 2
+    assert "--reuse-delta" in capsys.readouterr().err

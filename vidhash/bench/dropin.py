@@ -36,12 +36,12 @@ JSON and the printed Markdown table:
 * ``dense_steps``, ``dense_layers``, ``dense_timestep`` — the setting's dense warmup and the
   timestep threshold it ran with (None on the dense rows); the table shows the first two where any
   row has them;
-* ``remainder`` — ``--remainders``: ``"none"``, ``"mean"`` (rows ``… +mean``: the drop-in adds,
+* ``remainder`` — ``--remainders``: ``"none"``, or ``"mean"`` (rows ``… +mean``: the drop-in adds,
   per query, one mean token for each key block the selection did not keep —
-  :func:`vidhash.attention.block_mean_remainder`; recall/oracle are of the kept blocks either way),
-  or ``"cached"`` (rows ``… +cached``, only with ``--reuse-mass`` and no ``--mass-refresh``; other
-  combinations are skipped: the unkept blocks attended exactly at the last dense step, merged into
-  every sparse step — :func:`vidhash.attention.unkept_attention`);
+  :func:`vidhash.attention.block_mean_remainder`; recall/oracle are of the kept blocks either way);
+* ``reuse_delta`` — ``--reuse-delta``: 0, or the drop-in's ``reuse_delta`` with ``delta_half_life`` =
+  this (rows ``… delta/<half-life>``, reuse rows without refresh only — other combinations are
+  skipped: the last dense step's error of the sparse output, added to every sparse step's);
 * ``reuse_mass``, ``mass_refresh`` — ``--reuse-mass`` / ``--mass-refresh``: 0, or the drop-in's
   ``reuse_mass`` with that ``mass_query_stride`` (rows ``… reuse/<stride>``: the sparse steps select
   from the last dense step's exact block mass; recall/oracle/error are not measured for them — the
@@ -116,7 +116,8 @@ class Setting:
     ``reuse_mass``: 0, or the drop-in's ``reuse_mass`` with ``mass_query_stride`` = this (the sparse
     steps select from the last dense step's block mass); ``mass_refresh``: its ``mass_refresh``.
     ``query_block_size``: the drop-in's ``query_block_size`` (None: its default,
-    :func:`~vidhash.integrations.diffusers.default_query_block`)."""
+    :func:`~vidhash.integrations.diffusers.default_query_block`). ``reuse_delta``: 0, or the drop-in's
+    ``reuse_delta`` with ``delta_half_life`` = this (``math.inf``: no decay)."""
 
     name: str
     density: Fraction | None = None
@@ -129,6 +130,7 @@ class Setting:
     reuse_mass: int = 0
     mass_refresh: int = 0
     query_block_size: int | None = None
+    reuse_delta: float = 0.0
 
     @property
     def query_block(self) -> int:
@@ -171,13 +173,14 @@ def make_settings(densities: list[Fraction], block_sizes: list[int], scorers: li
                   dense_steps: list[int] = (0,), dense_layers: list[int] = (0,),
                   remainders: list[str] = ("none",), layer_densities: dict[str, float] | None = None,
                   reuse: list[int] = (0,), refresh: list[int] = (0,),
-                  query_blocks: list[int | None] = (None,), repeat: bool = True) -> list[Setting]:
+                  query_blocks: list[int | None] = (None,), repeat: bool = True,
+                  deltas: list[float] = (0.0,)) -> list[Setting]:
     """dense, dense (repeat) (unless not ``repeat``), then scorer × block size (× query block, named `` q<size>`` where given)
     × density (× dense steps × dense layers ×
     remainder × reuse, innermost; named ``ds<steps>`` / ``dl<layers>`` where not 0, ``+<remainder>`` where
     not ``"none"``, ``reuse/<stride>`` where ``reuse`` is not 0 (only with dense steps: a setting
     without them has no mass to reuse and is skipped; `` r<N>`` per ``refresh`` N > 0, reuse rows
-    only; ``"cached"`` only on reuse rows without refresh), ``[module=density,...]`` where
+    only; `` delta/<h>`` per ``deltas`` h > 0, reuse rows without refresh only), ``[module=density,...]`` where
     ``layer_densities`` are given — every sparse row)."""
     pairs = tuple(sorted((layer_densities or {}).items()))
     rows = [Setting("dense"), Setting("dense (repeat)")] if repeat else [Setting("dense")]
@@ -187,21 +190,22 @@ def make_settings(densities: list[Fraction], block_sizes: list[int], scorers: li
                 for steps in dense_steps:
                     for layers in dense_layers:
                         for rest in remainders:
-                            for stride, every in ((s, r) for s in reuse for r in (refresh if s else (0,))):
+                            for stride, every, delta in ((s, r, h) for s in reuse for r in (refresh if s else (0,))
+                                                         for h in (deltas if s and not r else (0.0,))):
                                 if stride and not steps:
-                                    continue
-                                if rest == "cached" and (not stride or every):  # the reused selection's, unrefreshed
                                     continue
                                 tag = "" if bq is None else f" q{bq}"
                                 tag += "" if scorer is None else f" {scorer}"
                                 tag += (f" ds{steps}" if steps else "") + (f" dl{layers}" if layers else "")
                                 tag += f" +{rest}" if rest != "none" else ""
                                 tag += (f" reuse/{stride}" if stride else "") + (f" r{every}" if every else "")
+                                tag += f" delta/{delta:g}" if delta else ""
                                 tag += layer_tag(dict(pairs))
                                 name = f"{d} b{bs}{tag}"
                                 if any(r.name == name for r in rows):  # a value given twice: one row
                                     continue
-                                rows.append(Setting(name, d, bs, scorer, steps, layers, rest, pairs, stride, every, bq))
+                                rows.append(Setting(name, d, bs, scorer, steps, layers, rest, pairs, stride, every, bq,
+                                                    float(delta)))
     return rows
 
 
@@ -217,7 +221,9 @@ def check_settings(settings: list[Setting]) -> None:
         cfg = DropInConfig(density=float(st.density), block_size=st.block_size,
                       query_block_size=st.query_block_size, scorer=st.scorer or DropInConfig.scorer,
                       dense_timestep=1.0 if st.dense_steps else None, reuse_mass=bool(st.reuse_mass),
-                      mass_query_stride=st.reuse_mass or 1, mass_refresh=st.mass_refresh, remainder=st.remainder)
+                      mass_query_stride=st.reuse_mass or 1, mass_refresh=st.mass_refresh, remainder=st.remainder,
+                      reuse_delta=bool(st.reuse_delta),
+                      delta_half_life=None if not st.reuse_delta or math.isinf(st.reuse_delta) else st.reuse_delta)
         try:
             check_selection_args(cfg.density, cfg.block_size, cfg.query_block_size, cfg.local_blocks, cfg.sink_blocks)
             check_subgrid(cfg.scorer, cfg.block_size, cfg.query_block_size)
@@ -227,12 +233,25 @@ def check_settings(settings: list[Setting]) -> None:
 
 
 def parse_remainders(text: str) -> list[str]:
-    """``"none,mean,cached"`` → the drop-in's ``remainder`` values; ValueError naming --remainders."""
-    from vidhash.integrations.diffusers import DROP_IN_REMAINDERS
+    """``"none,mean"`` → the drop-in's ``remainder`` values; ValueError naming --remainders."""
+    from vidhash.attention import REMAINDERS
 
     values = [x.strip() for x in text.split(",") if x.strip()]
-    if not values or any(v not in DROP_IN_REMAINDERS for v in values):
-        raise ValueError(f"--remainders must be comma-separated values of {DROP_IN_REMAINDERS}, got {text!r}")
+    if not values or any(v not in REMAINDERS for v in values):
+        raise ValueError(f"--remainders must be comma-separated values of {REMAINDERS}, got {text!r}")
+    return values
+
+
+def parse_half_lives(text: str) -> list[float]:
+    """``--reuse-delta``: ``"0,16,inf"`` → 0 (off) and the drop-in's ``delta_half_life`` values in sparse
+    calls (``inf``: no decay); ValueError naming the flag."""
+    try:
+        values = [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        values = []
+    if not values or any(math.isnan(v) or v < 0 for v in values):
+        raise ValueError(f"--reuse-delta must be comma-separated numbers >= 0 (0: off; a half-life in sparse calls, "
+                         f"inf: no decay), got {text!r}")
     return values
 
 
@@ -589,6 +608,8 @@ def run_setting(pipe, setting: Setting, seeds: list[int], args, backend: str | N
             extra.update(reuse_mass=True, mass_query_stride=setting.reuse_mass, mass_refresh=setting.mass_refresh)
         if setting.query_block_size is not None:
             extra["query_block_size"] = setting.query_block_size
+        if setting.reuse_delta:
+            extra.update(reuse_delta=True, delta_half_life=None if math.isinf(setting.reuse_delta) else setting.reuse_delta)
         enable_hash_attention(pipe.transformer, density=float(setting.density), block_size=setting.block_size,
                               **drop_in_options(setting.scorer), **dense_options(pipe, setting, args.steps), **extra)
     call = CallRecorder(pipe.transformer, args.recall_step) if getattr(args, "profile", False) else None
@@ -747,7 +768,8 @@ def measure_setting(pipe, setting: Setting, seeds: list[int], args, dense, captu
            "dense_timestep": dense_timestep_of(pipe, args.steps, setting.dense_steps) if sparse else None,
            "remainder": setting.remainder if sparse else None,
            "layer_densities": dict(setting.layer_densities) if sparse else None,
-           "reuse_mass": setting.reuse_mass if sparse else None, "mass_refresh": setting.mass_refresh if sparse else None}
+           "reuse_mass": setting.reuse_mass if sparse else None, "mass_refresh": setting.mass_refresh if sparse else None,
+           "reuse_delta": ("inf" if math.isinf(setting.reuse_delta) else setting.reuse_delta) if sparse else None}
     if "profile" in timing:
         row["profile"] = timing["profile"]
     if setting.density is not None and not args.no_flex:
@@ -789,6 +811,7 @@ def run(args) -> int:
     layer_densities = parse_layer_densities(getattr(args, "layer_densities", "") or "")
     reuse = parse_ints(getattr(args, "reuse_mass", "0") or "0", "--reuse-mass", minimum=0)
     refresh = parse_ints(getattr(args, "mass_refresh", "0") or "0", "--mass-refresh", minimum=0)
+    deltas = parse_half_lives(getattr(args, "reuse_delta", "0") or "0")
     if any(reuse) and not any(dense_steps):
         raise ValueError("--reuse-mass selects from the last dense step's block mass: give --dense-steps above 0 too")
     if args.recall_step is None:
@@ -811,7 +834,7 @@ def run(args) -> int:
     if max(dense_layers) > modules:
         raise ValueError(f"--dense-layers must be in [0, {modules}] (the model's self-attention modules), got {args.dense_layers}")
     settings = make_settings(densities, block_sizes, scorers, dense_steps, dense_layers, remainders, layer_densities, reuse, refresh,
-                             query_blocks, repeat=not getattr(args, "no_repeat", False))
+                             query_blocks, repeat=not getattr(args, "no_repeat", False), deltas=deltas)
     check_settings(settings)
     report = {"model": str(args.model), "device": describe_device(device), "torch": torch.__version__,
               "date": time.strftime("%Y-%m-%d"), "frames": args.frames, "size": args.size, "steps": args.steps,

@@ -289,9 +289,8 @@ def add_dropin(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dense-layers", default="0",
                    help="comma-separated counts of first self-attention modules run dense (default 0)")
     p.add_argument("--remainders", default="none",
-                   help="comma-separated remainders of the drop-in: none (the unkept key blocks dropped), mean "
-                        "(each unkept block as one mean token; rows '+mean') and/or cached (the unkept blocks attended "
-                        "exactly at the last dense step, merged into the sparse steps; reuse rows only; rows '+cached')")
+                   help="comma-separated remainders of the drop-in: none (the unkept key blocks dropped) and/or mean "
+                        "(each unkept block as one mean token; rows '+mean')")
     p.add_argument("--reuse-mass", default="0",
                    help="comma-separated: 0 (the scorer selects at the sparse steps) and/or query strides s >= 1 (the "
                         "drop-in's reuse_mass: select from the last dense step's exact block mass of every s-th query; "
@@ -299,6 +298,10 @@ def add_dropin(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mass-refresh", default="0",
                    help="comma-separated: the reuse rows' mass_refresh (every N sparse steps the mass is measured again "
                         "from that step's own strided queries; 0: never; rows ' rN')")
+    p.add_argument("--reuse-delta", default="0",
+                   help="comma-separated: 0 and/or half-lives h (sparse calls; inf: no decay) of the drop-in's reuse_delta "
+                        "on the reuse rows without --mass-refresh: the last dense step's error of the sparse output added "
+                        "to every sparse step's, its weight halving every h calls (rows ' delta/h')")
     p.add_argument("--layer-densities", default="",
                    help="comma-separated MODULE=DENSITY pairs (e.g. blocks.2.attn1=1/8) overriding every sparse "
                         "setting's density for those self-attention modules (the drop-in's layer_densities)")

@@ -82,8 +82,8 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from ..attention import (READS_SIGNATURES, REMAINDERS, add_remainder, default_scorer, dense_attention, hash_attention,
-                         merge_attention, select_blocks, unkept_attention)
+from ..attention import (READS_SIGNATURES, add_remainder, check_remainder, default_scorer, dense_attention,
+                         fused_attention_lse, hash_attention, merge_attention, select_blocks)
 from ..hashing import SimHash
 from ..ops.checks import BACKENDS, check_selection_args
 
@@ -99,7 +99,7 @@ REFUSED_CLASSES = {
 }
 CONFIG_KEYS = ("density", "block_size", "query_block_size", "local_blocks", "sink_blocks", "scorer", "hasher",
                "hashers", "n_bits", "seed", "backend", "remainder", "dense_layers", "dense_timestep", "layer_densities",
-               "reuse_mass", "mass_query_stride", "mass_refresh")
+               "reuse_mass", "mass_query_stride", "mass_refresh", "reuse_delta", "delta_half_life")
 HASHER_ATTR = "vidhash_hasher"
 """Name of the hasher submodule on each swapped attention module while enabled."""
 SCORER_ATTR = "vidhash_scorer"
@@ -110,22 +110,11 @@ _ORIGINALS_ATTR = "_vidhash_original_processors"
 _HOOKS_ATTR = "_vidhash_state_dict_hooks"
 _TIMESTEP_HOOK_ATTR = "_vidhash_timestep_hook"
 _GATE_ATTR = "_vidhash_dense_gate"  # the pre-hook finds the gate on the module it runs for (a deepcopy: its own)
-_DENSE_OPTIONS = ("dense_layers", "dense_timestep", "layer_densities", "reuse_mass", "mass_query_stride", "mass_refresh")
+_DENSE_OPTIONS = ("dense_layers", "dense_timestep", "layer_densities", "reuse_mass", "mass_query_stride", "mass_refresh",
+                  "reuse_delta", "delta_half_life")
 # ^ read by the processors and the hook, not by hash_attention
 _DENSE_OK_BACKENDS = (None, "native")
 _MASS_CHUNK_CUDA = 1 << 27  # reuse_mass on a GPU: score chunks of 2^27 floats (512 MiB), a few launches per layer
-DROP_IN_REMAINDERS = (*REMAINDERS, "cached")
-"""``remainder=`` of the drop-in: :data:`vidhash.attention.REMAINDERS`, or ``"cached"`` (with
-``reuse_mass``): the unkept blocks' exact attention of the last dense step, kept and merged into every
-sparse step after it (see :class:`DropInConfig`)."""
-
-
-def check_drop_in_remainder(remainder) -> str:
-    """``remainder`` as one of :data:`DROP_IN_REMAINDERS` (``None`` is ``"none"``); ValueError otherwise."""
-    name = "none" if remainder is None else remainder
-    if name not in DROP_IN_REMAINDERS:
-        raise ValueError(f"remainder must be one of {DROP_IN_REMAINDERS} (or None), got {remainder!r}")
-    return name
 DROP_IN_BACKENDS = (*BACKENDS, "flex")
 """``backend=`` of the drop-in: :data:`vidhash.attention.BACKENDS`, or ``"flex"`` (vidhash's selection,
 FlexAttention's kernel)."""
@@ -169,17 +158,8 @@ class DropInConfig:
     noise), every self-attention runs dense (:func:`dense_timestep_for` turns "the first k steps"
     into this threshold).
 
-    ``remainder`` (:data:`DROP_IN_REMAINDERS`): ``"mean"`` adds, per query, one mean token
+    ``remainder`` (:data:`vidhash.attention.REMAINDERS`): ``"mean"`` adds, per query, one mean token
     for each key block its selection did not keep (:func:`vidhash.attention.block_mean_remainder`).
-    ``"cached"`` (needs ``reuse_mass``, without ``mass_refresh``): the key blocks the reused selection
-    does not keep, attended *exactly* at the last dense step — that step's dense ``(out, lse)`` less
-    its kept blocks' part (:func:`vidhash.attention.unkept_attention`), computed once per layer and clip in the pre-hook
-    that measures the mass — and merged by log-sum-exp into every sparse step after it. The
-    unkept blocks' share of the output is taken as it was at the dense step (as Chipmunk and other
-    step caches reuse slowly changing activations); at the dense step itself the merge gives
-    dense attention back. A sparse call before any dense step (no cache yet) adds the ``"mean"``
-    remainder. Memory: per layer, the dense step's full q and v (besides the kept keys) until the
-    pre-hook, then the remainder ``(b, h, n, e)`` in v's dtype and its lse until the next dense step.
 
     ``layer_densities``: ``{self-attention module name: density}`` for the modules that should keep
     more (or fewer) key blocks than ``density`` — e.g. the one layer whose attention is both spread
@@ -201,6 +181,18 @@ class DropInConfig:
     calls after it select from their mass (measured in the pre-hook before the next call: a pass over
     ``1/mass_query_stride`` of the queries, no dense step), for steps far from the dense ones;
     under ``torch.compile`` the keeping call is a second variant of the graph, no break.
+
+    ``reuse_delta`` (needs ``reuse_mass``, without ``mass_refresh``): the pre-hook that measures the
+    mass also attends, on the last dense step's whole q, k, v, both densely and as the sparse steps
+    will (the reused selection, the ``remainder``), and keeps the difference ``delta = dense −
+    sparse`` (float32, ``(b, h, n, e)``); every sparse call adds it to its output — the dense step's
+    output plus the change of the sparse one since, as step caches of diffusion transformers do.
+    ``delta_half_life`` (sparse calls, default 16; None: no decay): the pre-hook halves the delta's
+    weight every that many sparse calls, as it ages. On wan-mini's recorded activations (1/8, the
+    mean remainder, 3 dense steps) it cut the layer error from 0.022 to 0.003 at the first sparse step
+    and to about half of the mean remainder's alone by the sixth; with the half-life of 16 it stayed
+    at or below it to the last step (docs/diffusers.md). A sparse call before any dense step adds
+    nothing. Memory: per layer, the dense step's full q and v until the pre-hook, then the delta.
     """
 
     density: float = 0.125
@@ -218,6 +210,8 @@ class DropInConfig:
     reuse_mass: bool = False
     mass_query_stride: int = 4
     mass_refresh: int = 0
+    reuse_delta: bool = False
+    delta_half_life: float | None = 16.0
 
     def __post_init__(self):
         # query_block_size None: the key block's size, but at least DEFAULT_MIN_QUERY_BLOCK tokens
@@ -287,8 +281,6 @@ class _HashAttnProcessor:
                  dense_layer: bool = False, gate: DenseGate | None = None):
         self.config, self.hasher, self.scorer, self.name = config, hasher, scorer, name
         self._kwargs = dict(config.attention_kwargs(), density=config.density_of(name))
-        if config.remainder == "cached":  # merged by the processor (_hash), from the dense step's cache
-            self._kwargs["remainder"] = "none"
         self.dense = self._kwargs["density"] >= 1.0 or dense_layer
         self.gate = gate
         self.recorder = None
@@ -296,8 +288,8 @@ class _HashAttnProcessor:
         self._attention_backend = backend
         self._mass_qk = None  # reuse_mass: (strided q, k, nq) copied by a dense (or mass_refresh) call, until measured
         self._reused = None  # reuse_mass: the selection made from that mass
-        self._full_qv = None  # remainder="cached": the dense call's full (q, v), until the cache is made
-        self._rest = None  # remainder="cached": (out, lse) of the unkept blocks at the last dense step
+        self._full_qv = None  # reuse_delta: the dense call's whole (q, v), until the delta is measured
+        self._delta = None  # reuse_delta: dense − sparse output of the last dense step (float32), decayed in place
         self._since = 0  # reuse_mass: sparse calls since the mass was measured (mass_refresh)
         self._keep = False  # mass_refresh: this sparse call keeps its copies for the next call's mass
         self._module = None  # weakref to the attention module it was installed on (enable_hash_attention)
@@ -344,12 +336,12 @@ class _HashAttnProcessor:
     def _remember(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor | None = None) -> None:
         """``reuse_mass`` at a dense call (and with ``mass_refresh`` at every N-th sparse call): keep
         every ``mass_query_stride``-th query and the keys (``(b, h, n, d)``, copies) and the query
-        count; with ``remainder="cached"`` also the whole q and ``v`` (a dense call's). Traceable
-        (no graph break): under ``torch.compile`` the copies are graph outputs, read by the pre-hook
-        of the next call (:meth:`_before_call`) before any graph runs again."""
+        count; with ``reuse_delta`` also a dense call's whole q and ``v``. Traceable (no graph break):
+        under ``torch.compile`` the copies are graph outputs, read by the pre-hook of the next call
+        (:meth:`_before_call`) before any graph runs again."""
         stride = self.config.mass_query_stride
         self._mass_qk = (q[:, :, ::stride].detach().clone(), k.detach().clone(), q.shape[-2])
-        if self.config.remainder == "cached" and v is not None:
+        if self.config.reuse_delta and v is not None:
             self._full_qv = (q.detach().clone(), v.detach().clone())
 
     def installed(self) -> bool:
@@ -360,7 +352,7 @@ class _HashAttnProcessor:
     def _release(self) -> None:
         """Drop the kept copies and selection (``reuse_mass``): the state of a fresh processor."""
         self._mass_qk, self._reused, self._since, self._keep = None, None, 0, False
-        self._full_qv, self._rest = None, None
+        self._full_qv, self._delta = None, None
 
     def _before_call(self, dense: bool) -> None:
         """``reuse_mass``, from the ``dense_timestep`` pre-hook (eager, outside any compiled graph):
@@ -368,11 +360,14 @@ class _HashAttnProcessor:
         call after one that kept copies selects from their mass, and with ``mass_refresh`` N every
         N-th sparse call since keeps its own copies (``_keep``) for the call after it."""
         if dense:  # the kept copies stay until this call's replace them: a layer this call skips keeps its own
-            self._reused, self._since, self._keep, self._rest = None, 0, False, None
+            self._reused, self._since, self._keep, self._delta = None, 0, False, None
             return
         if self._mass_qk is not None:
             self._take_mass()
         self._since += 1
+        half = self.config.delta_half_life
+        if self._delta is not None and self._since > 1 and half is not None:
+            self._delta.mul_(0.5 ** (1.0 / half))  # in place: a compiled graph reads the same tensor
         refresh = self.config.mass_refresh
         self._keep = bool(refresh) and self._reused is not None and self._since >= refresh
 
@@ -386,7 +381,7 @@ class _HashAttnProcessor:
 
         qs, ks, nq = self._mass_qk
         full_qv = self._full_qv
-        self._mass_qk, self._reused, self._since, self._full_qv, self._rest = None, None, 0, None, None
+        self._mass_qk, self._reused, self._since, self._full_qv, self._delta = None, None, 0, None, None
         kw = self._kwargs
         bk = kw["block_size"]
         bq = kw["query_block_size"]
@@ -405,9 +400,9 @@ class _HashAttnProcessor:
                                         sink_blocks=kw["sink_blocks"])
         if full_qv is not None and full_qv[0].shape[-2] == nq:
             q0, v0 = full_qv
-            with torch.autocast(q0.device.type, enabled=False):
-                backend = "auto" if kw["backend"] == "flex" else kw["backend"]  # flex: vidhash's kernels make the cache
-                self._rest = unkept_attention(q0, ks, v0, self._reused, backend=backend)
+            with torch.autocast(q0.device.type, enabled=False), torch.no_grad():
+                dense = fused_attention_lse(q0, ks, v0)[0]
+                self._delta = dense.float() - self._sparse(q0, ks, v0, self._reused).float()
 
     @torch.compiler.disable
     def _measure_reuse(self) -> None:
@@ -425,19 +420,10 @@ class _HashAttnProcessor:
             return None
         return sel if sel.indices.device == q.device else None
 
-    def _rest_fitting(self, q: torch.Tensor, v: torch.Tensor):
-        """``remainder="cached"``: the dense step's remainder ``(out, lse)`` if it fits this call
-        (shape, device), else None. Traceable."""
-        rest = self._rest
-        if rest is None or tuple(rest[0].shape) != (*q.shape[:-1], v.shape[-1]) or rest[0].device != q.device:
-            return None
-        return rest
-
     def _hash(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, return_lse: bool = False):
         """Hash attention on ``(b, h, n, d)`` tensors (``backend="flex"``: vidhash's selection,
         FlexAttention's kernel); with ``reuse_mass``, on the selection of the last dense step's mass;
-        with ``remainder="cached"``, that step's unkept blocks merged in (the ``"mean"`` remainder
-        where no cache fits)."""
+        with ``reuse_delta``, that step's ``dense − sparse`` output added (lse unchanged)."""
         reused = None
         if self.config.reuse_mass:
             if self._mass_qk is not None:  # only without the pre-hook: see _measure_reuse
@@ -446,28 +432,26 @@ class _HashAttnProcessor:
             if self._keep:  # mass_refresh: this call's strided q, k select for the calls after it
                 self._remember(q, k)
                 self._keep = False
-        cache = self._rest_fitting(q, v) if self.config.remainder == "cached" and reused is not None else None
-        rest = self._kwargs["remainder"] if self.config.remainder != "cached" else ("none" if cache is not None else "mean")
-        if self.config.backend != "flex":
-            kwargs = dict(self._kwargs, remainder=rest)
-            if cache is None:
-                return hash_attention(q, k, v, hasher=self.hasher, scorer=self.scorer, return_lse=return_lse,
-                                      selection=reused, **kwargs)
-            out, lse = hash_attention(q, k, v, hasher=self.hasher, scorer=self.scorer, return_lse=True,
-                                      selection=reused, **kwargs)
-        else:
-            from .flex import flex_block_sparse_attention
+        delta = self._delta
+        if delta is None or reused is None or tuple(delta.shape) != (*q.shape[:-1], v.shape[-1]) or delta.device != q.device:
+            return self._sparse(q, k, v, reused, return_lse)
+        out, lse = self._sparse(q, k, v, reused, True)
+        out = (out.float() + delta).to(out.dtype)
+        return (out, lse) if return_lse else out
 
-            options = {key: value for key, value in self._kwargs.items() if key not in ("backend", "remainder")}
-            sel = reused if reused is not None else select_blocks(q, k, hasher=self.hasher, scorer=self.scorer,
-                                                                  backend="auto", **options)
-            if rest == "none" and cache is None:
-                return flex_block_sparse_attention(q, k, v, sel, return_lse=return_lse)
-            out, lse = flex_block_sparse_attention(q, k, v, sel, return_lse=True)
-            if rest == "mean":
-                out, lse = add_remainder(out, lse, q, k, v, sel)
-        if cache is not None:
-            out, lse = merge_attention(out, lse, *cache)
+    def _sparse(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, selection, return_lse: bool = False):
+        """The sparse attention itself: on ``selection`` (None: the scorer selects), with the remainder."""
+        if self.config.backend != "flex":
+            return hash_attention(q, k, v, hasher=self.hasher, scorer=self.scorer, return_lse=return_lse,
+                                  selection=selection, **self._kwargs)
+        from .flex import flex_block_sparse_attention
+
+        options = {key: value for key, value in self._kwargs.items() if key not in ("backend", "remainder")}
+        sel = selection if selection is not None else select_blocks(q, k, hasher=self.hasher, scorer=self.scorer,
+                                                                    backend="auto", **options)
+        if self.config.remainder == "none":
+            return flex_block_sparse_attention(q, k, v, sel, return_lse=return_lse)
+        out, lse = add_remainder(*flex_block_sparse_attention(q, k, v, sel, return_lse=True), q, k, v, sel)
         return (out, lse) if return_lse else out
 
     def _attend(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
@@ -723,7 +707,7 @@ def _parse_config(config: dict, names: list[str], head_dim: int, heads: int) -> 
     n_bits, seed, path = config.pop("n_bits", None), config.pop("seed", None), config.pop("hashers", None)
     if config.get("scorer") is None:  # the library's rule: simhash when signatures are given, else pooled
         config["scorer"] = default_scorer(any(x is not None for x in (config.get("hasher"), n_bits, seed, path)))
-    config["remainder"] = check_drop_in_remainder(config.get("remainder"))
+    config["remainder"] = check_remainder(config.get("remainder"))
     config["layer_densities"] = _check_layer_densities(config.get("layer_densities"), names)
     cfg = DropInConfig(**config)
     check_selection_args(cfg.density, cfg.block_size, cfg.query_block_size, cfg.local_blocks, cfg.sink_blocks)
@@ -810,12 +794,18 @@ def _check_reuse_mass(cfg: DropInConfig) -> None:
     refresh = cfg.mass_refresh
     if isinstance(refresh, bool) or not isinstance(refresh, int) or refresh < 0:
         raise ValueError(f"mass_refresh must be an int >= 0 (sparse calls between mass passes; 0: never), got {refresh!r}")
-    if cfg.remainder == "cached" and not cfg.reuse_mass:
-        raise ValueError('remainder="cached" keeps the unkept blocks of the reused selection at the last dense step: '
-                         "give reuse_mass=True (and dense_timestep)")
-    if cfg.remainder == "cached" and refresh:
-        raise ValueError('remainder="cached" is the last dense step\'s remainder of its selection; mass_refresh changes '
-                         "the selection after it: use one or the other")
+    if not isinstance(cfg.reuse_delta, bool):
+        raise ValueError(f"reuse_delta must be True or False, got {cfg.reuse_delta!r}")
+    if cfg.reuse_delta and not cfg.reuse_mass:
+        raise ValueError("reuse_delta is the last dense step's error of the reused selection: give reuse_mass=True "
+                         "(and dense_timestep)")
+    if cfg.reuse_delta and refresh:
+        raise ValueError("reuse_delta is measured on the last dense step's selection; mass_refresh changes the selection "
+                         "after it: use one or the other")
+    half = cfg.delta_half_life
+    if half is not None and (isinstance(half, bool) or not isinstance(half, (int, float)) or not half > 0
+                             or math.isinf(half)):
+        raise ValueError(f"delta_half_life must be None (no decay) or a finite number > 0 of sparse calls, got {half!r}")
 
 
 def _check_scorer_config(cfg: DropInConfig, names: list[str], head_dim: int, heads: int) -> None:
@@ -986,7 +976,10 @@ def enable_hash_attention(transformer, **config):
     * ``reuse_mass`` (bool, default False; needs ``dense_timestep``) and ``mass_query_stride``
       (default 4): the sparse steps select from the last dense step's exact block mass (measured on
       every ``mass_query_stride``-th query) instead of the scorer; ``mass_refresh`` N re-measures it
-      from every N-th sparse call's own queries, for the calls after it — see :class:`DropInConfig`.
+      from every N-th sparse call's own queries, for the calls after it — see :class:`DropInConfig`;
+    * ``reuse_delta`` (bool, default False; needs ``reuse_mass``) and ``delta_half_life`` (default 16
+      sparse calls; None: no decay): every sparse call adds the last dense step's ``dense − sparse``
+      output (measured once, in the pre-hook), its weight halving every ``delta_half_life`` calls.
     """
     spec = _model_spec(transformer)
     if getattr(transformer, "_parallel_config", None) is not None:
