@@ -42,10 +42,21 @@ q, k, v at steps 1, 2, 4, 6, 9 of a 10-step clip and compares, at each of steps 
 (``block_mass(query_stride=…)``: 1/4 and 1/16 of the cost), and the step's own exact mass (the
 bound). Recall and output error with the mean remainder (48 query blocks).
 
-    python scripts/study_wan_mini_attention.py --part geometry|remainders|layers|forms|budget|previous|reuse [--out F.json] [--qkv qkv.pt]
+``--part delta``: what the sparse steps after a dense warmup (3 of 30 steps, as the GPU bench's ds3)
+can take from the last dense step (step 2) beside its mass — records q, k, v at steps 2, 3, 4, 6, 9, 14,
+20, 29 of a 30-step clip of seed 1 and, on every 16th query block, with the selection step 2's exact
+mass makes (every 4th query: the drop-in's ``reuse_mass``) at 1/8, 1/16, 1/32, the relative output error
+against dense of: no remainder; the mean remainder (``remainder="mean"``); ``cached`` — the unkept
+blocks' *exact* attention of step 2 (dense less the kept part, merged by lse) in place of the mean
+remainder; ``delta`` — the mean remainder plus step 2's ``dense − sparse`` output (the drop-in's
+``reuse_delta``), at full weight and halving every 4, 8, 16 sparse steps; and the best scalar weight
+of that delta per step (its bound).
+
+    python scripts/study_wan_mini_attention.py --part geometry|remainders|layers|forms|budget|previous|reuse|delta [--out F.json] [--qkv qkv.pt]
 
 About 5 min to record and 16 (geometry), 10 (remainders), 15 (forms) or 20 (budget) min to measure
-on a 2-core CPU; ``reuse`` records a 10-step clip and measures for ~70 min. `--qkv` reuses (or keeps) the recording.
+on a 2-core CPU; ``reuse`` records a 10-step clip and measures for ~70 min; ``delta`` records 30 steps (~37 min,
+3.1 GB kept with ``--qkv``) and measures for ~6 min. `--qkv` reuses (or keeps) the recording.
 """
 import argparse
 import json
@@ -291,14 +302,71 @@ def study_reuse(_captured) -> list[dict]:
     return rows
 
 
+DELTA_STEPS = (2, 3, 4, 6, 9, 14, 20, 29)
+
+
+def study_delta(recording) -> list[dict]:
+    from vidhash.attention import fused_attention_lse, hash_attention
+    from vidhash.ops.checks import BlockSelection
+    from vidhash.selection import block_mass, select_from_mass
+
+    bq = bk = 64
+    src = DELTA_STEPS[0]
+    later = sorted(s for s in recording if s > src)
+    rel = lambda a, b: ((a.float() - b.float()).norm() / b.float().norm()).item()  # noqa: E731
+    rows = []
+    for name in recording[src]:
+        q0, k0, v0 = (x.float() for x in recording[src][name])
+        n = q0.shape[-2]
+        qb = torch.arange(0, n // bq, 16)  # every 16th query block
+        pick = lambda x: torch.cat([x[:, :, i * bq:(i + 1) * bq] for i in qb.tolist()], 2)  # noqa: E731
+        q0s = pick(q0)
+        mass, _ = block_mass(q0[:, :, ::4], k0, block_size=bk, query_block_size=bq // 4)
+        dense0, lse0 = fused_attention_lse(q0s, k0, v0)
+        for density in (1 / 8, 1 / 16, 1 / 32):
+            full = select_from_mass(mass, n, n, density=density, block_size=bk, query_block_size=bq)
+            sel = BlockSelection(full.indices[:, :, qb].contiguous(), bk, bq, len(qb) * bq, n, False)
+            kept0, lk0 = hash_attention(q0s, k0, v0, selection=sel, return_lse=True)
+            w = torch.exp(lk0 - lse0).clamp(max=1.0)  # the unkept blocks' exact share at step 2: dense less kept
+            left = (1 - w).clamp(min=1e-30)
+            unkept0, lu0 = (dense0 - w.unsqueeze(-1) * kept0) / left.unsqueeze(-1), lse0 + torch.log(left)
+            delta0 = dense0 - merge_attention(kept0, lk0, *block_mean_remainder(q0s, k0, v0, sel))[0]
+            for step in later:
+                q, k, v = (x.float() for x in recording[step][name])
+                qs = pick(q)
+                ref, _ = fused_attention_lse(qs, k, v)
+                kept, lk = hash_attention(qs, k, v, selection=sel, return_lse=True)
+                mean, _ = merge_attention(kept, lk, *block_mean_remainder(qs, k, v, sel))
+                alpha = ((delta0 * (ref - mean)).sum() / (delta0 * delta0).sum()).item()
+                row = {"layer": name, "density": density, "step": step, "none": rel(kept, ref), "mean": rel(mean, ref),
+                       "cached": rel(merge_attention(kept, lk, unkept0, lu0)[0], ref), "delta": rel(mean + delta0, ref),
+                       **{f"delta_h{h}": rel(mean + 0.5 ** ((step - src - 1) / h) * delta0, ref) for h in (4, 8, 16)},
+                       "delta_best": rel(mean + alpha * delta0, ref), "best_weight": alpha,
+                       "kept_mass": torch.exp(lk - fused_attention_lse(qs, k, v)[1]).mean().item()}
+                rows.append(row)
+                print(f"step {step:2d} 1/{round(1 / density):<3d} {name:16s} " + " ".join(
+                    f"{key} {row[key]:.4f}" for key in ("none", "mean", "cached", "delta", "delta_h16", "delta_best")), flush=True)
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--part", choices=("geometry", "remainders", "layers", "forms", "budget", "previous", "reuse"), required=True)
+    ap.add_argument("--part", choices=("geometry", "remainders", "layers", "forms", "budget", "previous", "reuse", "delta"),
+                    required=True)
     ap.add_argument("--out", default=None, help="JSON (default: PART.json)")
     ap.add_argument("--qkv", default=None, help="a recording to reuse, or where to keep the new one")
     args = ap.parse_args()
     if args.part in ("previous", "reuse"):
         captured = None  # records its own steps
+    elif args.part == "delta":
+        if args.qkv and os.path.exists(args.qkv):
+            captured = torch.load(args.qkv)
+        else:
+            pipe = load_pipeline("models/wan-mini", "cpu", "fp32")
+            steps = capture_steps(pipe, 1, DELTA_STEPS, GRID[0], 256, 30)
+            captured = {s: {n: tuple(x.to(torch.bfloat16) for x in qkv) for n, qkv in d.items()} for s, d in steps.items()}
+            if args.qkv:
+                torch.save(captured, args.qkv)
     elif args.qkv and os.path.exists(args.qkv):
         captured = torch.load(args.qkv)
     else:
@@ -307,10 +375,11 @@ def main() -> None:
         if args.qkv:
             torch.save(captured, args.qkv)
     parts = {"geometry": study_geometry, "remainders": study_remainders, "layers": study_layers, "forms": study_forms,
-             "budget": study_budget, "previous": study_previous, "reuse": study_reuse}
+             "budget": study_budget, "previous": study_previous, "reuse": study_reuse, "delta": study_delta}
     rows = parts[args.part](captured)
     with open(args.out or f"{args.part}.json", "w") as fh:
-        step = {"previous": "5 (vs 4) of 10, seed 0", "reuse": "2-9 (from 1) of 10, seed 0"}.get(args.part, "2 of 4, seed 0")
+        step = {"previous": "5 (vs 4) of 10, seed 0", "reuse": "2-9 (from 1) of 10, seed 0",
+                "delta": "3-29 (from 2) of 30, seed 1"}.get(args.part, "2 of 4, seed 0")
         json.dump({"model": "models/wan-mini", "step": step, "part": args.part, "rows": rows}, fh, indent=1)
 
 
