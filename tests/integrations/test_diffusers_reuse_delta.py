@@ -50,8 +50,9 @@ def test_a_sparse_call_on_the_dense_steps_own_inputs_is_dense_attention():
     vidhash.enable_hash_attention(model, **DELTA)
     run(model, _at(inputs, 800))
     for p in _procs(model):
-        q, v = p._full_qv
+        q, v, dense = p._full_qv
         k = p._mass_qk[1]
+        assert torch.allclose(dense, dense_attention(q, k, v), atol=1e-6)  # Wan: the dense call's own output, kept
         out = p._hash(q, k, v)  # no pre-hook ran: the mass and the delta are measured here
         assert p._delta is not None
         assert torch.allclose(out, dense_attention(q, k, v), atol=1e-5)
@@ -108,6 +109,8 @@ def test_models_with_text_tokens_and_flex_take_it(make, kw):
     cfg = dict(DELTA, block_size=16, query_block_size=16, mass_query_stride=4)
     vidhash.enable_hash_attention(model, **cfg)
     run(model, _at(inputs, 800))
+    # CogVideoX's dense call attends over text and video keys: the delta's dense part is computed instead
+    assert all((p._full_qv[2] is None) == (make is COG.values[0]) for p in _procs(model))
     ours = run(model, _at(inputs, 200))
     assert all(p._delta is not None for p in _procs(model)) and torch.isfinite(ours).all()
     vidhash.enable_hash_attention(model, **dict(cfg, reuse_delta=False))

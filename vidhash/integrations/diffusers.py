@@ -288,7 +288,7 @@ class _HashAttnProcessor:
         self._attention_backend = backend
         self._mass_qk = None  # reuse_mass: (strided q, k, nq) copied by a dense (or mass_refresh) call, until measured
         self._reused = None  # reuse_mass: the selection made from that mass
-        self._full_qv = None  # reuse_delta: the dense call's whole (q, v), until the delta is measured
+        self._full_qv = None  # reuse_delta: the dense call's whole (q, v, its output or None), until the delta is measured
         self._delta = None  # reuse_delta: dense − sparse output of the last dense step (float32), decayed in place
         self._since = 0  # reuse_mass: sparse calls since the mass was measured (mass_refresh)
         self._keep = False  # mass_refresh: this sparse call keeps its copies for the next call's mass
@@ -333,16 +333,18 @@ class _HashAttnProcessor:
         ``dense_timestep`` gate is open (a Python bool: compiled code guards on it)."""
         return self.dense or (self.gate is not None and self.gate.dense)
 
-    def _remember(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor | None = None) -> None:
+    def _remember(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor | None = None,
+                  out: torch.Tensor | None = None) -> None:
         """``reuse_mass`` at a dense call (and with ``mass_refresh`` at every N-th sparse call): keep
         every ``mass_query_stride``-th query and the keys (``(b, h, n, d)``, copies) and the query
-        count; with ``reuse_delta`` also a dense call's whole q and ``v``. Traceable (no graph break):
+        count; with ``reuse_delta`` also a dense call's whole q and ``v``, and its dense output
+        ``out`` where it is the attention of exactly these q, k, v (else the pre-hook computes it). Traceable (no graph break):
         under ``torch.compile`` the copies are graph outputs, read by the pre-hook of the next call
         (:meth:`_before_call`) before any graph runs again."""
         stride = self.config.mass_query_stride
         self._mass_qk = (q[:, :, ::stride].detach().clone(), k.detach().clone(), q.shape[-2])
         if self.config.reuse_delta and v is not None:
-            self._full_qv = (q.detach().clone(), v.detach().clone())
+            self._full_qv = (q.detach().clone(), v.detach().clone(), None if out is None else out.detach().clone())
 
     def installed(self) -> bool:
         """Whether this processor still sits on the module :func:`enable_hash_attention` put it on."""
@@ -399,10 +401,12 @@ class _HashAttnProcessor:
                                         query_block_size=bq, local_blocks=kw["local_blocks"],
                                         sink_blocks=kw["sink_blocks"])
         if full_qv is not None and full_qv[0].shape[-2] == nq:
-            q0, v0 = full_qv
+            q0, v0, dense = full_qv
+            q0, k0 = q0.to(v0.dtype), ks.to(v0.dtype)  # as the sparse calls attend (under autocast: its dtype, v's)
             with torch.autocast(q0.device.type, enabled=False), torch.no_grad():
-                dense = fused_attention_lse(q0, ks, v0)[0]
-                self._delta = dense.float() - self._sparse(q0, ks, v0, self._reused).float()
+                if dense is None:
+                    dense = fused_attention_lse(q0, k0, v0)[0]
+                self._delta = dense.float() - self._sparse(q0, k0, v0, self._reused).float()
 
     @torch.compiler.disable
     def _measure_reuse(self) -> None:
@@ -462,11 +466,11 @@ class _HashAttnProcessor:
         if self._dense_now():
             from diffusers.models.attention_dispatch import dispatch_attention_fn
 
-            if self.config.reuse_mass and not self.dense:
-                self._remember(query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2))
-
-            return dispatch_attention_fn(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False,
-                                         backend=self._backend, parallel_config=None)
+            out = dispatch_attention_fn(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False,
+                                        backend=self._backend, parallel_config=None)
+            if self.config.reuse_mass and not self.dense:  # reuse_delta: this output is the dense part of the delta
+                self._remember(query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2), out.transpose(1, 2))
+            return out
         q, k, v = (rearrange(x, "b n h d -> b h n d") for x in (query, key, value))
         device = q.device.type
         if torch.is_autocast_enabled(device):
