@@ -92,6 +92,19 @@ def test_sparse_calls_add_the_delta_its_weight_halving_every_half_life(half, mon
         assert rel_err(hashed, sparse) > 1e-4
 
 
+def test_the_calls_of_one_step_decay_the_delta_once():
+    """Guidance branches call the transformer more than once a step: the half-life counts timesteps."""
+    model, inputs = tiny_wan()
+    vidhash.enable_hash_attention(model, **DELTA, delta_half_life=1.0)
+    run(model, _at(inputs, 800))
+    run(model, _at(inputs, 300))
+    first = [p._delta.clone() for p in _procs(model)]
+    run(model, _at(inputs, 300))  # the same step's second branch: no decay
+    assert all(torch.equal(p._delta, d) for p, d in zip(_procs(model), first))
+    run(model, _at(inputs, 200))  # a new step: halved
+    assert all(torch.allclose(p._delta, d / 2) for p, d in zip(_procs(model), first))
+
+
 def test_before_any_dense_step_nothing_is_added():
     model, inputs = tiny_wan()
     vidhash.enable_hash_attention(model, **dict(DELTA, reuse_delta=False))
@@ -133,6 +146,25 @@ def test_bad_delta_options_raise(config, match):
     model, _ = tiny_wan()
     with pytest.raises(ValueError, match=match):
         vidhash.enable_hash_attention(model, **config)
+
+
+@pytest.mark.gpu
+def test_the_kept_dense_output_under_cuda_autocast():
+    """A float32 tiny Wan under bf16 autocast on CUDA (q, k arrive float32 beside a bf16 v): the first
+    sparse call on the dense step's own inputs returns the dense call's output within bf16 rounding."""
+    model, inputs = tiny_wan()
+    model = model.to("cuda")
+    inputs = {k: v.to("cuda") if torch.is_tensor(v) else v for k, v in inputs.items()}
+    vidhash.enable_hash_attention(model, **dict(DELTA, block_size=16, query_block_size=16, mass_query_stride=4))
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        run(model, _at(inputs, 800))
+        p = _procs(model)[0]
+        q, v, dense = p._full_qv
+        k = p._mass_qk[1]
+        assert dense is not None and p._delta is None
+        out = p._hash(q.to(v.dtype), k.to(v.dtype), v)
+    assert p._delta.dtype == v.dtype
+    assert rel_err(out, dense) < 1e-2 < rel_err(p._sparse(q.to(v.dtype), k.to(v.dtype), v, p._reused), dense)
 
 
 @pytest.mark.gpu

@@ -535,3 +535,14 @@ def test_reuse_delta_flag_errors_name_the_flag(tiny_model, value, capsys):
     assert main(["bench", "dropin", "--model", str(tiny_model), "--frames", "8", "--size", "32", "--steps", "3",
                  "--recall-step", "1", "--seeds", "0", "--no-coherence", "--reuse-delta", value]) == 2
     assert "--reuse-delta" in capsys.readouterr().err
+
+
+def test_initial_noise_is_the_pipelines_own_draw(tiny_model):
+    """The bench draws each seed's noise before the timed call and passes it as latents=: the same
+    values, so the same frames, as the pipeline's own draw from the seed's CPU generator."""
+    pipe = dropin.load_pipeline(str(tiny_model), "cpu", "fp32")
+    kw = dict(actions=dropin.camera_path(3, 8), num_frames=8, height=32, width=32, num_inference_steps=2)
+    own = pipe(**kw, generator=torch.Generator().manual_seed(3)).frames
+    given = pipe(**kw, latents=dropin.initial_noise(pipe, 3, 8, 32)).frames
+    assert np.array_equal(own, given)
+    assert not np.array_equal(own, pipe(**kw, latents=dropin.initial_noise(pipe, 4, 8, 32)).frames)

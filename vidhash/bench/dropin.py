@@ -250,7 +250,7 @@ def parse_half_lives(text: str) -> list[float]:
     except ValueError:
         values = []
     if not values or any(math.isnan(v) or v < 0 for v in values):
-        raise ValueError(f"--reuse-delta must be comma-separated numbers >= 0 (0: off; a half-life in sparse calls, "
+        raise ValueError(f"--reuse-delta must be comma-separated numbers >= 0 (0: off; a half-life in sparse steps, "
                          f"inf: no decay), got {text!r}")
     return values
 

@@ -299,9 +299,9 @@ def add_dropin(p: argparse.ArgumentParser) -> None:
                    help="comma-separated: the reuse rows' mass_refresh (every N sparse steps the mass is measured again "
                         "from that step's own strided queries; 0: never; rows ' rN')")
     p.add_argument("--reuse-delta", default="0",
-                   help="comma-separated: 0 and/or half-lives h (sparse calls; inf: no decay) of the drop-in's reuse_delta "
+                   help="comma-separated: 0 and/or half-lives h (sparse steps; inf: no decay) of the drop-in's reuse_delta "
                         "on the reuse rows without --mass-refresh: the last dense step's error of the sparse output added "
-                        "to every sparse step's, its weight halving every h calls (rows ' delta/h')")
+                        "to every sparse step's, its weight halving every h steps (rows ' delta/h')")
     p.add_argument("--layer-densities", default="",
                    help="comma-separated MODULE=DENSITY pairs (e.g. blocks.2.attn1=1/8) overriding every sparse "
                         "setting's density for those self-attention modules (the drop-in's layer_densities)")

@@ -187,12 +187,18 @@ class DropInConfig:
     will (the reused selection, the ``remainder``), and keeps the difference ``delta = dense −
     sparse`` (float32, ``(b, h, n, e)``); every sparse call adds it to its output — the dense step's
     output plus the change of the sparse one since, as step caches of diffusion transformers do.
-    ``delta_half_life`` (sparse calls, default 16; None: no decay): the pre-hook halves the delta's
-    weight every that many sparse calls, as it ages. On wan-mini's recorded activations (1/8, the
+    ``delta_half_life`` (sparse steps, default 16; None: no decay): the pre-hook halves the delta's
+    weight every that many new timesteps, as it ages (a step's several calls — guidance branches —
+    count once; note that they all get the delta of the last dense *call*, e.g. the unconditional
+    branch's in diffusers' Wan pipeline: measured only without guidance so far). On wan-mini's recorded activations (1/8, the
     mean remainder, 3 dense steps) it cut the layer error from 0.022 to 0.003 at the first sparse step
     and to about half of the mean remainder's alone by the sixth; with the half-life of 16 it stayed
     at or below it to the last step (docs/diffusers.md). A sparse call before any dense step adds
-    nothing. Memory: per layer, the dense step's full q and v until the pre-hook, then the delta.
+    nothing. Memory: per layer, the dense step's full q and v (and its output) until the pre-hook, on
+    top of ``reuse_mass``'s keys — ``3·b·n·h·d`` elements in the model's dtype for every layer at once, at
+    the end of the last dense call — then the delta, ``b·n·h·d`` (v's dtype) per layer for the rest of
+    the clip: 3 GB at Wan 1.3B's 480p in bf16 (30 layers × 32,760 tokens × 1,536), 31 GB at Wan 14B's
+    720p (40 × 75,600 × 5,120) — too much there.
     """
 
     density: float = 0.125
@@ -289,7 +295,8 @@ class _HashAttnProcessor:
         self._mass_qk = None  # reuse_mass: (strided q, k, nq) copied by a dense (or mass_refresh) call, until measured
         self._reused = None  # reuse_mass: the selection made from that mass
         self._full_qv = None  # reuse_delta: the dense call's whole (q, v, its output or None), until the delta is measured
-        self._delta = None  # reuse_delta: dense − sparse output of the last dense step (float32), decayed in place
+        self._delta = None  # reuse_delta: dense − sparse output of the last dense step (v's dtype), decayed in place
+        self._delta_t = None  # reuse_delta: the timestep of the last sparse call (the decay counts new ones)
         self._since = 0  # reuse_mass: sparse calls since the mass was measured (mass_refresh)
         self._keep = False  # mass_refresh: this sparse call keeps its copies for the next call's mass
         self._module = None  # weakref to the attention module it was installed on (enable_hash_attention)
@@ -356,20 +363,24 @@ class _HashAttnProcessor:
         self._mass_qk, self._reused, self._since, self._keep = None, None, 0, False
         self._full_qv, self._delta = None, None
 
-    def _before_call(self, dense: bool) -> None:
+    def _before_call(self, dense: bool, t: float | None = None) -> None:
         """``reuse_mass``, from the ``dense_timestep`` pre-hook (eager, outside any compiled graph):
         a dense call drops the selection (its own copies replace the kept ones as it runs); a sparse
         call after one that kept copies selects from their mass, and with ``mass_refresh`` N every
-        N-th sparse call since keeps its own copies (``_keep``) for the call after it."""
+        N-th sparse call since keeps its own copies (``_keep``) for the call after it. ``reuse_delta``:
+        the delta's weight halves every ``delta_half_life`` new timesteps ``t`` (the calls of one
+        step — guidance branches — count once; without a timestep, every call counts)."""
         if dense:  # the kept copies stay until this call's replace them: a layer this call skips keeps its own
-            self._reused, self._since, self._keep, self._delta = None, 0, False, None
+            self._reused, self._since, self._keep, self._delta, self._delta_t = None, 0, False, None, None
             return
         if self._mass_qk is not None:
             self._take_mass()
+            self._delta_t = t
         self._since += 1
         half = self.config.delta_half_life
-        if self._delta is not None and self._since > 1 and half is not None:
-            self._delta.mul_(0.5 ** (1.0 / half))  # in place: a compiled graph reads the same tensor
+        if self._delta is not None and half is not None and (t is None or t != self._delta_t) and self._since > 1:
+            self._delta.mul_(0.5 ** (1.0 / half))  # the tensor a compiled graph reads, scaled
+        self._delta_t = t
         refresh = self.config.mass_refresh
         self._keep = bool(refresh) and self._reused is not None and self._since >= refresh
 
@@ -406,7 +417,7 @@ class _HashAttnProcessor:
             with torch.autocast(q0.device.type, enabled=False), torch.no_grad():
                 if dense is None:
                     dense = fused_attention_lse(q0, k0, v0)[0]
-                self._delta = dense.float() - self._sparse(q0, k0, v0, self._reused).float()
+                self._delta = (dense.float() - self._sparse(q0, k0, v0, self._reused).float()).to(v0.dtype)
 
     @torch.compiler.disable
     def _measure_reuse(self) -> None:
@@ -440,7 +451,7 @@ class _HashAttnProcessor:
         if delta is None or reused is None or tuple(delta.shape) != (*q.shape[:-1], v.shape[-1]) or delta.device != q.device:
             return self._sparse(q, k, v, reused, return_lse)
         out, lse = self._sparse(q, k, v, reused, True)
-        out = (out.float() + delta).to(out.dtype)
+        out = (out.float() + delta.float()).to(out.dtype)
         return (out, lse) if return_lse else out
 
     def _sparse(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, selection, return_lse: bool = False):
@@ -909,13 +920,14 @@ def _set_gate(gate: DenseGate, t, threshold: float) -> None:
     :meth:`_HashAttnProcessor._before_call`: a dense call drops the selection, the first sparse
     call after one selects from the kept copies' mass)."""
     if t is None:
-        gate.dense = False
+        value = None
     elif isinstance(t, torch.Tensor):
-        gate.dense = bool(t.max().item() >= threshold)  # a host sync
+        value = float(t.max().item())  # a host sync
     else:
-        gate.dense = bool((max(t) if isinstance(t, Sequence) else t) >= threshold)  # a number or a list
+        value = float(max(t) if isinstance(t, Sequence) else t)  # a number or a list
+    gate.dense = value is not None and value >= threshold
     for processor in gate.active():
-        processor._before_call(gate.dense)
+        processor._before_call(gate.dense, value)
 
 
 def _take_originals(spec: _ModelSpec, modules: dict[str, nn.Module], old: dict | None) -> dict:
@@ -982,8 +994,8 @@ def enable_hash_attention(transformer, **config):
       every ``mass_query_stride``-th query) instead of the scorer; ``mass_refresh`` N re-measures it
       from every N-th sparse call's own queries, for the calls after it — see :class:`DropInConfig`;
     * ``reuse_delta`` (bool, default False; needs ``reuse_mass``) and ``delta_half_life`` (default 16
-      sparse calls; None: no decay): every sparse call adds the last dense step's ``dense − sparse``
-      output (measured once, in the pre-hook), its weight halving every ``delta_half_life`` calls.
+      sparse steps; None: no decay): every sparse call adds the last dense step's ``dense − sparse``
+      output (measured once, in the pre-hook), its weight halving every ``delta_half_life`` steps.
     """
     spec = _model_spec(transformer)
     if getattr(transformer, "_parallel_config", None) is not None:
