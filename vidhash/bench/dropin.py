@@ -133,6 +133,11 @@ class Setting:
     reuse_delta: float = 0.0
 
     @property
+    def half_life(self) -> float | None:
+        """The drop-in's ``delta_half_life`` for this row's ``reuse_delta`` (None: no decay, or no delta)."""
+        return None if not self.reuse_delta or math.isinf(self.reuse_delta) else self.reuse_delta
+
+    @property
     def query_block(self) -> int:
         """The query block size the drop-in runs this sparse setting with (its default where none is given)."""
         from vidhash.integrations.diffusers import default_query_block
@@ -222,8 +227,7 @@ def check_settings(settings: list[Setting]) -> None:
                       query_block_size=st.query_block_size, scorer=st.scorer or DropInConfig.scorer,
                       dense_timestep=1.0 if st.dense_steps else None, reuse_mass=bool(st.reuse_mass),
                       mass_query_stride=st.reuse_mass or 1, mass_refresh=st.mass_refresh, remainder=st.remainder,
-                      reuse_delta=bool(st.reuse_delta),
-                      delta_half_life=None if not st.reuse_delta or math.isinf(st.reuse_delta) else st.reuse_delta)
+                      reuse_delta=bool(st.reuse_delta), delta_half_life=st.half_life)
         try:
             check_selection_args(cfg.density, cfg.block_size, cfg.query_block_size, cfg.local_blocks, cfg.sink_blocks)
             check_subgrid(cfg.scorer, cfg.block_size, cfg.query_block_size)
@@ -609,7 +613,7 @@ def run_setting(pipe, setting: Setting, seeds: list[int], args, backend: str | N
         if setting.query_block_size is not None:
             extra["query_block_size"] = setting.query_block_size
         if setting.reuse_delta:
-            extra.update(reuse_delta=True, delta_half_life=None if math.isinf(setting.reuse_delta) else setting.reuse_delta)
+            extra.update(reuse_delta=True, delta_half_life=setting.half_life)
         enable_hash_attention(pipe.transformer, density=float(setting.density), block_size=setting.block_size,
                               **drop_in_options(setting.scorer), **dense_options(pipe, setting, args.steps), **extra)
     call = CallRecorder(pipe.transformer, args.recall_step) if getattr(args, "profile", False) else None

@@ -185,7 +185,7 @@ class DropInConfig:
     ``reuse_delta`` (needs ``reuse_mass``, without ``mass_refresh``): the pre-hook that measures the
     mass also attends, on the last dense step's whole q, k, v, both densely and as the sparse steps
     will (the reused selection, the ``remainder``), and keeps the difference ``delta = dense −
-    sparse`` (float32, ``(b, h, n, e)``); every sparse call adds it to its output — the dense step's
+    sparse`` (``(b, h, n, e)`` in v's dtype; added in float32); every sparse call adds it to its output — the dense step's
     output plus the change of the sparse one since, as step caches of diffusion transformers do.
     ``delta_half_life`` (sparse steps, default 16; None: no decay): the pre-hook halves the delta's
     weight every that many new timesteps, as it ages (a step's several calls — guidance branches —
@@ -361,7 +361,7 @@ class _HashAttnProcessor:
     def _release(self) -> None:
         """Drop the kept copies and selection (``reuse_mass``): the state of a fresh processor."""
         self._mass_qk, self._reused, self._since, self._keep = None, None, 0, False
-        self._full_qv, self._delta = None, None
+        self._full_qv, self._delta, self._delta_t = None, None, None
 
     def _before_call(self, dense: bool, t: float | None = None) -> None:
         """``reuse_mass``, from the ``dense_timestep`` pre-hook (eager, outside any compiled graph):
