@@ -181,3 +181,20 @@ def test_the_delta_on_the_gpu_kernels():
     out = p._hash(q, k, v)
     want = dense_attention(q.float(), k.float(), v.float())
     assert rel_err(out, want) < 1e-2 < rel_err(p._sparse(q, k, v, p._reused), want)
+
+
+def test_a_next_clip_without_a_dense_step_drops_the_selection_and_the_delta():
+    """A timestep above the last sparse call's, with no dense call between, is a new schedule: what
+    was measured on the last clip's q, k, v is not carried into it."""
+    model, inputs = tiny_wan()
+    vidhash.enable_hash_attention(model, **dict(DELTA, reuse_delta=False, reuse_mass=False))
+    want = run(model, _at(inputs, 300))  # the scorer's selection, nothing added
+    vidhash.enable_hash_attention(model, **DELTA)
+    run(model, _at(inputs, 800))
+    run(model, _at(inputs, 200))
+    assert all(p._delta is not None and p._reused is not None for p in _procs(model))
+    got = run(model, _at(inputs, 300))  # up from 200, below the dense threshold: a next clip
+    assert all(p._delta is None and p._reused is None for p in _procs(model))
+    assert torch.equal(got, want)
+    run(model, _at(inputs, 250))  # and down again within it: still nothing reused
+    assert all(p._delta is None and p._reused is None for p in _procs(model))

@@ -369,10 +369,16 @@ class _HashAttnProcessor:
         call after one that kept copies selects from their mass, and with ``mass_refresh`` N every
         N-th sparse call since keeps its own copies (``_keep``) for the call after it. ``reuse_delta``:
         the delta's weight halves every ``delta_half_life`` new timesteps ``t`` (the calls of one
-        step — guidance branches — count once; without a timestep, every call counts)."""
+        step — guidance branches — count once; without a timestep, every call counts). A sparse call
+        whose timestep is above the last sparse call's starts a new schedule that had no dense step:
+        the selection and delta of the last one are dropped (the scorer selects, nothing is added)."""
         if dense:  # the kept copies stay until this call's replace them: a layer this call skips keeps its own
             self._reused, self._since, self._keep, self._delta, self._delta_t = None, 0, False, None, None
             return
+        if t is not None and self._delta_t is not None and t > self._delta_t and self._mass_qk is None:
+            # the timestep went up with no dense call between: a new schedule (a next clip) that has no
+            # dense step; the selection and delta measured on the last clip's q, k, v are dropped
+            self._reused, self._since, self._keep, self._delta = None, 0, False, None
         if self._mass_qk is not None:
             self._take_mass()
             self._delta_t = t
