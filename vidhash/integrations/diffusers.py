@@ -344,14 +344,16 @@ class _HashAttnProcessor:
                   out: torch.Tensor | None = None) -> None:
         """``reuse_mass`` at a dense call (and with ``mass_refresh`` at every N-th sparse call): keep
         every ``mass_query_stride``-th query and the keys (``(b, h, n, d)``, copies) and the query
-        count; with ``reuse_delta`` also a dense call's whole q and ``v``, and its dense output
+        count; with ``reuse_delta`` a dense call's whole q instead (strided when the mass is measured) and ``v``, and its dense output
         ``out`` where it is the attention of exactly these q, k, v (else the pre-hook computes it). Traceable (no graph break):
         under ``torch.compile`` the copies are graph outputs, read by the pre-hook of the next call
         (:meth:`_before_call`) before any graph runs again."""
         stride = self.config.mass_query_stride
-        self._mass_qk = (q[:, :, ::stride].detach().clone(), k.detach().clone(), q.shape[-2])
-        if self.config.reuse_delta and v is not None:
+        if self.config.reuse_delta and v is not None:  # the whole q kept: the strided one is taken from it later
             self._full_qv = (q.detach().clone(), v.detach().clone(), None if out is None else out.detach().clone())
+            self._mass_qk = (None, k.detach().clone(), q.shape[-2])
+        else:
+            self._mass_qk = (q[:, :, ::stride].detach().clone(), k.detach().clone(), q.shape[-2])
 
     def installed(self) -> bool:
         """Whether this processor still sits on the module :func:`enable_hash_attention` put it on."""
@@ -405,6 +407,10 @@ class _HashAttnProcessor:
         bk = kw["block_size"]
         bq = kw["query_block_size"]
         stride = self.config.mass_query_stride
+        if qs is None:  # reuse_delta: every stride-th query of the kept whole q (contiguous for the mass kernel)
+            if full_qv is None:
+                return
+            qs = full_qv[0][:, :, ::stride].contiguous()
         if qs.shape[-2] != -(-nq // stride) or qs.shape[:2] != ks.shape[:2]:
             return  # not copies of one call's q and k: the scorer selects
         with torch.autocast(qs.device.type, enabled=False):  # the pre-hook runs under the caller's autocast
