@@ -204,6 +204,16 @@ def load_config(cls: type, path: str | os.PathLike) -> Any:
 # ------------------------------------------------------------------------------- model folders, read without weights
 
 
+def check_not_wan_mini(model: str) -> None:
+    """A saved folder whose ``model_index.json`` names a ``WanMiniPipeline`` (``vidhash train
+    wan_mini``'s export, e.g. models/wan-mini) is a diffusers Wan model, not a ``VidHashPipeline``:
+    ValueError saying so and naming the commands that run it."""
+    kind = (_read_json(Path(model) / "model_index.json") or {}).get("_class_name")
+    if kind == "WanMiniPipeline":
+        raise ValueError(f"{model}: a wan-mini (WanMiniPipeline) export, not a VidHashPipeline model; "
+                         "wan-mini models run with vidhash bench dropin and vidhash bench wan-quality")
+
+
 def model_config_for(model: str) -> dict:
     """The transformer constructor arguments of a resolved ``--model`` value, read and checked
     without loading weights: ``random-<preset>``'s, or a folder's ``transformer/config.json``
@@ -217,6 +227,7 @@ def model_config_for(model: str) -> dict:
     folder = Path(model)
     if not (folder / "model_index.json").is_file():
         raise ValueError(f"{model}: not a saved pipeline folder (no model_index.json)")
+    check_not_wan_mini(model)
     for name in ("model_index.json", "transformer/config.json", "scheduler/scheduler_config.json"):
         if (folder / name).exists():
             _json_object(folder / name)

@@ -132,3 +132,24 @@ def test_malformed_model_folder_is_one_line_naming_file_and_key(saved_model, tmp
 
 def test_the_intact_folder_passes_the_same_checks(saved_model):
     assert model_config_for(str(saved_model))["num_layers"] >= 1
+
+
+@pytest.mark.parametrize("argv", [
+    ["generate", "--quiet", "--seconds", "0.5", "--model"],
+    ["eval", "world", "--quiet", "--device", "cpu"],
+    ["bench", "generation", "--seconds", "1", "--modes", "hashed", "--device", "cpu", "--model"],
+], ids=lambda argv: " ".join(argv[:2]))
+def test_a_wan_mini_folder_is_named_as_one(tmp_path, capsys, argv):
+    """A WanMiniPipeline export given where a VidHashPipeline model goes: eval world ended in an
+    AttributeError ('tokens_per_frame'), generate in "bad key 'patch_size'"; now one line saying what
+    the folder is (the model_index.json of models/wan-mini is all it takes)."""
+    import shutil
+    from pathlib import Path
+
+    folder = tmp_path / "wan-mini"
+    folder.mkdir()
+    shutil.copy(Path(__file__).resolve().parents[2] / "models" / "wan-mini" / "model_index.json", folder)
+    rc = main([*argv, str(folder)] + (["--out", str(tmp_path / "clip.mp4")] if argv[0] == "generate" else []))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1, err
+    assert f"{folder}: a wan-mini (WanMiniPipeline) export, not a VidHashPipeline model" in err[0], err
