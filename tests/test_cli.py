@@ -239,3 +239,32 @@ def test_only_a_program_run_freezes_the_collector(monkeypatch, capsys):
         assert main() == 0 and gc.get_freeze_count() > 0
     finally:
         gc.unfreeze()
+
+
+@pytest.mark.parametrize("argv", [
+    ["generate", "--model", "random-tiny", "--out", ""],
+    ["generate", "--model", "random-tiny", "--save-state", ""],
+    ["generate", "--model", "random-tiny", "--resume", ""],
+    ["generate", "--model", "random-tiny", "--actions", ""],
+    ["generate", "--model", "random-tiny", "--image", ""],
+    ["coherence", "x.mp4", "--json", ""],
+    ["coherence", "x.mp4", "--poses", ""],
+    ["eval", "world", "random-tiny", "--json", ""],
+    ["calibrate", "random-tiny", "--out", ""],
+    ["train", "cpu_test", "--resume", ""],
+    ["bench", "hashhop", "--json", ""],
+    ["bench", "dropin", "--model", "models/wan-mini", "--strip", ""],
+], ids=lambda argv: " ".join(a or "''" for a in argv))
+def test_an_empty_path_is_a_usage_error(argv, capsys, monkeypatch):
+    """`--json ''` and the like were read as the flag not given (generate, coherence, eval world,
+    calibrate) or as the current folder ("is a directory"): a usage error naming the flag."""
+    import importlib
+
+    for name in ("generate", "coherence", "eval_world", "calibrate", "train"):
+        monkeypatch.setattr(importlib.import_module(f"vidhash.cli.{name}"), "run",
+                            lambda args: pytest.fail("the command ran"))
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    flag = argv[-2]
+    assert exit_info.value.code == 2 and f"error: argument {flag}: is an empty path" in err[-1], err

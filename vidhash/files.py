@@ -32,6 +32,8 @@ def check_output_file(path: str | os.PathLike, flag: str) -> Path:
     to root even where nothing can be created, e.g. ``/proc``). ValueError naming the flag and the
     path as given."""
     given = str(path)
+    if not given:  # (Path("") is the current folder)
+        raise ValueError(f"{flag} is an empty path; give a file path".lstrip())
     path = Path(path)
     if path.is_dir():
         raise ValueError(f"{flag} {given} is a directory; give a file path")

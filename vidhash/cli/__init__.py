@@ -47,6 +47,14 @@ COMMANDS: dict[str, tuple[str, str] | dict[str, tuple[str, str]]] = {
 }
 
 
+def path_arg(text: str) -> str:
+    """argparse type of a path flag (``--json``, ``--save-state``, ...): any text but an empty one,
+    which would otherwise read as the flag not given (or as the current folder)."""
+    if not text:
+        raise argparse.ArgumentTypeError("is an empty path; give a path, or leave the flag out")
+    return text
+
+
 def _version() -> str:
     from vidhash import __version__
 

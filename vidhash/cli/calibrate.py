@@ -25,6 +25,7 @@ import argparse
 from pathlib import Path
 
 from vidhash.calibrate import CalibrateConfig, calibrate, check_out, format_report, save_calibrated, worse_on_validation
+from vidhash.cli import path_arg
 from vidhash.files import check_output_file, write_json
 from vidhash.generate import resolve_device
 
@@ -32,7 +33,7 @@ from vidhash.generate import resolve_device
 def add_arguments(p: argparse.ArgumentParser) -> None:
     d = CalibrateConfig()
     p.add_argument("model", metavar="PIPELINE_DIR", help="saved pipeline folder, or random-tiny | random-small | random-base")
-    p.add_argument("--out", default=None, help="pipeline folder to write (default PIPELINE_DIR-calibrated)")
+    p.add_argument("--out", default=None, type=path_arg, help="pipeline folder to write (default PIPELINE_DIR-calibrated)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace --out when it is a saved pipeline folder (with model_index.json; never a file or another folder)")
     p.add_argument("--keep-worse", action="store_true",
@@ -53,10 +54,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--world-seed", type=int, default=d.world_seed, help="procedural world (a training world)")
     p.add_argument("--seed", type=int, default=d.seed, help="trajectory/noise seed")
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:1, ...")
-    p.add_argument("--json", default=None, metavar="PATH", help="write the report as JSON")
+    p.add_argument("--json", default=None, type=path_arg, metavar="PATH", help="write the report as JSON")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     g = p.add_argument_group("diffusers video transformers (the drop-in)")
-    g.add_argument("--inputs", default=None, metavar="PATH",
+    g.add_argument("--inputs", default=None, type=path_arg, metavar="PATH",
                    help="torch.save'd dict or list of dicts of transformer(**kwargs) inputs to record (a diffusers model)")
     g.add_argument("--max-queries", type=int, default=512, help="queries kept per sample and module (default 512)")
     g.add_argument("--max-keys", type=int, default=2048, help="keys kept per sample and module (default 2048)")

@@ -17,6 +17,8 @@ import math
 import os
 import sys
 
+from vidhash.cli import path_arg
+
 __all__ = ["add_arguments", "check_arguments", "run"]
 
 _MAX_THREADS = 256
@@ -36,9 +38,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "see vidhash.metrics.features for how to export DINOv2 or CLIP once."
     )
     p.add_argument("videos", nargs="+", metavar="VIDEO", help="video files (mp4, mkv, webm, ...)")
-    p.add_argument("--poses", metavar="JSON", help="per-frame poses of the video(s), to score revisits of the same place")
-    p.add_argument("--json", metavar="PATH", help="write the JSON report here")
-    p.add_argument("--plot", metavar="PATH", help="write a PNG of the curves here")
+    p.add_argument("--poses", metavar="JSON", type=path_arg, help="per-frame poses of the video(s), to score revisits of the same place")
+    p.add_argument("--json", metavar="PATH", type=path_arg, help="write the JSON report here")
+    p.add_argument("--plot", metavar="PATH", type=path_arg, help="write a PNG of the curves here")
     p.add_argument("--analysis-fps", type=float, default=8.0, metavar="F",
                    help="frames per second to analyse (source fps / an integer stride; 0 = every frame; default 8)")
     p.add_argument("--size", type=int, default=128, metavar="PX", help="longer side of the working size in pixels (default 128)")
@@ -47,7 +49,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="two frames are at the same pose when every pose component differs by at most D (default 0.5)")
     p.add_argument("--min-revisit-gap", type=float, default=1.0, metavar="S",
                    help="shortest time gap of a revisit pair in seconds (default 1)")
-    p.add_argument("--features-weights", metavar="PATH", help="local exported image encoder (DINOv2 or CLIP; .pt2 or TorchScript) for VBench-style consistency")
+    p.add_argument("--features-weights", metavar="PATH", type=path_arg, help="local exported image encoder (DINOv2 or CLIP; .pt2 or TorchScript) for VBench-style consistency")
     p.add_argument("--features-kind", choices=("dino", "clip"), default="dino", help="input normalisation of the encoder (default dino)")
     p.add_argument("--threads", type=int, default=1, metavar="N",
                    help="OpenCV threads (default 1: at 128 px a second thread gains little and PyAV decodes on the other core; 0 = OpenCV's choice)")

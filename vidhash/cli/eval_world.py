@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 
+from vidhash.cli import path_arg
 from vidhash.eval.world import (
     DEFAULT_HORIZONS,
     DEFAULT_SEEDS,
@@ -62,9 +63,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="longest horizon the dense full-context baseline runs (default 60)")
     p.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda, cuda:1, ...")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="model dtype (bfloat16: CUDA only)")
-    p.add_argument("--json", default=None, help="write the results here")
-    p.add_argument("--plot", default=None, help="write a PNG of metric against horizon here")
-    p.add_argument("--from-json", default=None, nargs="+", metavar="JSON",
+    p.add_argument("--json", default=None, type=path_arg, help="write the results here")
+    p.add_argument("--plot", default=None, type=path_arg, help="write a PNG of metric against horizon here")
+    p.add_argument("--from-json", default=None, type=path_arg, nargs="+", metavar="JSON",
                    help="no run: print the table (and --plot) of a saved result; several results of the same model "
                         "and settings (e.g. runs cut by a time limit, or one per horizon) are merged")
     p.add_argument("--recall-every", type=int, default=1,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 
 from vidhash.camera import ACTIONS
+from vidhash.cli import path_arg
 from vidhash.config import GenerateConfig, generate_config, resolve_model
 
 
@@ -19,19 +20,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "the shipped world model), or random-tiny | random-small | random-base | random-world")
     p.add_argument("--seconds", type=float, default=None, help="clip length in seconds (default 10)")
     p.add_argument("--fps", type=int, default=None, help="frames per second (default 8)")
-    p.add_argument("--out", default=None, help="output .mp4 (default clip.mp4)")
+    p.add_argument("--out", default=None, type=path_arg, help="output .mp4 (default clip.mp4)")
     p.add_argument("--seed", type=int, default=None, help="noise and random-trajectory seed (default 0)")
-    p.add_argument("--actions", default=None, metavar="JSON", help=f"camera actions, one per frame: a JSON list of {', '.join(ACTIONS)} (or {{\"actions\": [...]}})")
+    p.add_argument("--actions", default=None, type=path_arg, metavar="JSON", help=f"camera actions, one per frame: a JSON list of {', '.join(ACTIONS)} (or {{\"actions\": [...]}})")
     p.add_argument("--prompt-world", type=int, default=None, metavar="SEED",
                    help="start from ground-truth frames of this procedural world (written first into the mp4)")
-    p.add_argument("--image", dest="prompt_image", default=None, metavar="PATH",
+    p.add_argument("--image", dest="prompt_image", default=None, type=path_arg, metavar="PATH",
                    help="start from this image (any format Pillow reads; resized to the frame size, one context frame)")
-    p.add_argument("--video", dest="prompt_video", default=None, metavar="PATH",
+    p.add_argument("--video", dest="prompt_video", default=None, type=path_arg, metavar="PATH",
                    help="start from the last --prompt-frames frames of this video (resized to the frame size)")
     p.add_argument("--prompt-frames", type=int, default=None, metavar="N",
                    help="how many prompt frames of --prompt-world / --video (default 8)")
-    p.add_argument("--resume", default=None, metavar="STATE", help="continue from a saved state")
-    p.add_argument("--save-state", default=None, metavar="STATE", help="save the state here at the end (and on interrupt)")
+    p.add_argument("--resume", default=None, type=path_arg, metavar="STATE", help="continue from a saved state")
+    p.add_argument("--save-state", default=None, type=path_arg, metavar="STATE", help="save the state here at the end (and on interrupt)")
     p.add_argument("--device", default=None, help="auto (default: cuda when available), cpu, cuda, cuda:1, mps")
     p.add_argument("--dtype", default=None, choices=("float32", "bfloat16", "float16"),
                    help="the transformer's weights and state (default float32)")

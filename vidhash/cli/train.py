@@ -16,11 +16,13 @@ import argparse
 import json
 from pathlib import Path
 
+from vidhash.cli import path_arg
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", help="training YAML (configs/train/*.yaml) or a preset name (world_tiny)")
     parser.add_argument("overrides", nargs="*", default=[], metavar="key=value", help="config overrides (optional)")
-    parser.add_argument("--resume", default=None, metavar="auto|PATH",
+    parser.add_argument("--resume", default=None, type=path_arg, metavar="auto|PATH",
                         help="continue: 'auto' = latest checkpoint under out_dir (fresh if none), or a checkpoint "
                              "folder / checkpoints root")
     parser.add_argument("--max-minutes", type=float, default=None,
