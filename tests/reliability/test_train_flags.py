@@ -55,3 +55,24 @@ def test_only_config_is_required(capsys):
 def test_config_alone_still_parses(capsys):
     assert main(["train", "cpu_test", "--print-config"]) == 0
     assert "max_steps" in capsys.readouterr().out
+
+
+def test_a_non_finite_loss_is_one_error_line(tmp_path, monkeypatch, capsys):
+    """`optim.lr=1e30` ended in the loop's FloatingPointError traceback (its message is the advice):
+    now that message on one line, exit status 1."""
+    import vidhash.training.trainer as trainer
+
+    def diverge(*args, **kwargs):
+        raise FloatingPointError("loss is nan in steps 2..2; lower optim.lr or use mixed_precision=no")
+
+    monkeypatch.setattr(trainer, "train", diverge)
+    rc = main(["train", "cpu_test", f"out_dir={tmp_path / 'run'}", "optim.lr=1e30", "--no-progress"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 1 and err == ["vidhash train: error: loss is nan in steps 2..2; lower optim.lr or use mixed_precision=no"]
+
+
+def test_max_minutes_help_says_zero_is_no_limit(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "this many minutes of wall time (0: no limit;" in help_text

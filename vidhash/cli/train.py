@@ -9,11 +9,13 @@ CONFIG is a YAML file or a name in configs/train/; ``key=value`` overrides any k
 Writes OUT_DIR/config.yaml, OUT_DIR/loss.csv, OUT_DIR/checkpoints/step-*/ and, at the end or
 whenever the run stops (time budget, SIGTERM, Ctrl-C), a checkpoint and OUT_DIR/export/ (the EMA
 weights as a VidHashPipeline folder: VidHashPipeline.from_pretrained(OUT_DIR/export)).
+A loss that turns non-finite stops the run: one error line (what to change), exit status 1.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from vidhash.cli import path_arg
@@ -26,7 +28,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="continue: 'auto' = latest checkpoint under out_dir (fresh if none), or a checkpoint "
                              "folder / checkpoints root")
     parser.add_argument("--max-minutes", type=float, default=None,
-                        help="stop cleanly (checkpoint + export) before this many minutes of wall time")
+                        help="stop cleanly (checkpoint + export) before this many minutes of wall time (0: no limit; "
+                             "default: the config's max_minutes)")
     parser.add_argument("--stop-at-step", type=int, default=None,
                         help="stop (with a checkpoint) at this step, as if interrupted (LR schedule keeps max_steps)")
     parser.add_argument("--profile-steps", default=None, metavar="START:STOP",
@@ -80,8 +83,12 @@ def run(args: argparse.Namespace) -> int:
     # (the fit of its first call, or the length it was set to); budget_minutes=B fits B anew;
     # max_steps=N alone sets the length N (budget_minutes=0, above), for this and later calls
     named = bool(named & {"budget_minutes", "max_steps"})
-    summary = train(cfg, resume=args.resume, max_minutes=args.max_minutes, stop_at_step=args.stop_at_step,
-                    progress=not args.no_progress, export=not args.no_export, profile_steps=profile_steps,
-                    keep_budget=not named)
+    try:
+        summary = train(cfg, resume=args.resume, max_minutes=args.max_minutes, stop_at_step=args.stop_at_step,
+                        progress=not args.no_progress, export=not args.no_export, profile_steps=profile_steps,
+                        keep_budget=not named)
+    except FloatingPointError as err:  # the loss went non-finite: the run stops, its message says what to change
+        print(f"vidhash train: error: {err}", file=sys.stderr)
+        return 1
     print(json.dumps(summary))
     return 0
