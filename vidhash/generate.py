@@ -386,6 +386,8 @@ def _read_image(path: str, height: int, width: int, check_only: bool = False) ->
     """``--image``: the file as one RGB uint8 frame ``(1, height, width, 3)``, resized (bicubic)."""
     from PIL import Image, UnidentifiedImageError
 
+    if Path(path).is_dir():
+        raise ValueError(f"--image {path} is a directory, not an image file")
     if not Path(path).is_file():
         raise ValueError(f"--image {path}: no such file")
     try:
@@ -402,6 +404,8 @@ def _read_image(path: str, height: int, width: int, check_only: bool = False) ->
 def _video_length(path: str) -> int:
     from .data.video import probe_frames
 
+    if Path(path).is_dir():
+        raise ValueError(f"--video {path} is a directory, not a video file")
     if not Path(path).is_file():
         raise ValueError(f"--video {path}: no such file")
     try:

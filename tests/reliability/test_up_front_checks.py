@@ -35,6 +35,8 @@ BAD = {
     "seed-override": (["seed=4"], "seed=4: seed is set by --seed"),
     "dtype-bogus": (["--dtype", "int8"], "--dtype: invalid choice"),
     "image-missing": (["--image", "/no/such.png"], "--image /no/such.png: no such file"),
+    "image-directory": (["--image", "/"], "--image / is a directory, not an image file"),
+    "video-directory": (["--video", "/"], "--video / is a directory, not a video file"),
     "video-missing": (["--video", "/no/such.mp4"], "--video /no/such.mp4: no such file"),
     "two-prompts": (["--image", "/no/such.png", "--prompt-world", "1"], "--prompt-world and --image: give one frame prompt"),
     "image-and-resume": (["--image", "/no/such.png", "--resume", "/no/s.pt"], "--image starts a new clip"),

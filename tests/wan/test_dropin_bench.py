@@ -187,6 +187,13 @@ def test_missing_model_folder(tmp_path):
         dropin.load_pipeline(str(tmp_path / "nothing"), "cpu", "fp32")
 
 
+def test_model_that_is_a_file(tmp_path):
+    """--model FILE said "no such folder": it is a file."""
+    (tmp_path / "model.safetensors").write_bytes(b"")
+    with pytest.raises(ValueError, match="--model .*model.safetensors is a file; give a folder"):
+        dropin.load_pipeline(str(tmp_path / "model.safetensors"), "cpu", "fp32")
+
+
 def test_dense_steps_and_layers_rows(tiny_model, tmp_path, capsys):
     """--dense-steps 0,2 --dense-layers 0,1 over 2 steps: one row per setting × dense steps × dense
     layers; every step dense gives the dense model's frames; recall only where sparse ran."""

@@ -65,11 +65,12 @@ def test_the_command_compares_a_dense_and_a_sparse_trained_model(tiny_model, tmp
     (["--config", CPU_CONFIG, "--frames", "8", "--context", "8"], "--context must be in"),
     (["SAME", "--config", CPU_CONFIG], "given twice"),
     (["NOSUCH", "--config", CPU_CONFIG], "no such folder"),
+    (["FILE", "--config", CPU_CONFIG], "is a file; give a folder"),
     (["WORLD", "--config", CPU_CONFIG], "a VidHashPipeline, not a WanMiniPipeline export"),
     (["--config", str(Path(CPU_CONFIG).parent / "cpu_test.yaml")], "not a wan-mini train config"),
 ])
 def test_refusals_name_the_problem(tiny_model, capsys, extra, match):
-    names = {"SAME": str(tiny_model), "NOSUCH": str(tiny_model.parent / "nosuch"),
+    names = {"SAME": str(tiny_model), "NOSUCH": str(tiny_model.parent / "nosuch"), "FILE": CPU_CONFIG,
              "WORLD": str(Path(__file__).resolve().parents[2] / "models" / "world-tiny-v3")}
     argv = ["bench", "wan-quality", str(tiny_model), *[names.get(x, x) for x in extra]]
     assert cli_main(argv) != 0

@@ -541,6 +541,8 @@ def frame_strip(rows: dict[str, np.ndarray], path: str, frames: int = 8) -> str:
 def load_pipeline(path: str, device: str, dtype: str):
     from vidhash.pipelines.pipeline_wan_mini import WanMiniPipeline
 
+    if Path(path).exists() and not Path(path).is_dir():
+        raise ValueError(f"--model {path} is a file; give a folder (a WanMiniPipeline export)")
     if not Path(path).is_dir():
         raise FileNotFoundError(f"--model {path}: no such folder (a WanMiniPipeline export)")
     index = Path(path) / "model_index.json"

@@ -50,6 +50,8 @@ def check_models(models: list[str]) -> None:
     """Every folder a ``WanMiniPipeline`` export, given once — before any sampling."""
     for model in models:
         path = Path(model)
+        if path.exists() and not path.is_dir():
+            raise ValueError(f"MODEL {model} is a file; give a folder (a WanMiniPipeline export, e.g. models/wan-mini)")
         if not path.is_dir():
             raise ValueError(f"MODEL {model}: no such folder (a WanMiniPipeline export, e.g. models/wan-mini)")
         index = path / "model_index.json"
