@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -71,6 +72,19 @@ def write_atomic(path: str | os.PathLike, write: Callable[[str], object]) -> Non
     finally:
         if tmp is not None and os.path.lexists(tmp):
             os.remove(tmp)
+
+
+def finite_json(obj):
+    """``obj`` (dicts, lists, tuples, numbers, ...) with every non-finite float (``inf``, ``nan``) as
+    None: what ``json.dump(..., allow_nan=False)`` accepts, so the file is standard JSON (``Infinity``
+    and ``NaN`` are Python's extension, which strict parsers refuse)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: finite_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite_json(v) for v in obj]
+    return obj
 
 
 def write_json(path: str | os.PathLike, obj, **dump_kw) -> None:

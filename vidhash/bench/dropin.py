@@ -21,7 +21,8 @@ CUDA, eager on the CPU; ``--no-flex`` skips it). One row per setting (SVG2's pro
 JSON and the printed Markdown table:
 
 * ``psnr`` — dB over the whole clip against the dense clip (mean squared error of all frames'
-  uint8 RGB; ``inf`` for identical clips), mean over seeds; ``ssim`` — mean over frames and seeds
+  uint8 RGB; ``inf`` for identical clips — null in the JSON, which has no infinity: the dense rows'
+  null means identical), mean over seeds; ``ssim`` — mean over frames and seeds
   (luma, :func:`vidhash.metrics.ssim`);
 * ``coherence`` — :func:`vidhash.metrics.measure_coherence` of the first seed's clip (flicker,
   warp error, motion, adjacent SSIM, smoothness, start vs end; the dense row holds the dense clip's);
@@ -62,7 +63,7 @@ JSON and the printed Markdown table:
   ``--compile-scope model`` compiles the whole forward instead (the one form that takes a CUDA-graph
   ``--compile-mode``, e.g. ``reduce-overhead``: launch overhead gone, see :func:`compile_model`);
   ``flex_psnr`` — PSNR of Flex's clips against ours (the same blocks: only rounding differs, so
-  very high, ``inf`` when equal); ``flex_error`` where Flex failed (the rest of the row stands).
+  very high, ``inf`` — null in the JSON — when equal); ``flex_error`` where Flex failed (the rest of the row stands).
 
 ``--profile`` adds ``profile`` to every row (:func:`profile_call`): the first seed's
 ``--recall-step`` transformer call replayed with the setting still enabled — its synchronised wall
@@ -101,6 +102,7 @@ import torch
 
 from vidhash.attention import SCORERS
 from vidhash.bench import recorded_flags
+from vidhash.files import finite_json
 from vidhash.files import write_json as write_json_file
 
 STRIP_DENSITIES = (Fraction(1, 8), Fraction(1, 32))
@@ -895,10 +897,11 @@ def save_clips(path: str, clips: dict[str, np.ndarray]) -> None:
 
 
 def write_json(path: str | None, report: dict) -> None:
-    """``report`` to ``path`` (if given) through a temporary file: never a half-written JSON."""
+    """``report`` to ``path`` (if given) through a temporary file: never a half-written JSON. Standard
+    JSON: a non-finite number (``psnr`` of identical clips, ``inf``) is written as null."""
     if not path:
         return
-    write_json_file(path, report, indent=1)
+    write_json_file(path, finite_json(report), indent=1, allow_nan=False)
 
 
 def _num(value, spec: str) -> str:
@@ -912,10 +915,10 @@ def format_row(row: dict) -> str:
     flex = ""
     if row.get("clip_s_flex") is not None:
         flex = (f"  | Flex {row['transformer_ms_flex']:9.2f} ms/step {row['clip_s_flex']:8.3f} s/clip "
-                f"{row['speedup_flex']:5.2f}x, {row['flex_psnr']:.1f} dB vs ours")
+                f"{row['speedup_flex']:5.2f}x, {_num(row['flex_psnr'], '.1f')} dB vs ours")
     elif row.get("flex_error"):
         flex = f"  | Flex failed: {row['flex_error']}"
-    return (f"{row['setting']:>22s}  PSNR {row['psnr']:6.2f} dB  SSIM {row['ssim']:.4f}  "
+    return (f"{row['setting']:>22s}  PSNR {_num(row['psnr'], '6.2f')} dB  SSIM {row['ssim']:.4f}  "
             f"{row['transformer_ms']:9.2f} ms/step  {row['clip_s']:8.3f} s/clip {row['speedup']:5.2f}x{rec}{flex}")
 
 

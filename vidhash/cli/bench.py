@@ -341,7 +341,8 @@ def add_dropin(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", default=None, choices=["bf16", "fp16", "fp32"], help="transformer dtype "
                    "(default: bf16 on cuda, fp32 on cpu)")
     p.add_argument("--json", type=json_file, default=None,
-                   help="write the rows (with per-layer recall) to this JSON file, after every row")
+                   help="write the rows (with per-layer recall) to this JSON file, after every row (standard JSON: "
+                        "psnr null where the clips are identical, e.g. the dense rows)")
     p.add_argument("--strip", type=output_file((".png",)), default=None, help="write a frame strip PNG (dense, 1/8, 1/32) here")
 
 
