@@ -1,6 +1,8 @@
 """vidhash bench generation: a saved model and preset overrides reach the timed worker."""
 import json
 
+import pytest
+
 from vidhash.cli import main
 
 
@@ -21,3 +23,23 @@ def test_bench_generation_with_a_saved_model(tmp_path, capsys):
 def test_bench_generation_bad_override_fails_before_running(capsys):
     assert main(["bench", "generation", "--seconds", "1", "--set", "memory.nope=1"]) == 2
     assert "memory.nope" in capsys.readouterr().err
+
+
+def test_bench_generation_refuses_a_clip_of_no_frames_up_front(monkeypatch, capsys):
+    """--seconds 0.01 at 8 fps (0 frames) failed in the worker, exit status 1: a usage error now."""
+    import subprocess
+
+    import vidhash.bench.generation as generation
+
+    monkeypatch.setattr(generation, "_world_speed", lambda *a: pytest.fail("the bench started"))
+    monkeypatch.setattr(subprocess, "run", lambda *a, **k: pytest.fail("a worker started"))
+    assert main(["bench", "generation", "--preset", "tiny", "--seconds", "1,0.01", "--modes", "hashed", "--device", "cpu"]) == 2
+    assert "--seconds 0.01 at --fps 8 is less than one frame" in capsys.readouterr().err
+
+
+def test_bench_generation_compile_mode_needs_compile(monkeypatch, capsys):
+    import vidhash.bench.generation as generation
+
+    monkeypatch.setattr(generation, "_world_speed", lambda *a: pytest.fail("the bench started"))
+    assert main(["bench", "generation", "--seconds", "1", "--compile-mode", "max-autotune"]) == 2
+    assert "--compile-mode sets how --compile compiles" in capsys.readouterr().err

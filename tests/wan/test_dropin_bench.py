@@ -574,3 +574,53 @@ def test_initial_noise_is_the_pipelines_own_draw(tiny_model):
     given = pipe(**kw, latents=dropin.initial_noise(pipe, 3, 8, 32)).frames
     assert np.array_equal(own, given)
     assert not np.array_equal(own, pipe(**kw, latents=dropin.initial_noise(pipe, 4, 8, 32)).frames)
+
+
+@pytest.mark.parametrize("argv, match", [
+    (["--compile-mode", "default"], "--compile-mode sets how --compile compiles"),
+    (["--compile-backend", "eager"], "--compile-backend sets how --compile compiles"),
+    (["--compile-scope", "model"], "--compile-scope sets how --compile compiles"),
+], ids=lambda x: " ".join(x) if isinstance(x, list) else None)
+def test_ignored_or_blank_flags_are_refused_before_the_model_loads(tmp_path, monkeypatch, capsys, argv, match):
+    """Flags that would be silently ignored (a delta or refresh without reuse rows, a compile setting
+    without --compile), two outputs at one path, blank list items and a seed given twice: one line,
+    exit status 2, before the model loads."""
+    import re
+
+    monkeypatch.setattr(dropin, "load_pipeline", lambda *a, **k: pytest.fail("the model loaded"))
+    argv = [str(tmp_path / x) if x == "SAME.png" else x for x in argv]
+    assert main(["bench", "dropin", "--model", str(tmp_path), "--seeds", "0", *argv]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and re.search(match, err[0]), err
+
+
+@pytest.mark.parametrize("flag, value", [("--compile-mode", "bogus"), ("--compile-backend", "bogus")])
+def test_compile_mode_and_backend_are_checked_by_the_parser(flag, value, monkeypatch, capsys):
+    """A mode or backend torch.compile does not know ended in its traceback at the first compiled call."""
+    monkeypatch.setattr(dropin, "load_pipeline", lambda *a, **k: pytest.fail("the model loaded"))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["bench", "dropin", "--model", "models/wan-mini", "--compile", flag, value])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 2 and f"argument {flag}: expected " in err[-1] and "'bogus'" in err[-1], err
+
+
+def test_compile_mode_and_backend_take_torchs_names():
+    from vidhash.cli.bench import compile_backend, compile_mode
+
+    for mode in ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"):
+        assert compile_mode(mode) == mode
+    for backend in ("inductor", "eager", "aot_eager"):
+        assert compile_backend(backend) == backend
+
+
+@pytest.mark.parametrize("flag, value", [("--frames", "65"), ("--size", "520")])
+def test_clip_beyond_the_rotary_embedding_is_refused(tiny_model, monkeypatch, capsys, flag, value):
+    """--frames 1025 on models/wan-mini (rope_max_seq_len 1024) ended in a RuntimeError inside diffusers'
+    rotary embedding; the tiny model's limit is 64 patches a side: 64 frames, 512 px."""
+    monkeypatch.setattr(dropin, "sample_clips", lambda *a, **k: pytest.fail("a clip was sampled"))
+    monkeypatch.setattr(dropin, "capture_qk", lambda *a, **k: pytest.fail("the recall clip was sampled"))
+    argv = {"--frames": ["--size", "32"], "--size": ["--frames", "8"]}[flag]
+    assert main(["bench", "dropin", "--model", str(tiny_model), "--seeds", "0", "--steps", "2", *argv, flag, value]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    limit = {"--frames": 64, "--size": 512}[flag]
+    assert f"{flag} {value}: this model takes at most {limit} " in err[-1] and "rope_max_seq_len 64" in err[-1], err

@@ -558,6 +558,19 @@ def load_pipeline(path: str, device: str, dtype: str):
     return pipe
 
 
+def check_clip_size(transformer: torch.nn.Module, frames: int, size: int) -> None:
+    """``--frames`` and ``--size`` within the reach of the transformer's rotary embedding:
+    ``rope_max_seq_len`` positions along each axis, in patches (diffusers' ``WanRotaryPosEmbed``
+    fails beyond it with a shape error); ValueError naming the flag and the limit."""
+    cfg = transformer.config
+    p_t, p_h, _ = cfg.patch_size
+    limit = cfg.rope_max_seq_len
+    for flag, value, patch in (("--frames", frames, p_t), ("--size", size, p_h)):
+        if value // patch > limit:
+            raise ValueError(f"{flag} {value}: this model takes at most {limit * patch} (its rotary embedding's "
+                             f"rope_max_seq_len {limit} × patch {patch})")
+
+
 def compile_blocks(transformer: torch.nn.Module, mode: str | None = None, backend: str = "inductor") -> int:
     """``torch.compile(fullgraph=True)`` on each of the transformer's repeated blocks (diffusers'
     ``_repeated_blocks``: ``WanTransformerBlock``), in place; the top-level forward — and
@@ -801,9 +814,21 @@ def measure_setting(pipe, setting: Setting, seeds: list[int], args, dense, captu
     return row, clips
 
 
+def check_compile_flags(args) -> None:
+    """``--compile-mode``, ``--compile-backend`` and ``--compile-scope`` set how ``--compile``
+    compiles: given without it (not at their defaults) they would be ignored; ValueError instead."""
+    if getattr(args, "compile", False):
+        return
+    for flag, key, default in (("--compile-mode", "compile_mode", None), ("--compile-backend", "compile_backend", "inductor"),
+                               ("--compile-scope", "compile_scope", "blocks")):
+        if getattr(args, key, default) != default:
+            raise ValueError(f"{flag} sets how --compile compiles: add --compile, or leave {flag} out")
+
+
 def run(args) -> int:
     """``vidhash bench dropin``: every setting, the table, ``--json`` and ``--strip``."""
     # 1. inputs and settings
+    check_compile_flags(args)
     densities = parse_fractions(args.densities, "--densities")
     block_sizes = parse_ints(args.block_sizes, "--block-sizes")
     query_text = getattr(args, "query_block_sizes", "") or ""
@@ -832,6 +857,7 @@ def run(args) -> int:
         raise ValueError(f"--dense-steps must be in [0, --steps], got {args.dense_steps} (--steps {args.steps})")
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     pipe = load_pipeline(args.model, device, args.dtype or ("bf16" if device == "cuda" else "fp32"))
+    check_clip_size(pipe.transformer, args.frames, args.size)
     from vidhash.integrations.diffusers import self_attention_modules
 
     names = list(self_attention_modules(pipe.transformer))

@@ -172,6 +172,11 @@ def run(args) -> int:
 
     from vidhash.config import preset_for_model
 
+    if args.compile_mode is not None and not args.compile:
+        raise ValueError("--compile-mode sets how --compile compiles: add --compile, or leave --compile-mode out")
+    short = [s for s in args.seconds.split(",") if s.strip() and round(float(s) * args.fps) < 1]
+    if short:  # (before any model loads: the worker would fail on a clip of 0 frames)
+        raise ValueError(f"--seconds {short[0]} at --fps {args.fps} is less than one frame; give at least {1 / args.fps:g} s")
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if args.cuda_graphs and not device.startswith("cuda"):
         raise ValueError(f"--cuda-graphs replays CUDA graphs: it needs a CUDA device, not {device}")

@@ -123,6 +123,28 @@ def device(text: str) -> str:
     return dev.type if text == "auto" else text
 
 
+def compile_mode(text: str) -> str:
+    """``--compile-mode``: one of torch.compile's modes (``torch._inductor.list_mode_options()``:
+    default, reduce-overhead, max-autotune, ...)."""
+    from torch._inductor import list_mode_options
+
+    modes = list(list_mode_options())
+    if text not in modes:
+        raise argparse.ArgumentTypeError(f"expected one of torch.compile's modes ({', '.join(modes)}), got {text!r}")
+    return text
+
+
+def compile_backend(text: str) -> str:
+    """``--compile-backend``: a backend torch.compile knows (``torch._dynamo.list_backends``, the
+    debugging ones such as ``eager`` and ``aot_eager`` included)."""
+    import torch._dynamo
+
+    if text not in torch._dynamo.list_backends(exclude_tags=()):
+        raise argparse.ArgumentTypeError(f"expected a torch.compile backend ({', '.join(torch._dynamo.list_backends())}, "
+                                         f"or a debugging one such as eager, aot_eager), got {text!r}")
+    return text
+
+
 def add_hashhop(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sizes", type=positive_ints, default="1000,10000,100000,1000000", help="comma-separated numbers of stored pairs N")
     p.add_argument("--hops", type=positive_ints, default="1,2,3", help="comma-separated hop counts")
@@ -268,7 +290,7 @@ def add_generation(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", type=json_file, default=None, help="write all rows (with per-chunk times) to this JSON file")
     p.add_argument("--compile", action="store_true", help="torch.compile each transformer block (compile_blocks)")
-    p.add_argument("--compile-mode", default=None,
+    p.add_argument("--compile-mode", type=compile_mode, default=None,
                    help="torch.compile mode with --compile (e.g. max-autotune-no-cudagraphs; default: torch's)")
     p.add_argument("--cuda-graphs", action="store_true",
                    help="replay steady chunks' transformer passes from CUDA graphs (enable_cuda_graphs)")
@@ -326,9 +348,10 @@ def add_dropin(p: argparse.ArgumentParser) -> None:
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the transformer's repeated blocks (fullgraph; diffusers' regional compilation) "
                         "for every setting, dense included: the non-attention ops fused as a user would run them")
-    p.add_argument("--compile-mode", default=None,
+    p.add_argument("--compile-mode", type=compile_mode, default=None,
                    help="torch.compile mode with --compile (e.g. max-autotune-no-cudagraphs, reduce-overhead)")
-    p.add_argument("--compile-backend", default="inductor", help="torch.compile backend with --compile (default inductor)")
+    p.add_argument("--compile-backend", type=compile_backend, default="inductor",
+                   help="torch.compile backend with --compile (default inductor)")
     p.add_argument("--compile-scope", default="blocks", choices=["blocks", "model"],
                    help="with --compile: 'blocks' (default), diffusers' regional compilation of the repeated blocks; "
                         "'model', the whole forward — needed for a CUDA-graph --compile-mode (reduce-overhead)")
