@@ -577,6 +577,16 @@ def test_initial_noise_is_the_pipelines_own_draw(tiny_model):
 
 
 @pytest.mark.parametrize("argv, match", [
+    (["--reuse-delta", "4"], "--reuse-delta applies to the reuse rows: give --reuse-mass above 0 too"),
+    (["--mass-refresh", "2"], "--mass-refresh applies to the reuse rows: give --reuse-mass above 0 too"),
+    (["--dense-steps", "1", "--reuse-mass", "1", "--mass-refresh", "2", "--reuse-delta", "4"],
+     "--reuse-delta applies to the reuse rows without --mass-refresh"),
+    (["--json", "SAME.png", "--strip", "SAME.png"], "--strip .*SAME.png is --json .*SAME.png"),
+    (["--densities", "1/4,,1/8"], "--densities has a blank item in '1/4,,1/8'"),
+    (["--scorers", ","], "--scorers has a blank item in ','"),
+    (["--scorers", ""], "--scorers is empty"),
+    (["--reuse-mass", ""], "--reuse-mass is empty"),
+    (["--seeds", "0,0"], "--seeds has repeats: 0,0"),
     (["--compile-mode", "default"], "--compile-mode sets how --compile compiles"),
     (["--compile-backend", "eager"], "--compile-backend sets how --compile compiles"),
     (["--compile-scope", "model"], "--compile-scope sets how --compile compiles"),

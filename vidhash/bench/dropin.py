@@ -155,10 +155,22 @@ def layer_tag(layer_densities: dict[str, float]) -> str:
     return " [" + ",".join(parts) + "]"
 
 
+def split_items(text: str, flag: str) -> list[str]:
+    """``text``'s comma-separated items, stripped; ValueError naming ``flag`` where it is empty or an
+    item is blank (``1/4,,1/8``, ``,``: a typo, not a shorter list)."""
+    items = [x.strip() for x in text.split(",")]
+    if not text.strip():
+        raise ValueError(f"{flag} is empty; give a comma-separated list")
+    if not all(items):
+        raise ValueError(f"{flag} has a blank item in {text!r}")
+    return items
+
+
 def parse_fractions(text: str, flag: str) -> list[Fraction]:
     """``"1/4,1/8"`` → fractions in (0, 1]; ValueError naming ``flag``."""
+    items = split_items(text, flag)
     try:
-        values = [Fraction(s.strip()) for s in text.split(",") if s.strip()]
+        values = [Fraction(s) for s in items]
     except (ValueError, ZeroDivisionError):
         raise ValueError(f"{flag} must be comma-separated fractions like 1/4,1/8, got {text!r}") from None
     if not values or any(not 0 < v <= 1 for v in values):
@@ -167,8 +179,9 @@ def parse_fractions(text: str, flag: str) -> list[Fraction]:
 
 
 def parse_ints(text: str, flag: str, minimum: int = 1) -> list[int]:
+    items = split_items(text, flag)
     try:
-        values = [int(s) for s in text.split(",") if s.strip()]
+        values = [int(s) for s in items]
     except ValueError:
         raise ValueError(f"{flag} must be comma-separated integers, got {text!r}") from None
     if not values or any(v < minimum for v in values):
@@ -242,8 +255,8 @@ def parse_remainders(text: str) -> list[str]:
     """``"none,mean"`` → the drop-in's ``remainder`` values; ValueError naming --remainders."""
     from vidhash.attention import REMAINDERS
 
-    values = [x.strip() for x in text.split(",") if x.strip()]
-    if not values or any(v not in REMAINDERS for v in values):
+    values = split_items(text, "--remainders")
+    if any(v not in REMAINDERS for v in values):
         raise ValueError(f"--remainders must be comma-separated values of {REMAINDERS}, got {text!r}")
     return values
 
@@ -251,8 +264,9 @@ def parse_remainders(text: str) -> list[str]:
 def parse_half_lives(text: str) -> list[float]:
     """``--reuse-delta``: ``"0,16,inf"`` → 0 (off) and the drop-in's ``delta_half_life`` values in sparse
     calls (``inf``: no decay); ValueError naming the flag."""
+    items = split_items(text, "--reuse-delta")
     try:
-        values = [float(x) for x in text.split(",") if x.strip()]
+        values = [float(x) for x in items]
     except ValueError:
         values = []
     if not values or any(math.isnan(v) or v < 0 for v in values):
@@ -265,7 +279,7 @@ def parse_layer_densities(text: str) -> dict[str, float]:
     """``"blocks.2.attn1=1/8,blocks.3.attn1=0.25"`` → ``{name: density}`` (every sparse setting's
     ``layer_densities``); ``""`` → ``{}``; ValueError naming --layer-densities."""
     out = {}
-    for item in (x.strip() for x in text.split(",") if x.strip()):
+    for item in split_items(text, "--layer-densities") if text.strip() else []:
         name, sep, value = item.partition("=")
         try:
             density = float(Fraction(value.strip()))
@@ -834,7 +848,9 @@ def run(args) -> int:
     query_text = getattr(args, "query_block_sizes", "") or ""
     query_blocks = parse_ints(query_text, "--query-block-sizes") if query_text.strip() else [None]
     seeds = parse_ints(args.seeds, "--seeds", minimum=0)
-    scorers = [None if s in ("", "default") else s for s in args.scorers.split(",")]
+    if len(set(seeds)) != len(seeds):  # (a seed twice would count its clip twice in every mean)
+        raise ValueError(f"--seeds has repeats: {args.seeds}")
+    scorers = [None if s == "default" else s for s in split_items(args.scorers, "--scorers")]
     unknown = [s for s in scorers if s is not None and s not in SCORERS]
     if unknown:  # before the dense clips, not after them
         raise ValueError(f"--scorers takes default, {', '.join(SCORERS)}; got {', '.join(unknown)}")
@@ -842,11 +858,22 @@ def run(args) -> int:
     dense_layers = parse_ints(getattr(args, "dense_layers", "0"), "--dense-layers", minimum=0)
     remainders = parse_remainders(getattr(args, "remainders", "none"))
     layer_densities = parse_layer_densities(getattr(args, "layer_densities", "") or "")
-    reuse = parse_ints(getattr(args, "reuse_mass", "0") or "0", "--reuse-mass", minimum=0)
-    refresh = parse_ints(getattr(args, "mass_refresh", "0") or "0", "--mass-refresh", minimum=0)
-    deltas = parse_half_lives(getattr(args, "reuse_delta", "0") or "0")
+    reuse = parse_ints(getattr(args, "reuse_mass", "0"), "--reuse-mass", minimum=0)
+    refresh = parse_ints(getattr(args, "mass_refresh", "0"), "--mass-refresh", minimum=0)
+    deltas = parse_half_lives(getattr(args, "reuse_delta", "0"))
     if any(reuse) and not any(dense_steps):
         raise ValueError("--reuse-mass selects from the last dense step's block mass: give --dense-steps above 0 too")
+    for flag, values in (("--mass-refresh", refresh), ("--reuse-delta", deltas)):
+        if any(values) and not any(reuse):  # (their rows are reuse rows: without one, nothing would run them)
+            raise ValueError(f"{flag} applies to the reuse rows: give --reuse-mass above 0 too")
+    if any(deltas) and 0 not in refresh:
+        raise ValueError("--reuse-delta applies to the reuse rows without --mass-refresh: add 0 to --mass-refresh")
+    outputs = [(flag, path) for flag, path in (("--json", args.json), ("--strip", args.strip),
+                                                ("--clips", getattr(args, "clips", None))) if path]
+    for i, (flag, path) in enumerate(outputs):
+        for other_flag, other in outputs[:i]:
+            if os.path.realpath(path) == os.path.realpath(other):
+                raise ValueError(f"{flag} {path} is {other_flag} {other}: give each output its own path")
     if args.recall_step is None:
         args.recall_step = args.steps // 2
     if args.steps < 1 or not 0 <= args.recall_step < args.steps:
