@@ -75,8 +75,9 @@ class CalibrateConfig:
             value = getattr(self, key)
             if not (math.isfinite(value) and value > 0):
                 raise ValueError(f"--{key.replace('_', '-')} must be a positive finite number, got {value}")
-        if self.val_clips < 0:
-            raise ValueError(f"--val-clips must be ≥ 0, got {self.val_clips}")
+        for key in ("val_clips", "world_seed", "seed"):
+            if getattr(self, key) < 0:
+                raise ValueError(f"--{key.replace('_', '-')} must be ≥ 0, got {getattr(self, key)}")
         older = self.frames - self.chunk_frames - self.window_frames
         if older <= 0:
             raise ValueError(

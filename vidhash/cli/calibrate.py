@@ -78,8 +78,10 @@ def config_from_args(args: argparse.Namespace) -> CalibrateConfig:
     cfg = CalibrateConfig(
         bits=args.bits, hidden=args.hidden, clips=args.clips, val_clips=args.val_clips, frames=args.frames,
         top_k=args.top_k, steps=args.steps, lr=args.lr, pos_weight=args.pos_weight, batch_queries=args.batch_queries,
-        chunk_frames=args.chunk_frames or gen.chunk_frames, window_frames=args.window_frames or gen.window_frames,
-        inference_steps=args.inference_steps or gen.num_inference_steps, memory_seed=gen.memory.seed,
+        chunk_frames=gen.chunk_frames if args.chunk_frames is None else args.chunk_frames,
+        window_frames=gen.window_frames if args.window_frames is None else args.window_frames,
+        inference_steps=gen.num_inference_steps if args.inference_steps is None else args.inference_steps,
+        memory_seed=gen.memory.seed,
         world_seed=args.world_seed, seed=args.seed,
     )
     cfg.check()
@@ -88,9 +90,9 @@ def config_from_args(args: argparse.Namespace) -> CalibrateConfig:
 
 def check_flags(args: argparse.Namespace) -> None:
     """The flags both kinds of model share, before any model loads or anything is recorded:
-    ``--bits`` (at most ``MAX_BITS``), ``--lr`` and ``--pos-weight`` (positive, finite), and ``--json``
+    ``--bits`` (at most ``MAX_BITS``), ``--lr`` and ``--pos-weight`` (positive, finite), ``--seed`` (≥ 0), and ``--json``
     (a file that can be created in an existing folder); ValueError naming the flag."""
-    CalibrateConfig(bits=args.bits, lr=args.lr, pos_weight=args.pos_weight).check()  # its checks, the rest default
+    CalibrateConfig(bits=args.bits, lr=args.lr, pos_weight=args.pos_weight, seed=args.seed).check()  # its checks, the rest default
     if args.json:
         check_output_file(args.json, "--json")
     resolve_device(args.device)  # auto, cpu, cuda, cuda:N, mps — and present here (ValueError naming --device)
