@@ -221,7 +221,7 @@ class VidHashPipeline(DiffusionPipeline):
             return cls.random(preset, seed=0)
         if not (Path(model) / "model_index.json").is_file():
             raise ValueError(f"{model}: not a saved pipeline folder (no model_index.json)")
-        from vidhash.config import check_not_wan_mini
+        from vidhash.presets import check_not_wan_mini
 
         check_not_wan_mini(model)
         return cls.from_pretrained(model)

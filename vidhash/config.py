@@ -33,6 +33,7 @@ from .files import umask
 from .generation_config import MEMORY_MODES, GenerationConfig, MemorySettings, check_guidance  # noqa: F401 (re-exported)
 from .presets import (  # noqa: F401 (re-exported)
     GEOMETRY_KEYS,
+    check_not_wan_mini,
     config_diff,
     config_error,
     generation_for_model,
@@ -202,16 +203,6 @@ def load_config(cls: type, path: str | os.PathLike) -> Any:
 
 
 # ------------------------------------------------------------------------------- model folders, read without weights
-
-
-def check_not_wan_mini(model: str) -> None:
-    """A saved folder whose ``model_index.json`` names a ``WanMiniPipeline`` (``vidhash train
-    wan_mini``'s export, e.g. models/wan-mini) is a diffusers Wan model, not a ``VidHashPipeline``:
-    ValueError saying so and naming the commands that run it."""
-    kind = (_read_json(Path(model) / "model_index.json") or {}).get("_class_name")
-    if kind == "WanMiniPipeline":
-        raise ValueError(f"{model}: a wan-mini (WanMiniPipeline) export, not a VidHashPipeline model; "
-                         "wan-mini models run with vidhash bench dropin and vidhash bench wan-quality")
 
 
 def model_config_for(model: str) -> dict:

@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import functools
 import inspect
+import json
 from dataclasses import asdict, make_dataclass
 from importlib.resources import files
+from pathlib import Path
 from typing import Any
 
 from omegaconf import OmegaConf
@@ -166,3 +168,16 @@ def generation_for_model(config: dict) -> GenerationConfig:
     """The generation settings of a model that has none saved: the preset of its size
     (:func:`preset_of`), else ``tiny``."""
     return generation_preset(preset_of(config) or "tiny")
+
+
+def check_not_wan_mini(model: str) -> None:
+    """A saved folder whose ``model_index.json`` names a ``WanMiniPipeline`` (``vidhash train
+    wan_mini``'s export, e.g. models/wan-mini) is a diffusers Wan model, not a ``VidHashPipeline``:
+    ValueError saying so and naming the commands that run it."""
+    try:
+        kind = json.loads((Path(model) / "model_index.json").read_text()).get("_class_name")
+    except (OSError, UnicodeDecodeError, ValueError, AttributeError):  # unreadable: its loader says why
+        return
+    if kind == "WanMiniPipeline":
+        raise ValueError(f"{model}: a wan-mini (WanMiniPipeline) export, not a VidHashPipeline model; "
+                         "wan-mini models run with vidhash bench dropin and vidhash bench wan-quality")

@@ -97,7 +97,7 @@ def check_options(o: WorldEvalOptions) -> None:
             raise FileNotFoundError(f"model folder {path} does not exist")
         if not (path / "model_index.json").is_file():
             raise ValueError(f"model {path}: not a saved pipeline folder (no model_index.json)")
-        from vidhash.config import check_not_wan_mini
+        from vidhash.presets import check_not_wan_mini
 
         check_not_wan_mini(o.model)
     for flag, path in (("--json", o.json), ("--plot", o.plot)):
