@@ -18,6 +18,8 @@ import importlib
 from dataclasses import dataclass
 from typing import Callable
 
+from vidhash.cli import path_arg
+
 
 # argparse types: a bad value is a usage error naming the flag ("argument --queries: ..."), before any
 # work. List types check every comma-separated item and return the text unchanged (the benches parse it).
@@ -275,7 +277,7 @@ def add_generation(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("--preset", default=None, help="model size and generation preset (tiny, small, base; default: "
                    "the --model's size, else tiny)")
-    p.add_argument("--model", default=None, help="a saved pipeline folder to time instead of a random model of --preset")
+    p.add_argument("--model", default=None, type=path_arg, help="a saved pipeline folder to time instead of a random model of --preset")
     p.add_argument("--set", action="append", default=[], metavar="key=value",
                    help="generation preset override, e.g. --set memory.top_k=64 (repeatable)")
     p.add_argument("--seconds", type=positive_floats, default="10,60,600", help="comma-separated clip lengths in seconds of video")
@@ -297,7 +299,7 @@ def add_generation(p: argparse.ArgumentParser) -> None:
 
 
 def add_dropin(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, help="a wan-mini folder (WanMiniPipeline export, e.g. models/wan-mini)")
+    p.add_argument("--model", required=True, type=path_arg, help="a wan-mini folder (WanMiniPipeline export, e.g. models/wan-mini)")
     p.add_argument("--densities", default="1/4,1/8,1/16,1/32", help="comma-separated shares of key blocks kept")
     p.add_argument("--block-sizes", default="64,16", help="comma-separated key-block sizes")
     p.add_argument("--query-block-sizes", default="",
