@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 import os
 import tempfile
 from pathlib import Path
@@ -78,8 +79,8 @@ def finite_json(obj):
     """``obj`` (dicts, lists, tuples, numbers, ...) with every non-finite float (``inf``, ``nan``) as
     None: what ``json.dump(..., allow_nan=False)`` accepts, so the file is standard JSON (``Infinity``
     and ``NaN`` are Python's extension, which strict parsers refuse)."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
+    if isinstance(obj, float) or (isinstance(obj, numbers.Real) and not isinstance(obj, numbers.Integral)):
+        return float(obj) if math.isfinite(obj) else None  # (numpy's floats too)
     if isinstance(obj, dict):
         return {k: finite_json(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):

@@ -130,3 +130,19 @@ def test_train_compare_tells_two_files_of_one_folder_apart(tmp_path, capsys):
     assert status(["bench", "train-compare", str(tmp_path / "dense" / "loss.csv"), str(tmp_path / "dense.csv")]) == 0
     names = [line.split()[0] for line in capsys.readouterr().out.splitlines()[2:4]]
     assert names == ["loss.csv", "dense.csv"]  # both named "dense": told apart by their files
+
+
+def test_finite_json_writes_standard_json(tmp_path):
+    """Infinity and NaN (Python's, numpy's) become null, so strict parsers read the file; the rest
+    stays as it was."""
+    import json
+
+    import numpy as np
+
+    from vidhash.files import finite_json, write_json
+
+    report = {"psnr": float("inf"), "rows": [np.float32("inf"), np.float64("nan"), np.float32(0.5), 3, True, None, "x"]}
+    path = tmp_path / "r.json"
+    write_json(path, finite_json(report), allow_nan=False)
+    assert json.loads(path.read_text(), parse_constant=lambda c: pytest.fail(c)) == {
+        "psnr": None, "rows": [None, None, 0.5, 3, True, None, "x"]}

@@ -68,6 +68,7 @@ def test_the_command_compares_a_dense_and_a_sparse_trained_model(tiny_model, tmp
     (["FILE", "--config", CPU_CONFIG], "is a file; give a folder"),
     (["WORLD", "--config", CPU_CONFIG], "a VidHashPipeline, not a WanMiniPipeline export"),
     (["--config", str(Path(CPU_CONFIG).parent / "cpu_test.yaml")], "not a wan-mini train config"),
+    (["--config", CPU_CONFIG, "--frames", "100000"], "--frames 100000: this model takes at most"),
 ])
 def test_refusals_name_the_problem(tiny_model, capsys, extra, match):
     names = {"SAME": str(tiny_model), "NOSUCH": str(tiny_model.parent / "nosuch"), "FILE": CPU_CONFIG,

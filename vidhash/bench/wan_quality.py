@@ -42,6 +42,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from vidhash.files import finite_json, write_json
+
 WORLD_SEED = 1_600_000  # held out (>= HELDOUT_WORLD_SEED), apart from validation's 1_500_000 + i and eval's
 CLIP_KEYS = ("psnr", "ssim", "psnr_return", "realism", "real_share", "clip_s")
 
@@ -217,6 +219,19 @@ def table(report: dict) -> str:
     return "\n".join(lines)
 
 
+def check_reach(models: list[str], frames: int, size: int) -> None:
+    """The clip within every model's rotary reach (``rope_max_seq_len`` patches an axis, read from
+    its ``transformer/config.json`` before any clip is made); ValueError naming the limit."""
+    from types import SimpleNamespace
+
+    from vidhash.bench.dropin import check_clip_size
+
+    for model in models:
+        config = Path(model) / "transformer" / "config.json"
+        if config.is_file():
+            check_clip_size(SimpleNamespace(config=SimpleNamespace(**json.loads(config.read_text()))), frames, size)
+
+
 def run(args) -> int:
     from vidhash.bench.dropin import describe_device
     from vidhash.metrics.realism import realism_bank
@@ -233,6 +248,7 @@ def run(args) -> int:
                              f"than {args.models[0]} ({d.source}, {d.frame_size} px, scale {d.scale})")
     if args.frames:
         d = dataclasses.replace(d, num_frames=args.frames)
+    check_reach(args.models, d.num_frames, d.frame_size)
     if not 0 <= args.context < d.num_frames:
         raise ValueError(f"--context must be in [0, {d.num_frames}) (the clip's frames), got {args.context}")
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -247,7 +263,7 @@ def run(args) -> int:
         report["rows"].append({"name": name, "attention": attention, **summarise(per_clip), "per_clip": per_clip})
         print(table(report).splitlines()[-1], flush=True)
         if args.json:
-            Path(args.json).write_text(json.dumps(report, indent=1, default=float) + "\n")
+            write_json(args.json, finite_json(report), indent=1, default=float, allow_nan=False)
 
     print("\n".join(table(report).splitlines()[:2]), flush=True)
     add("truth", "—", [clip_scores(t, t, p, args.context, args.fps, bank, not args.no_coherence, d.view, device)
