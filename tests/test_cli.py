@@ -256,6 +256,9 @@ def test_only_a_program_run_freezes_the_collector(monkeypatch, capsys):
     ["bench", "dropin", "--model", "models/wan-mini", "--strip", ""],
     ["bench", "dropin", "--model", ""],
     ["bench", "generation", "--model", ""],
+    ["bench", "selection", "--dropin-cache", ""],
+    ["bench", "selection", "--world-cache", ""],
+    ["generate", "--model", ""],
 ], ids=lambda argv: " ".join(a or "''" for a in argv))
 def test_an_empty_path_is_a_usage_error(argv, capsys, monkeypatch):
     """`--json ''` and the like were read as the flag not given (generate, coherence, eval world,

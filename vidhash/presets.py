@@ -180,4 +180,4 @@ def check_not_wan_mini(model: str) -> None:
         return
     if kind == "WanMiniPipeline":
         raise ValueError(f"{model}: a wan-mini (WanMiniPipeline) export, not a VidHashPipeline model; "
-                         "wan-mini models run with vidhash bench dropin and vidhash bench wan-quality")
+                         "wan-mini models run with vidhash bench dropin, vidhash bench wan-quality and vidhash calibrate --inputs")

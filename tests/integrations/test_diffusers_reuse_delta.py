@@ -17,7 +17,7 @@ DELTA = dict(SPARSE, dense_timestep=500, reuse_mass=True, mass_query_stride=2, r
 
 
 def _at(inputs, t):
-    return {**inputs, "timestep": torch.tensor([t] * inputs["timestep"].shape[0])}
+    return {**inputs, "timestep": torch.tensor([t] * inputs["timestep"].shape[0], device=inputs["timestep"].device)}
 
 
 def _procs(model):
@@ -183,18 +183,21 @@ def test_the_delta_on_the_gpu_kernels():
     assert rel_err(out, want) < 1e-2 < rel_err(p._sparse(q, k, v, p._reused), want)
 
 
-def test_a_next_clip_without_a_dense_step_drops_the_selection_and_the_delta():
+@pytest.mark.parametrize("config", [DELTA, dict(DELTA, reuse_delta=False, mass_refresh=1)], ids=["delta", "refresh"])
+def test_a_next_clip_without_a_dense_step_drops_the_selection_and_the_delta(config):
     """A timestep above the last sparse call's, with no dense call between, is a new schedule: what
-    was measured on the last clip's q, k, v is not carried into it."""
+    was measured on the last clip's q, k, v (the dense step's, or with mass_refresh the last sparse
+    call's copies) is not carried into it."""
     model, inputs = tiny_wan()
     vidhash.enable_hash_attention(model, **dict(DELTA, reuse_delta=False, reuse_mass=False))
     want = run(model, _at(inputs, 300))  # the scorer's selection, nothing added
-    vidhash.enable_hash_attention(model, **DELTA)
+    vidhash.enable_hash_attention(model, **config)
     run(model, _at(inputs, 800))
     run(model, _at(inputs, 200))
-    assert all(p._delta is not None and p._reused is not None for p in _procs(model))
-    got = run(model, _at(inputs, 300))  # up from 200, below the dense threshold: a next clip
+    run(model, _at(inputs, 100))
+    assert all(p._reused is not None and (p._delta is not None) == config["reuse_delta"] for p in _procs(model))
+    got = run(model, _at(inputs, 300))  # up from 100, below the dense threshold: a next clip
     assert all(p._delta is None and p._reused is None for p in _procs(model))
     assert torch.equal(got, want)
-    run(model, _at(inputs, 250))  # and down again within it: still nothing reused
-    assert all(p._delta is None and p._reused is None for p in _procs(model))
+    run(model, _at(inputs, 250))  # and down again within it: still nothing of the last clip
+    assert all(p._delta is None for p in _procs(model))

@@ -228,8 +228,9 @@ def check_reach(models: list[str], frames: int, size: int) -> None:
 
     for model in models:
         config = Path(model) / "transformer" / "config.json"
-        if config.is_file():
-            check_clip_size(SimpleNamespace(config=SimpleNamespace(**json.loads(config.read_text()))), frames, size)
+        keys = json.loads(config.read_text()) if config.is_file() else {}
+        if "patch_size" in keys and "rope_max_seq_len" in keys:  # (else diffusers' defaults: not checked here)
+            check_clip_size(SimpleNamespace(config=SimpleNamespace(**keys)), frames, size)
 
 
 def run(args) -> int:

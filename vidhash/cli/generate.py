@@ -16,7 +16,7 @@ from vidhash.config import GenerateConfig, generate_config, resolve_model
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default=None, help="saved pipeline folder or a name in models/ (default: world-tiny-v3, "
+    p.add_argument("--model", default=None, type=path_arg, help="saved pipeline folder or a name in models/ (default: world-tiny-v3, "
                    "the shipped world model), or random-tiny | random-small | random-base | random-world")
     p.add_argument("--seconds", type=float, default=None, help="clip length in seconds (default 10)")
     p.add_argument("--fps", type=int, default=None, help="frames per second (default 8)")

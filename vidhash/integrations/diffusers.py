@@ -377,10 +377,11 @@ class _HashAttnProcessor:
         if dense:  # the kept copies stay until this call's replace them: a layer this call skips keeps its own
             self._reused, self._since, self._keep, self._delta, self._delta_t = None, 0, False, None, None
             return
-        if t is not None and self._delta_t is not None and t > self._delta_t and self._mass_qk is None:
-            # the timestep went up with no dense call between: a new schedule (a next clip) that has no
-            # dense step; the selection and delta measured on the last clip's q, k, v are dropped
-            self._reused, self._since, self._keep, self._delta = None, 0, False, None
+        if t is not None and self._delta_t is not None and t > self._delta_t:
+            # the timestep went up with no dense call between (a dense call resets _delta_t): a new
+            # schedule (a next clip) that has no dense step; the selection, delta and any copies
+            # (mass_refresh's) measured on the last clip's q, k, v are dropped
+            self._mass_qk, self._full_qv, self._reused, self._since, self._keep, self._delta = None, None, None, 0, False, None
         if self._mass_qk is not None:
             self._take_mass()
             self._delta_t = t
