@@ -170,14 +170,20 @@ def generation_for_model(config: dict) -> GenerationConfig:
     return generation_preset(preset_of(config) or "tiny")
 
 
+def saved_pipeline_class(folder) -> str | None:
+    """The ``_class_name`` a saved pipeline folder's ``model_index.json`` names, or None (no such
+    file, or one that does not parse)."""
+    try:
+        kind = json.loads((Path(folder) / "model_index.json").read_text()).get("_class_name")
+    except (OSError, UnicodeDecodeError, ValueError, AttributeError):
+        return None
+    return kind if isinstance(kind, str) else None
+
+
 def check_not_wan_mini(model: str) -> None:
     """A saved folder whose ``model_index.json`` names a ``WanMiniPipeline`` (``vidhash train
     wan_mini``'s export, e.g. models/wan-mini) is a diffusers Wan model, not a ``VidHashPipeline``:
-    ValueError saying so and naming the commands that run it."""
-    try:
-        kind = json.loads((Path(model) / "model_index.json").read_text()).get("_class_name")
-    except (OSError, UnicodeDecodeError, ValueError, AttributeError):  # unreadable: its loader says why
-        return
-    if kind == "WanMiniPipeline":
+    ValueError saying so and naming the commands that run it (an unreadable index: its loader says why)."""
+    if saved_pipeline_class(model) == "WanMiniPipeline":
         raise ValueError(f"{model}: a wan-mini (WanMiniPipeline) export, not a VidHashPipeline model; "
                          "wan-mini models run with vidhash bench dropin, vidhash bench wan-quality and vidhash calibrate --inputs")

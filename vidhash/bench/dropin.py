@@ -88,7 +88,6 @@ from __future__ import annotations
 
 import importlib
 import inspect
-import json
 import math
 import os
 import tempfile
@@ -556,13 +555,13 @@ def frame_strip(rows: dict[str, np.ndarray], path: str, frames: int = 8) -> str:
 
 def load_pipeline(path: str, device: str, dtype: str):
     from vidhash.pipelines.pipeline_wan_mini import WanMiniPipeline
+    from vidhash.presets import saved_pipeline_class
 
     if Path(path).exists() and not Path(path).is_dir():
         raise ValueError(f"--model {path} is a file; give a folder (a WanMiniPipeline export)")
     if not Path(path).is_dir():
         raise FileNotFoundError(f"--model {path}: no such folder (a WanMiniPipeline export)")
-    index = Path(path) / "model_index.json"
-    kind = json.loads(index.read_text()).get("_class_name") if index.is_file() else None
+    kind = saved_pipeline_class(path)
     if kind != "WanMiniPipeline":
         raise ValueError(f"--model {path}: a {kind or 'folder without model_index.json'}, not a WanMiniPipeline export "
                          "(vidhash train wan_mini's, e.g. models/wan-mini)")

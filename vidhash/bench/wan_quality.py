@@ -50,14 +50,15 @@ CLIP_KEYS = ("psnr", "ssim", "psnr_return", "realism", "real_share", "clip_s")
 
 def check_models(models: list[str]) -> None:
     """Every folder a ``WanMiniPipeline`` export, given once — before any sampling."""
+    from vidhash.presets import saved_pipeline_class
+
     for model in models:
         path = Path(model)
         if path.exists() and not path.is_dir():
             raise ValueError(f"MODEL {model} is a file; give a folder (a WanMiniPipeline export, e.g. models/wan-mini)")
         if not path.is_dir():
             raise ValueError(f"MODEL {model}: no such folder (a WanMiniPipeline export, e.g. models/wan-mini)")
-        index = path / "model_index.json"
-        kind = json.loads(index.read_text()).get("_class_name") if index.is_file() else None
+        kind = saved_pipeline_class(path)
         if kind != "WanMiniPipeline":
             raise ValueError(f"MODEL {model}: a {kind or 'folder without model_index.json'}, not a WanMiniPipeline export")
     if len({Path(m).resolve() for m in models}) != len(models):

@@ -383,8 +383,7 @@ class _HashAttnProcessor:
             # (mass_refresh's) measured on the last clip's q, k, v are dropped
             self._mass_qk, self._full_qv, self._reused, self._since, self._keep, self._delta = None, None, None, 0, False, None
         if self._mass_qk is not None:
-            self._take_mass()
-            self._delta_t = t
+            self._take_mass()  # (resets _since: this first sparse call does not decay the new delta)
         self._since += 1
         half = self.config.delta_half_life
         if self._delta is not None and half is not None and (t is None or t != self._delta_t) and self._since > 1:
