@@ -89,7 +89,17 @@ def finite_json(obj):
 
 
 def write_json(path: str | os.PathLike, obj, **dump_kw) -> None:
-    """``obj`` as JSON at ``path`` through :func:`write_atomic` (never a half-written file)."""
+    """``obj`` as standard JSON at ``path`` through :func:`write_atomic` (never a half-written file):
+    every non-finite float (``inf``, ``nan``; numpy's too, and what a ``default=`` hook returns) is
+    written as null (:func:`finite_json`), never as Python's ``Infinity`` / ``NaN``, which strict
+    parsers refuse. ``dump_kw`` go to ``json.dump`` (``allow_nan`` is False unless given: anything
+    left non-finite fails before ``path`` is touched)."""
+    obj = finite_json(obj)
+    default = dump_kw.get("default")
+    if default is not None:
+        dump_kw["default"] = lambda value: finite_json(default(value))
+    dump_kw = {"allow_nan": False, **dump_kw}
+
     def write(tmp: str) -> None:
         with open(tmp, "w", encoding="utf-8") as f:
             json.dump(obj, f, **dump_kw)

@@ -146,3 +146,18 @@ def test_finite_json_writes_standard_json(tmp_path):
     write_json(path, finite_json(report), allow_nan=False)
     assert json.loads(path.read_text(), parse_constant=lambda c: pytest.fail(c)) == {
         "psnr": None, "rows": [None, None, 0.5, 3, True, None, "x"]}
+
+
+def test_the_shared_json_writer_writes_standard_json(tmp_path):
+    """The benches that write through :func:`vidhash.files.write_json` (hashhop, memory, attention,
+    coherence, selection, train-compare, ...) wrote ``NaN`` / ``Infinity`` — Python's extension,
+    which strict parsers refuse — for a non-finite number: null now, numpy's and a ``default=``
+    hook's included, with no finite_json call of the caller's own."""
+    import numpy as np
+
+    report = {"ratio": float("inf"), "loss": float("nan"), "rows": [{"ms": np.float32("-inf")}, (0.5, 2, True, None)],
+              "tensor": object()}
+    path = tmp_path / "r.json"
+    write_json(path, report, indent=1, default=lambda obj: float("nan"))
+    assert json.loads(path.read_text(), parse_constant=lambda name: pytest.fail(f"{name} in the JSON")) == {
+        "ratio": None, "loss": None, "rows": [{"ms": None}, [0.5, 2, True, None]], "tensor": None}

@@ -101,7 +101,6 @@ import torch
 
 from vidhash.attention import SCORERS
 from vidhash.bench import recorded_flags
-from vidhash.files import finite_json
 from vidhash.files import write_json as write_json_file
 
 STRIP_DENSITIES = (Fraction(1, 8), Fraction(1, 32))
@@ -950,10 +949,11 @@ def save_clips(path: str, clips: dict[str, np.ndarray]) -> None:
 
 def write_json(path: str | None, report: dict) -> None:
     """``report`` to ``path`` (if given) through a temporary file: never a half-written JSON. Standard
-    JSON: a non-finite number (``psnr`` of identical clips, ``inf``) is written as null."""
+    JSON: a non-finite number (``psnr`` of identical clips, ``inf``) is written as null
+    (:func:`vidhash.files.write_json`)."""
     if not path:
         return
-    write_json_file(path, finite_json(report), indent=1, allow_nan=False)
+    write_json_file(path, report, indent=1)
 
 
 def _num(value, spec: str) -> str:

@@ -42,7 +42,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vidhash.files import finite_json, write_json
+from vidhash.files import write_json
 
 WORLD_SEED = 1_600_000  # held out (>= HELDOUT_WORLD_SEED), apart from validation's 1_500_000 + i and eval's
 CLIP_KEYS = ("psnr", "ssim", "psnr_return", "realism", "real_share", "clip_s")
@@ -265,7 +265,7 @@ def run(args) -> int:
         report["rows"].append({"name": name, "attention": attention, **summarise(per_clip), "per_clip": per_clip})
         print(table(report).splitlines()[-1], flush=True)
         if args.json:
-            write_json(args.json, finite_json(report), indent=1, default=float, allow_nan=False)
+            write_json(args.json, report, indent=1, default=float)  # (standard JSON: inf/nan as null)
 
     print("\n".join(table(report).splitlines()[:2]), flush=True)
     add("truth", "—", [clip_scores(t, t, p, args.context, args.fps, bank, not args.no_coherence, d.view, device)
