@@ -75,3 +75,28 @@ def test_from_json_that_is_not_an_object(tmp_path, capsys, content):
 def test_from_json_that_is_a_directory(tmp_path, capsys):
     line = _refused(capsys, "--from-json", str(tmp_path))
     assert line.startswith(f"--from-json {tmp_path}") and "is a directory" in line and "Errno" not in line, line
+
+
+@pytest.mark.parametrize("argv, named", [
+    (["--seeds", "5"], "--seeds applies"),
+    (["--fps", "4", "--modes", "hashed", "--device", "cpu"], "--fps, --modes, --device apply"),
+    (["random-tiny", "--horizons", "1"], "the model random-tiny, --horizons apply"),
+    (["--no-cuda-graphs", "--dtype", "bfloat16", "--recall-every", "16"], "--dtype, --recall-every, --no-cuda-graphs apply"),
+], ids=["seeds", "three-flags", "model", "boolean"])
+def test_from_json_refuses_the_flags_of_a_run(tmp_path, no_evaluation, capsys, argv, named):
+    """--from-json with a run's flags beside it (--seeds 5, --fps 4, a model, ...) redrew the saved
+    result as if they were not there: one line naming them now, before any file is read or written."""
+    src = tmp_path / "ew.json"
+    src.write_text(json.dumps(RESULT))
+    line = _refused(capsys, *argv, "--from-json", str(src), "--json", str(tmp_path / "m.json"))
+    assert line.startswith("--from-json redraws saved results and runs nothing: ") and named in line, line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ew.json"]
+
+
+def test_from_json_takes_its_own_flags_and_defaults(tmp_path, capsys):
+    """--json, --plot and --quiet are --from-json's; a run flag at its default value is taken as not given."""
+    src = tmp_path / "ew.json"
+    src.write_text(json.dumps(RESULT))
+    assert main(["eval", "world", "--from-json", str(src), "--json", str(tmp_path / "m.json"), "--quiet",
+                 "--fps", "8"]) == 0
+    assert (tmp_path / "m.json").is_file()

@@ -67,7 +67,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--plot", default=None, type=path_arg, help="write a PNG of metric against horizon here")
     p.add_argument("--from-json", default=None, type=path_arg, nargs="+", metavar="JSON",
                    help="no run: print the table (and --plot) of a saved result; several results of the same model "
-                        "and settings (e.g. runs cut by a time limit, or one per horizon) are merged")
+                        "and settings (e.g. runs cut by a time limit, or one per horizon) are merged; takes --json, --plot "
+                        "and --quiet, and refuses a run's flags")
     p.add_argument("--recall-every", type=int, default=1,
                    help="measure the memory read's top-k recall on every N-th read (default 1: all; the reference "
                         "selection it runs costs a CPU ~10× the read, so e.g. 16 there)")
@@ -99,7 +100,32 @@ def check_outputs(args: argparse.Namespace) -> None:
         check_plot(args.plot)
 
 
+FROM_JSON_FLAGS = ("from_json", "json", "plot", "quiet")
+"""What ``--from-json`` reads of the flags (``--quiet``: it shows no progress bar either way); the
+rest (and the model) set up a run."""
+
+
+def check_from_json_flags(args: argparse.Namespace) -> None:
+    """``--from-json`` runs nothing: a run's flags given beside it (a value other than argparse's
+    default, and the model) would have no effect; ValueError naming them, before any file is read."""
+    parser = argparse.ArgumentParser(add_help=False)
+    add_arguments(parser)
+    defaults = vars(parser.parse_args([]))
+    given = [dest for dest, default in defaults.items()
+             if dest not in FROM_JSON_FLAGS and getattr(args, dest, default) != default]
+    if not given:
+        return
+    names = [f"the model {args.model}" if dest == "model" else
+             "--no-cuda-graphs" if dest == "cuda_graphs" and args.cuda_graphs is False else
+             "--" + dest.replace("_", "-") for dest in given]
+    raise ValueError(f"--from-json redraws saved results and runs nothing: {', '.join(names)} "
+                     f"{'applies' if len(names) == 1 else 'apply'} to a run and would be ignored; leave "
+                     f"{'it' if len(names) == 1 else 'them'} out, or run without --from-json")
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.from_json:
+        check_from_json_flags(args)
     check_outputs(args)
     if args.from_json:
         result = merge_results([load_result(path) for path in args.from_json])
