@@ -147,3 +147,15 @@ def test_diffusers_json_is_checked_before_the_model_loads(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert rc == 2 and err.split(": error: ", 1)[-1].startswith(f"--json {path}"), err
     assert not (tmp_path / "nonexistent").exists()
+
+
+@pytest.mark.parametrize("val_clips", ["0", "1"])
+def test_val_clips_0_says_the_validation_was_skipped(tmp_path, quick_fit, capsys, val_clips):
+    """--val-clips 0 (allowed: ≥ 0) wrote the signatures without the check against SimHash on held-out
+    clips and without a word; a line says so now (and only then)."""
+    out = tmp_path / "cal"
+    assert main(["calibrate", "random-tiny", "--out", str(out), *FLAGS, "--val-clips", val_clips]) == 0
+    printed = capsys.readouterr().out
+    skipped = "validation skipped (--val-clips 0): the learned signatures were not checked against SimHash"
+    assert (skipped in printed) == (val_clips == "0"), printed
+    assert (out / "model_index.json").is_file()

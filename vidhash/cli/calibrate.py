@@ -17,7 +17,8 @@ self-attention module, fitted on those steps' queries and keys
 ``enable_hash_attention(Model.from_pretrained(TRANSFORMER_DIR), hashers=TRANSFORMER_DIR)`` loads them.
 
 Exit status 1 when the learned signatures recall less than SimHash on the held-out clips or
-samples and are not written (``--keep-worse`` writes them anyway).
+samples and are not written (``--keep-worse`` writes them anyway). ``--val-clips 0`` records no
+validation clips: the signatures are written unchecked, and a line says so.
 """
 from __future__ import annotations
 
@@ -41,7 +42,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bits", type=int, default=d.bits, help=f"signature bits (default {d.bits})")
     p.add_argument("--hidden", type=int, default=d.hidden, help=f"hash MLP width (default {d.hidden})")
     p.add_argument("--clips", type=int, default=d.clips, help=f"world clips to record (default {d.clips})")
-    p.add_argument("--val-clips", type=int, default=d.val_clips, help=f"validation clips (default {d.val_clips})")
+    p.add_argument("--val-clips", type=int, default=d.val_clips, help=f"validation clips, on which the learned signatures must recall at least as much as SimHash to be written "
+                        f"(default {d.val_clips}; 0: none, written unchecked)")
     p.add_argument("--frames", type=int, default=d.frames, help=f"frames per clip (default {d.frames})")
     p.add_argument("--top-k", type=int, default=d.top_k, help=f"exact top-k keys per query to find (default {d.top_k})")
     p.add_argument("--steps", type=int, default=d.steps, help=f"optimiser steps per layer (default {d.steps})")
@@ -128,6 +130,9 @@ def run(args: argparse.Namespace) -> int:
         print(format_report(report))
         if worse:
             print(f"warning: {worse} (written anyway: --keep-worse)")
+        if not cfg.val_clips:  # (nothing to check them on: say so rather than write them as if checked)
+            print("validation skipped (--val-clips 0): the learned signatures were not checked against SimHash on "
+                  "held-out clips; give --val-clips N to check them before they are written")
         print(f"wrote {report['out']}")
     if args.json:
         write_json(args.json, report, indent=2)
