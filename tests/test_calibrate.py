@@ -73,10 +73,18 @@ def test_recalibrating_a_calibrated_model_reports_its_current_hash(calibrated, t
     (["random-tiny", "--out", "X", *TINY, "--frames", "8"], "must exceed chunk-frames"),
     (["random-tiny", "--out", "X", *TINY, "--bits", "0"], "bits must be positive"),
     (["no/such/dir", *TINY], "not a saved pipeline folder"),
-], ids=["random-without-out", "clip-too-short", "zero-bits", "missing-model"])
-def test_errors(argv, match, capsys):
+    # 12 − 4 − 4 frames older than the window × 64 tokens: 256 keys a clip; a top-k of all of them (or more)
+    # was fitted and reported as recall 1.000 → 1.000
+    (["random-tiny", "--out", "X", *TINY, "--top-k", "256"], "--top-k (256) must be less than the 256 keys a clip gives"),
+    (["random-tiny", "--out", "X", *TINY, "--top-k", "5000"], "--top-k (5000) must be less than the 256 keys a clip gives"),
+], ids=["random-without-out", "clip-too-short", "zero-bits", "missing-model", "top-k-all-keys", "top-k-above-keys"])
+def test_errors(argv, match, capsys, monkeypatch):
+    import vidhash.calibrate as cal
+
+    monkeypatch.setattr(cal, "record", lambda *a, **k: pytest.fail("a clip was recorded"))
     assert main(["calibrate", *argv]) == 2
-    assert match in capsys.readouterr().err
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and match in err[0], err
 
 
 def test_refuses_non_empty_out(tmp_path, capsys):
@@ -222,7 +230,12 @@ def test_dropin_cli_writes_hashers_beside_the_weights(wan_folder, tmp_path):
     (["random-tiny", "--inputs", "{folder}/inputs.pt"], "--inputs needs a diffusers video transformer folder"),
     (["{folder}", "--inputs", "{folder}/missing.pt"], "does not exist"),
     (["{folder}", "--inputs", "{folder}/inputs.pt", "--top-k", "0"], "top_k must be a positive int"),
-], ids=["no-inputs", "inputs-for-vidhash", "missing-inputs", "zero-top-k"])
+    # --top-k at or above the keys kept per sample: every key in the top-k, recall 1 before and after
+    (["{folder}", "--inputs", "{folder}/inputs.pt", "--top-k", "64", "--max-keys", "64"],
+     "top_k (64) must be less than max_keys (64)"),
+    (["{folder}", "--inputs", "{folder}/inputs.pt", "--top-k", "48"],  # 3 × 4 × 4 tokens (patches of 1 × 2 × 2)
+     "top_k (48) must be less than the keys recorded per sample: blocks.0.attn1 has 48"),
+], ids=["no-inputs", "inputs-for-vidhash", "missing-inputs", "zero-top-k", "top-k-max-keys", "top-k-sequence"])
 def test_dropin_cli_errors(wan_folder, argv, match, capsys):
     argv = [a.format(folder=wan_folder) for a in argv]
     assert main(["calibrate", *argv, "--out", str(wan_folder / "x.safetensors")]) == 2

@@ -86,6 +86,21 @@ class CalibrateConfig:
             )
 
 
+def check_top_k(model, cfg: CalibrateConfig) -> int:
+    """``--top-k`` against the keys a clip gives the memory (:func:`record_clip`: the frames older
+    than the window, ``tokens_per_frame`` of the model's ``sample_size`` each), once the model is
+    loaded and before any clip is recorded; returns that number. At or above it the top-k would be
+    every key — recall 1 before and after, no negative to fit — so ValueError naming the flag."""
+    view = model.config.sample_size
+    older, per_frame = cfg.frames - cfg.chunk_frames - cfg.window_frames, model.tokens_per_frame(view, view)
+    keys = older * per_frame
+    if cfg.top_k >= keys:
+        raise ValueError(f"--top-k ({cfg.top_k}) must be less than the {keys} keys a clip gives the memory ({older} "
+                         f"frames older than the window × {per_frame} tokens): its top-k would be every key, recall 1 "
+                         "before and after; take a smaller --top-k, or more --frames")
+    return keys
+
+
 # ----------------------------------------------------------------------------------- recording
 
 
@@ -176,6 +191,7 @@ def calibrate(pipe, cfg: CalibrateConfig, progress: bool = True) -> tuple[list[L
 
     cfg.check()
     model = pipe.transformer
+    check_top_k(model, cfg)
     heads, head_dim = model.config.num_heads, model.head_dim
     t0 = time.perf_counter()
     train = record(pipe, cfg, cfg.clips, cfg.seed, progress, "record clips")

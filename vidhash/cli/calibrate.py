@@ -45,7 +45,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--val-clips", type=int, default=d.val_clips, help=f"validation clips, on which the learned signatures must recall at least as much as SimHash to be written "
                         f"(default {d.val_clips}; 0: none, written unchecked)")
     p.add_argument("--frames", type=int, default=d.frames, help=f"frames per clip (default {d.frames})")
-    p.add_argument("--top-k", type=int, default=d.top_k, help=f"exact top-k keys per query to find (default {d.top_k})")
+    p.add_argument("--top-k", type=int, default=d.top_k, help=f"exact top-k keys per query to find (default {d.top_k}; fewer than the keys "
+                   "a clip, or a recorded sample, has)")
     p.add_argument("--steps", type=int, default=d.steps, help=f"optimiser steps per layer (default {d.steps})")
     p.add_argument("--lr", type=float, default=d.lr)
     p.add_argument("--pos-weight", type=float, default=d.pos_weight, help="BCE weight of positives (default 20)")

@@ -60,6 +60,9 @@ class HashCalibrationConfig:
             value = getattr(self, key)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ValueError(f"{key} must be a positive int, got {value!r}")
+        if self.top_k >= self.max_keys:
+            raise ValueError(f"top_k ({self.top_k}) must be less than max_keys ({self.max_keys}), the keys recorded per "
+                             "sample: its top-k would be every key, recall 1 before and after")
 
 
 class SelfAttentionRecorder:
@@ -131,7 +134,15 @@ def _recall(hasher, q, k, top_k) -> float:
 
 def fit_hashers(samples: dict[str, list[tuple[torch.Tensor, torch.Tensor]]], heads: int, head_dim: int,
                 cfg: HashCalibrationConfig, device: torch.device | str = "cpu") -> tuple[dict[str, LearnedHash], list[dict]]:
-    """One fitted :class:`LearnedHash` per module (even samples) and a report row per module."""
+    """One fitted :class:`LearnedHash` per module (even samples) and a report row per module.
+    ValueError where ``top_k`` is not below a module's keys per sample (a sequence shorter than
+    ``max_keys``): its top-k would be every key."""
+    keys = {name: min(k.shape[-2] for _, k in recorded) for name, recorded in samples.items() if recorded}
+    short = min(keys, key=keys.get, default=None)
+    if short is not None and cfg.top_k >= keys[short]:
+        raise ValueError(f"top_k ({cfg.top_k}) must be less than the keys recorded per sample: {short} has "
+                         f"{keys[short]} (the sequence is shorter than max_keys {cfg.max_keys}); its top-k would be "
+                         "every key, recall 1 before and after")
     hashers, rows = {}, []
     for layer, (name, recorded) in enumerate(samples.items()):
         q, k = (t.to(device) for t in _stack(recorded))
