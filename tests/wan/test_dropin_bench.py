@@ -27,7 +27,8 @@ def small_run(model, tmp_path, *flags) -> dict:
 
 
 def test_dropin_rows_json_and_strip(tiny_model, tmp_path, capsys):
-    # 8 frames of 32² with 8² patches = 128 tokens: key blocks of 16 → 8 blocks (1/4: 2 kept)
+    # 8 frames of 32² with 8² patches = 128 tokens: key blocks of 16 → 8 blocks (1/4 and 1/8: the 5 forced ones
+    # of a query block of 64 kept, the same rows: forced_fill_warnings names them)
     out, strip = tmp_path / "dropin.json", tmp_path / "strip.png"
     assert main(["bench", "dropin", "--model", str(tiny_model), "--densities", "1,1/4,1/8", "--block-sizes", "16",
                  "--seeds", "0,3", "--frames", "8", "--size", "32", "--steps", "3", "--recall-step", "1",
@@ -528,6 +529,27 @@ def test_bad_block_settings_fail_before_any_clip(tiny_model, flags, match, monke
                  "--frames", "8", "--size", "32", "--steps", "2", "--recall-step", "1", *flags]) == 2
     err = capsys.readouterr().err
     assert "--query-block-sizes" in err and match in err
+
+
+def test_densities_the_forced_blocks_fill_are_named_before_any_clip(tiny_model, monkeypatch, capsys):
+    """128 tokens, key blocks of 16 (8 of them), query blocks of 64 (the default): a query block's sink
+    and local blocks take up to 5, so 1/2, 1/4 and 1/8 (4, 2 and 1 kept) all keep those 5 — rows that
+    came out identical under three names without a word. Named on stderr before any clip; 1 and 3/4
+    (8 and 6 kept) are not, and a run with none of them prints no warning."""
+    def stop(*a, **k):
+        raise ValueError("stopped before the first clip")
+
+    monkeypatch.setattr(dropin, "sample_clips", stop)
+    argv = ["bench", "dropin", "--model", str(tiny_model), "--block-sizes", "16", "--seeds", "0", "--frames", "8",
+            "--size", "32", "--steps", "2", "--no-recall"]
+    assert main([*argv, "--densities", "1,3/4,1/2,1/4,1/8"]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith(("warning", "vidhash"))]
+    assert len(err) == 2 and err[1].endswith("stopped before the first clip"), err  # (the loading bar aside)
+    assert err[0].startswith("warning: --densities 1/2, 1/4, 1/8 with key blocks of 16 (query blocks of 64): a 128-token "
+                             "clip has 8 key blocks"), err
+    assert "take up to 5" in err[0] and "each keeps those 5 (density 5/8)" in err[0], err
+    assert main([*argv, "--densities", "1,3/4"]) == 2
+    assert "warning" not in capsys.readouterr().err
 
 
 def test_no_repeat_and_no_warmup(tiny_model, tmp_path, monkeypatch):

@@ -71,6 +71,12 @@ time, and under ``torch.profiler`` the CUDA kernels' time, their share of the wa
 the GPU waits on the host), launches per call and milliseconds by kernel category — the measured
 cause the issue asks for where a speed-up falls short.
 
+A density that keeps no more key blocks than a query block's forced ones (``sink_blocks``,
+``local_blocks``) at the clip's tokens keeps those instead — the drop-in raises ``kept`` to them —
+so such densities give the same rows under different names: they are named in a warning on stderr
+before the first clip (:func:`forced_fill_warnings`; e.g. 1/2, 1/4 and 1/8 with key blocks of 16 at
+8 frames of 32² on the CPU-test model, 128 tokens).
+
 The JSON is rewritten after every row (``"complete": false`` until the end), and so is the strip,
 so a run cut off by a time limit keeps what it measured. ``--strip`` writes a PNG of evenly spaced
 frames of the first seed: rows dense, 1/8, 1/32 (the first key-block size and scorer), where those
@@ -90,6 +96,7 @@ import importlib
 import inspect
 import math
 import os
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -247,6 +254,49 @@ def check_settings(settings: list[Setting]) -> None:
             _check_reuse_mass(cfg)
         except ValueError as e:
             raise ValueError(f"--block-sizes / --query-block-sizes / --scorers / --reuse-mass, row {st.name!r}: {e}") from None
+
+
+def forced_fill_warnings(settings: list[Setting], transformer: torch.nn.Module, frames: int, size: int) -> list[str]:
+    """One line per key-block × query-block size where some ``--densities`` keep no more key blocks
+    than a query block's forced ones (the drop-in's ``sink_blocks`` and ``local_blocks``) at this
+    clip's tokens: ``kept`` is raised to the forced count
+    (:func:`~vidhash.kernels.block_select.naive.num_kept_blocks`), so every such density keeps the
+    same blocks and their rows come out identical under different names (density 1, which keeps
+    every block by design, is not named). Empty where none does."""
+    from vidhash.integrations.diffusers import DropInConfig
+    from vidhash.kernels.block_select.naive import max_forced_blocks
+    from vidhash.ops.checks import num_kept
+
+    p_t, p_h, p_w = transformer.config.patch_size
+    n = (frames // p_t) * (size // p_h) * (size // p_w)  # the self-attention's tokens (the patch embedding's output)
+    sink, local = DropInConfig.sink_blocks, DropInConfig.local_blocks
+    filled: dict[tuple[int, int], list[Fraction]] = {}
+    for st in (st for st in settings if st.density is not None):
+        key_blocks = -(-n // st.block_size)
+        forced = max_forced_blocks(n, n, st.query_block, st.block_size, local, sink, False)
+        densities = filled.setdefault((st.block_size, st.query_block), [])
+        if st.density < 1 and num_kept(float(st.density), key_blocks) <= forced and st.density not in densities:
+            densities.append(st.density)
+    lines = []
+    for (bk, bq), densities in filled.items():
+        if not densities:
+            continue
+        key_blocks = -(-n // bk)
+        forced = min(key_blocks, max_forced_blocks(n, n, bq, bk, local, sink, False))
+        one = len(densities) == 1
+        keeps = "it keeps" if one else "each keeps"
+        same = "" if one else ", the same rows under different names"
+        if forced >= key_blocks:
+            kept, advice = f"{keeps} all {key_blocks} (dense attention, as density 1){same}", \
+                "smaller --block-sizes / --query-block-sizes"
+        else:
+            kept, advice = f"{keeps} those {forced} (density {Fraction(forced, key_blocks)}){same}", \
+                "higher --densities, smaller --query-block-sizes"
+        lines.append(f"--densities {', '.join(map(str, densities))} with key blocks of {bk} (query blocks of {bq}): a "
+                     f"{n}-token clip has {key_blocks} key blocks, and a query block's forced ones (sink_blocks {sink}, "
+                     f"local_blocks {local}) take up to {forced}, at least what {'this density keeps' if one else 'these densities keep'}: "
+                     f"{kept}; give {advice} or a larger clip (--frames, --size)")
+    return lines
 
 
 def parse_remainders(text: str) -> list[str]:
@@ -895,6 +945,8 @@ def run(args) -> int:
     settings = make_settings(densities, block_sizes, scorers, dense_steps, dense_layers, remainders, layer_densities, reuse, refresh,
                              query_blocks, repeat=not getattr(args, "no_repeat", False), deltas=deltas)
     check_settings(settings)
+    for line in forced_fill_warnings(settings, pipe.transformer, args.frames, args.size):  # (before any clip)
+        print(f"warning: {line}", file=sys.stderr, flush=True)
     report = {"model": str(args.model), "device": describe_device(device), "torch": torch.__version__,
               "date": time.strftime("%Y-%m-%d"), "frames": args.frames, "size": args.size, "steps": args.steps,
               "seeds": seeds, "recall_step": args.recall_step, "flex": not args.no_flex,
