@@ -107,3 +107,30 @@ def test_remainder_kernel_merges_the_kept_blocks_in_its_epilogue(nq, nk, bk, bq,
     assert torch.allclose(out, ref_out, atol=2e-5) and torch.allclose(lse, ref_lse, atol=2e-5)
     with pytest.raises(ValueError, match="merge_with"):
         block_mean_remainder_triton(q, k, v, sel, merge_with=(kept[0][:, :1], kept[1]))
+
+
+def test_remainder_compiled_leaves_the_means_and_mask_to_inductor():
+    """Under ``torch.compile(fullgraph=True)`` (inductor's C++ on a CPU, the kernel's custom op under the
+    interpreter) the remainder equals the reference, and the graph handed to inductor holds the block
+    means and the mask as torch ops beside the one custom op (which takes them, not k, v and indices)."""
+    from vidhash.attention import select_blocks
+    from vidhash.kernels.remainder.naive import block_mean_remainder
+    from vidhash.kernels.remainder.ops import block_mean_remainder_triton
+
+    q, k, v = qkv(1, 2, 128, 96, 64, seed=12)
+    sel = select_blocks(q, k, density=0.3, block_size=32, query_block_size=32, scorer="pooled")
+    graphs = []
+
+    def backend(gm, inputs):
+        graphs.append(gm)
+        from torch._inductor.compile_fx import compile_fx
+        return compile_fx(gm, inputs)
+
+    out, lse = torch.compile(lambda q, k, v: block_mean_remainder_triton(q, k, v, sel), backend=backend, fullgraph=True)(q, k, v)
+    ref_out, ref_lse = block_mean_remainder(q, k, v, sel)
+    assert torch.allclose(out, ref_out, atol=2e-5) and torch.allclose(lse, ref_lse, atol=2e-5)
+    nodes = [n for gm in graphs for n in gm.graph.nodes if n.op == "call_function"]
+    ops = [n for n in nodes if "block_mean_remainder" in str(n.target)]
+    assert len(ops) == 1 and len(nodes) > 1  # the means, counts and mask are nodes of their own
+    km, vm, bias, unkept = (arg.meta["example_value"] for arg in ops[0].args[1:5])
+    assert tuple(km.shape) == (1, 2, 3, 64) and tuple(unkept.shape) == (1, 2, 4, 3) and unkept.dtype == torch.int8
