@@ -184,14 +184,19 @@ class WanMiniPipeline(DiffusionPipeline):
         if torch.is_tensor(actions):
             ids = actions.detach().cpu().to(torch.int64).numpy()
         else:
-            seq = list(actions)
-            if seq and isinstance(seq[0], str):
-                bad = [a for a in seq if a not in ACTIONS]
+            try:
+                arr = np.asarray(actions)
+            except ValueError as err:  # ragged rows
+                raise ValueError(f"actions must be (num_frames,) or (batch, num_frames) = ({batch}, {frames}) "
+                                 f"names or ids ({err})") from None
+            if arr.dtype.kind in "UO":  # names, (f,) or (b, f)
+                names = arr.ravel().tolist()
+                bad = [a for a in names if a not in ACTIONS]
                 if bad:
                     raise ValueError(f"actions: unknown name {bad[0]!r}; known: {', '.join(ACTIONS)}")
-                ids = np.array([ACTIONS.index(a) for a in seq], dtype=np.int64)
+                ids = np.array([ACTIONS.index(a) for a in names], dtype=np.int64).reshape(arr.shape)
             else:
-                ids = np.asarray(seq, dtype=np.int64)
+                ids = arr.astype(np.int64)
         ids = ids[None] if ids.ndim == 1 else ids
         if ids.ndim != 2 or ids.shape[1] != frames or ids.shape[0] not in (1, batch):
             raise ValueError(f"actions must be (num_frames,) or (batch, num_frames) = ({batch}, {frames}), "
@@ -207,10 +212,22 @@ class WanMiniPipeline(DiffusionPipeline):
             return None
         c = self.conditioning.channels
         if torch.is_tensor(frames):
+            if not frames.is_floating_point():
+                raise ValueError(f"context_frames as a tensor must be float in [-1, 1], got dtype {frames.dtype}")
             x = frames.detach().float()
+            what, low, high = "a tensor", -1.0, 1.0
         else:
             arr = np.asarray(frames)
+            if arr.dtype != np.uint8 and not np.issubdtype(arr.dtype, np.floating):
+                raise ValueError(f"context_frames as numpy must be uint8 or float in [0, 1], got dtype {arr.dtype}")
             x = torch.from_numpy(arr.astype(np.float32) / (255.0 if arr.dtype == np.uint8 else 1.0))
+            what, low, high = "numpy float", 0.0, 1.0
+        if not torch.isfinite(x).all():
+            raise ValueError("context_frames contain NaN or infinity")
+        if x.numel() and (x.min() < low or x.max() > high):
+            raise ValueError(f"context_frames as {what} must lie in [{low:g}, {high:g}], got values in "
+                             f"[{float(x.min()):.3g}, {float(x.max()):.3g}]")
+        if not torch.is_tensor(frames):
             x = x.movedim(-1, -3) * 2.0 - 1.0
         x = x[None] if x.ndim == 4 else x
         if x.ndim != 5 or x.shape[2:] != (c, h, w) or x.shape[0] not in (1, batch):
@@ -251,6 +268,9 @@ class WanMiniPipeline(DiffusionPipeline):
                              f"multiples of the patch size {tuple(tf.config.patch_size)}")
         if num_inference_steps <= 0:
             raise ValueError(f"num_inference_steps must be positive, got {num_inference_steps}")
+        if batch_size is not None and (not isinstance(batch_size, (int, np.integer)) or isinstance(batch_size, bool)
+                                       or batch_size < 1):
+            raise ValueError(f"batch_size must be a positive int or None (from actions / context_frames), got {batch_size!r}")
         if batch_size is None:
             sizes = [len(actions) for actions in [actions] if actions is not None and np.ndim(actions) == 2]
             if context_frames is not None and np.ndim(context_frames) == 5:
@@ -272,10 +292,14 @@ class WanMiniPipeline(DiffusionPipeline):
             context[:, :, :k] = ctx
         # 2. noise and schedule
         shape = (batch_size, cond.channels, num_frames, height, width)
+        if isinstance(generator, list) and len(generator) != batch_size:
+            raise ValueError(f"got a list of {len(generator)} generators for a batch of {batch_size} clips (one per clip)")
         if latents is None:
             latents = randn_tensor(shape, generator=generator, device=device, dtype=torch.float32)
         elif tuple(latents.shape) != shape:
             raise ValueError(f"latents must have shape {shape}, got {tuple(latents.shape)}")
+        elif not torch.isfinite(latents).all():
+            raise ValueError("latents contain NaN or infinity")
         latents = latents.to(device, torch.float32)
         tokens = cond.action_tokens(ids, dtype)
         self.scheduler.set_timesteps(num_inference_steps, device=device)

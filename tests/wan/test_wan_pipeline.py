@@ -89,11 +89,26 @@ def test_context_frames_are_pasted_and_condition_the_rest(tiny_cfg):
     (dict(output_type="pil"), "output_type"),
     (dict(height=30), "patch size"),
     (dict(num_inference_steps=0), "num_inference_steps"),
+    (dict(batch_size=0), "batch_size must be a positive int"),
+    (dict(batch_size=2.0), "batch_size must be a positive int"),
+    (dict(generator=[torch.Generator(), torch.Generator()]), "2 generators for a batch of 1"),
+    (dict(context_frames=np.full((2, 32, 32, 3), 2.0)), r"must lie in \[0, 1\]"),
+    (dict(context_frames=np.full((2, 32, 32, 3), 200)), "uint8 or float"),
+    (dict(context_frames=np.full((2, 32, 32, 3), np.nan, np.float32)), "NaN"),
+    (dict(context_frames=torch.full((2, 3, 32, 32), 3.0)), r"must lie in \[-1, 1\]"),
+    (dict(latents=torch.full((1, 3, 8, 32, 32), float("nan"))), "NaN"),
 ])
 def test_input_errors(tiny_cfg, kw, match):
     pipe = make_pipe(tiny_cfg(), randomize=False)
     with pytest.raises(ValueError, match=match):
         run(pipe, **kw)
+
+
+def test_actions_by_name_per_clip(tiny_cfg):
+    """(batch, num_frames) action names, as the docstring allows, equal the same ids."""
+    pipe = make_pipe(tiny_cfg())
+    names = run(pipe, actions=[["right"] * 8, ["up"] * 8])
+    assert names.shape[0] == 2 and np.array_equal(names, run(pipe, actions=[[4] * 8, [1] * 8]))
 
 
 def test_transformer_must_fit_the_conditioning(tiny_cfg):
