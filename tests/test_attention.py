@@ -233,12 +233,29 @@ def test_deterministic():
         pytest.param(dict(query_block_size=2.5), "query_block_size", id="qblock-float"),
         pytest.param(dict(local_blocks=-1), "local_blocks", id="local-neg"),
         pytest.param(dict(backend="cuda"), "backend", id="backend"),
+        pytest.param(dict(causal="no"), "causal must be True or False", id="causal-str"),
+        pytest.param(dict(causal=None), "causal must be True or False", id="causal-none"),
+        pytest.param(dict(return_lse="yes"), "return_lse must be True or False", id="return-lse-str"),
+        pytest.param(dict(hasher="simhash"), "hasher must be a hasher module", id="hasher-str"),
+        pytest.param(dict(hasher=SimHash(4, 32, seed=0)), "hasher has head_dim=4", id="hasher-head-dim"),
+        pytest.param(dict(hasher=LearnedHash(8, n_bits=32, heads=3)), "hasher has heads=3", id="hasher-heads"),
     ],
 )
 def test_bad_arguments(kwargs, match):
-    q, k, v = qkv(1, 1, 16, 8)
+    q, k, v = qkv(1, 2, 16, 8)
     with pytest.raises(ValueError, match=match):
         hash_attention(q, k, v, **kwargs)
+    if not {"return_lse"} & set(kwargs):  # select_blocks checks the same selection arguments
+        with pytest.raises(ValueError, match=match):
+            select_blocks(q, k, **kwargs)
+
+
+def test_selection_recall_bad_max_query_blocks():
+    q, k, _ = qkv(1, 2, 16, 8)
+    sel = select_blocks(q, k, density=0.5, block_size=4)
+    for bad in (0, 1.5, True):
+        with pytest.raises(ValueError, match="max_query_blocks must be a positive int"):
+            selection_recall(q, k, sel, max_query_blocks=bad)
 
 
 def test_bad_tensors():

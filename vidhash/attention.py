@@ -285,9 +285,30 @@ def _code_scorer(scorer):
     return None
 
 
+def _check_flag(name: str, value) -> None:
+    """A switch (argument ``name``): True or False, not merely truthy (``causal="no"`` would be causal)."""
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be True or False, got {value!r}")
+
+
+def _check_hasher(hasher, q: torch.Tensor) -> None:
+    """``hasher``: None or a hasher module (``project()``, ``n_bits``: SimHash, LearnedHash) of q's
+    head_dim and heads (one, or as many as q has)."""
+    if hasher is None:
+        return
+    if not isinstance(hasher, nn.Module) or not hasattr(hasher, "project") or not hasattr(hasher, "n_bits"):
+        raise ValueError(f"hasher must be a hasher module with project() and n_bits (SimHash, LearnedHash), "
+                         f"got {type(hasher).__name__}")
+    if getattr(hasher, "head_dim", q.shape[-1]) != q.shape[-1]:
+        raise ValueError(f"hasher has head_dim={hasher.head_dim}, q has head_dim {q.shape[-1]}")
+    if getattr(hasher, "heads", None) not in (None, 1, q.shape[1]):
+        raise ValueError(f"hasher has heads={hasher.heads}, q has {q.shape[1]} heads")
+
+
 def _check_scorer(scorer, hasher, q: torch.Tensor) -> None:
     """``scorer``: a name of :data:`SCORERS` or a learned block scorer of q's heads and head_dim;
     ``hasher`` only with a scorer that reads signatures."""
+    _check_hasher(hasher, q)
     if isinstance(scorer, str):
         if scorer not in SCORERS:
             raise ValueError(f"scorer must be one of {SCORERS} or a LearnedBlockScorer, got {scorer!r}")
@@ -346,6 +367,7 @@ def select_blocks(
     On wan-mini's activations both forms keep the same mass.
     """
     check_qkv(q, k)
+    _check_flag("causal", causal)
     scorer = resolve_scorer(scorer, hasher)
     _check_scorer(scorer, hasher, q)
     check_subgrid(scorer, block_size, query_block_size)
@@ -451,6 +473,9 @@ def hash_attention(
     torch.Size([1, 2, 300, 64])
     """
     check_qkv(q, k, v)
+    _check_flag("causal", causal)
+    _check_flag("return_lse", return_lse)
+    _check_hasher(hasher, q)
     scorer = resolve_scorer(scorer, hasher)
     which = resolve_backend(backend, q, k, v)
     if q.shape[-2] == 0:  # no queries: empty outputs (after the argument checks)
@@ -505,7 +530,8 @@ def selection_recall(
     """
     check_qkv(q, k)
     check_selection(selection, q, k)
-    if max_query_blocks is not None and max_query_blocks < 1:
+    if max_query_blocks is not None and (not isinstance(max_query_blocks, int) or isinstance(max_query_blocks, bool)
+                                         or max_query_blocks < 1):
         raise ValueError(f"max_query_blocks must be a positive int or None, got {max_query_blocks}")
     b, h, nq, d = q.shape
     nk = k.shape[-2]
