@@ -319,6 +319,8 @@ class VidHashPipeline(DiffusionPipeline):
         size, window and memory mode and size, else :attr:`generation_config`'s. ``memory``: a
         ``MemorySettings``, or a dict of its fields over the resolved ones (``{"top_k": 8}``).
         Checked on construction (ValueError naming the key)."""
+        if state is not None and not isinstance(state, VidHashState):
+            raise TypeError(f"state must be a VidHashState or None, got {type(state).__name__}")
         base = self.generation_config
         unknown = set(given) - {f.name for f in dataclasses.fields(GenerationConfig)} - {"memory"}
         if unknown:
@@ -351,7 +353,7 @@ class VidHashPipeline(DiffusionPipeline):
     # ------------------------------------------------------------------ checks
     def check_inputs(self, num_frames, settings: GenerationConfig, fps, actions, poses, output_type, state,
                      callback_on_step_end_tensor_inputs, context_frames=None, context_poses=None, context_actions=None,
-                     latents=None, batch_size: int = 1, trajectory_seed=None):
+                     latents=None, batch_size: int = 1, trajectory_seed=None, callback_on_step_end=None):
         """Every argument that can be checked before work starts (``settings``, from
         :meth:`resolve_settings`, checked themselves; the scheduler, :func:`check_scheduler`);
         ValueError naming the problem. Returns ``(action ids, poses, frame prompt)``."""
@@ -360,8 +362,11 @@ class VidHashPipeline(DiffusionPipeline):
         check_scheduler(self.scheduler, settings.num_inference_steps)
         height, width = settings.height, settings.width
         self.transformer.tokens_per_frame(height, width)
-        if fps is not None and fps <= 0:
-            raise ValueError(f"fps must be positive, got {fps}")
+        if fps is not None and (not isinstance(fps, (int, float, np.integer, np.floating)) or isinstance(fps, bool)
+                                or not np.isfinite(fps) or fps <= 0):
+            raise ValueError(f"fps must be a positive finite number, got {fps!r}")
+        if callback_on_step_end is not None and not callable(callback_on_step_end):
+            raise ValueError(f"callback_on_step_end must be callable, got {type(callback_on_step_end).__name__}")
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
         if trajectory_seed is not None and (not isinstance(trajectory_seed, (int, np.integer)) or isinstance(trajectory_seed, bool)
@@ -453,7 +458,8 @@ class VidHashPipeline(DiffusionPipeline):
         generator, state = _one_clip(generator, "generator"), _one_clip(state, "state")
         ids, poses, prompt = self.check_inputs(num_frames, settings, fps, actions, poses, output_type, state,
                                                callback_on_step_end_tensor_inputs, context_frames, context_poses,
-                                               context_actions, latents, trajectory_seed=trajectory_seed)
+                                               context_actions, latents, trajectory_seed=trajectory_seed,
+                                               callback_on_step_end=callback_on_step_end)
         state = self._start(state, settings, generator)
         size = settings.chunk_frames
         num_chunks, num_prompt = -(-num_frames // size), 0 if prompt is None else prompt[0].shape[1]
@@ -596,6 +602,9 @@ class VidHashPipeline(DiffusionPipeline):
                and not isinstance(g, torch.Generator)]
         if bad:
             raise TypeError(f"generator[{bad[0]}] must be a torch.Generator or None, got {type(generators[bad[0]]).__name__}")
+        bad = [i for i, s in enumerate(states) if s is not None and not isinstance(s, VidHashState)]
+        if bad:
+            raise TypeError(f"state[{bad[0]}] must be a VidHashState or None, got {type(states[bad[0]]).__name__}")
         for i, s in enumerate(states[1:], 1):
             if s is not None and states[0] is not None and s.config != states[0].config:
                 raise ValueError(f"state[{i}] was made for another generation config than state[0] "

@@ -235,10 +235,17 @@ def test_stopped_batch_keeps_the_finished_frames(tiny_pipe):
     (dict(num_videos_per_prompt=0), "num_videos_per_prompt must be a positive int"),
     (dict(generator=[]), "empty batch"),
     (dict(generator=[gen(1), 5]), r"generator\[1\] must be a torch.Generator"),
-], ids=["sizes", "zero", "empty", "not-a-generator"])
+    (dict(state="clip.state.pt"), r"state\[0\] must be a VidHashState or None, got str"),
+    (dict(state=[None, "clip.state.pt"]), r"state\[1\] must be a VidHashState or None, got str"),
+], ids=["sizes", "zero", "empty", "not-a-generator", "state-path", "state-list-path"])
 def test_bad_batches_refused_before_work(tiny_pipe, kwargs, match):
     with _no_forward(tiny_pipe), pytest.raises((ValueError, TypeError), match=match):
         tiny_pipe(num_frames=4, **FAST, **kwargs)
+
+
+def test_stream_refuses_a_state_that_is_not_one(tiny_pipe):
+    with _no_forward(tiny_pipe), pytest.raises(TypeError, match="state must be a VidHashState or None, got str"):
+        next(tiny_pipe.stream(num_frames=4, state="clip.state.pt", **FAST))
 
 
 def test_batch_of_states_checked_before_work(tiny_pipe):

@@ -161,8 +161,12 @@ def saved_state(tmp_path_factory, tiny_pipe):
     (dict(num_frames=2, memory={"mode": "nope"}), "memory.mode"),
     (dict(num_frames=2, memory={"bucketz": 3}), "unknown memory keys"),
     (dict(num_frames=2, callback_on_step_end_tensor_inputs=["noise"]), "callback_on_step_end_tensor_inputs"),
+    (dict(num_frames=2, callback_on_step_end="stop"), "callback_on_step_end must be callable"),
+    (dict(num_frames=2, fps=float("nan")), "fps must be a positive finite number"),
+    (dict(num_frames=2, fps="8"), "fps must be a positive finite number"),
 ], ids=["height", "width", "chunk-gt-window", "zero-frames", "negative-frames", "unknown-action",
-        "actions-length", "poses-shape", "output-type", "memory-mode", "memory-key", "callback-inputs"])
+        "actions-length", "poses-shape", "output-type", "memory-mode", "memory-key", "callback-inputs",
+        "callback-not-callable", "fps-nan", "fps-str"])
 def test_bad_inputs_raise_before_work(tiny_pipe, kwargs, match):
     calls = []
     orig = tiny_pipe.transformer.forward
