@@ -29,7 +29,11 @@ NULL_ACTION = len(ACTIONS)
 
 
 def action_ids(actions: Sequence[str | int]) -> np.ndarray:
-    """Names or ids -> int64 ids; unknown names or out-of-range ids raise ValueError naming them."""
+    """Names or ids -> int64 ids; unknown names or out-of-range ids raise ValueError naming them
+    (a lone name, e.g. ``"right"``, too: it is a sequence of letters, not of actions)."""
+    if isinstance(actions, str):
+        raise ValueError(f"actions must be a sequence of action names or ids, one per frame, got the string "
+                         f"{actions!r}; e.g. [{actions!r}] * num_frames")
     ids = []
     for i, a in enumerate(actions):
         if isinstance(a, str):

@@ -75,8 +75,9 @@ def test_trajectory_state_resumes_exactly():
 
 
 @pytest.mark.parametrize("bad,match", [(["up", "jump"], "unknown action 'jump' at position 1"),
-                                       ([0, 9], "out of range"), ([1.5], "name or an int")],
-                         ids=["unknown-name", "id-out-of-range", "float"])
+                                       ([0, 9], "out of range"), ([1.5], "name or an int"),
+                                       ("right", r"got the string 'right'; e\.g\. \['right'\] \* num_frames")],
+                         ids=["unknown-name", "id-out-of-range", "float", "a-lone-name"])
 def test_action_ids_name_the_problem(bad, match):
     with pytest.raises(ValueError, match=match):
         action_ids(bad)
