@@ -263,6 +263,10 @@ class WanMiniPipeline(DiffusionPipeline):
         p_t, p_h, p_w = tf.config.patch_size
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
+        for name, value in (("num_frames", num_frames), ("height", height), ("width", width),
+                            ("num_inference_steps", num_inference_steps)):
+            if not isinstance(value, (int, np.integer)) or isinstance(value, bool):
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
         if num_frames <= 0 or num_frames % p_t or height % p_h or width % p_w or height <= 0 or width <= 0:
             raise ValueError(f"num_frames, height, width ({num_frames}, {height}, {width}) must be positive "
                              f"multiples of the patch size {tuple(tf.config.patch_size)}")

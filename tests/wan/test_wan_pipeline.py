@@ -89,6 +89,8 @@ def test_context_frames_are_pasted_and_condition_the_rest(tiny_cfg):
     (dict(output_type="pil"), "output_type"),
     (dict(height=30), "patch size"),
     (dict(num_inference_steps=0), "num_inference_steps"),
+    (dict(num_inference_steps=1.5), "num_inference_steps must be a positive int, got 1.5"),
+    (dict(num_frames=None), "num_frames must be a positive int, got None"),
     (dict(batch_size=0), "batch_size must be a positive int"),
     (dict(batch_size=2.0), "batch_size must be a positive int"),
     (dict(generator=[torch.Generator(), torch.Generator()]), "2 generators for a batch of 1"),
