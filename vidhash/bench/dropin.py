@@ -270,17 +270,15 @@ def forced_fill_warnings(settings: list[Setting], transformer: torch.nn.Module, 
     p_t, p_h, p_w = transformer.config.patch_size
     n = (frames // p_t) * (size // p_h) * (size // p_w)  # the self-attention's tokens (the patch embedding's output)
     sink, local = DropInConfig.sink_blocks, DropInConfig.local_blocks
-    filled: dict[tuple[int, int], list[Fraction]] = {}
-    for st in (st for st in settings if st.density is not None):
+    filled: dict[tuple[int, int], list[Fraction]] = {}  # (key block, query block) -> the densities named
+    for st in (st for st in settings if st.density is not None and st.density < 1):
         key_blocks = -(-n // st.block_size)
         forced = max_forced_blocks(n, n, st.query_block, st.block_size, local, sink, False)
         densities = filled.setdefault((st.block_size, st.query_block), [])
-        if st.density < 1 and num_kept(float(st.density), key_blocks) <= forced and st.density not in densities:
+        if num_kept(float(st.density), key_blocks) <= forced and st.density not in densities:
             densities.append(st.density)
     lines = []
-    for (bk, bq), densities in filled.items():
-        if not densities:
-            continue
+    for (bk, bq), densities in ((key, d) for key, d in filled.items() if d):
         key_blocks = -(-n // bk)
         forced = min(key_blocks, max_forced_blocks(n, n, bq, bk, local, sink, False))
         one = len(densities) == 1
