@@ -7,8 +7,7 @@ and value sum in one Triton kernel (no ``queries × key blocks`` tensor in memor
 and the kept-block mask are small torch ops. Non-causal selections, inference (no autograd):
 ``vidhash.attention.hash_attention`` calls it on the Triton backend when no input needs a gradient
 and the selection is not causal, and the reference otherwise. Under ``torch.compile`` it is one
-custom op (``vidhash::block_mean_remainder``) after the block means and the mask
-(:func:`remainder_inputs`), which it leaves to inductor to fuse.
+custom op (``vidhash::block_mean_remainder``).
 """
 from __future__ import annotations
 
@@ -46,37 +45,30 @@ def covers(q: torch.Tensor, v: torch.Tensor, selection: BlockSelection) -> bool:
     return not selection.causal and q.dtype in SUPPORTED_DTYPES and not _dims_unsupported(q, v)
 
 
-def remainder_inputs(k: torch.Tensor, v: torch.Tensor, selection: BlockSelection, dtype: torch.dtype):
-    """What the kernel reads besides q: the key blocks' mean keys ``(b, h, j, d)`` in ``dtype`` and mean
-    values ``(b, h, j, e)`` in v's dtype (contiguous), the logit bias ``log(tokens in the block)``
-    ``(j,)`` float32, and the int8 kept-block mask ``(b, h, c, j)`` (1: not kept). Plain torch ops,
-    outside the kernel's custom op: under ``torch.compile`` inductor fuses them (the means' sum, scale
-    and cast; the mask's scatter and cast) instead of running each as its own launch."""
-    km, cnt = block_means(k, selection.block_size)
-    vm = block_means(v, selection.block_size)[0]
-    unkept = unkept_blocks(selection).to(torch.int8)
-    return km.to(dtype).contiguous(), vm.to(v.dtype).contiguous(), cnt.float().log(), unkept.contiguous()
-
-
-def remainder_forward(q: torch.Tensor, km: torch.Tensor, vm: torch.Tensor, bias: torch.Tensor, unkept: torch.Tensor,
+def remainder_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, indices: torch.Tensor, block_size: int,
                       query_block_size: int, sm_scale: float, base_out: torch.Tensor | None = None,
                       base_lse: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Run the kernel on :func:`remainder_inputs`' tensors; ``out (b, h, nq, e)`` in vm's dtype (v's),
-    ``lse (b, h, nq)`` float32 — the remainder alone, or merged with ``base_out``/``base_lse`` (the
-    kept blocks' attention) when given."""
+    """Run the kernel; ``out (b, h, nq, e)`` in v's dtype, ``lse (b, h, nq)`` float32 — the remainder
+    alone, or merged with ``base_out``/``base_lse`` (the kept blocks' attention) when given."""
     b, h, nq, d = q.shape
-    e = vm.shape[-1]
+    nk, e = k.shape[-2], v.shape[-1]
+    sel = BlockSelection(indices, block_size, query_block_size, nq, nk, False)
     q = _last_dim_contiguous(q)
-    out = torch.empty(b, h, nq, e, dtype=vm.dtype, device=q.device)
+    km, cnt = block_means(k, block_size)
+    km = km.to(q.dtype).contiguous()
+    vm = block_means(v, block_size)[0].to(v.dtype).contiguous()
+    bias = cnt.float().log()
+    unkept = unkept_blocks(sel).to(torch.int8).contiguous()
+    out = torch.empty(b, h, nq, e, dtype=v.dtype, device=q.device)
     lse = torch.empty(b, h, nq, dtype=torch.float32, device=q.device)
     merge = base_out is not None
     if merge:
         base_out = _last_dim_contiguous(base_out)
         base_lse = base_lse.float().contiguous()
     o_in, lse_in = (base_out, base_lse) if merge else (out, lse)  # unread without MERGE
-    grid = (unkept.shape[2], b * h)
+    grid = (sel.num_query_blocks, b * h)
     args = (q, km, vm, bias, unkept, out, lse, o_in, lse_in, sm_scale * _LOG2E, *q.stride()[:3], *km.stride()[:2],
-            *vm.stride()[:2], *out.stride()[:3], *unkept.stride()[:3], *o_in.stride()[:3], h, nq, km.shape[-2])
+            *vm.stride()[:2], *out.stride()[:3], *unkept.stride()[:3], *o_in.stride()[:3], h, nq, sel.num_key_blocks)
     meta = dict(BQ=query_block_size, BLOCK_M=max(16, triton.next_power_of_2(query_block_size)), D=d, E=e,
                 PREC=_precision(q.dtype), MERGE=merge)
     if autotuning():
@@ -89,15 +81,15 @@ def remainder_forward(q: torch.Tensor, km: torch.Tensor, vm: torch.Tensor, bias:
 
 _op = torch.library.custom_op(
     "vidhash::block_mean_remainder", remainder_forward, mutates_args=(),
-    schema="(Tensor q, Tensor km, Tensor vm, Tensor bias, Tensor unkept, int query_block_size, float sm_scale, "
+    schema="(Tensor q, Tensor k, Tensor v, Tensor indices, int block_size, int query_block_size, float sm_scale, "
            "Tensor? base_out=None, Tensor? base_lse=None) -> (Tensor, Tensor)",
 )
 
 
 @_op.register_fake
-def _(q, km, vm, bias, unkept, query_block_size, sm_scale, base_out=None, base_lse=None):
+def _(q, k, v, indices, block_size, query_block_size, sm_scale, base_out=None, base_lse=None):
     b, h, nq, _ = q.shape
-    return vm.new_empty(b, h, nq, vm.shape[-1]), q.new_empty(b, h, nq, dtype=torch.float32)
+    return v.new_empty(b, h, nq, v.shape[-1]), q.new_empty(b, h, nq, dtype=torch.float32)
 
 
 def block_mean_remainder_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, selection: BlockSelection, *,
@@ -122,6 +114,5 @@ def block_mean_remainder_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tenso
                 or base_out.dtype != v.dtype or base_out.device != q.device or base_lse.device != q.device:
             raise ValueError(f"merge_with must be (out {(b, h, nq, v.shape[-1])} in {v.dtype}, lse {(b, h, nq)}) "
                              f"on {q.device}, got {tuple(base_out.shape)} {base_out.dtype}, {tuple(base_lse.shape)}")
-    km, vm, bias, unkept = remainder_inputs(k, v, selection, q.dtype)
-    return torch.ops.vidhash.block_mean_remainder(q, km, vm, bias, unkept, selection.query_block_size, sm_scale,
-                                                  base_out, base_lse)
+    return torch.ops.vidhash.block_mean_remainder(q, k, v, selection.indices.contiguous(), selection.block_size,
+                                                  selection.query_block_size, sm_scale, base_out, base_lse)
