@@ -1,6 +1,7 @@
 """`vidhash bench dropin` on a tiny randomly initialised wan-mini: the structure of its rows, the
 dense repeat and density 1 against dense, recall per layer, FlexAttention on the same blocks (eager
-on the CPU), the JSON, the Markdown table and the frame strip."""
+on the CPU), the JSON, the Markdown table and the frame strip; the fitted scorers (learned, calibrated)
+on the fit seeds' recording."""
 import json
 import math
 
@@ -609,6 +610,12 @@ def test_initial_noise_is_the_pipelines_own_draw(tiny_model):
     (["--scorers", ""], "--scorers is empty"),
     (["--reuse-mass", ""], "--reuse-mass is empty"),
     (["--seeds", "0,0"], "--seeds has repeats: 0,0"),
+    (["--scorers", "learned", "--fit-seeds", "0"], "--fit-seeds 0 has 0, also in --seeds 0: the scorers must be fitted"),
+    (["--scorers", "calibrated", "--fit-seeds", ""], "--fit-seeds is empty"),
+    (["--scorers", "learned", "--fit-seeds", "one"], "--fit-seeds must be comma-separated integers, got 'one'"),
+    (["--scorers", "learned", "--fit-steps", "30"], r"--fit-steps must be distinct denoising steps in \[0, --steps\)"),
+    (["--fit-seeds", "1"], "--fit-seeds applies to the fitted scorers: add learned or calibrated to --scorers"),
+    (["--scorers", "learned,bogus"], "--scorers takes default, simhash, .*, learned, calibrated; got bogus"),
     (["--compile-mode", "default"], "--compile-mode sets how --compile compiles"),
     (["--compile-backend", "eager"], "--compile-backend sets how --compile compiles"),
     (["--compile-scope", "model"], "--compile-scope sets how --compile compiles"),
@@ -656,3 +663,121 @@ def test_clip_beyond_the_rotary_embedding_is_refused(tiny_model, monkeypatch, ca
     err = capsys.readouterr().err.strip().splitlines()
     limit = {"--frames": 64, "--size": 512}[flag]
     assert f"{flag} {value}: this model takes at most {limit} " in err[-1] and "rope_max_seq_len 64" in err[-1], err
+
+
+# 8 frames of 32² = 128 tokens, key and query blocks of 16 (8 of each): at 1/2 a query block keeps 4 key blocks, 2 of
+# them forced (its own and the sink), so 2 by score — room for the scorers to differ
+FITTED_ARGV = ["--densities", "1/2", "--block-sizes", "16", "--query-block-sizes", "16", "--frames", "8", "--size", "32",
+               "--steps", "2", "--recall-step", "1", "--no-repeat", "--no-warmup", "--no-coherence"]
+
+
+def test_fitted_scorers_rows_use_the_fitted_modules_everywhere(tiny_model, tmp_path, monkeypatch, capsys):
+    """--scorers learned,calibrated end to end: a row each, the fit reports in the JSON's ``fitted``, and
+    the modules the fit made are what the drop-in, its Flex run and the recall measurement all use (the
+    row's recall recomputed with them from the captured queries and keys)."""
+    from vidhash import attention
+    from vidhash.integrations import diffusers
+
+    enabled, captured = [], {}
+    real_enable, real_capture = diffusers.enable_hash_attention, dropin.capture_qk
+    monkeypatch.setattr(diffusers, "enable_hash_attention",
+                        lambda tf, **config: enabled.append(config) or real_enable(tf, **config))
+    monkeypatch.setattr(dropin, "capture_qk", lambda *a: captured.update(real_capture(*a)) or captured)
+    out = tmp_path / "dropin.json"
+    assert main(["bench", "dropin", "--model", str(tiny_model), *FITTED_ARGV, "--seeds", "0",
+                 "--scorers", "learned,calibrated", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    rows = {r["setting"]: r for r in report["rows"]}
+    assert list(rows) == ["dense", "1/2 b16 q16 learned", "1/2 b16 q16 calibrated"]
+    names = ["blocks.0.attn1", "blocks.1.attn1"]
+    # the fit: one recording of seed 1 (max(--seeds) + 1) at steps 0 (the first sparse one) and 1 (recall and last)
+    fitted = report["fitted"]
+    assert fitted["seeds"] == [1] and fitted["steps"] == [0, 1] and fitted["record_s"] > 0
+    assert [f["module"] for f in fitted["learned"]] == names  # one fit per module: one block-size pair and kept count
+    for f in fitted["learned"]:
+        assert (f["block_size"], f["query_block_size"], f["kept"]) == (16, 16, 2) and f["seconds"] > 0
+        assert 0 < f["held_out_before"] <= f["held_out_after"] <= 1  # early stopping keeps the initial weights at worst
+    calibrated = fitted["calibrated"]
+    assert [m["module"] for m in calibrated["modules"]] == names and calibrated["config"]["bits"] == 32
+    assert all(m["samples"] == 2 and 0 <= m["val_recall_learned"] <= 1 for m in calibrated["modules"])
+    assert calibrated["mean"]["recall_learned"] == pytest.approx(np.mean([m["recall_learned"] for m in calibrated["modules"]]))
+    printed = capsys.readouterr().out
+    assert "fit recording: seeds [1] at steps [0, 1] of 2" in printed
+    assert "fitted learned scorers of 1/2 b16 q16 learned" in printed
+    assert "fitted calibrated hashers (2 modules)" in printed
+    # the drop-in, then Flex on the same selection, with the same modules per layer
+    learned, flex_learned, calibrated_on, flex_calibrated = enabled
+    assert flex_learned["backend"] == flex_calibrated["backend"] == "flex" and "backend" not in learned
+    assert all(learned["scorer"][n] is flex_learned["scorer"][n] for n in names)
+    assert type(learned["scorer"][names[0]]).__name__ == "LearnedBlockScorer" and "hasher" not in learned
+    assert calibrated_on["scorer"] == flex_calibrated["scorer"] == "simhash"
+    assert all(calibrated_on["hasher"][n] is flex_calibrated["hasher"][n] for n in names)
+    assert type(calibrated_on["hasher"][names[0]]).__name__ == "LearnedHash"
+    for name, options in (("1/2 b16 q16 learned", {"scorer": learned["scorer"]}),
+                          ("1/2 b16 q16 calibrated", {"scorer": "simhash", "hasher": calibrated_on["hasher"]})):
+        row = rows[name]
+        assert row["scorer"] == name.split()[-1] and math.isfinite(row["psnr"]) and 0 < row["ssim"] < 1
+        assert row["flex_psnr"] is None or row["flex_psnr"] > 45 and "flex_error" not in row  # (null: identical clips)
+        recall = []
+        for layer, (q, k, _) in zip(row["layers"], captured.values()):
+            assert layer["recall"] <= layer["oracle"] + 1e-6 and layer["error"] > 0
+            per_layer = {key: value if isinstance(value, str) else value[layer["layer"]] for key, value in options.items()}
+            sel = attention.select_blocks(q, k, density=0.5, block_size=16, query_block_size=16, **per_layer)
+            recall.append(attention.selection_recall(q, k, sel, max_query_blocks=64))
+        assert row["recall"] == pytest.approx(np.mean(recall), rel=1e-9) and row["recall"] <= row["oracle"]
+
+
+def test_the_fit_records_only_the_fit_seeds(tiny_model, tmp_path, monkeypatch):
+    """The clips recorded are the recall clip (first measured seed) and the --fit-seeds' (at --fit-steps):
+    the learned scorers fit on exactly that recording, never on a measured seed's queries."""
+    from vidhash.bench import selection
+
+    calls, recorded, fits = [], {}, []
+    real_capture, real_record, real_fit = dropin.capture_steps, dropin.record_steps, selection.fit_learned
+    monkeypatch.setattr(dropin, "capture_steps", lambda pipe, seed, steps, *a: calls.append((seed, tuple(steps)))
+                        or real_capture(pipe, seed, steps, *a))
+    monkeypatch.setattr(dropin, "record_steps", lambda *a, **k: recorded.update(real_record(*a, **k)) or recorded)
+    monkeypatch.setattr(selection, "fit_learned", lambda fq, fk, *a: fits.append((fq, fk)) or real_fit(fq, fk, *a))
+    out = tmp_path / "dropin.json"
+    assert main(["bench", "dropin", "--model", str(tiny_model), *FITTED_ARGV, "--no-flex", "--seeds", "0,2",
+                 "--fit-seeds", "7,5", "--fit-steps", "1,0", "--scorers", "learned", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert calls == [(0, (1,)), (7, (0, 1)), (5, (0, 1))]  # the recall clip, then the fit seeds' clips
+    assert report["fitted"]["seeds"] == [7, 5] and report["fitted"]["steps"] == [0, 1] and report["seeds"] == [0, 2]
+    assert len(fits) == 2 and all(fq.shape[0] == 4 for fq, _ in fits)  # 2 seeds × 2 steps
+    for (fq, fk), (q, k, _) in zip(fits, recorded.values()):
+        assert torch.equal(fq, q.float()) and torch.equal(fk, k.float())
+
+
+def test_rows_without_fitted_scorers_never_record_or_fit(tiny_model, tmp_path, monkeypatch):
+    monkeypatch.setattr(dropin, "record_steps", lambda *a, **k: pytest.fail("the fit seeds were recorded"))
+    monkeypatch.setattr(dropin.FittedScorers, "learned", lambda *a: pytest.fail("a learned scorer was fitted"))
+    monkeypatch.setattr(dropin.FittedScorers, "calibrated", lambda *a: pytest.fail("hashers were calibrated"))
+    out = tmp_path / "dropin.json"
+    assert main(["bench", "dropin", "--model", str(tiny_model), *FITTED_ARGV, "--no-flex", "--seeds", "0",
+                 "--scorers", "default,simhash", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert "fitted" not in report and [r["scorer"] for r in report["rows"][1:]] == ["pooled", "simhash"]
+
+
+def test_fit_inputs_defaults_and_errors_name_the_flag():
+    from types import SimpleNamespace
+
+    args = SimpleNamespace(fit_seeds=None, fit_steps=None, seeds="0,3", steps=10, recall_step=5)
+    assert dropin.parse_fit_inputs(args, [0, 3], [0, 2, 10], True) == ([4], [0, 2, 5, 9])  # 10: no sparse step
+    assert dropin.parse_fit_inputs(args, [0, 3], [0], False) == ([], [])
+    for seeds_text, steps_text, fitting, match in (
+        ("3", None, True, r"--fit-seeds 3 has 3, also in --seeds 0,3"),
+        ("4,0", None, True, r"--fit-seeds 4,0 has 0, also in --seeds"),
+        ("", None, True, r"--fit-seeds is empty"),
+        ("a", None, True, r"--fit-seeds must be comma-separated integers, got 'a'"),
+        ("-1", None, True, r"--fit-seeds must be integers >= 0"),
+        ("4,4", None, True, r"--fit-seeds has repeats"),
+        (None, "10", True, r"--fit-steps must be distinct denoising steps in \[0, --steps\)"),
+        (None, "1,1", True, r"--fit-steps must be distinct"),
+        ("4", None, False, r"--fit-seeds applies to the fitted scorers"),
+        (None, "1", False, r"--fit-steps applies to the fitted scorers"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            dropin.parse_fit_inputs(SimpleNamespace(**{**vars(args), "fit_seeds": seeds_text, "fit_steps": steps_text}),
+                                    [0, 3], [0], fitting)

@@ -65,6 +65,25 @@ JSON and the printed Markdown table:
   ``flex_psnr`` — PSNR of Flex's clips against ours (the same blocks: only rounding differs, so
   very high, ``inf`` — null in the JSON — when equal); ``flex_error`` where Flex failed (the rest of the row stands).
 
+``--scorers``: the drop-in's scorers (:data:`vidhash.attention.SCORERS`; ``default``: its default,
+``pooled``) and two fitted on the model's own queries and keys (:class:`FittedScorers`):
+``learned`` — a :class:`~vidhash.selection.learned.LearnedBlockScorer` per self-attention module,
+one per key-block size × query-block size × kept count (the densities that keep as many blocks
+share it), passed as ``enable_hash_attention(scorer={module: scorer})``; ``calibrated`` —
+``scorer="simhash"`` on :class:`~vidhash.hashing.LearnedHash` signatures per module fitted as
+``vidhash calibrate`` fits them (:func:`vidhash.integrations.calibrate.fit_hashers`, one fit for every
+row), passed as ``hasher={module: hasher}``. Both fit on the dense clips of ``--fit-seeds`` (default:
+one seed, ``max(--seeds) + 1``; a measured seed is refused) at the denoising steps ``--fit-steps``
+(default: the first sparse step of each ``--dense-steps``, the ``--recall-step`` and the last step),
+recorded once before the first row and only where a row names a fitted scorer; each fit runs when
+the first row needing it does, outside its timings. The recording's and fits' seconds are printed,
+and the JSON's ``fitted`` holds the seeds, steps, seconds and the fit reports (``learned``: per fit,
+the share of the oracle's mass its kept blocks hold, before and after, on the fitted and the
+held-out samples; ``calibrated``: per module, recall of each query's exact top-k keys, SimHash →
+learned, fitted and held out). ``recall``, ``oracle``, ``error`` and the Flex columns select with
+the same fitted module or hashers per layer as the drop-in; the reuse rows enable the drop-in
+with them too, but select from the dense step's mass (the same selection as any scorer's reuse rows).
+
 ``--profile`` adds ``profile`` to every row (:func:`profile_call`): the first seed's
 ``--recall-step`` transformer call replayed with the setting still enabled — its synchronised wall
 time, and under ``torch.profiler`` the CUDA kernels' time, their share of the wall time (below 1:
@@ -88,7 +107,9 @@ samples 7 dense clips (≈ 25 ms a step, ≈ 0.8 s a clip) and 48 sparse ones (�
 with Flex's two compilations (one per key-block size, ≈ 30–60 s each), the Triton kernels'
 autotuning, recall (5 layers per setting) and 17 coherence reports (≈ 1 s each, CPU), about
 4–6 minutes after the GPU script's set-up. Each extra scorer adds ≈ 1 minute; ``--block-sizes
-64`` or ``--no-flex`` roughly halves the sparse part.
+64`` or ``--no-flex`` roughly halves the sparse part. The fitted scorers add a dense clip per fit seed
+(up to its last ``--fit-steps`` step; kept in bf16 on the CPU, ≈ 0.4 GB a seed and step on wan-mini at
+the default shape) and their fits (not yet timed on a GPU).
 """
 from __future__ import annotations
 
@@ -112,6 +133,12 @@ from vidhash.files import write_json as write_json_file
 
 STRIP_DENSITIES = (Fraction(1, 8), Fraction(1, 32))
 COHERENCE_KEYS = ("flicker", "warp_error", "motion", "ssim_adjacent", "smoothness", "start_end")
+FITTED_SCORERS = ("learned", "calibrated")
+"""``--scorers`` fitted on the model's own queries and keys (:class:`FittedScorers`), beside
+:data:`~vidhash.attention.SCORERS`."""
+LEARNED_FIT = {"fit_blocks": 128, "fit_steps": 200}
+"""The ``learned`` scorers' fit: query blocks of the recording whose block mass it fits, Adam steps
+(``vidhash bench selection``'s ``--fit-blocks`` and ``--fit-steps`` defaults)."""
 
 
 @dataclass(frozen=True)
@@ -243,8 +270,9 @@ def check_settings(settings: list[Setting]) -> None:
     from vidhash.ops.checks import check_selection_args
 
     for st in (st for st in settings if st.density is not None):
+        scorer = "simhash" if st.scorer == "calibrated" else st.scorer  # (learned: a module per layer; no check reads it)
         cfg = DropInConfig(density=float(st.density), block_size=st.block_size,
-                      query_block_size=st.query_block_size, scorer=st.scorer or DropInConfig.scorer,
+                      query_block_size=st.query_block_size, scorer=scorer or DropInConfig.scorer,
                       dense_timestep=1.0 if st.dense_steps else None, reuse_mass=bool(st.reuse_mass),
                       mass_query_stride=st.reuse_mass or 1, mass_refresh=st.mass_refresh, remainder=st.remainder,
                       reuse_delta=bool(st.reuse_delta), delta_half_life=st.half_life)
@@ -338,6 +366,35 @@ def parse_layer_densities(text: str) -> dict[str, float]:
     return out
 
 
+def parse_fit_inputs(args, seeds: list[int], dense_steps: list[int], fitting: bool) -> tuple[list[int], list[int]]:
+    """``--fit-seeds`` and ``--fit-steps`` of the fitted scorers (``fitting``: ``--scorers`` names one):
+    by default one seed, ``max(--seeds) + 1``, and the steps that begin the sparse part of each
+    ``--dense-steps`` schedule, the ``--recall-step`` and the last step (the start, middle and end of
+    what the rows run sparse). ``([], [])`` without fitted scorers. ValueError naming the flag: a fit
+    seed that is also measured (``--seeds``), repeats, a step outside ``[0, --steps)``, or either
+    flag given without a fitted scorer (it would be ignored)."""
+    seeds_text, steps_text = getattr(args, "fit_seeds", None), getattr(args, "fit_steps", None)
+    if not fitting:
+        for flag, text in (("--fit-seeds", seeds_text), ("--fit-steps", steps_text)):
+            if text is not None:
+                raise ValueError(f"{flag} applies to the fitted scorers: add {' or '.join(FITTED_SCORERS)} to --scorers, "
+                                 f"or leave {flag} out")
+        return [], []
+    fit_seeds = parse_ints(seeds_text, "--fit-seeds", minimum=0) if seeds_text is not None else [max(seeds) + 1]
+    if len(set(fit_seeds)) != len(fit_seeds):
+        raise ValueError(f"--fit-seeds has repeats: {seeds_text}")
+    measured = sorted(set(fit_seeds) & set(seeds))
+    if measured:
+        raise ValueError(f"--fit-seeds {seeds_text} has {', '.join(map(str, measured))}, also in --seeds {args.seeds}: "
+                         "the scorers must be fitted on clips the rows do not measure")
+    if steps_text is None:
+        return fit_seeds, sorted({d for d in dense_steps if d < args.steps} | {args.recall_step, args.steps - 1})
+    fit_steps = parse_ints(steps_text, "--fit-steps", minimum=0)
+    if len(set(fit_steps)) != len(fit_steps) or max(fit_steps) >= args.steps:
+        raise ValueError(f"--fit-steps must be distinct denoising steps in [0, --steps), got {steps_text} (--steps {args.steps})")
+    return fit_seeds, sorted(fit_steps)
+
+
 def dense_timestep_of(pipe, steps: int, dense_steps: int) -> float | None:
     """The drop-in's ``dense_timestep`` that runs the first ``dense_steps`` of the pipeline's
     ``steps``-step schedule dense (:func:`~vidhash.integrations.diffusers.dense_timestep_for` on a
@@ -364,13 +421,14 @@ def dense_options(pipe, setting: Setting, steps: int) -> dict:
     return out
 
 
-def drop_in_options(scorer: str | None) -> dict:
-    """Keyword arguments for ``enable_hash_attention`` beyond density and block size: ``scorer``
-    only where the drop-in takes it (ValueError naming --scorers otherwise).
-    TODO(issue 21): per-layer fitted ``hashers=`` (the learned/calibrated scorers' weights) once
-    enable_hash_attention takes them and their file format is fixed; pass them through here."""
+def drop_in_options(setting: Setting, fitted: FittedScorers | None = None) -> dict:
+    """Keyword arguments for ``enable_hash_attention`` beyond density and block size: the setting's
+    ``scorer`` (none for ``--scorers default``); ``learned`` passes ``fitted``'s scorers by module name,
+    ``calibrated`` ``scorer="simhash"`` with its hashers by module name (``hasher=``); ValueError
+    naming --scorers where the drop-in takes no scorer."""
     from vidhash.integrations.diffusers import enable_hash_attention
 
+    scorer = setting.scorer
     if scorer is None:
         return {}
     if "scorer" not in inspect.signature(enable_hash_attention).parameters:
@@ -378,6 +436,10 @@ def drop_in_options(scorer: str | None) -> dict:
 
         if "scorer" not in CONFIG_KEYS:
             raise ValueError(f"--scorers {scorer}: this vidhash's enable_hash_attention takes no scorer")
+    if scorer == "learned":
+        return {"scorer": fitted.learned(setting)}
+    if scorer == "calibrated":
+        return {"scorer": "simhash", "hasher": fitted.calibrated()}
     return {"scorer": scorer}
 
 
@@ -532,10 +594,133 @@ def capture_steps(pipe, seed: int, steps, frames: int, size: int, total: int) ->
     return captured
 
 
+@torch.no_grad()
+def record_steps(pipe, seeds, steps, frames: int, size: int, total: int, label: str) -> dict[str, tuple]:
+    """``{module: (q, k, v) (S, h, n, d) bf16 on the CPU}``: :func:`capture_steps` of every seed at
+    denoising ``steps``, ``S = len(seeds) × len(steps)``, seed-major; one line per seed, ``label``
+    first. Kept in bf16 (what the GPU runs), so a cached recording measures as the fresh one does."""
+    per_layer: dict[str, list] = {}
+    for seed in seeds:
+        t0 = time.perf_counter()
+        captured = capture_steps(pipe, seed, steps, frames, size, total)
+        for step in steps:
+            for name, qkv in captured[step].items():
+                per_layer.setdefault(name, []).append(tuple(x.to("cpu", torch.bfloat16) for x in qkv))
+        print(f"  {label}: seed {seed} recorded in {time.perf_counter() - t0:.0f} s", flush=True)
+    return {name: tuple(torch.cat(xs) for xs in zip(*calls)) for name, calls in per_layer.items()}
+
+
+def free_kept(n: int, density: float, block_size: int, query_block_size: int) -> int:
+    """The key blocks a query block keeps by score at ``n`` tokens: the drop-in's ``kept``
+    (:func:`~vidhash.kernels.block_select.naive.num_kept_blocks`, its ``sink_blocks`` and
+    ``local_blocks``) less the mean forced count, at least 1 — the budget ``vidhash bench selection``
+    fits its ``learned`` rows for."""
+    from vidhash.integrations.diffusers import DropInConfig
+    from vidhash.kernels.block_select.naive import forced_and_allowed, num_kept_blocks
+
+    local, sink = DropInConfig.local_blocks, DropInConfig.sink_blocks
+    kept = num_kept_blocks(n, n, density=density, block_size=block_size, query_block_size=query_block_size,
+                           local_blocks=local, sink_blocks=sink, causal=False)
+    forced, _ = forced_and_allowed(torch.arange(-(-n // query_block_size)), n, n, query_block_size, block_size, local,
+                                   sink, False)
+    return max(1, kept - round(float(forced.sum(-1).float().mean())))
+
+
+class FittedScorers:
+    """The fitted scorers of one run (``--scorers learned`` / ``calibrated``), on one recording of the
+    dense clips of ``seeds`` (``--fit-seeds``, never a measured seed) at denoising ``steps``
+    (``--fit-steps``; :func:`record_steps`, before any row), each fitted the first time a row asks
+    for it (on the transformer's device, float32):
+
+    * :meth:`learned` — a :class:`~vidhash.selection.learned.LearnedBlockScorer` per self-attention
+      module × key-block size × query-block size × :func:`free_kept` count, as ``vidhash bench
+      selection`` fits its ``learned`` rows (:func:`vidhash.bench.selection.fit_learned`:
+      :data:`LEARNED_FIT`'s query blocks and Adam steps, the last recorded samples held out). Its loss
+      reads no budget, but which step's weights are kept does (the held-out kept share at that
+      count), so densities keeping as many blocks share one fit and others do not;
+    * :meth:`calibrated` — a :class:`~vidhash.hashing.LearnedHash` per module
+      (:func:`vidhash.integrations.calibrate.fit_hashers` with the default
+      :class:`~vidhash.integrations.calibrate.HashCalibrationConfig`, tokens drawn by its recorder
+      from every recorded sample: the even samples fit, the odd ones are held out): token
+      signatures, so one fit serves every block size and density.
+
+    ``report`` is the JSON's ``fitted``: the seeds, steps and recording seconds, one entry per
+    learned fit (module, sizes, ``kept``, ``seconds`` and the fit's kept shares before and after,
+    held out) and the calibration's per-module recall of the exact top-k keys, SimHash → learned."""
+
+    def __init__(self, pipe, seeds: list[int], steps: list[int], frames: int, size: int, total: int):
+        t0 = time.perf_counter()
+        self.layers = record_steps(pipe, seeds, steps, frames, size, total, label="fit")
+        self.device = next(pipe.transformer.parameters()).device
+        self.report = {"seeds": list(seeds), "steps": list(steps), "record_s": time.perf_counter() - t0,
+                       "learned": [], "calibrated": None}
+        self._transformer = pipe.transformer
+        self._learned: dict[tuple, torch.nn.Module] = {}
+        self._hashers: dict[str, torch.nn.Module] | None = None
+        print(f"fit recording: seeds {list(seeds)} at steps {list(steps)} of {total} in {self.report['record_s']:.1f} s",
+              flush=True)
+
+    def learned(self, setting: Setting) -> dict[str, torch.nn.Module]:
+        """``setting``'s learned block scorer per module (its density there: ``layer_densities`` apply)."""
+        from types import SimpleNamespace
+
+        from vidhash.bench.selection import fit_learned
+        from vidhash.integrations.diffusers import DropInConfig
+
+        opts = SimpleNamespace(query_block=setting.query_block, local_blocks=DropInConfig.local_blocks,
+                               sink_blocks=DropInConfig.sink_blocks, **LEARNED_FIT)
+        out, fits = {}, []
+        for name, (q, k, _) in self.layers.items():
+            density = dict(setting.layer_densities).get(name, float(setting.density))
+            kept = free_kept(q.shape[-2], density, setting.block_size, setting.query_block)
+            fit_key = (name, setting.block_size, setting.query_block, kept)
+            if fit_key not in self._learned:
+                t0 = time.perf_counter()
+                fq, fk = (x.to(self.device, torch.float32) for x in (q, k))
+                scorers, reports = fit_learned(fq, fk, setting.block_size, kept, ("learned",), opts)
+                self._learned[fit_key] = scorers["learned"]
+                fits.append({"module": name, "block_size": setting.block_size, "query_block_size": setting.query_block,
+                             "kept": kept, "seconds": time.perf_counter() - t0, **reports["learned"]})
+            out[name] = self._learned[fit_key]
+        if fits:
+            self.report["learned"] += fits
+            before, after = (float(np.nanmean([f[key] for f in fits])) for key in ("held_out_before", "held_out_after"))
+            print(f"fitted learned scorers of {setting.name} ({len(fits)} modules) in "
+                  f"{sum(f['seconds'] for f in fits):.1f} s: held-out kept share {before:.3f} → {after:.3f}", flush=True)
+        return out
+
+    def calibrated(self) -> dict[str, torch.nn.Module]:
+        """The calibrated hashers per module (fitted at the first call)."""
+        if self._hashers is None:
+            from dataclasses import asdict
+
+            from vidhash.integrations.calibrate import HashCalibrationConfig, SelfAttentionRecorder, fit_hashers
+
+            t0 = time.perf_counter()
+            cfg = HashCalibrationConfig()
+            recorder = SelfAttentionRecorder(self._transformer, cfg.max_queries, cfg.max_keys, cfg.seed)  # its draws only
+            for name, (q, k, _) in self.layers.items():
+                recorder(name, q, k)  # one sample per recorded seed and step
+            q = next(iter(self.layers.values()))[0]
+            hashers, rows = fit_hashers(recorder.samples, q.shape[1], q.shape[-1], cfg, self.device)
+            self._hashers = {name: h.to(self.device) for name, h in hashers.items()}
+            keys = [key for key in rows[0] if key.startswith(("recall", "val_recall"))]
+            mean = {key: float(np.mean([r[key] for r in rows])) for key in keys}
+            self.report["calibrated"] = {"config": asdict(cfg), "seconds": time.perf_counter() - t0, "modules": rows,
+                                         "mean": mean}
+            held = (f", held out {mean['val_recall_simhash']:.3f} → {mean['val_recall_learned']:.3f}"
+                    if "val_recall_learned" in mean else "")
+            print(f"fitted calibrated hashers ({len(rows)} modules) in {self.report['calibrated']['seconds']:.1f} s: "
+                  f"top-{cfg.top_k} key recall SimHash → learned {mean['recall_simhash']:.3f} → "
+                  f"{mean['recall_learned']:.3f}{held}", flush=True)
+        return self._hashers
+
+
 def layer_recall(captured: dict, setting: Setting, max_query_blocks: int, dense_names=(), dense_step: bool = False,
-                 layer_densities: dict[str, float] | None = None) -> list[dict]:
+                 layer_densities: dict[str, float] | None = None, fitted: FittedScorers | None = None) -> list[dict]:
     """Per layer: recall of the drop-in's selection (its default scorer for ``--scorers default``,
-    with the default hasher where that reads one) and, with :mod:`vidhash.selection`, the oracle
+    with the default hasher where that reads one; the layer's own fitted scorer or hasher from
+    ``fitted`` for ``learned`` / ``calibrated`` — :func:`drop_in_options`'s) and, with :mod:`vidhash.selection`, the oracle
     recall of as many blocks. Only what ran sparse is measured: a layer in ``dense_names`` (the
     setting's dense layers) is ``{"layer": name, "dense": "layer"}`` and, where the recall step is
     one of the setting's dense steps (``dense_step``), every layer is ``{"layer": name, "dense": "step"}``.
@@ -550,13 +735,14 @@ def layer_recall(captured: dict, setting: Setting, max_query_blocks: int, dense_
         oracle_recall = None
     if "scorer" not in inspect.signature(attention.select_blocks).parameters:
         return []
-    extra = {"scorer": setting.scorer if setting.scorer is not None else DropInConfig.scorer}
+    options = drop_in_options(setting, fitted) or {"scorer": DropInConfig.scorer}  # by module name where fitted
     rows = []
     for name, (q, k, *values) in captured.items():
         density = (layer_densities or {}).get(name, float(setting.density))
         if dense_step or name in dense_names or (name in (layer_densities or {}) and density >= 1.0):
             rows.append({"layer": name, "dense": "step" if dense_step else "layer"})
             continue
+        extra = {key: value[name] if isinstance(value, dict) else value for key, value in options.items()}
         sel = attention.select_blocks(q, k, density=density, block_size=setting.block_size,
                                       query_block_size=setting.query_block, **extra)
         row = {"layer": name, "recall": attention.selection_recall(q, k, sel, max_query_blocks=max_query_blocks)}
@@ -671,9 +857,11 @@ def compile_model(transformer: torch.nn.Module, mode: str | None = None, backend
     transformer.forward = forward
 
 
-def run_setting(pipe, setting: Setting, seeds: list[int], args, backend: str | None = None) -> tuple[list[np.ndarray], dict]:
+def run_setting(pipe, setting: Setting, seeds: list[int], args, backend: str | None = None,
+                fitted: FittedScorers | None = None) -> tuple[list[np.ndarray], dict]:
     """Clips and timings of one setting (the drop-in enabled for it, with ``backend`` where given —
-    ``"flex"``: FlexAttention on the same selection — then disabled). With ``--compile`` the
+    ``"flex"``: FlexAttention on the same selection — then disabled; ``fitted``: the ``learned`` /
+    ``calibrated`` scorers, :func:`drop_in_options`). With ``--compile`` the
     compiled blocks are traced anew for the setting (its first clip: the warm-up)."""
     from vidhash.integrations.diffusers import disable_hash_attention, enable_hash_attention
 
@@ -692,7 +880,7 @@ def run_setting(pipe, setting: Setting, seeds: list[int], args, backend: str | N
         if setting.reuse_delta:
             extra.update(reuse_delta=True, delta_half_life=setting.half_life)
         enable_hash_attention(pipe.transformer, density=float(setting.density), block_size=setting.block_size,
-                              **drop_in_options(setting.scorer), **dense_options(pipe, setting, args.steps), **extra)
+                              **drop_in_options(setting, fitted), **dense_options(pipe, setting, args.steps), **extra)
     call = CallRecorder(pipe.transformer, args.recall_step) if getattr(args, "profile", False) else None
     # one seed: its clip twice, the first untimed (it compiles, autotunes) — unless --no-warmup (frames only)
     warm_up = len(seeds) == 1 and not getattr(args, "no_warmup", False)
@@ -814,13 +1002,14 @@ def _error_text(err: Exception) -> str:
     return f"{type(err).__name__}: {text[0][:200] if text else ''}"
 
 
-def flex_columns(pipe, setting: Setting, seeds: list[int], args, ours: list[np.ndarray], clip_s_dense: float) -> dict:
+def flex_columns(pipe, setting: Setting, seeds: list[int], args, ours: list[np.ndarray], clip_s_dense: float,
+                 fitted: FittedScorers | None = None) -> dict:
     """FlexAttention's columns of a sparse setting: the drop-in with ``backend="flex"`` (the same
     selection, Flex's kernel attends), its step and clip times, its speed-up over the dense clip and
     ``flex_psnr``, the PSNR of its clips against ours (rounding apart, the same frames). A failure
     (e.g. a block size Flex's kernels do not take) is the row's ``flex_error``."""
     try:
-        clips, timing = run_setting(pipe, setting, seeds, args, backend="flex")
+        clips, timing = run_setting(pipe, setting, seeds, args, backend="flex", fitted=fitted)
     except Exception as err:  # noqa: BLE001 - reported in the row and the table
         return {"flex_error": _error_text(err)}
     return {"transformer_ms_flex": timing["transformer_ms"], "clip_s_flex": timing["clip_s"],
@@ -828,12 +1017,13 @@ def flex_columns(pipe, setting: Setting, seeds: list[int], args, ours: list[np.n
             "flex_psnr": float(np.mean([clip_psnr(c, o) for c, o in zip(clips, ours)]))}
 
 
-def measure_setting(pipe, setting: Setting, seeds: list[int], args, dense, captured: dict) -> tuple[dict, list]:
+def measure_setting(pipe, setting: Setting, seeds: list[int], args, dense, captured: dict,
+                    fitted: FittedScorers | None = None) -> tuple[dict, list]:
     """One row of the table and the setting's clips; ``dense`` is ``(clips, row)`` of the dense model
-    (None while measuring it)."""
+    (None while measuring it); ``fitted``: the ``learned`` / ``calibrated`` scorers (None: none asked)."""
     from vidhash.integrations.diffusers import DropInConfig, self_attention_modules  # its scorer: what --scorers default runs
 
-    clips, timing = run_setting(pipe, setting, seeds, args)
+    clips, timing = run_setting(pipe, setting, seeds, args, fitted=fitted)
     sparse = setting.density is not None
     dense_clips, dense_row = dense if dense is not None else (clips, None)
     clip_s_dense = timing["clip_s"] if dense_row is None else dense_row["clip_s"]
@@ -854,12 +1044,12 @@ def measure_setting(pipe, setting: Setting, seeds: list[int], args, dense, captu
     if "profile" in timing:
         row["profile"] = timing["profile"]
     if setting.density is not None and not args.no_flex:
-        row.update(flex_columns(pipe, setting, seeds, args, clips, clip_s_dense))
+        row.update(flex_columns(pipe, setting, seeds, args, clips, clip_s_dense, fitted))
     if captured and setting.density is not None and not setting.reuse_mass:  # reuse: not the scorer's selection
         dense_names = list(self_attention_modules(pipe.transformer))[:setting.dense_layers]
         row["layers"] = layer_recall(captured, setting, args.recall_blocks, dense_names,
                                      dense_step=args.recall_step < setting.dense_steps,
-                                     layer_densities=dict(setting.layer_densities))
+                                     layer_densities=dict(setting.layer_densities), fitted=fitted)
         recall, oracle, error = ([x[key] for x in row["layers"] if key in x] for key in ("recall", "oracle", "error"))
         row["recall"] = float(np.mean(recall)) if recall else None
         row["oracle"] = float(np.mean(oracle)) if oracle else None
@@ -897,9 +1087,9 @@ def run(args) -> int:
     if len(set(seeds)) != len(seeds):  # (a seed twice would count its clip twice in every mean)
         raise ValueError(f"--seeds has repeats: {args.seeds}")
     scorers = [None if s == "default" else s for s in split_items(args.scorers, "--scorers")]
-    unknown = [s for s in scorers if s is not None and s not in SCORERS]
+    unknown = [s for s in scorers if s is not None and s not in SCORERS + FITTED_SCORERS]
     if unknown:  # before the dense clips, not after them
-        raise ValueError(f"--scorers takes default, {', '.join(SCORERS)}; got {', '.join(unknown)}")
+        raise ValueError(f"--scorers takes default, {', '.join(SCORERS + FITTED_SCORERS)}; got {', '.join(unknown)}")
     dense_steps = parse_ints(getattr(args, "dense_steps", "0"), "--dense-steps", minimum=0)
     dense_layers = parse_ints(getattr(args, "dense_layers", "0"), "--dense-layers", minimum=0)
     remainders = parse_remainders(getattr(args, "remainders", "none"))
@@ -928,6 +1118,7 @@ def run(args) -> int:
         raise ValueError(f"--profile-reps must be ≥ 1, got {args.profile_reps}")
     if max(dense_steps) > args.steps:
         raise ValueError(f"--dense-steps must be in [0, --steps], got {args.dense_steps} (--steps {args.steps})")
+    fit_seeds, fit_steps = parse_fit_inputs(args, seeds, dense_steps, any(s in FITTED_SCORERS for s in scorers))
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     pipe = load_pipeline(args.model, device, args.dtype or ("bf16" if device == "cuda" else "fp32"))
     check_clip_size(pipe.transformer, args.frames, args.size)
@@ -950,8 +1141,11 @@ def run(args) -> int:
               "seeds": seeds, "recall_step": args.recall_step, "flex": not args.no_flex,
               "options": {k: v for k, v in recorded_flags(args).items() if isinstance(v, (str, int, float, bool, type(None)))},
               "complete": False, "strip": [], "rows": []}
-    # 2. the dense run's queries and keys (recall), eager; then --compile's blocks
+    # 2. the dense run's queries and keys (recall) and the fit seeds' (learned, calibrated), eager; then --compile's blocks
     captured = capture_qk(pipe, seeds[0], args) if not args.no_recall else {}
+    fitted = FittedScorers(pipe, fit_seeds, fit_steps, args.frames, args.size, args.steps) if fit_seeds else None
+    if fitted is not None:
+        report["fitted"] = fitted.report  # (filled in as rows fit: the JSON after every row has what was fitted)
     if getattr(args, "compile", False):
         if getattr(args, "compile_scope", "blocks") == "model":
             compile_model(pipe.transformer, args.compile_mode, args.compile_backend)
@@ -961,7 +1155,7 @@ def run(args) -> int:
     # 3. every setting against the dense clips; the JSON after every row (a cut-off run keeps its rows)
     dense, strip = None, {}
     for setting in settings:
-        row, clips = measure_setting(pipe, setting, seeds, args, dense, captured)
+        row, clips = measure_setting(pipe, setting, seeds, args, dense, captured, fitted)
         dense = dense or (clips, row)
         report["rows"].append(row)
         print(format_row(row), flush=True)

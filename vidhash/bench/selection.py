@@ -406,25 +406,16 @@ def run_world(args, rows: list[dict]) -> None:
 # --------------------------------------------------------------------------------------------
 # a trained diffusers Wan's self-attention (the drop-in's model)
 # --------------------------------------------------------------------------------------------
-@torch.no_grad()
 def record_dropin(path: str, seeds, steps, device: str, frames: int = 33, size: int = 256, total: int = 30) -> dict:
     """``{"layers": {module: (q, k, v) (S, h, n, d) bf16 on the CPU}, "seeds", "steps"}``: the
     post-rotary queries, keys and values of every self-attention of a ``WanMiniPipeline`` export
     (dense, float32) at denoising ``steps`` of a ``total``-step clip of ``frames`` frames of
-    ``size``² (``vidhash bench dropin``'s defaults: 33 frames of 256², 30 steps) of each seed; ``S = len(seeds) × len(steps)``, seed-major. Kept in bf16 (what the
-    GPU runs) so a cached recording measures as the fresh one does."""
-    from .dropin import capture_steps, load_pipeline
+    ``size``² (``vidhash bench dropin``'s defaults: 33 frames of 256², 30 steps) of each seed
+    (:func:`vidhash.bench.dropin.record_steps`); ``S = len(seeds) × len(steps)``, seed-major."""
+    from .dropin import load_pipeline, record_steps
 
     pipe = load_pipeline(path, device, "fp32")
-    per_layer: dict[str, list] = {}
-    for seed in seeds:
-        t0 = time.perf_counter()
-        captured = capture_steps(pipe, seed, steps, frames, size, total)
-        for step in steps:
-            for name, qkv in captured[step].items():
-                per_layer.setdefault(name, []).append(tuple(x.to("cpu", torch.bfloat16) for x in qkv))
-        print(f"  {path}: seed {seed} recorded in {time.perf_counter() - t0:.0f} s", flush=True)
-    layers = {name: tuple(torch.cat(xs) for xs in zip(*calls)) for name, calls in per_layer.items()}
+    layers = record_steps(pipe, seeds, steps, frames, size, total, label=path)
     return {"layers": layers, "seeds": list(seeds), "steps": list(steps), "frames": frames, "size": size, "total": total}
 
 

@@ -307,7 +307,15 @@ def add_dropin(p: argparse.ArgumentParser) -> None:
                         "default: the drop-in's, query blocks as large as the key blocks, at least 64 tokens)")
     p.add_argument("--scorers", default="default",
                    help="comma-separated block scorers ('default': the drop-in's default, pooled; or simhash, pooled, "
-                        "parent, moments, subgrid, prefilter, rescore)")
+                        "parent, moments, subgrid, prefilter, rescore; or the fitted ones, fitted on --fit-seeds: learned, "
+                        "a learned block scorer per self-attention, and calibrated, simhash on signatures calibrated per "
+                        "self-attention)")
+    p.add_argument("--fit-seeds", default=None,
+                   help="comma-separated seeds whose dense clips the learned and calibrated scorers are fitted on, none "
+                        "of --seeds (default: one seed, max(--seeds) + 1)")
+    p.add_argument("--fit-steps", default=None,
+                   help="comma-separated denoising steps of the --fit-seeds clips recorded for the fit (default: the first "
+                        "sparse step of each --dense-steps, --recall-step and the last step)")
     p.add_argument("--dense-steps", default="0",
                    help="comma-separated counts of first denoising steps run dense (dense warmup; default 0)")
     p.add_argument("--dense-layers", default="0",
