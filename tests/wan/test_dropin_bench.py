@@ -185,16 +185,10 @@ def test_coherence_of_a_clip(tiny_model):
     (["--densities", "2"], "--densities"),
     (["--block-sizes", "0"], "--block-sizes"),
     (["--recall-step", "9"], "--recall-step"),
-    (["--scorers", "pooled"], "--scorers"),
+    (["--scorers", "nearest"], "--scorers"),
     (["--profile", "--profile-reps", "0"], "--profile-reps"),
 ])
 def test_flag_errors_name_the_flag(tiny_model, argv, match, capsys):
-    import inspect
-
-    from vidhash.integrations.diffusers import CONFIG_KEYS, enable_hash_attention
-
-    if argv[0] == "--scorers" and ("scorer" in CONFIG_KEYS or "scorer" in inspect.signature(enable_hash_attention).parameters):
-        pytest.skip("this drop-in takes a scorer")
     try:
         status = main(["bench", "dropin", "--model", str(tiny_model), "--frames", "8", "--size", "32", "--steps", "3",
                        "--recall-step", "1", "--seeds", "0", "--no-coherence", *argv])
@@ -613,7 +607,7 @@ def test_initial_noise_is_the_pipelines_own_draw(tiny_model):
     (["--scorers", "learned", "--fit-seeds", "0"], "--fit-seeds 0 has 0, also in --seeds 0: the scorers must be fitted"),
     (["--scorers", "calibrated", "--fit-seeds", ""], "--fit-seeds is empty"),
     (["--scorers", "learned", "--fit-seeds", "one"], "--fit-seeds must be comma-separated integers, got 'one'"),
-    (["--scorers", "learned", "--fit-steps", "30"], r"--fit-steps must be distinct denoising steps in \[0, --steps\)"),
+    (["--scorers", "learned", "--fit-denoising-steps", "30"], r"--fit-denoising-steps must be distinct denoising steps in \[0, --steps\)"),
     (["--fit-seeds", "1"], "--fit-seeds applies to the fitted scorers: add learned or calibrated to --scorers"),
     (["--scorers", "learned,bogus"], "--scorers takes default, simhash, .*, learned, calibrated; got bogus"),
     (["--compile-mode", "default"], "--compile-mode sets how --compile compiles"),
@@ -728,7 +722,7 @@ def test_fitted_scorers_rows_use_the_fitted_modules_everywhere(tiny_model, tmp_p
 
 
 def test_the_fit_records_only_the_fit_seeds(tiny_model, tmp_path, monkeypatch):
-    """The clips recorded are the recall clip (first measured seed) and the --fit-seeds' (at --fit-steps):
+    """The clips recorded are the recall clip (first measured seed) and the --fit-seeds' (at --fit-denoising-steps):
     the learned scorers fit on exactly that recording, never on a measured seed's queries."""
     from vidhash.bench import selection
 
@@ -740,7 +734,7 @@ def test_the_fit_records_only_the_fit_seeds(tiny_model, tmp_path, monkeypatch):
     monkeypatch.setattr(selection, "fit_learned", lambda fq, fk, *a: fits.append((fq, fk)) or real_fit(fq, fk, *a))
     out = tmp_path / "dropin.json"
     assert main(["bench", "dropin", "--model", str(tiny_model), *FITTED_ARGV, "--no-flex", "--seeds", "0,2",
-                 "--fit-seeds", "7,5", "--fit-steps", "1,0", "--scorers", "learned", "--json", str(out)]) == 0
+                 "--fit-seeds", "7,5", "--fit-denoising-steps", "1,0", "--scorers", "learned", "--json", str(out)]) == 0
     report = json.loads(out.read_text())
     assert calls == [(0, (1,)), (7, (0, 1)), (5, (0, 1))]  # the recall clip, then the fit seeds' clips
     assert report["fitted"]["seeds"] == [7, 5] and report["fitted"]["steps"] == [0, 1] and report["seeds"] == [0, 2]
@@ -763,7 +757,7 @@ def test_rows_without_fitted_scorers_never_record_or_fit(tiny_model, tmp_path, m
 def test_fit_inputs_defaults_and_errors_name_the_flag():
     from types import SimpleNamespace
 
-    args = SimpleNamespace(fit_seeds=None, fit_steps=None, seeds="0,3", steps=10, recall_step=5)
+    args = SimpleNamespace(fit_seeds=None, fit_denoising_steps=None, seeds="0,3", steps=10, recall_step=5)
     assert dropin.parse_fit_inputs(args, [0, 3], [0, 2, 10], True) == ([4], [0, 2, 5, 9])  # 10: no sparse step
     assert dropin.parse_fit_inputs(args, [0, 3], [0], False) == ([], [])
     for seeds_text, steps_text, fitting, match in (
@@ -773,11 +767,11 @@ def test_fit_inputs_defaults_and_errors_name_the_flag():
         ("a", None, True, r"--fit-seeds must be comma-separated integers, got 'a'"),
         ("-1", None, True, r"--fit-seeds must be integers >= 0"),
         ("4,4", None, True, r"--fit-seeds has repeats"),
-        (None, "10", True, r"--fit-steps must be distinct denoising steps in \[0, --steps\)"),
-        (None, "1,1", True, r"--fit-steps must be distinct"),
+        (None, "10", True, r"--fit-denoising-steps must be distinct denoising steps in \[0, --steps\)"),
+        (None, "1,1", True, r"--fit-denoising-steps must be distinct"),
         ("4", None, False, r"--fit-seeds applies to the fitted scorers"),
-        (None, "1", False, r"--fit-steps applies to the fitted scorers"),
+        (None, "1", False, r"--fit-denoising-steps applies to the fitted scorers"),
     ):
         with pytest.raises(ValueError, match=match):
-            dropin.parse_fit_inputs(SimpleNamespace(**{**vars(args), "fit_seeds": seeds_text, "fit_steps": steps_text}),
+            dropin.parse_fit_inputs(SimpleNamespace(**{**vars(args), "fit_seeds": seeds_text, "fit_denoising_steps": steps_text}),
                                     [0, 3], [0], fitting)

@@ -73,7 +73,7 @@ share it), passed as ``enable_hash_attention(scorer={module: scorer})``; ``calib
 ``scorer="simhash"`` on :class:`~vidhash.hashing.LearnedHash` signatures per module fitted as
 ``vidhash calibrate`` fits them (:func:`vidhash.integrations.calibrate.fit_hashers`, one fit for every
 row), passed as ``hasher={module: hasher}``. Both fit on the dense clips of ``--fit-seeds`` (default:
-one seed, ``max(--seeds) + 1``; a measured seed is refused) at the denoising steps ``--fit-steps``
+one seed, ``max(--seeds) + 1``; a measured seed is refused) at the denoising steps ``--fit-denoising-steps``
 (default: the first sparse step of each ``--dense-steps``, the ``--recall-step`` and the last step),
 recorded once before the first row and only where a row names a fitted scorer; each fit runs when
 the first row needing it does, outside its timings. The recording's and fits' seconds are printed,
@@ -108,7 +108,7 @@ with Flex's two compilations (one per key-block size, ≈ 30–60 s each), the T
 autotuning, recall (5 layers per setting) and 17 coherence reports (≈ 1 s each, CPU), about
 4–6 minutes after the GPU script's set-up. Each extra scorer adds ≈ 1 minute; ``--block-sizes
 64`` or ``--no-flex`` roughly halves the sparse part. The fitted scorers add a dense clip per fit seed
-(up to its last ``--fit-steps`` step; kept in bf16 on the CPU, ≈ 0.4 GB a seed and step on wan-mini at
+(up to its last ``--fit-denoising-steps`` step; kept in bf16 on the CPU, ≈ 0.4 GB a seed and step on wan-mini at
 the default shape) and their fits (not yet timed on a GPU).
 """
 from __future__ import annotations
@@ -367,15 +367,15 @@ def parse_layer_densities(text: str) -> dict[str, float]:
 
 
 def parse_fit_inputs(args, seeds: list[int], dense_steps: list[int], fitting: bool) -> tuple[list[int], list[int]]:
-    """``--fit-seeds`` and ``--fit-steps`` of the fitted scorers (``fitting``: ``--scorers`` names one):
+    """``--fit-seeds`` and ``--fit-denoising-steps`` of the fitted scorers (``fitting``: ``--scorers`` names one):
     by default one seed, ``max(--seeds) + 1``, and the steps that begin the sparse part of each
     ``--dense-steps`` schedule, the ``--recall-step`` and the last step (the start, middle and end of
     what the rows run sparse). ``([], [])`` without fitted scorers. ValueError naming the flag: a fit
     seed that is also measured (``--seeds``), repeats, a step outside ``[0, --steps)``, or either
     flag given without a fitted scorer (it would be ignored)."""
-    seeds_text, steps_text = getattr(args, "fit_seeds", None), getattr(args, "fit_steps", None)
+    seeds_text, steps_text = getattr(args, "fit_seeds", None), getattr(args, "fit_denoising_steps", None)
     if not fitting:
-        for flag, text in (("--fit-seeds", seeds_text), ("--fit-steps", steps_text)):
+        for flag, text in (("--fit-seeds", seeds_text), ("--fit-denoising-steps", steps_text)):
             if text is not None:
                 raise ValueError(f"{flag} applies to the fitted scorers: add {' or '.join(FITTED_SCORERS)} to --scorers, "
                                  f"or leave {flag} out")
@@ -389,9 +389,9 @@ def parse_fit_inputs(args, seeds: list[int], dense_steps: list[int], fitting: bo
                          "the scorers must be fitted on clips the rows do not measure")
     if steps_text is None:
         return fit_seeds, sorted({d for d in dense_steps if d < args.steps} | {args.recall_step, args.steps - 1})
-    fit_steps = parse_ints(steps_text, "--fit-steps", minimum=0)
+    fit_steps = parse_ints(steps_text, "--fit-denoising-steps", minimum=0)
     if len(set(fit_steps)) != len(fit_steps) or max(fit_steps) >= args.steps:
-        raise ValueError(f"--fit-steps must be distinct denoising steps in [0, --steps), got {steps_text} (--steps {args.steps})")
+        raise ValueError(f"--fit-denoising-steps must be distinct denoising steps in [0, --steps), got {steps_text} (--steps {args.steps})")
     return fit_seeds, sorted(fit_steps)
 
 
@@ -629,7 +629,7 @@ def free_kept(n: int, density: float, block_size: int, query_block_size: int) ->
 class FittedScorers:
     """The fitted scorers of one run (``--scorers learned`` / ``calibrated``), on one recording of the
     dense clips of ``seeds`` (``--fit-seeds``, never a measured seed) at denoising ``steps``
-    (``--fit-steps``; :func:`record_steps`, before any row), each fitted the first time a row asks
+    (``--fit-denoising-steps``; :func:`record_steps`, before any row), each fitted the first time a row asks
     for it (on the transformer's device, float32):
 
     * :meth:`learned` — a :class:`~vidhash.selection.learned.LearnedBlockScorer` per self-attention

@@ -313,7 +313,7 @@ def add_dropin(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fit-seeds", default=None,
                    help="comma-separated seeds whose dense clips the learned and calibrated scorers are fitted on, none "
                         "of --seeds (default: one seed, max(--seeds) + 1)")
-    p.add_argument("--fit-steps", default=None,
+    p.add_argument("--fit-denoising-steps", default=None,
                    help="comma-separated denoising steps of the --fit-seeds clips recorded for the fit (default: the first "
                         "sparse step of each --dense-steps, --recall-step and the last step)")
     p.add_argument("--dense-steps", default="0",
