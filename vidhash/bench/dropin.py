@@ -221,6 +221,21 @@ def parse_ints(text: str, flag: str, minimum: int = 1) -> list[int]:
     return values
 
 
+MAX_SEED = 2**64 - 1
+"""The largest seed ``torch.Generator().manual_seed`` takes (each seed's initial noise and recording)."""
+
+
+def parse_seeds(text: str, flag: str) -> list[int]:
+    """``--seeds`` / ``--fit-seeds``: distinct integers in ``[0, MAX_SEED]`` (torch.Generator's range:
+    a larger seed failed at its first clip with "Overflow when unpacking long long"); ValueError naming ``flag``."""
+    seeds = parse_ints(text, flag, minimum=0)
+    if max(seeds) > MAX_SEED:
+        raise ValueError(f"{flag} must be seeds in [0, 2**64 - 1] (torch.Generator's range), got {text!r}")
+    if len(set(seeds)) != len(seeds):  # (a seed twice would count its clip twice in every mean)
+        raise ValueError(f"{flag} has repeats: {text}")
+    return seeds
+
+
 def make_settings(densities: list[Fraction], block_sizes: list[int], scorers: list[str | None],
                   dense_steps: list[int] = (0,), dense_layers: list[int] = (0,),
                   remainders: list[str] = ("none",), layer_densities: dict[str, float] | None = None,
@@ -380,9 +395,10 @@ def parse_fit_inputs(args, seeds: list[int], dense_steps: list[int], fitting: bo
                 raise ValueError(f"{flag} applies to the fitted scorers: add {' or '.join(FITTED_SCORERS)} to --scorers, "
                                  f"or leave {flag} out")
         return [], []
-    fit_seeds = parse_ints(seeds_text, "--fit-seeds", minimum=0) if seeds_text is not None else [max(seeds) + 1]
-    if len(set(fit_seeds)) != len(fit_seeds):
-        raise ValueError(f"--fit-seeds has repeats: {seeds_text}")
+    if seeds_text is None and max(seeds) >= MAX_SEED:
+        raise ValueError(f"--fit-seeds defaults to max(--seeds) + 1, beyond torch.Generator's seeds (2**64 - 1) for "
+                         f"--seeds {args.seeds}: give --fit-seeds")
+    fit_seeds = parse_seeds(seeds_text, "--fit-seeds") if seeds_text is not None else [max(seeds) + 1]
     measured = sorted(set(fit_seeds) & set(seeds))
     if measured:
         raise ValueError(f"--fit-seeds {seeds_text} has {', '.join(map(str, measured))}, also in --seeds {args.seeds}: "
@@ -1083,9 +1099,7 @@ def run(args) -> int:
     block_sizes = parse_ints(args.block_sizes, "--block-sizes")
     query_text = getattr(args, "query_block_sizes", "") or ""
     query_blocks = parse_ints(query_text, "--query-block-sizes") if query_text.strip() else [None]
-    seeds = parse_ints(args.seeds, "--seeds", minimum=0)
-    if len(set(seeds)) != len(seeds):  # (a seed twice would count its clip twice in every mean)
-        raise ValueError(f"--seeds has repeats: {args.seeds}")
+    seeds = parse_seeds(args.seeds, "--seeds")
     scorers = [None if s == "default" else s for s in split_items(args.scorers, "--scorers")]
     unknown = [s for s in scorers if s is not None and s not in SCORERS + FITTED_SCORERS]
     if unknown:  # before the dense clips, not after them
