@@ -25,6 +25,20 @@ def test_bench_generation_bad_override_fails_before_running(capsys):
     assert "memory.nope" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("item, match", [
+    ("memory.mode=full", "--set memory.mode=full: each row runs the mode --modes names"),
+    ("memory=1", "--set memory=1: set the memory's fields one by one"),
+])
+def test_bench_generation_refuses_overrides_the_rows_would_not_run_with(item, match, monkeypatch, capsys):
+    """--set memory.mode=full ran the hashed rows (the worker sets each row's mode after the overrides),
+    and --set memory=1 was dropped by the mode set after it: both exited 0 having ignored the flag."""
+    import vidhash.bench.generation as generation
+
+    monkeypatch.setattr(generation, "_world_speed", lambda *a: pytest.fail("the bench started"))
+    assert main(["bench", "generation", "--seconds", "1", "--modes", "hashed", "--set", item]) == 2
+    assert match in capsys.readouterr().err
+
+
 def test_bench_generation_refuses_a_clip_of_no_frames_up_front(monkeypatch, capsys):
     """--seconds 0.01 at 8 fps (0 frames) failed in the worker, exit status 1: a usage error now."""
     import subprocess

@@ -122,6 +122,18 @@ def _settings(spec: dict, overrides: list[str]):
     return apply_overrides(base, overrides)
 
 
+def check_overrides(overrides: list[str]) -> None:
+    """``--set`` items the rows would not run with: ``memory.mode`` (each row's mode is ``--modes``'s,
+    set after the overrides) and a whole ``memory=…`` section; ValueError naming ``--set`` and what to give."""
+    for item in overrides:
+        key = item.split("=", 1)[0].strip()
+        if key == "memory.mode":
+            raise ValueError(f"--set {item}: each row runs the mode --modes names (hashed, full, window); "
+                             "give --modes instead")
+        if key == "memory":
+            raise ValueError(f"--set {item}: set the memory's fields one by one (e.g. --set memory.top_k=64)")
+
+
 def _rss_now() -> int:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
@@ -183,6 +195,7 @@ def run(args) -> int:
     model_settings = args.preset is None and bool(args.model)  # a model without --preset: its own settings
     if args.preset is None:
         args.preset = preset_for_model(args.model) if args.model else "tiny"
+    check_overrides(args.set)
     _settings({"model": args.model, "preset": args.preset, "model_settings": model_settings},
               [*args.set, "memory.mode=hashed"])  # a bad key fails here, not in every worker
     if args.model:

@@ -279,7 +279,7 @@ def add_generation(p: argparse.ArgumentParser) -> None:
                    "the --model's size, else tiny)")
     p.add_argument("--model", default=None, type=path_arg, help="a saved pipeline folder to time instead of a random model of --preset")
     p.add_argument("--set", action="append", default=[], metavar="key=value",
-                   help="generation preset override, e.g. --set memory.top_k=64 (repeatable)")
+                   help="generation preset override, e.g. --set memory.top_k=64 (repeatable; not memory.mode: --modes sets each row's)")
     p.add_argument("--seconds", type=positive_floats, default="10,60,600", help="comma-separated clip lengths in seconds of video")
     p.add_argument("--fps", type=positive_int, default=8, help="frames per second of video (default 8)")
     p.add_argument("--modes", default=",".join(MODES), help="comma-separated: hashed, full, window")
