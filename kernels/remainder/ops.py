@@ -92,11 +92,18 @@ def _(q, k, v, indices, block_size, query_block_size, sm_scale, base_out=None, b
     return v.new_empty(b, h, nq, v.shape[-1]), q.new_empty(b, h, nq, dtype=torch.float32)
 
 
+def _describe(value) -> str:
+    if isinstance(value, (tuple, list)):
+        return f"a {type(value).__name__} of {len(value)}: ({', '.join(type(x).__name__ for x in value)})"
+    return type(value).__name__
+
+
 def block_mean_remainder_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, selection: BlockSelection, *,
                                 scale: float | None = None,
                                 merge_with: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`naive.block_mean_remainder` on the Triton kernel (non-causal, no gradient; ValueError
-    for a causal selection, a dtype or head_dim the kernels do not take, or a scale ≤ 0).
+    for a causal selection, a dtype or head_dim the kernels do not take, or a scale ≤ 0; TypeError
+    for a ``merge_with`` that is not a pair of tensors).
 
     ``merge_with=(out, lse)``: the kept blocks' attention of the same queries (``out (b, h, nq, e)``,
     ``lse (b, h, nq)``, e.g. ``block_sparse_attention_triton(..., return_lse=True)``); the kernel
@@ -108,6 +115,9 @@ def block_mean_remainder_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tenso
         raise ValueError(f"the Triton kernels need a positive finite scale, got {scale!r}")
     base_out = base_lse = None
     if merge_with is not None:
+        if not (isinstance(merge_with, (tuple, list)) and len(merge_with) == 2
+                and all(isinstance(x, torch.Tensor) for x in merge_with)):
+            raise TypeError(f"merge_with must be a pair of tensors (out, lse) or None, got {_describe(merge_with)}")
         base_out, base_lse = merge_with
         b, h, nq, _ = q.shape
         if tuple(base_out.shape) != (b, h, nq, v.shape[-1]) or tuple(base_lse.shape) != (b, h, nq) \

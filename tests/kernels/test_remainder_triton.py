@@ -63,6 +63,22 @@ def test_remainder_kernel_every_block_kept_and_refusals():
         block_mean_remainder_triton(q[..., :32], k[..., :32], v[..., :32], select_blocks(q[..., :32], k[..., :32], density=0.5, block_size=16))
 
 
+def test_remainder_kernel_merge_with_must_be_a_pair_of_tensors():
+    """merge_with of three tensors, one tensor or (None, lse) failed with an unpacking ValueError or an
+    AttributeError that named no argument."""
+    from vidhash.attention import block_sparse_attention, select_blocks
+    from vidhash.kernels.remainder.ops import block_mean_remainder_triton
+
+    q, k, v = qkv(1, 1, 32, 32, 64, seed=11)
+    sel = select_blocks(q, k, density=0.5, block_size=16, query_block_size=16)
+    out, lse = block_sparse_attention(q, k, v, sel, return_lse=True)
+    for bad, got in (((out, lse, lse), "a tuple of 3"), (out, "Tensor"), ((None, lse), r"\(NoneType, Tensor\)")):
+        with pytest.raises(TypeError, match=f"merge_with must be a pair of tensors \\(out, lse\\) or None, got .*{got}"):
+            block_mean_remainder_triton(q, k, v, sel, merge_with=bad)
+    merged, _ = block_mean_remainder_triton(q, k, v, sel, merge_with=[out, lse])  # a list pair: as the tuple
+    assert torch.equal(merged, block_mean_remainder_triton(q, k, v, sel, merge_with=(out, lse))[0])
+
+
 def test_hash_attention_uses_the_kernel_without_gradients_and_the_reference_with(monkeypatch):
     import vidhash.kernels.ops as kops
     from vidhash.kernels.remainder import ops as rops
