@@ -120,6 +120,49 @@ def test_runs_that_cannot_be_compared(tmp_path):
         read_curve(tmp_path / "notes.md")
 
 
+@pytest.mark.parametrize("content, match", [
+    ("{not json", "not a train_state.json \\(not JSON"),
+    ({"run": {"rows": None}}, r"run.rows is not a list of rows"),
+    ({"run": {"rows": {"step": 25}}}, r"run.rows is not a list of rows"),
+    ({"run": {"rows": ["x"]}}, r"run.rows is not a list of rows"),
+    ({"run": [1]}, r"not a train_state.json \(no run.rows\)"),
+    ({"run": {"rows": [{"elapsed_s": 5, "val_loss_ema": 0.9}]}}, r"the row of step None .*not an integer step"),
+    ({"run": {"rows": [{"step": 10.5, "elapsed_s": 5, "val_loss_ema": 0.9}]}}, r"the row of step 10.5 .*not an integer step"),
+    ({"run": {"rows": [{"step": 10, "elapsed_s": 5, "val_loss_ema": "abc"}]}}, r"val_loss_ema 'abc'.*not an integer step and numbers"),
+    ({"run": {"rows": [{"step": 10, "elapsed_s": -5, "val_loss_ema": 0.9}]}}, r"elapsed_s -5: training seconds are never negative"),
+])
+def test_broken_train_states_name_the_file(tmp_path, capsys, content, match):
+    """Malformed rows ended in a KeyError / AttributeError / TypeError traceback, or an error without the
+    file (bad JSON, a loss that is not a number); a negative elapsed_s gave negative ratios."""
+    good = write_csv(tmp_path / "a" / "loss.csv", rows(DENSE))
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "train_state.json").write_text(content if isinstance(content, str) else json.dumps(content))
+    with pytest.raises(ValueError, match=match):
+        read_curve(tmp_path / "b")
+    assert cli_main(["bench", "train-compare", str(good), str(tmp_path / "b")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "error: " in err[0] and "train_state.json" in err[0], err
+
+
+def test_a_loss_csv_step_that_is_not_an_integer_names_the_file(tmp_path):
+    bad = write_csv(tmp_path / "a" / "loss.csv", [{"step": "x", "elapsed_s": 1, "val_loss_ema": 0.5}])
+    with pytest.raises(ValueError, match=r"loss.csv: the row of step 'x'"):
+        read_curve(bad)
+
+
+def test_reference_at_its_final_loss_from_the_start_is_no_miss_of_the_candidate(tmp_path, capsys):
+    """RUN_A at its final loss at 0 GPU-s (its first validation row, elapsed_s 0): the ratio is undefined,
+    and the report said RUN_B did not reach the target although it did."""
+    a = write_csv(tmp_path / "a" / "loss.csv", [{"step": 0, "elapsed_s": 0, "val_loss_ema": 0.3},
+                                                {"step": 10, "elapsed_s": 10, "val_loss_ema": 0.3}])
+    b = write_csv(tmp_path / "b" / "loss.csv", [{"step": 10, "elapsed_s": 5, "val_loss_ema": 0.2}])
+    assert cli_main(["bench", "train-compare", str(a), str(b)]) == 0
+    out = capsys.readouterr().out
+    assert "RUN_B did not reach" not in out and "RUN_A reached its final loss at 0 GPU-s" in out
+    result = compare(read_curve(a), read_curve(b))
+    assert result["ratio"] is None and result["runs"][1]["gpu_s_to_target"] == 5
+
+
 def test_a_calls_last_validation_is_a_point_of_its_curve(tmp_path):
     """A call that stops between log rows still leaves its closing validation in loss.csv (a row of
     its own: step, elapsed_s, the validation losses) and in the export's rows."""

@@ -59,10 +59,16 @@ def read_rows(path: str | Path) -> tuple[list[dict], str]:
     if not p.is_file():
         raise FileNotFoundError(f"{path}: not a run (no loss.csv or train_state.json)")
     if p.suffix == ".json":
-        saved = json.loads(p.read_text())
-        if not isinstance(saved, dict) or "run" not in saved or "rows" not in saved["run"]:
+        try:
+            saved = json.loads(p.read_text())
+        except ValueError as err:  # (JSONDecodeError, UnicodeDecodeError)
+            raise ValueError(f"{p}: not a train_state.json (not JSON: {err})") from None
+        run = saved.get("run") if isinstance(saved, dict) else None
+        if not isinstance(run, dict) or "rows" not in run:
             raise ValueError(f"{p}: not a train_state.json (no run.rows)")
-        return list(saved["run"]["rows"]), str(p)
+        if not isinstance(run["rows"], list) or not all(isinstance(row, dict) for row in run["rows"]):
+            raise ValueError(f"{p}: not a train_state.json (run.rows is not a list of rows)")
+        return list(run["rows"]), str(p)
     with open(p, newline="") as f:
         reader = csv.DictReader(f)
         if not reader.fieldnames or "step" not in reader.fieldnames:
@@ -71,8 +77,9 @@ def read_rows(path: str | Path) -> tuple[list[dict], str]:
 
 
 def read_curve(path: str | Path, metric: str = "val_loss_ema", gpus: int = 1) -> Curve:
-    """The validation curve of a run (:func:`read_rows`); ValueError when no row has ``metric``
-    or a row has no ``elapsed_s``."""
+    """The validation curve of a run (:func:`read_rows`); ValueError naming the file when no row has
+    ``metric``, or a row with it has no ``elapsed_s``, a step that is not an integer, a loss or time that is
+    not a finite number, or a negative time."""
     if metric not in METRICS:
         raise ValueError(f"--metric must be one of {', '.join(METRICS)}, got {metric!r}")
     if not isinstance(gpus, int) or gpus < 1:
@@ -85,11 +92,18 @@ def read_curve(path: str | Path, metric: str = "val_loss_ema", gpus: int = 1) ->
             continue
         if row.get("elapsed_s") in (None, ""):
             raise ValueError(f"{source}: the row of step {row.get('step')} has {metric} but no elapsed_s")
-        loss, elapsed = float(value), float(row["elapsed_s"])
+        try:
+            step, loss, elapsed = _step(row.get("step")), float(value), float(row["elapsed_s"])
+        except (TypeError, ValueError):
+            raise ValueError(f"{source}: the row of step {row.get('step')!r} has {metric} {value!r} and elapsed_s "
+                             f"{row['elapsed_s']!r}: not an integer step and numbers") from None
         if not (math.isfinite(loss) and math.isfinite(elapsed)):
             raise ValueError(f"{source}: the row of step {row.get('step')} has {metric} {value} and elapsed_s "
                              f"{row['elapsed_s']}: not finite numbers (a diverged or broken run)")
-        points.append((int(row["step"]), elapsed * gpus, loss))
+        if elapsed < 0:
+            raise ValueError(f"{source}: the row of step {step} has elapsed_s {row['elapsed_s']}: training seconds "
+                             "are never negative")
+        points.append((step, elapsed * gpus, loss))
     if not points:
         raise ValueError(f"{source}: no row has {metric} (was the run trained with val_every > 0?)")
     points.sort()
@@ -97,6 +111,13 @@ def read_curve(path: str | Path, metric: str = "val_loss_ema", gpus: int = 1) ->
     p = Path(path).resolve()  # a run's folder or its loss.csv / train_state.json: the folder's name; another file: its stem
     name = (p.parent.name if p.name in ("loss.csv", "train_state.json") else p.stem) if p.is_file() else p.name
     return Curve(name, source, steps, seconds, losses)
+
+
+def _step(value) -> int:
+    """A row's ``step``: an int, or its text in ``loss.csv`` (``"25"``); ValueError otherwise."""
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise ValueError(f"not a step: {value!r}")
+    return int(value)
 
 
 def time_to_reach(curve: Curve, target: float) -> float | None:
@@ -137,7 +158,8 @@ class RunSummary:
 
 def compare(a: Curve, b: Curve) -> dict:
     """The comparison of the module docstring as a dict: ``target`` (RUN_A's final loss),
-    ``equal_time_s``, ``ratio`` (None when RUN_B never reaches the target), ``runs`` (two
+    ``equal_time_s``, ``ratio`` (None when RUN_B never reaches the target, or RUN_A reaches it at 0
+    GPU-seconds), ``runs`` (two
     :class:`RunSummary` dicts)."""
     target = a.losses[-1]
     equal = min(a.seconds[-1], b.seconds[-1])
@@ -176,7 +198,11 @@ def format_report(result: dict, metric: str, target_ratio: float | None) -> str:
         lines.append(f"{r['name'][:24]:<24} {r['final_step']:>7} {r['final_gpu_s']:>9.0f} {r['final_loss']:>9.5f} "
                      f"{reach:>16} {at:>14}")
     ratio = result["ratio"]
-    if ratio is None:
+    reached = [r["gpu_s_to_target"] is not None for r in result["runs"]]
+    if ratio is None and reached[1]:  # RUN_A there at 0 GPU-s (its first validation row at elapsed_s 0)
+        lines.append("ratio: none — RUN_A reached its final loss at 0 GPU-s (its first validation row), "
+                     "so no time ratio is defined")
+    elif ratio is None:
         lines.append("ratio: RUN_B did not reach the target loss")
     else:
         verdict = ""
