@@ -727,14 +727,14 @@ def test_fitted_scorers_rows_use_the_fitted_modules_everywhere(tiny_model, tmp_p
 def test_the_fit_records_only_the_fit_seeds(tiny_model, tmp_path, monkeypatch):
     """The clips recorded are the recall clip (first measured seed) and the --fit-seeds' (at --fit-denoising-steps):
     the learned scorers fit on exactly that recording, never on a measured seed's queries."""
-    from vidhash.bench import selection
+    from vidhash.bench import learned_fit
 
     calls, recorded, fits = [], {}, []
-    real_capture, real_record, real_fit = dropin.capture_steps, dropin.record_steps, selection.fit_learned
+    real_capture, real_record, real_fit = dropin.capture_steps, dropin.record_steps, learned_fit.fit_learned
     monkeypatch.setattr(dropin, "capture_steps", lambda pipe, seed, steps, *a: calls.append((seed, tuple(steps)))
                         or real_capture(pipe, seed, steps, *a))
     monkeypatch.setattr(dropin, "record_steps", lambda *a, **k: recorded.update(real_record(*a, **k)) or recorded)
-    monkeypatch.setattr(selection, "fit_learned", lambda fq, fk, *a: fits.append((fq, fk)) or real_fit(fq, fk, *a))
+    monkeypatch.setattr(learned_fit, "fit_learned", lambda fq, fk, *a: fits.append((fq, fk)) or real_fit(fq, fk, *a))
     out = tmp_path / "dropin.json"
     assert main(["bench", "dropin", "--model", str(tiny_model), *FITTED_ARGV, "--no-flex", "--seeds", "0,2",
                  "--fit-seeds", "7,5", "--fit-denoising-steps", "1,0", "--scorers", "learned", "--json", str(out)]) == 0

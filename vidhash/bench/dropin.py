@@ -650,7 +650,7 @@ class FittedScorers:
 
     * :meth:`learned` — a :class:`~vidhash.selection.learned.LearnedBlockScorer` per self-attention
       module × key-block size × query-block size × :func:`free_kept` count, as ``vidhash bench
-      selection`` fits its ``learned`` rows (:func:`vidhash.bench.selection.fit_learned`:
+      selection`` fits its ``learned`` rows (:func:`vidhash.bench.learned_fit.fit_learned`:
       :data:`LEARNED_FIT`'s query blocks and Adam steps, the last recorded samples held out). Its loss
       reads no budget, but which step's weights are kept does (the held-out kept share at that
       count), so densities keeping as many blocks share one fit and others do not;
@@ -680,7 +680,7 @@ class FittedScorers:
         """``setting``'s learned block scorer per module (its density there: ``layer_densities`` apply)."""
         from types import SimpleNamespace
 
-        from vidhash.bench.selection import fit_learned
+        from vidhash.bench.learned_fit import fit_learned
         from vidhash.integrations.diffusers import DropInConfig
 
         opts = SimpleNamespace(query_block=setting.query_block, local_blocks=DropInConfig.local_blocks,

@@ -66,17 +66,16 @@ from vidhash.files import write_json as write_json_file
 from vidhash.integrations.flex import flex_attention_fn, flex_block_mask, flex_kernel_options
 from vidhash.kernels.block_score.naive import select_blocks_codes_reference
 from vidhash.kernels.block_select.naive import forced_and_allowed
-from vidhash.selection import LearnedBlockScorer, select_blocks_scored
-from vidhash.selection.learned import fit_data
+from vidhash.selection import select_blocks_scored
 from vidhash.selection.oracle import attention_error, block_mass, dense_rows, eval_query_blocks, kept_mass, top_mass
 from vidhash.kernels.block_select.naive import num_kept_blocks
 
+from .learned_fit import fit_learned
 from .attention import WAN_1_3B_GRID, WAN_1_3B_HEAD_DIM, grid_for, video_like_qkv
 
 SCORER_ROWS = ("simhash", "pooled", "parent", "moments", "subgrid", "prefilter", "rescore", "learned", "oracle", "pooled float",
                "parent float", "moments float", "learned bits", "subgrid m4", "learned m4")
 DEFAULT_SCORERS = ("simhash", "pooled", "parent", "moments", "subgrid", "prefilter", "rescore", "learned", "oracle")
-_LEARNED = {"learned": {}, "learned m4": "grid", "learned bits": dict(rank=32, codes="bits")}
 
 
 # --------------------------------------------------------------------------------------------
@@ -135,27 +134,6 @@ def _reference_of(name: str, backend: str):
     """The torch reference backend of a kernel row on ``backend="triton"`` (for ``same``), else None."""
     kernel_rows = ("simhash", "pooled", "parent", "moments", "subgrid", "learned", "subgrid m4", "learned m4")
     return "reference" if backend == "triton" and name in kernel_rows else None
-
-
-def fit_learned(fq, fk, bk: int, kept_free: int, names, args, held_out: float = 0.25):
-    """The learned scorers among ``names``, fitted on ``fq, fk`` (never the measured inputs)."""
-    wanted = [n for n in _LEARNED if n in names]
-    if not wanted:
-        return {}, {}
-    h, d = fq.shape[1], fq.shape[-1]
-    data = fit_data(fq, fk, block_size=bk, query_block_size=args.query_block, local_blocks=args.local_blocks,
-                    sink_blocks=args.sink_blocks,
-                    max_query_blocks=args.fit_blocks)
-    fitted, reports = {}, {}
-    for name in wanted:
-        opts = _LEARNED[name]
-        if opts == "grid":
-            opts = dict(m=4, sub=16 if bk > 16 else None)
-        scorer = LearnedBlockScorer(d, h, **opts).to(fq.device)
-        reports[name] = scorer.fit(fq, fk, block_size=bk, query_block_size=args.query_block,
-                                   kept=max(1, kept_free), steps=args.fit_steps, held_out=held_out, data=data)
-        fitted[name] = scorer.eval()
-    return fitted, reports
 
 
 # --------------------------------------------------------------------------------------------
