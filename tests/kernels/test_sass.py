@@ -1,9 +1,9 @@
 """The offline SASS reader (``python -m vidhash.kernels.sass``) compiles the block-score kernel for
 sm_90 with the ptxas that ships with Triton — no GPU — and the default counting form does not spill.
-Run in a subprocess: the tests here import Triton in interpreter mode, which cannot compile."""
+Run in a subprocess: the tests here import Triton in interpreter mode, which cannot compile. The
+subprocesses start when the session has collected this file and run in the background
+(``sass_run`` in conftest.py, which holds their command lines)."""
 import os
-import subprocess
-import sys
 
 import pytest
 
@@ -12,10 +12,8 @@ HAS_PTXAS = os.path.exists(os.path.join(os.path.dirname(triton.__file__), "backe
 
 
 @pytest.mark.skipif(not HAS_PTXAS, reason="this triton build ships no ptxas")
-def test_block_score_kernel_compiles_for_sm90_without_spills():
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    out = subprocess.run([sys.executable, "-m", "vidhash.kernels.sass", "block-score",
-                          "--shapes", "131k"], capture_output=True, text=True, env=env, timeout=300)
+def test_block_score_kernel_compiles_for_sm90_without_spills(sass_run):
+    out = sass_run("block-score")
     assert out.returncode == 0, out.stderr[-2000:]
     row = [line.split() for line in out.stdout.splitlines() if line.startswith("131k")]
     assert len(row) == 1, out.stdout
@@ -27,14 +25,12 @@ def test_block_score_kernel_compiles_for_sm90_without_spills():
 
 
 @pytest.mark.skipif(not HAS_PTXAS, reason="this triton build ships no ptxas")
-def test_per_block_dkdv_kernel_gets_warpgroup_mmas_for_blocks_of_16():
+def test_per_block_dkdv_kernel_gets_warpgroup_mmas_for_blocks_of_16(sass_run):
     """The point of the per-block dk/dv kernel: with the query block as the MMA's M (scores) and the
     head dim as M (transposed dk, dv), blocks of 16 compile to Hopper's warpgroup MMAs (HGMMA),
     where the one-block-a-program tile (16-row M) gets mma.sync (HMMA) only; at 8 warps 4 blocks a
     program do not spill at d 64 and do at d 128, where 2 do not (VIDHASH_DKDV_SUB=1's rule)."""
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    out = subprocess.run([sys.executable, "-m", "vidhash.kernels.sass", "dkdv"], capture_output=True, text=True,
-                         env=env, timeout=300)
+    out = sass_run("dkdv")
     assert out.returncode == 0, out.stderr[-2000:]
     rows = {}
     for line in out.stdout.splitlines()[1:]:
@@ -50,13 +46,11 @@ def test_per_block_dkdv_kernel_gets_warpgroup_mmas_for_blocks_of_16():
 
 
 @pytest.mark.skipif(not HAS_PTXAS, reason="this triton build ships no ptxas")
-def test_tma_forward_capped_configs_fit_more_programs_without_spills():
+def test_tma_forward_capped_configs_fit_more_programs_without_spills(sass_run):
     """The TMA forward's register-capped configs (query blocks of 128): at head dim 128 the 128-register
     one fits two programs (4 warpgroups) where every uncapped 8-warp config fits one; at head dim 64
     the 160-register 4-warp one fits three where the uncapped 4-warp ones fit two; no spill in the loop."""
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    out = subprocess.run([sys.executable, "-m", "vidhash.kernels.sass", "tma-forward"], capture_output=True, text=True,
-                         env=env, timeout=300)
+    out = sass_run("tma-forward")
     assert out.returncode == 0, out.stderr[-2000:]
     rows = [dict(zip(("d", "warps", "stages", "maxnreg", "regs", "stack", "smem", "per_sm", "loop", "spills"),
                      map(int, line.split()))) for line in out.stdout.splitlines()[1:]]
@@ -72,13 +66,11 @@ def test_tma_forward_capped_configs_fit_more_programs_without_spills():
 
 
 @pytest.mark.skipif(not HAS_PTXAS, reason="this triton build ships no ptxas")
-def test_tma_dkdv_halves_under_a_cap_fit_two_programs():
+def test_tma_dkdv_halves_under_a_cap_fit_two_programs(sass_run):
     """The TMA dk/dv kernel at the 131K backward (d 64, query blocks of 128) and wan-mini training
     (d 128, query blocks of 64) shapes: every whole-block 8-warp config fits one program an SM; the
     query block in halves under a 128-register cap fits two."""
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    out = subprocess.run([sys.executable, "-m", "vidhash.kernels.sass", "tma-dkdv"], capture_output=True, text=True,
-                         env=env, timeout=300)
+    out = sass_run("tma-dkdv")
     assert out.returncode == 0, out.stderr[-2000:]
     keys = ("d", "bq", "qsplit", "warps", "stages", "maxnreg", "regs", "stack", "smem", "per_sm", "loop", "per_block", "spills")
     rows = [dict(zip(keys, map(int, line.split()))) for line in out.stdout.splitlines()[1:]]
@@ -90,12 +82,10 @@ def test_tma_dkdv_halves_under_a_cap_fit_two_programs():
 
 
 @pytest.mark.skipif(not HAS_PTXAS, reason="this triton build ships no ptxas")
-def test_pointer_forward_and_dq_capped_configs_fit_two_programs_for_blocks_of_16():
+def test_pointer_forward_and_dq_capped_configs_fit_two_programs_for_blocks_of_16(sass_run):
     """The pointer forward and dq kernels (blocks of 16): their 8-warp BLOCK_N=64 config fits one
     program an SM; under the 128-register cap two, with no spill at d 64."""
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    out = subprocess.run([sys.executable, "-m", "vidhash.kernels.sass", "pointer-forward"], capture_output=True, text=True,
-                         env=env, timeout=300)
+    out = sass_run("pointer-forward")
     assert out.returncode == 0, out.stderr[-2000:]
     keys = ("d", "bq", "bk", "block_n", "warps", "stages", "maxnreg", "regs", "stack", "per_sm", "loop", "spills")
     rows = [dict(zip(keys, map(int, line.split()))) for line in out.stdout.splitlines()[1:]]
@@ -104,8 +94,7 @@ def test_pointer_forward_and_dq_capped_configs_fit_two_programs_for_blocks_of_16
     assert len(plain) == len(capped) == 1 and plain[0]["per_sm"] == 1
     assert capped[0]["per_sm"] == 2 and capped[0]["spills"] == 0 and capped[0]["regs"] <= 128
     assert pick(128, 128)[0]["per_sm"] == 2
-    out = subprocess.run([sys.executable, "-m", "vidhash.kernels.sass", "pointer-dq"], capture_output=True, text=True,
-                         env=env, timeout=300)
+    out = sass_run("pointer-dq")
     assert out.returncode == 0, out.stderr[-2000:]
     rows = [dict(zip(keys, map(int, line.split()))) for line in out.stdout.splitlines()[1:]]
     plain, capped = pick(64, 0), pick(64, 128)  # the dq kernel: the same config, the same effect
