@@ -1,7 +1,9 @@
 """Reliability cases as a user meets them: real ``vidhash`` subprocesses (``sys.executable -m vidhash.cli``).
 
 Every scenario's processes start together, once per session (:func:`scenarios`), so the suite costs
-about its longest run, not their sum, on a loaded 2-core machine. Each is tiny: ``random-tiny``,
+about its longest run, not their sum, on a loaded 2-core machine. When the session has collected a
+test that needs them they start at the end of collection, at low priority (``nice``): they run on
+the core the in-process tests leave idle and are done, or nearly, when the first test waits. Each is tiny: ``random-tiny``,
 one second, one denoising step, 32×32 frames. A test waits for the runs it checks."""
 from __future__ import annotations
 
@@ -22,6 +24,11 @@ from reliability_helpers import LINKED, RESUME
 REPO = Path(__file__).resolve().parents[2]
 FAST = ["--seconds", "1", "--quiet", "num_inference_steps=1", "height=32", "width=32"]
 TIMEOUT_S = 300
+_BACKGROUND = [False]  # Runs started while this holds True run at low priority (started at collection)
+
+
+def _lower_priority():
+    os.nice(10)
 
 
 class Payload:
@@ -46,7 +53,8 @@ class Run:
     def __post_init__(self):
         self.proc = subprocess.Popen([sys.executable, "-m", "vidhash.cli", *self.args], cwd=self.cwd,
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                     env={**os.environ, "PYTHONPATH": str(REPO)})
+                                     env={**os.environ, "PYTHONPATH": str(REPO)},
+                                     preexec_fn=_lower_priority if _BACKGROUND[0] else None)
 
     def result(self) -> tuple[int, str, str]:
         """(exit status, stdout, stderr)."""
@@ -162,18 +170,53 @@ def vidhash_run():
     return Run
 
 
-@pytest.fixture(scope="session")
-def scenarios(tmp_path_factory) -> dict:
+def _start_scenarios(tmp_path_factory) -> dict:
     """name -> (folder, {run name: Run}); every process is started before any is waited for."""
     started = {}
     try:
         for name, make in SCENARIOS.items():
             root = tmp_path_factory.mktemp(name)
             started[name] = (root, make(root))
+    except BaseException:
+        _stop(started)
+        raise
+    return started
+
+
+def _stop(started: dict) -> None:
+    for _, runs in started.values():
+        for run in runs.values():
+            if run.proc.poll() is None:
+                run.proc.kill()
+                run.proc.wait()
+
+
+_early: dict | None = None  # the scenarios started at the end of collection
+
+
+def pytest_collection_finish(session):
+    global _early
+    here = Path(__file__).resolve().parent
+    if _early is None and any("scenarios" in getattr(item, "fixturenames", ()) and here in Path(str(item.path)).parents
+                              for item in session.items):
+        _BACKGROUND[0] = True
+        try:
+            _early = _start_scenarios(session.config._tmp_path_factory)
+        finally:
+            _BACKGROUND[0] = False
+
+
+def pytest_sessionfinish(session):
+    if _early is not None:
+        _stop(_early)
+
+
+@pytest.fixture(scope="session")
+def scenarios(tmp_path_factory) -> dict:
+    """name -> (folder, {run name: Run}); every process is started before any is waited for (at the
+    end of collection when the session collected a test that needs them, else here)."""
+    started = _early if _early is not None else _start_scenarios(tmp_path_factory)
+    try:
         yield started
     finally:
-        for _, runs in started.values():
-            for run in runs.values():
-                if run.proc.poll() is None:
-                    run.proc.kill()
-                    run.proc.wait()
+        _stop(started)
