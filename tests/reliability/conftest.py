@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -25,10 +26,7 @@ REPO = Path(__file__).resolve().parents[2]
 FAST = ["--seconds", "1", "--quiet", "num_inference_steps=1", "height=32", "width=32"]
 TIMEOUT_S = 300
 _BACKGROUND = [False]  # Runs started while this holds True run at low priority (started at collection)
-
-
-def _lower_priority():
-    os.nice(10)
+LOW_PRIORITY = ["nice", "-n", "10"] if shutil.which("nice") else []
 
 
 class Payload:
@@ -51,10 +49,10 @@ class Run:
     _result: tuple[int, str, str] | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self):
-        self.proc = subprocess.Popen([sys.executable, "-m", "vidhash.cli", *self.args], cwd=self.cwd,
+        nice = LOW_PRIORITY if _BACKGROUND[0] else []
+        self.proc = subprocess.Popen([*nice, sys.executable, "-m", "vidhash.cli", *self.args], cwd=self.cwd,
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                     env={**os.environ, "PYTHONPATH": str(REPO)},
-                                     preexec_fn=_lower_priority if _BACKGROUND[0] else None)
+                                     env={**os.environ, "PYTHONPATH": str(REPO)})
 
     def result(self) -> tuple[int, str, str]:
         """(exit status, stdout, stderr)."""
@@ -197,8 +195,9 @@ _early: dict | None = None  # the scenarios started at the end of collection
 def pytest_collection_finish(session):
     global _early
     here = Path(__file__).resolve().parent
-    if _early is None and any("scenarios" in getattr(item, "fixturenames", ()) and here in Path(str(item.path)).parents
-                              for item in session.items):
+    if _early is None and not session.config.option.collectonly and any(
+            "scenarios" in getattr(item, "fixturenames", ()) and here in Path(str(item.path)).parents
+            for item in session.items):
         _BACKGROUND[0] = True
         try:
             _early = _start_scenarios(session.config._tmp_path_factory)
