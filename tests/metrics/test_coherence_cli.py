@@ -115,18 +115,38 @@ def test_bench_prints_a_table(capsys, tmp_path):
     assert all(r["frames_per_s"] > 0 for r in rows)
 
 
-@pytest.mark.parametrize("module, command", [("vidhash.cli", "coherence"), ("vidhash.cli", "bench coherence"),
-                                             ("vidhash", "coherence")])
-def test_python_m_vidhash_cli_runs_the_command(module, command, tmp_path):
+PYTHON_M_CASES = [("vidhash.cli", "coherence"), ("vidhash.cli", "bench coherence"), ("vidhash", "coherence")]
+
+
+@pytest.fixture(scope="module")
+def python_m_runs(tmp_path_factory):
+    """The three ``python -m`` subprocesses of :func:`test_python_m_vidhash_cli_runs_the_command`,
+    started together (each its own folder and video; mostly interpreter start and imports, so two
+    cores run them in about the time of two), each test waits for its own."""
+    frames, _ = synthetic_clip("pan", seconds=1, fps=8, size=32)
+    procs = {}
+    try:
+        for module, command in PYTHON_M_CASES:
+            video = write_video(str(tmp_path_factory.mktemp("python-m") / "v.mp4"), frames, fps=8)
+            argv = [video, "--size", "32"] if command == "coherence" else ["--frames", "8", "--repeats", "1", "--threads", "1", "--no-e2e"]
+            procs[module, command] = subprocess.Popen([sys.executable, "-m", module, *command.split(), *argv],
+                                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+        yield procs
+    finally:
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+
+@pytest.mark.parametrize("module, command", PYTHON_M_CASES)
+def test_python_m_vidhash_cli_runs_the_command(module, command, python_m_runs):
     """``python -m vidhash.cli`` (what ``accelerate launch -m`` and a plain copy without the console
     script use) and ``python -m vidhash`` run the same command as ``vidhash``."""
-    frames, _ = synthetic_clip("pan", seconds=1, fps=8, size=32)
-    video = write_video(str(tmp_path / "v.mp4"), frames, fps=8)
-    argv = [video, "--size", "32"] if command == "coherence" else ["--frames", "8", "--repeats", "1", "--threads", "1", "--no-e2e"]
-    res = subprocess.run([sys.executable, "-m", module, *command.split(), *argv], capture_output=True, text=True,
-                         timeout=120, cwd=ROOT)
-    assert res.returncode == 0, res.stderr
-    assert ("flicker" if command == "coherence" else "short-range") in res.stdout
+    proc = python_m_runs[module, command]
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 0, stderr
+    assert ("flicker" if command == "coherence" else "short-range") in stdout
 
 
 def test_poses_that_do_not_match_a_fragmented_mp4(capsys, tmp_path):
