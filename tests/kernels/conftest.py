@@ -42,7 +42,7 @@ SASS_COMMANDS = {
     "pointer-dq": ["pointer-dq"],
 }
 SASS_TIMEOUT_S = 300
-LOW_PRIORITY = ["nice", "-n", "10"] if shutil.which("nice") else []  # the tests' own process keeps its core
+LOW_PRIORITY = ["nice", "-n", "19"] if shutil.which("nice") else []  # the tests' own process keeps its core
 
 
 def _has_ptxas() -> bool:

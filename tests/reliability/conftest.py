@@ -26,7 +26,7 @@ REPO = Path(__file__).resolve().parents[2]
 FAST = ["--seconds", "1", "--quiet", "num_inference_steps=1", "height=32", "width=32"]
 TIMEOUT_S = 300
 _BACKGROUND = [False]  # Runs started while this holds True run at low priority (started at collection)
-LOW_PRIORITY = ["nice", "-n", "10"] if shutil.which("nice") else []
+LOW_PRIORITY = ["nice", "-n", "19"] if shutil.which("nice") else []
 
 
 class Payload:
