@@ -19,10 +19,12 @@
   and the wan-mini training shape (8 × 3 heads × 33,792 tokens, d 128, 1/8);
 * ``--part backward16`` — key blocks of 16: the per-block dk/dv kernel (``VIDHASH_DKDV_SUB=2`` and
   ``4``) against the default and against blocks of 64, at the same two shapes;
+* ``--part dkdv-order`` — the dk/dv programs' start order (``VIDHASH_DKDV_ORDER``: longest query
+  lists first against place order after the heavy lists) at N = 131,072, key blocks of 64 and 16;
 * ``--part tma-configs`` — each config of the TMA forward's autotune list timed alone at the
   wan-mini, Wan 1.3B and N = 131,072 shapes, with the autotuner's pick.
 
-    python3 scripts/gpu/attention_parts.py --part remainder|selection|backward|backward16|tma-configs|mass
+    python3 scripts/gpu/attention_parts.py --part remainder|selection|backward|backward16|dkdv-order|tma-configs|mass
 """
 import argparse
 import json
@@ -356,6 +358,51 @@ def part_backward16():
               open(os.path.join(out, "backward16.json"), "w"), indent=1)
 
 
+def part_dkdv_order():
+    """The dk/dv programs' start order (``VIDHASH_DKDV_ORDER``: ``count``, longest query lists first,
+    against ``local``, the heavy lists first and then the key blocks in place order) at N = 131,072
+    (12 heads, d 64, 1/32, query blocks of 128, the pooled selection ``bench attention`` uses), key
+    blocks of 64 (TMA dk/dv) and 16 (pointer dk/dv): the gradients of the two orders compared bit for
+    bit first, then the backward alone (its kernels' own entry, forward outputs kept) and the forward
+    + backward, each order timed twice in alternation (A B A B)."""
+    from vidhash.kernels.ops import select_blocks_codes
+    from vidhash.kernels.sparse_attention import ops as sops
+
+    res = {}
+    q, k, v = video_like_qkv(grid_for(131072), 12, 64, torch.bfloat16, "cuda", 0)
+    do, scale = torch.randn_like(q), q.shape[-1] ** -0.5
+    for bk in (64, 16):
+        sel = select_blocks_codes(q, k, density=1 / 32, block_size=bk, query_block_size=128, causal=False,
+                                  backend="triton")
+        out, lse = sops.sparse_attention_forward(q, k, v, sel, scale)
+        grads = {}
+        for mode in ("count", "local"):
+            os.environ["VIDHASH_DKDV_ORDER"] = mode
+            grads[mode] = sops.sparse_attention_backward(do, q, k, v, out, lse, None, sel, scale)
+        same = all(torch.equal(a, b) for a, b in zip(grads["count"], grads["local"]))
+        res[f"bk{bk} gradients equal (count vs local)"] = float(same)
+        assert same, f"bk{bk}: the two orders gave different gradients"
+        ptr = sops.transpose_selection(sel, 1)[0].long()
+        counts = (ptr[1:] - ptr[:-1]).float()
+        res[f"bk{bk} query-list length mean"] = counts.mean().item()
+        res[f"bk{bk} query-list length max"] = counts.max().item()
+        for rnd in range(2):
+            for mode in ("count", "local"):
+                os.environ["VIDHASH_DKDV_ORDER"] = mode
+                bwd = triton.testing.do_bench(
+                    lambda: sops.sparse_attention_backward(do, q, k, v, out, lse, None, sel, scale), warmup=5, rep=100)
+                res[f"bk{bk} {mode} bwd ms (round {rnd})"] = bwd
+                res[f"bk{bk} {mode} fwd+bwd ms (round {rnd})"] = _fwd_bwd_ms(q, k, v, sel, do)
+        torch.cuda.empty_cache()
+    os.environ.pop("VIDHASH_DKDV_ORDER")
+    for key, val in res.items():
+        print(f"{key:50s} {val:.4g}")
+    out_dir = os.environ.get("OUT", ".")
+    os.makedirs(out_dir, exist_ok=True)
+    json.dump({"device": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
+               "results": res}, open(os.path.join(out_dir, "dkdv_order.json"), "w"), indent=1)
+
+
 def _cfg_label(name, cfg):
     return f"{name} w{cfg.num_warps} s{cfg.num_stages}" + (f" maxnreg {cfg.maxnreg}" if cfg.maxnreg else "")
 
@@ -460,7 +507,7 @@ def part_mass():
         json.dump({"device": torch.cuda.get_device_name(0), "torch": torch.__version__, "rows": rows}, fh, indent=1)
 
 
-PARTS = {"remainder": part_remainder, "selection": part_selection, "backward": part_backward, "backward16": part_backward16,
+PARTS = {"dkdv-order": part_dkdv_order, "remainder": part_remainder, "selection": part_selection, "backward": part_backward, "backward16": part_backward16,
          "tma-configs": part_tma_configs, "mass": part_mass}
 
 if __name__ == "__main__":

@@ -128,6 +128,37 @@ def test_transpose_selection_is_the_inverse_list(group):
         assert (qbits[: int(ptr[-1])] < 0).any()  # the sign bit was exercised
 
 
+def test_dkdv_order_modes(monkeypatch):
+    """``count``: longest lists first; ``local``: the lists longer than twice the mean first (longest
+    first), then the rest in place order; both permutations; anything else is refused."""
+    from vidhash.kernels.sparse_attention.ops import dkdv_order
+
+    counts = torch.tensor([3, 0, 40, 2, 5, 41, 4, 1], dtype=torch.int32, device=DEV)  # mean 12: heavy > 24
+    monkeypatch.setenv("VIDHASH_DKDV_ORDER", "count")
+    assert dkdv_order(counts).tolist() == [5, 2, 4, 6, 0, 3, 7, 1]
+    monkeypatch.setenv("VIDHASH_DKDV_ORDER", "local")
+    assert dkdv_order(counts).tolist() == [5, 2, 0, 1, 3, 4, 6, 7]
+    assert dkdv_order(torch.zeros(5, dtype=torch.int32, device=DEV)).tolist() == [0, 1, 2, 3, 4]
+    monkeypatch.setenv("VIDHASH_DKDV_ORDER", "longest")
+    with pytest.raises(ValueError, match="VIDHASH_DKDV_ORDER"):
+        dkdv_order(counts)
+
+
+@pytest.mark.parametrize("bk", [64, 16])
+def test_dkdv_order_does_not_change_gradients(monkeypatch, bk):
+    """Each dk/dv program owns its key block (group), so the start order changes no bit."""
+    torch.manual_seed(5)
+    q, k, v = _inputs(1, 2, 200, 200, 64, torch.float32)
+    sel = select_blocks(q, k, density=0.3, block_size=bk, query_block_size=64)
+    dout = torch.randn_like(q)
+    grads = {}
+    for mode in ("count", "local"):
+        monkeypatch.setenv("VIDHASH_DKDV_ORDER", mode)
+        leaves = [t.detach().requires_grad_(True) for t in (q, k, v)]
+        grads[mode] = torch.autograd.grad((block_sparse_attention_triton(*leaves, sel) * dout).sum(), leaves)
+    assert all(torch.equal(a, b) for a, b in zip(grads["count"], grads["local"]))
+
+
 # the per-block dk/dv kernel (VIDHASH_DKDV_SUB=1): groups of 4 blocks of 16 / 2 of 32, ragged
 # key tails (a group past nk, a short last block), causal, padding, bf16, value dim ≠ head dim
 SUB_CASES = [
