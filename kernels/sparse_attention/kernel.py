@@ -14,7 +14,8 @@ covers queries ``[c * BQ, (c + 1) * BQ)``, key block ``j`` keys ``[j * BK, (j + 
 * :func:`sparse_attn_bwd_dq_kernel` — dq over the same index list.
 * :func:`sparse_attn_bwd_dkdv_kernel` — dk, dv per group of consecutive key blocks (≥ 16
   rows) over the transposed list (CSR: ``ptr (b·h·groups + 1)``, ``qlist`` query blocks,
-  ``qbits`` which blocks of the group each kept), programs visited longest list first.
+  ``qbits`` which blocks of the group each kept), programs started in ``ops.dkdv_order``'s
+  order (the heavy lists first, then place order).
 
 Scores live in the log2 domain (``qk · scale · log2 e``) so the kernels use ``exp2``.
 Masks: padding blocks, keys past ``nk``, query rows past the block or ``nq``, and (causal)

@@ -104,7 +104,8 @@ def test_hand_made_selection_with_padding_rows():
 
 
 @pytest.mark.parametrize("group", [1, 2, 4, 32], ids=["group1", "group2", "group4", "group32"])
-def test_transpose_selection_is_the_inverse_list(group):
+def test_transpose_selection_is_the_inverse_list(monkeypatch, group):
+    monkeypatch.setenv("VIDHASH_DKDV_ORDER", "count")  # longest first, checked below
     q = torch.randn(2, 2, 100 if group < 32 else 600, 64, device=DEV)  # 38 key blocks at 32: bit 31 set somewhere
     sel = select_blocks(q, q, density=0.3, block_size=16, query_block_size=32, causal=True)
     ptr, qlist, qbits, order = transpose_selection(sel, group)
@@ -199,6 +200,7 @@ def test_per_block_dkdv_kernel_writes_only_its_own_rows(monkeypatch):
     runs first (longest list first) and group 0's after it: a store of those 4 rows past its block
     would overwrite group 1's finished dk, dv (the order under the interpreter is the list order)."""
     monkeypatch.setenv("VIDHASH_DKDV_SUB", "1")
+    monkeypatch.setenv("VIDHASH_DKDV_ORDER", "count")  # (local order: group 1 is not twice the mean)
     torch.manual_seed(4)
     q, k, v = _inputs(1, 1, 96, 96, 64, torch.float32)
     sel = select_blocks(q, k, density=0.5, block_size=12, query_block_size=16)
