@@ -57,6 +57,16 @@ from vidhash.models.transformer_vidhash import PREDICTIONS  # what the network o
 OUTPUT_TYPES = ("np", "pt", "latent")
 
 
+def _integer_ids(arr: np.ndarray) -> np.ndarray:
+    """Action ids as int64; floats only where whole numbers (a float 0.7 is refused, not cut to 0)."""
+    if arr.dtype.kind == "b" or arr.dtype.kind not in "iuf":
+        raise ValueError(f"actions must be names or integer ids, got dtype {arr.dtype}")
+    if arr.dtype.kind == "f" and arr.size and not (np.isfinite(arr).all() and (arr == np.round(arr)).all()):
+        bad = arr[~(np.isfinite(arr) & (arr == np.round(arr)))].ravel()[0]
+        raise ValueError(f"actions must be integer ids, got {float(bad):.6g}")
+    return arr.astype(np.int64)
+
+
 @dataclass(frozen=True)
 class WanMiniConditioning:
     """How clips, actions and frame prompts become ``WanTransformer3DModel`` inputs (module docstring).
@@ -182,7 +192,8 @@ class WanMiniPipeline(DiffusionPipeline):
         if actions is None:
             return torch.full((batch, frames), null, dtype=torch.int64, device=self._execution_device)
         if torch.is_tensor(actions):
-            ids = actions.detach().cpu().to(torch.int64).numpy()
+            t = actions.detach().cpu()
+            ids = _integer_ids((t.double() if t.is_floating_point() else t).numpy())
         else:
             try:
                 arr = np.asarray(actions)
@@ -196,7 +207,7 @@ class WanMiniPipeline(DiffusionPipeline):
                     raise ValueError(f"actions: unknown name {bad[0]!r}; known: {', '.join(ACTIONS)}")
                 ids = np.array([ACTIONS.index(a) for a in names], dtype=np.int64).reshape(arr.shape)
             else:
-                ids = arr.astype(np.int64)
+                ids = _integer_ids(arr)
         ids = ids[None] if ids.ndim == 1 else ids
         if ids.ndim != 2 or ids.shape[1] != frames or ids.shape[0] not in (1, batch):
             raise ValueError(f"actions must be (num_frames,) or (batch, num_frames) = ({batch}, {frames}), "

@@ -84,6 +84,9 @@ def test_context_frames_are_pasted_and_condition_the_rest(tiny_cfg):
     (dict(actions=["fly"] * 8), "unknown name"),
     (dict(actions=[0] * 7), "actions must be"),
     (dict(actions=[9] * 8), "ids in 0..5"),
+    (dict(actions=torch.full((8,), 0.7)), "integer ids, got 0.7"),  # was cut to 0, silently
+    (dict(actions=[1.5] * 8), "integer ids, got 1.5"),
+    (dict(actions=[True] * 8), "names or integer ids, got dtype bool"),
     (dict(context_frames=np.zeros((9, 32, 32, 3), np.uint8)), "context_frames"),
     (dict(context_frames=np.zeros((1, 16, 16, 3), np.uint8)), "context_frames"),
     (dict(output_type="pil"), "output_type"),
@@ -111,6 +114,13 @@ def test_actions_by_name_per_clip(tiny_cfg):
     pipe = make_pipe(tiny_cfg())
     names = run(pipe, actions=[["right"] * 8, ["up"] * 8])
     assert names.shape[0] == 2 and np.array_equal(names, run(pipe, actions=[[4] * 8, [1] * 8]))
+
+
+def test_whole_float_action_ids_are_ids(tiny_cfg):
+    """Float tensors or lists of whole numbers (e.g. a model's argmax kept as float) are the same ids."""
+    pipe = make_pipe(tiny_cfg())
+    ids = run(pipe, actions=[4] * 8)
+    assert np.array_equal(ids, run(pipe, actions=torch.full((8,), 4.0))) and np.array_equal(ids, run(pipe, actions=[4.0] * 8))
 
 
 def test_transformer_must_fit_the_conditioning(tiny_cfg):
