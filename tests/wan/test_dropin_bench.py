@@ -38,6 +38,7 @@ def test_dropin_rows_json_and_strip(tiny_model, tmp_path, capsys):
     rows = {r["setting"]: r for r in report["rows"]}
     assert list(rows) == ["dense", "dense (repeat)", "1 b16", "1/4 b16", "1/8 b16"]
     assert report["seeds"] == [0, 3] and report["device"] == "cpu" and report["complete"] and report["flex"]
+    assert report["coherence_source"] == "frames"
     assert all(set(README_COLUMNS) <= set(r) for r in rows.values())
     # the same seeds and inputs: the dense model twice gives the same frames
     assert rows["dense"]["psnr"] is rows["dense (repeat)"]["psnr"] is None  # identical clips (inf: null in JSON)
@@ -84,6 +85,7 @@ def test_no_flex_leaves_its_columns_empty(tiny_model, tmp_path):
     report = json.loads(out.read_text())
     row = report["rows"][-1]
     assert row["setting"] == "1/4 b16" and row["transformer_ms"] > 0 and not report["flex"]
+    assert report["coherence_source"] is None and "coherence" not in row  # --no-coherence
     assert row["transformer_ms_flex"] is row["flex_psnr"] is row["recall"] is None and "flex_error" not in row
     assert not list(tmp_path.glob("*.tmp"))
 
@@ -147,8 +149,11 @@ def test_a_flex_failure_is_reported_in_its_row(monkeypatch):
 
 
 def test_clips_saved_and_coherence_without_pyav(tiny_model, tmp_path, monkeypatch):
-    """--clips keeps the strip's clips whole; without PyAV the coherence column says why (the GPU image)."""
+    """--clips keeps the strip's clips whole; without PyAV (the GPU image) the coherence column is still
+    filled: it is measured on the frames in memory, the clips' own (the JSON's coherence_source)."""
     import sys
+
+    from vidhash.metrics import CoherenceOptions, measure_coherence_frames
 
     monkeypatch.setitem(sys.modules, "av", None)  # as if PyAV were not installed (import -> ImportError)
     out, clips = tmp_path / "d.json", tmp_path / "clips.npz"
@@ -158,8 +163,18 @@ def test_clips_saved_and_coherence_without_pyav(tiny_model, tmp_path, monkeypatc
     saved = np.load(clips)
     assert sorted(saved.files) == ["1_8 b16", "dense"] and saved["dense"].shape == (8, 32, 32, 3)
     assert saved["dense"].dtype == np.uint8 and not np.array_equal(saved["dense"], saved["1_8 b16"])
-    rows = json.loads(out.read_text())["rows"]
-    assert all(r["coherence"] is None and "PyAV" in r["coherence_error"] for r in rows if r["setting"] != "dense (repeat)")
+    report = json.loads(out.read_text())
+    assert report["coherence_source"] == "frames"
+    rows = {r["setting"]: r for r in report["rows"]}
+    assert "coherence" not in rows["dense (repeat)"]
+    for name, key in (("dense", "dense"), ("1/8 b16", "1_8 b16")):
+        coherence = rows[name]["coherence"]
+        assert "coherence_error" not in rows[name] and set(coherence) == set(dropin.COHERENCE_KEYS)
+        assert all(v is not None for v in coherence.values()) and coherence["flicker"]["mean"] > 0, coherence
+        # the saved clip's own frames, at the clip's size and rate (8 fps, the flag's default): the same numbers
+        again = measure_coherence_frames(saved[key], 8.0, CoherenceOptions(analysis_fps=8.0, size=32, progress=False))
+        assert coherence["flicker"] == again["flicker"] and coherence["start_end"] == again["start_end"]
+    assert rows["1/8 b16"]["coherence"]["flicker"] != rows["dense"]["coherence"]["flicker"]
 
 
 def test_density_one_equals_dense_bitwise_on_uint8_frames(tiny_model):

@@ -24,8 +24,11 @@ JSON and the printed Markdown table:
   uint8 RGB; ``inf`` for identical clips — null in the JSON, which has no infinity: the dense rows'
   null means identical), mean over seeds; ``ssim`` — mean over frames and seeds
   (luma, :func:`vidhash.metrics.ssim`);
-* ``coherence`` — :func:`vidhash.metrics.measure_coherence` of the first seed's clip (flicker,
-  warp error, motion, adjacent SSIM, smoothness, start vs end; the dense row holds the dense clip's);
+* ``coherence`` — :func:`vidhash.metrics.measure_coherence_frames` of the first seed's clip (flicker,
+  warp error, motion, adjacent SSIM, smoothness, start vs end; the dense row holds the dense clip's),
+  measured on the uint8 frames in memory: no mp4 and no PyAV, so no codec loss, and the column is
+  filled on the GPU image too (the JSON's ``coherence_source``: ``"frames"``; reports without that key
+  measured an H.264 mp4 of the clip, and had the column empty where PyAV was missing);
 * ``recall`` — mean over layers of the share of exact attention mass the drop-in's block
   selection keeps, on the dense run's queries and keys at one denoising step (``--recall-step``)
   of the first seed; ``oracle`` — the most any selection of as many blocks can keep; ``error`` —
@@ -113,12 +116,10 @@ the default shape) and their fits (not yet timed on a GPU).
 """
 from __future__ import annotations
 
-import importlib
 import inspect
 import math
 import os
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from fractions import Fraction
@@ -546,14 +547,17 @@ def clip_ssim(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.mean([ssim(x.astype(np.float32), y.astype(np.float32)) for x, y in luma]))
 
 
-def coherence_of(clip: np.ndarray, fps: float) -> dict:
-    """The coherence report's summary (``COHERENCE_KEYS``) of one clip, through an mp4."""
-    from vidhash.metrics import CoherenceOptions, measure_coherence
-    from vidhash.metrics.synthetic import write_video
+COHERENCE_SOURCE = "frames"
+"""What :func:`coherence_of` measures (the JSON's ``coherence_source``): the clip's uint8 frames in memory."""
 
-    with tempfile.TemporaryDirectory() as tmp:
-        path = write_video(str(Path(tmp) / "clip.mp4"), list(clip), fps)
-        report = measure_coherence(path, CoherenceOptions(analysis_fps=fps, size=max(clip.shape[1:3])))
+
+def coherence_of(clip: np.ndarray, fps: float) -> dict:
+    """The coherence report's summary (``COHERENCE_KEYS``) of one ``(frames, height, width, 3)`` uint8
+    clip, measured on its frames in memory (:func:`vidhash.metrics.measure_coherence_frames`: every
+    frame at ``fps``, at the clip's own size; no mp4, no PyAV)."""
+    from vidhash.metrics import CoherenceOptions, measure_coherence_frames
+
+    report = measure_coherence_frames(clip, fps, CoherenceOptions(analysis_fps=fps, size=max(clip.shape[1:3])), name="clip")
     return {k: report.get(k) for k in COHERENCE_KEYS}
 
 
@@ -1071,12 +1075,7 @@ def measure_setting(pipe, setting: Setting, seeds: list[int], args, dense, captu
         row["oracle"] = float(np.mean(oracle)) if oracle else None
         row["error"] = float(np.mean(error)) if error else None
     if not args.no_coherence and setting.name != "dense (repeat)":
-        try:
-            importlib.import_module("av")  # the coherence report reads an mp4
-        except ImportError:
-            row["coherence"], row["coherence_error"] = None, "PyAV not installed (--clips keeps the clips to measure elsewhere)"
-        else:
-            row["coherence"] = coherence_of(clips[0], args.fps)
+        row["coherence"] = coherence_of(clips[0], args.fps)  # the frames in memory: no PyAV needed
     return row, clips
 
 
@@ -1153,6 +1152,7 @@ def run(args) -> int:
     report = {"model": str(args.model), "device": describe_device(device), "torch": torch.__version__,
               "date": time.strftime("%Y-%m-%d"), "frames": args.frames, "size": args.size, "steps": args.steps,
               "seeds": seeds, "recall_step": args.recall_step, "flex": not args.no_flex,
+              "coherence_source": None if args.no_coherence else COHERENCE_SOURCE,
               "options": {k: v for k, v in recorded_flags(args).items() if isinstance(v, (str, int, float, bool, type(None)))},
               "complete": False, "strip": [], "rows": []}
     # 2. the dense run's queries and keys (recall) and the fit seeds' (learned, calibrated), eager; then --compile's blocks
@@ -1187,7 +1187,7 @@ def run(args) -> int:
             report["strip"] = [name for name, _ in picked]
             if args.strip:
                 frame_strip(dict(picked), args.strip)
-            if args.clips:  # the same clips, whole (uint8), for `vidhash coherence` where PyAV is
+            if args.clips:  # the same clips, whole (uint8), to look at or measure again elsewhere
                 save_clips(args.clips, {name.replace("/", "_"): c for name, c in picked})
         write_json(args.json, report)
     # 4. the table

@@ -18,8 +18,8 @@ drop-in in every self-attention, as it trained and as a user would sample it. Ro
 * ``psnr_return`` — the same over the *return* frames only: those after the context whose true
   camera pose is a context frame's pose (the clip came back to where its given frames were):
   whether the model brings back what it was shown;
-* ``coherence`` — :func:`vidhash.metrics.measure_coherence` of the whole clip (means of its summary
-  keys over clips), and ``realism`` / ``real_share`` — the no-reference realism score
+* ``coherence`` — :func:`vidhash.metrics.measure_coherence_frames` of the whole clip, its frames in
+  memory (no mp4, no PyAV; means of its summary keys over clips), and ``realism`` / ``real_share`` — the no-reference realism score
   (:func:`vidhash.metrics.realism.realism`, lower is more real) of the generated frames, taken
   at the world's own scale (frames resized to the view, one pixel a world pixel, as the score's
   bank of real frames is);

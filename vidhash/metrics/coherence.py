@@ -4,6 +4,12 @@
     report = measure_coherence("clip.mp4", analysis_fps=8, size=128)
     report["warp_error"]["mean"], report["drift"]["slope_per_decade"]["delta_e"]
 
+Frames already in memory (a uint8 ``(frames, height, width, 3)`` RGB array, e.g. a generator's
+output) are measured as they are, with no mp4 round trip (no codec loss) and no PyAV:
+``measure_coherence_frames(frames, fps, opts)`` — the same report, from
+:class:`~vidhash.metrics.video.FrameArrayReader` (``video`` is the clip's ``name``, ``source.codec``
+``"none (frames in memory)"``, ``timing.decode_s`` the resizing).
+
 The report is a JSON-ready dict. Its top-level keys are stable (``REPORT_KEYS``; ``revisit``
 only with poses, ``features`` only with learned-feature weights):
 
@@ -60,9 +66,9 @@ import numpy as np
 from vidhash.metrics.long_range import DriftMeter, FrameStats, detect_cuts
 from vidhash.metrics.revisit import Poses, RevisitMeter
 from vidhash.metrics.short_range import ShortRangeMeter
-from vidhash.metrics.video import VideoError, VideoReader
+from vidhash.metrics.video import FrameArrayReader, VideoError, VideoReader
 
-__all__ = ["REPORT_KEYS", "CoherenceOptions", "measure_coherence"]
+__all__ = ["REPORT_KEYS", "CoherenceOptions", "measure_coherence", "measure_coherence_frames"]
 
 REPORT_KEYS = (
     "video", "frames", "fps", "duration_s", "size", "source", "flicker", "warp_error", "motion",
@@ -105,7 +111,7 @@ def _per_second(t: np.ndarray, values: list[float], n: int) -> list[float | None
     return [float(s / c) if c else None for s, c in zip(sums, counts)]
 
 
-def _plan_revisits(reader: VideoReader, poses: Poses, opts: CoherenceOptions) -> RevisitMeter:
+def _plan_revisits(reader: VideoReader | FrameArrayReader, poses: Poses, opts: CoherenceOptions) -> RevisitMeter:
     src_fps = reader.info.fps or reader.fps
     pose_fps = poses.fps or src_fps
     covered_s = len(poses) / pose_fps
@@ -145,33 +151,68 @@ def measure_coherence(
     opts = opts or CoherenceOptions()
     t_start = time.perf_counter()
     with VideoReader(path, analysis_fps=opts.analysis_fps, size=opts.size) as reader:
-        # 1. one streaming pass through every meter
-        meters = _Meters(reader, opts, poses, features)
-        meters.run(reader, opts, path)
-        # 2. what was odd about the input
-        warnings = _input_warnings(reader, path, poses, len(meters.times))
-        total = time.perf_counter() - t_start
-        # 3. the report, measure by measure
-        t = np.asarray(meters.times)
-        pair_t = t[1:] if t.size > 1 else t[:0]
-        cuts = detect_cuts(meters.short.cut_score, reader.fps)
-        report = {
-            **_source_report(reader, path, len(meters.times)),
-            **_short_range_report(meters.short),
-            "drift": meters.drift.result(),
-            "start_end": meters.stats.start_end(),
-            "cuts": {"count": len(cuts), "times_s": [float(pair_t[i]) for i in cuts]},
-        }
-        if meters.revisit is not None:
-            report["revisit"] = meters.revisit.result()
-        if features is not None:
-            report["features"] = features.result()
-        report["series"] = _series(meters.short, t, pair_t)
-        report["timing"] = {
-            "decode_s": max(0.0, total - meters.t_short - meters.t_long), "short_range_s": meters.t_short,
-            "long_range_s": meters.t_long, "total_s": total,
-        }
-        report["warnings"] = warnings
+        return _measure(reader, path, opts, poses, features, t_start)
+
+
+def measure_coherence_frames(
+    frames: np.ndarray,
+    fps: float,
+    opts: CoherenceOptions | None = None,
+    poses: Poses | None = None,
+    features=None,
+    *,
+    name: str = "<frames>",
+) -> dict:
+    """:func:`measure_coherence` of a clip in memory: ``frames`` ``(frames, height, width, 3)`` uint8
+    RGB at ``fps`` frames per second, measured as given (no file, no codec, no PyAV), sampled and
+    resized as a constant-rate file of those frames would be (:class:`FrameArrayReader`).
+
+    Args:
+        frames: the clip; other dtypes, shapes and types are refused (see :class:`FrameArrayReader`).
+        fps: the clip's frame rate.
+        opts, poses, features: as for :func:`measure_coherence`.
+        name: what the report (``video``) and messages call the clip.
+
+    Raises:
+        VideoError: (a ``ValueError``) ``frames`` is not such an array, or holds no frame.
+        ValueError: a bad ``fps``, analysis rate or size; the poses do not match the clip.
+    """
+    opts = opts or CoherenceOptions()
+    t_start = time.perf_counter()
+    with FrameArrayReader(frames, fps, analysis_fps=opts.analysis_fps, size=opts.size, name=name) as reader:
+        return _measure(reader, name, opts, poses, features, t_start)
+
+
+def _measure(reader: VideoReader | FrameArrayReader, path, opts: CoherenceOptions, poses: Poses | None, features,
+             t_start: float) -> dict:
+    """The report of one open reader (``path``: what the report calls the video)."""
+    # 1. one streaming pass through every meter
+    meters = _Meters(reader, opts, poses, features)
+    meters.run(reader, opts, path)
+    # 2. what was odd about the input
+    warnings = _input_warnings(reader, path, poses, len(meters.times))
+    total = time.perf_counter() - t_start
+    # 3. the report, measure by measure
+    t = np.asarray(meters.times)
+    pair_t = t[1:] if t.size > 1 else t[:0]
+    cuts = detect_cuts(meters.short.cut_score, reader.fps)
+    report = {
+        **_source_report(reader, path, len(meters.times)),
+        **_short_range_report(meters.short),
+        "drift": meters.drift.result(),
+        "start_end": meters.stats.start_end(),
+        "cuts": {"count": len(cuts), "times_s": [float(pair_t[i]) for i in cuts]},
+    }
+    if meters.revisit is not None:
+        report["revisit"] = meters.revisit.result()
+    if features is not None:
+        report["features"] = features.result()
+    report["series"] = _series(meters.short, t, pair_t)
+    report["timing"] = {
+        "decode_s": max(0.0, total - meters.t_short - meters.t_long), "short_range_s": meters.t_short,
+        "long_range_s": meters.t_long, "total_s": total,
+    }
+    report["warnings"] = warnings
     return _round(report)
 
 
@@ -180,7 +221,7 @@ class _Meters:
     drift (keyframes), start/end statistics, revisits (with poses), learned features (optional).
     ``times``: each analysed frame's time; ``t_short``, ``t_long``: seconds in the meters."""
 
-    def __init__(self, reader: VideoReader, opts: CoherenceOptions, poses: Poses | None, features):
+    def __init__(self, reader: VideoReader | FrameArrayReader, opts: CoherenceOptions, poses: Poses | None, features):
         self.short = ShortRangeMeter()
         self.drift = DriftMeter(max_lag_s=opts.max_lag_s)
         self.stats = FrameStats()
@@ -189,7 +230,7 @@ class _Meters:
         self.times: list[float] = []
         self.t_short = self.t_long = 0.0
 
-    def run(self, reader: VideoReader, opts: CoherenceOptions, path) -> None:
+    def run(self, reader: VideoReader | FrameArrayReader, opts: CoherenceOptions, path) -> None:
         """Every frame of ``reader`` through the meters, with a progress bar on long videos."""
         expected = reader.expected_frames
         show = opts.progress if opts.progress is not None else (sys.stderr.isatty() and (expected or 0) > 600)
@@ -223,7 +264,7 @@ class _Meters:
         self.times.append(frame.t)
 
 
-def _input_warnings(reader: VideoReader, path, poses: Poses | None, frames: int) -> list[str]:
+def _input_warnings(reader: VideoReader | FrameArrayReader, path, poses: Poses | None, frames: int) -> list[str]:
     """The reader's warnings and the report's own (one frame; poses that do not cover the video;
     variable frame rate with poses); VideoError when no frame was decoded; ValueError when the
     poses' count disagrees with an undamaged video whose container listed no frame count."""
@@ -256,7 +297,7 @@ def _input_warnings(reader: VideoReader, path, poses: Poses | None, frames: int)
     return warnings
 
 
-def _source_report(reader: VideoReader, path, frames: int) -> dict:
+def _source_report(reader: VideoReader | FrameArrayReader, path, frames: int) -> dict:
     """``video`` … ``source``: what was analysed, and of what."""
     return {
         "video": str(path),

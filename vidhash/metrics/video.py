@@ -20,6 +20,10 @@ Every problem with the input is a :class:`VideoError` (a ``ValueError``) whose m
 the file and says what is wrong; problems that still leave something to analyse (truncated
 file, variable frame rate, fewer frames than the container lists) are collected in
 ``reader.warnings`` instead.
+
+Frames already in memory — a uint8 ``(frames, height, width, 3)`` RGB array, as a generator
+returns them — are read by :class:`FrameArrayReader` instead: the same analysed frames (the
+constant-rate striding above, the same working size), with no file, no codec and no PyAV.
 """
 from __future__ import annotations
 
@@ -28,13 +32,17 @@ import os
 from dataclasses import dataclass, field
 from typing import Iterator
 
+import cv2
 import numpy as np
 
-__all__ = ["MAX_SIZE", "Frame", "VideoError", "VideoInfo", "VideoReader", "check_size", "working_size"]
+__all__ = [
+    "MAX_SIZE", "Frame", "FrameArrayReader", "VideoError", "VideoInfo", "VideoReader", "check_analysis_fps", "check_frames",
+    "check_size", "constant_rate_sampling", "resize_rgb", "working_size",
+]
 
 
 class VideoError(ValueError):
-    """A video that cannot be read; the message names the file and the problem."""
+    """A video that cannot be read; the message names the file (or the frames' name) and the problem."""
 
 
 @dataclass
@@ -83,6 +91,34 @@ def check_size(size) -> None:
                          f"the default is 128), got {size}")
 
 
+def check_analysis_fps(analysis_fps) -> None:
+    """ValueError naming ``--analysis-fps`` unless it is a finite number >= 0 (0: every frame)."""
+    if analysis_fps < 0 or not math.isfinite(analysis_fps):
+        raise ValueError(f"--analysis-fps must be a positive number (or 0 for every frame), got {analysis_fps}")
+
+
+def constant_rate_sampling(src_fps: float, analysis_fps: float) -> tuple[int, float, str | None]:
+    """``(stride, fps, warning)`` for a constant-rate source of ``src_fps`` analysed at ``analysis_fps``:
+    every ``stride``-th frame, an effective rate ``src_fps / stride``; ``analysis_fps`` 0 or at or
+    above the source rate keeps every frame (above it: a warning, else None)."""
+    if analysis_fps == 0 or analysis_fps >= src_fps:
+        warning = None
+        if analysis_fps > src_fps:
+            warning = f"--analysis-fps {analysis_fps:g} is above the source rate; analysing every frame at {src_fps:g} fps"
+        return 1, src_fps, warning
+    stride = max(1, int(round(src_fps / analysis_fps)))
+    return stride, src_fps / stride, None
+
+
+def resize_rgb(rgb: np.ndarray, width: int, height: int) -> np.ndarray:
+    """``(height, width, 3)`` uint8: ``rgb`` resized with OpenCV's area filter (a copy when it is
+    already that size). The in-memory counterpart of the file reader's swscale area filter: the
+    same kind of filter, not bit-identical to it (a level or so where the size changes)."""
+    if rgb.shape[0] == height and rgb.shape[1] == width:
+        return np.array(rgb, dtype=np.uint8, copy=True, order="C")
+    return cv2.resize(np.ascontiguousarray(rgb), (width, height), interpolation=cv2.INTER_AREA)
+
+
 def _open(path: str):
     import av
 
@@ -129,8 +165,7 @@ class VideoReader:
     warnings: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        if self.analysis_fps < 0 or not math.isfinite(self.analysis_fps):
-            raise ValueError(f"--analysis-fps must be a positive number (or 0 for every frame), got {self.analysis_fps}")
+        check_analysis_fps(self.analysis_fps)
         check_size(self.size)
         self.path = os.fspath(self.path)
         self._container = _open(self.path)
@@ -162,13 +197,10 @@ class VideoReader:
             # Average and nominal rates disagree: variable frame rate; a clock at the asked rate.
             self.stride = 1
             self.fps = float(self.analysis_fps) if 0 < self.analysis_fps < base else src_fps
-        elif self.analysis_fps == 0 or self.analysis_fps >= src_fps:
-            if self.analysis_fps > src_fps:
-                self.warnings.append(f"--analysis-fps {self.analysis_fps:g} is above the source rate; analysing every frame at {src_fps:g} fps")
-            self.stride, self.fps = 1, src_fps
         else:
-            self.stride = max(1, int(round(src_fps / self.analysis_fps)))
-            self.fps = src_fps / self.stride
+            self.stride, self.fps, warning = constant_rate_sampling(src_fps, self.analysis_fps)
+            if warning:
+                self.warnings.append(warning)
         self.width, self.height = working_size(width, height, self.size)
         self.source_frames = 0
         self.source_duration_s = 0.0
@@ -277,3 +309,97 @@ class VideoReader:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+class FrameArrayReader:
+    """Iterate over the analysed frames of a clip already in memory, as :class:`VideoReader` does
+    over a file's: every ``stride``-th frame of the constant-rate clip (:func:`constant_rate_sampling`),
+    resized to the working size (:func:`working_size`, :func:`resize_rgb`), with ``t = k / fps`` for
+    source frame ``k``. No file, no codec, no PyAV: the frames measured are the ones given.
+
+    Args:
+        frames: ``(frames, height, width, 3)`` uint8 RGB numpy array (at least one frame). Anything
+            else is refused with a :class:`VideoError` (a ``ValueError``): lists and tensors (stack
+            them / ``.cpu().numpy()`` first), other dtypes (floats, uint16: scale to uint8 0–255),
+            other shapes (one frame ``(height, width, 3)``, grey, RGBA, channels first), no frames.
+        fps: the clip's frame rate (frames per second, > 0).
+        analysis_fps: frames per second to analyse; ``0`` keeps every frame.
+        size: longer side of the working size in pixels.
+        name: what messages and the report call the clip (``video``).
+
+    The attributes the meters and the report read are :class:`VideoReader`'s: ``info``
+    (``path`` = ``name``, ``codec`` ``"none (frames in memory)"``), ``path``, ``fps`` (effective
+    analysis rate), ``stride``, ``width``, ``height``, ``source_frames``, ``source_duration_s``,
+    ``vfr`` (always False), ``damaged`` (always False), ``expected_frames`` and ``warnings``. The
+    source counts are known before iterating (every frame is there); the array is read, never
+    written, and it can be iterated more than once.
+    """
+
+    CODEC = "none (frames in memory)"
+    damaged = False  # nothing is decoded, so nothing can be damaged
+
+    def __init__(self, frames, fps: float, analysis_fps: float = 8.0, size: int = 128, name: str = "<frames>"):
+        self.name = self.path = str(name)
+        self.frames = check_frames(frames, self.name)
+        if isinstance(fps, bool) or not isinstance(fps, (int, float, np.integer, np.floating)) or not math.isfinite(fps) or fps <= 0:
+            raise ValueError(f"{self.name}: fps must be a positive number of frames per second, got {fps!r}")
+        check_analysis_fps(analysis_fps)
+        check_size(size)
+        self.analysis_fps, self.size = analysis_fps, size
+        n, height, width = self.frames.shape[:3]
+        src_fps = float(fps)
+        self.info = VideoInfo(path=self.name, width=int(width), height=int(height), fps=src_fps, frames=int(n),
+                              duration_s=n / src_fps, codec=self.CODEC)
+        self.warnings: list[str] = []
+        self.stride, self.fps, warning = constant_rate_sampling(src_fps, analysis_fps)
+        if warning:
+            self.warnings.append(warning)
+        self.width, self.height = working_size(int(width), int(height), size)
+        self.source_frames = int(n)
+        self.source_duration_s = n / src_fps
+        self.vfr = False
+
+    @property
+    def expected_frames(self) -> int:
+        return -(-self.source_frames // self.stride)
+
+    def __iter__(self) -> Iterator[Frame]:
+        src_fps = self.info.fps
+        for index, k in enumerate(range(0, self.source_frames, self.stride)):
+            yield Frame(index=index, t=k / src_fps, rgb=resize_rgb(self.frames[k], self.width, self.height))
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self) -> "FrameArrayReader":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def check_frames(frames, name: str = "<frames>") -> np.ndarray:
+    """``frames`` itself if it is a ``(frames, height, width, 3)`` uint8 numpy array with at least one
+    frame of at least one pixel; else a :class:`VideoError` (a ``ValueError``) naming what was given
+    and what is refused."""
+    want = "a uint8 numpy array of shape (frames, height, width, 3), RGB 0-255"
+    if not isinstance(frames, np.ndarray):
+        kind = f"{type(frames).__module__}.{type(frames).__qualname__}".removeprefix("builtins.")
+        hint = ""
+        if hasattr(frames, "detach") and hasattr(frames, "cpu"):
+            hint = " (a torch tensor: scale to 0-255 and convert with tensor.cpu().numpy().astype(np.uint8))"
+        elif isinstance(frames, (list, tuple)):
+            hint = " (a list of frames: np.stack it)"
+        raise VideoError(f"{name}: frames must be {want}; got {kind}{hint}; lists, tensors and other array types are refused")
+    if frames.dtype != np.uint8:
+        raise VideoError(f"{name}: frames must be {want}; got dtype {frames.dtype} (floats, bool and other integer types are "
+                         "refused: scale to 0-255 and convert to uint8)")
+    if frames.ndim != 4 or frames.shape[-1] != 3:
+        hint = " (one frame: add a frames axis, frames[None])" if frames.ndim == 3 and frames.shape[-1] == 3 else ""
+        raise VideoError(f"{name}: frames must be {want}; got shape {tuple(frames.shape)}{hint} (grey, RGBA and "
+                         "channels-first frames are refused)")
+    if frames.shape[0] == 0:
+        raise VideoError(f"{name}: no frames (shape {tuple(frames.shape)}); at least one is needed")
+    if frames.shape[1] == 0 or frames.shape[2] == 0:
+        raise VideoError(f"{name}: empty frames (shape {tuple(frames.shape)}); frames need at least one pixel")
+    return frames

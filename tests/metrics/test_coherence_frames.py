@@ -1,0 +1,156 @@
+"""Coherence of frames already in memory (FrameArrayReader, measure_coherence_frames): the analysed
+frames, rate and striding a file of the same frames gives, the working-size resize, a static clip,
+bad inputs — and no PyAV on the way."""
+import sys
+
+import cv2
+import numpy as np
+import pytest
+
+from vidhash.metrics import (
+    REPORT_KEYS,
+    CoherenceOptions,
+    FrameArrayReader,
+    Poses,
+    VideoError,
+    measure_coherence,
+    measure_coherence_frames,
+    working_size,
+)
+from vidhash.metrics.synthetic import synthetic_clip, write_video
+
+OPTS = CoherenceOptions(size=32, progress=False)
+
+
+def _clip(kind="pan", seconds=2.0, fps=8.0, size=32) -> np.ndarray:
+    return np.stack(synthetic_clip(kind, seconds=seconds, fps=fps, size=size)[0])
+
+
+def _luma(rgb: np.ndarray) -> np.ndarray:
+    return cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY).astype(np.float32)
+
+
+@pytest.mark.parametrize("src_fps, asked", [(24, 8), (30, 8), (8, 8), (8, 0), (12, 30)],
+                         ids=["24to8", "30to7.5", "same", "all", "above-source"])
+def test_frames_are_sampled_as_the_file_reader_samples_an_mp4_of_them(tmp_path, src_fps, asked):
+    """The same stride, rate, times, counts, warnings and working size as VideoReader on an mp4 of the
+    same frames; the pixels the same up to the codec's loss (luma)."""
+    pytest.importorskip("av")
+    from vidhash.metrics import VideoReader
+
+    frames = _clip(fps=src_fps)
+    with VideoReader(write_video(str(tmp_path / "v.mp4"), list(frames), fps=src_fps), analysis_fps=asked, size=32) as file:
+        from_file = list(file)
+    memory = FrameArrayReader(frames, src_fps, analysis_fps=asked, size=32)
+    assert memory.expected_frames == file.expected_frames
+    got = list(memory)
+    assert (memory.stride, memory.fps, memory.width, memory.height) == (file.stride, file.fps, file.width, file.height)
+    assert len(got) == len(from_file) and [f.index for f in got] == [f.index for f in from_file]
+    assert [f.t for f in got] == pytest.approx([f.t for f in from_file], abs=1e-3)
+    assert memory.source_frames == file.source_frames == len(frames)
+    assert memory.source_duration_s == pytest.approx(file.source_duration_s, abs=1e-3)
+    assert memory.warnings == file.warnings and not memory.vfr and not memory.damaged
+    assert (memory.info.width, memory.info.height, memory.info.frames) == (file.info.width, file.info.height, file.info.frames)
+    assert memory.info.fps == pytest.approx(file.info.fps)
+    for a, b in zip(got, from_file):
+        assert a.rgb.shape == b.rgb.shape and a.rgb.dtype == np.uint8
+        assert np.abs(_luma(a.rgb) - _luma(b.rgb)).mean() < 3  # H.264 at crf 12 (yuv420: chroma loses more)
+
+
+def test_frames_at_the_working_size_are_the_given_ones_or_their_area_resize():
+    frames = _clip(size=32)
+    same = list(FrameArrayReader(frames, 8, analysis_fps=0, size=32))
+    assert all(np.array_equal(f.rgb, frames[k]) for k, f in enumerate(same))
+    same[0].rgb[:] = 0  # a copy: the caller's clip is never written
+    assert frames[0].any()
+    wide = np.ascontiguousarray(np.concatenate([frames, frames[:, :, :16]], axis=2)[:, :30])  # (16, 30, 48, 3)
+    reader = FrameArrayReader(wide, 8, analysis_fps=4, size=32)
+    assert (reader.width, reader.height) == working_size(48, 30, 32) == (32, 20) and reader.stride == 2
+    for f in reader:
+        expect = cv2.resize(wide[2 * f.index], (32, 20), interpolation=cv2.INTER_AREA)
+        assert f.rgb.shape == (20, 32, 3) and np.array_equal(f.rgb, expect) and f.t == 2 * f.index / 8
+
+
+def test_report_matches_the_file_report_in_everything_but_the_codec(tmp_path):
+    """measure_coherence_frames gives the file report's keys, counts, rate and size; the file's
+    numbers differ by the codec's loss only (a static clip: exactly zero in memory)."""
+    pytest.importorskip("av")
+    frames = _clip("pan", seconds=3)
+    mine = measure_coherence_frames(frames, 8, OPTS, name="pan")
+    theirs = measure_coherence(write_video(str(tmp_path / "pan.mp4"), list(frames), fps=8), OPTS)
+    assert list(mine) == list(theirs) and set(REPORT_KEYS) <= set(mine)
+    for key in ("frames", "fps", "duration_s", "size", "cuts", "warnings"):
+        assert mine[key] == theirs[key], key
+    assert mine["video"] == "pan" and mine["source"] == {**theirs["source"], "codec": FrameArrayReader.CODEC}
+    assert mine["motion"]["mean_px"] == pytest.approx(theirs["motion"]["mean_px"], rel=0.05)  # 0.8 px a frame
+    assert mine["ssim_adjacent"]["mean"] == pytest.approx(theirs["ssim_adjacent"]["mean"], abs=0.02)
+
+
+def test_a_static_clip_has_no_flicker_and_no_motion():
+    report = measure_coherence_frames(_clip("static"), 8, OPTS)
+    assert report["flicker"]["mean"] == report["flicker"]["max"] == report["flicker"]["brightness_jitter"] == 0
+    assert report["warp_error"]["mean"] == 0 and report["motion"]["max_px"] == 0
+    assert report["motion"]["frozen_fraction"] == 1 and report["ssim_adjacent"]["min"] == 1
+    assert report["frames"] == 16 and report["warnings"] == []
+
+
+def test_flicker_is_seen_in_memory_as_in_a_file():
+    flicker = measure_coherence_frames(_clip("flicker"), 8, OPTS)["flicker"]["mean"]
+    pan = measure_coherence_frames(_clip("pan"), 8, OPTS)["flicker"]["mean"]
+    assert flicker > pan + 3
+
+
+def test_no_pyav_on_this_path(monkeypatch):
+    monkeypatch.setitem(sys.modules, "av", None)  # as if PyAV were not installed (import -> ImportError)
+    report = measure_coherence_frames(_clip(), 8, OPTS)
+    assert report["frames"] == 16 and report["flicker"]["mean"] > 0
+
+
+def test_one_frame_and_poses():
+    one = measure_coherence_frames(_clip()[:1], 8, OPTS, name="still")
+    assert one["frames"] == 1 and one["flicker"]["mean"] is None and any("still: only one frame" in w for w in one["warnings"])
+    frames = _clip("return", seconds=4)
+    _, path = synthetic_clip("return", seconds=4, fps=8, size=32)
+    revisit = measure_coherence_frames(frames, 8, OPTS, poses=Poses(path, fps=8.0, path="p.json"))["revisit"]
+    assert revisit["pairs"] > 0 and revisit["psnr"] > 35
+    with pytest.raises(ValueError, match=r"p\.json: 16 poses .* but clip has 32 frames"):
+        measure_coherence_frames(frames, 8, OPTS, poses=Poses(path[:16], fps=8.0, path="p.json"), name="clip")
+
+
+_OK = np.zeros((4, 16, 16, 3), np.uint8)
+
+
+@pytest.mark.parametrize("frames, match", [
+    (list(_OK), r"got list \(a list of frames: np\.stack it\)"),
+    ("clip.mp4", "got str"),
+    (_OK.astype(np.float32) / 255, "got dtype float32 .*convert to uint8"),
+    (_OK.astype(np.uint16), "got dtype uint16"),
+    (_OK.astype(bool), "got dtype bool"),
+    (_OK[0], r"got shape \(16, 16, 3\) \(one frame: add a frames axis"),
+    (_OK[..., 0], r"got shape \(4, 16, 16\)"),
+    (np.zeros((4, 16, 16, 4), np.uint8), r"got shape \(4, 16, 16, 4\)"),
+    (np.zeros((4, 3, 16, 16), np.uint8), "channels-first"),
+    (_OK[:0], r"no frames \(shape \(0, 16, 16, 3\)\)"),
+    (_OK[:, :0], "empty frames"),
+], ids=["list", "str", "float", "uint16", "bool", "one-frame", "grey", "rgba", "channels-first", "no-frames", "no-pixels"])
+def test_bad_frames_are_refused_with_what_is_wrong(frames, match):
+    with pytest.raises(VideoError, match=match) as err:
+        measure_coherence_frames(frames, 8, OPTS, name="gen")
+    assert isinstance(err.value, ValueError) and str(err.value).startswith("gen: ")
+
+
+def test_a_tensor_is_refused_with_how_to_convert_it():
+    torch = pytest.importorskip("torch")
+    with pytest.raises(ValueError, match=r"torch\.Tensor \(a torch tensor: .*\.cpu\(\)\.numpy\(\)"):
+        measure_coherence_frames(torch.zeros(4, 16, 16, 3, dtype=torch.uint8), 8, OPTS)
+
+
+@pytest.mark.parametrize("fps, opts, match", [
+    (0, OPTS, "fps must be a positive number"), (-8, OPTS, "fps must be a positive number"),
+    (float("nan"), OPTS, "fps must be a positive number"), (True, OPTS, "fps must be a positive number"),
+    ("8", OPTS, "fps must be a positive number"), (8, CoherenceOptions(size=8), "--size must be at least 16"),
+    (8, CoherenceOptions(analysis_fps=-1), "--analysis-fps"),
+])
+def test_bad_rates_and_sizes(fps, opts, match):
+    with pytest.raises(ValueError, match=match):
+        measure_coherence_frames(_OK, fps, opts)
