@@ -123,7 +123,8 @@ _OK = np.zeros((4, 16, 16, 3), np.uint8)
 @pytest.mark.parametrize("frames, match", [
     (list(_OK), r"got list \(a list of frames: np\.stack it\)"),
     ("clip.mp4", "got str"),
-    (_OK.astype(np.float32) / 255, "got dtype float32 .*convert to uint8"),
+    (np.full((4, 16, 16, 3), 2.0, np.float32), r"float frames must be RGB in \[0, 1\].*values in \[2, 2\]"),
+    (np.full((4, 16, 16, 3), np.nan), "NaN or inf"),
     (_OK.astype(np.uint16), "got dtype uint16"),
     (_OK.astype(bool), "got dtype bool"),
     (_OK[0], r"got shape \(16, 16, 3\) \(one frame: add a frames axis"),
@@ -132,11 +133,21 @@ _OK = np.zeros((4, 16, 16, 3), np.uint8)
     (np.zeros((4, 3, 16, 16), np.uint8), "channels-first"),
     (_OK[:0], r"no frames \(shape \(0, 16, 16, 3\)\)"),
     (_OK[:, :0], "empty frames"),
-], ids=["list", "str", "float", "uint16", "bool", "one-frame", "grey", "rgba", "channels-first", "no-frames", "no-pixels"])
+], ids=["list", "str", "float-range", "float-nan", "uint16", "bool", "one-frame", "grey", "rgba", "channels-first", "no-frames", "no-pixels"])
 def test_bad_frames_are_refused_with_what_is_wrong(frames, match):
     with pytest.raises(VideoError, match=match) as err:
         measure_coherence_frames(frames, 8, OPTS, name="gen")
     assert isinstance(err.value, ValueError) and str(err.value).startswith("gen: ")
+
+
+def test_diffusers_float_frames_are_read_as_their_uint8():
+    """A diffusers pipeline's output_type="np" clip (float RGB in [0, 1]) measures as round(x * 255)."""
+    rng = np.random.default_rng(0)
+    clip = rng.integers(0, 256, (6, 16, 16, 3), dtype=np.uint8)
+    as_float = clip.astype(np.float32) / 255
+    a = measure_coherence_frames(clip, 8, OPTS, name="c")
+    b = measure_coherence_frames(as_float, 8, OPTS, name="c")
+    assert a["flicker"]["mean"] > 0 and a["flicker"] == b["flicker"] and a["motion"] == b["motion"]
 
 
 def test_a_tensor_is_refused_with_how_to_convert_it():

@@ -380,8 +380,9 @@ class FrameArrayReader:
 
 def check_frames(frames, name: str = "<frames>") -> np.ndarray:
     """``frames`` itself if it is a ``(frames, height, width, 3)`` uint8 numpy array with at least one
-    frame of at least one pixel; else a :class:`VideoError` (a ``ValueError``) naming what was given
-    and what is refused."""
+    frame of at least one pixel; a float array of that shape in [0, 1] (what diffusers pipelines
+    return with ``output_type="np"``, one clip of the batch) as uint8, ``round(x · 255)``; else a
+    :class:`VideoError` (a ``ValueError``) naming what was given and what is refused."""
     want = "a uint8 numpy array of shape (frames, height, width, 3), RGB 0-255"
     if not isinstance(frames, np.ndarray):
         kind = f"{type(frames).__module__}.{type(frames).__qualname__}".removeprefix("builtins.")
@@ -391,9 +392,16 @@ def check_frames(frames, name: str = "<frames>") -> np.ndarray:
         elif isinstance(frames, (list, tuple)):
             hint = " (a list of frames: np.stack it)"
         raise VideoError(f"{name}: frames must be {want}; got {kind}{hint}; lists, tensors and other array types are refused")
+    if frames.dtype.kind == "f" and frames.ndim == 4 and frames.shape[-1] == 3 and frames.size:
+        # diffusers' output_type="np" frames: float RGB in [0, 1], as diffusers' own export rounds them
+        finite = np.isfinite(frames)
+        if not finite.all() or frames.min() < 0 or frames.max() > 1:
+            bad = "NaN or inf" if not finite.all() else f"values in [{float(frames.min()):.4g}, {float(frames.max()):.4g}]"
+            raise VideoError(f"{name}: float frames must be RGB in [0, 1] (diffusers' output_type=\"np\"); got {bad}")
+        return np.round(frames.astype(np.float32) * 255).astype(np.uint8)
     if frames.dtype != np.uint8:
-        raise VideoError(f"{name}: frames must be {want}; got dtype {frames.dtype} (floats, bool and other integer types are "
-                         "refused: scale to 0-255 and convert to uint8)")
+        raise VideoError(f"{name}: frames must be {want}; got dtype {frames.dtype} (bool and integer types other than uint8 "
+                         "are refused: scale to 0-255 and convert to uint8; floats are read as RGB in [0, 1])")
     if frames.ndim != 4 or frames.shape[-1] != 3:
         hint = " (one frame: add a frames axis, frames[None])" if frames.ndim == 3 and frames.shape[-1] == 3 else ""
         raise VideoError(f"{name}: frames must be {want}; got shape {tuple(frames.shape)}{hint} (grey, RGBA and "
