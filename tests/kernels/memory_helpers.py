@@ -1,10 +1,14 @@
-"""Helpers shared by the memory kernel tests (test_memory_kernels.py, test_memory_merge_kernel.py)."""
+"""Helpers shared by the memory kernel tests (test_memory_kernels.py, test_memory_merge_kernel.py,
+test_memory_levels.py)."""
 import torch
 
 from vidhash.hashing import SimHash
 from vidhash.memory import HashedMemory
 
 TOL = 1e-3  # a SimHash projection closer than this to 0 may flip between summation orders
+# the kernels on the GPU, else the interpreter; tests draw their inputs on the CPU and move them here
+# (the same numbers on both), and a test of the CPU path passes device="cpu" to make()
+DEV = "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def away_from_zero(x: torch.Tensor, hasher: SimHash) -> torch.Tensor:
@@ -20,7 +24,7 @@ def away_from_zero(x: torch.Tensor, hasher: SimHash) -> torch.Tensor:
 
 
 def make(num_buckets=7, slots=3, heads=3, head_dim=40, n_bits=32, batch_size=2, dtype=torch.float32, seed=3,
-         device=None, policy="fifo"):
+         device=DEV, policy="fifo"):
     return HashedMemory(num_buckets=num_buckets, slots=slots, heads=heads, head_dim=head_dim, n_bits=n_bits,
                         batch_size=batch_size, seed=seed, dtype=dtype, device=device, policy=policy)
 

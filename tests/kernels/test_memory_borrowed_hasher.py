@@ -1,10 +1,12 @@
 """HashedMemory kernels with a borrowed hasher (a model's LearnedHash, or one the signature
-kernel does not cover) vs the reference, under the interpreter on CPU."""
+kernel does not cover) vs the reference (on CUDA, else under the interpreter on CPU)."""
 import pytest
 import torch
 
 from vidhash.hashing import LearnedHash, SimHash
 from vidhash.memory import HashedMemory
+
+DEV = "cuda" if torch.cuda.is_available() else "cpu"  # the kernels on the GPU, else the interpreter
 
 
 def rel_err(a, b):
@@ -13,11 +15,11 @@ def rel_err(a, b):
 
 
 def make(**kw):
-    return HashedMemory(**kw)
+    return HashedMemory(device=DEV, **kw)
 
 
 def _learned(heads=3, head_dim=40, bits=32, seed=0):
-    return LearnedHash(head_dim, bits, heads=heads, hidden=16, seed=seed).eval()
+    return LearnedHash(head_dim, bits, heads=heads, hidden=16, seed=seed).eval().to(DEV)
 
 
 def _away_from_zero(x, hasher, tol=1e-3):
@@ -35,7 +37,7 @@ class _PlainHasher:
     """A hasher the kernels do not know: SimHash bits computed in plain PyTorch."""
 
     def __init__(self, heads, head_dim, n_bits, seed):
-        self.inner = SimHash(head_dim, n_bits, heads=heads, seed=seed)
+        self.inner = SimHash(head_dim, n_bits, heads=heads, seed=seed).to(DEV)
         self.n_bits, self.heads, self.head_dim = n_bits, heads, head_dim
 
     def __call__(self, x, role="key"):
@@ -51,7 +53,7 @@ def test_triton_backend_with_borrowed_hasher(which):
     cfg = dict(num_buckets=7, slots=3, heads=2, head_dim=16, batch_size=1, dtype=torch.float32)
     hasher = _learned(heads=2, head_dim=16) if which == "learned" else _PlainHasher(2, 16, 32, 0)
     ref, tri = make(hasher=hasher, **cfg), make(hasher=hasher, **cfg)
-    k, v = torch.randn(1, 2, 40, 16), torch.randn(1, 2, 40, 16)
+    k, v = torch.randn(1, 2, 40, 16).to(DEV), torch.randn(1, 2, 40, 16).to(DEV)
     if which == "learned":
         k = _away_from_zero(k, hasher)
     ref.write(k, v, 0, backend="reference")
@@ -63,7 +65,7 @@ def test_triton_backend_with_borrowed_hasher(which):
         tri.write(k, v, 0, backend="reference")
     for name in ("keys", "values", "signatures", "frames", "counts", "bucket_writes"):
         assert torch.equal(getattr(ref, name), getattr(tri, name)), name
-    q = torch.randn(1, 2, 5, 16)
+    q = torch.randn(1, 2, 5, 16).to(DEV)
     if which == "learned":
         q = _away_from_zero(q, hasher)
     o_ref, l_ref = ref.attend(q, top_k=6, backend="reference")

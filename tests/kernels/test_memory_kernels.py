@@ -11,7 +11,7 @@ from vidhash.hashing import LearnedHash
 from vidhash.kernels.memory.ops import memory_attend, memory_select, memory_write_fifo
 from vidhash.memory import HashedMemory
 
-from memory_helpers import away_from_zero, make, routing, twin  # tests/kernels/memory_helpers.py
+from memory_helpers import DEV, away_from_zero, make, routing, twin  # tests/kernels/memory_helpers.py
 
 RTOL = {torch.float32: 2e-5, torch.bfloat16: 2e-2}
 
@@ -22,11 +22,11 @@ def rel_err(a, b):
 
 
 def fill(mem: HashedMemory, writes: int, tokens: int, dtype=torch.float32):
-    cfg = mem.config
+    cfg, dev = mem.config, mem.keys.device
     for f in range(writes):
         shape = (cfg.batch_size, cfg.heads, tokens, cfg.head_dim)
-        k = away_from_zero(torch.randn(shape), mem.hasher).to(dtype)
-        mem.write(k, torch.randn(shape).to(dtype), f, backend="reference")
+        k = away_from_zero(torch.randn(shape).to(dev), mem.hasher).to(dtype)
+        mem.write(k, torch.randn(shape).to(dev, dtype), f, backend="reference")
 
 
 def sorted_ref_indices(ref_idx: torch.Tensor) -> torch.Tensor:
@@ -52,9 +52,9 @@ def test_fifo_write_equals_reference(b, h, t, d, u, s, n_bits, dtype):
     ref = make(u, s, h, d, n_bits, b, dtype)
     ker = twin(ref)
     for f in range(3):  # evictions within one write and across writes
-        k = away_from_zero(torch.randn(b, h, t, d), ref.hasher).to(dtype)
-        v = torch.randn(b, h, t, d).to(dtype)
-        frames = torch.arange(t) + 100 * f if f % 2 else f
+        k = away_from_zero(torch.randn(b, h, t, d).to(DEV), ref.hasher).to(dtype)
+        v = torch.randn(b, h, t, d).to(DEV, dtype)
+        frames = torch.arange(t, device=DEV) + 100 * f if f % 2 else f
         ref.write(k, v, frames, backend="reference")
         ker.write(k, v, frames, backend="triton")
         for (name, a), (_, bb) in zip(ref.named_buffers(), ker.named_buffers()):
@@ -64,10 +64,10 @@ def test_fifo_write_equals_reference(b, h, t, d, u, s, n_bits, dtype):
 def test_fifo_write_non_contiguous_input_and_float_memory_from_bf16():
     ref = make(dtype=torch.float32)
     ker = twin(ref)
-    k = away_from_zero(torch.randn(2, 3, 21, 40), ref.hasher).to(torch.bfloat16)
-    v = torch.randn(2, 21, 3, 40).to(torch.bfloat16).transpose(1, 2)  # non-contiguous
+    k = away_from_zero(torch.randn(2, 3, 21, 40).to(DEV), ref.hasher).to(torch.bfloat16)
+    v = torch.randn(2, 21, 3, 40).to(DEV, torch.bfloat16).transpose(1, 2)  # non-contiguous
     ref.write(k, v, 4, backend="reference")
-    memory_write_fifo(ker.table, k, v, torch.full((21,), 4), **routing(ker))
+    memory_write_fifo(ker.table, k, v, torch.full((21,), 4, device=DEV), **routing(ker))
     for (name, a), (_, bb) in zip(ref.named_buffers(), ker.named_buffers()):
         assert torch.equal(a, bb), name
 
@@ -84,7 +84,7 @@ def test_fifo_write_non_contiguous_input_and_float_memory_from_bf16():
 def test_selection_equals_reference(top_k, n_bits):
     mem = make(n_bits=n_bits, heads=2, batch_size=1)
     fill(mem, 2, 9)  # some buckets partly empty
-    q = torch.randn(1, 2, 9, 40)
+    q = torch.randn(1, 2, 9, 40).to(DEV)
     q_sig = mem.hasher(q, role="query")
     _, _, ref_idx = mem.attend(q, top_k, return_indices=True, backend="reference")
     want = sorted_ref_indices(ref_idx)
@@ -99,7 +99,7 @@ def test_candidates_only_returns_the_first_stage():
     # and per row their count; full selection must still contain only entries of those chunks
     mem = make(n_bits=32, heads=2, batch_size=1)
     fill(mem, 2, 9)
-    q = torch.randn(1, 2, 9, 40)
+    q = torch.randn(1, 2, 9, 40).to(DEV)
     q_sig = mem.hasher(q, role="query")
     cand, ncand = memory_select(mem.table, q, 4, hasher=mem.hasher, q_sig=q_sig, _candidates_only=True)
     assert cand.dtype == ncand.dtype == torch.int32
@@ -113,7 +113,7 @@ def test_selection_with_many_chunks_equals_reference(top_k):
     which groups are candidates; both bounds must keep exactly the reference's entries."""
     mem = make(num_buckets=24, slots=8, heads=1, batch_size=1)
     fill(mem, 6, 40)
-    q = torch.randn(1, 1, 5, 40)
+    q = torch.randn(1, 1, 5, 40).to(DEV)
     q_sig = mem.hasher(q, role="query")
     _, _, ref_idx = mem.attend(q, top_k, return_indices=True, backend="reference")
     want = sorted_ref_indices(ref_idx)
@@ -125,12 +125,12 @@ def test_selection_with_many_chunks_equals_reference(top_k):
 def test_selection_ties_go_to_the_lower_entry():
     """Many entries with one signature: the k kept are the lowest entries among equals."""
     mem = make(num_buckets=5, slots=8, heads=2, batch_size=1)
-    one = away_from_zero(torch.randn(1, 2, 1, 40), mem.hasher)
+    one = away_from_zero(torch.randn(1, 2, 1, 40).to(DEV), mem.hasher)
     for f in range(3):
-        k = one.expand(1, 2, 6, 40) * (1 + torch.rand(1, 1, 6, 1))  # same direction: same signature
-        mem.write(torch.cat([k, away_from_zero(torch.randn(1, 2, 5, 40), mem.hasher)], 2), torch.randn(1, 2, 11, 40), f,
-                  backend="reference")
-    q = torch.randn(1, 2, 6, 40)
+        k = one.expand(1, 2, 6, 40) * (1 + torch.rand(1, 1, 6, 1).to(DEV))  # same direction: same signature
+        mem.write(torch.cat([k, away_from_zero(torch.randn(1, 2, 5, 40).to(DEV), mem.hasher)], 2),
+                  torch.randn(1, 2, 11, 40).to(DEV), f, backend="reference")
+    q = torch.randn(1, 2, 6, 40).to(DEV)
     q[:, :, :3] = one  # these queries tie with all the copies
     _, _, ref_idx = mem.attend(q, 4, return_indices=True, backend="reference")
     got = memory_select(mem.table, q, 4, hasher=mem.hasher, q_sig=mem.hasher(q, role="query"))
@@ -154,9 +154,9 @@ ATTEND_CASES = [
 def test_attend_forward_and_grad_equal_reference(b, h, n, d, u, s, top_k, q_dtype, mem_dtype):
     mem = make(u, s, h, d, 32, b, mem_dtype)
     fill(mem, 2, 6, mem_dtype)
-    q0 = torch.randn(b, h, n, d).to(q_dtype)
+    q0 = torch.randn(b, h, n, d).to(DEV, q_dtype)
     outs, grads = [], []
-    go, gl = torch.randn(b, h, n, d), torch.randn(b, h, n)
+    go, gl = torch.randn(b, h, n, d).to(DEV), torch.randn(b, h, n).to(DEV)
     for backend in ("reference", "triton"):
         q = q0.clone().requires_grad_(True)
         out, lse, idx = mem.attend(q, top_k, return_indices=True, backend=backend)
@@ -173,11 +173,11 @@ def test_attend_forward_and_grad_equal_reference(b, h, n, d, u, s, top_k, q_dtyp
 
 def test_attend_with_merged_counts_uses_log_count_bias():
     torch.manual_seed(5)
-    mem = HashedMemory(num_buckets=3, slots=2, heads=2, head_dim=16, policy="merge", seed=1)
+    mem = HashedMemory(num_buckets=3, slots=2, heads=2, head_dim=16, policy="merge", seed=1, device=DEV)
     for f in range(3):
-        mem.write(torch.randn(1, 2, 7, 16), torch.randn(1, 2, 7, 16), f)
+        mem.write(torch.randn(1, 2, 7, 16).to(DEV), torch.randn(1, 2, 7, 16).to(DEV), f)
     assert (mem.counts > 1).any()
-    q = torch.randn(1, 2, 5, 16, requires_grad=True)
+    q = torch.randn(1, 2, 5, 16).to(DEV).requires_grad_(True)
     ref_out, ref_lse = mem.attend(q, 4, backend="reference")
     out, lse = memory_attend(mem.table, q, 4, hasher=mem.hasher)
     assert rel_err(out, ref_out) < 2e-5 and rel_err(lse, ref_lse) < 2e-5
@@ -188,7 +188,7 @@ def test_attend_with_merged_counts_uses_log_count_bias():
 
 def test_empty_memory_reads_nothing():
     mem = make()
-    q = torch.randn(2, 3, 5, 40, requires_grad=True)
+    q = torch.randn(2, 3, 5, 40).to(DEV).requires_grad_(True)
     out, lse = mem.attend(q, 4, backend="triton")
     assert (out == 0).all() and torch.isneginf(lse).all()
     out.sum().backward()
@@ -199,7 +199,8 @@ def test_empty_memory_reads_nothing():
 # backend switch
 # --------------------------------------------------------------------------------------------
 def test_backend_switch():
-    mem = make()
+    """The backend choice on CPU tensors (no kernel runs: each forced case is refused first)."""
+    mem = make(device="cpu")
     q = torch.randn(2, 3, 4, 40)
     assert mem._backend("auto", "attend", q) == "reference"  # CPU tensors: the reference, quietly
     assert mem._backend("triton", "attend", q) == "triton"
@@ -210,7 +211,7 @@ def test_backend_switch():
     with pytest.raises(ValueError, match="SimHash"):
         merge.write(q, q, 0, backend="triton")
     with pytest.raises(ValueError, match="float32, bfloat16 and float16"):
-        make(dtype=torch.float64).attend(q.double(), 3, backend="triton")
+        make(dtype=torch.float64, device="cpu").attend(q.double(), 3, backend="triton")
     with pytest.raises(ValueError, match="backend must be one of"):
         mem.attend(q, 3, backend="cuda")
 

@@ -12,7 +12,7 @@ from vidhash.kernels.memory import naive
 from vidhash.kernels.memory.ops import SELECTS, memory_attend, memory_select, memory_select_levels
 from vidhash.memory import READ_SELECTS
 
-from memory_helpers import make  # tests/kernels/memory_helpers.py
+from memory_helpers import DEV, make  # tests/kernels/memory_helpers.py
 from test_memory_kernels import rel_err, sorted_ref_indices
 
 
@@ -30,9 +30,9 @@ def random_signatures(shape, n_bits, g, pool: int = 0):
     return sig.to(torch.int32)
 
 
-def filled(u, s, h, n_bits, fill, *, b=1, d=24, dtype=torch.float32, pool=0, seed=0, device=None):
-    """A memory with about ``fill`` of its entries filled (random keys, values, signatures, counts
-    1-3), the rest empty."""
+def filled(u, s, h, n_bits, fill, *, b=1, d=24, dtype=torch.float32, pool=0, seed=0, device=DEV):
+    """A memory on ``device`` with about ``fill`` of its entries filled (random keys, values,
+    signatures, counts 1-3, drawn on the CPU), the rest empty."""
     mem = make(u, s, h, d, n_bits, b, dtype, seed, device)
     g = torch.Generator().manual_seed(seed)
     on = torch.rand(b, h, u, s, generator=g) < fill
@@ -53,10 +53,10 @@ def reference_indices(mem, q_sig, top_k):
 
 
 def check(mem, n, top_k, *, probe_stride=8, ranges=1, pool=0, seed=1):
-    cfg = mem.config
+    cfg, dev = mem.config, mem.keys.device
     g = torch.Generator().manual_seed(seed)
-    q_sig = random_signatures((cfg.batch_size, cfg.heads, n), cfg.n_bits, g, pool)
-    q = torch.zeros(cfg.batch_size, cfg.heads, n, cfg.head_dim)
+    q_sig = random_signatures((cfg.batch_size, cfg.heads, n), cfg.n_bits, g, pool).to(dev)
+    q = torch.zeros(cfg.batch_size, cfg.heads, n, cfg.head_dim, device=dev)
     got, lo, hi, above, words = memory_select_levels(mem.table, q, top_k, hasher=mem.hasher, q_sig=q_sig,
                                                      probe_stride=probe_stride, ranges=ranges, _state=True)
     assert torch.equal(lo, hi), "a query's threshold level was left open"
@@ -120,8 +120,8 @@ def test_select_equals_the_candidates_kernel():
     assert READ_SELECTS == SELECTS  # HashedMemory.attend validates select with its own copy
     mem = filled(17, 5, 1, 32, 0.6, seed=7)
     g = torch.Generator().manual_seed(8)
-    q_sig = random_signatures((1, 1, 12), 32, g)
-    q = torch.zeros(1, 1, 12, 24)
+    q_sig = random_signatures((1, 1, 12), 32, g).to(DEV)
+    q = torch.zeros(1, 1, 12, 24, device=DEV)
     a = memory_select_levels(mem.table, q, 10, hasher=mem.hasher, q_sig=q_sig)
     b = memory_select(mem.table, q, 10, hasher=mem.hasher, q_sig=q_sig)
     assert torch.equal(a, b)
@@ -129,7 +129,7 @@ def test_select_equals_the_candidates_kernel():
 
 def test_select_errors():
     mem = filled(5, 4, 1, 32, 1.0)
-    q = torch.zeros(1, 1, 3, 24)
+    q = torch.zeros(1, 1, 3, 24, device=DEV)
     with pytest.raises(ValueError, match="probe_stride"):
         memory_select_levels(mem.table, q, 3, hasher=mem.hasher, probe_stride=-1)
     with pytest.raises(ValueError, match="ranges"):
@@ -171,8 +171,8 @@ def test_closing_pass_ranges(monkeypatch):
 def test_read_equals_reference(dtype, heads, fill, top_k):
     mem = filled(19, 5, heads, 32, fill, b=2, d=24, dtype=dtype, seed=9)
     g = torch.Generator().manual_seed(10)
-    q_sig = random_signatures((2, heads, 7), 32, g)
-    q0 = torch.randn(2, heads, 7, 24, generator=g).to(dtype)
+    q_sig = random_signatures((2, heads, 7), 32, g).to(DEV)
+    q0 = torch.randn(2, heads, 7, 24, generator=g).to(DEV, dtype)
     res = []
     for fn, kw in ((naive.memory_attend, {}), (memory_attend, {"select": "levels"})):
         q = q0.clone().requires_grad_(True)
@@ -189,7 +189,7 @@ def test_read_equals_reference(dtype, heads, fill, top_k):
 
 def test_hashed_memory_attend_takes_select():
     mem = filled(13, 4, 2, 32, 0.7, seed=11)
-    q = torch.randn(1, 2, 5, 24)
+    q = torch.randn(1, 2, 5, 24).to(DEV)
     a = mem.attend(q, 6, backend="triton", select="levels", return_indices=True)
     b = mem.attend(q, 6, backend="triton", return_indices=True)
     ref = mem.attend(q, 6, backend="reference", select="levels", return_indices=True)  # same entries on every path

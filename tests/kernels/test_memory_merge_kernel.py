@@ -20,7 +20,7 @@ from vidhash.kernels.memory.ops import memory_write_merge
 from vidhash.memory import HashedMemory
 
 import memory_helpers as helpers  # tests/kernels/memory_helpers.py
-from memory_helpers import away_from_zero, routing, twin
+from memory_helpers import DEV, away_from_zero, routing, twin
 
 BUFFERS = ("keys", "values", "signatures", "frames", "counts", "bucket_writes")
 
@@ -40,14 +40,15 @@ def assert_same(ker: HashedMemory, ref: HashedMemory, where: str = "") -> None:
 def write_both(ref, ker, k, v, frames, backend="triton"):
     ref.write(k, v, frames, backend="reference")
     if backend == "kernel":
-        f = frames if torch.is_tensor(frames) else torch.full((k.shape[2],), frames, dtype=torch.int64)
+        f = frames if torch.is_tensor(frames) else torch.full((k.shape[2],), frames, dtype=torch.int64, device=k.device)
         memory_write_merge(ker.table, k, v, f, **routing(ker))
     else:
         ker.write(k, v, frames, backend=backend)
 
 
 # --------------------------------------------------------------------------------------------
-# CPU (interpreter) tests: tiny odd shapes, several tokens per bucket and write
+# tiny odd shapes, several tokens per bucket and write (on CUDA, else the interpreter on CPU; the
+# inputs are drawn on the CPU: the same numbers on both)
 # --------------------------------------------------------------------------------------------
 CASES = [  # b, h, t, d, buckets, slots, n_bits: t tokens per write into buckets × slots entries per row
     pytest.param(2, 3, 11, 12, 3, 2, 32, id="B2-H3-T11-D12-U3-S2-bits32"),
@@ -61,8 +62,8 @@ def test_merge_write_equals_reference(b, h, t, d, u, s, n_bits, dtype):
     ref = make(u, s, h, d, n_bits, b, dtype)
     ker = twin(ref)
     for f in range(3):  # the first write fills and overflows, the next ones merge only
-        k = away_from_zero(torch.randn(b, h, t, d), ref.hasher).to(dtype)
-        v = torch.randn(b, h, t, d).to(dtype)
+        k = away_from_zero(torch.randn(b, h, t, d).to(DEV), ref.hasher).to(dtype)
+        v = torch.randn(b, h, t, d).to(DEV, dtype)
         write_both(ref, ker, k, v, f)
         assert_same(ker, ref, f"write {f}: ")
     assert int(ref.counts.max()) >= 3  # entries merged several times
@@ -75,8 +76,8 @@ def test_merge_write_bf16_into_float32_memory():
     ref = make(3, 2, 3, 12, 32, 2, torch.float32)
     ker = twin(ref)
     for f in range(3):
-        k = away_from_zero(torch.randn(2, 3, 9, 12), ref.hasher).bfloat16()
-        write_both(ref, ker, k, torch.randn(2, 3, 9, 12).bfloat16(), f)
+        k = away_from_zero(torch.randn(2, 3, 9, 12).to(DEV), ref.hasher).bfloat16()
+        write_both(ref, ker, k, torch.randn(2, 3, 9, 12).to(DEV).bfloat16(), f)
         assert_same(ker, ref, f"write {f}: ")
 
 
@@ -85,8 +86,8 @@ def test_merge_write_float64_memory():
     ref = make(3, 2, 3, 12, 32, 2, torch.float64)
     ker = twin(ref)
     for f in range(3):
-        k = away_from_zero(torch.randn(2, 3, 9, 12, dtype=torch.float64), ref.hasher)
-        write_both(ref, ker, k, torch.randn(2, 3, 9, 12, dtype=torch.float64), f)
+        k = away_from_zero(torch.randn(2, 3, 9, 12, dtype=torch.float64).to(DEV), ref.hasher)
+        write_both(ref, ker, k, torch.randn(2, 3, 9, 12, dtype=torch.float64).to(DEV), f)
         assert_same(ker, ref, f"write {f}: ")
     assert ref.keys.dtype == torch.float64 and int(ref.counts.max()) >= 3
 
@@ -97,11 +98,11 @@ def test_merge_write_per_token_frames_and_strided_inputs():
     ref = make(2, 2, 3, 12, 32, 2)
     ker = twin(ref)
     for f in range(3):
-        big = torch.zeros(2, 3, 10, 24)
-        big[..., :12] = away_from_zero(torch.randn(2, 3, 10, 12), ref.hasher)
+        big = torch.zeros(2, 3, 10, 24, device=DEV)
+        big[..., :12] = away_from_zero(torch.randn(2, 3, 10, 12).to(DEV), ref.hasher)
         k = big[..., :12]  # token stride 24
-        v = torch.randn(2, 10, 3, 12).transpose(1, 2)  # (b, h, t, d) with head/token strides swapped
-        frames = torch.randperm(10) * (f + 1) - 3
+        v = torch.randn(2, 10, 3, 12).to(DEV).transpose(1, 2)  # (b, h, t, d) with head/token strides swapped
+        frames = (torch.randperm(10) * (f + 1) - 3).to(DEV)
         write_both(ref, ker, k, v, frames, backend="kernel")
         assert_same(ker, ref, f"write {f}: ")
 
@@ -111,8 +112,8 @@ def test_merge_write_single_bucket_single_slot():
     ref = make(1, 1, 3, 12, 32, 2)
     ker = twin(ref)
     for f in range(2):
-        k = away_from_zero(torch.randn(2, 3, 8, 12), ref.hasher)
-        write_both(ref, ker, k, torch.randn(2, 3, 8, 12), f)
+        k = away_from_zero(torch.randn(2, 3, 8, 12).to(DEV), ref.hasher)
+        write_both(ref, ker, k, torch.randn(2, 3, 8, 12).to(DEV), f)
         assert_same(ker, ref, f"write {f}: ")
     assert ref.counts.flatten().tolist() == [16] * 6
 
@@ -120,40 +121,43 @@ def test_merge_write_single_bucket_single_slot():
 def test_merge_write_empty_and_few_tokens():
     ref = make(5, 2, 3, 12, 32, 2)
     ker = twin(ref)
-    empty = torch.randn(2, 3, 0, 12)
-    memory_write_merge(ker.table, empty, empty, torch.zeros(0, dtype=torch.int64), **routing(ker))
+    empty = torch.randn(2, 3, 0, 12).to(DEV)
+    memory_write_merge(ker.table, empty, empty, torch.zeros(0, dtype=torch.int64, device=DEV), **routing(ker))
     ker.write(empty, empty, 0, backend="triton")
     assert_same(ker, ref)
-    k = away_from_zero(torch.randn(2, 3, 2, 12), ref.hasher)  # fewer tokens than buckets: most programs idle
-    write_both(ref, ker, k, torch.randn(2, 3, 2, 12), 4)
+    k = away_from_zero(torch.randn(2, 3, 2, 12).to(DEV), ref.hasher)  # fewer tokens than buckets: most programs idle
+    write_both(ref, ker, k, torch.randn(2, 3, 2, 12).to(DEV), 4)
     assert_same(ker, ref)
 
 
 def test_merge_kernel_refuses_what_it_does_not_cover():
-    lh = LearnedHash(12, n_bits=32, heads=3)
-    mem = HashedMemory(3, 2, 3, 12, n_bits=32, batch_size=2, policy="merge", hasher=lh)
-    k = torch.randn(2, 3, 5, 12)
+    """On the kernels' device: off the interpreter, a CPU tensor is refused first (by the device check)."""
+    lh = LearnedHash(12, n_bits=32, heads=3).to(DEV)
+    mem = HashedMemory(3, 2, 3, 12, n_bits=32, batch_size=2, policy="merge", hasher=lh, device=DEV)
+    k = torch.randn(2, 3, 5, 12).to(DEV)
+    zeros = torch.zeros(5, dtype=torch.int64, device=DEV)
     with pytest.raises(ValueError, match="SimHash only"):
-        memory_write_merge(mem.table, k, k, torch.zeros(5, dtype=torch.int64), **routing(mem))
+        memory_write_merge(mem.table, k, k, zeros, **routing(mem))
     with pytest.raises(ValueError, match="backend='triton' is unavailable.*SimHash only"):
         mem.write(k, k, 0, backend="triton")
     simhash = make(3, 2, 3, 12)
     with pytest.raises(ValueError, match="MemoryTable"):  # the memory's tensors, not the memory
-        memory_write_merge(simhash, k, k, torch.zeros(5, dtype=torch.int64), **routing(simhash))
+        memory_write_merge(simhash, k, k, zeros, **routing(simhash))
     with pytest.raises(ValueError, match="head_dim"):
-        memory_write_merge(simhash.table, torch.randn(2, 3, 5, 8), torch.randn(2, 3, 5, 8), torch.zeros(5, dtype=torch.int64),
+        memory_write_merge(simhash.table, torch.randn(2, 3, 5, 8).to(DEV), torch.randn(2, 3, 5, 8).to(DEV), zeros,
                            **routing(simhash))
 
 
 def test_auto_backend_routes_merge_writes(monkeypatch):
     """``auto`` on CUDA tensors: merge + SimHash → the kernel (float64 included); merge + LearnedHash
     → the reference, quietly; FIFO float64 → the reference. (resolve_backend is made to answer as
-    on a GPU; no kernel runs here.)"""
+    on a GPU; no kernel runs here: CPU tensors on every machine.)"""
     monkeypatch.setattr(vm, "resolve_backend", lambda backend, *t: "triton" if backend in ("auto", "triton") else backend)
     k = torch.randn(2, 3, 5, 12)
-    assert make(3, 2, 3, 12)._backend("auto", "write", k, k) == "triton"
-    assert make(3, 2, 3, 12, dtype=torch.bfloat16)._backend("auto", "write", k.bfloat16(), k.bfloat16()) == "triton"
-    assert make(3, 2, 3, 12, dtype=torch.float64)._backend("auto", "write", k.double(), k.double()) == "triton"
+    cpu = dict(device="cpu")
+    assert make(3, 2, 3, 12, **cpu)._backend("auto", "write", k, k) == "triton"
+    assert make(3, 2, 3, 12, dtype=torch.bfloat16, **cpu)._backend("auto", "write", k.bfloat16(), k.bfloat16()) == "triton"
+    assert make(3, 2, 3, 12, dtype=torch.float64, **cpu)._backend("auto", "write", k.double(), k.double()) == "triton"
     lh = LearnedHash(12, n_bits=32, heads=3)
     learned = HashedMemory(3, 2, 3, 12, n_bits=32, batch_size=2, policy="merge", hasher=lh)
     assert learned._backend("auto", "write", k, k) == "reference"
@@ -161,7 +165,7 @@ def test_auto_backend_routes_merge_writes(monkeypatch):
         learned._backend("triton", "write", k, k)
     fifo64 = HashedMemory(3, 2, 3, 12, batch_size=2, policy="fifo", dtype=torch.float64)
     assert fifo64._backend("auto", "write", k.double(), k.double()) == "reference"
-    assert make(3, 2, 3, 12, dtype=torch.float64)._backend("auto", "attend", k.double()) == "reference"
+    assert make(3, 2, 3, 12, dtype=torch.float64, **cpu)._backend("auto", "attend", k.double()) == "reference"
 
 
 # --------------------------------------------------------------------------------------------

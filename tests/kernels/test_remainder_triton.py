@@ -4,11 +4,14 @@ import torch
 
 from vidhash.attention import hash_attention
 
+DEV = "cuda" if torch.cuda.is_available() else "cpu"  # the kernels on the GPU, else the interpreter
+
 
 def qkv(b, h, nq, nk, d, seed=0):
+    """Drawn on the CPU (the same numbers on every device), on ``DEV``."""
     g = torch.Generator().manual_seed(seed)
-    return (torch.randn(b, h, nq, d, generator=g), torch.randn(b, h, nk, d, generator=g),
-            torch.randn(b, h, nk, d, generator=g))
+    return (torch.randn(b, h, nq, d, generator=g).to(DEV), torch.randn(b, h, nk, d, generator=g).to(DEV),
+            torch.randn(b, h, nk, d, generator=g).to(DEV))
 
 
 def test_triton_backend_with_remainder_matches_reference():

@@ -13,6 +13,7 @@ from vidhash.kernels.signature.naive import block_signatures
 from vidhash.kernels.signature.ops import block_signatures_triton, signatures_and_buckets, signatures_triton
 from vidhash.memory import HashedMemory
 
+DEV = "cuda" if torch.cuda.is_available() else "cpu"  # the kernel on the GPU, else the interpreter
 TOL = 1e-3
 
 
@@ -60,15 +61,15 @@ SIMHASH_CASES = [
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("b,h,n,d,n_bits,heads", SIMHASH_CASES)
 def test_simhash_signatures(b, h, n, d, n_bits, heads, dtype):
-    hasher = SimHash(d, n_bits, heads=heads, seed=7)
-    x = torch.randn(b, h, n, d).to(dtype)
+    hasher = SimHash(d, n_bits, heads=heads, seed=7).to(DEV)
+    x = torch.randn(b, h, n, d).to(DEV, dtype)
     got = signatures_triton(x, hasher)
     assert_bits_match(got, hasher(x), projections64(x, hasher, "key"), n_bits)
 
 
 def test_simhash_shared_planes_any_leading_shape():
-    hasher = SimHash(40, 45, seed=1)
-    x = torch.randn(33, 40)
+    hasher = SimHash(40, 45, seed=1).to(DEV)
+    x = torch.randn(33, 40).to(DEV)
     got = signatures_triton(x, hasher)
     assert got.shape == (33, 2)
     assert_bits_match(got, hasher(x), projections64(x, hasher, "key"), 45)
@@ -77,8 +78,8 @@ def test_simhash_shared_planes_any_leading_shape():
 @pytest.mark.parametrize("role", ["query", "key"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 def test_learned_hash_signatures(role, dtype):
-    hasher = LearnedHash(40, n_bits=45, heads=3, hidden=24, seed=2)
-    x = torch.randn(2, 3, 33, 40).to(dtype)
+    hasher = LearnedHash(40, n_bits=45, heads=3, hidden=24, seed=2).to(DEV)
+    x = torch.randn(2, 3, 33, 40).to(DEV, dtype)
     got = signatures_triton(x, hasher, role)
     assert_bits_match(got, hasher(x, role), projections64(x, hasher, role), 45)
 
@@ -94,8 +95,8 @@ BLOCK_CASES = [
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("b,h,n,d,n_bits,heads,block_size", BLOCK_CASES)
 def test_block_signatures_simhash(b, h, n, d, n_bits, heads, block_size, dtype):
-    hasher = SimHash(d, n_bits, heads=heads, seed=3)
-    x = torch.randn(b, h, n, d).to(dtype)
+    hasher = SimHash(d, n_bits, heads=heads, seed=3).to(DEV)
+    x = torch.randn(b, h, n, d).to(DEV, dtype)
     got = block_signatures_triton(x, block_size, hasher, "key")
     ref = block_signatures(x, block_size, hasher, "key")
     assert_bits_match(got, ref, projections64(x, hasher, "key", block_size), n_bits)
@@ -103,8 +104,8 @@ def test_block_signatures_simhash(b, h, n, d, n_bits, heads, block_size, dtype):
 
 @pytest.mark.parametrize("block_size", [1, 4, 7])
 def test_block_signatures_learned_hash(block_size):
-    hasher = LearnedHash(40, n_bits=33, heads=3, hidden=24, seed=4)
-    x = torch.randn(1, 3, 31, 40)
+    hasher = LearnedHash(40, n_bits=33, heads=3, hidden=24, seed=4).to(DEV)
+    x = torch.randn(1, 3, 31, 40).to(DEV)
     for role in ("query", "key"):
         got = block_signatures_triton(x, block_size, hasher, role)
         ref = block_signatures(x, block_size, hasher, role)
@@ -118,8 +119,8 @@ def test_block_signatures_learned_hash(block_size):
 ])
 def test_signatures_and_buckets_match_route(num_buckets, n_bits, route_bits, seed):
     mem = HashedMemory(num_buckets=num_buckets, slots=2, heads=3, head_dim=40, n_bits=n_bits,
-                       route_bits=route_bits, seed=seed, batch_size=2)
-    k = torch.randn(2, 3, 41, 40)
+                       route_bits=route_bits, seed=seed, batch_size=2, device=DEV)
+    k = torch.randn(2, 3, 41, 40).to(DEV)
     sig, bucket = signatures_and_buckets(k, mem.hasher, mem._route_bits, num_buckets, seed)
     ref = mem.hasher(k)
     assert_bits_match(sig, ref, projections64(k, mem.hasher, "key"), n_bits)
@@ -128,14 +129,15 @@ def test_signatures_and_buckets_match_route(num_buckets, n_bits, route_bits, see
 
 
 def test_errors_name_the_problem():
+    # on the kernel's device: off the interpreter a CPU tensor is refused first (the device check)
     with pytest.raises(ValueError, match="SimHash and LearnedHash"):
-        signatures_triton(torch.randn(1, 2, 5, 8), torch.nn.Linear(8, 8))
+        signatures_triton(torch.randn(1, 2, 5, 8).to(DEV), torch.nn.Linear(8, 8))
     with pytest.raises(ValueError, match="head_dim"):
-        signatures_triton(torch.randn(1, 2, 5, 9), SimHash(8, 32))
+        signatures_triton(torch.randn(1, 2, 5, 9).to(DEV), SimHash(8, 32))
     with pytest.raises(ValueError, match="heads=3"):
-        signatures_triton(torch.randn(1, 2, 5, 8), SimHash(8, 32, heads=3))
+        signatures_triton(torch.randn(1, 2, 5, 8).to(DEV), SimHash(8, 32, heads=3))
     with pytest.raises(ValueError, match="block_size"):
-        block_signatures_triton(torch.randn(1, 2, 5, 8), 0, SimHash(8, 32), "key")
+        block_signatures_triton(torch.randn(1, 2, 5, 8).to(DEV), 0, SimHash(8, 32), "key")
 
 
 @pytest.mark.gpu

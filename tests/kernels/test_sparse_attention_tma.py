@@ -7,12 +7,15 @@ from vidhash.attention import block_sparse_attention, select_blocks
 from vidhash.kernels.sparse_attention import ops
 from vidhash.ops.checks import BlockSelection
 
+DEV = "cuda" if torch.cuda.is_available() else "cpu"  # the kernels on the GPU, else the interpreter
 
-def qkv(b, h, nq, nk, d, seed=0, layout="bhnd"):
+
+def qkv(b, h, nq, nk, d, seed=0, layout="bhnd", device=DEV):
+    """Drawn on the CPU (the same numbers on every device), on ``device``."""
     g = torch.Generator().manual_seed(seed)
     if layout == "bnhd":  # diffusers' layout, viewed as (b, h, n, d): strided heads and tokens
-        return tuple(torch.randn(b, n, h, d, generator=g).transpose(1, 2) for n in (nq, nk, nk))
-    return tuple(torch.randn(b, h, n, d, generator=g) for n in (nq, nk, nk))
+        return tuple(torch.randn(b, n, h, d, generator=g).to(device).transpose(1, 2) for n in (nq, nk, nk))
+    return tuple(torch.randn(b, h, n, d, generator=g).to(device) for n in (nq, nk, nk))
 
 
 @pytest.mark.parametrize("nq,nk,bk,bq,d,layout", [
@@ -38,7 +41,7 @@ def test_tma_forward_matches_pointer_kernel_and_reference(monkeypatch, nq, nk, b
 def test_tma_forward_padding_entries_and_empty_rows(monkeypatch):
     """``-1`` entries are skipped; a query block with only padding gets zeros and ``lse = -inf``."""
     q, k, v = qkv(1, 1, 128, 256, 64, seed=4)
-    idx = torch.tensor([[[[0, 2, -1], [-1, -1, -1]]]], dtype=torch.int32)
+    idx = torch.tensor([[[[0, 2, -1], [-1, -1, -1]]]], dtype=torch.int32, device=DEV)
     sel = BlockSelection(idx, 64, 64, 128, 256, False)
     monkeypatch.setenv("VIDHASH_TMA", "1")
     out, lse = ops.block_sparse_attention_triton(q, k, v, sel, return_lse=True)
@@ -54,7 +57,7 @@ def test_tma_forward_unmasked_prefix_then_masked_tail(monkeypatch):
     64-entry scan chunk, against the reference."""
     q, k, v = qkv(1, 2, 128, 300, 64, seed=5)
     rows = [[1, -1, 0, 2], [4, 0, 2, 3], [0, 1, 2, 4], [3, 2, 1, 0]]
-    idx = torch.tensor([[rows[:2], rows[2:]]], dtype=torch.int32)  # (1, 2, 2 query blocks, 4)
+    idx = torch.tensor([[rows[:2], rows[2:]]], dtype=torch.int32, device=DEV)  # (1, 2, 2 query blocks, 4)
     sel = BlockSelection(idx, 64, 64, 128, 300, False)
     monkeypatch.setenv("VIDHASH_TMA", "1")
     out, lse = ops.block_sparse_attention_triton(q, k, v, sel, return_lse=True)
@@ -62,7 +65,7 @@ def test_tma_forward_unmasked_prefix_then_masked_tail(monkeypatch):
     assert torch.allclose(out, r_out, atol=2e-5) and torch.allclose(lse, r_lse, atol=2e-5)
     # 80 entries a row (blocks of 64 over 5,120 keys + a ragged one), the ragged block at entry 70
     q, k, v = qkv(1, 1, 64, 81 * 64 - 20, 64, seed=6)
-    order = torch.randperm(80, generator=torch.Generator().manual_seed(0)).to(torch.int32)
+    order = torch.randperm(80, generator=torch.Generator().manual_seed(0)).to(DEV, torch.int32)
     order[70] = 80
     sel = BlockSelection(order.reshape(1, 1, 1, 80), 64, 64, 64, 81 * 64 - 20, False)
     out, lse = ops.block_sparse_attention_triton(q, k, v, sel, return_lse=True)
@@ -85,7 +88,7 @@ def test_tma_backward_matches_pointer_kernels_and_reference(monkeypatch, split, 
     base = qkv(1, 2, nq, nk, d, seed=7, layout=layout)
     sel = select_blocks(base[0], base[1], density=0.4, block_size=bk, query_block_size=bq, scorer="pooled")
     g = torch.Generator().manual_seed(8)
-    dout, dlse = torch.randn(1, 2, nq, d, generator=g), torch.randn(1, 2, nq, generator=g)
+    dout, dlse = torch.randn(1, 2, nq, d, generator=g).to(DEV), torch.randn(1, 2, nq, generator=g).to(DEV)
 
     def grads(fn):
         q, k, v = (t.detach().clone().requires_grad_(True) for t in base)
@@ -103,8 +106,9 @@ def test_tma_backward_matches_pointer_kernels_and_reference(monkeypatch, split, 
 
 
 def test_tma_takes_only_what_it_was_written_for(monkeypatch):
+    """Which inputs the TMA kernels take, on CPU tensors on every machine (no kernel runs)."""
     monkeypatch.setenv("VIDHASH_TMA", "1")
-    q, k, v = qkv(1, 1, 128, 128, 64)
+    q, k, v = qkv(1, 1, 128, 128, 64, device="cpu")
     assert not ops.use_tma(q, k, v, select_blocks(q, k, density=0.5, block_size=16))  # blocks of 16: pointer kernel
     assert not ops.use_tma(q, k, v, select_blocks(q, k, density=0.5, block_size=64, causal=True))
     assert not ops.use_tma(q, k, v, select_blocks(q, k, density=0.5, block_size=64, query_block_size=96))
