@@ -138,24 +138,46 @@ def _descriptors(selection: BlockSelection, **tensors: torch.Tensor) -> list:
             for name, t in tensors.items()]
 
 
-def _tma_takes(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, selection: BlockSelection) -> bool:
-    """Whether the TMA forward (``kernel_tma.py``) takes these inputs: non-causal, key blocks of 64
-    or 128 tokens, query blocks of a power of two from 16 to 128, and q/k/v a descriptor accepts
-    (unit last stride, 16-byte aligned base and strides)."""
+SMEM_LIMIT = 232_448  # bytes of shared memory one program may take on sm_90 (227 KiB)
+
+
+def _tma_smem(elem: int, bq: int, bk: int, dim: int, backward: bool) -> int:
+    """Shared memory of the TMA kernels' first (2-stage) config, the one a launch without the
+    autotuner runs: the forward ≈ ``elem · (3·bk + bq) · dim``; the backward the larger of dq (k/v
+    tiles double-buffered, ≈ ``elem · (4·bk + 2·bq) · dim``) and dk/dv (q/dO tiles double-buffered,
+    ``elem · (2·bk + 4·bq) · dim``). Fitted to ptxas's counts for sm_90 (``kernels/sass.py``): the
+    backward within 0.01 %; the forward an upper bound (196,632 B counted at fp32, bq 32, bk 128, d 128)."""
+    if backward:
+        return elem * max(4 * bk + 2 * bq, 2 * bk + 4 * bq) * dim
+    return elem * (3 * bk + bq) * dim
+
+
+def _tma_takes(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, selection: BlockSelection,
+               backward: bool = False) -> bool:
+    """Whether the TMA forward (``kernel_tma.py``; ``backward``: its dq and dk/dv kernels too) takes
+    these inputs: non-causal, key blocks of 64 or 128 tokens, query blocks of a power of two from 16
+    to 128, q/k/v a descriptor accepts (unit last stride, 16-byte aligned base and strides), and
+    tiles that fit one program's shared memory (:func:`_tma_smem`: only float32 can overflow it —
+    at head dim 128 and key blocks of 128 the dq kernel would take 294,920 B)."""
     bq, bk = selection.query_block_size, selection.block_size
     if selection.causal or bk not in (64, 128) or bq not in (16, 32, 64, 128):
+        return False
+    dim = max(q.shape[-1], v.shape[-1])
+    if _tma_smem(q.element_size(), bq, bk, dim, backward) > SMEM_LIMIT:
         return False
     return _descriptor_ok(q, k, v)
 
 
-def use_tma(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, selection: BlockSelection) -> bool:
+def use_tma(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, selection: BlockSelection,
+            backward: bool = False) -> bool:
     """The TMA kernels (``kernel_tma.py``) or the pointer kernels: ``VIDHASH_TMA=0`` never, ``=1``
     wherever they take the inputs (the interpreter too: how the CPU tests run them), unset (auto) for
     16-bit inputs on a CUDA device of compute capability ≥ 9 (Hopper) where they take them — forward
     and backward alike (H200, 2026-12-04: fwd+bwd 20.4 → 18.1 ms at N = 131,072 d 64 1/32, 22.9 →
-    20.0 ms at wan-mini's training shape; ``scripts/gpu/attention_parts.py --part backward``)."""
+    20.0 ms at wan-mini's training shape; ``scripts/gpu/attention_parts.py --part backward``).
+    ``backward``: for the backward's kernels (whose tiles take more shared memory)."""
     flag = os.environ.get("VIDHASH_TMA", "auto")
-    if flag == "0" or not _tma_takes(q, k, v, selection):
+    if flag == "0" or not _tma_takes(q, k, v, selection, backward):
         return False
     if flag == "1":
         return True
@@ -296,7 +318,7 @@ def sparse_attention_backward(do, q, k, v, out, lse, dlse, selection: BlockSelec
         E=e, HAS_DLSE=dlse is not None, BLOCK_M=64,
     )
     idx = selection.indices.contiguous()
-    if use_tma(q, k, v, selection) and _descriptor_ok(do):
+    if use_tma(q, k, v, selection, backward=True) and _descriptor_ok(do):
         dq = torch.empty_like(q)  # the TMA kernels take their outputs' strides apart
         _tma_backward(q, k, v, do, lse, delta, idx, dq, selection, sm_scale, prec)
         dk, dv = torch.empty_like(k), torch.empty_like(v)

@@ -77,7 +77,8 @@ def test_tma_forward_unmasked_prefix_then_masked_tail(monkeypatch):
 @pytest.mark.parametrize("nq,nk,bk,bq,d,layout", [
     (256, 256, 64, 64, 64, "bhnd"),
     (200, 300, 64, 128, 64, "bnhd"),  # partial query and key blocks (halves: the last block's second one partial)
-    (96, 256, 128, 32, 128, "bnhd"),  # query blocks of 32: kept whole whatever the split
+    (96, 256, 128, 32, 64, "bnhd"),  # query blocks of 32: kept whole whatever the split (key blocks of 128
+    # at d 128 do not fit float32 backward tiles in shared memory: test_tma_takes_only_what_it_was_written_for)
     (150, 256, 64, 64, 128, "bnhd"),  # the last query block's first half partial, its second wholly past nq
 ])
 def test_tma_backward_matches_pointer_kernels_and_reference(monkeypatch, split, nq, nk, bk, bq, d, layout):
@@ -97,6 +98,7 @@ def test_tma_backward_matches_pointer_kernels_and_reference(monkeypatch, split, 
         return q.grad, k.grad, v.grad
 
     monkeypatch.setenv("VIDHASH_TMA", "1")
+    assert ops.use_tma(*base, sel, backward=True)  # the TMA backward runs, not the pointer kernels twice
     tma = grads(ops.block_sparse_attention_triton)
     monkeypatch.setenv("VIDHASH_TMA", "0")
     ptr = grads(ops.block_sparse_attention_triton)
@@ -113,6 +115,13 @@ def test_tma_takes_only_what_it_was_written_for(monkeypatch):
     assert not ops.use_tma(q, k, v, select_blocks(q, k, density=0.5, block_size=64, causal=True))
     assert not ops.use_tma(q, k, v, select_blocks(q, k, density=0.5, block_size=64, query_block_size=96))
     assert ops.use_tma(q, k, v, select_blocks(q, k, density=0.5, block_size=64))
+    # float32 tiles that overflow a program's shared memory (227 KiB on sm_90): key blocks of 128 at d 128
+    # fit the forward (≈ 197 KB) but not the backward's dq (≈ 295 KB); bf16 fits both
+    q8, k8, v8 = qkv(1, 1, 128, 256, 128, device="cpu")
+    sel8 = select_blocks(q8, k8, density=0.5, block_size=128, query_block_size=32)
+    assert ops.use_tma(q8, k8, v8, sel8) and not ops.use_tma(q8, k8, v8, sel8, backward=True)
+    assert ops.use_tma(*(t.bfloat16() for t in (q8, k8, v8)), sel8, backward=True)
+    assert ops._tma_smem(4, 32, 128, 128, True) == 294_912 and ops._tma_smem(4, 128, 64, 64, True) == 163_840
     monkeypatch.delenv("VIDHASH_TMA")
     assert not ops.use_tma(q, k, v, select_blocks(q, k, density=0.5, block_size=64))  # auto: CUDA, 16-bit only
     assert not ops.use_tma(q.half(), k.half(), v.half(), select_blocks(q, k, density=0.5, block_size=64))  # CPU
