@@ -133,7 +133,15 @@ _OK = np.zeros((4, 16, 16, 3), np.uint8)
     (np.zeros((4, 3, 16, 16), np.uint8), "channels-first"),
     (_OK[:0], r"no frames \(shape \(0, 16, 16, 3\)\)"),
     (_OK[:, :0], "empty frames"),
-], ids=["list", "str", "float-range", "float-nan", "uint16", "bool", "one-frame", "grey", "rgba", "channels-first", "no-frames", "no-pixels"])
+    # a diffusers batch (output.frames, not output.frames[0]) and float clips of a bad shape: the shape is named,
+    # not the float dtype (floats in [0, 1] are read)
+    (np.zeros((1, 4, 16, 16, 3), np.float32), r"got shape \(1, 4, 16, 16, 3\) \(a batch of clips.*frames\[0\]"),
+    (np.zeros((2, 4, 16, 16, 3), np.uint8), r"got shape \(2, 4, 16, 16, 3\) \(a batch of clips"),
+    (np.zeros((16, 16, 3), np.float32), r"got shape \(16, 16, 3\) \(one frame: add a frames axis"),
+    (np.zeros((0, 16, 16, 3), np.float32), r"no frames \(shape \(0, 16, 16, 3\)\)"),
+    (np.zeros((4, 16, 16, 4), np.float16), r"got shape \(4, 16, 16, 4\)"),
+], ids=["list", "str", "float-range", "float-nan", "uint16", "bool", "one-frame", "grey", "rgba", "channels-first", "no-frames",
+        "no-pixels", "float-batch", "uint8-batch", "float-one-frame", "float-no-frames", "float-rgba"])
 def test_bad_frames_are_refused_with_what_is_wrong(frames, match):
     with pytest.raises(VideoError, match=match) as err:
         measure_coherence_frames(frames, 8, OPTS, name="gen")
@@ -165,3 +173,20 @@ def test_a_tensor_is_refused_with_how_to_convert_it():
 def test_bad_rates_and_sizes(fps, opts, match):
     with pytest.raises(ValueError, match=match):
         measure_coherence_frames(_OK, fps, opts)
+
+
+@pytest.mark.parametrize("analysis_fps", ["8", None, [8]])
+def test_an_analysis_rate_that_is_no_number_is_refused_by_name(analysis_fps):
+    with pytest.raises(ValueError, match="--analysis-fps must be a number"):
+        measure_coherence_frames(_OK, 8, CoherenceOptions(analysis_fps=analysis_fps, progress=False))
+
+
+def test_a_fraction_rate_is_a_rate():
+    """24000/1001 as a Fraction (PyAV's average_rate) is the 23.976 fps it is, as float or numpy scalars are."""
+    from fractions import Fraction
+
+    clip = _clip(fps=24)
+    a = measure_coherence_frames(clip, Fraction(24000, 1001), OPTS)
+    b = measure_coherence_frames(clip, 24000 / 1001, OPTS)
+    c = measure_coherence_frames(clip, np.float64(24000 / 1001), OPTS)
+    assert a["fps"] == b["fps"] == c["fps"] and a["flicker"] == b["flicker"] == c["flicker"] and a["frames"] == 16

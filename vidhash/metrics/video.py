@@ -28,6 +28,7 @@ constant-rate striding above, the same working size), with no file, no codec and
 from __future__ import annotations
 
 import math
+import numbers
 import os
 from dataclasses import dataclass, field
 from typing import Iterator
@@ -93,6 +94,8 @@ def check_size(size) -> None:
 
 def check_analysis_fps(analysis_fps) -> None:
     """ValueError naming ``--analysis-fps`` unless it is a finite number >= 0 (0: every frame)."""
+    if isinstance(analysis_fps, (bool, np.bool_)) or not isinstance(analysis_fps, numbers.Real):
+        raise ValueError(f"--analysis-fps must be a number of frames per second (or 0 for every frame), got {analysis_fps!r}")
     if analysis_fps < 0 or not math.isfinite(analysis_fps):
         raise ValueError(f"--analysis-fps must be a positive number (or 0 for every frame), got {analysis_fps}")
 
@@ -318,10 +321,12 @@ class FrameArrayReader:
     source frame ``k``. No file, no codec, no PyAV: the frames measured are the ones given.
 
     Args:
-        frames: ``(frames, height, width, 3)`` uint8 RGB numpy array (at least one frame). Anything
-            else is refused with a :class:`VideoError` (a ``ValueError``): lists and tensors (stack
-            them / ``.cpu().numpy()`` first), other dtypes (floats, uint16: scale to uint8 0–255),
-            other shapes (one frame ``(height, width, 3)``, grey, RGBA, channels first), no frames.
+        frames: ``(frames, height, width, 3)`` uint8 RGB numpy array (at least one frame), or a float
+            array of that shape in [0, 1] (diffusers' ``output_type="np"``; read as ``round(x · 255)``,
+            :func:`check_frames`). Anything else is refused with a :class:`VideoError` (a ``ValueError``):
+            lists and tensors (stack them / ``.cpu().numpy()`` first), other dtypes (uint16, bool: scale
+            to uint8 0–255), floats outside [0, 1], other shapes (one frame ``(height, width, 3)``, a
+            batch of clips ``(batch, frames, height, width, 3)``, grey, RGBA, channels first), no frames.
         fps: the clip's frame rate (frames per second, > 0).
         analysis_fps: frames per second to analyse; ``0`` keeps every frame.
         size: longer side of the working size in pixels.
@@ -341,7 +346,7 @@ class FrameArrayReader:
     def __init__(self, frames, fps: float, analysis_fps: float = 8.0, size: int = 128, name: str = "<frames>"):
         self.name = self.path = str(name)
         self.frames = check_frames(frames, self.name)
-        if isinstance(fps, bool) or not isinstance(fps, (int, float, np.integer, np.floating)) or not math.isfinite(fps) or fps <= 0:
+        if isinstance(fps, (bool, np.bool_)) or not isinstance(fps, numbers.Real) or not math.isfinite(fps) or fps <= 0:
             raise ValueError(f"{self.name}: fps must be a positive number of frames per second, got {fps!r}")
         check_analysis_fps(analysis_fps)
         check_size(size)
@@ -383,7 +388,7 @@ def check_frames(frames, name: str = "<frames>") -> np.ndarray:
     frame of at least one pixel; a float array of that shape in [0, 1] (what diffusers pipelines
     return with ``output_type="np"``, one clip of the batch) as uint8, ``round(x · 255)``; else a
     :class:`VideoError` (a ``ValueError``) naming what was given and what is refused."""
-    want = "a uint8 numpy array of shape (frames, height, width, 3), RGB 0-255"
+    want = "a uint8 numpy array of shape (frames, height, width, 3), RGB 0-255 (or floats in [0, 1])"
     if not isinstance(frames, np.ndarray):
         kind = f"{type(frames).__module__}.{type(frames).__qualname__}".removeprefix("builtins.")
         hint = ""
@@ -392,22 +397,26 @@ def check_frames(frames, name: str = "<frames>") -> np.ndarray:
         elif isinstance(frames, (list, tuple)):
             hint = " (a list of frames: np.stack it)"
         raise VideoError(f"{name}: frames must be {want}; got {kind}{hint}; lists, tensors and other array types are refused")
-    if frames.dtype.kind == "f" and frames.ndim == 4 and frames.shape[-1] == 3 and frames.size:
-        # diffusers' output_type="np" frames: float RGB in [0, 1], as diffusers' own export rounds them
-        finite = np.isfinite(frames)
-        if not finite.all() or frames.min() < 0 or frames.max() > 1:
-            bad = "NaN or inf" if not finite.all() else f"values in [{float(frames.min()):.4g}, {float(frames.max()):.4g}]"
-            raise VideoError(f"{name}: float frames must be RGB in [0, 1] (diffusers' output_type=\"np\"); got {bad}")
-        return np.round(frames.astype(np.float32) * 255).astype(np.uint8)
-    if frames.dtype != np.uint8:
+    if frames.dtype != np.uint8 and frames.dtype.kind != "f":
         raise VideoError(f"{name}: frames must be {want}; got dtype {frames.dtype} (bool and integer types other than uint8 "
                          "are refused: scale to 0-255 and convert to uint8; floats are read as RGB in [0, 1])")
     if frames.ndim != 4 or frames.shape[-1] != 3:
-        hint = " (one frame: add a frames axis, frames[None])" if frames.ndim == 3 and frames.shape[-1] == 3 else ""
+        hint = ""
+        if frames.ndim == 3 and frames.shape[-1] == 3:
+            hint = " (one frame: add a frames axis, frames[None])"
+        elif frames.ndim == 5 and frames.shape[-1] == 3:
+            hint = " (a batch of clips, as a diffusers pipeline's output.frames: measure one clip, frames[0])"
         raise VideoError(f"{name}: frames must be {want}; got shape {tuple(frames.shape)}{hint} (grey, RGBA and "
                          "channels-first frames are refused)")
     if frames.shape[0] == 0:
         raise VideoError(f"{name}: no frames (shape {tuple(frames.shape)}); at least one is needed")
     if frames.shape[1] == 0 or frames.shape[2] == 0:
         raise VideoError(f"{name}: empty frames (shape {tuple(frames.shape)}); frames need at least one pixel")
+    if frames.dtype.kind == "f":
+        # diffusers' output_type="np" frames: float RGB in [0, 1], as diffusers' own export rounds them
+        finite = np.isfinite(frames)
+        if not finite.all() or frames.min() < 0 or frames.max() > 1:
+            bad = "NaN or inf" if not finite.all() else f"values in [{float(frames.min()):.4g}, {float(frames.max()):.4g}]"
+            raise VideoError(f"{name}: float frames must be RGB in [0, 1] (diffusers' output_type=\"np\"); got {bad}")
+        return np.round(frames.astype(np.float32) * 255).astype(np.uint8)
     return frames
