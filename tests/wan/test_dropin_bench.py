@@ -195,6 +195,18 @@ def test_coherence_of_a_clip(tiny_model):
     assert set(report) == set(dropin.COHERENCE_KEYS) and all(v is not None for v in report.values()), report
 
 
+def test_coherence_of_a_clip_below_the_least_working_size():
+    """--size 8 is a clip the bench makes (one patch of the CPU model); its coherence is measured at 16²,
+    the least working size (as a file of it would be), not refused as "--size must be at least 16"
+    after every clip was sampled."""
+    from vidhash.metrics import CoherenceOptions, measure_coherence_frames
+
+    clip = (np.random.default_rng(0).random((8, 8, 8, 3)) * 255).astype(np.uint8)
+    report = dropin.coherence_of(clip, 8.0)
+    again = measure_coherence_frames(clip, 8.0, CoherenceOptions(analysis_fps=8.0, size=16, progress=False))
+    assert report["flicker"] == again["flicker"] and report["flicker"]["mean"] > 0
+
+
 @pytest.mark.parametrize("argv, match", [
     (["--densities", "1/0"], "--densities"),
     (["--densities", "2"], "--densities"),

@@ -554,10 +554,13 @@ COHERENCE_SOURCE = "frames"
 def coherence_of(clip: np.ndarray, fps: float) -> dict:
     """The coherence report's summary (``COHERENCE_KEYS``) of one ``(frames, height, width, 3)`` uint8
     clip, measured on its frames in memory (:func:`vidhash.metrics.measure_coherence_frames`: every
-    frame at ``fps``, at the clip's own size; no mp4, no PyAV)."""
+    frame at ``fps``, at the clip's own size — within the working sizes the metrics take, 16 to
+    ``MAX_SIZE`` pixels: a clip of 8² is measured at 16², as a file of it would be; no mp4, no PyAV)."""
     from vidhash.metrics import CoherenceOptions, measure_coherence_frames
+    from vidhash.metrics.video import MAX_SIZE
 
-    report = measure_coherence_frames(clip, fps, CoherenceOptions(analysis_fps=fps, size=max(clip.shape[1:3])), name="clip")
+    size = min(MAX_SIZE, max(16, *clip.shape[1:3])) if np.ndim(clip) == 4 else 128  # a bad clip: check_frames says why
+    report = measure_coherence_frames(clip, fps, CoherenceOptions(analysis_fps=fps, size=int(size)), name="clip")
     return {k: report.get(k) for k in COHERENCE_KEYS}
 
 
