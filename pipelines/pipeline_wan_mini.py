@@ -57,13 +57,60 @@ from vidhash.models.transformer_vidhash import PREDICTIONS  # what the network o
 OUTPUT_TYPES = ("np", "pt", "latent")
 
 
-def _integer_ids(arr: np.ndarray) -> np.ndarray:
-    """Action ids as int64; floats only where whole numbers (a float 0.7 is refused, not cut to 0)."""
+_SHAPE = "actions must be (num_frames,) or (batch, num_frames) names or ids, every row of one length"
+
+
+def _action_ids(actions, null: int) -> np.ndarray:
+    """int64 ids in ``0..null`` of any shape (the caller checks it) from action names, integer ids or a
+    mix of both, as a list, numpy array (object arrays too) or tensor (any dtype, whole-number floats
+    included); ValueError naming the problem (ragged rows, an unknown name, a non-integer or out-of-range
+    id, another type)."""
+    if torch.is_tensor(actions):
+        t = actions.detach().cpu()
+        return _integer_ids((t.double() if t.is_floating_point() else t).numpy(), null)
+    if isinstance(actions, (list, tuple)) and actions and all(torch.is_tensor(a) for a in actions):
+        try:  # a list of tensors (0-d ids, or rows): numpy cannot take every dtype (bf16)
+            return _action_ids(torch.stack([a.detach().cpu() for a in actions]), null)
+        except RuntimeError as err:
+            raise ValueError(f"{_SHAPE} ({err})") from None
+    try:
+        arr = np.asarray(actions)
+    except (ValueError, TypeError) as err:  # ragged rows
+        raise ValueError(f"{_SHAPE} ({err})") from None
+    if arr.dtype.kind in "UO":  # names, or names and ids mixed: each element as it was given
+        items = np.asarray(actions, dtype=object)
+        ids = [_one_id(a, null) for a in items.ravel().tolist()]
+        return np.array(ids, dtype=np.int64).reshape(items.shape)
+    return _integer_ids(arr, null)
+
+
+def _one_id(a, null: int) -> int:
+    """One action of a names/mixed list: a name of ``ACTIONS`` or an integer id in ``0..null``."""
+    if isinstance(a, str):
+        if a not in ACTIONS:
+            raise ValueError(f"actions: unknown name {a!r}; known: {', '.join(ACTIONS)}")
+        return ACTIONS.index(a)
+    if isinstance(a, (int, np.integer, float, np.floating)) and not isinstance(a, (bool, np.bool_)):
+        if isinstance(a, (float, np.floating)) and not (math.isfinite(a) and a == round(a)):
+            raise ValueError(f"actions must be integer ids, got {float(a):.6g}")
+        if not 0 <= a <= null:
+            raise ValueError(f"actions must be ids in 0..{null} ({null}: no action), got {a!r}")
+        return int(a)
+    raise ValueError(f"actions must be names or integer ids, got {a!r} ({type(a).__name__})")
+
+
+def _integer_ids(arr: np.ndarray, null: int) -> np.ndarray:
+    """Action ids as int64, in ``0..null``; floats only where whole numbers (a float 0.7 is refused, not
+    cut to 0); the range is checked before the cast, so a uint64 or float too large for int64 is named
+    as given, not as its wrapped value."""
     if arr.dtype.kind == "b" or arr.dtype.kind not in "iuf":
         raise ValueError(f"actions must be names or integer ids, got dtype {arr.dtype}")
     if arr.dtype.kind == "f" and arr.size and not (np.isfinite(arr).all() and (arr == np.round(arr)).all()):
         bad = arr[~(np.isfinite(arr) & (arr == np.round(arr)))].ravel()[0]
         raise ValueError(f"actions must be integer ids, got {float(bad):.6g}")
+    if arr.size and (arr.min() < 0 or arr.max() > null):
+        lo, hi = (f"{float(x):.6g}" if arr.dtype.kind == "f" else str(x) for x in (arr.min(), arr.max()))
+        raise ValueError(f"actions must be ids in 0..{null} ({null}: no action), got {lo}..{hi}")
     return arr.astype(np.int64)
 
 
@@ -191,29 +238,11 @@ class WanMiniPipeline(DiffusionPipeline):
         null = self.conditioning.null_action()
         if actions is None:
             return torch.full((batch, frames), null, dtype=torch.int64, device=self._execution_device)
-        if torch.is_tensor(actions):
-            t = actions.detach().cpu()
-            ids = _integer_ids((t.double() if t.is_floating_point() else t).numpy())
-        else:
-            try:
-                arr = np.asarray(actions)
-            except ValueError as err:  # ragged rows
-                raise ValueError(f"actions must be (num_frames,) or (batch, num_frames) = ({batch}, {frames}) "
-                                 f"names or ids ({err})") from None
-            if arr.dtype.kind in "UO":  # names, (f,) or (b, f)
-                names = arr.ravel().tolist()
-                bad = [a for a in names if a not in ACTIONS]
-                if bad:
-                    raise ValueError(f"actions: unknown name {bad[0]!r}; known: {', '.join(ACTIONS)}")
-                ids = np.array([ACTIONS.index(a) for a in names], dtype=np.int64).reshape(arr.shape)
-            else:
-                ids = _integer_ids(arr)
+        ids = _action_ids(actions, null)
         ids = ids[None] if ids.ndim == 1 else ids
         if ids.ndim != 2 or ids.shape[1] != frames or ids.shape[0] not in (1, batch):
             raise ValueError(f"actions must be (num_frames,) or (batch, num_frames) = ({batch}, {frames}), "
                              f"got shape {tuple(ids.shape)}")
-        if ids.min() < 0 or ids.max() > null:
-            raise ValueError(f"actions must be ids in 0..{null} ({null}: no action), got {ids.min()}..{ids.max()}")
         return torch.from_numpy(np.broadcast_to(ids, (batch, frames)).copy()).to(self._execution_device)
 
     def _context(self, frames, batch: int, h: int, w: int) -> torch.Tensor | None:
@@ -255,8 +284,9 @@ class WanMiniPipeline(DiffusionPipeline):
         r"""Generate ``batch_size`` clips of ``num_frames`` frames.
 
         Args:
-            actions: per-frame actions: names (``ACTIONS``) or ids, shape (num_frames,) or (batch,
-                num_frames); ``actions[t]`` brought the camera to frame t. None: no action (null id).
+            actions: per-frame actions: names (``ACTIONS``) or ids (or a mix), shape (num_frames,) or (batch,
+                num_frames), as a list, numpy array or tensor (whole-number floats are ids);
+                ``actions[t]`` brought the camera to frame t. None: no action (null id).
             num_frames, height, width: clip size (multiples of the transformer's patch size).
             num_inference_steps: scheduler steps.
             generator: torch generator(s) for the initial noise.
@@ -286,6 +316,8 @@ class WanMiniPipeline(DiffusionPipeline):
         if batch_size is not None and (not isinstance(batch_size, (int, np.integer)) or isinstance(batch_size, bool)
                                        or batch_size < 1):
             raise ValueError(f"batch_size must be a positive int or None (from actions / context_frames), got {batch_size!r}")
+        if actions is not None:  # ids (ValueError for ragged rows, unknown names, bad ids) before np.ndim sees them
+            actions = _action_ids(actions, cond.null_action())
         if batch_size is None:
             sizes = [len(actions) for actions in [actions] if actions is not None and np.ndim(actions) == 2]
             if context_frames is not None and np.ndim(context_frames) == 5:

@@ -123,6 +123,35 @@ def test_whole_float_action_ids_are_ids(tiny_cfg):
     assert np.array_equal(ids, run(pipe, actions=torch.full((8,), 4.0))) and np.array_equal(ids, run(pipe, actions=[4.0] * 8))
 
 
+@pytest.mark.parametrize("actions, match", [
+    ([[4] * 8, [1] * 4], "every row of one length"),  # ragged rows: numpy's own error from np.ndim before
+    ([["right"] * 8, ["up"] * 4], "every row of one length"),
+    (np.array([0] * 7 + [2**64 - 1], np.uint64), r"ids in 0\.\.5 .*got 0\.\.18446744073709551615"),  # was "got -1..0"
+    (np.array([0] * 7 + [1e30]), r"ids in 0\.\.5 .*got 0\.\.1e\+30"),  # was the wrapped int64 minimum
+    (np.array([None] * 8, dtype=object), "names or integer ids, got None"),
+])
+def test_action_input_errors_name_what_was_given(tiny_cfg, actions, match):
+    pipe = make_pipe(tiny_cfg(), randomize=False)
+    with pytest.raises(ValueError, match=match):
+        run(pipe, actions=actions, num_inference_steps=1)
+
+
+def test_action_ids_in_any_container_are_the_same_ids(tiny_cfg):
+    """Object arrays of ints (were "unknown name 4"), names mixed with ids, lists of bf16 tensors (were
+    numpy's TypeError), int8 / uint64 arrays: the same ids as a list of ints."""
+    from vidhash.pipelines.pipeline_wan_mini import _action_ids
+
+    want = np.array([4, 4, 1, 1, 0, 5, 2, 3])
+    for given in (np.array(want.tolist(), dtype=object), ["right", "right", 1, "up", 0, 5, "down", 3],
+                  [torch.tensor(float(a), dtype=torch.bfloat16) for a in want], want.astype(np.int8),
+                  want.astype(np.uint64), torch.tensor(want, dtype=torch.float16), np.array(want.astype(float).tolist(), object)):
+        ids = _action_ids(given, 5)
+        assert ids.dtype == np.int64 and np.array_equal(ids, want), given
+    pipe = make_pipe(tiny_cfg())
+    assert np.array_equal(run(pipe, actions=np.array(want.tolist(), dtype=object), num_inference_steps=1),
+                          run(pipe, actions=want.tolist(), num_inference_steps=1))
+
+
 def test_transformer_must_fit_the_conditioning(tiny_cfg):
     cfg = tiny_cfg()
     with pytest.raises(ValueError, match="does not fit the conditioning"):
