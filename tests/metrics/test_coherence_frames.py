@@ -158,6 +158,25 @@ def test_diffusers_float_frames_are_read_as_their_uint8():
     assert a["flicker"]["mean"] > 0 and a["flicker"] == b["flicker"] and a["motion"] == b["motion"]
 
 
+def test_float_frames_convert_without_copies_of_the_whole_clip():
+    """A long diffusers clip (float32) costs its uint8 copy and a frame, not ~2.25x the clip in float
+    temporaries (astype, * 255, round, an isfinite mask); the same values as round(x * 255)."""
+    import tracemalloc
+
+    from vidhash.metrics.video import check_frames
+
+    clip = np.random.default_rng(0).random((64, 48, 64, 3), dtype=np.float32)
+    tracemalloc.start()
+    try:
+        tracemalloc.reset_peak()
+        got = check_frames(clip)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert np.array_equal(got, np.round(clip * 255).astype(np.uint8))
+    assert peak < clip.nbytes / 4 + 16 * clip[0].nbytes, (peak, clip.nbytes)
+
+
 def test_a_tensor_is_refused_with_how_to_convert_it():
     torch = pytest.importorskip("torch")
     with pytest.raises(ValueError, match=r"torch\.Tensor \(a torch tensor: .*\.cpu\(\)\.numpy\(\)"):

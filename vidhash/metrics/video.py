@@ -413,10 +413,15 @@ def check_frames(frames, name: str = "<frames>") -> np.ndarray:
     if frames.shape[1] == 0 or frames.shape[2] == 0:
         raise VideoError(f"{name}: empty frames (shape {tuple(frames.shape)}); frames need at least one pixel")
     if frames.dtype.kind == "f":
-        # diffusers' output_type="np" frames: float RGB in [0, 1], as diffusers' own export rounds them
-        finite = np.isfinite(frames)
-        if not finite.all() or frames.min() < 0 or frames.max() > 1:
-            bad = "NaN or inf" if not finite.all() else f"values in [{float(frames.min()):.4g}, {float(frames.max()):.4g}]"
+        # diffusers' output_type="np" frames: float RGB in [0, 1], as diffusers' own export rounds them.
+        # min/max see NaN (it propagates) and inf (out of range) without a mask of the clip's size, and the
+        # conversion goes a frame at a time: beside the clip, only its uint8 copy (a quarter of a float32 clip)
+        lo, hi = float(frames.min()), float(frames.max())
+        if not (math.isfinite(lo) and math.isfinite(hi)) or lo < 0 or hi > 1:
+            bad = "NaN or inf" if not (math.isfinite(lo) and math.isfinite(hi)) else f"values in [{lo:.4g}, {hi:.4g}]"
             raise VideoError(f"{name}: float frames must be RGB in [0, 1] (diffusers' output_type=\"np\"); got {bad}")
-        return np.round(frames.astype(np.float32) * 255).astype(np.uint8)
+        out = np.empty(frames.shape, dtype=np.uint8)
+        for i, frame in enumerate(frames):
+            out[i] = np.round(frame.astype(np.float32) * 255)
+        return out
     return frames
