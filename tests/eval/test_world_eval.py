@@ -210,6 +210,14 @@ def test_from_json_merges_runs_of_one_model(tiny_result, tmp_path, capsys):
         ew.merge_results([a, a])
     with pytest.raises(ValueError, match="differ in dtype"):
         ew.merge_results([a, dict(b, dtype="bfloat16")])
+    # the memory read's select changes speed only (the world preset's levels since 2026-12-06, candidates
+    # before, when the key was left out): such runs merge; a field that changes the frames does not
+    gen = result["generation"]
+    old = dict(b, generation=dict(gen, memory={k: v for k, v in gen["memory"].items() if k != "select"}))
+    new = dict(a, generation=dict(gen, memory=dict(gen["memory"], select="levels")))
+    assert ew.merge_results([new, old])["generation"]["memory"]["select"] == "levels"
+    with pytest.raises(ValueError, match="differ in generation"):
+        ew.merge_results([new, dict(old, generation=dict(gen, memory=dict(gen["memory"], top_k=7)))])
 
 
 def test_timing_parts(tiny_result):

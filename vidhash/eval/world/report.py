@@ -249,17 +249,29 @@ def load_result(path: str) -> dict:
 
 
 MERGE_SAME = ("model", "learned_signatures", "dtype", "fps", "generation", "trajectory")
+SPEED_ONLY = ("select",)
+"""``generation.memory`` fields that change how fast a read runs, not what it returns (the two Triton
+selects find the same entries): runs that differ only there merge."""
+
+
+def _merge_view(result: dict, key: str):
+    """``result[key]`` as merges compare it: ``generation`` without its speed-only memory fields."""
+    value = result.get(key)
+    if key == "generation" and isinstance(value, dict) and isinstance(value.get("memory"), dict):
+        value = dict(value, memory={k: v for k, v in value["memory"].items() if k not in SPEED_ONLY})
+    return value
 
 
 def merge_results(results: list[dict]) -> dict:
-    """One result from several saved runs of the same model and settings (``MERGE_SAME`` equal):
+    """One result from several saved runs of the same model and settings (``MERGE_SAME`` equal, but
+    for :data:`SPEED_ONLY` memory fields; the merged result keeps the first's):
     rows concatenated (a (seed, horizon, mode, setting) measured twice is an error), seeds,
     horizons and modes united, summary and targets recomputed; ``complete`` only if all were."""
     if len(results) == 1:
         return results[0]
     first = results[0]
     for r in results[1:]:
-        diff = [k for k in MERGE_SAME if r.get(k) != first.get(k)]
+        diff = [k for k in MERGE_SAME if _merge_view(r, k) != _merge_view(first, k)]
         if diff:
             raise ValueError(f"--from-json: the results differ in {', '.join(diff)}; only runs of one model and "
                              f"settings merge")
