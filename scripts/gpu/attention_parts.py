@@ -47,6 +47,20 @@ from vidhash.selection.oracle import oracle_recall
 from vidhash.selection.scorers import order_keys, rank_top, select_blocks_scored
 
 
+def _write(name: str, **data) -> None:
+    """``$OUT/<name>.json`` (``.`` without ``$OUT``): the device, torch and triton versions, then ``data``."""
+    out = os.environ.get("OUT", ".")
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, f"{name}.json"), "w") as fh:
+        json.dump({"device": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
+                   **data}, fh, indent=1)
+
+
+def _print_results(res: dict, width: int) -> None:
+    for key, val in res.items():
+        print(f"{key:{width}s} {val if isinstance(val, str) else f'{val:.4g}'}")
+
+
 def part_remainder():
     res, checks = {}, {}
 
@@ -114,10 +128,7 @@ def part_remainder():
         print(f"check {name:40s} {val:.3e}")
     for name, us in res.items():
         print(f"{name:44s} {us:9.1f} us")
-    out = os.environ.get("OUT", ".")
-    os.makedirs(out, exist_ok=True)
-    json.dump({"device": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
-               "checks": checks, "us": res}, open(os.path.join(out, "remainder.json"), "w"), indent=1)
+    _write("remainder", checks=checks, us=res)
 
 
 def part_selection():
@@ -229,10 +240,7 @@ def part_selection():
         cells = [f"{v['us']:.0f}" if v["us"] is not None else ("differs" if "error" not in v else "error")
                  for v in r["kernel_variants"].values()]
         print(f"| {r['shape']} | " + " | ".join(cells) + " |")
-    out = os.environ.get("OUT", ".")
-    os.makedirs(out, exist_ok=True)
-    json.dump({"device": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__, "rows": rows},
-              open(os.path.join(out, "selection.json"), "w"), indent=1)
+    _write("selection", rows=rows)
 
 
 def _grads(q0, k0, v0, sel, dout, fn=block_sparse_attention_triton, dtype=None):
@@ -300,12 +308,8 @@ def part_backward():
     torch.cuda.empty_cache()
     timings("wan-mini training 8x33,792 d128 1/8", (33, 32, 32), 8, 3, 128, 1 / 8, 64, "bnhd")
     os.environ.pop("VIDHASH_TMA")
-    for key, val in res.items():
-        print(f"{key:50s} {val if isinstance(val, str) else f'{val:.4g}'}")
-    out = os.environ.get("OUT", ".")
-    os.makedirs(out, exist_ok=True)
-    json.dump({"device": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__, "results": res},
-              open(os.path.join(out, "backward.json"), "w"), indent=1)
+    _print_results(res, 50)
+    _write("backward", results=res)
 
 
 def part_backward16():
@@ -350,12 +354,8 @@ def part_backward16():
     timings("N 131,072 d64 1/32", grid_for(131072), 1, 12, 64, 1 / 32, 128)
     timings("wan-mini training 8x33,792 d128 1/8", (33, 32, 32), 8, 3, 128, 1 / 8, 64)
     os.environ.pop("VIDHASH_DKDV_SUB")
-    for key, val in res.items():
-        print(f"{key:60s} {val:.4g}")
-    out = os.environ.get("OUT", ".")
-    os.makedirs(out, exist_ok=True)
-    json.dump({"device": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__, "results": res},
-              open(os.path.join(out, "backward16.json"), "w"), indent=1)
+    _print_results(res, 60)
+    _write("backward16", results=res)
 
 
 def part_dkdv_order():
@@ -395,12 +395,8 @@ def part_dkdv_order():
                 res[f"bk{bk} {mode} fwd+bwd ms (round {rnd})"] = _fwd_bwd_ms(q, k, v, sel, do)
         torch.cuda.empty_cache()
     os.environ.pop("VIDHASH_DKDV_ORDER")
-    for key, val in res.items():
-        print(f"{key:50s} {val:.4g}")
-    out_dir = os.environ.get("OUT", ".")
-    os.makedirs(out_dir, exist_ok=True)
-    json.dump({"device": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
-               "results": res}, open(os.path.join(out_dir, "dkdv_order.json"), "w"), indent=1)
+    _print_results(res, 50)
+    _write("dkdv_order", results=res)
 
 
 def _cfg_label(name, cfg):
@@ -462,12 +458,8 @@ def part_tma_configs():
         kern.configs = every
         kern.cache.clear()
         os.environ.pop("VIDHASH_TMA")
-    for key, val in res.items():
-        print(f"{key:64s} {val if isinstance(val, str) else f'{val:.4g}'}")
-    out = os.environ.get("OUT", ".")
-    os.makedirs(out, exist_ok=True)
-    json.dump({"device": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__, "results": res},
-              open(os.path.join(out, "tma_configs.json"), "w"), indent=1)
+    _print_results(res, 64)
+    _write("tma_configs", results=res)
 
 
 def part_mass():
@@ -501,10 +493,7 @@ def part_mass():
     for r in rows:
         print(f"| {r['stride']} | {r['torch 2^24 ms']:.2f} ({r['torch 2^24 graph ms']:.2f}) | {r['torch 2^27 ms']:.2f} "
               f"({r['torch 2^27 graph ms']:.2f}) | {r['triton ms']:.2f} ({r['triton graph ms']:.2f}) | {r['max_abs_diff']:.2e} |")
-    out = os.environ.get("OUT", ".")
-    os.makedirs(out, exist_ok=True)
-    with open(os.path.join(out, "mass.json"), "w") as fh:
-        json.dump({"device": torch.cuda.get_device_name(0), "torch": torch.__version__, "rows": rows}, fh, indent=1)
+    _write("mass", rows=rows)
 
 
 PARTS = {"dkdv-order": part_dkdv_order, "remainder": part_remainder, "selection": part_selection, "backward": part_backward, "backward16": part_backward16,
