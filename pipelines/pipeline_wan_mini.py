@@ -45,6 +45,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from diffusers import WanTransformer3DModel
+from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.pipelines.pipeline_utils import DiffusionPipeline
 from diffusers.pipelines.wan.pipeline_output import WanPipelineOutput
 from diffusers.schedulers import FlowMatchEulerDiscreteScheduler
@@ -54,7 +55,7 @@ from einops import rearrange
 from vidhash.camera import ACTIONS
 from vidhash.models.transformer_vidhash import PREDICTIONS  # what the network outputs: the same two as vidhash's model
 
-OUTPUT_TYPES = ("np", "pt", "latent")
+OUTPUT_TYPES = ("np", "pt", "pil", "latent")
 
 
 _SHAPE = "actions must be (num_frames,) or (batch, num_frames) names or ids, every row of one length"
@@ -213,6 +214,7 @@ class WanMiniPipeline(DiffusionPipeline):
     """
 
     model_cpu_offload_seq = "transformer"
+    _callback_tensor_inputs = ["latents"]
 
     def __init__(self, transformer: WanTransformer3DModel, scheduler: FlowMatchEulerDiscreteScheduler,
                  channels: int = 3, num_actions: int = len(ACTIONS) + 1, time_freqs: int = 8,
@@ -231,6 +233,19 @@ class WanMiniPipeline(DiffusionPipeline):
                                 action_planes=action_planes, context_planes=context_planes,
                                 prediction=prediction, sigma_min=sigma_min)
         self.conditioning = cond
+        self._interrupt, self._num_timesteps = False, 0
+
+    @property
+    def num_timesteps(self) -> int:
+        """Scheduler steps of the current (or last) call: a callback's ``step`` runs from 0 to this − 1
+        (diffusers' cutoff callbacks read it)."""
+        return self._num_timesteps
+
+    @property
+    def interrupt(self) -> bool:
+        """True once a ``callback_on_step_end`` set ``pipe._interrupt = True``: the remaining steps are
+        skipped and the clip is returned as the last step left it."""
+        return self._interrupt
 
     # -- inputs --------------------------------------------------------------------------------
     def _actions(self, actions, batch: int, frames: int) -> torch.Tensor:
@@ -280,7 +295,8 @@ class WanMiniPipeline(DiffusionPipeline):
     def __call__(self, actions=None, num_frames: int = 33, height: int = 256, width: int = 256,
                  num_inference_steps: int = 50, generator: torch.Generator | list | None = None,
                  context_frames=None, batch_size: int | None = None, latents: torch.Tensor | None = None,
-                 output_type: str = "np", return_dict: bool = True):
+                 output_type: str = "np", return_dict: bool = True,
+                 callback_on_step_end=None, callback_on_step_end_tensor_inputs=("latents",)):
         r"""Generate ``batch_size`` clips of ``num_frames`` frames.
 
         Args:
@@ -295,7 +311,14 @@ class WanMiniPipeline(DiffusionPipeline):
             batch_size: clips (default: the batch of ``actions`` / ``context_frames``, else 1).
             latents: initial noise (b, 3, f, h, w) instead of drawing it.
             output_type: ``"np"`` float32 (b, f, h, w, 3) in [0, 1]; ``"pt"`` float32 (b, f, 3, h, w)
-                in [0, 1]; ``"latent"`` the raw clip (b, 3, f, h, w) in [-1, 1].
+                in [0, 1]; ``"pil"`` a list (clips) of lists (frames) of RGB ``PIL.Image``s, as diffusers'
+                video pipelines return them (``diffusers.utils.export_to_video(out.frames[0], ...)``);
+                ``"latent"`` the raw clip (b, 3, f, h, w) in [-1, 1].
+            callback_on_step_end: ``fn(pipe, step, timestep, callback_kwargs) -> dict`` after each
+                scheduler step (or a diffusers ``PipelineCallback`` / ``MultiPipelineCallbacks``);
+                ``callback_kwargs`` holds ``callback_on_step_end_tensor_inputs`` (``"latents"``: the clip
+                (b, 3, f, h, w) in [-1, 1] after the step), and a ``"latents"`` the callback returns
+                replaces it. Setting ``pipe._interrupt = True`` skips the remaining steps.
         Returns:
             ``WanPipelineOutput(frames=...)`` (or a tuple when ``return_dict=False``).
         """
@@ -304,6 +327,13 @@ class WanMiniPipeline(DiffusionPipeline):
         p_t, p_h, p_w = tf.config.patch_size
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
+        if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
+            callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
+        if callback_on_step_end is not None and not callable(callback_on_step_end):
+            raise ValueError(f"callback_on_step_end must be callable, got {type(callback_on_step_end).__name__}")
+        bad = [k for k in callback_on_step_end_tensor_inputs or [] if k not in self._callback_tensor_inputs]
+        if bad:
+            raise ValueError(f"callback_on_step_end_tensor_inputs {bad} not in {self._callback_tensor_inputs}")
         for name, value in (("num_frames", num_frames), ("height", height), ("width", width),
                             ("num_inference_steps", num_inference_steps)):
             if not isinstance(value, (int, np.integer)) or isinstance(value, bool):
@@ -351,11 +381,18 @@ class WanMiniPipeline(DiffusionPipeline):
         tokens = cond.action_tokens(ids, dtype)
         self.scheduler.set_timesteps(num_inference_steps, device=device)
         # 3. denoise: the transformer's output → velocity → one Euler step
-        for t in self.progress_bar(self.scheduler.timesteps):
+        self._interrupt, self._num_timesteps = False, len(self.scheduler.timesteps)
+        for i, t in enumerate(self.progress_bar(self.scheduler.timesteps)):
+            if self.interrupt:
+                continue
             sigma = (t / self.scheduler.config.num_train_timesteps).expand(batch_size)
             hidden = cond.model_input(latents.to(dtype), ids, None if context is None else context.to(dtype), mask)
             out = tf(hidden, timestep=t.expand(batch_size), encoder_hidden_states=tokens, return_dict=False)[0]
             latents = self.scheduler.step(cond.velocity(out, latents, sigma), t, latents, return_dict=False)[0]
+            if callback_on_step_end is not None:
+                given = {"latents": latents}
+                returned = callback_on_step_end(self, i, t, {k: given[k] for k in callback_on_step_end_tensor_inputs})
+                latents = (returned or {}).get("latents", latents)
         # 4. frame prompts back in, output
         if k:
             latents[:, :, :k] = ctx
@@ -370,4 +407,9 @@ class WanMiniPipeline(DiffusionPipeline):
         video = rearrange(((clip.float() + 1.0) / 2.0).clamp(0.0, 1.0), "b c f h w -> b f c h w")
         if output_type == "pt":
             return video
-        return rearrange(video, "b f c h w -> b f h w c").cpu().numpy()
+        array = rearrange(video, "b f c h w -> b f h w c").cpu().numpy()
+        if output_type == "np":
+            return array
+        from PIL import Image
+
+        return [[Image.fromarray((f * 255).round().astype(np.uint8)) for f in clip] for clip in array]

@@ -89,7 +89,9 @@ def test_context_frames_are_pasted_and_condition_the_rest(tiny_cfg):
     (dict(actions=[True] * 8), "names or integer ids, got dtype bool"),
     (dict(context_frames=np.zeros((9, 32, 32, 3), np.uint8)), "context_frames"),
     (dict(context_frames=np.zeros((1, 16, 16, 3), np.uint8)), "context_frames"),
-    (dict(output_type="pil"), "output_type"),
+    (dict(output_type="gif"), "output_type"),
+    (dict(callback_on_step_end=3), "callback_on_step_end must be callable"),
+    (dict(callback_on_step_end=lambda *a: {}, callback_on_step_end_tensor_inputs=["noise"]), r"\['noise'\] not in"),
     (dict(height=30), "patch size"),
     (dict(num_inference_steps=0), "num_inference_steps"),
     (dict(num_inference_steps=1.5), "num_inference_steps must be a positive int, got 1.5"),
@@ -114,6 +116,52 @@ def test_actions_by_name_per_clip(tiny_cfg):
     pipe = make_pipe(tiny_cfg())
     names = run(pipe, actions=[["right"] * 8, ["up"] * 8])
     assert names.shape[0] == 2 and np.array_equal(names, run(pipe, actions=[[4] * 8, [1] * 8]))
+
+
+def test_pil_frames_are_the_np_frames(tiny_cfg):
+    """output_type="pil": a list (clips) of lists (frames) of RGB images, the np frames rounded to uint8."""
+    pipe = make_pipe(tiny_cfg())
+    arr = run(pipe, batch_size=2)
+    pil = run(pipe, batch_size=2, output_type="pil")
+    assert len(pil) == 2 and all(len(clip) == 8 for clip in pil) and pil[0][0].mode == "RGB"
+    assert pil[1][3].size == (32, 32) and np.array_equal(np.asarray(pil[1][3]), (arr[1, 3] * 255).round().astype(np.uint8))
+
+
+def test_callback_on_step_end_sees_and_replaces_the_latents(tiny_cfg):
+    """diffusers' step callback: called once a step with the clip after it; a returned "latents" is used;
+    pipe._interrupt = True skips the remaining steps (as diffusers' pipelines do)."""
+    from diffusers.callbacks import PipelineCallback
+
+    pipe = make_pipe(tiny_cfg())
+    seen = []
+
+    def record(p, i, t, kw):
+        seen.append((i, float(t), tuple(kw["latents"].shape)))
+        return {}
+
+    plain = run(pipe, num_inference_steps=3, callback_on_step_end=record)
+    assert [s[0] for s in seen] == [0, 1, 2] and seen[0][2] == (1, 3, 8, 32, 32) and seen[0][1] > seen[2][1]
+    assert pipe.num_timesteps == 3
+    assert np.array_equal(plain, run(pipe, num_inference_steps=3))  # a callback returning nothing changes nothing
+    grey = run(pipe, num_inference_steps=3, callback_on_step_end=lambda p, i, t, kw: {"latents": kw["latents"] * 0})
+    assert np.allclose(grey, 0.5)  # the last step's latents replaced by zeros: mid grey
+    steps = []
+
+    def stop_after_first(p, i, t, kw):
+        steps.append(i)
+        p._interrupt = True
+        return {}
+
+    run(pipe, num_inference_steps=3, callback_on_step_end=stop_after_first)
+    assert steps == [0] and pipe.interrupt
+
+    class Zero(PipelineCallback):
+        tensor_inputs = ["latents"]
+
+        def callback_fn(self, p, i, t, kw):
+            return {"latents": kw["latents"] * 0}
+
+    assert np.allclose(run(pipe, num_inference_steps=3, callback_on_step_end=Zero(cutoff_step_ratio=1.0)), 0.5)
 
 
 def test_whole_float_action_ids_are_ids(tiny_cfg):
