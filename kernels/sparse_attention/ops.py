@@ -146,7 +146,7 @@ def _tma_smem(elem: int, bq: int, bk: int, dim: int, backward: bool) -> int:
     autotuner runs: the forward ≈ ``elem · (3·bk + bq) · dim``; the backward the larger of dq (k/v
     tiles double-buffered, ≈ ``elem · (4·bk + 2·bq) · dim``) and dk/dv (q/dO tiles double-buffered,
     ``elem · (2·bk + 4·bq) · dim``). Fitted to ptxas's counts for sm_90 (``kernels/sass.py``): the
-    backward within 0.01 %; the forward an upper bound (196,632 B counted at fp32, bq 32, bk 128, d 128)."""
+    backward within 1 %; the forward an upper bound (196,632 B counted at fp32, bq 32, bk 128, d 128)."""
     if backward:
         return elem * max(4 * bk + 2 * bq, 2 * bk + 4 * bq) * dim
     return elem * (3 * bk + bq) * dim
@@ -222,8 +222,8 @@ def sparse_attention_forward(q, k, v, selection: BlockSelection, sm_scale: float
 def dkdv_order(counts: torch.Tensor) -> torch.Tensor:
     """The order the dk/dv programs start in, given each key block's (group's) query-list length.
 
-    ``VIDHASH_DKDV_ORDER=local`` (default) or ``count``. ``count``: longest lists first (``argsort`` by descending length), which
-    bounds the tail but scatters the programs running at once over every head and position, so the
+    ``VIDHASH_DKDV_ORDER=local`` (default) or ``count``. ``count``: longest lists first (``argsort``
+    by descending length), which bounds the tail but scatters the programs running at once over every head and position, so the
     q/dO tiles they re-read rarely hit L2 (31 % on the H100 at N = 131,072, the kernel at 70 % of
     DRAM bandwidth: Nsight Compute, 2026-12-06). ``local``: only the heavy lists (longer than twice
     the mean: sink blocks, blocks every query keeps) first, longest first, then the rest in
