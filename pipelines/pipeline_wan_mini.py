@@ -248,12 +248,11 @@ class WanMiniPipeline(DiffusionPipeline):
         return self._interrupt
 
     # -- inputs --------------------------------------------------------------------------------
-    def _actions(self, actions, batch: int, frames: int) -> torch.Tensor:
-        """(b, f) int64 ids on the device: None → the null id; names or ids, (f,) or (b, f)."""
-        null = self.conditioning.null_action()
-        if actions is None:
-            return torch.full((batch, frames), null, dtype=torch.int64, device=self._execution_device)
-        ids = _action_ids(actions, null)
+    def _actions(self, ids: np.ndarray | None, batch: int, frames: int) -> torch.Tensor:
+        """(b, f) int64 ids on the device from :func:`_action_ids`' ids, (f,) or (b, f); None → the null id."""
+        if ids is None:
+            return torch.full((batch, frames), self.conditioning.null_action(), dtype=torch.int64,
+                              device=self._execution_device)
         ids = ids[None] if ids.ndim == 1 else ids
         if ids.ndim != 2 or ids.shape[1] != frames or ids.shape[0] not in (1, batch):
             raise ValueError(f"actions must be (num_frames,) or (batch, num_frames) = ({batch}, {frames}), "
