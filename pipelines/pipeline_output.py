@@ -1,4 +1,5 @@
-"""Output of ``VidHashPipeline`` (a whole call, or one chunk of ``pipe.stream``)."""
+"""Output of ``VidHashPipeline`` (a whole call, or one chunk of ``pipe.stream``), and the PIL form of
+both pipelines' frames."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -26,3 +27,11 @@ class VidHashPipelineOutput(BaseOutput):
     poses: np.ndarray | None = None
     actions: np.ndarray | None = None
     frame_start: int = 0
+
+
+def pil_frames(array: np.ndarray) -> list:
+    """``output_type="pil"``: float ``(batch, frames, height, width, 3)`` in [0, 1] as a list (batch) of
+    lists of RGB ``PIL.Image``, ``round(x · 255)``, as diffusers' video pipelines return them."""
+    from PIL import Image
+
+    return [[Image.fromarray((f * 255).round().astype(np.uint8)) for f in clip] for clip in array]

@@ -63,7 +63,7 @@ from vidhash.presets import (
     random_model,
 )
 
-from .pipeline_output import VidHashPipelineOutput
+from .pipeline_output import VidHashPipelineOutput, pil_frames
 from .state import VidHashState
 
 OUTPUT_TYPES = ("np", "pt", "pil", "latent")
@@ -782,11 +782,7 @@ class VidHashPipeline(DiffusionPipeline):
         if output_type == "pt":
             return video.cpu()
         array = video.permute(0, 1, 3, 4, 2).cpu().numpy()
-        if output_type == "np":
-            return array
-        from PIL import Image
-
-        return [[Image.fromarray((f * 255).round().astype(np.uint8)) for f in clip] for clip in array]
+        return array if output_type == "np" else pil_frames(array)
 
 
 _CONTINUE = object()  # a batch's clip draws from the generator where the clip before stopped

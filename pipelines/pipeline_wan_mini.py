@@ -55,6 +55,8 @@ from einops import rearrange
 from vidhash.camera import ACTIONS
 from vidhash.models.transformer_vidhash import PREDICTIONS  # what the network outputs: the same two as vidhash's model
 
+from .pipeline_output import pil_frames
+
 OUTPUT_TYPES = ("np", "pt", "pil", "latent")
 
 
@@ -407,8 +409,4 @@ class WanMiniPipeline(DiffusionPipeline):
         if output_type == "pt":
             return video
         array = rearrange(video, "b f c h w -> b f h w c").cpu().numpy()
-        if output_type == "np":
-            return array
-        from PIL import Image
-
-        return [[Image.fromarray((f * 255).round().astype(np.uint8)) for f in clip] for clip in array]
+        return array if output_type == "np" else pil_frames(array)
