@@ -14,6 +14,7 @@ import os
 
 import torch
 import triton
+from triton.runtime.errors import OutOfResources
 from triton.tools.tensor_descriptor import TensorDescriptor
 
 from vidhash.kernels.block_select.ops import select_blocks_triton
@@ -64,13 +65,26 @@ def autotuning() -> bool:
 
 
 def _launch(kernel, grid, *args, **meta):
+    """Launch a pointer kernel: autotuned (a config whose tiles overflow shared memory is timed as
+    infinite there, never picked), or one config (``VIDHASH_AUTOTUNE=0``, the interpreter): the
+    default, with one stage fewer at a time while its tiles do not fit. Triton raises
+    ``OutOfResources`` before the launch, so a retry runs on untouched buffers. (H100, 2026-12-06:
+    the dq kernel's default at float32, d 64, value dim 128, key tiles of 128, 3 stages asked for
+    237,568 B of 232,448; 2 stages take 139,264 — ptxas's counts, ``kernels/sass.py``.)"""
     if autotuning():
         return kernel[grid](*args, **meta)
     with_block_n = "BLOCK_N" in kernel.configs[0].kwargs
     cfg = default_config(meta.get("BK_PAD", 1), meta["D"], meta["BLOCK_M"], with_block_n, bool(meta.get("CAUSAL", False)))
     if not with_block_n and all(c.num_warps != cfg.num_warps for c in kernel.configs):
         cfg = kernel.configs[0]  # a kernel kept to some warp counts (the per-block dk/dv: _sub_configs)
-    return kernel.fn[grid](*args, **meta, **cfg.all_kwargs())
+    kwargs = cfg.all_kwargs()
+    while True:
+        try:
+            return kernel.fn[grid](*args, **meta, **kwargs)
+        except OutOfResources:
+            if kwargs.get("num_stages", 1) <= 1:
+                raise
+            kwargs = {**kwargs, "num_stages": kwargs["num_stages"] - 1}
 
 
 def _last_dim_contiguous(t: torch.Tensor) -> torch.Tensor:

@@ -4,19 +4,30 @@
 # tests/kernels runs whole: most kernel tests take the device they find (DEV = cuda there) and carry
 # no `gpu` marker — `-m gpu` selects only the CUDA-only ones (it missed test_block_score.py and
 # test_block_mass.py entirely on 2026-12-05).
-# The whole of tests/kernels took longer than 300 s on an H100 (2026-12-06: 108 tests in 173 s, compiling a
-# kernel for each new shape), so PART splits it across two calls: memory (the memory read/write,
-# remainder and signature kernels) or attention (sparse attention, block selection and scoring, benches);
-# unset runs the whole folder. MEM_S=0, MEMGEN_S=0, PYTEST_GPU_S=0 skip the later steps.
+# The whole of tests/kernels takes longer than one call on an H100 (2026-12-06, 21st session: the memory part's
+# 135 tests 169 s; test_sparse_attention.py alone more than 300 s, its every-config tests compiling each config),
+# so PART splits it: memory (the memory read/write, remainder and signature kernels), attention
+# (test_sparse_attention.py), tma (test_sparse_attention_tma.py), select (block selection and scoring, benches);
+# unset runs the whole folder. Each test is cut at TEST_TIMEOUT s (pytest-timeout, in the GPU image) so one
+# that hangs fails with its traceback instead of taking the call; the -v log goes to $OUT/pytest_$PART.log.
+# MEM_S=0, MEMGEN_S=0, PYTEST_GPU_S=0 skip the later steps.
 #   source scripts/gpu/setup.sh && PART=memory bash scripts/gpu/kernels_check.sh
 set -u
 case "${PART:-}" in
   memory) files="tests/kernels/test_memory_*.py tests/kernels/test_remainder_triton.py tests/kernels/test_signature.py" ;;
-  attention) files="tests/kernels/test_sparse_attention*.py tests/kernels/test_block_*.py tests/kernels/test_bench_*.py" ;;
+  attention) files="tests/kernels/test_sparse_attention.py" ;;
+  tma) files="tests/kernels/test_sparse_attention_tma.py" ;;
+  select) files="tests/kernels/test_block_*.py tests/kernels/test_bench_*.py" ;;
   "") files="tests/kernels" ;;
-  *) echo "PART must be memory, attention or unset, got $PART" >&2; exit 2 ;;
+  *) echo "PART must be memory, attention, tma, select or unset, got $PART" >&2; exit 2 ;;
 esac
-timeout ${PYTEST_S:-300} python3 -m pytest -q -p no:cacheprovider -rfE --durations=8 $files 2>&1 | tail -30
+cut=""
+python3 -c "import pytest_timeout" 2>/dev/null && cut="--timeout ${TEST_TIMEOUT:-120}"
+log="${OUT:-/tmp}/pytest_${PART:-all}.log"
+timeout ${PYTEST_S:-300} python3 -m pytest -v -p no:cacheprovider -rfE --tb=short --durations=8 $cut $files > "$log" 2>&1
+echo "pytest rc $? (124: cut by PYTEST_S); $(grep -c ' PASSED' "$log") passed, $(grep -c ' SKIPPED' "$log") skipped"
+grep -E " (FAILED|ERROR)" "$log" | head -20
+tail -30 "$log"
 [ "${PYTEST_GPU_S:-200}" = 0 ] || timeout ${PYTEST_GPU_S:-200} python3 -m pytest -q -p no:cacheprovider -m gpu tests/integrations tests/models tests/pipelines \
   tests/test_attention.py tests/metrics 2>&1 | tail -8
 [ "${MEM_S:-75}" = 0 ] || timeout ${MEM_S:-75} python3 -m vidhash.cli bench memory --json "$OUT/memory.json" 2>&1 | tail -25

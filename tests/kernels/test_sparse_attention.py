@@ -359,7 +359,7 @@ def test_every_forward_config_the_autotuner_may_pick_gpu(monkeypatch, causal, bq
     sel = select_blocks(q, k, density=0.3, block_size=16, query_block_size=bq, causal=causal)
     ref = block_sparse_attention(q, k, v, sel)
     kern = K.sparse_attn_fwd_kernel
-    every = list(kern.configs)
+    every = kern.configs  # the list object itself, restored as it was (a copy broke the identity check of test_per_block_dkdv_kernel_keeps_to_eight_warps on the GPU)
     kept = K._prune_block_n(every, {}, BK_PAD=16, CAUSAL=causal)
     from triton.runtime.errors import OutOfResources
 
@@ -397,8 +397,8 @@ def test_every_backward_config_the_autotuner_may_pick_gpu(monkeypatch, causal, b
     for kern, pruned, sub in ((K.sparse_attn_bwd_dq_kernel, True, "0"), (K.sparse_attn_bwd_dkdv_kernel, False, "0"),
                               (K.sparse_attn_bwd_dkdv_sub_kernel, False, "4"), (K.sparse_attn_bwd_dkdv_sub_kernel, False, "2")):
         monkeypatch.setenv("VIDHASH_DKDV_SUB", sub)  # the per-block kernel with 4 and with 2 blocks a program
-        every = list(kern.configs)
-        kept = K._prune_block_n(every, {}, BK_PAD=16, CAUSAL=causal) if pruned else every
+        every = kern.configs  # the list object itself, restored as it was (a copy broke the identity check of test_per_block_dkdv_kernel_keeps_to_eight_warps on the GPU)
+        kept = K._prune_block_n(every, {}, BK_PAD=16, CAUSAL=causal) if pruned else list(every)
         try:
             for cfg in kept:
                 kern.configs = [cfg]
@@ -444,3 +444,42 @@ def test_per_block_dkdv_kernel_keeps_to_eight_warps(monkeypatch):
     Kern.configs = K._tile_configs(False)
     sops._launch(Kern(), (1,), BK_PAD=16, D=64, BLOCK_M=128)
     assert seen["num_warps"] == 4  # the default where the list has it
+
+
+def test_default_config_drops_stages_until_its_tiles_fit(monkeypatch):
+    """Without the autotuner a launch takes the default config; where its tiles overflow shared
+    memory (Triton raises ``OutOfResources`` before launching: on an H100 the dq kernel at float32,
+    d 64, value dim 128 asked for 237,568 B at 3 stages) it runs with one stage fewer at a time, and
+    still raises when even one stage does not fit."""
+    import vidhash.kernels.sparse_attention.kernel as K
+    from triton.runtime.errors import OutOfResources
+    from vidhash.kernels.sparse_attention import ops as sops
+
+    monkeypatch.setattr(sops, "autotuning", lambda: False)
+    monkeypatch.setattr(K, "_INTERPRET", False)  # the GPU's default: 3 stages at d 64
+    tried = []
+
+    def make(fits_at):
+        class Fn:
+            def __getitem__(self, grid):
+                def run(*args, **meta):
+                    tried.append(meta["num_stages"])
+                    if meta["num_stages"] > fits_at:
+                        raise OutOfResources(237_568, 232_448, "shared memory")
+                    return "ran"
+                return run
+
+        class Kern:
+            configs = K._tile_configs(True)
+            fn = Fn()
+        return Kern()
+
+    assert sops._launch(make(2), (1,), BK_PAD=16, D=64, BLOCK_M=32) == "ran"
+    assert tried == [3, 2]
+    tried.clear()
+    assert sops._launch(make(3), (1,), BK_PAD=16, D=64, BLOCK_M=32) == "ran"
+    assert tried == [3]  # a config that fits runs as it is
+    tried.clear()
+    with pytest.raises(OutOfResources):
+        sops._launch(make(0), (1,), BK_PAD=16, D=64, BLOCK_M=32)
+    assert tried == [3, 2, 1]
