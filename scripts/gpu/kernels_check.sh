@@ -10,7 +10,7 @@
 # (test_sparse_attention.py), tma (test_sparse_attention_tma.py), select (block selection and scoring, benches);
 # unset runs the whole folder. Each test is cut at TEST_TIMEOUT s (pytest-timeout, in the GPU image) so one
 # that hangs fails with its traceback instead of taking the call; the -v log goes to $OUT/pytest_$PART.log.
-# MEM_S=0, MEMGEN_S=0, PYTEST_GPU_S=0 skip the later steps.
+# XDIST (default 8) pytest processes share the GPU. MEM_S=0, MEMGEN_S=0, PYTEST_GPU_S=0 skip the later steps.
 #   source scripts/gpu/setup.sh && PART=memory bash scripts/gpu/kernels_check.sh
 set -u
 case "${PART:-}" in
@@ -23,6 +23,9 @@ case "${PART:-}" in
 esac
 cut=""
 python3 -c "import pytest_timeout" 2>/dev/null && cut="--timeout ${TEST_TIMEOUT:-120}"
+# pytest-xdist (in the GPU image): XDIST processes share the GPU and compile kernels in parallel — the parts'
+# time is mostly Triton compiling each new shape and config on one core. XDIST=0 runs in one process.
+python3 -c "import xdist" 2>/dev/null && [ "${XDIST:-8}" != 0 ] && cut="$cut -n ${XDIST:-8}"
 log="${OUT:-/tmp}/pytest_${PART:-all}.log"
 timeout ${PYTEST_S:-300} python3 -m pytest -v -p no:cacheprovider -rfE --tb=short --durations=8 $cut $files > "$log" 2>&1
 echo "pytest rc $? (124: cut by PYTEST_S); $(grep -c ' PASSED' "$log") passed, $(grep -c ' SKIPPED' "$log") skipped"
