@@ -7,8 +7,8 @@
 # The whole of tests/kernels takes longer than one call on an H100 (2026-12-06, 21st session: the memory part's
 # 135 tests 169 s; test_sparse_attention.py alone more than 300 s, its every-config tests compiling each config),
 # so PART splits it: memory (the memory read/write, remainder and signature kernels), attention
-# (test_sparse_attention.py), tma (test_sparse_attention_tma.py), select (block selection and scoring, benches);
-# unset runs the whole folder. Each test is cut at TEST_TIMEOUT s (pytest-timeout, in the GPU image) so one
+# (test_sparse_attention.py), tma (test_sparse_attention_tma.py), select (block selection and scoring, benches),
+# none (only the later steps); unset runs the whole folder. Each test is cut at TEST_TIMEOUT s (pytest-timeout, in the GPU image) so one
 # that hangs fails with its traceback instead of taking the call; the -v log goes to $OUT/pytest_$PART.log.
 # XDIST (default 8) pytest processes share the GPU. MEM_S=0, MEMGEN_S=0, PYTEST_GPU_S=0 skip the later steps.
 #   source scripts/gpu/setup.sh && PART=memory bash scripts/gpu/kernels_check.sh
@@ -18,8 +18,9 @@ case "${PART:-}" in
   attention) files="tests/kernels/test_sparse_attention.py" ;;
   tma) files="tests/kernels/test_sparse_attention_tma.py" ;;
   select) files="tests/kernels/test_block_*.py tests/kernels/test_bench_*.py" ;;
+  none) files="" ;;  # the later steps only
   "") files="tests/kernels" ;;
-  *) echo "PART must be memory, attention, tma, select or unset, got $PART" >&2; exit 2 ;;
+  *) echo "PART must be memory, attention, tma, select, none or unset, got $PART" >&2; exit 2 ;;
 esac
 cut=""
 python3 -c "import pytest_timeout" 2>/dev/null && cut="--timeout ${TEST_TIMEOUT:-120}"
@@ -27,10 +28,12 @@ python3 -c "import pytest_timeout" 2>/dev/null && cut="--timeout ${TEST_TIMEOUT:
 # time is mostly Triton compiling each new shape and config on one core. XDIST=0 runs in one process.
 python3 -c "import xdist" 2>/dev/null && [ "${XDIST:-8}" != 0 ] && cut="$cut -n ${XDIST:-8}"
 log="${OUT:-/tmp}/pytest_${PART:-all}.log"
-timeout ${PYTEST_S:-300} python3 -m pytest -v -p no:cacheprovider -rfE --tb=short --durations=8 $cut $files > "$log" 2>&1
-echo "pytest rc $? (124: cut by PYTEST_S); $(grep -c ' PASSED' "$log") passed, $(grep -c ' SKIPPED' "$log") skipped"
-grep -E " (FAILED|ERROR)" "$log" | head -20
-tail -30 "$log"
+if [ -n "$files" ]; then
+  timeout ${PYTEST_S:-300} python3 -m pytest -v -p no:cacheprovider -rfE --tb=short --durations=8 $cut $files > "$log" 2>&1
+  echo "pytest rc $? (124: cut by PYTEST_S); $(grep -c ' PASSED' "$log") passed, $(grep -c ' SKIPPED' "$log") skipped"
+  grep -E " (FAILED|ERROR)" "$log" | head -20
+  tail -30 "$log"
+fi
 [ "${PYTEST_GPU_S:-200}" = 0 ] || timeout ${PYTEST_GPU_S:-200} python3 -m pytest -q -p no:cacheprovider -m gpu tests/integrations tests/models tests/pipelines \
   tests/test_attention.py tests/metrics 2>&1 | tail -8
 [ "${MEM_S:-75}" = 0 ] || timeout ${MEM_S:-75} python3 -m vidhash.cli bench memory --json "$OUT/memory.json" 2>&1 | tail -25
