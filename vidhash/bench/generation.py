@@ -86,8 +86,12 @@ def _worker(spec: dict) -> dict:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     rss_after_warmup = _rss_now()
-    # 2. the clip, timed per chunk
-    times, frames = [], []
+    # 2. the clip, timed per chunk; on a GPU its clock, temperature, power and clock-event reasons
+    #    after every chunk (NVML, outside the timed interval)
+    from .nvml import GpuClocks
+
+    clocks = GpuClocks.for_torch_device(device) if device.type == "cuda" else None
+    times, frames, samples = [], [], []
     t0 = time.perf_counter()
     state = None
     for chunk in pipe.stream(spec["frames"], generator=torch.Generator().manual_seed(spec["seed"]), **kwargs):
@@ -96,10 +100,14 @@ def _worker(spec: dict) -> dict:
         times.append(t1 - t0)
         frames.append(chunk.frames.shape[1])
         state = chunk.state
+        if clocks is not None:
+            samples.append(clocks.sample())
+            t1 = time.perf_counter()
         t0 = t1
     return {
         **spec,
         "chunk_seconds": times, "chunk_frames": frames,
+        "gpu_samples": samples if clocks is not None else None,  # per chunk [SM MHz, °C, W, reason mask]
         "state_bytes": state.nbytes,
         "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
         "rss_after_warmup_bytes": rss_after_warmup,
@@ -163,6 +171,19 @@ def _chunks_at_ms_per_frame(row: dict, chunks: int) -> tuple[float, int, int]:
     stop = min(len(per_frame), max(chunks, k))
     start = max(0, stop - k)
     return statistics.median(per_frame[start:stop]), start, stop
+
+
+def _sm_mhz(row: dict, start: int, stop: int) -> float | None:
+    """Median SM clock (MHz) over chunks ``[start, stop)`` of ``row``; None without samples."""
+    got = [s[0] for s in (row.get("gpu_samples") or [])[start:stop] if s and s[0]]
+    return statistics.median(got) if got else None
+
+
+def _edge_chunks(row: dict, last: bool) -> tuple[int, int]:
+    """The chunks :func:`_edge_ms_per_frame` takes: ``[start, stop)``."""
+    n = len(row["chunk_seconds"])
+    k = min(n, max(5, n // 10))
+    return (n - k, n) if last else (0, k)
 
 
 def _world_speed(seconds: float = 1.0) -> float:
@@ -243,9 +264,11 @@ def run(args) -> int:
             row = json.loads(proc.stdout.strip().splitlines()[-1])
             row["wall_seconds"] = time.perf_counter() - t0
             rows.append(row)
+            f_first, f_last = (_sm_mhz(row, *_edge_chunks(row, e)) for e in (False, True))
+            clock = f", SM clock {f_first:.0f} → {f_last:.0f} MHz" if f_first and f_last else ""
             print(f"{mode:>6} {seconds:>6g} s: {_edge_ms_per_frame(row, False):.1f} → {_edge_ms_per_frame(row, True):.1f} "
-                  f"ms/frame, peak RSS {row['peak_rss_bytes'] / 2**20:.0f} MiB, state {row['state_bytes'] / 2**20:.1f} MiB",
-                  flush=True)
+                  f"ms/frame, peak RSS {row['peak_rss_bytes'] / 2**20:.0f} MiB, state {row['state_bytes'] / 2**20:.1f} MiB"
+                  f"{clock}", flush=True)
     print()
     print(table(rows, device))
     print()
@@ -300,13 +323,17 @@ def time_flatness(rows: list[dict]) -> dict | None:
     short, long = hashed[0], hashed[-1]
     long_last = _edge_ms_per_frame(long, True)
     at_short, start, stop = _chunks_at_ms_per_frame(long, len(short["chunk_seconds"]))
-    return {
+    out = {
         "short_seconds": short["seconds"], "long_seconds": long["seconds"],
         "long_last_ms_per_frame": long_last, "short_last_ms_per_frame": _edge_ms_per_frame(short, True),
         "cross_process_ratio": long_last / _edge_ms_per_frame(short, True),
         "long_at_short_end_ms_per_frame": at_short, "in_process_chunks": [start, stop],
         "in_process_ratio": long_last / at_short,
     }
+    f_at, f_last = _sm_mhz(long, start, stop), _sm_mhz(long, *_edge_chunks(long, True))
+    if f_at and f_last:  # time × clock = cycles: the in-process ratio had the clock stayed where it was
+        out.update(long_at_short_end_sm_mhz=f_at, long_last_sm_mhz=f_last, in_process_cycles_ratio=long_last * f_last / (at_short * f_at))
+    return out
 
 
 def _later_cost(ratio: float, limit: float = 0.10) -> str:
@@ -336,6 +363,13 @@ def verdict(rows: list[dict]) -> list[str]:
         f"hashed, state bytes {long['state_bytes']:,} vs {short['state_bytes']:,} "
         f"({'equal' if long['state_bytes'] == short['state_bytes'] else 'DIFFERENT'})",
     ]
+    if "in_process_cycles_ratio" in flat:
+        from .nvml import reasons
+
+        seen = sorted({r for smp in long["gpu_samples"][-(stop - start):] if smp for r in reasons(smp[3])})
+        out.append(f"hashed, SM clock of the {long['seconds']:g} s run: {flat['long_at_short_end_sm_mhz']:.0f} MHz at chunks "
+                   f"{start}-{stop - 1}, {flat['long_last_sm_mhz']:.0f} MHz at its last chunks (clock-event reasons there: "
+                   f"{', '.join(seen) or 'none'}); in-process ratio at equal clock (cycles): {flat['in_process_cycles_ratio']:.3f}")
     if long.get("peak_device_bytes") is not None:
         d_ratio = long["peak_device_bytes"] / short["peak_device_bytes"]
         out.append(f"hashed, peak device memory ratio: {d_ratio:.3f} ({'within' if abs(d_ratio - 1) <= 0.05 else 'NOT within'} 5%)")
