@@ -80,7 +80,7 @@ class GpuClocks:
         out = ctypes.c_uint()
         try:
             ok = getattr(self._lib, fn)(self._handle, *args, ctypes.byref(out)) == NVML_SUCCESS
-        except AttributeError:
+        except (AttributeError, ctypes.ArgumentError):  # a driver without the call: no value, the bench goes on
             return None
         return out.value if ok else None
 
@@ -90,7 +90,7 @@ class GpuClocks:
             try:
                 if getattr(self._lib, fn)(self._handle, ctypes.byref(out)) == NVML_SUCCESS:
                     return out.value
-            except AttributeError:
+            except (AttributeError, ctypes.ArgumentError):
                 continue
         return None
 
