@@ -55,13 +55,14 @@ def test_clock_drop_explains_a_slower_end():
     """A run whose later chunks are 8 % slower while the SM clock fell 8 %: the cycles ratio is 1, and the
     verdict names the clock and the clock-event reason NVML gave."""
     long = _row(600, [40.0] * 750 + [40.0 * 1980 / 1830] * 450)
-    long["gpu_samples"] = [[1980, 60, 500.0, 0]] * 750 + [[1830, 84, 690.0, 0x4]] * 450
+    long["gpu_samples"] = [[1980, 60, 500.0, 0x1]] * 750 + [[1830, 84, 690.0, 0x4 | 0x1]] * 450  # 0x1: gpu_idle
     flat = time_flatness([_row(10, [40.0] * 20), long])
     assert flat["in_process_ratio"] == pytest.approx(1980 / 1830)
     assert (flat["long_at_short_end_sm_mhz"], flat["long_last_sm_mhz"]) == (1980, 1830)
     assert flat["in_process_cycles_ratio"] == pytest.approx(1.0)
     line = [x for x in verdict([_row(10, [40.0] * 20), long]) if "SM clock" in x][0]
-    assert "1980 MHz at chunks 15-19, 1830 MHz" in line and "sw_power_cap" in line and "(cycles): 1.000" in line
+    assert "1980 MHz at chunks 15-19, 1830 MHz" in line and "(cycles): 1.000" in line
+    assert "reasons there: sw_power_cap)" in line  # gpu_idle (every sample follows a synchronize) left out
 
 
 def test_no_clock_line_without_samples():

@@ -331,7 +331,8 @@ def time_flatness(rows: list[dict]) -> dict | None:
         "in_process_ratio": long_last / at_short,
     }
     f_at, f_last = _sm_mhz(long, start, stop), _sm_mhz(long, *_edge_chunks(long, True))
-    if f_at and f_last:  # time × clock = cycles: the in-process ratio had the clock stayed where it was
+    if f_at and f_last:  # time × clock = cycles: the in-process ratio had the clock stayed where it was (as far
+        # as time scales with 1 / clock: work bound by DRAM would slow less than the clock fell)
         out.update(long_at_short_end_sm_mhz=f_at, long_last_sm_mhz=f_last, in_process_cycles_ratio=long_last * f_last / (at_short * f_at))
     return out
 
@@ -366,7 +367,9 @@ def verdict(rows: list[dict]) -> list[str]:
     if "in_process_cycles_ratio" in flat:
         from .nvml import reasons
 
-        seen = sorted({r for smp in long["gpu_samples"][-(stop - start):] if smp for r in reasons(smp[3])})
+        # the reasons over the last chunks' samples; gpu_idle left out: each sample follows a synchronize
+        last0, last1 = _edge_chunks(long, True)
+        seen = sorted({r for smp in long["gpu_samples"][last0:last1] if smp for r in reasons(smp[3]) if r != "gpu_idle"})
         out.append(f"hashed, SM clock of the {long['seconds']:g} s run: {flat['long_at_short_end_sm_mhz']:.0f} MHz at chunks "
                    f"{start}-{stop - 1}, {flat['long_last_sm_mhz']:.0f} MHz at its last chunks (clock-event reasons there: "
                    f"{', '.join(seen) or 'none'}); in-process ratio at equal clock (cycles): {flat['in_process_cycles_ratio']:.3f}")
