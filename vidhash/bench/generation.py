@@ -157,9 +157,8 @@ def _per_frame_ms(row: dict) -> list[float]:
 def _edge_ms_per_frame(row: dict, last: bool) -> float:
     """Median ms per frame over the first or last 10% of the chunks (at least 5): the median
     keeps one scheduler hiccup on a shared machine from moving the number."""
-    per_frame = _per_frame_ms(row)
-    k = min(len(per_frame), max(5, len(per_frame) // 10))
-    return statistics.median(per_frame[-k:] if last else per_frame[:k])
+    start, stop = _edge_chunks(row, last)
+    return statistics.median(_per_frame_ms(row)[start:stop])
 
 
 def _chunks_at_ms_per_frame(row: dict, chunks: int) -> tuple[float, int, int]:
@@ -180,7 +179,7 @@ def _sm_mhz(row: dict, start: int, stop: int) -> float | None:
 
 
 def _edge_chunks(row: dict, last: bool) -> tuple[int, int]:
-    """The chunks :func:`_edge_ms_per_frame` takes: ``[start, stop)``."""
+    """The first or last 10% of ``row``'s chunks (at least 5): ``[start, stop)``."""
     n = len(row["chunk_seconds"])
     k = min(n, max(5, n // 10))
     return (n - k, n) if last else (0, k)
