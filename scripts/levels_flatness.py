@@ -284,6 +284,17 @@ def check(cap: dict, top_k: int, n_bits: int, queries: int = 48, device: str = "
             "open_after_window": (wlo < whi).double().mean().item()}
 
 
+def _index_list(text: str) -> set[int]:
+    """``"20,200,500"`` -> {20, 200, 500}; argparse turns the ValueError into a usage line."""
+    try:
+        out = {int(c) for c in text.split(",") if c.strip()}
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not out or min(out) < 0:
+        raise argparse.ArgumentTypeError(f"expected non-negative integers, got {text!r}")
+    return out
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="models/world-tiny-v3")
@@ -292,18 +303,19 @@ def main() -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu", help="cpu, or cuda (eager: the capture hook does not run inside CUDA graphs)")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="model dtype (bfloat16: the GPU bench's)")
-    p.add_argument("--chunks", default="20,200,500,700,850,1000,1150", help="chunk indices to capture (0-based)")
+    p.add_argument("--chunks", type=_index_list, default="20,200,500,700,850,1000,1150",
+                   help="chunk indices to capture (0-based, comma-separated)")
     p.add_argument("--save", default=None, help="folder for the captures (torch.save, one file per chunk)")
     p.add_argument("--load", default=None, help="folder of earlier captures: skip the generation")
     p.add_argument("--ranges", type=int, default=22, help="entry ranges per query tile (the H100's at 256 queries × 3 heads)")
-    p.add_argument("--layers", default=None, help="memory layers whose reads are replayed (default: all)")
+    p.add_argument("--layers", type=_index_list, default=None, help="memory layers whose reads are replayed (default: all)")
     p.add_argument("--passes", default=None, help="passes whose reads are replayed: step numbers and/or 'commit' (default: all)")
     p.add_argument("--check", action="store_true", help="compare the replay with the Triton kernel on one read")
     p.add_argument("--check-queries", type=int, default=48, help="queries of head 0 in the check (the interpreter is slow)")
     p.add_argument("--json", default="levels_flatness.json")
     args = p.parse_args()
-    chunks = {int(c) for c in args.chunks.split(",") if c.strip()}
-    layers = {int(x) for x in args.layers.split(",")} if args.layers else None
+    chunks = args.chunks
+    layers = args.layers
     passes = set(args.passes.split(",")) if args.passes else None
     if args.load:
         caps, seconds, fill, writes = load(args.load, chunks), None, None, None

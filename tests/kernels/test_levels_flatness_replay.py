@@ -30,3 +30,13 @@ def test_replay_equals_the_kernel_state(pool):
                "reads": [{"layer": 0, "pass": 0, "table": "t", "q_sig": q_sig}]}
     got = _script().check(capture, top_k, n_bits, queries=20, device="cpu")
     assert got["T_equal"] and got["above_equal"] and got["words_equal"] and got["window_open_equal"], got
+
+
+def test_index_lists_parse_and_bad_ones_give_a_usage_error():
+    import argparse
+
+    mod = _script()
+    assert mod._index_list("20, 200,500,") == {20, 200, 500}
+    for bad in ("1,x", "-3", ""):
+        with pytest.raises(argparse.ArgumentTypeError):
+            mod._index_list(bad)
