@@ -77,10 +77,15 @@ def _launch(kernel, grid, *args, **meta):
     cfg = default_config(meta.get("BK_PAD", 1), meta["D"], meta["BLOCK_M"], with_block_n, bool(meta.get("CAUSAL", False)))
     if not with_block_n and all(c.num_warps != cfg.num_warps for c in kernel.configs):
         cfg = kernel.configs[0]  # a kernel kept to some warp counts (the per-block dk/dv: _sub_configs)
-    kwargs = cfg.all_kwargs()
+    return _fewer_stages_until_it_fits(kernel.fn[grid], args, meta, cfg.all_kwargs())
+
+
+def _fewer_stages_until_it_fits(launch, args, meta, kwargs):
+    """``launch(*args, **meta, **kwargs)``, with one stage fewer at a time while Triton raises
+    ``OutOfResources`` (raised before the launch, so a retry runs on untouched buffers)."""
     while True:
         try:
-            return kernel.fn[grid](*args, **meta, **kwargs)
+            return launch(*args, **meta, **kwargs)
         except OutOfResources:
             if kwargs.get("num_stages", 1) <= 1:
                 raise
@@ -396,11 +401,13 @@ def _dkdv_qsplit(bq: int) -> int:
 
 
 def _launch_tma(kernel, grid, args, **meta):
-    """Launch a TMA kernel: autotuned, or one config (``VIDHASH_AUTOTUNE=0``, the interpreter)."""
+    """Launch a TMA kernel: autotuned, or one config (``VIDHASH_AUTOTUNE=0``, the interpreter), with one
+    stage fewer at a time while its tiles do not fit (H100, 2026-12-06: float32 at d 128 asked for
+    262,160 B (dq / dk, dv, key blocks of 64) and 327,712 B (forward, key blocks of 128) of 232,448 at 3 stages)."""
     if autotuning():
         return kernel[grid](*args, **meta)
-    return kernel.fn[grid](*args, **meta, num_warps=4 if _INTERPRET or meta["D"] <= 64 else 8,
-                           num_stages=1 if _INTERPRET else 3)
+    cfg = {"num_warps": 4 if _INTERPRET or meta["D"] <= 64 else 8, "num_stages": 1 if _INTERPRET else 3}
+    return _fewer_stages_until_it_fits(kernel.fn[grid], args, meta, cfg)
 
 
 def _tma_backward(q, k, v, do, lse, delta, idx, dq, selection: BlockSelection, sm_scale: float, prec: str) -> None:

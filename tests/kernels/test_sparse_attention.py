@@ -483,3 +483,38 @@ def test_default_config_drops_stages_until_its_tiles_fit(monkeypatch):
     with pytest.raises(OutOfResources):
         sops._launch(make(0), (1,), BK_PAD=16, D=64, BLOCK_M=32)
     assert tried == [3, 2, 1]
+
+
+def test_tma_default_config_drops_stages_until_its_tiles_fit(monkeypatch):
+    """The TMA kernels' launch without the autotuner does the same (H100, 2026-12-06: float32 at d 128
+    asked for 262,160 B (dq, dk/dv) and 327,712 B (forward, key blocks of 128) at 3 stages)."""
+    from triton.runtime.errors import OutOfResources
+    from vidhash.kernels.sparse_attention import ops as sops
+
+    monkeypatch.setattr(sops, "autotuning", lambda: False)
+    monkeypatch.setattr(sops, "_INTERPRET", False)  # the GPU's default: 3 stages, 8 warps at d 128
+    tried = []
+
+    def make(fits_at):
+        class Fn:
+            def __getitem__(self, grid):
+                def run(*args, **meta):
+                    tried.append((meta["num_stages"], meta["num_warps"]))
+                    if meta["num_stages"] > fits_at:
+                        raise OutOfResources(327_712, 232_448, "shared memory")
+                    return "ran"
+                return run
+
+        class Kern:
+            fn = Fn()
+        return Kern()
+
+    assert sops._launch_tma(make(1), (1,), (), D=128) == "ran"
+    assert tried == [(3, 8), (2, 8), (1, 8)]
+    tried.clear()
+    assert sops._launch_tma(make(3), (1,), (), D=64) == "ran"
+    assert tried == [(3, 4)]
+    tried.clear()
+    with pytest.raises(OutOfResources):
+        sops._launch_tma(make(0), (1,), (), D=64)
+    assert tried == [(3, 4), (2, 4), (1, 4)]
