@@ -70,3 +70,13 @@ def test_no_clock_line_without_samples():
     long["gpu_samples"] = None  # a CPU run
     assert "in_process_cycles_ratio" not in time_flatness([_row(10, [40.0] * 20), long])
     assert not [x for x in verdict([_row(10, [40.0] * 20), long]) if "SM clock" in x]
+
+
+def test_host_memory_verdict_is_one_sided():
+    """Peak host RSS: growth over 5 % is flagged, a smaller peak for the long clip is not (H100, 2026-12-06:
+    the 600-s process peaked at 0.944× the 10-s one's)."""
+    line = lambda rss: [x for x in verdict([_row(10, [40.0] * 20, rss=100), _row(600, [40.0] * 1200, rss=rss)])
+                        if "peak host RSS" in x][0]
+    assert "0.944 (no growth over 5%)" in line(94.4)
+    assert "1.040 (no growth over 5%)" in line(104)
+    assert "1.060 (grew more than 5%)" in line(106)
