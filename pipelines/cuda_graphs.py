@@ -25,10 +25,10 @@ outputs — but "replays" by calling the pass again, so the plumbing is tested w
 """
 from __future__ import annotations
 
+import time
 import warnings
 
 import torch
-
 
 
 def use_cuda_graphs(setting: bool | None, device) -> bool:
@@ -49,6 +49,19 @@ class _Emulated:
 
     def replay(self):
         _copy_into(self.out, self.fn())
+
+
+class _HostEvent:
+    """CPU stand-in for a timing ``torch.cuda.Event`` (emulated graphs): the host clock at ``record``."""
+
+    def __init__(self):
+        self.t = None
+
+    def record(self):
+        self.t = time.perf_counter()
+
+    def elapsed_time(self, end: _HostEvent) -> float:
+        return (end.t - self.t) * 1000.0
 
 
 def _copy_into(dst, src):
@@ -74,6 +87,7 @@ class PassGraphs:
         self._graphs: dict[str, tuple] = {}
         self._context = None
         self._active = False
+        self._timed: list | None = None  # event pairs around replays (time_replays)
 
     # ------------------------------------------------------------------ per chunk
     def steady(self, state, c: int, chunk_frames: int) -> bool:
@@ -162,7 +176,15 @@ class PassGraphs:
                 self.eager_passes += 1
                 return self._forward(kind)
         graph, out = self._graphs[kind]
-        graph.replay()
+        if self._timed is None:
+            graph.replay()
+        else:
+            a, b = (_HostEvent(), _HostEvent()) if self.emulate else (torch.cuda.Event(enable_timing=True),
+                                                                      torch.cuda.Event(enable_timing=True))
+            a.record()
+            graph.replay()
+            b.record()
+            self._timed.append((a, b))
         self.replays += 1
         return out
 
@@ -182,6 +204,21 @@ class PassGraphs:
         with torch.cuda.graph(graph):
             out = self._forward(kind)
         return graph, out
+
+    def time_replays(self, on: bool = True) -> None:
+        """Record a timing event pair around every replay (``vidhash bench generation``: how much of a
+        chunk the GPU spends inside the graphs). Each pair brackets one replay on the current stream:
+        the first event completes when the work before it does, so a pair's elapsed time is the
+        replay's GPU time whether or not the host was ahead. Off by default."""
+        self._timed = [] if on else None
+
+    def replay_ms(self) -> list[float]:
+        """GPU milliseconds of each replay since the last call (call after a synchronize), then clears."""
+        if not self._timed:
+            return []
+        out = [a.elapsed_time(b) for a, b in self._timed]
+        self._timed.clear()
+        return out
 
     def count_eager(self) -> None:
         """The pipeline ran a pass eagerly (window filling, a short chunk)."""

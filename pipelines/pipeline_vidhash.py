@@ -266,6 +266,12 @@ class VidHashPipeline(DiffusionPipeline):
         return self
 
     @property
+    def pass_graphs(self):
+        """The :class:`~vidhash.pipelines.cuda_graphs.PassGraphs` of :meth:`enable_cuda_graphs`
+        (None when off): its ``time_replays`` / ``replay_ms`` time the replays on the GPU."""
+        return getattr(self, "_pass_graphs", None)
+
+    @property
     def cuda_graph_stats(self) -> dict | None:
         """``{"captures", "replays", "eager_passes", "failed"}`` since :meth:`enable_cuda_graphs`
         (None when off): replays count passes run from a graph, eager_passes the rest."""

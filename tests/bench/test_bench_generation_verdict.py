@@ -80,3 +80,25 @@ def test_host_memory_verdict_is_one_sided():
     assert "0.944 (no growth over 5%)" in line(94.4)
     assert "1.040 (no growth over 5%)" in line(104)
     assert "1.060 (grew more than 5%)" in line(106)
+
+
+def test_graph_replay_times_place_the_wander():
+    """With the replays' GPU times per chunk: the verdict gives the share inside the graphs and where the
+    chunk-to-chunk spread is — here the GPU time is steady and the rest wanders (host-side)."""
+    import random
+
+    rnd = random.Random(0)
+    extra = [rnd.choice([0.0, 3.0]) for _ in range(1200)]  # two levels outside the graphs
+    long = _row(600, [22.0 + 2.0 + e for e in extra])
+    long["graph_replays"] = [[22.0, 11]] * 1200
+    long["graph_replays"][3] = [0.0, 0]  # a chunk that replayed nothing (window filling): left out
+    flat = time_flatness([_row(10, [24.0] * 20), long])
+    assert flat["long_last_graphs"]["graphs_ms"] == pytest.approx(22.0)
+    sp = flat["long_spread_ms"]
+    assert sp["graphs"] == pytest.approx(0.0) and sp["outside"] == pytest.approx(3.0) and sp["wall"] == pytest.approx(3.0)
+    line = [x for x in verdict([_row(10, [24.0] * 20), long]) if "inside the CUDA graphs" in x][0]
+    assert "22.0 of" in line and "inside the graphs 0.00, outside them 3.00" in line
+    # without replay times (eager, CPU) there is no such line and no such keys
+    plain = time_flatness([_row(10, [24.0] * 20), _row(600, [24.0] * 1200)])
+    assert "long_last_graphs" not in plain and "long_spread_ms" not in plain
+    assert not any("CUDA graphs" in x for x in verdict([_row(10, [24.0] * 20), _row(600, [24.0] * 1200)]))

@@ -207,3 +207,30 @@ def test_cuda_graphs_with_compiled_blocks_cuda():
     assert diff.max() <= 2**-8, diff.max()  # one bfloat16 step at values in [0.5, 1)
     assert (diff > 1e-6).float().mean() < 0.05, (diff > 1e-6).float().mean()
     torch._dynamo.reset()
+
+
+def test_replay_timing_per_chunk_and_frames_unchanged():
+    """``pass_graphs.time_replays()`` brackets every replay with a timing event pair (host stand-ins
+    when emulated): one time per replay, read and cleared by ``replay_ms``; off by default, and the
+    frames do not change."""
+    pipe = _pipe()
+    pipe.set_progress_bar_config(disable=True)
+    kw = _kwargs(MEMORIES["merge"])
+    assert pipe.pass_graphs is None
+    pipe.enable_cuda_graphs(emulate=True)
+    plain = _gen(pipe, **kw).frames
+    assert pipe.pass_graphs.replay_ms() == []  # not timing
+    pipe.pass_graphs.time_replays()
+    per_chunk = []
+    frames = []
+    for chunk in pipe.stream(20, generator=torch.Generator().manual_seed(0), **kw):
+        per_chunk.append(pipe.pass_graphs.replay_ms())
+        frames.append(chunk.frames)
+    assert torch.equal(torch.cat(frames, 1), plain)
+    # chunks 1-2 fill the window (eager: no replays); chunks 3-5 replay 2 steps + 1 commit each
+    assert [len(ms) for ms in per_chunk] == [0, 0, 3, 3, 3]
+    assert all(t > 0 for ms in per_chunk for t in ms)
+    assert pipe.pass_graphs.replay_ms() == []  # cleared by the last read
+    pipe.pass_graphs.time_replays(False)
+    _gen(pipe, **kw)
+    assert pipe.pass_graphs.replay_ms() == []

@@ -91,7 +91,10 @@ def _worker(spec: dict) -> dict:
     from .nvml import GpuClocks
 
     clocks = GpuClocks.for_torch_device(device) if device.type == "cuda" else None
-    times, frames, samples = [], [], []
+    graphs = pipe.pass_graphs  # with CUDA graphs: the GPU time of each chunk's replays (timing events)
+    if graphs is not None:
+        graphs.time_replays()
+    times, frames, samples, in_graphs = [], [], [], []
     t0 = time.perf_counter()
     state = None
     for chunk in pipe.stream(spec["frames"], generator=torch.Generator().manual_seed(spec["seed"]), **kwargs):
@@ -102,12 +105,16 @@ def _worker(spec: dict) -> dict:
         state = chunk.state
         if clocks is not None:
             samples.append(clocks.sample())
-            t1 = time.perf_counter()
+        if graphs is not None:
+            replays = graphs.replay_ms()
+            in_graphs.append([sum(replays), len(replays)])
+        t1 = time.perf_counter()
         t0 = t1
     return {
         **spec,
         "chunk_seconds": times, "chunk_frames": frames,
         "gpu_samples": samples if clocks is not None else None,  # per chunk [SM MHz, °C, W, reason mask]
+        "graph_replays": in_graphs if graphs is not None else None,  # per chunk [GPU ms inside replays, replays]
         "state_bytes": state.nbytes,
         "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
         "rss_after_warmup_bytes": rss_after_warmup,
@@ -330,10 +337,49 @@ def time_flatness(rows: list[dict]) -> dict | None:
         "in_process_ratio": long_last / at_short,
     }
     f_at, f_last = _sm_mhz(long, start, stop), _sm_mhz(long, *_edge_chunks(long, True))
+    for name, (a, b) in (("at_short_end", (start, stop)), ("last", _edge_chunks(long, True))):
+        split = graph_split(long, a, b)
+        if split:
+            out[f"long_{name}_graphs"] = split
+    spread = graph_spread(long)
+    if spread:
+        out["long_spread_ms"] = spread
     if f_at and f_last:  # time × clock = cycles: the in-process ratio had the clock stayed where it was (as far
         # as time scales with 1 / clock: work bound by DRAM would slow less than the clock fell)
         out.update(long_at_short_end_sm_mhz=f_at, long_last_sm_mhz=f_last, in_process_cycles_ratio=long_last * f_last / (at_short * f_at))
     return out
+
+
+def _steady_graph_chunks(row: dict, start: int, stop: int) -> list[tuple[float, float]]:
+    """``(wall ms, GPU ms inside the replays)`` of chunks ``[start, stop)`` that replayed graphs."""
+    g = row.get("graph_replays") or []
+    return [(row["chunk_seconds"][i] * 1000.0, g[i][0]) for i in range(start, min(stop, len(g))) if g[i] and g[i][1]]
+
+
+def graph_split(row: dict, start: int, stop: int) -> dict | None:
+    """Medians over chunks ``[start, stop)`` of the wall ms a chunk and the GPU ms inside its graph
+    replays (``--cuda-graphs``: timing events around each replay); None without them."""
+    got = _steady_graph_chunks(row, start, stop)
+    if not got:
+        return None
+    return {"wall_ms": statistics.median(w for w, _ in got), "graphs_ms": statistics.median(g for _, g in got),
+            "outside_ms": statistics.median(w - g for w, g in got)}
+
+
+def graph_spread(row: dict) -> dict | None:
+    """How much chunks differ from one another after the first 10 % (p90 − p10, ms a chunk): the wall
+    time, the GPU time inside the replays and the rest (host, eager launches, the sync). A wander that
+    is in the wall time but not inside the graphs is outside them."""
+    got = _steady_graph_chunks(row, _edge_chunks(row, False)[1], len(row["chunk_seconds"]))
+    if len(got) < 10:
+        return None
+
+    def p90_p10(xs):
+        q = statistics.quantiles(xs, n=10)
+        return q[-1] - q[0]
+
+    return {"chunks": len(got), "wall": p90_p10([w for w, _ in got]), "graphs": p90_p10([g for _, g in got]),
+            "outside": p90_p10([w - g for w, g in got])}
 
 
 def _later_cost(ratio: float, limit: float = 0.10) -> str:
@@ -372,6 +418,16 @@ def verdict(rows: list[dict]) -> list[str]:
         out.append(f"hashed, SM clock of the {long['seconds']:g} s run: {flat['long_at_short_end_sm_mhz']:.0f} MHz at chunks "
                    f"{start}-{stop - 1}, {flat['long_last_sm_mhz']:.0f} MHz at its last chunks (clock-event reasons there: "
                    f"{', '.join(seen) or 'none'}); in-process ratio at equal clock (cycles): {flat['in_process_cycles_ratio']:.3f}")
+    if "long_last_graphs" in flat:
+        a, b = flat.get("long_at_short_end_graphs"), flat["long_last_graphs"]
+        at = f"{a['graphs_ms']:.1f} of {a['wall_ms']:.1f} ms a chunk at chunks {start}-{stop - 1}, " if a else ""
+        line = (f"hashed, GPU time inside the CUDA graphs' replays in the {long['seconds']:g} s run: {at}"
+                f"{b['graphs_ms']:.1f} of {b['wall_ms']:.1f} at its last chunks")
+        if "long_spread_ms" in flat:
+            sp = flat["long_spread_ms"]
+            line += (f"; chunk-to-chunk spread (p90 − p10 of {sp['chunks']} chunks): wall {sp['wall']:.2f} ms, "
+                     f"inside the graphs {sp['graphs']:.2f}, outside them {sp['outside']:.2f}")
+        out.append(line)
     if long.get("peak_device_bytes") is not None:
         d_ratio = long["peak_device_bytes"] / short["peak_device_bytes"]
         out.append(f"hashed, peak device memory ratio: {d_ratio:.3f} ({'within' if abs(d_ratio - 1) <= 0.05 else 'NOT within'} 5%)")
