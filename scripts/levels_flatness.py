@@ -135,14 +135,9 @@ def load(folder: str, chunks: set[int]) -> dict:
 # ----------------------------------------------------------------------------- 2. the replay
 def similarities(q_sig: torch.Tensor, sigs: torch.Tensor, filled: torch.Tensor, n_bits: int) -> list[torch.Tensor]:
     """Per head, the (n, f) Hamming similarities of its queries to its filled entries, in entry order."""
-    from vidhash.hashing import sig_signs
+    from vidhash.hashing import hamming_similarity
 
-    out = []
-    for hq, hs, hf in zip(q_sig, sigs, filled):
-        qs = sig_signs(hq, n_bits).float()  # (n, r) ±1
-        es = sig_signs(hs[hf], n_bits).float()  # (f, r)
-        out.append(((qs @ es.t()).to(torch.int64) + n_bits) // 2)  # agreements = (r + dot) / 2 (exact in float32)
-    return out
+    return [hamming_similarity(hq, hs[hf], n_bits).to(torch.int64) for hq, hs, hf in zip(q_sig, sigs, filled)]
 
 
 def _levels(t0, step, nt, n_bits):

@@ -27,23 +27,20 @@ python3 -c "import pytest_timeout" 2>/dev/null && cut="--timeout ${TEST_TIMEOUT:
 # pytest-xdist (in the GPU image): XDIST processes share the GPU and compile kernels in parallel — the parts'
 # time is mostly Triton compiling each new shape and config on one core. XDIST=0 runs in one process.
 python3 -c "import xdist" 2>/dev/null && [ "${XDIST:-8}" != 0 ] && cut="$cut -n ${XDIST:-8}"
-log="${OUT:-/tmp}/pytest_${PART:-all}.log"
-if [ -n "$files" ]; then
-  timeout ${PYTEST_S:-300} python3 -m pytest -v -p no:cacheprovider -rfE --tb=short --durations=8 $cut $files > "$log" 2>&1
-  echo "pytest rc $? (124: cut by PYTEST_S); $(grep -c ' PASSED' "$log") passed, $(grep -c ' SKIPPED' "$log") skipped"
-  grep -E " (FAILED|ERROR)" "$log" | head -20
-  tail -30 "$log"
-fi
-# the GPU-marked tests of the other folders: -v log (no captured log records: torch's compile DEBUG lines
-# buried a failure's traceback on 2026-12-06) to $OUT/pytest_gpu.log, failures and the summary printed
-if [ "${PYTEST_GPU_S:-200}" != 0 ]; then
-  glog="${OUT:-/tmp}/pytest_gpu.log"
-  timeout ${PYTEST_GPU_S:-200} python3 -m pytest -v -p no:cacheprovider -p no:logging -rfE --tb=short -m gpu tests/integrations \
-    tests/models tests/pipelines tests/test_attention.py tests/metrics > "$glog" 2>&1
-  echo "GPU-marked pytest rc $? (124: cut by PYTEST_GPU_S); $(grep -c ' PASSED' "$glog") passed"
-  grep -E "^(FAILED|ERROR)|^E  " "$glog" | head -30
-  tail -3 "$glog"
-fi
+# logged_pytest NAME SECONDS ARGS...: pytest -v into $OUT/pytest_NAME.log (no captured log records: torch's
+# compile DEBUG lines buried a failure's traceback on 2026-12-06), then the counts, failures and the summary
+logged_pytest() {
+  local name=$1 secs=$2; shift 2
+  local log="${OUT:-/tmp}/pytest_$name.log"
+  timeout "$secs" python3 -m pytest -v -p no:cacheprovider -p no:logging -rfE --tb=short "$@" > "$log" 2>&1
+  echo "pytest $name rc $? (124: cut after $secs s); $(grep -c ' PASSED' "$log") passed, $(grep -c ' SKIPPED' "$log") skipped"
+  grep -E " (FAILED|ERROR)|^E  " "$log" | head -30
+  tail -12 "$log"
+}
+[ -n "$files" ] && logged_pytest "${PART:-all}" "${PYTEST_S:-300}" --durations=8 $cut $files
+# the GPU-marked tests of the other folders
+[ "${PYTEST_GPU_S:-200}" = 0 ] || logged_pytest gpu "${PYTEST_GPU_S:-200}" -m gpu tests/integrations tests/models \
+  tests/pipelines tests/test_attention.py tests/metrics
 [ "${MEM_S:-75}" = 0 ] || timeout ${MEM_S:-75} python3 -m vidhash.cli bench memory --json "$OUT/memory.json" 2>&1 | tail -25
 [ "${MEMGEN_S:-45}" = 0 ] || timeout ${MEMGEN_S:-45} python3 -m vidhash.cli bench memory --queries 256 --heads 3 --buckets 1024 --slots 16 --top-k 32,64 \
   --json "$OUT/memory_generation.json" 2>&1 | tail -16

@@ -336,8 +336,9 @@ def time_flatness(rows: list[dict]) -> dict | None:
         "long_at_short_end_ms_per_frame": at_short, "in_process_chunks": [start, stop],
         "in_process_ratio": long_last / at_short,
     }
-    f_at, f_last = _sm_mhz(long, start, stop), _sm_mhz(long, *_edge_chunks(long, True))
-    for name, (a, b) in (("at_short_end", (start, stop)), ("last", _edge_chunks(long, True))):
+    last = _edge_chunks(long, True)
+    f_at, f_last = _sm_mhz(long, start, stop), _sm_mhz(long, *last)
+    for name, (a, b) in (("at_short_end", (start, stop)), ("last", last)):
         split = graph_split(long, a, b)
         if split:
             out[f"long_{name}_graphs"] = split
