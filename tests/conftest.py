@@ -10,6 +10,13 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
+# pytest-xdist workers (the GPU runs: scripts/gpu/kernels_check.sh) share the machine's cores: each takes
+# its share of torch's CPU threads. With every worker at all 16 cores, the CPU-only CUDA-graph tests
+# (emulated replays) passed 120 s on an H100 machine (2026-12-06) that CI runs in seconds.
+_workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0") or 0)
+if _workers > 1:
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // _workers))
+
 import pytest  # noqa: E402
 
 
