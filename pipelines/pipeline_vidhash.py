@@ -35,6 +35,7 @@ the preset of its model size (:func:`vidhash.presets.generation_for_model`).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import inspect
 import os
 from collections.abc import Callable, Iterator, Sequence
@@ -181,6 +182,8 @@ class VidHashPipeline(DiffusionPipeline):
         self.generation_config = generation_config
         self._interrupt, self._chunk_index, self._clip_index, self._committing = False, 0, 0, False
         self._guidance_scale, self._num_timesteps, self._steps_per_chunk, self._step = None, 0, 0, 0
+        self._place = None  # (device, dtype) of the transformer for the clip being generated (_begin)
+        self._schedule = None  # the schedule _begin built: (scheduler class, steps, device, timesteps)
         self._call_clip = None  # (clip, clips) while __call__ runs a batch's clip through stream
 
     @property
@@ -624,7 +627,14 @@ class VidHashPipeline(DiffusionPipeline):
         """What callbacks read during a clip: no interrupt, chunk 0, the guidance scale, the steps per
         chunk and of the call, the global step of the clip's first denoising step."""
         clip, clips = self._call_clip or (0, 1)
-        self.scheduler.set_timesteps(settings.num_inference_steps, device=self.transformer.device)
+        # the transformer's device and dtype for the clip's chunks: diffusers' ``.device`` / ``.dtype`` walk
+        # every parameter (~0.3 ms each on a 2-core CPU), host time between chunks while a GPU waits
+        self._place = (self.transformer.device, self.transformer.dtype)
+        self.scheduler.set_timesteps(settings.num_inference_steps, device=self._place[0])
+        self._schedule = (type(self.scheduler), settings.num_inference_steps, self._place[0], self.scheduler.timesteps)
+        graphs = getattr(self, "_pass_graphs", None)
+        if graphs is not None:
+            graphs.new_call()
         self._steps_per_chunk = len(self.scheduler.timesteps)
         self._interrupt, self._chunk_index, self._committing = False, 0, False
         self._clip_index, self._guidance_scale = clip, settings.guidance_scale
@@ -654,7 +664,7 @@ class VidHashPipeline(DiffusionPipeline):
         return state
 
     def _chunk(self, ids: np.ndarray, poses: np.ndarray, trajectory: RandomTrajectory | None = None) -> _Chunk:
-        device = self.transformer.device
+        device = self._place[0]
         act = torch.as_tensor(ids, device=device).unsqueeze(0).clamp(max=self.transformer.config.num_actions)
         pos = torch.as_tensor(poses, device=device, dtype=torch.float32).unsqueeze(0)
         return _Chunk(ids, poses, act, pos, trajectory)
@@ -681,7 +691,7 @@ class VidHashPipeline(DiffusionPipeline):
         chunk_ids = ids[start : start + c]
         chunk_poses = (poses[start : start + c] if poses is not None else
                        integrate_actions(chunk_ids, state.pose, settings.action_step, int(self.transformer.config.pos_period)))
-        latents = frames[:, start : start + c].to(self.transformer.device, self.transformer.dtype)
+        latents = frames[:, start : start + c].to(*self._place)
         self._commit(state, latents, self._chunk(chunk_ids, chunk_poses), settings.memory)
         state.trajectory = None  # a random trajectory restarts from the last observed pose
 
@@ -689,15 +699,13 @@ class VidHashPipeline(DiffusionPipeline):
                  noise: torch.Tensor | None = None):
         """The chunk's noise (``noise``, else drawn from the state's generator) denoised against window +
         memory; sets the chunk's context, frame inputs and replaying graphs for its commit. Returns the latents."""
-        cfg, device, dtype = self.transformer.config, self.transformer.device, self.transformer.dtype
+        cfg, (device, dtype) = self.transformer.config, self._place
         c = chunk.act.shape[1]
         if noise is None:
             noise = randn_tensor((1, c, cfg.in_channels, settings.height, settings.width), generator=state.generator,
                                  device=torch.device("cpu"), dtype=torch.float32)
         latents = noise.to(device, dtype)
-        self.scheduler.set_timesteps(settings.num_inference_steps, device=device)
-        if hasattr(self.scheduler, "set_begin_index"):
-            self.scheduler.set_begin_index(0)  # no timestep lookup (nonzero + .item(): a device sync) per chunk
+        self._reset_scheduler(settings.num_inference_steps, device)
         timesteps = self.scheduler.timesteps
         step_kwargs = _step_kwargs(self.scheduler, state.generator)
         chunk.context = state.context(settings.memory)
@@ -720,6 +728,23 @@ class VidHashPipeline(DiffusionPipeline):
                 latents = outputs.pop("latents", latents)
             self._step += 1
         return latents
+
+    def _reset_scheduler(self, steps: int, device: torch.device) -> None:
+        """The scheduler at the first step of a chunk's schedule. ``set_timesteps`` builds the schedule
+        on the device (numpy, then two host-to-device copies, each a synchronize) and resets every
+        scheduler's state (a multistep solver's saved outputs, say). FlowMatchEulerDiscreteScheduler
+        keeps no state between chunks but its step index: when the schedule ``_begin`` built for the
+        clip is still the scheduler's (same class, steps, device, the same timesteps tensor), only the
+        index is reset — the same sigmas, the same frames bit for bit."""
+        sched = self.scheduler
+        key = getattr(self, "_schedule", None)
+        if (type(sched) is FlowMatchEulerDiscreteScheduler and key is not None
+                and key[:3] == (type(sched), steps, device) and sched.timesteps is key[3]):
+            sched._step_index = None  # what set_timesteps resets (diffusers 0.3x-0.42)
+        else:
+            sched.set_timesteps(steps, device=device)
+        if hasattr(sched, "set_begin_index"):
+            sched.set_begin_index(0)  # no timestep lookup (nonzero + .item(): a device sync) per chunk
 
     def _velocity(self, latents: torch.Tensor, t: torch.Tensor, chunk: _Chunk, guided: bool, scale: float):
         """One denoising step's velocity; ``guided``: lerped from the pass without window and memory."""
@@ -831,7 +856,12 @@ def check_scheduler(scheduler, num_inference_steps: int = 4) -> None:
 
 def _step_kwargs(scheduler, generator: torch.Generator) -> dict:
     """``generator=`` for ``scheduler.step`` when it takes one (FlowMatchEuler, DPM-Solver), else nothing (UniPC)."""
-    return {"generator": generator} if "generator" in inspect.signature(scheduler.step).parameters else {}
+    return {"generator": generator} if _step_takes_generator(type(scheduler)) else {}
+
+
+@functools.lru_cache(maxsize=None)
+def _step_takes_generator(scheduler_class: type) -> bool:
+    return "generator" in inspect.signature(scheduler_class.step).parameters
 
 
 def _one_clip(value, name: str):

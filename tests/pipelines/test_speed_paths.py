@@ -66,6 +66,71 @@ def test_no_device_sync_per_pass():
     assert {k: v for k, v in mode.ops.items() if k in SYNCS} == {}
 
 
+class _RebuiltEveryChunk(FlowMatchEulerDiscreteScheduler):
+    """FlowMatchEuler under another class: the pipeline rebuilds its schedule at every chunk."""
+
+
+def _counting(obj, name):
+    """Count calls of ``obj.name`` (an instance attribute wrapping the bound method)."""
+    calls, method = [0], getattr(obj, name)
+
+    def counted(*a, **k):
+        calls[0] += 1
+        return method(*a, **k)
+
+    setattr(obj, name, counted)
+    return calls
+
+
+def test_flow_euler_schedule_built_once_a_call_frames_unchanged():
+    """FlowMatchEuler's schedule is built once a call (``set_timesteps``: numpy, two host-to-device
+    copies, each a synchronize) and only its step index reset per chunk; the frames are bitwise
+    those of a rebuild at every chunk (the same class under another name takes that path)."""
+    model = random_model("tiny", seed=0)
+    kw = _kwargs(MEMORIES["merge"])
+    frames, builds = {}, {}
+    for name, sched in (("once", FlowMatchEulerDiscreteScheduler(shift=3.0)), ("rebuilt", _RebuiltEveryChunk(shift=3.0))):
+        pipe = VidHashPipeline(model, sched)
+        pipe.set_progress_bar_config(disable=True)
+        builds[name] = _counting(pipe.scheduler, "set_timesteps")
+        frames[name] = pipe(num_frames=20, generator=torch.Generator().manual_seed(0), **kw).frames
+    # before the chunks: the call's checks and _begin; then the rebuilt one again at each of the 5 chunks
+    assert builds["rebuilt"][0] == builds["once"][0] + 5 and builds["once"][0] <= 2, builds
+    assert torch.equal(frames["once"], frames["rebuilt"])
+
+
+def test_stateful_scheduler_rebuilt_every_chunk():
+    """A multistep scheduler keeps outputs between steps: its schedule (and state) is rebuilt per chunk."""
+    from diffusers.schedulers import UniPCMultistepScheduler
+
+    pipe = VidHashPipeline(random_model("tiny", seed=0),
+                           UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True))
+    pipe.set_progress_bar_config(disable=True)
+    builds = _counting(pipe.scheduler, "set_timesteps")
+    kw = _kwargs(MEMORIES["window"])
+    pipe(num_frames=4, generator=torch.Generator().manual_seed(0), **{**kw, "actions": kw["actions"][:4]})
+    one = builds[0]
+    pipe(num_frames=12, generator=torch.Generator().manual_seed(0), **{**kw, "actions": kw["actions"][:12]})
+    assert builds[0] - one == one + 2, (one, builds)  # two chunks more than the 1-chunk call
+
+
+def test_parameters_walked_per_call_not_per_chunk():
+    """The transformer's device, dtype and (with graphs) parameter addresses are looked up once a call:
+    diffusers' ``.device`` / ``.dtype`` walk every module, host time between chunks while a GPU waits.
+    A 5-chunk call walks the parameters as often as a 2-chunk one."""
+    pipe = _pipe()
+    pipe.set_progress_bar_config(disable=True)
+    pipe.enable_cuda_graphs(emulate=True)
+    walks = _counting(pipe.transformer, "parameters")
+    counts = []
+    kw = _kwargs(MEMORIES["fifo"])
+    for frames in (8, 20):
+        walks[0] = 0
+        pipe(num_frames=frames, generator=torch.Generator().manual_seed(0), **{**kw, "actions": kw["actions"][:frames]})
+        counts.append(walks[0])
+    assert counts[0] == counts[1] > 0, counts
+
+
 @pytest.mark.parametrize("memory", list(MEMORIES))
 def test_compiled_blocks_match_eager(memory):
     """aot_eager (CPU, fast): compiled and eager give the same frames over window fill, memory
