@@ -40,6 +40,37 @@ def _union_ms(intervals: list[tuple[float, float]]) -> float:
     return total / 1000.0
 
 
+def trace_summary(trace: dict) -> list[dict]:
+    """Per profiled chunk of a Chrome trace (``prof.export_chrome_trace``): the GPU's idle time before
+    its first kernel or copy, its busy time, its idle time between ops and after the last, and the
+    span of the CUDA graphs' kernels (first to last kernel launched by a ``cudaGraphLaunch``), ms."""
+    ev = trace["traceEvents"]
+    chunks = sorted((e for e in ev if e.get("name") == "chunk" and e.get("cat") == "user_annotation"),
+                    key=lambda e: e["ts"])
+    launches = {e["args"]["correlation"] for e in ev
+                if e.get("cat") == "cuda_runtime" and e.get("name") == "cudaGraphLaunch" and "args" in e}
+    ops = sorted((e for e in ev if e.get("cat") in ("kernel", "gpu_memcpy", "gpu_memset")), key=lambda e: e["ts"])
+    rows = []
+    for c in chunks:
+        a, b = c["ts"], c["ts"] + c["dur"]
+        mine = [e for e in ops if a <= e["ts"] < b]
+        if not mine:
+            continue
+        busy, idle, end = 0.0, 0.0, None
+        for e in mine:
+            s, f = e["ts"], e["ts"] + e["dur"]
+            if end is not None and s > end:
+                idle += s - end
+            busy += f - s if end is None else max(0.0, f - max(s, end))
+            end = f if end is None else max(end, f)
+        graph = [e for e in mine if e.get("args", {}).get("correlation") in launches]
+        span = (max(e["ts"] + e["dur"] for e in graph) - min(e["ts"] for e in graph)) if graph else 0.0
+        rows.append({"chunk_ms": c["dur"] / 1e3, "idle_before_ms": (mine[0]["ts"] - a) / 1e3, "busy_ms": busy / 1e3,
+                     "idle_between_ms": idle / 1e3, "idle_after_ms": (b - end) / 1e3, "graphs_span_ms": span / 1e3,
+                     "first_graph_ms": ((min(e["ts"] for e in graph) - a) / 1e3) if graph else None})
+    return rows
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="models/world-tiny-v3")
@@ -96,8 +127,10 @@ def main(argv=None) -> int:
     events = prof.events()
     chunks = sorted((e for e in events if e.name == "chunk" and e.device_type.name == "CPU"),
                     key=lambda e: e.time_range.start)
+    # kernels and copies on the device; not the "chunk" annotation's own device-side range (it spans the
+    # chunk's first to last kernel: counted as busy it hid the idle time in this script's first run)
     gpu = [(e.time_range.start, e.time_range.end) for e in events
-           if e.device_type.name == "CUDA" and e.time_range.end > e.time_range.start]
+           if e.device_type.name == "CUDA" and e.name != "chunk" and e.time_range.end > e.time_range.start]
     rows = []
     for (t0, t1, t2), ev in zip(marks, chunks):
         a, b = ev.time_range.start, ev.time_range.end
@@ -124,6 +157,21 @@ def main(argv=None) -> int:
                    "cuda_graph_stats": pipe.cuda_graph_stats}, f, indent=1)
     trace = os.path.join(args.out, f"trace{tag}.json")
     prof.export_chrome_trace(trace)
+    with open(trace) as f:
+        timeline = trace_summary(json.load(f))
+    if timeline:
+        print("\n## the device's timeline per chunk (ms; from the trace)\n| chunk | GPU idle before its first op | "
+              "busy | idle between ops | idle after | first graph kernel at | graphs' span |\n|---|---|---|---|---|---|---|")
+        for i, r in enumerate(timeline):
+            first = "-" if r["first_graph_ms"] is None else f"{r['first_graph_ms']:.2f}"
+            print(f"| {args.warm_chunks + i} | {r['idle_before_ms']:.2f} | {r['busy_ms']:.2f} | {r['idle_between_ms']:.2f} | "
+                  f"{r['idle_after_ms']:.2f} | {first} | {r['graphs_span_ms']:.2f} |")
+    with open(os.path.join(args.out, f"profile_generation{tag}.json"), "r+") as f:
+        saved = json.load(f)
+        saved["timeline"] = timeline
+        f.seek(0)
+        json.dump(saved, f, indent=1)
+        f.truncate()
     with open(trace, "rb") as src, gzip.open(trace + ".gz", "wb") as dst:
         shutil.copyfileobj(src, dst)
     os.remove(trace)

@@ -174,3 +174,25 @@ def test_compiled_blocks_match_eager_cuda(memory, dtype):
     tol = 2e-3 if dtype == torch.float32 else 3e-2
     torch.testing.assert_close(compiled, eager, rtol=0, atol=tol)
     torch._dynamo.reset()
+
+
+def test_host_chunk_start_script(capsys):
+    """scripts/host_chunk_start.py times the host's work before a chunk's first pass and leaves the
+    classes it patched as they were."""
+    import importlib.util
+    from pathlib import Path
+
+    from vidhash.memory import HashedMemory
+    from vidhash.pipelines.cuda_graphs import PassGraphs, _Emulated
+
+    script = Path(__file__).resolve().parents[2] / "scripts" / "host_chunk_start.py"
+    spec = importlib.util.spec_from_file_location("host_chunk_start", script)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    before = (PassGraphs._run, _Emulated.replay, HashedMemory.write)
+    assert mod.main(["--chunks", "3"]) == 0
+    assert (PassGraphs._run, _Emulated.replay, HashedMemory.write) == before
+    out = capsys.readouterr().out
+    assert "host time from a chunk's request to its first pass, 3 chunks" in out and "median" in out
+    with pytest.raises(SystemExit):
+        mod.main(["--chunks", "0"])
