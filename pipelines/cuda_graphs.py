@@ -220,6 +220,21 @@ class PassGraphs:
         replay's GPU time whether or not the host was ahead. Off by default."""
         self._timed = [] if on else None
 
+    def new_event(self):
+        """A timing event of the kind the replays are bracketed with (a CUDA event, or a host stand-in
+        when emulated): record it where a chunk starts and :meth:`lead_ms` gives the time to its first pass."""
+        return _HostEvent() if self.emulate else torch.cuda.Event(enable_timing=True)
+
+    def lead_ms(self, start) -> float | None:
+        """Milliseconds from the event ``start`` (recorded where a chunk began, on the current stream)
+        to the start of the first replay timed since the last :meth:`replay_ms`, or None if none was
+        (call after a synchronize, before ``replay_ms`` clears them). On a GPU that begins a chunk idle
+        (the previous one ended in a synchronize) this is the host's preparation of the chunk, plus any
+        eager work queued before the first pass."""
+        if not self._timed:
+            return None
+        return start.elapsed_time(self._timed[0][0])
+
     def replay_ms(self) -> list[float]:
         """GPU milliseconds of each replay since the last call (call after a synchronize), then clears."""
         if not self._timed:

@@ -102,3 +102,18 @@ def test_graph_replay_times_place_the_wander():
     plain = time_flatness([_row(10, [24.0] * 20), _row(600, [24.0] * 1200)])
     assert "long_last_graphs" not in plain and "long_spread_ms" not in plain
     assert not any("CUDA graphs" in x for x in verdict([_row(10, [24.0] * 20), _row(600, [24.0] * 1200)]))
+
+
+def test_lead_to_the_first_pass_in_the_split_and_the_verdict():
+    """A third entry per chunk of ``graph_replays`` (runs since the twenty-fourth session): the ms from the
+    chunk's start to its first replay; its median joins the split and the verdict's graphs line. Rows of
+    older runs (two entries) give neither."""
+    long = _row(600, [26.0] * 1200)
+    long["graph_replays"] = [[22.0, 11, 2.5]] * 1200
+    long["graph_replays"][5] = [0.0, 0, None]  # replayed nothing
+    flat = time_flatness([_row(10, [26.0] * 20), long])
+    assert flat["long_last_graphs"]["lead_ms"] == pytest.approx(2.5)
+    line = [x for x in verdict([_row(10, [26.0] * 20), long]) if "inside the CUDA graphs" in x][0]
+    assert "2.50 ms from a chunk's start to its first pass" in line
+    long["graph_replays"] = [[22.0, 11]] * 1200  # an older run's JSON
+    assert "lead_ms" not in time_flatness([_row(10, [26.0] * 20), long])["long_last_graphs"]

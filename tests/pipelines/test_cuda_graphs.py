@@ -234,3 +234,31 @@ def test_replay_timing_per_chunk_and_frames_unchanged():
     pipe.pass_graphs.time_replays(False)
     _gen(pipe, **kw)
     assert pipe.pass_graphs.replay_ms() == []
+
+
+def test_lead_to_the_first_replay_per_chunk():
+    """``lead_ms(start)``: from an event recorded where a chunk began to its first timed replay (host
+    stand-ins when emulated) — None for a chunk that replayed nothing, else within the chunk's time."""
+    import time
+
+    pipe = _pipe()
+    pipe.set_progress_bar_config(disable=True)
+    pipe.enable_cuda_graphs(emulate=True)
+    graphs = pipe.pass_graphs
+    graphs.time_replays()
+    chunks = pipe.stream(20, generator=torch.Generator().manual_seed(0), **_kwargs(MEMORIES["merge"]))
+    leads, walls = [], []
+    while True:
+        start = graphs.new_event()
+        start.record()
+        t0 = time.perf_counter()
+        try:
+            next(chunks)
+        except StopIteration:
+            break
+        walls.append(1000 * (time.perf_counter() - t0))
+        leads.append(graphs.lead_ms(start))
+        graphs.replay_ms()
+    assert leads[:2] == [None, None]  # the window filling: eager passes
+    assert all(0 < lead < wall for lead, wall in zip(leads[2:], walls[2:])), (leads, walls)
+    assert graphs.lead_ms(graphs.new_event()) is None  # nothing timed since the last replay_ms

@@ -95,7 +95,10 @@ def _worker(spec: dict) -> dict:
     if graphs is not None:
         graphs.time_replays()
     times, frames, samples, in_graphs = [], [], [], []
+    start = graphs.new_event() if graphs is not None else None  # where each chunk began, on the GPU's clock
     t0 = time.perf_counter()
+    if start is not None:
+        start.record()
     state = None
     for chunk in pipe.stream(spec["frames"], generator=torch.Generator().manual_seed(spec["seed"]), **kwargs):
         sync()
@@ -106,15 +109,20 @@ def _worker(spec: dict) -> dict:
         if clocks is not None:
             samples.append(clocks.sample())
         if graphs is not None:
+            lead = graphs.lead_ms(start)  # before replay_ms, which clears the replays' events
             replays = graphs.replay_ms()
-            in_graphs.append([sum(replays), len(replays)])
+            in_graphs.append([sum(replays), len(replays), lead])
         t1 = time.perf_counter()
         t0 = t1
+        if start is not None:
+            start = graphs.new_event()
+            start.record()
     return {
         **spec,
         "chunk_seconds": times, "chunk_frames": frames,
         "gpu_samples": samples if clocks is not None else None,  # per chunk [SM MHz, °C, W, reason mask]
-        "graph_replays": in_graphs if graphs is not None else None,  # per chunk [GPU ms inside replays, replays]
+        # per chunk [GPU ms inside replays, replays, ms from the chunk's start to its first replay (None: no replay)]
+        "graph_replays": in_graphs if graphs is not None else None,
         "state_bytes": state.nbytes,
         "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
         "rss_after_warmup_bytes": rss_after_warmup,
@@ -357,14 +365,25 @@ def _steady_graph_chunks(row: dict, start: int, stop: int) -> list[tuple[float, 
     return [(row["chunk_seconds"][i] * 1000.0, g[i][0]) for i in range(start, min(stop, len(g))) if g[i] and g[i][1]]
 
 
+def _leads(row: dict, start: int, stop: int) -> list[float]:
+    """ms from each chunk's start to its first replay, chunks ``[start, stop)`` (runs since 2026-12-06,
+    twenty-fourth session: a third entry per chunk of ``graph_replays``)."""
+    g = row.get("graph_replays") or []
+    return [g[i][2] for i in range(start, min(stop, len(g))) if g[i] and g[i][1] and len(g[i]) > 2 and g[i][2] is not None]
+
+
 def graph_split(row: dict, start: int, stop: int) -> dict | None:
     """Medians over chunks ``[start, stop)`` of the wall ms a chunk and the GPU ms inside its graph
     replays (``--cuda-graphs``: timing events around each replay); None without them."""
     got = _steady_graph_chunks(row, start, stop)
     if not got:
         return None
-    return {"wall_ms": statistics.median(w for w, _ in got), "graphs_ms": statistics.median(g for _, g in got),
-            "outside_ms": statistics.median(w - g for w, g in got)}
+    out = {"wall_ms": statistics.median(w for w, _ in got), "graphs_ms": statistics.median(g for _, g in got),
+           "outside_ms": statistics.median(w - g for w, g in got)}
+    leads = _leads(row, start, stop)
+    if leads:  # of the time outside: the GPU's wait for the chunk's first pass (the host preparing it)
+        out["lead_ms"] = statistics.median(leads)
+    return out
 
 
 def graph_spread(row: dict) -> dict | None:
@@ -424,6 +443,8 @@ def verdict(rows: list[dict]) -> list[str]:
         at = f"{a['graphs_ms']:.1f} of {a['wall_ms']:.1f} ms a chunk at chunks {start}-{stop - 1}, " if a else ""
         line = (f"hashed, GPU time inside the CUDA graphs' replays in the {long['seconds']:g} s run: {at}"
                 f"{b['graphs_ms']:.1f} of {b['wall_ms']:.1f} at its last chunks")
+        if "lead_ms" in b:
+            line += f" (of the rest, {b['lead_ms']:.2f} ms from a chunk's start to its first pass)"
         if "long_spread_ms" in flat:
             sp = flat["long_spread_ms"]
             line += (f"; chunk-to-chunk spread (p90 − p10 of {sp['chunks']} chunks): wall {sp['wall']:.2f} ms, "
