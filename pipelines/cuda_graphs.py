@@ -187,8 +187,7 @@ class PassGraphs:
         if self._timed is None:
             graph.replay()
         else:
-            a, b = (_HostEvent(), _HostEvent()) if self.emulate else (torch.cuda.Event(enable_timing=True),
-                                                                      torch.cuda.Event(enable_timing=True))
+            a, b = self.new_event(), self.new_event()
             a.record()
             graph.replay()
             b.record()

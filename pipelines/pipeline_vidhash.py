@@ -183,7 +183,7 @@ class VidHashPipeline(DiffusionPipeline):
         self._interrupt, self._chunk_index, self._clip_index, self._committing = False, 0, 0, False
         self._guidance_scale, self._num_timesteps, self._steps_per_chunk, self._step = None, 0, 0, 0
         self._place = None  # (device, dtype) of the transformer for the clip being generated (_begin)
-        self._schedule = None  # the schedule _begin built: (scheduler class, steps, device, timesteps)
+        self._schedule = None  # the schedule _begin built: (steps, device, timesteps)
         self._call_clip = None  # (clip, clips) while __call__ runs a batch's clip through stream
 
     @property
@@ -631,7 +631,7 @@ class VidHashPipeline(DiffusionPipeline):
         # every parameter (~0.3 ms each on a 2-core CPU), host time between chunks while a GPU waits
         self._place = (self.transformer.device, self.transformer.dtype)
         self.scheduler.set_timesteps(settings.num_inference_steps, device=self._place[0])
-        self._schedule = (type(self.scheduler), settings.num_inference_steps, self._place[0], self.scheduler.timesteps)
+        self._schedule = (settings.num_inference_steps, self._place[0], self.scheduler.timesteps)
         graphs = getattr(self, "_pass_graphs", None)
         if graphs is not None:
             graphs.new_call()
@@ -734,12 +734,12 @@ class VidHashPipeline(DiffusionPipeline):
         on the device (numpy, then two host-to-device copies, each a synchronize) and resets every
         scheduler's state (a multistep solver's saved outputs, say). FlowMatchEulerDiscreteScheduler
         keeps no state between chunks but its step index: when the schedule ``_begin`` built for the
-        clip is still the scheduler's (same class, steps, device, the same timesteps tensor), only the
+        clip is still the scheduler's (same steps and device, the same timesteps tensor), only the
         index is reset — the same sigmas, the same frames bit for bit."""
         sched = self.scheduler
         key = getattr(self, "_schedule", None)
         if (type(sched) is FlowMatchEulerDiscreteScheduler and key is not None
-                and key[:3] == (type(sched), steps, device) and sched.timesteps is key[3]):
+                and key[:2] == (steps, device) and sched.timesteps is key[2]):
             sched._step_index = None  # what set_timesteps resets (diffusers 0.3x-0.42)
         else:
             sched.set_timesteps(steps, device=device)

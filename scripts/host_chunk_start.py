@@ -32,8 +32,11 @@ def main(argv=None) -> int:
     from vidhash.pipelines import VidHashPipeline
     from vidhash.pipelines import cuda_graphs as graphs_module
 
-    gen = _settings({"model": args.model, "model_settings": True}, ["memory.mode=hashed"])
-    pipe = VidHashPipeline.load(args.model)
+    try:
+        gen = _settings({"model": args.model, "model_settings": True}, ["memory.mode=hashed"])
+        pipe = VidHashPipeline.load(args.model)
+    except (ValueError, OSError) as e:
+        p.error(f"--model: {e}")
     pipe.set_progress_bar_config(disable=True)
     pipe.enable_cuda_graphs(emulate=True)
     kw = dict(height=gen.height, width=gen.width, chunk_frames=gen.chunk_frames, window_frames=gen.window_frames,

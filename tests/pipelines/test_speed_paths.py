@@ -194,5 +194,6 @@ def test_host_chunk_start_script(capsys):
     assert (PassGraphs._run, _Emulated.replay, HashedMemory.write) == before
     out = capsys.readouterr().out
     assert "host time from a chunk's request to its first pass, 3 chunks" in out and "median" in out
-    with pytest.raises(SystemExit):
-        mod.main(["--chunks", "0"])
+    for bad in (["--chunks", "0"], ["--model", "no/such/folder"]):
+        with pytest.raises(SystemExit):
+            mod.main(bad)

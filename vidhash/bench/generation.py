@@ -359,17 +359,13 @@ def time_flatness(rows: list[dict]) -> dict | None:
     return out
 
 
-def _steady_graph_chunks(row: dict, start: int, stop: int) -> list[tuple[float, float]]:
-    """``(wall ms, GPU ms inside the replays)`` of chunks ``[start, stop)`` that replayed graphs."""
+def _steady_graph_chunks(row: dict, start: int, stop: int) -> list[tuple[float, float, float | None]]:
+    """``(wall ms, GPU ms inside the replays, ms from the chunk's start to its first replay)`` of chunks
+    ``[start, stop)`` that replayed graphs; the third is None for runs before 2026-12-06 (twenty-fourth
+    session), whose ``graph_replays`` entries have two items."""
     g = row.get("graph_replays") or []
-    return [(row["chunk_seconds"][i] * 1000.0, g[i][0]) for i in range(start, min(stop, len(g))) if g[i] and g[i][1]]
-
-
-def _leads(row: dict, start: int, stop: int) -> list[float]:
-    """ms from each chunk's start to its first replay, chunks ``[start, stop)`` (runs since 2026-12-06,
-    twenty-fourth session: a third entry per chunk of ``graph_replays``)."""
-    g = row.get("graph_replays") or []
-    return [g[i][2] for i in range(start, min(stop, len(g))) if g[i] and g[i][1] and len(g[i]) > 2 and g[i][2] is not None]
+    return [(row["chunk_seconds"][i] * 1000.0, g[i][0], g[i][2] if len(g[i]) > 2 else None)
+            for i in range(start, min(stop, len(g))) if g[i] and g[i][1]]
 
 
 def graph_split(row: dict, start: int, stop: int) -> dict | None:
@@ -378,9 +374,9 @@ def graph_split(row: dict, start: int, stop: int) -> dict | None:
     got = _steady_graph_chunks(row, start, stop)
     if not got:
         return None
-    out = {"wall_ms": statistics.median(w for w, _ in got), "graphs_ms": statistics.median(g for _, g in got),
-           "outside_ms": statistics.median(w - g for w, g in got)}
-    leads = _leads(row, start, stop)
+    out = {"wall_ms": statistics.median(w for w, _, _ in got), "graphs_ms": statistics.median(g for _, g, _ in got),
+           "outside_ms": statistics.median(w - g for w, g, _ in got)}
+    leads = [lead for _, _, lead in got if lead is not None]
     if leads:  # of the time outside: the GPU's wait for the chunk's first pass (the host preparing it)
         out["lead_ms"] = statistics.median(leads)
     return out
@@ -398,8 +394,8 @@ def graph_spread(row: dict) -> dict | None:
         q = statistics.quantiles(xs, n=10)
         return q[-1] - q[0]
 
-    return {"chunks": len(got), "wall": p90_p10([w for w, _ in got]), "graphs": p90_p10([g for _, g in got]),
-            "outside": p90_p10([w - g for w, g in got])}
+    return {"chunks": len(got), "wall": p90_p10([w for w, _, _ in got]), "graphs": p90_p10([g for _, g, _ in got]),
+            "outside": p90_p10([w - g for w, g, _ in got])}
 
 
 def _later_cost(ratio: float, limit: float = 0.10) -> str:
